@@ -1,0 +1,25 @@
+"""dmlmm: deep mixtures of linear mixed models for longitudinal data."""
+
+from .basis import SplineBasis
+from .data import Longitudinal
+from .exceptions import (
+    ConvergenceWarning,
+    DataError,
+    EmptyComponentWarning,
+    ExtrapolationWarning,
+    IdentifiabilityWarning,
+    NotFittedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SplineBasis",
+    "Longitudinal",
+    "ConvergenceWarning",
+    "DataError",
+    "EmptyComponentWarning",
+    "ExtrapolationWarning",
+    "IdentifiabilityWarning",
+    "NotFittedError",
+]
