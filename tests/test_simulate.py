@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,10 +30,7 @@ GENERATORS = [dgp1, dgp2, dgp3]
 
 def _on_grid(times: pd.Series, grid: np.ndarray) -> bool:
     """Every time equals (to 1e-12) some grid point."""
-    idx = np.searchsorted(grid, times.to_numpy())
-    idx = np.clip(idx, 0, grid.size - 1)
-    near = np.minimum(np.abs(grid[idx] - times.to_numpy()), np.abs(grid[np.maximum(idx - 1, 0)] - times.to_numpy()))
-    return bool(np.all(near < 1e-12))
+    return bool(np.all(np.abs(times.to_numpy()[:, None] - grid[None, :]).min(axis=1) < 1e-12))
 
 
 def _strictly_increasing_within_subject(frame: pd.DataFrame) -> bool:
@@ -69,16 +68,10 @@ def test_container_layout(gen):
     assert np.all(np.isfinite(sim.data["y"])) and np.all(np.isfinite(sim.truth["value"]))
     lo, hi = sim.time_range
     assert sim.data["time"].between(lo, hi).all() and sim.truth["time"].between(lo, hi).all()
-    with pytest.raises(dataclasses_frozen_error()):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         sim.name = "other"  # type: ignore[misc]
     if sim.labels is not None:
         assert list(sim.labels.index) == list(range(7)) and sim.labels.index.name == "subject"
-
-
-def dataclasses_frozen_error():
-    import dataclasses
-
-    return dataclasses.FrozenInstanceError
 
 
 @pytest.mark.parametrize("gen", GENERATORS)
