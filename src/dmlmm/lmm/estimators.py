@@ -1,0 +1,119 @@
+"""Estimators of the linear mixed model, keyed by ``method``.
+
+An estimator takes the model's :class:`~dmlmm.lmm.design.Design`, the
+:class:`~dmlmm.lmm.scaling.ResponseScaling` and the sufficient statistics of the
+standardised response, and returns an :class:`Estimate` on the user's scale.
+``LinearMixedModel.fit`` is: build designs -> statistics -> ``ESTIMATORS[method]``
+-> set attributes, so a new method (e.g. variational Bayes) is one more entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data import SufficientStats
+from .design import Design
+from .profiled import fit_profiled
+from .scaling import ResponseScaling
+
+__all__ = ["Estimate", "ESTIMATORS", "estimate_profiled"]
+
+
+@dataclass
+class Estimate:
+    """Fitted LMM quantities on the user's scale.
+
+    Attributes
+    ----------
+    beta : (p,) fixed effects.
+    cov_beta : (p, p) their covariance.
+    sigma2 : float
+        Residual variance.
+    cov_re : (q, q)
+        Random-effects covariance Sigma.
+    b : (N, q)
+        Random effects per group (BLUP / posterior mean).
+    cov_b : (N, q, q)
+        Covariance of ``b_i`` given y with beta held fixed.
+    beta_sensitivity : (N, q, p)
+        ``H_i``: ``b_i`` moves by ``-H_i d`` when beta moves by ``d``; the prediction
+        error of ``f'beta + z'b_i`` is ``z'cov_b z + k'cov_beta k`` with ``k = f - H_i'z``.
+    loglik : float
+        Log-likelihood the method maximised (ML, or REML), or the method's own criterion.
+    n_params : int
+        Free parameters counted for AIC/BIC.
+    n_iter : int
+    converged : bool
+    message : str
+    theta : (n_theta,)
+        Relative covariance parameters (lme4's theta) for the user's scale.
+    extra : dict
+    """
+
+    beta: np.ndarray
+    cov_beta: np.ndarray
+    sigma2: float
+    cov_re: np.ndarray
+    b: np.ndarray
+    cov_b: np.ndarray
+    beta_sensitivity: np.ndarray
+    loglik: float
+    n_params: int
+    n_iter: int
+    converged: bool
+    message: str
+    theta: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+
+def estimate_profiled(design: Design, scaling: ResponseScaling, stats: SufficientStats, *, reml: bool,
+                      max_iter: int = 2000, tol: float = 1e-6, n_restarts: int = 2) -> Estimate:
+    """ML (``reml=False``) or REML estimate by maximising the exact profiled likelihood.
+
+    Parameters
+    ----------
+    design : Design
+    scaling : ResponseScaling
+        The standardisation used to compute ``stats``.
+    stats : SufficientStats
+        Statistics of the standardised response.
+    reml : bool
+    max_iter, tol, n_restarts
+        Passed to :func:`~dmlmm.lmm.profiled.fit_profiled` (``tol`` is its ``gtol``).
+    """
+    fit = fit_profiled(stats, design.structure, reml, max_iter=max_iter, gtol=tol, n_restarts=n_restarts)
+    st = fit.state
+    s2 = scaling.scale**2
+    p = design.n_fixed
+    return Estimate(
+        beta=scaling.beta_to_user(st.beta),
+        cov_beta=s2 * st.cov_beta,
+        sigma2=s2 * st.sigma2,
+        cov_re=s2 * st.cov_re,
+        b=scaling.scale * st.b,
+        cov_b=s2 * st.cov_b_conditional,
+        beta_sensitivity=st.beta_sensitivity,
+        loglik=scaling.loglik_to_user(st.loglik, st.n, p, reml),
+        n_params=p + design.structure.n_theta + 1,
+        n_iter=fit.n_iter,
+        converged=fit.converged,
+        message=fit.message,
+        theta=fit.theta,
+        extra={"n_eval": fit.n_eval, "grad_norm": fit.grad_norm, "history": fit.history,
+               "lam": st.lam, "reml": reml},
+    )
+
+
+def _ml(design: Design, scaling: ResponseScaling, stats: SufficientStats, **opts) -> Estimate:
+    return estimate_profiled(design, scaling, stats, reml=False, **opts)
+
+
+def _reml(design: Design, scaling: ResponseScaling, stats: SufficientStats, **opts) -> Estimate:
+    return estimate_profiled(design, scaling, stats, reml=True, **opts)
+
+
+#: method name -> estimator(design, scaling, stats, **options) -> Estimate
+ESTIMATORS: dict[str, Callable[..., Estimate]] = {"ml": _ml, "reml": _reml}

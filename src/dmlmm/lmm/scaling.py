@@ -1,0 +1,79 @@
+"""Internal standardisation of the response, and the checks that go with it.
+
+Estimation runs on ``y_s = (y - c) / s`` with ``s`` the response's standard
+deviation, so that the optimiser sees the same problem whether ``y`` is in
+units of 1e9 or 1e-9. The shift ``c`` (the mean of y) is applied only when the
+constant vector lies in the column space of the fixed design ``F``
+(``F a = 1`` for some ``a``): then ``y - c = F (beta - c a) + ...`` and the shift
+is absorbed exactly by ``beta``, and centring removes the cancellation that a
+large mean would cause in ``y'y``-type statistics. Without an intercept in F
+no shift is applied (it would change the model).
+
+Mapping back: ``beta = s beta_s + c a``, variances times ``s^2``, random effects
+times ``s``, and the log-likelihood shifts by ``-n log s`` (ML) or
+``-(n - p) log s`` (REML), the log-Jacobian of ``y -> y_s`` (of the error
+contrasts for REML).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..exceptions import DataError
+
+__all__ = ["ResponseScaling"]
+
+
+@dataclass(frozen=True)
+class ResponseScaling:
+    """``y_s = (y - shift) / scale``; ``direction`` solves ``F direction = 1`` (zeros if none does).
+
+    Attributes
+    ----------
+    shift : float
+    scale : float
+    direction : (p,)
+    """
+
+    shift: float
+    scale: float
+    direction: np.ndarray
+
+    @classmethod
+    def learn(cls, y: np.ndarray, F: np.ndarray) -> "ResponseScaling":
+        """Scale and (where F spans the constant) shift for response ``y`` (n,) and fixed design ``F`` (n, p).
+
+        Raises
+        ------
+        DataError
+            If ``y`` is constant.
+        """
+        y = np.asarray(y, dtype=float)
+        n, p = F.shape
+        sd = float(np.std(y))
+        ymax = float(np.max(np.abs(y))) if n else 0.0
+        if n < 2 or sd == 0.0 or sd <= 1e-13 * ymax:
+            raise DataError(
+                f"the response is constant (all {n} values equal {y[0]:g}): there is no variation to "
+                "model; check that the right column is used as response"
+            )
+        a = np.zeros(p)
+        shift = 0.0
+        if p:
+            a, *_ = np.linalg.lstsq(F, np.ones(n), rcond=None)
+            if np.linalg.norm(F @ a - 1.0) <= 1e-8 * np.sqrt(n):
+                shift = float(np.mean(y))
+            else:
+                a = np.zeros(p)
+        return cls(shift=shift, scale=sd, direction=a)
+
+    def transform(self, y: np.ndarray) -> np.ndarray:
+        return (np.asarray(y, dtype=float) - self.shift) / self.scale
+
+    def beta_to_user(self, beta_s: np.ndarray) -> np.ndarray:
+        return self.scale * np.asarray(beta_s) + self.shift * self.direction
+
+    def loglik_to_user(self, loglik_s: float, n: int, p: int, reml: bool) -> float:
+        return float(loglik_s - (n - p if reml else n) * np.log(self.scale))
