@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cholesky", "spd_inv_logdet", "spd_solve", "sym", "logsumexp", "batched_outer"]
+__all__ = ["cholesky", "spd_inv_logdet", "spd_solve", "sym", "logsumexp", "batched_outer", "solve_lower", "solve_upper_t"]
 
 
 def sym(a: np.ndarray) -> np.ndarray:
@@ -89,3 +89,27 @@ def batched_outer(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     if b is None:
         b = a
     return a[:, :, None] * b[:, None, :]
+
+
+def solve_lower(chol: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Forward substitution ``L x = b`` for a stack of lower-triangular ``L`` (..., d, d), ``b`` (..., d).
+
+    Loops over the d matrix rows (not over the stack), each step vectorised over
+    the whole stack; much faster than a general batched solve for small d.
+    """
+    d = chol.shape[-1]
+    x = np.empty(np.broadcast_shapes(chol.shape[:-1], b.shape))
+    for j in range(d):
+        acc = b[..., j] - np.einsum("...k,...k->...", chol[..., j, :j], x[..., :j])
+        x[..., j] = acc / chol[..., j, j]
+    return x
+
+
+def solve_upper_t(chol: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Back substitution ``L' x = b`` for a stack of lower-triangular ``L`` (..., d, d), ``b`` (..., d)."""
+    d = chol.shape[-1]
+    x = np.empty(np.broadcast_shapes(chol.shape[:-1], b.shape))
+    for j in range(d - 1, -1, -1):
+        acc = b[..., j] - np.einsum("...k,...k->...", chol[..., j + 1 :, j], x[..., j + 1 :])
+        x[..., j] = acc / chol[..., j, j]
+    return x

@@ -1,0 +1,1 @@
+"""Variational inference: factors, the local step and the loop."""

@@ -1,0 +1,253 @@
+"""The inference loop shared by every model: coordinate ascent or stochastic natural gradients.
+
+One iteration = a local step (optimal q of every subject's path and random
+effects, :func:`dmlmm.inference.local.local_step`) followed by a closed-form
+update of every global factor: the random-effects prior's (through its
+:class:`~dmlmm.priors.base.RandomEffectsPrior` object), the fixed effects
+``q(w)`` and the noise ``q(sigma^2)`` with its half-Cauchy auxiliary.
+
+With the full data and step 1 this is coordinate ascent (CAVI): the ELBO,
+recorded right after each local step, never decreases. With minibatches the
+global factors take natural-gradient steps ``(1 - rho_t) lambda + rho_t lambda_hat``
+where ``lambda_hat`` is computed as if the minibatch, scaled by N / |B|, were the
+whole data (Hoffman et al. 2013), with Robbins-Monro steps
+``rho_t = (t + delay) ** -forgetting``.
+
+Noise and fixed-effect priors (on the standardised scale)::
+
+    sigma | c ~ half-Cauchy(0, noise_scale)   via sigma^2 | c ~ IG(1/2, 1/c), c ~ IG(1/2, 1/noise_scale^2)
+    w ~ N(0, fixed_var I)
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..data import SufficientStats
+from ..exceptions import ConvergenceWarning
+from ..priors.base import RandomEffectsPrior
+from .expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
+from .local import LocalResult, NoiseMoments, local_step, residual_stats
+
+__all__ = ["VariationalParams", "VIConfig", "VIResult", "run_vi", "noise_moments", "elbo_globals"]
+
+
+@dataclass(frozen=True)
+class VariationalParams:
+    """All global variational factors of a model, in one container.
+
+    Attributes
+    ----------
+    noise : InvGamma, q(sigma^2) (scalar shape / rate).
+    noise_aux : InvGamma, q(c) of sigma's half-Cauchy prior.
+    fixed : Gaussian or None, q(w) (precision (P, P), shift (P,)); None without fixed effects.
+    prior : the random-effects prior's own parameter container.
+    """
+
+    noise: InvGamma
+    noise_aux: InvGamma
+    fixed: Gaussian | None
+    prior: Any
+
+
+@dataclass(frozen=True)
+class VIConfig:
+    """Settings of the inference loop (see :func:`run_vi`)."""
+
+    max_iter: int = 500
+    tol: float = 1e-6
+    batch_size: int | None = None  # None: full batch
+    min_iter: int = 5
+    hard_assignment: bool = False
+    noise_scale: float = 1.0
+    fixed_var: float = 100.0
+    delay: float = 10.0
+    forgetting: float = 0.6
+    svi_min_iter: int = 250
+
+
+@dataclass
+class VIResult:
+    """What a run of :func:`run_vi` returns."""
+
+    params: VariationalParams
+    elbo: float
+    elbo_history: list[float]
+    n_iter: int
+    converged: bool
+    local: LocalResult
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def noise_moments(params: VariationalParams, n_fixed: int) -> NoiseMoments:
+    """E[1/sigma^2], E[log sigma^2], E[w], Cov[w]."""
+    if params.fixed is None:
+        wm, wc = np.zeros(n_fixed), np.zeros((n_fixed, n_fixed))
+    else:
+        wm, wc, _ = params.fixed.moments()
+    return NoiseMoments(float(params.noise.mean_inv), float(params.noise.mean_log), wm, wc)
+
+
+def elbo_globals(params: VariationalParams, prior: RandomEffectsPrior, config: VIConfig) -> float:
+    """E_q[log p(globals)] - E_q[log q(globals)] for every global factor."""
+    inv_a2 = 1.0 / config.noise_scale**2
+    aux = params.noise_aux
+    total = float(ig_expected_logpdf(0.5, aux.mean_inv, -aux.mean_log, params.noise) + params.noise.entropy())
+    total += float(ig_expected_logpdf(0.5, inv_a2, np.log(inv_a2), aux) + aux.entropy())
+    if params.fixed is not None:
+        m, v, logdet = params.fixed.moments()
+        p = m.shape[0]
+        total += float(
+            -0.5 * p * (LOG_2PI + np.log(config.fixed_var))
+            - 0.5 * (m @ m + np.trace(v)) / config.fixed_var
+            + gaussian_entropy(logdet, p)
+        )
+    return total + prior.elbo(params.prior)
+
+
+def _update_noise_and_fixed(
+    params: VariationalParams,
+    stats: SufficientStats,
+    local: LocalResult,
+    config: VIConfig,
+    scale: float,
+    rho: float,
+) -> VariationalParams:
+    """q(w), then q(sigma^2), then its auxiliary, each given the others (closed form)."""
+    fixed = params.fixed
+    s = float(params.noise.mean_inv)
+    if fixed is not None:
+        P = stats.dim_fixed
+        prec = np.eye(P) / config.fixed_var + s * scale * stats.FtF.sum(axis=0)
+        shift = s * scale * (stats.Fty.sum(axis=0) - np.einsum("ndp,nd->p", stats.XtF, local.mean_b))
+        fixed = blend(fixed, Gaussian(prec, shift), rho)
+    nm = noise_moments(VariationalParams(params.noise, params.noise_aux, fixed, params.prior), stats.dim_fixed)
+    xr, err = residual_stats(stats, nm)
+    rss = float(np.sum(err - 2.0 * np.einsum("nd,nd->n", xr, local.mean_b) + local.quad))
+    target = InvGamma(
+        np.asarray(0.5 + 0.5 * scale * stats.n_obs.sum()),
+        np.asarray(float(params.noise_aux.mean_inv) + 0.5 * scale * rss),
+    )
+    noise = blend(params.noise, target, rho)
+    aux = blend(
+        params.noise_aux,
+        InvGamma(np.asarray(1.0), np.asarray(float(noise.mean_inv) + 1.0 / config.noise_scale**2)),
+        rho,
+    )
+    return VariationalParams(noise, aux, fixed, params.prior)
+
+
+def init_noise_and_fixed(
+    stats: SufficientStats, b_hat: np.ndarray, config: VIConfig
+) -> tuple[InvGamma, InvGamma, Gaussian | None]:
+    """Starting noise and fixed-effect factors from rough per-subject estimates ``b_hat`` (N, D)."""
+    P = stats.dim_fixed
+    fixed = None
+    w = np.zeros(P)
+    if P > 0:
+        lhs = stats.FtF.sum(axis=0) + 1e-6 * np.eye(P)
+        rhs = stats.Fty.sum(axis=0) - np.einsum("ndp,nd->p", stats.XtF, b_hat)
+        w = np.linalg.solve(lhs, rhs)
+    rss = (
+        stats.yty
+        - 2 * np.einsum("nd,nd->n", stats.Xty, b_hat)
+        + np.einsum("nd,nde,ne->n", b_hat, stats.XtX, b_hat)
+        - 2 * stats.Fty @ w
+        + 2 * np.einsum("nd,ndp,p->n", b_hat, stats.XtF, w)
+        + np.einsum("p,npq,q->n", w, stats.FtF, w)
+    ).sum()
+    n = stats.n_obs.sum()
+    s2 = max(rss / max(n, 1), 1e-3)
+    shape = 0.5 + 0.5 * n
+    noise = InvGamma(np.asarray(shape), np.asarray(shape * s2))
+    aux = InvGamma(np.asarray(1.0), np.asarray(1.0 / s2 + 1.0 / config.noise_scale**2))
+    if P > 0:
+        prec = np.eye(P) / config.fixed_var + stats.FtF.sum(axis=0) / s2
+        fixed = Gaussian(prec, prec @ w)
+    return noise, aux, fixed
+
+
+def run_vi(
+    stats: SufficientStats,
+    prior: RandomEffectsPrior,
+    params: VariationalParams,
+    config: VIConfig,
+    rng: np.random.Generator,
+    callback: Callable[[int, float], None] | None = None,
+) -> VIResult:
+    """Run variational inference from ``params`` until the ELBO converges.
+
+    Parameters
+    ----------
+    stats : SufficientStats of all N subjects.
+    prior : RandomEffectsPrior.
+    params : VariationalParams, the starting point.
+    config : VIConfig.
+    rng : Generator for minibatch draws.
+    callback : called as ``callback(iteration, elbo)`` after each iteration.
+    """
+    t0 = time.perf_counter()
+    N = stats.n_subjects
+    P = stats.dim_fixed
+    batch = config.batch_size
+    stochastic = batch is not None and batch < N
+    history: list[float] = []
+    converged = False
+    it = 0
+    for it in range(1, config.max_iter + 1):
+        if stochastic:
+            idx = np.sort(rng.choice(N, size=batch, replace=False))
+            sub = stats.subset(idx)
+            scale = N / batch
+            rho = (it + config.delay) ** (-config.forgetting)
+        else:
+            sub, scale, rho = stats, 1.0, 1.0
+        pp, cache = prior.path_prior(params.prior)
+        local = local_step(sub, pp, noise_moments(params, P), config.hard_assignment)
+        elbo = scale * float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
+        history.append(elbo)
+        if callback is not None:
+            callback(it, elbo)
+        if _has_converged(history, config, stochastic):
+            converged = True
+            break
+        new_prior = prior.update(params.prior, local.moments.scaled(scale), cache, rho)
+        params = VariationalParams(params.noise, params.noise_aux, params.fixed, new_prior)
+        params = _update_noise_and_fixed(params, sub, local, config, scale, rho)
+    # final local step on all subjects, at the final globals
+    pp, _ = prior.path_prior(params.prior)
+    local = local_step(stats, pp, noise_moments(params, P), config.hard_assignment, keep_path_means=True)
+    elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
+    if not stochastic and not converged:
+        history.append(elbo)
+    if not converged:
+        warnings.warn(
+            f"variational inference stopped at max_iter={config.max_iter} before the ELBO converged "
+            f"(last relative change {_rel_change(history):.2e}, tol={config.tol:g}); increase max_iter",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return VIResult(params, elbo, history, it, converged, local, time.perf_counter() - t0)
+
+
+def _rel_change(history: list[float]) -> float:
+    if len(history) < 2:
+        return np.inf
+    return abs(history[-1] - history[-2]) / max(abs(history[-1]), 1e-12)
+
+
+def _has_converged(history: list[float], config: VIConfig, stochastic: bool) -> bool:
+    if not stochastic:
+        return len(history) > config.min_iter and _rel_change(history) < config.tol
+    n = len(history)
+    if n < config.svi_min_iter:
+        return False
+    last5 = np.mean(history[-max(1, n // 20):])
+    last10 = np.mean(history[-max(2, n // 10):])
+    return abs(last5 - last10) / max(abs(last10), 1e-12) < 10 * config.tol

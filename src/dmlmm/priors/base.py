@@ -1,0 +1,117 @@
+"""The pluggable part of every model: the prior on the random effects b_i.
+
+All three priors (Gaussian, mixture of Gaussians, deep mixture of factor
+analysers) are Gaussian mixtures over *paths* once their deeper latent
+variables are integrated out. The inference engine only sees, for each path
+``c``, the expected log prior of ``b`` as a quadratic form,
+
+    E_q[log p(b, c)] = log_weight_c + const_c + shift_c' b - 1/2 b' precision_c b,
+
+(deeper latents integrated out exactly under their optimal conditional
+``q(z | b, c)``), and hands back the responsibility-weighted moments of ``b``
+per path. A prior turns those into updates of its own global factors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PathPrior", "PathMoments", "RandomEffectsPrior", "PointMixture"]
+
+
+@dataclass(frozen=True)
+class PathPrior:
+    """Expected log prior of b under each of M paths (see module docstring).
+
+    Attributes
+    ----------
+    log_weight : (M,) E[log prior weight of the path].
+    precision : (M, D, D)
+    shift : (M, D)
+    const : (M,) includes the entropy of the deeper latents' optimal q.
+    """
+
+    log_weight: np.ndarray
+    precision: np.ndarray
+    shift: np.ndarray
+    const: np.ndarray
+
+    @property
+    def n_paths(self) -> int:
+        return int(self.log_weight.shape[0])
+
+
+@dataclass(frozen=True)
+class PathMoments:
+    """Responsibility-weighted sums over subjects of the local posterior moments of b.
+
+    Attributes
+    ----------
+    weight : (M,) sum_i r_ic.
+    first : (M, D) sum_i r_ic E[b_i | c].
+    second : (M, D, D) sum_i r_ic E[b_i b_i' | c].
+    """
+
+    weight: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+
+    def scaled(self, factor: float) -> "PathMoments":
+        return PathMoments(self.weight * factor, self.first * factor, self.second * factor)
+
+
+@dataclass(frozen=True)
+class PointMixture:
+    """The prior of b as a Gaussian mixture at the variational means of the globals.
+
+    Attributes
+    ----------
+    weights : (M,), means : (M, D), covs : (M, D, D)
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    covs: np.ndarray
+
+
+class RandomEffectsPrior(ABC):
+    """Interface of a random-effects prior. Holds hyperparameters and structure only;
+    its variational parameters live in a dataclass that the engine carries."""
+
+    dim: int
+
+    @property
+    @abstractmethod
+    def n_paths(self) -> int: ...
+
+    @abstractmethod
+    def path_components(self) -> np.ndarray:
+        """Component index per layer of each path, shape (M, L)."""
+
+    @abstractmethod
+    def init_params(self, b_hat: np.ndarray, rng: np.random.Generator) -> Any:
+        """Initial variational parameters from rough per-subject estimates ``b_hat`` (N, D)."""
+
+    @abstractmethod
+    def path_prior(self, params: Any) -> tuple[PathPrior, Any]:
+        """Expected log prior per path, plus a cache the update needs (the deeper latents' conditionals)."""
+
+    @abstractmethod
+    def update(self, params: Any, moments: PathMoments, cache: Any, rho: float = 1.0) -> Any:
+        """Coordinate-ascent (rho = 1) or natural-gradient step of the prior's global factors."""
+
+    @abstractmethod
+    def elbo(self, params: Any) -> float:
+        """E_q[log p(globals)] - E_q[log q(globals)] of the prior's own factors."""
+
+    @abstractmethod
+    def point_mixture(self, params: Any) -> PointMixture:
+        """The prior of b at the variational means of the globals."""
+
+    @abstractmethod
+    def layer_weights(self, params: Any) -> list[np.ndarray]:
+        """Expected mixing weights of each layer's components."""

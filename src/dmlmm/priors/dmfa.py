@@ -1,0 +1,426 @@
+"""The deep mixture of factor analysers (DMFA) prior on the random effects.
+
+Layers l = 1..L, layer l with K_l components mapping a D_l-dimensional latent
+to D_{l-1} dimensions (D_0 = dim of b)::
+
+    z^(l-1) = mu^(l)_k + B^(l)_k z^(l) + u,  u ~ N(0, diag(delta^(l)_k)),  k ~ pi^(l),  z^(L) ~ N(0, I)
+
+Priors (model.md section 4), each half-Cauchy written with an inverse-gamma
+auxiliary so that every full conditional is conjugate:
+
+- ``pi^(l) ~ Dirichlet(rho_l)``;
+- ``mu_kj ~ N(0, G_l g_kj)``, ``g_kj ~ IG(1/2, 1/2)`` (Cauchy with scale sqrt(G_l));
+- ``B_kjm ~ N(0, tau_k lambda2_kjm)``, ``lambda2_kjm | a ~ IG(1/2, 1/a)``, ``a ~ IG(1/2, 1)``,
+  ``tau_k | e ~ IG(1/2, 1/e)``, ``e ~ IG(1/2, 1/nu_l^2)`` (horseshoe);
+- ``delta_kj | h ~ IG(1/2, 1/h)``, ``h ~ IG(1/2, 1/A_l^2)`` (sqrt(delta) half-Cauchy(0, A_l)).
+
+Variational factors: for each component and output row j the loadings row
+``theta_kj = (mu_kj, B_kj.)`` is jointly Gaussian (mean and loadings together,
+better than the reference's separate factors); every variance and auxiliary
+is inverse-gamma; pi is Dirichlet.
+
+Given a path c = (k_1..k_L), the expected log density of the stacked latents
+(b, z^(1), ..., z^(L)) is a Gaussian quadratic form. Its deeper block is
+integrated out exactly (Schur complement), giving the engine a quadratic form
+in b alone; the conditional q(z^(1..L) | b, c) is kept to turn the engine's
+moments of b into each layer's sufficient statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+from .._linalg import spd_inv_logdet, sym
+from ..inference.expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
+from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior
+from .gaussian import kmeans
+
+__all__ = ["DeepMixturePrior", "LayerParams", "DMFAParams"]
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """Variational factors of one layer, stacked over its K components.
+
+    Shapes use K components, J = D_{l-1} output rows, m = D_l latent dimensions.
+
+    Attributes
+    ----------
+    weights : Dirichlet, alpha (K,).
+    loadings : Gaussian over theta_kj = (mu_kj, B_kj1..B_kjm): precision (K, J, m+1, m+1), shift (K, J, m+1).
+    delta : InvGamma (K, J), the idiosyncratic variances.
+    delta_aux : InvGamma (K, J).
+    mean_scale : InvGamma (K, J), g_kj of mu's Cauchy prior.
+    local_scale : InvGamma (K, J, m), horseshoe lambda^2.
+    local_aux : InvGamma (K, J, m).
+    global_scale : InvGamma (K,), horseshoe tau.
+    global_aux : InvGamma (K,).
+    """
+
+    weights: Dirichlet
+    loadings: Gaussian
+    delta: InvGamma
+    delta_aux: InvGamma
+    mean_scale: InvGamma
+    local_scale: InvGamma
+    local_aux: InvGamma
+    global_scale: InvGamma
+    global_aux: InvGamma
+
+
+@dataclass(frozen=True)
+class DMFAParams:
+    """Variational parameters of the DMFA prior: one LayerParams per layer (top-down order: layer 1 first)."""
+
+    layers: tuple[LayerParams, ...]
+
+
+@dataclass(frozen=True)
+class _PathCache:
+    """Conditional q(z^(1..L) | b, c) = N(A_c b + a_c, C_c) per path, from the last ``path_prior``."""
+
+    A: np.ndarray  # (M, R, D0)
+    a: np.ndarray  # (M, R)
+    C: np.ndarray  # (M, R, R)
+    theta_moments: tuple  # per layer: (mean (K,J,m+1), second (K,J,m+1,m+1))
+
+
+class DeepMixturePrior(RandomEffectsPrior):
+    """Deep mixture of factor analysers prior (see module docstring).
+
+    Parameters
+    ----------
+    dim : int
+        D_0, the random-effects dimension.
+    n_components : tuple of int
+        (K_1, ..., K_L).
+    latent_dims : tuple of int
+        (D_1, ..., D_L), each at most the dimension of the layer below.
+    concentration, mean_scale, loading_scale, delta_scale : float or tuple
+        rho_l, G_l, nu_l and A_l (scalars apply to all layers).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_components: tuple[int, ...] = (10, 5),
+        latent_dims: tuple[int, ...] = (4, 1),
+        concentration: float | tuple[float, ...] = 0.5,
+        mean_scale: float | tuple[float, ...] = 0.5,
+        loading_scale: float | tuple[float, ...] = 1.0,
+        delta_scale: float | tuple[float, ...] = 2.5,
+    ) -> None:
+        self.dim = int(dim)
+        self.n_components = tuple(int(k) for k in n_components)
+        self.latent_dims = tuple(int(d) for d in latent_dims)
+        if len(self.n_components) != len(self.latent_dims):
+            raise ValueError(
+                f"n_components {self.n_components} and latent_dims {self.latent_dims} must have one entry per layer"
+            )
+        if len(self.n_components) == 0:
+            raise ValueError("the deep mixture needs at least one layer")
+        if any(k < 1 for k in self.n_components):
+            raise ValueError(f"n_components must be positive integers, got {self.n_components}")
+        dims = (self.dim,) + self.latent_dims
+        for l in range(1, len(dims)):
+            if not 1 <= dims[l] <= dims[l - 1]:
+                raise ValueError(
+                    f"latent_dims[{l - 1}] = {dims[l]} must be between 1 and the dimension of the layer below "
+                    f"({dims[l - 1]}); dimensions are (D0, D1, ...) = {dims}"
+                )
+        L = len(self.n_components)
+        per = lambda v: tuple(float(x) for x in (v if isinstance(v, (tuple, list)) else [v] * L))  # noqa: E731
+        self.concentration = per(concentration)
+        self.mean_scale = per(mean_scale)
+        self.loading_scale = per(loading_scale)
+        self.delta_scale = per(delta_scale)
+        self._paths = np.array(list(product(*[range(k) for k in self.n_components])), dtype=int)
+        self._dims = dims
+        self._offsets = np.r_[0, np.cumsum(dims)]
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def n_layers(self) -> int:
+        return len(self.n_components)
+
+    @property
+    def n_paths(self) -> int:
+        return len(self._paths)
+
+    def path_components(self) -> np.ndarray:
+        return self._paths
+
+    def _block(self, level: int) -> slice:
+        return slice(self._offsets[level], self._offsets[level + 1])
+
+    # ------------------------------------------------------------------ initialisation
+    def init_params(self, b_hat: np.ndarray, rng: np.random.Generator) -> DMFAParams:
+        """Layer by layer: k-means of the current latents, per-cluster PCA, factor scores for the next layer."""
+        layers = []
+        z = b_hat
+        for l in range(self.n_layers):
+            K, m = self.n_components[l], self.latent_dims[l]
+            labels = kmeans(z, K, rng) if K > 1 else np.zeros(len(z), dtype=int)
+            mus, Bs, deltas, scores = _fa_by_cluster(z, labels, K, m, rng)
+            counts = np.bincount(labels, minlength=K).astype(float)
+            layers.append(self._layer_from_point(l, mus, Bs, deltas, counts))
+            z = scores
+        return DMFAParams(tuple(layers))
+
+    def _layer_from_point(self, l, mus, Bs, deltas, counts) -> LayerParams:
+        K, J = mus.shape
+        m = Bs.shape[2]
+        theta = np.concatenate([mus[..., None], Bs], axis=2)  # (K, J, m+1)
+        prec = ((counts[:, None] + 1.0) / deltas)[..., None, None] * np.eye(m + 1)
+        loadings = Gaussian(prec, (prec @ theta[..., None])[..., 0])
+        dshape = 1.0 + 0.5 * counts[:, None] * np.ones((1, J))
+        delta = InvGamma(dshape, dshape * deltas)
+        A2 = self.delta_scale[l] ** 2
+        delta_aux = InvGamma(np.ones((K, J)), 1.0 / deltas + 1.0 / A2)
+        G = self.mean_scale[l]
+        mean_scale = InvGamma(np.ones((K, J)), 0.5 + mus**2 / (2 * G))
+        local_scale = InvGamma(np.ones((K, J, m)), 1.0 + Bs**2 / 2)
+        local_aux = InvGamma(np.ones((K, J, m)), 1.0 + local_scale.mean_inv)
+        gshape = 0.5 + 0.5 * J * m
+        global_scale = InvGamma(np.full(K, gshape), np.full(K, gshape))
+        global_aux = InvGamma(np.ones(K), 1.0 + 1.0 / self.loading_scale[l] ** 2)
+        return LayerParams(
+            Dirichlet(self.concentration[l] + counts), loadings, delta, delta_aux, mean_scale,
+            local_scale, local_aux, global_scale, global_aux,
+        )
+
+    # ------------------------------------------------------------------ expected log prior per path
+    def path_prior(self, params: DMFAParams) -> tuple[PathPrior, _PathCache]:
+        M, L = self.n_paths, self.n_layers
+        Dt = self._offsets[-1]
+        P = np.zeros((M, Dt, Dt))
+        h = np.zeros((M, Dt))
+        const = np.zeros(M)
+        log_w = np.zeros(M)
+        theta_moments = []
+        for l, lay in enumerate(params.layers):  # loop over layers (a handful), batched over paths
+            k = self._paths[:, l]
+            t_blk, z_blk = self._block(l), self._block(l + 1)
+            mean, cov, _ = lay.loadings.moments()
+            second = cov + mean[..., :, None] * mean[..., None, :]
+            theta_moments.append((mean, second))
+            dinv = lay.delta.mean_inv  # (K, J)
+            G = dinv[..., None] * mean  # (K, J, m+1) = E[D^-1 theta]
+            H = np.einsum("kj,kjab->kab", dinv, second)  # (K, m+1, m+1) = E[theta' D^-1 theta]
+            Jd = dinv.shape[1]
+            P[:, t_blk, t_blk] += dinv[k][:, :, None] * np.eye(Jd)
+            P[:, t_blk, z_blk] -= G[k][:, :, 1:]
+            P[:, z_blk, t_blk] -= np.swapaxes(G[k][:, :, 1:], 1, 2)
+            P[:, z_blk, z_blk] += H[k][:, 1:, 1:]
+            h[:, t_blk] += G[k][:, :, 0]
+            h[:, z_blk] -= H[k][:, 1:, 0]
+            const += -0.5 * H[k][:, 0, 0] - 0.5 * lay.delta.mean_log.sum(axis=1)[k] - 0.5 * Jd * LOG_2PI
+            log_w += lay.weights.mean_log[k]
+        top = self._block(L)
+        P[:, top, top] += np.eye(self._dims[-1])
+        const += -0.5 * self._dims[-1] * LOG_2PI
+        # integrate the deeper latents out (Schur complement onto b)
+        b_blk, r_blk = self._block(0), slice(self._offsets[1], Dt)
+        Prr_inv, logdet_rr = spd_inv_logdet(sym(P[:, r_blk, r_blk]), "deep-mixture latent precision")
+        Pbr = P[:, b_blk, r_blk]
+        hr = h[:, r_blk]
+        a = (Prr_inv @ hr[..., None])[..., 0]
+        A = -Prr_inv @ np.swapaxes(Pbr, 1, 2)
+        precision = sym(P[:, b_blk, b_blk] + Pbr @ A)
+        shift = h[:, b_blk] - (Pbr @ a[..., None])[..., 0]
+        R = Dt - self.dim
+        const = const + 0.5 * R * LOG_2PI - 0.5 * logdet_rr + 0.5 * np.einsum("mr,mr->m", hr, a)
+        return PathPrior(log_w, precision, shift, const), _PathCache(A, a, Prr_inv, tuple(theta_moments))
+
+    # ------------------------------------------------------------------ global updates
+    def _stacked_moments(self, moments: PathMoments, cache: _PathCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sums over subjects of r_ic E[z], E[z z'] of the stacked latents (b, z1..zL) per path."""
+        R, S1, S2 = moments.weight, moments.first, moments.second
+        A, a, C = cache.A, cache.a, cache.C
+        D0 = self.dim
+        Dt = self._offsets[-1]
+        M = len(R)
+        Z1 = np.empty((M, Dt))
+        Z2 = np.empty((M, Dt, Dt))
+        Z1[:, :D0] = S1
+        Z1[:, D0:] = (A @ S1[..., None])[..., 0] + R[:, None] * a
+        Z2[:, :D0, :D0] = S2
+        rb = A @ S2 + a[:, :, None] * S1[:, None, :]  # (M, R, D0)
+        Z2[:, D0:, :D0] = rb
+        Z2[:, :D0, D0:] = np.swapaxes(rb, 1, 2)
+        AM1a = (A @ S1[..., None]) * a[:, None, :]  # (M, R, R): A S1 a'
+        Z2[:, D0:, D0:] = (
+            R[:, None, None] * (C + a[:, :, None] * a[:, None, :])
+            + A @ S2 @ np.swapaxes(A, 1, 2)
+            + AM1a
+            + np.swapaxes(AM1a, 1, 2)
+        )
+        return R, Z1, Z2
+
+    def update(self, params: DMFAParams, moments: PathMoments, cache: _PathCache, rho: float = 1.0) -> DMFAParams:
+        R, Z1, Z2 = self._stacked_moments(moments, cache)
+        new_layers = []
+        for l, lay in enumerate(params.layers):  # loop over layers, batched over components
+            K = self.n_components[l]
+            onehot = np.eye(K)[self._paths[:, l]]  # (M, K)
+            t_blk, z_blk = self._block(l), self._block(l + 1)
+            Nk = onehot.T @ R
+            z1 = onehot.T @ Z1[:, z_blk]  # (K, m)
+            zz = np.einsum("mk,mab->kab", onehot, Z2[:, z_blk, z_blk])
+            tz = np.einsum("mk,mab->kab", onehot, Z2[:, t_blk, z_blk])
+            t1 = onehot.T @ Z1[:, t_blk]
+            tt = np.einsum("mk,mjj->kj", onehot, Z2[:, t_blk, t_blk])
+            m = zz.shape[1]
+            Sxx = np.empty((K, m + 1, m + 1))
+            Sxx[:, 0, 0] = Nk
+            Sxx[:, 0, 1:] = z1
+            Sxx[:, 1:, 0] = z1
+            Sxx[:, 1:, 1:] = zz
+            Stx = np.concatenate([t1[..., None], tz], axis=2)  # (K, J, m+1)
+            new_layers.append(self._update_layer(l, lay, Nk, Sxx, Stx, tt, rho))
+        return DMFAParams(tuple(new_layers))
+
+    def _update_layer(self, l: int, lay: LayerParams, Nk, Sxx, Stx, tt, rho: float) -> LayerParams:
+        K, J, m1 = Stx.shape
+        m = m1 - 1
+        G, nu2, A2 = self.mean_scale[l], self.loading_scale[l] ** 2, self.delta_scale[l] ** 2
+        weights = blend(lay.weights, Dirichlet(self.concentration[l] + Nk), rho)
+        # loadings rows (mu_kj, B_kj.) given delta and the scales
+        prior_prec = np.concatenate(
+            [lay.mean_scale.mean_inv[..., None] / G, lay.global_scale.mean_inv[:, None, None] * lay.local_scale.mean_inv],
+            axis=2,
+        )  # (K, J, m+1)
+        dinv = lay.delta.mean_inv
+        prec = dinv[..., None, None] * Sxx[:, None] + prior_prec[..., None] * np.eye(m1)
+        loadings = blend(lay.loadings, Gaussian(sym(prec), dinv[..., None] * Stx), rho)
+        mean, cov, _ = loadings.moments()
+        second = cov + mean[..., :, None] * mean[..., None, :]
+        # delta given loadings
+        ssr = tt - 2 * np.einsum("kja,kja->kj", mean, Stx) + np.einsum("kab,kjba->kj", Sxx, second)
+        delta = blend(
+            lay.delta,
+            InvGamma(0.5 + 0.5 * Nk[:, None] * np.ones((1, J)), lay.delta_aux.mean_inv + 0.5 * np.maximum(ssr, 0.0)),
+            rho,
+        )
+        delta_aux = blend(lay.delta_aux, InvGamma(np.ones((K, J)), delta.mean_inv + 1.0 / A2), rho)
+        mu2 = second[..., 0, 0]
+        mean_scale = blend(lay.mean_scale, InvGamma(np.ones((K, J)), 0.5 + mu2 / (2 * G)), rho)
+        B2 = np.diagonal(second, axis1=-2, axis2=-1)[..., 1:]  # (K, J, m) E[B^2]
+        local_scale = blend(
+            lay.local_scale,
+            InvGamma(np.ones((K, J, m)), lay.local_aux.mean_inv + 0.5 * B2 * lay.global_scale.mean_inv[:, None, None]),
+            rho,
+        )
+        local_aux = blend(lay.local_aux, InvGamma(np.ones((K, J, m)), 1.0 + local_scale.mean_inv), rho)
+        global_scale = blend(
+            lay.global_scale,
+            InvGamma(
+                np.full(K, 0.5 + 0.5 * J * m),
+                lay.global_aux.mean_inv + 0.5 * (B2 * local_scale.mean_inv).sum(axis=(1, 2)),
+            ),
+            rho,
+        )
+        global_aux = blend(lay.global_aux, InvGamma(np.ones(K), global_scale.mean_inv + 1.0 / nu2), rho)
+        return LayerParams(
+            weights, loadings, delta, delta_aux, mean_scale, local_scale, local_aux, global_scale, global_aux
+        )
+
+    # ------------------------------------------------------------------ ELBO of the globals
+    def elbo(self, params: DMFAParams) -> float:
+        total = 0.0
+        for l, lay in enumerate(params.layers):
+            G, nu2, A2 = self.mean_scale[l], self.loading_scale[l] ** 2, self.delta_scale[l] ** 2
+            total -= float(lay.weights.kl_from_symmetric(self.concentration[l]))
+            mean, cov, logdet = lay.loadings.moments()
+            m1 = mean.shape[-1]
+            var = np.diagonal(cov, axis1=-2, axis2=-1) + mean**2  # (K, J, m+1) E[theta^2]
+            e_inv_v = np.concatenate(
+                [lay.mean_scale.mean_inv[..., None] / G,
+                 lay.global_scale.mean_inv[:, None, None] * lay.local_scale.mean_inv], axis=2)
+            e_log_v = np.concatenate(
+                [np.log(G) + lay.mean_scale.mean_log[..., None],
+                 lay.global_scale.mean_log[:, None, None] + lay.local_scale.mean_log], axis=2)
+            total += float(np.sum(-0.5 * LOG_2PI - 0.5 * e_log_v - 0.5 * e_inv_v * var))
+            total += float(np.sum(gaussian_entropy(logdet, m1)))
+            d, da = lay.delta, lay.delta_aux
+            total += float(np.sum(ig_expected_logpdf(0.5, da.mean_inv, -da.mean_log, d) + d.entropy()))
+            total += float(np.sum(ig_expected_logpdf(0.5, 1 / A2, -np.log(A2), da) + da.entropy()))
+            g = lay.mean_scale
+            total += float(np.sum(ig_expected_logpdf(0.5, 0.5, np.log(0.5), g) + g.entropy()))
+            ls, la = lay.local_scale, lay.local_aux
+            total += float(np.sum(ig_expected_logpdf(0.5, la.mean_inv, -la.mean_log, ls) + ls.entropy()))
+            total += float(np.sum(ig_expected_logpdf(0.5, 1.0, 0.0, la) + la.entropy()))
+            gs, ga = lay.global_scale, lay.global_aux
+            total += float(np.sum(ig_expected_logpdf(0.5, ga.mean_inv, -ga.mean_log, gs) + gs.entropy()))
+            total += float(np.sum(ig_expected_logpdf(0.5, 1 / nu2, -np.log(nu2), ga) + ga.entropy()))
+        return total
+
+    # ------------------------------------------------------------------ point summaries
+    def layer_point(self, params: DMFAParams) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per layer: weights (K,), mu (K, J), B (K, J, m), delta (K, J) at the variational means."""
+        out = []
+        for lay in params.layers:
+            mean, _, _ = lay.loadings.moments()
+            out.append((lay.weights.mean, mean[..., 0], mean[..., 1:], lay.delta.mean))
+        return out
+
+    def point_mixture(self, params: DMFAParams) -> PointMixture:
+        """Top-down recursion m <- mu + B m, S <- B S B' + diag(delta) along every path."""
+        pts = self.layer_point(params)
+        M = self.n_paths
+        m = np.zeros((M, self._dims[-1]))
+        S = np.broadcast_to(np.eye(self._dims[-1]), (M, self._dims[-1], self._dims[-1])).copy()
+        w = np.ones(M)
+        for l in reversed(range(self.n_layers)):
+            pi, mu, B, delta = pts[l]
+            k = self._paths[:, l]
+            Bk = B[k]
+            m = mu[k] + (Bk @ m[..., None])[..., 0]
+            S = Bk @ S @ np.swapaxes(Bk, 1, 2) + delta[k][:, :, None] * np.eye(delta.shape[1])
+            w = w * pi[k]
+        return PointMixture(w / w.sum(), m, sym(S))
+
+    def layer_weights(self, params: DMFAParams) -> list[np.ndarray]:
+        return [lay.weights.mean for lay in params.layers]
+
+
+def _fa_by_cluster(z: np.ndarray, labels: np.ndarray, K: int, m: int, rng: np.random.Generator):
+    """Per-cluster PCA factor analysis: means (K, J), loadings (K, J, m), variances (K, J), scores (N, m).
+
+    Loops over the K clusters (not subjects); each cluster's work is vectorised.
+    """
+    N, J = z.shape
+    overall_var = np.maximum(z.var(axis=0), 1e-6) if N > 1 else np.ones(J)
+    mus = np.zeros((K, J))
+    Bs = np.zeros((K, J, m))
+    deltas = np.tile(overall_var, (K, 1))
+    scores = np.zeros((N, m))
+    for k in range(K):
+        idx = labels == k
+        nk = int(idx.sum())
+        if nk == 0:
+            mus[k] = z[rng.integers(N)]
+            Bs[k] = 0.1 * rng.standard_normal((J, m)) * np.sqrt(overall_var)[:, None]
+            continue
+        zk = z[idx]
+        mus[k] = zk.mean(axis=0)
+        if nk < 2:
+            Bs[k] = 0.1 * rng.standard_normal((J, m)) * np.sqrt(overall_var)[:, None]
+            continue
+        cov = np.cov(zk.T).reshape(J, J) + 1e-6 * np.diag(overall_var)
+        evals, evecs = np.linalg.eigh(cov)
+        evals, evecs = evals[::-1], evecs[:, ::-1]
+        noise = evals[m:].mean() if m < J else 0.01 * evals.mean()
+        noise = max(noise, 1e-4 * evals.mean() + 1e-8)
+        Bs[k] = evecs[:, :m] * np.sqrt(np.maximum(evals[:m] - noise, 1e-6))
+        deltas[k] = np.maximum(np.diag(cov) - (Bs[k] ** 2).sum(axis=1), noise * 0.1)
+    # posterior-mean factor scores under each subject's own cluster
+    Bl = Bs[labels]  # (N, J, m)
+    dinv = 1.0 / deltas[labels]
+    prec = np.eye(m) + np.einsum("njm,nj,njk->nmk", Bl, dinv, Bl)
+    rhs = np.einsum("njm,nj,nj->nm", Bl, dinv, z - mus[labels])
+    scores = np.linalg.solve(prec, rhs[..., None])[..., 0]
+    return mus, Bs, deltas, scores
