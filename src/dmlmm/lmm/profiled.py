@@ -143,11 +143,33 @@ def _spd_inverse(a: np.ndarray) -> np.ndarray:
 
 
 def _batched_spd_inverse(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse and log-determinant of a stack (N, q, q) of SPD matrices (Cholesky, batched)."""
+    """Inverse and log-determinant of a stack (N, q, q) of SPD matrices, batched.
+
+    The log-determinant comes from a Cholesky factorisation; the inverse from one
+    batched LAPACK inversion (the matrices here have eigenvalues >= 1, so they are
+    well conditioned), symmetrised.
+    """
     chol = np.linalg.cholesky(m)
     logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-    li = np.linalg.inv(chol)
-    return np.swapaxes(li, -1, -2) @ li, logdet
+    inv = np.linalg.inv(m)
+    return 0.5 * (inv + np.swapaxes(inv, -1, -2)), logdet
+
+
+def _sum_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum_n a_n' b_n`` for stacks a (N, k, i), b (N, k, j) -> (i, j), as one matrix product."""
+    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+
+
+def _sum_nt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum_n a_n b_n'`` for stacks a (N, i, k), b (N, j, k) -> (i, j), as one matrix product."""
+    at = np.swapaxes(a, 0, 1).reshape(a.shape[1], -1)
+    bt = np.swapaxes(b, 0, 1).reshape(b.shape[1], -1)
+    return at @ bt.T
+
+
+def _mv(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Batched matrix-vector product: (N, i, j) x (N, j) -> (N, i)."""
+    return (a @ v[..., None])[..., 0]
 
 
 def evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool = False
@@ -182,14 +204,14 @@ def evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool = F
     logdet_M = float(logdet_Mi.sum())
     cy = Zty @ lam                                                  # (N, q)     Lambda'Z'y
     E = lam.T @ ZtF                                                 # (N, q, p)  Lambda'Z'F
-    Minv_cy = np.einsum("nij,nj->ni", Minv, cy)
+    Minv_cy = _mv(Minv, cy)
     MinvE = Minv @ E
 
-    ytWy = float(stats.yty.sum() - np.einsum("ni,ni->", cy, Minv_cy))
+    ytWy = float(stats.yty.sum() - np.vdot(cy, Minv_cy))
     if p:
-        FtWF = stats.FtF.sum(axis=0) - np.einsum("nqi,nqj->ij", E, MinvE)
+        FtWF = stats.FtF.sum(axis=0) - _sum_tn(E, MinvE)
         FtWF = 0.5 * (FtWF + FtWF.T)
-        FtWy = stats.Fty.sum(axis=0) - np.einsum("nqi,nq->i", E, Minv_cy)
+        FtWy = stats.Fty.sum(axis=0) - E.reshape(-1, p).T @ Minv_cy.reshape(-1)
         cholF = np.linalg.cholesky(FtWF)
         beta = np.linalg.solve(cholF.T, np.linalg.solve(cholF, FtWy))
         logdet_F = 2.0 * float(np.log(np.diag(cholF)).sum())
@@ -215,12 +237,12 @@ def evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool = F
         return state, None
 
     Ztr = Zty - (ZtF @ beta if p else 0.0)                          # (N, q)  Z'r
-    ZWr = Ztr - np.einsum("nij,nj->ni", AL, u)                      # (N, q)  Z'W r
-    g = np.einsum("ni,nj->ij", ZWr, u) / sigma2 - np.einsum("nij,njk->ik", AL, Minv)
+    ZWr = Ztr - _mv(AL, u)                                          # (N, q)  Z'W r
+    g = (ZWr.T @ u) / sigma2 - _sum_nt(AL, np.swapaxes(Minv, -1, -2))
     if reml and p:
         ZWF = ZtF - AL @ MinvE                                      # (N, q, p)  Z'W F
         T = ZWF @ _spd_inverse(FtWF)
-        g = g + np.einsum("nip,njp->ij", T, MinvE)
+        g = g + _sum_nt(T, MinvE)
     return state, g
 
 

@@ -1,0 +1,460 @@
+"""LinearMixedModel by ML and REML: checked against lme4's published numbers, dense
+(n x n) computations, brute-force optimisation, finite differences and invariances."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import simulate_spline_lmm
+from scipy import optimize, stats
+
+from dmlmm.basis import SplineBasis
+from dmlmm.data import sufficient_stats
+from dmlmm.exceptions import DataError, IdentifiabilityWarning, NotFittedError
+from dmlmm.lmm import CovarianceStructure, LinearMixedModel, profiled_loglik, profiled_loglik_grad
+
+FORMULA = "Reaction ~ Days + (Days | Subject)"
+
+
+def sig4(x: float) -> float:
+    """Round to 4 significant digits."""
+    return float(f"{x:.4g}")
+
+
+# --------------------------------------------------------------------------- dense references
+
+
+def dense_loglik(y, F, Z, groups, beta, Sigma, sigma2, reml=False):
+    """Gaussian log-likelihood of y ~ N(F beta, blockdiag(Z_i Sigma Z_i' + sigma2 I)), subject by subject."""
+    ll = 0.0
+    FtVF = np.zeros((F.shape[1], F.shape[1]))
+    for g in pd.unique(groups):
+        m = groups == g
+        V = Z[m] @ Sigma @ Z[m].T + sigma2 * np.eye(int(m.sum()))
+        ll += stats.multivariate_normal(F[m] @ beta, V).logpdf(y[m])
+        FtVF += F[m].T @ np.linalg.solve(V, F[m])
+    if reml:
+        ll += 0.5 * F.shape[1] * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(FtVF)[1]
+    return float(ll)
+
+
+def sleep_arrays(df):
+    y = df["Reaction"].to_numpy(float)
+    F = np.column_stack([np.ones(len(df)), df["Days"].to_numpy(float)])
+    return y, F, F.copy(), df["Subject"].to_numpy()
+
+
+# --------------------------------------------------------------------------- lme4's numbers
+
+
+@pytest.fixture(scope="module")
+def reml_fit(sleepstudy):
+    return LinearMixedModel(FORMULA, method="reml").fit(sleepstudy)
+
+
+@pytest.fixture(scope="module")
+def ml_fit(sleepstudy):
+    return LinearMixedModel(FORMULA, method="ml").fit(sleepstudy)
+
+
+def test_sleepstudy_reml_matches_lme4(reml_fit):
+    m = reml_fit
+    assert list(m.fixed_effects_.index) == ["Intercept", "Days"]
+    assert sig4(m.fixed_effects_["Intercept"]) == sig4(251.405)
+    assert sig4(m.fixed_effects_["Days"]) == sig4(10.467)
+    sd = np.sqrt(np.diag(m.cov_re_.to_numpy()))
+    assert sig4(sd[0]) == sig4(24.741) and sig4(sd[1]) == sig4(5.922)
+    corr = m.cov_re_.iloc[0, 1] / (sd[0] * sd[1])
+    assert round(corr, 3) == 0.066
+    assert sig4(np.sqrt(m.sigma2_)) == sig4(25.592)
+    assert sig4(m.loglik_) == sig4(-871.81)
+    assert m.deviance_ == pytest.approx(1743.628, abs=1e-3)  # lme4's REML criterion
+    # lme4: standard errors 6.825 and 1.546; AIC 1755.6 and BIC 1774.8 from the REML log-likelihood
+    assert sig4(m.fixed_effects_se_["Intercept"]) == sig4(6.825)
+    assert sig4(m.fixed_effects_se_["Days"]) == sig4(1.546)
+    assert m.aic_ == pytest.approx(1755.628, abs=1e-2) and m.bic_ == pytest.approx(1774.786, abs=1e-2)
+    assert list(m.cov_re_.index) == ["Intercept", "Days"] == list(m.cov_re_.columns)
+    assert m.random_effects_.shape == (18, 2) and m.random_effects_.index.name == "Subject"
+    assert m.converged_ and m.n_iter_ > 0 and m.method == "reml"
+
+
+def test_sleepstudy_ml_matches_lme4(ml_fit):
+    m = ml_fit
+    assert sig4(m.loglik_) == sig4(-875.97)
+    assert sig4(m.fixed_effects_["Intercept"]) == sig4(251.405)
+    # lme4 (ML): SDs 23.780 and 5.717, residual 25.592; SEs 6.632 and 1.502; AIC 1763.9, BIC 1783.1
+    sd = np.sqrt(np.diag(m.cov_re_.to_numpy()))
+    assert sig4(sd[0]) == sig4(23.780) and sig4(sd[1]) == sig4(5.717)
+    assert sig4(np.sqrt(m.sigma2_)) == sig4(25.592)
+    assert sig4(m.fixed_effects_se_["Intercept"]) == sig4(6.632)
+    assert sig4(m.fixed_effects_se_["Days"]) == sig4(1.502)
+    assert m.aic_ == pytest.approx(1763.939, abs=1e-2) and m.bic_ == pytest.approx(1783.097, abs=1e-2)
+
+
+def test_sleepstudy_ml_matches_statsmodels(sleepstudy, ml_fit):
+    sm = pytest.importorskip("statsmodels.regression.mixed_linear_model")
+    y, F, Z, g = sleep_arrays(sleepstudy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = sm.MixedLM(y, F, g, exog_re=Z).fit(reml=False)
+    assert ml_fit.loglik_ >= r.llf - 1e-6
+    assert ml_fit.loglik_ == pytest.approx(r.llf, abs=1e-3)
+
+
+def test_loglik_equals_dense_likelihood(sleepstudy, reml_fit, ml_fit):
+    y, F, Z, g = sleep_arrays(sleepstudy)
+    for m, reml in ((ml_fit, False), (reml_fit, True)):
+        ll = dense_loglik(y, F, Z, g, m.fixed_effects_.to_numpy(), m.cov_re_.to_numpy(), m.sigma2_, reml)
+        assert m.loglik_ == pytest.approx(ll, abs=1e-8)
+
+
+def test_ml_estimate_is_a_maximum_of_the_dense_likelihood(sleepstudy, ml_fit):
+    y, F, Z, g = sleep_arrays(sleepstudy)
+    beta, S, s2 = ml_fit.fixed_effects_.to_numpy(), ml_fit.cov_re_.to_numpy(), ml_fit.sigma2_
+    base = dense_loglik(y, F, Z, g, beta, S, s2)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        E = rng.normal(size=(2, 2)) * 0.02
+        S2 = S + np.diag(np.sqrt(np.diag(S))) @ (E + E.T) @ np.diag(np.sqrt(np.diag(S)))
+        assert dense_loglik(y, F, Z, g, beta + rng.normal(size=2) * 0.05, S2, s2 * (1 + 0.02 * rng.normal())) < base
+
+
+def test_blups_and_prediction_variance_match_mixed_model_equations(sleepstudy, reml_fit):
+    """Henderson's mixed model equations, dense: BLUPs and prediction error variances."""
+    m = reml_fit
+    y, F, Z, g = sleep_arrays(sleepstudy)
+    subjects = m.random_effects_.index.to_numpy()
+    N, q = len(subjects), 2
+    Zfull = np.zeros((len(y), N * q))
+    for k, s in enumerate(subjects):
+        Zfull[g == s, k * q:(k + 1) * q] = Z[g == s]
+    S, s2 = m.cov_re_.to_numpy(), m.sigma2_
+    Ginv = np.kron(np.eye(N), np.linalg.inv(S))
+    C = np.block([[F.T @ F, F.T @ Zfull], [Zfull.T @ F, Zfull.T @ Zfull + s2 * Ginv]])
+    sol = np.linalg.solve(C, np.r_[F.T @ y, Zfull.T @ y])
+    np.testing.assert_allclose(sol[:2], m.fixed_effects_.to_numpy(), rtol=1e-7)
+    np.testing.assert_allclose(sol[2:].reshape(N, q), m.random_effects_.to_numpy(), rtol=1e-6, atol=1e-6)
+    # prediction error variance of F w + Z b_i at new days for subject 309
+    new = pd.DataFrame({"Days": [0.0, 4.5, 9.0, 12.0], "Subject": 309})
+    pred = m.predict(new, interval=0.9)
+    k = list(subjects).index(309)
+    L = np.zeros((4, 2 + N * q))
+    L[:, :2] = np.c_[np.ones(4), new["Days"]]
+    L[:, 2 + k * q: 2 + (k + 1) * q] = np.c_[np.ones(4), new["Days"]]
+    pev = np.einsum("ij,jk,ik->i", L, np.linalg.inv(C) * s2, L)
+    np.testing.assert_allclose(pred["mean"], L @ sol, rtol=1e-8)
+    half = stats.norm.ppf(0.95) * np.sqrt(pev)
+    np.testing.assert_allclose(pred["upper"] - pred["mean"], half, rtol=1e-6)
+    obs = m.predict(new, interval=0.9, kind="observation")
+    np.testing.assert_allclose(obs["upper"] - obs["mean"], stats.norm.ppf(0.95) * np.sqrt(pev + s2), rtol=1e-6)
+    # population level: F w, variance z' Sigma z + f' Cov(w) f
+    pop = m.predict(new, level="population", interval=0.9)
+    f = L[:, :2]
+    var = np.einsum("ij,jk,ik->i", f, S, f) + np.einsum("ij,jk,ik->i", f, m.fixed_effects_cov_.to_numpy(), f)
+    np.testing.assert_allclose(pop["mean"], f @ m.fixed_effects_.to_numpy())
+    np.testing.assert_allclose(pop["upper"] - pop["mean"], stats.norm.ppf(0.95) * np.sqrt(var), rtol=1e-8)
+    assert list(pred.columns) == ["Subject", "mean", "lower", "upper"]
+
+
+# --------------------------------------------------------------------------- gradient
+
+
+@pytest.mark.parametrize("reml", [False, True])
+@pytest.mark.parametrize("kind", ["unstructured", "block", "identity"])
+def test_analytic_gradient_matches_finite_differences(reml, kind):
+    rng = np.random.default_rng(3)
+    N, q, p = 15, 3, 4
+    counts = rng.integers(1, 7, N)
+    codes = np.repeat(np.arange(N), counts)
+    n = counts.sum()
+    Z = np.c_[np.ones(n), rng.normal(size=(n, q - 1))]
+    F = np.c_[np.ones(n), rng.normal(size=(n, p - 1))]
+    y = rng.normal(size=n) + Z[:, 1] * rng.normal(size=N)[codes]
+    st = sufficient_stats(y, Z, F, codes, N)
+    structure = {"unstructured": CovarianceStructure.unstructured(q),
+                 "block": CovarianceStructure.block_diagonal([1, 2]),
+                 "identity": CovarianceStructure.scaled_identity(q)}[kind]
+    theta = rng.uniform(0.2, 1.5, structure.n_theta) * np.where(structure.on_diagonal, 1, rng.choice([-1, 1]))
+    ll, g = profiled_loglik_grad(st, theta, structure, reml)
+    assert ll == pytest.approx(profiled_loglik(st, theta, structure, reml))
+    h = 1e-6
+    fd = np.array([(profiled_loglik(st, theta + h * e, structure, reml)
+                    - profiled_loglik(st, theta - h * e, structure, reml)) / (2 * h)
+                   for e in np.eye(structure.n_theta)])
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- forms agree
+
+
+def test_design_matrix_form_equals_formula_form(sleepstudy, reml_fit):
+    y, F, Z, g = sleep_arrays(sleepstudy)
+    m = LinearMixedModel(method="reml").fit(X=F, Z=Z, y=y, groups=g)
+    assert m.loglik_ == pytest.approx(reml_fit.loglik_, abs=1e-9)
+    np.testing.assert_allclose(m.fixed_effects_.to_numpy(), reml_fit.fixed_effects_.to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(m.cov_re_.to_numpy(), reml_fit.cov_re_.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(m.random_effects_.to_numpy(), reml_fit.random_effects_.to_numpy(), rtol=1e-6, atol=1e-8)
+    assert list(m.fixed_effects_.index) == ["x0", "x1"] and list(m.cov_re_.index) == ["z0", "z1"]
+    named = LinearMixedModel(method="reml").fit(X=pd.DataFrame(F, columns=["a", "b"]), Z=Z, y=y, groups=g)
+    assert list(named.fixed_effects_.index) == ["a", "b"]
+    pred = m.predict(X=F[:3], Z=Z[:3], groups=g[:3])
+    np.testing.assert_allclose(pred["mean"], reml_fit.predict(sleepstudy.head(3))["mean"], rtol=1e-9)
+
+
+def test_longitudinal_form_equals_design_matrix_form(spline_data):
+    basis = SplineBasis(n_basis=5)
+    m = LinearMixedModel(basis=basis, method="ml").fit(spline_data, subject="id", time="t", response="y",
+                                                       covariates=["age"])
+    assert not basis.is_fitted  # the user's basis is copied, not mutated
+    assert list(m.fixed_effects_.index) == ["B1", "B2", "B3", "B4", "B5", "age"]
+    assert m.cov_re_.shape == (5, 5) and m.random_effects_.shape == (40, 5)
+    B = SplineBasis(n_basis=5).fit(spline_data["t"])
+    Z = B.transform(spline_data["t"])
+    F = np.c_[Z, spline_data["age"]]
+    m2 = LinearMixedModel(method="ml").fit(X=F, Z=Z, y=spline_data["y"], groups=spline_data["id"])
+    assert m.loglik_ == pytest.approx(m2.loglik_, abs=1e-7)
+    np.testing.assert_allclose(m.fixed_effects_.to_numpy(), m2.fixed_effects_.to_numpy(), rtol=1e-5)
+    ll = dense_loglik(spline_data["y"].to_numpy(), F, Z, spline_data["id"].to_numpy(), m.fixed_effects_.to_numpy(),
+                      m.cov_re_.to_numpy(), m.sigma2_)
+    assert m.loglik_ == pytest.approx(ll, abs=1e-7)
+
+
+# --------------------------------------------------------------------------- invariances
+
+
+def test_permuting_rows_and_subject_labels_does_not_change_the_fit(sleepstudy, reml_fit):
+    rng = np.random.default_rng(7)
+    shuffled = sleepstudy.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    relabel = dict(zip(sleepstudy["Subject"].unique(), rng.permutation(1000 + np.arange(18))))
+    shuffled["Subject"] = shuffled["Subject"].map(relabel)
+    m = LinearMixedModel(FORMULA, method="reml").fit(shuffled)
+    assert m.loglik_ == pytest.approx(reml_fit.loglik_, abs=1e-8)
+    np.testing.assert_allclose(m.fixed_effects_, reml_fit.fixed_effects_, rtol=1e-8)
+    np.testing.assert_allclose(m.cov_re_, reml_fit.cov_re_, rtol=1e-5)
+    back = m.random_effects_.loc[[relabel[s] for s in reml_fit.random_effects_.index]]
+    np.testing.assert_allclose(back.to_numpy(), reml_fit.random_effects_.to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_adding_a_constant_shifts_only_the_intercept(sleepstudy, reml_fit):
+    m = LinearMixedModel(FORMULA, method="reml").fit(sleepstudy.assign(Reaction=sleepstudy["Reaction"] + 1000.0))
+    assert m.fixed_effects_["Intercept"] == pytest.approx(reml_fit.fixed_effects_["Intercept"] + 1000.0, rel=1e-10)
+    assert m.fixed_effects_["Days"] == pytest.approx(reml_fit.fixed_effects_["Days"], rel=1e-8)
+    assert m.loglik_ == pytest.approx(reml_fit.loglik_, abs=1e-8)
+    np.testing.assert_allclose(m.cov_re_, reml_fit.cov_re_, rtol=1e-6)
+    assert m.sigma2_ == pytest.approx(reml_fit.sigma2_, rel=1e-8)
+
+
+@pytest.mark.parametrize("factor", [1e9, 1e-9])
+@pytest.mark.parametrize("method", ["ml", "reml"])
+def test_huge_and_tiny_scales(sleepstudy, factor, method):
+    base = LinearMixedModel(FORMULA, method=method).fit(sleepstudy)
+    m = LinearMixedModel(FORMULA, method=method).fit(sleepstudy.assign(Reaction=sleepstudy["Reaction"] * factor))
+    np.testing.assert_allclose(m.fixed_effects_, base.fixed_effects_ * factor, rtol=1e-7)
+    np.testing.assert_allclose(m.fixed_effects_se_, base.fixed_effects_se_ * factor, rtol=1e-6)
+    np.testing.assert_allclose(m.cov_re_, base.cov_re_ * factor**2, rtol=1e-5)
+    assert m.sigma2_ == pytest.approx(base.sigma2_ * factor**2, rel=1e-7)
+    dof = 180 - (2 if method == "reml" else 0)
+    assert m.loglik_ == pytest.approx(base.loglik_ - dof * np.log(factor), abs=1e-6)
+    np.testing.assert_allclose(m.random_effects_, base.random_effects_ * factor, rtol=1e-5, atol=1e-5 * factor)
+
+
+def test_no_intercept_design_is_not_centred():
+    """Without an intercept a shift of y is not absorbed by the fixed effects: the fit must still be
+    the exact ML fit (internal standardisation may scale y, but not centre it)."""
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(30), 6)
+    x = rng.uniform(1.0, 3.0, g.size)
+    y = 3.0 + 2.0 * x + x * rng.normal(size=30)[g] + 0.5 * rng.normal(size=g.size)
+    df = pd.DataFrame({"y": y, "x": x, "g": g})
+    m = LinearMixedModel("y ~ 0 + x + (0 + x | g)", method="ml").fit(df)
+    assert list(m.fixed_effects_.index) == ["x"] and list(m.cov_re_.index) == ["x"]
+    d = x[:, None]
+    ll = dense_loglik(y, d, d, g, m.fixed_effects_.to_numpy(), m.cov_re_.to_numpy(), m.sigma2_)
+    assert m.loglik_ == pytest.approx(ll, abs=1e-8)
+    assert m.cov_re_.iloc[0, 0] > 1.0
+
+    def negll(par):  # brute force over (slope, log tau, log sigma)
+        return -dense_loglik(y, d, d, g, par[:1], np.exp(2 * par[1:2])[:, None], np.exp(2 * par[2]))
+
+    start = np.r_[m.fixed_effects_.to_numpy() * 0.9, 0.5 * np.log(m.cov_re_.iloc[0, 0]) + 0.2,
+                  0.5 * np.log(m.sigma2_) - 0.2]
+    res = optimize.minimize(negll, start, method="Nelder-Mead", options={"xatol": 1e-9, "fatol": 1e-11})
+    assert m.loglik_ >= -res.fun - 1e-7
+    assert m.loglik_ == pytest.approx(-res.fun, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- ungrouped form
+
+
+@pytest.mark.parametrize("reml", [False, True])
+def test_single_variance_component_matches_brute_force(reml):
+    """y = X w + Z u, u ~ N(0, tau^2 I): compare with a dense (n x n) optimisation."""
+    rng = np.random.default_rng(11)
+    n, q = 60, 8
+    X = np.c_[np.ones(n), rng.normal(size=n)]
+    Z = rng.normal(size=(n, q))
+    y = X @ [1.0, 2.0] + Z @ rng.normal(size=q) * 0.7 + 0.5 * rng.normal(size=n)
+    m = LinearMixedModel(method="reml" if reml else "ml").fit(X=X, Z=Z, y=y)
+    tau2 = m.cov_re_.iloc[0, 0]
+    np.testing.assert_allclose(m.cov_re_.to_numpy(), tau2 * np.eye(q))
+    assert m.random_effects_.shape == (1, q)
+
+    def negll(par):
+        V = np.exp(par[0]) * Z @ Z.T + np.exp(par[1]) * np.eye(n)
+        Vi = np.linalg.inv(V)
+        beta = np.linalg.solve(X.T @ Vi @ X, X.T @ Vi @ y)
+        r = y - X @ beta
+        ll = -0.5 * (n * np.log(2 * np.pi) + np.linalg.slogdet(V)[1] + r @ Vi @ r)
+        if reml:
+            ll += 0.5 * 2 * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(X.T @ Vi @ X)[1]
+        return -ll
+
+    res = optimize.minimize(negll, [0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-12})
+    assert m.loglik_ == pytest.approx(-res.fun, abs=1e-6)
+    assert tau2 == pytest.approx(np.exp(res.x[0]), rel=1e-4)
+    assert m.sigma2_ == pytest.approx(np.exp(res.x[1]), rel=1e-4)
+    # BLUP of u: tau2 Z' V^{-1} (y - X w)
+    V = tau2 * Z @ Z.T + m.sigma2_ * np.eye(n)
+    u = tau2 * Z.T @ np.linalg.solve(V, y - X @ m.fixed_effects_.to_numpy())
+    np.testing.assert_allclose(m.random_effects_.to_numpy()[0], u, rtol=1e-6, atol=1e-8)
+    pred = m.predict(X=X[:5], Z=Z[:5])
+    np.testing.assert_allclose(pred["mean"], X[:5] @ m.fixed_effects_.to_numpy() + Z[:5] @ u, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def test_predict_longitudinal(spline_data):
+    m = LinearMixedModel(basis=SplineBasis(n_basis=5), method="reml").fit(spline_data, subject="id", time="t",
+                                                                           response="y")
+    first = spline_data.iloc[[5, 0, 3]]
+    pred = m.predict(first)
+    assert list(pred.columns) == ["id", "t", "mean", "lower", "upper"]
+    assert list(pred.index) == list(first.index)
+    np.testing.assert_allclose(pred["t"], first["t"])
+    assert (pred["lower"] < pred["mean"]).all() and (pred["mean"] < pred["upper"]).all()
+    grid = np.linspace(0, 1, 7)
+    by_times = m.predict(grid, subject="s002")
+    frame = m.predict(pd.DataFrame({"id": "s002", "t": grid}))
+    np.testing.assert_allclose(by_times["mean"], frame["mean"])
+    obs = m.predict(grid, subject="s002", kind="observation")
+    assert ((obs["upper"] - obs["lower"]) > (by_times["upper"] - by_times["lower"])).all()
+    pop = m.predict(grid)
+    assert list(pop.columns) == ["t", "mean", "lower", "upper"]
+    with pytest.warns(UserWarning, match=r"\['nobody'\]"):
+        unknown = m.predict(grid, subject="nobody")
+    np.testing.assert_allclose(unknown["mean"], pop["mean"])
+    np.testing.assert_allclose(unknown["upper"], pop["upper"])
+    with pytest.raises(DataError, match="outside the basis range"):
+        m.predict([0.5, 1.5], subject="s002")
+
+
+def test_predict_extrapolating_basis(spline_data):
+    from dmlmm.exceptions import ExtrapolationWarning
+
+    m = LinearMixedModel(basis=SplineBasis(n_basis=5, extrapolate=True), method="ml").fit(
+        spline_data, subject="id", time="t", response="y")
+    with pytest.warns(ExtrapolationWarning):
+        pred = m.predict([0.5, 1.2], subject="s001")
+    assert np.isfinite(pred["mean"]).all()
+
+
+def test_predict_needs_fit():
+    with pytest.raises(NotFittedError, match="fit"):
+        LinearMixedModel(FORMULA).predict(pd.DataFrame({"Days": [1]}))
+    with pytest.raises(NotFittedError):
+        LinearMixedModel(FORMULA).summary()
+
+
+def test_predict_bad_options(reml_fit, sleepstudy):
+    with pytest.raises(ValueError, match="level"):
+        reml_fit.predict(sleepstudy, level="group")
+    with pytest.raises(ValueError, match="kind"):
+        reml_fit.predict(sleepstudy, kind="mean")
+    with pytest.raises(DataError, match=r"\['Days'\]"):
+        reml_fit.predict(pd.DataFrame({"Subject": [308]}))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_single_subject_is_an_error(sleepstudy):
+    one = sleepstudy[sleepstudy["Subject"] == 308]
+    with pytest.raises(DataError, match=">= 2 subjects"):
+        LinearMixedModel(FORMULA).fit(one)
+
+
+def test_fewer_observations_than_fixed_effects():
+    df = pd.DataFrame({"y": [1.0, 2.0, 4.0], "a": [1.0, 0.0, 2.0], "b": [0.5, 1.0, 3.0], "c": [1.0, 2.0, 2.5],
+                       "g": [1, 1, 2]})
+    with pytest.raises(DataError, match="fewer observations"):
+        LinearMixedModel("y ~ a + b + c + (1 | g)").fit(df)
+
+
+def test_identifiability_warning_when_random_effects_outnumber_observations(sleepstudy):
+    two = sleepstudy[sleepstudy["Days"] < 2]
+    with pytest.warns(IdentifiabilityWarning, match=r"number of observations \(=36\) <= number of random effects \(=36\)"):
+        LinearMixedModel(FORMULA, method="ml").fit(two)
+
+
+def test_constant_response(sleepstudy):
+    with pytest.raises(DataError, match="constant"):
+        LinearMixedModel(FORMULA).fit(sleepstudy.assign(Reaction=3.0))
+
+
+def test_rank_deficient_fixed_design(sleepstudy):
+    with pytest.raises(DataError, match=r"rank deficient.*\['Days2'\]|rank deficient.*\['Days'\]"):
+        LinearMixedModel("Reaction ~ Days + Days2 + (1 | Subject)").fit(sleepstudy.assign(Days2=2 * sleepstudy["Days"]))
+
+
+def test_empty_frame(sleepstudy):
+    with pytest.raises(DataError, match="empty"):
+        LinearMixedModel(FORMULA).fit(sleepstudy.iloc[:0])
+    with pytest.raises(DataError, match="empty"):
+        LinearMixedModel().fit(pd.DataFrame({"subject": [], "time": [], "y": []}))
+
+
+def test_longitudinal_bad_input(spline_data):
+    m = LinearMixedModel(basis=SplineBasis(n_basis=5))
+    with pytest.raises(DataError, match=r"\['time'\] not found"):
+        m.fit(spline_data, subject="id", response="y")
+    with pytest.raises(DataError, match="'t' must be numeric"):
+        m.fit(spline_data.assign(t="x"), subject="id", time="t", response="y")
+    bad = spline_data.copy()
+    bad.loc[bad.index[:3], "y"] = np.nan
+    bad.loc[bad.index[5], "age"] = np.inf
+    with pytest.raises(DataError, match=r"4 row\(s\) have missing or infinite values.*'y': 3.*'age': 1"):
+        m.fit(bad, subject="id", time="t", response="y", covariates=["age"])
+    with pytest.warns(UserWarning, match="dropped 4 of"):
+        m.fit(bad, subject="id", time="t", response="y", covariates=["age"], dropna=True)
+    assert m.n_obs_ == len(spline_data) - 4
+    dup = pd.concat([spline_data, spline_data.iloc[:5]])  # duplicate (subject, time) rows are allowed
+    LinearMixedModel(basis=SplineBasis(n_basis=5), method="ml").fit(dup, subject="id", time="t", response="y")
+
+
+def test_design_matrix_bad_input():
+    rng = np.random.default_rng(0)
+    X, Z, y, g = np.ones((10, 1)), rng.normal(size=(10, 2)), rng.normal(size=10), np.repeat([0, 1], 5)
+    with pytest.raises(DataError, match="Z has 9 rows but y has 10"):
+        LinearMixedModel().fit(X=X, Z=Z[:9], y=y, groups=g)
+    y2 = y.copy()
+    y2[3] = np.nan
+    with pytest.raises(DataError, match=r"y: 1 row\(s\)"):
+        LinearMixedModel().fit(X=X, Z=Z, y=y2, groups=g)
+    with pytest.raises(DataError, match="zero for every observation"):
+        LinearMixedModel().fit(X=X, Z=np.c_[Z, np.zeros(10)], y=y, groups=g)
+    with pytest.raises(ValueError, match="method"):
+        LinearMixedModel(method="bayes").fit(X=X, Z=Z, y=y, groups=g)
+
+
+def test_summary_text(reml_fit, ml_fit):
+    s = reml_fit.summary()
+    for needle in ("REML criterion at convergence: 1743.6", "Random effects:", "Intercept", "Days", "Residual",
+                   "25.59", "Number of obs: 180, groups:  Subject, 18", "Fixed effects", "Std. Error",
+                   "t value", "2.5%", "97.5%", "251.405", "0.066"):
+        assert needle in s, needle
+    s = ml_fit.summary()
+    assert "AIC" in s and "1763.94" in s and "-875.970" in s and "maximum likelihood" in s
