@@ -184,7 +184,7 @@ class SplineBasis:
             if not extrapolate:
                 raise DataError(msg + "; pass extrapolate=True to extrapolate the splines, or refit with a wider range")
             warnings.warn(msg + ": the spline basis is extrapolated there", ExtrapolationWarning, stacklevel=2)
-        if self.knots == "clamped" and isinstance(self.knots, str):
+        if isinstance(self.knots, str) and self.knots == "clamped":
             # repeated end knots: evaluate directly (scipy handles the closed right end)
             return BSpline.design_matrix(np.clip(x, self.lower_, self.upper_) if not outside.any() else x,
                                          self.knots_, self.degree, extrapolate=True).toarray()

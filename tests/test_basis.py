@@ -1,0 +1,123 @@
+"""B-spline bases: partition of unity, knot layouts, Cox-de Boor values, persistence and range errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dmlmm.basis import SplineBasis, bspline_design
+from dmlmm.exceptions import DataError, ExtrapolationWarning, NotFittedError
+
+
+def cox_de_boor(x: float, knots: np.ndarray, j: int, k: int) -> float:
+    """B_{j,k}(x) by the Cox-de Boor recursion (half-open intervals), written out independently."""
+    if k == 0:
+        return 1.0 if knots[j] <= x < knots[j + 1] else 0.0
+    out = 0.0
+    d1 = knots[j + k] - knots[j]
+    if d1 > 0:
+        out += (x - knots[j]) / d1 * cox_de_boor(x, knots, j, k - 1)
+    d2 = knots[j + k + 1] - knots[j + 1]
+    if d2 > 0:
+        out += (knots[j + k + 1] - x) / d2 * cox_de_boor(x, knots, j + 1, k - 1)
+    return out
+
+
+def test_uniform_layout_sums_to_one_on_the_whole_range():
+    b = SplineBasis(n_basis=10, lower=0.0, upper=1.0).fit()
+    x = np.linspace(0.0, 1.0, 401)
+    X = b.transform(x)
+    assert X.shape == (401, 10)
+    np.testing.assert_allclose(X.sum(axis=1), 1.0, atol=1e-12)
+    assert (X >= -1e-14).all()
+    np.testing.assert_allclose(np.diff(b.knots_), 1.0 / 7.0)  # equally spaced, extended beyond the range
+    assert b.knots_[3] == pytest.approx(0.0) and b.knots_[10] == pytest.approx(1.0)
+
+
+def test_reference_layout_does_not_sum_to_one_near_the_ends_and_equals_cox_de_boor():
+    b = SplineBasis(n_basis=10, lower=0.0, upper=1.0, knots="reference").fit()
+    inner = np.linspace(0.0, 1.0, 10)
+    h = inner[1] - inner[0]
+    np.testing.assert_allclose(b.knots_, np.r_[-2 * h, -h, inner, 1 + h, 1 + 2 * h])
+    x = np.array([0.0, 0.03, 0.2, 0.5, 0.77, 0.97, 0.999])
+    X = b.transform(x)
+    ref = np.array([[cox_de_boor(v, b.knots_, j, 3) for j in range(10)] for v in x])
+    np.testing.assert_allclose(X, ref, atol=1e-12)
+    sums = X.sum(axis=1)
+    assert sums[0] < 0.99 and sums[-1] < 0.99  # first / last knot interval under-supported
+    mid = (x > inner[1]) & (x < inner[-2])
+    np.testing.assert_allclose(sums[mid], 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="degree=3"):
+        SplineBasis(n_basis=6, degree=2, lower=0.0, upper=1.0, knots="reference").fit()
+
+
+def test_uniform_layout_equals_cox_de_boor():
+    b = SplineBasis(n_basis=6, degree=2, lower=-1.0, upper=3.0).fit()
+    x = np.array([-1.0, -0.3, 0.9, 2.2, 2.99])
+    ref = np.array([[cox_de_boor(v, b.knots_, j, 2) for j in range(6)] for v in x])
+    np.testing.assert_allclose(b.transform(x), ref, atol=1e-12)
+
+
+def test_clamped_layout():
+    b = SplineBasis(n_basis=8, lower=0.0, upper=2.0, knots="clamped").fit()
+    assert (b.knots_[:4] == 0.0).all() and (b.knots_[-4:] == 2.0).all()
+    x = np.linspace(0.0, 2.0, 101)
+    X = b.transform(x)
+    np.testing.assert_allclose(X.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(X[0], np.eye(8)[0], atol=1e-12)  # interpolates at the ends
+    np.testing.assert_allclose(X[-1], np.eye(8)[-1], atol=1e-12)
+
+
+def test_range_from_data_and_knots_remembered():
+    times = np.array([2.0, 5.0, 3.5, 9.0])
+    b = SplineBasis(n_basis=7).fit(times)
+    assert (b.lower_, b.upper_) == (2.0, 9.0)
+    knots = b.knots_.copy()
+    X1 = b.transform([4.0, 6.0])
+    b2 = SplineBasis.from_dict(b.to_dict())  # persistence keeps the fitted knots
+    np.testing.assert_array_equal(b2.knots_, knots)
+    np.testing.assert_allclose(b2.transform([4.0, 6.0]), X1)
+    np.testing.assert_allclose(b.transform([4.0, 6.0]), X1)  # evaluating new points does not refit
+    np.testing.assert_array_equal(b.knots_, knots)
+    assert b.column_names == [f"B{j}" for j in range(1, 8)]
+    assert "n_basis=7" in repr(b)
+
+
+def test_explicit_knot_vector():
+    t = np.array([0, 0, 0, 0, 0.3, 0.6, 1, 1, 1, 1], dtype=float)
+    b = SplineBasis(n_basis=6, knots=t).fit()
+    assert (b.lower_, b.upper_) == (0.0, 1.0)
+    x = np.array([0.1, 0.45, 0.8])
+    ref = np.array([[cox_de_boor(v, t, j, 3) for j in range(6)] for v in x])
+    np.testing.assert_allclose(b.transform(x), ref, atol=1e-12)
+    with pytest.raises(ValueError, match="n_basis \\+ degree \\+ 1"):
+        SplineBasis(n_basis=5, knots=t).fit()
+
+
+def test_outside_the_range_is_an_error_unless_extrapolate():
+    b = SplineBasis(n_basis=6, lower=0.0, upper=1.0).fit()
+    with pytest.raises(DataError, match=r"1 time\(s\) lie outside the basis range \[0, 1\].*extrapolate=True"):
+        b.transform([0.5, 1.2])
+    with pytest.warns(ExtrapolationWarning, match="extrapolated"):
+        X = b.transform([0.5, 1.2], extrapolate=True)
+    assert np.isfinite(X).all()
+    be = SplineBasis(n_basis=6, lower=0.0, upper=1.0, extrapolate=True).fit()
+    with pytest.warns(ExtrapolationWarning):
+        np.testing.assert_allclose(be.transform([1.2]), X[1:])
+    # polynomial continuation of the last piece
+    np.testing.assert_allclose(X[1], bspline_design(np.array([1.2]), b.knots_, 3)[0])
+
+
+def test_errors():
+    with pytest.raises(NotFittedError, match="fit"):
+        SplineBasis().transform([0.5])
+    with pytest.raises(DataError, match="all observation times are equal"):
+        SplineBasis(n_basis=5).fit(np.array([2.0, 2.0]))
+    with pytest.raises(ValueError, match="too small"):
+        SplineBasis(n_basis=3, degree=3).fit(np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="knots must be one of"):
+        SplineBasis(knots="random").fit(np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="needs lower and upper"):
+        SplineBasis().fit()
+    with pytest.raises(DataError, match="finite"):
+        SplineBasis(lower=0.0, upper=1.0).fit().transform([np.nan])
