@@ -69,6 +69,10 @@ class VIConfig:
     delay: float = 10.0
     forgetting: float = 0.6
     svi_min_iter: int = 250
+    full_every: int = 10  # full-batch CAVI: evaluate all paths every this many iterations
+    active_threshold: float = 1e-10  # in between, only paths above this responsibility
+    prune_threshold: float = 0.1  # drop components expected to hold fewer subjects than this ...
+    prune_after: int = 10  # ... from this iteration on (0 or a negative threshold: never)
 
 
 @dataclass
@@ -76,13 +80,15 @@ class VIResult:
     """What a run of :func:`run_vi` returns."""
 
     params: VariationalParams
+    prior: RandomEffectsPrior
     elbo: float
     elbo_history: list[float]
     n_iter: int
     converged: bool
     local: LocalResult
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    pruned_at: list[int] = field(default_factory=list)
+    kept: list[np.ndarray] | None = None
 
 
 def noise_moments(params: VariationalParams, n_fixed: int) -> NoiseMoments:
@@ -199,6 +205,11 @@ def run_vi(
     stochastic = batch is not None and batch < N
     history: list[float] = []
     converged = False
+    restrict = not stochastic and not config.hard_assignment and prior.n_paths > 1
+    active = None
+    last_full = 0
+    pruned_at: list[int] = []
+    kept: list = [None] * len(prior.layer_counts(params.prior))
     it = 0
     for it in range(1, config.max_iter + 1):
         if stochastic:
@@ -208,18 +219,34 @@ def run_vi(
             rho = (it + config.delay) ** (-config.forgetting)
         else:
             sub, scale, rho = stats, 1.0, 1.0
+        full = active is None or it - last_full >= config.full_every
         pp, cache = prior.path_prior(params.prior)
-        local = local_step(sub, pp, noise_moments(params, P), config.hard_assignment)
+        local = local_step(sub, pp, noise_moments(params, P), config.hard_assignment, active=None if full else active)
+        if full:
+            last_full = it
+        if restrict:
+            active = local.resp > config.active_threshold
         elbo = scale * float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
         history.append(elbo)
         if callback is not None:
             callback(it, elbo)
         if _has_converged(history, config, stochastic):
-            converged = True
-            break
+            if full or not restrict:
+                converged = True
+                break
+            last_full = -config.full_every  # confirm with a step over all paths
         new_prior = prior.update(params.prior, local.moments.scaled(scale), cache, rho)
         params = VariationalParams(params.noise, params.noise_aux, params.fixed, new_prior)
         params = _update_noise_and_fixed(params, sub, local, config, scale, rho)
+        if config.prune_threshold > 0 and it >= config.prune_after and full:
+            counts = prior.layer_counts(params.prior)
+            keep = [(c >= config.prune_threshold) | (c == c.max()) for c in counts]
+            if any(not k.all() for k in keep):
+                prior, new_prior = prior.prune(params.prior, keep)
+                params = VariationalParams(params.noise, params.noise_aux, params.fixed, new_prior)
+                kept = [np.flatnonzero(k) if kp is None else kp[np.flatnonzero(k)] for k, kp in zip(keep, kept)]
+                pruned_at.append(it)
+                active = None
     # final local step on all subjects, at the final globals
     pp, _ = prior.path_prior(params.prior)
     local = local_step(stats, pp, noise_moments(params, P), config.hard_assignment, keep_path_means=True)
@@ -233,7 +260,8 @@ def run_vi(
             ConvergenceWarning,
             stacklevel=3,
         )
-    return VIResult(params, elbo, history, it, converged, local, time.perf_counter() - t0)
+    kept = [np.arange(len(c)) if k is None else k for k, c in zip(kept, prior.layer_counts(params.prior))]
+    return VIResult(params, prior, elbo, history, it, converged, local, time.perf_counter() - t0, pruned_at, kept)
 
 
 def _rel_change(history: list[float]) -> float:

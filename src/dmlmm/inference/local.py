@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._linalg import cholesky, logsumexp, solve_lower, solve_upper_t
+from .._linalg import cholesky, solve_lower, solve_upper_t
 from ..data import SufficientStats
 from ..priors.base import PathMoments, PathPrior
 from .expfam import LOG_2PI
@@ -89,8 +89,9 @@ def local_step(
     noise: NoiseMoments,
     hard_assignment: bool = False,
     keep_path_means: bool = False,
+    active: np.ndarray | None = None,
 ) -> LocalResult:
-    """Optimal q(c_i) and q(b_i | c_i) for every subject, batched over subjects and paths.
+    """Optimal q(c_i) and q(b_i | c_i) for every subject, batched over (subject, path) pairs.
 
     Parameters
     ----------
@@ -100,7 +101,11 @@ def local_step(
     hard_assignment : bool
         Put all of q(c_i) on the single best path (the research code's local step).
     keep_path_means : bool
-        Also return E[b_i | c] for all paths (N, M, D).
+        Also return E[b_i | c] for all paths (N, M, D) (NaN for pairs not evaluated).
+    active : (N, M) bool, optional
+        Restrict q(c_i) to these paths (each subject needs at least one). The optimum
+        over this restricted family is still a coordinate-ascent step, so the ELBO
+        keeps increasing; a later full step (``active=None``) re-opens all paths.
     """
     N, D, M = stats.n_subjects, stats.dim_random, prior.n_paths
     xr, err = residual_stats(stats, noise)
@@ -108,52 +113,65 @@ def local_step(
     const_i = -0.5 * stats.n_obs * (LOG_2PI + noise.log_var) - 0.5 * s * err + 0.5 * D * LOG_2PI
     path_const = prior.log_weight + prior.const
 
-    resp = np.empty((N, M))
+    resp = np.zeros((N, M))
     log_ev = np.empty(N)
-    mean_b = np.empty((N, D))
-    quad = np.empty(N)
-    path_means = np.empty((N, M, D)) if keep_path_means else None
+    mean_b = np.zeros((N, D))
+    quad = np.zeros(N)
+    path_means = np.full((N, M, D), np.nan) if keep_path_means else None
     w_sum = np.zeros(M)
     first = np.zeros((M, D))
     second = np.zeros((M, D, D))
 
+    if active is None:
+        active = np.ones((N, M), dtype=bool)
     chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, M * D * D))
     for start in range(0, N, chunk):  # memory chunks of subjects; each chunk fully batched
-        sl = slice(start, min(start + chunk, N))
-        xtx = stats.XtX[sl]
-        Q = prior.precision[None] + s * xtx[:, None]
-        g = prior.shift[None] + s * xr[sl][:, None, :]
+        stop = min(start + chunk, N)
+        ii, cc = np.nonzero(active[start:stop])  # pairs, sorted by subject
+        gi = ii + start
+        Q = prior.precision[cc] + s * stats.XtX[gi]
+        g = prior.shift[cc] + s * xr[gi]
         chol = cholesky(Q, "local posterior precision")
         half = solve_lower(chol, g)  # L^{-1} g, so g'Q^{-1}g = |half|^2
         logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
         m = solve_upper_t(chol, half)
-        elbo_c = path_const[None] + const_i[sl, None] - 0.5 * logdet + 0.5 * np.einsum("nmd,nmd->nm", half, half)
+        elbo_p = path_const[cc] + const_i[gi] - 0.5 * logdet + 0.5 * np.einsum("ad,ad->a", half, half)
+        seg = np.flatnonzero(np.r_[True, ii[1:] != ii[:-1]])
         if hard_assignment:
-            best = elbo_c.argmax(axis=1)
-            r = np.zeros_like(elbo_c)
-            r[np.arange(len(best)), best] = 1.0
-            lev = elbo_c[np.arange(len(best)), best]
+            best = np.lexsort((-elbo_p, ii))[seg]  # ii is sorted, so segments keep their starts
+            r = np.zeros(len(ii))
+            r[best] = 1.0
+            lev = elbo_p[best]
         else:
-            lev = logsumexp(elbo_c, axis=1)
-            r = np.exp(elbo_c - lev[:, None])
-        # covariances only where the responsibility is not negligible
-        ii, cc = np.nonzero(r > _ACTIVE)
-        r_act = r[ii, cc]
-        li = np.linalg.inv(chol[ii, cc])
-        cov = np.swapaxes(li, -1, -2) @ li
-        m_act = m[ii, cc]
-        sec = cov + m_act[:, :, None] * m_act[:, None, :]
-        wsec = r_act[:, None, None] * sec
-        resp[sl] = r
-        log_ev[sl] = lev
-        mean_b[sl] = np.einsum("nm,nmd->nd", r, m)
-        quad[sl] = np.bincount(ii, weights=np.einsum("ade,aed->a", wsec, xtx[ii]), minlength=len(r))
+            mx = np.maximum.reduceat(elbo_p, seg)
+            ex = np.exp(elbo_p - np.repeat(mx, np.diff(np.r_[seg, len(ii)])))
+            tot = np.add.reduceat(ex, seg)
+            lev = mx + np.log(tot)
+            r = ex / np.repeat(tot, np.diff(np.r_[seg, len(ii)]))
+        resp[gi, cc] = r
+        log_ev[start:stop] = lev
         if path_means is not None:
-            path_means[sl] = m
-        w_sum += r.sum(axis=0)
-        first += np.einsum("nm,nmd->md", r, m)
-        order = np.argsort(cc, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(cc[order]) != 0]) if len(order) else np.zeros(0, int)
-        if len(order):
-            second[cc[order][starts]] += np.add.reduceat(wsec[order], starts, axis=0)
+            path_means[gi, cc] = m
+        rm = r[:, None] * m
+        mean_b[start:stop] = np.add.reduceat(rm, seg, axis=0)
+        w_sum += np.bincount(cc, weights=r, minlength=M)
+        _add_rows(first, cc, rm)
+        # covariances only where the responsibility is not negligible
+        act = np.flatnonzero(r > _ACTIVE)
+        li = np.linalg.inv(chol[act])
+        cov = np.swapaxes(li, -1, -2) @ li
+        m_act = m[act]
+        wsec = r[act, None, None] * (cov + m_act[:, :, None] * m_act[:, None, :])
+        quad[start:stop] += np.bincount(ii[act], weights=np.einsum("ade,aed->a", wsec, stats.XtX[gi[act]]), minlength=stop - start)
+        _add_rows(second, cc[act], wsec)
     return LocalResult(resp, log_ev, mean_b, quad, PathMoments(w_sum, first, second), path_means)
+
+
+def _add_rows(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """``out[index] += values`` with repeated indices summed (sort + reduceat, faster than ufunc.at)."""
+    if len(index) == 0:
+        return
+    order = np.argsort(index, kind="stable")
+    idx = index[order]
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    out[idx[starts]] += np.add.reduceat(values[order], starts, axis=0)

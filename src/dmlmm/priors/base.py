@@ -115,3 +115,11 @@ class RandomEffectsPrior(ABC):
     @abstractmethod
     def layer_weights(self, params: Any) -> list[np.ndarray]:
         """Expected mixing weights of each layer's components."""
+
+    @abstractmethod
+    def layer_counts(self, params: Any) -> list[np.ndarray]:
+        """Expected number of subjects in each layer's components (Dirichlet alpha - rho)."""
+
+    @abstractmethod
+    def prune(self, params: Any, keep: list[np.ndarray]) -> tuple["RandomEffectsPrior", Any]:
+        """A prior without the components where ``keep[l]`` is False, and its parameters."""

@@ -36,7 +36,7 @@ import numpy as np
 from .._linalg import spd_inv_logdet, sym
 from ..inference.expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior
-from .gaussian import kmeans
+from .gaussian import _take_components, kmeans
 
 __all__ = ["DeepMixturePrior", "LayerParams", "DMFAParams"]
 
@@ -385,6 +385,17 @@ class DeepMixturePrior(RandomEffectsPrior):
 
     def layer_weights(self, params: DMFAParams) -> list[np.ndarray]:
         return [lay.weights.mean for lay in params.layers]
+
+    def layer_counts(self, params: DMFAParams) -> list[np.ndarray]:
+        return [lay.weights.alpha - rho for lay, rho in zip(params.layers, self.concentration)]
+
+    def prune(self, params: DMFAParams, keep: list[np.ndarray]):
+        keep = [np.asarray(k, dtype=bool) for k in keep]
+        new = DeepMixturePrior(
+            self.dim, tuple(int(k.sum()) for k in keep), self.latent_dims,
+            self.concentration, self.mean_scale, self.loading_scale, self.delta_scale,
+        )
+        return new, DMFAParams(tuple(_take_components(lay, k) for lay, k in zip(params.layers, keep)))
 
 
 def _fa_by_cluster(z: np.ndarray, labels: np.ndarray, K: int, m: int, rng: np.random.Generator):

@@ -221,3 +221,29 @@ class GaussianMixturePrior(RandomEffectsPrior):
 
     def layer_weights(self, params: GaussianMixtureParams) -> list[np.ndarray]:
         return [params.weights.mean]
+
+    def layer_counts(self, params: GaussianMixtureParams) -> list[np.ndarray]:
+        return [params.weights.alpha - self.concentration]
+
+    def prune(self, params: GaussianMixtureParams, keep: list[np.ndarray]):
+        k = np.asarray(keep[0], dtype=bool)
+        new = GaussianMixturePrior(
+            self.dim, int(k.sum()), self.zero_mean, self.concentration, self.mean_var, self.cov_df, self.cov_scale
+        )
+        return new, _take_components(params, k)
+
+
+def _take_components(params, keep: np.ndarray):
+    """The same parameter container with only the components (leading axis) where ``keep``."""
+    from dataclasses import fields, is_dataclass
+
+    vals = {}
+    for f in fields(params):
+        v = getattr(params, f.name)
+        if v is None:
+            vals[f.name] = None
+        elif is_dataclass(v):
+            vals[f.name] = _take_components(v, keep)
+        else:
+            vals[f.name] = np.asarray(v)[keep]
+    return type(params)(**vals)
