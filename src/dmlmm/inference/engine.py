@@ -89,6 +89,7 @@ class VIResult:
     seconds: float = 0.0
     pruned_at: list[int] = field(default_factory=list)
     kept: list[np.ndarray] | None = None
+    moves: int = 0
 
 
 def noise_moments(params: VariationalParams, n_fixed: int) -> NoiseMoments:

@@ -163,7 +163,7 @@ class DeepMixturePrior(RandomEffectsPrior):
         z = b_hat
         for l in range(self.n_layers):
             K, m = self.n_components[l], self.latent_dims[l]
-            labels = kmeans(z, K, rng) if K > 1 else np.zeros(len(z), dtype=int)
+            labels = kmeans(_denoise(z, m), K, rng) if K > 1 else np.zeros(len(z), dtype=int)
             mus, Bs, deltas, scores = _fa_by_cluster(z, labels, K, m, rng)
             counts = np.bincount(labels, minlength=K).astype(float)
             layers.append(self._layer_from_point(l, mus, Bs, deltas, counts))
@@ -396,6 +396,16 @@ class DeepMixturePrior(RandomEffectsPrior):
             self.concentration, self.mean_scale, self.loading_scale, self.delta_scale,
         )
         return new, DMFAParams(tuple(_take_components(lay, k) for lay, k in zip(params.layers, keep)))
+
+
+def _denoise(z: np.ndarray, rank: int) -> np.ndarray:
+    """Scores of ``z`` (N, J) on its top ``rank + 1`` principal components (clusters live there, noise doesn't)."""
+    zc = z - z.mean(axis=0)
+    q = min(rank + 1, z.shape[1])
+    if q >= z.shape[1]:
+        return zc
+    _, _, vt = np.linalg.svd(zc, full_matrices=False)
+    return zc @ vt[:q].T
 
 
 def _fa_by_cluster(z: np.ndarray, labels: np.ndarray, K: int, m: int, rng: np.random.Generator):
