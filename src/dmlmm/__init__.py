@@ -2,6 +2,7 @@
 
 from .basis import SplineBasis
 from .data import Longitudinal
+from .models import DeepMixtureLMM, MixtureLMM
 from .exceptions import (
     ConvergenceWarning,
     DataError,
@@ -16,6 +17,8 @@ __version__ = "0.1.0"
 __all__ = [
     "SplineBasis",
     "Longitudinal",
+    "MixtureLMM",
+    "DeepMixtureLMM",
     "ConvergenceWarning",
     "DataError",
     "EmptyComponentWarning",

@@ -1,0 +1,473 @@
+"""The user API shared by the variational longitudinal models (scikit-learn conventions).
+
+Subclasses only say which random-effects prior they use (:meth:`_make_prior`);
+fitting, clustering, prediction, scoring and summaries live here.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+
+from ..basis import SplineBasis
+from ..data import Longitudinal, SufficientStats
+from ..exceptions import DataError, NotFittedError
+from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments, run_vi
+from ..inference.local import local_step
+from ..inference.moves import run_vi_with_moves
+from ..prediction import ConditionalMixture, condition, mixture_quantiles
+from ..priors.base import PointMixture, RandomEffectsPrior
+from .design import LongitudinalDesign
+
+__all__ = ["VariationalLongitudinalModel", "ridge_estimates"]
+
+FrameLike = pd.DataFrame | Longitudinal
+
+
+def ridge_estimates(stats: SufficientStats, penalty: float = 0.5) -> np.ndarray:
+    """Per-subject ridge fits of b_i shrunk towards the pooled fit, shape (N, D) (batched solves)."""
+    D, P = stats.dim_random, stats.dim_fixed
+    A = np.zeros((D + P, D + P))
+    A[:D, :D] = stats.XtX.sum(0)
+    A[:D, D:] = stats.XtF.sum(0)
+    A[D:, :D] = A[:D, D:].T
+    A[D:, D:] = stats.FtF.sum(0)
+    rhs = np.r_[stats.Xty.sum(0), stats.Fty.sum(0)]
+    pooled = np.linalg.solve(A + 1e-8 * np.trace(A) / (D + P) * np.eye(D + P), rhs)
+    b0, w0 = pooled[:D], pooled[D:]
+    lhs = stats.XtX + penalty * np.eye(D)
+    r = stats.Xty - stats.XtF @ w0 + penalty * b0
+    return np.linalg.solve(lhs, r[..., None])[..., 0]
+
+
+class VariationalLongitudinalModel:
+    """Base class: y_i = F_i w + X_i b_i + e_i with a pluggable prior on b_i, fitted by VI.
+
+    Fitted attributes (after :meth:`fit`)
+    ----------------------------------------
+    design_ : LongitudinalDesign (basis, covariate encoding, standardisation).
+    prior_ : RandomEffectsPrior (after pruning).
+    params_ : VariationalParams.
+    elbo_, elbo_history_, n_iter_, converged_, fit_seconds_
+    subjects_ : Index of the training subjects.
+    labels_ : Series, cluster (path) per subject; clusters are numbered by size, 0 largest.
+    responsibilities_ : DataFrame (subjects x clusters).
+    groups_, group_proba_ : first-layer grouping, likewise.
+    clusters_ : DataFrame, one row per cluster: its components per layer, weight, size.
+    n_components_ : tuple, components left per layer after pruning.
+    sigma2_ : float, residual variance (user scale).
+    fixed_effects_ : Series, covariate effects (user scale).
+    random_effects_ : DataFrame, E[b_i] on the user's scale (curve = offset_ + X b + F w).
+    cluster_means_ : DataFrame (cluster, time, mean, lower, upper, weight) on a grid.
+    """
+
+    _model_name = "model"
+
+    # -------------------------------------------------------------- subclass hooks
+    def _make_prior(self, dim: int, n_subjects: int) -> RandomEffectsPrior:  # pragma: no cover
+        raise NotImplementedError
+
+    def _check_params(self) -> None:
+        if int(self.max_iter) < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+        if not float(self.tol) > 0:
+            raise ValueError(f"tol must be > 0, got {self.tol}")
+        if int(self.n_init) < 1:
+            raise ValueError(f"n_init must be >= 1, got {self.n_init}")
+
+    def _config(self, n_subjects: int, first_layer: int) -> VIConfig:
+        bs = self.batch_size
+        if bs == "auto":
+            bs = None if n_subjects <= 5000 else int(min(max(0.05 * n_subjects, 2 * first_layer), 1024))
+        elif bs in (None, "full"):
+            bs = None
+        else:
+            bs = int(bs)
+            if bs < 1:
+                raise ValueError(f"batch_size must be a positive integer, 'auto' or 'full', got {self.batch_size}")
+            bs = None if bs >= n_subjects else bs
+        return VIConfig(
+            max_iter=int(self.max_iter), tol=float(self.tol), batch_size=bs,
+            hard_assignment=bool(self.hard_assignment), noise_scale=float(self.noise_scale),
+            prune_threshold=0.1 if self.prune else 0.0,
+        )
+
+    # -------------------------------------------------------------- fitting
+    def fit(
+        self,
+        data: FrameLike,
+        subject: str = "subject",
+        time: str = "time",
+        response: str = "y",
+        covariates: Sequence[str] | None = None,
+        *,
+        dropna: bool = False,
+    ):
+        """Fit to a long frame (one row per observation) or a :class:`Longitudinal`.
+
+        Parameters
+        ----------
+        data : DataFrame or Longitudinal
+        subject, time, response : str
+            Column names.
+        covariates : list of str, optional
+            Fixed-effect covariates (numeric, or categorical which are dummy coded).
+        dropna : bool
+            Drop rows with missing values (with a warning) instead of raising.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        if isinstance(data, Longitudinal):
+            d = data
+        else:
+            d = Longitudinal.from_frame(data, subject, time, response, covariates, dropna=dropna)
+        if d.n_subjects < 2:
+            raise DataError(
+                f"only one subject ({d.subjects[0]!r}) in the data: a mixed model needs at least two subjects "
+                "to learn how subjects vary"
+            )
+        design = LongitudinalDesign.learn(d, self.basis)
+        stats = design.stats(d)
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(self.random_state)
+        b_hat = ridge_estimates(stats)
+        best = None
+        for _ in range(int(self.n_init)):
+            prior = self._make_prior(stats.dim_random, d.n_subjects)
+            config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
+            noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
+            params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
+            callback = self._progress_callback()
+            if self.delete_moves and not config.hard_assignment:
+                res = run_vi_with_moves(stats, prior, params, config, rng, callback=callback)
+            else:
+                res = run_vi(stats, prior, params, config, rng, callback)
+            if callback is not None:
+                callback.close()
+            if best is None or res.elbo > best.elbo:
+                best = res
+        best.seconds = time.perf_counter() - t0
+        self._set_fitted(d, design, best)
+        return self
+
+    def _progress_callback(self):
+        if not getattr(self, "progress", False):
+            return None
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(self.max_iter), desc=f"fitting {self._model_name}", unit="it", leave=False)
+
+        class _Cb:
+            def __call__(self, it, elbo):
+                bar.update(1)
+                bar.set_postfix(elbo=f"{elbo:.2f}")
+
+            def close(self):
+                bar.close()
+
+        return _Cb()
+
+    def _set_fitted(self, d: Longitudinal, design: LongitudinalDesign, res) -> None:
+        self.design_ = design
+        self.prior_ = res.prior
+        self.params_ = res.params
+        self.elbo_ = float(res.elbo)
+        self.elbo_history_ = np.asarray(res.elbo_history)
+        self.n_iter_ = int(res.n_iter)
+        self.converged_ = bool(res.converged)
+        self.fit_seconds_ = float(res.seconds)
+        self.subjects_ = d.subjects
+        self.components_kept_ = [np.asarray(k) for k in res.kept]
+        self.n_components_ = tuple(len(k) for k in res.kept)
+        self.n_moves_ = int(res.moves)
+        resp = res.local.resp
+        sizes = resp.sum(axis=0)
+        self._path_order = np.argsort(-sizes, kind="stable")
+        self._set_cluster_tables(sizes)
+        self.responsibilities_ = self._proba_frame(resp, d.subjects)
+        self.labels_ = self._labels_from(self.responsibilities_)
+        self.group_proba_ = self._group_frame(resp, d.subjects)
+        self.groups_ = self._labels_from(self.group_proba_)
+        s = design.y_scale
+        self.offset_ = design.y_shift
+        self.sigma2_ = float(res.params.noise.mean[()]) * s**2
+        w = self._w()
+        self.fixed_effects_ = pd.Series(w * s / design.cov_scale, index=list(design.fixed_names), dtype=float, name="estimate")
+        self.random_effects_ = pd.DataFrame(res.local.mean_b * s, index=d.subjects, columns=design.basis.column_names)
+        self.cluster_means_ = self._cluster_curves()
+
+    # -------------------------------------------------------------- cluster bookkeeping
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "params_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(...) first")
+
+    def _set_cluster_tables(self, sizes: np.ndarray) -> None:
+        paths = self.prior_.path_components()  # (M, L) in pruned numbering
+        order = self._path_order
+        mix = self.prior_.point_mixture(self.params_.prior)
+        cols = {f"layer{l + 1}": self.components_kept_[l][paths[order, l]] for l in range(paths.shape[1])}
+        self.clusters_ = pd.DataFrame(
+            {**cols, "weight": mix.weights[order], "n_subjects": sizes[order]},
+            index=pd.RangeIndex(len(order), name="cluster"),
+        )
+        first = paths[:, 0]
+        k1 = len(self.components_kept_[0])
+        gsize = np.bincount(first, weights=sizes, minlength=k1)
+        self._group_order = np.argsort(-gsize, kind="stable")
+        self._group_of_path = np.empty(k1, dtype=int)
+        self._group_of_path[self._group_order] = np.arange(k1)
+
+    def _proba_frame(self, resp: np.ndarray, subjects: pd.Index) -> pd.DataFrame:
+        return pd.DataFrame(resp[:, self._path_order], index=subjects, columns=pd.RangeIndex(resp.shape[1], name="cluster"))
+
+    def _group_frame(self, resp: np.ndarray, subjects: pd.Index) -> pd.DataFrame:
+        first = self.prior_.path_components()[:, 0]
+        k1 = len(self.components_kept_[0])
+        onehot = np.eye(k1)[self._group_of_path[first]]
+        return pd.DataFrame(resp @ onehot, index=subjects, columns=pd.RangeIndex(k1, name="group"))
+
+    @staticmethod
+    def _labels_from(proba: pd.DataFrame) -> pd.Series:
+        return pd.Series(proba.to_numpy().argmax(axis=1), index=proba.index, name=proba.columns.name)
+
+    def _w(self) -> np.ndarray:
+        P = self.design_.n_fixed
+        if self.params_.fixed is None:
+            return np.zeros(P)
+        return self.params_.fixed.moments()[0]
+
+    # -------------------------------------------------------------- cluster prediction
+    def _local(self, data: Longitudinal):
+        stats = self.design_.stats(data)
+        pp, _ = self.prior_.path_prior(self.params_.prior)
+        return local_step(stats, pp, noise_moments(self.params_, self.design_.n_fixed), self.hard_assignment)
+
+    def _data(self, df: FrameLike, require_response: bool = True) -> Longitudinal:
+        self._check_fitted()
+        return self.design_.data_from(df, require_response=require_response)
+
+    def predict_proba(self, df: FrameLike) -> pd.DataFrame:
+        """Posterior cluster (path) probabilities of each subject in ``df``: DataFrame (subjects x clusters)."""
+        d = self._data(df)
+        return self._proba_frame(self._local(d).resp, d.subjects)
+
+    def predict(self, df: FrameLike) -> pd.Series:
+        """Most probable cluster of each subject in ``df`` (Series indexed by subject)."""
+        return self._labels_from(self.predict_proba(df))
+
+    def predict_group_proba(self, df: FrameLike) -> pd.DataFrame:
+        """Posterior probabilities of the first-layer components (coarser grouping)."""
+        d = self._data(df)
+        return self._group_frame(self._local(d).resp, d.subjects)
+
+    def predict_group(self, df: FrameLike) -> pd.Series:
+        return self._labels_from(self.predict_group_proba(df))
+
+    # -------------------------------------------------------------- trajectories
+    def _mixture(self) -> PointMixture:
+        return self.prior_.point_mixture(self.params_.prior)
+
+    def _sigma2_std(self) -> float:
+        return float(self.params_.noise.mean[()])
+
+    def _conditional(self, d: Longitudinal | None) -> tuple[ConditionalMixture, pd.Index, np.ndarray]:
+        """Posterior mixture of b per subject (or the prior for d=None), subjects, last covariates (N, P)."""
+        mix, w, s2 = self._mixture(), self._w(), self._sigma2_std()
+        D, P = self.design_.basis.n_basis, self.design_.n_fixed
+        if d is None:
+            empty = SufficientStats(np.zeros(1, int), np.zeros(1), np.zeros((1, D)), np.zeros((1, D, D)),
+                                    np.zeros((1, P)), np.zeros((1, P, P)), np.zeros((1, D, P)))
+            return condition(empty, mix, w, s2), pd.Index(["population"], name="subject"), np.zeros((1, P))
+        stats = self.design_.stats(d)
+        last = np.r_[d.offsets[1:] - 1]
+        return condition(stats, mix, w, s2), d.subjects, self.design_.F(d.covariates[last])
+
+    def _grid(self, times) -> np.ndarray:
+        if times is None:
+            return np.linspace(self.design_.basis.lower_, self.design_.basis.upper_, 100)
+        t = np.asarray(times, dtype=float).reshape(-1)
+        if not np.isfinite(t).all():
+            raise DataError("prediction times must be finite numbers")
+        return t
+
+    def predict_trajectory(
+        self,
+        df: FrameLike | None = None,
+        times: np.ndarray | None = None,
+        interval: float = 0.95,
+        kind: str = "curve",
+    ) -> pd.DataFrame:
+        """Each subject's predictive distribution at ``times`` given its observations in ``df``.
+
+        Parameters
+        ----------
+        df : DataFrame or Longitudinal, optional
+            Observations to condition on; None gives the population (prior mixture), labelled "population".
+        times : (T,) array, optional
+            Times to predict at (default: 100 points over the basis range).
+        interval : float
+            Central probability of the band.
+        kind : {"curve", "observation"}
+            The noise-free curve, or a new measurement (adds the residual variance).
+
+        Returns
+        -------
+        DataFrame with columns subject, time, mean, lower, upper (user scale).
+        """
+        self._check_fitted()
+        if kind not in ("curve", "observation"):
+            raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
+        if not 0 < interval < 1:
+            raise ValueError(f"interval must be in (0, 1), got {interval}")
+        d = None if df is None else self._data(df)
+        cm, subjects, fixed_rows = self._conditional(d)
+        t = self._grid(times)
+        Xn = self.design_.X(t)  # (T, D)
+        fw = fixed_rows @ self._w()  # (N,)
+        mean_a = cm.mean @ Xn.T + fw[cm.subject][:, None]
+        var_a = np.einsum("td,ade,te->at", Xn, cm.cov, Xn)
+        if kind == "observation":
+            var_a = var_a + self._sigma2_std()
+        sd_a = np.sqrt(np.maximum(var_a, 0.0))
+        N = len(subjects)
+        mean = np.zeros((N, len(t)))
+        np.add.at(mean, cm.subject, cm.weight[:, None] * mean_a)
+        alpha = (1 - interval) / 2
+        q = mixture_quantiles(cm.weight, mean_a, sd_a, cm.subject, np.array([alpha, 1 - alpha]))
+        s, sh = self.design_.y_scale, self.design_.y_shift
+        return pd.DataFrame(
+            {
+                "subject": np.repeat(subjects.to_numpy(), len(t)),
+                "time": np.tile(t, N),
+                "mean": (sh + s * mean).reshape(-1),
+                "lower": (sh + s * q[:, 0]).reshape(-1),
+                "upper": (sh + s * q[:, 1]).reshape(-1),
+            }
+        )
+
+    def sample_trajectories(
+        self,
+        df: FrameLike | None = None,
+        times: np.ndarray | None = None,
+        n_samples: int = 100,
+        kind: str = "curve",
+        random_state=None,
+    ) -> pd.DataFrame:
+        """Draws from each subject's predictive distribution: columns subject, sample, time, value."""
+        self._check_fitted()
+        rng = np.random.default_rng(random_state)
+        d = None if df is None else self._data(df)
+        cm, subjects, fixed_rows = self._conditional(d)
+        t = self._grid(times)
+        Xn = self.design_.X(t)
+        N, S = len(subjects), int(n_samples)
+        # choose a component per (subject, draw) by inverse-CDF within each subject's block of pairs
+        cum = np.cumsum(cm.weight)
+        block_start = np.r_[0.0, np.bincount(cm.subject, weights=cm.weight, minlength=N).cumsum()[:-1]]
+        u = block_start[:, None] + rng.random((N, S)) * np.bincount(cm.subject, weights=cm.weight, minlength=N)[:, None]
+        comp = np.searchsorted(cum, u, side="right").clip(0, len(cm.weight) - 1)  # (N, S)
+        chol = np.linalg.cholesky(cm.cov + 1e-12 * np.eye(cm.cov.shape[-1]))
+        z = rng.standard_normal((N, S, chol.shape[-1]))
+        b = cm.mean[comp] + np.einsum("nsde,nse->nsd", chol[comp], z)
+        curve = b @ Xn.T + (fixed_rows @ self._w())[:, None, None]
+        if kind == "observation":
+            curve = curve + np.sqrt(self._sigma2_std()) * rng.standard_normal(curve.shape)
+        s, sh = self.design_.y_scale, self.design_.y_shift
+        return pd.DataFrame(
+            {
+                "subject": np.repeat(subjects.to_numpy(), S * len(t)),
+                "sample": np.tile(np.repeat(np.arange(S), len(t)), N),
+                "time": np.tile(t, N * S),
+                "value": (sh + s * curve).reshape(-1),
+            }
+        )
+
+    # -------------------------------------------------------------- scores
+    def score_samples(self, df: FrameLike, condition_on: pd.DataFrame | None = None) -> pd.Series:
+        """Log predictive density of each subject's observations in ``df`` (user scale).
+
+        With ``condition_on`` (other observations of the same subjects), the density of
+        ``df``'s observations given those: the held-out log score.
+        """
+        d = self._data(df)
+        lm = self._log_marginal(d)
+        if condition_on is not None:
+            if isinstance(df, Longitudinal) or isinstance(condition_on, Longitudinal):
+                raise TypeError("condition_on needs data frames for both arguments")
+            c = self._data(condition_on)
+            both = self._data(pd.concat([df, condition_on], ignore_index=True))
+            lm_both = pd.Series(self._log_marginal(both), index=both.subjects)
+            lm_c = pd.Series(self._log_marginal(c), index=c.subjects)
+            out = pd.Series(lm, index=d.subjects)
+            has = out.index.intersection(lm_c.index)
+            out.loc[has] = lm_both.loc[has] - lm_c.loc[has]
+            return out.rename("log_score")
+        return pd.Series(lm, index=d.subjects, name="log_score")
+
+    def _log_marginal(self, d: Longitudinal) -> np.ndarray:
+        stats = self.design_.stats(d)
+        cm = condition(stats, self._mixture(), self._w(), self._sigma2_std(), keep_components=False)
+        return cm.log_marginal - stats.n_obs * np.log(self.design_.y_scale)
+
+    def score(self, df: FrameLike, condition_on: pd.DataFrame | None = None) -> float:
+        """Mean over subjects of :meth:`score_samples`."""
+        return float(self.score_samples(df, condition_on).mean())
+
+    # -------------------------------------------------------------- summaries
+    def _cluster_curves(self, n_grid: int = 100, interval: float = 0.95) -> pd.DataFrame:
+        mix = self._mixture()
+        order = self._path_order
+        t = self._grid(None)[:n_grid]
+        Xn = self.design_.X(t)
+        z = float(ndtri(0.5 + interval / 2))
+        m = mix.means[order] @ Xn.T
+        sd = np.sqrt(np.maximum(np.einsum("td,cde,te->ct", Xn, mix.covs[order], Xn), 0))
+        s, sh = self.design_.y_scale, self.design_.y_shift
+        K = len(order)
+        return pd.DataFrame(
+            {
+                "cluster": np.repeat(np.arange(K), len(t)),
+                "time": np.tile(t, K),
+                "mean": (sh + s * m).reshape(-1),
+                "lower": (sh + s * (m - z * sd)).reshape(-1),
+                "upper": (sh + s * (m + z * sd)).reshape(-1),
+                "weight": np.repeat(mix.weights[order], len(t)),
+            }
+        )
+
+    def summary(self) -> str:
+        """A text report: data, convergence, clusters, noise and fixed effects."""
+        self._check_fitted()
+        lines = [
+            f"{type(self).__name__}: {len(self.subjects_)} subjects, basis {self.design_.basis!r}",
+            f"  ELBO {self.elbo_:.3f} after {self.n_iter_} iterations "
+            f"({'converged' if self.converged_ else 'NOT converged'}; {self.n_moves_} delete move(s) accepted), "
+            f"{self.fit_seconds_:.2f} s",
+            f"  components per layer after pruning: {self.n_components_}",
+            f"  residual SD {np.sqrt(self.sigma2_):.4g}",
+        ]
+        if len(self.fixed_effects_):
+            lines.append("  fixed effects (posterior means):")
+            for name, v in self.fixed_effects_.items():
+                lines.append(f"    {name:<20s} {v: .4g}")
+        tab = self.clusters_[self.clusters_["n_subjects"] >= 0.5]
+        lines.append(f"  clusters holding subjects: {len(tab)} of {len(self.clusters_)} paths")
+        lines.append("    " + tab.to_string(float_format=lambda v: f"{v:.3f}").replace("\n", "\n    "))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._init_params().items())})"
+
+    def _init_params(self) -> dict:
+        import inspect
+
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}

@@ -1,0 +1,158 @@
+"""The longitudinal design of the variational models: basis, covariates, internal standardisation.
+
+A fitted :class:`LongitudinalDesign` remembers everything needed to rebuild
+the same columns for new data (basis knots, covariate encoding and scaling,
+response shift and scale), like formulaic's ``ModelSpec``.
+
+Internally ``y_std = (y - y_shift) / y_scale`` and covariates are centred and
+scaled; results are reported on the user's scale.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..basis import SplineBasis
+from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats
+from ..exceptions import DataError, IdentifiabilityWarning
+
+__all__ = ["LongitudinalDesign"]
+
+
+@dataclass
+class LongitudinalDesign:
+    """Fitted design: spline basis of time (random effects) and covariates (fixed effects).
+
+    Attributes
+    ----------
+    basis : SplineBasis, fitted.
+    columns : ColumnNames, the user's subject / time / response column names.
+    encoding : CovariateEncoding.
+    y_shift, y_scale : float, response standardisation.
+    cov_mean, cov_scale : (P,) covariate standardisation.
+    """
+
+    basis: SplineBasis
+    columns: ColumnNames
+    encoding: CovariateEncoding
+    y_shift: float
+    y_scale: float
+    cov_mean: np.ndarray
+    cov_scale: np.ndarray
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def learn(cls, data: Longitudinal, basis: SplineBasis | None) -> "LongitudinalDesign":
+        if data.response is None:
+            raise DataError("the data has no response column to fit")
+        basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
+        if not basis.is_fitted:
+            basis.fit(data.time)
+        y = data.response
+        scale = float(np.std(y))
+        if not np.isfinite(scale) or scale <= 1e-12 * max(1.0, float(np.max(np.abs(y)))):
+            raise DataError(
+                f"the response '{data.columns.response}' is constant (every value is {y[0]:g}): "
+                "there is no variation to model"
+            )
+        cov = data.covariates
+        cm = cov.mean(axis=0) if cov.shape[1] else np.zeros(0)
+        cs = cov.std(axis=0) if cov.shape[1] else np.zeros(0)
+        const = [n for n, s in zip(data.covariate_names, cs) if s <= 1e-12 * max(1.0, abs(cm[list(data.covariate_names).index(n)]))]
+        if const:
+            raise DataError(f"covariate(s) {const} are constant across all rows; remove them (they duplicate the curve's level)")
+        design = cls(basis, data.columns, data.encoding, float(np.mean(y)), scale, cm, cs)
+        design.check_identifiable(data)
+        return design
+
+    def check_identifiable(self, data: Longitudinal) -> None:
+        n_basis = int(self.basis.n_basis)
+        distinct = len(np.unique(data.time))
+        if distinct < n_basis:
+            warnings.warn(
+                f"the spline basis has {n_basis} functions but the data have only {distinct} distinct times: "
+                "the basis is larger than the data can identify; use n_basis <= "
+                f"{distinct}",
+                IdentifiabilityWarning,
+                stacklevel=4,
+            )
+        P = data.covariates.shape[1]
+        if data.n_obs <= P + 1:
+            raise DataError(
+                f"{data.n_obs} observations cannot identify {P} covariate effect(s) plus the curve; "
+                "add data or drop covariates"
+            )
+
+    def data_from(self, df: pd.DataFrame | Longitudinal, require_response: bool = True, dropna: bool = False) -> Longitudinal:
+        """Validate a new frame with the fitted column names and covariate encoding."""
+        if isinstance(df, Longitudinal):
+            return df
+        return Longitudinal.from_frame(
+            df, self.columns.subject, self.columns.time,
+            self.columns.response, encoding=self.encoding, dropna=dropna, require_response=require_response,
+        )
+
+    def check_times(self, data: Longitudinal) -> None:
+        """Error naming the subjects observed outside the basis range (unless the basis extrapolates)."""
+        if self.basis.extrapolate:
+            return
+        lo, hi = self.basis.lower_, self.basis.upper_
+        eps = 1e-9 * (hi - lo)
+        bad = (data.time < lo - eps) | (data.time > hi + eps)
+        if bad.any():
+            subs = pd.unique(data.subjects[data.codes[bad]])
+            raise DataError(
+                f"{int(bad.sum())} observation(s) of subject(s) {list(subs[:10])}"
+                f"{' and more' if len(subs) > 10 else ''} lie outside the basis range [{lo:g}, {hi:g}]; "
+                "widen the basis (SplineBasis(lower=..., upper=...)) or pass extrapolate=True"
+            )
+
+    # ------------------------------------------------------------------ matrices
+    def X(self, time: np.ndarray) -> np.ndarray:
+        """Random-effects design (n, D) at ``time``."""
+        return self.basis.transform(time)
+
+    def F(self, covariates: np.ndarray) -> np.ndarray:
+        """Standardised fixed-effects design (n, P)."""
+        if covariates.shape[1] == 0:
+            return covariates
+        return (covariates - self.cov_mean) / self.cov_scale
+
+    def y(self, response: np.ndarray) -> np.ndarray:
+        return (response - self.y_shift) / self.y_scale
+
+    def stats(self, data: Longitudinal) -> SufficientStats:
+        """Sufficient statistics of ``data`` on the standardised scale."""
+        self.check_times(data)
+        return data.stats(self.X(data.time), self.F(data.covariates), self.y(data.response))
+
+    @property
+    def n_fixed(self) -> int:
+        return len(self.cov_mean)
+
+    @property
+    def fixed_names(self) -> tuple[str, ...]:
+        return self.encoding.names
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        return {
+            "basis": self.basis.to_dict(),
+            "columns": {"subject": self.columns.subject, "time": self.columns.time, "response": self.columns.response},
+            "encoding": self.encoding.to_dict(),
+            "y_shift": self.y_shift,
+            "y_scale": self.y_scale,
+            "cov_mean": self.cov_mean.tolist(),
+            "cov_scale": self.cov_scale.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LongitudinalDesign":
+        return cls(
+            SplineBasis.from_dict(d["basis"]), ColumnNames(**d["columns"]), CovariateEncoding.from_dict(d["encoding"]),
+            float(d["y_shift"]), float(d["y_scale"]), np.asarray(d["cov_mean"], float), np.asarray(d["cov_scale"], float),
+        )

@@ -1,0 +1,178 @@
+"""The mixture models: the classical mixture of LMMs and the deep mixture (DMLMM)."""
+
+from __future__ import annotations
+
+import warnings
+
+from ..basis import SplineBasis
+from ..exceptions import IdentifiabilityWarning
+from ..priors.dmfa import DeepMixturePrior
+from ..priors.gaussian import GaussianMixturePrior
+from .base import VariationalLongitudinalModel
+
+__all__ = ["MixtureLMM", "DeepMixtureLMM"]
+
+
+def _reduce_components(k: int, n_subjects: int, what: str) -> int:
+    if k > n_subjects:
+        warnings.warn(
+            f"{what}={k} exceeds the number of subjects ({n_subjects}); using {n_subjects} components",
+            IdentifiabilityWarning,
+            stacklevel=4,
+        )
+        return n_subjects
+    return k
+
+
+class MixtureLMM(VariationalLongitudinalModel):
+    """Mixture of linear mixed models (growth-mixture model) with full covariances, by VI.
+
+    ``y_i = F_i w + X_i b_i + e_i``, ``b_i ~ sum_k pi_k N(mu_k, Sigma_k)``, X_i a spline basis of time.
+
+    Parameters
+    ----------
+    n_components : int
+        K; an overfitted K is fine: the sparse Dirichlet prior empties unneeded components,
+        which are pruned.
+    basis : SplineBasis, optional
+        Default ``SplineBasis(n_basis=10)`` over the data's time range.
+    concentration : float
+        Dirichlet parameter of the weights.
+    cov_scale : float
+        Half-t scale of the random-effect SDs (Huang-Wand prior; standardised scale).
+    noise_scale : float
+        Half-Cauchy scale of the residual SD (standardised scale).
+    max_iter, tol : stopping rule on the relative ELBO change.
+    batch_size : "auto", "full" or int
+        Full-batch coordinate ascent, or stochastic natural gradients with this minibatch size.
+    n_init : int
+        Restarts; the fit with the highest ELBO is kept.
+    hard_assignment : bool
+        Single best cluster per subject in the local step (as the DMLMM research code).
+    delete_moves, prune : bool
+        Escape split-cluster optima with delete moves; drop empty components.
+    random_state : int, Generator or None
+    progress : bool
+        Show a progress bar.
+    """
+
+    _model_name = "mixture of LMMs"
+
+    def __init__(
+        self,
+        n_components: int = 5,
+        basis: SplineBasis | None = None,
+        *,
+        concentration: float = 0.5,
+        cov_scale: float = 2.5,
+        noise_scale: float = 1.0,
+        max_iter: int = 1000,
+        tol: float = 1e-5,
+        batch_size: int | str = "auto",
+        n_init: int = 1,
+        hard_assignment: bool = False,
+        delete_moves: bool = True,
+        prune: bool = True,
+        random_state=None,
+        progress: bool = False,
+    ) -> None:
+        self.n_components = n_components
+        self.basis = basis
+        self.concentration = concentration
+        self.cov_scale = cov_scale
+        self.noise_scale = noise_scale
+        self.max_iter = max_iter
+        self.tol = tol
+        self.batch_size = batch_size
+        self.n_init = n_init
+        self.hard_assignment = hard_assignment
+        self.delete_moves = delete_moves
+        self.prune = prune
+        self.random_state = random_state
+        self.progress = progress
+
+    def _make_prior(self, dim: int, n_subjects: int) -> GaussianMixturePrior:
+        k = int(self.n_components)
+        if k < 1:
+            raise ValueError(f"n_components must be a positive integer, got {self.n_components}")
+        k = _reduce_components(k, n_subjects, "n_components")
+        return GaussianMixturePrior(dim, k, zero_mean=False, concentration=self.concentration, cov_scale=self.cov_scale)
+
+
+class DeepMixtureLMM(VariationalLongitudinalModel):
+    """Deep mixture of linear mixed models (Kock, Klein and Nott): a DMFA prior on the spline coefficients.
+
+    Parameters
+    ----------
+    n_components : tuple of int
+        Components per layer (K_1, ..., K_L), e.g. (10, 5).
+    latent_dims : tuple of int
+        Latent dimensions (D_1, ..., D_L), each at most the one below (D_0 = n_basis), e.g. (4, 1).
+    basis : SplineBasis, optional
+        Default ``SplineBasis(n_basis=10)`` over the data's time range.
+    concentration, mean_scale, loading_scale, delta_scale : float or tuple per layer
+        rho_l (Dirichlet), G_l (Cauchy scale^2 of the means), nu_l (horseshoe global scale),
+        A_l (half-Cauchy scale of the idiosyncratic SDs); model.md section 4 defaults.
+    Other parameters as :class:`MixtureLMM`.
+    """
+
+    _model_name = "deep mixture of LMMs"
+
+    def __init__(
+        self,
+        n_components: tuple[int, ...] = (10, 5),
+        latent_dims: tuple[int, ...] = (4, 1),
+        basis: SplineBasis | None = None,
+        *,
+        concentration=0.5,
+        mean_scale=0.5,
+        loading_scale=1.0,
+        delta_scale=2.5,
+        noise_scale: float = 1.0,
+        max_iter: int = 1000,
+        tol: float = 1e-5,
+        batch_size: int | str = "auto",
+        n_init: int = 1,
+        hard_assignment: bool = False,
+        delete_moves: bool = True,
+        prune: bool = True,
+        random_state=None,
+        progress: bool = False,
+    ) -> None:
+        self.n_components = n_components
+        self.latent_dims = latent_dims
+        self.basis = basis
+        self.concentration = concentration
+        self.mean_scale = mean_scale
+        self.loading_scale = loading_scale
+        self.delta_scale = delta_scale
+        self.noise_scale = noise_scale
+        self.max_iter = max_iter
+        self.tol = tol
+        self.batch_size = batch_size
+        self.n_init = n_init
+        self.hard_assignment = hard_assignment
+        self.delete_moves = delete_moves
+        self.prune = prune
+        self.random_state = random_state
+        self.progress = progress
+
+    def _make_prior(self, dim: int, n_subjects: int) -> DeepMixturePrior:
+        ks = tuple(int(k) for k in _as_tuple(self.n_components, "n_components"))
+        ds = tuple(int(d) for d in _as_tuple(self.latent_dims, "latent_dims"))
+        ks = (_reduce_components(ks[0], n_subjects, "n_components[0]"),) + ks[1:]
+        return DeepMixturePrior(
+            dim, ks, ds, self.concentration, self.mean_scale, self.loading_scale, self.delta_scale
+        )
+
+
+def _as_tuple(v, name: str) -> tuple:
+    if isinstance(v, (int,)):
+        return (v,)
+    try:
+        out = tuple(v)
+    except TypeError:
+        raise ValueError(f"{name} must be a tuple of positive integers, got {v!r}") from None
+    if not out or any(not float(x).is_integer() or int(x) < 1 for x in out):
+        raise ValueError(f"{name} must be a tuple of positive integers, got {v!r}")
+    return out
