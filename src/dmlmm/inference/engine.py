@@ -71,6 +71,7 @@ class VIConfig:
     svi_min_iter: int = 250
     full_every: int = 10  # full-batch CAVI: evaluate all paths every this many iterations
     active_threshold: float = 1e-10  # in between, only paths above this responsibility
+    moment_threshold: float = 1e-12  # pairs below this responsibility are left out of second moments
     prune_threshold: float = 0.1  # drop components expected to hold fewer subjects than this ...
     prune_after: int = 10  # ... from this iteration on (0 or a negative threshold: never)
 
@@ -222,7 +223,10 @@ def run_vi(
             sub, scale, rho = stats, 1.0, 1.0
         full = active is None or it - last_full >= config.full_every
         pp, cache = prior.path_prior(params.prior)
-        local = local_step(sub, pp, noise_moments(params, P), config.hard_assignment, active=None if full else active)
+        local = local_step(
+            sub, pp, noise_moments(params, P), config.hard_assignment,
+            active=None if full else active, moment_threshold=config.moment_threshold,
+        )
         if full:
             last_full = it
         if restrict:

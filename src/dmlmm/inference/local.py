@@ -27,7 +27,6 @@ from .expfam import LOG_2PI
 __all__ = ["NoiseMoments", "LocalResult", "local_step", "residual_stats"]
 
 _MAX_CHUNK_ELEMENTS = 4_000_000  # subjects x paths x D x D doubles per chunk (32 MB)
-_ACTIVE = 1e-12  # responsibilities below this contribute nothing measurable to the moments
 
 
 @dataclass(frozen=True)
@@ -90,6 +89,7 @@ def local_step(
     hard_assignment: bool = False,
     keep_path_means: bool = False,
     active: np.ndarray | None = None,
+    moment_threshold: float = 1e-12,
 ) -> LocalResult:
     """Optimal q(c_i) and q(b_i | c_i) for every subject, batched over (subject, path) pairs.
 
@@ -157,7 +157,7 @@ def local_step(
         w_sum += np.bincount(cc, weights=r, minlength=M)
         _add_rows(first, cc, rm)
         # covariances only where the responsibility is not negligible
-        act = np.flatnonzero(r > _ACTIVE)
+        act = np.flatnonzero(r > moment_threshold)
         li = np.linalg.inv(chol[act])
         cov = np.swapaxes(li, -1, -2) @ li
         m_act = m[act]

@@ -32,6 +32,7 @@ def run_vi_with_moves(
     rng: np.random.Generator,
     max_trials: int = 12,
     trial_iter: int = 60,
+    explore_tol: float = 1e-3,
     callback=None,
 ) -> VIResult:
     """:func:`run_vi`, then delete moves on each layer's components, smallest first.
@@ -42,10 +43,17 @@ def run_vi_with_moves(
         Upper bound on attempted deletions (0: plain coordinate ascent).
     trial_iter : int
         Iterations given to each attempt before its ELBO is compared.
+    explore_tol : float
+        Looser tolerance for the runs between moves; the final run uses ``config.tol``.
     """
-    res = run_vi(stats, prior, params, config, rng, callback)
     if max_trials <= 0 or config.batch_size is not None:
-        return res
+        return run_vi(stats, prior, params, config, rng, callback)
+    final_config = config
+    # exploration: loose tolerance, and negligible paths dropped more eagerly (the final run is exact)
+    config = replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-6, moment_threshold=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = run_vi(stats, prior, params, config, rng, callback)
     trials = 0
     history = list(res.elbo_history)
     improved = True
@@ -65,7 +73,9 @@ def run_vi_with_moves(
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 trial = run_vi(stats, new_prior, start, replace(config, max_iter=trial_iter), rng)
             if trial.elbo > res.elbo + 1e-9 * abs(res.elbo):
-                cont = run_vi(stats, trial.prior, trial.params, config, rng, callback)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    cont = run_vi(stats, trial.prior, trial.params, config, rng, callback)
                 base = [k[m] for k, m in zip(res.kept, keep)]
                 base = [b[t] for b, t in zip(base, trial.kept)]
                 cont.kept = [b[c] for b, c in zip(base, cont.kept)]
@@ -82,8 +92,13 @@ def run_vi_with_moves(
                 res = cont
                 improved = True
                 break
-    res.elbo_history = history
-    return res
+    final = run_vi(stats, res.prior, res.params, replace(final_config, min_iter=1), rng, callback)
+    final.kept = [b[c] for b, c in zip(res.kept, final.kept)]
+    final.pruned_at = res.pruned_at + [len(history) + p for p in final.pruned_at]
+    final.n_iter += res.n_iter
+    final.moves = res.moves
+    final.elbo_history = history + final.elbo_history
+    return final
 
 
 def _after_delete(kept: list[np.ndarray], keep: list[np.ndarray]) -> list[np.ndarray]:

@@ -6,7 +6,7 @@ fitting, clustering, prediction, scoring and summaries live here.
 
 from __future__ import annotations
 
-import time
+from time import perf_counter
 import warnings
 from typing import Sequence
 
@@ -136,7 +136,7 @@ class VariationalLongitudinalModel:
             )
         design = LongitudinalDesign.learn(d, self.basis)
         stats = design.stats(d)
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         rng = np.random.default_rng(self.random_state)
         b_hat = ridge_estimates(stats)
         best = None
@@ -154,7 +154,7 @@ class VariationalLongitudinalModel:
                 callback.close()
             if best is None or res.elbo > best.elbo:
                 best = res
-        best.seconds = time.perf_counter() - t0
+        best.seconds = perf_counter() - t0
         self._set_fitted(d, design, best)
         return self
 
