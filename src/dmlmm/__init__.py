@@ -3,6 +3,7 @@
 from .basis import SplineBasis
 from .data import Longitudinal
 from .models import DeepMixtureLMM, MixtureLMM
+from .io import load
 from .exceptions import (
     ConvergenceWarning,
     DataError,
@@ -19,6 +20,7 @@ __all__ = [
     "Longitudinal",
     "MixtureLMM",
     "DeepMixtureLMM",
+    "load",
     "ConvergenceWarning",
     "DataError",
     "EmptyComponentWarning",

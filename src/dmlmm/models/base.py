@@ -463,6 +463,12 @@ class VariationalLongitudinalModel:
         lines.append("    " + tab.to_string(float_format=lambda v: f"{v:.3f}").replace("\n", "\n    "))
         return "\n".join(lines)
 
+    def save(self, path) -> None:
+        """Write the fitted model to one file (format: :mod:`dmlmm.io`); read it back with :func:`dmlmm.load`."""
+        from ..io import save_model
+
+        save_model(self, path)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._init_params().items())})"
 

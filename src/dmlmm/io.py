@@ -1,0 +1,415 @@
+"""Saved models: one versioned, pickle-free file per fitted model.
+
+``model.save(path)`` writes a fitted :class:`~dmlmm.MixtureLMM` or
+:class:`~dmlmm.DeepMixtureLMM`; ``dmlmm.load(path)`` reads it back. The loaded
+model predicts bit-identically (same arrays, same arithmetic).
+
+File format ``"dmlmm-model"``, format version 1
+------------------------------------------------
+The file (conventionally ``*.dmlmm``) is a ZIP archive with two members:
+
+``metadata.json``
+    UTF-8 JSON object with the keys
+
+    - ``format``: the string ``"dmlmm-model"`` (identifies the file type);
+    - ``format_version``: the integer 1 (readers refuse newer versions);
+    - ``library_version``: the dmlmm version that wrote the file;
+    - ``model_class``: ``"MixtureLMM"`` or ``"DeepMixtureLMM"``;
+    - ``hyperparameters``: the ``__init__`` arguments; the basis as
+      ``{"SplineBasis": SplineBasis.to_dict()}`` (or null), tuples as lists;
+    - ``design``: ``LongitudinalDesign.to_dict()`` (basis knots, column names,
+      covariate encoding, response and covariate standardisation);
+    - ``prior``: ``{"class": ..., "args": {...}}``, the random-effects prior's
+      class name and constructor arguments (dim, n_components, latent_dims,
+      hyperparameters) after pruning;
+    - ``params``: the tree of the variational parameters ``params_``. A
+      dataclass node is ``{"type": "<module>.<class>", "fields": {name: node}}``,
+      a tuple ``{"tuple": [node, ...]}``, a missing factor ``null`` and a leaf
+      ``{"array": key}`` naming its array in ``arrays.npz``. Keys are the
+      dotted field paths, e.g. ``params.prior.layers.0.loadings.precision``.
+      Only the library's own parameter classes are accepted on reading;
+    - ``fitted``: scalar fitted attributes (``elbo_``, ``n_iter_``, ...) as
+      JSON numbers and the encodings of the fitted tables (subjects,
+      responsibilities, cluster tables, ...): an index is
+      ``{"range": [start, stop, step], "name": ...}`` or
+      ``{"values": [...], "dtype": "...", "name": ...}`` (labels as a JSON
+      list with their pandas dtype); a table's columns are arrays ``<key>.<i>``.
+
+``arrays.npz``
+    A NumPy ``.npz`` archive of plain numeric arrays (no object arrays), read
+    with ``allow_pickle=False``.
+
+Nothing is pickled: a model file cannot run code when loaded. Python floats
+are written by ``json`` with ``repr``, which round-trips float64 exactly.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["save_model", "load", "load_model", "ModelFileError", "FORMAT_NAME", "FORMAT_VERSION"]
+
+FORMAT_NAME = "dmlmm-model"
+FORMAT_VERSION = 1
+_META = "metadata.json"
+_ARRAYS = "arrays.npz"
+_MAX_META_BYTES = 256 * 1024 * 1024
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read: corrupt, truncated, or not written by dmlmm."""
+
+
+# ---------------------------------------------------------------------------- registries
+def _model_classes() -> dict[str, type]:
+    from .models.mixture import DeepMixtureLMM, MixtureLMM
+
+    return {c.__name__: c for c in (MixtureLMM, DeepMixtureLMM)}
+
+
+def _prior_classes() -> dict[str, type]:
+    from .priors.dmfa import DeepMixturePrior
+    from .priors.gaussian import GaussianMixturePrior
+
+    return {c.__name__: c for c in (GaussianMixturePrior, DeepMixturePrior)}
+
+
+def _param_classes() -> dict[str, type]:
+    """The only dataclasses a model file may name (no arbitrary imports on load)."""
+    from .inference.engine import VariationalParams
+    from .inference.expfam import Dirichlet, Gaussian, InvGamma, InvWishart
+    from .priors.dmfa import DMFAParams, LayerParams
+    from .priors.gaussian import GaussianMixtureParams
+
+    classes = (VariationalParams, InvGamma, Dirichlet, Gaussian, InvWishart, GaussianMixtureParams, DMFAParams, LayerParams)
+    return {f"{c.__module__}.{c.__qualname__}": c for c in classes}
+
+
+# ---------------------------------------------------------------------------- JSON helpers
+def _jsonable(v: Any) -> Any:
+    """Plain JSON values from numpy / pandas scalars and tuples (TypeError for anything else)."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, (int, float)):
+        return v
+    if isinstance(v, np.generic):
+        return _jsonable(v.item())
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    raise TypeError(f"a value of type {type(v).__name__} ({v!r}) cannot be written to a model file")
+
+
+def _tuples(v: Any) -> Any:
+    """JSON lists back to tuples (hyperparameters and prior arguments are tuples, never lists)."""
+    if isinstance(v, list):
+        return tuple(_tuples(x) for x in v)
+    return v
+
+
+# ---------------------------------------------------------------------------- parameter trees
+def flatten_tree(obj: Any, prefix: str, arrays: dict[str, np.ndarray]) -> Any:
+    """Describe a dataclass tree as JSON, moving its arrays into ``arrays`` under dotted key paths.
+
+    Parameters
+    ----------
+    obj : dataclass, tuple, None or array-like leaf
+    prefix : str
+        Key path of ``obj`` (e.g. ``"params"``).
+    arrays : dict
+        Filled with ``{key path: ndarray}``.
+
+    Returns
+    -------
+    The JSON node (see the module docstring).
+    """
+    if obj is None:
+        return None
+    if is_dataclass(obj) and not isinstance(obj, type):
+        cls = type(obj)
+        return {
+            "type": f"{cls.__module__}.{cls.__qualname__}",
+            "fields": {f.name: flatten_tree(getattr(obj, f.name), f"{prefix}.{f.name}", arrays) for f in fields(obj)},
+        }
+    if isinstance(obj, (tuple, list)):
+        return {"tuple": [flatten_tree(v, f"{prefix}.{i}", arrays) for i, v in enumerate(obj)]}
+    arr = np.asarray(obj)
+    if arr.dtype == object:
+        raise TypeError(f"parameter {prefix} holds Python objects, which a model file cannot store")
+    arrays[prefix] = arr
+    return {"array": prefix}
+
+
+def unflatten_tree(node: Any, arrays: dict[str, np.ndarray], classes: dict[str, type]) -> Any:
+    """Rebuild the tree described by ``node`` (inverse of :func:`flatten_tree`)."""
+    if node is None:
+        return None
+    if not isinstance(node, dict):
+        raise ModelFileError(f"malformed parameter node {node!r}")
+    if "array" in node:
+        key = node["array"]
+        if key not in arrays:
+            raise ModelFileError(f"array {key!r} is missing from the model file")
+        return arrays[key]
+    if "tuple" in node:
+        return tuple(unflatten_tree(v, arrays, classes) for v in node["tuple"])
+    cls = classes.get(node.get("type"))
+    if cls is None:
+        raise ModelFileError(f"unknown parameter type {node.get('type')!r} in the model file")
+    given = node.get("fields", {})
+    names = [f.name for f in fields(cls)]
+    if sorted(given) != sorted(names):
+        raise ModelFileError(f"parameter type {cls.__name__} expects fields {names}, the file has {sorted(given)}")
+    return cls(**{n: unflatten_tree(given[n], arrays, classes) for n in names})
+
+
+# ---------------------------------------------------------------------------- pandas helpers
+def _encode_index(idx: pd.Index) -> dict:
+    if isinstance(idx, pd.RangeIndex):
+        return {"range": [idx.start, idx.stop, idx.step], "name": _jsonable(idx.name)}
+    return {"values": _jsonable(idx.tolist()), "dtype": str(idx.dtype), "name": _jsonable(idx.name)}
+
+
+def _decode_index(d: dict) -> pd.Index:
+    name = _tuples(d.get("name"))
+    if "range" in d:
+        return pd.RangeIndex(*d["range"], name=name)
+    return pd.Index(d["values"], dtype=d["dtype"], name=name)
+
+
+def _encode_frame(df: pd.DataFrame, key: str, arrays: dict[str, np.ndarray]) -> dict:
+    for i in range(df.shape[1]):
+        arrays[f"{key}.{i}"] = df.iloc[:, i].to_numpy()
+    return {"index": _encode_index(df.index), "columns": _encode_index(df.columns), "key": key}
+
+
+def _decode_frame(d: dict, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    cols = _decode_index(d["columns"])
+    data = {i: _get(arrays, f"{d['key']}.{i}") for i in range(len(cols))}
+    df = pd.DataFrame(data, index=_decode_index(d["index"]))
+    df.columns = cols
+    return df
+
+
+def _encode_series(s: pd.Series, key: str, arrays: dict[str, np.ndarray]) -> dict:
+    arrays[key] = s.to_numpy()
+    return {"index": _encode_index(s.index), "name": _jsonable(s.name), "key": key}
+
+
+def _decode_series(d: dict, arrays: dict[str, np.ndarray]) -> pd.Series:
+    return pd.Series(_get(arrays, d["key"]), index=_decode_index(d["index"]), name=d["name"])
+
+
+def _get(arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
+    if key not in arrays:
+        raise ModelFileError(f"array {key!r} is missing from the model file")
+    return arrays[key]
+
+
+# ---------------------------------------------------------------------------- model <-> dict
+_SCALARS = {"elbo_": float, "n_iter_": int, "converged_": bool, "fit_seconds_": float, "n_moves_": int,
+            "sigma2_": float, "offset_": float}
+_FRAMES = ("responsibilities_", "group_proba_", "random_effects_", "clusters_", "cluster_means_")
+_ARRAY_ATTRS = ("elbo_history_", "_path_order", "_group_order", "_group_of_path")
+
+
+def _hyperparameters(model) -> dict:
+    from .basis import SplineBasis
+
+    out = {}
+    for k, v in model._init_params().items():
+        if isinstance(v, SplineBasis):
+            out[k] = {"SplineBasis": v.to_dict()}
+        elif k == "random_state" and not (v is None or isinstance(v, (int, np.integer))):
+            out[k] = None  # a Generator's state is not a hyperparameter worth keeping
+        else:
+            out[k] = _jsonable(v)
+    return out
+
+
+def _prior_spec(prior) -> dict:
+    import inspect
+
+    sig = inspect.signature(type(prior).__init__)
+    args = {k: _jsonable(getattr(prior, k)) for k in sig.parameters if k != "self"}
+    return {"class": type(prior).__name__, "args": args}
+
+
+def model_to_dict(model) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metadata (JSON-able) and arrays of a fitted model."""
+    from . import __version__
+
+    if type(model).__name__ not in _model_classes() or not isinstance(model, tuple(_model_classes().values())):
+        raise TypeError(f"saving a {type(model).__name__} is not supported (only MixtureLMM and DeepMixtureLMM)")
+    model._check_fitted()
+    arrays: dict[str, np.ndarray] = {}
+    fitted: dict[str, Any] = {k: cast(getattr(model, k)) for k, cast in _SCALARS.items()}
+    fitted["n_components_"] = [int(k) for k in model.n_components_]
+    fitted["subjects_"] = _encode_index(model.subjects_)
+    for i, kept in enumerate(model.components_kept_):
+        arrays[f"fitted.components_kept_.{i}"] = np.asarray(kept)
+    fitted["components_kept_"] = len(model.components_kept_)
+    for name in _ARRAY_ATTRS:
+        arrays[f"fitted.{name}"] = np.asarray(getattr(model, name))
+    for name in _FRAMES:
+        fitted[name] = _encode_frame(getattr(model, name), f"fitted.{name}", arrays)
+    fitted["fixed_effects_"] = _encode_series(model.fixed_effects_, "fitted.fixed_effects_", arrays)
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "model_class": type(model).__name__,
+        "hyperparameters": _hyperparameters(model),
+        "design": _jsonable(model.design_.to_dict()),
+        "prior": _prior_spec(model.prior_),
+        "params": flatten_tree(model.params_, "params", arrays),
+        "fitted": fitted,
+    }
+    return meta, arrays
+
+
+def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
+    """Rebuild a fitted model from :func:`model_to_dict`'s output."""
+    from .basis import SplineBasis
+    from .models.design import LongitudinalDesign
+
+    cls = _model_classes().get(meta.get("model_class"))
+    if cls is None:
+        raise ModelFileError(f"unknown model class {meta.get('model_class')!r} in the model file")
+    hyper = {}
+    for k, v in meta["hyperparameters"].items():
+        hyper[k] = SplineBasis.from_dict(v["SplineBasis"]) if isinstance(v, dict) and "SplineBasis" in v else _tuples(v)
+    model = cls(**hyper)
+    prior_cls = _prior_classes().get(meta["prior"]["class"])
+    if prior_cls is None:
+        raise ModelFileError(f"unknown prior class {meta['prior']['class']!r} in the model file")
+    model.design_ = LongitudinalDesign.from_dict(meta["design"])
+    model.prior_ = prior_cls(**{k: _tuples(v) for k, v in meta["prior"]["args"].items()})
+    model.params_ = unflatten_tree(meta["params"], arrays, _param_classes())
+    f = meta["fitted"]
+    for k, cast in _SCALARS.items():
+        setattr(model, k, cast(f[k]))
+    model.n_components_ = tuple(int(k) for k in f["n_components_"])
+    model.subjects_ = _decode_index(f["subjects_"])
+    model.components_kept_ = [_get(arrays, f"fitted.components_kept_.{i}") for i in range(int(f["components_kept_"]))]
+    for name in _ARRAY_ATTRS:
+        setattr(model, name, _get(arrays, f"fitted.{name}"))
+    for name in _FRAMES:
+        setattr(model, name, _decode_frame(f[name], arrays))
+    model.fixed_effects_ = _decode_series(f["fixed_effects_"], arrays)
+    model.labels_ = model._labels_from(model.responsibilities_)
+    model.groups_ = model._labels_from(model.group_proba_)
+    return model
+
+
+# ---------------------------------------------------------------------------- files
+def save_model(model, path: str | os.PathLike) -> Path:
+    """Write a fitted model to ``path`` (format in the module docstring); returns the path.
+
+    The file is written to a temporary name next to ``path`` and renamed, so an
+    interrupted save never leaves a half-written model behind.
+    """
+    meta, arrays = model_to_dict(model)
+    try:
+        text = json.dumps(meta, indent=1, allow_nan=True)
+    except TypeError as e:  # pragma: no cover - _jsonable already checked
+        raise TypeError(f"the model cannot be saved: {e}") from None
+    buf = _io.BytesIO()
+    np.savez(buf, allow_pickle=False, **arrays)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(_META, text)
+            zf.writestr(_ARRAYS, buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of a model file, after checking that it is a dmlmm model of a readable version."""
+    with _open(path) as zf:
+        return _check_meta(zf, path)
+
+
+def _open(path: str | os.PathLike) -> zipfile.ZipFile:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file '{path}' not found")
+    if path.is_dir():
+        raise ModelFileError(f"'{path}' is a folder, not a dmlmm model file")
+    try:
+        return zipfile.ZipFile(path, "r")
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ModelFileError(f"'{path}' is not a dmlmm model file (not a model archive: {e})") from None
+
+
+def _check_meta(zf: zipfile.ZipFile, path) -> dict:
+    try:
+        info = zf.getinfo(_META)
+    except KeyError:
+        raise ModelFileError(f"'{path}' is not a dmlmm model file (no {_META} inside)") from None
+    if info.file_size > _MAX_META_BYTES:
+        raise ModelFileError(f"'{path}' is not a dmlmm model file ({_META} is implausibly large)")
+    try:
+        meta = json.loads(zf.read(_META).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ModelFileError(f"'{path}' is corrupt: its {_META} cannot be read ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"'{path}' is not a dmlmm model file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(f"'{path}' is corrupt: bad format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"'{path}' was written by a newer dmlmm (format version {version}); upgrade dmlmm "
+            f"(this dmlmm reads format version {FORMAT_VERSION})"
+        )
+    return meta
+
+
+def load(path: str | os.PathLike):
+    """Load a model saved with ``model.save(path)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ModelFileError (a ValueError)
+        The file is not a dmlmm model, is corrupt, or was written by a newer dmlmm.
+    """
+    with _open(path) as zf:
+        meta = _check_meta(zf, path)
+        try:
+            with np.load(_io.BytesIO(zf.read(_ARRAYS)), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except KeyError:
+            raise ModelFileError(f"'{path}' is corrupt: no {_ARRAYS} inside") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ModelFileError(f"'{path}' is corrupt: its arrays cannot be read ({e})") from None
+    try:
+        return model_from_dict(meta, arrays)
+    except ModelFileError as e:
+        raise ModelFileError(f"'{path}' is corrupt: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ModelFileError(f"'{path}' is corrupt or incomplete ({type(e).__name__}: {e})") from None
+
+
+load_model = load
