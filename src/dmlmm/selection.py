@@ -1,0 +1,216 @@
+"""Choosing the deep mixture's size: a grid over components and latent dimensions.
+
+The DMLMM research code fits a small grid of latent dimensions (D_1, D_2, ...)
+and keeps the fit with the highest ELBO; the number of components K needs no
+grid, since an overfitted K is emptied by the sparse Dirichlet prior (the
+*effective* K is what is left after pruning). :func:`select_model` does that
+grid, optionally over K as well, with two criteria:
+
+- ``"elbo"``: fit every candidate on all the data, keep the highest ELBO;
+- ``"heldout"``: hold out a fraction of each subject's observations
+  (:func:`dmlmm.simulate.split_heldout`), fit on the rest, score the held-out
+  observations given the subject's training ones (``model.score(heldout,
+  condition_on=train)``, the mean held-out log predictive density), keep the
+  best and refit it on all the data.
+
+Candidates can run in parallel processes (``n_jobs``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time as _time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .basis import SplineBasis
+from .data import Longitudinal
+from .models.mixture import DeepMixtureLMM
+from .priors.dmfa import DeepMixturePrior
+from .simulate import split_heldout
+
+__all__ = ["select_model", "latent_grid", "TABLE_COLUMNS"]
+
+TABLE_COLUMNS = ["components", "latent_dims", "elbo", "heldout_score", "effective_components", "n_clusters",
+                 "seconds", "selected", "error"]
+
+
+def latent_grid(n_layers: int, n_basis: int, max_first: int = 4) -> list[tuple[int, ...]]:
+    """The research code's grid of latent dimensions: D_1 in 1..max_first, deeper layers 1.
+
+    Parameters
+    ----------
+    n_layers : int
+        L, the number of layers.
+    n_basis : int
+        D_0; D_1 never exceeds it.
+    max_first : int
+        Largest D_1 tried.
+    """
+    top = max(1, min(int(max_first), int(n_basis)))
+    return [(d,) + (1,) * (int(n_layers) - 1) for d in range(1, top + 1)]
+
+
+@dataclass
+class _Task:
+    """One candidate's work, sent to a worker process."""
+
+    index: int
+    components: tuple[int, ...]
+    latent_dims: tuple[int, ...]
+    train: pd.DataFrame
+    heldout: pd.DataFrame | None
+    columns: dict
+    params: dict = field(default_factory=dict)
+
+
+def _fit_candidate(task: _Task) -> tuple[int, dict, DeepMixtureLMM]:
+    """Fit one candidate (in this or a worker process); its table row and the fitted model."""
+    t0 = _time.perf_counter()
+    model = DeepMixtureLMM(task.components, task.latent_dims, **task.params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence notes of a grid are noise; the table tells
+        model.fit(task.train, **task.columns)
+        score = np.nan if task.heldout is None else model.score(task.heldout, condition_on=task.train)
+    row = {
+        "elbo": model.elbo_,
+        "heldout_score": float(score),
+        "effective_components": tuple(int(k) for k in model.n_components_),
+        "n_clusters": int(model.labels_.nunique()),
+        "seconds": _time.perf_counter() - t0,
+    }
+    return task.index, row, model
+
+
+def _candidate_error(ks: tuple, ds: tuple, n_basis: int) -> str | None:
+    """Why (K, D) cannot be fitted with a basis of ``n_basis`` functions, or None."""
+    try:
+        if any(int(k) != k for k in ks) or any(int(d) != d for d in ds):
+            return "components and latent dimensions must be integers"
+        DeepMixturePrior(n_basis, tuple(int(k) for k in ks), tuple(int(d) for d in ds))
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def _as_tuple(v) -> tuple:
+    return (v,) if np.isscalar(v) else tuple(v)
+
+
+def select_model(
+    data: pd.DataFrame,
+    components: Sequence[Sequence[int]] = ((10, 5), (5, 3)),
+    latent_dims: Sequence[Sequence[int]] = ((4, 1), (2, 1)),
+    criterion: str = "elbo",
+    *,
+    subject: str = "subject",
+    time: str = "time",
+    response: str = "y",
+    covariates: Sequence[str] | None = None,
+    basis: SplineBasis | None = None,
+    heldout_fraction: float = 0.2,
+    n_jobs: int = 1,
+    random_state: int | None = 0,
+    **model_kwargs: Any,
+) -> tuple[DeepMixtureLMM, pd.DataFrame]:
+    """Fit a :class:`~dmlmm.DeepMixtureLMM` for every (components, latent_dims) pair and keep the best.
+
+    Parameters
+    ----------
+    data : DataFrame
+        Long data, one row per observation.
+    components : list of tuples
+        Candidate (K_1, ..., K_L).
+    latent_dims : list of tuples
+        Candidate (D_1, ..., D_L); pairs whose lengths differ from the components', or with a
+        latent dimension above the layer below, are reported in the table as errors.
+    criterion : {"elbo", "heldout"}
+        Highest ELBO on all the data, or highest mean held-out log predictive density.
+    subject, time, response, covariates : column names (see :meth:`DeepMixtureLMM.fit`).
+    basis : SplineBasis, optional
+        Shared by every candidate; fitted on the whole data's time range (default ``SplineBasis()``).
+    heldout_fraction : float
+        Fraction of each subject's observations held out (criterion ``"heldout"``).
+    n_jobs : int
+        Parallel worker processes (-1: one per CPU).
+    random_state : int or None
+        Seed of every fit and of the held-out split.
+    **model_kwargs
+        Other :class:`DeepMixtureLMM` parameters (``max_iter``, ``concentration``, ...).
+
+    Returns
+    -------
+    best : DeepMixtureLMM
+        The selected candidate, fitted on all the data.
+    table : DataFrame
+        One row per candidate: components, latent_dims, elbo (of the fit the criterion used:
+        the training part for ``"heldout"``), heldout_score, effective_components (per layer,
+        after pruning), n_clusters (distinct clusters among the subjects), seconds, selected,
+        error (why a candidate was not fitted, else None).
+    """
+    if criterion not in ("elbo", "heldout"):
+        raise ValueError(f"criterion must be 'elbo' or 'heldout', got {criterion!r}")
+    if not 0.0 < float(heldout_fraction) < 1.0 and criterion == "heldout":
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}")
+    for bad in ("n_components", "latent_dims", "random_state", "basis"):
+        if bad in model_kwargs:
+            raise TypeError(f"{bad} is set by select_model, not through model parameters")
+    if isinstance(data, Longitudinal):
+        data = data.to_frame()
+    columns = {"subject": subject, "time": time, "response": response, "covariates": covariates}
+    checked = Longitudinal.from_frame(data, subject, time, response, covariates)  # clear errors up front
+    basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
+    if not basis.is_fitted:
+        basis.fit(checked.time)
+    params = dict(model_kwargs, basis=basis, random_state=random_state)
+
+    grid = [(_as_tuple(k), _as_tuple(d)) for k, d in itertools.product(components, latent_dims)]
+    rows = [{"components": k, "latent_dims": d, "elbo": np.nan, "heldout_score": np.nan,
+             "effective_components": None, "n_clusters": np.nan, "seconds": np.nan, "selected": False,
+             "error": _candidate_error(k, d, int(basis.n_basis))} for k, d in grid]
+    if all(r["error"] for r in rows):
+        raise ValueError("no valid candidate: " + "; ".join(f"{r['components']}/{r['latent_dims']}: {r['error']}" for r in rows))
+
+    if criterion == "heldout":
+        train, heldout = split_heldout(data, heldout_fraction, random_state, subject=subject)
+    else:
+        train, heldout = data, None
+    tasks = [_Task(i, r["components"], r["latent_dims"], train, heldout, columns, params)
+             for i, r in enumerate(rows) if not r["error"]]
+    models: dict[int, DeepMixtureLMM] = {}
+    for i, row, model in _run(tasks, n_jobs):
+        rows[i].update(row)
+        models[i] = model
+
+    key = "elbo" if criterion == "elbo" else "heldout_score"
+    best = max(models, key=lambda i: rows[i][key])
+    rows[best]["selected"] = True
+    if criterion == "heldout":
+        final = _Task(best, rows[best]["components"], rows[best]["latent_dims"], data, None, columns, params)
+        _, _, model = _fit_candidate(final)
+    else:
+        model = models[best]
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return model, table
+
+
+def _run(tasks: list[_Task], n_jobs: int):
+    """Fit the tasks here (n_jobs=1) or in worker processes; yields (index, row, model)."""
+    n_jobs = int(n_jobs)
+    if n_jobs == -1:
+        n_jobs = os.cpu_count() or 1
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs}")
+    workers = min(n_jobs, len(tasks))
+    if workers <= 1:
+        for t in tasks:
+            yield _fit_candidate(t)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_fit_candidate, tasks)

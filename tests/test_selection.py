@@ -1,0 +1,71 @@
+"""Model selection over a grid of deep-mixture sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dmlmm
+from dmlmm.selection import TABLE_COLUMNS, latent_grid, select_model
+from dmlmm.simulate import dgp1
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    return dgp1(0, n_subjects=50).data
+
+
+SMALL = dict(basis=dmlmm.SplineBasis(6), max_iter=25)
+
+
+def test_elbo_criterion_picks_the_highest_elbo_and_reports_invalid_candidates(data):
+    best, table = select_model(data, components=[(4, 2)], latent_dims=[(2, 1), (1, 1), (9, 1)], **SMALL)
+    assert list(table.columns) == TABLE_COLUMNS
+    assert len(table) == 3
+    bad = table.iloc[2]
+    assert "latent_dims[0] = 9" in bad["error"] and np.isnan(bad["elbo"]) and not bad["selected"]
+    ok = table.iloc[:2]
+    assert ok["error"].isna().all() and np.isfinite(ok["elbo"]).all()
+    assert table["selected"].sum() == 1
+    chosen = table[table["selected"]].iloc[0]
+    assert chosen["elbo"] == ok["elbo"].max()
+    assert best.latent_dims == chosen["latent_dims"] and best.elbo_ == chosen["elbo"]
+    assert best.n_components_ == chosen["effective_components"]
+    assert ok["heldout_score"].isna().all() and (ok["seconds"] > 0).all()
+
+
+def test_heldout_criterion_scores_and_refits_on_all_data(data):
+    best, table = select_model(data, components=[(3, 2), (2,)], latent_dims=[(2, 1), (1, 1)],
+                               criterion="heldout", heldout_fraction=0.3, **SMALL)
+    ok = table[table["error"].isna()]
+    assert len(ok) == 2 and table[table["components"] == (2,)]["error"].str.contains("one entry per layer").all()
+    assert np.isfinite(ok["heldout_score"]).all()
+    chosen = table[table["selected"]].iloc[0]
+    assert chosen["heldout_score"] == ok["heldout_score"].max()
+    assert len(best.subjects_) == data["subject"].nunique()  # refitted on everything
+    assert best.design_.stats(best.design_.data_from(data)).n_obs.sum() == len(data)
+
+
+def test_parallel_matches_serial(data):
+    kw = dict(components=[(3, 2)], latent_dims=[(2, 1), (1, 1)], **SMALL)
+    b1, t1 = select_model(data, n_jobs=1, **kw)
+    b2, t2 = select_model(data, n_jobs=2, **kw)
+    pd.testing.assert_series_equal(t1["elbo"], t2["elbo"])
+    pd.testing.assert_frame_equal(b1.predict_proba(data), b2.predict_proba(data))
+
+
+def test_bad_arguments(data):
+    with pytest.raises(ValueError, match="criterion"):
+        select_model(data, criterion="aic")
+    with pytest.raises(ValueError, match="no valid candidate"):
+        select_model(data, components=[(3, 2)], latent_dims=[(9, 1)], **SMALL)
+    with pytest.raises(TypeError, match="set by select_model"):
+        select_model(data, n_components=(3, 2))
+    with pytest.raises(dmlmm.DataError, match="not found"):
+        select_model(data, response="nope")
+
+
+def test_latent_grid():
+    assert latent_grid(2, 10) == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    assert latent_grid(1, 2) == [(1,), (2,)]
