@@ -46,7 +46,18 @@ class GaussianMixtureParams:
 
 
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 50) -> np.ndarray:
-    """Lloyd's k-means with k-means++ seeding; returns labels (N,). Vectorised over points."""
+    """Lloyd's k-means with k-means++ seeding; returns labels (N,). Vectorised over points.
+
+    Points are processed in a canonical (lexicographic) order, so the result does not
+    depend on the order of the subjects.
+    """
+    order = np.lexsort(np.round(x, 10).T[::-1])
+    labels = np.empty(len(x), dtype=int)
+    labels[order] = _kmeans_sorted(x[order], k, rng, n_iter)
+    return labels
+
+
+def _kmeans_sorted(x: np.ndarray, k: int, rng: np.random.Generator, n_iter: int) -> np.ndarray:
     n = x.shape[0]
     k = min(k, n)
     centers = np.empty((k, x.shape[1]))
