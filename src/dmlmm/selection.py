@@ -70,14 +70,17 @@ class _Task:
     params: dict = field(default_factory=dict)
 
 
-def _fit_candidate(task: _Task) -> tuple[int, dict, DeepMixtureLMM]:
-    """Fit one candidate (in this or a worker process); its table row and the fitted model."""
+def _fit_candidate(task: _Task) -> tuple[int, dict, DeepMixtureLMM | None]:
+    """Fit one candidate (in this or a worker process); its table row and the fitted model (None: failed)."""
     t0 = _time.perf_counter()
     model = DeepMixtureLMM(task.components, task.latent_dims, **task.params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes of a grid are noise; the table tells
-        model.fit(task.train, **task.columns)
-        score = np.nan if task.heldout is None else model.score(task.heldout, condition_on=task.train)
+        try:
+            model.fit(task.train, **task.columns)
+            score = np.nan if task.heldout is None else model.score(task.heldout, condition_on=task.train)
+        except (np.linalg.LinAlgError, FloatingPointError) as e:  # a numerically degenerate candidate
+            return task.index, {"error": f"fit failed: {e}", "seconds": _time.perf_counter() - t0}, None
     row = {
         "elbo": model.elbo_,
         "heldout_score": float(score),
@@ -186,7 +189,11 @@ def select_model(
     models: dict[int, DeepMixtureLMM] = {}
     for i, row, model in _run(tasks, n_jobs):
         rows[i].update(row)
-        models[i] = model
+        if model is not None:
+            models[i] = model
+    if not models:
+        raise ValueError("every candidate failed: " + "; ".join(
+            f"{r['components']}/{r['latent_dims']}: {r['error']}" for r in rows))
 
     key = "elbo" if criterion == "elbo" else "heldout_score"
     best = max(models, key=lambda i: rows[i][key])
