@@ -60,6 +60,7 @@ __all__ = [
     "profiled_loglik_grad",
     "fit_profiled",
     "scale_random_design",
+    "reflect_boundary_columns",
 ]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -315,6 +316,45 @@ def _projected_grad(theta: np.ndarray, g: np.ndarray, lower_bounded: np.ndarray)
     return pg
 
 
+def reflect_boundary_columns(theta: np.ndarray, grad: np.ndarray, structure: CovarianceStructure,
+                             tol: float = 1e-12) -> np.ndarray | None:
+    """Escape a spurious stationary point on the bound ``Lambda_jj = 0``.
+
+    The likelihood depends on ``Lambda Lambda'`` only, so it is unchanged when a column of
+    ``Lambda`` changes sign; the bound ``Lambda_jj >= 0`` just picks one of the equivalent
+    factors. At a point with ``Lambda_jj = 0`` where the objective's gradient pushes
+    ``Lambda_jj`` below zero, negating the rest of column j gives the same likelihood with
+    that gradient component reversed: a feasible descent direction. L-BFGS-B stops at such
+    points; restarting from the reflected point continues the descent.
+
+    Parameters
+    ----------
+    theta : (n_theta,) point (on the bounds as L-BFGS-B returned it).
+    grad : (n_theta,) gradient of the objective being *minimised* at ``theta``.
+    structure : CovarianceStructure
+    tol : float
+        A diagonal entry counts as on the bound when ``<= tol``; its gradient must exceed ``tol``.
+
+    Returns
+    -------
+    ndarray (n_theta,) or None
+        The reflected parameters, or None when no column qualifies.
+    """
+    if structure.kind == "scaled_identity":
+        return None
+    lam = structure.lam(theta)
+    on_diag = structure.rows == structure.cols
+    out = None
+    for e in np.flatnonzero(on_diag):  # loop over the q diagonal entries, not over subjects
+        j = int(structure.cols[e])
+        k = int(structure.which[e])
+        below = (structure.cols == j) & (structure.rows > j)
+        if theta[k] <= tol and grad[k] > tol and np.any(lam[structure.rows[below], j] != 0.0):
+            out = theta.copy() if out is None else out
+            out[structure.which[below]] *= -1.0
+    return out
+
+
 def fit_profiled(
     stats: SufficientStats,
     structure: CovarianceStructure,
@@ -331,9 +371,10 @@ def fit_profiled(
     The random design is rescaled to unit root-mean-square columns first (an
     equivalent parametrisation), L-BFGS-B runs from ``Lambda = I`` (or ``theta0``)
     with diagonal entries bounded below by zero, is restarted from its own
-    solution (fresh curvature memory) while that still improves the fit, and
-    falls back to bounded Nelder-Mead (then one more L-BFGS-B polish) if it does not
-    reach a small projected gradient.
+    solution (fresh curvature memory) while that still improves the fit -- from a
+    column-reflected solution where it stopped at a spurious point on the bound
+    (see :func:`reflect_boundary_columns`) -- and falls back to bounded Nelder-Mead
+    (then one more L-BFGS-B polish) if it does not reach a small projected gradient.
 
     Parameters
     ----------
@@ -390,7 +431,7 @@ def fit_profiled(
             return 0.0
         return float(np.max(np.abs(_projected_grad(th, fun(th)[1], lower_bounded))))
 
-    opts = {"maxiter": max_iter, "ftol": 1e-15, "gtol": gtol * 1e-3, "maxcor": 20}
+    opts = {"maxiter": max_iter, "ftol": 1e-15, "gtol": gtol * 1e-3, "maxcor": 50}
     history: list = []
     n_iter = 0
     best_th = np.asarray(th0, dtype=float)
@@ -398,13 +439,20 @@ def fit_profiled(
     if structure.n_theta == 0:
         best_th = np.zeros(0)
     else:
+        start = best_th
         for run in range(1 + n_restarts):
-            res = optimize.minimize(fun, best_th, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+            res = optimize.minimize(fun, start, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
             n_iter += int(res.nit)
             improved = best_f - float(res.fun)
             history.append(("L-BFGS-B", -float(res.fun) * n))
             if float(res.fun) <= best_f:
                 best_th, best_f = res.x, float(res.fun)
+            reflected = reflect_boundary_columns(best_th, fun(best_th)[1], structure)
+            if reflected is not None:
+                start = reflected
+                history.append(("reflect", -best_f * n))
+                continue
+            start = best_th
             if run > 0 and improved < 1e-12 and pgnorm(best_th) < gtol:
                 break
         if pgnorm(best_th) >= gtol:
