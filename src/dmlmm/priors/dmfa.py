@@ -36,7 +36,7 @@ import numpy as np
 from .._linalg import spd_inv_logdet, sym
 from ..inference.expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior
-from .gaussian import _take_components, kmeans
+from .gaussian import _take_components, canonical_order, kmeans
 
 __all__ = ["DeepMixturePrior", "LayerParams", "DMFAParams"]
 
@@ -159,6 +159,7 @@ class DeepMixturePrior(RandomEffectsPrior):
     # ------------------------------------------------------------------ initialisation
     def init_params(self, b_hat: np.ndarray, rng: np.random.Generator) -> DMFAParams:
         """Layer by layer: k-means of the current latents, per-cluster PCA, factor scores for the next layer."""
+        b_hat = canonical_order(b_hat)  # the initialisation must not depend on the order of subjects
         layers = []
         z = b_hat
         for l in range(self.n_layers):
@@ -435,7 +436,7 @@ def _fa_by_cluster(z: np.ndarray, labels: np.ndarray, K: int, m: int, rng: np.ra
         evals, evecs = np.linalg.eigh(cov)
         evals, evecs = evals[::-1], evecs[:, ::-1]
         noise = evals[m:].mean() if m < J else 0.01 * evals.mean()
-        noise = max(noise, 1e-4 * evals.mean() + 1e-8)
+        noise = max(noise, 0.05 * evals.mean() + 1e-8)
         Bs[k] = evecs[:, :m] * np.sqrt(np.maximum(evals[:m] - noise, 1e-6))
         deltas[k] = np.maximum(np.diag(cov) - (Bs[k] ** 2).sum(axis=1), noise * 0.1)
     # posterior-mean factor scores under each subject's own cluster

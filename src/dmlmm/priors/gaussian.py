@@ -45,6 +45,11 @@ class GaussianMixtureParams:
     cov_aux: InvGamma  # (K, D)
 
 
+def canonical_order(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (N, D) sorted lexicographically (rounded to 10 digits): an order-free arrangement."""
+    return x[np.lexsort(np.round(x, 10).T[::-1])]
+
+
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 50) -> np.ndarray:
     """Lloyd's k-means with k-means++ seeding; returns labels (N,). Vectorised over points.
 
@@ -136,6 +141,7 @@ class GaussianMixturePrior(RandomEffectsPrior):
 
     # ------------------------------------------------------------------ init
     def init_params(self, b_hat: np.ndarray, rng: np.random.Generator) -> GaussianMixtureParams:
+        b_hat = canonical_order(b_hat)  # the initialisation must not depend on the order of subjects
         K, D = self.n_components, self.dim
         labels = kmeans(b_hat, K, rng) if K > 1 else np.zeros(len(b_hat), dtype=int)
         onehot = np.eye(K)[labels]
