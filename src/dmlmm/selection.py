@@ -102,6 +102,14 @@ def _candidate_error(ks: tuple, ds: tuple, n_basis: int) -> str | None:
     return None
 
 
+def _candidates(v) -> list:
+    """A list of candidate tuples; one flat tuple of integers, e.g. (10, 5), is one candidate."""
+    v = list(v)
+    if v and all(np.isscalar(x) for x in v):
+        return [tuple(v)]
+    return v
+
+
 def _as_tuple(v) -> tuple:
     return (v,) if np.isscalar(v) else tuple(v)
 
@@ -129,9 +137,9 @@ def select_model(
     data : DataFrame
         Long data, one row per observation.
     components : list of tuples
-        Candidate (K_1, ..., K_L).
+        Candidate (K_1, ..., K_L) (one tuple of integers: a single candidate).
     latent_dims : list of tuples
-        Candidate (D_1, ..., D_L); pairs whose lengths differ from the components', or with a
+        Candidate (D_1, ..., D_L) (one tuple of integers: a single candidate); pairs whose lengths differ from the components', or with a
         latent dimension above the layer below, are reported in the table as errors.
     criterion : {"elbo", "heldout"}
         Highest ELBO on all the data, or highest mean held-out log predictive density.
@@ -173,7 +181,7 @@ def select_model(
         basis.fit(checked.time)
     params = dict(model_kwargs, basis=basis, random_state=random_state)
 
-    grid = [(_as_tuple(k), _as_tuple(d)) for k, d in itertools.product(components, latent_dims)]
+    grid = [(_as_tuple(k), _as_tuple(d)) for k, d in itertools.product(_candidates(components), _candidates(latent_dims))]
     rows = [{"components": k, "latent_dims": d, "elbo": np.nan, "heldout_score": np.nan,
              "effective_components": None, "n_clusters": np.nan, "seconds": np.nan, "selected": False,
              "error": _candidate_error(k, d, int(basis.n_basis))} for k, d in grid]

@@ -1,0 +1,507 @@
+"""A self-contained HTML report of a fitted longitudinal model.
+
+:func:`collect_results` turns a fitted model and its data into the tables the
+report and the command line write (subject trajectories on a grid, cluster
+memberships, cluster curves); :func:`render_report` draws the figures with
+matplotlib's Agg backend and embeds them as base64 PNG, so the HTML file needs
+nothing else to display: data overview, cluster curves over the raw data,
+example subjects with their predictive bands, cluster sizes and membership
+certainty, the ELBO trace, the model-selection table, the comparison with a
+known label and the model summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+__all__ = ["FitResults", "collect_results", "render_report", "write_report", "time_grid"]
+
+_COLORS = colormaps["tab10"].colors
+_RAW = "#9aa5b1"
+
+
+def time_grid(lower: float, upper: float, n: int = 100) -> np.ndarray:
+    """``n`` equally spaced times from ``lower`` to ``upper``."""
+    return np.linspace(float(lower), float(upper), int(n))
+
+
+@dataclass
+class FitResults:
+    """Everything the outputs of a fit are made of (one model, any kind).
+
+    Attributes
+    ----------
+    model : the fitted model.
+    data : DataFrame with columns subject, time, response (the rows fitted, user names in ``names``).
+    names : dict with the user's column names under "subject", "time", "response".
+    trajectories : DataFrame subject, time, mean, lower, upper (each subject's curve on a grid).
+    clusters : DataFrame subject, cluster, probability, group; None for models without clusters.
+    cluster_curves : DataFrame cluster, time, mean, lower, upper, weight; None if unavailable.
+    elbo_history : ndarray or None.
+    summary : str, the model's text summary.
+    facts : dict of headline numbers (label -> formatted value).
+    """
+
+    model: Any
+    data: pd.DataFrame
+    names: dict
+    trajectories: pd.DataFrame
+    clusters: pd.DataFrame | None
+    cluster_curves: pd.DataFrame | None
+    elbo_history: np.ndarray | None
+    summary: str
+    facts: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- results
+def collect_results(model, frame: pd.DataFrame, *, grid: np.ndarray | None = None, interval: float = 0.95) -> FitResults:
+    """Trajectories, clusters and headline numbers of a fitted model on the data it was fitted to.
+
+    Parameters
+    ----------
+    model : MixtureLMM, DeepMixtureLMM or LinearMixedModel (longitudinal form), fitted.
+    frame : DataFrame, the long data (rows with missing values already dropped).
+    grid : times for the trajectories (default: 100 points over the model's time range).
+    interval : central probability of the bands.
+    """
+    from .models.base import VariationalLongitudinalModel
+
+    if isinstance(model, VariationalLongitudinalModel):
+        return _collect_variational(model, frame, grid, interval)
+    return _collect_lmm(model, frame, grid, interval)
+
+
+def _long(frame: pd.DataFrame, names: dict) -> pd.DataFrame:
+    out = frame[[names["subject"], names["time"], names["response"]]].copy()
+    out.columns = ["subject", "time", "response"]
+    return out
+
+
+def _collect_variational(model, frame, grid, interval) -> FitResults:
+    c = model.design_.columns
+    names = {"subject": c.subject, "time": c.time, "response": c.response}
+    if grid is None:
+        grid = time_grid(model.design_.basis.lower_, model.design_.basis.upper_)
+    traj = model.predict_trajectory(frame, times=grid, interval=interval)
+    proba = model.responsibilities_
+    clusters = pd.DataFrame({
+        "subject": model.subjects_.to_numpy(),
+        "cluster": model.labels_.to_numpy(),
+        "probability": proba.to_numpy().max(axis=1),
+        "group": model.groups_.to_numpy(),
+    })
+    sizes = model.labels_.value_counts()
+    facts = {
+        "model": type(model).__name__,
+        "subjects": f"{len(model.subjects_)}",
+        "clusters found": f"{len(sizes)}",
+        "cluster sizes": ", ".join(f"{k}: {v}" for k, v in sizes.sort_index().items()),
+        "ELBO": f"{model.elbo_:.2f}",
+        "iterations": f"{model.n_iter_}" + ("" if model.converged_ else " (not converged)"),
+        "fit time": f"{model.fit_seconds_:.1f} s",
+    }
+    return FitResults(model, _long(frame, names), names, traj, clusters, model.cluster_means_,
+                      np.asarray(model.elbo_history_), model.summary(), facts)
+
+
+def _collect_lmm(model, frame, grid, interval) -> FitResults:
+    b = model.builder_
+    cols = b.columns_
+    names = {"subject": cols.subject, "time": cols.time, "response": cols.response}
+    if grid is None:
+        grid = time_grid(b.basis_.lower_, b.basis_.upper_)
+    covs = list(b.encoding_.columns)
+    last = frame.sort_values(cols.time).groupby(cols.subject, sort=True).tail(1).set_index(cols.subject)
+    subjects = last.index
+    rows = pd.DataFrame({cols.subject: np.repeat(subjects.to_numpy(), len(grid)), cols.time: np.tile(grid, len(subjects))})
+    for cv in covs:
+        rows[cv] = np.repeat(last[cv].to_numpy(), len(grid))
+    pred = model.predict(rows, interval=interval)
+    traj = pd.DataFrame({"subject": rows[cols.subject].to_numpy(), "time": rows[cols.time].to_numpy(),
+                         "mean": pred["mean"].to_numpy(), "lower": pred["lower"].to_numpy(),
+                         "upper": pred["upper"].to_numpy()})
+    curves = None
+    if not covs:
+        pop = model.predict(grid, level="population", interval=interval)
+        curves = pd.DataFrame({"cluster": 0, "time": grid, "mean": pop["mean"].to_numpy(),
+                               "lower": pop["lower"].to_numpy(), "upper": pop["upper"].to_numpy(), "weight": 1.0})
+    facts = {
+        "model": f"LinearMixedModel ({model.method_.upper()})",
+        "subjects": f"{len(subjects)}",
+        "log-likelihood": f"{model.loglik_:.2f}",
+        "AIC": f"{model.aic_:.1f}",
+        "iterations": f"{model.n_iter_}" + ("" if model.converged_ else " (not converged)"),
+    }
+    return FitResults(model, _long(frame, names), names, traj, None, curves, None, model.summary(), facts)
+
+
+# ---------------------------------------------------------------------------- figures
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # Figure without pyplot: Agg, no global state
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _subplots(nrow: int, ncol: int, figsize: tuple[float, float], **kwargs):
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrow, ncol, **kwargs)
+
+
+def _style(ax, xlabel: str | None = None, ylabel: str | None = None, title: str | None = None) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(alpha=0.25, linewidth=0.6)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=11, loc="left")
+
+
+def _spaghetti(ax, data: pd.DataFrame, color=_RAW, alpha=0.25, max_subjects: int = 400, seed: int = 0) -> None:
+    """Each subject's observations as a faint line with points (a random subset when there are many)."""
+    subjects = data["subject"].unique()
+    if len(subjects) > max_subjects:
+        subjects = np.random.default_rng(seed).choice(subjects, max_subjects, replace=False)
+        data = data[data["subject"].isin(subjects)]
+    d = data.sort_values(["subject", "time"])
+    # one polyline with NaN breaks between subjects: fast even for thousands of rows
+    breaks = d["subject"].ne(d["subject"].shift(-1)).to_numpy()
+    t = np.insert(d["time"].to_numpy(float), np.flatnonzero(breaks) + 1, np.nan)
+    y = np.insert(d["response"].to_numpy(float), np.flatnonzero(breaks) + 1, np.nan)
+    ax.plot(t, y, color=color, alpha=alpha, linewidth=0.7)
+    ax.scatter(d["time"], d["response"], s=5, color=color, alpha=min(1.0, alpha * 1.6), linewidths=0)
+
+
+def _ylim(res: FitResults, *curves: np.ndarray) -> tuple[float, float]:
+    """A y-range covering the data (and the given curves) with a margin, so that wide bands
+    where there are few observations do not squash the rest of the panel."""
+    y = res.data["response"].to_numpy(float)
+    vals = np.concatenate([y] + [np.asarray(c, float).ravel() for c in curves])
+    vals = vals[np.isfinite(vals)]
+    lo, hi = float(vals.min()), float(vals.max())
+    pad = 0.08 * (hi - lo) if hi > lo else 1.0
+    return lo - pad, hi + pad
+
+
+def fig_overview(res: FitResults) -> str:
+    d = res.data
+    counts = d.groupby("subject").size()
+    fig, axes = _subplots(1, 3, (12, 3.4), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    _spaghetti(axes[0], d, color="#4c72b0", alpha=0.2)
+    _style(axes[0], res.names["time"], res.names["response"], "All subjects")
+    bins = np.arange(counts.min() - 0.5, counts.max() + 1.5) if counts.max() - counts.min() < 40 else 30
+    axes[1].hist(counts, bins=bins, color="#4c72b0", edgecolor="white")
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    _style(axes[1], "observations per subject", "subjects", "Follow-up length")
+    axes[2].hist(d["time"], bins=30, color="#4c72b0", edgecolor="white")
+    _style(axes[2], res.names["time"], "observations", "When observations were made")
+    return _png(fig)
+
+
+def _cluster_order(res: FitResults) -> list:
+    if res.clusters is None:
+        return [0]
+    return list(res.clusters["cluster"].value_counts().sort_index().index)
+
+
+def fig_clusters(res: FitResults, max_panels: int = 12) -> str | None:
+    curves = res.cluster_curves
+    if curves is None:
+        return None
+    shown = _cluster_order(res)[:max_panels]
+    n = len(shown)
+    ncol = min(n, 3)
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = _subplots(nrow, ncol, (4.2 * ncol, 3.3 * nrow), squeeze=False, sharex=True, sharey=True)
+    d = res.data
+    lab = None if res.clusters is None else res.clusters.set_index("subject")["cluster"]
+    for i, k in enumerate(shown):
+        ax = axes.flat[i]
+        col = _COLORS[i % len(_COLORS)]
+        members = d if lab is None else d[d["subject"].map(lab) == k]
+        _spaghetti(ax, members, alpha=0.3)
+        c = curves[curves["cluster"] == k]
+        ax.fill_between(c["time"], c["lower"], c["upper"], color=col, alpha=0.22, linewidth=0)
+        ax.plot(c["time"], c["mean"], color=col, linewidth=2.4)
+        ax.set_ylim(*_ylim(res, curves["mean"].to_numpy()))
+        size = members["subject"].nunique()
+        title = "Population curve" if lab is None else f"Cluster {k}: {size} subject{'s' if size != 1 else ''}"
+        _style(ax, res.names["time"] if i // ncol == nrow - 1 else None,
+               res.names["response"] if i % ncol == 0 else None, title)
+    for j in range(n, nrow * ncol):
+        axes.flat[j].set_visible(False)
+    return _png(fig)
+
+
+def pick_examples(res: FitResults, n: int = 9) -> list:
+    """Up to ``n`` subjects: round robin over clusters (largest first), well-observed subjects first."""
+    counts = res.data.groupby("subject").size()
+    if res.clusters is None:
+        groups = [counts.sort_values(ascending=False, kind="stable").index.tolist()]
+    else:
+        lab = res.clusters.set_index("subject")["cluster"]
+        groups = []
+        for k in _cluster_order(res):
+            members = counts[counts.index.isin(lab.index[lab == k])]
+            # alternate between well and typically observed subjects for variety
+            ranked = members.sort_values(ascending=False, kind="stable").index.tolist()
+            mixed = [s for pair in zip(ranked[::2], ranked[len(ranked) // 2 :: 2]) for s in pair] or ranked
+            groups.append(list(dict.fromkeys(mixed + ranked)))
+    picked: list = []
+    while len(picked) < n and any(groups):
+        for g in groups:
+            if g and len(picked) < n:
+                picked.append(g.pop(0))
+    return picked
+
+
+def fig_examples(res: FitResults, n: int = 9) -> str:
+    subjects = pick_examples(res, n)
+    ncol = 3
+    nrow = int(np.ceil(len(subjects) / ncol))
+    fig, axes = _subplots(nrow, ncol, (12, 3.0 * nrow), squeeze=False, sharex=True)
+    lab = None if res.clusters is None else res.clusters.set_index("subject")
+    for i, s in enumerate(subjects):
+        ax = axes.flat[i]
+        if lab is not None:
+            k = lab.loc[s, "cluster"]
+            col = _COLORS[_cluster_order(res).index(k) % len(_COLORS)]
+            title = f"{res.names['subject']} {s}  (cluster {k}, p = {lab.loc[s, 'probability']:.2f})"
+        else:
+            col, title = _COLORS[0], f"{res.names['subject']} {s}"
+        tr = res.trajectories[res.trajectories["subject"] == s]
+        ob = res.data[res.data["subject"] == s]
+        ax.fill_between(tr["time"], tr["lower"], tr["upper"], color=col, alpha=0.2, linewidth=0)
+        ax.plot(tr["time"], tr["mean"], color=col, linewidth=2)
+        ax.scatter(ob["time"], ob["response"], color="black", s=16, zorder=3)
+        lo, hi = _ylim(res, tr["mean"].to_numpy())
+        ax.set_ylim(max(lo, float(tr["lower"].min()) - 0.05 * (hi - lo)), min(hi, float(tr["upper"].max()) + 0.05 * (hi - lo)))
+        _style(ax, res.names["time"] if i // ncol == nrow - 1 else None,
+               res.names["response"] if i % ncol == 0 else None, title)
+    for j in range(len(subjects), nrow * ncol):
+        axes.flat[j].set_visible(False)
+    return _png(fig)
+
+
+def fig_membership(res: FitResults) -> str | None:
+    if res.clusters is None:
+        return None
+    cl = res.clusters
+    order = _cluster_order(res)
+    sizes = cl["cluster"].value_counts().reindex(order)
+    fig, axes = _subplots(1, 2, (12, 3.3))
+    axes[0].bar([str(k) for k in order], sizes.to_numpy(), color=[_COLORS[i % 10] for i in range(len(order))])
+    for x, v in enumerate(sizes.to_numpy()):
+        axes[0].annotate(f"{v}", (x, v), ha="center", va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")
+    _style(axes[0], "cluster", "subjects", "Cluster sizes")
+    axes[0].margins(y=0.15)
+    bins = np.linspace(0, 1, 21)
+    bottom = np.zeros(len(bins) - 1)
+    for i, k in enumerate(order):
+        h, _ = np.histogram(cl.loc[cl["cluster"] == k, "probability"], bins=bins)
+        axes[1].bar(bins[:-1], h, width=bins[1] - bins[0], bottom=bottom, align="edge",
+                    color=_COLORS[i % 10], edgecolor="white", linewidth=0.5, label=f"cluster {k}")
+        bottom += h
+    axes[1].set_xlim(0, 1)
+    if len(order) <= 10:
+        axes[1].legend(frameon=False, fontsize=8, loc="upper left")
+    _style(axes[1], "probability of the assigned cluster", "subjects", "How certain the memberships are")
+    return _png(fig)
+
+
+def fig_elbo(res: FitResults) -> str | None:
+    h = res.elbo_history
+    if h is None or len(h) == 0:
+        return None
+    fig, ax = _subplots(1, 1, (12, 2.8))
+    it = np.arange(1, len(h) + 1)
+    ax.plot(it, h, color="#4c72b0", linewidth=1.5)
+    finite = h[np.isfinite(h)]
+    if len(finite) > 10:  # the first iterations dwarf the rest: show the climb to the plateau
+        lo = np.quantile(finite, 0.05)
+        hi = finite.max()
+        pad = 0.05 * (hi - lo) if hi > lo else 1.0
+        ax.set_ylim(lo - pad, hi + pad)
+    _style(ax, "iteration", "ELBO", "Evidence lower bound during fitting")
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------- HTML
+_CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#1f2933;background:#f5f7fa;margin:0}
+main{max-width:1240px;margin:0 auto;padding:24px 32px 48px;background:#fff}
+h1{font-size:26px;margin:8px 0 2px}h2{font-size:19px;margin:34px 0 8px;padding-bottom:4px;border-bottom:2px solid #e4e7eb}
+p.sub{color:#616e7c;margin:0 0 16px}p.note{color:#52606d;font-size:14px;max-width:1000px}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:14px 0}
+.card{background:#f0f4f8;border-radius:8px;padding:8px 14px;min-width:110px}
+.card .k{font-size:12px;color:#616e7c;text-transform:uppercase;letter-spacing:.04em}.card .v{font-size:18px;font-weight:600}
+img{max-width:100%;display:block;margin:6px 0}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{padding:4px 10px;border-bottom:1px solid #e4e7eb;text-align:right}th{background:#f0f4f8}
+td:first-child,th:first-child{text-align:left}tr.sel td{background:#e3f8e8;font-weight:600}
+pre{background:#f0f4f8;padding:12px;border-radius:6px;font-size:12px;overflow-x:auto}
+nav a{margin-right:14px;color:#2f6fbf;text-decoration:none;font-size:14px}
+"""
+
+
+def _img(b64: str | None, alt: str) -> str:
+    if b64 is None:
+        return ""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _table(df: pd.DataFrame, highlight: pd.Series | None = None, index: bool = True) -> str:
+    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"]
+    for i, (idx, row) in enumerate(df.iterrows()):
+        cls = ' class="sel"' if highlight is not None and bool(highlight.iloc[i]) else ""
+        cells = ([idx] if index else []) + list(row)
+        out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in cells) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, tuple):
+        return ", ".join(str(x) for x in v)
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.3f}" if abs(v) < 1e4 else f"{v:.1f}"
+    return str(v)
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{html.escape(title)}</h2>{body}</section>'
+
+
+def _cluster_table(res: FitResults) -> str:
+    cl = res.clusters
+    g = cl.groupby("cluster")
+    tab = pd.DataFrame({
+        "subjects": g.size(),
+        "share": g.size() / len(cl),
+        "mean probability": g["probability"].mean(),
+        "first-layer group": g["group"].agg(lambda s: ", ".join(str(v) for v in sorted(s.unique()))),
+    })
+    obs = res.data.groupby("subject").size()
+    tab["observations"] = g["subject"].agg(lambda s: int(obs.reindex(s).sum()))
+    return _table(tab)
+
+
+def _label_section(res: FitResults, labels: pd.Series, name: str) -> str:
+    from .metrics import adjusted_rand_index
+
+    cl = res.clusters.set_index("subject")["cluster"]
+    common = cl.index.intersection(labels.index)
+    lab, k = labels.loc[common], cl.loc[common]
+    ct = pd.crosstab(lab.rename(name), k.rename("cluster"))
+    ct.columns = [f"cluster {c}" for c in ct.columns]
+    ari = adjusted_rand_index(lab, k)
+    text = (f'<p class="note">The model never saw <b>{html.escape(name)}</b>. Adjusted Rand index between it and the '
+            f"clusters: <b>{ari:.3f}</b> (1 = the same partition, 0 = no more agreement than chance); "
+            f"{len(common)} subjects.</p>")
+    return text + _table(ct)
+
+
+def render_report(
+    res: FitResults,
+    *,
+    title: str = "dmlmm report",
+    source: str = "",
+    selection: pd.DataFrame | None = None,
+    known_labels: pd.Series | None = None,
+    label_name: str = "known label",
+    notes: str = "",
+) -> str:
+    """The HTML report (a string; figures embedded as base64 PNG).
+
+    Parameters
+    ----------
+    res : FitResults (see :func:`collect_results`).
+    title, source : heading and a line naming the data.
+    selection : the table of :func:`dmlmm.selection.select_model`, if used.
+    known_labels : Series (index: subject) of an external grouping to compare the clusters with.
+    label_name : what that grouping is.
+    notes : an HTML paragraph placed under the heading.
+    """
+    from . import __version__
+
+    d = res.data
+    counts = d.groupby("subject").size()
+    facts = {
+        "observations": f"{len(d)}",
+        "per subject": (f"{counts.min()}–{counts.max()} (median {counts.median():g})" if counts.max() > counts.min()
+                        else f"{counts.min()}"),
+        "time span": f"{d['time'].min():.3g} – {d['time'].max():.3g}",
+        **res.facts,
+    }
+    cards = "".join(f'<div class="card"><div class="k">{html.escape(k)}</div><div class="v">{html.escape(v)}</div></div>'
+                    for k, v in facts.items() if k not in ("cluster sizes", "model"))
+    sections = [
+        _section("data", "Data", "<p class=\"note\">Each subject's observations joined by a line (faint), the "
+                 "number of observations per subject and when they were taken.</p>" + _img(fig_overview(res), "data overview")),
+    ]
+    clusters_img = fig_clusters(res)
+    if clusters_img is not None:
+        what = "cluster" if res.clusters is not None else "population"
+        sections.append(_section(
+            "clusters", "Cluster curves" if res.clusters is not None else "Population curve",
+            f'<p class="note">The {what} mean curve (line) with a band holding 95 % of the {what}\'s subject curves, '
+            "over the raw data of the subjects assigned to it (grey).</p>" + _img(clusters_img, "cluster curves")
+            + (_cluster_table(res) if res.clusters is not None else "")))
+    sections.append(_section(
+        "examples", "Example subjects",
+        '<p class="note">Observed values (points), the subject\'s fitted curve given its observations (line) and its '
+        "95 % predictive band for the curve.</p>" + _img(fig_examples(res), "example subjects")))
+    memb = fig_membership(res)
+    if memb is not None:
+        sections.append(_section("membership", "Cluster sizes and membership certainty",
+                                 '<p class="note">Subjects per cluster (most probable cluster) and the posterior '
+                                 "probability of that cluster: values near 1 mean clear-cut memberships.</p>"
+                                 + _img(memb, "memberships")))
+    if known_labels is not None and res.clusters is not None:
+        sections.append(_section("labels", f"Clusters and {label_name}", _label_section(res, known_labels, label_name)))
+    elbo = fig_elbo(res)
+    if elbo is not None:
+        sections.append(_section("elbo", "Convergence", _img(elbo, "ELBO trace")))
+    if selection is not None:
+        tab = selection.copy()
+        if "error" in tab and tab["error"].isna().all():
+            tab = tab.drop(columns="error")
+        sections.append(_section("selection", "Model selection",
+                                 '<p class="note">Every candidate size that was fitted; the selected one is highlighted. '
+                                 "Effective components: those left per layer after empty ones were pruned.</p>"
+                                 + _table(tab.drop(columns="selected"), highlight=tab["selected"], index=False)))
+    sections.append(_section("summary", "Model summary", f"<pre>{html.escape(res.summary)}</pre>"))
+    nav = "".join(f'<a href="#{sid}">{label}</a>' for sid, label in [
+        ("data", "Data"), ("clusters", "Curves"), ("examples", "Examples"), ("membership", "Memberships"),
+        ("labels", "Known label"), ("elbo", "Convergence"), ("selection", "Selection"), ("summary", "Summary")]
+        if f'id="{sid}"' in "".join(sections))
+    when = datetime.now().strftime("%Y-%m-%d %H:%M")
+    sub = f"{html.escape(res.facts.get('model', ''))} · {html.escape(source)} · dmlmm {__version__} · {when}"
+    return (
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body><main>"
+        f"<h1>{html.escape(title)}</h1><p class=\"sub\">{sub}</p><nav>{nav}</nav>"
+        f"<div class=\"cards\">{cards}</div>{notes}{''.join(sections)}</main></body></html>"
+    )
+
+
+def write_report(path: str | Path, res: FitResults, **kwargs) -> Path:
+    """Render the report (see :func:`render_report`) and write it to ``path``."""
+    path = Path(path)
+    path.write_text(render_report(res, **kwargs), encoding="utf-8")
+    return path
