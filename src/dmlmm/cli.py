@@ -151,7 +151,7 @@ def _show_progress(quiet: bool) -> bool:
 def _clean(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """The rows the model was fitted on after ``--dropna`` (missing or infinite values dropped)."""
     sub = frame[list(columns)]
-    bad = sub.isna().any(axis=1).to_numpy()
+    bad = sub.isna().any(axis=1).to_numpy().copy()
     for c in columns:
         if pd.api.types.is_numeric_dtype(sub[c]):
             bad |= ~np.isfinite(sub[c].to_numpy(dtype=float, na_value=np.nan))

@@ -204,7 +204,10 @@ def fig_overview(res: FitResults) -> str:
     _style(axes[0], res.names["time"], res.names["response"], "All subjects")
     bins = np.arange(counts.min() - 0.5, counts.max() + 1.5) if counts.max() - counts.min() < 40 else 30
     axes[1].hist(counts, bins=bins, color="#4c72b0", edgecolor="white")
-    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    if counts.max() - counts.min() < 12:
+        axes[1].set_xticks(np.arange(counts.min(), counts.max() + 1))
+    else:
+        axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     _style(axes[1], "observations per subject", "subjects", "Follow-up length")
     axes[2].hist(d["time"], bins=30, color="#4c72b0", edgecolor="white")
     _style(axes[2], res.names["time"], "observations", "When observations were made")

@@ -1,0 +1,87 @@
+"""The HTML report: self-contained, every section and figure present (rendered without a browser)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dmlmm
+from dmlmm.report import collect_results, pick_examples, render_report, write_report
+from dmlmm.simulate import dgp1
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return dgp1(2, n_subjects=40)
+
+
+@pytest.fixture(scope="module")
+def results(sim):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = dmlmm.DeepMixtureLMM((3, 2), (2, 1), basis=dmlmm.SplineBasis(6), random_state=0, max_iter=60).fit(sim.data)
+    return collect_results(m, sim.data)
+
+
+def images(html: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', html)]
+
+
+def test_collect_results_tables(results, sim):
+    m = results.model
+    assert list(results.trajectories.columns) == ["subject", "time", "mean", "lower", "upper"]
+    assert len(results.trajectories) == 100 * 40
+    assert list(results.clusters.columns) == ["subject", "cluster", "probability", "group"]
+    assert np.array_equal(results.clusters["cluster"], m.labels_.to_numpy())
+    assert results.cluster_curves is m.cluster_means_
+    assert results.facts["subjects"] == "40"
+    assert list(results.data.columns) == ["subject", "time", "response"] and len(results.data) == len(sim.data)
+
+
+def test_report_is_self_contained_with_all_sections(results, sim, tmp_path):
+    table = pd.DataFrame({"components": [(3, 2), (3, 2)], "latent_dims": [(1, 1), (2, 1)], "elbo": [-1.0, -2.0],
+                          "heldout_score": [np.nan, np.nan], "effective_components": [(2, 1), (2, 1)],
+                          "n_clusters": [2, 2], "seconds": [0.1, 0.2], "selected": [True, False], "error": [None, None]})
+    path = write_report(tmp_path / "r.html", results, title="Test <report>", source="sim.csv", selection=table,
+                        known_labels=sim.labels, label_name="true group")
+    html = path.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and "Test &lt;report&gt;" in html
+    for sid in ("data", "clusters", "examples", "membership", "labels", "elbo", "selection", "summary"):
+        assert f'<section id="{sid}">' in html, sid
+    imgs = images(html)
+    assert len(imgs) == 5 and all(b.startswith(PNG) and len(b) > 5000 for b in imgs)
+    assert "src=\"http" not in html and "<script" not in html  # nothing fetched from elsewhere
+    assert 'class="sel"' in html and "Adjusted Rand index" in html
+    assert "DeepMixtureLMM: 40 subjects" in html  # the model summary
+
+
+def test_report_without_optional_parts(results):
+    html = render_report(results)
+    assert 'id="selection"' not in html and 'id="labels"' not in html
+    assert len(images(html)) == 5
+
+
+def test_examples_cover_every_cluster(results):
+    picked = pick_examples(results, 9)
+    assert len(picked) == 9 and len(set(picked)) == 9
+    lab = results.clusters.set_index("subject")["cluster"]
+    assert set(lab.loc[picked]) == set(lab)
+
+
+def test_report_for_a_linear_mixed_model(sim):
+    lmm = pytest.importorskip("dmlmm.lmm")
+    m = lmm.LinearMixedModel(basis=dmlmm.SplineBasis(6), method="reml").fit(sim.data, subject="subject", time="time",
+                                                                             response="y")
+    res = collect_results(m, sim.data)
+    assert res.clusters is None and res.elbo_history is None
+    assert res.trajectories.groupby("subject").size().eq(100).all()
+    html = render_report(res)
+    assert 'id="examples"' in html and 'id="membership"' not in html and "Population curve" in html
+    assert len(images(html)) == 3
