@@ -162,10 +162,18 @@ def _clean(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dmlmm")
 def main() -> None:
-    """Deep mixtures of linear mixed models for longitudinal data."""
+    """Deep mixtures of linear mixed models for longitudinal data.
+
+    \b
+    Examples:
+      dmlmm fit data.csv --subject id --time t --response y --out results/
+      dmlmm predict results/model.dmlmm new.csv --times 0:10:0.1 --out pred.csv
+      dmlmm demo --out demo_output
+      dmlmm simulate dgp1 --seed 0 --out dgp1.csv
+    """
 
 
-@main.command()
+@main.command(short_help="Fit a model to a CSV file; write clusters, trajectories, model and report.")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--subject", default="subject", show_default=True, help="Subject id column.")
 @click.option("--time", "time_col", default="time", show_default=True, help="Time column.")
@@ -303,7 +311,7 @@ def _print_summary(model, frame: pd.DataFrame, out: Path, written: list[str], se
     click.echo(f"outputs in {out}/: {', '.join(written)}")
 
 
-@main.command()
+@main.command(short_help="Predict trajectories of subjects with a saved model.")
 @click.argument("model_file", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--times", default=None, help="start:stop:step (stop included when on the grid) or t1,t2,...  "
@@ -339,7 +347,7 @@ def predict(model_file, data, times, interval, kind, dropna, out, overwrite):
         click.echo(f"predictions for {proba.shape[0]} subject(s) at {len(t)} time(s) written to {out}", err=True)
 
 
-@main.command()
+@main.command(short_help="Fit the deep mixture to real biomedical data (PBC or Blackmore).")
 @click.option("--out", default="demo_output", show_default=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--overwrite", is_flag=True, help="Write into an existing output folder.")
 @click.option("--dataset", type=click.Choice(["pbcseq", "blackmore"]), default="pbcseq", show_default=True,
@@ -384,7 +392,7 @@ def demo(out, overwrite, dataset, jobs, quiet):
     click.echo(f"open {out / 'report.html'} in a browser to see the report")
 
 
-@main.command()
+@main.command(short_help="Simulate a data set of the simulation study (data, truth, labels).")
 @click.argument("dgp", type=click.Choice(["dgp1", "dgp2", "dgp3"]))
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 @click.option("--n-subjects", default=None, type=int, help="Number of subjects [the DGP's default].")
