@@ -187,6 +187,33 @@ def test_analytic_gradient_matches_finite_differences(reml, kind):
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
 
 
+def test_reflection_at_a_zero_diagonal_keeps_the_likelihood_and_reverses_the_push():
+    """A column of Lambda can change sign without changing the likelihood; at Lambda_jj = 0 this turns a
+    gradient pushing below the bound (where L-BFGS-B stops) into a feasible ascent direction."""
+    from dmlmm.lmm.profiled import reflect_boundary_columns
+
+    rng = np.random.default_rng(8)
+    N, q = 20, 3
+    codes = np.repeat(np.arange(N), 5)
+    Z = np.c_[np.ones(codes.size), rng.normal(size=(codes.size, 2))]
+    y = Z @ [1.0, 0.5, -0.5] + (Z * rng.normal(size=(N, 3))[codes]).sum(1) + rng.normal(size=codes.size)
+    st = sufficient_stats(y, Z, Z[:, :1], codes, N)
+    S = CovarianceStructure.unstructured(q)
+    theta = np.array([1.0, 0.4, -0.3, 0.0, 0.5, 0.8])  # Lambda_11 = 0, column 1 has 0.5 below it
+    k = 3
+    ll, g = profiled_loglik_grad(st, theta, S, reml=True)
+    if -g[k] <= 0:  # make the objective (-loglik) push Lambda_11 below zero
+        theta[4] *= -1
+        ll, g = profiled_loglik_grad(st, theta, S, reml=True)
+    assert -g[k] > 0
+    new = reflect_boundary_columns(theta, -g, S)
+    assert new is not None and new[4] == -theta[4] and np.array_equal(np.delete(new, 4), np.delete(theta, 4))
+    ll2, g2 = profiled_loglik_grad(st, new, S, reml=True)
+    assert ll2 == pytest.approx(ll, abs=1e-10)
+    assert g2[k] == pytest.approx(-g[k], rel=1e-8)
+    assert reflect_boundary_columns(new, -g2, S) is None
+
+
 # --------------------------------------------------------------------------- forms agree
 
 
@@ -458,3 +485,12 @@ def test_summary_text(reml_fit, ml_fit):
         assert needle in s, needle
     s = ml_fit.summary()
     assert "AIC" in s and "1763.94" in s and "-875.970" in s and "maximum likelihood" in s
+
+
+def test_blas_thread_limit_is_restored():
+    from dmlmm.lmm._threads import _openblas_handles, limit_blas_threads
+
+    before = [get() for get, _ in _openblas_handles()]
+    with limit_blas_threads(1):
+        assert all(get() == 1 for get, _ in _openblas_handles())
+    assert [get() for get, _ in _openblas_handles()] == before

@@ -431,7 +431,7 @@ def fit_profiled(
             return 0.0
         return float(np.max(np.abs(_projected_grad(th, fun(th)[1], lower_bounded))))
 
-    opts = {"maxiter": max_iter, "ftol": 1e-15, "gtol": gtol * 1e-3, "maxcor": 50}
+    opts = {"maxiter": max_iter, "ftol": 1e-15, "gtol": gtol * 1e-3, "maxcor": 100}
     history: list = []
     n_iter = 0
     best_th = np.asarray(th0, dtype=float)
