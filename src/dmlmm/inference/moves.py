@@ -31,7 +31,7 @@ def run_vi_with_moves(
     config: VIConfig,
     rng: np.random.Generator,
     max_trials: int = 12,
-    trial_iter: int = 60,
+    trial_iter: int = 25,
     explore_tol: float = 1e-3,
     callback=None,
 ) -> VIResult:
@@ -59,6 +59,16 @@ def run_vi_with_moves(
     improved = True
     while improved and trials < max_trials:
         improved = False
+        # the baseline gets the same extra iterations as each trial, so only the deletion is compared
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            base = run_vi(stats, res.prior, res.params, replace(config, max_iter=trial_iter), rng)
+        base.kept = [k[c] for k, c in zip(res.kept, base.kept)]
+        base.pruned_at = res.pruned_at + [len(history) + p for p in base.pruned_at]
+        base.n_iter += res.n_iter
+        base.moves = res.moves
+        history.extend(base.elbo_history)
+        res = base
         counts = res.prior.layer_counts(res.params.prior)
         candidates = [(c, l, k) for l, cl in enumerate(counts) if len(cl) > 1 for k, c in enumerate(cl)]
         for _, l, k in sorted(candidates):
@@ -72,24 +82,16 @@ def run_vi_with_moves(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 trial = run_vi(stats, new_prior, start, replace(config, max_iter=trial_iter), rng)
-            if trial.elbo > res.elbo + 1e-9 * abs(res.elbo):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    cont = run_vi(stats, trial.prior, trial.params, config, rng, callback)
-                base = [k[m] for k, m in zip(res.kept, keep)]
-                base = [b[t] for b, t in zip(base, trial.kept)]
-                cont.kept = [b[c] for b, c in zip(base, cont.kept)]
-                offset = len(history)
-                cont.pruned_at = (
-                    res.pruned_at
-                    + [offset]
-                    + [offset + p for p in trial.pruned_at]
-                    + [offset + len(trial.elbo_history) + p for p in cont.pruned_at]
-                )
-                history.extend(trial.elbo_history + cont.elbo_history)
-                cont.n_iter += res.n_iter + trial.n_iter
-                cont.moves = res.moves + 1
-                res = cont
+            # fair comparison: the larger model with component k emptied instead of deleted
+            gap = res.prior.empty_component_cost(l)
+            if trial.elbo - gap > res.elbo + 1e-9 * abs(res.elbo):
+                base_kept = [k_[m] for k_, m in zip(res.kept, keep)]
+                trial.kept = [b_[t] for b_, t in zip(base_kept, trial.kept)]
+                trial.pruned_at = res.pruned_at + [len(history)] + [len(history) + p for p in trial.pruned_at]
+                trial.n_iter += res.n_iter
+                trial.moves = res.moves + 1
+                history.extend(trial.elbo_history)
+                res = trial
                 improved = True
                 break
     final = run_vi(stats, res.prior, res.params, replace(final_config, min_iter=1), rng, callback)

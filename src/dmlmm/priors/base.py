@@ -121,5 +121,9 @@ class RandomEffectsPrior(ABC):
         """Expected number of subjects in each layer's components (Dirichlet alpha - rho)."""
 
     @abstractmethod
+    def empty_component_cost(self, layer: int) -> float:
+        """-ELBO of one data-free component of ``layer`` at its optimum (the mean-field gap)."""
+
+    @abstractmethod
     def prune(self, params: Any, keep: list[np.ndarray]) -> tuple["RandomEffectsPrior", Any]:
         """A prior without the components where ``keep[l]`` is False, and its parameters."""

@@ -331,33 +331,53 @@ class DeepMixturePrior(RandomEffectsPrior):
 
     # ------------------------------------------------------------------ ELBO of the globals
     def elbo(self, params: DMFAParams) -> float:
-        total = 0.0
-        for l, lay in enumerate(params.layers):
-            G, nu2, A2 = self.mean_scale[l], self.loading_scale[l] ** 2, self.delta_scale[l] ** 2
-            total -= float(lay.weights.kl_from_symmetric(self.concentration[l]))
-            mean, cov, logdet = lay.loadings.moments()
-            m1 = mean.shape[-1]
-            var = np.diagonal(cov, axis1=-2, axis2=-1) + mean**2  # (K, J, m+1) E[theta^2]
-            e_inv_v = np.concatenate(
-                [lay.mean_scale.mean_inv[..., None] / G,
-                 lay.global_scale.mean_inv[:, None, None] * lay.local_scale.mean_inv], axis=2)
-            e_log_v = np.concatenate(
-                [np.log(G) + lay.mean_scale.mean_log[..., None],
-                 lay.global_scale.mean_log[:, None, None] + lay.local_scale.mean_log], axis=2)
-            total += float(np.sum(-0.5 * LOG_2PI - 0.5 * e_log_v - 0.5 * e_inv_v * var))
-            total += float(np.sum(gaussian_entropy(logdet, m1)))
-            d, da = lay.delta, lay.delta_aux
-            total += float(np.sum(ig_expected_logpdf(0.5, da.mean_inv, -da.mean_log, d) + d.entropy()))
-            total += float(np.sum(ig_expected_logpdf(0.5, 1 / A2, -np.log(A2), da) + da.entropy()))
-            g = lay.mean_scale
-            total += float(np.sum(ig_expected_logpdf(0.5, 0.5, np.log(0.5), g) + g.entropy()))
-            ls, la = lay.local_scale, lay.local_aux
-            total += float(np.sum(ig_expected_logpdf(0.5, la.mean_inv, -la.mean_log, ls) + ls.entropy()))
-            total += float(np.sum(ig_expected_logpdf(0.5, 1.0, 0.0, la) + la.entropy()))
-            gs, ga = lay.global_scale, lay.global_aux
-            total += float(np.sum(ig_expected_logpdf(0.5, ga.mean_inv, -ga.mean_log, gs) + gs.entropy()))
-            total += float(np.sum(ig_expected_logpdf(0.5, 1 / nu2, -np.log(nu2), ga) + ga.entropy()))
+        return sum(self._layer_elbo(l, lay) for l, lay in enumerate(params.layers))
+
+    def _layer_elbo(self, l: int, lay: LayerParams, include_weights: bool = True) -> float:
+        G, nu2, A2 = self.mean_scale[l], self.loading_scale[l] ** 2, self.delta_scale[l] ** 2
+        total = -float(lay.weights.kl_from_symmetric(self.concentration[l])) if include_weights else 0.0
+        mean, cov, logdet = lay.loadings.moments()
+        m1 = mean.shape[-1]
+        var = np.diagonal(cov, axis1=-2, axis2=-1) + mean**2  # (K, J, m+1) E[theta^2]
+        e_inv_v = np.concatenate(
+            [lay.mean_scale.mean_inv[..., None] / G,
+             lay.global_scale.mean_inv[:, None, None] * lay.local_scale.mean_inv], axis=2)
+        e_log_v = np.concatenate(
+            [np.log(G) + lay.mean_scale.mean_log[..., None],
+             lay.global_scale.mean_log[:, None, None] + lay.local_scale.mean_log], axis=2)
+        total += float(np.sum(-0.5 * LOG_2PI - 0.5 * e_log_v - 0.5 * e_inv_v * var))
+        total += float(np.sum(gaussian_entropy(logdet, m1)))
+        d, da = lay.delta, lay.delta_aux
+        total += float(np.sum(ig_expected_logpdf(0.5, da.mean_inv, -da.mean_log, d) + d.entropy()))
+        total += float(np.sum(ig_expected_logpdf(0.5, 1 / A2, -np.log(A2), da) + da.entropy()))
+        g = lay.mean_scale
+        total += float(np.sum(ig_expected_logpdf(0.5, 0.5, np.log(0.5), g) + g.entropy()))
+        ls, la = lay.local_scale, lay.local_aux
+        total += float(np.sum(ig_expected_logpdf(0.5, la.mean_inv, -la.mean_log, ls) + ls.entropy()))
+        total += float(np.sum(ig_expected_logpdf(0.5, 1.0, 0.0, la) + la.entropy()))
+        gs, ga = lay.global_scale, lay.global_aux
+        total += float(np.sum(ig_expected_logpdf(0.5, ga.mean_inv, -ga.mean_log, gs) + gs.entropy()))
+        total += float(np.sum(ig_expected_logpdf(0.5, 1 / nu2, -np.log(nu2), ga) + ga.entropy()))
         return total
+
+    def empty_component_cost(self, layer: int) -> float:
+        """Mean-field gap of one data-free component of ``layer``: -ELBO of its factors at their optimum.
+
+        Under the exact posterior an empty component costs nothing (its prior integrates to
+        one); under mean field its hierarchical half-Cauchy factors cost this much. Delete
+        moves compare against the larger model with this cost removed.
+        """
+        J, m = self._dims[layer], self._dims[layer + 1]
+        lay = self._layer_from_point(layer, np.zeros((1, J)), np.zeros((1, J, m)), np.ones((1, J)), np.zeros(1))
+        zero = (np.zeros(1), np.zeros((1, m + 1, m + 1)), np.zeros((1, J, m + 1)), np.zeros((1, J)))
+        prev = -np.inf
+        for _ in range(500):  # coordinate ascent of a tiny, data-free problem
+            lay = self._update_layer(layer, lay, *zero, 1.0)
+            cur = self._layer_elbo(layer, lay, include_weights=False)
+            if abs(cur - prev) < 1e-10 * max(1.0, abs(cur)):
+                break
+            prev = cur
+        return -cur
 
     # ------------------------------------------------------------------ point summaries
     def layer_point(self, params: DMFAParams) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:

@@ -232,6 +232,20 @@ class GaussianMixturePrior(RandomEffectsPrior):
         total += float(np.sum(ig_expected_logpdf(0.5, inv_a2, np.log(inv_a2), aux) + aux.entropy()))
         return total
 
+    def empty_component_cost(self, layer: int = 0) -> float:
+        """Mean-field gap of one data-free component (see DeepMixturePrior.empty_component_cost)."""
+        one = GaussianMixturePrior(self.dim, 1, self.zero_mean, self.concentration, self.mean_var, self.cov_df, self.cov_scale)
+        params = one.init_params(np.zeros((2, self.dim)), np.random.default_rng(0))
+        zero = PathMoments(np.zeros(1), np.zeros((1, self.dim)), np.zeros((1, self.dim, self.dim)))
+        prev = -np.inf
+        for _ in range(500):  # coordinate ascent of a tiny, data-free problem
+            params = one.update(params, zero)
+            cur = one.elbo(params)
+            if abs(cur - prev) < 1e-10 * max(1.0, abs(cur)):
+                break
+            prev = cur
+        return -cur
+
     def point_mixture(self, params: GaussianMixtureParams) -> PointMixture:
         m, _, _ = self._mean_moments(params)
         return PointMixture(params.weights.mean, m, params.cov.mean)
