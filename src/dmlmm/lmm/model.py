@@ -36,6 +36,13 @@ from .scaling import ResponseScaling
 __all__ = ["LinearMixedModel"]
 
 
+def _describe_basis(builder) -> str | None:
+    b = getattr(builder, "basis_", None) if isinstance(builder, LongitudinalDesignBuilder) else None
+    if b is None:
+        return None
+    return f"{b!r}, range [{b.lower_:g}, {b.upper_:g}]"
+
+
 class LinearMixedModel:
     """Linear mixed model ``y_i = F_i w + Z_i b_i + e_i``, ``b_i ~ N(0, Sigma)``, ``e_i ~ N(0, sigma^2 I)``.
 
@@ -209,6 +216,7 @@ class LinearMixedModel:
         self.design_info_ = {
             "fixed_names": list(fn), "random_names": list(rn), "group_name": design.group_name,
             "grouped": design.grouped, "structure": design.structure.kind, "random_blocks": design.random_blocks,
+            "basis": _describe_basis(builder),
         }
         self.scaling_ = scaling
         self.estimate_ = est

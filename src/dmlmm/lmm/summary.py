@@ -87,6 +87,11 @@ def format_summary(model: "LinearMixedModel", interval: float = 0.95) -> str:
     out.append(f"Linear mixed model fit by {'REML' if reml else 'maximum likelihood'}  ['LinearMixedModel']")
     if model.formula is not None:
         out.append(f"Formula: {model.formula}")
+    elif info.get("basis"):
+        cov = [c for c in info["fixed_names"] if c not in info["random_names"]]
+        out.append(f"Longitudinal: y = B(t) w{' + covariates ' + str(cov) if cov else ''} + B(t) b_i + e, "
+                   f"b_i ~ N(0, Sigma) per '{info['group_name']}'")
+        out.append(f"Basis: {info['basis']}")
     elif info["grouped"]:
         out.append(f"Design: {len(info['fixed_names'])} fixed effects, {len(info['random_names'])} random "
                    f"effects per '{info['group_name']}' (unstructured covariance)")
