@@ -495,3 +495,12 @@ def test_blas_thread_limit_is_restored():
     with limit_blas_threads(1):
         assert all(get() == 1 for get, _ in _openblas_handles())
     assert [get() for get, _ in _openblas_handles()] == before
+
+
+def test_nelder_mead_fallback_when_lbfgsb_stops_early(sleepstudy, reml_fit):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = LinearMixedModel(FORMULA, method="reml", max_iter=1).fit(sleepstudy)
+    runs = [name for name, _ in m.estimate_.extra["history"]]
+    assert "Nelder-Mead" in runs
+    assert m.loglik_ == pytest.approx(reml_fit.loglik_, abs=1e-4)
