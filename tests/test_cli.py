@@ -71,6 +71,14 @@ def test_fit_writes_the_outputs_and_a_summary(fitted, csv):
     assert html.count("data:image/png;base64,") >= 4
 
 
+def test_subject_with_one_observation_is_fine(fitted, csv):
+    data = pd.read_csv(csv)
+    assert (data["subject"] == 5).sum() == 1
+    clusters = pd.read_csv(fitted / "clusters.csv")
+    traj = pd.read_csv(fitted / "trajectories.csv")
+    assert 5 in set(clusters["subject"]) and (traj["subject"] == 5).sum() == 100
+
+
 def test_fit_summary_text(fit_run):
     out, r = fit_run
     text = r.stdout

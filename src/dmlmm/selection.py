@@ -19,6 +19,7 @@ Candidates can run in parallel processes (``n_jobs``).
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import time as _time
 import warnings
@@ -227,5 +228,6 @@ def _run(tasks: list[_Task], n_jobs: int):
         for t in tasks:
             yield _fit_candidate(t)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn, not fork: forking a process whose BLAS already runs threads can deadlock
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from pool.map(_fit_candidate, tasks)
