@@ -113,3 +113,60 @@ def solve_upper_t(chol: np.ndarray, b: np.ndarray) -> np.ndarray:
         acc = b[..., j] - np.einsum("...k,...k->...", chol[..., j + 1 :, j], x[..., j + 1 :])
         x[..., j] = acc / chol[..., j, j]
     return x
+
+
+# --------------------------------------------------------------------------- structure-of-arrays kernels
+# Stacks of many tiny matrices are faster with the batch axis LAST: each step of
+# the classic algorithms becomes one vectorised operation over the whole batch
+# (loops run over the matrix dimension d, never over the batch).
+
+
+def cholesky_soa(a: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factors of SPD matrices stored as (d, d, n); returns (d, d, n).
+
+    Raises ``LinAlgError`` if a pivot is not positive.
+    """
+    d = a.shape[0]
+    L = np.zeros_like(a)
+    for j in range(d):
+        piv = a[j, j] - np.einsum("kn,kn->n", L[j, :j], L[j, :j])
+        if not np.all(piv > 0):
+            raise np.linalg.LinAlgError("matrix is not positive definite")
+        L[j, j] = np.sqrt(piv)
+        if j + 1 < d:
+            L[j + 1 :, j] = (a[j + 1 :, j] - np.einsum("ikn,kn->in", L[j + 1 :, :j], L[j, :j])) / L[j, j]
+    return L
+
+
+def solve_lower_soa(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``L x = b`` for L (d, d, n) lower triangular and b (d, n)."""
+    d = L.shape[0]
+    x = np.empty_like(b)
+    for j in range(d):
+        x[j] = (b[j] - np.einsum("kn,kn->n", L[j, :j], x[:j])) / L[j, j]
+    return x
+
+
+def solve_upper_t_soa(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``L' x = b`` for L (d, d, n) lower triangular and b (d, n)."""
+    d = L.shape[0]
+    x = np.empty_like(b)
+    for j in range(d - 1, -1, -1):
+        x[j] = (b[j] - np.einsum("kn,kn->n", L[j + 1 :, j], x[j + 1 :])) / L[j, j]
+    return x
+
+
+def inv_from_chol_soa(L: np.ndarray) -> np.ndarray:
+    """``(L L')^{-1}`` for L (d, d, n) lower triangular; returned batch-first, shape (n, d, d).
+
+    The triangular inverse M = L^{-1} is built row by row over the batch, then
+    ``M'M`` with one batched matrix product.
+    """
+    d = L.shape[0]
+    M = np.zeros_like(L)
+    for j in range(d):  # row j of M = L^{-1}: zero beyond column j
+        inv_diag = 1.0 / L[j, j]
+        M[j, :j] = -np.einsum("kn,kcn->cn", L[j, :j], M[:j, :j]) * inv_diag
+        M[j, j] = inv_diag
+    Mb = np.moveaxis(M, -1, 0)
+    return np.swapaxes(Mb, 1, 2) @ Mb

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._linalg import cholesky, solve_lower, solve_upper_t
+from .._linalg import cholesky, cholesky_soa, inv_from_chol_soa, solve_lower_soa, solve_upper_t_soa
 from ..data import SufficientStats
 from ..priors.base import PathMoments, PathPrior
 from .expfam import LOG_2PI
@@ -124,18 +124,26 @@ def local_step(
 
     if active is None:
         active = np.ones((N, M), dtype=bool)
+    prec_soa = np.ascontiguousarray(np.moveaxis(prior.precision, 0, -1))  # (D, D, M)
+    shift_soa = np.ascontiguousarray(prior.shift.T)  # (D, M)
+    xtx_soa = np.ascontiguousarray(np.moveaxis(stats.XtX, 0, -1))  # (D, D, N)
+    xr_soa = np.ascontiguousarray(xr.T)  # (D, N)
     chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, M * D * D))
     for start in range(0, N, chunk):  # memory chunks of subjects; each chunk fully batched
         stop = min(start + chunk, N)
         ii, cc = np.nonzero(active[start:stop])  # pairs, sorted by subject
         gi = ii + start
-        Q = prior.precision[cc] + s * stats.XtX[gi]
-        g = prior.shift[cc] + s * xr[gi]
-        chol = cholesky(Q, "local posterior precision")
-        half = solve_lower(chol, g)  # L^{-1} g, so g'Q^{-1}g = |half|^2
-        logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-        m = solve_upper_t(chol, half)
-        elbo_p = path_const[cc] + const_i[gi] - 0.5 * logdet + 0.5 * np.einsum("ad,ad->a", half, half)
+        # structure-of-arrays layout: matrices (D, D, pairs), vectors (D, pairs)
+        Q = prec_soa[:, :, cc] + s * xtx_soa[:, :, gi]
+        g = shift_soa[:, cc] + s * xr_soa[:, gi]
+        try:
+            chol = cholesky_soa(Q)
+        except np.linalg.LinAlgError:
+            chol = np.ascontiguousarray(np.moveaxis(cholesky(np.moveaxis(Q, -1, 0), "local posterior precision"), 0, -1))
+        half = solve_lower_soa(chol, g)  # L^{-1} g, so g'Q^{-1}g = |half|^2
+        logdet = 2.0 * np.log(np.diagonal(chol, axis1=0, axis2=1)).sum(axis=-1)
+        m = solve_upper_t_soa(chol, half)  # (D, pairs)
+        elbo_p = path_const[cc] + const_i[gi] - 0.5 * logdet + 0.5 * np.einsum("dn,dn->n", half, half)
         seg = np.flatnonzero(np.r_[True, ii[1:] != ii[:-1]])
         if hard_assignment:
             best = np.lexsort((-elbo_p, ii))[seg]  # ii is sorted, so segments keep their starts
@@ -151,18 +159,17 @@ def local_step(
         resp[gi, cc] = r
         log_ev[start:stop] = lev
         if path_means is not None:
-            path_means[gi, cc] = m
-        rm = r[:, None] * m
+            path_means[gi, cc] = m.T
+        rm = r[:, None] * m.T
         mean_b[start:stop] = np.add.reduceat(rm, seg, axis=0)
         w_sum += np.bincount(cc, weights=r, minlength=M)
         _add_rows(first, cc, rm)
         # covariances only where the responsibility is not negligible
         act = np.flatnonzero(r > moment_threshold)
-        li = np.linalg.inv(chol[act])
-        cov = np.swapaxes(li, -1, -2) @ li
-        m_act = m[act]
+        cov = inv_from_chol_soa(chol[:, :, act])  # (act, D, D)
+        m_act = m[:, act].T
         wsec = r[act, None, None] * (cov + m_act[:, :, None] * m_act[:, None, :])
-        quad[start:stop] += np.bincount(ii[act], weights=np.einsum("ade,aed->a", wsec, stats.XtX[gi[act]]), minlength=stop - start)
+        quad[start:stop] += np.bincount(ii[act], weights=np.einsum("aij,aji->a", wsec, stats.XtX[gi[act]]), minlength=stop - start)
         _add_rows(second, cc[act], wsec)
     return LocalResult(resp, log_ev, mean_b, quad, PathMoments(w_sum, first, second), path_means)
 
