@@ -57,7 +57,7 @@ def test_parse_formula_errors(formula, message):
 
 def test_random_intercept_matches_lme4(sleepstudy):
     """lme4: lmer(Reaction ~ Days + (1 | Subject)): SDs 37.12 (Subject) and 30.99 (residual)."""
-    m = LinearMixedModel("Reaction ~ Days + (1 | Subject)").fit(sleepstudy)
+    m = LinearMixedModel("Reaction ~ Days + (1 | Subject)", method="reml").fit(sleepstudy)
     assert list(m.cov_re_.index) == ["Intercept"]
     assert float(f"{np.sqrt(m.cov_re_.iloc[0, 0]):.4g}") == 37.12
     assert float(f"{np.sqrt(m.sigma2_):.4g}") == 30.99
@@ -68,7 +68,7 @@ def test_random_intercept_matches_lme4(sleepstudy):
                                      "Reaction ~ Days + (Days || Subject)"])
 def test_uncorrelated_terms_match_lme4(sleepstudy, formula):
     """lme4: lmer(Reaction ~ Days + (Days || Subject)): SDs 25.051, 5.988, residual 25.565, REML 1743.669."""
-    m = LinearMixedModel(formula).fit(sleepstudy)
+    m = LinearMixedModel(formula, method="reml").fit(sleepstudy)
     sd = np.sqrt(np.diag(m.cov_re_.to_numpy()))
     assert m.cov_re_.iloc[0, 1] == 0.0
     assert float(f"{sd[0]:.5g}") == 25.051 and float(f"{sd[1]:.4g}") == 5.988
@@ -78,8 +78,8 @@ def test_uncorrelated_terms_match_lme4(sleepstudy, formula):
 
 
 def test_no_intercept_variants_are_the_same(sleepstudy):
-    a = LinearMixedModel("Reaction ~ Days + (0 + Days | Subject)").fit(sleepstudy)
-    b = LinearMixedModel("Reaction ~ Days + (-1 + Days | Subject)").fit(sleepstudy)
+    a = LinearMixedModel("Reaction ~ Days + (0 + Days | Subject)", method="reml").fit(sleepstudy)
+    b = LinearMixedModel("Reaction ~ Days + (-1 + Days | Subject)", method="reml").fit(sleepstudy)
     assert list(a.cov_re_.index) == ["Days"]
     assert a.loglik_ == pytest.approx(b.loglik_, abs=1e-10)
     np.testing.assert_allclose(a.cov_re_, b.cov_re_)
@@ -87,7 +87,7 @@ def test_no_intercept_variants_are_the_same(sleepstudy):
 
 def test_categorical_fixed_effects_and_prediction_rebuilds_columns(sleepstudy):
     df = sleepstudy.assign(phase=np.where(sleepstudy["Days"] < 2, "base", np.where(sleepstudy["Days"] < 6, "mid", "late")))
-    m = LinearMixedModel("Reaction ~ Days + phase + (1 | Subject)").fit(df)
+    m = LinearMixedModel("Reaction ~ Days + phase + (1 | Subject)", method="reml").fit(df)
     names = list(m.fixed_effects_.index)
     assert names[:2] == ["Intercept", "Days"] and len(names) == 4 and all("phase" in c for c in names[2:])
     new = pd.DataFrame({"Days": [7.0, 1.0], "phase": ["late", "base"], "Subject": [308, 308]})
@@ -101,7 +101,7 @@ def test_categorical_fixed_effects_and_prediction_rebuilds_columns(sleepstudy):
 
 
 def test_prediction_without_group_column_is_population_level(sleepstudy):
-    m = LinearMixedModel("Reaction ~ Days + (Days | Subject)").fit(sleepstudy)
+    m = LinearMixedModel("Reaction ~ Days + (Days | Subject)", method="reml").fit(sleepstudy)
     pop = m.predict(pd.DataFrame({"Days": [0.0, 5.0]}))
     assert list(pop.columns) == ["mean", "lower", "upper"]
     np.testing.assert_allclose(pop["mean"], m.fixed_effects_["Intercept"] + m.fixed_effects_["Days"] * np.r_[0, 5])
@@ -112,7 +112,7 @@ def test_prediction_without_group_column_is_population_level(sleepstudy):
 
 
 def test_transformed_response_and_terms(sleepstudy):
-    m = LinearMixedModel("np.log(Reaction) ~ Days + I(Days**2) + (1 | Subject)").fit(sleepstudy)
+    m = LinearMixedModel("np.log(Reaction) ~ Days + I(Days**2) + (1 | Subject)", method="reml").fit(sleepstudy)
     assert len(m.fixed_effects_) == 3
     assert abs(m.fixed_effects_["Intercept"] - np.log(250)) < 0.1
 
@@ -122,16 +122,16 @@ def test_transformed_response_and_terms(sleepstudy):
 
 def test_unknown_column_names_it_and_lists_columns(sleepstudy):
     with pytest.raises(DataError, match=r"\['Dayz'\].*not found.*\['Reaction', 'Days', 'Subject'\]"):
-        LinearMixedModel("Reaction ~ Dayz + (1 | Subject)").fit(sleepstudy)
+        LinearMixedModel("Reaction ~ Dayz + (1 | Subject)", method="reml").fit(sleepstudy)
     with pytest.raises(DataError, match=r"\['Subj'\]"):
-        LinearMixedModel("Reaction ~ Days + (1 | Subj)").fit(sleepstudy)
+        LinearMixedModel("Reaction ~ Days + (1 | Subj)", method="reml").fit(sleepstudy)
     with pytest.raises(DataError, match=r"\['RT'\]"):
-        LinearMixedModel("RT ~ Days + (1 | Subject)").fit(sleepstudy)
+        LinearMixedModel("RT ~ Days + (1 | Subject)", method="reml").fit(sleepstudy)
 
 
 def test_non_numeric_response(sleepstudy):
     with pytest.raises(DataError, match="response column 'Reaction' must be numeric"):
-        LinearMixedModel("Reaction ~ Days + (1 | Subject)").fit(sleepstudy.assign(Reaction="fast"))
+        LinearMixedModel("Reaction ~ Days + (1 | Subject)", method="reml").fit(sleepstudy.assign(Reaction="fast"))
 
 
 def test_missing_values_are_counted_or_dropped(sleepstudy):
@@ -139,26 +139,26 @@ def test_missing_values_are_counted_or_dropped(sleepstudy):
     bad.loc[[0, 5, 9], "Days"] = np.nan
     bad.loc[[3], "Reaction"] = np.inf
     with pytest.raises(DataError, match=r"4 row\(s\) have missing or infinite values.*'Days': 3.*'Reaction': 1"):
-        LinearMixedModel("Reaction ~ Days + (Days | Subject)").fit(bad)
+        LinearMixedModel("Reaction ~ Days + (Days | Subject)", method="reml").fit(bad)
     with pytest.warns(UserWarning, match="dropped 4 of 180 row"):
-        m = LinearMixedModel("Reaction ~ Days + (Days | Subject)").fit(bad, dropna=True)
-    clean = LinearMixedModel("Reaction ~ Days + (Days | Subject)").fit(bad.drop(index=[0, 3, 5, 9]))
+        m = LinearMixedModel("Reaction ~ Days + (Days | Subject)", method="reml").fit(bad, dropna=True)
+    clean = LinearMixedModel("Reaction ~ Days + (Days | Subject)", method="reml").fit(bad.drop(index=[0, 3, 5, 9]))
     assert m.n_obs_ == 176
     assert m.loglik_ == pytest.approx(clean.loglik_, abs=1e-9)
     missing_group = sleepstudy.astype({"Subject": object})
     missing_group.loc[7, "Subject"] = None
     with pytest.raises(DataError, match=r"'Subject': 1"):
-        LinearMixedModel("Reaction ~ Days + (1 | Subject)").fit(missing_group)
+        LinearMixedModel("Reaction ~ Days + (1 | Subject)", method="reml").fit(missing_group)
 
 
 def test_unused_columns_with_missing_values_do_not_matter(sleepstudy):
     df = sleepstudy.assign(other=np.nan)
-    m = LinearMixedModel("Reaction ~ Days + (1 | Subject)").fit(df)
+    m = LinearMixedModel("Reaction ~ Days + (1 | Subject)", method="reml").fit(df)
     assert m.n_obs_ == 180
 
 
 def test_formula_model_needs_a_frame(sleepstudy):
     with pytest.raises(DataError, match="DataFrame"):
-        LinearMixedModel("Reaction ~ Days + (1 | Subject)").fit(sleepstudy.to_numpy())
+        LinearMixedModel("Reaction ~ Days + (1 | Subject)", method="reml").fit(sleepstudy.to_numpy())
     with pytest.raises(ValueError, match="formula"):
-        LinearMixedModel("Reaction ~ Days + (1 | Subject)").fit(X=np.ones((3, 1)), Z=np.ones((3, 1)), y=[1, 2, 3])
+        LinearMixedModel("Reaction ~ Days + (1 | Subject)", method="reml").fit(X=np.ones((3, 1)), Z=np.ones((3, 1)), y=[1, 2, 3])

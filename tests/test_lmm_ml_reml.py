@@ -392,9 +392,9 @@ def test_predict_extrapolating_basis(spline_data):
 
 def test_predict_needs_fit():
     with pytest.raises(NotFittedError, match="fit"):
-        LinearMixedModel(FORMULA).predict(pd.DataFrame({"Days": [1]}))
+        LinearMixedModel(FORMULA, method="reml").predict(pd.DataFrame({"Days": [1]}))
     with pytest.raises(NotFittedError):
-        LinearMixedModel(FORMULA).summary()
+        LinearMixedModel(FORMULA, method="reml").summary()
 
 
 def test_predict_bad_options(reml_fit, sleepstudy):
@@ -412,14 +412,14 @@ def test_predict_bad_options(reml_fit, sleepstudy):
 def test_single_subject_is_an_error(sleepstudy):
     one = sleepstudy[sleepstudy["Subject"] == 308]
     with pytest.raises(DataError, match=">= 2 subjects"):
-        LinearMixedModel(FORMULA).fit(one)
+        LinearMixedModel(FORMULA, method="reml").fit(one)
 
 
 def test_fewer_observations_than_fixed_effects():
     df = pd.DataFrame({"y": [1.0, 2.0, 4.0], "a": [1.0, 0.0, 2.0], "b": [0.5, 1.0, 3.0], "c": [1.0, 2.0, 2.5],
                        "g": [1, 1, 2]})
     with pytest.raises(DataError, match="fewer observations"):
-        LinearMixedModel("y ~ a + b + c + (1 | g)").fit(df)
+        LinearMixedModel("y ~ a + b + c + (1 | g)", method="reml").fit(df)
 
 
 def test_identifiability_warning_when_random_effects_outnumber_observations(sleepstudy):
@@ -430,23 +430,23 @@ def test_identifiability_warning_when_random_effects_outnumber_observations(slee
 
 def test_constant_response(sleepstudy):
     with pytest.raises(DataError, match="constant"):
-        LinearMixedModel(FORMULA).fit(sleepstudy.assign(Reaction=3.0))
+        LinearMixedModel(FORMULA, method="reml").fit(sleepstudy.assign(Reaction=3.0))
 
 
 def test_rank_deficient_fixed_design(sleepstudy):
     with pytest.raises(DataError, match=r"rank deficient.*\['Days2'\]|rank deficient.*\['Days'\]"):
-        LinearMixedModel("Reaction ~ Days + Days2 + (1 | Subject)").fit(sleepstudy.assign(Days2=2 * sleepstudy["Days"]))
+        LinearMixedModel("Reaction ~ Days + Days2 + (1 | Subject)", method="reml").fit(sleepstudy.assign(Days2=2 * sleepstudy["Days"]))
 
 
 def test_empty_frame(sleepstudy):
     with pytest.raises(DataError, match="empty"):
-        LinearMixedModel(FORMULA).fit(sleepstudy.iloc[:0])
+        LinearMixedModel(FORMULA, method="reml").fit(sleepstudy.iloc[:0])
     with pytest.raises(DataError, match="empty"):
-        LinearMixedModel().fit(pd.DataFrame({"subject": [], "time": [], "y": []}))
+        LinearMixedModel(method="reml").fit(pd.DataFrame({"subject": [], "time": [], "y": []}))
 
 
 def test_longitudinal_bad_input(spline_data):
-    m = LinearMixedModel(basis=SplineBasis(n_basis=5))
+    m = LinearMixedModel(basis=SplineBasis(n_basis=5), method="reml")
     with pytest.raises(DataError, match=r"\['time'\] not found"):
         m.fit(spline_data, subject="id", response="y")
     with pytest.raises(DataError, match="'t' must be numeric"):
@@ -467,13 +467,13 @@ def test_design_matrix_bad_input():
     rng = np.random.default_rng(0)
     X, Z, y, g = np.ones((10, 1)), rng.normal(size=(10, 2)), rng.normal(size=10), np.repeat([0, 1], 5)
     with pytest.raises(DataError, match="Z has 9 rows but y has 10"):
-        LinearMixedModel().fit(X=X, Z=Z[:9], y=y, groups=g)
+        LinearMixedModel(method="reml").fit(X=X, Z=Z[:9], y=y, groups=g)
     y2 = y.copy()
     y2[3] = np.nan
     with pytest.raises(DataError, match=r"y: 1 row\(s\)"):
-        LinearMixedModel().fit(X=X, Z=Z, y=y2, groups=g)
+        LinearMixedModel(method="reml").fit(X=X, Z=Z, y=y2, groups=g)
     with pytest.raises(DataError, match="zero for every observation"):
-        LinearMixedModel().fit(X=X, Z=np.c_[Z, np.zeros(10)], y=y, groups=g)
+        LinearMixedModel(method="reml").fit(X=X, Z=np.c_[Z, np.zeros(10)], y=y, groups=g)
     with pytest.raises(ValueError, match="method"):
         LinearMixedModel(method="bayes").fit(X=X, Z=Z, y=y, groups=g)
 

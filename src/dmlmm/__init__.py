@@ -2,6 +2,7 @@
 
 from .basis import SplineBasis
 from .data import Longitudinal
+from .lmm import LinearMixedModel
 from .models import DeepMixtureLMM, MixtureLMM
 from .io import load
 from .exceptions import (
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SplineBasis",
     "Longitudinal",
+    "LinearMixedModel",
     "MixtureLMM",
     "DeepMixtureLMM",
     "load",

@@ -115,5 +115,44 @@ def _reml(design: Design, scaling: ResponseScaling, stats: SufficientStats, **op
     return estimate_profiled(design, scaling, stats, reml=True, **opts)
 
 
+def _vb(design: Design, scaling: ResponseScaling, stats: SufficientStats, *, max_iter: int = 2000,
+        tol: float = 1e-6, **_) -> Estimate:
+    """Variational Bayes (:mod:`dmlmm.lmm.variational`): posterior means, SDs and credible intervals."""
+    from .variational import credible_intervals, fit_vb
+
+    if not design.grouped or design.structure.kind != "unstructured":
+        raise ValueError(
+            "method='vb' supports grouped random effects with an unstructured covariance "
+            f"(this design is {'ungrouped' if not design.grouped else design.structure.kind}); "
+            "use method='ml' or method='reml'"
+        )
+    fit = fit_vb(stats, max_iter=max(int(max_iter), 1), tol=min(float(tol), 1e-8))
+    e = fit.effects
+    s, s2 = scaling.scale, scaling.scale**2
+    p, q, n = design.n_fixed, design.structure.dim, design.n_obs
+    cov_re = s2 * fit.prior.point_mixture(fit.params.prior).covs[0]
+    sigma2 = s2 * float(fit.params.noise.mean[()])
+    lam = np.linalg.cholesky(cov_re / sigma2 + 1e-300 * np.eye(q))
+    theta = lam[design.structure.rows, design.structure.cols]
+    jac = n * np.log(s)  # log-Jacobian of the standardisation
+    return Estimate(
+        beta=scaling.beta_to_user(e.w_mean),
+        cov_beta=s2 * e.w_cov,
+        sigma2=sigma2,
+        cov_re=cov_re,
+        b=s * e.b_mean,
+        cov_b=s2 * e.cond_cov,
+        beta_sensitivity=e.sensitivity,
+        loglik=scaling.loglik_to_user(fit.loglik, n, p, False),
+        n_params=p + q * (q + 1) // 2 + 1,
+        n_iter=fit.n_iter,
+        converged=fit.converged,
+        message="ELBO converged" if fit.converged else "iteration cap reached before the ELBO converged",
+        theta=theta,
+        extra={"elbo": fit.elbo - jac, "elbo_history": np.asarray(fit.elbo_history) - jac,
+               "intervals": credible_intervals(fit, s)},
+    )
+
+
 #: method name -> estimator(design, scaling, stats, **options) -> Estimate
-ESTIMATORS: dict[str, Callable[..., Estimate]] = {"ml": _ml, "reml": _reml}
+ESTIMATORS: dict[str, Callable[..., Estimate]] = {"ml": _ml, "reml": _reml, "vb": _vb}

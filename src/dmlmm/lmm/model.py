@@ -61,8 +61,12 @@ class LinearMixedModel:
     ----------
     formula : str, optional
         lme4 formula with one grouping factor, e.g. ``"y ~ x + (x | g)"``.
-    method : {"reml", "ml"}
-        Restricted or full maximum likelihood (exact profiled likelihood, as lme4).
+    method : {"vb", "reml", "ml"}
+        ``"vb"`` (default): variational Bayes with a joint Gaussian posterior of fixed and
+        random effects, Huang-Wand (half-t) prior on Sigma, half-Cauchy on sigma, wide normal
+        on w (:mod:`dmlmm.lmm.variational`); ``fixed_effects_`` etc. are posterior means and
+        ``posterior_`` holds SDs and 95% credible intervals. ``"reml"`` / ``"ml"``: restricted
+        or full maximum likelihood (exact profiled likelihood, as lme4).
     basis : SplineBasis, optional
         Basis of the longitudinal form (default ``SplineBasis()``); copied, then fitted on the
         data's time range unless it is already fitted.
@@ -90,7 +94,13 @@ class LinearMixedModel:
         BLUPs (conditional modes) of the random effects, one row per subject (index: subject
         labels). In the ungrouped design-matrix form one row labelled ``"u"`` holds the whole ``u``.
     loglik_ : float
-        ML log-likelihood (``method="ml"``) or REML log-likelihood (``method="reml"``).
+        ML log-likelihood (``method="ml"``), REML log-likelihood (``method="reml"``), or for
+        ``method="vb"`` the ML log-likelihood at the posterior means.
+    elbo_, elbo_history_ : float, ndarray
+        (``method="vb"``) evidence lower bound on the user's scale and its history (non-decreasing).
+    posterior_ : pandas.DataFrame
+        (``method="vb"``) posterior mean, sd and 95% credible interval of each fixed effect, each
+        random-effect variance and the residual variance.
     aic_, bic_ : float
         ``-2 loglik_ + 2 k`` and ``-2 loglik_ + k log n`` with k = p + #covariance parameters + 1.
         For REML they use the REML log-likelihood as lme4 does (comparable only between models
@@ -110,7 +120,7 @@ class LinearMixedModel:
         self,
         formula: str | None = None,
         *,
-        method: str = "reml",
+        method: str = "vb",
         basis: SplineBasis | None = None,
         max_iter: int = 2000,
         tol: float = 1e-6,
@@ -244,9 +254,24 @@ class LinearMixedModel:
             np.linalg.eigvalsh(est.cov_re / np.outer(np.where(sd > 0, sd, 1), np.where(sd > 0, sd, 1)))[0] < 1e-8
         )
         self._subjects = design.subjects
+        if method == "vb":
+            self._set_posterior(est, fn, rn)
         if not self.converged_:
             warnings.warn(f"the {method.upper()} optimisation did not converge ({est.message})",
                           ConvergenceWarning, stacklevel=3)
+
+    def _set_posterior(self, est: Estimate, fn, rn) -> None:
+        ci = est.extra["intervals"]
+        z = ci["w_z"]
+        beta, sd = np.asarray(est.beta), np.asarray(ci["w_sd"])
+        rows = [(name, b, s_, b - z * s_, b + z * s_) for name, b, s_ in zip(fn, beta, sd)]
+        diag = np.diag(est.cov_re)
+        rows += [(f"var({r})", v, s_, lo, hi) for r, v, s_, lo, hi in
+                 zip(rn, diag, ci["re_var_sd"], ci["re_var_lower"], ci["re_var_upper"])]
+        rows.append(("sigma2", est.sigma2, ci["sigma2_sd"], ci["sigma2_lower"], ci["sigma2_upper"]))
+        self.posterior_ = pd.DataFrame(rows, columns=["parameter", "mean", "sd", "lower", "upper"]).set_index("parameter")
+        self.elbo_ = float(est.extra["elbo"])
+        self.elbo_history_ = np.asarray(est.extra["elbo_history"])
 
     # ------------------------------------------------------------------ fitted-state helpers
     def _check_fitted(self) -> None:

@@ -82,9 +82,11 @@ def format_summary(model: "LinearMixedModel", interval: float = 0.95) -> str:
         Coverage of the Wald confidence intervals of the fixed effects.
     """
     reml = model.method_ == "reml"
+    vb = model.method_ == "vb"
     info = model.design_info_
     out: list[str] = []
-    out.append(f"Linear mixed model fit by {'REML' if reml else 'maximum likelihood'}  ['LinearMixedModel']")
+    how = "variational Bayes" if vb else ("REML" if reml else "maximum likelihood")
+    out.append(f"Linear mixed model fit by {how}  ['LinearMixedModel']")
     if model.formula is not None:
         out.append(f"Formula: {model.formula}")
     elif info.get("basis"):
@@ -99,7 +101,10 @@ def format_summary(model: "LinearMixedModel", interval: float = 0.95) -> str:
         out.append(f"Design: y = X w + Z u, u ~ N(0, tau^2 I) with {len(info['random_names'])} columns in Z")
     out.append("")
     df_resid = model.n_obs_ - len(info["fixed_names"])
-    if reml:
+    if vb:
+        out.append(f"ELBO: {model.elbo_:.4f}   ML log-likelihood at the posterior means: {model.loglik_:.4f}")
+        out.append("Estimates are posterior means; intervals are equal-tailed credible intervals.")
+    elif reml:
         out.append(f"REML criterion at convergence: {model.deviance_:.4f}")
         out.append(f"REML log-likelihood: {model.loglik_:.4f}")
         out.append(format_table(["AIC*", "BIC*", "logLik(REML)", "df.resid"],
@@ -129,8 +134,13 @@ def format_summary(model: "LinearMixedModel", interval: float = 0.95) -> str:
         cols = [_column(est, 6), _column(se, 5), [f"{x:.3f}" for x in t],
                 _column(est - z * se, 6), _column(est + z * se, 6)]
         rows = [[nm] + [c[k] for c in cols] for k, nm in enumerate(names)]
-        out.append(f"Fixed effects (Wald {100 * interval:g}% intervals):")
-        out.append(format_table(["", "Estimate", "Std. Error", "t value", lo_lab, hi_lab], rows, left=1))
+        if vb:
+            rows = [[nm, c0, c1, c3, c4] for nm, c0, c1, _, c3, c4 in rows]
+            out.append(f"Fixed effects (posterior mean, SD, {100 * interval:g}% credible interval):")
+            out.append(format_table(["", "Mean", "Post. SD", lo_lab, hi_lab], rows, left=1))
+        else:
+            out.append(f"Fixed effects (Wald {100 * interval:g}% intervals):")
+            out.append(format_table(["", "Estimate", "Std. Error", "t value", lo_lab, hi_lab], rows, left=1))
     else:
         out.append("No fixed effects.")
     notes = []
@@ -138,7 +148,10 @@ def format_summary(model: "LinearMixedModel", interval: float = 0.95) -> str:
         notes.append("boundary (singular) fit: a variance is (nearly) zero or the correlations are degenerate")
     if not model.converged_:
         notes.append("the optimiser did not converge: results may be unreliable")
-    notes.append(f"optimiser: L-BFGS-B with analytic gradient, {model.n_iter_} iterations")
+    if vb:
+        notes.append(f"coordinate-ascent variational inference, {model.n_iter_} iterations")
+    else:
+        notes.append(f"optimiser: L-BFGS-B with analytic gradient, {model.n_iter_} iterations")
     out.append("")
     out.extend(notes)
     return "\n".join(out)
