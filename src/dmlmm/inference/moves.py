@@ -94,14 +94,21 @@ def run_vi_with_moves(
                 res = trial
                 improved = True
                 break
-    final = run_vi(stats, res.prior, res.params, replace(final_config, min_iter=1), rng, callback)
+    # one iteration budget for the whole fit: the final run gets what the exploration left
+    budget = max(final_config.max_iter - res.n_iter, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        final = run_vi(stats, res.prior, res.params, replace(final_config, min_iter=1, max_iter=budget), rng, callback)
+    if not final.converged:
+        warnings.warn(
+            f"variational inference used its budget of max_iter={final_config.max_iter} iterations "
+            f"({res.n_iter} exploring and in delete moves) before the ELBO converged; increase max_iter",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
     final.kept = [b[c] for b, c in zip(res.kept, final.kept)]
     final.pruned_at = res.pruned_at + [len(history) + p for p in final.pruned_at]
     final.n_iter += res.n_iter
     final.moves = res.moves
     final.elbo_history = history + final.elbo_history
     return final
-
-
-def _after_delete(kept: list[np.ndarray], keep: list[np.ndarray]) -> list[np.ndarray]:
-    return [k[m] for k, m in zip(kept, keep)]
