@@ -7,14 +7,12 @@ fitting, clustering, prediction, scoring and summaries live here.
 from __future__ import annotations
 
 from time import perf_counter
-import warnings
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from ..basis import SplineBasis
 from ..data import Longitudinal, SufficientStats
 from ..exceptions import DataError, NotFittedError
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments, run_vi

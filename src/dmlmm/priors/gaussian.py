@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.special import gammaln
 
-from .._linalg import spd_inv_logdet, sym
+from .._linalg import sym
 from ..inference.expfam import (
     LOG_2PI,
     Dirichlet,
