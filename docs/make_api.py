@@ -25,7 +25,8 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 DEFAULT_OUT = DOCS / "api.md"
 
-# (section title, intro, [(import path, members to list or None for all public ones, note)])
+# (section title, intro, [(import path, members to list or None for all public ones, note)]);
+# "a.X|b.X" documents the first alternative that imports.
 SECTIONS: list[tuple[str, str, list[tuple[str, list[str] | None, str]]]] = [
     (
         "Data",
@@ -41,8 +42,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, list[str] | None, str]]]] = [
         "All three follow scikit-learn conventions: hyperparameters in the constructor, `fit` returns "
         "the model, fitted attributes end in `_`.",
         [
-            ("dmlmm.lmm.LinearMixedModel", None,
-             "Not exported from the top-level package: `from dmlmm.lmm import LinearMixedModel`."),
+            ("dmlmm.LinearMixedModel|dmlmm.lmm.LinearMixedModel", None, ""),
             ("dmlmm.models.VariationalLongitudinalModel", [],
              "The shared base class of `MixtureLMM` and `DeepMixtureLMM`: its fitted attributes "
              "are theirs, and its methods are listed under `DeepMixtureLMM`."),
@@ -339,6 +339,18 @@ def anchor(title: str) -> str:
     return a.replace(" ", "-")
 
 
+def first_available(path: str) -> str:
+    """``"a.X|b.X"``: the first alternative that imports (e.g. a top-level export, else its module)."""
+    alternatives = path.split("|")
+    for alt in alternatives:
+        try:
+            resolve(alt)
+            return alt
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"none of {alternatives} can be imported")
+
+
 def render_object(path: str, members: list[str] | None, note: str) -> list[str]:
     obj = resolve(path)
     short = path.split(".")[-1]
@@ -394,6 +406,7 @@ def render() -> str:
     for title, _, entries in SECTIONS:
         out.append(f"- [{title}](#{anchor(title)})")
         for path, _, _ in entries:
+            path = first_available(path)
             out.append(f"  - [`{path}`](#{anchor(path)})")
     out.append("")
     for title, intro, entries in SECTIONS:
@@ -401,7 +414,7 @@ def render() -> str:
         if intro:
             out += [intro, ""]
         for path, members, note in entries:
-            out += render_object(path, members, note)
+            out += render_object(first_available(path), members, note)
     text = "\n".join(out)
     text = re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"
     return text
