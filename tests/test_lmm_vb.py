@@ -93,6 +93,19 @@ def test_credible_intervals_cover_the_truth():
     assert 0.88 <= rate <= 0.995, rate
 
 
-def test_vb_rejects_structures_it_does_not_cover(sleepstudy):
-    with pytest.raises(ValueError, match="method='vb' supports grouped random effects with an unstructured"):
-        LinearMixedModel("Reaction ~ Days + (Days || Subject)").fit(sleepstudy)
+def test_vb_covers_block_diagonal_and_ungrouped_designs(sleepstudy):
+    diag = LinearMixedModel("Reaction ~ Days + (Days || Subject)").fit(sleepstudy)
+    assert diag.cov_re_.iloc[0, 1] == 0.0
+    np.testing.assert_allclose(diag.fixed_effects_, [251.405, 10.467], rtol=1e-3)
+    assert np.all(np.diff(diag.elbo_history_) >= -1e-9 * np.abs(diag.elbo_history_[1:]))
+    # ungrouped y = X w + Z u, u ~ N(0, tau^2 I): VB agrees with ML for many observations
+    rng = np.random.default_rng(0)
+    n, q = 400, 8
+    X = np.c_[np.ones(n), rng.normal(size=n)]
+    Z = rng.normal(size=(n, q))
+    y = X @ [1.0, 2.0] + Z @ rng.normal(0, 0.7, q) + rng.normal(0, 0.5, n)
+    vb = LinearMixedModel().fit(X=X, Z=Z, y=y)
+    ml = LinearMixedModel(method="ml").fit(X=X, Z=Z, y=y)
+    np.testing.assert_allclose(vb.fixed_effects_, ml.fixed_effects_, atol=2 * ml.fixed_effects_se_.max())
+    assert vb.sigma2_ == pytest.approx(ml.sigma2_, rel=0.1)
+    assert np.all(np.diff(vb.elbo_history_) >= -1e-9 * np.abs(vb.elbo_history_[1:]))

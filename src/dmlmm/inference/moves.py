@@ -51,13 +51,14 @@ def run_vi_with_moves(
     final_config = config
     # exploration: loose tolerance, and negligible paths dropped more eagerly (the final run is exact)
     config = replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-6, moment_threshold=1e-6)
+    total = final_config.max_iter  # one iteration budget for the whole fit
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        res = run_vi(stats, prior, params, config, rng, callback)
+        res = run_vi(stats, prior, params, replace(config, max_iter=max(total // 2, 1)), rng, callback)
     trials = 0
     history = list(res.elbo_history)
     improved = True
-    while improved and trials < max_trials:
+    while improved and trials < max_trials and total - res.n_iter > 2 * trial_iter:
         improved = False
         # the baseline gets the same extra iterations as each trial, so only the deletion is compared
         with warnings.catch_warnings():
@@ -72,7 +73,7 @@ def run_vi_with_moves(
         counts = res.prior.layer_counts(res.params.prior)
         candidates = [(c, l, k) for l, cl in enumerate(counts) if len(cl) > 1 for k, c in enumerate(cl)]
         for _, l, k in sorted(candidates):
-            if trials >= max_trials:
+            if trials >= max_trials or total - res.n_iter <= trial_iter:
                 break
             trials += 1
             keep = [np.ones(len(c), dtype=bool) for c in counts]
@@ -94,8 +95,8 @@ def run_vi_with_moves(
                 res = trial
                 improved = True
                 break
-    # one iteration budget for the whole fit: the final run gets what the exploration left
-    budget = max(final_config.max_iter - res.n_iter, 1)
+    # the final run gets what exploration and moves left of the budget
+    budget = max(total - res.n_iter, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         final = run_vi(stats, res.prior, res.params, replace(final_config, min_iter=1, max_iter=budget), rng, callback)

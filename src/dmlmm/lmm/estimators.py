@@ -120,20 +120,15 @@ def _vb(design: Design, scaling: ResponseScaling, stats: SufficientStats, *, max
     """Variational Bayes (:mod:`dmlmm.lmm.variational`): posterior means, SDs and credible intervals."""
     from .variational import credible_intervals, fit_vb
 
-    if not design.grouped or design.structure.kind != "unstructured":
-        raise ValueError(
-            "method='vb' supports grouped random effects with an unstructured covariance "
-            f"(this design is {'ungrouped' if not design.grouped else design.structure.kind}); "
-            "use method='ml' or method='reml'"
-        )
-    fit = fit_vb(stats, max_iter=max(int(max_iter), 1), tol=min(float(tol), 1e-8))
+    fit = fit_vb(stats, design.structure, max_iter=max(int(max_iter), 1), tol=min(float(tol), 1e-8))
     e = fit.effects
     s, s2 = scaling.scale, scaling.scale**2
     p, q, n = design.n_fixed, design.structure.dim, design.n_obs
-    cov_re = s2 * fit.prior.point_mixture(fit.params.prior).covs[0]
+    cov_re = s2 * fit.cov.mean(fit.params.prior)
     sigma2 = s2 * float(fit.params.noise.mean[()])
     lam = np.linalg.cholesky(cov_re / sigma2 + 1e-300 * np.eye(q))
-    theta = lam[design.structure.rows, design.structure.cols]
+    theta = np.zeros(design.structure.n_theta)
+    theta[design.structure.which] = lam[design.structure.rows, design.structure.cols]
     jac = n * np.log(s)  # log-Jacobian of the standardisation
     return Estimate(
         beta=scaling.beta_to_user(e.w_mean),

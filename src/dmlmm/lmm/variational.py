@@ -28,13 +28,13 @@ from scipy import stats as st
 from .._linalg import spd_inv_logdet, sym
 from ..data import SufficientStats
 from ..inference.engine import VariationalParams, VIConfig, elbo_globals, init_noise_and_fixed
-from ..inference.expfam import LOG_2PI, InvGamma
+from ..inference.expfam import LOG_2PI, InvGamma, ig_expected_logpdf
 from ..models.base import ridge_estimates
 from ..prediction import log_marginal
 from ..priors.base import PathMoments, PointMixture
 from ..priors.gaussian import GaussianMixturePrior
 
-__all__ = ["JointEffects", "VBFit", "fit_vb"]
+__all__ = ["JointEffects", "VBFit", "fit_vb", "UnstructuredBlocks", "ScaledIdentity", "covariance_factor"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ class VBFit:
     """Result of :func:`fit_vb` (standardised scale)."""
 
     effects: JointEffects
-    params: VariationalParams  # noise, noise_aux; prior = GaussianMixtureParams of Sigma
-    prior: GaussianMixturePrior
+    params: VariationalParams  # noise, noise_aux; prior = the parameters of q(Sigma)
+    cov: "UnstructuredBlocks | ScaledIdentity"
     elbo: float
     elbo_history: list[float]
     n_iter: int
@@ -111,9 +111,108 @@ def expected_rss(stats: SufficientStats, e: JointEffects) -> np.ndarray:
     )
 
 
-def _elbo(stats, e: JointEffects, params: VariationalParams, prior: GaussianMixturePrior, config: VIConfig) -> float:
-    pp, _ = prior.path_prior(params.prior)
-    lam, const = pp.precision[0], pp.const[0]
+class UnstructuredBlocks:
+    """q(Sigma) for a block-diagonal Sigma whose blocks are unstructured (Huang-Wand prior each).
+
+    One block of size q is the plain unstructured case.
+    """
+
+    def __init__(self, sizes: list[int], cov_scale: float) -> None:
+        self.sizes = list(sizes)
+        self.slices = [slice(o, o + k) for o, k in zip(np.r_[0, np.cumsum(sizes)[:-1]], sizes)]
+        self.priors = [GaussianMixturePrior(k, 1, zero_mean=True, cov_scale=cov_scale) for k in sizes]
+
+    def init(self, b_hat: np.ndarray) -> list:
+        return [p.init_params(b_hat[:, sl], np.random.default_rng(0)) for p, sl in zip(self.priors, self.slices)]
+
+    def expectations(self, params: list) -> tuple[np.ndarray, float]:
+        """E[Sigma^{-1}] (q, q) and the b-independent part of E[log N(b; 0, Sigma)]."""
+        q = sum(self.sizes)
+        prec, const = np.zeros((q, q)), 0.0
+        for p, par, sl in zip(self.priors, params, self.slices):
+            pp, _ = p.path_prior(par)
+            prec[sl, sl] = pp.precision[0]
+            const += float(pp.const[0])
+        return prec, const
+
+    def update(self, params: list, second: np.ndarray, n: int) -> list:
+        return [
+            p.update(par, PathMoments(np.array([float(n)]), np.zeros((1, k)), second[None, sl, sl]))
+            for p, par, sl, k in zip(self.priors, params, self.slices, self.sizes)
+        ]
+
+    def elbo(self, params: list) -> float:
+        return float(sum(p.elbo(par) for p, par in zip(self.priors, params)))
+
+    def mean(self, params: list) -> np.ndarray:
+        q = sum(self.sizes)
+        out = np.zeros((q, q))
+        for p, par, sl in zip(self.priors, params, self.slices):
+            out[sl, sl] = p.point_mixture(par).covs[0]
+        return out
+
+    def variance_marginals(self, params: list) -> tuple[np.ndarray, np.ndarray]:
+        """Inverse-gamma (shape, rate) of each diagonal element of Sigma under q."""
+        shape, rate = [], []
+        for par, k in zip(params, self.sizes):  # IW diagonal: IG((df - k + 1) / 2, scale_jj / 2)
+            shape += [(float(par.cov.df[0]) - k + 1) / 2] * k
+            rate += list(np.diagonal(par.cov.scale[0]) / 2)
+        return np.array(shape), np.array(rate)
+
+
+class ScaledIdentity:
+    """q(tau^2) for Sigma = tau^2 I, with tau ~ half-Cauchy(0, cov_scale) (inverse-gamma auxiliary)."""
+
+    def __init__(self, q: int, cov_scale: float) -> None:
+        self.q = q
+        self.cov_scale = cov_scale
+
+    def init(self, b_hat: np.ndarray) -> tuple[InvGamma, InvGamma]:
+        t2 = max(float(np.mean(b_hat**2)), 1e-4)
+        shape = 0.5 + 0.5 * b_hat.size
+        tau = InvGamma(np.asarray(shape), np.asarray(shape * t2))
+        return tau, InvGamma(np.asarray(1.0), np.asarray(1.0 / t2 + 1.0 / self.cov_scale**2))
+
+    def expectations(self, params) -> tuple[np.ndarray, float]:
+        tau, _ = params
+        return float(tau.mean_inv) * np.eye(self.q), -0.5 * self.q * (LOG_2PI + float(tau.mean_log))
+
+    def update(self, params, second: np.ndarray, n: int):
+        _, aux = params
+        tau = InvGamma(np.asarray(0.5 + 0.5 * n * self.q), np.asarray(float(aux.mean_inv) + 0.5 * np.trace(second)))
+        return tau, InvGamma(np.asarray(1.0), np.asarray(float(tau.mean_inv) + 1.0 / self.cov_scale**2))
+
+    def elbo(self, params) -> float:
+        tau, aux = params
+        inv_a2 = 1.0 / self.cov_scale**2
+        return float(
+            ig_expected_logpdf(0.5, aux.mean_inv, -aux.mean_log, tau) + tau.entropy()
+            + ig_expected_logpdf(0.5, inv_a2, np.log(inv_a2), aux) + aux.entropy()
+        )
+
+    def mean(self, params) -> np.ndarray:
+        return float(params[0].mean[()]) * np.eye(self.q)
+
+    def variance_marginals(self, params) -> tuple[np.ndarray, np.ndarray]:
+        tau = params[0]
+        return np.full(self.q, float(tau.shape)), np.full(self.q, float(tau.rate))
+
+
+def covariance_factor(structure, cov_scale: float):
+    """The q(Sigma) factor matching an lme4-style covariance structure."""
+    if structure.kind == "scaled_identity":
+        return ScaledIdentity(structure.dim, cov_scale)
+    sizes, start, reach = [], 0, -1
+    for c in range(structure.dim):  # blocks end where no entry of Lambda links past the column
+        reach = max(reach, int(structure.rows[structure.cols == c].max(initial=c)))
+        if reach == c:
+            sizes.append(c + 1 - start)
+            start = c + 1
+    return UnstructuredBlocks(sizes, cov_scale)
+
+
+def _elbo(stats, e: JointEffects, params: VariationalParams, cov, config: VIConfig) -> float:
+    lam, const = cov.expectations(params.prior)
     s, lv = float(params.noise.mean_inv), float(params.noise.mean_log)
     n = stats.n_obs
     loglik = float(np.sum(-0.5 * n * (LOG_2PI + lv) - 0.5 * s * expected_rss(stats, e)))
@@ -126,11 +225,20 @@ def _elbo(stats, e: JointEffects, params: VariationalParams, prior: GaussianMixt
     )
     d = P + stats.n_subjects * stats.dim_random
     entropy = 0.5 * d * (1.0 + LOG_2PI) + 0.5 * e.logdet_cov
-    return loglik + log_prior_b + float(log_prior_w) + entropy + elbo_globals(params, prior, config)
+    noise_only = VariationalParams(params.noise, params.noise_aux, None, None)
+    return loglik + log_prior_b + float(log_prior_w) + entropy + elbo_globals(noise_only, _NoPrior(), config) + cov.elbo(params.prior)
+
+
+class _NoPrior:
+    """Stands in for a random-effects prior with no factors of its own (for :func:`elbo_globals`)."""
+
+    def elbo(self, params) -> float:
+        return 0.0
 
 
 def fit_vb(
     stats: SufficientStats,
+    structure=None,
     *,
     max_iter: int = 500,
     tol: float = 1e-9,
@@ -138,36 +246,46 @@ def fit_vb(
     cov_scale: float = 2.5,
     noise_scale: float = 1.0,
 ) -> VBFit:
-    """Coordinate ascent for the LMM's variational posterior, from per-subject sufficient statistics."""
+    """Coordinate ascent for the LMM's variational posterior, from per-subject sufficient statistics.
+
+    Parameters
+    ----------
+    stats : SufficientStats (standardised response).
+    structure : CovarianceStructure, optional
+        Unstructured (default), block-diagonal or scaled-identity Sigma.
+    """
     q = stats.dim_random
+    if structure is None:
+        from .structure import CovarianceStructure
+
+        structure = CovarianceStructure.unstructured(q)
+    cov = covariance_factor(structure, cov_scale)
     config = VIConfig(fixed_var=fixed_var, noise_scale=noise_scale)
-    prior = GaussianMixturePrior(q, 1, zero_mean=True, cov_scale=cov_scale)
     b_hat = ridge_estimates(stats)
     noise, aux, _ = init_noise_and_fixed(stats, b_hat, config)
-    params = VariationalParams(noise, aux, None, prior.init_params(b_hat, np.random.default_rng(0)))
+    params = VariationalParams(noise, aux, None, cov.init(b_hat))
     history: list[float] = []
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        pp, _ = prior.path_prior(params.prior)
-        e = joint_effects(stats, pp.precision[0], float(params.noise.mean_inv), fixed_var)
-        history.append(_elbo(stats, e, params, prior, config))
+        lam, _ = cov.expectations(params.prior)
+        e = joint_effects(stats, lam, float(params.noise.mean_inv), fixed_var)
+        history.append(_elbo(stats, e, params, cov, config))
         if it > 2 and abs(history[-1] - history[-2]) <= tol * abs(history[-1]):
             converged = True
             break
         second_b = (e.b_cov + e.b_mean[:, :, None] * e.b_mean[:, None, :]).sum(0)
-        moments = PathMoments(np.array([float(stats.n_subjects)]), e.b_mean.sum(0)[None], second_b[None])
-        new_prior = prior.update(params.prior, moments)
+        new_cov = cov.update(params.prior, second_b, stats.n_subjects)
         rss = float(expected_rss(stats, e).sum())
         noise = InvGamma(np.asarray(0.5 + 0.5 * stats.n_obs.sum()), np.asarray(float(params.noise_aux.mean_inv) + 0.5 * rss))
         aux = InvGamma(np.asarray(1.0), np.asarray(float(noise.mean_inv) + 1.0 / noise_scale**2))
-        params = VariationalParams(noise, aux, None, new_prior)
-    pp, _ = prior.path_prior(params.prior)
-    e = joint_effects(stats, pp.precision[0], float(params.noise.mean_inv), fixed_var)
+        params = VariationalParams(noise, aux, None, new_cov)
+    lam, _ = cov.expectations(params.prior)
+    e = joint_effects(stats, lam, float(params.noise.mean_inv), fixed_var)
     sigma_mean = float(params.noise.mean[()])
-    cov_mean = prior.point_mixture(params.prior).covs[0]
+    cov_mean = cov.mean(params.prior)
     ll = float(log_marginal(stats, PointMixture(np.ones(1), np.zeros((1, q)), cov_mean[None]), e.w_mean, sigma_mean).sum())
-    return VBFit(e, params, prior, history[-1], history, it, converged, ll)
+    return VBFit(e, params, cov, history[-1], history, it, converged, ll)
 
 
 def credible_intervals(fit: VBFit, scale: float, level: float = 0.95) -> dict[str, np.ndarray]:
@@ -180,10 +298,7 @@ def credible_intervals(fit: VBFit, scale: float, level: float = 0.95) -> dict[st
     z = st.norm.ppf(1 - a)
     e = fit.effects
     w_sd = np.sqrt(np.diag(e.w_cov)) * scale
-    iw = fit.params.prior.cov
-    q = iw.scale.shape[-1]
-    shape = (iw.df[0] - q + 1) / 2
-    rate = np.diagonal(iw.scale[0]) / 2
+    shape, rate = fit.cov.variance_marginals(fit.params.prior)
     var_dist = st.invgamma(a=shape, scale=rate * scale**2)
     noise = st.invgamma(a=float(fit.params.noise.shape), scale=float(fit.params.noise.rate) * scale**2)
     return {
