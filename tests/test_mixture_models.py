@@ -228,3 +228,12 @@ def test_single_observation_subjects_are_fine(small):
     df = pd.concat([small.data, pd.DataFrame({"subject": [9001, 9002], "time": [0.2, 0.7], "y": [0.5, -0.5]})])
     m = MixtureLMM(2, basis=SplineBasis(6, lower=0, upper=1), random_state=0).fit(df, "subject", "time", "y")
     assert 9001 in m.labels_.index
+
+
+def test_collapse_to_one_cluster_is_reported():
+    from dmlmm.exceptions import EmptyComponentWarning
+
+    df, basis = _gaussian_curves(n_subjects=80)
+    with pytest.warns(EmptyComponentWarning, match="no cluster structure"):
+        m = MixtureLMM(4, basis=basis, random_state=0).fit(df)
+    assert m.n_components_ == (1,)

@@ -5,6 +5,8 @@ from .data import Longitudinal
 from .lmm import LinearMixedModel
 from .models import DeepMixtureLMM, MixtureLMM
 from .io import load
+from . import compat, metrics, simulate  # noqa: E402  (dmlmm.simulate.dgp1 etc. without extra imports)
+from .selection import select_model
 from .exceptions import (
     ConvergenceWarning,
     DataError,
@@ -23,6 +25,10 @@ __all__ = [
     "MixtureLMM",
     "DeepMixtureLMM",
     "load",
+    "select_model",
+    "simulate",
+    "metrics",
+    "compat",
     "ConvergenceWarning",
     "DataError",
     "EmptyComponentWarning",

@@ -58,6 +58,13 @@ class _Main(click.Group):
                 return super().invoke(ctx)
             except click.ClickException:
                 raise
+            except BrokenPipeError:  # the reader (e.g. `head`) closed the pipe: not an error
+                import os
+                import sys
+
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                ctx.exit(0)
             except (DataError, ModelFileError, ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
                 raise CliError(_one_line(e)) from None
 
@@ -412,6 +419,7 @@ def simulate(dgp, seed, n_subjects, out, overwrite):
         raise CliError(f"--n-subjects must be a positive integer, got {n_subjects}")
     kw = {} if n_subjects is None else {"n_subjects": n_subjects}
     s = getattr(sim, dgp)(seed, **kw)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     s.data.to_csv(out, index=False)
     s.truth.to_csv(truth_path, index=False)
     files = [out, truth_path]

@@ -80,7 +80,7 @@ def load_pbcseq() -> DemoData:
         "years": raw["day"] / 365.25,
         "log_bilirubin": np.log(raw["bili"]),
         "bilirubin": raw["bili"],
-        "treatment": raw["trt"].map({1: "D-penicillamine", 2: "placebo"}),
+        "treatment": raw["trt"],  # the randomised arm as coded in the source (two codes)
         "sex": raw["sex"],
         "age": raw["age"],
         "status": raw["status"].map({0: "alive", 1: "transplanted", 2: "died"}),

@@ -73,7 +73,8 @@ class LinearMixedModel:
     max_iter : int
         Iteration cap of each optimiser run.
     tol : float
-        Convergence tolerance on the projected gradient of ``-loglik / n`` (standardised scale).
+        ML/REML: tolerance on the projected gradient of ``-loglik / n`` (standardised scale).
+        VB: tolerance on the relative change of the ELBO (at most 1e-8 is used).
     n_restarts : int
         Extra optimiser runs from the incumbent solution.
     blas_threads : int or None

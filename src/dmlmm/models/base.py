@@ -6,6 +6,7 @@ fitting, clustering, prediction, scoring and summaries live here.
 
 from __future__ import annotations
 
+import warnings
 from time import perf_counter
 from typing import Sequence
 
@@ -14,7 +15,7 @@ import pandas as pd
 from scipy.special import ndtri
 
 from ..data import Longitudinal, SufficientStats
-from ..exceptions import DataError, NotFittedError
+from ..exceptions import DataError, EmptyComponentWarning, NotFittedError
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments, run_vi
 from ..inference.local import local_step
 from ..inference.moves import run_vi_with_moves
@@ -129,7 +130,7 @@ class VariationalLongitudinalModel:
             d = Longitudinal.from_frame(data, subject, time, response, covariates, dropna=dropna)
         if d.n_subjects < 2:
             raise DataError(
-                f"only one subject ({d.subjects[0]!r}) in the data: a mixed model needs at least two subjects "
+                f"only one subject ({d.subjects[0]}) in the data: a mixed model needs at least two subjects "
                 "to learn how subjects vary"
             )
         design = LongitudinalDesign.learn(d, self.basis)
@@ -201,6 +202,18 @@ class VariationalLongitudinalModel:
         self.fixed_effects_ = pd.Series(w * s / design.cov_scale, index=list(design.fixed_names), dtype=float, name="estimate")
         self.random_effects_ = pd.DataFrame(res.local.mean_b * s, index=d.subjects, columns=design.basis.column_names)
         self.cluster_means_ = self._cluster_curves()
+        requested = self.prior_.layer_counts(res.params.prior)  # after pruning
+        if len(requested[0]) == 1 and self._requested_first_layer() > 1:
+            warnings.warn(
+                f"all {self._requested_first_layer()} first-layer components but one ended empty and were pruned: "
+                "the data show no cluster structure this model can support (every subject is in one cluster)",
+                EmptyComponentWarning,
+                stacklevel=3,
+            )
+
+    def _requested_first_layer(self) -> int:
+        k = self.n_components
+        return int(k) if np.isscalar(k) else int(tuple(k)[0])
 
     # -------------------------------------------------------------- cluster bookkeeping
     def _check_fitted(self) -> None:
