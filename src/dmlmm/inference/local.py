@@ -15,6 +15,8 @@ the n_i, processed in chunks of subjects to bound memory.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,8 @@ from .expfam import LOG_2PI
 __all__ = ["NoiseMoments", "LocalResult", "local_step", "residual_stats"]
 
 _MAX_CHUNK_ELEMENTS = 4_000_000  # subjects x paths x D x D doubles per chunk (32 MB)
+_THREADS = max(1, min(4, os.cpu_count() or 1))
+_MIN_PAIRS_FOR_THREADS = 4000  # below this, thread start-up costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -118,19 +122,17 @@ def local_step(
     mean_b = np.zeros((N, D))
     quad = np.zeros(N)
     path_means = np.full((N, M, D), np.nan) if keep_path_means else None
-    w_sum = np.zeros(M)
-    first = np.zeros((M, D))
-    second = np.zeros((M, D, D))
-
     if active is None:
         active = np.ones((N, M), dtype=bool)
     prec_soa = np.ascontiguousarray(np.moveaxis(prior.precision, 0, -1))  # (D, D, M)
     shift_soa = np.ascontiguousarray(prior.shift.T)  # (D, M)
     xtx_soa = np.ascontiguousarray(np.moveaxis(stats.XtX, 0, -1))  # (D, D, N)
     xr_soa = np.ascontiguousarray(xr.T)  # (D, N)
-    chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, M * D * D))
-    for start in range(0, N, chunk):  # memory chunks of subjects; each chunk fully batched
-        stop = min(start + chunk, N)
+    def run_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Subjects start..stop: writes their rows of the per-subject outputs, returns path sums."""
+        w_sum = np.zeros(M)
+        first = np.zeros((M, D))
+        second = np.zeros((M, D, D))
         ii, cc = np.nonzero(active[start:stop])  # pairs, sorted by subject
         gi = ii + start
         # structure-of-arrays layout: matrices (D, D, pairs), vectors (D, pairs)
@@ -156,6 +158,10 @@ def local_step(
             tot = np.add.reduceat(ex, seg)
             lev = mx + np.log(tot)
             r = ex / np.repeat(tot, np.diff(np.r_[seg, len(ii)]))
+            # drop negligible pairs from *all* moments alike (and renormalise), so that the
+            # weights, first and second moments stay consistent (a PSD scatter for the updates)
+            r = np.where(r > moment_threshold, r, 0.0)
+            r /= np.repeat(np.add.reduceat(r, seg), np.diff(np.r_[seg, len(ii)]))
         resp[gi, cc] = r
         log_ev[start:stop] = lev
         if path_means is not None:
@@ -171,7 +177,30 @@ def local_step(
         wsec = r[act, None, None] * (cov + m_act[:, :, None] * m_act[:, None, :])
         quad[start:stop] += np.bincount(ii[act], weights=np.einsum("aij,aji->a", wsec, stats.XtX[gi[act]]), minlength=stop - start)
         _add_rows(second, cc[act], wsec)
+        return w_sum, first, second
+
+    # memory-bounded chunks of subjects, each fully batched; chunks run on several threads
+    # (numpy releases the GIL inside its loops), each writing its own rows
+    n_pairs = int(active.sum())
+    per_chunk = max(1, min(_MAX_CHUNK_ELEMENTS // (D * D), -(-n_pairs // _THREADS)))
+    bounds = _chunk_bounds(active.sum(axis=1), per_chunk)
+    if len(bounds) > 1 and n_pairs >= _MIN_PAIRS_FOR_THREADS:
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            parts = list(pool.map(lambda se: run_chunk(*se), bounds))
+    else:
+        parts = [run_chunk(a, b) for a, b in bounds]
+    w_sum = np.sum([p[0] for p in parts], axis=0)
+    first = np.sum([p[1] for p in parts], axis=0)
+    second = np.sum([p[2] for p in parts], axis=0)
     return LocalResult(resp, log_ev, mean_b, quad, PathMoments(w_sum, first, second), path_means)
+
+
+def _chunk_bounds(pairs_per_subject: np.ndarray, per_chunk: int) -> list[tuple[int, int]]:
+    """Consecutive subject ranges holding about ``per_chunk`` (subject, path) pairs each."""
+    cum = np.cumsum(pairs_per_subject)
+    cuts = np.searchsorted(cum, np.arange(per_chunk, cum[-1], per_chunk), side="left") + 1
+    edges = np.unique(np.r_[0, cuts, len(cum)])
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _add_rows(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:

@@ -50,7 +50,7 @@ def run_vi_with_moves(
         return run_vi(stats, prior, params, config, rng, callback)
     final_config = config
     # exploration: loose tolerance, and negligible paths dropped more eagerly (the final run is exact)
-    config = replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-6, moment_threshold=1e-6)
+    config = replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-4, moment_threshold=1e-4)
     total = final_config.max_iter  # one iteration budget for the whole fit
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
