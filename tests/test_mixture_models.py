@@ -237,3 +237,18 @@ def test_collapse_to_one_cluster_is_reported():
     with pytest.warns(EmptyComponentWarning, match="no cluster structure"):
         m = MixtureLMM(4, basis=basis, random_state=0).fit(df)
     assert m.n_components_ == (1,)
+
+
+def test_minibatch_natural_gradient_fit(small):
+    """batch_size < N: stochastic natural-gradient steps (Robbins-Monro) still find the groups."""
+    m = MixtureLMM(4, basis=SplineBasis(8, lower=0, upper=1), random_state=0, batch_size=40, max_iter=400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(small.data, "subject", "time", "y")
+    assert adjusted_rand_index(small.labels, m.labels_) >= 0.9
+    assert np.sqrt(m.sigma2_) == pytest.approx(0.3, rel=0.2)
+    deep = DeepMixtureLMM((4, 2), (3, 1), basis=SplineBasis(8, lower=0, upper=1), random_state=0, batch_size=40, max_iter=400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        deep.fit(small.data, "subject", "time", "y")
+    assert adjusted_rand_index(small.labels, deep.groups_) >= 0.8
