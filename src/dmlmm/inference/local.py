@@ -182,9 +182,10 @@ def local_step(
     # memory-bounded chunks of subjects, each fully batched; chunks run on several threads
     # (numpy releases the GIL inside its loops), each writing its own rows
     n_pairs = int(active.sum())
-    per_chunk = max(1, min(_MAX_CHUNK_ELEMENTS // (D * D), -(-n_pairs // _THREADS)))
+    threads = _THREADS if n_pairs >= _MIN_PAIRS_FOR_THREADS else 1
+    per_chunk = max(1, min(_MAX_CHUNK_ELEMENTS // (D * D), -(-n_pairs // threads)))
     bounds = _chunk_bounds(active.sum(axis=1), per_chunk)
-    if len(bounds) > 1 and n_pairs >= _MIN_PAIRS_FOR_THREADS:
+    if len(bounds) > 1 and threads > 1:
         with ThreadPoolExecutor(max_workers=_THREADS) as pool:
             parts = list(pool.map(lambda se: run_chunk(*se), bounds))
     else:
