@@ -22,9 +22,36 @@ import pandas as pd
 
 from .exceptions import DataError
 
-__all__ = ["Longitudinal", "SufficientStats", "segment_sums", "sufficient_stats"]
+__all__ = ["Longitudinal", "SufficientStats", "as_numeric", "segment_sums", "sufficient_stats"]
 
 _CHUNK_ROWS = 1 << 15
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def as_numeric(values, name: str) -> np.ndarray:
+    """Float array of ``values`` (NaN kept), or a DataError naming ``name`` and the first non-numeric row.
+
+    Parameters
+    ----------
+    values : Series or array-like, shape (n,)
+        A Series keeps its index, so the message names the user's row label.
+    name : str
+        How the message refers to the values, e.g. ``"column 'y'"``.
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(values)
+    if pd.api.types.is_bool_dtype(s):
+        s = s.astype(float)
+    conv = pd.to_numeric(s, errors="coerce")
+    bad = conv.isna().to_numpy() & s.notna().to_numpy()
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{name} must be numeric, but row {s.index[first]!r} holds {s.iloc[first]!r} "
+            f"({int(bad.sum())} non-numeric value(s) in all); convert or drop those rows"
+        )
+    return conv.to_numpy(dtype=float, na_value=np.nan)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -359,36 +386,14 @@ class Longitudinal:
         num_cols = [time] + ([response] if has_response else [])
         numeric: dict[str, np.ndarray] = {}
         for c in num_cols:
-            s = df[c]
-            if pd.api.types.is_bool_dtype(s):
-                s = s.astype(float)
-            conv = pd.to_numeric(s, errors="coerce")
-            bad = conv.isna().to_numpy() & s.notna().to_numpy()
-            if bad.any():
-                first = int(np.flatnonzero(bad)[0])
-                raise DataError(
-                    f"column '{c}' must be numeric, but row {df.index[first]!r} holds {s.iloc[first]!r} "
-                    f"({int(bad.sum())} non-numeric value(s) in all); convert or drop those rows"
-                )
-            numeric[c] = conv.to_numpy(dtype=float)
+            numeric[c] = as_numeric(df[c], f"column '{c}'")
 
         if encoding is None:
             encoding = CovariateEncoding.learn(df, covariates)
         cov_numeric_bad = {}
         for c in covariates:
             if encoding.levels.get(c) is None:
-                s = df[c]
-                if pd.api.types.is_bool_dtype(s):
-                    s = s.astype(float)
-                conv = pd.to_numeric(s, errors="coerce")
-                bad = conv.isna().to_numpy() & s.notna().to_numpy()
-                if bad.any():
-                    first = int(np.flatnonzero(bad)[0])
-                    raise DataError(
-                        f"covariate column '{c}' must be numeric, but row {df.index[first]!r} holds "
-                        f"{s.iloc[first]!r}"
-                    )
-                cov_numeric_bad[c] = ~np.isfinite(conv.to_numpy(dtype=float))
+                cov_numeric_bad[c] = ~np.isfinite(as_numeric(df[c], f"covariate column '{c}'"))
             else:
                 cov_numeric_bad[c] = df[c].isna().to_numpy()
 

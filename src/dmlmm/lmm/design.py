@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..basis import SplineBasis
-from ..data import Longitudinal, SufficientStats, sufficient_stats
+from ..data import Longitudinal, SufficientStats, as_numeric, sufficient_stats
 from ..exceptions import DataError
 from .structure import CovarianceStructure
 
@@ -164,22 +164,6 @@ def check_finite_columns(df: pd.DataFrame, columns: Sequence[str], dropna: bool,
     if len(out) == 0:
         raise DataError("no rows are left after dropping rows with missing values")
     return out
-
-
-def as_numeric(values, name: str) -> np.ndarray:
-    """Float array of ``values`` or a DataError naming ``name`` if it is not numeric."""
-    s = pd.Series(values) if not isinstance(values, pd.Series) else values
-    if pd.api.types.is_bool_dtype(s):
-        s = s.astype(float)
-    conv = pd.to_numeric(s, errors="coerce")
-    bad = conv.isna().to_numpy() & s.notna().to_numpy()
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"{name} must be numeric, but row {s.index[first]!r} holds {s.iloc[first]!r} "
-            f"({int(bad.sum())} non-numeric value(s) in all)"
-        )
-    return conv.to_numpy(dtype=float, na_value=np.nan)
 
 
 def factorize_groups(labels) -> tuple[np.ndarray, pd.Index]:

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import DataError
-from .design import Design, NewRows, as_numeric, check_finite_columns, factorize_groups
+from ..data import as_numeric
+from .design import Design, NewRows, check_finite_columns, factorize_groups
 from .structure import CovarianceStructure
 
 __all__ = ["RandomTerm", "ParsedFormula", "parse_formula", "FormulaDesignBuilder"]
