@@ -205,7 +205,7 @@ class VariationalLongitudinalModel:
         requested = self.prior_.layer_counts(res.params.prior)  # after pruning
         if len(requested[0]) == 1 and self._requested_first_layer() > 1:
             warnings.warn(
-                f"all {self._requested_first_layer()} first-layer components but one ended empty and were pruned: "
+                "all first-layer components but one ended empty and were pruned: "
                 "the data show no cluster structure this model can support (every subject is in one cluster)",
                 EmptyComponentWarning,
                 stacklevel=3,
