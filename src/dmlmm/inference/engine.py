@@ -254,7 +254,7 @@ def run_vi(
                 active = None
     # final local step on all subjects, at the final globals
     pp, _ = prior.path_prior(params.prior)
-    local = local_step(stats, pp, noise_moments(params, P), config.hard_assignment, keep_path_means=True)
+    local = local_step(stats, pp, noise_moments(params, P), config.hard_assignment)
     elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
     if not stochastic and not converged:
         history.append(elbo)

@@ -62,7 +62,6 @@ class LocalResult:
     mean_b : (N, D) E_q[b_i].
     quad : (N,) E_q[b_i' X_i'X_i b_i].
     moments : PathMoments, sums over the subjects.
-    path_means : (N, M, D) or None, E[b_i | c] (kept only on request).
     """
 
     resp: np.ndarray
@@ -70,7 +69,6 @@ class LocalResult:
     mean_b: np.ndarray
     quad: np.ndarray
     moments: PathMoments
-    path_means: np.ndarray | None = None
 
 
 def residual_stats(stats: SufficientStats, noise: NoiseMoments) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +89,6 @@ def local_step(
     prior: PathPrior,
     noise: NoiseMoments,
     hard_assignment: bool = False,
-    keep_path_means: bool = False,
     active: np.ndarray | None = None,
     moment_threshold: float = 1e-12,
 ) -> LocalResult:
@@ -104,8 +101,6 @@ def local_step(
     noise : NoiseMoments.
     hard_assignment : bool
         Put all of q(c_i) on the single best path (the research code's local step).
-    keep_path_means : bool
-        Also return E[b_i | c] for all paths (N, M, D) (NaN for pairs not evaluated).
     active : (N, M) bool, optional
         Restrict q(c_i) to these paths (each subject needs at least one). The optimum
         over this restricted family is still a coordinate-ascent step, so the ELBO
@@ -121,7 +116,6 @@ def local_step(
     log_ev = np.empty(N)
     mean_b = np.zeros((N, D))
     quad = np.zeros(N)
-    path_means = np.full((N, M, D), np.nan) if keep_path_means else None
     if active is None:
         active = np.ones((N, M), dtype=bool)
     prec_soa = np.ascontiguousarray(np.moveaxis(prior.precision, 0, -1))  # (D, D, M)
@@ -164,8 +158,6 @@ def local_step(
             r /= np.repeat(np.add.reduceat(r, seg), np.diff(np.r_[seg, len(ii)]))
         resp[gi, cc] = r
         log_ev[start:stop] = lev
-        if path_means is not None:
-            path_means[gi, cc] = m.T
         rm = r[:, None] * m.T
         mean_b[start:stop] = np.add.reduceat(rm, seg, axis=0)
         w_sum += np.bincount(cc, weights=r, minlength=M)
@@ -193,7 +185,7 @@ def local_step(
     w_sum = np.sum([p[0] for p in parts], axis=0)
     first = np.sum([p[1] for p in parts], axis=0)
     second = np.sum([p[2] for p in parts], axis=0)
-    return LocalResult(resp, log_ev, mean_b, quad, PathMoments(w_sum, first, second), path_means)
+    return LocalResult(resp, log_ev, mean_b, quad, PathMoments(w_sum, first, second))
 
 
 def _chunk_bounds(pairs_per_subject: np.ndarray, per_chunk: int) -> list[tuple[int, int]]:
