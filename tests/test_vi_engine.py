@@ -252,37 +252,31 @@ def test_responsibilities_match_quadrature():
     np.testing.assert_allclose(loc.log_evidence, logsumexp(logq, axis=1), rtol=1e-6)
 
 
+def _elbo_history(stats, prior, seed: int, max_iter: int, hard: bool = False) -> np.ndarray:
+    """Plain coordinate ascent (no pruning) from the standard initialisation."""
+    rng = np.random.default_rng(seed)
+    b_hat = ridge_estimates(stats)
+    config = VIConfig(max_iter=max_iter, tol=1e-300, prune_threshold=0.0, hard_assignment=hard)
+    noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
+    params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return np.asarray(run_vi(stats, prior, params, config, rng).elbo_history)
+
+
 @pytest.mark.parametrize(
     "seed,ks,ds",
     [(0, (3, 2), (2, 1)), (1, (4,), (2,)), (2, (2, 2, 2), (3, 2, 1))],
 )
 def test_elbo_never_decreases_dmfa(seed, ks, ds):
     stats = _toy_stats(seed=seed, n_subjects=30, n_obs=6, dim=4)
-    prior = DeepMixturePrior(4, ks, ds)
-    rng = np.random.default_rng(seed)
-    b_hat = ridge_estimates(stats)
-    config = VIConfig(max_iter=80, tol=1e-300, prune_threshold=0.0)
-    noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
-    params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        res = run_vi(stats, prior, params, config, rng)
-    h = np.asarray(res.elbo_history)
+    h = _elbo_history(stats, DeepMixturePrior(4, ks, ds), seed, 80)
     assert np.all(np.diff(h) >= -1e-9 * np.abs(h[1:])), np.diff(h).min()
 
 
 @pytest.mark.parametrize("k,hard", [(1, False), (3, False), (3, True)])
 def test_elbo_never_decreases_gaussian_mixture(k, hard):
     stats = _toy_stats(seed=k, n_subjects=40, n_obs=5, dim=3)
-    prior = GaussianMixturePrior(3, k)
-    rng = np.random.default_rng(0)
-    b_hat = ridge_estimates(stats)
-    config = VIConfig(max_iter=60, tol=1e-300, prune_threshold=0.0, hard_assignment=hard)
-    noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
-    params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        res = run_vi(stats, prior, params, config, rng)
-    h = np.asarray(res.elbo_history)
+    h = _elbo_history(stats, GaussianMixturePrior(3, k), 0, 60, hard)
     # hard assignments are coordinate steps over point-mass q(c): monotone as well
     assert np.all(np.diff(h) >= -1e-9 * np.abs(h[1:])), np.diff(h).min()
