@@ -24,7 +24,7 @@ def cox_de_boor(x: float, knots: np.ndarray, j: int, k: int) -> float:
 
 
 def test_uniform_layout_sums_to_one_on_the_whole_range():
-    b = SplineBasis(n_basis=10, lower=0.0, upper=1.0).fit()
+    b = SplineBasis(n_basis=10, lower=0.0, upper=1.0, knots="uniform").fit()
     x = np.linspace(0.0, 1.0, 401)
     X = b.transform(x)
     assert X.shape == (401, 10)
@@ -52,7 +52,7 @@ def test_reference_layout_does_not_sum_to_one_near_the_ends_and_equals_cox_de_bo
 
 
 def test_uniform_layout_equals_cox_de_boor():
-    b = SplineBasis(n_basis=6, degree=2, lower=-1.0, upper=3.0).fit()
+    b = SplineBasis(n_basis=6, degree=2, lower=-1.0, upper=3.0, knots="uniform").fit()
     x = np.array([-1.0, -0.3, 0.9, 2.2, 2.99])
     ref = np.array([[cox_de_boor(v, b.knots_, j, 2) for j in range(6)] for v in x])
     np.testing.assert_allclose(b.transform(x), ref, atol=1e-12)
@@ -94,18 +94,61 @@ def test_explicit_knot_vector():
         SplineBasis(n_basis=5, knots=t).fit()
 
 
-def test_outside_the_range_is_an_error_unless_extrapolate():
-    b = SplineBasis(n_basis=6, lower=0.0, upper=1.0).fit()
+def test_outside_the_range_continues_linearly_with_a_warning_or_raises():
+    b = SplineBasis(n_basis=6, lower=0.0, upper=1.0, extrapolate=False).fit()
     with pytest.raises(DataError, match=r"1 time\(s\) lie outside the basis range \[0, 1\].*extrapolate=True"):
         b.transform([0.5, 1.2])
-    with pytest.warns(ExtrapolationWarning, match="extrapolated"):
-        X = b.transform([0.5, 1.2], extrapolate=True)
-    assert np.isfinite(X).all()
-    be = SplineBasis(n_basis=6, lower=0.0, upper=1.0, extrapolate=True).fit()
+    with pytest.warns(ExtrapolationWarning, match="extrapolated there \\(linearly"):
+        X = b.transform([0.5, 1.2, 1.7, -0.4, -0.1], extrapolate=True)
+    be = SplineBasis(n_basis=6, lower=0.0, upper=1.0).fit()  # extrapolates by default
     with pytest.warns(ExtrapolationWarning):
-        np.testing.assert_allclose(be.transform([1.2]), X[1:])
-    # polynomial continuation of the last piece
-    np.testing.assert_allclose(X[1], bspline_design(np.array([1.2]), b.knots_, 3)[0])
+        np.testing.assert_allclose(be.transform([1.2]), X[1:2])
+    # linear continuation: value and slope of the boundary, no curvature beyond it
+    h = 1e-6
+    end = b.transform([1.0 - h, 1.0])
+    np.testing.assert_allclose(X[1], end[1] + 0.2 * (end[1] - end[0]) / h, atol=1e-5)
+    np.testing.assert_allclose(X[2] - X[1], (X[1] - end[1]) * 2.5, atol=1e-12)
+    np.testing.assert_allclose(X[3] - X[4], (X[4] - b.transform([0.0])[0]) * 3.0, atol=1e-12)
+    np.testing.assert_allclose(X.sum(axis=1), 1.0, atol=1e-9)  # partition of unity continues
+
+
+def test_quantile_knots_follow_the_visits_but_keep_half_the_uniform_width():
+    rng = np.random.default_rng(1)
+    times = np.r_[rng.uniform(0, 2, 400), rng.uniform(2, 10, 40)]  # dense early visits
+    b = SplineBasis(n_basis=12, lower=0.0, upper=10.0).fit(times)
+    inner = b.knots_[3:-3]
+    assert inner[0] == 0.0 and inner[-1] == 10.0
+    width = np.diff(inner)
+    assert width.min() >= 0.5 * 10.0 / 9 - 1e-12
+    assert width[0] < width[-1]  # narrower where visits are dense
+    np.testing.assert_allclose(b.transform(np.linspace(0, 10, 50)).sum(axis=1), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("knots", ["uniform", "quantile", "clamped"])
+def test_smoothing_basis_is_demmler_reinsch(knots):
+    from scipy.integrate import quad
+
+    times = np.random.default_rng(0).uniform(0, 4, 300) ** 1.5
+    b = SplineBasis(n_basis=12, knots=knots).fit(times)
+    V, lam = b.smoothing_basis(2)
+    lo, hi = b.lower_, b.upper_
+    f = lambda t: (b.transform([t]) @ V)[0]  # noqa: E731
+    # L2-orthonormal on the rescaled time u in [0, 1] (independent quadrature, not the method's own)
+    G = np.array([[quad(lambda t: f(t)[i] * f(t)[j], lo, hi, limit=200)[0] / (hi - lo) for j in range(12)]
+                  for i in range(3)])
+    np.testing.assert_allclose(G, np.eye(12)[:3], atol=1e-7)
+    # null coordinates are the constant and the linear (Legendre) functions
+    u = np.linspace(0, 1, 7)
+    F = b.transform(lo + u * (hi - lo)) @ V
+    np.testing.assert_allclose(F[:, 0], 1.0, atol=1e-9)
+    np.testing.assert_allclose(F[:, 1], np.sqrt(3) * (2 * u - 1), atol=1e-9)
+    assert (lam[:2] == 0).all() and lam[2] == 1.0 and (np.diff(lam[2:]) > 0).all()
+    # roughness: int f''(u)^2 du of the coordinate functions is proportional to lam (finite differences)
+    uu = np.linspace(0, 1, 40001)
+    Fu = b.transform(lo + uu * (hi - lo)) @ V[:, 2:4]
+    d2 = np.diff(Fu, 2, axis=0) / (uu[1] - uu[0]) ** 2
+    r2, r3 = (d2**2).mean(axis=0)
+    assert r3 / r2 == pytest.approx(lam[3] / lam[2], rel=1e-3)
 
 
 def test_errors():

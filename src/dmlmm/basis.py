@@ -6,15 +6,21 @@ import warnings
 
 import numpy as np
 from scipy.interpolate import BSpline
+from scipy.linalg import eigh
+
+from ._linalg import sym
 
 from .exceptions import DataError, ExtrapolationWarning, NotFittedError
 
 __all__ = ["SplineBasis", "bspline_design"]
 
-_LAYOUTS = ("uniform", "reference", "clamped")
+_LAYOUTS = ("quantile", "uniform", "reference", "clamped")
+DEFAULT_N_BASIS = 20
 
 
-def bspline_design(x: np.ndarray, knots: np.ndarray, degree: int, extrapolate: bool = True) -> np.ndarray:
+def bspline_design(
+    x: np.ndarray, knots: np.ndarray, degree: int, extrapolate: bool = True, deriv: int = 0
+) -> np.ndarray:
     """Values of all B-splines of a knot vector at ``x`` (Cox-de Boor), also outside the base interval.
 
     scipy's ``BSpline.design_matrix`` only evaluates on ``[t[k], t[-k-1]]``. The
@@ -29,6 +35,8 @@ def bspline_design(x: np.ndarray, knots: np.ndarray, degree: int, extrapolate: b
     x : (n,) evaluation points.
     knots : (m,) non-decreasing knot vector.
     degree : int
+    deriv : int
+        Order of the derivative to evaluate (0: the values).
 
     Returns
     -------
@@ -51,8 +59,17 @@ def bspline_design(x: np.ndarray, knots: np.ndarray, degree: int, extrapolate: b
         return np.zeros((0, n_basis))
     if not extrapolate and ((x < t[0]).any() or (x > t[-1]).any()):
         raise ValueError("points outside the knot range")
-    dm = BSpline.design_matrix(x, tp, k, extrapolate=True).toarray()
-    return dm[:, k : k + n_basis]
+    clamped = t[k] == t[0] and t[-k - 1] == t[-1]
+    if deriv == 0 and clamped and x.min() >= t[0] and x.max() <= t[-1]:
+        return BSpline.design_matrix(x, t, k).toarray()  # closes the right end, unlike the padded vector
+    if deriv == 0:
+        dm = BSpline.design_matrix(x, tp, k, extrapolate=True).toarray()
+        return dm[:, k : k + n_basis]
+    if clamped:  # clamped ends: the knot vector already covers its range, padding would repeat knots
+        return BSpline(t, np.eye(n_basis), k, extrapolate=True).derivative(deriv)(x)
+    coef = np.zeros((len(tp) - k - 1, n_basis))
+    coef[k : k + n_basis] = np.eye(n_basis)
+    return BSpline(tp, coef, k, extrapolate=True).derivative(deriv)(x)
 
 
 class SplineBasis:
@@ -61,22 +78,28 @@ class SplineBasis:
     Parameters
     ----------
     n_basis : int
-        Number of basis functions (columns of X_i).
+        Number of basis functions (columns of X_i). The default (20) is generous on purpose:
+        the models' smoothness prior (``smoothing``) sets the effective flexibility.
     degree : int
         Polynomial degree (3 = cubic).
     lower, upper : float, optional
-        Range the basis covers; default: the data's time range at ``fit``.
-    knots : {"uniform", "reference", "clamped"} or array
-        ``"uniform"`` (default): equally spaced knots, extended ``degree`` knots beyond
-        each end at the same spacing, so the functions sum to one on all of
-        ``[lower, upper]``. ``"reference"``: the DMLMM research code's layout,
-        ``n_basis`` equally spaced knots on ``[lower, upper]`` plus two more beyond each
-        end (only for ``degree=3``; the functions do not sum to one near the ends).
-        ``"clamped"``: boundary knots repeated ``degree + 1`` times. An array gives the
-        full knot vector explicitly (``n_basis + degree + 1`` knots).
+        Range the basis covers (e.g. the study window); default: the data's time range at ``fit``.
+    knots : {"quantile", "uniform", "reference", "clamped"} or array
+        ``"quantile"`` (default): interior knots halfway between the uniform layout and the
+        quantiles of the distinct observation times (more knots where visits are dense,
+        never an interval narrower than half the uniform one), extended ``degree`` knots
+        beyond each end at the end intervals' spacing. ``"uniform"``: equally spaced knots,
+        extended likewise, so the functions sum to one on all of ``[lower, upper]``.
+        ``"reference"``: the DMLMM research code's layout, ``n_basis`` equally spaced knots
+        on ``[lower, upper]`` plus two more beyond each end (only for ``degree=3``; the
+        functions do not sum to one near the ends). ``"clamped"``: boundary knots repeated
+        ``degree + 1`` times. An array gives the full knot vector explicitly
+        (``n_basis + degree + 1`` knots).
     extrapolate : bool
-        Allow evaluation outside ``[lower, upper]`` (polynomial continuation, with an
-        :class:`ExtrapolationWarning`) instead of raising.
+        Evaluate outside ``[lower, upper]`` by continuing each function *linearly* from the
+        boundary (value and slope; an :class:`ExtrapolationWarning` says so), instead of raising.
+        Linear continuation is what the second-order smoothness prior implies beyond the
+        data: forecasts follow the end trend and their bands widen with the distance.
 
     Attributes
     ----------
@@ -86,12 +109,12 @@ class SplineBasis:
 
     def __init__(
         self,
-        n_basis: int = 10,
+        n_basis: int = DEFAULT_N_BASIS,
         degree: int = 3,
         lower: float | None = None,
         upper: float | None = None,
-        knots: str | np.ndarray = "uniform",
-        extrapolate: bool = False,
+        knots: str | np.ndarray = "quantile",
+        extrapolate: bool = True,
     ) -> None:
         self.n_basis = n_basis
         self.degree = degree
@@ -110,6 +133,8 @@ class SplineBasis:
             raise ValueError(f"n_basis={nb} is too small for degree {k}: need at least {k + 1}")
         if isinstance(self.knots, str) and self.knots not in _LAYOUTS:
             raise ValueError(f"knots must be one of {_LAYOUTS} or an array, got {self.knots!r}")
+        if self.lower is not None and self.upper is not None and float(self.upper) <= float(self.lower):
+            raise ValueError(f"SplineBasis needs lower < upper, got lower={self.lower}, upper={self.upper}")
         if not isinstance(self.knots, str):
             t = np.asarray(self.knots, dtype=float)
             if len(t) != nb + k + 1 or np.any(np.diff(t) < 0):
@@ -119,10 +144,10 @@ class SplineBasis:
             self.upper_ = float(self.upper if self.upper is not None else t[nb])
             return self
         lo, hi = self.lower, self.upper
+        tt = None if times is None else np.asarray(times, dtype=float).reshape(-1)
         if lo is None or hi is None:
-            if times is None or np.size(times) == 0:
+            if tt is None or tt.size == 0:
                 raise ValueError("SplineBasis needs lower and upper, or times to take the range from")
-            tt = np.asarray(times, dtype=float)
             lo = float(np.min(tt)) if lo is None else lo
             hi = float(np.max(tt)) if hi is None else hi
         lo, hi = float(lo), float(hi)
@@ -133,9 +158,13 @@ class SplineBasis:
                 f"all observation times are equal ({lo:g}): a spline basis of time needs a time range; "
                 "give lower/upper or use a design without time"
             )
-        if self.knots == "uniform":
-            h = (hi - lo) / (nb - k) if nb > k else (hi - lo)
-            t = lo + h * np.arange(-k, nb + 1)
+        if self.knots in ("uniform", "quantile"):
+            n_int = max(nb - k, 1)
+            inner = np.linspace(lo, hi, n_int + 1)
+            if self.knots == "quantile" and tt is not None and n_int > 1:
+                inner = 0.5 * (inner + _quantile_breaks(tt, lo, hi, n_int))
+            t = np.r_[inner[0] - (inner[1] - inner[0]) * np.arange(k, 0, -1), inner,
+                      inner[-1] + (inner[-1] - inner[-2]) * np.arange(1, k + 1)]
         elif self.knots == "reference":
             if k != 3:
                 raise ValueError('knots="reference" is the research code\'s cubic layout: use degree=3')
@@ -154,6 +183,10 @@ class SplineBasis:
         return hasattr(self, "knots_")
 
     # ------------------------------------------------------------------ evaluation
+    def _raw(self, x: np.ndarray, deriv: int = 0) -> np.ndarray:
+        """Basis values (or derivatives) at ``x`` inside the knot vector's span, no range checks."""
+        return bspline_design(x, self.knots_, self.degree, extrapolate=True, deriv=deriv)
+
     def transform(self, times: np.ndarray, extrapolate: bool | None = None) -> np.ndarray:
         """Basis values at ``times``.
 
@@ -173,22 +206,28 @@ class SplineBasis:
         if not np.isfinite(x).all():
             raise DataError("times must be finite to evaluate the spline basis")
         extrapolate = self.extrapolate if extrapolate is None else extrapolate
-        eps = 1e-9 * (self.upper_ - self.lower_)
-        outside = (x < self.lower_ - eps) | (x > self.upper_ + eps)
+        lo, hi = self.lower_, self.upper_
+        eps = 1e-9 * (hi - lo)
+        below, above = x < lo - eps, x > hi + eps
+        outside = below | above
         if outside.any():
             vals = np.unique(x[outside])
             msg = (
-                f"{int(outside.sum())} time(s) lie outside the basis range [{self.lower_:g}, {self.upper_:g}] "
+                f"{int(outside.sum())} time(s) lie outside the basis range [{lo:g}, {hi:g}] "
                 f"(e.g. {vals[:5].tolist()})"
             )
             if not extrapolate:
                 raise DataError(msg + "; pass extrapolate=True to extrapolate the splines, or refit with a wider range")
-            warnings.warn(msg + ": the spline basis is extrapolated there", ExtrapolationWarning, stacklevel=2)
-        if isinstance(self.knots, str) and self.knots == "clamped":
-            # repeated end knots: evaluate directly (scipy handles the closed right end)
-            return BSpline.design_matrix(np.clip(x, self.lower_, self.upper_) if not outside.any() else x,
-                                         self.knots_, self.degree, extrapolate=True).toarray()
-        return bspline_design(x, self.knots_, self.degree, extrapolate=True)
+            warnings.warn(msg + ": the spline basis is extrapolated there (linearly from the boundary)",
+                          ExtrapolationWarning, stacklevel=2)
+        out = self._raw(np.clip(x, lo, hi))
+        if outside.any():
+            ends = np.array([lo, hi])
+            val, slope = self._raw(ends), self._raw(ends, deriv=1)
+            for mask, j, b in ((below, 0, lo), (above, 1, hi)):  # the two ends
+                if mask.any():
+                    out[mask] = val[j] + (x[mask, None] - b) * slope[j]
+        return out
 
     def fit_transform(self, times: np.ndarray) -> np.ndarray:
         return self.fit(times).transform(times)
@@ -196,6 +235,54 @@ class SplineBasis:
     @property
     def column_names(self) -> list[str]:
         return [f"B{j + 1}" for j in range(int(self.n_basis))]
+
+    # ------------------------------------------------------------------ smoothness
+    def smoothing_basis(self, order: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        """Demmler-Reinsch reparametrisation of the basis for a roughness penalty of ``order``.
+
+        With time rescaled to u in [0, 1] over ``[lower_, upper_]``, Gram matrix
+        ``G = int B B' du`` and penalty ``P = int B^(r) B^(r)' du`` (r = ``order``), returns
+        ``V`` with ``V'GV = I`` and ``V'PV = diag(lam * c)``: the functions ``X V`` are
+        L2-orthonormal, the first ``order`` span the polynomials of degree < r (roughness
+        0: constant, then linear), the others have increasing roughness ``lam`` scaled so
+        that the first rough one has ``lam = 1``. A coefficient vector ``c`` of ``X`` is
+        ``V c~`` for the new coordinates ``c~``, and ``c' P c`` is ``sum lam c~^2`` up to
+        the constant ``c``: a P-spline prior is diagonal in these coordinates.
+
+        Returns
+        -------
+        V : (n_basis, n_basis), lam : (n_basis,)
+        """
+        if not self.is_fitted:
+            raise NotFittedError("SplineBasis is not fitted: call fit(times) first")
+        r = int(order)
+        D = int(self.n_basis)
+        if r < 1:
+            raise ValueError(f"smoothing order must be a positive integer, got {order}")
+        lo, hi = self.lower_, self.upper_
+        breaks = np.unique(np.clip(np.r_[lo, self.knots_, hi], lo, hi))
+        nodes, wts = np.polynomial.legendre.leggauss(int(self.degree) + 2)
+        a, b = breaks[:-1, None], breaks[1:, None]
+        x = (0.5 * (b - a) * nodes + 0.5 * (a + b)).reshape(-1)
+        w = (0.5 * (b - a) * wts).reshape(-1) / (hi - lo)  # weights of du
+        B = self._raw(x)
+        G = sym(B.T @ (w[:, None] * B))
+        if r > int(self.degree) or r >= D:
+            raise ValueError(f"smoothing order {r} needs degree >= {r} and n_basis > {r}")
+        Br = self._raw(x, deriv=r) * (hi - lo) ** r
+        P = sym(Br.T @ (w[:, None] * Br))
+        evals, V = eigh(P, G)
+        # the null space (polynomials of degree < r) as orthonormal Legendre polynomials, so that
+        # its coordinates read as level and trend; the rough eigenvectors are G-orthogonal to it
+        u = (x - lo) / (hi - lo)
+        legendre = np.stack([np.polynomial.legendre.Legendre.basis(j)(2 * u - 1) * np.sqrt(2 * j + 1) for j in range(r)], 1)
+        null = np.linalg.lstsq(B, legendre, rcond=None)[0]  # exact where polynomials are in the spline space
+        if np.abs(B @ null - legendre).max() < 1e-8:  # not so for the "reference" layout near its ends
+            V = np.concatenate([null, V[:, r:]], axis=1)
+        lam = np.r_[np.zeros(r), evals[r:] / evals[r]]
+        flip = V[np.abs(V).argmax(axis=0), np.arange(D)] < 0  # a fixed sign per rough column
+        V[:, r:] *= np.where(flip[r:], -1.0, 1.0)
+        return V, lam
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
@@ -225,3 +312,13 @@ class SplineBasis:
             f"SplineBasis(n_basis={self.n_basis}, degree={self.degree}, lower={self.lower}, "
             f"upper={self.upper}, knots={self.knots!r})"
         )
+
+
+def _quantile_breaks(times: np.ndarray, lo: float, hi: float, n_int: int) -> np.ndarray:
+    """``n_int + 1`` breakpoints from lo to hi at quantiles of the distinct times inside [lo, hi]."""
+    u = np.unique(times[(times >= lo) & (times <= hi)])
+    if len(u) < 2:
+        return np.linspace(lo, hi, n_int + 1)
+    q = np.quantile(u, np.linspace(0.0, 1.0, n_int + 1))
+    q[0], q[-1] = lo, hi
+    return np.maximum.accumulate(q)
