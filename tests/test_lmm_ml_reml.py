@@ -376,8 +376,14 @@ def test_predict_longitudinal(spline_data):
         unknown = m.predict(grid, subject="nobody")
     np.testing.assert_allclose(unknown["mean"], pop["mean"])
     np.testing.assert_allclose(unknown["upper"], pop["upper"])
-    with pytest.raises(DataError, match="outside the basis range"):
+    from dmlmm.exceptions import ExtrapolationWarning
+
+    with pytest.warns(ExtrapolationWarning, match="outside the basis range"):  # extrapolates by default
         m.predict([0.5, 1.5], subject="s002")
+    strict = LinearMixedModel(basis=SplineBasis(n_basis=5, extrapolate=False), method="reml").fit(
+        spline_data, subject="id", time="t", response="y")
+    with pytest.raises(DataError, match="outside the basis range"):
+        strict.predict([0.5, 1.5], subject="s002")
 
 
 def test_predict_extrapolating_basis(spline_data):

@@ -298,7 +298,8 @@ class LongitudinalDesignBuilder:
     Parameters
     ----------
     basis : SplineBasis or None
-        Copied, then fitted on the data's time range; default ``SplineBasis()``.
+        Copied, then fitted on the data's time range; default ``SplineBasis(10, knots="uniform")``
+        (this engine has no smoothness prior, so it keeps a small basis).
     """
 
     def __init__(self, basis: SplineBasis | None = None) -> None:
@@ -315,7 +316,7 @@ class LongitudinalDesignBuilder:
                                            covariates=covariates, dropna=dropna)
         self.columns_ = long.columns
         self.encoding_ = long.encoding
-        basis = copy.deepcopy(self.basis) if self.basis is not None else SplineBasis()
+        basis = copy.deepcopy(self.basis) if self.basis is not None else SplineBasis(10, knots="uniform")
         if long.design is not None:
             Z = long.design
             self.basis_ = None

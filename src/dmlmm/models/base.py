@@ -26,10 +26,13 @@ from .design import LongitudinalDesign
 __all__ = ["VariationalLongitudinalModel", "ridge_estimates"]
 
 FrameLike = pd.DataFrame | Longitudinal
+_INIT_SMOOTHING = 1e-3  # ridge penalty per unit roughness of the starting per-subject fits
 
 
-def ridge_estimates(stats: SufficientStats, penalty: float = 0.5) -> np.ndarray:
-    """Per-subject ridge fits of b_i shrunk towards the pooled fit, shape (N, D) (batched solves)."""
+def ridge_estimates(stats: SufficientStats, penalty: float | np.ndarray = 0.5) -> np.ndarray:
+    """Per-subject ridge fits of b_i shrunk towards the pooled fit, shape (N, D) (batched solves).
+
+    ``penalty`` is a scalar or one value per coordinate (D,)."""
     D, P = stats.dim_random, stats.dim_fixed
     A = np.zeros((D + P, D + P))
     A[:D, :D] = stats.XtX.sum(0)
@@ -39,7 +42,7 @@ def ridge_estimates(stats: SufficientStats, penalty: float = 0.5) -> np.ndarray:
     rhs = np.r_[stats.Xty.sum(0), stats.Fty.sum(0)]
     pooled = np.linalg.solve(A + 1e-8 * np.trace(A) / (D + P) * np.eye(D + P), rhs)
     b0, w0 = pooled[:D], pooled[D:]
-    lhs = stats.XtX + penalty * np.eye(D)
+    lhs = stats.XtX + np.broadcast_to(penalty, (D,)) * np.eye(D)
     r = stats.Xty - stats.XtF @ w0 + penalty * b0
     return np.linalg.solve(lhs, r[..., None])[..., 0]
 
@@ -68,7 +71,7 @@ class VariationalLongitudinalModel:
     _model_name = "model"
 
     # -------------------------------------------------------------- subclass hooks
-    def _make_prior(self, dim: int, n_subjects: int) -> RandomEffectsPrior:  # pragma: no cover
+    def _make_prior(self, dim: int, n_subjects: int, roughness: np.ndarray | None = None) -> RandomEffectsPrior:  # pragma: no cover
         raise NotImplementedError
 
     def _check_params(self) -> None:
@@ -78,6 +81,9 @@ class VariationalLongitudinalModel:
             raise ValueError(f"tol must be > 0, got {self.tol}")
         if int(self.n_init) < 1:
             raise ValueError(f"n_init must be >= 1, got {self.n_init}")
+        sm = self.smoothing
+        if sm is not None and (isinstance(sm, bool) or not float(sm).is_integer() or not 1 <= int(sm) <= 3):
+            raise ValueError(f"smoothing must be None or the order of the roughness penalty (1, 2 or 3), got {sm!r}")
 
     def _config(self, n_subjects: int, first_layer: int) -> VIConfig:
         bs = self.batch_size
@@ -133,14 +139,15 @@ class VariationalLongitudinalModel:
                 f"only one subject ({d.subjects[0]}) in the data: a mixed model needs at least two subjects "
                 "to learn how subjects vary"
             )
-        design = LongitudinalDesign.learn(d, self.basis)
+        design = LongitudinalDesign.learn(d, self.basis, self.smoothing)
         stats = design.stats(d)
         t0 = perf_counter()
         rng = np.random.default_rng(self.random_state)
-        b_hat = ridge_estimates(stats)
+        rough = design.roughness
+        b_hat = ridge_estimates(stats, 0.5 if rough is None else 0.5 + _INIT_SMOOTHING * rough)
         best = None
         for _ in range(int(self.n_init)):
-            prior = self._make_prior(stats.dim_random, d.n_subjects)
+            prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
             config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
             noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
             params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
@@ -200,7 +207,9 @@ class VariationalLongitudinalModel:
         self.sigma2_ = float(res.params.noise.mean[()]) * s**2
         w = self._w()
         self.fixed_effects_ = pd.Series(w * s / design.cov_scale, index=list(design.fixed_names), dtype=float, name="estimate")
-        self.random_effects_ = pd.DataFrame(res.local.mean_b * s, index=d.subjects, columns=design.basis.column_names)
+        self.random_effects_ = pd.DataFrame(
+            design.spline_coefficients(res.local.mean_b) * s, index=d.subjects, columns=design.basis.column_names
+        )
         self.cluster_means_ = self._cluster_curves()
         requested = self.prior_.layer_counts(res.params.prior)  # after pruning
         if len(requested[0]) == 1 and self._requested_first_layer() > 1:
@@ -284,7 +293,8 @@ class VariationalLongitudinalModel:
 
     # -------------------------------------------------------------- trajectories
     def _mixture(self) -> PointMixture:
-        return self.prior_.point_mixture(self.params_.prior)
+        """The prior of b for prediction, with the posterior uncertainty of the globals integrated in."""
+        return self.prior_.point_mixture(self.params_.prior, integrate_globals=True)
 
     def _sigma2_std(self) -> float:
         return float(self.params_.noise.mean[()])
@@ -331,7 +341,12 @@ class VariationalLongitudinalModel:
 
         Returns
         -------
-        DataFrame with columns subject, time, mean, lower, upper (user scale).
+        DataFrame with columns subject, time, mean, lower, upper (user scale) and
+        beyond_last_visit (True where the time lies after the subject's last observation:
+        a forecast; always False for the population curve).
+
+        The bands integrate over the posterior uncertainty of the global parameters
+        (component means and loadings, fixed effects), not only over the subject's own.
         """
         self._check_fitted()
         if kind not in ("curve", "observation"):
@@ -344,7 +359,7 @@ class VariationalLongitudinalModel:
         Xn = self.design_.X(t)  # (T, D)
         fw = fixed_rows @ self._w()  # (N,)
         mean_a = cm.mean @ Xn.T + fw[cm.subject][:, None]
-        var_a = np.einsum("td,ade,te->at", Xn, cm.cov, Xn)
+        var_a = np.einsum("td,ade,te->at", Xn, cm.cov, Xn) + self._fixed_var(fixed_rows)[cm.subject][:, None]
         if kind == "observation":
             var_a = var_a + self._sigma2_std()
         sd_a = np.sqrt(np.maximum(var_a, 0.0))
@@ -361,8 +376,23 @@ class VariationalLongitudinalModel:
                 "mean": (sh + s * mean).reshape(-1),
                 "lower": (sh + s * q[:, 0]).reshape(-1),
                 "upper": (sh + s * q[:, 1]).reshape(-1),
+                "beyond_last_visit": (t[None, :] > self._last_times(d, N)[:, None]).reshape(-1),
             }
         )
+
+    @staticmethod
+    def _last_times(d: Longitudinal | None, n: int) -> np.ndarray:
+        """Each subject's last observation time (N,); +inf for the population (nothing is beyond)."""
+        if d is None:
+            return np.full(n, np.inf)
+        return np.maximum.reduceat(d.time, d.offsets[:-1])
+
+    def _fixed_var(self, fixed_rows: np.ndarray) -> np.ndarray:
+        """Posterior variance of F_i w for each subject's covariate row (N,), standardised scale."""
+        if self.params_.fixed is None or fixed_rows.shape[1] == 0:
+            return np.zeros(len(fixed_rows))
+        cov = self.params_.fixed.moments()[1]
+        return np.einsum("np,pq,nq->n", fixed_rows, cov, fixed_rows)
 
     def sample_trajectories(
         self,
@@ -388,7 +418,14 @@ class VariationalLongitudinalModel:
         chol = np.linalg.cholesky(cm.cov + 1e-12 * np.eye(cm.cov.shape[-1]))
         z = rng.standard_normal((N, S, chol.shape[-1]))
         b = cm.mean[comp] + np.einsum("nsde,nse->nsd", chol[comp], z)
-        curve = b @ Xn.T + (fixed_rows @ self._w())[:, None, None]
+        w = self._w()
+        if self.params_.fixed is not None and len(w):  # the fixed effects' posterior uncertainty too
+            chol_w = np.linalg.cholesky(self.params_.fixed.moments()[1] + 1e-12 * np.eye(len(w)))
+            w = w + rng.standard_normal((N, S, len(w))) @ chol_w.T  # (N, S, P)
+            fw = np.einsum("np,nsp->ns", fixed_rows, w)[:, :, None]
+        else:
+            fw = (fixed_rows @ w)[:, None, None]
+        curve = b @ Xn.T + fw
         if kind == "observation":
             curve = curve + np.sqrt(self._sigma2_std()) * rng.standard_normal(curve.shape)
         s, sh = self.design_.y_scale, self.design_.y_shift

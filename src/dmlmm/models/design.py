@@ -34,6 +34,12 @@ class LongitudinalDesign:
     encoding : CovariateEncoding.
     y_shift, y_scale : float, response standardisation.
     cov_mean, cov_scale : (P,) covariate standardisation.
+    rotation : (D, D) or None
+        Random-effects coordinates: the columns of ``X`` are ``basis.transform(t) @ rotation``
+        (the Demmler-Reinsch coordinates of the smoothness prior); None: the B-spline coefficients.
+    roughness : (D,) or None
+        Roughness of each coordinate (0 on the polynomial null space); None without smoothing.
+    smoothing : int or None, the order of the roughness penalty.
     """
 
     basis: SplineBasis
@@ -43,10 +49,13 @@ class LongitudinalDesign:
     y_scale: float
     cov_mean: np.ndarray
     cov_scale: np.ndarray
+    rotation: np.ndarray | None = None
+    roughness: np.ndarray | None = None
+    smoothing: int | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def learn(cls, data: Longitudinal, basis: SplineBasis | None) -> "LongitudinalDesign":
+    def learn(cls, data: Longitudinal, basis: SplineBasis | None, smoothing: int | None = None) -> "LongitudinalDesign":
         if data.response is None:
             raise DataError("the data has no response column to fit")
         basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
@@ -65,21 +74,30 @@ class LongitudinalDesign:
         const = [n for n, s in zip(data.covariate_names, cs) if s <= 1e-12 * max(1.0, abs(cm[list(data.covariate_names).index(n)]))]
         if const:
             raise DataError(f"covariate(s) {const} are constant across all rows; remove them (they duplicate the curve's level)")
-        design = cls(basis, data.columns, data.encoding, float(np.mean(y)), scale, cm, cs)
+        rotation = roughness = None
+        if smoothing is not None:
+            rotation, roughness = basis.smoothing_basis(int(smoothing))
+        design = cls(basis, data.columns, data.encoding, float(np.mean(y)), scale, cm, cs, rotation, roughness,
+                     None if smoothing is None else int(smoothing))
         design.check_identifiable(data)
         return design
 
     def check_identifiable(self, data: Longitudinal) -> None:
-        n_basis = int(self.basis.n_basis)
-        distinct = len(np.unique(data.time))
-        if distinct < n_basis:
-            warnings.warn(
-                f"the spline basis has {n_basis} functions but the data have only {distinct} distinct times: "
-                "the basis is larger than the data can identify; use n_basis <= "
-                f"{distinct}",
-                IdentifiabilityWarning,
-                stacklevel=4,
-            )
+        """Without a smoothness prior, every knot interval needs observations (per interval, not overall)."""
+        if self.smoothing is None:
+            b = self.basis
+            breaks = np.unique(np.clip(b.knots_, b.lower_, b.upper_))
+            counts = np.histogram(data.time, bins=breaks)[0]
+            empty = np.flatnonzero(counts == 0)
+            if len(empty):
+                spans = ", ".join(f"[{breaks[j]:.4g}, {breaks[j + 1]:.4g}]" for j in empty[:5])
+                warnings.warn(
+                    f"{len(empty)} of the spline basis's {len(counts)} knot intervals hold no observation "
+                    f"({spans}{', ...' if len(empty) > 5 else ''}): the curves there are set by the prior alone; "
+                    "use a smoothness prior (smoothing=2, the default) or fewer basis functions",
+                    IdentifiabilityWarning,
+                    stacklevel=4,
+                )
         P = data.covariates.shape[1]
         if data.n_obs <= P + 1:
             raise DataError(
@@ -113,8 +131,13 @@ class LongitudinalDesign:
 
     # ------------------------------------------------------------------ matrices
     def X(self, time: np.ndarray) -> np.ndarray:
-        """Random-effects design (n, D) at ``time``."""
-        return self.basis.transform(time)
+        """Random-effects design (n, D) at ``time`` (in the model's random-effects coordinates)."""
+        X = self.basis.transform(time)
+        return X if self.rotation is None else X @ self.rotation
+
+    def spline_coefficients(self, b: np.ndarray) -> np.ndarray:
+        """B-spline coefficients (..., D) of random effects ``b`` (..., D) in the model's coordinates."""
+        return b if self.rotation is None else b @ self.rotation.T
 
     def F(self, covariates: np.ndarray) -> np.ndarray:
         """Standardised fixed-effects design (n, P)."""
@@ -148,6 +171,9 @@ class LongitudinalDesign:
             "y_scale": self.y_scale,
             "cov_mean": self.cov_mean.tolist(),
             "cov_scale": self.cov_scale.tolist(),
+            "smoothing": self.smoothing,
+            "rotation": None if self.rotation is None else self.rotation.tolist(),
+            "roughness": None if self.roughness is None else self.roughness.tolist(),
         }
 
     @classmethod
@@ -155,4 +181,7 @@ class LongitudinalDesign:
         return cls(
             SplineBasis.from_dict(d["basis"]), ColumnNames(**d["columns"]), CovariateEncoding.from_dict(d["encoding"]),
             float(d["y_shift"]), float(d["y_scale"]), np.asarray(d["cov_mean"], float), np.asarray(d["cov_scale"], float),
+            None if d.get("rotation") is None else np.asarray(d["rotation"], float),
+            None if d.get("roughness") is None else np.asarray(d["roughness"], float),
+            d.get("smoothing"),
         )

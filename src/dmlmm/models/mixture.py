@@ -35,7 +35,12 @@ class MixtureLMM(VariationalLongitudinalModel):
         K; an overfitted K is fine: the sparse Dirichlet prior empties unneeded components,
         which are pruned.
     basis : SplineBasis, optional
-        Default ``SplineBasis(n_basis=10)`` over the data's time range.
+        Default ``SplineBasis()`` (20 cubic B-splines, knots following the visits) over the
+        data's time range; give ``lower``/``upper`` to cover a study window.
+    smoothing : int or None
+        Order of the smoothness prior on the curves (2: a second-order P-spline, flat on
+        straight lines; its strength is learned from the data). None: no smoothness prior
+        (the research code's model, which needs a small basis).
     concentration : float
         Dirichlet parameter of the weights.
     cov_scale : float
@@ -63,6 +68,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         n_components: int = 5,
         basis: SplineBasis | None = None,
         *,
+        smoothing: int | None = 2,
         concentration: float = 0.5,
         cov_scale: float = 2.5,
         noise_scale: float = 1.0,
@@ -78,6 +84,7 @@ class MixtureLMM(VariationalLongitudinalModel):
     ) -> None:
         self.n_components = n_components
         self.basis = basis
+        self.smoothing = smoothing
         self.concentration = concentration
         self.cov_scale = cov_scale
         self.noise_scale = noise_scale
@@ -91,12 +98,14 @@ class MixtureLMM(VariationalLongitudinalModel):
         self.random_state = random_state
         self.progress = progress
 
-    def _make_prior(self, dim: int, n_subjects: int) -> GaussianMixturePrior:
+    def _make_prior(self, dim: int, n_subjects: int, roughness=None) -> GaussianMixturePrior:
         k = int(self.n_components)
         if k < 1:
             raise ValueError(f"n_components must be a positive integer, got {self.n_components}")
         k = _reduce_components(k, n_subjects, "n_components")
-        return GaussianMixturePrior(dim, k, zero_mean=False, concentration=self.concentration, cov_scale=self.cov_scale)
+        return GaussianMixturePrior(
+            dim, k, zero_mean=False, concentration=self.concentration, cov_scale=self.cov_scale, roughness=roughness
+        )
 
 
 class DeepMixtureLMM(VariationalLongitudinalModel):
@@ -109,7 +118,11 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
     latent_dims : tuple of int
         Latent dimensions (D_1, ..., D_L), each at most the one below (D_0 = n_basis), e.g. (4, 1).
     basis : SplineBasis, optional
-        Default ``SplineBasis(n_basis=10)`` over the data's time range.
+        Default ``SplineBasis()`` (20 cubic B-splines, knots following the visits) over the
+        data's time range; give ``lower``/``upper`` to cover a study window.
+    smoothing : int or None
+        Order of the smoothness prior on the curves (see :class:`MixtureLMM`); None: the
+        research code's model.
     concentration, mean_scale, loading_scale, delta_scale : float or tuple per layer
         rho_l (Dirichlet), G_l (Cauchy scale^2 of the means), nu_l (horseshoe global scale),
         A_l (half-Cauchy scale of the idiosyncratic SDs); model.md section 4 defaults.
@@ -124,6 +137,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         latent_dims: tuple[int, ...] = (4, 1),
         basis: SplineBasis | None = None,
         *,
+        smoothing: int | None = 2,
         concentration=0.5,
         mean_scale=0.5,
         loading_scale=1.0,
@@ -142,6 +156,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         self.n_components = n_components
         self.latent_dims = latent_dims
         self.basis = basis
+        self.smoothing = smoothing
         self.concentration = concentration
         self.mean_scale = mean_scale
         self.loading_scale = loading_scale
@@ -157,12 +172,12 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         self.random_state = random_state
         self.progress = progress
 
-    def _make_prior(self, dim: int, n_subjects: int) -> DeepMixturePrior:
+    def _make_prior(self, dim: int, n_subjects: int, roughness=None) -> DeepMixturePrior:
         ks = tuple(int(k) for k in _as_tuple(self.n_components, "n_components"))
         ds = tuple(int(d) for d in _as_tuple(self.latent_dims, "latent_dims"))
         ks = (_reduce_components(ks[0], n_subjects, "n_components[0]"),) + ks[1:]
         return DeepMixturePrior(
-            dim, ks, ds, self.concentration, self.mean_scale, self.loading_scale, self.delta_scale
+            dim, ks, ds, self.concentration, self.mean_scale, self.loading_scale, self.delta_scale, roughness
         )
 
 

@@ -14,6 +14,21 @@ auxiliary so that every full conditional is conjugate:
   ``tau_k | e ~ IG(1/2, 1/e)``, ``e ~ IG(1/2, 1/nu_l^2)`` (horseshoe);
 - ``delta_kj | h ~ IG(1/2, 1/h)``, ``h ~ IG(1/2, 1/A_l^2)`` (sqrt(delta) half-Cauchy(0, A_l)).
 
+With a smoothness prior (``roughness`` given: b lives in the Demmler-Reinsch
+coordinates of the spline basis, :mod:`dmlmm.priors.smoothing`), the first layer's
+rows j of roughness ``lam_j > 0`` (every coordinate but the polynomial ones) instead
+have P-spline priors with learned smoothing variances (half-Cauchy on their roots):
+
+- ``mu_kj ~ N(0, v_k / lam_j)``: each component's mean curve is smooth;
+- ``B_kjm ~ N(0, t_km / lam_j)``: each factor's loading curve is smooth (penalised FPCA);
+- ``h_kj ~ IG(1/2, lam_j / w_k)``: the idiosyncratic SD of coordinate j is half-Cauchy with
+  scale ``sqrt(w_k / lam_j)`` instead of a common A_1, so subject deviations beyond the
+  factors are smooth unless the data insist.
+
+(Tried and rejected: ``delta_kj = w_k / lam_j`` exactly, one variance per component. It
+stops the noise absorption, but the random-walk covariance then explains so much that
+the horseshoe switches the factors off, and held-out scores drop.)
+
 Variational factors: for each component and output row j the loadings row
 ``theta_kj = (mu_kj, B_kj.)`` is jointly Gaussian (mean and loadings together,
 better than the reference's separate factors); every variance and auxiliary
@@ -37,8 +52,26 @@ from .._linalg import spd_inv_logdet, sym
 from ..inference.expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior
 from .gaussian import _take_components, canonical_order, kmeans
+from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_scale
 
-__all__ = ["DeepMixturePrior", "LayerParams", "DMFAParams"]
+
+__all__ = ["DeepMixturePrior", "LayerParams", "LayerSmooth", "DMFAParams"]
+
+
+@dataclass(frozen=True)
+class LayerSmooth:
+    """Smoothing variances of a layer whose rows are spline coordinates (see module docstring).
+
+    Attributes
+    ----------
+    mean : ScaleFactor (K,), v_k of the mean curves.
+    loadings : ScaleFactor (K, m), t_km of the loading curves.
+    delta : ScaleFactor (K,), w_k: the idiosyncratic SD of rough coordinate j has scale sqrt(w_k / lam_j).
+    """
+
+    mean: ScaleFactor
+    loadings: ScaleFactor
+    delta: ScaleFactor
 
 
 @dataclass(frozen=True)
@@ -58,6 +91,10 @@ class LayerParams:
     local_aux : InvGamma (K, J, m).
     global_scale : InvGamma (K,), horseshoe tau.
     global_aux : InvGamma (K,).
+    smooth : LayerSmooth or None, the smoothness prior's variances (first layer only).
+
+    With a smoothness prior, ``mean_scale``, ``local_scale`` and ``local_aux`` are used on
+    the polynomial rows only; the rough rows' priors come from ``smooth``.
     """
 
     weights: Dirichlet
@@ -69,6 +106,7 @@ class LayerParams:
     local_aux: InvGamma
     global_scale: InvGamma
     global_aux: InvGamma
+    smooth: LayerSmooth | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +139,11 @@ class DeepMixturePrior(RandomEffectsPrior):
         (D_1, ..., D_L), each at most the dimension of the layer below.
     concentration, mean_scale, loading_scale, delta_scale : float or tuple
         rho_l, G_l, nu_l and A_l (scalars apply to all layers).
+    roughness : (D0,) array, optional
+        Roughness of each random-effects coordinate (0 on the polynomial null space):
+        switches the first layer's smoothness prior on. None: the research model.
+    smooth_scale : float
+        Half-Cauchy scale of the square roots of the smoothing variances.
     """
 
     def __init__(
@@ -112,6 +155,8 @@ class DeepMixturePrior(RandomEffectsPrior):
         mean_scale: float | tuple[float, ...] = 0.5,
         loading_scale: float | tuple[float, ...] = 1.0,
         delta_scale: float | tuple[float, ...] = 2.5,
+        roughness: np.ndarray | None = None,
+        smooth_scale: float = 1.0,
     ) -> None:
         self.dim = int(dim)
         self.n_components = tuple(int(k) for k in n_components)
@@ -137,6 +182,10 @@ class DeepMixturePrior(RandomEffectsPrior):
         self.mean_scale = per(mean_scale)
         self.loading_scale = per(loading_scale)
         self.delta_scale = per(delta_scale)
+        self.roughness = None if roughness is None else np.asarray(roughness, dtype=float)
+        self.smooth_scale = float(smooth_scale)
+        self._rough = rough_mask(self.roughness, self.dim)
+        self._lam = np.where(self._rough, self.roughness if self.roughness is not None else 0.0, 0.0)
         self._paths = np.array(list(product(*[range(k) for k in self.n_components])), dtype=int)
         self._dims = dims
         self._offsets = np.r_[0, np.cumsum(dims)]
@@ -188,10 +237,58 @@ class DeepMixturePrior(RandomEffectsPrior):
         gshape = 0.5 + 0.5 * J * m
         global_scale = InvGamma(np.full(K, gshape), np.full(K, gshape))
         global_aux = InvGamma(np.ones(K), 1.0 + 1.0 / self.loading_scale[l] ** 2)
+        smooth = None
+        if self._smooth_layer(l):
+            lam, n = self._lam, int(self._rough.sum())
+            smooth = LayerSmooth(
+                init_scale(n, 0.5 * (mus**2) @ lam, self.smooth_scale),
+                init_scale(n, 0.5 * np.einsum("kjm,j->km", Bs**2, lam), self.smooth_scale),
+                init_scale(n, deltas @ lam, self.smooth_scale),
+            )
         return LayerParams(
             Dirichlet(self.concentration[l] + counts), loadings, delta, delta_aux, mean_scale,
-            local_scale, local_aux, global_scale, global_aux,
+            local_scale, local_aux, global_scale, global_aux, smooth,
         )
+
+    def _smooth_layer(self, l: int) -> bool:
+        """Whether layer ``l``'s rows are spline coordinates under the smoothness prior."""
+        return l == 0 and bool(self._rough.any())
+
+    def _row_priors(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray]:
+        """E[1/v] and E[log v] of the prior variances of theta_kj = (mu_kj, B_kj.), each (K, J, m+1)."""
+        G = self.mean_scale[l]
+        e_inv_v = np.concatenate(
+            [lay.mean_scale.mean_inv[..., None] / G,
+             lay.global_scale.mean_inv[:, None, None] * lay.local_scale.mean_inv], axis=2)
+        e_log_v = np.concatenate(
+            [np.log(G) + lay.mean_scale.mean_log[..., None],
+             lay.global_scale.mean_log[:, None, None] + lay.local_scale.mean_log], axis=2)
+        if lay.smooth is not None:
+            rough = self._rough[None, :, None]
+            lam = np.where(self._rough, self._lam, 1.0)[None, :, None]
+            sm = lay.smooth
+            inv_s = np.concatenate([sm.mean.var.mean_inv[:, None], sm.loadings.var.mean_inv], axis=1)[:, None, :]
+            log_s = np.concatenate([sm.mean.var.mean_log[:, None], sm.loadings.var.mean_log], axis=1)[:, None, :]
+            e_inv_v = np.where(rough, lam * inv_s, e_inv_v)
+            e_log_v = np.where(rough, log_s - np.log(lam), e_log_v)
+        return e_inv_v, e_log_v
+
+    def _null_rows(self, lay: LayerParams) -> np.ndarray:
+        """Rows with the research priors (all rows unless the layer has a smoothness prior), (J,) bool."""
+        J = lay.delta.shape.shape[1]
+        return ~self._rough if lay.smooth is not None else np.ones(J, dtype=bool)
+
+    def _delta_rate0(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray]:
+        """E[rate] and E[log rate] of the prior of the idiosyncratic scales h_kj, each (K, J)."""
+        A2 = self.delta_scale[l] ** 2
+        rate = np.full(lay.delta.shape.shape, 1.0 / A2)
+        log_rate = np.full(rate.shape, -np.log(A2))
+        if lay.smooth is not None:
+            lam = np.where(self._rough, self._lam, 1.0)
+            w = lay.smooth.delta.var
+            rate = np.where(self._rough, lam * w.mean_inv[:, None], rate)
+            log_rate = np.where(self._rough, np.log(lam) - w.mean_log[:, None], log_rate)
+        return rate, log_rate
 
     # ------------------------------------------------------------------ expected log prior per path
     def path_prior(self, params: DMFAParams) -> tuple[PathPrior, _PathCache]:
@@ -208,7 +305,7 @@ class DeepMixturePrior(RandomEffectsPrior):
             mean, cov, _ = lay.loadings.moments()
             second = cov + mean[..., :, None] * mean[..., None, :]
             theta_moments.append((mean, second))
-            dinv = lay.delta.mean_inv  # (K, J)
+            dinv, dlog = lay.delta.mean_inv, lay.delta.mean_log  # (K, J)
             G = dinv[..., None] * mean  # (K, J, m+1) = E[D^-1 theta]
             H = np.einsum("kj,kjab->kab", dinv, second)  # (K, m+1, m+1) = E[theta' D^-1 theta]
             Jd = dinv.shape[1]
@@ -218,7 +315,7 @@ class DeepMixturePrior(RandomEffectsPrior):
             P[:, z_blk, z_blk] += H[k][:, 1:, 1:]
             h[:, t_blk] += G[k][:, :, 0]
             h[:, z_blk] -= H[k][:, 1:, 0]
-            const += -0.5 * H[k][:, 0, 0] - 0.5 * lay.delta.mean_log.sum(axis=1)[k] - 0.5 * Jd * LOG_2PI
+            const += -0.5 * H[k][:, 0, 0] - 0.5 * dlog.sum(axis=1)[k] - 0.5 * Jd * LOG_2PI
             log_w += lay.weights.mean_log[k]
         top = self._block(L)
         P[:, top, top] += np.eye(self._dims[-1])
@@ -287,13 +384,11 @@ class DeepMixturePrior(RandomEffectsPrior):
     def _update_layer(self, l: int, lay: LayerParams, Nk, Sxx, Stx, tt, rho: float) -> LayerParams:
         K, J, m1 = Stx.shape
         m = m1 - 1
-        G, nu2, A2 = self.mean_scale[l], self.loading_scale[l] ** 2, self.delta_scale[l] ** 2
+        G, nu2 = self.mean_scale[l], self.loading_scale[l] ** 2
+        null = self._null_rows(lay)
         weights = blend(lay.weights, Dirichlet(self.concentration[l] + Nk), rho)
         # loadings rows (mu_kj, B_kj.) given delta and the scales
-        prior_prec = np.concatenate(
-            [lay.mean_scale.mean_inv[..., None] / G, lay.global_scale.mean_inv[:, None, None] * lay.local_scale.mean_inv],
-            axis=2,
-        )  # (K, J, m+1)
+        prior_prec, _ = self._row_priors(l, lay)  # (K, J, m+1)
         dinv = lay.delta.mean_inv
         prec = dinv[..., None, None] * Sxx[:, None] + prior_prec[..., None] * np.eye(m1)
         loadings = blend(lay.loadings, Gaussian(sym(prec), dinv[..., None] * Stx), rho)
@@ -306,7 +401,7 @@ class DeepMixturePrior(RandomEffectsPrior):
             InvGamma(0.5 + 0.5 * Nk[:, None] * np.ones((1, J)), lay.delta_aux.mean_inv + 0.5 * np.maximum(ssr, 0.0)),
             rho,
         )
-        delta_aux = blend(lay.delta_aux, InvGamma(np.ones((K, J)), delta.mean_inv + 1.0 / A2), rho)
+        delta_aux = blend(lay.delta_aux, InvGamma(np.ones((K, J)), delta.mean_inv + self._delta_rate0(l, lay)[0]), rho)
         mu2 = second[..., 0, 0]
         mean_scale = blend(lay.mean_scale, InvGamma(np.ones((K, J)), 0.5 + mu2 / (2 * G)), rho)
         B2 = np.diagonal(second, axis1=-2, axis2=-1)[..., 1:]  # (K, J, m) E[B^2]
@@ -319,14 +414,22 @@ class DeepMixturePrior(RandomEffectsPrior):
         global_scale = blend(
             lay.global_scale,
             InvGamma(
-                np.full(K, 0.5 + 0.5 * J * m),
-                lay.global_aux.mean_inv + 0.5 * (B2 * local_scale.mean_inv).sum(axis=(1, 2)),
+                np.full(K, 0.5 + 0.5 * int(null.sum()) * m),
+                lay.global_aux.mean_inv + 0.5 * (B2 * local_scale.mean_inv)[:, null].sum(axis=(1, 2)),
             ),
             rho,
         )
         global_aux = blend(lay.global_aux, InvGamma(np.ones(K), global_scale.mean_inv + 1.0 / nu2), rho)
+        smooth = lay.smooth
+        if smooth is not None:  # the smoothing variances given the rough rows' moments
+            lam, n, A = self._lam, int(self._rough.sum()), self.smooth_scale
+            smooth = LayerSmooth(
+                update_scale(smooth.mean, n, 0.5 * mu2 @ lam, A, rho),
+                update_scale(smooth.loadings, n, 0.5 * np.einsum("kjm,j->km", B2, lam), A, rho),
+                update_scale(smooth.delta, n, delta_aux.mean_inv @ lam, A, rho),
+            )
         return LayerParams(
-            weights, loadings, delta, delta_aux, mean_scale, local_scale, local_aux, global_scale, global_aux
+            weights, loadings, delta, delta_aux, mean_scale, local_scale, local_aux, global_scale, global_aux, smooth
         )
 
     # ------------------------------------------------------------------ ELBO of the globals
@@ -334,30 +437,30 @@ class DeepMixturePrior(RandomEffectsPrior):
         return sum(self._layer_elbo(l, lay) for l, lay in enumerate(params.layers))
 
     def _layer_elbo(self, l: int, lay: LayerParams, include_weights: bool = True) -> float:
-        G, nu2, A2 = self.mean_scale[l], self.loading_scale[l] ** 2, self.delta_scale[l] ** 2
+        nu2 = self.loading_scale[l] ** 2
         total = -float(lay.weights.kl_from_symmetric(self.concentration[l])) if include_weights else 0.0
         mean, cov, logdet = lay.loadings.moments()
         m1 = mean.shape[-1]
+        J = mean.shape[1]
+        null = self._null_rows(lay)
         var = np.diagonal(cov, axis1=-2, axis2=-1) + mean**2  # (K, J, m+1) E[theta^2]
-        e_inv_v = np.concatenate(
-            [lay.mean_scale.mean_inv[..., None] / G,
-             lay.global_scale.mean_inv[:, None, None] * lay.local_scale.mean_inv], axis=2)
-        e_log_v = np.concatenate(
-            [np.log(G) + lay.mean_scale.mean_log[..., None],
-             lay.global_scale.mean_log[:, None, None] + lay.local_scale.mean_log], axis=2)
+        e_inv_v, e_log_v = self._row_priors(l, lay)
         total += float(np.sum(-0.5 * LOG_2PI - 0.5 * e_log_v - 0.5 * e_inv_v * var))
         total += float(np.sum(gaussian_entropy(logdet, m1)))
         d, da = lay.delta, lay.delta_aux
+        rate0, log_rate0 = self._delta_rate0(l, lay)
         total += float(np.sum(ig_expected_logpdf(0.5, da.mean_inv, -da.mean_log, d) + d.entropy()))
-        total += float(np.sum(ig_expected_logpdf(0.5, 1 / A2, -np.log(A2), da) + da.entropy()))
+        total += float(np.sum(ig_expected_logpdf(0.5, rate0, log_rate0, da) + da.entropy()))
         g = lay.mean_scale
-        total += float(np.sum(ig_expected_logpdf(0.5, 0.5, np.log(0.5), g) + g.entropy()))
+        total += float(np.sum((ig_expected_logpdf(0.5, 0.5, np.log(0.5), g) + g.entropy())[:, null]))
         ls, la = lay.local_scale, lay.local_aux
-        total += float(np.sum(ig_expected_logpdf(0.5, la.mean_inv, -la.mean_log, ls) + ls.entropy()))
-        total += float(np.sum(ig_expected_logpdf(0.5, 1.0, 0.0, la) + la.entropy()))
+        total += float(np.sum((ig_expected_logpdf(0.5, la.mean_inv, -la.mean_log, ls) + ls.entropy())[:, null]))
+        total += float(np.sum((ig_expected_logpdf(0.5, 1.0, 0.0, la) + la.entropy())[:, null]))
         gs, ga = lay.global_scale, lay.global_aux
         total += float(np.sum(ig_expected_logpdf(0.5, ga.mean_inv, -ga.mean_log, gs) + gs.entropy()))
         total += float(np.sum(ig_expected_logpdf(0.5, 1 / nu2, -np.log(nu2), ga) + ga.entropy()))
+        if lay.smooth is not None:
+            total += sum(scale_elbo(f, self.smooth_scale) for f in (lay.smooth.mean, lay.smooth.loadings, lay.smooth.delta))
         return total
 
     def empty_component_cost(self, layer: int) -> float:
@@ -388,20 +491,35 @@ class DeepMixturePrior(RandomEffectsPrior):
             out.append((lay.weights.mean, mean[..., 0], mean[..., 1:], lay.delta.mean))
         return out
 
-    def point_mixture(self, params: DMFAParams) -> PointMixture:
-        """Top-down recursion m <- mu + B m, S <- B S B' + diag(delta) along every path."""
-        pts = self.layer_point(params)
+    def point_mixture(self, params: DMFAParams, integrate_globals: bool = False) -> PointMixture:
+        """Top-down recursion m <- mu + B m, S <- B S B' + diag(delta) along every path.
+
+        With ``integrate_globals`` the recursion carries the posterior uncertainty of the
+        loadings rows theta_j = (mu_j, B_j.) too (moment matching, exact in mean and
+        covariance): with W = E[(1, z')'(1, z')], S gains diag_j(tr(W Cov[theta_j])).
+        """
         M = self.n_paths
-        m = np.zeros((M, self._dims[-1]))
-        S = np.broadcast_to(np.eye(self._dims[-1]), (M, self._dims[-1], self._dims[-1])).copy()
+        top = self._dims[-1]
+        m = np.zeros((M, top))
+        S = np.broadcast_to(np.eye(top), (M, top, top)).copy()
         w = np.ones(M)
         for l in reversed(range(self.n_layers)):
-            pi, mu, B, delta = pts[l]
+            lay = params.layers[l]
+            mean, cov, _ = lay.loadings.moments()
             k = self._paths[:, l]
-            Bk = B[k]
-            m = mu[k] + (Bk @ m[..., None])[..., 0]
-            S = Bk @ S @ np.swapaxes(Bk, 1, 2) + delta[k][:, :, None] * np.eye(delta.shape[1])
-            w = w * pi[k]
+            Bk = mean[k][..., 1:]
+            S_new = Bk @ S @ np.swapaxes(Bk, 1, 2) + lay.delta.mean[k][:, :, None] * np.eye(mean.shape[1])
+            if integrate_globals:
+                W = np.empty((M, top + 1, top + 1))
+                W[:, 0, 0] = 1.0
+                W[:, 0, 1:] = W[:, 1:, 0] = m
+                W[:, 1:, 1:] = S + m[:, :, None] * m[:, None, :]
+                extra = np.einsum("mab,mjba->mj", W, cov[k])
+                S_new = S_new + extra[:, :, None] * np.eye(mean.shape[1])
+            m = mean[k][..., 0] + (Bk @ m[..., None])[..., 0]
+            S = S_new
+            top = m.shape[1]
+            w = w * lay.weights.mean[k]
         return PointMixture(w / w.sum(), m, sym(S))
 
     def layer_weights(self, params: DMFAParams) -> list[np.ndarray]:
@@ -415,6 +533,7 @@ class DeepMixturePrior(RandomEffectsPrior):
         new = DeepMixturePrior(
             self.dim, tuple(int(k.sum()) for k in keep), self.latent_dims,
             self.concentration, self.mean_scale, self.loading_scale, self.delta_scale,
+            self.roughness, self.smooth_scale,
         )
         return new, DMFAParams(tuple(_take_components(lay, k) for lay, k in zip(params.layers, keep)))
 

@@ -3,13 +3,24 @@
 Model (K components; K = 1 is the linear mixed model's prior)::
 
     b_i | c_i = k ~ N(mu_k, Sigma_k),          c_i ~ Categorical(pi),  pi ~ Dirichlet(rho)
-    mu_k ~ N(0, mean_var I)                    (or mu_k = 0 with ``zero_mean=True``)
+    mu_kd ~ N(0, mean_var)                     (or mu_k = 0 with ``zero_mean=True``)
     Sigma_k | a_k ~ IW(nu + D - 1, 2 nu diag(1 / a_k)),  a_kd ~ IG(1/2, 1 / scale^2)
 
 The last line is Huang and Wand's (2013) prior: half-t(nu, scale) marginals on
 the standard deviations and, for nu = 2, uniform marginals on correlations.
+
+With a smoothness prior (``roughness`` given: the random effects are in the
+Demmler-Reinsch coordinates of the spline basis, see :mod:`dmlmm.priors.smoothing`),
+every coordinate d with roughness ``lam_d > 0`` instead has::
+
+    mu_kd ~ N(0, v_k / lam_d)                  (a P-spline on each component's mean curve)
+    a_kd | w_k ~ IG(1/2, lam_d / w_k)          (SD of coordinate d: half-t with scale sqrt(w_k / lam_d))
+
+with half-Cauchy priors on sqrt(v_k) and sqrt(w_k); the polynomial coordinates
+(lam_d = 0) keep the priors above.
+
 Variational factors: q(pi) Dirichlet, q(mu_k) Gaussian, q(Sigma_k) inverse-Wishart,
-q(a_kd) inverse-gamma; all updates closed form.
+q(a_kd), q(v_k), q(w_k) and their auxiliaries inverse-gamma; all updates closed form.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from ..inference.expfam import (
     ig_expected_logpdf,
 )
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior
+from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_scale
 
 __all__ = ["GaussianMixturePrior", "GaussianMixtureParams"]
 
@@ -42,11 +54,20 @@ class GaussianMixtureParams:
     mean: Gaussian | None  # precision (K, D, D), shift (K, D); None when zero_mean
     cov: InvWishart  # df (K,), scale (K, D, D)
     cov_aux: InvGamma  # (K, D)
+    mean_smooth: ScaleFactor | None = None  # (K,) v_k, the mean curves' smoothing variances
+    cov_smooth: ScaleFactor | None = None  # (K,) w_k, the covariances' smoothing variances
+
+
+def _canonical_index(x: np.ndarray) -> np.ndarray:
+    """An order of the rows of ``x`` (N, D) that depends neither on their given order nor on their signs:
+    by norm, then lexicographically by absolute values (rounded to 10 digits)."""
+    keys = np.round(np.abs(x), 10).T[::-1]
+    return np.lexsort(np.vstack([keys, np.round(np.sqrt((x**2).sum(axis=1)), 10)]))
 
 
 def canonical_order(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` (N, D) sorted lexicographically (rounded to 10 digits): an order-free arrangement."""
-    return x[np.lexsort(np.round(x, 10).T[::-1])]
+    """Rows of ``x`` (N, D) in an order free of their given order and of the sign of the data."""
+    return x[_canonical_index(x)]
 
 
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 50) -> np.ndarray:
@@ -55,7 +76,7 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 50) ->
     Points are processed in a canonical (lexicographic) order, so the result does not
     depend on the order of the subjects.
     """
-    order = np.lexsort(np.round(x, 10).T[::-1])
+    order = _canonical_index(x)
     labels = np.empty(len(x), dtype=int)
     labels[order] = _kmeans_sorted(x[order], k, rng, n_iter)
     return labels
@@ -107,6 +128,11 @@ class GaussianMixturePrior(RandomEffectsPrior):
         Huang-Wand nu (2: uniform correlations).
     cov_scale : float
         Huang-Wand half-t scale of the random-effect standard deviations (standardised scale).
+    roughness : (D,) array, optional
+        Roughness of each coordinate (Demmler-Reinsch eigenvalues, 0 on the polynomial null
+        space): switches the smoothness prior on. None: no smoothness prior.
+    smooth_scale : float
+        Half-Cauchy scale of the square roots of the smoothing variances v_k and w_k.
     """
 
     def __init__(
@@ -118,6 +144,8 @@ class GaussianMixturePrior(RandomEffectsPrior):
         mean_var: float = 100.0,
         cov_df: float = 2.0,
         cov_scale: float = 2.5,
+        roughness: np.ndarray | None = None,
+        smooth_scale: float = 1.0,
     ) -> None:
         self.dim = int(dim)
         self.n_components = int(n_components)
@@ -126,6 +154,19 @@ class GaussianMixturePrior(RandomEffectsPrior):
         self.mean_var = float(mean_var)
         self.cov_df = float(cov_df)
         self.cov_scale = float(cov_scale)
+        self.roughness = None if roughness is None else np.asarray(roughness, dtype=float)
+        self.smooth_scale = float(smooth_scale)
+        self._rough = rough_mask(self.roughness, self.dim)
+        self._lam = np.where(self._rough, self.roughness if self.roughness is not None else 0.0, 0.0)
+
+    def _settings(self) -> dict:
+        return dict(zero_mean=self.zero_mean, concentration=self.concentration, mean_var=self.mean_var,
+                    cov_df=self.cov_df, cov_scale=self.cov_scale, roughness=self.roughness,
+                    smooth_scale=self.smooth_scale)
+
+    @property
+    def smooth(self) -> bool:
+        return bool(self._rough.any())
 
     @property
     def n_paths(self) -> int:
@@ -156,17 +197,50 @@ class GaussianMixturePrior(RandomEffectsPrior):
         df = self._df0 + counts
         iw = InvWishart(df, covs * df[:, None, None])
         e_prec, _, _ = iw.expectations()
-        aux = self._aux_update(e_prec)
+        lam, n_rough = self._lam, int(self._rough.sum())
+        cov_smooth = mean_smooth = None
+        if self.smooth:
+            aux = self._aux_update(e_prec, ScaleFactor(InvGamma(np.ones(K), np.ones(K)), InvGamma(np.ones(K), np.ones(K))))
+            cov_smooth = init_scale(n_rough, aux.mean_inv @ lam, self.smooth_scale)
+            if not self.zero_mean:
+                mean_smooth = init_scale(n_rough, 0.5 * (means**2) @ lam, self.smooth_scale)
+        aux = self._aux_update(e_prec, cov_smooth)
         mean = None
         if not self.zero_mean:
-            prec = np.eye(D) / self.mean_var + counts[:, None, None] * e_prec
+            prec = self._mean_prior_prec(mean_smooth)[:, :, None] * np.eye(D) + counts[:, None, None] * e_prec
             mean = Gaussian(prec, (prec @ means[..., None])[..., 0])
-        return GaussianMixtureParams(Dirichlet(self.concentration + counts), mean, iw, aux)
+        return GaussianMixtureParams(Dirichlet(self.concentration + counts), mean, iw, aux, mean_smooth, cov_smooth)
 
-    def _aux_update(self, e_prec: np.ndarray) -> InvGamma:
+    def _aux_rate0(self, cov_smooth: ScaleFactor | None) -> tuple[np.ndarray, np.ndarray]:
+        """E[rate] and E[log rate] of the Huang-Wand scales' prior, (K, D)."""
+        K, D = self.n_components, self.dim
+        rate = np.full((K, D), 1.0 / self.cov_scale**2)
+        log_rate = np.log(rate)
+        if cov_smooth is not None:
+            lam = np.where(self._rough, self._lam, 1.0)
+            rate = np.where(self._rough, lam * cov_smooth.var.mean_inv[:, None], rate)
+            log_rate = np.where(self._rough, np.log(lam) - cov_smooth.var.mean_log[:, None], log_rate)
+        return rate, log_rate
+
+    def _aux_update(self, e_prec: np.ndarray, cov_smooth: ScaleFactor | None) -> InvGamma:
         diag = np.diagonal(e_prec, axis1=-2, axis2=-1)
         shape = np.full(diag.shape, 0.5 * (self.cov_df + self.dim))
-        return InvGamma(shape, self.cov_df * diag + 1.0 / self.cov_scale**2)
+        return InvGamma(shape, self.cov_df * diag + self._aux_rate0(cov_smooth)[0])
+
+    def _mean_prior_prec(self, mean_smooth: ScaleFactor | None) -> np.ndarray:
+        """Prior precision of each mean coordinate, (K, D)."""
+        prec = np.full((self.n_components, self.dim), 1.0 / self.mean_var)
+        if mean_smooth is not None:
+            prec = np.where(self._rough, self._lam * mean_smooth.var.mean_inv[:, None], prec)
+        return prec
+
+    def _mean_prior_log_var(self, mean_smooth: ScaleFactor | None) -> np.ndarray:
+        """E[log prior variance] of each mean coordinate, (K, D)."""
+        log_var = np.full((self.n_components, self.dim), np.log(self.mean_var))
+        if mean_smooth is not None:
+            lam = np.where(self._rough, self._lam, 1.0)
+            log_var = np.where(self._rough, mean_smooth.var.mean_log[:, None] - np.log(lam), log_var)
+        return log_var
 
     # ------------------------------------------------------------------ moments of mu
     def _mean_moments(self, params: GaussianMixtureParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,46 +268,51 @@ class GaussianMixturePrior(RandomEffectsPrior):
         weights = blend(params.weights, Dirichlet(self.concentration + R), rho)
         # q(mu_k) given q(Sigma_k)
         e_prec, _, _ = params.cov.expectations()
-        mean = params.mean
+        mean, mean_smooth = params.mean, params.mean_smooth
         if mean is not None:
-            prec = np.eye(D) / self.mean_var + R[:, None, None] * e_prec
-            mean = blend(mean, Gaussian(sym(prec), (e_prec @ S1[..., None])[..., 0]), rho)
+            prior_prec = self._mean_prior_prec(mean_smooth)[:, :, None] * np.eye(D)
+            mean = blend(mean, Gaussian(sym(prior_prec + R[:, None, None] * e_prec), (e_prec @ S1[..., None])[..., 0]), rho)
         m, v, _ = self._mean_moments(replace(params, mean=mean))
+        if mean_smooth is not None:  # q(v_k) given q(mu_k)
+            mu2 = m**2 + np.diagonal(v, axis1=-2, axis2=-1)
+            mean_smooth = update_scale(mean_smooth, self._rough.sum(), 0.5 * mu2 @ self._lam, self.smooth_scale, rho)
         # q(Sigma_k) given q(mu_k), q(a_k)
         mm = m[:, :, None] * m[:, None, :]
         scatter = S2 - S1[:, :, None] * m[:, None, :] - m[:, :, None] * S1[:, None, :] + R[:, None, None] * (mm + v)
         scale0 = 2.0 * self.cov_df * np.eye(D) * params.cov_aux.mean_inv[:, None, :]
         cov = blend(params.cov, InvWishart(self._df0 + R, sym(scale0 + scatter)), rho)
-        # q(a_k) given q(Sigma_k)
+        # q(a_k) given q(Sigma_k), then q(w_k) given q(a_k)
         e_prec, _, _ = cov.expectations()
-        cov_aux = blend(params.cov_aux, self._aux_update(e_prec), rho)
-        return GaussianMixtureParams(weights, mean, cov, cov_aux)
+        cov_aux = blend(params.cov_aux, self._aux_update(e_prec, params.cov_smooth), rho)
+        cov_smooth = params.cov_smooth
+        if cov_smooth is not None:
+            cov_smooth = update_scale(cov_smooth, self._rough.sum(), cov_aux.mean_inv @ self._lam, self.smooth_scale, rho)
+        return GaussianMixtureParams(weights, mean, cov, cov_aux, mean_smooth, cov_smooth)
 
     def elbo(self, params: GaussianMixtureParams) -> float:
         D, nu = self.dim, self.cov_df
         total = -float(params.weights.kl_from_symmetric(self.concentration)) if self.n_components > 1 else 0.0
         if params.mean is not None:
             m, v, logdet_v = params.mean.moments()
-            total += float(
-                np.sum(
-                    -0.5 * D * (LOG_2PI + np.log(self.mean_var))
-                    - 0.5 * ((m**2).sum(-1) + np.trace(v, axis1=-2, axis2=-1)) / self.mean_var
-                    + gaussian_entropy(logdet_v, D)
-                )
-            )
+            mu2 = m**2 + np.diagonal(v, axis1=-2, axis2=-1)
+            prec, log_var = self._mean_prior_prec(params.mean_smooth), self._mean_prior_log_var(params.mean_smooth)
+            total += float(np.sum(-0.5 * (LOG_2PI + log_var) - 0.5 * prec * mu2) + np.sum(gaussian_entropy(logdet_v, D)))
+        for f in (params.mean_smooth, params.cov_smooth):
+            if f is not None:
+                total += scale_elbo(f, self.smooth_scale)
         e_prec, e_logdet_prec, _ = params.cov.expectations()
         aux = params.cov_aux
         e_scale0 = 2.0 * nu * np.eye(D) * aux.mean_inv[:, None, :]
         e_logdet_scale0 = D * np.log(2.0 * nu) - aux.mean_log.sum(-1)
         total += float(np.sum(params.cov.expected_logpdf(self._df0, e_logdet_scale0, e_scale0, e_prec, e_logdet_prec)))
         total += float(np.sum(params.cov.entropy()))
-        inv_a2 = 1.0 / self.cov_scale**2
-        total += float(np.sum(ig_expected_logpdf(0.5, inv_a2, np.log(inv_a2), aux) + aux.entropy()))
+        rate0, log_rate0 = self._aux_rate0(params.cov_smooth)
+        total += float(np.sum(ig_expected_logpdf(0.5, rate0, log_rate0, aux) + aux.entropy()))
         return total
 
     def empty_component_cost(self, layer: int = 0) -> float:
         """Mean-field gap of one data-free component (see DeepMixturePrior.empty_component_cost)."""
-        one = GaussianMixturePrior(self.dim, 1, self.zero_mean, self.concentration, self.mean_var, self.cov_df, self.cov_scale)
+        one = GaussianMixturePrior(self.dim, 1, **self._settings())
         params = one.init_params(np.zeros((2, self.dim)), np.random.default_rng(0))
         zero = PathMoments(np.zeros(1), np.zeros((1, self.dim)), np.zeros((1, self.dim, self.dim)))
         prev = -np.inf
@@ -245,9 +324,14 @@ class GaussianMixturePrior(RandomEffectsPrior):
             prev = cur
         return -cur
 
-    def point_mixture(self, params: GaussianMixtureParams) -> PointMixture:
-        m, _, _ = self._mean_moments(params)
-        return PointMixture(params.weights.mean, m, params.cov.mean)
+    def point_mixture(self, params: GaussianMixtureParams, integrate_globals: bool = False) -> PointMixture:
+        """The prior of b at the variational means; with ``integrate_globals`` the covariance
+        also carries the posterior uncertainty of the means, Cov(b | k) = E[Sigma_k] + Cov(mu_k)."""
+        m, v, _ = self._mean_moments(params)
+        cov = params.cov.mean
+        if integrate_globals:
+            cov = cov + v
+        return PointMixture(params.weights.mean, m, cov)
 
     def layer_weights(self, params: GaussianMixtureParams) -> list[np.ndarray]:
         return [params.weights.mean]
@@ -257,9 +341,7 @@ class GaussianMixturePrior(RandomEffectsPrior):
 
     def prune(self, params: GaussianMixtureParams, keep: list[np.ndarray]):
         k = np.asarray(keep[0], dtype=bool)
-        new = GaussianMixturePrior(
-            self.dim, int(k.sum()), self.zero_mean, self.concentration, self.mean_var, self.cov_df, self.cov_scale
-        )
+        new = GaussianMixturePrior(self.dim, int(k.sum()), **self._settings())
         return new, _take_components(params, k)
 
 

@@ -1,0 +1,237 @@
+"""The smoothness prior: exact ELBO terms (Monte Carlo), monotone coordinate ascent, recovery of a
+known smoothing variance, sparse visits, band coverage and invariance to the sign of y."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+from scipy.special import multigammaln
+
+from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
+from dmlmm.data import sufficient_stats
+from dmlmm.metrics import adjusted_rand_index, coverage
+from dmlmm.priors.dmfa import DeepMixturePrior
+from dmlmm.priors.gaussian import GaussianMixturePrior
+from dmlmm.simulate import dgp1
+from test_vi_engine import (
+    _dir_logpdf,
+    _elbo_history,
+    _gauss_sample,
+    _ig_logpdf,
+    _ig_sample,
+    _mc_check,
+    _mvn_logpdf,
+    _start,
+)
+
+ROUGH = np.array([0.0, 0.0, 1.0, 6.0, 25.0])  # two polynomial coordinates, three rough ones
+
+
+def _smooth_stats(seed=0, n_subjects=30, n_obs=6):
+    """Toy data in 5 coordinates whose rough ones carry little signal."""
+    rng = np.random.default_rng(seed)
+    D = len(ROUGH)
+    codes = np.repeat(np.arange(n_subjects), n_obs)
+    X = rng.normal(size=(len(codes), D))
+    scale = 1.0 / np.sqrt(1.0 + ROUGH)
+    b = rng.normal(size=(n_subjects, D)) * scale + np.where(rng.random(n_subjects) < 0.5, 1.0, -1.0)[:, None] * scale
+    y = (X * b[codes]).sum(1) + 0.3 * rng.normal(size=len(codes))
+    return sufficient_stats(y, X, np.zeros((len(codes), 0)), codes, n_subjects)
+
+
+def _scale_pair_mc(f, S, rng, scale):
+    """Draws of (v, g) of a ScaleFactor and log p(v | g) p(g) - log q(v) q(g)."""
+    v, g = _ig_sample(f.var, S, rng), _ig_sample(f.aux, S, rng)
+    lp = _ig_logpdf(v, 0.5, 1 / g) - _ig_logpdf(v, f.var.shape, f.var.rate)
+    lp += _ig_logpdf(g, 0.5, 1 / scale**2) - _ig_logpdf(g, f.aux.shape, f.aux.rate)
+    return v, lp.reshape(S, -1).sum(1)
+
+
+def test_smooth_dmfa_prior_elbo_matches_monte_carlo():
+    stats = _smooth_stats()
+    prior = DeepMixturePrior(5, (2, 2), (2, 1), roughness=ROUGH)
+    params, _ = _start(stats, prior, iters=4)
+    rng = np.random.default_rng(3)
+    S = 40000
+    total = np.zeros(S)
+    rough = ROUGH > 0
+    for l, lay in enumerate(params.prior.layers):
+        G, nu2, A2, rho = prior.mean_scale[l], prior.loading_scale[l] ** 2, prior.delta_scale[l] ** 2, prior.concentration[l]
+        K = len(lay.weights.alpha)
+        pi = rng.dirichlet(lay.weights.alpha, size=S)
+        total += _dir_logpdf(pi, np.full(K, rho)) - _dir_logpdf(pi, lay.weights.alpha)
+        theta, mean, cov = _gauss_sample(lay.loadings, S, rng)  # (S, K, J, m+1)
+        J = theta.shape[2]
+        smooth = lay.smooth
+        assert (smooth is not None) == (l == 0)
+        row_rough = rough if l == 0 else np.zeros(J, dtype=bool)
+        g = _ig_sample(lay.mean_scale, S, rng)
+        tau = _ig_sample(lay.global_scale, S, rng)
+        lam2 = _ig_sample(lay.local_scale, S, rng)
+        mu_var = G * g
+        delta_rate0 = np.full((S,) + lay.delta.shape.shape, 1 / A2)
+        if smooth is not None:
+            v, lp = _scale_pair_mc(smooth.mean, S, rng, prior.smooth_scale)
+            total += lp
+            w, lp = _scale_pair_mc(smooth.delta, S, rng, prior.smooth_scale)
+            total += lp
+            lam = np.where(rough, ROUGH, 1.0)
+            mu_var = np.where(row_rough, v[:, :, None] / lam, mu_var)
+            delta_rate0 = np.where(row_rough, lam / w[:, :, None], delta_rate0)
+            if smooth.loadings is not None:
+                t, lp = _scale_pair_mc(smooth.loadings, S, rng, prior.smooth_scale)
+                total += lp
+        var = np.concatenate([mu_var[..., None], tau[:, :, None, None] * lam2], axis=-1)
+        if smooth is not None and smooth.loadings is not None:
+            var[..., 1:] = np.where(row_rough[None, None, :, None], t[:, :, None, :] / lam[None, None, :, None], var[..., 1:])
+        total += (-0.5 * np.log(2 * np.pi * var) - 0.5 * theta**2 / var).sum(axis=(1, 2, 3))
+        total -= _mvn_logpdf(theta, mean, cov).sum(axis=(1, 2))
+        delta = _ig_sample(lay.delta, S, rng)
+        h = _ig_sample(lay.delta_aux, S, rng)
+        a = _ig_sample(lay.local_aux, S, rng)
+        e = _ig_sample(lay.global_aux, S, rng)
+        mean_rows = ~row_rough
+        hs_rows = np.ones(J, dtype=bool) if (smooth is not None and smooth.loadings is None) else ~row_rough
+        for x, q, shape0, rate0, rows in (
+            (delta, lay.delta, 0.5, 1 / h, np.ones(J, dtype=bool)),
+            (h, lay.delta_aux, 0.5, delta_rate0, np.ones(J, dtype=bool)),
+            (g, lay.mean_scale, 0.5, 0.5, mean_rows),
+            (lam2, lay.local_scale, 0.5, 1 / a, hs_rows),
+            (a, lay.local_aux, 0.5, 1.0, hs_rows),
+        ):
+            lp = _ig_logpdf(x, shape0, rate0) - _ig_logpdf(x, q.shape, q.rate)
+            total += lp[:, :, rows].reshape(S, -1).sum(1)
+        for x, q, shape0, rate0 in ((tau, lay.global_scale, 0.5, 1 / e), (e, lay.global_aux, 0.5, 1 / nu2)):
+            total += (_ig_logpdf(x, shape0, rate0) - _ig_logpdf(x, q.shape, q.rate)).reshape(S, -1).sum(1)
+    _mc_check(total, prior.elbo(params.prior), "smooth DMFA prior factors")
+
+
+def test_smooth_gaussian_mixture_prior_elbo_matches_monte_carlo():
+    stats = _smooth_stats(seed=4)
+    D = len(ROUGH)
+    prior = GaussianMixturePrior(D, 2, roughness=ROUGH)
+    params, _ = _start(stats, prior, iters=4)
+    pp = params.prior
+    rng = np.random.default_rng(5)
+    S = 20000
+    rough = ROUGH > 0
+    lam = np.where(rough, ROUGH, 1.0)
+    pi = rng.dirichlet(pp.weights.alpha, size=S)
+    total = _dir_logpdf(pi, np.full(2, prior.concentration)) - _dir_logpdf(pi, pp.weights.alpha)
+    v, lp = _scale_pair_mc(pp.mean_smooth, S, rng, prior.smooth_scale)
+    total += lp
+    w, lp = _scale_pair_mc(pp.cov_smooth, S, rng, prior.smooth_scale)
+    total += lp
+    mu, mean, cov = _gauss_sample(pp.mean, S, rng)  # (S, K, D)
+    mu_var = np.where(rough, v[:, :, None] / lam, prior.mean_var)
+    total += (-0.5 * np.log(2 * np.pi * mu_var) - 0.5 * mu**2 / mu_var).sum(axis=(1, 2))
+    total -= _mvn_logpdf(mu, mean, cov).sum(1)
+    a = _ig_sample(pp.cov_aux, S, rng)  # (S, K, D)
+    rate0 = np.where(rough, lam / w[:, :, None], 1 / prior.cov_scale**2)
+    total += (_ig_logpdf(a, 0.5, rate0) - _ig_logpdf(a, pp.cov_aux.shape, pp.cov_aux.rate)).sum(axis=(1, 2))
+    df0 = prior.cov_df + D - 1
+    for k in range(2):
+        sig = st.invwishart.rvs(df=pp.cov.df[k], scale=pp.cov.scale[k], size=S, random_state=rng)
+        # IW log density with scale 2 nu diag(1/a), vectorised over draws
+        sinv = np.linalg.inv(sig)
+        psi_diag = 2 * prior.cov_df / a[:, k]
+        _, logdet_sig = np.linalg.slogdet(sig)
+        prior_lp = (
+            0.5 * df0 * np.log(psi_diag).sum(-1) - 0.5 * df0 * D * np.log(2) - multigammaln(0.5 * df0, D)
+            - 0.5 * (df0 + D + 1) * logdet_sig - 0.5 * np.einsum("sd,sdd->s", psi_diag, sinv)
+        )
+        total += prior_lp - st.invwishart.logpdf(sig.transpose(1, 2, 0), df=pp.cov.df[k], scale=pp.cov.scale[k])
+    _mc_check(total, prior.elbo(pp), "smooth Gaussian-mixture prior factors")
+
+
+@pytest.mark.parametrize("ks,ds", [((3, 2), (2, 1)), ((2,), (3,))])
+def test_elbo_never_decreases_with_smoothing_dmfa(ks, ds):
+    stats = _smooth_stats(seed=1, n_subjects=40)
+    h = _elbo_history(stats, DeepMixturePrior(5, ks, ds, roughness=ROUGH), 0, 80)
+    assert np.all(np.diff(h) >= -1e-9 * np.abs(h[1:])), np.diff(h).min()
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_elbo_never_decreases_with_smoothing_gaussian_mixture(k):
+    stats = _smooth_stats(seed=2, n_subjects=40)
+    h = _elbo_history(stats, GaussianMixturePrior(5, k, roughness=ROUGH), 0, 60)
+    assert np.all(np.diff(h) >= -1e-9 * np.abs(h[1:])), np.diff(h).min()
+
+
+def test_known_smoothing_variance_of_the_mean_curve_is_recovered():
+    """Curves whose mean has P-spline coefficients mu_d ~ N(0, v / lam_d) with v known: the
+    posterior q(v) of the Gaussian (one-component) model covers the truth."""
+    rng = np.random.default_rng(7)
+    basis = SplineBasis(30, lower=0.0, upper=1.0, knots="uniform").fit()
+    V, lam = basis.smoothing_basis(2)
+    v_true = 400.0
+    mu = np.r_[1.0, -0.5, rng.normal(size=28) * np.sqrt(v_true / lam[2:])]
+    n_sub, n_obs = 400, 25
+    t = rng.uniform(0, 1, (n_sub, n_obs))
+    dev = rng.normal(size=(n_sub, 2)) * 0.3  # subject level and trend
+    f = (basis.transform(t.ravel()) @ V @ mu).reshape(n_sub, n_obs) + dev[:, :1] + dev[:, 1:] * (t - 0.5)
+    y = f + 0.05 * rng.normal(size=f.shape)
+    df = pd.DataFrame({"subject": np.repeat(np.arange(n_sub), n_obs), "time": t.ravel(), "y": y.ravel()})
+    m = MixtureLMM(1, basis=SplineBasis(30, lower=0.0, upper=1.0, knots="uniform"), random_state=0).fit(df)
+    q = m.params_.prior.mean_smooth.var  # on the standardised scale: v / y_scale^2
+    v_std = v_true / m.design_.y_scale**2
+    lo, hi = st.invgamma.ppf([0.0005, 0.9995], a=q.shape[0], scale=q.rate[0])
+    assert lo < v_std < hi, (lo, v_std, hi)
+    assert hi / lo < 6  # informative: the data pin v down within a small factor
+
+
+def _sparse_visits(seed=0, n_subjects=120):
+    """Blackmore-like: visits only at ages 8, 10, 12, 14, 16, non-negative responses."""
+    rng = np.random.default_rng(seed)
+    ages = np.array([8.0, 10.0, 12.0, 14.0, 16.0])
+    rows = []
+    for i in range(n_subjects):  # building a test frame, not numerical code
+        grp = i % 2
+        level = rng.gamma(2.0, 1.0) + grp * 2.0 * (ages - 8) / 4
+        y = np.maximum(level + rng.normal(0, 0.7, len(ages)), 0.0)
+        keep = np.sort(rng.choice(len(ages), size=rng.integers(2, 6), replace=False))
+        rows.append(pd.DataFrame({"subject": i, "age": ages[keep], "y": y[keep]}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_sparse_visits_curves_stay_in_range_and_bands_widen_between_visits():
+    df = _sparse_visits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = DeepMixtureLMM(random_state=0).fit(df, "subject", "age", "y")
+    grid = np.linspace(8, 16, 81)
+    traj = m.predict_trajectory(df, times=grid)
+    lo, hi = df.y.min(), df.y.max()
+    span = hi - lo
+    assert traj["mean"].between(lo - 0.25 * span, hi + 0.25 * span).all(), (traj["mean"].min(), traj["mean"].max())
+    assert (m.cluster_means_["mean"].between(lo - 0.25 * span, hi + 0.25 * span)).all()
+    width = (traj["upper"] - traj["lower"]).to_numpy().reshape(-1, len(grid))
+    at_visit = width[:, np.isin(grid, [10.0, 12.0])].mean()
+    between = width[:, np.isin(np.round(grid, 6), [11.0])].mean()
+    assert between > at_visit
+
+
+def test_bands_of_the_true_curve_cover_it_on_simulated_data():
+    sim = dgp1(random_state=3, n_subjects=200)
+    m = DeepMixtureLMM(random_state=0, basis=SplineBasis(lower=0, upper=1)).fit(sim.data)
+    grid = np.unique(sim.truth["time"])
+    cov = coverage(sim.truth, m.predict_trajectory(sim.data, times=grid))
+    assert 0.85 <= cov <= 0.99, cov
+
+
+def test_clustering_does_not_depend_on_the_sign_of_y_or_the_direction_of_time():
+    sim = dgp1(random_state=1, n_subjects=150)
+    d = sim.data
+    kw = dict(random_state=0, basis=SplineBasis(lower=0, upper=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = DeepMixtureLMM(**kw).fit(d)
+        b = DeepMixtureLMM(**kw).fit(d.assign(y=-d.y))
+        c = DeepMixtureLMM(**kw).fit(d.assign(time=1.0 - d.time))
+    assert adjusted_rand_index(a.labels_, b.labels_) == pytest.approx(1.0)
+    assert b.elbo_ == pytest.approx(a.elbo_, rel=1e-6)
+    assert adjusted_rand_index(a.labels_, c.labels_) > 0.95
