@@ -33,7 +33,10 @@ The file (conventionally ``*.dmlmm``) is a ZIP archive with two members:
       responsibilities, cluster tables, ...): an index is
       ``{"range": [start, stop, step], "name": ...}`` or
       ``{"values": [...], "dtype": "...", "name": ...}`` (labels as a JSON
-      list with their pandas dtype); a table's columns are arrays ``<key>.<i>``.
+      list with their pandas dtype); a table's columns are arrays ``<key>.<i>``;
+    - ``response_transform`` (optional): ``"log"`` or ``"log1p"`` when the
+      response was transformed before fitting (``dmlmm fit --transform``);
+      absent or ``"none"`` otherwise. ``dmlmm predict`` applies it to new data.
 
 ``arrays.npz``
     A NumPy ``.npz`` archive of plain numeric arrays (no object arrays), read
@@ -41,16 +44,25 @@ The file (conventionally ``*.dmlmm``) is a ZIP archive with two members:
 
 Nothing is pickled: a model file cannot run code when loaded. Python floats
 are written by ``json`` with ``repr``, which round-trips float64 exactly.
+
+Reading checks the file before handing the model out: any failure to read the
+archive (a bad CRC, a damaged deflate stream, truncation), malformed JSON,
+metadata that disagree with the arrays (shapes, counts), non-finite values,
+non-positive variances or concentrations, probabilities that do not sum to one
+and a model that cannot predict are all reported as :class:`ModelFileError`
+("'<path>' is corrupt: ...").
 """
 
 from __future__ import annotations
 
+import importlib
 import io as _io
 import json
 import os
 import tempfile
+import warnings
 import zipfile
-from dataclasses import fields, is_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +96,28 @@ def _prior_classes() -> dict[str, type]:
     return {c.__name__: c for c in (GaussianMixturePrior, DeepMixturePrior)}
 
 
+class _ParamRegistry(dict):
+    """Parameter classes by dotted name: the known ones, and any other dataclass of the
+    library's own inference and prior modules (new parameter classes need no registration;
+    nothing outside those modules is ever imported)."""
+
+    _MODULES = ("dmlmm.inference.", "dmlmm.priors.")
+
+    def get(self, name, default=None):
+        if name in self:
+            return self[name]
+        if not isinstance(name, str) or not name.startswith(self._MODULES):
+            return default
+        module, _, qualname = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), qualname, None)
+        except ImportError:
+            return default
+        if isinstance(cls, type) and is_dataclass(cls) and f"{cls.__module__}.{cls.__qualname__}" == name:
+            return cls
+        return default
+
+
 def _param_classes() -> dict[str, type]:
     """The only dataclasses a model file may name (no arbitrary imports on load)."""
     from .inference.engine import VariationalParams
@@ -92,18 +126,20 @@ def _param_classes() -> dict[str, type]:
     from .priors.gaussian import GaussianMixtureParams
 
     classes = (VariationalParams, InvGamma, Dirichlet, Gaussian, InvWishart, GaussianMixtureParams, DMFAParams, LayerParams)
-    return {f"{c.__module__}.{c.__qualname__}": c for c in classes}
+    return _ParamRegistry({f"{c.__module__}.{c.__qualname__}": c for c in classes})
 
 
 # ---------------------------------------------------------------------------- JSON helpers
 def _jsonable(v: Any) -> Any:
-    """Plain JSON values from numpy / pandas scalars and tuples (TypeError for anything else)."""
+    """Plain JSON values from numpy / pandas scalars, numeric arrays and tuples (TypeError for anything else)."""
     if v is None or isinstance(v, (bool, str)):
         return v
     if isinstance(v, (int, float)):
         return v
     if isinstance(v, np.generic):
         return _jsonable(v.item())
+    if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+        return _jsonable(v.tolist())  # nested lists; floats round-trip exactly through repr
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     if isinstance(v, dict):
@@ -170,10 +206,14 @@ def unflatten_tree(node: Any, arrays: dict[str, np.ndarray], classes: dict[str, 
     if cls is None:
         raise ModelFileError(f"unknown parameter type {node.get('type')!r} in the model file")
     given = node.get("fields", {})
+    if not isinstance(given, dict):
+        raise ModelFileError(f"malformed fields of parameter type {cls.__name__}")
     names = [f.name for f in fields(cls)]
-    if sorted(given) != sorted(names):
+    # fields added to a class later (with a default) may be absent from older files
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    if set(given) - set(names) or set(required) - set(given):
         raise ModelFileError(f"parameter type {cls.__name__} expects fields {names}, the file has {sorted(given)}")
-    return cls(**{n: unflatten_tree(given[n], arrays, classes) for n in names})
+    return cls(**{n: unflatten_tree(given[n], arrays, classes) for n in names if n in given})
 
 
 # ---------------------------------------------------------------------------- pandas helpers
@@ -316,13 +356,20 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
 
 
 # ---------------------------------------------------------------------------- files
-def save_model(model, path: str | os.PathLike) -> Path:
+def save_model(model, path: str | os.PathLike, *, response_transform: str | None = None) -> Path:
     """Write a fitted model to ``path`` (format in the module docstring); returns the path.
 
     The file is written to a temporary name next to ``path`` and renamed, so an
     interrupted save never leaves a half-written model behind.
+
+    Parameters
+    ----------
+    response_transform : {"log", "log1p"}, optional
+        The transform the response was fitted on (recorded for ``dmlmm predict``).
     """
     meta, arrays = model_to_dict(model)
+    if response_transform not in (None, "none"):
+        meta["response_transform"] = str(response_transform)
     try:
         text = json.dumps(meta, indent=1, allow_nan=True)
     except TypeError as e:  # pragma: no cover - _jsonable already checked
@@ -360,8 +407,19 @@ def _open(path: str | os.PathLike) -> zipfile.ZipFile:
         raise ModelFileError(f"'{path}' is a folder, not a dmlmm model file")
     try:
         return zipfile.ZipFile(path, "r")
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise ModelFileError(f"'{path}' is not a dmlmm model file (not a model archive: {e})") from None
+    except Exception as e:  # BadZipFile, OSError, EOFError, ValueError, struct.error, ...
+        with open(path, "rb") as fh:
+            zip_like = fh.read(4) == b"PK\x03\x04"
+        if zip_like:
+            raise ModelFileError(f"'{path}' is corrupt: its archive cannot be read ({_reason(e)})") from None
+        raise ModelFileError(f"'{path}' is not a dmlmm model file (not a model archive: {_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    """One line for an exception; foreign types (zlib.error, ...) named, since their messages do not say."""
+    text = " ".join(str(e).split()) or "no detail"
+    kind = type(e)
+    return text if kind.__module__ in ("builtins", "zipfile") else f"{kind.__module__}.{kind.__qualname__}: {text}"
 
 
 def _check_meta(zf: zipfile.ZipFile, path) -> dict:
@@ -373,8 +431,8 @@ def _check_meta(zf: zipfile.ZipFile, path) -> dict:
         raise ModelFileError(f"'{path}' is not a dmlmm model file ({_META} is implausibly large)")
     try:
         meta = json.loads(zf.read(_META).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError, EOFError) as e:
-        raise ModelFileError(f"'{path}' is corrupt: its {_META} cannot be read ({e})") from None
+    except Exception as e:  # a bad CRC, zlib.error, truncation, invalid UTF-8 or JSON
+        raise ModelFileError(f"'{path}' is corrupt: its {_META} cannot be read ({_reason(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ModelFileError(f"'{path}' is not a dmlmm model file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     version = meta.get("format_version")
@@ -385,11 +443,34 @@ def _check_meta(zf: zipfile.ZipFile, path) -> dict:
             f"'{path}' was written by a newer dmlmm (format version {version}); upgrade dmlmm "
             f"(this dmlmm reads format version {FORMAT_VERSION})"
         )
+    transform = meta.get("response_transform", "none")
+    if transform not in RESPONSE_TRANSFORMS:
+        raise ModelFileError(f"'{path}' is corrupt: unknown response_transform {transform!r}")
     return meta
+
+
+RESPONSE_TRANSFORMS = ("none", "log", "log1p")
+
+
+def _read_arrays(zf: zipfile.ZipFile, path) -> dict[str, np.ndarray]:
+    try:
+        raw = zf.read(_ARRAYS)
+    except KeyError:
+        raise ModelFileError(f"'{path}' is corrupt: no {_ARRAYS} inside") from None
+    except Exception as e:
+        raise ModelFileError(f"'{path}' is corrupt: its arrays cannot be read ({_reason(e)})") from None
+    try:
+        with np.load(_io.BytesIO(raw), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as e:
+        raise ModelFileError(f"'{path}' is corrupt: its arrays cannot be read ({_reason(e)})") from None
 
 
 def load(path: str | os.PathLike):
     """Load a model saved with ``model.save(path)``.
+
+    The file is checked before the model is returned (see the module docstring), so a
+    damaged or hand-edited file is refused here rather than failing later in prediction.
 
     Raises
     ------
@@ -398,21 +479,23 @@ def load(path: str | os.PathLike):
     ModelFileError (a ValueError)
         The file is not a dmlmm model, is corrupt, or was written by a newer dmlmm.
     """
+    from ._model_checks import check_model
+
     with _open(path) as zf:
         meta = _check_meta(zf, path)
-        try:
-            with np.load(_io.BytesIO(zf.read(_ARRAYS)), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except KeyError:
-            raise ModelFileError(f"'{path}' is corrupt: no {_ARRAYS} inside") from None
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise ModelFileError(f"'{path}' is corrupt: its arrays cannot be read ({e})") from None
+        arrays = _read_arrays(zf, path)
     try:
-        return model_from_dict(meta, arrays)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = model_from_dict(meta, arrays)
     except ModelFileError as e:
         raise ModelFileError(f"'{path}' is corrupt: {e}") from None
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise ModelFileError(f"'{path}' is corrupt or incomplete ({type(e).__name__}: {e})") from None
+    except Exception as e:  # KeyError, TypeError, ValueError, IndexError, AttributeError, ...
+        raise ModelFileError(f"'{path}' is corrupt or incomplete ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    problem = check_model(model)
+    if problem:
+        raise ModelFileError(f"'{path}' is corrupt: {problem}")
+    return model
 
 
 load_model = load
