@@ -1,38 +1,70 @@
-"""dmlmm: deep mixtures of linear mixed models for longitudinal data."""
+"""dmlmm: deep mixtures of linear mixed models for longitudinal data.
 
-from .basis import SplineBasis
-from .data import Longitudinal
-from .lmm import LinearMixedModel
-from .models import DeepMixtureLMM, MixtureLMM
-from .io import load
-from . import compat, metrics, simulate  # noqa: E402  (dmlmm.simulate.dgp1 etc. without extra imports)
-from .selection import select_model
-from .exceptions import (
-    ConvergenceWarning,
-    DataError,
-    EmptyComponentWarning,
-    ExtrapolationWarning,
-    IdentifiabilityWarning,
-    NotFittedError,
-)
+The public names are imported on first use (PEP 562), so that ``import dmlmm``
+and the ``dmlmm`` command (``dmlmm --help``) start without loading numpy,
+scipy and pandas; ``dmlmm.DeepMixtureLMM`` and ``from dmlmm import load`` work
+as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SplineBasis",
-    "Longitudinal",
-    "LinearMixedModel",
-    "MixtureLMM",
-    "DeepMixtureLMM",
-    "load",
-    "select_model",
-    "simulate",
-    "metrics",
-    "compat",
-    "ConvergenceWarning",
-    "DataError",
-    "EmptyComponentWarning",
-    "ExtrapolationWarning",
-    "IdentifiabilityWarning",
-    "NotFittedError",
-]
+# public name -> module that defines it (a submodule for compat, metrics, simulate)
+_EXPORTS = {
+    "SplineBasis": ".basis",
+    "Longitudinal": ".data",
+    "LinearMixedModel": ".lmm",
+    "MixtureLMM": ".models",
+    "DeepMixtureLMM": ".models",
+    "load": ".io",
+    "select_model": ".selection",
+    "simulate": None,
+    "metrics": None,
+    "compat": None,
+    "ConvergenceWarning": ".exceptions",
+    "DataError": ".exceptions",
+    "EmptyComponentWarning": ".exceptions",
+    "ExtrapolationWarning": ".exceptions",
+    "IdentifiabilityWarning": ".exceptions",
+    "NotFittedError": ".exceptions",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dmlmm' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    if module is None:  # a submodule (dmlmm.simulate, ...)
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from . import compat, metrics, simulate
+    from .basis import SplineBasis
+    from .data import Longitudinal
+    from .exceptions import (
+        ConvergenceWarning,
+        DataError,
+        EmptyComponentWarning,
+        ExtrapolationWarning,
+        IdentifiabilityWarning,
+        NotFittedError,
+    )
+    from .io import load
+    from .lmm import LinearMixedModel
+    from .models import DeepMixtureLMM, MixtureLMM
+    from .selection import select_model
