@@ -218,7 +218,9 @@ class CovariateEncoding:
         levels: dict = {}
         for c in columns:
             s = df[c]
-            if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+            numeric_text = (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)) and \
+                s.notna().any() and pd.to_numeric(s.dropna(), errors="coerce").notna().all()  # "1.5" as the response
+            if not numeric_text and (pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s)):
                 cats = pd.unique(s.dropna())
                 try:
                     cats = sorted(cats)
@@ -241,7 +243,7 @@ class CovariateEncoding:
             lv = self.levels.get(c)
             s = df[c]
             if lv is None:
-                cols.append(np.asarray(s, dtype=float)[:, None])
+                cols.append(as_numeric(s, f"covariate column '{c}'")[:, None])
             else:
                 unknown = set(pd.unique(s.dropna())) - set(lv)
                 if unknown:
