@@ -29,20 +29,28 @@ FrameLike = pd.DataFrame | Longitudinal
 _INIT_SMOOTHING = 1e-3  # ridge penalty per unit roughness of the starting per-subject fits
 
 
-def ridge_estimates(stats: SufficientStats, penalty: float | np.ndarray = 0.5) -> np.ndarray:
+def ridge_estimates(
+    stats: SufficientStats, penalty: float | np.ndarray = 0.5, roughness: np.ndarray | None = None
+) -> np.ndarray:
     """Per-subject ridge fits of b_i shrunk towards the pooled fit, shape (N, D) (batched solves).
 
-    ``penalty`` is a scalar or one value per coordinate (D,)."""
+    ``penalty`` is a scalar or one value per coordinate (D,). With ``roughness`` (D,) the
+    pooled fit and the subjects' fits are also penalised by ``_INIT_SMOOTHING * roughness``:
+    with sparse, tied visit times an unpenalised pooled curve can swing wildly between the
+    visits in directions the data do not see, and would start the fit there.
+    """
     D, P = stats.dim_random, stats.dim_fixed
+    rough = np.zeros(D) if roughness is None else _INIT_SMOOTHING * np.asarray(roughness, dtype=float)
     A = np.zeros((D + P, D + P))
     A[:D, :D] = stats.XtX.sum(0)
     A[:D, D:] = stats.XtF.sum(0)
     A[D:, :D] = A[:D, D:].T
     A[D:, D:] = stats.FtF.sum(0)
     rhs = np.r_[stats.Xty.sum(0), stats.Fty.sum(0)]
+    A[:D, :D] += np.diag(rough * max(1.0, float(stats.n_subjects)))
     pooled = np.linalg.solve(A + 1e-8 * np.trace(A) / (D + P) * np.eye(D + P), rhs)
     b0, w0 = pooled[:D], pooled[D:]
-    lhs = stats.XtX + np.broadcast_to(penalty, (D,)) * np.eye(D)
+    lhs = stats.XtX + (np.broadcast_to(penalty, (D,)) + rough) * np.eye(D)
     r = stats.Xty - stats.XtF @ w0 + penalty * b0
     return np.linalg.solve(lhs, r[..., None])[..., 0]
 
@@ -144,7 +152,7 @@ class VariationalLongitudinalModel:
         t0 = perf_counter()
         rng = np.random.default_rng(self.random_state)
         rough = design.roughness
-        b_hat = ridge_estimates(stats, 0.5 if rough is None else 0.5 + _INIT_SMOOTHING * rough)
+        b_hat = ridge_estimates(stats, 0.5, rough)
         best = None
         for _ in range(int(self.n_init)):
             prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
