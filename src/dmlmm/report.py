@@ -26,7 +26,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["FitResults", "collect_results", "render_report", "write_report", "time_grid"]
+__all__ = ["FitResults", "collect_results", "render_report", "write_report", "time_grid", "cluster_numbering",
+           "cluster_table", "add_cluster_columns"]
 
 _COLORS = colormaps["tab10"].colors
 _RAW = "#9aa5b1"
@@ -45,13 +46,19 @@ class FitResults:
     ----------
     model : the fitted model.
     data : DataFrame with columns subject, time, response (the rows fitted, user names in ``names``).
-    names : dict with the user's column names under "subject", "time", "response".
-    trajectories : DataFrame subject, time, mean, lower, upper (each subject's curve on a grid).
-    clusters : DataFrame subject, cluster, probability, group; None for models without clusters.
-    cluster_curves : DataFrame cluster, time, mean, lower, upper, weight; None if unavailable.
+    names : dict with the user's column names under "subject", "time", "response" (the response's
+        as modelled, e.g. ``log(y)`` after a transform).
+    trajectories : DataFrame subject, time, mean, lower, upper, beyond_last_visit (each subject's curve
+        on a grid), then the cluster columns of ``clusters`` (cluster, probability, cluster_layer1).
+    clusters : DataFrame subject, cluster, probability and, for models of more than one layer,
+        cluster_layer1 (the most probable first-layer component); None for models without clusters.
+        Clusters and first-layer components are numbered without gaps (see :func:`cluster_numbering`).
+    cluster_curves : DataFrame cluster, time, mean, lower, upper, weight (clusters numbered as in
+        ``clusters``); None if unavailable.
     elbo_history : ndarray or None.
     summary : str, the model's text summary.
     facts : dict of headline numbers (label -> formatted value).
+    interval : float, the probability of the trajectories' bands.
     """
 
     model: Any
@@ -63,10 +70,12 @@ class FitResults:
     elbo_history: np.ndarray | None
     summary: str
     facts: dict = field(default_factory=dict)
+    interval: float = 0.95
 
 
 # ---------------------------------------------------------------------------- results
-def collect_results(model, frame: pd.DataFrame, *, grid: np.ndarray | None = None, interval: float = 0.95) -> FitResults:
+def collect_results(model, frame: pd.DataFrame, *, grid: np.ndarray | None = None, interval: float = 0.95,
+                    response_label: str | None = None) -> FitResults:
     """Trajectories, clusters and headline numbers of a fitted model on the data it was fitted to.
 
     Parameters
@@ -75,12 +84,18 @@ def collect_results(model, frame: pd.DataFrame, *, grid: np.ndarray | None = Non
     frame : DataFrame, the long data (rows with missing values already dropped).
     grid : times for the trajectories (default: 100 points over the model's time range).
     interval : central probability of the bands.
+    response_label : how figures name the response (default: its column name).
     """
     from .models.base import VariationalLongitudinalModel
 
     if isinstance(model, VariationalLongitudinalModel):
-        return _collect_variational(model, frame, grid, interval)
-    return _collect_lmm(model, frame, grid, interval)
+        res = _collect_variational(model, frame, grid, interval)
+    else:
+        res = _collect_lmm(model, frame, grid, interval)
+    res.interval = interval
+    if response_label:
+        res.names["response"] = response_label
+    return res
 
 
 def _long(frame: pd.DataFrame, names: dict) -> pd.DataFrame:
@@ -89,20 +104,68 @@ def _long(frame: pd.DataFrame, names: dict) -> pd.DataFrame:
     return out
 
 
+def _gap_free(used: np.ndarray, total: int) -> np.ndarray:
+    """Map of ``total`` model numbers: the ``used`` ones to 0, 1, ... in their order, the rest after them."""
+    mapping = np.empty(total, dtype=int)
+    used = np.unique(np.asarray(used, dtype=int))
+    rest = np.setdiff1d(np.arange(total), used)
+    mapping[used] = np.arange(len(used))
+    mapping[rest] = len(used) + np.arange(len(rest))
+    return mapping
+
+
+def cluster_numbering(model) -> tuple[np.ndarray, np.ndarray]:
+    """The output numbers of a fitted mixture's clusters and first-layer components.
+
+    The model numbers its clusters by size (0 the largest); some may hold no subject as
+    most probable cluster. The outputs number the clusters that hold subjects 0, 1, ... in
+    the model's order, without gaps, and any other cluster after them (such a number appears
+    only when a new subject's most probable cluster is one no fitted subject was in); the
+    same for the first-layer components. Returns two arrays indexed by the model's numbers.
+    """
+    clusters = _gap_free(model.labels_.to_numpy(), model.responsibilities_.shape[1])
+    groups = _gap_free(model.groups_.to_numpy(), model.group_proba_.shape[1])
+    return clusters, groups
+
+
+def _has_layers(model) -> bool:
+    return len(tuple(np.atleast_1d(model.n_components_))) > 1
+
+
+def cluster_table(model, proba: pd.DataFrame, group_proba: pd.DataFrame | None = None) -> pd.DataFrame:
+    """subject, cluster, probability (and cluster_layer1 for deep models) from posterior probabilities.
+
+    ``proba`` (subjects x clusters, the model's numbering) as from ``predict_proba``;
+    ``group_proba`` from ``predict_group_proba`` (deep models only).
+    """
+    cmap, gmap = cluster_numbering(model)
+    p = proba.to_numpy()
+    table = pd.DataFrame({"subject": proba.index.to_numpy(), "cluster": cmap[p.argmax(axis=1)],
+                          "probability": p.max(axis=1)})
+    if _has_layers(model) and group_proba is not None:
+        table["cluster_layer1"] = gmap[group_proba.to_numpy().argmax(axis=1)]
+    return table
+
+
+def add_cluster_columns(traj: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFrame:
+    """``traj`` (a subject column first) with the cluster columns of ``clusters`` matched by subject."""
+    out = traj.copy()
+    by_subject = clusters.set_index("subject")
+    for col in by_subject.columns:
+        out[col] = out["subject"].map(by_subject[col]).to_numpy()
+    return out
+
+
 def _collect_variational(model, frame, grid, interval) -> FitResults:
     c = model.design_.columns
     names = {"subject": c.subject, "time": c.time, "response": c.response}
     if grid is None:
         grid = time_grid(model.design_.basis.lower_, model.design_.basis.upper_)
-    traj = model.predict_trajectory(frame, times=grid, interval=interval)
-    proba = model.responsibilities_
-    clusters = pd.DataFrame({
-        "subject": model.subjects_.to_numpy(),
-        "cluster": model.labels_.to_numpy(),
-        "probability": proba.to_numpy().max(axis=1),
-        "group": model.groups_.to_numpy(),
-    })
-    sizes = model.labels_.value_counts()
+    clusters = cluster_table(model, model.responsibilities_, model.group_proba_)
+    traj = add_cluster_columns(model.predict_trajectory(frame, times=grid, interval=interval), clusters)
+    curves = model.cluster_means_.copy()
+    curves["cluster"] = cluster_numbering(model)[0][curves["cluster"].to_numpy()]
+    sizes = clusters["cluster"].value_counts()
     facts = {
         "model": type(model).__name__,
         "subjects": f"{len(model.subjects_)}",
@@ -112,7 +175,7 @@ def _collect_variational(model, frame, grid, interval) -> FitResults:
         "iterations": f"{model.n_iter_}" + ("" if model.converged_ else " (not converged)"),
         "fit time": f"{model.fit_seconds_:.1f} s",
     }
-    return FitResults(model, _long(frame, names), names, traj, clusters, model.cluster_means_,
+    return FitResults(model, _long(frame, names), names, traj, clusters, curves,
                       np.asarray(model.elbo_history_), model.summary(), facts)
 
 
@@ -129,9 +192,12 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
     for cv in covs:
         rows[cv] = np.repeat(last[cv].to_numpy(), len(grid))
     pred = model.predict(rows, interval=interval)
+    last_time = frame.groupby(cols.subject, sort=True)[cols.time].max()
     traj = pd.DataFrame({"subject": rows[cols.subject].to_numpy(), "time": rows[cols.time].to_numpy(),
                          "mean": pred["mean"].to_numpy(), "lower": pred["lower"].to_numpy(),
-                         "upper": pred["upper"].to_numpy()})
+                         "upper": pred["upper"].to_numpy(),
+                         "beyond_last_visit": rows[cols.time].to_numpy() > np.repeat(
+                             pd.to_numeric(last_time.reindex(subjects)).to_numpy(float), len(grid))})
     curves = None
     if not covs:
         pop = model.predict(grid, level="population", interval=interval)
@@ -288,7 +354,7 @@ def fig_examples(res: FitResults, n: int = 9) -> str:
         tr = res.trajectories[res.trajectories["subject"] == s]
         ob = res.data[res.data["subject"] == s]
         ax.fill_between(tr["time"], tr["lower"], tr["upper"], color=col, alpha=0.2, linewidth=0)
-        ax.plot(tr["time"], tr["mean"], color=col, linewidth=2)
+        _plot_curve(ax, tr, col)
         ax.scatter(ob["time"], ob["response"], color="black", s=16, zorder=3)
         lo, hi = _ylim(res, tr["mean"].to_numpy())
         ax.set_ylim(max(lo, float(tr["lower"].min()) - 0.05 * (hi - lo)), min(hi, float(tr["upper"].max()) + 0.05 * (hi - lo)))
@@ -297,6 +363,20 @@ def fig_examples(res: FitResults, n: int = 9) -> str:
     for j in range(len(subjects), nrow * ncol):
         axes.flat[j].set_visible(False)
     return _png(fig)
+
+
+def _plot_curve(ax, tr: pd.DataFrame, color) -> None:
+    """A subject's fitted curve: solid up to its last visit, dashed beyond it (a forecast)."""
+    t, m = tr["time"].to_numpy(float), tr["mean"].to_numpy(float)
+    beyond = tr["beyond_last_visit"].to_numpy(bool) if "beyond_last_visit" in tr else np.zeros(len(t), bool)
+    if not beyond.any():
+        ax.plot(t, m, color=color, linewidth=2)
+        return
+    first = int(np.argmax(beyond))  # grid times are increasing: the forecast is the tail
+    if first > 0:
+        ax.plot(t[:first], m[:first], color=color, linewidth=2)
+    start = max(first - 1, 0)  # join the dashed part to the solid one
+    ax.plot(t[start:], m[start:], color=color, linewidth=2, linestyle=(0, (4, 2.5)))
 
 
 def fig_membership(res: FitResults) -> str | None:
@@ -386,6 +466,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _percent(p: float) -> str:
+    return f"{100 * p:.4g} %"
+
+
 def _section(sid: str, title: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{html.escape(title)}</h2>{body}</section>'
 
@@ -397,8 +481,9 @@ def _cluster_table(res: FitResults) -> str:
         "subjects": g.size(),
         "share": g.size() / len(cl),
         "mean probability": g["probability"].mean(),
-        "first-layer group": g["group"].agg(lambda s: ", ".join(str(v) for v in sorted(s.unique()))),
     })
+    if "cluster_layer1" in cl:
+        tab["first-layer cluster"] = g["cluster_layer1"].agg(lambda s: ", ".join(str(v) for v in sorted(s.unique())))
     obs = res.data.groupby("subject").size()
     tab["observations"] = g["subject"].agg(lambda s: int(obs.reindex(s).sum()))
     return _table(tab)
@@ -445,6 +530,7 @@ def render_report(
     d = res.data
     counts = d.groupby("subject").size()
     facts = {
+        "response": res.names["response"],
         "observations": f"{len(d)}",
         "per subject": (f"{counts.min()}–{counts.max()} (median {counts.median():g})" if counts.max() > counts.min()
                         else f"{counts.min()}"),
@@ -467,8 +553,9 @@ def render_report(
             + (_cluster_table(res) if res.clusters is not None else "")))
     sections.append(_section(
         "examples", "Example subjects",
-        '<p class="note">Observed values (points), the subject\'s fitted curve given its observations (line) and its '
-        "95 % predictive band for the curve.</p>" + _img(fig_examples(res), "example subjects")))
+        '<p class="note">Observed values (points), the subject\'s fitted curve given its observations (line; dashed '
+        f"after the subject's last visit, where it is a forecast) and its {_percent(res.interval)} predictive band "
+        "for the curve.</p>" + _img(fig_examples(res), "example subjects")))
     memb = fig_membership(res)
     if memb is not None:
         sections.append(_section("membership", "Cluster sizes and membership certainty",

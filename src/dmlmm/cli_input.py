@@ -1,0 +1,258 @@
+"""Input of the ``dmlmm`` command line: CSV files, column checks, response transforms, basis size.
+
+:func:`read_csv` reads what a spreadsheet or another program is likely to
+produce: compressed files (gzip, bz2, xz, zip, zstd; recognised by their
+content, whatever the name), comma-, semicolon-, tab- or bar-separated values
+(semicolon files may use decimal commas), UTF-8 with or without a byte-order
+mark, UTF-16 with one, and, with a warning, Windows-1252 or Latin-1. Every
+problem is a :class:`InputError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import difflib
+import gzip
+import io
+import lzma
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import as_numeric
+from .exceptions import DataError
+
+__all__ = ["InputError", "read_csv", "check_columns", "apply_transform", "check_n_basis", "TRANSFORMS",
+           "MAX_N_BASIS"]
+
+TRANSFORMS = ("none", "log", "log1p")
+MAX_N_BASIS = 100  # far beyond what a smooth curve needs; the cost grows as n_basis**3
+_SEPARATORS = (",", ";", "\t", "|")
+_SEP_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"),
+          (b"(\xb5/\xfd", "zstd"))
+_SAMPLE_LINES = 200
+
+
+class InputError(DataError):
+    """Input the command line cannot use; the message is one line, ready to print."""
+
+
+# ---------------------------------------------------------------------------- reading
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Read a long CSV file into a frame whose index is each row's line number in the file.
+
+    Raises InputError for a missing, empty, binary or malformed file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"file '{p}' not found")
+    if p.is_dir():
+        raise InputError(f"'{p}' is a folder, not a CSV file")
+    raw, compression = _decompressed(p)
+    if not raw.strip():
+        raise InputError(f"'{p}' is empty" + (f" (after {compression} decompression)" if compression else ""))
+    text = _decode(raw, p)
+    if "\x00" in text[:65536]:
+        raise InputError(f"'{p}' is not a CSV file (it holds binary data)")
+    sep, decimal = sniff(text)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"'{p}' is empty") from None
+    except (pd.errors.ParserError, ValueError) as e:
+        raise InputError(f"could not read '{p}' as CSV ({_SEP_NAMES[sep]}-separated): {_one_line(e)}") from None
+    if len(df) == 0:
+        raise InputError(f"'{p}' has a header ({', '.join(map(str, df.columns))}) but no data rows")
+    stripped = [c.strip() if isinstance(c, str) else c for c in df.columns]
+    if len(set(stripped)) == len(stripped):
+        df.columns = stripped
+    df.index = pd.RangeIndex(2, len(df) + 2)
+    return df
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _decompressed(p: Path) -> tuple[bytes, str | None]:
+    """The file's bytes, decompressed when its content is gzip, bz2, xz, zip or zstd."""
+    with p.open("rb") as fh:
+        head = fh.read(8)
+    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    try:
+        if kind is None:
+            return p.read_bytes(), None
+        if kind == "gzip":
+            return gzip.decompress(p.read_bytes()), kind
+        if kind == "bz2":
+            return bz2.decompress(p.read_bytes()), kind
+        if kind == "xz":
+            return lzma.decompress(p.read_bytes()), kind
+        if kind == "zip":
+            return _unzip(p), kind
+        return _unzstd(p), kind
+    except InputError:
+        raise
+    except Exception as e:  # truncated or damaged archive: OSError, EOFError, zlib.error, lzma.LZMAError, ...
+        raise InputError(f"'{p}' looks {kind}-compressed but cannot be decompressed ({_one_line(e)})") from None
+
+
+def _unzip(p: Path) -> bytes:
+    with zipfile.ZipFile(p) as zf:
+        names = [n for n in zf.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")]
+        if len(names) != 1:
+            raise InputError(f"'{p}' is a zip archive of {len(names)} files; it must hold exactly one CSV file")
+        return zf.read(names[0])
+
+
+def _unzstd(p: Path) -> bytes:
+    try:
+        import zstandard
+    except ImportError:
+        raise InputError(f"'{p}' is zstd-compressed: install the 'zstandard' package to read it, "
+                         "or decompress it first") from None
+    with zstandard.ZstdDecompressor().stream_reader(p.open("rb")) as reader:
+        return reader.read()
+
+
+def _decode(raw: bytes, p: Path) -> str:
+    """Text of the file: UTF-8 (BOM or not), UTF-16 with a BOM, else Windows-1252 / Latin-1 with a warning."""
+    for bom, enc in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if raw.startswith(bom):
+            try:
+                return raw.decode(enc)
+            except UnicodeDecodeError as e:
+                raise InputError(f"'{p}' starts like {enc} text but is not valid {enc} ({e.reason} at byte {e.start})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = e.start
+    if b"\x00" in raw[:65536]:
+        raise InputError(f"'{p}' is not a CSV file (it holds binary data)")
+    line = raw.count(b"\n", 0, bad) + 1
+    for enc, label in (("cp1252", "Windows-1252"), ("latin-1", "Latin-1 (ISO-8859-1)")):
+        try:
+            text = raw.decode(enc)
+        except UnicodeDecodeError:
+            continue
+        warnings.warn(f"'{p}' is not UTF-8 text (byte 0x{raw[bad]:02x} on line {line}); read it as {label}. "
+                      "If accented names look wrong in the outputs, save the file as UTF-8", UserWarning, stacklevel=3)
+        return text
+    raise AssertionError("latin-1 decodes any bytes")  # pragma: no cover
+
+
+def sniff(text: str) -> tuple[str, str]:
+    """Separator and decimal mark of CSV text, from its first lines.
+
+    The separator is the one among comma, semicolon, tab and bar that splits the header into
+    two or more fields and most of the sample rows into as many; a comma wins ties. A file
+    that is not comma-separated and writes numbers as ``1,5`` (never ``1.5``) has decimal
+    commas.
+    """
+    lines = [ln for ln in text.splitlines()[:_SAMPLE_LINES] if ln.strip()]
+    if not lines:
+        return ",", "."
+    fields = {}
+    for sep in _SEPARATORS:
+        counts = [len(r) for r in csv.reader(lines, delimiter=sep)]
+        agree = sum(c == counts[0] for c in counts[1:]) / max(len(counts) - 1, 1)
+        if counts[0] >= 2 and agree >= 0.9:
+            fields[sep] = counts[0]
+    best = "," if "," in fields or not fields else max(fields, key=fields.get)
+    decimal = "."
+    if best != ",":
+        cells = [c.strip() for row in csv.reader(lines[1:], delimiter=best) for c in row]
+        if any(re.fullmatch(r"[+-]?\d+,\d+", c) for c in cells) and not any(re.fullmatch(r"[+-]?\d*\.\d+", c) for c in cells):
+            decimal = ","
+    return best, decimal
+
+
+# ---------------------------------------------------------------------------- columns
+def check_columns(frame: pd.DataFrame, needed: Sequence[str]) -> None:
+    """InputError naming the missing columns, the columns there are, a close match and a separator hint."""
+    missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
+    if not missing:
+        return
+    have = [str(c) for c in frame.columns]
+    msg = f"column(s) {missing} not found in the data; the columns are: {list(frame.columns)}"
+    if len(have) == 1:  # most likely a separator that was not recognised
+        seps = [name for s, name in _SEP_NAMES.items() if s in have[0]]
+        hint = f"its header holds a {seps[0]}" if seps else "only one column was found"
+        raise InputError(msg + f"; {hint}: the file may use a separator that could not be told from its lines "
+                         "(dmlmm reads comma, semicolon, tab and bar separated files whose rows all have as many "
+                         "fields as the header); check the header and the rows")
+    close = {m: difflib.get_close_matches(str(m), have, n=1, cutoff=0.6) for m in missing}
+    close = {m: c[0] for m, c in close.items() if c}
+    if close:
+        msg += " (did you mean " + ", ".join(f"{c!r} for {m!r}" for m, c in close.items()) + "?)"
+    raise InputError(msg)
+
+
+# ---------------------------------------------------------------------------- response transform
+def apply_transform(frame: pd.DataFrame, response: str, transform: str) -> pd.DataFrame:
+    """A copy of ``frame`` with ``response`` transformed (``log``: y > 0; ``log1p``: y > -1).
+
+    Missing values stay missing (``--dropna`` decides about them); values outside the
+    transform's domain are an InputError naming the column, their count and the first row.
+    """
+    if transform in (None, "none"):
+        return frame
+    y = as_numeric(frame[response], f"column '{response}'")
+    floor = 0.0 if transform == "log" else -1.0
+    bad = ~np.isnan(y) & ~(y > floor)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        need = "positive values" if transform == "log" else "values above -1"
+        fix = "use --transform log1p for zeros, or drop those rows" if transform == "log" else "drop those rows"
+        raise InputError(
+            f"--transform {transform} needs {need}, but column '{response}' has {int(bad.sum())} value(s) "
+            f"<= {floor:g} (row {frame.index[first]} holds {y[first]:g}); {fix}"
+        )
+    out = frame.copy()
+    with np.errstate(invalid="ignore"):
+        out[response] = np.log(y) if transform == "log" else np.log1p(y)
+    return out
+
+
+def transform_label(response: str, transform: str | None) -> str:
+    """How outputs name the modelled response: ``y``, ``log(y)`` or ``log1p(y)``."""
+    return response if transform in (None, "none") else f"{transform}({response})"
+
+
+# ---------------------------------------------------------------------------- basis size
+def check_n_basis(n_basis: int | None, degree: int, times: pd.Series, default: int, smoothing: bool = True) -> None:
+    """InputError when ``--n-basis`` is below the degree's minimum or above what the data can use.
+
+    The upper limit is the number of distinct observation times or, for models with a
+    smoothness prior (``smoothing``), the library's default basis size if that is larger (the
+    prior keeps it estimable); never more than :data:`MAX_N_BASIS`.
+    """
+    if n_basis is None:
+        return
+    if n_basis < degree + 1:
+        raise InputError(f"--n-basis must be at least {degree + 1} for a spline basis of degree {degree}, got {n_basis}")
+    t = pd.to_numeric(times, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    distinct = len(np.unique(t[np.isfinite(t)]))
+    limit = min(max(distinct, default if smoothing else 0), MAX_N_BASIS)
+    if n_basis <= limit:
+        return
+    if limit == MAX_N_BASIS:
+        raise InputError(
+            f"--n-basis {n_basis} is more than a smooth curve needs: the command line allows at most {MAX_N_BASIS} "
+            f"(the cost grows with the cube of the basis size; the default is {default})"
+        )
+    why = " (the default: the smoothness prior keeps it estimable)" if limit > distinct else ""
+    if limit < degree + 1:
+        why = f" with --degree {max(limit - 1, 0)} or lower"
+    raise InputError(
+        f"--n-basis {n_basis} is more than these data can use: they have {distinct} distinct observation "
+        f"time(s); use --n-basis {limit} or fewer{why}"
+    )

@@ -1,0 +1,221 @@
+"""Reading CSV files as spreadsheets and other programs write them: compression, separators, decimal
+commas, encodings; column hints; response transforms; numeric covariates stored as text."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import dmlmm
+from dmlmm.cli import main
+from dmlmm.cli_input import InputError, apply_transform, check_columns, read_csv, sniff
+from dmlmm.data import CovariateEncoding
+from dmlmm.simulate import dgp1
+
+FAST = ["--components", "2,1", "--latent-dims", "1,1", "--n-basis", "5", "--max-iter", "10"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return dgp1(1, n_subjects=25).data
+
+
+@pytest.fixture(scope="module")
+def text(frame) -> str:
+    return frame.to_csv(index=False)
+
+
+def _same(df: pd.DataFrame, frame: pd.DataFrame) -> None:
+    assert list(df.columns) == list(frame.columns)
+    np.testing.assert_allclose(df.to_numpy(float), frame.to_numpy(float))
+    assert df.index[0] == 2  # rows numbered by their line in the file
+
+
+# ---------------------------------------------------------------------------- compression
+@pytest.mark.parametrize("name, compress", [
+    ("d.csv.gz", gzip.compress),
+    ("d.csv.bz2", bz2.compress),
+    ("d.csv.xz", lzma.compress),
+    ("d.csv", gzip.compress),  # recognised by content, whatever the name
+])
+def test_compressed_files_are_read(tmp_path, frame, text, name, compress):
+    p = tmp_path / name
+    p.write_bytes(compress(text.encode()))
+    _same(read_csv(p), frame)
+
+
+def test_zip_with_one_csv_is_read_and_with_two_refused(tmp_path, frame, text):
+    p = tmp_path / "d.zip"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("d.csv", text)
+    _same(read_csv(p), frame)
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("a.csv", text)
+        zf.writestr("b.csv", text)
+    with pytest.raises(InputError, match="zip archive of 2 files"):
+        read_csv(p)
+
+
+def test_damaged_compressed_file_gets_a_clear_error(tmp_path, text):
+    p = tmp_path / "d.csv.gz"
+    p.write_bytes(gzip.compress(text.encode())[:200])
+    with pytest.raises(InputError, match="gzip-compressed but cannot be decompressed"):
+        read_csv(p)
+
+
+def test_fit_reads_a_gzipped_csv(tmp_path, text):
+    p = tmp_path / "d.csv.gz"
+    p.write_bytes(gzip.compress(text.encode()))
+    r = run("fit", p, *FAST, "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+
+
+# ---------------------------------------------------------------------------- separators
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_other_separators_are_detected(tmp_path, frame, sep):
+    p = tmp_path / "d.csv"
+    frame.to_csv(p, index=False, sep=sep)
+    _same(read_csv(p), frame)
+
+
+def test_semicolons_with_decimal_commas(tmp_path, frame):
+    p = tmp_path / "excel.csv"
+    frame.to_csv(p, index=False, sep=";", decimal=",")
+    assert "," in p.read_text().splitlines()[1]
+    _same(read_csv(p), frame)
+    assert sniff("a;b\n1,5;2\n") == (";", ",")
+    assert sniff("a;b\n1.5;2\n") == (";", ".")
+    assert sniff("a,b\n1,2\n") == (",", ".")
+
+
+def test_spaces_after_separators_are_ignored(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("subject, time, y\n1, 0.1, 2.0\n1, 0.2, 2.5\n")
+    df = read_csv(p)
+    assert list(df.columns) == ["subject", "time", "y"] and df["y"].dtype.kind == "f"
+
+
+def test_undetected_separator_gets_a_hint(tmp_path):
+    p = tmp_path / "odd.csv"
+    p.write_text("subject;time;y\n1;0.1\n2;0.2;3;4\n3\n")  # rows disagree with the header: no separator fits
+    line = error_line(run("fit", p, "--out", tmp_path / "o"))
+    assert "not found" in line and "its header holds a semicolon" in line and "separator" in line
+
+
+def test_misspelt_column_gets_a_suggestion(frame):
+    with pytest.raises(InputError, match=r"column\(s\) \['Time'\] not found.*did you mean 'time' for 'Time'"):
+        check_columns(frame, ["subject", "Time", "y"])
+
+
+# ---------------------------------------------------------------------------- encodings
+def test_latin1_file_is_read_with_a_warning(tmp_path, frame):
+    df = frame.copy()
+    df["subject"] = "patient é" + df["subject"].astype(str)
+    p = tmp_path / "latin.csv"
+    p.write_bytes(df.to_csv(index=False).encode("latin-1"))
+    with pytest.warns(UserWarning, match=r"not UTF-8 text \(byte 0xe9 on line 2\); read it as Windows-1252"):
+        got = read_csv(p)
+    assert got["subject"].iloc[0] == "patient é0"
+    r = run("fit", p, *FAST, "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    assert "warning: 'latin.csv' is not UTF-8" in r.stderr.replace(str(tmp_path) + "/", "")
+    clusters = pd.read_csv(tmp_path / "o" / "clusters.csv")
+    assert clusters["subject"].str.startswith("patient é").all()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_byte_order_marks(tmp_path, frame, text, encoding):
+    p = tmp_path / "bom.csv"
+    p.write_bytes(text.encode(encoding))
+    _same(read_csv(p), frame)
+
+
+def test_binary_file_is_still_refused(tmp_path):
+    p = tmp_path / "b.csv"
+    p.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(InputError, match="binary data"):
+        read_csv(p)
+
+
+# ---------------------------------------------------------------------------- transforms
+def test_transform_domain_errors_name_the_column_and_count(frame):
+    df = frame.copy()
+    df.loc[[3, 8], "y"] = 0.0
+    df.loc[5, "y"] = -2.0
+    with pytest.raises(InputError, match=r"--transform log needs positive values, but column 'y' has \d+ value"):
+        apply_transform(df, "y", "log")
+    with pytest.raises(InputError, match=r"--transform log1p needs values above -1, but column 'y' has \d+ value"):
+        apply_transform(df, "y", "log1p")
+    pos = df.assign(y=df["y"].abs() + 1.0)
+    pos.loc[4, "y"] = np.nan  # missing values are --dropna's business
+    out = apply_transform(pos, "y", "log")
+    np.testing.assert_allclose(out["y"], np.log(pos["y"]))
+    assert apply_transform(pos, "y", "none") is pos
+
+
+def test_fit_with_log_transform_records_it_and_predict_applies_it(tmp_path, frame):
+    df = frame.assign(y=np.exp(frame["y"]))
+    p = tmp_path / "pos.csv"
+    df.to_csv(p, index=False)
+    r = run("fit", p, *FAST, "--transform", "log", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    assert "response modelled as log(y)" in r.stdout
+    assert dmlmm.io.read_metadata(tmp_path / "o" / "model.dmlmm")["response_transform"] == "log"
+    assert "log(y)" in (tmp_path / "o" / "report.html").read_text()
+    model = dmlmm.load(tmp_path / "o" / "model.dmlmm")
+    r = run("predict", tmp_path / "o" / "model.dmlmm", p, "--times", "0.2,0.5")
+    assert r.exit_code == 0, r.output
+    from io import StringIO
+
+    pred = pd.read_csv(StringIO(r.stdout))
+    expect = model.predict_trajectory(frame, times=np.array([0.2, 0.5]))  # frame: log of p's y
+    np.testing.assert_allclose(pred["mean"], expect["mean"], rtol=1e-9)
+    df.loc[2, "y"] = -1.0
+    df.to_csv(p, index=False)
+    line = error_line(run("predict", tmp_path / "o" / "model.dmlmm", p))
+    assert "--transform log needs positive values" in line and "'y' has 1 value(s)" in line
+
+
+def test_fit_refuses_a_transform_the_data_cannot_take(tmp_path, frame):
+    p = tmp_path / "d.csv"
+    frame.to_csv(p, index=False)
+    line = error_line(run("fit", p, "--transform", "log", "--out", tmp_path / "o"))
+    assert "column 'y'" in line and "value(s) <= 0" in line
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------- numbers stored as text
+def test_numeric_text_covariate_is_a_number_not_categories(frame):
+    df = frame.copy()
+    df["age"] = (df["subject"] * 0.5 + 40.0).map(lambda v: f"{v:.1f}")  # "40.0", "40.5", ...: strings
+    df["arm"] = np.where(df["subject"] % 2 == 0, "a", "b")
+    enc = CovariateEncoding.learn(df, ["age", "arm"])
+    assert enc.levels["age"] is None and enc.levels["arm"] == ["a", "b"]
+    assert enc.names == ("age", "arm[T.b]")
+    np.testing.assert_allclose(enc.encode(df)[:, 0], df["age"].astype(float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = dmlmm.MixtureLMM(2, basis=dmlmm.SplineBasis(5), max_iter=5, random_state=0)
+        m.fit(df, covariates=["age", "arm"])
+    assert list(m.fixed_effects_.index) == ["age", "arm[T.b]"]  # one effect for age, not one per value
