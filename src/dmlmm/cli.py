@@ -228,7 +228,7 @@ def fit(data, subject, time_col, response, covariates, transform, kind, componen
     basis = _make_basis(n_basis, degree, knots, extrapolate)
     t0 = time.perf_counter()
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
-        frame = _read_fit_data(data, subject, time_col, response, covs, transform)
+        frame = _read_data(data, subject, time_col, response, covs, transform)
         _check_basis(basis, n_basis, frame[time_col], smoothing=kind != "lmm")
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
                                       criterion, jobs, seed, max_iter, n_init, dropna, quiet)
@@ -301,7 +301,7 @@ def _check_basis(basis, n_basis, times, smoothing: bool) -> None:
         raise CliError(f"spline basis: {text}") from None
 
 
-def _read_fit_data(data, subject, time_col, response, covs, transform):
+def _read_data(data, subject, time_col, response, covs, transform):
     """The CSV file with its columns checked and the response transformed."""
     from .cli_input import InputError, apply_transform, check_columns
 
@@ -363,7 +363,8 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, tr
         click.echo(f"clusters found: {len(sizes)} (subjects per cluster: "
                    + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ")")
         click.echo(f"ELBO {model.elbo_:.2f} after {model.n_iter_} iterations"
-                   f"{'' if model.converged_ else ' (not converged: raise --max-iter)'}; {seconds:.1f} s in all")
+                   f"{'' if model.converged_ else ' (not converged: raise --max-iter)'}; "
+                   f"fit time {model.fit_seconds_:.1f} s (as in the report), {seconds:.1f} s in all")
     else:
         click.echo(f"LinearMixedModel ({model.method_.upper()}): {model.n_groups_} subjects, "
                    f"log-likelihood {model.loglik_:.2f}; {seconds:.1f} s in all")
@@ -398,7 +399,7 @@ def predict(model_file, data, times, interval, kind, extrapolate, dropna, out, o
         if extrapolate is not None:
             model.design_.basis.extrapolate = extrapolate
         c = model.design_.columns
-        frame = _read_fit_data(data, c.subject, c.time, c.response, list(model.design_.encoding.columns), transform)
+        frame = _read_data(data, c.subject, c.time, c.response, list(model.design_.encoding.columns), transform)
         table, n_subjects, n_times = _predict_table(model, frame, times, interval, kind, dropna)
         table = user_columns(table, c.subject, c.time, frame.columns)
         if out is None:
