@@ -225,7 +225,7 @@ def fit(data, subject, time_col, response, covariates, transform, kind, componen
 
     comps, dims, covs = _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs,
                                            n_basis, degree, interval, n_init)
-    basis = _make_basis(n_basis, degree, knots, extrapolate)
+    basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=kind == "lmm")
     t0 = time.perf_counter()
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, covs, transform)
@@ -270,10 +270,14 @@ def _check_fit_options(kind, components, latent_dims, covariates, select, max_it
     return comps, dims, covs
 
 
-def _make_basis(n_basis, degree, knots, extrapolate):
-    """The SplineBasis of the options given; the library's defaults for the others."""
+def _make_basis(n_basis, degree, knots, extrapolate, lmm: bool = False):
+    """The SplineBasis of the options given; the library's defaults for the others (for the LMM, which has
+    no smoothness prior yet, 10 functions on uniform knots, as LinearMixedModel's own default)."""
     from .basis import SplineBasis
 
+    if lmm:
+        n_basis = 10 if n_basis is None else n_basis
+        knots = "uniform" if knots is None else knots
     given = {"n_basis": n_basis, "degree": degree, "knots": knots, "extrapolate": extrapolate}
     return SplineBasis(**{k: v for k, v in given.items() if v is not None})
 
