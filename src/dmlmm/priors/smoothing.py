@@ -68,12 +68,16 @@ def update_scale(old: ScaleFactor, n_terms, stat: np.ndarray, scale: float, rho:
     return ScaleFactor(var, aux)
 
 
-def init_scale(n_terms, stat: np.ndarray, scale: float) -> ScaleFactor:
-    """A smooth starting point: q(g) at its prior-dominated value, then one update of q(v) with the
-    statistic capped so that E[v] starts at most near ``scale^2``. Rough starting curves would
-    otherwise set a weak penalty that keeps them rough (a self-consistent bad fixed point, seen on
-    sparse visits); from a smooth start the data relax the penalty as far as they need."""
-    stat = np.minimum(np.asarray(stat, dtype=float), 0.5 * np.asarray(n_terms, dtype=float) * scale**2)
+def init_scale(n_terms, stat: np.ndarray, scale: float, cap: bool = True) -> ScaleFactor:
+    """A starting point: q(g) at its prior-dominated value, then one update of q(v).
+
+    With ``cap`` (for smoothing *variances*) the statistic is capped so that E[v] starts at most
+    near ``scale^2``: a smooth start. Rough starting curves would otherwise set a weak penalty
+    that keeps them rough (a self-consistent bad fixed point, seen on sparse visits); from a
+    smooth start the data relax the penalty as far as they need."""
+    stat = np.asarray(stat, dtype=float)
+    if cap:
+        stat = np.minimum(stat, 0.5 * np.asarray(n_terms, dtype=float) * scale**2)
     start = ScaleFactor(InvGamma(np.ones_like(stat), np.ones_like(stat)),
                         InvGamma(np.ones_like(stat), np.full(stat.shape, 1.0 + 1.0 / scale**2)))
     return update_scale(start, n_terms, stat, scale)
