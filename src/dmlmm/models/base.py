@@ -22,6 +22,7 @@ from ..inference.moves import run_vi_with_moves
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
 from ..priors.base import PointMixture, RandomEffectsPrior
 from .design import LongitudinalDesign
+from .params import check_model_params, check_random_state, positive_int
 
 __all__ = ["VariationalLongitudinalModel", "ridge_estimates"]
 
@@ -83,15 +84,7 @@ class VariationalLongitudinalModel:
         raise NotImplementedError
 
     def _check_params(self) -> None:
-        if int(self.max_iter) < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
-        if not float(self.tol) > 0:
-            raise ValueError(f"tol must be > 0, got {self.tol}")
-        if int(self.n_init) < 1:
-            raise ValueError(f"n_init must be >= 1, got {self.n_init}")
-        sm = self.smoothing
-        if sm is not None and (isinstance(sm, bool) or not float(sm).is_integer() or not 1 <= int(sm) <= 3):
-            raise ValueError(f"smoothing must be None or the order of the roughness penalty (1, 2 or 3), got {sm!r}")
+        check_model_params(self)
 
     def _config(self, n_subjects: int, first_layer: int) -> VIConfig:
         bs = self.batch_size
@@ -412,6 +405,11 @@ class VariationalLongitudinalModel:
     ) -> pd.DataFrame:
         """Draws from each subject's predictive distribution: columns subject, sample, time, value."""
         self._check_fitted()
+        if not positive_int(n_samples):
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        if kind not in ("curve", "observation"):
+            raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
+        check_random_state(random_state)
         rng = np.random.default_rng(random_state)
         d = None if df is None else self._data(df)
         cm, subjects, fixed_rows = self._conditional(d)

@@ -62,7 +62,14 @@ class LongitudinalDesign:
         if not basis.is_fitted:
             basis.fit(data.time)
         y = data.response
-        scale = float(np.std(y))
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = float(np.std(y))
+        if not np.isfinite(scale):
+            big = float(np.max(np.abs(y)))
+            raise DataError(
+                f"the response '{data.columns.response}' has values too large to standardise (largest |value| "
+                f"{big:.3g}): rescale it, e.g. divide by a power of ten"
+            )
         if not np.isfinite(scale) or scale <= 1e-12 * max(1.0, float(np.max(np.abs(y)))):
             raise DataError(
                 f"the response '{data.columns.response}' is constant (every value is {y[0]:g}): "

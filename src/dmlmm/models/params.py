@@ -1,0 +1,88 @@
+"""Declarative validation of the models' hyperparameters: one table of rules, one error style.
+
+Each rule names the parameter, what it must be, and the value given, so a bad setting never
+escapes as a raw error from deep inside the fit (``ZeroDivisionError``, a numpy broadcast error).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["check_model_params", "check_random_state", "positive_int"]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def positive_int(v: Any) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def _positive_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+
+
+def _positive_or_per_layer(v: Any) -> bool:
+    if isinstance(v, (tuple, list)):
+        return len(v) > 0 and all(_positive_number(x) for x in v)
+    return _positive_number(v)
+
+
+def _int_tuple(v: Any) -> bool:
+    if _is_int(v):
+        return v >= 1
+    return isinstance(v, (tuple, list)) and len(v) > 0 and all(positive_int(x) for x in v)
+
+
+def _smoothing(v: Any) -> bool:
+    return v is None or (_is_int(v) and 1 <= v <= 3)
+
+
+def _batch_size(v: Any) -> bool:
+    return v in ("auto", "full", None) or positive_int(v)
+
+
+# parameter -> (rule, what it must be)
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "max_iter": (positive_int, "a positive integer"),
+    "tol": (_positive_number, "a positive number"),
+    "n_init": (positive_int, "a positive integer"),
+    "smoothing": (_smoothing, "None or the order of the roughness penalty (1, 2 or 3)"),
+    "batch_size": (_batch_size, "a positive integer, 'auto' or 'full'"),
+    "noise_scale": (_positive_number, "a positive number (the half-Cauchy scale of the residual SD)"),
+    "cov_scale": (_positive_number, "a positive number (the half-t scale of the random-effect SDs)"),
+    "concentration": (_positive_or_per_layer, "a positive number, or one per layer"),
+    "mean_scale": (_positive_or_per_layer, "a positive number, or one per layer"),
+    "loading_scale": (_positive_or_per_layer, "a positive number, or one per layer"),
+    "delta_scale": (_positive_or_per_layer, "a positive number, or one per layer"),
+    "latent_dims": (_int_tuple, "a tuple of positive integers, one per layer"),
+}
+
+_COMPONENTS = {
+    "MixtureLMM": (positive_int, "a positive integer (for several layers use DeepMixtureLMM)"),
+    "DeepMixtureLMM": (_int_tuple, "a tuple of positive integers, one per layer (e.g. (10, 5))"),
+}
+
+
+def check_random_state(v: Any) -> None:
+    """random_state must be None, a non-negative integer, a SeedSequence or a numpy Generator."""
+    ok = v is None or (_is_int(v) and v >= 0) or isinstance(v, (np.random.Generator, np.random.SeedSequence))
+    if not ok:
+        raise ValueError(
+            f"random_state must be None, a non-negative integer, a numpy SeedSequence or Generator, got {v!r}"
+        )
+
+
+def check_model_params(model: Any) -> None:
+    """Raise a ValueError naming the first hyperparameter of ``model`` that breaks its rule."""
+    comp = _COMPONENTS.get(type(model).__name__)
+    if comp is not None and hasattr(model, "n_components") and not comp[0](model.n_components):
+        raise ValueError(f"n_components must be {comp[1]}, got {model.n_components!r}")
+    for name, (rule, what) in _RULES.items():
+        if hasattr(model, name) and not rule(getattr(model, name)):
+            raise ValueError(f"{name} must be {what}, got {getattr(model, name)!r}")
+    check_random_state(getattr(model, "random_state", None))
