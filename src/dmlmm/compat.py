@@ -88,7 +88,10 @@ class DMLMM:
         self.m_gmm = mix.means * s
         self.s_gmm = mix.covs * s**2
         self.error_var = float(self._fitted.params.noise.mean[()]) * s**2
-        self.elbo = list(self._fitted.elbo_history)
+        history = np.asarray(self._fitted.elbo_history, dtype=float)
+        self.elbo_history = history
+        # the research code's ``elbo``: the mean ELBO of the last 5 % of iterations (a float)
+        self.elbo = float(history[-max(1, len(history) // 20):].mean())
         return self
 
     def predict_y(self, design_pred, y_obs, n: int = 1000, random_state=None):
