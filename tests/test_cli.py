@@ -261,7 +261,9 @@ def test_bad_model_files(csv, fitted, tmp_path):
 def test_predict_input_errors(fitted, tmp_path):
     p = tmp_path / "new.csv"
     pd.DataFrame({"subject": [1, 1], "time": [0.2, 0.3]}).to_csv(p, index=False)
-    assert_bad_input(run("predict", fitted / "model.dmlmm", p), "'y'", "not found")
+    assert run("predict", fitted / "model.dmlmm", p).exit_code == 0  # no response: a new subject's forecast
+    pd.DataFrame({"subject": [1, 1], "y": [0.2, 0.3]}).to_csv(p, index=False)
+    assert_bad_input(run("predict", fitted / "model.dmlmm", p), "'time'", "not found")
     pd.DataFrame({"subject": [1, 1], "time": [0.2, 0.3], "y": [0.1, 0.2]}).to_csv(p, index=False)
     assert_bad_input(run("predict", fitted / "model.dmlmm", p, "--times", "0:2:x"), "--times")
     assert_bad_input(run("predict", fitted / "model.dmlmm", p, "--interval", "1.5"), "--interval")

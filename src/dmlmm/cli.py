@@ -305,11 +305,16 @@ def _check_basis(basis, n_basis, times, smoothing: bool) -> None:
         raise CliError(f"spline basis: {text}") from None
 
 
-def _read_data(data, subject, time_col, response, covs, transform):
-    """The CSV file with its columns checked and the response transformed."""
+def _read_data(data, subject, time_col, response, covs, transform, response_optional=False):
+    """The CSV file with its columns checked and the response transformed.
+
+    With ``response_optional`` (prediction) a file without the response column is read as rows
+    to predict at: the response is missing on every row."""
     from .cli_input import InputError, apply_transform, check_columns
 
     frame = read_csv(data)
+    if response_optional and response not in frame.columns:
+        frame[response] = float("nan")
     try:
         check_columns(frame, [subject, time_col, response] + (covs or []))
         return apply_transform(frame, response, transform)
@@ -392,6 +397,9 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, tr
 def predict(model_file, data, times, interval, kind, extrapolate, dropna, out, overwrite):
     """Predict the trajectories of the subjects in DATA (their observations) with a saved MODEL_FILE.
 
+    Rows with an empty response (or a file without the response column) are not conditioned on:
+    a new patient given by its covariates alone gets the population curve at those covariates.
+
     Writes subject, time, mean, lower, upper, beyond_last_visit, cluster, probability (and
     cluster_layer1 for a deep model)."""
     from .cli_output import OutputFiles, user_columns
@@ -403,7 +411,8 @@ def predict(model_file, data, times, interval, kind, extrapolate, dropna, out, o
         if extrapolate is not None:
             model.design_.basis.extrapolate = extrapolate
         c = model.design_.columns
-        frame = _read_data(data, c.subject, c.time, c.response, list(model.design_.encoding.columns), transform)
+        frame = _read_data(data, c.subject, c.time, c.response, list(model.design_.encoding.columns), transform,
+                           response_optional=True)
         table, n_subjects, n_times = _predict_table(model, frame, times, interval, kind, dropna)
         table = user_columns(table, c.subject, c.time, frame.columns)
         if out is None:
@@ -426,7 +435,7 @@ def _predict_table(model, frame, times, interval, kind, dropna):
     """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times."""
     from .report import _has_layers, add_cluster_columns, cluster_table
 
-    d = model.design_.data_from(frame, dropna=dropna)
+    d = model.design_.data_from(frame, require_response=False, dropna=dropna)  # rows without y: times to predict at
     t = parse_times(times, model.design_.basis.lower_, model.design_.basis.upper_)
     traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind)
     proba = model.predict_proba(d)

@@ -358,7 +358,8 @@ class Longitudinal:
         df : pandas.DataFrame
         subject, time, response : str
             Column names. ``response`` may be absent when ``require_response`` is False
-            (frames of new times to predict at).
+            (frames of new times to predict at); then missing responses are allowed too
+            (rows that only say when, and with which covariates, to predict).
         covariates : list of str, optional
             Fixed-effect covariate columns; non-numeric ones are dummy coded.
         dropna : bool
@@ -400,6 +401,8 @@ class Longitudinal:
                 cov_numeric_bad[c] = df[c].isna().to_numpy()
 
         bad_by_col = {c: ~np.isfinite(v) for c, v in numeric.items()}
+        if has_response and not require_response:  # a missing response marks a row to predict at, not a bad row
+            bad_by_col[response] = np.isinf(numeric[response])
         bad_by_col[subject] = df[subject].isna().to_numpy()
         bad_by_col.update(cov_numeric_bad)
         bad_any = np.zeros(len(df), dtype=bool)

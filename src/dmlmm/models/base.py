@@ -276,8 +276,10 @@ class VariationalLongitudinalModel:
         return self.design_.data_from(df, require_response=require_response)
 
     def predict_proba(self, df: FrameLike) -> pd.DataFrame:
-        """Posterior cluster (path) probabilities of each subject in ``df``: DataFrame (subjects x clusters)."""
-        d = self._data(df)
+        """Posterior cluster (path) probabilities of each subject in ``df``: DataFrame (subjects x clusters).
+
+        Rows without a response count for nothing: a subject with none gets the prior weights."""
+        d = self._data(df, require_response=False)
         return self._proba_frame(self._local(d).resp, d.subjects)
 
     def predict(self, df: FrameLike) -> pd.Series:
@@ -286,7 +288,7 @@ class VariationalLongitudinalModel:
 
     def predict_group_proba(self, df: FrameLike) -> pd.DataFrame:
         """Posterior probabilities of the first-layer components (coarser grouping)."""
-        d = self._data(df)
+        d = self._data(df, require_response=False)
         return self._group_frame(self._local(d).resp, d.subjects)
 
     def predict_group(self, df: FrameLike) -> pd.Series:
@@ -333,6 +335,9 @@ class VariationalLongitudinalModel:
         ----------
         df : DataFrame or Longitudinal, optional
             Observations to condition on; None gives the population (prior mixture), labelled "population".
+            Rows with a missing response (or a frame without the response column) are not conditioned
+            on: a new patient given only by its covariates gets the population curve at those
+            covariates (the last row's), and a patient with a few early visits a forecast from them.
         times : (T,) array, optional
             Times to predict at (default: 100 points over the basis range).
         interval : float
@@ -354,7 +359,7 @@ class VariationalLongitudinalModel:
             raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
         if not 0 < interval < 1:
             raise ValueError(f"interval must be in (0, 1), got {interval}")
-        d = None if df is None else self._data(df)
+        d = None if df is None else self._data(df, require_response=False)
         cm, subjects, fixed_rows = self._conditional(d)
         t = self._grid(times)
         Xn = self.design_.X(t)  # (T, D)
@@ -386,7 +391,8 @@ class VariationalLongitudinalModel:
         """Each subject's last observation time (N,); +inf for the population (nothing is beyond)."""
         if d is None:
             return np.full(n, np.inf)
-        return np.maximum.reduceat(d.time, d.offsets[:-1])
+        observed = np.zeros(len(d.time), dtype=bool) if d.response is None else np.isfinite(d.response)
+        return np.maximum.reduceat(np.where(observed, d.time, -np.inf), d.offsets[:-1])
 
     def _fixed_var(self, fixed_rows: np.ndarray) -> np.ndarray:
         """Posterior variance of F_i w for each subject's covariate row (N,), standardised scale."""
@@ -411,7 +417,7 @@ class VariationalLongitudinalModel:
             raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
         check_random_state(random_state)
         rng = np.random.default_rng(random_state)
-        d = None if df is None else self._data(df)
+        d = None if df is None else self._data(df, require_response=False)
         cm, subjects, fixed_rows = self._conditional(d)
         t = self._grid(times)
         Xn = self.design_.X(t)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..basis import SplineBasis
-from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats
+from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats, sufficient_stats
 from ..exceptions import DataError, IdentifiabilityWarning
 
 __all__ = ["LongitudinalDesign"]
@@ -131,7 +131,7 @@ class LongitudinalDesign:
         if bad.any():
             subs = pd.unique(data.subjects[data.codes[bad]])
             raise DataError(
-                f"{int(bad.sum())} observation(s) of subject(s) {list(subs[:10])}"
+                f"{int(bad.sum())} observation(s) of subject(s) {subs[:10].tolist()}"
                 f"{' and more' if len(subs) > 10 else ''} lie outside the basis range [{lo:g}, {hi:g}]; "
                 "widen the basis (SplineBasis(lower=..., upper=...)) or pass extrapolate=True"
             )
@@ -156,9 +156,21 @@ class LongitudinalDesign:
         return (response - self.y_shift) / self.y_scale
 
     def stats(self, data: Longitudinal) -> SufficientStats:
-        """Sufficient statistics of ``data`` on the standardised scale."""
+        """Sufficient statistics of ``data`` on the standardised scale.
+
+        Rows without a response (prediction frames) are left out; a subject with none gets the
+        statistics of no observation (its posterior is the prior).
+        """
         self.check_times(data)
-        return data.stats(self.X(data.time), self.F(data.covariates), self.y(data.response))
+        if data.response is None:
+            observed = np.zeros(len(data.time), dtype=bool)
+        else:
+            observed = np.isfinite(data.response)
+        if observed.all():
+            return data.stats(self.X(data.time), self.F(data.covariates), self.y(data.response))
+        y = np.zeros(int(observed.sum())) if data.response is None else self.y(data.response[observed])
+        return sufficient_stats(y, self.X(data.time[observed]), self.F(data.covariates[observed]),
+                                data.codes[observed], data.n_subjects)
 
     @property
     def n_fixed(self) -> int:
