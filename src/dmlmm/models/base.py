@@ -537,3 +537,44 @@ class VariationalLongitudinalModel:
 
         sig = inspect.signature(type(self).__init__)
         return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+
+    # -------------------------------------------------------------- class summaries (lcmm's summarytable, postprob)
+    def class_summary(self) -> pd.DataFrame:
+        """The classes found and how clear-cut they are, as lcmm's ``summarytable``.
+
+        One row per level of classes: ``cluster`` (the clusters, paths through the layers) and,
+        for a deep model, ``cluster_layer1`` (the first-layer groups), numbered as in the
+        outputs (``clusters.csv``). Columns: ``components`` (classes the model kept at that
+        level), ``classes`` (those holding subjects as their most probable class), ``elbo``,
+        ``neg2_elbo`` (-2 ELBO, on the scale of BIC: lower is better), ``icl`` (-2 ELBO + 2 EN,
+        EN the entropy of the clusters: an ICL that also rewards clear-cut classes; lower is
+        better), ``entropy`` (EN at that level), ``relative_entropy`` (1 - EN / (N log K),
+        lcmm's entropy: 1 = every subject certain of its class), then ``n_class<k>`` and
+        ``%class<k>`` (subjects assigned to class k and their share in %). The ELBO-based
+        columns are the model's, the same on every row; the formulas and their justification
+        are in :mod:`dmlmm.summaries`.
+        """
+        from ..summaries import model_class_summary
+
+        self._check_fitted()
+        return model_class_summary(self)
+
+    def posterior_table(self, level: str = "cluster") -> pd.DataFrame:
+        """Posterior class probabilities by assigned class, as lcmm's ``postprob``.
+
+        Parameters
+        ----------
+        level : {"cluster", "cluster_layer1"}
+            The clusters, or (deep models) the first-layer groups; numbered as in ``clusters.csv``.
+
+        Returns
+        -------
+        DataFrame, one row per class holding subjects (index: the assigned class):
+        ``subjects``, ``%subjects``, ``mean_p<k>`` (the mean posterior probability of class k
+        among the subjects assigned to the row's class) and ``%p>0.7``, ``%p>0.8``, ``%p>0.9``
+        (the share of them, in %, whose probability of their class exceeds 0.7, 0.8, 0.9).
+        """
+        from ..summaries import model_posterior_table
+
+        self._check_fitted()
+        return model_posterior_table(self, level)
