@@ -9,7 +9,7 @@ OUT    ?= demo_output
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[data,test]"
+	$(PY) -m pip install --quiet -e ".[data,test,survival]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -40,7 +40,8 @@ __all__ = ["OutputError", "OutputFolder", "OutputFiles", "DMLMM_FILES", "MODEL_C
            "write_outputs"]
 
 # names dmlmm writes into an output folder (--overwrite replaces a folder holding only these)
-DMLMM_FILES = frozenset({"clusters.csv", "trajectories.csv", "model.dmlmm", "report.html", "data.csv"})
+DMLMM_FILES = frozenset({"clusters.csv", "trajectories.csv", "model.dmlmm", "report.html", "data.csv", "outcomes.csv",
+                         "survival.csv", "baseline.csv", "outcome_tests.csv"})
 _CLUTTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 # the columns dmlmm adds to its CSV outputs (besides the user's subject and time columns)
 MODEL_COLUMNS = ("mean", "lower", "upper", "beyond_last_visit", "cluster", "probability", "cluster_layer1")
@@ -389,9 +390,11 @@ def user_columns(table, subject: str, time: str, input_columns: Iterable):
 
 def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "dmlmm report", source: str = "",
                   known_labels=None, label_name: str = "known label", notes: str = "", interval: float = 0.95,
-                  transform: str = "none", input_columns: Iterable | None = None):
+                  transform: str = "none", input_columns: Iterable | None = None, outcomes=None):
     """Write clusters.csv, trajectories.csv, model.dmlmm and report.html to ``folder``.
 
+    With ``outcomes`` (a :class:`dmlmm.outcomes.OutcomeReport`), also its tables (outcomes.csv,
+    survival.csv, baseline.csv, outcome_tests.csv) and their sections in the report.
     Returns the names written and the :class:`~dmlmm.report.FitResults` they were made from.
     """
     from .cli_input import transform_label
@@ -417,8 +420,11 @@ def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "d
     if isinstance(model, VariationalLongitudinalModel):
         save_model(model, folder / "model.dmlmm", response_transform=transform)
         written.append("model.dmlmm")
+    for name, table in (outcomes.files() if outcomes else {}).items():
+        table.to_csv(folder / name, index=False)
+        written.append(name)
     write_report(folder / "report.html", res, title=title, source=source, selection=selection,
-                 known_labels=known_labels, label_name=label_name, notes=notes)
+                 known_labels=known_labels, label_name=label_name, notes=notes, outcomes=outcomes)
     written.append("report.html")
     return written, res
 

@@ -6,8 +6,11 @@ memberships, cluster curves); :func:`render_report` draws the figures with
 matplotlib's Agg backend and embeds them as base64 PNG, so the HTML file needs
 nothing else to display: data overview, cluster curves over the raw data,
 example subjects with their predictive bands, cluster sizes and membership
-certainty, the ELBO trace, the model-selection table, the comparison with a
-known label and the model summary.
+certainty, the class summary (lcmm's summarytable and postprob), outcomes by
+cluster (row percentages and a chi-square test, Kaplan-Meier curves with the
+log-rank test, characteristics by cluster; see :mod:`dmlmm.outcomes`), the
+comparison with a known label, the ELBO trace, the model-selection table and
+the model summary.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class FitResults:
     summary : str, the model's text summary.
     facts : dict of headline numbers (label -> formatted value).
     interval : float, the probability of the trajectories' bands.
+    class_summary : DataFrame of ``model.class_summary()`` (None for models without clusters).
+    posterior : dict level -> ``model.posterior_table(level)`` ("cluster", and "cluster_layer1"
+        for deep models).
     """
 
     model: Any
@@ -71,6 +77,8 @@ class FitResults:
     summary: str
     facts: dict = field(default_factory=dict)
     interval: float = 0.95
+    class_summary: pd.DataFrame | None = None
+    posterior: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- results
@@ -106,12 +114,9 @@ def _long(frame: pd.DataFrame, names: dict) -> pd.DataFrame:
 
 def _gap_free(used: np.ndarray, total: int) -> np.ndarray:
     """Map of ``total`` model numbers: the ``used`` ones to 0, 1, ... in their order, the rest after them."""
-    mapping = np.empty(total, dtype=int)
-    used = np.unique(np.asarray(used, dtype=int))
-    rest = np.setdiff1d(np.arange(total), used)
-    mapping[used] = np.arange(len(used))
-    mapping[rest] = len(used) + np.arange(len(rest))
-    return mapping
+    from .summaries import gap_free
+
+    return gap_free(used, total)
 
 
 def cluster_numbering(model) -> tuple[np.ndarray, np.ndarray]:
@@ -175,8 +180,14 @@ def _collect_variational(model, frame, grid, interval) -> FitResults:
         "iterations": f"{model.n_iter_}" + ("" if model.converged_ else " (not converged)"),
         "fit time": f"{model.fit_seconds_:.1f} s",
     }
+    summary = model.class_summary()
+    rel = summary.loc["cluster", "relative_entropy"]
+    if np.isfinite(rel):
+        facts["relative entropy"] = f"{rel:.2f}"
+    posterior = {level: model.posterior_table(level) for level in summary.index}
     return FitResults(model, _long(frame, names), names, traj, clusters, curves,
-                      np.asarray(model.elbo_history_), model.summary(), facts)
+                      np.asarray(model.elbo_history_), model.summary(), facts, class_summary=summary,
+                      posterior=posterior)
 
 
 def _collect_lmm(model, frame, grid, interval) -> FitResults:
@@ -422,6 +433,76 @@ def fig_elbo(res: FitResults) -> str | None:
     return _png(fig)
 
 
+def _cluster_colour(res: FitResults, k) -> tuple:
+    order = _cluster_order(res)
+    return _COLORS[(order.index(k) if k in order else int(k)) % len(_COLORS)]
+
+
+def fig_outcome(res: FitResults, table) -> str:
+    """Row percentages of a categorical outcome by cluster, as stacked horizontal bars."""
+    pct = table.percent
+    n = table.counts.sum(axis=1)
+    fig, ax = _subplots(1, 1, (12, 0.55 * len(pct) + 1.3))
+    cmap = colormaps["Set2"].colors
+    left = np.zeros(len(pct))
+    labels = [f"cluster {k} (n={int(n.loc[k])})" for k in pct.index]
+    y = np.arange(len(pct))[::-1]
+    for j, c in enumerate(pct.columns):
+        v = pct[c].to_numpy(float)
+        ax.barh(y, v, left=left, color=cmap[j % len(cmap)], edgecolor="white", label=str(c), height=0.7)
+        for yi, li, vi in zip(y, left, v):
+            if vi >= 6:
+                ax.text(li + vi / 2, yi, f"{vi:.0f} %", ha="center", va="center", fontsize=9)
+        left += v
+    ax.set_yticks(y, labels)
+    ax.set_xlim(0, 100)
+    ax.legend(frameon=False, fontsize=9, ncol=min(len(pct.columns), 6), loc="lower left", bbox_to_anchor=(0, 1.0))
+    _style(ax, f"% of the cluster's subjects", None)
+    ax.grid(False)
+    return _png(fig)
+
+
+def fig_survival(res: FitResults, surv) -> str:
+    """Kaplan-Meier curves by cluster with their confidence bands, censoring marks and numbers at risk."""
+    curves = surv.curves
+    clusters = list(surv.summary.index)
+    fig = Figure(figsize=(12, 4.6 + 0.22 * len(clusters)), layout="constrained")
+    ax, tab = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4.2, 0.35 + 0.22 * len(clusters)]})
+    for k in clusters:
+        c = curves[curves["cluster"] == k]
+        col = _cluster_colour(res, k)
+        t = c["time"].to_numpy(float)
+        s = surv.summary.loc[k]
+        ax.step(t, c["survival"], where="post", color=col, linewidth=2,
+                label=f"cluster {k} ({int(s['subjects'])} subjects, {int(s['events'])} events)")
+        ax.fill_between(t, c["lower"], c["upper"], step="post", color=col, alpha=0.15, linewidth=0)
+        cens = c[c["censored"] > 0]
+        ax.plot(cens["time"], cens["survival"], "|", color=col, markersize=7, alpha=0.8)
+    ax.set_ylim(0, 1.02)
+    ax.legend(frameon=False, fontsize=9, loc="lower left")
+    _style(ax, None, "survival probability",
+           f"Kaplan-Meier curves by cluster (event: {surv.event_label}); {surv.test_text()}")
+    ticks = [t for t in ax.get_xticks() if curves["time"].min() <= t <= curves["time"].max()]
+    for i, k in enumerate(clusters):
+        c = curves[curves["cluster"] == k]
+        times, risk = c["time"].to_numpy(float), c["at_risk"].to_numpy(int)
+        ev = c["events"].to_numpy(int) + c["censored"].to_numpy(int)
+        for t in ticks:  # at risk just after time t: those at risk at the first time >= t
+            later = np.flatnonzero(times >= t)
+            n = int(risk[later[0]]) if len(later) else 0
+            if len(later) and times[later[0]] == t:
+                n = int(risk[later[0]] - ev[later[0]]) if t > 0 else int(risk[later[0]])
+            tab.text(t, -i, str(n), ha="center", va="center", fontsize=9, color=_cluster_colour(res, k))
+    tab.set_ylim(-len(clusters) + 0.4, 0.6)
+    tab.set_yticks(-np.arange(len(clusters)), [f"cluster {k}" for k in clusters], fontsize=9)
+    tab.tick_params(axis="y", length=0)
+    for side in ("top", "right", "left", "bottom"):
+        tab.spines[side].set_visible(False)
+    tab.set_title("number at risk", fontsize=9, loc="left")
+    tab.set_xlabel(surv.duration)
+    return _png(fig)
+
+
 # ---------------------------------------------------------------------------- HTML
 _CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#1f2933;background:#f5f7fa;margin:0}
@@ -437,6 +518,9 @@ th,td{padding:4px 10px;border-bottom:1px solid #e4e7eb;text-align:right}th{backg
 td:first-child,th:first-child{text-align:left}tr.sel td{background:#e3f8e8;font-weight:600}
 pre{background:#f0f4f8;padding:12px;border-radius:6px;font-size:12px;overflow-x:auto}
 nav a{margin-right:14px;color:#2f6fbf;text-decoration:none;font-size:14px}
+h3{font-size:16px;margin:20px 0 4px}p.test{font-weight:600;margin:4px 0}
+table.l2 td:nth-child(2),table.l2 th:nth-child(2){text-align:left}
+code{background:#f0f4f8;padding:0 3px;border-radius:3px;font-size:13px}
 """
 
 
@@ -489,6 +573,68 @@ def _cluster_table(res: FitResults) -> str:
     return _table(tab)
 
 
+def _class_summary_section(res: FitResults) -> str:
+    from .summaries import display_class_summary, display_posterior
+
+    text = ('<p class="note">As R\'s lcmm reports them (<code>summarytable</code>, <code>postprob</code>), '
+            "numbered as in <code>clusters.csv</code>. A subject belongs to its most probable class. "
+            "<b>-2 ELBO</b> is on the scale of BIC (the ELBO bounds the log evidence, whose priors already "
+            "penalise the parameters); <b>ICL</b> = -2 ELBO + 2 &times; entropy also rewards clear-cut classes; "
+            "for both, lower is better when comparing fits to the same data. <b>Relative entropy</b> = "
+            "1 - entropy / (N log K): 1 when every subject is certain of its class, 0 when all are spread "
+            "evenly.</p>")
+    parts = [text, _table(display_class_summary(res.class_summary))]
+    for level, table in res.posterior.items():
+        what = "cluster" if level == "cluster" else "first-layer group"
+        parts.append(f'<p class="note"><b>Posterior probabilities by assigned {what}</b> '
+                     f"(<code>{level}</code> in <code>clusters.csv</code>): the mean probability of each "
+                     f"{what} among the subjects assigned to the row's {what} (near 1 on the diagonal: well "
+                     f"separated), and the share of them whose probability of their {what} exceeds 0.7, 0.8, 0.9."
+                     "</p>" + _table(display_posterior(table)))
+    return "".join(parts)
+
+
+def _multi_table(df: pd.DataFrame) -> str:
+    """A table whose index has two levels (variable, statistic): the variable named once."""
+    flat = df.reset_index()
+    first = flat.columns[0]
+    flat[first] = flat[first].where(flat[first].ne(flat[first].shift()), "")
+    return _table(flat, index=False).replace("<table>", '<table class="l2">', 1)
+
+
+def _outcome_sections(res: FitResults, outcomes) -> list[str]:
+    sections = []
+    if outcomes.tables:
+        parts = ['<p class="note">Each subject\'s outcome (its last non-missing value) by its most probable '
+                 "cluster: counts with row percentages (each cluster's subjects add up to 100 %), and "
+                 "Pearson's chi-square test of independence between cluster and outcome.</p>"]
+        for t in outcomes.tables:
+            missing = f"; {t.n_missing} subject(s) without a value left out" if t.n_missing else ""
+            parts.append(f"<h3>{html.escape(t.column)}</h3><p class=\"test\">{html.escape(t.test_text())}; "
+                         f"{t.n_subjects} subjects{missing}</p>" + _img(fig_outcome(res, t), f"{t.column} by cluster")
+                         + _table(t.formatted()))
+        sections.append(_section("outcomes", "Outcomes by cluster", "".join(parts)))
+    s = outcomes.survival
+    if s is not None:
+        missing = f"; {s.n_missing} subject(s) without follow-up left out" if s.n_missing else ""
+        body = (f'<p class="note">Kaplan-Meier estimates of the probability of no event ({html.escape(s.event_label)}) '
+                f"over <b>{html.escape(s.duration)}</b>, by cluster, with {100 * (1 - s.alpha):g} % pointwise "
+                "confidence bands (from the lifelines package); ticks mark censored subjects. The log-rank test "
+                f"asks whether survival differs between the clusters.</p><p class=\"test\">{html.escape(s.test_text())}; "
+                f"{s.n_subjects} subjects{missing}</p>" + _img(fig_survival(res, s), "Kaplan-Meier curves by cluster")
+                + _table(s.formatted()))
+        sections.append(_section("survival", "Survival by cluster", body))
+    b = outcomes.baseline
+    if b is not None:
+        vary = (f" For columns that change within subjects ({html.escape(', '.join(b.varying))}) that is the "
+                f"subject's {b.at} value, not necessarily the one at the first visit." if b.varying else "")
+        body = (f'<p class="note">Mean (SD) of numeric columns and counts (% of the cluster\'s subjects with a value) '
+                f"of categorical ones, by cluster and overall; each subject counts once, with its {b.at} "
+                f"non-missing value.{vary}</p>" + _multi_table(b.table))
+        sections.append(_section("baseline", "Characteristics by cluster", body))
+    return sections
+
+
 def _label_section(res: FitResults, labels: pd.Series, name: str) -> str:
     from .metrics import adjusted_rand_index
 
@@ -513,6 +659,7 @@ def render_report(
     known_labels: pd.Series | None = None,
     label_name: str = "known label",
     notes: str = "",
+    outcomes=None,
 ) -> str:
     """The HTML report (a string; figures embedded as base64 PNG).
 
@@ -524,6 +671,8 @@ def render_report(
     known_labels : Series (index: subject) of an external grouping to compare the clusters with.
     label_name : what that grouping is.
     notes : an HTML paragraph placed under the heading.
+    outcomes : :class:`dmlmm.outcomes.OutcomeReport`, optional: outcomes, survival and
+        characteristics by cluster.
     """
     from . import __version__
 
@@ -562,6 +711,10 @@ def render_report(
                                  '<p class="note">Subjects per cluster (most probable cluster) and the posterior '
                                  "probability of that cluster: values near 1 mean clear-cut memberships.</p>"
                                  + _img(memb, "memberships")))
+    if res.class_summary is not None:
+        sections.append(_section("classes", "Class summary", _class_summary_section(res)))
+    if outcomes and res.clusters is not None:
+        sections.extend(_outcome_sections(res, outcomes))
     if known_labels is not None and res.clusters is not None:
         sections.append(_section("labels", f"Clusters and {label_name}", _label_section(res, known_labels, label_name)))
     elbo = fig_elbo(res)
@@ -578,7 +731,8 @@ def render_report(
     sections.append(_section("summary", "Model summary", f"<pre>{html.escape(res.summary)}</pre>"))
     nav = "".join(f'<a href="#{sid}">{label}</a>' for sid, label in [
         ("data", "Data"), ("clusters", "Curves"), ("examples", "Examples"), ("membership", "Memberships"),
-        ("labels", "Known label"), ("elbo", "Convergence"), ("selection", "Selection"), ("summary", "Summary")]
+        ("classes", "Class summary"), ("outcomes", "Outcomes"), ("survival", "Survival"),
+        ("baseline", "Characteristics"), ("labels", "Known label"), ("elbo", "Convergence"), ("selection", "Selection"), ("summary", "Summary")]
         if f'id="{sid}"' in "".join(sections))
     when = datetime.now().strftime("%Y-%m-%d %H:%M")
     sub = f"{html.escape(res.facts.get('model', ''))} · {html.escape(source)} · dmlmm {__version__} · {when}"

@@ -1,0 +1,553 @@
+"""Outcomes and characteristics by cluster: what the clusters mean for a clinical question.
+
+- :func:`outcome_table`: a categorical outcome by cluster, counts with row percentages and
+  Pearson's chi-square test of independence (``scipy.stats.chi2_contingency``; with Yates'
+  continuity correction for a 2 x 2 table, as R's ``chisq.test``).
+- :func:`survival_by_cluster`: Kaplan-Meier curves by cluster with their pointwise
+  confidence intervals and the log-rank test, from the ``lifelines`` package (the optional
+  extra ``survival``: ``pip install "dmlmm[survival]"``), imported only when needed.
+- :func:`baseline_table`: each column's mean (SD), or counts (%) for categorical columns,
+  by cluster and overall.
+- :func:`outcome_report`: all of them at once, as ``dmlmm fit --outcome / --event-time /
+  --event / --baseline`` writes them.
+
+The data are long (one row per observation, as fitted); a per-subject value is **each
+subject's last non-missing value** (rows ordered by the model's time column). An outcome, a
+follow-up time and an event indicator must hold one value per subject: a column that varies
+within a subject is refused with a :class:`~dmlmm.DataError` naming it. Subjects without a
+value are left out of that table and counted.
+
+The clusters are a fitted model's (numbered as in ``clusters.csv``; ``level="cluster_layer1"``
+for a deep model's first-layer groups) or a Series mapping subjects to clusters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import as_numeric
+from .exceptions import DataError
+
+__all__ = ["OutcomeTable", "SurvivalByCluster", "BaselineTable", "OutcomeReport", "subject_values",
+           "event_indicator", "outcome_table", "survival_by_cluster", "baseline_table", "outcome_report",
+           "check_outcome_columns", "require_lifelines", "format_p"]
+
+_TRUE = {"1", "1.0", "true", "yes"}
+_FALSE = {"0", "0.0", "false", "no"}
+
+
+def _py(v):
+    """A numpy scalar as the Python value it holds (for messages)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def format_p(p: float) -> str:
+    """A p-value as printed: ``p < 0.001``, ``p = 0.012``; empty when undefined."""
+    if p is None or not np.isfinite(p):
+        return "p not defined"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def require_lifelines():
+    """The lifelines package, or an ImportError saying how to install it."""
+    try:
+        import lifelines  # noqa: F401
+    except ImportError:
+        raise ImportError("Kaplan-Meier curves and the log-rank test need the optional package 'lifelines': "
+                          "pip install 'dmlmm[survival]' (or: pip install lifelines)") from None
+    return lifelines
+
+
+# ---------------------------------------------------------------------------- per-subject values
+def _check_column(frame: pd.DataFrame, column: str) -> None:
+    if column not in frame.columns:
+        raise DataError(f"column {column!r} not found in the data; the columns are: {list(frame.columns)}")
+
+
+def subject_values(frame: pd.DataFrame, subject: str, column: str, *, order_by: str | None = None,
+                   constant: bool = False, role: str = "a per-subject value", at: str = "last") -> pd.Series:
+    """Each subject's last (or first) non-missing value of ``column``.
+
+    Parameters
+    ----------
+    frame : DataFrame, long data (one row per observation).
+    subject, column : column names.
+    order_by : column giving the order of a subject's rows (the time); default the order in ``frame``.
+    constant : refuse (DataError naming the column) a column that varies within a subject.
+    role : what the column is, for that message (e.g. "an outcome").
+    at : "last" or "first" non-missing value.
+
+    Returns
+    -------
+    Series indexed by subject (subjects with no non-missing value are absent).
+    """
+    if at not in ("last", "first"):
+        raise ValueError(f"at must be 'last' or 'first', got {at!r}")
+    for c in (subject, column) + ((order_by,) if order_by else ()):
+        _check_column(frame, c)
+    cols = list(dict.fromkeys([subject, column] + ([order_by] if order_by else [])))
+    d = frame[cols]
+    d = d[d[column].notna()]
+    if order_by and order_by != column:
+        d = d.sort_values(order_by, kind="stable", na_position="first")
+    g = d.groupby(subject, sort=True)[column]
+    if constant:
+        n = g.nunique()
+        bad = n.index[n > 1]
+        if len(bad):
+            s = bad[0]
+            vals = pd.unique(d.loc[d[subject] == s, column])
+            shown = ", ".join(repr(_py(v)) for v in vals[:3])
+            raise DataError(
+                f"column {column!r} must hold one value per subject ({role}), but it varies within "
+                f"{len(bad)} of {len(n)} subject(s) (e.g. subject {_py(s)!r}: {shown}"
+                f"{', ...' if len(vals) > 3 else ''}); give each subject a single value in every row"
+            )
+    return g.last() if at == "last" else g.first()
+
+
+def event_indicator(values: pd.Series, column: str = "event", event_value=None) -> pd.Series:
+    """True where ``values`` mark an event, False where they mark censoring.
+
+    Without ``event_value`` the values must be 0/1, true/false or yes/no (any case); with it,
+    the values equal to ``event_value`` (compared as numbers when both are numbers, else as
+    text) are events and all others are censored.
+    """
+    s = values
+    if event_value is not None:
+        num = pd.to_numeric(s, errors="coerce")
+        try:
+            target = float(event_value)
+        except (TypeError, ValueError):
+            target = None
+        if target is not None and num.notna().all():
+            hit = num == target
+        else:
+            hit = s.astype(str).str.strip() == str(event_value).strip()
+        if not hit.any():
+            raise DataError(f"no subject has the event value {event_value!r} in column {column!r} "
+                            f"(its values are: {', '.join(map(str, pd.unique(s)[:6]))})")
+        return hit.astype(bool)
+    if pd.api.types.is_bool_dtype(s):
+        return s.astype(bool)
+    text = s.astype(str).str.strip().str.lower()
+    ok = text.isin(_TRUE | _FALSE)
+    if not ok.all():
+        vals = ", ".join(map(str, pd.unique(s)[:6]))
+        raise DataError(f"column {column!r} must mark events as 1/0 (or true/false, yes/no); it holds {vals}: "
+                        "say which value is the event with event_value=...")
+    return text.isin(_TRUE)
+
+
+def _durations(values: pd.Series, column: str) -> pd.Series:
+    t = pd.to_numeric(values, errors="coerce") if not pd.api.types.is_bool_dtype(values) else values * np.nan
+    bad = t.isna()
+    if bad.any():
+        raise DataError(f"column {column!r} (follow-up time) must be numeric, but subject {_py(values.index[bad][0])!r} "
+                        f"holds {_py(values[bad].iloc[0])!r} ({int(bad.sum())} subject(s) in all)")
+    t = t.astype(float)
+    if not np.isfinite(t).all() or (t < 0).any():
+        bad = t[~np.isfinite(t) | (t < 0)]
+        raise DataError(f"column {column!r} (follow-up time) must be finite and >= 0, but subject "
+                        f"{_py(bad.index[0])!r} has {_py(bad.iloc[0])!r}")
+    return t
+
+
+# ---------------------------------------------------------------------------- clusters
+def _clusters(model, level: str, subject: str | None, order_by: str | None) -> tuple[pd.Series, str, str | None]:
+    """Cluster per subject, the subject column and the ordering column."""
+    if isinstance(model, pd.Series):
+        if subject is None:
+            raise ValueError("give subject= (the subject column) when the clusters are a Series")
+        return model.rename("cluster"), subject, order_by
+    from .summaries import cluster_labels
+
+    if not hasattr(model, "responsibilities_"):
+        raise ValueError("outcomes by cluster need a fitted MixtureLMM or DeepMixtureLMM (or a Series of clusters)")
+    cols = model.design_.columns
+    labels = cluster_labels(model, level).rename("cluster")
+    return labels, subject or cols.subject, order_by or cols.time
+
+
+def _order(values) -> list:
+    vals = list(pd.unique(pd.Series(values).dropna()))
+    try:
+        return sorted(vals)
+    except TypeError:
+        return sorted(vals, key=str)
+
+
+# ---------------------------------------------------------------------------- categorical outcome
+@dataclass
+class OutcomeTable:
+    """A categorical outcome by cluster (see :func:`outcome_table`).
+
+    Attributes
+    ----------
+    column : the outcome column.
+    counts : DataFrame, subjects per cluster (rows) and outcome value (columns).
+    percent : DataFrame, row percentages (each cluster's subjects by outcome value).
+    statistic, dof, p_value : Pearson's chi-square test of independence (NaN if the table has
+        fewer than two rows or columns).
+    min_expected : smallest expected count under independence (below 5 the chi-square
+        approximation is rough).
+    n_subjects : subjects in the table; n_missing : clustered subjects without a value.
+    """
+
+    column: str
+    counts: pd.DataFrame
+    percent: pd.DataFrame
+    statistic: float
+    dof: int
+    p_value: float
+    min_expected: float
+    n_subjects: int
+    n_missing: int
+
+    def formatted(self) -> pd.DataFrame:
+        """The table as printed: "n (x %)" per cluster and value, with the totals."""
+        out = pd.DataFrame(index=[str(k) for k in self.counts.index] + ["all"])
+        total = self.counts.sum(axis=0)
+        for c in self.counts.columns:
+            col = [f"{n} ({p:.1f} %)" for n, p in zip(self.counts[c], self.percent[c])]
+            col.append(f"{total[c]} ({100 * total[c] / max(total.sum(), 1):.1f} %)")
+            out[str(c)] = col
+        out["subjects"] = list(self.counts.sum(axis=1)) + [int(total.sum())]
+        out.index.name = "cluster"
+        return out
+
+    def test_text(self) -> str:
+        if not np.isfinite(self.statistic):
+            return "chi-square test not defined (fewer than two clusters or values)"
+        text = f"chi-square {self.statistic:.2f}, {self.dof} df, {format_p(self.p_value)}"
+        if self.min_expected < 5:
+            text += f" (smallest expected count {self.min_expected:.1f}: the approximation is rough)"
+        return text
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long form: outcome, value, cluster, subjects, percent (of the cluster's subjects); "all" rows last."""
+        rows = []
+        total = self.counts.sum(axis=0)
+        for k in list(self.counts.index) + ["all"]:
+            for c in self.counts.columns:
+                n = int(total[c]) if k == "all" else int(self.counts.loc[k, c])
+                p = 100 * n / max(total.sum(), 1) if k == "all" else float(self.percent.loc[k, c])
+                rows.append({"outcome": self.column, "value": c, "cluster": k, "subjects": n, "percent": p})
+        return pd.DataFrame(rows)
+
+
+def outcome_table(model, frame: pd.DataFrame, column: str, *, subject: str | None = None,
+                  order_by: str | None = None, level: str = "cluster") -> OutcomeTable:
+    """Counts of a categorical per-subject outcome by cluster, row percentages and a chi-square test.
+
+    Parameters
+    ----------
+    model : fitted MixtureLMM / DeepMixtureLMM, or a Series (index: subject) of clusters.
+    frame : DataFrame, the long data holding ``column`` (and the subject and time columns).
+    column : the outcome; one value per subject (the last non-missing one is used).
+    subject, order_by : subject and time columns (default: the model's).
+    level : "cluster" or, for a deep model, "cluster_layer1".
+    """
+    from scipy.stats import chi2_contingency
+
+    labels, subject, order_by = _clusters(model, level, subject, order_by)
+    values = subject_values(frame, subject, column, order_by=order_by, constant=True, role="an outcome")
+    common = labels.index.intersection(values.index)
+    lab, val = labels.loc[common], values.loc[common]
+    counts = pd.crosstab(lab, val).reindex(index=_order(labels), columns=_order(val), fill_value=0)
+    counts.index.name, counts.columns.name = "cluster", column
+    percent = 100 * counts.div(counts.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
+    used = counts.loc[counts.sum(axis=1) > 0, counts.sum(axis=0) > 0]
+    stat, dof, p, min_exp = np.nan, 0, np.nan, np.nan
+    if used.shape[0] >= 2 and used.shape[1] >= 2:
+        res = chi2_contingency(used.to_numpy())
+        stat, p, dof, min_exp = float(res.statistic), float(res.pvalue), int(res.dof), float(res.expected_freq.min())
+    return OutcomeTable(column, counts, percent, stat, dof, p, min_exp, int(len(common)),
+                        int(len(labels) - len(common)))
+
+
+# ---------------------------------------------------------------------------- survival
+@dataclass
+class SurvivalByCluster:
+    """Kaplan-Meier curves by cluster and the log-rank test (see :func:`survival_by_cluster`).
+
+    Attributes
+    ----------
+    duration, event : the follow-up time and event columns; event_label : what counts as an event.
+    curves : DataFrame, one row per cluster and time at which something happened (from time 0):
+        cluster, time, survival, lower, upper (pointwise confidence interval, lifelines'
+        exponential Greenwood), at_risk, events, censored.
+    summary : DataFrame by cluster: subjects, events, censored, median survival time and its
+        confidence interval (inf: not reached).
+    statistic, dof, p_value : the log-rank test of equal survival in all clusters (NaN with
+        one cluster).
+    n_subjects, n_missing : subjects in the curves, clustered subjects without time or event.
+    alpha : 1 - the confidence level of the intervals.
+    """
+
+    duration: str
+    event: str
+    event_label: str
+    curves: pd.DataFrame
+    summary: pd.DataFrame
+    statistic: float
+    dof: int
+    p_value: float
+    n_subjects: int
+    n_missing: int
+    alpha: float = 0.05
+
+    def test_text(self) -> str:
+        if not np.isfinite(self.statistic):
+            return "log-rank test not defined (one cluster)"
+        return f"log-rank chi-square {self.statistic:.2f}, {self.dof} df, {format_p(self.p_value)}"
+
+    def formatted(self) -> pd.DataFrame:
+        """The summary as printed: subjects, events, median (CI)."""
+        def fmt(v):
+            return "not reached" if not np.isfinite(v) else f"{v:.3g}"
+
+        s = self.summary
+        level = f"{100 * (1 - self.alpha):g} %"
+        out = pd.DataFrame({
+            "subjects": s["subjects"], "events": s["events"],
+            f"median ({level} CI)": [f"{fmt(m)} ({fmt(lo)} to {fmt(hi)})"
+                                     for m, lo, hi in zip(s["median"], s["median_lower"], s["median_upper"])],
+        }, index=s.index)
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        """The curves with the follow-up time column under its own name."""
+        return self.curves.rename(columns={"time": self.duration})
+
+
+def survival_by_cluster(model, frame: pd.DataFrame, duration: str, event: str, *, event_value=None,
+                        subject: str | None = None, order_by: str | None = None, level: str = "cluster",
+                        alpha: float = 0.05) -> SurvivalByCluster:
+    """Kaplan-Meier curves by cluster with the log-rank test (lifelines).
+
+    Parameters
+    ----------
+    model : fitted MixtureLMM / DeepMixtureLMM, or a Series (index: subject) of clusters.
+    frame : DataFrame, the long data holding the ``duration`` and ``event`` columns.
+    duration : follow-up time (time to the event or to censoring), >= 0; one value per subject.
+    event : event indicator, one value per subject: 1/0, true/false, yes/no, or any values with
+        ``event_value`` saying which one is the event (the others are censored).
+    subject, order_by : subject and time columns (default: the model's).
+    level : "cluster" or, for a deep model, "cluster_layer1".
+    alpha : the curves' confidence intervals are 1 - alpha.
+    """
+    require_lifelines()
+    from lifelines import KaplanMeierFitter
+    from lifelines.statistics import multivariate_logrank_test
+    from lifelines.utils import median_survival_times
+
+    labels, subject, order_by = _clusters(model, level, subject, order_by)
+    t = _durations(subject_values(frame, subject, duration, order_by=order_by, constant=True,
+                                  role="a follow-up time"), duration)
+    raw = subject_values(frame, subject, event, order_by=order_by, constant=True, role="an event indicator")
+    e = event_indicator(raw, event, event_value)
+    common = labels.index.intersection(t.index).intersection(e.index)
+    lab, t, e = labels.loc[common], t.loc[common], e.loc[common]
+    curves, summary = [], []
+    for k in _order(lab):
+        m = (lab == k).to_numpy()
+        kmf = KaplanMeierFitter(alpha=alpha).fit(t[m].to_numpy(float), e[m].to_numpy(bool), label="km")
+        sf = kmf.survival_function_["km"]
+        ci = kmf.confidence_interval_
+        et = kmf.event_table
+        curves.append(pd.DataFrame({
+            "cluster": k, "time": sf.index.to_numpy(float), "survival": sf.to_numpy(),
+            "lower": ci.iloc[:, 0].to_numpy(), "upper": ci.iloc[:, 1].to_numpy(),
+            "at_risk": et["at_risk"].reindex(sf.index).to_numpy(int),
+            "events": et["observed"].reindex(sf.index).to_numpy(int),
+            "censored": et["censored"].reindex(sf.index).to_numpy(int)}))
+        med_ci = median_survival_times(ci)
+        summary.append({"cluster": k, "subjects": int(m.sum()), "events": int(e[m].sum()),
+                        "censored": int((~e[m]).sum()), "median": float(kmf.median_survival_time_),
+                        "median_lower": float(med_ci.iloc[0, 0]), "median_upper": float(med_ci.iloc[0, 1])})
+    stat, dof, p = np.nan, 0, np.nan
+    if lab.nunique() >= 2:
+        res = multivariate_logrank_test(t.to_numpy(float), lab.to_numpy(), e.to_numpy(bool))
+        stat, dof, p = float(res.test_statistic), int(res.degrees_of_freedom), float(res.p_value)
+    label = f"{event} = {event_value}" if event_value is not None else event
+    return SurvivalByCluster(duration, event, label, pd.concat(curves, ignore_index=True),
+                             pd.DataFrame(summary).set_index("cluster"), stat, dof, p, int(len(common)),
+                             int(len(labels) - len(common)), alpha)
+
+
+# ---------------------------------------------------------------------------- baseline table
+@dataclass
+class BaselineTable:
+    """Characteristics by cluster (see :func:`baseline_table`).
+
+    Attributes
+    ----------
+    table : DataFrame as printed, rows (variable, statistic), columns the clusters and "all":
+        "mean (SD)" for numeric columns, "n (%)" per value for categorical ones (numeric
+        columns with at most two distinct values count as categorical), "missing" counts.
+    tidy : DataFrame variable, level, cluster, subjects, mean, sd, count, percent (the numbers).
+    at : "last" or "first": which non-missing value of each subject was used.
+    varying : the columns that vary within some subject (for which ``at`` matters).
+    """
+
+    table: pd.DataFrame
+    tidy: pd.DataFrame
+    at: str
+    varying: list = field(default_factory=list)
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(values):
+        return False
+    try:
+        x = as_numeric(values, "values")
+    except DataError:
+        return False
+    return len(np.unique(x[np.isfinite(x)])) > 2
+
+
+def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subject: str | None = None,
+                   order_by: str | None = None, level: str = "cluster", at: str = "last") -> BaselineTable:
+    """Mean (SD) or counts (%) of each column by cluster and overall (a clinical paper's Table 1).
+
+    Parameters
+    ----------
+    model : fitted MixtureLMM / DeepMixtureLMM, or a Series (index: subject) of clusters.
+    frame : DataFrame, the long data holding ``columns``.
+    columns : the characteristics; each subject contributes one value per column.
+    subject, order_by : subject and time columns (default: the model's).
+    level : "cluster" or, for a deep model, "cluster_layer1".
+    at : "last" (default) or "first" non-missing value of each subject, for columns that vary
+        within subjects (listed in the result's ``varying``).
+    """
+    labels, subject, order_by = _clusters(model, level, subject, order_by)
+    clusters = _order(labels)
+    groups = [(k, labels.index[labels == k]) for k in clusters] + [("all", labels.index)]
+    heads = {k: f"cluster {k} (n={len(idx)})" if k != "all" else f"all (n={len(idx)})" for k, idx in groups}
+    rows, tidy, varying = {}, [], []
+    for col in dict.fromkeys(columns):
+        _check_column(frame, col)
+        if col == subject:
+            continue
+        present = frame[[subject, col]].dropna()
+        if (present.groupby(subject)[col].nunique() > 1).any():
+            varying.append(col)
+        v = subject_values(frame, subject, col, order_by=order_by, at=at).reindex(labels.index)
+        if _is_numeric(v.dropna()):
+            x = pd.Series(as_numeric(v, f"column {col!r}"), index=v.index)
+            cells = {}
+            for k, idx in groups:
+                xs = x.loc[idx].dropna()
+                mean, sd = (float(xs.mean()), float(xs.std(ddof=1))) if len(xs) else (np.nan, np.nan)
+                cells[heads[k]] = f"{mean:.3g} ({sd:.3g})" if len(xs) > 1 else (f"{mean:.3g}" if len(xs) else "")
+                tidy.append({"variable": col, "level": "", "cluster": k, "subjects": int(len(xs)), "mean": mean,
+                             "sd": sd, "count": np.nan, "percent": np.nan})
+            rows[(col, "mean (SD)")] = cells
+        else:
+            for value in _order(v.dropna()):
+                cells = {}
+                for k, idx in groups:
+                    vs = v.loc[idx].dropna()
+                    n = int((vs == value).sum())
+                    pct = 100 * n / len(vs) if len(vs) else np.nan
+                    cells[heads[k]] = f"{n} ({pct:.1f} %)" if len(vs) else "0"
+                    tidy.append({"variable": col, "level": str(value), "cluster": k, "subjects": int(len(vs)),
+                                 "mean": np.nan, "sd": np.nan, "count": n, "percent": pct})
+                rows[(col, f"{value}, n (%)")] = cells
+        miss = {heads[k]: int(v.loc[idx].isna().sum()) for k, idx in groups}
+        if any(miss.values()):
+            rows[(col, "missing")] = {h: str(n) for h, n in miss.items()}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(heads.values()))
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["variable", "statistic"]) if len(table) else table.index
+    return BaselineTable(table, pd.DataFrame(tidy, columns=["variable", "level", "cluster", "subjects", "mean", "sd",
+                                                           "count", "percent"]), at, varying)
+
+
+# ---------------------------------------------------------------------------- all at once
+@dataclass
+class OutcomeReport:
+    """The outcome tables, survival curves and baseline table of a fit (see :func:`outcome_report`)."""
+
+    tables: list = field(default_factory=list)
+    survival: SurvivalByCluster | None = None
+    baseline: BaselineTable | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.tables) or self.survival is not None or self.baseline is not None
+
+    def files(self) -> dict[str, pd.DataFrame]:
+        """The CSV files of ``dmlmm fit``: outcomes.csv, survival.csv, baseline.csv, outcome_tests.csv."""
+        out = {}
+        if self.tables:
+            out["outcomes.csv"] = pd.concat([t.to_frame() for t in self.tables], ignore_index=True)
+        if self.survival is not None:
+            out["survival.csv"] = self.survival.to_frame()
+        if self.baseline is not None:
+            out["baseline.csv"] = self.baseline.tidy
+        tests = [{"test": "chi-square", "variables": t.column, "statistic": t.statistic, "dof": t.dof,
+                  "p_value": t.p_value, "subjects": t.n_subjects} for t in self.tables]
+        if self.survival is not None:
+            s = self.survival
+            tests.append({"test": "log-rank", "variables": f"{s.duration}, {s.event_label}", "statistic": s.statistic,
+                          "dof": s.dof, "p_value": s.p_value, "subjects": s.n_subjects})
+        if tests:
+            out["outcome_tests.csv"] = pd.DataFrame(tests)
+        return out
+
+    def text(self) -> str:
+        """The tables as the command line prints them."""
+        parts = []
+        for t in self.tables:
+            missing = f"; {t.n_missing} subject(s) without a value left out" if t.n_missing else ""
+            parts.append(f"{t.column} by cluster (each subject's last non-missing value; {t.n_subjects} subjects"
+                         f"{missing}):\n{t.formatted().to_string()}\n{t.test_text()}")
+        if self.survival is not None:
+            s = self.survival
+            missing = f"; {s.n_missing} subject(s) without follow-up left out" if s.n_missing else ""
+            parts.append(f"survival by cluster ({s.duration}, event: {s.event_label}; {s.n_subjects} subjects"
+                         f"{missing}): {s.test_text()}\n{s.formatted().to_string()}")
+        if self.baseline is not None:
+            b = self.baseline
+            parts.append(f"characteristics by cluster (each subject's {b.at} non-missing value):\n"
+                         + b.table.to_string())
+        return "\n\n".join(parts)
+
+
+def check_outcome_columns(frame: pd.DataFrame, subject: str, *, order_by: str | None = None,
+                          outcomes: Sequence[str] = (), duration: str | None = None, event: str | None = None,
+                          event_value=None, baseline: Sequence[str] = ()) -> None:
+    """Raise the errors :func:`outcome_report` would raise, before any fitting (DataError / ImportError)."""
+    if (duration is None) != (event is None):
+        raise DataError("survival by cluster needs both a follow-up time and an event column "
+                        "(CLI: --event-time and --event)")
+    for c in list(outcomes) + [c for c in (duration, event) if c] + list(baseline):
+        _check_column(frame, c)
+    for c in outcomes:
+        subject_values(frame, subject, c, order_by=order_by, constant=True, role="an outcome")
+    if duration is not None:
+        require_lifelines()
+        _durations(subject_values(frame, subject, duration, order_by=order_by, constant=True,
+                                  role="a follow-up time"), duration)
+        raw = subject_values(frame, subject, event, order_by=order_by, constant=True, role="an event indicator")
+        event_indicator(raw, event, event_value)
+
+
+def outcome_report(model, frame: pd.DataFrame, *, outcomes: Sequence[str] = (), duration: str | None = None,
+                   event: str | None = None, event_value=None, baseline: Sequence[str] = (),
+                   subject: str | None = None, order_by: str | None = None, level: str = "cluster",
+                   at: str = "last") -> OutcomeReport:
+    """:func:`outcome_table` for each of ``outcomes``, :func:`survival_by_cluster` (with ``duration``
+    and ``event``) and :func:`baseline_table` of ``baseline`` (if any), in one :class:`OutcomeReport`."""
+    kw = dict(subject=subject, order_by=order_by, level=level)
+    if (duration is None) != (event is None):
+        raise DataError("survival by cluster needs both a follow-up time and an event column")
+    tables = [outcome_table(model, frame, c, **kw) for c in dict.fromkeys(outcomes)]
+    surv = (survival_by_cluster(model, frame, duration, event, event_value=event_value, **kw)
+            if duration is not None else None)
+    base = baseline_table(model, frame, list(baseline), at=at, **kw) if baseline else None
+    return OutcomeReport(tables, surv, base)

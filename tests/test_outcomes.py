@@ -1,0 +1,195 @@
+"""Outcomes by cluster: tables with chi-square tests, Kaplan-Meier curves with the log-rank test, baseline tables."""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dmlmm
+from dmlmm import outcomes as oc
+from dmlmm.exceptions import DataError
+
+lifelines = pytest.importorskip("lifelines")
+
+# seven subjects in two clusters; each subject has two rows (visits), in shuffled order
+CLUSTERS = pd.Series([0, 0, 0, 1, 1, 1, 1], index=[f"s{i}" for i in range(7)], name="cluster")
+OUTCOME = ["A", "A", "B", "B", "B", "C", "C"]  # counts: cluster 0 [2, 1, 0], cluster 1 [0, 2, 2]
+TIME = [1.0, 2.0, 4.0, 3.0, 5.0, 6.0, 7.0]
+EVENT = [1, 0, 1, 1, 1, 0, 1]
+
+
+def long_frame() -> pd.DataFrame:
+    rows = []
+    for i, s in enumerate(CLUSTERS.index):
+        for visit in (0.0, 1.0):
+            rows.append({"id": s, "t": visit, "y": float(i + visit), "outcome": OUTCOME[i], "futime": TIME[i],
+                         "dead": EVENT[i], "age": 40.0 + 2 * i + visit, "sex": "f" if i % 2 else "m"})
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def test_outcome_table_and_chi_square_by_hand():
+    t = oc.outcome_table(CLUSTERS, long_frame(), "outcome", subject="id", order_by="t")
+    assert t.counts.to_numpy().tolist() == [[2, 1, 0], [0, 2, 2]]
+    assert list(t.counts.columns) == ["A", "B", "C"] and list(t.counts.index) == [0, 1]
+    assert t.percent.to_numpy() == pytest.approx(np.array([[200 / 3, 100 / 3, 0], [0, 50, 50]]))
+    # expected counts (row total x column total / 7): [6/7, 9/7, 6/7], [8/7, 12/7, 8/7];
+    # sum of (O - E)^2 / E = 64/42 + 4/63 + 6/7 + 8/7 + 4/84 + 36/56 = 77/18
+    assert t.statistic == pytest.approx(77 / 18) and t.dof == 2
+    assert t.p_value == pytest.approx(math.exp(-77 / 36))  # chi-square with 2 df: P(X > x) = exp(-x/2)
+    assert t.min_expected == pytest.approx(6 / 7) and "rough" in t.test_text()
+    assert t.n_subjects == 7 and t.n_missing == 0
+    f = t.formatted()
+    assert f.loc["0", "A"] == "2 (66.7 %)" and f.loc["all", "subjects"] == 7
+    long = t.to_frame()
+    assert list(long.columns) == ["outcome", "value", "cluster", "subjects", "percent"]
+    assert long.query("cluster == 'all' and value == 'B'")["subjects"].item() == 3
+
+
+def test_two_by_two_uses_yates_correction_as_r():
+    cl = pd.Series([0] * 10 + [1] * 10, index=range(20))
+    frame = pd.DataFrame({"id": range(20), "t": 0.0, "o": ["x"] * 8 + ["y"] * 2 + ["x"] * 3 + ["y"] * 7})
+    t = oc.outcome_table(cl, frame, "o", subject="id")
+    # [[8, 2], [3, 7]]: expected 5.5, 4.5; Yates: 4 / 5.5 * 2 + 4 / 4.5 * 2 = 3.2323, p = 0.0722 (as R's chisq.test)
+    assert t.statistic == pytest.approx(3.2323, abs=1e-4) and t.p_value == pytest.approx(0.0722, abs=1e-4)
+
+
+def test_last_non_missing_value_and_constant_columns():
+    frame = long_frame()
+    frame.loc[(frame["id"] == "s0") & (frame["t"] == 1.0), "outcome"] = np.nan  # the later visit lacks it
+    frame.loc[frame["id"] == "s6", "outcome"] = np.nan  # no value at all: left out and counted
+    t = oc.outcome_table(CLUSTERS, frame, "outcome", subject="id", order_by="t")
+    assert t.counts.loc[0, "A"] == 2 and t.n_subjects == 6 and t.n_missing == 1
+    v = oc.subject_values(frame, "id", "age", order_by="t")  # varying: the last visit's value
+    assert v["s0"] == 41.0 and oc.subject_values(frame, "id", "age", order_by="t", at="first")["s0"] == 40.0
+    frame.loc[(frame["id"] == "s3") & (frame["t"] == 1.0), "outcome"] = "C"
+    with pytest.raises(DataError, match=r"column 'outcome' must hold one value per subject .*1 of 6 subject.*'s3'"):
+        oc.outcome_table(CLUSTERS, frame, "outcome", subject="id")
+    with pytest.raises(DataError, match="'nope' not found"):
+        oc.outcome_table(CLUSTERS, frame, "nope", subject="id")
+
+
+def km_by_hand(t, e):
+    """Kaplan-Meier: product over event times of (1 - d / n)."""
+    t, e = np.asarray(t, float), np.asarray(e, bool)
+    s, out = 1.0, {}
+    for u in np.unique(t[e]):
+        n, d = (t >= u).sum(), ((t == u) & e).sum()
+        s *= 1 - d / n
+        out[u] = s
+    return out
+
+
+def logrank_by_hand(t, e, g):
+    """Two-group log-rank chi-square: (O1 - E1)^2 / V over the distinct event times."""
+    t, e, g = np.asarray(t, float), np.asarray(e, bool), np.asarray(g)
+    o1 = e1 = v = 0.0
+    for u in np.unique(t[e]):
+        at = t >= u
+        n, n1 = at.sum(), (at & (g == 0)).sum()
+        d = ((t == u) & e).sum()
+        o1 += ((t == u) & e & (g == 0)).sum()
+        e1 += d * n1 / n
+        v += d * (n1 / n) * (1 - n1 / n) * (n - d) / max(n - 1, 1)
+    return (o1 - e1) ** 2 / v
+
+
+def test_kaplan_meier_by_cluster_matches_lifelines_and_the_hand_computation():
+    s = oc.survival_by_cluster(CLUSTERS, long_frame(), "futime", "dead", subject="id", order_by="t")
+    from lifelines import KaplanMeierFitter
+    from lifelines.statistics import logrank_test
+
+    for k in (0, 1):
+        m = (CLUSTERS == k).to_numpy()
+        t, e = np.array(TIME)[m], np.array(EVENT)[m]
+        kmf = KaplanMeierFitter().fit(t, e)
+        c = s.curves[s.curves["cluster"] == k].set_index("time")
+        assert c["survival"].to_numpy() == pytest.approx(kmf.survival_function_.iloc[:, 0].to_numpy())
+        assert c["lower"].to_numpy() == pytest.approx(kmf.confidence_interval_.iloc[:, 0].to_numpy())
+        assert c["upper"].to_numpy() == pytest.approx(kmf.confidence_interval_.iloc[:, 1].to_numpy())
+        for u, surv in km_by_hand(t, e).items():
+            assert c.loc[u, "survival"] == pytest.approx(surv)
+        assert s.summary.loc[k, "subjects"] == m.sum() and s.summary.loc[k, "events"] == e.sum()
+        assert s.summary.loc[k, "median"] == kmf.median_survival_time_
+    # cluster 0: times 1 (event), 2 (censored), 4 (event): S = 2/3 after 1, then 0 after 4
+    c0 = s.curves[s.curves["cluster"] == 0]
+    assert c0["survival"].tolist() == pytest.approx([1.0, 2 / 3, 2 / 3, 0.0])
+    assert c0["at_risk"].tolist() == [3, 3, 2, 1] and c0["censored"].tolist() == [0, 0, 1, 0]
+    ref = logrank_test(np.array(TIME)[:3], np.array(TIME)[3:], np.array(EVENT)[:3], np.array(EVENT)[3:])
+    assert s.statistic == pytest.approx(ref.test_statistic) and s.p_value == pytest.approx(ref.p_value)
+    assert s.statistic == pytest.approx(logrank_by_hand(TIME, EVENT, CLUSTERS.to_numpy())) and s.dof == 1
+    assert s.to_frame().columns[1] == "futime" and "log-rank" in s.test_text()
+
+
+def test_event_indicator_values():
+    frame = long_frame()
+    frame["status"] = frame["dead"].map({1: "died", 0: "alive"})
+    frame.loc[frame["id"] == "s5", "status"] = "transplanted"
+    s = oc.survival_by_cluster(CLUSTERS, frame, "futime", "status", event_value="died", subject="id")
+    ref = oc.survival_by_cluster(CLUSTERS, frame, "futime", "dead", subject="id")
+    assert s.statistic == pytest.approx(ref.statistic)  # s5 was censored in "dead" too
+    assert s.event_label == "status = died"
+    with pytest.raises(DataError, match="column 'status' must mark events as 1/0.*event_value"):
+        oc.survival_by_cluster(CLUSTERS, frame, "futime", "status", subject="id")
+    with pytest.raises(DataError, match="no subject has the event value"):
+        oc.survival_by_cluster(CLUSTERS, frame, "futime", "status", event_value="gone", subject="id")
+    assert oc.event_indicator(pd.Series(["Yes", "no", "TRUE", "0"])).tolist() == [True, False, True, False]
+    frame.loc[0, "futime"] = -1.0
+    with pytest.raises(DataError, match="column 'futime' must hold one value per subject"):
+        oc.survival_by_cluster(CLUSTERS, frame, "futime", "dead", subject="id")
+
+
+def test_missing_lifelines_gives_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lifelines", None)
+    with pytest.raises(ImportError, match=r"pip install 'dmlmm\[survival\]'"):
+        oc.survival_by_cluster(CLUSTERS, long_frame(), "futime", "dead", subject="id")
+
+
+def test_baseline_table():
+    b = oc.baseline_table(CLUSTERS, long_frame(), ["age", "sex"], subject="id", order_by="t")
+    # age at the last visit: 41 + 2i; cluster 0: 41, 43, 45
+    assert b.table.loc[("age", "mean (SD)"), "cluster 0 (n=3)"] == "43 (2)"
+    assert b.table.loc[("sex", "f, n (%)"), "cluster 1 (n=4)"] == "2 (50.0 %)"  # s3, s5
+    assert b.table.loc[("sex", "m, n (%)"), "all (n=7)"] == "4 (57.1 %)"
+    assert b.varying == ["age"] and b.at == "last"
+    tidy = b.tidy.set_index(["variable", "level", "cluster"])
+    assert tidy.loc[("age", "", "all"), "mean"] == pytest.approx(np.mean([41 + 2 * i for i in range(7)]))
+    assert tidy.loc[("sex", "f", 0), "count"] == 1
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from dmlmm.simulate import dgp1
+
+    s = dgp1(0, n_subjects=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = dmlmm.DeepMixtureLMM((3, 2), (2, 1), basis=dmlmm.SplineBasis(6), random_state=0, max_iter=40).fit(s.data)
+    rng = np.random.default_rng(0)
+    per = pd.DataFrame({"subject": s.labels.index, "futime": rng.exponential(np.where(s.labels > 0, 10.0, 0.5)),
+                        "dead": rng.random(40) < 0.7, "group": np.where(s.labels > 0, "x", "y"),
+                        "age": rng.normal(50, 10, 40)})
+    return m, s.data.merge(per, on="subject")
+
+
+def test_report_sections_with_a_fitted_model(fitted):
+    from dmlmm.report import collect_results, render_report
+
+    m, frame = fitted
+    rep = oc.outcome_report(m, frame, outcomes=["group"], duration="futime", event="dead", baseline=["age"])
+    assert set(rep.files()) == {"outcomes.csv", "survival.csv", "baseline.csv", "outcome_tests.csv"}
+    tests = rep.files()["outcome_tests.csv"]
+    assert tests["test"].tolist() == ["chi-square", "log-rank"] and (tests["p_value"] < 0.05).all()
+    from dmlmm.summaries import cluster_labels
+
+    assert rep.tables[0].counts.sum(axis=1).to_dict() == cluster_labels(m).value_counts().sort_index().to_dict()
+    html = render_report(collect_results(m, frame), outcomes=rep)
+    for sid in ("classes", "outcomes", "survival", "baseline"):
+        assert f'<section id="{sid}">' in html, sid
+    assert "Kaplan-Meier" in html and "log-rank chi-square" in html and "chi-square" in html
+    assert "postprob" in html and "summarytable" in html and "relative entropy" in html.lower()
+    assert html.count("data:image/png;base64,") == 7  # 5 figures + outcome bars + survival curves
