@@ -165,6 +165,14 @@ def test_demo_on_real_data(tmp_path):
     assert len(clusters) == 312 and clusters["cluster"].nunique() >= 2
     html = (tmp_path / "demo" / "report.html").read_text()
     assert 'id="labels"' in html and "Adjusted Rand index" in html
+    # what the clusters mean: the outcome with row percentages, survival (death) by cluster, characteristics
+    assert "status by cluster: chi-square" in r.stdout and "survival by cluster: log-rank chi-square" in r.stdout
+    for sid in ("classes", "outcomes", "survival", "baseline"):
+        assert f'id="{sid}"' in html, sid
+    tests = pd.read_csv(tmp_path / "demo" / "outcome_tests.csv")
+    assert tests["test"].tolist() == ["chi-square", "log-rank"] and (tests["p_value"] < 1e-6).all()
+    surv = pd.read_csv(tmp_path / "demo" / "survival.csv")
+    assert "follow_up_years" in surv.columns and set(surv["cluster"]) == set(clusters["cluster"])
 
 
 # ---------------------------------------------------------------------------- bad input

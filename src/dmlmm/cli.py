@@ -193,8 +193,9 @@ def main() -> None:
 @click.option("--covariates", default=None, help="Comma-separated fixed-effect covariate columns, e.g. age,sex.")
 @click.option("--transform", type=click.Choice(TRANSFORMS), default="none", show_default=True,
               help="Transform of the response before fitting (log: values > 0; log1p: values > -1).")
-@click.option("--model", "kind", type=click.Choice(["deep", "mixture", "lmm"]), default="deep", show_default=True,
-              help="Deep mixture (DMLMM), mixture of LMMs, or one linear mixed model (REML).")
+@click.option("--model", "kind", type=click.Choice(["deep", "mixture", "lmm"]), default=None,
+              help="Deep mixture (DMLMM), mixture of LMMs, or one linear mixed model (REML). "
+                   "[deep; with --select: deep and mixture]")
 @click.option("--components", default=None, help="Components per layer, e.g. 10,5 (mixture: one number). [deep: 10,5; mixture: 5]")
 @click.option("--latent-dims", default=None, help="Latent dimensions per layer, e.g. 4,1. [4,1]")
 @click.option("--n-basis", default=None, type=int, help="Spline functions of time. [the library's default]")
@@ -206,39 +207,58 @@ def main() -> None:
 @click.option("--interval", default=0.95, show_default=True, type=float,
               help="Probability of the bands in trajectories.csv and the report.")
 @click.option("--n-init", default=None, type=int, help="Initialisations to try; the best ELBO is kept. [1]")
-@click.option("--select", is_flag=True, help="Choose the latent dimensions by a grid search (deep model).")
+@click.option("--select", is_flag=True,
+              help="Choose the model and its size by a grid search: the deep mixture over latent dimensions and "
+                   "the mixture of LMMs over 1, 2, ... components (--model: only that one); prints each candidate "
+                   "and the choice.")
 @click.option("--criterion", type=click.Choice(["elbo", "heldout"]), default="elbo", show_default=True,
               help="Selection criterion for --select.")
 @click.option("--jobs", default=1, show_default=True, type=int, help="Parallel processes for --select.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 @click.option("--max-iter", default=None, type=int, help="Iteration cap of the fit.")
 @click.option("--dropna", is_flag=True, help="Drop rows with missing values (and say how many) instead of stopping.")
+@click.option("--outcome", default=None,
+              help="Comma-separated categorical outcome column(s), one value per subject: counts by cluster with "
+                   "row percentages and a chi-square test (outcomes.csv and the report).")
+@click.option("--event-time", default=None,
+              help="Follow-up time column (one value per subject): Kaplan-Meier curves by cluster and a log-rank "
+                   "test with --event (survival.csv and the report; needs the lifelines package).")
+@click.option("--event", default=None, help="Event column for --event-time: 1/0, true/false or yes/no per subject.")
+@click.option("--event-value", default=None, help="The value of --event that is the event (the others are censored).")
+@click.option("--baseline", default=None,
+              help="Comma-separated columns to describe by cluster: mean (SD) or counts (%) (baseline.csv and the "
+                   "report). [the --covariates]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
 def fit(data, subject, time_col, response, covariates, transform, kind, components, latent_dims, n_basis, degree,
-        knots, extrapolate, interval, n_init, select, criterion, jobs, seed, max_iter, dropna, overwrite, quiet, out):
+        knots, extrapolate, interval, n_init, select, criterion, jobs, seed, max_iter, dropna, outcome, event_time,
+        event, event_value, baseline, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
     the saved model and an HTML report to --out (all at once, when the fit is done)."""
     from .cli_output import OutputFolder, write_outputs
 
+    kind = kind or ("auto" if select else "deep")
     comps, dims, covs = _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs,
                                            n_basis, degree, interval, n_init)
+    asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, covs)
     basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=kind == "lmm")
     t0 = time.perf_counter()
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, covs, transform)
         _check_basis(basis, n_basis, frame[time_col], smoothing=kind != "lmm")
+        _check_outcome_data(frame, subject, time_col, asked)
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
                                       criterion, jobs, seed, max_iter, n_init, dropna, quiet)
         used = _clean(frame, [subject, time_col, response] + (covs or [])) if dropna else frame
+        outcomes = _outcome_report(model, frame, asked)
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
                                      source=str(data), interval=interval, transform=transform,
-                                     input_columns=list(frame.columns))
+                                     input_columns=list(frame.columns), outcomes=outcomes)
         folder.commit()
     if not quiet:
-        _print_summary(model, res, Path(out), written, time.perf_counter() - t0, transform)
+        _print_summary(model, res, Path(out), written, time.perf_counter() - t0, transform, outcomes)
 
 
 def _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs, n_basis, degree, interval,
@@ -247,8 +267,10 @@ def _check_fit_options(kind, components, latent_dims, covariates, select, max_it
     comps = parse_int_list(components, "--components")
     dims = parse_int_list(latent_dims, "--latent-dims")
     covs = [c.strip() for c in covariates.split(",") if c.strip()] if covariates else None
-    if kind != "deep" and (dims is not None or select):
-        raise CliError("--latent-dims and --select apply to --model deep only")
+    if kind not in ("deep", "auto") and dims is not None:
+        raise CliError("--latent-dims applies to --model deep only")
+    if kind == "lmm" and select:
+        raise CliError("--select chooses among the mixtures (--model deep or mixture); --model lmm has nothing to choose")
     if kind == "lmm" and comps is not None:
         raise CliError("--components does not apply to --model lmm")
     if kind == "lmm" and n_init is not None:
@@ -305,6 +327,58 @@ def _check_basis(basis, n_basis, times, smoothing: bool) -> None:
         raise CliError(f"spline basis: {text}") from None
 
 
+def _columns(text: str | None) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else []
+
+
+def _outcome_options(kind, outcome, event_time, event, event_value, baseline, covs) -> dict:
+    """The outcome options parsed and checked against each other (no data needed)."""
+    asked = {"outcomes": _columns(outcome), "duration": event_time or None, "event": event or None,
+             "event_value": event_value, "baseline": _columns(baseline) if baseline is not None else list(covs or [])}
+    if (event_time is None) != (event is None):
+        raise CliError("--event-time and --event go together: give both (the follow-up time and the event column)")
+    if event_value is not None and event is None:
+        raise CliError("--event-value needs --event-time and --event")
+    if kind == "lmm" and (asked["outcomes"] or event_time or baseline):
+        raise CliError("--outcome, --event-time and --baseline describe clusters: not with --model lmm, which has none")
+    if kind == "lmm":
+        asked["baseline"] = []
+    return asked
+
+
+def _check_outcome_data(frame, subject, time_col, asked) -> None:
+    """The outcome columns against the data, before the fit (missing columns, values varying within subjects)."""
+    from .cli_input import InputError, check_columns
+    from .outcomes import check_outcome_columns
+
+    needed = asked["outcomes"] + [c for c in (asked["duration"], asked["event"]) if c] + asked["baseline"]
+    if not needed:
+        return
+    try:
+        check_columns(frame, needed)
+    except InputError as e:
+        raise CliError(str(e)) from None
+    try:
+        check_outcome_columns(frame, subject, order_by=time_col, outcomes=asked["outcomes"],
+                              duration=asked["duration"], event=asked["event"], event_value=asked["event_value"])
+    except ImportError as e:
+        raise CliError(f"--event-time: {e}") from None
+    except ValueError as e:
+        raise CliError(_one_line(e).replace("event_value=...", "--event-value VALUE")) from None
+
+
+def _outcome_report(model, frame, asked):
+    """The outcome tables of a fitted mixture (None when none were asked for or the model has no clusters)."""
+    from .models.base import VariationalLongitudinalModel
+    from .outcomes import outcome_report
+
+    if not isinstance(model, VariationalLongitudinalModel) or not (
+            asked["outcomes"] or asked["duration"] or asked["baseline"]):
+        return None
+    return outcome_report(model, frame, outcomes=asked["outcomes"], duration=asked["duration"], event=asked["event"],
+                          event_value=asked["event_value"], baseline=asked["baseline"])
+
+
 def _read_data(data, subject, time_col, response, covs, transform, response_optional=False):
     """The CSV file with its columns checked and the response transformed.
 
@@ -332,6 +406,8 @@ def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basi
 
         kw = {} if max_iter is None else {"max_iter": max_iter}
         return LinearMixedModel(basis=basis, method="reml", **kw).fit(frame, dropna=dropna, **cols), None
+    if select:
+        return _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna, quiet, extra)
     if kind == "mixture":
         from .models import MixtureLMM
 
@@ -340,29 +416,75 @@ def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basi
     from .models import DeepMixtureLMM
 
     comps = comps or (10, 5)
-    if not select:
-        dims = dims or (4, 1)
-        if len(dims) != len(comps):
-            raise CliError(f"--latent-dims {','.join(map(str, dims))} needs one entry per layer of "
-                           f"--components {','.join(map(str, comps))}")
-        m = DeepMixtureLMM(comps, dims, basis, random_state=seed, progress=progress, **extra)
-        return m.fit(frame, dropna=dropna, **cols), None
-    from .selection import latent_grid, select_model
+    dims = dims or (4, 1)
+    if len(dims) != len(comps):
+        raise CliError(f"--latent-dims {','.join(map(str, dims))} needs one entry per layer of "
+                       f"--components {','.join(map(str, comps))}")
+    m = DeepMixtureLMM(comps, dims, basis, random_state=seed, progress=progress, **extra)
+    return m.fit(frame, dropna=dropna, **cols), None
 
-    grid = latent_grid(len(comps), int(basis.n_basis))
+
+MIXTURE_MAX_DEFAULT = 5  # MixtureLMM's default size: --select tries the mixture with 1 to 5 components
+
+
+def _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna, quiet, extra):
+    """--select: the grid of candidates by --model, one line per candidate as it finishes, then the choice."""
+    from .selection import describe_candidate, latent_grid, select_model
+
+    models = ["deep", "mixture"] if kind == "auto" else [kind]
+    if kind == "auto" and comps is not None and len(comps) == 1:  # one number: the mixture's largest K
+        deep_comps, k_max = (10, 5), comps[0]
+    elif kind == "mixture":
+        deep_comps, k_max = (10, 5), comps[0] if comps else MIXTURE_MAX_DEFAULT
+    else:
+        deep_comps = comps or (10, 5)
+        k_max = min(deep_comps[0], MIXTURE_MAX_DEFAULT)
+    grid = latent_grid(len(deep_comps), int(basis.n_basis))
     if dims is not None and dims not in grid:
         grid.append(dims)
-    data = _clean(frame, [subject, time_col, response] + (covs or [])) if dropna else frame
+    columns = [cols["subject"], cols["time"], cols["response"]] + (cols["covariates"] or [])
+    data = _clean(frame, columns) if dropna else frame
     if dropna and len(data) < len(frame):
         warnings.warn(f"dropped {len(frame) - len(data)} of {len(frame)} row(s) with missing or infinite values")
+    n = (len(grid) if "deep" in models else 0) + (k_max if "mixture" in models else 0)
     if not quiet:
-        click.echo(f"selecting latent dimensions among {', '.join(str(g) for g in grid)} by {criterion} ...", err=True)
-    return select_model(data, [comps], grid, criterion, basis=basis, n_jobs=jobs, random_state=seed,
-                        progress=progress and jobs == 1, **cols, **extra)
+        what = []
+        if "deep" in models:
+            what.append(f"the deep mixture with components {deep_comps} and latent dimensions "
+                        + ", ".join(str(g) for g in grid))
+        if "mixture" in models:
+            what.append(f"the mixture of LMMs with 1 to {k_max} components")
+        click.echo(f"selecting by {'the ELBO' if criterion == 'elbo' else 'the held-out log score'} among {n} "
+                   f"candidates: {'; '.join(what)}", err=True)
+
+    def report(row, done, total):
+        if quiet:
+            return
+        if row.get("error"):
+            result = row["error"]
+        else:
+            score = (f"ELBO {row['elbo']:.2f}" if criterion == "elbo"
+                     else f"held-out log score {row['heldout_score']:.4f}")
+            result = (f"{score}, components kept {row['effective_components']}, {int(row['n_clusters'])} "
+                      f"cluster(s), {row['seconds']:.1f} s")
+        click.echo(f"  [{done}/{total}] {describe_candidate(row)}: {result}", err=True)
+
+    model, table = select_model(data, [deep_comps], grid, criterion, basis=basis, n_jobs=jobs, random_state=seed,
+                                models=models, mixture_components=range(1, k_max + 1), on_result=report,
+                                **cols, **extra)
+    if not quiet:
+        chosen = table[table["selected"]].iloc[0]
+        score = (f"ELBO {chosen['elbo']:.2f}" if criterion == "elbo"
+                 else f"held-out log score {chosen['heldout_score']:.4f}")
+        click.echo(f"selected: {describe_candidate(chosen)} ({score}, the best of {int(table['error'].isna().sum())} "
+                   "fitted candidates)", err=True)
+    return model, table
 
 
-def _print_summary(model, res, out: Path, written: list[str], seconds: float, transform: str) -> None:
+def _print_summary(model, res, out: Path, written: list[str], seconds: float, transform: str,
+                   outcomes=None) -> None:
     from .models.base import VariationalLongitudinalModel
+    from .summaries import class_summary_text
 
     if transform != "none":
         click.echo(f"response modelled as {res.names['response']}: trajectories and report are on that scale")
@@ -374,6 +496,9 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, tr
         click.echo(f"ELBO {model.elbo_:.2f} after {model.n_iter_} iterations"
                    f"{'' if model.converged_ else ' (not converged: raise --max-iter)'}; "
                    f"fit time {model.fit_seconds_:.1f} s (as in the report), {seconds:.1f} s in all")
+        click.echo("\n" + class_summary_text(res.class_summary, res.posterior))
+        if outcomes:
+            click.echo("\n" + outcomes.text() + "\n")
     else:
         click.echo(f"LinearMixedModel ({model.method_.upper()}): {model.n_groups_} subjects, "
                    f"log-likelihood {model.loglik_:.2f}; {seconds:.1f} s in all")
@@ -452,42 +577,60 @@ def _predict_table(model, frame, times, interval, kind, dropna):
 @click.option("--quiet", "-q", is_flag=True, help="Less output.")
 def demo(out, overwrite, dataset, jobs, quiet):
     """Fit the deep mixture to a real biomedical data set and write the outputs and report to --out."""
-    import pandas as pd
-
     from .basis import SplineBasis
     from .cli_output import OutputFolder, write_outputs
     from .demo import load_demo
     from .metrics import adjusted_rand_index
-    from .selection import select_model
+    from .outcomes import outcome_report, require_lifelines
+    from .selection import describe_candidate, select_model
+    from .summaries import class_summary_text
 
     out = Path(out)
     t0 = time.perf_counter()
     with OutputFolder(out, overwrite) as folder:
         dd = load_demo(dataset)
+        if dd.duration is not None:
+            try:
+                require_lifelines()
+            except ImportError as e:
+                raise CliError(f"the demo shows survival by cluster: {e}") from None
         if not quiet:
             click.echo(f"{dd.title}\n{dd.description}\n")
             click.echo(f"fitting DeepMixtureLMM(n_components={dd.model_params['n_components']}) for latent dimensions "
                        f"{', '.join(str(g) for g in dd.latent_grid)}; keeping the highest ELBO ...")
+
+        def report(row, done, total):
+            if not quiet:
+                result = row["error"] or (f"ELBO {row['elbo']:.2f}, components kept {row['effective_components']}, "
+                                          f"{int(row['n_clusters'])} cluster(s), {row['seconds']:.1f} s")
+                click.echo(f"  [{done}/{total}] {describe_candidate(row)}: {result}")
+
         model, table = select_model(dd.data, dd.model_params["n_components"], dd.latent_grid, "elbo",
                                     subject=dd.subject, time=dd.time, response=dd.response,
-                                    basis=SplineBasis(dd.n_basis), n_jobs=jobs, random_state=0)
+                                    basis=SplineBasis(dd.n_basis), n_jobs=jobs, random_state=0, on_result=report)
+        outcomes = outcome_report(model, dd.data, outcomes=dd.outcomes, duration=dd.duration, event=dd.event,
+                                  event_value=dd.event_value, baseline=dd.baseline)
         notes = f'<p class="note">{dd.description}</p>'
         written, res = write_outputs(model, dd.data, folder.staging, selection=table, title=dd.title, source=dd.source,
                                      known_labels=dd.labels, label_name=dd.label_name, notes=notes,
-                                     input_columns=list(dd.data.columns))
+                                     input_columns=list(dd.data.columns), outcomes=outcomes)
         dd.data.to_csv(folder.staging / "data.csv", index=False)
         written.append("data.csv")
         folder.commit()
     labels = res.clusters.set_index("subject")["cluster"]
     ari = adjusted_rand_index(dd.labels.loc[labels.index], labels)
-    crosstab = pd.crosstab(dd.labels.loc[labels.index].rename(dd.label_name), labels.rename("cluster"))
     seconds = time.perf_counter() - t0
     sizes = labels.value_counts().sort_index()
     click.echo(f"\n{len(labels)} subjects; latent dimensions {model.latent_dims} chosen; "
                f"{len(sizes)} clusters (subjects per cluster: " + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ")")
     if not quiet:
-        click.echo(f"\nclusters vs {dd.label_name} (not used by the model):")
-        click.echo(crosstab.to_string())
+        click.echo("\n" + class_summary_text(res.class_summary, res.posterior))
+        click.echo(f"\nwhat the clusters mean (the model saw none of this):\n\n{outcomes.text()}\n")
+    else:
+        for t in outcomes.tables:
+            click.echo(f"{t.column} by cluster: {t.test_text()}")
+        if outcomes.survival is not None:
+            click.echo(f"survival by cluster: {outcomes.survival.test_text()}")
     click.echo(f"adjusted Rand index vs {dd.label_name}: {ari:.3f}")
     click.echo(f"done in {seconds:.1f} s; outputs in {out}/: {', '.join(written)}")
     click.echo(f"open {out / 'report.html'} in a browser to see the report")

