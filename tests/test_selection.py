@@ -69,3 +69,20 @@ def test_bad_arguments(data):
 def test_latent_grid():
     assert latent_grid(2, 10) == [(1, 1), (2, 1), (3, 1), (4, 1)]
     assert latent_grid(1, 2) == [(1,), (2,)]
+
+
+def test_models_and_components_are_chosen_too(data):
+    seen = []
+    best, table = select_model(data, components=[(3, 2)], latent_dims=[(1, 1)], models=("deep", "mixture"),
+                               mixture_components=(1, 2), on_result=lambda row, done, total: seen.append((done, total)),
+                               **SMALL)
+    assert table["model"].tolist() == ["deep", "mixture", "mixture"]
+    assert table["components"].tolist() == [(3, 2), (1,), (2,)] and table["latent_dims"].tolist()[1:] == [None, None]
+    assert sorted(seen) == [(1, 3), (2, 3), (3, 3)]
+    chosen = table[table["selected"]].iloc[0]
+    assert chosen["elbo"] == table["elbo"].max() and best.elbo_ == chosen["elbo"]
+    assert isinstance(best, dmlmm.MixtureLMM if chosen["model"] == "mixture" else dmlmm.DeepMixtureLMM)
+    _, t = select_model(data, models="mixture", mixture_components=(0, 2), **SMALL)
+    assert "one positive integer" in t["error"].iloc[0] and t["selected"].iloc[1]
+    with pytest.raises(ValueError, match="models"):
+        select_model(data, models=("lmm",))

@@ -515,7 +515,7 @@ class OutcomeReport:
             b = self.baseline
             parts.append(f"characteristics by cluster (each subject's {b.at} non-missing value):\n"
                          + b.table.to_string())
-        return "\n\n".join(parts)
+        return "\n".join(line.rstrip() for line in "\n\n".join(parts).splitlines())
 
 
 def check_outcome_columns(frame: pd.DataFrame, subject: str, *, order_by: str | None = None,

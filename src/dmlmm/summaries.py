@@ -272,8 +272,8 @@ def display_posterior(table: pd.DataFrame, thresholds: Sequence[float] = THRESHO
 
 def class_summary_text(summary: pd.DataFrame, posterior: dict) -> str:
     """The class summary and posterior tables as the command line prints them."""
-    levels = " and ".join(f"{LEVELS.get(lv, lv)} ({lv})" for lv in summary.index)
-    parts = [f"class summary of the {levels} (as lcmm's summarytable; numbered as in clusters.csv):",
+    levels = ", ".join(f"{lv}: the {LEVELS.get(lv, lv)}" for lv in summary.index)
+    parts = [f"class summary (as lcmm's summarytable; {levels}; numbered as in clusters.csv):",
              _indent(display_class_summary(summary, long_names=False).to_string())]
     for level, table in posterior.items():
         parts.append(f"posterior probabilities by assigned {level} (as lcmm's postprob; "
@@ -283,4 +283,4 @@ def class_summary_text(summary: pd.DataFrame, posterior: dict) -> str:
 
 
 def _indent(text: str) -> str:
-    return "  " + text.replace("\n", "\n  ")
+    return "\n".join("  " + line.rstrip() for line in text.splitlines())
