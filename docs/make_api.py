@@ -66,6 +66,29 @@ SECTIONS: list[tuple[str, str, list[tuple[str, list[str] | None, str]]]] = [
         ],
     ),
     (
+        "Class summaries and outcomes by cluster",
+        "lcmm's `summarytable` and `postprob` for a fitted mixture (`model.class_summary()`, "
+        "`model.posterior_table(level)`, built from the pure functions of `dmlmm.summaries`), and "
+        "the clusters against outcomes, survival and characteristics (`dmlmm.outcomes`).",
+        [
+            ("dmlmm.models.VariationalLongitudinalModel.class_summary", None, ""),
+            ("dmlmm.models.VariationalLongitudinalModel.posterior_table", None, ""),
+            ("dmlmm.summaries.classification_entropy", None, ""),
+            ("dmlmm.summaries.relative_entropy", None, ""),
+            ("dmlmm.summaries.icl", None, ""),
+            ("dmlmm.summaries.class_sizes", None, ""),
+            ("dmlmm.summaries.posterior_table", None, ""),
+            ("dmlmm.outcomes.outcome_table", None, ""),
+            ("dmlmm.outcomes.OutcomeTable", [], ""),
+            ("dmlmm.outcomes.survival_by_cluster", None, ""),
+            ("dmlmm.outcomes.SurvivalByCluster", [], ""),
+            ("dmlmm.outcomes.baseline_table", None, ""),
+            ("dmlmm.outcomes.BaselineTable", [], ""),
+            ("dmlmm.outcomes.outcome_report", None, ""),
+            ("dmlmm.outcomes.subject_values", None, ""),
+        ],
+    ),
+    (
         "Simulated data (the simulation study's data generating processes)",
         "",
         [
