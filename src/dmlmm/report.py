@@ -486,12 +486,9 @@ def fig_survival(res: FitResults, surv) -> str:
     for i, k in enumerate(clusters):
         c = curves[curves["cluster"] == k]
         times, risk = c["time"].to_numpy(float), c["at_risk"].to_numpy(int)
-        ev = c["events"].to_numpy(int) + c["censored"].to_numpy(int)
-        for t in ticks:  # at risk just after time t: those at risk at the first time >= t
+        for t in ticks:  # at risk at time t (follow-up >= t): as at the first tabulated time >= t
             later = np.flatnonzero(times >= t)
             n = int(risk[later[0]]) if len(later) else 0
-            if len(later) and times[later[0]] == t:
-                n = int(risk[later[0]] - ev[later[0]]) if t > 0 else int(risk[later[0]])
             tab.text(t, -i, str(n), ha="center", va="center", fontsize=9, color=_cluster_colour(res, k))
     tab.set_ylim(-len(clusters) + 0.4, 0.6)
     tab.set_yticks(-np.arange(len(clusters)), [f"cluster {k}" for k in clusters], fontsize=9)
