@@ -21,7 +21,15 @@ from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
 from .engine import VariationalParams, VIConfig, VIResult, run_vi
 
-__all__ = ["run_vi_with_moves"]
+__all__ = ["run_vi_with_moves", "explore_config", "EXPLORE_TOL"]
+
+#: Tolerance of the exploring runs before and between moves (the final run uses the fit's own).
+EXPLORE_TOL = 1e-3
+
+
+def explore_config(config: VIConfig, explore_tol: float = EXPLORE_TOL) -> VIConfig:
+    """Settings of an exploring run: loose tolerance, negligible paths dropped more eagerly."""
+    return replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-4, moment_threshold=1e-4)
 
 
 def run_vi_with_moves(
@@ -32,8 +40,11 @@ def run_vi_with_moves(
     rng: np.random.Generator,
     max_trials: int = 12,
     trial_iter: int = 25,
-    explore_tol: float = 1e-3,
+    explore_tol: float = EXPLORE_TOL,
     callback=None,
+    explored: VIResult | None = None,
+    final: bool = True,
+    stacklevel: int = 3,
 ) -> VIResult:
     """:func:`run_vi`, then delete moves on each layer's components, smallest first.
 
@@ -45,17 +56,27 @@ def run_vi_with_moves(
         Iterations given to each attempt before its ELBO is compared.
     explore_tol : float
         Looser tolerance for the runs between moves; the final run uses ``config.tol``.
+    explored : VIResult, optional
+        The exploring first run, already made (from ``params``; its ``n_iter`` counts against
+        ``config.max_iter``): the moves start from it.
+    final : bool
+        Finish with the run at ``config.tol``; False: return after the moves (its
+        ``elbo_history`` the whole trace so far, ready to be passed back as ``explored``).
+    stacklevel : of the ConvergenceWarning (3: the caller's caller).
     """
-    if max_trials <= 0 or config.batch_size is not None:
+    if (max_trials <= 0 and explored is None) or config.batch_size is not None:
         return run_vi(stats, prior, params, config, rng, callback)
     final_config = config
     # exploration: loose tolerance, and negligible paths dropped more eagerly (the final run is exact)
-    config = replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-4, moment_threshold=1e-4)
+    config = explore_config(config, explore_tol)
     total = final_config.max_iter  # one iteration budget for the whole fit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        res = run_vi(stats, prior, params, replace(config, max_iter=max(total // 2, 1)), rng, callback)
+    res = explored
+    if res is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = run_vi(stats, prior, params, replace(config, max_iter=max(total // 2, 1)), rng, callback)
     trials = 0
+    gaps: dict[int, float] = {}  # empty_component_cost per layer: the same for every pruned version of the prior
     history = list(res.elbo_history)
     improved = True
     while improved and trials < max_trials and total - res.n_iter > 2 * trial_iter:
@@ -84,7 +105,9 @@ def run_vi_with_moves(
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 trial = run_vi(stats, new_prior, start, replace(config, max_iter=trial_iter), rng)
             # fair comparison: the larger model with component k emptied instead of deleted
-            gap = res.prior.empty_component_cost(l)
+            if l not in gaps:
+                gaps[l] = res.prior.empty_component_cost(l)
+            gap = gaps[l]
             if trial.elbo - gap > res.elbo + 1e-9 * abs(res.elbo):
                 base_kept = [k_[m] for k_, m in zip(res.kept, keep)]
                 trial.kept = [b_[t] for b_, t in zip(base_kept, trial.kept)]
@@ -95,6 +118,9 @@ def run_vi_with_moves(
                 res = trial
                 improved = True
                 break
+    if not final:
+        res.elbo_history = history
+        return res
     # the final run gets what exploration and moves left of the budget
     budget = max(total - res.n_iter, 1)
     with warnings.catch_warnings():
@@ -105,7 +131,7 @@ def run_vi_with_moves(
             f"variational inference used its budget of max_iter={final_config.max_iter} iterations "
             f"({res.n_iter} exploring and in delete moves) before the ELBO converged; increase max_iter",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     final.kept = [b[c] for b, c in zip(res.kept, final.kept)]
     final.pruned_at = res.pruned_at + [len(history) + p for p in final.pruned_at]

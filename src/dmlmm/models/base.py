@@ -6,6 +6,7 @@ fitting, clustering, prediction, scoring and summaries live here.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from time import perf_counter
 from typing import Sequence
@@ -16,9 +17,9 @@ from scipy.special import ndtri
 
 from ..data import Longitudinal, SufficientStats
 from ..exceptions import DataError, EmptyComponentWarning, NotFittedError
-from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments, run_vi
+from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments
 from ..inference.local import local_step
-from ..inference.moves import run_vi_with_moves
+from ..inference.starts import run_vi_with_starts
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
 from ..priors.base import PointMixture, RandomEffectsPrior
 from .design import LongitudinalDesign
@@ -151,12 +152,13 @@ class VariationalLongitudinalModel:
             prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
             config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
             noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
-            params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
             callback = self._progress_callback()
-            if self.delete_moves and not config.hard_assignment:
-                res = run_vi_with_moves(stats, prior, params, config, rng, callback=callback)
-            else:
-                res = run_vi(stats, prior, params, config, rng, callback)
+            # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
+            res = run_vi_with_starts(
+                stats, prior, lambda p, g: VariationalParams(noise, aux, fixed, p.init_params(b_hat, g)),
+                lambda sizes: self._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough), config, rng,
+                moves=self.delete_moves and not config.hard_assignment, callback=callback,
+            )
             if callback is not None:
                 callback.close()
             if best is None or res.elbo > best.elbo:
@@ -164,6 +166,12 @@ class VariationalLongitudinalModel:
         best.seconds = perf_counter() - t0
         self._set_fitted(d, design, best)
         return self
+
+    def _sized(self, sizes: tuple[int, ...]) -> "VariationalLongitudinalModel":
+        """A copy of this model with ``sizes`` components per layer (for the smaller starts)."""
+        other = copy.copy(self)
+        other.n_components = tuple(sizes) if isinstance(self.n_components, (tuple, list)) else int(sizes[0])
+        return other
 
     def _progress_callback(self):
         if not getattr(self, "progress", False):

@@ -1,0 +1,81 @@
+"""Several starting sizes (dmlmm.inference.starts): a generous K must not end below a small K's start."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import dmlmm.inference.starts as starts
+from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
+from dmlmm.exceptions import ConvergenceWarning
+from dmlmm.priors.dmfa import DeepMixturePrior
+from dmlmm.simulate import dgp1
+
+
+@pytest.fixture(scope="module")
+def sim():
+    # 200 subjects of DGP 1: from K = (10, 5) alone the deep mixture ends about 19 nats below K = (2, 1)
+    return dgp1(1, n_subjects=200)
+
+
+def _deep(sim, K, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return DeepMixtureLMM(K, (4, 1), basis=SplineBasis(10, lower=0, upper=1), random_state=1, **kw).fit(sim.data)
+
+
+def test_start_sizes():
+    assert starts.start_sizes((10, 5)) == [(10, 5), (2, 1), (3, 1), (5, 2)]
+    assert starts.start_sizes((2, 1)) == [(2, 1)]
+    assert starts.start_sizes((10,)) == [(10,), (2,), (3,), (5,)]
+    assert starts.start_sizes((20, 10, 5)) == [(20, 10, 5), (2, 1, 1), (3, 1, 1), (5, 2, 1), (10, 5, 2)]
+    assert starts.start_sizes((1,)) == [(1,)]
+    assert starts.start_sizes((10, 5), ladder=()) == [(10, 5)]
+
+
+def test_large_start_not_below_small_start(sim, monkeypatch):
+    big = _deep(sim, (10, 5))
+    small = _deep(sim, (2, 1))
+    assert big.elbo_ >= small.elbo_ - 2e-4 * abs(small.elbo_)
+    # the requested start alone (the behaviour before several starts) ends well below
+    monkeypatch.setattr(starts, "LADDER", ())
+    alone = _deep(sim, (10, 5))
+    assert alone.elbo_ < small.elbo_ - 5.0
+
+
+def test_a_start_is_the_same_in_every_fit(sim, monkeypatch):
+    """A start of given sizes draws the same random numbers whatever sizes the fit requests."""
+    seen = {}
+    original = DeepMixturePrior.init_params
+
+    def spy(self, b_hat, rng):
+        seen.setdefault(self.n_components, []).append(rng.bit_generator.state["state"]["state"])
+        return original(self, b_hat, rng)
+
+    monkeypatch.setattr(DeepMixturePrior, "init_params", spy)
+    _deep(sim, (10, 5), max_iter=200)  # max_iter // 2 leaves 25 iterations to each of four starts
+    _deep(sim, (5, 2), max_iter=200)
+    assert set(seen) == {(10, 5), (2, 1), (3, 1), (5, 2)}
+    assert len(seen[(5, 2)]) == len(seen[(2, 1)]) == len(seen[(3, 1)]) == 2
+    for k in [(2, 1), (3, 1), (5, 2)]:
+        assert seen[k][0] == seen[k][1]
+
+
+def test_deterministic_for_a_fixed_random_state(sim):
+    a = _deep(sim, (10, 5), max_iter=100, n_init=2)
+    b = _deep(sim, (10, 5), max_iter=100, n_init=2)
+    np.testing.assert_array_equal(a.elbo_history_, b.elbo_history_)
+    assert a.elbo_ == b.elbo_ and a.n_iter_ == b.n_iter_
+    assert (a.labels_ == b.labels_).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m1 = MixtureLMM(10, basis=SplineBasis(8), random_state=3, max_iter=100).fit(sim.data)
+        m2 = MixtureLMM(10, basis=SplineBasis(8), random_state=3, max_iter=100).fit(sim.data)
+    assert m1.elbo_ == m2.elbo_ and (m1.labels_ == m2.labels_).all()
+
+
+@pytest.mark.parametrize("max_iter", [20, 60, 150])
+def test_iteration_budget_is_respected(sim, max_iter):
+    for kw in ({}, {"delete_moves": False}, {"hard_assignment": True}):
+        m = _deep(sim, (10, 5), max_iter=max_iter, **kw)
+        assert 1 <= m.n_iter_ <= max_iter
