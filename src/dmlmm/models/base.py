@@ -19,6 +19,7 @@ from ..exceptions import DataError, EmptyComponentWarning, NotFittedError
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments, run_vi
 from ..inference.local import local_step
 from ..inference.moves import run_vi_with_moves
+from ..inference.noise import NOISE_KINDS, path_groups, per_cluster
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
 from ..priors.base import PointMixture, RandomEffectsPrior
 from .design import LongitudinalDesign
@@ -70,7 +71,10 @@ class VariationalLongitudinalModel:
     groups_, group_proba_ : first-layer grouping, likewise.
     clusters_ : DataFrame, one row per cluster: its components per layer, weight, size.
     n_components_ : tuple, components left per layer after pruning.
-    sigma2_ : float, residual variance (user scale).
+    sigma2_ : float, residual variance (user scale); with ``noise="cluster"`` the pooled value,
+        the per-cluster variances weighted by their expected numbers of observations.
+    sigma2_by_cluster_ : Series, residual variance of each first-layer group (``groups_``
+        numbering; all equal to ``sigma2_`` with shared noise).
     fixed_effects_ : Series, covariate effects (user scale).
     random_effects_ : DataFrame, E[b_i] on the user's scale (curve = offset_ + X b + F w).
     cluster_means_ : DataFrame (cluster, time, mean, lower, upper, weight) on a grid.
@@ -89,6 +93,8 @@ class VariationalLongitudinalModel:
             raise ValueError(f"tol must be > 0, got {self.tol}")
         if int(self.n_init) < 1:
             raise ValueError(f"n_init must be >= 1, got {self.n_init}")
+        if getattr(self, "noise", "shared") not in NOISE_KINDS:
+            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
         sm = self.smoothing
         if sm is not None and (isinstance(sm, bool) or not float(sm).is_integer() or not 1 <= int(sm) <= 3):
             raise ValueError(f"smoothing must be None or the order of the roughness penalty (1, 2 or 3), got {sm!r}")
@@ -158,6 +164,8 @@ class VariationalLongitudinalModel:
             prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
             config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
             noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
+            if self._noise_kind() == "cluster":
+                noise, aux = per_cluster(noise, aux, int(prior.path_components()[:, 0].max()) + 1)
             params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
             callback = self._progress_callback()
             if self.delete_moves and not config.hard_assignment:
@@ -212,7 +220,7 @@ class VariationalLongitudinalModel:
         self.groups_ = self._labels_from(self.group_proba_)
         s = design.y_scale
         self.offset_ = design.y_shift
-        self.sigma2_ = float(res.params.noise.mean[()]) * s**2
+        self._set_sigma2(res.local.resp, np.diff(d.offsets))
         w = self._w()
         self.fixed_effects_ = pd.Series(w * s / design.cov_scale, index=list(design.fixed_names), dtype=float, name="estimate")
         self.random_effects_ = pd.DataFrame(
@@ -227,6 +235,23 @@ class VariationalLongitudinalModel:
                 EmptyComponentWarning,
                 stacklevel=3,
             )
+
+    def _noise_kind(self) -> str:
+        return getattr(self, "noise", "shared")
+
+    def _set_sigma2(self, resp: np.ndarray, n_obs: np.ndarray) -> None:
+        """sigma2_ (pooled) and sigma2_by_cluster_ on the user's scale."""
+        s2 = np.atleast_1d(np.asarray(self.params_.noise.mean, dtype=float)) * self.design_.y_scale**2
+        k1 = len(self.components_kept_[0])
+        first = self.prior_.path_components()[:, 0]
+        if s2.size == 1:
+            pooled, by_group = float(s2[0]), np.full(k1, float(s2[0]))
+        else:
+            n_g = np.bincount(first, weights=resp.T @ n_obs, minlength=k1)
+            pooled = float(n_g @ s2 / n_g.sum()) if n_g.sum() > 0 else float(s2.mean())
+            by_group = s2[self._group_order]
+        self.sigma2_ = pooled
+        self.sigma2_by_cluster_ = pd.Series(by_group, index=pd.RangeIndex(k1, name="group"), name="sigma2")
 
     def _requested_first_layer(self) -> int:
         k = self.n_components
@@ -276,7 +301,8 @@ class VariationalLongitudinalModel:
     def _local(self, data: Longitudinal):
         stats = self.design_.stats(data)
         pp, _ = self.prior_.path_prior(self.params_.prior)
-        return local_step(stats, pp, noise_moments(self.params_, self.design_.n_fixed), self.hard_assignment)
+        nm = noise_moments(self.params_, self.design_.n_fixed, self.prior_.path_components())
+        return local_step(stats, pp, nm, self.hard_assignment)
 
     def _data(self, df: FrameLike, require_response: bool = True) -> Longitudinal:
         self._check_fitted()
@@ -304,8 +330,10 @@ class VariationalLongitudinalModel:
         """The prior of b for prediction, with the posterior uncertainty of the globals integrated in."""
         return self.prior_.point_mixture(self.params_.prior, integrate_globals=True)
 
-    def _sigma2_std(self) -> float:
-        return float(self.params_.noise.mean[()])
+    def _sigma2_std(self) -> np.ndarray:
+        """Residual variance of each path (M,), standardised scale (one shared value, or its first-layer group's)."""
+        q = self.params_.noise
+        return np.atleast_1d(np.asarray(q.mean, dtype=float))[path_groups(q, self.prior_.path_components())]
 
     def _conditional(self, d: Longitudinal | None) -> tuple[ConditionalMixture, pd.Index, np.ndarray]:
         """Posterior mixture of b per subject (or the prior for d=None), subjects, last covariates (N, P)."""
@@ -369,7 +397,7 @@ class VariationalLongitudinalModel:
         mean_a = cm.mean @ Xn.T + fw[cm.subject][:, None]
         var_a = np.einsum("td,ade,te->at", Xn, cm.cov, Xn) + self._fixed_var(fixed_rows)[cm.subject][:, None]
         if kind == "observation":
-            var_a = var_a + self._sigma2_std()
+            var_a = var_a + self._sigma2_std()[cm.path][:, None]
         sd_a = np.sqrt(np.maximum(var_a, 0.0))
         N = len(subjects)
         mean = np.zeros((N, len(t)))
@@ -435,7 +463,8 @@ class VariationalLongitudinalModel:
             fw = (fixed_rows @ w)[:, None, None]
         curve = b @ Xn.T + fw
         if kind == "observation":
-            curve = curve + np.sqrt(self._sigma2_std()) * rng.standard_normal(curve.shape)
+            sd = np.sqrt(self._sigma2_std()[cm.path[comp]])  # (N, S): the drawn path's residual SD
+            curve = curve + sd[:, :, None] * rng.standard_normal(curve.shape)
         s, sh = self.design_.y_scale, self.design_.y_shift
         return pd.DataFrame(
             {
@@ -508,7 +537,9 @@ class VariationalLongitudinalModel:
             f"({'converged' if self.converged_ else 'NOT converged'}; {self.n_moves_} delete move(s) accepted), "
             f"{self.fit_seconds_:.2f} s",
             f"  components per layer after pruning: {self.n_components_}",
-            f"  residual SD {np.sqrt(self.sigma2_):.4g}",
+            f"  residual SD {np.sqrt(self.sigma2_):.4g}"
+            + (f" (pooled; by group: {', '.join(f'{v:.4g}' for v in np.sqrt(self.sigma2_by_cluster_))})"
+               if self._noise_kind() == "cluster" else ""),
         ]
         if len(self.fixed_effects_):
             lines.append("  fixed effects (posterior means):")
