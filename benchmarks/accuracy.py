@@ -37,7 +37,8 @@ or rendered later from the saved rows with ``--from-jsonl``):
     cluster mean curves (issue 7's Blackmore report and target are about such a fit).
 
 ``--noise cluster`` fits every model with one residual variance per first-layer cluster
-(``noise="cluster"``) instead of the shared one.
+(``noise="cluster"``) instead of the shared one; ``--noise auto`` fits both and keeps the one with
+the higher ELBO (the row's ``noise`` says which).
 
 Every fit is guarded: an exception is written into its row (``error``) and the run goes on.
 Warnings are silenced and counted per fit (``warnings`` column). Rows are printed as JSON lines
@@ -123,6 +124,8 @@ def fitted_facts(model) -> dict:
     for attr, cast in (("sigma2_", float), ("n_iter_", int), ("converged_", bool), ("elbo_", float)):
         if hasattr(model, attr):
             out[attr.rstrip("_")] = cast(getattr(model, attr))
+    if hasattr(model, "noise_"):
+        out["noise"] = model.noise_
     by = getattr(model, "sigma2_by_cluster_", None)
     if by is not None and getattr(model, "noise", "shared") != "shared":
         out["sigma2_by_cluster"] = [float(v) for v in by]
@@ -705,8 +708,8 @@ def main(argv=None) -> None:
                     help=f"real data sets (default: {' '.join(accuracy_data.DEFAULT_DATASETS)}; "
                          f"extra: {' '.join(accuracy_data.EXTRA_DATASETS)})")
     ap.add_argument("--models", nargs="+", choices=MODEL_KEYS, default=list(MODEL_KEYS))
-    ap.add_argument("--noise", choices=("shared", "cluster"), default="shared",
-                    help="residual variances of every model: one shared (default) or one per first-layer cluster")
+    ap.add_argument("--noise", choices=("shared", "cluster", "auto"), default="shared",
+                    help="residual variances of every model: one shared (default), one per first-layer cluster, or the better by the ELBO")
     ap.add_argument("--no-full-fit", dest="full_fit", action="store_false",
                     help="real data: skip the second fit of each model to all of the data")
     ap.add_argument("--out-dir", help="append rows to OUT_DIR/accuracy.jsonl (default: only print them)")

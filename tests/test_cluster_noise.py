@@ -207,7 +207,7 @@ def test_models_learn_per_cluster_noise_and_use_it(cls, tmp_path):
     assert len(held) == 2
     s2 = np.sort(by.loc[held].to_numpy())
     assert s2[0] < 0.05 and 0.3 < s2[1] < 1.2, s2
-    assert s2[0] < m.sigma2_ < s2[1]
+    assert s2[0] < m.sigma2_ < s2[1] and m.noise_ == "cluster"
     # bands of a new observation: narrower for a quiet subject than for a noisy one
     quiet, noisy = df[df.subject == "s0"], df[df.subject == "s1"]
     p = m.predict_trajectory(pd.concat([quiet, noisy]), times=[0.5], kind="observation")
@@ -223,7 +223,7 @@ def test_models_learn_per_cluster_noise_and_use_it(cls, tmp_path):
     np.testing.assert_array_equal(m2.params_.noise.rate, m.params_.noise.rate)
     np.testing.assert_array_equal(m2.params_.noise_aux.shape, m.params_.noise_aux.shape)
     pd.testing.assert_series_equal(m2.sigma2_by_cluster_, m.sigma2_by_cluster_)
-    assert m2.sigma2_ == m.sigma2_ and m2.noise == "cluster"
+    assert m2.sigma2_ == m.sigma2_ and m2.noise == m2.noise_ == "cluster"
     pd.testing.assert_frame_equal(m2.predict_trajectory(quiet, kind="observation"), m.predict_trajectory(quiet, kind="observation"))
     pd.testing.assert_series_equal(m2.score_samples(quiet), m.score_samples(quiet))
 
@@ -233,6 +233,16 @@ def test_shared_noise_reports_one_variance_per_group():
     m = MixtureLMM(3, random_state=0).fit(df)
     assert np.all(m.sigma2_by_cluster_.to_numpy() == m.sigma2_)
     assert len(m.sigma2_by_cluster_) == m.n_components_[0]
+
+
+@pytest.mark.filterwarnings("ignore::dmlmm.exceptions.ConvergenceWarning")
+def test_auto_noise_keeps_the_fit_with_the_higher_elbo():
+    df = _two_noise_frame(n=30)
+    fits = {k: MixtureLMM(3, noise=k, random_state=0, max_iter=150).fit(df) for k in ("shared", "cluster", "auto")}
+    better = max(("shared", "cluster"), key=lambda k: fits[k].elbo_)
+    assert fits["auto"].noise_ == better == "cluster"  # the clusters' noise levels differ eightfold
+    assert fits["auto"].elbo_ == fits[better].elbo_
+    assert fits["shared"].noise_ == "shared"
 
 
 def test_noise_option_is_checked():

@@ -351,6 +351,7 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
     for name in _FRAMES:
         setattr(model, name, _decode_frame(f[name], arrays))
     model.fixed_effects_ = _decode_series(f["fixed_effects_"], arrays)
+    model.noise_ = "cluster" if np.ndim(model.params_.noise.shape) else "shared"
     if "sigma2_by_cluster_" in f:
         model.sigma2_by_cluster_ = _decode_series(f["sigma2_by_cluster_"], arrays)
     else:  # files written before per-cluster noise: one shared variance

@@ -19,7 +19,7 @@ from ..exceptions import DataError, EmptyComponentWarning, NotFittedError
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments, run_vi
 from ..inference.local import local_step
 from ..inference.moves import run_vi_with_moves
-from ..inference.noise import NOISE_KINDS, path_groups, per_cluster
+from ..inference.noise import NOISE_KINDS, is_per_cluster, path_groups, per_cluster
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
 from ..priors.base import PointMixture, RandomEffectsPrior
 from .design import LongitudinalDesign
@@ -75,6 +75,8 @@ class VariationalLongitudinalModel:
         the per-cluster variances weighted by their expected numbers of observations.
     sigma2_by_cluster_ : Series, residual variance of each first-layer group (``groups_``
         numbering; all equal to ``sigma2_`` with shared noise).
+    noise_ : str, the noise model fitted ("shared" or "cluster"; with ``noise="auto"`` the one
+        with the higher ELBO).
     fixed_effects_ : Series, covariate effects (user scale).
     random_effects_ : DataFrame, E[b_i] on the user's scale (curve = offset_ + X b + F w).
     cluster_means_ : DataFrame (cluster, time, mean, lower, upper, weight) on a grid.
@@ -93,8 +95,8 @@ class VariationalLongitudinalModel:
             raise ValueError(f"tol must be > 0, got {self.tol}")
         if int(self.n_init) < 1:
             raise ValueError(f"n_init must be >= 1, got {self.n_init}")
-        if getattr(self, "noise", "shared") not in NOISE_KINDS:
-            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
+        if getattr(self, "noise", "shared") not in NOISE_KINDS + ("auto",):
+            raise ValueError(f"noise must be one of {NOISE_KINDS + ('auto',)}, got {self.noise!r}")
         sm = self.smoothing
         if sm is not None and (isinstance(sm, bool) or not float(sm).is_integer() or not 1 <= int(sm) <= 3):
             raise ValueError(f"smoothing must be None or the order of the roughness penalty (1, 2 or 3), got {sm!r}")
@@ -156,26 +158,29 @@ class VariationalLongitudinalModel:
         design = LongitudinalDesign.learn(d, self.basis, self.smoothing)
         stats = design.stats(d)
         t0 = perf_counter()
-        rng = np.random.default_rng(self.random_state)
         rough = design.roughness
         b_hat = ridge_estimates(stats, 0.5, rough)
         best = None
-        for _ in range(int(self.n_init)):
-            prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
-            config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
-            noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
-            if self._noise_kind() == "cluster":
-                noise, aux = per_cluster(noise, aux, int(prior.path_components()[:, 0].max()) + 1)
-            params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
-            callback = self._progress_callback()
-            if self.delete_moves and not config.hard_assignment:
-                res = run_vi_with_moves(stats, prior, params, config, rng, callback=callback)
-            else:
-                res = run_vi(stats, prior, params, config, rng, callback)
-            if callback is not None:
-                callback.close()
-            if best is None or res.elbo > best.elbo:
-                best = res
+        # "auto": both noise models, each from the same random state, the higher ELBO kept
+        kinds = ("shared", "cluster") if self._noise_kind() == "auto" else (self._noise_kind(),)
+        for kind in kinds:
+            rng = np.random.default_rng(self.random_state)
+            for _ in range(int(self.n_init)):
+                prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
+                config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
+                noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
+                if kind == "cluster":
+                    noise, aux = per_cluster(noise, aux, int(prior.path_components()[:, 0].max()) + 1)
+                params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
+                callback = self._progress_callback()
+                if self.delete_moves and not config.hard_assignment:
+                    res = run_vi_with_moves(stats, prior, params, config, rng, callback=callback)
+                else:
+                    res = run_vi(stats, prior, params, config, rng, callback)
+                if callback is not None:
+                    callback.close()
+                if best is None or res.elbo > best.elbo:
+                    best = res
         best.seconds = perf_counter() - t0
         self._set_fitted(d, design, best)
         return self
@@ -251,6 +256,7 @@ class VariationalLongitudinalModel:
             pooled = float(n_g @ s2 / n_g.sum()) if n_g.sum() > 0 else float(s2.mean())
             by_group = s2[self._group_order]
         self.sigma2_ = pooled
+        self.noise_ = "cluster" if is_per_cluster(self.params_.noise) else "shared"
         self.sigma2_by_cluster_ = pd.Series(by_group, index=pd.RangeIndex(k1, name="group"), name="sigma2")
 
     def _requested_first_layer(self) -> int:
@@ -539,7 +545,7 @@ class VariationalLongitudinalModel:
             f"  components per layer after pruning: {self.n_components_}",
             f"  residual SD {np.sqrt(self.sigma2_):.4g}"
             + (f" (pooled; by group: {', '.join(f'{v:.4g}' for v in np.sqrt(self.sigma2_by_cluster_))})"
-               if self._noise_kind() == "cluster" else ""),
+               if self.noise_ == "cluster" else ""),
         ]
         if len(self.fixed_effects_):
             lines.append("  fixed effects (posterior means):")

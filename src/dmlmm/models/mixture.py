@@ -47,9 +47,10 @@ class MixtureLMM(VariationalLongitudinalModel):
         Half-t scale of the random-effect SDs (Huang-Wand prior; standardised scale).
     noise_scale : float
         Half-Cauchy scale of the residual SD (standardised scale).
-    noise : {"shared", "cluster"}
+    noise : {"shared", "cluster", "auto"}
         One residual variance for all subjects, or one per (first-layer) component, each
-        with the same half-Cauchy prior; predictions then use each cluster's own.
+        with the same half-Cauchy prior; predictions then use each cluster's own. "auto"
+        fits both (twice the time) and keeps the one with the higher ELBO (``noise_``).
     max_iter, tol : stopping rule on the relative ELBO change.
     batch_size : "auto", "full" or int
         Full-batch coordinate ascent, or stochastic natural gradients with this minibatch size.
@@ -131,8 +132,9 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
     concentration, mean_scale, loading_scale, delta_scale : float or tuple per layer
         rho_l (Dirichlet), G_l (Cauchy scale^2 of the means), nu_l (horseshoe global scale),
         A_l (half-Cauchy scale of the idiosyncratic SDs); model.md section 4 defaults.
-    noise : {"shared", "cluster"}
-        One residual variance, or one per first-layer component (see :class:`MixtureLMM`).
+    noise : {"shared", "cluster", "auto"}
+        One residual variance, or one per first-layer component, or the better of the two
+        by the ELBO (see :class:`MixtureLMM`).
     Other parameters as :class:`MixtureLMM`.
     """
 
