@@ -248,3 +248,15 @@ def test_auto_noise_keeps_the_fit_with_the_higher_elbo():
 def test_noise_option_is_checked():
     with pytest.raises(ValueError, match="noise must be one of"):
         MixtureLMM(2, noise="subject").fit(_two_noise_frame(n=10))
+
+
+@pytest.mark.filterwarnings("ignore::dmlmm.exceptions.ConvergenceWarning")
+def test_per_cluster_noise_with_minibatches_and_hard_assignments():
+    df = _two_noise_frame(n=40)
+    for kw in (dict(batch_size=10, max_iter=300), dict(hard_assignment=True)):
+        m = MixtureLMM(3, noise="cluster", random_state=0, **kw).fit(df)
+        s2 = m.sigma2_by_cluster_.to_numpy()
+        assert np.isfinite(s2).all() and (s2 > 0).all() and m.noise_ == "cluster"
+        used = np.bincount(m.groups_, minlength=len(s2)) > 0
+        if used.sum() == 2:
+            assert s2[used].max() > 5 * s2[used].min()
