@@ -36,6 +36,10 @@ or rendered later from the saved rows with ``--from-jsonl``):
     user would fit it (``--no-full-fit`` skips this): implausible subject curves and the range of the
     cluster mean curves (issue 7's Blackmore report and target are about such a fit).
 
+``--noise cluster`` fits every model with one residual variance per first-layer cluster
+(``noise="cluster"``) instead of the shared one; ``--noise auto`` fits both and keeps the one with
+the higher ELBO (the row's ``noise`` says which).
+
 Every fit is guarded: an exception is written into its row (``error``) and the run goes on.
 Warnings are silenced and counted per fit (``warnings`` column). Rows are printed as JSON lines
 and, with ``--out-dir``, appended to ``<out-dir>/accuracy.jsonl`` together with one ``meta`` row
@@ -78,6 +82,7 @@ RESEARCH = {  # research code on its seed-0 replicates (issue 7): mean log RMSE,
 MODEL_KEYS = ("dmlmm", "mlmm", "lmm")
 LABELS = {"dmlmm": "DMLMM", "mlmm": "MLMM", "lmm": "Gaussian LMM"}
 PARTS = ("sim", "research", "real")
+NOISE = {"noise": "shared"}  # residual variances of every model fitted (--noise)
 
 
 # --------------------------------------------------------------------------- models
@@ -85,25 +90,26 @@ PARTS = ("sim", "research", "real")
 
 def sim_model(key: str, basis: SplineBasis, seed: int):
     if key == "dmlmm":
-        return DeepMixtureLMM((10, 5), (4, 1), basis=basis, random_state=seed)
+        return DeepMixtureLMM((10, 5), (4, 1), basis=basis, random_state=seed, **NOISE)
     if key == "mlmm":
-        return MixtureLMM(10, basis=basis, random_state=seed)
-    return MixtureLMM(1, basis=basis, random_state=seed)
+        return MixtureLMM(10, basis=basis, random_state=seed, **NOISE)
+    return MixtureLMM(1, basis=basis, random_state=seed, **NOISE)
 
 
 def real_model(key: str, basis: SplineBasis):
     if key == "dmlmm":
-        return DeepMixtureLMM(basis=basis, random_state=0)
+        return DeepMixtureLMM(basis=basis, random_state=0, **NOISE)
     if key == "mlmm":
-        return MixtureLMM(10, basis=basis, random_state=0)
-    return MixtureLMM(1, basis=basis, random_state=0)
+        return MixtureLMM(10, basis=basis, random_state=0, **NOISE)
+    return MixtureLMM(1, basis=basis, random_state=0, **NOISE)
 
 
 def model_spec(model) -> str:
     """The model's structural settings, e.g. 'K=(10, 5) D=(4, 1)'."""
     k = getattr(model, "n_components", None)
     d = getattr(model, "latent_dims", None)
-    return f"K={k}" + (f" D={d}" if d is not None else "")
+    noise = getattr(model, "noise", "shared")
+    return f"K={k}" + (f" D={d}" if d is not None else "") + (f" noise={noise}" if noise != "shared" else "")
 
 
 def fitted_facts(model) -> dict:
@@ -118,6 +124,11 @@ def fitted_facts(model) -> dict:
     for attr, cast in (("sigma2_", float), ("n_iter_", int), ("converged_", bool), ("elbo_", float)):
         if hasattr(model, attr):
             out[attr.rstrip("_")] = cast(getattr(model, attr))
+    if hasattr(model, "noise_"):
+        out["noise"] = model.noise_
+    by = getattr(model, "sigma2_by_cluster_", None)
+    if by is not None and getattr(model, "noise", "shared") != "shared":
+        out["sigma2_by_cluster"] = [float(v) for v in by]
     try:
         out["n_basis"] = int(model.design_.basis.n_basis)
     except AttributeError:
@@ -226,7 +237,7 @@ def run_research(args, sink) -> None:
         row = {"part": "research", "dgp": dgp, "replicate": 0, "model": "dmlmm",
                "research_log_rmse_mean": ref_rmse, "research_log_score": ref_score}
         with Guard(row):
-            model = DeepMixtureLMM((10, 5), (4, 1), basis=SplineBasis(lower=lo, upper=hi), random_state=0)
+            model = DeepMixtureLMM((10, 5), (4, 1), basis=SplineBasis(lower=lo, upper=hi), random_state=0, **NOISE)
             row["spec"] = model_spec(model)
             t0 = time.perf_counter()
             model.fit(sim.data, "subject", "time", "y")
@@ -697,6 +708,8 @@ def main(argv=None) -> None:
                     help=f"real data sets (default: {' '.join(accuracy_data.DEFAULT_DATASETS)}; "
                          f"extra: {' '.join(accuracy_data.EXTRA_DATASETS)})")
     ap.add_argument("--models", nargs="+", choices=MODEL_KEYS, default=list(MODEL_KEYS))
+    ap.add_argument("--noise", choices=("shared", "cluster", "auto"), default="shared",
+                    help="residual variances of every model: one shared (default), one per first-layer cluster, or the better by the ELBO")
     ap.add_argument("--no-full-fit", dest="full_fit", action="store_false",
                     help="real data: skip the second fit of each model to all of the data")
     ap.add_argument("--out-dir", help="append rows to OUT_DIR/accuracy.jsonl (default: only print them)")
@@ -704,6 +717,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out-md", help="write the results page here (default: print it)")
     ap.add_argument("--from-jsonl", nargs="+", metavar="JSONL", help="only render the page from saved rows")
     args = ap.parse_args(argv)
+    NOISE["noise"] = args.noise
     unknown = [d for d in args.datasets if d not in accuracy_data.DATASETS]
     if unknown:
         ap.error(f"unknown data set(s) {unknown}; choose from {sorted(accuracy_data.DATASETS)}")

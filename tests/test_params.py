@@ -28,6 +28,7 @@ def data():
         (lambda: MixtureLMM(2, max_iter=0), r"max_iter must be a positive integer, got 0"),
         (lambda: MixtureLMM(2, smoothing=5), r"smoothing must be None or the order of the roughness penalty \(1, 2 or 3\), got 5"),
         (lambda: MixtureLMM(2, batch_size=-3), r"batch_size must be a positive integer, 'auto' or 'full', got -3"),
+        (lambda: DeepMixtureLMM(noise="per-subject"), r"noise must be one of 'shared', 'cluster' or 'auto', got 'per-subject'"),
     ],
 )
 def test_bad_hyperparameters_name_the_parameter(data, make, message):

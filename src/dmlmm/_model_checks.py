@@ -182,6 +182,10 @@ def _check_fitted(model) -> None:
     _shape("the fixed effects", _finite("the fixed effects", model.fixed_effects_.to_numpy()),
            (len(model.design_.encoding.names),))
     _positive("the residual variance sigma2_", model.sigma2_)
+    _shape("the residual variances by cluster", _positive("sigma2_by_cluster_", model.sigma2_by_cluster_.to_numpy()), (K1,))
+    q = model.params_.noise
+    if np.ndim(q.shape) and np.shape(q.shape) != (K1,):
+        raise _Bad(f"the per-cluster noise factors have shape {np.shape(q.shape)}, but the model has {K1} first-layer components")
     for attr in ("elbo_", "offset_", "fit_seconds_"):
         _finite(attr, getattr(model, attr))
     if int(model.n_iter_) < 0:

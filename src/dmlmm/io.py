@@ -307,6 +307,7 @@ def model_to_dict(model) -> tuple[dict, dict[str, np.ndarray]]:
     for name in _FRAMES:
         fitted[name] = _encode_frame(getattr(model, name), f"fitted.{name}", arrays)
     fitted["fixed_effects_"] = _encode_series(model.fixed_effects_, "fitted.fixed_effects_", arrays)
+    fitted["sigma2_by_cluster_"] = _encode_series(model.sigma2_by_cluster_, "fitted.sigma2_by_cluster_", arrays)
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -350,6 +351,12 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
     for name in _FRAMES:
         setattr(model, name, _decode_frame(f[name], arrays))
     model.fixed_effects_ = _decode_series(f["fixed_effects_"], arrays)
+    model.noise_ = "cluster" if np.ndim(model.params_.noise.shape) else "shared"
+    if "sigma2_by_cluster_" in f:
+        model.sigma2_by_cluster_ = _decode_series(f["sigma2_by_cluster_"], arrays)
+    else:  # files written before per-cluster noise: one shared variance
+        k1 = len(model.components_kept_[0])
+        model.sigma2_by_cluster_ = pd.Series(np.full(k1, model.sigma2_), index=pd.RangeIndex(k1, name="group"), name="sigma2")
     model.labels_ = model._labels_from(model.responsibilities_)
     model.groups_ = model._labels_from(model.group_proba_)
     return model

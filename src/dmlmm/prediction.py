@@ -1,7 +1,8 @@
 """Prediction under a Gaussian-mixture prior on the random effects (model.md section 6).
 
 Under path c the subject's responses are Gaussian with mean ``F w + X m_c`` and
-covariance ``X S_c X' + sigma^2 I``. Conditioning on observed responses gives
+covariance ``X S_c X' + sigma^2_c I`` (sigma^2_c the shared residual variance, or the
+one of the path's first-layer component). Conditioning on observed responses gives
 posterior path weights and Gaussian posteriors of b per path; new responses
 (or the noise-free curve) are then a Gaussian mixture. Everything is computed
 from per-subject sufficient statistics with the Woodbury identity and the
@@ -21,7 +22,7 @@ from .data import SufficientStats
 from .inference.expfam import LOG_2PI
 from .priors.base import PointMixture
 
-__all__ = ["ConditionalMixture", "condition", "mixture_quantiles", "log_marginal"]
+__all__ = ["ConditionalMixture", "condition", "mixture_quantiles", "log_marginal", "path_sigma2"]
 
 _NEGLIGIBLE = 1e-12
 
@@ -50,15 +51,24 @@ class ConditionalMixture:
     cov: np.ndarray
 
 
-def _pair_terms(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2: float, ii, cc):
-    """Log N(y_i; F_i w + X_i m_c, X_i S_c X_i' + sigma2 I) and the Cholesky of Q = S_c^{-1} + X'X / sigma2."""
+def path_sigma2(sigma2, n_paths: int) -> np.ndarray:
+    """The residual variance of each path (M,): a shared scalar broadcast, or one per path."""
+    s2 = np.asarray(sigma2, dtype=float)
+    if s2.ndim and s2.shape != (n_paths,):
+        raise ValueError(f"sigma2 must be a scalar or one value per path ({n_paths}), got shape {s2.shape}")
+    return np.broadcast_to(s2, (n_paths,))
+
+
+def _pair_terms(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2, ii, cc):
+    """Log N(y_i; F_i w + X_i m_c, X_i S_c X_i' + sigma2_c I) and the Cholesky of Q = S_c^{-1} + X'X / sigma2_c."""
+    sigma2 = path_sigma2(sigma2, len(mix.weights))[cc]
     S_inv, logdet_S = spd_inv_logdet(mix.covs, "component covariance")
     Sm = (S_inv @ mix.means[..., None])[..., 0]
     xty = stats.Xty - stats.XtF @ w  # X'(y - F w)
     yty = stats.yty - 2 * stats.Fty @ w + np.einsum("p,npq,q->n", w, stats.FtF, w)  # |y - F w|^2
-    Q = S_inv[cc] + stats.XtX[ii] / sigma2
+    Q = S_inv[cc] + stats.XtX[ii] / sigma2[:, None, None]
     chol = cholesky(Q, "posterior precision")
-    g = Sm[cc] + xty[ii] / sigma2
+    g = Sm[cc] + xty[ii] / sigma2[:, None]
     half = solve_lower(chol, g)
     logdet_Q = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
     m = mix.means[cc]
@@ -69,13 +79,13 @@ def _pair_terms(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2
     return logpdf, chol, half
 
 
-def log_marginal(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2: float) -> np.ndarray:
+def log_marginal(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2) -> np.ndarray:
     """log p(y_i) under the mixture, shape (N,) (subjects with n_i = 0 get 0)."""
     return condition(stats, mix, w, sigma2, keep_components=False).log_marginal
 
 
 def condition(
-    stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2: float, keep_components: bool = True
+    stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2, keep_components: bool = True
 ) -> ConditionalMixture:
     """Condition the mixture prior of b on each subject's observations.
 
@@ -84,7 +94,7 @@ def condition(
     stats : SufficientStats of N subjects (standardised scale); n_i = 0 gives the prior.
     mix : PointMixture with M paths.
     w : (P,) fixed effects.
-    sigma2 : noise variance.
+    sigma2 : noise variance, a scalar or (M,) one per path (per-cluster noise).
     """
     N, M = stats.n_subjects, len(mix.weights)
     ii, cc = np.divmod(np.arange(N * M), M)

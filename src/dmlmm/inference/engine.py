@@ -17,6 +17,10 @@ Noise and fixed-effect priors (on the standardised scale)::
 
     sigma | c ~ half-Cauchy(0, noise_scale)   via sigma^2 | c ~ IG(1/2, 1/c), c ~ IG(1/2, 1/noise_scale^2)
     w ~ N(0, fixed_var I)
+
+The noise is one shared sigma^2, or one sigma^2_k per first-layer component with the
+same prior each (:mod:`dmlmm.inference.noise`); which one is read off the shape of
+``q(sigma^2)``'s parameters (scalars, or one per first-layer component).
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import numpy as np
 from ..data import SufficientStats
 from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
-from .expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
-from .local import LocalResult, NoiseMoments, local_step, residual_stats
+from .expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
+from .local import LocalResult, NoiseMoments, local_step
+from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, path_rss, take_groups
 
-__all__ = ["VariationalParams", "VIConfig", "VIResult", "run_vi", "noise_moments", "elbo_globals"]
+__all__ = ["VariationalParams", "VIConfig", "VIResult", "run_vi", "noise_moments", "elbo_globals", "prune_params"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,9 @@ class VariationalParams:
 
     Attributes
     ----------
-    noise : InvGamma, q(sigma^2) (scalar shape / rate).
-    noise_aux : InvGamma, q(c) of sigma's half-Cauchy prior.
+    noise : InvGamma, q(sigma^2): scalar shape / rate (shared noise) or (K_1,) (one per
+        first-layer component).
+    noise_aux : InvGamma, q(c) of sigma's half-Cauchy prior (same shape).
     fixed : Gaussian or None, q(w) (precision (P, P), shift (P,)); None without fixed effects.
     prior : the random-effects prior's own parameter container.
     """
@@ -93,21 +99,41 @@ class VIResult:
     moves: int = 0
 
 
-def noise_moments(params: VariationalParams, n_fixed: int) -> NoiseMoments:
-    """E[1/sigma^2], E[log sigma^2], E[w], Cov[w]."""
+def noise_moments(params: VariationalParams, n_fixed: int, path_components: np.ndarray | None = None) -> NoiseMoments:
+    """E[1/sigma^2], E[log sigma^2] (per path, (M,), for per-cluster noise), E[w], Cov[w].
+
+    ``path_components`` (M, L), the prior's :meth:`path_components`, is needed for per-cluster noise.
+    """
     if params.fixed is None:
         wm, wc = np.zeros(n_fixed), np.zeros((n_fixed, n_fixed))
     else:
         wm, wc, _ = params.fixed.moments()
-    return NoiseMoments(float(params.noise.mean_inv), float(params.noise.mean_log), wm, wc)
+    q = params.noise
+    if not is_per_cluster(q):
+        return NoiseMoments(float(q.mean_inv), float(q.mean_log), wm, wc)
+    if path_components is None:
+        raise ValueError("per-cluster noise needs the paths' components")
+    g = path_groups(q, path_components)
+    return NoiseMoments(np.asarray(q.mean_inv)[g], np.asarray(q.mean_log)[g], wm, wc)
+
+
+def prune_params(params: VariationalParams, new_prior_params: Any, keep: list[np.ndarray]) -> VariationalParams:
+    """The variational parameters after the prior's components outside ``keep`` were dropped."""
+    noise, aux = take_groups(params.noise, params.noise_aux, keep[0])
+    return VariationalParams(noise, aux, params.fixed, new_prior_params)
+
+
+def empty_component_cost(prior: RandomEffectsPrior, params: VariationalParams, layer: int, config: VIConfig) -> float:
+    """The prior's mean-field gap of a data-free component, plus its noise factors' (first layer, per-cluster noise)."""
+    gap = prior.empty_component_cost(layer)
+    if layer == 0 and is_per_cluster(params.noise):
+        gap += empty_noise_cost(config.noise_scale)
+    return gap
 
 
 def elbo_globals(params: VariationalParams, prior: RandomEffectsPrior, config: VIConfig) -> float:
     """E_q[log p(globals)] - E_q[log q(globals)] for every global factor."""
-    inv_a2 = 1.0 / config.noise_scale**2
-    aux = params.noise_aux
-    total = float(ig_expected_logpdf(0.5, aux.mean_inv, -aux.mean_log, params.noise) + params.noise.entropy())
-    total += float(ig_expected_logpdf(0.5, inv_a2, np.log(inv_a2), aux) + aux.entropy())
+    total = noise_elbo(params.noise, params.noise_aux, config.noise_scale)
     if params.fixed is not None:
         m, v, logdet = params.fixed.moments()
         p = m.shape[0]
@@ -123,31 +149,31 @@ def _update_noise_and_fixed(
     params: VariationalParams,
     stats: SufficientStats,
     local: LocalResult,
+    groups: np.ndarray,
     config: VIConfig,
     scale: float,
     rho: float,
 ) -> VariationalParams:
-    """q(w), then q(sigma^2), then its auxiliary, each given the others (closed form)."""
+    """q(w), then q(sigma^2) (per group), then its auxiliary, each given the others (closed form).
+
+    ``groups`` (M,): the noise factor of each path (all 0 for shared noise).
+    """
     fixed = params.fixed
-    s = float(params.noise.mean_inv)
+    s_path = np.atleast_1d(params.noise.mean_inv)[groups]  # (M,) E[1/sigma^2] of each path
     if fixed is not None:
         P = stats.dim_fixed
-        prec = np.eye(P) / config.fixed_var + s * scale * stats.FtF.sum(axis=0)
-        shift = s * scale * (stats.Fty.sum(axis=0) - np.einsum("ndp,nd->p", stats.XtF, local.mean_b))
+        s_subj = local.resp @ s_path  # (N,) E_q(c_i)[E[1/sigma^2_c]]
+        prec = np.eye(P) / config.fixed_var + scale * np.einsum("n,npq->pq", s_subj, stats.FtF)
+        shift = scale * (s_subj @ stats.Fty - s_path @ local.path_xtf_b)
         fixed = blend(fixed, Gaussian(prec, shift), rho)
-    nm = noise_moments(VariationalParams(params.noise, params.noise_aux, fixed, params.prior), stats.dim_fixed)
-    xr, err = residual_stats(stats, nm)
-    rss = float(np.sum(err - 2.0 * np.einsum("nd,nd->n", xr, local.mean_b) + local.quad))
-    target = InvGamma(
-        np.asarray(0.5 + 0.5 * scale * stats.n_obs.sum()),
-        np.asarray(float(params.noise_aux.mean_inv) + 0.5 * scale * rss),
-    )
-    noise = blend(params.noise, target, rho)
-    aux = blend(
-        params.noise_aux,
-        InvGamma(np.asarray(1.0), np.asarray(float(noise.mean_inv) + 1.0 / config.noise_scale**2)),
-        rho,
-    )
+    if fixed is None:
+        wm, wc = np.zeros(stats.dim_fixed), np.zeros((stats.dim_fixed, stats.dim_fixed))
+    else:
+        wm, wc, _ = fixed.moments()
+    rss, n_obs = path_rss(stats, local, wm, wc)
+    noise = blend(params.noise, noise_target(params.noise, params.noise_aux, groups, rss, n_obs, scale), rho)
+    aux_target = InvGamma(np.ones_like(np.asarray(noise.shape)), np.asarray(noise.mean_inv + 1.0 / config.noise_scale**2))
+    aux = blend(params.noise_aux, aux_target, rho)
     return VariationalParams(noise, aux, fixed, params.prior)
 
 
@@ -223,8 +249,9 @@ def run_vi(
             sub, scale, rho = stats, 1.0, 1.0
         full = active is None or it - last_full >= config.full_every
         pp, cache = prior.path_prior(params.prior)
+        paths = prior.path_components()
         local = local_step(
-            sub, pp, noise_moments(params, P), config.hard_assignment,
+            sub, pp, noise_moments(params, P, paths), config.hard_assignment,
             active=None if full else active, moment_threshold=config.moment_threshold,
         )
         if full:
@@ -242,19 +269,19 @@ def run_vi(
             last_full = -config.full_every  # confirm with a step over all paths
         new_prior = prior.update(params.prior, local.moments.scaled(scale), cache, rho)
         params = VariationalParams(params.noise, params.noise_aux, params.fixed, new_prior)
-        params = _update_noise_and_fixed(params, sub, local, config, scale, rho)
+        params = _update_noise_and_fixed(params, sub, local, path_groups(params.noise, paths), config, scale, rho)
         if config.prune_threshold > 0 and it >= config.prune_after and full:
             counts = prior.layer_counts(params.prior)
             keep = [(c >= config.prune_threshold) | (c == c.max()) for c in counts]
             if any(not k.all() for k in keep):
                 prior, new_prior = prior.prune(params.prior, keep)
-                params = VariationalParams(params.noise, params.noise_aux, params.fixed, new_prior)
+                params = prune_params(params, new_prior, keep)
                 kept = [np.flatnonzero(k) if kp is None else kp[np.flatnonzero(k)] for k, kp in zip(keep, kept)]
                 pruned_at.append(it)
                 active = None
     # final local step on all subjects, at the final globals
     pp, _ = prior.path_prior(params.prior)
-    local = local_step(stats, pp, noise_moments(params, P), config.hard_assignment)
+    local = local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment)
     elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
     if not stochastic and not converged:
         history.append(elbo)

@@ -4,8 +4,12 @@ Given the expected log prior of b under each path (a quadratic form, see
 :mod:`dmlmm.priors.base`) and the current noise / fixed-effect factors, the
 optimal ``q(b_i | c)`` is Gaussian with
 
-    precision Q_ic = Lambda_c + E[1/sigma^2] X_i'X_i,
-    mean      Q_ic^{-1} (eta_c + E[1/sigma^2] X_i'(y_i - F_i E[w])),
+    precision Q_ic = Lambda_c + E[1/sigma^2_c] X_i'X_i,
+    mean      Q_ic^{-1} (eta_c + E[1/sigma^2_c] X_i'(y_i - F_i E[w])),
+
+where sigma^2_c is the residual variance of path c: one shared value, or one per
+first-layer component (``noise="cluster"``), in which case the noise moments are
+given per path.
 
 and the optimal ``q(c_i)`` is the softmax over paths of the local evidence
 lower bounds, which are closed form (log of a Gaussian integral). Everything is
@@ -39,14 +43,14 @@ class NoiseMoments:
 
     Attributes
     ----------
-    prec : E[1 / sigma^2].
-    log_var : E[log sigma^2].
+    prec : E[1 / sigma^2], a scalar (shared noise) or (M,) per path.
+    log_var : E[log sigma^2], likewise.
     w_mean : (P,) E[w].
     w_cov : (P, P) Cov[w].
     """
 
-    prec: float
-    log_var: float
+    prec: float | np.ndarray
+    log_var: float | np.ndarray
     w_mean: np.ndarray
     w_cov: np.ndarray
 
@@ -62,6 +66,10 @@ class LocalResult:
     mean_b : (N, D) E_q[b_i].
     quad : (N,) E_q[b_i' X_i'X_i b_i].
     moments : PathMoments, sums over the subjects.
+    path_quad : (M,) sum_i r_ic E[b_i' X_i'X_i b_i | c].
+    path_xty_b : (M,) sum_i r_ic X_i'y_i . E[b_i | c].
+    path_xtf_b : (M, P) sum_i r_ic F_i'X_i E[b_i | c].
+    (the per-path pieces of the residual sums of squares, for per-cluster noise)
     """
 
     resp: np.ndarray
@@ -69,6 +77,9 @@ class LocalResult:
     mean_b: np.ndarray
     quad: np.ndarray
     moments: PathMoments
+    path_quad: np.ndarray | None = None
+    path_xty_b: np.ndarray | None = None
+    path_xtf_b: np.ndarray | None = None
 
 
 def residual_stats(stats: SufficientStats, noise: NoiseMoments) -> tuple[np.ndarray, np.ndarray]:
@@ -107,9 +118,11 @@ def local_step(
         keeps increasing; a later full step (``active=None``) re-opens all paths.
     """
     N, D, M = stats.n_subjects, stats.dim_random, prior.n_paths
+    P = stats.dim_fixed
     xr, err = residual_stats(stats, noise)
-    s = noise.prec
-    const_i = -0.5 * stats.n_obs * (LOG_2PI + noise.log_var) - 0.5 * s * err + 0.5 * D * LOG_2PI
+    s_path = np.broadcast_to(np.asarray(noise.prec, dtype=float), (M,))
+    lv_path = np.broadcast_to(np.asarray(noise.log_var, dtype=float), (M,))
+    const_i = -0.5 * stats.n_obs * LOG_2PI + 0.5 * D * LOG_2PI
     path_const = prior.log_weight + prior.const
 
     resp = np.zeros((N, M))
@@ -122,13 +135,15 @@ def local_step(
     shift_soa = np.ascontiguousarray(prior.shift.T)  # (D, M)
     xtx_soa = np.ascontiguousarray(np.moveaxis(stats.XtX, 0, -1))  # (D, D, N)
     xr_soa = np.ascontiguousarray(xr.T)  # (D, N)
-    def run_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run_chunk(start: int, stop: int) -> tuple[np.ndarray, ...]:
         """Subjects start..stop: writes their rows of the per-subject outputs, returns path sums."""
         w_sum = np.zeros(M)
         first = np.zeros((M, D))
         second = np.zeros((M, D, D))
+        xtf_b = np.zeros((M, P))
         ii, cc = np.nonzero(active[start:stop])  # pairs, sorted by subject
         gi = ii + start
+        s = s_path[cc]  # the path's E[1/sigma^2], per pair
         # structure-of-arrays layout: matrices (D, D, pairs), vectors (D, pairs)
         Q = prec_soa[:, :, cc] + s * xtx_soa[:, :, gi]
         g = shift_soa[:, cc] + s * xr_soa[:, gi]
@@ -139,7 +154,8 @@ def local_step(
         half = solve_lower_soa(chol, g)  # L^{-1} g, so g'Q^{-1}g = |half|^2
         logdet = 2.0 * np.log(np.diagonal(chol, axis1=0, axis2=1)).sum(axis=-1)
         m = solve_upper_t_soa(chol, half)  # (D, pairs)
-        elbo_p = path_const[cc] + const_i[gi] - 0.5 * logdet + 0.5 * np.einsum("dn,dn->n", half, half)
+        lik = const_i[gi] - 0.5 * stats.n_obs[gi] * lv_path[cc] - 0.5 * s * err[gi]
+        elbo_p = path_const[cc] + lik - 0.5 * logdet + 0.5 * np.einsum("dn,dn->n", half, half)
         seg = np.flatnonzero(np.r_[True, ii[1:] != ii[:-1]])
         if hard_assignment:
             best = np.lexsort((-elbo_p, ii))[seg]  # ii is sorted, so segments keep their starts
@@ -167,9 +183,14 @@ def local_step(
         cov = inv_from_chol_soa(chol[:, :, act])  # (act, D, D)
         m_act = m[:, act].T
         wsec = r[act, None, None] * (cov + m_act[:, :, None] * m_act[:, None, :])
-        quad[start:stop] += np.bincount(ii[act], weights=np.einsum("aij,aji->a", wsec, stats.XtX[gi[act]]), minlength=stop - start)
+        q_act = np.einsum("aij,aji->a", wsec, stats.XtX[gi[act]])
+        quad[start:stop] += np.bincount(ii[act], weights=q_act, minlength=stop - start)
         _add_rows(second, cc[act], wsec)
-        return w_sum, first, second
+        p_quad = np.bincount(cc[act], weights=q_act, minlength=M)
+        p_xty = np.bincount(cc, weights=np.einsum("ad,ad->a", rm, stats.Xty[gi]), minlength=M)
+        if P:
+            _add_rows(xtf_b, cc, np.einsum("ad,adp->ap", rm, stats.XtF[gi]))
+        return w_sum, first, second, p_quad, p_xty, xtf_b
 
     # memory-bounded chunks of subjects, each fully batched; chunks run on several threads
     # (numpy releases the GIL inside its loops), each writing its own rows
@@ -182,10 +203,8 @@ def local_step(
             parts = list(pool.map(lambda se: run_chunk(*se), bounds))
     else:
         parts = [run_chunk(a, b) for a, b in bounds]
-    w_sum = np.sum([p[0] for p in parts], axis=0)
-    first = np.sum([p[1] for p in parts], axis=0)
-    second = np.sum([p[2] for p in parts], axis=0)
-    return LocalResult(resp, log_ev, mean_b, quad, PathMoments(w_sum, first, second))
+    w_sum, first, second, p_quad, p_xty, p_xtf = (np.sum([p[j] for p in parts], axis=0) for j in range(6))
+    return LocalResult(resp, log_ev, mean_b, quad, PathMoments(w_sum, first, second), p_quad, p_xty, p_xtf)
 
 
 def _chunk_bounds(pairs_per_subject: np.ndarray, per_chunk: int) -> list[tuple[int, int]]:

@@ -19,7 +19,7 @@ import numpy as np
 from ..data import SufficientStats
 from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
-from .engine import VariationalParams, VIConfig, VIResult, run_vi
+from .engine import VariationalParams, VIConfig, VIResult, empty_component_cost, prune_params, run_vi
 
 __all__ = ["run_vi_with_moves", "explore_config", "EXPLORE_TOL"]
 
@@ -100,13 +100,13 @@ def run_vi_with_moves(
             keep = [np.ones(len(c), dtype=bool) for c in counts]
             keep[l][k] = False
             new_prior, new_pp = res.prior.prune(res.params.prior, keep)
-            start = VariationalParams(res.params.noise, res.params.noise_aux, res.params.fixed, new_pp)
+            start = prune_params(res.params, new_pp, keep)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 trial = run_vi(stats, new_prior, start, replace(config, max_iter=trial_iter), rng)
             # fair comparison: the larger model with component k emptied instead of deleted
             if l not in gaps:
-                gaps[l] = res.prior.empty_component_cost(l)
+                gaps[l] = empty_component_cost(res.prior, res.params, l, config)
             gap = gaps[l]
             if trial.elbo - gap > res.elbo + 1e-9 * abs(res.elbo):
                 base_kept = [k_[m] for k_, m in zip(res.kept, keep)]

@@ -19,6 +19,7 @@ from ..data import Longitudinal, SufficientStats
 from ..exceptions import DataError, EmptyComponentWarning, NotFittedError
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments
 from ..inference.local import local_step
+from ..inference.noise import is_per_cluster, path_groups, per_cluster
 from ..inference.starts import run_vi_with_starts
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
 from ..priors.base import PointMixture, RandomEffectsPrior
@@ -72,7 +73,12 @@ class VariationalLongitudinalModel:
     groups_, group_proba_ : first-layer grouping, likewise.
     clusters_ : DataFrame, one row per cluster: its components per layer, weight, size.
     n_components_ : tuple, components left per layer after pruning.
-    sigma2_ : float, residual variance (user scale).
+    sigma2_ : float, residual variance (user scale); with ``noise="cluster"`` the pooled value,
+        the per-cluster variances weighted by their expected numbers of observations.
+    sigma2_by_cluster_ : Series, residual variance of each first-layer group (``groups_``
+        numbering; all equal to ``sigma2_`` with shared noise).
+    noise_ : str, the noise model fitted ("shared" or "cluster"; with ``noise="auto"`` the one
+        with the higher ELBO).
     fixed_effects_ : Series, covariate effects (user scale).
     random_effects_ : DataFrame, E[b_i] on the user's scale (curve = offset_ + X b + F w).
     cluster_means_ : DataFrame (cluster, time, mean, lower, upper, weight) on a grid.
@@ -144,25 +150,35 @@ class VariationalLongitudinalModel:
         design = LongitudinalDesign.learn(d, self.basis, self.smoothing)
         stats = design.stats(d)
         t0 = perf_counter()
-        rng = np.random.default_rng(self.random_state)
         rough = design.roughness
         b_hat = ridge_estimates(stats, 0.5, rough)
         best = None
-        for _ in range(int(self.n_init)):
-            prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
-            config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
-            noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
-            callback = self._progress_callback()
-            # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
-            res = run_vi_with_starts(
-                stats, prior, lambda p, g: VariationalParams(noise, aux, fixed, p.init_params(b_hat, g)),
-                lambda sizes: self._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough), config, rng,
-                moves=self.delete_moves and not config.hard_assignment, callback=callback,
-            )
-            if callback is not None:
-                callback.close()
-            if best is None or res.elbo > best.elbo:
-                best = res
+        # "auto": both noise models, each from the same random state, the higher ELBO kept
+        kinds = ("shared", "cluster") if self._noise_kind() == "auto" else (self._noise_kind(),)
+        for kind in kinds:
+            rng = np.random.default_rng(self.random_state)
+            for _ in range(int(self.n_init)):
+                prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
+                config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
+                noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
+
+                def init(p: RandomEffectsPrior, g: np.random.Generator, kind: str = kind) -> VariationalParams:
+                    nz, ax = noise, aux
+                    if kind == "cluster":  # one residual variance per first-layer component of this start
+                        nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
+                    return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g))
+
+                callback = self._progress_callback()
+                # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
+                res = run_vi_with_starts(
+                    stats, prior, init,
+                    lambda sizes: self._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough), config, rng,
+                    moves=self.delete_moves and not config.hard_assignment, callback=callback,
+                )
+                if callback is not None:
+                    callback.close()
+                if best is None or res.elbo > best.elbo:
+                    best = res
         best.seconds = perf_counter() - t0
         self._set_fitted(d, design, best)
         return self
@@ -213,7 +229,7 @@ class VariationalLongitudinalModel:
         self.groups_ = self._labels_from(self.group_proba_)
         s = design.y_scale
         self.offset_ = design.y_shift
-        self.sigma2_ = float(res.params.noise.mean[()]) * s**2
+        self._set_sigma2(res.local.resp, np.diff(d.offsets))
         w = self._w()
         self.fixed_effects_ = pd.Series(w * s / design.cov_scale, index=list(design.fixed_names), dtype=float, name="estimate")
         self.random_effects_ = pd.DataFrame(
@@ -228,6 +244,24 @@ class VariationalLongitudinalModel:
                 EmptyComponentWarning,
                 stacklevel=3,
             )
+
+    def _noise_kind(self) -> str:
+        return getattr(self, "noise", "shared")
+
+    def _set_sigma2(self, resp: np.ndarray, n_obs: np.ndarray) -> None:
+        """sigma2_ (pooled) and sigma2_by_cluster_ on the user's scale."""
+        s2 = np.atleast_1d(np.asarray(self.params_.noise.mean, dtype=float)) * self.design_.y_scale**2
+        k1 = len(self.components_kept_[0])
+        first = self.prior_.path_components()[:, 0]
+        if s2.size == 1:
+            pooled, by_group = float(s2[0]), np.full(k1, float(s2[0]))
+        else:
+            n_g = np.bincount(first, weights=resp.T @ n_obs, minlength=k1)
+            pooled = float(n_g @ s2 / n_g.sum()) if n_g.sum() > 0 else float(s2.mean())
+            by_group = s2[self._group_order]
+        self.sigma2_ = pooled
+        self.noise_ = "cluster" if is_per_cluster(self.params_.noise) else "shared"
+        self.sigma2_by_cluster_ = pd.Series(by_group, index=pd.RangeIndex(k1, name="group"), name="sigma2")
 
     def _requested_first_layer(self) -> int:
         k = self.n_components
@@ -277,7 +311,8 @@ class VariationalLongitudinalModel:
     def _local(self, data: Longitudinal):
         stats = self.design_.stats(data)
         pp, _ = self.prior_.path_prior(self.params_.prior)
-        return local_step(stats, pp, noise_moments(self.params_, self.design_.n_fixed), self.hard_assignment)
+        nm = noise_moments(self.params_, self.design_.n_fixed, self.prior_.path_components())
+        return local_step(stats, pp, nm, self.hard_assignment)
 
     def _data(self, df: FrameLike, require_response: bool = True) -> Longitudinal:
         self._check_fitted()
@@ -307,8 +342,10 @@ class VariationalLongitudinalModel:
         """The prior of b for prediction, with the posterior uncertainty of the globals integrated in."""
         return self.prior_.point_mixture(self.params_.prior, integrate_globals=True)
 
-    def _sigma2_std(self) -> float:
-        return float(self.params_.noise.mean[()])
+    def _sigma2_std(self) -> np.ndarray:
+        """Residual variance of each path (M,), standardised scale (one shared value, or its first-layer group's)."""
+        q = self.params_.noise
+        return np.atleast_1d(np.asarray(q.mean, dtype=float))[path_groups(q, self.prior_.path_components())]
 
     def _conditional(self, d: Longitudinal | None) -> tuple[ConditionalMixture, pd.Index, np.ndarray]:
         """Posterior mixture of b per subject (or the prior for d=None), subjects, last covariates (N, P)."""
@@ -375,7 +412,7 @@ class VariationalLongitudinalModel:
         mean_a = cm.mean @ Xn.T + fw[cm.subject][:, None]
         var_a = np.einsum("td,ade,te->at", Xn, cm.cov, Xn) + self._fixed_var(fixed_rows)[cm.subject][:, None]
         if kind == "observation":
-            var_a = var_a + self._sigma2_std()
+            var_a = var_a + self._sigma2_std()[cm.path][:, None]
         sd_a = np.sqrt(np.maximum(var_a, 0.0))
         N = len(subjects)
         mean = np.zeros((N, len(t)))
@@ -447,7 +484,8 @@ class VariationalLongitudinalModel:
             fw = (fixed_rows @ w)[:, None, None]
         curve = b @ Xn.T + fw
         if kind == "observation":
-            curve = curve + np.sqrt(self._sigma2_std()) * rng.standard_normal(curve.shape)
+            sd = np.sqrt(self._sigma2_std()[cm.path[comp]])  # (N, S): the drawn path's residual SD
+            curve = curve + sd[:, :, None] * rng.standard_normal(curve.shape)
         s, sh = self.design_.y_scale, self.design_.y_shift
         return pd.DataFrame(
             {
@@ -520,7 +558,9 @@ class VariationalLongitudinalModel:
             f"({'converged' if self.converged_ else 'NOT converged'}; {self.n_moves_} delete move(s) accepted), "
             f"{self.fit_seconds_:.2f} s",
             f"  components per layer after pruning: {self.n_components_}",
-            f"  residual SD {np.sqrt(self.sigma2_):.4g}",
+            f"  residual SD {np.sqrt(self.sigma2_):.4g}"
+            + (f" (pooled; by group: {', '.join(f'{v:.4g}' for v in np.sqrt(self.sigma2_by_cluster_))})"
+               if self.noise_ == "cluster" else ""),
         ]
         if len(self.fixed_effects_):
             lines.append("  fixed effects (posterior means):")

@@ -47,6 +47,10 @@ class MixtureLMM(VariationalLongitudinalModel):
         Half-t scale of the random-effect SDs (Huang-Wand prior; standardised scale).
     noise_scale : float
         Half-Cauchy scale of the residual SD (standardised scale).
+    noise : {"shared", "cluster", "auto"}
+        One residual variance for all subjects, or one per (first-layer) component, each
+        with the same half-Cauchy prior; predictions then use each cluster's own. "auto"
+        fits both (twice the time) and keeps the one with the higher ELBO (``noise_``).
     max_iter, tol : stopping rule on the relative ELBO change.
     batch_size : "auto", "full" or int
         Full-batch coordinate ascent, or stochastic natural gradients with this minibatch size.
@@ -72,6 +76,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         concentration: float = 0.5,
         cov_scale: float = 2.5,
         noise_scale: float = 1.0,
+        noise: str = "shared",
         max_iter: int = 1000,
         tol: float = 1e-5,
         batch_size: int | str = "auto",
@@ -88,6 +93,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         self.concentration = concentration
         self.cov_scale = cov_scale
         self.noise_scale = noise_scale
+        self.noise = noise
         self.max_iter = max_iter
         self.tol = tol
         self.batch_size = batch_size
@@ -126,6 +132,9 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
     concentration, mean_scale, loading_scale, delta_scale : float or tuple per layer
         rho_l (Dirichlet), G_l (Cauchy scale^2 of the means), nu_l (horseshoe global scale),
         A_l (half-Cauchy scale of the idiosyncratic SDs); model.md section 4 defaults.
+    noise : {"shared", "cluster", "auto"}
+        One residual variance, or one per first-layer component, or the better of the two
+        by the ELBO (see :class:`MixtureLMM`).
     Other parameters as :class:`MixtureLMM`.
     """
 
@@ -143,6 +152,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         loading_scale=1.0,
         delta_scale=2.5,
         noise_scale: float = 1.0,
+        noise: str = "shared",
         max_iter: int = 1000,
         tol: float = 1e-5,
         batch_size: int | str = "auto",
@@ -162,6 +172,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         self.loading_scale = loading_scale
         self.delta_scale = delta_scale
         self.noise_scale = noise_scale
+        self.noise = noise
         self.max_iter = max_iter
         self.tol = tol
         self.batch_size = batch_size

@@ -60,6 +60,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loading_scale": (_positive_or_per_layer, "a positive number, or one per layer"),
     "delta_scale": (_positive_or_per_layer, "a positive number, or one per layer"),
     "latent_dims": (_int_tuple, "a tuple of positive integers, one per layer"),
+    "noise": (lambda v: v in ("shared", "cluster", "auto"), "one of 'shared', 'cluster' or 'auto'"),
 }
 
 _COMPONENTS = {
