@@ -8,6 +8,7 @@ import numpy as np
 from scipy.interpolate import BSpline
 from scipy.linalg import eigh
 
+from ._estimator import HyperParameters
 from ._linalg import sym
 
 from .exceptions import DataError, ExtrapolationWarning, NotFittedError
@@ -72,7 +73,7 @@ def bspline_design(
     return BSpline(tp, coef, k, extrapolate=True).derivative(deriv)(x)
 
 
-class SplineBasis:
+class SplineBasis(HyperParameters):
     """B-spline basis of time, the default random-effects design of the longitudinal models.
 
     Parameters

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .._estimator import HyperParameters
 from ..basis import SplineBasis
 from ..exceptions import ConvergenceWarning, DataError, NotFittedError
 from ._threads import limit_blas_threads
@@ -43,7 +44,7 @@ def _describe_basis(builder) -> str | None:
     return f"{b!r}, range [{b.lower_:g}, {b.upper_:g}]"
 
 
-class LinearMixedModel:
+class LinearMixedModel(HyperParameters):
     """Linear mixed model ``y_i = F_i w + Z_i b_i + e_i``, ``b_i ~ N(0, Sigma)``, ``e_i ~ N(0, sigma^2 I)``.
 
     ``Sigma`` (q x q) is unstructured. Three ways to give the model:
@@ -392,9 +393,3 @@ class LinearMixedModel:
 
         return format_summary(self, interval=interval)
 
-    def __repr__(self) -> str:
-        args = [repr(self.formula)] if self.formula is not None else []
-        args.append(f"method={self.method!r}")
-        if self.basis is not None:
-            args.append(f"basis={self.basis!r}")
-        return f"{type(self).__name__}({', '.join(args)})"

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
+from .._estimator import HyperParameters
 from ..data import Longitudinal, SufficientStats
 from ..exceptions import DataError, EmptyComponentWarning, NotFittedError
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments
@@ -58,7 +59,7 @@ def ridge_estimates(
     return np.linalg.solve(lhs, r[..., None])[..., 0]
 
 
-class VariationalLongitudinalModel:
+class VariationalLongitudinalModel(HyperParameters):
     """Base class: y_i = F_i w + X_i b_i + e_i with a pluggable prior on b_i, fitted by VI.
 
     Fitted attributes (after :meth:`fit`)
@@ -576,15 +577,6 @@ class VariationalLongitudinalModel:
         from ..io import save_model
 
         save_model(self, path)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._init_params().items())})"
-
-    def _init_params(self) -> dict:
-        import inspect
-
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
 
     # -------------------------------------------------------------- class summaries (lcmm's summarytable, postprob)
     def class_summary(self) -> pd.DataFrame:
