@@ -216,6 +216,26 @@ def test_knot_intervals_without_observations_warn_without_smoothing():
         MixtureLMM(1, basis=SplineBasis(8, knots="uniform"), random_state=0, max_iter=20).fit(df)
 
 
+@pytest.mark.parametrize("make, what", [
+    (lambda d: d.time, "a function of time 'time' alone"),
+    (lambda d: 2 * d.time + 1, "a function of time 'time' alone"),
+    (lambda d: d.time**2, "a function of time 'time' alone"),
+    (lambda d: 3 * d.sex - 1 + d.time, r"a combination of time 'time' and covariate\(s\) \['sex'\]"),
+])
+def test_covariates_confounded_with_time_warn(small, make, what):
+    d = small.data.copy()
+    d["sex"] = (d.subject.astype("category").cat.codes % 2).astype(float)  # baseline: identified
+    d["x"] = make(d)
+    m = MixtureLMM(2, basis=SplineBasis(8), random_state=0, max_iter=20)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="variational")
+        with pytest.warns(IdentifiabilityWarning, match=rf"covariate 'x' is \(almost\) {what} \(R\^2 = 1.000000\)"):
+            m.fit(d, "subject", "time", "y", covariates=["sex", "x"])
+        with warnings.catch_warnings():  # a baseline covariate alone is fine
+            warnings.simplefilter("error", IdentifiabilityWarning)
+            m.fit(d, "subject", "time", "y", covariates=["sex"])
+
+
 def test_times_outside_basis_range_name_subjects(small):
     df = small.data.copy()
     df.loc[df.index[:3], "time"] = 1.5

@@ -16,7 +16,12 @@ class ConvergenceWarning(UserWarning):
 
 
 class IdentifiabilityWarning(UserWarning):
-    """The data can barely (or not) identify a requested part of the model."""
+    """The data can barely (or not) identify a requested part of the model.
+
+    Raised for more components than subjects, knot intervals without observations (without a
+    smoothness prior), and covariates that time (and the covariates before them) explain with
+    R^2 >= 0.999: time itself, 2t + 1, t^2, ... are confounded with the mean curves.
+    """
 
 
 class ExtrapolationWarning(UserWarning):

@@ -22,6 +22,15 @@ from ..exceptions import DataError, IdentifiabilityWarning
 
 __all__ = ["LongitudinalDesign"]
 
+_CONFOUNDED_R2 = 0.999  # a covariate explained this well by time (and earlier covariates) is flagged
+
+
+def _r2(A: np.ndarray, f: np.ndarray) -> float:
+    """R^2 of the least-squares fit of ``f`` (n,) on the columns of ``A`` (n, k) (uncentred)."""
+    coef, *_ = np.linalg.lstsq(A, f, rcond=None)
+    r = f - A @ coef
+    return 1.0 - float(r @ r) / max(float(f @ f), 1e-300)
+
 
 @dataclass
 class LongitudinalDesign:
@@ -110,6 +119,35 @@ class LongitudinalDesign:
             raise DataError(
                 f"{data.n_obs} observations cannot identify {P} covariate effect(s) plus the curve; "
                 "add data or drop covariates"
+            )
+        if P:
+            self._warn_confounded(data)
+
+    def _warn_confounded(self, data: Longitudinal) -> None:
+        """Warn about covariates that the time basis (and the covariates before them) already explain.
+
+        A covariate that is a function of time alone (time itself, 2t + 1, t^2, ...) is confounded
+        with the mean curves: its coefficient is set by the prior, not the data. Likewise one that is
+        a linear combination of earlier covariates and the time basis. Checked on the pooled rows
+        by least squares: R^2 of each standardised covariate column on the basis and the earlier ones.
+        """
+        X = self.basis.transform(data.time)  # (n, D), spans the constants
+        F = self.F(data.covariates)  # (n, P), standardised
+        names = list(self.fixed_names)
+        for j in range(F.shape[1]):
+            A = np.hstack([X, F[:, :j]])
+            r2 = _r2(A, F[:, j])
+            if r2 < _CONFOUNDED_R2:
+                continue
+            time_only = j == 0 or _r2(X, F[:, j]) >= _CONFOUNDED_R2
+            what = (f"a function of time '{self.columns.time}' alone" if time_only else
+                    f"a combination of time '{self.columns.time}' and covariate(s) {names[:j]}")
+            warnings.warn(
+                f"covariate '{names[j]}' is (almost) {what} (R^2 = {r2:.6f}): its effect cannot be told apart "
+                "from the trajectories' shape, so its coefficient is set by the prior, not the data; "
+                "drop it (the curves already model change over time)",
+                IdentifiabilityWarning,
+                stacklevel=5,
             )
 
     def data_from(self, df: pd.DataFrame | Longitudinal, require_response: bool = True, dropna: bool = False) -> Longitudinal:
