@@ -12,7 +12,7 @@ from dmlmm import DeepMixtureLMM, MixtureLMM, load
 from dmlmm.data import sufficient_stats
 from dmlmm.exceptions import ConvergenceWarning
 from dmlmm.inference.engine import VariationalParams, VIConfig, elbo_globals, init_noise_and_fixed, noise_moments, run_vi
-from dmlmm.inference.expfam import InvGamma
+from dmlmm.expfam import InvGamma
 from dmlmm.inference.local import local_step
 from dmlmm.inference.noise import empty_noise_cost, noise_elbo, per_cluster
 from dmlmm.models.base import ridge_estimates

@@ -190,7 +190,7 @@ def test_missing_file_and_unfitted_model(tmp_path):
 
 
 def test_tree_flattening_is_generic():
-    from dmlmm.inference.expfam import Gaussian, InvGamma
+    from dmlmm.expfam import Gaussian, InvGamma
     from dmlmm.inference.engine import VariationalParams
 
     p = VariationalParams(InvGamma(np.array(2.0), np.array(3.0)), InvGamma(np.ones(2), np.ones(2)), None,

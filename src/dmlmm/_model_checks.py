@@ -111,7 +111,7 @@ def _check_design(design) -> None:
 # ---------------------------------------------------------------------------- parameters
 def _check_tree(node: Any, name: str) -> None:
     """Every leaf finite; the exponential-family factors within their parameter spaces."""
-    from .inference.expfam import Dirichlet, Gaussian, InvGamma, InvWishart
+    from .expfam import Dirichlet, Gaussian, InvGamma, InvWishart
 
     if node is None:
         return

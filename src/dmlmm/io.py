@@ -121,7 +121,7 @@ class _ParamRegistry(dict):
 def _param_classes() -> dict[str, type]:
     """The only dataclasses a model file may name (no arbitrary imports on load)."""
     from .inference.engine import VariationalParams
-    from .inference.expfam import Dirichlet, Gaussian, InvGamma, InvWishart
+    from .expfam import Dirichlet, Gaussian, InvGamma, InvWishart
     from .priors.dmfa import DMFAParams, LayerParams
     from .priors.gaussian import GaussianMixtureParams
 

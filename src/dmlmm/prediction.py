@@ -19,7 +19,7 @@ from scipy.special import ndtr, ndtri
 
 from ._linalg import cholesky, logsumexp, solve_lower, solve_upper_t, spd_inv_logdet
 from .data import SufficientStats
-from .inference.expfam import LOG_2PI
+from .expfam import LOG_2PI
 from .priors.base import PointMixture
 
 __all__ = ["ConditionalMixture", "condition", "mixture_quantiles", "log_marginal", "path_sigma2"]

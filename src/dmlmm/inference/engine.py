@@ -35,7 +35,7 @@ import numpy as np
 from ..data import SufficientStats
 from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
-from .expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
+from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
 from .local import LocalResult, NoiseMoments, local_step
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, path_rss, take_groups
 

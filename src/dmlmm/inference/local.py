@@ -28,7 +28,7 @@ import numpy as np
 from .._linalg import cholesky, cholesky_soa, inv_from_chol_soa, solve_lower_soa, solve_upper_t_soa
 from ..data import SufficientStats
 from ..priors.base import PathMoments, PathPrior
-from .expfam import LOG_2PI
+from ..expfam import LOG_2PI
 
 __all__ = ["NoiseMoments", "LocalResult", "local_step", "residual_stats"]
 

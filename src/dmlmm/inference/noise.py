@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data import SufficientStats
-from .expfam import InvGamma, ig_expected_logpdf
+from ..expfam import InvGamma, ig_expected_logpdf
 from .local import LocalResult
 
 __all__ = [

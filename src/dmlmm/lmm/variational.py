@@ -28,7 +28,7 @@ from scipy import stats as st
 from .._linalg import spd_inv_logdet, sym
 from ..data import SufficientStats
 from ..inference.engine import VariationalParams, VIConfig, elbo_globals, init_noise_and_fixed
-from ..inference.expfam import LOG_2PI, InvGamma, ig_expected_logpdf
+from ..expfam import LOG_2PI, InvGamma, ig_expected_logpdf
 from ..models.base import ridge_estimates
 from ..prediction import log_marginal
 from ..priors.base import PathMoments, PointMixture

@@ -46,7 +46,7 @@ from itertools import product
 import numpy as np
 
 from .._linalg import spd_inv_logdet, sym
-from ..inference.expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
+from ..expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior
 from .gaussian import _take_components, canonical_order, kmeans
 from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_scale

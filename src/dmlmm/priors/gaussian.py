@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .._linalg import sym
-from ..inference.expfam import (
+from ..expfam import (
     LOG_2PI,
     Dirichlet,
     Gaussian,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..inference.expfam import InvGamma, blend, ig_expected_logpdf
+from ..expfam import InvGamma, blend, ig_expected_logpdf
 
 __all__ = ["ScaleFactor", "init_scale", "update_scale", "scale_elbo", "rough_mask"]
 

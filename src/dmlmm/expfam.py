@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from scipy.special import digamma, gammaln, multigammaln
 
-from .._linalg import spd_inv_logdet
+from ._linalg import spd_inv_logdet
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
