@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cholesky", "spd_inv_logdet", "spd_solve", "sym", "logsumexp", "batched_outer", "solve_lower", "solve_upper_t"]
+__all__ = ["cholesky", "spd_inv_logdet", "sym", "solve_lower", "solve_upper_t"]
 
 
 def sym(a: np.ndarray) -> np.ndarray:
@@ -66,29 +66,6 @@ def spd_inv_logdet(a: np.ndarray, what: str = "matrix") -> tuple[np.ndarray, np.
     chol_inv = np.linalg.inv(chol)  # inverse of a triangular factor is triangular
     inv = np.swapaxes(chol_inv, -1, -2) @ chol_inv
     return inv, logdet
-
-
-def spd_solve(a: np.ndarray, b: np.ndarray, what: str = "matrix") -> np.ndarray:
-    """Solve ``a x = b`` for a stack of SPD ``a`` (..., d, d) and ``b`` (..., d)."""
-    chol = cholesky(a, what)
-    tmp = np.linalg.solve(chol, b[..., None])
-    return np.linalg.solve(np.swapaxes(chol, -1, -2), tmp)[..., 0]
-
-
-def logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Stable ``log(sum(exp(a), axis))`` that returns -inf for an all -inf slice."""
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(a - m), axis=axis)) + np.squeeze(m, axis=axis)
-    return out
-
-
-def batched_outer(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """Row-wise outer products: (n, p), (n, q) -> (n, p, q)."""
-    if b is None:
-        b = a
-    return a[:, :, None] * b[:, None, :]
 
 
 def solve_lower(chol: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -117,11 +117,6 @@ class Gaussian:
         mean = (cov @ self.shift[..., None])[..., 0]
         return mean, cov, -logdet_prec
 
-    @classmethod
-    def from_moments(cls, mean: np.ndarray, cov: np.ndarray) -> "Gaussian":
-        prec, _ = spd_inv_logdet(cov, "covariance")
-        return cls(prec, (prec @ mean[..., None])[..., 0])
-
 
 def gaussian_entropy(logdet_cov: np.ndarray, d: int) -> np.ndarray:
     return 0.5 * (d * (1.0 + LOG_2PI) + logdet_cov)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr, ndtri
+from scipy.special import logsumexp, ndtr, ndtri
 
-from ._linalg import cholesky, logsumexp, solve_lower, solve_upper_t, spd_inv_logdet
+from ._linalg import cholesky, solve_lower, solve_upper_t, spd_inv_logdet
 from .data import SufficientStats
 from .expfam import LOG_2PI
 from .priors.base import PointMixture

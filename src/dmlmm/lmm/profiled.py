@@ -50,6 +50,7 @@ import numpy as np
 from scipy import optimize
 
 from ..data import SufficientStats
+from ..expfam import LOG_2PI
 from .structure import CovarianceStructure
 
 __all__ = [
@@ -63,7 +64,6 @@ __all__ = [
     "reflect_boundary_columns",
 ]
 
-_LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ def evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool = F
     pwrss = max(pwrss, np.finfo(float).tiny * max(1.0, abs(ytWy)))
     dof = n - p if reml else n
     sigma2 = pwrss / dof
-    dev = dof * (_LOG_2PI + np.log(sigma2)) + logdet_M + dof
+    dev = dof * (LOG_2PI + np.log(sigma2)) + logdet_M + dof
     if reml:
         dev += logdet_F
     state = ProfiledState(

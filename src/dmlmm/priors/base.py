@@ -113,10 +113,6 @@ class RandomEffectsPrior(ABC):
         """The prior of b at the variational means of the globals."""
 
     @abstractmethod
-    def layer_weights(self, params: Any) -> list[np.ndarray]:
-        """Expected mixing weights of each layer's components."""
-
-    @abstractmethod
     def layer_counts(self, params: Any) -> list[np.ndarray]:
         """Expected number of subjects in each layer's components (Dirichlet alpha - rho)."""
 

@@ -525,9 +525,6 @@ class DeepMixturePrior(RandomEffectsPrior):
             w = w * lay.weights.mean[k]
         return PointMixture(w / w.sum(), m, sym(S))
 
-    def layer_weights(self, params: DMFAParams) -> list[np.ndarray]:
-        return [lay.weights.mean for lay in params.layers]
-
     def layer_counts(self, params: DMFAParams) -> list[np.ndarray]:
         return [lay.weights.alpha - rho for lay, rho in zip(params.layers, self.concentration)]
 

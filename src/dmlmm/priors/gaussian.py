@@ -333,9 +333,6 @@ class GaussianMixturePrior(RandomEffectsPrior):
             cov = cov + v
         return PointMixture(params.weights.mean, m, cov)
 
-    def layer_weights(self, params: GaussianMixtureParams) -> list[np.ndarray]:
-        return [params.weights.mean]
-
     def layer_counts(self, params: GaussianMixtureParams) -> list[np.ndarray]:
         return [params.weights.alpha - self.concentration]
 
