@@ -207,6 +207,12 @@ def _probe_frame(model) -> pd.DataFrame:
     for col in d.encoding.columns:
         levels = d.encoding.levels.get(col)
         frame[col] = levels[0] if levels else float(means.get(col, 0.0))
+    m = getattr(d, "membership", None)
+    if m is not None:
+        m_means = dict(zip(m.encoding.names, m.mean))
+        for col in m.encoding.columns:
+            levels = m.encoding.levels.get(col)
+            frame[col] = levels[0] if levels else float(m_means.get(col, 0.0))
     return frame
 
 

@@ -191,6 +191,9 @@ def main() -> None:
 @click.option("--time", "time_col", default="time", show_default=True, help="Time column.")
 @click.option("--response", default="y", show_default=True, help="Response column.")
 @click.option("--covariates", default=None, help="Comma-separated fixed-effect covariate columns, e.g. age,sex.")
+@click.option("--membership-covariates", default=None,
+              help="Comma-separated baseline columns (one value per subject) on which class membership depends, "
+                   "as lcmm's classmb: coefficients in membership.csv, the summary and the report.")
 @click.option("--transform", type=click.Choice(TRANSFORMS), default="none", show_default=True,
               help="Transform of the response before fitting (log: values > 0; log1p: values > -1).")
 @click.option("--model", "kind", type=click.Choice(["deep", "mixture", "lmm"]), default=None,
@@ -232,7 +235,7 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
-def fit(data, subject, time_col, response, covariates, transform, kind, components, latent_dims, n_basis, degree,
+def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, components, latent_dims, n_basis, degree,
         knots, extrapolate, interval, n_init, select, criterion, jobs, seed, max_iter, dropna, outcome, event_time,
         event, event_value, baseline, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
@@ -243,14 +246,18 @@ def fit(data, subject, time_col, response, covariates, transform, kind, componen
     comps, dims, covs = _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs,
                                            n_basis, degree, interval, n_init)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, covs)
+    members = [c.strip() for c in membership_covariates.split(",") if c.strip()] if membership_covariates else None
+    if members and kind == "lmm":
+        raise CliError("--membership-covariates applies to the mixtures (--model deep or mixture): "
+                       "the linear mixed model has one class")
     basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=kind == "lmm")
     t0 = time.perf_counter()
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
-        frame = _read_data(data, subject, time_col, response, covs, transform)
+        frame = _read_data(data, subject, time_col, response, (covs or []) + (members or []), transform)
         _check_basis(basis, n_basis, frame[time_col], smoothing=kind != "lmm")
         _check_outcome_data(frame, subject, time_col, asked)
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
-                                      criterion, jobs, seed, max_iter, n_init, dropna, quiet)
+                                      criterion, jobs, seed, max_iter, n_init, dropna, quiet, members)
         used = _clean(frame, [subject, time_col, response] + (covs or [])) if dropna else frame
         outcomes = _outcome_report(model, frame, asked)
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
@@ -397,9 +404,10 @@ def _read_data(data, subject, time_col, response, covs, transform, response_opti
 
 
 def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select, criterion, jobs,
-               seed, max_iter, n_init, dropna, quiet):
+               seed, max_iter, n_init, dropna, quiet, members=None):
     cols = dict(subject=subject, time=time_col, response=response, covariates=covs)
-    extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init)) if v is not None}
+    extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
+             if v is not None}
     progress = _show_progress(quiet)
     if kind == "lmm":
         from .lmm import LinearMixedModel

@@ -420,6 +420,10 @@ def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "d
     if isinstance(model, VariationalLongitudinalModel):
         save_model(model, folder / "model.dmlmm", response_transform=transform)
         written.append("model.dmlmm")
+    coef = getattr(model, "membership_coefficients_", None)
+    if coef is not None:
+        coef.reset_index().to_csv(folder / "membership.csv", index=False)
+        written.append("membership.csv")
     for name, table in (outcomes.files() if outcomes else {}).items():
         table.to_csv(folder / name, index=False)
         written.append(name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -114,6 +114,9 @@ class SufficientStats:
     Fty : (N, P) ``F_i'y_i``.
     FtF : (N, P, P) ``F_i'F_i``.
     XtF : (N, D, P) ``X_i'F_i``.
+    membership : (N, Q) or None
+        Baseline covariates of class membership (first column the intercept), if the
+        model has a membership model.
     """
 
     n_obs: np.ndarray
@@ -123,6 +126,7 @@ class SufficientStats:
     Fty: np.ndarray
     FtF: np.ndarray
     XtF: np.ndarray
+    membership: np.ndarray | None = None
 
     @property
     def n_subjects(self) -> int:
@@ -138,7 +142,11 @@ class SufficientStats:
 
     def subset(self, index: np.ndarray) -> "SufficientStats":
         """Statistics of the subjects at positions ``index``."""
-        return SufficientStats(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+        return SufficientStats(*(None if (v := getattr(self, f)) is None else v[index] for f in self.__dataclass_fields__))
+
+    def with_membership(self, Z: np.ndarray | None) -> "SufficientStats":
+        """The same statistics with the membership covariates ``Z`` (N, Q) attached."""
+        return replace(self, membership=None if Z is None else np.asarray(Z, dtype=float))
 
 
 def sufficient_stats(

@@ -304,6 +304,8 @@ def model_to_dict(model) -> tuple[dict, dict[str, np.ndarray]]:
     fitted["components_kept_"] = len(model.components_kept_)
     for name in _ARRAY_ATTRS:
         arrays[f"fitted.{name}"] = np.asarray(getattr(model, name))
+    if getattr(model, "_membership_cov", None) is not None:
+        arrays["fitted._membership_cov"] = np.asarray(model._membership_cov)
     for name in _FRAMES:
         fitted[name] = _encode_frame(getattr(model, name), f"fitted.{name}", arrays)
     fitted["fixed_effects_"] = _encode_series(model.fixed_effects_, "fitted.fixed_effects_", arrays)
@@ -348,6 +350,9 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
     model.components_kept_ = [_get(arrays, f"fitted.components_kept_.{i}") for i in range(int(f["components_kept_"]))]
     for name in _ARRAY_ATTRS:
         setattr(model, name, _get(arrays, f"fitted.{name}"))
+    model._membership_cov = None
+    if model.params_.membership is not None:
+        model._membership_cov = _get(arrays, "fitted._membership_cov")
     for name in _FRAMES:
         setattr(model, name, _decode_frame(f[name], arrays))
     model.fixed_effects_ = _decode_series(f["fixed_effects_"], arrays)

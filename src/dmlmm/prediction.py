@@ -85,7 +85,8 @@ def log_marginal(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma
 
 
 def condition(
-    stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2, keep_components: bool = True
+    stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2, keep_components: bool = True,
+    log_weights: np.ndarray | None = None,
 ) -> ConditionalMixture:
     """Condition the mixture prior of b on each subject's observations.
 
@@ -95,13 +96,15 @@ def condition(
     mix : PointMixture with M paths.
     w : (P,) fixed effects.
     sigma2 : noise variance, a scalar or (M,) one per path (per-cluster noise).
+    log_weights : (N, M), optional
+        Each subject's own log prior path weights (a membership model), in place of ``mix.weights``.
     """
     N, M = stats.n_subjects, len(mix.weights)
     ii, cc = np.divmod(np.arange(N * M), M)
     with np.errstate(divide="ignore"):
         logw = np.log(mix.weights)
     lp, chol, half = _pair_terms(stats, mix, w, sigma2, ii, cc)
-    joint = (logw[cc] + lp).reshape(N, M)
+    joint = ((logw[cc] if log_weights is None else log_weights.reshape(-1)) + lp).reshape(N, M)
     lm = logsumexp(joint, axis=1)
     post = np.exp(joint - lm[:, None])
     if not keep_components:

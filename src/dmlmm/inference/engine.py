@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -35,6 +35,7 @@ import numpy as np
 from ..data import SufficientStats
 from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
+from ..priors.membership import membership_elbo, membership_log_weights, membership_prune, membership_update
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
 from .local import LocalResult, NoiseMoments, local_step
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, path_rss, take_groups
@@ -53,12 +54,15 @@ class VariationalParams:
     noise_aux : InvGamma, q(c) of sigma's half-Cauchy prior (same shape).
     fixed : Gaussian or None, q(w) (precision (P, P), shift (P,)); None without fixed effects.
     prior : the random-effects prior's own parameter container.
+    membership : Gaussian or None, q(Gamma) of the membership model (dimension K_1 * Q;
+        :mod:`dmlmm.priors.membership`); None: first-layer weights are the prior's Dirichlet.
     """
 
     noise: InvGamma
     noise_aux: InvGamma
     fixed: Gaussian | None
     prior: Any
+    membership: Gaussian | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class VIConfig:
     moment_threshold: float = 1e-12  # pairs below this responsibility are left out of second moments
     prune_threshold: float = 0.1  # drop components expected to hold fewer subjects than this ...
     prune_after: int = 10  # ... from this iteration on (0 or a negative threshold: never)
+    membership_scale: float = 2.5  # prior SD of the membership model's coefficients
 
 
 @dataclass
@@ -120,7 +125,10 @@ def noise_moments(params: VariationalParams, n_fixed: int, path_components: np.n
 def prune_params(params: VariationalParams, new_prior_params: Any, keep: list[np.ndarray]) -> VariationalParams:
     """The variational parameters after the prior's components outside ``keep`` were dropped."""
     noise, aux = take_groups(params.noise, params.noise_aux, keep[0])
-    return VariationalParams(noise, aux, params.fixed, new_prior_params)
+    membership = params.membership
+    if membership is not None:
+        membership = membership_prune(membership, keep[0])
+    return VariationalParams(noise, aux, params.fixed, new_prior_params, membership)
 
 
 def empty_component_cost(prior: RandomEffectsPrior, params: VariationalParams, layer: int, config: VIConfig) -> float:
@@ -142,7 +150,31 @@ def elbo_globals(params: VariationalParams, prior: RandomEffectsPrior, config: V
             - 0.5 * (m @ m + np.trace(v)) / config.fixed_var
             + gaussian_entropy(logdet, p)
         )
-    return total + prior.elbo(params.prior)
+    total += prior.elbo(params.prior)
+    if params.membership is not None:
+        # the membership model replaces the first layer's Dirichlet weights: its KL leaves the bound
+        dirichlet, rho = prior.first_layer_dirichlet(params.prior)
+        total += membership_elbo(params.membership, config.membership_scale)
+        total += float(dirichlet.kl_from_symmetric(rho))
+    return total
+
+
+def membership_terms(
+    params: VariationalParams, prior: RandomEffectsPrior, stats: SufficientStats
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per (subject, path) log-weight additions (N, M) of the membership model, and its expansion points (N, K_1 - 1).
+
+    The path weights of the prior hold E[log pi_k] of the first layer; these replace it by the
+    membership bound of each subject (None, None without a membership model).
+    """
+    if params.membership is None:
+        return None, None
+    if stats.membership is None:
+        raise ValueError("the model has a membership model but the statistics carry no membership covariates")
+    lw, psi = membership_log_weights(params.membership, stats.membership)
+    dirichlet, _ = prior.first_layer_dirichlet(params.prior)
+    first = prior.path_components()[:, 0]
+    return lw[:, first] - dirichlet.mean_log[first], psi
 
 
 def _update_noise_and_fixed(
@@ -174,7 +206,7 @@ def _update_noise_and_fixed(
     noise = blend(params.noise, noise_target(params.noise, params.noise_aux, groups, rss, n_obs, scale), rho)
     aux_target = InvGamma(np.ones_like(np.asarray(noise.shape)), np.asarray(noise.mean_inv + 1.0 / config.noise_scale**2))
     aux = blend(params.noise_aux, aux_target, rho)
-    return VariationalParams(noise, aux, fixed, params.prior)
+    return replace(params, noise=noise, noise_aux=aux, fixed=fixed)
 
 
 def init_noise_and_fixed(
@@ -250,9 +282,10 @@ def run_vi(
         full = active is None or it - last_full >= config.full_every
         pp, cache = prior.path_prior(params.prior)
         paths = prior.path_components()
+        offsets, psi = membership_terms(params, prior, sub)
         local = local_step(
             sub, pp, noise_moments(params, P, paths), config.hard_assignment,
-            active=None if full else active, moment_threshold=config.moment_threshold,
+            active=None if full else active, moment_threshold=config.moment_threshold, log_weight=offsets,
         )
         if full:
             last_full = it
@@ -268,8 +301,12 @@ def run_vi(
                 break
             last_full = -config.full_every  # confirm with a step over all paths
         new_prior = prior.update(params.prior, local.moments.scaled(scale), cache, rho)
-        params = VariationalParams(params.noise, params.noise_aux, params.fixed, new_prior)
+        params = replace(params, prior=new_prior)
         params = _update_noise_and_fixed(params, sub, local, path_groups(params.noise, paths), config, scale, rho)
+        if params.membership is not None:
+            first_resp = local.resp @ np.eye(int(paths[:, 0].max()) + 1)[paths[:, 0]]  # (N, K_1)
+            params = replace(params, membership=membership_update(
+                params.membership, sub.membership, first_resp, psi, config.membership_scale, scale, rho))
         if config.prune_threshold > 0 and it >= config.prune_after and full:
             counts = prior.layer_counts(params.prior)
             keep = [(c >= config.prune_threshold) | (c == c.max()) for c in counts]
@@ -281,7 +318,8 @@ def run_vi(
                 active = None
     # final local step on all subjects, at the final globals
     pp, _ = prior.path_prior(params.prior)
-    local = local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment)
+    local = local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment,
+                       log_weight=membership_terms(params, prior, stats)[0])
     elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
     if not stochastic and not converged:
         history.append(elbo)

@@ -102,6 +102,7 @@ def local_step(
     hard_assignment: bool = False,
     active: np.ndarray | None = None,
     moment_threshold: float = 1e-12,
+    log_weight: np.ndarray | None = None,
 ) -> LocalResult:
     """Optimal q(c_i) and q(b_i | c_i) for every subject, batched over (subject, path) pairs.
 
@@ -116,6 +117,9 @@ def local_step(
         Restrict q(c_i) to these paths (each subject needs at least one). The optimum
         over this restricted family is still a coordinate-ascent step, so the ELBO
         keeps increasing; a later full step (``active=None``) re-opens all paths.
+    log_weight : (N, M), optional
+        Per-subject additions to the paths' log weights (the membership model's bound,
+        :mod:`dmlmm.priors.membership`).
     """
     N, D, M = stats.n_subjects, stats.dim_random, prior.n_paths
     P = stats.dim_fixed
@@ -156,6 +160,8 @@ def local_step(
         m = solve_upper_t_soa(chol, half)  # (D, pairs)
         lik = const_i[gi] - 0.5 * stats.n_obs[gi] * lv_path[cc] - 0.5 * s * err[gi]
         elbo_p = path_const[cc] + lik - 0.5 * logdet + 0.5 * np.einsum("dn,dn->n", half, half)
+        if log_weight is not None:
+            elbo_p = elbo_p + log_weight[gi, cc]
         seg = np.flatnonzero(np.r_[True, ii[1:] != ii[:-1]])
         if hard_assignment:
             best = np.lexsort((-elbo_p, ii))[seg]  # ii is sorted, so segments keep their starts

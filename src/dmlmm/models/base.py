@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtri
+from scipy.special import logsumexp, ndtri
 
 from .._estimator import HyperParameters
 from ..data import Longitudinal, SufficientStats
@@ -24,7 +24,9 @@ from ..inference.noise import is_per_cluster, path_groups, per_cluster
 from ..inference.starts import run_vi_with_starts
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
 from ..priors.base import PointMixture, RandomEffectsPrior
+from ..priors.membership import membership_init, membership_laplace_cov, stick_log_probs
 from .design import LongitudinalDesign
+from .membership_design import MembershipDesign
 from .params import check_model_params, check_random_state, positive_int
 
 __all__ = ["VariationalLongitudinalModel", "ridge_estimates"]
@@ -149,7 +151,10 @@ class VariationalLongitudinalModel(HyperParameters):
                 "to learn how subjects vary"
             )
         design = LongitudinalDesign.learn(d, self.basis, self.smoothing)
-        stats = design.stats(d)
+        Z = None
+        if self._membership_columns():
+            design.membership, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
+        stats = design.stats(d).with_membership(Z)
         t0 = perf_counter()
         rough = design.roughness
         b_hat = ridge_estimates(stats, 0.5, rough)
@@ -167,14 +172,17 @@ class VariationalLongitudinalModel(HyperParameters):
                     nz, ax = noise, aux
                     if kind == "cluster":  # one residual variance per first-layer component of this start
                         nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
-                    return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g))
+                    k1 = int(p.path_components()[:, 0].max()) + 1
+                    gamma = None if Z is None else membership_init(k1, Z.shape[1], config.membership_scale)
+                    return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g), gamma)
 
                 callback = self._progress_callback()
                 # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
                 res = run_vi_with_starts(
                     stats, prior, init,
                     lambda sizes: self._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough), config, rng,
-                    moves=self.delete_moves and not config.hard_assignment, callback=callback,
+                    # delete moves compare against an emptied component's cost, which the membership model changes
+                    moves=self.delete_moves and not config.hard_assignment and Z is None, callback=callback,
                 )
                 if callback is not None:
                     callback.close()
@@ -182,6 +190,11 @@ class VariationalLongitudinalModel(HyperParameters):
                     best = res
         best.seconds = perf_counter() - t0
         self._set_fitted(d, design, best)
+        self._membership_cov = None
+        if Z is not None:
+            first = best.prior.path_components()[:, 0]
+            resp1 = best.local.resp @ np.eye(int(first.max()) + 1)[first]
+            self._membership_cov = membership_laplace_cov(best.params.membership, Z, resp1, config.membership_scale)
         return self
 
     def _sized(self, sizes: tuple[int, ...]) -> "VariationalLongitudinalModel":
@@ -309,11 +322,90 @@ class VariationalLongitudinalModel(HyperParameters):
         return self.params_.fixed.moments()[0]
 
     # -------------------------------------------------------------- cluster prediction
-    def _local(self, data: Longitudinal):
+    def _local(self, data: Longitudinal, frame: FrameLike):
         stats = self.design_.stats(data)
         pp, _ = self.prior_.path_prior(self.params_.prior)
         nm = noise_moments(self.params_, self.design_.n_fixed, self.prior_.path_components())
-        return local_step(stats, pp, nm, self.hard_assignment)
+        Z = self._membership_matrix(frame, data)
+        offsets = None
+        if Z is not None:  # the membership model's probabilities (as in every prediction) in place of E[log pi]
+            first = self.prior_.path_components()[:, 0]
+            dirichlet, _ = self.prior_.first_layer_dirichlet(self.params_.prior)
+            log_p1 = stick_log_probs(Z @ self.params_.membership.moments()[0].T)
+            offsets = log_p1[:, first] - dirichlet.mean_log[first]
+        return local_step(stats, pp, nm, self.hard_assignment, log_weight=offsets)
+
+    # -------------------------------------------------------------- membership by covariates
+    def _membership_columns(self) -> list[str]:
+        cols = getattr(self, "membership_covariates", None)
+        return [] if cols is None else [cols] if isinstance(cols, str) else list(cols)
+
+    def _membership_matrix(self, frame: FrameLike, d: Longitudinal) -> np.ndarray | None:
+        """Z (N, Q) of the subjects of ``d`` (None without a membership model)."""
+        m = self.design_.membership
+        return None if m is None else m.matrix(frame, self.design_.columns.subject, d.subjects)
+
+    def _path_log_weights(self, Z: np.ndarray | None, mix: PointMixture) -> np.ndarray | None:
+        """Each subject's log prior path weights (N, M) under the membership model (plug-in E[Gamma])."""
+        if Z is None:
+            return None
+        log_p1 = stick_log_probs(Z @ self.params_.membership.moments()[0].T)  # (N, K_1)
+        first = self.prior_.path_components()[:, 0]
+        dirichlet, _ = self.prior_.first_layer_dirichlet(self.params_.prior)
+        with np.errstate(divide="ignore"):
+            lw = np.log(mix.weights) - np.log(dirichlet.mean[first]) + log_p1[:, first]
+        return lw - logsumexp(lw, axis=1, keepdims=True)
+
+    @property
+    def membership_coefficients_(self) -> pd.DataFrame | None:
+        """Coefficients of the membership model on the user's scale, with SDs and 95 % intervals.
+
+        One row per (stick, covariate): stick j gives the log-odds of being in first-layer group
+        ``group`` rather than in one of the groups ``versus`` (the later components), among the
+        subjects not in an earlier one (a continuation-ratio logit; with two groups, plain
+        logistic regression of ``group``). The intercept is at covariates 0 (numeric) and the
+        reference levels (categorical); slopes are per unit of each covariate. None without
+        ``membership_covariates``. Estimates are posterior means; SDs come from the curvature of
+        the expected log-likelihood there (:func:`~dmlmm.priors.membership.membership_laplace_cov`):
+        the variational factor's own are too narrow under the Jaakkola-Jordan bound (23 % below
+        the maximum-likelihood standard errors on a simulated two-group example).
+        """
+        self._check_fitted()
+        q = self.params_.membership
+        if q is None:
+            return None
+        mean = q.moments()[0]  # (S, Q)
+        cov = self._membership_cov  # (S, Q, Q)
+        T = self.design_.membership.to_user_scale()
+        est = mean @ T.T
+        sd = np.sqrt(np.maximum(np.einsum("qa,sab,rb->sqr", T, cov, T).diagonal(axis1=1, axis2=2), 0.0))
+        names = self.design_.membership.names
+        groups = self._group_of_path  # model component -> reported group
+        S, Q = est.shape
+        rows = pd.MultiIndex.from_product([range(S), names], names=["stick", "covariate"])
+        z = float(ndtri(0.975))
+        return pd.DataFrame({
+            "group": np.repeat(groups[:S], Q),
+            "versus": np.repeat([", ".join(map(str, groups[j + 1:])) for j in range(S)], Q),
+            "estimate": est.reshape(-1), "sd": sd.reshape(-1),
+            "lower95": (est - z * sd).reshape(-1), "upper95": (est + z * sd).reshape(-1),
+        }, index=rows)
+
+    def membership_probabilities(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Prior probabilities of the first-layer groups from the membership covariates alone.
+
+        What the membership model says before any visit: subjects x groups (group numbering as
+        :attr:`group_proba_`), at the posterior mean of the coefficients. Needs a model fitted with
+        ``membership_covariates``; ``df`` needs the subject column and those covariates.
+        """
+        self._check_fitted()
+        m = self.design_.membership
+        if m is None:
+            raise ValueError("this model was fitted without membership_covariates")
+        subjects = pd.Index(pd.unique(df[self.design_.columns.subject]), name="subject")
+        Z = m.matrix(df, self.design_.columns.subject, subjects)
+        p = np.exp(stick_log_probs(Z @ self.params_.membership.moments()[0].T))[:, self._group_order]
+        return pd.DataFrame(p, index=subjects, columns=pd.RangeIndex(p.shape[1], name="group"))
 
     def _data(self, df: FrameLike, require_response: bool = True) -> Longitudinal:
         self._check_fitted()
@@ -324,7 +416,7 @@ class VariationalLongitudinalModel(HyperParameters):
 
         Rows without a response count for nothing: a subject with none gets the prior weights."""
         d = self._data(df, require_response=False)
-        return self._proba_frame(self._local(d).resp, d.subjects)
+        return self._proba_frame(self._local(d, df).resp, d.subjects)
 
     def predict(self, df: FrameLike) -> pd.Series:
         """Most probable cluster of each subject in ``df`` (Series indexed by subject)."""
@@ -333,7 +425,7 @@ class VariationalLongitudinalModel(HyperParameters):
     def predict_group_proba(self, df: FrameLike) -> pd.DataFrame:
         """Posterior probabilities of the first-layer components (coarser grouping)."""
         d = self._data(df, require_response=False)
-        return self._group_frame(self._local(d).resp, d.subjects)
+        return self._group_frame(self._local(d, df).resp, d.subjects)
 
     def predict_group(self, df: FrameLike) -> pd.Series:
         return self._labels_from(self.predict_group_proba(df))
@@ -348,7 +440,7 @@ class VariationalLongitudinalModel(HyperParameters):
         q = self.params_.noise
         return np.atleast_1d(np.asarray(q.mean, dtype=float))[path_groups(q, self.prior_.path_components())]
 
-    def _conditional(self, d: Longitudinal | None) -> tuple[ConditionalMixture, pd.Index, np.ndarray]:
+    def _conditional(self, d: Longitudinal | None, frame: FrameLike = None) -> tuple[ConditionalMixture, pd.Index, np.ndarray]:
         """Posterior mixture of b per subject (or the prior for d=None), subjects, last covariates (N, P)."""
         mix, w, s2 = self._mixture(), self._w(), self._sigma2_std()
         D, P = self.design_.basis.n_basis, self.design_.n_fixed
@@ -358,7 +450,8 @@ class VariationalLongitudinalModel(HyperParameters):
             return condition(empty, mix, w, s2), pd.Index(["population"], name="subject"), np.zeros((1, P))
         stats = self.design_.stats(d)
         last = np.r_[d.offsets[1:] - 1]
-        return condition(stats, mix, w, s2), d.subjects, self.design_.F(d.covariates[last])
+        lw = self._path_log_weights(self._membership_matrix(frame, d), mix)
+        return condition(stats, mix, w, s2, log_weights=lw), d.subjects, self.design_.F(d.covariates[last])
 
     def _grid(self, times) -> np.ndarray:
         if times is None:
@@ -406,7 +499,7 @@ class VariationalLongitudinalModel(HyperParameters):
         if not 0 < interval < 1:
             raise ValueError(f"interval must be in (0, 1), got {interval}")
         d = None if df is None else self._data(df, require_response=False)
-        cm, subjects, fixed_rows = self._conditional(d)
+        cm, subjects, fixed_rows = self._conditional(d, df)
         t = self._grid(times)
         Xn = self.design_.X(t)  # (T, D)
         fw = fixed_rows @ self._w()  # (N,)
@@ -464,7 +557,7 @@ class VariationalLongitudinalModel(HyperParameters):
         check_random_state(random_state)
         rng = np.random.default_rng(random_state)
         d = None if df is None else self._data(df, require_response=False)
-        cm, subjects, fixed_rows = self._conditional(d)
+        cm, subjects, fixed_rows = self._conditional(d, df)
         t = self._grid(times)
         Xn = self.design_.X(t)
         N, S = len(subjects), int(n_samples)
@@ -505,23 +598,26 @@ class VariationalLongitudinalModel(HyperParameters):
         ``df``'s observations given those: the held-out log score.
         """
         d = self._data(df)
-        lm = self._log_marginal(d)
+        lm = self._log_marginal(d, df)
         if condition_on is not None:
             if isinstance(df, Longitudinal) or isinstance(condition_on, Longitudinal):
                 raise TypeError("condition_on needs data frames for both arguments")
             c = self._data(condition_on)
-            both = self._data(pd.concat([df, condition_on], ignore_index=True))
-            lm_both = pd.Series(self._log_marginal(both), index=both.subjects)
-            lm_c = pd.Series(self._log_marginal(c), index=c.subjects)
+            frame = pd.concat([df, condition_on], ignore_index=True)
+            both = self._data(frame)
+            lm_both = pd.Series(self._log_marginal(both, frame), index=both.subjects)
+            lm_c = pd.Series(self._log_marginal(c, condition_on), index=c.subjects)
             out = pd.Series(lm, index=d.subjects)
             has = out.index.intersection(lm_c.index)
             out.loc[has] = lm_both.loc[has] - lm_c.loc[has]
             return out.rename("log_score")
         return pd.Series(lm, index=d.subjects, name="log_score")
 
-    def _log_marginal(self, d: Longitudinal) -> np.ndarray:
+    def _log_marginal(self, d: Longitudinal, frame: FrameLike) -> np.ndarray:
         stats = self.design_.stats(d)
-        cm = condition(stats, self._mixture(), self._w(), self._sigma2_std(), keep_components=False)
+        mix = self._mixture()
+        lw = self._path_log_weights(self._membership_matrix(frame, d), mix)
+        cm = condition(stats, mix, self._w(), self._sigma2_std(), keep_components=False, log_weights=lw)
         return cm.log_marginal - stats.n_obs * np.log(self.design_.y_scale)
 
     def score(self, df: FrameLike, condition_on: pd.DataFrame | None = None) -> float:
@@ -567,6 +663,11 @@ class VariationalLongitudinalModel(HyperParameters):
             lines.append("  fixed effects (posterior means):")
             for name, v in self.fixed_effects_.items():
                 lines.append(f"    {name:<20s} {v: .4g}")
+        coef = self.membership_coefficients_
+        if coef is not None:
+            lines.append("  membership by covariates (log-odds of the group against the later ones, among subjects "
+                         "not in an earlier one):")
+            lines.append("    " + coef.to_string(float_format=lambda v: f"{v:.4g}").replace("\n", "\n    "))
         tab = self.clusters_[self.clusters_["n_subjects"] >= 0.5]
         lines.append(f"  clusters holding subjects: {len(tab)} of {len(self.clusters_)} paths")
         lines.append("    " + tab.to_string(float_format=lambda v: f"{v:.3f}").replace("\n", "\n    "))

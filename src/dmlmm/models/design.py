@@ -19,6 +19,7 @@ import pandas as pd
 from ..basis import SplineBasis
 from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats, sufficient_stats
 from ..exceptions import DataError, IdentifiabilityWarning
+from .membership_design import MembershipDesign
 
 __all__ = ["LongitudinalDesign"]
 
@@ -49,6 +50,7 @@ class LongitudinalDesign:
     roughness : (D,) or None
         Roughness of each coordinate (0 on the polynomial null space); None without smoothing.
     smoothing : int or None, the order of the roughness penalty.
+    membership : MembershipDesign or None, the coding of the membership covariates.
     """
 
     basis: SplineBasis
@@ -61,6 +63,7 @@ class LongitudinalDesign:
     rotation: np.ndarray | None = None
     roughness: np.ndarray | None = None
     smoothing: int | None = None
+    membership: MembershipDesign | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -231,6 +234,7 @@ class LongitudinalDesign:
             "smoothing": self.smoothing,
             "rotation": None if self.rotation is None else self.rotation.tolist(),
             "roughness": None if self.roughness is None else self.roughness.tolist(),
+            "membership": None if self.membership is None else self.membership.to_dict(),
         }
 
     @classmethod
@@ -241,4 +245,5 @@ class LongitudinalDesign:
             None if d.get("rotation") is None else np.asarray(d["rotation"], float),
             None if d.get("roughness") is None else np.asarray(d["roughness"], float),
             d.get("smoothing"),
+            None if d.get("membership") is None else MembershipDesign.from_dict(d["membership"]),
         )

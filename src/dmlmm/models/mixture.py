@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 from ..basis import SplineBasis
 from ..exceptions import IdentifiabilityWarning
@@ -51,6 +52,13 @@ class MixtureLMM(VariationalLongitudinalModel):
         One residual variance for all subjects, or one per (first-layer) component, each
         with the same half-Cauchy prior; predictions then use each cluster's own. "auto"
         fits both (twice the time) and keeps the one with the higher ELBO (``noise_``).
+    membership_covariates : list of str, optional
+        Baseline covariates (one value per subject; numeric or categorical) on which class
+        membership depends, as lcmm's ``classmb``: the first-layer component probabilities
+        are a multinomial logit of them (coefficients N(0, 2.5^2) on the standardised
+        covariates, fitted inside the variational bound; :mod:`dmlmm.priors.membership`).
+        Results in ``membership_coefficients_``; new subjects' class probabilities before any
+        visit from :meth:`membership_probabilities`. Delete moves are off with it.
     max_iter, tol : stopping rule on the relative ELBO change.
     batch_size : "auto", "full" or int
         Full-batch coordinate ascent, or stochastic natural gradients with this minibatch size.
@@ -77,6 +85,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         cov_scale: float = 2.5,
         noise_scale: float = 1.0,
         noise: str = "shared",
+        membership_covariates: Sequence[str] | None = None,
         max_iter: int = 1000,
         tol: float = 1e-5,
         batch_size: int | str = "auto",
@@ -94,6 +103,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         self.cov_scale = cov_scale
         self.noise_scale = noise_scale
         self.noise = noise
+        self.membership_covariates = membership_covariates
         self.max_iter = max_iter
         self.tol = tol
         self.batch_size = batch_size
@@ -135,6 +145,8 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
     noise : {"shared", "cluster", "auto"}
         One residual variance, or one per first-layer component, or the better of the two
         by the ELBO (see :class:`MixtureLMM`).
+    membership_covariates : list of str, optional
+        Baseline covariates of first-layer membership (see :class:`MixtureLMM`).
     Other parameters as :class:`MixtureLMM`.
     """
 
@@ -153,6 +165,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         delta_scale=2.5,
         noise_scale: float = 1.0,
         noise: str = "shared",
+        membership_covariates: Sequence[str] | None = None,
         max_iter: int = 1000,
         tol: float = 1e-5,
         batch_size: int | str = "auto",
@@ -173,6 +186,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         self.delta_scale = delta_scale
         self.noise_scale = noise_scale
         self.noise = noise
+        self.membership_covariates = membership_covariates
         self.max_iter = max_iter
         self.tol = tol
         self.batch_size = batch_size

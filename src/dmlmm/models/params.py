@@ -61,6 +61,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "delta_scale": (_positive_or_per_layer, "a positive number, or one per layer"),
     "latent_dims": (_int_tuple, "a tuple of positive integers, one per layer"),
     "noise": (lambda v: v in ("shared", "cluster", "auto"), "one of 'shared', 'cluster' or 'auto'"),
+    "membership_covariates": (
+        lambda v: v is None or isinstance(v, str) or (isinstance(v, (list, tuple)) and len(v) > 0
+                                                      and all(isinstance(c, str) for c in v) and len(set(v)) == len(v)),
+        "None or a list of distinct column names",
+    ),
 }
 
 _COMPONENTS = {

@@ -113,6 +113,15 @@ class RandomEffectsPrior(ABC):
         """The prior of b at the variational means of the globals."""
 
     @abstractmethod
+    def first_layer_dirichlet(self, params: Any) -> tuple[Any, float]:
+        """q(pi) of the first layer's weights (a Dirichlet) and its prior concentration rho.
+
+        A membership model (:mod:`dmlmm.priors.membership`) takes the place of these weights:
+        the engine then removes E[log pi_k] from the path weights and the KL from the ELBO,
+        and the factor only keeps count of the subjects (alpha - rho).
+        """
+
+    @abstractmethod
     def layer_counts(self, params: Any) -> list[np.ndarray]:
         """Expected number of subjects in each layer's components (Dirichlet alpha - rho)."""
 

@@ -525,6 +525,9 @@ class DeepMixturePrior(RandomEffectsPrior):
             w = w * lay.weights.mean[k]
         return PointMixture(w / w.sum(), m, sym(S))
 
+    def first_layer_dirichlet(self, params: DMFAParams) -> tuple[Dirichlet, float]:
+        return params.layers[0].weights, float(self.concentration[0])
+
     def layer_counts(self, params: DMFAParams) -> list[np.ndarray]:
         return [lay.weights.alpha - rho for lay, rho in zip(params.layers, self.concentration)]
 

@@ -333,6 +333,9 @@ class GaussianMixturePrior(RandomEffectsPrior):
             cov = cov + v
         return PointMixture(params.weights.mean, m, cov)
 
+    def first_layer_dirichlet(self, params: GaussianMixtureParams) -> tuple[Dirichlet, float]:
+        return params.weights, self.concentration
+
     def layer_counts(self, params: GaussianMixtureParams) -> list[np.ndarray]:
         return [params.weights.alpha - self.concentration]
 

@@ -1,0 +1,118 @@
+"""Baseline covariates of class membership: one row per subject, coded and standardised.
+
+A fitted :class:`MembershipDesign` remembers the coding (categorical levels) and the
+standardisation, so that new subjects' covariates give the same columns, and maps the
+coefficients back to the user's scale for the summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data import CovariateEncoding
+from ..exceptions import DataError
+
+__all__ = ["MembershipDesign"]
+
+
+@dataclass
+class MembershipDesign:
+    """Coding of the membership covariates.
+
+    Attributes
+    ----------
+    encoding : CovariateEncoding of the columns.
+    mean, scale : (Q - 1,) standardisation of the coded columns.
+    """
+
+    encoding: CovariateEncoding
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names of the Q columns of Z: the intercept, then the coded covariates."""
+        return ("(Intercept)",) + self.encoding.names
+
+    @classmethod
+    def learn(
+        cls, frame: pd.DataFrame, subject: str, columns: Sequence[str], subjects: pd.Index
+    ) -> tuple["MembershipDesign", np.ndarray]:
+        """The design and Z (N, Q) of the fitted subjects (in the order of ``subjects``)."""
+        rows = _per_subject(frame, subject, list(columns), subjects)
+        enc = CovariateEncoding.learn(rows, list(columns))
+        coded = enc.encode(rows)
+        mean, scale = coded.mean(axis=0), coded.std(axis=0)
+        flat = [n for n, s in zip(enc.names, scale) if s <= 1e-12]
+        if flat:
+            raise DataError(
+                f"membership covariate(s) {flat} take the same value for every subject; they cannot "
+                "explain who falls in which class: remove them from membership_covariates"
+            )
+        design = cls(enc, mean, scale)
+        return design, design._standardise(coded)
+
+    def matrix(self, frame: pd.DataFrame, subject: str, subjects: pd.Index) -> np.ndarray:
+        """Z (N, Q) of ``subjects`` from ``frame`` (same coding as at fit)."""
+        rows = _per_subject(frame, subject, list(self.encoding.columns), subjects)
+        return self._standardise(self.encoding.encode(rows))
+
+    def _standardise(self, coded: np.ndarray) -> np.ndarray:
+        return np.hstack([np.ones((coded.shape[0], 1)), (coded - self.mean) / self.scale])
+
+    def to_user_scale(self) -> np.ndarray:
+        """T (Q, Q) with gamma_user = T gamma_std (intercept at covariates 0, slopes per unit)."""
+        Q = len(self.mean) + 1
+        T = np.eye(Q)
+        T[0, 1:] = -self.mean / self.scale
+        T[1:, 1:] = np.diag(1.0 / self.scale)
+        return T
+
+    def to_dict(self) -> dict:
+        return {"encoding": self.encoding.to_dict(), "mean": self.mean.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MembershipDesign":
+        return cls(CovariateEncoding.from_dict(d["encoding"]), np.asarray(d["mean"], float), np.asarray(d["scale"], float))
+
+
+def _per_subject(frame: pd.DataFrame, subject: str, columns: list[str], subjects: pd.Index) -> pd.DataFrame:
+    """One row per subject of ``columns`` (baseline values), checked constant within subject and complete."""
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(
+            "membership covariates are read from a DataFrame with one column per covariate; "
+            f"got {type(frame).__name__}"
+        )
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"membership covariate column(s) {missing} not found in the data (columns: {list(frame.columns)})"
+        )
+    sub = frame[[subject] + columns]
+    varying = sub.groupby(subject, sort=False)[columns].nunique(dropna=False) > 1  # (subjects, columns)
+    if varying.to_numpy().any():
+        col = varying.columns[varying.any(axis=0).to_numpy()][0]
+        who = varying.index[varying[col].to_numpy()]
+        raise DataError(
+            f"membership covariate '{col}' changes within subject {_label(who[0])!r} ({len(who)} subject(s) in all): "
+            "class membership is modelled from baseline values, one per subject; use the baseline value "
+            "(e.g. the first visit's) in every row"
+        )
+    rows = sub.drop_duplicates(subject).set_index(subject)[columns]
+    rows = rows.reindex(subjects)
+    na = rows.isna().any(axis=1).to_numpy()
+    if na.any():
+        raise DataError(
+            f"membership covariates are missing for subject(s) {list(subjects[na][:5])}"
+            f"{' and more' if na.sum() > 5 else ''}: give each subject its baseline values, or drop those subjects"
+        )
+    return rows.reset_index(drop=True)
+
+
+def _label(v):
+    """A subject label as the user wrote it (numpy scalars as plain Python values)."""
+    return v.item() if isinstance(v, np.generic) else v

@@ -1,0 +1,147 @@
+"""Class membership by baseline covariates (membership_covariates): bound, fit, recovery, errors."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import log_expit, logsumexp
+
+import dmlmm
+from dmlmm import DeepMixtureLMM, MixtureLMM
+from dmlmm.exceptions import DataError
+from dmlmm.expfam import Gaussian
+from dmlmm.metrics import adjusted_rand_index
+from dmlmm.priors.membership import membership_log_weights, stick_log_probs
+
+A, B, C = -0.3, 1.5, -1.0  # log-odds of group 1: A + B x + C [sex == m]
+
+
+def _simulate(n=400, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    male = rng.integers(0, 2, n)
+    g = (rng.random(n) < 1 / (1 + np.exp(-(A + B * x + C * male)))).astype(int)
+    k = 8
+    t = np.sort(rng.uniform(0, 1, (n, k)), axis=1)
+    mu = np.where(g[:, None] == 1, np.sin(2 * np.pi * t), 0.5 - np.sin(2 * np.pi * t))
+    y = mu + rng.normal(0, 0.3, (n, k)) + rng.normal(0, 0.2, (n, 1))
+    df = pd.DataFrame({"subject": np.repeat(np.arange(n), k), "time": t.ravel(), "y": y.ravel(),
+                       "x": np.repeat(x, k), "sex": np.repeat(np.where(male, "m", "f"), k)})
+    return df, g, x, male
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return _simulate()
+
+
+@pytest.fixture(scope="module")
+def fitted(sim):
+    df, *_ = sim
+    return MixtureLMM(4, random_state=0, membership_covariates=["x", "sex"]).fit(df)
+
+
+def test_stick_probabilities_sum_to_one():
+    eta = np.random.default_rng(0).normal(size=(7, 4))
+    lp = stick_log_probs(eta)
+    assert lp.shape == (7, 5)
+    np.testing.assert_allclose(logsumexp(lp, axis=1), 0.0, atol=1e-12)
+    np.testing.assert_allclose(lp[:, 0], log_expit(eta[:, 0]))
+
+
+def test_bound_is_below_the_monte_carlo_expectation():
+    rng = np.random.default_rng(3)
+    S, Q, N = 3, 2, 5
+    L = rng.normal(size=(S, Q, Q)) * 0.5
+    cov = L @ np.swapaxes(L, 1, 2) + 0.1 * np.eye(Q)
+    mean = rng.normal(size=(S, Q))
+    prec = np.linalg.inv(cov)
+    q = Gaussian(prec, (prec @ mean[..., None])[..., 0])
+    Z = np.c_[np.ones(N), rng.normal(size=N)]
+    bound, _ = membership_log_weights(q, Z)
+    draws = mean[None] + np.einsum("sqr,msr->msq", np.linalg.cholesky(cov), rng.standard_normal((200_000, S, Q)))
+    mc = stick_log_probs_many(np.einsum("nq,msq->mns", Z, draws))  # (draws, N, K)
+    est, se = mc.mean(axis=0), mc.std(axis=0) / np.sqrt(mc.shape[0])
+    assert (bound <= est + 4 * se).all()
+    assert (est - bound < 1.0).all()  # a useful bound, not a trivial one
+
+
+def stick_log_probs_many(eta):
+    m, n, s = eta.shape
+    return stick_log_probs(eta.reshape(m * n, s)).reshape(m, n, s + 1)
+
+
+def test_elbo_is_monotone_and_groups_are_found(sim, fitted):
+    df, g, *_ = sim
+    h = fitted.elbo_history_
+    assert np.all(np.diff(h) >= -1e-8 * np.abs(h[1:]))
+    assert adjusted_rand_index(g, fitted.groups_.to_numpy()) == 1.0
+
+
+def test_coefficients_agree_with_logistic_regression_on_the_true_groups(sim, fitted):
+    """The two-group membership model is logistic regression of the group; check against statsmodels' MLE."""
+    sm = pytest.importorskip("statsmodels.api")
+    df, g, x, male = sim
+    coef = fitted.membership_coefficients_
+    first = int(coef["group"].iloc[0])
+    # our stick: log-odds of reported group `first` against the other; the truth's group 1 is ...
+    truth_is_first = np.mean(fitted.groups_.to_numpy()[g == 1] == first) > 0.5
+    sign = 1.0 if truth_is_first else -1.0
+    mle = sm.Logit(g, sm.add_constant(np.c_[x, male])).fit(disp=0)
+    est = sign * coef["estimate"].to_numpy()
+    np.testing.assert_allclose(est, mle.params, atol=0.08)
+    np.testing.assert_allclose(coef["sd"].to_numpy(), mle.bse, rtol=0.2)
+    # and the simulated coefficients lie within the (99.9 %) intervals
+    assert np.all(np.abs(est - np.array([A, B, C])) < 3.3 * coef["sd"].to_numpy())
+
+
+def test_deep_model_prunes_the_membership_model_with_its_components(sim):
+    df, g, *_ = sim
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = DeepMixtureLMM((5, 2), random_state=0, membership_covariates=["x", "sex"], max_iter=300).fit(df)
+    k1 = m.n_components_[0]
+    assert m.params_.membership.shift.shape == (k1 - 1, 3)
+    assert m.membership_coefficients_.shape[0] == (k1 - 1) * 3
+    h = m.elbo_history_
+    assert np.all(np.diff(h) >= -1e-8 * np.abs(h[1:]))
+
+
+def test_new_patients_get_class_probabilities_from_their_covariates(fitted, sim):
+    df, *_ = sim
+    new = pd.DataFrame({"subject": ["a", "b"], "time": [0.5, 0.5], "y": [np.nan, np.nan],
+                        "x": [-2.0, 2.0], "sex": ["f", "f"]})
+    p = fitted.membership_probabilities(new)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    coef = fitted.membership_coefficients_
+    first = int(coef["group"].iloc[0])
+    slope = coef.loc[(0, "x"), "estimate"]
+    # the group favoured by a high x is the one the slope points to
+    hi = first if slope > 0 else 1 - first
+    assert p.loc["b", hi] > 0.85 and p.loc["a", hi] < 0.15
+    # the forecast of a patient without visits follows the membership probabilities
+    tr = fitted.predict_trajectory(new, times=[0.25]).set_index("subject")["mean"]
+    assert abs(tr["a"] - tr["b"]) > 0.5  # the two groups' curves differ by ~1 at t = 0.25
+
+
+def test_save_load_keeps_the_membership_model(fitted, sim, tmp_path):
+    df, *_ = sim
+    fitted.save(tmp_path / "m.dmlmm")
+    back = dmlmm.load(tmp_path / "m.dmlmm")
+    pd.testing.assert_frame_equal(back.membership_coefficients_, fitted.membership_coefficients_)
+    pd.testing.assert_frame_equal(back.predict_proba(df.head(40)), fitted.predict_proba(df.head(40)))
+
+
+def test_membership_covariate_errors(sim):
+    df, *_ = sim
+    bad = df.copy()
+    bad.loc[bad.index[1], "x"] = 99.0  # changes within subject 0
+    with pytest.raises(DataError, match=r"membership covariate 'x' changes within subject 0 \(1 subject\(s\) in all\)"):
+        MixtureLMM(2, membership_covariates=["x"], max_iter=5).fit(bad)
+    with pytest.raises(DataError, match=r"membership covariate column\(s\) \['age'\] not found"):
+        MixtureLMM(2, membership_covariates=["age"], max_iter=5).fit(df)
+    with pytest.raises(DataError, match=r"membership covariate\(s\) \['one'\] take the same value for every subject"):
+        MixtureLMM(2, membership_covariates=["one"], max_iter=5).fit(df.assign(one=1.0))
+    with pytest.raises(ValueError, match="membership_covariates must be None or a list of distinct column names"):
+        MixtureLMM(2, membership_covariates=["x", "x"]).fit(df)
