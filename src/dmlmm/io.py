@@ -304,8 +304,9 @@ def model_to_dict(model) -> tuple[dict, dict[str, np.ndarray]]:
     fitted["components_kept_"] = len(model.components_kept_)
     for name in _ARRAY_ATTRS:
         arrays[f"fitted.{name}"] = np.asarray(getattr(model, name))
-    if getattr(model, "_membership_cov", None) is not None:
-        arrays["fitted._membership_cov"] = np.asarray(model._membership_cov)
+    for name in ("_membership_cov", "_fixed_cov"):  # present only for models that have them
+        if getattr(model, name, None) is not None:
+            arrays[f"fitted.{name}"] = np.asarray(getattr(model, name))
     for name in _FRAMES:
         fitted[name] = _encode_frame(getattr(model, name), f"fitted.{name}", arrays)
     fitted["fixed_effects_"] = _encode_series(model.fixed_effects_, "fitted.fixed_effects_", arrays)
@@ -353,6 +354,9 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
     model._membership_cov = None
     if model.params_.membership is not None:
         model._membership_cov = _get(arrays, "fitted._membership_cov")
+    model._fixed_cov = None
+    if model.params_.fixed is not None and "fitted._fixed_cov" in arrays:
+        model._fixed_cov = _get(arrays, "fitted._fixed_cov")
     for name in _FRAMES:
         setattr(model, name, _decode_frame(f[name], arrays))
     model.fixed_effects_ = _decode_series(f["fixed_effects_"], arrays)

@@ -22,7 +22,7 @@ from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed
 from ..inference.local import local_step
 from ..inference.noise import is_per_cluster, path_groups, per_cluster
 from ..inference.starts import run_vi_with_starts
-from ..prediction import ConditionalMixture, condition, mixture_quantiles
+from ..prediction import ConditionalMixture, condition, fixed_effects_cov, mixture_quantiles
 from ..priors.base import PointMixture, RandomEffectsPrior
 from ..priors.membership import membership_init, membership_laplace_cov, stick_log_probs
 from .design import LongitudinalDesign
@@ -190,6 +190,10 @@ class VariationalLongitudinalModel(HyperParameters):
                     best = res
         best.seconds = perf_counter() - t0
         self._set_fitted(d, design, best)
+        self._fixed_cov = None
+        if design.n_fixed:
+            self._fixed_cov = fixed_effects_cov(stats, self._mixture(), self._sigma2_std(), best.local.resp,
+                                                config.fixed_var)
         self._membership_cov = None
         if Z is not None:
             first = best.prior.path_components()[:, 0]
@@ -355,6 +359,26 @@ class VariationalLongitudinalModel(HyperParameters):
         with np.errstate(divide="ignore"):
             lw = np.log(mix.weights) - np.log(dirichlet.mean[first]) + log_p1[:, first]
         return lw - logsumexp(lw, axis=1, keepdims=True)
+
+    def fixed_effects_table(self, interval: float = 0.95) -> pd.DataFrame:
+        """Fixed effects with their posterior SD and credible interval (user scale).
+
+        Columns ``estimate`` (= :attr:`fixed_effects_`), ``sd``, ``lower``, ``upper``; one row
+        per coded covariate. The posterior of the fixed effects is Gaussian, q(w).
+        """
+        self._check_fitted()
+        if not 0 < interval < 1:
+            raise ValueError(f"interval must be in (0, 1), got {interval}")
+        est = self.fixed_effects_.to_numpy(dtype=float)
+        P = len(est)
+        if self.params_.fixed is None or P == 0:
+            sd = np.zeros(P)
+        else:
+            factor = self.design_.y_scale / self.design_.cov_scale
+            sd = np.sqrt(np.diag(self._w_cov())) * factor
+        z = float(ndtri(0.5 + interval / 2))
+        return pd.DataFrame({"estimate": est, "sd": sd, "lower": est - z * sd, "upper": est + z * sd},
+                            index=self.fixed_effects_.index)
 
     @property
     def membership_coefficients_(self) -> pd.DataFrame | None:
@@ -537,8 +561,13 @@ class VariationalLongitudinalModel(HyperParameters):
         """Posterior variance of F_i w for each subject's covariate row (N,), standardised scale."""
         if self.params_.fixed is None or fixed_rows.shape[1] == 0:
             return np.zeros(len(fixed_rows))
-        cov = self.params_.fixed.moments()[1]
-        return np.einsum("np,pq,nq->n", fixed_rows, cov, fixed_rows)
+        return np.einsum("np,pq,nq->n", fixed_rows, self._w_cov(), fixed_rows)
+
+    def _w_cov(self) -> np.ndarray:
+        """Posterior covariance of the fixed effects (P, P), standardised scale, the random effects
+        integrated out (:func:`~dmlmm.prediction.fixed_effects_cov`)."""
+        cov = getattr(self, "_fixed_cov", None)
+        return self.params_.fixed.moments()[1] if cov is None else cov
 
     def sample_trajectories(
         self,
@@ -571,7 +600,7 @@ class VariationalLongitudinalModel(HyperParameters):
         b = cm.mean[comp] + np.einsum("nsde,nse->nsd", chol[comp], z)
         w = self._w()
         if self.params_.fixed is not None and len(w):  # the fixed effects' posterior uncertainty too
-            chol_w = np.linalg.cholesky(self.params_.fixed.moments()[1] + 1e-12 * np.eye(len(w)))
+            chol_w = np.linalg.cholesky(self._w_cov() + 1e-12 * np.eye(len(w)))
             w = w + rng.standard_normal((N, S, len(w))) @ chol_w.T  # (N, S, P)
             fw = np.einsum("np,nsp->ns", fixed_rows, w)[:, :, None]
         else:
@@ -660,9 +689,8 @@ class VariationalLongitudinalModel(HyperParameters):
                if self.noise_ == "cluster" else ""),
         ]
         if len(self.fixed_effects_):
-            lines.append("  fixed effects (posterior means):")
-            for name, v in self.fixed_effects_.items():
-                lines.append(f"    {name:<20s} {v: .4g}")
+            lines.append("  fixed effects (posterior mean, SD and 95 % credible interval, per unit of each covariate):")
+            lines.append("    " + self.fixed_effects_table().to_string(float_format=lambda v: f"{v:.4g}").replace("\n", "\n    "))
         coef = self.membership_coefficients_
         if coef is not None:
             lines.append("  membership by covariates (log-odds of the group against the later ones, among subjects "
