@@ -212,7 +212,9 @@ class VariationalLongitudinalModel(HyperParameters):
             return None
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(self.max_iter), desc=f"fitting {self._model_name}", unit="it", leave=False)
+        # no total: the fit stops at convergence, usually far below max_iter (a bar to max_iter would stall
+        # at a few per cent); the count runs over every stage (starting sizes, delete moves, final run)
+        bar = tqdm(total=None, desc=f"fitting {self._model_name}", unit="it", leave=False)
 
         class _Cb:
             def __call__(self, it, elbo):
