@@ -275,3 +275,12 @@ def test_predict_input_errors(fitted, tmp_path):
     pd.DataFrame({"subject": [1, 1], "time": [0.2, 0.3], "y": [0.1, 0.2]}).to_csv(p, index=False)
     assert_bad_input(run("predict", fitted / "model.dmlmm", p, "--times", "0:2:x"), "--times")
     assert_bad_input(run("predict", fitted / "model.dmlmm", p, "--interval", "1.5"), "--interval")
+
+
+def test_warnings_printed_during_the_fit_are_in_the_report(csv, tmp_path):
+    out = tmp_path / "w"
+    r = run("fit", csv, "--model", "mixture", "--components", "2", "--max-iter", "5", "--out", out, "-q")
+    assert r.exit_code == 0
+    assert "warning: variational inference used its budget of max_iter=5" in r.stderr
+    html = (out / "report.html").read_text()
+    assert "<h2>Warnings</h2>" in html and "used its budget of max_iter=5" in html

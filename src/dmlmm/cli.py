@@ -67,12 +67,30 @@ def _knot_layouts() -> tuple[str, ...]:
     return tuple(_LAYOUTS)
 
 
+_SHOWN_WARNINGS: list[str] = []  # this command's warnings as printed, for the report
+
+
+def _warnings_note() -> str:
+    """The command's warnings so far as an HTML list for the report ("" if none)."""
+    import html
+
+    seen = list(dict.fromkeys(_SHOWN_WARNINGS))
+    if not seen:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in seen)
+    return f"<section><h2>Warnings</h2><p>Printed while fitting:</p><ul>{items}</ul></section>"
+
+
 class _Main(click.Group):
     """Turns the library's input errors into ``error: ...`` lines and warnings into ``warning: ...`` lines."""
 
     def invoke(self, ctx: click.Context):
+        _SHOWN_WARNINGS.clear()
+
         def show(message, category, filename, lineno, file=None, line=None):
-            click.echo(f"warning: {_one_line(Exception(str(message)))}", err=True)
+            text = _one_line(Exception(str(message)))
+            _SHOWN_WARNINGS.append(text)
+            click.echo(f"warning: {text}", err=True)
 
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -262,7 +280,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         outcomes = _outcome_report(model, frame, asked)
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
                                      source=str(data), interval=interval, transform=transform,
-                                     input_columns=list(frame.columns), outcomes=outcomes)
+                                     input_columns=list(frame.columns), outcomes=outcomes, notes=_warnings_note())
         folder.commit()
     if not quiet:
         _print_summary(model, res, Path(out), written, time.perf_counter() - t0, transform, outcomes)
