@@ -94,3 +94,16 @@ def test_report_for_a_linear_mixed_model(sim):
     html = render_report(res)
     assert 'id="examples"' in html and 'id="membership"' not in html and "Population curve" in html
     assert len(images(html)) == 3
+
+
+def test_covariate_effects_section_only_with_covariates(results, sim):
+    assert 'id="effects"' not in render_report(results)
+    df = sim.data.copy()
+    codes = df["subject"].astype("category").cat.codes
+    df["z"] = np.random.default_rng(0).normal(size=codes.max() + 1)[codes]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = dmlmm.MixtureLMM(2, basis=dmlmm.SplineBasis(8), random_state=0, max_iter=60, membership_covariates=["z"])
+        m.fit(df, covariates=["z"])
+    html = render_report(collect_results(m, df))
+    assert 'id="effects"' in html and "covariate effects" in html

@@ -433,6 +433,42 @@ def fig_elbo(res: FitResults) -> str | None:
     return _png(fig)
 
 
+def _effect_tables(model) -> list[tuple[str, pd.DataFrame]]:
+    """(title, table with estimate / lower / upper) of the covariate effects a model has."""
+    out = []
+    if hasattr(model, "fixed_effects_table") and len(getattr(model, "fixed_effects_", ())):
+        tab = model.fixed_effects_table(0.95)
+        out.append(("Fixed effects on the response (per unit)", tab[["estimate", "lower", "upper"]]))
+    coef = getattr(model, "membership_coefficients_", None)
+    if coef is not None and len(coef):
+        tab = coef.reset_index()
+        tab.index = [f"{r.covariate}: group {r.group} vs {r.versus}" for r in tab.itertuples()]
+        tab = tab[tab["covariate"] != "(Intercept)"]
+        if len(tab):
+            out.append(("Class membership (log-odds per unit)", tab.rename(columns={"lower95": "lower", "upper95": "upper"})
+                        [["estimate", "lower", "upper"]]))
+    return out
+
+
+def fig_effects(res: FitResults) -> str | None:
+    """Forest plot of the covariate effects with their 95 % intervals (None without covariates)."""
+    tables = _effect_tables(res.model)
+    if not tables:
+        return None
+    rows = [len(t) for _, t in tables]
+    fig, axes = _subplots(len(tables), 1, (9, 0.9 + 0.35 * sum(rows) + 0.6 * len(tables)), squeeze=False,
+                          gridspec_kw={"height_ratios": [max(r, 1) for r in rows]})
+    for ax, (title, tab) in zip(axes[:, 0], tables):
+        y = np.arange(len(tab))[::-1]
+        est, lo, hi = (tab[c].to_numpy(dtype=float) for c in ("estimate", "lower", "upper"))
+        ax.errorbar(est, y, xerr=np.vstack([est - lo, hi - est]),
+                    fmt="o", color="#4c72b0", ecolor="#4c72b0", capsize=3)
+        ax.axvline(0.0, color="#888888", linewidth=0.8)
+        ax.set_yticks(y, [str(i) for i in tab.index])
+        _style(ax, None, None, title)
+    return _png(fig)
+
+
 def _cluster_colour(res: FitResults, k) -> tuple:
     order = _cluster_order(res)
     return _COLORS[(order.index(k) if k in order else int(k)) % len(_COLORS)]
@@ -710,6 +746,12 @@ def render_report(
                                  + _img(memb, "memberships")))
     if res.class_summary is not None:
         sections.append(_section("classes", "Class summary", _class_summary_section(res)))
+    effects = fig_effects(res)
+    if effects is not None:
+        sections.append(_section("effects", "Covariate effects",
+                                 '<p class="note">Posterior means and 95 % intervals: the fixed effects with the random '
+                                 "effects integrated out, and the class-membership log-odds (each group against the "
+                                 "later ones).</p>" + _img(effects, "covariate effects")))
     if outcomes and res.clusters is not None:
         sections.extend(_outcome_sections(res, outcomes))
     if known_labels is not None and res.clusters is not None:
@@ -728,7 +770,7 @@ def render_report(
     sections.append(_section("summary", "Model summary", f"<pre>{html.escape(res.summary)}</pre>"))
     nav = "".join(f'<a href="#{sid}">{label}</a>' for sid, label in [
         ("data", "Data"), ("clusters", "Curves"), ("examples", "Examples"), ("membership", "Memberships"),
-        ("classes", "Class summary"), ("outcomes", "Outcomes"), ("survival", "Survival"),
+        ("classes", "Class summary"), ("effects", "Effects"), ("outcomes", "Outcomes"), ("survival", "Survival"),
         ("baseline", "Characteristics"), ("labels", "Known label"), ("elbo", "Convergence"), ("selection", "Selection"), ("summary", "Summary")]
         if f'id="{sid}"' in "".join(sections))
     when = datetime.now().strftime("%Y-%m-%d %H:%M")
