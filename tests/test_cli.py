@@ -125,12 +125,19 @@ def test_other_models(csv, tmp_path):
             "--out", tmp_path / "mix")
     assert r.exit_code == 0, r.output
     assert isinstance(dmlmm.load(tmp_path / "mix" / "model.dmlmm"), dmlmm.MixtureLMM)
-    pytest.importorskip("dmlmm.lmm")
+    # the linear mixed model: the shared engine with one component, a model file for predict
     r = run("fit", csv, "--model", "lmm", "--n-basis", "6", "--out", tmp_path / "lmm")
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (tmp_path / "lmm").iterdir()) == ["report.html", "trajectories.csv"]
+    model = dmlmm.load(tmp_path / "lmm" / "model.dmlmm")
+    assert isinstance(model, dmlmm.MixtureLMM) and model.n_components == 1
+    assert run("predict", tmp_path / "lmm" / "model.dmlmm", csv, "--out", tmp_path / "lmm_pred").exit_code == 0
+    # the exact fits on request
+    r = run("fit", csv, "--model", "lmm", "--method", "reml", "--n-basis", "6", "--out", tmp_path / "reml")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "reml").iterdir()) == ["report.html", "trajectories.csv"]
     assert "LinearMixedModel" in r.stdout
     assert_bad_input(run("fit", csv, "--model", "lmm", "--components", "3", "--out", tmp_path / "x"), "--components")
+    assert_bad_input(run("fit", csv, "--model", "mixture", "--method", "ml", "--out", tmp_path / "x"), "--method")
 
 
 def test_select_puts_the_table_in_the_report(csv, tmp_path):

@@ -215,8 +215,12 @@ def main() -> None:
 @click.option("--transform", type=click.Choice(TRANSFORMS), default="none", show_default=True,
               help="Transform of the response before fitting (log: values > 0; log1p: values > -1).")
 @click.option("--model", "kind", type=click.Choice(["deep", "mixture", "lmm"]), default=None,
-              help="Deep mixture (DMLMM), mixture of LMMs, or one linear mixed model (REML). "
-                   "[deep; with --select: deep and mixture]")
+              help="Deep mixture (DMLMM), mixture of LMMs, or one linear mixed model (the same engine with one "
+                   "component). [deep; with --select: deep and mixture]")
+@click.option("--method", type=click.Choice(["vb", "ml", "reml"]), default=None,
+              help="How --model lmm is fitted: variational Bayes with the smoothness prior (a model file for "
+                   "dmlmm predict), or exact profiled ML / REML (10 uniform spline functions unless given; no "
+                   "model file). [vb]")
 @click.option("--components", default=None, help="Components per layer, e.g. 10,5 (mixture: one number). [deep: 10,5; mixture: 5]")
 @click.option("--latent-dims", default=None, help="Latent dimensions per layer, e.g. 4,1. [4,1]")
 @click.option("--n-basis", default=None, type=int, help="Spline functions of time. [the library's default]")
@@ -253,7 +257,7 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
-def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, components, latent_dims, n_basis, degree,
+def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis, degree,
         knots, extrapolate, interval, n_init, select, criterion, jobs, seed, max_iter, dropna, outcome, event_time,
         event, event_value, baseline, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
@@ -261,6 +265,11 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     from .cli_output import OutputFolder, write_outputs
 
     kind = kind or ("auto" if select else "deep")
+    if method is not None and kind != "lmm":
+        raise CliError("--method applies to --model lmm (the mixtures are fitted by variational Bayes)")
+    exact = kind == "lmm" and method in ("ml", "reml")
+    if exact and n_init is not None:
+        raise CliError("--n-init does not apply to the exact fits (--method ml or reml); they restart on their own")
     comps, dims, covs = _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs,
                                            n_basis, degree, interval, n_init)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, covs)
@@ -268,14 +277,15 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     if members and kind == "lmm":
         raise CliError("--membership-covariates applies to the mixtures (--model deep or mixture): "
                        "the linear mixed model has one class")
-    basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=kind == "lmm")
+    basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=exact)
     t0 = time.perf_counter()
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, (covs or []) + (members or []), transform)
-        _check_basis(basis, n_basis, frame[time_col], smoothing=kind != "lmm")
+        _check_basis(basis, n_basis, frame[time_col], smoothing=not exact)
         _check_outcome_data(frame, subject, time_col, asked)
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
-                                      criterion, jobs, seed, max_iter, n_init, dropna, quiet, members)
+                                      criterion, jobs, seed, max_iter, n_init, dropna, quiet, members,
+                                      method if exact else None)
         used = _clean(frame, [subject, time_col, response] + (covs or [])) if dropna else frame
         outcomes = _outcome_report(model, frame, asked)
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
@@ -298,8 +308,6 @@ def _check_fit_options(kind, components, latent_dims, covariates, select, max_it
         raise CliError("--select chooses among the mixtures (--model deep or mixture); --model lmm has nothing to choose")
     if kind == "lmm" and comps is not None:
         raise CliError("--components does not apply to --model lmm")
-    if kind == "lmm" and n_init is not None:
-        raise CliError("--n-init does not apply to --model lmm")
     if kind == "mixture" and comps is not None and len(comps) != 1:
         raise CliError(f"--model mixture takes one number of components, got {components!r}")
     if max_iter is not None and max_iter < 1:
@@ -318,8 +326,8 @@ def _check_fit_options(kind, components, latent_dims, covariates, select, max_it
 
 
 def _make_basis(n_basis, degree, knots, extrapolate, lmm: bool = False):
-    """The SplineBasis of the options given; the library's defaults for the others (for the LMM, which has
-    no smoothness prior yet, 10 functions on uniform knots, as LinearMixedModel's own default)."""
+    """The SplineBasis of the options given; the library's defaults for the others (for the exact ML / REML
+    fits, which have no smoothness prior, 10 functions on uniform knots, as LinearMixedModel's own default)."""
     from .basis import SplineBasis
 
     if lmm:
@@ -422,16 +430,21 @@ def _read_data(data, subject, time_col, response, covs, transform, response_opti
 
 
 def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select, criterion, jobs,
-               seed, max_iter, n_init, dropna, quiet, members=None):
+               seed, max_iter, n_init, dropna, quiet, members=None, exact_method=None):
     cols = dict(subject=subject, time=time_col, response=response, covariates=covs)
     extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
              if v is not None}
     progress = _show_progress(quiet)
-    if kind == "lmm":
+    if kind == "lmm" and exact_method is not None:
         from .lmm import LinearMixedModel
 
         kw = {} if max_iter is None else {"max_iter": max_iter}
-        return LinearMixedModel(basis=basis, method="reml", **kw).fit(frame, dropna=dropna, **cols), None
+        return LinearMixedModel(basis=basis, method=exact_method, **kw).fit(frame, dropna=dropna, **cols), None
+    if kind == "lmm":  # the shared variational engine with one component
+        from .models import MixtureLMM
+
+        m = MixtureLMM(1, basis, random_state=seed, progress=progress, **extra)
+        return m.fit(frame, dropna=dropna, **cols), None
     if select:
         return _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna, quiet, extra)
     if kind == "mixture":
