@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cholesky", "spd_inv_logdet", "spd_solve", "sym", "logsumexp", "batched_outer", "solve_lower", "solve_upper_t"]
+__all__ = ["cholesky", "spd_inv_logdet", "spd_solve", "sym", "logsumexp", "batched_outer", "solve_lower", "solve_upper_t", "tri_inv_soa"]
 
 
 def sym(a: np.ndarray) -> np.ndarray:
@@ -162,11 +162,16 @@ def inv_from_chol_soa(L: np.ndarray) -> np.ndarray:
     The triangular inverse M = L^{-1} is built row by row over the batch, then
     ``M'M`` with one batched matrix product.
     """
+    Mb = np.moveaxis(tri_inv_soa(L), -1, 0)
+    return np.swapaxes(Mb, 1, 2) @ Mb
+
+
+def tri_inv_soa(L: np.ndarray) -> np.ndarray:
+    """``L^{-1}`` for L (d, d, n) lower triangular; returned in the same layout (d, d, n), lower triangular."""
     d = L.shape[0]
     M = np.zeros_like(L)
     for j in range(d):  # row j of M = L^{-1}: zero beyond column j
         inv_diag = 1.0 / L[j, j]
         M[j, :j] = -np.einsum("kn,kcn->cn", L[j, :j], M[:j, :j]) * inv_diag
         M[j, j] = inv_diag
-    Mb = np.moveaxis(M, -1, 0)
-    return np.swapaxes(Mb, 1, 2) @ Mb
+    return M
