@@ -159,3 +159,47 @@ class Squarem:
     def reject(self) -> None:
         self.rejected += 1
         self.max_step = self.initial_step
+
+
+def ascend(update, objective, start: Any, tol: float = 1e-10, max_iter: int = 500) -> tuple[Any, float]:
+    """Coordinate ascent ``x <- update(x)`` with SQUAREM jumps kept only where ``objective`` does not drop.
+
+    For small global-only problems (no local step), e.g. the data-free component behind
+    the delete moves' comparison.
+
+    Parameters
+    ----------
+    update : callable, one full coordinate-ascent sweep (never lowers ``objective``).
+    objective : callable, the ELBO of a parameter tree.
+    start : the starting parameters (a tree :func:`to_unconstrained` understands).
+    tol : stop when the objective changes by less than ``tol * max(1, |objective|)``.
+    max_iter : most sweeps.
+
+    Returns
+    -------
+    The final parameters and their objective.
+    """
+    state = Squarem()
+    x0, f0 = start, objective(start)
+    for _ in range(max(1, max_iter // 2)):
+        x1 = update(x0)
+        x2 = update(x1)
+        f2 = objective(x2)
+        nxt, fn = x2, f2
+        got = squarem_point(*(to_unconstrained(x) for x in (x0, x1, x2)), state.max_step)
+        if got is not None and all(np.all(np.isfinite(u)) for u in got[0]):
+            try:
+                cand = from_unconstrained(x2, got[0])
+                fc = objective(cand)
+            except (FloatingPointError, np.linalg.LinAlgError, ValueError):
+                fc = -np.inf
+            if np.isfinite(fc) and fc >= f2:
+                nxt, fn = cand, fc
+                state.accept(got[1])
+            else:
+                state.reject()
+        done = abs(fn - f0) < tol * max(1.0, abs(fn))
+        x0, f0 = nxt, fn
+        if done:
+            break
+    return x0, f0
