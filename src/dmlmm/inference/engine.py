@@ -25,6 +25,7 @@ same prior each (:mod:`dmlmm.inference.noise`); which one is read off the shape 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from .expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
 from .accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
 from .local import LocalResult, NoiseMoments, local_step
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, path_rss, take_groups
+
+_NO_RAISE = contextlib.nullcontext()
 
 __all__ = ["VariationalParams", "VIConfig", "VIResult", "run_vi", "noise_moments", "elbo_globals", "prune_params"]
 
@@ -260,12 +263,20 @@ def run_vi(
         else:
             sub, scale, rho = stats, 1.0, 1.0
         full = active is None or it - last_full >= config.full_every
-        pp, cache = prior.path_prior(params.prior)
         paths = prior.path_components()
-        local = local_step(
-            sub, pp, noise_moments(params, P, paths), config.hard_assignment,
-            active=None if full else active, moment_threshold=config.moment_threshold,
-        )
+        try:
+            with np.errstate(over="raise", invalid="raise", divide="raise") if fallback is not None else _NO_RAISE:
+                pp, cache = prior.path_prior(params.prior)
+                local = local_step(
+                    sub, pp, noise_moments(params, P, paths), config.hard_assignment,
+                    active=None if full else active, moment_threshold=config.moment_threshold,
+                )
+        except (np.linalg.LinAlgError, FloatingPointError):
+            if fallback is None:
+                raise
+            accel.reject()  # an extrapolated point beyond what the arithmetic can hold: take the plain step
+            params, fallback = fallback[0], None
+            continue
         if full:
             last_full = it
         params_at_local = params
