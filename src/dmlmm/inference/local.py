@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._linalg import cholesky, cholesky_soa, solve_lower_soa, solve_upper_t_soa, tri_inv_soa
+from .._linalg import blas_single_thread, cholesky, cholesky_soa, solve_lower_soa, solve_upper_t_soa, tri_inv_soa
 from ..data import SufficientStats
 from ..priors.base import PathMoments, PathPrior
 from .expfam import LOG_2PI
@@ -200,11 +200,12 @@ def local_step(
     threads = _THREADS if n_pairs >= _MIN_PAIRS_FOR_THREADS else 1
     per_chunk = max(1, min(_MAX_CHUNK_ELEMENTS // (D * D), -(-n_pairs // threads)))
     bounds = _chunk_bounds(active.sum(axis=1), per_chunk)
-    if len(bounds) > 1 and threads > 1:
-        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-            parts = list(pool.map(lambda se: run_chunk(*se), bounds))
-    else:
-        parts = [run_chunk(a, b) for a, b in bounds]
+    with blas_single_thread():  # our own threads (or none): BLAS threads would only oversubscribe
+        if len(bounds) > 1 and threads > 1:
+            with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+                parts = list(pool.map(lambda se: run_chunk(*se), bounds))
+        else:
+            parts = [run_chunk(a, b) for a, b in bounds]
     w_sum, first, second, p_quad, p_xty, p_xtf = (np.sum([p[j] for p in parts], axis=0) for j in range(6))
     return LocalResult(resp, log_ev, mean_b, None, PathMoments(w_sum, first, second), p_quad, p_xty, p_xtf)
 
