@@ -5,7 +5,8 @@
 
 For every case and run, each ``--src`` (a name and a directory put first on
 PYTHONPATH) fits in its own subprocess, one after the other, so the versions
-share the machine's load; the fit time is the model's ``fit_seconds_`` (data
+share the machine's load (BLAS pinned to one thread in both: on the shared 2-core machine a
+multi-threaded BLAS made single products 1000x slower under load); the fit time is the model's ``fit_seconds_`` (data
 preparation and imports excluded). Reports per case and version the median
 seconds, iterations, ELBO, mean log RMSE of the predictive mean against the
 truth and the adjusted Rand index against the true groups (where defined), and
@@ -36,7 +37,7 @@ CASES = [f"dgp{i}_{s}" for i in (1, 2, 3) for s in ("research", "default")] + ["
 ]
 
 
-def _model_and_data(case: str, seed: int):
+def _model_and_data(case: str, seed: int, max_iter: int | None = None):
     from dmlmm import DeepMixtureLMM, SplineBasis
     from dmlmm.simulate import dgp1, dgp2, dgp3
 
@@ -60,17 +61,34 @@ def _model_and_data(case: str, seed: int):
     return model, sim.data, ("subject", "time", "y"), sim
 
 
-def worker(case: str, seed: int) -> dict:
-    """One fit of ``case`` with the dmlmm found on sys.path; returns its measurements."""
+def worker(case: str, seed: int, max_iter: int | None = None) -> dict:
+    """One fit of ``case`` with the dmlmm found on sys.path; returns its measurements.
+
+    ``local_steps`` counts every local step run (rejected delete-move trials, rejected
+    extrapolations and final passes included), ``iterations`` is the model's ``n_iter_``.
+    """
+    import dmlmm.inference.engine as engine
     from dmlmm.exceptions import ConvergenceWarning
     from dmlmm.metrics import adjusted_rand_index, log_rmse
 
     model, data, cols, sim = _model_and_data(case, seed)
+    if max_iter is not None:
+        model.max_iter = max_iter
+    steps = [0]
+    inner = engine.local_step
+
+    def counted(*a, **k):
+        steps[0] += 1
+        return inner(*a, **k)
+
+    engine.local_step = counted
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(data, *cols)
     row = {
         "seconds": float(model.fit_seconds_),
+        "seconds_per_local_step": float(model.fit_seconds_) / max(steps[0], 1),
+        "local_steps": steps[0],
         "iterations": int(model.n_iter_),
         "converged": bool(model.converged_),
         "elbo": float(model.elbo_),
@@ -85,9 +103,11 @@ def worker(case: str, seed: int) -> dict:
     return row
 
 
-def _run_one(src: str, case: str, seed: int, timeout: float) -> dict:
+def _run_one(src: str, case: str, seed: int, timeout: float, max_iter: int | None = None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(src).resolve()), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, __file__, "--worker", case, "--seed", str(seed)]
+    if max_iter is not None:
+        cmd += ["--max-iter", str(max_iter)]
     t0 = time.perf_counter()
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=True)
@@ -103,26 +123,32 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--src", action="append", default=[], help="name=dir, first on PYTHONPATH (repeatable)")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--max-iter", type=int, default=None, help="cap every fit's max_iter (cost per iteration at large sizes)")
     ap.add_argument("--out", default="benchmarks/results/fit_speed.json")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.seed)))
+        print(json.dumps(worker(args.worker, args.seed, args.max_iter)))
         return
     srcs = [s.split("=", 1) for s in (args.src or ["this=src"])]
-    results: dict = {"machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()}, "cases": {}}
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()},
+        "settings": {"runs": args.runs, "seed": args.seed, "max_iter": args.max_iter, "src": dict(srcs)},
+        "cases": {},
+    }
     for case in args.cases:
         runs: dict[str, list[dict]] = {name: [] for name, _ in srcs}
         for _ in range(args.runs):
             for name, src in srcs:
-                runs[name].append(_run_one(src, case, args.seed, args.timeout))
+                runs[name].append(_run_one(src, case, args.seed, args.timeout, args.max_iter))
         summary = {}
         for name, rows in runs.items():
             ok = [r for r in rows if "seconds" in r]
             s = {"runs": rows}
             if ok:
                 s["seconds_median"] = float(np.median([r["seconds"] for r in ok]))
-                for key in ("iterations", "elbo", "log_rmse", "ari", "components", "converged"):
+                s["seconds_per_local_step_median"] = float(np.median([r["seconds_per_local_step"] for r in ok]))
+                for key in ("iterations", "local_steps", "elbo", "log_rmse", "ari", "components", "converged"):
                     if key in ok[-1]:
                         s[key] = ok[-1][key]  # deterministic given the seed
             summary[name] = s
