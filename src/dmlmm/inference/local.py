@@ -181,7 +181,8 @@ def local_step(
         # second moments only where the responsibility is not negligible, summed per path
         act = np.flatnonzero(r > moment_threshold)
         m_act = m[:, act]
-        q_mean = np.einsum("dn,den,en->n", m_act, xtx_soa[:, :, gi[act]], m_act)  # m' X'X m per pair
+        m_rows = m_act.T  # (pairs, D)
+        q_mean = np.einsum("ad,ade,ae->a", m_rows, stats.XtX[gi[act]], m_rows)  # m' X'X m per pair
         r_cov, r_mean = path_second_moments(chol[:, :, act], m_act, r[act], cc[act], M)
         second += r_cov + r_mean
         # sum_i r_ic tr(X_i'X_i Cov_ic) = (D sum_i r_ic - tr(Lambda_c sum_i r_ic Cov_ic)) / s_c, since
@@ -240,15 +241,15 @@ def path_second_moments(
     p = path[order]
     starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
     ends = np.r_[starts[1:], len(p)]
-    sq = np.sqrt(r[order])
-    W = tri_inv_soa(chol[:, :, order]) * sq  # (D, D, A): W[i, j, a] = sqrt(r_a) (L_a^{-1})_ij
-    W = np.ascontiguousarray(W.transpose(1, 2, 0))  # (D_j, A, D_i): a path's pairs are contiguous
-    V = mean[:, order] * sq  # (D, A)
+    sq = np.sqrt(r)
+    W = tri_inv_soa(chol) * sq  # (D, D, A): W[i, j, a] = sqrt(r_a) (L_a^{-1})_ij
+    W = np.ascontiguousarray(W.transpose(2, 0, 1))[order]  # (A, D_i, D_j), a path's pairs contiguous
+    V = (mean * sq).T[order]  # (A, D)
     for a, b in zip(starts, ends):  # a loop over paths, each one matrix product over its pairs
         c = p[a]
-        Wc = W[:, a:b].reshape(D, -1)  # (D, pairs * D)
-        cov[c] = Wc @ Wc.T
-        outer[c] = V[:, a:b] @ V[:, a:b].T
+        Wc = W[a:b].reshape(-1, D)  # (pairs * D_i, D_j)
+        cov[c] = Wc.T @ Wc
+        outer[c] = V[a:b].T @ V[a:b]
     return cov, outer
 
 
