@@ -492,6 +492,7 @@ class DeepMixturePrior(RandomEffectsPrior):
             lambda p: self._update_layer(layer, p, *zero, 1.0),
             lambda p: self._layer_elbo(layer, p, include_weights=False),
             lay,
+            max_iter=300,  # with smoothing it still crawls: 300 sweeps leave ~0.02 nats (500 plain sweeps: ~0.01)
         )
         _EMPTY_COST[key] = -best
         return -best
