@@ -128,7 +128,8 @@ def test_elbo_never_decreases_with_per_cluster_noise(prior):
     stats = _toy_stats(seed=2, n_subjects=40, n_obs=6, dim=4, n_fixed=2)
     res, _ = _cluster_start(stats, prior, max_iter=80)
     h = np.asarray(res.elbo_history)
-    assert len(h) >= 80  # the 80 iterations and the final step
+    # 80 iterations, or fewer at an exact fixed point (rejected extrapolations are not recorded)
+    assert (res.n_iter == 80 or res.converged) and len(h) >= 20
     assert np.all(np.diff(h) >= -1e-9 * np.abs(h[1:])), np.diff(h).min()
 
 

@@ -8,7 +8,7 @@ file instead of failing later, somewhere inside a prediction.
 
 The checks are generic where the model code is still evolving: every array of
 the variational parameters must be finite; the factors of the exponential
-families (:mod:`dmlmm.inference.expfam`) must have positive shapes, rates and
+families (:mod:`dmlmm.expfam`) must have positive shapes, rates and
 concentrations and positive definite precisions and scales; the fitted tables
 must agree with each other; and the model must predict a population curve and
 a subject's cluster probabilities with finite, well-ordered values.

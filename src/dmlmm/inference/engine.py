@@ -25,6 +25,7 @@ same prior each (:mod:`dmlmm.inference.noise`); which one is read off the shape 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -35,10 +36,13 @@ import numpy as np
 from ..data import SufficientStats
 from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
-from ..priors.membership import membership_elbo, membership_log_weights, membership_prune, membership_update
+from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
+from ..priors.membership import membership_elbo, membership_log_weights, membership_prune, membership_update
 from .local import LocalResult, NoiseMoments, local_step
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, path_rss, take_groups
+
+_NO_RAISE = contextlib.nullcontext()
 
 __all__ = ["VariationalParams", "VIConfig", "VIResult", "run_vi", "noise_moments", "elbo_globals", "prune_params"]
 
@@ -54,8 +58,9 @@ class VariationalParams:
     noise_aux : InvGamma, q(c) of sigma's half-Cauchy prior (same shape).
     fixed : Gaussian or None, q(w) (precision (P, P), shift (P,)); None without fixed effects.
     prior : the random-effects prior's own parameter container.
-    membership : Gaussian or None, q(Gamma) of the membership model (dimension K_1 * Q;
-        :mod:`dmlmm.priors.membership`); None: first-layer weights are the prior's Dirichlet.
+    membership : Gaussian or None, q(gamma) of the membership model (one Gaussian per stick:
+        precision (K_1 - 1, Q, Q), shift (K_1 - 1, Q); :mod:`dmlmm.priors.membership`); None:
+        first-layer weights are the prior's Dirichlet.
     """
 
     noise: InvGamma
@@ -85,6 +90,8 @@ class VIConfig:
     prune_threshold: float = 0.1  # drop components expected to hold fewer subjects than this ...
     prune_after: int = 10  # ... from this iteration on (0 or a negative threshold: never)
     membership_scale: float = 2.5  # prior SD of the membership model's coefficients
+    accelerate: bool = True  # full batch: SQUAREM extrapolation of the globals, with an ELBO safeguard
+    resp_tol: float = 1e-3  # full batch: converged only once no responsibility moves more than this
 
 
 @dataclass
@@ -125,9 +132,7 @@ def noise_moments(params: VariationalParams, n_fixed: int, path_components: np.n
 def prune_params(params: VariationalParams, new_prior_params: Any, keep: list[np.ndarray]) -> VariationalParams:
     """The variational parameters after the prior's components outside ``keep`` were dropped."""
     noise, aux = take_groups(params.noise, params.noise_aux, keep[0])
-    membership = params.membership
-    if membership is not None:
-        membership = membership_prune(membership, keep[0])
+    membership = None if params.membership is None else membership_prune(params.membership, keep[0])
     return VariationalParams(noise, aux, params.fixed, new_prior_params, membership)
 
 
@@ -270,6 +275,15 @@ def run_vi(
     last_full = 0
     pruned_at: list[int] = []
     kept: list = [None] * len(prior.layer_counts(params.prior))
+    # SQUAREM (full batch): ``anchor`` is theta0 of the current cycle (after one plain step),
+    # ``fallback`` the plain theta2 while the extrapolated point is being evaluated
+    accel = Squarem() if config.accelerate and not stochastic else None
+    anchor: VariationalParams | None = None
+    fallback: tuple[VariationalParams, float] | None = None
+    prev_resp: np.ndarray | None = None
+    local: LocalResult | None = None
+    params_at_local: VariationalParams | None = None
+    full = False
     it = 0
     for it in range(1, config.max_iter + 1):
         if stochastic:
@@ -280,49 +294,86 @@ def run_vi(
         else:
             sub, scale, rho = stats, 1.0, 1.0
         full = active is None or it - last_full >= config.full_every
-        pp, cache = prior.path_prior(params.prior)
         paths = prior.path_components()
-        offsets, psi = membership_terms(params, prior, sub)
-        local = local_step(
-            sub, pp, noise_moments(params, P, paths), config.hard_assignment,
-            active=None if full else active, moment_threshold=config.moment_threshold, log_weight=offsets,
-        )
+        try:
+            with np.errstate(over="raise", invalid="raise", divide="raise") if fallback is not None else _NO_RAISE:
+                pp, cache = prior.path_prior(params.prior)
+                offsets, psi = membership_terms(params, prior, sub)
+                local = local_step(
+                    sub, pp, noise_moments(params, P, paths), config.hard_assignment,
+                    active=None if full else active, moment_threshold=config.moment_threshold, log_weight=offsets,
+                )
+        except (np.linalg.LinAlgError, FloatingPointError):
+            if fallback is None:
+                raise
+            accel.reject()  # an extrapolated point beyond what the arithmetic can hold: take the plain step
+            params, fallback = fallback[0], None
+            continue
         if full:
             last_full = it
+        params_at_local = params
+        elbo = scale * float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
+        if fallback is not None:  # this was an extrapolated point: keep it only if the ELBO did not drop
+            plain, step = fallback
+            fallback = None
+            if not np.isfinite(elbo) or elbo < history[-1]:
+                accel.reject()
+                params = plain  # the plain step's globals; their local step is the next iteration
+                continue
+            accel.accept(step)
         if restrict:
             active = local.resp > config.active_threshold
-        elbo = scale * float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
         history.append(elbo)
         if callback is not None:
             callback(it, elbo)
-        if _has_converged(history, config, stochastic):
+        if _has_converged(history, config, stochastic) and _resp_settled(prev_resp, local.resp, config, stochastic):
             if full or not restrict:
                 converged = True
                 break
             last_full = -config.full_every  # confirm with a step over all paths
+        if it == config.max_iter and full and not stochastic:
+            break  # out of budget: keep these globals, whose full local step is at hand
+        prev_resp = local.resp
         new_prior = prior.update(params.prior, local.moments.scaled(scale), cache, rho)
-        params = replace(params, prior=new_prior)
-        params = _update_noise_and_fixed(params, sub, local, path_groups(params.noise, paths), config, scale, rho)
-        if params.membership is not None:
+        new = replace(params, prior=new_prior)
+        new = _update_noise_and_fixed(new, sub, local, path_groups(new.noise, paths), config, scale, rho)
+        if new.membership is not None:
             first_resp = local.resp @ np.eye(int(paths[:, 0].max()) + 1)[paths[:, 0]]  # (N, K_1)
-            params = replace(params, membership=membership_update(
-                params.membership, sub.membership, first_resp, psi, config.membership_scale, scale, rho))
+            new = replace(new, membership=membership_update(
+                new.membership, sub.membership, first_resp, psi, config.membership_scale, scale, rho))
+        if accel is not None and anchor is not None:
+            params, fallback = _extrapolate(anchor, params, new, accel)
+            anchor = None
+        else:
+            anchor = params if accel is not None else None
+            params = new
         if config.prune_threshold > 0 and it >= config.prune_after and full:
             counts = prior.layer_counts(params.prior)
             keep = [(c >= config.prune_threshold) | (c == c.max()) for c in counts]
             if any(not k.all() for k in keep):
+                if fallback is not None:  # prune the plain step, not an extrapolation
+                    params, fallback = fallback[0], None
+                    counts = prior.layer_counts(params.prior)
+                    keep = [(c >= config.prune_threshold) | (c == c.max()) for c in counts]
                 prior, new_prior = prior.prune(params.prior, keep)
                 params = prune_params(params, new_prior, keep)
                 kept = [np.flatnonzero(k) if kp is None else kp[np.flatnonzero(k)] for k, kp in zip(keep, kept)]
                 pruned_at.append(it)
                 active = None
-    # final local step on all subjects, at the final globals
-    pp, _ = prior.path_prior(params.prior)
-    local = local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment,
-                       log_weight=membership_terms(params, prior, stats)[0])
-    elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
-    if not stochastic and not converged:
-        history.append(elbo)
+                anchor, prev_resp = None, None
+    # the local step on all subjects at the final globals: the last one when it was (full batch,
+    # all paths, at these globals), else one more
+    at_hand = not stochastic and it > 0 and full and len(history) > 0 and local is not None and fallback is None \
+        and (converged or it == config.max_iter) and local.resp.shape[1] == prior.n_paths and params_at_local is params
+    if at_hand:
+        elbo = history[-1]
+    else:
+        pp, _ = prior.path_prior(params.prior)
+        local = local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment,
+                           log_weight=membership_terms(params, prior, stats)[0])
+        elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
+        if not stochastic and not converged:
+            history.append(elbo)
     if not converged:
         warnings.warn(
             f"variational inference stopped at max_iter={config.max_iter} before the ELBO converged "
@@ -332,6 +383,38 @@ def run_vi(
         )
     kept = [np.arange(len(c)) if k is None else k for k, c in zip(kept, prior.layer_counts(params.prior))]
     return VIResult(params, prior, elbo, history, it, converged, local, time.perf_counter() - t0, pruned_at, kept)
+
+
+def _extrapolate(
+    theta0: VariationalParams, theta1: VariationalParams, theta2: VariationalParams, accel: Squarem
+) -> tuple[VariationalParams, tuple[VariationalParams, float] | None]:
+    """The SQUAREM point from three successive globals, and the plain ``theta2`` to fall back to.
+
+    Returns ``(theta2, None)`` when there is nothing to extrapolate (or the point is not finite).
+    """
+    u0, u1, u2 = (to_unconstrained(t) for t in (theta0, theta1, theta2))
+    if any(a.shape != b.shape for a, b in zip(u0, u2)) or len(u0) != len(u2):
+        return theta2, None
+    got = squarem_point(u0, u1, u2, accel.max_step)
+    if got is None:
+        return theta2, None
+    leaves, step = got
+    if not all(np.all(np.isfinite(x)) for x in leaves):
+        return theta2, None
+    try:
+        point = from_unconstrained(theta2, leaves)
+    except (FloatingPointError, np.linalg.LinAlgError):
+        return theta2, None
+    return point, (theta2, step)
+
+
+def _resp_settled(prev: np.ndarray | None, resp: np.ndarray, config: VIConfig, stochastic: bool) -> bool:
+    """Full batch: whether no responsibility moved more than ``config.resp_tol`` since the last step."""
+    if stochastic or config.resp_tol is None:
+        return True
+    if prev is None or prev.shape != resp.shape:
+        return False
+    return float(np.abs(resp - prev).max(initial=0.0)) <= config.resp_tol
 
 
 def _rel_change(history: list[float]) -> float:

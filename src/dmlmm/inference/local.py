@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._linalg import cholesky, cholesky_soa, inv_from_chol_soa, solve_lower_soa, solve_upper_t_soa
+from .._linalg import blas_single_thread, cholesky, cholesky_soa, solve_lower_soa, solve_upper_t_soa, tri_inv_soa
 from ..data import SufficientStats
 from ..priors.base import PathMoments, PathPrior
 from ..expfam import LOG_2PI
@@ -64,7 +64,8 @@ class LocalResult:
     resp : (N, M) q(c_i = c).
     log_evidence : (N,) each subject's local ELBO contribution (log-sum-exp over paths).
     mean_b : (N, D) E_q[b_i].
-    quad : (N,) E_q[b_i' X_i'X_i b_i].
+    quad : None (kept for the field order; the per-subject E_q[b_i' X_i'X_i b_i] is not computed:
+        no update needs it, and its per-path sums are ``path_quad``).
     moments : PathMoments, sums over the subjects.
     path_quad : (M,) sum_i r_ic E[b_i' X_i'X_i b_i | c].
     path_xty_b : (M,) sum_i r_ic X_i'y_i . E[b_i | c].
@@ -75,7 +76,7 @@ class LocalResult:
     resp: np.ndarray
     log_evidence: np.ndarray
     mean_b: np.ndarray
-    quad: np.ndarray
+    quad: np.ndarray | None
     moments: PathMoments
     path_quad: np.ndarray | None = None
     path_xty_b: np.ndarray | None = None
@@ -132,7 +133,6 @@ def local_step(
     resp = np.zeros((N, M))
     log_ev = np.empty(N)
     mean_b = np.zeros((N, D))
-    quad = np.zeros(N)
     if active is None:
         active = np.ones((N, M), dtype=bool)
     prec_soa = np.ascontiguousarray(np.moveaxis(prior.precision, 0, -1))  # (D, D, M)
@@ -184,15 +184,18 @@ def local_step(
         mean_b[start:stop] = np.add.reduceat(rm, seg, axis=0)
         w_sum += np.bincount(cc, weights=r, minlength=M)
         _add_rows(first, cc, rm)
-        # covariances only where the responsibility is not negligible
+        # second moments only where the responsibility is not negligible, summed per path
         act = np.flatnonzero(r > moment_threshold)
-        cov = inv_from_chol_soa(chol[:, :, act])  # (act, D, D)
-        m_act = m[:, act].T
-        wsec = r[act, None, None] * (cov + m_act[:, :, None] * m_act[:, None, :])
-        q_act = np.einsum("aij,aji->a", wsec, stats.XtX[gi[act]])
-        quad[start:stop] += np.bincount(ii[act], weights=q_act, minlength=stop - start)
-        _add_rows(second, cc[act], wsec)
-        p_quad = np.bincount(cc[act], weights=q_act, minlength=M)
+        m_act = m[:, act]
+        m_rows = m_act.T  # (pairs, D)
+        q_mean = np.einsum("ad,ade,ae->a", m_rows, stats.XtX[gi[act]], m_rows)  # m' X'X m per pair
+        r_cov, r_mean = path_second_moments(chol[:, :, act], m_act, r[act], cc[act], M)
+        second += r_cov + r_mean
+        # sum_i r_ic tr(X_i'X_i Cov_ic) = (D sum_i r_ic - tr(Lambda_c sum_i r_ic Cov_ic)) / s_c, since
+        # s_c X_i'X_i Cov_ic = I - Lambda_c Cov_ic; no cancellation: tr(Lambda Cov) <= D
+        w_act = np.bincount(cc[act], weights=r[act], minlength=M)
+        tr_prior = np.einsum("cij,cji->c", prior.precision, r_cov)
+        p_quad = np.bincount(cc[act], weights=r[act] * q_mean, minlength=M) + (D * w_act - tr_prior) / s_path
         p_xty = np.bincount(cc, weights=np.einsum("ad,ad->a", rm, stats.Xty[gi]), minlength=M)
         if P:
             _add_rows(xtf_b, cc, np.einsum("ad,adp->ap", rm, stats.XtF[gi]))
@@ -204,13 +207,56 @@ def local_step(
     threads = _THREADS if n_pairs >= _MIN_PAIRS_FOR_THREADS else 1
     per_chunk = max(1, min(_MAX_CHUNK_ELEMENTS // (D * D), -(-n_pairs // threads)))
     bounds = _chunk_bounds(active.sum(axis=1), per_chunk)
-    if len(bounds) > 1 and threads > 1:
-        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-            parts = list(pool.map(lambda se: run_chunk(*se), bounds))
-    else:
-        parts = [run_chunk(a, b) for a, b in bounds]
+    with blas_single_thread():  # our own threads (or none): BLAS threads would only oversubscribe
+        if len(bounds) > 1 and threads > 1:
+            with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+                parts = list(pool.map(lambda se: run_chunk(*se), bounds))
+        else:
+            parts = [run_chunk(a, b) for a, b in bounds]
     w_sum, first, second, p_quad, p_xty, p_xtf = (np.sum([p[j] for p in parts], axis=0) for j in range(6))
-    return LocalResult(resp, log_ev, mean_b, quad, PathMoments(w_sum, first, second), p_quad, p_xty, p_xtf)
+    return LocalResult(resp, log_ev, mean_b, None, PathMoments(w_sum, first, second), p_quad, p_xty, p_xtf)
+
+
+def path_second_moments(
+    chol: np.ndarray, mean: np.ndarray, r: np.ndarray, path: np.ndarray, n_paths: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per path, sum_a r_a Cov_a and sum_a r_a m_a m_a' over (subject, path) pairs a.
+
+    Cov_a = (L_a L_a')^{-1} = M_a'M_a with M_a = L_a^{-1}: the weighted sum over a path's
+    pairs is one Gram matrix W'W of the stacked sqrt(r_a) M_a (a single matrix product
+    per path), so no per-pair covariance matrix is ever formed.
+
+    Parameters
+    ----------
+    chol : (D, D, A) lower Cholesky factors of the pairs' posterior precisions.
+    mean : (D, A) posterior means.
+    r : (A,) responsibilities (non-negative).
+    path : (A,) path of each pair.
+    n_paths : M.
+
+    Returns
+    -------
+    cov, mean_outer : each (M, D, D).
+    """
+    D = chol.shape[0]
+    cov = np.zeros((n_paths, D, D))
+    outer = np.zeros((n_paths, D, D))
+    if len(r) == 0:
+        return cov, outer
+    order = np.argsort(path, kind="stable")
+    p = path[order]
+    starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
+    ends = np.r_[starts[1:], len(p)]
+    sq = np.sqrt(r)
+    W = tri_inv_soa(chol) * sq  # (D, D, A): W[i, j, a] = sqrt(r_a) (L_a^{-1})_ij
+    W = np.ascontiguousarray(W.transpose(2, 0, 1))[order]  # (A, D_i, D_j), a path's pairs contiguous
+    V = (mean * sq).T[order]  # (A, D)
+    for a, b in zip(starts, ends):  # a loop over paths, each one matrix product over its pairs
+        c = p[a]
+        Wc = W[a:b].reshape(-1, D)  # (pairs * D_i, D_j)
+        cov[c] = Wc.T @ Wc
+        outer[c] = V[a:b].T @ V[a:b]
+    return cov, outer
 
 
 def _chunk_bounds(pairs_per_subject: np.ndarray, per_chunk: int) -> list[tuple[int, int]]:

@@ -29,7 +29,7 @@ EXPLORE_TOL = 1e-3
 
 def explore_config(config: VIConfig, explore_tol: float = EXPLORE_TOL) -> VIConfig:
     """Settings of an exploring run: loose tolerance, negligible paths dropped more eagerly."""
-    return replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-4, moment_threshold=1e-4)
+    return replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-4, moment_threshold=1e-4, resp_tol=None)
 
 
 def run_vi_with_moves(

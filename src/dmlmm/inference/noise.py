@@ -4,7 +4,7 @@ With ``noise="cluster"`` every first-layer component k has its own residual
 variance with the shared one's prior, ``sigma_k ~ half-Cauchy(0, noise_scale)``
 through ``sigma^2_k | a_k ~ IG(1/2, 1/a_k)``, ``a_k ~ IG(1/2, 1/noise_scale^2)``.
 A path uses the variance of its first-layer component. The factors are the same
-:class:`~dmlmm.inference.expfam.InvGamma` containers as the shared noise, with
+:class:`~dmlmm.expfam.InvGamma` containers as the shared noise, with
 parameters of shape (K_1,) instead of scalars, so the variational parameters keep
 one container (:class:`~dmlmm.inference.engine.VariationalParams`).
 

@@ -46,6 +46,7 @@ from itertools import product
 import numpy as np
 
 from .._linalg import spd_inv_logdet, sym
+from ..accel import ascend
 from ..expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior
 from .gaussian import _take_components, canonical_order, kmeans
@@ -53,6 +54,9 @@ from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_s
 
 
 __all__ = ["DeepMixturePrior", "LayerParams", "LayerSmooth", "DMFAParams"]
+
+#: empty_component_cost by prior settings and layer (a pure function of them; computed once per process)
+_EMPTY_COST: dict[tuple, float] = {}
 
 
 @dataclass(frozen=True)
@@ -474,16 +478,24 @@ class DeepMixturePrior(RandomEffectsPrior):
         moves compare against the larger model with this cost removed.
         """
         J, m = self._dims[layer], self._dims[layer + 1]
+        key = (
+            "dmfa", layer, J, m, self.concentration[layer], self.mean_scale[layer], self.loading_scale[layer],
+            self.delta_scale[layer], self.smooth_scale, self.idiosyncratic_shape,
+            None if not self._smooth_layer(layer) else self._lam.tobytes(),
+        )
+        if key in _EMPTY_COST:  # the same for every fit with these settings
+            return _EMPTY_COST[key]
         lay = self._layer_from_point(layer, np.zeros((1, J)), np.zeros((1, J, m)), np.ones((1, J)), np.zeros(1))
         zero = (np.zeros(1), np.zeros((1, m + 1, m + 1)), np.zeros((1, J, m + 1)), np.zeros((1, J)))
-        prev = -np.inf
-        for _ in range(500):  # coordinate ascent of a tiny, data-free problem
-            lay = self._update_layer(layer, lay, *zero, 1.0)
-            cur = self._layer_elbo(layer, lay, include_weights=False)
-            if abs(cur - prev) < 1e-10 * max(1.0, abs(cur)):
-                break
-            prev = cur
-        return -cur
+        # coordinate ascent of a tiny, data-free problem (extrapolated: it crawls for hundreds of sweeps)
+        _, best = ascend(
+            lambda p: self._update_layer(layer, p, *zero, 1.0),
+            lambda p: self._layer_elbo(layer, p, include_weights=False),
+            lay,
+            max_iter=300,  # with smoothing it still crawls: 300 sweeps leave ~0.02 nats (500 plain sweeps: ~0.01)
+        )
+        _EMPTY_COST[key] = -best
+        return -best
 
     # ------------------------------------------------------------------ point summaries
     def layer_point(self, params: DMFAParams) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:

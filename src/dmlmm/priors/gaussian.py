@@ -40,6 +40,7 @@ from ..expfam import (
     gaussian_entropy,
     ig_expected_logpdf,
 )
+from ..accel import ascend
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior
 from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_scale
 
@@ -315,14 +316,9 @@ class GaussianMixturePrior(RandomEffectsPrior):
         one = GaussianMixturePrior(self.dim, 1, **self._settings())
         params = one.init_params(np.zeros((2, self.dim)), np.random.default_rng(0))
         zero = PathMoments(np.zeros(1), np.zeros((1, self.dim)), np.zeros((1, self.dim, self.dim)))
-        prev = -np.inf
-        for _ in range(500):  # coordinate ascent of a tiny, data-free problem
-            params = one.update(params, zero)
-            cur = one.elbo(params)
-            if abs(cur - prev) < 1e-10 * max(1.0, abs(cur)):
-                break
-            prev = cur
-        return -cur
+        # coordinate ascent of a tiny, data-free problem, extrapolated
+        _, best = ascend(lambda p: one.update(p, zero), one.elbo, params)
+        return -best
 
     def point_mixture(self, params: GaussianMixtureParams, integrate_globals: bool = False) -> PointMixture:
         """The prior of b at the variational means; with ``integrate_globals`` the covariance

@@ -1,0 +1,168 @@
+"""Iterations, seconds and accuracy of full-batch fits, two code versions side by side.
+
+    python benchmarks/fit_speed.py --cases dgp1_research dgp3_default --runs 3 \
+        --src main=/path/to/main/src --src fast=src [--out benchmarks/results/fit_speed.json]
+
+For every case and run, each ``--src`` (a name and a directory put first on
+PYTHONPATH) fits in its own subprocess, one after the other, so the versions
+share the machine's load (BLAS pinned to one thread in both: on the shared 2-core machine a
+multi-threaded BLAS made single products 1000x slower under load); the fit time is the model's ``fit_seconds_`` (data
+preparation and imports excluded). Reports per case and version the median
+seconds, iterations, ELBO, mean log RMSE of the predictive mean against the
+truth and the adjusted Rand index against the true groups (where defined), and
+the ratios of medians against the first version.
+
+Cases: ``dgp{1,2,3}_research`` (K=(10,5), D=(4,1), 10 cubic B-splines over the
+time range, as benchmarks/dgp1_speed.py), ``dgp{1,2,3}_default`` (the model's
+defaults: 20 functions and the smoothness prior), ``pbc`` (the PBC demo with
+its demo settings), ``basis{10,20,30,40}`` (DGP 3 drawn for 600 subjects, K=(10,5),
+that many functions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+CASES = [f"dgp{i}_{s}" for i in (1, 2, 3) for s in ("research", "default")] + ["pbc"] + [
+    f"basis{d}" for d in (10, 20, 30, 40)
+]
+
+
+def _model_and_data(case: str, seed: int, max_iter: int | None = None):
+    from dmlmm import DeepMixtureLMM, SplineBasis
+    from dmlmm.simulate import dgp1, dgp2, dgp3
+
+    if case == "pbc":
+        from dmlmm.demo import load_demo
+
+        demo = load_demo("pbcseq")
+        model = DeepMixtureLMM(**demo.model_params, basis=SplineBasis(demo.n_basis), random_state=seed)
+        return model, demo.data, (demo.subject, demo.time, demo.response), None
+    if case.startswith("basis"):
+        sim = dgp3(random_state=seed, n_subjects=600)
+        model = DeepMixtureLMM((10, 5), (4, 1), basis=SplineBasis(int(case[5:]), lower=0, upper=1), random_state=seed)
+        return model, sim.data, ("subject", "time", "y"), sim
+    gen = {"dgp1": dgp1, "dgp2": dgp2, "dgp3": dgp3}[case[:4]]
+    sim = gen(random_state=seed)
+    if case.endswith("research"):
+        lo, hi = sim.time_range
+        model = DeepMixtureLMM((10, 5), (4, 1), basis=SplineBasis(10, lower=lo, upper=hi), random_state=seed)
+    else:
+        model = DeepMixtureLMM(random_state=seed)
+    return model, sim.data, ("subject", "time", "y"), sim
+
+
+def worker(case: str, seed: int, max_iter: int | None = None) -> dict:
+    """One fit of ``case`` with the dmlmm found on sys.path; returns its measurements.
+
+    ``local_steps`` counts every local step run (rejected delete-move trials, rejected
+    extrapolations and final passes included), ``iterations`` is the model's ``n_iter_``.
+    """
+    import dmlmm.inference.engine as engine
+    from dmlmm.exceptions import ConvergenceWarning
+    from dmlmm.metrics import adjusted_rand_index, log_rmse
+
+    model, data, cols, sim = _model_and_data(case, seed)
+    if max_iter is not None:
+        model.max_iter = max_iter
+    steps = [0]
+    inner = engine.local_step
+
+    def counted(*a, **k):
+        steps[0] += 1
+        return inner(*a, **k)
+
+    engine.local_step = counted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(data, *cols)
+    row = {
+        "seconds": float(model.fit_seconds_),
+        "seconds_per_local_step": float(model.fit_seconds_) / max(steps[0], 1),
+        "local_steps": steps[0],
+        "iterations": int(model.n_iter_),
+        "converged": bool(model.converged_),
+        "elbo": float(model.elbo_),
+        "components": list(model.n_components_),
+    }
+    if sim is not None:
+        grid = np.unique(sim.truth["time"])
+        pred = model.predict_trajectory(sim.data, times=grid)
+        row["log_rmse"] = float(log_rmse(sim.truth, pred).mean())
+        if sim.labels is not None:
+            row["ari"] = float(adjusted_rand_index(sim.labels, model.labels_))
+    return row
+
+
+def _run_one(src: str, case: str, seed: int, timeout: float, max_iter: int | None = None) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(src).resolve()), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--worker", case, "--seed", str(seed)]
+    if max_iter is not None:
+        cmd += ["--max-iter", str(max_iter)]
+    t0 = time.perf_counter()
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        return {"timeout": timeout, "wall": time.perf_counter() - t0}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", nargs="+", default=["dgp1_research"])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--src", action="append", default=[], help="name=dir, first on PYTHONPATH (repeatable)")
+    ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--max-iter", type=int, default=None, help="cap every fit's max_iter (cost per iteration at large sizes)")
+    ap.add_argument("--out", default="benchmarks/results/fit_speed.json")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.seed, args.max_iter)))
+        return
+    srcs = [s.split("=", 1) for s in (args.src or ["this=src"])]
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()},
+        "settings": {"runs": args.runs, "seed": args.seed, "max_iter": args.max_iter, "src": dict(srcs)},
+        "cases": {},
+    }
+    for case in args.cases:
+        runs: dict[str, list[dict]] = {name: [] for name, _ in srcs}
+        for _ in range(args.runs):
+            for name, src in srcs:
+                runs[name].append(_run_one(src, case, args.seed, args.timeout, args.max_iter))
+        summary = {}
+        for name, rows in runs.items():
+            ok = [r for r in rows if "seconds" in r]
+            s = {"runs": rows}
+            if ok:
+                s["seconds_median"] = float(np.median([r["seconds"] for r in ok]))
+                s["seconds_per_local_step_median"] = float(np.median([r["seconds_per_local_step"] for r in ok]))
+                for key in ("iterations", "local_steps", "elbo", "log_rmse", "ari", "components", "converged"):
+                    if key in ok[-1]:
+                        s[key] = ok[-1][key]  # deterministic given the seed
+            summary[name] = s
+        first = summary[srcs[0][0]]
+        for name, s in summary.items():
+            if "seconds_median" in s and "seconds_median" in first:
+                s["time_ratio_vs_" + srcs[0][0]] = s["seconds_median"] / first["seconds_median"]
+                s["iteration_ratio_vs_" + srcs[0][0]] = s["iterations"] / first["iterations"]
+        results["cases"][case] = summary
+        print(case, json.dumps({n: {k: v for k, v in s.items() if k != "runs"} for n, s in summary.items()}), flush=True)
+    results["machine"]["load_after"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
