@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import warnings
 from time import perf_counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed
 from ..inference.local import local_step
 from ..inference.noise import is_per_cluster, path_groups, per_cluster
 from ..inference.starts import run_vi_with_starts
+from ..inference.stochastic import StochasticSettings, run_vi_stochastic
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
 from ..priors.base import PointMixture, RandomEffectsPrior
 from .design import LongitudinalDesign
@@ -56,6 +57,31 @@ def ridge_estimates(
     lhs = stats.XtX + (np.broadcast_to(penalty, (D,)) + rough) * np.eye(D)
     r = stats.Xty - stats.XtF @ w0 + penalty * b0
     return np.linalg.solve(lhs, r[..., None])[..., 0]
+
+
+def _init_factory(
+    stats: SufficientStats, b_hat: np.ndarray, config: VIConfig, kind: str
+) -> Callable[[np.ndarray | None], Callable[[RandomEffectsPrior, np.random.Generator], VariationalParams]]:
+    """``make_init(rows)``: the starting point of a fit to the subjects at positions ``rows`` (None: all).
+
+    ``b_hat`` (N, D) are the per-subject ridge fits; the noise and fixed-effect factors start from
+    the selected subjects' statistics, and with ``kind == "cluster"`` each start gets one residual
+    variance per first-layer component.
+    """
+
+    def make_init(rows: np.ndarray | None):
+        st, bh = (stats, b_hat) if rows is None else (stats.subset(rows), b_hat[rows])
+        noise, aux, fixed = init_noise_and_fixed(st, bh, config)
+
+        def init(p: RandomEffectsPrior, g: np.random.Generator) -> VariationalParams:
+            nz, ax = noise, aux
+            if kind == "cluster":  # one residual variance per first-layer component of this start
+                nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
+            return VariationalParams(nz, ax, fixed, p.init_params(bh, g))
+
+        return init
+
+    return make_init
 
 
 class VariationalLongitudinalModel:
@@ -160,21 +186,17 @@ class VariationalLongitudinalModel:
             for _ in range(int(self.n_init)):
                 prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
                 config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
-                noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
-
-                def init(p: RandomEffectsPrior, g: np.random.Generator, kind: str = kind) -> VariationalParams:
-                    nz, ax = noise, aux
-                    if kind == "cluster":  # one residual variance per first-layer component of this start
-                        nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
-                    return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g))
-
+                make_init = _init_factory(stats, b_hat, config, kind)
+                resize = lambda sizes: self._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough)  # noqa: E731
                 callback = self._progress_callback()
-                # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
-                res = run_vi_with_starts(
-                    stats, prior, init,
-                    lambda sizes: self._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough), config, rng,
-                    moves=self.delete_moves and not config.hard_assignment, callback=callback,
-                )
+                moves = self.delete_moves and not config.hard_assignment
+                if config.batch_size is None:
+                    # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
+                    res = run_vi_with_starts(stats, prior, make_init(None), resize, config, rng, moves=moves,
+                                             callback=callback)
+                else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
+                    res = run_vi_stochastic(stats, prior, make_init, resize, config, rng, self._stochastic_settings(),
+                                            moves=moves, callback=callback)
                 if callback is not None:
                     callback.close()
                 if best is None or res.elbo > best.elbo:
@@ -182,6 +204,11 @@ class VariationalLongitudinalModel:
         best.seconds = perf_counter() - t0
         self._set_fitted(d, design, best)
         return self
+
+    def _stochastic_settings(self) -> StochasticSettings:
+        """Settings of a minibatch fit: the warm start's subsample size from ``subsample``."""
+        n = getattr(self, "subsample", "auto")
+        return StochasticSettings() if n == "auto" else StochasticSettings(subsample=int(n))
 
     def _sized(self, sizes: tuple[int, ...]) -> "VariationalLongitudinalModel":
         """A copy of this model with ``sizes`` components per layer (for the smaller starts)."""
