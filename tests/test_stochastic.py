@@ -75,3 +75,16 @@ def test_label_change():
     assert label_change(None, a) == 1.0
     assert label_change(a, a) == 0.0
     assert label_change(a, np.array([0, 1, 2, 2])) == 0.25
+
+
+def test_budget_exhausted_is_not_reported_as_converged(two_thousand, monkeypatch):
+    """A stochastic phase cut short by its budget before the checks could settle: converged_ is False, with a warning."""
+    from dmlmm.exceptions import ConvergenceWarning
+    from dmlmm.models.base import VariationalLongitudinalModel
+
+    monkeypatch.setattr(VariationalLongitudinalModel, "_stochastic_settings",
+                        lambda self: StochasticSettings(subsample=300, max_iter=20))
+    m = _deep(batch_size=200)
+    with pytest.warns(ConvergenceWarning, match="stochastic fit did not settle"):
+        m.fit(two_thousand.data.loc[two_thousand.data.subject < 1000])
+    assert not m.converged_

@@ -293,7 +293,7 @@ def run_vi_stochastic(
             f"the full passes moved {moved:.1%} of the check subjects to another cluster"
         warnings.warn(
             f"the stochastic fit did not settle ({why}); increase max_iter or batch_size",
-            ConvergenceWarning, stacklevel=4,
+            ConvergenceWarning, stacklevel=3,
         )
     kept0 = [w[p] for w, p in zip(warm.kept, phase.kept)]
     final.kept = [k0[k] for k0, k in zip(kept0, final.kept)]
