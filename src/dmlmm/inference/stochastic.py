@@ -80,7 +80,7 @@ class StochasticSettings:
     window : checks averaged by the smoothed ELBO.
     elbo_tol : relative change of the smoothed check ELBO below which it counts as settled.
     delay, forgetting : Robbins-Monro steps ``(t + delay) ** -forgetting``.
-    max_iter : budget of the stochastic phase (iterations).
+    max_iter : budget of the stochastic phase (iterations); None: the fit's ``max_iter``.
     final_iter : full-batch iterations at the end (at least 1).
     """
 
@@ -95,7 +95,7 @@ class StochasticSettings:
     elbo_tol: float = 1e-4
     delay: float = 10.0
     forgetting: float = 0.6
-    max_iter: int = 500
+    max_iter: int | None = None
     final_iter: int = 10
 
 
@@ -196,7 +196,8 @@ def _natural_gradient_phase(
     pruned_at: list[int] = []
     done = False
     it = 0
-    for it in range(1, settings.max_iter + 1):
+    budget = config.max_iter if settings.max_iter is None else settings.max_iter
+    for it in range(1, budget + 1):
         idx = np.sort(rng.choice(N, size=batch, replace=False))
         sub = stats.subset(idx)
         scale, rho = N / batch, (it + settings.delay) ** (-settings.forgetting)
@@ -250,7 +251,8 @@ def run_vi_stochastic(
     make_init : ``make_init(rows)`` gives the ``init(prior, generator)`` of a fit to the subjects at
         positions ``rows`` (``None``: all), as :func:`~dmlmm.inference.starts.run_vi_with_starts` takes it.
     resize : as :func:`~dmlmm.inference.starts.run_vi_with_starts`.
-    config : VIConfig; ``batch_size`` is the minibatch size, ``max_iter`` the warm start's budget.
+    config : VIConfig; ``batch_size`` is the minibatch size, ``max_iter`` the budget of the warm start and,
+        separately, of the natural-gradient phase.
     rng : the fit's Generator (subsample, check subset, minibatches, the warm start's draws).
     settings : StochasticSettings.
     moves : delete moves in the warm start.
