@@ -49,7 +49,7 @@ def test_sufficient_stats_match_naive_loop(arrays):
 def test_sufficient_stats_across_memory_chunks(arrays, monkeypatch):
     """Subjects whose rows straddle the row chunks used to bound memory are summed correctly."""
     y, X, F, codes, N = arrays
-    monkeypatch.setattr(data_mod, "_CHUNK_ROWS", 3)
+    monkeypatch.setattr(data_mod, "_CHUNK_ELEMENTS", 20)  # 2 rows of 3 x 3 products, 5 of 2 x 2, ...
     st = sufficient_stats(y, X, F, codes, N)
     ref = naive_stats(y, X, F, codes, N)
     for k, v in ref.items():

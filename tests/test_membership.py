@@ -145,3 +145,14 @@ def test_membership_covariate_errors(sim):
         MixtureLMM(2, membership_covariates=["one"], max_iter=5).fit(df.assign(one=1.0))
     with pytest.raises(ValueError, match="membership_covariates must be None or a list of distinct column names"):
         MixtureLMM(2, membership_covariates=["x", "x"]).fit(df)
+
+
+def test_minibatch_fit_keeps_the_membership_model(sim, fitted):
+    df, g, *_ = sim
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = MixtureLMM(4, random_state=0, membership_covariates=["x", "sex"], batch_size=100, subsample=200).fit(df)
+    assert adjusted_rand_index(g, m.groups_.to_numpy()) == 1.0
+    a, b = m.membership_coefficients_, fitted.membership_coefficients_
+    sign = 1.0 if a["group"].iloc[0] == b["group"].iloc[0] else -1.0
+    np.testing.assert_allclose(sign * a["estimate"].to_numpy(), b["estimate"].to_numpy(), atol=0.15)

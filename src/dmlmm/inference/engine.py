@@ -164,6 +164,26 @@ def elbo_globals(params: VariationalParams, prior: RandomEffectsPrior, config: V
     return total
 
 
+def update_globals(
+    params: VariationalParams, prior: RandomEffectsPrior, sub: SufficientStats, local: LocalResult, cache: Any,
+    psi: np.ndarray | None, config: VIConfig, scale: float = 1.0, rho: float = 1.0,
+) -> VariationalParams:
+    """Every global factor updated from a local step on ``sub``: the prior's, q(w), q(sigma^2) and its
+    auxiliary, and the membership model's (closed form; a natural-gradient step ``rho`` with the
+    statistics scaled by ``scale`` for minibatches).
+
+    ``psi`` are the membership model's expansion points at ``params`` (:func:`membership_terms`).
+    """
+    paths = prior.path_components()
+    new = replace(params, prior=prior.update(params.prior, local.moments.scaled(scale), cache, rho))
+    new = _update_noise_and_fixed(new, sub, local, path_groups(new.noise, paths), config, scale, rho)
+    if new.membership is not None:
+        first_resp = local.resp @ np.eye(int(paths[:, 0].max()) + 1)[paths[:, 0]]  # (N, K_1)
+        new = replace(new, membership=membership_update(
+            new.membership, sub.membership, first_resp, psi, config.membership_scale, scale, rho))
+    return new
+
+
 def membership_terms(
     params: VariationalParams, prior: RandomEffectsPrior, stats: SufficientStats
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -334,13 +354,7 @@ def run_vi(
         if it == config.max_iter and full and not stochastic:
             break  # out of budget: keep these globals, whose full local step is at hand
         prev_resp = local.resp
-        new_prior = prior.update(params.prior, local.moments.scaled(scale), cache, rho)
-        new = replace(params, prior=new_prior)
-        new = _update_noise_and_fixed(new, sub, local, path_groups(new.noise, paths), config, scale, rho)
-        if new.membership is not None:
-            first_resp = local.resp @ np.eye(int(paths[:, 0].max()) + 1)[paths[:, 0]]  # (N, K_1)
-            new = replace(new, membership=membership_update(
-                new.membership, sub.membership, first_resp, psi, config.membership_scale, scale, rho))
+        new = update_globals(params, prior, sub, local, cache, psi, config, scale, rho)
         if accel is not None and anchor is not None:
             params, fallback = _extrapolate(anchor, params, new, accel)
             anchor = None

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as st
 
-from .._linalg import spd_inv_logdet, sym
+from .._linalg import cholesky_soa, inv_from_chol_soa, spd_inv_logdet, sym
 from ..data import SufficientStats
 from ..inference.engine import VariationalParams, VIConfig, elbo_globals, init_noise_and_fixed
 from ..expfam import LOG_2PI, InvGamma, ig_expected_logpdf
@@ -75,12 +75,27 @@ class VBFit:
     loglik: float  # ML log-likelihood at the posterior means
 
 
+def _stack_inv_logdet(Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse and log-determinant of an SPD stack (N, q, q) from one Cholesky factor, batch axis last.
+
+    :func:`dmlmm._linalg.cholesky_soa` / :func:`~dmlmm._linalg.inv_from_chol_soa` loop over the q
+    rows with each step vectorised over the N matrices: 2.5-3x faster than a batched LAPACK
+    factorisation plus inverse at 10,000 x 10 x 10. Falls back to the jittered
+    :func:`~dmlmm._linalg.spd_inv_logdet` if a pivot is not positive.
+    """
+    try:
+        chol = cholesky_soa(np.ascontiguousarray(np.moveaxis(Q, 0, -1)))
+    except np.linalg.LinAlgError:
+        return spd_inv_logdet(Q, "random-effects posterior precision")
+    return inv_from_chol_soa(chol), 2.0 * np.log(np.diagonal(chol, axis1=0, axis2=1)).sum(axis=-1)
+
+
 def joint_effects(stats: SufficientStats, re_prec: np.ndarray, noise_prec: float, fixed_var: float) -> JointEffects:
     """Optimal joint Gaussian q(w, b) given E[Sigma^{-1}] (q, q) and E[1/sigma^2]."""
     s = noise_prec
     P = stats.dim_fixed
     Q = re_prec[None] + s * stats.XtX  # (N, q, q)
-    Qinv, logdet_Q = spd_inv_logdet(Q, "random-effects posterior precision")
+    Qinv, logdet_Q = _stack_inv_logdet(Q)
     G = s * stats.XtF  # (N, q, P)
     H = Qinv @ G  # (N, q, P)
     A = np.eye(P) / fixed_var + s * stats.FtF.sum(0) - np.einsum("nqp,nqr->pr", G, H)

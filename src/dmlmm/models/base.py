@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import warnings
 from time import perf_counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed
 from ..inference.local import local_step
 from ..inference.noise import is_per_cluster, path_groups, per_cluster
 from ..inference.starts import run_vi_with_starts
+from ..inference.stochastic import StochasticSettings, run_vi_stochastic
 from ..prediction import ConditionalMixture, condition, fixed_effects_cov, mixture_quantiles
 from ..priors.base import PointMixture, RandomEffectsPrior
 from ..priors.membership import membership_init, membership_laplace_cov, stick_log_probs
@@ -59,6 +60,34 @@ def ridge_estimates(
     lhs = stats.XtX + (np.broadcast_to(penalty, (D,)) + rough) * np.eye(D)
     r = stats.Xty - stats.XtF @ w0 + penalty * b0
     return np.linalg.solve(lhs, r[..., None])[..., 0]
+
+
+def _init_factory(
+    stats: SufficientStats, b_hat: np.ndarray, config: VIConfig, kind: str, Z: np.ndarray | None = None
+) -> Callable[[np.ndarray | None], Callable[[RandomEffectsPrior, np.random.Generator], VariationalParams]]:
+    """``make_init(rows)``: the starting point of a fit to the subjects at positions ``rows`` (None: all).
+
+    ``b_hat`` (N, D) are the per-subject ridge fits; the noise and fixed-effect factors start from
+    the selected subjects' statistics, and with ``kind == "cluster"`` each start gets one residual
+    variance per first-layer component; with membership covariates ``Z`` (N, Q) each start gets
+    the membership model's prior factor, sized to its first layer.
+    """
+
+    def make_init(rows: np.ndarray | None):
+        st, bh = (stats, b_hat) if rows is None else (stats.subset(rows), b_hat[rows])
+        noise, aux, fixed = init_noise_and_fixed(st, bh, config)
+
+        def init(p: RandomEffectsPrior, g: np.random.Generator) -> VariationalParams:
+            nz, ax = noise, aux
+            if kind == "cluster":  # one residual variance per first-layer component of this start
+                nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
+            k1 = int(p.path_components()[:, 0].max()) + 1
+            gamma = None if Z is None else membership_init(k1, Z.shape[1], config.membership_scale)
+            return VariationalParams(nz, ax, fixed, p.init_params(bh, g), gamma)
+
+        return init
+
+    return make_init
 
 
 class VariationalLongitudinalModel(HyperParameters):
@@ -166,24 +195,18 @@ class VariationalLongitudinalModel(HyperParameters):
             for _ in range(int(self.n_init)):
                 prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
                 config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
-                noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
-
-                def init(p: RandomEffectsPrior, g: np.random.Generator, kind: str = kind) -> VariationalParams:
-                    nz, ax = noise, aux
-                    if kind == "cluster":  # one residual variance per first-layer component of this start
-                        nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
-                    k1 = int(p.path_components()[:, 0].max()) + 1
-                    gamma = None if Z is None else membership_init(k1, Z.shape[1], config.membership_scale)
-                    return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g), gamma)
-
+                make_init = _init_factory(stats, b_hat, config, kind, Z)
+                resize = lambda sizes: self._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough)  # noqa: E731
                 callback = self._progress_callback()
-                # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
-                res = run_vi_with_starts(
-                    stats, prior, init,
-                    lambda sizes: self._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough), config, rng,
-                    # delete moves compare against an emptied component's cost, which the membership model changes
-                    moves=self.delete_moves and not config.hard_assignment and Z is None, callback=callback,
-                )
+                # delete moves compare against an emptied component's cost, which the membership model changes
+                moves = self.delete_moves and not config.hard_assignment and Z is None
+                if config.batch_size is None:
+                    # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
+                    res = run_vi_with_starts(stats, prior, make_init(None), resize, config, rng, moves=moves,
+                                             callback=callback)
+                else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
+                    res = run_vi_stochastic(stats, prior, make_init, resize, config, rng, self._stochastic_settings(),
+                                            moves=moves, callback=callback)
                 if callback is not None:
                     callback.close()
                 if best is None or res.elbo > best.elbo:
@@ -200,6 +223,11 @@ class VariationalLongitudinalModel(HyperParameters):
             resp1 = best.local.resp @ np.eye(int(first.max()) + 1)[first]
             self._membership_cov = membership_laplace_cov(best.params.membership, Z, resp1, config.membership_scale)
         return self
+
+    def _stochastic_settings(self) -> StochasticSettings:
+        """Settings of a minibatch fit: the warm start's subsample size from ``subsample``."""
+        n = getattr(self, "subsample", "auto")
+        return StochasticSettings() if n == "auto" else StochasticSettings(subsample=int(n))
 
     def _sized(self, sizes: tuple[int, ...]) -> "VariationalLongitudinalModel":
         """A copy of this model with ``sizes`` components per layer (for the smaller starts)."""

@@ -61,7 +61,12 @@ class MixtureLMM(VariationalLongitudinalModel):
         visit from :meth:`membership_probabilities`. Delete moves are off with it.
     max_iter, tol : stopping rule on the relative ELBO change.
     batch_size : "auto", "full" or int
-        Full-batch coordinate ascent, or stochastic natural gradients with this minibatch size.
+        Full-batch coordinate ascent, or a stochastic fit with this minibatch size: a full-batch
+        warm start on ``subsample`` subjects, natural-gradient steps until the clustering of a
+        fixed check subset stops moving, then full passes (docs/models.md, "Stochastic fits").
+        "auto": full batch up to 5,000 subjects, above that min(max(0.05 N, 2 K), 1024).
+    subsample : "auto" or int
+        Subjects of a stochastic fit's warm start ("auto": 2,000; all when N is smaller).
     n_init : int
         Restarts; the fit with the highest ELBO is kept.
     hard_assignment : bool
@@ -89,6 +94,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         max_iter: int = 1000,
         tol: float = 1e-5,
         batch_size: int | str = "auto",
+        subsample: int | str = "auto",
         n_init: int = 1,
         hard_assignment: bool = False,
         delete_moves: bool = True,
@@ -107,6 +113,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         self.max_iter = max_iter
         self.tol = tol
         self.batch_size = batch_size
+        self.subsample = subsample
         self.n_init = n_init
         self.hard_assignment = hard_assignment
         self.delete_moves = delete_moves
@@ -169,6 +176,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         max_iter: int = 1000,
         tol: float = 1e-5,
         batch_size: int | str = "auto",
+        subsample: int | str = "auto",
         n_init: int = 1,
         hard_assignment: bool = False,
         delete_moves: bool = True,
@@ -190,6 +198,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         self.max_iter = max_iter
         self.tol = tol
         self.batch_size = batch_size
+        self.subsample = subsample
         self.n_init = n_init
         self.hard_assignment = hard_assignment
         self.delete_moves = delete_moves

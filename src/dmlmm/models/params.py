@@ -53,6 +53,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_init": (positive_int, "a positive integer"),
     "smoothing": (_smoothing, "None or the order of the roughness penalty (1, 2 or 3)"),
     "batch_size": (_batch_size, "a positive integer, 'auto' or 'full'"),
+    "subsample": (lambda v: v == "auto" or (positive_int(v) and v >= 2), "'auto' or an integer of at least 2"),
     "noise_scale": (_positive_number, "a positive number (the half-Cauchy scale of the residual SD)"),
     "cov_scale": (_positive_number, "a positive number (the half-t scale of the random-effect SDs)"),
     "concentration": (_positive_or_per_layer, "a positive number, or one per layer"),

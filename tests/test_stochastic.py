@@ -1,0 +1,90 @@
+"""The stochastic (minibatch) fit: warm start on a subsample, natural gradients, settle rule, full passes."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from dmlmm import DeepMixtureLMM
+from dmlmm.basis import SplineBasis
+from dmlmm.inference.stochastic import StochasticSettings, label_change, settled
+from dmlmm.metrics import adjusted_rand_index
+from dmlmm.simulate import dgp1
+
+
+@pytest.fixture(scope="module")
+def two_thousand():
+    return dgp1(random_state=5, n_subjects=2000)
+
+
+def _deep(**kw):
+    return DeepMixtureLMM((4, 2), (3, 1), basis=SplineBasis(8, lower=0, upper=1), random_state=0, **kw)
+
+
+def _fit(model, data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.fit(data)
+
+
+@pytest.fixture(scope="module")
+def minibatch_fit(two_thousand):
+    return _fit(_deep(batch_size=200, subsample=500), two_thousand.data)
+
+
+def test_minibatch_fit_recovers_the_groups(two_thousand, minibatch_fit):
+    """Warm start on 500 of 2,000 subjects, minibatches of 200: the two true groups, nothing split."""
+    m = minibatch_fit
+    assert adjusted_rand_index(two_thousand.labels, m.groups_) >= 0.95
+    assert m.n_components_[0] == 2
+    assert m.converged_
+    assert m.responsibilities_.shape == (2000, m.responsibilities_.shape[1])
+
+
+def test_minibatch_fit_agrees_with_full_batch(two_thousand, minibatch_fit):
+    full = _fit(_deep(batch_size="full"), two_thousand.data)
+    assert adjusted_rand_index(full.groups_, minibatch_fit.groups_) >= 0.95
+    assert full.n_components_ == minibatch_fit.n_components_
+    # a different local optimum of the factor loadings is allowed, but not a much worse fit
+    assert minibatch_fit.elbo_ >= full.elbo_ - 0.01 * abs(full.elbo_)
+    assert np.sqrt(minibatch_fit.sigma2_) == pytest.approx(np.sqrt(full.sigma2_), rel=0.05)
+
+
+def test_minibatch_fit_is_reproducible(two_thousand, minibatch_fit):
+    again = _fit(_deep(batch_size=200, subsample=500), two_thousand.data)
+    assert again.elbo_ == minibatch_fit.elbo_
+    assert again.n_iter_ == minibatch_fit.n_iter_
+    assert (again.labels_ == minibatch_fit.labels_).all()
+
+
+def test_settle_rule_waits_for_the_assignments():
+    s = StochasticSettings(min_checks=4, patience=2, label_tol=0.005, window=2, elbo_tol=1e-4)
+    flat = [-1000.0] * 6
+    assert settled([1.0, 0.1, 0.0, 0.0, 0.0, 0.0], flat, s)
+    # ELBO flat, but 2 % of the check subjects still change cluster: not settled
+    assert not settled([1.0, 0.1, 0.0, 0.0, 0.0, 0.02], flat, s)
+    assert not settled([1.0, 0.1, 0.0, 0.0, 0.02, 0.0], flat, s)
+    # assignments still, but the smoothed ELBO still climbs
+    assert not settled([1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [-1000.0, -1000, -1000, -1000, -999.0, -998.0], s)
+    # never before min_checks
+    assert not settled([0.0, 0.0, 0.0], [-1000.0] * 3, s)
+
+
+def test_label_change():
+    a = np.array([0, 1, 1, 2])
+    assert label_change(None, a) == 1.0
+    assert label_change(a, a) == 0.0
+    assert label_change(a, np.array([0, 1, 2, 2])) == 0.25
+
+
+def test_budget_exhausted_is_not_reported_as_converged(two_thousand, monkeypatch):
+    """A stochastic phase cut short by its budget before the checks could settle: converged_ is False, with a warning."""
+    from dmlmm.exceptions import ConvergenceWarning
+    from dmlmm.models.base import VariationalLongitudinalModel
+
+    monkeypatch.setattr(VariationalLongitudinalModel, "_stochastic_settings",
+                        lambda self: StochasticSettings(subsample=300, max_iter=20))
+    m = _deep(batch_size=200)
+    with pytest.warns(ConvergenceWarning, match="stochastic fit did not settle"):
+        m.fit(two_thousand.data.loc[two_thousand.data.subject < 1000])
+    assert not m.converged_
