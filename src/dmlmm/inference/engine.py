@@ -36,8 +36,9 @@ from ..data import SufficientStats
 from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
 from .expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
-from .local import LocalResult, NoiseMoments, local_step
-from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, path_rss, take_groups
+from .backend import active_paths, fixed_sums, residual_sums, run_local_step
+from .local import LocalResult, NoiseMoments
+from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, take_groups
 
 __all__ = ["VariationalParams", "VIConfig", "VIResult", "run_vi", "noise_moments", "elbo_globals", "prune_params"]
 
@@ -162,15 +163,15 @@ def _update_noise_and_fixed(
     s_path = np.atleast_1d(params.noise.mean_inv)[groups]  # (M,) E[1/sigma^2] of each path
     if fixed is not None:
         P = stats.dim_fixed
-        s_subj = local.resp @ s_path  # (N,) E_q(c_i)[E[1/sigma^2_c]]
-        prec = np.eye(P) / config.fixed_var + scale * np.einsum("n,npq->pq", s_subj, stats.FtF)
-        shift = scale * (s_subj @ stats.Fty - s_path @ local.path_xtf_b)
+        ftf, fty = fixed_sums(stats, local, s_path)  # weighted by E_q(c_i)[E[1/sigma^2_c]]
+        prec = np.eye(P) / config.fixed_var + scale * ftf
+        shift = scale * (fty - s_path @ local.path_xtf_b)
         fixed = blend(fixed, Gaussian(prec, shift), rho)
     if fixed is None:
         wm, wc = np.zeros(stats.dim_fixed), np.zeros((stats.dim_fixed, stats.dim_fixed))
     else:
         wm, wc, _ = fixed.moments()
-    rss, n_obs = path_rss(stats, local, wm, wc)
+    rss, n_obs = residual_sums(stats, local, wm, wc)
     noise = blend(params.noise, noise_target(params.noise, params.noise_aux, groups, rss, n_obs, scale), rho)
     aux_target = InvGamma(np.ones_like(np.asarray(noise.shape)), np.asarray(noise.mean_inv + 1.0 / config.noise_scale**2))
     aux = blend(params.noise_aux, aux_target, rho)
@@ -219,7 +220,8 @@ def run_vi(
 
     Parameters
     ----------
-    stats : SufficientStats of all N subjects.
+    stats : SufficientStats of all N subjects, or a StatsBackend holding them elsewhere
+        (:mod:`dmlmm.inference.backend`; full batch only).
     prior : RandomEffectsPrior.
     params : VariationalParams, the starting point.
     config : VIConfig.
@@ -250,14 +252,14 @@ def run_vi(
         full = active is None or it - last_full >= config.full_every
         pp, cache = prior.path_prior(params.prior)
         paths = prior.path_components()
-        local = local_step(
+        local = run_local_step(
             sub, pp, noise_moments(params, P, paths), config.hard_assignment,
             active=None if full else active, moment_threshold=config.moment_threshold,
         )
         if full:
             last_full = it
         if restrict:
-            active = local.resp > config.active_threshold
+            active = active_paths(sub, local, config.active_threshold)
         elbo = scale * float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
         history.append(elbo)
         if callback is not None:
@@ -281,7 +283,7 @@ def run_vi(
                 active = None
     # final local step on all subjects, at the final globals
     pp, _ = prior.path_prior(params.prior)
-    local = local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment)
+    local = run_local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment)
     elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
     if not stochastic and not converged:
         history.append(elbo)

@@ -16,6 +16,7 @@ import pandas as pd
 from scipy.special import ndtri
 
 from ..data import Longitudinal, SufficientStats
+from ..distributed import is_dask_collection
 from ..exceptions import DataError, EmptyComponentWarning, NotFittedError
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments
 from ..inference.local import local_step
@@ -26,36 +27,55 @@ from ..priors.base import PointMixture, RandomEffectsPrior
 from .design import LongitudinalDesign
 from .params import check_model_params, check_random_state, positive_int
 
-__all__ = ["VariationalLongitudinalModel", "ridge_estimates"]
+__all__ = ["VariationalLongitudinalModel", "ridge_estimates", "pooled_ridge"]
 
 FrameLike = pd.DataFrame | Longitudinal
 _INIT_SMOOTHING = 1e-3  # ridge penalty per unit roughness of the starting per-subject fits
 
 
 def ridge_estimates(
-    stats: SufficientStats, penalty: float | np.ndarray = 0.5, roughness: np.ndarray | None = None
+    stats: SufficientStats,
+    penalty: float | np.ndarray = 0.5,
+    roughness: np.ndarray | None = None,
+    pooled: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Per-subject ridge fits of b_i shrunk towards the pooled fit, shape (N, D) (batched solves).
 
     ``penalty`` is a scalar or one value per coordinate (D,). With ``roughness`` (D,) the
     pooled fit and the subjects' fits are also penalised by ``_INIT_SMOOTHING * roughness``:
     with sparse, tied visit times an unpenalised pooled curve can swing wildly between the
-    visits in directions the data do not see, and would start the fit there.
+    visits in directions the data do not see, and would start the fit there. ``pooled``: the
+    pooled fit (:func:`pooled_ridge`) when it was computed elsewhere (from more subjects than ``stats``).
     """
-    D, P = stats.dim_random, stats.dim_fixed
+    D = stats.dim_random
     rough = np.zeros(D) if roughness is None else _INIT_SMOOTHING * np.asarray(roughness, dtype=float)
-    A = np.zeros((D + P, D + P))
-    A[:D, :D] = stats.XtX.sum(0)
-    A[:D, D:] = stats.XtF.sum(0)
-    A[D:, :D] = A[:D, D:].T
-    A[D:, D:] = stats.FtF.sum(0)
-    rhs = np.r_[stats.Xty.sum(0), stats.Fty.sum(0)]
-    A[:D, :D] += np.diag(rough * max(1.0, float(stats.n_subjects)))
-    pooled = np.linalg.solve(A + 1e-8 * np.trace(A) / (D + P) * np.eye(D + P), rhs)
-    b0, w0 = pooled[:D], pooled[D:]
+    if pooled is None:
+        totals = SufficientStats(*(getattr(stats, f).sum(0, keepdims=True) for f in SufficientStats.__dataclass_fields__))
+        pooled = pooled_ridge(totals, stats.n_subjects, roughness)
+    b0, w0 = pooled
     lhs = stats.XtX + (np.broadcast_to(penalty, (D,)) + rough) * np.eye(D)
     r = stats.Xty - stats.XtF @ w0 + penalty * b0
     return np.linalg.solve(lhs, r[..., None])[..., 0]
+
+
+def pooled_ridge(
+    totals: SufficientStats, n_subjects: int, roughness: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled fit (b0 (D,), w0 (P,)) that :func:`ridge_estimates` shrinks towards.
+
+    ``totals`` holds the statistics summed over all ``n_subjects`` subjects (one row).
+    """
+    D, P = totals.dim_random, totals.dim_fixed
+    rough = np.zeros(D) if roughness is None else _INIT_SMOOTHING * np.asarray(roughness, dtype=float)
+    A = np.zeros((D + P, D + P))
+    A[:D, :D] = totals.XtX[0]
+    A[:D, D:] = totals.XtF[0]
+    A[D:, :D] = A[:D, D:].T
+    A[D:, D:] = totals.FtF[0]
+    rhs = np.r_[totals.Xty[0], totals.Fty[0]]
+    A[:D, :D] += np.diag(rough * max(1.0, float(n_subjects)))
+    pooled = np.linalg.solve(A + 1e-8 * np.trace(A) / (D + P) * np.eye(D + P), rhs)
+    return pooled[:D], pooled[D:]
 
 
 class VariationalLongitudinalModel:
@@ -138,6 +158,10 @@ class VariationalLongitudinalModel:
         self
         """
         self._check_params()
+        if is_dask_collection(data):  # per-subject work on the Dask workers (dmlmm.distributed)
+            from ..distributed.fit import fit_dask
+
+            return fit_dask(self, data, subject, time, response, covariates, dropna=dropna)
         if isinstance(data, Longitudinal):
             d = data
         else:
@@ -207,6 +231,25 @@ class VariationalLongitudinalModel:
         return _Cb()
 
     def _set_fitted(self, d: Longitudinal, design: LongitudinalDesign, res) -> None:
+        resp = res.local.resp
+        self._set_fitted_globals(design, res, resp.sum(axis=0), resp.T @ np.diff(d.offsets), stacklevel=4)
+        self.subjects_ = d.subjects
+        self.responsibilities_ = self._proba_frame(resp, d.subjects)
+        self.labels_ = self._labels_from(self.responsibilities_)
+        self.group_proba_ = self._group_frame(resp, d.subjects)
+        self.groups_ = self._labels_from(self.group_proba_)
+        self.random_effects_ = pd.DataFrame(
+            design.spline_coefficients(res.local.mean_b) * design.y_scale, index=d.subjects,
+            columns=design.basis.column_names,
+        )
+
+    def _set_fitted_globals(
+        self, design: LongitudinalDesign, res, sizes: np.ndarray, path_n_obs: np.ndarray, stacklevel: int = 3
+    ) -> None:
+        """Everything fitted except the per-subject tables.
+
+        ``sizes`` (M,): sum_i r_ic; ``path_n_obs`` (M,): sum_i r_ic n_i (the paths' expected observations).
+        """
         self.design_ = design
         self.prior_ = res.prior
         self.params_ = res.params
@@ -215,26 +258,16 @@ class VariationalLongitudinalModel:
         self.n_iter_ = int(res.n_iter)
         self.converged_ = bool(res.converged)
         self.fit_seconds_ = float(res.seconds)
-        self.subjects_ = d.subjects
         self.components_kept_ = [np.asarray(k) for k in res.kept]
         self.n_components_ = tuple(len(k) for k in res.kept)
         self.n_moves_ = int(res.moves)
-        resp = res.local.resp
-        sizes = resp.sum(axis=0)
         self._path_order = np.argsort(-sizes, kind="stable")
         self._set_cluster_tables(sizes)
-        self.responsibilities_ = self._proba_frame(resp, d.subjects)
-        self.labels_ = self._labels_from(self.responsibilities_)
-        self.group_proba_ = self._group_frame(resp, d.subjects)
-        self.groups_ = self._labels_from(self.group_proba_)
         s = design.y_scale
         self.offset_ = design.y_shift
-        self._set_sigma2(res.local.resp, np.diff(d.offsets))
+        self._set_sigma2(path_n_obs)
         w = self._w()
         self.fixed_effects_ = pd.Series(w * s / design.cov_scale, index=list(design.fixed_names), dtype=float, name="estimate")
-        self.random_effects_ = pd.DataFrame(
-            design.spline_coefficients(res.local.mean_b) * s, index=d.subjects, columns=design.basis.column_names
-        )
         self.cluster_means_ = self._cluster_curves()
         requested = self.prior_.layer_counts(res.params.prior)  # after pruning
         if len(requested[0]) == 1 and self._requested_first_layer() > 1:
@@ -242,21 +275,21 @@ class VariationalLongitudinalModel:
                 "all first-layer components but one ended empty and were pruned: "
                 "the data show no cluster structure this model can support (every subject is in one cluster)",
                 EmptyComponentWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
 
     def _noise_kind(self) -> str:
         return getattr(self, "noise", "shared")
 
-    def _set_sigma2(self, resp: np.ndarray, n_obs: np.ndarray) -> None:
-        """sigma2_ (pooled) and sigma2_by_cluster_ on the user's scale."""
+    def _set_sigma2(self, path_n_obs: np.ndarray) -> None:
+        """sigma2_ (pooled) and sigma2_by_cluster_ on the user's scale; ``path_n_obs`` (M,) sum_i r_ic n_i."""
         s2 = np.atleast_1d(np.asarray(self.params_.noise.mean, dtype=float)) * self.design_.y_scale**2
         k1 = len(self.components_kept_[0])
         first = self.prior_.path_components()[:, 0]
         if s2.size == 1:
             pooled, by_group = float(s2[0]), np.full(k1, float(s2[0]))
         else:
-            n_g = np.bincount(first, weights=resp.T @ n_obs, minlength=k1)
+            n_g = np.bincount(first, weights=path_n_obs, minlength=k1)
             pooled = float(n_g @ s2 / n_g.sum()) if n_g.sum() > 0 else float(s2.mean())
             by_group = s2[self._group_order]
         self.sigma2_ = pooled
