@@ -115,6 +115,13 @@ def test_deep_mixture_same_answer_as_in_memory(client, parquet_frame, dgp1_frame
     _same_fit(m0, m1)
     assert adjusted_rand_index(truth, m1.groups_.reindex(truth.index)) == 1.0
     assert "DeepMixtureLMM" in m1.summary() and len(m1.class_summary())
+    # predictions of a dask frame: lazy, per partition, the in-memory model's numbers
+    proba = m1.predict_proba(parquet_frame)
+    labels = m1.predict_group(parquet_frame)
+    assert is_dask_collection(proba) and is_dask_collection(labels)
+    np.testing.assert_allclose(proba.compute().reindex(subjects := m0.labels_.index).to_numpy(),
+                               m0.predict_proba(df).to_numpy(), atol=1e-6)
+    assert (labels.compute().reindex(subjects) == m0.predict_group(df)).all()
 
 
 def test_mixture_cluster_noise_same_answer(client, dgp1_frame):

@@ -17,7 +17,9 @@ the per-subject work on the workers of the current ``distributed.Client``:
   :class:`~dmlmm.inference.backend.StatsBackend`: each iteration broadcasts the
   globals, runs the local step on every shard and gathers only path-level sums;
 - :mod:`.fit` drives the fit and leaves the per-subject outputs on the cluster
-  as dask collections (:mod:`.outputs`).
+  as dask collections (:mod:`.outputs`; :func:`collect` brings them into pandas);
+- :mod:`.predict`: ``predict_proba`` / ``predict`` (and the group versions) of a
+  dask frame, one partition at a time, lazily.
 
 Dask is an optional dependency (``pip install dmlmm[dask]``): nothing in the
 in-memory path imports it; :func:`is_dask_collection` tells a Dask frame apart
@@ -26,7 +28,7 @@ without importing dask.
 
 from __future__ import annotations
 
-__all__ = ["is_dask_collection", "fit_dask"]
+__all__ = ["is_dask_collection", "fit_dask", "collect"]
 
 
 def is_dask_collection(obj: object) -> bool:
@@ -40,4 +42,8 @@ def __getattr__(name: str):
         from .fit import fit_dask
 
         return fit_dask
+    if name == "collect":
+        from .outputs import collect
+
+        return collect
     raise AttributeError(f"module 'dmlmm.distributed' has no attribute {name!r}")

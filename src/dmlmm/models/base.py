@@ -332,6 +332,10 @@ class VariationalLongitudinalModel:
 
     @staticmethod
     def _labels_from(proba: pd.DataFrame) -> pd.Series:
+        if is_dask_collection(proba):  # a Dask prediction (dmlmm.distributed.predict): labels per partition
+            from ..distributed.outputs import labels_of
+
+            return proba.map_partitions(labels_of)
         return pd.Series(proba.to_numpy().argmax(axis=1), index=proba.index, name=proba.columns.name)
 
     def _w(self) -> np.ndarray:
@@ -354,7 +358,12 @@ class VariationalLongitudinalModel:
     def predict_proba(self, df: FrameLike) -> pd.DataFrame:
         """Posterior cluster (path) probabilities of each subject in ``df``: DataFrame (subjects x clusters).
 
-        Rows without a response count for nothing: a subject with none gets the prior weights."""
+        Rows without a response count for nothing: a subject with none gets the prior weights.
+        A dask DataFrame gives a lazy dask DataFrame (:mod:`dmlmm.distributed.predict`)."""
+        if is_dask_collection(df):
+            from ..distributed.predict import predict_partitions
+
+            return predict_partitions(self, df, "predict_proba")
         d = self._data(df, require_response=False)
         return self._proba_frame(self._local(d).resp, d.subjects)
 
@@ -364,6 +373,10 @@ class VariationalLongitudinalModel:
 
     def predict_group_proba(self, df: FrameLike) -> pd.DataFrame:
         """Posterior probabilities of the first-layer components (coarser grouping)."""
+        if is_dask_collection(df):
+            from ..distributed.predict import predict_partitions
+
+            return predict_partitions(self, df, "predict_group_proba")
         d = self._data(df, require_response=False)
         return self._group_frame(self._local(d).resp, d.subjects)
 
