@@ -145,7 +145,10 @@ class VariationalLongitudinalModel:
 
         Parameters
         ----------
-        data : DataFrame or Longitudinal
+        data : DataFrame, Longitudinal or dask.dataframe.DataFrame
+            A Dask frame (every subject's rows in one partition) is fitted on the workers of the
+            current ``distributed.Client`` by the same algorithm (:mod:`dmlmm.distributed`,
+            docs/dask.md); the per-subject tables are then dask collections.
         subject, time, response : str
             Column names.
         covariates : list of str, optional
