@@ -218,3 +218,19 @@ def test_init_from_sums_matches_in_memory(dgp1_frame):
         for a, b in zip(dataclasses.astuple(got), dataclasses.astuple(want)):
             np.testing.assert_allclose(a, b, rtol=1e-10)
     assert isinstance(sh.totals(sh.Shard(d.subjects, stats)), SufficientStats)
+
+
+def test_without_a_client_the_error_says_how_to_make_one():
+    code = (
+        "import dask.dataframe as dd, dmlmm\n"
+        "ddf = dd.from_pandas(dmlmm.simulate.dgp1(random_state=0, n_subjects=10).data, npartitions=1)\n"
+        "try:\n"
+        "    dmlmm.MixtureLMM(2).fit(ddf)\n"
+        "except RuntimeError as err:\n"
+        "    assert 'distributed.Client' in str(err), err\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
