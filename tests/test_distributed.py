@@ -104,17 +104,21 @@ def _same_fit(m0, m1, rtol: float = 1e-6) -> None:
     np.testing.assert_allclose(m1.clusters_["n_subjects"], m0.clusters_["n_subjects"], rtol=1e-6, atol=1e-8)
 
 
-def test_deep_mixture_same_answer_as_in_memory(client, parquet_frame, dgp1_frame):
+def test_deep_mixture_same_answer_as_in_memory(client, parquet_frame, dgp1_frame, tmp_path):
     """Default algorithm (starting sizes, delete moves, pruning) from Parquet, subject as the index."""
     df, truth = dgp1_frame
     kw = dict(n_components=(4, 2), basis=SplineBasis(8), random_state=0)
     m0 = DeepMixtureLMM(**kw).fit(df, covariates=["age", "sex"])
     m1 = DeepMixtureLMM(**kw).fit(parquet_frame, covariates=["age", "sex"])
     assert is_dask_collection(m1.labels_) and is_dask_collection(m1.responsibilities_)
+    with pytest.raises(TypeError, match=r"collect\(model\)"):
+        m1.class_summary()
     assert list(m1.subjects_) == list(parquet_frame.index.compute().unique())
     _same_fit(m0, m1)
     assert adjusted_rand_index(truth, m1.groups_.reindex(truth.index)) == 1.0
     assert "DeepMixtureLMM" in m1.summary() and len(m1.class_summary())
+    m1.save(tmp_path / "dask.dmlmm")  # after collect, as any fitted model
+    assert dmlmm.load(tmp_path / "dask.dmlmm").elbo_ == m1.elbo_
     # predictions of a dask frame: lazy, per partition, the in-memory model's numbers
     proba = m1.predict_proba(parquet_frame)
     labels = m1.predict_group(parquet_frame)

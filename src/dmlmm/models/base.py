@@ -308,6 +308,14 @@ class VariationalLongitudinalModel:
         if not hasattr(self, "params_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(...) first")
 
+    def _check_subject_tables(self, what: str) -> None:
+        """An error for ``what`` while the per-subject tables of a Dask fit are still on the cluster."""
+        if is_dask_collection(getattr(self, "responsibilities_", None)):
+            raise TypeError(
+                f"{what} needs the per-subject tables, which this Dask fit left on the cluster: "
+                "call dmlmm.distributed.collect(model) first (it gathers them into pandas)"
+            )
+
     def _set_cluster_tables(self, sizes: np.ndarray) -> None:
         paths = self.prior_.path_components()  # (M, L) in pruned numbering
         order = self._path_order
@@ -624,6 +632,7 @@ class VariationalLongitudinalModel:
         """Write the fitted model to one file (format: :mod:`dmlmm.io`); read it back with :func:`dmlmm.load`."""
         from ..io import save_model
 
+        self._check_subject_tables("save()")
         save_model(self, path)
 
     def __repr__(self) -> str:
@@ -654,6 +663,7 @@ class VariationalLongitudinalModel:
         from ..summaries import model_class_summary
 
         self._check_fitted()
+        self._check_subject_tables("class_summary()")
         return model_class_summary(self)
 
     def posterior_table(self, level: str = "cluster") -> pd.DataFrame:
@@ -674,4 +684,5 @@ class VariationalLongitudinalModel:
         from ..summaries import model_posterior_table
 
         self._check_fitted()
+        self._check_subject_tables("posterior_table()")
         return model_posterior_table(self, level)
