@@ -148,6 +148,11 @@ class SufficientStats:
         """Statistics of the subjects at positions ``index``."""
         return SufficientStats(*(None if (v := getattr(self, f)) is None else v[index] for f in self.__dataclass_fields__))
 
+    def total(self) -> "SufficientStats":
+        """The statistics summed over the subjects (one row; the membership covariates dropped)."""
+        return SufficientStats(*(getattr(self, f).sum(0, keepdims=True) for f in self.__dataclass_fields__
+                                 if f != "membership"))
+
     def with_membership(self, Z: np.ndarray | None) -> "SufficientStats":
         """The same statistics with the membership covariates ``Z`` (N, Q) attached."""
         return replace(self, membership=None if Z is None else np.asarray(Z, dtype=float))

@@ -39,8 +39,9 @@ from ..priors.base import RandomEffectsPrior
 from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
 from ..priors.membership import membership_elbo, membership_log_weights, membership_prune, membership_update
-from .local import LocalResult, NoiseMoments, local_step
-from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, path_rss, take_groups
+from .backend import active_paths, fixed_sums, resp_change, residual_sums, run_local_step
+from .local import LocalResult, NoiseMoments
+from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, take_groups
 
 _NO_RAISE = contextlib.nullcontext()
 
@@ -219,15 +220,15 @@ def _update_noise_and_fixed(
     s_path = np.atleast_1d(params.noise.mean_inv)[groups]  # (M,) E[1/sigma^2] of each path
     if fixed is not None:
         P = stats.dim_fixed
-        s_subj = local.resp @ s_path  # (N,) E_q(c_i)[E[1/sigma^2_c]]
-        prec = np.eye(P) / config.fixed_var + scale * np.einsum("n,npq->pq", s_subj, stats.FtF)
-        shift = scale * (s_subj @ stats.Fty - s_path @ local.path_xtf_b)
+        ftf, fty = fixed_sums(stats, local, s_path)  # weighted by E_q(c_i)[E[1/sigma^2_c]]
+        prec = np.eye(P) / config.fixed_var + scale * ftf
+        shift = scale * (fty - s_path @ local.path_xtf_b)
         fixed = blend(fixed, Gaussian(prec, shift), rho)
     if fixed is None:
         wm, wc = np.zeros(stats.dim_fixed), np.zeros((stats.dim_fixed, stats.dim_fixed))
     else:
         wm, wc, _ = fixed.moments()
-    rss, n_obs = path_rss(stats, local, wm, wc)
+    rss, n_obs = residual_sums(stats, local, wm, wc)
     noise = blend(params.noise, noise_target(params.noise, params.noise_aux, groups, rss, n_obs, scale), rho)
     aux_target = InvGamma(np.ones_like(np.asarray(noise.shape)), np.asarray(noise.mean_inv + 1.0 / config.noise_scale**2))
     aux = blend(params.noise_aux, aux_target, rho)
@@ -276,7 +277,8 @@ def run_vi(
 
     Parameters
     ----------
-    stats : SufficientStats of all N subjects.
+    stats : SufficientStats of all N subjects, or a StatsBackend holding them elsewhere
+        (:mod:`dmlmm.inference.backend`; full batch only).
     prior : RandomEffectsPrior.
     params : VariationalParams, the starting point.
     config : VIConfig.
@@ -300,7 +302,7 @@ def run_vi(
     accel = Squarem() if config.accelerate and not stochastic else None
     anchor: VariationalParams | None = None
     fallback: tuple[VariationalParams, float] | None = None
-    prev_resp: np.ndarray | None = None
+    prev_local: Any = None
     local: LocalResult | None = None
     params_at_local: VariationalParams | None = None
     full = False
@@ -319,7 +321,7 @@ def run_vi(
             with np.errstate(over="raise", invalid="raise", divide="raise") if fallback is not None else _NO_RAISE:
                 pp, cache = prior.path_prior(params.prior)
                 offsets, psi = membership_terms(params, prior, sub)
-                local = local_step(
+                local = run_local_step(
                     sub, pp, noise_moments(params, P, paths), config.hard_assignment,
                     active=None if full else active, moment_threshold=config.moment_threshold, log_weight=offsets,
                 )
@@ -342,18 +344,18 @@ def run_vi(
                 continue
             accel.accept(step)
         if restrict:
-            active = local.resp > config.active_threshold
+            active = active_paths(sub, local, config.active_threshold)
         history.append(elbo)
         if callback is not None:
             callback(it, elbo)
-        if _has_converged(history, config, stochastic) and _resp_settled(prev_resp, local.resp, config, stochastic):
+        if _has_converged(history, config, stochastic) and _resp_settled(sub, prev_local, local, config, stochastic):
             if full or not restrict:
                 converged = True
                 break
             last_full = -config.full_every  # confirm with a step over all paths
         if it == config.max_iter and full and not stochastic:
             break  # out of budget: keep these globals, whose full local step is at hand
-        prev_resp = local.resp
+        prev_local = local
         new = update_globals(params, prior, sub, local, cache, psi, config, scale, rho)
         if accel is not None and anchor is not None:
             params, fallback = _extrapolate(anchor, params, new, accel)
@@ -374,17 +376,17 @@ def run_vi(
                 kept = [np.flatnonzero(k) if kp is None else kp[np.flatnonzero(k)] for k, kp in zip(keep, kept)]
                 pruned_at.append(it)
                 active = None
-                anchor, prev_resp = None, None
+                anchor, prev_local = None, None
     # the local step on all subjects at the final globals: the last one when it was (full batch,
     # all paths, at these globals), else one more
     at_hand = not stochastic and it > 0 and full and len(history) > 0 and local is not None and fallback is None \
-        and (converged or it == config.max_iter) and local.resp.shape[1] == prior.n_paths and params_at_local is params
+        and (converged or it == config.max_iter) and len(local.path_quad) == prior.n_paths and params_at_local is params
     if at_hand:
         elbo = history[-1]
     else:
         pp, _ = prior.path_prior(params.prior)
-        local = local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment,
-                           log_weight=membership_terms(params, prior, stats)[0])
+        local = run_local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment,
+                               log_weight=membership_terms(params, prior, stats)[0])
         elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
         if not stochastic and not converged:
             history.append(elbo)
@@ -422,13 +424,13 @@ def _extrapolate(
     return point, (theta2, step)
 
 
-def _resp_settled(prev: np.ndarray | None, resp: np.ndarray, config: VIConfig, stochastic: bool) -> bool:
+def _resp_settled(stats, prev: Any, local: Any, config: VIConfig, stochastic: bool) -> bool:
     """Full batch: whether no responsibility moved more than ``config.resp_tol`` since the last step."""
     if stochastic or config.resp_tol is None:
         return True
-    if prev is None or prev.shape != resp.shape:
+    if prev is None:
         return False
-    return float(np.abs(resp - prev).max(initial=0.0)) <= config.resp_tol
+    return resp_change(stats, prev, local) <= config.resp_tol
 
 
 def _rel_change(history: list[float]) -> float:

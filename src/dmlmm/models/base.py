@@ -17,6 +17,7 @@ from scipy.special import logsumexp, ndtri
 
 from .._estimator import HyperParameters
 from ..data import Longitudinal, SufficientStats
+from ..distributed import is_dask_collection
 from ..exceptions import DataError, EmptyComponentWarning, NotFittedError
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments
 from ..inference.local import local_step
@@ -30,33 +31,31 @@ from .design import LongitudinalDesign
 from .membership_design import MembershipDesign
 from .params import check_model_params, check_random_state, positive_int
 
-__all__ = ["VariationalLongitudinalModel", "ridge_estimates"]
+__all__ = ["VariationalLongitudinalModel", "ridge_estimates", "pooled_ridge"]
 
 FrameLike = pd.DataFrame | Longitudinal
 _INIT_SMOOTHING = 1e-3  # ridge penalty per unit roughness of the starting per-subject fits
 
 
 def ridge_estimates(
-    stats: SufficientStats, penalty: float | np.ndarray = 0.5, roughness: np.ndarray | None = None
+    stats: SufficientStats,
+    penalty: float | np.ndarray = 0.5,
+    roughness: np.ndarray | None = None,
+    pooled: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Per-subject ridge fits of b_i shrunk towards the pooled fit, shape (N, D) (batched solves).
 
     ``penalty`` is a scalar or one value per coordinate (D,). With ``roughness`` (D,) the
     pooled fit and the subjects' fits are also penalised by ``_INIT_SMOOTHING * roughness``:
     with sparse, tied visit times an unpenalised pooled curve can swing wildly between the
-    visits in directions the data do not see, and would start the fit there.
+    visits in directions the data do not see, and would start the fit there. ``pooled``: the
+    pooled fit (:func:`pooled_ridge`) when it was computed elsewhere (from more subjects than ``stats``).
     """
-    D, P = stats.dim_random, stats.dim_fixed
+    D = stats.dim_random
     rough = np.zeros(D) if roughness is None else _INIT_SMOOTHING * np.asarray(roughness, dtype=float)
-    A = np.zeros((D + P, D + P))
-    A[:D, :D] = stats.XtX.sum(0)
-    A[:D, D:] = stats.XtF.sum(0)
-    A[D:, :D] = A[:D, D:].T
-    A[D:, D:] = stats.FtF.sum(0)
-    rhs = np.r_[stats.Xty.sum(0), stats.Fty.sum(0)]
-    A[:D, :D] += np.diag(rough * max(1.0, float(stats.n_subjects)))
-    pooled = np.linalg.solve(A + 1e-8 * np.trace(A) / (D + P) * np.eye(D + P), rhs)
-    b0, w0 = pooled[:D], pooled[D:]
+    if pooled is None:
+        pooled = pooled_ridge(stats.total(), stats.n_subjects, roughness)
+    b0, w0 = pooled
     lhs = stats.XtX + (np.broadcast_to(penalty, (D,)) + rough) * np.eye(D)
     r = stats.Xty - stats.XtF @ w0 + penalty * b0
     return np.linalg.solve(lhs, r[..., None])[..., 0]
@@ -88,6 +87,27 @@ def _init_factory(
         return init
 
     return make_init
+
+
+
+def pooled_ridge(
+    totals: SufficientStats, n_subjects: int, roughness: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled fit (b0 (D,), w0 (P,)) that :func:`ridge_estimates` shrinks towards.
+
+    ``totals`` holds the statistics summed over all ``n_subjects`` subjects (one row).
+    """
+    D, P = totals.dim_random, totals.dim_fixed
+    rough = np.zeros(D) if roughness is None else _INIT_SMOOTHING * np.asarray(roughness, dtype=float)
+    A = np.zeros((D + P, D + P))
+    A[:D, :D] = totals.XtX[0]
+    A[:D, D:] = totals.XtF[0]
+    A[D:, :D] = A[:D, D:].T
+    A[D:, D:] = totals.FtF[0]
+    rhs = np.r_[totals.Xty[0], totals.Fty[0]]
+    A[:D, :D] += np.diag(rough * max(1.0, float(n_subjects)))
+    pooled = np.linalg.solve(A + 1e-8 * np.trace(A) / (D + P) * np.eye(D + P), rhs)
+    return pooled[:D], pooled[D:]
 
 
 class VariationalLongitudinalModel(HyperParameters):
@@ -157,7 +177,10 @@ class VariationalLongitudinalModel(HyperParameters):
 
         Parameters
         ----------
-        data : DataFrame or Longitudinal
+        data : DataFrame, Longitudinal or dask.dataframe.DataFrame
+            A Dask frame (every subject's rows in one partition) is fitted on the workers of the
+            current ``distributed.Client`` by the same algorithm (:mod:`dmlmm.distributed`,
+            docs/dask.md); the per-subject tables are then dask collections.
         subject, time, response : str
             Column names.
         covariates : list of str, optional
@@ -170,6 +193,15 @@ class VariationalLongitudinalModel(HyperParameters):
         self
         """
         self._check_params()
+        if is_dask_collection(data):  # per-subject work on the Dask workers (dmlmm.distributed)
+            if self._membership_columns():
+                raise NotImplementedError(
+                    "membership_covariates are not supported for Dask DataFrames yet: fit in memory "
+                    "(e.g. on df.compute() or a subsample), or leave membership_covariates out"
+                )
+            from ..distributed.fit import fit_dask
+
+            return fit_dask(self, data, subject, time, response, covariates, dropna=dropna)
         if isinstance(data, Longitudinal):
             d = data
         else:
@@ -255,6 +287,25 @@ class VariationalLongitudinalModel(HyperParameters):
         return _Cb()
 
     def _set_fitted(self, d: Longitudinal, design: LongitudinalDesign, res) -> None:
+        resp = res.local.resp
+        self._set_fitted_globals(design, res, resp.sum(axis=0), resp.T @ np.diff(d.offsets), stacklevel=4)
+        self.subjects_ = d.subjects
+        self.responsibilities_ = self._proba_frame(resp, d.subjects)
+        self.labels_ = self._labels_from(self.responsibilities_)
+        self.group_proba_ = self._group_frame(resp, d.subjects)
+        self.groups_ = self._labels_from(self.group_proba_)
+        self.random_effects_ = pd.DataFrame(
+            design.spline_coefficients(res.local.mean_b) * design.y_scale, index=d.subjects,
+            columns=design.basis.column_names,
+        )
+
+    def _set_fitted_globals(
+        self, design: LongitudinalDesign, res, sizes: np.ndarray, path_n_obs: np.ndarray, stacklevel: int = 3
+    ) -> None:
+        """Everything fitted except the per-subject tables.
+
+        ``sizes`` (M,): sum_i r_ic; ``path_n_obs`` (M,): sum_i r_ic n_i (the paths' expected observations).
+        """
         self.design_ = design
         self.prior_ = res.prior
         self.params_ = res.params
@@ -263,26 +314,16 @@ class VariationalLongitudinalModel(HyperParameters):
         self.n_iter_ = int(res.n_iter)
         self.converged_ = bool(res.converged)
         self.fit_seconds_ = float(res.seconds)
-        self.subjects_ = d.subjects
         self.components_kept_ = [np.asarray(k) for k in res.kept]
         self.n_components_ = tuple(len(k) for k in res.kept)
         self.n_moves_ = int(res.moves)
-        resp = res.local.resp
-        sizes = resp.sum(axis=0)
         self._path_order = np.argsort(-sizes, kind="stable")
         self._set_cluster_tables(sizes)
-        self.responsibilities_ = self._proba_frame(resp, d.subjects)
-        self.labels_ = self._labels_from(self.responsibilities_)
-        self.group_proba_ = self._group_frame(resp, d.subjects)
-        self.groups_ = self._labels_from(self.group_proba_)
         s = design.y_scale
         self.offset_ = design.y_shift
-        self._set_sigma2(res.local.resp, np.diff(d.offsets))
+        self._set_sigma2(path_n_obs)
         w = self._w()
         self.fixed_effects_ = pd.Series(w * s / design.cov_scale, index=list(design.fixed_names), dtype=float, name="estimate")
-        self.random_effects_ = pd.DataFrame(
-            design.spline_coefficients(res.local.mean_b) * s, index=d.subjects, columns=design.basis.column_names
-        )
         self.cluster_means_ = self._cluster_curves()
         requested = self.prior_.layer_counts(res.params.prior)  # after pruning
         if len(requested[0]) == 1 and self._requested_first_layer() > 1:
@@ -290,21 +331,21 @@ class VariationalLongitudinalModel(HyperParameters):
                 "all first-layer components but one ended empty and were pruned: "
                 "the data show no cluster structure this model can support (every subject is in one cluster)",
                 EmptyComponentWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
 
     def _noise_kind(self) -> str:
         return getattr(self, "noise", "shared")
 
-    def _set_sigma2(self, resp: np.ndarray, n_obs: np.ndarray) -> None:
-        """sigma2_ (pooled) and sigma2_by_cluster_ on the user's scale."""
+    def _set_sigma2(self, path_n_obs: np.ndarray) -> None:
+        """sigma2_ (pooled) and sigma2_by_cluster_ on the user's scale; ``path_n_obs`` (M,) sum_i r_ic n_i."""
         s2 = np.atleast_1d(np.asarray(self.params_.noise.mean, dtype=float)) * self.design_.y_scale**2
         k1 = len(self.components_kept_[0])
         first = self.prior_.path_components()[:, 0]
         if s2.size == 1:
             pooled, by_group = float(s2[0]), np.full(k1, float(s2[0]))
         else:
-            n_g = np.bincount(first, weights=resp.T @ n_obs, minlength=k1)
+            n_g = np.bincount(first, weights=path_n_obs, minlength=k1)
             pooled = float(n_g @ s2 / n_g.sum()) if n_g.sum() > 0 else float(s2.mean())
             by_group = s2[self._group_order]
         self.sigma2_ = pooled
@@ -319,6 +360,14 @@ class VariationalLongitudinalModel(HyperParameters):
     def _check_fitted(self) -> None:
         if not hasattr(self, "params_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(...) first")
+
+    def _check_subject_tables(self, what: str) -> None:
+        """An error for ``what`` while the per-subject tables of a Dask fit are still on the cluster."""
+        if is_dask_collection(getattr(self, "responsibilities_", None)):
+            raise TypeError(
+                f"{what} needs the per-subject tables, which this Dask fit left on the cluster: "
+                "call dmlmm.distributed.collect(model) first (it gathers them into pandas)"
+            )
 
     def _set_cluster_tables(self, sizes: np.ndarray) -> None:
         paths = self.prior_.path_components()  # (M, L) in pruned numbering
@@ -347,6 +396,10 @@ class VariationalLongitudinalModel(HyperParameters):
 
     @staticmethod
     def _labels_from(proba: pd.DataFrame) -> pd.Series:
+        if is_dask_collection(proba):  # a Dask prediction (dmlmm.distributed.predict): labels per partition
+            from ..distributed.outputs import labels_of
+
+            return proba.map_partitions(labels_of)
         return pd.Series(proba.to_numpy().argmax(axis=1), index=proba.index, name=proba.columns.name)
 
     def _w(self) -> np.ndarray:
@@ -468,7 +521,12 @@ class VariationalLongitudinalModel(HyperParameters):
     def predict_proba(self, df: FrameLike) -> pd.DataFrame:
         """Posterior cluster (path) probabilities of each subject in ``df``: DataFrame (subjects x clusters).
 
-        Rows without a response count for nothing: a subject with none gets the prior weights."""
+        Rows without a response count for nothing: a subject with none gets the prior weights.
+        A dask DataFrame gives a lazy dask DataFrame (:mod:`dmlmm.distributed.predict`)."""
+        if is_dask_collection(df):
+            from ..distributed.predict import predict_partitions
+
+            return predict_partitions(self, df, "predict_proba")
         d = self._data(df, require_response=False)
         return self._proba_frame(self._local(d, df).resp, d.subjects)
 
@@ -478,6 +536,10 @@ class VariationalLongitudinalModel(HyperParameters):
 
     def predict_group_proba(self, df: FrameLike) -> pd.DataFrame:
         """Posterior probabilities of the first-layer components (coarser grouping)."""
+        if is_dask_collection(df):
+            from ..distributed.predict import predict_partitions
+
+            return predict_partitions(self, df, "predict_group_proba")
         d = self._data(df, require_response=False)
         return self._group_frame(self._local(d, df).resp, d.subjects)
 
@@ -735,6 +797,7 @@ class VariationalLongitudinalModel(HyperParameters):
         """Write the fitted model to one file (format: :mod:`dmlmm.io`); read it back with :func:`dmlmm.load`."""
         from ..io import save_model
 
+        self._check_subject_tables("save()")
         save_model(self, path)
 
     # -------------------------------------------------------------- class summaries (lcmm's summarytable, postprob)
@@ -756,6 +819,7 @@ class VariationalLongitudinalModel(HyperParameters):
         from ..summaries import model_class_summary
 
         self._check_fitted()
+        self._check_subject_tables("class_summary()")
         return model_class_summary(self)
 
     def posterior_table(self, level: str = "cluster") -> pd.DataFrame:
@@ -776,4 +840,5 @@ class VariationalLongitudinalModel(HyperParameters):
         from ..summaries import model_posterior_table
 
         self._check_fitted()
+        self._check_subject_tables("posterior_table()")
         return model_posterior_table(self, level)

@@ -123,8 +123,8 @@ class LongitudinalDesign:
                 f"{data.n_obs} observations cannot identify {P} covariate effect(s) plus the curve; "
                 "add data or drop covariates"
             )
-        if P:
-            self._warn_confounded(data)
+        if P and data.covariates.shape[0] == len(data.time) > self.basis.n_basis + P:
+            self._warn_confounded(data)  # needs the rows (a Dask fit's summary stand-in has none)
 
     def _warn_confounded(self, data: Longitudinal) -> None:
         """Warn about covariates that the time basis (and the covariates before them) already explain.

@@ -1,0 +1,139 @@
+"""``model.fit(ddf)`` on a Dask cluster: the in-memory fit's algorithm with the subjects on the workers.
+
+The steps mirror :meth:`VariationalLongitudinalModel.fit`:
+
+1. read the frame onto the workers and learn the design (:class:`~.frame.DaskFrame`);
+2. build each partition's sufficient statistics on its worker (:class:`~.stats.DaskStats`);
+3. start from per-subject ridge estimates: their sums start the noise and fixed
+   effects; the estimates themselves (N x D) are gathered once, for the priors'
+   k-means / factor-analysis initialisation;
+4. run the same :func:`~dmlmm.inference.starts.run_vi_with_starts` (starting sizes,
+   delete moves, pruning, stopping rule) with :class:`~.stats.DaskStats` as the
+   statistics, for each noise kind and ``n_init`` restart, keeping the best ELBO;
+5. set the fitted globals as an in-memory fit does, and the per-subject tables as
+   dask collections on the workers (:mod:`.outputs`).
+
+The Dask path is full-batch coordinate ascent (``batch_size`` "auto" or "full"):
+the same answer as the in-memory full-batch fit, up to rounding in the order of
+sums over subjects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from time import perf_counter
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data import ColumnNames
+from ..exceptions import DataError
+from ..inference.engine import VariationalParams
+from ..inference.noise import per_cluster
+from ..inference.starts import run_vi_with_starts
+from ..priors.base import RandomEffectsPrior
+from .frame import DaskFrame
+from .outputs import subject_tables
+from .stats import DaskStats, init_noise_and_fixed_from_sums
+
+__all__ = ["fit_dask", "current_client"]
+
+
+def current_client(client: Any = None) -> Any:
+    """``client``, or the current ``distributed.Client``; a clear error when there is none."""
+    if client is not None:
+        return client
+    try:
+        from distributed import default_client
+    except ImportError as err:  # pragma: no cover - depends on the installation
+        raise ImportError("fitting a Dask DataFrame needs dask.distributed: pip install 'dmlmm[dask]'") from err
+    try:
+        return default_client()
+    except ValueError as err:
+        raise RuntimeError(
+            "fitting a Dask DataFrame needs a distributed.Client: create one first, e.g. "
+            "Client(LocalCluster(n_workers=2)) on this machine or Client('scheduler-address:8786') for a cluster"
+        ) from err
+
+
+def _check_batch(model: Any) -> None:
+    bs = model.batch_size
+    if bs not in ("auto", "full", None):
+        raise ValueError(
+            f"batch_size={bs!r}: the Dask path runs full-batch coordinate ascent over all subjects; "
+            "use batch_size='auto' or 'full'"
+        )
+
+
+def fit_dask(
+    model: Any,
+    data: Any,
+    subject: str = "subject",
+    time: str = "time",
+    response: str = "y",
+    covariates: Sequence[str] | None = None,
+    *,
+    dropna: bool = False,
+    client: Any = None,
+) -> Any:
+    """Fit ``model`` (a MixtureLMM or DeepMixtureLMM) to a Dask frame; returns ``model``.
+
+    Parameters
+    ----------
+    model : VariationalLongitudinalModel
+    data : dask.dataframe.DataFrame
+        Long format, one row per observation; every subject's rows in one partition.
+    subject, time, response, covariates, dropna : as :meth:`fit`.
+    client : distributed.Client, optional
+        Default: the current client.
+    """
+    model._check_params()
+    _check_batch(model)
+    client = current_client(client)
+    basis = model.basis
+    distinct = basis is None or (not basis.is_fitted and isinstance(basis.knots, str) and basis.knots == "quantile")
+    frame = DaskFrame(client, data, ColumnNames(subject, time, response), covariates, dropna, distinct_times=distinct)
+    if frame.n_subjects < 2:
+        raise DataError(
+            f"only one subject ({frame.subjects[0]}) in the data: a mixed model needs at least two subjects "
+            "to learn how subjects vary"
+        )
+    design = frame.learn_design(model.basis, model.smoothing)
+    N = frame.n_subjects
+    stats = DaskStats(client, frame.shards(design), N, design.basis.n_basis, design.n_fixed)
+    t0 = perf_counter()
+    rough = design.roughness
+    b_hat, sums = stats.ridge_init(0.5, rough)
+    best = None
+    kinds = ("shared", "cluster") if model._noise_kind() == "auto" else (model._noise_kind(),)
+    for kind in kinds:
+        rng = np.random.default_rng(model.random_state)
+        for _ in range(int(model.n_init)):
+            prior = model._make_prior(stats.dim_random, N, rough)
+            config = replace(model._config(N, int(prior.path_components()[:, 0].max()) + 1), batch_size=None)
+            noise, aux, fixed = init_noise_and_fixed_from_sums(sums, stats.dim_fixed, config)
+
+            def init(p: RandomEffectsPrior, g: np.random.Generator, kind: str = kind) -> VariationalParams:
+                nz, ax = noise, aux
+                if kind == "cluster":  # one residual variance per first-layer component of this start
+                    nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
+                return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g))
+
+            callback = model._progress_callback()
+            res = run_vi_with_starts(
+                stats, prior, init,
+                lambda sizes: model._sized(sizes)._make_prior(stats.dim_random, N, rough), config, rng,
+                moves=model.delete_moves and not config.hard_assignment, callback=callback,
+            )
+            if callback is not None:
+                callback.close()
+            if best is None or res.elbo > best.elbo:
+                best = res
+    del b_hat
+    best.seconds = perf_counter() - t0
+    local = best.local
+    model._set_fitted_globals(design, best, local.sums.weight, local.sums.n_obs, stacklevel=5)
+    model.subjects_ = frame.subjects
+    for name, value in subject_tables(model, client, stats.shards, local.parts, frame.subjects).items():
+        setattr(model, name, value)
+    return model

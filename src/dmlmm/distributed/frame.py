@@ -1,0 +1,220 @@
+"""Reading a Dask frame into per-partition data on the workers, and learning the design from it.
+
+The frame is long format (one row per observation). Every subject's rows must
+lie in one partition (Parquet written by subject, ``ddf.set_index("subject")``
+or ``ddf.shuffle(on="subject")``); a subject found in two partitions is an error
+that names it. One pass over the partitions builds each one's
+:class:`~dmlmm.data.Longitudinal` (kept on its worker until the statistics are
+built) and a :class:`~dmlmm.distributed.shard.PartitionSummary`; the design
+(spline knots, response and covariate standardisation) is then learned from the
+combined summaries exactly as :meth:`LongitudinalDesign.learn` does from the
+whole data: the same knots (from the distinct times), mean and standard
+deviation (pooled by Chan's formula), checks and messages.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..basis import SplineBasis
+from ..data import ColumnNames, CovariateEncoding
+from ..exceptions import DataError
+from ..models.design import LongitudinalDesign
+from . import shard as sh
+
+__all__ = ["DaskFrame", "learn_encoding", "combine_summaries", "PooledSummary"]
+
+
+def learn_encoding(client: Any, ddf: Any, covariates: Sequence[str]) -> CovariateEncoding:
+    """The covariate encoding of the whole frame; only non-numeric columns' levels are computed."""
+    levels: dict = {}
+    for c in covariates:
+        dtype = ddf._meta[c].dtype
+        if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+            levels[c] = None
+            continue
+        values = client.compute(ddf[c].dropna().unique()).result()
+        levels.update(CovariateEncoding.learn(pd.DataFrame({c: pd.Series(np.asarray(values), dtype=dtype)}), [c]).levels)
+    return CovariateEncoding(tuple(covariates), levels)
+
+
+@dataclass(frozen=True)
+class PooledSummary:
+    """The partitions' summaries combined (see :class:`~dmlmm.distributed.shard.PartitionSummary`)."""
+
+    n_rows: int
+    n_dropped: int
+    n_obs: int
+    y_mean: float
+    y_sd: float
+    y_absmax: float
+    t_min: float
+    t_max: float
+    times: np.ndarray | None
+    cov_mean: np.ndarray
+    cov_sd: np.ndarray
+
+
+def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> PooledSummary:
+    """Pool the partitions' moments (Chan et al.'s parallel formula: M2 = sum M2_k + sum n_k (m_k - m)^2)."""
+    full = [p for p in parts if p.n_obs > 0]
+    n = np.array([p.n_obs for p in full], dtype=float)
+    N = float(n.sum())
+    ym = np.array([p.y_mean for p in full])
+    y_mean = float(n @ ym / N)
+    y_m2 = float(sum(p.y_m2 for p in full) + n @ (ym - y_mean) ** 2)
+    if n_fixed:
+        cm_k = np.stack([p.cov_mean for p in full])
+        cov_mean = n @ cm_k / N
+        cov_m2 = np.sum([p.cov_m2 for p in full], axis=0) + n @ (cm_k - cov_mean) ** 2
+    else:
+        cov_mean = cov_m2 = np.zeros(0)
+    times = None if parts[0].times is None else np.unique(np.concatenate([p.times for p in parts]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        y_sd = float(np.sqrt(y_m2 / N))
+    return PooledSummary(
+        n_rows=int(sum(p.n_rows for p in parts)),
+        n_dropped=int(sum(p.n_dropped for p in parts)),
+        n_obs=int(N),
+        y_mean=y_mean,
+        y_sd=y_sd,
+        y_absmax=max(p.y_absmax for p in full),
+        t_min=min(p.t_min for p in full),
+        t_max=max(p.t_max for p in full),
+        times=times,
+        cov_mean=cov_mean,
+        cov_sd=np.sqrt(cov_m2 / N),
+    )
+
+
+def _check_columns(ddf: Any, columns: ColumnNames, covariates: Sequence[str]) -> None:
+    present = list(ddf.columns) + ([ddf.index.name] if ddf.index.name is not None else [])
+    needed = [columns.subject, columns.time, columns.response] + list(covariates)
+    missing = [c for c in needed if c not in present]
+    if missing:
+        raise DataError(f"column(s) {missing} not found in the data; the columns are: {list(ddf.columns)}")
+    dup = [c for c in set(needed) if needed.count(c) > 1]
+    if dup:
+        raise DataError(f"column(s) {dup} used for more than one role (subject/time/response/covariate)")
+
+
+def _check_one_partition_per_subject(parts: Sequence[sh.PartitionSummary], subject: str) -> pd.Index:
+    """All subject labels (partition order); an error naming the subjects found in several partitions."""
+    nonempty = [p.subjects for p in parts if len(p.subjects)]
+    labels = (nonempty[0].append(nonempty[1:]) if nonempty else pd.Index([])).rename(subject)
+    if labels.has_duplicates:
+        dup = labels[labels.duplicated()].unique()
+        where = {s: [k for k, p in enumerate(parts) if s in p.subjects] for s in dup[:3]}
+        detail = "; ".join(f"subject {s!r} in partitions {k}" for s, k in where.items())
+        raise DataError(
+            f"{len(dup)} subject(s) have rows in more than one partition ({detail}"
+            f"{' ...' if len(dup) > 3 else ''}): each subject's rows must lie in one partition. "
+            f"Repartition by subject first, e.g. ddf = ddf.shuffle(on='{subject}') or ddf.set_index('{subject}'), "
+            "or write the Parquet files partitioned by subject"
+        )
+    return labels
+
+
+class DaskFrame:
+    """A Dask frame read onto the workers: one :class:`~dmlmm.data.Longitudinal` per partition.
+
+    Attributes
+    ----------
+    client : distributed.Client
+    columns : ColumnNames;  encoding : CovariateEncoding
+    reads : list of futures of ``(Longitudinal or None, rows)``, one per partition.
+    summaries : list of PartitionSummary (on the driver: small, but with the subject labels).
+    subjects : Index (N,), every subject, partition by partition.
+    """
+
+    def __init__(self, client: Any, ddf: Any, columns: ColumnNames, covariates: Sequence[str] | None,
+                 dropna: bool, distinct_times: bool) -> None:
+        import dask
+
+        covariates = [covariates] if isinstance(covariates, str) else list(covariates or [])
+        _check_columns(ddf, columns, covariates)
+        self.client = client
+        self.columns = columns
+        self.encoding = learn_encoding(client, ddf, covariates)
+        read = dask.delayed(sh.read_partition, pure=True)
+        self.reads = client.compute([read(p, columns, self.encoding, dropna) for p in ddf.to_delayed()])
+        self.summaries = client.gather(client.map(sh.summarize, self.reads, distinct_times=distinct_times, pure=False))
+        total_rows = sum(s.n_rows for s in self.summaries)
+        if total_rows == 0:
+            raise DataError("the data frame is empty (0 rows): there is nothing to fit")
+        self.pooled = combine_summaries(self.summaries, len(self.encoding.names))
+        if self.pooled.n_dropped:
+            warnings.warn(
+                f"dropped {self.pooled.n_dropped} of {self.pooled.n_rows} row(s) with missing or infinite values",
+                UserWarning,
+                stacklevel=4,
+            )
+        if self.pooled.n_obs == 0:
+            raise DataError("no rows are left after dropping rows with missing values")
+        self.subjects = _check_one_partition_per_subject(self.summaries, columns.subject)
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.subjects)
+
+    def learn_design(self, basis: SplineBasis | None, smoothing: int | None) -> LongitudinalDesign:
+        """The design :meth:`LongitudinalDesign.learn` would learn from the whole frame."""
+        pooled = self.pooled
+        basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
+        if not basis.is_fitted:
+            basis.fit(pooled.times if pooled.times is not None else np.array([pooled.t_min, pooled.t_max]))
+        response = self.columns.response
+        scale = pooled.y_sd
+        if not np.isfinite(scale):
+            raise DataError(
+                f"the response '{response}' has values too large to standardise (largest |value| "
+                f"{pooled.y_absmax:.3g}): rescale it, e.g. divide by a power of ten"
+            )
+        if scale <= 1e-12 * max(1.0, pooled.y_absmax):
+            raise DataError(
+                f"the response '{response}' is constant (every value is {pooled.y_mean:g}): there is no variation to model"
+            )
+        cm, cs = pooled.cov_mean, pooled.cov_sd
+        names = list(self.encoding.names)
+        const = [n for n, m, s in zip(names, cm, cs) if s <= 1e-12 * max(1.0, abs(m))]
+        if const:
+            raise DataError(f"covariate(s) {const} are constant across all rows; remove them (they duplicate the curve's level)")
+        rotation = roughness = None
+        if smoothing is not None:
+            rotation, roughness = basis.smoothing_basis(int(smoothing))
+        design = LongitudinalDesign(basis, self.columns, self.encoding, pooled.y_mean, scale, cm, cs, rotation,
+                                    roughness, None if smoothing is None else int(smoothing))
+        design.check_identifiable(self._occupied(design))
+        return design
+
+    def _occupied(self, design: LongitudinalDesign) -> SimpleNamespace:
+        """A stand-in for the data in :meth:`LongitudinalDesign.check_identifiable`: one time in each
+        occupied knot interval (only without a smoothness prior: computed from the partitions)."""
+        times = np.array([self.pooled.t_min, self.pooled.t_max])
+        if design.smoothing is None:
+            b = design.basis
+            breaks = np.unique(np.clip(b.knots_, b.lower_, b.upper_))
+            counts = np.sum(self.client.gather(self.client.map(sh.time_histogram, self.reads, breaks=breaks, pure=False)), axis=0)
+            mids = 0.5 * (breaks[:-1] + breaks[1:])
+            times = mids[counts > 0]
+        return SimpleNamespace(time=times, covariates=np.zeros((0, design.n_fixed)), n_obs=self.pooled.n_obs)
+
+    def shards(self, design: LongitudinalDesign) -> list:
+        """Futures of the partitions' :class:`~dmlmm.distributed.shard.Shard` (partitions without rows
+        left out); the rows themselves are released."""
+        keep = [r for r, s in zip(self.reads, self.summaries) if s.n_obs > 0]
+        design_f = self.client.scatter(design, broadcast=True, hash=False)
+        out = self.client.map(sh.build_shard, keep, design=design_f, pure=False)
+        self.client.gather(self.client.map(_n_subjects, out, pure=False))  # built (errors surface here)
+        self.reads = []
+        return out
+
+
+def _n_subjects(shard: sh.Shard) -> int:
+    return len(shard.subjects)

@@ -1,0 +1,56 @@
+"""Cluster predictions for a Dask frame of subjects: one pandas prediction per partition, lazily.
+
+``model.predict_proba(ddf)`` (and ``predict``, ``predict_group_proba``,
+``predict_group``) with a dask DataFrame returns a dask collection indexed by
+subject: each partition is predicted on its worker by the fitted model, which
+travels without its per-subject tables. Nothing is computed until asked
+(``.compute()``, ``.to_parquet()``, ...). As for ``fit``, each subject's rows
+must lie in one partition.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .outputs import SUBJECT_TABLES
+
+__all__ = ["predict_partitions", "light_model"]
+
+_METHODS = {"predict_proba": "cluster", "predict_group_proba": "group"}
+
+
+def light_model(model: Any) -> Any:
+    """A shallow copy of ``model`` without its per-subject tables (what travels to the workers)."""
+    light = copy.copy(model)
+    for name in SUBJECT_TABLES + ("subjects_",):
+        if hasattr(light, name):
+            setattr(light, name, None)
+    return light
+
+
+def _predict(frame: pd.DataFrame, model: Any, method: str, subject: str) -> pd.DataFrame:
+    if subject not in frame.columns and frame.index.name == subject:
+        frame = frame.reset_index()
+    return getattr(model, method)(frame)
+
+
+def predict_partitions(model: Any, ddf: Any, method: str) -> Any:
+    """``getattr(model, method)`` on every partition of ``ddf``: a lazy dask DataFrame (subjects x classes).
+
+    ``method`` : "predict_proba" (clusters) or "predict_group_proba" (first-layer groups).
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+    model._check_fitted()
+    subject = model.design_.columns.subject
+    n = len(model._path_order) if method == "predict_proba" else len(model.components_kept_[0])
+    if subject in ddf.columns:
+        index = pd.Index(ddf._meta[subject], name=subject)[:0]
+    else:
+        index = ddf._meta.index[:0]
+    meta = pd.DataFrame(np.zeros((0, n)), index=index, columns=pd.RangeIndex(n, name=_METHODS[method]))
+    return ddf.map_partitions(_predict, light_model(model), method, subject, meta=meta, enforce_metadata=False)

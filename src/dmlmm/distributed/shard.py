@@ -1,0 +1,303 @@
+"""The worker side of a Dask fit: one partition's data, statistics, local step and sums.
+
+Everything here is plain numpy / pandas, run by the workers on one partition at
+a time (a *shard*: the subjects of one partition and their sufficient
+statistics). Nothing here imports dask. The driver (:mod:`.stats`) only ever
+receives the small objects: :class:`PartitionSummary`, one-row statistic totals,
+:class:`InitSums` and :class:`StepSums`, whose sizes do not grow with the
+number of subjects (except the labels and the starting estimates, see
+:mod:`.fit`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats
+from ..exceptions import DataError
+from ..inference.local import NoiseMoments, local_step
+from ..models.base import ridge_estimates
+from ..models.design import LongitudinalDesign
+from ..priors.base import PathPrior
+
+__all__ = [
+    "PartitionSummary", "Shard", "StepGlobals", "StepSums", "ShardLocal", "InitSums",
+    "read_partition", "summarize", "build_shard", "totals", "shard_ridge", "init_sums",
+    "shard_step", "step_sums", "time_histogram", "add_all",
+]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class PartitionSummary:
+    """What the driver needs from one partition to learn the design.
+
+    Attributes
+    ----------
+    n_rows, n_dropped : int, rows read and rows dropped for missing values (``dropna``).
+    subjects : Index (n,), the partition's subject labels.
+    n_obs : int, observations kept.
+    y_mean, y_m2, y_absmax : float, mean, sum of squared deviations and largest |y|.
+    t_min, t_max : float.
+    times : (T,) its distinct times, or None when not asked for.
+    cov_mean, cov_m2 : (P,) the encoded covariates' means and sums of squared deviations.
+    """
+
+    n_rows: int
+    n_dropped: int
+    subjects: pd.Index
+    n_obs: int
+    y_mean: float
+    y_m2: float
+    y_absmax: float
+    t_min: float
+    t_max: float
+    times: np.ndarray | None
+    cov_mean: np.ndarray
+    cov_m2: np.ndarray
+
+
+def read_partition(
+    frame: pd.DataFrame, columns: ColumnNames, encoding: CovariateEncoding, dropna: bool
+) -> tuple[Longitudinal | None, int]:
+    """One partition as a :class:`~dmlmm.data.Longitudinal` (None if it holds no row) and its row count.
+
+    A subject column held as the index (``ddf.set_index(subject)``) is taken from there.
+    """
+    if columns.subject not in frame.columns and frame.index.name == columns.subject:
+        frame = frame.reset_index()
+    if len(frame) == 0:
+        return None, 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # dropped rows are counted and reported by the driver
+        try:
+            data = Longitudinal.from_frame(
+                frame, columns.subject, columns.time, columns.response, encoding=encoding, dropna=dropna
+            )
+        except DataError as err:
+            if dropna and "no rows are left" in str(err):
+                return None, len(frame)
+            raise
+    return data, len(frame)
+
+
+def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> PartitionSummary:
+    """The partition's :class:`PartitionSummary` (moments by two passes over its rows)."""
+    data, n_rows = read
+    if data is None:
+        P = 0
+        return PartitionSummary(n_rows, n_rows, pd.Index([]), 0, 0.0, 0.0, 0.0, np.inf, -np.inf,
+                                np.zeros(0) if distinct_times else None, np.zeros(P), np.zeros(P))
+    y, t, cov = data.response, data.time, data.covariates
+    with np.errstate(over="ignore", invalid="ignore"):
+        y_mean = float(np.mean(y))
+        y_m2 = float(np.sum((y - y_mean) ** 2))
+    cov_mean = cov.mean(axis=0)
+    return PartitionSummary(
+        n_rows=n_rows,
+        n_dropped=n_rows - data.n_obs,
+        subjects=data.subjects,
+        n_obs=data.n_obs,
+        y_mean=y_mean,
+        y_m2=y_m2,
+        y_absmax=float(np.max(np.abs(y))),
+        t_min=float(t.min()),
+        t_max=float(t.max()),
+        times=np.unique(t) if distinct_times else None,
+        cov_mean=cov_mean,
+        cov_m2=((cov - cov_mean) ** 2).sum(axis=0),
+    )
+
+
+def time_histogram(read: tuple[Longitudinal | None, int], breaks: np.ndarray) -> np.ndarray:
+    """Observations of the partition in each interval of ``breaks`` (as ``np.histogram``)."""
+    data = read[0]
+    if data is None:
+        return np.zeros(len(breaks) - 1, dtype=int)
+    return np.histogram(data.time, bins=breaks)[0]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The subjects of one partition and their sufficient statistics (standardised scale).
+
+    Attributes
+    ----------
+    subjects : Index (n,), in the statistics' order (sorted within the partition).
+    stats : SufficientStats of the n subjects.
+    """
+
+    subjects: pd.Index
+    stats: SufficientStats
+
+
+def build_shard(read: tuple[Longitudinal | None, int], design: LongitudinalDesign) -> Shard | None:
+    """The partition's :class:`Shard` (None for a partition without subjects)."""
+    data = read[0]
+    if data is None:
+        return None
+    return Shard(data.subjects, design.stats(data))
+
+
+def totals(shard: Shard) -> SufficientStats:
+    """The shard's statistics summed over its subjects (one row)."""
+    return shard.stats.total()
+
+
+def shard_ridge(
+    shard: Shard, pooled: tuple[np.ndarray, np.ndarray], penalty: float, roughness: np.ndarray | None
+) -> np.ndarray:
+    """The shard's starting per-subject estimates (n, D) (:func:`~dmlmm.models.base.ridge_estimates`
+    towards the pooled fit of all subjects)."""
+    return ridge_estimates(shard.stats, penalty, roughness, pooled=pooled)
+
+
+@dataclass(frozen=True)
+class InitSums:
+    """Sums over subjects that start the noise and fixed-effect factors from estimates b_hat.
+
+    Attributes
+    ----------
+    n_obs, yty : float, sum n_i and sum y_i'y_i.
+    xty_b : float, sum X_i'y_i . b_i;  bxtxb : float, sum b_i'X_i'X_i b_i.
+    FtF : (P, P), Fty : (P,) sums;  XtF_b : (P,), sum F_i'X_i b_i.
+    """
+
+    n_obs: float
+    yty: float
+    xty_b: float
+    bxtxb: float
+    FtF: np.ndarray
+    Fty: np.ndarray
+    XtF_b: np.ndarray
+
+    def __add__(self, other: "InitSums") -> "InitSums":
+        return InitSums(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+def init_sums(shard: Shard, b_hat: np.ndarray) -> InitSums:
+    """The shard's :class:`InitSums` for its estimates ``b_hat`` (n, D)."""
+    st = shard.stats
+    return InitSums(
+        n_obs=float(st.n_obs.sum()),
+        yty=float(st.yty.sum()),
+        xty_b=float(np.einsum("nd,nd->", st.Xty, b_hat)),
+        bxtxb=float(np.einsum("nd,nde,ne->", b_hat, st.XtX, b_hat)),
+        FtF=st.FtF.sum(axis=0),
+        Fty=st.Fty.sum(axis=0),
+        XtF_b=np.einsum("ndp,nd->p", st.XtF, b_hat),
+    )
+
+
+# --------------------------------------------------------------------------- the local step
+
+
+@dataclass(frozen=True)
+class StepGlobals:
+    """What every shard's local step needs from the globals (broadcast once per iteration)."""
+
+    prior: PathPrior
+    noise: NoiseMoments
+
+
+@dataclass(frozen=True)
+class StepSums:
+    """Sums over a shard's subjects of everything the global updates need (shapes do not grow with n).
+
+    Attributes
+    ----------
+    weight : (M,) sum_i r_ic;  first : (M, D);  second : (M, D, D)  (the PathMoments).
+    path_quad, path_xty_b : (M,);  path_xtf_b : (M, P)  (as in LocalResult).
+    log_evidence : float, sum_i of the subjects' local ELBO terms.
+    n_obs, yty : (M,) sum_i r_ic n_i and sum_i r_ic y_i'y_i.
+    Fty : (M, P) sum_i r_ic F_i'y_i;  FtF : (M, P, P) sum_i r_ic F_i'F_i.
+    """
+
+    weight: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+    path_quad: np.ndarray
+    path_xty_b: np.ndarray
+    path_xtf_b: np.ndarray
+    log_evidence: float
+    n_obs: np.ndarray
+    yty: np.ndarray
+    Fty: np.ndarray
+    FtF: np.ndarray
+
+    def __add__(self, other: "StepSums") -> "StepSums":
+        return StepSums(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class ShardLocal:
+    """One shard's local-step output: per-subject arrays (kept on the worker) and their sums.
+
+    Attributes
+    ----------
+    resp : (n, M) q(c_i = c);  mean_b : (n, D) E_q[b_i];  sums : StepSums.
+    """
+
+    resp: np.ndarray
+    mean_b: np.ndarray
+    sums: StepSums
+
+
+def shard_step(
+    shard: Shard,
+    previous: ShardLocal | None,
+    globals_: StepGlobals,
+    hard_assignment: bool,
+    threshold: float,
+    moment_threshold: float,
+) -> ShardLocal:
+    """:func:`~dmlmm.inference.local.local_step` on the shard, restricted (unless ``previous`` is
+    None) to the paths whose responsibility exceeded ``threshold`` in ``previous``."""
+    st = shard.stats
+    active = None if previous is None else previous.resp > threshold
+    loc = local_step(st, globals_.prior, globals_.noise, hard_assignment, active=active, moment_threshold=moment_threshold)
+    r = loc.resp
+    sums = StepSums(
+        weight=loc.moments.weight,
+        first=loc.moments.first,
+        second=loc.moments.second,
+        path_quad=loc.path_quad,
+        path_xty_b=loc.path_xty_b,
+        path_xtf_b=loc.path_xtf_b,
+        log_evidence=float(loc.log_evidence.sum()),
+        n_obs=r.T @ st.n_obs,
+        yty=r.T @ st.yty,
+        Fty=r.T @ st.Fty,
+        FtF=np.einsum("nc,npq->cpq", r, st.FtF),
+    )
+    return ShardLocal(r, loc.mean_b, sums)
+
+
+def resp_change(previous: ShardLocal, local: ShardLocal) -> float:
+    """The largest change of a responsibility on this shard (inf if the paths differ)."""
+    if previous.resp.shape != local.resp.shape:
+        return float("inf")
+    return float(np.abs(local.resp - previous.resp).max(initial=0.0))
+
+
+def step_sums(local: ShardLocal) -> StepSums:
+    """The part of a shard's step that travels to the driver."""
+    return local.sums
+
+
+def add_all(parts: Sequence):
+    """The sum of ``parts`` in their order (so that the result does not depend on arrival order)."""
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total

@@ -1,0 +1,190 @@
+"""The driver's handle on statistics kept on Dask workers: a stats backend for the inference engine.
+
+:class:`DaskStats` implements :class:`~dmlmm.inference.backend.StatsBackend`.
+Each local step
+
+1. broadcasts the globals the step needs (the paths' prior quadratic forms and
+   the noise / fixed-effect moments: O(M D^2), independent of N) to every
+   worker once (``Client.scatter(..., broadcast=True)``);
+2. runs :func:`~dmlmm.inference.local.local_step` on every shard, on the worker
+   that holds it; the per-subject outputs (responsibilities, posterior means)
+   stay there, as futures;
+3. gathers only each shard's :class:`~dmlmm.distributed.shard.StepSums` and adds
+   them in partition order.
+
+So the driver's memory per iteration is O(partitions * M D^2) and a worker's
+is bounded by its shards plus two steps' per-subject outputs (the current one
+and the one whose responsibilities restrict the next step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..inference.engine import VIConfig
+from ..expfam import Gaussian, InvGamma
+from ..inference.local import NoiseMoments
+from ..models.base import pooled_ridge
+from ..priors.base import PathMoments, PathPrior
+from . import shard as sh
+
+__all__ = ["DaskStats", "DistributedLocal", "ActivePaths", "init_noise_and_fixed_from_sums"]
+
+
+@dataclass(frozen=True)
+class DistributedLocal:
+    """A local step run on the shards: the sums on the driver, the per-subject outputs on the workers.
+
+    Attributes
+    ----------
+    parts : list of futures of :class:`~dmlmm.distributed.shard.ShardLocal`, one per shard.
+    sums : StepSums over all subjects.
+    """
+
+    parts: list
+    sums: sh.StepSums
+
+    @property
+    def moments(self) -> PathMoments:
+        return PathMoments(self.sums.weight, self.sums.first, self.sums.second)
+
+    @property
+    def log_evidence(self) -> np.ndarray:
+        """(1,): the sum over subjects of their local ELBO terms (the terms stay on the workers)."""
+        return np.array([self.sums.log_evidence])
+
+    @property
+    def path_quad(self) -> np.ndarray:
+        return self.sums.path_quad
+
+    @property
+    def path_xty_b(self) -> np.ndarray:
+        return self.sums.path_xty_b
+
+    @property
+    def path_xtf_b(self) -> np.ndarray:
+        return self.sums.path_xtf_b
+
+
+@dataclass(frozen=True)
+class ActivePaths:
+    """The paths open to a restricted step: those above ``threshold`` in ``local``'s responsibilities."""
+
+    local: DistributedLocal
+    threshold: float
+
+
+class DaskStats:
+    """Per-subject sufficient statistics held by Dask workers, one shard per partition.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    shards : list of futures of :class:`~dmlmm.distributed.shard.Shard`.
+    n_subjects, dim_random, dim_fixed : int
+    """
+
+    def __init__(self, client: Any, shards: list, n_subjects: int, dim_random: int, dim_fixed: int) -> None:
+        self.client = client
+        self.shards = shards
+        self._n, self._d, self._p = int(n_subjects), int(dim_random), int(dim_fixed)
+
+    @property
+    def n_subjects(self) -> int:
+        return self._n
+
+    @property
+    def dim_random(self) -> int:
+        return self._d
+
+    @property
+    def dim_fixed(self) -> int:
+        return self._p
+
+    def __repr__(self) -> str:
+        return f"DaskStats({self._n} subjects in {len(self.shards)} shards, D={self._d}, P={self._p})"
+
+    # ------------------------------------------------------------------ the engine's backend
+    def local_step(
+        self,
+        prior: PathPrior,
+        noise: NoiseMoments,
+        hard_assignment: bool = False,
+        active: ActivePaths | None = None,
+        moment_threshold: float = 1e-12,
+    ) -> DistributedLocal:
+        """The local step on every shard (see the module docstring); ``active`` from :meth:`active_paths`."""
+        c = self.client
+        glob = c.scatter(sh.StepGlobals(prior, noise), broadcast=True, hash=False)
+        previous = [None] * len(self.shards) if active is None else active.local.parts
+        threshold = 0.0 if active is None else float(active.threshold)
+        parts = c.map(
+            sh.shard_step, self.shards, previous, globals_=glob, hard_assignment=bool(hard_assignment),
+            threshold=threshold, moment_threshold=float(moment_threshold), pure=False,
+        )
+        sums = sh.add_all(c.gather(c.map(sh.step_sums, parts, pure=False)))
+        return DistributedLocal(parts, sums)
+
+    def active_paths(self, local: DistributedLocal, threshold: float) -> ActivePaths:
+        return ActivePaths(local, float(threshold))
+
+    def resp_change(self, previous: DistributedLocal, local: DistributedLocal) -> float:
+        """The largest change of any responsibility between two local steps, over all shards."""
+        c = self.client
+        return float(max(c.gather(c.map(sh.resp_change, previous.parts, local.parts, pure=False)), default=0.0))
+
+    def fixed_sums(self, local: DistributedLocal, s_path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """sum_c s_c sum_i r_ic F_i'F_i (P, P) and sum_c s_c sum_i r_ic F_i'y_i (P,)."""
+        return np.einsum("c,cpq->pq", s_path, local.sums.FtF), s_path @ local.sums.Fty
+
+    def path_rss(self, local: DistributedLocal, w_mean: np.ndarray, w_cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`~dmlmm.inference.noise.path_rss` from the per-path sums, both (M,)."""
+        s = local.sums
+        err = (
+            s.yty - 2.0 * s.Fty @ w_mean
+            + np.einsum("cpq,p,q->c", s.FtF, w_mean, w_mean)
+            + np.einsum("cpq,qp->c", s.FtF, w_cov)
+        )
+        rss = err - 2.0 * (s.path_xty_b - s.path_xtf_b @ w_mean) + s.path_quad
+        return rss, s.n_obs
+
+    # ------------------------------------------------------------------ the start
+    def ridge_init(self, penalty: float, roughness: np.ndarray | None) -> tuple[np.ndarray, sh.InitSums]:
+        """Starting estimates of every subject (N, D) on the driver (partition order), and their InitSums.
+
+        The estimates are gathered because the priors' initialisation (k-means, per-cluster factor
+        analysis) runs on all of them: O(N D) memory on the driver, once.
+        """
+        c = self.client
+        parts = c.gather(c.map(sh.totals, self.shards, pure=False))
+        tot = type(parts[0])(*(None if getattr(parts[0], f) is None else sh.add_all([getattr(p, f) for p in parts])
+                               for f in parts[0].__dataclass_fields__))
+        pooled = pooled_ridge(tot, self._n, roughness)
+        b = c.map(sh.shard_ridge, self.shards, pooled=pooled, penalty=penalty, roughness=roughness, pure=False)
+        sums = sh.add_all(c.gather(c.map(sh.init_sums, self.shards, b, pure=False)))
+        b_hat = np.concatenate(c.gather(b), axis=0)
+        return b_hat, sums
+
+
+def init_noise_and_fixed_from_sums(
+    sums: sh.InitSums, n_fixed: int, config: VIConfig
+) -> tuple[InvGamma, InvGamma, Gaussian | None]:
+    """:func:`~dmlmm.inference.engine.init_noise_and_fixed` from sums over subjects (same formulas)."""
+    P = n_fixed
+    fixed = None
+    w = np.zeros(P)
+    if P > 0:
+        w = np.linalg.solve(sums.FtF + 1e-6 * np.eye(P), sums.Fty - sums.XtF_b)
+    rss = sums.yty - 2 * sums.xty_b + sums.bxtxb - 2 * sums.Fty @ w + 2 * sums.XtF_b @ w + w @ sums.FtF @ w
+    n = sums.n_obs
+    s2 = max(rss / max(n, 1), 1e-3)
+    shape = 0.5 + 0.5 * n
+    noise = InvGamma(np.asarray(shape), np.asarray(shape * s2))
+    aux = InvGamma(np.asarray(1.0), np.asarray(1.0 / s2 + 1.0 / config.noise_scale**2))
+    if P > 0:
+        prec = np.eye(P) / config.fixed_var + sums.FtF / s2
+        fixed = Gaussian(prec, prec @ w)
+    return noise, aux, fixed

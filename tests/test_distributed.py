@@ -1,0 +1,240 @@
+"""The Dask path (dmlmm.distributed): same answer as the in-memory fit, on a 2-process LocalCluster."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+distributed = pytest.importorskip("distributed")
+dd = pytest.importorskip("dask.dataframe")
+
+import dmlmm  # noqa: E402
+from dmlmm import DataError, DeepMixtureLMM, MixtureLMM, SplineBasis, simulate  # noqa: E402
+from dmlmm.data import SufficientStats  # noqa: E402
+from dmlmm.distributed import is_dask_collection  # noqa: E402
+from dmlmm.distributed import shard as sh  # noqa: E402
+from dmlmm.distributed.outputs import collect  # noqa: E402
+from dmlmm.distributed.stats import DaskStats, DistributedLocal, init_noise_and_fixed_from_sums  # noqa: E402
+from dmlmm.exceptions import ConvergenceWarning  # noqa: E402
+from dmlmm.inference.engine import VIConfig, init_noise_and_fixed, noise_moments  # noqa: E402
+from dmlmm.inference.local import local_step  # noqa: E402
+from dmlmm.inference.noise import path_rss  # noqa: E402
+from dmlmm.metrics import adjusted_rand_index  # noqa: E402
+from dmlmm.models.base import ridge_estimates  # noqa: E402
+
+SRC = Path(dmlmm.__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR
+    ) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def dgp1_frame() -> tuple[pd.DataFrame, pd.Series]:
+    sim = simulate.dgp1(random_state=3, n_subjects=120)
+    df = sim.data.copy()
+    rng = np.random.default_rng(0)
+    age = pd.Series(rng.normal(50, 10, sim.n_subjects), index=sim.labels.index)
+    sex = pd.Series(rng.choice(["f", "m"], sim.n_subjects), index=sim.labels.index)
+    df["age"] = age.loc[df["subject"]].to_numpy()
+    df["sex"] = sex.loc[df["subject"]].to_numpy()
+    df["y"] += 0.02 * (df["age"] - 50) + 0.3 * (df["sex"] == "m")
+    return df, sim.labels
+
+
+@pytest.fixture(scope="module")
+def parquet_frame(dgp1_frame, tmp_path_factory):
+    """The frame written to Parquet by subject (3 partitions) and read back lazily."""
+    df, _ = dgp1_frame
+    path = tmp_path_factory.mktemp("parquet") / "dgp1"
+    dd.from_pandas(df.set_index("subject"), npartitions=3).to_parquet(path)
+    return dd.read_parquet(path)
+
+
+def test_workers_import_this_dmlmm(client):
+    where = client.run(lambda: str(Path(__import__("dmlmm").__file__).resolve().parent))
+    assert len(where) == 2 and set(where.values()) == {str(SRC)}
+
+
+def test_in_memory_fit_does_not_import_dask():
+    code = (
+        "import sys, dmlmm\n"
+        "sim = dmlmm.simulate.dgp1(random_state=0, n_subjects=40)\n"
+        "m = dmlmm.DeepMixtureLMM((2, 1), basis=dmlmm.SplineBasis(6), max_iter=30, random_state=0)\n"
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "m.fit(sim.data)\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('dask', 'distributed'))\n"
+        "assert not bad, bad\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_is_dask_collection(parquet_frame, dgp1_frame):
+    assert is_dask_collection(parquet_frame) and is_dask_collection(parquet_frame["y"])
+    assert not is_dask_collection(dgp1_frame[0]) and not is_dask_collection(None)
+
+
+def _same_fit(m0, m1, rtol: float = 1e-6) -> None:
+    assert abs(m1.elbo_ - m0.elbo_) <= rtol * abs(m0.elbo_)
+    assert m1.n_iter_ == m0.n_iter_ and m1.n_components_ == m0.n_components_
+    collect(m1)
+    subjects = m0.labels_.index
+    assert adjusted_rand_index(m0.labels_, m1.labels_.reindex(subjects)) == 1.0
+    np.testing.assert_allclose(m1.responsibilities_.reindex(subjects).to_numpy(), m0.responsibilities_.to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(m1.group_proba_.reindex(subjects).to_numpy(), m0.group_proba_.to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(m1.random_effects_.reindex(subjects).to_numpy(), m0.random_effects_.to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(m1.sigma2_, m0.sigma2_, rtol=1e-6)
+    np.testing.assert_allclose(m1.fixed_effects_.to_numpy(), m0.fixed_effects_.to_numpy(), rtol=1e-6, atol=1e-9)
+    pd.testing.assert_frame_equal(m1.cluster_means_, m0.cluster_means_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(m1.clusters_["n_subjects"], m0.clusters_["n_subjects"], rtol=1e-6, atol=1e-8)
+
+
+def test_deep_mixture_same_answer_as_in_memory(client, parquet_frame, dgp1_frame, tmp_path):
+    """Default algorithm (starting sizes, delete moves, pruning) from Parquet, subject as the index."""
+    df, truth = dgp1_frame
+    kw = dict(n_components=(4, 2), basis=SplineBasis(8), random_state=0)
+    m0 = DeepMixtureLMM(**kw).fit(df, covariates=["age", "sex"])
+    m1 = DeepMixtureLMM(**kw).fit(parquet_frame, covariates=["age", "sex"])
+    assert is_dask_collection(m1.labels_) and is_dask_collection(m1.responsibilities_)
+    with pytest.raises(TypeError, match=r"collect\(model\)"):
+        m1.class_summary()
+    assert list(m1.subjects_) == list(parquet_frame.index.compute().unique())
+    _same_fit(m0, m1)
+    assert adjusted_rand_index(truth, m1.groups_.reindex(truth.index)) == 1.0
+    assert "DeepMixtureLMM" in m1.summary() and len(m1.class_summary())
+    m1.save(tmp_path / "dask.dmlmm")  # after collect, as any fitted model
+    assert dmlmm.load(tmp_path / "dask.dmlmm").elbo_ == m1.elbo_
+    # predictions of a dask frame: lazy, per partition, the in-memory model's numbers
+    proba = m1.predict_proba(parquet_frame)
+    labels = m1.predict_group(parquet_frame)
+    assert is_dask_collection(proba) and is_dask_collection(labels)
+    np.testing.assert_allclose(proba.compute().reindex(subjects := m0.labels_.index).to_numpy(),
+                               m0.predict_proba(df).to_numpy(), atol=1e-6)
+    assert (labels.compute().reindex(subjects) == m0.predict_group(df)).all()
+
+
+def test_mixture_cluster_noise_same_answer(client, dgp1_frame):
+    """Per-cluster noise, a column frame (subject not the index), partitions from pandas."""
+    df, _ = dgp1_frame
+    kw = dict(n_components=3, basis=SplineBasis(7), noise="cluster", random_state=2, max_iter=120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m0 = MixtureLMM(**kw).fit(df, covariates=["age"])
+        ddf = dd.from_pandas(df, npartitions=2, sort=False)  # 120 subjects x 10 rows: split between subjects
+        m1 = MixtureLMM(**kw).fit(ddf, covariates=["age"])
+    assert m1.noise_ == "cluster"
+    _same_fit(m0, m1)
+
+
+def test_subject_split_over_partitions_is_named(client, dgp1_frame):
+    df, _ = dgp1_frame
+    ddf = dd.from_pandas(df.iloc[5:], npartitions=3, sort=False)
+    with pytest.raises(DataError, match=r"more than one partition.*subject .*shuffle"):
+        DeepMixtureLMM((2, 1), basis=SplineBasis(6)).fit(ddf)
+
+
+def test_missing_values_and_options(client, dgp1_frame):
+    df, _ = dgp1_frame
+    bad = df.copy()
+    bad.loc[bad.index[[3, 50]], "y"] = np.nan
+    ddf = dd.from_pandas(bad.set_index("subject"), npartitions=2)
+    with pytest.raises(DataError, match="missing"):
+        MixtureLMM(2, basis=SplineBasis(6)).fit(ddf)
+    with pytest.raises(ValueError, match="full-batch"):
+        MixtureLMM(2, basis=SplineBasis(6), batch_size=20).fit(ddf)
+    with pytest.raises(DataError, match="not found"):
+        MixtureLMM(2).fit(ddf, covariates=["weight"])
+    kw = dict(n_components=2, basis=SplineBasis(6), random_state=0, max_iter=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(UserWarning, match="dropped 2 of"):
+            m1 = MixtureLMM(**kw).fit(ddf, dropna=True)
+        with pytest.warns(UserWarning, match="dropped 2 of"):
+            m0 = MixtureLMM(**kw).fit(bad, dropna=True)
+    assert abs(m1.elbo_ - m0.elbo_) <= 1e-6 * abs(m0.elbo_)
+
+
+# --------------------------------------------------------------------------- worker functions, no cluster
+
+
+def _stats(df: pd.DataFrame):
+    from dmlmm.data import Longitudinal
+    from dmlmm.models.design import LongitudinalDesign
+
+    d = Longitudinal.from_frame(df, covariates=["age", "sex"])
+    design = LongitudinalDesign.learn(d, SplineBasis(6), 2)
+    return d, design.stats(d)
+
+
+def test_step_sums_match_in_memory_reductions(dgp1_frame):
+    """Per-path sums of one shard give the engine's fixed-effect and noise reductions."""
+    df, _ = dgp1_frame
+    d, stats = _stats(df)
+    m = MixtureLMM(3, basis=SplineBasis(6), max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(df, covariates=["age", "sex"])
+    pp, _ = m.prior_.path_prior(m.params_.prior)
+    nm = noise_moments(m.params_, stats.dim_fixed, m.prior_.path_components())
+    loc = local_step(stats, pp, nm)
+    shard = sh.Shard(d.subjects, stats)
+    one = sh.shard_step(shard, None, sh.StepGlobals(pp, nm), False, 0.0, 1e-12)
+    halves = [sh.Shard(d.subjects[:60], stats.subset(np.arange(60))), sh.Shard(d.subjects[60:], stats.subset(np.arange(60, 120)))]
+    two = sh.add_all([sh.shard_step(s, None, sh.StepGlobals(pp, nm), False, 0.0, 1e-12).sums for s in halves])
+    backend = DaskStats(None, [], stats.n_subjects, stats.dim_random, stats.dim_fixed)
+    s_path = np.linspace(0.5, 2.0, pp.n_paths)
+    wm, wc = np.array([0.1, -0.2]), np.array([[0.01, 0.002], [0.002, 0.02]])
+    s_subj = loc.resp @ s_path
+    for sums in (one.sums, two):
+        dl = DistributedLocal([], sums)
+        ftf, fty = backend.fixed_sums(dl, s_path)
+        np.testing.assert_allclose(ftf, np.einsum("n,npq->pq", s_subj, stats.FtF), rtol=1e-10)
+        np.testing.assert_allclose(fty, s_subj @ stats.Fty, rtol=1e-10)
+        for got, want in zip(backend.path_rss(dl, wm, wc), path_rss(stats, loc, wm, wc)):
+            np.testing.assert_allclose(got, want, rtol=1e-10)
+        np.testing.assert_allclose(dl.log_evidence.sum(), loc.log_evidence.sum(), rtol=1e-12)
+        np.testing.assert_allclose(dl.moments.second, loc.moments.second, rtol=1e-10, atol=1e-12)
+
+
+def test_init_from_sums_matches_in_memory(dgp1_frame):
+    df, _ = dgp1_frame
+    d, stats = _stats(df)
+    b_hat = ridge_estimates(stats, 0.5)
+    sums = sh.add_all([sh.init_sums(sh.Shard(d.subjects, stats.subset(i)), b_hat[i])
+                       for i in np.array_split(np.arange(stats.n_subjects), 3)])
+    cfg = VIConfig()
+    for got, want in zip(init_noise_and_fixed_from_sums(sums, stats.dim_fixed, cfg), init_noise_and_fixed(stats, b_hat, cfg)):
+        for a, b in zip(dataclasses.astuple(got), dataclasses.astuple(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-10)
+    assert isinstance(sh.totals(sh.Shard(d.subjects, stats)), SufficientStats)
+
+
+def test_without_a_client_the_error_says_how_to_make_one():
+    code = (
+        "import dask.dataframe as dd, dmlmm\n"
+        "ddf = dd.from_pandas(dmlmm.simulate.dgp1(random_state=0, n_subjects=10).data, npartitions=1)\n"
+        "try:\n"
+        "    dmlmm.MixtureLMM(2).fit(ddf)\n"
+        "except RuntimeError as err:\n"
+        "    assert 'distributed.Client' in str(err), err\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
