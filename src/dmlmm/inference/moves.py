@@ -28,8 +28,15 @@ EXPLORE_TOL = 1e-3
 
 
 def explore_config(config: VIConfig, explore_tol: float = EXPLORE_TOL) -> VIConfig:
-    """Settings of an exploring run: loose tolerance, negligible paths dropped more eagerly."""
-    return replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-4, moment_threshold=1e-4, resp_tol=None)
+    """Settings of an exploring run: loose tolerance, negligible paths dropped more eagerly.
+
+    Plain coordinate ascent (no extrapolation) and the ELBO-only convergence test: the
+    exploration, and so the choice of start and of deletions, is the one it was before the
+    extrapolation existed. Extrapolating here too saved more iterations but moved some fits
+    to other optima (DGP 3, 600 subjects, 30 functions: 70 nats lower; 40 functions: 178
+    higher), so only the final run is accelerated.
+    """
+    return replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-4, moment_threshold=1e-4, resp_tol=None, accelerate=False)
 
 
 def run_vi_with_moves(
