@@ -289,3 +289,17 @@ def test_minibatch_natural_gradient_fit_deep(small):
         warnings.simplefilter("ignore")
         deep.fit(small.data, "subject", "time", "y")
     assert adjusted_rand_index(small.labels, deep.groups_) >= 0.8
+
+
+def test_cluster_mean_band_narrows_with_more_subjects():
+    """The credible band of a cluster's mean curve reflects its parameters' posterior: about 1/sqrt(n)."""
+    widths = []
+    for n in (100, 400):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = MixtureLMM(2, basis=SplineBasis(8), random_state=0).fit(dgp1(random_state=3, n_subjects=n).data)
+        c = m.cluster_means_
+        assert (c["mean_lower"] <= c["mean"]).all() and (c["mean"] <= c["mean_upper"]).all()
+        assert ((c["mean_upper"] - c["mean_lower"]) <= (c["upper"] - c["lower"]) + 1e-9).all()
+        widths.append(float((c["mean_upper"] - c["mean_lower"]).mean()))
+    assert 1.4 < widths[0] / widths[1] < 3.0  # sqrt(4) = 2

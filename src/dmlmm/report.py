@@ -315,6 +315,8 @@ def fig_clusters(res: FitResults, max_panels: int = 12) -> str | None:
         _spaghetti(ax, members, alpha=0.3)
         c = curves[curves["cluster"] == k]
         ax.fill_between(c["time"], c["lower"], c["upper"], color=col, alpha=0.22, linewidth=0)
+        if "mean_lower" in c:  # the uncertainty of the cluster's own curve, inside the spread of its subjects
+            ax.fill_between(c["time"], c["mean_lower"], c["mean_upper"], color=col, alpha=0.45, linewidth=0)
         ax.plot(c["time"], c["mean"], color=col, linewidth=2.4)
         ax.set_ylim(*_ylim(res, curves["mean"].to_numpy()))
         size = members["subject"].nunique()
@@ -730,8 +732,9 @@ def render_report(
         what = "cluster" if res.clusters is not None else "population"
         sections.append(_section(
             "clusters", "Cluster curves" if res.clusters is not None else "Population curve",
-            f'<p class="note">The {what} mean curve (line) with a band holding 95 % of the {what}\'s subject curves, '
-            "over the raw data of the subjects assigned to it (grey).</p>" + _img(clusters_img, "cluster curves")
+            f'<p class="note">The {what} mean curve (line) with a band holding 95 % of the {what}\'s subject curves '
+            "(light), the 95 % credible band of the mean curve itself from the posterior uncertainty of the "
+            f"{what}'s parameters (dark), over the raw data of the subjects assigned to it (grey).</p>" + _img(clusters_img, "cluster curves")
             + (_cluster_table(res) if res.clusters is not None else "")))
     sections.append(_section(
         "examples", "Example subjects",

@@ -133,7 +133,9 @@ class VariationalLongitudinalModel(HyperParameters):
         with the higher ELBO).
     fixed_effects_ : Series, covariate effects (user scale).
     random_effects_ : DataFrame, E[b_i] on the user's scale (curve = offset_ + X b + F w).
-    cluster_means_ : DataFrame (cluster, time, mean, lower, upper, weight) on a grid.
+    cluster_means_ : DataFrame (cluster, time, mean, lower, upper, mean_lower, mean_upper, weight) on a
+        grid: ``lower``/``upper`` hold 95 % of the cluster's subject curves, ``mean_lower``/``mean_upper``
+        the 95 % credible band of the cluster's mean curve (the posterior uncertainty of its parameters).
     """
 
     _model_name = "model"
@@ -754,6 +756,10 @@ class VariationalLongitudinalModel(HyperParameters):
         z = float(ndtri(0.5 + interval / 2))
         m = mix.means[order] @ Xn.T
         sd = np.sqrt(np.maximum(np.einsum("td,cde,te->ct", Xn, mix.covs[order], Xn), 0))
+        # the cluster's own curve: what the posterior uncertainty of its parameters adds
+        plug = self.prior_.point_mixture(self.params_.prior)
+        extra = mix.covs[order] - plug.covs[order]
+        sd_mean = np.sqrt(np.maximum(np.einsum("td,cde,te->ct", Xn, extra, Xn), 0))
         s, sh = self.design_.y_scale, self.design_.y_shift
         K = len(order)
         return pd.DataFrame(
@@ -763,6 +769,8 @@ class VariationalLongitudinalModel(HyperParameters):
                 "mean": (sh + s * m).reshape(-1),
                 "lower": (sh + s * (m - z * sd)).reshape(-1),
                 "upper": (sh + s * (m + z * sd)).reshape(-1),
+                "mean_lower": (sh + s * (m - z * sd_mean)).reshape(-1),
+                "mean_upper": (sh + s * (m + z * sd_mean)).reshape(-1),
                 "weight": np.repeat(mix.weights[order], len(t)),
             }
         )
