@@ -646,7 +646,8 @@ def demo(out, overwrite, dataset, jobs, quiet):
 
         model, table = select_model(dd.data, dd.model_params["n_components"], dd.latent_grid, "elbo",
                                     subject=dd.subject, time=dd.time, response=dd.response,
-                                    basis=SplineBasis(dd.n_basis), n_jobs=jobs, random_state=0, on_result=report)
+                                    basis=SplineBasis(dd.n_basis), n_jobs=jobs, random_state=0, on_result=report,
+                                    **{k: v for k, v in dd.model_params.items() if k != "n_components"})
         outcomes = outcome_report(model, dd.data, outcomes=dd.outcomes, duration=dd.duration, event=dd.event,
                                   event_value=dd.event_value, baseline=dd.baseline)
         notes = f'<p class="note">{dd.description}</p>'
@@ -664,6 +665,11 @@ def demo(out, overwrite, dataset, jobs, quiet):
                f"{len(sizes)} clusters (subjects per cluster: " + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ")")
     if not quiet:
         click.echo("\n" + class_summary_text(res.class_summary, res.posterior))
+        coef = getattr(model, "membership_coefficients_", None)
+        if coef is not None:
+            click.echo("\nwho ends up in which class (membership by baseline covariates; log-odds of the group "
+                       "against the later ones, per unit):\n")
+            click.echo(coef.to_string(float_format=lambda v: f"{v:.3g}"))
         click.echo(f"\nwhat the clusters mean (the model saw none of this):\n\n{outcomes.text()}\n")
     else:
         for t in outcomes.tables:

