@@ -156,3 +156,11 @@ def test_minibatch_fit_keeps_the_membership_model(sim, fitted):
     a, b = m.membership_coefficients_, fitted.membership_coefficients_
     sign = 1.0 if a["group"].iloc[0] == b["group"].iloc[0] else -1.0
     np.testing.assert_allclose(sign * a["estimate"].to_numpy(), b["estimate"].to_numpy(), atol=0.15)
+
+
+def test_dask_frames_refuse_membership_covariates_clearly(sim):
+    dd = pytest.importorskip("dask.dataframe")
+    df, *_ = sim
+    ddf = dd.from_pandas(df.head(80), npartitions=1)
+    with pytest.raises(NotImplementedError, match="membership_covariates are not supported for Dask DataFrames yet"):
+        MixtureLMM(2, membership_covariates=["x"]).fit(ddf)
