@@ -146,7 +146,7 @@ def test_trajectories_are_ordered_and_sample_consistent(small, fitted_deep):
 
 def test_cluster_means_and_summary(fitted_deep):
     cm = fitted_deep.cluster_means_
-    assert set(cm.columns) == {"cluster", "time", "mean", "lower", "upper", "weight"}
+    assert set(cm.columns) == {"cluster", "time", "mean", "lower", "upper", "mean_lower", "mean_upper", "weight"}
     assert "clusters holding subjects" in fitted_deep.summary()
     assert fitted_deep.clusters_["n_subjects"].sum() == pytest.approx(120)
 
