@@ -122,7 +122,8 @@ def run_vi_with_starts(
     cap = min(max(MIN_EXPLORE, total // 8), max(total // 2, 1))
     n_starts = min(len(sizes), MAX_STARTS, max(1, (total // 2) // cap))
     explore = replace(explore_config(config), max_iter=cap)
-    best, spent = None, 0
+    explored: list[VIResult] = []
+    spent = 0
     for i, size in enumerate(sizes[:n_starts]):
         start_prior = prior if i == 0 else resize(size)
         start = init(start_prior, np.random.default_rng([base, *size]))
@@ -130,25 +131,45 @@ def run_vi_with_starts(
             warnings.simplefilter("ignore", ConvergenceWarning)
             res = run_vi(stats, start_prior, start, explore, rng, callback)
         spent += res.n_iter
-        if best is None or res.elbo > best.elbo:
-            best = res
+        explored.append(res)
+    best = max(explored, key=lambda r: r.elbo)
     best.n_iter = spent  # every start's iterations count against the budget
+    final = _finish(stats, best, config, rng, moves, callback, n_starts)
+    requested = explored[0]
+    if best is not requested and final.n_iter < total:
+        # an exploring run at a loose tolerance can favour a small start that converges sooner but
+        # ends lower: the requested start is finished too (within what is left of the budget) and
+        # the higher final ELBO is kept, so the fit never ends below its requested start's own end
+        requested.n_iter = final.n_iter
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            alt = _finish(stats, requested, config, rng, moves, callback, n_starts)
+        if alt.elbo > final.elbo:
+            return alt
+        final.n_iter = alt.n_iter
+    return final
+
+
+def _finish(
+    stats: SufficientStats, res: VIResult, config: VIConfig, rng: np.random.Generator, moves: bool, callback,
+    n_starts: int,
+) -> VIResult:
+    """Delete moves and the final run from an explored start ``res`` (``res.n_iter``: iterations spent so far)."""
+    total, spent = config.max_iter, res.n_iter
     if moves:
-        return run_vi_with_moves(
-            stats, best.prior, best.params, config, rng, callback=callback, explored=best, stacklevel=4
-        )
+        return run_vi_with_moves(stats, res.prior, res.params, config, rng, callback=callback, explored=res, stacklevel=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        final = run_vi(stats, best.prior, best.params, replace(config, min_iter=1, max_iter=max(total - spent, 1)), rng, callback)
+        final = run_vi(stats, res.prior, res.params, replace(config, min_iter=1, max_iter=max(total - spent, 1)), rng, callback)
     if not final.converged:
         warnings.warn(
             f"variational inference used its budget of max_iter={total} iterations ({spent} exploring "
             f"{n_starts} starting size(s)) before the ELBO converged; increase max_iter",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    final.kept = [b[c] for b, c in zip(best.kept, final.kept)]
-    final.pruned_at = best.pruned_at + [len(best.elbo_history) + p for p in final.pruned_at]
+    final.kept = [b[c] for b, c in zip(res.kept, final.kept)]
+    final.pruned_at = res.pruned_at + [len(res.elbo_history) + p for p in final.pruned_at]
     final.n_iter += spent
-    final.elbo_history = list(best.elbo_history) + list(final.elbo_history)
+    final.elbo_history = list(res.elbo_history) + list(final.elbo_history)
     return final
