@@ -420,8 +420,7 @@ class VariationalLongitudinalModel(HyperParameters):
         if Z is not None:  # the membership model's probabilities (as in every prediction) in place of E[log pi]
             first = self.prior_.path_components()[:, 0]
             dirichlet, _ = self.prior_.first_layer_dirichlet(self.params_.prior)
-            log_p1 = stick_log_probs(Z @ self.params_.membership.moments()[0].T)
-            offsets = log_p1[:, first] - dirichlet.mean_log[first]
+            offsets = self._membership_log_p1(Z)[:, first] - dirichlet.mean_log[first]
         return local_step(stats, pp, nm, self.hard_assignment, log_weight=offsets)
 
     # -------------------------------------------------------------- membership by covariates
@@ -434,11 +433,15 @@ class VariationalLongitudinalModel(HyperParameters):
         m = self.design_.membership
         return None if m is None else m.matrix(frame, self.design_.columns.subject, d.subjects)
 
+    def _membership_log_p1(self, Z: np.ndarray) -> np.ndarray:
+        """log p(first-layer component) (N, K_1) of subjects with membership covariates Z (N, Q), at E[Gamma]."""
+        return stick_log_probs(Z @ self.params_.membership.moments()[0].T)
+
     def _path_log_weights(self, Z: np.ndarray | None, mix: PointMixture) -> np.ndarray | None:
         """Each subject's log prior path weights (N, M) under the membership model (plug-in E[Gamma])."""
         if Z is None:
             return None
-        log_p1 = stick_log_probs(Z @ self.params_.membership.moments()[0].T)  # (N, K_1)
+        log_p1 = self._membership_log_p1(Z)
         first = self.prior_.path_components()[:, 0]
         dirichlet, _ = self.prior_.first_layer_dirichlet(self.params_.prior)
         with np.errstate(divide="ignore"):
@@ -513,7 +516,7 @@ class VariationalLongitudinalModel(HyperParameters):
             raise ValueError("this model was fitted without membership_covariates")
         subjects = pd.Index(pd.unique(df[self.design_.columns.subject]), name="subject")
         Z = m.matrix(df, self.design_.columns.subject, subjects)
-        p = np.exp(stick_log_probs(Z @ self.params_.membership.moments()[0].T))[:, self._group_order]
+        p = np.exp(self._membership_log_p1(Z))[:, self._group_order]
         return pd.DataFrame(p, index=subjects, columns=pd.RangeIndex(p.shape[1], name="group"))
 
     def _data(self, df: FrameLike, require_response: bool = True) -> Longitudinal:
