@@ -1,4 +1,4 @@
-"""The inference loop shared by every model: coordinate ascent or stochastic natural gradients.
+"""The inference loop shared by every model: full-batch coordinate ascent (CAVI).
 
 One iteration = a local step (optimal q of every subject's path and random
 effects, :func:`dmlmm.inference.local.local_step`) followed by a closed-form
@@ -6,12 +6,10 @@ update of every global factor: the random-effects prior's (through its
 :class:`~dmlmm.priors.base.RandomEffectsPrior` object), the fixed effects
 ``q(w)`` and the noise ``q(sigma^2)`` with its half-Cauchy auxiliary.
 
-With the full data and step 1 this is coordinate ascent (CAVI): the ELBO,
-recorded right after each local step, never decreases. With minibatches the
-global factors take natural-gradient steps ``(1 - rho_t) lambda + rho_t lambda_hat``
-where ``lambda_hat`` is computed as if the minibatch, scaled by N / |B|, were the
-whole data (Hoffman et al. 2013), with Robbins-Monro steps
-``rho_t = (t + delay) ** -forgetting``.
+This is coordinate ascent: the ELBO, recorded right after each local step, never
+decreases (SQUAREM jumps are kept only when it does not drop). Minibatch fits run
+through :mod:`dmlmm.inference.stochastic`, which uses :func:`update_globals` with
+natural-gradient steps ``(1 - rho) lambda + rho lambda_hat`` on statistics scaled by N / |B|.
 
 Noise and fixed-effect priors (on the standardised scale)::
 
@@ -77,14 +75,11 @@ class VIConfig:
 
     max_iter: int = 500
     tol: float = 1e-6
-    batch_size: int | None = None  # None: full batch
+    batch_size: int | None = None  # None: full batch; else minibatch size (dmlmm.inference.stochastic)
     min_iter: int = 5
     hard_assignment: bool = False
     noise_scale: float = 1.0
     fixed_var: float = 100.0
-    delay: float = 10.0
-    forgetting: float = 0.6
-    svi_min_iter: int = 250
     full_every: int = 10  # full-batch CAVI: evaluate all paths every this many iterations
     active_threshold: float = 1e-10  # in between, only paths above this responsibility
     moment_threshold: float = 1e-12  # pairs below this responsibility are left out of second moments
@@ -282,24 +277,26 @@ def run_vi(
     prior : RandomEffectsPrior.
     params : VariationalParams, the starting point.
     config : VIConfig.
-    rng : Generator for minibatch draws.
+    rng : Generator (unused by coordinate ascent itself; kept for the callers' uniform signature).
     callback : called as ``callback(iteration, elbo)`` after each iteration.
     """
     t0 = time.perf_counter()
     N = stats.n_subjects
     P = stats.dim_fixed
-    batch = config.batch_size
-    stochastic = batch is not None and batch < N
+    if config.batch_size is not None and config.batch_size < N:
+        raise ValueError(
+            "run_vi fits full batch; minibatch fits run through dmlmm.inference.stochastic.run_vi_stochastic"
+        )
     history: list[float] = []
     converged = False
-    restrict = not stochastic and not config.hard_assignment and prior.n_paths > 1
+    restrict = not config.hard_assignment and prior.n_paths > 1
     active = None
     last_full = 0
     pruned_at: list[int] = []
     kept: list = [None] * len(prior.layer_counts(params.prior))
     # SQUAREM (full batch): ``anchor`` is theta0 of the current cycle (after one plain step),
     # ``fallback`` the plain theta2 while the extrapolated point is being evaluated
-    accel = Squarem() if config.accelerate and not stochastic else None
+    accel = Squarem() if config.accelerate else None
     anchor: VariationalParams | None = None
     fallback: tuple[VariationalParams, float] | None = None
     prev_local: Any = None
@@ -308,13 +305,7 @@ def run_vi(
     full = False
     it = 0
     for it in range(1, config.max_iter + 1):
-        if stochastic:
-            idx = np.sort(rng.choice(N, size=batch, replace=False))
-            sub = stats.subset(idx)
-            scale = N / batch
-            rho = (it + config.delay) ** (-config.forgetting)
-        else:
-            sub, scale, rho = stats, 1.0, 1.0
+        sub, scale, rho = stats, 1.0, 1.0
         full = active is None or it - last_full >= config.full_every
         paths = prior.path_components()
         try:
@@ -348,12 +339,12 @@ def run_vi(
         history.append(elbo)
         if callback is not None:
             callback(it, elbo)
-        if _has_converged(history, config, stochastic) and _resp_settled(sub, prev_local, local, config, stochastic):
+        if _has_converged(history, config) and _resp_settled(sub, prev_local, local, config):
             if full or not restrict:
                 converged = True
                 break
             last_full = -config.full_every  # confirm with a step over all paths
-        if it == config.max_iter and full and not stochastic:
+        if it == config.max_iter and full:
             break  # out of budget: keep these globals, whose full local step is at hand
         prev_local = local
         new = update_globals(params, prior, sub, local, cache, psi, config, scale, rho)
@@ -379,7 +370,7 @@ def run_vi(
                 anchor, prev_local = None, None
     # the local step on all subjects at the final globals: the last one when it was (full batch,
     # all paths, at these globals), else one more
-    at_hand = not stochastic and it > 0 and full and len(history) > 0 and local is not None and fallback is None \
+    at_hand = it > 0 and full and len(history) > 0 and local is not None and fallback is None \
         and (converged or it == config.max_iter) and len(local.path_quad) == prior.n_paths and params_at_local is params
     if at_hand:
         elbo = history[-1]
@@ -388,7 +379,7 @@ def run_vi(
         local = run_local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment,
                                log_weight=membership_terms(params, prior, stats)[0])
         elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
-        if not stochastic and not converged:
+        if not converged:
             history.append(elbo)
     if not converged:
         warnings.warn(
@@ -424,9 +415,9 @@ def _extrapolate(
     return point, (theta2, step)
 
 
-def _resp_settled(stats, prev: Any, local: Any, config: VIConfig, stochastic: bool) -> bool:
+def _resp_settled(stats, prev: Any, local: Any, config: VIConfig) -> bool:
     """Full batch: whether no responsibility moved more than ``config.resp_tol`` since the last step."""
-    if stochastic or config.resp_tol is None:
+    if config.resp_tol is None:
         return True
     if prev is None:
         return False
@@ -439,12 +430,5 @@ def _rel_change(history: list[float]) -> float:
     return abs(history[-1] - history[-2]) / max(abs(history[-1]), 1e-12)
 
 
-def _has_converged(history: list[float], config: VIConfig, stochastic: bool) -> bool:
-    if not stochastic:
-        return len(history) > config.min_iter and _rel_change(history) < config.tol
-    n = len(history)
-    if n < config.svi_min_iter:
-        return False
-    last5 = np.mean(history[-max(1, n // 20):])
-    last10 = np.mean(history[-max(2, n // 10):])
-    return abs(last5 - last10) / max(abs(last10), 1e-12) < 10 * config.tol
+def _has_converged(history: list[float], config: VIConfig) -> bool:
+    return len(history) > config.min_iter and _rel_change(history) < config.tol

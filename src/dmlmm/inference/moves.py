@@ -71,7 +71,7 @@ def run_vi_with_moves(
         ``elbo_history`` the whole trace so far, ready to be passed back as ``explored``).
     stacklevel : of the ConvergenceWarning (3: the caller's caller).
     """
-    if (max_trials <= 0 and explored is None) or config.batch_size is not None:
+    if max_trials <= 0 and explored is None:
         return run_vi(stats, prior, params, config, rng, callback)
     final_config = config
     # exploration: loose tolerance, and negligible paths dropped more eagerly (the final run is exact)

@@ -108,14 +108,7 @@ def run_vi_with_starts(
     moves : bool
         Delete moves after the exploration (as :func:`~dmlmm.inference.moves.run_vi_with_moves`).
     ladder : first-layer sizes of the smaller starts (default :data:`LADDER`; empty: the requested start only).
-
-    With minibatches (noisy ELBOs) only the requested start is run, from ``rng``.
     """
-    if config.batch_size is not None:
-        params = init(prior, rng)
-        if moves:
-            return run_vi_with_moves(stats, prior, params, config, rng, callback=callback, stacklevel=4)
-        return run_vi(stats, prior, params, config, rng, callback)
     base = int(rng.integers(2**63))
     sizes = start_sizes(tuple(int(k) for k in prior.path_components().max(axis=0) + 1), LADDER if ladder is None else ladder)
     total = config.max_iter
