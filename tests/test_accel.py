@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from dmlmm.data import sufficient_stats
+from helpers import toy_stats
 from dmlmm.exceptions import ConvergenceWarning
 from dmlmm.accel import ascend, from_unconstrained, squarem_point, to_unconstrained
 from dmlmm.inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, run_vi
@@ -30,13 +30,7 @@ from dmlmm.priors.gaussian import GaussianMixturePrior
 
 
 def _stats(seed=0, n_subjects=30, n_obs=6, dim=4, n_fixed=1):
-    rng = np.random.default_rng(seed)
-    codes = np.repeat(np.arange(n_subjects), n_obs)
-    X = rng.uniform(0, 1, (len(codes), dim))
-    F = rng.normal(size=(len(codes), n_fixed))
-    b = rng.normal(size=(n_subjects, dim)) + np.where(rng.random(n_subjects) < 0.5, 1.5, -1.5)[:, None]
-    y = (X * b[codes]).sum(1) + F @ np.full(n_fixed, 0.3) + 0.3 * rng.normal(size=len(codes))
-    return sufficient_stats(y, X, F, codes, n_subjects)
+    return toy_stats(seed, n_subjects, n_obs, dim, n_fixed)
 
 
 def _random_path_prior(rng, M, D):

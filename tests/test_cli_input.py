@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import dmlmm
+from helpers import error_line
 from dmlmm.cli import main
 from dmlmm.cli_input import InputError, apply_transform, check_columns, read_csv, sniff
 from dmlmm.data import CovariateEncoding
@@ -26,14 +27,6 @@ FAST = ["--components", "2,1", "--latent-dims", "1,1", "--n-basis", "5", "--max-
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

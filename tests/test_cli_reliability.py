@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import dmlmm
+from helpers import error_line
 from dmlmm.cli import main
 from dmlmm.cli_output import OutputError, OutputFiles, OutputFolder
 from dmlmm.simulate import dgp1
@@ -24,14 +25,6 @@ FAST = ["--components", "2,1", "--latent-dims", "1,1", "--n-basis", "5", "--max-
 
 def run(*args, catch: bool = False):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=catch)
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def leftovers(folder: Path) -> list[str]:

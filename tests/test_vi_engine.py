@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as st
 from scipy.special import gammaln, logsumexp
 
+from helpers import toy_stats
 from dmlmm.data import sufficient_stats
 from dmlmm.exceptions import ConvergenceWarning
 from dmlmm.inference.engine import (
@@ -25,14 +26,7 @@ from dmlmm.priors.dmfa import DeepMixturePrior
 from dmlmm.priors.gaussian import GaussianMixturePrior
 
 
-def _toy_stats(seed=0, n_subjects=8, n_obs=5, dim=3, n_fixed=1):
-    rng = np.random.default_rng(seed)
-    codes = np.repeat(np.arange(n_subjects), n_obs)
-    X = rng.uniform(0, 1, (len(codes), dim))
-    F = rng.normal(size=(len(codes), n_fixed))
-    b = rng.normal(size=(n_subjects, dim)) + np.where(rng.random(n_subjects) < 0.5, 1.5, -1.5)[:, None]
-    y = (X * b[codes]).sum(1) + F @ np.full(n_fixed, 0.3) + 0.3 * rng.normal(size=len(codes))
-    return sufficient_stats(y, X, F, codes, n_subjects)
+_toy_stats = toy_stats
 
 
 def _start(stats, prior, seed=0, iters=3):

@@ -203,17 +203,19 @@ def _probe_frame(model) -> pd.DataFrame:
     c = d.columns
     lo, hi = float(d.basis.lower_), float(d.basis.upper_)
     frame = pd.DataFrame({c.subject: ["probe", "probe"], c.time: [lo, hi], c.response: [d.y_shift, d.y_shift]})
-    means = dict(zip(d.encoding.names, d.cov_mean))
-    for col in d.encoding.columns:
-        levels = d.encoding.levels.get(col)
-        frame[col] = levels[0] if levels else float(means.get(col, 0.0))
+    _fill_valid(frame, d.encoding, d.cov_mean)
     m = getattr(d, "membership", None)
     if m is not None:
-        m_means = dict(zip(m.encoding.names, m.mean))
-        for col in m.encoding.columns:
-            levels = m.encoding.levels.get(col)
-            frame[col] = levels[0] if levels else float(m_means.get(col, 0.0))
+        _fill_valid(frame, m.encoding, m.mean)
     return frame
+
+
+def _fill_valid(frame: pd.DataFrame, encoding, means: np.ndarray) -> None:
+    """Every column of ``encoding`` in ``frame`` at a valid value: its first level, or its mean."""
+    by_name = dict(zip(encoding.names, means))
+    for col in encoding.columns:
+        levels = encoding.levels.get(col)
+        frame[col] = levels[0] if levels else float(by_name.get(col, 0.0))
 
 
 def _check_predictions(model) -> None:

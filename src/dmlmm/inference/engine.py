@@ -36,7 +36,7 @@ from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
 from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
-from ..priors.membership import membership_elbo, membership_log_weights, membership_prune, membership_update
+from ..priors.membership import first_layer_resp, membership_elbo, membership_log_weights, membership_prune, membership_update
 from .backend import active_paths, fixed_sums, resp_change, residual_sums, run_local_step
 from .local import LocalResult, NoiseMoments
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, take_groups
@@ -174,9 +174,8 @@ def update_globals(
     new = replace(params, prior=prior.update(params.prior, local.moments.scaled(scale), cache, rho))
     new = _update_noise_and_fixed(new, sub, local, path_groups(new.noise, paths), config, scale, rho)
     if new.membership is not None:
-        first_resp = local.resp @ np.eye(int(paths[:, 0].max()) + 1)[paths[:, 0]]  # (N, K_1)
         new = replace(new, membership=membership_update(
-            new.membership, sub.membership, first_resp, psi, config.membership_scale, scale, rho))
+            new.membership, sub.membership, first_layer_resp(local.resp, paths[:, 0]), psi, config.membership_scale, scale, rho))
     return new
 
 

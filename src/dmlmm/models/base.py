@@ -26,7 +26,7 @@ from ..inference.starts import run_vi_with_starts
 from ..inference.stochastic import StochasticSettings, run_vi_stochastic
 from ..prediction import ConditionalMixture, condition, fixed_effects_cov, mixture_quantiles
 from ..priors.base import PointMixture, RandomEffectsPrior
-from ..priors.membership import membership_init, membership_laplace_cov, stick_log_probs
+from ..priors.membership import first_layer_resp, membership_init, membership_laplace_cov, stick_log_probs
 from .design import LongitudinalDesign
 from .membership_design import MembershipDesign
 from .params import check_model_params, check_random_state, positive_int
@@ -253,8 +253,7 @@ class VariationalLongitudinalModel(HyperParameters):
                                                 config.fixed_var)
         self._membership_cov = None
         if Z is not None:
-            first = best.prior.path_components()[:, 0]
-            resp1 = best.local.resp @ np.eye(int(first.max()) + 1)[first]
+            resp1 = first_layer_resp(best.local.resp, best.prior.path_components()[:, 0])
             self._membership_cov = membership_laplace_cov(best.params.membership, Z, resp1, config.membership_scale)
         return self
 

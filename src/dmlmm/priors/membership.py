@@ -32,8 +32,20 @@ from ..expfam import LOG_2PI, Gaussian, blend, gaussian_entropy
 
 __all__ = [
     "membership_init", "membership_log_weights", "membership_update", "membership_elbo",
-    "membership_prune", "stick_log_probs", "jj_lambda", "membership_laplace_cov",
+    "membership_prune", "stick_log_probs", "jj_lambda", "membership_laplace_cov", "first_layer_resp",
 ]
+
+
+def first_layer_resp(resp: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """q(c_i1 = k) (N, K_1) from the path responsibilities ``resp`` (N, M) and each path's first-layer
+    component ``first`` (M,)."""
+    return resp @ np.eye(int(first.max()) + 1)[first]
+
+
+def _stop_and_pass(resp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per stick j (N, K - 1): the weight of stopping there (r_j) and of passing it (sum_{k>j} r_k)."""
+    K = resp.shape[1]
+    return resp[:, : K - 1], np.cumsum(resp[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
 
 def jj_lambda(xi: np.ndarray) -> np.ndarray:
@@ -91,10 +103,8 @@ def membership_update(
     scale : prior SD of every coefficient.
     weight : N / |batch| for minibatches.
     """
-    K = resp.shape[1]
     Q = Z.shape[1]
-    stop = resp[:, : K - 1]  # stop at stick j
-    passing = np.cumsum(resp[:, ::-1], axis=1)[:, ::-1][:, 1:]  # reach a later component: sum_{k>j} r_k
+    stop, passing = _stop_and_pass(resp)
     reach = stop + passing
     prec = np.eye(Q) / scale**2 + weight * np.einsum("ns,nq,nr->sqr", 2.0 * reach * jj_lambda(xi), Z, Z)
     shift = weight * np.einsum("ns,nq->sq", 0.5 * (stop - passing), Z)
@@ -134,8 +144,8 @@ def membership_laplace_cov(q: Gaussian, Z: np.ndarray, resp: np.ndarray, scale: 
     """
     mean = q.moments()[0]
     eta = Z @ mean.T  # (N, S)
-    K = resp.shape[1]
-    reach = resp[:, : K - 1] + np.cumsum(resp[:, ::-1], axis=1)[:, ::-1][:, 1:]
+    stop, passing = _stop_and_pass(resp)
+    reach = stop + passing
     p = np.exp(log_expit(eta))
     w = reach * p * (1.0 - p)
     H = np.eye(Z.shape[1]) / scale**2 + np.einsum("ns,nq,nr->sqr", w, Z, Z)
