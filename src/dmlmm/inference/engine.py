@@ -38,6 +38,7 @@ from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
 from ..priors.membership import first_layer_resp, membership_elbo, membership_log_weights, membership_prune, membership_update
 from .backend import active_paths, fixed_sums, resp_change, residual_sums, run_local_step
+from .joint import joint_local_step
 from .local import LocalResult, NoiseMoments
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, take_groups
 
@@ -88,6 +89,7 @@ class VIConfig:
     membership_scale: float = 2.5  # prior SD of the membership model's coefficients
     accelerate: bool = True  # full batch: SQUAREM extrapolation of the globals, with an ELBO safeguard
     resp_tol: float = 1e-3  # full batch: converged only once no responsibility moves more than this
+    joint_fixed: bool = False  # one-path priors: q(w, b) jointly Gaussian (:mod:`dmlmm.inference.joint`)
 
 
 @dataclass
@@ -212,7 +214,7 @@ def _update_noise_and_fixed(
     """
     fixed = params.fixed
     s_path = np.atleast_1d(params.noise.mean_inv)[groups]  # (M,) E[1/sigma^2] of each path
-    if fixed is not None:
+    if fixed is not None and not config.joint_fixed:  # (joint: q(w) came with the local step)
         P = stats.dim_fixed
         ftf, fty = fixed_sums(stats, local, s_path)  # weighted by E_q(c_i)[E[1/sigma^2_c]]
         prec = np.eye(P) / config.fixed_var + scale * ftf
@@ -286,6 +288,8 @@ def run_vi(
         raise ValueError(
             "run_vi fits full batch; minibatch fits run through dmlmm.inference.stochastic.run_vi_stochastic"
         )
+    if config.joint_fixed and (prior.n_paths != 1 or not isinstance(stats, SufficientStats)):
+        raise ValueError("joint_fixed needs a one-path prior and in-memory statistics")
     history: list[float] = []
     converged = False
     restrict = not config.hard_assignment and prior.n_paths > 1
@@ -311,10 +315,7 @@ def run_vi(
             with np.errstate(over="raise", invalid="raise", divide="raise") if fallback is not None else _NO_RAISE:
                 pp, cache = prior.path_prior(params.prior)
                 offsets, psi = membership_terms(params, prior, sub)
-                local = run_local_step(
-                    sub, pp, noise_moments(params, P, paths), config.hard_assignment,
-                    active=None if full else active, moment_threshold=config.moment_threshold, log_weight=offsets,
-                )
+                local, params = _local_step(sub, pp, params, paths, config, None if full else active, offsets)
         except (np.linalg.LinAlgError, FloatingPointError):
             if fallback is None:
                 raise
@@ -348,7 +349,7 @@ def run_vi(
         prev_local = local
         new = update_globals(params, prior, sub, local, cache, psi, config, scale, rho)
         if accel is not None and anchor is not None:
-            params, fallback = _extrapolate(anchor, params, new, accel)
+            params, fallback = _extrapolate(anchor, params, new, accel, config.joint_fixed)
             anchor = None
         else:
             anchor = params if accel is not None else None
@@ -375,8 +376,8 @@ def run_vi(
         elbo = history[-1]
     else:
         pp, _ = prior.path_prior(params.prior)
-        local = run_local_step(stats, pp, noise_moments(params, P, prior.path_components()), config.hard_assignment,
-                               log_weight=membership_terms(params, prior, stats)[0])
+        local, params = _local_step(stats, pp, params, prior.path_components(), config, None,
+                                    membership_terms(params, prior, stats)[0])
         elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
         if not converged:
             history.append(elbo)
@@ -391,14 +392,34 @@ def run_vi(
     return VIResult(params, prior, elbo, history, it, converged, local, time.perf_counter() - t0, pruned_at, kept)
 
 
+def _local_step(
+    stats, pp, params: VariationalParams, paths: np.ndarray, config: VIConfig, active, log_weight
+) -> tuple[Any, VariationalParams]:
+    """The local step at ``params``, and ``params`` with what the step optimised too.
+
+    With ``config.joint_fixed`` the step optimises q(w) jointly with the random effects
+    (:func:`~dmlmm.inference.joint.joint_local_step`), so q(w) is replaced by its result.
+    """
+    P = stats.dim_fixed
+    if config.joint_fixed:
+        local = joint_local_step(stats, pp, noise_moments(params, P, paths), config.fixed_var)
+        return local, replace(params, fixed=local.fixed)
+    local = run_local_step(stats, pp, noise_moments(params, P, paths), config.hard_assignment,
+                           active=active, moment_threshold=config.moment_threshold, log_weight=log_weight)
+    return local, params
+
+
 def _extrapolate(
-    theta0: VariationalParams, theta1: VariationalParams, theta2: VariationalParams, accel: Squarem
+    theta0: VariationalParams, theta1: VariationalParams, theta2: VariationalParams, accel: Squarem,
+    skip_fixed: bool = False,
 ) -> tuple[VariationalParams, tuple[VariationalParams, float] | None]:
     """The SQUAREM point from three successive globals, and the plain ``theta2`` to fall back to.
 
-    Returns ``(theta2, None)`` when there is nothing to extrapolate (or the point is not finite).
+    ``skip_fixed``: leave q(w) out (the joint local step recomputes it; its natural parameters
+    would otherwise dominate the step length). Returns ``(theta2, None)`` when there is nothing
+    to extrapolate (or the point is not finite).
     """
-    u0, u1, u2 = (to_unconstrained(t) for t in (theta0, theta1, theta2))
+    u0, u1, u2 = (to_unconstrained(replace(t, fixed=None) if skip_fixed else t) for t in (theta0, theta1, theta2))
     if any(a.shape != b.shape for a, b in zip(u0, u2)) or len(u0) != len(u2):
         return theta2, None
     got = squarem_point(u0, u1, u2, accel.max_step)
@@ -408,7 +429,8 @@ def _extrapolate(
     if not all(np.all(np.isfinite(x)) for x in leaves):
         return theta2, None
     try:
-        point = from_unconstrained(theta2, leaves)
+        point = from_unconstrained(replace(theta2, fixed=None) if skip_fixed else theta2, leaves)
+        point = replace(point, fixed=theta2.fixed) if skip_fixed else point
     except (FloatingPointError, np.linalg.LinAlgError):
         return theta2, None
     return point, (theta2, step)

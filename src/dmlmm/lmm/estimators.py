@@ -124,7 +124,7 @@ def _vb(design: Design, scaling: ResponseScaling, stats: SufficientStats, *, max
     e = fit.effects
     s, s2 = scaling.scale, scaling.scale**2
     p, q, n = design.n_fixed, design.structure.dim, design.n_obs
-    cov_re = s2 * fit.cov.mean(fit.params.prior)
+    cov_re = s2 * fit.cov_re
     sigma2 = s2 * float(fit.params.noise.mean[()])
     lam = np.linalg.cholesky(cov_re / sigma2 + 1e-300 * np.eye(q))
     theta = np.zeros(design.structure.n_theta)

@@ -1,0 +1,150 @@
+"""The local step with the fixed effects kept jointly Gaussian with the random effects.
+
+With one path (the linear mixed model's Gaussian prior) the optimal joint
+``q(w, b_1, ..., b_N)`` given the other factors is Gaussian and cheap: its
+precision is an arrowhead (a w block, one block per subject, and the cross terms
+``E[1/sigma^2] F_i'X_i``), reduced onto w by a Schur complement batched over
+subjects::
+
+    Q_i = Lambda + s X_i'X_i,                 H_i = s Q_i^{-1} X_i'F_i            (D, P)
+    prec(w) = I / fixed_var + s sum_i F_i'F_i - s sum_i F_i'X_i H_i
+    shift(w) = s sum_i F_i'y_i - sum_i H_i'(eta + s X_i'y_i)
+    E[b_i] = Q_i^{-1}(eta + s X_i'y_i) - H_i E[w],  Cov(b_i | w) = Q_i^{-1},  Cov(b_i, w) = -H_i Cov(w)
+
+(``Lambda``, ``eta``: the path's prior precision and shift, ``s = E[1/sigma^2]``). A
+factorised ``q(w) q(b)`` would understate the fixed effects' uncertainty badly
+when the random design shares columns with the fixed design (random slopes).
+
+The joint entropy splits as ``H[q(w)] + sum_i H[q(b_i | w)]``, so each subject's
+``log_evidence`` holds its expected log likelihood and log prior under the joint
+plus ``H[q(b_i | w)]``; the engine adds ``q(w)``'s own terms through
+:func:`~dmlmm.inference.engine.elbo_globals`. The per-path sums of
+:class:`~dmlmm.inference.local.LocalResult` carry the cross-covariance of ``w`` and
+``b_i``, so the shared noise update (:func:`~dmlmm.inference.noise.path_rss`) gets the
+exact expected residual sum of squares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._linalg import spd_inv_logdet, stack_inv_logdet, sym
+from ..data import SufficientStats
+from ..expfam import LOG_2PI, Gaussian
+from ..priors.base import PathMoments, PathPrior
+from .local import LocalResult, NoiseMoments
+
+__all__ = ["JointEffects", "JointLocalResult", "joint_effects", "joint_local_step"]
+
+
+@dataclass(frozen=True)
+class JointEffects:
+    """q(w, b): means and the blocks of the joint covariance that are used.
+
+    Attributes
+    ----------
+    w_mean : (P,), w_cov : (P, P)
+    b_mean : (N, D), b_cov : (N, D, D) marginal covariances of each b_i
+    b_w_cov : (N, D, P) Cov(b_i, w)
+    sensitivity : (N, D, P) H_i: E[b_i | w] moves by -H_i d when w moves by d
+    cond_cov : (N, D, D) Cov(b_i | w) = Q_i^{-1}
+    cond_logdet : (N,) log det Cov(b_i | w)
+    w_prec : (P, P), w_shift : (P,) the natural parameters of q(w)
+    """
+
+    w_mean: np.ndarray
+    w_cov: np.ndarray
+    b_mean: np.ndarray
+    b_cov: np.ndarray
+    b_w_cov: np.ndarray
+    sensitivity: np.ndarray
+    cond_cov: np.ndarray
+    cond_logdet: np.ndarray
+    w_prec: np.ndarray
+    w_shift: np.ndarray
+
+    @property
+    def logdet_cov(self) -> float:
+        """log det of the joint covariance of (w, b_1, ..., b_N)."""
+        logdet_w = spd_inv_logdet(sym(self.w_prec), "fixed-effects posterior precision")[1] if len(self.w_mean) else 0.0
+        return float(np.sum(self.cond_logdet)) - float(logdet_w)
+
+
+@dataclass(frozen=True)
+class JointLocalResult(LocalResult):
+    """:class:`~dmlmm.inference.local.LocalResult` of the joint step, with ``q(w)`` and the joint's blocks."""
+
+    fixed: Gaussian | None = None
+    effects: JointEffects | None = None
+
+
+def joint_effects(stats: SufficientStats, re_prec: np.ndarray, re_shift: np.ndarray, noise_prec: float,
+                  fixed_var: float) -> JointEffects:
+    """Optimal joint Gaussian q(w, b) given the prior's E[precision] (D, D) and shift (D,) of b and E[1/sigma^2]."""
+    s = float(noise_prec)
+    P = stats.dim_fixed
+    Qinv, logdet_Q = stack_inv_logdet(re_prec[None] + s * stats.XtX, "random-effects posterior precision")
+    H = Qinv @ (s * stats.XtF)  # (N, D, P)
+    bx = re_shift[None] + s * stats.Xty  # (N, D)
+    b_cond = (Qinv @ bx[..., None])[..., 0]  # E[b_i | w = 0]
+    w_prec = sym(np.eye(P) / fixed_var + s * stats.FtF.sum(0) - s * np.einsum("nqp,nqr->pr", stats.XtF, H))
+    w_shift = s * stats.Fty.sum(0) - np.einsum("nqp,nq->p", H, bx)
+    if P:
+        w_cov, _ = spd_inv_logdet(w_prec, "fixed-effects posterior precision")
+        w_mean = w_cov @ w_shift
+    else:
+        w_cov, w_mean = np.zeros((0, 0)), np.zeros(0)
+    b_mean = b_cond - H @ w_mean
+    b_w_cov = -H @ w_cov
+    b_cov = Qinv + H @ w_cov @ np.swapaxes(H, 1, 2)
+    return JointEffects(w_mean, w_cov, b_mean, b_cov, b_w_cov, H, Qinv, -logdet_Q, w_prec, w_shift)
+
+
+def expected_rss(stats: SufficientStats, e: JointEffects) -> np.ndarray:
+    """E_q ||y_i - F_i w - X_i b_i||^2 per subject (N,) under the joint q(w, b)."""
+    wm, bm = e.w_mean, e.b_mean
+    second_b = e.b_cov + bm[:, :, None] * bm[:, None, :]
+    cross = np.einsum("nqp,nqp->n", stats.XtF, e.b_w_cov) + np.einsum("nqp,nq,p->n", stats.XtF, bm, wm)
+    return (
+        stats.yty
+        - 2 * stats.Fty @ wm
+        - 2 * np.einsum("nq,nq->n", stats.Xty, bm)
+        + np.einsum("p,npr,r->n", wm, stats.FtF, wm)
+        + np.einsum("npr,rp->n", stats.FtF, e.w_cov)
+        + np.einsum("nqr,nrq->n", stats.XtX, second_b)
+        + 2 * cross
+    )
+
+
+def joint_local_step(stats: SufficientStats, prior: PathPrior, noise: NoiseMoments, fixed_var: float) -> JointLocalResult:
+    """The optimal q(w, b_1, ..., b_N) for a one-path prior, as the engine's local step.
+
+    Parameters
+    ----------
+    stats : SufficientStats of N subjects (in memory).
+    prior : PathPrior with one path.
+    noise : NoiseMoments with one shared noise factor (its ``w_mean`` / ``w_cov`` are not used:
+        ``q(w)`` is part of this step's output).
+    fixed_var : prior variance of each fixed effect.
+    """
+    if prior.n_paths != 1 or np.ndim(noise.prec) > 0:
+        raise ValueError("the joint fixed/random-effects step needs a one-path prior and one shared noise factor")
+    N, D, P = stats.n_subjects, stats.dim_random, stats.dim_fixed
+    lam, eta = prior.precision[0], prior.shift[0]
+    s, lv = float(noise.prec), float(noise.log_var)
+    e = joint_effects(stats, lam, eta, s, fixed_var)
+    second = e.b_cov + e.b_mean[:, :, None] * e.b_mean[:, None, :]  # (N, D, D)
+    lik = -0.5 * stats.n_obs * (LOG_2PI + lv) - 0.5 * s * expected_rss(stats, e)
+    log_prior = prior.log_weight[0] + prior.const[0] + e.b_mean @ eta - 0.5 * np.einsum("qr,nrq->n", lam, second)
+    entropy = 0.5 * (D * (1.0 + LOG_2PI) + e.cond_logdet)
+    moments = PathMoments(np.array([float(N)]), e.b_mean.sum(0)[None], second.sum(0)[None])
+    quad = np.einsum("nqr,nrq->", stats.XtX, second) + 2.0 * np.einsum("nqp,nqp->", stats.XtF, e.b_w_cov)
+    xty_b = np.einsum("nq,nq->", stats.Xty, e.b_mean)
+    xtf_b = np.einsum("nqp,nq->p", stats.XtF, e.b_mean)[None]
+    fixed = Gaussian(e.w_prec, e.w_shift) if P else None
+    return JointLocalResult(
+        np.ones((N, 1)), lik + log_prior + entropy, e.b_mean, None, moments,
+        np.array([quad]), np.array([xty_b]), xtf_b, fixed=fixed, effects=e,
+    )
