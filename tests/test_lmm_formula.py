@@ -91,21 +91,21 @@ def test_categorical_fixed_effects_and_prediction_rebuilds_columns(sleepstudy):
     names = list(m.fixed_effects_.index)
     assert names[:2] == ["Intercept", "Days"] and len(names) == 4 and all("phase" in c for c in names[2:])
     new = pd.DataFrame({"Days": [7.0, 1.0], "phase": ["late", "base"], "Subject": [308, 308]})
-    pred = m.predict(new)
+    pred = m.predict_trajectory(new)
     f = np.array([[1.0, 7.0, *[1.0 if "late" in c else 0.0 for c in names[2:]]],
                   [1.0, 1.0, 0.0, 0.0]])
     expected = f @ m.fixed_effects_.to_numpy() + m.random_effects_.loc[308, "Intercept"]
     np.testing.assert_allclose(pred["mean"], expected)
     with pytest.raises(DataError, match="unseen|not seen|outside"):
-        m.predict(pd.DataFrame({"Days": [1.0], "phase": ["other"], "Subject": [308]}))
+        m.predict_trajectory(pd.DataFrame({"Days": [1.0], "phase": ["other"], "Subject": [308]}))
 
 
 def test_prediction_without_group_column_is_population_level(sleepstudy):
     m = LinearMixedModel("Reaction ~ Days + (Days | Subject)", method="reml").fit(sleepstudy)
-    pop = m.predict(pd.DataFrame({"Days": [0.0, 5.0]}))
+    pop = m.predict_trajectory(pd.DataFrame({"Days": [0.0, 5.0]}))
     assert list(pop.columns) == ["mean", "lower", "upper"]
     np.testing.assert_allclose(pop["mean"], m.fixed_effects_["Intercept"] + m.fixed_effects_["Days"] * np.r_[0, 5])
-    subj = m.predict(pd.DataFrame({"Days": [0.0, 5.0]}), subject=308)
+    subj = m.predict_trajectory(pd.DataFrame({"Days": [0.0, 5.0]}), subject=308)
     assert list(subj.columns) == ["Subject", "mean", "lower", "upper"]
     re = m.random_effects_.loc[308]
     np.testing.assert_allclose(subj["mean"], pop["mean"] + re["Intercept"] + re["Days"] * np.r_[0, 5])

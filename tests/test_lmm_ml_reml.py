@@ -140,7 +140,7 @@ def test_blups_and_prediction_variance_match_mixed_model_equations(sleepstudy, r
     np.testing.assert_allclose(sol[2:].reshape(N, q), m.random_effects_.to_numpy(), rtol=1e-6, atol=1e-6)
     # prediction error variance of F w + Z b_i at new days for subject 309
     new = pd.DataFrame({"Days": [0.0, 4.5, 9.0, 12.0], "Subject": 309})
-    pred = m.predict(new, interval=0.9)
+    pred = m.predict_trajectory(new, interval=0.9)
     k = list(subjects).index(309)
     L = np.zeros((4, 2 + N * q))
     L[:, :2] = np.c_[np.ones(4), new["Days"]]
@@ -149,10 +149,10 @@ def test_blups_and_prediction_variance_match_mixed_model_equations(sleepstudy, r
     np.testing.assert_allclose(pred["mean"], L @ sol, rtol=1e-8)
     half = stats.norm.ppf(0.95) * np.sqrt(pev)
     np.testing.assert_allclose(pred["upper"] - pred["mean"], half, rtol=1e-6)
-    obs = m.predict(new, interval=0.9, kind="observation")
+    obs = m.predict_trajectory(new, interval=0.9, kind="observation")
     np.testing.assert_allclose(obs["upper"] - obs["mean"], stats.norm.ppf(0.95) * np.sqrt(pev + s2), rtol=1e-6)
     # population level: F w, variance z' Sigma z + f' Cov(w) f
-    pop = m.predict(new, level="population", interval=0.9)
+    pop = m.predict_trajectory(new, level="population", interval=0.9)
     f = L[:, :2]
     var = np.einsum("ij,jk,ik->i", f, S, f) + np.einsum("ij,jk,ik->i", f, m.fixed_effects_cov_.to_numpy(), f)
     np.testing.assert_allclose(pop["mean"], f @ m.fixed_effects_.to_numpy())
@@ -228,8 +228,8 @@ def test_design_matrix_form_equals_formula_form(sleepstudy, reml_fit):
     assert list(m.fixed_effects_.index) == ["x0", "x1"] and list(m.cov_re_.index) == ["z0", "z1"]
     named = LinearMixedModel(method="reml").fit(X=pd.DataFrame(F, columns=["a", "b"]), Z=Z, y=y, groups=g)
     assert list(named.fixed_effects_.index) == ["a", "b"]
-    pred = m.predict(X=F[:3], Z=Z[:3], groups=g[:3])
-    np.testing.assert_allclose(pred["mean"], reml_fit.predict(sleepstudy.head(3))["mean"], rtol=1e-9)
+    pred = m.predict_trajectory(X=F[:3], Z=Z[:3], groups=g[:3])
+    np.testing.assert_allclose(pred["mean"], reml_fit.predict_trajectory(sleepstudy.head(3))["mean"], rtol=1e-9)
 
 
 def test_longitudinal_form_equals_design_matrix_form(spline_data):
@@ -348,7 +348,7 @@ def test_single_variance_component_matches_brute_force(reml):
     V = tau2 * Z @ Z.T + m.sigma2_ * np.eye(n)
     u = tau2 * Z.T @ np.linalg.solve(V, y - X @ m.fixed_effects_.to_numpy())
     np.testing.assert_allclose(m.random_effects_.to_numpy()[0], u, rtol=1e-6, atol=1e-8)
-    pred = m.predict(X=X[:5], Z=Z[:5])
+    pred = m.predict_trajectory(X=X[:5], Z=Z[:5])
     np.testing.assert_allclose(pred["mean"], X[:5] @ m.fixed_effects_.to_numpy() + Z[:5] @ u, rtol=1e-6)
 
 
@@ -359,31 +359,31 @@ def test_predict_longitudinal(spline_data):
     m = LinearMixedModel(basis=SplineBasis(n_basis=5), method="reml").fit(spline_data, subject="id", time="t",
                                                                            response="y")
     first = spline_data.iloc[[5, 0, 3]]
-    pred = m.predict(first)
-    assert list(pred.columns) == ["id", "t", "mean", "lower", "upper"]
-    assert list(pred.index) == list(first.index)
+    pred = m.predict_trajectory(first)
+    assert list(pred.columns) == ["id", "t", "mean", "lower", "upper", "beyond_last_visit"]
+    assert list(pred.index) == list(first.index) and not pred["beyond_last_visit"].any()
     np.testing.assert_allclose(pred["t"], first["t"])
     assert (pred["lower"] < pred["mean"]).all() and (pred["mean"] < pred["upper"]).all()
     grid = np.linspace(0, 1, 7)
-    by_times = m.predict(grid, subject="s002")
-    frame = m.predict(pd.DataFrame({"id": "s002", "t": grid}))
+    by_times = m.predict_trajectory(grid, subject="s002")
+    frame = m.predict_trajectory(pd.DataFrame({"id": "s002", "t": grid}))
     np.testing.assert_allclose(by_times["mean"], frame["mean"])
-    obs = m.predict(grid, subject="s002", kind="observation")
+    obs = m.predict_trajectory(grid, subject="s002", kind="observation")
     assert ((obs["upper"] - obs["lower"]) > (by_times["upper"] - by_times["lower"])).all()
-    pop = m.predict(grid)
-    assert list(pop.columns) == ["t", "mean", "lower", "upper"]
+    pop = m.predict_trajectory(grid)
+    assert list(pop.columns) == ["t", "mean", "lower", "upper", "beyond_last_visit"]
     with pytest.warns(UserWarning, match=r"\['nobody'\]"):
-        unknown = m.predict(grid, subject="nobody")
+        unknown = m.predict_trajectory(grid, subject="nobody")
     np.testing.assert_allclose(unknown["mean"], pop["mean"])
     np.testing.assert_allclose(unknown["upper"], pop["upper"])
     from dmlmm.exceptions import ExtrapolationWarning
 
     with pytest.warns(ExtrapolationWarning, match="outside the basis range"):  # extrapolates by default
-        m.predict([0.5, 1.5], subject="s002")
+        m.predict_trajectory([0.5, 1.5], subject="s002")
     strict = LinearMixedModel(basis=SplineBasis(n_basis=5, extrapolate=False), method="reml").fit(
         spline_data, subject="id", time="t", response="y")
     with pytest.raises(DataError, match="outside the basis range"):
-        strict.predict([0.5, 1.5], subject="s002")
+        strict.predict_trajectory([0.5, 1.5], subject="s002")
 
 
 def test_predict_extrapolating_basis(spline_data):
@@ -392,24 +392,24 @@ def test_predict_extrapolating_basis(spline_data):
     m = LinearMixedModel(basis=SplineBasis(n_basis=5, extrapolate=True), method="ml").fit(
         spline_data, subject="id", time="t", response="y")
     with pytest.warns(ExtrapolationWarning):
-        pred = m.predict([0.5, 1.2], subject="s001")
+        pred = m.predict_trajectory([0.5, 1.2], subject="s001")
     assert np.isfinite(pred["mean"]).all()
 
 
 def test_predict_needs_fit():
     with pytest.raises(NotFittedError, match="fit"):
-        LinearMixedModel(FORMULA, method="reml").predict(pd.DataFrame({"Days": [1]}))
+        LinearMixedModel(FORMULA, method="reml").predict_trajectory(pd.DataFrame({"Days": [1]}))
     with pytest.raises(NotFittedError):
         LinearMixedModel(FORMULA, method="reml").summary()
 
 
 def test_predict_bad_options(reml_fit, sleepstudy):
     with pytest.raises(ValueError, match="level"):
-        reml_fit.predict(sleepstudy, level="group")
+        reml_fit.predict_trajectory(sleepstudy, level="group")
     with pytest.raises(ValueError, match="kind"):
-        reml_fit.predict(sleepstudy, kind="mean")
+        reml_fit.predict_trajectory(sleepstudy, kind="mean")
     with pytest.raises(DataError, match=r"\['Days'\]"):
-        reml_fit.predict(pd.DataFrame({"Subject": [308]}))
+        reml_fit.predict_trajectory(pd.DataFrame({"Subject": [308]}))
 
 
 # --------------------------------------------------------------------------- bad input

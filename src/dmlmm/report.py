@@ -202,7 +202,7 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
     rows = pd.DataFrame({cols.subject: np.repeat(subjects.to_numpy(), len(grid)), cols.time: np.tile(grid, len(subjects))})
     for cv in covs:
         rows[cv] = np.repeat(last[cv].to_numpy(), len(grid))
-    pred = model.predict(rows, interval=interval)
+    pred = model.predict_trajectory(rows, interval=interval)
     last_time = frame.groupby(cols.subject, sort=True)[cols.time].max()
     traj = pd.DataFrame({"subject": rows[cols.subject].to_numpy(), "time": rows[cols.time].to_numpy(),
                          "mean": pred["mean"].to_numpy(), "lower": pred["lower"].to_numpy(),
@@ -211,7 +211,7 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
                              pd.to_numeric(last_time.reindex(subjects)).to_numpy(float), len(grid))})
     curves = None
     if not covs:
-        pop = model.predict(grid, level="population", interval=interval)
+        pop = model.predict_trajectory(grid, level="population", interval=interval)
         curves = pd.DataFrame({"cluster": 0, "time": grid, "mean": pop["mean"].to_numpy(),
                                "lower": pop["lower"].to_numpy(), "upper": pop["upper"].to_numpy(), "weight": 1.0})
     facts = {

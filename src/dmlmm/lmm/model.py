@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from .._estimator import HyperParameters
+from ..models.params import check_model_params
 from ..basis import SplineBasis
 from ..exceptions import ConvergenceWarning, DataError, NotFittedError
 from ._threads import limit_blas_threads
@@ -27,11 +27,11 @@ from .design import (
     Design,
     LongitudinalDesignBuilder,
     MatrixDesignBuilder,
-    NewRows,
     check_design,
 )
 from .estimators import ESTIMATORS, Estimate
 from .formula import FormulaDesignBuilder
+from .predictive import PredictiveLMM
 from .scaling import ResponseScaling
 
 __all__ = ["LinearMixedModel"]
@@ -44,7 +44,7 @@ def _describe_basis(builder) -> str | None:
     return f"{b!r}, range [{b.lower_:g}, {b.upper_:g}]"
 
 
-class LinearMixedModel(HyperParameters):
+class LinearMixedModel(PredictiveLMM, HyperParameters):
     """Linear mixed model ``y_i = F_i w + Z_i b_i + e_i``, ``b_i ~ N(0, Sigma)``, ``e_i ~ N(0, sigma^2 I)``.
 
     ``Sigma`` (q x q) is unstructured. Three ways to give the model:
@@ -76,8 +76,9 @@ class LinearMixedModel(HyperParameters):
     tol : float
         ML/REML: tolerance on the projected gradient of ``-loglik / n`` (standardised scale).
         VB: tolerance on the relative change of the ELBO (at most 1e-8 is used).
-    n_restarts : int
-        Extra optimiser runs from the incumbent solution.
+    n_init : int
+        ML/REML: optimiser runs, the first from lme4's default start, the others from the
+        incumbent solution (the variational fit is one run: its ELBO has one optimum here).
     blas_threads : int or None
         OpenBLAS threads while fitting (restored afterwards). The work is many tiny matrix
         operations, where BLAS threading only adds overhead (up to 100x in scipy's L-BFGS-B
@@ -126,7 +127,7 @@ class LinearMixedModel(HyperParameters):
         basis: SplineBasis | None = None,
         max_iter: int = 2000,
         tol: float = 1e-6,
-        n_restarts: int = 2,
+        n_init: int = 3,
         blas_threads: int | None = 1,
     ) -> None:
         self.formula = formula
@@ -134,7 +135,7 @@ class LinearMixedModel(HyperParameters):
         self.basis = basis
         self.max_iter = max_iter
         self.tol = tol
-        self.n_restarts = n_restarts
+        self.n_init = n_init
         self.blas_threads = blas_threads
 
     # ------------------------------------------------------------------ fit
@@ -171,9 +172,8 @@ class LinearMixedModel(HyperParameters):
         -------
         self
         """
+        check_model_params(self)
         method = str(self.method).lower()
-        if method not in ESTIMATORS:
-            raise ValueError(f"method must be one of {sorted(ESTIMATORS)}, got {self.method!r}")
         with limit_blas_threads(self.blas_threads):
             builder, design = self._build_design(data, X, Z, y, groups, subject, time, response, covariates, dropna)
             check_design(design)
@@ -182,7 +182,7 @@ class LinearMixedModel(HyperParameters):
             self._check_not_exact(ys, design)
             stats = design.stats(ys)
             est = ESTIMATORS[method](design, scaling, stats, max_iter=self.max_iter, tol=self.tol,
-                                     n_restarts=self.n_restarts)
+                                     n_restarts=self.n_init - 1)
         self._set_attributes(builder, design, scaling, est, method)
         return self
 
@@ -256,6 +256,8 @@ class LinearMixedModel(HyperParameters):
             np.linalg.eigvalsh(est.cov_re / np.outer(np.where(sd > 0, sd, 1), np.where(sd > 0, sd, 1)))[0] < 1e-8
         )
         self._subjects = design.subjects
+        self._last_times = None if design.time is None else np.maximum.reduceat(
+            design.time, np.r_[0, np.flatnonzero(np.diff(design.codes)) + 1])
         if method == "vb":
             self._set_posterior(est, fn, rn)
         if not self.converged_:
@@ -285,105 +287,6 @@ class LinearMixedModel(HyperParameters):
         """Conditional covariance of each subject's random effects given y (beta fixed), (N, q, q)."""
         self._check_fitted()
         return self.estimate_.cov_b
-
-    # ------------------------------------------------------------------ predict
-    def predict(
-        self,
-        data=None,
-        subject=None,
-        *,
-        level: str = "subject",
-        kind: str = "curve",
-        interval: float = 0.95,
-        X=None,
-        Z=None,
-        groups=None,
-    ) -> pd.DataFrame:
-        """Predictions with pointwise intervals.
-
-        Parameters
-        ----------
-        data : pandas.DataFrame or array of times
-            Formula form: a frame with the formula's right-hand-side columns (and the grouping
-            column for subject-level predictions). Longitudinal form: a frame with the subject and
-            time columns (+ covariates), or an array of times together with ``subject=``.
-        subject : label, optional
-            Subject for all rows (when ``data`` has no subject column / is an array of times).
-        level : {"subject", "population"}
-            ``"subject"``: ``F w + Z b_i`` with the subject's BLUP; its variance is the conditional
-            (prediction-error) variance of ``Z b_i`` plus the uncertainty of ``w``. Subjects not seen
-            in fit fall back to the population level (UserWarning naming them).
-            ``"population"``: ``F w``, with ``b`` integrated out (variance ``diag(Z Sigma Z')`` plus the
-            uncertainty of ``w``).
-        kind : {"curve", "observation"}
-            Interval for the curve (mean response) or for a new observation (adds ``sigma^2``).
-        interval : float
-            Coverage of the pointwise normal interval.
-        X, Z, groups : array-like
-            Design-matrix form: new fixed / random design rows and group labels.
-
-        Returns
-        -------
-        pandas.DataFrame
-            Identifying columns (subject / time when applicable), then ``mean``, ``lower``, ``upper``.
-        """
-        self._check_fitted()
-        if level not in ("subject", "population"):
-            raise ValueError(f"level must be 'subject' or 'population', got {level!r}")
-        if kind not in ("curve", "observation"):
-            raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
-        if not 0.0 < float(interval) < 1.0:
-            raise ValueError(f"interval must be in (0, 1), got {interval!r}")
-        rows = self._new_rows(data, subject, X, Z, groups)
-        mean, var = self._predict_moments(rows, level)
-        if kind == "observation":
-            var = var + self.sigma2_
-        half = sps.norm.ppf(0.5 + 0.5 * float(interval)) * np.sqrt(np.clip(var, 0.0, None))
-        out = rows.frame.copy()
-        out["mean"] = mean
-        out["lower"] = mean - half
-        out["upper"] = mean + half
-        return out
-
-    def _new_rows(self, data, subject, X, Z, groups) -> NewRows:
-        b = self.builder_
-        if isinstance(b, MatrixDesignBuilder):
-            if data is not None:
-                raise ValueError("this model was fitted on design matrices: predict(X=..., Z=..., groups=...)")
-            return b.transform(X, Z, groups)
-        if any(a is not None for a in (X, Z, groups)):
-            raise ValueError("X / Z / groups are for models fitted on design matrices")
-        if data is None:
-            raise DataError("nothing to predict at: pass a data frame (or, for the longitudinal form, times)")
-        return b.transform(data, subject=subject)
-
-    def _predict_moments(self, rows: NewRows, level: str) -> tuple[np.ndarray, np.ndarray]:
-        est = self.estimate_
-        F, Z = rows.F, rows.Z
-        mean = F @ est.beta if F.shape[1] else np.zeros(len(Z))
-        var = np.einsum("mi,ij,mj->m", Z, est.cov_re, Z) + np.einsum("mi,ij,mj->m", F, est.cov_beta, F)
-        if level == "population" or rows.subjects is None:
-            return mean, var
-        pos = self._subjects.get_indexer(pd.Index(rows.subjects, dtype=object)) if len(rows.subjects) else np.zeros(0, int)
-        if (pos < 0).any():
-            unknown = list(dict.fromkeys(pd.Index(rows.subjects)[pos < 0].tolist()))
-            shown = unknown[:10]
-            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-            warnings.warn(
-                f"subject(s) {shown}{more} were not in the data the model was fitted on: "
-                "their predictions are at the population level",
-                UserWarning,
-                stacklevel=3,
-            )
-        known = pos >= 0
-        if known.any():
-            idx = pos[known]
-            Zk, Fk = Z[known], F[known]
-            mean[known] = mean[known] + np.einsum("mq,mq->m", Zk, est.b[idx])
-            k = Fk - np.einsum("mqp,mq->mp", est.beta_sensitivity[idx], Zk)
-            var[known] = (np.einsum("mi,mij,mj->m", Zk, est.cov_b[idx], Zk)
-                          + np.einsum("mi,ij,mj->m", k, est.cov_beta, k))
-        return mean, var
 
     # ------------------------------------------------------------------ reporting
     def summary(self, interval: float = 0.95) -> str:

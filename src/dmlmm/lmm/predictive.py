@@ -1,0 +1,372 @@
+"""What a fitted ``LinearMixedModel`` predicts: the API every dmlmm model shares.
+
+``predict_trajectory``, ``sample_trajectories``, ``score_samples`` / ``score``,
+``predict`` / ``predict_proba`` (one cluster) and the named fitted arrays
+``weights_``, ``means_``, ``covariances_``, written once for the three forms of
+the model (formula, design matrices, spline basis of time).
+
+Each subject's random effects come from one place (:meth:`_subject_posteriors`):
+
+- a subject of the fitted data: its fitted posterior (BLUP and its conditional covariance);
+- a new subject with observed responses in the data given: conditioned on them,
+  ``b | y ~ N(Q^{-1} Z'(y - F beta) / sigma^2, Q^{-1})``, ``Q = Sigma^{-1} + Z'Z / sigma^2``
+  (a forecast for a new patient from its first visits);
+- otherwise the population: ``b ~ N(0, Sigma)``.
+
+Every band adds the uncertainty of the fixed effects, ``k' Cov(beta) k`` with
+``k = f - H_i' z`` (``H_i``: how the subject's effects move with beta).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from ..data import sufficient_stats
+from ..exceptions import DataError
+from ..models.params import check_random_state, positive_int
+from ..prediction import log_marginal
+from ..priors.base import PointMixture
+from .design import LongitudinalDesignBuilder, MatrixDesignBuilder, NewRows, factorize_groups
+from .formula import FormulaDesignBuilder
+
+__all__ = ["PredictiveLMM"]
+
+_POPULATION = "population"
+
+
+@dataclass(frozen=True)
+class _Posteriors:
+    """Random-effects posteriors of the distinct subjects of some rows (user scale).
+
+    Attributes
+    ----------
+    labels : (S,) subject labels ("population" for rows without a subject)
+    row_subject : (m,) position of each row's subject in ``labels``
+    b : (S, q) posterior means; cov_b : (S, q, q) Cov(b | beta); sens : (S, q, p) H_i
+    last_time : (S,) time of each subject's last observation (+inf: none)
+    """
+
+    labels: np.ndarray
+    row_subject: np.ndarray
+    b: np.ndarray
+    cov_b: np.ndarray
+    sens: np.ndarray
+    last_time: np.ndarray
+
+
+class PredictiveLMM:
+    """Mixin of :class:`~dmlmm.LinearMixedModel`: prediction, sampling, scoring (see module docstring)."""
+
+    # ------------------------------------------------------------------ named fitted arrays
+    @property
+    def weights_(self) -> np.ndarray:
+        """Cluster weights, (1,): the linear mixed model is a one-cluster mixture."""
+        self._check_fitted()
+        return np.ones(1)
+
+    @property
+    def means_(self) -> np.ndarray:
+        """Prior mean of the random effects per cluster, (1, q): zero (the mean curve is in ``fixed_effects_``)."""
+        self._check_fitted()
+        return np.zeros((1, self.cov_re_.shape[0]))
+
+    @property
+    def covariances_(self) -> np.ndarray:
+        """Random-effects covariance per cluster, (1, q, q) (``cov_re_`` as an array)."""
+        self._check_fitted()
+        return self.cov_re_.to_numpy()[None]
+
+    # ------------------------------------------------------------------ rows and responses
+    def _response_name(self) -> str | None:
+        b = self.builder_
+        if isinstance(b, FormulaDesignBuilder):
+            return b.parsed_.response
+        if isinstance(b, LongitudinalDesignBuilder):
+            return b.columns_.response
+        return None
+
+    def _rows(self, data, subject, X, Z, groups, times=None):
+        """Design rows, the response at each row (NaN: none), the rows' times (longitudinal form) and
+        which rows are output rows (the others are observations added only to condition on)."""
+        b = self.builder_
+        if isinstance(b, MatrixDesignBuilder):
+            if data is not None or times is not None:
+                raise ValueError("this model was fitted on design matrices: use X=..., Z=..., groups=...")
+            rows = b.transform(X, Z, groups)
+            return rows, None, None, np.ones(len(rows.Z), dtype=bool)
+        if any(a is not None for a in (X, Z, groups)):
+            raise ValueError("X / Z / groups are for models fitted on design matrices")
+        if times is not None:
+            if not isinstance(b, LongitudinalDesignBuilder):
+                raise ValueError("times= is for the longitudinal form (a spline basis of time); "
+                                 "give the rows to predict at as a data frame")
+            data = self._grid_frame(data, subject, times)
+        if data is None:
+            raise DataError("nothing to predict at: pass a data frame (or, for the longitudinal form, times)")
+        rows = b.transform(data, subject=subject)
+        y = None
+        name = self._response_name()
+        if isinstance(data, pd.DataFrame) and name in data.columns:
+            y = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float)
+        t = rows.frame[b.columns_.time].to_numpy(dtype=float) if isinstance(b, LongitudinalDesignBuilder) else None
+        keep = np.ones(len(rows.Z), dtype=bool)
+        if isinstance(data, pd.DataFrame) and "__observed__" in data.columns:
+            keep = ~data["__observed__"].to_numpy(dtype=bool)
+        return rows, y, t, keep
+
+    def _grid_frame(self, data, subject, times) -> pd.DataFrame:
+        """Rows at ``times`` for every subject of ``data`` (its last row's covariates), or the population."""
+        cols = self.builder_.columns_
+        t = np.asarray(times, dtype=float).reshape(-1)
+        if not np.isfinite(t).all():
+            raise DataError(f"times has {int((~np.isfinite(t)).sum())} missing or infinite value(s)")
+        if data is None:
+            frame = pd.DataFrame({cols.time: t})
+            return frame if subject is None else frame.assign(**{cols.subject: subject})
+        if not isinstance(data, pd.DataFrame) or cols.subject not in data.columns:
+            raise DataError(f"with times=, data must be a data frame with the subject column '{cols.subject}'")
+        last = data.groupby(cols.subject, sort=False).tail(1).set_index(cols.subject)
+        covs = [c for c in last.columns if c not in (cols.time, cols.response)]
+        grid = last[covs].loc[last.index.repeat(len(t))].reset_index()
+        grid[cols.time] = np.tile(t, len(last))
+        if cols.response not in data.columns:
+            return grid
+        # keep the observations (to condition new subjects on); they are dropped from the output
+        obs = data[[cols.subject, cols.time, cols.response] + covs].assign(__observed__=True)
+        return pd.concat([grid.assign(__observed__=False), obs], ignore_index=True)
+
+    # ------------------------------------------------------------------ posteriors of the rows' subjects
+    def _subject_posteriors(self, rows: NewRows, y: np.ndarray | None, t: np.ndarray | None,
+                            level: str) -> _Posteriors:
+        est = self.estimate_
+        q, p = est.cov_re.shape[0], len(est.beta)
+        m = len(rows.Z)
+        if level == "population" or rows.subjects is None:
+            return _Posteriors(np.array([_POPULATION], dtype=object), np.zeros(m, dtype=int), np.zeros((1, q)),
+                               est.cov_re[None], np.zeros((1, q, p)), np.array([np.inf]))
+        codes, labels = factorize_groups(rows.subjects)
+        S = len(labels)
+        pos = self._subjects.get_indexer(pd.Index(labels, dtype=object))
+        b, cov_b, sens = np.zeros((S, q)), np.repeat(est.cov_re[None], S, 0), np.zeros((S, q, p))
+        known = pos >= 0
+        b[known], cov_b[known], sens[known] = est.b[pos[known]], est.cov_b[pos[known]], est.beta_sensitivity[pos[known]]
+        last = np.full(S, np.inf)
+        if t is not None and getattr(self, "_last_times", None) is not None:
+            last[known] = self._last_times[pos[known]]
+        has_y = np.zeros(m, dtype=bool) if y is None else np.isfinite(y)
+        new_obs = has_y & ~known[codes]
+        if new_obs.any():
+            self._condition_new(rows, y, codes, new_obs, b, cov_b, sens)
+            if t is not None:
+                seen = np.bincount(codes[new_obs], minlength=S) > 0
+                lt = np.full(S, -np.inf)
+                np.maximum.at(lt, codes[new_obs], t[new_obs])
+                last[seen] = lt[seen]
+        unknown = ~known & (np.bincount(codes[has_y], minlength=S) == 0)
+        if unknown.any():
+            shown = labels[unknown][:10].tolist()
+            more = f" and {int(unknown.sum()) - 10} more" if unknown.sum() > 10 else ""
+            warnings.warn(
+                f"subject(s) {shown}{more} were not in the data the model was fitted on and have no observed "
+                "response here: their predictions are at the population level", UserWarning, stacklevel=4)
+        return _Posteriors(np.asarray(labels, dtype=object), codes, b, cov_b, sens, last)
+
+    def _condition_new(self, rows: NewRows, y, codes, mask, b, cov_b, sens) -> None:
+        """Posterior of new subjects' random effects from their observed rows (fills b, cov_b, sens in place)."""
+        est = self.estimate_
+        S = len(b)
+        F, Z = rows.F[mask], rows.Z[mask]
+        st = sufficient_stats(y[mask], Z, F, codes[mask], S)
+        s = 1.0 / est.sigma2
+        who = np.flatnonzero(st.n_obs > 0)
+        Q = np.linalg.inv(est.cov_re)[None] + s * st.XtX[who]
+        Qinv = np.linalg.inv(Q)
+        resid = st.Xty[who] - st.XtF[who] @ est.beta
+        b[who] = s * (Qinv @ resid[..., None])[..., 0]
+        cov_b[who] = Qinv
+        sens[who] = s * Qinv @ st.XtF[who]
+
+    def _moments(self, rows: NewRows, post: _Posteriors) -> tuple[np.ndarray, np.ndarray]:
+        est = self.estimate_
+        F, Z, j = rows.F, rows.Z, post.row_subject
+        mean = (F @ est.beta if F.shape[1] else np.zeros(len(Z))) + np.einsum("mq,mq->m", Z, post.b[j])
+        k = F - np.einsum("mqp,mq->mp", post.sens[j], Z)
+        var = np.einsum("mi,mij,mj->m", Z, post.cov_b[j], Z) + np.einsum("mi,ij,mj->m", k, est.cov_beta, k)
+        return mean, var
+
+    # ------------------------------------------------------------------ public API
+    def predict_trajectory(self, data=None, times=None, interval: float = 0.95, kind: str = "curve", *,
+                           level: str = "subject", subject=None, X=None, Z=None, groups=None) -> pd.DataFrame:
+        """Each subject's curve (or a new observation) with a pointwise band.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame or array of times, optional
+            Formula form: rows with the formula's right-hand-side columns (and the grouping column for
+            subject-level predictions). Longitudinal form: rows with the subject and time columns (+
+            covariates), or an array of times together with ``subject=``. Rows of a subject that was
+            not fitted and that carry the response are conditioned on (a new subject's forecast).
+        times : array, optional
+            Longitudinal form: predict every subject of ``data`` (or ``subject``, or the population
+            when both are None) at these times; rows of ``data`` with a response are conditioned on.
+        interval : float
+            Central probability of the pointwise normal band.
+        kind : {"curve", "observation"}
+            The mean response, or a new measurement (adds ``sigma^2``).
+        level : {"subject", "population"}
+            ``"population"``: ``F beta`` with the random effects integrated out.
+        subject : label, optional
+            Subject for all rows (when ``data`` has no subject column or is an array of times).
+        X, Z, groups : array-like
+            Design-matrix form: new fixed / random design rows and group labels.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Identifying columns (subject / time when applicable), ``mean``, ``lower``, ``upper``, and
+            for the longitudinal form ``beyond_last_visit`` (the time lies after the subject's last
+            observation: a forecast).
+        """
+        self._check_fitted()
+        if level not in ("subject", "population"):
+            raise ValueError(f"level must be 'subject' or 'population', got {level!r}")
+        if kind not in ("curve", "observation"):
+            raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
+        if not 0.0 < float(interval) < 1.0:
+            raise ValueError(f"interval must be in (0, 1), got {interval!r}")
+        if times is None and data is not None and not isinstance(data, pd.DataFrame) \
+                and isinstance(self.builder_, LongitudinalDesignBuilder):
+            data, times = None, data  # an array of times
+        rows, y, t, keep = self._rows(data, subject, X, Z, groups, times)
+        post = self._subject_posteriors(rows, y, t, level)
+        mean, var = self._moments(rows, post)
+        if kind == "observation":
+            var = var + self.sigma2_
+        half = sps.norm.ppf(0.5 + 0.5 * float(interval)) * np.sqrt(np.clip(var, 0.0, None))
+        out = rows.frame.copy()
+        out["mean"], out["lower"], out["upper"] = mean, mean - half, mean + half
+        if t is not None:
+            out["beyond_last_visit"] = t > post.last_time[post.row_subject]
+        return out[keep].reset_index(drop=True) if not keep.all() else out
+
+    def sample_trajectories(self, data=None, times=None, n_samples: int = 100, kind: str = "curve",
+                            random_state=None, *, level: str = "subject", subject=None, X=None, Z=None,
+                            groups=None) -> pd.DataFrame:
+        """Joint draws of each subject's curve at the rows (same arguments as :meth:`predict_trajectory`).
+
+        A draw takes ``beta`` from its posterior, then each subject's random effects given that
+        ``beta`` (they move by ``-H_i (beta - beta_hat)``), so draws are coherent across a subject's
+        rows. Returns the rows' identifying columns repeated per draw, ``sample`` and ``value``.
+        """
+        self._check_fitted()
+        if not positive_int(n_samples):
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        if kind not in ("curve", "observation"):
+            raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
+        if level not in ("subject", "population"):
+            raise ValueError(f"level must be 'subject' or 'population', got {level!r}")
+        check_random_state(random_state)
+        rng = np.random.default_rng(random_state)
+        if times is None and data is not None and not isinstance(data, pd.DataFrame) \
+                and isinstance(self.builder_, LongitudinalDesignBuilder):
+            data, times = None, data
+        rows, y, t, keep = self._rows(data, subject, X, Z, groups, times)
+        post = self._subject_posteriors(rows, y, t, level)
+        est, S = self.estimate_, int(n_samples)
+        p, q = len(est.beta), est.cov_re.shape[0]
+        d_beta = rng.standard_normal((S, p)) @ _chol(est.cov_beta).T if p else np.zeros((S, 0))  # (S, p)
+        L = _chol(post.cov_b)  # (K, q, q): cov_b is Cov(b | beta)
+        z = rng.standard_normal((S, len(post.labels), q))
+        b = post.b[None] - np.einsum("kqp,sp->skq", post.sens, d_beta) + np.einsum("kqr,skr->skq", L, z)
+        F, Zr, j = rows.F, rows.Z, post.row_subject
+        value = (est.beta[None] + d_beta) @ F.T + np.einsum("mq,smq->sm", Zr, b[:, j])  # (S, m)
+        if kind == "observation":
+            value = value + np.sqrt(self.sigma2_) * rng.standard_normal(value.shape)
+        frame = rows.frame.reset_index(drop=True)
+        frame, value = frame[keep].reset_index(drop=True), value[:, keep]
+        out = frame.loc[np.tile(np.arange(len(frame)), S)].reset_index(drop=True)
+        out.insert(len(frame.columns), "sample", np.repeat(np.arange(S), len(frame)))
+        out["value"] = value.reshape(-1)
+        return out
+
+    def _log_density(self, data, X, Z, y, groups) -> pd.Series:
+        """log N(y_i; F_i beta, Z_i Sigma Z_i' + sigma^2 I) per subject (plug-in), indexed by subject."""
+        b = self.builder_
+        if isinstance(b, MatrixDesignBuilder):
+            if y is None:
+                raise DataError("score for the design-matrix form needs X=, Z=, y= (and groups=)")
+            rows = b.transform(X, Z, groups)
+            yv = np.asarray(y, dtype=float).reshape(-1)
+        else:
+            name = self._response_name()
+            if not isinstance(data, pd.DataFrame) or name not in data.columns:
+                raise DataError(f"scoring needs a data frame with the response column '{name}'")
+            rows = b.transform(data)
+            yv = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float)
+        if len(yv) != len(rows.Z) or not np.isfinite(yv).all():
+            raise DataError("the response to score must be finite, one value per row")
+        subj = rows.subjects if rows.subjects is not None else np.array([_POPULATION] * len(yv), dtype=object)
+        codes, labels = factorize_groups(subj)
+        est = self.estimate_
+        st = sufficient_stats(yv, rows.Z, rows.F, codes, len(labels))
+        mix = PointMixture(np.ones(1), np.zeros((1, est.cov_re.shape[0])), est.cov_re[None])
+        return pd.Series(log_marginal(st, mix, est.beta, est.sigma2), index=pd.Index(labels), name="log_score")
+
+    def score_samples(self, data=None, condition_on=None, *, X=None, Z=None, y=None, groups=None) -> pd.Series:
+        """Log predictive density of each subject's observations (plug-in estimates, user scale).
+
+        With ``condition_on`` (other observations of the same subjects, a data frame), the density of
+        ``data``'s observations given those: the held-out log score.
+        """
+        self._check_fitted()
+        out = self._log_density(data, X, Z, y, groups)
+        if condition_on is None:
+            return out
+        if not isinstance(data, pd.DataFrame) or not isinstance(condition_on, pd.DataFrame):
+            raise TypeError("condition_on needs data frames for both arguments")
+        both = self._log_density(pd.concat([data, condition_on], ignore_index=True), None, None, None, None)
+        cond = self._log_density(condition_on, None, None, None, None)
+        has = out.index.intersection(cond.index)
+        out.loc[has] = both.loc[has] - cond.loc[has]
+        return out
+
+    def score(self, data=None, condition_on=None, **kw) -> float:
+        """Mean over subjects of :meth:`score_samples`."""
+        return float(self.score_samples(data, condition_on, **kw).mean())
+
+    def predict_proba(self, data=None, **kw) -> pd.DataFrame:
+        """Cluster membership probabilities: one cluster (column 0), probability one for every subject."""
+        return pd.DataFrame({0: np.ones(len(self._subject_labels(data, **kw)))},
+                            index=self._subject_labels(data, **kw)).rename_axis(self.design_info_["group_name"])
+
+    def predict(self, data=None, **kw) -> pd.Series:
+        """Cluster label of each subject: 0 (the linear mixed model has one cluster)."""
+        labels = self._subject_labels(data, **kw)
+        return pd.Series(np.zeros(len(labels), dtype=int), index=labels, name="cluster")
+
+    def _subject_labels(self, data=None, *, X=None, Z=None, groups=None) -> pd.Index:
+        self._check_fitted()
+        if data is None and groups is None:
+            return self._subjects
+        if groups is not None:
+            return pd.Index(pd.unique(np.asarray(groups, dtype=object)))
+        name = self.design_info_["group_name"]
+        if not isinstance(data, pd.DataFrame) or name not in data.columns:
+            raise DataError(f"predict needs a data frame with the subject column '{name}'")
+        return pd.Index(pd.unique(data[name].to_numpy(dtype=object)), name=name)
+
+
+def _chol(a: np.ndarray) -> np.ndarray:
+    """Cholesky factor of PSD matrices (..., d, d), with a relative jitter for singular ones."""
+    d = a.shape[-1]
+    if d == 0:
+        return a.copy()
+    a = 0.5 * (a + np.swapaxes(a, -1, -2))
+    scale = np.maximum(np.trace(a, axis1=-2, axis2=-1) / d, 1e-300)
+    jitter = 1e-10 * scale[..., None, None] * np.eye(d)
+    return np.linalg.cholesky(a + jitter)

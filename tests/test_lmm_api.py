@@ -1,0 +1,113 @@
+"""LinearMixedModel speaks the API of every dmlmm model: predict / predict_proba (one cluster),
+predict_trajectory, sample_trajectories, score_samples / score, weights_ / means_ / covariances_."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from dmlmm import LinearMixedModel, SplineBasis
+
+FORMULA = "Reaction ~ Days + (Days | Subject)"
+
+
+@pytest.fixture(scope="module")
+def fitted(sleepstudy):
+    return LinearMixedModel(FORMULA, method="reml").fit(sleepstudy)
+
+
+def _dense(m, days):
+    Z = np.c_[np.ones(len(days)), days]
+    w, S, s2 = m.fixed_effects_.to_numpy(), m.cov_re_.to_numpy(), m.sigma2_
+    return Z, Z @ w, Z @ S @ Z.T, s2
+
+
+def test_one_cluster(fitted, sleepstudy):
+    lab = fitted.predict(sleepstudy)
+    assert (lab == 0).all() and len(lab) == 18 and lab.name == "cluster"
+    proba = fitted.predict_proba(sleepstudy)
+    assert list(proba.columns) == [0] and (proba[0] == 1.0).all()
+    assert fitted.weights_.tolist() == [1.0]
+    assert fitted.means_.shape == (1, 2) and not fitted.means_.any()
+    np.testing.assert_array_equal(fitted.covariances_[0], fitted.cov_re_.to_numpy())
+
+
+def test_score_samples_is_the_dense_marginal_density(fitted, sleepstudy):
+    got = fitted.score_samples(sleepstudy)
+    g = sleepstudy[sleepstudy["Subject"] == 308]
+    Z, mean, cov, s2 = _dense(fitted, g["Days"].to_numpy())
+    assert got.loc[308] == pytest.approx(st.multivariate_normal(mean, cov + s2 * np.eye(len(g))).logpdf(g["Reaction"]),
+                                         rel=1e-10)
+    assert fitted.score(sleepstudy) == pytest.approx(got.mean())
+
+
+def test_held_out_score_is_the_conditional_density(fitted, sleepstudy):
+    g = sleepstudy[sleepstudy["Subject"] == 309]
+    early, late = g[g["Days"] < 6], g[g["Days"] >= 6]
+    got = fitted.score_samples(late, condition_on=early).loc[309]
+    Z, mean, cov, s2 = _dense(fitted, g["Days"].to_numpy())
+    V = cov + s2 * np.eye(len(g))
+    o, h = (g["Days"] < 6).to_numpy(), (g["Days"] >= 6).to_numpy()
+    y = g["Reaction"].to_numpy()
+    cm = mean[h] + V[np.ix_(h, o)] @ np.linalg.solve(V[np.ix_(o, o)], y[o] - mean[o])
+    cv = V[np.ix_(h, h)] - V[np.ix_(h, o)] @ np.linalg.solve(V[np.ix_(o, o)], V[np.ix_(o, h)])
+    assert got == pytest.approx(st.multivariate_normal(cm, cv).logpdf(y[h]), rel=1e-9)
+
+
+def test_new_subject_is_conditioned_on_its_visits(fitted, sleepstudy):
+    g = sleepstudy[sleepstudy["Subject"] == 309].copy()
+    g["Subject"] = "new"
+    seen = g[g["Days"] < 4]
+    later = pd.DataFrame({"Subject": "new", "Days": [5.0, 9.0]})
+    pred = fitted.predict_trajectory(pd.concat([seen, later], ignore_index=True))
+    Z, mean, cov, s2 = _dense(fitted, np.r_[seen["Days"], later["Days"]])
+    o = np.arange(len(seen))
+    V = cov + s2 * np.diag(np.r_[np.ones(len(seen)), np.zeros(2)])
+    expect = mean + cov[:, o] @ np.linalg.solve(V[np.ix_(o, o)], seen["Reaction"].to_numpy() - mean[o])
+    np.testing.assert_allclose(pred["mean"], expect, rtol=1e-9)
+    # a subject never fitted and without responses gets the population curve
+    with pytest.warns(UserWarning, match="population level"):
+        pop = fitted.predict_trajectory(later.assign(Subject="nobody"))
+    np.testing.assert_allclose(pop["mean"], fitted.predict_trajectory(later[["Days"]], level="population")["mean"])
+
+
+def test_samples_match_the_bands(fitted, sleepstudy):
+    rows = sleepstudy[sleepstudy["Subject"] == 310].head(4)
+    band = fitted.predict_trajectory(rows, interval=0.9)
+    draws = fitted.sample_trajectories(rows, n_samples=4000, random_state=1)
+    assert list(draws.columns) == ["Subject", "sample", "value"] and len(draws) == 16000
+    v = draws["value"].to_numpy().reshape(4000, 4)
+    sd = (band["upper"] - band["lower"]).to_numpy() / (2 * st.norm.ppf(0.95))
+    np.testing.assert_allclose(v.mean(0), band["mean"], atol=4 * sd.max() / np.sqrt(4000))
+    np.testing.assert_allclose(v.std(0), sd, rtol=0.06)
+    again = fitted.sample_trajectories(rows, n_samples=5, random_state=1)
+    np.testing.assert_array_equal(again["value"], fitted.sample_trajectories(rows, n_samples=5, random_state=1)["value"])
+    with pytest.raises(ValueError, match="n_samples must be a positive integer, got -1"):
+        fitted.sample_trajectories(rows, n_samples=-1)
+
+
+def test_longitudinal_forecast_marks_what_lies_beyond_the_visits(spline_data):
+    m = LinearMixedModel(basis=SplineBasis(5)).fit(spline_data, subject="id", time="t", response="y")
+    last = spline_data.groupby("id")["t"].max()
+    grid = np.linspace(0, 1, 11)
+    pred = m.predict_trajectory(spline_data[spline_data["id"].isin(["s001", "s002"])], times=grid)
+    assert len(pred) == 22 and set(pred["id"]) == {"s001", "s002"}
+    for sid, rows in pred.groupby("id"):
+        np.testing.assert_array_equal(rows["beyond_last_visit"], rows["t"] > last[sid])
+    # a new patient with two early visits: forecast from them, its band wider than at the visits
+    new = pd.DataFrame({"id": "p", "t": [0.05, 0.15], "y": spline_data["y"].iloc[:2].to_numpy(),
+                        "age": 40.0, "grp": "a"})
+    f = m.predict_trajectory(new, times=[0.1, 0.9])
+    width = (f["upper"] - f["lower"]).to_numpy()
+    assert f["beyond_last_visit"].tolist() == [False, True] and width[1] > width[0]
+    draws = m.sample_trajectories(new, times=[0.1, 0.9], n_samples=3, random_state=0)
+    assert list(draws.columns) == ["id", "t", "sample", "value"] and len(draws) == 6
+
+
+def test_bad_method_names_the_parameter(sleepstudy):
+    with pytest.raises(ValueError, match="method must be one of 'vb', 'ml' or 'reml', got 'bayes'"):
+        LinearMixedModel(FORMULA, method="bayes").fit(sleepstudy)
+    with pytest.raises(ValueError, match="n_init must be a positive integer, got 0"):
+        LinearMixedModel(FORMULA, n_init=0).fit(sleepstudy)
