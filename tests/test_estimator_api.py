@@ -91,3 +91,32 @@ class _no_check:
 
     def __exit__(self, *exc):
         return self._w.__exit__(*exc)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MixtureLMM(2, basis=SplineBasis(6), random_state=0, max_iter=60),
+    lambda: DeepMixtureLMM((3, 2), (3, 1), basis=SplineBasis(6), random_state=0, max_iter=60),
+    lambda: LinearMixedModel(basis=SplineBasis(6)),
+], ids=["MixtureLMM", "DeepMixtureLMM", "LinearMixedModel"])
+def test_named_fitted_arrays_mean_the_same_in_every_model(make):
+    """weights_ (M,), means_ (M, D), covariances_ (M, D, D): the prior of the random effects b in
+    y = F w + B(t) b + e, cluster by cluster (the LMM: one cluster, mean zero)."""
+    data = dgp1(n_subjects=60, random_state=0).data
+    with _no_check():
+        m = make().fit(data, subject="subject", time="time", response="y")
+    w, mu, cov = m.weights_, m.means_, m.covariances_
+    M = len(w)
+    assert w.sum() == pytest.approx(1.0) and mu.shape == (M, 6) and cov.shape == (M, 6, 6)
+    np.testing.assert_allclose(cov, np.swapaxes(cov, 1, 2), atol=1e-12)
+    assert (np.linalg.eigvalsh(cov) > 0).all()
+    if isinstance(m, LinearMixedModel):
+        assert not mu.any()
+        np.testing.assert_allclose(cov[0], m.cov_re_.to_numpy())
+        return
+    # the cluster mean curves of cluster_means_ are offset_ + B(t) means_
+    grid = m.cluster_means_
+    for c in range(M):
+        rows = grid[grid["cluster"] == c]
+        B = m.design_.basis.transform(rows["time"].to_numpy())
+        np.testing.assert_allclose(rows["mean"], m.offset_ + B @ mu[c], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(w, m.clusters_["weight"].to_numpy())

@@ -133,6 +133,9 @@ class VariationalLongitudinalModel(HyperParameters):
         with the higher ELBO).
     fixed_effects_ : Series, covariate effects (user scale).
     random_effects_ : DataFrame, E[b_i] on the user's scale (curve = offset_ + X b + F w).
+    weights_, means_, covariances_ : (M,), (M, D), (M, D, D) arrays: each cluster's prior weight and
+        the mean and covariance of its spline coefficients (user scale, ``clusters_`` order); the
+        linear mixed model has the same attributes with one cluster.
     cluster_means_ : DataFrame (cluster, time, mean, lower, upper, mean_lower, mean_upper, weight) on a
         grid: ``lower``/``upper`` hold 95 % of the cluster's subject curves, ``mean_lower``/``mean_upper``
         the 95 % credible band of the cluster's mean curve (the posterior uncertainty of its parameters).
@@ -402,6 +405,30 @@ class VariationalLongitudinalModel(HyperParameters):
 
             return proba.map_partitions(labels_of)
         return pd.Series(proba.to_numpy().argmax(axis=1), index=proba.index, name=proba.columns.name)
+
+    # -------------------------------------------------------------- named fitted arrays (clusters_ order)
+    @property
+    def weights_(self) -> np.ndarray:
+        """Prior weight of each cluster (path), (M,), numbered as ``clusters_``."""
+        self._check_fitted()
+        return self.prior_.point_mixture(self.params_.prior).weights[self._path_order]
+
+    @property
+    def means_(self) -> np.ndarray:
+        """Prior mean of each cluster's spline coefficients, (M, D), user scale (curve = ``offset_`` + B(t) b)."""
+        self._check_fitted()
+        means = self.prior_.point_mixture(self.params_.prior).means[self._path_order]
+        return self.design_.spline_coefficients(means) * self.design_.y_scale
+
+    @property
+    def covariances_(self) -> np.ndarray:
+        """Covariance of each cluster's spline coefficients, (M, D, D), user scale."""
+        self._check_fitted()
+        covs = self.prior_.point_mixture(self.params_.prior).covs[self._path_order]
+        R = self.design_.rotation
+        if R is not None:
+            covs = R @ covs @ R.T
+        return covs * self.design_.y_scale**2
 
     def _w(self) -> np.ndarray:
         P = self.design_.n_fixed
