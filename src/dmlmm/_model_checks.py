@@ -32,6 +32,12 @@ class _Bad(Exception):
 
 def check_model(model) -> str | None:
     """The first inconsistency found in a loaded model (a short phrase), or None."""
+    if type(model).__name__ == "LinearMixedModel":
+        from .io_lmm import check_lmm
+
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            return check_lmm(model)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")

@@ -1,7 +1,8 @@
 """Saved models: one versioned, pickle-free file per fitted model.
 
-``model.save(path)`` writes a fitted :class:`~dmlmm.MixtureLMM` or
-:class:`~dmlmm.DeepMixtureLMM`; ``dmlmm.load(path)`` reads it back. The loaded
+``model.save(path)`` writes a fitted :class:`~dmlmm.MixtureLMM`,
+:class:`~dmlmm.DeepMixtureLMM` or :class:`~dmlmm.LinearMixedModel`; ``dmlmm.load(path)``
+reads it back (the linear mixed model's entries: :mod:`dmlmm.io_lmm`). The loaded
 model predicts bit-identically (same arrays, same arithmetic).
 
 File format ``"dmlmm-model"``, format version 1
@@ -14,7 +15,8 @@ The file (conventionally ``*.dmlmm``) is a ZIP archive with two members:
     - ``format``: the string ``"dmlmm-model"`` (identifies the file type);
     - ``format_version``: the integer 1 (readers refuse newer versions);
     - ``library_version``: the dmlmm version that wrote the file;
-    - ``model_class``: ``"MixtureLMM"`` or ``"DeepMixtureLMM"``;
+    - ``model_class``: ``"MixtureLMM"``, ``"DeepMixtureLMM"`` (the entries below) or
+      ``"LinearMixedModel"`` (``design``, ``estimate``, ``fitted``: :mod:`dmlmm.io_lmm`);
     - ``hyperparameters``: the ``__init__`` arguments; the basis as
       ``{"SplineBasis": SplineBasis.to_dict()}`` (or null), tuples as lists;
     - ``design``: ``LongitudinalDesign.to_dict()`` (basis knots, column names,
@@ -84,9 +86,10 @@ class ModelFileError(ValueError):
 
 # ---------------------------------------------------------------------------- registries
 def _model_classes() -> dict[str, type]:
+    from .lmm.model import LinearMixedModel
     from .models.mixture import DeepMixtureLMM, MixtureLMM
 
-    return {c.__name__: c for c in (MixtureLMM, DeepMixtureLMM)}
+    return {c.__name__: c for c in (MixtureLMM, DeepMixtureLMM, LinearMixedModel)}
 
 
 def _prior_classes() -> dict[str, type]:
@@ -293,8 +296,15 @@ def model_to_dict(model) -> tuple[dict, dict[str, np.ndarray]]:
     from . import __version__
 
     if type(model).__name__ not in _model_classes() or not isinstance(model, tuple(_model_classes().values())):
-        raise TypeError(f"saving a {type(model).__name__} is not supported (only MixtureLMM and DeepMixtureLMM)")
+        raise TypeError(f"saving a {type(model).__name__} is not supported "
+                        "(only MixtureLMM, DeepMixtureLMM and LinearMixedModel)")
     model._check_fitted()
+    if type(model).__name__ == "LinearMixedModel":
+        from .io_lmm import lmm_to_dict
+
+        part, arrays = lmm_to_dict(model)
+        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "library_version": __version__,
+                "model_class": "LinearMixedModel", "hyperparameters": _hyperparameters(model), **part}, arrays
     arrays: dict[str, np.ndarray] = {}
     fitted: dict[str, Any] = {k: cast(getattr(model, k)) for k, cast in _SCALARS.items()}
     fitted["n_components_"] = [int(k) for k in model.n_components_]
@@ -336,6 +346,10 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
     hyper = {}
     for k, v in meta["hyperparameters"].items():
         hyper[k] = SplineBasis.from_dict(v["SplineBasis"]) if isinstance(v, dict) and "SplineBasis" in v else _tuples(v)
+    if meta["model_class"] == "LinearMixedModel":
+        from .io_lmm import lmm_from_dict
+
+        return lmm_from_dict(cls, hyper, meta, arrays)
     model = cls(**hyper)
     prior_cls = _prior_classes().get(meta["prior"]["class"])
     if prior_cls is None:

@@ -18,6 +18,7 @@ Every estimator (ML, REML, and later variational Bayes) consumes a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..basis import SplineBasis
-from ..data import Longitudinal, SufficientStats, as_numeric, sufficient_stats
+from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats, as_numeric, sufficient_stats
 from ..exceptions import DataError
 from .structure import CovarianceStructure
 
@@ -262,6 +263,17 @@ class MatrixDesignBuilder:
             random_blocks=[(self.group_name_ or "u", z_names)],
         )
 
+    def to_dict(self) -> dict:
+        return {"kind": "matrix", "grouped": bool(self.grouped_), "group_name": self.group_name_,
+                "fixed_names": list(self.fixed_names_), "random_names": list(self.random_names_)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MatrixDesignBuilder":
+        b = cls()
+        b.grouped_, b.group_name_ = bool(d["grouped"]), d["group_name"]
+        b.fixed_names_, b.random_names_ = list(d["fixed_names"]), list(d["random_names"])
+        return b
+
     def transform(self, X, Z, groups=None, index=None) -> NewRows:
         if Z is None:
             raise DataError("predict for the design-matrix form needs Z (and X): predict(X=..., Z=..., groups=...)")
@@ -337,6 +349,23 @@ class LongitudinalDesignBuilder:
             group_name=long.columns.subject, grouped=True, time=long.time,
             random_blocks=[(long.columns.subject, z_names)],
         )
+
+    def to_dict(self) -> dict:
+        if self.basis_ is None:
+            raise TypeError("a model fitted on a user-given random design (Longitudinal.from_arrays) cannot be "
+                            "saved: it has no basis to rebuild its columns from")
+        return {"kind": "longitudinal", "basis": self.basis_.to_dict(), "columns": dataclasses.asdict(self.columns_),
+                "encoding": self.encoding_.to_dict(),
+                "fixed_names": list(self.fixed_names_), "random_names": list(self.random_names_)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LongitudinalDesignBuilder":
+        basis = SplineBasis.from_dict(d["basis"])
+        b = cls(basis)
+        b.basis_, b.columns_ = basis, ColumnNames(**d["columns"])
+        b.encoding_ = CovariateEncoding.from_dict(d["encoding"])
+        b.fixed_names_, b.random_names_ = list(d["fixed_names"]), list(d["random_names"])
+        return b
 
     def transform(self, data, subject=None) -> NewRows:
         if self.basis_ is None:
@@ -446,3 +475,17 @@ def check_design(design: Design) -> None:
             IdentifiabilityWarning,
             stacklevel=3,
         )
+
+
+def builder_from_dict(d: dict):
+    """The design builder saved by its ``to_dict`` (formula, design-matrix or longitudinal form)."""
+    kind = d.get("kind")
+    if kind == "formula":
+        from .formula import FormulaDesignBuilder
+
+        return FormulaDesignBuilder.from_dict(d)
+    if kind == "matrix":
+        return MatrixDesignBuilder.from_dict(d)
+    if kind == "longitudinal":
+        return LongitudinalDesignBuilder.from_dict(d)
+    raise ValueError(f"unknown design kind {kind!r}")

@@ -215,6 +215,25 @@ def _required_variables(formula: str) -> set[str]:
         raise DataError(f"cannot parse formula {formula!r}: {exc}") from None
 
 
+def _unseen_levels(spec, df: pd.DataFrame) -> str | None:
+    """Which column has category levels the fitted spec does not know (None if none is found)."""
+    import re
+
+    if isinstance(spec, str):
+        return None
+    for name, (kind, state) in spec.encoder_state.items():
+        known = state.get("categories") if isinstance(state, dict) else None
+        m = re.fullmatch(r"\s*(?:C\(\s*)?([A-Za-z_][A-Za-z0-9_]*).*", name)
+        col = m.group(1) if m else None
+        if known is None or col not in df.columns:
+            continue
+        unseen = sorted(map(str, set(pd.unique(df[col].dropna())) - set(known)))
+        if unseen:
+            return (f"column '{col}' has level(s) {unseen} not seen when the model was fitted "
+                    f"(known levels: {list(known)})")
+    return None
+
+
 def _model_matrix(spec_or_formula, df: pd.DataFrame, what: str):
     """formulaic model matrix with missing values an error and unseen levels an error."""
     from formulaic import model_matrix
@@ -227,7 +246,7 @@ def _model_matrix(spec_or_formula, df: pd.DataFrame, what: str):
                 return model_matrix(spec_or_formula, df, na_action="raise")
             return spec_or_formula.get_model_matrix(df, na_action="raise")
         except DataMismatchWarning as w:
-            raise DataError(f"{what}: {w}") from None
+            raise DataError(f"{what}: {_unseen_levels(spec_or_formula, df) or w}") from None
         except (FormulaicError, ValueError, TypeError, KeyError, NameError) as exc:
             raise DataError(f"cannot build the {what} from the data: {exc}") from None
 
@@ -316,6 +335,25 @@ class FormulaDesignBuilder:
             fixed_names=fixed_names, random_names=random_names, structure=structure,
             group_name=group, grouped=True, random_blocks=blocks,
         )
+
+    # ---------------------------------------------------------------- saved state
+    def to_dict(self) -> dict:
+        """The fitted state as JSON (the formula and formulaic's fitted specs, :mod:`dmlmm.formula_state`)."""
+        from ..formula_state import spec_to_json
+
+        return {"kind": "formula", "formula": self.formula, "fixed_spec": spec_to_json(self.fixed_spec_),
+                "random_specs": [spec_to_json(s) for s in self.random_specs_],
+                "fixed_names": list(self.fixed_names_), "random_names": list(self.random_names_)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FormulaDesignBuilder":
+        from ..formula_state import spec_from_json
+
+        b = cls(d["formula"])
+        b.fixed_spec_ = spec_from_json(d["fixed_spec"])
+        b.random_specs_ = [spec_from_json(s) for s in d["random_specs"]]
+        b.fixed_names_, b.random_names_ = list(d["fixed_names"]), list(d["random_names"])
+        return b
 
     # ---------------------------------------------------------------- predict
     def transform(self, df: pd.DataFrame, subject=None) -> NewRows:

@@ -231,6 +231,20 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
             "basis": _describe_basis(builder),
         }
         self.scaling_ = scaling
+        self.n_obs_ = design.n_obs
+        self.n_groups_ = design.n_groups if design.grouped else 1
+        self.method_ = method
+        last_times = None if design.time is None else np.maximum.reduceat(
+            design.time, np.r_[0, np.flatnonzero(np.diff(design.codes)) + 1])
+        self._set_estimate(est, design.subjects, last_times)
+        if method == "vb":
+            self._set_posterior(est, fn, rn)
+        self._warn_not_converged(est)
+
+    def _set_estimate(self, est: Estimate, subjects: pd.Index, last_times: np.ndarray | None) -> None:
+        """The fitted attributes that follow from an estimate (also what :func:`dmlmm.load` restores);
+        needs ``design_info_``, ``n_obs_`` and ``method_``."""
+        fn, rn = self.design_info_["fixed_names"], self.design_info_["random_names"]
         self.estimate_ = est
         self.fixed_effects_ = pd.Series(est.beta, index=fn, name="estimate", dtype=float)
         self.fixed_effects_cov_ = pd.DataFrame(est.cov_beta, index=fn, columns=fn)
@@ -238,31 +252,26 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
                                            name="std_error", dtype=float)
         self.cov_re_ = pd.DataFrame(est.cov_re, index=rn, columns=rn)
         self.sigma2_ = float(est.sigma2)
-        self.random_effects_ = pd.DataFrame(est.b, index=design.subjects, columns=rn)
+        self.random_effects_ = pd.DataFrame(est.b, index=subjects, columns=rn)
         self.loglik_ = float(est.loglik)
         self.deviance_ = -2.0 * self.loglik_
-        n = design.n_obs
-        self.n_obs_ = n
-        self.n_groups_ = design.n_groups if design.grouped else 1
         self.n_params_ = int(est.n_params)
         self.aic_ = self.deviance_ + 2.0 * est.n_params
-        self.bic_ = self.deviance_ + est.n_params * np.log(n)
+        self.bic_ = self.deviance_ + est.n_params * np.log(self.n_obs_)
         self.n_iter_ = int(est.n_iter)
         self.converged_ = bool(est.converged)
         self.theta_ = np.asarray(est.theta)
-        self.method_ = method
         sd = np.sqrt(np.clip(np.diag(est.cov_re), 0, None))
         self.singular_ = bool(np.any(sd <= 1e-4 * np.sqrt(self.sigma2_))) or bool(
             np.linalg.eigvalsh(est.cov_re / np.outer(np.where(sd > 0, sd, 1), np.where(sd > 0, sd, 1)))[0] < 1e-8
         )
-        self._subjects = design.subjects
-        self._last_times = None if design.time is None else np.maximum.reduceat(
-            design.time, np.r_[0, np.flatnonzero(np.diff(design.codes)) + 1])
-        if method == "vb":
-            self._set_posterior(est, fn, rn)
+        self._subjects = subjects
+        self._last_times = last_times
+
+    def _warn_not_converged(self, est: Estimate) -> None:
         if not self.converged_:
-            warnings.warn(f"the {method.upper()} optimisation did not converge ({est.message})",
-                          ConvergenceWarning, stacklevel=3)
+            warnings.warn(f"the {self.method_.upper()} optimisation did not converge ({est.message})",
+                          ConvergenceWarning, stacklevel=4)
 
     def _set_posterior(self, est: Estimate, fn, rn) -> None:
         ci = est.extra["intervals"]
@@ -287,6 +296,16 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         """Conditional covariance of each subject's random effects given y (beta fixed), (N, q, q)."""
         self._check_fitted()
         return self.estimate_.cov_b
+
+    def save(self, path) -> None:
+        """Write the fitted model to one file (:mod:`dmlmm.io`); read it back with :func:`dmlmm.load`.
+
+        Formula models keep their formula and formulaic's fitted state (levels, contrasts,
+        stateful transforms), so a loaded model rebuilds the same columns for new rows.
+        """
+        from ..io import save_model
+
+        save_model(self, path)
 
     # ------------------------------------------------------------------ reporting
     def summary(self, interval: float = 0.95) -> str:
