@@ -134,8 +134,15 @@ def test_other_models(csv, tmp_path):
     # the exact fits on request
     r = run("fit", csv, "--model", "lmm", "--method", "reml", "--n-basis", "6", "--out", tmp_path / "reml")
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (tmp_path / "reml").iterdir()) == ["report.html", "trajectories.csv"]
+    assert sorted(p.name for p in (tmp_path / "reml").iterdir()) == ["model.dmlmm", "report.html", "trajectories.csv"]
     assert "LinearMixedModel" in r.stdout
+    exact = dmlmm.load(tmp_path / "reml" / "model.dmlmm")
+    assert isinstance(exact, dmlmm.LinearMixedModel) and exact.method_ == "reml"
+    r = run("predict", tmp_path / "reml" / "model.dmlmm", csv, "--times", "0,0.5", "--out", tmp_path / "reml.csv")
+    assert r.exit_code == 0, r.output
+    pred = pd.read_csv(tmp_path / "reml.csv")
+    assert {"mean", "lower", "upper", "beyond_last_visit", "cluster", "probability"} <= set(pred.columns)
+    assert (pred["cluster"] == 0).all() and len(pred) == 2 * exact.n_groups_
     assert_bad_input(run("fit", csv, "--model", "lmm", "--components", "3", "--out", tmp_path / "x"), "--components")
     assert_bad_input(run("fit", csv, "--model", "mixture", "--method", "ml", "--out", tmp_path / "x"), "--method")
 

@@ -541,7 +541,7 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, tr
     else:
         click.echo(f"LinearMixedModel ({model.method_.upper()}): {model.n_groups_} subjects, "
                    f"log-likelihood {model.loglik_:.2f}; {seconds:.1f} s in all")
-        click.echo("(a linear mixed model has no clusters, and saving it is not supported: no clusters.csv or model.dmlmm)")
+        click.echo("(a linear mixed model has one cluster: no clusters.csv)")
     click.echo(f"outputs in {out}/: {', '.join(written)}")
 
 
@@ -572,12 +572,19 @@ def predict(model_file, data, times, interval, kind, extrapolate, dropna, out, o
     files = OutputFiles([Path(out)], overwrite) if out is not None else nullcontext()
     with files:
         model, transform = _load_model(model_file)
+        lmm = not hasattr(model, "design_")  # LinearMixedModel: its design builder holds basis and columns
+        if lmm and getattr(model.builder_, "basis_", None) is None:
+            raise CliError(f"'{model_file}' holds a linear mixed model fitted from a formula or design matrices: "
+                           "dmlmm predict needs one fitted on a spline basis of time (dmlmm fit --model lmm)")
+        basis = model.builder_.basis_ if lmm else model.design_.basis
         if extrapolate is not None:
-            model.design_.basis.extrapolate = extrapolate
-        c = model.design_.columns
-        frame = _read_data(data, c.subject, c.time, c.response, list(model.design_.encoding.columns), transform,
+            basis.extrapolate = extrapolate
+        c = model.builder_.columns_ if lmm else model.design_.columns
+        encoding = model.builder_.encoding_ if lmm else model.design_.encoding
+        frame = _read_data(data, c.subject, c.time, c.response, list(encoding.columns), transform,
                            response_optional=True)
-        table, n_subjects, n_times = _predict_table(model, frame, times, interval, kind, dropna)
+        predict_table = _predict_lmm_table if lmm else _predict_table
+        table, n_subjects, n_times = predict_table(model, frame, times, interval, kind, dropna)
         table = user_columns(table, c.subject, c.time, frame.columns)
         if out is None:
             table.to_csv(sys.stdout, index=False)
@@ -605,6 +612,24 @@ def _predict_table(model, frame, times, interval, kind, dropna):
     proba = model.predict_proba(d)
     groups = model.predict_group_proba(d) if _has_layers(model) else None
     return add_cluster_columns(traj, cluster_table(model, proba, groups)), proba.shape[0], len(t)
+
+
+def _predict_lmm_table(model, frame, times, interval, kind, dropna):
+    """:func:`_predict_table` for a LinearMixedModel (one cluster): fitted subjects from their fit,
+    new subjects conditioned on their rows with a response."""
+    b = model.builder_
+    c = b.columns_
+    needed = [c.subject, c.time, *b.encoding_.columns]
+    if dropna:
+        bad = frame[needed].isna().any(axis=1)
+        if bad.any():
+            warnings.warn(f"dropped {int(bad.sum())} row(s) with missing values", UserWarning, stacklevel=2)
+            frame = frame[~bad]
+    t = parse_times(times, b.basis_.lower_, b.basis_.upper_)
+    traj = model.predict_trajectory(frame, times=t, interval=interval, kind=kind)
+    traj = traj.rename(columns={c.subject: "subject", c.time: "time"})
+    traj["cluster"], traj["probability"] = 0, 1.0
+    return traj, traj["subject"].nunique(), len(t)
 
 
 @main.command(short_help="Fit the deep mixture to real biomedical data (PBC or Blackmore).")

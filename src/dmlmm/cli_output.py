@@ -417,7 +417,7 @@ def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "d
     for name, table in named.items():
         table.to_csv(folder / name, index=False)
         written.append(name)
-    if isinstance(model, VariationalLongitudinalModel):
+    if isinstance(model, VariationalLongitudinalModel) or type(model).__name__ == "LinearMixedModel":
         save_model(model, folder / "model.dmlmm", response_transform=transform)
         written.append("model.dmlmm")
     coef = getattr(model, "membership_coefficients_", None)
