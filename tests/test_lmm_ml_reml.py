@@ -497,7 +497,7 @@ def test_summary_text(reml_fit, ml_fit):
 def test_blas_thread_limit_is_restored():
     from threadpoolctl import threadpool_info
 
-    from dmlmm.lmm._threads import limit_blas_threads
+    from dmlmm._linalg import limit_blas_threads
 
     def blas_threads():
         return [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]

@@ -11,7 +11,7 @@ from typing import ContextManager
 
 import numpy as np
 
-__all__ = ["cholesky", "spd_inv_logdet", "sym", "solve_lower", "solve_upper_t", "tri_inv_soa", "blas_single_thread", "stack_inv_logdet"]
+__all__ = ["cholesky", "spd_inv_logdet", "sym", "solve_lower", "solve_upper_t", "tri_inv_soa", "blas_single_thread", "limit_blas_threads", "stack_inv_logdet"]
 
 
 def sym(a: np.ndarray) -> np.ndarray:
@@ -161,21 +161,31 @@ _BLAS_CONTROLLER = None
 
 
 def blas_single_thread() -> ContextManager:
-    """A context in which BLAS runs on one thread (when ``threadpoolctl`` is installed; else a no-op).
+    """A context in which BLAS runs on one thread (:func:`limit_blas_threads` with ``n = 1``).
 
     The local step multiplies medium-sized matrices (D x pairs*D) from several of its own
     threads at once; a multi-threaded BLAS then oversubscribes the cores, and on a loaded
     machine one such product was measured at ~1 s instead of ~1.5 ms (2 cores, load 8).
     """
-    global _BLAS_CONTROLLER
-    try:
-        if _BLAS_CONTROLLER is None:
-            from threadpoolctl import ThreadpoolController
+    return limit_blas_threads(1)
 
-            _BLAS_CONTROLLER = ThreadpoolController()
-        return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
-    except ImportError:
+
+def limit_blas_threads(n: int | None = 1) -> ContextManager:
+    """A context in which every loaded BLAS (numpy's and scipy's copies) runs on at most ``n``
+    threads, restored afterwards (threadpoolctl); None leaves the limits alone.
+
+    The profiled likelihood works on stacks of small matrices and scipy's L-BFGS-B calls BLAS on
+    tiny ones; with a multi-threaded BLAS every call pays a thread wake-up (measured: L-BFGS-B
+    overhead 100x larger with 2 threads than with 1 on a busy machine).
+    """
+    global _BLAS_CONTROLLER
+    if n is None:
         return contextlib.nullcontext()
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=int(n), user_api="blas")
 
 
 def stack_inv_logdet(Q: np.ndarray, what: str = "matrix") -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from .._estimator import HyperParameters
 from ..models.params import check_model_params
 from ..basis import SplineBasis
 from ..exceptions import ConvergenceWarning, DataError, NotFittedError
-from ._threads import limit_blas_threads
+from .._linalg import limit_blas_threads
 from .design import (
     Design,
     LongitudinalDesignBuilder,
