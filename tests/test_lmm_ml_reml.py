@@ -531,3 +531,11 @@ def test_profiled_fit_survives_a_near_singular_fixed_effect_information():
             d, subject="subject", time="age", response="exercise")
     assert np.isfinite(m.loglik_) and m.singular_
     assert "boundary (singular) fit" in m.summary()
+
+
+@pytest.mark.parametrize("method", ["vb", "ml"])
+def test_a_response_too_large_to_standardise_is_named(sleepstudy, method):
+    """The same check and message as the mixtures' (dmlmm.standardise), not 'constant' or a zero-residual error."""
+    big = sleepstudy.assign(Reaction=sleepstudy["Reaction"] * 1e300)
+    with pytest.raises(DataError, match=r"the response 'Reaction' has values too large to standardise"):
+        LinearMixedModel("Reaction ~ Days + (Days | Subject)", method=method).fit(big)

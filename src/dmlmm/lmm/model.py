@@ -177,7 +177,9 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         with limit_blas_threads(self.blas_threads):
             builder, design = self._build_design(data, X, Z, y, groups, subject, time, response, covariates, dropna)
             check_design(design)
-            scaling = ResponseScaling.learn(design.y, design.F)
+            name = builder.parsed_.response if isinstance(builder, FormulaDesignBuilder) else (
+                builder.columns_.response if isinstance(builder, LongitudinalDesignBuilder) else "y")
+            scaling = ResponseScaling.learn(design.y, design.F, name)
             ys = scaling.transform(design.y)
             self._check_not_exact(ys, design)
             stats = design.stats(ys)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..exceptions import DataError
+from ..standardise import response_scale
 
 __all__ = ["ResponseScaling"]
 
@@ -42,23 +42,17 @@ class ResponseScaling:
     direction: np.ndarray
 
     @classmethod
-    def learn(cls, y: np.ndarray, F: np.ndarray) -> "ResponseScaling":
+    def learn(cls, y: np.ndarray, F: np.ndarray, name: str = "y") -> "ResponseScaling":
         """Scale and (where F spans the constant) shift for response ``y`` (n,) and fixed design ``F`` (n, p).
 
         Raises
         ------
         DataError
-            If ``y`` is constant.
+            If ``y`` is constant or too large to standardise (:func:`dmlmm.standardise.response_scale`).
         """
         y = np.asarray(y, dtype=float)
         n, p = F.shape
-        sd = float(np.std(y))
-        ymax = float(np.max(np.abs(y))) if n else 0.0
-        if n < 2 or sd == 0.0 or sd <= 1e-13 * ymax:
-            raise DataError(
-                f"the response is constant (all {n} values equal {y[0]:g}): there is no variation to "
-                "model; check that the right column is used as response"
-            )
+        sd = response_scale(y, name)
         a = np.zeros(p)
         shift = 0.0
         if p:

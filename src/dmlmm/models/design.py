@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..basis import SplineBasis
 from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats, sufficient_stats
+from ..standardise import response_scale
 from ..exceptions import DataError, IdentifiabilityWarning
 from .membership_design import MembershipDesign
 
@@ -74,19 +75,7 @@ class LongitudinalDesign:
         if not basis.is_fitted:
             basis.fit(data.time)
         y = data.response
-        with np.errstate(over="ignore", invalid="ignore"):
-            scale = float(np.std(y))
-        if not np.isfinite(scale):
-            big = float(np.max(np.abs(y)))
-            raise DataError(
-                f"the response '{data.columns.response}' has values too large to standardise (largest |value| "
-                f"{big:.3g}): rescale it, e.g. divide by a power of ten"
-            )
-        if not np.isfinite(scale) or scale <= 1e-12 * max(1.0, float(np.max(np.abs(y)))):
-            raise DataError(
-                f"the response '{data.columns.response}' is constant (every value is {y[0]:g}): "
-                "there is no variation to model"
-            )
+        scale = response_scale(y, data.columns.response)
         cov = data.covariates
         cm = cov.mean(axis=0) if cov.shape[1] else np.zeros(0)
         cs = cov.std(axis=0) if cov.shape[1] else np.zeros(0)
