@@ -100,7 +100,7 @@ class _no_check:
 ], ids=["MixtureLMM", "DeepMixtureLMM", "LinearMixedModel"])
 def test_named_fitted_arrays_mean_the_same_in_every_model(make):
     """weights_ (M,), means_ (M, D), covariances_ (M, D, D): the prior of the random effects b in
-    y = F w + B(t) b + e, cluster by cluster (the LMM: one cluster, mean zero)."""
+    y = F w + B(t) b + e, cluster by cluster (the LMM: one cluster whose mean is the mean curve)."""
     data = dgp1(n_subjects=60, random_state=0).data
     with _no_check():
         m = make().fit(data, subject="subject", time="time", response="y")
@@ -110,8 +110,13 @@ def test_named_fitted_arrays_mean_the_same_in_every_model(make):
     np.testing.assert_allclose(cov, np.swapaxes(cov, 1, 2), atol=1e-12)
     assert (np.linalg.eigvalsh(cov) > 0).all()
     if isinstance(m, LinearMixedModel):
-        assert not mu.any()
+        # each subject's curve is B(t) random_effects_ (+ covariate effects; none here), as in the mixtures
+        B = m.builder_.basis_.transform(data["time"].to_numpy())
+        coef = m.random_effects_.loc[data["subject"]].to_numpy()
         np.testing.assert_allclose(cov[0], m.cov_re_.to_numpy())
+        fitted = m.predict_trajectory(data)["mean"].to_numpy()
+        np.testing.assert_allclose(np.einsum("nd,nd->n", B, coef), fitted, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(mu[0], m.random_effects_.mean().to_numpy(), atol=0.3)  # the mean curve
         return
     # the cluster mean curves of cluster_means_ are offset_ + B(t) means_
     grid = m.cluster_means_

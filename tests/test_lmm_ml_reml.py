@@ -237,15 +237,20 @@ def test_longitudinal_form_equals_design_matrix_form(spline_data):
     m = LinearMixedModel(basis=basis, method="ml").fit(spline_data, subject="id", time="t", response="y",
                                                        covariates=["age"])
     assert not basis.is_fitted  # the user's basis is copied, not mutated
-    assert list(m.fixed_effects_.index) == ["B1", "B2", "B3", "B4", "B5", "age"]
+    # as in the mixtures: fixed effects are the covariates', the mean curve is means_[0], and each
+    # subject's coefficients (random_effects_) include it
+    assert list(m.fixed_effects_.index) == ["age"]
     assert m.cov_re_.shape == (5, 5) and m.random_effects_.shape == (40, 5)
     B = SplineBasis(n_basis=5).fit(spline_data["t"])
     Z = B.transform(spline_data["t"])
     F = np.c_[Z, spline_data["age"]]
     m2 = LinearMixedModel(method="ml").fit(X=F, Z=Z, y=spline_data["y"], groups=spline_data["id"])
     assert m.loglik_ == pytest.approx(m2.loglik_, abs=1e-7)
-    np.testing.assert_allclose(m.fixed_effects_.to_numpy(), m2.fixed_effects_.to_numpy(), rtol=1e-5)
-    ll = dense_loglik(spline_data["y"].to_numpy(), F, Z, spline_data["id"].to_numpy(), m.fixed_effects_.to_numpy(),
+    w = np.r_[m.means_[0], m.fixed_effects_.to_numpy()]
+    np.testing.assert_allclose(w, m2.fixed_effects_.to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(m.random_effects_.to_numpy() - m.means_[0], m2.random_effects_.to_numpy(),
+                               rtol=1e-4, atol=1e-8)
+    ll = dense_loglik(spline_data["y"].to_numpy(), F, Z, spline_data["id"].to_numpy(), w,
                       m.cov_re_.to_numpy(), m.sigma2_)
     assert m.loglik_ == pytest.approx(ll, abs=1e-7)
 

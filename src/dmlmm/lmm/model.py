@@ -96,6 +96,13 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
     random_effects_ : pandas.DataFrame (N, q)
         BLUPs (conditional modes) of the random effects, one row per subject (index: subject
         labels). In the ungrouped design-matrix form one row labelled ``"u"`` holds the whole ``u``.
+        Longitudinal form: as in the mixtures, each subject's spline coefficients (mean curve
+        included: curve = B(t) b_i + covariate effects), and ``fixed_effects_`` holds the
+        covariates' effects only; the mean curve's coefficients are ``means_[0]``.
+    weights_, means_, covariances_ : (1,), (1, q), (1, q, q)
+        The random-effects prior as a one-cluster mixture: ``means_`` is zero in the formula and
+        design-matrix forms (lme4's centred random effects) and the mean curve's coefficients in
+        the longitudinal form; ``covariances_`` is ``cov_re_``.
     loglik_ : float
         ML log-likelihood (``method="ml"``), REML log-likelihood (``method="reml"``), or for
         ``method="vb"`` the ML log-likelihood at the posterior means.
@@ -248,13 +255,20 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         needs ``design_info_``, ``n_obs_`` and ``method_``."""
         fn, rn = self.design_info_["fixed_names"], self.design_info_["random_names"]
         self.estimate_ = est
-        self.fixed_effects_ = pd.Series(est.beta, index=fn, name="estimate", dtype=float)
-        self.fixed_effects_cov_ = pd.DataFrame(est.cov_beta, index=fn, columns=fn)
-        self.fixed_effects_se_ = pd.Series(np.sqrt(np.clip(np.diag(est.cov_beta), 0, None)), index=fn,
+        # the longitudinal form is the family's y = F w + B(t) b_i + e with b_i ~ N(mu, Sigma): its
+        # fixed effects are the covariates' and each subject's coefficients include the mean curve
+        # mu (the fit's first q fixed effects), as in the mixtures; the other forms keep lme4's meaning
+        q0 = len(rn) if isinstance(self.builder_, LongitudinalDesignBuilder) else 0
+        self._mean_coefficients = np.asarray(est.beta[:q0], dtype=float)
+        keep = slice(q0, None)
+        self.fixed_effects_ = pd.Series(est.beta[keep], index=fn[keep], name="estimate", dtype=float)
+        self.fixed_effects_cov_ = pd.DataFrame(est.cov_beta[keep, keep], index=fn[keep], columns=fn[keep])
+        self.fixed_effects_se_ = pd.Series(np.sqrt(np.clip(np.diag(est.cov_beta)[keep], 0, None)), index=fn[keep],
                                            name="std_error", dtype=float)
         self.cov_re_ = pd.DataFrame(est.cov_re, index=rn, columns=rn)
         self.sigma2_ = float(est.sigma2)
-        self.random_effects_ = pd.DataFrame(est.b, index=subjects, columns=rn)
+        coef = est.b + self._mean_coefficients if q0 else est.b
+        self.random_effects_ = pd.DataFrame(coef, index=subjects, columns=rn)
         self.loglik_ = float(est.loglik)
         self.deviance_ = -2.0 * self.loglik_
         self.n_params_ = int(est.n_params)

@@ -71,9 +71,12 @@ class PredictiveLMM:
 
     @property
     def means_(self) -> np.ndarray:
-        """Prior mean of the random effects per cluster, (1, q): zero (the mean curve is in ``fixed_effects_``)."""
+        """Prior mean of the random effects per cluster, (1, q): the mean curve's coefficients in the
+        longitudinal form (as the mixtures' ``means_``), zero in the formula and design-matrix forms."""
         self._check_fitted()
-        return np.zeros((1, self.cov_re_.shape[0]))
+        q = self.cov_re_.shape[0]
+        mu = self._mean_coefficients
+        return (mu if len(mu) else np.zeros(q)).reshape(1, q).copy()
 
     @property
     def covariances_(self) -> np.ndarray:

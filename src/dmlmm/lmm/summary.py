@@ -123,12 +123,12 @@ def format_summary(model: "LinearMixedModel", interval: float = 0.95) -> str:
     else:
         out.append(f"Number of obs: {model.n_obs_}")
     out.append("")
-    names = list(model.fixed_effects_.index)
+    names = list(info["fixed_names"])  # all of w (the longitudinal form's mean-curve coefficients too)
     if names:
         z = sps.norm.ppf(0.5 + interval / 2)
         lo_lab, hi_lab = f"{50 * (1 - interval):.3g}%", f"{100 - 50 * (1 - interval):.3g}%"
-        est = model.fixed_effects_.to_numpy(dtype=float)
-        se = model.fixed_effects_se_.to_numpy(dtype=float)
+        est = np.asarray(model.estimate_.beta, dtype=float)
+        se = np.sqrt(np.clip(np.diag(model.estimate_.cov_beta), 0, None))
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.where(se > 0, est / np.where(se > 0, se, 1.0), np.nan)
         cols = [_column(est, 6), _column(se, 5), [f"{x:.3f}" for x in t],
