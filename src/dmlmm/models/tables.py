@@ -38,6 +38,7 @@ class Tables:
                             index=self.fixed_effects_.index)
 
     def _cluster_curves(self, n_grid: int = 100, interval: float = 0.95) -> pd.DataFrame:
+        """Each cluster's mean curve and bands on a grid, user scale: ``cluster_means_`` (set by ``fit``)."""
         mix = self._mixture()
         order = self._path_order
         t = self._grid(None)[:n_grid]
