@@ -171,7 +171,7 @@ def pd_csv(df, path):
 def test_report_draws_forecasts_dashed():
     from matplotlib.figure import Figure
 
-    from dmlmm.report import _plot_curve
+    from dmlmm.report.figures import _plot_curve
 
     t = np.linspace(0, 1, 11)
     ax = Figure().subplots()

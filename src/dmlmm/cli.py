@@ -604,13 +604,13 @@ def _load_model(path):
 
 def _predict_table(model, frame, times, interval, kind, dropna):
     """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times."""
-    from .report import _has_layers, add_cluster_columns, cluster_table
+    from .report.collect import add_cluster_columns, cluster_table, has_layers
 
     d = model.design_.data_from(frame, require_response=False, dropna=dropna)  # rows without y: times to predict at
     t = parse_times(times, model.design_.basis.lower_, model.design_.basis.upper_)
     traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind)
     proba = model.predict_proba(d)
-    groups = model.predict_group_proba(d) if _has_layers(model) else None
+    groups = model.predict_group_proba(d) if has_layers(model) else None
     return add_cluster_columns(traj, cluster_table(model, proba, groups)), proba.shape[0], len(t)
 
 

@@ -26,7 +26,7 @@ from .data import Longitudinal
 from .exceptions import NotFittedError
 from .inference.engine import VariationalParams, VIConfig, init_noise_and_fixed
 from .inference.moves import run_vi_with_moves
-from .models.base import ridge_estimates
+from .models.starting import ridge_estimates
 from .prediction import condition
 from .priors.dmfa import DeepMixturePrior
 

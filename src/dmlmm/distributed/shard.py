@@ -21,7 +21,7 @@ import pandas as pd
 from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats
 from ..exceptions import DataError
 from ..inference.local import NoiseMoments, local_step
-from ..models.base import ridge_estimates
+from ..models.starting import ridge_estimates
 from ..models.design import LongitudinalDesign
 from ..priors.base import PathPrior
 
@@ -157,7 +157,7 @@ def totals(shard: Shard) -> SufficientStats:
 def shard_ridge(
     shard: Shard, pooled: tuple[np.ndarray, np.ndarray], penalty: float, roughness: np.ndarray | None
 ) -> np.ndarray:
-    """The shard's starting per-subject estimates (n, D) (:func:`~dmlmm.models.base.ridge_estimates`
+    """The shard's starting per-subject estimates (n, D) (:func:`~dmlmm.models.starting.ridge_estimates`
     towards the pooled fit of all subjects)."""
     return ridge_estimates(shard.stats, penalty, roughness, pooled=pooled)
 

@@ -27,7 +27,7 @@ import numpy as np
 from ..inference.engine import VIConfig
 from ..expfam import Gaussian, InvGamma
 from ..inference.local import NoiseMoments
-from ..models.base import pooled_ridge
+from ..models.starting import pooled_ridge
 from ..priors.base import PathMoments, PathPrior
 from . import shard as sh
 

@@ -27,7 +27,7 @@ from scipy import stats as st
 from ..data import SufficientStats
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, run_vi
 from ..inference.joint import JointEffects, joint_effects
-from ..models.base import ridge_estimates
+from ..models.starting import ridge_estimates
 from ..prediction import log_marginal
 from ..priors.base import PointMixture, RandomEffectsPrior
 from ..priors.structured import gaussian_prior, variance_marginals

@@ -1,0 +1,252 @@
+"""Fitting a variational longitudinal model: :meth:`Fitting.fit` and the fitted attributes it sets.
+
+A mixin of :class:`~dmlmm.models.base.VariationalLongitudinalModel`. ``fit`` learns the
+design, starts from per-subject ridge fits (:mod:`dmlmm.models.starting`), runs the engine
+(full batch with several starting sizes, or minibatches; :mod:`dmlmm.inference`) for each
+noise model and start, keeps the highest ELBO and sets the fitted attributes (ending in
+``_``); the clusters are numbered by :mod:`dmlmm.models.clusters`. The Dask path
+(:mod:`dmlmm.distributed.fit`) runs the same steps and sets the same attributes through
+``_set_fitted_globals``.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from time import perf_counter
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data import Longitudinal
+from ..distributed import is_dask_collection
+from ..exceptions import DataError, EmptyComponentWarning
+from ..inference.engine import VIConfig
+from ..inference.noise import is_per_cluster
+from ..inference.starts import run_vi_with_starts
+from ..inference.stochastic import StochasticSettings, run_vi_stochastic
+from ..prediction import fixed_effects_cov
+from ..priors.membership import first_layer_resp, membership_laplace_cov
+from .design import LongitudinalDesign
+from .frames import FrameLike
+from .membership_design import MembershipDesign
+from .starting import init_factory, ridge_estimates
+
+if TYPE_CHECKING:
+    from .base import VariationalLongitudinalModel
+
+__all__ = ["Fitting"]
+
+
+class Fitting:
+    """Mixin: ``fit`` and the fitted state it sets (design, prior, parameters, ELBO, noise, tables)."""
+
+    def _config(self, n_subjects: int, first_layer: int) -> VIConfig:
+        bs = self.batch_size
+        if bs == "auto":
+            bs = None if n_subjects <= 5000 else int(min(max(0.05 * n_subjects, 2 * first_layer), 1024))
+        elif bs in (None, "full"):
+            bs = None
+        else:
+            bs = int(bs)
+            if bs < 1:
+                raise ValueError(f"batch_size must be a positive integer, 'auto' or 'full', got {self.batch_size}")
+            bs = None if bs >= n_subjects else bs
+        return VIConfig(
+            max_iter=int(self.max_iter), tol=float(self.tol), batch_size=bs,
+            hard_assignment=bool(self.hard_assignment), noise_scale=float(self.noise_scale),
+            prune_threshold=0.1 if self.prune else 0.0,
+        )
+
+    def fit(
+        self,
+        data: FrameLike,
+        subject: str = "subject",
+        time: str = "time",
+        response: str = "y",
+        covariates: Sequence[str] | None = None,
+        *,
+        dropna: bool = False,
+    ):
+        """Fit to a long frame (one row per observation) or a :class:`Longitudinal`.
+
+        Parameters
+        ----------
+        data : DataFrame, Longitudinal or dask.dataframe.DataFrame
+            A Dask frame (every subject's rows in one partition) is fitted on the workers of the
+            current ``distributed.Client`` by the same algorithm (:mod:`dmlmm.distributed`,
+            docs/dask.md); the per-subject tables are then dask collections.
+        subject, time, response : str
+            Column names.
+        covariates : list of str, optional
+            Fixed-effect covariates (numeric, or categorical which are dummy coded).
+        dropna : bool
+            Drop rows with missing values (with a warning) instead of raising.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        if is_dask_collection(data):  # per-subject work on the Dask workers (dmlmm.distributed)
+            if self._membership_columns():
+                raise NotImplementedError(
+                    "membership_covariates are not supported for Dask DataFrames yet: fit in memory "
+                    "(e.g. on df.compute() or a subsample), or leave membership_covariates out"
+                )
+            from ..distributed.fit import fit_dask
+
+            return fit_dask(self, data, subject, time, response, covariates, dropna=dropna)
+        if isinstance(data, Longitudinal):
+            d = data
+        else:
+            d = Longitudinal.from_frame(data, subject, time, response, covariates, dropna=dropna)
+        if d.n_subjects < 2:
+            raise DataError(
+                f"only one subject ({d.subjects[0]}) in the data: a mixed model needs at least two subjects "
+                "to learn how subjects vary"
+            )
+        design = LongitudinalDesign.learn(d, self.basis, self.smoothing)
+        Z = None
+        if self._membership_columns():
+            design.membership, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
+        stats = design.stats(d).with_membership(Z)
+        t0 = perf_counter()
+        rough = design.roughness
+        b_hat = ridge_estimates(stats, 0.5, rough)
+        best = None
+        # "auto": both noise models, each from the same random state, the higher ELBO kept
+        kinds = ("shared", "cluster") if self._noise_kind() == "auto" else (self._noise_kind(),)
+        for kind in kinds:
+            rng = np.random.default_rng(self.random_state)
+            for _ in range(int(self.n_init)):
+                prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
+                config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
+                make_init = init_factory(stats, b_hat, config, kind, Z)
+                resize = lambda sizes: self._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough)  # noqa: E731
+                callback = self._progress_callback()
+                # delete moves compare against an emptied component's cost, which the membership model changes
+                moves = self.delete_moves and not config.hard_assignment and Z is None
+                if config.batch_size is None:
+                    # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
+                    res = run_vi_with_starts(stats, prior, make_init(None), resize, config, rng, moves=moves,
+                                             callback=callback)
+                else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
+                    res = run_vi_stochastic(stats, prior, make_init, resize, config, rng, self._stochastic_settings(),
+                                            moves=moves, callback=callback)
+                if callback is not None:
+                    callback.close()
+                if best is None or res.elbo > best.elbo:
+                    best = res
+        best.seconds = perf_counter() - t0
+        self._set_fitted(d, design, best)
+        self._fixed_cov = None
+        if design.n_fixed:
+            self._fixed_cov = fixed_effects_cov(stats, self._mixture(), self._sigma2_std(), best.local.resp,
+                                                config.fixed_var)
+        self._membership_cov = None
+        if Z is not None:
+            resp1 = first_layer_resp(best.local.resp, best.prior.path_components()[:, 0])
+            self._membership_cov = membership_laplace_cov(best.params.membership, Z, resp1, config.membership_scale)
+        return self
+
+    def _stochastic_settings(self) -> StochasticSettings:
+        """Settings of a minibatch fit: the warm start's subsample size from ``subsample``."""
+        n = getattr(self, "subsample", "auto")
+        return StochasticSettings() if n == "auto" else StochasticSettings(subsample=int(n))
+
+    def _sized(self, sizes: tuple[int, ...]) -> "VariationalLongitudinalModel":
+        """A copy of this model with ``sizes`` components per layer (for the smaller starts)."""
+        other = copy.copy(self)
+        other.n_components = tuple(sizes) if isinstance(self.n_components, (tuple, list)) else int(sizes[0])
+        return other
+
+    def _progress_callback(self):
+        if not getattr(self, "progress", False):
+            return None
+        from tqdm.auto import tqdm
+
+        # no total: the fit stops at convergence, usually far below max_iter (a bar to max_iter would stall
+        # at a few per cent); the count runs over every stage (starting sizes, delete moves, final run)
+        bar = tqdm(total=None, desc=f"fitting {self._model_name}", unit="it", leave=False)
+
+        class _Cb:
+            def __call__(self, it, elbo):
+                bar.update(1)
+                bar.set_postfix(elbo=f"{elbo:.2f}")
+
+            def close(self):
+                bar.close()
+
+        return _Cb()
+
+    def _set_fitted(self, d: Longitudinal, design: LongitudinalDesign, res) -> None:
+        resp = res.local.resp
+        self._set_fitted_globals(design, res, resp.sum(axis=0), resp.T @ np.diff(d.offsets), stacklevel=4)
+        self.subjects_ = d.subjects
+        self.responsibilities_ = self._proba_frame(resp, d.subjects)
+        self.labels_ = self._labels_from(self.responsibilities_)
+        self.group_proba_ = self._group_frame(resp, d.subjects)
+        self.groups_ = self._labels_from(self.group_proba_)
+        self.random_effects_ = pd.DataFrame(
+            design.spline_coefficients(res.local.mean_b) * design.y_scale, index=d.subjects,
+            columns=design.basis.column_names,
+        )
+
+    def _set_fitted_globals(
+        self, design: LongitudinalDesign, res, sizes: np.ndarray, path_n_obs: np.ndarray, stacklevel: int = 3
+    ) -> None:
+        """Everything fitted except the per-subject tables.
+
+        ``sizes`` (M,): sum_i r_ic; ``path_n_obs`` (M,): sum_i r_ic n_i (the paths' expected observations).
+        """
+        self.design_ = design
+        self.prior_ = res.prior
+        self.params_ = res.params
+        self.elbo_ = float(res.elbo)
+        self.elbo_history_ = np.asarray(res.elbo_history)
+        self.n_iter_ = int(res.n_iter)
+        self.converged_ = bool(res.converged)
+        self.fit_seconds_ = float(res.seconds)
+        self.components_kept_ = [np.asarray(k) for k in res.kept]
+        self.n_components_ = tuple(len(k) for k in res.kept)
+        self.n_moves_ = int(res.moves)
+        self._path_order = np.argsort(-sizes, kind="stable")
+        self._set_cluster_tables(sizes)
+        s = design.y_scale
+        self.offset_ = design.y_shift
+        self._set_sigma2(path_n_obs)
+        w = self._w()
+        self.fixed_effects_ = pd.Series(w * s / design.cov_scale, index=list(design.fixed_names), dtype=float, name="estimate")
+        self.cluster_means_ = self._cluster_curves()
+        requested = self.prior_.layer_counts(res.params.prior)  # after pruning
+        if len(requested[0]) == 1 and self._requested_first_layer() > 1:
+            warnings.warn(
+                "all first-layer components but one ended empty and were pruned: "
+                "the data show no cluster structure this model can support (every subject is in one cluster)",
+                EmptyComponentWarning,
+                stacklevel=stacklevel,
+            )
+
+    def _noise_kind(self) -> str:
+        return getattr(self, "noise", "shared")
+
+    def _set_sigma2(self, path_n_obs: np.ndarray) -> None:
+        """sigma2_ (pooled) and sigma2_by_cluster_ on the user's scale; ``path_n_obs`` (M,) sum_i r_ic n_i."""
+        s2 = np.atleast_1d(np.asarray(self.params_.noise.mean, dtype=float)) * self.design_.y_scale**2
+        k1 = len(self.components_kept_[0])
+        first = self.prior_.path_components()[:, 0]
+        if s2.size == 1:
+            pooled, by_group = float(s2[0]), np.full(k1, float(s2[0]))
+        else:
+            n_g = np.bincount(first, weights=path_n_obs, minlength=k1)
+            pooled = float(n_g @ s2 / n_g.sum()) if n_g.sum() > 0 else float(s2.mean())
+            by_group = s2[self._group_order]
+        self.sigma2_ = pooled
+        self.noise_ = "cluster" if is_per_cluster(self.params_.noise) else "shared"
+        self.sigma2_by_cluster_ = pd.Series(by_group, index=pd.RangeIndex(k1, name="group"), name="sigma2")
+
+    def _requested_first_layer(self) -> int:
+        k = self.n_components
+        return int(k) if np.isscalar(k) else int(tuple(k)[0])

@@ -1,0 +1,258 @@
+"""What a fitted model says about subjects: clusters, trajectories, draws and log scores.
+
+A mixin of :class:`~dmlmm.models.base.VariationalLongitudinalModel`. Every method takes
+new data (a long frame, or a :class:`~dmlmm.data.Longitudinal`), builds its columns with the
+fitted design and conditions each subject's random effects on its observations
+(:mod:`dmlmm.prediction`): cluster probabilities (``predict_proba``, ``predict``), curves
+with bands (``predict_trajectory``), draws (``sample_trajectories``) and log predictive
+densities (``score_samples``, ``score``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..data import Longitudinal, SufficientStats
+from ..distributed import is_dask_collection
+from ..exceptions import DataError
+from ..inference.engine import noise_moments
+from ..inference.local import local_step
+from ..prediction import ConditionalMixture, condition, mixture_quantiles
+from .frames import FrameLike
+from .params import check_random_state, positive_int
+
+__all__ = ["Predicting"]
+
+
+class Predicting:
+    """Mixin: ``predict_proba``, ``predict``, ``predict_trajectory``, ``sample_trajectories``, ``score``."""
+
+    # -------------------------------------------------------------- clusters
+    def _data(self, df: FrameLike, require_response: bool = True) -> Longitudinal:
+        self._check_fitted()
+        return self.design_.data_from(df, require_response=require_response)
+
+    def predict_proba(self, df: FrameLike) -> pd.DataFrame:
+        """Posterior cluster (path) probabilities of each subject in ``df``: DataFrame (subjects x clusters).
+
+        Rows without a response count for nothing: a subject with none gets the prior weights.
+        A dask DataFrame gives a lazy dask DataFrame (:mod:`dmlmm.distributed.predict`)."""
+        if is_dask_collection(df):
+            from ..distributed.predict import predict_partitions
+
+            return predict_partitions(self, df, "predict_proba")
+        d = self._data(df, require_response=False)
+        return self._proba_frame(self._local(d, df).resp, d.subjects)
+
+    def predict(self, df: FrameLike) -> pd.Series:
+        """Most probable cluster of each subject in ``df`` (Series indexed by subject)."""
+        return self._labels_from(self.predict_proba(df))
+
+    def predict_group_proba(self, df: FrameLike) -> pd.DataFrame:
+        """Posterior probabilities of the first-layer components (coarser grouping)."""
+        if is_dask_collection(df):
+            from ..distributed.predict import predict_partitions
+
+            return predict_partitions(self, df, "predict_group_proba")
+        d = self._data(df, require_response=False)
+        return self._group_frame(self._local(d, df).resp, d.subjects)
+
+    def predict_group(self, df: FrameLike) -> pd.Series:
+        return self._labels_from(self.predict_group_proba(df))
+
+    def _local(self, data: Longitudinal, frame: FrameLike):
+        stats = self.design_.stats(data)
+        pp, _ = self.prior_.path_prior(self.params_.prior)
+        nm = noise_moments(self.params_, self.design_.n_fixed, self.prior_.path_components())
+        Z = self._membership_matrix(frame, data)
+        offsets = None
+        if Z is not None:  # the membership model's probabilities (as in every prediction) in place of E[log pi]
+            first = self.prior_.path_components()[:, 0]
+            dirichlet, _ = self.prior_.first_layer_dirichlet(self.params_.prior)
+            offsets = self._membership_log_p1(Z)[:, first] - dirichlet.mean_log[first]
+        return local_step(stats, pp, nm, self.hard_assignment, log_weight=offsets)
+
+    # -------------------------------------------------------------- trajectories
+    def _conditional(self, d: Longitudinal | None, frame: FrameLike = None) -> tuple[ConditionalMixture, pd.Index, np.ndarray]:
+        """Posterior mixture of b per subject (or the prior for d=None), subjects, last covariates (N, P)."""
+        mix, w, s2 = self._mixture(), self._w(), self._sigma2_std()
+        D, P = self.design_.basis.n_basis, self.design_.n_fixed
+        if d is None:
+            empty = SufficientStats(np.zeros(1, int), np.zeros(1), np.zeros((1, D)), np.zeros((1, D, D)),
+                                    np.zeros((1, P)), np.zeros((1, P, P)), np.zeros((1, D, P)))
+            return condition(empty, mix, w, s2), pd.Index(["population"], name="subject"), np.zeros((1, P))
+        stats = self.design_.stats(d)
+        last = np.r_[d.offsets[1:] - 1]
+        lw = self._path_log_weights(self._membership_matrix(frame, d), mix)
+        return condition(stats, mix, w, s2, log_weights=lw), d.subjects, self.design_.F(d.covariates[last])
+
+    def _grid(self, times) -> np.ndarray:
+        if times is None:
+            return np.linspace(self.design_.basis.lower_, self.design_.basis.upper_, 100)
+        t = np.asarray(times, dtype=float).reshape(-1)
+        if not np.isfinite(t).all():
+            raise DataError("prediction times must be finite numbers")
+        return t
+
+    def predict_trajectory(
+        self,
+        df: FrameLike | None = None,
+        times: np.ndarray | None = None,
+        interval: float = 0.95,
+        kind: str = "curve",
+    ) -> pd.DataFrame:
+        """Each subject's predictive distribution at ``times`` given its observations in ``df``.
+
+        Parameters
+        ----------
+        df : DataFrame or Longitudinal, optional
+            Observations to condition on; None gives the population (prior mixture), labelled "population".
+            Rows with a missing response (or a frame without the response column) are not conditioned
+            on: a new patient given only by its covariates gets the population curve at those
+            covariates (the last row's), and a patient with a few early visits a forecast from them.
+        times : (T,) array, optional
+            Times to predict at (default: 100 points over the basis range).
+        interval : float
+            Central probability of the band.
+        kind : {"curve", "observation"}
+            The noise-free curve, or a new measurement (adds the residual variance).
+
+        Returns
+        -------
+        DataFrame with columns subject, time, mean, lower, upper (user scale) and
+        beyond_last_visit (True where the time lies after the subject's last observation:
+        a forecast; always False for the population curve).
+
+        The bands integrate over the posterior uncertainty of the global parameters
+        (component means and loadings, fixed effects), not only over the subject's own.
+        """
+        self._check_fitted()
+        if kind not in ("curve", "observation"):
+            raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
+        if not 0 < interval < 1:
+            raise ValueError(f"interval must be in (0, 1), got {interval}")
+        d = None if df is None else self._data(df, require_response=False)
+        cm, subjects, fixed_rows = self._conditional(d, df)
+        t = self._grid(times)
+        Xn = self.design_.X(t)  # (T, D)
+        fw = fixed_rows @ self._w()  # (N,)
+        mean_a = cm.mean @ Xn.T + fw[cm.subject][:, None]
+        var_a = np.einsum("td,ade,te->at", Xn, cm.cov, Xn) + self._fixed_var(fixed_rows)[cm.subject][:, None]
+        if kind == "observation":
+            var_a = var_a + self._sigma2_std()[cm.path][:, None]
+        sd_a = np.sqrt(np.maximum(var_a, 0.0))
+        N = len(subjects)
+        mean = np.zeros((N, len(t)))
+        np.add.at(mean, cm.subject, cm.weight[:, None] * mean_a)
+        alpha = (1 - interval) / 2
+        q = mixture_quantiles(cm.weight, mean_a, sd_a, cm.subject, np.array([alpha, 1 - alpha]))
+        s, sh = self.design_.y_scale, self.design_.y_shift
+        return pd.DataFrame(
+            {
+                "subject": np.repeat(subjects.to_numpy(), len(t)),
+                "time": np.tile(t, N),
+                "mean": (sh + s * mean).reshape(-1),
+                "lower": (sh + s * q[:, 0]).reshape(-1),
+                "upper": (sh + s * q[:, 1]).reshape(-1),
+                "beyond_last_visit": (t[None, :] > self._last_times(d, N)[:, None]).reshape(-1),
+            }
+        )
+
+    @staticmethod
+    def _last_times(d: Longitudinal | None, n: int) -> np.ndarray:
+        """Each subject's last observation time (N,); +inf for the population (nothing is beyond)."""
+        if d is None:
+            return np.full(n, np.inf)
+        observed = np.zeros(len(d.time), dtype=bool) if d.response is None else np.isfinite(d.response)
+        return np.maximum.reduceat(np.where(observed, d.time, -np.inf), d.offsets[:-1])
+
+    def _fixed_var(self, fixed_rows: np.ndarray) -> np.ndarray:
+        """Posterior variance of F_i w for each subject's covariate row (N,), standardised scale."""
+        if self.params_.fixed is None or fixed_rows.shape[1] == 0:
+            return np.zeros(len(fixed_rows))
+        return np.einsum("np,pq,nq->n", fixed_rows, self._w_cov(), fixed_rows)
+
+    def sample_trajectories(
+        self,
+        df: FrameLike | None = None,
+        times: np.ndarray | None = None,
+        n_samples: int = 100,
+        kind: str = "curve",
+        random_state=None,
+    ) -> pd.DataFrame:
+        """Draws from each subject's predictive distribution: columns subject, sample, time, value."""
+        self._check_fitted()
+        if not positive_int(n_samples):
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        if kind not in ("curve", "observation"):
+            raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
+        check_random_state(random_state)
+        rng = np.random.default_rng(random_state)
+        d = None if df is None else self._data(df, require_response=False)
+        cm, subjects, fixed_rows = self._conditional(d, df)
+        t = self._grid(times)
+        Xn = self.design_.X(t)
+        N, S = len(subjects), int(n_samples)
+        # choose a component per (subject, draw) by inverse-CDF within each subject's block of pairs
+        cum = np.cumsum(cm.weight)
+        block_start = np.r_[0.0, np.bincount(cm.subject, weights=cm.weight, minlength=N).cumsum()[:-1]]
+        u = block_start[:, None] + rng.random((N, S)) * np.bincount(cm.subject, weights=cm.weight, minlength=N)[:, None]
+        comp = np.searchsorted(cum, u, side="right").clip(0, len(cm.weight) - 1)  # (N, S)
+        chol = np.linalg.cholesky(cm.cov + 1e-12 * np.eye(cm.cov.shape[-1]))
+        z = rng.standard_normal((N, S, chol.shape[-1]))
+        b = cm.mean[comp] + np.einsum("nsde,nse->nsd", chol[comp], z)
+        w = self._w()
+        if self.params_.fixed is not None and len(w):  # the fixed effects' posterior uncertainty too
+            chol_w = np.linalg.cholesky(self._w_cov() + 1e-12 * np.eye(len(w)))
+            w = w + rng.standard_normal((N, S, len(w))) @ chol_w.T  # (N, S, P)
+            fw = np.einsum("np,nsp->ns", fixed_rows, w)[:, :, None]
+        else:
+            fw = (fixed_rows @ w)[:, None, None]
+        curve = b @ Xn.T + fw
+        if kind == "observation":
+            sd = np.sqrt(self._sigma2_std()[cm.path[comp]])  # (N, S): the drawn path's residual SD
+            curve = curve + sd[:, :, None] * rng.standard_normal(curve.shape)
+        s, sh = self.design_.y_scale, self.design_.y_shift
+        return pd.DataFrame(
+            {
+                "subject": np.repeat(subjects.to_numpy(), S * len(t)),
+                "sample": np.tile(np.repeat(np.arange(S), len(t)), N),
+                "time": np.tile(t, N * S),
+                "value": (sh + s * curve).reshape(-1),
+            }
+        )
+
+    # -------------------------------------------------------------- scores
+    def score_samples(self, df: FrameLike, condition_on: pd.DataFrame | None = None) -> pd.Series:
+        """Log predictive density of each subject's observations in ``df`` (user scale).
+
+        With ``condition_on`` (other observations of the same subjects), the density of
+        ``df``'s observations given those: the held-out log score.
+        """
+        d = self._data(df)
+        lm = self._log_marginal(d, df)
+        if condition_on is not None:
+            if isinstance(df, Longitudinal) or isinstance(condition_on, Longitudinal):
+                raise TypeError("condition_on needs data frames for both arguments")
+            c = self._data(condition_on)
+            frame = pd.concat([df, condition_on], ignore_index=True)
+            both = self._data(frame)
+            lm_both = pd.Series(self._log_marginal(both, frame), index=both.subjects)
+            lm_c = pd.Series(self._log_marginal(c, condition_on), index=c.subjects)
+            out = pd.Series(lm, index=d.subjects)
+            has = out.index.intersection(lm_c.index)
+            out.loc[has] = lm_both.loc[has] - lm_c.loc[has]
+            return out.rename("log_score")
+        return pd.Series(lm, index=d.subjects, name="log_score")
+
+    def _log_marginal(self, d: Longitudinal, frame: FrameLike) -> np.ndarray:
+        stats = self.design_.stats(d)
+        mix = self._mixture()
+        lw = self._path_log_weights(self._membership_matrix(frame, d), mix)
+        cm = condition(stats, mix, self._w(), self._sigma2_std(), keep_components=False, log_weights=lw)
+        return cm.log_marginal - stats.n_obs * np.log(self.design_.y_scale)
+
+    def score(self, df: FrameLike, condition_on: pd.DataFrame | None = None) -> float:
+        """Mean over subjects of :meth:`score_samples`."""
+        return float(self.score_samples(df, condition_on).mean())
