@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 
 from ..basis import SplineBasis
-from ..data import Longitudinal, SufficientStats, as_numeric, sufficient_stats
+from ..columns import as_numeric
+from ..data import Longitudinal
+from ..sufficient import SufficientStats, sufficient_stats
 from ..exceptions import DataError
 from .structure import CovarianceStructure
 

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats as st
 
 from .._linalg import cholesky_soa, inv_from_chol_soa, spd_inv_logdet, sym
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..inference.engine import VariationalParams, VIConfig, elbo_globals, init_noise_and_fixed
 from ..expfam import LOG_2PI, InvGamma, ig_expected_logpdf
 from ..models.base import ridge_estimates

@@ -16,7 +16,8 @@ import pandas as pd
 from scipy.special import logsumexp, ndtri
 
 from .._estimator import HyperParameters
-from ..data import Longitudinal, SufficientStats
+from ..data import Longitudinal
+from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
 from ..exceptions import DataError, EmptyComponentWarning, NotFittedError
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments
