@@ -123,9 +123,9 @@ def _quote(column: str) -> str:
 # --------------------------------------------------------------------------- learning the kinds of columns
 
 
-def _learn_levels(s: pd.Series, c: str) -> list | None:
+def _learn_levels(s: pd.Series, c: str, categorical: bool | None = None) -> list | None:
     """None for a numeric column (numbers stored as text too), else its sorted levels."""
-    if not is_categorical(s):
+    if not (is_categorical(s) if categorical is None else categorical):
         return None
     cats = pd.unique(s.dropna())
     try:
@@ -142,9 +142,16 @@ def _learn_levels(s: pd.Series, c: str) -> list | None:
 
 def is_categorical(s: pd.Series) -> bool:
     """Whether a covariate column is coded by levels (non-numeric, or boolean)."""
-    numeric_text = (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)) and \
-        s.notna().any() and pd.to_numeric(s.dropna(), errors="coerce").notna().all()  # "1.5" as the response
-    return not (numeric_text or (pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)))
+    if pd.api.types.is_bool_dtype(s):
+        return True
+    if pd.api.types.is_numeric_dtype(s):
+        return False
+    if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)):
+        return True
+    values = s.dropna()
+    if values.empty or pd.to_numeric(values.iloc[:64], errors="coerce").isna().any():  # text: no need to read it all
+        return True
+    return bool(pd.to_numeric(values, errors="coerce").isna().any())  # "1.5" as the response: numbers
 
 
 # --------------------------------------------------------------------------- JSON of formulaic's state
@@ -244,17 +251,19 @@ class CovariateEncoding:
     # ---------------------------------------------------------------- learning
     @classmethod
     def learn(cls, df: pd.DataFrame, covariates=None, *, time: str | None = None,
-              levels: dict | None = None) -> "CovariateEncoding":
+              levels: dict | None = None, categorical: dict | None = None) -> "CovariateEncoding":
         """The coding of ``covariates`` (list of columns or formula) learned on ``df``.
 
         ``time`` names the time column: a formula may use it (the list form may not).
-        ``levels`` fixes the columns' levels instead of learning them.
+        ``levels`` fixes the columns' levels instead of learning them; ``categorical`` says
+        which columns are categorical (:func:`is_categorical`, if already known).
         """
         formula, columns = parse_covariates(covariates, list(df.columns))
         _check_present(df, columns)
         time = time if formula is not None and time in columns else None
         if levels is None:
-            levels = {c: (None if c == time else _learn_levels(df[c], c)) for c in columns}
+            categorical = categorical or {}
+            levels = {c: (None if c == time else _learn_levels(df[c], c, categorical.get(c))) for c in columns}
         else:
             levels = {c: (None if c == time else levels.get(c)) for c in columns}
         enc = cls(tuple(columns), levels, formula, time)

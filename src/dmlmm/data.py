@@ -187,7 +187,8 @@ class Longitudinal:
             if len(df) == 0:
                 raise DataError("no rows are left after dropping rows with missing values")
         if encoding is None:
-            encoding = CovariateEncoding.learn(df, formula if formula is not None else cov_cols, time=time)
+            encoding = CovariateEncoding.learn(df, formula if formula is not None else cov_cols, time=time,
+                                               categorical=categorical)
         cov = encoding.encode(df)
         bad_cov = ~np.isfinite(cov)
         if bad_cov.any():
