@@ -35,6 +35,9 @@ SECTIONS: list[tuple[str, str, list[tuple[str, list[str] | None, str]]]] = [
         [
             ("dmlmm.Longitudinal", None, ""),
             ("dmlmm.SplineBasis", None, ""),
+            ("dmlmm.covariates.CovariateEncoding", ["learn", "encode", "to_dict", "from_dict"],
+             "What `covariates=` becomes: a list of columns or the right-hand side of a formula "
+             "(`\"diet * age\"`), coded against the model's mean curve (`dmlmm.covariates`)."),
         ],
     ),
     (

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from dmlmm.data import sufficient_stats
+from dmlmm.sufficient import sufficient_stats
 
 
 def toy_stats(seed=0, n_subjects=8, n_obs=5, dim=3, n_fixed=1):

@@ -10,8 +10,8 @@ PACKAGE = Path(dmlmm.__file__).parent
 # module (top-level file or subpackage) -> room; rooms share one job (docs/architecture.md)
 ROOM = {
     "exceptions": "helpers", "_linalg": "helpers", "_estimator": "helpers", "expfam": "factors", "accel": "factors",
-    "data": "data", "basis": "data", "formula_state": "data", "standardise": "data", "metrics": "data",
-    "demo": "data", "simulate": "simulate",
+    "data": "data", "columns": "data", "covariates": "data", "sufficient": "data", "basis": "data",
+    "formula_state": "data", "standardise": "data", "metrics": "data", "demo": "data", "simulate": "simulate",
     "priors": "priors", "inference": "inference", "prediction": "prediction",
     "models": "models", "lmm": "lmm",
     "summaries": "summaries", "outcomes": "summaries", "selection": "summaries",

@@ -19,7 +19,7 @@ import dmlmm
 from helpers import error_line
 from dmlmm.cli import main
 from dmlmm.cli_input import InputError, apply_transform, check_columns, read_csv, sniff
-from dmlmm.data import CovariateEncoding
+from dmlmm.covariates import CovariateEncoding
 from dmlmm.simulate import dgp1
 
 FAST = ["--components", "2,1", "--latent-dims", "1,1", "--n-basis", "5", "--max-iter", "10"]

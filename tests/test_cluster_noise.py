@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dmlmm import DeepMixtureLMM, MixtureLMM, load
-from dmlmm.data import sufficient_stats
+from dmlmm.sufficient import sufficient_stats
 from dmlmm.exceptions import ConvergenceWarning
 from dmlmm.inference.engine import VariationalParams, VIConfig, elbo_globals, init_noise_and_fixed, noise_moments, run_vi
 from dmlmm.expfam import InvGamma

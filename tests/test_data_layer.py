@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import dmlmm.data as data_mod
-from dmlmm.data import CovariateEncoding, Longitudinal, SufficientStats, segment_sums, sufficient_stats
+import dmlmm.sufficient as data_mod
+from dmlmm.covariates import CovariateEncoding
+from dmlmm.data import Longitudinal
+from dmlmm.sufficient import SufficientStats, segment_sums, sufficient_stats
 from dmlmm.exceptions import DataError
 
 

@@ -19,7 +19,6 @@ dd = pytest.importorskip("dask.dataframe")
 
 import dmlmm  # noqa: E402
 from dmlmm import DataError, DeepMixtureLMM, MixtureLMM, SplineBasis, simulate  # noqa: E402
-from dmlmm.data import SufficientStats  # noqa: E402
 from dmlmm.distributed import is_dask_collection  # noqa: E402
 from dmlmm.distributed import shard as sh  # noqa: E402
 from dmlmm.distributed.outputs import collect  # noqa: E402
@@ -30,6 +29,7 @@ from dmlmm.inference.local import local_step  # noqa: E402
 from dmlmm.inference.noise import path_rss  # noqa: E402
 from dmlmm.metrics import adjusted_rand_index  # noqa: E402
 from dmlmm.models.base import ridge_estimates  # noqa: E402
+from dmlmm.sufficient import SufficientStats  # noqa: E402
 
 SRC = Path(dmlmm.__file__).resolve().parent
 
@@ -139,6 +139,23 @@ def test_mixture_cluster_noise_same_answer(client, dgp1_frame):
         m1 = MixtureLMM(**kw).fit(ddf, covariates=["age"])
     assert m1.noise_ == "cluster"
     _same_fit(m0, m1)
+
+
+def test_formula_covariates_same_answer(client, dgp1_frame):
+    """A formula whose coding the levels fix: the in-memory fit's columns and numbers; one that
+    needs the data's values (C() of a numeric column) is refused with a pointer."""
+    df, _ = dgp1_frame
+    kw = dict(n_components=2, basis=SplineBasis(6), random_state=0, max_iter=40)
+    ddf = dd.from_pandas(df, npartitions=2, sort=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m0 = MixtureLMM(**kw).fit(df, covariates="sex * age + sex:time")
+        m1 = MixtureLMM(**kw).fit(ddf, covariates="sex * age + sex:time")
+    assert list(m1.fixed_effects_.index) == ["sex[T.m]", "age", "sex[T.m]:age", "sex[T.m]:time"]
+    _same_fit(m0, m1)
+    with pytest.raises(DataError, match="depends on the data"):
+        MixtureLMM(**kw).fit(dd.from_pandas(df.assign(n=df["subject"] % 3), npartitions=2, sort=False),
+                             covariates="C(n)")
 
 
 def test_subject_split_over_partitions_is_named(client, dgp1_frame):

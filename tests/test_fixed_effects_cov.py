@@ -5,7 +5,7 @@ import numpy as np
 
 def test_fixed_effects_cov_matches_dense_generalised_least_squares():
     """Woodbury per (subject, path) against dense V_i = X_i S_c X_i' + s2_c I, mixed over paths."""
-    from dmlmm.data import sufficient_stats
+    from dmlmm.sufficient import sufficient_stats
     from dmlmm.prediction import fixed_effects_cov
     from dmlmm.priors.base import PointMixture
 

@@ -94,7 +94,7 @@ def test_file_layout_is_documented_json_plus_npz(models, tmp_path):
     with zipfile.ZipFile(path) as zf:
         assert sorted(zf.namelist()) == ["arrays.npz", "metadata.json"]
         meta = json.loads(zf.read("metadata.json"))
-    assert meta["format"] == FORMAT_NAME and meta["format_version"] == FORMAT_VERSION
+    assert meta["format"] == FORMAT_NAME and meta["format_version"] == 1  # covariates listed: readable by any reader
     assert meta["library_version"] == dmlmm.__version__
     assert meta["model_class"] == "DeepMixtureLMM"
     assert meta["hyperparameters"]["n_components"] == [4, 2]
@@ -120,8 +120,8 @@ def _rewrite(src, dst, edit_meta=None, arrays: bytes | None = None):
 
 def test_newer_format_version_is_refused(models, tmp_path):
     models["deep"].save(tmp_path / "m.dmlmm")
-    _rewrite(tmp_path / "m.dmlmm", tmp_path / "new.dmlmm", lambda m: m.update(format_version=2))
-    with pytest.raises(ValueError, match=r"written by a newer dmlmm \(format version 2\); upgrade dmlmm"):
+    _rewrite(tmp_path / "m.dmlmm", tmp_path / "new.dmlmm", lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(ValueError, match=rf"written by a newer dmlmm \(format version {FORMAT_VERSION + 1}\); upgrade dmlmm"):
         dmlmm.load(tmp_path / "new.dmlmm")
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from dmlmm.data import sufficient_stats
+from dmlmm.sufficient import sufficient_stats
 from dmlmm.expfam import LOG_2PI, InvGamma
 from dmlmm.inference.engine import VariationalParams, VIConfig, elbo_globals, init_noise_and_fixed, run_vi
 from dmlmm.inference.joint import joint_effects, joint_local_step

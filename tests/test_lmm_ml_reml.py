@@ -12,7 +12,7 @@ from conftest import simulate_spline_lmm
 from scipy import optimize, stats
 
 from dmlmm.basis import SplineBasis
-from dmlmm.data import sufficient_stats
+from dmlmm.sufficient import sufficient_stats
 from dmlmm.exceptions import DataError, IdentifiabilityWarning, NotFittedError
 from dmlmm.lmm import CovarianceStructure, LinearMixedModel, profiled_loglik, profiled_loglik_grad
 

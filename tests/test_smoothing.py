@@ -12,7 +12,7 @@ from scipy import stats as st
 from scipy.special import multigammaln
 
 from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
-from dmlmm.data import sufficient_stats
+from dmlmm.sufficient import sufficient_stats
 from dmlmm.metrics import adjusted_rand_index, coverage
 from dmlmm.priors.dmfa import DeepMixturePrior
 from dmlmm.priors.gaussian import GaussianMixturePrior

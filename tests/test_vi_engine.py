@@ -10,7 +10,7 @@ from scipy import stats as st
 from scipy.special import gammaln, logsumexp
 
 from helpers import toy_stats
-from dmlmm.data import sufficient_stats
+from dmlmm.sufficient import sufficient_stats
 from dmlmm.exceptions import ConvergenceWarning
 from dmlmm.inference.engine import (
     VariationalParams,

@@ -217,11 +217,12 @@ def _probe_frame(model) -> pd.DataFrame:
 
 
 def _fill_valid(frame: pd.DataFrame, encoding, means: np.ndarray) -> None:
-    """Every column of ``encoding`` in ``frame`` at a valid value: its first level, or its mean."""
+    """Every column ``encoding`` reads in ``frame`` at a valid value: its first level, or its mean."""
     by_name = dict(zip(encoding.names, means))
+    typical = encoding.typical()
     for col in encoding.columns:
-        levels = encoding.levels.get(col)
-        frame[col] = levels[0] if levels else float(by_name.get(col, 0.0))
+        if col not in frame.columns:
+            frame[col] = typical[col] if col in typical else float(by_name.get(col, 0.0))
 
 
 def _check_predictions(model) -> None:

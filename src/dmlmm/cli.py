@@ -170,11 +170,36 @@ def _show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+def _parse_covariates(text: str | None) -> list[str] | str | None:
+    """--covariates: a formula (it holds + * : ( ) ^ ~ |) as it is, else comma-separated columns."""
+    if not text or not text.strip():
+        return None
+    if set(text) & set("+*:()^~|"):
+        from .covariates import covariate_columns
+        from .exceptions import DataError
+
+        try:
+            covariate_columns(text.strip())
+        except DataError as e:
+            raise CliError(f"--covariates: {e}") from None
+        return text.strip()
+    return [c.strip() for c in text.split(",") if c.strip()] or None
+
+
+def _covariate_columns(covs, time_col: str) -> list[str]:
+    """The data columns --covariates reads (a formula's variables, but the time column)."""
+    from .covariates import covariate_columns
+
+    return [c for c in covariate_columns(covs)
+            if not (isinstance(covs, str) and c == time_col)] if covs else []
+
+
 def _clean(frame, columns):
     """The rows the model was fitted on after ``--dropna`` (missing or infinite values dropped)."""
     import numpy as np
     import pandas as pd
 
+    columns = list(dict.fromkeys(columns))
     sub = frame[list(columns)]
     bad = sub.isna().any(axis=1).to_numpy().copy()
     for c in columns:
@@ -208,7 +233,9 @@ def main() -> None:
 @click.option("--subject", default="subject", show_default=True, help="Subject id column.")
 @click.option("--time", "time_col", default="time", show_default=True, help="Time column.")
 @click.option("--response", default="y", show_default=True, help="Response column.")
-@click.option("--covariates", default=None, help="Comma-separated fixed-effect covariate columns, e.g. age,sex.")
+@click.option("--covariates", default=None,
+              help="Fixed-effect covariates: comma-separated columns, e.g. age,sex, or the right-hand side of a "
+                   "formula, e.g. 'diet * age' or 'C(dose) + age:sex'.")
 @click.option("--membership-covariates", default=None,
               help="Comma-separated baseline columns (one value per subject) on which class membership depends, "
                    "as lcmm's classmb: coefficients in membership.csv, the summary and the report.")
@@ -272,7 +299,8 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         raise CliError("--n-init does not apply to the exact fits (--method ml or reml); they restart on their own")
     comps, dims, covs = _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs,
                                            n_basis, degree, interval, n_init)
-    asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, covs)
+    cov_cols = _covariate_columns(covs, time_col)
+    asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, cov_cols)
     members = [c.strip() for c in membership_covariates.split(",") if c.strip()] if membership_covariates else None
     if members and kind == "lmm":
         raise CliError("--membership-covariates applies to the mixtures (--model deep or mixture): "
@@ -280,13 +308,13 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=exact)
     t0 = time.perf_counter()
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
-        frame = _read_data(data, subject, time_col, response, (covs or []) + (members or []), transform)
+        frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), transform)
         _check_basis(basis, n_basis, frame[time_col], smoothing=not exact)
         _check_outcome_data(frame, subject, time_col, asked)
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
                                       criterion, jobs, seed, max_iter, n_init, dropna, quiet, members,
                                       method if exact else None)
-        used = _clean(frame, [subject, time_col, response] + (covs or [])) if dropna else frame
+        used = _clean(frame, [subject, time_col, response] + cov_cols) if dropna else frame
         outcomes = _outcome_report(model, frame, asked)
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
                                      source=str(data), interval=interval, transform=transform,
@@ -301,7 +329,7 @@ def _check_fit_options(kind, components, latent_dims, covariates, select, max_it
     """Option checks that need no data; returns components, latent dims and covariates parsed."""
     comps = parse_int_list(components, "--components")
     dims = parse_int_list(latent_dims, "--latent-dims")
-    covs = [c.strip() for c in covariates.split(",") if c.strip()] if covariates else None
+    covs = _parse_covariates(covariates)
     if kind not in ("deep", "auto") and dims is not None:
         raise CliError("--latent-dims applies to --model deep only")
     if kind == "lmm" and select:
@@ -345,7 +373,7 @@ def _check_basis(basis, n_basis, times, smoothing: bool) -> None:
 
     from .basis import SplineBasis
     from .cli_input import check_n_basis
-    from .data import as_numeric
+    from .columns import as_numeric
     from .exceptions import DataError
 
     t = as_numeric(times, f"column '{times.name}'")  # the library's message for non-numeric times
@@ -481,7 +509,7 @@ def _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna
     grid = latent_grid(len(deep_comps), int(basis.n_basis))
     if dims is not None and dims not in grid:
         grid.append(dims)
-    columns = [cols["subject"], cols["time"], cols["response"]] + (cols["covariates"] or [])
+    columns = [cols["subject"], cols["time"], cols["response"]] + _covariate_columns(cols["covariates"], cols["time"])
     data = _clean(frame, columns) if dropna else frame
     if dropna and len(data) < len(frame):
         warnings.warn(f"dropped {len(frame) - len(data)} of {len(frame)} row(s) with missing or infinite values")

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .data import as_numeric
+from .columns import as_numeric
 from .exceptions import DataError
 
 __all__ = ["InputError", "read_csv", "check_columns", "apply_transform", "check_n_basis", "TRANSFORMS",

@@ -118,7 +118,7 @@ class DMLMM:
         s2 = float(self._fitted.params.noise.mean[()])
         if data is None:
             D0 = X.shape[1]
-            from .data import SufficientStats
+            from .sufficient import SufficientStats
 
             stats = SufficientStats(np.zeros(1, int), np.zeros(1), np.zeros((1, D0)), np.zeros((1, D0, D0)),
                                     np.zeros((1, 0)), np.zeros((1, 0, 0)), np.zeros((1, D0, 0)))

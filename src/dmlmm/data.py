@@ -1,10 +1,8 @@
-"""The longitudinal data layer: validation, ordering and per-subject sufficient statistics.
+"""The longitudinal table: validation, ordering by subject and time, selection of subjects and rows.
 
-Every model in dmlmm works from per-subject sufficient statistics
-(``X_i'X_i``, ``X_i'y_i``, ``y_i'y_i``, ``n_i`` and the fixed-effect cross
-terms), so the cost of a fitting step does not depend on how many times a
-subject was measured. They are computed here with vectorised segment sums
-over rows sorted by subject, never with a Python loop over subjects.
+A :class:`Longitudinal` holds a long table (one row per observation) checked and
+sorted by subject, then time, with its covariates coded (:mod:`dmlmm.covariates`).
+Its per-subject sufficient statistics come from :mod:`dmlmm.sufficient`.
 
 Duplicate (subject, time) rows are allowed: replicate measurements at the
 same time are common and are modelled as independent errors around the same
@@ -15,270 +13,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from .columns import ColumnNames, as_numeric
+from .covariates import CovariateEncoding, is_categorical, missing_rows, parse_covariates
 from .exceptions import DataError
+from .sufficient import SufficientStats, sufficient_stats
 
-__all__ = ["Longitudinal", "SufficientStats", "as_numeric", "segment_sums", "sufficient_stats"]
-
-_CHUNK_ELEMENTS = 1 << 22  # doubles per chunk of row outer products (32 MB), whatever the design's width
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def as_numeric(values, name: str) -> np.ndarray:
-    """Float array of ``values`` (NaN kept), or a DataError naming ``name`` and the first non-numeric row.
-
-    Parameters
-    ----------
-    values : Series or array-like, shape (n,)
-        A Series keeps its index, so the message names the user's row label.
-    name : str
-        How the message refers to the values, e.g. ``"column 'y'"``.
-    """
-    s = values if isinstance(values, pd.Series) else pd.Series(values)
-    if pd.api.types.is_bool_dtype(s):
-        s = s.astype(float)
-    conv = pd.to_numeric(s, errors="coerce")
-    bad = conv.isna().to_numpy() & s.notna().to_numpy()
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"{name} must be numeric, but row {s.index[first]!r} holds {s.iloc[first]!r} "
-            f"({int(bad.sum())} non-numeric value(s) in all); convert or drop those rows"
-        )
-    return conv.to_numpy(dtype=float, na_value=np.nan)
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Sum consecutive row segments of ``values``.
-
-    Parameters
-    ----------
-    values : ndarray, shape (n, ...)
-        Rows sorted by segment.
-    offsets : ndarray of int, shape (N + 1,)
-        Segment ``s`` is rows ``offsets[s]:offsets[s + 1]``; every segment is non-empty.
-
-    Returns
-    -------
-    ndarray, shape (N, ...)
-    """
-    values = np.asarray(values, dtype=float)
-    n_seg = len(offsets) - 1
-    if n_seg == 0:
-        return np.zeros((0,) + values.shape[1:])
-    return np.add.reduceat(values, offsets[:-1], axis=0)
-
-
-def _segment_outer_sums(a: np.ndarray, b: np.ndarray, codes: np.ndarray, n_seg: int) -> np.ndarray:
-    """Per-segment sums of row outer products ``a_r b_r'``, in row chunks to bound memory.
-
-    Each chunk holds about ``_CHUNK_ELEMENTS`` doubles of outer products (rows scaled by
-    ``p * q``): 32 MB at 10 or at 40 basis functions (a fixed 32,768 rows made 420 MB at 40).
-
-    Parameters
-    ----------
-    a : (n, p), b : (n, q), codes : (n,) sorted segment index per row.
-
-    Returns
-    -------
-    ndarray, shape (n_seg, p, q)
-    """
-    n, p = a.shape
-    q = b.shape[1]
-    out = np.zeros((n_seg, p, q))
-    rows = max(1, _CHUNK_ELEMENTS // max(p * q, 1))
-    for start in range(0, n, rows):  # loop over memory chunks of rows, not subjects
-        stop = min(start + rows, n)
-        c = codes[start:stop]
-        prod = a[start:stop, :, None] * b[start:stop, None, :]
-        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-        out[c[starts]] += np.add.reduceat(prod, starts, axis=0)
-    return out
-
-
-@dataclass(frozen=True)
-class SufficientStats:
-    """Per-subject sufficient statistics of ``y_i = F_i w + X_i b_i + e_i``.
-
-    Attributes
-    ----------
-    n_obs : (N,) number of observations per subject.
-    yty : (N,) ``y_i'y_i``.
-    Xty : (N, D) ``X_i'y_i``.
-    XtX : (N, D, D) ``X_i'X_i``.
-    Fty : (N, P) ``F_i'y_i``.
-    FtF : (N, P, P) ``F_i'F_i``.
-    XtF : (N, D, P) ``X_i'F_i``.
-    membership : (N, Q) or None
-        Baseline covariates of class membership (first column the intercept), if the
-        model has a membership model.
-    """
-
-    n_obs: np.ndarray
-    yty: np.ndarray
-    Xty: np.ndarray
-    XtX: np.ndarray
-    Fty: np.ndarray
-    FtF: np.ndarray
-    XtF: np.ndarray
-    membership: np.ndarray | None = None
-
-    @property
-    def n_subjects(self) -> int:
-        return int(self.n_obs.shape[0])
-
-    @property
-    def dim_random(self) -> int:
-        return int(self.XtX.shape[-1])
-
-    @property
-    def dim_fixed(self) -> int:
-        return int(self.FtF.shape[-1])
-
-    def subset(self, index: np.ndarray) -> "SufficientStats":
-        """Statistics of the subjects at positions ``index``."""
-        return SufficientStats(*(None if (v := getattr(self, f)) is None else v[index] for f in self.__dataclass_fields__))
-
-    def total(self) -> "SufficientStats":
-        """The statistics summed over the subjects (one row; the membership covariates dropped)."""
-        return SufficientStats(*(getattr(self, f).sum(0, keepdims=True) for f in self.__dataclass_fields__
-                                 if f != "membership"))
-
-    def with_membership(self, Z: np.ndarray | None) -> "SufficientStats":
-        """The same statistics with the membership covariates ``Z`` (N, Q) attached."""
-        return replace(self, membership=None if Z is None else np.asarray(Z, dtype=float))
-
-
-def sufficient_stats(
-    y: np.ndarray,
-    X: np.ndarray,
-    F: np.ndarray | None,
-    codes: np.ndarray,
-    n_subjects: int,
-) -> SufficientStats:
-    """Per-subject sufficient statistics by vectorised segment sums.
-
-    Parameters
-    ----------
-    y : (n,) responses, rows sorted by subject.
-    X : (n, D) random-effects design.
-    F : (n, P) fixed-effects design, or None for no fixed effects (P = 0).
-    codes : (n,) sorted subject index of each row, values in ``0..n_subjects-1``,
-        every subject present at least once.
-    n_subjects : int
-
-    Returns
-    -------
-    SufficientStats
-    """
-    y = np.asarray(y, dtype=float)
-    X = np.asarray(X, dtype=float)
-    F = np.zeros((len(y), 0)) if F is None else np.asarray(F, dtype=float)
-    y2 = y[:, None]
-    n_obs = np.bincount(codes, minlength=n_subjects)
-    return SufficientStats(
-        n_obs=n_obs,
-        yty=np.bincount(codes, weights=y * y, minlength=n_subjects),
-        Xty=_segment_outer_sums(X, y2, codes, n_subjects)[..., 0],
-        XtX=_segment_outer_sums(X, X, codes, n_subjects),
-        Fty=_segment_outer_sums(F, y2, codes, n_subjects)[..., 0],
-        FtF=_segment_outer_sums(F, F, codes, n_subjects),
-        XtF=_segment_outer_sums(X, F, codes, n_subjects),
-    )
-
-
-# --------------------------------------------------------------------------- the data object
-
-
-@dataclass(frozen=True)
-class ColumnNames:
-    """The user's names for the subject, time and response columns."""
-
-    subject: str = "subject"
-    time: str = "time"
-    response: str = "y"
-
-
-@dataclass(frozen=True)
-class CovariateEncoding:
-    """How covariate columns become numeric fixed-effect columns.
-
-    ``levels[c]`` is None for a numeric column, else the list of its categories
-    (the first is the reference level and gets no column).
-    """
-
-    columns: tuple[str, ...] = ()
-    levels: dict = field(default_factory=dict)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        out: list[str] = []
-        for c in self.columns:
-            lv = self.levels.get(c)
-            if lv is None:
-                out.append(c)
-            else:
-                out.extend(f"{c}[T.{v}]" for v in lv[1:])
-        return tuple(out)
-
-    @classmethod
-    def learn(cls, df: pd.DataFrame, columns: Sequence[str]) -> "CovariateEncoding":
-        levels: dict = {}
-        for c in columns:
-            s = df[c]
-            numeric_text = (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)) and \
-                s.notna().any() and pd.to_numeric(s.dropna(), errors="coerce").notna().all()  # "1.5" as the response
-            if not numeric_text and (pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s)):
-                cats = pd.unique(s.dropna())
-                try:
-                    cats = sorted(cats)
-                except TypeError:
-                    cats = list(cats)
-                if len(cats) < 2:
-                    raise DataError(
-                        f"covariate column '{c}' is non-numeric with a single level ({cats!r}); "
-                        "it carries no information: remove it from the covariates"
-                    )
-                levels[c] = [v.item() if isinstance(v, np.generic) else v for v in cats]
-            else:
-                levels[c] = None
-        return cls(tuple(columns), levels)
-
-    def encode(self, df: pd.DataFrame) -> np.ndarray:
-        """Numeric (n, P) matrix for ``df``; unknown category levels are an error."""
-        cols = []
-        for c in self.columns:
-            lv = self.levels.get(c)
-            s = df[c]
-            if lv is None:
-                cols.append(as_numeric(s, f"covariate column '{c}'")[:, None])
-            else:
-                unknown = set(pd.unique(s.dropna())) - set(lv)
-                if unknown:
-                    raise DataError(
-                        f"covariate '{c}' has level(s) {sorted(map(str, unknown))} not seen when the "
-                        f"model was fitted (known levels: {lv})"
-                    )
-                cols.append(np.stack([(s == v).to_numpy(dtype=float) for v in lv[1:]], axis=1))
-        if not cols:
-            return np.zeros((len(df), 0))
-        return np.concatenate(cols, axis=1)
-
-    def to_dict(self) -> dict:
-        return {"columns": list(self.columns), "levels": {k: v for k, v in self.levels.items()}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CovariateEncoding":
-        return cls(tuple(d["columns"]), dict(d["levels"]))
+__all__ = ["Longitudinal"]
 
 
 def _fmt_rows(index: pd.Index, mask: np.ndarray, limit: int = 5) -> str:
@@ -303,7 +48,7 @@ class Longitudinal:
     time : ndarray, shape (n,)
     response : ndarray, shape (n,), or None for a frame without responses (prediction).
     covariates : ndarray, shape (n, P)
-        Encoded covariates (numeric columns as they are, categorical ones as dummies).
+        Coded covariates (:class:`~dmlmm.covariates.CovariateEncoding`).
     encoding : CovariateEncoding
     design : ndarray, shape (n, D), or None
         A user-given random-effects design (array form); None when a basis is used.
@@ -377,8 +122,9 @@ class Longitudinal:
             Column names. ``response`` may be absent when ``require_response`` is False
             (frames of new times to predict at); then missing responses are allowed too
             (rows that only say when, and with which covariates, to predict).
-        covariates : list of str, optional
-            Fixed-effect covariate columns; non-numeric ones are dummy coded.
+        covariates : list of str or str, optional
+            Fixed-effect covariates: a list of columns (non-numeric ones are dummy coded), or the
+            right-hand side of a formula such as ``"diet * age"`` (:mod:`dmlmm.covariates`).
         dropna : bool
             Drop rows with missing / infinite values (with a warning that counts them)
             instead of raising.
@@ -387,13 +133,15 @@ class Longitudinal:
         """
         if not isinstance(df, pd.DataFrame):
             raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}")
-        if isinstance(covariates, str):
-            covariates = [covariates]
-        covariates = list(encoding.columns if encoding is not None else (covariates or []))
+        if encoding is not None:
+            formula, cov_cols = encoding.formula, list(encoding.columns)
+        else:
+            formula, cov_cols = parse_covariates(covariates, list(df.columns))
         if len(df) == 0:
             raise DataError("the data frame is empty (0 rows): there is nothing to fit")
         has_response = response is not None and response in df.columns
-        needed = [subject, time] + ([response] if require_response else []) + covariates
+        own = [c for c in cov_cols if not (formula is not None and c == time)]  # a formula may use the time column
+        needed = [subject, time] + ([response] if require_response else []) + own
         missing = [c for c in needed if c not in df.columns]
         if missing:
             raise DataError(
@@ -408,20 +156,12 @@ class Longitudinal:
         for c in num_cols:
             numeric[c] = as_numeric(df[c], f"column '{c}'")
 
-        if encoding is None:
-            encoding = CovariateEncoding.learn(df, covariates)
-        cov_numeric_bad = {}
-        for c in covariates:
-            if encoding.levels.get(c) is None:
-                cov_numeric_bad[c] = ~np.isfinite(as_numeric(df[c], f"covariate column '{c}'"))
-            else:
-                cov_numeric_bad[c] = df[c].isna().to_numpy()
-
+        categorical = encoding.categorical if encoding is not None else {c: is_categorical(df[c]) for c in own}
         bad_by_col = {c: ~np.isfinite(v) for c, v in numeric.items()}
         if has_response and not require_response:  # a missing response marks a row to predict at, not a bad row
             bad_by_col[response] = np.isinf(numeric[response])
         bad_by_col[subject] = df[subject].isna().to_numpy()
-        bad_by_col.update(cov_numeric_bad)
+        bad_by_col.update(missing_rows(df, categorical))
         bad_any = np.zeros(len(df), dtype=bool)
         for m in bad_by_col.values():
             bad_any |= m
@@ -446,6 +186,18 @@ class Longitudinal:
             numeric = {c: v[keep] for c, v in numeric.items()}
             if len(df) == 0:
                 raise DataError("no rows are left after dropping rows with missing values")
+        if encoding is None:
+            encoding = CovariateEncoding.learn(df, formula if formula is not None else cov_cols, time=time,
+                                               categorical=categorical)
+        cov = encoding.encode(df)
+        bad_cov = ~np.isfinite(cov)
+        if bad_cov.any():
+            cols = [n for n, b in zip(encoding.names, bad_cov.any(axis=0)) if b]
+            rows = bad_cov.any(axis=1)
+            raise DataError(
+                f"the covariates {encoding.formula!r} give missing or infinite values in column(s) {cols} "
+                f"(rows {_fmt_rows(df.index, rows)}): check the formula's transforms against the data"
+            )
 
         try:
             codes, labels = pd.factorize(df[subject], sort=True)
@@ -453,7 +205,6 @@ class Longitudinal:
             codes, labels = pd.factorize(df[subject], sort=False)
         t = numeric[time]
         order = np.lexsort((t, codes))
-        cov = encoding.encode(df).astype(float)
         return cls(
             subjects=pd.Index(labels, name=subject),
             codes=codes[order].astype(np.intp),
@@ -529,7 +280,7 @@ class Longitudinal:
             enc = CovariateEncoding()
         else:
             cov = np.concatenate([np.asarray(v, dtype=float).reshape(len(yi), -1) for v, yi in zip(covariates, y_list)])
-            enc = CovariateEncoding(tuple(f"x{j}" for j in range(cov.shape[1])), {f"x{j}": None for j in range(cov.shape[1])})
+            enc = CovariateEncoding.numeric([f"x{j}" for j in range(cov.shape[1])])
         labels = pd.Index(list(range(n_sub)) if subjects is None else list(subjects), name="subject")
         if labels.has_duplicates:
             raise DataError("subject labels must be unique")

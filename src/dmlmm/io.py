@@ -5,22 +5,28 @@
 reads it back (the linear mixed model's entries: :mod:`dmlmm.io_lmm`). The loaded
 model predicts bit-identically (same arrays, same arithmetic).
 
-File format ``"dmlmm-model"``, format version 1
-------------------------------------------------
+File format ``"dmlmm-model"``, format versions 1 and 2
+-------------------------------------------------------
 The file (conventionally ``*.dmlmm``) is a ZIP archive with two members:
 
 ``metadata.json``
     UTF-8 JSON object with the keys
 
     - ``format``: the string ``"dmlmm-model"`` (identifies the file type);
-    - ``format_version``: the integer 1 (readers refuse newer versions);
+    - ``format_version``: 2 when the covariates are a formula, else 1 (readers refuse
+      newer versions; version 1 files, older readers included, read a list of columns);
     - ``library_version``: the dmlmm version that wrote the file;
     - ``model_class``: ``"MixtureLMM"``, ``"DeepMixtureLMM"`` (the entries below) or
       ``"LinearMixedModel"`` (``design``, ``estimate``, ``fitted``: :mod:`dmlmm.io_lmm`);
     - ``hyperparameters``: the ``__init__`` arguments; the basis as
       ``{"SplineBasis": SplineBasis.to_dict()}`` (or null), tuples as lists;
     - ``design``: ``LongitudinalDesign.to_dict()`` (basis knots, column names,
-      covariate encoding, response and covariate standardisation);
+      covariate coding, response and covariate standardisation). The coding
+      (``design.encoding``, :meth:`dmlmm.covariates.CovariateEncoding.to_dict`) holds
+      ``columns`` and ``levels`` (null for a numeric column) and, since version 2,
+      ``formula`` (null for a list of columns), ``time``, ``names``, ``means`` and
+      ``state`` (formulaic's learned state as plain JSON); a coding with only
+      ``columns`` and ``levels`` (files written before formulas) is rebuilt from the levels;
     - ``prior``: ``{"class": ..., "args": {...}}``, the random-effects prior's
       class name and constructor arguments (dim, n_components, latent_dims,
       hyperparameters) after pruning;
@@ -74,7 +80,7 @@ import pandas as pd
 __all__ = ["save_model", "load", "load_model", "ModelFileError", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "dmlmm-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the covariate coding may be a formula (its files say 2; files of listed columns still say 1)
 _META = "metadata.json"
 _ARRAYS = "arrays.npz"
 _MAX_META_BYTES = 256 * 1024 * 1024
@@ -323,7 +329,7 @@ def model_to_dict(model) -> tuple[dict, dict[str, np.ndarray]]:
     fitted["sigma2_by_cluster_"] = _encode_series(model.sigma2_by_cluster_, "fitted.sigma2_by_cluster_", arrays)
     meta = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if model.design_.encoding.formula is not None else 1,
         "library_version": __version__,
         "model_class": type(model).__name__,
         "hyperparameters": _hyperparameters(model),

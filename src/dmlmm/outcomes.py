@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .data import as_numeric
+from .columns import as_numeric
 from .exceptions import DataError
 
 __all__ = ["OutcomeTable", "SurvivalByCluster", "BaselineTable", "OutcomeReport", "subject_values",

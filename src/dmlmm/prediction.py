@@ -18,7 +18,7 @@ import numpy as np
 from scipy.special import logsumexp, ndtr, ndtri
 
 from ._linalg import cholesky, solve_lower, solve_upper_t, spd_inv_logdet
-from .data import SufficientStats
+from .sufficient import SufficientStats
 from .expfam import LOG_2PI
 from .priors.base import PointMixture
 

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data import ColumnNames
+from ..columns import ColumnNames
 from ..exceptions import DataError
 from ..inference.engine import VariationalParams
 from ..inference.noise import per_cluster

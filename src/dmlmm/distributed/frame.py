@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ..basis import SplineBasis
-from ..data import ColumnNames, CovariateEncoding
+from ..columns import ColumnNames
+from ..covariates import CovariateEncoding, parse_covariates
 from ..exceptions import DataError
 from ..models.design import LongitudinalDesign
 from . import shard as sh
@@ -31,17 +32,23 @@ from . import shard as sh
 __all__ = ["DaskFrame", "learn_encoding", "combine_summaries", "PooledSummary"]
 
 
-def learn_encoding(client: Any, ddf: Any, covariates: Sequence[str]) -> CovariateEncoding:
-    """The covariate encoding of the whole frame; only non-numeric columns' levels are computed."""
+def learn_encoding(client: Any, ddf: Any, covariates: Any, time: str | None = None) -> CovariateEncoding:
+    """The covariate coding of the whole frame; only non-numeric columns' levels are computed.
+
+    ``covariates`` is a list of columns or a formula whose coding the levels fix
+    (:meth:`CovariateEncoding.from_levels`).
+    """
+    present = list(ddf.columns) + ([ddf.index.name] if ddf.index.name is not None else [])
+    formula, columns = parse_covariates(covariates, present)
     levels: dict = {}
-    for c in covariates:
+    for c in columns:
         dtype = ddf._meta[c].dtype
-        if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+        if c == time or (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)):
             levels[c] = None
             continue
         values = client.compute(ddf[c].dropna().unique()).result()
         levels.update(CovariateEncoding.learn(pd.DataFrame({c: pd.Series(np.asarray(values), dtype=dtype)}), [c]).levels)
-    return CovariateEncoding(tuple(covariates), levels)
+    return CovariateEncoding.from_levels(columns, levels, formula, time)
 
 
 @dataclass(frozen=True)
@@ -137,11 +144,12 @@ class DaskFrame:
                  dropna: bool, distinct_times: bool) -> None:
         import dask
 
-        covariates = [covariates] if isinstance(covariates, str) else list(covariates or [])
-        _check_columns(ddf, columns, covariates)
+        present = list(ddf.columns) + ([ddf.index.name] if ddf.index.name is not None else [])
+        formula, cov_columns = parse_covariates(covariates, present)
+        _check_columns(ddf, columns, [c for c in cov_columns if not (formula is not None and c == columns.time)])
         self.client = client
         self.columns = columns
-        self.encoding = learn_encoding(client, ddf, covariates)
+        self.encoding = learn_encoding(client, ddf, covariates, columns.time)
         read = dask.delayed(sh.read_partition, pure=True)
         self.reads = client.compute([read(p, columns, self.encoding, dropna) for p in ddf.to_delayed()])
         self.summaries = client.gather(client.map(sh.summarize, self.reads, distinct_times=distinct_times, pure=False))

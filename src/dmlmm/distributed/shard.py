@@ -18,7 +18,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats
+from ..columns import ColumnNames
+from ..covariates import CovariateEncoding
+from ..data import Longitudinal
+from ..sufficient import SufficientStats
 from ..exceptions import DataError
 from ..inference.local import NoiseMoments, local_step
 from ..models.starting import ridge_estimates

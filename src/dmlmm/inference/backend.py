@@ -4,7 +4,7 @@
 only: the local step, the choice of the paths open to the next (restricted)
 local step, and two responsibility-weighted sums over subjects that the
 fixed-effect and noise updates need. Each goes through one function here. With
-in-memory :class:`~dmlmm.data.SufficientStats` they do exactly what the engine
+in-memory :class:`~dmlmm.sufficient.SufficientStats` they do exactly what the engine
 did inline; any other ``stats`` object is a *backend* that keeps the subjects
 elsewhere (for example on Dask workers, :class:`dmlmm.distributed.DaskStats`)
 and implements :class:`StatsBackend`. The global updates, the ELBO, starts,
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..priors.base import PathPrior
 from .local import NoiseMoments, local_step
 from .noise import path_rss

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
 from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._linalg import spd_inv_logdet, stack_inv_logdet, sym
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..expfam import LOG_2PI, Gaussian
 from ..priors.base import PathMoments, PathPrior
 from .local import LocalResult, NoiseMoments

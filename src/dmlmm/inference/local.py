@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._linalg import blas_single_thread, cholesky, cholesky_soa, solve_lower_soa, solve_upper_t_soa, tri_inv_soa
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..priors.base import PathMoments, PathPrior
 from ..expfam import LOG_2PI
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
 from .engine import VariationalParams, VIConfig, VIResult, empty_component_cost, prune_params, run_vi

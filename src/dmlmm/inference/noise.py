@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..expfam import InvGamma, ig_expected_logpdf
 from .local import LocalResult
 

@@ -48,7 +48,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..exceptions import ConvergenceWarning
 from ..priors.base import RandomEffectsPrior
 from .engine import VariationalParams, VIConfig, VIResult, run_vi

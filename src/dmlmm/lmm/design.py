@@ -27,7 +27,10 @@ import numpy as np
 import pandas as pd
 
 from ..basis import SplineBasis
-from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats, as_numeric, sufficient_stats
+from ..columns import ColumnNames, as_numeric
+from ..covariates import CovariateEncoding
+from ..data import Longitudinal
+from ..sufficient import SufficientStats, sufficient_stats
 from ..exceptions import DataError
 from .structure import CovarianceStructure
 

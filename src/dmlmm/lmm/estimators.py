@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from .design import Design
 from .profiled import fit_profiled
 from .scaling import ResponseScaling

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import DataError
-from ..data import as_numeric
+from ..columns import as_numeric
 from .design import Design, NewRows, check_finite_columns, factorize_groups
 from .structure import CovarianceStructure
 

@@ -4,7 +4,7 @@
 
 1. build designs (:mod:`~dmlmm.lmm.formula`, :mod:`~dmlmm.lmm.design`) and check them;
 2. standardise the response (:mod:`~dmlmm.lmm.scaling`) and compute per-subject
-   sufficient statistics (:func:`dmlmm.data.sufficient_stats`);
+   sufficient statistics (:func:`dmlmm.sufficient.sufficient_stats`);
 3. run the estimator for ``method`` (:mod:`~dmlmm.lmm.estimators`, numerics in
    :mod:`~dmlmm.lmm.profiled`);
 4. set the fitted attributes (user's scale, pandas objects with term names).

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from ..data import sufficient_stats
+from ..sufficient import sufficient_stats
 from ..exceptions import DataError
 from ..models.params import check_random_state, positive_int
 from ..prediction import log_marginal

@@ -11,7 +11,7 @@ forms and are profiled out; what remains is a function of ``theta`` alone.
 
 Everything is computed from the sufficient statistics ``Z_i'Z_i``, ``Z_i'y_i``,
 ``y_i'y_i``, ``n_i``, ``F_i'F_i``, ``F_i'y_i``, ``Z_i'F_i`` (named ``XtX``, ``Xty``,
-``yty``, ``n_obs``, ``FtF``, ``Fty``, ``XtF`` in :class:`~dmlmm.data.SufficientStats`,
+``yty``, ``n_obs``, ``FtF``, ``Fty``, ``XtF`` in :class:`~dmlmm.sufficient.SufficientStats`,
 where the random design is called X) with the Woodbury identity and the matrix
 determinant lemma. With ``M_i = Lambda' Z_i'Z_i Lambda + I`` (q x q, eigenvalues >= 1,
 so its Cholesky factor always exists)::
@@ -50,7 +50,7 @@ import numpy as np
 from scipy import optimize
 
 from .._linalg import cholesky_soa, inv_from_chol_soa
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..expfam import LOG_2PI
 from .structure import CovarianceStructure
 

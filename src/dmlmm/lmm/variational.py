@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as st
 
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, run_vi
 from ..inference.joint import JointEffects, joint_effects
 from ..models.starting import ridge_estimates

@@ -17,7 +17,10 @@ import numpy as np
 import pandas as pd
 
 from ..basis import SplineBasis
-from ..data import ColumnNames, CovariateEncoding, Longitudinal, SufficientStats, sufficient_stats
+from ..columns import ColumnNames
+from ..covariates import CovariateEncoding
+from ..data import Longitudinal
+from ..sufficient import SufficientStats, sufficient_stats
 from ..standardise import response_scale
 from ..exceptions import DataError, IdentifiabilityWarning
 from .membership_design import MembershipDesign
@@ -82,6 +85,10 @@ class LongitudinalDesign:
         const = [n for n, s in zip(data.covariate_names, cs) if s <= 1e-12 * max(1.0, abs(cm[list(data.covariate_names).index(n)]))]
         if const:
             raise DataError(f"covariate(s) {const} are constant across all rows; remove them (they duplicate the curve's level)")
+        clash = [n for n in data.covariate_names if n in basis.column_names]
+        if clash:
+            raise DataError(f"covariate column(s) {clash} have the names of the spline basis's columns "
+                            f"({basis.column_names[0]}..{basis.column_names[-1]}); rename them")
         rotation = roughness = None
         if smoothing is not None:
             rotation, roughness = basis.smoothing_basis(int(smoothing))

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..data import CovariateEncoding
+from ..covariates import CovariateEncoding
 from ..exceptions import DataError
 
 __all__ = ["MembershipDesign"]

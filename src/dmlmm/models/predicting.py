@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..data import Longitudinal, SufficientStats
+from ..data import Longitudinal
+from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
 from ..exceptions import DataError
 from ..inference.engine import noise_moments

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..data import SufficientStats
+from ..sufficient import SufficientStats
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed
 from ..inference.noise import per_cluster
 from ..priors.base import RandomEffectsPrior

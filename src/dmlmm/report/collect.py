@@ -178,7 +178,7 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
     names = {"subject": cols.subject, "time": cols.time, "response": cols.response}
     if grid is None:
         grid = time_grid(b.basis_.lower_, b.basis_.upper_)
-    covs = list(b.encoding_.columns)
+    covs = [c for c in b.encoding_.columns if c != cols.time]  # a formula may use time: the grid's, not the last row's
     last = frame.sort_values(cols.time).groupby(cols.subject, sort=True).tail(1).set_index(cols.subject)
     subjects = last.index
     rows = pd.DataFrame({cols.subject: np.repeat(subjects.to_numpy(), len(grid)), cols.time: np.tile(grid, len(subjects))})

@@ -1,0 +1,45 @@
+"""The user's columns: their roles (subject, time, response) and reading one as numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import DataError
+
+__all__ = ["ColumnNames", "as_numeric"]
+
+
+@dataclass(frozen=True)
+class ColumnNames:
+    """The user's names for the subject, time and response columns."""
+
+    subject: str = "subject"
+    time: str = "time"
+    response: str = "y"
+
+
+def as_numeric(values, name: str) -> np.ndarray:
+    """Float array of ``values`` (NaN kept), or a DataError naming ``name`` and the first non-numeric row.
+
+    Parameters
+    ----------
+    values : Series or array-like, shape (n,)
+        A Series keeps its index, so the message names the user's row label.
+    name : str
+        How the message refers to the values, e.g. ``"column 'y'"``.
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(values)
+    if pd.api.types.is_bool_dtype(s):
+        s = s.astype(float)
+    conv = pd.to_numeric(s, errors="coerce")
+    bad = conv.isna().to_numpy() & s.notna().to_numpy()
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{name} must be numeric, but row {s.index[first]!r} holds {s.iloc[first]!r} "
+            f"({int(bad.sum())} non-numeric value(s) in all); convert or drop those rows"
+        )
+    return conv.to_numpy(dtype=float, na_value=np.nan)
