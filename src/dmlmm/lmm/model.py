@@ -169,8 +169,10 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         X, Z, y, groups : array-like, optional
             Design-matrix form: fixed design (n, p), random design (n, q), response (n,),
             group label per row (n,) (omit for one long ``u ~ N(0, tau^2 I)``).
-        subject, time, response, covariates : str / list of str
+        subject, time, response : str
             Column names of the longitudinal form.
+        covariates : list of str or str, optional
+            Its covariates: column names or a formulaic right-hand side (as the mixtures').
         dropna : bool
             Drop rows with missing / infinite values (with a warning saying how many) instead
             of raising a DataError.

@@ -79,8 +79,11 @@ class Fitting:
             docs/dask.md); the per-subject tables are then dask collections.
         subject, time, response : str
             Column names.
-        covariates : list of str, optional
-            Fixed-effect covariates (numeric, or categorical which are dummy coded).
+        covariates : list of str or str, optional
+            Fixed-effect covariates: column names (numeric, or categorical which are dummy coded
+            against their first level), or a formulaic right-hand side such as ``"diet * age"`` or
+            ``"diet * time"`` (interactions, ``C(x)``, transforms; no intercept column: the mean
+            curve takes its place; :mod:`dmlmm.covariates`).
         dropna : bool
             Drop rows with missing values (with a warning) instead of raising.
 

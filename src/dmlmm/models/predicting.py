@@ -137,9 +137,10 @@ class Predicting:
         cm, subjects, fixed_rows = self._conditional(d, df)
         t = self._grid(times)
         Xn = self.design_.X(t)  # (T, D)
-        fw = fixed_rows @ self._w()  # (N,)
-        mean_a = cm.mean @ Xn.T + fw[cm.subject][:, None]
-        var_a = np.einsum("td,ade,te->at", Xn, cm.cov, Xn) + self._fixed_var(fixed_rows)[cm.subject][:, None]
+        F3 = self._fixed_at_times(d, df, fixed_rows, t)  # (N, T, P)
+        fw = F3 @ self._w()  # (N, T)
+        mean_a = cm.mean @ Xn.T + fw[cm.subject]
+        var_a = np.einsum("td,ade,te->at", Xn, cm.cov, Xn) + self._fixed_var(F3)[cm.subject]
         if kind == "observation":
             var_a = var_a + self._sigma2_std()[cm.path][:, None]
         sd_a = np.sqrt(np.maximum(var_a, 0.0))
@@ -169,10 +170,32 @@ class Predicting:
         return np.maximum.reduceat(np.where(observed, d.time, -np.inf), d.offsets[:-1])
 
     def _fixed_var(self, fixed_rows: np.ndarray) -> np.ndarray:
-        """Posterior variance of F_i w for each subject's covariate row (N,), standardised scale."""
-        if self.params_.fixed is None or fixed_rows.shape[1] == 0:
-            return np.zeros(len(fixed_rows))
-        return np.einsum("np,pq,nq->n", fixed_rows, self._w_cov(), fixed_rows)
+        """Posterior variance of f'w for covariate rows (..., P), shape (...), standardised scale."""
+        if self.params_.fixed is None or fixed_rows.shape[-1] == 0:
+            return np.zeros(fixed_rows.shape[:-1])
+        return np.einsum("...p,pq,...q->...", fixed_rows, self._w_cov(), fixed_rows)
+
+    def _fixed_at_times(self, d: Longitudinal | None, df: FrameLike, fixed_rows: np.ndarray,
+                        t: np.ndarray) -> np.ndarray:
+        """Each subject's standardised covariate row at each prediction time, (N, T, P).
+
+        The covariates are the subject's last row's; when the covariate formula uses time (e.g.
+        ``diet * time``) its columns are rebuilt at every prediction time, so a time-varying
+        effect is drawn along the curve (the population curve keeps the mean covariates).
+        """
+        enc = self.design_.encoding
+        if getattr(enc, "time", None) is None or d is None or fixed_rows.shape[1] == 0:
+            return np.broadcast_to(fixed_rows[:, None, :], (len(fixed_rows), len(t), fixed_rows.shape[1]))
+        if not isinstance(df, pd.DataFrame):
+            raise DataError(f"the covariates {list(enc.columns)} use the time column: predict from a data frame "
+                            "(the covariate values are rebuilt at every prediction time)")
+        cols = self.design_.columns
+        last = df.groupby(cols.subject, sort=False).tail(1).set_index(cols.subject)
+        last = last.loc[d.subjects]  # the subjects in d's order
+        grid = last.loc[last.index.repeat(len(t))].reset_index()
+        grid[cols.time] = np.tile(t, len(last))
+        F = self.design_.F(enc.encode(grid))
+        return F.reshape(len(last), len(t), -1)
 
     def sample_trajectories(
         self,
@@ -204,12 +227,13 @@ class Predicting:
         z = rng.standard_normal((N, S, chol.shape[-1]))
         b = cm.mean[comp] + np.einsum("nsde,nse->nsd", chol[comp], z)
         w = self._w()
+        F3 = self._fixed_at_times(d, df, fixed_rows, t)  # (N, T, P)
         if self.params_.fixed is not None and len(w):  # the fixed effects' posterior uncertainty too
             chol_w = np.linalg.cholesky(self._w_cov() + 1e-12 * np.eye(len(w)))
             w = w + rng.standard_normal((N, S, len(w))) @ chol_w.T  # (N, S, P)
-            fw = np.einsum("np,nsp->ns", fixed_rows, w)[:, :, None]
+            fw = np.einsum("ntp,nsp->nst", F3, w)
         else:
-            fw = (fixed_rows @ w)[:, None, None]
+            fw = (F3 @ w)[:, None, :]
         curve = b @ Xn.T + fw
         if kind == "observation":
             sd = np.sqrt(self._sigma2_std()[cm.path[comp]])  # (N, S): the drawn path's residual SD
