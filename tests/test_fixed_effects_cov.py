@@ -48,7 +48,7 @@ def test_baseline_covariate_effect_has_an_honest_interval():
         m = MixtureLMM(3, random_state=0).fit(d, covariates=["z"])
     tab = m.fixed_effects_table()
     assert list(tab.columns) == ["estimate", "sd", "lower", "upper"]
-    mean_field_sd = np.sqrt(m.params_.fixed.moments()[1][0, 0]) * m.design_.y_scale / m.design_.cov_scale[0]
+    mean_field_sd = np.sqrt(m.params_.fixed.moments()[1][0, 0]) * m.design_.y_scale / m.design_.covariate_sd[0]
     assert tab.loc["z", "sd"] > 2 * mean_field_sd
     assert tab.loc["z", "lower"] < 0.7 < tab.loc["z", "upper"] + tab.loc["z", "sd"]  # truth within ~2.5 SD
     assert "credible interval" in m.summary()

@@ -104,8 +104,8 @@ def _check_design(design) -> None:
     _positive("the response scale", design.y_scale)
     _finite("the response shift", design.y_shift)
     P = len(design.encoding.names)
-    _shape("the covariate means", _finite("the covariate means", design.cov_mean), (P,))
-    _shape("the covariate scales", _positive("the covariate scales", design.cov_scale), (P,))
+    _shape("the covariate means", _finite("the covariate means", design.covariate_mean), (P,))
+    _shape("the covariate scales", _positive("the covariate scales", design.covariate_sd), (P,))
     rotation = getattr(design, "rotation", None)
     if rotation is not None:
         _shape("the basis rotation", _finite("the basis rotation", rotation), (nb, nb))
@@ -209,7 +209,7 @@ def _probe_frame(model) -> pd.DataFrame:
     c = d.columns
     lo, hi = float(d.basis.lower_), float(d.basis.upper_)
     frame = pd.DataFrame({c.subject: ["probe", "probe"], c.time: [lo, hi], c.response: [d.y_shift, d.y_shift]})
-    _fill_valid(frame, d.encoding, d.cov_mean)
+    _fill_valid(frame, d.encoding, d.covariate_mean)
     m = getattr(d, "membership", None)
     if m is not None:
         _fill_valid(frame, m.encoding, m.mean)

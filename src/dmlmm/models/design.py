@@ -47,7 +47,8 @@ class LongitudinalDesign:
     columns : ColumnNames, the user's subject / time / response column names.
     encoding : CovariateEncoding.
     y_shift, y_scale : float, response standardisation.
-    cov_mean, cov_scale : (P,) covariate standardisation.
+    covariate_mean, covariate_sd : (P,) covariate standardisation (saved as ``cov_mean`` / ``cov_scale``;
+        ``cov_scale`` elsewhere is a prior's scale).
     rotation : (D, D) or None
         Random-effects coordinates: the columns of ``X`` are ``basis.transform(t) @ rotation``
         (the Demmler-Reinsch coordinates of the smoothness prior); None: the B-spline coefficients.
@@ -62,8 +63,8 @@ class LongitudinalDesign:
     encoding: CovariateEncoding
     y_shift: float
     y_scale: float
-    cov_mean: np.ndarray
-    cov_scale: np.ndarray
+    covariate_mean: np.ndarray
+    covariate_sd: np.ndarray
     rotation: np.ndarray | None = None
     roughness: np.ndarray | None = None
     smoothing: int | None = None
@@ -187,7 +188,7 @@ class LongitudinalDesign:
         """Standardised fixed-effects design (n, P)."""
         if covariates.shape[1] == 0:
             return covariates
-        return (covariates - self.cov_mean) / self.cov_scale
+        return (covariates - self.covariate_mean) / self.covariate_sd
 
     def y(self, response: np.ndarray) -> np.ndarray:
         return (response - self.y_shift) / self.y_scale
@@ -211,7 +212,7 @@ class LongitudinalDesign:
 
     @property
     def n_fixed(self) -> int:
-        return len(self.cov_mean)
+        return len(self.covariate_mean)
 
     @property
     def fixed_names(self) -> tuple[str, ...]:
@@ -225,8 +226,8 @@ class LongitudinalDesign:
             "encoding": self.encoding.to_dict(),
             "y_shift": self.y_shift,
             "y_scale": self.y_scale,
-            "cov_mean": self.cov_mean.tolist(),
-            "cov_scale": self.cov_scale.tolist(),
+            "cov_mean": self.covariate_mean.tolist(),  # file keys kept: format version 1
+            "cov_scale": self.covariate_sd.tolist(),
             "smoothing": self.smoothing,
             "rotation": None if self.rotation is None else self.rotation.tolist(),
             "roughness": None if self.roughness is None else self.roughness.tolist(),

@@ -221,7 +221,7 @@ class Fitting:
         self.offset_ = design.y_shift
         self._set_sigma2(path_n_obs)
         w = self._w()
-        self.fixed_effects_ = pd.Series(w * s / design.cov_scale, index=list(design.fixed_names), dtype=float, name="estimate")
+        self.fixed_effects_ = pd.Series(w * s / design.covariate_sd, index=list(design.fixed_names), dtype=float, name="estimate")
         self.cluster_means_ = self._cluster_curves()
         requested = self.prior_.layer_counts(res.params.prior)  # after pruning
         if len(requested[0]) == 1 and self._requested_first_layer() > 1:

@@ -31,7 +31,7 @@ class Tables:
         if self.params_.fixed is None or P == 0:
             sd = np.zeros(P)
         else:
-            factor = self.design_.y_scale / self.design_.cov_scale
+            factor = self.design_.y_scale / self.design_.covariate_sd
             sd = np.sqrt(np.diag(self._w_cov())) * factor
         z = float(ndtri(0.5 + interval / 2))
         return pd.DataFrame({"estimate": est, "sd": sd, "lower": est - z * sd, "upper": est + z * sd},
