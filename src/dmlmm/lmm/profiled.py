@@ -712,19 +712,32 @@ def fit_profiled(
     rescale: bool = True,
     newton: bool = True,
 ) -> ProfiledFit:
-    """Maximise the profiled ML / REML likelihood over ``theta``: damped Newton, L-BFGS-B as fallback.
+    """Maximise the profiled ML / REML likelihood over ``theta``: Newton phases, L-BFGS-B as fallback.
 
     The random design is rescaled to unit root-mean-square columns first (an
-    equivalent parametrisation). A damped Newton iteration (:func:`_newton`, curvature
-    :func:`_newton_model`) runs from ``Lambda = I`` (or ``theta0``) with the signs of
-    Lambda's columns free; its result, with the columns' signs made canonical
-    (``Lambda_jj >= 0``), is the estimate when its projected gradient is small. Otherwise
-    L-BFGS-B (analytic gradient) takes over from the best point so far,
-    with diagonal entries bounded below by zero, is restarted from its own
+    equivalent parametrisation). Then, for an unstructured or block-diagonal ``Sigma``:
+
+    1. barrier Newton on ``Gamma = Lambda Lambda'`` (:func:`_gamma_newton`, exact Hessian from
+       per-subject Gram matrices, :func:`_gamma_hessian`). With 5,000 subjects or more it runs
+       first on nested random subsets (a hundredth, a tenth of the subjects, at least 1,000
+       each), each warm-starting the next, so that the full data see few steps;
+    2. the barrier's residual eigenvalues are set to zero (:func:`_drop_barrier_eigenvalues`);
+    3. damped Newton on ``theta`` itself (:func:`_newton`, at most 30 steps; for a scaled identity
+       the only phase) confirms or polishes: the estimate is its result, column signs made
+       canonical (``Lambda_jj >= 0``), when the projected gradient is below ``gtol``.
+
+    Why not quasi-Newton on ``theta`` alone: at a boundary fit (a singular ``Sigma``, as with 10
+    spline functions and fewer real directions of subject variation) the likelihood is nearly
+    flat along curved valleys of the Cholesky factor, and L-BFGS-B took 675 iterations at
+    10,000 subjects. Otherwise (or when the Newton result cannot be evaluated on the statistics
+    as given; then the whole fit is redone without the Newton phases) L-BFGS-B runs from the
+    best point so far, with diagonal entries bounded below by zero, is restarted from its own
     solution (fresh curvature memory) while that still improves the fit -- from a
     column-reflected solution where it stopped at a spurious point on the bound
     (see :func:`reflect_boundary_columns`) -- and falls back to bounded Nelder-Mead
     (then one more L-BFGS-B polish) if it does not reach a small projected gradient.
+    ``n_iter`` counts the iterations on the full data (Newton steps and optimiser iterations);
+    the subsets' steps are in ``history``.
 
     Parameters
     ----------
@@ -822,8 +835,7 @@ def fit_profiled(
     if structure.n_theta == 0:
         best_th = np.zeros(0)
     else:
-        # Newton phase; warm start: the same fit on nested random subsets of the subjects (1/100, 1/10 of
-        # them, at least 1,000 subjects each), so that the full data see few Newton steps
+        # the Newton phases (see the docstring); L-BFGS-B below only if they do not converge
         def newton_phase() -> tuple[np.ndarray, float, bool]:
             nonlocal n_iter, n_eval
             th_start = best_th
