@@ -191,7 +191,7 @@ def test_analytic_gradient_matches_finite_differences(reml, kind):
 def test_reflection_at_a_zero_diagonal_keeps_the_likelihood_and_reverses_the_push():
     """A column of Lambda can change sign without changing the likelihood; at Lambda_jj = 0 this turns a
     gradient pushing below the bound (where L-BFGS-B stops) into a feasible ascent direction."""
-    from dmlmm.lmm.profiled import reflect_boundary_columns
+    from dmlmm.lmm.optimise import reflect_boundary_columns
 
     rng = np.random.default_rng(8)
     N, q = 20, 3

@@ -9,7 +9,8 @@ from .design import Design, LongitudinalDesignBuilder, MatrixDesignBuilder, NewR
 from .estimators import ESTIMATORS, Estimate
 from .formula import FormulaDesignBuilder, ParsedFormula, RandomTerm, parse_formula
 from .model import LinearMixedModel
-from .profiled import ProfiledFit, ProfiledState, evaluate, fit_profiled, profiled_loglik, profiled_loglik_grad
+from .optimise import ProfiledFit, fit_profiled
+from .profiled import ProfiledState, evaluate, profiled_loglik, profiled_loglik_grad
 from .scaling import ResponseScaling
 from .structure import CovarianceStructure
 

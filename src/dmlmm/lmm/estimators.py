@@ -16,7 +16,7 @@ import numpy as np
 
 from ..sufficient import SufficientStats
 from .design import Design
-from .profiled import fit_profiled
+from .optimise import fit_profiled
 from .scaling import ResponseScaling
 
 __all__ = ["Estimate", "ESTIMATORS", "estimate_profiled"]
