@@ -34,23 +34,6 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-def _peak_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _load() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -60,7 +43,7 @@ def _load() -> str:
 
 def one_fit(n: int, method: str, seed: int) -> dict:
     sys.path.insert(0, str(HERE))
-    from scale import two_groups
+    from scale import _peak_mb, _reset_peak, two_groups
 
     from dmlmm.basis import SplineBasis
     from dmlmm.lmm import LinearMixedModel

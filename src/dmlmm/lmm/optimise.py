@@ -422,14 +422,6 @@ def fit_profiled(
             return _WALL, np.zeros_like(th)
         return -ll / n, -g / n
 
-    def fval(th: np.ndarray) -> float:
-        nonlocal n_eval
-        n_eval += 1
-        try:
-            return -profiled_loglik(sstats, th, structure, reml) / n
-        except np.linalg.LinAlgError:
-            return _WALL
-
     def make_fun_hess(st: SufficientStats):
         nobs = max(int(st.n_obs.sum()), 1)
 
@@ -453,6 +445,8 @@ def fit_profiled(
                 return _WALL
 
         return fun_hess, fv, nobs
+
+    fval = make_fun_hess(sstats)[1]  # -loglik / n on the rescaled design (the same n_obs)
 
     def pgnorm(th: np.ndarray) -> float:
         if th.size == 0:
