@@ -23,7 +23,6 @@ the formula, the levels of each categorical column and formulaic's learned state
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ import pandas as pd
 
 from .columns import as_numeric
 from .exceptions import DataError
+from .formula_state import state_from_json, state_to_json
 
 __all__ = ["CovariateEncoding", "covariate_columns", "is_categorical", "missing_rows", "parse_covariates"]
 
@@ -154,62 +154,6 @@ def is_categorical(s: pd.Series) -> bool:
     return bool(pd.to_numeric(values, errors="coerce").isna().any())  # "1.5" as the response: numbers
 
 
-# --------------------------------------------------------------------------- JSON of formulaic's state
-
-
-def _to_json(v, where: str):
-    if isinstance(v, dict):
-        if all(isinstance(k, str) for k in v):
-            return {k: _to_json(x, where) for k, x in v.items()}
-        return {"__items__": [[_to_json(k, where), _to_json(x, where)] for k, x in v.items()]}
-    if isinstance(v, tuple):
-        return {"__tuple__": [_to_json(x, where) for x in v]}
-    if isinstance(v, list):
-        return [_to_json(x, where) for x in v]
-    if isinstance(v, np.ndarray):
-        if v.dtype.kind not in "biuf":
-            raise DataError(f"the covariate formula's {where} keeps a state that cannot be saved ({v.dtype} array)")
-        return {"__array__": v.tolist(), "dtype": v.dtype.str}
-    if isinstance(v, np.generic):
-        return v.item()
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    raise DataError(f"the covariate formula's {where} keeps a state that cannot be saved ({type(v).__name__})")
-
-
-def _from_json(v):
-    if isinstance(v, dict):
-        if "__items__" in v:
-            return {_from_json(k): _from_json(x) for k, x in v["__items__"]}
-        if "__tuple__" in v:
-            return tuple(_from_json(x) for x in v["__tuple__"])
-        if "__array__" in v:
-            return np.asarray(v["__array__"], dtype=np.dtype(v["dtype"]))
-        return {k: _from_json(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_from_json(x) for x in v]
-    return v
-
-
-def _state_to_json(spec) -> dict:
-    encoder = {}
-    for expr, (kind, state) in spec.encoder_state.items():
-        kept = {k: x for k, x in state.items() if k != "contrasts"}  # the contrasts are rebuilt from the formula
-        encoder[expr] = {"kind": kind.value, "state": _to_json(kept, f"term '{expr}'")}
-    transforms = {expr: _to_json(state, f"transform '{expr}'") for expr, state in spec.transform_state.items()}
-    out = {"encoder": encoder, "transforms": transforms}
-    json.dumps(out, allow_nan=True)  # plain JSON, or a TypeError here rather than at save
-    return out
-
-
-def _state_from_json(d: dict) -> tuple[dict, dict]:
-    from formulaic.parser.types import Factor
-
-    encoder = {expr: (Factor.Kind(e["kind"]), _from_json(e["state"])) for expr, e in d.get("encoder", {}).items()}
-    transforms = {expr: _from_json(s) for expr, s in d.get("transforms", {}).items()}
-    return encoder, transforms
-
-
 # --------------------------------------------------------------------------- the coding
 
 
@@ -285,7 +229,7 @@ class CovariateEncoding:
         with np.errstate(all="ignore"):
             means = {c: float(np.nanmean(np.asarray(frame[c], dtype=float))) for c in columns
                      if levels[c] is None and c != time}
-        return cls(tuple(columns), levels, formula, time, names, _state_to_json(spec),
+        return cls(tuple(columns), levels, formula, time, names, state_to_json(spec),
                    {c: m for c, m in means.items() if np.isfinite(m)})
 
     @classmethod
@@ -299,7 +243,8 @@ class CovariateEncoding:
         probe = {}
         for c in columns:
             lv = levels.get(c)
-            probe[c] = pd.Series([lv[i % len(lv)] for i in range(n)], dtype=object) if lv is not None else np.arange(1.0, n + 1)
+            # a column's levels repeated cyclically to n rows (numbers for a numeric column)
+            probe[c] = np.arange(1.0, n + 1) if lv is None else pd.Series(np.resize(np.array(lv, dtype=object), n), dtype=object)
         if not columns:
             return cls()
         enc = cls.learn(pd.DataFrame(probe), formula if formula is not None else columns, time=time, levels=levels)
@@ -381,7 +326,7 @@ class CovariateEncoding:
         if spec is None:
             from formulaic import ModelSpec
 
-            encoder, transforms = _state_from_json(self.state)
+            encoder, transforms = state_from_json(self.state)
             spec = ModelSpec(formula=self._rhs(), encoder_state=encoder, transform_state=transforms, na_action="ignore")
             object.__setattr__(self, "_spec_cache", spec)
         return spec

@@ -1,123 +1,92 @@
-"""A fitted formulaic ``ModelSpec`` as plain JSON, and back (no pickles).
+"""A fitted formulaic ``ModelSpec``'s state as plain JSON, and back (no pickles).
 
-A formula model must rebuild, for new rows, exactly the columns it was fitted
-with: the same categorical levels and contrasts, the same centring and scaling of
-``center(x)`` / ``scale(x)``, the same knots of ``bs(x)``, the same ``poly(x)``
-recurrence. formulaic keeps all of that in a fitted ``ModelSpec``'s
-``encoder_state`` and ``transform_state``; :func:`spec_to_json` writes them, with the
-formula, as JSON, and :func:`spec_from_json` rebuilds a ``ModelSpec`` that produces
-the same model matrix.
-
-The encoding is lossless for what formulaic stores there: JSON scalars, numpy
-scalars and arrays, lists, tuples, dicts (with any hashable JSON-able keys),
-formulaic's ``Kind`` enum, ``ContrastsState`` and the contrasts classes of
-``formulaic.transforms.contrasts`` (their constructor arguments), and the
-``UNSET`` sentinel. Anything else raises a TypeError naming its type, so a model
-whose formula uses a state this codec does not know cannot be saved silently wrong.
+A formula must rebuild, for new rows, exactly the columns it was fitted with: the same
+categorical levels, the same centring and scaling of ``center(x)`` / ``scale(x)``, the same
+knots of ``bs(x)``, the same ``poly(x)`` recurrence. formulaic keeps all of that in a fitted
+``ModelSpec``'s ``encoder_state`` and ``transform_state``. :func:`state_to_json` writes them as
+JSON (the contrasts are left out: the formula names them and formulaic rebuilds them from it),
+:func:`state_from_json` reads them back; the covariate coding (:mod:`dmlmm.covariates`) and the
+linear mixed model's formulas (:func:`spec_to_json`, with the formula itself) both use them. A
+state that is not plain data (an object array, an unknown type) is refused with a DataError
+naming the term, so a model cannot be saved silently wrong.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+import json
 
 import numpy as np
 
-__all__ = ["spec_to_json", "spec_from_json"]
+from .exceptions import DataError
+
+__all__ = ["state_to_json", "state_from_json", "spec_to_json", "spec_from_json"]
 
 
 def spec_to_json(spec) -> dict:
-    """JSON-able description of a fitted formulaic ``ModelSpec``."""
-    return {
-        "formula": str(spec.formula),
-        "ensure_full_rank": bool(spec.ensure_full_rank),
-        "transform_state": _enc(dict(spec.transform_state)),
-        "encoder_state": _enc(dict(spec.encoder_state)),
-    }
+    """JSON-able description of a fitted formulaic ``ModelSpec``: its formula and :func:`state_to_json`."""
+    return {"formula": str(spec.formula), "ensure_full_rank": bool(spec.ensure_full_rank), **state_to_json(spec)}
 
 
 def spec_from_json(d: dict):
     """The ``ModelSpec`` described by :func:`spec_to_json`'s output."""
     from formulaic import ModelSpec
 
-    return ModelSpec(
-        formula=d["formula"], materializer="pandas", ensure_full_rank=bool(d["ensure_full_rank"]), output="pandas",
-        transform_state=_dec(d["transform_state"]), encoder_state=_dec(d["encoder_state"]),
-    )
+    encoder, transforms = state_from_json(d)
+    return ModelSpec(formula=d["formula"], materializer="pandas", ensure_full_rank=bool(d["ensure_full_rank"]),
+                     output="pandas", encoder_state=encoder, transform_state=transforms)
 
 
-def _enc(v: Any) -> Any:
-    from formulaic.parser.types.factor import Factor
-    from formulaic.transforms.contrasts import Contrasts, ContrastsState
-    from formulaic.utils.sentinels import UNSET
-
-    if v is None or isinstance(v, (bool, str)):
-        return v
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return v
-    if isinstance(v, np.generic):
-        return {"__scalar__": v.item(), "dtype": str(v.dtype)}
-    if isinstance(v, np.ndarray):
-        if v.dtype == object:
-            return {"__objects__": [_enc(x) for x in v.tolist()]}
-        return {"__ndarray__": v.tolist(), "dtype": str(v.dtype), "shape": list(v.shape)}
-    if v is UNSET:
-        return {"__unset__": True}
-    if isinstance(v, Factor.Kind):
-        return {"__kind__": v.value}
-    if isinstance(v, ContrastsState):
-        return {"__contrasts_state__": {"contrasts": _enc(v.contrasts), "levels": _enc(list(v.levels))}}
-    if isinstance(v, Contrasts):
-        if not dataclasses.is_dataclass(v):
-            raise TypeError(f"cannot save formulaic contrasts of type {type(v).__name__}")
-        args = {f.name: _enc(getattr(v, f.name)) for f in dataclasses.fields(v) if f.init}
-        return {"__contrasts__": type(v).__name__, "args": args}
-    if isinstance(v, tuple):
-        return {"__tuple__": [_enc(x) for x in v]}
-    if isinstance(v, list):
-        return [_enc(x) for x in v]
+def _to_json(v, where: str):
     if isinstance(v, dict):
-        return {"__dict__": [[_enc(k), _enc(x)] for k, x in v.items()]}
-    raise TypeError(f"cannot save formulaic state of type {type(v).__name__} ({v!r})")
-
-
-def _dec(v: Any) -> Any:
+        if all(isinstance(k, str) for k in v):
+            return {k: _to_json(x, where) for k, x in v.items()}
+        return {"__items__": [[_to_json(k, where), _to_json(x, where)] for k, x in v.items()]}
+    if isinstance(v, tuple):
+        return {"__tuple__": [_to_json(x, where) for x in v]}
     if isinstance(v, list):
-        return [_dec(x) for x in v]
-    if not isinstance(v, dict):
+        return [_to_json(x, where) for x in v]
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind not in "biuf":
+            raise DataError(f"the formula's {where} keeps a state that cannot be saved ({v.dtype} array)")
+        return {"__array__": v.tolist(), "dtype": v.dtype.str}
+    if isinstance(v, np.generic):
+        return v.item()
+    if v is None or isinstance(v, (bool, int, float, str)):
         return v
-    if "__scalar__" in v:
-        return np.dtype(v["dtype"]).type(v["__scalar__"])
-    if "__ndarray__" in v:
-        return np.asarray(v["__ndarray__"], dtype=v["dtype"]).reshape(v["shape"])
-    if "__objects__" in v:
-        return np.asarray([_dec(x) for x in v["__objects__"]], dtype=object)
-    if "__unset__" in v:
-        from formulaic.utils.sentinels import UNSET
-
-        return UNSET
-    if "__kind__" in v:
-        from formulaic.parser.types.factor import Factor
-
-        return Factor.Kind(v["__kind__"])
-    if "__contrasts_state__" in v:
-        from formulaic.transforms.contrasts import ContrastsState
-
-        s = v["__contrasts_state__"]
-        return ContrastsState(contrasts=_dec(s["contrasts"]), levels=_dec(s["levels"]))
-    if "__contrasts__" in v:
-        import formulaic.transforms.contrasts as contrasts
-
-        cls = getattr(contrasts, v["__contrasts__"], None)
-        if not (isinstance(cls, type) and issubclass(cls, contrasts.Contrasts)):
-            raise ValueError(f"unknown formulaic contrasts {v['__contrasts__']!r}")
-        return cls(**{k: _dec(x) for k, x in v["args"].items()})
-    if "__tuple__" in v:
-        return tuple(_dec(x) for x in v["__tuple__"])
-    if "__dict__" in v:
-        return {_hashable(_dec(k)): _dec(x) for k, x in v["__dict__"]}
-    raise ValueError(f"unknown entry in a saved formula state: {sorted(v)}")
+    raise DataError(f"the formula's {where} keeps a state that cannot be saved ({type(v).__name__})")
 
 
-def _hashable(k: Any) -> Any:
-    return tuple(k) if isinstance(k, list) else k
+def _from_json(v):
+    if isinstance(v, dict):
+        if "__items__" in v:
+            return {_from_json(k): _from_json(x) for k, x in v["__items__"]}
+        if "__tuple__" in v:
+            return tuple(_from_json(x) for x in v["__tuple__"])
+        if "__array__" in v:
+            return np.asarray(v["__array__"], dtype=np.dtype(v["dtype"]))
+        return {k: _from_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_from_json(x) for x in v]
+    return v
+
+
+def state_to_json(spec) -> dict:
+    """formulaic's fitted ``encoder_state`` (without the contrasts, which the formula rebuilds) and
+    ``transform_state`` of ``spec`` as plain JSON: ``{"encoder": {term: {"kind", "state"}}, "transforms": ...}``."""
+    encoder = {}
+    for expr, (kind, state) in spec.encoder_state.items():
+        kept = {k: x for k, x in state.items() if k != "contrasts"}  # the contrasts are rebuilt from the formula
+        encoder[expr] = {"kind": kind.value, "state": _to_json(kept, f"term '{expr}'")}
+    transforms = {expr: _to_json(state, f"transform '{expr}'") for expr, state in spec.transform_state.items()}
+    out = {"encoder": encoder, "transforms": transforms}
+    json.dumps(out, allow_nan=True)  # plain JSON, or a TypeError here rather than at save
+    return out
+
+
+def state_from_json(d: dict) -> tuple[dict, dict]:
+    """The ``encoder_state`` and ``transform_state`` saved by :func:`state_to_json`."""
+    from formulaic.parser.types import Factor
+
+    encoder = {expr: (Factor.Kind(e["kind"]), _from_json(e["state"])) for expr, e in d.get("encoder", {}).items()}
+    transforms = {expr: _from_json(s) for expr, s in d.get("transforms", {}).items()}
+    return encoder, transforms

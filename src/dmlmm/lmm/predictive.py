@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from ..sufficient import sufficient_stats
+from .._linalg import cholesky, sym
 from ..exceptions import DataError
 from ..models.params import check_random_state, positive_int
-from ..prediction import log_marginal
+from ..prediction import condition, log_marginal
+from ..sufficient import sufficient_stats
 from ..priors.base import PointMixture
 from .design import LongitudinalDesignBuilder, MatrixDesignBuilder, NewRows, factorize_groups
 from .formula import FormulaDesignBuilder
@@ -179,20 +180,20 @@ class PredictiveLMM:
                 "response here: their predictions are at the population level", UserWarning, stacklevel=4)
         return _Posteriors(np.asarray(labels, dtype=object), codes, b, cov_b, sens, last)
 
+    def _prior_mixture(self) -> PointMixture:
+        """The random-effects prior N(0, Sigma) as a one-component mixture (user scale)."""
+        cov = self.estimate_.cov_re
+        return PointMixture(np.ones(1), np.zeros((1, cov.shape[0])), cov[None])
+
     def _condition_new(self, rows: NewRows, y, codes, mask, b, cov_b, sens) -> None:
-        """Posterior of new subjects' random effects from their observed rows (fills b, cov_b, sens in place)."""
+        """Posterior of new subjects' random effects from their observed rows (fills b, cov_b, sens in place),
+        by :func:`dmlmm.prediction.condition` with beta held at its estimate (a singular Sigma is fine)."""
         est = self.estimate_
-        S = len(b)
-        F, Z = rows.F[mask], rows.Z[mask]
-        st = sufficient_stats(y[mask], Z, F, codes[mask], S)
-        s = 1.0 / est.sigma2
+        st = sufficient_stats(y[mask], rows.Z[mask], rows.F[mask], codes[mask], len(b))
+        cm = condition(st, self._prior_mixture(), est.beta, est.sigma2)
         who = np.flatnonzero(st.n_obs > 0)
-        Q = np.linalg.inv(est.cov_re)[None] + s * st.XtX[who]
-        Qinv = np.linalg.inv(Q)
-        resid = st.Xty[who] - st.XtF[who] @ est.beta
-        b[who] = s * (Qinv @ resid[..., None])[..., 0]
-        cov_b[who] = Qinv
-        sens[who] = s * Qinv @ st.XtF[who]
+        b[who], cov_b[who] = cm.mean[who], cm.cov[who]
+        sens[who] = cm.cov[who] @ st.XtF[who] / est.sigma2  # d E[b | y, beta] / d beta = -H
 
     def _moments(self, rows: NewRows, post: _Posteriors) -> tuple[np.ndarray, np.ndarray]:
         est = self.estimate_
@@ -282,8 +283,10 @@ class PredictiveLMM:
         post = self._subject_posteriors(rows, y, t, level)
         est, S = self.estimate_, int(n_samples)
         p, q = len(est.beta), est.cov_re.shape[0]
-        d_beta = rng.standard_normal((S, p)) @ _chol(est.cov_beta).T if p else np.zeros((S, 0))  # (S, p)
-        L = _chol(post.cov_b)  # (K, q, q): cov_b is Cov(b | beta)
+        d_beta = np.zeros((S, 0))  # (S, p) draws of beta - beta_hat
+        if p:
+            d_beta = rng.standard_normal((S, p)) @ cholesky(sym(est.cov_beta), "fixed-effects covariance").T
+        L = cholesky(sym(post.cov_b), "random-effects covariance")  # (K, q, q): cov_b is Cov(b | beta)
         z = rng.standard_normal((S, len(post.labels), q))
         b = post.b[None] - np.einsum("kqp,sp->skq", post.sens, d_beta) + np.einsum("kqr,skr->skq", L, z)
         F, Zr, j = rows.F, rows.Z, post.row_subject
@@ -317,8 +320,8 @@ class PredictiveLMM:
         codes, labels = factorize_groups(subj)
         est = self.estimate_
         st = sufficient_stats(yv, rows.Z, rows.F, codes, len(labels))
-        mix = PointMixture(np.ones(1), np.zeros((1, est.cov_re.shape[0])), est.cov_re[None])
-        return pd.Series(log_marginal(st, mix, est.beta, est.sigma2), index=pd.Index(labels), name="log_score")
+        return pd.Series(log_marginal(st, self._prior_mixture(), est.beta, est.sigma2), index=pd.Index(labels),
+                         name="log_score")
 
     def score_samples(self, data=None, condition_on=None, *, X=None, Z=None, y=None, groups=None) -> pd.Series:
         """Log predictive density of each subject's observations (plug-in estimates, user scale).
@@ -344,8 +347,8 @@ class PredictiveLMM:
 
     def predict_proba(self, data=None, **kw) -> pd.DataFrame:
         """Cluster membership probabilities: one cluster (column 0), probability one for every subject."""
-        return pd.DataFrame({0: np.ones(len(self._subject_labels(data, **kw)))},
-                            index=self._subject_labels(data, **kw)).rename_axis(self.design_info_["group_name"])
+        labels = self._subject_labels(data, **kw)
+        return pd.DataFrame({0: np.ones(len(labels))}, index=labels).rename_axis(self.design_info_["group_name"])
 
     def predict(self, data=None, **kw) -> pd.Series:
         """Cluster label of each subject: 0 (the linear mixed model has one cluster)."""
@@ -363,13 +366,3 @@ class PredictiveLMM:
             raise DataError(f"predict needs a data frame with the subject column '{name}'")
         return pd.Index(pd.unique(data[name].to_numpy(dtype=object)), name=name)
 
-
-def _chol(a: np.ndarray) -> np.ndarray:
-    """Cholesky factor of PSD matrices (..., d, d), with a relative jitter for singular ones."""
-    d = a.shape[-1]
-    if d == 0:
-        return a.copy()
-    a = 0.5 * (a + np.swapaxes(a, -1, -2))
-    scale = np.maximum(np.trace(a, axis1=-2, axis2=-1) / d, 1e-300)
-    jitter = 1e-10 * scale[..., None, None] * np.eye(d)
-    return np.linalg.cholesky(a + jitter)

@@ -18,6 +18,7 @@ the random effects. Every update is closed form; the ELBO never decreases.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,8 +101,6 @@ def fit_vb(
     noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
     rng = np.random.default_rng(0)
     params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
-    import warnings
-
     with warnings.catch_warnings():  # the estimator reports non-convergence itself
         warnings.simplefilter("ignore")
         res = run_vi(stats, prior, params, config, rng)

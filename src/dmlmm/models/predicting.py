@@ -39,12 +39,7 @@ class Predicting:
 
         Rows without a response count for nothing: a subject with none gets the prior weights.
         A dask DataFrame gives a lazy dask DataFrame (:mod:`dmlmm.distributed.predict`)."""
-        if is_dask_collection(df):
-            from ..distributed.predict import predict_partitions
-
-            return predict_partitions(self, df, "predict_proba")
-        d = self._data(df, require_response=False)
-        return self._proba_frame(self._local(d, df).resp, d.subjects)
+        return self._posterior_frame(df, "predict_proba", self._proba_frame)
 
     def predict(self, df: FrameLike) -> pd.Series:
         """Most probable cluster of each subject in ``df`` (Series indexed by subject)."""
@@ -52,12 +47,17 @@ class Predicting:
 
     def predict_group_proba(self, df: FrameLike) -> pd.DataFrame:
         """Posterior probabilities of the first-layer components (coarser grouping)."""
+        return self._posterior_frame(df, "predict_group_proba", self._group_frame)
+
+    def _posterior_frame(self, df: FrameLike, method: str, to_frame) -> pd.DataFrame:
+        """``to_frame(responsibilities, subjects)`` of ``df``'s local step; a dask frame runs ``method``
+        partition by partition (:mod:`dmlmm.distributed.predict`)."""
         if is_dask_collection(df):
             from ..distributed.predict import predict_partitions
 
-            return predict_partitions(self, df, "predict_group_proba")
+            return predict_partitions(self, df, method)
         d = self._data(df, require_response=False)
-        return self._group_frame(self._local(d, df).resp, d.subjects)
+        return to_frame(self._local(d, df).resp, d.subjects)
 
     def predict_group(self, df: FrameLike) -> pd.Series:
         return self._labels_from(self.predict_group_proba(df))
