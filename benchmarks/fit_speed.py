@@ -67,7 +67,7 @@ def worker(case: str, seed: int, max_iter: int | None = None) -> dict:
     ``local_steps`` counts every local step run (rejected delete-move trials, rejected
     extrapolations and final passes included), ``iterations`` is the model's ``n_iter_``.
     """
-    import dmlmm.inference.engine as engine
+    import dmlmm.inference.backend as backend  # where the engine's in-memory local steps are called
     from dmlmm.exceptions import ConvergenceWarning
     from dmlmm.metrics import adjusted_rand_index, log_rmse
 
@@ -75,13 +75,13 @@ def worker(case: str, seed: int, max_iter: int | None = None) -> dict:
     if max_iter is not None:
         model.max_iter = max_iter
     steps = [0]
-    inner = engine.local_step
+    inner = backend.local_step
 
     def counted(*a, **k):
         steps[0] += 1
         return inner(*a, **k)
 
-    engine.local_step = counted
+    backend.local_step = counted
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(data, *cols)
