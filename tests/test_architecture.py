@@ -12,7 +12,7 @@ ROOM = {
     "exceptions": "helpers", "_linalg": "helpers", "_estimator": "helpers", "expfam": "factors", "accel": "factors",
     "data": "data", "columns": "data", "covariates": "data", "sufficient": "data", "basis": "data",
     "formula_state": "data", "standardise": "data", "metrics": "data", "demo": "data", "simulate": "simulate",
-    "priors": "priors", "inference": "inference", "prediction": "prediction",
+    "priors": "priors", "inference": "inference", "prediction": "prediction", "continuation": "prediction",
     "models": "models", "lmm": "lmm",
     "summaries": "summaries", "outcomes": "summaries", "selection": "summaries",
     "io": "io", "io_lmm": "io", "_model_checks": "io",

@@ -254,24 +254,10 @@ class SplineBasis(HyperParameters):
         -------
         V : (n_basis, n_basis), lam : (n_basis,)
         """
-        if not self.is_fitted:
-            raise NotFittedError("SplineBasis is not fitted: call fit(times) first")
         r = int(order)
         D = int(self.n_basis)
-        if r < 1:
-            raise ValueError(f"smoothing order must be a positive integer, got {order}")
+        x, B, G, P = self._gram_penalty(r)
         lo, hi = self.lower_, self.upper_
-        breaks = np.unique(np.clip(np.r_[lo, self.knots_, hi], lo, hi))
-        nodes, wts = np.polynomial.legendre.leggauss(int(self.degree) + 2)
-        a, b = breaks[:-1, None], breaks[1:, None]
-        x = (0.5 * (b - a) * nodes + 0.5 * (a + b)).reshape(-1)
-        w = (0.5 * (b - a) * wts).reshape(-1) / (hi - lo)  # weights of du
-        B = self._raw(x)
-        G = sym(B.T @ (w[:, None] * B))
-        if r > int(self.degree) or r >= D:
-            raise ValueError(f"smoothing order {r} needs degree >= {r} and n_basis > {r}")
-        Br = self._raw(x, deriv=r) * (hi - lo) ** r
-        P = sym(Br.T @ (w[:, None] * Br))
         evals, V = eigh(P, G)
         # the null space (polynomials of degree < r) as orthonormal Legendre polynomials, so that
         # its coordinates read as level and trend; the rough eigenvectors are G-orthogonal to it
@@ -284,6 +270,38 @@ class SplineBasis(HyperParameters):
         flip = V[np.abs(V).argmax(axis=0), np.arange(D)] < 0  # a fixed sign per rough column
         V[:, r:] *= np.where(flip[r:], -1.0, 1.0)
         return V, lam
+
+    def _gram_penalty(self, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Quadrature nodes x, basis values B at x, Gram matrix G and penalty P of ``order`` (see above)."""
+        if not self.is_fitted:
+            raise NotFittedError("SplineBasis is not fitted: call fit(times) first")
+        r, D = int(order), int(self.n_basis)
+        if r < 1:
+            raise ValueError(f"smoothing order must be a positive integer, got {order}")
+        if r > int(self.degree) or r >= D:
+            raise ValueError(f"smoothing order {r} needs degree >= {r} and n_basis > {r}")
+        lo, hi = self.lower_, self.upper_
+        breaks = np.unique(np.clip(np.r_[lo, self.knots_, hi], lo, hi))
+        nodes, wts = np.polynomial.legendre.leggauss(int(self.degree) + 2)
+        a, b = breaks[:-1, None], breaks[1:, None]
+        x = (0.5 * (b - a) * nodes + 0.5 * (a + b)).reshape(-1)
+        w = (0.5 * (b - a) * wts).reshape(-1) / (hi - lo)  # weights of du
+        B = self._raw(x)
+        G = sym(B.T @ (w[:, None] * B))
+        Br = self._raw(x, deriv=r) * (hi - lo) ** r
+        P = sym(Br.T @ (w[:, None] * Br))
+        return x, B, G, P
+
+    def penalty_unit(self, order: int = 2) -> float:
+        """The roughness ``int f^(r)(u)^2 du`` of the first rough Demmler-Reinsch function (r = ``order``).
+
+        :meth:`smoothing_basis` reports roughness relative to it, so a prior ``c_d ~ N(0, v / lam_d)``
+        on those coordinates is the P-spline prior ``exp(-c'Pc / (2 v unit))``: an order-2 curve
+        is then an integrated Wiener process of intensity ``v * unit`` per unit of u.
+        """
+        r = int(order)
+        _, _, G, P = self._gram_penalty(r)
+        return float(eigh(P, G, eigvals_only=True)[r])
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:

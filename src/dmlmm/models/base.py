@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._estimator import HyperParameters
+from .. import continuation
 from ..distributed import is_dask_collection
 from ..exceptions import NotFittedError
 from ..inference.noise import path_groups
@@ -99,9 +100,18 @@ class VariationalLongitudinalModel(Tables, Membership, Predicting, ClusterState,
             return np.zeros(P)
         return self.params_.fixed.moments()[0]
 
-    def _mixture(self) -> PointMixture:
-        """The prior of b for prediction, with the posterior uncertainty of the globals integrated in."""
-        return self.prior_.point_mixture(self.params_.prior, integrate_globals=True)
+    def _mixture(self, anchors: np.ndarray | None = None) -> PointMixture:
+        """The prior of b for prediction, with the posterior uncertainty of the globals integrated in.
+
+        Given ``anchors`` (times beyond the basis range, see :mod:`dmlmm.continuation`) b carries the
+        smoothness prior's continuation coordinates too, N(0, kappa_c) on each path c.
+        """
+        mix = self.prior_.point_mixture(self.params_.prior, integrate_globals=True)
+        if anchors is None:
+            return mix
+        n_extra = self.design_.X_continued(anchors[:1], anchors).shape[1] - mix.means.shape[1]
+        kappa = self.prior_.continuation_intensity(self.params_.prior) * self.design_.continuation_unit
+        return continuation.augment_mixture(mix, kappa, n_extra)
 
     def _sigma2_std(self) -> np.ndarray:
         """Residual variance of each path (M,), standardised scale (one shared value, or its first-layer group's)."""

@@ -112,6 +112,12 @@ class RandomEffectsPrior(ABC):
     def point_mixture(self, params: Any) -> PointMixture:
         """The prior of b at the variational means of the globals."""
 
+    def continuation_intensity(self, params: Any) -> np.ndarray:
+        """Each path's smoothing intensity (M,): the variance per unit of the penalty of the
+        integrated Wiener process that its curves follow beyond the basis range
+        (:mod:`dmlmm.continuation`). Zero where the prior has no smoothness prior."""
+        return np.zeros(self.n_paths)
+
     @abstractmethod
     def first_layer_dirichlet(self, params: Any) -> tuple[Any, float]:
         """q(pi) of the first layer's weights (a Dirichlet) and its prior concentration rho.

@@ -513,12 +513,17 @@ class DeepMixturePrior(RandomEffectsPrior):
         loadings rows theta_j = (mu_j, B_j.) too (moment matching, exact in mean and
         covariance): with W = E[(1, z')'(1, z')], S gains diag_j(tr(W Cov[theta_j])).
         """
+        w, m, S = self._recursion(params, integrate_globals, last=0)
+        return PointMixture(w / w.sum(), m, sym(S))
+
+    def _recursion(self, params: DMFAParams, integrate_globals: bool, last: int):
+        """Path weights (unnormalised), means and covariances of layer ``last``'s output, (M,), (M, J), (M, J, J)."""
         M = self.n_paths
         top = self._dims[-1]
         m = np.zeros((M, top))
         S = np.broadcast_to(np.eye(top), (M, top, top)).copy()
         w = np.ones(M)
-        for l in reversed(range(self.n_layers)):
+        for l in reversed(range(last, self.n_layers)):
             lay = params.layers[l]
             mean, cov, _ = lay.loadings.moments()
             k = self._paths[:, l]
@@ -535,7 +540,24 @@ class DeepMixturePrior(RandomEffectsPrior):
             S = S_new
             top = m.shape[1]
             w = w * lay.weights.mean[k]
-        return PointMixture(w / w.sum(), m, sym(S))
+        return w, m, S
+
+    def continuation_intensity(self, params: DMFAParams) -> np.ndarray:
+        """Per path: E[v_k] + sum_m t_km E[z_m^2 | path] + E[delta_kj] lam_j of the first layer's component k.
+
+        The mean curve, each loading curve (times its factor's second moment along the path) and the
+        idiosyncratic deviations (whose rough variances lie near ``1 / (lam_j u_k)`` on average,
+        E[delta_kj] lam_j = alpha / (alpha - 1) E[1 / u_k]) continue as integrated Wiener processes.
+        """
+        sm = params.layers[0].smooth
+        if sm is None:
+            return np.zeros(self.n_paths)
+        _, m, S = self._recursion(params, integrate_globals=False, last=1)  # the first layer's factors z
+        z2 = np.diagonal(S, axis1=1, axis2=2) + m**2  # (M, m1)
+        k = self._paths[:, 0]
+        a = self.idiosyncratic_shape
+        typical = a / (a - 1) if a > 1 else a / (a + 1)  # the inverse gamma's mean, or its mode where no mean
+        return sm.mean.var.mean[k] + np.einsum("cm,cm->c", sm.loadings.var.mean[k], z2) + typical * sm.delta.var.mean_inv[k]
 
     def first_layer_dirichlet(self, params: DMFAParams) -> tuple[Dirichlet, float]:
         return params.layers[0].weights, float(self.concentration[0])

@@ -329,6 +329,15 @@ class GaussianMixturePrior(RandomEffectsPrior):
             cov = cov + v
         return PointMixture(params.weights.mean, m, cov)
 
+    def continuation_intensity(self, params: GaussianMixtureParams) -> np.ndarray:
+        """E[v_k] + E[w_k] per component: the mean curve's smoothing variance plus the scale of the
+        rough coordinates' Huang-Wand variances (subjects' deviations), both per unit of the penalty."""
+        total = np.zeros(self.n_paths)
+        for f in (params.mean_smooth, params.cov_smooth):
+            if f is not None:
+                total = total + f.var.mean
+        return total
+
     def first_layer_dirichlet(self, params: GaussianMixtureParams) -> tuple[Dirichlet, float]:
         return params.weights, self.concentration
 

@@ -1,0 +1,110 @@
+"""Curves beyond the basis range: what the smoothness prior says there.
+
+Inside ``[lower_, upper_]`` a subject's curve is ``X(t) b``. Beyond it the basis is
+continued linearly from the boundary (:meth:`dmlmm.basis.SplineBasis.transform`), which
+carries the curve's level and slope at the boundary forward, and so their uncertainty.
+A P-spline prior of order r (``smoothing=r``) says more: it is the prior of an
+(r-1)-fold integrated Wiener process (Wahba 1978), ``f^(r)(u) du = sqrt(kappa) dW(u)``
+with u the time rescaled to [0, 1] over the basis range, so past the boundary the curve
+keeps its polynomial continuation *plus* an independent integrated Wiener increment
+
+    f(T + h) = sum_{j<r} f^(j)(T) h^j / j! + sqrt(kappa) int_0^h (h - s)^(r-1) / (r-1)! dW(s),
+
+whose variance ``kappa h^(2r-1) / ((2r-1) (r-1)!^2)`` (``kappa h^3 / 3`` for r = 2)
+grows with the distance ``h``. ``kappa`` is the smoothing intensity of the curve's
+path, learned from the data (:meth:`dmlmm.priors.base.RandomEffectsPrior.continuation_intensity`).
+
+The increment enters the predictions as extra random-effect coordinates with
+independent N(0, kappa) coefficients: a low-rank factor of the process's covariance
+``int_0^min(h1,h2) (h1 - s)^(r-1) (h2 - s)^(r-1) ds / (r-1)!^2`` at the distinct
+distances of the times that one prediction uses (its data and its query times), from an
+eigendecomposition that keeps every direction above ``1e-10`` of the largest, so the
+covariance is exact at those times to that tolerance. The coordinates vanish inside the
+basis range, so conditioning on data there leaves them at their prior; and every
+prediction (bands, draws, log scores) goes through the same Gaussian-mixture code.
+"""
+
+from __future__ import annotations
+
+from math import factorial
+
+import numpy as np
+
+from .priors.base import PointMixture
+
+__all__ = ["distances", "increment_cov", "increment_variance", "factor_columns", "augment_mixture"]
+
+_TOL = 1e-10
+
+
+def distances(time: np.ndarray, lower: float, upper: float) -> tuple[np.ndarray, np.ndarray]:
+    """Distance of each time below ``lower`` and above ``upper`` in units of the range (each (n,), >= 0)."""
+    t = np.asarray(time, dtype=float).reshape(-1)
+    width = upper - lower
+    return np.maximum(lower - t, 0.0) / width, np.maximum(t - upper, 0.0) / width
+
+
+def increment_cov(h1: np.ndarray, h2: np.ndarray, order: int) -> np.ndarray:
+    """Covariance of the unit-intensity order-r increments at distances h1, h2 (broadcast).
+
+    ``int_0^m (h1 - s)^(r-1) (h2 - s)^(r-1) ds / (r-1)!^2`` with m = min(h1, h2), by r-point
+    Gauss-Legendre quadrature, exact for this polynomial of degree 2r - 2.
+    """
+    h1, h2 = np.broadcast_arrays(np.asarray(h1, dtype=float), np.asarray(h2, dtype=float))
+    m = np.minimum(h1, h2)
+    nodes, weights = np.polynomial.legendre.leggauss(order)
+    s = 0.5 * m[..., None] * (nodes + 1.0)
+    f = ((h1[..., None] - s) * (h2[..., None] - s)) ** (order - 1)
+    return 0.5 * m * (f @ weights) / factorial(order - 1) ** 2
+
+
+def increment_variance(h: np.ndarray, order: int) -> np.ndarray:
+    """Variance of the order-r increment at distance h for unit intensity: h^(2r-1) / ((2r-1) (r-1)!^2)."""
+    h = np.asarray(h, dtype=float)
+    return h ** (2 * order - 1) / ((2 * order - 1) * factorial(order - 1) ** 2)
+
+
+def factor_columns(time: np.ndarray, anchors: np.ndarray, lower: float, upper: float, order: int) -> np.ndarray:
+    """The increment's coordinates at ``time``, (len(time), n_below + n_above).
+
+    The columns factor the increments' covariance at the distinct distances of ``anchors``
+    (all the times one prediction uses; ``time`` must be among them) on each side of the range:
+    ``C C' = increment_cov`` there, to a relative tolerance of 1e-10.
+    """
+    t_below, t_above = distances(time, lower, upper)
+    a_below, a_above = distances(anchors, lower, upper)
+    sides = []
+    for h, ha in ((t_below, a_below), (t_above, a_above)):
+        pts = np.unique(ha[ha > 0])
+        if pts.size == 0:
+            sides.append(np.zeros((len(h), 0)))
+            continue
+        evals, evecs = np.linalg.eigh(increment_cov(pts[:, None], pts[None, :], order))
+        keep = evals > _TOL * evals[-1]
+        F = evecs[:, keep] * np.sqrt(evals[keep])
+        out = np.zeros((len(h), int(keep.sum())))
+        beyond = h > 0
+        idx = np.searchsorted(pts, h[beyond])
+        if np.any(idx >= len(pts)) or not np.allclose(pts[np.minimum(idx, len(pts) - 1)], h[beyond], rtol=1e-12, atol=0):
+            raise ValueError("factor_columns: every time must be among the anchors")
+        out[beyond] = F[idx]
+        sides.append(out)
+    return np.concatenate(sides, axis=1)
+
+
+def augment_mixture(mix: PointMixture, intensity: np.ndarray, n_extra: int) -> PointMixture:
+    """The mixture with ``n_extra`` more coordinates per path: mean 0, covariance intensity_c I, independent of b.
+
+    Parameters
+    ----------
+    mix : PointMixture with M paths and D coordinates.
+    intensity : (M,) the paths' intensities (kappa times the basis's penalty unit).
+    """
+    M, D = mix.means.shape
+    kappa = np.broadcast_to(np.asarray(intensity, dtype=float), (M,))
+    means = np.concatenate([mix.means, np.zeros((M, n_extra))], axis=1)
+    covs = np.zeros((M, D + n_extra, D + n_extra))
+    covs[:, :D, :D] = mix.covs
+    idx = np.arange(D, D + n_extra)
+    covs[:, idx, idx] = kappa[:, None]
+    return PointMixture(mix.weights, means, covs)
