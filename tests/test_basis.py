@@ -112,6 +112,38 @@ def test_outside_the_range_continues_linearly_with_a_warning_or_raises():
     np.testing.assert_allclose(X.sum(axis=1), 1.0, atol=1e-9)  # partition of unity continues
 
 
+def test_a_study_window_beyond_the_data_keeps_the_knots_on_the_data():
+    import warnings
+
+    rng = np.random.default_rng(0)
+    t = rng.uniform(2.0, 9.0, 300)
+    b = SplineBasis(n_basis=10, lower=0.0, upper=13.0).fit(t)  # gaps of 2 and 4 > half of 13 / 7
+    assert b.window_ == (0.0, 13.0)
+    assert b.lower_ == pytest.approx(t.min()) and b.upper_ == pytest.approx(t.max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inside the window: continued, no warning
+        X = b.transform([1.0, 12.0])
+    lo_end, hi_end = b.transform([b.lower_]), b.transform([b.upper_])
+    h = 1e-6
+    slope = (b.transform([b.upper_]) - b.transform([b.upper_ - h])) / h
+    np.testing.assert_allclose(X[1], hi_end[0] + (12.0 - b.upper_) * slope[0], atol=1e-4)
+    assert np.all(np.isfinite(lo_end))
+    with pytest.warns(ExtrapolationWarning, match=r"outside the basis range \[0, 13\]"):
+        b.transform([14.0])
+    strict = SplineBasis(n_basis=10, lower=0.0, upper=13.0, extrapolate=False).fit(t)
+    strict.transform([12.5])  # inside the window: fine
+    with pytest.raises(DataError, match="outside the basis range"):
+        strict.transform([13.5])
+    back = SplineBasis.from_dict(b.to_dict())
+    assert back.window_ == b.window_ and back.lower_ == b.lower_
+    # a window the data cover (gaps under half a knot interval, 8 / 14) is the basis range, as before
+    c = SplineBasis(n_basis=10, lower=1.5, upper=9.5).fit(t)
+    assert (c.lower_, c.upper_) == (1.5, 9.5) == c.window_
+    # the research code's layout keeps the range it is given
+    r = SplineBasis(n_basis=10, lower=0.0, upper=13.0, knots="reference").fit(t)
+    assert (r.lower_, r.upper_) == (0.0, 13.0)
+
+
 def test_quantile_knots_follow_the_visits_but_keep_half_the_uniform_width():
     rng = np.random.default_rng(1)
     times = np.r_[rng.uniform(0, 2, 400), rng.uniform(2, 10, 40)]  # dense early visits

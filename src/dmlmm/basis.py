@@ -84,7 +84,12 @@ class SplineBasis(HyperParameters):
     degree : int
         Polynomial degree (3 = cubic).
     lower, upper : float, optional
-        Range the basis covers (e.g. the study window); default: the data's time range at ``fit``.
+        The study window: the range over which curves are expected (default: the data's time range
+        at ``fit``). The knots of the ``"quantile"`` and ``"uniform"`` layouts are laid over the part
+        of it that the data cover: where the window extends more than half a knot interval beyond the
+        observed times, a knot there would rest on the prior alone (and a fitted covariance would
+        say nothing there), so the curves instead continue beyond the observed times as the models'
+        smoothness prior says (:mod:`dmlmm.continuation`), without a warning inside the window.
     knots : {"quantile", "uniform", "reference", "clamped"} or array
         ``"quantile"`` (default): interior knots halfway between the uniform layout and the
         quantiles of the distinct observation times (more knots where visits are dense,
@@ -105,7 +110,8 @@ class SplineBasis(HyperParameters):
     Attributes
     ----------
     knots_ : ndarray, shape (n_basis + degree + 1,)
-    lower_, upper_ : float
+    lower_, upper_ : float, the range the knots cover (the basis range).
+    window_ : tuple (lower, upper), the study window (contains the basis range).
     """
 
     def __init__(
@@ -143,6 +149,7 @@ class SplineBasis(HyperParameters):
             self.knots_ = t
             self.lower_ = float(self.lower if self.lower is not None else t[k])
             self.upper_ = float(self.upper if self.upper is not None else t[nb])
+            self.window_ = (self.lower_, self.upper_)
             return self
         lo, hi = self.lower, self.upper
         tt = None if times is None else np.asarray(times, dtype=float).reshape(-1)
@@ -159,6 +166,9 @@ class SplineBasis(HyperParameters):
                 f"all observation times are equal ({lo:g}): a spline basis of time needs a time range; "
                 "give lower/upper or use a design without time"
             )
+        self.window_ = (lo, hi)
+        if self.knots in ("uniform", "quantile") and tt is not None and tt.size:
+            lo, hi = _covered_range(tt, lo, hi, max(nb - k, 1))
         if self.knots in ("uniform", "quantile"):
             n_int = max(nb - k, 1)
             inner = np.linspace(lo, hi, n_int + 1)
@@ -182,6 +192,11 @@ class SplineBasis(HyperParameters):
     @property
     def is_fitted(self) -> bool:
         return hasattr(self, "knots_")
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The fitted study window (``window_``; the basis range for bases saved without one)."""
+        return getattr(self, "window_", (self.lower_, self.upper_))
 
     # ------------------------------------------------------------------ evaluation
     def _raw(self, x: np.ndarray, deriv: int = 0) -> np.ndarray:
@@ -210,17 +225,19 @@ class SplineBasis(HyperParameters):
         lo, hi = self.lower_, self.upper_
         eps = 1e-9 * (hi - lo)
         below, above = x < lo - eps, x > hi + eps
-        outside = below | above
-        if outside.any():
-            vals = np.unique(x[outside])
+        wlo, whi = self.window
+        unexpected = (x < wlo - eps) | (x > whi + eps)
+        if unexpected.any():
+            vals = np.unique(x[unexpected])
             msg = (
-                f"{int(outside.sum())} time(s) lie outside the basis range [{lo:g}, {hi:g}] "
+                f"{int(unexpected.sum())} time(s) lie outside the basis range [{wlo:g}, {whi:g}] "
                 f"(e.g. {vals[:5].tolist()})"
             )
             if not extrapolate:
                 raise DataError(msg + "; pass extrapolate=True to extrapolate the splines, or refit with a wider range")
             warnings.warn(msg + ": the spline basis is extrapolated there (linearly from the boundary)",
                           ExtrapolationWarning, stacklevel=2)
+        outside = below | above
         out = self._raw(np.clip(x, lo, hi))
         if outside.any():
             ends = np.array([lo, hi])
@@ -315,7 +332,7 @@ class SplineBasis(HyperParameters):
             "extrapolate": bool(self.extrapolate),
         }
         if self.is_fitted:
-            d.update(knots_=self.knots_.tolist(), lower_=self.lower_, upper_=self.upper_)
+            d.update(knots_=self.knots_.tolist(), lower_=self.lower_, upper_=self.upper_, window_=list(self.window))
         return d
 
     @classmethod
@@ -324,6 +341,7 @@ class SplineBasis(HyperParameters):
         if "knots_" in d:
             b.knots_ = np.asarray(d["knots_"], dtype=float)
             b.lower_, b.upper_ = float(d["lower_"]), float(d["upper_"])
+            b.window_ = tuple(float(v) for v in d.get("window_", (b.lower_, b.upper_)))
         return b
 
     def __repr__(self) -> str:
@@ -331,6 +349,17 @@ class SplineBasis(HyperParameters):
             f"SplineBasis(n_basis={self.n_basis}, degree={self.degree}, lower={self.lower}, "
             f"upper={self.upper}, knots={self.knots!r})"
         )
+
+
+def _covered_range(times: np.ndarray, lo: float, hi: float, n_int: int) -> tuple[float, float]:
+    """The part of the window [lo, hi] that the times cover: each end moved in to the nearest observed
+    time where more than half a uniform knot interval ((hi - lo) / n_int) of the window has none."""
+    inside = times[(times >= lo) & (times <= hi)]
+    if inside.size < 2 or inside.min() == inside.max():
+        return lo, hi
+    gap = 0.5 * (hi - lo) / n_int
+    a, b = float(inside.min()), float(inside.max())
+    return (a if a - lo > gap else lo), (b if hi - b > gap else hi)
 
 
 def _quantile_breaks(times: np.ndarray, lo: float, hi: float, n_int: int) -> np.ndarray:

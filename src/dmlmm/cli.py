@@ -635,7 +635,7 @@ def _predict_table(model, frame, times, interval, kind, dropna):
     from .report.collect import add_cluster_columns, cluster_table, has_layers
 
     d = model.design_.data_from(frame, require_response=False, dropna=dropna)  # rows without y: times to predict at
-    t = parse_times(times, model.design_.basis.lower_, model.design_.basis.upper_)
+    t = parse_times(times, *model.design_.basis.window)
     traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind)
     proba = model.predict_proba(d)
     groups = model.predict_group_proba(d) if has_layers(model) else None
@@ -653,7 +653,7 @@ def _predict_lmm_table(model, frame, times, interval, kind, dropna):
         if bad.any():
             warnings.warn(f"dropped {int(bad.sum())} row(s) with missing values", UserWarning, stacklevel=2)
             frame = frame[~bad]
-    t = parse_times(times, b.basis_.lower_, b.basis_.upper_)
+    t = parse_times(times, *b.basis_.window)
     traj = model.predict_trajectory(frame, times=t, interval=interval, kind=kind)
     traj = traj.rename(columns={c.subject: "subject", c.time: "time"})
     traj["cluster"], traj["probability"] = 0, 1.0

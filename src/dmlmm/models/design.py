@@ -164,7 +164,7 @@ class LongitudinalDesign:
         """Error naming the subjects observed outside the basis range (unless the basis extrapolates)."""
         if self.basis.extrapolate:
             return
-        lo, hi = self.basis.lower_, self.basis.upper_
+        lo, hi = self.basis.window
         eps = 1e-9 * (hi - lo)
         bad = (data.time < lo - eps) | (data.time > hi + eps)
         if bad.any():

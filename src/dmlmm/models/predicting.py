@@ -101,7 +101,7 @@ class Predicting:
 
     def _grid(self, times) -> np.ndarray:
         if times is None:
-            return np.linspace(self.design_.basis.lower_, self.design_.basis.upper_, 100)
+            return np.linspace(*self.design_.basis.window, 100)
         t = np.asarray(times, dtype=float).reshape(-1)
         if not np.isfinite(t).all():
             raise DataError("prediction times must be finite numbers")

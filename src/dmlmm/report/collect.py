@@ -147,7 +147,7 @@ def _collect_variational(model, frame, grid, interval) -> FitResults:
     c = model.design_.columns
     names = {"subject": c.subject, "time": c.time, "response": c.response}
     if grid is None:
-        grid = time_grid(model.design_.basis.lower_, model.design_.basis.upper_)
+        grid = time_grid(*model.design_.basis.window)
     clusters = cluster_table(model, model.responsibilities_, model.group_proba_)
     traj = add_cluster_columns(model.predict_trajectory(frame, times=grid, interval=interval), clusters)
     curves = model.cluster_means_.copy()
@@ -177,7 +177,7 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
     cols = b.columns_
     names = {"subject": cols.subject, "time": cols.time, "response": cols.response}
     if grid is None:
-        grid = time_grid(b.basis_.lower_, b.basis_.upper_)
+        grid = time_grid(*b.basis_.window)
     covs = [c for c in b.encoding_.columns if c != cols.time]  # a formula may use time: the grid's, not the last row's
     last = frame.sort_values(cols.time).groupby(cols.subject, sort=True).tail(1).set_index(cols.subject)
     subjects = last.index
