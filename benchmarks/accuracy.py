@@ -191,6 +191,19 @@ def _finite(x) -> float | None:
 # --------------------------------------------------------------------------- simulations
 
 
+def fit_and_score(model, train: pd.DataFrame, held: pd.DataFrame, row: dict) -> None:
+    """Fit on ``train`` (timed) and score ``held`` given it: the row's spec, seconds, fitted facts and
+    held-out log scores per subject and per observation."""
+    row["spec"] = model_spec(model)
+    t0 = time.perf_counter()
+    model.fit(train, "subject", "time", "y")
+    row["seconds"] = time.perf_counter() - t0
+    row.update(fitted_facts(model))
+    ss = model.score_samples(held, condition_on=train)
+    row["heldout_per_subject"] = _finite(ss.mean())
+    row["heldout_per_obs"] = _finite(ss.sum() / len(held))
+
+
 def run_sim(args, sink) -> None:
     for dgp in args.dgps:
         for r in range(args.replicates):
@@ -206,14 +219,7 @@ def run_sim(args, sink) -> None:
                            "n_held": len(held), "band_kind": kind}
                     with Guard(row):
                         model = sim_model(key, SplineBasis(n_basis=nb, lower=lo, upper=hi), r)
-                        row["spec"] = model_spec(model)
-                        t0 = time.perf_counter()
-                        model.fit(train, "subject", "time", "y")
-                        row["seconds"] = time.perf_counter() - t0
-                        row.update(fitted_facts(model))
-                        ss = model.score_samples(held, condition_on=train)
-                        row["heldout_per_subject"] = _finite(ss.mean())
-                        row["heldout_per_obs"] = _finite(ss.sum() / len(held))
+                        fit_and_score(model, train, held, row)
                         pred = model.predict_trajectory(train, times=grid, kind=kind)
                         lr = log_rmse(sim.truth, pred)
                         row["log_rmse_mean"] = _finite(lr.mean())
@@ -329,14 +335,7 @@ def run_real_protocol(args, sink, protocol: str, base: dict, ds, train, held, is
         row = {**base, "model": key, "basis_range": protocol}
         with Guard(row):
             model = real_model(key, SplineBasis(lower=lo, upper=hi) if protocol == "window" else SplineBasis())
-            row["spec"] = model_spec(model)
-            t0 = time.perf_counter()
-            model.fit(train, "subject", "time", "y")
-            row["seconds"] = time.perf_counter() - t0
-            row.update(fitted_facts(model))
-            ss = model.score_samples(held, condition_on=train)
-            row["heldout_per_obs"] = _finite(ss.sum() / len(held))
-            row["heldout_per_subject"] = _finite(ss.mean())
+            fit_and_score(model, train, held, row)
             joined, ext = real_predictions(model, train, held)
             inside = ((joined["y"] >= joined["lower"]) & (joined["y"] <= joined["upper"])).to_numpy()
             ok = joined["lower"].notna().to_numpy()

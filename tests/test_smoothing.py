@@ -83,8 +83,8 @@ def test_smooth_dmfa_prior_elbo_matches_monte_carlo():
             lam = np.where(rough, ROUGH, 1.0)
             mu_var = np.where(row_rough, v[:, :, None] / lam, mu_var)
         var = np.concatenate([mu_var[..., None], tau[:, :, None, None] * lam2], axis=-1)
-        if smooth is not None:
-            var[..., 1:] = np.where(row_rough[None, None, :, None], t[:, :, None, :] / lam[None, None, :, None], var[..., 1:])
+        if smooth is not None:  # loading curves: P-spline on every row, the polynomial ones at lam = 1
+            var[..., 1:] = t[:, :, None, :] / lam[None, None, :, None]
         total += (-0.5 * np.log(2 * np.pi * var) - 0.5 * theta**2 / var).sum(axis=(1, 2, 3))
         total -= _mvn_logpdf(theta, mean, cov).sum(axis=(1, 2))
         delta = _ig_sample(lay.delta, S, rng)
@@ -98,14 +98,15 @@ def test_smooth_dmfa_prior_elbo_matches_monte_carlo():
         d_shape = np.where(row_rough, a_shape, 0.5)
         d_rate = 1 / h if smooth is None else np.where(row_rough, a_shape / (lam * u[:, :, None]), 1 / h)
         total += (_ig_logpdf(delta, d_shape, d_rate) - _ig_logpdf(delta, lay.delta.shape, lay.delta.rate)).reshape(S, -1).sum(1)
-        for x, q, shape0, rate0 in (
-            (h, lay.delta_aux, 0.5, 1 / A2),
-            (g, lay.mean_scale, 0.5, 0.5),
-            (lam2, lay.local_scale, 0.5, 1 / a),
-            (a, lay.local_aux, 0.5, 1.0),
+        horseshoe = null if smooth is None else np.zeros(J, dtype=bool)
+        for x, q, shape0, rate0, rows in (
+            (h, lay.delta_aux, 0.5, 1 / A2, null),
+            (g, lay.mean_scale, 0.5, 0.5, null),
+            (lam2, lay.local_scale, 0.5, 1 / a, horseshoe),
+            (a, lay.local_aux, 0.5, 1.0, horseshoe),
         ):
             lp = _ig_logpdf(x, shape0, rate0) - _ig_logpdf(x, q.shape, q.rate)
-            total += lp[:, :, null].reshape(S, -1).sum(1)
+            total += lp[:, :, rows].reshape(S, -1).sum(1)
         for x, q, shape0, rate0 in ((tau, lay.global_scale, 0.5, 1 / e), (e, lay.global_aux, 0.5, 1 / nu2)):
             total += (_ig_logpdf(x, shape0, rate0) - _ig_logpdf(x, q.shape, q.rate)).reshape(S, -1).sum(1)
     _mc_check(total, prior.elbo(params.prior), "smooth DMFA prior factors")
