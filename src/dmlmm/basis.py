@@ -102,10 +102,12 @@ class SplineBasis(HyperParameters):
         ``degree + 1`` times. An array gives the full knot vector explicitly
         (``n_basis + degree + 1`` knots).
     extrapolate : bool
-        Evaluate outside ``[lower, upper]`` by continuing each function *linearly* from the
-        boundary (value and slope; an :class:`ExtrapolationWarning` says so), instead of raising.
-        Linear continuation is what the second-order smoothness prior implies beyond the
-        data: forecasts follow the end trend and their bands widen with the distance.
+        Evaluate outside the study window by continuing each function *linearly* from the
+        boundary of the basis range (value and slope; an :class:`ExtrapolationWarning` says so),
+        instead of raising. Between the basis range and the window the same continuation applies,
+        without a warning. The mixtures add the smoothness prior's increment there
+        (:mod:`dmlmm.continuation`): forecasts follow the end trend and their bands widen with
+        the distance.
 
     Attributes
     ----------
@@ -235,7 +237,8 @@ class SplineBasis(HyperParameters):
             )
             if not extrapolate:
                 raise DataError(msg + "; pass extrapolate=True to extrapolate the splines, or refit with a wider range")
-            warnings.warn(msg + ": the spline basis is extrapolated there (linearly from the boundary)",
+            warnings.warn(msg + ": the spline basis is extrapolated there (linearly from the boundary; "
+                          "the mixtures' bands widen with the smoothness prior's increment)",
                           ExtrapolationWarning, stacklevel=2)
         outside = below | above
         out = self._raw(np.clip(x, lo, hi))
