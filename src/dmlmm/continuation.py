@@ -28,13 +28,14 @@ prediction (bands, draws, log scores) goes through the same Gaussian-mixture cod
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import factorial
 
 import numpy as np
 
 from .priors.base import PointMixture
 
-__all__ = ["distances", "increment_cov", "increment_variance", "factor_columns", "augment_mixture"]
+__all__ = ["Continuation", "distances", "increment_cov", "increment_variance", "factor_columns", "augment_mixture"]
 
 _TOL = 1e-8
 _MAX_NODES = 200  # distinct distances per side factored exactly; more go through a Nystrom map
@@ -67,36 +68,83 @@ def increment_variance(h: np.ndarray, order: int) -> np.ndarray:
     return h ** (2 * order - 1) / ((2 * order - 1) * factorial(order - 1) ** 2)
 
 
+@dataclass(frozen=True)
+class _Side:
+    """The factor on one side of the range: distinct distances ``pts``, factored at ``nodes``.
+
+    ``rows`` is ``V sqrt(w)`` (exact, rows of ``pts``) when the nodes are all of ``pts``, else the
+    Nystrom map ``V / sqrt(w)`` applied to ``increment_cov(h, nodes)``.
+    """
+
+    pts: np.ndarray
+    nodes: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def at(cls, h: np.ndarray, order: int) -> "_Side":
+        pts = np.unique(h[h > 0])
+        if pts.size == 0:
+            return cls(pts, pts, np.zeros((0, 0)))
+        # at most _MAX_NODES distances get the exact factor; others the Nystrom rows through them
+        nodes = pts if pts.size <= _MAX_NODES else pts[np.unique(np.linspace(0, pts.size - 1, _MAX_NODES).round().astype(int))]
+        evals, evecs = np.linalg.eigh(increment_cov(nodes[:, None], nodes[None, :], order))
+        keep = evals > _TOL * evals[-1]
+        exact = nodes.size == pts.size
+        rows = evecs[:, keep] * (np.sqrt(evals[keep]) if exact else 1.0 / np.sqrt(evals[keep]))
+        return cls(pts, nodes, rows)
+
+    def columns(self, h: np.ndarray, order: int) -> np.ndarray:
+        out = np.zeros((len(h), self.rows.shape[1]))
+        beyond = h > 0
+        if not beyond.any():
+            return out
+        idx = np.searchsorted(self.pts, h[beyond])
+        if np.any(idx >= len(self.pts)) or not np.allclose(self.pts[np.minimum(idx, len(self.pts) - 1)], h[beyond],
+                                                           rtol=1e-12, atol=0):
+            raise ValueError("factor_columns: every time must be among the anchors")
+        if self.nodes.size == self.pts.size:
+            out[beyond] = self.rows[idx]
+        else:
+            out[beyond] = increment_cov(h[beyond][:, None], self.nodes[None, :], order) @ self.rows
+        return out
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """The increment's coordinates for one prediction: the factor at its times (``anchors``), built once.
+
+    Build with :meth:`at`; :meth:`columns` gives the coordinates at any of the anchors.
+    """
+
+    lower: float
+    upper: float
+    order: int
+    below: _Side
+    above: _Side
+
+    @classmethod
+    def at(cls, anchors: np.ndarray, lower: float, upper: float, order: int) -> "Continuation":
+        h_below, h_above = distances(anchors, lower, upper)
+        return cls(lower, upper, int(order), _Side.at(h_below, order), _Side.at(h_above, order))
+
+    @property
+    def n_columns(self) -> int:
+        return self.below.rows.shape[1] + self.above.rows.shape[1]
+
+    def columns(self, time: np.ndarray) -> np.ndarray:
+        """(len(time), n_below + n_above); ``time`` must be among the anchors."""
+        h_below, h_above = distances(time, self.lower, self.upper)
+        return np.concatenate([self.below.columns(h_below, self.order), self.above.columns(h_above, self.order)], axis=1)
+
+
 def factor_columns(time: np.ndarray, anchors: np.ndarray, lower: float, upper: float, order: int) -> np.ndarray:
     """The increment's coordinates at ``time``, (len(time), n_below + n_above).
 
     The columns factor the increments' covariance at the distinct distances of ``anchors``
     (all the times one prediction uses; ``time`` must be among them) on each side of the range:
-    ``C C' = increment_cov`` there, to 1e-8 of its largest eigenvalue.
+    ``C C' = increment_cov`` there, to 1e-8 of its largest eigenvalue (:class:`Continuation`).
     """
-    t_below, t_above = distances(time, lower, upper)
-    a_below, a_above = distances(anchors, lower, upper)
-    sides = []
-    for h, ha in ((t_below, a_below), (t_above, a_above)):
-        pts = np.unique(ha[ha > 0])
-        if pts.size == 0:
-            sides.append(np.zeros((len(h), 0)))
-            continue
-        beyond = h > 0
-        idx = np.searchsorted(pts, h[beyond])
-        if np.any(idx >= len(pts)) or not np.allclose(pts[np.minimum(idx, len(pts) - 1)], h[beyond], rtol=1e-12, atol=0):
-            raise ValueError("factor_columns: every time must be among the anchors")
-        # at most _MAX_NODES distances get the exact factor; others the Nystrom rows through them
-        nodes = pts if pts.size <= _MAX_NODES else pts[np.unique(np.linspace(0, pts.size - 1, _MAX_NODES).round().astype(int))]
-        evals, evecs = np.linalg.eigh(increment_cov(nodes[:, None], nodes[None, :], order))
-        keep = evals > _TOL * evals[-1]
-        out = np.zeros((len(h), int(keep.sum())))
-        if nodes.size == pts.size:
-            out[beyond] = (evecs[:, keep] * np.sqrt(evals[keep]))[idx]
-        else:
-            out[beyond] = increment_cov(h[beyond][:, None], nodes[None, :], order) @ (evecs[:, keep] / np.sqrt(evals[keep]))
-        sides.append(out)
-    return np.concatenate(sides, axis=1)
+    return Continuation.at(anchors, lower, upper, order).columns(time)
 
 
 def augment_mixture(mix: PointMixture, intensity: np.ndarray, n_extra: int) -> PointMixture:

@@ -100,18 +100,17 @@ class VariationalLongitudinalModel(Tables, Membership, Predicting, ClusterState,
             return np.zeros(P)
         return self.params_.fixed.moments()[0]
 
-    def _mixture(self, anchors: np.ndarray | None = None) -> PointMixture:
+    def _mixture(self, cont: continuation.Continuation | None = None) -> PointMixture:
         """The prior of b for prediction, with the posterior uncertainty of the globals integrated in.
 
-        Given ``anchors`` (times beyond the basis range, see :mod:`dmlmm.continuation`) b carries the
+        With ``cont`` (times beyond the basis range, see :mod:`dmlmm.continuation`) b carries the
         smoothness prior's continuation coordinates too, N(0, kappa_c) on each path c.
         """
         mix = self.prior_.point_mixture(self.params_.prior, integrate_globals=True)
-        if anchors is None:
+        if cont is None:
             return mix
-        n_extra = self.design_.X_continued(anchors[:1], anchors).shape[1] - mix.means.shape[1]
         kappa = self.prior_.continuation_intensity(self.params_.prior) * self.design_.continuation_unit
-        return continuation.augment_mixture(mix, kappa, n_extra)
+        return continuation.augment_mixture(mix, kappa, cont.n_columns)
 
     def _sigma2_std(self) -> np.ndarray:
         """Residual variance of each path (M,), standardised scale (one shared value, or its first-layer group's)."""

@@ -181,36 +181,30 @@ class LongitudinalDesign:
         X = self.basis.transform(time)
         return X if self.rotation is None else X @ self.rotation
 
-    def continuation_anchors(self, time: np.ndarray) -> np.ndarray | None:
-        """``time`` where some of it lies beyond the basis range and the curves have a smoothness
-        prior to continue them there (:mod:`dmlmm.continuation`); None otherwise (then the curves
-        only continue linearly)."""
+    def continuation_for(self, time: np.ndarray) -> continuation.Continuation | None:
+        """The smoothness prior's increment beyond the basis range for a prediction at ``time`` (all its
+        times; :mod:`dmlmm.continuation`), or None when no time lies beyond it or there is no
+        smoothness prior (the curves then only continue linearly)."""
         t = np.asarray(time, dtype=float).reshape(-1)
         if self.smoothing is None or t.size == 0:
             return None
-        below, above = continuation.distances(t, self.basis.lower_, self.basis.upper_)
-        return t if (below > 0).any() or (above > 0).any() else None
+        lo, hi = self.basis.lower_, self.basis.upper_
+        if t.min() >= lo and t.max() <= hi:
+            return None
+        return continuation.Continuation.at(t, lo, hi, int(self.smoothing))
 
     @property
     def continuation_unit(self) -> float:
         """The basis's penalty unit (:meth:`~dmlmm.basis.SplineBasis.penalty_unit`): a path's
         continuation intensity is its smoothing variance times this."""
-        if self.smoothing is None:
-            return 0.0
-        unit = getattr(self, "_unit", None)
-        if unit is None:
-            unit = self._unit = self.basis.penalty_unit(int(self.smoothing))
-        return unit
+        return 0.0 if self.smoothing is None else self.basis.penalty_unit(int(self.smoothing))
 
-    def X_continued(self, time: np.ndarray, anchors: np.ndarray | None = None) -> np.ndarray:
-        """``X(time)`` followed, given ``anchors`` (:meth:`continuation_anchors` of all the times of a
-        prediction, ``time`` among them), by the coordinates of the smoothness prior's increment
-        beyond the basis range (:func:`dmlmm.continuation.factor_columns`), (n, D [+ extra])."""
+    def X_continued(self, time: np.ndarray, cont: continuation.Continuation | None = None) -> np.ndarray:
+        """``X(time)`` followed, given ``cont`` (:meth:`continuation_for` of all the times of a prediction,
+        ``time`` among them), by the coordinates of the smoothness prior's increment beyond the basis
+        range, (n, D [+ cont.n_columns])."""
         X = self.X(time)
-        if anchors is None:
-            return X
-        C = continuation.factor_columns(time, anchors, self.basis.lower_, self.basis.upper_, int(self.smoothing))
-        return np.concatenate([X, C], axis=1)
+        return X if cont is None else np.concatenate([X, cont.columns(time)], axis=1)
 
     def spline_coefficients(self, b: np.ndarray) -> np.ndarray:
         """B-spline coefficients (..., D) of random effects ``b`` (..., D) in the model's coordinates."""
@@ -225,11 +219,11 @@ class LongitudinalDesign:
     def y(self, response: np.ndarray) -> np.ndarray:
         return (response - self.y_shift) / self.y_scale
 
-    def stats(self, data: Longitudinal, anchors: np.ndarray | None = None) -> SufficientStats:
+    def stats(self, data: Longitudinal, cont: continuation.Continuation | None = None) -> SufficientStats:
         """Sufficient statistics of ``data`` on the standardised scale.
 
         Rows without a response (prediction frames) are left out; a subject with none gets the
-        statistics of no observation (its posterior is the prior). With ``anchors`` the random
+        statistics of no observation (its posterior is the prior). With ``cont`` the random
         effects carry the continuation coordinates too (:meth:`X_continued`).
         """
         self.check_times(data)
@@ -238,9 +232,9 @@ class LongitudinalDesign:
         else:
             observed = np.isfinite(data.response)
         if observed.all():
-            return data.stats(self.X_continued(data.time, anchors), self.F(data.covariates), self.y(data.response))
+            return data.stats(self.X_continued(data.time, cont), self.F(data.covariates), self.y(data.response))
         y = np.zeros(int(observed.sum())) if data.response is None else self.y(data.response[observed])
-        return sufficient_stats(y, self.X_continued(data.time[observed], anchors), self.F(data.covariates[observed]),
+        return sufficient_stats(y, self.X_continued(data.time[observed], cont), self.F(data.covariates[observed]),
                                 data.codes[observed], data.n_subjects)
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..continuation import Continuation
 from ..data import Longitudinal
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
@@ -76,28 +77,28 @@ class Predicting:
 
     # -------------------------------------------------------------- trajectories
     def _conditional(self, d: Longitudinal | None, frame: FrameLike = None,
-                     anchors: np.ndarray | None = None) -> tuple[ConditionalMixture, pd.Index, np.ndarray]:
+                     cont: Continuation | None = None) -> tuple[ConditionalMixture, pd.Index, np.ndarray]:
         """Posterior mixture of b per subject (or the prior for d=None), subjects, last covariates (N, P).
 
-        With ``anchors``, b with the continuation coordinates beyond the basis range (:meth:`_anchors`).
+        With ``cont``, b with the continuation coordinates beyond the basis range (:meth:`_continuation`).
         """
-        mix, w, s2 = self._mixture(anchors), self._w(), self._sigma2_std()
+        mix, w, s2 = self._mixture(cont), self._w(), self._sigma2_std()
         D, P = mix.means.shape[1], self.design_.n_fixed
         if d is None:
             empty = SufficientStats(np.zeros(1, int), np.zeros(1), np.zeros((1, D)), np.zeros((1, D, D)),
                                     np.zeros((1, P)), np.zeros((1, P, P)), np.zeros((1, D, P)))
             return condition(empty, mix, w, s2), pd.Index(["population"], name="subject"), np.zeros((1, P))
-        stats = self.design_.stats(d, anchors)
+        stats = self.design_.stats(d, cont)
         last = np.r_[d.offsets[1:] - 1]
         lw = self._path_log_weights(self._membership_matrix(frame, d), mix)
         return condition(stats, mix, w, s2, log_weights=lw), d.subjects, self.design_.F(d.covariates[last])
 
-    def _anchors(self, *times) -> np.ndarray | None:
-        """All of ``times`` (arrays, or Longitudinal data) where some lie beyond the basis range: there the
-        curves get the smoothness prior's continuation (:mod:`dmlmm.continuation`); else None."""
+    def _continuation(self, *times) -> Continuation | None:
+        """The continuation beyond the basis range for a prediction at all of ``times`` (arrays, or
+        Longitudinal data; :mod:`dmlmm.continuation`); None when none of them lies beyond it."""
         t = [np.asarray(x.time if isinstance(x, Longitudinal) else x, dtype=float).reshape(-1)
              for x in times if x is not None]
-        return self.design_.continuation_anchors(np.concatenate(t) if t else np.zeros(0))
+        return self.design_.continuation_for(np.concatenate(t) if t else np.zeros(0))
 
     def _grid(self, times) -> np.ndarray:
         if times is None:
@@ -146,9 +147,9 @@ class Predicting:
             raise ValueError(f"interval must be in (0, 1), got {interval}")
         d = None if df is None else self._data(df, require_response=False)
         t = self._grid(times)
-        anchors = self._anchors(t, d)
-        cm, subjects, fixed_rows = self._conditional(d, df, anchors)
-        Xn = self.design_.X_continued(t, anchors)  # (T, D [+ continuation])
+        cont = self._continuation(t, d)
+        cm, subjects, fixed_rows = self._conditional(d, df, cont)
+        Xn = self.design_.X_continued(t, cont)  # (T, D [+ continuation])
         F3 = self._fixed_at_times(d, df, fixed_rows, t)  # (N, T, P)
         fw = F3 @ self._w()  # (N, T)
         mean_a = cm.mean @ Xn.T + fw[cm.subject]
@@ -227,9 +228,9 @@ class Predicting:
         rng = np.random.default_rng(random_state)
         d = None if df is None else self._data(df, require_response=False)
         t = self._grid(times)
-        anchors = self._anchors(t, d)
-        cm, subjects, fixed_rows = self._conditional(d, df, anchors)
-        Xn = self.design_.X_continued(t, anchors)
+        cont = self._continuation(t, d)
+        cm, subjects, fixed_rows = self._conditional(d, df, cont)
+        Xn = self.design_.X_continued(t, cont)
         N, S = len(subjects), int(n_samples)
         # choose a component per (subject, draw) by inverse-CDF within each subject's block of pairs
         cum = np.cumsum(cm.weight)
@@ -273,22 +274,22 @@ class Predicting:
             if isinstance(df, Longitudinal) or isinstance(condition_on, Longitudinal):
                 raise TypeError("condition_on needs data frames for both arguments")
             c = self._data(condition_on)
-            anchors = self._anchors(d, c)  # one continuation for all three densities
-            lm = self._log_marginal(d, df, anchors)
+            cont = self._continuation(d, c)  # one continuation for all three densities
+            lm = self._log_marginal(d, df, cont)
             frame = pd.concat([df, condition_on], ignore_index=True)
             both = self._data(frame)
-            lm_both = pd.Series(self._log_marginal(both, frame, anchors), index=both.subjects)
-            lm_c = pd.Series(self._log_marginal(c, condition_on, anchors), index=c.subjects)
+            lm_both = pd.Series(self._log_marginal(both, frame, cont), index=both.subjects)
+            lm_c = pd.Series(self._log_marginal(c, condition_on, cont), index=c.subjects)
             out = pd.Series(lm, index=d.subjects)
             has = out.index.intersection(lm_c.index)
             out.loc[has] = lm_both.loc[has] - lm_c.loc[has]
             return out.rename("log_score")
-        lm = self._log_marginal(d, df, self._anchors(d))
+        lm = self._log_marginal(d, df, self._continuation(d))
         return pd.Series(lm, index=d.subjects, name="log_score")
 
-    def _log_marginal(self, d: Longitudinal, frame: FrameLike, anchors: np.ndarray | None = None) -> np.ndarray:
-        stats = self.design_.stats(d, anchors)
-        mix = self._mixture(anchors)
+    def _log_marginal(self, d: Longitudinal, frame: FrameLike, cont: Continuation | None = None) -> np.ndarray:
+        stats = self.design_.stats(d, cont)
+        mix = self._mixture(cont)
         lw = self._path_log_weights(self._membership_matrix(frame, d), mix)
         cm = condition(stats, mix, self._w(), self._sigma2_std(), keep_components=False, log_weights=lw)
         return cm.log_marginal - stats.n_obs * np.log(self.design_.y_scale)

@@ -197,7 +197,7 @@ class DeepMixturePrior(RandomEffectsPrior):
         self.smooth_scale = float(smooth_scale)
         self._rough = rough_mask(self.roughness, self.dim)
         self._lam = np.where(self._rough, self.roughness if self.roughness is not None else 0.0, 0.0)
-        self._lam_loadings = np.where(self._rough, self._lam, 1.0)  # the loading curves' P-spline weights
+        self._lam_or_one = np.where(self._rough, self._lam, 1.0)  # lam_j, 1 on the polynomial rows
         self._paths = np.array(list(product(*[range(k) for k in self.n_components])), dtype=int)
         self._dims = dims
         self._offsets = np.r_[0, np.cumsum(dims)]
@@ -254,7 +254,7 @@ class DeepMixturePrior(RandomEffectsPrior):
             lam, n, a = self._lam, int(self._rough.sum()), self.idiosyncratic_shape
             smooth = LayerSmooth(
                 init_scale(n, 0.5 * (mus**2) @ lam, self.smooth_scale),
-                init_scale(J, 0.5 * np.einsum("kjm,j->km", Bs**2, self._lam_loadings), self.smooth_scale),
+                init_scale(J, 0.5 * np.einsum("kjm,j->km", Bs**2, self._lam_or_one), self.smooth_scale),
                 init_scale(2 * a * n, a * (1.0 / deltas[:, self._rough]) @ (1.0 / lam[self._rough]),
                            self.smooth_scale, cap=False),
             )
@@ -277,16 +277,13 @@ class DeepMixturePrior(RandomEffectsPrior):
             [np.log(G) + lay.mean_scale.mean_log[..., None],
              lay.global_scale.mean_log[:, None, None] + lay.local_scale.mean_log], axis=2)
         if lay.smooth is not None:
-            rough = self._rough[None, :, None]
-            lam = np.where(self._rough, self._lam, 1.0)[None, :, None]
-            sm = lay.smooth
-            inv_s = np.concatenate([sm.mean.var.mean_inv[:, None], sm.loadings.var.mean_inv], axis=1)[:, None, :]
-            log_s = np.concatenate([sm.mean.var.mean_log[:, None], sm.loadings.var.mean_log], axis=1)[:, None, :]
-            e_inv_v = np.where(rough, lam * inv_s, e_inv_v)
-            e_log_v = np.where(rough, log_s - np.log(lam), e_log_v)
-            # loading curves: the polynomial rows too, at the smoothest rough coordinate's scale (lam = 1)
-            e_inv_v[..., 1:] = self._lam_loadings[None, :, None] * sm.loadings.var.mean_inv[:, None, :]
-            e_log_v[..., 1:] = sm.loadings.var.mean_log[:, None, :] - np.log(self._lam_loadings)[None, :, None]
+            sm, lam = lay.smooth, self._lam_or_one
+            # mean curves: the P-spline prior on the rough rows (the polynomial rows keep the Cauchy)
+            e_inv_v[..., 0] = np.where(self._rough, lam * sm.mean.var.mean_inv[:, None], e_inv_v[..., 0])
+            e_log_v[..., 0] = np.where(self._rough, sm.mean.var.mean_log[:, None] - np.log(lam), e_log_v[..., 0])
+            # loading curves: on every row, the polynomial rows at the smoothest rough coordinate's scale
+            e_inv_v[..., 1:] = lam[None, :, None] * sm.loadings.var.mean_inv[:, None, :]
+            e_log_v[..., 1:] = sm.loadings.var.mean_log[:, None, :] - np.log(lam)[None, :, None]
         return e_inv_v, e_log_v
 
     def _horseshoe_rows(self, lay: LayerParams) -> np.ndarray:
@@ -307,7 +304,7 @@ class DeepMixturePrior(RandomEffectsPrior):
         rate, log_rate = da.mean_inv, -da.mean_log
         if lay.smooth is not None:
             a = self.idiosyncratic_shape
-            lam = np.where(self._rough, self._lam, 1.0)
+            lam = self._lam_or_one
             u = lay.smooth.delta.var
             shape = np.where(self._rough, a, shape)
             rate = np.where(self._rough, a * u.mean_inv[:, None] / lam, rate)
@@ -447,7 +444,7 @@ class DeepMixturePrior(RandomEffectsPrior):
             inv_lam = np.where(self._rough, 1.0 / np.where(self._rough, lam, 1.0), 0.0)
             smooth = LayerSmooth(
                 update_scale(smooth.mean, n, 0.5 * mu2 @ lam, A, rho),
-                update_scale(smooth.loadings, J, 0.5 * np.einsum("kjm,j->km", B2, self._lam_loadings), A, rho),
+                update_scale(smooth.loadings, J, 0.5 * np.einsum("kjm,j->km", B2, self._lam_or_one), A, rho),
                 update_scale(smooth.delta, 2 * a * n, a * delta.mean_inv @ inv_lam, A, rho),
             )
         return LayerParams(
