@@ -84,7 +84,7 @@ def test_smooth_dmfa_prior_elbo_matches_monte_carlo():
             mu_var = np.where(row_rough, v[:, :, None] / lam, mu_var)
         var = np.concatenate([mu_var[..., None], tau[:, :, None, None] * lam2], axis=-1)
         if smooth is not None:  # loading curves: P-spline on every row, the polynomial ones at lam = 1
-            var[..., 1:] = t[:, :, None, :] / lam[None, None, :, None]
+            var[..., 1:] = t[:, :, None, :] / lam[None, None, :, None] ** prior.loading_order
         total += (-0.5 * np.log(2 * np.pi * var) - 0.5 * theta**2 / var).sum(axis=(1, 2, 3))
         total -= _mvn_logpdf(theta, mean, cov).sum(axis=(1, 2))
         delta = _ig_sample(lay.delta, S, rng)
