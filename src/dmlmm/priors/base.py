@@ -20,7 +20,28 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PathPrior", "PathMoments", "RandomEffectsPrior", "PointMixture"]
+__all__ = ["PathPrior", "PathMoments", "RandomEffectsPrior", "PointMixture", "SharedPrecision"]
+
+
+@dataclass(frozen=True)
+class SharedPrecision:
+    """Paths whose prior precisions share a diagonal part: ``precision_c = diag(base[group[c]]) - U_c U_c'``.
+
+    The deep mixture's paths through one first-layer component share its idiosyncratic
+    precisions; the deeper layers only subtract a rank-D_1 term. The local step then factors one
+    D x D matrix per (subject, group) instead of one per (subject, path)
+    (:mod:`dmlmm.inference.local_shared`).
+
+    Attributes
+    ----------
+    group : (M,) int, the group of each path.
+    base : (G, D) the groups' diagonal precisions (positive).
+    factor : (M, D, R) U_c.
+    """
+
+    group: np.ndarray
+    base: np.ndarray
+    factor: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -33,12 +54,15 @@ class PathPrior:
     precision : (M, D, D)
     shift : (M, D)
     const : (M,) includes the entropy of the deeper latents' optimal q.
+    shared : SharedPrecision or None, the same precisions in a form that paths share (optional:
+        ``precision`` is always given in full).
     """
 
     log_weight: np.ndarray
     precision: np.ndarray
     shift: np.ndarray
     const: np.ndarray
+    shared: SharedPrecision | None = None
 
     @property
     def n_paths(self) -> int:

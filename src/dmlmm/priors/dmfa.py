@@ -68,7 +68,7 @@ import numpy as np
 from .._linalg import spd_inv_logdet, sym
 from ..accel import ascend
 from ..expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
-from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior
+from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior, SharedPrecision
 from .gaussian import _take_components, canonical_order, kmeans
 from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_scale
 
@@ -377,7 +377,26 @@ class DeepMixturePrior(RandomEffectsPrior):
         shift = h[:, b_blk] - (Pbr @ a[..., None])[..., 0]
         R = Dt - self.dim
         const = const + 0.5 * R * LOG_2PI - 0.5 * logdet_rr + 0.5 * np.einsum("mr,mr->m", hr, a)
-        return PathPrior(log_w, precision, shift, const), _PathCache(A, a, Prr_inv, tuple(theta_moments))
+        shared = self._shared_precision(params.layers[0], Pbr, Prr_inv)
+        return PathPrior(log_w, precision, shift, const, shared), _PathCache(A, a, Prr_inv, tuple(theta_moments))
+
+    def _shared_precision(self, first: LayerParams, Pbr: np.ndarray, Prr_inv: np.ndarray) -> SharedPrecision:
+        """The path precisions as ``diag(E[1/delta_k1]) - U_c U_c'``: the paths through one first-layer
+        component share the diagonal part.
+
+        ``precision_c = diag(E[1/delta_k1]) - Pbr_c Prr_c^{-1} Pbr_c'``, and only the first latent
+        block of ``Pbr_c`` (``-E[D^-1 B_k1]``, D_0 x D_1) is non-zero, so
+        ``U_c = E[D^-1 B_k1] chol(W_c)`` with W_c that block of ``Prr_c^{-1}``.
+        """
+        group = self._paths[:, 0]
+        d1 = self._dims[1]
+        W = sym(Prr_inv[:, :d1, :d1])
+        try:
+            root = np.linalg.cholesky(W)
+        except np.linalg.LinAlgError:  # semi-definite from round-off: a symmetric root
+            val, vec = np.linalg.eigh(W)
+            root = vec * np.sqrt(np.maximum(val, 0.0))[:, None, :]
+        return SharedPrecision(group, first.delta.mean_inv, Pbr[:, :, :d1] @ root)
 
     # ------------------------------------------------------------------ global updates
     def _stacked_moments(self, moments: PathMoments, cache: _PathCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

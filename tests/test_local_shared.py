@@ -1,0 +1,76 @@
+"""The local step through a shared factorisation (Woodbury, dmlmm.inference.local_shared) equals the
+dense one, pair by pair; and the deep mixture's shared form is its path precisions."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from helpers import toy_stats
+from dmlmm.inference import local
+from dmlmm.inference.local import NoiseMoments, local_step
+from dmlmm.models.base import ridge_estimates
+from dmlmm.priors.base import PathPrior, SharedPrecision
+from dmlmm.priors.dmfa import DeepMixturePrior
+
+
+def _shared_prior(rng, group, D, R):
+    G, M = int(group.max()) + 1, len(group)
+    base = rng.uniform(1.0, 4.0, (G, D))
+    U = rng.normal(size=(M, D, R))
+    # scale U_c so that diag(base) - U U' stays positive definite (its smallest eigenvalue >= 0.3)
+    for c in range(M):
+        lo = np.linalg.eigvalsh(np.diag(base[group[c]]))[0]
+        U[c] *= np.sqrt(0.7 * lo) / np.linalg.norm(U[c], 2)
+    prec = np.stack([np.diag(base[group[c]]) for c in range(M)]) - U @ np.swapaxes(U, 1, 2)
+    sp = SharedPrecision(group, base, U)
+    return PathPrior(rng.normal(size=M), prec, rng.normal(size=(M, D)), rng.normal(size=M), sp)
+
+
+def _noise(rng, s, lv):
+    return NoiseMoments(s, lv, rng.normal(size=2), 0.01 * np.eye(2))
+
+
+@pytest.mark.parametrize("noise", ["shared", "per_group", "varies_within_group"])
+def test_shared_local_step_equals_dense(noise, monkeypatch):
+    rng = np.random.default_rng(3)
+    stats = toy_stats(3, n_subjects=40, n_obs=8, dim=12, n_fixed=2)  # n_i = 8 < D = 12: X'X singular
+    group = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])  # D M / G = 40: the shared route pays
+    pp = _shared_prior(rng, group, 12, 2)
+    routes = []
+    real = local.solve_shared
+    monkeypatch.setattr(local, "solve_shared", lambda *a: routes.append(1) or real(*a))
+    s = {"shared": 2.0, "per_group": np.array([1.5, 2.5, 3.0])[group],
+         "varies_within_group": rng.uniform(1, 3, len(group))}[noise]
+    nm = _noise(rng, s, np.log(1 / np.asarray(s)))
+    active = rng.random((40, len(group))) < 0.7  # a restricted family of paths per subject
+    active[np.arange(40), rng.integers(0, len(group), 40)] = True
+    for act in (None, active):
+        fast = local_step(stats, pp, nm, moment_threshold=0.0, active=act)
+        dense = local_step(stats, replace(pp, shared=None), nm, moment_threshold=0.0, active=act)
+        np.testing.assert_allclose(fast.log_evidence, dense.log_evidence, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(fast.resp, dense.resp, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(fast.mean_b, dense.mean_b, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(fast.moments.weight, dense.moments.weight, rtol=1e-10)
+        np.testing.assert_allclose(fast.moments.first, dense.moments.first, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(fast.moments.second, dense.moments.second, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(fast.path_quad, dense.path_quad, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(fast.path_xty_b, dense.path_xty_b, rtol=1e-9, atol=1e-9)
+    # the noise must be the same within a group for the shared factorisation
+    assert len(routes) == (0 if noise == "varies_within_group" else 2)
+
+
+def test_deep_mixture_shared_form_is_its_path_precision():
+    rng = np.random.default_rng(0)
+    stats = toy_stats(0, n_subjects=30, n_obs=6, dim=5)
+    prior = DeepMixturePrior(5, (3, 2), (2, 1), roughness=np.r_[0, 0, 1.0, 4.0, 11.0])
+    b_hat = ridge_estimates(stats)
+    params = prior.init_params(b_hat, rng)
+    pp, _ = prior.path_prior(params)
+    sp = pp.shared
+    assert sp is not None and sp.factor.shape == (6, 5, 2)
+    np.testing.assert_array_equal(sp.group, prior.path_components()[:, 0])
+    dense = np.stack([np.diag(sp.base[k]) for k in sp.group]) - sp.factor @ np.swapaxes(sp.factor, 1, 2)
+    np.testing.assert_allclose(dense, pp.precision, rtol=1e-10, atol=1e-10 * np.abs(pp.precision).max())
