@@ -74,3 +74,16 @@ def test_deep_mixture_shared_form_is_its_path_precision():
     np.testing.assert_array_equal(sp.group, prior.path_components()[:, 0])
     dense = np.stack([np.diag(sp.base[k]) for k in sp.group]) - sp.factor @ np.swapaxes(sp.factor, 1, 2)
     np.testing.assert_allclose(dense, pp.precision, rtol=1e-10, atol=1e-10 * np.abs(pp.precision).max())
+
+
+def test_dense_fallback_when_a_capacitance_is_not_positive_definite(monkeypatch):
+    rng = np.random.default_rng(4)
+    stats = toy_stats(4, n_subjects=30, n_obs=8, dim=12, n_fixed=2)
+    group = np.array([0, 0, 0, 1, 1, 1])
+    pp = _shared_prior(rng, group, 12, 2)
+    nm = _noise(rng, 2.0, -0.7)
+    monkeypatch.setattr(local, "solve_shared", lambda *a: None)  # as when cholesky(C) fails
+    fast = local_step(stats, pp, nm)
+    dense = local_step(stats, replace(pp, shared=None), nm)
+    np.testing.assert_allclose(fast.log_evidence, dense.log_evidence, rtol=1e-12)
+    np.testing.assert_allclose(fast.moments.second, dense.moments.second, rtol=1e-10, atol=1e-12)

@@ -240,3 +240,21 @@ def test_clustering_does_not_depend_on_the_sign_of_y_or_the_direction_of_time():
     assert adjusted_rand_index(a.labels_, b.labels_) == pytest.approx(1.0)
     assert b.elbo_ == pytest.approx(a.elbo_, rel=1e-6)
     assert adjusted_rand_index(a.labels_, c.labels_) > 0.95
+
+
+@pytest.mark.filterwarnings("ignore::dmlmm.exceptions.ConvergenceWarning")
+def test_auto_loading_order_keeps_the_fit_with_the_higher_elbo():
+    df = dgp1(random_state=2, n_subjects=80).data
+    basis = SplineBasis(16, lower=0, upper=1)
+    fits = {o: DeepMixtureLMM((3, 2), (2, 1), basis=basis, loading_order=o, random_state=0, max_iter=150).fit(df)
+            for o in (1, 2, "auto")}
+    better = max((1, 2), key=lambda o: fits[o].elbo_)
+    assert fits["auto"].elbo_ == fits[better].elbo_
+    assert fits["auto"].prior_.loading_order == better
+    assert fits[1].prior_.loading_order == 1 and fits[2].prior_.loading_order == 2
+
+
+def test_loading_order_is_checked():
+    df = dgp1(random_state=0, n_subjects=10).data
+    with pytest.raises(ValueError, match=r"loading_order must be 'auto' or a number of at least 1, got 0.5"):
+        DeepMixtureLMM(loading_order=0.5).fit(df)

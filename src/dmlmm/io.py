@@ -361,7 +361,10 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
     if prior_cls is None:
         raise ModelFileError(f"unknown prior class {meta['prior']['class']!r} in the model file")
     model.design_ = LongitudinalDesign.from_dict(meta["design"])
-    model.prior_ = prior_cls(**{k: _tuples(v) for k, v in meta["prior"]["args"].items()})
+    prior_args = {k: _tuples(v) for k, v in meta["prior"]["args"].items()}
+    if meta["prior"]["class"] == "DeepMixturePrior":
+        prior_args.setdefault("loading_order", 1.0)  # files written before it existed were fitted with 1
+    model.prior_ = prior_cls(**prior_args)
     model.params_ = unflatten_tree(meta["params"], arrays, _param_classes())
     f = meta["fitted"]
     for k, cast in _SCALARS.items():

@@ -21,6 +21,7 @@ sums over subjects.
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import product
 from time import perf_counter
 from typing import Any, Sequence
 
@@ -106,10 +107,10 @@ def fit_dask(
     b_hat, sums = stats.ridge_init(0.5, rough)
     best = None
     kinds = ("shared", "cluster") if model._noise_kind() == "auto" else (model._noise_kind(),)
-    for kind in kinds:
+    for variant, kind in product(model._prior_variants(), kinds):  # as the in-memory fit (models/fitting.py)
         rng = np.random.default_rng(model.random_state)
         for _ in range(int(model.n_init)):
-            prior = model._make_prior(stats.dim_random, N, rough)
+            prior = variant._make_prior(stats.dim_random, N, rough)
             config = replace(model._config(N, int(prior.path_components()[:, 0].max()) + 1), batch_size=None)
             noise, aux, fixed = init_noise_and_fixed_from_sums(sums, stats.dim_fixed, config)
 
@@ -122,7 +123,7 @@ def fit_dask(
             callback = model._progress_callback()
             res = run_vi_with_starts(
                 stats, prior, init,
-                lambda sizes: model._sized(sizes)._make_prior(stats.dim_random, N, rough), config, rng,
+                lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, N, rough), config, rng,
                 moves=model.delete_moves and not config.hard_assignment, callback=callback,
             )
             if callback is not None:

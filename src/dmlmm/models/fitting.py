@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from itertools import product
 from time import perf_counter
 from typing import TYPE_CHECKING, Sequence
 
@@ -119,15 +120,15 @@ class Fitting:
         rough = design.roughness
         b_hat = ridge_estimates(stats, 0.5, rough)
         best = None
-        # "auto": both noise models, each from the same random state, the higher ELBO kept
+        # "auto": both noise models (and prior variants), each from the same random state, the higher ELBO kept
         kinds = ("shared", "cluster") if self._noise_kind() == "auto" else (self._noise_kind(),)
-        for kind in kinds:
+        for variant, kind in product(self._prior_variants(), kinds):
             rng = np.random.default_rng(self.random_state)
             for _ in range(int(self.n_init)):
-                prior = self._make_prior(stats.dim_random, d.n_subjects, rough)
+                prior = variant._make_prior(stats.dim_random, d.n_subjects, rough)
                 config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
                 make_init = init_factory(stats, b_hat, config, kind, Z)
-                resize = lambda sizes: self._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough)  # noqa: E731
+                resize = lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough)  # noqa: E731
                 callback = self._progress_callback()
                 # delete moves compare against an emptied component's cost, which the membership model changes
                 moves = self.delete_moves and not config.hard_assignment and Z is None
@@ -158,6 +159,11 @@ class Fitting:
         """Settings of a minibatch fit: the warm start's subsample size from ``subsample``."""
         n = getattr(self, "subsample", "auto")
         return StochasticSettings() if n == "auto" else StochasticSettings(subsample=int(n))
+
+    def _prior_variants(self) -> list["VariationalLongitudinalModel"]:
+        """Copies of this model whose priors the fit compares by the ELBO (each fitted from the same
+        random state, the best kept); this model alone unless a subclass has a setting such as "auto"."""
+        return [self]
 
     def _sized(self, sizes: tuple[int, ...]) -> "VariationalLongitudinalModel":
         """A copy of this model with ``sizes`` components per layer (for the smaller starts)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 
@@ -152,6 +153,13 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
     noise : {"shared", "cluster", "auto"}
         One residual variance, or one per first-layer component, or the better of the two
         by the ELBO (see :class:`MixtureLMM`).
+    loading_order : {"auto"} or float >= 1
+        The loading curves' smoothness: their prior precisions grow like ``lam_d ** loading_order``
+        over the Demmler-Reinsch coordinates (the idiosyncratic deviations' like ``lam_d``), see
+        docs/models.md. 2 keeps the factors alive as the basis grows, 1 lets loading curves be as
+        rough as the deviations; "auto" fits both (from the same random state) and keeps the
+        higher ELBO, at twice the cost. The order used is ``prior_.loading_order``. Ignored
+        without a smoothness prior.
     membership_covariates : list of str, optional
         Baseline covariates of first-layer membership (see :class:`MixtureLMM`).
     Other parameters as :class:`MixtureLMM`.
@@ -172,6 +180,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         delta_scale=2.5,
         noise_scale: float = 1.0,
         noise: str = "shared",
+        loading_order: float | str = "auto",
         membership_covariates: Sequence[str] | None = None,
         max_iter: int = 1000,
         tol: float = 1e-5,
@@ -186,6 +195,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
     ) -> None:
         self.n_components = n_components
         self.latent_dims = latent_dims
+        self.loading_order = loading_order
         self.basis = basis
         self.smoothing = smoothing
         self.concentration = concentration
@@ -210,9 +220,23 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         ks = tuple(int(k) for k in _as_tuple(self.n_components, "n_components"))
         ds = tuple(int(d) for d in _as_tuple(self.latent_dims, "latent_dims"))
         ks = (_reduce_components(ks[0], n_subjects, "n_components[0]"),) + ks[1:]
+        order = 2.0 if self.loading_order == "auto" else float(self.loading_order)
         return DeepMixturePrior(
-            dim, ks, ds, self.concentration, self.mean_scale, self.loading_scale, self.delta_scale, roughness
+            dim, ks, ds, self.concentration, self.mean_scale, self.loading_scale, self.delta_scale, roughness,
+            loading_order=order,
         )
+
+    def _prior_variants(self) -> list["DeepMixtureLMM"]:
+        """With ``loading_order="auto"`` and a smoothness prior: copies with orders 2 and 1 (the fit keeps
+        the higher ELBO); else this model."""
+        if self.loading_order != "auto" or self.smoothing is None:
+            return [self]
+        variants = []
+        for order in (2.0, 1.0):
+            other = copy.copy(self)
+            other.loading_order = order
+            variants.append(other)
+        return variants
 
 
 def _as_tuple(v, name: str) -> tuple:
