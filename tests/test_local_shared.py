@@ -37,7 +37,7 @@ def _noise(rng, s, lv):
 def test_shared_local_step_equals_dense(noise, monkeypatch):
     rng = np.random.default_rng(3)
     stats = toy_stats(3, n_subjects=40, n_obs=8, dim=12, n_fixed=2)  # n_i = 8 < D = 12: X'X singular
-    group = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])  # D M / G = 40: the shared route pays
+    group = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])  # D M / G = 40: the shared route is taken
     pp = _shared_prior(rng, group, 12, 2)
     routes = []
     real = local.solve_shared

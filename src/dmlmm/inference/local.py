@@ -227,11 +227,12 @@ def _shared_route(prior: PathPrior, s_path: np.ndarray) -> np.ndarray | None:
     """Per group of :class:`SharedPrecision`, the noise precision of its paths, when the shared
     factorisation (:mod:`dmlmm.inference.local_shared`) pays; None to factor every pair alone.
 
-    It pays when ``D * M / G >= 30`` (measured at 600 subjects with D = 10-40, up to 50 paths:
-    0.2-0.9 of the dense step's time there, 1.1-1.5 times it below, e.g. D = 10 with two paths per
-    group). It needs the noise to be the same within each group."""
+    It pays when ``D * M / G >= 40``: one local step on 600 subjects (20 visits each), shared time
+    over dense time, was 0.27-0.93 with D = 40 (1-5 paths per group), 0.48-0.73 with D = 20 and
+    2-5 paths per group, 0.89 with D = 10 and 5, but 1.19 with D = 10 and 3 (``D * M / G`` = 30).
+    It needs the noise to be the same within each group."""
     sp = prior.shared
-    if sp is None or prior.shift.shape[1] * prior.n_paths < 30 * sp.base.shape[0]:
+    if sp is None or prior.shift.shape[1] * prior.n_paths < 40 * sp.base.shape[0]:
         return None
     s_group = np.zeros(sp.base.shape[0])
     s_group[sp.group] = s_path

@@ -55,7 +55,9 @@ against 1e-4). With precisions ``lam_j ** 2`` the information falls like ``1 / l
 the prior, the rows beyond the data stay at their prior, each adds its expected share to the
 energy, and ``t_km`` no longer depends on the basis size: -0.781 / -0.781 / -0.782 / -0.784 at
 10 / 20 / 30 / 40 functions (the ELBO at 40 functions -4258 against -4397); DGP 3 -1.631 /
--1.673 / -1.694 at 20 / 30 / 40 (before -1.630 / -1.668 / -1.687).
+-1.673 / -1.694 at 20 / 30 / 40 (before -1.630 / -1.668 / -1.687). Order 2 is not better on every
+data set (docs/models.md): ``DeepMixtureLMM(loading_order="auto")``, the default, fits both
+orders and keeps the higher ELBO.
 """
 
 from __future__ import annotations
