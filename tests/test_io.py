@@ -118,6 +118,20 @@ def _rewrite(src, dst, edit_meta=None, arrays: bytes | None = None):
         zf.writestr("arrays.npz", arr if arrays is None else arrays)
 
 
+def test_files_written_before_the_loading_order_load_with_order_1(models, tmp_path):
+    """Deep mixtures saved before ``loading_order`` existed were fitted with loading curves of order 1."""
+    models["deep"].save(tmp_path / "m.dmlmm")
+
+    def strip(meta):
+        del meta["prior"]["args"]["loading_order"]
+        del meta["hyperparameters"]["loading_order"]
+
+    _rewrite(tmp_path / "m.dmlmm", tmp_path / "old.dmlmm", strip)
+    old = dmlmm.load(tmp_path / "old.dmlmm")
+    assert old.prior_.loading_order == 1.0 and old.loading_order == "auto"
+    pd.testing.assert_frame_equal(old.predict_trajectory(), models["deep"].predict_trajectory())
+
+
 def test_newer_format_version_is_refused(models, tmp_path):
     models["deep"].save(tmp_path / "m.dmlmm")
     _rewrite(tmp_path / "m.dmlmm", tmp_path / "new.dmlmm", lambda m: m.update(format_version=FORMAT_VERSION + 1))

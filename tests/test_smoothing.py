@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as st
 from scipy.special import multigammaln
 
+import dmlmm
 from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
 from dmlmm.sufficient import sufficient_stats
 from dmlmm.metrics import adjusted_rand_index, coverage
@@ -243,7 +244,7 @@ def test_clustering_does_not_depend_on_the_sign_of_y_or_the_direction_of_time():
 
 
 @pytest.mark.filterwarnings("ignore::dmlmm.exceptions.ConvergenceWarning")
-def test_auto_loading_order_keeps_the_fit_with_the_higher_elbo():
+def test_auto_loading_order_keeps_the_fit_with_the_higher_elbo(tmp_path):
     df = dgp1(random_state=2, n_subjects=80).data
     basis = SplineBasis(16, lower=0, upper=1)
     fits = {o: DeepMixtureLMM((3, 2), (2, 1), basis=basis, loading_order=o, random_state=0, max_iter=150).fit(df)
@@ -252,6 +253,10 @@ def test_auto_loading_order_keeps_the_fit_with_the_higher_elbo():
     assert fits["auto"].elbo_ == fits[better].elbo_
     assert fits["auto"].prior_.loading_order == better
     assert fits[1].prior_.loading_order == 1 and fits[2].prior_.loading_order == 2
+    for o in (1, "auto"):  # a saved model keeps the order it was fitted with
+        fits[o].save(tmp_path / f"{o}.dmlmm")
+        back = dmlmm.load(tmp_path / f"{o}.dmlmm")
+        assert back.prior_.loading_order == fits[o].prior_.loading_order and back.loading_order == o
 
 
 def test_loading_order_is_checked():
