@@ -3,9 +3,11 @@ dense one, pair by pair; and the deep mixture's shared form is its path precisio
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import toy_stats
@@ -87,3 +89,26 @@ def test_dense_fallback_when_a_capacitance_is_not_positive_definite(monkeypatch)
     dense = local_step(stats, replace(pp, shared=None), nm)
     np.testing.assert_allclose(fast.log_evidence, dense.log_evidence, rtol=1e-12)
     np.testing.assert_allclose(fast.moments.second, dense.moments.second, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise", ["shared", "cluster"])
+def test_a_deep_mixture_fit_is_the_same_through_either_route(noise, monkeypatch):
+    """End to end: the fit with the shared factorisation wherever it pays equals the all-dense fit."""
+    from dmlmm import DeepMixtureLMM, SplineBasis
+    from dmlmm.simulate import dgp1
+
+    df = dgp1(random_state=1, n_subjects=60).data
+    kw = dict(n_components=(4, 3), latent_dims=(2, 1), basis=SplineBasis(14, lower=0, upper=1), noise=noise,
+              loading_order=2, random_state=0, max_iter=120)
+    routes = []
+    real = local.solve_shared
+    monkeypatch.setattr(local, "solve_shared", lambda *a: routes.append(1) or real(*a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = DeepMixtureLMM(**kw).fit(df)
+        assert routes  # D M / G = 14 * 3 >= 40 at the start: the shared route was taken
+        monkeypatch.setattr(local, "_shared_route", lambda prior, s_path: None)
+        dense = DeepMixtureLMM(**kw).fit(df)
+    assert fast.n_iter_ == dense.n_iter_ and fast.n_components_ == dense.n_components_
+    np.testing.assert_allclose(fast.elbo_, dense.elbo_, rtol=1e-8)
+    pd.testing.assert_frame_equal(fast.responsibilities_, dense.responsibilities_, atol=1e-6)
