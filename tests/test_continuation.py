@@ -32,22 +32,22 @@ def test_increment_covariance_and_its_factor_are_exact():
         np.testing.assert_allclose(np.diag(want), continuation.increment_variance(h, order), rtol=1e-12)
     # the factor at the anchors' distinct distances, on both sides; zero inside the range
     t = np.r_[-0.2, -0.05, 0.0, 0.5, 1.0, 1.0 + h, 1.2]
-    C = continuation.factor_columns(t, t, 0.0, 1.0, 2)
+    C = continuation.Continuation.at(t, 0.0, 1.0, 2).columns(t)
     below, above = continuation.distances(t, 0.0, 1.0)
     want = continuation.increment_cov(above[:, None], above[None, :], 2) + continuation.increment_cov(below[:, None], below[None, :], 2)
     np.testing.assert_allclose(C @ C.T, want, atol=1e-8 * want.max())
     assert not C[2:5].any()
-    sub = continuation.factor_columns(t[[0, 6]], t, 0.0, 1.0, 2)  # any subset of the anchors: the same rows
+    sub = continuation.Continuation.at(t, 0.0, 1.0, 2).columns(t[[0, 6]])  # any subset of the anchors: the same rows
     np.testing.assert_allclose(sub, C[[0, 6]])
     # many distinct distances: a Nystrom map through 200 of them
     many = np.r_[0.5, 1.0 + np.random.default_rng(0).uniform(0.0, 0.7, 3000)]
-    Cm = continuation.factor_columns(many, many, 0.0, 1.0, 2)
+    Cm = continuation.Continuation.at(many, 0.0, 1.0, 2).columns(many)
     _, h = continuation.distances(many, 0.0, 1.0)
     Km = continuation.increment_cov(h[:, None], h[None, :], 2)
     assert Cm.shape[1] <= 200
     np.testing.assert_allclose(Cm @ Cm.T, Km, atol=1e-6 * Km.max())
     with pytest.raises(ValueError, match="among the anchors"):
-        continuation.factor_columns(np.array([1.3]), t, 0.0, 1.0, 2)
+        continuation.Continuation.at(t, 0.0, 1.0, 2).columns(np.array([1.3]))
 
 
 def test_penalty_unit_gives_the_continuation_of_a_wider_p_spline_prior():

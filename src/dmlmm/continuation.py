@@ -35,7 +35,7 @@ import numpy as np
 
 from .priors.base import PointMixture
 
-__all__ = ["Continuation", "distances", "increment_cov", "increment_variance", "factor_columns", "augment_mixture"]
+__all__ = ["Continuation", "distances", "increment_cov", "increment_variance", "augment_mixture"]
 
 _TOL = 1e-8
 _MAX_NODES = 200  # distinct distances per side factored exactly; more go through a Nystrom map
@@ -101,7 +101,7 @@ class _Side:
         idx = np.searchsorted(self.pts, h[beyond])
         if np.any(idx >= len(self.pts)) or not np.allclose(self.pts[np.minimum(idx, len(self.pts) - 1)], h[beyond],
                                                            rtol=1e-12, atol=0):
-            raise ValueError("factor_columns: every time must be among the anchors")
+            raise ValueError("Continuation.columns: every time must be among the anchors")
         if self.nodes.size == self.pts.size:
             out[beyond] = self.rows[idx]
         else:
@@ -135,16 +135,6 @@ class Continuation:
         """(len(time), n_below + n_above); ``time`` must be among the anchors."""
         h_below, h_above = distances(time, self.lower, self.upper)
         return np.concatenate([self.below.columns(h_below, self.order), self.above.columns(h_above, self.order)], axis=1)
-
-
-def factor_columns(time: np.ndarray, anchors: np.ndarray, lower: float, upper: float, order: int) -> np.ndarray:
-    """The increment's coordinates at ``time``, (len(time), n_below + n_above).
-
-    The columns factor the increments' covariance at the distinct distances of ``anchors``
-    (all the times one prediction uses; ``time`` must be among them) on each side of the range:
-    ``C C' = increment_cov`` there, to 1e-8 of its largest eigenvalue (:class:`Continuation`).
-    """
-    return Continuation.at(anchors, lower, upper, order).columns(time)
 
 
 def augment_mixture(mix: PointMixture, intensity: np.ndarray, n_extra: int) -> PointMixture:

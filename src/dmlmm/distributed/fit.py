@@ -21,7 +21,6 @@ sums over subjects.
 from __future__ import annotations
 
 from dataclasses import replace
-from itertools import product
 from time import perf_counter
 from typing import Any, Sequence
 
@@ -106,8 +105,7 @@ def fit_dask(
     rough = design.roughness
     b_hat, sums = stats.ridge_init(0.5, rough)
     best = None
-    kinds = ("shared", "cluster") if model._noise_kind() == "auto" else (model._noise_kind(),)
-    for variant, kind in product(model._prior_variants(), kinds):  # as the in-memory fit (models/fitting.py)
+    for variant, kind in model._fit_variants():  # as the in-memory fit (models/fitting.py)
         rng = np.random.default_rng(model.random_state)
         for _ in range(int(model.n_init)):
             prior = variant._make_prior(stats.dim_random, N, rough)

@@ -158,11 +158,12 @@ def local_step(
         sol = None
         if s_group is not None:
             sol = solve_shared(prior.shared, s_group, stats.XtX, gi, cc, np.ascontiguousarray(g.T), M)
-        if sol is None and s_group is not None:  # a capacitance matrix was not positive definite
-            Q = np.moveaxis(prior.precision[cc] + s[:, None, None] * stats.XtX[gi], 0, -1)
-            sol = _solve_dense(np.ascontiguousarray(Q), g, cc, M)
-        elif sol is None:
-            sol = _solve_dense(prec_soa[:, :, cc] + s * xtx_soa[:, :, gi], g, cc, M)
+        if sol is None:  # no shared route, or a capacitance matrix was not positive definite
+            if s_group is None:
+                Q = prec_soa[:, :, cc] + s * xtx_soa[:, :, gi]
+            else:  # the (D, D, pairs) layout built for this chunk only
+                Q = np.ascontiguousarray(np.moveaxis(prior.precision[cc] + s[:, None, None] * stats.XtX[gi], 0, -1))
+            sol = _solve_dense(Q, g, cc, M)
         m = sol.mean
         lik = const_i[gi] - 0.5 * stats.n_obs[gi] * lv_path[cc] - 0.5 * s * err[gi]
         elbo_p = path_const[cc] + lik - 0.5 * sol.logdet + 0.5 * sol.quad

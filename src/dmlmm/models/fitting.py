@@ -120,9 +120,7 @@ class Fitting:
         rough = design.roughness
         b_hat = ridge_estimates(stats, 0.5, rough)
         best = None
-        # "auto": both noise models (and prior variants), each from the same random state, the higher ELBO kept
-        kinds = ("shared", "cluster") if self._noise_kind() == "auto" else (self._noise_kind(),)
-        for variant, kind in product(self._prior_variants(), kinds):
+        for variant, kind in self._fit_variants():
             rng = np.random.default_rng(self.random_state)
             for _ in range(int(self.n_init)):
                 prior = variant._make_prior(stats.dim_random, d.n_subjects, rough)
@@ -160,16 +158,29 @@ class Fitting:
         n = getattr(self, "subsample", "auto")
         return StochasticSettings() if n == "auto" else StochasticSettings(subsample=int(n))
 
+    def _fit_variants(self) -> list[tuple["VariationalLongitudinalModel", str]]:
+        """(model variant, noise kind) pairs that a fit runs, each from the same random state, the higher
+        ELBO kept: ``noise="auto"`` tries both noise models, and a subclass's prior variants
+        (:meth:`_prior_variants`) are tried too. The in-memory and the Dask fits both run these."""
+        kinds = ("shared", "cluster") if self._noise_kind() == "auto" else (self._noise_kind(),)
+        return list(product(self._prior_variants(), kinds))
+
     def _prior_variants(self) -> list["VariationalLongitudinalModel"]:
-        """Copies of this model whose priors the fit compares by the ELBO (each fitted from the same
-        random state, the best kept); this model alone unless a subclass has a setting such as "auto"."""
+        """Copies of this model whose priors the fit compares by the ELBO; this model alone unless a
+        subclass has a setting such as ``loading_order="auto"``."""
         return [self]
+
+    def _copy_with(self, **attrs) -> "VariationalLongitudinalModel":
+        """A shallow copy of this model with some hyperparameters replaced."""
+        other = copy.copy(self)
+        for name, value in attrs.items():
+            setattr(other, name, value)
+        return other
 
     def _sized(self, sizes: tuple[int, ...]) -> "VariationalLongitudinalModel":
         """A copy of this model with ``sizes`` components per layer (for the smaller starts)."""
-        other = copy.copy(self)
-        other.n_components = tuple(sizes) if isinstance(self.n_components, (tuple, list)) else int(sizes[0])
-        return other
+        return self._copy_with(
+            n_components=tuple(sizes) if isinstance(self.n_components, (tuple, list)) else int(sizes[0]))
 
     def _progress_callback(self):
         if not getattr(self, "progress", False):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Sequence
 
@@ -231,12 +230,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         the higher ELBO); else this model."""
         if self.loading_order != "auto" or self.smoothing is None:
             return [self]
-        variants = []
-        for order in (2.0, 1.0):
-            other = copy.copy(self)
-            other.loading_order = order
-            variants.append(other)
-        return variants
+        return [self._copy_with(loading_order=order) for order in (2.0, 1.0)]
 
 
 def _as_tuple(v, name: str) -> tuple:
