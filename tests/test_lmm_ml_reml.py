@@ -188,6 +188,77 @@ def test_analytic_gradient_matches_finite_differences(reml, kind):
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
 
 
+def _random_lmm_stats(seed: int, N: int, q: int, p: int):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 7, N)
+    codes = np.repeat(np.arange(N), counts)
+    n = counts.sum()
+    Z = np.c_[np.ones(n), rng.normal(size=(n, q - 1))]
+    F = np.c_[np.ones(n), rng.normal(size=(n, p - 1))]
+    y = rng.normal(size=n) + Z[:, 1] * rng.normal(size=N)[codes]
+    lam = np.tril(rng.normal(size=(q, q))) * 0.5 + np.eye(q)
+    return sufficient_stats(y, Z, F, codes, N), lam
+
+
+@pytest.mark.parametrize("reml", [False, True])
+def test_chunked_likelihood_equals_one_chunk(monkeypatch, reml):
+    """The likelihood, gradient and both curvature models summed over chunks of subjects equal the
+    one-chunk sums (chunks of 7 subjects against one of all 40)."""
+    from dmlmm.lmm import profiled
+
+    st, lam = _random_lmm_stats(5, 40, 3, 2)
+    structure = CovarianceStructure.unstructured(3)
+
+    def everything():
+        s, g, ex = profiled._evaluate(st, lam, reml, True, "gamma")
+        _, _, ex_t = profiled._evaluate(st, lam, reml, True, "theta")
+        return (s.loglik, g, s.u, s.Minv, s.MinvE, profiled._gamma_hessian(ex, structure.rows, structure.cols),
+                profiled._newton_model(ex_t, lam, structure))
+
+    monkeypatch.setattr(profiled, "_CHUNK", 10**6)
+    whole = everything()
+    monkeypatch.setattr(profiled, "_CHUNK", 7)
+    for a, b in zip(whole, everything()):
+        np.testing.assert_allclose(b, a, rtol=1e-11, atol=1e-12)
+    lean, _ = profiled.evaluate(st, lam, reml, keep=False)
+    assert lean.loglik == pytest.approx(whole[0], rel=1e-13) and lean.u is None and lean.Minv is None
+
+
+def test_curvature_models_match_finite_differences_of_the_gradient(monkeypatch):
+    """ML: the Gamma-entry Hessian and the theta Hessian (Newton's curvature models) are the
+    derivatives of the analytic gradient, checked by central differences (chunks of 6 subjects)."""
+    from dmlmm.lmm import profiled
+
+    monkeypatch.setattr(profiled, "_CHUNK", 6)
+    st, lam = _random_lmm_stats(7, 30, 3, 2)
+    structure = CovarianceStructure.unstructured(3)
+    rows, cols = structure.rows, structure.cols
+    off = rows != cols
+
+    def grad_gamma(gam):  # d(-l)/d(gamma entries), gamma the lower triangle of Gamma = Lambda Lambda'
+        _, _, ex = profiled._evaluate(st, np.linalg.cholesky(gam), False, True, "gamma")
+        return -np.where(off, 2.0, 1.0) * ex["G"][rows, cols]
+
+    gam = lam @ lam.T
+    _, _, ex = profiled._evaluate(st, lam, False, True, "gamma")
+    H = profiled._gamma_hessian(ex, rows, cols)
+    h = 1e-6
+    fd = []
+    for r, c in zip(rows, cols):
+        E = np.zeros((3, 3))
+        E[r, c] = E[c, r] = h
+        fd.append((grad_gamma(gam + E) - grad_gamma(gam - E)) / (2 * h))
+    np.testing.assert_allclose(H, np.array(fd).T, rtol=1e-5, atol=1e-5 * np.abs(H).max())
+
+    theta = lam[rows, cols]
+    _, _, ex_t = profiled._evaluate(st, lam, False, True, "theta")
+    Ht = profiled._newton_model(ex_t, lam, structure)
+    fd_t = np.array([(-profiled_loglik_grad(st, theta + h * e, structure, False)[1]
+                      + profiled_loglik_grad(st, theta - h * e, structure, False)[1]) / (2 * h)
+                     for e in np.eye(theta.size)])
+    np.testing.assert_allclose(Ht, fd_t.T, rtol=1e-5, atol=1e-5 * np.abs(Ht).max())
+
+
 def test_reflection_at_a_zero_diagonal_keeps_the_likelihood_and_reverses_the_push():
     """A column of Lambda can change sign without changing the likelihood; at Lambda_jj = 0 this turns a
     gradient pushing below the bound (where L-BFGS-B stops) into a feasible ascent direction."""

@@ -130,7 +130,7 @@ def _drop_barrier_eigenvalues(st: SufficientStats, lam: np.ndarray, reml: bool, 
     w = np.where(small, 0.0, w)
     try:
         cand = np.linalg.cholesky((V * w) @ V.T + 1e-14 * top * np.eye(lam.shape[0]))
-        if evaluate(st, cand, reml)[0].loglik >= evaluate(st, lam, reml)[0].loglik:
+        if evaluate(st, cand, reml, keep=False)[0].loglik >= evaluate(st, lam, reml, keep=False)[0].loglik:
             return cand
     except np.linalg.LinAlgError:
         pass
@@ -141,7 +141,7 @@ def _usable(stats: SufficientStats, lam: np.ndarray, reml: bool) -> bool:
     """The likelihood can be evaluated at ``lam`` (finite; the fixed effects identified there)."""
     try:
         with np.errstate(all="ignore"):
-            return bool(np.isfinite(evaluate(stats, lam, reml)[0].loglik)) and bool(np.all(np.isfinite(lam)))
+            return bool(np.isfinite(evaluate(stats, lam, reml, keep=False)[0].loglik)) and bool(np.all(np.isfinite(lam)))
     except np.linalg.LinAlgError:
         return False
 
@@ -246,7 +246,7 @@ def _gamma_newton(st: SufficientStats, structure: CovarianceStructure, reml: boo
 
     def value(lam: np.ndarray, mu: float) -> float:
         try:
-            return -evaluate(st, lam, reml)[0].loglik / nobs - 2.0 * mu * float(np.log(np.diag(lam)).sum())
+            return -evaluate(st, lam, reml, keep=False)[0].loglik / nobs - 2.0 * mu * float(np.log(np.diag(lam)).sum())
         except np.linalg.LinAlgError:
             return np.inf
 
@@ -276,7 +276,7 @@ def _gamma_newton(st: SufficientStats, structure: CovarianceStructure, reml: boo
 
     while n_iter < max_iter:
         try:
-            state, _, extra = _evaluate(st, lam, reml, grad=True, hess=True)
+            state, _, extra = _evaluate(st, lam, reml, grad=True, hess="gamma", keep=False)
         except np.linalg.LinAlgError:
             break
         n_eval += 1
@@ -431,7 +431,7 @@ def fit_profiled(
             n_eval += 1
             lam = structure.lam(th)
             try:
-                state, g, extra = _evaluate(st, lam, reml, grad=True, hess=True)
+                state, g, extra = _evaluate(st, lam, reml, grad=True, hess="theta", keep=False)
             except np.linalg.LinAlgError:
                 return _WALL, np.zeros_like(th), np.eye(th.size)
             return (-state.loglik / nobs, -structure.grad_theta(g) / nobs,
@@ -483,7 +483,7 @@ def fit_profiled(
                                                        **(_WARM if warm else {}))
                         th_start = structure.theta_from_lam(lam_s)
                         history.append((f"Gamma-Newton on {m} subjects ({it_s} iterations)",
-                                        float(evaluate(sub, lam_s, reml)[0].loglik)))
+                                        float(evaluate(sub, lam_s, reml, keep=False)[0].loglik)))
             if use_gamma:
                 warm = len(history) > 0
                 lam_g, it_g, ev_g = _gamma_newton(sstats, structure, reml, structure.lam(th_start), max_iter,
@@ -492,7 +492,7 @@ def fit_profiled(
                 n_eval += ev_g
                 lam_g = _drop_barrier_eigenvalues(sstats, lam_g, reml)
                 th_start = structure.theta_from_lam(lam_g)
-                history.append((f"Gamma-Newton ({it_g} iterations)", float(evaluate(sstats, lam_g, reml)[0].loglik)))
+                history.append((f"Gamma-Newton ({it_g} iterations)", float(evaluate(sstats, lam_g, reml, keep=False)[0].loglik)))
             fun_hess, fv_full, _ = make_fun_hess(sstats)
             th_n, f_n, it_n, ok_n = _newton(fun_hess, fv_full, th_start, min(max_iter, 30) if use_gamma else max_iter,
                                             gtol, n_obs=n)

@@ -46,6 +46,7 @@ Maximising it (Newton phases, then L-BFGS-B where needed) is :mod:`dmlmm.lmm.opt
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,7 @@ class ProfiledState:
         ``sigma2 Lambda M_i^{-1} Lambda'``.
     MinvE : (N, q, p)
         ``M_i^{-1} Lambda' Z_i'F_i``: ``u_i`` moves by ``-MinvE_i d`` when beta moves by ``d``.
+    (``u``, ``Minv`` and ``MinvE`` are None in a state evaluated with ``keep=False``.)
     FtWF : (p, p)
         ``F' sigma^2 V^{-1} F``; ``Cov(beta_hat) = sigma2 FtWF^{-1}``.
     logdet_M : float
@@ -152,7 +154,7 @@ def _mv(a: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (a @ v[..., None])[..., 0]
 
 
-def evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool = False
+def evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool = False, keep: bool = True
              ) -> tuple[ProfiledState, np.ndarray | None]:
     """Profiled log-likelihood at ``Lambda``, and optionally its gradient w.r.t. ``Lambda``.
 
@@ -166,62 +168,86 @@ def evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool = F
         REML (True) or ML (False).
     grad : bool
         Also return ``dl/dLambda`` (q, q) (full matrix; only its free entries are used).
+    keep : bool
+        Keep the per-subject arrays ``u``, ``Minv``, ``MinvE`` in the state (else None: for an
+        evaluation whose log-likelihood or gradient alone is wanted).
 
     Returns
     -------
     state : ProfiledState
     grad_lam : (q, q) or None
     """
-    state, g, _ = _evaluate(stats, lam, reml, grad=grad, hess=False)
+    state, g, _ = _evaluate(stats, lam, reml, grad=grad, hess=False, keep=keep)
     return state, g
 
 
-def _evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool, hess: bool):
-    """:func:`evaluate`, plus (``hess=True``) what :func:`_newton_model` needs.
+def _evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool, hess: bool | str,
+              keep: bool = True):
+    """:func:`evaluate`, plus (``hess``) the sums over subjects that a Newton step's curvature needs.
 
-    The per-subject products with the fixed ``Lambda`` are single matrix products over the
-    stacked (N q, q) rows (one BLAS call each) rather than N batched q x q products.
+    Parameters
+    ----------
+    hess : False, "gamma" (or True) for :func:`_gamma_hessian`, "theta" for :func:`_newton_model`.
+    keep : bool
+        Keep the per-subject arrays of the state (``u``, ``Minv``, ``MinvE``); False for an
+        evaluation whose log-likelihood alone is wanted (they are then None).
+
+    The subjects are taken in chunks of :data:`_CHUNK`, each fully batched: the (chunk, q, q)
+    temporaries stay in cache and the allocator recycles them (whole-data temporaries of
+    N x q x q doubles were mapped afresh, page by page, at every evaluation: most of the time at
+    100,000 subjects). A first pass gives the sums that ``beta`` and ``sigma^2`` need; a second
+    (gradient, curvature) uses them.
     """
     A, Zty, ZtF = stats.XtX, stats.Xty, stats.XtF
     n = int(stats.n_obs.sum())
     N, q = A.shape[0], A.shape[-1]
     p = stats.FtF.shape[-1]
     lam = np.asarray(lam, dtype=float)
+    A_soa = _batch_last_xtx(stats)
+    store = keep or bool(grad) or bool(hess)  # the second pass reads M_i^{-1} and M_i^{-1} E_i
+    Minv = np.empty((N, q, q)) if store else None
+    MinvE = np.empty((N, q, p)) if store else None
+    Minv_cy = np.empty((N, q))
+    logdet_M = 0.0
+    cy_Minv_cy = 0.0
+    FtWF = stats.FtF.sum(axis=0)
+    FtWy = stats.Fty.sum(axis=0)
+    diag = np.arange(q)
+    for a, b in _chunks(N):
+        # M_i = Lambda' A_i Lambda + I batch-last (q, q, n): (Lambda' A[c])[b, i] = (A_i Lambda)[c, b]
+        M_soa = (lam.T @ np.matmul(lam.T, A_soa[:, :, a:b]).reshape(q, -1)).reshape(q, q, b - a)
+        M_soa[diag, diag] += 1.0
+        chol = cholesky_soa(M_soa)
+        logdet_M += 2.0 * float(np.log(np.diagonal(chol, axis1=0, axis2=1)).sum())
+        Minv_c = inv_from_chol_soa(chol)                            # (n, q, q)
+        cy = Zty[a:b] @ lam                                         # Lambda'Z'y
+        Minv_cy[a:b] = _mv(Minv_c, cy)
+        cy_Minv_cy += float(np.vdot(cy, Minv_cy[a:b]))
+        if p:
+            E = np.matmul(lam.T, ZtF[a:b])                          # (n, q, p) Lambda'Z'F
+            MinvE_c = Minv_c @ E
+            FtWF = FtWF - _sum_tn(E, MinvE_c)
+            FtWy = FtWy - E.reshape(-1, p).T @ Minv_cy[a:b].reshape(-1)
+            if store:
+                MinvE[a:b] = MinvE_c
+        if store:
+            Minv[a:b] = Minv_c
 
-    AL = (A.reshape(N * q, q) @ lam).reshape(N, q, q)               # (N, q, q)  Z'Z Lambda
-    # M_i = Lambda' A_i Lambda + I; A_i symmetric, so M_i = (A_i Lambda)' Lambda, built batch-last
-    M_soa = np.tensordot(lam, AL, axes=([0], [1])).transpose(0, 2, 1)  # (q, q, N)
-    M_soa = np.ascontiguousarray(M_soa)
-    M_soa[np.arange(q), np.arange(q)] += 1.0
-    chol = cholesky_soa(M_soa)
-    logdet_M = 2.0 * float(np.log(np.diagonal(chol, axis1=0, axis2=1)).sum())
-    Minv = inv_from_chol_soa(chol)                                  # (N, q, q)
-    del chol, M_soa
-    cy = Zty @ lam                                                  # (N, q)     Lambda'Z'y
-    Minv_cy = _mv(Minv, cy)
+    ytWy = float(stats.yty.sum() - cy_Minv_cy)
     if p:
-        E = np.tensordot(lam, ZtF, axes=([0], [1])).transpose(1, 0, 2)  # (N, q, p)  Lambda'Z'F
-        MinvE = Minv @ E
-    else:
-        E = MinvE = np.zeros((N, q, 0))
-
-    ytWy = float(stats.yty.sum() - np.vdot(cy, Minv_cy))
-    if p:
-        FtWF = stats.FtF.sum(axis=0) - _sum_tn(E, MinvE)
         FtWF = 0.5 * (FtWF + FtWF.T)
-        FtWy = stats.Fty.sum(axis=0) - E.reshape(-1, p).T @ Minv_cy.reshape(-1)
         cholF = np.linalg.cholesky(FtWF)
         beta = np.linalg.solve(cholF.T, np.linalg.solve(cholF, FtWy))
         logdet_F = 2.0 * float(np.log(np.diag(cholF)).sum())
         pwrss = ytWy - float(beta @ FtWy)
-        u = Minv_cy - MinvE @ beta
     else:
         FtWF = np.zeros((0, 0))
         beta = np.zeros(0)
         logdet_F = 0.0
         pwrss = ytWy
-        u = Minv_cy
-    del E
+    u = None
+    if store:
+        u = Minv_cy - MinvE @ beta if p else Minv_cy
     pwrss = max(pwrss, np.finfo(float).tiny * max(1.0, abs(ytWy)))
     dof = n - p if reml else n
     sigma2 = pwrss / dof
@@ -229,32 +255,124 @@ def _evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool, h
     if reml:
         dev += logdet_F
     state = ProfiledState(
-        loglik=-0.5 * float(dev), beta=beta, sigma2=float(sigma2), pwrss=float(pwrss), u=u,
-        Minv=Minv, MinvE=MinvE, FtWF=FtWF, logdet_M=logdet_M, lam=lam, n=n, reml=bool(reml),
+        loglik=-0.5 * float(dev), beta=beta, sigma2=float(sigma2), pwrss=float(pwrss),
+        u=u if keep else None, Minv=Minv if keep else None, MinvE=MinvE if keep else None,
+        FtWF=FtWF, logdet_M=logdet_M, lam=lam, n=n, reml=bool(reml),
     )
     if not grad:
         return state, None, None
 
-    Ztr = Zty - (ZtF @ beta if p else 0.0)                          # (N, q)  Z'r
-    ZWr = Ztr - _mv(AL, u)                                          # (N, q)  Z'W r
-    ALMinv = AL @ Minv                                              # (N, q, q)  = K_i Lambda (Minv symmetric)
-    g = (ZWr.T @ u) / sigma2 - ALMinv.sum(axis=0)
-    ZWF = T = None
-    if (reml or hess) and p:
-        ZWF = ZtF - AL @ MinvE                                      # (N, q, p)  Z'W F
-    if reml and p:
-        T = ZWF @ _spd_inverse(FtWF)
-        g = g + _sum_nt(T, MinvE)
-    if not hess:
+    kind = "gamma" if hess is True else hess
+    FtWF_inv = _spd_inverse(FtWF) if (reml and p) else None
+    g = np.zeros((q, q))
+    vv_sum = np.zeros((q, q))                                        # sum_i v_i v_i'
+    K_sum = np.zeros((q, q))
+    T_ZWF = np.zeros((q, q))
+    sums = _CurvatureSums(q, p, kind)
+    for a, b in _chunks(N):
+        u_c, Minv_c, MinvE_c = u[a:b], Minv[a:b], MinvE[a:b]
+        AL = (A[a:b].reshape(-1, q) @ lam).reshape(b - a, q, q)     # Z'Z Lambda
+        Ztr = Zty[a:b] - (ZtF[a:b] @ beta if p else 0.0)            # Z'r
+        v = Ztr - _mv(AL, u_c)                                      # Z'W r
+        ALMinv = AL @ Minv_c                                        # K_i Lambda (M^{-1} symmetric)
+        g += (v.T @ u_c) / sigma2 - ALMinv.sum(axis=0)
+        ZWF = ZtF[a:b] - AL @ MinvE_c if ((reml or kind) and p) else None  # Z'W F
+        if FtWF_inv is not None:
+            T = ZWF @ FtWF_inv
+            g += _sum_nt(T, MinvE_c)
+        if not kind:
+            continue
+        K = A[a:b] - ALMinv @ np.swapaxes(AL, 1, 2)                 # K_i = Z_i'W_i Z_i
+        vv_sum += v.T @ v
+        K_sum += K.sum(axis=0)
+        if FtWF_inv is not None:
+            T_ZWF += _sum_nt(T, ZWF)
+        sums.add(K=K, L=ALMinv, Minv=Minv_c, MinvE=MinvE_c, u=u_c, v=v, ZWF=ZWF, sigma2=sigma2)
+    if not kind:
         return state, g, None
-    # K_i = Z_i'W_i Z_i = A_i - (A_i Lambda M_i^{-1}) (A_i Lambda)'
-    K = A - ALMinv @ np.swapaxes(AL, 1, 2)
-    Gm = 0.5 * ((ZWr.T @ ZWr) / sigma2 - K.sum(axis=0))            # dl / d(Lambda Lambda')
-    if T is not None:
-        Gm = Gm + 0.5 * _sum_nt(T, ZWF)
-    extra = {"K": K, "L": ALMinv, "Minv": Minv, "G": 0.5 * (Gm + Gm.T), "dof": dof, "u": u, "v": ZWr,
-             "sigma2": sigma2, "ZWF": ZWF, "MinvE": MinvE, "FtWF": FtWF}
+    Gm = 0.5 * (vv_sum / sigma2 - K_sum) + 0.5 * T_ZWF              # dl / d(Lambda Lambda')
+    extra = {"G": 0.5 * (Gm + Gm.T), "dof": dof, "sigma2": sigma2, "FtWF": FtWF, "p": p, **sums.totals()}
     return state, g, extra
+
+
+#: Subjects per chunk in :func:`_evaluate` (about 3 MB per (chunk, 10, 10) temporary).
+_CHUNK = 4096
+
+
+def _chunks(N: int) -> list[tuple[int, int]]:
+    return [(a, min(a + _CHUNK, N)) for a in range(0, N, _CHUNK)]
+
+
+class _CurvatureSums:
+    """Sums over subjects (Gram matrices, :func:`_gram`) that a curvature model needs, added chunk by chunk.
+
+    ``kind`` "gamma": :func:`_gamma_hessian`'s; "theta": :func:`_newton_model`'s.
+    """
+
+    def __init__(self, q: int, p: int, kind: str) -> None:
+        self.kind = kind
+        z4 = lambda: np.zeros((q, q, q, q))  # noqa: E731
+        if kind == "gamma":
+            self.t = {"KK": z4(), "VVK": z4(), "VV": np.zeros((q, q)), "Cz": np.zeros((q, q, p))}
+        else:
+            self.t = {"LL": z4(), "KX": z4(), "VP": z4(), "UVL": z4(), "UV": np.zeros((q, q)),
+                      "C1": np.zeros((q, q, p)), "C2": np.zeros((q, q, p))}
+
+    def add(self, *, K, L, Minv, MinvE, u, v, ZWF, sigma2) -> None:
+        t = self.t
+        vv = v[:, :, None] * v[:, None, :]
+        if self.kind == "gamma":
+            t["KK"] += _gram(K, K)                                  # [a, b, c, d] = sum_i K[a, b] K[c, d]
+            t["VVK"] += _gram(vv, K)                                # sum_i v_a v_b K[c, d]
+            t["VV"] += vv.sum(axis=0)
+            if ZWF is not None:
+                t["Cz"] += _gram_vec(ZWF, v)                        # [a, b, p] = sum_i ZWF[a, p] v_b
+            return
+        P = np.eye(K.shape[-1]) - Minv
+        uu = u[:, :, None] * u[:, None, :]
+        uv = u[:, :, None] * v[:, None, :]
+        t["LL"] += _gram(L, L)
+        t["KX"] += _gram(K, P - uu / sigma2)                        # sum_i K[a, b] (P - u u'/s2)[c, d]
+        t["VP"] += _gram(vv, P)
+        t["UVL"] += _gram(uv, L)
+        t["UV"] += uv.sum(axis=0)                                   # [c, r] = sum_i u_c v_r
+        if ZWF is not None:
+            t["C1"] += _gram_vec(ZWF, u)                            # [r, c, p] = sum_i ZWF[r, p] u_c
+            t["C2"] += _gram_vec(MinvE, v).transpose(1, 0, 2)       # [r, c, p] = sum_i MinvE[c, p] v_r
+
+    def totals(self) -> dict:
+        return dict(self.t)
+
+
+def _gram_vec(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``sum_i a_i[r, p] x_i[c]`` for a (N, q, p), x (N, q) -> (q, q, p) as [r, c, p], one matrix product."""
+    N, q, p = a.shape
+    return (x.T @ a.reshape(N, q * p)).reshape(q, q, p).transpose(1, 0, 2)
+
+
+_batch_last: tuple[weakref.ref, np.ndarray] | None = None  # (statistics, their XtX batch-last)
+
+
+def _batch_last_xtx(stats: SufficientStats) -> np.ndarray:
+    """``stats.XtX`` as a contiguous (q, q, N) array, kept for the statistics last asked about.
+
+    An optimiser evaluates the likelihood tens of times on the same statistics, and the copy into
+    this layout costs about as much as one product with it. The cache is one (weak reference,
+    array) pair, replaced in one assignment (safe under threads) and dropped with the statistics.
+    """
+    global _batch_last
+    cached = _batch_last
+    if cached is not None and cached[0]() is stats:
+        return cached[1]
+    value = np.ascontiguousarray(np.moveaxis(stats.XtX, 0, -1))
+    _batch_last = (weakref.ref(stats, _drop_batch_last), value)
+    return value
+
+
+def _drop_batch_last(ref: weakref.ref) -> None:
+    global _batch_last
+    if _batch_last is not None and _batch_last[0] is ref:
+        _batch_last = None
 
 
 def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -278,30 +396,16 @@ def _newton_model(extra: dict, lam: np.ndarray, structure: CovarianceStructure) 
     (a boundary fit). For REML the same matrix (with REML's ``G`` and degrees of freedom) is used
     as the curvature model: the gradient is exact, the curvature misses REML's ``log|F'WF|`` term.
     """
-    K, L, Minv, G, dof = extra["K"], extra["L"], extra["Minv"], extra["G"], extra["dof"]
-    u, v, s2 = extra["u"], extra["v"], extra["sigma2"]
-    N, q = K.shape[0], K.shape[-1]
+    G, dof, s2 = extra["G"], extra["dof"], extra["sigma2"]
+    LL, KX, VP, UVL = extra["LL"], extra["KX"], extra["VP"], extra["UVL"]  # Gram sums (_CurvatureSums)
     r, c = structure.rows, structure.cols
     R, C = r[:, None], c[:, None]          # entry e (rows of H)
     Rf, Cf = r[None, :], c[None, :]        # entry f (columns of H)
-    eye = np.eye(q)
-    P = eye - Minv
-    uu = u[:, :, None] * u[:, None, :]
-    vv = v[:, :, None] * v[:, None, :]
-    uv = u[:, :, None] * v[:, None, :]
-    LL = _gram(L, L)
-    KX = _gram(K, P - uu / s2)                                      # sum_i K[a, b] (P - u u'/s2)[c, d]
-    VP = _gram(vv, P)
-    UVL = _gram(uv, L)
     H = -LL[R, Cf, Rf, C] - KX[R, Rf, C, Cf] + (VP[R, Rf, C, Cf] + UVL[C, Rf, R, Cf] + UVL[Cf, R, Rf, C]) / s2
-    UV = uv.sum(axis=0)                                             # [c, r] = sum_i u_c v_r
-    w = UV[c, r]
+    w = extra["UV"][c, r]                                           # UV[c, r] = sum_i u_c v_r
     H = H - 2.0 * np.outer(w, w) / (dof * s2 * s2)                  # sigma^2 profiled out
-    if extra["ZWF"] is not None:                                    # beta profiled out
-        ZWF, MinvE = extra["ZWF"], extra["MinvE"]
-        C1 = np.einsum("nrp,nc->rcp", ZWF, u)
-        C2 = np.einsum("ncp,nr->rcp", MinvE, v)
-        ce = (C1[r, c] + C2[r, c]) / s2                             # (m, p)
+    if extra["p"]:                                                  # beta profiled out
+        ce = (extra["C1"][r, c] + extra["C2"][r, c]) / s2           # (m, p)
         H = H - s2 * ce @ np.linalg.solve(extra["FtWF"], ce.T)
     H = H - 2.0 * G[R, Rf] * (C == Cf)
     S = np.zeros((r.size, structure.n_theta))
@@ -321,11 +425,8 @@ def _gamma_hessian(extra: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
     (:func:`_gram`, one BLAS call each). Profiling ``sigma^2`` and ``beta`` out subtracts their
     Schur complements. For REML it is used as the curvature model (the gradient is exact).
     """
-    K, v, s2, dof = extra["K"], extra["v"], extra["sigma2"], extra["dof"]
-    vv = v[:, :, None] * v[:, None, :]
-    KK = _gram(K, K)                                                # [a, b, c, d] = sum_i K[a, b] K[c, d]
-    VVK = _gram(vv, K)                                              # sum_i v_a v_b K[c, d]
-    VV = vv.sum(axis=0)
+    s2, dof = extra["sigma2"], extra["dof"]
+    KK, VVK, VV = extra["KK"], extra["VVK"], extra["VV"]           # Gram sums (_CurvatureSums)
     m = rows.size
     halves = [(rows, cols, np.ones(m)), (cols, rows, (rows != cols).astype(float))]  # D_e = sum of e_a e_b'
     H = np.zeros((m, m))
@@ -337,8 +438,8 @@ def _gamma_hessian(extra: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
             # tr(K e_a e_b' K e_x e_y') = K[y, a] K[b, x];  v'e_a e_b' K e_x e_y' v = v_a K[b, x] v_y
             H += np.outer(wa, wx) * (-0.5 * KK[Y_, A_, B_, X_] + VVK[A_, Y_, B_, X_] / s2)
     H -= np.outer(hs, hs) / (2.0 * dof * s2 * s2)                   # sigma^2 profiled out
-    if extra["ZWF"] is not None:                                    # beta profiled out
-        Cz = np.einsum("nap,nb->abp", extra["ZWF"], v)
+    if extra["p"]:                                                  # beta profiled out
+        Cz = extra["Cz"]                                            # [a, b, p] = sum_i (Z'WF)_i[a, p] v_i[b]
         ce = sum(wa[:, None] * Cz[a, b] for a, b, wa in halves) / s2
         H -= s2 * ce @ np.linalg.solve(extra["FtWF"], ce.T)
     return 0.5 * (H + H.T)
@@ -347,13 +448,13 @@ def _gamma_hessian(extra: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 def profiled_loglik(stats: SufficientStats, theta: np.ndarray, structure: CovarianceStructure,
                     reml: bool) -> float:
     """Profiled ML / REML log-likelihood at ``theta`` (see :func:`evaluate`)."""
-    return evaluate(stats, structure.lam(theta), reml)[0].loglik
+    return evaluate(stats, structure.lam(theta), reml, keep=False)[0].loglik
 
 
 def profiled_loglik_grad(stats: SufficientStats, theta: np.ndarray, structure: CovarianceStructure,
                          reml: bool) -> tuple[float, np.ndarray]:
     """Profiled log-likelihood and its analytic gradient w.r.t. ``theta`` (n_theta,)."""
-    state, g = evaluate(stats, structure.lam(theta), reml, grad=True)
+    state, g = evaluate(stats, structure.lam(theta), reml, grad=True, keep=False)
     return state.loglik, structure.grad_theta(g)
 
 
