@@ -31,7 +31,17 @@ def _problem(n_subjects=12, seed=0):
     return sufficient_stats(y, X, F, subj, n_subjects), (X, F, y, subj)
 
 
-def test_joint_step_bound_is_the_exact_log_evidence_at_point_globals():
+@pytest.fixture(params=["one chunk", "chunks of 3"])
+def chunking(request, monkeypatch):
+    """The joint step over all subjects at once, and over chunks of 3 subjects (D = 2, P = 3)."""
+    from dmlmm.inference import joint
+
+    if request.param == "chunks of 3":
+        monkeypatch.setattr(joint, "_CHUNK_ELEMENTS", 3 * 2 * 3)
+    return request.param
+
+
+def test_joint_step_bound_is_the_exact_log_evidence_at_point_globals(chunking):
     """With the globals held at points, the optimal q(w, b) is the exact posterior, so the
     bound equals log p(y) = log N(y; 0, fv F F' + Z Sigma Z' + s2 I) (dense, independent code)."""
     stats, (X, F, y, subj) = _problem()
@@ -51,7 +61,7 @@ def test_joint_step_bound_is_the_exact_log_evidence_at_point_globals():
     assert bound == pytest.approx(st.multivariate_normal(np.zeros(len(y)), cov).logpdf(y), abs=1e-8)
 
 
-def test_joint_step_moments_match_the_dense_posterior():
+def test_joint_step_moments_match_the_dense_posterior(chunking):
     stats, (X, F, y, subj) = _problem(seed=1)
     Sigma, s2, fv = np.diag([0.5, 0.2]), 0.3, 5.0
     e = joint_effects(stats, np.linalg.inv(Sigma), np.zeros(2), 1 / s2, fv)
@@ -97,9 +107,12 @@ def _plain_cavi(stats, prior, n_iter=3000):
     lambda: BlockGaussianPrior([1, 1]),
     lambda: ScaledIdentityPrior(2),
 ], ids=["unstructured", "blocks", "scaled_identity"])
-def test_engine_fit_agrees_with_the_plain_loop(make_prior):
+def test_engine_fit_agrees_with_the_plain_loop(make_prior, monkeypatch):
     stats, _ = _problem(n_subjects=40, seed=2)
     ref_e, ref_noise, _ = _plain_cavi(stats, make_prior())
+    from dmlmm.inference import joint
+
+    monkeypatch.setattr(joint, "_CHUNK_ELEMENTS", 7 * 2 * 3)  # the engine's joint steps in chunks of 7 subjects
     from dmlmm.lmm.structure import CovarianceStructure
 
     structure = {"unstructured": CovarianceStructure.unstructured(2),

@@ -80,40 +80,76 @@ class JointLocalResult(LocalResult):
     effects: JointEffects | None = None
 
 
+#: Doubles per (chunk, D, max(D, P)) temporary of the joint step (about 4 MB): chunks of subjects
+#: small enough to stay in cache and to be recycled by the allocator rather than mapped afresh.
+_CHUNK_ELEMENTS = 500_000
+
+
+def _chunks(N: int, width: int) -> list[tuple[int, int]]:
+    rows = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    return [(a, min(a + rows, N)) for a in range(0, N, rows)]
+
+
 def joint_effects(stats: SufficientStats, re_prec: np.ndarray, re_shift: np.ndarray, noise_prec: float,
                   fixed_var: float) -> JointEffects:
-    """Optimal joint Gaussian q(w, b) given the prior's E[precision] (D, D) and shift (D,) of b and E[1/sigma^2]."""
+    """Optimal joint Gaussian q(w, b) given the prior's E[precision] (D, D) and shift (D,) of b and E[1/sigma^2].
+
+    Two passes over chunks of subjects (each fully batched): the first gives each subject's
+    ``Q_i^{-1}``, ``H_i`` and ``E[b_i | w = 0]`` and sums the Schur complement onto w; the second
+    the moments given ``q(w)``.
+    """
     s = float(noise_prec)
-    P = stats.dim_fixed
-    Qinv, logdet_Q = stack_inv_logdet(re_prec[None] + s * stats.XtX, "random-effects posterior precision")
-    H = Qinv @ (s * stats.XtF)  # (N, D, P)
-    bx = re_shift[None] + s * stats.Xty  # (N, D)
-    b_cond = (Qinv @ bx[..., None])[..., 0]  # E[b_i | w = 0]
-    w_prec = sym(np.eye(P) / fixed_var + s * stats.FtF.sum(0) - s * np.einsum("nqp,nqr->pr", stats.XtF, H))
-    w_shift = s * stats.Fty.sum(0) - np.einsum("nqp,nq->p", H, bx)
+    N, D, P = stats.n_subjects, stats.dim_random, stats.dim_fixed
+    Qinv = np.empty((N, D, D))
+    cond_logdet = np.empty(N)
+    H = np.empty((N, D, P))
+    b_cond = np.empty((N, D))
+    w_prec = np.eye(P) / fixed_var + s * stats.FtF.sum(0)
+    w_shift = s * stats.Fty.sum(0)
+    chunks = _chunks(N, D * max(D, P))
+    for a, b in chunks:
+        Qi, logdet_Q = stack_inv_logdet(re_prec[None] + s * stats.XtX[a:b], "random-effects posterior precision")
+        Hc = Qi @ (s * stats.XtF[a:b])  # (n, D, P)
+        bx = re_shift[None] + s * stats.Xty[a:b]  # (n, D)
+        b_cond[a:b] = (Qi @ bx[..., None])[..., 0]  # E[b_i | w = 0]
+        w_prec -= s * stats.XtF[a:b].reshape(-1, P).T @ Hc.reshape(-1, P)
+        w_shift -= Hc.reshape(-1, P).T @ bx.reshape(-1)
+        Qinv[a:b], cond_logdet[a:b], H[a:b] = Qi, -logdet_Q, Hc
+    w_prec = sym(w_prec)
     if P:
         w_cov, _ = spd_inv_logdet(w_prec, "fixed-effects posterior precision")
         w_mean = w_cov @ w_shift
     else:
         w_cov, w_mean = np.zeros((0, 0)), np.zeros(0)
-    b_mean = b_cond - H @ w_mean
-    b_w_cov = -H @ w_cov
-    b_cov = Qinv + H @ w_cov @ np.swapaxes(H, 1, 2)
-    return JointEffects(w_mean, w_cov, b_mean, b_cov, b_w_cov, H, Qinv, -logdet_Q, w_prec, w_shift)
+    b_mean = b_cond - (H.reshape(-1, P) @ w_mean).reshape(N, D)
+    b_w_cov = -(H.reshape(-1, P) @ w_cov).reshape(N, D, P)
+    b_cov = np.empty((N, D, D))
+    for a, b in chunks:
+        b_cov[a:b] = Qinv[a:b] - b_w_cov[a:b] @ np.swapaxes(H[a:b], 1, 2)  # Q^{-1} + H Cov(w) H'
+    return JointEffects(w_mean, w_cov, b_mean, b_cov, b_w_cov, H, Qinv, cond_logdet, w_prec, w_shift)
 
 
 def expected_rss(stats: SufficientStats, e: JointEffects) -> np.ndarray:
     """E_q ||y_i - F_i w - X_i b_i||^2 per subject (N,) under the joint q(w, b)."""
-    wm, bm = e.w_mean, e.b_mean
-    second_b = e.b_cov + bm[:, :, None] * bm[:, None, :]
-    cross = np.einsum("nqp,nqp->n", stats.XtF, e.b_w_cov) + np.einsum("nqp,nq,p->n", stats.XtF, bm, wm)
+    out = np.empty(stats.n_subjects)
+    for a, b in _chunks(stats.n_subjects, stats.dim_random * max(stats.dim_random, stats.dim_fixed)):
+        second = e.b_cov[a:b] + e.b_mean[a:b, :, None] * e.b_mean[a:b, None, :]
+        out[a:b] = _expected_rss(stats, e, a, b, second)
+    return out
+
+
+def _expected_rss(stats: SufficientStats, e: JointEffects, a: int, b: int, second: np.ndarray) -> np.ndarray:
+    """:func:`expected_rss` of subjects a..b, given their E[b_i b_i'] ``second`` (n, D, D)."""
+    wm, bm = e.w_mean, e.b_mean[a:b]
+    XtF, FtF = stats.XtF[a:b], stats.FtF[a:b]
+    cross = np.einsum("nqp,nqp->n", XtF, e.b_w_cov[a:b]) + np.einsum("nqp,nq,p->n", XtF, bm, wm)
     return (
-        stats.yty
-        - 2 * stats.Fty @ wm
-        - 2 * np.einsum("nq,nq->n", stats.Xty, bm)
-        + np.einsum("p,npr,r->n", wm, stats.FtF, wm)
-        + np.einsum("npr,rp->n", stats.FtF, e.w_cov)
-        + np.einsum("nqr,nrq->n", stats.XtX, second_b)
+        stats.yty[a:b]
+        - 2 * stats.Fty[a:b] @ wm
+        - 2 * np.einsum("nq,nq->n", stats.Xty[a:b], bm)
+        + np.einsum("p,npr,r->n", wm, FtF, wm)
+        + np.einsum("npr,rp->n", FtF, e.w_cov)
+        + np.einsum("nqr,nrq->n", stats.XtX[a:b], second)
         + 2 * cross
     )
 
@@ -135,16 +171,23 @@ def joint_local_step(stats: SufficientStats, prior: PathPrior, noise: NoiseMomen
     lam, eta = prior.precision[0], prior.shift[0]
     s, lv = float(noise.prec), float(noise.log_var)
     e = joint_effects(stats, lam, eta, s, fixed_var)
-    second = e.b_cov + e.b_mean[:, :, None] * e.b_mean[:, None, :]  # (N, D, D)
-    lik = -0.5 * stats.n_obs * (LOG_2PI + lv) - 0.5 * s * expected_rss(stats, e)
-    log_prior = prior.log_weight[0] + prior.const[0] + e.b_mean @ eta - 0.5 * np.einsum("qr,nrq->n", lam, second)
-    entropy = 0.5 * (D * (1.0 + LOG_2PI) + e.cond_logdet)
-    moments = PathMoments(np.array([float(N)]), e.b_mean.sum(0)[None], second.sum(0)[None])
-    quad = np.einsum("nqr,nrq->", stats.XtX, second) + 2.0 * np.einsum("nqp,nqp->", stats.XtF, e.b_w_cov)
+    log_ev = np.empty(N)
+    second_sum = np.zeros((D, D))
+    quad = 0.0
+    for a, b in _chunks(N, D * max(D, P)):  # per subject, and the sums over subjects, chunk by chunk
+        bm = e.b_mean[a:b]
+        second = e.b_cov[a:b] + bm[:, :, None] * bm[:, None, :]  # (n, D, D)
+        lik = -0.5 * stats.n_obs[a:b] * (LOG_2PI + lv) - 0.5 * s * _expected_rss(stats, e, a, b, second)
+        log_prior = prior.log_weight[0] + prior.const[0] + bm @ eta - 0.5 * np.einsum("qr,nrq->n", lam, second)
+        entropy = 0.5 * (D * (1.0 + LOG_2PI) + e.cond_logdet[a:b])
+        log_ev[a:b] = lik + log_prior + entropy
+        second_sum += second.sum(0)
+        quad += np.einsum("nqr,nrq->", stats.XtX[a:b], second) + 2.0 * np.einsum("nqp,nqp->", stats.XtF[a:b], e.b_w_cov[a:b])
+    moments = PathMoments(np.array([float(N)]), e.b_mean.sum(0)[None], second_sum[None])
     xty_b = np.einsum("nq,nq->", stats.Xty, e.b_mean)
-    xtf_b = np.einsum("nqp,nq->p", stats.XtF, e.b_mean)[None]
+    xtf_b = (e.b_mean.reshape(1, -1) @ stats.XtF.reshape(N * D, P)) if P else np.zeros((1, 0))
     fixed = Gaussian(e.w_prec, e.w_shift) if P else None
     return JointLocalResult(
-        np.ones((N, 1)), lik + log_prior + entropy, e.b_mean, None, moments,
+        np.ones((N, 1)), log_ev, e.b_mean, None, moments,
         np.array([quad]), np.array([xty_b]), xtf_b, fixed=fixed, effects=e,
     )
