@@ -107,7 +107,10 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         ML log-likelihood (``method="ml"``), REML log-likelihood (``method="reml"``), or for
         ``method="vb"`` the ML log-likelihood at the posterior means.
     elbo_, elbo_history_ : float, ndarray
-        (``method="vb"``) evidence lower bound on the user's scale and its history (non-decreasing).
+        (``method="vb"``) evidence lower bound on the user's scale and its history (non-decreasing)
+        over the sweeps on all subjects. With 4,000 subjects or more those start from fits on
+        nested random subsets (:func:`dmlmm.lmm.variational.warm_start`); their (subjects, sweeps)
+        are in ``estimate_.extra["warm_start"]``, and ``n_iter_`` counts the sweeps on all subjects.
     posterior_ : pandas.DataFrame
         (``method="vb"``) posterior mean, sd and 95% credible interval of each fixed effect, each
         random-effect variance and the residual variance.
