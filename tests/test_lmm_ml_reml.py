@@ -163,18 +163,27 @@ def test_blups_and_prediction_variance_match_mixed_model_equations(sleepstudy, r
 # --------------------------------------------------------------------------- gradient
 
 
-@pytest.mark.parametrize("reml", [False, True])
-@pytest.mark.parametrize("kind", ["unstructured", "block", "identity"])
-def test_analytic_gradient_matches_finite_differences(reml, kind):
-    rng = np.random.default_rng(3)
-    N, q, p = 15, 3, 4
+def _random_lmm_stats(rng: np.random.Generator, N: int, q: int, p: int):
+    """Statistics of N subjects with 1-6 observations, random intercept-and-slope data (q random, p fixed columns)."""
     counts = rng.integers(1, 7, N)
     codes = np.repeat(np.arange(N), counts)
     n = counts.sum()
     Z = np.c_[np.ones(n), rng.normal(size=(n, q - 1))]
     F = np.c_[np.ones(n), rng.normal(size=(n, p - 1))]
     y = rng.normal(size=n) + Z[:, 1] * rng.normal(size=N)[codes]
-    st = sufficient_stats(y, Z, F, codes, N)
+    return sufficient_stats(y, Z, F, codes, N)
+
+
+def _random_lam(rng: np.random.Generator, q: int) -> np.ndarray:
+    return np.tril(rng.normal(size=(q, q))) * 0.5 + np.eye(q)
+
+
+@pytest.mark.parametrize("reml", [False, True])
+@pytest.mark.parametrize("kind", ["unstructured", "block", "identity"])
+def test_analytic_gradient_matches_finite_differences(reml, kind):
+    rng = np.random.default_rng(3)
+    q = 3
+    st = _random_lmm_stats(rng, 15, q, 4)
     structure = {"unstructured": CovarianceStructure.unstructured(q),
                  "block": CovarianceStructure.block_diagonal([1, 2]),
                  "identity": CovarianceStructure.scaled_identity(q)}[kind]
@@ -188,25 +197,15 @@ def test_analytic_gradient_matches_finite_differences(reml, kind):
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
 
 
-def _random_lmm_stats(seed: int, N: int, q: int, p: int):
-    rng = np.random.default_rng(seed)
-    counts = rng.integers(1, 7, N)
-    codes = np.repeat(np.arange(N), counts)
-    n = counts.sum()
-    Z = np.c_[np.ones(n), rng.normal(size=(n, q - 1))]
-    F = np.c_[np.ones(n), rng.normal(size=(n, p - 1))]
-    y = rng.normal(size=n) + Z[:, 1] * rng.normal(size=N)[codes]
-    lam = np.tril(rng.normal(size=(q, q))) * 0.5 + np.eye(q)
-    return sufficient_stats(y, Z, F, codes, N), lam
-
-
 @pytest.mark.parametrize("reml", [False, True])
 def test_chunked_likelihood_equals_one_chunk(monkeypatch, reml):
     """The likelihood, gradient and both curvature models summed over chunks of subjects equal the
     one-chunk sums (chunks of 7 subjects against one of all 40)."""
     from dmlmm.lmm import profiled
 
-    st, lam = _random_lmm_stats(5, 40, 3, 2)
+    rng = np.random.default_rng(5)
+    st = _random_lmm_stats(rng, 40, 3, 2)
+    lam = _random_lam(rng, 3)
     structure = CovarianceStructure.unstructured(3)
 
     def everything():
@@ -230,7 +229,9 @@ def test_curvature_models_match_finite_differences_of_the_gradient(monkeypatch):
     from dmlmm.lmm import profiled
 
     monkeypatch.setattr(profiled, "_CHUNK", 6)
-    st, lam = _random_lmm_stats(7, 30, 3, 2)
+    rng = np.random.default_rng(7)
+    st = _random_lmm_stats(rng, 30, 3, 2)
+    lam = _random_lam(rng, 3)
     structure = CovarianceStructure.unstructured(3)
     rows, cols = structure.rows, structure.cols
     off = rows != cols
