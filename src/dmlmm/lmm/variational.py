@@ -82,6 +82,9 @@ def fit_vb(
 ) -> VBFit:
     """The LMM's variational posterior by the shared engine, from per-subject sufficient statistics.
 
+    With 4,000 subjects or more the fit starts from fits on nested subsets (:func:`warm_start`);
+    ``max_iter`` bounds each stage's sweeps, and the result's ``n_iter`` counts those on all subjects.
+
     Parameters
     ----------
     stats : SufficientStats (standardised response).
