@@ -11,7 +11,7 @@ from typing import ContextManager
 
 import numpy as np
 
-__all__ = ["cholesky", "spd_inv_logdet", "sym", "solve_lower", "solve_upper_t", "tri_inv_soa", "blas_single_thread", "limit_blas_threads", "stack_inv_logdet"]
+__all__ = ["cholesky", "spd_inv_logdet", "sym", "solve_lower", "solve_upper_t", "tri_inv_soa", "blas_single_thread", "limit_blas_threads", "stack_inv_logdet", "row_chunks"]
 
 
 def sym(a: np.ndarray) -> np.ndarray:
@@ -200,3 +200,10 @@ def stack_inv_logdet(Q: np.ndarray, what: str = "matrix") -> tuple[np.ndarray, n
     except np.linalg.LinAlgError:
         return spd_inv_logdet(Q, what)
     return inv_from_chol_soa(chol), 2.0 * np.log(np.diagonal(chol, axis1=0, axis2=1)).sum(axis=-1)
+
+
+def row_chunks(n: int, rows: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive chunks of at most ``rows`` of ``n`` rows (subjects), for
+    batched work whose temporaries should stay small (in cache, recycled by the allocator)."""
+    rows = max(1, int(rows))
+    return [(a, min(a + rows, n)) for a in range(0, n, rows)]

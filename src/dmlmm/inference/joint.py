@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._linalg import spd_inv_logdet, stack_inv_logdet, sym
+from .._linalg import row_chunks, spd_inv_logdet, stack_inv_logdet, sym
 from ..sufficient import SufficientStats
 from ..expfam import LOG_2PI, Gaussian
 from ..priors.base import PathMoments, PathPrior
@@ -85,9 +85,10 @@ class JointLocalResult(LocalResult):
 _CHUNK_ELEMENTS = 500_000
 
 
-def _chunks(N: int, width: int) -> list[tuple[int, int]]:
-    rows = max(1, _CHUNK_ELEMENTS // max(width, 1))
-    return [(a, min(a + rows, N)) for a in range(0, N, rows)]
+def _chunks(stats: SufficientStats) -> list[tuple[int, int]]:
+    """Chunks of subjects whose (chunk, D, max(D, P)) temporaries hold about ``_CHUNK_ELEMENTS`` doubles."""
+    width = stats.dim_random * max(stats.dim_random, stats.dim_fixed, 1)
+    return row_chunks(stats.n_subjects, _CHUNK_ELEMENTS // width)
 
 
 def joint_effects(stats: SufficientStats, re_prec: np.ndarray, re_shift: np.ndarray, noise_prec: float,
@@ -106,7 +107,7 @@ def joint_effects(stats: SufficientStats, re_prec: np.ndarray, re_shift: np.ndar
     b_cond = np.empty((N, D))
     w_prec = np.eye(P) / fixed_var + s * stats.FtF.sum(0)
     w_shift = s * stats.Fty.sum(0)
-    chunks = _chunks(N, D * max(D, P))
+    chunks = _chunks(stats)
     for a, b in chunks:
         Qi, logdet_Q = stack_inv_logdet(re_prec[None] + s * stats.XtX[a:b], "random-effects posterior precision")
         Hc = Qi @ (s * stats.XtF[a:b])  # (n, D, P)
@@ -132,7 +133,7 @@ def joint_effects(stats: SufficientStats, re_prec: np.ndarray, re_shift: np.ndar
 def expected_rss(stats: SufficientStats, e: JointEffects) -> np.ndarray:
     """E_q ||y_i - F_i w - X_i b_i||^2 per subject (N,) under the joint q(w, b)."""
     out = np.empty(stats.n_subjects)
-    for a, b in _chunks(stats.n_subjects, stats.dim_random * max(stats.dim_random, stats.dim_fixed)):
+    for a, b in _chunks(stats):
         second = e.b_cov[a:b] + e.b_mean[a:b, :, None] * e.b_mean[a:b, None, :]
         out[a:b] = _expected_rss(stats, e, a, b, second)
     return out
@@ -174,7 +175,7 @@ def joint_local_step(stats: SufficientStats, prior: PathPrior, noise: NoiseMomen
     log_ev = np.empty(N)
     second_sum = np.zeros((D, D))
     quad = 0.0
-    for a, b in _chunks(N, D * max(D, P)):  # per subject, and the sums over subjects, chunk by chunk
+    for a, b in _chunks(stats):  # per subject, and the sums over subjects, chunk by chunk
         bm = e.b_mean[a:b]
         second = e.b_cov[a:b] + bm[:, :, None] * bm[:, None, :]  # (n, D, D)
         lik = -0.5 * stats.n_obs[a:b] * (LOG_2PI + lv) - 0.5 * s * _expected_rss(stats, e, a, b, second)

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._linalg import cholesky_soa, inv_from_chol_soa
+from .._linalg import cholesky_soa, inv_from_chol_soa, row_chunks
 from ..sufficient import SufficientStats
 from ..expfam import LOG_2PI
 from .structure import CovarianceStructure
@@ -187,7 +187,7 @@ def _evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool, h
 
     Parameters
     ----------
-    hess : False, "gamma" (or True) for :func:`_gamma_hessian`, "theta" for :func:`_newton_model`.
+    hess : False, "gamma" for :func:`_gamma_hessian`, "theta" for :func:`_newton_model`.
     keep : bool
         Keep the per-subject arrays of the state (``u``, ``Minv``, ``MinvE``); False for an
         evaluation whose log-likelihood alone is wanted (they are then None).
@@ -213,7 +213,7 @@ def _evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool, h
     FtWF = stats.FtF.sum(axis=0)
     FtWy = stats.Fty.sum(axis=0)
     diag = np.arange(q)
-    for a, b in _chunks(N):
+    for a, b in row_chunks(N, _CHUNK):
         # M_i = Lambda' A_i Lambda + I batch-last (q, q, n): (Lambda' A[c])[b, i] = (A_i Lambda)[c, b]
         M_soa = (lam.T @ np.matmul(lam.T, A_soa[:, :, a:b]).reshape(q, -1)).reshape(q, q, b - a)
         M_soa[diag, diag] += 1.0
@@ -262,14 +262,14 @@ def _evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool, h
     if not grad:
         return state, None, None
 
-    kind = "gamma" if hess is True else hess
+    kind = hess
     FtWF_inv = _spd_inverse(FtWF) if (reml and p) else None
     g = np.zeros((q, q))
     vv_sum = np.zeros((q, q))                                        # sum_i v_i v_i'
     K_sum = np.zeros((q, q))
     T_ZWF = np.zeros((q, q))
     sums = _CurvatureSums(q, p, kind)
-    for a, b in _chunks(N):
+    for a, b in row_chunks(N, _CHUNK):
         u_c, Minv_c, MinvE_c = u[a:b], Minv[a:b], MinvE[a:b]
         AL = (A[a:b].reshape(-1, q) @ lam).reshape(b - a, q, q)     # Z'Z Lambda
         Ztr = Zty[a:b] - (ZtF[a:b] @ beta if p else 0.0)            # Z'r
@@ -291,16 +291,12 @@ def _evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool, h
     if not kind:
         return state, g, None
     Gm = 0.5 * (vv_sum / sigma2 - K_sum) + 0.5 * T_ZWF              # dl / d(Lambda Lambda')
-    extra = {"G": 0.5 * (Gm + Gm.T), "dof": dof, "sigma2": sigma2, "FtWF": FtWF, "p": p, **sums.totals()}
+    extra = {"G": 0.5 * (Gm + Gm.T), "dof": dof, "sigma2": sigma2, "FtWF": FtWF, "p": p, **sums.t}
     return state, g, extra
 
 
 #: Subjects per chunk in :func:`_evaluate` (about 3 MB per (chunk, 10, 10) temporary).
 _CHUNK = 4096
-
-
-def _chunks(N: int) -> list[tuple[int, int]]:
-    return [(a, min(a + _CHUNK, N)) for a in range(0, N, _CHUNK)]
 
 
 class _CurvatureSums:
@@ -339,9 +335,6 @@ class _CurvatureSums:
         if ZWF is not None:
             t["C1"] += _gram_vec(ZWF, u)                            # [r, c, p] = sum_i ZWF[r, p] u_c
             t["C2"] += _gram_vec(MinvE, v).transpose(1, 0, 2)       # [r, c, p] = sum_i MinvE[c, p] v_r
-
-    def totals(self) -> dict:
-        return dict(self.t)
 
 
 def _gram_vec(a: np.ndarray, x: np.ndarray) -> np.ndarray:
