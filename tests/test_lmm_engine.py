@@ -157,35 +157,3 @@ def test_joint_mode_refuses_mixtures():
     params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, np.random.default_rng(0)))
     with pytest.raises(ValueError, match="joint_fixed needs a one-path prior"):
         run_vi(stats, prior, params, config, np.random.default_rng(0))
-
-
-def test_subset_warm_start_reaches_the_cold_fit(monkeypatch):
-    """VB from nested subsets (here 60 and 120 of 500 subjects) converges to the optimum that the
-    cold start converges to (both run to a tight tolerance: at the default one, both stop short
-    along the flat directions of Sigma, by similar amounts), its full-data ELBO trace never
-    decreases, and the stages are reported."""
-    from conftest import simulate_spline_lmm
-
-    from dmlmm.basis import SplineBasis
-    from dmlmm.lmm import LinearMixedModel
-    from dmlmm.lmm import variational
-
-    df, _ = simulate_spline_lmm(n_subjects=500, n_basis=5, min_obs=3, max_obs=8, seed=4)
-
-    def fit():
-        return LinearMixedModel(method="vb", basis=SplineBasis(5), tol=1e-13, max_iter=20000).fit(
-            df, subject="id", time="t", response="y")
-
-    cold = fit()
-    assert cold.estimate_.extra["warm_start"] == []  # fewer than 4 * WARM_FIRST subjects
-    monkeypatch.setattr(variational, "WARM_FIRST", 60)
-    monkeypatch.setattr(variational, "WARM_RATIO", 2)
-    warm = fit()
-    stages = warm.estimate_.extra["warm_start"]
-    assert [m for m, _ in stages] == [60, 120] and all(k > 0 for _, k in stages)
-    assert warm.converged_ and cold.converged_
-    assert warm.n_iter_ < cold.n_iter_
-    h = warm.elbo_history_
-    assert np.all(np.diff(h) >= -1e-9 * np.abs(h[1:]))
-    assert warm.elbo_ == pytest.approx(cold.elbo_, rel=1e-9)
-    np.testing.assert_allclose(warm.posterior_["mean"].to_numpy(), cold.posterior_["mean"].to_numpy(), rtol=2e-3)

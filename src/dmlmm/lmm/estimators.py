@@ -145,7 +145,8 @@ def _vb(design: Design, scaling: ResponseScaling, stats: SufficientStats, *, max
         message="ELBO converged" if fit.converged else "iteration cap reached before the ELBO converged",
         theta=theta,
         extra={"elbo": fit.elbo - jac, "elbo_history": np.asarray(fit.elbo_history) - jac,
-               "intervals": credible_intervals(fit, s), "warm_start": list(fit.warm_stages)},
+               "intervals": credible_intervals(fit, s), "warm_start": list(fit.warm_stages),
+               "newton": list(fit.newton_stages)},
     )
 
 

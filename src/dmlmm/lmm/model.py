@@ -108,9 +108,13 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         ``method="vb"`` the ML log-likelihood at the posterior means.
     elbo_, elbo_history_ : float, ndarray
         (``method="vb"``) evidence lower bound on the user's scale and its history (non-decreasing)
-        over the sweeps on all subjects. With 4,000 subjects or more those start from fits on
-        nested random subsets (:func:`dmlmm.lmm.variational.warm_start`); their (subjects, sweeps)
-        are in ``estimate_.extra["warm_start"]``, and ``n_iter_`` counts the sweeps on all subjects.
+        over the sweeps on all subjects. Those start at the maximum of the collapsed bound (the ELBO
+        with the random effects and the scales' auxiliaries optimised out, a function of ``Sigma``
+        and ``sigma^2``; :mod:`dmlmm.lmm.collapsed`), found by trust-region Newton steps on nested
+        random subsets and then on all subjects: (subjects, steps) in ``estimate_.extra["newton"]``.
+        For a scaled-identity ``Sigma``, with 4,000 subjects or more, they start from fits on nested
+        random subsets (:func:`dmlmm.lmm.variational.warm_start`): (subjects, sweeps) in
+        ``estimate_.extra["warm_start"]``. ``n_iter_`` counts the sweeps on all subjects.
     posterior_ : pandas.DataFrame
         (``method="vb"``) posterior mean, sd and 95% credible interval of each fixed effect, each
         random-effect variance and the residual variance.

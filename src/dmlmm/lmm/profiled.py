@@ -182,7 +182,7 @@ def evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool = F
 
 
 def _evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool, hess: bool | str,
-              keep: bool = True):
+              keep: bool = True, at_sigma2: float | None = None):
     """:func:`evaluate`, plus (``hess``) the sums over subjects that a Newton step's curvature needs.
 
     Parameters
@@ -191,6 +191,11 @@ def _evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool, h
     keep : bool
         Keep the per-subject arrays of the state (``u``, ``Minv``, ``MinvE``); False for an
         evaluation whose log-likelihood alone is wanted (they are then None).
+    at_sigma2 : float, optional
+        Residual variance at which the gradient and the curvature sums are taken (default: the
+        profiled one, ``state.sigma2``). With another value the gradient is that of the
+        likelihood at ``Lambda`` and this fixed ``sigma^2`` (beta still profiled), which is what
+        :mod:`dmlmm.lmm.collapsed` needs; ``state`` is unchanged.
 
     The subjects are taken in chunks of :data:`_CHUNK`, each fully batched: the (chunk, q, q)
     temporaries stay in cache and the allocator recycles them (whole-data temporaries of
@@ -263,6 +268,8 @@ def _evaluate(stats: SufficientStats, lam: np.ndarray, reml: bool, grad: bool, h
         return state, None, None
 
     kind = hess
+    if at_sigma2 is not None:
+        sigma2 = float(at_sigma2)
     FtWF_inv = _spd_inverse(FtWF) if (reml and p) else None
     g = np.zeros((q, q))
     vv_sum = np.zeros((q, q))                                        # sum_i v_i v_i'

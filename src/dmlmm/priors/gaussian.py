@@ -311,6 +311,16 @@ class GaussianMixturePrior(RandomEffectsPrior):
         total += float(np.sum(ig_expected_logpdf(0.5, rate0, log_rate0, aux) + aux.entropy()))
         return total
 
+    def at_covariance(self, params: GaussianMixtureParams, cov: np.ndarray, count: float) -> GaussianMixtureParams:
+        """One mean-zero component: ``q(Sigma)`` after ``count`` subjects with ``E[Sigma^-1]^-1 = cov`` (D, D),
+        and the Huang-Wand scales' ``q(a)`` given it (as :meth:`update` leaves them)."""
+        if self.n_components != 1 or not self.zero_mean:
+            raise ValueError("at_covariance is for the one-component, mean-zero prior")
+        df = np.array([self._df0 + float(count)])
+        cov = InvWishart(df, df[:, None, None] * sym(np.asarray(cov, dtype=float))[None])
+        e_prec, _, _ = cov.expectations()
+        return replace(params, cov=cov, cov_aux=self._aux_update(e_prec, params.cov_smooth))
+
     def empty_component_cost(self, layer: int = 0) -> float:
         """Mean-field gap of one data-free component (see DeepMixturePrior.empty_component_cost)."""
         one = GaussianMixturePrior(self.dim, 1, **self._settings())

@@ -100,6 +100,7 @@ class BlockGaussianPrior(_OnePath):
         starts = np.r_[0, np.cumsum(self.block_sizes)[:-1]]
         self._slices = [slice(int(o), int(o) + k) for o, k in zip(starts, self.block_sizes)]
         self._blocks = [GaussianMixturePrior(k, 1, zero_mean=True, cov_scale=cov_scale) for k in self.block_sizes]
+        self.cov_df = self._blocks[0].cov_df  # Huang-Wand nu of every block
 
     def init_params(self, b_hat: np.ndarray, rng: np.random.Generator) -> BlockParams:
         return BlockParams(tuple(p.init_params(b_hat[:, sl], rng) for p, sl in zip(self._blocks, self._slices)))
@@ -121,6 +122,11 @@ class BlockGaussianPrior(_OnePath):
 
     def elbo(self, params: BlockParams) -> float:
         return float(sum(p.elbo(par) for p, par in zip(self._blocks, params.blocks)))
+
+    def at_covariance(self, params: BlockParams, cov: np.ndarray, count: float) -> BlockParams:
+        """Each block's :meth:`GaussianMixturePrior.at_covariance` from its block of ``cov`` (D, D)."""
+        return BlockParams(tuple(p.at_covariance(par, cov[sl, sl], count)
+                                 for p, par, sl in zip(self._blocks, params.blocks, self._slices)))
 
     def point_mixture(self, params: BlockParams, integrate_globals: bool = False) -> PointMixture:
         cov = np.zeros((1, self.dim, self.dim))
