@@ -59,7 +59,8 @@ def one_fit(n: int, method: str, seed: int) -> dict:
     return {"method": method, "subjects": n, "observations": len(df), "seed": seed, "wall_s": wall,
             "peak_rss_mb": round(_peak_mb(), 1), "peak_reset_after_data": reset,
             "n_iter": int(m.n_iter_), "converged": bool(m.converged_), "loglik": float(m.loglik_),
-            "sigma2": float(m.sigma2_), "warnings": sorted({str(w.message)[:120] for w in caught})}
+            "sigma2": float(m.sigma2_), "elbo": float(m.elbo_) if method == "vb" else None,
+            "warnings": sorted({str(w.message)[:120] for w in caught})}
 
 
 def _child(method: str, n: int, seed: int, limit: float) -> dict:
@@ -114,7 +115,7 @@ def main() -> None:
                    "median_s": float(np.median(walls)) if ok and len(ok) == len(recs) else None}
             if ok:
                 last = ok[-1]
-                row.update({key: last[key] for key in ("observations", "n_iter", "converged", "loglik", "sigma2")})
+                row.update({key: last[key] for key in ("observations", "n_iter", "converged", "loglik", "sigma2", "elbo")})
                 row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
             rows.append(row)
             med = f"{row['median_s']:9.2f}" if row["median_s"] is not None else "     >lim"
