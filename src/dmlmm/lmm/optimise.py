@@ -418,7 +418,11 @@ def fit_profiled(
         nonlocal n_eval
         n_eval += 1
         try:
-            ll, g = profiled_loglik_grad(sstats, th, structure, reml)
+            # where the residual variance collapses to zero (more random effects than observations)
+            # the gradient overflows: it stays infinite, so that the fit is reported unconverged,
+            # without numpy's raw warning
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                ll, g = profiled_loglik_grad(sstats, th, structure, reml)
         except np.linalg.LinAlgError:  # the fixed effects are not identified at this theta: a wall
             return _WALL, np.zeros_like(th)
         return -ll / n, -g / n
