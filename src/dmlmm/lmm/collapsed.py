@@ -53,7 +53,7 @@ from scipy import optimize
 from ..sufficient import SufficientStats
 from .profiled import _evaluate, _gamma_hessian
 
-__all__ = ["CollapsedHyper", "CollapsedPoint", "collapsed_bound", "collapsed_value", "collapsed_newton"]
+__all__ = ["CollapsedHyper", "CollapsedPoint", "collapsed_value", "collapsed_newton"]
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,12 @@ class CollapsedHyper:
 
 @dataclass(frozen=True)
 class CollapsedPoint:
-    """``-F`` (nats) at one ``Gamma``, with ``s`` profiled out."""
+    """``-F`` (nats) at one ``Gamma`` and ``s`` (the profiled one unless ``s`` was given)."""
 
     value: float
     gamma: np.ndarray   # (q, q)
     lam: np.ndarray     # (q, q) Cholesky factor of gamma
-    s: float            # the profiled residual variance
+    s: float            # the residual variance
     dof: int
 
     @property
@@ -121,8 +121,9 @@ def _profile_s(pwrss: float, dof: int, g: np.ndarray, hyp: CollapsedHyper) -> fl
 
 
 def _penalty(gamma: np.ndarray, lam: np.ndarray, s: float, hyp: CollapsedHyper, grad: bool = False):
-    """The penalty part of ``F`` at ``S = s Gamma`` (without its ``s``-only terms unless noted), and
-    optionally its gradient in ``Gamma`` as a symmetric matrix (``dP = tr(G dGamma)``) at fixed ``s``."""
+    """The penalty part of ``F`` at ``S = s Gamma`` (its ``s``-only terms included), and optionally its
+    gradient in ``Gamma`` as a symmetric matrix (``dP = tr(G dGamma)``) at fixed ``s``.
+    ``lam``: the Cholesky factor of ``Gamma`` (its diagonal gives the blocks' log-determinants)."""
     gi = np.linalg.inv(gamma)
     gi = 0.5 * (gi + gi.T)
     x = hyp.nu * np.diagonal(gi) / s
@@ -136,20 +137,13 @@ def _penalty(gamma: np.ndarray, lam: np.ndarray, s: float, hyp: CollapsedHyper, 
     return value, 0.5 * (G + G.T)
 
 
-def collapsed_value(stats: SufficientStats, gamma: np.ndarray, hyp: CollapsedHyper,
-                    lam: np.ndarray | None = None) -> CollapsedPoint:
-    """``-F`` at ``Gamma`` (q, q) with ``s`` profiled out; raises LinAlgError off the positive-definite cone.
-    ``lam``: a factor with ``Lambda Lambda' = Gamma`` when known."""
-    lam = np.linalg.cholesky(gamma) if lam is None else lam
-    state, _, _ = _evaluate(stats, lam, True, grad=False, hess=False, keep=False)
-    return _point(state, gamma, lam, hyp)
-
-
-def collapsed_bound(stats: SufficientStats, gamma: np.ndarray, s: float, hyp: CollapsedHyper) -> float:
-    """``-F(s Gamma, s)`` (nats, up to a constant) at a given ``s``, without profiling it."""
+def collapsed_value(stats: SufficientStats, gamma: np.ndarray, hyp: CollapsedHyper, s: float | None = None
+                    ) -> CollapsedPoint:
+    """``-F(s Gamma, s)`` (nats, up to a constant) at ``Gamma`` (q, q), with ``s`` profiled out unless given;
+    raises LinAlgError off the positive-definite cone."""
     lam = np.linalg.cholesky(gamma)
     state, _, _ = _evaluate(stats, lam, True, grad=False, hess=False, keep=False)
-    return _point(state, gamma, lam, hyp, s).value
+    return _point(state, gamma, lam, hyp, s)
 
 
 def _point(state, gamma: np.ndarray, lam: np.ndarray, hyp: CollapsedHyper, s: float | None = None) -> CollapsedPoint:
@@ -166,12 +160,6 @@ def _point(state, gamma: np.ndarray, lam: np.ndarray, hyp: CollapsedHyper, s: fl
 def _entries(G: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Gradient in the free lower-triangle entries of a symmetric matrix from its matrix gradient."""
     return np.where(rows != cols, 2.0, 1.0) * G[rows, cols]
-
-
-def _symmetric(step: np.ndarray, rows: np.ndarray, cols: np.ndarray, q: int) -> np.ndarray:
-    D = np.zeros((q, q))
-    D[rows, cols] = step
-    return D + np.tril(D, -1).T
 
 
 def _unit(rows: np.ndarray, cols: np.ndarray, q: int) -> np.ndarray:
