@@ -191,3 +191,19 @@ def test_at_covariance_sets_the_expected_precision():
 def test_fit_vb_rejects_an_unknown_start():
     with pytest.raises(ValueError, match="start must be 'collapsed', 'subsets' or 'cold', not 'warm'"):
         fit_vb(_problem(n_subjects=20), start="warm")
+
+
+@pytest.mark.parametrize("kind", list(STRUCTURES))
+def test_penalty_hessian_matches_differences_of_its_gradient(kind):
+    structure = STRUCTURES[kind]
+    hyp = _hyper(structure)
+    rows, cols, q = structure.rows, structure.cols, structure.dim
+    units = C._unit(rows, cols, q)
+    gamma = _random_gamma(structure, np.random.default_rng(7))
+    s, h = 0.2, 1e-6
+
+    def grad(g):
+        return -C._entries(C._penalty(g, np.linalg.cholesky(g), s, hyp, grad=True)[1], rows, cols)
+
+    fd = np.array([(grad(gamma + h * E) - grad(gamma - h * E)) / (2 * h) for E in units]).T
+    np.testing.assert_allclose(C._penalty_hessian(gamma, s, hyp, units), 0.5 * (fd + fd.T), rtol=1e-6, atol=1e-8)

@@ -137,6 +137,31 @@ def _penalty(gamma: np.ndarray, lam: np.ndarray, s: float, hyp: CollapsedHyper, 
     return value, 0.5 * (G + G.T)
 
 
+def _penalty_hessian(gamma: np.ndarray, s: float, hyp: CollapsedHyper, units: np.ndarray) -> np.ndarray:
+    """Hessian of ``-penalty`` in ``Gamma``'s free entries (unit matrices ``units`` (m, q, q)) at fixed ``s``.
+
+    With ``P_e = Gamma^-1 E_e Gamma^-1``: ``d^2 log|Gamma_b| = -tr(P_e E_f)``; ``g_j = (Gamma^-1)_jj`` has
+    ``dg_j = -P_e[j, j]`` and ``d^2 g_j = (P_e E_f Gamma^-1 + P_f E_e Gamma^-1)_jj``; the penalty's terms
+    ``-shape_j log(nu g_j / s + 1/A^2)`` have first and second derivatives ``-c_j`` and ``c_j^2 / shape_j``
+    in ``g_j`` (``c_j`` as in :func:`_penalty`). Traces of products with the unit matrices are one matrix
+    product each.
+    """
+    m, q = units.shape[0], gamma.shape[0]
+    gi = np.linalg.inv(gamma)
+    gi = 0.5 * (gi + gi.T)
+    x = hyp.nu * np.diagonal(gi) / s
+    c = hyp.shape * (hyp.nu / s) / (x + hyp.rate0)
+    P = gi[None] @ units @ gi[None]                                      # (m, q, q)
+    flat = units.reshape(m, q * q)                                       # E_f symmetric: tr(A E_f) = <A, E_f>
+    rows = np.argmax(np.abs(units).reshape(m, -1), axis=1) // q          # a row of each entry, for its block's df0
+    logdet = -(P.reshape(m, -1) @ flat.T)                                # d^2 log|Gamma|
+    T = (gi @ (c[:, None] * gi))[None] @ units @ gi[None]                # Gamma^-1 C P_e, (m, q, q) -> tr(. E_f)
+    T = T.reshape(m, -1) @ flat.T
+    d = np.diagonal(P, axis1=1, axis2=2)                                 # (m, q): -dg_j
+    H = -0.5 * hyp.df0[rows][:, None] * logdet - (T + T.T) + (d * (c**2 / hyp.shape)) @ d.T  # d^2 penalty
+    return -0.5 * (H + H.T)
+
+
 def collapsed_value(stats: SufficientStats, gamma: np.ndarray, hyp: CollapsedHyper, s: float | None = None
                     ) -> CollapsedPoint:
     """``-F(s Gamma, s)`` (nats, up to a constant) at ``Gamma`` (q, q), with ``s`` profiled out unless given;
@@ -176,8 +201,8 @@ def _gamma_system(stats: SufficientStats, point: CollapsedPoint, hyp: CollapsedH
     """Gradient and curvature model of ``-F`` in ``Gamma``'s free entries at ``point``, and its matrix gradient.
 
     The likelihood's exact gradient (at the profiled ``s``) and its Gram-matrix curvature
-    (:func:`~dmlmm.lmm.profiled._gamma_hessian`); the penalty's analytic gradient and its curvature
-    by central differences.
+    (:func:`~dmlmm.lmm.profiled._gamma_hessian`); the penalty's exact gradient and Hessian
+    (:func:`_penalty_hessian`).
 
     Returns
     -------
@@ -189,15 +214,7 @@ def _gamma_system(stats: SufficientStats, point: CollapsedPoint, hyp: CollapsedH
     _, _, extra = _evaluate(stats, point.lam, True, grad=True, hess="gamma", keep=False, at_sigma2=point.s)
     _, Gp = _penalty(point.gamma, point.lam, point.s, hyp, grad=True)
     Gf = -(extra["G"] + Gp)
-    H = _gamma_hessian(extra, rows, cols)
-    Hp = np.empty_like(H)
-    scale = np.sqrt(np.abs(np.diagonal(point.gamma)))
-    for e in range(m):
-        d = 1e-6 * scale[rows[e]] * scale[cols[e]]
-        gp = [_entries(_penalty(g, np.linalg.cholesky(g), point.s, hyp, grad=True)[1], rows, cols)
-              for g in (point.gamma + d * units[e], point.gamma - d * units[e])]
-        Hp[:, e] = -(gp[0] - gp[1]) / (2.0 * d)
-    H = H + 0.5 * (Hp + Hp.T)
+    H = _gamma_hessian(extra, rows, cols) + _penalty_hessian(point.gamma, point.s, hyp, units)
     return _entries(Gf, rows, cols), 0.5 * (H + H.T), Gf
 
 
@@ -214,8 +231,8 @@ def _log_coordinates(point: CollapsedPoint, grad: np.ndarray, H: np.ndarray, Gf:
     RER = R[None] @ units @ R.T[None]                                    # (m, q, q): d Gamma / d x_e
     J = RER[:, rows, cols].T                                             # (m_gamma, m_x)
     B = R.T @ Gf @ R
-    BE = B[None] @ units
-    S = np.einsum("eij,fji->ef", BE, units)
+    m = units.shape[0]
+    S = (B[None] @ units).reshape(m, -1) @ units.reshape(m, -1).T      # tr(B E_e E_f), E_f symmetric
     return J.T @ grad, J.T @ H @ J + 0.5 * (S + S.T)
 
 

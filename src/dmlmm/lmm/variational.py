@@ -186,6 +186,8 @@ def warm_start(
 #: Smallest subset in the collapsed Newton's warm start, and the ratio between successive subsets.
 NEWTON_SUBSET_MIN = 1000
 NEWTON_RATIO = 3
+#: Starts of the first Newton run (the ridge estimates' covariance and random ones); the best is kept.
+NEWTON_STARTS = 4
 
 
 def collapsed_start(
@@ -196,12 +198,17 @@ def collapsed_start(
 
     ``F(S, s)`` is the ELBO with q(w, b) and the scales' auxiliaries at their best, so its
     maximiser is the coordinate ascent's fixed point up to the ``O(1 / fixed_var)`` terms it leaves
-    out; the engine's coordinate ascent from there converges in a few sweeps. Newton runs on all
-    subjects from the ridge estimates' covariance, after nested random subsets of a hundredth and
-    a tenth of the subjects (at least :data:`NEWTON_SUBSET_MIN` each) where there are 5 times that
-    many. For unstructured and block-diagonal ``Sigma``.
+    out; the engine's coordinate ascent from there converges in a few sweeps. Newton runs on nested
+    random subsets a factor :data:`NEWTON_RATIO` apart (at least :data:`NEWTON_SUBSET_MIN` subjects
+    each), then on all subjects, each run from the previous one's maximum. ``F`` can have more than
+    one local maximum (seen where the data determine ``Sigma`` poorly: fewer observations than
+    random effects), so the first run starts from the ridge estimates' covariance and from
+    :data:`NEWTON_STARTS` - 1 random ones (Wishart directions, the ridge start's trace times
+    ``10^u``, ``u ~ U(0, 3)``, seed 2), and the highest maximum is kept. For unstructured and
+    block-diagonal ``Sigma``.
 
-    Returns the starting globals and (subjects, Newton steps) of each run.
+    Returns the starting globals and (subjects, Newton steps) of each run (the first run's steps
+    summed over its starts).
     """
     N, q = stats.n_subjects, stats.dim_random
     hyp = CollapsedHyper.for_blocks(block_sizes(structure), prior.cov_df, prior.cov_scale, config.noise_scale)
@@ -210,7 +217,13 @@ def collapsed_start(
     mask[rows, cols] = mask[cols, rows] = True
     s0 = float(params.noise.mean[()])
     cov = np.cov(b_hat.T).reshape(q, q) if N > 1 else np.eye(q)
-    gamma = np.where(mask, cov + (0.1 * np.trace(cov) / q + 1e-3) * np.eye(q), 0.0) / s0
+    ridge = np.where(mask, cov + (0.1 * np.trace(cov) / q + 1e-3) * np.eye(q), 0.0) / s0
+    rng = np.random.default_rng(2)
+    starts = [ridge]
+    for _ in range(NEWTON_STARTS - 1):
+        A = rng.normal(size=(q, q))
+        W = np.where(mask, A @ A.T + 1e-3 * q * np.eye(q), 0.0)
+        starts.append(W * (np.trace(ridge) / np.trace(W)) * 10.0 ** rng.uniform(0.0, 3.0))
     sizes = []
     m = N // NEWTON_RATIO
     while m >= NEWTON_SUBSET_MIN:
@@ -220,9 +233,20 @@ def collapsed_start(
     stages = []
     for m in sizes[::-1] + [N]:
         sub = stats if m == N else stats.subset(np.sort(order[:m]))
-        point, steps, _ = collapsed_newton(sub, gamma, hyp, rows, cols, max_iter=200 if not stages else 50)
-        gamma = point.gamma
-        stages.append((m, steps))
+        best, total = None, 0
+        for gamma in starts:
+            try:
+                point, steps, _ = collapsed_newton(sub, gamma, hyp, rows, cols, max_iter=200 if not stages else 50)
+            except np.linalg.LinAlgError:  # a random start where the bound cannot be evaluated
+                if best is None and gamma is starts[-1]:
+                    raise
+                continue
+            total += steps
+            if best is None or point.value < best.value:
+                best = point
+        point = best
+        starts = [point.gamma]
+        stages.append((m, total))
     alpha = float(params.noise.shape)
     noise = InvGamma(np.asarray(alpha), np.asarray(alpha * point.s))
     aux = InvGamma(np.asarray(1.0), np.asarray(1.0 / point.s + 1.0 / config.noise_scale**2))
