@@ -69,6 +69,15 @@ SECTIONS: list[tuple[str, str, list[tuple[str, list[str] | None, str]]]] = [
         ],
     ),
     (
+        "Checking the bands on your data",
+        "Hold out each subject's last visit, refit, forecast it, and count the bands that hold it "
+        "(`dmlmm.calibration`).",
+        [
+            ("dmlmm.calibration.check_bands", None, ""),
+            ("dmlmm.calibration.BandCheck", None, ""),
+        ],
+    ),
+    (
         "Class summaries and outcomes by cluster",
         "lcmm's `summarytable` and `postprob` for a fitted mixture (`model.class_summary()`, "
         "`model.posterior_table(level)`, built from the pure functions of `dmlmm.summaries`), and "

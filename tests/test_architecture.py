@@ -14,7 +14,7 @@ ROOM = {
     "formula_state": "data", "standardise": "data", "metrics": "data", "demo": "data", "simulate": "simulate",
     "priors": "priors", "inference": "inference", "prediction": "prediction", "continuation": "prediction",
     "models": "models", "lmm": "lmm",
-    "summaries": "summaries", "outcomes": "summaries", "selection": "summaries",
+    "summaries": "summaries", "outcomes": "summaries", "selection": "summaries", "calibration": "summaries",
     "io": "io", "io_lmm": "io", "_model_checks": "io",
     "distributed": "distributed",
     "report": "report", "cli": "cli", "cli_input": "cli", "cli_output": "cli", "compat": "cli", "__init__": "package",

@@ -22,9 +22,11 @@ _EXPORTS = {
     "DeepMixtureLMM": ".models",
     "load": ".io",
     "select_model": ".selection",
+    "check_bands": ".calibration",
     "simulate": None,
     "metrics": None,
     "compat": None,
+    "CalibrationWarning": ".exceptions",
     "ConvergenceWarning": ".exceptions",
     "DataError": ".exceptions",
     "EmptyComponentWarning": ".exceptions",
@@ -56,7 +58,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from . import compat, metrics, simulate
     from .basis import SplineBasis
     from .data import Longitudinal
+    from .calibration import check_bands
     from .exceptions import (
+        CalibrationWarning,
         ConvergenceWarning,
         DataError,
         EmptyComponentWarning,

@@ -280,13 +280,16 @@ def main() -> None:
 @click.option("--baseline", default=None,
               help="Comma-separated columns to describe by cluster: mean (SD) or counts (%) (baseline.csv and the "
                    "report). [the --covariates]")
+@click.option("--check-bands", is_flag=True,
+              help="Also hold out each subject's last visit, refit, forecast it and count the --interval bands "
+                   "that hold it (band_check.csv; a second fit).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
 def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis, degree,
         knots, extrapolate, interval, n_init, select, criterion, jobs, seed, max_iter, dropna, outcome, event_time,
-        event, event_value, baseline, overwrite, quiet, out):
+        event, event_value, baseline, check_bands, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
     the saved model and an HTML report to --out (all at once, when the fit is done)."""
     from .cli_output import OutputFolder, write_outputs
@@ -319,9 +322,27 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
                                      source=str(data), interval=interval, transform=transform,
                                      input_columns=list(frame.columns), outcomes=outcomes, notes=_warnings_note())
+        checked = _band_check(model, used, subject, time_col, response, covs, interval) if check_bands else None
+        if checked is not None:
+            checked.table.rename(columns={"subject": subject, "time": time_col}).to_csv(
+                folder.staging / "band_check.csv", index=False)
+            written.append("band_check.csv")
         folder.commit()
     if not quiet:
         _print_summary(model, res, Path(out), written, time.perf_counter() - t0, transform, outcomes)
+        if checked is not None:
+            click.echo("\n" + checked.summary())
+
+
+def _band_check(model, frame, subject, time_col, response, covs, interval):
+    """:func:`dmlmm.calibration.check_bands` for a fitted model (a fresh copy is refitted)."""
+    from .calibration import check_bands
+
+    try:
+        return check_bands(model, frame, subject=subject, time=time_col, response=response, covariates=covs,
+                           level=interval)
+    except ValueError as e:
+        raise CliError(f"--check-bands: {e}") from e
 
 
 def _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs, n_basis, degree, interval,

@@ -30,3 +30,7 @@ class ExtrapolationWarning(UserWarning):
 
 class EmptyComponentWarning(UserWarning):
     """Mixture components ended up (nearly) empty and were pruned from the report."""
+
+
+class CalibrationWarning(UserWarning):
+    """Forecast bands held fewer held-out visits than they claim (:func:`dmlmm.calibration.check_bands`)."""

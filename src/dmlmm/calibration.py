@@ -1,0 +1,193 @@
+"""Do a model's forecast bands hold what they claim on the user's own data? A last-visit check.
+
+:func:`check_bands` holds out each subject's last visit, fits a fresh copy of the model (same
+hyperparameters) to the rest, forecasts each held-out visit from the subject's earlier ones
+(``predict_trajectory(kind="observation")``) and counts how many fall inside their bands. A band
+is a promise: 95 % bands should hold about 95 % of the held-out visits. The check says how many
+did, with a binomial (Wilson) interval for that fraction, on which side the misses fall, and how
+coverage changes with the forecast horizon; it warns when the bands are too narrow to trust.
+
+Last visits are the hardest test a longitudinal model meets: they are forecasts (often years
+ahead), and where subjects leave the study for reasons linked to the outcome (death, transplant,
+recovery), no model that assumes visits are missing at random will cover them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+from .exceptions import CalibrationWarning
+
+__all__ = ["BandCheck", "check_bands"]
+
+#: Subjects per call of ``predict_trajectory`` (it predicts every subject at every time asked).
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class BandCheck:
+    """Result of :func:`check_bands`.
+
+    Attributes
+    ----------
+    table : DataFrame, one row per held-out observation: subject, time, observed, mean, lower,
+        upper, inside (bool), horizon (time since the subject's last training visit).
+    level : float
+        The bands' nominal coverage.
+    coverage : float
+        Fraction of held-out observations inside their band.
+    interval : (float, float)
+        Wilson 95 % interval of the coverage.
+    below, above : float
+        Fractions below and above their band.
+    by_horizon : DataFrame
+        Coverage by horizon (tertiles, or each distinct horizon where there are at most three):
+        horizon_from, horizon_to, observations, coverage.
+    """
+
+    table: pd.DataFrame
+    level: float
+    coverage: float
+    interval: tuple[float, float]
+    below: float
+    above: float
+    by_horizon: pd.DataFrame
+
+    @property
+    def n(self) -> int:
+        return len(self.table)
+
+    @property
+    def too_narrow(self) -> bool:
+        """Whether the nominal level lies above the coverage's 95 % interval."""
+        return self.level > self.interval[1]
+
+    def summary(self) -> str:
+        lo, hi = self.interval
+        lines = [
+            f"{100 * self.level:g} % forecast bands of each subject's last visit, held out: "
+            f"{100 * self.coverage:.1f} % inside (95 % interval {100 * lo:.1f}-{100 * hi:.1f} %, "
+            f"{self.n} observations); {100 * self.below:.1f} % below, {100 * self.above:.1f} % above.",
+        ]
+        for _, r in self.by_horizon.iterrows():
+            lines.append(f"  horizon {r['horizon_from']:.3g}-{r['horizon_to']:.3g}: {100 * r['coverage']:.1f} % "
+                         f"of {int(r['observations'])}")
+        if self.too_narrow:
+            lines.append("The bands are too narrow here: forecasts are less certain than they claim.")
+        return "\n".join(lines)
+
+
+def _wilson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    z = st.norm.ppf(0.5 + conf / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def _split_last(data: pd.DataFrame, subject: str, time: str, min_visits: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training rows and held-out rows (every row at the last visit time of subjects with at least
+    ``min_visits`` distinct visit times)."""
+    visits = data.groupby(subject, sort=False)[time].transform("nunique")
+    last = data.groupby(subject, sort=False)[time].transform("max")
+    held = (visits >= min_visits) & (data[time] == last)
+    return data.loc[~held], data.loc[held]
+
+
+def check_bands(
+    model,
+    data: pd.DataFrame,
+    *,
+    subject: str = "subject",
+    time: str = "time",
+    response: str = "y",
+    covariates: Sequence[str] | str | None = None,
+    level: float = 0.95,
+    min_visits: int = 2,
+    warn: bool = True,
+) -> BandCheck:
+    """Hold out each subject's last visit, refit, forecast it, and count the bands that hold it.
+
+    Parameters
+    ----------
+    model : an unfitted or fitted dmlmm model (``DeepMixtureLMM``, ``MixtureLMM`` or a longitudinal
+        ``LinearMixedModel``); a fresh copy with the same hyperparameters is fitted, the model
+        itself is not changed.
+    data : DataFrame
+        Long data, one row per observation.
+    subject, time, response : str
+        Column names.
+    covariates : list of str or str, optional
+        Passed to ``fit``.
+    level : float
+        Nominal coverage of the bands, in (0, 1).
+    min_visits : int
+        Only subjects with at least this many distinct visit times have their last one held out
+        (at least 2, so that each forecast is conditioned on an earlier visit).
+    warn : bool
+        Emit a :class:`~dmlmm.exceptions.CalibrationWarning` when ``level`` lies above the
+        coverage's 95 % interval.
+
+    Returns
+    -------
+    BandCheck
+    """
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if int(min_visits) < 2:
+        raise ValueError(f"min_visits must be at least 2 (a forecast needs an earlier visit), got {min_visits!r}")
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    for role, col in (("subject", subject), ("time", time), ("response", response)):
+        if col not in data.columns:
+            raise ValueError(f"{role} column {col!r} is not in the data; columns: {', '.join(map(str, data.columns))}")
+    train, held = _split_last(data, subject, time, int(min_visits))
+    if held[subject].nunique() < 10:
+        raise ValueError(
+            f"only {held[subject].nunique()} subjects have at least {min_visits} visits: "
+            "too few last visits to check the bands (at least 10 are needed)"
+        )
+    fresh = type(model)(**model.get_params(deep=False))
+    kwargs = {} if covariates is None else {"covariates": covariates}
+    fresh.fit(train, subject=subject, time=time, response=response, **kwargs)
+    ids = held[subject].drop_duplicates().to_numpy()
+    parts = []
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        rows = train[train[subject].isin(chunk)]
+        times = np.unique(held.loc[held[subject].isin(chunk), time].to_numpy(dtype=float))
+        pred = fresh.predict_trajectory(rows, times=times, interval=float(level), kind="observation")
+        # the mixtures name the identifying columns subject / time, the LMM keeps the user's names
+        pred = pred.rename(columns={subject if subject in pred.columns else "subject": "subject",
+                                    time if time in pred.columns else "time": "time"})
+        parts.append(pred[["subject", "time", "mean", "lower", "upper"]])
+    pred = pd.concat(parts, ignore_index=True)
+    obs = pd.DataFrame({"subject": held[subject].to_numpy(), "time": held[time].to_numpy(dtype=float),
+                        "observed": held[response].to_numpy(dtype=float)})
+    prev = train.groupby(subject)[time].max()
+    table = obs.merge(pred, on=["subject", "time"], how="left", validate="many_to_one")
+    table["inside"] = (table["observed"] >= table["lower"]) & (table["observed"] <= table["upper"])
+    table["horizon"] = table["time"] - prev.reindex(table["subject"]).to_numpy(dtype=float)
+    n, k = len(table), int(table["inside"].sum())
+    h = table["horizon"]
+    groups = h if h.nunique() <= 3 else pd.qcut(h, 3, labels=False, duplicates="drop")
+    by_h = table.groupby(groups).agg(horizon_from=("horizon", "min"), horizon_to=("horizon", "max"),
+                                      observations=("inside", "size"), coverage=("inside", "mean")).reset_index(drop=True)
+    check = BandCheck(table, float(level), k / n, _wilson(k, n), float((table["observed"] < table["lower"]).mean()),
+                      float((table["observed"] > table["upper"]).mean()), by_h)
+    if warn and check.too_narrow:
+        lo, hi = check.interval
+        warnings.warn(
+            f"{100 * level:g} % bands held {100 * check.coverage:.1f} % of the {n} held-out last visits "
+            f"(95 % interval {100 * lo:.1f}-{100 * hi:.1f} %): forecasts here are less certain than their "
+            f"bands claim ({100 * check.below:.1f} % fell below, {100 * check.above:.1f} % above)",
+            CalibrationWarning,
+            stacklevel=2,
+        )
+    return check

@@ -1,0 +1,93 @@
+"""dmlmm.check_bands: the last-visit check of forecast bands."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import simulate_spline_lmm
+
+from dmlmm import CalibrationWarning, LinearMixedModel, SplineBasis, check_bands
+from dmlmm.calibration import _wilson
+
+
+def _model():
+    return LinearMixedModel(method="ml", basis=SplineBasis(5, lower=0.0, upper=1.0))
+
+
+@pytest.fixture(scope="module")
+def data():
+    df, _ = simulate_spline_lmm(n_subjects=400, n_basis=5, min_obs=3, max_obs=10, seed=11)
+    return df
+
+
+def test_bands_of_the_true_model_hold_their_level(data):
+    """Data simulated from the model that is fitted: coverage of the held-out last visits near 95 %
+    (the Wilson interval holds 0.95), no warning, and one row per subject's last visit."""
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        check = check_bands(model, data, subject="id", time="t", response="y")
+    assert not hasattr(model, "n_iter_")  # the model given is not fitted
+    last = data.loc[data.groupby("id")["t"].transform("max") == data["t"]]
+    assert check.n == len(last) == 400
+    assert set(check.table["subject"]) == set(last["id"])
+    assert check.interval[0] <= 0.95 <= check.interval[1] and not check.too_narrow
+    assert check.below + check.above == pytest.approx(1 - check.coverage)
+    assert (check.table["horizon"] > 0).all()
+    assert check.by_horizon["observations"].sum() == 400
+    assert "95 % forecast bands of each subject's last visit" in check.summary()
+
+
+def test_shifted_last_visits_are_flagged(data):
+    """Last visits moved up by three residual SDs (as if subjects left when their marker rose):
+    the bands miss them, on the upper side, and the check warns."""
+    shifted = data.copy()
+    last = shifted.groupby("id")["t"].transform("max") == shifted["t"]
+    shifted.loc[last, "y"] += 3 * 0.3
+    with pytest.warns(CalibrationWarning, match=r"^95 % bands held .* of the 400 held-out last visits"):
+        check = check_bands(_model(), shifted, subject="id", time="t", response="y")
+    assert check.too_narrow and check.above > check.below
+    assert "too narrow" in check.summary()
+
+
+def test_wilson_interval_matches_the_closed_form():
+    lo, hi = _wilson(90, 100)
+    z = 1.959963984540054
+    p, n = 0.9, 100
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    assert (lo, hi) == pytest.approx((centre - half, centre + half), rel=1e-12)
+
+
+def test_bad_arguments_are_named(data):
+    with pytest.raises(ValueError, match=r"level must be in \(0, 1\), got 95"):
+        check_bands(_model(), data, subject="id", time="t", level=95)
+    with pytest.raises(ValueError, match="min_visits must be at least 2"):
+        check_bands(_model(), data, subject="id", time="t", min_visits=1)
+    with pytest.raises(ValueError, match="response column 'value' is not in the data"):
+        check_bands(_model(), data, subject="id", time="t", response="value")
+    few = data[data["id"].isin(data["id"].unique()[:5])]
+    with pytest.raises(ValueError, match="only 5 subjects have at least 2 visits"):
+        check_bands(_model(), few, subject="id", time="t")
+
+
+def test_cli_check_bands_writes_band_check_csv(tmp_path):
+    """`dmlmm fit --check-bands`: band_check.csv (one row per held-out last visit, the subject and
+    time columns under their names in the data) and the summary."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from dmlmm.cli import main
+    from dmlmm.simulate import dgp1
+
+    path = tmp_path / "d.csv"
+    dgp1(0, n_subjects=60).data.rename(columns={"subject": "id", "time": "age"}).to_csv(path, index=False)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["fit", str(path), "--subject", "id", "--time", "age", "--model", "lmm",
+                                  "--n-basis", "6", "--check-bands", "--out", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(out / "band_check.csv")
+    assert len(table) == 60 and {"id", "age", "observed", "lower", "upper", "inside"} <= set(table.columns)
+    assert "95 % forecast bands of each subject's last visit, held out" in r.output
