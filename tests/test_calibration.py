@@ -68,6 +68,8 @@ def test_bad_arguments_are_named(data):
         check_bands(_model(), data, subject="id", time="t", min_visits=1)
     with pytest.raises(ValueError, match="response column 'value' is not in the data"):
         check_bands(_model(), data, subject="id", time="t", response="value")
+    with pytest.raises(ValueError, match="check_bands needs a model of the longitudinal form"):
+        check_bands(LinearMixedModel("y ~ t + (t | id)"), data, subject="id", time="t")
     few = data[data["id"].isin(data["id"].unique()[:5])]
     with pytest.raises(ValueError, match="only 5 subjects have at least 2 visits"):
         check_bands(_model(), few, subject="id", time="t")

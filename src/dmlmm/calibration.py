@@ -147,6 +147,9 @@ def check_bands(
     for role, col in (("subject", subject), ("time", time), ("response", response)):
         if col not in data.columns:
             raise ValueError(f"{role} column {col!r} is not in the data; columns: {', '.join(map(str, data.columns))}")
+    if model.get_params(deep=False).get("formula") is not None:
+        raise ValueError("check_bands needs a model of the longitudinal form (subject, time, response columns and a "
+                         "spline basis of time); this LinearMixedModel has a formula")
     train, held = _split_last(data, subject, time, int(min_visits))
     if held[subject].nunique() < 10:
         raise ValueError(
