@@ -225,7 +225,10 @@ def _gamma_newton(st: SufficientStats, structure: CovarianceStructure, reml: boo
     accepted and the decrement is below 1e-5, a full step is taken unchecked and verified at the
     next evaluation (and backtracked from there if it did not decrease the objective) (the barrier then costs at most
     about ``q mu_min`` of ``-l/n``). The start's eigenvalues are raised to ``floor`` times the
-    largest (at least ``floor``) to begin inside the cone.
+    largest (at least ``floor``) to begin inside the cone. A step counts as a decrease only when
+    it lowers the objective by more than round-off (8 eps of its size); when no step does, the
+    iteration ends (near a singular ``Gamma`` it could otherwise take steps of 1e-10 until
+    ``max_iter``: 2,000 iterations and 16 s on 60 subjects).
 
     Returns
     -------
@@ -263,12 +266,13 @@ def _gamma_newton(st: SufficientStats, structure: CovarianceStructure, reml: boo
 
     def _backtrack(gam0, D, f0, dec, mu_, t):
         nonlocal n_eval
+        floor = 8 * np.finfo(float).eps * max(1.0, abs(f0))  # a decrease below this is round-off
         for _ in range(40):
             lam_t = chol(gam0 + t * D)
             if lam_t is not None:
                 f_t = value(lam_t, mu_)
                 n_eval += 1
-                if f_t <= f0 - 1e-4 * t * dec:
+                if f_t <= f0 - 1e-4 * t * dec and f0 - f_t > floor:
                     t_last[0] = t
                     return lam_t
             t *= 0.5
