@@ -13,7 +13,7 @@ from dmlmm.inference.joint import joint_local_step
 from dmlmm.lmm import collapsed as C
 from dmlmm.lmm import variational
 from dmlmm.lmm.structure import CovarianceStructure
-from dmlmm.lmm.variational import block_sizes, fit_vb, prior_for
+from dmlmm.lmm.variational import fit_vb, prior_for
 from dmlmm.models.starting import ridge_estimates
 from dmlmm.sufficient import sufficient_stats
 
@@ -36,7 +36,7 @@ def _problem(n_subjects=150, seed=0):
 
 def _hyper(structure):
     prior = prior_for(structure)
-    return C.CollapsedHyper.for_blocks(block_sizes(structure), prior.cov_df, prior.cov_scale, 1.0)
+    return C.CollapsedHyper.for_blocks(structure.block_sizes(), prior.cov_df, prior.cov_scale, 1.0)
 
 
 def _random_gamma(structure, rng):
@@ -203,7 +203,7 @@ def test_penalty_hessian_matches_differences_of_its_gradient(kind):
     s, h = 0.2, 1e-6
 
     def grad(g):
-        return -C._entries(C._penalty(g, np.linalg.cholesky(g), s, hyp, grad=True)[1], rows, cols)
+        return -C.gamma_entries(C._penalty(g, np.linalg.cholesky(g), s, hyp, grad=True)[1], rows, cols)
 
     fd = np.array([(grad(gamma + h * E) - grad(gamma - h * E)) / (2 * h) for E in units]).T
-    np.testing.assert_allclose(C._penalty_hessian(gamma, s, hyp, units), 0.5 * (fd + fd.T), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(C._penalty_hessian(gamma, s, hyp, rows, units), 0.5 * (fd + fd.T), rtol=1e-6, atol=1e-8)

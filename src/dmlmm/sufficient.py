@@ -109,6 +109,18 @@ class SufficientStats:
         """Statistics of the subjects at positions ``index``."""
         return SufficientStats(*(None if (v := getattr(self, f)) is None else v[index] for f in self.__dataclass_fields__))
 
+    def nested_subsets(self, ratio: int, smallest: int, seed: int) -> list["SufficientStats"]:
+        """Nested random subsets of N // ratio, N // ratio^2, ... subjects (at least ``smallest`` each),
+        smallest first: sorted prefixes of one random order of the subjects (``default_rng(seed)``)."""
+        N = self.n_subjects
+        sizes = []
+        m = N // ratio
+        while m >= smallest:
+            sizes.append(m)
+            m //= ratio
+        order = np.random.default_rng(seed).permutation(N)
+        return [self.subset(np.sort(order[:m])) for m in reversed(sizes)]
+
     def total(self) -> "SufficientStats":
         """The statistics summed over the subjects (one row; the membership covariates dropped)."""
         return SufficientStats(*(getattr(self, f).sum(0, keepdims=True) for f in self.__dataclass_fields__

@@ -51,7 +51,7 @@ import numpy as np
 from scipy import optimize
 
 from ..sufficient import SufficientStats
-from .profiled import _evaluate, _gamma_hessian
+from .profiled import _evaluate, _gamma_hessian, gamma_entries
 
 __all__ = ["CollapsedHyper", "CollapsedPoint", "collapsed_value", "collapsed_newton"]
 
@@ -137,8 +137,10 @@ def _penalty(gamma: np.ndarray, lam: np.ndarray, s: float, hyp: CollapsedHyper, 
     return value, 0.5 * (G + G.T)
 
 
-def _penalty_hessian(gamma: np.ndarray, s: float, hyp: CollapsedHyper, units: np.ndarray) -> np.ndarray:
-    """Hessian of ``-penalty`` in ``Gamma``'s free entries (unit matrices ``units`` (m, q, q)) at fixed ``s``.
+def _penalty_hessian(gamma: np.ndarray, s: float, hyp: CollapsedHyper, rows: np.ndarray, units: np.ndarray
+                     ) -> np.ndarray:
+    """Hessian of ``-penalty`` in ``Gamma``'s free entries (rows ``rows``, unit matrices ``units`` (m, q, q))
+    at fixed ``s``.
 
     With ``P_e = Gamma^-1 E_e Gamma^-1``: ``d^2 log|Gamma_b| = -tr(P_e E_f)``; ``g_j = (Gamma^-1)_jj`` has
     ``dg_j = -P_e[j, j]`` and ``d^2 g_j = (P_e E_f Gamma^-1 + P_f E_e Gamma^-1)_jj``; the penalty's terms
@@ -153,7 +155,6 @@ def _penalty_hessian(gamma: np.ndarray, s: float, hyp: CollapsedHyper, units: np
     c = hyp.shape * (hyp.nu / s) / (x + hyp.rate0)
     P = gi[None] @ units @ gi[None]                                      # (m, q, q)
     flat = units.reshape(m, q * q)                                       # E_f symmetric: tr(A E_f) = <A, E_f>
-    rows = np.argmax(np.abs(units).reshape(m, -1), axis=1) // q          # a row of each entry, for its block's df0
     logdet = -(P.reshape(m, -1) @ flat.T)                                # d^2 log|Gamma|
     T = (gi @ (c[:, None] * gi))[None] @ units @ gi[None]                # Gamma^-1 C P_e, (m, q, q) -> tr(. E_f)
     T = T.reshape(m, -1) @ flat.T
@@ -180,11 +181,6 @@ def _point(state, gamma: np.ndarray, lam: np.ndarray, hyp: CollapsedHyper, s: fl
     loglik = -0.5 * (dof * np.log(s) + state.logdet_M + logdet_F + state.pwrss / s)
     pen, _ = _penalty(gamma, lam, s, hyp)
     return CollapsedPoint(-(loglik + pen), gamma, lam, s, dof)
-
-
-def _entries(G: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Gradient in the free lower-triangle entries of a symmetric matrix from its matrix gradient."""
-    return np.where(rows != cols, 2.0, 1.0) * G[rows, cols]
 
 
 def _unit(rows: np.ndarray, cols: np.ndarray, q: int) -> np.ndarray:
@@ -214,8 +210,8 @@ def _gamma_system(stats: SufficientStats, point: CollapsedPoint, hyp: CollapsedH
     _, _, extra = _evaluate(stats, point.lam, True, grad=True, hess="gamma", keep=False, at_sigma2=point.s)
     _, Gp = _penalty(point.gamma, point.lam, point.s, hyp, grad=True)
     Gf = -(extra["G"] + Gp)
-    H = _gamma_hessian(extra, rows, cols) + _penalty_hessian(point.gamma, point.s, hyp, units)
-    return _entries(Gf, rows, cols), 0.5 * (H + H.T), Gf
+    H = _gamma_hessian(extra, rows, cols) + _penalty_hessian(point.gamma, point.s, hyp, rows, units)
+    return gamma_entries(Gf, rows, cols), 0.5 * (H + H.T), Gf
 
 
 def _log_coordinates(point: CollapsedPoint, grad: np.ndarray, H: np.ndarray, Gf: np.ndarray, rows: np.ndarray,

@@ -20,6 +20,7 @@ from .profiled import (
     ProfiledState,
     _evaluate,
     _gamma_hessian,
+    gamma_entries,
     _newton_model,
     evaluate,
     profiled_loglik,
@@ -298,13 +299,13 @@ def _gamma_newton(st: SufficientStats, structure: CovarianceStructure, reml: boo
                 continue
         gi = np.linalg.inv(gam)
         G = extra["G"]
-        grad_l = -np.where(off, 2.0, 1.0) * G[rows, cols] / nobs
+        grad_l = -gamma_entries(G, rows, cols) / nobs
         H_l = _gamma_hessian(extra, rows, cols) / nobs
         H_b = np.zeros_like(H_l)
         for a, b_, wa in halves:
             for x, y, wx in halves:
                 H_b += np.outer(wa, wx) * gi[y[None, :], a[:, None]] * gi[b_[:, None], x[None, :]]
-        grad_b = -np.where(off, 2.0, 1.0) * gi[rows, cols]
+        grad_b = -gamma_entries(gi, rows, cols)
         if not (np.all(np.isfinite(H_l)) and np.all(np.isfinite(grad_l)) and np.all(np.isfinite(H_b))):
             break
         while True:  # centred enough for this mu: lower it (the likelihood parts are reused)
@@ -477,14 +478,8 @@ def fit_profiled(
             N = stats.n_subjects
             use_gamma = structure.kind != "scaled_identity"
             if theta0 is None and N >= 5 * _SUBSET_MIN:
-                sizes = []
-                m = N // 10
-                while m >= _SUBSET_MIN:
-                    sizes.append(m)
-                    m //= 10
-                perm = np.random.default_rng(0).permutation(N)
-                for m in reversed(sizes):
-                    sub = sstats.subset(np.sort(perm[:m]))
+                for sub in sstats.nested_subsets(10, _SUBSET_MIN, seed=0):
+                    m = sub.n_subjects
                     if use_gamma:
                         warm = len(history) > 0
                         lam_s, it_s, _ = _gamma_newton(sub, structure, reml, structure.lam(th_start), max_iter,

@@ -425,6 +425,12 @@ def _newton_model(extra: dict, lam: np.ndarray, structure: CovarianceStructure) 
     return 0.5 * (H + H.T)
 
 
+def gamma_entries(G: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The gradient in the free lower-triangle entries (``rows``, ``cols``) of a symmetric matrix from its
+    matrix gradient ``G`` (``df = tr(G dGamma)``): an off-diagonal entry moves two places."""
+    return np.where(rows != cols, 2.0, 1.0) * G[rows, cols]
+
+
 def _gamma_hessian(extra: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Hessian of ``-loglik`` (ML, ``beta`` and ``sigma^2`` profiled out) in the lower-triangle entries
     ``gamma`` (positions ``rows``, ``cols``) of the relative covariance ``Gamma = Lambda Lambda'``.

@@ -90,6 +90,17 @@ class CovarianceStructure:
         out[self.which[self.rows == self.cols]] = True
         return out
 
+    def block_sizes(self) -> list[int]:
+        """Sizes of the diagonal blocks of ``Lambda`` (one block for an unstructured ``Sigma``; each
+        coordinate its own for a scaled identity)."""
+        sizes, start, reach = [], 0, -1
+        for c in range(self.dim):  # a block ends where no entry of Lambda links past the column
+            reach = max(reach, int(self.rows[self.cols == c].max(initial=c)))
+            if reach == c:
+                sizes.append(c + 1 - start)
+                start = c + 1
+        return sizes
+
     def bounds(self) -> list[tuple[float | None, float | None]]:
         """Bounds for scipy: ``(0, None)`` for diagonal parameters, free otherwise."""
         return [(0.0, None) if d else (None, None) for d in self.on_diagonal]

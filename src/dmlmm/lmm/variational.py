@@ -63,18 +63,7 @@ def prior_for(structure, cov_scale: float = 2.5) -> RandomEffectsPrior:
     """The one-path Gaussian prior matching an lme4-style :class:`~dmlmm.lmm.structure.CovarianceStructure`."""
     if structure.kind == "scaled_identity":
         return gaussian_prior([structure.dim], cov_scale, scaled_identity=True)
-    return gaussian_prior(block_sizes(structure), cov_scale)
-
-
-def block_sizes(structure) -> list[int]:
-    """Sizes of the diagonal blocks of an unstructured or block-diagonal structure."""
-    sizes, start, reach = [], 0, -1
-    for c in range(structure.dim):  # blocks end where no entry of Lambda links past the column
-        reach = max(reach, int(structure.rows[structure.cols == c].max(initial=c)))
-        if reach == c:
-            sizes.append(c + 1 - start)
-            start = c + 1
-    return sizes
+    return gaussian_prior(structure.block_sizes(), cov_scale)
 
 
 def fit_vb(
@@ -211,7 +200,7 @@ def collapsed_start(
     summed over its starts).
     """
     N, q = stats.n_subjects, stats.dim_random
-    hyp = CollapsedHyper.for_blocks(block_sizes(structure), prior.cov_df, prior.cov_scale, config.noise_scale)
+    hyp = CollapsedHyper.for_blocks(structure.block_sizes(), prior.cov_df, prior.cov_scale, config.noise_scale)
     rows, cols = structure.rows, structure.cols
     mask = np.zeros((q, q), dtype=bool)
     mask[rows, cols] = mask[cols, rows] = True
@@ -224,29 +213,21 @@ def collapsed_start(
         A = rng.normal(size=(q, q))
         W = np.where(mask, A @ A.T + 1e-3 * q * np.eye(q), 0.0)
         starts.append(W * (np.trace(ridge) / np.trace(W)) * 10.0 ** rng.uniform(0.0, 3.0))
-    sizes = []
-    m = N // NEWTON_RATIO
-    while m >= NEWTON_SUBSET_MIN:
-        sizes.append(m)
-        m //= NEWTON_RATIO
-    order = np.random.default_rng(1).permutation(N)
     stages = []
-    for m in sizes[::-1] + [N]:
-        sub = stats if m == N else stats.subset(np.sort(order[:m]))
-        best, total = None, 0
+    for sub in stats.nested_subsets(NEWTON_RATIO, NEWTON_SUBSET_MIN, seed=1) + [stats]:
+        maxima, total = [], 0
         for gamma in starts:
             try:
                 point, steps, _ = collapsed_newton(sub, gamma, hyp, rows, cols, max_iter=200 if not stages else 50)
             except np.linalg.LinAlgError:  # a random start where the bound cannot be evaluated
-                if best is None and gamma is starts[-1]:
-                    raise
                 continue
+            maxima.append(point)
             total += steps
-            if best is None or point.value < best.value:
-                best = point
-        point = best
+        if not maxima:
+            raise np.linalg.LinAlgError("the collapsed bound cannot be evaluated at any start")
+        point = min(maxima, key=lambda p: p.value)
         starts = [point.gamma]
-        stages.append((m, total))
+        stages.append((sub.n_subjects, total))
     alpha = float(params.noise.shape)
     noise = InvGamma(np.asarray(alpha), np.asarray(alpha * point.s))
     aux = InvGamma(np.asarray(1.0), np.asarray(1.0 / point.s + 1.0 / config.noise_scale**2))
