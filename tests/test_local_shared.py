@@ -112,3 +112,95 @@ def test_a_deep_mixture_fit_is_the_same_through_either_route(noise, monkeypatch)
     assert fast.n_iter_ == dense.n_iter_ and fast.n_components_ == dense.n_components_
     np.testing.assert_allclose(fast.elbo_, dense.elbo_, rtol=1e-8)
     pd.testing.assert_frame_equal(fast.responsibilities_, dense.responsibilities_, atol=1e-6)
+
+
+def _mixed_stats(rng, D=12, n_subjects=40):
+    """Subjects with 2-11 visits (some at repeated times, so rank < n_i) on spline-like rows."""
+    from dmlmm.sufficient import sufficient_stats
+
+    n_obs = rng.integers(2, 12, n_subjects)
+    codes = np.repeat(np.arange(n_subjects), n_obs)
+    t = rng.uniform(0, 1, len(codes))
+    dup = rng.random(len(codes)) < 0.2  # some visits repeat the previous time
+    t[1:][dup[1:]] = t[:-1][dup[1:]]
+    X = np.exp(-((t[:, None] - np.linspace(0, 1, D)) ** 2) / 0.02)
+    F = rng.normal(size=(len(codes), 2))
+    y = X @ rng.normal(size=D) + rng.normal(size=len(codes))
+    return sufficient_stats(y, X, F, codes, n_subjects)
+
+
+def test_gram_factor_and_the_observation_space_inverse():
+    from dmlmm._linalg import diag_lowrank_inv_logdet, gram_factor
+
+    rng = np.random.default_rng(5)
+    stats = _mixed_stats(rng)
+    R, rank = gram_factor(stats.XtX)
+    np.testing.assert_allclose(np.swapaxes(R, 1, 2) @ R, stats.XtX, atol=1e-12 * np.abs(stats.XtX).max())
+    assert (rank <= stats.n_obs).all() and (rank < stats.n_obs).any()  # repeated times lower the rank
+    assert (R[np.arange(len(rank)), np.minimum(rank, R.shape[1] - 1)][rank < R.shape[1]] == 0).all()
+    e = rng.uniform(0.2, 5.0, (len(rank), 12))
+    s = rng.uniform(0.5, 20.0, len(rank))
+    A = s[:, None, None] * stats.XtX + e[:, :, None] * np.eye(12)
+    inv, logdet = diag_lowrank_inv_logdet(e, s, R)
+    np.testing.assert_allclose(inv, np.linalg.inv(A), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
+    # the subset keeps the factors, trimmed to its largest rank
+    stats.gram_factor
+    few = np.flatnonzero(rank <= 3)
+    sub = stats.subset(few)
+    assert "gram_factor" in sub.__dict__ and sub.gram_factor[0].shape[1] == rank[few].max()
+    np.testing.assert_allclose(np.swapaxes(sub.gram_factor[0], 1, 2) @ sub.gram_factor[0], sub.XtX, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise", ["shared", "per_group"])
+def test_observation_space_route_equals_dense(noise, monkeypatch):
+    from dmlmm.inference import local_shared
+
+    rng = np.random.default_rng(8)
+    stats = _mixed_stats(rng)
+    group = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    pp = _shared_prior(rng, group, 12, 2)
+    s = {"shared": 2.0, "per_group": np.array([1.5, 2.5, 3.0])[group]}[noise]
+    nm = _noise(rng, s, np.log(1 / np.asarray(s)))
+    sizes = []
+    real = local_shared.diag_lowrank_inv_logdet
+    monkeypatch.setattr(local_shared, "diag_lowrank_inv_logdet", lambda e, s, R: sizes.append(len(e)) or real(e, s, R))
+    fast = local_step(stats, pp, nm, moment_threshold=0.0)
+    n_low = int((stats.gram_factor[1] <= local_shared.OBS_RANK_FRACTION * 12).sum())
+    assert sizes == [n_low * 3] and 0 < n_low < stats.n_subjects  # both routes, one call each
+    dense = local_step(stats, replace(pp, shared=None), nm, moment_threshold=0.0)
+    np.testing.assert_allclose(fast.log_evidence, dense.log_evidence, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fast.resp, dense.resp, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fast.mean_b, dense.mean_b, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(fast.moments.second, dense.moments.second, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(fast.path_quad, dense.path_quad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("restricted", [False, True])
+def test_observation_space_route_of_the_dense_step(restricted, monkeypatch):
+    """Paths with their own full precisions (a mixture's components): the low-rank subjects' pairs are
+    solved in observation space and agree with the Cholesky route everywhere."""
+    rng = np.random.default_rng(11)
+    stats = _mixed_stats(rng, D=12, n_subjects=50)
+    M, D = 4, 12
+    B = rng.normal(size=(M, D, D))
+    prec = B @ np.swapaxes(B, 1, 2) / D + np.eye(D)
+    pp = PathPrior(rng.normal(size=M), prec, rng.normal(size=(M, D)), rng.normal(size=M), None)
+    nm = _noise(rng, np.array([1.0, 2.0, 3.0, 4.0]), np.zeros(M))
+    active = None
+    if restricted:
+        active = rng.random((50, M)) < 0.6
+        active[np.arange(50), rng.integers(0, M, 50)] = True
+    calls = []
+    real = local._solve_observation
+    monkeypatch.setattr(local, "_solve_observation", lambda *a, **k: calls.append(len(a[4])) or real(*a, **k))
+    fast = local_step(stats, pp, nm, moment_threshold=0.0, active=active)
+    assert calls and 0 < calls[0] < (50 * M if active is None else active.sum())  # both routes were taken
+    monkeypatch.setattr(local, "observation_factor", lambda st: None)
+    dense = local_step(stats, pp, nm, moment_threshold=0.0, active=active)
+    np.testing.assert_allclose(fast.log_evidence, dense.log_evidence, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fast.resp, dense.resp, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fast.mean_b, dense.mean_b, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(fast.moments.second, dense.moments.second, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(fast.path_quad, dense.path_quad, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(fast.path_xty_b, dense.path_xty_b, rtol=1e-9, atol=1e-9)

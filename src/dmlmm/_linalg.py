@@ -11,7 +11,8 @@ from typing import ContextManager
 
 import numpy as np
 
-__all__ = ["cholesky", "spd_inv_logdet", "sym", "solve_lower", "solve_upper_t", "tri_inv_soa", "blas_single_thread", "limit_blas_threads", "stack_inv_logdet", "row_chunks"]
+__all__ = ["cholesky", "spd_inv_logdet", "sym", "solve_lower", "solve_upper_t", "tri_inv_soa", "blas_single_thread", "limit_blas_threads", "stack_inv_logdet", "row_chunks", "gram_factor",
+           "diag_lowrank_inv_logdet"]
 
 
 def sym(a: np.ndarray) -> np.ndarray:
@@ -207,3 +208,67 @@ def row_chunks(n: int, rows: int) -> list[tuple[int, int]]:
     batched work whose temporaries should stay small (in cache, recycled by the allocator)."""
     rows = max(1, int(rows))
     return [(a, min(a + rows, n)) for a in range(0, n, rows)]
+
+
+# --------------------------------------------------------------------------- observation space
+# A subject's posterior precision diag(e) + s X_i'X_i has rank-n_i data part: when n_i is well
+# below D, its inverse and log-determinant come from an r x r matrix (r = rank X_i'X_i), the
+# Woodbury identity and the determinant lemma, in O(D^2 r) instead of O(D^3).
+
+
+def gram_factor(xtx: np.ndarray, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Factors ``R_i`` with ``R_i'R_i = X_i'X_i`` from the Gram matrices alone, and their ranks.
+
+    Parameters
+    ----------
+    xtx : (N, D, D) symmetric positive semi-definite.
+    rtol : eigenvalues below ``rtol`` times the largest of their matrix count as zero.
+
+    Returns
+    -------
+    factor : (N, r, D), r the largest rank; row j of ``factor[i]`` is ``sqrt(lam_j) v_j'`` for the
+        eigenvalues in decreasing order, zero rows beyond the subject's rank, so ``factor[i, :k]``
+        is exact for any ``k`` at least its rank.
+    rank : (N,) int.
+    """
+    lam, vec = np.linalg.eigh(xtx)  # ascending
+    lam, vec = lam[:, ::-1], vec[:, :, ::-1]
+    keep = lam > rtol * np.maximum(lam[:, :1], np.finfo(float).tiny)
+    rank = keep.sum(axis=1)
+    r = int(rank.max(initial=0))
+    root = np.sqrt(np.where(keep, lam, 0.0))[:, :r]
+    return np.swapaxes(vec[:, :, :r] * root[:, None, :], 1, 2), rank
+
+
+def diag_lowrank_inv_logdet(
+    e: np.ndarray, s: np.ndarray, factor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse and log-determinant of ``A = diag(e) + s R'R`` through an r x r matrix per stack entry.
+
+    ``A^{-1} = E^{-1} - W'W`` with ``W = L^{-1} R E^{-1}`` and ``L L' = K = I/s + R E^{-1} R'``
+    (Woodbury); ``log|A| = sum log e + r log s + log|K|`` (determinant lemma; zero rows of R add
+    ``log s + log(1/s) = 0``).
+
+    Parameters
+    ----------
+    e : (n, D) positive diagonals.
+    s : (n,) positive scales.
+    factor : (n, r, D) the rows R (zero rows allowed).
+
+    Returns
+    -------
+    inv : (n, D, D), logdet : (n,)
+    """
+    r = factor.shape[1]
+    e_inv = 1.0 / e
+    re = factor * e_inv[:, None, :]  # R E^{-1}
+    K = np.einsum("nrd,nqd->nrq", re, factor)
+    idx = np.arange(r)
+    K[:, idx, idx] += (1.0 / s)[:, None]
+    chol = cholesky_soa(np.ascontiguousarray(np.moveaxis(K, 0, -1)))
+    W = np.moveaxis(tri_inv_soa(chol), -1, 0) @ re  # (n, r, D)
+    inv = -(np.swapaxes(W, 1, 2) @ W)
+    d = np.arange(e.shape[1])
+    inv[:, d, d] += e_inv
+    logdet = np.log(e).sum(axis=1) + r * np.log(s) + 2.0 * np.log(np.diagonal(chol, axis1=0, axis2=1)).sum(axis=-1)
+    return inv, logdet

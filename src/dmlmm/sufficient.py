@@ -10,8 +10,11 @@ Python loop over subjects.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
+
+from ._linalg import gram_factor
 
 __all__ = ["SufficientStats", "segment_sums", "sufficient_stats"]
 
@@ -106,8 +109,20 @@ class SufficientStats:
         return int(self.FtF.shape[-1])
 
     def subset(self, index: np.ndarray) -> "SufficientStats":
-        """Statistics of the subjects at positions ``index``."""
-        return SufficientStats(*(None if (v := getattr(self, f)) is None else v[index] for f in self.__dataclass_fields__))
+        """Statistics of the subjects at positions ``index`` (with their Gram factors, if computed)."""
+        out = SufficientStats(*(None if (v := getattr(self, f)) is None else v[index] for f in self.__dataclass_fields__))
+        if "gram_factor" in self.__dict__:
+            factor, rank = self.gram_factor
+            rank = rank[index]
+            out.__dict__["gram_factor"] = (factor[index][:, : int(rank.max(initial=0))], rank)
+        return out
+
+    @cached_property
+    def gram_factor(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(R, rank)``: per subject ``R_i`` (N, r, D) with ``R_i'R_i = X_i'X_i`` and its rank (N,)
+        (:func:`~dmlmm._linalg.gram_factor`); computed once, on first use, for the local step's
+        observation-space route, and passed on to subsets."""
+        return gram_factor(self.XtX)
 
     def nested_subsets(self, ratio: int, smallest: int, seed: int) -> list["SufficientStats"]:
         """Nested random subsets of N // ratio, N // ratio^2, ... subjects (at least ``smallest`` each),

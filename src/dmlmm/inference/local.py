@@ -18,6 +18,12 @@ the n_i, processed in chunks of subjects to bound memory. Where paths share the
 diagonal part of their prior precision (the deep mixture's paths through one
 first-layer component) one D x D factorisation per (subject, component) serves
 them all, and each path adds O(D^2 D_1) (:mod:`dmlmm.inference.local_shared`).
+
+Subjects with fewer distinct visits than about 0.4 D (sparse visits, a generous basis) take
+the observation-space route: with ``X_i'X_i = R_i'R_i`` of rank r (factors computed once from
+the Gram matrices, :attr:`SufficientStats.gram_factor`), Woodbury's identity and the
+determinant lemma need an r x r factorisation and O(r D^2) work per pair instead of O(D^3),
+for the shared step's ``A_ik`` as for a path's own precision (:func:`_solve_observation`).
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._linalg import blas_single_thread, cholesky, cholesky_soa, solve_lower_soa, solve_upper_t_soa, tri_inv_soa
-from .local_shared import PairSolution, gram_per_path, solve_shared
+from .._linalg import (
+    blas_single_thread, cholesky, cholesky_soa, solve_lower_soa, solve_upper_t_soa, spd_inv_logdet, tri_inv_soa,
+)
+from .local_shared import OBS_MAX_RATIO, OBS_RANK_FRACTION, PairSolution, gram_per_path, solve_shared
 from ..sufficient import SufficientStats
 from ..priors.base import PathMoments, PathPrior
 from ..expfam import LOG_2PI
 
-__all__ = ["NoiseMoments", "LocalResult", "local_step", "residual_stats"]
+__all__ = ["NoiseMoments", "LocalResult", "local_step", "observation_factor", "residual_stats"]
 
 _MAX_CHUNK_ELEMENTS = 4_000_000  # subjects x paths x D x D doubles per chunk (32 MB)
 _THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -140,10 +148,17 @@ def local_step(
     if active is None:
         active = np.ones((N, M), dtype=bool)
     s_group = _shared_route(prior, s_path)  # paths sharing a factorisation (local_shared), or None
+    factor = observation_factor(stats)  # before the threads: computed once per statistics object
     shift_soa = np.ascontiguousarray(prior.shift.T)  # (D, M)
+    prec_soa = xtx_soa = obs = None
     if s_group is None:  # structure-of-arrays layout for the dense route: matrices (D, D, pairs)
         prec_soa = np.ascontiguousarray(np.moveaxis(prior.precision, 0, -1))  # (D, D, M)
         xtx_soa = np.ascontiguousarray(np.moveaxis(stats.XtX, 0, -1))  # (D, D, N)
+    if factor is not None:  # the observation-space route of the dense step needs the paths' covariances
+        try:
+            obs = (factor, *spd_inv_logdet(prior.precision, "path prior precision"))
+        except np.linalg.LinAlgError:
+            obs = None
     xr_soa = np.ascontiguousarray(xr.T)  # (D, N)
     def run_chunk(start: int, stop: int) -> tuple[np.ndarray, ...]:
         """Subjects start..stop: writes their rows of the per-subject outputs, returns path sums."""
@@ -157,13 +172,9 @@ def local_step(
         g = shift_soa[:, cc] + s * xr_soa[:, gi]  # (D, pairs)
         sol = None
         if s_group is not None:
-            sol = solve_shared(prior.shared, s_group, stats.XtX, gi, cc, np.ascontiguousarray(g.T), M)
+            sol = solve_shared(prior.shared, s_group, stats.XtX, gi, cc, np.ascontiguousarray(g.T), M, factor)
         if sol is None:  # no shared route, or a capacitance matrix was not positive definite
-            if s_group is None:
-                Q = prec_soa[:, :, cc] + s * xtx_soa[:, :, gi]
-            else:  # the (D, D, pairs) layout built for this chunk only
-                Q = np.ascontiguousarray(np.moveaxis(prior.precision[cc] + s[:, None, None] * stats.XtX[gi], 0, -1))
-            sol = _solve_dense(Q, g, cc, M)
+            sol = _solve_unshared(prior.precision, stats.XtX, gi, cc, s, g, M, prec_soa, xtx_soa, obs)
         m = sol.mean
         lik = const_i[gi] - 0.5 * stats.n_obs[gi] * lv_path[cc] - 0.5 * s * err[gi]
         elbo_p = path_const[cc] + lik - 0.5 * sol.logdet + 0.5 * sol.quad
@@ -224,6 +235,17 @@ def local_step(
     return LocalResult(resp, log_ev, mean_b, None, PathMoments(w_sum, first, second), p_quad, p_xty, p_xtf)
 
 
+def observation_factor(stats: SufficientStats) -> tuple[np.ndarray, np.ndarray] | None:
+    """The subjects' Gram factors for the observation-space route of the shared step, when it pays: at
+    least a tenth of the subjects have at most ``OBS_RANK_FRACTION * D`` observations (their rank is
+    no larger; computed once per statistics object and kept), or the factors are at hand already."""
+    if "gram_factor" in stats.__dict__:
+        return stats.gram_factor
+    if np.mean(stats.n_obs <= OBS_RANK_FRACTION * stats.dim_random) >= 0.1:
+        return stats.gram_factor
+    return None
+
+
 def _shared_route(prior: PathPrior, s_path: np.ndarray) -> np.ndarray | None:
     """Per group of :class:`SharedPrecision`, the noise precision of its paths, when the shared
     factorisation (:mod:`dmlmm.inference.local_shared`) pays; None to factor every pair alone.
@@ -238,6 +260,111 @@ def _shared_route(prior: PathPrior, s_path: np.ndarray) -> np.ndarray | None:
     s_group = np.zeros(sp.base.shape[0])
     s_group[sp.group] = s_path
     return s_group if np.array_equal(s_group[sp.group], s_path) else None
+
+
+def _solve_unshared(
+    precision: np.ndarray, xtx: np.ndarray, subject: np.ndarray, path: np.ndarray, s: np.ndarray, g: np.ndarray,
+    n_paths: int, prec_soa: np.ndarray | None = None, xtx_soa: np.ndarray | None = None, obs: tuple | None = None,
+) -> PairSolution:
+    """Every pair's posterior quantities with its own factorisation: in observation space
+    (:func:`_solve_observation`) for subjects of low rank when ``obs`` = ``((R, rank), Sigma, log|Lambda|)``
+    is given, by a Cholesky factor of the D x D precision for the others.
+
+    ``precision`` (M, D, D) and ``xtx`` (N, D, D) (also in the (D, D, ·) layout when at hand), ``subject``,
+    ``path``, ``s`` (A,) per pair, ``g`` (D, A).
+    """
+    D = precision.shape[-1]
+
+    def dense(idx: np.ndarray) -> PairSolution:
+        if prec_soa is not None:
+            Q = prec_soa[:, :, path[idx]] + s[idx] * xtx_soa[:, :, subject[idx]]
+        else:
+            Q = np.ascontiguousarray(np.moveaxis(precision[path[idx]] + s[idx, None, None] * xtx[subject[idx]], 0, -1))
+        return _solve_dense(Q, g[:, idx], path[idx], n_paths)
+
+    every = np.arange(len(path))
+    if obs is None:
+        return dense(every)
+    (R, rank), cov, prec_logdet = obs
+    low = rank[subject] <= OBS_RANK_FRACTION * D
+    if not low.any():
+        return dense(every)
+    idx = np.flatnonzero(low)
+    sol, ok = _solve_observation(cov, prec_logdet, R, rank, subject[idx], path[idx], s[idx], g[:, idx], n_paths)
+    if not ok.all():  # data far more precise than the prior: Woodbury's difference would lose digits
+        idx = idx[ok]
+        sol, _ = _solve_observation(cov, prec_logdet, R, rank, subject[idx], path[idx], s[idx], g[:, idx], n_paths,
+                                    check=False)
+    rest = np.setdiff1d(every, idx, assume_unique=True)
+    if len(rest) == 0:
+        return sol
+    return _merge_solutions([(idx, sol), (rest, dense(rest))], len(path))
+
+
+def _solve_observation(
+    cov: np.ndarray, prec_logdet: np.ndarray, R: np.ndarray, rank: np.ndarray, subject: np.ndarray, path: np.ndarray,
+    s: np.ndarray, g: np.ndarray, n_paths: int, check: bool = True,
+) -> tuple[PairSolution, np.ndarray]:
+    """The pairs' posterior quantities in observation space: ``Q = Lambda_c + s R_i'R_i`` with R_i of rank r.
+
+    With ``Sigma_c = Lambda_c^{-1}``, ``K = I/s + R Sigma R' = L L'`` and ``W = L^{-1} R Sigma``:
+    ``Q^{-1} = Sigma - W'W`` (Woodbury) and ``log|Q| = log|Lambda| + r log s + log|K|`` (determinant
+    lemma; a zero row of R adds ``log s + log(1/s) = 0``). O(r D^2) per pair instead of O(D^3), and the
+    per-path covariance sums need no D x D matrix per pair: ``sum_a r_a Q_a^{-1} = (sum_a r_a) Sigma_c -
+    Gram(sqrt(r_a) W_a)``.
+
+    Parameters
+    ----------
+    cov : (M, D, D) Sigma_c; prec_logdet : (M,) log|Lambda_c|; R : (N, r_max, D), rank : (N,) (Gram factors);
+    subject, path, s : (A,); g : (D, A).
+
+    Returns
+    -------
+    PairSolution, and ok (A,): False where ``s tr(R Sigma R') >= OBS_MAX_RATIO`` (all True when not
+    ``check``).
+    """
+    r = int(rank[subject].max(initial=0))
+    Rp = R[subject, :r]  # (A, r, D)
+    S = cov[path]  # (A, D, D)
+    RS = Rp @ S
+    K = RS @ np.swapaxes(Rp, 1, 2)
+    ok = np.ones(len(path), dtype=bool)
+    if check:
+        ok = s * np.trace(K, axis1=1, axis2=2) < OBS_MAX_RATIO
+        if not ok.all():
+            return None, ok  # type: ignore[return-value]  (the caller solves the others again)
+    idx = np.arange(r)
+    K[:, idx, idx] += (1.0 / s)[:, None]
+    chol = cholesky_soa(np.ascontiguousarray(np.moveaxis(K, 0, -1)))  # K >= I/s: positive definite
+    W = np.moveaxis(tri_inv_soa(chol), -1, 0) @ RS  # (A, r, D)
+    gt = g.T
+    Sg = np.einsum("ade,ae->ad", S, gt)
+    Wg = np.einsum("ard,ad->ar", W, gt)
+    mean = Sg - np.einsum("ard,ar->ad", W, Wg)
+    quad = np.einsum("ad,ad->a", gt, Sg) - np.einsum("ar,ar->a", Wg, Wg)
+    logdet = prec_logdet[path] + r * np.log(s) + 2.0 * np.log(np.diagonal(chol, axis1=0, axis2=1)).sum(axis=-1)
+
+    def cov_sums(sel: np.ndarray, w: np.ndarray) -> np.ndarray:
+        weight = np.bincount(path[sel], weights=w, minlength=n_paths)
+        return weight[:, None, None] * cov - gram_per_path(W[sel] * np.sqrt(w)[:, None, None], path[sel], n_paths)
+
+    return PairSolution(logdet, quad, mean.T, cov_sums), ok
+
+
+def _merge_solutions(parts: list[tuple[np.ndarray, PairSolution]], n_pairs: int) -> PairSolution:
+    """One PairSolution over ``n_pairs`` pairs from solutions of disjoint subsets (positions, solution)."""
+    D = parts[0][1].mean.shape[0]
+    logdet, quad, mean = np.empty(n_pairs), np.empty(n_pairs), np.empty((D, n_pairs))
+    owner, local_pos = np.empty(n_pairs, dtype=int), np.empty(n_pairs, dtype=int)
+    for k, (idx, sol) in enumerate(parts):
+        logdet[idx], quad[idx], mean[:, idx] = sol.logdet, sol.quad, sol.mean
+        owner[idx], local_pos[idx] = k, np.arange(len(idx))
+
+    def cov_sums(sel: np.ndarray, w: np.ndarray) -> np.ndarray:
+        out = [sol.cov_sums(local_pos[sel[owner[sel] == k]], w[owner[sel] == k]) for k, (_, sol) in enumerate(parts)]
+        return np.sum(out, axis=0)
+
+    return PairSolution(logdet, quad, mean, cov_sums)
 
 
 def _solve_dense(Q: np.ndarray, g: np.ndarray, path: np.ndarray, n_paths: int) -> PairSolution:

@@ -56,7 +56,7 @@ from .engine import (
     run_vi,
     update_globals,
 )
-from .local import LocalResult, local_step
+from .local import LocalResult, local_step, observation_factor
 from .starts import Init, run_vi_with_starts
 
 _log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ def _natural_gradient_phase(
     """Stage 3: minibatch natural-gradient steps until :func:`settled` (or the budget)."""
     N, P = stats.n_subjects, stats.dim_fixed
     batch = int(min(config.batch_size or N, N))
+    observation_factor(stats)  # computed once here (if it pays) rather than for every minibatch's subset
     check = stats.subset(check_idx)
     kept = [np.arange(len(c)) for c in prior.layer_counts(params.prior)]
     labels, elbo = _check(check, N, prior, params, config)
