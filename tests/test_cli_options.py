@@ -199,3 +199,32 @@ def test_lazy_package_attributes_still_work():
             " 'load' in dir(dmlmm))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True True True True"
+
+
+def test_prior_options_reach_the_model(patients, tmp_path):
+    out = tmp_path / "res"
+    r = run("fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", *FAST,
+            "--n-basis", "6", "--smoothing", "1", "--noise", "cluster", "--loading-order", "2", "--quiet", "--out", out)
+    assert r.exit_code == 0, r.output
+    m = dmlmm.load(out / "model.dmlmm")
+    assert (m.smoothing, m.noise, m.loading_order) == (1, "cluster", 2.0)
+    assert m.noise_ == "cluster" and m.prior_.loading_order == 2.0
+    out2 = tmp_path / "res2"
+    r = run("fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--model", "mixture",
+            "--components", "2", "--max-iter", "15", "--n-basis", "6", "--smoothing", "none", "--quiet", "--out", out2)
+    assert r.exit_code == 0, r.output
+    assert dmlmm.load(out2 / "model.dmlmm").smoothing is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "mixture", "--loading-order", "2"], "--loading-order applies to the deep mixture (--model deep) only"),
+    (["--loading-order", "0.5"], "--loading-order must be auto or a number of at least 1, got '0.5'"),
+    (["--loading-order", "two"], "--loading-order must be auto or a number of at least 1, got 'two'"),
+    (["--smoothing", "none", "--loading-order", "1"], "--loading-order needs the smoothness prior"),
+    (["--model", "lmm", "--method", "reml", "--noise", "cluster"], "--noise applies to the variational fits"),
+])
+def test_prior_option_errors(patients, tmp_path, args, message):
+    r = run("fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", *args,
+            "--out", tmp_path / "res")
+    assert message in error_line(r)
+    assert not (tmp_path / "res").exists()

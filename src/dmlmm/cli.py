@@ -13,6 +13,7 @@ so that ``dmlmm --help`` answers at once. Reading the input is in
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import time
@@ -251,6 +252,16 @@ def main() -> None:
 @click.option("--components", default=None, help="Components per layer, e.g. 10,5 (mixture: one number). [deep: 10,5; mixture: 5]")
 @click.option("--latent-dims", default=None, help="Latent dimensions per layer, e.g. 4,1. [4,1]")
 @click.option("--n-basis", default=None, type=int, help="Spline functions of time. [the library's default]")
+@click.option("--smoothing", type=click.Choice(["none", "1", "2", "3"]), default=None,
+              help="Order of the smoothness prior on the curves (its strength is learned); none: the research "
+                   "code's model without it, which needs a small basis. Variational fits only. [2]")
+@click.option("--noise", type=click.Choice(["shared", "cluster", "auto"]), default=None,
+              help="One residual variance, one per cluster, or the better of the two by the ELBO (twice the "
+                   "time). Variational fits only. [shared]")
+@click.option("--loading-order", default=None,
+              help="Deep mixture: smoothness of the loading curves, a number >= 1 (2 keeps the factors alive as "
+                   "the basis grows, 1 lets them be as rough as the deviations), or auto: both, the higher ELBO "
+                   "kept (twice the time). [auto]")
 @click.option("--degree", default=None, type=int, help="Polynomial degree of the splines. [3, cubic]")
 @click.option("--knots", type=_LazyChoice(_knot_layouts), default=None,
               help="Knot layout of the spline basis. [the library's default]")
@@ -287,9 +298,9 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
-def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis, degree,
-        knots, extrapolate, interval, n_init, select, criterion, jobs, seed, max_iter, dropna, outcome, event_time,
-        event, event_value, baseline, check_bands, overwrite, quiet, out):
+def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis,
+        smoothing, noise, loading_order, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
+        max_iter, dropna, outcome, event_time, event, event_value, baseline, check_bands, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
     the saved model and an HTML report to --out (all at once, when the fit is done)."""
     from .cli_output import OutputFolder, write_outputs
@@ -304,6 +315,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
                                            n_basis, degree, interval, n_init)
     cov_cols = _covariate_columns(covs, time_col)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, cov_cols)
+    prior_options = _prior_options(kind, exact, smoothing, noise, loading_order)
     members = [c.strip() for c in membership_covariates.split(",") if c.strip()] if membership_covariates else None
     if members and kind == "lmm":
         raise CliError("--membership-covariates applies to the mixtures (--model deep or mixture): "
@@ -312,11 +324,11 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     t0 = time.perf_counter()
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), transform)
-        _check_basis(basis, n_basis, frame[time_col], smoothing=not exact)
+        _check_basis(basis, n_basis, frame[time_col], smoothing=not exact and smoothing != "none")
         _check_outcome_data(frame, subject, time_col, asked)
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
                                       criterion, jobs, seed, max_iter, n_init, dropna, quiet, members,
-                                      method if exact else None)
+                                      method if exact else None, prior_options)
         used = _clean(frame, [subject, time_col, response] + cov_cols) if dropna else frame
         outcomes = _outcome_report(model, frame, asked)
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
@@ -332,6 +344,36 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         _print_summary(model, res, Path(out), written, time.perf_counter() - t0, transform, outcomes)
         if checked is not None:
             click.echo("\n" + checked.summary())
+
+
+def _prior_options(kind, exact, smoothing, noise, loading_order) -> dict:
+    """--smoothing, --noise and --loading-order as model parameters (only those given), checked against
+    the model: the exact LMM fits have none of them, and only the deep mixture has loading curves."""
+    given = [name for name, v in (("--smoothing", smoothing), ("--noise", noise), ("--loading-order", loading_order))
+             if v is not None]
+    if exact and given:
+        raise CliError(f"{given[0]} applies to the variational fits; --method ml and reml fit a linear mixed model "
+                       "without a smoothness prior and with one residual variance")
+    out = {}
+    if smoothing is not None:
+        out["smoothing"] = None if smoothing == "none" else int(smoothing)
+    if noise is not None:
+        out["noise"] = noise
+    if loading_order is not None:
+        if kind not in ("deep", "auto"):
+            raise CliError("--loading-order applies to the deep mixture (--model deep) only")
+        text = loading_order.strip().lower()
+        if text != "auto":
+            try:
+                text = float(text)
+            except ValueError:
+                text = None
+            if text is None or not math.isfinite(text) or text < 1:
+                raise CliError(f"--loading-order must be auto or a number of at least 1, got {loading_order!r}")
+        if smoothing == "none":
+            raise CliError("--loading-order needs the smoothness prior: leave out --smoothing none")
+        out["loading_order"] = text
+    return out
 
 
 def _band_check(model, frame, subject, time_col, response, covs, interval):
@@ -479,10 +521,11 @@ def _read_data(data, subject, time_col, response, covs, transform, response_opti
 
 
 def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select, criterion, jobs,
-               seed, max_iter, n_init, dropna, quiet, members=None, exact_method=None):
+               seed, max_iter, n_init, dropna, quiet, members=None, exact_method=None, prior_options=None):
     cols = dict(subject=subject, time=time_col, response=response, covariates=covs)
     extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
              if v is not None}
+    extra.update(prior_options or {})
     progress = _show_progress(quiet)
     if kind == "lmm" and exact_method is not None:
         from .lmm import LinearMixedModel
