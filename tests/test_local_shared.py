@@ -166,7 +166,7 @@ def test_observation_space_route_equals_dense(noise, monkeypatch):
     real = local_shared.diag_lowrank_inv_logdet
     monkeypatch.setattr(local_shared, "diag_lowrank_inv_logdet", lambda e, s, R: sizes.append(len(e)) or real(e, s, R))
     fast = local_step(stats, pp, nm, moment_threshold=0.0)
-    n_low = int((stats.gram_factor[1] <= local_shared.OBS_RANK_FRACTION * 12).sum())
+    n_low = int((stats.gram_factor[1] <= local_shared.SHARED_OBS_FRACTION * 12).sum())
     assert sizes == [n_low * 3] and 0 < n_low < stats.n_subjects  # both routes, one call each
     dense = local_step(stats, replace(pp, shared=None), nm, moment_threshold=0.0)
     np.testing.assert_allclose(fast.log_evidence, dense.log_evidence, rtol=1e-10, atol=1e-10)

@@ -19,7 +19,8 @@ diagonal part of their prior precision (the deep mixture's paths through one
 first-layer component) one D x D factorisation per (subject, component) serves
 them all, and each path adds O(D^2 D_1) (:mod:`dmlmm.inference.local_shared`).
 
-Subjects with fewer distinct visits than about 0.4 D (sparse visits, a generous basis) take
+Subjects with fewer distinct visits than 0.4 D at D = 10, up to 0.75 D from D = 34 on
+(sparse visits, a generous basis; :func:`~dmlmm.inference.local_shared.max_obs_rank`) take
 the observation-space route: with ``X_i'X_i = R_i'R_i`` of rank r (factors computed once from
 the Gram matrices, :attr:`SufficientStats.gram_factor`), Woodbury's identity and the
 determinant lemma need an r x r factorisation and O(r D^2) work per pair instead of O(D^3),
@@ -37,7 +38,7 @@ import numpy as np
 from .._linalg import (
     blas_single_thread, cholesky, cholesky_soa, solve_lower_soa, solve_upper_t_soa, spd_inv_logdet, tri_inv_soa,
 )
-from .local_shared import OBS_MAX_RATIO, OBS_RANK_FRACTION, PairSolution, gram_per_path, solve_shared
+from .local_shared import OBS_MAX_RATIO, PairSolution, max_obs_rank, gram_per_path, solve_shared
 from ..sufficient import SufficientStats
 from ..priors.base import PathMoments, PathPrior
 from ..expfam import LOG_2PI
@@ -154,7 +155,7 @@ def local_step(
     if s_group is None:  # structure-of-arrays layout for the dense route: matrices (D, D, pairs)
         prec_soa = np.ascontiguousarray(np.moveaxis(prior.precision, 0, -1))  # (D, D, M)
         xtx_soa = np.ascontiguousarray(np.moveaxis(stats.XtX, 0, -1))  # (D, D, N)
-    if factor is not None:  # the observation-space route of the dense step needs the paths' covariances
+    if factor is not None and s_group is None:  # the dense step's observation-space route needs the covariances
         try:
             obs = (factor, *spd_inv_logdet(prior.precision, "path prior precision"))
         except np.linalg.LinAlgError:
@@ -237,11 +238,11 @@ def local_step(
 
 def observation_factor(stats: SufficientStats) -> tuple[np.ndarray, np.ndarray] | None:
     """The subjects' Gram factors for the observation-space route of the shared step, when it pays: at
-    least a tenth of the subjects have at most ``OBS_RANK_FRACTION * D`` observations (their rank is
+    least a tenth of the subjects have at most ``max_obs_rank(D)`` observations (their rank is
     no larger; computed once per statistics object and kept), or the factors are at hand already."""
     if "gram_factor" in stats.__dict__:
         return stats.gram_factor
-    if np.mean(stats.n_obs <= OBS_RANK_FRACTION * stats.dim_random) >= 0.1:
+    if np.mean(stats.n_obs <= max_obs_rank(stats.dim_random)) >= 0.1:
         return stats.gram_factor
     return None
 
@@ -286,7 +287,7 @@ def _solve_unshared(
     if obs is None:
         return dense(every)
     (R, rank), cov, prec_logdet = obs
-    low = rank[subject] <= OBS_RANK_FRACTION * D
+    low = rank[subject] <= max_obs_rank(D)
     if not low.any():
         return dense(every)
     idx = np.flatnonzero(low)

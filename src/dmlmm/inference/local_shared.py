@@ -31,7 +31,7 @@ from scipy import sparse
 from .._linalg import diag_lowrank_inv_logdet, stack_inv_logdet
 from ..priors.base import SharedPrecision
 
-__all__ = ["PairSolution", "base_inverse", "gram_per_path", "solve_shared"]
+__all__ = ["PairSolution", "base_inverse", "max_obs_rank", "gram_per_path", "solve_shared"]
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,24 @@ def solve_shared(
     return PairSolution(logdet, quad, mean.T, cov_sums)
 
 
-#: The observation-space route is taken for subjects whose X_i'X_i has rank at most this fraction of D
-#: (time against the Cholesky route, stacks of 1,200-3,000: D = 10 rank 3 0.57, rank 5 1.26; D = 15
-#: rank 7 0.72; D = 20 rank 5 0.38, rank 10 0.84; D = 40 rank 10 0.27, rank 20 0.54).
+#: The observation-space route is taken for subjects whose X_i'X_i has rank at most ``max_obs_rank(D)``.
+#: Time against the Cholesky route, stacks of 1,200-3,000 (2026-12-03): D = 10 rank 3 0.57, rank 5 1.26;
+#: D = 15 rank 7 0.72; D = 20 rank 5 0.38, rank 10 0.84; D = 30 rank 15 0.67; D = 40 rank 10 0.27,
+#: rank 20 0.54. The break-even rank grows faster than D (the dense cost is D^3, this one r D^2).
 OBS_RANK_FRACTION = 0.4
+
+
+#: In the shared step only ``A_ik``'s factorisation moves to observation space, and the per-pair work
+#: stays: there the route pays below a lower rank (whole local steps, 600 subjects, K = (10, 5) shared
+#: paths: D = 40 rank 10 0.78, rank 22 1.00; D = 20 rank 8 0.89; 2 paths in 2 groups, D = 40 rank 10
+#: 0.50, rank 22 1.04).
+SHARED_OBS_FRACTION = 0.3
+
+
+def max_obs_rank(D: int) -> float:
+    """The largest rank of X_i'X_i for which the observation-space route is taken at basis size D:
+    0.4 D at D = 10, growing to 0.75 D from D = 34 on (see :data:`OBS_RANK_FRACTION`)."""
+    return min(OBS_RANK_FRACTION + 0.015 * max(D - 10, 0), 0.75) * D
 #: ... and whose data-to-prior precision ratio s tr(R E^{-1} R') stays below this (Woodbury subtracts
 #: from E^{-1} a matrix of that size: beyond it, the rounding error of the difference would exceed ~1e-8).
 OBS_MAX_RATIO = 1e8
@@ -115,7 +129,7 @@ def base_inverse(
     """Inverse and log-determinant of ``A_u = diag(base_u) + s_u X'X`` of subject ``subject[u]``, per u.
 
     With ``factor`` (``R, rank`` of all subjects), the entries whose subject has rank at most
-    ``OBS_RANK_FRACTION * D`` are computed in observation space
+    ``SHARED_OBS_FRACTION * D`` are computed in observation space
     (:func:`~dmlmm._linalg.diag_lowrank_inv_logdet`), the others by a Cholesky factor of ``A``.
 
     Parameters
@@ -130,7 +144,7 @@ def base_inverse(
     low = np.zeros(U, dtype=bool)
     if factor is not None:
         R, rank = factor
-        low = rank[subject] <= OBS_RANK_FRACTION * D
+        low = rank[subject] <= SHARED_OBS_FRACTION * D
         if low.any():
             idx = np.flatnonzero(low)
             r = int(rank[subject[idx]].max(initial=0))
