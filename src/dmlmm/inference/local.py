@@ -19,9 +19,9 @@ diagonal part of their prior precision (the deep mixture's paths through one
 first-layer component) one D x D factorisation per (subject, component) serves
 them all, and each path adds O(D^2 D_1) (:mod:`dmlmm.inference.local_shared`).
 
-Subjects with fewer distinct visits than 0.4 D at D = 10, up to 0.75 D from D = 34 on
-(sparse visits, a generous basis; :func:`~dmlmm.inference.local_shared.max_obs_rank`) take
-the observation-space route: with ``X_i'X_i = R_i'R_i`` of rank r (factors computed once from
+With 12 functions or more, subjects with fewer distinct visits than 0.43 D (up to 0.75 D
+from D = 34 on; sparse visits, a generous basis; :func:`~dmlmm.inference.local_shared.max_obs_rank`)
+take the observation-space route: with ``X_i'X_i = R_i'R_i`` of rank r (factors computed once from
 the Gram matrices, :attr:`SufficientStats.gram_factor`), Woodbury's identity and the
 determinant lemma need an r x r factorisation and O(r D^2) work per pair instead of O(D^3),
 for the shared step's ``A_ik`` as for a path's own precision (:func:`_solve_observation`).

@@ -113,9 +113,17 @@ OBS_RANK_FRACTION = 0.4
 SHARED_OBS_FRACTION = 0.3
 
 
+#: Below this basis size the route is never taken: the whole step is cheap and the extra numpy calls
+#: cost more than they save (the PBC demo, 6 functions and subjects with 1-2 visits: 13 % slower).
+OBS_MIN_DIM = 12
+
+
 def max_obs_rank(D: int) -> float:
     """The largest rank of X_i'X_i for which the observation-space route is taken at basis size D:
-    0.4 D at D = 10, growing to 0.75 D from D = 34 on (see :data:`OBS_RANK_FRACTION`)."""
+    none below :data:`OBS_MIN_DIM`, then 0.43 D at D = 12, growing to 0.75 D from D = 34 on (see
+    :data:`OBS_RANK_FRACTION`)."""
+    if D < OBS_MIN_DIM:
+        return -1.0
     return min(OBS_RANK_FRACTION + 0.015 * max(D - 10, 0), 0.75) * D
 #: ... and whose data-to-prior precision ratio s tr(R E^{-1} R') stays below this (Woodbury subtracts
 #: from E^{-1} a matrix of that size: beyond it, the rounding error of the difference would exceed ~1e-8).
@@ -144,7 +152,7 @@ def base_inverse(
     low = np.zeros(U, dtype=bool)
     if factor is not None:
         R, rank = factor
-        low = rank[subject] <= SHARED_OBS_FRACTION * D
+        low = rank[subject] <= (SHARED_OBS_FRACTION * D if D >= OBS_MIN_DIM else -1)
         if low.any():
             idx = np.flatnonzero(low)
             r = int(rank[subject[idx]].max(initial=0))
