@@ -276,20 +276,21 @@ def _solve_unshared(
     """
     D = precision.shape[-1]
 
-    def dense(idx: np.ndarray) -> PairSolution:
+    def dense(idx: np.ndarray | None) -> PairSolution:  # None: every pair (no copies)
+        c, i, sa, ga = (path, subject, s, g) if idx is None else (path[idx], subject[idx], s[idx], g[:, idx])
         if prec_soa is not None:
-            Q = prec_soa[:, :, path[idx]] + s[idx] * xtx_soa[:, :, subject[idx]]
+            Q = prec_soa[:, :, c] + sa * xtx_soa[:, :, i]
         else:
-            Q = np.ascontiguousarray(np.moveaxis(precision[path[idx]] + s[idx, None, None] * xtx[subject[idx]], 0, -1))
-        return _solve_dense(Q, g[:, idx], path[idx], n_paths)
+            Q = np.ascontiguousarray(np.moveaxis(precision[c] + sa[:, None, None] * xtx[i], 0, -1))
+        return _solve_dense(Q, ga, c, n_paths)
 
-    every = np.arange(len(path))
     if obs is None:
-        return dense(every)
+        return dense(None)
     (R, rank), cov, prec_logdet = obs
     low = rank[subject] <= max_obs_rank(D)
     if not low.any():
-        return dense(every)
+        return dense(None)
+    every = np.arange(len(path))
     idx = np.flatnonzero(low)
     sol, ok = _solve_observation(cov, prec_logdet, R, rank, subject[idx], path[idx], s[idx], g[:, idx], n_paths)
     if not ok.all():  # data far more precise than the prior: Woodbury's difference would lose digits

@@ -114,7 +114,7 @@ SHARED_OBS_FRACTION = 0.3
 
 
 #: Below this basis size the route is never taken: the whole step is cheap and the extra numpy calls
-#: cost more than they save (the PBC demo, 6 functions and subjects with 1-2 visits: 13 % slower).
+#: cost more than they save (the PBC demo, 6 functions and subjects with 1-2 visits, was slower with it).
 OBS_MIN_DIM = 12
 
 
