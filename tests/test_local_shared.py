@@ -204,3 +204,18 @@ def test_observation_space_route_of_the_dense_step(restricted, monkeypatch):
     np.testing.assert_allclose(fast.moments.second, dense.moments.second, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(fast.path_quad, dense.path_quad, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(fast.path_xty_b, dense.path_xty_b, rtol=1e-9, atol=1e-9)
+
+
+def test_gram_factors_are_kept_only_for_low_rank_subjects():
+    from dmlmm.sufficient import LOW_RANK_FRACTION
+
+    rng = np.random.default_rng(2)
+    stats = _mixed_stats(rng, D=12)
+    R, rank = stats.gram_factor
+    limit = int(LOW_RANK_FRACTION * 12)
+    kept = rank <= limit
+    assert kept.any() and (~kept).any() and (rank[~kept] == 13).all() and R.shape[1] <= limit
+    np.testing.assert_allclose(np.swapaxes(R[kept], 1, 2) @ R[kept], stats.XtX[kept], atol=1e-12)
+    assert not R[~kept].any()
+    sub = stats.subset(np.flatnonzero(~kept)[:3])  # only subjects without a factor
+    assert sub.gram_factor[0].shape[1] == 0 and (sub.gram_factor[1] == 13).all()

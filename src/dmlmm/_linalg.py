@@ -216,28 +216,42 @@ def row_chunks(n: int, rows: int) -> list[tuple[int, int]]:
 # Woodbury identity and the determinant lemma, in O(D^2 r) instead of O(D^3).
 
 
-def gram_factor(xtx: np.ndarray, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+def gram_factor(
+    xtx: np.ndarray, max_rank: int | None = None, candidates: np.ndarray | None = None, rtol: float = 1e-12
+) -> tuple[np.ndarray, np.ndarray]:
     """Factors ``R_i`` with ``R_i'R_i = X_i'X_i`` from the Gram matrices alone, and their ranks.
 
     Parameters
     ----------
     xtx : (N, D, D) symmetric positive semi-definite.
+    max_rank : keep at most this many rows (default D); a matrix of higher rank gets no factor.
+    candidates : (N,) bool, optional: the matrices worth factoring (e.g. those of at most
+        ``max_rank`` observations, whose rank cannot be higher); the others get no factor.
     rtol : eigenvalues below ``rtol`` times the largest of their matrix count as zero.
 
     Returns
     -------
-    factor : (N, r, D), r the largest rank; row j of ``factor[i]`` is ``sqrt(lam_j) v_j'`` for the
-        eigenvalues in decreasing order, zero rows beyond the subject's rank, so ``factor[i, :k]``
+    factor : (N, r, D), r the largest rank kept; row j of ``factor[i]`` is ``sqrt(lam_j) v_j'`` for the
+        eigenvalues in decreasing order, zero rows beyond the matrix's rank, so ``factor[i, :k]``
         is exact for any ``k`` at least its rank.
-    rank : (N,) int.
+    rank : (N,) int; ``D + 1`` for the matrices without a factor (zero rows).
     """
-    lam, vec = np.linalg.eigh(xtx)  # ascending
+    N, D = xtx.shape[0], xtx.shape[-1]
+    max_rank = D if max_rank is None else int(min(max_rank, D))
+    todo = np.ones(N, dtype=bool) if candidates is None else np.asarray(candidates, dtype=bool)
+    rank = np.full(N, D + 1)
+    idx = np.flatnonzero(todo)
+    lam, vec = np.linalg.eigh(xtx[idx])  # ascending
     lam, vec = lam[:, ::-1], vec[:, :, ::-1]
     keep = lam > rtol * np.maximum(lam[:, :1], np.finfo(float).tiny)
-    rank = keep.sum(axis=1)
-    r = int(rank.max(initial=0))
-    root = np.sqrt(np.where(keep, lam, 0.0))[:, :r]
-    return np.swapaxes(vec[:, :, :r] * root[:, None, :], 1, 2), rank
+    got = keep.sum(axis=1)
+    ok = got <= max_rank
+    rank[idx[ok]] = got[ok]
+    r = int(got[ok].max(initial=0))
+    factor = np.zeros((N, r, D))
+    root = np.sqrt(np.where(keep, lam, 0.0))[ok, :r]
+    factor[idx[ok]] = np.swapaxes(vec[ok][:, :, :r] * root[:, None, :], 1, 2)
+    return factor, rank
 
 
 def diag_lowrank_inv_logdet(

@@ -69,6 +69,11 @@ def _segment_outer_sums(a: np.ndarray, b: np.ndarray, codes: np.ndarray, n_seg: 
     return out
 
 
+#: The largest rank, as a fraction of the basis size, for which a subject's Gram factor is kept
+#: (the observation-space route of the local step never goes beyond it).
+LOW_RANK_FRACTION = 0.75
+
+
 @dataclass(frozen=True)
 class SufficientStats:
     """Per-subject sufficient statistics of ``y_i = F_i w + X_i b_i + e_i``.
@@ -114,15 +119,17 @@ class SufficientStats:
         if "gram_factor" in self.__dict__:
             factor, rank = self.gram_factor
             rank = rank[index]
-            out.__dict__["gram_factor"] = (factor[index][:, : int(rank.max(initial=0))], rank)
+            out.__dict__["gram_factor"] = (factor[index][:, : int(rank[rank <= self.dim_random].max(initial=0))], rank)
         return out
 
     @cached_property
     def gram_factor(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(R, rank)``: per subject ``R_i`` (N, r, D) with ``R_i'R_i = X_i'X_i`` and its rank (N,)
-        (:func:`~dmlmm._linalg.gram_factor`); computed once, on first use, for the local step's
+        """``(R, rank)``: per subject ``R_i`` (N, r, D) with ``R_i'R_i = X_i'X_i`` and its rank (N,),
+        for the subjects of rank at most ``LOW_RANK_FRACTION * D`` (the others: rank D + 1 and zero
+        rows; :func:`~dmlmm._linalg.gram_factor`). Computed once, on first use, for the local step's
         observation-space route, and passed on to subsets."""
-        return gram_factor(self.XtX)
+        limit = int(LOW_RANK_FRACTION * self.dim_random)
+        return gram_factor(self.XtX, limit, self.n_obs <= limit)
 
     def nested_subsets(self, ratio: int, smallest: int, seed: int) -> list["SufficientStats"]:
         """Nested random subsets of N // ratio, N // ratio^2, ... subjects (at least ``smallest`` each),

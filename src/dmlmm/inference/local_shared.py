@@ -30,6 +30,7 @@ from scipy import sparse
 
 from .._linalg import diag_lowrank_inv_logdet, stack_inv_logdet
 from ..priors.base import SharedPrecision
+from ..sufficient import LOW_RANK_FRACTION
 
 __all__ = ["PairSolution", "base_inverse", "max_obs_rank", "gram_per_path", "solve_shared"]
 
@@ -124,7 +125,7 @@ def max_obs_rank(D: int) -> float:
     :data:`OBS_RANK_FRACTION`)."""
     if D < OBS_MIN_DIM:
         return -1.0
-    return min(OBS_RANK_FRACTION + 0.015 * max(D - 10, 0), 0.75) * D
+    return min(OBS_RANK_FRACTION + 0.015 * max(D - 10, 0), LOW_RANK_FRACTION) * D
 #: ... and whose data-to-prior precision ratio s tr(R E^{-1} R') stays below this (Woodbury subtracts
 #: from E^{-1} a matrix of that size: beyond it, the rounding error of the difference would exceed ~1e-8).
 OBS_MAX_RATIO = 1e8
