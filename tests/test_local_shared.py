@@ -207,12 +207,12 @@ def test_observation_space_route_of_the_dense_step(restricted, monkeypatch):
 
 
 def test_gram_factors_are_kept_only_for_low_rank_subjects():
-    from dmlmm.sufficient import LOW_RANK_FRACTION
+    from dmlmm._linalg import max_obs_rank
 
     rng = np.random.default_rng(2)
     stats = _mixed_stats(rng, D=12)
     R, rank = stats.gram_factor
-    limit = int(LOW_RANK_FRACTION * 12)
+    limit = int(max_obs_rank(12))
     kept = rank <= limit
     assert kept.any() and (~kept).any() and (rank[~kept] == 13).all() and R.shape[1] <= limit
     np.testing.assert_allclose(np.swapaxes(R[kept], 1, 2) @ R[kept], stats.XtX[kept], atol=1e-12)

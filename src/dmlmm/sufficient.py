@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._linalg import gram_factor
+from ._linalg import gram_factor, max_obs_rank
 
 __all__ = ["SufficientStats", "segment_sums", "sufficient_stats"]
 
@@ -69,11 +69,6 @@ def _segment_outer_sums(a: np.ndarray, b: np.ndarray, codes: np.ndarray, n_seg: 
     return out
 
 
-#: The largest rank, as a fraction of the basis size, for which a subject's Gram factor is kept
-#: (the observation-space route of the local step never goes beyond it).
-LOW_RANK_FRACTION = 0.75
-
-
 @dataclass(frozen=True)
 class SufficientStats:
     """Per-subject sufficient statistics of ``y_i = F_i w + X_i b_i + e_i``.
@@ -125,10 +120,10 @@ class SufficientStats:
     @cached_property
     def gram_factor(self) -> tuple[np.ndarray, np.ndarray]:
         """``(R, rank)``: per subject ``R_i`` (N, r, D) with ``R_i'R_i = X_i'X_i`` and its rank (N,),
-        for the subjects of rank at most ``LOW_RANK_FRACTION * D`` (the others: rank D + 1 and zero
-        rows; :func:`~dmlmm._linalg.gram_factor`). Computed once, on first use, for the local step's
-        observation-space route, and passed on to subsets."""
-        limit = int(LOW_RANK_FRACTION * self.dim_random)
+        for the subjects of rank at most :func:`~dmlmm._linalg.max_obs_rank` (the others: rank D + 1
+        and zero rows; :func:`~dmlmm._linalg.gram_factor`). Computed once, on first use, for the local
+        step's observation-space route, and passed on to subsets."""
+        limit = int(max(max_obs_rank(self.dim_random), 0))
         return gram_factor(self.XtX, limit, self.n_obs <= limit)
 
     def nested_subsets(self, ratio: int, smallest: int, seed: int) -> list["SufficientStats"]:

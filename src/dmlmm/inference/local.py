@@ -20,7 +20,7 @@ first-layer component) one D x D factorisation per (subject, component) serves
 them all, and each path adds O(D^2 D_1) (:mod:`dmlmm.inference.local_shared`).
 
 With 12 functions or more, subjects with fewer distinct visits than 0.43 D (up to 0.75 D
-from D = 34 on; sparse visits, a generous basis; :func:`~dmlmm.inference.local_shared.max_obs_rank`)
+from D = 34 on; sparse visits, a generous basis; :func:`~dmlmm._linalg.max_obs_rank`)
 take the observation-space route: with ``X_i'X_i = R_i'R_i`` of rank r (factors computed once from
 the Gram matrices, :attr:`SufficientStats.gram_factor`), Woodbury's identity and the
 determinant lemma need an r x r factorisation and O(r D^2) work per pair instead of O(D^3),
@@ -38,7 +38,8 @@ import numpy as np
 from .._linalg import (
     blas_single_thread, cholesky, cholesky_soa, solve_lower_soa, solve_upper_t_soa, spd_inv_logdet, tri_inv_soa,
 )
-from .local_shared import OBS_MAX_RATIO, PairSolution, max_obs_rank, gram_per_path, solve_shared
+from .._linalg import OBS_MAX_RATIO, max_obs_rank
+from .local_shared import PairSolution, gram_per_path, solve_shared
 from ..sufficient import SufficientStats
 from ..priors.base import PathMoments, PathPrior
 from ..expfam import LOG_2PI

@@ -28,11 +28,10 @@ from typing import Callable
 import numpy as np
 from scipy import sparse
 
-from .._linalg import diag_lowrank_inv_logdet, stack_inv_logdet
+from .._linalg import OBS_MAX_RATIO, OBS_MIN_DIM, diag_lowrank_inv_logdet, max_obs_rank, stack_inv_logdet
 from ..priors.base import SharedPrecision
-from ..sufficient import LOW_RANK_FRACTION
 
-__all__ = ["PairSolution", "base_inverse", "max_obs_rank", "gram_per_path", "solve_shared"]
+__all__ = ["PairSolution", "base_inverse", "gram_per_path", "solve_shared", "max_obs_rank"]
 
 
 @dataclass(frozen=True)
@@ -100,35 +99,11 @@ def solve_shared(
     return PairSolution(logdet, quad, mean.T, cov_sums)
 
 
-#: The observation-space route is taken for subjects whose X_i'X_i has rank at most ``max_obs_rank(D)``.
-#: Time against the Cholesky route, stacks of 1,200-3,000 (2026-12-03): D = 10 rank 3 0.57, rank 5 1.26;
-#: D = 15 rank 7 0.72; D = 20 rank 5 0.38, rank 10 0.84; D = 30 rank 15 0.67; D = 40 rank 10 0.27,
-#: rank 20 0.54. The break-even rank grows faster than D (the dense cost is D^3, this one r D^2).
-OBS_RANK_FRACTION = 0.4
-
-
 #: In the shared step only ``A_ik``'s factorisation moves to observation space, and the per-pair work
 #: stays: there the route pays below a lower rank (whole local steps, 600 subjects, K = (10, 5) shared
 #: paths: D = 40 rank 10 0.78, rank 22 1.00; D = 20 rank 8 0.89; 2 paths in 2 groups, D = 40 rank 10
 #: 0.50, rank 22 1.04).
 SHARED_OBS_FRACTION = 0.3
-
-
-#: Below this basis size the route is never taken: the whole step is cheap and the extra numpy calls
-#: cost more than they save (the PBC demo, 6 functions and subjects with 1-2 visits, was slower with it).
-OBS_MIN_DIM = 12
-
-
-def max_obs_rank(D: int) -> float:
-    """The largest rank of X_i'X_i for which the observation-space route is taken at basis size D:
-    none below :data:`OBS_MIN_DIM`, then 0.43 D at D = 12, growing to 0.75 D from D = 34 on (see
-    :data:`OBS_RANK_FRACTION`)."""
-    if D < OBS_MIN_DIM:
-        return -1.0
-    return min(OBS_RANK_FRACTION + 0.015 * max(D - 10, 0), LOW_RANK_FRACTION) * D
-#: ... and whose data-to-prior precision ratio s tr(R E^{-1} R') stays below this (Woodbury subtracts
-#: from E^{-1} a matrix of that size: beyond it, the rounding error of the difference would exceed ~1e-8).
-OBS_MAX_RATIO = 1e8
 
 
 def base_inverse(
