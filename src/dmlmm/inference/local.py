@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._linalg import (
-    blas_single_thread, cholesky, cholesky_soa, solve_lower_soa, solve_upper_t_soa, spd_inv_logdet, tri_inv_soa,
+    OBS_MAX_RATIO, blas_single_thread, cholesky, cholesky_soa, max_obs_rank, solve_lower_soa, solve_upper_t_soa,
+    spd_inv_logdet, tri_inv_soa,
 )
-from .._linalg import OBS_MAX_RATIO, max_obs_rank
 from .local_shared import PairSolution, gram_per_path, solve_shared
 from ..sufficient import SufficientStats
 from ..priors.base import PathMoments, PathPrior
@@ -238,7 +238,7 @@ def local_step(
 
 
 def observation_factor(stats: SufficientStats) -> tuple[np.ndarray, np.ndarray] | None:
-    """The subjects' Gram factors for the observation-space route of the shared step, when it pays: at
+    """The subjects' Gram factors for the local step's observation-space route, when it pays: at
     least a tenth of the subjects have at most ``max_obs_rank(D)`` observations (their rank is
     no larger; computed once per statistics object and kept), or the factors are at hand already."""
     if "gram_factor" in stats.__dict__:
@@ -291,14 +291,15 @@ def _solve_unshared(
     low = rank[subject] <= max_obs_rank(D)
     if not low.any():
         return dense(None)
-    every = np.arange(len(path))
     idx = np.flatnonzero(low)
     sol, ok = _solve_observation(cov, prec_logdet, R, rank, subject[idx], path[idx], s[idx], g[:, idx], n_paths)
-    if not ok.all():  # data far more precise than the prior: Woodbury's difference would lose digits
+    if sol is None:  # data far more precise than the prior: Woodbury's difference would lose digits
         idx = idx[ok]
+        if len(idx) == 0:
+            return dense(None)
         sol, _ = _solve_observation(cov, prec_logdet, R, rank, subject[idx], path[idx], s[idx], g[:, idx], n_paths,
                                     check=False)
-    rest = np.setdiff1d(every, idx, assume_unique=True)
+    rest = np.setdiff1d(np.arange(len(path)), idx, assume_unique=True)
     if len(rest) == 0:
         return sol
     return _merge_solutions([(idx, sol), (rest, dense(rest))], len(path))
@@ -307,7 +308,7 @@ def _solve_unshared(
 def _solve_observation(
     cov: np.ndarray, prec_logdet: np.ndarray, R: np.ndarray, rank: np.ndarray, subject: np.ndarray, path: np.ndarray,
     s: np.ndarray, g: np.ndarray, n_paths: int, check: bool = True,
-) -> tuple[PairSolution, np.ndarray]:
+) -> tuple[PairSolution | None, np.ndarray]:
     """The pairs' posterior quantities in observation space: ``Q = Lambda_c + s R_i'R_i`` with R_i of rank r.
 
     With ``Sigma_c = Lambda_c^{-1}``, ``K = I/s + R Sigma R' = L L'`` and ``W = L^{-1} R Sigma``:
@@ -323,8 +324,9 @@ def _solve_observation(
 
     Returns
     -------
-    PairSolution, and ok (A,): False where ``s tr(R Sigma R') >= OBS_MAX_RATIO`` (all True when not
-    ``check``).
+    solution : PairSolution, or None when ``check`` finds pairs whose data are far more precise than
+        their prior (``s tr(R Sigma R') >= OBS_MAX_RATIO``), which the caller solves the other way.
+    ok : (A,) bool, False for those pairs (all True when not ``check``).
     """
     r = int(rank[subject].max(initial=0))
     Rp = R[subject, :r]  # (A, r, D)
@@ -335,7 +337,7 @@ def _solve_observation(
     if check:
         ok = s * np.trace(K, axis1=1, axis2=2) < OBS_MAX_RATIO
         if not ok.all():
-            return None, ok  # type: ignore[return-value]  (the caller solves the others again)
+            return None, ok
     idx = np.arange(r)
     K[:, idx, idx] += (1.0 / s)[:, None]
     chol = cholesky_soa(np.ascontiguousarray(np.moveaxis(K, 0, -1)))  # K >= I/s: positive definite

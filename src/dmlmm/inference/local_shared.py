@@ -28,10 +28,10 @@ from typing import Callable
 import numpy as np
 from scipy import sparse
 
-from .._linalg import OBS_MAX_RATIO, OBS_MIN_DIM, diag_lowrank_inv_logdet, max_obs_rank, stack_inv_logdet
+from .._linalg import OBS_MAX_RATIO, OBS_MIN_DIM, diag_lowrank_inv_logdet, stack_inv_logdet
 from ..priors.base import SharedPrecision
 
-__all__ = ["PairSolution", "base_inverse", "gram_per_path", "solve_shared", "max_obs_rank"]
+__all__ = ["PairSolution", "base_inverse", "gram_per_path", "solve_shared"]
 
 
 @dataclass(frozen=True)
