@@ -362,18 +362,23 @@ def _prior_options(kind, exact, smoothing, noise, loading_order) -> dict:
     if loading_order is not None:
         if kind not in ("deep", "auto"):
             raise CliError("--loading-order applies to the deep mixture (--model deep) only")
-        text = loading_order.strip().lower()
-        if text != "auto":
-            try:
-                text = float(text)
-            except ValueError:
-                text = None
-            if text is None or not math.isfinite(text) or text < 1:
-                raise CliError(f"--loading-order must be auto or a number of at least 1, got {loading_order!r}")
         if smoothing == "none":
             raise CliError("--loading-order needs the smoothness prior: leave out --smoothing none")
-        out["loading_order"] = text
+        out["loading_order"] = _parse_loading_order(loading_order)
     return out
+
+
+def _parse_loading_order(text: str) -> str | float:
+    """``auto`` or a finite number of at least 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        order = float(text)
+    except ValueError:
+        order = math.nan
+    if not math.isfinite(order) or order < 1:
+        raise CliError(f"--loading-order must be auto or a number of at least 1, got {text!r}")
+    return order
 
 
 def _band_check(model, frame, subject, time_col, response, covs, interval):

@@ -37,10 +37,10 @@ The penalty is a barrier: as an eigenvalue of S goes to zero, ``F -> -inf`` at l
 ``1/2 log`` of it, so the optimum is interior. With ``S = s Gamma`` (``Gamma = Lambda Lambda'``,
 lme4's relative covariance) ``log m`` is the profiled likelihood's machinery at a fixed ``s``
 (:func:`dmlmm.lmm.profiled._evaluate`); ``s`` is profiled out by a one-dimensional root
-(``dF/d log s`` is strictly decreasing), and the free entries of ``Gamma`` are found by damped Newton
-steps whose curvature is :func:`~dmlmm.lmm.profiled._gamma_hessian` plus the penalty's (by central
-differences of its analytic gradient), backtracked until ``Gamma`` stays positive definite and
-``-F`` decreases (Armijo).
+(``dF/d log s`` is strictly decreasing), and the free entries of ``Gamma`` are found by trust-region
+Newton steps in log coordinates around the current point, ``Gamma(X) = R expm(X) R'``
+(:func:`collapsed_newton`), whose curvature is :func:`~dmlmm.lmm.profiled._gamma_hessian` plus the
+penalty's exact Hessian (:func:`_penalty_hessian`).
 """
 
 from __future__ import annotations
@@ -120,19 +120,25 @@ def _profile_s(pwrss: float, dof: int, g: np.ndarray, hyp: CollapsedHyper) -> fl
     return float(np.exp(optimize.brentq(slope, lo, hi, xtol=1e-14, rtol=1e-15)))
 
 
+def _penalty_parts(gamma: np.ndarray, s: float, hyp: CollapsedHyper) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``Gamma^-1`` (symmetrised), ``x_j = nu (Gamma^-1)_jj / s`` and ``c_j = shape_j (nu / s) / (x_j + 1/A^2)``,
+    the pieces the penalty's value, gradient and Hessian share."""
+    gi = np.linalg.inv(gamma)
+    gi = 0.5 * (gi + gi.T)
+    x = hyp.nu * np.diagonal(gi) / s
+    return gi, x, hyp.shape * (hyp.nu / s) / (x + hyp.rate0)
+
+
 def _penalty(gamma: np.ndarray, lam: np.ndarray, s: float, hyp: CollapsedHyper, grad: bool = False):
     """The penalty part of ``F`` at ``S = s Gamma`` (its ``s``-only terms included), and optionally its
     gradient in ``Gamma`` as a symmetric matrix (``dP = tr(G dGamma)``) at fixed ``s``.
     ``lam``: the Cholesky factor of ``Gamma`` (its diagonal gives the blocks' log-determinants)."""
-    gi = np.linalg.inv(gamma)
-    gi = 0.5 * (gi + gi.T)
-    x = hyp.nu * np.diagonal(gi) / s
+    gi, x, c = _penalty_parts(gamma, s, hyp)
     value = (-float(np.sum(hyp.df0 * (np.log(s) + 2.0 * np.log(np.abs(np.diagonal(lam)))))) * 0.5
              - float(np.sum(hyp.shape * np.log(x + hyp.rate0)))
              - 0.5 * np.log(s) - np.log(1.0 / s + hyp.noise_rate0))
     if not grad:
         return value, None
-    c = hyp.shape * (hyp.nu / s) / (x + hyp.rate0)
     G = -0.5 * hyp.df0[:, None] * gi + gi @ (c[:, None] * gi)
     return value, 0.5 * (G + G.T)
 
@@ -149,10 +155,7 @@ def _penalty_hessian(gamma: np.ndarray, s: float, hyp: CollapsedHyper, rows: np.
     product each.
     """
     m, q = units.shape[0], gamma.shape[0]
-    gi = np.linalg.inv(gamma)
-    gi = 0.5 * (gi + gi.T)
-    x = hyp.nu * np.diagonal(gi) / s
-    c = hyp.shape * (hyp.nu / s) / (x + hyp.rate0)
+    gi, _, c = _penalty_parts(gamma, s, hyp)
     P = gi[None] @ units @ gi[None]                                      # (m, q, q)
     flat = units.reshape(m, q * q)                                       # E_f symmetric: tr(A E_f) = <A, E_f>
     logdet = -(P.reshape(m, -1) @ flat.T)                                # d^2 log|Gamma|
