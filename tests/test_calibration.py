@@ -34,6 +34,7 @@ def test_bands_of_the_true_model_hold_their_level(data):
     assert check.n == len(last) == 400
     assert set(check.table["subject"]) == set(last["id"])
     assert check.interval[0] <= 0.95 <= check.interval[1] and not check.too_narrow
+    assert check.log_scale is None  # bands that hold are not checked again on the log scale
     assert check.below + check.above == pytest.approx(1 - check.coverage)
     assert (check.table["horizon"] > 0).all()
     assert check.by_horizon["observations"].sum() == 400
@@ -93,3 +94,43 @@ def test_cli_check_bands_writes_band_check_csv(tmp_path):
     table = pd.read_csv(out / "band_check.csv")
     assert len(table) == 60 and {"id", "age", "observed", "lower", "upper", "inside"} <= set(table.columns)
     assert "95 % forecast bands of each subject's last visit, held out" in r.output
+
+
+def _shifted_positive(data):
+    """The shifted last visits of test_shifted_last_visits_are_flagged, moved above zero."""
+    out = data.copy()
+    last = out.groupby("id")["t"].transform("max") == out["t"]
+    out.loc[last, "y"] += 3 * 0.3
+    out["y"] += 1.0 - out["y"].min()  # all >= 1
+    return out
+
+
+def test_too_narrow_bands_of_a_positive_response_are_checked_on_the_log_scale(data):
+    """Bands too narrow, response never negative, no transform given: the check is run once more on
+    log(y); its result is the check of the log-transformed data made directly (transform named), and
+    the summary and the warning report it."""
+    positive = _shifted_positive(data)
+    with pytest.warns(CalibrationWarning, match=r"Fitted to log\(y\) instead, the bands held"):
+        check = check_bands(_model(), positive, subject="id", time="t")
+    assert check.too_narrow and check.log_transform == "log"
+    logged = positive.assign(y=np.log(positive["y"]))
+    direct = check_bands(_model(), logged, subject="id", time="t", transform="log", warn=False)
+    assert direct.log_scale is None  # a transform already applied: no second check
+    assert check.log_scale.coverage == direct.coverage
+    assert check.log_scale.table["observed"].to_numpy() == pytest.approx(np.log(check.table["observed"].to_numpy()))
+    assert f"Fitted to log(y) instead, the bands held {100 * direct.coverage:.1f} %" in check.summary()
+
+
+def test_log_scale_check_uses_log1p_with_zeros_and_never_with_negatives(data):
+    positive = _shifted_positive(data)
+    positive.loc[positive.index[0], "y"] = 0.0
+    check = check_bands(_model(), positive, subject="id", time="t", warn=False)
+    assert check.too_narrow and check.log_transform == "log1p"
+    direct = check_bands(_model(), positive.assign(y=np.log1p(positive["y"])), subject="id", time="t",
+                         transform="log1p", warn=False)
+    assert check.log_scale.coverage == direct.coverage
+    negative = positive.copy()
+    negative.loc[negative.index[0], "y"] = -0.5
+    check = check_bands(_model(), negative, subject="id", time="t", warn=False)
+    assert check.too_narrow and check.log_scale is None and check.log_transform is None
+    assert "Fitted to" not in check.summary()

@@ -15,7 +15,7 @@ recovery), no model that assumes visits are missing at random will cover them.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,6 +49,12 @@ class BandCheck:
     by_horizon : DataFrame
         Coverage by horizon (tertiles, or each distinct horizon where there are at most three):
         horizon_from, horizon_to, observations, coverage.
+    log_scale : BandCheck or None
+        The same check with the model fitted to ``log_transform`` of the response (its table on
+        that scale; coverage is the same on either scale), run only when these bands are too
+        narrow, the response is never negative and no transform was applied; else None.
+    log_transform : str or None
+        ``"log"`` (a positive response) or ``"log1p"`` (zeros present), with ``log_scale``.
     """
 
     table: pd.DataFrame
@@ -58,6 +64,8 @@ class BandCheck:
     below: float
     above: float
     by_horizon: pd.DataFrame
+    log_scale: BandCheck | None = None
+    log_transform: str | None = None
 
     @property
     def n(self) -> int:
@@ -80,7 +88,18 @@ class BandCheck:
                          f"of {int(r['observations'])}")
         if self.too_narrow:
             lines.append("The bands are too narrow here: forecasts are less certain than they claim.")
+        if self.log_scale is not None:
+            lines.append(self._log_scale_text())
         return "\n".join(lines)
+
+    def _log_scale_text(self) -> str:
+        alt, f = self.log_scale, self.log_transform
+        lo, hi = alt.interval
+        text = (f"Fitted to {f}(y) instead, the bands held {100 * alt.coverage:.1f} % of the same visits "
+                f"(95 % interval {100 * lo:.1f}-{100 * hi:.1f} %)")
+        if alt.coverage > self.coverage and not alt.too_narrow:
+            return text + f": model {f}(y) (command line: --transform {f})."
+        return text + "."
 
 
 def _wilson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
@@ -100,6 +119,44 @@ def _split_last(data: pd.DataFrame, subject: str, time: str, min_visits: int) ->
     return data.loc[~held], data.loc[held]
 
 
+def _check(model, data: pd.DataFrame, subject: str, time: str, response: str, fit_kwargs: dict, level: float,
+           min_visits: int) -> BandCheck:
+    """One last-visit check: split, refit a fresh copy of ``model``, forecast, count."""
+    train, held = _split_last(data, subject, time, min_visits)
+    if held[subject].nunique() < 10:
+        raise ValueError(
+            f"only {held[subject].nunique()} subjects have at least {min_visits} visits: "
+            "too few last visits to check the bands (at least 10 are needed)"
+        )
+    fresh = type(model)(**model.get_params(deep=False))
+    fresh.fit(train, subject=subject, time=time, response=response, **fit_kwargs)
+    ids = held[subject].drop_duplicates().to_numpy()
+    parts = []
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        rows = train[train[subject].isin(chunk)]
+        times = np.unique(held.loc[held[subject].isin(chunk), time].to_numpy(dtype=float))
+        pred = fresh.predict_trajectory(rows, times=times, interval=level, kind="observation")
+        # the mixtures name the identifying columns subject / time, the LMM keeps the user's names
+        pred = pred.rename(columns={subject if subject in pred.columns else "subject": "subject",
+                                    time if time in pred.columns else "time": "time"})
+        parts.append(pred[["subject", "time", "mean", "lower", "upper"]])
+    pred = pd.concat(parts, ignore_index=True)
+    obs = pd.DataFrame({"subject": held[subject].to_numpy(), "time": held[time].to_numpy(dtype=float),
+                        "observed": held[response].to_numpy(dtype=float)})
+    prev = train.groupby(subject)[time].max()
+    table = obs.merge(pred, on=["subject", "time"], how="left", validate="many_to_one")
+    table["inside"] = (table["observed"] >= table["lower"]) & (table["observed"] <= table["upper"])
+    table["horizon"] = table["time"] - prev.reindex(table["subject"]).to_numpy(dtype=float)
+    n, k = len(table), int(table["inside"].sum())
+    h = table["horizon"]
+    groups = h if h.nunique() <= 3 else pd.qcut(h, 3, labels=False, duplicates="drop")
+    by_h = table.groupby(groups).agg(horizon_from=("horizon", "min"), horizon_to=("horizon", "max"),
+                                      observations=("inside", "size"), coverage=("inside", "mean")).reset_index(drop=True)
+    return BandCheck(table, level, k / n, _wilson(k, n), float((table["observed"] < table["lower"]).mean()),
+                     float((table["observed"] > table["upper"]).mean()), by_h)
+
+
 def check_bands(
     model,
     data: pd.DataFrame,
@@ -111,6 +168,7 @@ def check_bands(
     level: float = 0.95,
     min_visits: int = 2,
     warn: bool = True,
+    transform: str | None = None,
 ) -> BandCheck:
     """Hold out each subject's last visit, refit, forecast it, and count the bands that hold it.
 
@@ -132,7 +190,10 @@ def check_bands(
         (at least 2, so that each forecast is conditioned on an earlier visit).
     warn : bool
         Emit a :class:`~dmlmm.exceptions.CalibrationWarning` when ``level`` lies above the
-        coverage's 95 % interval.
+        coverage's 95 % interval (saying what the log-scale check found, when it ran).
+    transform : str, optional
+        The transform already applied to ``response`` (the command line's ``--transform``); any
+        value but None and ``"none"`` skips the log-scale check.
 
     Returns
     -------
@@ -150,46 +211,22 @@ def check_bands(
     if model.get_params(deep=False).get("formula") is not None:
         raise ValueError("check_bands needs a model of the longitudinal form (subject, time, response columns and a "
                          "spline basis of time); this LinearMixedModel has a formula")
-    train, held = _split_last(data, subject, time, int(min_visits))
-    if held[subject].nunique() < 10:
-        raise ValueError(
-            f"only {held[subject].nunique()} subjects have at least {min_visits} visits: "
-            "too few last visits to check the bands (at least 10 are needed)"
-        )
-    fresh = type(model)(**model.get_params(deep=False))
-    kwargs = {} if covariates is None else {"covariates": covariates}
-    fresh.fit(train, subject=subject, time=time, response=response, **kwargs)
-    ids = held[subject].drop_duplicates().to_numpy()
-    parts = []
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
-        rows = train[train[subject].isin(chunk)]
-        times = np.unique(held.loc[held[subject].isin(chunk), time].to_numpy(dtype=float))
-        pred = fresh.predict_trajectory(rows, times=times, interval=float(level), kind="observation")
-        # the mixtures name the identifying columns subject / time, the LMM keeps the user's names
-        pred = pred.rename(columns={subject if subject in pred.columns else "subject": "subject",
-                                    time if time in pred.columns else "time": "time"})
-        parts.append(pred[["subject", "time", "mean", "lower", "upper"]])
-    pred = pd.concat(parts, ignore_index=True)
-    obs = pd.DataFrame({"subject": held[subject].to_numpy(), "time": held[time].to_numpy(dtype=float),
-                        "observed": held[response].to_numpy(dtype=float)})
-    prev = train.groupby(subject)[time].max()
-    table = obs.merge(pred, on=["subject", "time"], how="left", validate="many_to_one")
-    table["inside"] = (table["observed"] >= table["lower"]) & (table["observed"] <= table["upper"])
-    table["horizon"] = table["time"] - prev.reindex(table["subject"]).to_numpy(dtype=float)
-    n, k = len(table), int(table["inside"].sum())
-    h = table["horizon"]
-    groups = h if h.nunique() <= 3 else pd.qcut(h, 3, labels=False, duplicates="drop")
-    by_h = table.groupby(groups).agg(horizon_from=("horizon", "min"), horizon_to=("horizon", "max"),
-                                      observations=("inside", "size"), coverage=("inside", "mean")).reset_index(drop=True)
-    check = BandCheck(table, float(level), k / n, _wilson(k, n), float((table["observed"] < table["lower"]).mean()),
-                      float((table["observed"] > table["upper"]).mean()), by_h)
+    fit_kwargs = {} if covariates is None else {"covariates": covariates}
+    check = _check(model, data, subject, time, response, fit_kwargs, float(level), int(min_visits))
+    y = data[response].to_numpy(dtype=float)
+    y = y[np.isfinite(y)]
+    if check.too_narrow and transform in (None, "none") and (y >= 0).all():
+        f = "log" if (y > 0).all() else "log1p"
+        logged = data.assign(**{response: np.log(y) if f == "log" else np.log1p(y)})
+        alt = _check(model, logged, subject, time, response, fit_kwargs, float(level), int(min_visits))
+        check = replace(check, log_scale=alt, log_transform=f)
     if warn and check.too_narrow:
         lo, hi = check.interval
         warnings.warn(
-            f"{100 * level:g} % bands held {100 * check.coverage:.1f} % of the {n} held-out last visits "
+            f"{100 * level:g} % bands held {100 * check.coverage:.1f} % of the {check.n} held-out last visits "
             f"(95 % interval {100 * lo:.1f}-{100 * hi:.1f} %): forecasts here are less certain than their "
-            f"bands claim ({100 * check.below:.1f} % fell below, {100 * check.above:.1f} % above)",
+            f"bands claim ({100 * check.below:.1f} % fell below, {100 * check.above:.1f} % above)"
+            + ("" if check.log_scale is None else ". " + check._log_scale_text()),
             CalibrationWarning,
             stacklevel=2,
         )

@@ -334,7 +334,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
                                      source=str(data), interval=interval, transform=transform,
                                      input_columns=list(frame.columns), outcomes=outcomes, notes=_warnings_note())
-        checked = _band_check(model, used, subject, time_col, response, covs, interval) if check_bands else None
+        checked = _band_check(model, used, subject, time_col, response, covs, interval, transform) if check_bands else None
         if checked is not None:
             checked.table.rename(columns={"subject": subject, "time": time_col}).to_csv(
                 folder.staging / "band_check.csv", index=False)
@@ -381,13 +381,13 @@ def _parse_loading_order(text: str) -> str | float:
     return order
 
 
-def _band_check(model, frame, subject, time_col, response, covs, interval):
+def _band_check(model, frame, subject, time_col, response, covs, interval, transform):
     """:func:`dmlmm.calibration.check_bands` for a fitted model (a fresh copy is refitted)."""
     from .calibration import check_bands
 
     try:
         return check_bands(model, frame, subject=subject, time=time_col, response=response, covariates=covs,
-                           level=interval)
+                           level=interval, transform=transform)
     except ValueError as e:
         raise CliError(f"--check-bands: {e}") from e
 
