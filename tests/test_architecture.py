@@ -11,7 +11,7 @@ PACKAGE = Path(dmlmm.__file__).parent
 ROOM = {
     "exceptions": "helpers", "_linalg": "helpers", "_estimator": "helpers", "expfam": "factors", "accel": "factors",
     "data": "data", "columns": "data", "covariates": "data", "sufficient": "data", "basis": "data",
-    "formula_state": "data", "standardise": "data", "metrics": "data", "demo": "data", "simulate": "simulate",
+    "formula_state": "data", "standardise": "data", "response_transform": "data", "metrics": "data", "demo": "data", "simulate": "simulate",
     "priors": "priors", "inference": "inference", "prediction": "prediction", "continuation": "prediction",
     "models": "models", "lmm": "lmm",
     "summaries": "summaries", "outcomes": "summaries", "selection": "summaries", "calibration": "summaries",

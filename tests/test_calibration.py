@@ -134,3 +134,19 @@ def test_log_scale_check_uses_log1p_with_zeros_and_never_with_negatives(data):
     check = check_bands(_model(), negative, subject="id", time="t", warn=False)
     assert check.too_narrow and check.log_scale is None and check.log_transform is None
     assert "Fitted to" not in check.summary()
+
+
+def test_a_model_with_its_own_transform_is_not_checked_again(data):
+    """A model fitted with response_transform: its bands are on the response's scale already, and
+    the log-scale check does not run however they fare."""
+    from dmlmm import MixtureLMM
+
+    positive = _shifted_positive(data)
+    model = MixtureLMM(1, basis=SplineBasis(5, lower=0.0, upper=1.0), response_transform="log", random_state=0)
+    check = check_bands(model, positive, subject="id", time="t", warn=False)
+    assert check.log_scale is None
+    logged = positive.assign(y=np.log(positive["y"]))
+    direct = check_bands(MixtureLMM(1, basis=SplineBasis(5, lower=0.0, upper=1.0), response_transform=None,
+                                    random_state=0), logged,
+                         subject="id", time="t", warn=False)
+    assert check.coverage == direct.coverage  # the same bands, mapped back

@@ -167,23 +167,43 @@ def test_transform_domain_errors_name_the_column_and_count(frame):
     assert apply_transform(pos, "y", "none") is pos
 
 
-def test_fit_with_log_transform_records_it_and_predict_applies_it(tmp_path, frame):
+def test_fit_with_log_transform_keeps_outputs_on_the_data_scale_and_predict_uses_it(tmp_path, frame):
+    """--transform log with a variational model: the model fits log(y) itself; trajectories,
+    predictions and errors are about y."""
     df = frame.assign(y=np.exp(frame["y"]))
     p = tmp_path / "pos.csv"
     df.to_csv(p, index=False)
     r = run("fit", p, *FAST, "--transform", "log", "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
-    assert "response modelled as log(y)" in r.stdout
-    assert dmlmm.io.read_metadata(tmp_path / "o" / "model.dmlmm")["response_transform"] == "log"
-    assert "log(y)" in (tmp_path / "o" / "report.html").read_text()
+    assert "response modelled as log(y); trajectories and report are on the data's scale" in r.stdout
+    assert "response_transform" not in dmlmm.io.read_metadata(tmp_path / "o" / "model.dmlmm")
     model = dmlmm.load(tmp_path / "o" / "model.dmlmm")
+    assert model.response_transform_ == "log"
     r = run("predict", tmp_path / "o" / "model.dmlmm", p, "--times", "0.2,0.5")
     assert r.exit_code == 0, r.output
     from io import StringIO
 
     pred = pd.read_csv(StringIO(r.stdout))
-    expect = model.predict_trajectory(frame, times=np.array([0.2, 0.5]))  # frame: log of p's y
+    expect = model.predict_trajectory(df, times=np.array([0.2, 0.5]))  # the data as given
     np.testing.assert_allclose(pred["mean"], expect["mean"], rtol=1e-9)
+    df.loc[2, "y"] = -1.0
+    df.to_csv(p, index=False)
+    line = error_line(run("predict", tmp_path / "o" / "model.dmlmm", p))
+    assert "response_transform='log' needs response values above 0" in line and "'y' has 1 value(s)" in line
+
+
+def test_exact_lmm_with_log_transform_records_it_and_predict_applies_it(tmp_path, frame):
+    """--method ml fits the transformed data (outputs on that scale); the file records the transform
+    and predict applies it to new data."""
+    df = frame.assign(y=np.exp(frame["y"]))
+    p = tmp_path / "pos.csv"
+    df.to_csv(p, index=False)
+    r = run("fit", p, "--model", "lmm", "--method", "ml", "--n-basis", "6", "--transform", "log",
+            "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    assert "response modelled as log(y)" in r.stdout
+    assert dmlmm.io.read_metadata(tmp_path / "o" / "model.dmlmm")["response_transform"] == "log"
+    assert "log(y)" in (tmp_path / "o" / "report.html").read_text()
     df.loc[2, "y"] = -1.0
     df.to_csv(p, index=False)
     line = error_line(run("predict", tmp_path / "o" / "model.dmlmm", p))

@@ -30,7 +30,7 @@ def test_elbo_criterion_picks_the_highest_elbo_and_reports_invalid_candidates(da
     assert table["selected"].sum() == 1
     chosen = table[table["selected"]].iloc[0]
     assert chosen["elbo"] == ok["elbo"].max()
-    assert best.latent_dims == chosen["latent_dims"] and best.elbo_ == chosen["elbo"]
+    assert best.latent_dims == chosen["latent_dims"] and best.elbo_data_scale_ == chosen["elbo"]
     assert best.n_components_ == chosen["effective_components"]
     assert ok["heldout_score"].isna().all() and (ok["seconds"] > 0).all()
 
@@ -80,7 +80,7 @@ def test_models_and_components_are_chosen_too(data):
     assert table["components"].tolist() == [(3, 2), (1,), (2,)] and table["latent_dims"].tolist()[1:] == [None, None]
     assert sorted(seen) == [(1, 3), (2, 3), (3, 3)]
     chosen = table[table["selected"]].iloc[0]
-    assert chosen["elbo"] == table["elbo"].max() and best.elbo_ == chosen["elbo"]
+    assert chosen["elbo"] == table["elbo"].max() and best.elbo_data_scale_ == chosen["elbo"]
     assert isinstance(best, dmlmm.MixtureLMM if chosen["model"] == "mixture" else dmlmm.DeepMixtureLMM)
     _, t = select_model(data, models="mixture", mixture_components=(0, 2), **SMALL)
     assert "one positive integer" in t["error"].iloc[0] and t["selected"].iloc[1]

@@ -208,7 +208,7 @@ def _probe_frame(model) -> pd.DataFrame:
     d = model.design_
     c = d.columns
     lo, hi = float(d.basis.lower_), float(d.basis.upper_)
-    frame = pd.DataFrame({c.subject: ["probe", "probe"], c.time: [lo, hi], c.response: [d.y_shift, d.y_shift]})
+    frame = pd.DataFrame({c.subject: ["probe", "probe"], c.time: [lo, hi], c.response: [d.to_user_scale(0.0)] * 2})
     _fill_valid(frame, d.encoding, d.covariate_mean)
     m = getattr(d, "membership", None)
     if m is not None:

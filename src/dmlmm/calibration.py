@@ -98,7 +98,7 @@ class BandCheck:
         text = (f"Fitted to {f}(y) instead, the bands held {100 * alt.coverage:.1f} % of the same visits "
                 f"(95 % interval {100 * lo:.1f}-{100 * hi:.1f} %)")
         if alt.coverage > self.coverage and not alt.too_narrow:
-            return text + f": model {f}(y) (command line: --transform {f})."
+            return text + f": model {f}(y) (response_transform={f!r}; command line: --transform {f})."
         return text + "."
 
 
@@ -193,7 +193,8 @@ def check_bands(
         coverage's 95 % interval (saying what the log-scale check found, when it ran).
     transform : str, optional
         The transform already applied to ``response`` (the command line's ``--transform``); any
-        value but None and ``"none"`` skips the log-scale check.
+        value but None and ``"none"`` skips the log-scale check, as does a model's own
+        ``response_transform``.
 
     Returns
     -------
@@ -215,7 +216,8 @@ def check_bands(
     check = _check(model, data, subject, time, response, fit_kwargs, float(level), int(min_visits))
     y = data[response].to_numpy(dtype=float)
     y = y[np.isfinite(y)]
-    if check.too_narrow and transform in (None, "none") and (y >= 0).all():
+    own = model.get_params(deep=False).get("response_transform")  # the model's own transform
+    if check.too_narrow and transform in (None, "none") and own in (None, "none") and (y >= 0).all():
         f = "log" if (y > 0).all() else "log1p"
         logged = data.assign(**{response: np.log(y) if f == "log" else np.log1p(y)})
         alt = _check(model, logged, subject, time, response, fit_kwargs, float(level), int(min_visits))

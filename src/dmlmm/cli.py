@@ -27,7 +27,7 @@ __all__ = ["main", "parse_times", "parse_int_list", "read_csv"]
 
 MODEL_FILE = "model.dmlmm"
 OUTPUTS = ("clusters.csv", "trajectories.csv", MODEL_FILE, "report.html")
-TRANSFORMS = ("none", "log", "log1p")  # as dmlmm.cli_input.TRANSFORMS (not imported here: it loads pandas)
+TRANSFORMS = ("auto", "none", "log", "log1p")  # as dmlmm.cli_input.TRANSFORMS (not imported here: it loads pandas)
 
 
 class CliError(click.ClickException):
@@ -240,8 +240,11 @@ def main() -> None:
 @click.option("--membership-covariates", default=None,
               help="Comma-separated baseline columns (one value per subject) on which class membership depends, "
                    "as lcmm's classmb: coefficients in membership.csv, the summary and the report.")
-@click.option("--transform", type=click.Choice(TRANSFORMS), default="none", show_default=True,
-              help="Transform of the response before fitting (log: values > 0; log1p: values > -1).")
+@click.option("--transform", type=click.Choice(TRANSFORMS), default="auto", show_default=True,
+              help="Scale of the model: the response as given (none), log (values > 0) or log1p (values > -1); "
+                   "auto fits a response that is never negative both as given and on its log scale and keeps the "
+                   "higher ELBO on the data's scale. Outputs stay on the data's scale, except with --method ml or "
+                   "reml, where log and log1p transform the data first (auto: as given).")
 @click.option("--model", "kind", type=click.Choice(["deep", "mixture", "lmm"]), default=None,
               help="Deep mixture (DMLMM), mixture of LMMs, or one linear mixed model (the same engine with one "
                    "component). [deep; with --select: deep and mixture]")
@@ -316,6 +319,11 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     cov_cols = _covariate_columns(covs, time_col)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, cov_cols)
     prior_options = _prior_options(kind, exact, smoothing, noise, loading_order)
+    # the variational models transform the response themselves (outputs on the data's scale); the exact
+    # LMM fits transformed data (outputs on the transformed scale)
+    pre = transform if exact and transform in ("log", "log1p") else "none"
+    if not exact:
+        prior_options["response_transform"] = None if transform == "none" else transform
     members = [c.strip() for c in membership_covariates.split(",") if c.strip()] if membership_covariates else None
     if members and kind == "lmm":
         raise CliError("--membership-covariates applies to the mixtures (--model deep or mixture): "
@@ -323,7 +331,8 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=exact)
     t0 = time.perf_counter()
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
-        frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), transform)
+        frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), pre,
+                           domain=None if exact or transform in ("auto", "none") else transform)
         _check_basis(basis, n_basis, frame[time_col], smoothing=not exact and smoothing != "none")
         _check_outcome_data(frame, subject, time_col, asked)
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
@@ -332,16 +341,16 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         used = _clean(frame, [subject, time_col, response] + cov_cols) if dropna else frame
         outcomes = _outcome_report(model, frame, asked)
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
-                                     source=str(data), interval=interval, transform=transform,
+                                     source=str(data), interval=interval, transform=pre,
                                      input_columns=list(frame.columns), outcomes=outcomes, notes=_warnings_note())
-        checked = _band_check(model, used, subject, time_col, response, covs, interval, transform) if check_bands else None
+        checked = _band_check(model, used, subject, time_col, response, covs, interval, pre) if check_bands else None
         if checked is not None:
             checked.table.rename(columns={"subject": subject, "time": time_col}).to_csv(
                 folder.staging / "band_check.csv", index=False)
             written.append("band_check.csv")
         folder.commit()
     if not quiet:
-        _print_summary(model, res, Path(out), written, time.perf_counter() - t0, transform, outcomes)
+        _print_summary(model, res, Path(out), written, time.perf_counter() - t0, pre, outcomes)
         if checked is not None:
             click.echo("\n" + checked.summary())
 
@@ -508,18 +517,21 @@ def _outcome_report(model, frame, asked):
                           event_value=asked["event_value"], baseline=asked["baseline"])
 
 
-def _read_data(data, subject, time_col, response, covs, transform, response_optional=False):
+def _read_data(data, subject, time_col, response, covs, transform, response_optional=False, domain=None):
     """The CSV file with its columns checked and the response transformed.
 
     With ``response_optional`` (prediction) a file without the response column is read as rows
-    to predict at: the response is missing on every row."""
-    from .cli_input import InputError, apply_transform, check_columns
+    to predict at: the response is missing on every row. With ``domain`` (a transform the model
+    applies itself) the response is only checked to lie in its domain."""
+    from .cli_input import InputError, apply_transform, check_columns, check_transform_domain
 
     frame = read_csv(data)
     if response_optional and response not in frame.columns:
         frame[response] = float("nan")
     try:
         check_columns(frame, [subject, time_col, response] + (covs or []))
+        if domain is not None:
+            check_transform_domain(frame, response, domain)
         return apply_transform(frame, response, transform)
     except InputError as e:
         raise CliError(str(e)) from None
@@ -624,6 +636,14 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, tr
 
     if transform != "none":
         click.echo(f"response modelled as {res.names['response']}: trajectories and report are on that scale")
+    chosen = getattr(model, "response_transform_", None)
+    scales = getattr(model, "elbo_by_transform_", {})
+    if chosen is not None or len(scales) > 1:
+        name = model.design_.columns.response
+        how = (" (by the ELBO on the data's scale: " + ", ".join(f"{k} {v:.2f}" for k, v in scales.items()) + ")"
+               if len(scales) > 1 else "")
+        click.echo(f"response modelled as {name if chosen is None else f'{chosen}({name})'}{how}; "
+                   "trajectories and report are on the data's scale")
     if isinstance(model, VariationalLongitudinalModel):
         sizes = res.clusters["cluster"].value_counts().sort_index()
         click.echo(f"{type(model).__name__}: {len(model.subjects_)} subjects, {model.n_components_} components per layer kept")
@@ -703,7 +723,8 @@ def _predict_table(model, frame, times, interval, kind, dropna):
     """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times."""
     from .report.collect import add_cluster_columns, cluster_table, has_layers
 
-    d = model.design_.data_from(frame, require_response=False, dropna=dropna)  # rows without y: times to predict at
+    # rows without y: times to predict at; the response as given (the model methods put it on their scale)
+    d = model.design_.data_from(frame, require_response=False, dropna=dropna, model_scale=False)
     t = parse_times(times, *model.design_.basis.window)
     traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind)
     proba = model.predict_proba(d)

@@ -29,10 +29,10 @@ import pandas as pd
 from .columns import as_numeric
 from .exceptions import DataError
 
-__all__ = ["InputError", "read_csv", "check_columns", "apply_transform", "check_n_basis", "TRANSFORMS",
+__all__ = ["InputError", "read_csv", "check_columns", "apply_transform", "check_transform_domain", "check_n_basis", "TRANSFORMS",
            "MAX_N_BASIS"]
 
-TRANSFORMS = ("none", "log", "log1p")
+TRANSFORMS = ("auto", "none", "log", "log1p")
 MAX_N_BASIS = 100  # far beyond what a smooth curve needs; the cost grows as n_basis**3
 _SEPARATORS = (",", ";", "\t", "|")
 _SEP_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
@@ -205,6 +205,16 @@ def apply_transform(frame: pd.DataFrame, response: str, transform: str) -> pd.Da
     """
     if transform in (None, "none"):
         return frame
+    y = check_transform_domain(frame, response, transform)
+    out = frame.copy()
+    with np.errstate(invalid="ignore"):
+        out[response] = np.log(y) if transform == "log" else np.log1p(y)
+    return out
+
+
+def check_transform_domain(frame: pd.DataFrame, response: str, transform: str) -> np.ndarray:
+    """The response as numbers, or an InputError naming the column, the count of values outside
+    ``transform``'s domain (``log``: y > 0; ``log1p``: y > -1) and the first row."""
     y = as_numeric(frame[response], f"column '{response}'")
     floor = 0.0 if transform == "log" else -1.0
     bad = ~np.isnan(y) & ~(y > floor)
@@ -216,10 +226,7 @@ def apply_transform(frame: pd.DataFrame, response: str, transform: str) -> pd.Da
             f"--transform {transform} needs {need}, but column '{response}' has {int(bad.sum())} value(s) "
             f"<= {floor:g} (row {frame.index[first]} holds {y[first]:g}); {fix}"
         )
-    out = frame.copy()
-    with np.errstate(invalid="ignore"):
-        out[response] = np.log(y) if transform == "log" else np.log1p(y)
-    return out
+    return y
 
 
 def transform_label(response: str, transform: str | None) -> str:

@@ -327,6 +327,8 @@ def model_to_dict(model) -> tuple[dict, dict[str, np.ndarray]]:
         fitted[name] = _encode_frame(getattr(model, name), f"fitted.{name}", arrays)
     fitted["fixed_effects_"] = _encode_series(model.fixed_effects_, "fitted.fixed_effects_", arrays)
     fitted["sigma2_by_cluster_"] = _encode_series(model.sigma2_by_cluster_, "fitted.sigma2_by_cluster_", arrays)
+    fitted["elbo_data_scale_"] = float(model.elbo_data_scale_)
+    fitted["elbo_by_transform_"] = {str(k): float(v) for k, v in getattr(model, "elbo_by_transform_", {}).items()}
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION if model.design_.encoding.formula is not None else 1,
@@ -356,6 +358,7 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
         from .io_lmm import lmm_from_dict
 
         return lmm_from_dict(cls, hyper, meta, arrays)
+    hyper.setdefault("response_transform", None)  # files written before it existed: the response as given
     model = cls(**hyper)
     prior_cls = _prior_classes().get(meta["prior"]["class"])
     if prior_cls is None:
@@ -391,6 +394,10 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
         model.sigma2_by_cluster_ = pd.Series(np.full(k1, model.sigma2_), index=pd.RangeIndex(k1, name="group"), name="sigma2")
     model.labels_ = model._labels_from(model.responsibilities_)
     model.groups_ = model._labels_from(model.group_proba_)
+    model.response_transform_ = model.design_.transform
+    # files written before it existed hold no bound on the data's scale (their n_obs is not kept)
+    model.elbo_data_scale_ = float(f.get("elbo_data_scale_", np.nan))
+    model.elbo_by_transform_ = {str(k): float(v) for k, v in f.get("elbo_by_transform_", {}).items()}
     return model
 
 

@@ -8,7 +8,8 @@ grid, optionally over K as well, and can add mixtures of LMMs with 1, 2, ...
 components (``models=("deep", "mixture")``), the growth-mixture models an lcmm
 user would fit for G = 1, 2, ..., so that the model is chosen too. Two criteria:
 
-- ``"elbo"``: fit every candidate on all the data, keep the highest ELBO;
+- ``"elbo"``: fit every candidate on all the data, keep the highest ELBO (on the data's own
+  scale, ``elbo_data_scale_``, whatever scale each candidate's ``response_transform`` chose);
 - ``"heldout"``: hold out a fraction of each subject's observations
   (:func:`dmlmm.simulate.split_heldout`), fit on the rest, score the held-out
   observations given the subject's training ones (``model.score(heldout,
@@ -97,7 +98,7 @@ def _fit_candidate(task: _Task) -> tuple[int, dict, DeepMixtureLMM | MixtureLMM 
         except (np.linalg.LinAlgError, FloatingPointError) as e:  # a numerically degenerate candidate
             return task.index, {"error": f"fit failed: {e}", "seconds": _time.perf_counter() - t0}, None
     row = {
-        "elbo": model.elbo_,
+        "elbo": getattr(model, "elbo_data_scale_", model.elbo_),  # comparable across response scales
         "heldout_score": float(score),
         "effective_components": tuple(int(k) for k in model.n_components_),
         "n_clusters": int(model.labels_.nunique()),
@@ -194,7 +195,8 @@ def select_model(
         The selected candidate, fitted on all the data.
     table : DataFrame
         One row per candidate: model ("deep" or "mixture"), components, latent_dims (None for a
-        mixture of LMMs), elbo (of the fit the criterion used:
+        mixture of LMMs), elbo (``elbo_data_scale_``, a bound on log p(y) of the response as given,
+        so candidates fitted on different scales compare; of the fit the criterion used:
         the training part for ``"heldout"``), heldout_score, effective_components (per layer,
         after pruning), n_clusters (distinct clusters among the subjects), seconds, selected,
         error (why a candidate was not fitted, else None).

@@ -48,6 +48,15 @@ class VariationalLongitudinalModel(Tables, Membership, Predicting, ClusterState,
     prior_ : RandomEffectsPrior (after pruning).
     params_ : VariationalParams.
     elbo_, elbo_history_, n_iter_, converged_, fit_seconds_
+        The ELBO and its trace are on the model's internal (standardised, transformed) scale.
+    elbo_data_scale_ : float
+        The same bound as a bound on log p(y) of the response as given (the standardisation's and
+        the transform's log-Jacobians added): comparable between fits of the same data on different
+        scales (``select_model`` compares it).
+    response_transform_ : None, "log" or "log1p"
+        The scale fitted (``response_transform="auto"`` chooses it).
+    elbo_by_transform_ : dict
+        ``elbo_data_scale_`` of the best fit on each scale tried ("none", "log", "log1p").
     subjects_ : Index of the training subjects.
     labels_ : Series, cluster (path) per subject; clusters are numbered by size, 0 largest.
     responsibilities_ : DataFrame (subjects x clusters).

@@ -11,13 +11,13 @@ scaled; results are reported on the user's scale.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from ..basis import SplineBasis
-from .. import continuation
+from .. import continuation, response_transform
 from ..columns import ColumnNames
 from ..covariates import CovariateEncoding
 from ..data import Longitudinal
@@ -57,6 +57,8 @@ class LongitudinalDesign:
         Roughness of each coordinate (0 on the polynomial null space); None without smoothing.
     smoothing : int or None, the order of the roughness penalty.
     membership : MembershipDesign or None, the coding of the membership covariates.
+    transform : str or None, the response transform (:mod:`dmlmm.response_transform`): the model
+        works on ``transform(y)``, which ``y_shift`` and ``y_scale`` standardise.
     """
 
     basis: SplineBasis
@@ -70,10 +72,13 @@ class LongitudinalDesign:
     roughness: np.ndarray | None = None
     smoothing: int | None = None
     membership: MembershipDesign | None = None
+    transform: str | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def learn(cls, data: Longitudinal, basis: SplineBasis | None, smoothing: int | None = None) -> "LongitudinalDesign":
+    def learn(cls, data: Longitudinal, basis: SplineBasis | None, smoothing: int | None = None,
+              transform: str | None = None) -> "LongitudinalDesign":
+        """The design of ``data`` (its response already on the model's scale, see :meth:`to_model_scale`)."""
         if data.response is None:
             raise DataError("the data has no response column to fit")
         basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
@@ -95,7 +100,7 @@ class LongitudinalDesign:
         if smoothing is not None:
             rotation, roughness = basis.smoothing_basis(int(smoothing))
         design = cls(basis, data.columns, data.encoding, float(np.mean(y)), scale, cm, cs, rotation, roughness,
-                     None if smoothing is None else int(smoothing))
+                     None if smoothing is None else int(smoothing), transform=transform)
         design.check_identifiable(data)
         return design
 
@@ -151,14 +156,29 @@ class LongitudinalDesign:
                 stacklevel=5,
             )
 
-    def data_from(self, df: pd.DataFrame | Longitudinal, require_response: bool = True, dropna: bool = False) -> Longitudinal:
-        """Validate a new frame with the fitted column names and covariate encoding."""
-        if isinstance(df, Longitudinal):
-            return df
-        return Longitudinal.from_frame(
+    def data_from(self, df: pd.DataFrame | Longitudinal, require_response: bool = True, dropna: bool = False,
+                  model_scale: bool = True) -> Longitudinal:
+        """Validate a new frame with the fitted column names and covariate encoding.
+
+        ``df``'s response is on the user's scale (a Longitudinal too); with ``model_scale`` it is
+        returned on the model's (:meth:`to_model_scale`), else as given (for a caller that passes
+        the result on to a model method, which transforms it)."""
+        d = df if isinstance(df, Longitudinal) else Longitudinal.from_frame(
             df, self.columns.subject, self.columns.time,
             self.columns.response, encoding=self.encoding, dropna=dropna, require_response=require_response,
         )
+        return self.to_model_scale(d) if model_scale else d
+
+    def to_model_scale(self, data: Longitudinal) -> Longitudinal:
+        """``data`` with its response transformed (:func:`dmlmm.response_transform.forward`); as is without a transform."""
+        if self.transform is None or data.response is None:
+            return data
+        return replace(data, response=response_transform.forward(data.response, self.transform, self.columns.response))
+
+    def to_user_scale(self, z: np.ndarray) -> np.ndarray:
+        """Standardised model-scale values (any shape) on the user's scale: back through the
+        standardisation and the transform."""
+        return response_transform.inverse(self.y_shift + self.y_scale * z, self.transform)
 
     def check_times(self, data: Longitudinal) -> None:
         """Error naming the subjects observed outside the basis range (unless the basis extrapolates)."""
@@ -259,6 +279,7 @@ class LongitudinalDesign:
             "rotation": None if self.rotation is None else self.rotation.tolist(),
             "roughness": None if self.roughness is None else self.roughness.tolist(),
             "membership": None if self.membership is None else self.membership.to_dict(),
+            "response_transform": self.transform,
         }
 
     @classmethod
@@ -270,4 +291,5 @@ class LongitudinalDesign:
             None if d.get("roughness") is None else np.asarray(d["roughness"], float),
             d.get("smoothing"),
             None if d.get("membership") is None else MembershipDesign.from_dict(d["membership"]),
+            response_transform.check_transform(d.get("response_transform")),
         )

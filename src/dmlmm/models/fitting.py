@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass, replace
 from itertools import product
 from time import perf_counter
 from typing import TYPE_CHECKING, Sequence
@@ -28,6 +29,7 @@ from ..inference.noise import is_per_cluster
 from ..inference.starts import run_vi_with_starts
 from ..inference.stochastic import StochasticSettings, run_vi_stochastic
 from ..prediction import fixed_effects_cov
+from ..response_transform import check_transform, forward, label_of, log_jacobian, transform_candidates
 from ..priors.membership import first_layer_resp, membership_laplace_cov
 from .design import LongitudinalDesign
 from .frames import FrameLike
@@ -39,6 +41,20 @@ if TYPE_CHECKING:
 
 __all__ = ["Fitting"]
 
+
+
+@dataclass
+class _ScaleFit:
+    """The best fit of the response on one scale: data (model scale), design, statistics, result,
+    its config, sum of log |dz/dy| and the ELBO as a bound on log p(y) of the response as given."""
+
+    data: Longitudinal
+    design: LongitudinalDesign
+    stats: object
+    result: object
+    config: VIConfig
+    log_jacobian: float
+    bound: float
 
 class Fitting:
     """Mixin: ``fit`` and the fitted state it sets (design, prior, parameters, ELBO, noise, tables)."""
@@ -93,7 +109,14 @@ class Fitting:
         self
         """
         self._check_params()
+        transform = check_transform(getattr(self, "response_transform", None))
         if is_dask_collection(data):  # per-subject work on the Dask workers (dmlmm.distributed)
+            if transform not in (None, "auto"):
+                raise NotImplementedError(
+                    f"response_transform={transform!r} is not supported for Dask DataFrames yet: transform the "
+                    f"column in the frame (e.g. ddf['{response}'] = np.{transform}(ddf['{response}'])) and fit "
+                    "without it (predictions are then on the transformed scale)"
+                )
             if self._membership_columns():
                 raise NotImplementedError(
                     "membership_covariates are not supported for Dask DataFrames yet: fit in memory "
@@ -111,15 +134,38 @@ class Fitting:
                 f"only one subject ({d.subjects[0]}) in the data: a mixed model needs at least two subjects "
                 "to learn how subjects vary"
             )
-        design = LongitudinalDesign.learn(d, self.basis, self.smoothing)
-        Z = None
+        members = Z = None
         if self._membership_columns():
-            design.membership, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
-        stats = design.stats(d).with_membership(Z)
+            members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
+        fits = [self._fit_scale(d, tr, members, Z) for tr in transform_candidates(transform, d.response)]
+        chosen = max(fits, key=lambda f: f.bound)  # the first (the response as given) on a tie
+        chosen.result.seconds = perf_counter() - t0
+        best, design, stats = chosen.result, chosen.design, chosen.stats
+        self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
+        self.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}
+        self._fixed_cov = None
+        if design.n_fixed:
+            self._fixed_cov = fixed_effects_cov(stats, self._mixture(), self._sigma2_std(), best.local.resp,
+                                                chosen.config.fixed_var)
+        self._membership_cov = None
+        if Z is not None:
+            resp1 = first_layer_resp(best.local.resp, best.prior.path_components()[:, 0])
+            self._membership_cov = membership_laplace_cov(best.params.membership, Z, resp1,
+                                                          chosen.config.membership_scale)
+        return self
+
+    def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z) -> "_ScaleFit":
+        """Every variant of the fit (:meth:`_fit_variants`, ``n_init`` each) of ``d``'s response on one
+        scale (``transform(y)``); the best by the ELBO, with its bound on the data's own scale."""
+        if transform is not None:
+            d = replace(d, response=forward(d.response, transform, d.columns.response))
+        design = LongitudinalDesign.learn(d, self.basis, self.smoothing, transform)
+        design.membership = members
+        stats = design.stats(d).with_membership(Z)
         rough = design.roughness
         b_hat = ridge_estimates(stats, 0.5, rough)
-        best = None
+        best = best_config = None
         for variant, kind in self._fit_variants():
             rng = np.random.default_rng(self.random_state)
             for _ in range(int(self.n_init)):
@@ -140,18 +186,10 @@ class Fitting:
                 if callback is not None:
                     callback.close()
                 if best is None or res.elbo > best.elbo:
-                    best = res
-        best.seconds = perf_counter() - t0
-        self._set_fitted(d, design, best)
-        self._fixed_cov = None
-        if design.n_fixed:
-            self._fixed_cov = fixed_effects_cov(stats, self._mixture(), self._sigma2_std(), best.local.resp,
-                                                config.fixed_var)
-        self._membership_cov = None
-        if Z is not None:
-            resp1 = first_layer_resp(best.local.resp, best.prior.path_components()[:, 0])
-            self._membership_cov = membership_laplace_cov(best.params.membership, Z, resp1, config.membership_scale)
-        return self
+                    best, best_config = res, config
+        jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
+        bound = best.elbo - float(stats.n_obs.sum()) * np.log(design.y_scale) + jac
+        return _ScaleFit(d, design, stats, best, best_config, jac, float(bound))
 
     def _stochastic_settings(self) -> StochasticSettings:
         """Settings of a minibatch fit: the warm start's subsample size from ``subsample``."""
@@ -201,9 +239,10 @@ class Fitting:
 
         return _Cb()
 
-    def _set_fitted(self, d: Longitudinal, design: LongitudinalDesign, res) -> None:
+    def _set_fitted(self, d: Longitudinal, design: LongitudinalDesign, res, log_jacobian: float = 0.0) -> None:
         resp = res.local.resp
-        self._set_fitted_globals(design, res, resp.sum(axis=0), resp.T @ np.diff(d.offsets), stacklevel=4)
+        self._set_fitted_globals(design, res, resp.sum(axis=0), resp.T @ np.diff(d.offsets), stacklevel=4,
+                                 log_jacobian=log_jacobian)
         self.subjects_ = d.subjects
         self.responsibilities_ = self._proba_frame(resp, d.subjects)
         self.labels_ = self._labels_from(self.responsibilities_)
@@ -215,16 +254,21 @@ class Fitting:
         )
 
     def _set_fitted_globals(
-        self, design: LongitudinalDesign, res, sizes: np.ndarray, path_n_obs: np.ndarray, stacklevel: int = 3
+        self, design: LongitudinalDesign, res, sizes: np.ndarray, path_n_obs: np.ndarray, stacklevel: int = 3,
+        log_jacobian: float = 0.0,
     ) -> None:
         """Everything fitted except the per-subject tables.
 
-        ``sizes`` (M,): sum_i r_ic; ``path_n_obs`` (M,): sum_i r_ic n_i (the paths' expected observations).
+        ``sizes`` (M,): sum_i r_ic; ``path_n_obs`` (M,): sum_i r_ic n_i (the paths' expected observations);
+        ``log_jacobian``: sum of log |dz/dy| over the observations (``response_transform``).
         """
         self.design_ = design
         self.prior_ = res.prior
         self.params_ = res.params
         self.elbo_ = float(res.elbo)
+        # the same bound on log p(y) of the response as given: the standardisation's and the transform's Jacobians
+        self.elbo_data_scale_ = float(res.elbo - float(np.sum(path_n_obs)) * np.log(design.y_scale) + log_jacobian)
+        self.response_transform_ = design.transform
         self.elbo_history_ = np.asarray(res.elbo_history)
         self.n_iter_ = int(res.n_iter)
         self.converged_ = bool(res.converged)

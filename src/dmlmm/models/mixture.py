@@ -52,6 +52,16 @@ class MixtureLMM(VariationalLongitudinalModel):
         One residual variance for all subjects, or one per (first-layer) component, each
         with the same half-Cauchy prior; predictions then use each cluster's own. "auto"
         fits both (twice the time) and keeps the one with the higher ELBO (``noise_``).
+    response_transform : {"auto", None, "log", "log1p"}
+        The scale of the model: the response as given (None), log(y) (``"log"``: y > 0) or
+        log(1 + y) (``"log1p"``: y >= 0 with zeros), for right-skewed responses (exercise hours,
+        concentrations, weights, counts). "auto" (default): a response that is never negative is
+        fitted both as given and on its log scale (twice the time) and the fit with the higher ELBO
+        as a bound on log p(y) of the response as given is kept (``response_transform_``,
+        ``elbo_by_transform_``); a response with negative values is fitted as given. Curves, bands,
+        draws and scores are on the user's scale (bands and draws exactly; ``mean`` is the
+        back-transformed mean of the log scale, for one Gaussian its median); coefficients and
+        ``sigma2_`` describe the model's scale (:mod:`dmlmm.response_transform`).
     membership_covariates : list of str, optional
         Baseline covariates (one value per subject; numeric or categorical) on which class
         membership depends, as lcmm's ``classmb``: the first-layer component probabilities
@@ -90,6 +100,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         cov_scale: float = 2.5,
         noise_scale: float = 1.0,
         noise: str = "shared",
+        response_transform: str | None = "auto",
         membership_covariates: Sequence[str] | None = None,
         max_iter: int = 1000,
         tol: float = 1e-5,
@@ -109,6 +120,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         self.cov_scale = cov_scale
         self.noise_scale = noise_scale
         self.noise = noise
+        self.response_transform = response_transform
         self.membership_covariates = membership_covariates
         self.max_iter = max_iter
         self.tol = tol
@@ -159,6 +171,9 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         rough as the deviations; "auto" fits both (from the same random state) and keeps the
         higher ELBO, at twice the cost. The order used is ``prior_.loading_order``. Ignored
         without a smoothness prior.
+    response_transform : {"auto", None, "log", "log1p"}
+        As :class:`MixtureLMM`: the response as given, or log(y) / log(1 + y) with results on the
+        user's scale; "auto" keeps the better of the two by the ELBO on the data's scale.
     membership_covariates : list of str, optional
         Baseline covariates of first-layer membership (see :class:`MixtureLMM`).
     Other parameters as :class:`MixtureLMM`.
@@ -180,6 +195,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         noise_scale: float = 1.0,
         noise: str = "shared",
         loading_order: float | str = "auto",
+        response_transform: str | None = "auto",
         membership_covariates: Sequence[str] | None = None,
         max_iter: int = 1000,
         tol: float = 1e-5,
@@ -203,6 +219,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         self.delta_scale = delta_scale
         self.noise_scale = noise_scale
         self.noise = noise
+        self.response_transform = response_transform
         self.membership_covariates = membership_covariates
         self.max_iter = max_iter
         self.tol = tol

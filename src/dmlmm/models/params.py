@@ -65,6 +65,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "noise": (lambda v: v in ("shared", "cluster", "auto"), "one of 'shared', 'cluster' or 'auto'"),
     "loading_order": (lambda v: (isinstance(v, str) and v == "auto") or (_positive_number(v) and v >= 1),
                       "'auto' or a number of at least 1"),
+    "response_transform": (lambda v: v is None or (isinstance(v, str) and v in ("auto", "none", "log", "log1p")),
+                           "'auto', None, 'log' or 'log1p'"),
     "membership_covariates": (
         lambda v: v is None or isinstance(v, str) or (isinstance(v, (list, tuple)) and len(v) > 0
                                                       and all(isinstance(c, str) for c in v) and len(set(v)) == len(v)),

@@ -21,6 +21,7 @@ from ..exceptions import DataError
 from ..inference.engine import noise_moments
 from ..inference.local import local_step
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
+from ..response_transform import log_jacobian
 from .frames import FrameLike
 from .params import check_random_state, positive_int
 
@@ -162,14 +163,14 @@ class Predicting:
         np.add.at(mean, cm.subject, cm.weight[:, None] * mean_a)
         alpha = (1 - interval) / 2
         q = mixture_quantiles(cm.weight, mean_a, sd_a, cm.subject, np.array([alpha, 1 - alpha]))
-        s, sh = self.design_.y_scale, self.design_.y_shift
+        user = self.design_.to_user_scale
         return pd.DataFrame(
             {
                 "subject": np.repeat(subjects.to_numpy(), len(t)),
                 "time": np.tile(t, N),
-                "mean": (sh + s * mean).reshape(-1),
-                "lower": (sh + s * q[:, 0]).reshape(-1),
-                "upper": (sh + s * q[:, 1]).reshape(-1),
+                "mean": user(mean).reshape(-1),
+                "lower": user(q[:, 0]).reshape(-1),
+                "upper": user(q[:, 1]).reshape(-1),
                 "beyond_last_visit": (t[None, :] > self._last_times(d, N)[:, None]).reshape(-1),
             }
         )
@@ -252,13 +253,12 @@ class Predicting:
         if kind == "observation":
             sd = np.sqrt(self._sigma2_std()[cm.path[comp]])  # (N, S): the drawn path's residual SD
             curve = curve + sd[:, :, None] * rng.standard_normal(curve.shape)
-        s, sh = self.design_.y_scale, self.design_.y_shift
         return pd.DataFrame(
             {
                 "subject": np.repeat(subjects.to_numpy(), S * len(t)),
                 "sample": np.tile(np.repeat(np.arange(S), len(t)), N),
                 "time": np.tile(t, N * S),
-                "value": (sh + s * curve).reshape(-1),
+                "value": self.design_.to_user_scale(curve).reshape(-1),
             }
         )
 
@@ -292,7 +292,16 @@ class Predicting:
         mix = self._mixture(cont)
         lw = self._path_log_weights(self._membership_matrix(frame, d), mix)
         cm = condition(stats, mix, self._w(), self._sigma2_std(), keep_components=False, log_weights=lw)
-        return cm.log_marginal - stats.n_obs * np.log(self.design_.y_scale)
+        return cm.log_marginal - stats.n_obs * np.log(self.design_.y_scale) + self._log_jacobian(d)
+
+    def _log_jacobian(self, d: Longitudinal) -> np.ndarray:
+        """Per subject (N,), sum of log |dz/dy| over its observations: densities of z = transform(y)
+        become densities of y (:mod:`dmlmm.response_transform`); zeros without a transform."""
+        tr = self.design_.transform
+        if tr is None or d.response is None:
+            return np.zeros(d.n_subjects)
+        observed = np.isfinite(d.response)
+        return np.bincount(d.codes[observed], weights=log_jacobian(d.response[observed], tr), minlength=d.n_subjects)
 
     def score(self, df: FrameLike, condition_on: pd.DataFrame | None = None) -> float:
         """Mean over subjects of :meth:`score_samples`."""

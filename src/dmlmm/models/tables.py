@@ -50,17 +50,17 @@ class Tables:
         plug = self.prior_.point_mixture(self.params_.prior)
         extra = mix.covs[order] - plug.covs[order]
         sd_mean = np.sqrt(np.maximum(np.einsum("td,cde,te->ct", Xn, extra, Xn), 0))
-        s, sh = self.design_.y_scale, self.design_.y_shift
+        user = self.design_.to_user_scale
         K = len(order)
         return pd.DataFrame(
             {
                 "cluster": np.repeat(np.arange(K), len(t)),
                 "time": np.tile(t, K),
-                "mean": (sh + s * m).reshape(-1),
-                "lower": (sh + s * (m - z * sd)).reshape(-1),
-                "upper": (sh + s * (m + z * sd)).reshape(-1),
-                "mean_lower": (sh + s * (m - z * sd_mean)).reshape(-1),
-                "mean_upper": (sh + s * (m + z * sd_mean)).reshape(-1),
+                "mean": user(m).reshape(-1),
+                "lower": user(m - z * sd).reshape(-1),
+                "upper": user(m + z * sd).reshape(-1),
+                "mean_lower": user(m - z * sd_mean).reshape(-1),
+                "mean_upper": user(m + z * sd_mean).reshape(-1),
                 "weight": np.repeat(mix.weights[order], len(t)),
             }
         )
@@ -76,8 +76,16 @@ class Tables:
             f"  components per layer after pruning: {self.n_components_}",
             f"  residual SD {np.sqrt(self.sigma2_):.4g}"
             + (f" (pooled; by group: {', '.join(f'{v:.4g}' for v in np.sqrt(self.sigma2_by_cluster_))})"
-               if self.noise_ == "cluster" else ""),
+               if self.noise_ == "cluster" else "")
+            + (f" on the {self.design_.transform} scale" if self.design_.transform else ""),
         ]
+        scales = getattr(self, "elbo_by_transform_", {})
+        if self.design_.transform is not None or len(scales) > 1:
+            tried = ", ".join(f"{k} {v:.2f}" for k, v in scales.items())
+            name = self.design_.columns.response
+            lines.append(f"  response modelled as {name if self.design_.transform is None else f'{self.design_.transform}({name})'}"
+                         + (f" (ELBO on the data's scale: {tried})" if len(scales) > 1 else "")
+                         + "; curves and bands on the data's scale")
         if len(self.fixed_effects_):
             lines.append("  fixed effects (posterior mean, SD and 95 % credible interval, per unit of each covariate):")
             lines.append("    " + self.fixed_effects_table().to_string(float_format=lambda v: f"{v:.4g}").replace("\n", "\n    "))
