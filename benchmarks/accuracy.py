@@ -126,6 +126,8 @@ def fitted_facts(model) -> dict:
             out[attr.rstrip("_")] = cast(getattr(model, attr))
     if hasattr(model, "noise_"):
         out["noise"] = model.noise_
+    if hasattr(model, "response_transform_"):  # the scale fitted ("auto" chooses it)
+        out["scale"] = model.response_transform_ or "none"
     by = getattr(model, "sigma2_by_cluster_", None)
     if by is not None and getattr(model, "noise", "shared") != "shared":
         out["sigma2_by_cluster"] = [float(v) for v in by]
@@ -548,7 +550,10 @@ def render_real(df: pd.DataFrame) -> list[str]:
              "from the boundary plus the smoothness prior's integrated-Wiener increment, `dmlmm.continuation`).",
              "Rows marked \"/ data range\" (`--real-basis data`) use `SplineBasis()` instead (forecasts with an",
              "extrapolation warning). Models with default settings, `random_state=0`: `DeepMixtureLMM()`,",
-             "`MixtureLMM(10)`, `MixtureLMM(1)` (the Gaussian LMM).", "", "### Data sets", ""]
+             "`MixtureLMM(10)`, `MixtureLMM(1)` (the Gaussian LMM). With the default `response_transform=\"auto\"`",
+             "a response that is never negative is fitted as given and on its log scale (`log`, or `log1p`",
+             "with zeros) and the fit with the higher ELBO on the data's scale is kept (the results' \"scale\");",
+             "bands, scores and curves are on the data's scale either way.", "", "### Data sets", ""]
     first = df.drop_duplicates("dataset", keep="last")
     rows = []
     for _, r in first.iterrows():
@@ -585,10 +590,11 @@ def render_real(df: pd.DataFrame) -> list[str]:
             rows.append([str(name), LABELS.get(m, m), _fmt(r.get("heldout_per_obs")), _fmt(r.get("coverage95")),
                          _fmt(r.get("coverage95_last")), _fmt(r.get("coverage95_other")), impl_s,
                          f"[{_fmt(r.get('curve_min'), 2)}, {_fmt(r.get('curve_max'), 2)}]",
-                         f"{_int(r.get('clusters'))} / {_int(r.get('n_basis'))}", _fmt(r.get("seconds"), 1),
+                         f"{_int(r.get('clusters'))} / {_int(r.get('n_basis'))}"
+                         + (f" / {r.get('scale')}" if isinstance(r.get("scale"), str) else ""), _fmt(r.get("seconds"), 1),
                          _warn_text(g.get("warnings", [])), err])
     lines += _table(["data set", "model", "log score / obs", "coverage", "at last visit", "at others", "implausible",
-                     "range of mean curves", "clusters / basis", "fit s", "warnings", "errors"], rows) + [""]
+                     "range of mean curves", "clusters / basis / scale", "fit s", "warnings", "errors"], rows) + [""]
     if "full_seconds" in df or "full_error" in df:
         lines += ["### All-data fits", "",
                   "Each model also fitted to all of the data set (no hold-out), as a user would fit it. Implausible:",
