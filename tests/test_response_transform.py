@@ -182,3 +182,20 @@ def test_a_longitudinal_input_is_on_the_users_scale_too(positive, fits):
     pd.testing.assert_frame_equal(a.predict_trajectory(lon, times=[0.3]), a.predict_trajectory(some, times=[0.3]))
     refit = _model(response_transform="log").fit(Longitudinal.from_frame(positive, "id", "t", "y"))
     assert refit.elbo_ == pytest.approx(a.elbo_, rel=1e-12)
+
+
+def test_auto_raises_only_the_kept_scales_warnings(positive):
+    """Both scales' fits stop at a tiny max_iter; the warnings are those of the scale kept, once."""
+    import warnings
+
+    def caught(**kw):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            m = MixtureLMM(2, basis=SplineBasis(5, lower=0.0, upper=1.0), random_state=0, max_iter=8, **kw).fit(
+                positive, subject="id", time="t")
+        return m, [(x.category.__name__, str(x.message)) for x in w]
+
+    auto, w_auto = caught()
+    kept, w_kept = caught(response_transform=auto.response_transform_)
+    assert len(auto.elbo_by_transform_) == 2 and any(c == "ConvergenceWarning" for c, _ in w_auto)
+    assert w_auto == w_kept

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import product
 from time import perf_counter
 from typing import TYPE_CHECKING, Sequence
@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from ..data import Longitudinal
+from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
 from ..exceptions import DataError, EmptyComponentWarning
-from ..inference.engine import VIConfig
+from ..inference.engine import VIConfig, VIResult
 from ..inference.noise import is_per_cluster
 from ..inference.starts import run_vi_with_starts
 from ..inference.stochastic import StochasticSettings, run_vi_stochastic
@@ -42,19 +43,21 @@ if TYPE_CHECKING:
 __all__ = ["Fitting"]
 
 
-
 @dataclass
 class _ScaleFit:
     """The best fit of the response on one scale: data (model scale), design, statistics, result,
-    its config, sum of log |dz/dy| and the ELBO as a bound on log p(y) of the response as given."""
+    its config, sum of log |dz/dy|, the ELBO as a bound on log p(y) of the response as given, and
+    the warnings the fits on this scale raised (re-raised only for the scale kept)."""
 
     data: Longitudinal
     design: LongitudinalDesign
-    stats: object
-    result: object
+    stats: SufficientStats
+    result: VIResult
     config: VIConfig
     log_jacobian: float
     bound: float
+    warnings: list = field(default_factory=list)
+
 
 class Fitting:
     """Mixin: ``fit`` and the fitted state it sets (design, prior, parameters, ELBO, noise, tables)."""
@@ -138,8 +141,11 @@ class Fitting:
         if self._membership_columns():
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
-        fits = [self._fit_scale(d, tr, members, Z) for tr in transform_candidates(transform, d.response)]
+        scales = transform_candidates(transform, d.response)
+        fits = [self._fit_scale(d, tr, members, Z, quiet=len(scales) > 1) for tr in scales]
         chosen = max(fits, key=lambda f: f.bound)  # the first (the response as given) on a tie
+        for w in chosen.warnings:  # only the kept scale's fits speak
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         chosen.result.seconds = perf_counter() - t0
         best, design, stats = chosen.result, chosen.design, chosen.stats
         self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
@@ -155,9 +161,19 @@ class Fitting:
                                                           chosen.config.membership_scale)
         return self
 
-    def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z) -> "_ScaleFit":
+    def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z, quiet: bool = False) -> _ScaleFit:
         """Every variant of the fit (:meth:`_fit_variants`, ``n_init`` each) of ``d``'s response on one
-        scale (``transform(y)``); the best by the ELBO, with its bound on the data's own scale."""
+        scale (``transform(y)``); the best by the ELBO, with its bound on the data's own scale. With
+        ``quiet`` the warnings are kept in the result instead of raised."""
+        if not quiet:
+            return self._fit_scale_loud(d, transform, members, Z)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = self._fit_scale_loud(d, transform, members, Z)
+        out.warnings = list(caught)
+        return out
+
+    def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z) -> _ScaleFit:
         if transform is not None:
             d = replace(d, response=forward(d.response, transform, d.columns.response))
         design = LongitudinalDesign.learn(d, self.basis, self.smoothing, transform)
@@ -269,6 +285,7 @@ class Fitting:
         # the same bound on log p(y) of the response as given: the standardisation's and the transform's Jacobians
         self.elbo_data_scale_ = float(res.elbo - float(np.sum(path_n_obs)) * np.log(design.y_scale) + log_jacobian)
         self.response_transform_ = design.transform
+        self.elbo_by_transform_ = {label_of(design.transform): self.elbo_data_scale_}  # fit() adds the scales it tried
         self.elbo_history_ = np.asarray(res.elbo_history)
         self.n_iter_ = int(res.n_iter)
         self.converged_ = bool(res.converged)
