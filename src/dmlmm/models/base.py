@@ -57,6 +57,9 @@ class VariationalLongitudinalModel(Tables, Membership, Predicting, ClusterState,
         The scale fitted (``response_transform="auto"`` chooses it).
     elbo_by_transform_ : dict
         ``elbo_data_scale_`` of the best fit on each scale tried ("none", "log", "log1p").
+    "User scale" below is the response's units, or with a ``response_transform`` (``response_transform_``
+    not None) the units of its log: coefficients and variances describe the model's scale, while
+    curves, bands, draws and scores are on the data's own.
     subjects_ : Index of the training subjects.
     labels_ : Series, cluster (path) per subject; clusters are numbered by size, 0 largest.
     responsibilities_ : DataFrame (subjects x clusters).

@@ -138,6 +138,10 @@ class Predicting:
         beyond_last_visit (True where the time lies after the subject's last observation:
         a forecast; always False for the population curve).
 
+        With a ``response_transform`` all of them are on the data's scale: lower and upper are the
+        quantiles of the log-scale mixture mapped back (exact), mean is its mean mapped back (for
+        one Gaussian component the median; :mod:`dmlmm.response_transform`).
+
         The bands integrate over the posterior uncertainty of the global parameters
         (component means and loadings, fixed effects), not only over the subject's own.
         """
