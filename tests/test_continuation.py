@@ -139,3 +139,28 @@ def test_draws_beyond_the_range_have_the_band_variance(fitted):
     sd = ((band["upper"] - band["mean"]) / norm.ppf(0.975)).to_numpy()
     emp = draws.groupby("time")["value"].std().to_numpy()
     np.testing.assert_allclose(emp, sd, rtol=0.06)
+
+
+def test_mixture_continuation_intensity_recovers_a_random_walks():
+    """Subjects' curves drawn from the smoothness prior's own process (Demmler-Reinsch coefficients
+    of variance s / lam_d): the mixture's continuation intensity (minus the mean curve's part) is
+    s within 20 %; the Huang-Wand scale E[w] that it replaced was several times s."""
+    from dmlmm import MixtureLMM, SplineBasis
+
+    rng = np.random.default_rng(0)
+    basis = SplineBasis(12, lower=0.0, upper=1.0).fit()
+    rot, lam = basis.smoothing_basis(2)
+    rough = lam > 0
+    s = 1.0
+    sd = np.where(rough, np.sqrt(s / np.where(rough, lam, 1.0)), 1.0)
+    b = rng.normal(size=(300, 12)) * sd
+    t = np.sort(rng.uniform(0, 1, (300, 20)), axis=1)
+    y = np.einsum("ntd,nd->nt", basis.transform(t.reshape(-1)).reshape(300, 20, 12) @ rot, b)
+    y = y + 0.05 * rng.normal(size=y.shape)
+    df = pd.DataFrame({"subject": np.repeat(np.arange(300), 20), "time": t.reshape(-1), "y": y.reshape(-1)})
+    m = MixtureLMM(1, basis=SplineBasis(12, lower=0.0, upper=1.0), response_transform=None, random_state=0).fit(df)
+    ys2 = m.design_.y_scale ** 2
+    pp = m.params_.prior
+    kappa = (m.prior_.continuation_intensity(pp)[0] - pp.mean_smooth.var.mean[0]) * ys2
+    assert kappa == pytest.approx(s, rel=0.2)
+    assert pp.cov_smooth.var.mean[0] * ys2 > 4 * s
