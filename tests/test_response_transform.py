@@ -123,7 +123,8 @@ def test_a_saved_model_keeps_its_transform(positive, fits, tmp_path):
     back = dmlmm.load(tmp_path / "m.dmlmm")
     assert back.response_transform == "log" and back.design_.transform == "log"
     some = positive[positive["id"].isin(positive["id"].unique()[:4])]
-    pd.testing.assert_frame_equal(back.predict_trajectory(some, times=[0.2, 0.8]), a.predict_trajectory(some, times=[0.2, 0.8]))
+    pd.testing.assert_frame_equal(back.predict_trajectory(some, times=[0.2, 0.8]),
+                                  a.predict_trajectory(some, times=[0.2, 0.8]))
     np.testing.assert_allclose(back.score_samples(some), a.score_samples(some), rtol=1e-12)
 
 

@@ -170,7 +170,8 @@ class LongitudinalDesign:
         return self.to_model_scale(d) if model_scale else d
 
     def to_model_scale(self, data: Longitudinal) -> Longitudinal:
-        """``data`` with its response transformed (:func:`dmlmm.response_transform.forward`); as is without a transform."""
+        """``data`` with its response transformed (:func:`dmlmm.response_transform.forward`); as is
+        without a transform."""
         if self.transform is None or data.response is None:
             return data
         return replace(data, response=response_transform.forward(data.response, self.transform, self.columns.response))

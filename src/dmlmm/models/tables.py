@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
+from ..response_transform import label
+
 __all__ = ["Tables"]
 
 
@@ -82,8 +84,8 @@ class Tables:
         scales = getattr(self, "elbo_by_transform_", {})
         if self.design_.transform is not None or len(scales) > 1:
             tried = ", ".join(f"{k} {v:.2f}" for k, v in scales.items())
-            name = self.design_.columns.response
-            lines.append(f"  response modelled as {name if self.design_.transform is None else f'{self.design_.transform}({name})'}"
+            modelled = label(self.design_.columns.response, self.design_.transform)
+            lines.append(f"  response modelled as {modelled}"
                          + (f" (ELBO on the data's scale: {tried})" if len(scales) > 1 else "")
                          + "; curves and bands on the data's scale")
         if len(self.fixed_effects_):
