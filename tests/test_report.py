@@ -107,3 +107,20 @@ def test_covariate_effects_section_only_with_covariates(results, sim):
         m.fit(df, covariates=["z"])
     html = render_report(collect_results(m, df))
     assert 'id="effects"' in html and "covariate effects" in html
+
+
+def test_report_names_the_scale_of_a_transformed_response(sim):
+    """A never-negative response fitted with response_transform="auto": the facts say which scale was
+    kept and both bounds; the trajectories are on the data's scale (never below zero with log)."""
+    data = sim.data.assign(y=np.exp(sim.data["y"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = dmlmm.MixtureLMM(2, basis=dmlmm.SplineBasis(6), random_state=0, max_iter=60).fit(data)
+    res = collect_results(m, data)
+    assert m.response_transform_ == "log"
+    fact = res.facts["response modelled as"]
+    assert fact.startswith("log(y) (ELBO on the data's scale: none ") and ", log " in fact
+    assert (res.trajectories["lower"] > 0).all()
+    plain = collect_results(dmlmm.MixtureLMM(2, basis=dmlmm.SplineBasis(6), random_state=0, max_iter=60)
+                            .fit(sim.data), sim.data)
+    assert "response modelled as" not in plain.facts  # negative values: fitted as given, nothing to say
