@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import stats as st
 
 from .exceptions import CalibrationWarning
+from .response_transform import forward, transform_candidates
 
 __all__ = ["BandCheck", "check_bands"]
 
@@ -214,12 +215,12 @@ def check_bands(
                          "spline basis of time); this LinearMixedModel has a formula")
     fit_kwargs = {} if covariates is None else {"covariates": covariates}
     check = _check(model, data, subject, time, response, fit_kwargs, float(level), int(min_visits))
-    y = data[response].to_numpy(dtype=float)
-    y = y[np.isfinite(y)]
     own = model.get_params(deep=False).get("response_transform")  # the model's own transform
-    if check.too_narrow and transform in (None, "none") and own in (None, "none") and (y >= 0).all():
-        f = "log" if (y > 0).all() else "log1p"
-        logged = data.assign(**{response: np.log(y) if f == "log" else np.log1p(y)})
+    y = data[response].to_numpy(dtype=float)
+    logs = transform_candidates("auto", y)[1:]  # the log scale, if the response is never negative
+    if check.too_narrow and transform in (None, "none") and own in (None, "none") and logs:
+        f = logs[0]
+        logged = data.assign(**{response: forward(y, f, response)})
         alt = _check(model, logged, subject, time, response, fit_kwargs, float(level), int(min_visits))
         check = replace(check, log_scale=alt, log_transform=f)
     if warn and check.too_narrow:

@@ -636,15 +636,8 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, tr
 
     if transform != "none":
         click.echo(f"response modelled as {res.names['response']}: trajectories and report are on that scale")
-    from .response_transform import label
-
-    chosen = getattr(model, "response_transform_", None)
-    scales = getattr(model, "elbo_by_transform_", {})
-    if chosen is not None or len(scales) > 1:
-        name = model.design_.columns.response
-        how = (" (by the ELBO on the data's scale: " + ", ".join(f"{k} {v:.2f}" for k, v in scales.items()) + ")"
-               if len(scales) > 1 else "")
-        click.echo(f"response modelled as {label(name, chosen)}{how}; trajectories and report are on the data's scale")
+    if isinstance(model, VariationalLongitudinalModel) and model._scale_text():
+        click.echo(f"response modelled as {model._scale_text()}; trajectories and report are on the data's scale")
     if isinstance(model, VariationalLongitudinalModel):
         sizes = res.clusters["cluster"].value_counts().sort_index()
         click.echo(f"{type(model).__name__}: {len(model.subjects_)} subjects, {model.n_components_} components per layer kept")

@@ -28,6 +28,7 @@ import pandas as pd
 
 from .columns import as_numeric
 from .exceptions import DataError
+from .response_transform import check_transform, forward, label
 
 __all__ = ["InputError", "read_csv", "check_columns", "apply_transform", "check_transform_domain", "check_n_basis",
            "TRANSFORMS", "MAX_N_BASIS"]
@@ -207,8 +208,7 @@ def apply_transform(frame: pd.DataFrame, response: str, transform: str) -> pd.Da
         return frame
     y = check_transform_domain(frame, response, transform)
     out = frame.copy()
-    with np.errstate(invalid="ignore"):
-        out[response] = np.log(y) if transform == "log" else np.log1p(y)
+    out[response] = forward(y, transform, response)
     return out
 
 
@@ -231,7 +231,7 @@ def check_transform_domain(frame: pd.DataFrame, response: str, transform: str) -
 
 def transform_label(response: str, transform: str | None) -> str:
     """How outputs name the modelled response: ``y``, ``log(y)`` or ``log1p(y)``."""
-    return response if transform in (None, "none") else f"{transform}({response})"
+    return label(response, check_transform(transform))
 
 
 # ---------------------------------------------------------------------------- basis size

@@ -22,8 +22,8 @@ import numpy as np
 
 from .exceptions import DataError
 
-__all__ = ["TRANSFORMS", "check_transform", "transform_candidates", "forward", "inverse", "log_jacobian", "label",
-           "label_of"]
+__all__ = ["TRANSFORMS", "check_transform", "transform_candidates", "forward", "inverse", "log_jacobian",
+           "data_scale_bound", "label", "label_of"]
 
 #: The response transforms a model accepts (None: the response as given; "auto": see transform_candidates).
 TRANSFORMS = (None, "auto", "log", "log1p")
@@ -88,6 +88,12 @@ def log_jacobian(z: np.ndarray, transform: str | None) -> np.ndarray:
     """log |dz/dy| at each transformed value z: ``-z`` for both transforms, 0 without one."""
     z = np.asarray(z, dtype=float)
     return np.zeros_like(z) if transform is None else -z
+
+
+def data_scale_bound(elbo: float, n_obs: float, y_scale: float, log_jacobian: float) -> float:
+    """An ELBO of the standardised model scale as a bound on log p(y) of the response as given:
+    plus the log-Jacobians of the standardisation (``-n log y_scale``) and of the transform."""
+    return float(elbo - n_obs * np.log(y_scale) + log_jacobian)
 
 
 def label(response: str, transform: str | None) -> str:

@@ -30,7 +30,8 @@ from ..inference.noise import is_per_cluster
 from ..inference.starts import run_vi_with_starts
 from ..inference.stochastic import StochasticSettings, run_vi_stochastic
 from ..prediction import fixed_effects_cov
-from ..response_transform import check_transform, forward, label_of, log_jacobian, transform_candidates
+from ..response_transform import (check_transform, data_scale_bound, forward, label_of, log_jacobian,
+                                  transform_candidates)
 from ..priors.membership import first_layer_resp, membership_laplace_cov
 from .design import LongitudinalDesign
 from .frames import FrameLike
@@ -204,8 +205,8 @@ class Fitting:
                 if best is None or res.elbo > best.elbo:
                     best, best_config = res, config
         jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
-        bound = best.elbo - float(stats.n_obs.sum()) * np.log(design.y_scale) + jac
-        return _ScaleFit(d, design, stats, best, best_config, jac, float(bound))
+        bound = data_scale_bound(best.elbo, float(stats.n_obs.sum()), design.y_scale, jac)
+        return _ScaleFit(d, design, stats, best, best_config, jac, bound)
 
     def _stochastic_settings(self) -> StochasticSettings:
         """Settings of a minibatch fit: the warm start's subsample size from ``subsample``."""
@@ -283,7 +284,7 @@ class Fitting:
         self.params_ = res.params
         self.elbo_ = float(res.elbo)
         # the same bound on log p(y) of the response as given: the standardisation's and the transform's Jacobians
-        self.elbo_data_scale_ = float(res.elbo - float(np.sum(path_n_obs)) * np.log(design.y_scale) + log_jacobian)
+        self.elbo_data_scale_ = data_scale_bound(res.elbo, float(np.sum(path_n_obs)), design.y_scale, log_jacobian)
         self.response_transform_ = design.transform
         self.elbo_by_transform_ = {label_of(design.transform): self.elbo_data_scale_}  # fit() adds the scales it tried
         self.elbo_history_ = np.asarray(res.elbo_history)

@@ -67,6 +67,16 @@ class Tables:
             }
         )
 
+    def _scale_text(self) -> str:
+        """``log1p(y) (ELBO on the data's scale: none ..., log1p ...)``: the scale the response was
+        modelled on, with the bounds "auto" weighed; empty for a response fitted as given alone."""
+        scales = getattr(self, "elbo_by_transform_", {})
+        if self.design_.transform is None and len(scales) <= 1:
+            return ""
+        tried = ", ".join(f"{k} {v:.2f}" for k, v in scales.items())
+        return (label(self.design_.columns.response, self.design_.transform)
+                + (f" (ELBO on the data's scale: {tried})" if len(scales) > 1 else ""))
+
     def summary(self) -> str:
         """A text report: data, convergence, clusters, noise and fixed effects."""
         self._check_fitted()
@@ -81,13 +91,8 @@ class Tables:
                if self.noise_ == "cluster" else "")
             + (f" on the {self.design_.transform} scale" if self.design_.transform else ""),
         ]
-        scales = getattr(self, "elbo_by_transform_", {})
-        if self.design_.transform is not None or len(scales) > 1:
-            tried = ", ".join(f"{k} {v:.2f}" for k, v in scales.items())
-            modelled = label(self.design_.columns.response, self.design_.transform)
-            lines.append(f"  response modelled as {modelled}"
-                         + (f" (ELBO on the data's scale: {tried})" if len(scales) > 1 else "")
-                         + "; curves and bands on the data's scale")
+        if self._scale_text():
+            lines.append(f"  response modelled as {self._scale_text()}; curves and bands on the data's scale")
         if len(self.fixed_effects_):
             lines.append("  fixed effects (posterior mean, SD and 95 % credible interval, per unit of each covariate):")
             lines.append("    " + self.fixed_effects_table().to_string(float_format=lambda v: f"{v:.4g}").replace("\n", "\n    "))

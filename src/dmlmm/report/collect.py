@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..response_transform import label
-
 __all__ = ["FitResults", "collect_results", "time_grid", "cluster_numbering", "cluster_table",
            "add_cluster_columns", "has_layers"]
 
@@ -164,11 +162,8 @@ def _collect_variational(model, frame, grid, interval) -> FitResults:
         "iterations": f"{model.n_iter_}" + ("" if model.converged_ else " (not converged)"),
         "fit time": f"{model.fit_seconds_:.1f} s",
     }
-    scales = getattr(model, "elbo_by_transform_", {})
-    if model.design_.transform is not None or len(scales) > 1:  # the response's scale (response_transform)
-        facts["response modelled as"] = label(model.design_.columns.response, model.design_.transform) + (
-            " (ELBO on the data's scale: " + ", ".join(f"{k} {v:.2f}" for k, v in scales.items()) + ")"
-            if len(scales) > 1 else "")
+    if model._scale_text():  # the response's scale (response_transform)
+        facts["response modelled as"] = model._scale_text()
     summary = model.class_summary()
     rel = summary.loc["cluster", "relative_entropy"]
     if np.isfinite(rel):
