@@ -4,6 +4,7 @@ commas, encodings; column hints; response transforms; numeric covariates stored 
 from __future__ import annotations
 
 import bz2
+import io
 import gzip
 import lzma
 import warnings
@@ -192,9 +193,9 @@ def test_fit_with_log_transform_keeps_outputs_on_the_data_scale_and_predict_uses
     assert "response_transform='log' needs response values above 0" in line and "'y' has 1 value(s)" in line
 
 
-def test_exact_lmm_with_log_transform_records_it_and_predict_applies_it(tmp_path, frame):
-    """--method ml fits the transformed data (outputs on that scale); the file records the transform
-    and predict applies it to new data."""
+def test_exact_lmm_with_log_transform_models_it_and_answers_on_the_data_scale(tmp_path, frame):
+    """--method ml with --transform log: the model fits log(y) itself (as the variational models), so
+    trajectories.csv and predict are on y's scale; predict refuses a response the log cannot take."""
     df = frame.assign(y=np.exp(frame["y"]))
     p = tmp_path / "pos.csv"
     df.to_csv(p, index=False)
@@ -202,11 +203,36 @@ def test_exact_lmm_with_log_transform_records_it_and_predict_applies_it(tmp_path
             "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
     assert "response modelled as log(y)" in r.stdout
-    assert dmlmm.io.read_metadata(tmp_path / "o" / "model.dmlmm")["response_transform"] == "log"
-    assert "log(y)" in (tmp_path / "o" / "report.html").read_text()
+    model = dmlmm.load(tmp_path / "o" / "model.dmlmm")
+    assert model.response_transform_ == "log"
+    assert "response_transform" not in dmlmm.io.read_metadata(tmp_path / "o" / "model.dmlmm")  # nothing pre-transformed
+    assert "response modelled as" in (tmp_path / "o" / "report.html").read_text()
+    traj = pd.read_csv(tmp_path / "o" / "trajectories.csv")
+    assert (traj["lower"] > 0).all() and traj["mean"].median() > 0.5 * df["y"].median()  # y's scale, not log(y)'s
+    pred = pd.read_csv(io.StringIO(run("predict", tmp_path / "o" / "model.dmlmm", p).stdout))
+    assert (pred["lower"] > 0).all()
     df.loc[2, "y"] = -1.0
     df.to_csv(p, index=False)
     line = error_line(run("predict", tmp_path / "o" / "model.dmlmm", p))
+    assert "response_transform='log'" in line and "'y' has 1 value(s)" in line
+
+
+def test_predict_applies_the_transform_recorded_by_earlier_versions(tmp_path, frame):
+    """Model files of earlier versions may hold an exact LMM fitted to log(y) by the command line
+    (metadata response_transform): predict still transforms the data for them."""
+    df = frame.assign(y=np.exp(frame["y"]))
+    model = dmlmm.LinearMixedModel(basis=dmlmm.SplineBasis(6), method="ml").fit(
+        df.assign(y=np.log(df["y"])), subject="subject", time="time", response="y")
+    dmlmm.io.save_model(model, tmp_path / "old.dmlmm", response_transform="log")
+    p = tmp_path / "pos.csv"
+    df.to_csv(p, index=False)
+    pred = pd.read_csv(io.StringIO(run("predict", tmp_path / "old.dmlmm", p).stdout))
+    want = model.predict_trajectory(df.assign(y=np.log(df["y"])), times=np.unique(pred["time"]))
+    both = pred.merge(want, on=["subject", "time"], suffixes=("", "_want"))
+    assert len(both) == len(pred) and np.allclose(both["mean"], both["mean_want"])  # on the log scale, as fitted
+    df.loc[2, "y"] = -1.0
+    df.to_csv(p, index=False)
+    line = error_line(run("predict", tmp_path / "old.dmlmm", p))
     assert "--transform log needs positive values" in line and "'y' has 1 value(s)" in line
 
 

@@ -243,8 +243,8 @@ def main() -> None:
 @click.option("--transform", type=click.Choice(TRANSFORMS), default="auto", show_default=True,
               help="Scale of the model: the response as given (none), log (values > 0) or log1p (values > -1); "
                    "auto fits a response that is never negative both as given and on its log scale and keeps the "
-                   "higher ELBO on the data's scale. Outputs stay on the data's scale, except with --method ml or "
-                   "reml, where log and log1p transform the data first (auto: as given).")
+                   "higher ELBO (--method ml or reml: log-likelihood) on the data's scale. Outputs stay on the "
+                   "data's scale.")
 @click.option("--model", "kind", type=click.Choice(["deep", "mixture", "lmm"]), default=None,
               help="Deep mixture (DMLMM), mixture of LMMs, or one linear mixed model (the same engine with one "
                    "component). [deep; with --select: deep and mixture]")
@@ -319,11 +319,10 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     cov_cols = _covariate_columns(covs, time_col)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, cov_cols)
     prior_options = _prior_options(kind, exact, smoothing, noise, loading_order)
-    # the variational models transform the response themselves (outputs on the data's scale); the exact
-    # LMM fits transformed data (outputs on the transformed scale)
-    pre = transform if exact and transform in ("log", "log1p") else "none"
-    if not exact:
-        prior_options["response_transform"] = None if transform == "none" else transform
+    # every model transforms the response itself (outputs on the data's scale); "pre" (the data transformed
+    # before the fit, outputs on that scale) is what model files of earlier versions may carry
+    pre = "none"
+    prior_options["response_transform"] = None if transform == "none" else transform
     members = [c.strip() for c in membership_covariates.split(",") if c.strip()] if membership_covariates else None
     if members and kind == "lmm":
         raise CliError("--membership-covariates applies to the mixtures (--model deep or mixture): "
@@ -332,7 +331,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     t0 = time.perf_counter()
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), pre,
-                           domain=None if exact or transform in ("auto", "none") else transform)
+                           domain=None if transform in ("auto", "none") else transform)
         _check_basis(basis, n_basis, frame[time_col], smoothing=not exact and smoothing != "none")
         _check_outcome_data(frame, subject, time_col, asked)
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
@@ -548,6 +547,7 @@ def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basi
         from .lmm import LinearMixedModel
 
         kw = {} if max_iter is None else {"max_iter": max_iter}
+        kw["response_transform"] = (prior_options or {}).get("response_transform")
         return LinearMixedModel(basis=basis, method=exact_method, **kw).fit(frame, dropna=dropna, **cols), None
     if kind == "lmm":  # the shared variational engine with one component
         from .models import MixtureLMM
@@ -650,6 +650,8 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, tr
         if outcomes:
             click.echo("\n" + outcomes.text() + "\n")
     else:
+        if model._scale_text():
+            click.echo(f"response modelled as {model._scale_text()}; trajectories and report are on the data's scale")
         click.echo(f"LinearMixedModel ({model.method_.upper()}): {model.n_groups_} subjects, "
                    f"log-likelihood {model.loglik_:.2f}; {seconds:.1f} s in all")
         click.echo("(a linear mixed model has one cluster: no clusters.csv)")

@@ -44,6 +44,9 @@ def lmm_to_dict(model) -> tuple[dict, dict[str, np.ndarray]]:
                               "design_info_": _jsonable(info), "subjects": _encode_index(model._subjects)}
     if model._last_times is not None:
         arrays["fitted.last_times"] = np.asarray(model._last_times, dtype=float)
+    fitted["response_transform_"] = model.response_transform_
+    fitted["loglik_data_scale_"] = model.loglik_data_scale_
+    fitted["criterion_by_transform_"] = {k: float(v) for k, v in model.criterion_by_transform_.items()}
     if model.method_ == "vb":
         fitted["elbo_"] = float(model.elbo_)
         arrays["fitted.elbo_history_"] = np.asarray(model.elbo_history_, dtype=float)
@@ -56,6 +59,7 @@ def lmm_from_dict(cls, hyper: dict, meta: dict, arrays: dict[str, np.ndarray]):
     from .io import _decode_frame, _decode_index, _get
     from .lmm.design import builder_from_dict
     from .lmm.estimators import Estimate
+    from .response_transform import check_transform
 
     model = cls(**hyper)
     model.builder_ = builder_from_dict(meta["design"])
@@ -70,6 +74,10 @@ def lmm_from_dict(cls, hyper: dict, meta: dict, arrays: dict[str, np.ndarray]):
     model.scaling_ = None  # the standardisation of the fit is not needed after it
     last = _get(arrays, "fitted.last_times") if "fitted.last_times" in arrays else None
     model._set_estimate(est, _decode_index(f["subjects"]), last)
+    # files written before response_transform existed: the response as given
+    model.response_transform_ = check_transform(f.get("response_transform_"))
+    model.loglik_data_scale_ = f.get("loglik_data_scale_", None if model.method_ == "reml" else float(est.loglik))
+    model.criterion_by_transform_ = dict(f.get("criterion_by_transform_", {}))
     if model.method_ == "vb":
         model.elbo_ = float(f["elbo_"])
         model.elbo_history_ = _get(arrays, "fitted.elbo_history_")

@@ -23,7 +23,7 @@ import numpy as np
 from .exceptions import DataError
 
 __all__ = ["TRANSFORMS", "check_transform", "transform_candidates", "forward", "inverse", "log_jacobian",
-           "data_scale_bound", "label", "label_of"]
+           "data_scale_bound", "label", "label_of", "scale_text"]
 
 #: The response transforms a model accepts (None: the response as given; "auto": see transform_candidates).
 TRANSFORMS = (None, "auto", "log", "log1p")
@@ -104,3 +104,13 @@ def label(response: str, transform: str | None) -> str:
 def label_of(transform: str | None) -> str:
     """A transform's name as a key: ``"none"``, ``"log"`` or ``"log1p"``."""
     return "none" if transform is None else transform
+
+
+def scale_text(response: str, transform: str | None, tried: dict[str, float], criterion: str = "ELBO") -> str:
+    """``log1p(y) (ELBO on the data's scale: none ..., log1p ...)``: the scale a response was modelled
+    on, with the ``criterion`` of each scale "auto" weighed (``tried``: label -> value); empty for a
+    response fitted as given alone."""
+    if transform is None and len(tried) <= 1:
+        return ""
+    values = ", ".join(f"{k} {v:.2f}" for k, v in tried.items())
+    return label(response, transform) + (f" ({criterion} on the data's scale: {values})" if len(tried) > 1 else "")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from .estimators import ESTIMATORS, Estimate
 from .formula import FormulaDesignBuilder
 from .predictive import PredictiveLMM
 from .scaling import ResponseScaling
+from ..response_transform import check_transform, forward, label_of, log_jacobian, scale_text, transform_candidates
 
 __all__ = ["LinearMixedModel"]
 
@@ -42,6 +44,20 @@ def _describe_basis(builder) -> str | None:
     if b is None:
         return None
     return f"{b!r}, range [{b.lower_:g}, {b.upper_:g}]"
+
+
+@dataclass
+class _ScaleFit:
+    """One scale's fit: the transform, the design of z = transform(y), its standardisation and estimate,
+    the summed log-Jacobian log|dz/dy| and the warnings the fit raised (re-raised if it is kept)."""
+
+    transform: str | None
+    design: Design
+    scaling: ResponseScaling
+    estimate: Estimate
+    log_jacobian: float
+    warnings: list
+
 
 
 class LinearMixedModel(PredictiveLMM, HyperParameters):
@@ -83,6 +99,16 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         OpenBLAS threads while fitting (restored afterwards). The work is many tiny matrix
         operations, where BLAS threading only adds overhead (up to 100x in scipy's L-BFGS-B
         on a busy machine); None leaves the setting alone.
+    response_transform : {None, "auto", "log", "log1p"}
+        The scale of the fit (:mod:`dmlmm.response_transform`). None (default, as lme4): the
+        response as given. ``"log"`` (y > 0) / ``"log1p"`` (y >= 0): the same model of
+        z = log(y) (log(1 + y)); predictions, draws and scores are on y's scale (bands and draws
+        through exp / expm1, densities with the Jacobian), coefficients and variances on z's.
+        ``"auto"``: a response that is never negative is fitted as given and on its log scale,
+        and the scale with the higher log-likelihood of y as given is kept (the ML
+        log-likelihood plus the Jacobian; for ``method="vb"`` the ELBO plus the Jacobian, as the
+        mixtures; for ``method="reml"`` the scale is chosen by ML fits, since REML
+        likelihoods of different responses do not compare, and REML is then fitted on it).
 
     Attributes
     ----------
@@ -131,6 +157,15 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         lme4's relative covariance parameters (lower triangle of Lambda, column-major).
     singular_ : bool
         Boundary fit: Sigma is (numerically) singular.
+    response_transform_ : None, "log" or "log1p"
+        The scale fitted. ``loglik_``, ``elbo_``, ``aic_``, ``bic_`` and ``deviance_`` are those of
+        the model of z = transform(y).
+    loglik_data_scale_ : float or None
+        ``method="ml"`` / ``"vb"``: ``loglik_`` as a log-likelihood of the response as given (plus the
+        summed log-Jacobian, log|dz/dy| = -z); comparable between scales. None for REML.
+    criterion_by_transform_ : dict
+        The criterion each scale tried got (keys "none", "log", "log1p"): the ML log-likelihood
+        (``"ml"``, ``"reml"``) or the ELBO (``"vb"``) of the response as given.
     """
 
     def __init__(
@@ -143,6 +178,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         tol: float = 1e-6,
         n_init: int = 3,
         blas_threads: int | None = 1,
+        response_transform: str | None = None,
     ) -> None:
         self.formula = formula
         self.method = method
@@ -151,6 +187,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         self.tol = tol
         self.n_init = n_init
         self.blas_threads = blas_threads
+        self.response_transform = response_transform
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -190,19 +227,48 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         """
         check_model_params(self)
         method = str(self.method).lower()
+        transform = check_transform(self.response_transform)
         with limit_blas_threads(self.blas_threads):
             builder, design = self._build_design(data, X, Z, y, groups, subject, time, response, covariates, dropna)
             check_design(design)
             name = builder.parsed_.response if isinstance(builder, FormulaDesignBuilder) else (
                 builder.columns_.response if isinstance(builder, LongitudinalDesignBuilder) else "y")
-            scaling = ResponseScaling.learn(design.y, design.F, name)
-            ys = scaling.transform(design.y)
-            self._check_not_exact(ys, design)
-            stats = design.stats(ys)
-            est = ESTIMATORS[method](design, scaling, stats, max_iter=self.max_iter, tol=self.tol,
-                                     n_restarts=self.n_init - 1)
-        self._set_attributes(builder, design, scaling, est, method)
+            scales = transform_candidates(transform, design.y)
+            # REML likelihoods of different responses do not compare: the scale is chosen by ML fits
+            choose = "ml" if method == "reml" and len(scales) > 1 else method
+            fits = [self._fit_scale(design, name, tr, choose, quiet=len(scales) > 1) for tr in scales]
+            criteria = [self._criterion(f, choose) for f in fits]
+            kept = fits[int(np.argmax(criteria))]  # the first (the response as given) on a tie
+            if choose != method:
+                kept = self._fit_scale(design, name, kept.transform, method, quiet=True)
+        for w in kept.warnings:  # only the kept scale's fit speaks
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self._set_attributes(builder, kept.design, kept.scaling, kept.estimate, method)
+        self.response_transform_ = kept.transform
+        self.loglik_data_scale_ = None if method == "reml" else float(kept.estimate.loglik + kept.log_jacobian)
+        self.criterion_by_transform_ = {label_of(f.transform): float(c) for f, c in zip(fits, criteria)}
         return self
+
+    def _fit_scale(self, design: Design, name: str, transform: str | None, method: str, quiet: bool) -> _ScaleFit:
+        """The fit of z = transform(y) by ``method``; with ``quiet`` its warnings are kept, not raised."""
+        with warnings.catch_warnings(record=quiet) as caught:
+            if quiet:
+                warnings.simplefilter("always")
+            z = forward(design.y, transform, name)
+            d = design if transform is None else replace(design, y=z)
+            scaling = ResponseScaling.learn(d.y, d.F, name)
+            ys = scaling.transform(d.y)
+            self._check_not_exact(ys, d)
+            stats = d.stats(ys)
+            est = ESTIMATORS[method](d, scaling, stats, max_iter=self.max_iter, tol=self.tol,
+                                     n_restarts=self.n_init - 1)
+        return _ScaleFit(transform, d, scaling, est, float(log_jacobian(z, transform).sum()), list(caught or []))
+
+    @staticmethod
+    def _criterion(fit: _ScaleFit, method: str) -> float:
+        """The fit's log-likelihood (ML) or ELBO (VB) as one of the response as given."""
+        value = fit.estimate.extra["elbo"] if method == "vb" else fit.estimate.loglik
+        return float(value) + fit.log_jacobian
 
     def _build_design(self, data, X, Z, y, groups, subject, time, response, covariates, dropna
                       ) -> tuple[object, Design]:
@@ -333,6 +399,13 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         save_model(self, path)
 
     # ------------------------------------------------------------------ reporting
+    def _scale_text(self) -> str:
+        """The scale modelled, with the criterion of each scale "auto" weighed; empty for a response fitted
+        as given alone (:func:`dmlmm.response_transform.scale_text`)."""
+        criterion = "ELBO" if self.method_ == "vb" else "ML log-likelihood"
+        return scale_text(self._response_name() or "y", getattr(self, "response_transform_", None),
+                          getattr(self, "criterion_by_transform_", {}) or {}, criterion)
+
     def summary(self, interval: float = 0.95) -> str:
         """lme4-style text summary (fixed effects with SE, t and CI; variance components; fit criteria)."""
         self._check_fitted()

@@ -15,6 +15,11 @@ Each subject's random effects come from one place (:meth:`_subject_posteriors`):
 
 Every band adds the uncertainty of the fixed effects, ``k' Cov(beta) k`` with
 ``k = f - H_i' z`` (``H_i``: how the subject's effects move with beta).
+
+With a ``response_transform_`` the model is one of z = transform(y): responses given to condition
+on or to score are transformed first, bands and draws map back through the inverse (quantiles to
+quantiles; the ``mean`` column is the back-transformed mean of z, y's median), and densities add
+the Jacobian log|dz/dy| (:mod:`dmlmm.response_transform`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from .._linalg import cholesky, sym
 from ..exceptions import DataError
 from ..models.params import check_random_state, positive_int
 from ..prediction import condition, log_marginal
+from ..response_transform import forward, inverse, log_jacobian
 from ..sufficient import sufficient_stats
 from ..priors.base import PointMixture
 from .design import LongitudinalDesignBuilder, MatrixDesignBuilder, NewRows, factorize_groups
@@ -86,6 +92,11 @@ class PredictiveLMM:
         return self.cov_re_.to_numpy()[None]
 
     # ------------------------------------------------------------------ rows and responses
+    @property
+    def _transform(self) -> str | None:
+        """The fitted scale (None: the response as given; models saved before it existed have none)."""
+        return getattr(self, "response_transform_", None)
+
     def _response_name(self) -> str | None:
         b = self.builder_
         if isinstance(b, FormulaDesignBuilder):
@@ -116,7 +127,7 @@ class PredictiveLMM:
         y = None
         name = self._response_name()
         if isinstance(data, pd.DataFrame) and name in data.columns:
-            y = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float)
+            y = forward(pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float), self._transform, name)
         t = rows.frame[b.columns_.time].to_numpy(dtype=float) if isinstance(b, LongitudinalDesignBuilder) else None
         keep = np.ones(len(rows.Z), dtype=bool)
         if isinstance(data, pd.DataFrame) and "__observed__" in data.columns:
@@ -253,7 +264,8 @@ class PredictiveLMM:
             var = var + self.sigma2_
         half = sps.norm.ppf(0.5 + 0.5 * float(interval)) * np.sqrt(np.clip(var, 0.0, None))
         out = rows.frame.copy()
-        out["mean"], out["lower"], out["upper"] = mean, mean - half, mean + half
+        tr = self._transform
+        out["mean"], out["lower"], out["upper"] = inverse(mean, tr), inverse(mean - half, tr), inverse(mean + half, tr)
         if t is not None:
             out["beyond_last_visit"] = t > post.last_time[post.row_subject]
         return out[keep].reset_index(drop=True) if not keep.all() else out
@@ -297,11 +309,12 @@ class PredictiveLMM:
         frame, value = frame[keep].reset_index(drop=True), value[:, keep]
         out = frame.loc[np.tile(np.arange(len(frame)), S)].reset_index(drop=True)
         out.insert(len(frame.columns), "sample", np.repeat(np.arange(S), len(frame)))
-        out["value"] = value.reshape(-1)
+        out["value"] = inverse(value.reshape(-1), self._transform)
         return out
 
     def _log_density(self, data, X, Z, y, groups) -> pd.Series:
-        """log N(y_i; F_i beta, Z_i Sigma Z_i' + sigma^2 I) per subject (plug-in), indexed by subject."""
+        """log N(z_i; F_i beta, Z_i Sigma Z_i' + sigma^2 I) + sum log|dz/dy| per subject (plug-in; z = y
+        without a transform), indexed by subject."""
         b = self.builder_
         if isinstance(b, MatrixDesignBuilder):
             if y is None:
@@ -316,11 +329,13 @@ class PredictiveLMM:
             yv = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float)
         if len(yv) != len(rows.Z) or not np.isfinite(yv).all():
             raise DataError("the response to score must be finite, one value per row")
+        zv = forward(yv, self._transform, self._response_name() or "y")
         subj = rows.subjects if rows.subjects is not None else np.array([_POPULATION] * len(yv), dtype=object)
         codes, labels = factorize_groups(subj)
         est = self.estimate_
-        st = sufficient_stats(yv, rows.Z, rows.F, codes, len(labels))
-        return pd.Series(log_marginal(st, self._prior_mixture(), est.beta, est.sigma2), index=pd.Index(labels),
+        st = sufficient_stats(zv, rows.Z, rows.F, codes, len(labels))
+        jac = np.bincount(codes, weights=log_jacobian(zv, self._transform), minlength=len(labels))
+        return pd.Series(log_marginal(st, self._prior_mixture(), est.beta, est.sigma2) + jac, index=pd.Index(labels),
                          name="log_score")
 
     def score_samples(self, data=None, condition_on=None, *, X=None, Z=None, y=None, groups=None) -> pd.Series:

@@ -72,6 +72,12 @@ def _random_block(model: "LinearMixedModel") -> list[str]:
     return [format_table(header, rows, left=2)]
 
 
+def _scale_lines(model: "LinearMixedModel") -> list[str]:
+    """The modelled scale, when the response was transformed or two scales were weighed."""
+    text = model._scale_text()
+    return [f"Response modelled as {text}; estimates below are on that scale, predictions on the data's."] if text else []
+
+
 def format_summary(model: "LinearMixedModel", interval: float = 0.95) -> str:
     """lme4-like summary text of a fitted model.
 
@@ -99,6 +105,7 @@ def format_summary(model: "LinearMixedModel", interval: float = 0.95) -> str:
                    f"effects per '{info['group_name']}' (unstructured covariance)")
     else:
         out.append(f"Design: y = X w + Z u, u ~ N(0, tau^2 I) with {len(info['random_names'])} columns in Z")
+    out.extend(_scale_lines(model))
     out.append("")
     df_resid = model.n_obs_ - len(info["fixed_names"])
     if vb:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from ..response_transform import label
+from ..response_transform import scale_text
 
 __all__ = ["Tables"]
 
@@ -70,12 +70,7 @@ class Tables:
     def _scale_text(self) -> str:
         """``log1p(y) (ELBO on the data's scale: none ..., log1p ...)``: the scale the response was
         modelled on, with the bounds "auto" weighed; empty for a response fitted as given alone."""
-        scales = getattr(self, "elbo_by_transform_", {})
-        if self.design_.transform is None and len(scales) <= 1:
-            return ""
-        tried = ", ".join(f"{k} {v:.2f}" for k, v in scales.items())
-        return (label(self.design_.columns.response, self.design_.transform)
-                + (f" (ELBO on the data's scale: {tried})" if len(scales) > 1 else ""))
+        return scale_text(self.design_.columns.response, self.design_.transform, getattr(self, "elbo_by_transform_", {}))
 
     def summary(self) -> str:
         """A text report: data, convergence, clusters, noise and fixed effects."""

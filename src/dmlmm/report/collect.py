@@ -205,4 +205,6 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
         "AIC": f"{model.aic_:.1f}",
         "iterations": f"{model.n_iter_}" + ("" if model.converged_ else " (not converged)"),
     }
+    if model._scale_text():  # the response's scale (response_transform)
+        facts["response modelled as"] = model._scale_text()
     return FitResults(model, _long(frame, names), names, traj, None, curves, None, model.summary(), facts)
