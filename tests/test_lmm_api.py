@@ -56,6 +56,43 @@ def test_held_out_score_is_the_conditional_density(fitted, sleepstudy):
     assert got == pytest.approx(st.multivariate_normal(cm, cv).logpdf(y[h]), rel=1e-9)
 
 
+def _conditional_logpdf(m, g, held_mask):
+    Z, mean, cov, s2 = _dense(m, g["Days"].to_numpy())
+    V = cov + s2 * np.eye(len(g))
+    o, h = ~held_mask, held_mask
+    y = g["Reaction"].to_numpy()
+    cm = mean[h] + V[np.ix_(h, o)] @ np.linalg.solve(V[np.ix_(o, o)], y[o] - mean[o])
+    cv = V[np.ix_(h, h)] - V[np.ix_(h, o)] @ np.linalg.solve(V[np.ix_(o, o)], V[np.ix_(o, h)])
+    return st.multivariate_normal(cm, cv).logpdf(y[h])
+
+
+def test_held_out_scores_of_many_subjects_in_any_row_order(fitted, sleepstudy):
+    """Every subject's held-out rows, then all the rows they are conditioned on (so no subject's rows
+    lie together): each subject's score is still its dense conditional density. (The segment sums
+    behind it once needed each subject's rows together and gave scores off by orders of magnitude.)"""
+    held_mask = sleepstudy["Days"].isin([2, 7, 9]).to_numpy()
+    held, train = sleepstudy[held_mask], sleepstudy[~held_mask]
+    got = fitted.score_samples(held, condition_on=train)
+    shuffled = fitted.score_samples(held.sample(frac=1.0, random_state=1),
+                                    condition_on=train.sample(frac=1.0, random_state=2))
+    for subject in (308, 333, 372):
+        g = sleepstudy[sleepstudy["Subject"] == subject]
+        want = _conditional_logpdf(fitted, g, g["Days"].isin([2, 7, 9]).to_numpy())
+        assert got.loc[subject] == pytest.approx(want, rel=1e-9)
+        assert shuffled.loc[subject] == pytest.approx(want, rel=1e-9)
+
+
+def test_new_subjects_with_interleaved_rows_are_conditioned_on_their_own_visits(fitted, sleepstudy):
+    a = sleepstudy[sleepstudy["Subject"] == 309].assign(Subject="a")
+    b = sleepstudy[sleepstudy["Subject"] == 310].assign(Subject="b")
+    seen = pd.concat([a[a["Days"] < 4], b[b["Days"] < 4]]).sort_values("Days")  # a, b, a, b, ...
+    both = fitted.predict_trajectory(pd.concat([seen, pd.DataFrame({"Subject": ["a", "b"], "Days": [8.0, 8.0]})]))
+    for label in ("a", "b"):
+        alone = fitted.predict_trajectory(pd.concat([seen[seen["Subject"] == label],
+                                                     pd.DataFrame({"Subject": [label], "Days": [8.0]})]))
+        assert both[both["Subject"] == label]["mean"].iloc[-1] == pytest.approx(alone["mean"].iloc[-1], rel=1e-10)
+
+
 def test_new_subject_is_conditioned_on_its_visits(fitted, sleepstudy):
     g = sleepstudy[sleepstudy["Subject"] == 309].copy()
     g["Subject"] = "new"

@@ -159,11 +159,13 @@ def sufficient_stats(
 
     Parameters
     ----------
-    y : (n,) responses, rows sorted by subject.
+    y : (n,) responses.
     X : (n, D) random-effects design.
     F : (n, P) fixed-effects design, or None for no fixed effects (P = 0).
-    codes : (n,) sorted subject index of each row, values in ``0..n_subjects-1``,
-        every subject present at least once.
+    codes : (n,) subject index of each row, values in ``0..n_subjects-1``. Rows sorted by subject
+        are summed as they are; rows in any other order (held-out rows before the rows they are
+        conditioned on, say) are sorted first (stably), since the segment sums need each
+        subject's rows together. A subject without rows gets zeros.
     n_subjects : int
 
     Returns
@@ -173,6 +175,10 @@ def sufficient_stats(
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
     F = np.zeros((len(y), 0)) if F is None else np.asarray(F, dtype=float)
+    codes = np.asarray(codes)
+    if len(codes) > 1 and np.any(codes[1:] < codes[:-1]):
+        order = np.argsort(codes, kind="stable")
+        y, X, F, codes = y[order], X[order], F[order], codes[order]
     y2 = y[:, None]
     n_obs = np.bincount(codes, minlength=n_subjects)
     return SufficientStats(
