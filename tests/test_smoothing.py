@@ -263,3 +263,24 @@ def test_loading_order_is_checked():
     df = dgp1(random_state=0, n_subjects=10).data
     with pytest.raises(ValueError, match=r"loading_order must be 'auto' or a number of at least 1, got 0.5"):
         DeepMixtureLMM(loading_order=0.5).fit(df)
+
+
+def test_deeper_means_stay_near_zero_by_default_with_the_smoothness_prior():
+    """mean_scale="auto": G = (0.5, 1e-3) with the smoothness prior, 0.5 in every layer without it (the
+    research code's model); a deeper layer's mean, which only shifts paths along the first layer's loading
+    curves, then stays near zero instead of carrying part of the population curve."""
+    sim = dgp1(random_state=0, n_subjects=150)
+    mu2 = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for ms in ("auto", 0.5):
+            m = DeepMixtureLMM((3, 1), (2, 1), basis=SplineBasis(10), random_state=0, mean_scale=ms, max_iter=300,
+                               loading_order=2).fit(sim.data, "subject", "time", "y")
+            mu2[ms] = np.abs(m.params_.prior.layers[1].loadings.moments()[0][..., 0]).max()
+            assert m.prior_.mean_scale == ((0.5, 1e-3) if ms == "auto" else (0.5, 0.5))
+        research = DeepMixtureLMM((3, 1), (2, 1), basis=SplineBasis(6), smoothing=None, random_state=0, max_iter=20)
+        research.fit(sim.data, "subject", "time", "y")
+    assert research.prior_.mean_scale == (0.5, 0.5)
+    assert mu2["auto"] < 1e-3 < 1e-2 < mu2[0.5]
+    with pytest.raises(ValueError, match="mean_scale must be 'auto', a positive number, or one per layer"):
+        DeepMixtureLMM(mean_scale="small").fit(sim.data, "subject", "time", "y")

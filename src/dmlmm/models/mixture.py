@@ -160,7 +160,13 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         research code's model.
     concentration, mean_scale, loading_scale, delta_scale : float or tuple per layer
         rho_l (Dirichlet), G_l (Cauchy scale^2 of the means), nu_l (horseshoe global scale),
-        A_l (half-Cauchy scale of the idiosyncratic SDs); model.md section 4 defaults.
+        A_l (half-Cauchy scale of the idiosyncratic SDs); model.md section 4 defaults, except
+        ``mean_scale="auto"`` (the default): G_1 = 0.5 and, with a smoothness prior, G_l = 1e-3
+        in the deeper layers (l >= 2), whose means then stay near zero unless the data insist (a
+        Cauchy's tails): a deeper layer's mean shifts a path along the first layer's loading
+        curves, which can carry the population curve in place of the first layer's mean, under
+        their smoother prior (docs/models.md, "The deeper layers' means"). Without a smoothness
+        prior, 0.5 in every layer, as the research code.
     noise : {"shared", "cluster", "auto"}
         One residual variance, or one per first-layer component, or the better of the two
         by the ELBO (see :class:`MixtureLMM`).
@@ -189,7 +195,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         *,
         smoothing: int | None = 2,
         concentration=0.5,
-        mean_scale=0.5,
+        mean_scale="auto",
         loading_scale=1.0,
         delta_scale=2.5,
         noise_scale: float = 1.0,
@@ -238,9 +244,16 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         ks = (_reduce_components(ks[0], n_subjects, "n_components[0]"),) + ks[1:]
         order = 2.0 if self.loading_order == "auto" else float(self.loading_order)
         return DeepMixturePrior(
-            dim, ks, ds, self.concentration, self.mean_scale, self.loading_scale, self.delta_scale, roughness,
-            loading_order=order,
+            dim, ks, ds, self.concentration, self._mean_scales(len(ds), roughness is not None), self.loading_scale,
+            self.delta_scale, roughness, loading_order=order,
         )
+
+    def _mean_scales(self, n_layers: int, smooth: bool):
+        """``mean_scale`` per layer: "auto" is 0.5 in the first layer and, with a smoothness prior,
+        :data:`DEEP_MEAN_SCALE` in the deeper ones (0.5 everywhere without one, as the research code)."""
+        if not (isinstance(self.mean_scale, str) and self.mean_scale == "auto"):
+            return self.mean_scale
+        return (0.5,) + ((DEEP_MEAN_SCALE if smooth else 0.5),) * (n_layers - 1)
 
     def _prior_variants(self) -> list["DeepMixtureLMM"]:
         """With ``loading_order="auto"`` and a smoothness prior: copies with orders 2 and 1 (the fit keeps
@@ -248,6 +261,11 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         if self.loading_order != "auto" or self.smoothing is None:
             return [self]
         return [self._copy_with(loading_order=order) for order in (2.0, 1.0)]
+
+
+#: G_l of the deeper layers' means under ``mean_scale="auto"`` with a smoothness prior (Cauchy scale 0.03
+#: in the latent space, where the factors have unit scale).
+DEEP_MEAN_SCALE = 1e-3
 
 
 def _as_tuple(v, name: str) -> tuple:
