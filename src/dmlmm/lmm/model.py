@@ -59,7 +59,6 @@ class _ScaleFit:
     warnings: list
 
 
-
 class LinearMixedModel(PredictiveLMM, HyperParameters):
     """Linear mixed model ``y_i = F_i w + Z_i b_i + e_i``, ``b_i ~ N(0, Sigma)``, ``e_i ~ N(0, sigma^2 I)``.
 
