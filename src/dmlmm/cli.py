@@ -319,9 +319,8 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     cov_cols = _covariate_columns(covs, time_col)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, cov_cols)
     prior_options = _prior_options(kind, exact, smoothing, noise, loading_order)
-    # every model transforms the response itself (outputs on the data's scale); "pre" (the data transformed
-    # before the fit, outputs on that scale) is what model files of earlier versions may carry
-    pre = "none"
+    # every model transforms the response itself (outputs on the data's scale); only model files of earlier
+    # versions carry a transform applied to the data before the fit (dmlmm predict applies it)
     prior_options["response_transform"] = None if transform == "none" else transform
     members = [c.strip() for c in membership_covariates.split(",") if c.strip()] if membership_covariates else None
     if members and kind == "lmm":
@@ -330,7 +329,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=exact)
     t0 = time.perf_counter()
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
-        frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), pre,
+        frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), "none",
                            domain=None if transform in ("auto", "none") else transform)
         _check_basis(basis, n_basis, frame[time_col], smoothing=not exact and smoothing != "none")
         _check_outcome_data(frame, subject, time_col, asked)
@@ -340,16 +339,16 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         used = _clean(frame, [subject, time_col, response] + cov_cols) if dropna else frame
         outcomes = _outcome_report(model, frame, asked)
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
-                                     source=str(data), interval=interval, transform=pre,
+                                     source=str(data), interval=interval,
                                      input_columns=list(frame.columns), outcomes=outcomes, notes=_warnings_note())
-        checked = _band_check(model, used, subject, time_col, response, covs, interval, pre) if check_bands else None
+        checked = _band_check(model, used, subject, time_col, response, covs, interval) if check_bands else None
         if checked is not None:
             checked.table.rename(columns={"subject": subject, "time": time_col}).to_csv(
                 folder.staging / "band_check.csv", index=False)
             written.append("band_check.csv")
         folder.commit()
     if not quiet:
-        _print_summary(model, res, Path(out), written, time.perf_counter() - t0, pre, outcomes)
+        _print_summary(model, res, Path(out), written, time.perf_counter() - t0, outcomes)
         if checked is not None:
             click.echo("\n" + checked.summary())
 
@@ -389,13 +388,14 @@ def _parse_loading_order(text: str) -> str | float:
     return order
 
 
-def _band_check(model, frame, subject, time_col, response, covs, interval, transform):
-    """:func:`dmlmm.calibration.check_bands` for a fitted model (a fresh copy is refitted)."""
+def _band_check(model, frame, subject, time_col, response, covs, interval):
+    """:func:`dmlmm.calibration.check_bands` for a fitted model (a fresh copy is refitted; the model's own
+    ``response_transform`` tells it whether a log scale was already weighed)."""
     from .calibration import check_bands
 
     try:
         return check_bands(model, frame, subject=subject, time=time_col, response=response, covariates=covs,
-                           level=interval, transform=transform)
+                           level=interval)
     except ValueError as e:
         raise CliError(f"--check-bands: {e}") from e
 
@@ -629,15 +629,13 @@ def _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna
     return model, table
 
 
-def _print_summary(model, res, out: Path, written: list[str], seconds: float, transform: str,
-                   outcomes=None) -> None:
+def _print_summary(model, res, out: Path, written: list[str], seconds: float, outcomes=None) -> None:
     from .models.base import VariationalLongitudinalModel
     from .summaries import class_summary_text
 
-    if transform != "none":
-        click.echo(f"response modelled as {res.names['response']}: trajectories and report are on that scale")
-    if isinstance(model, VariationalLongitudinalModel) and model._scale_text():
-        click.echo(f"response modelled as {model._scale_text()}; trajectories and report are on the data's scale")
+    scale = model._scale_text()  # every model transforms its response itself
+    if scale:
+        click.echo(f"response modelled as {scale}; trajectories and report are on the data's scale")
     if isinstance(model, VariationalLongitudinalModel):
         sizes = res.clusters["cluster"].value_counts().sort_index()
         click.echo(f"{type(model).__name__}: {len(model.subjects_)} subjects, {model.n_components_} components per layer kept")
@@ -650,8 +648,6 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, tr
         if outcomes:
             click.echo("\n" + outcomes.text() + "\n")
     else:
-        if model._scale_text():
-            click.echo(f"response modelled as {model._scale_text()}; trajectories and report are on the data's scale")
         click.echo(f"LinearMixedModel ({model.method_.upper()}): {model.n_groups_} subjects, "
                    f"log-likelihood {model.loglik_:.2f}; {seconds:.1f} s in all")
         click.echo("(a linear mixed model has one cluster: no clusters.csv)")

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .columns import as_numeric
 from .exceptions import DataError
-from .response_transform import check_transform, forward, label
+from .response_transform import forward
 
 __all__ = ["InputError", "read_csv", "check_columns", "apply_transform", "check_transform_domain", "check_n_basis",
            "TRANSFORMS", "MAX_N_BASIS"]
@@ -227,11 +227,6 @@ def check_transform_domain(frame: pd.DataFrame, response: str, transform: str) -
             f"<= {floor:g} (row {frame.index[first]} holds {y[first]:g}); {fix}"
         )
     return y
-
-
-def transform_label(response: str, transform: str | None) -> str:
-    """How outputs name the modelled response: ``y``, ``log(y)`` or ``log1p(y)``."""
-    return label(response, check_transform(transform))
 
 
 # ---------------------------------------------------------------------------- basis size

@@ -390,20 +390,19 @@ def user_columns(table, subject: str, time: str, input_columns: Iterable):
 
 def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "dmlmm report", source: str = "",
                   known_labels=None, label_name: str = "known label", notes: str = "", interval: float = 0.95,
-                  transform: str = "none", input_columns: Iterable | None = None, outcomes=None):
+                  input_columns: Iterable | None = None, outcomes=None):
     """Write clusters.csv, trajectories.csv, model.dmlmm and report.html to ``folder``.
 
     With ``outcomes`` (a :class:`dmlmm.outcomes.OutcomeReport`), also its tables (outcomes.csv,
     survival.csv, baseline.csv, outcome_tests.csv) and their sections in the report.
     Returns the names written and the :class:`~dmlmm.report.FitResults` they were made from.
     """
-    from .cli_input import transform_label
     from .io import save_model
     from .models.base import VariationalLongitudinalModel
     from .report import collect_results, write_report
 
     res = collect_results(model, frame, interval=interval,
-                          response_label=transform_label(_response_name(model), transform))
+                          response_label=_response_name(model))
     subject, time = _subject_time(model)
     columns = list(frame.columns) if input_columns is None else list(input_columns)
     tables = {"clusters.csv": res.clusters, "trajectories.csv": res.trajectories}
@@ -418,7 +417,7 @@ def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "d
         table.to_csv(folder / name, index=False)
         written.append(name)
     if isinstance(model, VariationalLongitudinalModel) or type(model).__name__ == "LinearMixedModel":
-        save_model(model, folder / "model.dmlmm", response_transform=transform)
+        save_model(model, folder / "model.dmlmm")
         written.append("model.dmlmm")
     coef = getattr(model, "membership_coefficients_", None)
     if coef is not None:

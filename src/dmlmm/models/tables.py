@@ -86,8 +86,9 @@ class Tables:
                if self.noise_ == "cluster" else "")
             + (f" on the {self.design_.transform} scale" if self.design_.transform else ""),
         ]
-        if self._scale_text():
-            lines.append(f"  response modelled as {self._scale_text()}; curves and bands on the data's scale")
+        scale = self._scale_text()
+        if scale:
+            lines.append(f"  response modelled as {scale}; curves and bands on the data's scale")
         if len(self.fixed_effects_):
             lines.append("  fixed effects (posterior mean, SD and 95 % credible interval, per unit of each covariate):")
             lines.append("    " + self.fixed_effects_table().to_string(float_format=lambda v: f"{v:.4g}").replace("\n", "\n    "))

@@ -162,8 +162,8 @@ def _collect_variational(model, frame, grid, interval) -> FitResults:
         "iterations": f"{model.n_iter_}" + ("" if model.converged_ else " (not converged)"),
         "fit time": f"{model.fit_seconds_:.1f} s",
     }
-    if model._scale_text():  # the response's scale (response_transform)
-        facts["response modelled as"] = model._scale_text()
+    if scale := model._scale_text():  # the response's scale (response_transform)
+        facts["response modelled as"] = scale
     summary = model.class_summary()
     rel = summary.loc["cluster", "relative_entropy"]
     if np.isfinite(rel):
@@ -205,6 +205,6 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
         "AIC": f"{model.aic_:.1f}",
         "iterations": f"{model.n_iter_}" + ("" if model.converged_ else " (not converged)"),
     }
-    if model._scale_text():  # the response's scale (response_transform)
-        facts["response modelled as"] = model._scale_text()
+    if scale := model._scale_text():  # the response's scale (response_transform)
+        facts["response modelled as"] = scale
     return FitResults(model, _long(frame, names), names, traj, None, curves, None, model.summary(), facts)
