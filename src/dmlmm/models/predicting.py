@@ -10,6 +10,8 @@ densities (``score_samples``, ``score``).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -74,7 +76,14 @@ class Predicting:
             first = self.prior_.path_components()[:, 0]
             dirichlet, _ = self.prior_.first_layer_dirichlet(self.params_.prior)
             offsets = self._membership_log_p1(Z)[:, first] - dirichlet.mean_log[first]
-        return local_step(stats, pp, nm, self.hard_assignment, log_weight=offsets)
+        local = local_step(stats, pp, nm, self.hard_assignment, log_weight=offsets)
+        empty = stats.n_obs == 0
+        if Z is None and empty.any():
+            # no observation: the prior weights E[pi] (the local step's exp E[log pi] is q(c)'s mean-field
+            # optimum, slightly off them; with membership covariates the offsets give the probabilities exactly)
+            weights = self.prior_.point_mixture(self.params_.prior).weights
+            local = replace(local, resp=np.where(empty[:, None], weights / weights.sum(), local.resp))
+        return local
 
     # -------------------------------------------------------------- trajectories
     def _conditional(self, d: Longitudinal | None, frame: FrameLike = None,
