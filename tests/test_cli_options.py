@@ -214,6 +214,12 @@ def test_prior_options_reach_the_model(patients, tmp_path):
             "--components", "2", "--max-iter", "15", "--n-basis", "6", "--smoothing", "none", "--quiet", "--out", out2)
     assert r.exit_code == 0, r.output
     assert dmlmm.load(out2 / "model.dmlmm").smoothing is None
+    out3 = tmp_path / "res3"
+    r = run("fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--model", "mixture",
+            "--components", "2", "--max-iter", "15", "--n-basis", "6", "--covariance", "full", "--quiet", "--out", out3)
+    assert r.exit_code == 0, r.output
+    m3 = dmlmm.load(out3 / "model.dmlmm")
+    assert m3.covariance == "full" and m3.prior_.covariance == "full"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -222,6 +228,9 @@ def test_prior_options_reach_the_model(patients, tmp_path):
     (["--loading-order", "two"], "--loading-order must be auto or a number of at least 1, got 'two'"),
     (["--smoothing", "none", "--loading-order", "1"], "--loading-order needs the smoothness prior"),
     (["--model", "lmm", "--method", "reml", "--noise", "cluster"], "--noise applies to the variational fits"),
+    (["--covariance", "full"], "--covariance applies to --model mixture and --model lmm"),
+    (["--model", "mixture", "--smoothing", "none", "--covariance", "pspline"],
+     "--covariance pspline needs the smoothness prior"),
 ])
 def test_prior_option_errors(patients, tmp_path, args, message):
     r = run("fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", *args,

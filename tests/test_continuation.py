@@ -158,9 +158,14 @@ def test_mixture_continuation_intensity_recovers_a_random_walks():
     y = np.einsum("ntd,nd->nt", basis.transform(t.reshape(-1)).reshape(300, 20, 12) @ rot, b)
     y = y + 0.05 * rng.normal(size=y.shape)
     df = pd.DataFrame({"subject": np.repeat(np.arange(300), 20), "time": t.reshape(-1), "y": y.reshape(-1)})
-    m = MixtureLMM(1, basis=SplineBasis(12, lower=0.0, upper=1.0), response_transform=None, random_state=0).fit(df)
-    ys2 = m.design_.y_scale ** 2
-    pp = m.params_.prior
-    kappa = (m.prior_.continuation_intensity(pp)[0] - pp.mean_smooth.var.mean[0]) * ys2
-    assert kappa == pytest.approx(s, rel=0.2)
-    assert pp.cov_smooth.var.mean[0] * ys2 > 4 * s
+    for cov in ("full", "pspline"):
+        m = MixtureLMM(1, basis=SplineBasis(12, lower=0.0, upper=1.0), response_transform=None, covariance=cov,
+                       random_state=0).fit(df)
+        ys2 = m.design_.y_scale ** 2
+        pp = m.params_.prior
+        kappa = (m.prior_.continuation_intensity(pp)[0] - pp.mean_smooth.var.mean[0]) * ys2
+        assert kappa == pytest.approx(s, rel=0.2), cov
+        if cov == "full":  # the Huang-Wand scale is a half-t scale, several times the variances it yields
+            assert pp.cov_smooth.var.mean[0] * ys2 > 4 * s
+        else:  # the P-spline covariance's w is the random walk's variance itself: these curves are its model
+            assert pp.cov_smooth.var.mean[0] * ys2 == pytest.approx(s, rel=0.2)

@@ -265,6 +265,11 @@ def main() -> None:
               help="Deep mixture: smoothness of the loading curves, a number >= 1 (2 keeps the factors alive as "
                    "the basis grows, 1 lets them be as rough as the deviations), or auto: both, the higher ELBO "
                    "kept (twice the time). [auto]")
+@click.option("--covariance", type=click.Choice(["auto", "pspline", "full"]), default=None,
+              help="Mixture of LMMs and variational LMM: each cluster's covariance of the subjects' deviations. "
+                   "pspline: any covariance of level and trend plus one learned roughness variance (noise stays "
+                   "noise); full: one matrix over all spline coefficients; auto: both, the higher ELBO kept "
+                   "(twice the time). [auto]")
 @click.option("--degree", default=None, type=int, help="Polynomial degree of the splines. [3, cubic]")
 @click.option("--knots", type=_LazyChoice(_knot_layouts), default=None,
               help="Knot layout of the spline basis. [the library's default]")
@@ -302,7 +307,7 @@ def main() -> None:
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
 def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis,
-        smoothing, noise, loading_order, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
+        smoothing, noise, loading_order, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
         max_iter, dropna, outcome, event_time, event, event_value, baseline, check_bands, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
     the saved model and an HTML report to --out (all at once, when the fit is done)."""
@@ -318,7 +323,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
                                            n_basis, degree, interval, n_init)
     cov_cols = _covariate_columns(covs, time_col)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, cov_cols)
-    prior_options = _prior_options(kind, exact, smoothing, noise, loading_order)
+    prior_options = _prior_options(kind, exact, smoothing, noise, loading_order, covariance)
     # every model transforms the response itself (outputs on the data's scale); only model files of earlier
     # versions carry a transform applied to the data before the fit (dmlmm predict applies it)
     prior_options["response_transform"] = None if transform == "none" else transform
@@ -353,11 +358,12 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
             click.echo("\n" + checked.summary())
 
 
-def _prior_options(kind, exact, smoothing, noise, loading_order) -> dict:
-    """--smoothing, --noise and --loading-order as model parameters (only those given), checked against
-    the model: the exact LMM fits have none of them, and only the deep mixture has loading curves."""
-    given = [name for name, v in (("--smoothing", smoothing), ("--noise", noise), ("--loading-order", loading_order))
-             if v is not None]
+def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None) -> dict:
+    """--smoothing, --noise, --loading-order and --covariance as model parameters (only those given), checked
+    against the model: the exact LMM fits have none of them, only the deep mixture has loading curves, and
+    only the mixture of LMMs (and the variational LMM, its one-component case) has --covariance."""
+    given = [name for name, v in (("--smoothing", smoothing), ("--noise", noise), ("--loading-order", loading_order),
+                                  ("--covariance", covariance)) if v is not None]
     if exact and given:
         raise CliError(f"{given[0]} applies to the variational fits; --method ml and reml fit a linear mixed model "
                        "without a smoothness prior and with one residual variance")
@@ -372,6 +378,13 @@ def _prior_options(kind, exact, smoothing, noise, loading_order) -> dict:
         if smoothing == "none":
             raise CliError("--loading-order needs the smoothness prior: leave out --smoothing none")
         out["loading_order"] = _parse_loading_order(loading_order)
+    if covariance is not None:
+        if kind not in ("mixture", "lmm"):
+            raise CliError("--covariance applies to --model mixture and --model lmm (the deep mixture's covariance "
+                           "is its factor structure)")
+        if smoothing == "none" and covariance == "pspline":
+            raise CliError("--covariance pspline needs the smoothness prior: leave out --smoothing none")
+        out["covariance"] = covariance
     return out
 
 

@@ -19,6 +19,18 @@ every coordinate d with roughness ``lam_d > 0`` instead has::
 with half-Cauchy priors on sqrt(v_k) and sqrt(w_k); the polynomial coordinates
 (lam_d = 0) keep the priors above.
 
+``covariance="pspline"`` (with a smoothness prior) replaces the full covariance by the
+subject-specific P-spline's (Ruppert, Wand and Carroll 2003; Durban et al. 2005)::
+
+    Sigma_k = blockdiag(Sigma_k^poly, diag(w_k / lam_d) over the rough coordinates)
+    Sigma_k^poly | a_k ~ IW(nu + P - 1, 2 nu diag(1 / a_k)),  a_kd ~ IG(1/2, 1 / scale^2)   (P polynomial coords)
+
+so a subject's deviation from its component's mean curve is a random polynomial (any covariance) plus
+a smooth random curve whose roughness is one learned variance w_k: the data cannot inflate the
+variance of single rough coordinates, where the full covariance absorbed the noise (sigma^2 0.006
+on UTI, 3e-5 on ChickWeight, curves interpolating the visits; docs/models.md). q(w_k) is inverse-gamma
+with the same half-Cauchy auxiliary.
+
 Variational factors: q(pi) Dirichlet, q(mu_k) Gaussian, q(Sigma_k) inverse-Wishart,
 q(a_kd), q(v_k), q(w_k) and their auxiliaries inverse-gamma; all updates closed form.
 """
@@ -134,6 +146,11 @@ class GaussianMixturePrior(RandomEffectsPrior):
         space): switches the smoothness prior on. None: no smoothness prior.
     smooth_scale : float
         Half-Cauchy scale of the square roots of the smoothing variances v_k and w_k.
+    covariance : {"full", "pspline"}
+        "full": Huang-Wand inverse-Wishart over all coordinates; "pspline" (needs ``roughness``):
+        inverse-Wishart over the polynomial coordinates only, ``w_k / lam_d`` on the rough ones
+        (module docstring). In ``q(Sigma_k)`` (``params.cov``, ``params.cov_aux``) the matrices are
+        then P x P.
     """
 
     def __init__(
@@ -147,7 +164,10 @@ class GaussianMixturePrior(RandomEffectsPrior):
         cov_scale: float = 2.5,
         roughness: np.ndarray | None = None,
         smooth_scale: float = 1.0,
+        covariance: str = "full",
     ) -> None:
+        if covariance not in ("full", "pspline"):
+            raise ValueError(f"covariance must be 'full' or 'pspline', got {covariance!r}")
         self.dim = int(dim)
         self.n_components = int(n_components)
         self.zero_mean = zero_mean
@@ -159,11 +179,17 @@ class GaussianMixturePrior(RandomEffectsPrior):
         self.smooth_scale = float(smooth_scale)
         self._rough = rough_mask(self.roughness, self.dim)
         self._lam = np.where(self._rough, self.roughness if self.roughness is not None else 0.0, 0.0)
+        if covariance == "pspline" and not self.smooth:
+            raise ValueError("covariance='pspline' needs a smoothness prior (roughness with positive entries)")
+        self.covariance = covariance
+        self._pspline = covariance == "pspline"
+        #: coordinates of the inverse-Wishart block: all, or the polynomial ones under "pspline"
+        self._iw_idx = np.flatnonzero(~self._rough) if self._pspline else np.arange(self.dim)
 
     def _settings(self) -> dict:
         return dict(zero_mean=self.zero_mean, concentration=self.concentration, mean_var=self.mean_var,
                     cov_df=self.cov_df, cov_scale=self.cov_scale, roughness=self.roughness,
-                    smooth_scale=self.smooth_scale)
+                    smooth_scale=self.smooth_scale, covariance=self.covariance)
 
     @property
     def smooth(self) -> bool:
@@ -178,7 +204,41 @@ class GaussianMixturePrior(RandomEffectsPrior):
 
     @property
     def _df0(self) -> float:
-        return self.cov_df + self.dim - 1.0
+        return self.cov_df + len(self._iw_idx) - 1.0
+
+    def _block(self, a: np.ndarray) -> np.ndarray:
+        """The inverse-Wishart block of (K, D, D) matrices, (K, P, P) (all of them unless "pspline")."""
+        i = self._iw_idx
+        return a if len(i) == self.dim else a[:, i[:, None], i[None, :]]
+
+    def _cov_expectations(self, params: GaussianMixtureParams) -> tuple[np.ndarray, np.ndarray]:
+        """E[Sigma_k^{-1}] (K, D, D) and E[log |Sigma_k^{-1}|] (K,)."""
+        e_prec, e_logdet_prec, _ = params.cov.expectations()
+        if not self._pspline:
+            return e_prec, e_logdet_prec
+        K, D, i = self.n_components, self.dim, self._iw_idx
+        full = np.zeros((K, D, D))
+        full[:, i[:, None], i[None, :]] = e_prec
+        rough = np.flatnonzero(self._rough)
+        w = params.cov_smooth.var
+        full[:, rough, rough] = self._lam[rough][None, :] * w.mean_inv[:, None]
+        logdet = e_logdet_prec + np.sum(np.log(self._lam[rough])) - len(rough) * w.mean_log
+        return full, logdet
+
+    def _cov_mean(self, params: GaussianMixtureParams) -> np.ndarray:
+        """E[Sigma_k] (K, D, D)."""
+        if not self._pspline:
+            return params.cov.mean
+        K, D, i = self.n_components, self.dim, self._iw_idx
+        full = np.zeros((K, D, D))
+        full[:, i[:, None], i[None, :]] = params.cov.mean
+        rough = np.flatnonzero(self._rough)
+        full[:, rough, rough] = params.cov_smooth.var.mean[:, None] / self._lam[rough][None, :]
+        return full
+
+    def _rough_stat(self, scatter: np.ndarray) -> np.ndarray:
+        """Under "pspline": the statistic of q(w_k), 1/2 sum over rough d of lam_d scatter_kdd, (K,)."""
+        return 0.5 * np.diagonal(scatter, axis1=-2, axis2=-1) @ self._lam
 
     # ------------------------------------------------------------------ init
     def init_params(self, b_hat: np.ndarray, rng: np.random.Generator) -> GaussianMixtureParams:
@@ -196,11 +256,15 @@ class GaussianMixturePrior(RandomEffectsPrior):
         ridge = 0.1 * np.trace(overall) / D + 1e-3
         covs = covs + ridge * np.eye(D)
         df = self._df0 + counts
-        iw = InvWishart(df, covs * df[:, None, None])
+        iw = InvWishart(df, self._block(covs) * df[:, None, None])
         e_prec, _, _ = iw.expectations()
         lam, n_rough = self._lam, int(self._rough.sum())
         cov_smooth = mean_smooth = None
-        if self.smooth:
+        if self._pspline:  # w_k from the components' rough variances, capped for a smooth start
+            cov_smooth = init_scale(counts * n_rough, counts * self._rough_stat(covs), self.smooth_scale)
+            if not self.zero_mean:
+                mean_smooth = init_scale(n_rough, 0.5 * (means**2) @ lam, self.smooth_scale)
+        elif self.smooth:
             aux = self._aux_update(e_prec, ScaleFactor(InvGamma(np.ones(K), np.ones(K)), InvGamma(np.ones(K), np.ones(K))))
             cov_smooth = init_scale(n_rough, aux.mean_inv @ lam, self.smooth_scale)
             if not self.zero_mean:
@@ -208,16 +272,17 @@ class GaussianMixturePrior(RandomEffectsPrior):
         aux = self._aux_update(e_prec, cov_smooth)
         mean = None
         if not self.zero_mean:
-            prec = self._mean_prior_prec(mean_smooth)[:, :, None] * np.eye(D) + counts[:, None, None] * e_prec
+            e_full, _ = self._cov_expectations(GaussianMixtureParams(None, None, iw, aux, None, cov_smooth))
+            prec = self._mean_prior_prec(mean_smooth)[:, :, None] * np.eye(D) + counts[:, None, None] * e_full
             mean = Gaussian(prec, (prec @ means[..., None])[..., 0])
         return GaussianMixtureParams(Dirichlet(self.concentration + counts), mean, iw, aux, mean_smooth, cov_smooth)
 
     def _aux_rate0(self, cov_smooth: ScaleFactor | None) -> tuple[np.ndarray, np.ndarray]:
-        """E[rate] and E[log rate] of the Huang-Wand scales' prior, (K, D)."""
-        K, D = self.n_components, self.dim
-        rate = np.full((K, D), 1.0 / self.cov_scale**2)
+        """E[rate] and E[log rate] of the Huang-Wand scales' prior, (K, P) (P = D unless "pspline")."""
+        K, P = self.n_components, len(self._iw_idx)
+        rate = np.full((K, P), 1.0 / self.cov_scale**2)
         log_rate = np.log(rate)
-        if cov_smooth is not None:
+        if cov_smooth is not None and not self._pspline:
             lam = np.where(self._rough, self._lam, 1.0)
             rate = np.where(self._rough, lam * cov_smooth.var.mean_inv[:, None], rate)
             log_rate = np.where(self._rough, np.log(lam) - cov_smooth.var.mean_log[:, None], log_rate)
@@ -225,7 +290,7 @@ class GaussianMixturePrior(RandomEffectsPrior):
 
     def _aux_update(self, e_prec: np.ndarray, cov_smooth: ScaleFactor | None) -> InvGamma:
         diag = np.diagonal(e_prec, axis1=-2, axis2=-1)
-        shape = np.full(diag.shape, 0.5 * (self.cov_df + self.dim))
+        shape = np.full(diag.shape, 0.5 * (self.cov_df + len(self._iw_idx)))
         return InvGamma(shape, self.cov_df * diag + self._aux_rate0(cov_smooth)[0])
 
     def _mean_prior_prec(self, mean_smooth: ScaleFactor | None) -> np.ndarray:
@@ -252,7 +317,7 @@ class GaussianMixturePrior(RandomEffectsPrior):
 
     # ------------------------------------------------------------------ engine interface
     def path_prior(self, params: GaussianMixtureParams) -> tuple[PathPrior, None]:
-        e_prec, e_logdet_prec, _ = params.cov.expectations()
+        e_prec, e_logdet_prec = self._cov_expectations(params)
         m, v, _ = self._mean_moments(params)
         second = v + m[:, :, None] * m[:, None, :]
         const = (
@@ -268,7 +333,7 @@ class GaussianMixturePrior(RandomEffectsPrior):
         R, S1, S2 = moments.weight, moments.first, moments.second
         weights = blend(params.weights, Dirichlet(self.concentration + R), rho)
         # q(mu_k) given q(Sigma_k)
-        e_prec, _, _ = params.cov.expectations()
+        e_prec, _ = self._cov_expectations(params)
         mean, mean_smooth = params.mean, params.mean_smooth
         if mean is not None:
             prior_prec = self._mean_prior_prec(mean_smooth)[:, :, None] * np.eye(D)
@@ -280,24 +345,27 @@ class GaussianMixturePrior(RandomEffectsPrior):
         # q(Sigma_k) given q(mu_k), q(a_k)
         mm = m[:, :, None] * m[:, None, :]
         scatter = S2 - S1[:, :, None] * m[:, None, :] - m[:, :, None] * S1[:, None, :] + R[:, None, None] * (mm + v)
-        scale0 = 2.0 * self.cov_df * np.eye(D) * params.cov_aux.mean_inv[:, None, :]
-        cov = blend(params.cov, InvWishart(self._df0 + R, sym(scale0 + scatter)), rho)
-        # q(a_k) given q(Sigma_k), then q(w_k) given q(a_k)
+        P = len(self._iw_idx)
+        scale0 = 2.0 * self.cov_df * np.eye(P) * params.cov_aux.mean_inv[:, None, :]
+        cov = blend(params.cov, InvWishart(self._df0 + R, sym(scale0 + self._block(scatter))), rho)
+        # q(a_k) given q(Sigma_k), then q(w_k) given q(a_k) (given the rough scatter under "pspline")
         e_prec, _, _ = cov.expectations()
         cov_aux = blend(params.cov_aux, self._aux_update(e_prec, params.cov_smooth), rho)
         cov_smooth = params.cov_smooth
-        if cov_smooth is not None:
+        if self._pspline:
+            cov_smooth = update_scale(cov_smooth, R * self._rough.sum(), self._rough_stat(scatter), self.smooth_scale, rho)
+        elif cov_smooth is not None:
             cov_smooth = update_scale(cov_smooth, self._rough.sum(), cov_aux.mean_inv @ self._lam, self.smooth_scale, rho)
         return GaussianMixtureParams(weights, mean, cov, cov_aux, mean_smooth, cov_smooth)
 
     def elbo(self, params: GaussianMixtureParams) -> float:
-        D, nu = self.dim, self.cov_df
+        D, nu = len(self._iw_idx), self.cov_df
         total = -float(params.weights.kl_from_symmetric(self.concentration)) if self.n_components > 1 else 0.0
         if params.mean is not None:
             m, v, logdet_v = params.mean.moments()
             mu2 = m**2 + np.diagonal(v, axis1=-2, axis2=-1)
             prec, log_var = self._mean_prior_prec(params.mean_smooth), self._mean_prior_log_var(params.mean_smooth)
-            total += float(np.sum(-0.5 * (LOG_2PI + log_var) - 0.5 * prec * mu2) + np.sum(gaussian_entropy(logdet_v, D)))
+            total += float(np.sum(-0.5 * (LOG_2PI + log_var) - 0.5 * prec * mu2) + np.sum(gaussian_entropy(logdet_v, self.dim)))
         for f in (params.mean_smooth, params.cov_smooth):
             if f is not None:
                 total += scale_elbo(f, self.smooth_scale)
@@ -314,8 +382,8 @@ class GaussianMixturePrior(RandomEffectsPrior):
     def at_covariance(self, params: GaussianMixtureParams, cov: np.ndarray, count: float) -> GaussianMixtureParams:
         """One mean-zero component: ``q(Sigma)`` after ``count`` subjects with ``E[Sigma^-1]^-1 = cov`` (D, D),
         and the Huang-Wand scales' ``q(a)`` given it (as :meth:`update` leaves them)."""
-        if self.n_components != 1 or not self.zero_mean:
-            raise ValueError("at_covariance is for the one-component, mean-zero prior")
+        if self.n_components != 1 or not self.zero_mean or self._pspline:
+            raise ValueError("at_covariance is for the one-component, mean-zero prior with a full covariance")
         df = np.array([self._df0 + float(count)])
         cov = InvWishart(df, df[:, None, None] * sym(np.asarray(cov, dtype=float))[None])
         e_prec, _, _ = cov.expectations()
@@ -334,7 +402,7 @@ class GaussianMixturePrior(RandomEffectsPrior):
         """The prior of b at the variational means; with ``integrate_globals`` the covariance
         also carries the posterior uncertainty of the means, Cov(b | k) = E[Sigma_k] + Cov(mu_k)."""
         m, v, _ = self._mean_moments(params)
-        cov = params.cov.mean
+        cov = self._cov_mean(params)
         if integrate_globals:
             cov = cov + v
         return PointMixture(params.weights.mean, m, cov)
@@ -355,7 +423,7 @@ class GaussianMixturePrior(RandomEffectsPrior):
             total = total + params.mean_smooth.var.mean
         if params.cov_smooth is not None:
             rough = self._rough
-            spectrum = self._lam[rough] * np.diagonal(params.cov.mean, axis1=1, axis2=2)[:, rough]  # (K, n_rough)
+            spectrum = self._lam[rough] * np.diagonal(self._cov_mean(params), axis1=1, axis2=2)[:, rough]  # (K, n_rough)
             total = total + np.median(spectrum, axis=1)
         return total
 
