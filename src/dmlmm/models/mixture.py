@@ -156,7 +156,8 @@ class MixtureLMM(VariationalLongitudinalModel):
             raise ValueError("covariance='pspline' needs the smoothness prior: set smoothing (e.g. 2), "
                              "or covariance='full' for smoothing=None")
         smooth = roughness is not None and bool(np.any(np.asarray(roughness) > 0))
-        # "auto" here only where no variants are fitted (smoothing=None) or for a start's prior of the first one
+        # "auto" arrives here only without variants (no smoothness prior: "full") or from code that builds the
+        # prior of this model directly: then the first variant's, "pspline"
         cov = "pspline" if self.covariance == "pspline" or (self.covariance == "auto" and smooth) else "full"
         return GaussianMixturePrior(
             dim, k, zero_mean=False, concentration=self.concentration, cov_scale=self.cov_scale, roughness=roughness,
