@@ -166,6 +166,7 @@ def test_pspline_mixture_saves_and_loads(tmp_path):
     m.save(tmp_path / "m.dmlmm")
     m2 = dmlmm.load(tmp_path / "m.dmlmm")
     assert m2.prior_.covariance == "pspline"
+    assert "subjects' deviations: P-spline covariance" in m2.summary()
     a = m.predict_trajectory(df.head(10), times=np.linspace(0, 6, 7))
     b = m2.predict_trajectory(df.head(10), times=np.linspace(0, 6, 7))
     pd.testing.assert_frame_equal(a, b)

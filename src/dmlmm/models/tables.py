@@ -89,6 +89,11 @@ class Tables:
         scale = self._scale_text()
         if scale:
             lines.append(f"  response modelled as {scale}; curves and bands on the data's scale")
+        cov = getattr(self.prior_, "covariance", None)
+        if cov is not None:
+            lines.append("  subjects' deviations: " + (
+                "P-spline covariance (any covariance of level and trend, one learned roughness variance per cluster)"
+                if cov == "pspline" else "full covariance (one inverse-Wishart matrix over all spline coefficients)"))
         if len(self.fixed_effects_):
             lines.append("  fixed effects (posterior mean, SD and 95 % credible interval, per unit of each covariate):")
             lines.append("    " + self.fixed_effects_table().to_string(float_format=lambda v: f"{v:.4g}").replace("\n", "\n    "))
