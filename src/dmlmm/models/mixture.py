@@ -5,12 +5,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-import numpy as np
-
 from ..basis import SplineBasis
 from ..exceptions import IdentifiabilityWarning
 from ..priors.dmfa import DeepMixturePrior
 from ..priors.gaussian import GaussianMixturePrior
+from ..priors.smoothing import rough_mask
 from .base import VariationalLongitudinalModel
 
 __all__ = ["MixtureLMM", "DeepMixtureLMM"]
@@ -150,15 +149,13 @@ class MixtureLMM(VariationalLongitudinalModel):
         if k < 1:
             raise ValueError(f"n_components must be a positive integer, got {self.n_components}")
         k = _reduce_components(k, n_subjects, "n_components")
-        if self.covariance not in ("auto", "pspline", "full"):
-            raise ValueError(f"covariance must be 'auto', 'pspline' or 'full', got {self.covariance!r}")
+        # (the value itself is checked with the other hyperparameters, models/params.py)
         if self.covariance == "pspline" and roughness is None:
             raise ValueError("covariance='pspline' needs the smoothness prior: set smoothing (e.g. 2), "
                              "or covariance='full' for smoothing=None")
-        smooth = roughness is not None and bool(np.any(np.asarray(roughness) > 0))
         # "auto" arrives here only without variants (no smoothness prior: "full") or from code that builds the
         # prior of this model directly: then the first variant's, "pspline"
-        cov = "pspline" if self.covariance == "pspline" or (self.covariance == "auto" and smooth) else "full"
+        cov = self.covariance if self.covariance != "auto" else ("pspline" if rough_mask(roughness, dim).any() else "full")
         return GaussianMixturePrior(
             dim, k, zero_mean=False, concentration=self.concentration, cov_scale=self.cov_scale, roughness=roughness,
             covariance=cov,

@@ -211,30 +211,29 @@ class GaussianMixturePrior(RandomEffectsPrior):
         i = self._iw_idx
         return a if len(i) == self.dim else a[:, i[:, None], i[None, :]]
 
+    def _blockdiag(self, block: np.ndarray, rough_diag: np.ndarray) -> np.ndarray:
+        """Under "pspline": (K, D, D) from the inverse-Wishart block (K, P, P) and the rough coordinates'
+        diagonal (K, n_rough), zero between them."""
+        i, rough = self._iw_idx, np.flatnonzero(self._rough)
+        full = np.zeros((self.n_components, self.dim, self.dim))
+        full[:, i[:, None], i[None, :]] = block
+        full[:, rough, rough] = rough_diag
+        return full
+
     def _cov_expectations(self, params: GaussianMixtureParams) -> tuple[np.ndarray, np.ndarray]:
         """E[Sigma_k^{-1}] (K, D, D) and E[log |Sigma_k^{-1}|] (K,)."""
         e_prec, e_logdet_prec, _ = params.cov.expectations()
         if not self._pspline:
             return e_prec, e_logdet_prec
-        K, D, i = self.n_components, self.dim, self._iw_idx
-        full = np.zeros((K, D, D))
-        full[:, i[:, None], i[None, :]] = e_prec
-        rough = np.flatnonzero(self._rough)
-        w = params.cov_smooth.var
-        full[:, rough, rough] = self._lam[rough][None, :] * w.mean_inv[:, None]
-        logdet = e_logdet_prec + np.sum(np.log(self._lam[rough])) - len(rough) * w.mean_log
-        return full, logdet
+        lam, w = self._lam[self._rough], params.cov_smooth.var
+        full = self._blockdiag(e_prec, lam[None, :] * w.mean_inv[:, None])
+        return full, e_logdet_prec + np.sum(np.log(lam)) - len(lam) * w.mean_log
 
     def _cov_mean(self, params: GaussianMixtureParams) -> np.ndarray:
         """E[Sigma_k] (K, D, D)."""
         if not self._pspline:
             return params.cov.mean
-        K, D, i = self.n_components, self.dim, self._iw_idx
-        full = np.zeros((K, D, D))
-        full[:, i[:, None], i[None, :]] = params.cov.mean
-        rough = np.flatnonzero(self._rough)
-        full[:, rough, rough] = params.cov_smooth.var.mean[:, None] / self._lam[rough][None, :]
-        return full
+        return self._blockdiag(params.cov.mean, params.cov_smooth.var.mean[:, None] / self._lam[self._rough][None, :])
 
     def _rough_stat(self, scatter: np.ndarray) -> np.ndarray:
         """Under "pspline": the statistic of q(w_k), 1/2 sum over rough d of lam_d scatter_kdd, (K,)."""
@@ -262,13 +261,11 @@ class GaussianMixturePrior(RandomEffectsPrior):
         cov_smooth = mean_smooth = None
         if self._pspline:  # w_k from the components' rough variances, capped for a smooth start
             cov_smooth = init_scale(counts * n_rough, counts * self._rough_stat(covs), self.smooth_scale)
-            if not self.zero_mean:
-                mean_smooth = init_scale(n_rough, 0.5 * (means**2) @ lam, self.smooth_scale)
         elif self.smooth:
             aux = self._aux_update(e_prec, ScaleFactor(InvGamma(np.ones(K), np.ones(K)), InvGamma(np.ones(K), np.ones(K))))
             cov_smooth = init_scale(n_rough, aux.mean_inv @ lam, self.smooth_scale)
-            if not self.zero_mean:
-                mean_smooth = init_scale(n_rough, 0.5 * (means**2) @ lam, self.smooth_scale)
+        if self.smooth and not self.zero_mean:
+            mean_smooth = init_scale(n_rough, 0.5 * (means**2) @ lam, self.smooth_scale)
         aux = self._aux_update(e_prec, cov_smooth)
         mean = None
         if not self.zero_mean:
