@@ -154,3 +154,38 @@ def test_fit_without_acceleration_is_still_available():
     assert res.n_iter == 30 and len(res.elbo_history) in (30, 31)  # (+1: the final full local step)
     cfg = replace(VIConfig(), accelerate=False)
     assert not cfg.accelerate
+
+
+def test_convergence_test_averages_the_gain_of_an_accelerated_run():
+    """With SQUAREM the ELBO alternates large and small gains; one small step must not stop the run."""
+    from dmlmm.inference.engine import ACCEL_WINDOW, _has_converged
+
+    zigzag = [-1000.0]
+    for _ in range(10):  # an extrapolation gains 0.5, the plain step after it 0.004
+        zigzag += [zigzag[-1] + 0.5, zigzag[-1] + 0.504]
+    tol = 1e-5  # 0.004 / 995 = 4e-6 per step below it; (0.504 / 2) / 995 = 2.5e-4 per iteration above it
+    assert _has_converged(zigzag, VIConfig(tol=tol, accelerate=False, min_iter=1))
+    assert not _has_converged(zigzag, VIConfig(tol=tol, accelerate=True, min_iter=1))
+    flat = zigzag + [zigzag[-1] + 1e-4 * k for k in range(1, ACCEL_WINDOW + 1)]
+    assert _has_converged(flat, VIConfig(tol=tol, accelerate=True, min_iter=1))
+    # the window must be full: a run shorter than it is not converged, however flat
+    assert not _has_converged(flat[-ACCEL_WINDOW:], VIConfig(tol=tol, accelerate=True, min_iter=1))
+    # minibatch runs have no SQUAREM: one step decides
+    assert _has_converged(zigzag, VIConfig(tol=tol, accelerate=True, min_iter=1, batch_size=5))
+
+
+@pytest.mark.parametrize("prior", [DeepMixturePrior(4, (3, 2), (2, 1)), GaussianMixturePrior(4, 3)], ids=["dmfa", "gmm"])
+def test_accelerated_fit_stops_where_plain_ascent_gains_little(prior):
+    """Independent check of the stopping point: plain coordinate ascent continued from an
+    accelerated fit's final globals gains less than ``tol`` per iteration on average."""
+    stats = _stats(seed=3, n_subjects=40)
+    tol = 1e-6
+    res = _run(stats, prior, True, 3000, tol=tol)
+    assert res.converged
+    cfg = VIConfig(max_iter=20, min_iter=20, tol=0.0, prune_threshold=0.0, accelerate=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        more = run_vi(stats, res.prior, res.params, cfg, np.random.default_rng(0))
+    gain = (more.elbo - res.elbo) / 20
+    assert gain >= -1e-9 * abs(res.elbo)
+    assert gain < tol * abs(res.elbo)

@@ -75,7 +75,7 @@ class VIConfig:
     """Settings of the inference loop (see :func:`run_vi`)."""
 
     max_iter: int = 500
-    tol: float = 1e-6
+    tol: float = 1e-6  # converged when the relative ELBO gain per iteration falls below this (_has_converged)
     batch_size: int | None = None  # None: full batch; else minibatch size (dmlmm.inference.stochastic)
     min_iter: int = 5
     hard_assignment: bool = False
@@ -445,11 +445,26 @@ def _resp_settled(stats, prev: Any, local: Any, config: VIConfig) -> bool:
     return resp_change(stats, prev, local) <= config.resp_tol
 
 
-def _rel_change(history: list[float]) -> float:
-    if len(history) < 2:
+#: Accelerated runs: the convergence test averages the ELBO's gain over this many iterations.
+ACCEL_WINDOW = 6
+
+
+def _rel_change(history: list[float], window: int = 1) -> float:
+    """|ELBO gain| per iteration over the last ``window`` iterations, relative to |ELBO|."""
+    if len(history) < window + 1:
         return np.inf
-    return abs(history[-1] - history[-2]) / max(abs(history[-1]), 1e-12)
+    return abs(history[-1] - history[-1 - window]) / window / max(abs(history[-1]), 1e-12)
 
 
 def _has_converged(history: list[float], config: VIConfig) -> bool:
-    return len(history) > config.min_iter and _rel_change(history) < config.tol
+    """Whether the ELBO has stopped moving: its relative gain per iteration is below ``config.tol``.
+
+    Plain coordinate ascent gains less at every step, so the last step tells. With SQUAREM the
+    recorded ELBO alternates between an extrapolation's large gain and a plain step's small one
+    (Blackmore, ``MixtureLMM``: gains of 0.007-0.01 nats between jumps of 0.1-0.9), and one small
+    step stopped the run while the ELBO still rose by about 0.3 nats every four iterations; an
+    accelerated run is tested on its mean gain over the last :data:`ACCEL_WINDOW` iterations
+    (three extrapolation cycles) instead.
+    """
+    window = ACCEL_WINDOW if config.accelerate and config.batch_size is None else 1
+    return len(history) > config.min_iter and _rel_change(history, window) < config.tol
