@@ -384,7 +384,7 @@ def run_vi(
     if not converged:
         warnings.warn(
             f"variational inference stopped at max_iter={config.max_iter} before the ELBO converged "
-            f"(last relative change {_rel_change(history):.2e}, tol={config.tol:g}); increase max_iter",
+            f"(last relative change {_rel_change(history, _window(config)):.2e}, tol={config.tol:g}); increase max_iter",
             ConvergenceWarning,
             stacklevel=3,
         )
@@ -466,5 +466,9 @@ def _has_converged(history: list[float], config: VIConfig) -> bool:
     accelerated run is tested on its mean gain over the last :data:`ACCEL_WINDOW` iterations
     (three extrapolation cycles) instead.
     """
-    window = ACCEL_WINDOW if config.accelerate and config.batch_size is None else 1
-    return len(history) > config.min_iter and _rel_change(history, window) < config.tol
+    return len(history) > config.min_iter and _rel_change(history, _window(config)) < config.tol
+
+
+def _window(config: VIConfig) -> int:
+    """Iterations over which the convergence test averages the ELBO's gain (see :func:`_has_converged`)."""
+    return ACCEL_WINDOW if config.accelerate and config.batch_size is None else 1
