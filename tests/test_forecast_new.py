@@ -55,6 +55,29 @@ def test_rows_without_response_are_times_to_predict_at(fitted):
     assert with_future["beyond_last_visit"].tolist() == list(grid > early.time.max())
 
 
+def test_population_level_ignores_the_responses_at_the_subjects_covariates(fitted):
+    """``level="population"``: each subject's population curve at its own covariates, as for a
+    patient given by covariates alone; draws agree with the bands' mixture (Monte Carlo)."""
+    m, d = fitted
+    rows = d[d["subject"].isin([0, 1])]  # subject 0 in arm A, 1 in arm B, with their visits
+    grid = np.array([0.1, 0.5, 0.9])
+    pop = m.predict_trajectory(rows, times=grid, level="population")
+    alone = m.predict_trajectory(rows.drop(columns="y"), times=grid)
+    for col in ("mean", "lower", "upper"):
+        np.testing.assert_allclose(pop[col].to_numpy(), alone[col].to_numpy(), rtol=1e-12)
+    assert not pop["beyond_last_visit"].any()  # a population curve is no forecast from visits
+    own = m.predict_trajectory(rows, times=grid)
+    assert ((own["upper"] - own["lower"]) < 0.8 * (pop["upper"] - pop["lower"])).all()  # the visits narrow it
+    draws = m.sample_trajectories(rows, times=grid, level="population", n_samples=4000, random_state=0)
+    mc = draws.groupby(["subject", "time"])["value"].agg(["mean", "std"])
+    gap = np.abs(mc["mean"].to_numpy() - pop["mean"].to_numpy())
+    assert (gap < 4 * mc["std"].to_numpy() / np.sqrt(4000)).all()
+    with pytest.raises(ValueError, match=r"^level must be 'subject' or 'population', got 'cluster'$"):
+        m.predict_trajectory(rows, level="cluster")
+    with pytest.raises(ValueError, match=r"^level must be 'subject' or 'population', got 'cluster'$"):
+        m.sample_trajectories(rows, level="cluster")
+
+
 def test_cli_predict_accepts_rows_without_a_response(fitted, tmp_path):
     m, d = fitted
     model_file = tmp_path / "model.dmlmm"

@@ -124,6 +124,8 @@ class Predicting:
         times: np.ndarray | None = None,
         interval: float = 0.95,
         kind: str = "curve",
+        *,
+        level: str = "subject",
     ) -> pd.DataFrame:
         """Each subject's predictive distribution at ``times`` given its observations in ``df``.
 
@@ -140,6 +142,9 @@ class Predicting:
             Central probability of the band.
         kind : {"curve", "observation"}
             The noise-free curve, or a new measurement (adds the residual variance).
+        level : {"subject", "population"}
+            ``"population"``: each subject of ``df`` gets the population curve at its covariates (its
+            responses are not conditioned on), as :class:`~dmlmm.LinearMixedModel` gives it.
 
         Returns
         -------
@@ -159,7 +164,7 @@ class Predicting:
             raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
         if not 0 < interval < 1:
             raise ValueError(f"interval must be in (0, 1), got {interval}")
-        d = None if df is None else self._data(df, require_response=False)
+        d = self._prediction_data(df, level)
         t = self._grid(times)
         cont = self._continuation(t, d)
         cm, subjects, fixed_rows = self._conditional(d, df, cont)
@@ -184,14 +189,23 @@ class Predicting:
                 "mean": user(mean).reshape(-1),
                 "lower": user(q[:, 0]).reshape(-1),
                 "upper": user(q[:, 1]).reshape(-1),
-                "beyond_last_visit": (t[None, :] > self._last_times(d, N)[:, None]).reshape(-1),
+                "beyond_last_visit": (t[None, :] > self._last_times(d, N, level)[:, None]).reshape(-1),
             }
         )
 
+    def _prediction_data(self, df: FrameLike | None, level: str) -> Longitudinal | None:
+        """``df`` as the fitted design reads it; at ``level="population"`` without its responses."""
+        if level not in ("subject", "population"):
+            raise ValueError(f"level must be 'subject' or 'population', got {level!r}")
+        d = None if df is None else self._data(df, require_response=False)
+        if d is not None and level == "population" and d.response is not None:
+            d = replace(d, response=np.full(len(d.time), np.nan))
+        return d
+
     @staticmethod
-    def _last_times(d: Longitudinal | None, n: int) -> np.ndarray:
+    def _last_times(d: Longitudinal | None, n: int, level: str = "subject") -> np.ndarray:
         """Each subject's last observation time (N,); +inf for the population (nothing is beyond)."""
-        if d is None:
+        if d is None or level == "population":
             return np.full(n, np.inf)
         observed = np.zeros(len(d.time), dtype=bool) if d.response is None else np.isfinite(d.response)
         return np.maximum.reduceat(np.where(observed, d.time, -np.inf), d.offsets[:-1])
@@ -231,8 +245,12 @@ class Predicting:
         n_samples: int = 100,
         kind: str = "curve",
         random_state=None,
+        *,
+        level: str = "subject",
     ) -> pd.DataFrame:
-        """Draws from each subject's predictive distribution: columns subject, sample, time, value."""
+        """Draws from each subject's predictive distribution: columns subject, sample, time, value.
+
+        Same ``df``, ``times``, ``kind`` and ``level`` as :meth:`predict_trajectory`."""
         self._check_fitted()
         if not positive_int(n_samples):
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
@@ -240,7 +258,7 @@ class Predicting:
             raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
         check_random_state(random_state)
         rng = np.random.default_rng(random_state)
-        d = None if df is None else self._data(df, require_response=False)
+        d = self._prediction_data(df, level)
         t = self._grid(times)
         cont = self._continuation(t, d)
         cm, subjects, fixed_rows = self._conditional(d, df, cont)
