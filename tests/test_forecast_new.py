@@ -89,3 +89,35 @@ def test_cli_predict_accepts_rows_without_a_response(fitted, tmp_path):
     out = pd.read_csv(pd.io.common.StringIO(res.stdout))
     expected = m.predict_trajectory(pd.DataFrame({"subject": ["n1"], "time": [0.2], "trt": ["A"]}), times=[0.1, 0.5])
     np.testing.assert_allclose(out["mean"], expected["mean"], rtol=1e-9)
+
+
+def test_cli_predict_population_level(fitted, tmp_path):
+    """``dmlmm predict --level population``: the population curves at the subjects' covariates and the
+    prior cluster weights, the same numbers as the Python call; for a LinearMixedModel too."""
+    from dmlmm import LinearMixedModel, SplineBasis
+
+    m, d = fitted
+    model_file = tmp_path / "model.dmlmm"
+    m.save(model_file)
+    rows = d[d["subject"].isin([0, 1])]
+    data = tmp_path / "rows.csv"
+    rows.to_csv(data, index=False)
+    res = CliRunner().invoke(main, ["predict", str(model_file), str(data), "--times", "0.1,0.5", "--level", "population"])
+    assert res.exit_code == 0, res.output
+    out = pd.read_csv(pd.io.common.StringIO(res.stdout))
+    expected = m.predict_trajectory(rows, times=[0.1, 0.5], level="population")
+    np.testing.assert_allclose(out["mean"], expected["mean"], rtol=1e-9)
+    np.testing.assert_allclose(out["upper"], expected["upper"], rtol=1e-9)
+    assert not out["beyond_last_visit"].any()
+    # the cluster columns: the most probable cluster under the prior weights, with its prior probability
+    assert np.allclose(out["probability"], m.clusters_["weight"].max(), atol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lmm = LinearMixedModel(basis=SplineBasis(6)).fit(d, subject="subject", time="time", response="y")
+    lmm_file = tmp_path / "lmm.dmlmm"
+    lmm.save(lmm_file)
+    res = CliRunner().invoke(main, ["predict", str(lmm_file), str(data), "--times", "0.1,0.5", "--level", "population"])
+    assert res.exit_code == 0, res.output
+    out = pd.read_csv(pd.io.common.StringIO(res.stdout))
+    np.testing.assert_allclose(out["mean"], lmm.predict_trajectory(rows, times=[0.1, 0.5], level="population")["mean"],
+                               rtol=1e-9)

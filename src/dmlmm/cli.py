@@ -675,16 +675,20 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, ou
 @click.option("--interval", default=0.95, show_default=True, type=float, help="Probability of the bands.")
 @click.option("--kind", type=click.Choice(["curve", "observation"]), default="curve", show_default=True,
               help="Band for the curve or for a new measurement.")
+@click.option("--level", type=click.Choice(["subject", "population"]), default="subject", show_default=True,
+              help="Each subject's curve given its observations, or the population curve at its covariates "
+                   "(responses not conditioned on; cluster columns then give the prior weights).")
 @click.option("--extrapolate/--no-extrapolate", default=None,
               help="Allow times outside the fitted range (linear continuation of the splines). [as fitted]")
 @click.option("--dropna", is_flag=True, help="Drop rows with missing values instead of stopping.")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Output CSV [standard output].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def predict(model_file, data, times, interval, kind, extrapolate, dropna, out, overwrite):
+def predict(model_file, data, times, interval, kind, level, extrapolate, dropna, out, overwrite):
     """Predict the trajectories of the subjects in DATA (their observations) with a saved MODEL_FILE.
 
     Rows with an empty response (or a file without the response column) are not conditioned on:
-    a new patient given by its covariates alone gets the population curve at those covariates.
+    a new patient given by its covariates alone gets the population curve at those covariates
+    (with --level population, every subject does).
 
     Writes subject, time, mean, lower, upper, beyond_last_visit, cluster, probability (and
     cluster_layer1 for a deep model)."""
@@ -706,7 +710,7 @@ def predict(model_file, data, times, interval, kind, extrapolate, dropna, out, o
         frame = _read_data(data, c.subject, c.time, c.response, list(encoding.columns), transform,
                            response_optional=True)
         predict_table = _predict_lmm_table if lmm else _predict_table
-        table, n_subjects, n_times = predict_table(model, frame, times, interval, kind, dropna)
+        table, n_subjects, n_times = predict_table(model, frame, times, interval, kind, dropna, level)
         table = user_columns(table, c.subject, c.time, frame.columns)
         if out is None:
             table.to_csv(sys.stdout, index=False)
@@ -724,20 +728,28 @@ def _load_model(path):
     return model, read_metadata(path).get("response_transform", "none")
 
 
-def _predict_table(model, frame, times, interval, kind, dropna):
-    """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times."""
+def _predict_table(model, frame, times, interval, kind, dropna, level="subject"):
+    """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times.
+
+    ``level="population"``: nothing is conditioned on, so the cluster columns hold the prior weights."""
+    from dataclasses import replace
+
+    import numpy as np
+
     from .report.collect import add_cluster_columns, cluster_table, has_layers
 
     # rows without y: times to predict at; the response as given (the model methods put it on their scale)
     d = model.design_.data_from(frame, require_response=False, dropna=dropna, model_scale=False)
     t = parse_times(times, *model.design_.basis.window)
-    traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind)
+    traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind, level=level)
+    if level == "population" and d.response is not None:
+        d = replace(d, response=np.full(len(d.time), np.nan))
     proba = model.predict_proba(d)
     groups = model.predict_group_proba(d) if has_layers(model) else None
     return add_cluster_columns(traj, cluster_table(model, proba, groups)), proba.shape[0], len(t)
 
 
-def _predict_lmm_table(model, frame, times, interval, kind, dropna):
+def _predict_lmm_table(model, frame, times, interval, kind, dropna, level="subject"):
     """:func:`_predict_table` for a LinearMixedModel (one cluster): fitted subjects from their fit,
     new subjects conditioned on their rows with a response."""
     b = model.builder_
@@ -749,7 +761,7 @@ def _predict_lmm_table(model, frame, times, interval, kind, dropna):
             warnings.warn(f"dropped {int(bad.sum())} row(s) with missing values", UserWarning, stacklevel=2)
             frame = frame[~bad]
     t = parse_times(times, *b.basis_.window)
-    traj = model.predict_trajectory(frame, times=t, interval=interval, kind=kind)
+    traj = model.predict_trajectory(frame, times=t, interval=interval, kind=kind, level=level)
     traj = traj.rename(columns={c.subject: "subject", c.time: "time"})
     traj["cluster"], traj["probability"] = 0, 1.0
     return traj, traj["subject"].nunique(), len(t)
