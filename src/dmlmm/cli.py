@@ -732,18 +732,14 @@ def _predict_table(model, frame, times, interval, kind, dropna, level="subject")
     """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times.
 
     ``level="population"``: nothing is conditioned on, so the cluster columns hold the prior weights."""
-    from dataclasses import replace
-
-    import numpy as np
-
     from .report.collect import add_cluster_columns, cluster_table, has_layers
 
     # rows without y: times to predict at; the response as given (the model methods put it on their scale)
     d = model.design_.data_from(frame, require_response=False, dropna=dropna, model_scale=False)
+    if level == "population":
+        d = d.without_response()
     t = parse_times(times, *model.design_.basis.window)
     traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind, level=level)
-    if level == "population" and d.response is not None:
-        d = replace(d, response=np.full(len(d.time), np.nan))
     proba = model.predict_proba(d)
     groups = model.predict_group_proba(d) if has_layers(model) else None
     return add_cluster_columns(traj, cluster_table(model, proba, groups)), proba.shape[0], len(t)

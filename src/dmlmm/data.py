@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -335,6 +335,10 @@ class Longitudinal:
             columns=self.columns,
             row_index=self.row_index[mask],
         )
+
+    def without_response(self) -> "Longitudinal":
+        """The same rows with no response: times and covariates to predict at, nothing to condition on."""
+        return replace(self, response=None)
 
     def to_frame(self) -> pd.DataFrame:
         """Long frame with the user's column names (covariates as encoded columns)."""

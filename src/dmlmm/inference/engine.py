@@ -461,7 +461,7 @@ def _has_converged(history: list[float], config: VIConfig) -> bool:
 
     Plain coordinate ascent gains less at every step, so the last step tells. With SQUAREM the
     recorded ELBO alternates between an extrapolation's large gain and a plain step's small one
-    (Blackmore, ``MixtureLMM``: gains of 0.007-0.01 nats between jumps of 0.1-0.9), and one small
+    (Blackmore, ``MixtureLMM``: gains of 0.007-0.05 nats between jumps of 0.06-0.86), and one small
     step stopped the run while the ELBO still rose by about 0.3 nats every four iterations; an
     accelerated run is tested on its mean gain over the last :data:`ACCEL_WINDOW` iterations
     (three extrapolation cycles) instead.

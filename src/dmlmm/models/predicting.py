@@ -198,9 +198,7 @@ class Predicting:
         if level not in ("subject", "population"):
             raise ValueError(f"level must be 'subject' or 'population', got {level!r}")
         d = None if df is None else self._data(df, require_response=False)
-        if d is not None and level == "population" and d.response is not None:
-            d = replace(d, response=np.full(len(d.time), np.nan))
-        return d
+        return d.without_response() if d is not None and level == "population" else d
 
     @staticmethod
     def _last_times(d: Longitudinal | None, n: int, level: str = "subject") -> np.ndarray:
