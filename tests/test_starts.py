@@ -80,3 +80,23 @@ def test_iteration_budget_is_respected(sim, max_iter):
     for kw in ({}, {"delete_moves": False}, {"hard_assignment": True}):
         m = _deep(sim, (10, 5), max_iter=max_iter, **kw)
         assert 1 <= m.n_iter_ <= max_iter
+
+
+def _fit_recording(model, data):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(data)
+    return model, [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+
+
+def test_requested_start_kept_unconverged_is_warned(sim):
+    """Finishing the requested start after a smaller one converged can end higher but unconverged: that fit
+    is kept and must say so (its run's own warning is silenced with the rest of the second run)."""
+    m, said = _fit_recording(MixtureLMM(10, basis=SplineBasis(10, lower=0, upper=1), covariance="full",
+                                        noise="shared", random_state=1, max_iter=132), sim.data)
+    assert not m.converged_ and m.n_iter_ == 132
+    assert len(said) == 1
+    assert said[0].startswith("variational inference used its budget of max_iter=132 iterations before the ELBO "
+                              "converged: the first ")
+    assert "the rest went to the requested sizes' start, which ended higher but unconverged" in said[0]
+

@@ -138,6 +138,15 @@ def run_vi_with_starts(
             warnings.simplefilter("ignore", ConvergenceWarning)
             alt = _finish(stats, requested, config, rng, moves, callback, n_starts)
         if alt.elbo > final.elbo:
+            if not alt.converged:  # its own warning was silenced with the rest of this second run's
+                warnings.warn(
+                    f"variational inference used its budget of max_iter={total} iterations before the ELBO "
+                    f"converged: the first {final.n_iter} explored {n_starts} starting sizes and ran the best "
+                    f"of them to convergence, the rest went to the requested sizes' start, which ended higher "
+                    f"but unconverged; increase max_iter",
+                    ConvergenceWarning,
+                    stacklevel=3,
+                )
             return alt
         final.n_iter = alt.n_iter
     return final
