@@ -100,3 +100,13 @@ def test_requested_start_kept_unconverged_is_warned(sim):
                               "converged: the first ")
     assert "the rest went to the requested sizes' start, which ended higher but unconverged" in said[0]
 
+
+@pytest.mark.parametrize("max_iter", [84, 132, 150])
+def test_warnings_are_the_kept_fits_own(sim, max_iter):
+    """A fit tries several prior variants (covariance="auto", loading_order="auto"); a variant that lost
+    must not leave a non-convergence warning behind: warned if and only if the kept fit did not converge."""
+    for model in (MixtureLMM(10, basis=SplineBasis(10, lower=0, upper=1), random_state=1, max_iter=max_iter),
+                  DeepMixtureLMM((10, 5), (4, 1), basis=SplineBasis(10, lower=0, upper=1), random_state=1,
+                                 max_iter=max_iter)):
+        m, said = _fit_recording(model, sim.data)
+        assert len(said) == (0 if m.converged_ else 1), (type(m).__name__, m.converged_, said)

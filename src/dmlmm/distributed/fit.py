@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._recorded import recorded, reraise
 from ..columns import ColumnNames
 from ..exceptions import DataError
 from ..inference.engine import VariationalParams
@@ -119,15 +120,16 @@ def fit_dask(
                 return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g))
 
             callback = model._progress_callback()
-            res = run_vi_with_starts(
+            res, caught = recorded(lambda: run_vi_with_starts(  # only the kept run's warnings are raised
                 stats, prior, init,
                 lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, N, rough), config, rng,
                 moves=model.delete_moves and not config.hard_assignment, callback=callback,
-            )
+            ))
             if callback is not None:
                 callback.close()
             if best is None or res.elbo > best.elbo:
-                best = res
+                best, best_warnings = res, caught
+    reraise(best_warnings)
     del b_hat
     best.seconds = perf_counter() - t0
     local = best.local

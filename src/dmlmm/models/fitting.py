@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
+from .._recorded import recorded, reraise
 from ..data import Longitudinal
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
@@ -145,8 +146,7 @@ class Fitting:
         scales = transform_candidates(transform, d.response)
         fits = [self._fit_scale(d, tr, members, Z, quiet=len(scales) > 1) for tr in scales]
         chosen = max(fits, key=lambda f: f.bound)  # the first (the response as given) on a tie
-        for w in chosen.warnings:  # only the kept scale's fits speak
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        reraise(chosen.warnings)  # only the kept scale's fits speak
         chosen.result.seconds = perf_counter() - t0
         best, design, stats = chosen.result, chosen.design, chosen.stats
         self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
@@ -168,10 +168,8 @@ class Fitting:
         ``quiet`` the warnings are kept in the result instead of raised."""
         if not quiet:
             return self._fit_scale_loud(d, transform, members, Z)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = self._fit_scale_loud(d, transform, members, Z)
-        out.warnings = list(caught)
+        out, caught = recorded(lambda: self._fit_scale_loud(d, transform, members, Z))
+        out.warnings = caught
         return out
 
     def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z) -> _ScaleFit:
@@ -183,6 +181,7 @@ class Fitting:
         rough = design.roughness
         b_hat = ridge_estimates(stats, 0.5, rough)
         best = best_config = None
+        best_warnings: list = []
         for variant, kind in self._fit_variants():
             rng = np.random.default_rng(self.random_state)
             for _ in range(int(self.n_init)):
@@ -195,15 +194,17 @@ class Fitting:
                 moves = self.delete_moves and not config.hard_assignment and Z is None
                 if config.batch_size is None:
                     # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
-                    res = run_vi_with_starts(stats, prior, make_init(None), resize, config, rng, moves=moves,
-                                             callback=callback)
+                    run = lambda: run_vi_with_starts(stats, prior, make_init(None), resize, config,  # noqa: E731
+                                                     rng, moves=moves, callback=callback)
                 else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
-                    res = run_vi_stochastic(stats, prior, make_init, resize, config, rng, self._stochastic_settings(),
-                                            moves=moves, callback=callback)
+                    run = lambda: run_vi_stochastic(stats, prior, make_init, resize, config, rng,  # noqa: E731
+                                                    self._stochastic_settings(), moves=moves, callback=callback)
+                res, caught = recorded(run)  # only the kept run's warnings are raised
                 if callback is not None:
                     callback.close()
                 if best is None or res.elbo > best.elbo:
-                    best, best_config = res, config
+                    best, best_config, best_warnings = res, config, caught
+        reraise(best_warnings)
         jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
         bound = data_scale_bound(best.elbo, float(stats.n_obs.sum()), design.y_scale, jac)
         return _ScaleFit(d, design, stats, best, best_config, jac, bound)
