@@ -189,3 +189,59 @@ def test_accelerated_fit_stops_where_plain_ascent_gains_little(prior):
     gain = (more.elbo - res.elbo) / 20
     assert gain >= -1e-9 * abs(res.elbo)
     assert gain < tol * abs(res.elbo)
+
+
+def test_racing_run_gives_up_only_when_its_recent_rate_cannot_reach_the_target():
+    from dmlmm.inference.engine import GIVE_UP_MARGIN, GIVE_UP_WINDOW, _cannot_reach
+
+    W, m = GIVE_UP_WINDOW, GIVE_UP_MARGIN
+    slow = [-100.0 + 0.01 * k for k in range(W + 1)]  # 0.01 nats per iteration, ends at -100 + 0.01 W
+    end = slow[-1]
+    # reachable at margin x rate over the budget left: go on; beyond it: give up
+    assert not _cannot_reach(slow, end + m * 0.01 * 100 - 1e-6, left=100)
+    assert _cannot_reach(slow, end + m * 0.01 * 100 + 1e-6, left=100)
+    # already at or above the target, a window not yet full, or a falling trace counted as no gain
+    assert not _cannot_reach(slow, end, left=0)
+    assert not _cannot_reach(slow[:W], 1e9, left=1)
+    falling = [-100.0 - 0.01 * k for k in range(W + 1)]
+    assert _cannot_reach(falling, falling[-1] + 1e-9, left=10**6)
+
+
+def test_racing_run_stops_at_the_first_iteration_the_rule_holds():
+    """run_vi with ``give_up_below``: the same iterations as without it up to the first where the rule
+    holds, then it stops, not converged, flagged, and without a ConvergenceWarning; a target it has
+    already passed changes nothing."""
+    from dmlmm.inference.engine import _cannot_reach
+
+    stats = _stats(seed=3, n_subjects=40)
+    prior = DeepMixturePrior(4, (3, 2), (2, 1))
+    free = _run(stats, prior, True, 400, tol=1e-12)
+    target = free.elbo + 50.0  # out of reach
+    rng = np.random.default_rng(0)
+    b_hat = ridge_estimates(stats)
+    config = VIConfig(max_iter=400, tol=1e-12, prune_threshold=0.0, give_up_below=target)
+    noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
+    params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        raced = run_vi(stats, prior, params, config, rng)
+    assert raced.gave_up and not raced.converged
+    first = next(k for k in range(1, len(free.elbo_history) + 1)
+                 if _cannot_reach(free.elbo_history[:k], target, config.max_iter - k))
+    assert first < len(free.elbo_history) - 10
+    np.testing.assert_allclose(raced.elbo_history[:first], free.elbo_history[:first], rtol=1e-12)
+    # stopped there: at most one more entry, the ELBO after a local step on all paths at the same globals
+    assert len(raced.elbo_history) in (first, first + 1)
+    assert raced.elbo == pytest.approx(free.elbo_history[first - 1], rel=1e-4)
+    passed = _run_with(stats, prior, replace(config, give_up_below=free.elbo_history[0] - 1.0))
+    assert not passed.gave_up and passed.elbo_history == free.elbo_history
+
+
+def _run_with(stats, prior, config, seed=0):
+    rng = np.random.default_rng(seed)
+    b_hat = ridge_estimates(stats)
+    noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
+    params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return run_vi(stats, prior, params, config, rng)

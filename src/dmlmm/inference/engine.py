@@ -90,6 +90,8 @@ class VIConfig:
     accelerate: bool = True  # full batch: SQUAREM extrapolation of the globals, with an ELBO safeguard
     resp_tol: float = 1e-3  # full batch: converged only once no responsibility moves more than this
     joint_fixed: bool = False  # one-path priors: q(w, b) jointly Gaussian (:mod:`dmlmm.inference.joint`)
+    # a run racing a known ELBO: stop once it cannot reach this at its recent rate (_cannot_reach)
+    give_up_below: float | None = None
 
 
 @dataclass
@@ -107,6 +109,7 @@ class VIResult:
     pruned_at: list[int] = field(default_factory=list)
     kept: list[np.ndarray] | None = None
     moves: int = 0
+    gave_up: bool = False  # stopped by ``config.give_up_below`` (and so not converged)
 
 
 def noise_moments(params: VariationalParams, n_fixed: int, path_components: np.ndarray | None = None) -> NoiseMoments:
@@ -291,7 +294,7 @@ def run_vi(
     if config.joint_fixed and (prior.n_paths != 1 or not isinstance(stats, SufficientStats)):
         raise ValueError("joint_fixed needs a one-path prior and in-memory statistics")
     history: list[float] = []
-    converged = False
+    converged = gave_up = False
     restrict = not config.hard_assignment and prior.n_paths > 1
     active = None
     last_full = 0
@@ -346,6 +349,9 @@ def run_vi(
             last_full = -config.full_every  # confirm with a step over all paths
         if it == config.max_iter and full:
             break  # out of budget: keep these globals, whose full local step is at hand
+        if config.give_up_below is not None and _cannot_reach(history, config.give_up_below, config.max_iter - it):
+            gave_up = True
+            break
         prev_local = local
         new = update_globals(params, prior, sub, local, cache, psi, config, scale, rho)
         if accel is not None and anchor is not None:
@@ -371,7 +377,7 @@ def run_vi(
     # the local step on all subjects at the final globals: the last one when it was (full batch,
     # all paths, at these globals), else one more
     at_hand = it > 0 and full and len(history) > 0 and local is not None and fallback is None \
-        and (converged or it == config.max_iter) and len(local.path_quad) == prior.n_paths and params_at_local is params
+        and (converged or gave_up or it == config.max_iter) and len(local.path_quad) == prior.n_paths and params_at_local is params
     if at_hand:
         elbo = history[-1]
     else:
@@ -381,7 +387,7 @@ def run_vi(
         elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
         if not converged:
             history.append(elbo)
-    if not converged:
+    if not converged and not gave_up:
         warnings.warn(
             f"variational inference stopped at max_iter={config.max_iter} before the ELBO converged "
             f"(last relative change {_rel_change(history, _window(config)):.2e}, tol={config.tol:g}); increase max_iter",
@@ -389,7 +395,8 @@ def run_vi(
             stacklevel=3,
         )
     kept = [np.arange(len(c)) if k is None else k for k, c in zip(kept, prior.layer_counts(params.prior))]
-    return VIResult(params, prior, elbo, history, it, converged, local, time.perf_counter() - t0, pruned_at, kept)
+    return VIResult(params, prior, elbo, history, it, converged, local, time.perf_counter() - t0, pruned_at, kept,
+                    gave_up=gave_up)
 
 
 def _local_step(
@@ -467,6 +474,31 @@ def _has_converged(history: list[float], config: VIConfig) -> bool:
     (three extrapolation cycles) instead.
     """
     return len(history) > config.min_iter and _rel_change(history, _window(config)) < config.tol
+
+
+#: A racing run's recent rate of ascent is its mean gain over this many iterations (:func:`_cannot_reach`) ...
+GIVE_UP_WINDOW = 30
+#: ... and it gives up when even this many times that rate would leave it below its target.
+GIVE_UP_MARGIN = 4.0
+
+
+def _cannot_reach(history: list[float], target: float, left: int, window: int = GIVE_UP_WINDOW,
+                  margin: float = GIVE_UP_MARGIN) -> bool:
+    """Whether a run still below ``target`` would stay below it if it gained ``margin`` times its mean
+    gain per iteration over the last ``window`` iterations for all ``left`` iterations of its budget.
+
+    Coordinate ascent gains less and less as it converges, so a straight line through its recent gains
+    overestimates where it ends; the margin covers a run that leaves a plateau with a sudden climb (a
+    component taking over). Measured on the benchmark fits' finishing runs of the requested start
+    (Blackmore, PBC, DGP 1-3, both mixtures): with a 20-iteration window and no margin the rule stopped
+    one run that went on to win by 0.67 nats (Blackmore, deep mixture, log1p scale: it climbed 58 nats
+    in its last 150 iterations after a slow stretch); with these settings it stopped none that would
+    have won (Blackmore's two losing runs after 113 and 75 of their 363 and 439 iterations).
+    """
+    if len(history) <= window or history[-1] >= target:
+        return False
+    gain = max(history[-1] - history[-1 - window], 0.0) / window
+    return history[-1] + margin * gain * left < target
 
 
 def _window(config: VIConfig) -> int:

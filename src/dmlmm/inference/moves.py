@@ -36,7 +36,8 @@ def explore_config(config: VIConfig, explore_tol: float = EXPLORE_TOL) -> VIConf
     to other optima (DGP 3, 600 subjects, 30 functions: 70 nats lower; 40 functions: 178
     higher), so only the final run is accelerated.
     """
-    return replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-4, moment_threshold=1e-4, resp_tol=None, accelerate=False)
+    return replace(config, tol=max(config.tol, explore_tol), active_threshold=1e-4, moment_threshold=1e-4, resp_tol=None,
+                   accelerate=False, give_up_below=None)
 
 
 def run_vi_with_moves(

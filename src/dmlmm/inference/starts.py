@@ -22,7 +22,10 @@ So a full-batch fit explores a few starting sizes before it commits to one:
    sizes is the same in every fit that tries it; it is explored by coordinate
    ascent with the loose tolerance of the delete moves' first stage;
 3. the start with the highest ELBO goes on (delete moves, then the final run
-   with the exact tolerance) with what is left of the iteration budget.
+   with the exact tolerance) with what is left of the iteration budget; when
+   that is not the requested start, the requested start is finished too and
+   the higher ELBO kept, its final run giving up once its recent rate of ascent
+   cannot reach the kept run's ELBO (``VIConfig.give_up_below``).
 
 Every start's prior is the requested model's with fewer components (same
 hyperparameters): all are special cases of the requested model, and their
@@ -132,11 +135,12 @@ def run_vi_with_starts(
     if best is not requested and final.n_iter < total:
         # an exploring run at a loose tolerance can favour a small start that converges sooner but
         # ends lower: the requested start is finished too (within what is left of the budget) and
-        # the higher final ELBO is kept, so the fit never ends below its requested start's own end
+        # the higher final ELBO is kept, so the fit never ends below its requested start's own end;
+        # its final run races the kept one's ELBO and gives up once its recent rate cannot reach it
         requested.n_iter = final.n_iter
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            alt = _finish(stats, requested, config, rng, moves, callback, n_starts)
+            alt = _finish(stats, requested, replace(config, give_up_below=final.elbo), rng, moves, callback, n_starts)
         if alt.elbo > final.elbo:
             if not alt.converged:  # its own warning was silenced with the rest of this second run's
                 warnings.warn(
