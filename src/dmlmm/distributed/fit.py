@@ -105,7 +105,7 @@ def fit_dask(
     t0 = perf_counter()
     rough = design.roughness
     b_hat, sums = stats.ridge_init(0.5, rough)
-    best = None
+    best, best_warnings = None, []
     for variant, kind in model._fit_variants():  # as the in-memory fit (models/fitting.py)
         rng = np.random.default_rng(model.random_state)
         for _ in range(int(model.n_init)):

@@ -192,14 +192,15 @@ class Fitting:
                 callback = self._progress_callback()
                 # delete moves compare against an emptied component's cost, which the membership model changes
                 moves = self.delete_moves and not config.hard_assignment and Z is None
+                # each run's warnings are held back: only the kept run's are raised
                 if config.batch_size is None:
                     # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
-                    run = lambda: run_vi_with_starts(stats, prior, make_init(None), resize, config,  # noqa: E731
-                                                     rng, moves=moves, callback=callback)
+                    res, caught = recorded(lambda: run_vi_with_starts(
+                        stats, prior, make_init(None), resize, config, rng, moves=moves, callback=callback))
                 else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
-                    run = lambda: run_vi_stochastic(stats, prior, make_init, resize, config, rng,  # noqa: E731
-                                                    self._stochastic_settings(), moves=moves, callback=callback)
-                res, caught = recorded(run)  # only the kept run's warnings are raised
+                    res, caught = recorded(lambda: run_vi_stochastic(
+                        stats, prior, make_init, resize, config, rng, self._stochastic_settings(), moves=moves,
+                        callback=callback))
                 if callback is not None:
                     callback.close()
                 if best is None or res.elbo > best.elbo:
