@@ -76,15 +76,21 @@ def test_local_step_matches_explicit_inverse(per_path_noise):
 
 
 def _run(stats, prior, accelerate, max_iter, tol=1e-300, cluster=False, seed=0):
+    config = VIConfig(max_iter=max_iter, tol=tol, prune_threshold=0.0, accelerate=accelerate)
+    return _run_with(stats, prior, config, seed, cluster)
+
+
+def _run_with(stats, prior, config, seed=0, cluster=False, silence=True):
+    """run_vi from the ridge start; ``silence``: ConvergenceWarnings ignored (else the caller's filters)."""
     rng = np.random.default_rng(seed)
     b_hat = ridge_estimates(stats)
-    config = VIConfig(max_iter=max_iter, tol=tol, prune_threshold=0.0, accelerate=accelerate)
     noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
     if cluster:
         noise, aux = per_cluster(noise, aux, int(prior.path_components()[:, 0].max()) + 1)
     params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+        if silence:
+            warnings.simplefilter("ignore", ConvergenceWarning)
         return run_vi(stats, prior, params, config, rng)
 
 
@@ -217,14 +223,10 @@ def test_racing_run_stops_at_the_first_iteration_the_rule_holds():
     prior = DeepMixturePrior(4, (3, 2), (2, 1))
     free = _run(stats, prior, True, 400, tol=1e-12)
     target = free.elbo + 50.0  # out of reach
-    rng = np.random.default_rng(0)
-    b_hat = ridge_estimates(stats)
     config = VIConfig(max_iter=400, tol=1e-12, prune_threshold=0.0, give_up_below=target)
-    noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
-    params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        raced = run_vi(stats, prior, params, config, rng)
+        raced = _run_with(stats, prior, config, silence=False)
     assert raced.gave_up and not raced.converged
     first = next(k for k in range(1, len(free.elbo_history) + 1)
                  if _cannot_reach(free.elbo_history[:k], target, config.max_iter - k))
@@ -236,12 +238,3 @@ def test_racing_run_stops_at_the_first_iteration_the_rule_holds():
     passed = _run_with(stats, prior, replace(config, give_up_below=free.elbo_history[0] - 1.0))
     assert not passed.gave_up and passed.elbo_history == free.elbo_history
 
-
-def _run_with(stats, prior, config, seed=0):
-    rng = np.random.default_rng(seed)
-    b_hat = ridge_estimates(stats)
-    noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
-    params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return run_vi(stats, prior, params, config, rng)
