@@ -110,3 +110,61 @@ def test_warnings_are_the_kept_fits_own(sim, max_iter):
                                  max_iter=max_iter)):
         m, said = _fit_recording(model, sim.data)
         assert len(said) == (0 if m.converged_ else 1), (type(m).__name__, m.converged_, said)
+
+
+@pytest.mark.parametrize("variant", ["loading_order", "covariance"])
+def test_a_later_variant_races_the_kept_one(sim, monkeypatch, variant):
+    """``loading_order="auto"`` (``covariance="auto"``) fits two priors and keeps the higher ELBO; the second
+    one's finishing runs race the first's ELBO (``to_beat``). The fit is the better of the two fitted alone,
+    and the second is its fit alone up to where it gave up, if it did."""
+    import dmlmm.models.fitting as fitting
+
+    def fit(**kw):
+        if variant == "loading_order":
+            return _deep(sim, (10, 5), **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return MixtureLMM(10, basis=SplineBasis(10, lower=0, upper=1), random_state=1, **kw).fit(sim.data)
+
+    values = (2.0, 1.0) if variant == "loading_order" else ("pspline", "full")  # the order the fit tries them
+    alone = [fit(**{variant: v}) for v in values]
+    runs = []
+    original = fitting.run_vi_with_starts
+
+    def spy(*args, **kw):
+        res = original(*args, **kw)
+        runs.append((kw.get("to_beat"), res.elbo, res.n_iter, res.gave_up))
+        return res
+
+    monkeypatch.setattr(fitting, "run_vi_with_starts", spy)
+    both = fit()
+    assert [r[0] for r in runs] == [None, runs[0][1]]  # the second races the first
+    assert runs[0][1:3] == (alone[0].elbo_, alone[0].n_iter_)  # the first is the fit alone
+    assert both.elbo_ == max(m.elbo_ for m in alone)
+    if runs[1][3]:  # gave up: below the first, sooner than alone
+        assert runs[1][1] < runs[0][1] and runs[1][2] < alone[1].n_iter_
+    else:
+        assert runs[1][1:3] == (alone[1].elbo_, alone[1].n_iter_)
+
+
+def test_a_fit_out_of_the_race_gives_up_silently(sim, monkeypatch):
+    """A candidate that cannot reach ``to_beat`` stops its finishing runs early, flagged, without a
+    ConvergenceWarning (it is never the fit kept); one that passes it is unchanged."""
+    import dmlmm.models.fitting as fitting
+
+    original = fitting.run_vi_with_starts
+    model = lambda: MixtureLMM(10, basis=SplineBasis(10, lower=0, upper=1), covariance="pspline",  # noqa: E731
+                               random_state=1, tol=1e-9)  # a final run long enough for the race's window
+    free, said = _fit_recording(model(), sim.data)
+    results = {}
+    for target in (1e300, -1e300):
+        def racing(*args, target=target, **kw):
+            results[target] = original(*args, **{**kw, "to_beat": target})
+            return results[target]
+
+        monkeypatch.setattr(fitting, "run_vi_with_starts", racing)
+        m, said = _fit_recording(model(), sim.data)
+        assert said == [] or target == -1e300 and not free.converged_
+    assert results[1e300].gave_up and not results[1e300].converged and results[1e300].n_iter < free.n_iter_
+    assert not results[-1e300].gave_up and results[-1e300].elbo == free.elbo_
+    assert results[-1e300].n_iter == free.n_iter_

@@ -124,6 +124,7 @@ def fit_dask(
                 stats, prior, init,
                 lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, N, rough), config, rng,
                 moves=model.delete_moves and not config.hard_assignment, callback=callback,
+                to_beat=None if best is None else best.elbo,
             ))
             if callback is not None:
                 callback.close()

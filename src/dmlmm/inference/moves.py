@@ -134,7 +134,7 @@ def run_vi_with_moves(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         final = run_vi(stats, res.prior, res.params, replace(final_config, min_iter=1, max_iter=budget), rng, callback)
-    if not final.converged:
+    if not final.converged and not final.gave_up:  # a run that gave up lost a race: it is not kept
         warnings.warn(
             f"variational inference used its budget of max_iter={final_config.max_iter} iterations "
             f"({res.n_iter} exploring and in delete moves) before the ELBO converged; increase max_iter",

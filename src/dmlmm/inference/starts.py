@@ -25,7 +25,9 @@ So a full-batch fit explores a few starting sizes before it commits to one:
    with the exact tolerance) with what is left of the iteration budget; when
    that is not the requested start, the requested start is finished too and
    the higher ELBO kept, its final run giving up once its recent rate of ascent
-   cannot reach the kept run's ELBO (``VIConfig.give_up_below``).
+   cannot reach the kept run's ELBO (``VIConfig.give_up_below``). When the fit competes with
+   another one already made (``to_beat``: the other prior variant, e.g. ``loading_order="auto"``'s
+   two orders, noise model or restart), both finishing runs race that one's ELBO too.
 
 Every start's prior is the requested model's with fewer components (same
 hyperparameters): all are special cases of the requested model, and their
@@ -97,6 +99,7 @@ def run_vi_with_starts(
     moves: bool = True,
     ladder: tuple[int, ...] | None = None,
     callback=None,
+    to_beat: float | None = None,
 ) -> VIResult:
     """Explore the requested start and smaller ones, then run the best to convergence.
 
@@ -111,6 +114,11 @@ def run_vi_with_starts(
     moves : bool
         Delete moves after the exploration (as :func:`~dmlmm.inference.moves.run_vi_with_moves`).
     ladder : first-layer sizes of the smaller starts (default :data:`LADDER`; empty: the requested start only).
+    to_beat : float, optional
+        The ELBO of a fit already made that this one competes with (another prior variant, noise model
+        or ``n_init`` restart of the same model, :meth:`~dmlmm.models.fitting.Fitting.fit`): the finishing
+        runs race it and give up once they cannot reach it (``VIConfig.give_up_below``); the exploration
+        does not. A fit that gave up ends below ``to_beat`` and is not converged.
     """
     base = int(rng.integers(2**63))
     sizes = start_sizes(tuple(int(k) for k in prior.path_components().max(axis=0) + 1), LADDER if ladder is None else ladder)
@@ -130,7 +138,7 @@ def run_vi_with_starts(
         explored.append(res)
     best = max(explored, key=lambda r: r.elbo)
     best.n_iter = spent  # every start's iterations count against the budget
-    final = _finish(stats, best, config, rng, moves, callback, n_starts)
+    final = _finish(stats, best, replace(config, give_up_below=to_beat), rng, moves, callback, n_starts)
     requested = explored[0]
     if best is not requested and final.n_iter < total:
         # an exploring run at a loose tolerance can favour a small start that converges sooner but
@@ -140,9 +148,10 @@ def run_vi_with_starts(
         requested.n_iter = final.n_iter
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            alt = _finish(stats, requested, replace(config, give_up_below=final.elbo), rng, moves, callback, n_starts)
+            target = final.elbo if to_beat is None else max(final.elbo, to_beat)
+            alt = _finish(stats, requested, replace(config, give_up_below=target), rng, moves, callback, n_starts)
         if alt.elbo > final.elbo:
-            if not alt.converged:  # its own warning was silenced with the rest of this second run's
+            if not alt.converged and not alt.gave_up:  # its own warning was silenced with the rest of this run's
                 warnings.warn(
                     f"variational inference used its budget of max_iter={total} iterations before the ELBO "
                     f"converged: the first {final.n_iter} explored {n_starts} starting sizes and ran the best "
@@ -167,7 +176,7 @@ def _finish(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         final = run_vi(stats, res.prior, res.params, replace(config, min_iter=1, max_iter=max(total - spent, 1)), rng, callback)
-    if not final.converged:
+    if not final.converged and not final.gave_up:  # a run that gave up lost a race: it is not kept
         warnings.warn(
             f"variational inference used its budget of max_iter={total} iterations ({spent} exploring "
             f"{n_starts} starting size(s)) before the ELBO converged; increase max_iter",

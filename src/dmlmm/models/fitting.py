@@ -195,8 +195,10 @@ class Fitting:
                 # each run's warnings are held back: only the kept run's are raised
                 if config.batch_size is None:
                     # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
+                    # a later candidate races the best so far and gives up once it cannot reach it
                     res, caught = recorded(lambda: run_vi_with_starts(
-                        stats, prior, make_init(None), resize, config, rng, moves=moves, callback=callback))
+                        stats, prior, make_init(None), resize, config, rng, moves=moves, callback=callback,
+                        to_beat=None if best is None else best.elbo))
                 else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
                     res, caught = recorded(lambda: run_vi_stochastic(
                         stats, prior, make_init, resize, config, rng, self._stochastic_settings(), moves=moves,
