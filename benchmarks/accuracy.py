@@ -358,6 +358,12 @@ def run_real_protocol(args, sink, protocol: str, base: dict, ds, train, held, is
             row["coverage95"] = _finite(inside[ok].mean()) if ok.any() else None
             row["coverage95_last"] = _finite(inside[ok & is_last].mean()) if (ok & is_last).any() else None
             row["coverage95_other"] = _finite(inside[ok & ~is_last].mean()) if (ok & ~is_last).any() else None
+            # which side the forecasts miss on: a one-sided excess is a bias (e.g. informative dropout), not a
+            # band too narrow
+            above, below = (joined["y"] > joined["upper"]).to_numpy(), (joined["y"] < joined["lower"]).to_numpy()
+            if (ok & is_last).any():
+                row["above95_last"] = _finite(above[ok & is_last].mean())
+                row["below95_last"] = _finite(below[ok & is_last].mean())
             for level in INNER_LEVELS:
                 pc = round(100 * level)
                 hit = ((joined["y"] >= joined[f"lower{pc}"]) & (joined["y"] <= joined[f"upper{pc}"])).to_numpy()
@@ -597,7 +603,9 @@ def render_real(df: pd.DataFrame) -> list[str]:
     lines += ["### Results", "",
               "Log score: held-out log predictive density per held-out observation (higher is better). Coverage:",
               "share of held-out visits inside the subject's 95 % band for a new observation (target 0.90-0.98),",
-              "overall, at the held-out last visits (forecasts) and at the others; then the coverage of the 50 % and",
+              "overall, at the held-out last visits (forecasts; in brackets the shares above (^) and below (v) the",
+              "band: misses on one side are a bias of the forecasts, e.g. a last visit made because the patient",
+              "worsened, not a band too narrow) and at the others; then the coverage of the 50 % and",
               "80 % bands (all held-out visits): when these hold and the 95 % band does not, the misses come from",
               "residual tails heavier than the model's Gaussian ones, not from bands too narrow throughout.",
               "Implausible: subjects whose predicted mean curve leaves the plausible range within their own",
@@ -620,7 +628,7 @@ def render_real(df: pd.DataFrame) -> list[str]:
             if wide is not None and not pd.isna(wide):
                 impl_s += f" ({_int(wide)})"
             rows.append([str(name), LABELS.get(m, m), _fmt(r.get("heldout_per_obs")), _fmt(r.get("coverage95")),
-                         _fmt(r.get("coverage95_last")), _fmt(r.get("coverage95_other")),
+                         _last_visit_cell(r), _fmt(r.get("coverage95_other")),
                          " / ".join(_fmt(r.get(f"coverage{round(100 * v)}")) for v in INNER_LEVELS), impl_s,
                          f"[{_fmt(r.get('curve_min'), 2)}, {_fmt(r.get('curve_max'), 2)}]",
                          f"{_int(r.get('clusters'))} / {_int(r.get('n_basis'))}"
@@ -657,6 +665,15 @@ def render_real(df: pd.DataFrame) -> list[str]:
                          "plausible range", "clusters", "fit s", "warnings", "errors"], rows) + [""]
     lines += _real_targets(df)
     return lines
+
+
+def _last_visit_cell(r) -> str:
+    """Coverage at the held-out last visits, with the shares above and below the band (``^`` / ``v``)."""
+    cell = _fmt(r.get("coverage95_last"))
+    a, b = r.get("above95_last"), r.get("below95_last")
+    if a is None or b is None or pd.isna(a) or pd.isna(b):
+        return cell
+    return f"{cell} ({_fmt(a)} ^, {_fmt(b)} v)"
 
 
 def _real_targets(df: pd.DataFrame) -> list[str]:
