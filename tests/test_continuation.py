@@ -141,6 +141,44 @@ def test_draws_beyond_the_range_have_the_band_variance(fitted):
     np.testing.assert_allclose(emp, sd, rtol=0.06)
 
 
+def _random_walk_curves(seed: int = 0, s: float = 1.0, n: int = 300, per: int = 20, factor: float = 0.0) -> pd.DataFrame:
+    """Subjects' curves from the smoothness prior's own process: Demmler-Reinsch coefficients of
+    variance s / lam_d on the rough coordinates (12 cubic B-splines on [0, 1]), noise SD 0.05; with
+    ``factor``, plus ``factor * z_i`` (z_i ~ N(0, 1)) times the smoothest rough function: a smooth
+    loading curve shared by all subjects."""
+    from dmlmm import SplineBasis
+
+    rng = np.random.default_rng(seed)
+    basis = SplineBasis(12, lower=0.0, upper=1.0).fit()
+    rot, lam = basis.smoothing_basis(2)
+    rough = lam > 0
+    sd = np.where(rough, np.sqrt(s / np.where(rough, lam, 1.0)), 1.0)
+    b = rng.normal(size=(n, 12)) * sd
+    b[:, np.flatnonzero(rough)[np.argmin(lam[rough])]] += factor * rng.normal(size=n)
+    t = np.sort(rng.uniform(0, 1, (n, per)), axis=1)
+    y = np.einsum("ntd,nd->nt", basis.transform(t.reshape(-1)).reshape(n, per, 12) @ rot, b)
+    y = y + 0.05 * rng.normal(size=y.shape)
+    return pd.DataFrame({"subject": np.repeat(np.arange(n), per), "time": t.reshape(-1), "y": y.reshape(-1)})
+
+
+def test_deep_mixture_continuation_intensity_recovers_a_random_walks():
+    """The deep mixture's continuation intensity (minus the mean curve's part) on curves drawn from the
+    process itself is its intensity s within 10 %, for both loading orders; with a smooth loading curve
+    on top (a factor of SD 3 on the smoothest rough function), still s with the default order 2 (the
+    loading curve is estimated, not a process that continues; the rule before 2026-12-04 added the
+    loading curves' prior scale t E[z^2]: 2.9 here)."""
+    from dmlmm import DeepMixtureLMM, SplineBasis
+
+    for factor, order in ((0.0, 2), (0.0, 1), (3.0, 2)):
+        df = _random_walk_curves(factor=factor)
+        m = DeepMixtureLMM((2, 1), (2, 1), basis=SplineBasis(12, lower=0.0, upper=1.0), response_transform=None,
+                           loading_order=order, random_state=0).fit(df)
+        pp = m.params_.prior
+        k = m.prior_.path_components()[:, 0]
+        kappa = (m.prior_.continuation_intensity(pp) - pp.layers[0].smooth.mean.var.mean[k]) * m.design_.y_scale**2
+        np.testing.assert_allclose(kappa, 1.0, rtol=0.1, err_msg=f"factor={factor}, loading_order={order}")
+
+
 def test_mixture_continuation_intensity_recovers_a_random_walks():
     """Subjects' curves drawn from the smoothness prior's own process (Demmler-Reinsch coefficients
     of variance s / lam_d): the mixture's continuation intensity (minus the mean curve's part) is

@@ -602,24 +602,29 @@ class DeepMixturePrior(RandomEffectsPrior):
         return w, m, S
 
     def continuation_intensity(self, params: DMFAParams) -> np.ndarray:
-        """Per path: E[v_k] + sum_m t_km E[z_m^2 | path] + E[delta_kj] lam_j of the first layer's component k.
+        """Per path c through first-layer component k: E[v_k], the mean curve's smoothing variance, plus
+        the level of the path's fitted spectrum, the median over the rough coordinates d of
+        ``lam_d S_c,dd`` with S_c the path's covariance of b, the loadings' posterior uncertainty
+        integrated (:meth:`point_mixture` with ``integrate_globals``): the Gaussian mixture's rule
+        (:meth:`dmlmm.priors.gaussian.GaussianMixturePrior.continuation_intensity`), with S_c for E[Sigma_k].
 
-        The mean curve, each loading curve (times its factor's second moment along the path) and the
-        idiosyncratic deviations (whose rough variances lie near ``1 / (lam_j u_k)`` on average,
-        E[delta_kj] lam_j = alpha / (alpha - 1) E[1 / u_k]) continue as integrated Wiener processes.
-        A loading curve's prior (variances ``t_km / lam_j ** o``) is smoother than that process: it
-        takes the process's intensity at the smoothest rough coordinate, where the two agree (an upper
-        bound on the variance of the loading's rough part, coordinate by coordinate).
+        A random walk's spectrum is flat in this form: the idiosyncratic deviations give their level,
+        near ``alpha / (alpha - 1) E[1 / u_k]``, and loading curves as rough as the process
+        (``loading_order=1``) add ``t_km E[z_m^2 | c]``; the smoother ones of the default order 2
+        (variances ``t_km / lam_d ** 2``) fade from the spectrum as they do from the process.
+
+        Until 2026-12-04 every loading curve entered with ``t_km E[z_m^2 | c]``, an upper bound
+        coordinate by coordinate: on autism (forecasts four years past the training data) that nearly
+        doubled the intensity, 0.180 against 0.101 now, and the 95 % bands held all 94 of those
+        held-out visits (now 93); the held-out log score per observation rose from -4.280 to -4.242.
         """
         sm = params.layers[0].smooth
         if sm is None:
             return np.zeros(self.n_paths)
-        _, m, S = self._recursion(params, integrate_globals=False, last=1)  # the first layer's factors z
-        z2 = np.diagonal(S, axis1=1, axis2=2) + m**2  # (M, m1)
-        k = self._paths[:, 0]
-        a = self.idiosyncratic_shape
-        typical = a / (a - 1) if a > 1 else a / (a + 1)  # the inverse gamma's mean, or its mode where no mean
-        return sm.mean.var.mean[k] + np.einsum("cm,cm->c", sm.loadings.var.mean[k], z2) + typical * sm.delta.var.mean_inv[k]
+        _, _, S = self._recursion(params, integrate_globals=True, last=0)
+        rough = self._rough
+        spectrum = self._lam[rough] * np.diagonal(S, axis1=1, axis2=2)[:, rough]  # (M, n_rough)
+        return sm.mean.var.mean[self._paths[:, 0]] + np.median(spectrum, axis=1)
 
     def first_layer_dirichlet(self, params: DMFAParams) -> tuple[Dirichlet, float]:
         return params.layers[0].weights, float(self.concentration[0])
