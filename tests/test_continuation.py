@@ -161,7 +161,7 @@ def _random_walk_curves(seed: int = 0, s: float = 1.0, n: int = 300, per: int = 
     return pd.DataFrame({"subject": np.repeat(np.arange(n), per), "time": t.reshape(-1), "y": y.reshape(-1)})
 
 
-def test_deep_mixture_continuation_intensity_recovers_a_random_walks():
+def test_deep_mixture_continuation_intensity_is_the_processes_intensity():
     """The deep mixture's continuation intensity (minus the mean curve's part) on curves drawn from the
     process itself is its intensity s within 10 %, for both loading orders; with a smooth loading curve
     on top (a factor of SD 3 on the smoothest rough function), still s with the default order 2 (the
