@@ -46,6 +46,48 @@ def test_huge_response_is_not_called_constant(data):
         MixtureLMM(2).fit(data.assign(y=data["y"] * 1e300))
 
 
+def test_tiny_units_are_not_called_constant(data):
+    """Constant means constant relative to the values' own size: a response in units of 1e-13 (or 1e-200,
+    whose squares underflow) is fitted, with the same curves up to the unit."""
+    ref = MixtureLMM(2, max_iter=40, random_state=0, response_transform=None).fit(data)
+    for unit in (1e-13, 1e-200):
+        m = MixtureLMM(2, max_iter=40, random_state=0, response_transform=None).fit(data.assign(y=data["y"] * unit))
+        np.testing.assert_allclose(m.cluster_means_["mean"] / unit, ref.cluster_means_["mean"], rtol=1e-6)
+    with pytest.raises(DataError, match=r"the response 'y' is constant \(every value is 3\)"):
+        MixtureLMM(2).fit(data.assign(y=3.0))
+
+
+@pytest.mark.parametrize("model", [MixtureLMM(2, response_transform=None), DeepMixtureLMM(response_transform=None)])
+def test_a_response_dominated_by_an_extreme_value_is_named(data, model):
+    """One value 10^9 times the others: the bulk is constant in double precision. Before this check the
+    noise variance's sum of squares cancelled below zero and the fit crashed in the local step
+    (IndexError in maximum.reduceat); now the value and what to do are named."""
+    y = data["y"].to_numpy().copy()
+    y[7] = 1e9
+    with pytest.raises(DataError, match=r"the response 'y' is dominated by a few extreme values: .* most extreme "
+                                        r"value 1e\+09, .*check the extreme values for data-entry or unit errors"):
+        model.fit(data.assign(y=y))
+
+
+def test_an_extreme_value_the_fit_can_resolve_is_fitted(data):
+    """3e8 among values of SD 1 (standard deviation 2e7 times the bulk's spread, under the limit): not refused,
+    and the fit is finite with a positive noise variance."""
+    y = data["y"].to_numpy().copy()
+    y[7] = 3e8
+    m = MixtureLMM(2, max_iter=60, random_state=0, response_transform=None).fit(data.assign(y=y))
+    assert np.isfinite(m.elbo_) and m.sigma2_ > 0 and np.isfinite(m.cluster_means_["mean"]).all()
+
+
+def test_auto_transform_fits_the_scale_that_can_be_fitted(data):
+    """A positive response whose raw scale is dominated by one value: "auto" fits its log and says why."""
+    y = np.exp(data["y"].to_numpy())
+    y[7] = 1e12
+    with pytest.warns(UserWarning, match=r"response_transform='auto': the response as given cannot be fitted "
+                                         r"\(the response 'y' is dominated .*\); fitted on the log scale only"):
+        m = MixtureLMM(2, max_iter=40, random_state=0).fit(data.assign(y=y))
+    assert m.response_transform_ == "log" and list(m.elbo_by_transform_) == ["log"]
+
+
 def test_sample_trajectories_arguments(data):
     m = MixtureLMM(2, max_iter=20, random_state=0).fit(data)
     with pytest.raises(ValueError, match=r"n_samples must be a positive integer, got -1"):

@@ -11,7 +11,14 @@ import numpy as np
 
 from .exceptions import DataError
 
-__all__ = ["response_scale"]
+__all__ = ["response_scale", "MAX_SD_OVER_SPREAD"]
+
+#: Largest ratio of the response's standard deviation to the robust spread of its bulk (1.4826 times
+#: the median absolute deviation) that the fits resolve. One value 10^9 times the others' (200
+#: observations, ratio 7e7) made the noise variance cancel to a negative number and then NaN (before
+#: its sum of squares was clamped) or the inverse-Wishart scale lose definiteness; 3e8 (ratio 2e7)
+#: still fitted. Beyond it the bulk's variance is below 1e-15 of the total: constant in double precision.
+MAX_SD_OVER_SPREAD = 3e7
 
 
 def response_scale(y: np.ndarray, name: str = "y") -> float:
@@ -20,18 +27,33 @@ def response_scale(y: np.ndarray, name: str = "y") -> float:
     Raises
     ------
     DataError
-        When the values are too large to standardise (their spread overflows float64) or constant.
+        When the values are too large to standardise (their spread overflows float64), constant, or
+        dominated by a few values so extreme that the rest cannot be resolved (:data:`MAX_SD_OVER_SPREAD`).
     """
     y = np.asarray(y, dtype=float)
     with np.errstate(over="ignore", invalid="ignore"):
         scale = float(np.std(y)) if y.size else 0.0
     biggest = float(np.max(np.abs(y))) if y.size else 0.0
+    if scale == 0.0 and 0.0 < biggest < np.inf:  # squares of values below 1e-154 underflow: scale first
+        scale = biggest * float(np.std(y / biggest))
     if not np.isfinite(scale):
         raise DataError(
             f"the response '{name}' has values too large to standardise (largest |value| {biggest:.3g}): "
             "rescale it, e.g. divide by a power of ten"
         )
-    if y.size < 2 or scale <= 1e-12 * max(1.0, biggest):
+    if y.size < 2 or scale <= 1e-12 * biggest or biggest == 0.0:  # relative: tiny units are not constant
         first = f"{y[0]:g}" if y.size else "-"
         raise DataError(f"the response '{name}' is constant (every value is {first}): there is no variation to model")
+    centre = float(np.median(y))
+    spread = 1.4826 * float(np.median(np.abs(y - centre)))
+    if spread > 0 and scale > MAX_SD_OVER_SPREAD * spread:
+        far = float(y[np.argmax(np.abs(y - centre))])
+        raise DataError(
+            f"the response '{name}' is dominated by a few extreme values: its standard deviation ({scale:.3g}) is "
+            f"{scale / spread:.2g} times the spread of the rest (1.4826 x median absolute deviation: {spread:.3g}; "
+            f"most extreme value {far:.6g}, median {centre:.6g}). At that ratio the other values are constant in "
+            "double precision and no fit can resolve them: check the extreme values for data-entry or unit "
+            "errors, or fit a transform of the response (response_transform='log', CLI: --transform log, for a "
+            "positive response)"
+        )
     return scale

@@ -66,7 +66,10 @@ def path_rss(stats: SufficientStats, local: LocalResult, w_mean: np.ndarray, w_c
     FtF_w = np.einsum("npq,q->np", stats.FtF, w_mean)
     err = stats.yty - 2.0 * stats.Fty @ w_mean + FtF_w @ w_mean + np.einsum("npq,qp->n", stats.FtF, w_cov)
     rss = r.T @ err - 2.0 * (local.path_xty_b - local.path_xtf_b @ w_mean) + local.path_quad
-    return rss, r.T @ stats.n_obs
+    # an expected sum of squares, >= 0; expanded as above it can cancel to a small negative number when
+    # the residuals are tiny next to y (one response 10^9 times the others': a negative noise variance
+    # and NaNs followed)
+    return np.maximum(rss, 0.0), r.T @ stats.n_obs
 
 
 def noise_target(

@@ -144,7 +144,21 @@ class Fitting:
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
         scales = transform_candidates(transform, d.response)
-        fits = [self._fit_scale(d, tr, members, Z, quiet=len(scales) > 1) for tr in scales]
+        fits, refused = [], []
+        for tr in scales:
+            try:
+                fits.append(self._fit_scale(d, tr, members, Z, quiet=len(scales) > 1))
+            except DataError as exc:  # e.g. a response that only its log can standardise (dmlmm.standardise)
+                if len(scales) == 1:
+                    raise
+                refused.append((tr, exc))
+        if not fits:
+            raise refused[0][1]
+        for tr, exc in refused:
+            which = "as given" if tr is None else f"on the {tr} scale"
+            warnings.warn(f"response_transform='auto': the response {which} cannot be fitted ({exc}); fitted on "
+                          f"the {', '.join('given' if f.design.transform is None else f.design.transform for f in fits)} "
+                          "scale only", UserWarning, stacklevel=2)
         chosen = max(fits, key=lambda f: f.bound)  # the first (the response as given) on a tie
         reraise(chosen.warnings)  # only the kept scale's fits speak
         chosen.result.seconds = perf_counter() - t0
