@@ -148,3 +148,20 @@ def test_bad_method_names_the_parameter(sleepstudy):
         LinearMixedModel(FORMULA, method="bayes").fit(sleepstudy)
     with pytest.raises(ValueError, match="n_init must be a positive integer, got 0"):
         LinearMixedModel(FORMULA, n_init=0).fit(sleepstudy)
+
+
+def test_default_basis_is_one_the_visit_times_identify():
+    """Without a smoothness prior every spline column must be estimable: visits at k < 10 distinct times get
+    the largest basis they identify (k functions, degree at most k - 1) instead of a rank-deficient design;
+    a basis given too large is refused with the count of distinct times and a size that works."""
+    from dmlmm import DataError, LinearMixedModel, SplineBasis
+
+    rng = np.random.default_rng(0)
+    for k, degree in ((2, 1), (3, 2), (5, 3), (12, 3)):
+        df = pd.DataFrame({"subject": np.repeat(np.arange(30), k), "time": np.tile(np.arange(float(k)) ** 1.5, 30)})
+        df["y"] = rng.normal(size=len(df)) + df["time"]
+        m = LinearMixedModel(method="ml").fit(df)
+        assert (m.builder_.basis_.n_basis, m.builder_.basis_.degree) == (min(k, 10), degree)
+    with pytest.raises(DataError, match=r"rank deficient .* the basis of time has more functions than the data's 12 "
+                                        r"distinct times identify: give a smaller one, e\.g\. basis=SplineBasis\("):
+        LinearMixedModel(method="ml", basis=SplineBasis(16, knots="uniform")).fit(df.assign(time=df["time"].round(1)))

@@ -303,6 +303,24 @@ class MatrixDesignBuilder:
         return NewRows(F=Fm, Z=Zm, subjects=subj, frame=frame)
 
 
+def default_basis(time: np.ndarray, n_basis: int = 10) -> SplineBasis:
+    """The linear mixed model's default basis of time: ``SplineBasis(n_basis, knots="uniform")``, or
+    the largest smaller one whose columns the distinct observation times identify (the basis at
+    those times of full column rank; degree at most the number of functions minus one).
+
+    Without a smoothness prior every column of B(t) must be estimable: visits at 5 distinct times
+    identify at most 5 functions (10 gave a rank-deficient fixed design). With one distinct time
+    the 10-function basis is returned, and fitting it raises the basis's own error.
+    """
+    t = np.asarray(time, dtype=float)
+    distinct = np.unique(t[np.isfinite(t)])
+    for nb in range(min(n_basis, len(distinct)), 1, -1):
+        basis = SplineBasis(nb, degree=min(3, nb - 1), knots="uniform").fit(t)
+        if np.linalg.matrix_rank(basis.transform(distinct)) == nb:
+            return basis
+    return SplineBasis(n_basis, knots="uniform")
+
+
 class LongitudinalDesignBuilder:
     """Longitudinal form: spline basis of time as random design, same basis + covariates as fixed design.
 
@@ -313,8 +331,9 @@ class LongitudinalDesignBuilder:
     Parameters
     ----------
     basis : SplineBasis or None
-        Copied, then fitted on the data's time range; default ``SplineBasis(10, knots="uniform")``
-        (this engine has no smoothness prior, so it keeps a small basis).
+        Copied, then fitted on the data's time range; default :func:`default_basis` (10 cubic B-splines
+        with uniform knots, fewer where the data's distinct times identify fewer: this engine has no
+        smoothness prior, so it keeps a small basis that the data identify).
     """
 
     def __init__(self, basis: SplineBasis | None = None) -> None:
@@ -331,7 +350,7 @@ class LongitudinalDesignBuilder:
                                            covariates=covariates, dropna=dropna)
         self.columns_ = long.columns
         self.encoding_ = long.encoding
-        basis = copy.deepcopy(self.basis) if self.basis is not None else SplineBasis(10, knots="uniform")
+        basis = copy.deepcopy(self.basis) if self.basis is not None else default_basis(long.time)
         if long.design is not None:
             Z = long.design
             self.basis_ = None
@@ -465,9 +484,14 @@ def check_design(design: Design) -> None:
         rank = int((d > max(n, p) * np.finfo(float).eps * 10 * d[0]).sum()) if d.size and d[0] > 0 else 0
         if rank < p:
             dep = [design.fixed_names[j] for j in sorted(piv[rank:])]
+            fix = "drop them"
+            if design.time is not None and set(dep) & set(design.random_names):  # spline columns of time
+                k = len(np.unique(design.time))
+                fix = (f"the basis of time has more functions than the data's {k} distinct times identify: give a "
+                       f"smaller one, e.g. basis=SplineBasis({max(2, min(k, len(design.random_names) - len(dep)))})")
             raise DataError(
                 f"the fixed-effects design is rank deficient (rank {rank} < {p} columns): column(s) {dep} "
-                "are linear combinations of the others; drop them"
+                f"are linear combinations of the others; {fix}"
             )
     n_re = design.n_groups * q
     if n <= n_re:

@@ -84,8 +84,9 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         ``posterior_`` holds SDs and 95% credible intervals. ``"reml"`` / ``"ml"``: restricted
         or full maximum likelihood (exact profiled likelihood, as lme4).
     basis : SplineBasis, optional
-        Basis of the longitudinal form (default ``SplineBasis()``); copied, then fitted on the
-        data's time range unless it is already fitted.
+        Basis of the longitudinal form; copied, then fitted on the data's time range unless it is
+        already fitted. Default: 10 cubic B-splines with uniform knots, or the largest smaller basis
+        that the data's distinct times identify (:func:`dmlmm.lmm.design.default_basis`).
     max_iter : int
         Iteration cap of each optimiser run.
     tol : float
