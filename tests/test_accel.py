@@ -238,3 +238,36 @@ def test_racing_run_stops_at_the_first_iteration_the_rule_holds():
     passed = _run_with(stats, prior, replace(config, give_up_below=free.elbo_history[0] - 1.0))
     assert not passed.gave_up and passed.elbo_history == free.elbo_history
 
+
+
+def test_a_non_finite_elbo_is_a_numerical_error_not_a_crash(monkeypatch):
+    """A plain step whose ELBO is not finite cannot be undone: run_vi stops there with a NumericalError saying
+    where and what to check (it went on before, and NaN component sizes pruned every component, failing in
+    the prior's constructor with 'n_components must be positive integers, got (0, 0)')."""
+    import dmlmm.inference.engine as engine
+    from dmlmm.exceptions import NumericalError
+
+    stats, prior = _stats(seed=3, n_subjects=40), DeepMixturePrior(4, (3, 2), (2, 1))
+    original, calls = engine.elbo_globals, []
+
+    def breaks_at_five(*args, **kw):
+        calls.append(1)
+        return original(*args, **kw) if len(calls) < 5 else float("nan")
+
+    monkeypatch.setattr(engine, "elbo_globals", breaks_at_five)
+    config = VIConfig(max_iter=50, tol=1e-12, prune_threshold=0.0, accelerate=False)
+    with pytest.raises(NumericalError, match=r"variational inference broke down at iteration 5: the ELBO became nan "
+                                             r"\(last finite ELBO: -?[0-9.e+]+ at iteration 4\)\. .*extreme values"):
+        _run_with(stats, prior, config)
+
+
+def test_non_finite_component_sizes_are_a_numerical_error(monkeypatch):
+    """Globals that went NaN in an update are caught before pruning (which would drop every component)."""
+    from dmlmm.exceptions import NumericalError
+
+    stats, prior = _stats(seed=3, n_subjects=40), DeepMixturePrior(4, (3, 2), (2, 1))
+    monkeypatch.setattr(DeepMixturePrior, "layer_counts", lambda self, p: [np.full(k, np.nan) for k in self.n_components])
+    config = VIConfig(max_iter=50, tol=1e-12, prune_threshold=0.1, prune_after=3, accelerate=False)
+    with pytest.raises(NumericalError,
+                       match=r"broke down at iteration [0-9]+: the components' sizes stopped being finite \(last finite"):
+        _run_with(stats, prior, config)

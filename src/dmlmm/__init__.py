@@ -33,6 +33,7 @@ _EXPORTS = {
     "ExtrapolationWarning": ".exceptions",
     "IdentifiabilityWarning": ".exceptions",
     "NotFittedError": ".exceptions",
+    "NumericalError": ".exceptions",
 }
 
 __all__ = list(_EXPORTS)
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         ExtrapolationWarning,
         IdentifiabilityWarning,
         NotFittedError,
+        NumericalError,
     )
     from .io import load
     from .lmm import LinearMixedModel

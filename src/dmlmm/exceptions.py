@@ -7,6 +7,10 @@ class DataError(ValueError):
     """Input data that cannot be modelled as given (the message says why and what to do)."""
 
 
+class NumericalError(FloatingPointError):
+    """A fit's arithmetic broke down: its ELBO or component sizes stopped being finite numbers."""
+
+
 class NotFittedError(ValueError, AttributeError):
     """A model was asked for something that needs ``fit`` first."""
 

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..sufficient import SufficientStats
-from ..exceptions import ConvergenceWarning
+from ..exceptions import ConvergenceWarning, NumericalError
 from ..priors.base import RandomEffectsPrior
 from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
@@ -337,6 +337,8 @@ def run_vi(
                 params = plain  # the plain step's globals; their local step is the next iteration
                 continue
             accel.accept(step)
+        if not np.isfinite(elbo):  # a plain step: nothing to fall back to
+            raise NumericalError(_breakdown(f"the ELBO became {elbo}", it, history))
         if restrict:
             active = active_paths(sub, local, config.active_threshold)
         history.append(elbo)
@@ -362,6 +364,8 @@ def run_vi(
             params = new
         if config.prune_threshold > 0 and it >= config.prune_after and full:
             counts = prior.layer_counts(params.prior)
+            if not all(np.isfinite(c).all() for c in counts):  # every component would be pruned
+                raise NumericalError(_breakdown("the components' sizes stopped being finite", it, history))
             keep = [(c >= config.prune_threshold) | (c == c.max()) for c in counts]
             if any(not k.all() for k in keep):
                 if fallback is not None:  # prune the plain step, not an extrapolation
@@ -480,6 +484,14 @@ def _has_converged(history: list[float], config: VIConfig) -> bool:
 GIVE_UP_WINDOW = 30
 #: ... and it gives up when even this many times that rate would leave it below its target.
 GIVE_UP_MARGIN = 4.0
+
+
+def _breakdown(what: str, it: int, history: list[float]) -> str:
+    """The message of a :class:`~dmlmm.exceptions.NumericalError` raised at iteration ``it``."""
+    last = f"{history[-1]:.6g} at iteration {len(history)}" if history else "none yet"
+    return (f"variational inference broke down at iteration {it}: {what} (last finite ELBO: {last}). The data "
+            "or the settings are beyond what double precision resolves: check the response for extreme values "
+            "and units, and hyperparameters set far from their defaults")
 
 
 def _cannot_reach(history: list[float], target: float, left: int, window: int = GIVE_UP_WINDOW,
