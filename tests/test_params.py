@@ -83,7 +83,7 @@ def test_auto_transform_fits_the_scale_that_can_be_fitted(data):
     y = np.exp(data["y"].to_numpy())
     y[7] = 1e12
     with pytest.warns(UserWarning, match=r"response_transform='auto': the response as given cannot be fitted "
-                                         r"\(the response 'y' is dominated .*\); fitted on the log scale only"):
+                                         r"\(the response 'y' is dominated .*\); it is fitted on the log scale only"):
         m = MixtureLMM(2, max_iter=40, random_state=0).fit(data.assign(y=y))
     assert m.response_transform_ == "log" and list(m.elbo_by_transform_) == ["log"]
 

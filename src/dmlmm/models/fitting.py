@@ -61,6 +61,11 @@ class _ScaleFit:
     warnings: list = field(default_factory=list)
 
 
+def _on_scale(transform: str | None) -> str:
+    """'as given' or 'on the log scale' (a response scale in words)."""
+    return "as given" if transform is None else f"on the {transform} scale"
+
+
 class Fitting:
     """Mixin: ``fit`` and the fitted state it sets (design, prior, parameters, ELBO, noise, tables)."""
 
@@ -155,10 +160,9 @@ class Fitting:
         if not fits:
             raise refused[0][1]
         for tr, exc in refused:
-            which = "as given" if tr is None else f"on the {tr} scale"
-            warnings.warn(f"response_transform='auto': the response {which} cannot be fitted ({exc}); fitted on "
-                          f"the {', '.join('given' if f.design.transform is None else f.design.transform for f in fits)} "
-                          "scale only", UserWarning, stacklevel=2)
+            warnings.warn(f"response_transform='auto': the response {_on_scale(tr)} cannot be fitted ({exc}); it is "
+                          f"fitted {' and '.join(_on_scale(f.design.transform) for f in fits)} only", UserWarning,
+                          stacklevel=2)
         chosen = max(fits, key=lambda f: f.bound)  # the first (the response as given) on a tie
         reraise(chosen.warnings)  # only the kept scale's fits speak
         chosen.result.seconds = perf_counter() - t0
