@@ -154,7 +154,8 @@ def _random_walk_curves(seed: int = 0, s: float = 1.0, n: int = 300, per: int = 
     rough = lam > 0
     sd = np.where(rough, np.sqrt(s / np.where(rough, lam, 1.0)), 1.0)
     b = rng.normal(size=(n, 12)) * sd
-    b[:, np.flatnonzero(rough)[np.argmin(lam[rough])]] += factor * rng.normal(size=n)
+    if factor:
+        b[:, np.flatnonzero(rough)[np.argmin(lam[rough])]] += factor * rng.normal(size=n)
     t = np.sort(rng.uniform(0, 1, (n, per)), axis=1)
     y = np.einsum("ntd,nd->nt", basis.transform(t.reshape(-1)).reshape(n, per, 12) @ rot, b)
     y = y + 0.05 * rng.normal(size=y.shape)
@@ -185,17 +186,8 @@ def test_mixture_continuation_intensity_recovers_a_random_walks():
     s within 20 %; the Huang-Wand scale E[w] that it replaced was several times s."""
     from dmlmm import MixtureLMM, SplineBasis
 
-    rng = np.random.default_rng(0)
-    basis = SplineBasis(12, lower=0.0, upper=1.0).fit()
-    rot, lam = basis.smoothing_basis(2)
-    rough = lam > 0
     s = 1.0
-    sd = np.where(rough, np.sqrt(s / np.where(rough, lam, 1.0)), 1.0)
-    b = rng.normal(size=(300, 12)) * sd
-    t = np.sort(rng.uniform(0, 1, (300, 20)), axis=1)
-    y = np.einsum("ntd,nd->nt", basis.transform(t.reshape(-1)).reshape(300, 20, 12) @ rot, b)
-    y = y + 0.05 * rng.normal(size=y.shape)
-    df = pd.DataFrame({"subject": np.repeat(np.arange(300), 20), "time": t.reshape(-1), "y": y.reshape(-1)})
+    df = _random_walk_curves(s=s)
     for cov in ("full", "pspline"):
         m = MixtureLMM(1, basis=SplineBasis(12, lower=0.0, upper=1.0), response_transform=None, covariance=cov,
                        random_state=0).fit(df)

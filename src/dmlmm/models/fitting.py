@@ -154,10 +154,8 @@ class Fitting:
             try:
                 fits.append(self._fit_scale(d, tr, members, Z, quiet=len(scales) > 1))
             except DataError as exc:  # e.g. a response that only its log can standardise (dmlmm.standardise)
-                if len(scales) == 1:
-                    raise
                 refused.append((tr, exc))
-        if not fits:
+        if not fits:  # the only scale, or every scale, refused: the first one's error
             raise refused[0][1]
         for tr, exc in refused:
             warnings.warn(f"response_transform='auto': the response {_on_scale(tr)} cannot be fitted ({exc}); it is "
