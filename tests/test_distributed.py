@@ -186,6 +186,27 @@ def test_missing_values_and_options(client, dgp1_frame):
     assert abs(m1.elbo_ - m0.elbo_) <= 1e-6 * abs(m0.elbo_)
 
 
+def test_response_checks_are_the_in_memory_ones(client, dgp1_frame):
+    """A response dominated by one value (ratio 3e8) is refused with the in-memory message (before, the Dask
+    path had no such check); a response in units of 1e-13 is fitted (before, it was called constant)."""
+    df, _ = dgp1_frame
+    y = df["y"].to_numpy().copy()
+    y[7] = 1e10
+    kw = dict(n_components=2, basis=SplineBasis(6), random_state=0, max_iter=20)
+    messages = []
+    for frame in (df.assign(y=y), dd.from_pandas(df.assign(y=y), npartitions=3, sort=False)):  # exact sketches
+        with pytest.raises(DataError, match=r"the response 'y' is dominated by a few extreme values") as err:
+            MixtureLMM(**kw, response_transform=None).fit(frame)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m0 = MixtureLMM(**kw, response_transform=None).fit(df)
+        m1 = MixtureLMM(**kw, response_transform=None).fit(dd.from_pandas(df.assign(y=df["y"] * 1e-13), npartitions=2, sort=False))
+    np.testing.assert_allclose(m1.cluster_means_["mean"].to_numpy() / 1e-13, m0.cluster_means_["mean"].to_numpy(),
+                               rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- worker functions, no cluster
 
 
@@ -255,3 +276,33 @@ def test_without_a_client_the_error_says_how_to_make_one():
     env = dict(os.environ, PYTHONPATH=str(SRC.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr + out.stdout
+
+
+def _pooled(y: np.ndarray, n_parts: int):
+    from dmlmm.data import Longitudinal
+    from dmlmm.distributed.frame import combine_summaries
+
+    df = pd.DataFrame({"subject": np.arange(len(y)) // 4, "time": np.arange(len(y)) % 4, "y": y})
+    cuts = np.array_split(np.unique(df["subject"]), n_parts)
+    reads = [(Longitudinal.from_frame(df[df["subject"].isin(c)]), int(df["subject"].isin(c).sum())) for c in cuts]
+    return combine_summaries([sh.summarize(r, distinct_times=False) for r in reads], 0)
+
+
+def test_pooled_response_summaries_match_the_exact_ones():
+    """The partitions' sketches give the median and MAD of the whole response: exactly while each
+    partition's values fit in its sketch, within 1 % beyond; the standard deviation of values whose
+    squares underflow (units of 1e-200) is the in-memory one."""
+    from dmlmm.standardise import response_scale
+
+    rng = np.random.default_rng(1)
+    for n, parts, rtol in ((1000, 4, 1e-12), (1001, 3, 1e-12), (60000, 3, 1e-2)):
+        y = rng.standard_t(3, n) * 2.0 + 5.0
+        pooled = _pooled(y, parts)
+        med = np.median(y)
+        np.testing.assert_allclose(pooled.y_median, med, rtol=rtol)
+        np.testing.assert_allclose(pooled.y_spread, 1.4826 * np.median(np.abs(y - med)), rtol=rtol)
+        assert pooled.y_far == y[np.argmax(np.abs(y - med))]
+    y = rng.normal(size=400) * 1e-200
+    pooled = _pooled(y, 3)
+    assert np.std(y) == 0.0 and pooled.y_sd > 0
+    np.testing.assert_allclose(pooled.y_sd, response_scale(y), rtol=1e-12)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .exceptions import DataError
 
-__all__ = ["response_scale", "MAX_SD_OVER_SPREAD"]
+__all__ = ["response_scale", "checked_scale", "MAX_SD_OVER_SPREAD"]
 
 #: Largest ratio of the response's standard deviation to the robust spread of its bulk (1.4826 times
 #: the median absolute deviation) that the fits resolve. One value 10^9 times the others' (200
@@ -36,18 +36,36 @@ def response_scale(y: np.ndarray, name: str = "y") -> float:
     biggest = float(np.max(np.abs(y))) if y.size else 0.0
     if scale == 0.0 and 0.0 < biggest < np.inf:  # squares of values below 1e-154 underflow: scale first
         scale = biggest * float(np.std(y / biggest))
+    centre = float(np.median(y)) if y.size else 0.0
+    spread = 1.4826 * float(np.median(np.abs(y - centre))) if y.size else 0.0
+    far = float(y[np.argmax(np.abs(y - centre))]) if y.size else 0.0
+    return checked_scale(scale, n=y.size, biggest=biggest, centre=centre, spread=spread, far=far, name=name)
+
+
+def checked_scale(scale: float, *, n: int, biggest: float, centre: float, spread: float, far: float,
+                  name: str = "y") -> float:
+    """``scale``, the response's standard deviation, once the response passes the shared checks.
+
+    The in-memory fit computes the summaries exactly (:func:`response_scale`); the Dask fit from
+    the partitions' moments and quantile sketches.
+
+    Parameters
+    ----------
+    scale : float, the standard deviation (inf when it overflowed).
+    n : int, number of values;  biggest : float, the largest |value|.
+    centre, spread : float, the median and 1.4826 times the median absolute deviation about it.
+    far : float, the value farthest from the median.
+    name : str, the response column, for the messages.
+    """
     if not np.isfinite(scale):
         raise DataError(
             f"the response '{name}' has values too large to standardise (largest |value| {biggest:.3g}): "
             "rescale it, e.g. divide by a power of ten"
         )
-    if y.size < 2 or scale <= 1e-12 * biggest or biggest == 0.0:  # relative: tiny units are not constant
-        first = f"{y[0]:g}" if y.size else "-"
+    if n < 2 or scale <= 1e-12 * biggest or biggest == 0.0:  # relative: tiny units are not constant
+        first = f"{centre:g}" if n else "-"
         raise DataError(f"the response '{name}' is constant (every value is {first}): there is no variation to model")
-    centre = float(np.median(y))
-    spread = 1.4826 * float(np.median(np.abs(y - centre)))
     if spread > 0 and scale > MAX_SD_OVER_SPREAD * spread:
-        far = float(y[np.argmax(np.abs(y - centre))])
         raise DataError(
             f"the response '{name}' is dominated by a few extreme values: its standard deviation ({scale:.3g}) is "
             f"{scale / spread:.2g} times the spread of the rest (1.4826 x median absolute deviation: {spread:.3g}; "

@@ -27,6 +27,7 @@ from ..columns import ColumnNames
 from ..covariates import CovariateEncoding, parse_covariates
 from ..exceptions import DataError
 from ..models.design import LongitudinalDesign
+from ..standardise import checked_scale
 from . import shard as sh
 
 __all__ = ["DaskFrame", "learn_encoding", "combine_summaries", "PooledSummary"]
@@ -53,7 +54,13 @@ def learn_encoding(client: Any, ddf: Any, covariates: Any, time: str | None = No
 
 @dataclass(frozen=True)
 class PooledSummary:
-    """The partitions' summaries combined (see :class:`~dmlmm.distributed.shard.PartitionSummary`)."""
+    """The partitions' summaries combined (see :class:`~dmlmm.distributed.shard.PartitionSummary`).
+
+    ``y_median`` and ``y_spread`` (1.4826 times the median absolute deviation) come from the pooled
+    quantile sketches: exact when every partition holds at most ``SKETCH_SIZE`` observations, and
+    otherwise within the sketches' resolution (enough for the dominated-response check, whose
+    threshold is a ratio of 3e7). ``y_far`` is the observed value farthest from the median.
+    """
 
     n_rows: int
     n_dropped: int
@@ -61,11 +68,27 @@ class PooledSummary:
     y_mean: float
     y_sd: float
     y_absmax: float
+    y_median: float
+    y_spread: float
+    y_far: float
     t_min: float
     t_max: float
     times: np.ndarray | None
     cov_mean: np.ndarray
     cov_sd: np.ndarray
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The median of ``values`` (m,) with positive ``weights`` (m,): the value at half the total
+    weight, the midpoint of the two neighbours where half falls exactly between them (as ``np.median``
+    does with unit weights and an even count)."""
+    order = np.argsort(values, kind="stable")
+    v, cum = values[order], np.cumsum(weights[order])
+    half = 0.5 * cum[-1]
+    k = int(np.searchsorted(cum, half * (1 - 1e-12)))
+    if k + 1 < len(v) and abs(cum[k] - half) <= 1e-12 * cum[-1]:
+        return float(0.5 * (v[k] + v[k + 1]))
+    return float(v[k])
 
 
 def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> PooledSummary:
@@ -83,15 +106,27 @@ def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> Poo
     else:
         cov_mean = cov_m2 = np.zeros(0)
     times = None if parts[0].times is None else np.unique(np.concatenate([p.times for p in parts]))
+    y_absmax = max(p.y_absmax for p in full)
     with np.errstate(over="ignore", invalid="ignore"):
         y_sd = float(np.sqrt(y_m2 / N))
+    if y_sd == 0.0 and 0.0 < y_absmax < np.inf:  # squares of values below 1e-154 underflow: in units of y_absmax
+        rel = np.array([p.y_absmax for p in full]) / y_absmax
+        m2_rel = float(np.sum([p.y_m2_rel * r**2 for p, r in zip(full, rel)]) + n @ ((ym - y_mean) / y_absmax) ** 2)
+        y_sd = y_absmax * float(np.sqrt(m2_rel / N))
+    values = np.concatenate([p.y_sketch for p in full])
+    weights = np.concatenate([np.full(len(p.y_sketch), p.n_obs / len(p.y_sketch)) for p in full])
+    y_median = weighted_median(values, weights)
+    y_spread = 1.4826 * weighted_median(np.abs(values - y_median), weights)
     return PooledSummary(
         n_rows=int(sum(p.n_rows for p in parts)),
         n_dropped=int(sum(p.n_dropped for p in parts)),
         n_obs=int(N),
         y_mean=y_mean,
         y_sd=y_sd,
-        y_absmax=max(p.y_absmax for p in full),
+        y_absmax=y_absmax,
+        y_median=y_median,
+        y_spread=y_spread,
+        y_far=float(values[np.argmax(np.abs(values - y_median))]),
         t_min=min(p.t_min for p in full),
         t_max=max(p.t_max for p in full),
         times=times,
@@ -178,16 +213,8 @@ class DaskFrame:
         if not basis.is_fitted:
             basis.fit(pooled.times if pooled.times is not None else np.array([pooled.t_min, pooled.t_max]))
         response = self.columns.response
-        scale = pooled.y_sd
-        if not np.isfinite(scale):
-            raise DataError(
-                f"the response '{response}' has values too large to standardise (largest |value| "
-                f"{pooled.y_absmax:.3g}): rescale it, e.g. divide by a power of ten"
-            )
-        if scale <= 1e-12 * max(1.0, pooled.y_absmax):
-            raise DataError(
-                f"the response '{response}' is constant (every value is {pooled.y_mean:g}): there is no variation to model"
-            )
+        scale = checked_scale(pooled.y_sd, n=pooled.n_obs, biggest=pooled.y_absmax, centre=pooled.y_median,
+                              spread=pooled.y_spread, far=pooled.y_far, name=response)
         cm, cs = pooled.cov_mean, pooled.cov_sd
         names = list(self.encoding.names)
         const = [n for n, m, s in zip(names, cm, cs) if s <= 1e-12 * max(1.0, abs(m))]

@@ -38,6 +38,11 @@ __all__ = [
 # --------------------------------------------------------------------------- reading
 
 
+#: Quantiles of the response each partition reports, for the pooled median and median absolute
+#: deviation of the dominated-response check (:func:`dmlmm.standardise.checked_scale`).
+SKETCH_SIZE = 513
+
+
 @dataclass(frozen=True)
 class PartitionSummary:
     """What the driver needs from one partition to learn the design.
@@ -48,6 +53,9 @@ class PartitionSummary:
     subjects : Index (n,), the partition's subject labels.
     n_obs : int, observations kept.
     y_mean, y_m2, y_absmax : float, mean, sum of squared deviations and largest |y|.
+    y_m2_rel : float, the sum of squared deviations in units of ``y_absmax`` (it does not underflow).
+    y_sketch : (Q,) the response's quantiles at Q equally spaced probabilities, each standing for
+        ``n_obs / Q`` observations (all values, sorted, when there are at most :data:`SKETCH_SIZE`).
     t_min, t_max : float.
     times : (T,) its distinct times, or None when not asked for.
     cov_mean, cov_m2 : (P,) the encoded covariates' means and sums of squared deviations.
@@ -60,6 +68,8 @@ class PartitionSummary:
     y_mean: float
     y_m2: float
     y_absmax: float
+    y_m2_rel: float
+    y_sketch: np.ndarray
     t_min: float
     t_max: float
     times: np.ndarray | None
@@ -96,12 +106,18 @@ def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> Pa
     data, n_rows = read
     if data is None:
         P = 0
-        return PartitionSummary(n_rows, n_rows, pd.Index([]), 0, 0.0, 0.0, 0.0, np.inf, -np.inf,
+        return PartitionSummary(n_rows, n_rows, pd.Index([]), 0, 0.0, 0.0, 0.0, 0.0, np.zeros(0), np.inf, -np.inf,
                                 np.zeros(0) if distinct_times else None, np.zeros(P), np.zeros(P))
     y, t, cov = data.response, data.time, data.covariates
+    y_absmax = float(np.max(np.abs(y)))
     with np.errstate(over="ignore", invalid="ignore"):
         y_mean = float(np.mean(y))
         y_m2 = float(np.sum((y - y_mean) ** 2))
+        y_m2_rel = float(np.sum(((y - y_mean) / y_absmax) ** 2)) if y_absmax > 0 else 0.0
+    if len(y) <= SKETCH_SIZE:
+        sketch = np.sort(y)
+    else:
+        sketch = np.quantile(y, np.linspace(0.0, 1.0, SKETCH_SIZE))
     cov_mean = cov.mean(axis=0)
     return PartitionSummary(
         n_rows=n_rows,
@@ -110,7 +126,9 @@ def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> Pa
         n_obs=data.n_obs,
         y_mean=y_mean,
         y_m2=y_m2,
-        y_absmax=float(np.max(np.abs(y))),
+        y_absmax=y_absmax,
+        y_m2_rel=y_m2_rel,
+        y_sketch=sketch,
         t_min=float(t.min()),
         t_max=float(t.max()),
         times=np.unique(t) if distinct_times else None,
