@@ -88,3 +88,25 @@ def test_budget_exhausted_is_not_reported_as_converged(two_thousand, monkeypatch
     with pytest.warns(ConvergenceWarning, match="stochastic fit did not settle"):
         m.fit(two_thousand.data.loc[two_thousand.data.subject < 1000])
     assert not m.converged_
+
+
+def test_a_non_finite_check_elbo_is_a_numerical_error(two_thousand, monkeypatch):
+    """The stochastic phase stops at a check whose ELBO is not finite, with the in-memory loop's
+    NumericalError, naming the iteration of the last finite check (before, a NaN check never settled and
+    the phase spent its whole budget on broken globals)."""
+    import dmlmm.inference.stochastic as stochastic
+    from dmlmm.exceptions import NumericalError
+    from dmlmm.models.base import VariationalLongitudinalModel
+
+    monkeypatch.setattr(VariationalLongitudinalModel, "_stochastic_settings",
+                        lambda self: StochasticSettings(subsample=200, check_every=5, max_iter=40))
+    original, calls = stochastic.elbo_globals, []
+
+    def breaks_at_the_third_check(*args, **kw):
+        calls.append(1)
+        return original(*args, **kw) if len(calls) < 4 else float("nan")  # the first call is the starting check
+
+    monkeypatch.setattr(stochastic, "elbo_globals", breaks_at_the_third_check)
+    with pytest.raises(NumericalError, match=r"broke down at iteration 15: the check ELBO became nan \(last finite "
+                                             r"ELBO: -?[0-9.e+]+ at iteration 10\)"):
+        _fit(_deep(batch_size=100), two_thousand.data.loc[two_thousand.data.subject < 600])

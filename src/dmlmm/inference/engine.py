@@ -338,7 +338,7 @@ def run_vi(
                 continue
             accel.accept(step)
         if not np.isfinite(elbo):  # a plain step: nothing to fall back to
-            raise NumericalError(_breakdown(f"the ELBO became {elbo}", it, history))
+            raise NumericalError(breakdown_message(f"the ELBO became {elbo}", it, history))
         if restrict:
             active = active_paths(sub, local, config.active_threshold)
         history.append(elbo)
@@ -365,7 +365,7 @@ def run_vi(
         if config.prune_threshold > 0 and it >= config.prune_after and full:
             counts = prior.layer_counts(params.prior)
             if not all(np.isfinite(c).all() for c in counts):  # every component would be pruned
-                raise NumericalError(_breakdown("the components' sizes stopped being finite", it, history))
+                raise NumericalError(breakdown_message("the components' sizes stopped being finite", it, history))
             keep = [(c >= config.prune_threshold) | (c == c.max()) for c in counts]
             if any(not k.all() for k in keep):
                 if fallback is not None:  # prune the plain step, not an extrapolation
@@ -486,9 +486,10 @@ GIVE_UP_WINDOW = 30
 GIVE_UP_MARGIN = 4.0
 
 
-def _breakdown(what: str, it: int, history: list[float]) -> str:
-    """The message of a :class:`~dmlmm.exceptions.NumericalError` raised at iteration ``it``."""
-    last = f"{history[-1]:.6g} at iteration {len(history)}" if history else "none yet"
+def breakdown_message(what: str, it: int, history: list[float], last_at: int | None = None) -> str:
+    """The message of a :class:`~dmlmm.exceptions.NumericalError` raised at iteration ``it``; the last
+    entry of ``history`` was computed at iteration ``last_at`` (default: ``len(history)``)."""
+    last = f"{history[-1]:.6g} at iteration {len(history) if last_at is None else last_at}" if history else "none yet"
     return (f"variational inference broke down at iteration {it}: {what} (last finite ELBO: {last}). The data "
             "or the settings are beyond what double precision resolves: check the response for extreme values "
             "and units, and hyperparameters set far from their defaults")

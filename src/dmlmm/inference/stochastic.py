@@ -43,12 +43,13 @@ from typing import Callable
 import numpy as np
 
 from ..sufficient import SufficientStats
-from ..exceptions import ConvergenceWarning
+from ..exceptions import ConvergenceWarning, NumericalError
 from ..priors.base import RandomEffectsPrior
 from .engine import (
     VariationalParams,
     VIConfig,
     VIResult,
+    breakdown_message,
     elbo_globals,
     membership_terms,
     noise_moments,
@@ -195,7 +196,7 @@ def _natural_gradient_phase(
     history: list[float] = [elbo]
     pruned_at: list[int] = []
     done = False
-    it = 0
+    it = checked_at = 0
     budget = config.max_iter if settings.max_iter is None else settings.max_iter
     for it in range(1, budget + 1):
         idx = np.sort(rng.choice(N, size=batch, replace=False))
@@ -210,6 +211,8 @@ def _natural_gradient_phase(
             continue
         if config.prune_threshold > 0:
             counts = prior.layer_counts(params.prior)
+            if not all(np.isfinite(c).all() for c in counts):  # every component would be pruned
+                raise NumericalError(breakdown_message("the components' sizes stopped being finite", it, history, checked_at))
             keep = [(c >= config.prune_threshold) | (c == c.max()) for c in counts]
             if any(not k.all() for k in keep):
                 prior, new_pp = prior.prune(params.prior, keep)
@@ -218,6 +221,9 @@ def _natural_gradient_phase(
                 pruned_at.append(it)
                 labels = None  # path numbers changed: this check starts a new comparison
         new_labels, elbo = _check(check, N, prior, params, config)
+        if not np.isfinite(elbo):
+            raise NumericalError(breakdown_message(f"the check ELBO became {elbo}", it, history, checked_at))
+        checked_at = it
         changes.append(label_change(labels, new_labels))
         elbos.append(elbo)
         history.append(elbo)
