@@ -186,6 +186,35 @@ def test_missing_values_and_options(client, dgp1_frame):
     assert abs(m1.elbo_ - m0.elbo_) <= 1e-6 * abs(m0.elbo_)
 
 
+def test_response_transforms_same_answer(client, dgp1_frame):
+    """A positive response: "auto" fits it as given and on the log scale on the workers and keeps the scale
+    the in-memory fit keeps, with the same bounds and numbers (before, a Dask frame was fitted as given
+    only, and response_transform='log' was refused); a value outside log's domain is named."""
+    df, _ = dgp1_frame
+    pos = df.assign(y=np.exp(0.5 * df["y"]))
+    kw = dict(n_components=2, basis=SplineBasis(6), random_state=0, max_iter=40)
+    ddf = dd.from_pandas(pos, npartitions=2, sort=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m0 = MixtureLMM(**kw).fit(pos)
+        m1 = MixtureLMM(**kw).fit(ddf)
+    assert m0.response_transform_ == m1.response_transform_ == "log"
+    assert list(m1.elbo_by_transform_) == ["none", "log"]
+    np.testing.assert_allclose(list(m1.elbo_by_transform_.values()), list(m0.elbo_by_transform_.values()), rtol=1e-6)
+    np.testing.assert_allclose(m1.elbo_data_scale_, m0.elbo_data_scale_, rtol=1e-6)
+    _same_fit(m0, m1)
+    huge = pos.copy()
+    huge.loc[huge.index[5], "y"] = 1e12  # the scale as given is refused: the log scale alone, with a warning
+    with pytest.warns(UserWarning, match=r"the response as given cannot be fitted \(the response 'y' is dominated"):
+        m2 = MixtureLMM(**kw).fit(dd.from_pandas(huge, npartitions=3, sort=False))
+    assert m2.response_transform_ == "log" and list(m2.elbo_by_transform_) == ["log"]
+    bad = pos.copy()
+    bad.loc[bad.index[5], "y"] = 0.0
+    with pytest.raises(DataError, match=r"response_transform='log' needs response values above 0, but column 'y' "
+                                         r"has 1 value\(s\) <= 0"):
+        MixtureLMM(**kw, response_transform="log").fit(dd.from_pandas(bad, npartitions=2, sort=False))
+
+
 def test_response_checks_are_the_in_memory_ones(client, dgp1_frame):
     """A response dominated by one value (ratio 3e8) is refused with the in-memory message (before, the Dask
     path had no such check); a response in units of 1e-13 is fitted (before, it was called constant)."""

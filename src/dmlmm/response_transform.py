@@ -48,9 +48,17 @@ def transform_candidates(transform: str | None, y: np.ndarray) -> list[str | Non
         return [transform]
     y = np.asarray(y, dtype=float)
     y = y[np.isfinite(y)]
-    if len(y) == 0 or (y < 0).any():
+    return candidates_given_min(transform, float(y.min()) if len(y) else np.nan)
+
+
+def candidates_given_min(transform: str | None, y_min: float) -> list[str | None]:
+    """:func:`transform_candidates` from the smallest finite response value alone (NaN: none), as the
+    Dask fit knows it from the partitions' summaries."""
+    if transform != "auto":
+        return [transform]
+    if not np.isfinite(y_min) or y_min < 0:
         return [None]
-    return [None, "log" if (y > 0).all() else "log1p"]
+    return [None, "log" if y_min > 0 else "log1p"]
 
 
 def forward(y: np.ndarray, transform: str | None, column: str = "y") -> np.ndarray:

@@ -32,6 +32,8 @@ from ..exceptions import DataError
 from ..inference.engine import VariationalParams
 from ..inference.noise import per_cluster
 from ..inference.starts import run_vi_with_starts
+from ..models.fitting import _ScaleFit, keep_best_scale
+from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of
 from ..priors.base import RandomEffectsPrior
 from .frame import DaskFrame
 from .outputs import subject_tables
@@ -99,13 +101,46 @@ def fit_dask(
             f"only one subject ({frame.subjects[0]}) in the data: a mixed model needs at least two subjects "
             "to learn how subjects vary"
         )
-    design = frame.learn_design(model.basis, model.smoothing)
+    transform = check_transform(getattr(model, "response_transform", None))
+    scales = candidates_given_min(transform, frame.pooled.y_min)
+    t0 = perf_counter()
+    fits, refused = [], []
+    for tr in scales:  # as the in-memory fit: each scale's best fit, the higher bound on the data's scale kept
+        try:
+            run = lambda tr=tr: _fit_scale(model, frame.on_scale(tr), tr, client)  # noqa: E731
+            if len(scales) == 1:
+                fits.append(run())
+            else:
+                out, caught = recorded(run)
+                out.warnings = caught + out.warnings
+                fits.append(out)
+        except DataError as exc:
+            refused.append((tr, exc))
+    frame.reads = []  # every scale's shards are built: the rows are released
+    chosen = keep_best_scale(fits, refused, stacklevel=3)
+    best, design, stats = chosen.result, chosen.design, chosen.stats
+    best.seconds = perf_counter() - t0
+    local = best.local
+    model._set_fitted_globals(design, best, local.sums.weight, local.sums.n_obs, stacklevel=5,
+                              log_jacobian=chosen.log_jacobian)
+    model.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}
+    model.subjects_ = frame.subjects
+    for name, value in subject_tables(model, client, stats.shards, local.parts, frame.subjects).items():
+        setattr(model, name, value)
+    return model
+
+
+def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any) -> _ScaleFit:
+    """Every variant of the fit (``model._fit_variants()``, ``n_init`` each) of ``frame``'s response on
+    the scale ``transform`` (``frame = frame.on_scale(transform)``): the best by the ELBO, with its bound
+    on the data's own scale and the warnings of that run (raised only if its scale is kept)."""
+    design = frame.learn_design(model.basis, model.smoothing, transform)
     N = frame.n_subjects
     stats = DaskStats(client, frame.shards(design), N, design.basis.n_basis, design.n_fixed)
-    t0 = perf_counter()
     rough = design.roughness
     b_hat, sums = stats.ridge_init(0.5, rough)
-    best, best_warnings = None, []
+    best = best_config = None
+    best_warnings: list = []
     for variant, kind in model._fit_variants():  # as the in-memory fit (models/fitting.py)
         rng = np.random.default_rng(model.random_state)
         for _ in range(int(model.n_init)):
@@ -129,13 +164,8 @@ def fit_dask(
             if callback is not None:
                 callback.close()
             if best is None or res.elbo > best.elbo:
-                best, best_warnings = res, caught
-    reraise(best_warnings)
-    del b_hat
-    best.seconds = perf_counter() - t0
-    local = best.local
-    model._set_fitted_globals(design, best, local.sums.weight, local.sums.n_obs, stacklevel=5)
-    model.subjects_ = frame.subjects
-    for name, value in subject_tables(model, client, stats.shards, local.parts, frame.subjects).items():
-        setattr(model, name, value)
-    return model
+                best, best_config, best_warnings = res, config, caught
+    # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
+    jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
+    bound = data_scale_bound(best.elbo, float(frame.pooled.n_obs), design.y_scale, jac)
+    return _ScaleFit(None, design, stats, best, best_config, jac, bound, best_warnings)

@@ -14,8 +14,9 @@ deviation (pooled by Chan's formula), checks and messages.
 
 from __future__ import annotations
 
+import copy
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any, Sequence
 
@@ -59,7 +60,8 @@ class PooledSummary:
     ``y_median`` and ``y_spread`` (1.4826 times the median absolute deviation) come from the pooled
     quantile sketches: exact when every partition holds at most ``SKETCH_SIZE`` observations, and
     otherwise within the sketches' resolution (enough for the dominated-response check, whose
-    threshold is a ratio of 3e7). ``y_far`` is the observed value farthest from the median.
+    threshold is a ratio of 3e7). ``y_far`` is the observed value farthest from the median, ``y_min``
+    the smallest (both exact: a sketch holds its partition's extremes).
     """
 
     n_rows: int
@@ -68,6 +70,7 @@ class PooledSummary:
     y_mean: float
     y_sd: float
     y_absmax: float
+    y_min: float
     y_median: float
     y_spread: float
     y_far: float
@@ -124,6 +127,7 @@ def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> Poo
         y_mean=y_mean,
         y_sd=y_sd,
         y_absmax=y_absmax,
+        y_min=float(values.min()),
         y_median=y_median,
         y_spread=y_spread,
         y_far=float(values[np.argmax(np.abs(values - y_median))]),
@@ -202,12 +206,27 @@ class DaskFrame:
             raise DataError("no rows are left after dropping rows with missing values")
         self.subjects = _check_one_partition_per_subject(self.summaries, columns.subject)
 
+    def on_scale(self, transform: str | None) -> "DaskFrame":
+        """This frame with its response on the scale ``transform`` (:mod:`dmlmm.response_transform`): the
+        partitions are transformed on the workers and summarised again. A copy: building its shards
+        releases its own rows, not this frame's (the next scale reads them)."""
+        other = copy.copy(self)
+        if transform is not None:
+            client = self.client
+            other.reads = client.map(sh.transform_read, self.reads, transform=transform,
+                                     column=self.columns.response, pure=False)
+            other.summaries = client.gather(client.map(sh.summarize, other.reads, distinct_times=False, pure=False))
+            other.pooled = replace(combine_summaries(other.summaries, len(self.encoding.names)), times=self.pooled.times)
+        return other
+
     @property
     def n_subjects(self) -> int:
         return len(self.subjects)
 
-    def learn_design(self, basis: SplineBasis | None, smoothing: int | None) -> LongitudinalDesign:
-        """The design :meth:`LongitudinalDesign.learn` would learn from the whole frame."""
+    def learn_design(self, basis: SplineBasis | None, smoothing: int | None,
+                     transform: str | None = None) -> LongitudinalDesign:
+        """The design :meth:`LongitudinalDesign.learn` would learn from the whole frame, whose response
+        is on the scale ``transform`` (:meth:`on_scale`)."""
         pooled = self.pooled
         basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
         if not basis.is_fitted:
@@ -224,7 +243,7 @@ class DaskFrame:
         if smoothing is not None:
             rotation, roughness = basis.smoothing_basis(int(smoothing))
         design = LongitudinalDesign(basis, self.columns, self.encoding, pooled.y_mean, scale, cm, cs, rotation,
-                                    roughness, None if smoothing is None else int(smoothing))
+                                    roughness, None if smoothing is None else int(smoothing), transform=transform)
         design.check_identifiable(self._occupied(design))
         return design
 

@@ -12,7 +12,7 @@ number of subjects (except the labels and the starting estimates, see
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 import numpy as np
@@ -27,6 +27,7 @@ from ..inference.local import NoiseMoments, local_step
 from ..models.starting import ridge_estimates
 from ..models.design import LongitudinalDesign
 from ..priors.base import PathPrior
+from ..response_transform import forward
 
 __all__ = [
     "PartitionSummary", "Shard", "StepGlobals", "StepSums", "ShardLocal", "InitSums",
@@ -99,6 +100,16 @@ def read_partition(
                 return None, len(frame)
             raise
     return data, len(frame)
+
+
+def transform_read(read: tuple[Longitudinal | None, int], transform: str | None, column: str
+                   ) -> tuple[Longitudinal | None, int]:
+    """A read partition with its response on the scale ``transform`` (:func:`dmlmm.response_transform.forward`,
+    whose DataError names the column and the values outside the transform's domain)."""
+    data, n_rows = read
+    if data is None or transform is None:
+        return read
+    return replace(data, response=forward(data.response, transform, column)), n_rows
 
 
 def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> PartitionSummary:

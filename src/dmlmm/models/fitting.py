@@ -66,6 +66,23 @@ def _on_scale(transform: str | None) -> str:
     return "as given" if transform is None else f"on the {transform} scale"
 
 
+def keep_best_scale(fits: list[_ScaleFit], refused: list[tuple[str | None, DataError]], stacklevel: int = 2) -> _ScaleFit:
+    """The fit with the highest bound on the data's scale (the first, the response as given, on a tie),
+    once the scales that ``response_transform="auto"`` could not fit are reported: each refused scale
+    ``(transform, error)`` is a warning, or, when every scale was refused, the first one's error.
+    Only the kept scale's warnings are raised. The in-memory and the Dask fits both choose here;
+    ``stacklevel`` is the warnings' as seen from the caller (2: the caller's caller)."""
+    if not fits:  # the only scale, or every scale, refused: the first one's error
+        raise refused[0][1]
+    for tr, exc in refused:
+        warnings.warn(f"response_transform='auto': the response {_on_scale(tr)} cannot be fitted ({exc}); it is "
+                      f"fitted {' and '.join(_on_scale(f.design.transform) for f in fits)} only", UserWarning,
+                      stacklevel=stacklevel + 1)
+    chosen = max(fits, key=lambda f: f.bound)
+    reraise(chosen.warnings)
+    return chosen
+
+
 class Fitting:
     """Mixin: ``fit`` and the fitted state it sets (design, prior, parameters, ELBO, noise, tables)."""
 
@@ -121,12 +138,6 @@ class Fitting:
         self._check_params()
         transform = check_transform(getattr(self, "response_transform", None))
         if is_dask_collection(data):  # per-subject work on the Dask workers (dmlmm.distributed)
-            if transform not in (None, "auto"):
-                raise NotImplementedError(
-                    f"response_transform={transform!r} is not supported for Dask DataFrames yet: transform the "
-                    f"column in the frame (e.g. ddf['{response}'] = np.{transform}(ddf['{response}'])) and fit "
-                    "without it (predictions are then on the transformed scale)"
-                )
             if self._membership_columns():
                 raise NotImplementedError(
                     "membership_covariates are not supported for Dask DataFrames yet: fit in memory "
@@ -155,14 +166,7 @@ class Fitting:
                 fits.append(self._fit_scale(d, tr, members, Z, quiet=len(scales) > 1))
             except DataError as exc:  # e.g. a response that only its log can standardise (dmlmm.standardise)
                 refused.append((tr, exc))
-        if not fits:  # the only scale, or every scale, refused: the first one's error
-            raise refused[0][1]
-        for tr, exc in refused:
-            warnings.warn(f"response_transform='auto': the response {_on_scale(tr)} cannot be fitted ({exc}); it is "
-                          f"fitted {' and '.join(_on_scale(f.design.transform) for f in fits)} only", UserWarning,
-                          stacklevel=2)
-        chosen = max(fits, key=lambda f: f.bound)  # the first (the response as given) on a tie
-        reraise(chosen.warnings)  # only the kept scale's fits speak
+        chosen = keep_best_scale(fits, refused)
         chosen.result.seconds = perf_counter() - t0
         best, design, stats = chosen.result, chosen.design, chosen.stats
         self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
