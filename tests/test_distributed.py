@@ -102,6 +102,8 @@ def _same_fit(m0, m1, rtol: float = 1e-6) -> None:
     np.testing.assert_allclose(m1.fixed_effects_.to_numpy(), m0.fixed_effects_.to_numpy(), rtol=1e-6, atol=1e-9)
     pd.testing.assert_frame_equal(m1.cluster_means_, m0.cluster_means_, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(m1.clusters_["n_subjects"], m0.clusters_["n_subjects"], rtol=1e-6, atol=1e-8)
+    if m0.design_.n_fixed:  # the fixed effects' covariance in the bands (before, the mean-field one: far too narrow)
+        np.testing.assert_allclose(m1._w_cov(), m0._w_cov(), rtol=1e-6)
 
 
 def test_deep_mixture_same_answer_as_in_memory(client, parquet_frame, dgp1_frame, tmp_path):
@@ -153,6 +155,9 @@ def test_formula_covariates_same_answer(client, dgp1_frame):
         m1 = MixtureLMM(**kw).fit(ddf, covariates="sex * age + sex:time")
     assert list(m1.fixed_effects_.index) == ["sex[T.m]", "age", "sex[T.m]:age", "sex[T.m]:time"]
     _same_fit(m0, m1)
+    few = df[df["subject"].isin(df["subject"].unique()[:3])]
+    pd.testing.assert_frame_equal(m1.predict_trajectory(few, level="population"),
+                                  m0.predict_trajectory(few, level="population"), rtol=1e-6)
     with pytest.raises(DataError, match="depends on the data"):
         MixtureLMM(**kw).fit(dd.from_pandas(df.assign(n=df["subject"] % 3), npartitions=2, sort=False),
                              covariates="C(n)")

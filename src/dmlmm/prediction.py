@@ -164,13 +164,30 @@ def fixed_effects_cov(
 
     The information of w in the marginal model y_i ~ N(F_i w + X_i m_c, V_ic),
     V_ic = X_i S_c X_i' + sigma2_c I, summed over subjects and paths with the responsibilities
-    ``resp`` (N, M), plus the prior's 1 / prior_var; by Woodbury, per (subject, path),
-
-        F'V^{-1}F = F'F / s2 - (X'F / s2)' (S^{-1} + X'X / s2)^{-1} (X'F / s2).
+    ``resp`` (N, M) (:func:`fixed_effects_information`), plus the prior's 1 / prior_var.
 
     The mean-field factor q(w) ignores that w and each b_i trade off (a baseline covariate
     shifts the curve as a random intercept does) and is far too narrow; this one is the
     generalised-least-squares covariance given the other globals.
+    """
+    return fixed_cov_from_information(fixed_effects_information(stats, mix, sigma2, resp, threshold), prior_var)
+
+
+def fixed_cov_from_information(info: np.ndarray, prior_var: float) -> np.ndarray:
+    """The covariance (P, P) from the data's information ``info`` (P, P) and the prior variance."""
+    cov = np.linalg.inv(info + np.eye(len(info)) / prior_var)
+    return 0.5 * (cov + cov.T)
+
+
+def fixed_effects_information(
+    stats: SufficientStats, mix: PointMixture, sigma2, resp: np.ndarray, threshold: float = 1e-8,
+) -> np.ndarray:
+    """The subjects' information about the fixed effects (P, P), sum_i sum_c r_ic F_i'V_ic^{-1}F_i; by
+    Woodbury, per (subject, path) with r_ic above ``threshold``,
+
+        F'V^{-1}F = F'F / s2 - (X'F / s2)' (S^{-1} + X'X / s2)^{-1} (X'F / s2).
+
+    A sum over subjects: the Dask fit adds the partitions' (:mod:`dmlmm.distributed`).
     """
     P = stats.dim_fixed
     M = len(mix.weights)
@@ -178,7 +195,7 @@ def fixed_effects_cov(
     r = resp[ii, cc]
     s2 = path_sigma2(sigma2, M)[cc]
     S_inv, _ = spd_inv_logdet(mix.covs, "component covariance")
-    info = np.eye(P) / prior_var
+    info = np.zeros((P, P))
     chunk = max(1, 2_000_000 // max(1, stats.dim_random**2))
     for a in range(0, len(ii), chunk):  # memory-bounded chunks of pairs
         i, c, w, s = ii[a:a + chunk], cc[a:a + chunk], r[a:a + chunk], s2[a:a + chunk]
@@ -186,5 +203,4 @@ def fixed_effects_cov(
         B = stats.XtF[i] / s[:, None, None]  # (A, D, P)
         half = np.stack([solve_lower(chol, B[..., p]) for p in range(P)], axis=-1)  # L^{-1} B, a few covariates
         info += np.einsum("a,apq->pq", w, stats.FtF[i] / s[:, None, None]) - np.einsum("a,adp,adq->pq", w, half, half)
-    cov = np.linalg.inv(info)
-    return 0.5 * (cov + cov.T)
+    return info

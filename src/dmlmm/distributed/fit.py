@@ -33,8 +33,10 @@ from ..inference.engine import VariationalParams
 from ..inference.noise import per_cluster
 from ..inference.starts import run_vi_with_starts
 from ..models.fitting import _ScaleFit, keep_best_scale
+from ..prediction import fixed_cov_from_information
 from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of
 from ..priors.base import RandomEffectsPrior
+from . import shard as sh
 from .frame import DaskFrame
 from .outputs import subject_tables
 from .stats import DaskStats, init_noise_and_fixed_from_sums
@@ -124,6 +126,11 @@ def fit_dask(
     model._set_fitted_globals(design, best, local.sums.weight, local.sums.n_obs, stacklevel=5,
                               log_jacobian=chosen.log_jacobian)
     model.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}
+    model._fixed_cov = model._membership_cov = None
+    if design.n_fixed:  # the fixed effects' covariance that the bands use, as in memory, summed over partitions
+        info = sh.add_all(client.gather(client.map(sh.fixed_information, stats.shards, local.parts,
+                                                   mix=model._mixture(), sigma2=model._sigma2_std(), pure=False)))
+        model._fixed_cov = fixed_cov_from_information(info, chosen.config.fixed_var)
     model.subjects_ = frame.subjects
     for name, value in subject_tables(model, client, stats.shards, local.parts, frame.subjects).items():
         setattr(model, name, value)

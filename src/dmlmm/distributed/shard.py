@@ -26,7 +26,8 @@ from ..exceptions import DataError
 from ..inference.local import NoiseMoments, local_step
 from ..models.starting import ridge_estimates
 from ..models.design import LongitudinalDesign
-from ..priors.base import PathPrior
+from ..prediction import fixed_effects_information
+from ..priors.base import PathPrior, PointMixture
 from ..response_transform import forward
 
 __all__ = [
@@ -313,6 +314,12 @@ def shard_step(
         FtF=np.einsum("nc,npq->cpq", r, st.FtF),
     )
     return ShardLocal(r, loc.mean_b, sums)
+
+
+def fixed_information(shard: Shard, local: ShardLocal, mix: PointMixture, sigma2: np.ndarray) -> np.ndarray:
+    """The shard's information about the fixed effects (P, P)
+    (:func:`~dmlmm.prediction.fixed_effects_information` at its final responsibilities)."""
+    return fixed_effects_information(shard.stats, mix, sigma2, local.resp)
 
 
 def resp_change(previous: ShardLocal, local: ShardLocal) -> float:
