@@ -128,12 +128,6 @@ def test_a_saved_model_keeps_its_transform(positive, fits, tmp_path):
     np.testing.assert_allclose(back.score_samples(some), a.score_samples(some), rtol=1e-12)
 
 
-def test_dask_frames_with_a_transform_are_refused(positive):
-    dd = pytest.importorskip("dask.dataframe")
-    with pytest.raises(NotImplementedError, match=r"response_transform='log' is not supported for Dask DataFrames yet"):
-        _model(response_transform="log").fit(dd.from_pandas(positive, npartitions=2), subject="id", time="t")
-
-
 def test_auto_keeps_the_scale_with_the_higher_bound_on_the_data(positive, fits):
     """response_transform="auto" (the default): a positive response is fitted as given and on the
     log scale; each bound is the explicit fit's, and the log wins on data simulated on the log
