@@ -2,7 +2,9 @@
 
 The steps mirror :meth:`VariationalLongitudinalModel.fit`:
 
-1. read the frame onto the workers and learn the design (:class:`~.frame.DaskFrame`);
+1. read the frame onto the workers; for each response scale that ``response_transform`` asks for
+   (``"auto"``: as given and, for a never-negative response, its log), transform the partitions on
+   the workers and learn the design (:class:`~.frame.DaskFrame`, :meth:`~.frame.DaskFrame.on_scale`);
 2. build each partition's sufficient statistics on its worker (:class:`~.stats.DaskStats`);
 3. start from per-subject ridge estimates: their sums start the noise and fixed
    effects; the estimates themselves (N x D) are gathered once, for the priors'
@@ -10,8 +12,10 @@ The steps mirror :meth:`VariationalLongitudinalModel.fit`:
 4. run the same :func:`~dmlmm.inference.starts.run_vi_with_starts` (starting sizes,
    delete moves, pruning, stopping rule) with :class:`~.stats.DaskStats` as the
    statistics, for each noise kind and ``n_init`` restart, keeping the best ELBO;
-5. set the fitted globals as an in-memory fit does, and the per-subject tables as
-   dask collections on the workers (:mod:`.outputs`).
+5. keep the scale whose bound on the data's scale is higher (as in memory), set the fitted
+   globals as an in-memory fit does (with covariates, the fixed effects' covariance from the
+   partitions' summed information), and the per-subject tables as dask collections on the
+   workers (:mod:`.outputs`).
 
 The Dask path is full-batch coordinate ascent (``batch_size`` "auto" or "full"):
 the same answer as the in-memory full-batch fit, up to rounding in the order of
@@ -26,16 +30,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._recorded import recorded, reraise
+from .._recorded import recorded
 from ..columns import ColumnNames
 from ..exceptions import DataError
 from ..inference.engine import VariationalParams
 from ..inference.noise import per_cluster
 from ..inference.starts import run_vi_with_starts
-from ..models.fitting import _ScaleFit, keep_best_scale
+from ..models.fitting import ScaleFit, keep_best_scale
 from ..prediction import fixed_cov_from_information
-from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of
 from ..priors.base import RandomEffectsPrior
+from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of
 from . import shard as sh
 from .frame import DaskFrame
 from .outputs import subject_tables
@@ -137,7 +141,7 @@ def fit_dask(
     return model
 
 
-def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any) -> _ScaleFit:
+def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any) -> ScaleFit:
     """Every variant of the fit (``model._fit_variants()``, ``n_init`` each) of ``frame``'s response on
     the scale ``transform`` (``frame = frame.on_scale(transform)``): the best by the ELBO, with its bound
     on the data's own scale and the warnings of that run (raised only if its scale is kept)."""
@@ -175,4 +179,4 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any)
     # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
     jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
     bound = data_scale_bound(best.elbo, float(frame.pooled.n_obs), design.y_scale, jac)
-    return _ScaleFit(None, design, stats, best, best_config, jac, bound, best_warnings)
+    return ScaleFit(None, design, stats, best, best_config, jac, bound, best_warnings)

@@ -46,7 +46,7 @@ __all__ = ["Fitting"]
 
 
 @dataclass
-class _ScaleFit:
+class ScaleFit:
     """The best fit of the response on one scale: data (model scale), design, statistics, result,
     its config, sum of log |dz/dy|, the ELBO as a bound on log p(y) of the response as given, and
     the warnings the fits on this scale raised (re-raised only for the scale kept)."""
@@ -66,7 +66,7 @@ def _on_scale(transform: str | None) -> str:
     return "as given" if transform is None else f"on the {transform} scale"
 
 
-def keep_best_scale(fits: list[_ScaleFit], refused: list[tuple[str | None, DataError]], stacklevel: int = 2) -> _ScaleFit:
+def keep_best_scale(fits: list[ScaleFit], refused: list[tuple[str | None, DataError]], stacklevel: int = 2) -> ScaleFit:
     """The fit with the highest bound on the data's scale (the first, the response as given, on a tie),
     once the scales that ``response_transform="auto"`` could not fit are reported: each refused scale
     ``(transform, error)`` is a warning, or, when every scale was refused, the first one's error.
@@ -182,7 +182,7 @@ class Fitting:
                                                           chosen.config.membership_scale)
         return self
 
-    def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z, quiet: bool = False) -> _ScaleFit:
+    def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z, quiet: bool = False) -> ScaleFit:
         """Every variant of the fit (:meth:`_fit_variants`, ``n_init`` each) of ``d``'s response on one
         scale (``transform(y)``); the best by the ELBO, with its bound on the data's own scale. With
         ``quiet`` the warnings are kept in the result instead of raised."""
@@ -192,7 +192,7 @@ class Fitting:
         out.warnings = caught
         return out
 
-    def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z) -> _ScaleFit:
+    def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z) -> ScaleFit:
         if transform is not None:
             d = replace(d, response=forward(d.response, transform, d.columns.response))
         design = LongitudinalDesign.learn(d, self.basis, self.smoothing, transform)
@@ -230,7 +230,7 @@ class Fitting:
         reraise(best_warnings)
         jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
         bound = data_scale_bound(best.elbo, float(stats.n_obs.sum()), design.y_scale, jac)
-        return _ScaleFit(d, design, stats, best, best_config, jac, bound)
+        return ScaleFit(d, design, stats, best, best_config, jac, bound)
 
     def _stochastic_settings(self) -> StochasticSettings:
         """Settings of a minibatch fit: the warm start's subsample size from ``subsample``."""
