@@ -283,6 +283,33 @@ def test_step_sums_match_in_memory_reductions(dgp1_frame):
         np.testing.assert_allclose(dl.moments.second, loc.moments.second, rtol=1e-10, atol=1e-12)
 
 
+def test_a_step_the_arithmetic_cannot_hold_returns_a_failure(dgp1_frame):
+    """A shard's local step at a point the arithmetic cannot hold (the engine meets these at extrapolated
+    points and rejects them) comes back as a StepFailure, not a raised task that distributed logs as
+    'Compute Failed'; the driver raises it as the in-memory step would have. Overflow raises only under
+    the driver's error state, which the globals carry."""
+    df, _ = dgp1_frame
+    d, stats = _stats(df)
+    m = MixtureLMM(2, basis=SplineBasis(6), max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(df, covariates=["age", "sex"])
+    pp, _ = m.prior_.path_prior(m.params_.prior)
+    nm = noise_moments(m.params_, stats.dim_fixed, m.prior_.path_components())
+    shard = sh.Shard(d.subjects, stats)
+    bad = dataclasses.replace(pp, precision=-pp.precision, shared=None)  # not positive definite
+    out = sh.shard_step(shard, None, sh.StepGlobals(bad, nm), False, 0.0, 1e-12)
+    assert isinstance(out, sh.StepFailure) and out.kind == "LinAlgError" and "not positive definite" in out.message
+    assert sh.step_sums(out) is out
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        sh.raise_failures([sh.step_sums(sh.shard_step(shard, None, sh.StepGlobals(pp, nm), False, 0.0, 1e-12)), out])
+    huge = dataclasses.replace(pp, shift=pp.shift * 1e160)  # its quadratic form overflows
+    strict = dict(over="raise", invalid="raise", divide="raise", under="ignore")
+    assert sh.shard_step(shard, None, sh.StepGlobals(huge, nm, strict), False, 0.0, 1e-12).kind == "FloatingPointError"
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert isinstance(sh.shard_step(shard, None, sh.StepGlobals(huge, nm), False, 0.0, 1e-12), sh.ShardLocal)
+
+
 def test_init_from_sums_matches_in_memory(dgp1_frame):
     df, _ = dgp1_frame
     d, stats = _stats(df)

@@ -12,7 +12,7 @@ number of subjects (except the labels and the starting estimates, see
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Sequence
 
 import numpy as np
@@ -33,7 +33,7 @@ from ..response_transform import forward
 __all__ = [
     "PartitionSummary", "Shard", "StepGlobals", "StepSums", "ShardLocal", "InitSums",
     "read_partition", "summarize", "build_shard", "totals", "shard_ridge", "init_sums",
-    "shard_step", "step_sums", "time_histogram", "add_all",
+    "shard_step", "step_sums", "StepFailure", "raise_failures", "time_histogram", "add_all",
 ]
 
 
@@ -237,10 +237,13 @@ def init_sums(shard: Shard, b_hat: np.ndarray) -> InitSums:
 
 @dataclass(frozen=True)
 class StepGlobals:
-    """What every shard's local step needs from the globals (broadcast once per iteration)."""
+    """What every shard's local step needs from the globals (broadcast once per iteration), and the
+    driver's floating-point error state (``np.geterr()``: the engine raises on overflow at
+    extrapolated points, and the workers must too)."""
 
     prior: PathPrior
     noise: NoiseMoments
+    errstate: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,23 @@ class ShardLocal:
     sums: StepSums
 
 
+@dataclass(frozen=True)
+class StepFailure:
+    """A shard's local step that the arithmetic could not hold (as :class:`ShardLocal`'s place).
+
+    The engine expects this at extrapolated points (it rejects them and takes the plain step), so the
+    worker returns it instead of raising, which distributed would log as a failed task; the driver
+    raises ``kind`` with ``message`` (:func:`raise_failures`).
+
+    Attributes
+    ----------
+    kind : "LinAlgError" or "FloatingPointError";  message : str.
+    """
+
+    kind: str
+    message: str
+
+
 def shard_step(
     shard: Shard,
     previous: ShardLocal | None,
@@ -298,7 +318,12 @@ def shard_step(
     None) to the paths whose responsibility exceeded ``threshold`` in ``previous``."""
     st = shard.stats
     active = None if previous is None else previous.resp > threshold
-    loc = local_step(st, globals_.prior, globals_.noise, hard_assignment, active=active, moment_threshold=moment_threshold)
+    try:  # the driver's floating-point error state, as the in-memory step runs under it
+        with np.errstate(**globals_.errstate):
+            loc = local_step(st, globals_.prior, globals_.noise, hard_assignment, active=active,
+                             moment_threshold=moment_threshold)
+    except (np.linalg.LinAlgError, FloatingPointError) as err:
+        return StepFailure(type(err).__name__, str(err))
     r = loc.resp
     sums = StepSums(
         weight=loc.moments.weight,
@@ -329,9 +354,16 @@ def resp_change(previous: ShardLocal, local: ShardLocal) -> float:
     return float(np.abs(local.resp - previous.resp).max(initial=0.0))
 
 
-def step_sums(local: ShardLocal) -> StepSums:
-    """The part of a shard's step that travels to the driver."""
-    return local.sums
+def step_sums(local: ShardLocal | StepFailure) -> StepSums | StepFailure:
+    """The part of a shard's step that travels to the driver (a failure travels as it is)."""
+    return local if isinstance(local, StepFailure) else local.sums
+
+
+def raise_failures(parts: Sequence) -> None:
+    """Raise the first :class:`StepFailure` among ``parts`` on the driver, as the in-memory step would have."""
+    for p in parts:
+        if isinstance(p, StepFailure):
+            raise (np.linalg.LinAlgError if p.kind == "LinAlgError" else FloatingPointError)(p.message)
 
 
 def add_all(parts: Sequence):

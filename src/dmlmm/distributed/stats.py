@@ -118,14 +118,16 @@ class DaskStats:
     ) -> DistributedLocal:
         """The local step on every shard (see the module docstring); ``active`` from :meth:`active_paths`."""
         c = self.client
-        glob = c.scatter(sh.StepGlobals(prior, noise), broadcast=True, hash=False)
+        glob = c.scatter(sh.StepGlobals(prior, noise, np.geterr()), broadcast=True, hash=False)
         previous = [None] * len(self.shards) if active is None else active.local.parts
         threshold = 0.0 if active is None else float(active.threshold)
         parts = c.map(
             sh.shard_step, self.shards, previous, globals_=glob, hard_assignment=bool(hard_assignment),
             threshold=threshold, moment_threshold=float(moment_threshold), pure=False,
         )
-        sums = sh.add_all(c.gather(c.map(sh.step_sums, parts, pure=False)))
+        sums = c.gather(c.map(sh.step_sums, parts, pure=False))
+        sh.raise_failures(sums)
+        sums = sh.add_all(sums)
         return DistributedLocal(parts, sums)
 
     def active_paths(self, local: DistributedLocal, threshold: float) -> ActivePaths:
