@@ -352,7 +352,7 @@ def _pooled(y: np.ndarray, n_parts: int):
 def test_pooled_response_summaries_match_the_exact_ones():
     """The partitions' sketches give the median and MAD of the whole response: exactly while each
     partition's values fit in its sketch, within 1 % beyond; the standard deviation of values whose
-    squares underflow (units of 1e-200) is the in-memory one."""
+    squares underflow (units of 1e-200) is the in-memory one, which the refusal of such units quotes."""
     from dmlmm.standardise import response_scale
 
     rng = np.random.default_rng(1)
@@ -366,4 +366,8 @@ def test_pooled_response_summaries_match_the_exact_ones():
     y = rng.normal(size=400) * 1e-200
     pooled = _pooled(y, 3)
     assert np.std(y) == 0.0 and pooled.y_sd > 0
-    np.testing.assert_allclose(pooled.y_sd, response_scale(y), rtol=1e-12)
+    big = np.abs(y).max()
+    np.testing.assert_allclose(pooled.y_sd, big * np.std(y / big), rtol=1e-12)
+    with pytest.raises(DataError, match=r"in units so small") as err:  # as in memory, with the same numbers
+        response_scale(y)
+    assert f"({pooled.y_sd:.3g} squared)" in str(err.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
+from dmlmm import DeepMixtureLMM, LinearMixedModel, MixtureLMM, SplineBasis
 from dmlmm.exceptions import DataError
 from dmlmm.simulate import dgp1
 
@@ -47,12 +47,17 @@ def test_huge_response_is_not_called_constant(data):
 
 
 def test_tiny_units_are_not_called_constant(data):
-    """Constant means constant relative to the values' own size: a response in units of 1e-13 (or 1e-200,
-    whose squares underflow) is fitted, with the same curves up to the unit."""
+    """Constant means constant relative to the values' own size: a response in units of 1e-13 is fitted,
+    with the same curves up to the unit. In units of 1e-200 its variance underflows (a Gaussian LMM's
+    bands had zero width, every model's sigma2_ read 0): refused with what to do, not called constant."""
     ref = MixtureLMM(2, max_iter=40, random_state=0, response_transform=None).fit(data)
-    for unit in (1e-13, 1e-200):
-        m = MixtureLMM(2, max_iter=40, random_state=0, response_transform=None).fit(data.assign(y=data["y"] * unit))
-        np.testing.assert_allclose(m.cluster_means_["mean"] / unit, ref.cluster_means_["mean"], rtol=1e-6)
+    m = MixtureLMM(2, max_iter=40, random_state=0, response_transform=None).fit(data.assign(y=data["y"] * 1e-13))
+    np.testing.assert_allclose(m.cluster_means_["mean"] / 1e-13, ref.cluster_means_["mean"], rtol=1e-6)
+    np.testing.assert_allclose(m.sigma2_ / 1e-26, ref.sigma2_, rtol=1e-6)
+    for model in (MixtureLMM(2, response_transform=None), LinearMixedModel()):
+        with pytest.raises(DataError, match=r"the response 'y' is in units so small that its variance \([0-9.]+e-20[01] "
+                                            r"squared\) is below what double precision holds: .*Multiply the response"):
+            model.fit(data.assign(y=data["y"] * 1e-200))
     with pytest.raises(DataError, match=r"the response 'y' is constant \(every value is 3\)"):
         MixtureLMM(2).fit(data.assign(y=3.0))
 

@@ -2,7 +2,8 @@
 
 Every model fits ``(y - shift) / scale``; :func:`response_scale` is where ``scale`` comes
 from, and where a response that cannot be standardised is refused with one message,
-whichever model is fitted: constant, or so large that its spread overflows.
+whichever model is fitted: constant, so large that its spread overflows, so small that its
+variance underflows, or dominated by a few extreme values.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 
 from .exceptions import DataError
 
-__all__ = ["response_scale", "checked_scale", "MAX_SD_OVER_SPREAD"]
+__all__ = ["response_scale", "checked_scale", "MAX_SD_OVER_SPREAD", "MIN_SCALE"]
 
 #: Largest ratio of the response's standard deviation to the robust spread of its bulk (1.4826 times
 #: the median absolute deviation) that the fits resolve. One value 10^9 times the others' (200
@@ -19,6 +20,10 @@ __all__ = ["response_scale", "checked_scale", "MAX_SD_OVER_SPREAD"]
 #: its sum of squares was clamped) or the inverse-Wishart scale lose definiteness; 3e8 (ratio 2e7)
 #: still fitted. Beyond it the bulk's variance is below 1e-15 of the total: constant in double precision.
 MAX_SD_OVER_SPREAD = 3e7
+
+#: Smallest standard deviation whose square is a normal double (about 1.5e-154): below it the
+#: variances reported on the response's scale underflow (a Gaussian LMM's bands had zero width).
+MIN_SCALE = float(np.sqrt(np.finfo(float).tiny))
 
 
 def response_scale(y: np.ndarray, name: str = "y") -> float:
@@ -65,6 +70,12 @@ def checked_scale(scale: float, *, n: int, biggest: float, centre: float, spread
     if n < 2 or scale <= 1e-12 * biggest or biggest == 0.0:  # relative: tiny units are not constant
         first = f"{centre:g}" if n else "-"
         raise DataError(f"the response '{name}' is constant (every value is {first}): there is no variation to model")
+    if scale < MIN_SCALE:
+        raise DataError(
+            f"the response '{name}' is in units so small that its variance ({scale:.3g} squared) is below what double "
+            "precision holds: the residual variance, the random effects' covariance and the bands would read 0. "
+            "Multiply the response by a power of ten (e.g. 1e150) and divide the results by it"
+        )
     if spread > 0 and scale > MAX_SD_OVER_SPREAD * spread:
         raise DataError(
             f"the response '{name}' is dominated by a few extreme values: its standard deviation ({scale:.3g}) is "
