@@ -253,16 +253,21 @@ def _stats(df: pd.DataFrame):
     return d, design.stats(d)
 
 
-def test_step_sums_match_in_memory_reductions(dgp1_frame):
-    """Per-path sums of one shard give the engine's fixed-effect and noise reductions."""
-    df, _ = dgp1_frame
-    d, stats = _stats(df)
-    m = MixtureLMM(3, basis=SplineBasis(6), max_iter=5, random_state=0)
+def _path_globals(df: pd.DataFrame, stats, k: int):
+    """The path prior and noise moments of a short MixtureLMM(k) fit to ``df`` (statistics ``stats``)."""
+    m = MixtureLMM(k, basis=SplineBasis(6), max_iter=5, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m.fit(df, covariates=["age", "sex"])
     pp, _ = m.prior_.path_prior(m.params_.prior)
-    nm = noise_moments(m.params_, stats.dim_fixed, m.prior_.path_components())
+    return pp, noise_moments(m.params_, stats.dim_fixed, m.prior_.path_components())
+
+
+def test_step_sums_match_in_memory_reductions(dgp1_frame):
+    """Per-path sums of one shard give the engine's fixed-effect and noise reductions."""
+    df, _ = dgp1_frame
+    d, stats = _stats(df)
+    pp, nm = _path_globals(df, stats, 3)
     loc = local_step(stats, pp, nm)
     shard = sh.Shard(d.subjects, stats)
     one = sh.shard_step(shard, None, sh.StepGlobals(pp, nm), False, 0.0, 1e-12)
@@ -290,12 +295,7 @@ def test_a_step_the_arithmetic_cannot_hold_returns_a_failure(dgp1_frame):
     the driver's error state, which the globals carry."""
     df, _ = dgp1_frame
     d, stats = _stats(df)
-    m = MixtureLMM(2, basis=SplineBasis(6), max_iter=5, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m.fit(df, covariates=["age", "sex"])
-    pp, _ = m.prior_.path_prior(m.params_.prior)
-    nm = noise_moments(m.params_, stats.dim_fixed, m.prior_.path_components())
+    pp, nm = _path_globals(df, stats, 2)
     shard = sh.Shard(d.subjects, stats)
     bad = dataclasses.replace(pp, precision=-pp.precision, shared=None)  # not positive definite
     out = sh.shard_step(shard, None, sh.StepGlobals(bad, nm), False, 0.0, 1e-12)

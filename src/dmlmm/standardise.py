@@ -32,8 +32,9 @@ def response_scale(y: np.ndarray, name: str = "y") -> float:
     Raises
     ------
     DataError
-        When the values are too large to standardise (their spread overflows float64), constant, or
-        dominated by a few values so extreme that the rest cannot be resolved (:data:`MAX_SD_OVER_SPREAD`).
+        When the values are too large to standardise (their spread overflows float64), constant, in
+        units so small that their variance underflows (:data:`MIN_SCALE`), or dominated by a few values
+        so extreme that the rest cannot be resolved (:data:`MAX_SD_OVER_SPREAD`): :func:`checked_scale`.
     """
     y = np.asarray(y, dtype=float)
     with np.errstate(over="ignore", invalid="ignore"):
