@@ -23,7 +23,7 @@ from dmlmm.distributed import is_dask_collection  # noqa: E402
 from dmlmm.distributed import shard as sh  # noqa: E402
 from dmlmm.distributed.outputs import collect  # noqa: E402
 from dmlmm.distributed.stats import DaskStats, DistributedLocal, init_noise_and_fixed_from_sums  # noqa: E402
-from dmlmm.exceptions import ConvergenceWarning  # noqa: E402
+from dmlmm.exceptions import ConvergenceWarning, ExtrapolationWarning  # noqa: E402
 from dmlmm.inference.engine import VIConfig, init_noise_and_fixed, noise_moments  # noqa: E402
 from dmlmm.inference.local import local_step  # noqa: E402
 from dmlmm.inference.noise import path_rss  # noqa: E402
@@ -128,6 +128,15 @@ def test_deep_mixture_same_answer_as_in_memory(client, parquet_frame, dgp1_frame
     np.testing.assert_allclose(proba.compute().reindex(subjects := m0.labels_.index).to_numpy(),
                                m0.predict_proba(df).to_numpy(), atol=1e-6)
     assert (labels.compute().reindex(subjects) == m0.predict_group(df)).all()
+    # trajectories of a dask frame: lazy, per partition, the in-memory numbers (a forecast past the data included)
+    times = np.linspace(0.0, 1.2, 7)
+    with pytest.warns(ExtrapolationWarning, match="outside the basis range"):  # on the driver, as in memory
+        traj = m1.predict_trajectory(parquet_frame, times=times, kind="observation")
+    assert is_dask_collection(traj)
+    got = traj.compute().sort_values(["subject", "time"]).reset_index(drop=True)
+    want = m0.predict_trajectory(df, times=times, kind="observation").sort_values(["subject", "time"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, rtol=1e-6, check_dtype=False)
+    assert got["beyond_last_visit"].any()
 
 
 def test_mixture_cluster_noise_same_answer(client, dgp1_frame):

@@ -1,8 +1,9 @@
-"""Cluster predictions for a Dask frame of subjects: one pandas prediction per partition, lazily.
+"""Predictions for a Dask frame of subjects: one pandas prediction per partition, lazily.
 
 ``model.predict_proba(ddf)`` (and ``predict``, ``predict_group_proba``,
 ``predict_group``) with a dask DataFrame returns a dask collection indexed by
-subject: each partition is predicted on its worker by the fitted model, which
+subject, and ``model.predict_trajectory(ddf)`` a dask collection of its long
+table: each partition is predicted on its worker by the fitted model, which
 travels without its per-subject tables. Nothing is computed until asked
 (``.compute()``, ``.to_parquet()``, ...). As for ``fit``, each subject's rows
 must lie in one partition.
@@ -18,7 +19,7 @@ import pandas as pd
 
 from .outputs import SUBJECT_TABLES
 
-__all__ = ["predict_partitions", "light_model"]
+__all__ = ["predict_partitions", "trajectory_partitions", "light_model"]
 
 _METHODS = {"predict_proba": "cluster", "predict_group_proba": "group"}
 
@@ -32,10 +33,26 @@ def light_model(model: Any) -> Any:
     return light
 
 
-def _predict(frame: pd.DataFrame, model: Any, method: str, subject: str) -> pd.DataFrame:
+def _predict(frame: pd.DataFrame, model: Any, method: str, subject: str, kwargs: dict | None = None) -> pd.DataFrame:
     if subject not in frame.columns and frame.index.name == subject:
         frame = frame.reset_index()
-    return getattr(model, method)(frame)
+    return getattr(model, method)(frame, **(kwargs or {}))
+
+
+def trajectory_partitions(model: Any, ddf: Any, **kwargs: Any) -> Any:
+    """``model.predict_trajectory(partition, **kwargs)`` on every partition of ``ddf``: a lazy dask
+    DataFrame in the long format of :meth:`predict_trajectory` (subject, time, mean, lower, upper,
+    beyond_last_visit), each subject's rows from its own partition. Every partition predicts at the
+    same times (``kwargs["times"]``, or the default grid over the basis range)."""
+    model._check_fitted()
+    subject = model.design_.columns.subject
+    labels = ddf._meta[subject] if subject in ddf.columns else ddf._meta.index.to_series()
+    meta = pd.DataFrame({
+        "subject": pd.Series(dtype=labels.dtype), "time": pd.Series(dtype=float), "mean": pd.Series(dtype=float),
+        "lower": pd.Series(dtype=float), "upper": pd.Series(dtype=float), "beyond_last_visit": pd.Series(dtype=bool),
+    })
+    return ddf.map_partitions(_predict, light_model(model), "predict_trajectory", subject, kwargs, meta=meta,
+                              enforce_metadata=False)
 
 
 def predict_partitions(model: Any, ddf: Any, method: str) -> Any:

@@ -131,8 +131,10 @@ class Predicting:
 
         Parameters
         ----------
-        df : DataFrame or Longitudinal, optional
+        df : DataFrame, Longitudinal or dask.dataframe.DataFrame, optional
             Observations to condition on; None gives the population (prior mixture), labelled "population".
+            A Dask frame (every subject's rows in one partition) gives a lazy dask DataFrame, each
+            partition predicted on its worker (:mod:`dmlmm.distributed.predict`).
             Rows with a missing response (or a frame without the response column) are not conditioned
             on: a new patient given only by its covariates gets the population curve at those
             covariates (the last row's), and a patient with a few early visits a forecast from them.
@@ -164,6 +166,12 @@ class Predicting:
             raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
         if not 0 < interval < 1:
             raise ValueError(f"interval must be in (0, 1), got {interval}")
+        if is_dask_collection(df):  # lazily, partition by partition on the workers
+            from ..distributed.predict import trajectory_partitions
+
+            t = self._grid(times)
+            self.design_.X(t)  # times outside the basis range: the warning (or error) here, not on a worker
+            return trajectory_partitions(self, df, times=t, interval=interval, kind=kind, level=level)
         d = self._prediction_data(df, level)
         t = self._grid(times)
         cont = self._continuation(t, d)
