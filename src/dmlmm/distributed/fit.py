@@ -36,7 +36,7 @@ from ..exceptions import DataError
 from ..inference.engine import VariationalParams
 from ..inference.noise import per_cluster
 from ..inference.starts import run_vi_with_starts
-from ..models.fitting import ScaleFit, keep_best_scale
+from ..models.fitting import ScaleFit, fit_scales
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
 from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of
@@ -110,20 +110,10 @@ def fit_dask(
     transform = check_transform(getattr(model, "response_transform", None))
     scales = candidates_given_min(transform, frame.pooled.y_min)
     t0 = perf_counter()
-    fits, refused = [], []
-    for tr in scales:  # as the in-memory fit: each scale's best fit, the higher bound on the data's scale kept
-        try:
-            run = lambda tr=tr: _fit_scale(model, frame.on_scale(tr), tr, client)  # noqa: E731
-            if len(scales) == 1:
-                fits.append(run())
-            else:
-                out, caught = recorded(run)
-                out.warnings = caught + out.warnings
-                fits.append(out)
-        except DataError as exc:
-            refused.append((tr, exc))
+    # as the in-memory fit: each scale's best fit, the higher bound on the data's scale kept
+    chosen, fits = fit_scales(scales, lambda tr, quiet: _fit_scale(model, frame.on_scale(tr), tr, client, quiet),
+                              stacklevel=3)
     frame.reads = []  # every scale's shards are built: the rows are released
-    chosen = keep_best_scale(fits, refused, stacklevel=3)
     best, design, stats = chosen.result, chosen.design, chosen.stats
     best.seconds = perf_counter() - t0
     local = best.local
@@ -141,10 +131,15 @@ def fit_dask(
     return model
 
 
-def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any) -> ScaleFit:
+def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any, quiet: bool = False) -> ScaleFit:
     """Every variant of the fit (``model._fit_variants()``, ``n_init`` each) of ``frame``'s response on
     the scale ``transform`` (``frame = frame.on_scale(transform)``): the best by the ELBO, with its bound
-    on the data's own scale and the warnings of that run (raised only if its scale is kept)."""
+    on the data's own scale and the warnings of that run (raised only if its scale is kept); with
+    ``quiet`` also any other warning raised on the way."""
+    if quiet:
+        out, caught = recorded(lambda: _fit_scale(model, frame, transform, client))
+        out.warnings = caught + out.warnings
+        return out
     design = frame.learn_design(model.basis, model.smoothing, transform)
     N = frame.n_subjects
     stats = DaskStats(client, frame.shards(design), N, design.basis.n_basis, design.n_fixed)

@@ -364,8 +364,7 @@ def run_vi(
             params = new
         if config.prune_threshold > 0 and it >= config.prune_after and full:
             counts = prior.layer_counts(params.prior)
-            if not all(np.isfinite(c).all() for c in counts):  # every component would be pruned
-                raise NumericalError(breakdown_message("the components' sizes stopped being finite", it, history))
+            check_sizes_finite(counts, it, history)
             keep = [(c >= config.prune_threshold) | (c == c.max()) for c in counts]
             if any(not k.all() for k in keep):
                 if fallback is not None:  # prune the plain step, not an extrapolation
@@ -484,6 +483,13 @@ def _has_converged(history: list[float], config: VIConfig) -> bool:
 GIVE_UP_WINDOW = 30
 #: ... and it gives up when even this many times that rate would leave it below its target.
 GIVE_UP_MARGIN = 4.0
+
+
+def check_sizes_finite(counts: list[np.ndarray], it: int, history: list[float], last_at: int | None = None) -> None:
+    """Raise :class:`~dmlmm.exceptions.NumericalError` when the components' sizes ``counts`` (one array
+    per layer) are not all finite: pruning would drop every component (see :func:`breakdown_message`)."""
+    if not all(np.isfinite(c).all() for c in counts):
+        raise NumericalError(breakdown_message("the components' sizes stopped being finite", it, history, last_at))
 
 
 def breakdown_message(what: str, it: int, history: list[float], last_at: int | None = None) -> str:

@@ -50,6 +50,7 @@ from .engine import (
     VIConfig,
     VIResult,
     breakdown_message,
+    check_sizes_finite,
     elbo_globals,
     membership_terms,
     noise_moments,
@@ -211,8 +212,7 @@ def _natural_gradient_phase(
             continue
         if config.prune_threshold > 0:
             counts = prior.layer_counts(params.prior)
-            if not all(np.isfinite(c).all() for c in counts):  # every component would be pruned
-                raise NumericalError(breakdown_message("the components' sizes stopped being finite", it, history, checked_at))
+            check_sizes_finite(counts, it, history, checked_at)
             keep = [(c >= config.prune_threshold) | (c == c.max()) for c in counts]
             if any(not k.all() for k in keep):
                 prior, new_pp = prior.prune(params.prior, keep)

@@ -47,7 +47,7 @@ def _describe_basis(builder) -> str | None:
 
 
 @dataclass
-class ScaleFit:
+class _ScaleFit:
     """One scale's fit: the transform, the design of z = transform(y), its standardisation and estimate,
     the summed log-Jacobian log|dz/dy| and the warnings the fit raised (re-raised if it is kept)."""
 
@@ -249,7 +249,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         self.criterion_by_transform_ = {label_of(f.transform): float(c) for f, c in zip(fits, criteria)}
         return self
 
-    def _fit_scale(self, design: Design, name: str, transform: str | None, method: str, quiet: bool) -> ScaleFit:
+    def _fit_scale(self, design: Design, name: str, transform: str | None, method: str, quiet: bool) -> _ScaleFit:
         """The fit of z = transform(y) by ``method``; with ``quiet`` its warnings are kept, not raised."""
         with warnings.catch_warnings(record=quiet) as caught:
             if quiet:
@@ -262,10 +262,10 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
             stats = d.stats(ys)
             est = ESTIMATORS[method](d, scaling, stats, max_iter=self.max_iter, tol=self.tol,
                                      n_restarts=self.n_init - 1)
-        return ScaleFit(transform, d, scaling, est, float(log_jacobian(z, transform).sum()), list(caught or []))
+        return _ScaleFit(transform, d, scaling, est, float(log_jacobian(z, transform).sum()), list(caught or []))
 
     @staticmethod
-    def _criterion(fit: ScaleFit, method: str) -> float:
+    def _criterion(fit: _ScaleFit, method: str) -> float:
         """The fit's log-likelihood (ML) or ELBO (VB) as one of the response as given."""
         value = fit.estimate.extra["elbo"] if method == "vb" else fit.estimate.loglik
         return float(value) + fit.log_jacobian

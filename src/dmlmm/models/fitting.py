@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from itertools import product
 from time import perf_counter
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,20 @@ class ScaleFit:
 def _on_scale(transform: str | None) -> str:
     """'as given' or 'on the log scale' (a response scale in words)."""
     return "as given" if transform is None else f"on the {transform} scale"
+
+
+def fit_scales(scales: list[str | None], fit_one: Callable[[str | None, bool], ScaleFit],
+               stacklevel: int = 2) -> tuple[ScaleFit, list[ScaleFit]]:
+    """``fit_one(transform, quiet)`` for each scale (``quiet``: keep the warnings in the result, more than
+    one scale), a refused scale's DataError set aside: the kept fit (:func:`keep_best_scale`) and every
+    scale's fit. The in-memory and the Dask fits both run their scales here."""
+    fits, refused = [], []
+    for tr in scales:
+        try:
+            fits.append(fit_one(tr, len(scales) > 1))
+        except DataError as exc:  # e.g. a response that only its log can standardise (dmlmm.standardise)
+            refused.append((tr, exc))
+    return keep_best_scale(fits, refused, stacklevel + 1), fits
 
 
 def keep_best_scale(fits: list[ScaleFit], refused: list[tuple[str | None, DataError]], stacklevel: int = 2) -> ScaleFit:
@@ -160,13 +174,7 @@ class Fitting:
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
         scales = transform_candidates(transform, d.response)
-        fits, refused = [], []
-        for tr in scales:
-            try:
-                fits.append(self._fit_scale(d, tr, members, Z, quiet=len(scales) > 1))
-            except DataError as exc:  # e.g. a response that only its log can standardise (dmlmm.standardise)
-                refused.append((tr, exc))
-        chosen = keep_best_scale(fits, refused)
+        chosen, fits = fit_scales(scales, lambda tr, quiet: self._fit_scale(d, tr, members, Z, quiet))
         chosen.result.seconds = perf_counter() - t0
         best, design, stats = chosen.result, chosen.design, chosen.stats
         self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
