@@ -130,7 +130,7 @@ def _mixed_stats(rng, D=12, n_subjects=40):
 
 
 def test_gram_factor_and_the_observation_space_inverse():
-    from dmlmm._linalg import diag_lowrank_inv_logdet, gram_factor
+    from dmlmm._linalg import diag_lowrank_factor, gram_factor
 
     rng = np.random.default_rng(5)
     stats = _mixed_stats(rng)
@@ -141,7 +141,8 @@ def test_gram_factor_and_the_observation_space_inverse():
     e = rng.uniform(0.2, 5.0, (len(rank), 12))
     s = rng.uniform(0.5, 20.0, len(rank))
     A = s[:, None, None] * stats.XtX + e[:, :, None] * np.eye(12)
-    inv, logdet = diag_lowrank_inv_logdet(e, s, R)
+    W, logdet = diag_lowrank_factor(e, s, R)
+    inv = (1.0 / e)[:, :, None] * np.eye(12) - np.swapaxes(W, 1, 2) @ W
     np.testing.assert_allclose(inv, np.linalg.inv(A), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
     # the subset keeps the factors, trimmed to its largest rank
@@ -163,8 +164,8 @@ def test_observation_space_route_equals_dense(noise, monkeypatch):
     s = {"shared": 2.0, "per_group": np.array([1.5, 2.5, 3.0])[group]}[noise]
     nm = _noise(rng, s, np.log(1 / np.asarray(s)))
     sizes = []
-    real = local_shared.diag_lowrank_inv_logdet
-    monkeypatch.setattr(local_shared, "diag_lowrank_inv_logdet", lambda e, s, R: sizes.append(len(e)) or real(e, s, R))
+    real = local_shared.diag_lowrank_factor
+    monkeypatch.setattr(local_shared, "diag_lowrank_factor", lambda e, s, R: sizes.append(len(e)) or real(e, s, R))
     fast = local_step(stats, pp, nm, moment_threshold=0.0)
     n_low = int((stats.gram_factor[1] <= local_shared.SHARED_OBS_FRACTION * 12).sum())
     assert sizes == [n_low * 3] and 0 < n_low < stats.n_subjects  # both routes, one call each
@@ -219,3 +220,43 @@ def test_gram_factors_are_kept_only_for_low_rank_subjects():
     assert not R[~kept].any()
     sub = stats.subset(np.flatnonzero(~kept)[:3])  # only subjects without a factor
     assert sub.gram_factor[0].shape[1] == 0 and (sub.gram_factor[1] == 13).all()
+
+
+def test_factored_and_cholesky_routes_agree_pair_by_pair():
+    """The observation-space route keeps A^{-1} factored; its pairs' quantities and covariance sums
+    (both ways of forming them: per combination or per pair) equal the Cholesky route's."""
+    from dmlmm._linalg import gram_factor
+    from dmlmm.inference import local_shared
+
+    rng = np.random.default_rng(12)
+    stats = _mixed_stats(rng, D=12, n_subjects=30)
+    group = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    pp = _shared_prior(rng, group, 12, 2)
+    factor = gram_factor(stats.XtX)
+    subject = np.repeat(np.arange(30), len(group))
+    path = np.tile(np.arange(len(group)), 30)
+    g = rng.normal(size=(len(path), 12))
+    s_group = np.array([1.5, 2.5, 3.0])
+    fact = local_shared._solve_factored(pp.shared, s_group, factor, subject, path, g, len(group))
+    chol = local_shared._solve_cholesky(pp.shared, s_group, stats.XtX, subject, path, g, len(group))
+    np.testing.assert_allclose(fact.logdet, chol.logdet, rtol=1e-11)
+    np.testing.assert_allclose(fact.quad, chol.quad, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(fact.mean, chol.mean, rtol=1e-9, atol=1e-10)
+    w = rng.uniform(0.1, 1.0, len(path))
+    one_per_combo = np.unique(subject * 3 + group[path], return_index=True)[1]  # fewer pairs than combos x 2
+    for idx in (np.arange(len(path)), one_per_combo):
+        a, b = fact.cov_sums(idx, w[idx]), chol.cov_sums(idx, w[idx])
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("counts", [[1, 3, 2, 2], [1, 1, 1, 9]])  # even (padded products), uneven (gather)
+def test_quadratic_forms_per_pair(counts):
+    rng = np.random.default_rng(13)
+    B = rng.normal(size=(4, 5, 5))
+    xtx = B @ np.swapaxes(B, 1, 2)
+    row = np.repeat(np.arange(4), counts)
+    vec = rng.normal(size=(len(row), 5))
+    expect = [v @ xtx[i] @ v for i, v in zip(row, vec)]
+    np.testing.assert_allclose(local._quad_forms(xtx, row, vec), expect, rtol=1e-12)
+    np.testing.assert_allclose(local._quad_forms(xtx, row[row != 0], vec[row != 0]), np.array(expect)[row != 0],
+                               rtol=1e-12)

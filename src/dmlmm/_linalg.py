@@ -12,7 +12,7 @@ from typing import ContextManager
 import numpy as np
 
 __all__ = ["cholesky", "spd_inv_logdet", "sym", "solve_lower", "solve_upper_t", "tri_inv_soa", "blas_single_thread", "limit_blas_threads", "stack_inv_logdet", "row_chunks", "gram_factor",
-           "diag_lowrank_inv_logdet", "max_obs_rank", "OBS_MAX_RATIO", "OBS_MIN_DIM", "OBS_RANK_FRACTION"]
+           "diag_lowrank_factor", "max_obs_rank", "OBS_MAX_RATIO", "OBS_MIN_DIM", "OBS_RANK_FRACTION"]
 
 
 def sym(a: np.ndarray) -> np.ndarray:
@@ -281,13 +281,14 @@ def gram_factor(
     return factor, rank
 
 
-def diag_lowrank_inv_logdet(
+def diag_lowrank_factor(
     e: np.ndarray, s: np.ndarray, factor: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse and log-determinant of ``A = diag(e) + s R'R`` through an r x r matrix per stack entry.
+    """``A = diag(e) + s R'R`` in factored form through an r x r matrix per stack entry: ``W`` with
+    ``A^{-1} = E^{-1} - W'W``, and ``log|A|``, without forming a D x D matrix.
 
-    ``A^{-1} = E^{-1} - W'W`` with ``W = L^{-1} R E^{-1}`` and ``L L' = K = I/s + R E^{-1} R'``
-    (Woodbury); ``log|A| = sum log e + r log s + log|K|`` (determinant lemma; zero rows of R add
+    ``W = L^{-1} R E^{-1}`` with ``L L' = K = I/s + R E^{-1} R'`` (Woodbury);
+    ``log|A| = sum log e + r log s + log|K|`` (determinant lemma; zero rows of R add
     ``log s + log(1/s) = 0``).
 
     Parameters
@@ -298,18 +299,14 @@ def diag_lowrank_inv_logdet(
 
     Returns
     -------
-    inv : (n, D, D), logdet : (n,)
+    W : (n, r, D), logdet : (n,)
     """
     r = factor.shape[1]
-    e_inv = 1.0 / e
-    re = factor * e_inv[:, None, :]  # R E^{-1}
-    K = np.einsum("nrd,nqd->nrq", re, factor)
+    re = factor / e[:, None, :]  # R E^{-1}
+    K = re @ np.swapaxes(factor, 1, 2)
     idx = np.arange(r)
     K[:, idx, idx] += (1.0 / s)[:, None]
-    chol = cholesky_soa(np.ascontiguousarray(np.moveaxis(K, 0, -1)))
-    W = np.moveaxis(tri_inv_soa(chol), -1, 0) @ re  # (n, r, D)
-    inv = -(np.swapaxes(W, 1, 2) @ W)
-    d = np.arange(e.shape[1])
-    inv[:, d, d] += e_inv
+    chol = cholesky_soa(np.ascontiguousarray(np.moveaxis(K, 0, -1)))  # K >= I/s: positive definite
+    W = np.moveaxis(tri_inv_soa(chol), -1, 0) @ re
     logdet = np.log(e).sum(axis=1) + r * np.log(s) + 2.0 * np.log(np.diagonal(chol, axis1=0, axis2=1)).sum(axis=-1)
-    return inv, logdet
+    return W, logdet

@@ -18,6 +18,13 @@ paths through k) everything else follows from D_1 x D_1 matrices per (subject, p
   the stacked ``A_ik^{-1}`` plus one Gram matrix of the stacked ``sqrt(r_ic) V_ic``.
 
 Cost per (subject, path) pair: O(D^2 D_1) instead of the dense step's O(D^3).
+
+A subject with few distinct visits has ``X_i'X_i = R_i'R_i`` of rank r < D. Its ``A_ik^{-1}`` is then
+kept factored, ``E_k^{-1} - W_ik'W_ik`` with W of shape r x D (Woodbury through an r x r matrix,
+:func:`~dmlmm._linalg.diag_lowrank_factor`), and never formed: ``A^{-1}U_c`` and ``A^{-1}g`` cost
+O(r D D_1) per pair, and the covariance sums are ``(sum r) E_k^{-1}`` minus Gram matrices of the
+stacked ``W`` plus those of the stacked ``V`` (:func:`_solve_factored`). The other subjects' ``A_ik``
+are factored by Cholesky (:func:`_solve_cholesky`).
 """
 
 from __future__ import annotations
@@ -28,10 +35,10 @@ from typing import Callable
 import numpy as np
 from scipy import sparse
 
-from .._linalg import OBS_MAX_RATIO, OBS_MIN_DIM, diag_lowrank_inv_logdet, stack_inv_logdet
+from .._linalg import OBS_MAX_RATIO, OBS_MIN_DIM, cholesky_soa, diag_lowrank_factor, stack_inv_logdet, tri_inv_soa
 from ..priors.base import SharedPrecision
 
-__all__ = ["PairSolution", "base_inverse", "gram_per_path", "solve_shared"]
+__all__ = ["PairSolution", "gram_per_path", "merge_solutions", "observation_pairs", "solve_shared"]
 
 
 @dataclass(frozen=True)
@@ -67,87 +74,182 @@ def solve_shared(
     subject, path : (A,) the pairs' subject (row of ``xtx``) and path.
     g : (A, D) the pairs' shifts, ``eta_c + s X_i'r_i``.
     n_paths : M.
-    factor : ``(R, rank)`` of all subjects (:attr:`SufficientStats.gram_factor`), optional: subjects of
-        low rank then take the observation-space route (:func:`base_inverse`).
+    factor : ``(R, rank)`` of all subjects (:attr:`SufficientStats.gram_factor`), optional: the pairs
+        of subjects of low rank (:func:`observation_pairs`) then take the observation-space route,
+        in which no D x D matrix is formed (:func:`_solve_factored`).
     """
+    low = observation_pairs(shared, s_group, xtx, subject, path, factor)
+    if not low.any():
+        return _solve_cholesky(shared, s_group, xtx, subject, path, g, n_paths)
+    if low.all():
+        return _solve_factored(shared, s_group, factor, subject, path, g, n_paths)
+    parts = []
+    for idx, solve in ((np.flatnonzero(low), _solve_factored), (np.flatnonzero(~low), _solve_cholesky)):
+        data = factor if solve is _solve_factored else xtx
+        sol = solve(shared, s_group, data, subject[idx], path[idx], g[idx], n_paths)
+        if sol is None:
+            return None
+        parts.append((idx, sol))
+    return merge_solutions(parts, len(path))
+
+
+#: The observation-space route of the shared step is taken for subjects whose X_i'X_i has rank at
+#: most this fraction of D (and at most :func:`~dmlmm._linalg.max_obs_rank`, which bounds the factors
+#: at hand). Time of the factored route against the Cholesky route, covariance sums included (600
+#: subjects in 4 of 50 paths each, 10 groups, R = 4; 2026-12-04): D = 12 rank 6 0.73, rank 9 1.13;
+#: D = 20 rank 10 0.65, rank 15 1.05; D = 30 rank 15 0.51, rank 22 0.87; D = 40 rank 12 0.24,
+#: rank 20 0.41, rank 30 0.84.
+SHARED_OBS_FRACTION = 0.6
+
+
+def observation_pairs(
+    shared: SharedPrecision, s_group: np.ndarray, xtx: np.ndarray, subject: np.ndarray, path: np.ndarray,
+    factor: tuple[np.ndarray, np.ndarray] | None,
+) -> np.ndarray:
+    """(A,) bool: the pairs that take the observation-space route: their subject's rank is at most
+    ``SHARED_OBS_FRACTION * D`` (D at least :data:`~dmlmm._linalg.OBS_MIN_DIM`) and the data are not
+    far more precise than the prior (``s tr(X'X E^{-1}) < OBS_MAX_RATIO``: Woodbury's difference
+    would lose digits)."""
     G, D = shared.base.shape
-    grp = shared.group[path]
-    combo, pair_combo = np.unique(subject * G + grp, return_inverse=True)
-    c_subject, c_group = combo // G, combo % G
-    A_inv, A_logdet = base_inverse(shared.base[c_group], s_group[c_group], xtx, c_subject, factor)  # (U, D, D), (U,)
+    if factor is None or D < OBS_MIN_DIM:
+        return np.zeros(len(path), dtype=bool)
+    low = factor[1][subject] <= SHARED_OBS_FRACTION * D
+    if low.any():
+        idx = np.flatnonzero(low)
+        grp = shared.group[path[idx]]
+        data_diag = np.diagonal(xtx, axis1=1, axis2=2)[subject[idx]]  # tr(R E^{-1} R') = tr(X'X E^{-1})
+        ratio = s_group[grp] * np.einsum("ud,ud->u", data_diag, 1.0 / shared.base[grp])
+        low[idx[ratio >= OBS_MAX_RATIO]] = False
+    return low
+
+
+#: The factored route's covariance sums form one W'W per (subject, group) combination, weighted per
+#: path by a sparse product, when the pairs outnumber the combinations at least this much; else one
+#: Gram matrix of the stacked pairs' W per path (a single matrix product each). D = 40, rank 10, 665
+#: combinations: 2,511 pairs 4.0 against 8.4 ms, one pair per combination 3.5 against 1.4 ms.
+PAIRS_PER_COMBO_GRAM = 2.0
+
+
+def _combos(shared: SharedPrecision, subject: np.ndarray, path: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The distinct (subject, group) combinations of the pairs: their subject and group (U,) and each
+    pair's combination (A,)."""
+    G = shared.base.shape[0]
+    combo, pair_combo = np.unique(subject * G + shared.group[path], return_inverse=True)
+    return combo // G, combo % G, pair_combo
+
+
+def _solve_cholesky(
+    shared: SharedPrecision, s_group: np.ndarray, xtx: np.ndarray, subject: np.ndarray, path: np.ndarray,
+    g: np.ndarray, n_paths: int,
+) -> PairSolution | None:
+    """The pairs' quantities from ``A_ik^{-1}`` formed by one Cholesky factor per (subject, group)."""
+    D = shared.base.shape[1]
+    c_subject, c_group, pair_combo = _combos(shared, subject, path)
+    A = s_group[c_group][:, None, None] * xtx[c_subject]
+    diag = np.arange(D)
+    A[:, diag, diag] += shared.base[c_group]
+    A_inv, A_logdet = stack_inv_logdet(A, "local posterior precision")  # (U, D, D), (U,)
     U = shared.factor[path]  # (A, D, R)
     Ap = A_inv[pair_combo]
     AU = Ap @ U  # A^{-1} U_c
-    C = np.eye(U.shape[2]) - np.swapaxes(U, 1, 2) @ AU
-    try:
-        LC = np.linalg.cholesky(C)
-    except np.linalg.LinAlgError:
-        return None
-    LC_inv = np.linalg.inv(LC)
     a = (Ap @ g[..., None])[..., 0]  # A^{-1} g
-    y = (LC_inv @ np.einsum("adr,ad->ar", AU, g)[..., None])[..., 0]  # L_C^{-1} U'A^{-1} g
-    V = AU @ np.swapaxes(LC_inv, 1, 2)  # (A, D, R): Q^{-1} = A^{-1} + V V'
-    mean = a + (V @ y[..., None])[..., 0]
-    quad = np.einsum("ad,ad->a", g, a) + np.einsum("ar,ar->a", y, y)
-    logdet = A_logdet[pair_combo] + 2.0 * np.log(np.diagonal(LC, axis1=1, axis2=2)).sum(axis=1)
+    low_rank = _low_rank_update(U, AU, g, a, A_logdet[pair_combo])
+    if low_rank is None:
+        return None
+    V, mean, quad, logdet = low_rank
 
     def cov_sums(idx: np.ndarray, r: np.ndarray) -> np.ndarray:
-        weights = sparse.csr_matrix((r, (path[idx], pair_combo[idx])), shape=(n_paths, len(combo)))
-        out = np.asarray(weights @ A_inv.reshape(len(combo), D * D)).reshape(n_paths, D, D)
+        weights = sparse.csr_matrix((r, (path[idx], pair_combo[idx])), shape=(n_paths, len(c_subject)))
+        out = np.asarray(weights @ A_inv.reshape(len(c_subject), D * D)).reshape(n_paths, D, D)
         return out + gram_per_path(np.swapaxes(V[idx] * np.sqrt(r)[:, None, None], 1, 2), path[idx], n_paths)
 
     return PairSolution(logdet, quad, mean.T, cov_sums)
 
 
-#: In the shared step only ``A_ik``'s factorisation moves to observation space, and the per-pair work
-#: stays: there the route pays below a lower rank (whole local steps, 600 subjects, K = (10, 5) shared
-#: paths: D = 40 rank 10 0.78, rank 22 1.00; D = 20 rank 8 0.89; 2 paths in 2 groups, D = 40 rank 10
-#: 0.50, rank 22 1.04).
-SHARED_OBS_FRACTION = 0.3
+def _solve_factored(
+    shared: SharedPrecision, s_group: np.ndarray, factor: tuple[np.ndarray, np.ndarray], subject: np.ndarray,
+    path: np.ndarray, g: np.ndarray, n_paths: int,
+) -> PairSolution | None:
+    """The pairs' quantities with ``A_ik^{-1} = E_k^{-1} - W_ik'W_ik`` kept factored (W of shape r x D,
+    :func:`~dmlmm._linalg.diag_lowrank_factor`): ``A^{-1}U_c`` and ``A^{-1}g`` in O(r D R) per pair,
+    and the per-path covariance sums as ``(sum r) E^{-1}`` minus one Gram matrix of the stacked
+    ``sqrt(r) W`` plus that of the stacked ``sqrt(r) V'``: no D x D matrix per combination or pair."""
+    R, rank = factor
+    D = shared.base.shape[1]
+    c_subject, c_group, pair_combo = _combos(shared, subject, path)
+    r = int(rank[c_subject].max(initial=0))
+    W, A_logdet = diag_lowrank_factor(shared.base[c_group], s_group[c_group], R[c_subject, :r])  # (U, r, D)
+    e_inv = 1.0 / shared.base  # (G, D)
+    Ei = e_inv[shared.group[path]]  # (A, D)
+    U = shared.factor[path]  # (A, D, R)
+    Wp = W[pair_combo]  # (A, r, D)
+    AU = Ei[:, :, None] * U - np.swapaxes(Wp, 1, 2) @ (Wp @ U)
+    a = Ei * g - np.einsum("ard,ar->ad", Wp, np.einsum("ard,ad->ar", Wp, g))
+    low_rank = _low_rank_update(U, AU, g, a, A_logdet[pair_combo])
+    if low_rank is None:
+        return None
+    V, mean, quad, logdet = low_rank
+    diag = np.arange(D)
+
+    def cov_sums(idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+        root = np.sqrt(w)[:, None, None]
+        out = np.zeros((n_paths, D, D))
+        out[:, diag, diag] = np.bincount(path[idx], weights=w, minlength=n_paths)[:, None] * e_inv[shared.group]
+        used, where = np.unique(pair_combo[idx], return_inverse=True)
+        if len(idx) >= PAIRS_PER_COMBO_GRAM * len(used):  # one W'W per combination, weighted per path
+            Wu = W[used]
+            weights = sparse.csr_matrix((w, (path[idx], where)), shape=(n_paths, len(used)))
+            out -= np.asarray(weights @ (np.swapaxes(Wu, 1, 2) @ Wu).reshape(len(used), D * D)).reshape(n_paths, D, D)
+        else:  # one Gram matrix of the stacked sqrt(w) W per path
+            out -= gram_per_path(Wp[idx] * root, path[idx], n_paths)
+        return out + gram_per_path(np.swapaxes(V[idx] * root, 1, 2), path[idx], n_paths)
+
+    return PairSolution(logdet, quad, mean.T, cov_sums)
 
 
-def base_inverse(
-    base: np.ndarray, s: np.ndarray, xtx: np.ndarray, subject: np.ndarray,
-    factor: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse and log-determinant of ``A_u = diag(base_u) + s_u X'X`` of subject ``subject[u]``, per u.
-
-    With ``factor`` (``R, rank`` of all subjects), the entries whose subject has rank at most
-    ``SHARED_OBS_FRACTION * D`` are computed in observation space
-    (:func:`~dmlmm._linalg.diag_lowrank_inv_logdet`), the others by a Cholesky factor of ``A``.
+def _low_rank_update(
+    U: np.ndarray, AU: np.ndarray, g: np.ndarray, a: np.ndarray, A_logdet: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """From ``A^{-1}`` applied to ``U_c`` and ``g``, the pairs' ``Q^{-1} = A^{-1} + V V'``, mean, quadratic
+    form and log-determinant (Woodbury and the determinant lemma through ``C = I - U'A^{-1}U``);
+    None when a ``C`` is not numerically positive definite.
 
     Parameters
     ----------
-    base : (U, D) positive diagonals; s : (U,) noise precisions; xtx : (N, D, D); subject : (U,).
+    U, AU : (A, D, R); g, a : (A, D) the shifts and ``A^{-1} g``; A_logdet : (A,).
 
     Returns
     -------
-    inv : (U, D, D), logdet : (U,)
+    V : (A, D, R), mean : (A, D), quad : (A,), logdet : (A,)
     """
-    U, D = base.shape
-    low = np.zeros(U, dtype=bool)
-    if factor is not None:
-        R, rank = factor
-        low = rank[subject] <= (SHARED_OBS_FRACTION * D if D >= OBS_MIN_DIM else -1)
-        if low.any():
-            idx = np.flatnonzero(low)
-            r = int(rank[subject[idx]].max(initial=0))
-            Rl = R[subject[idx], :r]
-            ratio = s[idx] * np.einsum("urd,urd,ud->u", Rl, Rl, 1.0 / base[idx])
-            ok = ratio < OBS_MAX_RATIO
-            low[idx[~ok]] = False
-            idx, Rl = idx[ok], Rl[ok]
-    inv = np.empty((U, D, D))
-    logdet = np.empty(U)
-    if low.any():
-        inv[idx], logdet[idx] = diag_lowrank_inv_logdet(base[idx], s[idx], Rl)
-    rest = np.flatnonzero(~low)
-    if len(rest):
-        A = s[rest][:, None, None] * xtx[subject[rest]]
-        diag = np.arange(D)
-        A[:, diag, diag] += base[rest]
-        inv[rest], logdet[rest] = stack_inv_logdet(A, "local posterior precision")
-    return inv, logdet
+    C = np.eye(U.shape[2]) - np.swapaxes(U, 1, 2) @ AU
+    try:  # R x R factors, batch axis last (cholesky_soa): faster than LAPACK's per-matrix calls
+        LC = cholesky_soa(np.ascontiguousarray(C.transpose(1, 2, 0)))
+    except np.linalg.LinAlgError:
+        return None
+    LC_inv = np.moveaxis(tri_inv_soa(LC), -1, 0)  # (A, R, R)
+    y = np.einsum("ars,as->ar", LC_inv, np.einsum("adr,ad->ar", AU, g))  # L_C^{-1} U'A^{-1} g
+    V = AU @ np.swapaxes(LC_inv, 1, 2)  # (A, D, R): Q^{-1} = A^{-1} + V V'
+    mean = a + np.einsum("adr,ar->ad", V, y)
+    quad = np.einsum("ad,ad->a", g, a) + np.einsum("ar,ar->a", y, y)
+    logdet = A_logdet + 2.0 * np.log(np.diagonal(LC, axis1=0, axis2=1)).sum(axis=1)
+    return V, mean, quad, logdet
+
+
+def merge_solutions(parts: list[tuple[np.ndarray, PairSolution]], n_pairs: int) -> PairSolution:
+    """One PairSolution over ``n_pairs`` pairs from solutions of disjoint subsets (positions, solution)."""
+    D = parts[0][1].mean.shape[0]
+    logdet, quad, mean = np.empty(n_pairs), np.empty(n_pairs), np.empty((D, n_pairs))
+    owner, local_pos = np.empty(n_pairs, dtype=int), np.empty(n_pairs, dtype=int)
+    for k, (idx, sol) in enumerate(parts):
+        logdet[idx], quad[idx], mean[:, idx] = sol.logdet, sol.quad, sol.mean
+        owner[idx], local_pos[idx] = k, np.arange(len(idx))
+
+    def cov_sums(sel: np.ndarray, w: np.ndarray) -> np.ndarray:
+        out = [sol.cov_sums(local_pos[sel[owner[sel] == k]], w[owner[sel] == k]) for k, (_, sol) in enumerate(parts)]
+        return np.sum(out, axis=0)
+
+    return PairSolution(logdet, quad, mean, cov_sums)
 
 
 def gram_per_path(rows: np.ndarray, path: np.ndarray, n_paths: int) -> np.ndarray:
