@@ -83,14 +83,12 @@ def solve_shared(
         return _solve_cholesky(shared, s_group, xtx, subject, path, g, n_paths)
     if low.all():
         return _solve_factored(shared, s_group, factor, subject, path, g, n_paths)
-    parts = []
-    for idx, solve in ((np.flatnonzero(low), _solve_factored), (np.flatnonzero(~low), _solve_cholesky)):
-        data = factor if solve is _solve_factored else xtx
-        sol = solve(shared, s_group, data, subject[idx], path[idx], g[idx], n_paths)
-        if sol is None:
-            return None
-        parts.append((idx, sol))
-    return merge_solutions(parts, len(path))
+    lo, hi = np.flatnonzero(low), np.flatnonzero(~low)
+    sol_lo = _solve_factored(shared, s_group, factor, subject[lo], path[lo], g[lo], n_paths)
+    sol_hi = _solve_cholesky(shared, s_group, xtx, subject[hi], path[hi], g[hi], n_paths)
+    if sol_lo is None or sol_hi is None:
+        return None
+    return merge_solutions([(lo, sol_lo), (hi, sol_hi)], len(path))
 
 
 #: The observation-space route of the shared step is taken for subjects whose X_i'X_i has rank at
@@ -171,7 +169,7 @@ def _solve_factored(
     path: np.ndarray, g: np.ndarray, n_paths: int,
 ) -> PairSolution | None:
     """The pairs' quantities with ``A_ik^{-1} = E_k^{-1} - W_ik'W_ik`` kept factored (W of shape r x D,
-    :func:`~dmlmm._linalg.diag_lowrank_factor`): ``A^{-1}U_c`` and ``A^{-1}g`` in O(r D R) per pair,
+    :func:`~dmlmm._linalg.diag_lowrank_factor`): ``A^{-1}U_c`` and ``A^{-1}g`` in O(r D D_1) per pair,
     and the per-path covariance sums as ``(sum r) E^{-1}`` minus one Gram matrix of the stacked
     ``sqrt(r) W`` plus that of the stacked ``sqrt(r) V'``: no D x D matrix per combination or pair."""
     R, rank = factor
