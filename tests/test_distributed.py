@@ -380,3 +380,37 @@ def test_pooled_response_summaries_match_the_exact_ones():
     with pytest.raises(DataError, match=r"in units so small") as err:  # as in memory, with the same numbers
         response_scale(y)
     assert f"({pooled.y_sd:.3g} squared)" in str(err.value)
+
+
+def test_auto_scales_hold_one_scale_at_a_time(client, dgp1_frame, monkeypatch):
+    """With response_transform="auto" the scale fitted first is set aside (its statistics and local results
+    cancelled on the workers) before the log scale is fitted; kept after all, it is built again and gives
+    the in-memory numbers (before, both scales' statistics stayed on the workers until the end)."""
+    from dmlmm.distributed import fit as fit_mod
+
+    df, _ = dgp1_frame
+    pos = df.assign(y=df["y"] + 12.0)  # positive, Gaussian as given: the scale as given is kept
+    kw = dict(n_components=2, basis=SplineBasis(6), random_state=0, max_iter=40)
+    fitted = []
+    real = fit_mod._fit_scale
+
+    def spy(model, frame, transform, client_, quiet=False):
+        if not quiet:  # the inner call of a quiet (several scales) fit
+            return real(model, frame, transform, client_, quiet)
+        if fitted:  # the first scale's worker data are released before the next scale is fitted
+            first = fitted[0]
+            assert {f.status for f in list(first.stats.shards) + list(first.result.local.parts)} == {"cancelled"}
+        fitted.append(real(model, frame, transform, client_, quiet))
+        return fitted[-1]
+
+    monkeypatch.setattr(fit_mod, "_fit_scale", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m0 = MixtureLMM(**kw).fit(pos)
+        m1 = MixtureLMM(**kw).fit(dd.from_pandas(pos, npartitions=2, sort=False))
+    assert [f.design.transform for f in fitted] == [None, "log"]  # the in-memory fit does not come here
+    assert m0.response_transform_ is None and m1.response_transform_ is None
+    assert list(m1.elbo_by_transform_) == ["none", "log"]
+    assert {f.status for f in fitted[1].stats.shards} == {"cancelled"}  # the losing log scale, released too
+    np.testing.assert_allclose(list(m1.elbo_by_transform_.values()), list(m0.elbo_by_transform_.values()), rtol=1e-6)
+    _same_fit(m0, m1)

@@ -12,7 +12,9 @@ The steps mirror :meth:`VariationalLongitudinalModel.fit`:
 4. run the same :func:`~dmlmm.inference.starts.run_vi_with_starts` (starting sizes,
    delete moves, pruning, stopping rule) with :class:`~.stats.DaskStats` as the
    statistics, for each noise kind and ``n_init`` restart, keeping the best ELBO;
-5. keep the scale whose bound on the data's scale is higher (as in memory), set the fitted
+5. keep the scale whose bound on the data's scale is higher (as in memory; a scale fitted before
+   another is set aside meanwhile, its statistics released on the workers, and built again if it
+   is kept, so that a worker holds one scale's statistics at a time), set the fitted
    globals as an in-memory fit does (with covariates, the fixed effects' covariance from the
    partitions' summed information), and the per-subject tables as dask collections on the
    workers (:mod:`.outputs`).
@@ -33,7 +35,7 @@ import numpy as np
 from .._recorded import recorded
 from ..columns import ColumnNames
 from ..exceptions import DataError
-from ..inference.engine import VariationalParams
+from ..inference.engine import VariationalParams, final_local_step
 from ..inference.noise import per_cluster
 from ..inference.starts import run_vi_with_starts
 from ..models.fitting import ScaleFit, fit_scales
@@ -111,8 +113,17 @@ def fit_dask(
     scales = candidates_given_min(transform, frame.pooled.y_min)
     t0 = perf_counter()
     # as the in-memory fit: each scale's best fit, the higher bound on the data's scale kept
-    chosen, fits = fit_scales(scales, lambda tr, quiet: _fit_scale(model, frame.on_scale(tr), tr, client, quiet),
-                              stacklevel=3)
+
+    def fit_one(tr: str | None, quiet: bool) -> ScaleFit:
+        fit = _fit_scale(model, frame.on_scale(tr), tr, client, quiet)
+        return fit if tr == scales[-1] else _set_aside(fit, client)  # a later scale is fitted next: free this one
+
+    chosen, fits = fit_scales(scales, fit_one, stacklevel=3)
+    if chosen.stats is None:  # set aside while a later scale was fitted: its statistics and final local step again
+        for f in fits:
+            if f is not chosen and f.stats is not None:
+                _set_aside(f, client)
+        chosen = _restored(chosen, frame, client)
     frame.reads = []  # every scale's shards are built: the rows are released
     best, design, stats = chosen.result, chosen.design, chosen.stats
     best.seconds = perf_counter() - t0
@@ -129,6 +140,27 @@ def fit_dask(
     for name, value in subject_tables(model, client, stats.shards, local.parts, frame.subjects).items():
         setattr(model, name, value)
     return model
+
+
+def _set_aside(fit: ScaleFit, client: Any) -> ScaleFit:
+    """``fit`` without its statistics and local results, whose futures are cancelled on the workers: with
+    ``response_transform="auto"`` a worker then holds one scale's statistics at a time, not two.
+    The globals, bound and warnings stay (the scales are compared on them); :func:`_restored` builds
+    the rest again if this scale is kept."""
+    held = list(fit.stats.shards) + list(fit.result.local.parts)
+    client.cancel(held)
+    return replace(fit, stats=None, result=replace(fit.result, local=None))
+
+
+def _restored(fit: ScaleFit, frame: DaskFrame, client: Any) -> ScaleFit:
+    """A set-aside scale's fit (:func:`_set_aside`) with its statistics built again from ``frame``'s rows
+    and its local results computed again at its final globals: the same numbers as before it was set
+    aside (the local step is deterministic), for one more pass over the data."""
+    design = fit.design
+    stats = DaskStats(client, frame.on_scale(design.transform).shards(design), frame.n_subjects,
+                      design.basis.n_basis, design.n_fixed)
+    local, params = final_local_step(stats, fit.result.prior, fit.result.params, fit.config)
+    return replace(fit, stats=stats, result=replace(fit.result, local=local, params=params))
 
 
 def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any, quiet: bool = False) -> ScaleFit:

@@ -44,7 +44,7 @@ from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, p
 
 _NO_RAISE = contextlib.nullcontext()
 
-__all__ = ["VariationalParams", "VIConfig", "VIResult", "run_vi", "noise_moments", "elbo_globals", "prune_params"]
+__all__ = ["VariationalParams", "VIConfig", "VIResult", "run_vi", "final_local_step", "noise_moments", "elbo_globals", "prune_params"]
 
 
 @dataclass(frozen=True)
@@ -384,9 +384,7 @@ def run_vi(
     if at_hand:
         elbo = history[-1]
     else:
-        pp, _ = prior.path_prior(params.prior)
-        local, params = _local_step(stats, pp, params, prior.path_components(), config, None,
-                                    membership_terms(params, prior, stats)[0])
+        local, params = final_local_step(stats, prior, params, config)
         elbo = float(local.log_evidence.sum()) + elbo_globals(params, prior, config)
         if not converged:
             history.append(elbo)
@@ -400,6 +398,14 @@ def run_vi(
     kept = [np.arange(len(c)) if k is None else k for k, c in zip(kept, prior.layer_counts(params.prior))]
     return VIResult(params, prior, elbo, history, it, converged, local, time.perf_counter() - t0, pruned_at, kept,
                     gave_up=gave_up)
+
+
+def final_local_step(stats, prior: RandomEffectsPrior, params: VariationalParams, config: VIConfig) -> tuple[Any, VariationalParams]:
+    """The local step on all subjects and all paths at ``params``, as a run of :func:`run_vi` ends: its
+    ``VIResult.local`` (and ``params``, with what the step optimised too). Deterministic, so a fit whose
+    local results were released can compute them again (the Dask fit's set-aside response scale)."""
+    pp, _ = prior.path_prior(params.prior)
+    return _local_step(stats, pp, params, prior.path_components(), config, None, membership_terms(params, prior, stats)[0])
 
 
 def _local_step(
