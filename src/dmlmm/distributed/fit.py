@@ -122,7 +122,7 @@ def fit_dask(
     if chosen.stats is None:  # set aside while a later scale was fitted: its statistics and final local step again
         for f in fits:
             if f is not chosen and f.stats is not None:
-                _set_aside(f, client)
+                _release(f, client)  # the scales that lost: their worker data go before the kept one's come back
         chosen = _restored(chosen, frame, client)
     frame.reads = []  # every scale's shards are built: the rows are released
     best, design, stats = chosen.result, chosen.design, chosen.stats
@@ -147,9 +147,13 @@ def _set_aside(fit: ScaleFit, client: Any) -> ScaleFit:
     ``response_transform="auto"`` a worker then holds one scale's statistics at a time, not two.
     The globals, bound and warnings stay (the scales are compared on them); :func:`_restored` builds
     the rest again if this scale is kept."""
-    held = list(fit.stats.shards) + list(fit.result.local.parts)
-    client.cancel(held)
+    _release(fit, client)
     return replace(fit, stats=None, result=replace(fit.result, local=None))
+
+
+def _release(fit: ScaleFit, client: Any) -> None:
+    """Cancel ``fit``'s statistics and local results on the workers (the fit's futures are unusable after)."""
+    client.cancel(list(fit.stats.shards) + list(fit.result.local.parts))
 
 
 def _restored(fit: ScaleFit, frame: DaskFrame, client: Any) -> ScaleFit:
