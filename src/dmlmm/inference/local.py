@@ -403,11 +403,12 @@ def _quad_forms(xtx: np.ndarray, row: np.ndarray, vec: np.ndarray) -> np.ndarray
     rows = row[starts]
     if counts.max() * len(rows) > 2 * A:  # uneven: padding would waste more than the gather
         return np.einsum("ad,ade,ae->a", vec, xtx[row], vec)
+    owner = np.repeat(np.arange(len(rows)), counts)  # each pair's position among the rows
     pos = np.arange(A) - np.repeat(starts, counts)
     padded = np.zeros((len(rows), int(counts.max()), vec.shape[1]))
-    padded[np.repeat(np.arange(len(rows)), counts), pos] = vec
+    padded[owner, pos] = vec
     prod = padded @ xtx[rows] if len(rows) < len(xtx) else padded @ xtx
-    return np.einsum("skd,skd->sk", prod, padded)[np.repeat(np.arange(len(rows)), counts), pos]
+    return np.einsum("skd,skd->sk", prod, padded)[owner, pos]
 
 
 def _chunk_bounds(pairs_per_subject: np.ndarray, per_chunk: int) -> list[tuple[int, int]]:

@@ -157,8 +157,7 @@ def _solve_cholesky(
     V, mean, quad, logdet = low_rank
 
     def cov_sums(idx: np.ndarray, r: np.ndarray) -> np.ndarray:
-        weights = sparse.csr_matrix((r, (path[idx], pair_combo[idx])), shape=(n_paths, len(c_subject)))
-        out = np.asarray(weights @ A_inv.reshape(len(c_subject), D * D)).reshape(n_paths, D, D)
+        out = _sum_per_path(r, path[idx], pair_combo[idx], A_inv, n_paths)
         return out + gram_per_path(np.swapaxes(V[idx] * np.sqrt(r)[:, None, None], 1, 2), path[idx], n_paths)
 
     return PairSolution(logdet, quad, mean.T, cov_sums)
@@ -196,13 +195,20 @@ def _solve_factored(
         used, where = np.unique(pair_combo[idx], return_inverse=True)
         if len(idx) >= PAIRS_PER_COMBO_GRAM * len(used):  # one W'W per combination, weighted per path
             Wu = W[used]
-            weights = sparse.csr_matrix((w, (path[idx], where)), shape=(n_paths, len(used)))
-            out -= np.asarray(weights @ (np.swapaxes(Wu, 1, 2) @ Wu).reshape(len(used), D * D)).reshape(n_paths, D, D)
+            out -= _sum_per_path(w, path[idx], where, np.swapaxes(Wu, 1, 2) @ Wu, n_paths)
         else:  # one Gram matrix of the stacked sqrt(w) W per path
             out -= gram_per_path(Wp[idx] * root, path[idx], n_paths)
         return out + gram_per_path(np.swapaxes(V[idx] * root, 1, 2), path[idx], n_paths)
 
     return PairSolution(logdet, quad, mean.T, cov_sums)
+
+
+def _sum_per_path(w: np.ndarray, path: np.ndarray, combo: np.ndarray, mats: np.ndarray, n_paths: int) -> np.ndarray:
+    """Per path, ``sum_a w_a mats[combo_a]`` over the pairs a of that path: one sparse product of the
+    (paths x combinations) weights with the stacked matrices ``mats`` (U, D, D); returns (M, D, D)."""
+    U, D = mats.shape[0], mats.shape[-1]
+    weights = sparse.csr_matrix((w, (path, combo)), shape=(n_paths, U))
+    return np.asarray(weights @ mats.reshape(U, D * D)).reshape(n_paths, D, D)
 
 
 def _low_rank_update(
