@@ -271,3 +271,25 @@ def test_non_finite_component_sizes_are_a_numerical_error(monkeypatch):
     with pytest.raises(NumericalError,
                        match=r"broke down at iteration [0-9]+: the components' sizes stopped being finite \(last finite"):
         _run_with(stats, prior, config)
+
+
+def test_an_iterate_without_a_cholesky_factor_falls_back_to_the_plain_step():
+    """A precision that is positive definite only to rounding has no unconstrained coordinates: the
+    extrapolation is skipped (the plain iterate goes on) instead of raising from its Cholesky factor."""
+    from dmlmm.accel import Squarem
+    from dmlmm.inference.engine import _extrapolate
+
+    stats = _stats(seed=4)
+    prior = DeepMixturePrior(4, (3, 2), (2, 1), roughness=np.r_[0.0, 0.0, 2.0, 9.0])
+    theta = [_run(stats, prior, False, n).params for n in (3, 4, 5)]
+    point, fallback = _extrapolate(*theta, Squarem())
+    assert fallback is not None  # a genuine extrapolation on healthy iterates
+    first = theta[2].prior.layers[0]
+    bad = first.loadings.precision.copy()
+    bad[0, 0] = -np.eye(bad.shape[-1])  # one row's precision with negative eigenvalues
+    broken = replace(theta[2], prior=replace(theta[2].prior, layers=(
+        replace(first, loadings=replace(first.loadings, precision=bad)), *theta[2].prior.layers[1:])))
+    with pytest.raises(np.linalg.LinAlgError):
+        to_unconstrained(broken)
+    point, fallback = _extrapolate(theta[0], theta[1], broken, Squarem())
+    assert point is broken and fallback is None

@@ -433,9 +433,15 @@ def _extrapolate(
 
     ``skip_fixed``: leave q(w) out (the joint local step recomputes it; its natural parameters
     would otherwise dominate the step length). Returns ``(theta2, None)`` when there is nothing
-    to extrapolate (or the point is not finite).
+    to extrapolate (or the point is not finite), and when an iterate has no unconstrained
+    coordinates: a precision matrix that is positive definite only to rounding (phenobarb's deep
+    mixture with ``idiosyncratic_shape=1000``: loading rows of roughness 5e5 whose idiosyncratic
+    variances are near 1e-7) has no Cholesky factor, and the plain step goes on without it.
     """
-    u0, u1, u2 = (to_unconstrained(replace(t, fixed=None) if skip_fixed else t) for t in (theta0, theta1, theta2))
+    try:
+        u0, u1, u2 = (to_unconstrained(replace(t, fixed=None) if skip_fixed else t) for t in (theta0, theta1, theta2))
+    except np.linalg.LinAlgError:
+        return theta2, None
     if any(a.shape != b.shape for a, b in zip(u0, u2)) or len(u0) != len(u2):
         return theta2, None
     got = squarem_point(u0, u1, u2, accel.max_step)
