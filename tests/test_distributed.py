@@ -90,8 +90,17 @@ def test_is_dask_collection(parquet_frame, dgp1_frame):
 
 
 def _same_fit(m0, m1, rtol: float = 1e-6) -> None:
+    """The same fit chosen, to its convergence tolerance. Iteration counts agree within 10 %: ``n_iter_``
+    counts the losing starts' runs too, and a run racing the kept one stops when its recent rate of ascent
+    cannot reach it (``engine._cannot_reach``): the partitions' sums round differently from the
+    in-memory ones, coordinate ascent with SQUAREM amplifies that to ~1e-7 nats within tens of
+    iterations, and a losing race can stop some iterations earlier or later (dgp1_frame, deep
+    mixture: 335 in memory, 318-360 for data perturbed by 1e-14 or read from Parquet; the chosen run too:
+    with ``tol=1e-9`` its traces were 452 and 330 iterations long before the deeper means were pinned,
+    470 and 490 after, ending within 1e-5 nats)."""
     assert abs(m1.elbo_ - m0.elbo_) <= rtol * abs(m0.elbo_)
-    assert m1.n_iter_ == m0.n_iter_ and m1.n_components_ == m0.n_components_
+    assert m1.n_components_ == m0.n_components_
+    assert abs(m1.n_iter_ - m0.n_iter_) <= 0.1 * m0.n_iter_
     collect(m1)
     subjects = m0.labels_.index
     assert adjusted_rand_index(m0.labels_, m1.labels_.reindex(subjects)) == 1.0
@@ -135,7 +144,9 @@ def test_deep_mixture_same_answer_as_in_memory(client, parquet_frame, dgp1_frame
     assert is_dask_collection(traj)
     got = traj.compute().sort_values(["subject", "time"]).reset_index(drop=True)
     want = m0.predict_trajectory(df, times=times, kind="observation").sort_values(["subject", "time"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(got, want, rtol=1e-6, check_dtype=False)
+    # (rtol 1e-5: the two fits stop at the ELBO tolerance 1e-5 along slightly different paths, see _same_fit;
+    # measured: bands agree to 4.3e-6, means to 7.8e-7)
+    pd.testing.assert_frame_equal(got, want, rtol=1e-5, check_dtype=False)
     assert got["beyond_last_visit"].any()
 
 

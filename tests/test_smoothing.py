@@ -15,7 +15,7 @@ import dmlmm
 from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
 from dmlmm.sufficient import sufficient_stats
 from dmlmm.metrics import adjusted_rand_index, coverage
-from dmlmm.priors.dmfa import DeepMixturePrior
+from dmlmm.priors.dmfa import PINNED_MEAN_VAR, DeepMixturePrior
 from dmlmm.priors.gaussian import GaussianMixturePrior
 from dmlmm.simulate import dgp1
 from test_vi_engine import (
@@ -52,9 +52,10 @@ def _scale_pair_mc(f, S, rng, scale):
     return v, lp.reshape(S, -1).sum(1)
 
 
-def test_smooth_dmfa_prior_elbo_matches_monte_carlo():
+@pytest.mark.parametrize("ks", [(2, 2), (2, 1)], ids=["free-deeper-mean", "pinned-deeper-mean"])
+def test_smooth_dmfa_prior_elbo_matches_monte_carlo(ks):
     stats = _smooth_stats()
-    prior = DeepMixturePrior(5, (2, 2), (2, 1), roughness=ROUGH)
+    prior = DeepMixturePrior(5, ks, (2, 1), roughness=ROUGH)
     params, _ = _start(stats, prior, iters=4)
     rng = np.random.default_rng(3)
     S = 40000
@@ -73,7 +74,8 @@ def test_smooth_dmfa_prior_elbo_matches_monte_carlo():
         g = _ig_sample(lay.mean_scale, S, rng)
         tau = _ig_sample(lay.global_scale, S, rng)
         lam2 = _ig_sample(lay.local_scale, S, rng)
-        mu_var = G * g
+        pinned = l >= 1 and len(lay.weights.alpha) == 1  # one deeper component: mu ~ N(0, PINNED_MEAN_VAR)
+        mu_var = np.full_like(g, PINNED_MEAN_VAR) if pinned else G * g
         if smooth is not None:
             v, lp = _scale_pair_mc(smooth.mean, S, rng, prior.smooth_scale)
             total += lp
@@ -102,7 +104,7 @@ def test_smooth_dmfa_prior_elbo_matches_monte_carlo():
         horseshoe = null if smooth is None else np.zeros(J, dtype=bool)
         for x, q, shape0, rate0, rows in (
             (h, lay.delta_aux, 0.5, 1 / A2, null),
-            (g, lay.mean_scale, 0.5, 0.5, null),
+            (g, lay.mean_scale, 0.5, 0.5, null & (not pinned)),
             (lam2, lay.local_scale, 0.5, 1 / a, horseshoe),
             (a, lay.local_aux, 0.5, 1.0, horseshoe),
         ):
@@ -151,7 +153,7 @@ def test_smooth_gaussian_mixture_prior_elbo_matches_monte_carlo():
     _mc_check(total, prior.elbo(pp), "smooth Gaussian-mixture prior factors")
 
 
-@pytest.mark.parametrize("ks,ds", [((3, 2), (2, 1)), ((2,), (3,))])
+@pytest.mark.parametrize("ks,ds", [((3, 2), (2, 1)), ((3, 1), (2, 1)), ((2,), (3,))])
 def test_elbo_never_decreases_with_smoothing_dmfa(ks, ds):
     stats = _smooth_stats(seed=1, n_subjects=40)
     h = _elbo_history(stats, DeepMixturePrior(5, ks, ds, roughness=ROUGH), 0, 80)
@@ -265,22 +267,51 @@ def test_loading_order_is_checked():
         DeepMixtureLMM(loading_order=0.5).fit(df)
 
 
-def test_deeper_means_stay_near_zero_by_default_with_the_smoothness_prior():
-    """mean_scale="auto": G = (0.5, 1e-3) with the smoothness prior, 0.5 in every layer without it (the
-    research code's model); a deeper layer's mean, which only shifts paths along the first layer's loading
-    curves, then stays near zero instead of carrying part of the population curve."""
+def test_a_single_deeper_component_has_its_mean_pinned_at_zero():
+    """With the smoothness prior a deeper layer with one component has mean exactly zero: it is redundant
+    with the first layer's means (a path's mean is ``mu_k + B_k mu2``), and a free one let the loading curves
+    carry the population curve. ``mean_scale`` (the Cauchy scale of free deeper means; "auto": (0.5, 1e-3)
+    with the smoothness prior, 0.5 in every layer without it) then does not enter the model. The research
+    model (no smoothness prior) keeps its free mean."""
     sim = dgp1(random_state=0, n_subjects=150)
-    mu2 = {}
+    fits = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for ms in ("auto", 0.5):
             m = DeepMixtureLMM((3, 1), (2, 1), basis=SplineBasis(10), random_state=0, mean_scale=ms, max_iter=300,
                                loading_order=2).fit(sim.data, "subject", "time", "y")
-            mu2[ms] = np.abs(m.params_.prior.layers[1].loadings.moments()[0][..., 0]).max()
-            assert m.prior_.mean_scale == ((0.5, 1e-3) if ms == "auto" else (0.5, 0.5))
+            assert np.all(m.params_.prior.layers[1].loadings.moments()[0][..., 0] == 0.0)
+            fits[ms] = m
         research = DeepMixtureLMM((3, 1), (2, 1), basis=SplineBasis(6), smoothing=None, random_state=0, max_iter=20)
         research.fit(sim.data, "subject", "time", "y")
+    assert fits["auto"].prior_.mean_scale == (0.5, 1e-3) and fits[0.5].prior_.mean_scale == (0.5, 0.5)
+    assert fits["auto"].elbo_ == fits[0.5].elbo_
     assert research.prior_.mean_scale == (0.5, 0.5)
-    assert mu2["auto"] < 1e-3 < 1e-2 < mu2[0.5]
+    assert np.abs(research.params_.prior.layers[1].loadings.moments()[0][..., 0]).max() > 1e-2
     with pytest.raises(ValueError, match="mean_scale must be 'auto', a positive number, or one per layer"):
         DeepMixtureLMM(mean_scale="small").fit(sim.data, "subject", "time", "y")
+
+
+def test_pruning_to_one_deeper_component_moves_its_mean_into_the_first_layer_exactly():
+    """When a deeper layer is pruned to one component its mean c is pinned at zero and moved into the
+    first layer's means, ``mu_k <- mu_k + B_k c``: every kept path's expected mean is unchanged, and so are
+    the expected loadings of both layers."""
+    stats = _smooth_stats(seed=2)
+    prior = DeepMixturePrior(5, (2, 2), (2, 1), roughness=ROUGH)
+    params, _ = _start(stats, prior, iters=5)
+    old = params.prior
+    m1, m2 = (lay.loadings.moments()[0] for lay in old.layers)  # (K1, 5, 3), (K2, 2, 2)
+    c = m2[0, :, 0]
+    assert np.abs(c).max() > 1e-3  # a free deeper mean to move
+    new_prior, new = prior.prune(old, [np.ones(2, dtype=bool), np.array([True, False])])
+    assert new_prior.n_components == (2, 1)
+    n1, n2 = (lay.loadings.moments()[0] for lay in new.layers)
+    assert np.all(n2[..., 0] == 0.0)
+    np.testing.assert_allclose(n1[..., 0], m1[..., 0] + np.einsum("kjm,m->kj", m1[..., 1:], c), atol=1e-10)
+    np.testing.assert_allclose(n1[..., 1:], m1[..., 1:], atol=1e-10)
+    np.testing.assert_allclose(n2[..., 1:], m2[:1, :, 1:], atol=1e-10)
+    # the research model (no smoothness prior) keeps the free mean
+    research = DeepMixturePrior(5, (2, 2), (2, 1))
+    rp, _ = _start(stats, research, iters=5)
+    _, kept = research.prune(rp.prior, [np.ones(2, dtype=bool), np.array([True, False])])
+    np.testing.assert_array_equal(kept.layers[1].loadings.shift, rp.prior.layers[1].loadings.shift[:1])

@@ -196,8 +196,10 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         in the deeper layers (l >= 2), whose means then stay near zero unless the data insist (a
         Cauchy's tails): a deeper layer's mean shifts a path along the first layer's loading
         curves, which can carry the population curve in place of the first layer's mean, under
-        their smoother prior (docs/models.md, "The deeper layers' means"). Without a smoothness
-        prior, 0.5 in every layer, as the research code.
+        their smoother prior (docs/models.md, "The deeper layers' means"). A deeper layer left
+        with one component has its mean pinned at zero (it is then redundant with the first
+        layer's means), whatever ``mean_scale``. Without a smoothness prior, 0.5 in every layer
+        and no pinning, as the research code.
     noise : {"shared", "cluster", "auto"}
         One residual variance, or one per first-layer component, or the better of the two
         by the ELBO (see :class:`MixtureLMM`).

@@ -58,11 +58,28 @@ energy, and ``t_km`` no longer depends on the basis size: -0.781 / -0.781 / -0.7
 -1.673 / -1.694 at 20 / 30 / 40 (before -1.630 / -1.668 / -1.687). Order 2 is not better on every
 data set (docs/models.md): ``DeepMixtureLMM(loading_order="auto")``, the default, fits both
 orders and keeps the higher ELBO.
+
+Pinned deeper means (smoothness prior on): a path through first-layer component k has mean
+``mu_k + B_k mu^(2)_j``, so with one component in a deeper layer its mean is redundant with the
+layer above's. Free, with a Cauchy of scale ``sqrt(1e-3)`` (``mean_scale="auto"``), it still
+carried the population curve along a loading curve in the all-data autism fit (visits at 2, 3,
+5, 9 and 13 years): ``mu_k`` a straight line, the shape in ``B_k mu^(2)`` with ``mu^(2)`` = 0.9
+and a loading curve of smoothing variance 1.8, and every subject's curve bumped at 4.5 years and
+dipped at 7, between the visits. A deeper layer with one component therefore has
+``mu ~ N(0, PINNED_MEAN_VAR)`` with q(mu) equal to that prior and independent of q(B) (block-
+diagonal natural parameters: its expected value is exactly 0, its ELBO terms cancel, and its
+Cauchy scale leaves the model); when pruning leaves one component, its expected mean c moves into
+the layer above, ``mu_k <- mu_k + B_k c`` (:meth:`DeepMixturePrior.absorb_pinned_means`, exact for
+every expected path mean). Measured (one fit each, ``DeepMixtureLMM()`` on the accuracy
+harness's splits; DGP 1 and 3, seeds 0-1, 20 and 40 functions): the ELBO rose in all 16 fits, by
+1.6-7.2 nats on the real data and 3.2-14.1 on the simulations; held-out log scores moved by at
+most 0.007 per observation (Blackmore -2.1065 -> -2.0992; quinidine -1.6395 -> -1.6414, the only
+loss above 0.001).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 
 import numpy as np
@@ -75,7 +92,11 @@ from .gaussian import _take_components, canonical_order, kmeans
 from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_scale
 
 
-__all__ = ["DeepMixturePrior", "LayerParams", "LayerSmooth", "DMFAParams"]
+__all__ = ["DeepMixturePrior", "LayerParams", "LayerSmooth", "DMFAParams", "PINNED_MEAN_VAR"]
+
+#: Prior variance of a pinned deeper mean (a deeper layer with one component, smoothness prior on):
+#: N(0, PINNED_MEAN_VAR) in place of the Cauchy, so the mean stays at zero (the latents have unit scale).
+PINNED_MEAN_VAR = 1e-10
 
 #: empty_component_cost by prior settings and layer (a pure function of them; computed once per process)
 _EMPTY_COST: dict[tuple, float] = {}
@@ -255,6 +276,32 @@ class DeepMixturePrior(RandomEffectsPrior):
             counts = np.bincount(labels, minlength=K).astype(float)
             layers.append(self._layer_from_point(l, mus, Bs, deltas, counts))
             z = scores
+        return self.absorb_pinned_means(DMFAParams(tuple(layers)))
+
+    def absorb_pinned_means(self, params: DMFAParams) -> DMFAParams:
+        """The same path means with every pinned deeper mean (see :meth:`_pinned_mean`) at zero.
+
+        A path's mean is ``mu^(l-1) + B^(l-1) (mu^(l) + ...)``; the exact reparametrisation
+        ``mu^(l-1) <- mu^(l-1) + B^(l-1) c``, ``mu^(l) <- mu^(l) - c`` with ``c = E[mu^(l)]`` (one
+        component) moves the shift into the layer above: q of each row ``theta = (mu, B)`` of
+        layer l-1 is mapped by ``T theta = (mu + B c, B)`` (a Gaussian stays Gaussian: precision
+        ``T^-T P T^-1``, shift ``T^-T h``), q of layer l's rows is translated. Expected path means
+        are unchanged.
+        """
+        layers = list(params.layers)
+        for l in range(1, len(layers)):
+            if not self._pinned_mean(l):
+                continue
+            below, lay = layers[l - 1], layers[l]
+            c = lay.loadings.moments()[0][0, :, 0]  # (J_l,) E[mu^(l)] of the one component
+            if np.any(c):
+                prec, shift = below.loadings.precision, below.loadings.shift  # (K, J, m+1, m+1), (K, J, m+1)
+                t_inv = np.eye(prec.shape[-1])
+                t_inv[0, 1:] = -c  # T^-1 theta = (mu - B c, B)
+                prec = np.einsum("ba,kjbc,cd->kjad", t_inv, prec, t_inv)
+                shift = np.einsum("ba,kjb->kja", t_inv, shift)
+                layers[l - 1] = replace(below, loadings=Gaussian(sym(prec), shift))
+            layers[l] = replace(lay, loadings=_pin_mean(lay.loadings, keep_mean=True))
         return DMFAParams(tuple(layers))
 
     def _layer_from_point(self, l, mus, Bs, deltas, counts) -> LayerParams:
@@ -292,6 +339,14 @@ class DeepMixturePrior(RandomEffectsPrior):
         """Whether layer ``l``'s rows are spline coordinates under the smoothness prior."""
         return l == 0 and bool(self._rough.any())
 
+    def _pinned_mean(self, l: int) -> bool:
+        """Whether layer ``l``'s mean is pinned at zero: a deeper layer (l >= 1) with one component
+        under the smoothness prior. Its mean is then redundant with the layer above's (every path
+        through a first-layer component k has mean ``mu_k + B_k mu^(2)``), and a free one let the
+        loading curves carry the population curve in place of ``mu_k`` and its P-spline prior
+        (module docstring, "Pinned deeper means")."""
+        return l >= 1 and self.n_components[l] == 1 and bool(self._rough.any())
+
     def _row_priors(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray]:
         """E[1/v] and E[log v] of the prior variances of theta_kj = (mu_kj, B_kj.), each (K, J, m+1)."""
         G = self.mean_scale[l]
@@ -311,6 +366,9 @@ class DeepMixturePrior(RandomEffectsPrior):
             lam_b = self._lam_loadings
             e_inv_v[..., 1:] = lam_b[None, :, None] * sm.loadings.var.mean_inv[:, None, :]
             e_log_v[..., 1:] = sm.loadings.var.mean_log[:, None, :] - np.log(lam_b)[None, :, None]
+        if self._pinned_mean(l):
+            e_inv_v[..., 0] = 1.0 / PINNED_MEAN_VAR
+            e_log_v[..., 0] = np.log(PINNED_MEAN_VAR)
         return e_inv_v, e_log_v
 
     def _horseshoe_rows(self, lay: LayerParams) -> np.ndarray:
@@ -458,7 +516,10 @@ class DeepMixturePrior(RandomEffectsPrior):
         prior_prec, _ = self._row_priors(l, lay)  # (K, J, m+1)
         dinv = lay.delta.mean_inv
         prec = dinv[..., None, None] * Sxx[:, None] + prior_prec[..., None] * np.eye(m1)
-        loadings = blend(lay.loadings, Gaussian(sym(prec), dinv[..., None] * Stx), rho)
+        target = Gaussian(sym(prec), dinv[..., None] * Stx)
+        if self._pinned_mean(l):
+            target = _pin_mean(target, keep_mean=False)
+        loadings = blend(lay.loadings, target, rho)
         mean, cov, _ = loadings.moments()
         second = cov + mean[..., :, None] * mean[..., None, :]
         # delta given loadings
@@ -517,7 +578,8 @@ class DeepMixturePrior(RandomEffectsPrior):
         total += float(np.sum(ig_expected_logpdf(shape0, drate, dlog, d) + d.entropy()))
         total += float(np.sum((ig_expected_logpdf(0.5, 1 / A2, -np.log(A2), da) + da.entropy())[:, null]))
         g = lay.mean_scale
-        total += float(np.sum((ig_expected_logpdf(0.5, 0.5, np.log(0.5), g) + g.entropy())[:, null]))
+        if not self._pinned_mean(l):  # (a pinned mean has no Cauchy scale)
+            total += float(np.sum((ig_expected_logpdf(0.5, 0.5, np.log(0.5), g) + g.entropy())[:, null]))
         ls, la = lay.local_scale, lay.local_aux
         hs = self._horseshoe_rows(lay)
         total += float(np.sum((ig_expected_logpdf(0.5, la.mean_inv, -la.mean_log, ls) + ls.entropy())[:, hs]))
@@ -639,7 +701,25 @@ class DeepMixturePrior(RandomEffectsPrior):
             self.concentration, self.mean_scale, self.loading_scale, self.delta_scale,
             self.roughness, self.smooth_scale, self.idiosyncratic_shape, self.loading_order,
         )
-        return new, DMFAParams(tuple(_take_components(lay, k) for lay, k in zip(params.layers, keep)))
+        return new, new.absorb_pinned_means(DMFAParams(tuple(_take_components(lay, k) for lay, k in zip(params.layers, keep))))
+
+
+def _pin_mean(q: Gaussian, keep_mean: bool) -> Gaussian:
+    """q(theta_kj), theta = (mu, B_1..m), with mu ~ N(0, PINNED_MEAN_VAR) independent of B.
+
+    ``keep_mean=False``: B's natural parameters are the given ones' B block (the update of q(B)
+    given q(mu): E[mu] = 0, so the cross terms drop out); ``True``: q(B) keeps its mean, with the
+    B block as precision (a transition from a free mean). Block-diagonal, so mu's mean is exactly 0.
+    """
+    prec, shift = q.precision.copy(), q.shift.copy()
+    if keep_mean:
+        mean = q.moments()[0]
+        shift[..., 1:] = (prec[..., 1:, 1:] @ mean[..., 1:, None])[..., 0]
+    prec[..., 0, :] = 0.0
+    prec[..., :, 0] = 0.0
+    prec[..., 0, 0] = 1.0 / PINNED_MEAN_VAR
+    shift[..., 0] = 0.0
+    return Gaussian(prec, shift)
 
 
 def _denoise(z: np.ndarray, rank: int) -> np.ndarray:
