@@ -310,6 +310,16 @@ def test_pruning_to_one_deeper_component_moves_its_mean_into_the_first_layer_exa
     np.testing.assert_allclose(n1[..., 0], m1[..., 0] + np.einsum("kjm,m->kj", m1[..., 1:], c), atol=1e-10)
     np.testing.assert_allclose(n1[..., 1:], m1[..., 1:], atol=1e-10)
     np.testing.assert_allclose(n2[..., 1:], m2[:1, :, 1:], atol=1e-10)
+    # three layers pruned to (2, 1, 1): the third layer's mean moves through the second into the first
+    deep = DeepMixturePrior(5, (2, 2, 2), (2, 2, 1), roughness=ROUGH)
+    dp, _ = _start(stats, deep, iters=5)
+    m1, m2, m3 = (lay.loadings.moments()[0] for lay in dp.prior.layers)
+    assert np.abs(m3[0, :, 0]).max() > 1e-3
+    path = lambda a, b, c: a[..., 0] + np.einsum("kjm,m->kj", a[..., 1:], b[0, :, 0] + b[0, :, 1:] @ c[0, :, 0])  # noqa: E731
+    _, pruned = deep.prune(dp.prior, [np.ones(2, dtype=bool), np.array([True, False]), np.array([True, False])])
+    n1, n2, n3 = (lay.loadings.moments()[0] for lay in pruned.layers)
+    assert np.all(n2[..., 0] == 0.0) and np.all(n3[..., 0] == 0.0)
+    np.testing.assert_allclose(path(n1, n2, n3), path(m1, m2, m3), atol=1e-10)
     # the research model (no smoothness prior) keeps the free mean
     research = DeepMixturePrior(5, (2, 2), (2, 1))
     rp, _ = _start(stats, research, iters=5)

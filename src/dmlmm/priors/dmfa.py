@@ -281,15 +281,16 @@ class DeepMixturePrior(RandomEffectsPrior):
     def absorb_pinned_means(self, params: DMFAParams) -> DMFAParams:
         """The same path means with every pinned deeper mean (see :meth:`_pinned_mean`) at zero.
 
-        A path's mean is ``mu^(l-1) + B^(l-1) (mu^(l) + ...)``; the exact reparametrisation
-        ``mu^(l-1) <- mu^(l-1) + B^(l-1) c``, ``mu^(l) <- mu^(l) - c`` with ``c = E[mu^(l)]`` (one
-        component) moves the shift into the layer above: q of each row ``theta = (mu, B)`` of
-        layer l-1 is mapped by ``T theta = (mu + B c, B)`` (a Gaussian stays Gaussian: precision
-        ``T^-T P T^-1``, shift ``T^-T h``), q of layer l's rows is translated. Expected path means
-        are unchanged.
+        A path's mean is ``mu^(l-1) + B^(l-1) (mu^(l) + ...)``; with ``c = E[mu^(l)]`` (one component)
+        ``mu^(l-1) <- mu^(l-1) + B^(l-1) c``, ``mu^(l) <- 0`` moves the shift into the layer above:
+        q of each row ``theta = (mu, B)`` of layer l-1 is mapped by ``T theta = (mu + B c, B)`` (a
+        Gaussian stays Gaussian: precision ``T^-T P T^-1``, shift ``T^-T h``), and layer l's rows get
+        the pinned q(mu) with q(B) keeping its mean. Under mean field every expected path mean,
+        ``E[mu^(1)] + E[B^(1)] (E[mu^(2)] + E[B^(2)] (...))``, is unchanged. Deepest layer first, so a
+        pinned layer passes on what it received from the one below.
         """
         layers = list(params.layers)
-        for l in range(1, len(layers)):
+        for l in reversed(range(1, len(layers))):
             if not self._pinned_mean(l):
                 continue
             below, lay = layers[l - 1], layers[l]
@@ -602,7 +603,7 @@ class DeepMixturePrior(RandomEffectsPrior):
         key = (
             "dmfa", layer, J, m, self.concentration[layer], self.mean_scale[layer], self.loading_scale[layer],
             self.delta_scale[layer], self.smooth_scale, self.idiosyncratic_shape, self.loading_order,
-            None if not self._smooth_layer(layer) else self._lam.tobytes(),
+            None if not self._smooth_layer(layer) else self._lam.tobytes(), self._pinned_mean(layer),
         )
         if key in _EMPTY_COST:  # the same for every fit with these settings
             return _EMPTY_COST[key]
