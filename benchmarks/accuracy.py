@@ -64,6 +64,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import scipy
 import pandas as pd
 
 import dmlmm
@@ -726,7 +727,8 @@ def render(rows: list[dict]) -> str:
             el = ", ".join(f"{k} {v:.0f} s" for k, v in m.get("elapsed", {}).items())
             rws.append([m.get("date", "–"), f"`{m.get('command', '')}`", m.get("parts_run", ""),
                         f"dmlmm {m.get('dmlmm_version', '?')} at {m.get('dmlmm_commit', '?')}"
-                        + (" (+ uncommitted changes)" if m.get("dmlmm_dirty") else ""),
+                        + (" (+ uncommitted changes)" if m.get("dmlmm_dirty") else "")
+                        + "".join(f", {k} {v}" for k, v in m.get("libraries", {}).items()),
                         f"{m.get('platform', '')}, {m.get('cores', '?')} cores, Python {m.get('python', '')}", el])
         lines += _table(["date (UTC)", "command", "parts", "code", "machine", "elapsed"], rws) + [""]
     df = pd.DataFrame([r for r in rows if r.get("part") != "meta"])
@@ -747,7 +749,9 @@ def render(rows: list[dict]) -> str:
 
 def code_identity() -> dict:
     src = Path(dmlmm.__file__).resolve().parent
-    out = {"dmlmm_version": getattr(dmlmm, "__version__", "?"), "dmlmm_path": str(src)}
+    out = {"dmlmm_version": getattr(dmlmm, "__version__", "?"), "dmlmm_path": str(src),
+           # the numbers depend on them: a numpy upgrade alone moved fits that race or restart (docs/accuracy.md)
+           "libraries": {"numpy": np.__version__, "scipy": scipy.__version__, "pandas": pd.__version__}}
     try:
         out["dmlmm_commit"] = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
                                              capture_output=True, text=True, check=True).stdout.strip()
