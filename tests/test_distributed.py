@@ -94,10 +94,11 @@ def _same_fit(m0, m1, rtol: float = 1e-6) -> None:
     counts the losing starts' runs too, and a run racing the kept one stops when its recent rate of ascent
     cannot reach it (``engine._cannot_reach``): the partitions' sums round differently from the
     in-memory ones, coordinate ascent with SQUAREM amplifies that to ~1e-7 nats within tens of
-    iterations, and a losing race can stop some iterations earlier or later (dgp1_frame, deep
-    mixture: 335 in memory, 318-360 for data perturbed by 1e-14 or read from Parquet; the chosen run too:
-    with ``tol=1e-9`` its traces were 452 and 330 iterations long before the deeper means were pinned,
-    470 and 490 after, ending within 1e-5 nats)."""
+    iterations, and a losing race can stop some iterations earlier or later. Measured on dgp1_frame's
+    deep mixture: 335 iterations in memory, 318 in memory with y perturbed by 1e-14 relative, 343 and 360
+    from Parquet. With ``tol=1e-9`` even the chosen run's trace moves: 470 against 490 iterations for y
+    and its 1e-14 perturbation (452 against 330 before the deeper means were pinned), ending within
+    1e-5 nats of each other."""
     assert abs(m1.elbo_ - m0.elbo_) <= rtol * abs(m0.elbo_)
     assert m1.n_components_ == m0.n_components_
     assert abs(m1.n_iter_ - m0.n_iter_) <= 0.1 * m0.n_iter_
