@@ -294,7 +294,8 @@ class DeepMixturePrior(RandomEffectsPrior):
             if not self._pinned_mean(l):
                 continue
             below, lay = layers[l - 1], layers[l]
-            c = lay.loadings.moments()[0][0, :, 0]  # (J_l,) E[mu^(l)] of the one component
+            mean_l = lay.loadings.moments()[0]  # (1, J_l, m_l + 1)
+            c = mean_l[0, :, 0]  # E[mu^(l)] of the one component
             if np.any(c):
                 prec, shift = below.loadings.precision, below.loadings.shift  # (K, J, m+1, m+1), (K, J, m+1)
                 t_inv = np.eye(prec.shape[-1])
@@ -302,7 +303,7 @@ class DeepMixturePrior(RandomEffectsPrior):
                 prec = np.einsum("ba,kjbc,cd->kjad", t_inv, prec, t_inv)
                 shift = np.einsum("ba,kjb->kja", t_inv, shift)
                 layers[l - 1] = replace(below, loadings=Gaussian(sym(prec), shift))
-            layers[l] = replace(lay, loadings=_pin_mean(lay.loadings, keep_mean=True))
+            layers[l] = replace(lay, loadings=_pin_mean(lay.loadings, keep_mean_of_b=mean_l))
         return DMFAParams(tuple(layers))
 
     def _layer_from_point(self, l, mus, Bs, deltas, counts) -> LayerParams:
@@ -519,7 +520,7 @@ class DeepMixturePrior(RandomEffectsPrior):
         prec = dinv[..., None, None] * Sxx[:, None] + prior_prec[..., None] * np.eye(m1)
         target = Gaussian(sym(prec), dinv[..., None] * Stx)
         if self._pinned_mean(l):
-            target = _pin_mean(target, keep_mean=False)
+            target = _pin_mean(target)
         loadings = blend(lay.loadings, target, rho)
         mean, cov, _ = loadings.moments()
         second = cov + mean[..., :, None] * mean[..., None, :]
@@ -705,17 +706,17 @@ class DeepMixturePrior(RandomEffectsPrior):
         return new, new.absorb_pinned_means(DMFAParams(tuple(_take_components(lay, k) for lay, k in zip(params.layers, keep))))
 
 
-def _pin_mean(q: Gaussian, keep_mean: bool) -> Gaussian:
+def _pin_mean(q: Gaussian, keep_mean_of_b: np.ndarray | None = None) -> Gaussian:
     """q(theta_kj), theta = (mu, B_1..m), with mu ~ N(0, PINNED_MEAN_VAR) independent of B.
 
-    ``keep_mean=False``: B's natural parameters are the given ones' B block (the update of q(B)
-    given q(mu): E[mu] = 0, so the cross terms drop out); ``True``: q(B) keeps its mean, with the
-    B block as precision (a transition from a free mean). Block-diagonal, so mu's mean is exactly 0.
+    By default B's natural parameters are the given ones' B block (the update of q(B) given q(mu):
+    E[mu] = 0, so the cross terms drop out). With ``keep_mean_of_b`` (q's mean, (..., m+1)), q(B)
+    keeps that mean, with the B block as precision (a transition from a free mean).
+    Block-diagonal, so mu's mean is exactly 0.
     """
     prec, shift = q.precision.copy(), q.shift.copy()
-    if keep_mean:
-        mean = q.moments()[0]
-        shift[..., 1:] = (prec[..., 1:, 1:] @ mean[..., 1:, None])[..., 0]
+    if keep_mean_of_b is not None:
+        shift[..., 1:] = (prec[..., 1:, 1:] @ keep_mean_of_b[..., 1:, None])[..., 0]
     prec[..., 0, :] = 0.0
     prec[..., :, 0] = 0.0
     prec[..., 0, 0] = 1.0 / PINNED_MEAN_VAR
