@@ -29,6 +29,7 @@ from dmlmm.inference.local import local_step  # noqa: E402
 from dmlmm.inference.noise import path_rss  # noqa: E402
 from dmlmm.metrics import adjusted_rand_index  # noqa: E402
 from dmlmm.models.base import ridge_estimates  # noqa: E402
+from dmlmm.models.starting import pooled_ridge, ridge_prior  # noqa: E402
 from dmlmm.sufficient import SufficientStats  # noqa: E402
 
 SRC = Path(dmlmm.__file__).resolve().parent
@@ -110,7 +111,10 @@ def _same_fit(m0, m1, rtol: float = 1e-6) -> None:
     np.testing.assert_allclose(m1.random_effects_.reindex(subjects).to_numpy(), m0.random_effects_.to_numpy(), atol=1e-6)
     np.testing.assert_allclose(m1.sigma2_, m0.sigma2_, rtol=1e-6)
     np.testing.assert_allclose(m1.fixed_effects_.to_numpy(), m0.fixed_effects_.to_numpy(), rtol=1e-6, atol=1e-9)
-    pd.testing.assert_frame_equal(m1.cluster_means_, m0.cluster_means_, rtol=1e-6, atol=1e-8)
+    # cluster mean curves (values up to about 10) to the fits' ELBO tolerance, as the trajectories below:
+    # measured on the deep mixture after the starting noise took the ridge penalty in (both 376
+    # iterations, ELBOs 4e-9 apart relative), means within 6.6e-8 and bands within 7.3e-8 absolute
+    pd.testing.assert_frame_equal(m1.cluster_means_, m0.cluster_means_, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m1.clusters_["n_subjects"], m0.clusters_["n_subjects"], rtol=1e-6, atol=1e-8)
     if m0.design_.n_fixed:  # the fixed effects' covariance in the bands (before, the mean-field one: far too narrow)
         np.testing.assert_allclose(m1._w_cov(), m0._w_cov(), rtol=1e-6)
@@ -145,9 +149,10 @@ def test_deep_mixture_same_answer_as_in_memory(client, parquet_frame, dgp1_frame
     assert is_dask_collection(traj)
     got = traj.compute().sort_values(["subject", "time"]).reset_index(drop=True)
     want = m0.predict_trajectory(df, times=times, kind="observation").sort_values(["subject", "time"]).reset_index(drop=True)
-    # (rtol 1e-5: the two fits stop at the ELBO tolerance 1e-5 along slightly different paths, see _same_fit;
-    # measured: bands agree to 4.3e-6, means to 7.8e-7)
-    pd.testing.assert_frame_equal(got, want, rtol=1e-5, check_dtype=False)
+    # (rtol 1e-5, atol 2e-6 for values up to about 10: the two fits stop at the ELBO tolerance 1e-5 along
+    # slightly different paths, see _same_fit; measured: means and bands within 7.8e-7 absolute, 1.5e-5
+    # relative at a band edge of -0.003)
+    pd.testing.assert_frame_equal(got, want, rtol=1e-5, atol=2e-6, check_dtype=False)
     assert got["beyond_last_visit"].any()
 
 
@@ -334,11 +339,15 @@ def test_a_step_the_arithmetic_cannot_hold_returns_a_failure(dgp1_frame):
 def test_init_from_sums_matches_in_memory(dgp1_frame):
     df, _ = dgp1_frame
     d, stats = _stats(df)
-    b_hat = ridge_estimates(stats, 0.5)
-    sums = sh.add_all([sh.init_sums(sh.Shard(d.subjects, stats.subset(i)), b_hat[i])
+    pooled = pooled_ridge(stats.total(), stats.n_subjects)
+    b_hat, penalties = ridge_estimates(stats, 0.5, pooled=pooled, return_penalty=True)
+    ridge = ridge_prior(0.5, None, pooled)
+    sums = sh.add_all([sh.init_sums(sh.Shard(d.subjects, stats.subset(i)), b_hat[i], ridge)
                        for i in np.array_split(np.arange(stats.n_subjects), 3)])
+    assert sums.penalty > 0
     cfg = VIConfig()
-    for got, want in zip(init_noise_and_fixed_from_sums(sums, stats.dim_fixed, cfg), init_noise_and_fixed(stats, b_hat, cfg)):
+    for got, want in zip(init_noise_and_fixed_from_sums(sums, stats.dim_fixed, cfg),
+                         init_noise_and_fixed(stats, b_hat, cfg, penalties)):
         for a, b in zip(dataclasses.astuple(got), dataclasses.astuple(want)):
             np.testing.assert_allclose(a, b, rtol=1e-10)
     assert isinstance(sh.totals(sh.Shard(d.subjects, stats)), SufficientStats)

@@ -93,10 +93,10 @@ def test_requested_start_kept_unconverged_is_warned(sim):
     """Finishing the requested start after a smaller one converged can end higher but unconverged: that fit
     is kept and must say so (its run's own warning is silenced with the rest of the second run)."""
     m, said = _fit_recording(MixtureLMM(10, basis=SplineBasis(10, lower=0, upper=1), covariance="full",
-                                        noise="shared", random_state=1, max_iter=132), sim.data)
-    assert not m.converged_ and m.n_iter_ == 132
+                                        noise="shared", random_state=1, max_iter=140), sim.data)
+    assert not m.converged_ and m.n_iter_ == 140
     assert len(said) == 1
-    assert said[0].startswith("variational inference used its budget of max_iter=132 iterations before the ELBO "
+    assert said[0].startswith("variational inference used its budget of max_iter=140 iterations before the ELBO "
                               "converged: the first ")
     assert "the rest went to the requested sizes' start, which ended higher but unconverged" in said[0]
 

@@ -24,7 +24,7 @@ from ..data import Longitudinal
 from ..sufficient import SufficientStats
 from ..exceptions import DataError
 from ..inference.local import NoiseMoments, local_step
-from ..models.starting import ridge_estimates
+from ..models.starting import ridge_estimates, ridge_penalties
 from ..models.design import LongitudinalDesign
 from ..prediction import fixed_effects_information
 from ..priors.base import PathPrior, PointMixture
@@ -204,6 +204,8 @@ class InitSums:
     n_obs, yty : float, sum n_i and sum y_i'y_i.
     xty_b : float, sum X_i'y_i . b_i;  bxtxb : float, sum b_i'X_i'X_i b_i.
     FtF : (P, P), Fty : (P,) sums;  XtF_b : (P,), sum F_i'X_i b_i.
+    penalty : float, sum of the ridge fits' penalties (b_i - m)' P (b_i - m)
+        (:func:`~dmlmm.models.starting.ridge_penalties`).
     """
 
     n_obs: float
@@ -213,13 +215,15 @@ class InitSums:
     FtF: np.ndarray
     Fty: np.ndarray
     XtF_b: np.ndarray
+    penalty: float
 
     def __add__(self, other: "InitSums") -> "InitSums":
         return InitSums(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
-def init_sums(shard: Shard, b_hat: np.ndarray) -> InitSums:
-    """The shard's :class:`InitSums` for its estimates ``b_hat`` (n, D)."""
+def init_sums(shard: Shard, b_hat: np.ndarray, ridge: tuple[np.ndarray, np.ndarray]) -> InitSums:
+    """The shard's :class:`InitSums` for its estimates ``b_hat`` (n, D), the ridge fits of the prior
+    ``ridge`` = (P (D,), m (D,)) (:func:`~dmlmm.models.starting.ridge_prior`)."""
     st = shard.stats
     return InitSums(
         n_obs=float(st.n_obs.sum()),
@@ -229,6 +233,7 @@ def init_sums(shard: Shard, b_hat: np.ndarray) -> InitSums:
         FtF=st.FtF.sum(axis=0),
         Fty=st.Fty.sum(axis=0),
         XtF_b=np.einsum("ndp,nd->p", st.XtF, b_hat),
+        penalty=float(ridge_penalties(b_hat, *ridge).sum()),
     )
 
 

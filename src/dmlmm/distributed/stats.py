@@ -27,7 +27,7 @@ import numpy as np
 from ..inference.engine import VIConfig
 from ..expfam import Gaussian, InvGamma
 from ..inference.local import NoiseMoments
-from ..models.starting import pooled_ridge
+from ..models.starting import pooled_ridge, ridge_prior
 from ..priors.base import PathMoments, PathPrior
 from . import shard as sh
 
@@ -166,7 +166,8 @@ class DaskStats:
                                for f in parts[0].__dataclass_fields__))
         pooled = pooled_ridge(tot, self._n, roughness)
         b = c.map(sh.shard_ridge, self.shards, pooled=pooled, penalty=penalty, roughness=roughness, pure=False)
-        sums = sh.add_all(c.gather(c.map(sh.init_sums, self.shards, b, pure=False)))
+        ridge = ridge_prior(penalty, roughness, pooled)
+        sums = sh.add_all(c.gather(c.map(sh.init_sums, self.shards, b, ridge=ridge, pure=False)))
         b_hat = np.concatenate(c.gather(b), axis=0)
         return b_hat, sums
 
@@ -181,6 +182,7 @@ def init_noise_and_fixed_from_sums(
     if P > 0:
         w = np.linalg.solve(sums.FtF + 1e-6 * np.eye(P), sums.Fty - sums.XtF_b)
     rss = sums.yty - 2 * sums.xty_b + sums.bxtxb - 2 * sums.Fty @ w + 2 * sums.XtF_b @ w + w @ sums.FtF @ w
+    rss = rss + sums.penalty
     n = sums.n_obs
     s2 = max(rss / max(n, 1), 1e-3)
     shape = 0.5 + 0.5 * n

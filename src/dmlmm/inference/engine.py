@@ -235,9 +235,19 @@ def _update_noise_and_fixed(
 
 
 def init_noise_and_fixed(
-    stats: SufficientStats, b_hat: np.ndarray, config: VIConfig
+    stats: SufficientStats, b_hat: np.ndarray, config: VIConfig, penalties: np.ndarray | None = None
 ) -> tuple[InvGamma, InvGamma, Gaussian | None]:
-    """Starting noise and fixed-effect factors from rough per-subject estimates ``b_hat`` (N, D)."""
+    """Starting noise and fixed-effect factors from rough per-subject estimates ``b_hat`` (N, D).
+
+    The starting sigma^2 is the residual sum of squares over the observations, floored at 1e-3.
+    With ``penalties`` (N,), the ridge fits' penalties ``(b_i - m)' P (b_i - m)``
+    (:func:`dmlmm.models.starting.ridge_estimates`), they are added to it: ``(rss + sum
+    penalties) / n`` is the maximum-likelihood sigma^2 of the ridge model ``b_i ~ N(m, sigma^2 P^-1)``,
+    since ``r_i' (I + X_i P^-1 X_i')^-1 r_i`` is subject i's residual plus penalty at its ridge fit
+    (``r_i = y_i - X_i m``). Without them, ridge fits that nearly interpolate a subject's few visits
+    (three visits, 20 basis functions) leave a residual near zero, and a fit started from that
+    noise level lets the random effects absorb the noise and climbs out of it slowly or not at all.
+    """
     P = stats.dim_fixed
     fixed = None
     w = np.zeros(P)
@@ -253,6 +263,8 @@ def init_noise_and_fixed(
         + 2 * np.einsum("nd,ndp,p->n", b_hat, stats.XtF, w)
         + np.einsum("p,npq,q->n", w, stats.FtF, w)
     ).sum()
+    if penalties is not None:
+        rss = rss + float(np.sum(penalties))
     n = stats.n_obs.sum()
     s2 = max(rss / max(n, 1), 1e-3)
     shape = 0.5 + 0.5 * n

@@ -207,7 +207,7 @@ class Fitting:
         design.membership = members
         stats = design.stats(d).with_membership(Z)
         rough = design.roughness
-        b_hat = ridge_estimates(stats, 0.5, rough)
+        b_hat, penalties = ridge_estimates(stats, 0.5, rough, return_penalty=True)
         best = best_config = None
         best_warnings: list = []
         for variant, kind in self._fit_variants():
@@ -215,7 +215,7 @@ class Fitting:
             for _ in range(int(self.n_init)):
                 prior = variant._make_prior(stats.dim_random, d.n_subjects, rough)
                 config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
-                make_init = init_factory(stats, b_hat, config, kind, Z)
+                make_init = init_factory(stats, b_hat, config, kind, Z, penalties)
                 resize = lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough)  # noqa: E731
                 callback = self._progress_callback()
                 # delete moves compare against an emptied component's cost, which the membership model changes

@@ -1,6 +1,8 @@
 """Where a fit starts: per-subject ridge fits shrunk towards a pooled fit, and each start's factors.
 
-:func:`ridge_estimates` gives every subject a first guess of its random effects b_i;
+:func:`ridge_estimates` gives every subject a first guess of its random effects b_i (and, on
+request, each fit's ridge penalty, from which the starting noise variance is estimated:
+:func:`~dmlmm.inference.engine.init_noise_and_fixed`);
 :func:`pooled_ridge` is the population fit they are shrunk towards; :func:`init_factory`
 turns them into the starting variational parameters of a fit (or of a fit to a subsample).
 The Dask path (:mod:`dmlmm.distributed`), the linear mixed model (:mod:`dmlmm.lmm`) and the
@@ -19,7 +21,7 @@ from ..inference.noise import per_cluster
 from ..priors.base import RandomEffectsPrior
 from ..priors.membership import membership_init
 
-__all__ = ["ridge_estimates", "pooled_ridge", "init_factory"]
+__all__ = ["ridge_estimates", "ridge_prior", "ridge_penalties", "pooled_ridge", "init_factory"]
 
 _INIT_SMOOTHING = 1e-3  # ridge penalty per unit roughness of the starting per-subject fits
 
@@ -29,7 +31,8 @@ def ridge_estimates(
     penalty: float | np.ndarray = 0.5,
     roughness: np.ndarray | None = None,
     pooled: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
+    return_penalty: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Per-subject ridge fits of b_i shrunk towards the pooled fit, shape (N, D) (batched solves).
 
     ``penalty`` is a scalar or one value per coordinate (D,). With ``roughness`` (D,) the
@@ -37,15 +40,39 @@ def ridge_estimates(
     with sparse, tied visit times an unpenalised pooled curve can swing wildly between the
     visits in directions the data do not see, and would start the fit there. ``pooled``: the
     pooled fit (:func:`pooled_ridge`) when it was computed elsewhere (from more subjects than ``stats``).
+
+    Each fit minimises ``|y_i - F_i w0 - X_i b|^2 + (b - m)' P (b - m)`` with the diagonal
+    ``P = penalty + _INIT_SMOOTHING * roughness`` and ``m = P^-1 penalty b0`` (:func:`ridge_prior`).
+    ``return_penalty``: also return each subject's penalty at its fit, ``(b_i - m)' P (b_i - m)``
+    (N,), as ``(estimates, penalties)``.
     """
-    D = stats.dim_random
-    rough = np.zeros(D) if roughness is None else _INIT_SMOOTHING * np.asarray(roughness, dtype=float)
     if pooled is None:
         pooled = pooled_ridge(stats.total(), stats.n_subjects, roughness)
-    b0, w0 = pooled
-    lhs = stats.XtX + (np.broadcast_to(penalty, (D,)) + rough) * np.eye(D)
-    r = stats.Xty - stats.XtF @ w0 + penalty * b0
-    return np.linalg.solve(lhs, r[..., None])[..., 0]
+    prec, mean = ridge_prior(penalty, roughness, pooled)
+    lhs = stats.XtX + prec * np.eye(stats.dim_random)
+    r = stats.Xty - stats.XtF @ pooled[1] + penalty * pooled[0]  # = prec * mean
+    b_hat = np.linalg.solve(lhs, r[..., None])[..., 0]
+    if not return_penalty:
+        return b_hat
+    return b_hat, ridge_penalties(b_hat, prec, mean)
+
+
+def ridge_prior(
+    penalty: float | np.ndarray, roughness: np.ndarray | None, pooled: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ridge fits' penalty as a Gaussian prior ``b ~ N(m, sigma^2 P^-1)``: its diagonal precision
+    ``P`` (D,) and mean ``m`` (D,), given the pooled fit ``pooled`` (:func:`ridge_estimates`)."""
+    dim = len(pooled[0])
+    rough = np.zeros(dim) if roughness is None else _INIT_SMOOTHING * np.asarray(roughness, dtype=float)
+    pen = np.broadcast_to(np.asarray(penalty, dtype=float), (dim,))
+    prec = pen + rough
+    return prec, pen * pooled[0] / prec
+
+
+def ridge_penalties(b_hat: np.ndarray, prec: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Each subject's ridge penalty ``(b_i - m)' P (b_i - m)`` (N,) for estimates ``b_hat`` (N, D), ``P`` = diag(``prec``)."""
+    dev = b_hat - mean
+    return np.einsum("nd,d,nd->n", dev, prec, dev)
 
 
 def pooled_ridge(
@@ -69,19 +96,22 @@ def pooled_ridge(
 
 
 def init_factory(
-    stats: SufficientStats, b_hat: np.ndarray, config: VIConfig, kind: str, Z: np.ndarray | None = None
+    stats: SufficientStats, b_hat: np.ndarray, config: VIConfig, kind: str, Z: np.ndarray | None = None,
+    penalties: np.ndarray | None = None,
 ) -> Callable[[np.ndarray | None], Callable[[RandomEffectsPrior, np.random.Generator], VariationalParams]]:
     """``make_init(rows)``: the starting point of a fit to the subjects at positions ``rows`` (None: all).
 
-    ``b_hat`` (N, D) are the per-subject ridge fits; the noise and fixed-effect factors start from
-    the selected subjects' statistics, and with ``kind == "cluster"`` each start gets one residual
+    ``b_hat`` (N, D) are the per-subject ridge fits and ``penalties`` (N,) their ridge penalties
+    (:func:`ridge_estimates`); the noise and fixed-effect factors start from the selected subjects'
+    statistics, and with ``kind == "cluster"`` each start gets one residual
     variance per first-layer component; with membership covariates ``Z`` (N, Q) each start gets
     the membership model's prior factor, sized to its first layer.
     """
 
     def make_init(rows: np.ndarray | None):
         st, bh = (stats, b_hat) if rows is None else (stats.subset(rows), b_hat[rows])
-        noise, aux, fixed = init_noise_and_fixed(st, bh, config)
+        pen = None if penalties is None else (penalties if rows is None else penalties[rows])
+        noise, aux, fixed = init_noise_and_fixed(st, bh, config, pen)
 
         def init(p: RandomEffectsPrior, g: np.random.Generator) -> VariationalParams:
             nz, ax = noise, aux
