@@ -60,3 +60,12 @@ def test_few_visits_and_a_generous_basis_converge_within_the_budget():
         warnings.filterwarnings("ignore", message=".*empty.*")
         model = DeepMixtureLMM(random_state=0, response_transform=None).fit(df, "subject", "time", "y")
     assert model.converged_
+
+
+def test_an_unpenalised_ridge_fit_has_no_prior_and_no_penalty():
+    *_, stats = _few_visits(n_obs=12, dim=4)  # enough visits for plain least squares
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0 / 0 for the prior mean of an unpenalised coordinate
+        b_hat, penalties = ridge_estimates(stats, 0.0, return_penalty=True)
+    np.testing.assert_array_equal(penalties, 0.0)
+    assert np.isfinite(b_hat).all()

@@ -61,12 +61,13 @@ def ridge_prior(
     penalty: float | np.ndarray, roughness: np.ndarray | None, pooled: tuple[np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ridge fits' penalty as a Gaussian prior ``b ~ N(m, sigma^2 P^-1)``: its diagonal precision
-    ``P`` (D,) and mean ``m`` (D,), given the pooled fit ``pooled`` (:func:`ridge_estimates`)."""
+    ``P`` (D,) and mean ``m`` (D,), given the pooled fit ``pooled`` (:func:`ridge_estimates`).
+    A coordinate without penalty (P = 0) has no prior: its m is 0 and it adds nothing to a penalty."""
     dim = len(pooled[0])
     rough = np.zeros(dim) if roughness is None else _INIT_SMOOTHING * np.asarray(roughness, dtype=float)
     pen = np.broadcast_to(np.asarray(penalty, dtype=float), (dim,))
     prec = pen + rough
-    return prec, pen * pooled[0] / prec
+    return prec, np.divide(pen * pooled[0], prec, out=np.zeros(dim), where=prec > 0)
 
 
 def ridge_penalties(b_hat: np.ndarray, prec: np.ndarray, mean: np.ndarray) -> np.ndarray:
