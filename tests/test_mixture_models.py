@@ -303,3 +303,17 @@ def test_cluster_mean_band_narrows_with_more_subjects():
         assert ((c["mean_upper"] - c["mean_lower"]) <= (c["upper"] - c["lower"]) + 1e-9).all()
         widths.append(float((c["mean_upper"] - c["mean_lower"]).mean()))
     assert 1.4 < widths[0] / widths[1] < 3.0  # sqrt(4) = 2
+
+
+def test_first_layer_collapse_message_names_what_is_left():
+    from dmlmm.models.fitting import collapse_message
+
+    assert collapse_message(1, (1, 2), 2) is None  # one first-layer component was asked for
+    assert collapse_message(10, (2, 1), 2) is None
+    assert collapse_message(10, (1,), 1).endswith("(every subject is in one cluster)")
+    assert collapse_message(10, (1, 1), 1).endswith("(every subject is in one cluster)")
+    # measured at 100,000 subjects of two groups: the groups as the second layer's two components
+    said = collapse_message(10, (1, 2), 2)
+    assert "every subject is in one cluster" not in said
+    assert said.endswith("the 2 clusters (labels_) differ in the deeper layers only ((1, 2) components per layer); "
+                         "groups_ has one group")

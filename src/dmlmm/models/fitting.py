@@ -97,6 +97,22 @@ def keep_best_scale(fits: list[ScaleFit], refused: list[tuple[str | None, DataEr
     return chosen
 
 
+def collapse_message(requested_first: int, kept: tuple[int, ...], n_paths: int) -> str | None:
+    """The warning for a first layer pruned to one component from ``requested_first`` > 1, else None.
+
+    ``kept``: the components left per layer; ``n_paths``: the clusters (paths) left. With one path
+    every subject is in one cluster; with more, the clusters differ in the deeper layers only
+    (``labels_``), while ``groups_`` and the per-group residual variances have one group.
+    """
+    if requested_first <= 1 or kept[0] != 1:
+        return None
+    head = "all first-layer components but one ended empty and were pruned: "
+    if n_paths <= 1:
+        return head + "the data show no cluster structure this model can support (every subject is in one cluster)"
+    return (head + f"the {n_paths} clusters (labels_) differ in the deeper layers only ({tuple(kept)} components "
+            "per layer); groups_ has one group")
+
+
 class Fitting:
     """Mixin: ``fit`` and the fitted state it sets (design, prior, parameters, ELBO, noise, tables)."""
 
@@ -334,14 +350,9 @@ class Fitting:
         w = self._w()
         self.fixed_effects_ = pd.Series(w * s / design.covariate_sd, index=list(design.fixed_names), dtype=float, name="estimate")
         self.cluster_means_ = self._cluster_curves()
-        requested = self.prior_.layer_counts(res.params.prior)  # after pruning
-        if len(requested[0]) == 1 and self._requested_first_layer() > 1:
-            warnings.warn(
-                "all first-layer components but one ended empty and were pruned: "
-                "the data show no cluster structure this model can support (every subject is in one cluster)",
-                EmptyComponentWarning,
-                stacklevel=stacklevel,
-            )
+        message = collapse_message(self._requested_first_layer(), self.n_components_, self.prior_.n_paths)
+        if message is not None:
+            warnings.warn(message, EmptyComponentWarning, stacklevel=stacklevel)
 
     def _noise_kind(self) -> str:
         return getattr(self, "noise", "shared")
