@@ -109,7 +109,7 @@ def collapse_message(requested_first: int, kept: tuple[int, ...], n_paths: int) 
     head = "all first-layer components but one ended empty and were pruned: "
     if n_paths <= 1:
         return head + "the data show no cluster structure this model can support (every subject is in one cluster)"
-    return (head + f"the {n_paths} clusters (labels_) differ in the deeper layers only ({tuple(kept)} components "
+    return (head + f"the {n_paths} clusters (labels_) differ in the deeper layers only ({kept} components "
             "per layer); groups_ has one group")
 
 
