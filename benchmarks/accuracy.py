@@ -83,7 +83,7 @@ RESEARCH = {  # research code on its seed-0 replicates (issue 7): mean log RMSE,
 MODEL_KEYS = ("dmlmm", "mlmm", "lmm")
 LABELS = {"dmlmm": "DMLMM", "mlmm": "MLMM", "lmm": "Gaussian LMM"}
 PARTS = ("sim", "research", "real")
-NOISE = {"noise": "shared"}  # residual variances of every model fitted (--noise)
+NOISE = {"noise": "shared", "noise_df": None}  # residual variances of every model fitted (--noise, --noise-df)
 
 
 # --------------------------------------------------------------------------- models
@@ -110,7 +110,9 @@ def model_spec(model) -> str:
     k = getattr(model, "n_components", None)
     d = getattr(model, "latent_dims", None)
     noise = getattr(model, "noise", "shared")
-    return f"K={k}" + (f" D={d}" if d is not None else "") + (f" noise={noise}" if noise != "shared" else "")
+    df = getattr(model, "noise_df", None)
+    return (f"K={k}" + (f" D={d}" if d is not None else "") + (f" noise={noise}" if noise != "shared" else "")
+            + (f" noise_df={df}" if df is not None else ""))
 
 
 def fitted_facts(model) -> dict:
@@ -127,6 +129,8 @@ def fitted_facts(model) -> dict:
             out[attr.rstrip("_")] = cast(getattr(model, attr))
     if hasattr(model, "noise_"):
         out["noise"] = model.noise_
+    if getattr(model, "noise_df_", None) is not None:  # learned degrees of freedom of the subjects' scales
+        out["noise_df"] = float(model.noise_df_)
     if hasattr(model, "response_transform_"):  # the scale fitted ("auto" chooses it)
         out["scale"] = model.response_transform_ or "none"
     by = getattr(model, "sigma2_by_cluster_", None)
@@ -789,6 +793,8 @@ def main(argv=None) -> None:
                          "over the training times (forecasts beyond them with an extrapolation warning)")
     ap.add_argument("--noise", choices=("shared", "cluster", "auto"), default="shared",
                     help="residual variances of every model: one shared (default), one per first-layer cluster, or the better by the ELBO")
+    ap.add_argument("--noise-df", default=None, type=lambda v: None if v == "none" else (v if v == "auto" else float(v)),
+                    help="subject-level residual scales of every model: none (default), auto or a number (noise_df)")
     ap.add_argument("--no-full-fit", dest="full_fit", action="store_false",
                     help="real data: skip the second fit of each model to all of the data")
     ap.add_argument("--out-dir", help="append rows to OUT_DIR/accuracy.jsonl (default: only print them)")
@@ -797,6 +803,7 @@ def main(argv=None) -> None:
     ap.add_argument("--from-jsonl", nargs="+", metavar="JSONL", help="only render the page from saved rows")
     args = ap.parse_args(argv)
     NOISE["noise"] = args.noise
+    NOISE["noise_df"] = args.noise_df
     unknown = [d for d in args.datasets if d not in accuracy_data.DATASETS]
     if unknown:
         ap.error(f"unknown data set(s) {unknown}; choose from {sorted(accuracy_data.DATASETS)}")

@@ -12,7 +12,7 @@ ROOM = {
     "exceptions": "helpers", "_linalg": "helpers", "_estimator": "helpers", "_recorded": "helpers", "expfam": "factors", "accel": "factors",
     "data": "data", "columns": "data", "covariates": "data", "sufficient": "data", "basis": "data",
     "formula_state": "data", "standardise": "data", "response_transform": "data", "metrics": "data", "demo": "data", "simulate": "simulate",
-    "priors": "priors", "inference": "inference", "prediction": "prediction", "continuation": "prediction",
+    "priors": "priors", "inference": "inference", "prediction": "prediction", "continuation": "prediction", "prediction_scales": "prediction",
     "models": "models", "lmm": "lmm",
     "summaries": "summaries", "outcomes": "summaries", "selection": "summaries", "calibration": "summaries",
     "io": "io", "io_lmm": "io", "_model_checks": "io",

@@ -220,6 +220,12 @@ def test_prior_options_reach_the_model(patients, tmp_path):
     assert r.exit_code == 0, r.output
     m3 = dmlmm.load(out3 / "model.dmlmm")
     assert m3.covariance == "full" and m3.prior_.covariance == "full"
+    out4 = tmp_path / "res4"
+    r = run("fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--model", "lmm",
+            "--max-iter", "30", "--n-basis", "6", "--noise-df", "auto", "--quiet", "--out", out4)
+    assert r.exit_code == 0, r.output
+    m4 = dmlmm.load(out4 / "model.dmlmm")
+    assert m4.noise_df == "auto" and 1.0 <= m4.params_.scales.df <= 1000.0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -229,6 +235,9 @@ def test_prior_options_reach_the_model(patients, tmp_path):
     (["--smoothing", "none", "--loading-order", "1"], "--loading-order needs the smoothness prior"),
     (["--model", "lmm", "--method", "reml", "--noise", "cluster"], "--noise applies to the variational fits"),
     (["--covariance", "full"], "--covariance applies to --model mixture and --model lmm"),
+    (["--noise-df", "0"], "--noise-df must be none, auto or a positive number, got '0'"),
+    (["--noise-df", "auto", "--noise", "cluster"], "--noise-df needs one shared residual variance (--noise shared), got --noise cluster"),
+    (["--model", "lmm", "--method", "ml", "--noise-df", "4"], "--noise-df applies to the variational fits"),
     (["--model", "mixture", "--smoothing", "none", "--covariance", "pspline"],
      "--covariance pspline needs the smoothness prior"),
 ])

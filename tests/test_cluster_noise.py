@@ -20,7 +20,7 @@ from dmlmm.prediction import condition
 from dmlmm.priors.base import PointMixture
 from dmlmm.priors.dmfa import DeepMixturePrior
 from dmlmm.priors.gaussian import GaussianMixturePrior
-from test_vi_engine import _gauss_sample, _ig_logpdf, _ig_sample, _mc_check, _mvn_logpdf, _sample_dmfa_layers
+from test_vi_engine import _gauss_sample, _ig_logpdf, _ig_sample, _local_elbo_draws, _mc_check, _mvn_logpdf, _sample_dmfa_layers
 
 
 def _toy_stats(seed=0, n_subjects=8, n_obs=5, dim=3, n_fixed=1):
@@ -85,37 +85,11 @@ def test_local_elbo_with_per_cluster_noise_matches_monte_carlo():
     _, draws = _sample_dmfa_layers(prior, params.prior, S, rng)
     s2_all = _ig_sample(params.noise, S, rng)  # (S, K1)
     w, _, _ = _gauss_sample(params.fixed, S, rng)
-    N, D = stats.n_subjects, 3
+    N = stats.n_subjects
     total = np.zeros(S)
-    for i in range(N):  # brute-force reference
-        c = np.array([rng.choice(len(paths), p=loc.resp[i]) for _ in range(S)])
-        s_c = nm.prec[c]
-        Q = pp.precision[c] + s_c[:, None, None] * stats.XtX[i]
-        g = pp.shift[c] + s_c[:, None] * (stats.Xty[i] - stats.XtF[i] @ nm.w_mean)
-        cov = np.linalg.inv(Q)
-        m = np.einsum("sij,sj->si", cov, g)
-        b = m + np.einsum("sij,sj->si", np.linalg.cholesky(cov), rng.standard_normal((S, D)))
-        zr_mean = np.einsum("sij,sj->si", cache.A[c], b) + cache.a[c]
-        zr = zr_mean + np.einsum("sij,sj->si", np.linalg.cholesky(cache.C[c]), rng.standard_normal((S, cache.a.shape[1])))
-        r2 = (stats.yty[i] - 2 * b @ stats.Xty[i] + np.einsum("sd,de,se->s", b, stats.XtX[i], b)
-              - 2 * w @ stats.Fty[i] + 2 * np.einsum("sd,dp,sp->s", b, stats.XtF[i], w)
-              + np.einsum("sp,pq,sq->s", w, stats.FtF[i], w))
-        s2 = s2_all[np.arange(S), paths[c, 0]]  # the path's first-layer variance
-        n = stats.n_obs[i]
-        lp = -0.5 * n * np.log(2 * np.pi * s2) - 0.5 * r2 / s2
-        z = [b, zr[:, :2], zr[:, 2:]]
-        for l, (pi, theta, delta) in enumerate(draws):
-            k = paths[c, l]
-            th = theta[np.arange(S), k]
-            mean_l = th[..., 0] + np.einsum("sjm,sm->sj", th[..., 1:], z[l + 1])
-            dl = delta[np.arange(S), k]
-            lp += (-0.5 * np.log(2 * np.pi * dl) - 0.5 * (z[l] - mean_l) ** 2 / dl).sum(1)
-            lp += np.log(pi[np.arange(S), k])
-        lp += -0.5 * np.log(2 * np.pi) - 0.5 * (z[-1] ** 2).sum(1)
-        lp -= np.log(loc.resp[i, c])
-        lp -= _mvn_logpdf(b, m, cov)
-        lp -= _mvn_logpdf(zr, zr_mean, cache.C[c])
-        total += lp
+    for i in range(N):  # brute-force reference; each path's first-layer variance
+        total += _local_elbo_draws(stats, i, loc, pp, cache, draws, paths, lambda c: nm.prec[c], nm.w_mean, w,
+                                   lambda c: s2_all[np.arange(S), paths[c, 0]], rng, S)
     _mc_check(total, exact, "local ELBO, per-cluster noise")
 
 

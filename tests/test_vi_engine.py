@@ -117,6 +117,48 @@ def _sample_noise(params, config, S, rng):
     return total, s2, w
 
 
+def _local_elbo_draws(stats, i, loc, pp, cache, draws, paths, s_local, w_mean, w, var, rng, S):
+    """Draws (S,) of subject i's log p(y_i, b, z, c | globals) - log q(b, z, c) for the local-ELBO checks.
+
+    ``c`` is drawn from ``loc.resp[i]``, b from the local step's q(b | c) with precision
+    ``pp.precision[c] + s_local(c) X'X`` (``s_local(c)``: the noise precision the step used, (S,) or scalar),
+    the deeper latents from their optimal q; ``var(c)`` (S,) the residual variance drawn for each draw,
+    ``w`` (S, P) fixed-effect draws, ``draws`` the DMFA factors' draws (:func:`_sample_dmfa_layers`).
+    """
+    D = stats.dim_random
+    c = np.array([rng.choice(len(paths), p=loc.resp[i]) for _ in range(S)])
+    s_c = np.broadcast_to(np.asarray(s_local(c), dtype=float), (S,))
+    Q = pp.precision[c] + s_c[:, None, None] * stats.XtX[i]
+    g = pp.shift[c] + s_c[:, None] * (stats.Xty[i] - stats.XtF[i] @ w_mean)
+    cov = np.linalg.inv(Q)
+    m = np.einsum("sij,sj->si", cov, g)
+    b = m + np.einsum("sij,sj->si", np.linalg.cholesky(cov), rng.standard_normal((S, D)))
+    zr_mean = np.einsum("sij,sj->si", cache.A[c], b) + cache.a[c]
+    zr = zr_mean + np.einsum("sij,sj->si", np.linalg.cholesky(cache.C[c]), rng.standard_normal((S, cache.a.shape[1])))
+    # log p(y_i | b, w, sigma2)
+    r2 = (stats.yty[i] - 2 * b @ stats.Xty[i] + np.einsum("sd,de,se->s", b, stats.XtX[i], b)
+          - 2 * w @ stats.Fty[i] + 2 * np.einsum("sd,dp,sp->s", b, stats.XtF[i], w)
+          + np.einsum("sp,pq,sq->s", w, stats.FtF[i], w))
+    v = var(c)
+    n = stats.n_obs[i]
+    lp = -0.5 * n * np.log(2 * np.pi * v) - 0.5 * r2 / v
+    # log p(b, z | c, theta) + log pi_c
+    z = [b, zr[:, :2], zr[:, 2:]]
+    for l, (pi, theta, delta) in enumerate(draws):
+        k = paths[c, l]
+        th = theta[np.arange(S), k]  # (S, J, m+1)
+        mean_l = th[..., 0] + np.einsum("sjm,sm->sj", th[..., 1:], z[l + 1])
+        dl = delta[np.arange(S), k]
+        lp += (-0.5 * np.log(2 * np.pi * dl) - 0.5 * (z[l] - mean_l) ** 2 / dl).sum(1)
+        lp += np.log(pi[np.arange(S), k])
+    lp += -0.5 * np.log(2 * np.pi) - 0.5 * (z[-1] ** 2).sum(1)
+    # minus log q(c, b, z_r)
+    lp -= np.log(loc.resp[i, c])
+    lp -= _mvn_logpdf(b, m, cov)
+    lp -= _mvn_logpdf(zr, zr_mean, cache.C[c])
+    return lp
+
+
 def _mc_check(samples, exact, label):
     se = samples.std() / np.sqrt(len(samples))
     assert abs(samples.mean() - exact) < 4 * se + 1e-6 * abs(exact), f"{label}: MC {samples.mean():.4f} +- {se:.4f} vs {exact:.4f}"
@@ -174,38 +216,11 @@ def test_local_elbo_matches_monte_carlo_under_q():
     _, draws = _sample_dmfa_layers(prior, params.prior, S, rng)
     _, s2, w = _sample_noise(params, config, S, rng)
     paths = prior.path_components()
-    N, D = stats.n_subjects, 3
+    N = stats.n_subjects
     total = np.zeros(S)
     for i in range(N):  # tests may loop over subjects: this is the brute-force reference
-        c = np.array([rng.choice(len(paths), p=loc.resp[i]) for _ in range(S)])
-        Q = pp.precision[c] + nm.prec * stats.XtX[i]
-        g = pp.shift[c] + nm.prec * (stats.Xty[i] - stats.XtF[i] @ nm.w_mean)
-        cov = np.linalg.inv(Q)
-        m = np.einsum("sij,sj->si", cov, g)
-        b = m + np.einsum("sij,sj->si", np.linalg.cholesky(cov), rng.standard_normal((S, D)))
-        zr_mean = np.einsum("sij,sj->si", cache.A[c], b) + cache.a[c]
-        zr = zr_mean + np.einsum("sij,sj->si", np.linalg.cholesky(cache.C[c]), rng.standard_normal((S, cache.a.shape[1])))
-        # log p(y_i | b, w, sigma2)
-        r2 = (stats.yty[i] - 2 * b @ stats.Xty[i] + np.einsum("sd,de,se->s", b, stats.XtX[i], b)
-              - 2 * w @ stats.Fty[i] + 2 * np.einsum("sd,dp,sp->s", b, stats.XtF[i], w)
-              + np.einsum("sp,pq,sq->s", w, stats.FtF[i], w))
-        n = stats.n_obs[i]
-        lp = -0.5 * n * np.log(2 * np.pi * s2) - 0.5 * r2 / s2
-        # log p(b, z | c, theta) + log pi_c
-        z = [b, zr[:, :2], zr[:, 2:]]
-        for l, (pi, theta, delta) in enumerate(draws):
-            k = paths[c, l]
-            th = theta[np.arange(S), k]  # (S, J, m+1)
-            mean_l = th[..., 0] + np.einsum("sjm,sm->sj", th[..., 1:], z[l + 1])
-            dl = delta[np.arange(S), k]
-            lp += (-0.5 * np.log(2 * np.pi * dl) - 0.5 * (z[l] - mean_l) ** 2 / dl).sum(1)
-            lp += np.log(pi[np.arange(S), k])
-        lp += -0.5 * np.log(2 * np.pi) - 0.5 * (z[-1] ** 2).sum(1)
-        # minus log q(c, b, z_r)
-        lp -= np.log(loc.resp[i, c])
-        lp -= _mvn_logpdf(b, m, cov)
-        lp -= _mvn_logpdf(zr, zr_mean, cache.C[c])
-        total += lp
+        total += _local_elbo_draws(stats, i, loc, pp, cache, draws, paths, lambda c: nm.prec, nm.w_mean, w,
+                                   lambda c: s2, rng, S)
     _mc_check(total, exact, "local ELBO")
 
 

@@ -261,6 +261,11 @@ def main() -> None:
 @click.option("--noise", type=click.Choice(["shared", "cluster", "auto"]), default=None,
               help="One residual variance, one per cluster, or the better of the two by the ELBO (twice the "
                    "time). Variational fits only. [shared]")
+@click.option("--noise-df", default=None,
+              help="Subject-level residual scales: each subject's residuals Student-t with this many degrees of "
+                   "freedom (a number > 0), or auto: learned (a noisy subject's visits then count for less and "
+                   "its bands widen); none: one residual variance for all. Needs --noise shared. Variational "
+                   "fits only. [none]")
 @click.option("--loading-order", default=None,
               help="Deep mixture: smoothness of the loading curves, a number >= 1 (2 keeps the factors alive as "
                    "the basis grows, 1 lets them be as rough as the deviations), or auto: both, the higher ELBO "
@@ -307,7 +312,7 @@ def main() -> None:
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
 def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis,
-        smoothing, noise, loading_order, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
+        smoothing, noise, noise_df, loading_order, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
         max_iter, dropna, outcome, event_time, event, event_value, baseline, check_bands, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
     the saved model and an HTML report to --out (all at once, when the fit is done)."""
@@ -323,7 +328,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
                                            n_basis, degree, interval, n_init)
     cov_cols = _covariate_columns(covs, time_col)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, cov_cols)
-    prior_options = _prior_options(kind, exact, smoothing, noise, loading_order, covariance)
+    prior_options = _prior_options(kind, exact, smoothing, noise, loading_order, covariance, noise_df)
     # every model transforms the response itself (outputs on the data's scale); only model files of earlier
     # versions carry a transform applied to the data before the fit (dmlmm predict applies it)
     prior_options["response_transform"] = None if transform == "none" else transform
@@ -358,12 +363,12 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
             click.echo("\n" + checked.summary())
 
 
-def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None) -> dict:
-    """--smoothing, --noise, --loading-order and --covariance as model parameters (only those given), checked
-    against the model: the exact LMM fits have none of them, only the deep mixture has loading curves, and
-    only the mixture of LMMs (and the variational LMM, its one-component case) has --covariance."""
-    given = [name for name, v in (("--smoothing", smoothing), ("--noise", noise), ("--loading-order", loading_order),
-                                  ("--covariance", covariance)) if v is not None]
+def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None, noise_df=None) -> dict:
+    """--smoothing, --noise, --noise-df, --loading-order and --covariance as model parameters (only those given),
+    checked against the model: the exact LMM fits have none of them, only the deep mixture has loading curves,
+    and only the mixture of LMMs (and the variational LMM, its one-component case) has --covariance."""
+    given = [name for name, v in (("--smoothing", smoothing), ("--noise", noise), ("--noise-df", noise_df),
+                                  ("--loading-order", loading_order), ("--covariance", covariance)) if v is not None]
     if exact and given:
         raise CliError(f"{given[0]} applies to the variational fits; --method ml and reml fit a linear mixed model "
                        "without a smoothness prior and with one residual variance")
@@ -372,6 +377,10 @@ def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None
         out["smoothing"] = None if smoothing == "none" else int(smoothing)
     if noise is not None:
         out["noise"] = noise
+    if noise_df is not None:
+        out["noise_df"] = _parse_noise_df(noise_df)
+        if out["noise_df"] is not None and noise not in (None, "shared"):
+            raise CliError(f"--noise-df needs one shared residual variance (--noise shared), got --noise {noise}")
     if loading_order is not None:
         if kind not in ("deep", "auto"):
             raise CliError("--loading-order applies to the deep mixture (--model deep) only")
@@ -386,6 +395,20 @@ def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None
             raise CliError("--covariance pspline needs the smoothness prior: leave out --smoothing none")
         out["covariance"] = covariance
     return out
+
+
+def _parse_noise_df(text: str) -> str | float | None:
+    """``none``, ``auto`` or a finite positive number."""
+    word = text.strip().lower()
+    if word in ("none", "auto"):
+        return None if word == "none" else "auto"
+    try:
+        df = float(text)
+    except ValueError:
+        df = math.nan
+    if not math.isfinite(df) or df <= 0:
+        raise CliError(f"--noise-df must be none, auto or a positive number, got {text!r}")
+    return df
 
 
 def _parse_loading_order(text: str) -> str | float:

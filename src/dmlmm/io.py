@@ -133,8 +133,10 @@ def _param_classes() -> dict[str, type]:
     from .expfam import Dirichlet, Gaussian, InvGamma, InvWishart
     from .priors.dmfa import DMFAParams, LayerParams
     from .priors.gaussian import GaussianMixtureParams
+    from .inference.subject_scales import SubjectScales
 
-    classes = (VariationalParams, InvGamma, Dirichlet, Gaussian, InvWishart, GaussianMixtureParams, DMFAParams, LayerParams)
+    classes = (VariationalParams, InvGamma, Dirichlet, Gaussian, InvWishart, GaussianMixtureParams, DMFAParams, LayerParams,
+               SubjectScales)
     return _ParamRegistry({f"{c.__module__}.{c.__qualname__}": c for c in classes})
 
 
@@ -392,6 +394,7 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
     else:  # files written before per-cluster noise: one shared variance
         k1 = len(model.components_kept_[0])
         model.sigma2_by_cluster_ = pd.Series(np.full(k1, model.sigma2_), index=pd.RangeIndex(k1, name="group"), name="sigma2")
+    model._set_subject_noise()
     model.labels_ = model._labels_from(model.responsibilities_)
     model.groups_ = model._labels_from(model.group_proba_)
     model.response_transform_ = model.design_.transform

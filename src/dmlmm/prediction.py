@@ -40,6 +40,8 @@ class ConditionalMixture:
     weight : (A,) posterior weight of the pair.
     mean : (A, D) posterior mean of b.
     cov : (A, D, D) posterior covariance of b.
+    noise_var : (A,) or None, the residual variance of a new observation under each component
+        (subject-level residual scales, :mod:`dmlmm.prediction_scales`); None: the path's.
     """
 
     log_marginal: np.ndarray
@@ -49,6 +51,7 @@ class ConditionalMixture:
     weight: np.ndarray
     mean: np.ndarray
     cov: np.ndarray
+    noise_var: np.ndarray | None = None
 
 
 def path_sigma2(sigma2, n_paths: int) -> np.ndarray:

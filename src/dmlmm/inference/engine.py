@@ -41,6 +41,8 @@ from .backend import active_paths, fixed_sums, resp_change, residual_sums, run_l
 from .joint import joint_local_step
 from .local import LocalResult, NoiseMoments
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, take_groups
+from .subject_scales import (SubjectScales, log_likelihood_shift, scales_elbo, subject_quad, subject_rss,
+                             update_scales, weighted_stats)
 
 _NO_RAISE = contextlib.nullcontext()
 
@@ -61,6 +63,8 @@ class VariationalParams:
     membership : Gaussian or None, q(gamma) of the membership model (one Gaussian per stick:
         precision (K_1 - 1, Q, Q), shift (K_1 - 1, Q); :mod:`dmlmm.priors.membership`); None:
         first-layer weights are the prior's Dirichlet.
+    scales : SubjectScales or None, q(v_i) of the subject-level residual scales and their degrees
+        of freedom (:mod:`dmlmm.inference.subject_scales`); None: one residual variance for all.
     """
 
     noise: InvGamma
@@ -68,6 +72,7 @@ class VariationalParams:
     fixed: Gaussian | None
     prior: Any
     membership: Gaussian | None = None
+    scales: SubjectScales | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,10 @@ class VIConfig:
     joint_fixed: bool = False  # one-path priors: q(w, b) jointly Gaussian (:mod:`dmlmm.inference.joint`)
     # a run racing a known ELBO: stop once it cannot reach this at its recent rate (_cannot_reach)
     give_up_below: float | None = None
+    # subject-level residual scales (dmlmm.inference.subject_scales): the starting degrees of freedom
+    # (None: no scales), and whether they are learned
+    subject_df: float | None = None
+    learn_df: bool = True
 
 
 @dataclass
@@ -134,7 +143,7 @@ def prune_params(params: VariationalParams, new_prior_params: Any, keep: list[np
     """The variational parameters after the prior's components outside ``keep`` were dropped."""
     noise, aux = take_groups(params.noise, params.noise_aux, keep[0])
     membership = None if params.membership is None else membership_prune(params.membership, keep[0])
-    return VariationalParams(noise, aux, params.fixed, new_prior_params, membership)
+    return VariationalParams(noise, aux, params.fixed, new_prior_params, membership, params.scales)
 
 
 def empty_component_cost(prior: RandomEffectsPrior, params: VariationalParams, layer: int, config: VIConfig) -> float:
@@ -148,6 +157,8 @@ def empty_component_cost(prior: RandomEffectsPrior, params: VariationalParams, l
 def elbo_globals(params: VariationalParams, prior: RandomEffectsPrior, config: VIConfig) -> float:
     """E_q[log p(globals)] - E_q[log q(globals)] for every global factor."""
     total = noise_elbo(params.noise, params.noise_aux, config.noise_scale)
+    if params.scales is not None:
+        total += scales_elbo(params.scales)
     if params.fixed is not None:
         m, v, logdet = params.fixed.moments()
         p = m.shape[0]
@@ -305,6 +316,10 @@ def run_vi(
         )
     if config.joint_fixed and (prior.n_paths != 1 or not isinstance(stats, SufficientStats)):
         raise ValueError("joint_fixed needs a one-path prior and in-memory statistics")
+    if params.scales is not None and (config.joint_fixed or not isinstance(stats, SufficientStats)
+                                      or is_per_cluster(params.noise)):
+        raise ValueError("subject-level residual scales need in-memory statistics, one shared noise variance "
+                         "and no joint_fixed")
     history: list[float] = []
     converged = gave_up = False
     restrict = not config.hard_assignment and prior.n_paths > 1
@@ -323,7 +338,7 @@ def run_vi(
     full = False
     it = 0
     for it in range(1, config.max_iter + 1):
-        sub, scale, rho = stats, 1.0, 1.0
+        sub, scale, rho = _weighted(stats, params), 1.0, 1.0
         full = active is None or it - last_full >= config.full_every
         paths = prior.path_components()
         try:
@@ -368,6 +383,8 @@ def run_vi(
             break
         prev_local = local
         new = update_globals(params, prior, sub, local, cache, psi, config, scale, rho)
+        if new.scales is not None:
+            new = update_subject_scales(new, stats, local, config)
         if accel is not None and anchor is not None:
             params, fallback = _extrapolate(anchor, params, new, accel, config.joint_fixed)
             anchor = None
@@ -417,7 +434,24 @@ def final_local_step(stats, prior: RandomEffectsPrior, params: VariationalParams
     ``VIResult.local`` (and ``params``, with what the step optimised too). Deterministic, so a fit whose
     local results were released can compute them again (the Dask fit's set-aside response scale)."""
     pp, _ = prior.path_prior(params.prior)
-    return _local_step(stats, pp, params, prior.path_components(), config, None, membership_terms(params, prior, stats)[0])
+    sub = _weighted(stats, params)
+    return _local_step(sub, pp, params, prior.path_components(), config, None, membership_terms(params, prior, sub)[0])
+
+
+def _weighted(stats, params: VariationalParams):
+    """The statistics the local step and the global updates see: each subject's weighted by E[1/v_i]
+    with subject-level residual scales, else as they are."""
+    return stats if params.scales is None else weighted_stats(stats, params.scales.weight)
+
+
+def update_subject_scales(params: VariationalParams, stats: SufficientStats, local: LocalResult,
+                          config: VIConfig) -> VariationalParams:
+    """q(v) (and nu, when learned) given the local step's q(b, c) and the updated q(w), q(sigma^2)."""
+    P = stats.dim_fixed
+    wm, wc = (np.zeros(P), np.zeros((P, P))) if params.fixed is None else params.fixed.moments()[:2]
+    rss = subject_rss(stats, local.mean_b, local.subject_quad, wm, wc)
+    return replace(params, scales=update_scales(params.scales, stats.n_obs, rss, float(params.noise.mean_inv),
+                                                config.learn_df))
 
 
 def _local_step(
@@ -432,8 +466,15 @@ def _local_step(
     if config.joint_fixed:
         local = joint_local_step(stats, pp, noise_moments(params, P, paths), config.fixed_var)
         return local, replace(params, fixed=local.fixed)
-    local = run_local_step(stats, pp, noise_moments(params, P, paths), config.hard_assignment,
+    noise = noise_moments(params, P, paths)
+    local = run_local_step(stats, pp, noise, config.hard_assignment,
                            active=active, moment_threshold=config.moment_threshold, log_weight=log_weight)
+    if params.scales is not None:  # ``stats`` are weighted by E[1/v_i] (_weighted)
+        weight = params.scales.weight
+        s_path = np.broadcast_to(np.asarray(noise.prec, dtype=float), (pp.n_paths,))
+        quad = subject_quad(stats, pp.precision, pp.shift, s_path, local.resp, noise.w_mean, config.moment_threshold)
+        local = replace(local, log_evidence=local.log_evidence + log_likelihood_shift(params.scales, stats.n_obs),
+                        subject_quad=quad / weight)
     return local, params
 
 

@@ -29,6 +29,7 @@ from ..exceptions import DataError, EmptyComponentWarning
 from ..inference.engine import VIConfig, VIResult
 from ..inference.noise import is_per_cluster
 from ..inference.starts import run_vi_with_starts
+from ..inference.subject_scales import DF_START, weighted_stats
 from ..inference.stochastic import StochasticSettings, run_vi_stochastic
 from ..prediction import fixed_effects_cov
 from ..response_transform import (check_transform, data_scale_bound, forward, label_of, log_jacobian,
@@ -127,11 +128,27 @@ class Fitting:
             if bs < 1:
                 raise ValueError(f"batch_size must be a positive integer, 'auto' or 'full', got {self.batch_size}")
             bs = None if bs >= n_subjects else bs
+        df = self._noise_df()
+        if df is not None and bs is not None:
+            raise ValueError(
+                f"noise_df={self.noise_df!r} (subject-level residual scales) needs a full-batch fit, and "
+                f"{n_subjects} subjects with batch_size={self.batch_size!r} make a minibatch fit: set "
+                "batch_size='full', or noise_df=None"
+            )
         return VIConfig(
             max_iter=int(self.max_iter), tol=float(self.tol), batch_size=bs,
             hard_assignment=bool(self.hard_assignment), noise_scale=float(self.noise_scale),
             prune_threshold=0.1 if self.prune else 0.0,
+            subject_df=None if df is None else (DF_START if df == "auto" else float(df)), learn_df=df == "auto",
         )
+
+    def _noise_df(self) -> float | str | None:
+        """``noise_df`` once checked against the noise model (subject scales need one shared variance)."""
+        df = getattr(self, "noise_df", None)
+        if df is not None and self._noise_kind() != "shared":
+            raise ValueError(f"noise_df={df!r} (subject-level residual scales) needs noise='shared', got "
+                             f"noise={self._noise_kind()!r}: set noise='shared', or noise_df=None")
+        return df
 
     def fit(
         self,
@@ -168,6 +185,11 @@ class Fitting:
         self._check_params()
         transform = check_transform(getattr(self, "response_transform", None))
         if is_dask_collection(data):  # per-subject work on the Dask workers (dmlmm.distributed)
+            if self._noise_df() is not None:
+                raise NotImplementedError(
+                    "noise_df (subject-level residual scales) is not supported for Dask DataFrames yet: fit in "
+                    "memory (e.g. on df.compute() or a subsample), or set noise_df=None"
+                )
             if self._membership_columns():
                 raise NotImplementedError(
                     "membership_covariates are not supported for Dask DataFrames yet: fit in memory "
@@ -197,6 +219,8 @@ class Fitting:
         self.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}
         self._fixed_cov = None
         if design.n_fixed:
+            if best.params.scales is not None:  # each subject's information at its expected scale
+                stats = weighted_stats(stats, best.params.scales.weight)
             self._fixed_cov = fixed_effects_cov(stats, self._mixture(), self._sigma2_std(), best.local.resp,
                                                 chosen.config.fixed_var)
         self._membership_cov = None
@@ -317,6 +341,16 @@ class Fitting:
             design.spline_coefficients(res.local.mean_b) * design.y_scale, index=d.subjects,
             columns=design.basis.column_names,
         )
+        self._set_subject_noise()
+
+    def _set_subject_noise(self) -> None:
+        """``noise_df_`` and ``subject_noise_`` from the subject-level residual scales (None without them)."""
+        scales = getattr(self.params_, "scales", None)
+        self.noise_df_ = None if scales is None else float(scales.df)
+        self.subject_noise_ = None
+        if scales is not None:  # E[sigma^2 v_i] = E[sigma^2] E[v_i] (independent under q), model scale
+            self.subject_noise_ = pd.Series(self.sigma2_ * np.asarray(scales.q.mean, dtype=float), index=self.subjects_,
+                                            name="sigma2")
 
     def _set_fitted_globals(
         self, design: LongitudinalDesign, res, sizes: np.ndarray, path_n_obs: np.ndarray, stacklevel: int = 3,
@@ -347,6 +381,7 @@ class Fitting:
         s = design.y_scale
         self.offset_ = design.y_shift
         self._set_sigma2(path_n_obs)
+        self.noise_df_, self.subject_noise_ = None, None  # the in-memory fit sets them (_set_subject_noise)
         w = self._w()
         self.fixed_effects_ = pd.Series(w * s / design.covariate_sd, index=list(design.fixed_names), dtype=float, name="estimate")
         self.cluster_means_ = self._cluster_curves()

@@ -61,6 +61,14 @@ class MixtureLMM(VariationalLongitudinalModel):
         One residual variance for all subjects, or one per (first-layer) component, each
         with the same half-Cauchy prior; predictions then use each cluster's own. "auto"
         fits both (twice the time) and keeps the one with the higher ELBO (``noise_``).
+    noise_df : None, "auto" or float > 0
+        Subject-level residual scales: subject i's residual variance is ``sigma2 v_i`` with
+        ``v_i ~ IG(nu/2, nu/2)``, so each subject's residuals are multivariate Student-t with
+        ``nu = noise_df`` degrees of freedom and a noisy subject's visits count for less (its
+        curve, band and cluster follow from its own scale). "auto" learns ``nu`` (between 1 and
+        1000: 1000 is the Gaussian model) by the ELBO; None (default): one residual variance for all
+        subjects. Needs ``noise="shared"`` and an in-memory, full-batch fit. Fitted ``noise_df_``
+        and ``subject_noise_`` (docs/models.md, "Noisier subjects").
     response_transform : {"auto", None, "log", "log1p"}
         The scale of the model: the response as given (None), log(y) (``"log"``: y > 0) or
         log(1 + y) (``"log1p"``: y >= 0 with zeros), for right-skewed responses (exercise hours,
@@ -110,6 +118,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         covariance: str = "auto",
         noise_scale: float = 1.0,
         noise: str = "shared",
+        noise_df: float | str | None = None,
         response_transform: str | None = "auto",
         membership_covariates: Sequence[str] | None = None,
         max_iter: int = 1000,
@@ -131,6 +140,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         self.covariance = covariance
         self.noise_scale = noise_scale
         self.noise = noise
+        self.noise_df = noise_df
         self.response_transform = response_transform
         self.membership_covariates = membership_covariates
         self.max_iter = max_iter
@@ -203,6 +213,8 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
     noise : {"shared", "cluster", "auto"}
         One residual variance, or one per first-layer component, or the better of the two
         by the ELBO (see :class:`MixtureLMM`).
+    noise_df : None, "auto" or float > 0
+        Subject-level residual scales with Student-t tails (see :class:`MixtureLMM`).
     loading_order : {"auto"} or float >= 1
         The loading curves' smoothness: their prior precisions grow like ``lam_d ** loading_order``
         over the Demmler-Reinsch coordinates (the idiosyncratic deviations' like ``lam_d``), see
@@ -233,6 +245,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         delta_scale=2.5,
         noise_scale: float = 1.0,
         noise: str = "shared",
+        noise_df: float | str | None = None,
         loading_order: float | str = "auto",
         response_transform: str | None = "auto",
         membership_covariates: Sequence[str] | None = None,
@@ -258,6 +271,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         self.delta_scale = delta_scale
         self.noise_scale = noise_scale
         self.noise = noise
+        self.noise_df = noise_df
         self.response_transform = response_transform
         self.membership_covariates = membership_covariates
         self.max_iter = max_iter

@@ -64,6 +64,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "delta_scale": (_positive_or_per_layer, "a positive number, or one per layer"),
     "latent_dims": (_int_tuple, "a tuple of positive integers, one per layer"),
     "noise": (lambda v: v in ("shared", "cluster", "auto"), "one of 'shared', 'cluster' or 'auto'"),
+    "noise_df": (lambda v: v is None or (isinstance(v, str) and v == "auto") or _positive_number(v),
+                 "None, 'auto' or a positive number (the degrees of freedom of the subjects' residual scales)"),
     "covariance": (lambda v: isinstance(v, str) and v in ("auto", "pspline", "full"), "'auto', 'pspline' or 'full'"),
     "loading_order": (lambda v: (isinstance(v, str) and v == "auto") or (_positive_number(v) and v >= 1),
                       "'auto' or a number of at least 1"),

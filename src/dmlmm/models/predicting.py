@@ -23,6 +23,7 @@ from ..exceptions import DataError
 from ..inference.engine import noise_moments
 from ..inference.local import local_step
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
+from ..prediction_scales import condition_with_scales
 from ..response_transform import log_jacobian
 from .frames import FrameLike
 from .params import check_random_state, positive_int
@@ -61,6 +62,9 @@ class Predicting:
 
             return predict_partitions(self, df, method)
         d = self._data(df, require_response=False)
+        if self._scales_df() is not None:  # each subject's residual scale integrated out (exactly, given the globals)
+            cm, subjects, _ = self._conditional(d, df, keep_components=False)
+            return to_frame(cm.weights, subjects)
         return to_frame(self._local(d, df).resp, d.subjects)
 
     def predict_group(self, df: FrameLike) -> pd.Series:
@@ -86,22 +90,40 @@ class Predicting:
         return local
 
     # -------------------------------------------------------------- trajectories
-    def _conditional(self, d: Longitudinal | None, frame: FrameLike = None,
-                     cont: Continuation | None = None) -> tuple[ConditionalMixture, pd.Index, np.ndarray]:
+    def _conditional(self, d: Longitudinal | None, frame: FrameLike = None, cont: Continuation | None = None,
+                     keep_components: bool = True) -> tuple[ConditionalMixture, pd.Index, np.ndarray]:
         """Posterior mixture of b per subject (or the prior for d=None), subjects, last covariates (N, P).
 
         With ``cont``, b with the continuation coordinates beyond the basis range (:meth:`_continuation`).
+        With subject-level residual scales (``noise_df``) each subject's scale is integrated out
+        (:mod:`dmlmm.prediction_scales`), and the components carry their own residual variances.
         """
         mix, w, s2 = self._mixture(cont), self._w(), self._sigma2_std()
         D, P = mix.means.shape[1], self.design_.n_fixed
         if d is None:
-            empty = SufficientStats(np.zeros(1, int), np.zeros(1), np.zeros((1, D)), np.zeros((1, D, D)),
+            stats = SufficientStats(np.zeros(1, int), np.zeros(1), np.zeros((1, D)), np.zeros((1, D, D)),
                                     np.zeros((1, P)), np.zeros((1, P, P)), np.zeros((1, D, P)))
-            return condition(empty, mix, w, s2), pd.Index(["population"], name="subject"), np.zeros((1, P))
-        stats = self.design_.stats(d, cont)
-        last = np.r_[d.offsets[1:] - 1]
-        lw = self._path_log_weights(self._membership_matrix(frame, d), mix)
-        return condition(stats, mix, w, s2, log_weights=lw), d.subjects, self.design_.F(d.covariates[last])
+            subjects, lw, fixed_rows = pd.Index(["population"], name="subject"), None, np.zeros((1, P))
+        else:
+            stats = self.design_.stats(d, cont)
+            last = np.r_[d.offsets[1:] - 1]
+            lw = self._path_log_weights(self._membership_matrix(frame, d), mix)
+            subjects, fixed_rows = d.subjects, self.design_.F(d.covariates[last])
+        df = self._scales_df()
+        if df is None:
+            cm = condition(stats, mix, w, s2, keep_components=keep_components, log_weights=lw)
+        else:
+            cm = condition_with_scales(stats, mix, w, s2, df, keep_components=keep_components, log_weights=lw)
+        return cm, subjects, fixed_rows
+
+    def _scales_df(self) -> float | None:
+        """The degrees of freedom of the subject-level residual scales, None without them."""
+        scales = getattr(self.params_, "scales", None)
+        return None if scales is None else float(scales.df)
+
+    def _noise_var(self, cm: ConditionalMixture) -> np.ndarray:
+        """(A,) the residual variance of a new observation under each component of ``cm`` (standardised scale)."""
+        return self._sigma2_std()[cm.path] if cm.noise_var is None else cm.noise_var
 
     def _continuation(self, *times) -> Continuation | None:
         """The continuation beyond the basis range for a prediction at all of ``times`` (arrays, or
@@ -182,7 +204,7 @@ class Predicting:
         mean_a = cm.mean @ Xn.T + fw[cm.subject]
         var_a = np.einsum("td,ade,te->at", Xn, cm.cov, Xn) + self._fixed_var(F3)[cm.subject]
         if kind == "observation":
-            var_a = var_a + self._sigma2_std()[cm.path][:, None]
+            var_a = var_a + self._noise_var(cm)[:, None]
         sd_a = np.sqrt(np.maximum(var_a, 0.0))
         N = len(subjects)
         mean = np.zeros((N, len(t)))
@@ -288,7 +310,7 @@ class Predicting:
             fw = (F3 @ w)[:, None, :]
         curve = b @ Xn.T + fw
         if kind == "observation":
-            sd = np.sqrt(self._sigma2_std()[cm.path[comp]])  # (N, S): the drawn path's residual SD
+            sd = np.sqrt(self._noise_var(cm)[comp])  # (N, S): the drawn component's residual SD
             curve = curve + sd[:, :, None] * rng.standard_normal(curve.shape)
         return pd.DataFrame(
             {
@@ -325,11 +347,10 @@ class Predicting:
         return pd.Series(lm, index=d.subjects, name="log_score")
 
     def _log_marginal(self, d: Longitudinal, frame: FrameLike, cont: Continuation | None = None) -> np.ndarray:
-        stats = self.design_.stats(d, cont)
-        mix = self._mixture(cont)
-        lw = self._path_log_weights(self._membership_matrix(frame, d), mix)
-        cm = condition(stats, mix, self._w(), self._sigma2_std(), keep_components=False, log_weights=lw)
-        return cm.log_marginal - stats.n_obs * np.log(self.design_.y_scale) + self._log_jacobian(d)
+        cm, _, _ = self._conditional(d, frame, cont, keep_components=False)
+        n_obs = np.zeros(d.n_subjects) if d.response is None else np.bincount(
+            d.codes[np.isfinite(d.response)], minlength=d.n_subjects)  # the observations conditioned on
+        return cm.log_marginal - n_obs * np.log(self.design_.y_scale) + self._log_jacobian(d)
 
     def _log_jacobian(self, d: Longitudinal) -> np.ndarray:
         """Per subject (N,), sum of log |dz/dy| over its observations: densities of z = transform(y)

@@ -18,6 +18,7 @@ import numpy as np
 from ..sufficient import SufficientStats
 from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed
 from ..inference.noise import per_cluster
+from ..inference.subject_scales import initial_scales
 from ..priors.base import RandomEffectsPrior
 from ..priors.membership import membership_init
 
@@ -106,7 +107,8 @@ def init_factory(
     (:func:`ridge_estimates`); the noise and fixed-effect factors start from the selected subjects'
     statistics, and with ``kind == "cluster"`` each start gets one residual
     variance per first-layer component; with membership covariates ``Z`` (N, Q) each start gets
-    the membership model's prior factor, sized to its first layer.
+    the membership model's prior factor, sized to its first layer; with ``config.subject_df`` every
+    subject's residual scale starts at weight 1 (:mod:`dmlmm.inference.subject_scales`).
     """
 
     def make_init(rows: np.ndarray | None):
@@ -120,7 +122,8 @@ def init_factory(
                 nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
             k1 = int(p.path_components()[:, 0].max()) + 1
             gamma = None if Z is None else membership_init(k1, Z.shape[1], config.membership_scale)
-            return VariationalParams(nz, ax, fixed, p.init_params(bh, g), gamma)
+            scales = None if config.subject_df is None else initial_scales(st.n_obs, config.subject_df)
+            return VariationalParams(nz, ax, fixed, p.init_params(bh, g), gamma, scales)
 
         return init
 

@@ -1,0 +1,262 @@
+"""Subject-level residual scales (noise_df): exact ELBO terms, monotone CAVI, nu, predictions, API."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import integrate
+from scipy.special import gammaln
+
+from dmlmm import DeepMixtureLMM, MixtureLMM, load
+from dmlmm.exceptions import ConvergenceWarning
+from dmlmm.expfam import InvGamma
+from dmlmm.inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments, run_vi
+from dmlmm.inference.local import local_step, observation_factor
+from dmlmm.inference.subject_scales import (DF_MAX, SubjectScales, initial_scales, log_likelihood_shift, optimal_df,
+                                            profile_elbo, scales_elbo, subject_quad, subject_rss, weighted_stats)
+from dmlmm.models.base import ridge_estimates
+from dmlmm.prediction import condition
+from dmlmm.prediction_scales import condition_with_scales
+from dmlmm.priors.base import PointMixture
+from dmlmm.priors.dmfa import DeepMixturePrior
+from dmlmm.priors.gaussian import GaussianMixturePrior
+from dmlmm.sufficient import sufficient_stats
+from test_cluster_noise import _toy_stats  # two groups of subjects with residual SDs 0.2 and 0.6
+from test_vi_engine import _gauss_sample, _ig_logpdf, _ig_sample, _local_elbo_draws, _mc_check, _sample_dmfa_layers
+
+
+def _scaled_start(stats, prior, df=4.0, learn=True, iters=3, accelerate=True, seed=0):
+    rng = np.random.default_rng(seed)
+    b_hat = ridge_estimates(stats)
+    config = VIConfig(max_iter=iters, tol=1e-300, prune_threshold=0.0, subject_df=df, learn_df=learn,
+                      accelerate=accelerate)
+    noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
+    params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng), None, initial_scales(stats.n_obs, df))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = run_vi(stats, prior, params, config, rng)
+    return res, config
+
+
+# ----------------------------------------------------------------------------- ELBO terms
+def test_scales_elbo_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    q = InvGamma(rng.uniform(1.5, 6.0, 7), rng.uniform(0.5, 4.0, 7))
+    scales = SubjectScales(q, 3.7)
+    v = _ig_sample(q, 200000, rng)
+    total = (_ig_logpdf(v, 3.7 / 2, 3.7 / 2) - _ig_logpdf(v, q.shape, q.rate)).sum(1)
+    _mc_check(total, scales_elbo(scales), "subject scales' prior and entropy")
+
+
+def test_local_elbo_with_subject_scales_matches_monte_carlo():
+    """sum_i log_evidence_i = E_q[log p(y, b, z, c | globals, v)] - E_q[log q(b, z, c)] with v_i ~ q(v_i)."""
+    stats = _toy_stats(seed=5, n_subjects=6)
+    prior = DeepMixturePrior(3, (2, 2), (2, 1))
+    res, config = _scaled_start(stats, prior)
+    params = res.params
+    assert not np.allclose(params.scales.weight, 1.0)
+    paths = prior.path_components()
+    pp, cache = prior.path_prior(params.prior)
+    nm = noise_moments(params, stats.dim_fixed, paths)
+    weighted = weighted_stats(stats, params.scales.weight)
+    loc = local_step(weighted, pp, nm)
+    exact = (loc.log_evidence + log_likelihood_shift(params.scales, stats.n_obs)).sum()
+
+    rng = np.random.default_rng(7)
+    S = 30000
+    _, draws = _sample_dmfa_layers(prior, params.prior, S, rng)
+    s2 = _ig_sample(params.noise, S, rng)
+    v_all = _ig_sample(params.scales.q, S, rng)  # (S, N)
+    w, _, _ = _gauss_sample(params.fixed, S, rng)
+    N = stats.n_subjects
+    total = np.zeros(S)
+    for i in range(N):  # brute force: q(b | c) as the weighted local step computes it, v_i drawn from q(v_i)
+        total += _local_elbo_draws(stats, i, loc, pp, cache, draws, paths, lambda c: nm.prec * params.scales.weight[i],
+                                   nm.w_mean, w, lambda c: s2 * v_all[:, i], rng, S)
+    _mc_check(total, exact, "local ELBO with subject scales")
+
+
+@pytest.mark.parametrize("dim, n_obs", [(3, 6), (14, 3)], ids=["dense", "observation-space"])
+def test_subject_quad_and_rss_match_the_local_moments(dim, n_obs):
+    """Per subject, E[b'X'Xb] and E||y - Xb - Fw||^2 against the local step's own moments of that subject alone
+    (with 14 functions and 3 visits each, through the subjects' Gram factors)."""
+    stats = _toy_stats(seed=1, n_subjects=5, n_fixed=2, dim=dim, n_obs=n_obs)
+    prior = GaussianMixturePrior(dim, 2)
+    res, _ = _scaled_start(stats, prior)
+    params = res.params
+    pp, _ = prior.path_prior(params.prior)
+    nm = noise_moments(params, stats.dim_fixed, prior.path_components())
+    weight = params.scales.weight
+    weighted = weighted_stats(stats, weight)
+    assert (observation_factor(weighted) is not None) == (n_obs < dim)
+    loc = local_step(weighted, pp, nm, moment_threshold=0.0)
+    s_path = np.broadcast_to(nm.prec, (prior.n_paths,))
+    quad = subject_quad(weighted, pp.precision, pp.shift, s_path, loc.resp, nm.w_mean, 0.0) / weight
+    wm, wc, _ = params.fixed.moments()
+    rss = subject_rss(stats, loc.mean_b, quad, wm, wc)
+    for i in range(stats.n_subjects):
+        one = local_step(weighted.subset(np.array([i])), pp, nm, moment_threshold=0.0)
+        second = one.moments.second.sum(0)  # E[b b'] of subject i
+        first = one.moments.first.sum(0)
+        assert quad[i] == pytest.approx(np.trace(stats.XtX[i] @ second), rel=1e-8)
+        expected = (stats.yty[i] - 2 * stats.Xty[i] @ first - 2 * stats.Fty[i] @ wm
+                    + np.trace(stats.XtX[i] @ second) + 2 * first @ stats.XtF[i] @ wm
+                    + np.trace(stats.FtF[i] @ (wc + np.outer(wm, wm))))
+        assert rss[i] == pytest.approx(expected, rel=1e-8)
+
+
+def test_profile_elbo_is_the_elbo_at_the_optimal_q_and_optimal_df_maximises_it():
+    rng = np.random.default_rng(3)
+    n = rng.integers(2, 12, 50).astype(float)
+    half_rss = rng.gamma(2.0, 1.0, 50) * n / 2
+    for df in (1.3, 7.0, 250.0):
+        q = InvGamma(df / 2 + n / 2, df / 2 + half_rss)
+        at_optimum = scales_elbo(SubjectScales(q, df)) + np.sum(-0.5 * n * q.mean_log - half_rss * q.mean_inv)
+        assert profile_elbo(np.array(df), n, half_rss) == pytest.approx(at_optimum, rel=1e-12)
+        # and the integral by quadrature, subject 0
+        f = lambda u: np.exp(_ig_logpdf(np.exp(u), df / 2, df / 2) + u - 0.5 * n[0] * u - half_rss[0] * np.exp(-u))
+        one = np.log(integrate.quad(f, -30, 30, epsabs=0, epsrel=1e-12, limit=400)[0])
+        assert profile_elbo(np.array(df), n[:1], half_rss[:1]) == pytest.approx(one, abs=1e-8)
+    best = optimal_df(n, half_rss)
+    grid = np.exp(np.linspace(0.0, np.log(1000.0), 4001))
+    assert profile_elbo(np.array(best), n, half_rss) >= profile_elbo(grid, n, half_rss).max() - 1e-9
+    assert 1.0 < best < 1000.0
+    # residuals exactly as the shared variance says for every subject: no tails, nu at its ceiling
+    assert optimal_df(np.full(30, 8.0), np.full(30, 4.0)) == DF_MAX
+
+
+@pytest.mark.parametrize("prior", [DeepMixturePrior(4, (3, 2), (2, 1)), GaussianMixturePrior(4, 3)], ids=["dmfa", "gmm"])
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_elbo_never_decreases_with_subject_scales(prior, accelerate):
+    stats = _toy_stats(seed=2, n_subjects=40, n_obs=6, dim=4, n_fixed=2)
+    res, _ = _scaled_start(stats, prior, iters=80, accelerate=accelerate)
+    h = np.asarray(res.elbo_history)
+    assert (res.n_iter == 80 or res.converged) and len(h) >= 20
+    assert np.all(np.diff(h) >= -1e-9 * np.abs(h[1:])), np.diff(h).min()
+    assert res.params.scales.df != 4.0  # learned
+
+
+# ----------------------------------------------------------------------------- predictions
+def test_conditioning_integrates_the_scale_exactly():
+    """log p(y_i) and E[b_i | y_i] against scipy's adaptive quadrature over v, path by path."""
+    rng = np.random.default_rng(4)
+    D, M, n, df = 3, 2, 7, 5.0
+    X = rng.normal(size=(n, D))
+    F = rng.normal(size=(n, 1))
+    w = np.array([0.4])
+    y = X @ np.array([1.0, -0.5, 0.3]) + F @ w + rng.standard_t(3, n) * 0.5
+    stats = sufficient_stats(y, X, F, np.zeros(n, int), 1)
+    A = rng.normal(size=(M, D, D))
+    covs = A @ np.swapaxes(A, 1, 2) + np.eye(D)
+    mix = PointMixture(np.array([0.3, 0.7]), rng.normal(size=(M, D)), covs)
+    sigma2 = np.array([0.2, 0.35])
+    cm = condition_with_scales(stats, mix, w, sigma2, df)
+    r = y - F @ w
+
+    def dens(u, c, what):
+        v = np.exp(u)
+        V = X @ mix.covs[c] @ X.T + sigma2[c] * v * np.eye(n)
+        d = r - X @ mix.means[c]
+        lp = -0.5 * (n * np.log(2 * np.pi) + np.linalg.slogdet(V)[1] + d @ np.linalg.solve(V, d))
+        prior = _ig_logpdf(v, df / 2, df / 2) + u
+        if what is None:
+            return np.exp(lp + prior)
+        post_mean = mix.means[c] + mix.covs[c] @ X.T @ np.linalg.solve(V, d)
+        return np.exp(lp + prior) * post_mean[what]
+
+    marg = [integrate.quad(dens, -15, 15, args=(c, None), epsabs=0, epsrel=1e-11, limit=200)[0] for c in range(M)]
+    total = float(np.sum(mix.weights * marg))
+    assert cm.log_marginal[0] == pytest.approx(np.log(total), abs=1e-7)
+    for j in range(D):
+        num = sum(mix.weights[c] * integrate.quad(dens, -15, 15, args=(c, j), epsabs=0, epsrel=1e-11, limit=200)[0]
+                  for c in range(M))
+        assert cm.weight @ cm.mean[:, j] == pytest.approx(num / total, abs=1e-7)
+    # a very large nu is the Gaussian conditioning
+    gauss = condition(stats, mix, w, sigma2)
+    assert condition_with_scales(stats, mix, w, sigma2, 1e9).log_marginal[0] == pytest.approx(gauss.log_marginal[0], abs=1e-6)
+
+
+def _noisy_frame(n_subjects=240, seed=0, df=3.0):
+    """Straight lines plus a bump, 8 visits each; subject i's residual variance 0.05 v_i, v_i ~ IG(df/2, df/2)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    v = 1.0 / rng.gamma(df / 2, 2 / df, n_subjects)
+    for i in range(n_subjects):
+        t = np.sort(rng.uniform(0, 10, 8))
+        f = rng.normal(1, 0.5) + rng.normal(0.3, 0.1) * t + np.sin(t / 2)
+        rows.append(pd.DataFrame({"subject": i, "time": t, "y": f + np.sqrt(0.05 * v[i]) * rng.normal(size=8)}))
+    return pd.concat(rows, ignore_index=True), v
+
+
+def test_recovers_heavy_tails_and_gaussian_noise():
+    data, _ = _noisy_frame()
+    m = MixtureLMM(1, noise_df="auto", response_transform=None, random_state=0).fit(data)
+    assert 1.5 < m.noise_df_ < 8.0, m.noise_df_
+    rng = np.random.default_rng(1)
+    gauss = data.copy()
+    gauss["y"] = (1 + 0.3 * gauss["time"] + np.sin(gauss["time"] / 2) + gauss["subject"].map(
+        pd.Series(rng.normal(0, 0.5, 240))) + np.sqrt(0.05) * rng.normal(size=len(gauss)))
+    g = MixtureLMM(1, noise_df="auto", response_transform=None, random_state=0).fit(gauss)
+    assert g.noise_df_ > 50, g.noise_df_
+
+
+def test_noisy_subjects_get_wider_bands_and_the_bands_cover():
+    data, v = _noisy_frame(seed=2)
+    held_idx = data.groupby("subject").sample(2, random_state=3).index
+    train, held = data.drop(held_idx), data.loc[held_idx]
+    m = MixtureLMM(1, noise_df="auto", response_transform=None, random_state=0).fit(train)
+    gauss = MixtureLMM(1, response_transform=None, random_state=0).fit(train)
+    noisy, calm = v[:60] > np.quantile(v, 0.8), v[:60] < np.quantile(v, 0.5)
+    ratios = []
+    for model in (m, gauss):
+        pred = pd.concat([model.predict_trajectory(train[train.subject == s], times=held[held.subject == s]["time"].to_numpy(),
+                                                   kind="observation") for s in range(60)])
+        width = (pred["upper"] - pred["lower"]).groupby(pred["subject"]).mean()
+        ratios.append(width[noisy].median() / width[calm].median())
+        joined = held[held.subject < 60].merge(pred, on=["subject", "time"])
+        cover = ((joined["y"] >= joined["lower"]) & (joined["y"] <= joined["upper"])).mean()
+        if model is m:
+            assert 0.88 <= cover <= 0.99, cover
+    # the Gaussian model gives every subject about the same band; the scales widen the noisy ones'
+    assert ratios[0] > 1.3 and ratios[1] < 1.1, ratios
+    # held-out log score above the Gaussian model's on the same split
+    assert m.score(held, condition_on=train) > gauss.score(held, condition_on=train)
+
+
+# ----------------------------------------------------------------------------- API
+def test_fitted_attributes_and_save_load(tmp_path):
+    data, v = _noisy_frame(n_subjects=80, seed=5)
+    m = DeepMixtureLMM((3, 2), (2, 1), noise_df=4.0, response_transform=None, random_state=0).fit(data)
+    assert m.noise_df_ == 4.0
+    assert m.subject_noise_.shape == (80,) and (m.subject_noise_ > 0).all()
+    # the noisiest subjects by their own fitted scale are the truly noisiest
+    assert np.corrcoef(np.log(m.subject_noise_.to_numpy()), np.log(v))[0, 1] > 0.6
+    m.save(tmp_path / "m.dmlmm")
+    back = load(tmp_path / "m.dmlmm")
+    assert back.noise_df_ == 4.0
+    pd.testing.assert_series_equal(back.subject_noise_, m.subject_noise_)
+    a = m.predict_trajectory(data, times=[1.0, 5.0], kind="observation")
+    b = back.predict_trajectory(data, times=[1.0, 5.0], kind="observation")
+    pd.testing.assert_frame_equal(a, b)
+    draws = m.sample_trajectories(data[data.subject < 3], times=[2.0], n_samples=50, kind="observation", random_state=0)
+    assert draws["value"].notna().all()
+
+
+def test_noise_df_errors():
+    data, _ = _noisy_frame(n_subjects=30, seed=6)
+    with pytest.raises(ValueError, match="noise_df='auto' \\(subject-level residual scales\\) needs noise='shared', got noise='cluster'"):
+        MixtureLMM(2, noise="cluster", noise_df="auto").fit(data)
+    with pytest.raises(ValueError, match="needs a full-batch fit"):
+        MixtureLMM(2, noise_df="auto", batch_size=10).fit(data)
+    with pytest.raises(ValueError, match="noise_df must be None, 'auto' or a positive number"):
+        MixtureLMM(2, noise_df=-1).fit(data)
+
+
+def test_noise_df_is_refused_for_dask_frames():
+    dd = pytest.importorskip("dask.dataframe")
+    data, _ = _noisy_frame(n_subjects=20, seed=7)
+    with pytest.raises(NotImplementedError, match="noise_df \\(subject-level residual scales\\) is not supported for Dask"):
+        MixtureLMM(2, noise_df="auto").fit(dd.from_pandas(data, npartitions=2))
