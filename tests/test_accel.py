@@ -293,3 +293,20 @@ def test_an_iterate_without_a_cholesky_factor_falls_back_to_the_plain_step():
         to_unconstrained(broken)
     point, fallback = _extrapolate(theta[0], theta[1], broken, Squarem())
     assert point is broken and fallback is None
+
+
+def test_a_plain_float_passes_through_extrapolation_and_other_scalars_are_refused():
+    """SubjectScales.df (a Python float) is a constant of the tree: kept as it is, never extrapolated; a numpy
+    scalar or a 0-d array is not a factor this module knows, and is refused rather than silently kept."""
+    from dmlmm.expfam import InvGamma
+    from dmlmm.inference.subject_scales import SubjectScales
+
+    tree = SubjectScales(InvGamma(np.array([2.0, 3.0]), np.array([1.0, 4.0])), 7.5)
+    leaves = to_unconstrained(tree)
+    assert len(leaves) == 2
+    back = from_unconstrained(tree, [x + 0.1 for x in leaves])
+    assert back.df == 7.5 and type(back.df) is float
+    np.testing.assert_allclose(back.q.shape, np.array([2.0, 3.0]) * np.exp(0.1))
+    for odd in (np.float64(7.5), np.array(7.5)):
+        with pytest.raises(TypeError, match="cannot extrapolate a parameter of type"):
+            to_unconstrained(SubjectScales(tree.q, odd))

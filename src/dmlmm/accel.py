@@ -65,7 +65,7 @@ def to_unconstrained(params: Any) -> list[np.ndarray]:
 
 
 def _flatten(obj: Any, out: list[np.ndarray]) -> None:
-    if obj is None or isinstance(obj, float):  # a plain float is a constant (e.g. SubjectScales.df)
+    if obj is None or type(obj) is float:  # a Python float is a constant (SubjectScales.df); numpy scalars are not
         return
     if isinstance(obj, InvGamma):
         out += [np.log(np.asarray(obj.shape, dtype=float)), np.log(np.asarray(obj.rate, dtype=float))]
@@ -94,7 +94,7 @@ def from_unconstrained(template: Any, leaves: list[np.ndarray]) -> Any:
 
 
 def _rebuild(obj: Any, it) -> Any:
-    if obj is None or isinstance(obj, float):
+    if obj is None or type(obj) is float:
         return obj
     if isinstance(obj, InvGamma):
         shape, rate = np.exp(next(it)), np.exp(next(it))
