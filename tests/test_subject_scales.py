@@ -243,6 +243,10 @@ def test_fitted_attributes_and_save_load(tmp_path):
     pd.testing.assert_frame_equal(a, b)
     draws = m.sample_trajectories(data[data.subject < 3], times=[2.0], n_samples=50, kind="observation", random_state=0)
     assert draws["value"].notna().all()
+    from dmlmm.report.collect import collect_results
+
+    fact = collect_results(m, data).facts["subjects' residual variances"]
+    assert fact.startswith("Student-t scales, nu = 4.0; median ")
 
 
 def test_noise_df_errors():

@@ -164,6 +164,10 @@ def _collect_variational(model, frame, grid, interval) -> FitResults:
     }
     if scale := model._scale_text():  # the response's scale (response_transform)
         facts["response modelled as"] = scale
+    if getattr(model, "noise_df_", None) is not None:  # subject-level residual scales (noise_df)
+        noise = model.subject_noise_
+        facts["subjects' residual variances"] = (f"Student-t scales, nu = {model.noise_df_:.1f}; median "
+                                                  f"{noise.median():.3g}, range {noise.min():.3g}-{noise.max():.3g}")
     summary = model.class_summary()
     rel = summary.loc["cluster", "relative_entropy"]
     if np.isfinite(rel):
