@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -264,3 +265,34 @@ def test_noise_df_is_refused_for_dask_frames():
     data, _ = _noisy_frame(n_subjects=20, seed=7)
     with pytest.raises(NotImplementedError, match="noise_df \\(subject-level residual scales\\) is not supported for Dask"):
         MixtureLMM(2, noise_df="auto").fit(dd.from_pandas(data, npartitions=2))
+
+
+def test_scales_start_from_the_ridge_fits_and_exploring_runs_hold_nu():
+    """Each subject's starting scale follows its ridge fit's residual; exploring runs keep nu where it
+    started (the final run learns it)."""
+    from dmlmm.inference.moves import explore_config
+    from dmlmm.models.starting import init_factory, ridge_estimates as ridge
+
+    rng = np.random.default_rng(8)
+    N, n, D = 60, 8, 3
+    codes = np.repeat(np.arange(N), n)
+    X = rng.uniform(0, 1, (N * n, D))
+    noisy = rng.random(N) < 0.3
+    y = (X * rng.normal(size=(N, D))[codes]).sum(1) + np.where(noisy, 1.0, 0.1)[codes] * rng.normal(size=N * n)
+    stats = sufficient_stats(y, X, np.zeros((N * n, 0)), codes, N)
+    prior = GaussianMixturePrior(D, 1)
+    config = VIConfig(max_iter=40, subject_df=10.0, learn_df=True, prune_threshold=0.0)
+    b_hat, pen = ridge(stats, 0.5, None, return_penalty=True)
+    params = init_factory(stats, b_hat, config, "shared", None, pen)(None)(prior, rng)
+    weight = params.scales.weight
+    # (the ridge penalty also grows with a subject's own deviation, so the split is not perfect)
+    assert np.median(weight[noisy]) < 0.5 * np.median(weight[~noisy])
+    assert params.scales.df < 10.0  # learned from the ridge residuals: heavy tails
+    explore = explore_config(config)
+    assert not explore.learn_df
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        held = run_vi(stats, prior, params, explore, rng)
+        final = run_vi(stats, prior, params, replace(explore, learn_df=True), rng)
+    assert held.params.scales.df == params.scales.df
+    assert final.params.scales.df != params.scales.df

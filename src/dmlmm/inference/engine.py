@@ -266,14 +266,7 @@ def init_noise_and_fixed(
         lhs = stats.FtF.sum(axis=0) + 1e-6 * np.eye(P)
         rhs = stats.Fty.sum(axis=0) - np.einsum("ndp,nd->p", stats.XtF, b_hat)
         w = np.linalg.solve(lhs, rhs)
-    rss = (
-        stats.yty
-        - 2 * np.einsum("nd,nd->n", stats.Xty, b_hat)
-        + np.einsum("nd,nde,ne->n", b_hat, stats.XtX, b_hat)
-        - 2 * stats.Fty @ w
-        + 2 * np.einsum("nd,ndp,p->n", b_hat, stats.XtF, w)
-        + np.einsum("p,npq,q->n", w, stats.FtF, w)
-    ).sum()
+    rss = subject_residuals(stats, b_hat, w).sum()
     if penalties is not None:
         rss = rss + float(np.sum(penalties))
     n = stats.n_obs.sum()
@@ -285,6 +278,18 @@ def init_noise_and_fixed(
         prec = np.eye(P) / config.fixed_var + stats.FtF.sum(axis=0) / s2
         fixed = Gaussian(prec, prec @ w)
     return noise, aux, fixed
+
+
+def subject_residuals(stats: SufficientStats, b_hat: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Each subject's residual sum of squares ``|y_i - X_i b_i - F_i w|^2`` (N,) at point estimates."""
+    return (
+        stats.yty
+        - 2 * np.einsum("nd,nd->n", stats.Xty, b_hat)
+        + np.einsum("nd,nde,ne->n", b_hat, stats.XtX, b_hat)
+        - 2 * stats.Fty @ w
+        + 2 * np.einsum("nd,ndp,p->n", b_hat, stats.XtF, w)
+        + np.einsum("p,npq,q->n", w, stats.FtF, w)
+    )
 
 
 def run_vi(

@@ -68,10 +68,18 @@ class SubjectScales:
         return np.asarray(self.q.mean_inv, dtype=float)
 
 
-def initial_scales(n_obs: np.ndarray, df: float) -> SubjectScales:
-    """Every subject at E[1/v_i] = 1 (the Gaussian model's fit), shape ``nu/2 + n_i/2``."""
-    shape = 0.5 * df + 0.5 * np.asarray(n_obs, dtype=float)
-    return SubjectScales(InvGamma(shape, shape.copy()), float(df))
+def initial_scales(n_obs: np.ndarray, df: float, half_rss: np.ndarray | None = None,
+                   learn_df: bool = False) -> SubjectScales:
+    """The starting q(v): without ``half_rss`` every subject at E[1/v_i] = 1 (the Gaussian model's start),
+    shape ``nu/2 + n_i/2``; with ``half_rss`` (N,), each subject's ``R_i`` from rough per-subject fits
+    (:func:`dmlmm.models.starting.init_factory`), the optimal q(v) for them (and, with ``learn_df``, the
+    optimal nu: :func:`optimal_df`)."""
+    n = np.asarray(n_obs, dtype=float)
+    if half_rss is None:
+        shape = 0.5 * df + 0.5 * n
+        return SubjectScales(InvGamma(shape, shape.copy()), float(df))
+    df = optimal_df(n, half_rss) if learn_df else df
+    return SubjectScales(InvGamma(0.5 * df + 0.5 * n, 0.5 * df + np.asarray(half_rss, dtype=float)), float(df))
 
 
 def weighted_stats(stats: SufficientStats, weight: np.ndarray) -> SufficientStats:

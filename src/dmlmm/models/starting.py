@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..sufficient import SufficientStats
-from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed
+from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, subject_residuals
 from ..inference.noise import per_cluster
 from ..inference.subject_scales import initial_scales
 from ..priors.base import RandomEffectsPrior
@@ -107,14 +107,23 @@ def init_factory(
     (:func:`ridge_estimates`); the noise and fixed-effect factors start from the selected subjects'
     statistics, and with ``kind == "cluster"`` each start gets one residual
     variance per first-layer component; with membership covariates ``Z`` (N, Q) each start gets
-    the membership model's prior factor, sized to its first layer; with ``config.subject_df`` every
-    subject's residual scale starts at weight 1 (:mod:`dmlmm.inference.subject_scales`).
+    the membership model's prior factor, sized to its first layer; with ``config.subject_df`` each
+    subject's residual scale starts from its ridge fit: ``R_i`` = its residual plus penalty over twice
+    the starting sigma^2 (:mod:`dmlmm.inference.subject_scales`). (Started at weight 1 for every
+    subject, dietox's deep mixture settled in two clusters with nu at its ceiling, ELBO 397.7, where
+    nu = 5.3 reaches 410.2 with one cluster.)
     """
 
     def make_init(rows: np.ndarray | None):
         st, bh = (stats, b_hat) if rows is None else (stats.subset(rows), b_hat[rows])
         pen = None if penalties is None else (penalties if rows is None else penalties[rows])
         noise, aux, fixed = init_noise_and_fixed(st, bh, config, pen)
+        scales = None
+        if config.subject_df is not None:  # each subject's scale from its ridge fit's residual plus penalty
+            w = np.zeros(st.dim_fixed) if fixed is None else fixed.moments()[0]
+            rss = subject_residuals(st, bh, w) + (0.0 if pen is None else pen)
+            s2 = float(np.asarray(noise.rate) / np.asarray(noise.shape))
+            scales = initial_scales(st.n_obs, config.subject_df, 0.5 * rss / s2, config.learn_df)
 
         def init(p: RandomEffectsPrior, g: np.random.Generator) -> VariationalParams:
             nz, ax = noise, aux
@@ -122,7 +131,6 @@ def init_factory(
                 nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
             k1 = int(p.path_components()[:, 0].max()) + 1
             gamma = None if Z is None else membership_init(k1, Z.shape[1], config.membership_scale)
-            scales = None if config.subject_df is None else initial_scales(st.n_obs, config.subject_df)
             return VariationalParams(nz, ax, fixed, p.init_params(bh, g), gamma, scales)
 
         return init
