@@ -20,7 +20,9 @@ N subjects), with ``E[1/v_i] = alpha_i / beta_i`` and ``E[log v_i] = log beta_i 
 - ``nu`` (``noise_df="auto"``) is optimised jointly with q(v): at the optimal q(v) for a given nu the
   scales' part of the ELBO is a closed-form function of nu (:func:`profile_elbo`), maximised over
   [:data:`DF_MIN`, :data:`DF_MAX`] (:func:`optimal_df`), and q(v) is then the optimum for that nu;
-- the ELBO gains ``sum_i (E[log IG(v_i; nu/2, nu/2)] + H[q(v_i)])`` (:func:`scales_elbo`).
+- the ELBO gains ``sum_i (E[log IG(v_i; nu/2, nu/2)] + H[q(v_i)])`` (:func:`scales_elbo`);
+- a fit starts from each subject's ridge fit (:func:`initial_scales`) and holds ``nu`` while exploring
+  its starting sizes (:func:`dmlmm.inference.moves.explore_config`); the final run learns it.
 
 Each update is exact coordinate ascent, so the ELBO stays monotone (tests/test_subject_scales.py).
 """
@@ -44,7 +46,9 @@ __all__ = ["SubjectScales", "DF_MIN", "DF_MAX", "DF_START", "initial_scales", "w
 #: Bounds of a learned ``nu`` (below 1 a subject's residuals would have no mean; above 1000 they are Gaussian
 #: to within the rounding of the fit).
 DF_MIN, DF_MAX = 1.0, 1000.0
-#: ``nu`` a learned fit starts from.
+#: ``nu`` of a learned fit's configuration (``VIConfig.subject_df``) before its start is made: the start itself
+#: takes the best ``nu`` for the ridge fits' residuals (:func:`initial_scales`), so this value marks "learned"
+#: and is used only by a start made without residuals.
 DF_START = 10.0
 _CHUNK = 2_000_000  # pairs x D x D doubles per chunk in subject_quad (16 MB)
 
