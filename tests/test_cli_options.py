@@ -226,6 +226,12 @@ def test_prior_options_reach_the_model(patients, tmp_path):
     assert r.exit_code == 0, r.output
     m4 = dmlmm.load(out4 / "model.dmlmm")
     assert m4.noise_df == "auto" and 1.0 <= m4.params_.scales.df <= 1000.0
+    clusters = pd.read_csv(out4 / "clusters.csv")
+    assert (clusters["residual_variance"] > 0).all()
+    pred = out4 / "pred.csv"
+    r = run("predict", out4 / "model.dmlmm", patients, "--times", "1,2", "--out", pred)
+    assert r.exit_code == 0, r.output
+    assert (pd.read_csv(pred)["residual_variance"] > 0).all()
 
 
 @pytest.mark.parametrize("args, message", [

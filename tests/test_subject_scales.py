@@ -246,8 +246,15 @@ def test_fitted_attributes_and_save_load(tmp_path):
     assert draws["value"].notna().all()
     from dmlmm.report.collect import collect_results
 
-    fact = collect_results(m, data).facts["subjects' residual variances"]
-    assert fact.startswith("Student-t scales, nu = 4.0; median ")
+    res = collect_results(m, data)
+    assert res.facts["subjects' residual variances"].startswith("Student-t scales, nu = 4.0; median ")
+    # each subject's posterior residual variance given its data: the fit's own (mean field) and the
+    # quadrature's (exact given the globals) agree closely; a subject without data gets the prior mean
+    noise = m.predict_noise(data)
+    assert np.corrcoef(np.log(noise.to_numpy()), np.log(m.subject_noise_.loc[noise.index].to_numpy()))[0, 1] > 0.95
+    np.testing.assert_allclose(res.clusters["residual_variance"].to_numpy(), noise.loc[res.clusters["subject"]].to_numpy())
+    new = pd.DataFrame({"subject": ["new"], "time": [3.0], "y": [np.nan]})
+    assert m.predict_noise(new).iloc[0] == pytest.approx(m.sigma2_ * 4.0 / (4.0 - 2.0), rel=1e-6)
 
 
 def test_noise_df_errors():

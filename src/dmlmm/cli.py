@@ -714,7 +714,7 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
     (with --level population, every subject does).
 
     Writes subject, time, mean, lower, upper, beyond_last_visit, cluster, probability (and
-    cluster_layer1 for a deep model)."""
+    cluster_layer1 for a deep model; residual_variance for a model fitted with --noise-df)."""
     from .cli_output import OutputFiles, user_columns
 
     _check_interval(interval)
@@ -755,7 +755,7 @@ def _predict_table(model, frame, times, interval, kind, dropna, level="subject")
     """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times.
 
     ``level="population"``: nothing is conditioned on, so the cluster columns hold the prior weights."""
-    from .report.collect import add_cluster_columns, cluster_table, has_layers
+    from .report.collect import add_cluster_columns, cluster_table, has_layers, subject_noise
 
     # rows without y: times to predict at; the response as given (the model methods put it on their scale)
     d = model.design_.data_from(frame, require_response=False, dropna=dropna, model_scale=False)
@@ -765,7 +765,8 @@ def _predict_table(model, frame, times, interval, kind, dropna, level="subject")
     traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind, level=level)
     proba = model.predict_proba(d)
     groups = model.predict_group_proba(d) if has_layers(model) else None
-    return add_cluster_columns(traj, cluster_table(model, proba, groups)), proba.shape[0], len(t)
+    noise = subject_noise(model, d)
+    return add_cluster_columns(traj, cluster_table(model, proba, groups, noise)), proba.shape[0], len(t)
 
 
 def _predict_lmm_table(model, frame, times, interval, kind, dropna, level="subject"):

@@ -116,6 +116,26 @@ class Predicting:
             cm = condition_with_scales(stats, mix, w, s2, df, keep_components=keep_components, log_weights=lw)
         return cm, subjects, fixed_rows
 
+    def predict_noise(self, df: FrameLike, *, level: str = "subject") -> pd.Series:
+        """Each subject's posterior mean residual variance given its observations in ``df`` (model scale:
+        the log scale with a ``response_transform``), Series indexed by subject.
+
+        With subject-level residual scales (``noise_df``) it is ``E[sigma^2 v_i | y_i]``, the scale
+        integrated over its posterior given the fitted globals: a noisy subject's is large, a new subject
+        without observations gets the prior's mean (infinite for ``nu <= 2``). Without them, every
+        subject's path residual variance averaged over its cluster probabilities (``sigma2_`` for
+        shared noise)."""
+        self._check_fitted()
+        d = self._prediction_data(df, level)
+        cm, subjects, _ = self._conditional(d, df)
+        var = np.bincount(cm.subject, weights=cm.weight * self._noise_var(cm), minlength=len(subjects))
+        if cm.noise_var is not None and d is not None:  # no data: the prior mean of sigma^2 v, nu / (nu - 2)
+            df_ = self._scales_df()
+            empty = self.design_.stats(d).n_obs == 0
+            prior_mean = np.inf if df_ <= 2 else df_ / (df_ - 2)
+            var = np.where(empty, self._sigma2_std()[0] * prior_mean, var)
+        return pd.Series(var * self.design_.y_scale**2, index=subjects, name="residual_variance")
+
     def _scales_df(self) -> float | None:
         """The degrees of freedom of the subject-level residual scales, None without them."""
         scales = getattr(self.params_, "scales", None)

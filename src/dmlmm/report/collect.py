@@ -119,11 +119,13 @@ def has_layers(model) -> bool:
     return len(tuple(np.atleast_1d(model.n_components_))) > 1
 
 
-def cluster_table(model, proba: pd.DataFrame, group_proba: pd.DataFrame | None = None) -> pd.DataFrame:
+def cluster_table(model, proba: pd.DataFrame, group_proba: pd.DataFrame | None = None,
+                  noise: pd.Series | None = None) -> pd.DataFrame:
     """subject, cluster, probability (and cluster_layer1 for deep models) from posterior probabilities.
 
     ``proba`` (subjects x clusters, the model's numbering) as from ``predict_proba``;
-    ``group_proba`` from ``predict_group_proba`` (deep models only).
+    ``group_proba`` from ``predict_group_proba`` (deep models only); ``noise`` from ``predict_noise``
+    (models with subject-level residual scales: a column ``residual_variance``).
     """
     cmap, gmap = cluster_numbering(model)
     p = proba.to_numpy()
@@ -131,7 +133,14 @@ def cluster_table(model, proba: pd.DataFrame, group_proba: pd.DataFrame | None =
                           "probability": p.max(axis=1)})
     if has_layers(model) and group_proba is not None:
         table["cluster_layer1"] = gmap[group_proba.to_numpy().argmax(axis=1)]
+    if noise is not None:
+        table["residual_variance"] = noise.reindex(proba.index).to_numpy()
     return table
+
+
+def subject_noise(model, frame) -> pd.Series | None:
+    """``model.predict_noise(frame)`` for a model with subject-level residual scales, else None."""
+    return model.predict_noise(frame) if getattr(model, "noise_df_", None) is not None else None
 
 
 def add_cluster_columns(traj: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFrame:
@@ -148,7 +157,7 @@ def _collect_variational(model, frame, grid, interval) -> FitResults:
     names = {"subject": c.subject, "time": c.time, "response": c.response}
     if grid is None:
         grid = time_grid(*model.design_.basis.window)
-    clusters = cluster_table(model, model.responsibilities_, model.group_proba_)
+    clusters = cluster_table(model, model.responsibilities_, model.group_proba_, subject_noise(model, frame))
     traj = add_cluster_columns(model.predict_trajectory(frame, times=grid, interval=interval), clusters)
     curves = model.cluster_means_.copy()
     curves["cluster"] = cluster_numbering(model)[0][curves["cluster"].to_numpy()]
