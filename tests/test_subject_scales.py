@@ -303,3 +303,11 @@ def test_scales_start_from_the_ridge_fits_and_exploring_runs_hold_nu():
         final = run_vi(stats, prior, params, replace(explore, learn_df=True), rng)
     assert held.params.scales.df == params.scales.df
     assert final.params.scales.df != params.scales.df
+
+
+def test_predict_noise_names_what_a_dask_frame_needs():
+    dd = pytest.importorskip("dask.dataframe")
+    data, _ = _noisy_frame(n_subjects=30, seed=6)
+    m = MixtureLMM(1, noise_df="auto", response_transform=None, random_state=0, max_iter=30).fit(data)
+    with pytest.raises(TypeError, match="predict_noise needs a pandas DataFrame: call .compute\\(\\) on the dask frame"):
+        m.predict_noise(dd.from_pandas(data, npartitions=2))

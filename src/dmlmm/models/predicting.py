@@ -126,6 +126,9 @@ class Predicting:
         subject's path residual variance averaged over its cluster probabilities (``sigma2_`` for
         shared noise)."""
         self._check_fitted()
+        if is_dask_collection(df):
+            raise TypeError("predict_noise needs a pandas DataFrame: call .compute() on the dask frame (or on the "
+                            "subjects of interest) first")
         d = self._prediction_data(df, level)
         cm, subjects, _ = self._conditional(d, df)
         var = np.bincount(cm.subject, weights=cm.weight * self._noise_var(cm), minlength=len(subjects))
