@@ -100,15 +100,9 @@ def condition_with_scales(
 ) -> ConditionalMixture:
     """:func:`dmlmm.prediction.condition` with each subject's residual scale integrated out.
 
-    Parameters
-    ----------
-    stats : SufficientStats of N subjects (standardised scale); n_i = 0 gives the prior.
-    mix : PointMixture with M paths.
-    w : (P,) fixed effects.
-    sigma2 : scalar or (M,) residual variance of each path at scale 1.
-    df : the scales' degrees of freedom nu.
-    keep_components : build the posterior components (else only ``log_marginal`` and ``weights``).
-    log_weights : (N, M), optional, each subject's own log prior path weights.
+    Parameters as :func:`~dmlmm.prediction.condition` (``sigma2``: each path's residual variance at
+    scale 1), plus ``df``, the scales' degrees of freedom nu, and ``n_nodes``, the Gauss-Hermite
+    nodes per (subject, path) pair.
 
     Returns
     -------

@@ -31,6 +31,13 @@ from .params import check_random_state, positive_int
 __all__ = ["Predicting"]
 
 
+def _observed_counts(d: Longitudinal) -> np.ndarray:
+    """Each subject's number of observed responses (N,): the observations a prediction conditions on."""
+    if d.response is None:
+        return np.zeros(d.n_subjects, dtype=int)
+    return np.bincount(d.codes[np.isfinite(d.response)], minlength=d.n_subjects)
+
+
 class Predicting:
     """Mixin: ``predict_proba``, ``predict``, ``predict_trajectory``, ``sample_trajectories``, ``score``."""
 
@@ -134,7 +141,7 @@ class Predicting:
         var = np.bincount(cm.subject, weights=cm.weight * self._noise_var(cm), minlength=len(subjects))
         if cm.noise_var is not None and d is not None:  # no data: the prior mean of sigma^2 v, nu / (nu - 2)
             df_ = self._scales_df()
-            empty = self.design_.stats(d).n_obs == 0
+            empty = _observed_counts(d) == 0
             prior_mean = np.inf if df_ <= 2 else df_ / (df_ - 2)
             var = np.where(empty, self._sigma2_std()[0] * prior_mean, var)
         return pd.Series(var * self.design_.y_scale**2, index=subjects, name="residual_variance")
@@ -371,9 +378,7 @@ class Predicting:
 
     def _log_marginal(self, d: Longitudinal, frame: FrameLike, cont: Continuation | None = None) -> np.ndarray:
         cm, _, _ = self._conditional(d, frame, cont, keep_components=False)
-        n_obs = np.zeros(d.n_subjects) if d.response is None else np.bincount(
-            d.codes[np.isfinite(d.response)], minlength=d.n_subjects)  # the observations conditioned on
-        return cm.log_marginal - n_obs * np.log(self.design_.y_scale) + self._log_jacobian(d)
+        return cm.log_marginal - _observed_counts(d) * np.log(self.design_.y_scale) + self._log_jacobian(d)
 
     def _log_jacobian(self, d: Longitudinal) -> np.ndarray:
         """Per subject (N,), sum of log |dz/dy| over its observations: densities of z = transform(y)

@@ -16,9 +16,8 @@ from typing import Callable
 import numpy as np
 
 from ..sufficient import SufficientStats
-from ..inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, subject_residuals
+from ..inference.engine import VariationalParams, VIConfig, init_globals
 from ..inference.noise import per_cluster
-from ..inference.subject_scales import initial_scales
 from ..priors.base import RandomEffectsPrior
 from ..priors.membership import membership_init
 
@@ -108,22 +107,13 @@ def init_factory(
     statistics, and with ``kind == "cluster"`` each start gets one residual
     variance per first-layer component; with membership covariates ``Z`` (N, Q) each start gets
     the membership model's prior factor, sized to its first layer; with ``config.subject_df`` each
-    subject's residual scale starts from its ridge fit: ``R_i`` = its residual plus penalty over twice
-    the starting sigma^2 (:mod:`dmlmm.inference.subject_scales`). (Started at weight 1 for every
-    subject, dietox's deep mixture settled in two clusters with nu at its ceiling, ELBO 397.7, where
-    nu = 5.3 reaches 410.2 with one cluster.)
+    subject's residual scale starts from its ridge fit (:func:`~dmlmm.inference.engine.init_globals`).
     """
 
     def make_init(rows: np.ndarray | None):
         st, bh = (stats, b_hat) if rows is None else (stats.subset(rows), b_hat[rows])
         pen = None if penalties is None else (penalties if rows is None else penalties[rows])
-        noise, aux, fixed = init_noise_and_fixed(st, bh, config, pen)
-        scales = None
-        if config.subject_df is not None:  # each subject's scale from its ridge fit's residual plus penalty
-            w = np.zeros(st.dim_fixed) if fixed is None else fixed.moments()[0]
-            rss = subject_residuals(st, bh, w) + (0.0 if pen is None else pen)
-            s2 = float(np.asarray(noise.rate) / np.asarray(noise.shape))
-            scales = initial_scales(st.n_obs, config.subject_df, 0.5 * rss / s2, config.learn_df)
+        noise, aux, fixed, scales = init_globals(st, bh, config, pen)
 
         def init(p: RandomEffectsPrior, g: np.random.Generator) -> VariationalParams:
             nz, ax = noise, aux
