@@ -404,24 +404,25 @@ def test_pooled_response_summaries_match_the_exact_ones():
 
 
 def test_auto_scales_hold_one_scale_at_a_time(client, dgp1_frame, monkeypatch):
-    """With response_transform="auto" the scale fitted first is set aside (its statistics and local results
-    cancelled on the workers) before the log scale is fitted; kept after all, it is built again and gives
-    the in-memory numbers (before, both scales' statistics stayed on the workers until the end)."""
+    """With response_transform="auto" the scale fitted first (the log, dmlmm.models.fitting.fitting_order)
+    is set aside (its statistics and local results cancelled on the workers) before the scale as given is
+    fitted; kept after all, it is built again and gives the in-memory numbers (before, both scales'
+    statistics stayed on the workers until the end)."""
     from dmlmm.distributed import fit as fit_mod
 
     df, _ = dgp1_frame
-    pos = df.assign(y=df["y"] + 12.0)  # positive, Gaussian as given: the scale as given is kept
+    pos = df.assign(y=np.exp(df["y"]))  # log-normal: the log scale is kept
     kw = dict(n_components=2, basis=SplineBasis(6), random_state=0, max_iter=40)
     fitted = []
     real = fit_mod._fit_scale
 
-    def spy(model, frame, transform, client_, quiet=False):
+    def spy(model, frame, transform, client_, quiet=False, to_beat=None):
         if not quiet:  # the inner call of a quiet (several scales) fit
-            return real(model, frame, transform, client_, quiet)
+            return real(model, frame, transform, client_, quiet, to_beat)
         if fitted:  # the first scale's worker data are released before the next scale is fitted
             first = fitted[0]
             assert {f.status for f in list(first.stats.shards) + list(first.result.local.parts)} == {"cancelled"}
-        fitted.append(real(model, frame, transform, client_, quiet))
+        fitted.append(real(model, frame, transform, client_, quiet, to_beat))
         return fitted[-1]
 
     monkeypatch.setattr(fit_mod, "_fit_scale", spy)
@@ -429,9 +430,9 @@ def test_auto_scales_hold_one_scale_at_a_time(client, dgp1_frame, monkeypatch):
         warnings.simplefilter("ignore", ConvergenceWarning)
         m0 = MixtureLMM(**kw).fit(pos)
         m1 = MixtureLMM(**kw).fit(dd.from_pandas(pos, npartitions=2, sort=False))
-    assert [f.design.transform for f in fitted] == [None, "log"]  # the in-memory fit does not come here
-    assert m0.response_transform_ is None and m1.response_transform_ is None
+    assert [f.design.transform for f in fitted] == ["log", None]  # the in-memory fit does not come here
+    assert m0.response_transform_ == "log" and m1.response_transform_ == "log"
     assert list(m1.elbo_by_transform_) == ["none", "log"]
-    assert {f.status for f in fitted[1].stats.shards} == {"cancelled"}  # the losing log scale, released too
+    assert {f.status for f in fitted[1].stats.shards} == {"cancelled"}  # the losing scale as given, released too
     np.testing.assert_allclose(list(m1.elbo_by_transform_.values()), list(m0.elbo_by_transform_.values()), rtol=1e-6)
     _same_fit(m0, m1)

@@ -129,9 +129,10 @@ def test_a_saved_model_keeps_its_transform(positive, fits, tmp_path):
 
 
 def test_auto_keeps_the_scale_with_the_higher_bound_on_the_data(positive, fits):
-    """response_transform="auto" (the default): a positive response is fitted as given and on the
-    log scale; each bound is the explicit fit's, and the log wins on data simulated on the log
-    scale (recovery of the truth)."""
+    """response_transform="auto" (the default): a positive response is fitted on the log scale and as
+    given; each bound is the explicit fit's (the scale as given converges before the race with the
+    log scale's bound could cut it short), and the log wins on data simulated on the log scale
+    (recovery of the truth)."""
     auto = _model().fit(positive, subject="id", time="t")
     plain = _model(response_transform=None).fit(positive, subject="id", time="t")
     assert auto.elbo_by_transform_ == pytest.approx({"none": plain.elbo_data_scale_, "log": fits[0].elbo_data_scale_},
@@ -139,6 +140,27 @@ def test_auto_keeps_the_scale_with_the_higher_bound_on_the_data(positive, fits):
     assert auto.response_transform_ == "log" and auto.elbo_data_scale_ == max(auto.elbo_by_transform_.values())
     assert auto.elbo_by_transform_["log"] > auto.elbo_by_transform_["none"] + 10
     assert auto.elbo_ == pytest.approx(fits[0].elbo_, rel=1e-12)
+
+
+def test_the_scale_fitted_second_races_the_first_and_the_kept_fit_is_unchanged():
+    """The log scale is fitted first (fitting_order); the response as given then races its bound and
+    gives up once it cannot reach it: the kept fit is exactly the log scale's own, and the losing
+    scale's bound lies below the bound of its full fit, never above (its runs are the full fit's,
+    cut short)."""
+    from dmlmm.models.fitting import fitting_order
+
+    assert fitting_order([None, "log"]) == ["log", None] and fitting_order([None, "log1p"]) == ["log1p", None]
+    assert fitting_order([None]) == [None] and fitting_order(["log"]) == ["log"]
+    df, _ = simulate_spline_lmm(n_subjects=150, n_basis=5, min_obs=3, max_obs=8, seed=3)
+    pos = df.assign(y=np.exp(2.0 * (df["y"] - df["y"].mean())))
+    auto = _model().fit(pos, subject="id", time="t")
+    log = _model(response_transform="log").fit(pos, subject="id", time="t")
+    plain = _model(response_transform=None).fit(pos, subject="id", time="t")
+    assert list(auto.elbo_by_transform_) == ["none", "log"]  # reported in the order of the candidates
+    assert auto.response_transform_ == "log" and auto.elbo_ == log.elbo_
+    np.testing.assert_array_equal(auto.responsibilities_.to_numpy(), log.responsibilities_.to_numpy())
+    assert auto.elbo_by_transform_["log"] == log.elbo_data_scale_
+    assert plain.elbo_data_scale_ - 10.0 < auto.elbo_by_transform_["none"] < plain.elbo_data_scale_
 
 
 def test_auto_fits_a_response_with_negative_values_as_given():

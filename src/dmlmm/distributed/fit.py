@@ -38,7 +38,7 @@ from ..exceptions import DataError
 from ..inference.engine import VariationalParams, final_local_step
 from ..inference.noise import per_cluster
 from ..inference.starts import run_vi_with_starts
-from ..models.fitting import ScaleFit, fit_scales
+from ..models.fitting import ScaleFit, highest_elbo, fit_scales, fitting_order
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
 from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of
@@ -114,9 +114,9 @@ def fit_dask(
     t0 = perf_counter()
     # as the in-memory fit: each scale's best fit, the higher bound on the data's scale kept
 
-    def fit_one(tr: str | None, quiet: bool) -> ScaleFit:
-        fit = _fit_scale(model, frame.on_scale(tr), tr, client, quiet)
-        return fit if tr == scales[-1] else _set_aside(fit, client)  # a later scale is fitted next: free this one
+    def fit_one(tr: str | None, quiet: bool, to_beat: float | None) -> ScaleFit:
+        fit = _fit_scale(model, frame.on_scale(tr), tr, client, quiet, to_beat)
+        return fit if tr == fitting_order(scales)[-1] else _set_aside(fit, client)  # a later scale is fitted next: free this one
 
     chosen, fits = fit_scales(scales, fit_one, stacklevel=3)
     if chosen.stats is None:  # set aside while a later scale was fitted: its statistics and final local step again
@@ -167,13 +167,15 @@ def _restored(fit: ScaleFit, frame: DaskFrame, client: Any) -> ScaleFit:
     return replace(fit, stats=stats, result=replace(fit.result, local=local, params=params))
 
 
-def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any, quiet: bool = False) -> ScaleFit:
+def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any, quiet: bool = False,
+               to_beat: float | None = None) -> ScaleFit:
     """Every variant of the fit (``model._fit_variants()``, ``n_init`` each) of ``frame``'s response on
     the scale ``transform`` (``frame = frame.on_scale(transform)``): the best by the ELBO, with its bound
     on the data's own scale and the warnings of that run (raised only if its scale is kept); with
-    ``quiet`` also any other warning raised on the way."""
+    ``quiet`` also any other warning raised on the way; ``to_beat``: another scale's bound on the data's
+    scale, which the finishing runs race (:func:`~dmlmm.models.fitting.fit_scales`)."""
     if quiet:
-        out, caught = recorded(lambda: _fit_scale(model, frame, transform, client))
+        out, caught = recorded(lambda: _fit_scale(model, frame, transform, client, to_beat=to_beat))
         out.warnings = caught + out.warnings
         return out
     design = frame.learn_design(model.basis, model.smoothing, transform)
@@ -181,6 +183,9 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     stats = DaskStats(client, frame.shards(design), N, design.basis.n_basis, design.n_fixed)
     rough = design.roughness
     b_hat, sums = stats.ridge_init(0.5, rough)
+    # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
+    jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
+    rival = None if to_beat is None else to_beat - jac + float(frame.pooled.n_obs) * np.log(design.y_scale)
     best = best_config = None
     best_warnings: list = []
     for variant, kind in model._fit_variants():  # as the in-memory fit (models/fitting.py)
@@ -201,13 +206,11 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
                 stats, prior, init,
                 lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, N, rough), config, rng,
                 moves=model.delete_moves and not config.hard_assignment, callback=callback,
-                to_beat=None if best is None else best.elbo,
+                to_beat=highest_elbo(rival, None if best is None else best.elbo),
             ))
             if callback is not None:
                 callback.close()
             if best is None or res.elbo > best.elbo:
                 best, best_config, best_warnings = res, config, caught
-    # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
-    jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
     bound = data_scale_bound(best.elbo, float(frame.pooled.n_obs), design.y_scale, jac)
     return ScaleFit(None, design, stats, best, best_config, jac, bound, best_warnings)

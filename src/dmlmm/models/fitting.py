@@ -67,17 +67,38 @@ def _on_scale(transform: str | None) -> str:
     return "as given" if transform is None else f"on the {transform} scale"
 
 
-def fit_scales(scales: list[str | None], fit_one: Callable[[str | None, bool], ScaleFit],
+def fitting_order(scales: list[str | None]) -> list[str | None]:
+    """The order in which a fit tries its scales: the transformed ones first, the response as given last.
+
+    A later scale's finishing runs race the bound of the scales before it (:func:`fit_scales`), so the
+    loser of a close contest is cut short only when the winner comes first; a first scale is always
+    fitted in full, whichever wins. The log scale won on six of the eight never-negative responses of
+    the accuracy harness (docs/accuracy.md), so it goes first.
+    """
+    return sorted(scales, key=lambda tr: tr is None)
+
+
+def fit_scales(scales: list[str | None], fit_one: Callable[[str | None, bool, float | None], ScaleFit],
                stacklevel: int = 2) -> tuple[ScaleFit, list[ScaleFit]]:
-    """``fit_one(transform, quiet)`` for each scale (``quiet``: keep the warnings in the result, more than
-    one scale), a refused scale's DataError set aside: the kept fit (:func:`keep_best_scale`) and every
-    scale's fit. The in-memory and the Dask fits both run their scales here."""
+    """``fit_one(transform, quiet, to_beat)`` for each scale in :func:`fitting_order` (``quiet``: keep the
+    warnings in the result, more than one scale; ``to_beat``: the highest bound on the data's scale of
+    the scales fitted before, which this scale's finishing runs race, giving up once they cannot reach
+    it, or None), a refused scale's DataError set aside: the kept fit (:func:`keep_best_scale`) and
+    every scale's fit, in the order of ``scales``. The in-memory and the Dask fits both run their
+    scales here.
+
+    A scale that lost a race reports the bound where it gave up: a valid bound on log p(y) on its
+    scale, below the one it would have converged to, and below the kept scale's.
+    """
     fits, refused = [], []
-    for tr in scales:
+    for tr in fitting_order(scales):
+        to_beat = max((f.bound for f in fits), default=None)
         try:
-            fits.append(fit_one(tr, len(scales) > 1))
+            fits.append(fit_one(tr, len(scales) > 1, to_beat))
         except DataError as exc:  # e.g. a response that only its log can standardise (dmlmm.standardise)
             refused.append((tr, exc))
+    fits.sort(key=lambda f: scales.index(f.design.transform))
+    refused.sort(key=lambda r: scales.index(r[0]))
     return keep_best_scale(fits, refused, stacklevel + 1), fits
 
 
@@ -93,9 +114,15 @@ def keep_best_scale(fits: list[ScaleFit], refused: list[tuple[str | None, DataEr
         warnings.warn(f"response_transform='auto': the response {_on_scale(tr)} cannot be fitted ({exc}); it is "
                       f"fitted {' and '.join(_on_scale(f.design.transform) for f in fits)} only", UserWarning,
                       stacklevel=stacklevel + 1)
-    chosen = max(fits, key=lambda f: f.bound)
+    chosen = max(fits, key=lambda f: (f.bound, f.design.transform is None))  # a tie: the response as given
     reraise(chosen.warnings)
     return chosen
+
+
+def highest_elbo(*elbos: float | None) -> float | None:
+    """The highest of the ELBOs given (None: none)."""
+    got = [e for e in elbos if e is not None]
+    return max(got) if got else None
 
 
 def collapse_message(requested_first: int, kept: tuple[int, ...], n_paths: int) -> str | None:
@@ -212,7 +239,7 @@ class Fitting:
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
         scales = transform_candidates(transform, d.response)
-        chosen, fits = fit_scales(scales, lambda tr, quiet: self._fit_scale(d, tr, members, Z, quiet))
+        chosen, fits = fit_scales(scales, lambda tr, quiet, to_beat: self._fit_scale(d, tr, members, Z, quiet, to_beat))
         chosen.result.seconds = perf_counter() - t0
         best, design, stats = chosen.result, chosen.design, chosen.stats
         self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
@@ -230,24 +257,29 @@ class Fitting:
                                                           chosen.config.membership_scale)
         return self
 
-    def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z, quiet: bool = False) -> ScaleFit:
+    def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z, quiet: bool = False,
+                   to_beat: float | None = None) -> ScaleFit:
         """Every variant of the fit (:meth:`_fit_variants`, ``n_init`` each) of ``d``'s response on one
         scale (``transform(y)``); the best by the ELBO, with its bound on the data's own scale. With
         ``quiet`` the warnings are kept in the result instead of raised."""
         if not quiet:
-            return self._fit_scale_loud(d, transform, members, Z)
-        out, caught = recorded(lambda: self._fit_scale_loud(d, transform, members, Z))
+            return self._fit_scale_loud(d, transform, members, Z, to_beat)
+        out, caught = recorded(lambda: self._fit_scale_loud(d, transform, members, Z, to_beat))
         out.warnings = caught
         return out
 
-    def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z) -> ScaleFit:
+    def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z,
+                        to_beat: float | None = None) -> ScaleFit:
         if transform is not None:
             d = replace(d, response=forward(d.response, transform, d.columns.response))
+        jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
         design = LongitudinalDesign.learn(d, self.basis, self.smoothing, transform)
         design.membership = members
         stats = design.stats(d).with_membership(Z)
         rough = design.roughness
         b_hat, penalties = ridge_estimates(stats, 0.5, rough, return_penalty=True)
+        # another scale's bound, as an ELBO of this scale's standardised model (data_scale_bound inverted)
+        rival = None if to_beat is None else to_beat - jac + float(stats.n_obs.sum()) * np.log(design.y_scale)
         best = best_config = None
         best_warnings: list = []
         for variant, kind in self._fit_variants():
@@ -266,7 +298,7 @@ class Fitting:
                     # a later candidate races the best so far and gives up once it cannot reach it
                     res, caught = recorded(lambda: run_vi_with_starts(
                         stats, prior, make_init(None), resize, config, rng, moves=moves, callback=callback,
-                        to_beat=None if best is None else best.elbo))
+                        to_beat=highest_elbo(rival, None if best is None else best.elbo)))
                 else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
                     res, caught = recorded(lambda: run_vi_stochastic(
                         stats, prior, make_init, resize, config, rng, self._stochastic_settings(), moves=moves,
@@ -276,7 +308,6 @@ class Fitting:
                 if best is None or res.elbo > best.elbo:
                     best, best_config, best_warnings = res, config, caught
         reraise(best_warnings)
-        jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
         bound = data_scale_bound(best.elbo, float(stats.n_obs.sum()), design.y_scale, jac)
         return ScaleFit(d, design, stats, best, best_config, jac, bound)
 
