@@ -142,6 +142,17 @@ def test_auto_keeps_the_scale_with_the_higher_bound_on_the_data(positive, fits):
     assert auto.elbo_ == pytest.approx(fits[0].elbo_, rel=1e-12)
 
 
+def test_model_scale_elbo_inverts_the_bound_on_the_data_scale():
+    """The bound another scale must beat, as an ELBO of this scale's standardised model: the inverse of
+    data_scale_bound (a change of units n log y_scale and the transform's log-Jacobian)."""
+    from dmlmm.response_transform import data_scale_bound, model_scale_elbo
+
+    for elbo, n, y_scale, jac in [(-812.25, 340.0, 3.7, -95.5), (12.5, 20.0, 0.02, 0.0)]:
+        bound = data_scale_bound(elbo, n, y_scale, jac)
+        assert model_scale_elbo(bound, n, y_scale, jac) == pytest.approx(elbo, rel=1e-14)
+    assert model_scale_elbo(-100.0, 10.0, np.e, -3.0) == pytest.approx(-100.0 + 10.0 + 3.0, rel=1e-14)
+
+
 def test_the_scale_fitted_second_races_the_first_and_the_kept_fit_is_unchanged():
     """The log scale is fitted first (fitting_order); the response as given then races its bound and
     gives up once it cannot reach it: the kept fit is exactly the log scale's own, and the losing

@@ -23,7 +23,7 @@ import numpy as np
 from .exceptions import DataError
 
 __all__ = ["TRANSFORMS", "check_transform", "transform_candidates", "forward", "inverse", "log_jacobian",
-           "data_scale_bound", "label", "label_of", "scale_text"]
+           "data_scale_bound", "model_scale_elbo", "label", "label_of", "scale_text"]
 
 #: The response transforms a model accepts (None: the response as given; "auto": see transform_candidates).
 TRANSFORMS = (None, "auto", "log", "log1p")
@@ -102,6 +102,12 @@ def data_scale_bound(elbo: float, n_obs: float, y_scale: float, log_jacobian: fl
     """An ELBO of the standardised model scale as a bound on log p(y) of the response as given:
     plus the log-Jacobians of the standardisation (``-n log y_scale``) and of the transform."""
     return float(elbo - n_obs * np.log(y_scale) + log_jacobian)
+
+
+def model_scale_elbo(bound: float, n_obs: float, y_scale: float, log_jacobian: float) -> float:
+    """The inverse of :func:`data_scale_bound`: the ELBO of the standardised model scale that reaches
+    ``bound`` on the data's scale (what a fit on this scale must beat to beat another scale's bound)."""
+    return float(bound + n_obs * np.log(y_scale) - log_jacobian)
 
 
 def label(response: str, transform: str | None) -> str:

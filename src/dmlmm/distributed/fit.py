@@ -41,7 +41,7 @@ from ..inference.starts import run_vi_with_starts
 from ..models.fitting import ScaleFit, highest_elbo, fit_scales, fitting_order
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
-from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of
+from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of, model_scale_elbo
 from . import shard as sh
 from .frame import DaskFrame
 from .outputs import subject_tables
@@ -185,7 +185,7 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     b_hat, sums = stats.ridge_init(0.5, rough)
     # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
     jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
-    rival = None if to_beat is None else to_beat - jac + float(frame.pooled.n_obs) * np.log(design.y_scale)
+    rival = None if to_beat is None else model_scale_elbo(to_beat, float(frame.pooled.n_obs), design.y_scale, jac)
     best = best_config = None
     best_warnings: list = []
     for variant, kind in model._fit_variants():  # as the in-memory fit (models/fitting.py)

@@ -33,7 +33,7 @@ from ..inference.subject_scales import DF_START, weighted_stats
 from ..inference.stochastic import StochasticSettings, run_vi_stochastic
 from ..prediction import fixed_effects_cov
 from ..response_transform import (check_transform, data_scale_bound, forward, label_of, log_jacobian,
-                                  transform_candidates)
+                                  model_scale_elbo, transform_candidates)
 from ..priors.membership import first_layer_resp, membership_laplace_cov
 from .design import LongitudinalDesign
 from .frames import FrameLike
@@ -278,8 +278,7 @@ class Fitting:
         stats = design.stats(d).with_membership(Z)
         rough = design.roughness
         b_hat, penalties = ridge_estimates(stats, 0.5, rough, return_penalty=True)
-        # another scale's bound, as an ELBO of this scale's standardised model (data_scale_bound inverted)
-        rival = None if to_beat is None else to_beat - jac + float(stats.n_obs.sum()) * np.log(design.y_scale)
+        rival = None if to_beat is None else model_scale_elbo(to_beat, float(stats.n_obs.sum()), design.y_scale, jac)
         best = best_config = None
         best_warnings: list = []
         for variant, kind in self._fit_variants():

@@ -73,7 +73,8 @@ class MixtureLMM(VariationalLongitudinalModel):
         The scale of the model: the response as given (None), log(y) (``"log"``: y > 0) or
         log(1 + y) (``"log1p"``: y >= 0 with zeros), for right-skewed responses (exercise hours,
         concentrations, weights, counts). "auto" (default): a response that is never negative is
-        fitted both as given and on its log scale (twice the time) and the fit with the higher ELBO
+        fitted on its log scale and as given (up to twice the time: the second gives up once it cannot
+        reach the first one's bound) and the fit with the higher ELBO
         as a bound on log p(y) of the response as given is kept (``response_transform_``,
         ``elbo_by_transform_``); a response with negative values is fitted as given. Curves, bands,
         draws and scores are on the user's scale (bands and draws exactly; ``mean`` is the
