@@ -14,6 +14,7 @@ from scipy.special import gammaln
 from dmlmm import DeepMixtureLMM, MixtureLMM, load
 from dmlmm.exceptions import ConvergenceWarning
 from dmlmm.expfam import InvGamma
+from dmlmm.metrics import adjusted_rand_index
 from dmlmm.inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments, run_vi
 from dmlmm.inference.local import local_step, observation_factor
 from dmlmm.inference.subject_scales import (DF_MAX, SubjectScales, initial_scales, log_likelihood_shift, optimal_df,
@@ -261,10 +262,25 @@ def test_noise_df_errors():
     data, _ = _noisy_frame(n_subjects=30, seed=6)
     with pytest.raises(ValueError, match="noise_df='auto' \\(subject-level residual scales\\) needs noise='shared', got noise='cluster'"):
         MixtureLMM(2, noise="cluster", noise_df="auto").fit(data)
-    with pytest.raises(ValueError, match="needs a full-batch fit"):
-        MixtureLMM(2, noise_df="auto", batch_size=10).fit(data)
     with pytest.raises(ValueError, match="noise_df must be None, 'auto' or a positive number"):
         MixtureLMM(2, noise_df=-1).fit(data)
+
+
+def test_a_minibatch_fit_learns_the_scales_of_the_full_batch_fit():
+    """noise_df with a minibatch fit (warm start on a subsample, which learns nu; natural gradients, each
+    minibatch's q(v_i) updated at that nu; full passes that learn nu again): nu, the ELBO, the clusters and
+    each subject's residual variance of the full-batch fit."""
+    data, v = _noisy_frame(n_subjects=600, seed=5)
+    data = data.assign(y=data["y"] + 1.5 * (data["subject"] % 2) * np.sin(data["time"] / 3))  # two groups
+    kw = dict(noise_df="auto", response_transform=None, random_state=0)
+    full = MixtureLMM(3, batch_size="full", **kw).fit(data)
+    mini = MixtureLMM(3, batch_size=60, subsample=300, **kw).fit(data)
+    assert 2.0 < full.noise_df_ < 5.0  # truth 3
+    assert mini.noise_df_ == pytest.approx(full.noise_df_, rel=0.05)
+    assert abs(mini.elbo_ - full.elbo_) < 0.01 * abs(full.elbo_)
+    assert adjusted_rand_index(full.labels_.to_numpy(), mini.labels_.loc[full.labels_.index].to_numpy()) > 0.9
+    a, b = np.log(full.subject_noise_), np.log(mini.subject_noise_.loc[full.subject_noise_.index])
+    assert np.corrcoef(a, b)[0, 1] > 0.99
 
 
 def test_noise_df_is_refused_for_dask_frames():

@@ -46,7 +46,8 @@ from .subject_scales import (SubjectScales, initial_scales, log_likelihood_shift
 
 _NO_RAISE = contextlib.nullcontext()
 
-__all__ = ["VariationalParams", "VIConfig", "VIResult", "run_vi", "init_globals", "final_local_step", "noise_moments", "elbo_globals", "prune_params"]
+__all__ = ["VariationalParams", "VIConfig", "VIResult", "run_vi", "init_globals", "final_local_step", "local_step_with_scales",
+           "noise_moments", "elbo_globals", "prune_params", "update_subject_scales", "weighted_by_scales"]
 
 
 @dataclass(frozen=True)
@@ -361,7 +362,7 @@ def run_vi(
     full = False
     it = 0
     for it in range(1, config.max_iter + 1):
-        sub, scale, rho = _weighted(stats, params), 1.0, 1.0
+        sub, scale, rho = weighted_by_scales(stats, params), 1.0, 1.0
         full = active is None or it - last_full >= config.full_every
         paths = prior.path_components()
         try:
@@ -457,11 +458,20 @@ def final_local_step(stats, prior: RandomEffectsPrior, params: VariationalParams
     ``VIResult.local`` (and ``params``, with what the step optimised too). Deterministic, so a fit whose
     local results were released can compute them again (the Dask fit's set-aside response scale)."""
     pp, _ = prior.path_prior(params.prior)
-    sub = _weighted(stats, params)
+    sub = weighted_by_scales(stats, params)
     return _local_step(sub, pp, params, prior.path_components(), config, None, membership_terms(params, prior, sub)[0])
 
 
-def _weighted(stats, params: VariationalParams):
+def local_step_with_scales(stats, pp, params: VariationalParams, prior: RandomEffectsPrior, config: VIConfig):
+    """The local step on all paths (prior ``pp``) for the subjects of ``stats`` (the data's own statistics) at
+    ``params``, whose residual scales (if any) are those subjects': their data weighted by E[1/v_i] and their
+    log evidence shifted by ``-n_i/2 E[log v_i]`` (:func:`weighted_by_scales`). A minibatch's or a check
+    subset's step (:mod:`dmlmm.inference.stochastic`)."""
+    sub = weighted_by_scales(stats, params)
+    return _local_step(sub, pp, params, prior.path_components(), config, None, membership_terms(params, prior, sub)[0])[0]
+
+
+def weighted_by_scales(stats, params: VariationalParams):
     """The statistics the local step and the global updates see: each subject's weighted by E[1/v_i]
     with subject-level residual scales, else as they are."""
     return stats if params.scales is None else weighted_stats(stats, params.scales.weight)
@@ -492,7 +502,7 @@ def _local_step(
     noise = noise_moments(params, P, paths)
     local = run_local_step(stats, pp, noise, config.hard_assignment,
                            active=active, moment_threshold=config.moment_threshold, log_weight=log_weight)
-    if params.scales is not None:  # ``stats`` are weighted by E[1/v_i] (_weighted)
+    if params.scales is not None:  # ``stats`` are weighted by E[1/v_i] (weighted_by_scales)
         weight = params.scales.weight
         s_path = np.broadcast_to(np.asarray(noise.prec, dtype=float), (pp.n_paths,))
         quad = subject_quad(stats, pp.precision, pp.shift, s_path, local.resp, noise.w_mean, config.moment_threshold)

@@ -42,6 +42,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..expfam import InvGamma
 from ..sufficient import SufficientStats
 from ..exceptions import ConvergenceWarning, NumericalError
 from ..priors.base import RandomEffectsPrior
@@ -52,18 +53,21 @@ from .engine import (
     breakdown_message,
     check_sizes_finite,
     elbo_globals,
+    local_step_with_scales,
     membership_terms,
-    noise_moments,
     prune_params,
     run_vi,
     update_globals,
+    update_subject_scales,
+    weighted_by_scales,
 )
-from .local import LocalResult, local_step, observation_factor
+from .local import LocalResult, observation_factor
 from .starts import Init, run_vi_with_starts
+from .subject_scales import SubjectScales
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["StochasticSettings", "settled", "label_change", "rescale", "run_vi_stochastic"]
+__all__ = ["StochasticSettings", "settled", "label_change", "rescale", "run_vi_stochastic", "all_subject_scales"]
 
 
 @dataclass(frozen=True)
@@ -156,14 +160,54 @@ def rescale(
 
 
 def _check(
-    check: SufficientStats, n_total: int, prior: RandomEffectsPrior, params: VariationalParams, config: VIConfig,
+    check: SufficientStats, check_idx: np.ndarray, n_total: int, prior: RandomEffectsPrior, params: VariationalParams,
+    config: VIConfig,
 ) -> tuple[np.ndarray, float]:
-    """Most probable path (C,) of each check subject and the check ELBO estimate (scaled to N)."""
+    """Most probable path (C,) of each check subject (positions ``check_idx``) and the check ELBO estimate
+    (scaled to N)."""
     pp, _ = prior.path_prior(params.prior)
-    loc = local_step(check, pp, noise_moments(params, check.dim_fixed, prior.path_components()), config.hard_assignment,
-                     log_weight=membership_terms(params, prior, check)[0])
+    loc = _batch_local_step(check, check_idx, pp, prior, params, config)
     elbo = n_total / check.n_subjects * float(loc.log_evidence.sum()) + elbo_globals(params, prior, config)
     return loc.resp.argmax(axis=1), elbo
+
+
+def _on_subjects(params: VariationalParams, idx: np.ndarray) -> VariationalParams:
+    """``params`` with the residual scales of the subjects at positions ``idx`` only (unchanged without scales)."""
+    if params.scales is None:
+        return params
+    q = params.scales.q
+    return replace(params, scales=SubjectScales(InvGamma(q.shape[idx], q.rate[idx]), params.scales.df))
+
+
+def _batch_local_step(sub: SufficientStats, idx: np.ndarray, pp, prior: RandomEffectsPrior, params: VariationalParams,
+                      config: VIConfig) -> LocalResult:
+    """The local step on the subjects at positions ``idx`` (statistics ``sub``), with their residual scales:
+    their data weighted by E[1/v_i] and their log evidence shifted (``sub`` as given without scales)."""
+    on = _on_subjects(params, idx)
+    return local_step_with_scales(sub, pp, on, prior, config)
+
+
+def _update_batch_scales(params: VariationalParams, sub: SufficientStats, idx: np.ndarray, local: LocalResult,
+                         config: VIConfig) -> VariationalParams:
+    """q(v_i) of the subjects at ``idx`` given their local step and the current globals (nu held)."""
+    if params.scales is None:
+        return params
+    batch = update_subject_scales(_on_subjects(params, idx), sub, local, replace(config, learn_df=False)).scales
+    shape, rate = np.array(params.scales.q.shape, dtype=float), np.array(params.scales.q.rate, dtype=float)
+    shape[idx], rate[idx] = batch.q.shape, batch.q.rate
+    return replace(params, scales=SubjectScales(InvGamma(shape, rate), params.scales.df))
+
+
+def all_subject_scales(warm: SubjectScales, rows: np.ndarray, start: SubjectScales, n_obs: np.ndarray) -> SubjectScales:
+    """Every subject's q(v) after a warm start on the subjects at ``rows``: theirs from the warm start, the
+    others' the optimal q(v) at the warm start's nu for their starting residuals. ``start`` are the
+    starting scales of all subjects (:func:`~dmlmm.inference.subject_scales.initial_scales` from the ridge
+    fits, whose rates are ``nu_0/2 + R_i``); ``n_obs`` (N,) their numbers of observations."""
+    df = warm.df
+    half_rss = np.asarray(start.q.rate, dtype=float) - 0.5 * start.df  # R_i of the ridge fits
+    shape, rate = 0.5 * df + 0.5 * np.asarray(n_obs, dtype=float), 0.5 * df + half_rss
+    shape[rows], rate[rows] = warm.q.shape, warm.q.rate
+    return SubjectScales(InvGamma(shape, rate), float(df))
 
 
 @dataclass
@@ -186,12 +230,12 @@ def _natural_gradient_phase(
     callback: Callable[[int, float], None] | None,
 ) -> _Phase:
     """Stage 3: minibatch natural-gradient steps until :func:`settled` (or the budget)."""
-    N, P = stats.n_subjects, stats.dim_fixed
+    N = stats.n_subjects
     batch = int(min(config.batch_size or N, N))
     observation_factor(stats)  # computed once here (if it pays) rather than for every minibatch's subset
     check = stats.subset(check_idx)
     kept = [np.arange(len(c)) for c in prior.layer_counts(params.prior)]
-    labels, elbo = _check(check, N, prior, params, config)
+    labels, elbo = _check(check, check_idx, N, prior, params, config)
     changes: list[float] = []
     elbos: list[float] = []
     history: list[float] = [elbo]
@@ -205,9 +249,11 @@ def _natural_gradient_phase(
         scale, rho = N / batch, (it + settings.delay) ** (-settings.forgetting)
         pp, cache = prior.path_prior(params.prior)
         paths = prior.path_components()
-        offsets, psi = membership_terms(params, prior, sub)
-        loc = local_step(sub, pp, noise_moments(params, P, paths), config.hard_assignment, log_weight=offsets)
-        params = update_globals(params, prior, sub, loc, cache, psi, config, scale, rho)
+        loc = _batch_local_step(sub, idx, pp, prior, params, config)
+        weighted = weighted_by_scales(sub, _on_subjects(params, idx))
+        psi = membership_terms(params, prior, weighted)[1]
+        params = update_globals(params, prior, weighted, loc, cache, psi, config, scale, rho)
+        params = _update_batch_scales(params, sub, idx, loc, config)
         if it % settings.check_every:
             continue
         if config.prune_threshold > 0:
@@ -220,7 +266,7 @@ def _natural_gradient_phase(
                 kept = [kp[k] for kp, k in zip(kept, keep)]
                 pruned_at.append(it)
                 labels = None  # path numbers changed: this check starts a new comparison
-        new_labels, elbo = _check(check, N, prior, params, config)
+        new_labels, elbo = _check(check, check_idx, N, prior, params, config)
         if not np.isfinite(elbo):
             raise NumericalError(breakdown_message(f"the check ELBO became {elbo}", it, history, checked_at))
         checked_at = it
@@ -246,6 +292,7 @@ def run_vi_stochastic(
     settings: StochasticSettings = StochasticSettings(),
     moves: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    start_scales: SubjectScales | None = None,
 ) -> VIResult:
     """A minibatch fit in four stages (module docstring).
 
@@ -261,6 +308,9 @@ def run_vi_stochastic(
     rng : the fit's Generator (subsample, check subset, minibatches, the warm start's draws).
     settings : StochasticSettings.
     moves : delete moves in the warm start.
+    start_scales : with subject-level residual scales (``config.subject_df``), every subject's starting
+        q(v) (:func:`~dmlmm.inference.engine.init_globals`): after the warm start, the subjects outside
+        its subsample start from their own at the warm start's nu (:func:`all_subject_scales`).
 
     Returns
     -------
@@ -278,7 +328,12 @@ def run_vi_stochastic(
         warnings.simplefilter("ignore", ConvergenceWarning)
         warm = run_vi_with_starts(sub, prior, make_init(rows), resize, replace(full_batch, tol=max(config.tol, settings.warm_tol)),
                                   rng, moves=moves)
-    prior, params = warm.prior, rescale(stats, sub, warm.prior, warm.params, warm.local, config)
+    prior = warm.prior
+    params = rescale(stats, weighted_by_scales(sub, warm.params), prior, warm.params, warm.local, config)
+    if warm.params.scales is not None:
+        if start_scales is None:
+            raise ValueError("a minibatch fit with subject-level residual scales needs every subject's start_scales")
+        params = replace(params, scales=all_subject_scales(warm.params.scales, rows, start_scales, stats.n_obs))
     t1 = time.perf_counter()
     _log.info("warm start on %d subjects: %d iterations, %.1f s, components %s", n_sub, warm.n_iter, t1 - t0,
               [len(k) for k in warm.kept])

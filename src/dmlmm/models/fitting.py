@@ -26,7 +26,7 @@ from ..data import Longitudinal
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
 from ..exceptions import DataError, EmptyComponentWarning
-from ..inference.engine import VIConfig, VIResult
+from ..inference.engine import VIConfig, VIResult, init_globals
 from ..inference.noise import is_per_cluster
 from ..inference.starts import run_vi_with_starts
 from ..inference.subject_scales import DF_START, weighted_stats
@@ -156,12 +156,6 @@ class Fitting:
                 raise ValueError(f"batch_size must be a positive integer, 'auto' or 'full', got {self.batch_size}")
             bs = None if bs >= n_subjects else bs
         df = self._noise_df()
-        if df is not None and bs is not None:
-            raise ValueError(
-                f"noise_df={self.noise_df!r} (subject-level residual scales) needs a full-batch fit, and "
-                f"{n_subjects} subjects with batch_size={self.batch_size!r} make a minibatch fit: set "
-                "batch_size='full', or noise_df=None"
-            )
         return VIConfig(
             max_iter=int(self.max_iter), tol=float(self.tol), batch_size=bs,
             hard_assignment=bool(self.hard_assignment), noise_scale=float(self.noise_scale),
@@ -299,9 +293,10 @@ class Fitting:
                         stats, prior, make_init(None), resize, config, rng, moves=moves, callback=callback,
                         to_beat=highest_elbo(rival, None if best is None else best.elbo)))
                 else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
+                    start = None if config.subject_df is None else init_globals(stats, b_hat, config, penalties)[3]
                     res, caught = recorded(lambda: run_vi_stochastic(
                         stats, prior, make_init, resize, config, rng, self._stochastic_settings(), moves=moves,
-                        callback=callback))
+                        callback=callback, start_scales=start))
                 if callback is not None:
                     callback.close()
                 if best is None or res.elbo > best.elbo:
