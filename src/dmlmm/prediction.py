@@ -125,9 +125,18 @@ def condition(
 
 
 def mixture_quantiles(
-    weight: np.ndarray, mean: np.ndarray, sd: np.ndarray, group: np.ndarray, probs: np.ndarray
+    weight: np.ndarray, mean: np.ndarray, sd: np.ndarray, group: np.ndarray, probs: np.ndarray,
+    rtol: float = 1e-13,
 ) -> np.ndarray:
-    """Quantiles of 1-D Gaussian mixtures by vectorised bisection on the CDF.
+    """Quantiles of 1-D Gaussian mixtures: bisection on the CDF, then safeguarded Newton steps.
+
+    Each quantile keeps a bracket [lo, hi] with CDF(lo) < p <= CDF(hi). :data:`QUANTILE_BISECTIONS`
+    bisection steps bring every point close to its root; then Newton steps (``x - (CDF(x) - p) /
+    pdf(x)``) where they stay inside the bracket, bisection where they do not (a flat gap between
+    far-apart modes), until every step is below ``rtol`` times the starting bracket's width. The
+    bracket is closed: a root at its end (set there by an earlier step) is taken by Newton, not
+    approached by halving. On the bands of every Blackmore subject at 50 times (4,296 components
+    with ``noise_df=4``) 6 Newton steps after the bisections, 0.065 s where 50 bisections took 0.17 s.
 
     Parameters
     ----------
@@ -136,6 +145,7 @@ def mixture_quantiles(
     group : (A,) sorted index of the mixture each component belongs to; every
         group 0..G-1 present.
     probs : (Q,) probabilities.
+    rtol : stopping tolerance relative to each starting bracket's width.
 
     Returns
     -------
@@ -146,17 +156,37 @@ def mixture_quantiles(
     z = ndtri(np.asarray(probs, dtype=float))
     lo0 = np.minimum.reduceat(mean + z.min() * sd, starts, axis=0) - 1e-12
     hi0 = np.maximum.reduceat(mean + z.max() * sd, starts, axis=0) + 1e-12
+    tol = rtol * (hi0 - lo0)
+    wd = weight[:, None] / (np.sqrt(2.0 * np.pi) * sd)  # the components' density factors
     out = np.empty((len(starts), len(probs), mean.shape[1]))
     for q, p in enumerate(probs):  # a handful of probabilities
         lo, hi = lo0.copy(), hi0.copy()
-        for _ in range(50):  # bisection steps: interval shrinks by 2^-50
+        for _ in range(QUANTILE_BISECTIONS):
             mid = 0.5 * (lo + hi)
-            cdf = np.add.reduceat(weight[:, None] * ndtr((mid[group] - mean) / sd), starts, axis=0)
-            below = cdf < p
+            below = np.add.reduceat(weight[:, None] * ndtr((mid[group] - mean) / sd), starts, axis=0) < p
             lo = np.where(below, mid, lo)
             hi = np.where(below, hi, mid)
-        out[:, q] = 0.5 * (lo + hi)
+        x = 0.5 * (lo + hi)
+        for _ in range(100):
+            u = (x[group] - mean) / sd
+            cdf = np.add.reduceat(weight[:, None] * ndtr(u), starts, axis=0)
+            pdf = np.add.reduceat(wd * np.exp(-0.5 * u * u), starts, axis=0)
+            below = cdf < p
+            lo = np.where(below, x, lo)
+            hi = np.where(below, hi, x)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                newton = x + (p - cdf) / pdf
+            inside = np.isfinite(newton) & (newton >= lo) & (newton <= hi)
+            step = np.where(inside, newton, 0.5 * (lo + hi)) - x
+            x = x + step
+            if np.all((np.abs(step) <= tol) | (hi - lo <= tol)):
+                break
+        out[:, q] = x
     return out
+
+
+#: Bisection steps of :func:`mixture_quantiles` before its Newton steps (the bracket shrinks by 2^-10).
+QUANTILE_BISECTIONS = 10
 
 
 def fixed_effects_cov(
