@@ -466,9 +466,11 @@ def local_step_with_scales(stats, pp, params: VariationalParams, prior: RandomEf
     """The local step on all paths (prior ``pp``) for the subjects of ``stats`` (the data's own statistics) at
     ``params``, whose residual scales (if any) are those subjects': their data weighted by E[1/v_i] and their
     log evidence shifted by ``-n_i/2 E[log v_i]`` (:func:`weighted_by_scales`). A minibatch's or a check
-    subset's step (:mod:`dmlmm.inference.stochastic`)."""
+    subset's step (:mod:`dmlmm.inference.stochastic`). Returns the local result and the weighted statistics
+    (``stats`` itself without scales), which the global updates take."""
     sub = weighted_by_scales(stats, params)
-    return _local_step(sub, pp, params, prior.path_components(), config, None, membership_terms(params, prior, sub)[0])[0]
+    local = _local_step(sub, pp, params, prior.path_components(), config, None, membership_terms(params, prior, sub)[0])[0]
+    return local, sub
 
 
 def weighted_by_scales(stats, params: VariationalParams):

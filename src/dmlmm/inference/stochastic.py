@@ -166,7 +166,7 @@ def _check(
     """Most probable path (C,) of each check subject (positions ``check_idx``) and the check ELBO estimate
     (scaled to N)."""
     pp, _ = prior.path_prior(params.prior)
-    loc = _batch_local_step(check, check_idx, pp, prior, params, config)
+    loc = _batch_local_step(check, check_idx, pp, prior, params, config)[0]
     elbo = n_total / check.n_subjects * float(loc.log_evidence.sum()) + elbo_globals(params, prior, config)
     return loc.resp.argmax(axis=1), elbo
 
@@ -180,11 +180,11 @@ def _on_subjects(params: VariationalParams, idx: np.ndarray) -> VariationalParam
 
 
 def _batch_local_step(sub: SufficientStats, idx: np.ndarray, pp, prior: RandomEffectsPrior, params: VariationalParams,
-                      config: VIConfig) -> LocalResult:
+                      config: VIConfig) -> tuple[LocalResult, SufficientStats]:
     """The local step on the subjects at positions ``idx`` (statistics ``sub``), with their residual scales:
-    their data weighted by E[1/v_i] and their log evidence shifted (``sub`` as given without scales)."""
-    on = _on_subjects(params, idx)
-    return local_step_with_scales(sub, pp, on, prior, config)
+    their data weighted by E[1/v_i] and their log evidence shifted; and the weighted statistics (``sub`` as
+    given without scales)."""
+    return local_step_with_scales(sub, pp, _on_subjects(params, idx), prior, config)
 
 
 def _update_batch_scales(params: VariationalParams, sub: SufficientStats, idx: np.ndarray, local: LocalResult,
@@ -248,9 +248,7 @@ def _natural_gradient_phase(
         sub = stats.subset(idx)
         scale, rho = N / batch, (it + settings.delay) ** (-settings.forgetting)
         pp, cache = prior.path_prior(params.prior)
-        paths = prior.path_components()
-        loc = _batch_local_step(sub, idx, pp, prior, params, config)
-        weighted = weighted_by_scales(sub, _on_subjects(params, idx))
+        loc, weighted = _batch_local_step(sub, idx, pp, prior, params, config)
         psi = membership_terms(params, prior, weighted)[1]
         params = update_globals(params, prior, weighted, loc, cache, psi, config, scale, rho)
         params = _update_batch_scales(params, sub, idx, loc, config)
