@@ -72,7 +72,7 @@ def fitting_order(scales: list[str | None]) -> list[str | None]:
 
     A later scale's finishing runs race the bound of the scales before it (:func:`fit_scales`), so the
     loser of a close contest is cut short only when the winner comes first; a first scale is always
-    fitted in full, whichever wins. The log scale won on six of the eight never-negative responses of
+    fitted in full, whichever wins. The log scale won on five of the eight never-negative responses of
     the accuracy harness (docs/accuracy.md), so it goes first.
     """
     return sorted(scales, key=lambda tr: tr is None)
