@@ -458,8 +458,18 @@ def final_local_step(stats, prior: RandomEffectsPrior, params: VariationalParams
     ``VIResult.local`` (and ``params``, with what the step optimised too). Deterministic, so a fit whose
     local results were released can compute them again (the Dask fit's set-aside response scale)."""
     pp, _ = prior.path_prior(params.prior)
+    local, params, _ = _scaled_local_step(stats, pp, params, prior, config)
+    return local, params
+
+
+def _scaled_local_step(stats, pp, params: VariationalParams, prior: RandomEffectsPrior, config: VIConfig):
+    """The local step on all paths for the subjects of ``stats`` (the data's own statistics), weighted by
+    their residual scales if any: the local result, ``params`` with what the step optimised too, and the
+    weighted statistics."""
     sub = weighted_by_scales(stats, params)
-    return _local_step(sub, pp, params, prior.path_components(), config, None, membership_terms(params, prior, sub)[0])
+    local, params = _local_step(sub, pp, params, prior.path_components(), config, None,
+                                membership_terms(params, prior, sub)[0])
+    return local, params, sub
 
 
 def local_step_with_scales(stats, pp, params: VariationalParams, prior: RandomEffectsPrior, config: VIConfig):
@@ -468,8 +478,7 @@ def local_step_with_scales(stats, pp, params: VariationalParams, prior: RandomEf
     log evidence shifted by ``-n_i/2 E[log v_i]`` (:func:`weighted_by_scales`). A minibatch's or a check
     subset's step (:mod:`dmlmm.inference.stochastic`). Returns the local result and the weighted statistics
     (``stats`` itself without scales), which the global updates take."""
-    sub = weighted_by_scales(stats, params)
-    local = _local_step(sub, pp, params, prior.path_components(), config, None, membership_terms(params, prior, sub)[0])[0]
+    local, _, sub = _scaled_local_step(stats, pp, params, prior, config)
     return local, sub
 
 

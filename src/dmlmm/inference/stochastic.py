@@ -63,7 +63,7 @@ from .engine import (
 )
 from .local import LocalResult, observation_factor
 from .starts import Init, run_vi_with_starts
-from .subject_scales import SubjectScales
+from .subject_scales import SubjectScales, optimal_scales
 
 _log = logging.getLogger(__name__)
 
@@ -203,11 +203,9 @@ def all_subject_scales(warm: SubjectScales, rows: np.ndarray, start: SubjectScal
     others' the optimal q(v) at the warm start's nu for their starting residuals. ``start`` are the
     starting scales of all subjects (:func:`~dmlmm.inference.subject_scales.initial_scales` from the ridge
     fits, whose rates are ``nu_0/2 + R_i``); ``n_obs`` (N,) their numbers of observations."""
-    df = warm.df
-    half_rss = np.asarray(start.q.rate, dtype=float) - 0.5 * start.df  # R_i of the ridge fits
-    shape, rate = 0.5 * df + 0.5 * np.asarray(n_obs, dtype=float), 0.5 * df + half_rss
-    shape[rows], rate[rows] = warm.q.shape, warm.q.rate
-    return SubjectScales(InvGamma(shape, rate), float(df))
+    out = optimal_scales(warm.df, n_obs, np.asarray(start.q.rate, dtype=float) - 0.5 * start.df)  # R_i of the ridge fits
+    out.q.shape[rows], out.q.rate[rows] = warm.q.shape, warm.q.rate
+    return out
 
 
 @dataclass

@@ -35,13 +35,13 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import digamma, gammaln
 
-from ..expfam import InvGamma
+from ..expfam import InvGamma, ig_expected_logpdf
 from ..sufficient import SufficientStats
 from .._linalg import OBS_MAX_RATIO
 from .local import observation_factor
 
-__all__ = ["SubjectScales", "DF_MIN", "DF_MAX", "DF_START", "initial_scales", "weighted_stats", "subject_quad",
-           "subject_rss", "update_scales", "profile_elbo", "optimal_df", "scales_elbo", "log_likelihood_shift"]
+__all__ = ["SubjectScales", "DF_MIN", "DF_MAX", "DF_START", "optimal_scales", "initial_scales", "weighted_stats",
+           "subject_quad", "subject_rss", "update_scales", "profile_elbo", "optimal_df", "scales_elbo", "log_likelihood_shift"]
 
 #: Bounds of a learned ``nu`` (below 1 a subject's residuals would have no mean; above 1000 they are Gaussian
 #: to within the rounding of the fit).
@@ -72,6 +72,13 @@ class SubjectScales:
         return np.asarray(self.q.mean_inv, dtype=float)
 
 
+def optimal_scales(df: float, n_obs: np.ndarray, half_rss: np.ndarray) -> SubjectScales:
+    """The optimal q(v) at degrees of freedom ``df`` given each subject's ``R_i`` (``half_rss``, (N,)):
+    ``q(v_i) = IG(nu/2 + n_i/2, nu/2 + R_i)``."""
+    n = np.asarray(n_obs, dtype=float)
+    return SubjectScales(InvGamma(0.5 * df + 0.5 * n, 0.5 * df + np.asarray(half_rss, dtype=float)), float(df))
+
+
 def initial_scales(n_obs: np.ndarray, df: float, half_rss: np.ndarray | None = None,
                    learn_df: bool = False) -> SubjectScales:
     """The starting q(v): without ``half_rss`` every subject at E[1/v_i] = 1 (the Gaussian model's start),
@@ -82,8 +89,7 @@ def initial_scales(n_obs: np.ndarray, df: float, half_rss: np.ndarray | None = N
     if half_rss is None:
         shape = 0.5 * df + 0.5 * n
         return SubjectScales(InvGamma(shape, shape.copy()), float(df))
-    df = optimal_df(n, half_rss) if learn_df else df
-    return SubjectScales(InvGamma(0.5 * df + 0.5 * n, 0.5 * df + np.asarray(half_rss, dtype=float)), float(df))
+    return optimal_scales(optimal_df(n, half_rss) if learn_df else df, n, half_rss)
 
 
 def weighted_stats(stats: SufficientStats, weight: np.ndarray) -> SufficientStats:
@@ -203,8 +209,7 @@ def update_scales(scales: SubjectScales, n_obs: np.ndarray, rss: np.ndarray, noi
     jointly with nu (:func:`optimal_df`): the best (q(v), nu) pair, not one then the other."""
     half_rss = 0.5 * float(noise_prec) * np.asarray(rss, dtype=float)
     n = np.asarray(n_obs, dtype=float)
-    df = optimal_df(n, half_rss) if learn_df else scales.df
-    return SubjectScales(InvGamma(0.5 * df + 0.5 * n, 0.5 * df + half_rss), float(df))
+    return optimal_scales(optimal_df(n, half_rss) if learn_df else scales.df, n, half_rss)
 
 
 def profile_elbo(df: np.ndarray, n_obs: np.ndarray, half_rss: np.ndarray) -> np.ndarray:
@@ -244,9 +249,7 @@ def optimal_df(n_obs: np.ndarray, half_rss: np.ndarray) -> float:
 def scales_elbo(scales: SubjectScales) -> float:
     """``sum_i E_q[log IG(v_i; nu/2, nu/2)] + H[q(v_i)]``."""
     a = 0.5 * scales.df
-    q = scales.q
-    expected = a * np.log(a) - gammaln(a) - (a + 1.0) * q.mean_log - a * q.mean_inv
-    return float(np.sum(expected + q.entropy()))
+    return float(np.sum(ig_expected_logpdf(a, a, np.log(a), scales.q) + scales.q.entropy()))
 
 
 def log_likelihood_shift(scales: SubjectScales, n_obs: np.ndarray) -> np.ndarray:

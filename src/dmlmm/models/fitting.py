@@ -26,10 +26,10 @@ from ..data import Longitudinal
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
 from ..exceptions import DataError, EmptyComponentWarning
-from ..inference.engine import VIConfig, VIResult, init_globals
+from ..inference.engine import VIConfig, VIResult, init_globals, weighted_by_scales
 from ..inference.noise import is_per_cluster
 from ..inference.starts import run_vi_with_starts
-from ..inference.subject_scales import DF_START, weighted_stats
+from ..inference.subject_scales import DF_START
 from ..inference.stochastic import StochasticSettings, run_vi_stochastic
 from ..prediction import fixed_effects_cov
 from ..response_transform import (check_transform, data_scale_bound, forward, label_of, log_jacobian,
@@ -240,8 +240,7 @@ class Fitting:
         self.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}
         self._fixed_cov = None
         if design.n_fixed:
-            if best.params.scales is not None:  # each subject's information at its expected scale
-                stats = weighted_stats(stats, best.params.scales.weight)
+            stats = weighted_by_scales(stats, best.params)  # each subject's information at its expected scale
             self._fixed_cov = fixed_effects_cov(stats, self._mixture(), self._sigma2_std(), best.local.resp,
                                                 chosen.config.fixed_var)
         self._membership_cov = None
