@@ -18,7 +18,7 @@ from scipy.special import logsumexp
 
 from helpers import toy_stats
 from dmlmm.exceptions import ConvergenceWarning
-from dmlmm.accel import ascend, from_unconstrained, squarem_point, to_unconstrained
+from dmlmm.accel import ascend, from_unconstrained, squarem_leaves, squarem_norms, squarem_point, to_unconstrained
 from dmlmm.inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, run_vi
 from dmlmm.expfam import LOG_2PI
 from dmlmm.inference.local import NoiseMoments, local_step
@@ -137,6 +137,21 @@ def test_unconstrained_round_trip_and_plain_step():
     for a, b in zip(point, u2):
         np.testing.assert_allclose(a, b, atol=1e-12)
     assert squarem_point(u, u, u, 4.0) is None
+
+
+def test_leaves_kept_elsewhere_extrapolate_as_if_they_were_here():
+    """Leaves held elsewhere (subject scales on Dask workers) give their part of the norms (``extra``) and are
+    extrapolated there with the returned step: the point of all leaves together, split in two."""
+    rng = np.random.default_rng(0)
+    u0 = [rng.normal(size=s) for s in ((3,), (2, 2), (5,))]
+    d = [rng.normal(size=x.shape) for x in u0]
+    u1 = [x + dx for x, dx in zip(u0, d)]
+    u2 = [x + 0.6 * dx + 0.1 * rng.normal(size=x.shape) for x, dx in zip(u1, d)]  # contracting: a step beyond -1
+    whole, step = squarem_point(u0, u1, u2, max_step=64.0)
+    here, step_here = squarem_point(u0[:2], u1[:2], u2[:2], 64.0, extra=squarem_norms(u0[2:], u1[2:], u2[2:]))
+    assert step_here == step and -64.0 < step < -1.0
+    for a, b in zip(here + squarem_leaves(u0[2:], u1[2:], u2[2:], step), whole):
+        np.testing.assert_allclose(a, b, rtol=1e-14)
 
 
 def test_ascend_never_ends_below_plain_sweeps():

@@ -26,7 +26,7 @@ import numpy as np
 
 from .expfam import Dirichlet, Gaussian, InvGamma, InvWishart
 
-__all__ = ["to_unconstrained", "from_unconstrained", "squarem_point", "Squarem"]
+__all__ = ["to_unconstrained", "from_unconstrained", "squarem_point", "squarem_norms", "squarem_leaves", "Squarem"]
 
 
 def _log_chol(a: np.ndarray) -> np.ndarray:
@@ -116,22 +116,36 @@ def _rebuild(obj: Any, it) -> Any:
 
 
 def squarem_point(
-    u0: list[np.ndarray], u1: list[np.ndarray], u2: list[np.ndarray], max_step: float
+    u0: list[np.ndarray], u1: list[np.ndarray], u2: list[np.ndarray], max_step: float,
+    extra: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[list[np.ndarray], float] | None:
     """The S3 extrapolation from three successive iterates (unconstrained leaves).
+
+    ``extra``: the parts of ``|r|^2`` and ``|v|^2`` (:func:`squarem_norms`) of leaves kept elsewhere (subject
+    scales on Dask workers), which are then extrapolated there with the returned step.
 
     Returns the extrapolated leaves and the step ``a`` (<= -1), or None when the two
     steps are identical (nothing to extrapolate) or not finite.
     """
-    r = [b - a for a, b in zip(u0, u1)]
-    v = [c - 2.0 * b + a for a, b, c in zip(u0, u1, u2)]
-    rr = sum(float(np.vdot(x, x)) for x in r)
-    vv = sum(float(np.vdot(x, x)) for x in v)
+    rr, vv = squarem_norms(u0, u1, u2)
+    rr, vv = rr + float(extra[0]), vv + float(extra[1])
     if not (np.isfinite(rr) and np.isfinite(vv)) or vv <= 0.0 or rr <= 0.0:
         return None
     a = -np.sqrt(rr / vv)
     a = float(min(-1.0, max(a, -max_step)))
-    return [x0 - 2.0 * a * dr + a * a * dv for x0, dr, dv in zip(u0, r, v)], a
+    return squarem_leaves(u0, u1, u2, a), a
+
+
+def squarem_norms(u0: list[np.ndarray], u1: list[np.ndarray], u2: list[np.ndarray]) -> tuple[float, float]:
+    """``|r|^2`` and ``|v|^2`` of some leaves (see :func:`squarem_point`): their part of the step length."""
+    rr = sum(float(np.vdot(b - a, b - a)) for a, b in zip(u0, u1))
+    vv = sum(float(np.vdot(c - 2.0 * b + a, c - 2.0 * b + a)) for a, b, c in zip(u0, u1, u2))
+    return rr, vv
+
+
+def squarem_leaves(u0: list[np.ndarray], u1: list[np.ndarray], u2: list[np.ndarray], step: float) -> list[np.ndarray]:
+    """The extrapolated leaves ``theta0 - 2 a r + a^2 v`` for a step ``a`` (see :func:`squarem_point`)."""
+    return [x0 - 2.0 * step * (x1 - x0) + step * step * (x2 - 2.0 * x1 + x0) for x0, x1, x2 in zip(u0, u1, u2)]
 
 
 @dataclass

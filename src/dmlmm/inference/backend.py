@@ -9,6 +9,12 @@ did inline; any other ``stats`` object is a *backend* that keeps the subjects
 elsewhere (for example on Dask workers, :class:`dmlmm.distributed.DaskStats`)
 and implements :class:`StatsBackend`. The global updates, the ELBO, starts,
 delete moves and pruning stay the same code for both.
+
+Subject-level residual scales (:mod:`dmlmm.inference.subject_scales`) are per-subject too: in
+memory ``params.scales`` is a :class:`~dmlmm.inference.subject_scales.SubjectScales`; a backend
+that supports them (:class:`ScalesBackend`) keeps each subject's q(v_i) with its statistics and
+gives the engine a handle (:class:`RemoteScales`) with ``nu``, the scales' ELBO term and the
+SQUAREM arithmetic done where they are.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from ..sufficient import SufficientStats
 from ..priors.base import PathPrior
 from .local import NoiseMoments, local_step
 from .noise import path_rss
+from .subject_scales import SubjectScales, scales_elbo, subject_rss, update_scales, weighted_stats
 
-__all__ = ["StatsBackend", "run_local_step", "active_paths", "fixed_sums", "residual_sums", "resp_change"]
+__all__ = ["StatsBackend", "ScalesBackend", "RemoteScales", "run_local_step", "active_paths", "fixed_sums",
+           "residual_sums", "resp_change", "supports_scales", "weighted_by", "updated_scales", "scales_term"]
 
 
 class StatsBackend(Protocol):
@@ -55,6 +63,67 @@ class StatsBackend(Protocol):
     def fixed_sums(self, local: Any, s_path: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
     def path_rss(self, local: Any, w_mean: np.ndarray, w_cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class RemoteScales(Protocol):
+    """q(v_i) of subjects kept by a backend: what the engine reads, and SQUAREM's arithmetic on them.
+
+    ``squarem_norms(s0, s1)`` on the third iterate ``s2``: the scales' part of SQUAREM's ``|r|^2`` and
+    ``|v|^2`` (:func:`~dmlmm.accel.squarem_point`) in the unconstrained coordinates (log shape, log rate);
+    ``squarem_point(s0, s1, step)``: the extrapolated scales, with ``s2``'s nu (a value beyond what the
+    arithmetic holds makes the next local step raise FloatingPointError, which rejects the extrapolation)."""
+
+    df: float
+    elbo: float  # sum_i E_q[log IG(v_i; nu/2, nu/2)] + H[q(v_i)]
+
+    def squarem_norms(self, s0: Any, s1: Any) -> tuple[float, float]: ...
+
+    def squarem_point(self, s0: Any, s1: Any, step: float) -> Any: ...
+
+
+class ScalesBackend(StatsBackend, Protocol):
+    """A backend that keeps subject-level residual scales with its subjects.
+
+    ``weighted(scales)``: the statistics as the local step and the global updates see them (each subject's
+    weighted by E[1/v_i]; its local step also shifts the log evidence by ``-n_i/2 E[log v_i]`` and keeps
+    ``E[b_i'X_i'X_i b_i]``, :func:`~dmlmm.inference.subject_scales.with_scales`);
+    ``update_scales(scales, local, w_mean, w_cov, noise_prec, learn_df)``: the optimal q(v) (and nu) after
+    a local step, as :func:`updated_scales` in memory."""
+
+    def weighted(self, scales: RemoteScales) -> StatsBackend: ...
+
+    def update_scales(self, scales: RemoteScales, local: Any, w_mean: np.ndarray, w_cov: np.ndarray,
+                      noise_prec: float, learn_df: bool) -> RemoteScales: ...
+
+
+def supports_scales(stats: SufficientStats | StatsBackend) -> bool:
+    """Whether ``stats`` can hold subject-level residual scales (in memory, or a :class:`ScalesBackend`)."""
+    return isinstance(stats, SufficientStats) or hasattr(stats, "update_scales")
+
+
+def weighted_by(stats: SufficientStats | ScalesBackend, scales: SubjectScales | RemoteScales | None):
+    """The statistics the local step and the global updates see: each subject's weighted by E[1/v_i] with
+    subject-level residual scales, else as they are."""
+    if scales is None:
+        return stats
+    if isinstance(stats, SufficientStats):
+        return weighted_stats(stats, scales.weight)
+    return stats.weighted(scales)
+
+
+def updated_scales(stats: SufficientStats | ScalesBackend, scales: SubjectScales | RemoteScales, local,
+                   w_mean: np.ndarray, w_cov: np.ndarray, noise_prec: float, learn_df: bool):
+    """q(v) (and nu, with ``learn_df``) given a local step's q(b, c) (its ``mean_b`` and ``subject_quad``
+    on the data's own statistics ``stats``), q(w)'s mean and covariance and E[1/sigma^2]."""
+    if isinstance(stats, SufficientStats):
+        rss = subject_rss(stats, local.mean_b, local.subject_quad, w_mean, w_cov)
+        return update_scales(scales, stats.n_obs, rss, noise_prec, learn_df)
+    return stats.update_scales(scales, local, w_mean, w_cov, noise_prec, learn_df)
+
+
+def scales_term(scales: SubjectScales | RemoteScales) -> float:
+    """The scales' part of the ELBO (:func:`~dmlmm.inference.subject_scales.scales_elbo`)."""
+    return scales_elbo(scales) if isinstance(scales, SubjectScales) else float(scales.elbo)
 
 
 def run_local_step(

@@ -37,12 +37,12 @@ from ..priors.base import RandomEffectsPrior
 from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
 from ..priors.membership import first_layer_resp, membership_elbo, membership_log_weights, membership_prune, membership_update
-from .backend import active_paths, fixed_sums, resp_change, residual_sums, run_local_step
+from .backend import (active_paths, fixed_sums, resp_change, residual_sums, run_local_step, scales_term,
+                      supports_scales, updated_scales, weighted_by)
 from .joint import joint_local_step
 from .local import LocalResult, NoiseMoments
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, take_groups
-from .subject_scales import (SubjectScales, initial_scales, log_likelihood_shift, scales_elbo, subject_quad,
-                             subject_rss, update_scales, weighted_stats)
+from .subject_scales import SubjectScales, initial_scales, with_scales
 
 _NO_RAISE = contextlib.nullcontext()
 
@@ -159,7 +159,7 @@ def elbo_globals(params: VariationalParams, prior: RandomEffectsPrior, config: V
     """E_q[log p(globals)] - E_q[log q(globals)] for every global factor."""
     total = noise_elbo(params.noise, params.noise_aux, config.noise_scale)
     if params.scales is not None:
-        total += scales_elbo(params.scales)
+        total += scales_term(params.scales)
     if params.fixed is not None:
         m, v, logdet = params.fixed.moments()
         p = m.shape[0]
@@ -340,10 +340,9 @@ def run_vi(
         )
     if config.joint_fixed and (prior.n_paths != 1 or not isinstance(stats, SufficientStats)):
         raise ValueError("joint_fixed needs a one-path prior and in-memory statistics")
-    if params.scales is not None and (config.joint_fixed or not isinstance(stats, SufficientStats)
-                                      or is_per_cluster(params.noise)):
-        raise ValueError("subject-level residual scales need in-memory statistics, one shared noise variance "
-                         "and no joint_fixed")
+    if params.scales is not None and (config.joint_fixed or not supports_scales(stats) or is_per_cluster(params.noise)):
+        raise ValueError("subject-level residual scales need statistics that can hold them, one shared noise "
+                         "variance and no joint_fixed")
     history: list[float] = []
     converged = gave_up = False
     restrict = not config.hard_assignment and prior.n_paths > 1
@@ -485,17 +484,16 @@ def local_step_with_scales(stats, pp, params: VariationalParams, prior: RandomEf
 def weighted_by_scales(stats, params: VariationalParams):
     """The statistics the local step and the global updates see: each subject's weighted by E[1/v_i]
     with subject-level residual scales, else as they are."""
-    return stats if params.scales is None else weighted_stats(stats, params.scales.weight)
+    return weighted_by(stats, params.scales)
 
 
-def update_subject_scales(params: VariationalParams, stats: SufficientStats, local: LocalResult,
+def update_subject_scales(params: VariationalParams, stats, local: LocalResult,
                           config: VIConfig) -> VariationalParams:
     """q(v) (and nu, when learned) given the local step's q(b, c) and the updated q(w), q(sigma^2)."""
     P = stats.dim_fixed
     wm, wc = (np.zeros(P), np.zeros((P, P))) if params.fixed is None else params.fixed.moments()[:2]
-    rss = subject_rss(stats, local.mean_b, local.subject_quad, wm, wc)
-    return replace(params, scales=update_scales(params.scales, stats.n_obs, rss, float(params.noise.mean_inv),
-                                                config.learn_df))
+    return replace(params, scales=updated_scales(stats, params.scales, local, wm, wc, float(params.noise.mean_inv),
+                                                 config.learn_df))
 
 
 def _local_step(
@@ -513,12 +511,11 @@ def _local_step(
     noise = noise_moments(params, P, paths)
     local = run_local_step(stats, pp, noise, config.hard_assignment,
                            active=active, moment_threshold=config.moment_threshold, log_weight=log_weight)
-    if params.scales is not None:  # ``stats`` are weighted by E[1/v_i] (weighted_by_scales)
-        weight = params.scales.weight
-        s_path = np.broadcast_to(np.asarray(noise.prec, dtype=float), (pp.n_paths,))
-        quad = subject_quad(stats, pp.precision, pp.shift, s_path, local.resp, noise.w_mean, config.moment_threshold)
-        local = replace(local, log_evidence=local.log_evidence + log_likelihood_shift(params.scales, stats.n_obs),
-                        subject_quad=quad / weight)
+    if params.scales is not None and isinstance(stats, SufficientStats):  # weighted by E[1/v_i] (weighted_by_scales);
+        # a backend's step does this where its subjects are (dmlmm.distributed.scales)
+        log_evidence, quad = with_scales(local.log_evidence, local.resp, stats, pp.precision, pp.shift, noise.prec,
+                                         noise.w_mean, params.scales, config.moment_threshold)
+        local = replace(local, log_evidence=log_evidence, subject_quad=quad)
     return local, params
 
 
@@ -535,23 +532,31 @@ def _extrapolate(
     mixture with ``idiosyncratic_shape=1000``: loading rows of roughness 5e5 whose idiosyncratic
     variances are near 1e-7) has no Cholesky factor, and the plain step goes on without it.
     """
+    # subject scales kept by a statistics backend (backend.RemoteScales) are extrapolated where they are
+    remote = theta2.scales is not None and not isinstance(theta2.scales, SubjectScales)
+    left_out = {"fixed": None} if skip_fixed else {}
+    if remote:
+        left_out["scales"] = None
     try:
-        u0, u1, u2 = (to_unconstrained(replace(t, fixed=None) if skip_fixed else t) for t in (theta0, theta1, theta2))
+        u0, u1, u2 = (to_unconstrained(replace(t, **left_out)) for t in (theta0, theta1, theta2))
     except np.linalg.LinAlgError:
         return theta2, None
     if any(a.shape != b.shape for a, b in zip(u0, u2)) or len(u0) != len(u2):
         return theta2, None
-    got = squarem_point(u0, u1, u2, accel.max_step)
+    extra = theta2.scales.squarem_norms(theta0.scales, theta1.scales) if remote else (0.0, 0.0)
+    got = squarem_point(u0, u1, u2, accel.max_step, extra)
     if got is None:
         return theta2, None
     leaves, step = got
     if not all(np.all(np.isfinite(x)) for x in leaves):
         return theta2, None
     try:
-        point = from_unconstrained(replace(theta2, fixed=None) if skip_fixed else theta2, leaves)
-        point = replace(point, fixed=theta2.fixed) if skip_fixed else point
+        point = from_unconstrained(replace(theta2, **left_out), leaves)
     except (FloatingPointError, np.linalg.LinAlgError):
         return theta2, None
+    if remote:
+        point = replace(point, scales=theta2.scales.squarem_point(theta0.scales, theta1.scales, step))
+    point = replace(point, fixed=theta2.fixed) if skip_fixed else point
     return point, (theta2, step)
 
 

@@ -41,7 +41,8 @@ from .._linalg import OBS_MAX_RATIO
 from .local import observation_factor
 
 __all__ = ["SubjectScales", "DF_MIN", "DF_MAX", "DF_START", "optimal_scales", "initial_scales", "weighted_stats",
-           "subject_quad", "subject_rss", "update_scales", "profile_elbo", "optimal_df", "scales_elbo", "log_likelihood_shift"]
+           "subject_quad", "subject_rss", "update_scales", "profile_elbo", "optimal_df", "scales_elbo", "log_likelihood_shift",
+           "with_scales"]
 
 #: Bounds of a learned ``nu`` (below 1 a subject's residuals would have no mean; above 1000 they are Gaussian
 #: to within the rounding of the fit).
@@ -255,3 +256,17 @@ def scales_elbo(scales: SubjectScales) -> float:
 def log_likelihood_shift(scales: SubjectScales, n_obs: np.ndarray) -> np.ndarray:
     """(N,) what each subject's expected log-likelihood gains from its scale: ``-n_i / 2 E[log v_i]``."""
     return -0.5 * np.asarray(n_obs, dtype=float) * np.asarray(scales.q.mean_log, dtype=float)
+
+
+def with_scales(log_evidence: np.ndarray, resp: np.ndarray, weighted: SufficientStats, precision: np.ndarray,
+                shift: np.ndarray, noise_prec, w_mean: np.ndarray, scales: SubjectScales,
+                threshold: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """What the local step on the ``weighted`` statistics (:func:`weighted_stats`) leaves to the scales: each
+    subject's log evidence with its ``-n_i/2 E[log v_i]`` (:func:`log_likelihood_shift`), and its
+    ``E[b_i'X_i'X_i b_i]`` on the data's own statistics (:func:`subject_quad` over the weights), both (N,).
+
+    ``precision`` (M, D, D) and ``shift`` (M, D): the paths' expected prior; ``noise_prec``: E[1/sigma^2]
+    (one shared noise variance); ``resp`` (N, M) and ``log_evidence`` (N,) from the local step."""
+    s_path = np.broadcast_to(np.asarray(noise_prec, dtype=float), (len(precision),))
+    quad = subject_quad(weighted, precision, shift, s_path, resp, w_mean, threshold)
+    return log_evidence + log_likelihood_shift(scales, weighted.n_obs), quad / scales.weight
