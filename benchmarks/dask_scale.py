@@ -23,8 +23,11 @@ true groups.
 scale for the first and the scale as given for the second; the worker memory shows what the
 second scale costs.
 
+``--noise-df auto`` (or a number) fits subject-level residual scales, each subject's q(v_i) on its
+worker; ``--tails`` makes a fifth of the subjects four times noisier (so that the scales matter).
+
 Run:  python benchmarks/dask_scale.py --subjects 1000000    (add --quick for 20,000)
-Writes benchmarks/results/dask_scale_<subjects>.json and prints the same numbers.
+Writes benchmarks/results/dask_scale_<subjects>[_nu<noise-df>][_tails].json and prints the same numbers.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ RESPONSES = {"given": lambda y: y, "exp": lambda y: np.exp(0.5 * y), "shifted": 
 
 
 def write_parquet(directory: Path, n_subjects: int, chunk: int, seed: int,
-                  response: str = "given") -> tuple[pd.Series, float]:
+                  response: str = "given", tails: bool = False) -> tuple[pd.Series, float]:
     """DGP 1 in chunks, one Parquet file per chunk; returns the true groups and the seconds taken."""
     from dmlmm import simulate
 
@@ -63,7 +66,12 @@ def write_parquet(directory: Path, n_subjects: int, chunk: int, seed: int,
     for k, start in enumerate(range(0, n_subjects, chunk)):
         n = min(chunk, n_subjects - start)
         sim = simulate.dgp1(random_state=[seed, k], n_subjects=n)
-        df = sim.data.assign(subject=sim.data["subject"].to_numpy() + start, y=RESPONSES[response](sim.data["y"].to_numpy()))
+        y = sim.data["y"].to_numpy()
+        if tails:  # a fifth of the subjects 4x noisier: noise SD 0.3 -> 1.2 (an extra N(0, 0.3^2 * 15))
+            rng = np.random.default_rng([seed, k, 1])
+            noisy = (rng.random(n) < 0.2)[sim.data["subject"].to_numpy()]
+            y = y + noisy * np.sqrt(15.0) * 0.3 * rng.standard_normal(len(y))
+        df = sim.data.assign(subject=sim.data["subject"].to_numpy() + start, y=RESPONSES[response](y))
         df.to_parquet(directory / f"part-{k:05d}.parquet", index=False)
         labels.append(pd.Series(sim.labels.to_numpy(), index=sim.labels.index.to_numpy() + start))
     return pd.concat(labels).rename_axis("subject"), time.perf_counter() - t0
@@ -139,6 +147,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20,000 subjects")
     ap.add_argument("--response", choices=sorted(RESPONSES), default="given",
                     help="y as drawn, exp(y/2) or y + 12 (the last two: two response scales under response_transform='auto')")
+    ap.add_argument("--noise-df", default=None, help="'auto' or a number: subject-level residual scales")
+    ap.add_argument("--tails", action="store_true", help="a fifth of the subjects four times noisier")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="seconds: stop the fit past this and record what was measured (completed: false)")
     args = ap.parse_args()
@@ -158,7 +168,7 @@ def main() -> None:
         tmp = tempfile.mkdtemp(prefix="dmlmm_dask_")
         data_dir = Path(tmp) / "dgp1"
     print(f"writing {args.subjects} subjects to {data_dir} ...", flush=True)
-    truth, write_s = write_parquet(data_dir, args.subjects, args.chunk, args.seed, args.response)
+    truth, write_s = write_parquet(data_dir, args.subjects, args.chunk, args.seed, args.response, args.tails)
     print(f"  {write_s:.1f} s", flush=True)
 
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -169,8 +179,9 @@ def main() -> None:
     client = Client(cluster)
     monitor = MemoryMonitor(client)
     monitor.start()
+    noise_df = None if args.noise_df is None else (args.noise_df if args.noise_df == "auto" else float(args.noise_df))
     model = DeepMixtureLMM(n_components=tuple(args.components), basis=SplineBasis(args.basis), random_state=args.seed,
-                           max_iter=args.max_iter)
+                           max_iter=args.max_iter, noise_df=noise_df)
     ddf = dd.read_parquet(data_dir)
     print(f"fitting {model!r} on {ddf.npartitions} partitions, {args.workers} workers ...", flush=True)
     steps = count_steps(args.time_limit)
@@ -203,6 +214,8 @@ def main() -> None:
         "observations": int(args.subjects * 10),
         "basis_functions": args.basis,
         "response": args.response,
+        "tails": args.tails,
+        "noise_df_fitted": getattr(model, "noise_df_", None) if completed else None,
         "response_transform": getattr(model, "response_transform_", None) if completed else None,
         "elbo_by_transform": getattr(model, "elbo_by_transform_", None) if completed else None,
         "model": repr(model),
@@ -233,7 +246,8 @@ def main() -> None:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"dask_scale_{args.subjects}.json"
+    suffix = ("" if noise_df is None else f"_nu{args.noise_df}") + ("_tails" if args.tails else "")
+    path = RESULTS / f"dask_scale_{args.subjects}{suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     print(f"wrote {path}")

@@ -296,9 +296,9 @@ def test_step_sums_match_in_memory_reductions(dgp1_frame):
     pp, nm = _path_globals(df, stats, 3)
     loc = local_step(stats, pp, nm)
     shard = sh.Shard(d.subjects, stats)
-    one = sh.shard_step(shard, None, sh.StepGlobals(pp, nm), False, 0.0, 1e-12)
+    one = sh.shard_step(shard, None, None, sh.StepGlobals(pp, nm), False, 0.0, 1e-12)
     halves = [sh.Shard(d.subjects[:60], stats.subset(np.arange(60))), sh.Shard(d.subjects[60:], stats.subset(np.arange(60, 120)))]
-    two = sh.add_all([sh.shard_step(s, None, sh.StepGlobals(pp, nm), False, 0.0, 1e-12).sums for s in halves])
+    two = sh.add_all([sh.shard_step(s, None, None, sh.StepGlobals(pp, nm), False, 0.0, 1e-12).sums for s in halves])
     backend = DaskStats(None, [], stats.n_subjects, stats.dim_random, stats.dim_fixed)
     s_path = np.linspace(0.5, 2.0, pp.n_paths)
     wm, wc = np.array([0.1, -0.2]), np.array([[0.01, 0.002], [0.002, 0.02]])
@@ -324,16 +324,16 @@ def test_a_step_the_arithmetic_cannot_hold_returns_a_failure(dgp1_frame):
     pp, nm = _path_globals(df, stats, 2)
     shard = sh.Shard(d.subjects, stats)
     bad = dataclasses.replace(pp, precision=-pp.precision, shared=None)  # not positive definite
-    out = sh.shard_step(shard, None, sh.StepGlobals(bad, nm), False, 0.0, 1e-12)
+    out = sh.shard_step(shard, None, None, sh.StepGlobals(bad, nm), False, 0.0, 1e-12)
     assert isinstance(out, sh.StepFailure) and out.kind == "LinAlgError" and "not positive definite" in out.message
     assert sh.step_sums(out) is out
     with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
-        sh.raise_failures([sh.step_sums(sh.shard_step(shard, None, sh.StepGlobals(pp, nm), False, 0.0, 1e-12)), out])
+        sh.raise_failures([sh.step_sums(sh.shard_step(shard, None, None, sh.StepGlobals(pp, nm), False, 0.0, 1e-12)), out])
     huge = dataclasses.replace(pp, shift=pp.shift * 1e160)  # its quadratic form overflows
     strict = dict(over="raise", invalid="raise", divide="raise", under="ignore")
-    assert sh.shard_step(shard, None, sh.StepGlobals(huge, nm, strict), False, 0.0, 1e-12).kind == "FloatingPointError"
+    assert sh.shard_step(shard, None, None, sh.StepGlobals(huge, nm, strict), False, 0.0, 1e-12).kind == "FloatingPointError"
     with np.errstate(over="ignore", invalid="ignore"):
-        assert isinstance(sh.shard_step(shard, None, sh.StepGlobals(huge, nm), False, 0.0, 1e-12), sh.ShardLocal)
+        assert isinstance(sh.shard_step(shard, None, None, sh.StepGlobals(huge, nm), False, 0.0, 1e-12), sh.ShardLocal)
 
 
 def test_init_from_sums_matches_in_memory(dgp1_frame):
@@ -436,3 +436,38 @@ def test_auto_scales_hold_one_scale_at_a_time(client, dgp1_frame, monkeypatch):
     assert {f.status for f in fitted[1].stats.shards} == {"cancelled"}  # the losing scale as given, released too
     np.testing.assert_allclose(list(m1.elbo_by_transform_.values()), list(m0.elbo_by_transform_.values()), rtol=1e-6)
     _same_fit(m0, m1)
+
+
+def test_subject_scales_same_answer(client, dgp1_frame, tmp_path):
+    """``noise_df`` on a Dask frame: each subject's q(v_i) stays on its worker, nu is learned from all of them
+    on the driver and SQUAREM extrapolates them where they are (dmlmm.distributed.scales): the in-memory
+    fit's nu, ELBO, subjects' residual variances, fixed effects' covariance and bands (before, refused). The response is positive, so
+    the log scale is fitted first and set aside, its scales kept on the workers, and restored when it wins."""
+    df, _ = dgp1_frame
+    rng = np.random.default_rng(1)
+    subjects = df["subject"].unique()[:80]
+    noisy = pd.Series(rng.random(len(subjects)) < 0.25, index=subjects)  # a quarter of the subjects 4x noisier
+    pos = df[df["subject"].isin(subjects)].copy()
+    pos["y"] += 0.9 * noisy.loc[pos["subject"]].to_numpy() * rng.standard_normal(len(pos))
+    pos["y"] = np.exp(pos["y"] / 2)
+    kw = dict(n_components=2, basis=SplineBasis(6), noise_df="auto", random_state=0, max_iter=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m0 = MixtureLMM(**kw).fit(pos, covariates=["age"])
+        m1 = MixtureLMM(**kw).fit(dd.from_pandas(pos, npartitions=2, sort=False), covariates=["age"])
+    assert m0.response_transform_ == m1.response_transform_ == "log"
+    assert 2.0 < m0.noise_df_ < 30.0  # heavy tails found
+    np.testing.assert_allclose(m1.noise_df_, m0.noise_df_, rtol=1e-6)
+    np.testing.assert_allclose(list(m1.elbo_by_transform_.values()), list(m0.elbo_by_transform_.values()), rtol=1e-6)
+    assert is_dask_collection(m1.subject_noise_)
+    _same_fit(m0, m1)
+    np.testing.assert_allclose(m1.subject_noise_.reindex(m0.subject_noise_.index).to_numpy(), m0.subject_noise_.to_numpy(),
+                               rtol=1e-6)
+    noisiest = m0.subject_noise_.sort_values().index[-len(subjects) // 5:]  # the model finds the noisy subjects
+    assert noisy.loc[noisiest].mean() > 0.8
+    some = pos[pos["subject"].isin(subjects[:4])]
+    np.testing.assert_allclose(m1.predict_noise(some).to_numpy(), m0.predict_noise(some).to_numpy(), rtol=1e-6)
+    pd.testing.assert_frame_equal(m1.predict_trajectory(some), m0.predict_trajectory(some), rtol=1e-5, atol=1e-6)
+    m1.save(tmp_path / "scales.dmlmm")  # after collect (in _same_fit): the scales are gathered too
+    back = dmlmm.load(tmp_path / "scales.dmlmm")
+    np.testing.assert_allclose(back.predict_noise(some).to_numpy(), m0.predict_noise(some).to_numpy(), rtol=1e-6)

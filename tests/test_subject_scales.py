@@ -283,13 +283,6 @@ def test_a_minibatch_fit_learns_the_scales_of_the_full_batch_fit():
     assert np.corrcoef(a, b)[0, 1] > 0.99
 
 
-def test_noise_df_is_refused_for_dask_frames():
-    dd = pytest.importorskip("dask.dataframe")
-    data, _ = _noisy_frame(n_subjects=20, seed=7)
-    with pytest.raises(NotImplementedError, match="noise_df \\(subject-level residual scales\\) is not supported for Dask"):
-        MixtureLMM(2, noise_df="auto").fit(dd.from_pandas(data, npartitions=2))
-
-
 def test_scales_start_from_the_ridge_fits_and_exploring_runs_hold_nu():
     """Each subject's starting scale follows its ridge fit's residual; exploring runs keep nu where it
     started (the final run learns it)."""

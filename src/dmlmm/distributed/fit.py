@@ -21,7 +21,8 @@ The steps mirror :meth:`VariationalLongitudinalModel.fit`:
 
 The Dask path is full-batch coordinate ascent (``batch_size`` "auto" or "full"):
 the same answer as the in-memory full-batch fit, up to rounding in the order of
-sums over subjects.
+sums over subjects. With ``noise_df`` the subjects' residual scales stay on the workers with their
+statistics (:mod:`.scales`).
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ from ..models.fitting import ScaleFit, highest_elbo, fit_scales, fitting_order
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
 from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of, model_scale_elbo
+from . import scales as sc
 from . import shard as sh
 from .frame import DaskFrame
 from .outputs import subject_tables
-from .stats import DaskStats, init_noise_and_fixed_from_sums
+from .stats import DaskStats, init_noise_and_fixed_from_sums, start_point
 
 __all__ = ["fit_dask", "current_client"]
 
@@ -121,8 +123,8 @@ def fit_dask(
     chosen, fits = fit_scales(scales, fit_one, stacklevel=3)
     if chosen.stats is None:  # set aside while a later scale was fitted: its statistics and final local step again
         for f in fits:
-            if f is not chosen and f.stats is not None:
-                _release(f, client)  # the scales that lost: their worker data go before the kept one's come back
+            if f is not chosen:
+                _release(f, client, everything=True)  # the scales that lost: their worker data go before the kept one's come back
         chosen = _restored(chosen, frame, client)
     frame.reads = []  # every scale's shards are built: the rows are released
     best, design, stats = chosen.result, chosen.design, chosen.stats
@@ -133,27 +135,58 @@ def fit_dask(
     model.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}
     model._fixed_cov = model._membership_cov = None
     if design.n_fixed:  # the fixed effects' covariance that the bands use, as in memory, summed over partitions
-        info = sh.add_all(client.gather(client.map(sh.fixed_information, stats.shards, local.parts,
+        info = sh.add_all(client.gather(client.map(sh.fixed_information, stats.shards, local.parts, _scale_parts(best),
                                                    mix=model._mixture(), sigma2=model._sigma2_std(), pure=False)))
         model._fixed_cov = fixed_cov_from_information(info, chosen.config.fixed_var)
     model.subjects_ = frame.subjects
     for name, value in subject_tables(model, client, stats.shards, local.parts, frame.subjects).items():
         setattr(model, name, value)
+    if best.params.scales is not None:  # subject-level residual scales: E[sigma^2 v_i] per subject, on the workers
+        model.noise_df_ = float(best.params.scales.df)
+        model.subject_noise_ = _noise_table(model, client, stats.shards, best.params.scales, frame.subjects)
     return model
+
+
+def _scale_parts(result) -> list:
+    """The futures of a fit's residual scales per shard (None each without scales)."""
+    scales = result.params.scales
+    return [None] * len(result.local.parts) if scales is None else list(scales.parts)
+
+
+def _noise_table(model: Any, client: Any, shards: list, scales: sc.ShardedScales, subjects) -> Any:
+    """``subject_noise_`` as a dask Series over the shards (as :meth:`_set_subject_noise` in memory)."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    meta = pd.Series(np.zeros(0), index=subjects[:0], name="sigma2")
+    parts = client.map(sc.noise_series, shards, list(scales.parts), sigma2=float(model.sigma2_), name="sigma2", pure=False)
+    return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
 
 def _set_aside(fit: ScaleFit, client: Any) -> ScaleFit:
     """``fit`` without its statistics and local results, whose futures are cancelled on the workers: with
     ``response_transform="auto"`` a worker then holds one scale's statistics at a time, not two.
     The globals, bound and warnings stay (the scales are compared on them); :func:`_restored` builds
-    the rest again if this scale is kept."""
-    _release(fit, client)
-    return replace(fit, stats=None, result=replace(fit.result, local=None))
+    the rest again if this scale is kept. Its subjects' residual scales (``noise_df``), part of its globals,
+    come to the driver meanwhile (2 floats per subject): on the workers they would be lost with the
+    statistics they were computed from."""
+    params = fit.result.params
+    if params.scales is not None:
+        params.scales.elbo  # noqa: B018 (known from here on: its parts on the workers are released below)
+        params = replace(params, scales=replace(params.scales, parts=tuple(client.gather(list(params.scales.parts)))))
+    _release(fit, client, everything=True)
+    return replace(fit, stats=None, result=replace(fit.result, local=None, params=params))
 
 
-def _release(fit: ScaleFit, client: Any) -> None:
-    """Cancel ``fit``'s statistics and local results on the workers (the fit's futures are unusable after)."""
-    client.cancel(list(fit.stats.shards) + list(fit.result.local.parts))
+def _release(fit: ScaleFit, client: Any, everything: bool = False) -> None:
+    """Cancel ``fit``'s statistics and local results on the workers (the fit's futures are unusable after); with
+    ``everything``, also its subjects' residual scales."""
+    futures = [] if fit.stats is None else list(fit.stats.shards) + list(fit.result.local.parts)
+    scales = fit.result.params.scales
+    if everything and scales is not None and fit.stats is not None:  # a set-aside fit holds its scales here
+        futures += list(scales.parts)
+    if futures:
+        client.cancel(futures)
 
 
 def _restored(fit: ScaleFit, frame: DaskFrame, client: Any) -> ScaleFit:
@@ -163,7 +196,11 @@ def _restored(fit: ScaleFit, frame: DaskFrame, client: Any) -> ScaleFit:
     design = fit.design
     stats = DaskStats(client, frame.on_scale(design.transform).shards(design), frame.n_subjects,
                       design.basis.n_basis, design.n_fixed)
-    local, params = final_local_step(stats, fit.result.prior, fit.result.params, fit.config)
+    params = fit.result.params
+    if params.scales is not None:  # back to the workers, one part per shard
+        params = replace(params, scales=replace(params.scales, parts=tuple(client.scatter(list(params.scales.parts),
+                                                                                          hash=False))))
+    local, params = final_local_step(stats, fit.result.prior, params, fit.config)
     return replace(fit, stats=stats, result=replace(fit.result, local=local, params=params))
 
 
@@ -182,7 +219,7 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     N = frame.n_subjects
     stats = DaskStats(client, frame.shards(design), N, design.basis.n_basis, design.n_fixed)
     rough = design.roughness
-    b_hat, sums = stats.ridge_init(0.5, rough)
+    b_hat, sums, (b_parts, ridge) = stats.ridge_init(0.5, rough)
     # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
     jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
     rival = None if to_beat is None else model_scale_elbo(to_beat, float(frame.pooled.n_obs), design.y_scale, jac)
@@ -194,12 +231,16 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
             prior = variant._make_prior(stats.dim_random, N, rough)
             config = replace(model._config(N, int(prior.path_components()[:, 0].max()) + 1), batch_size=None)
             noise, aux, fixed = init_noise_and_fixed_from_sums(sums, stats.dim_fixed, config)
+            scales = None
+            if config.subject_df is not None:  # each subject's residual scale from its ridge fit, on its worker
+                w, s2 = start_point(sums, stats.dim_fixed)
+                scales = stats.initial_scales(b_parts, w, s2, ridge, config.subject_df, config.learn_df)
 
             def init(p: RandomEffectsPrior, g: np.random.Generator, kind: str = kind) -> VariationalParams:
                 nz, ax = noise, aux
                 if kind == "cluster":  # one residual variance per first-layer component of this start
                     nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
-                return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g))
+                return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g), None, scales)
 
             callback = model._progress_callback()
             res, caught = recorded(lambda: run_vi_with_starts(  # only the kept run's warnings are raised

@@ -1,8 +1,8 @@
 """The per-subject results of a Dask fit, left on the cluster as dask collections.
 
 After ``model.fit(ddf)`` the tables with one row per subject,
-``responsibilities_``, ``labels_``, ``group_proba_``, ``groups_`` and
-``random_effects_``, are dask DataFrames / Series (index: subject) whose
+``responsibilities_``, ``labels_``, ``group_proba_``, ``groups_``,
+``random_effects_`` and (with ``noise_df``) ``subject_noise_``, are dask DataFrames / Series (index: subject) whose
 partitions are the final local step's outputs, already computed and held by
 the workers: nothing of size N is gathered unless asked for. Use them as any
 dask collection (``model.labels_.value_counts().compute()``,
@@ -14,18 +14,20 @@ after an in-memory fit.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from . import is_dask_collection
+from .scales import ShardedScales, gathered
 from .shard import Shard, ShardLocal
 
 __all__ = ["SUBJECT_TABLES", "proba_frame", "group_frame", "effects_frame", "subject_tables", "collect"]
 
 #: The fitted attributes with one row per subject.
-SUBJECT_TABLES = ("responsibilities_", "labels_", "group_proba_", "groups_", "random_effects_")
+SUBJECT_TABLES = ("responsibilities_", "labels_", "group_proba_", "groups_", "random_effects_", "subject_noise_")
 
 
 def proba_frame(shard: Shard, local: ShardLocal, order: np.ndarray) -> pd.DataFrame:
@@ -83,7 +85,8 @@ def subject_tables(model: Any, client: Any, shards: list, parts: list, subjects:
 
 
 def collect(model: Any) -> Any:
-    """Bring a Dask fit's per-subject tables (:data:`SUBJECT_TABLES`) into pandas; returns ``model``.
+    """Bring a Dask fit's per-subject tables (:data:`SUBJECT_TABLES`) and its subjects' residual scales
+    (``params_.scales``, with ``noise_df``) into pandas / numpy; returns ``model``.
 
     Costs O(N M) memory here. A model fitted in memory is returned unchanged.
     """
@@ -93,4 +96,7 @@ def collect(model: Any) -> Any:
 
         for name, value in zip(lazy, dask.compute(*(getattr(model, n) for n in lazy))):
             setattr(model, name, value)
+    scales = getattr(getattr(model, "params_", None), "scales", None)
+    if isinstance(scales, ShardedScales) and scales.parts:
+        model.params_ = replace(model.params_, scales=gathered(scales))
     return model

@@ -12,12 +12,14 @@ must lie in one partition.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .outputs import SUBJECT_TABLES
+from .scales import ShardedScales, light as light_scales
 
 __all__ = ["predict_partitions", "trajectory_partitions", "light_model"]
 
@@ -25,11 +27,15 @@ _METHODS = {"predict_proba": "cluster", "predict_group_proba": "group"}
 
 
 def light_model(model: Any) -> Any:
-    """A shallow copy of ``model`` without its per-subject tables (what travels to the workers)."""
+    """A shallow copy of ``model`` without its per-subject tables (what travels to the workers), nor its
+    subjects' residual scales (a prediction reads their nu only)."""
     light = copy.copy(model)
     for name in SUBJECT_TABLES + ("subjects_",):
         if hasattr(light, name):
             setattr(light, name, None)
+    scales = getattr(getattr(light, "params_", None), "scales", None)
+    if isinstance(scales, ShardedScales):
+        light.params_ = replace(light.params_, scales=light_scales(scales))
     return light
 
 

@@ -24,6 +24,7 @@ from ..data import Longitudinal
 from ..sufficient import SufficientStats
 from ..exceptions import DataError
 from ..inference.local import NoiseMoments, local_step
+from ..inference.subject_scales import SubjectScales, weighted_stats, with_scales
 from ..models.starting import ridge_estimates, ridge_penalties
 from ..models.design import LongitudinalDesign
 from ..prediction import fixed_effects_information
@@ -287,11 +288,13 @@ class ShardLocal:
     Attributes
     ----------
     resp : (n, M) q(c_i = c);  mean_b : (n, D) E_q[b_i];  sums : StepSums.
+    subject_quad : (n,) E[b_i'X_i'X_i b_i] on the data's own statistics, with residual scales only.
     """
 
     resp: np.ndarray
     mean_b: np.ndarray
     sums: StepSums
+    subject_quad: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -314,19 +317,30 @@ class StepFailure:
 def shard_step(
     shard: Shard,
     previous: ShardLocal | None,
+    scales: SubjectScales | None,
     globals_: StepGlobals,
     hard_assignment: bool,
     threshold: float,
     moment_threshold: float,
 ) -> ShardLocal:
     """:func:`~dmlmm.inference.local.local_step` on the shard, restricted (unless ``previous`` is
-    None) to the paths whose responsibility exceeded ``threshold`` in ``previous``."""
-    st = shard.stats
+    None) to the paths whose responsibility exceeded ``threshold`` in ``previous``; with its subjects'
+    residual ``scales``, on their statistics weighted by E[1/v_i], as the in-memory engine's step
+    (:func:`~dmlmm.inference.subject_scales.with_scales`)."""
     active = None if previous is None else previous.resp > threshold
+    quad = None
     try:  # the driver's floating-point error state, as the in-memory step runs under it
         with np.errstate(**globals_.errstate):
+            if scales is not None and not np.all(np.isfinite(scales.weight)):  # an extrapolation beyond the arithmetic
+                raise FloatingPointError("the subjects' residual scales are not finite")
+            st = shard.stats if scales is None else weighted_stats(shard.stats, scales.weight)
             loc = local_step(st, globals_.prior, globals_.noise, hard_assignment, active=active,
                              moment_threshold=moment_threshold)
+            if scales is not None:
+                pp, noise = globals_.prior, globals_.noise
+                log_evidence, quad = with_scales(loc.log_evidence, loc.resp, st, pp.precision, pp.shift, noise.prec,
+                                                 noise.w_mean, scales, moment_threshold)
+                loc = replace(loc, log_evidence=log_evidence)
     except (np.linalg.LinAlgError, FloatingPointError) as err:
         return StepFailure(type(err).__name__, str(err))
     r = loc.resp
@@ -343,13 +357,16 @@ def shard_step(
         Fty=r.T @ st.Fty,
         FtF=np.einsum("nc,npq->cpq", r, st.FtF),
     )
-    return ShardLocal(r, loc.mean_b, sums)
+    return ShardLocal(r, loc.mean_b, sums, quad)
 
 
-def fixed_information(shard: Shard, local: ShardLocal, mix: PointMixture, sigma2: np.ndarray) -> np.ndarray:
+def fixed_information(shard: Shard, local: ShardLocal, scales: SubjectScales | None, mix: PointMixture,
+                      sigma2: np.ndarray) -> np.ndarray:
     """The shard's information about the fixed effects (P, P)
-    (:func:`~dmlmm.prediction.fixed_effects_information` at its final responsibilities)."""
-    return fixed_effects_information(shard.stats, mix, sigma2, local.resp)
+    (:func:`~dmlmm.prediction.fixed_effects_information` at its final responsibilities), each subject's
+    at its expected residual scale with ``scales``."""
+    st = shard.stats if scales is None else weighted_stats(shard.stats, scales.weight)
+    return fixed_effects_information(st, mix, sigma2, local.resp)
 
 
 def resp_change(previous: ShardLocal, local: ShardLocal) -> float:

@@ -15,6 +15,10 @@ Each local step
 So the driver's memory per iteration is O(partitions * M D^2) and a worker's
 is bounded by its shards plus two steps' per-subject outputs (the current one
 and the one whose responsibilities restrict the next step).
+
+With subject-level residual scales (``noise_df``) each shard also holds its subjects' q(v_i)
+(:mod:`.scales`): :meth:`DaskStats.weighted` is the view whose local step weighs them in, and
+:meth:`DaskStats.update_scales` updates them after the global updates.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import numpy as np
 
 from ..inference.engine import VIConfig
 from ..expfam import Gaussian, InvGamma
+from . import scales as sc
 from ..inference.local import NoiseMoments
 from ..models.starting import pooled_ridge, ridge_prior
 from ..priors.base import PathMoments, PathPrior
 from . import shard as sh
 
-__all__ = ["DaskStats", "DistributedLocal", "ActivePaths", "init_noise_and_fixed_from_sums"]
+__all__ = ["DaskStats", "DistributedLocal", "ActivePaths", "init_noise_and_fixed_from_sums", "start_point"]
 
 
 @dataclass(frozen=True)
@@ -87,10 +92,13 @@ class DaskStats:
     n_subjects, dim_random, dim_fixed : int
     """
 
-    def __init__(self, client: Any, shards: list, n_subjects: int, dim_random: int, dim_fixed: int) -> None:
+    def __init__(self, client: Any, shards: list, n_subjects: int, dim_random: int, dim_fixed: int,
+                 scales: sc.ShardedScales | None = None) -> None:
         self.client = client
         self.shards = shards
         self._n, self._d, self._p = int(n_subjects), int(dim_random), int(dim_fixed)
+        self.scales = scales  # the subjects' residual scales that the local step weighs in (weighted())
+        self._n_obs: np.ndarray | None = None
 
     @property
     def n_subjects(self) -> int:
@@ -120,13 +128,22 @@ class DaskStats:
         c = self.client
         glob = c.scatter(sh.StepGlobals(prior, noise, np.geterr()), broadcast=True, hash=False)
         previous = [None] * len(self.shards) if active is None else active.local.parts
+        scales = [None] * len(self.shards) if self.scales is None else list(self.scales.parts)
         threshold = 0.0 if active is None else float(active.threshold)
         parts = c.map(
-            sh.shard_step, self.shards, previous, globals_=glob, hard_assignment=bool(hard_assignment),
+            sh.shard_step, self.shards, previous, scales, globals_=glob, hard_assignment=bool(hard_assignment),
             threshold=threshold, moment_threshold=float(moment_threshold), pure=False,
         )
-        sums = c.gather(c.map(sh.step_sums, parts, pure=False))
+        sums = c.map(sh.step_sums, parts, pure=False)
+        pending = self.scales is not None and not self.scales.elbo_known
+        if pending:  # the scales' ELBO term comes back with the sums (dmlmm.distributed.scales)
+            got = c.gather(sums + list(self.scales.elbo_parts))
+            sums = got[:len(parts)]
+        else:
+            sums = c.gather(sums)
         sh.raise_failures(sums)
+        if pending:
+            self.scales.know_elbo(got[len(parts):])
         sums = sh.add_all(sums)
         return DistributedLocal(parts, sums)
 
@@ -153,9 +170,39 @@ class DaskStats:
         rss = err - 2.0 * (s.path_xty_b - s.path_xtf_b @ w_mean) + s.path_quad
         return rss, s.n_obs
 
+    # ------------------------------------------------------------------ subject-level residual scales
+    def weighted(self, scales: sc.ShardedScales) -> "DaskStats":
+        """These statistics as the local step and the global updates see them with residual scales
+        ``scales``: each subject's weighted by E[1/v_i] on its worker (:func:`~.shard.shard_step`)."""
+        view = DaskStats(self.client, self.shards, self._n, self._d, self._p, scales)
+        view._n_obs = self._n_obs
+        return view
+
+    def update_scales(self, scales: sc.ShardedScales, local: DistributedLocal, w_mean: np.ndarray,
+                      w_cov: np.ndarray, noise_prec: float, learn_df: bool) -> sc.ShardedScales:
+        """q(v) (and nu, with ``learn_df``) after the local step ``local`` (:func:`~dmlmm.inference.backend.updated_scales`)."""
+        half = self.client.map(sc.shard_half_rss, self.shards, local.parts, w_mean=w_mean, w_cov=w_cov,
+                               noise_prec=float(noise_prec), pure=False)
+        return sc.settle(self.client, self.shards, half, scales.df, learn_df, self.n_obs)
+
+    def initial_scales(self, b_parts: list, w: np.ndarray, s2: float, ridge: tuple, df: float,
+                       learn_df: bool) -> sc.ShardedScales:
+        """The starting q(v) from the ridge fits ``b_parts`` (futures, one per shard), as
+        :func:`~dmlmm.inference.engine.init_globals` in memory."""
+        half = self.client.map(sc.start_half_rss, self.shards, b_parts, w=w, s2=float(s2), ridge=ridge, pure=False)
+        return sc.settle(self.client, self.shards, half, df, learn_df, self.n_obs)
+
+    def n_obs(self) -> np.ndarray:
+        """Every subject's number of observations (N,), in the shards' order (gathered once)."""
+        if self._n_obs is None:
+            c = self.client
+            self._n_obs = np.concatenate(c.gather(c.map(sc.shard_n_obs, self.shards, pure=False)))
+        return self._n_obs
+
     # ------------------------------------------------------------------ the start
-    def ridge_init(self, penalty: float, roughness: np.ndarray | None) -> tuple[np.ndarray, sh.InitSums]:
-        """Starting estimates of every subject (N, D) on the driver (partition order), and their InitSums.
+    def ridge_init(self, penalty: float, roughness: np.ndarray | None) -> tuple[np.ndarray, sh.InitSums, tuple]:
+        """Starting estimates of every subject (N, D) on the driver (partition order), their InitSums, and
+        ``(futures of the estimates per shard, the ridge prior (P, m))`` for the residual scales' start.
 
         The estimates are gathered because the priors' initialisation (k-means, per-cluster factor
         analysis) runs on all of them: O(N D) memory on the driver, once.
@@ -169,7 +216,19 @@ class DaskStats:
         ridge = ridge_prior(penalty, roughness, pooled)
         sums = sh.add_all(c.gather(c.map(sh.init_sums, self.shards, b, ridge=ridge, pure=False)))
         b_hat = np.concatenate(c.gather(b), axis=0)
-        return b_hat, sums
+        return b_hat, sums, (b, ridge)
+
+
+def start_point(sums: sh.InitSums, n_fixed: int) -> tuple[np.ndarray, float]:
+    """The starting fixed effects w (P,) and sigma^2 from sums over subjects (as
+    :func:`~dmlmm.inference.engine.init_globals`)."""
+    P = n_fixed
+    w = np.zeros(P)
+    if P > 0:
+        w = np.linalg.solve(sums.FtF + 1e-6 * np.eye(P), sums.Fty - sums.XtF_b)
+    rss = sums.yty - 2 * sums.xty_b + sums.bxtxb - 2 * sums.Fty @ w + 2 * sums.XtF_b @ w + w @ sums.FtF @ w
+    rss = rss + sums.penalty
+    return w, max(rss / max(sums.n_obs, 1), 1e-3)
 
 
 def init_noise_and_fixed_from_sums(
@@ -178,13 +237,8 @@ def init_noise_and_fixed_from_sums(
     """:func:`~dmlmm.inference.engine.init_noise_and_fixed` from sums over subjects (same formulas)."""
     P = n_fixed
     fixed = None
-    w = np.zeros(P)
-    if P > 0:
-        w = np.linalg.solve(sums.FtF + 1e-6 * np.eye(P), sums.Fty - sums.XtF_b)
-    rss = sums.yty - 2 * sums.xty_b + sums.bxtxb - 2 * sums.Fty @ w + 2 * sums.XtF_b @ w + w @ sums.FtF @ w
-    rss = rss + sums.penalty
+    w, s2 = start_point(sums, P)
     n = sums.n_obs
-    s2 = max(rss / max(n, 1), 1e-3)
     shape = 0.5 + 0.5 * n
     noise = InvGamma(np.asarray(shape), np.asarray(shape * s2))
     aux = InvGamma(np.asarray(1.0), np.asarray(1.0 / s2 + 1.0 / config.noise_scale**2))

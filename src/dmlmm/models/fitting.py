@@ -206,11 +206,6 @@ class Fitting:
         self._check_params()
         transform = check_transform(getattr(self, "response_transform", None))
         if is_dask_collection(data):  # per-subject work on the Dask workers (dmlmm.distributed)
-            if self._noise_df() is not None:
-                raise NotImplementedError(
-                    "noise_df (subject-level residual scales) is not supported for Dask DataFrames yet: fit in "
-                    "memory (e.g. on df.compute() or a subsample), or set noise_df=None"
-                )
             if self._membership_columns():
                 raise NotImplementedError(
                     "membership_covariates are not supported for Dask DataFrames yet: fit in memory "
