@@ -242,7 +242,6 @@ def test_prior_options_reach_the_model(patients, tmp_path):
     (["--model", "lmm", "--method", "reml", "--noise", "cluster"], "--noise applies to the variational fits"),
     (["--covariance", "full"], "--covariance applies to --model mixture and --model lmm"),
     (["--noise-df", "0"], "--noise-df must be none, auto or a positive number, got '0'"),
-    (["--noise-df", "auto", "--noise", "cluster"], "--noise-df needs one shared residual variance (--noise shared), got --noise cluster"),
     (["--model", "lmm", "--method", "ml", "--noise-df", "4"], "--noise-df applies to the variational fits"),
     (["--model", "mixture", "--smoothing", "none", "--covariance", "pspline"],
      "--covariance pspline needs the smoothness prior"),

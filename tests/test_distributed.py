@@ -441,21 +441,24 @@ def test_auto_scales_hold_one_scale_at_a_time(client, dgp1_frame, monkeypatch):
 def test_subject_scales_same_answer(client, dgp1_frame, tmp_path):
     """``noise_df`` on a Dask frame: each subject's q(v_i) stays on its worker, nu is learned from all of them
     on the driver and SQUAREM extrapolates them where they are (dmlmm.distributed.scales): the in-memory
-    fit's nu, ELBO, subjects' residual variances, fixed effects' covariance and bands (before, refused). The response is positive, so
-    the log scale is fitted first and set aside, its scales kept on the workers, and restored when it wins."""
-    df, _ = dgp1_frame
+    fit's nu, ELBO, subjects' residual variances, fixed effects' covariance and bands (before, refused). The
+    response is positive, so the log scale is fitted first and set aside, its scales kept on the workers, and
+    restored when it wins. One group is noisier: ``noise="auto"`` fits one residual variance and one per
+    cluster (with the scales, sigma2_k v_i) and keeps the latter, on both."""
+    df, truth = dgp1_frame
     rng = np.random.default_rng(1)
     subjects = df["subject"].unique()[:80]
     noisy = pd.Series(rng.random(len(subjects)) < 0.25, index=subjects)  # a quarter of the subjects 4x noisier
     pos = df[df["subject"].isin(subjects)].copy()
     pos["y"] += 0.9 * noisy.loc[pos["subject"]].to_numpy() * rng.standard_normal(len(pos))
+    pos["y"] += 0.6 * (truth.loc[pos["subject"]].to_numpy() == truth.iloc[0]) * rng.standard_normal(len(pos))  # one group noisier
     pos["y"] = np.exp(pos["y"] / 2)
-    kw = dict(n_components=2, basis=SplineBasis(6), noise_df="auto", random_state=0, max_iter=60)
+    kw = dict(n_components=2, basis=SplineBasis(6), noise_df="auto", noise="auto", random_state=0, max_iter=60)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         m0 = MixtureLMM(**kw).fit(pos, covariates=["age"])
         m1 = MixtureLMM(**kw).fit(dd.from_pandas(pos, npartitions=2, sort=False), covariates=["age"])
-    assert m0.response_transform_ == m1.response_transform_ == "log"
+    assert m0.response_transform_ == m1.response_transform_ == "log" and m0.noise_ == m1.noise_ == "cluster"
     assert 2.0 < m0.noise_df_ < 30.0  # heavy tails found
     np.testing.assert_allclose(m1.noise_df_, m0.noise_df_, rtol=1e-6)
     np.testing.assert_allclose(list(m1.elbo_by_transform_.values()), list(m0.elbo_by_transform_.values()), rtol=1e-6)
@@ -463,7 +466,8 @@ def test_subject_scales_same_answer(client, dgp1_frame, tmp_path):
     _same_fit(m0, m1)
     np.testing.assert_allclose(m1.subject_noise_.reindex(m0.subject_noise_.index).to_numpy(), m0.subject_noise_.to_numpy(),
                                rtol=1e-6)
-    noisiest = m0.subject_noise_.sort_values().index[-len(subjects) // 5:]  # the model finds the noisy subjects
+    own = m0.subject_noise_ / m0.sigma2_by_cluster_.to_numpy()[m0.groups_.loc[m0.subject_noise_.index].to_numpy()]
+    noisiest = own.sort_values().index[-len(subjects) // 5:]  # E[v_i]: the model finds the noisy subjects
     assert noisy.loc[noisiest].mean() > 0.8
     some = pos[pos["subject"].isin(subjects[:4])]
     np.testing.assert_allclose(m1.predict_noise(some).to_numpy(), m0.predict_noise(some).to_numpy(), rtol=1e-6)

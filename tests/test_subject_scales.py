@@ -17,8 +17,9 @@ from dmlmm.expfam import InvGamma
 from dmlmm.metrics import adjusted_rand_index
 from dmlmm.inference.engine import VariationalParams, VIConfig, init_noise_and_fixed, noise_moments, run_vi
 from dmlmm.inference.local import local_step, observation_factor
-from dmlmm.inference.subject_scales import (DF_MAX, SubjectScales, initial_scales, log_likelihood_shift, optimal_df,
-                                            profile_elbo, scales_elbo, subject_quad, subject_rss, weighted_stats)
+from dmlmm.inference.noise import path_groups, per_cluster
+from dmlmm.inference.subject_scales import (DF_MAX, SubjectScales, group_moments, half_rss, initial_scales,
+                                            log_likelihood_shift, optimal_df, profile_elbo, scales_elbo, weighted_stats)
 from dmlmm.models.base import ridge_estimates
 from dmlmm.prediction import condition
 from dmlmm.prediction_scales import condition_with_scales
@@ -30,12 +31,14 @@ from test_cluster_noise import _toy_stats  # two groups of subjects with residua
 from test_vi_engine import _gauss_sample, _ig_logpdf, _ig_sample, _local_elbo_draws, _mc_check, _sample_dmfa_layers
 
 
-def _scaled_start(stats, prior, df=4.0, learn=True, iters=3, accelerate=True, seed=0):
+def _scaled_start(stats, prior, df=4.0, learn=True, iters=3, accelerate=True, seed=0, cluster=False):
     rng = np.random.default_rng(seed)
     b_hat = ridge_estimates(stats)
     config = VIConfig(max_iter=iters, tol=1e-300, prune_threshold=0.0, subject_df=df, learn_df=learn,
                       accelerate=accelerate)
     noise, aux, fixed = init_noise_and_fixed(stats, b_hat, config)
+    if cluster:  # one residual variance per first-layer component
+        noise, aux = per_cluster(noise, aux, int(prior.path_components()[:, 0].max()) + 1)
     params = VariationalParams(noise, aux, fixed, prior.init_params(b_hat, rng), None, initial_scales(stats.n_obs, df))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -81,33 +84,49 @@ def test_local_elbo_with_subject_scales_matches_monte_carlo():
     _mc_check(total, exact, "local ELBO with subject scales")
 
 
-@pytest.mark.parametrize("dim, n_obs", [(3, 6), (14, 3)], ids=["dense", "observation-space"])
-def test_subject_quad_and_rss_match_the_local_moments(dim, n_obs):
-    """Per subject, E[b'X'Xb] and E||y - Xb - Fw||^2 against the local step's own moments of that subject alone
-    (with 14 functions and 3 visits each, through the subjects' Gram factors)."""
+@pytest.mark.parametrize("dim, n_obs, cluster", [(3, 6, False), (14, 3, False), (3, 6, True), (14, 3, True)],
+                         ids=["dense", "observation-space", "dense-cluster-noise", "observation-space-cluster-noise"])
+def test_group_moments_and_rss_match_the_local_moments(dim, n_obs, cluster):
+    """Per subject and noise group, E[b'X'Xb], E[b] and R_i = sum_g E[1/sigma_g^2] E[1{c in g} ||y - Xb - Fw||^2] / 2
+    against the local step's own moments of that subject and path alone (with 14 functions and 3 visits each,
+    through the subjects' Gram factors; with one residual variance per first-layer component, two groups)."""
     stats = _toy_stats(seed=1, n_subjects=5, n_fixed=2, dim=dim, n_obs=n_obs)
-    prior = GaussianMixturePrior(dim, 2)
-    res, _ = _scaled_start(stats, prior)
+    prior = DeepMixturePrior(dim, (2, 2), (1, 1))
+    res, _ = _scaled_start(stats, prior, cluster=cluster)
     params = res.params
+    paths = prior.path_components()
     pp, _ = prior.path_prior(params.prior)
-    nm = noise_moments(params, stats.dim_fixed, prior.path_components())
+    nm = noise_moments(params, stats.dim_fixed, paths)
+    groups = path_groups(params.noise, paths)
+    assert groups.max() == (1 if cluster else 0)
     weight = params.scales.weight
     weighted = weighted_stats(stats, weight)
     assert (observation_factor(weighted) is not None) == (n_obs < dim)
     loc = local_step(weighted, pp, nm, moment_threshold=0.0)
     s_path = np.broadcast_to(nm.prec, (prior.n_paths,))
-    quad = subject_quad(weighted, pp.precision, pp.shift, s_path, loc.resp, nm.w_mean, 0.0) / weight
+    mom = group_moments(weighted, pp.precision, pp.shift, s_path, loc.resp, nm.w_mean, loc.mean_b, weight, groups, 0.0)
     wm, wc, _ = params.fixed.moments()
-    rss = subject_rss(stats, loc.mean_b, quad, wm, wc)
+    s_group = np.atleast_1d(params.noise.mean_inv)
+    half = half_rss(stats, mom, s_group, wm, wc)
     for i in range(stats.n_subjects):
-        one = local_step(weighted.subset(np.array([i])), pp, nm, moment_threshold=0.0)
-        second = one.moments.second.sum(0)  # E[b b'] of subject i
-        first = one.moments.first.sum(0)
-        assert quad[i] == pytest.approx(np.trace(stats.XtX[i] @ second), rel=1e-8)
-        expected = (stats.yty[i] - 2 * stats.Xty[i] @ first - 2 * stats.Fty[i] @ wm
-                    + np.trace(stats.XtX[i] @ second) + 2 * first @ stats.XtF[i] @ wm
-                    + np.trace(stats.FtF[i] @ (wc + np.outer(wm, wm))))
-        assert rss[i] == pytest.approx(expected, rel=1e-8)
+        expected_half = 0.0
+        for g in range(groups.max() + 1):
+            on = groups == g
+            one = local_step(weighted.subset(np.array([i])), replace(pp, log_weight=np.where(on, pp.log_weight, -np.inf)),
+                             nm, moment_threshold=0.0)  # subject i on group g's paths alone
+            second = one.moments.second.sum(0) / one.moments.weight.sum()  # E[b b' | c in g]
+            first = one.moments.first.sum(0) / one.moments.weight.sum()
+            r_g = loc.resp[i, on].sum()
+            assert mom.resp[i, g] == pytest.approx(r_g, rel=1e-10)
+            assert mom.quad[i, g] == pytest.approx(r_g * np.trace(stats.XtX[i] @ second), rel=1e-8)
+            np.testing.assert_allclose(mom.mean[i, g], r_g * first, rtol=1e-8, atol=1e-12)
+            rss = (stats.yty[i] - 2 * stats.Xty[i] @ first - 2 * stats.Fty[i] @ wm
+                   + np.trace(stats.XtX[i] @ second) + 2 * first @ stats.XtF[i] @ wm
+                   + np.trace(stats.FtF[i] @ (wc + np.outer(wm, wm))))
+            expected_half += 0.5 * s_group[g] * r_g * rss
+        # R_i is a small difference of large terms where 3 visits nearly fix 14 coefficients (here 1.4 out of
+        # 0.5 E[1/sigma^2] y'y = 1.1e7): to 1e-13 of those terms
+        assert half[i] == pytest.approx(expected_half, rel=1e-8, abs=1e-13 * 0.5 * s_group.max() * stats.yty[i])
 
 
 def test_profile_elbo_is_the_elbo_at_the_optimal_q_and_optimal_df_maximises_it():
@@ -132,9 +151,11 @@ def test_profile_elbo_is_the_elbo_at_the_optimal_q_and_optimal_df_maximises_it()
 
 @pytest.mark.parametrize("prior", [DeepMixturePrior(4, (3, 2), (2, 1)), GaussianMixturePrior(4, 3)], ids=["dmfa", "gmm"])
 @pytest.mark.parametrize("accelerate", [False, True])
-def test_elbo_never_decreases_with_subject_scales(prior, accelerate):
+@pytest.mark.parametrize("cluster", [False, True], ids=["shared", "cluster-noise"])
+def test_elbo_never_decreases_with_subject_scales(prior, accelerate, cluster):
     stats = _toy_stats(seed=2, n_subjects=40, n_obs=6, dim=4, n_fixed=2)
-    res, _ = _scaled_start(stats, prior, iters=80, accelerate=accelerate)
+    res, _ = _scaled_start(stats, prior, iters=80, accelerate=accelerate, cluster=cluster)
+    assert np.size(res.params.noise.shape) == (3 if cluster else 1)
     h = np.asarray(res.elbo_history)
     assert (res.n_iter == 80 or res.converged) and len(h) >= 20
     assert np.all(np.diff(h) >= -1e-9 * np.abs(h[1:])), np.diff(h).min()
@@ -258,10 +279,42 @@ def test_fitted_attributes_and_save_load(tmp_path):
     assert m.predict_noise(new).iloc[0] == pytest.approx(m.sigma2_ * 4.0 / (4.0 - 2.0), rel=1e-6)
 
 
+def test_scales_with_one_residual_variance_per_cluster():
+    """noise="cluster" with noise_df: subject i in cluster k has residual variance sigma2_k v_i. Two groups of
+    subjects whose residual variances differ fourfold, a fifth of each group's subjects four times noisier
+    again: the fit finds the groups, the two variances and heavy tails; a noisy subject's residual variance
+    is its cluster's times its own scale; noise="auto" keeps the model with the higher ELBO."""
+    rng = np.random.default_rng(11)
+    rows, truth, noisy = [], [], []
+    for i in range(160):
+        g, loud = i % 2, rng.random() < 0.2
+        t = np.sort(rng.uniform(0, 10, 8))
+        f = (2.0 * g - 1.0) * np.sin(t / 2) * 2 + rng.normal(0, 0.3) + 0.1 * t
+        sd = (0.15 if g == 0 else 0.3) * (2.0 if loud else 1.0)
+        rows.append(pd.DataFrame({"subject": i, "time": t, "y": f + sd * rng.normal(size=8)}))
+        truth.append(g)
+        noisy.append(loud)
+    data = pd.concat(rows, ignore_index=True)
+    truth, noisy = np.array(truth), np.array(noisy)
+    kw = dict(noise_df="auto", response_transform=None, random_state=0)
+    m = MixtureLMM(2, noise="cluster", **kw).fit(data)
+    assert m.noise_ == "cluster" and m.noise_df_ < 30.0
+    assert adjusted_rand_index(truth, m.groups_.loc[range(160)].to_numpy()) == 1.0
+    by_group = m.sigma2_by_cluster_.to_numpy()
+    quiet_group = int(pd.Series(m.groups_.to_numpy()[truth == 0]).mode()[0])
+    assert by_group[1 - quiet_group] / by_group[quiet_group] == pytest.approx(4.0, rel=0.35)  # truth 4
+    ratio = m.subject_noise_.to_numpy() / by_group[m.groups_.loc[m.subject_noise_.index].to_numpy()]  # ~ E[v_i]
+    assert np.median(ratio[noisy]) > 2.0 * np.median(ratio[~noisy])
+    shared = MixtureLMM(2, noise="shared", **kw).fit(data)
+    both = MixtureLMM(2, noise="auto", **kw).fit(data)
+    assert m.elbo_ > shared.elbo_ and both.noise_ == "cluster" and both.elbo_ == pytest.approx(m.elbo_, rel=1e-9)
+    new = pd.DataFrame({"subject": ["new"], "time": [3.0], "y": [np.nan]})  # no data: the prior's mix of the two
+    got = m.predict_noise(new).iloc[0] / (m.noise_df_ / (m.noise_df_ - 2.0))
+    assert by_group.min() < got < by_group.max()
+
+
 def test_noise_df_errors():
     data, _ = _noisy_frame(n_subjects=30, seed=6)
-    with pytest.raises(ValueError, match="noise_df='auto' \\(subject-level residual scales\\) needs noise='shared', got noise='cluster'"):
-        MixtureLMM(2, noise="cluster", noise_df="auto").fit(data)
     with pytest.raises(ValueError, match="noise_df must be None, 'auto' or a positive number"):
         MixtureLMM(2, noise_df=-1).fit(data)
 

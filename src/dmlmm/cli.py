@@ -264,7 +264,7 @@ def main() -> None:
 @click.option("--noise-df", default=None,
               help="Subject-level residual scales: each subject's residuals Student-t with this many degrees of "
                    "freedom (a number > 0), or auto: learned (a noisy subject's visits then count for less and "
-                   "its bands widen); none: one residual variance for all. Needs --noise shared. Variational "
+                   "its bands widen); none: one residual variance for all. Works with every --noise. Variational "
                    "fits only. [none]")
 @click.option("--loading-order", default=None,
               help="Deep mixture: smoothness of the loading curves, a number >= 1 (2 keeps the factors alive as "
@@ -379,8 +379,6 @@ def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None
         out["noise"] = noise
     if noise_df is not None:
         out["noise_df"] = _parse_noise_df(noise_df)
-        if out["noise_df"] is not None and noise not in (None, "shared"):
-            raise CliError(f"--noise-df needs one shared residual variance (--noise shared), got --noise {noise}")
     if loading_order is not None:
         if kind not in ("deep", "auto"):
             raise CliError("--loading-order applies to the deep mixture (--model deep) only")

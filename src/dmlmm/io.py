@@ -394,7 +394,10 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
     else:  # files written before per-cluster noise: one shared variance
         k1 = len(model.components_kept_[0])
         model.sigma2_by_cluster_ = pd.Series(np.full(k1, model.sigma2_), index=pd.RangeIndex(k1, name="group"), name="sigma2")
-    model._set_subject_noise()
+    proba = model.responsibilities_.to_numpy()
+    resp = np.empty_like(proba)
+    resp[:, model._path_order] = proba  # the clusters (numbered by size) back in the prior's path order
+    model._set_subject_noise(resp)
     model.labels_ = model._labels_from(model.responsibilities_)
     model.groups_ = model._labels_from(model.group_proba_)
     model.response_transform_ = model.design_.transform

@@ -143,7 +143,7 @@ def fit_dask(
         setattr(model, name, value)
     if best.params.scales is not None:  # subject-level residual scales: E[sigma^2 v_i] per subject, on the workers
         model.noise_df_ = float(best.params.scales.df)
-        model.subject_noise_ = _noise_table(model, client, stats.shards, best.params.scales, frame.subjects)
+        model.subject_noise_ = _noise_table(model, client, stats.shards, local.parts, best.params.scales, frame.subjects)
     return model
 
 
@@ -153,13 +153,14 @@ def _scale_parts(result) -> list:
     return [None] * len(result.local.parts) if scales is None else list(scales.parts)
 
 
-def _noise_table(model: Any, client: Any, shards: list, scales: sc.ShardedScales, subjects) -> Any:
+def _noise_table(model: Any, client: Any, shards: list, local_parts: list, scales: sc.ShardedScales, subjects) -> Any:
     """``subject_noise_`` as a dask Series over the shards (as :meth:`_set_subject_noise` in memory)."""
     import dask.dataframe as dd
     import pandas as pd
 
     meta = pd.Series(np.zeros(0), index=subjects[:0], name="sigma2")
-    parts = client.map(sc.noise_series, shards, list(scales.parts), sigma2=float(model.sigma2_), name="sigma2", pure=False)
+    parts = client.map(sc.noise_series, shards, local_parts, list(scales.parts), sigma2=model._noise_by_path(),
+                       name="sigma2", pure=False)
     return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
 

@@ -8,7 +8,7 @@ one :class:`~dmlmm.inference.subject_scales.SubjectScales` per shard, and the dr
 1. the local step weighs each shard's statistics by its subjects' ``E[1/v_i]`` on the worker and returns
    the log evidence with their ``-n_i/2 E[log v_i]`` (:func:`~dmlmm.distributed.shard.shard_step`);
 2. after the global updates, each shard computes its subjects' ``R_i = E[1/sigma^2] E||r_i||^2 / 2``
-   (:func:`shard_half_rss`); with a fixed ``nu`` it sets its q(v_i) from them at once; with ``noise_df="auto"``
+   (per noise group with one residual variance per cluster; :func:`shard_half_rss`); with a fixed ``nu`` it sets its q(v_i) from them at once; with ``noise_df="auto"``
    the driver gathers the ``R_i`` (N floats: the one O(N) transfer of an iteration), takes the optimal ``nu``
    as the in-memory fit does (:func:`~dmlmm.inference.subject_scales.optimal_df`) and broadcasts it;
 3. SQUAREM's step length takes the scales' part of its norms from the shards, and the shards extrapolate
@@ -31,7 +31,8 @@ import pandas as pd
 
 from ..accel import from_unconstrained, squarem_leaves, squarem_norms, to_unconstrained
 from ..inference.engine import subject_residuals
-from ..inference.subject_scales import SubjectScales, optimal_df, optimal_scales, scales_elbo, subject_rss
+from ..inference.subject_scales import SubjectScales, half_rss, optimal_df, optimal_scales, scales_elbo
+from ..models.fitting import subject_noise
 from ..models.starting import ridge_penalties
 
 __all__ = ["ShardedScales", "start_half_rss", "shard_half_rss", "shard_scales", "shard_squarem_norms",
@@ -48,11 +49,10 @@ def start_half_rss(shard, b_hat: np.ndarray, w: np.ndarray, s2: float, ridge: tu
     return 0.5 * per_subject / s2
 
 
-def shard_half_rss(shard, local, w_mean: np.ndarray, w_cov: np.ndarray, noise_prec: float) -> np.ndarray:
-    """The shard's ``R_i = E[1/sigma^2] E||y_i - X_i b_i - F_i w||^2 / 2`` (n,) after a local step ``local``
-    (a :class:`~dmlmm.distributed.shard.ShardLocal` with ``subject_quad``), on the data's own statistics."""
-    rss = subject_rss(shard.stats, local.mean_b, local.subject_quad, w_mean, w_cov)
-    return 0.5 * float(noise_prec) * rss
+def shard_half_rss(shard, local, w_mean: np.ndarray, w_cov: np.ndarray, noise_prec) -> np.ndarray:
+    """The shard's ``R_i`` (n,) after a local step ``local`` (a :class:`~dmlmm.distributed.shard.ShardLocal`
+    with ``scale_moments``): :func:`~dmlmm.inference.subject_scales.half_rss`, E[1/sigma^2] per noise group."""
+    return half_rss(shard.stats, local.scale_moments, noise_prec, w_mean, w_cov)
 
 
 def shard_scales(shard, half_rss: np.ndarray, df: float) -> SubjectScales:
@@ -87,9 +87,10 @@ def part_elbo(scales: SubjectScales) -> float:
         return scales_elbo(scales)
 
 
-def noise_series(shard, scales: SubjectScales, sigma2: float, name: str) -> pd.Series:
-    """The shard's ``E[sigma^2 v_i] = sigma2 E[v_i]`` (``subject_noise_``), indexed by subject."""
-    return pd.Series(sigma2 * np.asarray(scales.q.mean, dtype=float), index=shard.subjects, name=name)
+def noise_series(shard, local, scales: SubjectScales, sigma2, name: str) -> pd.Series:
+    """The shard's ``E[sigma^2_{c_i} v_i]`` (``subject_noise_``, :func:`~dmlmm.models.fitting.subject_noise`),
+    indexed by subject; ``sigma2``: one shared E[sigma^2] or each path's."""
+    return pd.Series(subject_noise(local.resp, sigma2, scales.q), index=shard.subjects, name=name)
 
 
 # --------------------------------------------------------------------------- driver side

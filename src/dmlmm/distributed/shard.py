@@ -24,7 +24,7 @@ from ..data import Longitudinal
 from ..sufficient import SufficientStats
 from ..exceptions import DataError
 from ..inference.local import NoiseMoments, local_step
-from ..inference.subject_scales import SubjectScales, weighted_stats, with_scales
+from ..inference.subject_scales import GroupMoments, SubjectScales, weighted_stats, with_scales
 from ..models.starting import ridge_estimates, ridge_penalties
 from ..models.design import LongitudinalDesign
 from ..prediction import fixed_effects_information
@@ -250,6 +250,7 @@ class StepGlobals:
     prior: PathPrior
     noise: NoiseMoments
     errstate: dict = field(default_factory=dict)
+    groups: np.ndarray | None = None  # each path's noise group, for the residual scales' moments
 
 
 @dataclass(frozen=True)
@@ -288,13 +289,13 @@ class ShardLocal:
     Attributes
     ----------
     resp : (n, M) q(c_i = c);  mean_b : (n, D) E_q[b_i];  sums : StepSums.
-    subject_quad : (n,) E[b_i'X_i'X_i b_i] on the data's own statistics, with residual scales only.
+    scale_moments : GroupMoments of the shard's subjects (per noise group), with residual scales only.
     """
 
     resp: np.ndarray
     mean_b: np.ndarray
     sums: StepSums
-    subject_quad: np.ndarray | None = None
+    scale_moments: GroupMoments | None = None
 
 
 @dataclass(frozen=True)
@@ -328,7 +329,7 @@ def shard_step(
     residual ``scales``, on their statistics weighted by E[1/v_i], as the in-memory engine's step
     (:func:`~dmlmm.inference.subject_scales.with_scales`)."""
     active = None if previous is None else previous.resp > threshold
-    quad = None
+    moments = None
     try:  # the driver's floating-point error state, as the in-memory step runs under it
         with np.errstate(**globals_.errstate):
             if scales is not None and not np.all(np.isfinite(scales.weight)):  # an extrapolation beyond the arithmetic
@@ -338,8 +339,8 @@ def shard_step(
                              moment_threshold=moment_threshold)
             if scales is not None:
                 pp, noise = globals_.prior, globals_.noise
-                log_evidence, quad = with_scales(loc.log_evidence, loc.resp, st, pp.precision, pp.shift, noise.prec,
-                                                 noise.w_mean, scales, moment_threshold)
+                log_evidence, moments = with_scales(loc.log_evidence, loc.resp, loc.mean_b, st, pp.precision, pp.shift,
+                                                    noise.prec, noise.w_mean, scales, globals_.groups, moment_threshold)
                 loc = replace(loc, log_evidence=log_evidence)
     except (np.linalg.LinAlgError, FloatingPointError) as err:
         return StepFailure(type(err).__name__, str(err))
@@ -357,7 +358,7 @@ def shard_step(
         Fty=r.T @ st.Fty,
         FtF=np.einsum("nc,npq->cpq", r, st.FtF),
     )
-    return ShardLocal(r, loc.mean_b, sums, quad)
+    return ShardLocal(r, loc.mean_b, sums, moments)
 
 
 def fixed_information(shard: Shard, local: ShardLocal, scales: SubjectScales | None, mix: PointMixture,

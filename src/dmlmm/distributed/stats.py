@@ -93,11 +93,12 @@ class DaskStats:
     """
 
     def __init__(self, client: Any, shards: list, n_subjects: int, dim_random: int, dim_fixed: int,
-                 scales: sc.ShardedScales | None = None) -> None:
+                 scales: sc.ShardedScales | None = None, groups: np.ndarray | None = None) -> None:
         self.client = client
         self.shards = shards
         self._n, self._d, self._p = int(n_subjects), int(dim_random), int(dim_fixed)
         self.scales = scales  # the subjects' residual scales that the local step weighs in (weighted())
+        self.groups = groups  # and each path's noise group
         self._n_obs: np.ndarray | None = None
 
     @property
@@ -126,7 +127,7 @@ class DaskStats:
     ) -> DistributedLocal:
         """The local step on every shard (see the module docstring); ``active`` from :meth:`active_paths`."""
         c = self.client
-        glob = c.scatter(sh.StepGlobals(prior, noise, np.geterr()), broadcast=True, hash=False)
+        glob = c.scatter(sh.StepGlobals(prior, noise, np.geterr(), self.groups), broadcast=True, hash=False)
         previous = [None] * len(self.shards) if active is None else active.local.parts
         scales = [None] * len(self.shards) if self.scales is None else list(self.scales.parts)
         threshold = 0.0 if active is None else float(active.threshold)
@@ -171,18 +172,19 @@ class DaskStats:
         return rss, s.n_obs
 
     # ------------------------------------------------------------------ subject-level residual scales
-    def weighted(self, scales: sc.ShardedScales) -> "DaskStats":
+    def weighted(self, scales: sc.ShardedScales, groups: np.ndarray | None = None) -> "DaskStats":
         """These statistics as the local step and the global updates see them with residual scales
-        ``scales``: each subject's weighted by E[1/v_i] on its worker (:func:`~.shard.shard_step`)."""
-        view = DaskStats(self.client, self.shards, self._n, self._d, self._p, scales)
+        ``scales``: each subject's weighted by E[1/v_i] on its worker (:func:`~.shard.shard_step`);
+        ``groups`` (M,): each path's noise group."""
+        view = DaskStats(self.client, self.shards, self._n, self._d, self._p, scales, groups)
         view._n_obs = self._n_obs
         return view
 
     def update_scales(self, scales: sc.ShardedScales, local: DistributedLocal, w_mean: np.ndarray,
-                      w_cov: np.ndarray, noise_prec: float, learn_df: bool) -> sc.ShardedScales:
+                      w_cov: np.ndarray, noise_prec, learn_df: bool) -> sc.ShardedScales:
         """q(v) (and nu, with ``learn_df``) after the local step ``local`` (:func:`~dmlmm.inference.backend.updated_scales`)."""
         half = self.client.map(sc.shard_half_rss, self.shards, local.parts, w_mean=w_mean, w_cov=w_cov,
-                               noise_prec=float(noise_prec), pure=False)
+                               noise_prec=np.asarray(noise_prec, dtype=float), pure=False)
         return sc.settle(self.client, self.shards, half, scales.df, learn_df, self.n_obs)
 
     def initial_scales(self, b_parts: list, w: np.ndarray, s2: float, ridge: tuple, df: float,

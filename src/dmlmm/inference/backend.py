@@ -27,7 +27,7 @@ from ..sufficient import SufficientStats
 from ..priors.base import PathPrior
 from .local import NoiseMoments, local_step
 from .noise import path_rss
-from .subject_scales import SubjectScales, scales_elbo, subject_rss, update_scales, weighted_stats
+from .subject_scales import SubjectScales, half_rss, scales_elbo, update_scales, weighted_stats
 
 __all__ = ["StatsBackend", "ScalesBackend", "RemoteScales", "run_local_step", "active_paths", "fixed_sums",
            "residual_sums", "resp_change", "supports_scales", "weighted_by", "updated_scales", "scales_term"]
@@ -84,16 +84,16 @@ class RemoteScales(Protocol):
 class ScalesBackend(StatsBackend, Protocol):
     """A backend that keeps subject-level residual scales with its subjects.
 
-    ``weighted(scales)``: the statistics as the local step and the global updates see them (each subject's
+    ``weighted(scales, groups)``: the statistics as the local step and the global updates see them (each subject's
     weighted by E[1/v_i]; its local step also shifts the log evidence by ``-n_i/2 E[log v_i]`` and keeps
-    ``E[b_i'X_i'X_i b_i]``, :func:`~dmlmm.inference.subject_scales.with_scales`);
+    the subjects' moments per noise group, :func:`~dmlmm.inference.subject_scales.with_scales`);
     ``update_scales(scales, local, w_mean, w_cov, noise_prec, learn_df)``: the optimal q(v) (and nu) after
     a local step, as :func:`updated_scales` in memory."""
 
-    def weighted(self, scales: RemoteScales) -> StatsBackend: ...
+    def weighted(self, scales: RemoteScales, groups: np.ndarray | None) -> StatsBackend: ...
 
     def update_scales(self, scales: RemoteScales, local: Any, w_mean: np.ndarray, w_cov: np.ndarray,
-                      noise_prec: float, learn_df: bool) -> RemoteScales: ...
+                      noise_prec, learn_df: bool) -> RemoteScales: ...
 
 
 def supports_scales(stats: SufficientStats | StatsBackend) -> bool:
@@ -101,23 +101,26 @@ def supports_scales(stats: SufficientStats | StatsBackend) -> bool:
     return isinstance(stats, SufficientStats) or hasattr(stats, "update_scales")
 
 
-def weighted_by(stats: SufficientStats | ScalesBackend, scales: SubjectScales | RemoteScales | None):
+def weighted_by(stats: SufficientStats | ScalesBackend, scales: SubjectScales | RemoteScales | None,
+                groups: np.ndarray | None = None):
     """The statistics the local step and the global updates see: each subject's weighted by E[1/v_i] with
-    subject-level residual scales, else as they are."""
+    subject-level residual scales, else as they are. ``groups`` (M,): each path's noise group, which a
+    backend's step needs for the scales' moments (None: one group)."""
     if scales is None:
         return stats
     if isinstance(stats, SufficientStats):
         return weighted_stats(stats, scales.weight)
-    return stats.weighted(scales)
+    return stats.weighted(scales, groups)
 
 
 def updated_scales(stats: SufficientStats | ScalesBackend, scales: SubjectScales | RemoteScales, local,
-                   w_mean: np.ndarray, w_cov: np.ndarray, noise_prec: float, learn_df: bool):
-    """q(v) (and nu, with ``learn_df``) given a local step's q(b, c) (its ``mean_b`` and ``subject_quad``
-    on the data's own statistics ``stats``), q(w)'s mean and covariance and E[1/sigma^2]."""
+                   w_mean: np.ndarray, w_cov: np.ndarray, noise_prec, learn_df: bool):
+    """q(v) (and nu, with ``learn_df``) given a local step's q(b, c) (its ``scale_moments``, with the data's
+    own statistics ``stats``), q(w)'s mean and covariance and E[1/sigma^2] of each noise group (a scalar for
+    one shared variance)."""
     if isinstance(stats, SufficientStats):
-        rss = subject_rss(stats, local.mean_b, local.subject_quad, w_mean, w_cov)
-        return update_scales(scales, stats.n_obs, rss, noise_prec, learn_df)
+        half = half_rss(stats, local.scale_moments, noise_prec, w_mean, w_cov)
+        return update_scales(scales, stats.n_obs, half, learn_df)
     return stats.update_scales(scales, local, w_mean, w_cov, noise_prec, learn_df)
 
 

@@ -340,9 +340,8 @@ def run_vi(
         )
     if config.joint_fixed and (prior.n_paths != 1 or not isinstance(stats, SufficientStats)):
         raise ValueError("joint_fixed needs a one-path prior and in-memory statistics")
-    if params.scales is not None and (config.joint_fixed or not supports_scales(stats) or is_per_cluster(params.noise)):
-        raise ValueError("subject-level residual scales need statistics that can hold them, one shared noise "
-                         "variance and no joint_fixed")
+    if params.scales is not None and (config.joint_fixed or not supports_scales(stats)):
+        raise ValueError("subject-level residual scales need statistics that can hold them and no joint_fixed")
     history: list[float] = []
     converged = gave_up = False
     restrict = not config.hard_assignment and prior.n_paths > 1
@@ -361,9 +360,9 @@ def run_vi(
     full = False
     it = 0
     for it in range(1, config.max_iter + 1):
-        sub, scale, rho = weighted_by_scales(stats, params), 1.0, 1.0
-        full = active is None or it - last_full >= config.full_every
         paths = prior.path_components()
+        sub, scale, rho = weighted_by_scales(stats, params, paths), 1.0, 1.0
+        full = active is None or it - last_full >= config.full_every
         try:
             with np.errstate(over="raise", invalid="raise", divide="raise") if fallback is not None else _NO_RAISE:
                 pp, cache = prior.path_prior(params.prior)
@@ -465,7 +464,7 @@ def _scaled_local_step(stats, pp, params: VariationalParams, prior: RandomEffect
     """The local step on all paths for the subjects of ``stats`` (the data's own statistics), weighted by
     their residual scales if any: the local result, ``params`` with what the step optimised too, and the
     weighted statistics."""
-    sub = weighted_by_scales(stats, params)
+    sub = weighted_by_scales(stats, params, prior.path_components())
     local, params = _local_step(sub, pp, params, prior.path_components(), config, None,
                                 membership_terms(params, prior, sub)[0])
     return local, params, sub
@@ -481,10 +480,12 @@ def local_step_with_scales(stats, pp, params: VariationalParams, prior: RandomEf
     return local, sub
 
 
-def weighted_by_scales(stats, params: VariationalParams):
+def weighted_by_scales(stats, params: VariationalParams, path_components: np.ndarray | None = None):
     """The statistics the local step and the global updates see: each subject's weighted by E[1/v_i]
-    with subject-level residual scales, else as they are."""
-    return weighted_by(stats, params.scales)
+    with subject-level residual scales, else as they are. ``path_components`` (M, L): the paths, whose noise
+    groups a statistics backend's step needs (:func:`~dmlmm.inference.backend.weighted_by`)."""
+    groups = None if path_components is None else path_groups(params.noise, path_components)
+    return weighted_by(stats, params.scales, groups)
 
 
 def update_subject_scales(params: VariationalParams, stats, local: LocalResult,
@@ -492,7 +493,7 @@ def update_subject_scales(params: VariationalParams, stats, local: LocalResult,
     """q(v) (and nu, when learned) given the local step's q(b, c) and the updated q(w), q(sigma^2)."""
     P = stats.dim_fixed
     wm, wc = (np.zeros(P), np.zeros((P, P))) if params.fixed is None else params.fixed.moments()[:2]
-    return replace(params, scales=updated_scales(stats, params.scales, local, wm, wc, float(params.noise.mean_inv),
+    return replace(params, scales=updated_scales(stats, params.scales, local, wm, wc, params.noise.mean_inv,
                                                  config.learn_df))
 
 
@@ -513,9 +514,10 @@ def _local_step(
                            active=active, moment_threshold=config.moment_threshold, log_weight=log_weight)
     if params.scales is not None and isinstance(stats, SufficientStats):  # weighted by E[1/v_i] (weighted_by_scales);
         # a backend's step does this where its subjects are (dmlmm.distributed.scales)
-        log_evidence, quad = with_scales(local.log_evidence, local.resp, stats, pp.precision, pp.shift, noise.prec,
-                                         noise.w_mean, params.scales, config.moment_threshold)
-        local = replace(local, log_evidence=log_evidence, subject_quad=quad)
+        log_evidence, moments = with_scales(local.log_evidence, local.resp, local.mean_b, stats, pp.precision, pp.shift,
+                                            noise.prec, noise.w_mean, params.scales, path_groups(params.noise, paths),
+                                            config.moment_threshold)
+        local = replace(local, log_evidence=log_evidence, scale_moments=moments)
     return local, params
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -85,8 +86,8 @@ class LocalResult:
     path_xty_b : (M,) sum_i r_ic X_i'y_i . E[b_i | c].
     path_xtf_b : (M, P) sum_i r_ic F_i'X_i E[b_i | c].
     (the per-path pieces of the residual sums of squares, for per-cluster noise)
-    subject_quad : (N,) or None, E[b_i'X_i'X_i b_i] on the data's own statistics, with subject-level
-        residual scales only (:mod:`dmlmm.inference.subject_scales`).
+    scale_moments : GroupMoments or None, each subject's posterior moments per noise group for the update
+        of its residual scale, with subject-level residual scales only (:mod:`dmlmm.inference.subject_scales`).
     """
 
     resp: np.ndarray
@@ -97,7 +98,7 @@ class LocalResult:
     path_quad: np.ndarray | None = None
     path_xty_b: np.ndarray | None = None
     path_xtf_b: np.ndarray | None = None
-    subject_quad: np.ndarray | None = None
+    scale_moments: Any = None
 
 
 def residual_stats(stats: SufficientStats, noise: NoiseMoments) -> tuple[np.ndarray, np.ndarray]:

@@ -14,9 +14,11 @@ N subjects), with ``E[1/v_i] = alpha_i / beta_i`` and ``E[log v_i] = log beta_i 
 - given q(v), the local step and the noise / fixed-effect updates are the Gaussian ones on the
   statistics of each subject weighted by ``E[1/v_i]`` (:func:`weighted_stats`), and each subject's
   expected log-likelihood gains ``-n_i / 2 E[log v_i]``;
-- ``q(v_i) = IG(nu/2 + n_i/2, nu/2 + E[1/sigma^2] E||y_i - X_i b_i - F_i w||^2 / 2)``
-  (:func:`update_scales`), from the unweighted expected residual sum of squares
-  (:func:`subject_quad`, :func:`subject_rss`);
+- ``q(v_i) = IG(nu/2 + n_i/2, nu/2 + R_i)`` (:func:`update_scales`) with
+  ``R_i = E[1/sigma^2] E||y_i - X_i b_i - F_i w||^2 / 2`` from the unweighted expected residual sum of
+  squares (:func:`group_moments`, :func:`half_rss`); with one residual variance per cluster
+  (``noise="cluster"``), ``R_i = sum_g E[1/sigma_g^2] E[1{c_i in g} ||y_i - X_i b_i - F_i w||^2] / 2`` over the
+  first-layer components g;
 - ``nu`` (``noise_df="auto"``) is optimised jointly with q(v): at the optimal q(v) for a given nu the
   scales' part of the ELBO is a closed-form function of nu (:func:`profile_elbo`), maximised over
   [:data:`DF_MIN`, :data:`DF_MAX`] (:func:`optimal_df`), and q(v) is then the optimum for that nu;
@@ -40,9 +42,9 @@ from ..sufficient import SufficientStats
 from .._linalg import OBS_MAX_RATIO
 from .local import observation_factor
 
-__all__ = ["SubjectScales", "DF_MIN", "DF_MAX", "DF_START", "optimal_scales", "initial_scales", "weighted_stats",
-           "subject_quad", "subject_rss", "update_scales", "profile_elbo", "optimal_df", "scales_elbo", "log_likelihood_shift",
-           "with_scales"]
+__all__ = ["SubjectScales", "GroupMoments", "DF_MIN", "DF_MAX", "DF_START", "optimal_scales", "initial_scales",
+           "weighted_stats", "group_moments", "half_rss", "update_scales", "profile_elbo", "optimal_df", "scales_elbo",
+           "log_likelihood_shift", "with_scales"]
 
 #: Bounds of a learned ``nu`` (below 1 a subject's residuals would have no mean; above 1000 they are Gaussian
 #: to within the rounding of the fit).
@@ -51,7 +53,7 @@ DF_MIN, DF_MAX = 1.0, 1000.0
 #: takes the best ``nu`` for the ridge fits' residuals (:func:`initial_scales`), so this value marks "learned"
 #: and is used only by a start made without residuals.
 DF_START = 10.0
-_CHUNK = 2_000_000  # pairs x D x D doubles per chunk in subject_quad (16 MB)
+_CHUNK = 2_000_000  # pairs x D x D doubles per chunk in group_moments (16 MB)
 
 
 @dataclass(frozen=True)
@@ -109,36 +111,58 @@ def weighted_stats(stats: SufficientStats, weight: np.ndarray) -> SufficientStat
     return out
 
 
-def subject_quad(weighted: SufficientStats, precision: np.ndarray, shift: np.ndarray, s_path: np.ndarray,
-                 resp: np.ndarray, w_mean: np.ndarray, threshold: float = 1e-12) -> np.ndarray:
-    """Per subject ``sum_c r_ic E[b_i' X_i'X_i b_i | c]`` under the local step's q(b_i | c), weighted as
-    ``weighted`` (divide by the weights for the data's own).
+@dataclass(frozen=True)
+class GroupMoments:
+    """Each subject's posterior moments per noise group g, the pieces of its expected residual sum of squares.
+
+    A noise group is the set of paths that share a residual variance: one group with a shared variance,
+    the first-layer components with one per cluster (:func:`dmlmm.inference.noise.path_groups`).
+
+    Attributes
+    ----------
+    resp : (N, G) q(c_i in g).
+    mean : (N, G, D) sum_{c in g} r_ic E[b_i | c].
+    quad : (N, G) sum_{c in g} r_ic E[b_i'X_i'X_i b_i | c], on the data's own statistics.
+    """
+
+    resp: np.ndarray
+    mean: np.ndarray
+    quad: np.ndarray
+
+
+def group_moments(weighted: SufficientStats, precision: np.ndarray, shift: np.ndarray, s_path: np.ndarray,
+                  resp: np.ndarray, w_mean: np.ndarray, mean_b: np.ndarray, weight: np.ndarray,
+                  groups: np.ndarray | None = None, threshold: float = 1e-12) -> GroupMoments:
+    """Per subject and noise group, the local step's ``r_ic``, ``r_ic E[b_i | c]`` and ``r_ic E[b_i'X_i'X_i b_i | c]``
+    summed over the group's paths (:class:`GroupMoments`).
 
     ``q(b_i | c)`` has precision ``Q = precision_c + s_c X_i'X_i`` and mean ``Q^{-1}(shift_c + s_c
     X_i'(y_i - F_i E[w]))``, all from the weighted statistics: the very posterior of the local step
     (:mod:`dmlmm.inference.local`), recomputed for the pairs above ``threshold``, and
-    ``E[b'X'Xb | c] = m'X'Xm + tr(X'X Q^{-1})``. Subjects with fewer visits than the local step's
-    observation-space limit go through their Gram factor ``R_i`` (``R_i'R_i = X_i'X_i``, r rows):
-    with ``S = precision_c^{-1}``, ``G = R S R'`` and ``K = I / s + G``, Woodbury gives
-    ``m = S g - S R' K^{-1} R S g`` and ``tr(X'X Q^{-1}) = tr(G) - tr(G K^{-1} G)``, O(r D^2) per pair;
-    the others by a dense inverse, O(D^3).
+    ``E[b'X'Xb | c] = m'X'Xm + tr(X'X Q^{-1})`` (divided by the subject's weight for the data's own
+    statistics). Subjects with fewer visits than the local step's observation-space limit go through
+    their Gram factor ``R_i`` (``R_i'R_i = X_i'X_i``, r rows): with ``S = precision_c^{-1}``,
+    ``G = R S R'`` and ``K = I / s + G``, Woodbury gives ``m = S g - S R' K^{-1} R S g`` and
+    ``tr(X'X Q^{-1}) = tr(G) - tr(G K^{-1} G)``, O(r D^2) per pair; the others by a dense inverse, O(D^3).
+    With one group its mean is the local step's ``mean_b`` and its probability 1.
 
     Parameters
     ----------
     weighted : SufficientStats (N subjects), as given to the local step.
     precision : (M, D, D), shift : (M, D) the paths' expected prior (PathPrior).
     s_path : (M,) E[1/sigma^2] per path.
-    resp : (N, M) the local step's responsibilities.
+    resp : (N, M) the local step's responsibilities;  mean_b : (N, D) its E[b_i].
     w_mean : (P,) E[w] used by the local step.
-
-    Returns
-    -------
-    (N,)
+    weight : (N,) the subjects' weights E[1/v_i] in ``weighted``.
+    groups : (M,) each path's noise group (None: one group).
     """
     N, D = weighted.n_subjects, weighted.dim_random
+    groups = np.zeros(resp.shape[1], dtype=int) if groups is None else np.asarray(groups, dtype=int)
+    G = int(groups.max(initial=0)) + 1
     xr = weighted.Xty - weighted.XtF @ w_mean
     ii, cc = np.nonzero(resp > threshold)
     val = np.empty(len(ii))
+    means = np.empty((len(ii), D)) if G > 1 else None
     dense = np.ones(len(ii), dtype=bool)
     factor = observation_factor(weighted)
     if factor is not None:
@@ -149,8 +173,10 @@ def subject_quad(weighted: SufficientStats, precision: np.ndarray, shift: np.nda
             prior_cov = None
         if prior_cov is not None and R.shape[1] > 0:
             low = np.flatnonzero(rank[ii] <= R.shape[1])
-            got, ok = _quad_observation(R, prior_cov, shift, s_path, xr, ii[low], cc[low])
+            got, m, ok = _quad_observation(R, prior_cov, shift, s_path, xr, ii[low], cc[low])
             val[low[ok]] = got[ok]
+            if means is not None:
+                means[low[ok]] = m[ok]
             dense[low[ok]] = False
     idx = np.flatnonzero(dense)
     step = max(1, _CHUNK // (D * D))
@@ -162,16 +188,27 @@ def subject_quad(weighted: SufficientStats, precision: np.ndarray, shift: np.nda
         cov = np.linalg.inv(precision[c] + s[:, None, None] * A)  # q(b_i | c)'s covariance
         m = np.einsum("ade,ae->ad", cov, shift[c] + s[:, None] * xr[i])
         val[sel] = np.einsum("ad,ade,ae->a", m, A, m) + np.einsum("ade,ade->a", cov, A)  # m'Am + tr(A cov)
-    return np.bincount(ii, weights=resp[ii, cc] * val, minlength=N)
+        if means is not None:
+            means[sel] = m
+    cell = ii * G + groups[cc]  # (subject, group)
+    r = resp[ii, cc]
+    quad = np.bincount(cell, weights=r * val, minlength=N * G).reshape(N, G) / np.asarray(weight, dtype=float)[:, None]
+    if G == 1:
+        return GroupMoments(np.ones((N, 1)), np.asarray(mean_b)[:, None, :], quad)
+    mean = np.zeros((N * G, D))
+    np.add.at(mean, cell, r[:, None] * means)
+    return GroupMoments(np.bincount(cell, weights=r, minlength=N * G).reshape(N, G), mean.reshape(N, G, D), quad)
 
 
 def _quad_observation(R: np.ndarray, prior_cov: np.ndarray, shift: np.ndarray, s_path: np.ndarray, xr: np.ndarray,
-                      ii: np.ndarray, cc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``E[b'X'Xb | c]`` (A,) of the pairs through the subjects' Gram factors (see :func:`subject_quad`), and
-    which pairs it holds for: not those whose data are far more precise than their prior (``s tr(G)`` at
-    least ``OBS_MAX_RATIO``, where Woodbury's difference would lose digits), which go the dense way."""
+                      ii: np.ndarray, cc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``E[b'X'Xb | c]`` (A,) and ``E[b | c]`` (A, D) of the pairs through the subjects' Gram factors (see
+    :func:`group_moments`), and which pairs it holds for: not those whose data are far more precise than their
+    prior (``s tr(G)`` at least ``OBS_MAX_RATIO``, where Woodbury's difference would lose digits), which go
+    the dense way."""
     D = R.shape[-1]
     val, ok = np.zeros(len(ii)), np.ones(len(ii), dtype=bool)
+    means = np.zeros((len(ii), D))
     step = max(1, _CHUNK // (D * D))
     for a in range(0, len(ii), step):
         i, c = ii[a:a + step], cc[a:a + step]
@@ -186,31 +223,30 @@ def _quad_observation(R: np.ndarray, prior_cov: np.ndarray, shift: np.ndarray, s
         Sg = np.einsum("ade,ae->ad", S, g)
         corr = np.linalg.solve(K, np.einsum("ard,ad->ar", Rp, Sg)[..., None])[..., 0]  # K^{-1} R S g
         m = Sg - np.einsum("ard,ar->ad", RS, corr)
+        means[a:a + step] = m
         Rm = np.einsum("ard,ad->ar", Rp, m)
         KG = np.linalg.solve(K, G)
         val[a:a + step] = np.einsum("ar,ar->a", Rm, Rm) + np.trace(G, axis1=1, axis2=2) - np.einsum("ajk,akj->a", G, KG)
-    return val, ok
+    return val, means, ok
 
 
-def subject_rss(stats: SufficientStats, mean_b: np.ndarray, quad: np.ndarray, w_mean: np.ndarray,
-                w_cov: np.ndarray) -> np.ndarray:
-    """Per subject ``E||y_i - X_i b_i - F_i w||^2`` (N,) under q(c, b) q(w), on the data's own statistics.
-
-    ``mean_b`` (N, D) is E[b_i], ``quad`` (N,) E[b_i'X_i'X_i b_i] (unweighted; :func:`subject_quad`);
-    b and w are independent under q. Floored at 0 (rounding)."""
+def half_rss(stats: SufficientStats, moments: GroupMoments, noise_prec, w_mean: np.ndarray,
+             w_cov: np.ndarray) -> np.ndarray:
+    """Each subject's ``R_i = sum_g E[1/sigma_g^2] E[1{c_i in g} ||y_i - X_i b_i - F_i w||^2] / 2`` (N,) under
+    q(c, b) q(w), on the data's own statistics; ``noise_prec``: E[1/sigma_g^2] of each noise group (a scalar
+    for one shared variance). b and w are independent under q; each group's sum is floored at 0 (rounding)."""
     err = (stats.yty - 2.0 * stats.Fty @ w_mean + np.einsum("p,npq,q->n", w_mean, stats.FtF, w_mean)
            + np.einsum("npq,qp->n", stats.FtF, w_cov))
-    cross = np.einsum("nd,nd->n", mean_b, stats.Xty - stats.XtF @ w_mean)
-    return np.maximum(err - 2.0 * cross + quad, 0.0)
+    cross = np.einsum("ngd,nd->ng", moments.mean, stats.Xty - stats.XtF @ w_mean)
+    rss = np.maximum(moments.resp * err[:, None] - 2.0 * cross + moments.quad, 0.0)  # (N, G)
+    return rss @ (0.5 * np.atleast_1d(np.asarray(noise_prec, dtype=float)))
 
 
-def update_scales(scales: SubjectScales, n_obs: np.ndarray, rss: np.ndarray, noise_prec: float,
-                  learn_df: bool) -> SubjectScales:
-    """The optimal q(v) given the expected residual sums ``rss`` (N,) and E[1/sigma^2]; with ``learn_df``
+def update_scales(scales: SubjectScales, n_obs: np.ndarray, half: np.ndarray, learn_df: bool) -> SubjectScales:
+    """The optimal q(v) given each subject's ``R_i`` (``half``, (N,): :func:`half_rss`); with ``learn_df``
     jointly with nu (:func:`optimal_df`): the best (q(v), nu) pair, not one then the other."""
-    half_rss = 0.5 * float(noise_prec) * np.asarray(rss, dtype=float)
     n = np.asarray(n_obs, dtype=float)
-    return optimal_scales(optimal_df(n, half_rss) if learn_df else scales.df, n, half_rss)
+    return optimal_scales(optimal_df(n, half) if learn_df else scales.df, n, half)
 
 
 def profile_elbo(df: np.ndarray, n_obs: np.ndarray, half_rss: np.ndarray) -> np.ndarray:
@@ -258,15 +294,16 @@ def log_likelihood_shift(scales: SubjectScales, n_obs: np.ndarray) -> np.ndarray
     return -0.5 * np.asarray(n_obs, dtype=float) * np.asarray(scales.q.mean_log, dtype=float)
 
 
-def with_scales(log_evidence: np.ndarray, resp: np.ndarray, weighted: SufficientStats, precision: np.ndarray,
-                shift: np.ndarray, noise_prec, w_mean: np.ndarray, scales: SubjectScales,
-                threshold: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+def with_scales(log_evidence: np.ndarray, resp: np.ndarray, mean_b: np.ndarray, weighted: SufficientStats,
+                precision: np.ndarray, shift: np.ndarray, noise_prec, w_mean: np.ndarray, scales: SubjectScales,
+                groups: np.ndarray | None = None, threshold: float = 1e-12) -> tuple[np.ndarray, GroupMoments]:
     """What the local step on the ``weighted`` statistics (:func:`weighted_stats`) leaves to the scales: each
-    subject's log evidence with its ``-n_i/2 E[log v_i]`` (:func:`log_likelihood_shift`), and its
-    ``E[b_i'X_i'X_i b_i]`` on the data's own statistics (:func:`subject_quad` over the weights), both (N,).
+    subject's log evidence (N,) with its ``-n_i/2 E[log v_i]`` (:func:`log_likelihood_shift`), and its
+    moments per noise group (:func:`group_moments`) for the next update of q(v).
 
     ``precision`` (M, D, D) and ``shift`` (M, D): the paths' expected prior; ``noise_prec``: E[1/sigma^2]
-    (one shared noise variance); ``resp`` (N, M) and ``log_evidence`` (N,) from the local step."""
+    (a scalar, or one per path); ``resp`` (N, M), ``mean_b`` (N, D) and ``log_evidence`` (N,) from the local
+    step; ``groups`` (M,): each path's noise group (None: one shared variance)."""
     s_path = np.broadcast_to(np.asarray(noise_prec, dtype=float), (len(precision),))
-    quad = subject_quad(weighted, precision, shift, s_path, resp, w_mean, threshold)
-    return log_evidence + log_likelihood_shift(scales, weighted.n_obs), quad / scales.weight
+    moments = group_moments(weighted, precision, shift, s_path, resp, w_mean, mean_b, scales.weight, groups, threshold)
+    return log_evidence + log_likelihood_shift(scales, weighted.n_obs), moments

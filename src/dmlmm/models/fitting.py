@@ -43,7 +43,7 @@ from .starting import init_factory, ridge_estimates
 if TYPE_CHECKING:
     from .base import VariationalLongitudinalModel
 
-__all__ = ["Fitting"]
+__all__ = ["Fitting", "subject_noise"]
 
 
 @dataclass
@@ -141,6 +141,14 @@ def collapse_message(requested_first: int, kept: tuple[int, ...], n_paths: int) 
             "per layer); groups_ has one group")
 
 
+def subject_noise(resp: np.ndarray, sigma2: float | np.ndarray, q) -> np.ndarray:
+    """Each subject's ``E[sigma^2_{c_i} v_i] = (sum_c r_ic E[sigma^2_c]) E[v_i]`` (N,) (c_i, sigma^2 and v_i are
+    independent under q): ``resp`` (N, M), ``sigma2`` one shared E[sigma^2] or each path's (M,), ``q`` the
+    subjects' q(v_i) (``subject_noise_``)."""
+    per_subject = sigma2 if np.ndim(sigma2) == 0 else resp @ sigma2
+    return per_subject * np.asarray(q.mean, dtype=float)
+
+
 class Fitting:
     """Mixin: ``fit`` and the fitted state it sets (design, prior, parameters, ELBO, noise, tables)."""
 
@@ -164,12 +172,8 @@ class Fitting:
         )
 
     def _noise_df(self) -> float | str | None:
-        """``noise_df`` once checked against the noise model (subject scales need one shared variance)."""
-        df = getattr(self, "noise_df", None)
-        if df is not None and self._noise_kind() != "shared":
-            raise ValueError(f"noise_df={df!r} (subject-level residual scales) needs noise='shared', got "
-                             f"noise={self._noise_kind()!r}: set noise='shared', or noise_df=None")
-        return df
+        """``noise_df``: the subject-level residual scales' degrees of freedom (None without them)."""
+        return getattr(self, "noise_df", None)
 
     def fit(
         self,
@@ -360,16 +364,21 @@ class Fitting:
             design.spline_coefficients(res.local.mean_b) * design.y_scale, index=d.subjects,
             columns=design.basis.column_names,
         )
-        self._set_subject_noise()
+        self._set_subject_noise(resp)
 
-    def _set_subject_noise(self) -> None:
-        """``noise_df_`` and ``subject_noise_`` from the subject-level residual scales (None without them)."""
+    def _set_subject_noise(self, resp: np.ndarray) -> None:
+        """``noise_df_`` and ``subject_noise_`` from the subject-level residual scales (None without them);
+        ``resp`` (N, M): the subjects' path probabilities."""
         scales = getattr(self.params_, "scales", None)
         self.noise_df_ = None if scales is None else float(scales.df)
         self.subject_noise_ = None
-        if scales is not None:  # E[sigma^2 v_i] = E[sigma^2] E[v_i] (independent under q), model scale
-            self.subject_noise_ = pd.Series(self.sigma2_ * np.asarray(scales.q.mean, dtype=float), index=self.subjects_,
+        if scales is not None:
+            self.subject_noise_ = pd.Series(subject_noise(resp, self._noise_by_path(), scales.q), index=self.subjects_,
                                             name="sigma2")
+
+    def _noise_by_path(self) -> float | np.ndarray:
+        """E[sigma^2] on the model's scale: ``sigma2_`` with one shared variance, else each path's (M,)."""
+        return self.sigma2_ if self.noise_ == "shared" else self._sigma2_std() * self.design_.y_scale**2
 
     def _set_fitted_globals(
         self, design: LongitudinalDesign, res, sizes: np.ndarray, path_n_obs: np.ndarray, stacklevel: int = 3,

@@ -67,9 +67,10 @@ class MixtureLMM(VariationalLongitudinalModel):
         ``nu = noise_df`` degrees of freedom and a noisy subject's visits count for less (its
         curve, band and cluster follow from its own scale). "auto" learns ``nu`` (between 1 and
         1000: 1000 is the Gaussian model) by the ELBO; None (default): one residual variance for all
-        subjects. Needs ``noise="shared"``; in memory (full batch or minibatch) or on a Dask frame,
-        where each subject's scale stays on its worker (docs/dask.md). Fitted ``noise_df_`` and
-        ``subject_noise_`` (docs/models.md, "Residual variance per subject").
+        subjects. With ``noise="cluster"`` subject i's residual variance in cluster k is
+        ``sigma2_k v_i``. In memory (full batch or minibatch) or on a Dask frame, where each subject's
+        scale stays on its worker (docs/dask.md). Fitted ``noise_df_`` and ``subject_noise_``
+        (docs/models.md, "Residual variance per subject").
     response_transform : {"auto", None, "log", "log1p"}
         The scale of the model: the response as given (None), log(y) (``"log"``: y > 0) or
         log(1 + y) (``"log1p"``: y >= 0 with zeros), for right-skewed responses (exercise hours,

@@ -143,7 +143,10 @@ class Predicting:
             df_ = self._scales_df()
             empty = _observed_counts(d) == 0
             prior_mean = np.inf if df_ <= 2 else df_ / (df_ - 2)
-            var = np.where(empty, self._sigma2_std()[0] * prior_mean, var)
+            s2 = self._sigma2_std()  # each path's; with one per cluster, averaged over the prior's path weights
+            base = s2[0] if self.noise_ == "shared" else np.bincount(cm.subject, weights=cm.weight * s2[cm.path],
+                                                                     minlength=len(subjects))
+            var = np.where(empty, base * prior_mean, var)
         return pd.Series(var * self.design_.y_scale**2, index=subjects, name="residual_variance")
 
     def _scales_df(self) -> float | None:
