@@ -173,7 +173,7 @@ def _set_aside(fit: ScaleFit, client: Any) -> ScaleFit:
     statistics they were computed from."""
     params = fit.result.params
     if params.scales is not None:
-        params.scales.elbo  # noqa: B018 (known from here on: its parts on the workers are released below)
+        _ = params.scales.elbo  # gathered now: its parts on the workers are released below
         params = replace(params, scales=replace(params.scales, parts=tuple(client.gather(list(params.scales.parts)))))
     _release(fit, client, everything=True)
     return replace(fit, stats=None, result=replace(fit.result, local=None, params=params))

@@ -173,7 +173,7 @@ def group_moments(weighted: SufficientStats, precision: np.ndarray, shift: np.nd
             prior_cov = None
         if prior_cov is not None and R.shape[1] > 0:
             low = np.flatnonzero(rank[ii] <= R.shape[1])
-            got, m, ok = _quad_observation(R, prior_cov, shift, s_path, xr, ii[low], cc[low])
+            got, m, ok = _quad_observation(R, prior_cov, shift, s_path, xr, ii[low], cc[low], means is not None)
             val[low[ok]] = got[ok]
             if means is not None:
                 means[low[ok]] = m[ok]
@@ -201,14 +201,14 @@ def group_moments(weighted: SufficientStats, precision: np.ndarray, shift: np.nd
 
 
 def _quad_observation(R: np.ndarray, prior_cov: np.ndarray, shift: np.ndarray, s_path: np.ndarray, xr: np.ndarray,
-                      ii: np.ndarray, cc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``E[b'X'Xb | c]`` (A,) and ``E[b | c]`` (A, D) of the pairs through the subjects' Gram factors (see
-    :func:`group_moments`), and which pairs it holds for: not those whose data are far more precise than their
-    prior (``s tr(G)`` at least ``OBS_MAX_RATIO``, where Woodbury's difference would lose digits), which go
-    the dense way."""
+                      ii: np.ndarray, cc: np.ndarray, with_means: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``E[b'X'Xb | c]`` (A,) and, ``with_means``, ``E[b | c]`` (A, D) of the pairs through the subjects' Gram
+    factors (see :func:`group_moments`), and which pairs it holds for: not those whose data are far more precise
+    than their prior (``s tr(G)`` at least ``OBS_MAX_RATIO``, where Woodbury's difference would lose digits),
+    which go the dense way."""
     D = R.shape[-1]
     val, ok = np.zeros(len(ii)), np.ones(len(ii), dtype=bool)
-    means = np.zeros((len(ii), D))
+    means = np.zeros((len(ii), D)) if with_means else None
     step = max(1, _CHUNK // (D * D))
     for a in range(0, len(ii), step):
         i, c = ii[a:a + step], cc[a:a + step]
@@ -223,7 +223,8 @@ def _quad_observation(R: np.ndarray, prior_cov: np.ndarray, shift: np.ndarray, s
         Sg = np.einsum("ade,ae->ad", S, g)
         corr = np.linalg.solve(K, np.einsum("ard,ad->ar", Rp, Sg)[..., None])[..., 0]  # K^{-1} R S g
         m = Sg - np.einsum("ard,ar->ad", RS, corr)
-        means[a:a + step] = m
+        if means is not None:
+            means[a:a + step] = m
         Rm = np.einsum("ard,ad->ar", Rp, m)
         KG = np.linalg.solve(K, G)
         val[a:a + step] = np.einsum("ar,ar->a", Rm, Rm) + np.trace(G, axis1=1, axis2=2) - np.einsum("ajk,akj->a", G, KG)
