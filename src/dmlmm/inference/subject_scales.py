@@ -173,7 +173,8 @@ def group_moments(weighted: SufficientStats, precision: np.ndarray, shift: np.nd
             prior_cov = None
         if prior_cov is not None and R.shape[1] > 0:
             low = np.flatnonzero(rank[ii] <= R.shape[1])
-            got, m, ok = _quad_observation(R, prior_cov, shift, s_path, xr, ii[low], cc[low], means is not None)
+            got, m, ok = _quad_observation(R, rank[ii[low]], prior_cov, shift, s_path, xr, ii[low], cc[low],
+                                           means is not None)
             val[low[ok]] = got[ok]
             if means is not None:
                 means[low[ok]] = m[ok]
@@ -200,34 +201,45 @@ def group_moments(weighted: SufficientStats, precision: np.ndarray, shift: np.nd
     return GroupMoments(np.bincount(cell, weights=r, minlength=N * G).reshape(N, G), mean.reshape(N, G, D), quad)
 
 
-def _quad_observation(R: np.ndarray, prior_cov: np.ndarray, shift: np.ndarray, s_path: np.ndarray, xr: np.ndarray,
-                      ii: np.ndarray, cc: np.ndarray, with_means: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _quad_observation(R: np.ndarray, rank: np.ndarray, prior_cov: np.ndarray, shift: np.ndarray, s_path: np.ndarray,
+                      xr: np.ndarray, ii: np.ndarray, cc: np.ndarray,
+                      with_means: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """``E[b'X'Xb | c]`` (A,) and, ``with_means``, ``E[b | c]`` (A, D) of the pairs through the subjects' Gram
-    factors (see :func:`group_moments`), and which pairs it holds for: not those whose data are far more precise
-    than their prior (``s tr(G)`` at least ``OBS_MAX_RATIO``, where Woodbury's difference would lose digits),
-    which go the dense way."""
-    D = R.shape[-1]
-    val, ok = np.zeros(len(ii)), np.ones(len(ii), dtype=bool)
-    means = np.zeros((len(ii), D)) if with_means else None
-    step = max(1, _CHUNK // (D * D))
-    for a in range(0, len(ii), step):
-        i, c = ii[a:a + step], cc[a:a + step]
-        s = s_path[c]
-        Rp = R[i]  # (A, r, D)
-        S = prior_cov[c]
-        RS = Rp @ S
-        G = RS @ np.swapaxes(Rp, 1, 2)  # (A, r, r)
-        ok[a:a + step] = s * np.trace(G, axis1=1, axis2=2) < OBS_MAX_RATIO
-        K = G + np.eye(G.shape[-1])[None] / s[:, None, None]  # >= I / s: positive definite
-        g = shift[c] + s[:, None] * xr[i]
-        Sg = np.einsum("ade,ae->ad", S, g)
-        corr = np.linalg.solve(K, np.einsum("ard,ad->ar", Rp, Sg)[..., None])[..., 0]  # K^{-1} R S g
-        m = Sg - np.einsum("ard,ar->ad", RS, corr)
-        if means is not None:
-            means[a:a + step] = m
-        Rm = np.einsum("ard,ad->ar", Rp, m)
-        KG = np.linalg.solve(K, G)
-        val[a:a + step] = np.einsum("ar,ar->a", Rm, Rm) + np.trace(G, axis1=1, axis2=2) - np.einsum("ajk,akj->a", G, KG)
+    factors (see :func:`group_moments`; ``rank`` (A,): each pair's subject's rows of ``R``), and which pairs it
+    holds for: not those whose data are far more precise than their prior (``s tr(G)`` at least
+    ``OBS_MAX_RATIO``, where Woodbury's difference would lose digits), which go the dense way.
+
+    Path by path, and within a path by the subjects' ranks rounded up to a power of two (a factor's rows
+    beyond its rank are zero, so the first rows suffice): ``R_i S_c`` and ``S_c g`` for those subjects are
+    one matrix product each, and ``K^{-1}`` is applied to ``R S g`` and ``G`` together in one batched solve.
+    (Pair by pair, with ``S_c`` gathered for every pair, all ranks padded to the largest and two solves,
+    this took 3.7 of pbcseq's 11.9 s with ``noise_df="auto"``.)"""
+    A, D = len(ii), R.shape[-1]
+    val, ok = np.zeros(A), np.ones(A, dtype=bool)
+    means = np.zeros((A, D)) if with_means else None
+    rows = np.minimum(2 ** np.ceil(np.log2(np.maximum(rank, 1))).astype(int), R.shape[1])
+    for c in np.unique(cc):
+        for r in np.unique(rows[cc == c]):
+            S, s = prior_cov[c], float(s_path[c])
+            on = np.flatnonzero((cc == c) & (rows == r))
+            step = max(1, _CHUNK // (2 * r * D + D))
+            for a in range(0, len(on), step):
+                sel = on[a:a + step]
+                i = ii[sel]
+                Rp = R[i, :r]  # (a, r, D)
+                RS = (Rp.reshape(-1, D) @ S).reshape(Rp.shape)  # R_i S_c
+                G = RS @ np.swapaxes(Rp, 1, 2)  # (a, r, r)
+                trace = np.trace(G, axis1=1, axis2=2)
+                ok[sel] = s * trace < OBS_MAX_RATIO
+                K = G + np.eye(r) / s  # >= I / s: positive definite
+                Sg = (shift[c] + s * xr[i]) @ S.T  # S_c g
+                rhs = np.concatenate([np.einsum("ard,ad->ar", Rp, Sg)[..., None], G], axis=2)
+                sol = np.linalg.solve(K, rhs)  # K^{-1} [R S g, G] in one batched solve
+                m = Sg - np.einsum("ard,ar->ad", RS, sol[..., 0])  # S g - S R' K^{-1} R S g
+                if means is not None:
+                    means[sel] = m
+                Rm = np.einsum("ard,ad->ar", Rp, m)
+                val[sel] = np.einsum("ar,ar->a", Rm, Rm) + trace - np.einsum("ajk,akj->a", G, sol[..., 1:])
     return val, means, ok
 
 
