@@ -129,6 +129,38 @@ def test_group_moments_and_rss_match_the_local_moments(dim, n_obs, cluster):
         assert half[i] == pytest.approx(expected_half, rel=1e-8, abs=1e-13 * 0.5 * s_group.max() * stats.yty[i])
 
 
+def test_group_moments_with_mixed_ranks_match_explicit_posteriors():
+    """Subjects with 1 to 9 visits and 14 functions go through their Gram factors by rank class (1, 2, 4, 8,
+    and the largest): per pair, E[b | c] and E[b'X'Xb | c] against the explicit posterior
+    Q = P_c + s_c X'X, m = Q^{-1}(shift_c + s_c X'(y - F w)), m'X'Xm + tr(X'X Q^{-1}), summed per noise group."""
+    rng = np.random.default_rng(8)
+    N, D, M = 40, 14, 3
+    visits = rng.integers(1, 10, N)
+    codes = np.repeat(np.arange(N), visits)
+    X, F = rng.uniform(0, 1, (len(codes), D)), rng.normal(size=(len(codes), 1))
+    y = rng.normal(size=len(codes))
+    stats = sufficient_stats(y, X, F, codes, N)
+    weight = rng.uniform(0.3, 2.0, N)
+    weighted = weighted_stats(stats, weight)
+    assert observation_factor(weighted) is not None
+    A = rng.normal(size=(M, D, D))
+    precision = A @ np.swapaxes(A, 1, 2) / D + np.eye(D)
+    shift, s_path, w = rng.normal(size=(M, D)), rng.uniform(0.5, 3.0, M), np.array([0.4])
+    resp = rng.dirichlet(np.ones(M), N)
+    groups = np.array([0, 1, 1])
+    mom = group_moments(weighted, precision, shift, s_path, resp, w, np.zeros((N, D)), weight, groups, 0.0)
+    for i in range(N):
+        xtx, xr = weighted.XtX[i], weighted.Xty[i] - weighted.XtF[i] @ w
+        quad, mean = np.zeros(2), np.zeros((2, D))
+        for c in range(M):
+            cov = np.linalg.inv(precision[c] + s_path[c] * xtx)
+            m = cov @ (shift[c] + s_path[c] * xr)
+            quad[groups[c]] += resp[i, c] * (m @ xtx @ m + np.trace(xtx @ cov)) / weight[i]
+            mean[groups[c]] += resp[i, c] * m
+        np.testing.assert_allclose(mom.quad[i], quad, rtol=1e-9)
+        np.testing.assert_allclose(mom.mean[i], mean, rtol=1e-9, atol=1e-12)
+
+
 def test_profile_elbo_is_the_elbo_at_the_optimal_q_and_optimal_df_maximises_it():
     rng = np.random.default_rng(3)
     n = rng.integers(2, 12, 50).astype(float)
