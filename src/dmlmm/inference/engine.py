@@ -484,6 +484,8 @@ def weighted_by_scales(stats, params: VariationalParams, path_components: np.nda
     """The statistics the local step and the global updates see: each subject's weighted by E[1/v_i]
     with subject-level residual scales, else as they are. ``path_components`` (M, L): the paths, whose noise
     groups a statistics backend's step needs (:func:`~dmlmm.inference.backend.weighted_by`)."""
+    if params.scales is None:
+        return stats
     groups = None if path_components is None else path_groups(params.noise, path_components)
     return weighted_by(stats, params.scales, groups)
 
