@@ -135,7 +135,8 @@ def fit_dask(
     model.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}
     model._fixed_cov = model._membership_cov = None
     if design.n_fixed:  # the fixed effects' covariance that the bands use, as in memory, summed over partitions
-        info = sh.add_all(client.gather(client.map(sh.fixed_information, stats.shards, local.parts, _scale_parts(best),
+        info = sh.add_all(client.gather(client.map(sh.fixed_information, stats.shards, local.parts,
+                                                   sc.per_shard(best.params.scales, len(local.parts)),
                                                    mix=model._mixture(), sigma2=model._sigma2_std(), pure=False)))
         model._fixed_cov = fixed_cov_from_information(info, chosen.config.fixed_var)
     model.subjects_ = frame.subjects
@@ -145,12 +146,6 @@ def fit_dask(
         model.noise_df_ = float(best.params.scales.df)
         model.subject_noise_ = _noise_table(model, client, stats.shards, local.parts, best.params.scales, frame.subjects)
     return model
-
-
-def _scale_parts(result) -> list:
-    """The futures of a fit's residual scales per shard (None each without scales)."""
-    scales = result.params.scales
-    return [None] * len(result.local.parts) if scales is None else list(scales.parts)
 
 
 def _noise_table(model: Any, client: Any, shards: list, local_parts: list, scales: sc.ShardedScales, subjects) -> Any:

@@ -36,7 +36,7 @@ from ..models.fitting import subject_noise
 from ..models.starting import ridge_penalties
 
 __all__ = ["ShardedScales", "start_half_rss", "shard_half_rss", "shard_scales", "shard_squarem_norms",
-           "shard_squarem_point", "part_elbo", "on_shards", "settle", "gathered", "light", "noise_series"]
+           "shard_squarem_point", "part_elbo", "per_shard", "on_shards", "settle", "gathered", "light", "noise_series"]
 
 
 # --------------------------------------------------------------------------- worker side
@@ -142,6 +142,12 @@ class ShardedScales:
         c = self.client
         parts = c.map(shard_squarem_point, s0.parts, s1.parts, self.parts, step=float(step), pure=False)
         return on_shards(self.df, parts, c)
+
+
+def per_shard(scales: ShardedScales | None, n_shards: int) -> list:
+    """The futures of ``scales`` per shard, or None for each of ``n_shards`` without residual scales (what the
+    workers' functions take)."""
+    return [None] * n_shards if scales is None else list(scales.parts)
 
 
 def on_shards(df: float, parts: Sequence, client: Any) -> ShardedScales:

@@ -129,7 +129,7 @@ class DaskStats:
         c = self.client
         glob = c.scatter(sh.StepGlobals(prior, noise, np.geterr(), self.groups), broadcast=True, hash=False)
         previous = [None] * len(self.shards) if active is None else active.local.parts
-        scales = [None] * len(self.shards) if self.scales is None else list(self.scales.parts)
+        scales = sc.per_shard(self.scales, len(self.shards))
         threshold = 0.0 if active is None else float(active.threshold)
         parts = c.map(
             sh.shard_step, self.shards, previous, scales, globals_=glob, hard_assignment=bool(hard_assignment),

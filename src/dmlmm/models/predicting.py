@@ -143,9 +143,8 @@ class Predicting:
             df_ = self._scales_df()
             empty = _observed_counts(d) == 0
             prior_mean = np.inf if df_ <= 2 else df_ / (df_ - 2)
-            s2 = self._sigma2_std()  # each path's; with one per cluster, averaged over the prior's path weights
-            base = s2[0] if self.noise_ == "shared" else np.bincount(cm.subject, weights=cm.weight * s2[cm.path],
-                                                                     minlength=len(subjects))
+            # E[sigma^2_c] over the prior's path weights (the components of a subject without data)
+            base = np.bincount(cm.subject, weights=cm.weight * self._sigma2_std()[cm.path], minlength=len(subjects))
             var = np.where(empty, base * prior_mean, var)
         return pd.Series(var * self.design_.y_scale**2, index=subjects, name="residual_variance")
 
