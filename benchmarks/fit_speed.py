@@ -2,6 +2,7 @@
 
     python benchmarks/fit_speed.py --cases dgp1_research dgp3_default --runs 3 \
         --src main=/path/to/main/src --src fast=src [--out benchmarks/results/fit_speed.json]
+    python benchmarks/fit_speed.py --cases dgp1_research --src one=src --src two=src@2
 
 For every case and run, each ``--src`` (a name and a directory put first on
 PYTHONPATH) fits in its own subprocess, one after the other, so the versions
@@ -10,7 +11,8 @@ multi-threaded BLAS made single products 1000x slower under load); the fit time 
 preparation and imports excluded). Reports per case and version the median
 seconds, iterations, ELBO, mean log RMSE of the predictive mean against the
 truth and the adjusted Rand index against the true groups (where defined), and
-the ratios of medians against the first version.
+the ratios of medians against the first version. A directory given as ``dir@N`` fits with
+``n_jobs=N`` (the fit's candidates in N worker processes; the workers' local steps are not counted).
 
 Cases: ``dgp{1,2,3}_research`` (K=(10,5), D=(4,1), 10 cubic B-splines over the
 time range, as benchmarks/dgp1_speed.py), ``dgp{1,2,3}_default`` (the model's
@@ -79,7 +81,7 @@ def _model_and_data(case: str, seed: int, max_iter: int | None = None):
     return model, sim.data, ("subject", "time", "y"), sim
 
 
-def worker(case: str, seed: int, max_iter: int | None = None) -> dict:
+def worker(case: str, seed: int, max_iter: int | None = None, n_jobs: int | None = None) -> dict:
     """One fit of ``case`` with the dmlmm found on sys.path; returns its measurements.
 
     ``local_steps`` counts every local step run (rejected delete-move trials, rejected
@@ -92,6 +94,8 @@ def worker(case: str, seed: int, max_iter: int | None = None) -> dict:
     model, data, cols, sim = _model_and_data(case, seed)
     if max_iter is not None:
         model.max_iter = max_iter
+    if n_jobs is not None:
+        model.n_jobs = n_jobs
     steps = [0]
     inner = backend.local_step
 
@@ -105,8 +109,9 @@ def worker(case: str, seed: int, max_iter: int | None = None) -> dict:
         model.fit(data, *cols)
     row = {
         "seconds": float(model.fit_seconds_),
-        "seconds_per_local_step": float(model.fit_seconds_) / max(steps[0], 1),
-        "local_steps": steps[0],
+        # with workers (n_jobs) the local steps run elsewhere and are not counted here
+        "seconds_per_local_step": float(model.fit_seconds_) / max(steps[0], 1) if not n_jobs else None,
+        "local_steps": steps[0] if not n_jobs else None,
         "iterations": int(model.n_iter_),
         "converged": bool(model.converged_),
         "elbo": float(model.elbo_),
@@ -122,10 +127,13 @@ def worker(case: str, seed: int, max_iter: int | None = None) -> dict:
 
 
 def _run_one(src: str, case: str, seed: int, timeout: float, max_iter: int | None = None) -> dict:
+    src, _, jobs = src.partition("@")
     env = dict(os.environ, PYTHONPATH=str(Path(src).resolve()), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, __file__, "--worker", case, "--seed", str(seed)]
     if max_iter is not None:
         cmd += ["--max-iter", str(max_iter)]
+    if jobs:
+        cmd += ["--n-jobs", jobs]
     t0 = time.perf_counter()
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=True)
@@ -139,14 +147,15 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["dgp1_research"])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--src", action="append", default=[], help="name=dir, first on PYTHONPATH (repeatable)")
+    ap.add_argument("--src", action="append", default=[], help="name=dir or name=dir@N (n_jobs=N), dir first on PYTHONPATH (repeatable)")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--max-iter", type=int, default=None, help="cap every fit's max_iter (cost per iteration at large sizes)")
     ap.add_argument("--out", default="benchmarks/results/fit_speed.json")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--n-jobs", type=int, default=None, help=argparse.SUPPRESS)  # the worker's (from --src dir@N)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.seed, args.max_iter)))
+        print(json.dumps(worker(args.worker, args.seed, args.max_iter, args.n_jobs)))
         return
     srcs = [s.split("=", 1) for s in (args.src or ["this=src"])]
     results: dict = {
@@ -165,7 +174,8 @@ def main() -> None:
             s = {"runs": rows}
             if ok:
                 s["seconds_median"] = float(np.median([r["seconds"] for r in ok]))
-                s["seconds_per_local_step_median"] = float(np.median([r["seconds_per_local_step"] for r in ok]))
+                per_step = [r["seconds_per_local_step"] for r in ok if r["seconds_per_local_step"] is not None]
+                s["seconds_per_local_step_median"] = float(np.median(per_step)) if per_step else None
                 for key in ("iterations", "local_steps", "elbo", "log_rmse", "ari", "components", "converged"):
                     if key in ok[-1]:
                         s[key] = ok[-1][key]  # deterministic given the seed

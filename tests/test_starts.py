@@ -117,7 +117,7 @@ def test_a_later_variant_races_the_kept_one(sim, monkeypatch, variant):
     """``loading_order="auto"`` (``covariance="auto"``) fits two priors and keeps the higher ELBO; the second
     one's finishing runs race the first's ELBO (``to_beat``). The fit is the better of the two fitted alone,
     and the second is its fit alone up to where it gave up, if it did."""
-    import dmlmm.models.fitting as fitting
+    import dmlmm.models.candidates as candidates
 
     def fit(**kw):
         if variant == "loading_order":
@@ -129,14 +129,14 @@ def test_a_later_variant_races_the_kept_one(sim, monkeypatch, variant):
     values = (2.0, 1.0) if variant == "loading_order" else ("pspline", "full")  # the order the fit tries them
     alone = [fit(**{variant: v}) for v in values]
     runs = []
-    original = fitting.run_vi_with_starts
+    original = candidates.run_vi_with_starts
 
     def spy(*args, **kw):
         res = original(*args, **kw)
         runs.append((kw.get("to_beat"), res.elbo, res.n_iter, res.gave_up))
         return res
 
-    monkeypatch.setattr(fitting, "run_vi_with_starts", spy)
+    monkeypatch.setattr(candidates, "run_vi_with_starts", spy)
     both = fit()
     assert [r[0] for r in runs] == [None, runs[0][1]]  # the second races the first
     assert runs[0][1:3] == (alone[0].elbo_, alone[0].n_iter_)  # the first is the fit alone
@@ -150,12 +150,12 @@ def test_a_later_variant_races_the_kept_one(sim, monkeypatch, variant):
 def test_a_fit_out_of_the_race_gives_up_silently(sim, monkeypatch):
     """A candidate that cannot reach ``to_beat`` stops its finishing runs early, flagged, without a
     ConvergenceWarning (it is never the fit kept); one that passes it is unchanged."""
-    import dmlmm.models.fitting as fitting
+    import dmlmm.models.candidates as candidates
 
     def model():  # tol: a final run long enough for the race's 30-iteration window
         return MixtureLMM(10, basis=SplineBasis(10, lower=0, upper=1), covariance="pspline", random_state=1, tol=1e-9)
 
-    original = fitting.run_vi_with_starts
+    original = candidates.run_vi_with_starts
     free, free_said = _fit_recording(model(), sim.data)
     results, said = {}, {}
     for target in (1e300, -1e300):
@@ -163,7 +163,7 @@ def test_a_fit_out_of_the_race_gives_up_silently(sim, monkeypatch):
             results[target] = original(*args, **{**kw, "to_beat": target})
             return results[target]
 
-        monkeypatch.setattr(fitting, "run_vi_with_starts", racing)
+        monkeypatch.setattr(candidates, "run_vi_with_starts", racing)
         _, said[target] = _fit_recording(model(), sim.data)
     lost, passed = results[1e300], results[-1e300]
     assert lost.gave_up and not lost.converged and lost.n_iter < free.n_iter_ and said[1e300] == []

@@ -289,7 +289,10 @@ def main() -> None:
                    "and the choice.")
 @click.option("--criterion", type=click.Choice(["elbo", "heldout"]), default="elbo", show_default=True,
               help="Selection criterion for --select.")
-@click.option("--jobs", default=1, show_default=True, type=int, help="Parallel processes for --select.")
+@click.option("--jobs", default=1, show_default=True, type=int,
+              help="Parallel processes (-1: every CPU): for the candidates that one fit compares by the ELBO "
+                   "(response scales, loading orders, covariances, noise models; the same fit, in less time, "
+                   "with more memory), or for --select's grid.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 @click.option("--max-iter", default=None, type=int, help="Iteration cap of the fit.")
 @click.option("--dropna", is_flag=True, help="Drop rows with missing values (and say how many) instead of stopping.")
@@ -577,6 +580,8 @@ def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basi
              if v is not None}
     extra.update(prior_options or {})
     progress = _show_progress(quiet)
+    if jobs != 1 and not select:  # the fit's candidates in worker processes (no progress bar from there)
+        extra["n_jobs"], progress = jobs, False
     if kind == "lmm" and exact_method is not None:
         from .lmm import LinearMixedModel
 

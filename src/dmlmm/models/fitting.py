@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from itertools import product
 from time import perf_counter
@@ -26,11 +27,10 @@ from ..data import Longitudinal
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
 from ..exceptions import DataError, EmptyComponentWarning
-from ..inference.engine import VIConfig, VIResult, init_globals, weighted_by_scales
+from ..inference.engine import VIConfig, VIResult, weighted_by_scales
 from ..inference.noise import is_per_cluster
-from ..inference.starts import run_vi_with_starts
 from ..inference.subject_scales import DF_START
-from ..inference.stochastic import StochasticSettings, run_vi_stochastic
+from ..inference.stochastic import StochasticSettings
 from ..prediction import fixed_effects_cov
 from ..response_transform import (check_transform, data_scale_bound, forward, label_of, log_jacobian,
                                   model_scale_elbo, transform_candidates)
@@ -38,7 +38,8 @@ from ..priors.membership import first_layer_resp, membership_laplace_cov
 from .design import LongitudinalDesign
 from .frames import FrameLike
 from .membership_design import MembershipDesign
-from .starting import init_factory, ridge_estimates
+from .candidates import CandidateData, CandidateFit, fit_candidate, fit_candidates, resolve_n_jobs
+from .starting import ridge_estimates
 
 if TYPE_CHECKING:
     from .base import VariationalLongitudinalModel
@@ -60,6 +61,23 @@ class ScaleFit:
     log_jacobian: float
     bound: float
     warnings: list = field(default_factory=list)
+
+
+@dataclass
+class _ScalePrep:
+    """One response scale made ready for its candidates: data on the model's scale, design, what every
+    candidate fits (:class:`~dmlmm.models.candidates.CandidateData`) and the sum of log |dz/dy|."""
+
+    data: Longitudinal
+    design: LongitudinalDesign
+    candidates: CandidateData
+    log_jacobian: float
+
+    def scale_fit(self, best: CandidateFit) -> ScaleFit:
+        """The scale's fit from its best candidate, with its ELBO as a bound on the data's own scale."""
+        stats = self.candidates.stats
+        bound = data_scale_bound(best.result.elbo, float(stats.n_obs.sum()), self.design.y_scale, self.log_jacobian)
+        return ScaleFit(self.data, self.design, stats, best.result, best.config, self.log_jacobian, bound)
 
 
 def _on_scale(transform: str | None) -> str:
@@ -232,7 +250,18 @@ class Fitting:
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
         scales = transform_candidates(transform, d.response)
-        chosen, fits = fit_scales(scales, lambda tr, quiet, to_beat: self._fit_scale(d, tr, members, Z, quiet, to_beat))
+        n_jobs = resolve_n_jobs(getattr(self, "n_jobs", None))
+        chosen = None
+        if n_jobs > 1 and len(scales) * len(self._fit_variants()) > 1:  # candidates at once (models/candidates.py)
+            try:
+                chosen, fits = self._fit_scales_parallel(d, scales, members, Z, n_jobs)
+            except BrokenProcessPool as exc:
+                warnings.warn(
+                    f"n_jobs={self.n_jobs}: the worker processes stopped before finishing ({exc}); fitting in this "
+                    "process instead. A script that fits with n_jobs > 1 needs its top level guarded by "
+                    "`if __name__ == \"__main__\":` (the workers import it)", RuntimeWarning, stacklevel=2)
+        if chosen is None:
+            chosen, fits = fit_scales(scales, lambda tr, quiet, to_beat: self._fit_scale(d, tr, members, Z, quiet, to_beat))
         chosen.result.seconds = perf_counter() - t0
         best, design, stats = chosen.result, chosen.design, chosen.stats
         self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
@@ -262,6 +291,23 @@ class Fitting:
 
     def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z,
                         to_beat: float | None = None) -> ScaleFit:
+        prep = self._prepare_scale(d, transform, members, Z)
+        stats, design, jac = prep.candidates.stats, prep.design, prep.log_jacobian
+        rival = None if to_beat is None else model_scale_elbo(to_beat, float(stats.n_obs.sum()), design.y_scale, jac)
+        best: CandidateFit | None = None
+        for variant, kind in self._fit_variants():
+            # each run's warnings are held back: only the kept run's are raised; a later candidate races
+            # the best so far and gives up once it cannot reach it
+            cand = fit_candidate(variant, kind, prep.candidates,
+                                 to_beat=highest_elbo(rival, None if best is None else best.result.elbo))
+            if best is None or cand.result.elbo > best.result.elbo:
+                best = cand
+        reraise(best.warnings)
+        return prep.scale_fit(best)
+
+    def _prepare_scale(self, d: Longitudinal, transform: str | None, members, Z) -> "_ScalePrep":
+        """The response on one scale (``transform(y)``) ready for its candidates: design, statistics and
+        the per-subject ridge fits that every start begins from."""
         if transform is not None:
             d = replace(d, response=forward(d.response, transform, d.columns.response))
         jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
@@ -270,38 +316,46 @@ class Fitting:
         stats = design.stats(d).with_membership(Z)
         rough = design.roughness
         b_hat, penalties = ridge_estimates(stats, 0.5, rough, return_penalty=True)
-        rival = None if to_beat is None else model_scale_elbo(to_beat, float(stats.n_obs.sum()), design.y_scale, jac)
-        best = best_config = None
-        best_warnings: list = []
-        for variant, kind in self._fit_variants():
-            rng = np.random.default_rng(self.random_state)
-            for _ in range(int(self.n_init)):
-                prior = variant._make_prior(stats.dim_random, d.n_subjects, rough)
-                config = self._config(d.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
-                make_init = init_factory(stats, b_hat, config, kind, Z, penalties)
-                resize = lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, d.n_subjects, rough)  # noqa: E731
-                callback = self._progress_callback()
-                # delete moves compare against an emptied component's cost, which the membership model changes
-                moves = self.delete_moves and not config.hard_assignment and Z is None
-                # each run's warnings are held back: only the kept run's are raised
-                if config.batch_size is None:
-                    # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
-                    # a later candidate races the best so far and gives up once it cannot reach it
-                    res, caught = recorded(lambda: run_vi_with_starts(
-                        stats, prior, make_init(None), resize, config, rng, moves=moves, callback=callback,
-                        to_beat=highest_elbo(rival, None if best is None else best.elbo)))
-                else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
-                    start = None if config.subject_df is None else init_globals(stats, b_hat, config, penalties)[3]
-                    res, caught = recorded(lambda: run_vi_stochastic(
-                        stats, prior, make_init, resize, config, rng, self._stochastic_settings(), moves=moves,
-                        callback=callback, start_scales=start))
-                if callback is not None:
-                    callback.close()
-                if best is None or res.elbo > best.elbo:
-                    best, best_config, best_warnings = res, config, caught
-        reraise(best_warnings)
-        bound = data_scale_bound(best.elbo, float(stats.n_obs.sum()), design.y_scale, jac)
-        return ScaleFit(d, design, stats, best, best_config, jac, bound)
+        return _ScalePrep(d, design, CandidateData(stats, b_hat, penalties, rough, d.n_subjects, Z), jac)
+
+    def _fit_scales_parallel(self, d: Longitudinal, scales: list[str | None], members, Z,
+                             n_jobs: int) -> tuple[ScaleFit, list[ScaleFit]]:
+        """:func:`fit_scales` with every candidate of every scale at once in worker processes
+        (:mod:`dmlmm.models.candidates`): each scale's best candidate (the first on a tie), then the
+        best scale, with the same warnings and refusals."""
+        quiet = len(scales) > 1
+        preps, refused = [], []
+        for tr in fitting_order(scales):
+            try:
+                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z))
+            except DataError as exc:  # e.g. a response that only its log can standardise
+                refused.append((tr, exc))
+                continue
+            preps.append((tr, prep, caught))
+        tasks = [(variant, kind, prep.candidates) for _, prep, _ in preps for variant, kind in self._fit_variants()]
+        done = iter(fit_candidates(tasks, n_jobs) if tasks else [])
+        fits = []
+        for tr, prep, caught in preps:
+            outcomes = [next(done) for _ in self._fit_variants()]
+            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if isinstance(failed, DataError):
+                refused.append((tr, failed))
+                continue
+            if failed is not None:
+                raise failed
+            best = outcomes[0]
+            for cand in outcomes[1:]:
+                if cand.result.elbo > best.result.elbo:
+                    best = cand
+            fit = prep.scale_fit(best)
+            fit.warnings = caught + best.warnings
+            if not quiet:
+                reraise(fit.warnings)
+                fit.warnings = []
+            fits.append(fit)
+        fits.sort(key=lambda f: scales.index(f.design.transform))
+        refused.sort(key=lambda r: scales.index(r[0]))
+        return keep_best_scale(fits, refused, 3), fits
 
     def _stochastic_settings(self) -> StochasticSettings:
         """Settings of a minibatch fit: the warm start's subsample size from ``subsample``."""

@@ -105,7 +105,13 @@ class MixtureLMM(VariationalLongitudinalModel):
         Escape split-cluster optima with delete moves; drop empty components.
     random_state : int, Generator or None
     progress : bool
-        Show a progress bar.
+        Show a progress bar (not with ``n_jobs`` > 1).
+    n_jobs : int or None
+        Worker processes for the candidates that one fit compares by the ELBO (response scales of
+        ``response_transform="auto"``, prior variants such as ``covariance="auto"``, noise models of
+        ``noise="auto"``): None or 1 runs them one after the other, -1 on every CPU. The same kept fit
+        (:mod:`dmlmm.models.candidates` says when it can differ); scripts need the
+        ``if __name__ == "__main__":`` guard of any ``multiprocessing`` code. Not used by Dask fits.
     """
 
     _model_name = "mixture of LMMs"
@@ -134,6 +140,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         prune: bool = True,
         random_state=None,
         progress: bool = False,
+        n_jobs: int | None = None,
     ) -> None:
         self.n_components = n_components
         self.basis = basis
@@ -156,6 +163,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         self.prune = prune
         self.random_state = random_state
         self.progress = progress
+        self.n_jobs = n_jobs
 
     def _make_prior(self, dim: int, n_subjects: int, roughness=None) -> GaussianMixturePrior:
         k = int(self.n_components)
@@ -262,6 +270,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         prune: bool = True,
         random_state=None,
         progress: bool = False,
+        n_jobs: int | None = None,
     ) -> None:
         self.n_components = n_components
         self.latent_dims = latent_dims
@@ -287,6 +296,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         self.prune = prune
         self.random_state = random_state
         self.progress = progress
+        self.n_jobs = n_jobs
 
     def _make_prior(self, dim: int, n_subjects: int, roughness=None) -> DeepMixturePrior:
         ks = tuple(int(k) for k in _as_tuple(self.n_components, "n_components"))

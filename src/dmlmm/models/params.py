@@ -51,6 +51,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_iter": (positive_int, "a positive integer"),
     "tol": (_positive_number, "a positive number"),
     "n_init": (positive_int, "a positive integer"),
+    "n_jobs": (lambda v: v is None or v == -1 and _is_int(v) or positive_int(v), "None, -1 or a positive integer"),
     "method": (lambda v: isinstance(v, str) and v.lower() in ("vb", "ml", "reml"), "one of 'vb', 'ml' or 'reml'"),
     "smoothing": (_smoothing, "None or the order of the roughness penalty (1, 2 or 3)"),
     "batch_size": (_batch_size, "a positive integer, 'auto' or 'full'"),

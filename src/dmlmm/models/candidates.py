@@ -1,0 +1,194 @@
+"""The candidates of one fit, one after the other or at once in worker processes (``n_jobs``).
+
+A fit compares candidates by the ELBO and keeps the highest (:mod:`dmlmm.models.fitting`): each
+response scale of ``response_transform="auto"``, times each prior variant (``loading_order="auto"``:
+orders 2 and 1; ``covariance="auto"``: P-spline and full), times each noise model of ``noise="auto"``.
+Every candidate starts from the same random state, and its ``n_init`` restarts run one after the
+other within it, so candidates are independent of each other.
+
+In one process (``n_jobs=1``, the default) they run in turn, and a later candidate's finishing runs
+race the best ELBO so far: they give up once their recent rate of ascent cannot reach it
+(:func:`~dmlmm.inference.starts.run_vi_with_starts`). With ``n_jobs`` > 1 they run at once in worker
+processes, each in full (no race: the others' ELBOs are not known yet), and the kept one is the same
+fit to the last digit (the workers run the same arithmetic, the local step's own threads included),
+unless a run that gave up a race would have ended above the run it raced, which the rule was measured
+never to do (docs/performance.md, "A losing rerun of the requested start gives up"). What differs is
+bookkeeping of the losers: a losing scale's entry in ``elbo_by_transform_`` is its converged bound, not
+the bound where it gave up, and ``n_iter_`` may count a few more iterations of a losing rerun of the
+requested start within the kept candidate. With a ``numpy.random.Generator`` as ``random_state``, one
+process draws every candidate from that one generator in turn, while each worker starts from a copy
+of it as it was before the fit.
+
+Workers are started by ``forkserver`` where the platform has it, else by ``spawn``, never by a bare
+``fork`` (forking a process whose BLAS or other threads are running can deadlock); so, as with any
+``multiprocessing`` code, a script that fits with ``n_jobs`` > 1 must guard its top level with
+``if __name__ == "__main__":``. Each worker receives the candidate's sufficient statistics (pickled)
+and holds its own working memory, so peak memory grows with the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._recorded import recorded
+from ..inference.engine import VIConfig, VIResult, init_globals
+from ..inference.starts import run_vi_with_starts
+from ..inference.stochastic import run_vi_stochastic
+from ..sufficient import SufficientStats
+from .starting import init_factory
+
+if TYPE_CHECKING:
+    from .base import VariationalLongitudinalModel
+
+__all__ = ["CandidateData", "CandidateFit", "fit_candidate", "fit_candidates", "resolve_n_jobs"]
+
+
+@dataclass
+class CandidateData:
+    """What every candidate on one response scale fits: the subjects' statistics and starting fits.
+
+    Attributes
+    ----------
+    stats : SufficientStats of all subjects (membership covariates attached).
+    b_hat : (N, D) the per-subject ridge fits; penalties : (N,) their ridge penalties.
+    roughness : (D,) or None, the random-effects coordinates' roughness (the smoothness prior).
+    n_subjects : N.
+    Z : (N, q) membership design, or None.
+    """
+
+    stats: SufficientStats
+    b_hat: np.ndarray
+    penalties: np.ndarray
+    roughness: np.ndarray | None
+    n_subjects: int
+    Z: np.ndarray | None = None
+
+
+@dataclass
+class CandidateFit:
+    """A candidate's best run (over its ``n_init`` restarts), its config and the warnings that run raised."""
+
+    result: VIResult
+    config: VIConfig
+    warnings: list = field(default_factory=list)
+
+
+def fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: CandidateData,
+                  to_beat: float | None = None, progress: bool = True) -> CandidateFit:
+    """One candidate: ``variant``'s prior with noise model ``kind``, ``n_init`` restarts from
+    ``random_state``, the highest ELBO kept (the first on a tie).
+
+    ``to_beat``: an ELBO (model scale) already reached by another candidate, which the finishing runs
+    race; each restart races the highest of it and the restarts before. ``progress``: a progress bar
+    when the model asks for one.
+    """
+    stats, Z = data.stats, data.Z
+    rng = np.random.default_rng(variant.random_state)
+    best: CandidateFit | None = None
+    for _ in range(int(variant.n_init)):
+        prior = variant._make_prior(stats.dim_random, data.n_subjects, data.roughness)
+        config = variant._config(data.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
+        make_init = init_factory(stats, data.b_hat, config, kind, Z, data.penalties)
+        resize = lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, data.n_subjects,  # noqa: E731
+                                                                      data.roughness)
+        callback = variant._progress_callback() if progress else None
+        # delete moves compare against an emptied component's cost, which the membership model changes
+        moves = variant.delete_moves and not config.hard_assignment and Z is None
+        race = _highest(to_beat, None if best is None else best.result.elbo)
+        if config.batch_size is None:
+            # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
+            res, caught = recorded(lambda: run_vi_with_starts(
+                stats, prior, make_init(None), resize, config, rng, moves=moves, callback=callback, to_beat=race))
+        else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
+            start = None if config.subject_df is None else init_globals(stats, data.b_hat, config, data.penalties)[3]
+            res, caught = recorded(lambda: run_vi_stochastic(
+                stats, prior, make_init, resize, config, rng, variant._stochastic_settings(), moves=moves,
+                callback=callback, start_scales=start))
+        if callback is not None:
+            callback.close()
+        if best is None or res.elbo > best.result.elbo:
+            best = CandidateFit(res, config, caught)
+    return best
+
+
+def _highest(*elbos: float | None) -> float | None:
+    got = [e for e in elbos if e is not None]
+    return max(got) if got else None
+
+
+def resolve_n_jobs(n_jobs: int | None) -> int:
+    """Worker processes for ``n_jobs``: None -> 1, -1 -> the CPUs this process may use."""
+    if n_jobs is None:
+        return 1
+    if n_jobs == -1:
+        return _cpus()
+    return int(n_jobs)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+@dataclass
+class _Task:
+    variant: Any
+    kind: str
+    data: CandidateData
+
+
+def fit_candidates(tasks: list[tuple["VariationalLongitudinalModel", str, CandidateData]],
+                   n_jobs: int) -> list[CandidateFit | BaseException]:
+    """Every candidate ``(variant, kind, data)`` in full (no race), in up to ``n_jobs`` worker
+    processes; in the order given, each a :class:`CandidateFit` or the exception its fit raised."""
+    workers = max(1, min(int(n_jobs), len(tasks)))
+    # the workers keep the local step's own threads as they are: its work is split into chunks by the
+    # number of threads, so fewer threads would sum in another order and change the fit in its last digits
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
+        futures = [pool.submit(_run_task, _Task(replace_progress(v), k, d)) for v, k, d in tasks]
+        out: list[CandidateFit | BaseException] = []
+        for f in futures:
+            exc = f.exception()
+            out.append(exc if exc is not None else _rebuilt(f.result()))
+    return out
+
+
+def replace_progress(variant: "VariationalLongitudinalModel") -> "VariationalLongitudinalModel":
+    """``variant`` without its progress bar (workers cannot draw on the caller's terminal)."""
+    return variant._copy_with(progress=False) if getattr(variant, "progress", False) else variant
+
+
+_CONTEXT: Any = None
+
+
+def _context():
+    """forkserver (preloading dmlmm, so that each worker starts in milliseconds) where available, else spawn."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["dmlmm.models.candidates"])
+        else:
+            ctx = multiprocessing.get_context("spawn")
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
+def _run_task(task: _Task) -> tuple[VIResult, VIConfig, list[tuple]]:
+    fit = fit_candidate(task.variant, task.kind, task.data, progress=False)
+    # warnings travel as plain tuples (a WarningMessage may hold unpicklable context)
+    return fit.result, fit.config, [(w.message, w.category, w.filename, w.lineno) for w in fit.warnings]
+
+
+def _rebuilt(payload: tuple[VIResult, VIConfig, list[tuple]]) -> CandidateFit:
+    res, config, caught = payload
+    return CandidateFit(res, config, [warnings.WarningMessage(m, c, f, n) for m, c, f, n in caught])

@@ -1,0 +1,114 @@
+"""n_jobs: the candidates of one fit (scales, prior variants, noise models) at once in worker processes."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import dmlmm.models.fitting as fitting
+from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
+from dmlmm.exceptions import ConvergenceWarning
+from dmlmm.models.candidates import resolve_n_jobs
+from dmlmm.simulate import dgp1
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return dgp1(3, n_subjects=80)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The candidates sent to worker processes, per fit (fails the tests if a fit never sends any)."""
+    calls = []
+    real = fitting.fit_candidates
+
+    def spy(tasks, n_jobs):
+        calls.append((len(tasks), n_jobs))
+        return real(tasks, n_jobs)
+
+    monkeypatch.setattr(fitting, "fit_candidates", spy)
+    return calls
+
+
+def _fit(model, data, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(data, **kw)
+    return model, sorted((w.category.__name__, str(w.message)) for w in caught)
+
+
+def _same_fit(a, b):
+    assert a.elbo_ == b.elbo_
+    assert a.n_iter_ == b.n_iter_ and a.n_components_ == b.n_components_
+    assert getattr(a.prior_, "loading_order", None) == getattr(b.prior_, "loading_order", None)
+    assert (a.labels_ == b.labels_).all()
+    np.testing.assert_array_equal(a.random_effects_.to_numpy(), b.random_effects_.to_numpy())
+    assert a.sigma2_ == b.sigma2_
+
+
+def test_deep_mixture_loading_orders_in_workers_give_the_same_fit(sim, sent):
+    """loading_order="auto" fits orders 2 and 1: in two workers the kept fit is the one-process fit,
+    to the last digit (each candidate starts from the same random state, in either mode)."""
+    make = lambda jobs: DeepMixtureLMM((4, 2), (2, 1), basis=SplineBasis(8, lower=0, upper=1),  # noqa: E731
+                                       random_state=0, n_jobs=jobs)
+    one, w1 = _fit(make(None), sim.data)
+    assert sent == []
+    two, w2 = _fit(make(2), sim.data)
+    assert sent == [(2, 2)]
+    _same_fit(one, two)
+    assert w1 == w2
+
+
+def test_scales_and_covariances_in_workers_give_the_same_fit_and_warnings(sim, sent):
+    """A positive response: two scales times two covariances, four candidates in up to four workers;
+    the same scale kept, the same fit, and the kept candidate's warnings raised once (here a
+    ConvergenceWarning from a small iteration budget)."""
+    data = sim.data.assign(y=np.exp(sim.data["y"]))
+    make = lambda jobs: MixtureLMM(3, basis=SplineBasis(6, lower=0, upper=1), random_state=1, max_iter=30,  # noqa: E731
+                                   n_jobs=jobs)
+    one, w1 = _fit(make(1), data)
+    four, w4 = _fit(make(-1), data)
+    assert len(sent) == 1 and sent[0][0] == 4
+    assert set(one.elbo_by_transform_) == set(four.elbo_by_transform_) == {"none", "log"}
+    assert one.response_transform_ == four.response_transform_
+    assert one.elbo_by_transform_[one.response_transform_ or "none"] == four.elbo_by_transform_[
+        four.response_transform_ or "none"]
+    _same_fit(one, four)
+    assert w1 == w4 and any(c == ConvergenceWarning.__name__ for c, _ in w4)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2"])
+def test_bad_n_jobs_is_refused_by_name(sim, bad):
+    with pytest.raises(ValueError, match=r"n_jobs must be None, -1 or a positive integer, got"):
+        MixtureLMM(2, n_jobs=bad).fit(sim.data)
+
+
+def test_resolve_n_jobs():
+    assert resolve_n_jobs(None) == 1 and resolve_n_jobs(3) == 3
+    assert resolve_n_jobs(-1) >= 1
+
+
+def test_a_script_without_the_main_guard_is_told_and_still_fitted(tmp_path):
+    """Workers import the main script; without ``if __name__ == "__main__":`` they cannot start. The fit
+    then says so (naming the guard) and runs in the calling process instead of failing."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "warnings.simplefilter('always', RuntimeWarning)\n"
+        "from dmlmm import DeepMixtureLMM, SplineBasis\n"
+        "from dmlmm.simulate import dgp1\n"
+        "sim = dgp1(3, n_subjects=40)\n"
+        "m = DeepMixtureLMM((3, 2), (2, 1), basis=SplineBasis(6, lower=0, upper=1), random_state=0,\n"
+        "                   max_iter=60, n_jobs=2).fit(sim.data)\n"
+        "print('fitted', m.n_iter_)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "fitted" in out.stdout
+    assert "n_jobs=2: the worker processes stopped before finishing" in out.stderr
+    assert 'if __name__ == "__main__":' in out.stderr
