@@ -39,7 +39,8 @@ from ..exceptions import DataError
 from ..inference.engine import VariationalParams, final_local_step
 from ..inference.noise import per_cluster
 from ..inference.starts import run_vi_with_starts
-from ..models.fitting import ScaleFit, highest_elbo, fit_scales, fitting_order
+from ..models.candidates import highest_elbo
+from ..models.fitting import ScaleFit, fit_scales, fitting_order
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
 from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of, model_scale_elbo

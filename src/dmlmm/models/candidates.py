@@ -47,7 +47,7 @@ from .starting import init_factory
 if TYPE_CHECKING:
     from .base import VariationalLongitudinalModel
 
-__all__ = ["CandidateData", "CandidateFit", "fit_candidate", "fit_candidates", "resolve_n_jobs"]
+__all__ = ["CandidateData", "CandidateFit", "fit_candidate", "fit_candidates", "highest_elbo", "resolve_n_jobs"]
 
 
 @dataclass
@@ -101,7 +101,7 @@ def fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: Cand
         callback = variant._progress_callback() if progress else None
         # delete moves compare against an emptied component's cost, which the membership model changes
         moves = variant.delete_moves and not config.hard_assignment and Z is None
-        race = _highest(to_beat, None if best is None else best.result.elbo)
+        race = highest_elbo(to_beat, None if best is None else best.result.elbo)
         if config.batch_size is None:
             # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
             res, caught = recorded(lambda: run_vi_with_starts(
@@ -118,7 +118,8 @@ def fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: Cand
     return best
 
 
-def _highest(*elbos: float | None) -> float | None:
+def highest_elbo(*elbos: float | None) -> float | None:
+    """The highest of the ELBOs given (None: none)."""
     got = [e for e in elbos if e is not None]
     return max(got) if got else None
 
@@ -154,7 +155,7 @@ def fit_candidates(tasks: list[tuple["VariationalLongitudinalModel", str, Candid
     # the workers keep the local step's own threads as they are: its work is split into chunks by the
     # number of threads, so fewer threads would sum in another order and change the fit in its last digits
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
-        futures = [pool.submit(_run_task, _Task(replace_progress(v), k, d)) for v, k, d in tasks]
+        futures = [pool.submit(_run_task, _Task(_without_progress(v), k, d)) for v, k, d in tasks]
         out: list[CandidateFit | BaseException] = []
         for f in futures:
             exc = f.exception()
@@ -162,7 +163,7 @@ def fit_candidates(tasks: list[tuple["VariationalLongitudinalModel", str, Candid
     return out
 
 
-def replace_progress(variant: "VariationalLongitudinalModel") -> "VariationalLongitudinalModel":
+def _without_progress(variant: "VariationalLongitudinalModel") -> "VariationalLongitudinalModel":
     """``variant`` without its progress bar (workers cannot draw on the caller's terminal)."""
     return variant._copy_with(progress=False) if getattr(variant, "progress", False) else variant
 

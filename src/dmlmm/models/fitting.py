@@ -38,7 +38,7 @@ from ..priors.membership import first_layer_resp, membership_laplace_cov
 from .design import LongitudinalDesign
 from .frames import FrameLike
 from .membership_design import MembershipDesign
-from .candidates import CandidateData, CandidateFit, fit_candidate, fit_candidates, resolve_n_jobs
+from .candidates import CandidateData, CandidateFit, fit_candidate, fit_candidates, highest_elbo, resolve_n_jobs
 from .starting import ridge_estimates
 
 if TYPE_CHECKING:
@@ -135,12 +135,6 @@ def keep_best_scale(fits: list[ScaleFit], refused: list[tuple[str | None, DataEr
     chosen = max(fits, key=lambda f: (f.bound, f.design.transform is None))  # a tie: the response as given
     reraise(chosen.warnings)
     return chosen
-
-
-def highest_elbo(*elbos: float | None) -> float | None:
-    """The highest of the ELBOs given (None: none)."""
-    got = [e for e in elbos if e is not None]
-    return max(got) if got else None
 
 
 def collapse_message(requested_first: int, kept: tuple[int, ...], n_paths: int) -> str | None:
