@@ -23,9 +23,9 @@ def sent(monkeypatch):
     calls = []
     real = fitting.fit_candidates
 
-    def spy(tasks, n_jobs):
+    def spy(tasks, n_jobs, progress=False):
         calls.append((len(tasks), n_jobs))
-        return real(tasks, n_jobs)
+        return real(tasks, n_jobs, progress)
 
     monkeypatch.setattr(fitting, "fit_candidates", spy)
     return calls
@@ -112,3 +112,11 @@ def test_a_script_without_the_main_guard_is_told_and_still_fitted(tmp_path):
     assert "fitted" in out.stdout
     assert "n_jobs=2: the worker processes stopped before finishing" in out.stderr
     assert 'if __name__ == "__main__":' in out.stderr
+
+
+def test_the_progress_bar_counts_candidates(sim, capsys):
+    """With workers, progress=True draws one bar in the calling process, a step per candidate fitted."""
+    DeepMixtureLMM((3, 2), (2, 1), basis=SplineBasis(6, lower=0, upper=1), random_state=0, max_iter=60,
+                   progress=True, n_jobs=2).fit(sim.data)
+    err = capsys.readouterr().err
+    assert "fitting 2 candidates in 2 processes" in err and "0/2" in err

@@ -580,8 +580,8 @@ def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basi
              if v is not None}
     extra.update(prior_options or {})
     progress = _show_progress(quiet)
-    if jobs != 1 and not select:  # the fit's candidates in worker processes (no progress bar from there)
-        extra["n_jobs"], progress = jobs, False
+    if jobs != 1 and not select:  # the fit's candidates in worker processes (the bar counts candidates)
+        extra["n_jobs"] = jobs
     if kind == "lmm" and exact_method is not None:
         from .lmm import LinearMixedModel
 

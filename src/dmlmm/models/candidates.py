@@ -31,7 +31,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -148,18 +148,32 @@ class _Task:
 
 
 def fit_candidates(tasks: list[tuple["VariationalLongitudinalModel", str, CandidateData]],
-                   n_jobs: int) -> list[CandidateFit | BaseException]:
+                   n_jobs: int, progress: bool = False) -> list[CandidateFit | BaseException]:
     """Every candidate ``(variant, kind, data)`` in full (no race), in up to ``n_jobs`` worker
-    processes; in the order given, each a :class:`CandidateFit` or the exception its fit raised."""
+    processes; in the order given, each a :class:`CandidateFit` or the exception its fit raised.
+    ``progress``: a progress bar over the candidates, a step as each one ends (the workers draw none)."""
     workers = max(1, min(int(n_jobs), len(tasks)))
-    # the workers keep the local step's own threads as they are: its work is split into chunks by the
-    # number of threads, so fewer threads would sum in another order and change the fit in its last digits
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
-        futures = [pool.submit(_run_task, _Task(_without_progress(v), k, d)) for v, k, d in tasks]
-        out: list[CandidateFit | BaseException] = []
-        for f in futures:
-            exc = f.exception()
-            out.append(exc if exc is not None else _rebuilt(f.result()))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tasks), desc=f"fitting {len(tasks)} candidates in {workers} processes", unit="fit",
+                   leave=False)
+    try:
+        # the workers keep the local step's own threads as they are: its work is split into chunks by the
+        # number of threads, so fewer threads would sum in another order and change the fit in its last digits
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
+            futures = [pool.submit(_run_task, _Task(_without_progress(v), k, d)) for v, k, d in tasks]
+            if bar is not None:
+                for _ in as_completed(futures):
+                    bar.update(1)
+            out: list[CandidateFit | BaseException] = []
+            for f in futures:
+                exc = f.exception()
+                out.append(exc if exc is not None else _rebuilt(f.result()))
+    finally:
+        if bar is not None:
+            bar.close()
     return out
 
 

@@ -327,7 +327,7 @@ class Fitting:
                 continue
             preps.append((tr, prep, caught))
         tasks = [(variant, kind, prep.candidates) for _, prep, _ in preps for variant, kind in self._fit_variants()]
-        done = iter(fit_candidates(tasks, n_jobs) if tasks else [])
+        done = iter(fit_candidates(tasks, n_jobs, bool(getattr(self, "progress", False))) if tasks else [])
         fits = []
         for tr, prep, caught in preps:
             outcomes = [next(done) for _ in self._fit_variants()]

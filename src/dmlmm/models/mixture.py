@@ -105,7 +105,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         Escape split-cluster optima with delete moves; drop empty components.
     random_state : int, Generator or None
     progress : bool
-        Show a progress bar (not with ``n_jobs`` > 1).
+        Show a progress bar (with ``n_jobs`` > 1: one step per candidate fitted).
     n_jobs : int or None
         Worker processes for the candidates that one fit compares by the ELBO (response scales of
         ``response_transform="auto"``, prior variants such as ``covariance="auto"``, noise models of
