@@ -120,3 +120,18 @@ def test_the_progress_bar_counts_candidates(sim, capsys):
                    progress=True, n_jobs=2).fit(sim.data)
     err = capsys.readouterr().err
     assert "fitting 2 candidates in 2 processes" in err and "0/2" in err
+
+
+def test_a_daemon_process_fits_in_place_and_says_so(sim, monkeypatch):
+    """A daemonic process (a multiprocessing.Pool worker) may not start children: the fit warns and runs
+    in the process itself, with the same result, instead of failing deep in multiprocessing."""
+    import multiprocessing
+
+    make = lambda jobs: DeepMixtureLMM((3, 2), (2, 1), basis=SplineBasis(6, lower=0, upper=1),  # noqa: E731
+                                       random_state=0, max_iter=60, n_jobs=jobs)
+    alone, _ = _fit(make(None), sim.data)
+    monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", True)
+    assert multiprocessing.current_process().daemon
+    with pytest.warns(RuntimeWarning, match=r"n_jobs=2: this process is a daemon .* fitting in this process instead"):
+        inside = make(2).fit(sim.data)
+    _same_fit(alone, inside)

@@ -22,7 +22,9 @@ of it as it was before the fit.
 Workers are started by ``forkserver`` where the platform has it, else by ``spawn``, never by a bare
 ``fork`` (forking a process whose BLAS or other threads are running can deadlock); so, as with any
 ``multiprocessing`` code, a script that fits with ``n_jobs`` > 1 must guard its top level with
-``if __name__ == "__main__":``. Each worker receives the candidate's sufficient statistics (pickled)
+``if __name__ == "__main__":`` (without it the workers fail to start, and the fit says so and runs in
+its own process, as it does in a daemonic process such as a ``multiprocessing.Pool`` worker, which may
+not start children). Each worker receives the candidate's sufficient statistics (pickled)
 and holds its own working memory, so peak memory grows with the number of workers.
 """
 
@@ -47,7 +49,7 @@ from .starting import init_factory
 if TYPE_CHECKING:
     from .base import VariationalLongitudinalModel
 
-__all__ = ["CandidateData", "CandidateFit", "fit_candidate", "fit_candidates", "highest_elbo", "resolve_n_jobs"]
+__all__ = ["CandidateData", "CandidateFit", "fit_candidate", "fit_candidates", "highest_elbo", "resolve_n_jobs", "workers_allowed"]
 
 
 @dataclass
@@ -131,6 +133,12 @@ def resolve_n_jobs(n_jobs: int | None) -> int:
     if n_jobs == -1:
         return _cpus()
     return int(n_jobs)
+
+
+def workers_allowed() -> bool:
+    """Whether this process may start worker processes: not a daemon (a ``multiprocessing.Pool`` worker,
+    for one, whose children the standard library refuses)."""
+    return not multiprocessing.current_process().daemon
 
 
 def _cpus() -> int:

@@ -38,7 +38,8 @@ from ..priors.membership import first_layer_resp, membership_laplace_cov
 from .design import LongitudinalDesign
 from .frames import FrameLike
 from .membership_design import MembershipDesign
-from .candidates import CandidateData, CandidateFit, fit_candidate, fit_candidates, highest_elbo, resolve_n_jobs
+from .candidates import (CandidateData, CandidateFit, fit_candidate, fit_candidates, highest_elbo, resolve_n_jobs,
+                         workers_allowed)
 from .starting import ridge_estimates
 
 if TYPE_CHECKING:
@@ -246,7 +247,11 @@ class Fitting:
         scales = transform_candidates(transform, d.response)
         n_jobs = resolve_n_jobs(getattr(self, "n_jobs", None))
         chosen = None
-        if n_jobs > 1 and len(scales) * len(self._fit_variants()) > 1:  # candidates at once (models/candidates.py)
+        if n_jobs > 1 and len(scales) * len(self._fit_variants()) > 1 and not workers_allowed():
+            warnings.warn(f"n_jobs={self.n_jobs}: this process is a daemon (e.g. a multiprocessing.Pool worker), which "
+                          "cannot start worker processes; fitting in this process instead (n_jobs=1 says so quietly)",
+                          RuntimeWarning, stacklevel=2)
+        elif n_jobs > 1 and len(scales) * len(self._fit_variants()) > 1:  # candidates at once (models/candidates.py)
             try:
                 chosen, fits = self._fit_scales_parallel(d, scales, members, Z, n_jobs)
             except BrokenProcessPool as exc:
