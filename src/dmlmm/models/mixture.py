@@ -110,8 +110,9 @@ class MixtureLMM(VariationalLongitudinalModel):
         Worker processes for the candidates that one fit compares by the ELBO (response scales of
         ``response_transform="auto"``, prior variants such as ``covariance="auto"``, noise models of
         ``noise="auto"``): None or 1 runs them one after the other, -1 on every CPU. The same kept fit
-        (:mod:`dmlmm.models.candidates` says when it can differ); scripts need the
-        ``if __name__ == "__main__":`` guard of any ``multiprocessing`` code. Not used by Dask fits.
+        (:mod:`dmlmm.models.candidates` says when it can differ); each worker holds its own copy of the
+        data's statistics and working memory; scripts need the ``if __name__ == "__main__":`` guard
+        of any ``multiprocessing`` code. Not used by Dask fits.
     """
 
     _model_name = "mixture of LMMs"
