@@ -94,6 +94,8 @@ def test_library_defaults_when_options_are_left_out(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--n-init", "0"], "--n-init must be a positive integer"),
     (["--model", "lmm", "--method", "reml", "--n-init", "2"], "--n-init does not apply to the exact fits"),
+    (["--model", "lmm", "--method", "ml", "--jobs", "2"], "--jobs does not apply to the exact fits"),
+    (["--jobs", "0"], "--jobs must be a positive integer or -1"),
     (["--interval", "1"], "--interval must be between 0 and 1"),
     (["--degree", "-1"], "--degree must be between 0 and 5"),
     (["--knots", "reference", "--degree", "2", "--n-basis", "6"], "spline basis:"),

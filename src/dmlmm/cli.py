@@ -327,6 +327,9 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     exact = kind == "lmm" and method in ("ml", "reml")
     if exact and n_init is not None:
         raise CliError("--n-init does not apply to the exact fits (--method ml or reml); they restart on their own")
+    if exact and jobs != 1:
+        raise CliError("--jobs does not apply to the exact fits (--method ml or reml): they fit one model, with "
+                       "nothing to run side by side")
     comps, dims, covs = _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs,
                                            n_basis, degree, interval, n_init)
     cov_cols = _covariate_columns(covs, time_col)
