@@ -35,7 +35,7 @@ from ..inference.subject_scales import SubjectScales, half_rss, optimal_df, opti
 from ..models.fitting import subject_noise
 from ..models.starting import ridge_penalties
 
-__all__ = ["ShardedScales", "start_half_rss", "shard_half_rss", "shard_scales", "shard_squarem_norms",
+__all__ = ["ShardedScales", "start_half_rss", "shard_half_rss", "shard_scales", "shard_n_obs", "shard_squarem_norms",
            "shard_squarem_point", "part_elbo", "per_shard", "on_shards", "settle", "gathered", "light", "noise_series"]
 
 
@@ -61,6 +61,7 @@ def shard_scales(shard, half_rss: np.ndarray, df: float) -> SubjectScales:
 
 
 def shard_n_obs(shard) -> np.ndarray:
+    """The shard's subjects' numbers of observations (n,)."""
     return np.asarray(shard.stats.n_obs)
 
 

@@ -219,8 +219,8 @@ def _quad_observation(R: np.ndarray, rank: np.ndarray, prior_cov: np.ndarray, sh
     means = np.zeros((A, D)) if with_means else None
     rows = np.minimum(2 ** np.ceil(np.log2(np.maximum(rank, 1))).astype(int), R.shape[1])
     for c in np.unique(cc):
+        S, s = prior_cov[c], float(s_path[c])
         for r in np.unique(rows[cc == c]):
-            S, s = prior_cov[c], float(s_path[c])
             on = np.flatnonzero((cc == c) & (rows == r))
             step = max(1, _CHUNK // (2 * r * D + D))
             for a in range(0, len(on), step):
