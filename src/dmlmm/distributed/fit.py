@@ -27,7 +27,7 @@ statistics (:mod:`.scales`).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Any, Sequence
 
@@ -36,10 +36,9 @@ import numpy as np
 from .._recorded import recorded
 from ..columns import ColumnNames
 from ..exceptions import DataError
-from ..inference.engine import VariationalParams, final_local_step
+from ..inference.engine import VariationalParams, VIConfig, final_local_step
 from ..inference.noise import per_cluster
-from ..inference.starts import run_vi_with_starts
-from ..models.candidates import highest_elbo
+from ..models.candidates import StartFactory, fit_in_turn
 from ..models.fitting import ScaleFit, fit_scales, fitting_order
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
@@ -207,7 +206,9 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     the scale ``transform`` (``frame = frame.on_scale(transform)``): the best by the ELBO, with its bound
     on the data's own scale and the warnings of that run (raised only if its scale is kept); with
     ``quiet`` also any other warning raised on the way; ``to_beat``: another scale's bound on the data's
-    scale, which the finishing runs race (:func:`~dmlmm.models.fitting.fit_scales`)."""
+    scale, which the finishing runs race (:func:`~dmlmm.models.fitting.fit_scales`). The candidates run
+    as in memory (:func:`~dmlmm.models.candidates.fit_in_turn`), from starts built on the workers
+    (:class:`DaskCandidateData`)."""
     if quiet:
         out, caught = recorded(lambda: _fit_scale(model, frame, transform, client, to_beat=to_beat))
         out.warnings = caught + out.warnings
@@ -220,35 +221,65 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
     jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
     rival = None if to_beat is None else model_scale_elbo(to_beat, float(frame.pooled.n_obs), design.y_scale, jac)
-    best = best_config = None
-    best_warnings: list = []
-    for variant, kind in model._fit_variants():  # as the in-memory fit (models/fitting.py)
-        rng = np.random.default_rng(model.random_state)
-        for _ in range(int(model.n_init)):
-            prior = variant._make_prior(stats.dim_random, N, rough)
-            config = replace(model._config(N, int(prior.path_components()[:, 0].max()) + 1), batch_size=None)
-            noise, aux, fixed = init_noise_and_fixed_from_sums(sums, stats.dim_fixed, config)
-            scales = None
-            if config.subject_df is not None:  # each subject's residual scale from its ridge fit, on its worker
-                w, s2 = start_point(sums, stats.dim_fixed)
-                scales = stats.initial_scales(b_parts, w, s2, ridge, config.subject_df, config.learn_df)
+    data = DaskCandidateData(stats, b_hat, rough, N, sums, b_parts, ridge)
+    best = fit_in_turn(model._fit_variants(), data, to_beat=rival)  # as the in-memory fit (models/fitting.py)
+    bound = data_scale_bound(best.result.elbo, float(frame.pooled.n_obs), design.y_scale, jac)
+    return ScaleFit(None, design, stats, best.result, best.config, jac, bound, best.warnings)
 
-            def init(p: RandomEffectsPrior, g: np.random.Generator, kind: str = kind) -> VariationalParams:
+
+@dataclass
+class DaskCandidateData:
+    """What every candidate on one response scale fits, on a Dask cluster: the answers of
+    :class:`~dmlmm.models.candidates.CandidateData` from the workers' sums.
+
+    Attributes
+    ----------
+    stats : DaskStats, the subjects' statistics on the workers.
+    b_hat : (N, D) the per-subject ridge fits, gathered (the priors' k-means / factor-analysis start).
+    roughness : (D,) or None; n_subjects : N.
+    sums : the ridge fits' sums (:meth:`DaskStats.ridge_init`), which start the noise and fixed effects.
+    b_parts, ridge : per shard, the ridge fits and their penalties, kept on the workers (the subjects'
+        residual scales start from them).
+    Z : None (membership covariates are fitted in memory only).
+    """
+
+    stats: DaskStats
+    b_hat: np.ndarray
+    roughness: np.ndarray | None
+    n_subjects: int
+    sums: Any
+    b_parts: Any
+    ridge: Any
+    Z: None = None
+
+    def config_for(self, config: VIConfig) -> VIConfig:
+        """Full-batch coordinate ascent: the Dask path has no minibatches."""
+        return replace(config, batch_size=None)
+
+    def start_factory(self, config: VIConfig, kind: str) -> StartFactory:
+        """``make_init(None)``: the start of a run on every subject, noise and fixed effects from the sums, each
+        subject's residual scale (with ``config.subject_df``) from its ridge fit on its worker."""
+        noise, aux, fixed = init_noise_and_fixed_from_sums(self.sums, self.stats.dim_fixed, config)
+        scales = None
+        if config.subject_df is not None:
+            w, s2 = start_point(self.sums, self.stats.dim_fixed)
+            scales = self.stats.initial_scales(self.b_parts, w, s2, self.ridge, config.subject_df, config.learn_df)
+        b_hat = self.b_hat
+
+        def make_init(rows: np.ndarray | None):
+            if rows is not None:  # only minibatch fits start on a subset, and the Dask path has none
+                raise ValueError("a Dask fit starts on every subject (rows=None)")
+
+            def init(p: RandomEffectsPrior, g: np.random.Generator) -> VariationalParams:
                 nz, ax = noise, aux
                 if kind == "cluster":  # one residual variance per first-layer component of this start
                     nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
                 return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g), None, scales)
 
-            callback = model._progress_callback()
-            res, caught = recorded(lambda: run_vi_with_starts(  # only the kept run's warnings are raised
-                stats, prior, init,
-                lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, N, rough), config, rng,
-                moves=model.delete_moves and not config.hard_assignment, callback=callback,
-                to_beat=highest_elbo(rival, None if best is None else best.elbo),
-            ))
-            if callback is not None:
-                callback.close()
-            if best is None or res.elbo > best.elbo:
-                best, best_config, best_warnings = res, config, caught
-    bound = data_scale_bound(best.elbo, float(frame.pooled.n_obs), design.y_scale, jac)
-    return ScaleFit(None, design, stats, best, best_config, jac, bound, best_warnings)
+            return init
+
+        return make_init
+
+    def start_scales(self, config: VIConfig):
+        """Not used: the Dask path has no minibatch fit."""
+        return None

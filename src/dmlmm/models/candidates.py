@@ -35,7 +35,7 @@ import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -49,12 +49,22 @@ from .starting import init_factory
 if TYPE_CHECKING:
     from .base import VariationalLongitudinalModel
 
-__all__ = ["CandidateData", "CandidateFit", "fit_candidate", "fit_candidates", "highest_elbo", "resolve_n_jobs", "workers_allowed"]
+#: ``make_init(rows)`` -> ``init(prior, rng)``: a candidate's starting points, for the subjects at ``rows``
+#: (None: all; :func:`~dmlmm.models.starting.init_factory`).
+StartFactory = Callable[[np.ndarray | None], Callable[..., Any]]
+
+__all__ = ["CandidateData", "CandidateFit", "StartFactory", "fit_candidate", "fit_candidates", "fit_in_turn",
+           "highest_elbo", "resolve_n_jobs", "workers_allowed"]
 
 
 @dataclass
 class CandidateData:
-    """What every candidate on one response scale fits: the subjects' statistics and starting fits.
+    """What every candidate on one response scale fits, in memory: the subjects' statistics and starting fits.
+
+    A candidate asks its data for two things (:func:`fit_candidate`): the run's settings
+    (:meth:`config_for`) and the factory of its starting points (:meth:`start_factory`). The Dask fit
+    answers them from sums on its workers (:class:`dmlmm.distributed.fit.DaskCandidateData`); the rest of a
+    candidate's fit is the same code.
 
     Attributes
     ----------
@@ -71,6 +81,20 @@ class CandidateData:
     roughness: np.ndarray | None
     n_subjects: int
     Z: np.ndarray | None = None
+
+    def config_for(self, config: VIConfig) -> VIConfig:
+        """The settings a run on these data uses: the model's, unchanged."""
+        return config
+
+    def start_factory(self, config: VIConfig, kind: str) -> StartFactory:
+        """``make_init(rows)``: the starting point of a run on the subjects at ``rows`` (None: all), noise
+        model ``kind`` (:func:`~dmlmm.models.starting.init_factory`)."""
+        return init_factory(self.stats, self.b_hat, config, kind, self.Z, self.penalties)
+
+    def start_scales(self, config: VIConfig):
+        """The subjects' residual scales from their ridge fits (None without ``config.subject_df``): the
+        minibatch fit's start outside its warm-start subsample."""
+        return None if config.subject_df is None else init_globals(self.stats, self.b_hat, config, self.penalties)[3]
 
 
 @dataclass
@@ -96,8 +120,8 @@ def fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: Cand
     best: CandidateFit | None = None
     for _ in range(int(variant.n_init)):
         prior = variant._make_prior(stats.dim_random, data.n_subjects, data.roughness)
-        config = variant._config(data.n_subjects, int(prior.path_components()[:, 0].max()) + 1)
-        make_init = init_factory(stats, data.b_hat, config, kind, Z, data.penalties)
+        config = data.config_for(variant._config(data.n_subjects, int(prior.path_components()[:, 0].max()) + 1))
+        make_init = data.start_factory(config, kind)
         resize = lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, data.n_subjects,  # noqa: E731
                                                                       data.roughness)
         callback = variant._progress_callback() if progress else None
@@ -109,7 +133,7 @@ def fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: Cand
             res, caught = recorded(lambda: run_vi_with_starts(
                 stats, prior, make_init(None), resize, config, rng, moves=moves, callback=callback, to_beat=race))
         else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
-            start = None if config.subject_df is None else init_globals(stats, data.b_hat, config, data.penalties)[3]
+            start = data.start_scales(config)
             res, caught = recorded(lambda: run_vi_stochastic(
                 stats, prior, make_init, resize, config, rng, variant._stochastic_settings(), moves=moves,
                 callback=callback, start_scales=start))
@@ -117,6 +141,19 @@ def fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: Cand
             callback.close()
         if best is None or res.elbo > best.result.elbo:
             best = CandidateFit(res, config, caught)
+    return best
+
+
+def fit_in_turn(variants: list[tuple["VariationalLongitudinalModel", str]], data: CandidateData,
+                to_beat: float | None = None) -> CandidateFit:
+    """Every candidate ``(variant, noise kind)`` on ``data`` one after the other, each racing the best so
+    far (and ``to_beat``, another scale's ELBO on this scale); the highest ELBO kept (the first on a tie).
+    Each run's warnings stay in its :class:`CandidateFit`: only the kept one's are raised, by the caller."""
+    best: CandidateFit | None = None
+    for variant, kind in variants:
+        cand = fit_candidate(variant, kind, data, to_beat=highest_elbo(to_beat, None if best is None else best.result.elbo))
+        if best is None or cand.result.elbo > best.result.elbo:
+            best = cand
     return best
 
 

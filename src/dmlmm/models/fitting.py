@@ -38,8 +38,7 @@ from ..priors.membership import first_layer_resp, membership_laplace_cov
 from .design import LongitudinalDesign
 from .frames import FrameLike
 from .membership_design import MembershipDesign
-from .candidates import (CandidateData, CandidateFit, fit_candidate, fit_candidates, highest_elbo, resolve_n_jobs,
-                         workers_allowed)
+from .candidates import CandidateData, CandidateFit, fit_candidates, fit_in_turn, resolve_n_jobs, workers_allowed
 from .starting import ridge_estimates
 
 if TYPE_CHECKING:
@@ -293,14 +292,9 @@ class Fitting:
         prep = self._prepare_scale(d, transform, members, Z)
         stats, design, jac = prep.candidates.stats, prep.design, prep.log_jacobian
         rival = None if to_beat is None else model_scale_elbo(to_beat, float(stats.n_obs.sum()), design.y_scale, jac)
-        best: CandidateFit | None = None
-        for variant, kind in self._fit_variants():
-            # each run's warnings are held back: only the kept run's are raised; a later candidate races
-            # the best so far and gives up once it cannot reach it
-            cand = fit_candidate(variant, kind, prep.candidates,
-                                 to_beat=highest_elbo(rival, None if best is None else best.result.elbo))
-            if best is None or cand.result.elbo > best.result.elbo:
-                best = cand
+        # each run's warnings are held back: only the kept run's are raised; a later candidate races
+        # the best so far and gives up once it cannot reach it
+        best = fit_in_turn(self._fit_variants(), prep.candidates, to_beat=rival)
         reraise(best.warnings)
         return prep.scale_fit(best)
 
