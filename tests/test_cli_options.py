@@ -95,7 +95,8 @@ def test_library_defaults_when_options_are_left_out(tmp_path):
     (["--n-init", "0"], "--n-init must be a positive integer"),
     (["--model", "lmm", "--method", "reml", "--n-init", "2"], "--n-init does not apply to the exact fits"),
     (["--model", "lmm", "--method", "ml", "--jobs", "2"], "--jobs does not apply to the exact fits"),
-    (["--jobs", "0"], "--jobs must be a positive integer or -1"),
+    (["--jobs", "0"], "--jobs must be a positive integer, -1 (every CPU) or auto, got 0"),
+    (["--jobs", "two"], "--jobs must be a positive integer, -1 (every CPU) or auto, got two"),
     (["--interval", "1"], "--interval must be between 0 and 1"),
     (["--degree", "-1"], "--degree must be between 0 and 5"),
     (["--knots", "reference", "--degree", "2", "--n-basis", "6"], "spline basis:"),
@@ -253,3 +254,14 @@ def test_prior_option_errors(patients, tmp_path, args, message):
             "--out", tmp_path / "res")
     assert message in error_line(r)
     assert not (tmp_path / "res").exists()
+
+
+def test_jobs_auto_runs_workers_for_full_batch_data_and_one_process_above(monkeypatch):
+    from dmlmm import cli
+
+    assert cli._parse_jobs("auto") == "auto" and cli._parse_jobs(" 3 ") == 3 and cli._parse_jobs("-1") == -1
+    assert cli._resolve_jobs("auto", cli.AUTO_JOBS_MAX_SUBJECTS) == -1
+    assert cli._resolve_jobs("auto", cli.AUTO_JOBS_MAX_SUBJECTS + 1) == 1
+    assert cli._resolve_jobs(2, 10 ** 6) == 2  # a number given is kept
+    monkeypatch.setattr("dmlmm.models.candidates.workers_allowed", lambda: False)  # e.g. inside a daemon
+    assert cli._resolve_jobs("auto", 10) == 1

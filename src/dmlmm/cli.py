@@ -215,6 +215,12 @@ def _check_interval(interval: float) -> None:
 
 
 # ---------------------------------------------------------------------------- commands
+
+#: ``--jobs auto``: worker processes (every CPU) for data of at most this many subjects, the full-batch fits;
+#: above, one process, since each worker holds its candidate's statistics (docs/performance.md, n_jobs).
+AUTO_JOBS_MAX_SUBJECTS = 5000
+
+
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dmlmm")
 def main() -> None:
@@ -289,9 +295,10 @@ def main() -> None:
                    "and the choice.")
 @click.option("--criterion", type=click.Choice(["elbo", "heldout"]), default="elbo", show_default=True,
               help="Selection criterion for --select.")
-@click.option("--jobs", default=1, show_default=True, type=int,
-              help="Parallel processes (-1: every CPU): for the candidates that one fit compares by the ELBO "
-                   "(response scales, loading orders, covariances, noise models; the same fit, in less time, "
+@click.option("--jobs", default="auto", show_default=True,
+              help="Parallel processes: a number, -1 (every CPU) or auto (every CPU for data of at most "
+                   f"{AUTO_JOBS_MAX_SUBJECTS:,} subjects, else 1): for the candidates that one fit compares by the "
+                   "ELBO (response scales, loading orders, covariances, noise models; the same fit, in less time, "
                    "with more memory), or for --select's grid.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 @click.option("--max-iter", default=None, type=int, help="Iteration cap of the fit.")
@@ -327,11 +334,12 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     exact = kind == "lmm" and method in ("ml", "reml")
     if exact and n_init is not None:
         raise CliError("--n-init does not apply to the exact fits (--method ml or reml); they restart on their own")
-    if exact and jobs != 1:
+    jobs = _parse_jobs(jobs)
+    if exact and jobs not in (1, "auto"):
         raise CliError("--jobs does not apply to the exact fits (--method ml or reml): they fit one model, with "
                        "nothing to run side by side")
-    comps, dims, covs = _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs,
-                                           n_basis, degree, interval, n_init)
+    comps, dims, covs = _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, n_basis, degree,
+                                           interval, n_init)
     cov_cols = _covariate_columns(covs, time_col)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, cov_cols)
     prior_options = _prior_options(kind, exact, smoothing, noise, loading_order, covariance, noise_df)
@@ -440,8 +448,31 @@ def _band_check(model, frame, subject, time_col, response, covs, interval):
         raise CliError(f"--check-bands: {e}") from e
 
 
-def _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, jobs, n_basis, degree, interval,
-                       n_init):
+def _parse_jobs(text) -> int | str:
+    """``--jobs``: "auto", -1 or a positive integer; a CliError naming the value otherwise."""
+    value = str(text).strip().lower()
+    if value == "auto":
+        return "auto"
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1 and jobs != -1:
+        raise CliError(f"--jobs must be a positive integer, -1 (every CPU) or auto, got {text}")
+    return jobs
+
+
+def _resolve_jobs(jobs: int | str, n_subjects: int) -> int:
+    """``--jobs`` as a number of processes: ``auto`` is -1 (every CPU) for at most
+    :data:`AUTO_JOBS_MAX_SUBJECTS` subjects where this process may start workers, else 1."""
+    if jobs != "auto":
+        return jobs
+    from .models.candidates import workers_allowed
+
+    return -1 if n_subjects <= AUTO_JOBS_MAX_SUBJECTS and workers_allowed() else 1
+
+
+def _check_fit_options(kind, components, latent_dims, covariates, select, max_iter, n_basis, degree, interval, n_init):
     """Option checks that need no data; returns components, latent dims and covariates parsed."""
     comps = parse_int_list(components, "--components")
     dims = parse_int_list(latent_dims, "--latent-dims")
@@ -458,8 +489,6 @@ def _check_fit_options(kind, components, latent_dims, covariates, select, max_it
         raise CliError(f"--max-iter must be a positive integer, got {max_iter}")
     if n_init is not None and n_init < 1:
         raise CliError(f"--n-init must be a positive integer, got {n_init}")
-    if jobs < 1 and jobs != -1:
-        raise CliError(f"--jobs must be a positive integer or -1, got {jobs}")
     if degree is not None and not 0 <= degree <= 5:
         raise CliError(f"--degree must be between 0 and 5, got {degree}")
     if n_basis is not None and n_basis < (3 if degree is None else degree) + 1:
@@ -583,6 +612,7 @@ def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basi
              if v is not None}
     extra.update(prior_options or {})
     progress = _show_progress(quiet)
+    jobs = _resolve_jobs(jobs, int(frame[subject].nunique()))
     if jobs != 1 and not select:  # the fit's candidates in worker processes (the bar counts candidates)
         extra["n_jobs"] = jobs
     if kind == "lmm" and exact_method is not None:
