@@ -229,8 +229,9 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
 
 @dataclass
 class DaskCandidateData:
-    """What every candidate on one response scale fits, on a Dask cluster: the answers of
-    :class:`~dmlmm.models.candidates.CandidateData` from the workers' sums.
+    """What every candidate on one response scale fits, on a Dask cluster: the answers to
+    :class:`~dmlmm.models.candidates.CandidateInputs` from the workers' sums (in memory:
+    :class:`~dmlmm.models.candidates.CandidateData`).
 
     Attributes
     ----------

@@ -35,7 +35,7 @@ import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
@@ -53,18 +53,36 @@ if TYPE_CHECKING:
 #: (None: all; :func:`~dmlmm.models.starting.init_factory`).
 StartFactory = Callable[[np.ndarray | None], Callable[..., Any]]
 
-__all__ = ["CandidateData", "CandidateFit", "StartFactory", "fit_candidate", "fit_candidates", "fit_in_turn",
+__all__ = ["CandidateData", "CandidateFit", "CandidateInputs", "StartFactory", "fit_candidate", "fit_candidates", "fit_in_turn",
            "highest_elbo", "resolve_n_jobs", "workers_allowed"]
+
+
+class CandidateInputs(Protocol):
+    """What :func:`fit_candidate` asks of one response scale's data: the statistics, the per-subject
+    ridge fits (the priors' starts), the roughness and the membership design, the run's settings and the
+    starting points. :class:`CandidateData` answers in memory, ``dmlmm.distributed.fit.DaskCandidateData``
+    from sums on a Dask cluster's workers."""
+
+    stats: Any
+    b_hat: np.ndarray
+    roughness: np.ndarray | None
+    n_subjects: int
+    Z: np.ndarray | None
+
+    def config_for(self, config: VIConfig) -> VIConfig: ...
+
+    def start_factory(self, config: VIConfig, kind: str) -> StartFactory: ...
+
+    def start_scales(self, config: VIConfig) -> Any: ...
 
 
 @dataclass
 class CandidateData:
     """What every candidate on one response scale fits, in memory: the subjects' statistics and starting fits.
 
-    A candidate asks its data for two things (:func:`fit_candidate`): the run's settings
-    (:meth:`config_for`) and the factory of its starting points (:meth:`start_factory`). The Dask fit
-    answers them from sums on its workers (:class:`dmlmm.distributed.fit.DaskCandidateData`); the rest of a
-    candidate's fit is the same code.
+    A candidate asks its data (:class:`CandidateInputs`) for the run's settings (:meth:`config_for`) and
+    its starting points (:meth:`start_factory`, :meth:`start_scales`). The Dask fit answers from sums on its
+    workers (``dmlmm.distributed.fit.DaskCandidateData``); the rest of a candidate's fit is the same code.
 
     Attributes
     ----------
@@ -106,7 +124,7 @@ class CandidateFit:
     warnings: list = field(default_factory=list)
 
 
-def fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: CandidateData,
+def fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: CandidateInputs,
                   to_beat: float | None = None, progress: bool = True) -> CandidateFit:
     """One candidate: ``variant``'s prior with noise model ``kind``, ``n_init`` restarts from
     ``random_state``, the highest ELBO kept (the first on a tie).
@@ -144,7 +162,7 @@ def fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: Cand
     return best
 
 
-def fit_in_turn(variants: list[tuple["VariationalLongitudinalModel", str]], data: CandidateData,
+def fit_in_turn(variants: list[tuple["VariationalLongitudinalModel", str]], data: CandidateInputs,
                 to_beat: float | None = None) -> CandidateFit:
     """Every candidate ``(variant, noise kind)`` on ``data`` one after the other, each racing the best so
     far (and ``to_beat``, another scale's ELBO on this scale); the highest ELBO kept (the first on a tie).
