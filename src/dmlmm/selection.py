@@ -25,7 +25,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import multiprocessing
-import os
 import time as _time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -37,6 +36,7 @@ import pandas as pd
 
 from .basis import SplineBasis
 from .data import Longitudinal
+from .models.candidates import resolve_n_jobs
 from .models.mixture import DeepMixtureLMM, MixtureLMM
 from .priors.dmfa import DeepMixturePrior
 from .simulate import split_heldout
@@ -270,9 +270,7 @@ def describe_candidate(row: dict) -> str:
 
 def _run(tasks: list[_Task], n_jobs: int):
     """Fit the tasks here (n_jobs=1) or in worker processes; yields (index, row, model) as each finishes."""
-    n_jobs = int(n_jobs)
-    if n_jobs == -1:
-        n_jobs = os.cpu_count() or 1
+    n_jobs = resolve_n_jobs(int(n_jobs))  # -1: the CPUs this process may use, as a fit's n_jobs
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs}")
     workers = min(n_jobs, len(tasks))

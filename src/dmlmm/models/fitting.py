@@ -245,12 +245,13 @@ class Fitting:
         t0 = perf_counter()
         scales = transform_candidates(transform, d.response)
         n_jobs = resolve_n_jobs(getattr(self, "n_jobs", None))
+        several = len(scales) * len(self._fit_variants()) > 1  # candidates to run side by side
         chosen = None
-        if n_jobs > 1 and len(scales) * len(self._fit_variants()) > 1 and not workers_allowed():
+        if n_jobs > 1 and several and not workers_allowed():
             warnings.warn(f"n_jobs={self.n_jobs}: this process is a daemon (e.g. a multiprocessing.Pool worker), which "
                           "cannot start worker processes; fitting in this process instead (n_jobs=1 says so quietly)",
                           RuntimeWarning, stacklevel=2)
-        elif n_jobs > 1 and len(scales) * len(self._fit_variants()) > 1:  # candidates at once (models/candidates.py)
+        elif n_jobs > 1 and several:  # candidates at once (models/candidates.py)
             try:
                 chosen, fits = self._fit_scales_parallel(d, scales, members, Z, n_jobs)
             except BrokenProcessPool as exc:
@@ -336,10 +337,7 @@ class Fitting:
                 continue
             if failed is not None:
                 raise failed
-            best = outcomes[0]
-            for cand in outcomes[1:]:
-                if cand.result.elbo > best.result.elbo:
-                    best = cand
+            best = max(outcomes, key=lambda cand: cand.result.elbo)  # the first on a tie
             fit = prep.scale_fit(best)
             fit.warnings = caught + best.warnings
             if not quiet:
