@@ -416,13 +416,13 @@ def test_auto_scales_hold_one_scale_at_a_time(client, dgp1_frame, monkeypatch):
     fitted = []
     real = fit_mod._fit_scale
 
-    def spy(model, frame, transform, client_, quiet=False, to_beat=None):
+    def spy(model, frame, transform, client_, quiet=False, to_beat=None, confounded=False):
         if not quiet:  # the inner call of a quiet (several scales) fit
-            return real(model, frame, transform, client_, quiet, to_beat)
+            return real(model, frame, transform, client_, quiet, to_beat, confounded)
         if fitted:  # the first scale's worker data are released before the next scale is fitted
             first = fitted[0]
             assert {f.status for f in list(first.stats.shards) + list(first.result.local.parts)} == {"cancelled"}
-        fitted.append(real(model, frame, transform, client_, quiet, to_beat))
+        fitted.append(real(model, frame, transform, client_, quiet, to_beat, confounded))
         return fitted[-1]
 
     monkeypatch.setattr(fit_mod, "_fit_scale", spy)
@@ -475,3 +475,29 @@ def test_subject_scales_same_answer(client, dgp1_frame, tmp_path):
     m1.save(tmp_path / "scales.dmlmm")  # after collect (in _same_fit): the scales are gathered too
     back = dmlmm.load(tmp_path / "scales.dmlmm")
     np.testing.assert_allclose(back.predict_noise(some).to_numpy(), m0.predict_noise(some).to_numpy(), rtol=1e-6)
+
+
+def test_shared_times_confound_the_noise_as_in_memory(client):
+    """Every subject at the same seven times under eight functions: the Dask fit, as the in-memory one,
+    fits the P-spline covariance alone under covariance="auto" (the same fit) and warns for "full"."""
+    from dmlmm.exceptions import IdentifiabilityWarning
+
+    rng = np.random.default_rng(0)
+    times = np.array([0.0, 0.15, 0.3, 0.5, 0.7, 0.85, 1.0])
+    n = 60
+    level, slope = rng.normal(size=n), rng.normal(size=n) * 0.5
+    df = pd.DataFrame({"subject": np.repeat(np.arange(n), len(times)), "time": np.tile(times, n)})
+    df["y"] = np.repeat(level, len(times)) + np.repeat(slope, len(times)) * df["time"] + 0.2 * rng.normal(size=len(df))
+    ddf = dd.from_pandas(df, npartitions=2, sort=False)
+    kw = dict(n_components=1, basis=SplineBasis(8), random_state=0, max_iter=60, response_transform=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdentifiabilityWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m0 = MixtureLMM(**kw).fit(df)
+        m1 = MixtureLMM(**kw).fit(ddf)
+    assert m0.prior_.covariance == m1.prior_.covariance == "pspline"
+    _same_fit(m0, m1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(IdentifiabilityWarning, match="the same 7 distinct times, no more than the 8 basis functions"):
+            MixtureLMM(**{**kw, "covariance": "full", "max_iter": 5}).fit(ddf)

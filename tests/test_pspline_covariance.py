@@ -170,3 +170,67 @@ def test_pspline_mixture_saves_and_loads(tmp_path):
     a = m.predict_trajectory(df.head(10), times=np.linspace(0, 6, 7))
     b = m2.predict_trajectory(df.head(10), times=np.linspace(0, 6, 7))
     pd.testing.assert_frame_equal(a, b)
+
+
+def _shared_time_gaussian_curves(n=150, times=(0.0, 0.15, 0.3, 0.5, 0.7, 0.85, 1.0), noise=0.2, seed=0):
+    """Curves with Gaussian coefficients of an arbitrary covariance (5 clamped cubic B-splines), every
+    subject seen at the same seven times with noise SD ``noise``."""
+    rng = np.random.default_rng(seed)
+    basis = SplineBasis(5, knots="clamped", lower=0, upper=1).fit()
+    L = rng.normal(size=(5, 5)) * 0.4
+    b = np.array([0.5, -1.0, 0.3, 1.0, 0.0]) + rng.normal(size=(n, 5)) @ L.T
+    t = np.tile(times, (n, 1)).ravel()
+    y = (basis.transform(t) * np.repeat(b, len(times), axis=0)).sum(1) + noise * rng.normal(size=t.size)
+    return pd.DataFrame({"subject": np.repeat(np.arange(n), len(times)), "time": t, "y": y})
+
+
+def test_noise_is_confounded_with_a_full_covariance_at_shared_times():
+    """Every observation at one of T <= D distinct times where the basis has rank T, no subject seen twice
+    at one time: sigma^2 I is one of the covariances X_T Sigma X_T' reaches. More distinct times than
+    functions, or a replicate, identify the noise."""
+    from dmlmm.models.design import noise_confounded, repeated_times
+
+    basis = SplineBasis(8).fit(np.linspace(0, 1, 50))
+    shared = np.array([0.0, 0.15, 0.3, 0.5, 0.7, 0.85, 1.0])
+    assert noise_confounded(basis, shared, repeats=False)
+    assert noise_confounded(basis, np.linspace(0, 1, 8), repeats=False)  # T = D: still every covariance
+    assert not noise_confounded(basis, np.linspace(0, 1, 9), repeats=False)
+    assert not noise_confounded(basis, shared, repeats=True)
+    assert not noise_confounded(basis, None, repeats=False)  # times not known: taken as many
+    codes = np.array([0, 0, 1, 1, 1])
+    assert repeated_times(codes, np.array([0.0, 1.0, 0.0, 1.0, 1.0]))
+    assert not repeated_times(codes, np.array([0.0, 1.0, 0.0, 1.0, 2.0]))
+    assert not repeated_times(np.array([0, 1]), np.array([0.5, 0.5]))  # two subjects at one time
+
+
+def test_auto_covariance_skips_the_full_one_where_shared_times_confound_the_noise():
+    """At seven shared times under eight functions the full covariance's ELBO is higher, with the noise
+    taken into the curves (sigma^2 a quarter of the truth): "auto" fits the P-spline one alone and keeps
+    the noise; asking for the full one (or no smoothness prior, which means it) warns."""
+    from dmlmm.exceptions import IdentifiabilityWarning
+
+    df = _shared_time_gaussian_curves()
+    truth = 0.2**2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = MixtureLMM(1, SplineBasis(8), covariance="full", random_state=0).fit(df)
+        pspline = MixtureLMM(1, SplineBasis(8), covariance="pspline", random_state=0).fit(df)
+    assert full.elbo_ > pspline.elbo_ + 50 and full.sigma2_ < 0.5 * truth
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdentifiabilityWarning)
+        auto = MixtureLMM(1, SplineBasis(8), random_state=0).fit(df)
+    assert auto.prior_.covariance == "pspline" and auto.elbo_ == pspline.elbo_
+    assert abs(auto.sigma2_ - truth) < 0.35 * truth, auto.sigma2_
+    message = ("every subject is observed at (some of) the same 7 distinct times, no more than the 8 basis functions: "
+               "under a full covariance of the spline coefficients the residual variance is not identified")
+    for kwargs in ({"covariance": "full"}, {"smoothing": None}):
+        with pytest.warns(IdentifiabilityWarning, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
+            MixtureLMM(1, SplineBasis(8), max_iter=5, random_state=0, **kwargs).fit(df)
+        assert any(w.filename == __file__ for w in caught if issubclass(w.category, IdentifiabilityWarning))
+    # the same curves at their own times: the noise is identified, both covariances are fitted
+    irregular = df.assign(time=np.random.default_rng(1).uniform(0, 1, len(df)))
+    assert len(MixtureLMM(1, SplineBasis(8))._fit_variants(False)) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdentifiabilityWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        MixtureLMM(1, SplineBasis(8), covariance="full", max_iter=5, random_state=0).fit(irregular)

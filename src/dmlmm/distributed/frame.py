@@ -27,7 +27,7 @@ from ..basis import SplineBasis
 from ..columns import ColumnNames
 from ..covariates import CovariateEncoding, parse_covariates
 from ..exceptions import DataError
-from ..models.design import LongitudinalDesign
+from ..models.design import LongitudinalDesign, noise_confounded
 from ..standardise import checked_scale
 from . import shard as sh
 
@@ -79,6 +79,8 @@ class PooledSummary:
     times: np.ndarray | None
     cov_mean: np.ndarray
     cov_sd: np.ndarray
+    few_times: np.ndarray | None = None  # all distinct times when at most shard.FEW_TIMES, else None
+    repeats: bool = False  # a subject observed twice at one time
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -109,6 +111,10 @@ def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> Poo
     else:
         cov_mean = cov_m2 = np.zeros(0)
     times = None if parts[0].times is None else np.unique(np.concatenate([p.times for p in parts]))
+    few = None
+    if all(p.few_times is not None for p in parts):
+        few = np.unique(np.concatenate([p.few_times for p in parts]))
+        few = few if len(few) <= sh.FEW_TIMES else None
     y_absmax = max(p.y_absmax for p in full)
     with np.errstate(over="ignore", invalid="ignore"):
         y_sd = float(np.sqrt(y_m2 / N))
@@ -136,6 +142,8 @@ def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> Poo
         times=times,
         cov_mean=cov_mean,
         cov_sd=np.sqrt(cov_m2 / N),
+        few_times=few,
+        repeats=any(p.repeats for p in parts),
     )
 
 
@@ -228,9 +236,7 @@ class DaskFrame:
         """The design :meth:`LongitudinalDesign.learn` would learn from the whole frame, whose response
         is on the scale ``transform`` (:meth:`on_scale`)."""
         pooled = self.pooled
-        basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
-        if not basis.is_fitted:
-            basis.fit(pooled.times if pooled.times is not None else np.array([pooled.t_min, pooled.t_max]))
+        basis = self.fitted_basis(basis)
         response = self.columns.response
         scale = checked_scale(pooled.y_sd, n=pooled.n_obs, biggest=pooled.y_absmax, centre=pooled.y_median,
                               spread=pooled.y_spread, far=pooled.y_far, name=response)
@@ -246,6 +252,19 @@ class DaskFrame:
                                     roughness, None if smoothing is None else int(smoothing), transform=transform)
         design.check_identifiable(self._occupied(design))
         return design
+
+    def fitted_basis(self, basis: SplineBasis | None) -> SplineBasis:
+        """A copy of ``basis`` (default ``SplineBasis()``) fitted as :meth:`LongitudinalDesign.learn` fits it on
+        the whole frame (unless it is fitted already)."""
+        pooled = self.pooled
+        basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
+        if not basis.is_fitted:
+            basis.fit(pooled.times if pooled.times is not None else np.array([pooled.t_min, pooled.t_max]))
+        return basis
+
+    def noise_confounded(self, basis: SplineBasis) -> bool:
+        """:func:`~dmlmm.models.design.noise_confounded` for the whole frame under the fitted ``basis``."""
+        return noise_confounded(basis, self.pooled.few_times, self.pooled.repeats)
 
     def _occupied(self, design: LongitudinalDesign) -> SimpleNamespace:
         """A stand-in for the data in :meth:`LongitudinalDesign.check_identifiable`: one time in each

@@ -26,7 +26,7 @@ from ..exceptions import DataError
 from ..inference.local import NoiseMoments, local_step
 from ..inference.subject_scales import GroupMoments, SubjectScales, weighted_stats, with_scales
 from ..models.starting import ridge_estimates, ridge_penalties
-from ..models.design import LongitudinalDesign
+from ..models.design import LongitudinalDesign, repeated_times
 from ..prediction import fixed_effects_information
 from ..priors.base import PathPrior, PointMixture
 from ..response_transform import forward
@@ -62,6 +62,9 @@ class PartitionSummary:
     t_min, t_max : float.
     times : (T,) its distinct times, or None when not asked for.
     cov_mean, cov_m2 : (P,) the encoded covariates' means and sums of squared deviations.
+    few_times : (T,) its distinct times when at most :data:`FEW_TIMES` of them, else None;
+    repeats : whether a subject is observed twice at one time (both for
+        :func:`~dmlmm.models.design.noise_confounded`).
     """
 
     n_rows: int
@@ -78,6 +81,14 @@ class PartitionSummary:
     times: np.ndarray | None
     cov_mean: np.ndarray
     cov_m2: np.ndarray
+    few_times: np.ndarray | None = None
+    repeats: bool = False
+
+
+#: Most distinct times a partition reports for the check whether the residual variance is identified
+#: against a full covariance (:func:`~dmlmm.models.design.noise_confounded`; more than a basis has
+#: functions settle it).
+FEW_TIMES = 1000
 
 
 def read_partition(
@@ -120,7 +131,7 @@ def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> Pa
     if data is None:
         P = 0
         return PartitionSummary(n_rows, n_rows, pd.Index([]), 0, 0.0, 0.0, 0.0, 0.0, np.zeros(0), np.inf, -np.inf,
-                                np.zeros(0) if distinct_times else None, np.zeros(P), np.zeros(P))
+                                np.zeros(0) if distinct_times else None, np.zeros(P), np.zeros(P), np.zeros(0), False)
     y, t, cov = data.response, data.time, data.covariates
     y_absmax = float(np.max(np.abs(y)))
     with np.errstate(over="ignore", invalid="ignore"):
@@ -132,6 +143,7 @@ def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> Pa
     else:
         sketch = np.quantile(y, np.linspace(0.0, 1.0, SKETCH_SIZE))
     cov_mean = cov.mean(axis=0)
+    distinct = np.unique(t)
     return PartitionSummary(
         n_rows=n_rows,
         n_dropped=n_rows - data.n_obs,
@@ -144,9 +156,11 @@ def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> Pa
         y_sketch=sketch,
         t_min=float(t.min()),
         t_max=float(t.max()),
-        times=np.unique(t) if distinct_times else None,
+        times=distinct if distinct_times else None,
         cov_mean=cov_mean,
         cov_m2=((cov - cov_mean) ** 2).sum(axis=0),
+        few_times=distinct if len(distinct) <= FEW_TIMES else None,
+        repeats=repeated_times(data.codes, t),
     )
 
 

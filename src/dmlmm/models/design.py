@@ -26,7 +26,7 @@ from ..standardise import response_scale
 from ..exceptions import DataError, IdentifiabilityWarning
 from .membership_design import MembershipDesign
 
-__all__ = ["LongitudinalDesign"]
+__all__ = ["LongitudinalDesign", "fitted_basis", "noise_confounded", "repeated_times"]
 
 _CONFOUNDED_R2 = 0.999  # a covariate explained this well by time (and earlier covariates) is flagged
 
@@ -36,6 +36,37 @@ def _r2(A: np.ndarray, f: np.ndarray) -> float:
     coef, *_ = np.linalg.lstsq(A, f, rcond=None)
     r = f - A @ coef
     return 1.0 - float(r @ r) / max(float(f @ f), 1e-300)
+
+
+def fitted_basis(basis: SplineBasis | None, time: np.ndarray) -> SplineBasis:
+    """A copy of ``basis`` (default ``SplineBasis()``), fitted on the times ``time`` unless it is fitted already."""
+    basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
+    if not basis.is_fitted:
+        basis.fit(time)
+    return basis
+
+
+def repeated_times(codes: np.ndarray, time: np.ndarray) -> bool:
+    """Whether some subject is observed twice at one time (rows sorted by subject code, then time)."""
+    codes, time = np.asarray(codes), np.asarray(time)
+    return bool(np.any((codes[1:] == codes[:-1]) & (time[1:] == time[:-1])))
+
+
+def noise_confounded(basis: SplineBasis, times: np.ndarray | None, repeats: bool) -> bool:
+    """Whether the data confound white noise with subject curves of unstructured covariance.
+
+    Every observation is at one of the T distinct ``times`` (None: not known, taken as many), and
+    when the basis has full row rank T there (so T <= D) while no subject is observed twice at one
+    time (``repeats``), a full covariance Sigma of the spline coefficients can absorb any residual
+    variance: ``X_T Sigma X_T'`` reaches every T x T covariance, ``sigma^2 I`` included, so the
+    likelihood is the same for every split of the variation between ``sigma^2`` and Sigma, and the
+    split is left to the priors. (Typical: every subject seen at the same few ages under a basis of
+    20 functions. With more distinct times than functions, or replicates, the residuals outside the
+    curves' span identify ``sigma^2``.)
+    """
+    if repeats or times is None or len(times) > basis.n_basis:
+        return False
+    return int(np.linalg.matrix_rank(basis.transform(np.asarray(times, dtype=float)))) == len(times)
 
 
 @dataclass
@@ -81,9 +112,7 @@ class LongitudinalDesign:
         """The design of ``data`` (its response already on the model's scale, see :meth:`to_model_scale`)."""
         if data.response is None:
             raise DataError("the data has no response column to fit")
-        basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
-        if not basis.is_fitted:
-            basis.fit(data.time)
+        basis = fitted_basis(basis, data.time)
         y = data.response
         scale = response_scale(y, data.columns.response)
         cov = data.covariates

@@ -35,7 +35,7 @@ from ..prediction import fixed_effects_cov
 from ..response_transform import (check_transform, data_scale_bound, forward, label_of, log_jacobian,
                                   model_scale_elbo, transform_candidates)
 from ..priors.membership import first_layer_resp, membership_laplace_cov
-from .design import LongitudinalDesign
+from .design import LongitudinalDesign, fitted_basis, noise_confounded, repeated_times
 from .frames import FrameLike
 from .membership_design import MembershipDesign
 from .candidates import CandidateData, CandidateFit, fit_candidates, fit_in_turn, resolve_n_jobs, workers_allowed
@@ -243,9 +243,12 @@ class Fitting:
         if self._membership_columns():
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
+        times, basis = np.unique(d.time), fitted_basis(self.basis, d.time)  # the basis of every scale (times only)
+        confounded = noise_confounded(basis, times, repeated_times(d.codes, d.time))
+        self._check_noise_identified(confounded, len(times), basis.n_basis)
         scales = transform_candidates(transform, d.response)
         n_jobs = resolve_n_jobs(getattr(self, "n_jobs", None))
-        several = len(scales) * len(self._fit_variants()) > 1  # candidates to run side by side
+        several = len(scales) * len(self._fit_variants(confounded)) > 1  # candidates to run side by side
         chosen = None
         if n_jobs > 1 and several and not workers_allowed():
             warnings.warn(f"n_jobs={self.n_jobs}: this process is a daemon (e.g. a multiprocessing.Pool worker), which "
@@ -253,14 +256,15 @@ class Fitting:
                           RuntimeWarning, stacklevel=2)
         elif n_jobs > 1 and several:  # candidates at once (models/candidates.py)
             try:
-                chosen, fits = self._fit_scales_parallel(d, scales, members, Z, n_jobs)
+                chosen, fits = self._fit_scales_parallel(d, scales, members, Z, n_jobs, confounded)
             except BrokenProcessPool as exc:
                 warnings.warn(
                     f"n_jobs={self.n_jobs}: the worker processes stopped before finishing ({exc}); fitting in this "
                     "process instead. A script that fits with n_jobs > 1 needs its top level guarded by "
                     "`if __name__ == \"__main__\":` (the workers import it)", RuntimeWarning, stacklevel=2)
         if chosen is None:
-            chosen, fits = fit_scales(scales, lambda tr, quiet, to_beat: self._fit_scale(d, tr, members, Z, quiet, to_beat))
+            chosen, fits = fit_scales(scales, lambda tr, quiet, to_beat: self._fit_scale(d, tr, members, Z, quiet, to_beat,
+                                                                                    confounded))
         chosen.result.seconds = perf_counter() - t0
         best, design, stats = chosen.result, chosen.design, chosen.stats
         self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
@@ -278,24 +282,25 @@ class Fitting:
         return self
 
     def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z, quiet: bool = False,
-                   to_beat: float | None = None) -> ScaleFit:
+                   to_beat: float | None = None, confounded: bool = False) -> ScaleFit:
         """Every variant of the fit (:meth:`_fit_variants`, ``n_init`` each) of ``d``'s response on one
         scale (``transform(y)``); the best by the ELBO, with its bound on the data's own scale. With
-        ``quiet`` the warnings are kept in the result instead of raised."""
+        ``quiet`` the warnings are kept in the result instead of raised. ``confounded``: the data confound
+        the residual variance with a full covariance (:func:`~dmlmm.models.design.noise_confounded`)."""
         if not quiet:
-            return self._fit_scale_loud(d, transform, members, Z, to_beat)
-        out, caught = recorded(lambda: self._fit_scale_loud(d, transform, members, Z, to_beat))
+            return self._fit_scale_loud(d, transform, members, Z, to_beat, confounded)
+        out, caught = recorded(lambda: self._fit_scale_loud(d, transform, members, Z, to_beat, confounded))
         out.warnings = caught
         return out
 
     def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z,
-                        to_beat: float | None = None) -> ScaleFit:
+                        to_beat: float | None = None, confounded: bool = False) -> ScaleFit:
         prep = self._prepare_scale(d, transform, members, Z)
         stats, design, jac = prep.candidates.stats, prep.design, prep.log_jacobian
         rival = None if to_beat is None else model_scale_elbo(to_beat, float(stats.n_obs.sum()), design.y_scale, jac)
         # each run's warnings are held back: only the kept run's are raised; a later candidate races
         # the best so far and gives up once it cannot reach it
-        best = fit_in_turn(self._fit_variants(), prep.candidates, to_beat=rival)
+        best = fit_in_turn(self._fit_variants(confounded), prep.candidates, to_beat=rival)
         reraise(best.warnings)
         return prep.scale_fit(best)
 
@@ -313,7 +318,7 @@ class Fitting:
         return _ScalePrep(d, design, CandidateData(stats, b_hat, penalties, rough, d.n_subjects, Z), jac)
 
     def _fit_scales_parallel(self, d: Longitudinal, scales: list[str | None], members, Z,
-                             n_jobs: int) -> tuple[ScaleFit, list[ScaleFit]]:
+                             n_jobs: int, confounded: bool = False) -> tuple[ScaleFit, list[ScaleFit]]:
         """:func:`fit_scales` with every candidate of every scale at once in worker processes
         (:mod:`dmlmm.models.candidates`): each scale's best candidate (the first on a tie), then the
         best scale, with the same warnings and refusals."""
@@ -326,11 +331,12 @@ class Fitting:
                 refused.append((tr, exc))
                 continue
             preps.append((tr, prep, caught))
-        tasks = [(variant, kind, prep.candidates) for _, prep, _ in preps for variant, kind in self._fit_variants()]
+        variants = self._fit_variants(confounded)
+        tasks = [(variant, kind, prep.candidates) for _, prep, _ in preps for variant, kind in variants]
         done = iter(fit_candidates(tasks, n_jobs, bool(getattr(self, "progress", False))) if tasks else [])
         fits = []
         for tr, prep, caught in preps:
-            outcomes = [next(done) for _ in self._fit_variants()]
+            outcomes = [next(done) for _ in variants]
             failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
             if isinstance(failed, DataError):
                 refused.append((tr, failed))
@@ -353,17 +359,24 @@ class Fitting:
         n = getattr(self, "subsample", "auto")
         return StochasticSettings() if n == "auto" else StochasticSettings(subsample=int(n))
 
-    def _fit_variants(self) -> list[tuple["VariationalLongitudinalModel", str]]:
+    def _fit_variants(self, noise_confounded: bool = False) -> list[tuple["VariationalLongitudinalModel", str]]:
         """(model variant, noise kind) pairs that a fit runs, each from the same random state, the higher
         ELBO kept: ``noise="auto"`` tries both noise models, and a subclass's prior variants
-        (:meth:`_prior_variants`) are tried too. The in-memory and the Dask fits both run these."""
+        (:meth:`_prior_variants`) are tried too. The in-memory and the Dask fits both run these.
+        ``noise_confounded``: the data confound the residual variance with a full covariance
+        (:func:`~dmlmm.models.design.noise_confounded`)."""
         kinds = ("shared", "cluster") if self._noise_kind() == "auto" else (self._noise_kind(),)
-        return list(product(self._prior_variants(), kinds))
+        return list(product(self._prior_variants(noise_confounded), kinds))
 
-    def _prior_variants(self) -> list["VariationalLongitudinalModel"]:
+    def _prior_variants(self, noise_confounded: bool = False) -> list["VariationalLongitudinalModel"]:
         """Copies of this model whose priors the fit compares by the ELBO; this model alone unless a
         subclass has a setting such as ``loading_order="auto"``."""
         return [self]
+
+    def _check_noise_identified(self, noise_confounded: bool, n_times: int, n_basis: int, stacklevel: int = 3) -> None:
+        """A subclass whose prior can be a full covariance warns here when the data confound the residual
+        variance with it (:func:`~dmlmm.models.design.noise_confounded`; ``n_times`` distinct times,
+        ``n_basis`` functions; ``stacklevel`` 3: the caller of ``fit``)."""
 
     def _copy_with(self, **attrs) -> "VariationalLongitudinalModel":
         """A shallow copy of this model with some hyperparameters replaced."""
