@@ -133,6 +133,9 @@ def fitted_facts(model) -> dict:
         out["noise_df"] = float(model.noise_df_)
     if hasattr(model, "response_transform_"):  # the scale fitted ("auto" chooses it)
         out["scale"] = model.response_transform_ or "none"
+    cov = getattr(getattr(model, "prior_", None), "covariance", None)
+    if cov is not None:  # the mixtures' covariance kept ("auto" chooses it)
+        out["covariance"] = cov
     by = getattr(model, "sigma2_by_cluster_", None)
     if by is not None and getattr(model, "noise", "shared") != "shared":
         out["sigma2_by_cluster"] = [float(v) for v in by]
@@ -408,7 +411,10 @@ def full_fit(row: dict, key: str, ds) -> None:
     row["full_seconds"] = time.perf_counter() - t0
     facts = fitted_facts(model)
     row["full_clusters"] = facts.get("clusters")
-    row["full_sigma2"] = facts.get("sigma2")
+    row["full_sigma2"] = facts.get("sigma2")  # on the scale of full_scale (the split's may differ)
+    row["full_scale"] = facts.get("scale")
+    if "covariance" in facts:
+        row["full_covariance"] = facts["covariance"]
     row["full_plausible_bounds"] = list(bounds)
     _, ext = real_predictions(model, ds.data, ds.data.iloc[:0])
     bad = (ext["curve_min"] < bounds[0]) | (ext["curve_max"] > bounds[1])

@@ -280,7 +280,8 @@ def main() -> None:
               help="Mixture of LMMs and variational LMM: each cluster's covariance of the subjects' deviations. "
                    "pspline: any covariance of level and trend plus one learned roughness variance (noise stays "
                    "noise); full: one matrix over all spline coefficients; auto: both, the higher ELBO kept "
-                   "(twice the time). [auto]")
+                   "(twice the time; pspline alone where every subject is seen at the same few times, no more "
+                   "than the basis functions, which confound a full covariance with the noise). [auto]")
 @click.option("--degree", default=None, type=int, help="Polynomial degree of the splines. [3, cubic]")
 @click.option("--knots", type=_LazyChoice(_knot_layouts), default=None,
               help="Knot layout of the spline basis. [the library's default]")
