@@ -27,7 +27,7 @@ from ..basis import SplineBasis
 from ..columns import ColumnNames
 from ..covariates import CovariateEncoding, parse_covariates
 from ..exceptions import DataError
-from ..models.design import LongitudinalDesign, noise_confounded
+from ..models.design import LongitudinalDesign, fitted_basis, noise_confounded
 from ..standardise import checked_scale
 from . import shard as sh
 
@@ -257,10 +257,7 @@ class DaskFrame:
         """A copy of ``basis`` (default ``SplineBasis()``) fitted as :meth:`LongitudinalDesign.learn` fits it on
         the whole frame (unless it is fitted already)."""
         pooled = self.pooled
-        basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
-        if not basis.is_fitted:
-            basis.fit(pooled.times if pooled.times is not None else np.array([pooled.t_min, pooled.t_max]))
-        return basis
+        return fitted_basis(basis, pooled.times if pooled.times is not None else np.array([pooled.t_min, pooled.t_max]))
 
     def noise_confounded(self, basis: SplineBasis) -> bool:
         """:func:`~dmlmm.models.design.noise_confounded` for the whole frame under the fitted ``basis``."""
