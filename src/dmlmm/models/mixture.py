@@ -199,8 +199,8 @@ class MixtureLMM(VariationalLongitudinalModel):
         :func:`~dmlmm.models.design.noise_confounded`: every subject seen at the same few times, no
         more than the basis functions) the P-spline one alone: the full one's ELBO cannot tell the noise
         from the curves there. On nlme's Spruce (79 trees at the same 13 times, 20 functions) it was
-        2.6 nats higher with sigma^2 = 1.4e-5 (the P-spline one: 5.4e-3): every curve went through its
-        tree's data and the bands for a new measurement were 0.021 wide against 0.33."""
+        2.6 nats higher with sigma^2 = 1.4e-5 (the P-spline one: 5.4e-3): a tree's curve went through its
+        13 measurements and its band for a new measurement was 0.021 wide against 0.32-0.37."""
         if self.covariance != "auto" or self.smoothing is None:
             return [self]
         return [self._copy_with(covariance=cov) for cov in (("pspline",) if noise_confounded else ("pspline", "full"))]
