@@ -172,14 +172,15 @@ def test_pspline_mixture_saves_and_loads(tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
-def _shared_time_gaussian_curves(n=150, times=(0.0, 0.15, 0.3, 0.5, 0.7, 0.85, 1.0), noise=0.2, seed=0):
+def _shared_time_gaussian_curves(n=150, times=(0.0, 0.15, 0.3, 0.5, 0.7, 0.85, 1.0), noise=0.2, seed=0, shared=True):
     """Curves with Gaussian coefficients of an arbitrary covariance (5 clamped cubic B-splines), every
-    subject seen at the same seven times with noise SD ``noise``."""
+    subject seen at the same seven times (``shared``; else at seven times of its own, uniform on [0, 1])
+    with noise SD ``noise``."""
     rng = np.random.default_rng(seed)
     basis = SplineBasis(5, knots="clamped", lower=0, upper=1).fit()
     L = rng.normal(size=(5, 5)) * 0.4
     b = np.array([0.5, -1.0, 0.3, 1.0, 0.0]) + rng.normal(size=(n, 5)) @ L.T
-    t = np.tile(times, (n, 1)).ravel()
+    t = np.tile(times, (n, 1)).ravel() if shared else rng.uniform(0, 1, n * len(times))
     y = (basis.transform(t) * np.repeat(b, len(times), axis=0)).sum(1) + noise * rng.normal(size=t.size)
     return pd.DataFrame({"subject": np.repeat(np.arange(n), len(times)), "time": t, "y": y})
 
@@ -227,10 +228,10 @@ def test_auto_covariance_skips_the_full_one_where_shared_times_confound_the_nois
         with pytest.warns(IdentifiabilityWarning, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
             MixtureLMM(1, SplineBasis(8), max_iter=5, random_state=0, **kwargs).fit(df)
         assert any(w.filename == __file__ for w in caught if issubclass(w.category, IdentifiabilityWarning))
-    # the same curves at their own times: the noise is identified, both covariances are fitted
-    irregular = df.assign(time=np.random.default_rng(1).uniform(0, 1, len(df)))
-    assert len(MixtureLMM(1, SplineBasis(8))._fit_variants(False)) == 2
+    # such curves seen at times of their own: the noise is identified, "auto" fits both and keeps the full one
+    irregular = _shared_time_gaussian_curves(shared=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", IdentifiabilityWarning)
         warnings.simplefilter("ignore", UserWarning)
-        MixtureLMM(1, SplineBasis(8), covariance="full", max_iter=5, random_state=0).fit(irregular)
+        warnings.simplefilter("error", IdentifiabilityWarning)  # (checked first: the filter added last)
+        auto = MixtureLMM(1, SplineBasis(8), random_state=0).fit(irregular)
+    assert auto.prior_.covariance == "full" and abs(auto.sigma2_ - truth) < 0.35 * truth, auto.sigma2_
