@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as st
 from scipy.special import multigammaln
 
-from dmlmm import MixtureLMM, SplineBasis
+from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
 from dmlmm.priors.gaussian import GaussianMixturePrior
 from test_smoothing import ROUGH, _scale_pair_mc, _smooth_stats
 from test_vi_engine import _dir_logpdf, _elbo_history, _gauss_sample, _ig_logpdf, _ig_sample, _mc_check, _mvn_logpdf, _start
@@ -222,12 +222,19 @@ def test_auto_covariance_skips_the_full_one_where_shared_times_confound_the_nois
         auto = MixtureLMM(1, SplineBasis(8), random_state=0).fit(df)
     assert auto.prior_.covariance == "pspline" and auto.elbo_ == pspline.elbo_
     assert abs(auto.sigma2_ - truth) < 0.35 * truth, auto.sigma2_
-    message = ("every subject is observed at (some of) the same 7 distinct times, no more than the 8 basis functions: "
-               "under a full covariance of the spline coefficients the residual variance is not identified")
-    for kwargs in ({"covariance": "full"}, {"smoothing": None}):
+    shared = "every subject is observed at (some of) the same 7 distinct times, no more than the 8 basis functions: "
+    full = shared + "under a full covariance of the spline coefficients the residual variance is not identified"
+    deep = shared + "without the smoothness prior the residual variance is barely identified"
+    for model, message in ((MixtureLMM(1, SplineBasis(8), covariance="full"), full),
+                           (MixtureLMM(1, SplineBasis(8), smoothing=None), full),
+                           (DeepMixtureLMM((2, 1), (2, 1), SplineBasis(8), smoothing=None), deep)):
         with pytest.warns(IdentifiabilityWarning, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
-            MixtureLMM(1, SplineBasis(8), max_iter=5, random_state=0, **kwargs).fit(df)
+            model.set_params(max_iter=5, random_state=0).fit(df)
         assert any(w.filename == __file__ for w in caught if issubclass(w.category, IdentifiabilityWarning))
+    with warnings.catch_warnings():  # the deep mixture with its smoothness prior: no warning
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("error", IdentifiabilityWarning)
+        DeepMixtureLMM((2, 1), (2, 1), SplineBasis(8), max_iter=5, random_state=0).fit(df)
     # such curves seen at times of their own: the noise is identified, "auto" fits both and keeps the full one
     irregular = _shared_time_gaussian_curves(shared=False)
     with warnings.catch_warnings():
