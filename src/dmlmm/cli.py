@@ -23,6 +23,8 @@ from pathlib import Path
 
 import click
 
+from .exceptions import NumericalError
+
 __all__ = ["main", "parse_times", "parse_int_list", "read_csv"]
 
 MODEL_FILE = "model.dmlmm"
@@ -107,8 +109,8 @@ class _Main(click.Group):
                 os.dup2(devnull, sys.stdout.fileno())
                 ctx.exit(0)
             # DataError, ModelFileError, InputError, OutputError, pandas' ParserError and
-            # UnicodeDecodeError are all ValueErrors
-            except (ValueError, OSError) as e:
+            # UnicodeDecodeError are all ValueErrors; NumericalError says why a fit broke down
+            except (ValueError, OSError, NumericalError) as e:
                 raise CliError(_one_line(e)) from None
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..exceptions import NumericalError
 from ..sufficient import SufficientStats
 from .design import Design
 from .optimise import fit_profiled
@@ -84,7 +85,18 @@ def estimate_profiled(design: Design, scaling: ResponseScaling, stats: Sufficien
     max_iter, tol, n_restarts
         Passed to :func:`~dmlmm.lmm.profiled.fit_profiled` (``tol`` is its ``gtol``).
     """
-    fit = fit_profiled(stats, design.structure, reml, max_iter=max_iter, gtol=tol, n_restarts=n_restarts)
+    try:
+        fit = fit_profiled(stats, design.structure, reml, max_iter=max_iter, gtol=tol, n_restarts=n_restarts)
+    except np.linalg.LinAlgError as exc:
+        q, n_groups = design.structure.dim, len(design.subjects)
+        raise NumericalError(
+            f"the {'REML' if reml else 'ML'} fit broke down: at the estimate it reached, a matrix of the profiled "
+            f"likelihood that must be positive definite was not numerically so ({exc}; lme4 says 'Downdated VtV is "
+            f"not positive definite'). The covariance of {q} random effects per subject, from {n_groups} subjects, "
+            "leaves the fixed effects all but unidentified: use fewer random effects (e.g. a smaller basis: "
+            "basis=SplineBasis(4), --n-basis 4 on the command line), method='vb' (its priors keep the fit proper), "
+            "or more subjects"
+        ) from exc
     st = fit.state
     s2 = scaling.scale**2
     p = design.n_fixed
