@@ -151,17 +151,21 @@ def test_bad_method_names_the_parameter(sleepstudy):
 
 
 def test_default_basis_is_one_the_visit_times_identify():
-    """Without a smoothness prior every spline column must be estimable: visits at k < 10 distinct times get
-    the largest basis they identify (k functions, degree at most k - 1) instead of a rank-deficient design;
-    a basis given too large is refused with the count of distinct times and a size that works."""
+    """Without a smoothness prior every spline column must be estimable, and the residual variance too:
+    visits at k <= 10 distinct times get the largest basis they identify with one time to spare (k - 1
+    functions, degree at most k - 2) instead of a rank-deficient design, or k functions whose unstructured
+    covariance reaches white noise at the k times (ML then set sigma^2 to 1e-12 on such data); a basis given
+    too large is refused with the count of distinct times and a size that works."""
     from dmlmm import DataError, LinearMixedModel, SplineBasis
 
     rng = np.random.default_rng(0)
-    for k, degree in ((2, 1), (3, 2), (5, 3), (12, 3)):
+    for k, n_basis, degree in ((2, 1, 0), (3, 2, 1), (5, 4, 3), (11, 10, 3), (12, 10, 3)):
         df = pd.DataFrame({"subject": np.repeat(np.arange(30), k), "time": np.tile(np.arange(float(k)) ** 1.5, 30)})
         df["y"] = rng.normal(size=len(df)) + df["time"]
         m = LinearMixedModel(method="ml").fit(df)
-        assert (m.builder_.basis_.n_basis, m.builder_.basis_.degree) == (min(k, 10), degree)
+        assert (m.builder_.basis_.n_basis, m.builder_.basis_.degree) == (n_basis, degree)
+        if k <= 5:  # the noise, SD 1, is identified and estimated (0.78-1.25; with k functions ML gave 0.0)
+            assert m.sigma2_ > 0.5, (k, m.sigma2_)
     with pytest.raises(DataError, match=r"rank deficient .* the basis of time has more functions than the data's 12 "
                                         r"distinct times identify: give a smaller one, e\.g\. basis=SplineBasis\("):
         LinearMixedModel(method="ml", basis=SplineBasis(16, knots="uniform")).fit(df.assign(time=df["time"].round(1)))

@@ -305,16 +305,21 @@ class MatrixDesignBuilder:
 
 def default_basis(time: np.ndarray, n_basis: int = 10) -> SplineBasis:
     """The linear mixed model's default basis of time: ``SplineBasis(n_basis, knots="uniform")``, or
-    the largest smaller one whose columns the distinct observation times identify (the basis at
-    those times of full column rank; degree at most the number of functions minus one).
+    the largest smaller one whose columns the distinct observation times identify with one time to
+    spare (the basis at those times of full column rank, at most T - 1 functions for T distinct
+    times; degree at most the number of functions minus one).
 
     Without a smoothness prior every column of B(t) must be estimable: visits at 5 distinct times
-    identify at most 5 functions (10 gave a rank-deficient fixed design). With one distinct time
-    the 10-function basis is returned, and fitting it raises the basis's own error.
+    identify at most 5 functions (10 gave a rank-deficient fixed design). And with as many functions
+    as distinct times the unstructured covariance of the curves reaches every covariance of the T
+    values, white noise included, so the residual variance is not identified (lme4 refuses such a
+    model: "number of observations <= number of random effects"): on Orthodont (ages 8, 10, 12, 14)
+    four functions gave sigma^2 = 1.7e-12 by ML; with one time to spare it is estimated. With one
+    distinct time the 10-function basis is returned, and fitting it raises the basis's own error.
     """
     t = np.asarray(time, dtype=float)
     distinct = np.unique(t[np.isfinite(t)])
-    for nb in range(min(n_basis, len(distinct)), 1, -1):
+    for nb in range(min(n_basis, len(distinct) - 1), 0, -1):
         basis = SplineBasis(nb, degree=min(3, nb - 1), knots="uniform").fit(t)
         if np.linalg.matrix_rank(basis.transform(distinct)) == nb:
             return basis
@@ -332,7 +337,7 @@ class LongitudinalDesignBuilder:
     ----------
     basis : SplineBasis or None
         Copied, then fitted on the data's time range; default :func:`default_basis` (10 cubic B-splines
-        with uniform knots, fewer where the data's distinct times identify fewer: this engine has no
+        with uniform knots, fewer where the data's distinct times identify fewer, with one to spare: this engine has no
         smoothness prior, so it keeps a small basis that the data identify).
     """
 

@@ -86,7 +86,8 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
     basis : SplineBasis, optional
         Basis of the longitudinal form; copied, then fitted on the data's time range unless it is
         already fitted. Default: 10 cubic B-splines with uniform knots, or the largest smaller basis
-        that the data's distinct times identify (:func:`dmlmm.lmm.design.default_basis`).
+        that the data's distinct times identify with one time to spare, so that the residual variance
+        is identified (at most T - 1 functions for T distinct times; :func:`dmlmm.lmm.design.default_basis`).
     max_iter : int
         Iteration cap of each optimiser run.
     tol : float
