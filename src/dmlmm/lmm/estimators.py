@@ -89,13 +89,14 @@ def estimate_profiled(design: Design, scaling: ResponseScaling, stats: Sufficien
         fit = fit_profiled(stats, design.structure, reml, max_iter=max_iter, gtol=tol, n_restarts=n_restarts)
     except np.linalg.LinAlgError as exc:
         q, n_groups = design.structure.dim, len(design.subjects)
+        unit, fewer = (("subject", "a smaller basis: basis=SplineBasis(4), --n-basis 4 on the command line")
+                       if design.time is not None else ("group", "fewer random-effect terms"))
         raise NumericalError(
             f"the {'REML' if reml else 'ML'} fit broke down: at the estimate it reached, a matrix of the profiled "
             f"likelihood that must be positive definite was not numerically so ({exc}; lme4 says 'Downdated VtV is "
-            f"not positive definite'). The covariance of {q} random effects per subject, from {n_groups} subjects, "
-            "leaves the fixed effects all but unidentified: use fewer random effects (e.g. a smaller basis: "
-            "basis=SplineBasis(4), --n-basis 4 on the command line), method='vb' (its priors keep the fit proper), "
-            "or more subjects"
+            f"not positive definite'). The covariance of {q} random effects per {unit}, from {n_groups} {unit}s, "
+            f"leaves the fixed effects all but unidentified: use fewer random effects ({fewer}), method='vb' (its "
+            f"priors keep the fit proper), or more {unit}s"
         ) from exc
     st = fit.state
     s2 = scaling.scale**2
