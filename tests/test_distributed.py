@@ -416,13 +416,13 @@ def test_auto_scales_hold_one_scale_at_a_time(client, dgp1_frame, monkeypatch):
     fitted = []
     real = fit_mod._fit_scale
 
-    def spy(model, frame, transform, client_, quiet=False, to_beat=None, confounded=False):
+    def spy(model, frame, transform, client_, quiet=False, to_beat=None, plan=None):
         if not quiet:  # the inner call of a quiet (several scales) fit
-            return real(model, frame, transform, client_, quiet, to_beat, confounded)
+            return real(model, frame, transform, client_, quiet, to_beat, plan)
         if fitted:  # the first scale's worker data are released before the next scale is fitted
             first = fitted[0]
             assert {f.status for f in list(first.stats.shards) + list(first.result.local.parts)} == {"cancelled"}
-        fitted.append(real(model, frame, transform, client_, quiet, to_beat, confounded))
+        fitted.append(real(model, frame, transform, client_, quiet, to_beat, plan))
         return fitted[-1]
 
     monkeypatch.setattr(fit_mod, "_fit_scale", spy)

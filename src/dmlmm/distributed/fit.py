@@ -39,7 +39,7 @@ from ..exceptions import DataError
 from ..inference.engine import VariationalParams, VIConfig, final_local_step
 from ..inference.noise import per_cluster
 from ..models.candidates import StartFactory, fit_in_turn
-from ..models.fitting import ScaleFit, fit_scales, fitting_order
+from ..models.fitting import FitPlan, ScaleFit, fit_scales, fitting_order
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
 from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of, model_scale_elbo
@@ -114,14 +114,14 @@ def fit_dask(
     transform = check_transform(getattr(model, "response_transform", None))
     scales = candidates_given_min(transform, frame.pooled.y_min)
     t0 = perf_counter()
-    basis = frame.fitted_basis(model.basis)  # as the in-memory fit: the residual variance identified?
-    confounded = frame.noise_confounded(basis)
-    model._check_noise_identified(confounded, 0 if frame.pooled.few_times is None else len(frame.pooled.few_times),
+    basis = frame.fitted_basis(model.basis)  # as the in-memory fit: one basis for every scale, the noise identified?
+    plan = FitPlan(basis, frame.noise_confounded(basis))
+    model._check_noise_identified(plan.confounded, len(frame.pooled.few_times) if plan.confounded else 0,
                                   basis.n_basis, stacklevel=4)
     # as the in-memory fit: each scale's best fit, the higher bound on the data's scale kept
 
     def fit_one(tr: str | None, quiet: bool, to_beat: float | None) -> ScaleFit:
-        fit = _fit_scale(model, frame.on_scale(tr), tr, client, quiet, to_beat, confounded)
+        fit = _fit_scale(model, frame.on_scale(tr), tr, client, quiet, to_beat, plan)
         return fit if tr == fitting_order(scales)[-1] else _set_aside(fit, client)  # a later scale is fitted next: free this one
 
     chosen, fits = fit_scales(scales, fit_one, stacklevel=3)
@@ -205,20 +205,20 @@ def _restored(fit: ScaleFit, frame: DaskFrame, client: Any) -> ScaleFit:
 
 
 def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any, quiet: bool = False,
-               to_beat: float | None = None, confounded: bool = False) -> ScaleFit:
+               to_beat: float | None = None, plan: FitPlan = FitPlan()) -> ScaleFit:
     """Every variant of the fit (``model._fit_variants()``, ``n_init`` each) of ``frame``'s response on
     the scale ``transform`` (``frame = frame.on_scale(transform)``): the best by the ELBO, with its bound
     on the data's own scale and the warnings of that run (raised only if its scale is kept); with
     ``quiet`` also any other warning raised on the way; ``to_beat``: another scale's bound on the data's
-    scale, which the finishing runs race (:func:`~dmlmm.models.fitting.fit_scales`); ``confounded``: the
-    data confound the residual variance with a full covariance (``model._fit_variants``). The candidates run
+    scale, which the finishing runs race (:func:`~dmlmm.models.fitting.fit_scales`); ``plan``: the basis and the
+    noise check every scale shares (:class:`~dmlmm.models.fitting.FitPlan`). The candidates run
     as in memory (:func:`~dmlmm.models.candidates.fit_in_turn`), from starts built on the workers
     (:class:`DaskCandidateData`)."""
     if quiet:
-        out, caught = recorded(lambda: _fit_scale(model, frame, transform, client, to_beat=to_beat, confounded=confounded))
+        out, caught = recorded(lambda: _fit_scale(model, frame, transform, client, to_beat=to_beat, plan=plan))
         out.warnings = caught + out.warnings
         return out
-    design = frame.learn_design(model.basis, model.smoothing, transform)
+    design = frame.learn_design(model.basis if plan.basis is None else plan.basis, model.smoothing, transform)
     N = frame.n_subjects
     stats = DaskStats(client, frame.shards(design), N, design.basis.n_basis, design.n_fixed)
     rough = design.roughness
@@ -227,7 +227,7 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
     rival = None if to_beat is None else model_scale_elbo(to_beat, float(frame.pooled.n_obs), design.y_scale, jac)
     data = DaskCandidateData(stats, b_hat, rough, N, sums, b_parts, ridge)
-    best = fit_in_turn(model._fit_variants(confounded), data, to_beat=rival)  # as the in-memory fit (models/fitting.py)
+    best = fit_in_turn(model._fit_variants(plan.confounded), data, to_beat=rival)  # as the in-memory fit (models/fitting.py)
     bound = data_scale_bound(best.result.elbo, float(frame.pooled.n_obs), design.y_scale, jac)
     return ScaleFit(None, design, stats, best.result, best.config, jac, bound, best.warnings)
 

@@ -35,6 +35,7 @@ from ..prediction import fixed_effects_cov
 from ..response_transform import (check_transform, data_scale_bound, forward, label_of, log_jacobian,
                                   model_scale_elbo, transform_candidates)
 from ..priors.membership import first_layer_resp, membership_laplace_cov
+from ..basis import SplineBasis
 from .design import LongitudinalDesign, fitted_basis, noise_confounded, repeated_times
 from .frames import FrameLike
 from .membership_design import MembershipDesign
@@ -44,7 +45,18 @@ from .starting import ridge_estimates
 if TYPE_CHECKING:
     from .base import VariationalLongitudinalModel
 
-__all__ = ["Fitting", "subject_noise"]
+__all__ = ["FitPlan", "Fitting", "subject_noise"]
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """What every response scale of one fit shares: the basis fitted on the data's times (each scale's
+    design takes it, :meth:`LongitudinalDesign.learn`) and whether those times confound the residual
+    variance with a full covariance (:func:`~dmlmm.models.design.noise_confounded`; the fit's variants,
+    :meth:`Fitting._fit_variants`, leave the full one out then)."""
+
+    basis: SplineBasis | None = None  # None: the model's own basis, fitted by each scale's design
+    confounded: bool = False
 
 
 @dataclass
@@ -244,11 +256,11 @@ class Fitting:
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
         times, basis = np.unique(d.time), fitted_basis(self.basis, d.time)  # the basis of every scale (times only)
-        confounded = noise_confounded(basis, times, repeated_times(d.codes, d.time))
-        self._check_noise_identified(confounded, len(times), basis.n_basis)
+        plan = FitPlan(basis, noise_confounded(basis, times, repeated_times(d.codes, d.time)))
+        self._check_noise_identified(plan.confounded, len(times), basis.n_basis)
         scales = transform_candidates(transform, d.response)
         n_jobs = resolve_n_jobs(getattr(self, "n_jobs", None))
-        several = len(scales) * len(self._fit_variants(confounded)) > 1  # candidates to run side by side
+        several = len(scales) * len(self._fit_variants(plan.confounded)) > 1  # candidates to run side by side
         chosen = None
         if n_jobs > 1 and several and not workers_allowed():
             warnings.warn(f"n_jobs={self.n_jobs}: this process is a daemon (e.g. a multiprocessing.Pool worker), which "
@@ -256,7 +268,7 @@ class Fitting:
                           RuntimeWarning, stacklevel=2)
         elif n_jobs > 1 and several:  # candidates at once (models/candidates.py)
             try:
-                chosen, fits = self._fit_scales_parallel(d, scales, members, Z, n_jobs, confounded)
+                chosen, fits = self._fit_scales_parallel(d, scales, members, Z, n_jobs, plan)
             except BrokenProcessPool as exc:
                 warnings.warn(
                     f"n_jobs={self.n_jobs}: the worker processes stopped before finishing ({exc}); fitting in this "
@@ -264,7 +276,7 @@ class Fitting:
                     "`if __name__ == \"__main__\":` (the workers import it)", RuntimeWarning, stacklevel=2)
         if chosen is None:
             chosen, fits = fit_scales(scales, lambda tr, quiet, to_beat: self._fit_scale(d, tr, members, Z, quiet, to_beat,
-                                                                                    confounded))
+                                                                                    plan))
         chosen.result.seconds = perf_counter() - t0
         best, design, stats = chosen.result, chosen.design, chosen.stats
         self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
@@ -282,35 +294,37 @@ class Fitting:
         return self
 
     def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z, quiet: bool = False,
-                   to_beat: float | None = None, confounded: bool = False) -> ScaleFit:
+                   to_beat: float | None = None, plan: FitPlan = FitPlan()) -> ScaleFit:
         """Every variant of the fit (:meth:`_fit_variants`, ``n_init`` each) of ``d``'s response on one
         scale (``transform(y)``); the best by the ELBO, with its bound on the data's own scale. With
-        ``quiet`` the warnings are kept in the result instead of raised. ``confounded``: the data confound
-        the residual variance with a full covariance (:func:`~dmlmm.models.design.noise_confounded`)."""
+        ``quiet`` the warnings are kept in the result instead of raised. ``plan``: what every scale of the
+        fit shares (:class:`FitPlan`)."""
         if not quiet:
-            return self._fit_scale_loud(d, transform, members, Z, to_beat, confounded)
-        out, caught = recorded(lambda: self._fit_scale_loud(d, transform, members, Z, to_beat, confounded))
+            return self._fit_scale_loud(d, transform, members, Z, to_beat, plan)
+        out, caught = recorded(lambda: self._fit_scale_loud(d, transform, members, Z, to_beat, plan))
         out.warnings = caught
         return out
 
     def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z,
-                        to_beat: float | None = None, confounded: bool = False) -> ScaleFit:
-        prep = self._prepare_scale(d, transform, members, Z)
+                        to_beat: float | None = None, plan: FitPlan = FitPlan()) -> ScaleFit:
+        prep = self._prepare_scale(d, transform, members, Z, plan.basis)
         stats, design, jac = prep.candidates.stats, prep.design, prep.log_jacobian
         rival = None if to_beat is None else model_scale_elbo(to_beat, float(stats.n_obs.sum()), design.y_scale, jac)
         # each run's warnings are held back: only the kept run's are raised; a later candidate races
         # the best so far and gives up once it cannot reach it
-        best = fit_in_turn(self._fit_variants(confounded), prep.candidates, to_beat=rival)
+        best = fit_in_turn(self._fit_variants(plan.confounded), prep.candidates, to_beat=rival)
         reraise(best.warnings)
         return prep.scale_fit(best)
 
-    def _prepare_scale(self, d: Longitudinal, transform: str | None, members, Z) -> "_ScalePrep":
+    def _prepare_scale(self, d: Longitudinal, transform: str | None, members, Z,
+                       basis: SplineBasis | None = None) -> "_ScalePrep":
         """The response on one scale (``transform(y)``) ready for its candidates: design, statistics and
-        the per-subject ridge fits that every start begins from."""
+        the per-subject ridge fits that every start begins from. ``basis``: the fit's basis, fitted on the
+        data's times (:class:`FitPlan`; None: the model's, fitted here)."""
         if transform is not None:
             d = replace(d, response=forward(d.response, transform, d.columns.response))
         jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
-        design = LongitudinalDesign.learn(d, self.basis, self.smoothing, transform)
+        design = LongitudinalDesign.learn(d, self.basis if basis is None else basis, self.smoothing, transform)
         design.membership = members
         stats = design.stats(d).with_membership(Z)
         rough = design.roughness
@@ -318,7 +332,7 @@ class Fitting:
         return _ScalePrep(d, design, CandidateData(stats, b_hat, penalties, rough, d.n_subjects, Z), jac)
 
     def _fit_scales_parallel(self, d: Longitudinal, scales: list[str | None], members, Z,
-                             n_jobs: int, confounded: bool = False) -> tuple[ScaleFit, list[ScaleFit]]:
+                             n_jobs: int, plan: FitPlan = FitPlan()) -> tuple[ScaleFit, list[ScaleFit]]:
         """:func:`fit_scales` with every candidate of every scale at once in worker processes
         (:mod:`dmlmm.models.candidates`): each scale's best candidate (the first on a tie), then the
         best scale, with the same warnings and refusals."""
@@ -326,12 +340,12 @@ class Fitting:
         preps, refused = [], []
         for tr in fitting_order(scales):
             try:
-                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z))
+                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z, plan.basis))
             except DataError as exc:  # e.g. a response that only its log can standardise
                 refused.append((tr, exc))
                 continue
             preps.append((tr, prep, caught))
-        variants = self._fit_variants(confounded)
+        variants = self._fit_variants(plan.confounded)
         tasks = [(variant, kind, prep.candidates) for _, prep, _ in preps for variant, kind in variants]
         done = iter(fit_candidates(tasks, n_jobs, bool(getattr(self, "progress", False))) if tasks else [])
         fits = []
