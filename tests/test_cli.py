@@ -298,3 +298,22 @@ def test_warnings_printed_during_the_fit_are_in_the_report(csv, tmp_path):
     assert "warning: variational inference used its budget of max_iter=5" in r.stderr
     html = (out / "report.html").read_text()
     assert "<h2>Warnings</h2>" in html and "used its budget of max_iter=5" in html
+
+
+def test_exact_fit_default_basis_follows_the_data(tmp_path):
+    """--method ml without --n-basis takes LinearMixedModel's default for the data: on visits at four shared
+    ages (as nlme's Orthodont) three functions, where the command line used to pass ten and stop with a
+    rank-deficiency error; the residual variance is estimated (truth 1.0)."""
+    rng = np.random.default_rng(0)
+    ages = np.array([8.0, 10.0, 12.0, 14.0])
+    n = 40
+    b = rng.normal(size=(n, 2)) * [1.5, 0.2]
+    df = pd.DataFrame({"id": np.repeat(np.arange(n), 4), "age": np.tile(ages, n)})
+    df["y"] = 20 + b[df.id, 0] + (0.6 + b[df.id, 1]) * (df.age - 11) + rng.normal(size=len(df))
+    p = tmp_path / "orth.csv"
+    df.to_csv(p, index=False)
+    r = run("fit", p, "--subject", "id", "--time", "age", "--response", "y", "--model", "lmm", "--method", "ml",
+            "--transform", "none", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    m = dmlmm.load(tmp_path / "o" / "model.dmlmm")
+    assert m.builder_.basis_.n_basis == 3 and 0.7 < m.sigma2_ < 1.4, m.sigma2_

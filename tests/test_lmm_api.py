@@ -3,6 +3,8 @@ predict_trajectory, sample_trajectories, score_samples / score, weights_ / means
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -169,3 +171,28 @@ def test_default_basis_is_one_the_visit_times_identify():
     with pytest.raises(DataError, match=r"rank deficient .* the basis of time has more functions than the data's 12 "
                                         r"distinct times identify: give a smaller one, e\.g\. basis=SplineBasis\("):
         LinearMixedModel(method="ml", basis=SplineBasis(16, knots="uniform")).fit(df.assign(time=df["time"].round(1)))
+
+
+def test_default_basis_leaves_more_observations_than_random_effects():
+    """Subjects seen at four or five ages each, the ages all different (so the distinct times identify ten
+    functions): the default basis has fewer functions than the subjects' mean visits (N q < n, lme4's condition:
+    ten functions here raised its IdentifiabilityWarning), and ML recovers the noise of a random
+    intercept-and-slope truth. (On carData's Blackmore, whose curves are not straight lines, ten functions had
+    ML take the noise into the random effects: sigma^2 7e-7 after minutes, unconverged; docs/models.md.)"""
+    from dmlmm.exceptions import IdentifiabilityWarning
+
+    rng = np.random.default_rng(1)
+    n_subj, sigma2 = 120, 0.25
+    visits = rng.integers(4, 6, size=n_subj)              # 4 or 5 visits: 4.5 on average
+    subj = np.repeat(np.arange(n_subj), visits)
+    t = rng.uniform(8, 18, size=subj.size)
+    b = rng.multivariate_normal([0, 0], [[1.0, 0.1], [0.1, 0.05]], size=n_subj)
+    y = 2 + b[subj, 0] + (0.3 + b[subj, 1]) * (t - 13) + rng.normal(scale=np.sqrt(sigma2), size=subj.size)
+    df = pd.DataFrame({"subject": subj, "time": t, "y": y})
+    n_obs = len(df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdentifiabilityWarning)
+        m = LinearMixedModel(method="ml").fit(df)
+    q = m.builder_.basis_.n_basis
+    assert q == int(np.ceil(n_obs / n_subj)) - 1 == 4 and n_subj * q < n_obs
+    assert 0.8 * sigma2 < m.sigma2_ < 1.25 * sigma2 and m.converged_, m.sigma2_

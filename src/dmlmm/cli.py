@@ -359,6 +359,8 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), "none",
                            domain=None if transform in ("auto", "none") else transform)
         _check_basis(basis, n_basis, frame[time_col], smoothing=not exact and smoothing != "none")
+        if exact and n_basis is None:
+            basis = _lmm_default_basis(basis, frame, subject, time_col)
         _check_outcome_data(frame, subject, time_col, asked)
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
                                       criterion, jobs, seed, max_iter, n_init, dropna, quiet, members,
@@ -503,7 +505,8 @@ def _check_fit_options(kind, components, latent_dims, covariates, select, max_it
 
 def _make_basis(n_basis, degree, knots, extrapolate, lmm: bool = False):
     """The SplineBasis of the options given; the library's defaults for the others (for the exact ML / REML
-    fits, which have no smoothness prior, 10 functions on uniform knots, as LinearMixedModel's own default)."""
+    fits, which have no smoothness prior, 10 functions on uniform knots, as LinearMixedModel's own default:
+    :func:`_lmm_default_basis` lowers that size to what the data identify)."""
     from .basis import SplineBasis
 
     if lmm:
@@ -511,6 +514,21 @@ def _make_basis(n_basis, degree, knots, extrapolate, lmm: bool = False):
         knots = "uniform" if knots is None else knots
     given = {"n_basis": n_basis, "degree": degree, "knots": knots, "extrapolate": extrapolate}
     return SplineBasis(**{k: v for k, v in given.items() if v is not None})
+
+
+def _lmm_default_basis(basis, frame, subject: str, time_col: str):
+    """The exact fits' basis without ``--n-basis``: LinearMixedModel's default size for these data (at most
+    one fewer than the distinct times, and fewer functions than each subject's mean visits), with the
+    degree, knots and extrapolation of ``basis`` (the degree lowered where the size needs it)."""
+    import numpy as np
+
+    from .columns import as_numeric
+    from .lmm.design import default_basis
+
+    t = as_numeric(frame[time_col], f"column '{time_col}'")
+    keep = np.isfinite(t)
+    return default_basis(t[keep], n_basis=int(basis.n_basis), subjects=frame[subject].to_numpy(dtype=object)[keep],
+                         degree=int(basis.degree), knots=basis.knots, extrapolate=bool(basis.extrapolate))
 
 
 def _check_basis(basis, n_basis, times, smoothing: bool) -> None:

@@ -303,27 +303,50 @@ class MatrixDesignBuilder:
         return NewRows(F=Fm, Z=Zm, subjects=subj, frame=frame)
 
 
-def default_basis(time: np.ndarray, n_basis: int = 10) -> SplineBasis:
+def default_basis(time: np.ndarray, n_basis: int = 10, subjects: np.ndarray | None = None, degree: int = 3,
+                  knots: str = "uniform", extrapolate: bool = True) -> SplineBasis:
     """The linear mixed model's default basis of time: ``SplineBasis(n_basis, knots="uniform")``, or
-    the largest smaller one whose columns the distinct observation times identify with one time to
-    spare (the basis at those times of full column rank, at most T - 1 functions for T distinct
-    times; degree at most the number of functions minus one).
+    the largest smaller one that the data identify with room for the residual variance.
+
+    Two limits, both lme4's conditions for a model it accepts:
+
+    - the distinct observation times identify the columns with one time to spare (the basis at those
+      times of full column rank, at most T - 1 functions for T distinct times);
+    - with ``subjects`` given (one label or code per observation), more observations than random
+      effects: N q < n for N subjects, n observations and q functions (lme4: "number of observations
+      <= number of random effects").
 
     Without a smoothness prior every column of B(t) must be estimable: visits at 5 distinct times
     identify at most 5 functions (10 gave a rank-deficient fixed design). And with as many functions
     as distinct times the unstructured covariance of the curves reaches every covariance of the T
-    values, white noise included, so the residual variance is not identified (lme4 refuses such a
-    model: "number of observations <= number of random effects"): on Orthodont (ages 8, 10, 12, 14)
-    four functions gave sigma^2 = 1.7e-12 by ML; with one time to spare it is estimated. With one
-    distinct time the 10-function basis is returned, and fitting it raises the basis's own error.
+    values, white noise included, so the residual variance is not identified: on Orthodont (ages 8,
+    10, 12, 14) four functions gave sigma^2 = 1.7e-12 by ML; with one time to spare it is estimated.
+    With no more observations than random effects the covariance takes the noise in the same way where
+    subjects have as few visits as functions: on carData's Blackmore (945 visits of 231 girls at 82
+    distinct ages) 10 functions gave ML sigma^2 = 7e-7 after 150 s without converging, 5 functions a
+    lower likelihood than 4 (a nested model), and 4 functions converge at once (sigma^2 1.60).
+    The degree is at most the number of functions minus one. With one distinct time the ``n_basis``
+    basis is returned, and fitting it raises the basis's own error.
+
+    Parameters
+    ----------
+    time : (n,) observation times.
+    n_basis : the largest size considered.
+    subjects : (n,) subject of each observation, optional.
+    degree, knots, extrapolate : of the basis (the degree lowered where the size needs it).
     """
     t = np.asarray(time, dtype=float)
-    distinct = np.unique(t[np.isfinite(t)])
-    for nb in range(min(n_basis, len(distinct) - 1), 0, -1):
-        basis = SplineBasis(nb, degree=min(3, nb - 1), knots="uniform").fit(t)
+    finite = np.isfinite(t)
+    distinct = np.unique(t[finite])
+    largest = min(n_basis, len(distinct) - 1)
+    if subjects is not None:
+        n_obs, n_subjects = int(finite.sum()), len(pd.unique(np.asarray(subjects, dtype=object)[finite]))
+        largest = min(largest, max(1, -(-n_obs // max(n_subjects, 1)) - 1))  # N q < n
+    for nb in range(largest, 0, -1):
+        basis = SplineBasis(nb, degree=min(degree, nb - 1), knots=knots, extrapolate=extrapolate).fit(t[finite])
         if np.linalg.matrix_rank(basis.transform(distinct)) == nb:
             return basis
-    return SplineBasis(n_basis, knots="uniform")
+    return SplineBasis(n_basis, degree=degree, knots=knots, extrapolate=extrapolate)
 
 
 class LongitudinalDesignBuilder:
@@ -337,8 +360,9 @@ class LongitudinalDesignBuilder:
     ----------
     basis : SplineBasis or None
         Copied, then fitted on the data's time range; default :func:`default_basis` (10 cubic B-splines
-        with uniform knots, fewer where the data's distinct times identify fewer, with one to spare: this engine has no
-        smoothness prior, so it keeps a small basis that the data identify).
+        with uniform knots, fewer where the data's distinct times identify fewer, with one to spare, or where
+        the subjects have too few visits for that many random effects: this engine has no smoothness prior,
+        so it keeps a small basis that the data identify).
     """
 
     def __init__(self, basis: SplineBasis | None = None) -> None:
@@ -355,7 +379,8 @@ class LongitudinalDesignBuilder:
                                            covariates=covariates, dropna=dropna)
         self.columns_ = long.columns
         self.encoding_ = long.encoding
-        basis = copy.deepcopy(self.basis) if self.basis is not None else default_basis(long.time)
+        basis = (copy.deepcopy(self.basis) if self.basis is not None
+                 else default_basis(long.time, subjects=long.codes))
         if long.design is not None:
             Z = long.design
             self.basis_ = None
@@ -492,8 +517,9 @@ def check_design(design: Design) -> None:
             fix = "drop them"
             if design.time is not None and set(dep) & set(design.random_names):  # spline columns of time
                 k = len(np.unique(design.time))
+                nb = max(1, min(k - 1, len(design.random_names) - len(dep)))  # one time to spare for the noise
                 fix = (f"the basis of time has more functions than the data's {k} distinct times identify: give a "
-                       f"smaller one, e.g. basis=SplineBasis({max(2, min(k, len(design.random_names) - len(dep)))})")
+                       f"smaller one, e.g. basis=SplineBasis({nb}{'' if nb > 3 else f', degree={nb - 1}'})")
             raise DataError(
                 f"the fixed-effects design is rank deficient (rank {rank} < {p} columns): column(s) {dep} "
                 f"are linear combinations of the others; {fix}"
