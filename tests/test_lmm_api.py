@@ -196,3 +196,23 @@ def test_default_basis_leaves_more_observations_than_random_effects():
     q = m.builder_.basis_.n_basis
     assert q == int(np.ceil(n_obs / n_subj)) - 1 == 4 and n_subj * q < n_obs
     assert 0.8 * sigma2 < m.sigma2_ < 1.25 * sigma2 and m.converged_, m.sigma2_
+
+
+def test_scores_are_invariant_to_an_affine_map_of_the_response():
+    """log p(a + c y) = log p(y) - n_i log|c| per subject: the scores of the fit to 1e6 + 1e-3 y, plus the
+    Jacobian, are those of the fit to y. They came from the subjects' raw sums of squares, and 1e6 + 1e-3 y lost
+    every digit (scores of +9,000 and -9,000 for -4 and -8)."""
+    from dmlmm.simulate import dgp1
+
+    df = dgp1(random_state=0, n_subjects=60).data
+    basis = SplineBasis(6, knots="uniform")
+    a = LinearMixedModel(basis=basis).fit(df)
+    moved = df.assign(y=1e6 + 1e-3 * df["y"])
+    b = LinearMixedModel(basis=basis).fit(moved)
+    n_i = df.groupby("subject").size()
+    np.testing.assert_allclose(b.score_samples(moved) + n_i * np.log(1e-3), a.score_samples(df), atol=1e-3)
+    held = df.groupby("subject").tail(2)
+    rest = df.drop(held.index)
+    np.testing.assert_allclose(
+        b.score_samples(moved.loc[held.index], condition_on=moved.loc[rest.index]) + 2 * np.log(1e-3),
+        a.score_samples(held, condition_on=rest), atol=1e-3)

@@ -200,8 +200,9 @@ class PredictiveLMM:
         """Posterior of new subjects' random effects from their observed rows (fills b, cov_b, sens in place),
         by :func:`dmlmm.prediction.condition` with beta held at its estimate (a singular Sigma is fine)."""
         est = self.estimate_
-        st = sufficient_stats(y[mask], rows.Z[mask], rows.F[mask], codes[mask], len(b))
-        cm = condition(st, self._prior_mixture(), est.beta, est.sigma2)
+        resid = y[mask] - rows.F[mask] @ est.beta  # from the fixed part (as _log_density: no cancellation)
+        st = sufficient_stats(resid, rows.Z[mask], rows.F[mask], codes[mask], len(b))
+        cm = condition(st, self._prior_mixture(), np.zeros_like(est.beta), est.sigma2)
         who = np.flatnonzero(st.n_obs > 0)
         b[who], cov_b[who] = cm.mean[who], cm.cov[who]
         sens[who] = cm.cov[who] @ st.XtF[who] / est.sigma2  # d E[b | y, beta] / d beta = -H
@@ -333,10 +334,13 @@ class PredictiveLMM:
         subj = rows.subjects if rows.subjects is not None else np.array([_POPULATION] * len(yv), dtype=object)
         codes, labels = factorize_groups(subj)
         est = self.estimate_
-        st = sufficient_stats(zv, rows.Z, rows.F, codes, len(labels))
+        # the residuals from the fixed part, not z itself: the density comes from the subjects' sums of squares,
+        # where a response far from zero (1e6 + small variation) lost every digit to cancellation
+        resid = zv - rows.F @ est.beta
+        st = sufficient_stats(resid, rows.Z, rows.F, codes, len(labels))
         jac = np.bincount(codes, weights=log_jacobian(zv, self._transform), minlength=len(labels))
-        return pd.Series(log_marginal(st, self._prior_mixture(), est.beta, est.sigma2) + jac, index=pd.Index(labels),
-                         name="log_score")
+        return pd.Series(log_marginal(st, self._prior_mixture(), np.zeros_like(est.beta), est.sigma2) + jac,
+                         index=pd.Index(labels), name="log_score")
 
     def score_samples(self, data=None, condition_on=None, *, X=None, Z=None, y=None, groups=None) -> pd.Series:
         """Log predictive density of each subject's observations (plug-in estimates, user scale).
