@@ -32,6 +32,15 @@ def as_numeric(values, name: str) -> np.ndarray:
         How the message refers to the values, e.g. ``"column 'y'"``.
     """
     s = values if isinstance(values, pd.Series) else pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_timedelta64_dtype(s):
+        # pd.to_numeric would give nanoseconds since 1970 (or of the durations): curves over 1.6e18
+        kind, example = (("dates", "with d the column, (d - d.min()).dt.days / 365.25 for years since the first date")
+                         if pd.api.types.is_datetime64_any_dtype(s) else
+                         ("durations", "with d the column, d.dt.days for days or d.dt.days / 365.25 for years"))
+        raise DataError(
+            f"{name} holds {kind} ({s.dtype}): give it as a number in the unit you want the curves in, "
+            f"e.g. {example}"
+        )
     if pd.api.types.is_bool_dtype(s):
         s = s.astype(float)
     conv = pd.to_numeric(s, errors="coerce")

@@ -112,6 +112,7 @@ class Longitudinal:
         dropna: bool = False,
         encoding: CovariateEncoding | None = None,
         require_response: bool = True,
+        action: str = "fit",
     ) -> "Longitudinal":
         """Validate and order a long-format frame (one row per observation).
 
@@ -130,6 +131,9 @@ class Longitudinal:
             instead of raising.
         encoding : CovariateEncoding, optional
             Re-use a fitted model's covariate encoding (for prediction frames).
+        action : str
+            What the frame is for, in the messages: ``"fit"`` (they suggest ``dropna=True``), or e.g.
+            ``"predict or score"`` for a fitted model's methods, which have no ``dropna``.
         """
         if not isinstance(df, pd.DataFrame):
             raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}")
@@ -138,7 +142,7 @@ class Longitudinal:
         else:
             formula, cov_cols = parse_covariates(covariates, list(df.columns))
         if len(df) == 0:
-            raise DataError("the data frame is empty (0 rows): there is nothing to fit")
+            raise DataError(f"the data frame is empty (0 rows): there is nothing to {action}")
         has_response = response is not None and response in df.columns
         own = [c for c in cov_cols if not (formula is not None and c == time)]  # a formula may use the time column
         needed = [subject, time] + ([response] if require_response else []) + own
@@ -172,10 +176,9 @@ class Longitudinal:
                 if m.any()
             )
             if not dropna:
-                raise DataError(
-                    f"{int(bad_any.sum())} row(s) have missing or infinite values: {detail}. "
-                    "Pass dropna=True (CLI: --dropna) to drop them, or impute them first"
-                )
+                fix = ("Pass dropna=True (CLI: --dropna) to drop them, or impute them first" if action == "fit"
+                       else "Drop or impute those rows first (dmlmm predict: --dropna drops them)")
+                raise DataError(f"{int(bad_any.sum())} row(s) have missing or infinite values: {detail}. {fix}")
             warnings.warn(
                 f"dropped {int(bad_any.sum())} of {len(df)} row(s) with missing or infinite values ({detail})",
                 UserWarning,

@@ -435,7 +435,7 @@ class LongitudinalDesignBuilder:
             if not has_subject:
                 df = df.assign(**{cols.subject: "__population__"})
             long = Longitudinal.from_frame(df, subject=cols.subject, time=cols.time, response=None,
-                                           encoding=self.encoding_, require_response=False)
+                                           encoding=self.encoding_, require_response=False, action="predict or score")
             pos = np.asarray(long.row_index)          # positions in the input frame
             Zs = self.basis_.transform(long.time)
             Fs = np.concatenate([Zs, long.covariates], axis=1)

@@ -31,8 +31,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ..columns import as_numeric
 from .._linalg import cholesky, sym
 from ..exceptions import DataError
+from ..data import Longitudinal
 from ..models.params import check_random_state, positive_int
 from ..prediction import condition, log_marginal
 from ..response_transform import forward, inverse, log_jacobian
@@ -116,6 +118,8 @@ class PredictiveLMM:
             return rows, None, None, np.ones(len(rows.Z), dtype=bool)
         if any(a is not None for a in (X, Z, groups)):
             raise ValueError("X / Z / groups are for models fitted on design matrices")
+        if isinstance(data, pd.DataFrame):
+            self._check_frame(data, subject, times)
         if times is not None:
             if not isinstance(b, LongitudinalDesignBuilder):
                 raise ValueError("times= is for the longitudinal form (a spline basis of time); "
@@ -134,10 +138,31 @@ class PredictiveLMM:
             keep = ~data["__observed__"].to_numpy(dtype=bool)
         return rows, y, t, keep
 
+    def _check_frame(self, data: pd.DataFrame, subject, times) -> None:
+        """DataError for a frame the fitted design cannot read (columns, times, covariates: the longitudinal
+        builder's own checks on the frame as given, so that messages name its row labels, which the builder's
+        transform and the grid rows of ``times`` renumber) or with an infinite response (a missing one marks a
+        row to predict at)."""
+        b = self.builder_
+        if isinstance(b, LongitudinalDesignBuilder):
+            cols = b.columns_
+            df = data if cols.subject in data.columns else data.assign(**{cols.subject: subject or _POPULATION})
+            Longitudinal.from_frame(df, subject=cols.subject, time=cols.time, response=None, encoding=b.encoding_,
+                                    require_response=False, action="predict or score")
+        name = self._response_name()
+        if name is not None and name in data.columns:
+            inf = np.isinf(as_numeric(data[name], f"column '{name}'"))
+            if inf.any():
+                raise DataError(
+                    f"{int(inf.sum())} row(s) have infinite values: column '{name}': {int(inf.sum())} (rows "
+                    f"{list(data.index[inf][:10])}). Drop or impute those rows first (a missing response marks a row "
+                    "to predict at)"
+                )
+
     def _grid_frame(self, data, subject, times) -> pd.DataFrame:
         """Rows at ``times`` for every subject of ``data`` (its last row's covariates), or the population."""
         cols = self.builder_.columns_
-        t = np.asarray(times, dtype=float).reshape(-1)
+        t = as_numeric(np.ravel(np.asarray(times, dtype=object)), "times")
         if not np.isfinite(t).all():
             raise DataError(f"times has {int((~np.isfinite(t)).sum())} missing or infinite value(s)")
         if data is None:
@@ -326,6 +351,7 @@ class PredictiveLMM:
             name = self._response_name()
             if not isinstance(data, pd.DataFrame) or name not in data.columns:
                 raise DataError(f"scoring needs a data frame with the response column '{name}'")
+            self._check_frame(data, None, None)
             rows = b.transform(data)
             yv = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float)
         if len(yv) != len(rows.Z) or not np.isfinite(yv).all():

@@ -186,15 +186,17 @@ class LongitudinalDesign:
             )
 
     def data_from(self, df: pd.DataFrame | Longitudinal, require_response: bool = True, dropna: bool = False,
-                  model_scale: bool = True) -> Longitudinal:
+                  model_scale: bool = True, action: str = "predict or score") -> Longitudinal:
         """Validate a new frame with the fitted column names and covariate encoding.
 
         ``df``'s response is on the user's scale (a Longitudinal too); with ``model_scale`` it is
         returned on the model's (:meth:`to_model_scale`), else as given (for a caller that passes
-        the result on to a model method, which transforms it)."""
+        the result on to a model method, which transforms it). ``action``: what the frame is for, in
+        the messages (:meth:`dmlmm.data.Longitudinal.from_frame`)."""
         d = df if isinstance(df, Longitudinal) else Longitudinal.from_frame(
             df, self.columns.subject, self.columns.time,
             self.columns.response, encoding=self.encoding, dropna=dropna, require_response=require_response,
+            action=action,
         )
         return self.to_model_scale(d) if model_scale else d
 

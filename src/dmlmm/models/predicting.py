@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from ..columns import as_numeric
 from ..continuation import Continuation
 from ..data import Longitudinal
 from ..sufficient import SufficientStats
@@ -167,7 +168,7 @@ class Predicting:
     def _grid(self, times) -> np.ndarray:
         if times is None:
             return np.linspace(*self.design_.basis.window, 100)
-        t = np.asarray(times, dtype=float).reshape(-1)
+        t = as_numeric(np.ravel(np.asarray(times, dtype=object)), "times")
         if not np.isfinite(t).all():
             raise DataError("prediction times must be finite numbers")
         return t

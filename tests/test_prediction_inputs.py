@@ -1,0 +1,59 @@
+"""Bad frames and times given to a fitted model's methods get the library's clear errors, naming the column,
+the user's own row labels and a fix that exists for those methods (they have no ``dropna``)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmlmm import DataError, LinearMixedModel, MixtureLMM, SplineBasis
+from dmlmm.simulate import dgp1
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    return dgp1(random_state=0, n_subjects=40).data
+
+
+@pytest.fixture(scope="module", params=["mixture", "lmm"])
+def fitted(request, data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if request.param == "mixture":
+            return MixtureLMM(2, SplineBasis(6), max_iter=50, random_state=0).fit(data)
+        return LinearMixedModel(basis=SplineBasis(6)).fit(data)
+
+
+def test_times_that_are_not_numbers(fitted, data):
+    one = data[data.subject == 3]
+    with pytest.raises(DataError, match=r"times must be numeric, but row 0 holds 'a'"):
+        fitted.predict_trajectory(one, times=["a"])
+    with pytest.raises(DataError, match=r"times holds dates"):
+        fitted.predict_trajectory(one, times=pd.to_datetime(["2020-01-01"]))
+
+
+def test_missing_values_name_the_users_rows_and_a_fix_these_methods_have(fitted, data):
+    one = data[data.subject == 3].copy()
+    label = one.index[1]
+    one.loc[label, "time"] = np.nan
+    for call in (lambda: fitted.predict_trajectory(one), lambda: fitted.predict_trajectory(one, times=[0.2, 0.4]),
+                 lambda: fitted.score_samples(one)):
+        with pytest.raises(DataError, match=rf"column 'time': 1 \(rows \[{label}\]\)\. Drop or impute those rows "
+                                            r"first \(dmlmm predict: --dropna drops them\)") as err:
+            call()
+        assert "dropna=True" not in str(err.value)
+    with pytest.raises(DataError, match="the data frame is empty .* nothing to predict or score"):
+        fitted.predict_trajectory(data.iloc[:0])
+
+
+def test_a_frame_without_its_time_column_or_with_an_infinite_response(fitted, data):
+    one = data[data.subject == 3]
+    with pytest.raises(DataError, match=r"column\(s\) \['time'\] not found in the data"):
+        fitted.predict_trajectory(one.drop(columns="time"), times=[0.2])
+    bad = one.copy()
+    bad.loc[bad.index[1], "y"] = np.inf
+    with pytest.raises(DataError, match=rf"infinite values: column 'y': 1 \(rows \[{bad.index[1]}\]\)"):  # conditioned on
+        fitted.predict_trajectory(bad.assign(subject=999), times=[0.2])
