@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -221,3 +223,28 @@ def test_from_arrays_roundtrip():
 def test_from_arrays_errors(y, x, kwargs, message):
     with pytest.raises(DataError, match=message):
         Longitudinal.from_arrays(y, x, **kwargs)
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda t, s: 3.0 + 0.5 * s, "constant within every subject"),            # a baseline variable
+    (lambda t, s: 40.0 + t + 0.0 * s, "an exact straight line of time"),       # an age: time itself, shifted
+    (lambda t, s: 1e6 + 2.0 * s + 0.25 * t, "an exact straight line of time"),  # far from zero: no cancellation
+])
+def test_a_response_without_noise_is_refused_by_every_model(make, what):
+    """A response with nothing left for the noise within any subject (a baseline variable as response, or age)
+    is refused up front: the deep mixture and LinearMixedModel broke down in the linear algebra on it, the mixture
+    reported densities of 1e18. One noisy subject is enough to fit."""
+    from dmlmm import DeepMixtureLMM, LinearMixedModel, MixtureLMM
+
+    rng = np.random.default_rng(0)
+    s = np.repeat(np.arange(30), 5)
+    t = np.tile(np.arange(5.0), 30) + rng.uniform(0, 0.5, size=s.size)
+    df = pd.DataFrame({"subject": s, "time": t, "y": make(t, s)})
+    for model in (DeepMixtureLMM((2, 1), (1, 1), max_iter=30), MixtureLMM(2, max_iter=30), LinearMixedModel()):
+        with pytest.raises(DataError, match=rf"the response 'y' is {what}.*nothing is left for measurement noise"):
+            model.fit(df)
+    noisy = df.copy()
+    noisy.loc[noisy.subject == 0, "y"] += rng.normal(size=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        LinearMixedModel().fit(noisy)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .exceptions import DataError
 
-__all__ = ["response_scale", "checked_scale", "MAX_SD_OVER_SPREAD", "MIN_SCALE"]
+__all__ = ["response_scale", "checked_scale", "check_noise_left", "MAX_SD_OVER_SPREAD", "MIN_SCALE"]
 
 #: Largest ratio of the response's standard deviation to the robust spread of its bulk (1.4826 times
 #: the median absolute deviation) that the fits resolve. One value 10^9 times the others' (200
@@ -87,3 +87,54 @@ def checked_scale(scale: float, *, n: int, biggest: float, centre: float, spread
             "positive response)"
         )
     return scale
+
+
+def check_noise_left(y: np.ndarray, codes: np.ndarray, time: np.ndarray | None = None, name: str = "y",
+                     group: str = "subject") -> None:
+    """DataError when no subject's repeated values leave any residual: the response is constant within
+    every subject or, with ``time``, an exact straight line of time within every subject.
+
+    Such a response is not a measurement with noise but a baseline variable or a function of time (the
+    time column, an age): a mixed model puts its residual variance at zero, and the fits broke down in the
+    linear algebra (a non-positive-definite precision) or reported densities of 1e18. Only subjects with
+    repeated visits count (three or more, at two or more distinct times, for the line); with none, there is
+    nothing to check. The residuals are computed directly (about the subject's mean, or its least-squares
+    line), so a response far from zero does not hide them in cancellation.
+
+    Parameters
+    ----------
+    y : (n,) response (model scale);  codes : (n,) int subject codes 0..N-1.
+    time : (n,) times, optional;  name, group : the response column and what a group is, for the message.
+    """
+    y = np.asarray(y, dtype=float)
+    codes = np.asarray(codes)
+    n_i = np.bincount(codes)
+    biggest = float(np.max(np.abs(y))) if y.size else 0.0
+    if not (n_i >= 2).any() or not 0.0 < biggest < np.inf:
+        return  # nothing repeated; or a response that response_scale refuses (zero, or too large)
+    y = y / biggest  # no overflow in the squares below
+    yc = y - np.mean(y)
+    total = float(yc @ yc)
+    if total == 0.0:
+        return  # a constant response is refused by response_scale
+    ym = np.bincount(codes, weights=yc) / np.maximum(n_i, 1)
+    r = yc - ym[codes]
+    resid = float(r @ r)
+    what = "constant within every " + group
+    if time is not None and resid > 1e-20 * total:
+        t = np.asarray(time, dtype=float)
+        tc = t - np.bincount(codes, weights=t)[codes] / n_i[codes]
+        stt = np.bincount(codes, weights=tc * tc)
+        slope = np.where(stt > 0, np.bincount(codes, weights=tc * r) / np.where(stt > 0, stt, 1.0), 0.0)
+        line = (n_i >= 3) & (stt > 0)
+        if line.any():
+            rl = r - slope[codes] * tc
+            use = line[codes]
+            resid = float(rl[use] @ rl[use])
+            what = f"an exact straight line of time within every {group} with three or more visits"
+    if resid <= 1e-20 * total:
+        raise DataError(
+            f"the response '{name}' is {what}: nothing is left for measurement noise, and a mixed model's residual "
+            f"variance would be zero. Is '{name}' a measurement that varies over time, and not a baseline variable "
+            "or a function of time (the time column itself, an age)?"
+        )

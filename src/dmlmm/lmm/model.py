@@ -34,6 +34,7 @@ from .estimators import ESTIMATORS, Estimate
 from .formula import FormulaDesignBuilder
 from .predictive import PredictiveLMM
 from .scaling import ResponseScaling
+from ..standardise import check_noise_left
 from ..response_transform import check_transform, forward, label_of, log_jacobian, scale_text, transform_candidates
 
 __all__ = ["LinearMixedModel"]
@@ -236,6 +237,8 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
             check_design(design)
             name = builder.parsed_.response if isinstance(builder, FormulaDesignBuilder) else (
                 builder.columns_.response if isinstance(builder, LongitudinalDesignBuilder) else "y")
+            if design.grouped:  # on the data's scale (each scale's fit checks its own too)
+                self._check_noise_left(design, design.y, name)
             scales = transform_candidates(transform, design.y)
             # REML likelihoods of different responses do not compare: the scale is chosen by ML fits
             choose = "ml" if method == "reml" and len(scales) > 1 else method
@@ -261,7 +264,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
             d = design if transform is None else replace(design, y=z)
             scaling = ResponseScaling.learn(d.y, d.F, name)
             ys = scaling.transform(d.y)
-            self._check_not_exact(ys, d)
+            self._check_not_exact(ys, d, name)
             stats = d.stats(ys)
             est = ESTIMATORS[method](d, scaling, stats, max_iter=self.max_iter, tol=self.tol,
                                      n_restarts=self.n_init - 1)
@@ -297,7 +300,15 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
                                     covariates=covariates, dropna=dropna)
 
     @staticmethod
-    def _check_not_exact(ys: np.ndarray, design: Design) -> None:
+    def _check_noise_left(design: Design, y: np.ndarray, name: str) -> None:
+        """No residual left within any group (a baseline variable, or time itself, as the response)."""
+        check_noise_left(y, design.codes, design.time, name,
+                         "subject" if design.time is not None else f"group of '{design.group_name}'")
+
+    @staticmethod
+    def _check_not_exact(ys: np.ndarray, design: Design, name: str = "y") -> None:
+        if design.grouped:
+            LinearMixedModel._check_noise_left(design, ys, name)
         if design.n_fixed == 0:
             return
         coef, *_ = np.linalg.lstsq(design.F, ys, rcond=None)

@@ -24,6 +24,7 @@ import pandas as pd
 
 from .._recorded import recorded, reraise
 from ..data import Longitudinal
+from ..standardise import check_noise_left
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
 from ..exceptions import DataError, EmptyComponentWarning
@@ -251,6 +252,8 @@ class Fitting:
                 f"only one subject ({d.subjects[0]}) in the data: a mixed model needs at least two subjects "
                 "to learn how subjects vary"
             )
+        if d.response is not None:  # on the data's scale (each scale's design checks its own too)
+            check_noise_left(d.response, d.codes, d.time, d.columns.response)
         members = Z = None
         if self._membership_columns():
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
