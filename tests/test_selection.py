@@ -86,3 +86,15 @@ def test_models_and_components_are_chosen_too(data):
     assert "one positive integer" in t["error"].iloc[0] and t["selected"].iloc[1]
     with pytest.raises(ValueError, match="models"):
         select_model(data, models=("lmm",))
+
+
+def test_heldout_criterion_without_visits_to_hold_out_says_so_up_front():
+    """Every subject seen once: nothing can be held out (one visit always stays in training). The selection used
+    to fit the first candidate and then fail scoring an empty frame ("nothing to fit")."""
+    from dmlmm import DataError, SplineBasis
+    from dmlmm.selection import select_model
+    from dmlmm.simulate import dgp1
+
+    one = dgp1(random_state=0, n_subjects=40).data.groupby("subject").head(1)
+    with pytest.raises(DataError, match=r"criterion='heldout' .* every subject has one visit, so none can be held out: use criterion='elbo'"):
+        select_model(one, components=[(3, 2)], latent_dims=[(1, 1)], criterion="heldout", basis=SplineBasis(6))

@@ -36,6 +36,7 @@ import pandas as pd
 
 from .basis import SplineBasis
 from .data import Longitudinal
+from .exceptions import DataError
 from .models.candidates import resolve_n_jobs
 from .models.mixture import DeepMixtureLMM, MixtureLMM
 from .priors.dmfa import DeepMixturePrior
@@ -234,6 +235,14 @@ def select_model(
 
     if criterion == "heldout":
         train, heldout = split_heldout(data, heldout_fraction, random_state, subject=subject)
+        if len(heldout) == 0:
+            most = int(checked.counts.max())
+            why = ("every subject has one visit, so none can be held out: use criterion='elbo' (CLI: --criterion elbo)"
+                   if most < 2 else
+                   f"with at most {most} visits per subject, a fraction of {heldout_fraction:g} rounds to none: use a "
+                   "larger heldout_fraction or criterion='elbo' (CLI: --criterion elbo)")
+            raise DataError(f"criterion='heldout' holds out visits of each subject, keeping at least one for "
+                            f"training; {why}")
     else:
         train, heldout = data, None
     tasks = [_Task(i, r["components"], r["latent_dims"], train, heldout, columns, params, r["model"])
