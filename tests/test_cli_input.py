@@ -258,3 +258,20 @@ def test_numeric_text_covariate_is_a_number_not_categories(frame):
         m = dmlmm.MixtureLMM(2, basis=dmlmm.SplineBasis(5), max_iter=5, random_state=0)
         m.fit(df, covariates=["age", "arm"])
     assert list(m.fixed_effects_.index) == ["age", "arm[T.b]"]  # one effect for age, not one per value
+
+
+def test_subject_identifiers_are_read_as_written(tmp_path):
+    """The subject column is text unless every value is a plainly written integer: '007' and '7' are two patients
+    (numbers merged them into 7, with no message) and a record number keeps its leading zeros in the outputs."""
+    from dmlmm.cli_input import read_csv
+
+    p = tmp_path / "ids.csv"
+    p.write_text("id,t,y\n007,0,1\n7,0,2\n1.0,1,3\n000,1,4\n")
+    df = read_csv(p, id_columns=["id"])
+    assert df["id"].tolist() == ["007", "7", "1.0", "000"] and df["id"].nunique() == 4
+    p.write_text("id,t,y\n12,0,1\n-3,0,2\n0,1,3\n")
+    assert read_csv(p, id_columns=["id"])["id"].dtype == np.int64   # plain integers stay numbers (their order)
+    p.write_text("id,t,y\n12,0,1\n,0,2\n")
+    ids = read_csv(p, id_columns=["id"])["id"]
+    assert ids.iloc[0] == 12 and ids.isna().iloc[1]                  # a missing id stays missing (reported later)
+    assert read_csv(p)["id"].dtype == np.float64                     # other columns as pandas reads them

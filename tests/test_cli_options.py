@@ -95,6 +95,11 @@ def test_library_defaults_when_options_are_left_out(tmp_path):
     (["--n-init", "0"], "--n-init must be a positive integer"),
     (["--model", "lmm", "--method", "reml", "--n-init", "2"], "--n-init does not apply to the exact fits"),
     (["--model", "lmm", "--method", "ml", "--jobs", "2"], "--jobs does not apply to the exact fits"),
+    (["--criterion", "heldout"], "--criterion chooses among the candidates of --select: add --select"),
+    (["--degree", "1"], "--smoothing 2 (the default) needs splines of degree 2 or more and more than 2 basis "
+                        "functions; use --smoothing 1 (or none) with --degree 1"),
+    (["--degree", "0", "--smoothing", "1"], "--smoothing 1 needs splines of degree 1 or more and more than 1 basis "
+                                           "functions; use --smoothing none with --degree 0"),
     (["--jobs", "0"], "--jobs must be a positive integer, -1 (every CPU) or auto, got 0"),
     (["--jobs", "two"], "--jobs must be a positive integer, -1 (every CPU) or auto, got two"),
     (["--interval", "1"], "--interval must be between 0 and 1"),

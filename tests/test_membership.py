@@ -164,3 +164,34 @@ def test_dask_frames_refuse_membership_covariates_clearly(sim):
     ddf = dd.from_pandas(df.head(80), npartitions=1)
     with pytest.raises(NotImplementedError, match="membership_covariates are not supported for Dask DataFrames yet"):
         MixtureLMM(2, membership_covariates=["x"]).fit(ddf)
+
+
+def test_command_line_refits_over_its_own_outputs_and_predicts_with_the_membership_model(tmp_path):
+    """`dmlmm fit --membership-covariates` twice into one folder (the second with --overwrite: membership.csv is
+    dmlmm's own file, as band_check.csv) and `dmlmm predict` with the saved model, which used to stop with
+    "membership covariates are read from a DataFrame" (the demo's model too). Its curves and class probabilities
+    are those of trajectories.csv, and of the Python model on the same frame."""
+    from click.testing import CliRunner
+
+    from dmlmm.cli import main
+
+    df, *_ = _simulate(n=80, seed=2)
+    data = tmp_path / "d.csv"
+    df.to_csv(data, index=False)
+    fit = ["fit", str(data), "--model", "mixture", "--components", "2", "--n-basis", "6", "--membership-covariates",
+           "x,sex", "--max-iter", "150", "--jobs", "1", "--out", str(tmp_path / "o")]
+    for extra in ([], ["--overwrite"]):
+        r = CliRunner().invoke(main, fit + extra)
+        assert r.exit_code == 0, r.output
+    assert "who ends up in which class" in r.output  # the summary prints the coefficients, as documented
+    assert (tmp_path / "o" / "membership.csv").exists()
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(main, ["predict", str(tmp_path / "o" / "model.dmlmm"), str(data), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    pred, traj = pd.read_csv(out), pd.read_csv(tmp_path / "o" / "trajectories.csv")
+    cols = ["mean", "lower", "upper", "cluster", "probability"]
+    np.testing.assert_allclose(pred[cols].to_numpy(float), traj[cols].to_numpy(float), rtol=1e-9)
+    model = dmlmm.load(tmp_path / "o" / "model.dmlmm")
+    proba = model.predict_proba(df)
+    first = pred.groupby("subject").first()
+    np.testing.assert_allclose(first["probability"], proba.max(axis=1).loc[first.index], rtol=1e-9)

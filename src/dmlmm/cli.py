@@ -159,12 +159,12 @@ def parse_times(text: str | None, lower: float, upper: float):
     return t
 
 
-def read_csv(path: str | Path):
+def read_csv(path: str | Path, id_columns=()):
     """Read a long CSV file (see :func:`dmlmm.cli_input.read_csv`); problems are CliErrors."""
     from .cli_input import InputError, read_csv as _read
 
     try:
-        return _read(path)
+        return _read(path, id_columns)
     except InputError as e:
         raise CliError(str(e)) from None
 
@@ -296,8 +296,8 @@ def main() -> None:
               help="Choose the model and its size by a grid search: the deep mixture over latent dimensions and "
                    "the mixture of LMMs over 1, 2, ... components (--model: only that one); prints each candidate "
                    "and the choice.")
-@click.option("--criterion", type=click.Choice(["elbo", "heldout"]), default="elbo", show_default=True,
-              help="Selection criterion for --select.")
+@click.option("--criterion", type=click.Choice(["elbo", "heldout"]), default=None,
+              help="Selection criterion for --select (default: elbo).")
 @click.option("--jobs", default="auto", show_default=True,
               help="Parallel processes: a number, -1 (every CPU) or auto (every CPU for data of at most "
                    f"{AUTO_JOBS_MAX_SUBJECTS:,} subjects, else 1): for the candidates that one fit compares by the "
@@ -337,6 +337,9 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     exact = kind == "lmm" and method in ("ml", "reml")
     if exact and n_init is not None:
         raise CliError("--n-init does not apply to the exact fits (--method ml or reml); they restart on their own")
+    if criterion is not None and not select:
+        raise CliError("--criterion chooses among the candidates of --select: add --select, or leave --criterion out")
+    criterion = criterion or "elbo"
     jobs = _parse_jobs(jobs)
     if exact and jobs not in (1, "auto"):
         raise CliError("--jobs does not apply to the exact fits (--method ml or reml): they fit one model, with "
@@ -359,6 +362,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), "none",
                            domain=None if transform in ("auto", "none") else transform)
         _check_basis(basis, n_basis, frame[time_col], smoothing=not exact and smoothing != "none")
+        _check_smoothing_order(basis, None if exact or smoothing == "none" else int(smoothing or 2), smoothing)
         if exact and n_basis is None:
             basis = _lmm_default_basis(basis, frame, subject, time_col)
         _check_outcome_data(frame, subject, time_col, asked)
@@ -531,6 +535,20 @@ def _lmm_default_basis(basis, frame, subject: str, time_col: str):
                          degree=int(basis.degree), knots=basis.knots, extrapolate=bool(basis.extrapolate))
 
 
+def _check_smoothing_order(basis, order: int | None, given: str | None) -> None:
+    """The smoothness prior of ``order`` needs splines of at least that degree and more functions than that."""
+    if order is None:
+        return
+    degree, n = int(basis.degree), int(basis.n_basis)
+    if order > degree or order >= n:
+        what = f"--smoothing {order}" + ("" if given else " (the default)")
+        low = f"--degree {degree}" if order > degree else f"{n} basis functions"
+        fits = [o for o in (1, 2, 3) if o <= degree and o < n]
+        fix = (f"use --smoothing {fits[-1]} (or none) with {low}" if fits else f"use --smoothing none with {low}")
+        raise CliError(f"{what} needs splines of degree {order} or more and more than {order} basis functions; "
+                       f"{fix}, or raise --degree / --n-basis")
+
+
 def _check_basis(basis, n_basis, times, smoothing: bool) -> None:
     """The basis size against the data and the layout against the degree, before any fitting."""
     import copy
@@ -614,7 +632,7 @@ def _read_data(data, subject, time_col, response, covs, transform, response_opti
     applies itself) the response is only checked to lie in its domain."""
     from .cli_input import InputError, apply_transform, check_columns, check_transform_domain
 
-    frame = read_csv(data)
+    frame = read_csv(data, id_columns=[subject])
     if response_optional and response not in frame.columns:
         frame[response] = float("nan")
     try:
@@ -738,6 +756,7 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, ou
                    f"{'' if model.converged_ else ' (not converged: raise --max-iter)'}; "
                    f"fit time {model.fit_seconds_:.1f} s (as in the report), {seconds:.1f} s in all")
         click.echo("\n" + class_summary_text(res.class_summary, res.posterior))
+        _echo_membership(model)
         if outcomes:
             click.echo("\n" + outcomes.text() + "\n")
     else:
@@ -745,6 +764,15 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, ou
                    f"log-likelihood {model.loglik_:.2f}; {seconds:.1f} s in all")
         click.echo("(a linear mixed model has one cluster: no clusters.csv)")
     click.echo(f"outputs in {out}/: {', '.join(written)}")
+
+
+def _echo_membership(model) -> None:
+    """The membership model's coefficients (a fit with --membership-covariates), as membership.csv holds them."""
+    coef = getattr(model, "membership_coefficients_", None)
+    if coef is not None:
+        click.echo("\nwho ends up in which class (membership by baseline covariates; log-odds of the group "
+                   "against the later ones, per unit):\n")
+        click.echo(coef.to_string(float_format=lambda v: f"{v:.3g}"))
 
 
 @main.command(short_help="Predict trajectories of subjects with a saved model.")
@@ -787,8 +815,9 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
             basis.extrapolate = extrapolate
         c = model.builder_.columns_ if lmm else model.design_.columns
         encoding = model.builder_.encoding_ if lmm else model.design_.encoding
-        frame = _read_data(data, c.subject, c.time, c.response, list(encoding.columns), transform,
-                           response_optional=True)
+        members = [] if lmm or model.design_.membership is None else list(model.design_.membership.encoding.columns)
+        frame = _read_data(data, c.subject, c.time, c.response,
+                           list(dict.fromkeys(list(encoding.columns) + members)), transform, response_optional=True)
         predict_table = _predict_lmm_table if lmm else _predict_table
         table, n_subjects, n_times = predict_table(model, frame, times, interval, kind, dropna, level)
         table = user_columns(table, c.subject, c.time, frame.columns)
@@ -812,12 +841,18 @@ def _predict_table(model, frame, times, interval, kind, dropna, level="subject")
     """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times.
 
     ``level="population"``: nothing is conditioned on, so the cluster columns hold the prior weights."""
+    import numpy as np
+
     from .report.collect import add_cluster_columns, cluster_table, has_layers, subject_noise
 
     # rows without y: times to predict at; the response as given (the model methods put it on their scale)
     d = model.design_.data_from(frame, require_response=False, dropna=dropna, model_scale=False)
     if level == "population":
         d = d.without_response()
+    if model.design_.membership is not None:  # its baseline columns are read from the frame: the rows d kept
+        d = frame.loc[d.row_index]
+        if level == "population" and model.design_.columns.response in d.columns:
+            d = d.assign(**{model.design_.columns.response: np.nan})
     t = parse_times(times, *model.design_.basis.window)
     traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind, level=level)
     proba = model.predict_proba(d)
@@ -902,11 +937,7 @@ def demo(out, overwrite, dataset, jobs, quiet):
                f"{len(sizes)} clusters (subjects per cluster: " + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ")")
     if not quiet:
         click.echo("\n" + class_summary_text(res.class_summary, res.posterior))
-        coef = getattr(model, "membership_coefficients_", None)
-        if coef is not None:
-            click.echo("\nwho ends up in which class (membership by baseline covariates; log-odds of the group "
-                       "against the later ones, per unit):\n")
-            click.echo(coef.to_string(float_format=lambda v: f"{v:.3g}"))
+        _echo_membership(model)
         click.echo(f"\nwhat the clusters mean (the model saw none of this):\n\n{outcomes.text()}\n")
     else:
         for t in outcomes.tables:

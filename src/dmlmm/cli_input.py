@@ -47,8 +47,12 @@ class InputError(DataError):
 
 
 # ---------------------------------------------------------------------------- reading
-def read_csv(path: str | Path) -> pd.DataFrame:
+def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Read a long CSV file into a frame whose index is each row's line number in the file.
+
+    ``id_columns`` (e.g. the subject column) are identifiers, not numbers: read as text, and turned
+    into integers only where every value is an integer written plainly (``12``, not ``012``, ``12.0``
+    or ``1e1``), so that ``007`` and ``7`` stay two patients and a record number keeps its zeros.
 
     Raises InputError for a missing, empty, binary or malformed file.
     """
@@ -65,7 +69,8 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         raise InputError(f"'{p}' is not a CSV file (it holds binary data)")
     sep, decimal = sniff(text)
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, skipinitialspace=True)
+        df = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, skipinitialspace=True,
+                         dtype={c: str for c in id_columns} or None)
     except pd.errors.EmptyDataError:
         raise InputError(f"'{p}' is empty") from None
     except (pd.errors.ParserError, ValueError) as e:
@@ -76,7 +81,19 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if len(set(stripped)) == len(stripped):
         df.columns = stripped
     df.index = pd.RangeIndex(2, len(df) + 2)
+    for c in id_columns:
+        if c in df.columns:
+            df[c] = _identifiers(df[c])
     return df
+
+
+def _identifiers(s: pd.Series) -> pd.Series:
+    """Text identifiers as integers where each is a plainly written integer, else as text (missing stay missing)."""
+    text = s.dropna().astype(str).str.strip()
+    plain = text.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})")
+    if len(text) and plain.all():
+        return pd.to_numeric(s.astype(str).str.strip().where(s.notna()), errors="coerce").astype("Int64" if s.isna().any() else "int64")
+    return s.where(s.isna(), s.astype(str).str.strip())
 
 
 def _one_line(e: BaseException) -> str:

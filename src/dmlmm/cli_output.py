@@ -41,7 +41,7 @@ __all__ = ["OutputError", "OutputFolder", "OutputFiles", "DMLMM_FILES", "MODEL_C
 
 # names dmlmm writes into an output folder (--overwrite replaces a folder holding only these)
 DMLMM_FILES = frozenset({"clusters.csv", "trajectories.csv", "model.dmlmm", "report.html", "data.csv", "outcomes.csv",
-                         "survival.csv", "baseline.csv", "outcome_tests.csv"})
+                         "survival.csv", "baseline.csv", "outcome_tests.csv", "membership.csv", "band_check.csv"})
 _CLUTTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 # the columns dmlmm adds to its CSV outputs (besides the user's subject and time columns)
 MODEL_COLUMNS = ("mean", "lower", "upper", "beyond_last_visit", "cluster", "probability", "cluster_layer1")
