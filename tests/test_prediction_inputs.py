@@ -57,3 +57,18 @@ def test_a_frame_without_its_time_column_or_with_an_infinite_response(fitted, da
     bad.loc[bad.index[1], "y"] = np.inf
     with pytest.raises(DataError, match=rf"infinite values: column 'y': 1 \(rows \[{bad.index[1]}\]\)"):  # conditioned on
         fitted.predict_trajectory(bad.assign(subject=999), times=[0.2])
+
+
+def test_responses_far_outside_the_fitted_data(data):
+    """A new subject's value 1e200 (units, or a typing error) overflowed in the bands (an IndexError from
+    deep inside); now a DataError. A value 1e6 standard deviations out is conditioned on, with a warning."""
+    from dmlmm.exceptions import ExtrapolationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = MixtureLMM(2, SplineBasis(6), max_iter=50, random_state=0).fit(data)
+    new = pd.DataFrame({"subject": ["A"], "time": [0.1], "y": [1e200]})
+    with pytest.raises(DataError, match=r"the response 'y' has 1 value\(s\) over 100 standard deviations .* too far"):
+        m.predict_trajectory(new, times=[0.5])
+    with pytest.warns(ExtrapolationWarning, match=r"over 100 standard deviations .* check their units"):
+        m.predict_trajectory(new.assign(y=1e6), times=[0.5])

@@ -22,8 +22,8 @@ from ..columns import ColumnNames
 from ..covariates import CovariateEncoding
 from ..data import Longitudinal
 from ..sufficient import SufficientStats, sufficient_stats
-from ..standardise import response_scale
-from ..exceptions import DataError, IdentifiabilityWarning
+from ..standardise import check_noise_left, response_scale
+from ..exceptions import DataError, ExtrapolationWarning, IdentifiabilityWarning
 from .membership_design import MembershipDesign
 
 __all__ = ["LongitudinalDesign", "fitted_basis", "noise_confounded", "repeated_times"]
@@ -115,6 +115,7 @@ class LongitudinalDesign:
         basis = fitted_basis(basis, data.time)
         y = data.response
         scale = response_scale(y, data.columns.response)
+        check_noise_left(y, data.codes, data.time, data.columns.response)
         cov = data.covariates
         cm = cov.mean(axis=0) if cov.shape[1] else np.zeros(0)
         cs = cov.std(axis=0) if cov.shape[1] else np.zeros(0)
@@ -198,7 +199,31 @@ class LongitudinalDesign:
             self.columns.response, encoding=self.encoding, dropna=dropna, require_response=require_response,
             action=action,
         )
-        return self.to_model_scale(d) if model_scale else d
+        if model_scale:
+            d = self.to_model_scale(d)
+            self.check_response_range(d)
+        return d
+
+    def check_response_range(self, data: Longitudinal) -> None:
+        """A new frame's responses (model scale) against the fitted data's: a DataError for values so far out
+        (over 1e8 of the fitted responses' SDs) that the conditioning overflows (1e200 on a model of SD 1 gave an
+        IndexError deep in the bands), an ExtrapolationWarning for values over 100 SDs out (a unit error, e.g. mg
+        against g, is the likely cause: such a value pulls the subject's curve far out)."""
+        if data.response is None:
+            return
+        z = np.abs((data.response - self.y_shift) / self.y_scale)
+        far = np.isfinite(z) & (z > 100)
+        if not far.any():
+            return
+        worst = int(np.argmax(np.where(far, z, -1)))
+        name = self.columns.response
+        rows = list(data.row_index[far][:5])
+        text = (f"the response '{name}' has {int(far.sum())} value(s) over 100 standard deviations of the fitted data "
+                f"from their mean (rows {rows}; the farthest {z[worst]:.3g} SDs out)")
+        if z[worst] > 1e8:
+            raise DataError(f"{text}: too far to condition on; check the values and their units")
+        warnings.warn(f"{text}: check their units; the subjects' curves are pulled towards them", ExtrapolationWarning,
+                      stacklevel=4)
 
     def to_model_scale(self, data: Longitudinal) -> Longitudinal:
         """``data`` with its response transformed (:func:`dmlmm.response_transform.forward`); as is
