@@ -164,8 +164,12 @@ def test_default_basis_is_one_the_visit_times_identify():
     for k, n_basis, degree in ((2, 1, 0), (3, 2, 1), (5, 4, 3), (11, 10, 3), (12, 10, 3)):
         df = pd.DataFrame({"subject": np.repeat(np.arange(30), k), "time": np.tile(np.arange(float(k)) ** 1.5, 30)})
         df["y"] = rng.normal(size=len(df)) + df["time"]
-        m = LinearMixedModel(method="ml").fit(df)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = LinearMixedModel(method="ml").fit(df)
         assert (m.builder_.basis_.n_basis, m.builder_.basis_.degree) == (n_basis, degree)
+        flat = [w for w in caught if "the curves are flat, the model ignores time" in str(w.message)]
+        assert len(flat) == (k == 2), [str(w.message) for w in caught]  # one function: said, with what to use
         if k <= 5:  # the noise, SD 1, is identified and estimated (0.78-1.25; with k functions ML gave 0.0)
             assert m.sigma2_ > 0.5, (k, m.sigma2_)
     with pytest.raises(DataError, match=r"rank deficient .* the basis of time has more functions than the data's 12 "

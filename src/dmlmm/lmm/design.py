@@ -31,7 +31,7 @@ from ..columns import ColumnNames, as_numeric
 from ..covariates import CovariateEncoding
 from ..data import Longitudinal
 from ..sufficient import SufficientStats, sufficient_stats
-from ..exceptions import DataError
+from ..exceptions import DataError, IdentifiabilityWarning
 from .structure import CovarianceStructure
 
 __all__ = [
@@ -345,6 +345,18 @@ def default_basis(time: np.ndarray, n_basis: int = 10, subjects: np.ndarray | No
     for nb in range(largest, 0, -1):
         basis = SplineBasis(nb, degree=min(degree, nb - 1), knots=knots, extrapolate=extrapolate).fit(t[finite])
         if np.linalg.matrix_rank(basis.transform(distinct)) == nb:
+            if nb == 1 and len(distinct) >= 2:
+                why = (f"the visits fall on {len(distinct)} distinct times" if len(distinct) <= 2 else
+                       "the subjects have fewer than three visits on average")
+                warnings.warn(
+                    f"the default basis of time has one function: the curves are flat, the model ignores time, because "
+                    f"{why} (more functions, each a random effect, would leave the residual variance unidentified). "
+                    "For a change over time with a random level per subject use a formula, e.g. "
+                    "LinearMixedModel('y ~ time + (1 | subject)'), or MixtureLMM(1) (command line: --model lmm without "
+                    "--method), whose smoothness prior identifies a larger basis",
+                    IdentifiabilityWarning,
+                    stacklevel=4,
+                )
             return basis
     return SplineBasis(n_basis, degree=degree, knots=knots, extrapolate=extrapolate)
 
