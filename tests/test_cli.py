@@ -317,3 +317,25 @@ def test_exact_fit_default_basis_follows_the_data(tmp_path):
     assert r.exit_code == 0, r.output
     m = dmlmm.load(tmp_path / "o" / "model.dmlmm")
     assert m.builder_.basis_.n_basis == 3 and 0.7 < m.sigma2_ < 1.4, m.sigma2_
+
+
+def test_predict_names_the_files_own_columns(fitted, tmp_path):
+    """A prediction file without the response is fine (times to predict at); when another column is missing,
+    the message lists the file's columns, not the empty response column added for it."""
+    p = tmp_path / "new.csv"
+    pd.DataFrame({"id": [1, 1], "time": [0.1, 0.2]}).to_csv(p, index=False)
+    r = run("predict", fitted / "model.dmlmm", p)
+    assert r.exit_code == 2 and "the columns are: ['id', 'time']" in r.output, r.output
+
+
+def test_exact_fit_trajectories_are_what_predict_writes(csv, tmp_path):
+    """--method reml: trajectories.csv has the columns and the subject order of dmlmm predict on the same data
+    (its rows came ordered by each subject's last visit, without the cluster columns)."""
+    r = run("fit", csv, "--model", "lmm", "--method", "reml", "--n-basis", "6", "--out", tmp_path / "reml")
+    assert r.exit_code == 0, r.output
+    r = run("predict", tmp_path / "reml" / "model.dmlmm", csv, "--out", tmp_path / "pred.csv")
+    assert r.exit_code == 0, r.output
+    traj, pred = pd.read_csv(tmp_path / "reml" / "trajectories.csv"), pd.read_csv(tmp_path / "pred.csv")
+    assert list(traj.columns) == list(pred.columns)
+    pd.testing.assert_frame_equal(traj, pred, rtol=1e-9)
+    assert traj["subject"].is_monotonic_increasing

@@ -122,3 +122,21 @@ def test_select_over_models_prints_each_candidate_and_the_choice(csv, tmp_path):
     assert r.exit_code == 0, r.output
     assert "among 2 candidates" in r.stderr and "selected: mixture of LMMs" in r.stderr
     bad(run("fit", csv, "--select", "--model", "lmm", "--out", tmp_path / "l"), "--select", "--model lmm")
+
+
+def test_follow_up_ending_before_the_last_visit_is_warned():
+    """--event-time in days against --time in years (or from another origin) ends follow-up before visits that
+    were made: a warning names how many subjects and what to check; consistent data say nothing."""
+    import warnings
+
+    import pandas as pd
+
+    from dmlmm.cli import _warn_follow_up_before_visits
+
+    df = pd.DataFrame({"id": [1, 1, 2, 2, 3], "t": [0.0, 2.0, 0.0, 5.0, 1.0], "fu": [3.0, 3.0, 6.0, 6.0, 4.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_follow_up_before_visits(df, "id", "t", "fu")
+    with pytest.warns(UserWarning, match=r"--event-time 'fu' ends before the subject's last visit \('t'\) for 2 of 3 "
+                                         r"subjects \(e\.g\. \[2, 3\]\): check that both count in the same units"):
+        _warn_follow_up_before_visits(df.assign(fu=[3.0, 3.0, 0.5, 0.5, 0.2]), "id", "t", "fu")

@@ -135,3 +135,26 @@ def test_a_daemon_process_fits_in_place_and_says_so(sim, monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"n_jobs=2: this process is a daemon .* fitting in this process instead"):
         inside = make(2).fit(sim.data)
     _same_fit(alone, inside)
+
+
+def test_an_interrupted_caller_stops_its_workers():
+    """Interrupted (Ctrl-C, or SIGTERM, which the command line turns into SystemExit) while workers fit, the
+    executor's exit no longer waits for their fits: they are terminated at once. A terminated `dmlmm fit` left
+    them running for minutes as orphans, holding its pipes open."""
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from dmlmm.models.candidates import _context, stopping_workers
+
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit):
+        with ProcessPoolExecutor(max_workers=2, mp_context=_context()) as pool, stopping_workers(pool):
+            futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+            while not all(f.running() for f in futures):
+                time.sleep(0.05)
+            procs = list(pool._processes.values())
+            raise SystemExit(143)
+    assert time.perf_counter() - t0 < 30
+    for p in procs:
+        p.join(timeout=10)
+        assert not p.is_alive()

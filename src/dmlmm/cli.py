@@ -13,6 +13,7 @@ so that ``dmlmm --help`` answers at once. Reading the input is in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import sys
@@ -84,6 +85,27 @@ def _warnings_note() -> str:
     return f"<section><h2>Warnings</h2><p>Printed while fitting:</p><ul>{items}</ul></section>"
 
 
+@contextlib.contextmanager
+def _terminated_as_exit():
+    """SIGTERM (``kill``, ``timeout``) as a SystemExit with status 143, so that the command ends as after Ctrl-C:
+    the output folder is restored and the worker processes are stopped (they were left running as orphans)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _Main(click.Group):
     """Turns the library's input errors into ``error: ...`` lines and warnings into ``warning: ...`` lines."""
 
@@ -99,7 +121,8 @@ class _Main(click.Group):
             warnings.simplefilter("default")
             warnings.showwarning = show
             try:
-                return super().invoke(ctx)
+                with _terminated_as_exit():
+                    return super().invoke(ctx)
             except click.ClickException:
                 raise
             except BrokenPipeError:  # the reader (e.g. `head`) closed the pipe: not an error
@@ -610,6 +633,26 @@ def _check_outcome_data(frame, subject, time_col, asked) -> None:
         raise CliError(f"--event-time: {e}") from None
     except ValueError as e:
         raise CliError(_one_line(e).replace("event_value=...", "--event-value VALUE")) from None
+    if asked["duration"]:
+        _warn_follow_up_before_visits(frame, subject, time_col, asked["duration"])
+
+
+def _warn_follow_up_before_visits(frame, subject, time_col, duration) -> None:
+    """A warning where a subject's follow-up time ends before its last visit: --event-time in other units than
+    --time (days against years), or measured from another origin, is the likely cause."""
+    import numpy as np
+    import pandas as pd
+
+    t = pd.to_numeric(frame[time_col], errors="coerce")
+    d = pd.to_numeric(frame[duration], errors="coerce")
+    per = pd.DataFrame({"last": t.groupby(frame[subject]).max(), "follow": d.groupby(frame[subject]).max()}).dropna()
+    span = float(np.nanmax(t) - np.nanmin(t)) if t.notna().any() else 0.0
+    short = per.index[per["follow"] < per["last"] - 1e-9 * max(span, 1.0)]
+    if len(short):
+        warnings.warn(
+            f"--event-time '{duration}' ends before the subject's last visit ('{time_col}') for {len(short)} of "
+            f"{len(per)} subjects (e.g. {list(short[:3])}): check that both count in the same units from the same "
+            "origin (e.g. years since enrolment)", UserWarning, stacklevel=2)
 
 
 def _outcome_report(model, frame, asked):
@@ -633,10 +676,11 @@ def _read_data(data, subject, time_col, response, covs, transform, response_opti
     from .cli_input import InputError, apply_transform, check_columns, check_transform_domain
 
     frame = read_csv(data, id_columns=[subject])
-    if response_optional and response not in frame.columns:
-        frame[response] = float("nan")
-    try:
-        check_columns(frame, [subject, time_col, response] + (covs or []))
+    added = response_optional and response not in frame.columns
+    try:  # the file's own columns (before the empty response column of a prediction file is added)
+        check_columns(frame, [subject, time_col] + ([] if added else [response]) + (covs or []))
+        if added:
+            frame[response] = float("nan")
         if domain is not None:
             check_transform_domain(frame, response, domain)
         return apply_transform(frame, response, transform)
@@ -752,7 +796,8 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, ou
         click.echo(f"{type(model).__name__}: {len(model.subjects_)} subjects, {model.n_components_} components per layer kept")
         click.echo(f"clusters found: {len(sizes)} (subjects per cluster: "
                    + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ")")
-        click.echo(f"ELBO {model.elbo_:.2f} after {model.n_iter_} iterations"
+        click.echo(f"ELBO {model.elbo_data_scale_:.2f} (on the data's scale, as the class table and --select) after "
+                   f"{model.n_iter_} iterations"
                    f"{'' if model.converged_ else ' (not converged: raise --max-iter)'}; "
                    f"fit time {model.fit_seconds_:.1f} s (as in the report), {seconds:.1f} s in all")
         click.echo("\n" + class_summary_text(res.class_summary, res.posterior))

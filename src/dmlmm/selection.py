@@ -37,7 +37,7 @@ import pandas as pd
 from .basis import SplineBasis
 from .data import Longitudinal
 from .exceptions import DataError
-from .models.candidates import resolve_n_jobs
+from .models.candidates import resolve_n_jobs, stopping_workers
 from .models.mixture import DeepMixtureLMM, MixtureLMM
 from .priors.dmfa import DeepMixturePrior
 from .simulate import split_heldout
@@ -288,7 +288,8 @@ def _run(tasks: list[_Task], n_jobs: int):
             yield _fit_candidate(t)
         return
     # spawn, not fork: forking a process whose BLAS already runs threads can deadlock
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
+            stopping_workers(pool):
         futures = [pool.submit(_fit_candidate, t) for t in tasks]
         for f in as_completed(futures):
             yield f.result()

@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -225,7 +226,7 @@ def fit_candidates(tasks: list[tuple["VariationalLongitudinalModel", str, Candid
     try:
         # the workers keep the local step's own threads as they are: its work is split into chunks by the
         # number of threads, so fewer threads would sum in another order and change the fit in its last digits
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool, stopping_workers(pool):
             futures = [pool.submit(_run_task, _Task(_without_progress(v), k, d)) for v, k, d in tasks]
             if bar is not None:
                 for _ in as_completed(futures):
@@ -238,6 +239,22 @@ def fit_candidates(tasks: list[tuple["VariationalLongitudinalModel", str, Candid
         if bar is not None:
             bar.close()
     return out
+
+
+@contextmanager
+def stopping_workers(pool: ProcessPoolExecutor):
+    """Inside a ``with ProcessPoolExecutor``: when the caller is interrupted (Ctrl-C, SIGTERM turned into
+    SystemExit by the command line, an error), the workers are terminated before the executor's own exit,
+    which would otherwise wait for their fits to end; a terminated command line left them running for
+    minutes, with the forkserver, as orphans."""
+    try:
+        yield pool
+    except BaseException:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            if proc.is_alive():
+                proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def _without_progress(variant: "VariationalLongitudinalModel") -> "VariationalLongitudinalModel":

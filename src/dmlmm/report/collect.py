@@ -195,6 +195,10 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
         grid = time_grid(*b.basis_.window)
     covs = [c for c in b.encoding_.columns if c != cols.time]  # a formula may use time: the grid's, not the last row's
     last = frame.sort_values(cols.time).groupby(cols.subject, sort=True).tail(1).set_index(cols.subject)
+    try:  # subjects in order, as the mixtures' outputs (tail keeps the rows' order: by last visit)
+        last = last.sort_index()
+    except TypeError:  # labels of mixed types: in order of appearance
+        last = last.reindex(pd.unique(frame[cols.subject]))
     subjects = last.index
     rows = pd.DataFrame({cols.subject: np.repeat(subjects.to_numpy(), len(grid)), cols.time: np.tile(grid, len(subjects))})
     for cv in covs:
@@ -205,7 +209,8 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
                          "mean": pred["mean"].to_numpy(), "lower": pred["lower"].to_numpy(),
                          "upper": pred["upper"].to_numpy(),
                          "beyond_last_visit": rows[cols.time].to_numpy() > np.repeat(
-                             pd.to_numeric(last_time.reindex(subjects)).to_numpy(float), len(grid))})
+                             pd.to_numeric(last_time.reindex(subjects)).to_numpy(float), len(grid)),
+                         "cluster": 0, "probability": 1.0})  # one cluster: the columns dmlmm predict writes too
     curves = None
     if not covs:
         pop = model.predict_trajectory(grid, level="population", interval=interval)
