@@ -89,13 +89,14 @@ def test_model_class_summary_against_a_hand_computation(soft_fit):
         assert row["entropy"] == pytest.approx(en, rel=1e-10)
         assert row["relative_entropy"] == pytest.approx(1 - en / (n * math.log(k)), rel=1e-10)
         assert 0 < en and row["relative_entropy"] < 1  # some subjects are uncertain
-        assert row["elbo"] == m.elbo_ and row["neg2_elbo"] == -2 * m.elbo_
+        # on the data's scale (elbo_ is on the internal standardised one): comparable across transforms, as BIC
+        assert row["elbo"] == m.elbo_data_scale_ and row["neg2_elbo"] == -2 * m.elbo_data_scale_ != -2 * m.elbo_
         counts = clusters[column].value_counts().sort_index()
         assert row["classes"] == len(counts) and row["components"] == k
         for c, v in counts.items():
             assert row[f"n_class{c}"] == v and row[f"%class{c}"] == pytest.approx(100 * v / n)
     path_en = -sum(v * math.log(v) for v in m.responsibilities_.to_numpy().ravel() if v > 0)
-    assert table["icl"].tolist() == pytest.approx([-2 * m.elbo_ + 2 * path_en] * 2, rel=1e-12)
+    assert table["icl"].tolist() == pytest.approx([-2 * m.elbo_data_scale_ + 2 * path_en] * 2, rel=1e-12)
 
 
 def test_model_posterior_table_numbered_as_clusters_csv(soft_fit):

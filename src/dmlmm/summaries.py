@@ -207,7 +207,10 @@ def model_class_summary(model) -> pd.DataFrame:
     """See :meth:`dmlmm.models.VariationalLongitudinalModel.class_summary`."""
     levels = model_levels(model)
     paths = levels["cluster"][0]
-    rows = {level: summary_row(p, model.elbo_, lab, entropy_resp=paths) for level, (p, lab) in levels.items()}
+    # the bound on log p(y) of the response as given: comparable across response transforms and with BIC
+    elbo = getattr(model, "elbo_data_scale_", None)
+    elbo = model.elbo_ if elbo is None or not np.isfinite(elbo) else elbo  # model files before it existed: elbo_
+    rows = {level: summary_row(p, elbo, lab, entropy_resp=paths) for level, (p, lab) in levels.items()}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "level"
     fixed = ["components", "classes", "elbo", "neg2_elbo", "icl", "entropy", "relative_entropy"]

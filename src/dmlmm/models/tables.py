@@ -120,7 +120,9 @@ class Tables:
         better), ``entropy`` (EN at that level), ``relative_entropy`` (1 - EN / (N log K),
         lcmm's entropy: 1 = every subject certain of its class), then ``n_class<k>`` and
         ``%class<k>`` (subjects assigned to class k and their share in %). The ELBO-based
-        columns are the model's, the same on every row; the formulas and their justification
+        columns are the model's, the same on every row, from ``elbo_data_scale_`` (the bound on log p(y) of
+        the response as given, so that fits with different response transforms, and lcmm's BIC, compare;
+        ``elbo_`` is on the model's internal standardised scale); the formulas and their justification
         are in :mod:`dmlmm.summaries`.
         """
         from ..summaries import model_class_summary
