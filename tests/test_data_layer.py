@@ -248,3 +248,21 @@ def test_a_response_without_noise_is_refused_by_every_model(make, what):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         LinearMixedModel().fit(noisy)
+
+
+def test_dropped_subjects_and_repeated_rows_are_said():
+    """dropna names the subjects it leaves out entirely (it counted rows only, while whole subjects vanished
+    from the outputs); a row that repeats an earlier one exactly (subject, time and response) is kept as a
+    replicate, with a warning, as it is more likely entered twice."""
+    df = pd.DataFrame({"s": [1, 1, 1, 2, 2, 3], "t": [0, 1, 1, 0, 1, 0], "y": [1.0, 2.0, 2.0, np.nan, np.nan, 3.0]})
+    with pytest.warns(UserWarning) as caught:
+        d = Longitudinal.from_frame(df, "s", "t", "y", dropna=True)
+    text = [str(w.message) for w in caught]
+    assert any("dropped 2 of 6 row(s)" in m and "1 subject(s) had no other rows and are left out: [2]" in m
+               for m in text), text
+    assert any(m.startswith("1 row(s) repeat an earlier row's subject, time and response exactly (rows [2])")
+               for m in text), text
+    assert list(d.subjects) == [1, 3] and d.n_obs == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Longitudinal.from_frame(df.assign(y=[1.0, 2.0, 2.5, 1.0, 1.0, 3.0]), "s", "t", "y")  # replicates differ

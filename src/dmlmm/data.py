@@ -179,12 +179,15 @@ class Longitudinal:
                 fix = ("Pass dropna=True (CLI: --dropna) to drop them, or impute them first" if action == "fit"
                        else "Drop or impute those rows first (dmlmm predict: --dropna drops them)")
                 raise DataError(f"{int(bad_any.sum())} row(s) have missing or infinite values: {detail}. {fix}")
+            keep = ~bad_any
+            gone = pd.Index(df[subject][~keep].dropna().unique()).difference(df[subject][keep].unique())
+            lost = (f"; {len(gone)} subject(s) had no other rows and are left out: {list(gone[:10])}"
+                    + (" ..." if len(gone) > 10 else "") if len(gone) else "")
             warnings.warn(
-                f"dropped {int(bad_any.sum())} of {len(df)} row(s) with missing or infinite values ({detail})",
+                f"dropped {int(bad_any.sum())} of {len(df)} row(s) with missing or infinite values ({detail}){lost}",
                 UserWarning,
                 stacklevel=2,
             )
-            keep = ~bad_any
             df = df.loc[keep]
             numeric = {c: v[keep] for c, v in numeric.items()}
             if len(df) == 0:
@@ -202,6 +205,16 @@ class Longitudinal:
                 f"(rows {_fmt_rows(df.index, rows)}): check the formula's transforms against the data"
             )
 
+        if require_response and has_response:
+            same = df[[subject, time] + ([response] if response is not None else [])].duplicated()
+            if same.any():  # replicates are allowed; a row entered twice is more likely
+                warnings.warn(
+                    f"{int(same.sum())} row(s) repeat an earlier row's subject, time and response exactly (rows "
+                    f"{_fmt_rows(df.index, same.to_numpy())}): each counts as one more measurement; drop them if "
+                    "they were entered twice (pandas: df.drop_duplicates())",
+                    UserWarning,
+                    stacklevel=2,
+                )
         try:
             codes, labels = pd.factorize(df[subject], sort=True)
         except TypeError:  # unorderable mixed labels: keep order of appearance
