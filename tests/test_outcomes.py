@@ -193,3 +193,22 @@ def test_report_sections_with_a_fitted_model(fitted):
     assert "Kaplan-Meier" in html and "log-rank chi-square" in html and "chi-square" in html
     assert "postprob" in html and "summarytable" in html and "relative entropy" in html.lower()
     assert html.count("data:image/png;base64,") == 7  # 5 figures + outcome bars + survival curves
+
+
+def test_baseline_table_counts_what_the_formula_declares_categorical():
+    """A diet coded 1-4 and fitted as C(diet) is four groups in the characteristics table, not a mean of 2.2."""
+    from dmlmm.simulate import dgp1
+
+    s = dgp1(0, n_subjects=40)
+    df = s.data.assign(diet=(s.data["subject"] % 4) + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = dmlmm.MixtureLMM(2, basis=dmlmm.SplineBasis(6), random_state=0, max_iter=40).fit(df, covariates="C(diet)")
+    b = oc.baseline_table(m, df, ["diet"])
+    assert [lev for var, lev in b.table.index] == ["1, n (%)", "2, n (%)", "3, n (%)", "4, n (%)"]
+    assert b.table.loc[("diet", "1, n (%)"), "all (n=40)"] == "10 (25.0 %)"
+    plain = dmlmm.MixtureLMM(2, basis=dmlmm.SplineBasis(6), random_state=0, max_iter=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain.fit(df)
+    assert list(oc.baseline_table(plain, df, ["diet"]).table.index) == [("diet", "mean (SD)")]  # undeclared: numeric

@@ -411,6 +411,17 @@ def _is_numeric(values: pd.Series) -> bool:
     return len(np.unique(x[np.isfinite(x)])) > 2
 
 
+def _declared_categorical(model) -> set[str]:
+    """Columns the model's covariates treat as categorical: non-numeric ones, and numeric codes the formula
+    wraps in ``C(...)`` (a diet numbered 1-4 is four groups, not a mean of 2.2)."""
+    design = getattr(model, "design_", None)
+    enc = getattr(design, "encoding", None)
+    if enc is None:
+        return set()
+    cats = {c for c, is_cat in getattr(enc, "categorical", {}).items() if is_cat}
+    return cats | {c for c in enc.columns if any(n.startswith(f"C({c})") for n in enc.names)}
+
+
 def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subject: str | None = None,
                    order_by: str | None = None, level: str = "cluster", at: str = "last") -> BaselineTable:
     """Mean (SD) or counts (%) of each column by cluster and overall (a clinical paper's Table 1).
@@ -426,6 +437,7 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
         within subjects (listed in the result's ``varying``).
     """
     labels, subject, order_by = _clusters(model, level, subject, order_by)
+    declared = _declared_categorical(model)
     clusters = _order(labels)
     groups = [(k, labels.index[labels == k]) for k in clusters] + [("all", labels.index)]
     heads = {k: f"cluster {k} (n={len(idx)})" if k != "all" else f"all (n={len(idx)})" for k, idx in groups}
@@ -438,7 +450,7 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
         if (present.groupby(subject)[col].nunique() > 1).any():
             varying.append(col)
         v = subject_values(frame, subject, col, order_by=order_by, at=at).reindex(labels.index)
-        if _is_numeric(v.dropna()):
+        if col not in declared and _is_numeric(v.dropna()):
             x = pd.Series(as_numeric(v, f"column {col!r}"), index=v.index)
             cells = {}
             for k, idx in groups:
