@@ -89,11 +89,11 @@ def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
 
 def _identifiers(s: pd.Series) -> pd.Series:
     """Text identifiers as integers where each is a plainly written integer, else as text (missing stay missing)."""
-    text = s.dropna().astype(str).str.strip()
-    plain = text.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})")
-    if len(text) and plain.all():
-        return pd.to_numeric(s.astype(str).str.strip().where(s.notna()), errors="coerce").astype("Int64" if s.isna().any() else "int64")
-    return s.where(s.isna(), s.astype(str).str.strip())
+    text = s.astype(str).str.strip().where(s.notna())
+    given = text.dropna()
+    if len(given) and given.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})").all():  # integers as written (int64 range)
+        return pd.to_numeric(text, errors="coerce").astype("Int64" if s.isna().any() else "int64")
+    return text
 
 
 def _one_line(e: BaseException) -> str:

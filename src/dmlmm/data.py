@@ -206,7 +206,7 @@ class Longitudinal:
             )
 
         if require_response and has_response:
-            same = df[[subject, time] + ([response] if response is not None else [])].duplicated()
+            same = df[[subject, time, response]].duplicated()
             if same.any():  # replicates are allowed; a row entered twice is more likely
                 warnings.warn(
                     f"{int(same.sum())} row(s) repeat an earlier row's subject, time and response exactly (rows "
