@@ -98,7 +98,10 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         VB: tolerance on the relative change of the ELBO (at most 1e-8 is used).
     n_init : int
         ML/REML: optimiser runs, the first from lme4's default start, the others from the
-        incumbent solution (the variational fit is one run: its ELBO has one optimum here).
+        incumbent solution (the variational fit is one run: its ELBO has one optimum here). With
+        at most 5,000 subjects and a covariance of several parameters, ML (REML) also runs from
+        the REML (ML) optimum and keeps the higher likelihood: the profiled likelihood can have
+        several optima (:func:`dmlmm.lmm.estimators.fit_from_both_starts`).
     blas_threads : int or None
         OpenBLAS threads while fitting (restored afterwards). The work is many tiny matrix
         operations, where BLAS threading only adds overhead (up to 100x in scipy's L-BFGS-B
