@@ -634,10 +634,10 @@ def test_gamma_newton_stops_when_steps_reach_round_off():
 
 
 def test_ml_breakdown_is_a_clear_error_not_a_linear_algebra_crash(tmp_path):
-    """datasets::Indometh (6 subjects, 11 times): the default basis gives 10 random effects per subject, and
-    at the ML estimate the fixed effects' information matrix is not numerically positive definite (lme4's
-    'Downdated VtV'). The fit says so, with what to do, instead of numpy's LinAlgError; so does the CLI
-    (exit code 2); a smaller basis fits."""
+    """datasets::Indometh (6 subjects, 11 times): 10 random effects per subject, and at the ML estimate the
+    fixed effects' information matrix is not numerically positive definite (lme4's 'Downdated VtV'). The fit
+    says so, with what to do, instead of numpy's LinAlgError; so does the CLI (exit code 2); a smaller basis
+    fits, and the default basis is one (fewer functions than subjects: 5)."""
     from click.testing import CliRunner
 
     from dmlmm import SplineBasis
@@ -651,14 +651,17 @@ def test_ml_breakdown_is_a_clear_error_not_a_linear_algebra_crash(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(NumericalError, match=r"the ML fit broke down: .* The covariance of 10 random effects per "
                                                  r"subject, from 6 subjects, leaves the fixed effects all but unidentified"):
-            LinearMixedModel(method="ml").fit(df, subject="subject", time="time", response="y")
+            LinearMixedModel(method="ml", basis=SplineBasis(10, knots="uniform")).fit(
+                df, subject="subject", time="time", response="y")
         fit = LinearMixedModel(method="ml", basis=SplineBasis(4, knots="uniform")).fit(
             df, subject="subject", time="time", response="y")
+        default = LinearMixedModel(method="ml").fit(df, subject="subject", time="time", response="y")
     assert fit.converged_ and np.isfinite(fit.sigma2_)
+    assert default.converged_ and default.builder_.basis_.n_basis == 5
     path = tmp_path / "indometh.csv"
     df.to_csv(path, index=False)
-    r = CliRunner().invoke(main, ["fit", str(path), "--model", "lmm", "--method", "ml", "--out", str(tmp_path / "out"),
-                                  "--quiet"])
+    r = CliRunner().invoke(main, ["fit", str(path), "--model", "lmm", "--method", "ml", "--n-basis", "10",
+                                  "--out", str(tmp_path / "out"), "--quiet"])
     assert r.exit_code == 2 and "error: the ML fit broke down" in r.output and "--n-basis 4" in r.output, r.output
 
 

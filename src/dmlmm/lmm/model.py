@@ -88,9 +88,9 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         Basis of the longitudinal form; copied, then fitted on the data's time range unless it is
         already fitted. Default: 10 cubic B-splines with uniform knots, or the largest smaller basis
         that the data's distinct times identify with one time to spare, so that the residual variance
-        is identified (at most T - 1 functions for T distinct times), and with more observations than
-        random effects (N q < n for N subjects, n observations, q functions), as lme4 requires
-        (:func:`dmlmm.lmm.design.default_basis`).
+        is identified (at most T - 1 functions for T distinct times), with more observations than
+        random effects (N q < n for N subjects, n observations, q functions), as lme4 requires, and
+        fewer functions than subjects (:func:`dmlmm.lmm.design.default_basis`).
     max_iter : int
         Iteration cap of each optimiser run.
     tol : float
