@@ -339,3 +339,24 @@ def test_exact_fit_trajectories_are_what_predict_writes(csv, tmp_path):
     assert list(traj.columns) == list(pred.columns)
     pd.testing.assert_frame_equal(traj, pred, rtol=1e-9)
     assert traj["subject"].is_monotonic_increasing
+
+
+@pytest.mark.parametrize("library, command_line", [
+    ("use response_transform='log1p' for zeros", "use --transform log1p for zeros"),
+    ("Pass dropna=True (CLI: --dropna) to drop them", "Pass --dropna to drop them"),
+    ("(response_transform='log', CLI: --transform log, for a positive response)",
+     "(--transform log, for a positive response)"),
+    ("a smaller basis: basis=SplineBasis(4), --n-basis 4 on the command line), method='vb'",
+     "a smaller basis: --n-basis 4), --method vb"),
+    ("use criterion='elbo' (CLI: --criterion elbo)", "use --criterion elbo"),
+    ("e.g. basis=SplineBasis(3, degree=2)", "e.g. --n-basis 3 --degree 2"),
+    ("covariance='pspline' (with the smoothness prior, smoothing=2); smoothing=None",
+     "--covariance pspline (with the smoothness prior, --smoothing 2); --smoothing none"),
+    ("LinearMixedModel('y ~ time + (1 | subject)')", "LinearMixedModel('y ~ time + (1 | subject)')"),
+])
+def test_library_messages_name_the_options(library, command_line):
+    """The command line prints the library's errors and warnings with its options in place of the parameters
+    (a user of `dmlmm fit` was told `use response_transform='log1p'`), each option once."""
+    from dmlmm.cli import cli_words
+
+    assert cli_words(library) == command_line

@@ -85,6 +85,33 @@ def _warnings_note() -> str:
     return f"<section><h2>Warnings</h2><p>Printed while fitting:</p><ul>{items}</ul></section>"
 
 
+# the library's messages name its parameters; the command line names its options instead
+_OPTION_WORDS = (
+    (re.compile(r"\bresponse_transform=(['\"]?)(\w+)\1"), r"--transform \2"),
+    (re.compile(r"\b(covariance|criterion|noise|loading_order|method)=(['\"])(\w+)\2"),
+     lambda m: f"--{m[1].replace('_', '-')} {m[3]}"),
+    (re.compile(r"\bsmoothing=None\b"), "--smoothing none"),
+    (re.compile(r"\bsmoothing=(\d)\b"), r"--smoothing \1"),
+    (re.compile(r"\bdropna=True\b"), "--dropna"),
+    (re.compile(r"\bbasis=SplineBasis\((\d+)(?:, degree=(\d+))?\)"),
+     lambda m: f"--n-basis {m[1]}" + (f" --degree {m[2]}" if m[2] else "")),
+)
+# "--x v (CLI: --x v)", "--x v, CLI: --x v," and "--x v, --x v on the command line": the option once
+_SAID_TWICE = (
+    (re.compile(r"(--[\w-]+(?: [\w.]+)?) \((?:CLI|command line): \1\)"), r"\1"),
+    (re.compile(r"(--[\w-]+(?: [\w.]+)?), (?:CLI|command line): \1\b"), r"\1"),
+    (re.compile(r"(--[\w-]+(?: [\w.]+)?), \1 on the command line"), r"\1"),
+)
+
+
+def cli_words(text: str) -> str:
+    """A library message as the command line says it: parameters named as the options that set them
+    (``response_transform='log1p'`` -> ``--transform log1p``), an option given twice said once."""
+    for pattern, repl in _OPTION_WORDS + _SAID_TWICE:
+        text = pattern.sub(repl, text)
+    return text
+
+
 @contextlib.contextmanager
 def _terminated_as_exit():
     """SIGTERM (``kill``, ``timeout``) as a SystemExit with status 143, so that the command ends as after Ctrl-C:
@@ -113,7 +140,7 @@ class _Main(click.Group):
         _SHOWN_WARNINGS.clear()
 
         def show(message, category, filename, lineno, file=None, line=None):
-            text = _one_line(Exception(str(message)))
+            text = cli_words(_one_line(Exception(str(message))))
             _SHOWN_WARNINGS.append(text)
             click.echo(f"warning: {text}", err=True)
 
@@ -134,7 +161,7 @@ class _Main(click.Group):
             # DataError, ModelFileError, InputError, OutputError, pandas' ParserError and
             # UnicodeDecodeError are all ValueErrors; NumericalError says why a fit broke down
             except (ValueError, OSError, NumericalError) as e:
-                raise CliError(_one_line(e)) from None
+                raise CliError(cli_words(_one_line(e))) from None
 
 
 # ---------------------------------------------------------------------------- parsing helpers
