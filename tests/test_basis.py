@@ -196,3 +196,14 @@ def test_errors():
         SplineBasis().fit()
     with pytest.raises(DataError, match="finite"):
         SplineBasis(lower=0.0, upper=1.0).fit().transform([np.nan])
+
+
+def test_extrapolation_counts_distinct_times():
+    """The warning counts the times outside the range, not the rows: 83 subjects predicted at one time
+    beyond it were '83 time(s)' from the linear mixed model."""
+    from dmlmm.exceptions import ExtrapolationWarning
+
+    b = SplineBasis(6, lower=0, upper=1).fit()
+    with pytest.warns(ExtrapolationWarning, match=r"^2 time\(s\) lie outside the basis range \[0, 1\] "
+                                                  r"\(e\.g\. \[1\.5, 2\.0\]\)"):
+        b.transform(np.r_[np.full(83, 2.0), 1.5, 0.5])

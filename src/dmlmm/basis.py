@@ -231,8 +231,8 @@ class SplineBasis(HyperParameters):
         unexpected = (x < wlo - eps) | (x > whi + eps)
         if unexpected.any():
             vals = np.unique(x[unexpected])
-            msg = (
-                f"{int(unexpected.sum())} time(s) lie outside the basis range [{wlo:g}, {whi:g}] "
+            msg = (  # distinct times (the rows of many subjects at one time count once)
+                f"{len(vals)} time(s) lie outside the basis range [{wlo:g}, {whi:g}] "
                 f"(e.g. {vals[:5].tolist()})"
             )
             if not extrapolate:
