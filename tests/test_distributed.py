@@ -267,6 +267,21 @@ def test_response_checks_are_the_in_memory_ones(client, dgp1_frame):
                                rtol=1e-6)
 
 
+def test_a_response_without_noise_is_refused_as_in_memory(client, dgp1_frame):
+    """Constant within every subject, or an exact straight line of time: the in-memory message, from the
+    partitions' pooled residual sums (the Dask fit crashed in the linear algebra or reported an ELBO of +17,000)."""
+    df, _ = dgp1_frame
+    kw = dict(n_components=2, basis=SplineBasis(6), random_state=0, max_iter=20)
+    for y, what in ((df.groupby("subject")["y"].transform("mean"), "constant within every subject"),
+                    (2 * df["time"] + 0.01 * df["subject"], "an exact straight line of time")):
+        messages = []
+        for frame in (df.assign(y=y), dd.from_pandas(df.assign(y=y), npartitions=3, sort=False)):
+            with pytest.raises(DataError, match=rf"the response 'y' is {what}") as err:
+                MixtureLMM(**kw).fit(frame)
+            messages.append(str(err.value))
+        assert messages[0] == messages[1]
+
+
 # --------------------------------------------------------------------------- worker functions, no cluster
 
 

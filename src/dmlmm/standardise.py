@@ -8,11 +8,14 @@ variance underflows, or dominated by a few extreme values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .exceptions import DataError
 
-__all__ = ["response_scale", "checked_scale", "check_noise_left", "MAX_SD_OVER_SPREAD", "MIN_SCALE"]
+__all__ = ["response_scale", "checked_scale", "check_noise_left", "NoiseSums", "noise_sums", "check_noise_sums",
+           "MAX_SD_OVER_SPREAD", "MIN_SCALE"]
 
 #: Largest ratio of the response's standard deviation to the robust spread of its bulk (1.4826 times
 #: the median absolute deviation) that the fits resolve. One value 10^9 times the others' (200
@@ -89,6 +92,79 @@ def checked_scale(scale: float, *, n: int, biggest: float, centre: float, spread
     return scale
 
 
+@dataclass(frozen=True)
+class NoiseSums:
+    """Sums of squared residuals within subjects, in units of ``scale`` (the largest |y|) squared, so that
+    partitions of a frame add up (:func:`noise_sums`, :func:`check_noise_sums`).
+
+    Attributes
+    ----------
+    scale : float, the largest |y| (0: nothing to check).
+    total : float, squared deviations from the mean of all of y (about the partition's own mean for a part:
+        a lower bound of the whole frame's, so a pooled check can only be laxer, never refuse good data).
+    constant : float, squared deviations from each subject's mean (subjects with two or more visits).
+    line : float, squared residuals from each subject's least-squares line (three or more visits at two or
+        more distinct times); ``lined``: whether any subject had those.
+    repeated : whether any subject had two or more visits.
+    """
+
+    scale: float = 0.0
+    total: float = 0.0
+    constant: float = 0.0
+    line: float = 0.0
+    lined: bool = False
+    repeated: bool = False
+
+    def rescaled(self, scale: float) -> "NoiseSums":
+        """The same sums in units of ``scale`` (>= this one's)."""
+        r = (self.scale / scale) ** 2 if scale > 0 else 0.0
+        return NoiseSums(scale, self.total * r, self.constant * r, self.line * r, self.lined, self.repeated)
+
+
+def noise_sums(y: np.ndarray, codes: np.ndarray, time: np.ndarray | None = None) -> NoiseSums:
+    """:class:`NoiseSums` of the response ``y`` (n,) of subjects ``codes`` (n,) at ``time`` (n,), computed
+    directly from the residuals (no cancellation for a response far from zero)."""
+    y = np.asarray(y, dtype=float)
+    codes = np.asarray(codes)
+    if not y.size:
+        return NoiseSums()
+    n_i = np.bincount(codes)
+    biggest = float(np.max(np.abs(y)))
+    if not 0.0 < biggest < np.inf:
+        return NoiseSums()  # zero, or too large: response_scale refuses it
+    y = y / biggest  # no overflow in the squares below
+    yc = y - np.mean(y)
+    r = yc - (np.bincount(codes, weights=yc) / np.maximum(n_i, 1))[codes]
+    out = dict(scale=biggest, total=float(yc @ yc), constant=float(r @ r), repeated=bool((n_i >= 2).any()))
+    if time is not None:
+        t = np.asarray(time, dtype=float)
+        tc = t - np.bincount(codes, weights=t)[codes] / n_i[codes]
+        stt = np.bincount(codes, weights=tc * tc)
+        slope = np.where(stt > 0, np.bincount(codes, weights=tc * r) / np.where(stt > 0, stt, 1.0), 0.0)
+        use = ((n_i >= 3) & (stt > 0))[codes]
+        rl = (r - slope[codes] * tc)[use]
+        out.update(line=float(rl @ rl), lined=bool(use.any()))
+    return NoiseSums(**out)
+
+
+def check_noise_sums(sums: NoiseSums, name: str = "y", group: str = "subject") -> None:
+    """The DataError of :func:`check_noise_left` from (pooled) :class:`NoiseSums`."""
+    if not sums.repeated or sums.total == 0.0:
+        return  # nothing repeated; a constant response is refused by response_scale
+    limit = 1e-20 * sums.total
+    if sums.constant <= limit:
+        what = "constant within every " + group
+    elif sums.lined and sums.line <= limit:
+        what = f"an exact straight line of time within every {group} with three or more visits"
+    else:
+        return
+    raise DataError(
+        f"the response '{name}' is {what}: nothing is left for measurement noise, and a mixed model's residual "
+        f"variance would be zero. Is '{name}' a measurement that varies over time, and not a baseline variable "
+        "or a function of time (the time column itself, an age)?"
+    )
+
+
 def check_noise_left(y: np.ndarray, codes: np.ndarray, time: np.ndarray | None = None, name: str = "y",
                      group: str = "subject") -> None:
     """DataError when no subject's repeated values leave any residual: the response is constant within
@@ -99,42 +175,12 @@ def check_noise_left(y: np.ndarray, codes: np.ndarray, time: np.ndarray | None =
     linear algebra (a non-positive-definite precision) or reported densities of 1e18. Only subjects with
     repeated visits count (three or more, at two or more distinct times, for the line); with none, there is
     nothing to check. The residuals are computed directly (about the subject's mean, or its least-squares
-    line), so a response far from zero does not hide them in cancellation.
+    line), so a response far from zero does not hide them in cancellation. (:func:`noise_sums` and
+    :func:`check_noise_sums`, which the Dask fit pools over its partitions.)
 
     Parameters
     ----------
     y : (n,) response (model scale);  codes : (n,) int subject codes 0..N-1.
     time : (n,) times, optional;  name, group : the response column and what a group is, for the message.
     """
-    y = np.asarray(y, dtype=float)
-    codes = np.asarray(codes)
-    n_i = np.bincount(codes)
-    biggest = float(np.max(np.abs(y))) if y.size else 0.0
-    if not (n_i >= 2).any() or not 0.0 < biggest < np.inf:
-        return  # nothing repeated; or a response that response_scale refuses (zero, or too large)
-    y = y / biggest  # no overflow in the squares below
-    yc = y - np.mean(y)
-    total = float(yc @ yc)
-    if total == 0.0:
-        return  # a constant response is refused by response_scale
-    ym = np.bincount(codes, weights=yc) / np.maximum(n_i, 1)
-    r = yc - ym[codes]
-    resid = float(r @ r)
-    what = "constant within every " + group
-    if time is not None and resid > 1e-20 * total:
-        t = np.asarray(time, dtype=float)
-        tc = t - np.bincount(codes, weights=t)[codes] / n_i[codes]
-        stt = np.bincount(codes, weights=tc * tc)
-        slope = np.where(stt > 0, np.bincount(codes, weights=tc * r) / np.where(stt > 0, stt, 1.0), 0.0)
-        line = (n_i >= 3) & (stt > 0)
-        if line.any():
-            rl = r - slope[codes] * tc
-            use = line[codes]
-            resid = float(rl[use] @ rl[use])
-            what = f"an exact straight line of time within every {group} with three or more visits"
-    if resid <= 1e-20 * total:
-        raise DataError(
-            f"the response '{name}' is {what}: nothing is left for measurement noise, and a mixed model's residual "
-            f"variance would be zero. Is '{name}' a measurement that varies over time, and not a baseline variable "
-            "or a function of time (the time column itself, an age)?"
-        )
+    check_noise_sums(noise_sums(y, codes, time), name, group)

@@ -35,6 +35,7 @@ import numpy as np
 
 from .._recorded import recorded
 from ..columns import ColumnNames
+from ..standardise import check_noise_sums
 from ..exceptions import DataError
 from ..inference.engine import VariationalParams, VIConfig, final_local_step
 from ..inference.noise import per_cluster
@@ -111,6 +112,7 @@ def fit_dask(
             f"only one subject ({frame.subjects[0]}) in the data: a mixed model needs at least two subjects "
             "to learn how subjects vary"
         )
+    check_noise_sums(frame.pooled.noise, response)  # on the data's scale, as the in-memory fit
     transform = check_transform(getattr(model, "response_transform", None))
     scales = candidates_given_min(transform, frame.pooled.y_min)
     t0 = perf_counter()

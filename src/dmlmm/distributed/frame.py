@@ -28,7 +28,7 @@ from ..columns import ColumnNames
 from ..covariates import CovariateEncoding, parse_covariates
 from ..exceptions import DataError
 from ..models.design import LongitudinalDesign, fitted_basis, noise_confounded
-from ..standardise import checked_scale
+from ..standardise import NoiseSums, check_noise_sums, checked_scale
 from . import shard as sh
 
 __all__ = ["DaskFrame", "learn_encoding", "combine_summaries", "PooledSummary"]
@@ -81,6 +81,7 @@ class PooledSummary:
     cov_sd: np.ndarray
     few_times: np.ndarray | None = None  # all distinct times when at most shard.FEW_TIMES, else None
     repeats: bool = False  # a subject observed twice at one time
+    noise: NoiseSums = NoiseSums()  # the residuals left within subjects, pooled (standardise.check_noise_sums)
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -144,7 +145,19 @@ def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> Poo
         cov_sd=np.sqrt(cov_m2 / N),
         few_times=few,
         repeats=any(p.repeats for p in parts),
+        noise=_pooled_noise([p.noise for p in full], y_absmax, y_m2),
     )
+
+
+def _pooled_noise(parts: Sequence[NoiseSums], scale: float, y_m2: float) -> NoiseSums:
+    """The partitions' :class:`NoiseSums` in units of the largest |y| of all, added up (every subject's rows
+    are in one partition); the total from the pooled sum of squares where it is finite."""
+    if not 0.0 < scale < np.inf:
+        return NoiseSums()
+    own = [p.rescaled(scale) for p in parts if p.scale > 0]
+    total = y_m2 / scale**2 if np.isfinite(y_m2) and y_m2 > 0 else sum(p.total for p in own)
+    return NoiseSums(scale, total, sum(p.constant for p in own), sum(p.line for p in own),
+                     any(p.lined for p in own), any(p.repeated for p in own))
 
 
 def _check_columns(ddf: Any, columns: ColumnNames, covariates: Sequence[str]) -> None:
@@ -240,6 +253,7 @@ class DaskFrame:
         response = self.columns.response
         scale = checked_scale(pooled.y_sd, n=pooled.n_obs, biggest=pooled.y_absmax, centre=pooled.y_median,
                               spread=pooled.y_spread, far=pooled.y_far, name=response)
+        check_noise_sums(pooled.noise, response)  # as LongitudinalDesign.learn
         cm, cs = pooled.cov_mean, pooled.cov_sd
         names = list(self.encoding.names)
         const = [n for n, m, s in zip(names, cm, cs) if s <= 1e-12 * max(1.0, abs(m))]

@@ -27,6 +27,7 @@ from ..inference.local import NoiseMoments, local_step
 from ..inference.subject_scales import GroupMoments, SubjectScales, weighted_stats, with_scales
 from ..models.starting import ridge_estimates, ridge_penalties
 from ..models.design import LongitudinalDesign, repeated_times
+from ..standardise import NoiseSums, noise_sums
 from ..prediction import fixed_effects_information
 from ..priors.base import PathPrior, PointMixture
 from ..response_transform import forward
@@ -65,6 +66,7 @@ class PartitionSummary:
     few_times : (T,) its distinct times when at most :data:`FEW_TIMES` of them, else None;
     repeats : whether a subject is observed twice at one time (both for
         :func:`~dmlmm.models.design.noise_confounded`).
+    noise : the residuals left within subjects (:func:`~dmlmm.standardise.noise_sums`).
     """
 
     n_rows: int
@@ -83,6 +85,7 @@ class PartitionSummary:
     cov_m2: np.ndarray
     few_times: np.ndarray | None = None
     repeats: bool = False
+    noise: NoiseSums = NoiseSums()
 
 
 #: Most distinct times a partition reports for the check whether the residual variance is identified
@@ -161,6 +164,7 @@ def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> Pa
         cov_m2=((cov - cov_mean) ** 2).sum(axis=0),
         few_times=distinct if len(distinct) <= FEW_TIMES else None,
         repeats=repeated_times(data.codes, t),
+        noise=noise_sums(y, data.codes, t),
     )
 
 
