@@ -267,6 +267,21 @@ def test_response_checks_are_the_in_memory_ones(client, dgp1_frame):
                                rtol=1e-6)
 
 
+def test_prediction_refuses_a_subject_split_over_partitions(client, dgp1_frame):
+    """As fit does: a split subject got one row of probabilities per partition, each from part of its visits."""
+    df, _ = dgp1_frame
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = MixtureLMM(2, basis=SplineBasis(6), random_state=0, max_iter=20).fit(df)
+    split = dd.from_pandas(df.sort_values("time"), npartitions=3, sort=False)
+    for call in (lambda: m.predict_proba(split), lambda: m.predict(split),
+                 lambda: m.predict_trajectory(split, times=[0.5])):
+        with pytest.raises(DataError, match=r"subject\(s\) have rows in more than one partition"):
+            call()
+    whole = dd.from_pandas(df, npartitions=3, sort=False)
+    pd.testing.assert_frame_equal(m.predict_proba(whole).compute(), m.predict_proba(df), check_names=False)
+
+
 def test_a_response_without_noise_is_refused_as_in_memory(client, dgp1_frame):
     """Constant within every subject, or an exact straight line of time: the in-memory message, from the
     partitions' pooled residual sums (the Dask fit crashed in the linear algebra or reported an ELBO of +17,000)."""

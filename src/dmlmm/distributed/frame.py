@@ -171,13 +171,14 @@ def _check_columns(ddf: Any, columns: ColumnNames, covariates: Sequence[str]) ->
         raise DataError(f"column(s) {dup} used for more than one role (subject/time/response/covariate)")
 
 
-def _check_one_partition_per_subject(parts: Sequence[sh.PartitionSummary], subject: str) -> pd.Index:
-    """All subject labels (partition order); an error naming the subjects found in several partitions."""
-    nonempty = [p.subjects for p in parts if len(p.subjects)]
+def check_one_partition_per_subject(parts: Sequence[pd.Index], subject: str) -> pd.Index:
+    """All subject labels (partition order) from each partition's distinct labels ``parts``; an error naming
+    the subjects found in several partitions."""
+    nonempty = [p for p in parts if len(p)]
     labels = (nonempty[0].append(nonempty[1:]) if nonempty else pd.Index([])).rename(subject)
     if labels.has_duplicates:
         dup = labels[labels.duplicated()].unique()
-        where = {s: [k for k, p in enumerate(parts) if s in p.subjects] for s in dup[:3]}
+        where = {s: [k for k, p in enumerate(parts) if s in p] for s in dup[:3]}
         detail = "; ".join(f"subject {s!r} in partitions {k}" for s, k in where.items())
         raise DataError(
             f"{len(dup)} subject(s) have rows in more than one partition ({detail}"
@@ -225,7 +226,7 @@ class DaskFrame:
             )
         if self.pooled.n_obs == 0:
             raise DataError("no rows are left after dropping rows with missing values")
-        self.subjects = _check_one_partition_per_subject(self.summaries, columns.subject)
+        self.subjects = check_one_partition_per_subject([p.subjects for p in self.summaries], columns.subject)
 
     def on_scale(self, transform: str | None) -> "DaskFrame":
         """This frame with its response on the scale ``transform`` (:mod:`dmlmm.response_transform`): the

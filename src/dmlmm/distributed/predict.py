@@ -5,8 +5,8 @@
 subject, and ``model.predict_trajectory(ddf)`` a dask collection of its long
 table: each partition is predicted on its worker by the fitted model, which
 travels without its per-subject tables. Nothing is computed until asked
-(``.compute()``, ``.to_parquet()``, ...). As for ``fit``, each subject's rows
-must lie in one partition.
+(``.compute()``, ``.to_parquet()``, ...), except one read of the subject column that
+checks, as ``fit`` does, that each subject's rows lie in one partition.
 """
 
 from __future__ import annotations
@@ -45,6 +45,24 @@ def _predict(frame: pd.DataFrame, model: Any, method: str, subject: str, kwargs:
     return getattr(model, method)(frame, **(kwargs or {}))
 
 
+def _partition_subjects(part: pd.DataFrame, subject: str) -> pd.Index:
+    """The distinct subject labels of one partition (a column, or the index)."""
+    labels = part[subject] if subject in part.columns else part.index.to_series()
+    return pd.Index(pd.unique(labels.dropna()))
+
+
+def check_partitions(ddf: Any, subject: str) -> None:
+    """DataError (as the fit's) when a subject's rows lie in more than one partition of ``ddf``: its
+    predictions would come from part of its visits each, one row per partition. Reads the subject column
+    (or index) once, before the lazy predictions."""
+    import dask
+
+    parts = dask.compute(*[dask.delayed(_partition_subjects)(p, subject) for p in ddf.to_delayed()])
+    from .frame import check_one_partition_per_subject
+
+    check_one_partition_per_subject(list(parts), subject)
+
+
 def trajectory_partitions(model: Any, ddf: Any, **kwargs: Any) -> Any:
     """``model.predict_trajectory(partition, **kwargs)`` on every partition of ``ddf``: a lazy dask
     DataFrame in the long format of :meth:`predict_trajectory` (subject, time, mean, lower, upper,
@@ -52,6 +70,7 @@ def trajectory_partitions(model: Any, ddf: Any, **kwargs: Any) -> Any:
     same times (``kwargs["times"]``, or the default grid over the basis range)."""
     model._check_fitted()
     subject = model.design_.columns.subject
+    check_partitions(ddf, subject)
     labels = ddf._meta[subject] if subject in ddf.columns else ddf._meta.index.to_series()
     meta = pd.DataFrame({
         "subject": pd.Series(dtype=labels.dtype), "time": pd.Series(dtype=float), "mean": pd.Series(dtype=float),
@@ -70,6 +89,7 @@ def predict_partitions(model: Any, ddf: Any, method: str) -> Any:
         raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
     model._check_fitted()
     subject = model.design_.columns.subject
+    check_partitions(ddf, subject)
     n = len(model._path_order) if method == "predict_proba" else len(model.components_kept_[0])
     if subject in ddf.columns:
         index = pd.Index(ddf._meta[subject], name=subject)[:0]
