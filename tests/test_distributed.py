@@ -267,6 +267,23 @@ def test_response_checks_are_the_in_memory_ones(client, dgp1_frame):
                                rtol=1e-6)
 
 
+def test_report_before_collect_says_to_collect(client, dgp1_frame):
+    """The report of a Dask fit whose per-subject tables are still on the workers: the documented TypeError
+    (an AttributeError from inside the report before); after collect() it is made."""
+    from dmlmm.distributed import collect
+    from dmlmm.report import collect_results
+
+    df, _ = dgp1_frame
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = MixtureLMM(2, basis=SplineBasis(6), random_state=0, max_iter=20).fit(
+            dd.from_pandas(df, npartitions=2, sort=False))
+    with pytest.raises(TypeError, match=r"the report needs the per-subject tables, which this Dask fit left on "
+                                        r"the cluster: call dmlmm.distributed.collect\(model\) first"):
+        collect_results(m, df)
+    assert collect_results(collect(m), df).facts["subjects"] == str(df["subject"].nunique())
+
+
 def test_prediction_refuses_a_subject_split_over_partitions(client, dgp1_frame):
     """As fit does: a split subject got one row of probabilities per partition, each from part of its visits."""
     df, _ = dgp1_frame

@@ -52,6 +52,9 @@ def test_collect_results_tables(results, sim):
     assert set(results.cluster_curves["cluster"]) >= set(results.clusters["cluster"])
     assert results.facts["subjects"] == "40"
     assert list(results.data.columns) == ["subject", "time", "response"] and len(results.data) == len(sim.data)
+    # the headline ELBO is the class summary's (the data's scale; it read elbo_, the internal scale)
+    assert results.facts["ELBO (on the data's scale)"] == f"{results.class_summary['elbo'].iloc[0]:.2f}"
+    assert results.facts["ELBO (on the data's scale)"] == f"{m.elbo_data_scale_:.2f}" != f"{m.elbo_:.2f}"
 
 
 def test_report_is_self_contained_with_all_sections(results, sim, tmp_path):

@@ -79,6 +79,8 @@ def collect_results(model, frame: pd.DataFrame, *, grid: np.ndarray | None = Non
     from ..models.base import VariationalLongitudinalModel
 
     if isinstance(model, VariationalLongitudinalModel):
+        model._check_fitted()
+        model._check_subject_tables("the report")  # a Dask fit before dmlmm.distributed.collect(model)
         res = _collect_variational(model, frame, grid, interval)
     else:
         res = _collect_lmm(model, frame, grid, interval)
@@ -167,7 +169,7 @@ def _collect_variational(model, frame, grid, interval) -> FitResults:
         "subjects": f"{len(model.subjects_)}",
         "clusters found": f"{len(sizes)}",
         "cluster sizes": ", ".join(f"{k}: {v}" for k, v in sizes.sort_index().items()),
-        "ELBO": f"{model.elbo_:.2f}",
+        "ELBO (on the data's scale)": f"{model.elbo_data_scale_:.2f}",  # as the class summary and the selection
         "iterations": f"{model.n_iter_}" + ("" if model.converged_ else " (not converged)"),
         "fit time": f"{model.fit_seconds_:.1f} s",
     }
