@@ -266,3 +266,14 @@ def test_dropped_subjects_and_repeated_rows_are_said():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Longitudinal.from_frame(df.assign(y=[1.0, 2.0, 2.5, 1.0, 1.0, 3.0]), "s", "t", "y")  # replicates differ
+
+
+def test_messages_name_rows_and_types_plainly():
+    """Row labels held as numpy integers read 'row 7', not 'row np.int64(7)' (numpy 2's repr); a dask frame
+    given where a pandas one is needed is named so, with what to do."""
+    from dmlmm.columns import as_numeric
+
+    with pytest.raises(DataError, match=r"must be numeric, but row 7 holds 'x'"):
+        as_numeric(pd.Series(["1", "x"], index=np.array([5, 7])), "column 't'")
+    with pytest.raises(DataError, match=r"expected a pandas DataFrame, got numpy\.ndarray$"):
+        Longitudinal.from_frame(np.zeros((3, 3)))

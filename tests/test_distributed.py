@@ -297,6 +297,9 @@ def test_prediction_refuses_a_subject_split_over_partitions(client, dgp1_frame):
             call()
     whole = dd.from_pandas(df, npartitions=3, sort=False)
     pd.testing.assert_frame_equal(m.predict_proba(whole).compute(), m.predict_proba(df), check_names=False)
+    with pytest.raises(DataError, match=r"expected a pandas DataFrame, got dask\..*DataFrame: this method works on "
+                                        r"pandas frames; compute\(\) it"):
+        m.score(whole)
 
 
 def test_a_response_without_noise_is_refused_as_in_memory(client, dgp1_frame):

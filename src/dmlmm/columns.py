@@ -48,7 +48,12 @@ def as_numeric(values, name: str) -> np.ndarray:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{name} must be numeric, but row {s.index[first]!r} holds {s.iloc[first]!r} "
+            f"{name} must be numeric, but row {_plain(s.index[first])!r} holds {_plain(s.iloc[first])!r} "
             f"({int(bad.sum())} non-numeric value(s) in all); convert or drop those rows"
         )
     return conv.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _plain(value):
+    """A numpy scalar as the Python value it holds (numpy 2 prints ``np.int64(3)`` for 3 in messages)."""
+    return value.item() if isinstance(value, np.generic) else value

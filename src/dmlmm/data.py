@@ -136,7 +136,10 @@ class Longitudinal:
             ``"predict or score"`` for a fitted model's methods, which have no ``dropna``.
         """
         if not isinstance(df, pd.DataFrame):
-            raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}")
+            kind = f"{type(df).__module__.split('.')[0]}.{type(df).__name__}"
+            hint = (": this method works on pandas frames; compute() it, or a subset of its subjects, first"
+                    if kind.startswith("dask.") else "")
+            raise DataError(f"expected a pandas DataFrame, got {kind}{hint}")
         if encoding is not None:
             formula, cov_cols = encoding.formula, list(encoding.columns)
         else:

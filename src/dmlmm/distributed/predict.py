@@ -12,12 +12,14 @@ checks, as ``fit`` does, that each subject's rows lie in one partition.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..exceptions import ExtrapolationWarning
 from .outputs import SUBJECT_TABLES
 from .scales import ShardedScales, light as light_scales
 
@@ -42,7 +44,10 @@ def light_model(model: Any) -> Any:
 def _predict(frame: pd.DataFrame, model: Any, method: str, subject: str, kwargs: dict | None = None) -> pd.DataFrame:
     if subject not in frame.columns and frame.index.name == subject:
         frame = frame.reset_index()
-    return getattr(model, method)(frame, **(kwargs or {}))
+    with warnings.catch_warnings():  # the caller was warned of times outside the basis range, once
+        warnings.filterwarnings("ignore", message=r".*time\(s\) lie outside the basis range",
+                                category=ExtrapolationWarning)
+        return getattr(model, method)(frame, **(kwargs or {}))
 
 
 def _partition_subjects(part: pd.DataFrame, subject: str) -> pd.Index:
