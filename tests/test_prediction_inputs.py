@@ -72,3 +72,17 @@ def test_responses_far_outside_the_fitted_data(data):
         m.predict_trajectory(new, times=[0.5])
     with pytest.warns(ExtrapolationWarning, match=r"over 100 standard deviations .* check their units"):
         m.predict_trajectory(new.assign(y=1e6), times=[0.5])
+
+
+def test_class_probabilities_without_a_response_column_say_so(data):
+    """A frame whose response column is missing (misspelled, renamed) got the prior's probabilities for
+    every subject without a word; rows with an empty response are still the documented way to ask for them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = MixtureLMM(2, SplineBasis(6), max_iter=50, random_state=0).fit(data)
+    with pytest.warns(UserWarning, match=r"the data have no response column 'y': every subject gets the prior's"):
+        p = m.predict_proba(data.rename(columns={"y": "Y"}))
+    np.testing.assert_allclose(p.to_numpy(), np.broadcast_to(p.to_numpy()[0], p.shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.predict_proba(data.assign(y=np.nan))

@@ -10,6 +10,7 @@ densities (``score_samples``, ``score``).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -70,6 +71,10 @@ class Predicting:
 
             return predict_partitions(self, df, method)
         d = self._data(df, require_response=False)
+        response = self.design_.columns.response
+        if isinstance(df, pd.DataFrame) and response not in df.columns:  # e.g. a misspelled or renamed column
+            warnings.warn(f"the data have no response column '{response}': every subject gets the prior's class "
+                          "probabilities (nothing is conditioned on)", UserWarning, stacklevel=3)
         if self._scales_df() is not None:  # each subject's residual scale integrated out (exactly, given the globals)
             cm, subjects, _ = self._conditional(d, df, keep_components=False)
             return to_frame(cm.weights, subjects)
