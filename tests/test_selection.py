@@ -98,3 +98,15 @@ def test_heldout_criterion_without_visits_to_hold_out_says_so_up_front():
     one = dgp1(random_state=0, n_subjects=40).data.groupby("subject").head(1)
     with pytest.raises(DataError, match=r"criterion='heldout' .* every subject has one visit, so none can be held out: use criterion='elbo'"):
         select_model(one, components=[(3, 2)], latent_dims=[(1, 1)], criterion="heldout", basis=SplineBasis(6))
+
+
+def test_an_empty_grid_says_which_arguments_left_it_empty():
+    """latent_dims=[] left no candidate and the error read 'no valid candidate: ' with nothing after it."""
+    from dmlmm import SplineBasis
+    from dmlmm.selection import select_model
+    from dmlmm.simulate import dgp1
+
+    with pytest.raises(ValueError, match=r"the grid is empty: models=\['deep'\] with components=\[\(3, 2\)\], "
+                                         r"latent_dims=\[\]"):
+        select_model(dgp1(0, n_subjects=30).data, components=[(3, 2)], latent_dims=[], models=("deep",),
+                     basis=SplineBasis(6))

@@ -230,6 +230,9 @@ def select_model(
     rows = [{"model": m, "components": k, "latent_dims": d, "elbo": np.nan, "heldout_score": np.nan,
              "effective_components": None, "n_clusters": np.nan, "seconds": np.nan, "selected": False,
              "error": _candidate_error(k, d, int(basis.n_basis), m)} for m, k, d in grid]
+    if not rows:
+        raise ValueError(f"the grid is empty: models={models!r} with components={components!r}, "
+                         f"latent_dims={latent_dims!r} and mixture_components={mixture_components!r} give no candidate")
     if all(r["error"] for r in rows):
         raise ValueError("no valid candidate: " + "; ".join(f"{describe_candidate(r)}: {r['error']}" for r in rows))
 
