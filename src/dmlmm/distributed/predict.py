@@ -62,9 +62,9 @@ def check_partitions(ddf: Any, subject: str) -> None:
     (or index) once, before the lazy predictions."""
     import dask
 
-    parts = dask.compute(*[dask.delayed(_partition_subjects)(p, subject) for p in ddf.to_delayed()])
     from .frame import check_one_partition_per_subject
 
+    parts = dask.compute(*[dask.delayed(_partition_subjects)(p, subject) for p in ddf.to_delayed()])
     check_one_partition_per_subject(list(parts), subject)
 
 
