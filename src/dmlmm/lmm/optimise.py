@@ -349,6 +349,7 @@ def fit_profiled(
     n_restarts: int = 2,
     rescale: bool = True,
     newton: bool = True,
+    fallback: bool = True,
 ) -> ProfiledFit:
     """Maximise the profiled ML / REML likelihood over ``theta``: Newton phases, L-BFGS-B as fallback.
 
@@ -396,6 +397,9 @@ def fit_profiled(
     newton : bool
         Run the Newton phase first (when it ends where the likelihood cannot be evaluated on the
         statistics as given, the fit is redone without it).
+    fallback : bool
+        Run L-BFGS-B and Nelder-Mead where the Newton phases do not converge (False: their result
+        stands, converged or not; for quick runs that only provide a start).
 
     Returns
     -------
@@ -512,7 +516,7 @@ def fit_profiled(
             th_n, f_n, ok_n = best_th, np.inf, False
         if np.isfinite(f_n) and f_n <= best_f and _usable(stats, structure.lam(th_n) / d[:, None], reml):
             best_th, best_f = _canonical_signs(th_n, structure), f_n
-        newton_done = ok_n and pgnorm(best_th) < gtol
+        newton_done = (ok_n and pgnorm(best_th) < gtol) or (not fallback and np.isfinite(f_n))
         start = best_th
         for run in range(0 if newton_done else 1 + n_restarts):
             res = optimize.minimize(fun, start, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
@@ -552,7 +556,7 @@ def fit_profiled(
         if not newton:
             raise
         return fit_profiled(stats, structure, reml, theta0=theta0, max_iter=max_iter, gtol=gtol,
-                            n_restarts=n_restarts, rescale=rescale, newton=False)
+                            n_restarts=n_restarts, rescale=rescale, newton=False, fallback=True)
     msg = "converged" if converged else f"projected gradient {gn:.2e} above tolerance {gtol:.1e}"
     return ProfiledFit(theta=theta, state=state, n_iter=n_iter, n_eval=n_eval, converged=converged,
                        grad_norm=gn, message=msg, history=history)
