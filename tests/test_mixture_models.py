@@ -317,3 +317,24 @@ def test_first_layer_collapse_message_names_what_is_left():
     assert "every subject is in one cluster" not in said
     assert said.endswith("the 2 clusters (labels_) differ in the deeper layers only ((1, 2) components per layer); "
                          "groups_ has one group")
+
+
+def test_a_fit_that_reproduces_its_response_exactly_says_so():
+    """Noise-free curves inside the spline span (cubics, not lines: the up-front check lets them through): the
+    residual variance ends near 1e-90 of the response's and the scores are +-1e78; the fit warns that densities
+    and bands rest on a variance of about zero. Noisy data of the same design do not warn."""
+    from dmlmm import SplineBasis
+    from dmlmm.exceptions import IdentifiabilityWarning
+
+    rng = np.random.default_rng(0)
+    rows = [pd.DataFrame({"subject": s, "time": np.sort(rng.choice(np.arange(1, 100) / 100, 10, replace=False))})
+            for s in range(60)]
+    df = pd.concat(rows, ignore_index=True)
+    df["y"] = 0.1 * df["subject"] + df["time"] ** 3 - df["time"] ** 2 * (df["subject"] % 3)
+    model = MixtureLMM(3, SplineBasis(6), random_state=0, max_iter=100, covariance="full", response_transform=None)
+    with pytest.warns(IdentifiabilityWarning, match=r"the curves reproduce the response 'y' almost exactly"):
+        model.fit(df)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(df.assign(y=df["y"] + rng.normal(scale=0.05, size=len(df))))
+    assert not [w for w in caught if "reproduce the response" in str(w.message)]

@@ -27,7 +27,7 @@ from ..data import Longitudinal
 from ..standardise import check_noise_left
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
-from ..exceptions import DataError, EmptyComponentWarning
+from ..exceptions import DataError, EmptyComponentWarning, IdentifiabilityWarning
 from ..inference.engine import VIConfig, VIResult, weighted_by_scales
 from ..inference.noise import is_per_cluster
 from ..inference.subject_scales import DF_START
@@ -174,6 +174,25 @@ def subject_noise(resp: np.ndarray, sigma2: float | np.ndarray, q) -> np.ndarray
     return per_subject * np.asarray(q.mean, dtype=float)
 
 
+#: Residual variance (standardised scale: a share of the response's variance) below which a fit is said to
+#: reproduce its response exactly.
+NOISE_FREE = 1e-10
+
+
+def _warn_noise_free(sigma2_std: np.ndarray, name: str) -> None:
+    """An IdentifiabilityWarning where the residual variance is a negligible share of the response's variance:
+    the curves reproduce the data exactly (a noise-free response: a simulation, a model output, a derived
+    variable), and densities and bands rest on a variance of about zero (a full covariance's scores were
+    +-1e78 on noise-free cubic curves)."""
+    share = float(np.min(sigma2_std)) if np.size(sigma2_std) else 1.0
+    if share < NOISE_FREE:
+        warnings.warn(
+            f"the curves reproduce the response '{name}' almost exactly: the residual variance is {share:.1e} of the "
+            "response's variance, so the log densities (score, score_samples) and the bands for new observations "
+            "rest on a variance of about zero. Is the response noise-free (a simulation, a model output, a variable "
+            "derived from time)?", IdentifiabilityWarning, stacklevel=4)
+
+
 class Fitting:
     """Mixin: ``fit`` and the fitted state it sets (design, prior, parameters, ELBO, noise, tables)."""
 
@@ -283,6 +302,7 @@ class Fitting:
         chosen.result.seconds = perf_counter() - t0
         best, design, stats = chosen.result, chosen.design, chosen.stats
         self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
+        _warn_noise_free(self._sigma2_std(), d.columns.response)
         self.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}
         self._fixed_cov = None
         if design.n_fixed:
