@@ -574,15 +574,12 @@ def _lmm_default_basis(basis, frame, subject: str, time_col: str):
     """The exact fits' basis without ``--n-basis``: LinearMixedModel's default size for these data (at most
     one fewer than the distinct times, and fewer functions than each subject's mean visits), with the
     degree, knots and extrapolation of ``basis`` (the degree lowered where the size needs it)."""
-    import numpy as np
-
     from .columns import as_numeric
     from .lmm.design import default_basis
 
-    t = as_numeric(frame[time_col], f"column '{time_col}'")
-    keep = np.isfinite(t)
-    return default_basis(t[keep], n_basis=int(basis.n_basis), subjects=frame[subject].to_numpy(dtype=object)[keep],
-                         degree=int(basis.degree), knots=basis.knots, extrapolate=bool(basis.extrapolate))
+    return default_basis(as_numeric(frame[time_col], f"column '{time_col}'"), n_basis=int(basis.n_basis),
+                         subjects=frame[subject].to_numpy(dtype=object), degree=int(basis.degree), knots=basis.knots,
+                         extrapolate=bool(basis.extrapolate))
 
 
 def _check_smoothing_order(basis, order: int | None, given: str | None) -> None:
@@ -913,8 +910,6 @@ def _predict_table(model, frame, times, interval, kind, dropna, level="subject")
     """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times.
 
     ``level="population"``: nothing is conditioned on, so the cluster columns hold the prior weights."""
-    import numpy as np
-
     from .report.collect import add_cluster_columns, cluster_table, has_layers, subject_noise
 
     # rows without y: times to predict at; the response as given (the model methods put it on their scale)
@@ -924,7 +919,7 @@ def _predict_table(model, frame, times, interval, kind, dropna, level="subject")
     if model.design_.membership is not None:  # its baseline columns are read from the frame: the rows d kept
         d = frame.loc[d.row_index]
         if level == "population" and model.design_.columns.response in d.columns:
-            d = d.assign(**{model.design_.columns.response: np.nan})
+            d = d.assign(**{model.design_.columns.response: float("nan")})
     t = parse_times(times, *model.design_.basis.window)
     traj = model.predict_trajectory(d, times=t, interval=interval, kind=kind, level=level)
     proba = model.predict_proba(d)

@@ -254,7 +254,8 @@ class DaskFrame:
         response = self.columns.response
         scale = checked_scale(pooled.y_sd, n=pooled.n_obs, biggest=pooled.y_absmax, centre=pooled.y_median,
                               spread=pooled.y_spread, far=pooled.y_far, name=response)
-        check_noise_sums(pooled.noise, response)  # as LongitudinalDesign.learn
+        if transform is not None:  # as LongitudinalDesign.learn; the data's own scale is checked by fit_dask
+            check_noise_sums(pooled.noise, response)
         cm, cs = pooled.cov_mean, pooled.cov_sd
         names = list(self.encoding.names)
         const = [n for n, m, s in zip(names, cm, cs) if s <= 1e-12 * max(1.0, abs(m))]

@@ -240,8 +240,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
             check_design(design)
             name = builder.parsed_.response if isinstance(builder, FormulaDesignBuilder) else (
                 builder.columns_.response if isinstance(builder, LongitudinalDesignBuilder) else "y")
-            if design.grouped:  # on the data's scale (each scale's fit checks its own too)
-                self._check_noise_left(design, design.y, name)
+            self._check_noise_left(design, design.y, name)  # the data's scale (a transformed one in _fit_scale)
             scales = transform_candidates(transform, design.y)
             # REML likelihoods of different responses do not compare: the scale is chosen by ML fits
             choose = "ml" if method == "reml" and len(scales) > 1 else method
@@ -267,7 +266,9 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
             d = design if transform is None else replace(design, y=z)
             scaling = ResponseScaling.learn(d.y, d.F, name)
             ys = scaling.transform(d.y)
-            self._check_not_exact(ys, d, name)
+            if transform is not None:  # the data's own scale was checked in fit
+                self._check_noise_left(d, ys, name)
+            self._check_not_exact(ys, d)
             stats = d.stats(ys)
             est = ESTIMATORS[method](d, scaling, stats, max_iter=self.max_iter, tol=self.tol,
                                      n_restarts=self.n_init - 1)
@@ -305,13 +306,13 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
     @staticmethod
     def _check_noise_left(design: Design, y: np.ndarray, name: str) -> None:
         """No residual left within any group (a baseline variable, or time itself, as the response)."""
+        if not design.grouped:
+            return
         check_noise_left(y, design.codes, design.time, name,
                          "subject" if design.time is not None else f"group of '{design.group_name}'")
 
     @staticmethod
-    def _check_not_exact(ys: np.ndarray, design: Design, name: str = "y") -> None:
-        if design.grouped:
-            LinearMixedModel._check_noise_left(design, ys, name)
+    def _check_not_exact(ys: np.ndarray, design: Design) -> None:
         if design.n_fixed == 0:
             return
         coef, *_ = np.linalg.lstsq(design.F, ys, rcond=None)

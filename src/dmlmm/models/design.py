@@ -115,7 +115,8 @@ class LongitudinalDesign:
         basis = fitted_basis(basis, data.time)
         y = data.response
         scale = response_scale(y, data.columns.response)
-        check_noise_left(y, data.codes, data.time, data.columns.response)
+        if transform is not None:  # the data's own scale is checked once by the fit (Fitting.fit)
+            check_noise_left(y, data.codes, data.time, data.columns.response)
         cov = data.covariates
         cm = cov.mean(axis=0) if cov.shape[1] else np.zeros(0)
         cs = cov.std(axis=0) if cov.shape[1] else np.zeros(0)

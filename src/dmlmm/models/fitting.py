@@ -271,7 +271,7 @@ class Fitting:
                 f"only one subject ({d.subjects[0]}) in the data: a mixed model needs at least two subjects "
                 "to learn how subjects vary"
             )
-        if d.response is not None:  # on the data's scale (each scale's design checks its own too)
+        if d.response is not None:  # on the data's scale (each transformed scale's design checks its own)
             check_noise_left(d.response, d.codes, d.time, d.columns.response)
         members = Z = None
         if self._membership_columns():
