@@ -207,3 +207,41 @@ def test_extrapolation_counts_distinct_times():
     with pytest.warns(ExtrapolationWarning, match=r"^2 time\(s\) lie outside the basis range \[0, 1\] "
                                                   r"\(e\.g\. \[1\.5, 2\.0\]\)"):
         b.transform(np.r_[np.full(83, 2.0), 1.5, 0.5])
+
+
+def test_a_degree_zero_basis_continues_flat_beyond_its_range():
+    """A one-function basis (degree 0, the LinearMixedModel default where subjects have two visits each) is
+    a constant: beyond its range it continues as that constant (its derivative is zero), where asking scipy
+    for the derivative of a degree-0 spline raised "Order of derivative (n = 1) must be <= order of spline"."""
+    b = SplineBasis(n_basis=1, degree=0, lower=8.0, upper=12.0).fit()
+    with pytest.warns(ExtrapolationWarning):
+        X = b.transform([7.0, 10.0, 14.0])
+    np.testing.assert_array_equal(X, np.ones((3, 1)))
+    two = SplineBasis(n_basis=3, degree=1, lower=0.0, upper=1.0, knots="uniform").fit()
+    np.testing.assert_array_equal(bspline_design([0.2, 0.7], two.knots_, 1, deriv=2), np.zeros((2, 3)))
+
+
+def test_linear_mixed_model_with_one_function_forecasts_beyond_its_visits():
+    """Two visits per subject give LinearMixedModel's default basis one function (flat curves, warned): its
+    forecast at a later age is the subject's level, not a crash deep in scipy (nlme's Orthodont with the
+    accuracy harness's split, ages 8-12 kept and 14 held out, raised there)."""
+    import warnings
+
+    import pandas as pd
+
+    from dmlmm import LinearMixedModel
+
+    rng = np.random.default_rng(3)
+    level = rng.normal(25.0, 2.0, size=20)
+    df = pd.DataFrame({"subject": np.repeat(np.arange(20), 2), "time": np.tile([8.0, 10.0], 20)})
+    df["y"] = np.repeat(level, 2) + rng.normal(0.0, 1.0, size=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = LinearMixedModel(method="ml").fit(df)
+        assert m.builder_.basis_.n_basis == 1
+        at = m.predict_trajectory(df, times=[9.0, 14.0])
+        held = pd.DataFrame({"subject": np.arange(20), "time": 14.0, "y": level})
+        score = m.score_samples(held, condition_on=df)
+    wide = at.pivot(index="subject", columns="time", values="mean")
+    np.testing.assert_allclose(wide[14.0], wide[9.0], rtol=1e-12)  # flat: the same level at 14 as within
+    assert np.isfinite(score).all()

@@ -37,7 +37,8 @@ def bspline_design(
     knots : (m,) non-decreasing knot vector.
     degree : int
     deriv : int
-        Order of the derivative to evaluate (0: the values).
+        Order of the derivative to evaluate (0: the values); above ``degree`` it is zero (the
+        derivative between the knots: a degree-0 basis continues flat beyond its range).
 
     Returns
     -------
@@ -66,6 +67,8 @@ def bspline_design(
     if deriv == 0:
         dm = BSpline.design_matrix(x, tp, k, extrapolate=True).toarray()
         return dm[:, k : k + n_basis]
+    if deriv > k:  # piecewise polynomials of degree k: derivatives of a higher order vanish (between knots)
+        return np.zeros((x.size, n_basis))
     if clamped:  # clamped ends: the knot vector already covers its range, padding would repeat knots
         return BSpline(t, np.eye(n_basis), k, extrapolate=True).derivative(deriv)(x)
     coef = np.zeros((len(tp) - k - 1, n_basis))
