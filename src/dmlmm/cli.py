@@ -308,8 +308,8 @@ def main() -> None:
                    "component). [deep; with --select: deep and mixture]")
 @click.option("--method", type=click.Choice(["vb", "ml", "reml"]), default=None,
               help="How --model lmm is fitted: variational Bayes with the smoothness prior (a model file for "
-                   "dmlmm predict), or exact profiled ML / REML (10 uniform spline functions unless given; no "
-                   "model file). [vb]")
+                   "dmlmm predict), or exact profiled ML / REML (10 spline functions on uniform knots unless given, as "
+                   "LinearMixedModel; no model file). [vb]")
 @click.option("--components", default=None, help="Components per layer, e.g. 10,5 (mixture: one number). [deep: 10,5; mixture: 5]")
 @click.option("--latent-dims", default=None, help="Latent dimensions per layer, e.g. 4,1. [4,1]")
 @click.option("--n-basis", default=None, type=int, help="Spline functions of time. [the library's default]")
@@ -414,7 +414,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         _check_basis(basis, n_basis, frame[time_col], smoothing=not exact and smoothing != "none")
         _check_smoothing_order(basis, None if exact or smoothing == "none" else int(smoothing or 2), smoothing)
         if exact and n_basis is None:
-            basis = _lmm_default_basis(basis, frame, subject, time_col)
+            basis = _lmm_default_basis(basis, frame, subject, time_col, knots_given=knots is not None)
         _check_outcome_data(frame, subject, time_col, asked)
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
                                       criterion, jobs, seed, max_iter, n_init, dropna, quiet, members,
@@ -560,7 +560,8 @@ def _check_fit_options(kind, components, latent_dims, covariates, select, max_it
 def _make_basis(n_basis, degree, knots, extrapolate, lmm: bool = False):
     """The SplineBasis of the options given; the library's defaults for the others (for the exact ML / REML
     fits, which have no smoothness prior, 10 functions on uniform knots, as LinearMixedModel's own default:
-    :func:`_lmm_default_basis` lowers that size to what the data identify)."""
+    :func:`_lmm_default_basis` lowers that size to what the data identify, and without ``--knots`` moves the
+    knots to the visits where uniform ones leave functions unseen)."""
     from .basis import SplineBasis
 
     if lmm:
@@ -570,16 +571,17 @@ def _make_basis(n_basis, degree, knots, extrapolate, lmm: bool = False):
     return SplineBasis(**{k: v for k, v in given.items() if v is not None})
 
 
-def _lmm_default_basis(basis, frame, subject: str, time_col: str):
+def _lmm_default_basis(basis, frame, subject: str, time_col: str, knots_given: bool = True):
     """The exact fits' basis without ``--n-basis``: LinearMixedModel's default size for these data (at most
     one fewer than the distinct times, and fewer functions than each subject's mean visits), with the
-    degree, knots and extrapolation of ``basis`` (the degree lowered where the size needs it)."""
+    degree, knots and extrapolation of ``basis`` (the degree lowered where the size needs it; without
+    ``--knots``, LinearMixedModel's own choice of knots)."""
     from .columns import as_numeric
     from .lmm.design import default_basis
 
     return default_basis(as_numeric(frame[time_col], f"column '{time_col}'"), n_basis=int(basis.n_basis),
-                         subjects=frame[subject].to_numpy(dtype=object), degree=int(basis.degree), knots=basis.knots,
-                         extrapolate=bool(basis.extrapolate))
+                         subjects=frame[subject].to_numpy(dtype=object), degree=int(basis.degree),
+                         knots=basis.knots if knots_given else None, extrapolate=bool(basis.extrapolate))
 
 
 def _check_smoothing_order(basis, order: int | None, given: str | None) -> None:

@@ -86,7 +86,9 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         or full maximum likelihood (exact profiled likelihood, as lme4).
     basis : SplineBasis, optional
         Basis of the longitudinal form; copied, then fitted on the data's time range unless it is
-        already fitted. Default: 10 cubic B-splines with uniform knots, or the largest smaller basis
+        already fitted. Default: 10 cubic B-splines with uniform knots (knots at the visits, ``"quantile"``,
+        where uniform ones leave a function whose support holds visits of fewer subjects than there are
+        functions, as where visits crowd early in a long range), or the largest smaller basis
         that the data's distinct times identify with one time to spare, so that the residual variance
         is identified (at most T - 1 functions for T distinct times), with more observations than
         random effects (N q < n for N subjects, n observations, q functions), as lme4 requires, and
