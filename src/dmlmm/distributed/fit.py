@@ -41,6 +41,7 @@ from ..inference.engine import VariationalParams, VIConfig, final_local_step
 from ..inference.noise import per_cluster
 from ..models.candidates import StartFactory, fit_in_turn
 from ..models.fitting import FitPlan, ScaleFit, fit_scales, fitting_order
+from ..models.starting import smooth_roughness
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
 from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of, model_scale_elbo
@@ -225,10 +226,12 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     stats = DaskStats(client, frame.shards(design), N, design.basis.n_basis, design.n_fixed)
     rough = design.roughness
     b_hat, sums, (b_parts, ridge) = stats.ridge_init(0.5, rough)
+    # the smooth start where shared visit times confound the noise, as in memory (models/starting.py)
+    smooth = stats.ridge_init(0.5, smooth_roughness(rough)) if plan.confounded and rough is not None else None
     # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
     jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
     rival = None if to_beat is None else model_scale_elbo(to_beat, float(frame.pooled.n_obs), design.y_scale, jac)
-    data = DaskCandidateData(stats, b_hat, rough, N, sums, b_parts, ridge)
+    data = DaskCandidateData(stats, b_hat, rough, N, sums, b_parts, ridge, smooth=smooth)
     best = fit_in_turn(model._fit_variants(plan.confounded), data, to_beat=rival)  # as the in-memory fit (models/fitting.py)
     bound = data_scale_bound(best.result.elbo, float(frame.pooled.n_obs), design.y_scale, jac)
     return ScaleFit(None, design, stats, best.result, best.config, jac, bound, best.warnings)
@@ -249,6 +252,8 @@ class DaskCandidateData:
     b_parts, ridge : per shard, the ridge fits and their penalties, kept on the workers (the subjects'
         residual scales start from them).
     Z : None (membership covariates are fitted in memory only).
+    smooth : the smooth start's ``(b_hat, sums, (b_parts, ridge))`` (:meth:`DaskStats.ridge_init` with
+        :func:`~dmlmm.models.starting.smooth_roughness`), or None.
     """
 
     stats: DaskStats
@@ -259,6 +264,7 @@ class DaskCandidateData:
     b_parts: Any
     ridge: Any
     Z: None = None
+    smooth: Any = None
 
     def config_for(self, config: VIConfig) -> VIConfig:
         """Full-batch coordinate ascent: the Dask path has no minibatches."""
@@ -267,12 +273,21 @@ class DaskCandidateData:
     def start_factory(self, config: VIConfig, kind: str) -> StartFactory:
         """``make_init(None)``: the start of a run on every subject, noise and fixed effects from the sums, each
         subject's residual scale (with ``config.subject_df``) from its ridge fit on its worker."""
-        noise, aux, fixed = init_noise_and_fixed_from_sums(self.sums, self.stats.dim_fixed, config)
+        return self._factory(config, kind, self.b_hat, self.sums, self.b_parts, self.ridge)
+
+    def extra_starts(self, config: VIConfig, kind: str) -> list:
+        """The smooth start where the data have one (:attr:`smooth`), else none (as in memory)."""
+        if self.smooth is None:
+            return []
+        b_hat, sums, (b_parts, ridge) = self.smooth
+        return [self._factory(config, kind, b_hat, sums, b_parts, ridge)(None)]
+
+    def _factory(self, config: VIConfig, kind: str, b_hat, sums, b_parts, ridge) -> StartFactory:
+        noise, aux, fixed = init_noise_and_fixed_from_sums(sums, self.stats.dim_fixed, config)
         scales = None
         if config.subject_df is not None:
-            w, s2 = start_point(self.sums, self.stats.dim_fixed)
-            scales = self.stats.initial_scales(self.b_parts, w, s2, self.ridge, config.subject_df, config.learn_df)
-        b_hat = self.b_hat
+            w, s2 = start_point(sums, self.stats.dim_fixed)
+            scales = self.stats.initial_scales(b_parts, w, s2, ridge, config.subject_df, config.learn_df)
 
         def make_init(rows: np.ndarray | None):
             if rows is not None:  # only minibatch fits start on a subset, and the Dask path has none

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -100,6 +100,7 @@ def run_vi_with_starts(
     ladder: tuple[int, ...] | None = None,
     callback=None,
     to_beat: float | None = None,
+    extra_starts: Sequence[Init] = (),
 ) -> VIResult:
     """Explore the requested start and smaller ones, then run the best to convergence.
 
@@ -119,6 +120,10 @@ def run_vi_with_starts(
         or ``n_init`` restart of the same model, :meth:`~dmlmm.models.fitting.Fitting.fit`): the finishing
         runs race it and give up once they cannot reach it (``VIConfig.give_up_below``); the exploration
         does not. A fit that gave up ends below ``to_beat`` and is not converged.
+    extra_starts : inits (as ``init``) of more starts of the requested sizes, explored after the sizes' own
+        when ``max_iter`` leaves room for four starts (each from its own generator, seeded by the same draw,
+        the sizes and its position): the smooth start where shared visit times confound the noise
+        (:func:`dmlmm.models.starting.smooth_roughness`). They compete as the sizes' starts do.
     """
     base = int(rng.integers(2**63))
     sizes = start_sizes(tuple(int(k) for k in prior.path_components().max(axis=0) + 1), LADDER if ladder is None else ladder)
@@ -128,9 +133,11 @@ def run_vi_with_starts(
     explore = replace(explore_config(config), max_iter=cap)
     explored: list[VIResult] = []
     spent = 0
-    for i, size in enumerate(sizes[:n_starts]):
-        start_prior = prior if i == 0 else resize(size)
-        start = init(start_prior, np.random.default_rng([base, *size]))
+    plan = [(prior if i == 0 else resize(size), init, [base, *size]) for i, size in enumerate(sizes[:n_starts])]
+    if (total // 2) // cap >= MAX_STARTS:  # the extra starts when the budget has room for four starts
+        plan += [(prior, extra, [base, *sizes[0], j + 1]) for j, extra in enumerate(extra_starts)]
+    for start_prior, start_init, seed in plan:
+        start = start_init(start_prior, np.random.default_rng(seed))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             res = run_vi(stats, start_prior, start, explore, rng, callback)

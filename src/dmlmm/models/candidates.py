@@ -74,6 +74,8 @@ class CandidateInputs(Protocol):
 
     def start_factory(self, config: VIConfig, kind: str) -> StartFactory: ...
 
+    def extra_starts(self, config: VIConfig, kind: str) -> list: ...
+
     def start_scales(self, config: VIConfig) -> Any: ...
 
 
@@ -92,6 +94,8 @@ class CandidateData:
     roughness : (D,) or None, the random-effects coordinates' roughness (the smoothness prior).
     n_subjects : N.
     Z : (N, q) membership design, or None.
+    smooth : (b_hat, penalties) of the smooth start's ridge fits, or None
+        (:func:`~dmlmm.models.starting.smooth_roughness`: where shared visit times confound the noise).
     """
 
     stats: SufficientStats
@@ -100,6 +104,7 @@ class CandidateData:
     roughness: np.ndarray | None
     n_subjects: int
     Z: np.ndarray | None = None
+    smooth: tuple[np.ndarray, np.ndarray] | None = None
 
     def config_for(self, config: VIConfig) -> VIConfig:
         """The settings a run on these data uses: the model's, unchanged."""
@@ -109,6 +114,13 @@ class CandidateData:
         """``make_init(rows)``: the starting point of a run on the subjects at ``rows`` (None: all), noise
         model ``kind`` (:func:`~dmlmm.models.starting.init_factory`)."""
         return init_factory(self.stats, self.b_hat, config, kind, self.Z, self.penalties)
+
+    def extra_starts(self, config: VIConfig, kind: str) -> list:
+        """The starts explored beside the sizes' (each ``init(prior, generator)`` of all subjects): the smooth
+        start where the data have one (:attr:`smooth`), else none."""
+        if self.smooth is None:
+            return []
+        return [init_factory(self.stats, self.smooth[0], config, kind, self.Z, self.smooth[1])(None)]
 
     def start_scales(self, config: VIConfig):
         """The subjects' residual scales from their ridge fits (None without ``config.subject_df``): the
@@ -149,8 +161,10 @@ def fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: Cand
         race = highest_elbo(to_beat, None if best is None else best.result.elbo)
         if config.batch_size is None:
             # the requested start and smaller ones are explored; the best runs on (inference/starts.py)
+            extra = data.extra_starts(config, kind)
             res, caught = recorded(lambda: run_vi_with_starts(
-                stats, prior, make_init(None), resize, config, rng, moves=moves, callback=callback, to_beat=race))
+                stats, prior, make_init(None), resize, config, rng, moves=moves, callback=callback, to_beat=race,
+                extra_starts=extra))
         else:  # warm start on a subsample, natural gradients, full passes (inference/stochastic.py)
             start = data.start_scales(config)
             res, caught = recorded(lambda: run_vi_stochastic(

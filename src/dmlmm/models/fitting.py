@@ -41,7 +41,7 @@ from .design import LongitudinalDesign, fitted_basis, noise_confounded, repeated
 from .frames import FrameLike
 from .membership_design import MembershipDesign
 from .candidates import CandidateData, CandidateFit, fit_candidates, fit_in_turn, resolve_n_jobs, workers_allowed
-from .starting import ridge_estimates
+from .starting import ridge_estimates, smooth_roughness
 
 if TYPE_CHECKING:
     from .base import VariationalLongitudinalModel
@@ -330,7 +330,7 @@ class Fitting:
 
     def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z,
                         to_beat: float | None = None, plan: FitPlan = FitPlan()) -> ScaleFit:
-        prep = self._prepare_scale(d, transform, members, Z, plan.basis)
+        prep = self._prepare_scale(d, transform, members, Z, plan.basis, plan.confounded)
         stats, design, jac = prep.candidates.stats, prep.design, prep.log_jacobian
         rival = None if to_beat is None else model_scale_elbo(to_beat, float(stats.n_obs.sum()), design.y_scale, jac)
         # each run's warnings are held back: only the kept run's are raised; a later candidate races
@@ -340,10 +340,12 @@ class Fitting:
         return prep.scale_fit(best)
 
     def _prepare_scale(self, d: Longitudinal, transform: str | None, members, Z,
-                       basis: SplineBasis | None = None) -> "_ScalePrep":
+                       basis: SplineBasis | None = None, confounded: bool = False) -> "_ScalePrep":
         """The response on one scale (``transform(y)``) ready for its candidates: design, statistics and
         the per-subject ridge fits that every start begins from. ``basis``: the fit's basis, fitted on the
-        data's times (:class:`FitPlan`; None: the model's, fitted here)."""
+        data's times (:class:`FitPlan`; None: the model's, fitted here). ``confounded``: shared visit times
+        confound the noise (:attr:`FitPlan.confounded`), so the smooth start's ridge fits are made too
+        (:func:`~dmlmm.models.starting.smooth_roughness`)."""
         if transform is not None:
             d = replace(d, response=forward(d.response, transform, d.columns.response))
         jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
@@ -352,7 +354,8 @@ class Fitting:
         stats = design.stats(d).with_membership(Z)
         rough = design.roughness
         b_hat, penalties = ridge_estimates(stats, 0.5, rough, return_penalty=True)
-        return _ScalePrep(d, design, CandidateData(stats, b_hat, penalties, rough, d.n_subjects, Z), jac)
+        smooth = ridge_estimates(stats, 0.5, smooth_roughness(rough), return_penalty=True) if confounded and rough is not None else None
+        return _ScalePrep(d, design, CandidateData(stats, b_hat, penalties, rough, d.n_subjects, Z, smooth), jac)
 
     def _fit_scales_parallel(self, d: Longitudinal, scales: list[str | None], members, Z,
                              n_jobs: int, plan: FitPlan = FitPlan()) -> tuple[ScaleFit, list[ScaleFit]]:
@@ -363,7 +366,7 @@ class Fitting:
         preps, refused = [], []
         for tr in fitting_order(scales):
             try:
-                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z, plan.basis))
+                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z, plan.basis, plan.confounded))
             except DataError as exc:  # e.g. a response that only its log can standardise
                 refused.append((tr, exc))
                 continue
