@@ -108,7 +108,11 @@ def _same_fit(m0, m1, rtol: float = 1e-6) -> None:
     assert adjusted_rand_index(m0.labels_, m1.labels_.reindex(subjects)) == 1.0
     np.testing.assert_allclose(m1.responsibilities_.reindex(subjects).to_numpy(), m0.responsibilities_.to_numpy(), atol=1e-6)
     np.testing.assert_allclose(m1.group_proba_.reindex(subjects).to_numpy(), m0.group_proba_.to_numpy(), atol=1e-6)
-    np.testing.assert_allclose(m1.random_effects_.reindex(subjects).to_numpy(), m0.random_effects_.to_numpy(), atol=1e-6)
+    # the coefficients (up to about 5) to 1e-6 relative as well: on one machine (2026-12-05) the deep mixture's
+    # differed by up to 1.9e-6 (4e-7 relative) between the Dask and the in-memory fit (the same before and after
+    # the smooth start of shared visit times, which these data, 99 distinct times, do not get)
+    np.testing.assert_allclose(m1.random_effects_.reindex(subjects).to_numpy(), m0.random_effects_.to_numpy(),
+                               rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(m1.sigma2_, m0.sigma2_, rtol=1e-6)
     np.testing.assert_allclose(m1.fixed_effects_.to_numpy(), m0.fixed_effects_.to_numpy(), rtol=1e-6, atol=1e-9)
     # cluster mean curves (values up to about 10) to the fits' ELBO tolerance, as the trajectories below:
