@@ -555,3 +555,30 @@ def test_shared_times_confound_the_noise_as_in_memory(client):
         warnings.simplefilter("ignore", ConvergenceWarning)
         with pytest.warns(IdentifiabilityWarning, match="the same 7 distinct times, no more than the 8 basis functions"):
             MixtureLMM(**{**kw, "covariance": "full", "max_iter": 5}).fit(ddf)
+
+
+def test_shared_visit_times_smooth_start_same_answer_as_in_memory(client, monkeypatch):
+    """Subjects seen at a few shared yearly times: the fit explores the smooth start too (models/starting.py),
+    built on the workers from their ridge fits, and the Dask fit is the in-memory one."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for i in range(80):
+        t = np.sort(rng.choice([-2.0, -1.0, 0.0, 1.0, 2.0], rng.integers(3, 6), replace=False))
+        rows.append(pd.DataFrame({"subject": f"s{i:03d}", "time": t,
+                                  "y": rng.normal() + (0.6 + 0.3 * rng.normal()) * t + rng.normal(0, 0.5, len(t))}))
+    df = pd.concat(rows, ignore_index=True)
+    import dmlmm.models.candidates as candidates
+
+    seen: list[int] = []
+    inner = candidates.run_vi_with_starts
+
+    def counting(*args, extra_starts=(), **kw):
+        seen.append(len(extra_starts))
+        return inner(*args, extra_starts=extra_starts, **kw)
+
+    monkeypatch.setattr(candidates, "run_vi_with_starts", counting)
+    kw = dict(n_components=3, basis=SplineBasis(12), max_iter=400, random_state=0)
+    m0 = MixtureLMM(**kw).fit(df)
+    m1 = MixtureLMM(**kw).fit(dd.from_pandas(df.set_index("subject"), npartitions=2))
+    assert seen == [1, 1]  # one smooth start in each fit
+    _same_fit(m0, m1)
