@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import simulate_spline_lmm
 
@@ -72,8 +73,27 @@ def test_bad_arguments_are_named(data):
     with pytest.raises(ValueError, match="check_bands needs a model of the longitudinal form"):
         check_bands(LinearMixedModel("y ~ t + (t | id)"), data, subject="id", time="t")
     few = data[data["id"].isin(data["id"].unique()[:5])]
-    with pytest.raises(ValueError, match="only 5 subjects have at least 2 visits"):
+    with pytest.raises(ValueError, match="the data have 5 subjects: too few last visits to check the bands"):
         check_bands(_model(), few, subject="id", time="t")
+    once = data.groupby("id").head(1)  # every subject seen once but five of them
+    once = pd.concat([once, data[data["id"].isin(data["id"].unique()[:5])]]).drop_duplicates()
+    with pytest.raises(ValueError, match=r"only 5 of the 400 subjects have at least 2 distinct visit times"):
+        check_bands(_model(), once, subject="id", time="t")
+
+
+def test_too_wide_bands_are_flagged(data):
+    """Last visits moved to the mean of their forecast: every band holds its visit, the coverage's interval
+    lies above 95 %, and the check says the bands are wider than the errors need (with their width)."""
+    check = check_bands(_model(), data, subject="id", time="t", response="y", warn=False)
+    moved = data.copy()
+    last = moved.groupby("id")["t"].transform("max") == moved["t"]
+    forecast = check.table.set_index(["subject", "time"])["mean"]
+    moved.loc[last, "y"] = forecast.reindex(pd.MultiIndex.from_frame(moved.loc[last, ["id", "t"]])).to_numpy()
+    with pytest.warns(CalibrationWarning, match=r"bands are wider than the forecasts' errors need \(median width"):
+        wide = check_bands(_model(), moved, subject="id", time="t", response="y")
+    assert wide.too_wide and not wide.too_narrow and wide.coverage == 1.0
+    assert "too wide" in wide.summary()
+    assert not check.too_wide  # the true model's bands: neither
 
 
 def test_cli_check_bands_writes_band_check_csv(tmp_path):

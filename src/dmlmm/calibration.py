@@ -77,6 +77,12 @@ class BandCheck:
         """Whether the nominal level lies above the coverage's 95 % interval."""
         return self.level > self.interval[1]
 
+    @property
+    def too_wide(self) -> bool:
+        """Whether the nominal level lies below the coverage's 95 % interval: the bands hold more than they
+        claim (a band of 100 % coverage may be far wider than the data's range and say little)."""
+        return self.level < self.interval[0]
+
     def summary(self) -> str:
         lo, hi = self.interval
         lines = [
@@ -89,9 +95,18 @@ class BandCheck:
                          f"of {int(r['observations'])}")
         if self.too_narrow:
             lines.append("The bands are too narrow here: forecasts are less certain than they claim.")
+        if self.too_wide:
+            lines.append("The bands are too wide here: forecasts are more certain than they claim (median width "
+                         f"{self._median_width():.3g}; the held-out values span {self._observed_range():.3g}).")
         if self.log_scale is not None:
             lines.append(self._log_scale_text())
         return "\n".join(lines)
+
+    def _median_width(self) -> float:
+        return float((self.table["upper"] - self.table["lower"]).median())
+
+    def _observed_range(self) -> float:
+        return float(self.table["observed"].max() - self.table["observed"].min())
 
     def _log_scale_text(self) -> str:
         alt, f = self.log_scale, self.log_transform
@@ -125,10 +140,10 @@ def _check(model, data: pd.DataFrame, subject: str, time: str, response: str, fi
     """One last-visit check: split, refit a fresh copy of ``model``, forecast, count."""
     train, held = _split_last(data, subject, time, min_visits)
     if held[subject].nunique() < 10:
-        raise ValueError(
-            f"only {held[subject].nunique()} subjects have at least {min_visits} visits: "
-            "too few last visits to check the bands (at least 10 are needed)"
-        )
+        n_all = data[subject].nunique()
+        who = (f"the data have {n_all} subjects" if n_all < 10 else
+               f"only {held[subject].nunique()} of the {n_all} subjects have at least {min_visits} distinct visit times")
+        raise ValueError(f"{who}: too few last visits to check the bands (at least 10 are needed)")
     fresh = type(model)(**model.get_params(deep=False))
     fresh.fit(train, subject=subject, time=time, response=response, **fit_kwargs)
     ids = held[subject].drop_duplicates().to_numpy()
@@ -191,7 +206,8 @@ def check_bands(
         (at least 2, so that each forecast is conditioned on an earlier visit).
     warn : bool
         Emit a :class:`~dmlmm.exceptions.CalibrationWarning` when ``level`` lies above the
-        coverage's 95 % interval (saying what the log-scale check found, when it ran).
+        coverage's 95 % interval (saying what the log-scale check found, when it ran), or below it
+        (bands wider than the errors need, with their median width and the held-out values' span).
     transform : str, optional
         The transform already applied to ``response`` (the command line's ``--transform``); any
         value but None and ``"none"`` skips the log-scale check, as does a model's own
@@ -223,6 +239,15 @@ def check_bands(
         logged = data.assign(**{response: forward(y, f, response)})
         alt = _check(model, logged, subject, time, response, fit_kwargs, float(level), int(min_visits))
         check = replace(check, log_scale=alt, log_transform=f)
+    if warn and check.too_wide:
+        lo, hi = check.interval
+        warnings.warn(
+            f"{100 * level:g} % bands held {100 * check.coverage:.1f} % of the {check.n} held-out last visits "
+            f"(95 % interval {100 * lo:.1f}-{100 * hi:.1f} %): the bands are wider than the forecasts' errors need "
+            f"(median width {check._median_width():.3g}, the held-out values span {check._observed_range():.3g})",
+            CalibrationWarning,
+            stacklevel=2,
+        )
     if warn and check.too_narrow:
         lo, hi = check.interval
         warnings.warn(
