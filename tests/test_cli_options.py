@@ -270,3 +270,24 @@ def test_jobs_auto_runs_workers_for_full_batch_data_and_one_process_above(monkey
     assert cli._resolve_jobs(2, 10 ** 6) == 2  # a number given is kept
     monkeypatch.setattr("dmlmm.models.candidates.workers_allowed", lambda: False)  # e.g. inside a daemon
     assert cli._resolve_jobs("auto", 10) == 1
+
+
+def test_smoothing_none_checks_the_default_basis_against_the_visit_times(tmp_path):
+    """--smoothing none without --n-basis: the default 20 functions on five shared visit times are refused as
+    --n-basis 20 is (they were fitted, with bands up to 70 times the response's range); enough distinct times
+    pass, and the exact fits keep their own default (below ten functions here)."""
+    rng = np.random.default_rng(0)
+    n = 40
+    df = pd.DataFrame({"id": np.repeat(np.arange(n), 5), "month": np.tile([0.0, 2.0, 3.0, 5.0, 8.0], n)})
+    df["bdi"] = 20 + rng.normal(0, 5, n).repeat(5) - 0.8 * df["month"] + rng.normal(0, 2, len(df))
+    p = tmp_path / "v.csv"
+    df.to_csv(p, index=False)
+    cols = ("--subject", "id", "--time", "month", "--response", "bdi")
+    line = error_line(run("fit", p, *cols, "--smoothing", "none", "--out", tmp_path / "a"))
+    assert ("--smoothing none with the default basis of 20 functions is more than these data can use: they have 5 "
+            "distinct observation time(s)") in line and "give --n-basis 5 or fewer" in line
+    r = run("fit", p, *cols, "--smoothing", "none", "--n-basis", "5", "--model", "mixture", "--components", "2",
+            "--max-iter", "30", "--quiet", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    r = run("fit", p, *cols, "--model", "lmm", "--method", "ml", "--quiet", "--out", tmp_path / "c")
+    assert r.exit_code == 0, r.output

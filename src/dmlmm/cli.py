@@ -411,7 +411,8 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), "none",
                            domain=None if transform in ("auto", "none") else transform)
-        _check_basis(basis, n_basis, frame[time_col], smoothing=not exact and smoothing != "none")
+        _check_basis(basis, n_basis, frame[time_col], smoothing=not exact and smoothing != "none",
+                     check_default=not exact and smoothing == "none")
         _check_smoothing_order(basis, None if exact or smoothing == "none" else int(smoothing or 2), smoothing)
         if exact and n_basis is None:
             basis = _lmm_default_basis(basis, frame, subject, time_col, knots_given=knots is not None)
@@ -598,7 +599,7 @@ def _check_smoothing_order(basis, order: int | None, given: str | None) -> None:
                        f"{fix}, or raise --degree / --n-basis")
 
 
-def _check_basis(basis, n_basis, times, smoothing: bool) -> None:
+def _check_basis(basis, n_basis, times, smoothing: bool, check_default: bool = False) -> None:
     """The basis size against the data and the layout against the degree, before any fitting."""
     import copy
 
@@ -610,7 +611,8 @@ def _check_basis(basis, n_basis, times, smoothing: bool) -> None:
     from .exceptions import DataError
 
     t = as_numeric(times, f"column '{times.name}'")  # the library's message for non-numeric times
-    check_n_basis(n_basis, int(basis.degree), times, int(SplineBasis().n_basis), smoothing=smoothing)
+    check_n_basis(n_basis, int(basis.degree), times, int(SplineBasis().n_basis), smoothing=smoothing,
+                  check_default=check_default)
     try:
         copy.deepcopy(basis).fit(t[np.isfinite(t)])
     except DataError:

@@ -247,19 +247,30 @@ def check_transform_domain(frame: pd.DataFrame, response: str, transform: str) -
 
 
 # ---------------------------------------------------------------------------- basis size
-def check_n_basis(n_basis: int | None, degree: int, times: pd.Series, default: int, smoothing: bool = True) -> None:
+def check_n_basis(n_basis: int | None, degree: int, times: pd.Series, default: int, smoothing: bool = True,
+                  check_default: bool = False) -> None:
     """InputError when ``--n-basis`` is below the degree's minimum or above what the data can use.
 
     The upper limit is the number of distinct observation times or, for models with a
     smoothness prior (``smoothing``), the library's default basis size if that is larger (the
-    prior keeps it estimable); never more than :data:`MAX_N_BASIS`.
+    prior keeps it estimable); never more than :data:`MAX_N_BASIS`. With ``check_default`` (``--smoothing
+    none``) and without ``--n-basis`` the default size is checked the same way (the default 20 functions on
+    five visit times were fitted, with bands up to 70 times the response's range).
     """
-    if n_basis is None:
+    if n_basis is None and not check_default:
         return
-    if n_basis < degree + 1:
-        raise InputError(f"--n-basis must be at least {degree + 1} for a spline basis of degree {degree}, got {n_basis}")
     t = pd.to_numeric(times, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     distinct = len(np.unique(t[np.isfinite(t)]))
+    if n_basis is None:
+        if default <= distinct:
+            return
+        raise InputError(
+            f"--smoothing none with the default basis of {default} functions is more than these data can use: they "
+            f"have {distinct} distinct observation time(s) and, without the smoothness prior, every function must be "
+            f"seen by the data; give --n-basis {distinct} or fewer, or keep the smoothness prior (--smoothing 2)"
+        )
+    if n_basis < degree + 1:
+        raise InputError(f"--n-basis must be at least {degree + 1} for a spline basis of degree {degree}, got {n_basis}")
     limit = min(max(distinct, default if smoothing else 0), MAX_N_BASIS)
     if n_basis <= limit:
         return
