@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -196,13 +197,21 @@ def test_components_not_positive(small):
         DeepMixtureLMM((2, 0), (2, 1)).fit(small.data, "subject", "time", "y")
 
 
-def test_more_components_than_subjects():
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_more_components_than_subjects(n_jobs, capfd):
+    """Said once per fit, from the user's call, whatever the candidates (two loading orders) and wherever they
+    run: with n_jobs=2 the worker processes printed it raw to the terminal, once per candidate, and the command
+    line's report left it out; in one process it came once per candidate."""
     sim = dgp1(random_state=1, n_subjects=6)
-    with pytest.warns(IdentifiabilityWarning, match=r"n_components\[0\]=10 exceeds the number of subjects \(6\)"):
-        m = DeepMixtureLMM((10, 2), (2, 1), basis=SplineBasis(6, lower=0, upper=1), random_state=0, max_iter=50)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, message="variational")
-            m.fit(sim.data, "subject", "time", "y")
+    m = DeepMixtureLMM((10, 2), (2, 1), basis=SplineBasis(6, lower=0, upper=1), random_state=0, max_iter=50,
+                       n_jobs=n_jobs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m.fit(sim.data, "subject", "time", "y")
+    said = [w for w in caught if issubclass(w.category, IdentifiabilityWarning)
+            and re.search(r"n_components\[0\]=10 exceeds the number of subjects \(6\)", str(w.message))]
+    assert len(said) == 1 and said[0].filename == __file__, [(str(w.message), w.filename) for w in caught]
+    assert "exceeds the number of subjects" not in capfd.readouterr().err  # nothing printed by the workers
 
 
 def test_knot_intervals_without_observations_warn_without_smoothing():

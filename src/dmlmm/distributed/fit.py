@@ -121,6 +121,7 @@ def fit_dask(
     plan = FitPlan(basis, frame.noise_confounded(basis))
     model._check_noise_identified(plan.confounded, len(frame.pooled.few_times) if plan.confounded else 0,
                                   basis.n_basis, stacklevel=4)
+    model._check_sizes(frame.n_subjects, stacklevel=4)
     # as the in-memory fit: each scale's best fit, the higher bound on the data's scale kept
 
     def fit_one(tr: str | None, quiet: bool, to_beat: float | None) -> ScaleFit:

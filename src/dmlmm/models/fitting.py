@@ -280,6 +280,7 @@ class Fitting:
         times, basis = np.unique(d.time), fitted_basis(self.basis, d.time)  # the basis of every scale (times only)
         plan = FitPlan(basis, noise_confounded(basis, times, repeated_times(d.codes, d.time)))
         self._check_noise_identified(plan.confounded, len(times), basis.n_basis)
+        self._check_sizes(d.n_subjects)
         scales = transform_candidates(transform, d.response)
         n_jobs = resolve_n_jobs(getattr(self, "n_jobs", None))
         several = len(scales) * len(self._fit_variants(plan.confounded)) > 1  # candidates to run side by side
@@ -412,6 +413,10 @@ class Fitting:
         """Copies of this model whose priors the fit compares by the ELBO; this model alone unless a
         subclass has a setting such as ``loading_order="auto"``."""
         return [self]
+
+    def _check_sizes(self, n_subjects: int, stacklevel: int = 3) -> None:
+        """A subclass warns here, once per fit, when it asks for more first-layer components than there are
+        subjects (each candidate's prior then has one per subject; ``stacklevel`` 3: the caller of ``fit``)."""
 
     def _check_noise_identified(self, noise_confounded: bool, n_times: int, n_basis: int, stacklevel: int = 3) -> None:
         """A subclass whose prior can be a full covariance warns here when the data confound the residual

@@ -29,15 +29,17 @@ def _warn_noise_confounded(n_times: int, n_basis: int, what: str, advice: str, s
     )
 
 
-def _reduce_components(k: int, n_subjects: int, what: str) -> int:
+def _reduce_components(k: int, n_subjects: int) -> int:
+    """At most one first-layer component per subject (the fit says so once: :func:`_warn_components`)."""
+    return min(k, n_subjects)
+
+
+def _warn_components(k: int, n_subjects: int, what: str, stacklevel: int) -> None:
+    """Once per fit, in the calling process (not in each candidate, nor in worker processes, which printed
+    it raw to the terminal and left it out of the command line's report)."""
     if k > n_subjects:
-        warnings.warn(
-            f"{what}={k} exceeds the number of subjects ({n_subjects}); using {n_subjects} components",
-            IdentifiabilityWarning,
-            stacklevel=4,
-        )
-        return n_subjects
-    return k
+        warnings.warn(f"{what}={k} exceeds the number of subjects ({n_subjects}); using {n_subjects} components",
+                      IdentifiabilityWarning, stacklevel=stacklevel)
 
 
 class MixtureLMM(VariationalLongitudinalModel):
@@ -187,7 +189,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         k = int(self.n_components)
         if k < 1:
             raise ValueError(f"n_components must be a positive integer, got {self.n_components}")
-        k = _reduce_components(k, n_subjects, "n_components")
+        k = _reduce_components(k, n_subjects)
         # (the value itself is checked with the other hyperparameters, models/params.py)
         if self.covariance == "pspline" and roughness is None:
             raise ValueError("covariance='pspline' needs the smoothness prior: set smoothing (e.g. 2), "
@@ -218,6 +220,9 @@ class MixtureLMM(VariationalLongitudinalModel):
         if self.covariance != "auto" or self.smoothing is None:
             return [self]
         return [self._copy_with(covariance=cov) for cov in (("pspline",) if noise_confounded else ("pspline", "full"))]
+
+    def _check_sizes(self, n_subjects: int, stacklevel: int = 3) -> None:
+        _warn_components(int(self.n_components), n_subjects, "n_components", stacklevel + 1)
 
     def _check_noise_identified(self, noise_confounded: bool, n_times: int, n_basis: int, stacklevel: int = 3) -> None:
         """Warn when the full covariance that this model fits (``covariance="full"``, or no smoothness
@@ -334,7 +339,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
     def _make_prior(self, dim: int, n_subjects: int, roughness=None) -> DeepMixturePrior:
         ks = tuple(int(k) for k in _as_tuple(self.n_components, "n_components"))
         ds = tuple(int(d) for d in _as_tuple(self.latent_dims, "latent_dims"))
-        ks = (_reduce_components(ks[0], n_subjects, "n_components[0]"),) + ks[1:]
+        ks = (_reduce_components(ks[0], n_subjects),) + ks[1:]
         order = 2.0 if self.loading_order == "auto" else float(self.loading_order)
         return DeepMixturePrior(
             dim, ks, ds, self.concentration, self._mean_scales(len(ds), roughness is not None), self.loading_scale,
@@ -347,6 +352,9 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         if not (isinstance(self.mean_scale, str) and self.mean_scale == "auto"):
             return self.mean_scale
         return (0.5,) + ((DEEP_MEAN_SCALE if smooth else 0.5),) * (n_layers - 1)
+
+    def _check_sizes(self, n_subjects: int, stacklevel: int = 3) -> None:
+        _warn_components(int(_as_tuple(self.n_components, "n_components")[0]), n_subjects, "n_components[0]", stacklevel + 1)
 
     def _check_noise_identified(self, noise_confounded: bool, n_times: int, n_basis: int, stacklevel: int = 3) -> None:
         """Warn when, without a smoothness prior, the idiosyncratic variances (free per coordinate, the research
