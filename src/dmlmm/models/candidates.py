@@ -293,9 +293,11 @@ def _context():
 
 
 def _run_task(task: _Task) -> tuple[VIResult, VIConfig, list[tuple]]:
-    fit = fit_candidate(task.variant, task.kind, task.data, progress=False)
+    # every warning of the worker travels back with the candidate (one raised outside the candidate's own
+    # record, e.g. while its prior is made, was printed raw by the worker and never reached the report)
+    fit, around = recorded(lambda: fit_candidate(task.variant, task.kind, task.data, progress=False))
     # warnings travel as plain tuples (a WarningMessage may hold unpicklable context)
-    return fit.result, fit.config, [(w.message, w.category, w.filename, w.lineno) for w in fit.warnings]
+    return fit.result, fit.config, [(w.message, w.category, w.filename, w.lineno) for w in around + fit.warnings]
 
 
 def _rebuilt(payload: tuple[VIResult, VIConfig, list[tuple]]) -> CandidateFit:
