@@ -162,3 +162,29 @@ def test_longitudinal_form_and_saving_keep_the_scale(tmp_path):
     pd.testing.assert_frame_equal(back.predict_trajectory(rows, kind="observation"),
                                   m.predict_trajectory(rows, kind="observation"))
     pd.testing.assert_series_equal(back.score_samples(rows), m.score_samples(rows))
+
+
+def test_summaries_say_which_scale_their_criteria_are_on():
+    """A fit on log(y) reports its log-likelihood (LinearMixedModel) or ELBO (mixtures) of the scale modelled next
+    to the one of y as given, labelled: the report showed an unlabelled ELBO of the standardised scale beside the
+    data-scale one of its header, and the command line an unlabelled log-likelihood of log(y)."""
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+
+    from dmlmm import LinearMixedModel, MixtureLMM
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"subject": np.repeat(np.arange(30), 5), "time": np.tile(np.arange(5.0), 30)})
+    df["y"] = np.exp(rng.normal(0, 0.3, 30).repeat(5) + 0.1 * df["time"] + rng.normal(0, 0.1, len(df)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ml = LinearMixedModel(method="ml", response_transform="log").fit(df)
+        reml = LinearMixedModel(method="reml", response_transform="log").fit(df)
+        mix = MixtureLMM(2, random_state=0, max_iter=50).fit(df)
+    assert f"(logLik of log(y), the scale modelled; of y as given: {ml.loglik_data_scale_:.3f})" in ml.summary()
+    assert ml.loglik_data_scale_ != ml.loglik_
+    assert f"REML log-likelihood of log(y): {reml.loglik_:.4f}" in reml.summary()
+    assert (f"ELBO {mix.elbo_:.3f} on the model's standardised scale ({mix.elbo_data_scale_:.2f} on the data's scale"
+            in mix.summary())

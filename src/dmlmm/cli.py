@@ -833,8 +833,11 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, ou
         if outcomes:
             click.echo("\n" + outcomes.text() + "\n")
     else:
+        transform = getattr(model, "response_transform_", None)
+        of = "" if not transform else (f" of {transform}(y)" + ("" if model.loglik_data_scale_ is None else
+                                                                  f" ({model.loglik_data_scale_:.2f} of y as given)"))
         click.echo(f"LinearMixedModel ({model.method_.upper()}): {model.n_groups_} subjects, "
-                   f"log-likelihood {model.loglik_:.2f}; {seconds:.1f} s in all")
+                   f"log-likelihood{of} {model.loglik_:.2f}; {seconds:.1f} s in all")
         click.echo("(a linear mixed model has one cluster: no clusters.csv)")
     click.echo(f"outputs in {out}/: {', '.join(written)}")
 

@@ -77,7 +77,10 @@ class Tables:
         self._check_fitted()
         lines = [
             f"{type(self).__name__}: {len(self.subjects_)} subjects, basis {self.design_.basis!r}",
-            f"  ELBO {self.elbo_:.3f} after {self.n_iter_} iterations "
+            f"  ELBO {self.elbo_:.3f} on the model's standardised scale"
+            + (f" ({self.elbo_data_scale_:.2f} on the data's scale, as the class summary)"
+               if getattr(self, "elbo_data_scale_", None) is not None else "")
+            + f" after {self.n_iter_} iterations "
             f"({'converged' if self.converged_ else 'NOT converged'}; {self.n_moves_} delete move(s) accepted), "
             f"{self.fit_seconds_:.2f} s",
             f"  components per layer after pruning: {self.n_components_}",
