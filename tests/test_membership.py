@@ -195,3 +195,26 @@ def test_command_line_refits_over_its_own_outputs_and_predicts_with_the_membersh
     proba = model.predict_proba(df)
     first = pred.groupby("subject").first()
     np.testing.assert_allclose(first["probability"], proba.max(axis=1).loc[first.index], rtol=1e-9)
+
+
+def test_one_class_kept_is_said_not_printed_as_an_empty_table():
+    """Membership covariates on data with one kind of trajectory: the fit keeps one class, and the summary and
+    the command line say there are no membership coefficients, where they printed pandas' 'Empty DataFrame'."""
+    import click
+    from click.testing import CliRunner
+
+    from dmlmm.cli import ONE_CLASS_MEMBERSHIP, _echo_membership
+
+    rng = np.random.default_rng(4)
+    n = 60
+    df = pd.DataFrame({"subject": np.repeat(np.arange(n), 5), "time": np.tile(np.linspace(0, 1, 5), n)})
+    df["x"] = np.repeat(rng.normal(size=n), 5)
+    df["y"] = np.repeat(rng.normal(size=n), 5) + 0.5 * df["time"] + rng.normal(0, 0.2, len(df))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = MixtureLMM(2, membership_covariates=["x"], random_state=0, max_iter=100).fit(df)
+    assert m.n_components_ == (1,) and len(m.membership_coefficients_) == 0
+    assert "membership by covariates: one class was kept, so membership has no coefficients" in m.summary()
+    assert "Empty DataFrame" not in m.summary()
+    out = CliRunner().invoke(click.command()(lambda: _echo_membership(m)), [])
+    assert ONE_CLASS_MEMBERSHIP in out.output and "Empty DataFrame" not in out.output

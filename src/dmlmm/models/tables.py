@@ -101,7 +101,10 @@ class Tables:
             lines.append("  fixed effects (posterior mean, SD and 95 % credible interval, per unit of each covariate):")
             lines.append("    " + self.fixed_effects_table().to_string(float_format=lambda v: f"{v:.4g}").replace("\n", "\n    "))
         coef = self.membership_coefficients_
-        if coef is not None:
+        if coef is not None and not len(coef):
+            lines.append("  membership by covariates: one class was kept, so membership has no coefficients (every "
+                         "subject is in that class)")
+        elif coef is not None:
             lines.append("  membership by covariates (log-odds of the group against the later ones, among subjects "
                          "not in an earlier one):")
             lines.append("    " + coef.to_string(float_format=lambda v: f"{v:.4g}").replace("\n", "\n    "))
