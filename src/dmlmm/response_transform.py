@@ -61,11 +61,12 @@ def candidates_given_min(transform: str | None, y_min: float) -> list[str | None
     return [None, "log" if y_min > 0 else "log1p"]
 
 
-def forward(y: np.ndarray, transform: str | None, column: str = "y") -> np.ndarray:
+def forward(y: np.ndarray, transform: str | None, column: str = "y", fitted: bool = False) -> np.ndarray:
     """z = transform(y), shape as ``y``; missing values stay missing.
 
     Values outside the transform's domain are a DataError naming the column, their count and the
-    first value, and what to do.
+    first value, and what to do: ``fitted`` (the responses given to a fitted model, to predict or
+    score) says that the model was fitted on that scale, where a choice of transform is no longer open.
     """
     if transform is None:
         return y
@@ -74,6 +75,13 @@ def forward(y: np.ndarray, transform: str | None, column: str = "y") -> np.ndarr
     bad = ~np.isnan(y) & ~(y > floor)
     if bad.any():
         first = y[np.flatnonzero(bad)[0]]
+        if fitted:
+            raise DataError(
+                f"this model was fitted on {transform}(y): the responses given "
+                f"must be above {floor:g}, but column '{column}' has {int(bad.sum())} value(s) <= {floor:g} (the first "
+                f"is {first:g}); drop those rows"
+                + (", or fit again with response_transform='log1p', which takes zeros" if transform == "log" else "")
+            )
         fix = ("use response_transform='log1p' for zeros, or drop those rows" if transform == "log"
                else "drop those rows")
         raise DataError(

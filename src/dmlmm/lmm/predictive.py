@@ -131,7 +131,8 @@ class PredictiveLMM:
         y = None
         name = self._response_name()
         if isinstance(data, pd.DataFrame) and name in data.columns:
-            y = forward(pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float), self._transform, name)
+            y = forward(pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float), self._transform, name,
+                        fitted=True)
         t = rows.frame[b.columns_.time].to_numpy(dtype=float) if isinstance(b, LongitudinalDesignBuilder) else None
         keep = np.ones(len(rows.Z), dtype=bool)
         if isinstance(data, pd.DataFrame) and "__observed__" in data.columns:
@@ -356,7 +357,7 @@ class PredictiveLMM:
             yv = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float)
         if len(yv) != len(rows.Z) or not np.isfinite(yv).all():
             raise DataError("the response to score must be finite, one value per row")
-        zv = forward(yv, self._transform, self._response_name() or "y")
+        zv = forward(yv, self._transform, self._response_name() or "y", fitted=True)
         subj = rows.subjects if rows.subjects is not None else np.array([_POPULATION] * len(yv), dtype=object)
         codes, labels = factorize_groups(subj)
         est = self.estimate_

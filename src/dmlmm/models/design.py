@@ -231,7 +231,8 @@ class LongitudinalDesign:
         without a transform."""
         if self.transform is None or data.response is None:
             return data
-        return replace(data, response=response_transform.forward(data.response, self.transform, self.columns.response))
+        return replace(data, response=response_transform.forward(data.response, self.transform, self.columns.response,
+                                                                 fitted=True))
 
     def to_user_scale(self, z: np.ndarray) -> np.ndarray:
         """Standardised model-scale values (any shape) on the user's scale: back through the
