@@ -86,3 +86,28 @@ def test_class_probabilities_without_a_response_column_say_so(data):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m.predict_proba(data.assign(y=np.nan))
+
+
+def test_held_out_scores_say_each_warning_once_with_the_users_row_labels():
+    """score_samples(held, condition_on=train): a row repeated in train is named once, by train's own labels, and
+    held-out times past the basis range are said once (both came twice, the second time with positions in an
+    internal concatenation that exist in neither frame)."""
+    from dmlmm.exceptions import ExtrapolationWarning
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"subject": np.repeat(np.arange(30), 6), "time": np.tile(np.linspace(0, 1, 6), 30)})
+    df["y"] = np.repeat(rng.normal(size=30), 6) + df["time"] + rng.normal(0, 0.2, len(df))
+    df.index = df.index + 1000  # labels that are not positions
+    last = df["time"] == 1.0
+    train, held = df[~last], df[last].assign(time=1.2)
+    train = pd.concat([train, train.loc[[1001]]])  # a row entered twice
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = MixtureLMM(1, random_state=0, max_iter=50).fit(train)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.score_samples(held, condition_on=train)
+    dup = [str(w.message) for w in caught if "repeat an earlier row" in str(w.message)]
+    ext = [w for w in caught if issubclass(w.category, ExtrapolationWarning)]
+    assert len(dup) == 1 and "1001" in dup[0], dup
+    assert len(ext) == 1, [str(w.message) for w in ext]

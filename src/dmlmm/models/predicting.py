@@ -21,7 +21,7 @@ from ..continuation import Continuation
 from ..data import Longitudinal
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
-from ..exceptions import DataError
+from ..exceptions import DataError, ExtrapolationWarning
 from ..inference.engine import noise_moments
 from ..inference.local import local_step
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
@@ -376,8 +376,11 @@ class Predicting:
             cont = self._continuation(d, c)  # one continuation for all three densities
             lm = self._log_marginal(d, df, cont)
             frame = pd.concat([df, condition_on], ignore_index=True)
-            both = self._data(frame)
-            lm_both = pd.Series(self._log_marginal(both, frame, cont), index=both.subjects)
+            with warnings.catch_warnings():  # said of df and condition_on already, with their own row labels
+                warnings.filterwarnings("ignore", message=r".*repeat an earlier row's subject, time and response")
+                warnings.simplefilter("ignore", ExtrapolationWarning)
+                both = self._data(frame)
+                lm_both = pd.Series(self._log_marginal(both, frame, cont), index=both.subjects)
             lm_c = pd.Series(self._log_marginal(c, condition_on, cont), index=c.subjects)
             out = pd.Series(lm, index=d.subjects)
             has = out.index.intersection(lm_c.index)
