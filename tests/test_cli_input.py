@@ -277,3 +277,15 @@ def test_subject_identifiers_are_read_as_written(tmp_path):
     ids = read_csv(p, id_columns=["id"])["id"]
     assert ids.iloc[0] == 12 and ids.isna().iloc[1]                  # a missing id stays missing (reported later)
     assert read_csv(p)["id"].dtype == np.float64                     # other columns as pandas reads them
+
+
+def test_blank_rows_of_a_spreadsheet_export_are_skipped_and_said(tmp_path, frame):
+    """A spreadsheet's export ends in rows of separators only (';;;;'): they hold nothing, so they are skipped, with
+    a warning that names their lines, where the fit stopped on 'missing values' in every column."""
+    p = tmp_path / "export.csv"
+    frame.to_csv(p, index=False, sep=";", decimal=",")
+    p.write_text(p.read_text() + ";;\n;;\n")
+    with pytest.warns(UserWarning, match=r"skipped 2 empty row\(s\) of 'export.csv' \(every column blank; line\(s\) "
+                                         rf"\[{len(frame) + 2}, {len(frame) + 3}\]\)"):
+        df = read_csv(p)
+    _same(df, frame)

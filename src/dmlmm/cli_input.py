@@ -81,6 +81,14 @@ def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     if len(set(stripped)) == len(stripped):
         df.columns = stripped
     df.index = pd.RangeIndex(2, len(df) + 2)
+    blank = df.isna().all(axis=1).to_numpy()
+    if blank.any():  # a spreadsheet's trailing ";;;;" rows: nothing to keep, said with their line numbers
+        lines = df.index[blank].tolist()
+        warnings.warn(f"skipped {int(blank.sum())} empty row(s) of '{p.name}' (every column blank; line(s) "
+                      f"{lines[:10]}{' ...' if len(lines) > 10 else ''})", UserWarning, stacklevel=2)
+        df = df.loc[~blank]
+        if len(df) == 0:
+            raise InputError(f"'{p}' has a header ({', '.join(map(str, df.columns))}) but no data rows")
     for c in id_columns:
         if c in df.columns:
             df[c] = _identifiers(df[c])
