@@ -118,7 +118,8 @@ def fit_dask(
     scales = candidates_given_min(transform, frame.pooled.y_min)
     t0 = perf_counter()
     basis = frame.fitted_basis(model.basis)  # as the in-memory fit: one basis for every scale, the noise identified?
-    plan = FitPlan(basis, frame.noise_confounded(basis))
+    confounded = frame.noise_confounded(basis)
+    plan = FitPlan(basis, confounded, confounded and len(frame.pooled.few_times) < basis.n_basis)
     model._check_noise_identified(plan.confounded, len(frame.pooled.few_times) if plan.confounded else 0,
                                   basis.n_basis, stacklevel=4)
     model._check_sizes(frame.n_subjects, stacklevel=4)
@@ -228,7 +229,7 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     rough = design.roughness
     b_hat, sums, (b_parts, ridge) = stats.ridge_init(0.5, rough)
     # the smooth start where shared visit times confound the noise, as in memory (models/starting.py)
-    smooth = stats.ridge_init(0.5, smooth_roughness(rough)) if plan.confounded and rough is not None else None
+    smooth = stats.ridge_init(0.5, smooth_roughness(rough)) if plan.smooth_start and rough is not None else None
     # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
     jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
     rival = None if to_beat is None else model_scale_elbo(to_beat, float(frame.pooled.n_obs), design.y_scale, jac)

@@ -58,6 +58,9 @@ class FitPlan:
 
     basis: SplineBasis | None = None  # None: the model's own basis, fitted by each scale's design
     confounded: bool = False
+    # confounded with fewer distinct times than functions: directions of the curves no visit sees, where the
+    # starts' ridge fits interpolate, so a smooth start is explored too (models/starting.py)
+    smooth_start: bool = False
 
 
 @dataclass
@@ -278,7 +281,8 @@ class Fitting:
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
         times, basis = np.unique(d.time), fitted_basis(self.basis, d.time)  # the basis of every scale (times only)
-        plan = FitPlan(basis, noise_confounded(basis, times, repeated_times(d.codes, d.time)))
+        confounded = noise_confounded(basis, times, repeated_times(d.codes, d.time))
+        plan = FitPlan(basis, confounded, confounded and len(times) < basis.n_basis)
         self._check_noise_identified(plan.confounded, len(times), basis.n_basis)
         self._check_sizes(d.n_subjects)
         scales = transform_candidates(transform, d.response)
@@ -331,7 +335,7 @@ class Fitting:
 
     def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z,
                         to_beat: float | None = None, plan: FitPlan = FitPlan()) -> ScaleFit:
-        prep = self._prepare_scale(d, transform, members, Z, plan.basis, plan.confounded)
+        prep = self._prepare_scale(d, transform, members, Z, plan.basis, plan.smooth_start)
         stats, design, jac = prep.candidates.stats, prep.design, prep.log_jacobian
         rival = None if to_beat is None else model_scale_elbo(to_beat, float(stats.n_obs.sum()), design.y_scale, jac)
         # each run's warnings are held back: only the kept run's are raised; a later candidate races
@@ -341,12 +345,11 @@ class Fitting:
         return prep.scale_fit(best)
 
     def _prepare_scale(self, d: Longitudinal, transform: str | None, members, Z,
-                       basis: SplineBasis | None = None, confounded: bool = False) -> "_ScalePrep":
+                       basis: SplineBasis | None = None, smooth_start: bool = False) -> "_ScalePrep":
         """The response on one scale (``transform(y)``) ready for its candidates: design, statistics and
         the per-subject ridge fits that every start begins from. ``basis``: the fit's basis, fitted on the
-        data's times (:class:`FitPlan`; None: the model's, fitted here). ``confounded``: shared visit times
-        confound the noise (:attr:`FitPlan.confounded`), so the smooth start's ridge fits are made too
-        (:func:`~dmlmm.models.starting.smooth_roughness`)."""
+        data's times (:class:`FitPlan`; None: the model's, fitted here). ``smooth_start``: the smooth
+        start's ridge fits are made too (:attr:`FitPlan.smooth_start`, :func:`~dmlmm.models.starting.smooth_roughness`)."""
         if transform is not None:
             d = replace(d, response=forward(d.response, transform, d.columns.response))
         jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
@@ -355,7 +358,7 @@ class Fitting:
         stats = design.stats(d).with_membership(Z)
         rough = design.roughness
         b_hat, penalties = ridge_estimates(stats, 0.5, rough, return_penalty=True)
-        smooth = ridge_estimates(stats, 0.5, smooth_roughness(rough), return_penalty=True) if confounded and rough is not None else None
+        smooth = ridge_estimates(stats, 0.5, smooth_roughness(rough), return_penalty=True) if smooth_start and rough is not None else None
         return _ScalePrep(d, design, CandidateData(stats, b_hat, penalties, rough, d.n_subjects, Z, smooth), jac)
 
     def _fit_scales_parallel(self, d: Longitudinal, scales: list[str | None], members, Z,
@@ -367,7 +370,7 @@ class Fitting:
         preps, refused = [], []
         for tr in fitting_order(scales):
             try:
-                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z, plan.basis, plan.confounded))
+                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z, plan.basis, plan.smooth_start))
             except DataError as exc:  # e.g. a response that only its log can standardise
                 refused.append((tr, exc))
                 continue

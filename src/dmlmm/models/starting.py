@@ -25,7 +25,8 @@ __all__ = ["ridge_estimates", "ridge_prior", "ridge_penalties", "pooled_ridge", 
            "SMOOTH_START_FACTOR"]
 
 _INIT_SMOOTHING = 1e-3  # ridge penalty per unit roughness of the starting per-subject fits
-#: Where every subject is seen at the same few times (``noise_confounded``), one more start begins from
+#: Where every subject is seen at the same few times, fewer than the basis functions (``FitPlan.smooth_start``),
+#: one more start begins from
 #: ridge fits penalised this many times harder in the rough directions (roughness 1 per unit, where
 #: the smoothest rough coordinate has roughness 1): :func:`smooth_roughness`.
 SMOOTH_START_FACTOR = 1000.0
