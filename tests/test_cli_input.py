@@ -289,3 +289,17 @@ def test_blank_rows_of_a_spreadsheet_export_are_skipped_and_said(tmp_path, frame
                                          rf"\[{len(frame) + 2}, {len(frame) + 3}\]\)"):
         df = read_csv(p)
     _same(df, frame)
+
+
+def test_an_excel_workbook_is_named_as_one(tmp_path):
+    """An .xlsx file is a zip archive: it is named as a workbook, with what to do, where the message said it was
+    'a zip archive of 3 files' that 'must hold exactly one CSV file'."""
+    import zipfile
+
+    p = tmp_path / "visits.xlsx"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("[Content_Types].xml", "<Types/>")
+        zf.writestr("xl/workbook.xml", "<workbook/>")
+        zf.writestr("xl/worksheets/sheet1.xml", "<worksheet/>")
+    with pytest.raises(InputError, match=r"'.*visits.xlsx' is an Excel workbook, not a CSV file: save the sheet as CSV"):
+        read_csv(p)

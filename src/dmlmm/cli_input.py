@@ -134,6 +134,10 @@ def _decompressed(p: Path) -> tuple[bytes, str | None]:
 def _unzip(p: Path) -> bytes:
     with zipfile.ZipFile(p) as zf:
         names = [n for n in zf.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")]
+        if "[Content_Types].xml" in names:  # an Office Open XML file (a zip): .xlsx, .docx, ...
+            kind = "an Excel workbook" if any(n.startswith("xl/") for n in names) else "an Office document"
+            raise InputError(f"'{p}' is {kind}, not a CSV file: save the sheet as CSV (File > Save As > CSV) "
+                             "and give that file")
         if len(names) != 1:
             raise InputError(f"'{p}' is a zip archive of {len(names)} files; it must hold exactly one CSV file")
         return zf.read(names[0])
