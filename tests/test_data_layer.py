@@ -277,3 +277,18 @@ def test_messages_name_rows_and_types_plainly():
         as_numeric(pd.Series(["1", "x"], index=np.array([5, 7])), "column 't'")
     with pytest.raises(DataError, match=r"expected a pandas DataFrame, got numpy\.ndarray$"):
         Longitudinal.from_frame(np.zeros((3, 3)))
+
+
+def test_written_dates_and_durations_as_time_say_how_to_make_numbers_of_them():
+    """A CSV's dates ('1970-04-28') or durations with units ('118 days') arrive as text: the message says what
+    they are and how to turn them into numbers, where it said only 'convert or drop those rows'."""
+    from dmlmm.columns import as_numeric
+
+    with pytest.raises(DataError, match=r"column 'date' must be numeric, but row 0 holds '1970-04-28' \(2 non-numeric "
+                                         r"value\(s\) in all\); they are dates: give the time as a number"):
+        as_numeric(pd.Series(["1970-04-28", "1971-04-29"]), "column 'date'")
+    with pytest.raises(DataError, match=r"holds '118 days' .*; they are durations with units: give them as plain "
+                                         r"numbers in one unit \(e\.g\. 118 for '118 days'"):
+        as_numeric(pd.Series(["118 days", "484 days"]), "column 'age'")
+    with pytest.raises(DataError, match=r"holds 'x' \(1 non-numeric value\(s\) in all\); convert or drop those rows$"):
+        as_numeric(pd.Series(["1", "x"]), "column 'y'")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,9 +50,26 @@ def as_numeric(values, name: str) -> np.ndarray:
         first = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"{name} must be numeric, but row {_plain(s.index[first])!r} holds {_plain(s.iloc[first])!r} "
-            f"({int(bad.sum())} non-numeric value(s) in all); convert or drop those rows"
+            f"({int(bad.sum())} non-numeric value(s) in all); " + _text_hint(s[bad])
         )
     return conv.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _text_hint(bad: pd.Series) -> str:
+    """What to do with non-numeric values: written dates ('2020-01-05') or durations ('118 days') get the
+    conversion to a number (a file's text is not parsed as dates); anything else, convert or drop."""
+    text = bad.astype(str).str.strip()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dates = pd.to_datetime(text, errors="coerce", format="ISO8601").notna().all()
+        spans = not dates and pd.to_timedelta(text, errors="coerce").notna().all()
+    if dates:
+        return ("they are dates: give the time as a number in the unit you want the curves in, e.g. days or "
+                "years since the study's first date (pandas: (d - d.min()).dt.days with d = pd.to_datetime(column))")
+    if spans:
+        return ("they are durations with units: give them as plain numbers in one unit (e.g. 118 for '118 days'; "
+                "pandas: pd.to_timedelta(column).dt.days)")
+    return "convert or drop those rows"
 
 
 def _plain(value):
