@@ -115,6 +115,10 @@ def test_select_over_models_prints_each_candidate_and_the_choice(csv, tmp_path):
     assert len(lines) == 7 and all(f"/7]" in ln for ln in lines)
     assert sum("deep mixture" in ln for ln in lines) == 4 and sum("mixture of LMMs" in ln for ln in lines) == 3
     assert "selected: " in err
+    # the choice says what the fit kept (a candidate asked for 3 components may keep 1: it said only "3")
+    chosen = next(ln for ln in err.splitlines() if ln.startswith("selected: "))
+    n_clusters = pd.read_csv(tmp_path / "s" / "clusters.csv")["cluster"].nunique()
+    assert f"which kept {n_clusters} cluster(s) (components kept " in chosen, chosen
     html = (tmp_path / "s" / "report.html").read_text()
     assert 'id="selection"' in html and 'class="sel"' in html and "mixture" in html
     r = run("fit", csv, "--select", "--model", "mixture", "--components", "2", "--n-basis", "5", "--max-iter", "15",

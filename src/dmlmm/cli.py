@@ -808,7 +808,8 @@ def _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna
         score = (f"ELBO {chosen['elbo']:.2f}" if criterion == "elbo"
                  else f"held-out log score {chosen['heldout_score']:.4f}")
         click.echo(f"selected: {describe_candidate(chosen)} ({score}, the best of {int(table['error'].isna().sum())} "
-                   "fitted candidates)", err=True)
+                   f"fitted candidates), which kept {int(chosen['n_clusters'])} cluster(s) (components kept "
+                   f"{chosen['effective_components']})", err=True)
     return model, table
 
 
