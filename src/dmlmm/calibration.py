@@ -141,8 +141,8 @@ def _check(model, data: pd.DataFrame, subject: str, time: str, response: str, fi
     train, held = _split_last(data, subject, time, min_visits)
     if held[subject].nunique() < 10:
         n_all = data[subject].nunique()
-        who = (f"the data have {n_all} subjects" if n_all < 10 else
-               f"only {held[subject].nunique()} of the {n_all} subjects have at least {min_visits} distinct visit times")
+        who = (f"the data have {n_all} subjects" if n_all < 10 else f"only {held[subject].nunique()} of the "
+               f"{n_all} subjects have at least {min_visits} distinct visit times")
         raise ValueError(f"{who}: too few last visits to check the bands (at least 10 are needed)")
     fresh = type(model)(**model.get_params(deep=False))
     fresh.fit(train, subject=subject, time=time, response=response, **fit_kwargs)

@@ -844,7 +844,8 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, ou
 
 
 #: What the summaries say of a membership model that kept one class.
-ONE_CLASS_MEMBERSHIP = "one class was kept, so membership has no coefficients (every subject is in that class; membership.csv has its header only)"
+ONE_CLASS_MEMBERSHIP = ("one class was kept, so membership has no coefficients (every subject is in that class; "
+                        "membership.csv has its header only)")
 
 
 def _echo_membership(model) -> None:

@@ -119,7 +119,7 @@ def fit_dask(
     t0 = perf_counter()
     basis = frame.fitted_basis(model.basis)  # as the in-memory fit: one basis for every scale, the noise identified?
     confounded = frame.noise_confounded(basis)
-    plan = FitPlan(basis, confounded, confounded and len(frame.pooled.few_times) < basis.n_basis)
+    plan = FitPlan.of(basis, confounded, len(frame.pooled.few_times) if confounded else 0)
     model._check_noise_identified(plan.confounded, len(frame.pooled.few_times) if plan.confounded else 0,
                                   basis.n_basis, stacklevel=4)
     model._check_sizes(frame.n_subjects, stacklevel=4)
@@ -228,7 +228,7 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     stats = DaskStats(client, frame.shards(design), N, design.basis.n_basis, design.n_fixed)
     rough = design.roughness
     b_hat, sums, (b_parts, ridge) = stats.ridge_init(0.5, rough)
-    # the smooth start where shared visit times confound the noise, as in memory (models/starting.py)
+    # the smooth start of few shared visit times (FitPlan.smooth_start), as in memory (models/starting.py)
     smooth = stats.ridge_init(0.5, smooth_roughness(rough)) if plan.smooth_start and rough is not None else None
     # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
     jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs

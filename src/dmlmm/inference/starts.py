@@ -122,7 +122,7 @@ def run_vi_with_starts(
         does not. A fit that gave up ends below ``to_beat`` and is not converged.
     extra_starts : inits (as ``init``) of more starts of the requested sizes, explored after the sizes' own
         when ``max_iter`` leaves room for four starts (each from its own generator, seeded by the same draw,
-        the sizes and its position): the smooth start where shared visit times confound the noise
+        the sizes and its position): the smooth start of fewer shared visit times than basis functions
         (:func:`dmlmm.models.starting.smooth_roughness`). They compete as the sizes' starts do.
     """
     base = int(rng.integers(2**63))

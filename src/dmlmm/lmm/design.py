@@ -346,7 +346,8 @@ def default_basis(time: np.ndarray, n_basis: int = 10, subjects: np.ndarray | No
         n_obs, n_subjects = int(finite.sum()), len(pd.unique(np.asarray(subjects, dtype=object)[finite]))
         largest = min(largest, max(1, -(-n_obs // max(n_subjects, 1)) - 1), max(1, n_subjects - 1))  # N q < n, q < N
     for nb in range(largest, 0, -1):
-        basis = SplineBasis(nb, degree=min(degree, nb - 1), knots=knots or "uniform", extrapolate=extrapolate).fit(t[finite])
+        basis = SplineBasis(nb, degree=min(degree, nb - 1), knots=knots or "uniform",
+                            extrapolate=extrapolate).fit(t[finite])
         if knots is None and subjects is not None:
             basis = _knots_for_visits(basis, t[finite], np.asarray(subjects, dtype=object)[finite])
         if np.linalg.matrix_rank(basis.transform(distinct)) == nb:
@@ -408,9 +409,9 @@ class LongitudinalDesignBuilder:
     basis : SplineBasis or None
         Copied, then fitted on the data's time range; default :func:`default_basis` (10 cubic B-splines
         with uniform knots, or knots at the visits where uniform ones leave a function seen by fewer
-        subjects than there are functions; fewer functions where the data's distinct times identify fewer, with one to spare, or where
-        the subjects have too few visits for that many random effects: this engine has no smoothness prior,
-        so it keeps a small basis that the data identify).
+        subjects than there are functions; fewer functions where the data's distinct times identify
+        fewer, with one to spare, or where the subjects have too few visits for that many random effects:
+        this engine has no smoothness prior, so it keeps a small basis that the data identify).
     """
 
     def __init__(self, basis: SplineBasis | None = None) -> None:

@@ -95,7 +95,7 @@ class CandidateData:
     n_subjects : N.
     Z : (N, q) membership design, or None.
     smooth : (b_hat, penalties) of the smooth start's ridge fits, or None
-        (:func:`~dmlmm.models.starting.smooth_roughness`: where shared visit times confound the noise).
+        (:func:`~dmlmm.models.starting.smooth_roughness`: fewer shared visit times than basis functions).
     """
 
     stats: SufficientStats

@@ -62,6 +62,11 @@ class FitPlan:
     # starts' ridge fits interpolate, so a smooth start is explored too (models/starting.py)
     smooth_start: bool = False
 
+    @classmethod
+    def of(cls, basis: SplineBasis, confounded: bool, n_times: int) -> "FitPlan":
+        """The plan of a fit whose ``n_times`` distinct times do (``confounded``) or do not confound the noise."""
+        return cls(basis, confounded, confounded and n_times < basis.n_basis)
+
 
 @dataclass
 class ScaleFit:
@@ -281,8 +286,7 @@ class Fitting:
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
         times, basis = np.unique(d.time), fitted_basis(self.basis, d.time)  # the basis of every scale (times only)
-        confounded = noise_confounded(basis, times, repeated_times(d.codes, d.time))
-        plan = FitPlan(basis, confounded, confounded and len(times) < basis.n_basis)
+        plan = FitPlan.of(basis, noise_confounded(basis, times, repeated_times(d.codes, d.time)), len(times))
         self._check_noise_identified(plan.confounded, len(times), basis.n_basis)
         self._check_sizes(d.n_subjects)
         scales = transform_candidates(transform, d.response)
@@ -349,7 +353,8 @@ class Fitting:
         """The response on one scale (``transform(y)``) ready for its candidates: design, statistics and
         the per-subject ridge fits that every start begins from. ``basis``: the fit's basis, fitted on the
         data's times (:class:`FitPlan`; None: the model's, fitted here). ``smooth_start``: the smooth
-        start's ridge fits are made too (:attr:`FitPlan.smooth_start`, :func:`~dmlmm.models.starting.smooth_roughness`)."""
+        start's ridge fits are made too (:attr:`FitPlan.smooth_start`,
+        :func:`~dmlmm.models.starting.smooth_roughness`)."""
         if transform is not None:
             d = replace(d, response=forward(d.response, transform, d.columns.response))
         jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
@@ -358,7 +363,8 @@ class Fitting:
         stats = design.stats(d).with_membership(Z)
         rough = design.roughness
         b_hat, penalties = ridge_estimates(stats, 0.5, rough, return_penalty=True)
-        smooth = ridge_estimates(stats, 0.5, smooth_roughness(rough), return_penalty=True) if smooth_start and rough is not None else None
+        smooth = (ridge_estimates(stats, 0.5, smooth_roughness(rough), return_penalty=True)
+                  if smooth_start and rough is not None else None)
         return _ScalePrep(d, design, CandidateData(stats, b_hat, penalties, rough, d.n_subjects, Z, smooth), jac)
 
     def _fit_scales_parallel(self, d: Longitudinal, scales: list[str | None], members, Z,
@@ -370,7 +376,8 @@ class Fitting:
         preps, refused = [], []
         for tr in fitting_order(scales):
             try:
-                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z, plan.basis, plan.smooth_start))
+                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z, plan.basis,
+                                                                          plan.smooth_start))
             except DataError as exc:  # e.g. a response that only its log can standardise
                 refused.append((tr, exc))
                 continue

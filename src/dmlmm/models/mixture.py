@@ -354,7 +354,8 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         return (0.5,) + ((DEEP_MEAN_SCALE if smooth else 0.5),) * (n_layers - 1)
 
     def _check_sizes(self, n_subjects: int, stacklevel: int = 3) -> None:
-        _warn_components(int(_as_tuple(self.n_components, "n_components")[0]), n_subjects, "n_components[0]", stacklevel + 1)
+        first = int(_as_tuple(self.n_components, "n_components")[0])
+        _warn_components(first, n_subjects, "n_components[0]", stacklevel + 1)
 
     def _check_noise_identified(self, noise_confounded: bool, n_times: int, n_basis: int, stacklevel: int = 3) -> None:
         """Warn when, without a smoothness prior, the idiosyncratic variances (free per coordinate, the research
