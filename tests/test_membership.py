@@ -218,3 +218,16 @@ def test_one_class_kept_is_said_not_printed_as_an_empty_table():
     assert "Empty DataFrame" not in m.summary()
     out = CliRunner().invoke(click.command()(lambda: _echo_membership(m)), [])
     assert ONE_CLASS_MEMBERSHIP in out.output and "Empty DataFrame" not in out.output
+
+
+def test_a_missing_membership_covariate_is_named_with_its_subjects():
+    """A subject without its baseline value: the message names the column as well as the subject (it named the
+    subject only, and a user with several membership covariates had to search)."""
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"subject": np.repeat([f"p{i}" for i in range(20)], 4), "time": np.tile(np.arange(4.0), 20)})
+    df["age"] = np.repeat(rng.normal(50, 10, 20), 4)
+    df["sex"] = np.repeat(rng.choice(["f", "m"], 20), 4)
+    df["y"] = rng.normal(size=len(df))
+    df.loc[df["subject"] == "p7", "age"] = np.nan
+    with pytest.raises(DataError, match=r"membership covariate\(s\) \['age'\] are missing for subject\(s\) \['p7'\]"):
+        MixtureLMM(2, membership_covariates=["age", "sex"], random_state=0, max_iter=20).fit(df)

@@ -106,8 +106,9 @@ def _per_subject(frame: pd.DataFrame, subject: str, columns: list[str], subjects
     rows = rows.reindex(subjects)
     na = rows.isna().any(axis=1).to_numpy()
     if na.any():
+        cols = [c for c in columns if rows[c].isna().any()]
         raise DataError(
-            f"membership covariates are missing for subject(s) {list(subjects[na][:5])}"
+            f"membership covariate(s) {cols} are missing for subject(s) {[_label(s) for s in subjects[na][:5]]}"
             f"{' and more' if na.sum() > 5 else ''}: give each subject its baseline values, or drop those subjects"
         )
     return rows.reset_index(drop=True)
