@@ -303,3 +303,16 @@ def test_an_excel_workbook_is_named_as_one(tmp_path):
         zf.writestr("xl/worksheets/sheet1.xml", "<worksheet/>")
     with pytest.raises(InputError, match=r"'.*visits.xlsx' is an Excel workbook, not a CSV file: save the sheet as CSV"):
         read_csv(p)
+
+
+def test_a_dot_is_read_as_missing(tmp_path, frame):
+    """'.' (SAS's and Stata's missing value) is missing, as 'NA' and an empty cell are: --dropna drops it (the fit
+    stopped on "row 22 holds '.'" even with --dropna)."""
+    p = tmp_path / "sas.csv"
+    text = frame.to_csv(index=False).splitlines()
+    cells = text[3].split(",")
+    cells[-1] = "."
+    text[3] = ",".join(cells)
+    p.write_text("\n".join(text) + "\n")
+    df = read_csv(p)
+    assert np.isnan(df.iloc[2, -1]) and df.iloc[:, -1].dtype.kind == "f"

@@ -69,8 +69,9 @@ def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
         raise InputError(f"'{p}' is not a CSV file (it holds binary data)")
     sep, decimal = sniff(text)
     try:
+        # "." is SAS's and Stata's missing value: read as missing, as "NA" and empty cells are
         df = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, skipinitialspace=True,
-                         dtype={c: str for c in id_columns} or None)
+                         dtype={c: str for c in id_columns} or None, na_values=["."])
     except pd.errors.EmptyDataError:
         raise InputError(f"'{p}' is empty") from None
     except (pd.errors.ParserError, ValueError) as e:
