@@ -203,7 +203,8 @@ def test_one_class_kept_is_said_not_printed_as_an_empty_table():
     import click
     from click.testing import CliRunner
 
-    from dmlmm.cli import ONE_CLASS_MEMBERSHIP, _echo_membership
+    from dmlmm.cli import _echo_membership
+    from dmlmm.models.tables import ONE_CLASS_MEMBERSHIP
 
     rng = np.random.default_rng(4)
     n = 60

@@ -843,16 +843,13 @@ def _print_summary(model, res, out: Path, written: list[str], seconds: float, ou
     click.echo(f"outputs in {out}/: {', '.join(written)}")
 
 
-#: What the summaries say of a membership model that kept one class.
-ONE_CLASS_MEMBERSHIP = ("one class was kept, so membership has no coefficients (every subject is in that class; "
-                        "membership.csv has its header only)")
-
-
 def _echo_membership(model) -> None:
     """The membership model's coefficients (a fit with --membership-covariates), as membership.csv holds them."""
+    from .models.tables import ONE_CLASS_MEMBERSHIP
+
     coef = getattr(model, "membership_coefficients_", None)
     if coef is not None and not len(coef):
-        click.echo(f"\nmembership by baseline covariates: {ONE_CLASS_MEMBERSHIP}")
+        click.echo(f"\nmembership by baseline covariates: {ONE_CLASS_MEMBERSHIP}; membership.csv has its header only")
     elif coef is not None:
         click.echo("\nwho ends up in which class (membership by baseline covariates; log-odds of the group "
                    "against the later ones, per unit):\n")

@@ -108,12 +108,12 @@ def format_summary(model: "LinearMixedModel", interval: float = 0.95) -> str:
     out.extend(_scale_lines(model))
     out.append("")
     df_resid = model.n_obs_ - len(info["fixed_names"])
+    transform = getattr(model, "response_transform_", None)
     if vb:
         out.append(f"ELBO: {model.elbo_:.4f}   ML log-likelihood at the posterior means: {model.loglik_:.4f}")
         out.append("Estimates are posterior means; intervals are equal-tailed credible intervals.")
     elif reml:
         out.append(f"REML criterion at convergence: {model.deviance_:.4f}")
-        transform = getattr(model, "response_transform_", None)
         out.append(f"REML log-likelihood{f' of {transform}(y)' if transform else ''}: {model.loglik_:.4f}")
         out.append(format_table(["AIC*", "BIC*", "logLik(REML)", "df.resid"],
                                 [[f"{model.aic_:.2f}", f"{model.bic_:.2f}", f"{model.loglik_:.3f}", str(df_resid)]],
@@ -123,7 +123,6 @@ def format_summary(model: "LinearMixedModel", interval: float = 0.95) -> str:
         out.append(format_table(["AIC", "BIC", "logLik", "deviance", "df.resid"],
                                 [[f"{model.aic_:.2f}", f"{model.bic_:.2f}", f"{model.loglik_:.3f}",
                                   f"{model.deviance_:.2f}", str(df_resid)]], left=0))
-    transform = getattr(model, "response_transform_", None)
     if transform and not reml and getattr(model, "loglik_data_scale_", None) is not None:
         out.append(f" (logLik of {transform}(y), the scale modelled; of y as given: {model.loglik_data_scale_:.3f})")
     out.append("")

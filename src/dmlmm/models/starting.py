@@ -26,9 +26,8 @@ __all__ = ["ridge_estimates", "ridge_prior", "ridge_penalties", "pooled_ridge", 
 
 _INIT_SMOOTHING = 1e-3  # ridge penalty per unit roughness of the starting per-subject fits
 #: Where every subject is seen at the same few times, fewer than the basis functions (``FitPlan.smooth_start``),
-#: one more start begins from
-#: ridge fits penalised this many times harder in the rough directions (roughness 1 per unit, where
-#: the smoothest rough coordinate has roughness 1): :func:`smooth_roughness`.
+#: one more start begins from ridge fits penalised this many times harder in the rough directions (roughness
+#: 1 per unit, where the smoothest rough coordinate has roughness 1): :func:`smooth_roughness`.
 SMOOTH_START_FACTOR = 1000.0
 
 
@@ -43,8 +42,8 @@ def smooth_roughness(roughness: np.ndarray | None) -> np.ndarray | None:
     (the Gaussian LMM: 0.285), a population curve flat beyond the last test year and a held-out log
     score of -1.675 per observation (the LMM: -1.041); with the smooth start explored too it converges
     at an ELBO 87 nats higher (on the data's scale) with ``sigma^2`` 0.235 and -1.076. A smooth start for
-    every fit (in place of the default one) was measured and not taken:
-    on DGP 3 (36 kinds of curve with fast cosines) its curves lose the features that tell the clusters
+    every fit (in place of the default one) was measured and not taken: on DGP 3 (36 kinds of curve with
+    fast cosines) its curves lose the features that tell the clusters
     apart, and the fit kept one cluster (held-out log score -2.46 against -1.63 per subject). So it is
     one more start, and the ELBO chooses (:func:`~dmlmm.inference.starts.run_vi_with_starts`).
     """

@@ -13,6 +13,9 @@ from scipy.special import ndtri
 
 from ..response_transform import scale_text
 
+#: What the summaries (this one, the command line's) say of a membership model that kept one class.
+ONE_CLASS_MEMBERSHIP = "one class was kept, so membership has no coefficients (every subject is in that class)"
+
 __all__ = ["Tables"]
 
 
@@ -102,8 +105,7 @@ class Tables:
             lines.append("    " + self.fixed_effects_table().to_string(float_format=lambda v: f"{v:.4g}").replace("\n", "\n    "))
         coef = self.membership_coefficients_
         if coef is not None and not len(coef):
-            lines.append("  membership by covariates: one class was kept, so membership has no coefficients (every "
-                         "subject is in that class)")
+            lines.append(f"  membership by covariates: {ONE_CLASS_MEMBERSHIP}")
         elif coef is not None:
             lines.append("  membership by covariates (log-odds of the group against the later ones, among subjects "
                          "not in an earlier one):")
