@@ -159,6 +159,9 @@ def test_baseline_table():
     tidy = b.tidy.set_index(["variable", "level", "cluster"])
     assert tidy.loc[("age", "", "all"), "mean"] == pytest.approx(np.mean([41 + 2 * i for i in range(7)]))
     assert tidy.loc[("sex", "f", 0), "count"] == 1
+    # baseline.csv: counts written as whole numbers, blank on the mean (SD) rows
+    lines = b.tidy.to_csv(index=False).splitlines()
+    assert "sex,f,1,4,,,2,50.0" in lines and "age,,0,3,43.0,2.0,," in lines
 
 
 @pytest.fixture(scope="module")

@@ -476,8 +476,9 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
             rows[(col, "missing")] = {h: str(n) for h, n in miss.items()}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(heads.values()))
     table.index = pd.MultiIndex.from_tuples(table.index, names=["variable", "statistic"]) if len(table) else table.index
-    return BaselineTable(table, pd.DataFrame(tidy, columns=["variable", "level", "cluster", "subjects", "mean", "sd",
-                                                           "count", "percent"]), at, varying)
+    tidy = pd.DataFrame(tidy, columns=["variable", "level", "cluster", "subjects", "mean", "sd", "count", "percent"])
+    tidy["count"] = tidy["count"].astype("Int64")  # whole numbers, missing on the mean (SD) rows (not 12.0)
+    return BaselineTable(table, tidy, at, varying)
 
 
 # ---------------------------------------------------------------------------- all at once
