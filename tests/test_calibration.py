@@ -170,3 +170,19 @@ def test_a_model_with_its_own_transform_is_not_checked_again(data):
                                     random_state=0), logged,
                          subject="id", time="t", warn=False)
     assert check.coverage == direct.coverage  # the same bands, mapped back
+
+
+def test_warnings_of_the_refit_say_they_come_from_it(data):
+    """The refit without the last visits forecasts beyond its own data where a basis is fitted to the training
+    times (the default SplineBasis()): its extrapolation warning reaches the user once, saying which fit made it."""
+    model = LinearMixedModel(method="ml", basis=SplineBasis(5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_bands(model, data, subject="id", time="t", response="y", warn=False)
+    refit = [w for w in caught if "check_bands, refitting without each subject's last visit" in str(w.message)]
+    assert refit, [str(w.message) for w in caught]
+    assert all(str(w.message).startswith("check_bands, refitting without each subject's last visit and forecasting "
+                                         "it: ") for w in caught)
+    assert len({str(w.message) for w in refit}) == len(refit)  # each once
+    assert any("beyond" in str(w.message) or "extrapolat" in str(w.message) for w in refit)
+    assert all(w.filename == __file__ for w in refit)

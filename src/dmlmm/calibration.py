@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from ._recorded import recorded
 from .exceptions import CalibrationWarning
 from .response_transform import forward, transform_candidates
 
@@ -144,6 +145,24 @@ def _check(model, data: pd.DataFrame, subject: str, time: str, response: str, fi
         who = (f"the data have {n_all} subjects" if n_all < 10 else f"only {held[subject].nunique()} of the "
                f"{n_all} subjects have at least {min_visits} distinct visit times")
         raise ValueError(f"{who}: too few last visits to check the bands (at least 10 are needed)")
+    table, caught = recorded(lambda: _forecast_last(model, train, held, subject, time, response, fit_kwargs, level))
+    for message in dict.fromkeys((w.category, str(w.message)) for w in caught):  # each once, said where it came from
+        warnings.warn(f"check_bands, refitting without each subject's last visit and forecasting it: {message[1]}",
+                      message[0], stacklevel=3)
+    n, k = len(table), int(table["inside"].sum())
+    h = table["horizon"]
+    groups = h if h.nunique() <= 3 else pd.qcut(h, 3, labels=False, duplicates="drop")
+    by_h = table.groupby(groups).agg(horizon_from=("horizon", "min"), horizon_to=("horizon", "max"),
+                                      observations=("inside", "size"), coverage=("inside", "mean")).reset_index(drop=True)
+    return BandCheck(table, level, k / n, _wilson(k, n), float((table["observed"] < table["lower"]).mean()),
+                     float((table["observed"] > table["upper"]).mean()), by_h)
+
+
+def _forecast_last(model, train: pd.DataFrame, held: pd.DataFrame, subject: str, time: str, response: str,
+                   fit_kwargs: dict, level: float) -> pd.DataFrame:
+    """A fresh copy of ``model`` fitted to ``train`` and its ``level`` observation bands at the ``held`` visits:
+    one row per held-out visit (subject, time, observed, mean, lower, upper, inside, horizon since the
+    subject's last training visit)."""
     fresh = type(model)(**model.get_params(deep=False))
     fresh.fit(train, subject=subject, time=time, response=response, **fit_kwargs)
     ids = held[subject].drop_duplicates().to_numpy()
@@ -164,13 +183,7 @@ def _check(model, data: pd.DataFrame, subject: str, time: str, response: str, fi
     table = obs.merge(pred, on=["subject", "time"], how="left", validate="many_to_one")
     table["inside"] = (table["observed"] >= table["lower"]) & (table["observed"] <= table["upper"])
     table["horizon"] = table["time"] - prev.reindex(table["subject"]).to_numpy(dtype=float)
-    n, k = len(table), int(table["inside"].sum())
-    h = table["horizon"]
-    groups = h if h.nunique() <= 3 else pd.qcut(h, 3, labels=False, duplicates="drop")
-    by_h = table.groupby(groups).agg(horizon_from=("horizon", "min"), horizon_to=("horizon", "max"),
-                                      observations=("inside", "size"), coverage=("inside", "mean")).reset_index(drop=True)
-    return BandCheck(table, level, k / n, _wilson(k, n), float((table["observed"] < table["lower"]).mean()),
-                     float((table["observed"] > table["upper"]).mean()), by_h)
+    return table
 
 
 def check_bands(
