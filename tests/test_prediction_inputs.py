@@ -111,3 +111,22 @@ def test_held_out_scores_say_each_warning_once_with_the_users_row_labels():
     ext = [w for w in caught if issubclass(w.category, ExtrapolationWarning)]
     assert len(dup) == 1 and "1001" in dup[0], dup
     assert len(ext) == 1, [str(w.message) for w in ext]
+
+
+def test_predictions_warn_of_rows_entered_twice():
+    """Predictions condition on the observed rows as fit does: a row repeated exactly counts twice, so it is
+    said (rows to predict at, with the response missing, are not rows entered twice)."""
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"subject": np.repeat(np.arange(20), 5), "time": np.tile(np.linspace(0, 1, 5), 20)})
+    df["y"] = np.repeat(rng.normal(size=20), 5) + rng.normal(0, 0.2, len(df))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = MixtureLMM(1, random_state=0, max_iter=50).fit(df)
+    at = pd.DataFrame({"subject": [0, 0], "time": [0.5, 0.5], "y": [np.nan, np.nan]})
+    twice = pd.concat([df, df.iloc[[7]], at], ignore_index=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.predict_trajectory(twice)
+    dup = [str(w.message) for w in caught if "repeat an earlier row" in str(w.message)]
+    assert dup == [dup[0]] and dup[0].startswith("1 row(s) repeat an earlier row's subject, time and response exactly "
+                                                 "(rows [100])"), dup

@@ -208,8 +208,8 @@ class Longitudinal:
                 f"(rows {_fmt_rows(df.index, rows)}): check the formula's transforms against the data"
             )
 
-        if require_response and has_response:
-            same = df[[subject, time, response]].duplicated()
+        if has_response:  # also where predictions condition on the observed rows (a missing response: none)
+            same = df[[subject, time, response]].duplicated() & np.isfinite(numeric[response])
             if same.any():  # replicates are allowed; a row entered twice is more likely
                 warnings.warn(
                     f"{int(same.sum())} row(s) repeat an earlier row's subject, time and response exactly (rows "
