@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -109,3 +110,31 @@ def test_vb_covers_block_diagonal_and_ungrouped_designs(sleepstudy):
     np.testing.assert_allclose(vb.fixed_effects_, ml.fixed_effects_, atol=2 * ml.fixed_effects_se_.max())
     assert vb.sigma2_ == pytest.approx(ml.sigma2_, rel=0.1)
     assert np.all(np.diff(vb.elbo_history_) >= -1e-9 * np.abs(vb.elbo_history_[1:]))
+
+
+def test_fixed_effects_do_not_depend_on_a_covariates_units_or_origin():
+    """A calendar year (2001-2010) or an age in units of 1e4 years: VB's fixed-effect prior N(0, fixed_var)
+    acts on centred unit-scale columns, so the estimate follows the data (REML's) in any units; it used to
+    shrink 0.3 per year to 0.07 with an interval [0.02, 0.13] that missed the truth."""
+    from dmlmm import SplineBasis
+
+    rng = np.random.default_rng(0)
+    n, T = 60, 8
+    df = pd.DataFrame({"subject": np.repeat(np.arange(n), T), "time": np.tile(np.arange(T, dtype=float), n)})
+    df["year"] = np.repeat(rng.integers(2001, 2011, n), T).astype(float)
+    df["y"] = (np.sin(df.time) + 0.3 * (df.year - 2005) + np.repeat(rng.normal(size=n), T)
+               + 0.2 * rng.normal(size=n * T))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # REML's optimiser converges on the year column as given (it did not)
+        reml = LinearMixedModel(basis=SplineBasis(6), method="reml").fit(df, covariates=["year"])
+    per_year = []
+    for unit, origin in ((1.0, 0.0), (1.0, -2005.0), (1e-4, 0.0)):
+        m = LinearMixedModel(basis=SplineBasis(6)).fit(df.assign(year=(df.year + origin) * unit), covariates=["year"])
+        post = m.posterior_.loc["year"]
+        per_year.append(post["mean"] * unit)
+        assert post["lower"] * unit <= 0.3 <= post["upper"] * unit
+    np.testing.assert_allclose(per_year, reml.fixed_effects_["year"], rtol=0.02)
+    f = LinearMixedModel("y ~ time + year + (1 | subject)").fit(df)
+    f_reml = LinearMixedModel("y ~ time + year + (1 | subject)", method="reml").fit(df)
+    assert f.fixed_effects_["year"] == pytest.approx(f_reml.fixed_effects_["year"], rel=0.02)
+    assert np.all(np.diff(f.elbo_history_) >= -1e-9 * np.abs(f.elbo_history_[1:]))

@@ -138,6 +138,11 @@ class SufficientStats:
         order = np.random.default_rng(seed).permutation(N)
         return [self.subset(np.sort(order[:m])) for m in reversed(sizes)]
 
+    def with_fixed_columns(self, T: np.ndarray) -> "SufficientStats":
+        """The statistics of the fixed design ``F T`` (``T`` (P, P)) in place of ``F``."""
+        T = np.asarray(T, dtype=float)
+        return replace(self, Fty=self.Fty @ T, FtF=np.einsum("ji,njk,kl->nil", T, self.FtF, T), XtF=self.XtF @ T)
+
     def total(self) -> "SufficientStats":
         """The statistics summed over the subjects (one row; the membership covariates dropped)."""
         return SufficientStats(*(getattr(self, f).sum(0, keepdims=True) for f in self.__dataclass_fields__

@@ -10,7 +10,7 @@ standardised response, and returns an :class:`Estimate` on the user's scale.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from ..exceptions import NumericalError
 from ..sufficient import SufficientStats
 from .design import Design
 from .optimise import fit_profiled
-from .scaling import ResponseScaling
+from .scaling import ResponseScaling, fixed_standardisation
 
 __all__ = ["Estimate", "ESTIMATORS", "estimate_profiled", "CROSS_START_MAX_SUBJECTS"]
 
@@ -89,8 +89,10 @@ def estimate_profiled(design: Design, scaling: ResponseScaling, stats: Sufficien
     max_iter, tol, n_restarts
         Passed to :func:`~dmlmm.lmm.profiled.fit_profiled` (``tol`` is its ``gtol``).
     """
+    T = fixed_standardisation(design.F, scaling.direction)  # better conditioned: a calendar year's column
     try:
-        fit = fit_from_both_starts(stats, design, reml, max_iter=max_iter, gtol=tol, n_restarts=n_restarts)
+        fit = fit_from_both_starts(stats.with_fixed_columns(T), design, reml, max_iter=max_iter, gtol=tol,
+                                   n_restarts=n_restarts)
     except np.linalg.LinAlgError as exc:
         q, n_groups = design.structure.dim, len(design.subjects)
         unit, fewer = (("subject", "a smaller basis: basis=SplineBasis(4), --n-basis 4 on the command line")
@@ -105,15 +107,17 @@ def estimate_profiled(design: Design, scaling: ResponseScaling, stats: Sufficien
     st = fit.state
     s2 = scaling.scale**2
     p = design.n_fixed
+    # back to F's own columns, beta = T beta_s; REML's log|F'V^-1 F| is log|F_s'V^-1 F_s| - 2 log|det T|
+    logdet_T = float(np.linalg.slogdet(T)[1]) if p else 0.0
     return Estimate(
-        beta=scaling.beta_to_user(st.beta),
-        cov_beta=s2 * st.cov_beta,
+        beta=scaling.beta_to_user(T @ st.beta),
+        cov_beta=s2 * (T @ st.cov_beta @ T.T),
         sigma2=s2 * st.sigma2,
         cov_re=s2 * st.cov_re,
         b=scaling.scale * st.b,
         cov_b=s2 * st.cov_b_conditional,
-        beta_sensitivity=st.beta_sensitivity,
-        loglik=scaling.loglik_to_user(st.loglik, st.n, p, reml),
+        beta_sensitivity=st.beta_sensitivity @ np.linalg.inv(T),
+        loglik=scaling.loglik_to_user(st.loglik + (logdet_T if reml else 0.0), st.n, p, reml),
         n_params=p + design.structure.n_theta + 1,
         n_iter=fit.n_iter,
         converged=fit.converged,
@@ -174,8 +178,10 @@ def _vb(design: Design, scaling: ResponseScaling, stats: SufficientStats, *, max
     """Variational Bayes (:mod:`dmlmm.lmm.variational`): posterior means, SDs and credible intervals."""
     from .variational import credible_intervals, fit_vb
 
-    fit = fit_vb(stats, design.structure, max_iter=max(int(max_iter), 1), tol=min(float(tol), 1e-8))
-    e = fit.effects
+    T = fixed_standardisation(design.F, scaling.direction)  # the fixed effects' prior sees unit-scale columns
+    fit = fit_vb(stats.with_fixed_columns(T), design.structure, max_iter=max(int(max_iter), 1),
+                 tol=min(float(tol), 1e-8))
+    fit.effects = e = fixed_effects_back(fit.effects, T)
     s, s2 = scaling.scale, scaling.scale**2
     p, q, n = design.n_fixed, design.structure.dim, design.n_obs
     cov_re = s2 * fit.cov_re
@@ -202,6 +208,13 @@ def _vb(design: Design, scaling: ResponseScaling, stats: SufficientStats, *, max
                "intervals": credible_intervals(fit, s), "warm_start": list(fit.warm_stages),
                "newton": list(fit.newton_stages)},
     )
+
+
+def fixed_effects_back(e, T: np.ndarray):
+    """q(w, b) of ``w = T w_s`` from that of ``w_s`` (:class:`~dmlmm.inference.joint.JointEffects`)."""
+    T_inv = np.linalg.inv(T)
+    return replace(e, w_mean=T @ e.w_mean, w_cov=T @ e.w_cov @ T.T, b_w_cov=e.b_w_cov @ T.T,
+                   sensitivity=e.sensitivity @ T_inv, w_prec=T_inv.T @ e.w_prec @ T_inv, w_shift=T_inv.T @ e.w_shift)
 
 
 #: method name -> estimator(design, scaling, stats, **options) -> Estimate
