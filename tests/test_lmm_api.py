@@ -112,6 +112,40 @@ def test_new_subject_is_conditioned_on_its_visits(fitted, sleepstudy):
     np.testing.assert_allclose(pop["mean"], fitted.predict_trajectory(later[["Days"]], level="population")["mean"])
 
 
+def test_a_fitted_subject_is_conditioned_on_the_rows_given_unless_they_are_its_own(fitted, sleepstudy):
+    """A fitted patient's updated record (a visit changed, a later one added) gives the forecast of those rows, as
+    for a new patient with the same visits (it used to be the fitted posterior, whatever the rows said); given its
+    fitted rows, in any order, or none with a response, the fitted posterior."""
+    g = sleepstudy[sleepstudy["Subject"] == 309]
+    at = pd.DataFrame({"Subject": 309, "Days": [10.0, 12.0]})
+    own = fitted.predict_trajectory(pd.concat([g, at], ignore_index=True))
+    none = fitted.predict_trajectory(pd.concat([g.drop(columns="Reaction"), at], ignore_index=True))
+    shuffled = fitted.predict_trajectory(pd.concat([g.iloc[::-1], at], ignore_index=True))
+    pd.testing.assert_frame_equal(own, none, rtol=1e-12)
+    pd.testing.assert_frame_equal(own.iloc[-2:].reset_index(drop=True), shuffled.iloc[-2:].reset_index(drop=True),
+                                  rtol=1e-12)
+    updated = pd.concat([g.assign(Reaction=g["Reaction"] + 50.0), at], ignore_index=True)
+    moved = fitted.predict_trajectory(updated)
+    as_new = fitted.predict_trajectory(updated.assign(Subject="new"))
+    np.testing.assert_allclose(moved[["mean", "lower", "upper"]], as_new[["mean", "lower", "upper"]], rtol=1e-12)
+    shift = (moved["mean"].iloc[-2:] - own["mean"].iloc[-2:]).to_numpy()
+    assert (shift > 30.0).all(), shift  # the forecast follows the record (intercept and slope moved)
+
+
+def test_forecasts_take_the_covariates_of_the_latest_visit_in_any_row_order():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"subject": np.repeat(np.arange(40), 8), "time": np.tile(np.arange(8.0), 40)})
+    df["trt"] = np.where((df["time"] > 4) & (df["subject"] % 2 == 1), "B", "A")
+    df["y"] = (np.sin(df["time"]) + (df["trt"] == "B") + np.repeat(rng.normal(size=40), 8)
+               + 0.2 * rng.normal(size=len(df)))
+    m = LinearMixedModel(basis=SplineBasis(6)).fit(df, covariates=["trt"])
+    s = df[df["subject"] == 1]
+    ahead = m.predict_trajectory(s, times=[8.0])["mean"].item()
+    assert m.predict_trajectory(s.iloc[::-1], times=[8.0])["mean"].item() == pytest.approx(ahead, rel=1e-12)
+    on_b = m.predict_trajectory(s.drop(columns="y").assign(trt="B"), times=[8.0])["mean"].item()
+    assert ahead == pytest.approx(on_b, rel=1e-12)  # B, its treatment from day 5 on (frame order gave A)
+
+
 def test_samples_match_the_bands(fitted, sleepstudy):
     rows = sleepstudy[sleepstudy["Subject"] == 310].head(4)
     band = fitted.predict_trajectory(rows, interval=0.9)

@@ -44,6 +44,8 @@ def lmm_to_dict(model) -> tuple[dict, dict[str, np.ndarray]]:
                               "design_info_": _jsonable(info), "subjects": _encode_index(model._subjects)}
     if model._last_times is not None:
         arrays["fitted.last_times"] = np.asarray(model._last_times, dtype=float)
+    if getattr(model, "_fitted_rows", None) is not None:
+        arrays["fitted.rows"] = np.asarray(model._fitted_rows, dtype=float)
     fitted["response_transform_"] = model.response_transform_
     fitted["loglik_data_scale_"] = model.loglik_data_scale_
     fitted["criterion_by_transform_"] = {k: float(v) for k, v in model.criterion_by_transform_.items()}
@@ -74,6 +76,8 @@ def lmm_from_dict(cls, hyper: dict, meta: dict, arrays: dict[str, np.ndarray]):
     model.scaling_ = None  # the standardisation of the fit is not needed after it
     last = _get(arrays, "fitted.last_times") if "fitted.last_times" in arrays else None
     model._set_estimate(est, _decode_index(f["subjects"]), last)
+    # files written before the fitted rows were kept: a fitted subject's own posterior whatever rows are given
+    model._fitted_rows = _get(arrays, "fitted.rows") if "fitted.rows" in arrays else None
     # files written before response_transform existed: the response as given
     model.response_transform_ = check_transform(f.get("response_transform_"))
     model.loglik_data_scale_ = f.get("loglik_data_scale_", None if model.method_ == "reml" else float(est.loglik))

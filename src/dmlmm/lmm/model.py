@@ -32,7 +32,7 @@ from .design import (
 )
 from .estimators import ESTIMATORS, Estimate
 from .formula import FormulaDesignBuilder
-from .predictive import PredictiveLMM
+from .predictive import PredictiveLMM, fitted_rows
 from .scaling import ResponseScaling
 from ..standardise import check_noise_left
 from ..response_transform import check_transform, forward, label_of, log_jacobian, scale_text, transform_candidates
@@ -341,6 +341,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         last_times = None if design.time is None else np.maximum.reduceat(
             design.time, np.r_[0, np.flatnonzero(np.diff(design.codes)) + 1])
         self._set_estimate(est, design.subjects, last_times)
+        self._fitted_rows = fitted_rows(design.Z, design.y, design.codes, len(design.subjects))
         if method == "vb":
             self._set_posterior(est, fn, rn)
         self._warn_not_converged(est)

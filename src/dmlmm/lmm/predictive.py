@@ -7,10 +7,11 @@ the model (formula, design matrices, spline basis of time).
 
 Each subject's random effects come from one place (:meth:`_subject_posteriors`):
 
-- a subject of the fitted data: its fitted posterior (BLUP and its conditional covariance);
-- a new subject with observed responses in the data given: conditioned on them,
+- a subject of the fitted data, given its fitted rows or no responses: its fitted posterior (BLUP
+  and its conditional covariance);
+- a subject with other observed responses in the data given: conditioned on them, as the mixtures do,
   ``b | y ~ N(Q^{-1} Z'(y - F beta) / sigma^2, Q^{-1})``, ``Q = Sigma^{-1} + Z'Z / sigma^2``
-  (a forecast for a new patient from its first visits);
+  (a forecast for a new patient from its first visits, or for a fitted one from its newer visits);
 - otherwise the population: ``b ~ N(0, Sigma)``.
 
 Every band adds the uncertainty of the fixed effects, ``k' Cov(beta) k`` with
@@ -43,9 +44,20 @@ from ..priors.base import PointMixture
 from .design import LongitudinalDesignBuilder, MatrixDesignBuilder, NewRows, factorize_groups
 from .formula import FormulaDesignBuilder
 
-__all__ = ["PredictiveLMM"]
+__all__ = ["PredictiveLMM", "fitted_rows"]
 
 _POPULATION = "population"
+
+
+def fitted_rows(Z: np.ndarray, y: np.ndarray, codes: np.ndarray, n_subjects: int) -> np.ndarray:
+    """Each subject's observed rows summarised, (S, 1 + 2q): their number, ``Z'1`` and ``Z'y`` (``y`` on the
+    model's scale; rows with a missing response left out). A prediction given a fitted subject's own rows
+    uses its fitted posterior, given other rows it conditions on them (:meth:`PredictiveLMM._subject_posteriors`)."""
+    seen = np.isfinite(y)
+    Z, y, codes = Z[seen], y[seen], codes[seen]
+    out = np.zeros((n_subjects, 1 + 2 * Z.shape[1]))
+    np.add.at(out, codes, np.c_[np.ones(len(y)), Z, Z * y[:, None]])
+    return out
 
 
 @dataclass(frozen=True)
@@ -161,7 +173,7 @@ class PredictiveLMM:
                 )
 
     def _grid_frame(self, data, subject, times) -> pd.DataFrame:
-        """Rows at ``times`` for every subject of ``data`` (its last row's covariates), or the population."""
+        """Rows at ``times`` for every subject of ``data`` (the covariates of its latest visit), or the population."""
         cols = self.builder_.columns_
         t = as_numeric(np.ravel(np.asarray(times, dtype=object)), "times")
         if not np.isfinite(t).all():
@@ -171,7 +183,9 @@ class PredictiveLMM:
             return frame if subject is None else frame.assign(**{cols.subject: subject})
         if not isinstance(data, pd.DataFrame) or cols.subject not in data.columns:
             raise DataError(f"with times=, data must be a data frame with the subject column '{cols.subject}'")
-        last = data.groupby(cols.subject, sort=False).tail(1).set_index(cols.subject)
+        # each subject's covariates at its latest visit, whatever the rows' order (subjects in order of appearance)
+        latest = data.sort_values(cols.time, kind="stable").groupby(cols.subject, sort=False).tail(1)
+        last = latest.set_index(cols.subject).loc[pd.unique(data[cols.subject])]
         covs = [c for c in last.columns if c not in (cols.time, cols.response)]
         grid = last[covs].loc[last.index.repeat(len(t))].reset_index()
         grid[cols.time] = np.tile(t, len(last))
@@ -200,7 +214,7 @@ class PredictiveLMM:
         if t is not None and getattr(self, "_last_times", None) is not None:
             last[known] = self._last_times[pos[known]]
         has_y = np.zeros(m, dtype=bool) if y is None else np.isfinite(y)
-        new_obs = has_y & ~known[codes]
+        new_obs = has_y & ~self._same_rows_as_fitted(rows, y, codes, pos, S)[codes]
         if new_obs.any():
             self._condition_new(rows, y, codes, new_obs, b, cov_b, sens)
             if t is not None:
@@ -216,6 +230,22 @@ class PredictiveLMM:
                 f"subject(s) {shown}{more} were not in the data the model was fitted on and have no observed "
                 "response here: their predictions are at the population level", UserWarning, stacklevel=4)
         return _Posteriors(np.asarray(labels, dtype=object), codes, b, cov_b, sens, last)
+
+    def _same_rows_as_fitted(self, rows: NewRows, y: np.ndarray | None, codes: np.ndarray, pos: np.ndarray,
+                             S: int) -> np.ndarray:
+        """(S,) whether each subject's rows with a response here are the rows it was fitted on (their number,
+        ``Z'1`` and ``Z'y`` agree); those subjects keep their fitted posterior, the others with responses are
+        conditioned on them. Models saved before the fitted rows were kept: every fitted subject is the same."""
+        known = pos >= 0
+        mine = getattr(self, "_fitted_rows", None)
+        if mine is None or y is None or not known.any():
+            return known
+        here = fitted_rows(rows.Z, y, codes, S)[known]
+        there = mine[pos[known]]
+        tol = 1e-9 * (np.abs(there) + np.abs(here) + 1e-300).max(axis=1, keepdims=True)
+        same = np.zeros(S, dtype=bool)
+        same[known] = (here[:, 0] == there[:, 0]) & np.all(np.abs(here - there) <= tol, axis=1)
+        return same
 
     def _prior_mixture(self) -> PointMixture:
         """The random-effects prior N(0, Sigma) as a one-component mixture (user scale)."""
@@ -251,8 +281,9 @@ class PredictiveLMM:
         data : pandas.DataFrame or array of times, optional
             Formula form: rows with the formula's right-hand-side columns (and the grouping column for
             subject-level predictions). Longitudinal form: rows with the subject and time columns (+
-            covariates), or an array of times together with ``subject=``. Rows of a subject that was
-            not fitted and that carry the response are conditioned on (a new subject's forecast).
+            covariates), or an array of times together with ``subject=``. Rows that carry the response
+            are conditioned on (a new subject's forecast, or a fitted subject's updated record); a fitted
+            subject given its fitted rows, or none with a response, keeps its fitted posterior.
         times : array, optional
             Longitudinal form: predict every subject of ``data`` (or ``subject``, or the population
             when both are None) at these times; rows of ``data`` with a response are conditioned on.
