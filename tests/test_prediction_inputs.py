@@ -130,3 +130,31 @@ def test_predictions_warn_of_rows_entered_twice():
     dup = [str(w.message) for w in caught if "repeat an earlier row" in str(w.message)]
     assert dup == [dup[0]] and dup[0].startswith("1 row(s) repeat an earlier row's subject, time and response exactly "
                                                  "(rows [100])"), dup
+
+
+def test_a_longitudinal_the_mixtures_cannot_read_as_it_is_meant():
+    """Design matrices of a Longitudinal (from_arrays(y, x)) are refused by the mixtures, which build the spline
+    design from times (two different x gave the same ELBO); at predict, a Longitudinal with other covariate columns
+    than the model's is refused (age was read as the sex dummy); covariates= beside a Longitudinal is refused."""
+    from dmlmm import Longitudinal
+
+    rng = np.random.default_rng(0)
+    ys = [rng.normal(size=6) for _ in range(30)]
+    xs = [np.c_[np.ones(6), np.arange(6.0)] for _ in range(30)]
+    with pytest.raises(DataError, match=r"^this Longitudinal carries its own design matrices \(Longitudinal.from_"
+                                        r"arrays\(y, x\)\), which MixtureLMM and DeepMixtureLMM do not use"):
+        MixtureLMM(2, SplineBasis(6), random_state=0).fit(Longitudinal.from_arrays(ys, xs))
+    df = dgp1(0, n_subjects=30).data
+    df = df.assign(sex=np.where(df["subject"] % 2, "m", "f"), age=40.0 + df["subject"] % 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = MixtureLMM(2, SplineBasis(6), random_state=0, max_iter=50).fit(df, covariates=["sex"])
+    same = m.predict_trajectory(Longitudinal.from_frame(df, covariates=["sex"]), times=[0.5])
+    np.testing.assert_allclose(same["mean"], m.predict_trajectory(df, times=[0.5])["mean"], rtol=1e-12)
+    with pytest.raises(DataError, match=r"^this Longitudinal's covariate columns \['age'\] are not the model's "
+                                        r"\['sex\[T.m\]'\]: build it with the fitted covariates"):
+        m.predict_trajectory(Longitudinal.from_frame(df, covariates=["age"]), times=[0.5])
+    with pytest.raises(DataError, match=r"^this Longitudinal's covariate columns \[\] are not the model's"):
+        m.predict_trajectory(Longitudinal.from_frame(df), times=[0.5])
+    with pytest.raises(ValueError, match=r"^covariates= is for data frames: a Longitudinal carries its covariates"):
+        MixtureLMM(2, SplineBasis(6)).fit(Longitudinal.from_frame(df, covariates=["sex"]), covariates=["sex"])

@@ -69,6 +69,18 @@ def noise_confounded(basis: SplineBasis, times: np.ndarray | None, repeats: bool
     return int(np.linalg.matrix_rank(basis.transform(np.asarray(times, dtype=float)))) == len(times)
 
 
+def check_own_design(d: Longitudinal) -> None:
+    """A DataError for a :class:`Longitudinal` with design matrices of its own (``from_arrays(y, x)``): the
+    mixtures build each subject's design from its times and the spline basis, and would leave ``x`` unused."""
+    if d.design is not None:
+        raise DataError(
+            "this Longitudinal carries its own design matrices (Longitudinal.from_arrays(y, x)), which MixtureLMM "
+            "and DeepMixtureLMM do not use: they build each subject's spline design from its times and the model's "
+            "basis. Pass a data frame of subject, time and response (or Longitudinal.from_frame) instead, or fit the "
+            "given design with dmlmm.compat.DMLMM(y, x, K, D) (the research code's interface) or "
+            "LinearMixedModel().fit(X=..., Z=..., y=..., groups=...)")
+
+
 @dataclass
 class LongitudinalDesign:
     """Fitted design: spline basis of time (random effects) and covariates (fixed effects).
@@ -195,11 +207,20 @@ class LongitudinalDesign:
         returned on the model's (:meth:`to_model_scale`), else as given (for a caller that passes
         the result on to a model method, which transforms it). ``action``: what the frame is for, in
         the messages (:meth:`dmlmm.data.Longitudinal.from_frame`)."""
-        d = df if isinstance(df, Longitudinal) else Longitudinal.from_frame(
-            df, self.columns.subject, self.columns.time,
-            self.columns.response, encoding=self.encoding, dropna=dropna, require_response=require_response,
-            action=action,
-        )
+        if isinstance(df, Longitudinal):
+            check_own_design(df)
+            if tuple(df.encoding.names) != tuple(self.encoding.names):
+                raise DataError(
+                    f"this Longitudinal's covariate columns {list(df.encoding.names)} are not the model's "
+                    f"{list(self.encoding.names)}: build it with the fitted covariates (Longitudinal.from_frame(..., "
+                    f"covariates={self.encoding.formula or list(self.encoding.columns)!r})), or pass the data frame")
+            d = df
+        else:
+            d = Longitudinal.from_frame(
+                df, self.columns.subject, self.columns.time,
+                self.columns.response, encoding=self.encoding, dropna=dropna, require_response=require_response,
+                action=action,
+            )
         if model_scale:
             d = self.to_model_scale(d)
             self.check_response_range(d)

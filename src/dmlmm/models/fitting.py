@@ -37,7 +37,7 @@ from ..response_transform import (check_transform, data_scale_bound, forward, la
                                   model_scale_elbo, transform_candidates)
 from ..priors.membership import first_layer_resp, membership_laplace_cov
 from ..basis import SplineBasis
-from .design import LongitudinalDesign, fitted_basis, noise_confounded, repeated_times
+from .design import LongitudinalDesign, check_own_design, fitted_basis, noise_confounded, repeated_times
 from .frames import FrameLike
 from .membership_design import MembershipDesign
 from .candidates import CandidateData, CandidateFit, fit_candidates, fit_in_turn, resolve_n_jobs, workers_allowed
@@ -271,6 +271,10 @@ class Fitting:
 
             return fit_dask(self, data, subject, time, response, covariates, dropna=dropna)
         if isinstance(data, Longitudinal):
+            check_own_design(data)
+            if covariates is not None:
+                raise ValueError("covariates= is for data frames: a Longitudinal carries its covariates (build it with "
+                                 "Longitudinal.from_frame(..., covariates=...))")
             d = data
         else:
             d = Longitudinal.from_frame(data, subject, time, response, covariates, dropna=dropna)
