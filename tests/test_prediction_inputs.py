@@ -158,3 +158,27 @@ def test_a_longitudinal_the_mixtures_cannot_read_as_it_is_meant():
         m.predict_trajectory(Longitudinal.from_frame(df), times=[0.5])
     with pytest.raises(ValueError, match=r"^covariates= is for data frames: a Longitudinal carries its covariates"):
         MixtureLMM(2, SplineBasis(6)).fit(Longitudinal.from_frame(df, covariates=["sex"]), covariates=["sex"])
+
+
+@pytest.mark.parametrize("kind", ["mixture", "lmm"])
+def test_held_out_scores_say_when_the_two_frames_overlap_or_a_subject_has_nothing_to_condition_on(kind):
+    from dmlmm.simulate import split_heldout
+
+    df = dgp1(0, n_subjects=40).data
+    train, held = split_heldout(df, 0.2, random_state=0)
+    model = (MixtureLMM(2, SplineBasis(6), random_state=0, max_iter=50) if kind == "mixture"
+             else LinearMixedModel(basis=SplineBasis(6)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        honest = model.score(held, condition_on=train)
+    with pytest.warns(UserWarning, match=rf"^{len(held)} row\(s\) of the data to score are also in condition_on "
+                                         r"\(rows \[.*\]( \.\.\.)?\): each is scored given itself"):
+        assert model.score(held, condition_on=df) > honest
+    few = train[train["subject"] < 5]
+    alone = held.loc[held["subject"] >= 5, "subject"].nunique()
+    with pytest.warns(UserWarning, match=rf"^{alone} of the {held['subject'].nunique()} subject\(s\) to score have no "
+                                         r"rows in condition_on \(\[5, 6, "):
+        model.score(held, condition_on=few)

@@ -35,6 +35,7 @@ from scipy import stats as sps
 from ..columns import as_numeric
 from .._linalg import cholesky, sym
 from ..exceptions import DataError
+from ..heldout import warn_held_out_frames
 from ..data import Longitudinal
 from ..models.params import check_random_state, positive_int
 from ..prediction import condition, log_marginal
@@ -412,6 +413,12 @@ class PredictiveLMM:
             return out
         if not isinstance(data, pd.DataFrame) or not isinstance(condition_on, pd.DataFrame):
             raise TypeError("condition_on needs data frames for both arguments")
+        b = self.builder_
+        cols = getattr(b, "columns_", None)
+        if cols is not None:
+            warn_held_out_frames(data, condition_on, cols.subject, cols.time, cols.response)
+        elif isinstance(b, FormulaDesignBuilder):
+            warn_held_out_frames(data, condition_on, self.design_info_["group_name"], None, self._response_name())
         both = self._log_density(pd.concat([data, condition_on], ignore_index=True), None, None, None, None)
         cond = self._log_density(condition_on, None, None, None, None)
         has = out.index.intersection(cond.index)

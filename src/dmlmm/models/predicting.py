@@ -22,6 +22,7 @@ from ..data import Longitudinal
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
 from ..exceptions import DataError, ExtrapolationWarning
+from ..heldout import warn_held_out_frames
 from ..inference.engine import noise_moments
 from ..inference.local import local_step
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
@@ -373,6 +374,8 @@ class Predicting:
             if isinstance(df, Longitudinal) or isinstance(condition_on, Longitudinal):
                 raise TypeError("condition_on needs data frames for both arguments")
             c = self._data(condition_on)
+            cols = self.design_.columns
+            warn_held_out_frames(df, condition_on, cols.subject, cols.time, cols.response)
             cont = self._continuation(d, c)  # one continuation for all three densities
             lm = self._log_marginal(d, df, cont)
             frame = pd.concat([df, condition_on], ignore_index=True)
