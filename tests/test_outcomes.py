@@ -215,3 +215,32 @@ def test_baseline_table_counts_what_the_formula_declares_categorical():
         warnings.simplefilter("ignore")
         plain.fit(df)
     assert list(oc.baseline_table(plain, df, ["diet"]).table.index) == [("diet", "mean (SD)")]  # undeclared: numeric
+
+
+def test_subjects_that_match_none_of_the_clusters_are_an_error_not_an_empty_table():
+    """Subject ids of another type than the model's (0, 1, ... against '0', '1', ...): each table was empty or
+    all missing without a word, and the survival curves failed inside pandas."""
+    numbered = pd.Series(CLUSTERS.to_numpy(), index=range(7), name="cluster")
+    frame = long_frame().assign(id=lambda f: f["id"].str[1:])  # '0', '1', ... (text)
+    message = (r"^none of the 7 subject\(s\) in column 'id' \('\d', '\d', '\d', \.\.\.\) is a subject of the clusters "
+               r"\(0, 1, 2, \.\.\.\): the labels must match in value and type")
+    with pytest.raises(DataError, match=message):
+        oc.outcome_table(numbered, frame, "outcome", subject="id", order_by="t")
+    with pytest.raises(DataError, match=message):
+        oc.baseline_table(numbered, frame, ["age"], subject="id", order_by="t")
+    with pytest.raises(DataError, match=message):
+        oc.survival_by_cluster(numbered, frame, "futime", "dead", subject="id", order_by="t")
+    fixed = frame.assign(id=frame["id"].astype(int))
+    assert oc.outcome_table(numbered, fixed, "outcome", subject="id", order_by="t").counts.to_numpy().tolist() == \
+        [[2, 1, 0], [0, 2, 2]]
+    with pytest.raises(DataError, match=r"^no subject of the clusters has both a follow-up time \('futime'\)"):
+        oc.survival_by_cluster(numbered, fixed.assign(futime=np.nan), "futime", "dead", subject="id", order_by="t")
+    # one column given as a string is that column, not its letters
+    assert oc.baseline_table(numbered, fixed, "age", subject="id", order_by="t").table.index[0] == ("age", "mean (SD)")
+
+
+def test_a_categorical_subject_column_has_no_phantom_subjects():
+    frame = long_frame()
+    frame["id"] = pd.Categorical(frame["id"], categories=list(CLUSTERS.index) + ["s99"])
+    t = oc.outcome_table(CLUSTERS, frame, "outcome", subject="id", order_by="t")
+    assert t.counts.to_numpy().tolist() == [[2, 1, 0], [0, 2, 2]] and t.n_missing == 0

@@ -94,7 +94,7 @@ def subject_values(frame: pd.DataFrame, subject: str, column: str, *, order_by: 
     d = d[d[column].notna()]
     if order_by and order_by != column:
         d = d.sort_values(order_by, kind="stable", na_position="first")
-    g = d.groupby(subject, sort=True)[column]
+    g = d.groupby(subject, sort=True, observed=True)[column]  # a categorical's unused levels are no subjects
     if constant:
         n = g.nunique()
         bad = n.index[n > 1]
@@ -171,6 +171,22 @@ def _clusters(model, level: str, subject: str | None, order_by: str | None) -> t
     cols = model.design_.columns
     labels = cluster_labels(model, level).rename("cluster")
     return labels, subject or cols.subject, order_by or cols.time
+
+
+def _check_subjects(labels: pd.Series, frame: pd.DataFrame, subject: str) -> None:
+    """A DataError when no subject of ``frame`` is one of the clusters' (``labels``, indexed by subject): every
+    table would be empty or all missing. The usual cause is a subject column read with another type (``'3'`` is
+    not ``3``)."""
+    _check_column(frame, subject)
+    present = pd.Index(pd.unique(frame[subject].dropna().to_numpy(dtype=object)))
+    if len(present) and not present.isin(labels.index).any():
+        def shown(idx: pd.Index) -> str:
+            return ", ".join(repr(_py(v)) for v in idx[:3]) + (", ..." if len(idx) > 3 else "")
+
+        raise DataError(
+            f"none of the {len(present)} subject(s) in column {subject!r} ({shown(present)}) is a subject of the "
+            f"clusters ({shown(labels.index)}): the labels must match in value and type ('3' is not 3); convert the "
+            f"column, e.g. frame[{subject!r}].astype(int) or .astype(str)")
 
 
 def _order(values) -> list:
@@ -255,6 +271,7 @@ def outcome_table(model, frame: pd.DataFrame, column: str, *, subject: str | Non
     from scipy.stats import chi2_contingency
 
     labels, subject, order_by = _clusters(model, level, subject, order_by)
+    _check_subjects(labels, frame, subject)
     values = subject_values(frame, subject, column, order_by=order_by, constant=True, role="an outcome")
     common = labels.index.intersection(values.index)
     lab, val = labels.loc[common], values.loc[common]
@@ -347,12 +364,16 @@ def survival_by_cluster(model, frame: pd.DataFrame, duration: str, event: str, *
     from lifelines.utils import median_survival_times
 
     labels, subject, order_by = _clusters(model, level, subject, order_by)
+    _check_subjects(labels, frame, subject)
     t = _durations(subject_values(frame, subject, duration, order_by=order_by, constant=True,
                                   role="a follow-up time"), duration)
     raw = subject_values(frame, subject, event, order_by=order_by, constant=True, role="an event indicator")
     e = event_indicator(raw, event, event_value)
     common = labels.index.intersection(t.index).intersection(e.index)
     lab, t, e = labels.loc[common], t.loc[common], e.loc[common]
+    if not len(common):
+        raise DataError(f"no subject of the clusters has both a follow-up time ({duration!r}) and an event indicator "
+                        f"({event!r}): there is nothing to draw survival curves from")
     curves, summary = [], []
     for k in _order(lab):
         m = (lab == k).to_numpy()
@@ -437,6 +458,9 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
         within subjects (listed in the result's ``varying``).
     """
     labels, subject, order_by = _clusters(model, level, subject, order_by)
+    _check_subjects(labels, frame, subject)
+    if isinstance(columns, str):  # one column, not its letters
+        columns = [columns]
     declared = _declared_categorical(model)
     clusters = _order(labels)
     groups = [(k, labels.index[labels == k]) for k in clusters] + [("all", labels.index)]
