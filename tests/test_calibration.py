@@ -186,3 +186,17 @@ def test_warnings_of_the_refit_say_they_come_from_it(data):
     assert len({str(w.message) for w in refit}) == len(refit)  # each once
     assert any("beyond" in str(w.message) or "extrapolat" in str(w.message) for w in refit)
     assert all(w.filename == __file__ for w in refit)
+
+
+def test_missing_values_are_dropped_once_with_dropna(data):
+    holed = data.copy()
+    holed.loc[holed.index[[4, 9]], "y"] = np.nan
+    with pytest.raises(Exception, match=r"missing or infinite values"):
+        check_bands(_model(), holed, subject="id", time="t", response="y", warn=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check = check_bands(_model(), holed, subject="id", time="t", response="y", warn=False, dropna=True)
+    said = [str(w.message) for w in caught if "dropped" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith(f"dropped 2 of {len(holed)} row(s) with missing or infinite values")
+    clean = check_bands(_model(), holed.dropna(subset=["y"]), subject="id", time="t", response="y", warn=False)
+    assert check.coverage == clean.coverage and check.n == clean.n

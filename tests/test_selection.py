@@ -110,3 +110,26 @@ def test_an_empty_grid_says_which_arguments_left_it_empty():
                                          r"latent_dims=\[\]"):
         select_model(dgp1(0, n_subjects=30).data, components=[(3, 2)], latent_dims=[], models=("deep",),
                      basis=SplineBasis(6))
+
+
+def test_dropna_drops_the_rows_once_and_every_candidate_fits_the_rest(data):
+    """The error for missing values says 'Pass dropna=True': select_model takes it (it used to pass it on to the
+    models, which failed with a TypeError); the rows are said once, by the frame's own labels."""
+    import warnings
+
+    holed = data.copy()
+    holed.index = holed.index + 500
+    holed.loc[[503, 517], "y"] = np.nan
+    with pytest.raises(dmlmm.DataError, match=r"Pass dropna=True"):
+        select_model(holed, components=[(2, 1)], latent_dims=[(1, 1)], **SMALL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        best, table = select_model(holed, components=[(2, 1)], latent_dims=[(1, 1)], criterion="heldout",
+                                   dropna=True, **SMALL)
+    said = [str(w.message) for w in caught if str(w.message).startswith("dropped ")]
+    assert said == [f"dropped 2 of {len(data)} row(s) with missing or infinite values (column 'y': 2 (rows [503, 517]))"], said
+    assert int(best.design_.stats(best.design_.data_from(data.drop(index=[3, 17]))).n_obs.sum()) == len(data) - 2
+    assert np.isfinite(table["heldout_score"]).all()
+    clean, _ = select_model(data.drop(index=[3, 17]), components=[(2, 1)], latent_dims=[(1, 1)],
+                            criterion="heldout", **SMALL)
+    assert best.elbo_ == clean.elbo_

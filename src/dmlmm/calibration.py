@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import stats as st
 
 from ._recorded import recorded
+from .data import without_missing
 from .exceptions import CalibrationWarning
 from .response_transform import forward, transform_candidates
 
@@ -198,6 +199,7 @@ def check_bands(
     min_visits: int = 2,
     warn: bool = True,
     transform: str | None = None,
+    dropna: bool = False,
 ) -> BandCheck:
     """Hold out each subject's last visit, refit, forecast it, and count the bands that hold it.
 
@@ -225,6 +227,8 @@ def check_bands(
         The transform already applied to ``response`` (the command line's ``--transform``); any
         value but None and ``"none"`` skips the log-scale check, as does a model's own
         ``response_transform``.
+    dropna : bool
+        Drop rows with missing values in the columns used (with a warning) instead of raising.
 
     Returns
     -------
@@ -242,6 +246,8 @@ def check_bands(
     if model.get_params(deep=False).get("formula") is not None:
         raise ValueError("check_bands needs a model of the longitudinal form (subject, time, response columns and a "
                          "spline basis of time); this LinearMixedModel has a formula")
+    if dropna:
+        data = without_missing(data, subject, time, response, covariates, stacklevel=3)
     fit_kwargs = {} if covariates is None else {"covariates": covariates}
     check = _check(model, data, subject, time, response, fit_kwargs, float(level), int(min_visits))
     own = model.get_params(deep=False).get("response_transform")  # the model's own transform

@@ -23,7 +23,7 @@ from .covariates import CovariateEncoding, is_categorical, missing_rows, parse_c
 from .exceptions import DataError
 from .sufficient import SufficientStats, sufficient_stats
 
-__all__ = ["Longitudinal"]
+__all__ = ["Longitudinal", "without_missing"]
 
 
 def _fmt_rows(index: pd.Index, mask: np.ndarray, limit: int = 5) -> str:
@@ -370,3 +370,23 @@ class Longitudinal:
         for j, name in enumerate(self.covariate_names):
             out[name] = self.covariates[:, j]
         return pd.DataFrame(out)
+
+
+def without_missing(df: pd.DataFrame, subject: str, time: str, response: str | None, covariates=None,
+                    stacklevel: int = 2) -> pd.DataFrame:
+    """The rows of ``df`` that a fit with ``dropna=True`` keeps, in their order, with its warning naming the
+    others (``stacklevel`` as seen from the caller); ``df`` itself when none is dropped. For functions that fit
+    several times (``select_model``, ``check_bands``): the rows are dropped and said once."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Longitudinal.from_frame(df, subject, time, response, covariates, dropna=True)
+    dropped = [w for w in caught if str(w.message).startswith("dropped ")]
+    for w in dropped:
+        warnings.warn(str(w.message), w.category, stacklevel=stacklevel + 1)
+    if not dropped:
+        return df
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        at = Longitudinal.from_frame(df.reset_index(drop=True), subject, time, response, covariates,
+                                     dropna=True).row_index
+    return df.iloc[np.sort(np.asarray(at))]

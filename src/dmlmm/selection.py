@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .basis import SplineBasis
-from .data import Longitudinal
+from .data import Longitudinal, without_missing
 from .exceptions import DataError
 from .models.candidates import resolve_n_jobs, stopping_workers
 from .models.mixture import DeepMixtureLMM, MixtureLMM
@@ -152,6 +152,7 @@ def select_model(
     models: Sequence[str] = ("deep",),
     mixture_components: Sequence[int] = (1, 2, 3, 4, 5),
     on_result: Callable[[dict, int, int], Any] | None = None,
+    dropna: bool = False,
     **model_kwargs: Any,
 ) -> tuple[DeepMixtureLMM | MixtureLMM, pd.DataFrame]:
     """Fit a :class:`~dmlmm.DeepMixtureLMM` for every (components, latent_dims) pair (and, with
@@ -186,6 +187,9 @@ def select_model(
     on_result : callable, optional
         Called in this process as each candidate finishes (in the order they finish), with its
         table row (a dict), the number of candidates finished and the number in all.
+    dropna : bool
+        Drop rows with missing values in the columns used (with a warning, once) before any candidate is
+        fitted, instead of raising.
     **model_kwargs
         Other :class:`DeepMixtureLMM` parameters (``max_iter``, ``concentration``, ...); the
         mixture-of-LMMs candidates get those that :class:`MixtureLMM` takes.
@@ -212,6 +216,8 @@ def select_model(
     if isinstance(data, Longitudinal):
         data = data.to_frame()
     columns = {"subject": subject, "time": time, "response": response, "covariates": covariates}
+    if dropna:  # once, up front (the warning names the rows dropped), so that every candidate fits the same rows
+        data = without_missing(data, subject, time, response, covariates, stacklevel=3)
     checked = Longitudinal.from_frame(data, subject, time, response, covariates)  # clear errors up front
     basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
     if not basis.is_fitted:
