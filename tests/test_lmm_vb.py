@@ -138,3 +138,14 @@ def test_fixed_effects_do_not_depend_on_a_covariates_units_or_origin():
     f_reml = LinearMixedModel("y ~ time + year + (1 | subject)", method="reml").fit(df)
     assert f.fixed_effects_["year"] == pytest.approx(f_reml.fixed_effects_["year"], rel=0.02)
     assert np.all(np.diff(f.elbo_history_) >= -1e-9 * np.abs(f.elbo_history_[1:]))
+
+
+def test_a_model_without_fixed_effects():
+    """'y ~ 0 + (1 | g)': no fixed effects (it failed in the joint step's reshape); VB near ML's variances."""
+    df = simulate(200, 6, 5).assign(y=lambda f: f["y"] - f["y"].mean())
+    vb = LinearMixedModel("y ~ 0 + (1 | g)").fit(df)
+    ml = LinearMixedModel("y ~ 0 + (1 | g)", method="ml").fit(df)
+    assert len(vb.fixed_effects_) == 0
+    assert vb.cov_re_.iloc[0, 0] == pytest.approx(ml.cov_re_.iloc[0, 0], rel=0.1)
+    assert vb.sigma2_ == pytest.approx(ml.sigma2_, rel=0.05)
+    assert np.all(np.diff(vb.elbo_history_) >= -1e-9 * np.abs(vb.elbo_history_[1:]))

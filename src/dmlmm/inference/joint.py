@@ -113,8 +113,9 @@ def joint_effects(stats: SufficientStats, re_prec: np.ndarray, re_shift: np.ndar
         Hc = Qi @ (s * stats.XtF[a:b])  # (n, D, P)
         bx = re_shift[None] + s * stats.Xty[a:b]  # (n, D)
         b_cond[a:b] = (Qi @ bx[..., None])[..., 0]  # E[b_i | w = 0]
-        w_prec -= s * stats.XtF[a:b].reshape(-1, P).T @ Hc.reshape(-1, P)
-        w_shift -= Hc.reshape(-1, P).T @ bx.reshape(-1)
+        rows = (b - a) * D  # explicit sizes: reshape(-1, 0) is ambiguous without fixed effects
+        w_prec -= s * stats.XtF[a:b].reshape(rows, P).T @ Hc.reshape(rows, P)
+        w_shift -= Hc.reshape(rows, P).T @ bx.reshape(-1)
         Qinv[a:b], cond_logdet[a:b], H[a:b] = Qi, -logdet_Q, Hc
     w_prec = sym(w_prec)
     if P:
@@ -122,8 +123,8 @@ def joint_effects(stats: SufficientStats, re_prec: np.ndarray, re_shift: np.ndar
         w_mean = w_cov @ w_shift
     else:
         w_cov, w_mean = np.zeros((0, 0)), np.zeros(0)
-    b_mean = b_cond - (H.reshape(-1, P) @ w_mean).reshape(N, D)
-    b_w_cov = -(H.reshape(-1, P) @ w_cov).reshape(N, D, P)
+    b_mean = b_cond - (H.reshape(N * D, P) @ w_mean).reshape(N, D)
+    b_w_cov = -(H.reshape(N * D, P) @ w_cov).reshape(N, D, P)
     b_cov = np.empty((N, D, D))
     for a, b in chunks:
         b_cov[a:b] = Qinv[a:b] - b_w_cov[a:b] @ np.swapaxes(H[a:b], 1, 2)  # Q^{-1} + H Cov(w) H'
