@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import dmlmm
-from dmlmm.io import FORMAT_NAME, FORMAT_VERSION, ModelFileError, flatten_tree, read_metadata, unflatten_tree
+from dmlmm.io import FORMAT_NAME, FORMAT_VERSION, ModelFileError, flatten_tree, read_metadata, save_model, unflatten_tree
 from dmlmm.simulate import dgp1
 
 
@@ -218,3 +218,15 @@ def test_tree_flattening_is_generic():
     back = unflatten_tree(json.loads(json.dumps(node)), arrays, _param_classes())
     assert back.fixed is None and isinstance(back.prior, tuple)
     assert np.array_equal(back.prior[0].precision, np.eye(2))
+
+
+def test_saving_to_a_folder_or_into_a_missing_one_names_the_path_given(models, tmp_path):
+    """The errors named the temporary file ('/.tmp.xxx.tmp') instead of the path the user gave."""
+    model = next(iter(models.values()))
+    with pytest.raises(IsADirectoryError, match=rf"^cannot save the model to '{tmp_path}': it is a folder; give a "
+                                                r"file name in it"):
+        save_model(model, tmp_path)
+    missing = tmp_path / "no" / "model.dmlmm"
+    with pytest.raises(FileNotFoundError, match=r"the folder '.*no' does not exist \(create it first\)$"):
+        save_model(model, missing)
+    assert list(tmp_path.iterdir()) == []

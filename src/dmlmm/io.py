@@ -429,7 +429,14 @@ def save_model(model, path: str | os.PathLike, *, response_transform: str | None
     buf = _io.BytesIO()
     np.savez(buf, allow_pickle=False, **arrays)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot save the model to {str(path)!r}: it is a folder; give a file name in it, "
+                                f"e.g. {str(path / 'model.dmlmm')!r}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot save the model to {str(path)!r}: the folder {str(folder)!r} does not exist "
+                                "(create it first)")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(_META, text)
