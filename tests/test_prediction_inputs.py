@@ -182,3 +182,24 @@ def test_held_out_scores_say_when_the_two_frames_overlap_or_a_subject_has_nothin
     with pytest.warns(UserWarning, match=rf"^{alone} of the {held['subject'].nunique()} subject\(s\) to score have no "
                                          r"rows in condition_on \(\[5, 6, "):
         model.score(held, condition_on=few)
+
+
+def test_bands_membership_and_membership_covariates_say_what_is_wrong():
+    """'0.9' as interval, a frame without the subject column for membership_probabilities, the subject column as a
+    membership covariate: ValueErrors naming what to give (a TypeError, a KeyError, a pandas error before)."""
+    df = dgp1(0, n_subjects=30).data
+    df["age"] = 40.0 + df["subject"] % 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = MixtureLMM(2, SplineBasis(6), random_state=0, max_iter=30, membership_covariates=["age"]).fit(df)
+        lmm = LinearMixedModel(basis=SplineBasis(6)).fit(df)
+    for model in (m, lmm):
+        with pytest.raises(ValueError, match=r"^interval must be a number in \(0, 1\), e.g. 0.95, got '0.9'$"):
+            model.predict_trajectory(df, times=[0.5], interval="0.9")
+    with pytest.raises(ValueError, match=r"^interval must be a number in \(0, 1\), e.g. 0.95, got True$"):
+        m.fixed_effects_table(interval=True)
+    with pytest.raises(DataError, match=r"^membership_probabilities needs a data frame with the subject column "
+                                        r"'subject' and the membership covariates \['age'\]; got \['time', 'y', 'age'\]"):
+        m.membership_probabilities(df.drop(columns="subject"))
+    with pytest.raises(ValueError, match=r"^membership_covariates cannot include 'subject' \(the subject column\)"):
+        MixtureLMM(2, SplineBasis(6), max_iter=30, membership_covariates=["age", "subject"]).fit(df)

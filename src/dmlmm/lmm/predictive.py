@@ -37,7 +37,7 @@ from .._linalg import cholesky, sym
 from ..exceptions import DataError
 from ..heldout import warn_held_out_frames
 from ..data import Longitudinal
-from ..models.params import check_random_state, positive_int
+from ..models.params import check_interval, check_random_state, positive_int
 from ..prediction import condition, log_marginal
 from ..response_transform import forward, inverse, log_jacobian
 from ..sufficient import sufficient_stats
@@ -311,8 +311,7 @@ class PredictiveLMM:
             raise ValueError(f"level must be 'subject' or 'population', got {level!r}")
         if kind not in ("curve", "observation"):
             raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
-        if not 0.0 < float(interval) < 1.0:
-            raise ValueError(f"interval must be in (0, 1), got {interval!r}")
+        interval = check_interval(interval)
         if times is None and data is not None and not isinstance(data, pd.DataFrame) \
                 and isinstance(self.builder_, LongitudinalDesignBuilder):
             data, times = None, data  # an array of times

@@ -287,6 +287,11 @@ class Fitting:
             check_noise_left(d.response, d.codes, d.time, d.columns.response)
         members = Z = None
         if self._membership_columns():
+            roles = {d.columns.subject: "subject", d.columns.time: "time", d.columns.response: "response"}
+            clash = [f"{c!r} (the {roles[c]} column)" for c in self._membership_columns() if c in roles]
+            if clash:
+                raise ValueError(f"membership_covariates cannot include {', '.join(clash)}: membership depends on "
+                                 "baseline characteristics, one value per subject (e.g. age at entry, sex)")
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
         times, basis = np.unique(d.time), fitted_basis(self.basis, d.time)  # the basis of every scale (times only)

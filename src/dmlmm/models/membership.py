@@ -15,6 +15,7 @@ import pandas as pd
 from scipy.special import logsumexp, ndtri
 
 from ..data import Longitudinal
+from ..exceptions import DataError
 from ..priors.base import PointMixture
 from ..priors.membership import stick_log_probs
 from .frames import FrameLike
@@ -95,7 +96,12 @@ class Membership:
         m = self.design_.membership
         if m is None:
             raise ValueError("this model was fitted without membership_covariates")
-        subjects = pd.Index(pd.unique(df[self.design_.columns.subject]), name="subject")
+        column = self.design_.columns.subject
+        if not isinstance(df, pd.DataFrame) or column not in df.columns:
+            have = list(df.columns) if isinstance(df, pd.DataFrame) else type(df).__name__
+            raise DataError(f"membership_probabilities needs a data frame with the subject column {column!r} and the "
+                            f"membership covariates {list(m.encoding.columns)}; got {have}")
+        subjects = pd.Index(pd.unique(df[column]), name="subject")
         Z = m.matrix(df, self.design_.columns.subject, subjects)
         p = np.exp(self._membership_log_p1(Z))[:, self._group_order]
         return pd.DataFrame(p, index=subjects, columns=pd.RangeIndex(p.shape[1], name="group"))

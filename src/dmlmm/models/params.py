@@ -26,6 +26,14 @@ def _positive_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v) and v > 0
 
 
+def check_interval(v: Any, name: str = "interval") -> float:
+    """``v`` as a float when it is a number strictly between 0 and 1 (a band's central probability), else a
+    ValueError naming ``name`` (a string such as "0.9" compared with 0 failed with a TypeError)."""
+    if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and 0.0 < float(v) < 1.0):
+        raise ValueError(f"{name} must be a number in (0, 1), e.g. 0.95, got {v!r}")
+    return float(v)
+
+
 def _positive_or_per_layer(v: Any) -> bool:
     if isinstance(v, (tuple, list)):
         return len(v) > 0 and all(_positive_number(x) for x in v)

@@ -29,7 +29,7 @@ from ..prediction import ConditionalMixture, condition, mixture_quantiles
 from ..prediction_scales import condition_with_scales
 from ..response_transform import log_jacobian
 from .frames import FrameLike
-from .params import check_random_state, positive_int
+from .params import check_interval, check_random_state, positive_int
 
 __all__ = ["Predicting"]
 
@@ -225,8 +225,7 @@ class Predicting:
         self._check_fitted()
         if kind not in ("curve", "observation"):
             raise ValueError(f"kind must be 'curve' or 'observation', got {kind!r}")
-        if not 0 < interval < 1:
-            raise ValueError(f"interval must be in (0, 1), got {interval}")
+        interval = check_interval(interval)
         if is_dask_collection(df):  # lazily, partition by partition on the workers
             from ..distributed.predict import trajectory_partitions
 

@@ -12,6 +12,7 @@ import pandas as pd
 from scipy.special import ndtri
 
 from ..response_transform import scale_text
+from .params import check_interval
 
 #: What the summaries (this one, the command line's) say of a membership model that kept one class.
 ONE_CLASS_MEMBERSHIP = "one class was kept, so membership has no coefficients (every subject is in that class)"
@@ -29,8 +30,7 @@ class Tables:
         per coded covariate. The posterior of the fixed effects is Gaussian, q(w).
         """
         self._check_fitted()
-        if not 0 < interval < 1:
-            raise ValueError(f"interval must be in (0, 1), got {interval}")
+        interval = check_interval(interval)
         est = self.fixed_effects_.to_numpy(dtype=float)
         P = len(est)
         if self.params_.fixed is None or P == 0:
