@@ -203,3 +203,33 @@ def test_bands_membership_and_membership_covariates_say_what_is_wrong():
         m.membership_probabilities(df.drop(columns="subject"))
     with pytest.raises(ValueError, match=r"^membership_covariates cannot include 'subject' \(the subject column\)"):
         MixtureLMM(2, SplineBasis(6), max_iter=30, membership_covariates=["age", "subject"]).fit(df)
+
+
+@pytest.mark.filterwarnings("ignore:.*are also in condition_on")
+def test_messages_that_told_users_something_untrue():
+    """Each message below used to say something that was not so: 'Pass dropna=True' to methods without it, 'changes
+    within subject' for a value missing at one visit, 'durations with units' for decimal commas, a nameless 'must be
+    finite', '400 rows have missing subject' for a condition_on frame without the subject column."""
+    df = dgp1(0, n_subjects=30).data
+    df["age"] = 40.0 + df["subject"] % 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        formula = LinearMixedModel("y ~ time + (1 | subject)").fit(df)
+        lmm = LinearMixedModel(basis=SplineBasis(6)).fit(df)
+        holed = df.copy()
+        holed.loc[5, "age"] = np.nan  # subject 0's age, missing at one visit: its age at the others
+        with_hole = MixtureLMM(2, SplineBasis(6), random_state=0, max_iter=20, membership_covariates=["age"]).fit(holed)
+        whole = MixtureLMM(2, SplineBasis(6), random_state=0, max_iter=20, membership_covariates=["age"]).fit(df)
+    assert with_hole.elbo_ == whole.elbo_
+    gap = df.assign(time=np.where(df.index == 3, np.nan, df["time"]))
+    with pytest.raises(DataError, match=r"\(rows \[3\]\)\. Drop or impute those rows first$"):
+        formula.predict_trajectory(gap)
+    comma = df.assign(y=df["y"].map(lambda v: f"{v:.2f}".replace(".", ",")))
+    with pytest.raises(DataError, match=r"they are numbers written with a decimal comma: read the file with decimal=','"):
+        MixtureLMM(2, SplineBasis(6), max_iter=20).fit(comma)
+    missing = df.assign(y=np.where(df.index == 7, np.nan, df["y"]))
+    for call in (lambda: lmm.score(missing), lambda: lmm.score(df, condition_on=missing)):
+        with pytest.raises(DataError, match=r"^column 'y' has 1 missing or infinite value\(s\) \(rows \[7\]\)"):
+            call()
+    with pytest.raises(DataError, match=r"^scoring needs the subject column 'subject'; the columns are \['id'"):
+        lmm.score(df, condition_on=df.rename(columns={"subject": "id"}))

@@ -59,6 +59,9 @@ def _text_hint(bad: pd.Series) -> str:
     """What to do with non-numeric values: written dates ('2020-01-05') or durations ('118 days') get the
     conversion to a number (a file's text is not parsed as dates); anything else, convert or drop."""
     text = bad.astype(str).str.strip()
+    if len(text) and text.str.fullmatch(r"[+-]?(\d{1,3}(\.\d{3})+|\d+)?,\d+").all():
+        return ("they are numbers written with a decimal comma: read the file with decimal=',' (pandas: "
+                "pd.read_csv(path, sep=';', decimal=',')), or write it with decimal points")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dates = pd.to_datetime(text, errors="coerce", format="ISO8601").notna().all()

@@ -130,12 +130,13 @@ def _fmt_rows(index: pd.Index, mask: np.ndarray, limit: int = 5) -> str:
     return f"{rows}" + (f" and {more} more" if more > 0 else "")
 
 
-def check_finite_columns(df: pd.DataFrame, columns: Sequence[str], dropna: bool, stacklevel: int = 3
-                         ) -> pd.DataFrame:
+def check_finite_columns(df: pd.DataFrame, columns: Sequence[str], dropna: bool, stacklevel: int = 3,
+                         action: str = "fit") -> pd.DataFrame:
     """Raise (or, with ``dropna``, drop with a warning) rows with missing / infinite values.
 
     Numeric columns are checked for NaN and +-inf, others for missing values. The
-    message counts the bad rows per column and names the first few.
+    message counts the bad rows per column and names the first few, and says what to do: ``dropna=True`` where
+    the method has it (``action="fit"``), else to drop or impute the rows.
 
     Returns
     -------
@@ -160,7 +161,8 @@ def check_finite_columns(df: pd.DataFrame, columns: Sequence[str], dropna: bool,
     if not dropna:
         raise DataError(
             f"{int(bad_any.sum())} row(s) have missing or infinite values: {detail}. "
-            "Pass dropna=True to drop them, or impute them first"
+            + ("Pass dropna=True to drop them, or impute them first" if action == "fit"
+               else "Drop or impute those rows first")
         )
     warnings.warn(f"dropped {int(bad_any.sum())} of {len(df)} row(s) with missing or infinite values ({detail})",
                   UserWarning, stacklevel=stacklevel)

@@ -363,7 +363,7 @@ class FormulaDesignBuilder:
         group = self.parsed_.group
         variables = sorted(rhs_vars - {group})
         self._check_columns(df, variables)
-        check_finite_columns(df, variables, dropna=False)
+        check_finite_columns(df, variables, dropna=False, action="predict")
         n = len(df)
         F = _model_matrix(self.fixed_spec_, df, "fixed-effects design").to_numpy(dtype=float).reshape(n, -1)
         Z = np.concatenate([_model_matrix(s, df, "random-effects design").to_numpy(dtype=float).reshape(n, -1)

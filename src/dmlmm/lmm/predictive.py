@@ -384,8 +384,17 @@ class PredictiveLMM:
             if not isinstance(data, pd.DataFrame) or name not in data.columns:
                 raise DataError(f"scoring needs a data frame with the response column '{name}'")
             self._check_frame(data, None, None)
+            group = self.design_info_.get("group_name")
+            if self.design_info_.get("grouped") and group is not None and group not in data.columns:
+                raise DataError(f"scoring needs the subject column {group!r}; the columns are {list(data.columns)}")
+            yv = as_numeric(data[name], f"column '{name}'")
+            bad = ~np.isfinite(yv)
+            if bad.any():
+                raise DataError(
+                    f"column '{name}' has {int(bad.sum())} missing or infinite value(s) (rows "
+                    f"{list(data.index[bad][:10])}): drop those rows first; scores, and the visits they condition on, "
+                    "need observed responses")
             rows = b.transform(data)
-            yv = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float)
         if len(yv) != len(rows.Z) or not np.isfinite(yv).all():
             raise DataError("the response to score must be finite, one value per row")
         zv = forward(yv, self._transform, self._response_name() or "y", fitted=True)
@@ -418,8 +427,8 @@ class PredictiveLMM:
             warn_held_out_frames(data, condition_on, cols.subject, cols.time, cols.response)
         elif isinstance(b, FormulaDesignBuilder):
             warn_held_out_frames(data, condition_on, self.design_info_["group_name"], None, self._response_name())
+        cond = self._log_density(condition_on, None, None, None, None)  # first: its errors name its own rows
         both = self._log_density(pd.concat([data, condition_on], ignore_index=True), None, None, None, None)
-        cond = self._log_density(condition_on, None, None, None, None)
         has = out.index.intersection(cond.index)
         out.loc[has] = both.loc[has] - cond.loc[has]
         return out

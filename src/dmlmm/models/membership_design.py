@@ -93,7 +93,8 @@ def _per_subject(frame: pd.DataFrame, subject: str, columns: list[str], subjects
             f"membership covariate column(s) {missing} not found in the data (columns: {list(frame.columns)})"
         )
     sub = frame[[subject] + columns]
-    varying = sub.groupby(subject, sort=False)[columns].nunique(dropna=False) > 1  # (subjects, columns)
+    # a value missing at some visits is the subject's value at the others (one per subject); two values vary
+    varying = sub.groupby(subject, sort=False)[columns].nunique(dropna=True) > 1  # (subjects, columns)
     if varying.to_numpy().any():
         col = varying.columns[varying.any(axis=0).to_numpy()][0]
         who = varying.index[varying[col].to_numpy()]
@@ -102,7 +103,7 @@ def _per_subject(frame: pd.DataFrame, subject: str, columns: list[str], subjects
             "class membership is modelled from baseline values, one per subject; use the baseline value "
             "(e.g. the first visit's) in every row"
         )
-    rows = sub.drop_duplicates(subject).set_index(subject)[columns]
+    rows = sub.groupby(subject, sort=False, observed=True)[columns].first()  # each column's non-missing value
     rows = rows.reindex(subjects)
     na = rows.isna().any(axis=1).to_numpy()
     if na.any():
