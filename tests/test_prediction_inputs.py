@@ -233,3 +233,34 @@ def test_messages_that_told_users_something_untrue():
             call()
     with pytest.raises(DataError, match=r"^scoring needs the subject column 'subject'; the columns are \['id'"):
         lmm.score(df, condition_on=df.rename(columns={"subject": "id"}))
+
+
+@pytest.mark.filterwarnings("ignore::dmlmm.exceptions.ConvergenceWarning")
+def test_warnings_for_what_users_can_live_with_but_should_know():
+    """Subject labels 3 and '3' (two subjects), a 0/1 response (Gaussian curves of a binary outcome), and curves
+    asked of a frame without the response column (the population's, as predict already said)."""
+    from dmlmm.exceptions import EmptyComponentWarning
+
+    df = dgp1(0, n_subjects=30).data
+    mixed = df.assign(subject=df["subject"].astype(object))
+    mixed.loc[mixed.index[mixed["subject"] == 3][:3], "subject"] = "3"
+    small = dict(random_state=0, max_iter=20)
+    with pytest.warns(UserWarning, match=r"^column 'subject' holds labels that differ only in type \(3, '3'\): they "
+                                         r"are 2 different subjects here"):
+        MixtureLMM(2, SplineBasis(6), **small).fit(mixed)
+    binary = df.assign(y=(df["y"] > 0).astype(int))
+    for model in (MixtureLMM(2, SplineBasis(6), **small), LinearMixedModel(basis=SplineBasis(6))):
+        with pytest.warns(UserWarning, match=r"^the response 'y' takes two values only \(0 and 1\): dmlmm's models are "
+                                             r"for continuous measurements"):
+            model.fit(binary)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = MixtureLMM(2, SplineBasis(6), **small).fit(df)
+    with pytest.warns(UserWarning, match=r"^the data have no response column 'y': every subject gets the population's"):
+        m.predict_trajectory(df.drop(columns="y"), times=[0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.predict_trajectory(df.drop(columns="y"), times=[0.5], level="population")
+        m.predict_trajectory(df, times=[0.5])
+        warnings.simplefilter("ignore", EmptyComponentWarning)
+        MixtureLMM(2, SplineBasis(6), **dict(small, max_iter=300)).fit(df.assign(subject=df["subject"].astype(str)))

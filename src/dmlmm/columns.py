@@ -78,3 +78,26 @@ def _text_hint(bad: pd.Series) -> str:
 def _plain(value):
     """A numpy scalar as the Python value it holds (numpy 2 prints ``np.int64(3)`` for 3 in messages)."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def warn_mixed_labels(labels: pd.Index, column: str, stacklevel: int = 3) -> None:
+    """A UserWarning when subject labels differ only in type (``3`` and ``'3'``, ``1.0`` and ``1``): they are
+    different subjects, which is rarely what a column read from several files or typed by hand means."""
+    if labels.dtype != object or len(labels) < 2:
+        return
+    text = pd.Index([_plain_text(v) for v in labels])
+    twins = text.duplicated(keep=False)
+    if twins.any():
+        shown = [_plain(v) for v in labels[twins][:4]]
+        warnings.warn(
+            f"column '{column}' holds labels that differ only in type ({', '.join(map(repr, shown))}): they are "
+            f"{int(twins.sum())} different subjects here; give the column one type (e.g. .astype(str)) if they are "
+            "the same subjects", UserWarning, stacklevel=stacklevel)
+
+
+def _plain_text(value) -> str:
+    """A label as text, whole floats without their '.0' (1.0 and '1' read alike)."""
+    v = _plain(value)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip()

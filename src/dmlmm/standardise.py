@@ -8,6 +8,7 @@ variance underflows, or dominated by a few extreme values.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,3 +185,15 @@ def check_noise_left(y: np.ndarray, codes: np.ndarray, time: np.ndarray | None =
     time : (n,) times, optional;  name, group : the response column and what a group is, for the message.
     """
     check_noise_sums(noise_sums(y, codes, time), name, group)
+
+
+def warn_binary_response(y: np.ndarray, name: str = "y", stacklevel: int = 3) -> None:
+    """A UserWarning for a response with two distinct values (0/1, yes/no coded as numbers): these models are
+    Gaussian, for measurements; their curves and bands for a binary outcome leave [0, 1] and mean little."""
+    values = np.unique(np.asarray(y, dtype=float)[np.isfinite(y)])
+    if len(values) == 2:
+        warnings.warn(
+            f"the response '{name}' takes two values only ({values[0]:g} and {values[1]:g}): dmlmm's models are for "
+            "continuous measurements with Gaussian noise; for a binary outcome the curves are not probabilities and "
+            "the bands can leave its two values' range (a logistic mixed model suits it: lme4's glmer, lcmm's "
+            "multlcmm)", UserWarning, stacklevel=stacklevel)

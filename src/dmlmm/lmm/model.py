@@ -34,7 +34,7 @@ from .estimators import ESTIMATORS, Estimate
 from .formula import FormulaDesignBuilder
 from .predictive import PredictiveLMM, fitted_rows
 from .scaling import ResponseScaling
-from ..standardise import check_noise_left
+from ..standardise import check_noise_left, warn_binary_response
 from ..response_transform import check_transform, forward, label_of, log_jacobian, scale_text, transform_candidates
 
 __all__ = ["LinearMixedModel"]
@@ -243,6 +243,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
             name = builder.parsed_.response if isinstance(builder, FormulaDesignBuilder) else (
                 builder.columns_.response if isinstance(builder, LongitudinalDesignBuilder) else "y")
             self._check_noise_left(design, design.y, name)  # the data's scale (a transformed one in _fit_scale)
+            warn_binary_response(design.y, name, stacklevel=3)
             scales = transform_candidates(transform, design.y)
             # REML likelihoods of different responses do not compare: the scale is chosen by ML fits
             choose = "ml" if method == "reml" and len(scales) > 1 else method

@@ -268,6 +268,10 @@ class Predicting:
         if level not in ("subject", "population"):
             raise ValueError(f"level must be 'subject' or 'population', got {level!r}")
         d = None if df is None else self._data(df, require_response=False)
+        response = self.design_.columns.response
+        if level == "subject" and isinstance(df, pd.DataFrame) and response not in df.columns:  # e.g. renamed
+            warnings.warn(f"the data have no response column '{response}': every subject gets the population's "
+                          "prediction (nothing is conditioned on; level='population' asks for it quietly)", UserWarning, stacklevel=4)
         return d.without_response() if d is not None and level == "population" else d
 
     @staticmethod
