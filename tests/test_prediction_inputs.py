@@ -264,3 +264,20 @@ def test_warnings_for_what_users_can_live_with_but_should_know():
         m.predict_trajectory(df, times=[0.5])
         warnings.simplefilter("ignore", EmptyComponentWarning)
         MixtureLMM(2, SplineBasis(6), **dict(small, max_iter=300)).fit(df.assign(subject=df["subject"].astype(str)))
+
+
+def test_the_linear_mixed_model_says_rows_entered_twice_too():
+    df = dgp1(0, n_subjects=30).data
+    twice = pd.concat([df, df.iloc[[4]]])
+    with pytest.warns(UserWarning, match=r"^1 row\(s\) repeat an earlier row's values of \['time', 'y', 'subject'\] "
+                                         r"exactly \(rows \[4\]\)"):
+        LinearMixedModel("y ~ time + (1 | subject)").fit(twice)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lmm = LinearMixedModel(basis=SplineBasis(6)).fit(df)
+    with pytest.warns(UserWarning, match=r"^1 row\(s\) repeat an earlier row's subject, time and response exactly"):
+        lmm.score(twice)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lmm.score(df.iloc[:200], condition_on=df.iloc[200:])
+    assert not [str(w.message) for w in caught if "repeat an earlier row" in str(w.message)]

@@ -301,6 +301,13 @@ class FormulaDesignBuilder:
         if p.response in df.columns:
             as_numeric(df[p.response], f"response column '{p.response}'")
         df = check_finite_columns(df, variables, dropna, stacklevel=4)
+        used = list(dict.fromkeys(variables + [p.response]))
+        same = df[used].duplicated() if p.response in df.columns else pd.Series(False, index=df.index)
+        if same.any():  # replicates are allowed; a row entered twice is more likely
+            warnings.warn(
+                f"{int(same.sum())} row(s) repeat an earlier row's values of {used} exactly (rows "
+                f"{list(df.index[same.to_numpy()][:10])}): each counts as one more measurement; drop them if they were "
+                "entered twice (pandas: df.drop_duplicates())", UserWarning, stacklevel=4)
         mm = _model_matrix(f"{p.response} ~ {p.fixed}", df, "fixed-effects design")
         lhs = mm.lhs
         if lhs.shape[1] != 1:

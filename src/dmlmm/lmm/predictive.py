@@ -161,8 +161,10 @@ class PredictiveLMM:
         if isinstance(b, LongitudinalDesignBuilder):
             cols = b.columns_
             df = data if cols.subject in data.columns else data.assign(**{cols.subject: subject or _POPULATION})
-            Longitudinal.from_frame(df, subject=cols.subject, time=cols.time, response=None, encoding=b.encoding_,
-                                    require_response=False, action="predict or score")
+            # with the response where the frame has it: rows entered twice are said, as at fit
+            Longitudinal.from_frame(df, subject=cols.subject, time=cols.time,
+                                    response=cols.response if cols.response in df.columns else None,
+                                    encoding=b.encoding_, require_response=False, action="predict or score")
         name = self._response_name()
         if name is not None and name in data.columns:
             inf = np.isinf(as_numeric(data[name], f"column '{name}'"))
@@ -428,7 +430,9 @@ class PredictiveLMM:
         elif isinstance(b, FormulaDesignBuilder):
             warn_held_out_frames(data, condition_on, self.design_info_["group_name"], None, self._response_name())
         cond = self._log_density(condition_on, None, None, None, None)  # first: its errors name its own rows
-        both = self._log_density(pd.concat([data, condition_on], ignore_index=True), None, None, None, None)
+        with warnings.catch_warnings():  # said of data and condition_on already, with their own row labels
+            warnings.filterwarnings("ignore", message=r".*repeat an earlier row's subject, time and response")
+            both = self._log_density(pd.concat([data, condition_on], ignore_index=True), None, None, None, None)
         has = out.index.intersection(cond.index)
         out.loc[has] = both.loc[has] - cond.loc[has]
         return out
