@@ -281,3 +281,24 @@ def test_the_linear_mixed_model_says_rows_entered_twice_too():
         warnings.simplefilter("always")
         lmm.score(df.iloc[:200], condition_on=df.iloc[200:])
     assert not [str(w.message) for w in caught if "repeat an earlier row" in str(w.message)]
+
+
+def test_a_categorical_subject_column_leaks_no_pandas_future_warning():
+    """pandas warns of its changing groupby default (observed=False) for categorical keys; none reaches the user."""
+    from dmlmm import check_bands
+    from dmlmm import outcomes as oc
+    from dmlmm.report import collect_results
+
+    df = dgp1(0, n_subjects=30).data
+    df["subject"] = pd.Categorical("s" + df["subject"].astype(str))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        m = MixtureLMM(2, SplineBasis(6), max_iter=30, random_state=0).fit(df)
+        m.predict_trajectory(df, times=[0.5])
+        m.score(df)
+        lmm = LinearMixedModel(basis=SplineBasis(6)).fit(df)
+        lmm.predict_trajectory(df, times=[0.5])
+        oc.baseline_table(m, df.assign(age=40.0 + np.arange(len(df)) % 5), ["age"])
+        check_bands(LinearMixedModel(basis=SplineBasis(6)), df, warn=False)
+        collect_results(m, df)

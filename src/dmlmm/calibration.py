@@ -131,8 +131,8 @@ def _wilson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
 def _split_last(data: pd.DataFrame, subject: str, time: str, min_visits: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Training rows and held-out rows (every row at the last visit time of subjects with at least
     ``min_visits`` distinct visit times)."""
-    visits = data.groupby(subject, sort=False)[time].transform("nunique")
-    last = data.groupby(subject, sort=False)[time].transform("max")
+    visits = data.groupby(subject, sort=False, observed=True)[time].transform("nunique")
+    last = data.groupby(subject, sort=False, observed=True)[time].transform("max")
     held = (visits >= min_visits) & (data[time] == last)
     return data.loc[~held], data.loc[held]
 
@@ -180,7 +180,7 @@ def _forecast_last(model, train: pd.DataFrame, held: pd.DataFrame, subject: str,
     pred = pd.concat(parts, ignore_index=True)
     obs = pd.DataFrame({"subject": held[subject].to_numpy(), "time": held[time].to_numpy(dtype=float),
                         "observed": held[response].to_numpy(dtype=float)})
-    prev = train.groupby(subject)[time].max()
+    prev = train.groupby(subject, observed=True)[time].max()
     table = obs.merge(pred, on=["subject", "time"], how="left", validate="many_to_one")
     table["inside"] = (table["observed"] >= table["lower"]) & (table["observed"] <= table["upper"])
     table["horizon"] = table["time"] - prev.reindex(table["subject"]).to_numpy(dtype=float)

@@ -471,7 +471,7 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
         if col == subject:
             continue
         present = frame[[subject, col]].dropna()
-        if (present.groupby(subject)[col].nunique() > 1).any():
+        if (present.groupby(subject, observed=True)[col].nunique() > 1).any():
             varying.append(col)
         v = subject_values(frame, subject, col, order_by=order_by, at=at).reindex(labels.index)
         if col not in declared and _is_numeric(v.dropna()):

@@ -187,7 +187,7 @@ class PredictiveLMM:
         if not isinstance(data, pd.DataFrame) or cols.subject not in data.columns:
             raise DataError(f"with times=, data must be a data frame with the subject column '{cols.subject}'")
         # each subject's covariates at its latest visit, whatever the rows' order (subjects in order of appearance)
-        latest = data.sort_values(cols.time, kind="stable").groupby(cols.subject, sort=False).tail(1)
+        latest = data.sort_values(cols.time, kind="stable").groupby(cols.subject, sort=False, observed=True).tail(1)
         last = latest.set_index(cols.subject).loc[pd.unique(data[cols.subject])]
         covs = [c for c in last.columns if c not in (cols.time, cols.response)]
         grid = last[covs].loc[last.index.repeat(len(t))].reset_index()

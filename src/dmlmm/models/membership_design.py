@@ -94,7 +94,7 @@ def _per_subject(frame: pd.DataFrame, subject: str, columns: list[str], subjects
         )
     sub = frame[[subject] + columns]
     # a value missing at some visits is the subject's value at the others (one per subject); two values vary
-    varying = sub.groupby(subject, sort=False)[columns].nunique(dropna=True) > 1  # (subjects, columns)
+    varying = sub.groupby(subject, sort=False, observed=True)[columns].nunique(dropna=True) > 1  # (subjects, columns)
     if varying.to_numpy().any():
         col = varying.columns[varying.any(axis=0).to_numpy()][0]
         who = varying.index[varying[col].to_numpy()]

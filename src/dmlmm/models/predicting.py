@@ -303,7 +303,7 @@ class Predicting:
             raise DataError(f"the covariates {list(enc.columns)} use the time column: predict from a data frame "
                             "(the covariate values are rebuilt at every prediction time)")
         cols = self.design_.columns
-        last = df.groupby(cols.subject, sort=False).tail(1).set_index(cols.subject)
+        last = df.groupby(cols.subject, sort=False, observed=True).tail(1).set_index(cols.subject)
         last = last.loc[d.subjects]  # the subjects in d's order
         grid = last.loc[last.index.repeat(len(t))].reset_index()
         grid[cols.time] = np.tile(t, len(last))

@@ -196,7 +196,7 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
     if grid is None:
         grid = time_grid(*b.basis_.window)
     covs = [c for c in b.encoding_.columns if c != cols.time]  # a formula may use time: the grid's, not the last row's
-    last = frame.sort_values(cols.time).groupby(cols.subject, sort=True).tail(1).set_index(cols.subject)
+    last = frame.sort_values(cols.time).groupby(cols.subject, sort=True, observed=True).tail(1).set_index(cols.subject)
     try:  # subjects in order, as the mixtures' outputs (tail keeps the rows' order: by last visit)
         last = last.sort_index()
     except TypeError:  # labels of mixed types: in order of appearance
@@ -206,7 +206,7 @@ def _collect_lmm(model, frame, grid, interval) -> FitResults:
     for cv in covs:
         rows[cv] = np.repeat(last[cv].to_numpy(), len(grid))
     pred = model.predict_trajectory(rows, interval=interval)
-    last_time = frame.groupby(cols.subject, sort=True)[cols.time].max()
+    last_time = frame.groupby(cols.subject, sort=True, observed=True)[cols.time].max()
     traj = pd.DataFrame({"subject": rows[cols.subject].to_numpy(), "time": rows[cols.time].to_numpy(),
                          "mean": pred["mean"].to_numpy(), "lower": pred["lower"].to_numpy(),
                          "upper": pred["upper"].to_numpy(),
