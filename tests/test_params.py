@@ -29,6 +29,10 @@ def data():
         (lambda: MixtureLMM(2, smoothing=5), r"smoothing must be None or the order of the roughness penalty \(1, 2 or 3\), got 5"),
         (lambda: MixtureLMM(2, batch_size=-3), r"batch_size must be a positive integer, 'auto' or 'full', got -3"),
         (lambda: DeepMixtureLMM(noise="per-subject"), r"noise must be one of 'shared', 'cluster' or 'auto', got 'per-subject'"),
+        # a string is truthy: prune="no" meant prune=True, delete_moves="False" delete moves
+        (lambda: MixtureLMM(2, prune="no"), r"^prune must be True or False, got 'no'$"),
+        (lambda: DeepMixtureLMM(delete_moves="False"), r"^delete_moves must be True or False, got 'False'$"),
+        (lambda: MixtureLMM(2, hard_assignment=1), r"^hard_assignment must be True or False, got 1$"),
     ],
 )
 def test_bad_hyperparameters_name_the_parameter(data, make, message):

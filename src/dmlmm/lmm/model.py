@@ -110,7 +110,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         on a busy machine); None leaves the setting alone.
     response_transform : {None, "auto", "log", "log1p"}
         The scale of the fit (:mod:`dmlmm.response_transform`). None (default, as lme4): the
-        response as given. ``"log"`` (y > 0) / ``"log1p"`` (y >= 0): the same model of
+        response as given. ``"log"`` (y > 0) / ``"log1p"`` (y > -1, for zeros): the same model of
         z = log(y) (log(1 + y)); predictions, draws and scores are on y's scale (bands and draws
         through exp / expm1, densities with the Jacobian), coefficients and variances on z's.
         ``"auto"``: a response that is never negative is fitted as given and on its log scale,

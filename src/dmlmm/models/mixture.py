@@ -92,7 +92,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         (docs/models.md, "Residual variance per subject").
     response_transform : {"auto", None, "log", "log1p"}
         The scale of the model: the response as given (None), log(y) (``"log"``: y > 0) or
-        log(1 + y) (``"log1p"``: y >= 0 with zeros), for right-skewed responses (exercise hours,
+        log(1 + y) (``"log1p"``: y > -1, for a response with zeros), for right-skewed responses (exercise hours,
         concentrations, weights, counts). "auto" (default): a response that is never negative is
         fitted on its log scale and as given (up to twice the time: the second gives up once it cannot
         reach the first one's bound) and the fit with the higher ELBO
@@ -121,7 +121,9 @@ class MixtureLMM(VariationalLongitudinalModel):
     hard_assignment : bool
         Single best cluster per subject in the local step (as the DMLMM research code).
     delete_moves, prune : bool
-        Escape split-cluster optima with delete moves; drop empty components.
+        Escape split-cluster optima with delete moves; drop components that empty during a run. With
+        ``prune=False`` the fit can still end with fewer components than requested: it explores smaller
+        starting sizes too and keeps the start with the highest ELBO (docs/models.md, "Several starting sizes").
     random_state : int, Generator or None
     progress : bool
         Show a progress bar (with ``n_jobs`` > 1: one step per candidate fitted).

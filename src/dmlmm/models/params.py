@@ -80,6 +80,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                       "'auto' or a number of at least 1"),
     "response_transform": (lambda v: v is None or (isinstance(v, str) and v in ("auto", "none", "log", "log1p")),
                            "'auto', None, 'log' or 'log1p'"),
+    "hard_assignment": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+    "delete_moves": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+    "prune": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+    "progress": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
     "membership_covariates": (
         lambda v: v is None or isinstance(v, str) or (isinstance(v, (list, tuple)) and len(v) > 0
                                                       and all(isinstance(c, str) for c in v) and len(set(v)) == len(v)),
