@@ -13,6 +13,7 @@ ROOM = {
     "data": "data", "columns": "data", "covariates": "data", "sufficient": "data", "basis": "data",
     "formula_state": "data", "standardise": "data", "response_transform": "data", "metrics": "data", "demo": "data", "simulate": "simulate",
     "priors": "priors", "inference": "inference", "prediction": "prediction", "continuation": "prediction", "prediction_scales": "prediction",
+    "heldout": "prediction",
     "models": "models", "lmm": "lmm",
     "summaries": "summaries", "outcomes": "summaries", "selection": "summaries", "calibration": "summaries",
     "io": "io", "io_lmm": "io", "_model_checks": "io",
