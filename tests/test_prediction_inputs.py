@@ -302,3 +302,14 @@ def test_a_categorical_subject_column_leaks_no_pandas_future_warning():
         oc.baseline_table(m, df.assign(age=40.0 + np.arange(len(df)) % 5), ["age"])
         check_bands(LinearMixedModel(basis=SplineBasis(6)), df, warn=False)
         collect_results(m, df)
+
+
+def test_one_observation_per_subject_is_said():
+    from dmlmm.exceptions import IdentifiabilityWarning
+
+    once = dgp1(0, n_subjects=60).data.groupby("subject").head(1)
+    with pytest.warns(IdentifiabilityWarning, match=r"^every subject has one observation \(60 subjects\): a subject's "
+                                                    r"own deviation"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, message=r"^(?!every subject)")
+            MixtureLMM(2, SplineBasis(6), random_state=0, max_iter=30).fit(once)

@@ -298,6 +298,12 @@ class Fitting:
         times, basis = np.unique(d.time), fitted_basis(self.basis, d.time)  # the basis of every scale (times only)
         plan = FitPlan.of(basis, noise_confounded(basis, times, repeated_times(d.codes, d.time)), len(times))
         self._check_noise_identified(plan.confounded, len(times), basis.n_basis)
+        if d.counts.max() <= 1:
+            warnings.warn(
+                f"every subject has one observation ({d.n_subjects} subjects): a subject's own deviation from its "
+                "cluster's curve and the residual noise cannot be told apart, so sigma2_ and the subjects' curves rest "
+                "on the priors; a mixed model needs repeated measurements of some subjects", IdentifiabilityWarning,
+                stacklevel=2)
         self._check_sizes(d.n_subjects)
         scales = transform_candidates(transform, d.response)
         n_jobs = resolve_n_jobs(getattr(self, "n_jobs", None))
