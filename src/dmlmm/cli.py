@@ -673,7 +673,8 @@ def _warn_follow_up_before_visits(frame, subject, time_col, duration) -> None:
 
     t = pd.to_numeric(frame[time_col], errors="coerce")
     d = pd.to_numeric(frame[duration], errors="coerce")
-    per = pd.DataFrame({"last": t.groupby(frame[subject], observed=True).max(), "follow": d.groupby(frame[subject], observed=True).max()}).dropna()
+    per = pd.DataFrame({"last": t.groupby(frame[subject], observed=True).max(),
+                        "follow": d.groupby(frame[subject], observed=True).max()}).dropna()
     span = float(np.nanmax(t) - np.nanmin(t)) if t.notna().any() else 0.0
     short = per.index[per["follow"] < per["last"] - 1e-9 * max(span, 1.0)]
     if len(short):

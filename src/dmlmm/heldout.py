@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pandas as pd
 
 __all__ = ["warn_held_out_frames"]
 
 
-def warn_held_out_frames(scored: pd.DataFrame, given: pd.DataFrame, subject: str, time: str, response: str | None,
-                         stacklevel: int = 3) -> None:
-    """UserWarnings for rows of ``scored`` that ``given`` holds too (same subject, time and response) and for
-    subjects of ``scored`` without rows in ``given``. Columns that a frame lacks are left to the callers' checks."""
+def warn_held_out_frames(scored: pd.DataFrame, given: pd.DataFrame, subject: str, time: str | None,
+                         response: str | None, stacklevel: int = 3) -> None:
+    """UserWarnings for rows of ``scored`` that ``given`` holds too (same subject, time and response; ``time``
+    None: a formula model, whose rows are not checked) and for subjects of ``scored`` without rows in ``given``.
+    Columns that a frame lacks are left to the callers' checks."""
     if subject not in scored.columns or subject not in given.columns:
         return
     keys = [c for c in (subject, time, response) if c is not None and c in scored.columns and c in given.columns]

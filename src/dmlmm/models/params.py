@@ -55,6 +55,9 @@ def _batch_size(v: Any) -> bool:
 
 
 # parameter -> (rule, what it must be)
+#: The rule of an on/off hyperparameter: a bool (a string such as "no" is truthy, and meant the opposite).
+_FLAG: tuple[Callable[[Any], bool], str] = (lambda v: isinstance(v, (bool, np.bool_)), "True or False")
+
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_iter": (positive_int, "a positive integer"),
     "tol": (_positive_number, "a positive number"),
@@ -80,10 +83,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                       "'auto' or a number of at least 1"),
     "response_transform": (lambda v: v is None or (isinstance(v, str) and v in ("auto", "none", "log", "log1p")),
                            "'auto', None, 'log' or 'log1p'"),
-    "hard_assignment": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
-    "delete_moves": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
-    "prune": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
-    "progress": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+    "hard_assignment": _FLAG,
+    "delete_moves": _FLAG,
+    "prune": _FLAG,
+    "progress": _FLAG,
     "membership_covariates": (
         lambda v: v is None or isinstance(v, str) or (isinstance(v, (list, tuple)) and len(v) > 0
                                                       and all(isinstance(c, str) for c in v) and len(set(v)) == len(v)),

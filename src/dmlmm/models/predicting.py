@@ -271,7 +271,8 @@ class Predicting:
         response = self.design_.columns.response
         if level == "subject" and isinstance(df, pd.DataFrame) and response not in df.columns:  # e.g. renamed
             warnings.warn(f"the data have no response column '{response}': every subject gets the population's "
-                          "prediction (nothing is conditioned on; level='population' asks for it quietly)", UserWarning, stacklevel=4)
+                          "prediction (nothing is conditioned on; level='population' asks for it quietly)",
+                          UserWarning, stacklevel=4)
         return d.without_response() if d is not None and level == "population" else d
 
     @staticmethod
