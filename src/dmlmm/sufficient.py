@@ -141,7 +141,7 @@ class SufficientStats:
     def with_fixed_columns(self, T: np.ndarray) -> "SufficientStats":
         """The statistics of the fixed design ``F T`` (``T`` (P, P)) in place of ``F``."""
         T = np.asarray(T, dtype=float)
-        return replace(self, Fty=self.Fty @ T, FtF=np.einsum("ji,njk,kl->nil", T, self.FtF, T), XtF=self.XtF @ T)
+        return replace(self, Fty=self.Fty @ T, FtF=T.T @ self.FtF @ T, XtF=self.XtF @ T)  # T' F_i'F_i T, batched
 
     def total(self) -> "SufficientStats":
         """The statistics summed over the subjects (one row; the membership covariates dropped)."""
