@@ -123,6 +123,10 @@ def test_new_patients_get_class_probabilities_from_their_covariates(fitted, sim)
     # the forecast of a patient without visits follows the membership probabilities
     tr = fitted.predict_trajectory(new, times=[0.25]).set_index("subject")["mean"]
     assert abs(tr["a"] - tr["b"]) > 0.5  # the two groups' curves differ by ~1 at t = 0.25
+    # and so do its class probabilities (predict_proba, dmlmm predict's probability column): the membership
+    # model's, not the mean-field q(c) of a subject without data (0.579 against 0.565 on a two-class fit)
+    groups = fitted.predict_group_proba(new)
+    np.testing.assert_allclose(groups.loc[p.index].to_numpy(), p.to_numpy(), rtol=1e-10)
 
 
 def test_save_load_keeps_the_membership_model(fitted, sim, tmp_path):

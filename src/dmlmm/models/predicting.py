@@ -96,11 +96,14 @@ class Predicting:
             offsets = self._membership_log_p1(Z)[:, first] - dirichlet.mean_log[first]
         local = local_step(stats, pp, nm, self.hard_assignment, log_weight=offsets)
         empty = stats.n_obs == 0
-        if Z is None and empty.any():
-            # no observation: the prior weights E[pi] (the local step's exp E[log pi] is q(c)'s mean-field
-            # optimum, slightly off them; with membership covariates the offsets give the probabilities exactly)
-            weights = self.prior_.point_mixture(self.params_.prior).weights
-            local = replace(local, resp=np.where(empty[:, None], weights / weights.sum(), local.resp))
+        if empty.any():
+            # no observation: the prior's path weights, E[pi] or, with membership covariates, each subject's
+            # membership probabilities times the deeper layers' weights (the local step's q(c) is the mean-field
+            # optimum, off them by the paths' expected log-prior normalisers: 0.579 against membership
+            # probabilities of 0.565)
+            mix = self.prior_.point_mixture(self.params_.prior)
+            weights = (mix.weights / mix.weights.sum())[None] if Z is None else np.exp(self._path_log_weights(Z, mix))
+            local = replace(local, resp=np.where(empty[:, None], weights, local.resp))
         return local
 
     # -------------------------------------------------------------- trajectories
