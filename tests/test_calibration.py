@@ -99,6 +99,8 @@ def test_too_wide_bands_are_flagged(data):
 def test_cli_check_bands_writes_band_check_csv(tmp_path):
     """`dmlmm fit --check-bands`: band_check.csv (one row per held-out last visit, the subject and
     time columns under their names in the data) and the summary."""
+    import html
+
     import pandas as pd
     from click.testing import CliRunner
 
@@ -114,6 +116,10 @@ def test_cli_check_bands_writes_band_check_csv(tmp_path):
     table = pd.read_csv(out / "band_check.csv")
     assert len(table) == 60 and {"id", "age", "observed", "lower", "upper", "inside"} <= set(table.columns)
     assert "95 % forecast bands of each subject's last visit, held out" in r.output
+    # the report shows the check too (it was only printed), with the same sentence and numbers
+    page = html.unescape((out / "report.html").read_text())
+    first = next(line for line in r.output.splitlines() if "forecast bands of each subject's last visit" in line)
+    assert "Band check (--check-bands, band_check.csv)" in page and first.strip() in page
 
 
 def _shifted_positive(data):

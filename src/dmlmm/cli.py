@@ -74,6 +74,16 @@ def _knot_layouts() -> tuple[str, ...]:
 _SHOWN_WARNINGS: list[str] = []  # this command's warnings as printed, for the report
 
 
+def _band_check_note(checked) -> str:
+    """The --check-bands result as an HTML section of the report ("" without it)."""
+    import html
+
+    if checked is None:
+        return ""
+    lines = "".join(f"<p>{html.escape(line.strip())}</p>" for line in checked.summary().splitlines())
+    return f"<section><h2>Band check (--check-bands, band_check.csv)</h2>{lines}</section>"
+
+
 def _warnings_note() -> str:
     """The command's warnings so far as an HTML list for the report ("" if none)."""
     import html
@@ -422,10 +432,11 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
                                       method if exact else None, prior_options)
         used = _clean(frame, [subject, time_col, response] + cov_cols) if dropna else frame
         outcomes = _outcome_report(model, frame, asked)
-        written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
-                                     source=str(data), interval=interval,
-                                     input_columns=list(frame.columns), outcomes=outcomes, notes=_warnings_note())
+        # before the report, which shows its result and the warnings of its refit
         checked = _band_check(model, used, subject, time_col, response, covs, interval) if check_bands else None
+        written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
+                                     source=str(data), interval=interval, input_columns=list(frame.columns),
+                                     outcomes=outcomes, notes=_band_check_note(checked) + _warnings_note())
         if checked is not None:
             checked.table.rename(columns={"subject": subject, "time": time_col}).to_csv(
                 folder.staging / "band_check.csv", index=False)
