@@ -244,3 +244,14 @@ def test_a_categorical_subject_column_has_no_phantom_subjects():
     frame["id"] = pd.Categorical(frame["id"], categories=list(CLUSTERS.index) + ["s99"])
     t = oc.outcome_table(CLUSTERS, frame, "outcome", subject="id", order_by="t")
     assert t.counts.to_numpy().tolist() == [[2, 1, 0], [0, 2, 2]] and t.n_missing == 0
+
+
+def test_percentages_round_halves_up_as_tables_in_papers_do():
+    """37 of 80 is 46.25 %: '46.3 %' (Python's format rounds a half to even: '46.2 %')."""
+    from dmlmm.columns import one_decimal
+
+    assert [one_decimal(100 * n / 80) for n in (37, 33, 39)] == ["46.3", "41.3", "48.8"]
+    clusters = pd.Series([0] * 80 + [1] * 20, index=[f"s{i}" for i in range(100)], name="cluster")
+    frame = pd.DataFrame({"id": clusters.index, "t": 0.0, "status": ["a"] * 37 + ["b"] * 43 + ["a"] * 20})
+    t = oc.outcome_table(clusters, frame, "status", subject="id", order_by="t")
+    assert t.formatted().iloc[0].tolist()[:2] == ["37 (46.3 %)", "43 (53.8 %)"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from decimal import ROUND_HALF_UP, Decimal
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,3 +102,12 @@ def _plain_text(value) -> str:
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     return str(v).strip()
+
+
+def one_decimal(x: float) -> str:
+    """``x`` to one decimal, halves rounded away from zero as a paper's tables do (46.25 -> '46.3'; Python's
+    format rounds a half to even, '46.2'), from the shortest decimal that reads back as ``x``."""
+    x = float(x)
+    if not np.isfinite(x):
+        return f"{x:.1f}"
+    return str(Decimal(repr(x)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .columns import as_numeric
+from .columns import as_numeric, one_decimal
 from .exceptions import DataError
 
 __all__ = ["OutcomeTable", "SurvivalByCluster", "BaselineTable", "OutcomeReport", "subject_values",
@@ -229,8 +229,8 @@ class OutcomeTable:
         out = pd.DataFrame(index=[str(k) for k in self.counts.index] + ["all"])
         total = self.counts.sum(axis=0)
         for c in self.counts.columns:
-            col = [f"{n} ({p:.1f} %)" for n, p in zip(self.counts[c], self.percent[c])]
-            col.append(f"{total[c]} ({100 * total[c] / max(total.sum(), 1):.1f} %)")
+            col = [f"{n} ({one_decimal(p)} %)" for n, p in zip(self.counts[c], self.percent[c])]
+            col.append(f"{total[c]} ({one_decimal(100 * total[c] / max(total.sum(), 1))} %)")
             out[str(c)] = col
         out["subjects"] = list(self.counts.sum(axis=1)) + [int(total.sum())]
         out.index.name = "cluster"
@@ -491,7 +491,7 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
                     vs = v.loc[idx].dropna()
                     n = int((vs == value).sum())
                     pct = 100 * n / len(vs) if len(vs) else np.nan
-                    cells[heads[k]] = f"{n} ({pct:.1f} %)" if len(vs) else "0"
+                    cells[heads[k]] = f"{n} ({one_decimal(pct)} %)" if len(vs) else "0"
                     tidy.append({"variable": col, "level": str(value), "cluster": k, "subjects": int(len(vs)),
                                  "mean": np.nan, "sd": np.nan, "count": n, "percent": pct})
                 rows[(col, f"{value}, n (%)")] = cells

@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import xlogy
 
+from .columns import one_decimal
+
 __all__ = ["THRESHOLDS", "assigned_classes", "classification_entropy", "relative_entropy", "icl",
            "class_sizes", "posterior_table", "summary_row", "gap_free", "cluster_labels", "model_levels",
            "model_class_summary", "model_posterior_table", "LEVELS"]
@@ -249,7 +251,7 @@ def display_class_summary(summary: pd.DataFrame, long_names: bool = True) -> pd.
             "ICL": f"{r['icl']:.2f}",
             "entropy": f"{r['entropy']:.2f}",
             "relative entropy": "" if not np.isfinite(r["relative_entropy"]) else f"{r['relative_entropy']:.3f}",
-            "subjects per class": ", ".join(f"{k}: {int(r[f'n_class{k}'])} ({r[f'%class{k}']:.1f} %)" for k in ks),
+            "subjects per class": ", ".join(f"{k}: {int(r[f'n_class{k}'])} ({one_decimal(r[f'%class{k}'])} %)" for k in ks),
         }
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "level"
@@ -261,7 +263,7 @@ def display_posterior(table: pd.DataFrame, thresholds: Sequence[float] = THRESHO
     held = list(table.index)
     probs = [c for c in table.columns if c.startswith("mean_p")]
     out = pd.DataFrame(index=pd.Index([str(k) for k in held], name=table.index.name))
-    out["subjects"] = [f"{int(n)} ({p:.1f} %)" for n, p in zip(table["subjects"], table["%subjects"])]
+    out["subjects"] = [f"{int(n)} ({one_decimal(p)} %)" for n, p in zip(table["subjects"], table["%subjects"])]
     others = [c for c in probs if int(c[len("mean_p"):]) not in held]
     for c in probs:
         if c not in others:
@@ -269,7 +271,7 @@ def display_posterior(table: pd.DataFrame, thresholds: Sequence[float] = THRESHO
     if others:
         out["mean P(others)"] = [f"{v:.3f}" for v in table[others].sum(axis=1)]
     for t in thresholds:
-        out[f"P > {t:g}"] = [f"{v:.1f} %" for v in table[f"%p>{t:g}"]]
+        out[f"P > {t:g}"] = [f"{one_decimal(v)} %" for v in table[f"%p>{t:g}"]]
     return out
 
 
