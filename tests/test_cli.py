@@ -113,6 +113,8 @@ def test_parse_times():
     assert np.allclose(parse_times("0:0.9:0.25", 0, 1), [0, 0.25, 0.5, 0.75])
     assert np.allclose(parse_times("0:10:0.1", 0, 1)[-1], 10.0) and len(parse_times("0:10:0.1", 0, 1)) == 101
     assert np.allclose(parse_times("3, 1.5", 0, 1), [3, 1.5])
+    # the times as written, not 0.6000000000000001 (CSV outputs are joined on time)
+    assert parse_times("0:1.2:0.2", 0, 1).tolist() == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
     assert len(parse_times(None, 2, 5)) == 100
     for bad in ("a:b:c", "0:1", "1:0:0.1", "0:1:0", "x,1", "nan"):
         with pytest.raises(Exception, match="--times"):

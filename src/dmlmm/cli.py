@@ -210,7 +210,12 @@ def parse_times(text: str | None, lower: float, upper: float):
             n = int(np.floor((stop - start) / step + 1e-9)) + 1
             if n > 1_000_000:
                 raise CliError(f"--times {text!r} gives {n} times; use a coarser step")
-            return start + step * np.arange(n)
+            grid = start + step * np.arange(n)
+            # as written: 0:1.2:0.2 gives 0.6, not 0.6000000000000001 (which breaks joins on time)
+            written = text.split(":")
+            if not any("e" in p.lower() for p in written):
+                grid = np.round(grid, max(len(p.strip().partition(".")[2]) for p in written))
+            return grid
         t = np.array([float(p) for p in text.split(",")])
     except ValueError:
         raise CliError(f"--times must be start:stop:step or a comma-separated list of numbers, got {text!r}") from None
