@@ -74,6 +74,13 @@ def _knot_layouts() -> tuple[str, ...]:
 _SHOWN_WARNINGS: list[str] = []  # this command's warnings as printed, for the report
 
 
+def _report_section(title: str, body: str) -> str:
+    """An HTML section of the report: ``title`` (plain text) over ``body`` (HTML)."""
+    import html
+
+    return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
+
+
 def _band_check_note(checked) -> str:
     """The --check-bands result as an HTML section of the report ("" without it)."""
     import html
@@ -81,7 +88,7 @@ def _band_check_note(checked) -> str:
     if checked is None:
         return ""
     lines = "".join(f"<p>{html.escape(line.strip())}</p>" for line in checked.summary().splitlines())
-    return f"<section><h2>Band check (--check-bands, band_check.csv)</h2>{lines}</section>"
+    return _report_section("Band check (--check-bands, band_check.csv)", lines)
 
 
 def _warnings_note() -> str:
@@ -92,7 +99,7 @@ def _warnings_note() -> str:
     if not seen:
         return ""
     items = "".join(f"<li>{html.escape(w)}</li>" for w in seen)
-    return f"<section><h2>Warnings</h2><p>Printed while fitting:</p><ul>{items}</ul></section>"
+    return _report_section("Warnings", f"<p>Printed while fitting:</p><ul>{items}</ul>")
 
 
 # the library's messages name its parameters; the command line names its options instead

@@ -251,7 +251,8 @@ def display_class_summary(summary: pd.DataFrame, long_names: bool = True) -> pd.
             "ICL": f"{r['icl']:.2f}",
             "entropy": f"{r['entropy']:.2f}",
             "relative entropy": "" if not np.isfinite(r["relative_entropy"]) else f"{r['relative_entropy']:.3f}",
-            "subjects per class": ", ".join(f"{k}: {int(r[f'n_class{k}'])} ({one_decimal(r[f'%class{k}'])} %)" for k in ks),
+            "subjects per class": ", ".join(f"{k}: {int(r[f'n_class{k}'])} ({one_decimal(r[f'%class{k}'])} %)"
+                                            for k in ks),
         }
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "level"
