@@ -152,7 +152,7 @@ def test_missing_lifelines_gives_a_clear_error(monkeypatch):
 def test_baseline_table():
     b = oc.baseline_table(CLUSTERS, long_frame(), ["age", "sex"], subject="id", order_by="t")
     # age at the last visit: 41 + 2i; cluster 0: 41, 43, 45
-    assert b.table.loc[("age", "mean (SD)"), "cluster 0 (n=3)"] == "43 (2)"
+    assert b.table.loc[("age", "mean (SD)"), "cluster 0 (n=3)"] == "43.00 (2.00)"  # the decimals of all subjects' SD, 4.32
     assert b.table.loc[("sex", "f, n (%)"), "cluster 1 (n=4)"] == "2 (50.0 %)"  # s3, s5
     assert b.table.loc[("sex", "m, n (%)"), "all (n=7)"] == "4 (57.1 %)"
     assert b.varying == ["age"] and b.at == "last"

@@ -173,6 +173,15 @@ def _clusters(model, level: str, subject: str | None, order_by: str | None) -> t
     return labels, subject or cols.subject, order_by or cols.time
 
 
+def sd_decimals(sd: float) -> int:
+    """Decimals that give ``sd`` three significant figures (10.6: 1, 0.456: 3, 310: 0); 1 for a zero or missing
+    SD. A characteristics row prints every cluster's mean (SD) with the decimals of all subjects' SD, as a paper's
+    Table 1 does (three significant figures per cell gave '50 (10.9)' beside '50.1 (10.1)')."""
+    if not np.isfinite(sd) or sd <= 0:
+        return 1
+    return max(0, 2 - int(np.floor(np.log10(sd))))
+
+
 def _check_subjects(labels: pd.Series, frame: pd.DataFrame, subject: str) -> None:
     """A DataError when no subject of ``frame`` is one of the clusters' (``labels``, indexed by subject): every
     table would be empty or all missing. The usual cause is a subject column read with another type (``'3'`` is
@@ -476,14 +485,17 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
         v = subject_values(frame, subject, col, order_by=order_by, at=at).reindex(labels.index)
         if col not in declared and _is_numeric(v.dropna()):
             x = pd.Series(as_numeric(v, f"column {col!r}"), index=v.index)
-            cells = {}
+            stats = {}
             for k, idx in groups:
                 xs = x.loc[idx].dropna()
                 mean, sd = (float(xs.mean()), float(xs.std(ddof=1))) if len(xs) else (np.nan, np.nan)
-                cells[heads[k]] = f"{mean:.3g} ({sd:.3g})" if len(xs) > 1 else (f"{mean:.3g}" if len(xs) else "")
+                stats[k] = (mean, sd, len(xs))
                 tidy.append({"variable": col, "level": "", "cluster": k, "subjects": int(len(xs)), "mean": mean,
                              "sd": sd, "count": np.nan, "percent": np.nan})
-            rows[(col, "mean (SD)")] = cells
+            places = sd_decimals(stats["all"][1])  # one number of decimals per row, from all subjects' SD
+            rows[(col, "mean (SD)")] = {
+                heads[k]: (f"{m:.{places}f} ({sd:.{places}f})" if n > 1 else f"{m:.{places}f}" if n else "")
+                for k, (m, sd, n) in stats.items()}
         else:
             for value in _order(v.dropna()):
                 cells = {}
