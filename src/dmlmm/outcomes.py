@@ -182,6 +182,13 @@ def sd_decimals(sd: float) -> int:
     return max(0, 2 - int(np.floor(np.log10(sd))))
 
 
+def _mean_sd_cell(mean: float, sd: float, n: int, places: int) -> str:
+    """A characteristics cell of ``n`` subjects: 'mean (SD)', the mean alone for one subject, '' for none."""
+    if n > 1:
+        return f"{mean:.{places}f} ({sd:.{places}f})"
+    return f"{mean:.{places}f}" if n else ""
+
+
 def _check_subjects(labels: pd.Series, frame: pd.DataFrame, subject: str) -> None:
     """A DataError when no subject of ``frame`` is one of the clusters' (``labels``, indexed by subject): every
     table would be empty or all missing. The usual cause is a subject column read with another type (``'3'`` is
@@ -493,9 +500,7 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
                 tidy.append({"variable": col, "level": "", "cluster": k, "subjects": int(len(xs)), "mean": mean,
                              "sd": sd, "count": np.nan, "percent": np.nan})
             places = sd_decimals(stats["all"][1])  # one number of decimals per row, from all subjects' SD
-            rows[(col, "mean (SD)")] = {
-                heads[k]: (f"{m:.{places}f} ({sd:.{places}f})" if n > 1 else f"{m:.{places}f}" if n else "")
-                for k, (m, sd, n) in stats.items()}
+            rows[(col, "mean (SD)")] = {heads[k]: _mean_sd_cell(*st, places) for k, st in stats.items()}
         else:
             for value in _order(v.dropna()):
                 cells = {}
