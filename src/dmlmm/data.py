@@ -23,7 +23,11 @@ from .covariates import CovariateEncoding, is_categorical, missing_rows, parse_c
 from .exceptions import DataError
 from .sufficient import SufficientStats, sufficient_stats
 
-__all__ = ["Longitudinal", "without_missing"]
+__all__ = ["Longitudinal", "REPEATED_ROWS", "without_missing"]
+
+#: The start of the warning for rows that repeat an earlier row's subject, time and response (a regular
+#: expression for ``warnings.filterwarnings``: a held-out score's concatenated frames say it once, not twice).
+REPEATED_ROWS = r".*repeat an earlier row's subject, time and response"
 
 
 def _fmt_rows(index: pd.Index, mask: np.ndarray, limit: int = 5) -> str:

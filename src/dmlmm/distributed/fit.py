@@ -119,9 +119,9 @@ def fit_dask(
     t0 = perf_counter()
     basis = frame.fitted_basis(model.basis)  # as the in-memory fit: one basis for every scale, the noise identified?
     confounded = frame.noise_confounded(basis)
-    plan = FitPlan.of(basis, confounded, len(frame.pooled.few_times) if confounded else 0)
-    model._check_noise_identified(plan.confounded, len(frame.pooled.few_times) if plan.confounded else 0,
-                                  basis.n_basis, stacklevel=4)
+    n_times = len(frame.pooled.few_times) if confounded else 0  # the distinct times, known where they are few
+    plan = FitPlan.of(basis, confounded, n_times)
+    model._check_noise_identified(plan.confounded, n_times, basis.n_basis, stacklevel=4)
     model._check_sizes(frame.n_subjects, stacklevel=4)
     # as the in-memory fit: each scale's best fit, the higher bound on the data's scale kept
 

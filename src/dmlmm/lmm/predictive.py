@@ -36,7 +36,7 @@ from ..columns import as_numeric
 from .._linalg import cholesky, sym
 from ..exceptions import DataError
 from ..heldout import warn_held_out_frames
-from ..data import Longitudinal
+from ..data import REPEATED_ROWS, Longitudinal
 from ..models.params import check_interval, check_random_state, positive_int
 from ..prediction import condition, log_marginal
 from ..response_transform import forward, inverse, log_jacobian
@@ -431,7 +431,7 @@ class PredictiveLMM:
             warn_held_out_frames(data, condition_on, self.design_info_["group_name"], None, self._response_name())
         cond = self._log_density(condition_on, None, None, None, None)  # first: its errors name its own rows
         with warnings.catch_warnings():  # said of data and condition_on already, with their own row labels
-            warnings.filterwarnings("ignore", message=r".*repeat an earlier row's subject, time and response")
+            warnings.filterwarnings("ignore", message=REPEATED_ROWS)
             both = self._log_density(pd.concat([data, condition_on], ignore_index=True), None, None, None, None)
         has = out.index.intersection(cond.index)
         out.loc[has] = both.loc[has] - cond.loc[has]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..columns import as_numeric
 from ..continuation import Continuation
-from ..data import Longitudinal
+from ..data import REPEATED_ROWS, Longitudinal
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
 from ..exceptions import DataError, ExtrapolationWarning
@@ -387,7 +387,7 @@ class Predicting:
             lm = self._log_marginal(d, df, cont)
             frame = pd.concat([df, condition_on], ignore_index=True)
             with warnings.catch_warnings():  # said of df and condition_on already, with their own row labels
-                warnings.filterwarnings("ignore", message=r".*repeat an earlier row's subject, time and response")
+                warnings.filterwarnings("ignore", message=REPEATED_ROWS)
                 warnings.simplefilter("ignore", ExtrapolationWarning)
                 both = self._data(frame)
                 lm_both = pd.Series(self._log_marginal(both, frame, cont), index=both.subjects)
