@@ -236,3 +236,49 @@ def test_a_missing_membership_covariate_is_named_with_its_subjects():
     df.loc[df["subject"] == "p7", "age"] = np.nan
     with pytest.raises(DataError, match=r"membership covariate\(s\) \['age'\] are missing for subject\(s\) \['p7'\]"):
         MixtureLMM(2, membership_covariates=["age", "sex"], random_state=0, max_iter=20).fit(df)
+
+
+def test_dropna_leaves_out_subjects_without_any_membership_value():
+    """dropna=True drops the subjects whose membership covariate is missing at every visit, says so, and fits the
+    others as if they had not been given (it raised the missing-value error, dropna or not); a value missing at
+    some visits only is still the subject's value at the others."""
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"subject": np.repeat([f"p{i}" for i in range(20)], 4), "time": np.tile(np.arange(4.0), 20)})
+    df["age"] = np.repeat(rng.normal(50, 10, 20), 4)
+    df["y"] = rng.normal(size=len(df))
+    df.loc[df["subject"] == "p7", "age"] = np.nan
+    df.loc[(df["subject"] == "p3") & (df["time"] > 0), "age"] = np.nan
+    params = dict(membership_covariates=["age"], random_state=0, max_iter=20)
+    with pytest.warns(UserWarning, match=r"dropped 1 subject\(s\) \(4 row\(s\)\) whose membership covariate\(s\) "
+                                         r"\['age'\] are missing at every visit: \['p7'\]"):
+        m = MixtureLMM(2, **params).fit(df, dropna=True)
+    assert "p7" not in m.subjects_ and "p3" in m.subjects_ and len(m.subjects_) == 19
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = MixtureLMM(2, **params).fit(df[df["subject"] != "p7"])
+    assert m.elbo_ == pytest.approx(ref.elbo_, rel=1e-12)
+    everyone = df.assign(age=np.nan)
+    with pytest.raises(DataError, match=r"every subject's membership covariate\(s\) \['age'\] are missing"):
+        MixtureLMM(2, **params).fit(everyone, dropna=True)
+
+
+def test_command_line_dropna_leaves_out_subjects_without_membership_values(tmp_path):
+    """`dmlmm fit --dropna --membership-covariates`: a subject whose covariate is missing at every visit is
+    dropped with one warning, and the outputs leave it out (the fit dropped it and the outputs then stopped with
+    'membership covariate(s) ... are missing')."""
+    from click.testing import CliRunner
+
+    from dmlmm.cli import main
+
+    df, *_ = _simulate(n=40, seed=2)
+    gone = df["subject"].iloc[0]
+    df.loc[df["subject"] == gone, "x"] = np.nan
+    data = tmp_path / "d.csv"
+    df.to_csv(data, index=False)
+    r = CliRunner().invoke(main, ["fit", str(data), "--model", "mixture", "--components", "2", "--n-basis", "6",
+                                  "--membership-covariates", "x", "--max-iter", "30", "--jobs", "1", "--dropna",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("whose membership covariate(s) ['x'] are missing at every visit") == 1
+    traj = pd.read_csv(tmp_path / "o" / "trajectories.csv")
+    assert gone not in set(traj["subject"]) and traj["subject"].nunique() == 39

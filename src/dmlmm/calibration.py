@@ -24,6 +24,7 @@ from scipy import stats as st
 
 from ._recorded import recorded
 from .data import without_missing
+from .models.membership_design import without_unknown_baseline
 from .exceptions import CalibrationWarning
 from .response_transform import forward, transform_candidates
 
@@ -248,6 +249,8 @@ def check_bands(
                          "spline basis of time); this LinearMixedModel has a formula")
     if dropna:
         data = without_missing(data, subject, time, response, covariates, stacklevel=3)
+        data = without_unknown_baseline(data, subject, model.get_params(deep=False).get("membership_covariates"),
+                                        stacklevel=3)
     fit_kwargs = {} if covariates is None else {"covariates": covariates}
     check = _check(model, data, subject, time, response, fit_kwargs, float(level), int(min_visits))
     own = model.get_params(deep=False).get("response_transform")  # the model's own transform

@@ -433,6 +433,10 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), "none",
                            domain=None if transform in ("auto", "none") else transform)
+        if dropna and members:  # said once; the fit, the outputs and the band check then see the same subjects
+            from .models.membership_design import without_unknown_baseline
+
+            frame = without_unknown_baseline(frame, subject, members)
         _check_basis(basis, n_basis, frame[time_col], smoothing=not exact and smoothing != "none",
                      check_default=not exact and smoothing == "none")
         _check_smoothing_order(basis, None if exact or smoothing == "none" else int(smoothing or 2), smoothing)

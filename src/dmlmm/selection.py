@@ -36,6 +36,7 @@ import pandas as pd
 
 from .basis import SplineBasis
 from .data import Longitudinal, without_missing
+from .models.membership_design import without_unknown_baseline
 from .exceptions import DataError
 from .models.candidates import resolve_n_jobs, stopping_workers
 from .models.mixture import DeepMixtureLMM, MixtureLMM
@@ -218,6 +219,7 @@ def select_model(
     columns = {"subject": subject, "time": time, "response": response, "covariates": covariates}
     if dropna:  # once, up front (the warning names the rows dropped), so that every candidate fits the same rows
         data = without_missing(data, subject, time, response, covariates, stacklevel=3)
+        data = without_unknown_baseline(data, subject, model_kwargs.get("membership_covariates"), stacklevel=3)
     checked = Longitudinal.from_frame(data, subject, time, response, covariates)  # clear errors up front
     basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
     if not basis.is_fitted:

@@ -39,7 +39,7 @@ from ..priors.membership import first_layer_resp, membership_laplace_cov
 from ..basis import SplineBasis
 from .design import LongitudinalDesign, check_own_design, fitted_basis, noise_confounded, repeated_times
 from .frames import FrameLike
-from .membership_design import MembershipDesign
+from .membership_design import MembershipDesign, without_unknown_baseline
 from .candidates import CandidateData, CandidateFit, fit_candidates, fit_in_turn, resolve_n_jobs, workers_allowed
 from .starting import ridge_estimates, smooth_roughness
 
@@ -277,6 +277,8 @@ class Fitting:
                                  "Longitudinal.from_frame(..., covariates=...))")
             d = data
         else:
+            if dropna and isinstance(data, pd.DataFrame):  # subjects without any baseline value of membership
+                data = without_unknown_baseline(data, subject, self._membership_columns(), stacklevel=2)
             d = Longitudinal.from_frame(data, subject, time, response, covariates, dropna=dropna)
         if d.n_subjects < 2:
             raise DataError(

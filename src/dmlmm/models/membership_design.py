@@ -7,6 +7,7 @@ coefficients back to the user's scale for the summary.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -16,7 +17,7 @@ import pandas as pd
 from ..covariates import CovariateEncoding
 from ..exceptions import DataError
 
-__all__ = ["MembershipDesign"]
+__all__ = ["MembershipDesign", "without_unknown_baseline"]
 
 
 @dataclass
@@ -78,6 +79,34 @@ class MembershipDesign:
     @classmethod
     def from_dict(cls, d: dict) -> "MembershipDesign":
         return cls(CovariateEncoding.from_dict(d["encoding"]), np.asarray(d["mean"], float), np.asarray(d["scale"], float))
+
+
+def without_unknown_baseline(frame: pd.DataFrame, subject: str, columns: Sequence[str] | None,
+                             stacklevel: int = 2) -> pd.DataFrame:
+    """The rows of ``frame`` less those of subjects whose membership covariates are missing at every visit,
+    with a warning naming them (``stacklevel`` as seen from the caller); ``frame`` itself when none is dropped.
+
+    For ``dropna=True``: a value missing at some visits is the subject's value at the others (one per subject),
+    so only subjects without any value are left out. Columns not in ``frame`` are left to the fit's error.
+    """
+    cols = [c for c in (columns or ()) if c in frame.columns]
+    if not cols or subject not in frame.columns:
+        return frame
+    known = frame[cols].notna().groupby(frame[subject], sort=False, observed=True).any()  # (subjects, columns)
+    unknown = ~known.all(axis=1).to_numpy()
+    if not unknown.any():
+        return frame
+    gone = known.index[unknown]
+    absent = [c for c in cols if not known.loc[unknown, c].all()]
+    drop = frame[subject].isin(gone).to_numpy()
+    if drop.all():
+        raise DataError(f"every subject's membership covariate(s) {absent} are missing at every visit: no subject "
+                        "is left to fit; give the subjects' baseline values or leave membership_covariates out")
+    warnings.warn(
+        f"dropped {len(gone)} subject(s) ({int(drop.sum())} row(s)) whose membership covariate(s) {absent} are missing "
+        f"at every visit: {[_label(s) for s in gone[:10]]}{' ...' if len(gone) > 10 else ''}",
+        UserWarning, stacklevel=stacklevel + 1)
+    return frame.loc[~drop]
 
 
 def _per_subject(frame: pd.DataFrame, subject: str, columns: list[str], subjects: pd.Index) -> pd.DataFrame:
