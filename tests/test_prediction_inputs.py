@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmlmm import DataError, LinearMixedModel, MixtureLMM, SplineBasis
+from dmlmm import DataError, LinearMixedModel, Longitudinal, MixtureLMM, SplineBasis
 from dmlmm.simulate import dgp1
 
 
@@ -136,7 +136,6 @@ def test_a_longitudinal_the_mixtures_cannot_read_as_it_is_meant():
     """Design matrices of a Longitudinal (from_arrays(y, x)) are refused by the mixtures, which build the spline
     design from times (two different x gave the same ELBO); at predict, a Longitudinal with other covariate columns
     than the model's is refused (age was read as the sex dummy); covariates= beside a Longitudinal is refused."""
-    from dmlmm import Longitudinal
 
     rng = np.random.default_rng(0)
     ys = [rng.normal(size=6) for _ in range(30)]
@@ -158,6 +157,25 @@ def test_a_longitudinal_the_mixtures_cannot_read_as_it_is_meant():
         m.predict_trajectory(Longitudinal.from_frame(df), times=[0.5])
     with pytest.raises(ValueError, match=r"^covariates= is for data frames: a Longitudinal carries its covariates"):
         MixtureLMM(2, SplineBasis(6)).fit(Longitudinal.from_frame(df, covariates=["sex"]), covariates=["sex"])
+
+
+@pytest.mark.parametrize("model", [MixtureLMM(2, max_iter=5), LinearMixedModel()], ids=["mixture", "lmm"])
+def test_column_names_given_with_a_longitudinal_are_its_own_or_an_error(model):
+    """A Longitudinal carries its column names and covariates: other names or covariates= beside it are an error
+    (they were ignored without a word, and the LinearMixedModel fitted without the covariates asked for); its own
+    names, or the defaults, are fine."""
+    df = dgp1(0, n_subjects=30).data.rename(columns={"subject": "id", "time": "t", "y": "v"})
+    long = Longitudinal.from_frame(df, "id", "t", "v")
+    with pytest.raises(ValueError, match=r"^subject='patient', response='value' given with a Longitudinal, whose "
+                                         r"columns are subject='id', time='t', response='v': a Longitudinal carries "
+                                         r"its own column names; leave these arguments out, or build it with "
+                                         r"Longitudinal.from_frame\(..., subject='patient', response='value'\)$"):
+        model.fit(long, subject="patient", response="value")
+    with pytest.raises(ValueError, match=r"^covariates= is for data frames"):
+        model.fit(long, covariates=["t"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert model.fit(long, subject="id", time="t", response="v") is model
 
 
 @pytest.mark.parametrize("kind", ["mixture", "lmm"])

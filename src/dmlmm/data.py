@@ -23,7 +23,7 @@ from .covariates import CovariateEncoding, is_categorical, missing_rows, parse_c
 from .exceptions import DataError
 from .sufficient import SufficientStats, sufficient_stats
 
-__all__ = ["Longitudinal", "REPEATED_ROWS", "without_missing"]
+__all__ = ["Longitudinal", "REPEATED_ROWS", "check_longitudinal_call", "without_missing"]
 
 #: The start of the warning for rows that repeat an earlier row's subject, time and response (a regular
 #: expression for ``warnings.filterwarnings``: a held-out score's concatenated frames say it once, not twice).
@@ -395,3 +395,21 @@ def without_missing(df: pd.DataFrame, subject: str, time: str, response: str | N
         at = Longitudinal.from_frame(df.reset_index(drop=True), subject, time, response, covariates,
                                      dropna=True).row_index
     return df.iloc[np.sort(np.asarray(at))]
+
+
+def check_longitudinal_call(long: Longitudinal, subject: str, time: str, response: str, covariates=None) -> None:
+    """A ValueError where a fit is given a :class:`Longitudinal` with column names that are neither the defaults
+    nor its own, or with ``covariates``: a Longitudinal carries its columns and covariates, and the arguments
+    would otherwise be ignored without a word."""
+    if covariates is not None:
+        raise ValueError("covariates= is for data frames: a Longitudinal carries its covariates (build it with "
+                         "Longitudinal.from_frame(..., covariates=...))")
+    default, own = ColumnNames(), long.columns
+    given = {"subject": subject, "time": time, "response": response}
+    odd = [f"{role}={name!r}" for role, name in given.items()
+           if name != getattr(default, role) and name != getattr(own, role)]
+    if odd:
+        raise ValueError(
+            f"{', '.join(odd)} given with a Longitudinal, whose columns are subject={own.subject!r}, "
+            f"time={own.time!r}, response={own.response!r}: a Longitudinal carries its own column names; leave "
+            f"these arguments out, or build it with Longitudinal.from_frame(..., {', '.join(odd)})")

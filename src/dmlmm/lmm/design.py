@@ -29,7 +29,7 @@ import pandas as pd
 from ..basis import SplineBasis
 from ..columns import ColumnNames, as_numeric
 from ..covariates import CovariateEncoding
-from ..data import Longitudinal
+from ..data import Longitudinal, check_longitudinal_call
 from ..sufficient import SufficientStats, sufficient_stats
 from ..exceptions import DataError, IdentifiabilityWarning
 from .structure import CovarianceStructure
@@ -422,6 +422,7 @@ class LongitudinalDesignBuilder:
     def fit(self, data, subject: str = "subject", time: str = "time", response: str = "y",
             covariates: Sequence[str] | str | None = None, dropna: bool = False) -> Design:
         if isinstance(data, Longitudinal):
+            check_longitudinal_call(data, subject, time, response, covariates)
             long = data
             if long.response is None:
                 raise DataError("the data has no response column")

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .._recorded import recorded, reraise
-from ..data import Longitudinal
+from ..data import Longitudinal, check_longitudinal_call
 from ..standardise import check_noise_left, warn_binary_response
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
@@ -272,9 +272,7 @@ class Fitting:
             return fit_dask(self, data, subject, time, response, covariates, dropna=dropna)
         if isinstance(data, Longitudinal):
             check_own_design(data)
-            if covariates is not None:
-                raise ValueError("covariates= is for data frames: a Longitudinal carries its covariates (build it with "
-                                 "Longitudinal.from_frame(..., covariates=...))")
+            check_longitudinal_call(data, subject, time, response, covariates)
             d = data
         else:
             if dropna and isinstance(data, pd.DataFrame):  # subjects without any baseline value of membership
