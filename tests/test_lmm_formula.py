@@ -162,3 +162,21 @@ def test_formula_model_needs_a_frame(sleepstudy):
         LinearMixedModel("Reaction ~ Days + (1 | Subject)", method="reml").fit(sleepstudy.to_numpy())
     with pytest.raises(ValueError, match="formula"):
         LinearMixedModel("Reaction ~ Days + (1 | Subject)", method="reml").fit(X=np.ones((3, 1)), Z=np.ones((3, 1)), y=[1, 2, 3])
+
+
+def test_numbers_stored_as_text_and_the_grouping_column_as_a_term_are_said(sleepstudy):
+    """formulaic reads numbers stored as text as categories (one coefficient per distinct value) and fits the
+    grouping column as a term without a word; both are said, with what to write instead. C(x) is left quiet."""
+    import warnings
+
+    df = sleepstudy.assign(DaysText=sleepstudy["Days"].astype(str))
+    with pytest.warns(UserWarning, match=r"column 'DaysText' holds numbers stored as text \(e.g. '0'\): the formula "
+                                         r"reads it as a categorical variable with 10 levels; convert it with "
+                                         r"pd.to_numeric\(df\['DaysText'\]\)"):
+        m = LinearMixedModel(formula="Reaction ~ DaysText + (1 | Subject)", method="reml").fit(df)
+    assert len(m.fixed_effects_) == 10  # formulaic's reading is kept: the warning says what it did
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LinearMixedModel(formula="Reaction ~ C(DaysText) + (1 | Subject)", method="reml").fit(df)
+    with pytest.warns(UserWarning, match=r"the grouping column 'Subject' is also a term of the formula"):
+        LinearMixedModel(formula="Reaction ~ Days + C(Subject) + (1 | Subject)", method="reml").fit(df)

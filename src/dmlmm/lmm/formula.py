@@ -251,6 +251,34 @@ def _model_matrix(spec_or_formula, df: pd.DataFrame, what: str):
             raise DataError(f"cannot build the {what} from the data: {exc}") from None
 
 
+def _warn_formula_columns(df: pd.DataFrame, variables: Sequence[str], group: str, group_in_terms: bool,
+                          formula: str, stacklevel: int = 5) -> None:
+    """Warnings for formula columns that formulaic reads other than a user likely means: numbers stored as text
+    (read as categories, one coefficient per distinct value) unless the formula says ``C(x)``, and the grouping
+    column among the terms (a fixed effect per subject takes the place of the random intercept, or a slope over
+    the subjects' labels)."""
+    for v in variables:
+        col = df[v]
+        if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype):
+            continue
+        values = col.dropna()
+        if len(values) == 0 or re.search(rf"\bC\(\s*{re.escape(v)}\b", formula):
+            continue
+        as_numbers = pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
+        if as_numbers.notna().all():
+            warnings.warn(
+                f"column '{v}' holds numbers stored as text (e.g. {values.iloc[0]!r}): the formula reads it as a "
+                f"categorical variable with {values.nunique()} levels; convert it with pd.to_numeric(df['{v}']) for "
+                f"a numeric covariate, or write C({v}) to say the categories are meant", UserWarning,
+                stacklevel=stacklevel)
+    if group_in_terms:
+        warnings.warn(
+            f"the grouping column '{group}' is also a term of the formula: as a category, each subject's fixed effect "
+            "takes the place of its random intercept (whose variance then shrinks to zero); as a number, a slope over "
+            "the subjects' labels. Subject-level covariates (e.g. age at entry) belong there, not the labels",
+            UserWarning, stacklevel=stacklevel)
+
+
 class FormulaDesignBuilder:
     """Designs from an lme4-style formula (fixed part and random terms built by formulaic).
 
@@ -301,6 +329,7 @@ class FormulaDesignBuilder:
         if p.response in df.columns:
             as_numeric(df[p.response], f"response column '{p.response}'")
         df = check_finite_columns(df, variables, dropna, stacklevel=4)
+        _warn_formula_columns(df, sorted(rhs_vars - {group}), group, group in rhs_vars, self.formula)
         used = list(dict.fromkeys(variables + [p.response]))
         same = df[used].duplicated() if p.response in df.columns else pd.Series(False, index=df.index)
         if same.any():  # replicates are allowed; a row entered twice is more likely
