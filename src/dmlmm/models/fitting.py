@@ -253,7 +253,8 @@ class Fitting:
             ``"diet * time"`` (interactions, ``C(x)``, transforms; no intercept column: the mean
             curve takes its place; :mod:`dmlmm.covariates`).
         dropna : bool
-            Drop rows with missing values (with a warning) instead of raising.
+            Drop rows with missing values (with a warning) instead of raising; with
+            ``membership_covariates``, also the subjects whose covariates are missing at every visit.
 
         Returns
         -------
