@@ -76,7 +76,8 @@ def test_outcome_files_and_printed_tables(fit_run):
     assert set(base["variable"]) == {"age", "sex"}
     text = r.stdout
     for fragment in ("class summary", "summarytable", "postprob", "relative entropy", "status by cluster",
-                     "chi-square", "log-rank chi-square", "characteristics by cluster", "last non-missing value",
+                     "chi-square", "log-rank chi-square", "characteristics by cluster (each subject's first non-missing value",
+                     "last non-missing value",
                      "outcomes.csv", "survival.csv"):
         assert fragment in text, fragment
     html = (out / "report.html").read_text()

@@ -151,17 +151,44 @@ def test_missing_lifelines_gives_a_clear_error(monkeypatch):
 
 def test_baseline_table():
     b = oc.baseline_table(CLUSTERS, long_frame(), ["age", "sex"], subject="id", order_by="t")
-    # age at the last visit: 41 + 2i; cluster 0: 41, 43, 45
-    assert b.table.loc[("age", "mean (SD)"), "cluster 0 (n=3)"] == "43.00 (2.00)"  # the decimals of all subjects' SD, 4.32
+    # age at the first visit (at entry, the default): 40 + 2i; cluster 0: 40, 42, 44
+    assert b.table.loc[("age", "mean (SD)"), "cluster 0 (n=3)"] == "42.00 (2.00)"  # the decimals of all subjects' SD, 4.32
     assert b.table.loc[("sex", "f, n (%)"), "cluster 1 (n=4)"] == "2 (50.0 %)"  # s3, s5
     assert b.table.loc[("sex", "m, n (%)"), "all (n=7)"] == "4 (57.1 %)"
-    assert b.varying == ["age"] and b.at == "last"
+    assert b.varying == ["age"] and b.at == "first"
     tidy = b.tidy.set_index(["variable", "level", "cluster"])
-    assert tidy.loc[("age", "", "all"), "mean"] == pytest.approx(np.mean([41 + 2 * i for i in range(7)]))
+    assert tidy.loc[("age", "", "all"), "mean"] == pytest.approx(np.mean([40 + 2 * i for i in range(7)]))
     assert tidy.loc[("sex", "f", 0), "count"] == 1
     # baseline.csv: counts written as whole numbers, blank on the mean (SD) rows
     lines = b.tidy.to_csv(index=False).splitlines()
-    assert "sex,f,1,4,,,2,50.0" in lines and "age,,0,3,43.0,2.0,," in lines
+    assert "sex,f,1,4,,,2,50.0" in lines and "age,,0,3,42.0,2.0,," in lines
+    last = oc.baseline_table(CLUSTERS, long_frame(), ["age"], subject="id", order_by="t", at="last")
+    assert last.table.loc[("age", "mean (SD)"), "cluster 0 (n=3)"] == "43.00 (2.00)" and last.at == "last"  # 41, 43, 45
+
+
+def test_tables_read_what_the_user_declared_and_say_what_they_leave_out():
+    """A pandas Categorical is counted by level in its own order, whatever its categories (numeric stages were
+    summarised as a mean); subjects of the data without a cluster are said, not dropped in silence; event values
+    that differ from event_value only in case are said; a frame with one row per subject needs no time column."""
+    frame = long_frame()
+    frame["stage"] = pd.Categorical(np.where(frame["id"].isin(CLUSTERS.index[:3]), 4, 1), categories=[4, 1],
+                                    ordered=True)
+    b = oc.baseline_table(CLUSTERS, frame, ["stage"], subject="id", order_by="t")
+    assert list(b.table.index.get_level_values("statistic")) == ["4, n (%)", "1, n (%)"]
+    assert b.table.loc[("stage", "4, n (%)"), "all (n=7)"] == "3 (42.9 %)"
+    extra = pd.concat([frame, frame[frame["id"] == CLUSTERS.index[0]].assign(id="new")], ignore_index=True)
+    with pytest.warns(UserWarning, match=r"^1 of the 8 subject\(s\) in the data are not among the clusters' subjects "
+                                         r"\(e.g. 'new'\): they have no cluster and are left out of the table"):
+        t = oc.outcome_table(CLUSTERS, extra, "outcome", subject="id", order_by="t")
+    assert t.n_subjects == 7
+    cased = frame.assign(status=np.where(frame["dead"] == 1, "Died", "alive"))
+    cased.loc[cased["id"] == CLUSTERS.index[0], "status"] = "died"
+    with pytest.warns(UserWarning, match=r"column 'status' holds 'Died', which differ from the event value 'died' "
+                                         r"only in case: they are counted as censored"):
+        s = oc.survival_by_cluster(CLUSTERS, cased, "futime", "status", event_value="died", subject="id")
+    assert int(s.summary["events"].sum()) == int(EVENT[0])
+    per_subject = frame.drop_duplicates("id").drop(columns="t")
+    assert oc.outcome_table(CLUSTERS, per_subject, "outcome", subject="id").n_subjects == 7
 
 
 @pytest.fixture(scope="module")

@@ -389,6 +389,9 @@ def main() -> None:
 @click.option("--baseline", default=None,
               help="Comma-separated columns to describe by cluster: mean (SD) or counts (%) (baseline.csv and the "
                    "report). [the --covariates]")
+@click.option("--baseline-at", type=click.Choice(["first", "last"]), default="first", show_default=True,
+              help="For --baseline columns that change within subjects: each subject's first (at entry) or last "
+                   "non-missing value.")
 @click.option("--check-bands", is_flag=True,
               help="Also hold out each subject's last visit, refit, forecast it and count the --interval bands "
                    "that hold it (band_check.csv; a second fit).")
@@ -398,7 +401,8 @@ def main() -> None:
               help="Output folder.")
 def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis,
         smoothing, noise, noise_df, loading_order, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
-        max_iter, dropna, outcome, event_time, event, event_value, baseline, check_bands, overwrite, quiet, out):
+        max_iter, dropna, outcome, event_time, event, event_value, baseline, baseline_at, check_bands, overwrite,
+        quiet, out):
     """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
     the saved model and an HTML report to --out (all at once, when the fit is done)."""
     from .cli_output import OutputFolder, write_outputs
@@ -420,6 +424,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
                                            interval, n_init)
     cov_cols = _covariate_columns(covs, time_col)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, cov_cols)
+    asked["at"] = baseline_at
     prior_options = _prior_options(kind, exact, smoothing, noise, loading_order, covariance, noise_df)
     # every model transforms the response itself (outputs on the data's scale); only model files of earlier
     # versions carry a transform applied to the data before the fit (dmlmm predict applies it)
@@ -719,8 +724,10 @@ def _outcome_report(model, frame, asked):
     if not isinstance(model, VariationalLongitudinalModel) or not (
             asked["outcomes"] or asked["duration"] or asked["baseline"]):
         return None
-    return outcome_report(model, frame, outcomes=asked["outcomes"], duration=asked["duration"], event=asked["event"],
-                          event_value=asked["event_value"], baseline=asked["baseline"])
+    fitted = frame[model.design_.columns.subject].isin(model.subjects_)  # --dropna said which subjects it left out
+    return outcome_report(model, frame[fitted], outcomes=asked["outcomes"], duration=asked["duration"],
+                          event=asked["event"], event_value=asked["event_value"], baseline=asked["baseline"],
+                          at=asked.get("at", "first"))
 
 
 def _read_data(data, subject, time_col, response, covs, transform, response_optional=False, domain=None):

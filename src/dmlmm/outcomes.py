@@ -23,6 +23,7 @@ for a deep model's first-layer groups) or a Series mapping subjects to clusters.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -127,7 +128,14 @@ def event_indicator(values: pd.Series, column: str = "event", event_value=None) 
         if target is not None and num.notna().all():
             hit = num == target
         else:
-            hit = s.astype(str).str.strip() == str(event_value).strip()
+            text, wanted = s.astype(str).str.strip(), str(event_value).strip()
+            hit = text == wanted
+            near = pd.unique(s[(text.str.casefold() == wanted.casefold()) & ~hit])
+            if len(near):
+                warnings.warn(
+                    f"column {column!r} holds {', '.join(repr(_py(v)) for v in near)}, which differ from the event "
+                    f"value {event_value!r} only in case: they are counted as censored; recode the column if they "
+                    "are events", UserWarning, stacklevel=3)
         if not hit.any():
             raise DataError(f"no subject has the event value {event_value!r} in column {column!r} "
                             f"(its values are: {', '.join(map(str, pd.unique(s)[:6]))})")
@@ -173,6 +181,15 @@ def _clusters(model, level: str, subject: str | None, order_by: str | None) -> t
     return labels, subject or cols.subject, order_by or cols.time
 
 
+def _frame_order(frame: pd.DataFrame, order_by: str | None, given: str | None) -> str | None:
+    """The column ordering a subject's rows: ``given`` (checked), else the model's time column where ``frame``
+    has it, else None (the frame's order; a frame with one row per subject needs none)."""
+    if given is not None:
+        _check_column(frame, given)
+        return given
+    return order_by if order_by in frame.columns else None
+
+
 def sd_decimals(sd: float) -> int:
     """Decimals that give ``sd`` three significant figures (10.6: 1, 0.456: 3, 310: 0); 1 for a zero or missing
     SD. A characteristics row prints every cluster's mean (SD) with the decimals of all subjects' SD, as a paper's
@@ -203,10 +220,23 @@ def _check_subjects(labels: pd.Series, frame: pd.DataFrame, subject: str) -> Non
             f"none of the {len(present)} subject(s) in column {subject!r} ({shown(present)}) is a subject of the "
             f"clusters ({shown(labels.index)}): the labels must match in value and type ('3' is not 3); convert the "
             f"column, e.g. frame[{subject!r}].astype(int) or .astype(str)")
+    outside = present[~present.isin(labels.index)]
+    if len(outside):
+        warnings.warn(
+            f"{len(outside)} of the {len(present)} subject(s) in the data are not among the clusters' subjects (e.g. "
+            f"{', '.join(repr(_py(v)) for v in outside[:3])}): they have no cluster and are left out of the table "
+            "(fit the model on them, or predict their clusters with predict_proba, to include them)",
+            UserWarning, stacklevel=3)
 
 
 def _order(values) -> list:
-    vals = list(pd.unique(pd.Series(values).dropna()))
+    """The distinct values in display order: a pandas Categorical's own order of categories (those present), else
+    sorted (as text where the values do not compare)."""
+    series = pd.Series(values)
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        present = set(series.dropna())
+        return [c for c in series.cat.categories if c in present]
+    vals = list(pd.unique(series.dropna()))
     try:
         return sorted(vals)
     except TypeError:
@@ -286,7 +316,8 @@ def outcome_table(model, frame: pd.DataFrame, column: str, *, subject: str | Non
     """
     from scipy.stats import chi2_contingency
 
-    labels, subject, order_by = _clusters(model, level, subject, order_by)
+    labels, subject, default_order = _clusters(model, level, subject, order_by)
+    order_by = _frame_order(frame, default_order, order_by)
     _check_subjects(labels, frame, subject)
     values = subject_values(frame, subject, column, order_by=order_by, constant=True, role="an outcome")
     common = labels.index.intersection(values.index)
@@ -379,7 +410,8 @@ def survival_by_cluster(model, frame: pd.DataFrame, duration: str, event: str, *
     from lifelines.statistics import multivariate_logrank_test
     from lifelines.utils import median_survival_times
 
-    labels, subject, order_by = _clusters(model, level, subject, order_by)
+    labels, subject, default_order = _clusters(model, level, subject, order_by)
+    order_by = _frame_order(frame, default_order, order_by)
     _check_subjects(labels, frame, subject)
     t = _durations(subject_values(frame, subject, duration, order_by=order_by, constant=True,
                                   role="a follow-up time"), duration)
@@ -439,7 +471,9 @@ class BaselineTable:
 
 
 def _is_numeric(values: pd.Series) -> bool:
-    if pd.api.types.is_bool_dtype(values):
+    """Whether a characteristic is summarised by its mean (SD): numbers with more than two distinct values, not a
+    pandas Categorical (declared categorical, whatever its categories) nor booleans."""
+    if pd.api.types.is_bool_dtype(values) or isinstance(values.dtype, pd.CategoricalDtype):
         return False
     try:
         x = as_numeric(values, "values")
@@ -460,7 +494,7 @@ def _declared_categorical(model) -> set[str]:
 
 
 def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subject: str | None = None,
-                   order_by: str | None = None, level: str = "cluster", at: str = "last") -> BaselineTable:
+                   order_by: str | None = None, level: str = "cluster", at: str = "first") -> BaselineTable:
     """Mean (SD) or counts (%) of each column by cluster and overall (a clinical paper's Table 1).
 
     Parameters
@@ -470,10 +504,12 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
     columns : the characteristics; each subject contributes one value per column.
     subject, order_by : subject and time columns (default: the model's).
     level : "cluster" or, for a deep model, "cluster_layer1".
-    at : "last" (default) or "first" non-missing value of each subject, for columns that vary
-        within subjects (listed in the result's ``varying``).
+    at : "first" (default: the value at entry, as a Table 1 of baseline characteristics reports) or
+        "last" non-missing value of each subject, for columns that vary within subjects (listed in
+        the result's ``varying``).
     """
-    labels, subject, order_by = _clusters(model, level, subject, order_by)
+    labels, subject, default_order = _clusters(model, level, subject, order_by)
+    order_by = _frame_order(frame, default_order, order_by)
     _check_subjects(labels, frame, subject)
     if isinstance(columns, str):  # one column, not its letters
         columns = [columns]
@@ -567,7 +603,8 @@ class OutcomeReport:
                          f"{missing}): {s.test_text()}\n{s.formatted().to_string()}")
         if self.baseline is not None:
             b = self.baseline
-            parts.append(f"characteristics by cluster (each subject's {b.at} non-missing value):\n"
+            vary = f"; {', '.join(b.varying)} vary within subjects" if b.varying else ""
+            parts.append(f"characteristics by cluster (each subject's {b.at} non-missing value{vary}):\n"
                          + b.table.to_string())
         return "\n".join(line.rstrip() for line in "\n\n".join(parts).splitlines())
 
@@ -594,9 +631,10 @@ def check_outcome_columns(frame: pd.DataFrame, subject: str, *, order_by: str | 
 def outcome_report(model, frame: pd.DataFrame, *, outcomes: Sequence[str] = (), duration: str | None = None,
                    event: str | None = None, event_value=None, baseline: Sequence[str] = (),
                    subject: str | None = None, order_by: str | None = None, level: str = "cluster",
-                   at: str = "last") -> OutcomeReport:
+                   at: str = "first") -> OutcomeReport:
     """:func:`outcome_table` for each of ``outcomes``, :func:`survival_by_cluster` (with ``duration``
-    and ``event``) and :func:`baseline_table` of ``baseline`` (if any), in one :class:`OutcomeReport`."""
+    and ``event``) and :func:`baseline_table` of ``baseline`` (if any, each subject's ``at`` value), in one
+    :class:`OutcomeReport`."""
     kw = dict(subject=subject, order_by=order_by, level=level)
     if (duration is None) != (event is None):
         raise DataError("survival by cluster needs both a follow-up time and an event column")

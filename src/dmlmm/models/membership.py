@@ -101,7 +101,7 @@ class Membership:
             have = list(df.columns) if isinstance(df, pd.DataFrame) else type(df).__name__
             raise DataError(f"membership_probabilities needs a data frame with the subject column {column!r} and the "
                             f"membership covariates {list(m.encoding.columns)}; got {have}")
-        subjects = pd.Index(pd.unique(df[column]), name="subject")
+        subjects = pd.Index(pd.unique(df[column]), name=column)  # as predict_proba names it
         Z = m.matrix(df, self.design_.columns.subject, subjects)
         p = np.exp(self._membership_log_p1(Z))[:, self._group_order]
         return pd.DataFrame(p, index=subjects, columns=pd.RangeIndex(p.shape[1], name="group"))

@@ -155,8 +155,9 @@ def _outcome_sections(res: FitResults, outcomes) -> list[str]:
         sections.append(_section("survival", "Survival by cluster", body))
     b = outcomes.baseline
     if b is not None:
-        vary = (f" For columns that change within subjects ({html.escape(', '.join(b.varying))}) that is the "
-                f"subject's {b.at} value, not necessarily the one at the first visit." if b.varying else "")
+        when = "first visit with a value (at entry)" if b.at == "first" else "last visit with a value, not at entry"
+        vary = (f" For columns that change within subjects ({html.escape(', '.join(b.varying))}) that is the value at "
+                f"the subject's {when}." if b.varying else "")
         body = (f'<p class="note">Mean (SD) of numeric columns and counts (% of the cluster\'s subjects with a value) '
                 f"of categorical ones, by cluster and overall; each subject counts once, with its {b.at} "
                 f"non-missing value.{vary}</p>" + _multi_table(b.table))
