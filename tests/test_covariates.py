@@ -3,6 +3,7 @@ plain-JSON state that rebuilds the same columns, errors that name columns and le
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 import zipfile
@@ -279,3 +280,41 @@ def test_time_terms_are_rebuilt_at_every_prediction_time(frame):
     band = pred0[pred0["subject"] == 101]
     sd = ((band["upper"] - band["lower"]) / 3.92).to_numpy()
     np.testing.assert_allclose(means[1] - means[0], gap0, atol=6 * sd.max() / np.sqrt(4000) * np.sqrt(2))
+
+
+def test_time_formulas_give_order_free_subject_curves_and_the_average_population_curve(frame, tmp_path):
+    """With covariates "x + x:time" (x varying between visits) and "diet * time": a subject's curve uses its
+    latest visit's covariates whatever the order of the rows (the last row in the frame was used: curves moved
+    by up to 1.2 with the rows reversed); the population curve and cluster_means_ average the subjects' fixed
+    parts rebuilt at each time (they held the time columns at their training mean, flat where diet b rose),
+    also after saving; and `dmlmm predict` rebuilds them too (it refused such models)."""
+    df = frame.assign(x=np.sin(3 * frame["time"] + frame["subject"]))
+    df["y"] = df["y"] + np.where(df["diet"] == "b", 2.0, 0.0) * df["time"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = dmlmm.MixtureLMM(2, basis=dmlmm.SplineBasis(6), random_state=0, max_iter=40).fit(
+            df, covariates="diet * time + x + x:time")
+    grid = np.array([0.1, 0.5, 0.9])
+    few = df[df["subject"].isin([0, 1, 2])]
+    forward = m.predict_trajectory(few, times=grid)
+    backward = m.predict_trajectory(few.iloc[::-1], times=grid)
+    pd.testing.assert_frame_equal(forward.sort_values(["subject", "time"]).reset_index(drop=True),
+                                  backward.sort_values(["subject", "time"]).reset_index(drop=True), rtol=1e-12)
+    pop = m.predict_trajectory(None, times=grid)["mean"].to_numpy()
+    # linear model: the curve at the average covariates is the average of the subjects' population-level curves
+    each = m.predict_trajectory(df, times=grid, level="population").groupby("time")["mean"].mean().to_numpy()
+    np.testing.assert_allclose(pop, each, rtol=1e-9, atol=1e-9)
+    assert pop[-1] - pop[0] > 0.3  # a third of the subjects (diet b) rise by 2 over the window
+    cm = m.cluster_means_
+    weighted = cm.groupby("time").apply(lambda g: np.average(g["mean"], weights=g["weight"]), include_groups=False)
+    mid = m.predict_trajectory(None, times=weighted.index.to_numpy()[[0, 50, -1]])["mean"].to_numpy()
+    np.testing.assert_allclose(weighted.to_numpy()[[0, 50, -1]], mid, rtol=1e-9, atol=1e-9)
+    m.save(tmp_path / "m.dmlmm")
+    pd.testing.assert_frame_equal(dmlmm.load(tmp_path / "m.dmlmm").predict_trajectory(None, times=grid),
+                                  m.predict_trajectory(None, times=grid))
+    data = tmp_path / "d.csv"
+    few.to_csv(data, index=False)
+    res = CliRunner().invoke(main, ["predict", str(tmp_path / "m.dmlmm"), str(data), "--times", "0.1,0.5,0.9"])
+    assert res.exit_code == 0, res.output
+    cli = pd.read_csv(io.StringIO(res.stdout))
+    np.testing.assert_allclose(cli["mean"].to_numpy(), forward["mean"].to_numpy(), rtol=1e-9)

@@ -963,7 +963,9 @@ def _predict_table(model, frame, times, interval, kind, dropna, level="subject")
     d = model.design_.data_from(frame, require_response=False, dropna=dropna, model_scale=False)
     if level == "population":
         d = d.without_response()
-    if model.design_.membership is not None:  # its baseline columns are read from the frame: the rows d kept
+    # membership covariates, and covariates rebuilt at every time (a formula with time), are read from the frame:
+    # the rows d kept
+    if model.design_.membership is not None or getattr(model.design_.encoding, "time", None) is not None:
         d = frame.loc[d.row_index]
         if level == "population" and model.design_.columns.response in d.columns:
             d = d.assign(**{model.design_.columns.response: float("nan")})

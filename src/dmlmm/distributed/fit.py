@@ -41,6 +41,7 @@ from ..inference.engine import VariationalParams, VIConfig, final_local_step
 from ..inference.noise import per_cluster
 from ..models.candidates import StartFactory, fit_in_turn
 from ..models.fitting import FitPlan, ScaleFit, fit_scales, fitting_order
+from ..models.design import latest_covariates
 from ..models.starting import smooth_roughness
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
@@ -139,6 +140,10 @@ def fit_dask(
     best, design, stats = chosen.result, chosen.design, chosen.stats
     best.seconds = perf_counter() - t0
     local = best.local
+    if design.needs_population:  # a covariate formula that uses time: each subject's latest covariates, as in memory
+        c = design.columns
+        latest = data.map_partitions(latest_covariates, c.subject, c.time, design.population_columns())
+        design.learn_population(client.compute(latest).result(), frame.subjects)
     model._set_fitted_globals(design, best, local.sums.weight, local.sums.n_obs, stacklevel=5,
                               log_jacobian=chosen.log_jacobian)
     model.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}

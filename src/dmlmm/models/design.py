@@ -26,7 +26,11 @@ from ..standardise import check_noise_left, response_scale
 from ..exceptions import DataError, ExtrapolationWarning, IdentifiabilityWarning
 from .membership_design import MembershipDesign
 
-__all__ = ["LongitudinalDesign", "fitted_basis", "noise_confounded", "repeated_times"]
+__all__ = ["LongitudinalDesign", "POPULATION_COUNT", "fitted_basis", "latest_covariates", "noise_confounded",
+           "repeated_times"]
+
+#: The column of :attr:`LongitudinalDesign.population` that counts the subjects of each covariate row.
+POPULATION_COUNT = "_n_subjects"
 
 _CONFOUNDED_R2 = 0.999  # a covariate explained this well by time (and earlier covariates) is flagged
 
@@ -69,6 +73,15 @@ def noise_confounded(basis: SplineBasis, times: np.ndarray | None, repeats: bool
     return int(np.linalg.matrix_rank(basis.transform(np.asarray(times, dtype=float)))) == len(times)
 
 
+def latest_covariates(frame: pd.DataFrame, subject: str, time: str, columns: list[str]) -> pd.DataFrame:
+    """Each subject's covariate values at its latest visit (the latest non-missing value of each column), rows
+    indexed by subject; a frame with the subject as its index is read too (a Dask partition from Parquet)."""
+    if subject not in frame.columns and frame.index.name == subject:
+        frame = frame.reset_index()
+    rows = frame.sort_values(time, kind="stable", na_position="first")
+    return rows.groupby(subject, sort=False, observed=True)[list(columns)].last()
+
+
 def check_own_design(d: Longitudinal) -> None:
     """A DataError for a :class:`Longitudinal` with design matrices of its own (``from_arrays(y, x)``): the
     mixtures build each subject's design from its times and the spline basis, and would leave ``x`` unused."""
@@ -102,6 +115,11 @@ class LongitudinalDesign:
     membership : MembershipDesign or None, the coding of the membership covariates.
     transform : str or None, the response transform (:mod:`dmlmm.response_transform`): the model
         works on ``transform(y)``, which ``y_shift`` and ``y_scale`` standardise.
+    population : DataFrame or None
+        Where the covariate formula uses time (e.g. ``diet * time``): the training subjects' covariate
+        values at their latest visit (the columns the formula reads but time), distinct rows with their
+        number of subjects in :data:`POPULATION_COUNT`. The population's fixed part at a time t is the
+        average of the subjects' rebuilt at t (:meth:`population_fixed`); None otherwise.
     """
 
     basis: SplineBasis
@@ -116,6 +134,7 @@ class LongitudinalDesign:
     smoothing: int | None = None
     membership: MembershipDesign | None = None
     transform: str | None = None
+    population: pd.DataFrame | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -316,6 +335,40 @@ class LongitudinalDesign:
             return covariates
         return (covariates - self.covariate_mean) / self.covariate_sd
 
+    def fixed_at_times(self, rows: pd.DataFrame, t: np.ndarray) -> np.ndarray:
+        """Standardised fixed-effects columns (R, T, P) of each covariate row of ``rows`` at every time of ``t``
+        (the formula's columns rebuilt with the time column set to t)."""
+        grid = rows.loc[rows.index.repeat(len(t))].reset_index(drop=True)
+        grid[self.columns.time] = np.tile(np.asarray(t, dtype=float), len(rows))
+        return self.F(self.encoding.encode(grid)).reshape(len(rows), len(t), -1)
+
+    def population_fixed(self, t: np.ndarray) -> np.ndarray | None:
+        """The population's standardised fixed-effects columns at times ``t``, (T, P): the training subjects'
+        (:attr:`population`) averaged, each subject once; None where the covariates do not use time (their
+        average is then the zero row of the centred columns, the same at every time)."""
+        if self.population is None or getattr(self.encoding, "time", None) is None:
+            return None
+        counts = self.population[POPULATION_COUNT].to_numpy(dtype=float)
+        F = self.fixed_at_times(self.population.drop(columns=POPULATION_COUNT), t)
+        return np.tensordot(counts / counts.sum(), F, axes=1)
+
+    @property
+    def needs_population(self) -> bool:
+        """Whether the covariate formula uses time, so that the population's fixed part changes with time and
+        the fit keeps the subjects' covariates (:attr:`population`)."""
+        return getattr(self.encoding, "time", None) is not None and self.n_fixed > 0
+
+    def population_columns(self) -> list[str]:
+        """The columns the covariate formula reads but time."""
+        return [c for c in self.encoding.columns if c != self.columns.time]
+
+    def learn_population(self, latest: pd.DataFrame, subjects: pd.Index) -> None:
+        """Set :attr:`population` from each subject's latest covariate values (:func:`latest_covariates`, rows
+        indexed by subject; the fitted ``subjects`` kept)."""
+        latest = latest.reindex(subjects)
+        self.population = (latest.value_counts(dropna=False).rename(POPULATION_COUNT).reset_index()
+                           if len(latest.columns) else pd.DataFrame({POPULATION_COUNT: [len(latest)]}))
+
     def y(self, response: np.ndarray) -> np.ndarray:
         return (response - self.y_shift) / self.y_scale
 
@@ -360,6 +413,7 @@ class LongitudinalDesign:
             "roughness": None if self.roughness is None else self.roughness.tolist(),
             "membership": None if self.membership is None else self.membership.to_dict(),
             "response_transform": self.transform,
+            "population": None if self.population is None else self.population.to_dict(orient="list"),
         }
 
     @classmethod
@@ -372,4 +426,5 @@ class LongitudinalDesign:
             d.get("smoothing"),
             None if d.get("membership") is None else MembershipDesign.from_dict(d["membership"]),
             response_transform.check_transform(d.get("response_transform")),
+            None if d.get("population") is None else pd.DataFrame(d["population"]),
         )

@@ -37,7 +37,8 @@ from ..response_transform import (check_transform, data_scale_bound, forward, la
                                   model_scale_elbo, transform_candidates)
 from ..priors.membership import first_layer_resp, membership_laplace_cov
 from ..basis import SplineBasis
-from .design import LongitudinalDesign, check_own_design, fitted_basis, noise_confounded, repeated_times
+from .design import (LongitudinalDesign, check_own_design, fitted_basis, latest_covariates, noise_confounded,
+                     repeated_times)
 from .frames import FrameLike
 from .membership_design import MembershipDesign, without_unknown_baseline
 from .candidates import CandidateData, CandidateFit, fit_candidates, fit_in_turn, resolve_n_jobs, workers_allowed
@@ -327,6 +328,9 @@ class Fitting:
                                                                                     plan))
         chosen.result.seconds = perf_counter() - t0
         best, design, stats = chosen.result, chosen.design, chosen.stats
+        if design.needs_population and isinstance(data, pd.DataFrame):  # a covariate formula that uses time
+            design.learn_population(latest_covariates(data, d.columns.subject, d.columns.time,
+                                                      design.population_columns()), d.subjects)
         self._set_fitted(chosen.data, design, best, chosen.log_jacobian)
         _warn_noise_free(self._sigma2_std(), d.columns.response)
         self.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}

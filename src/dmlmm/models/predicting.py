@@ -296,23 +296,27 @@ class Predicting:
                         t: np.ndarray) -> np.ndarray:
         """Each subject's standardised covariate row at each prediction time, (N, T, P).
 
-        The covariates are the subject's last row's; when the covariate formula uses time (e.g.
+        The covariates are the subject's latest visit's; when the covariate formula uses time (e.g.
         ``diet * time``) its columns are rebuilt at every prediction time, so a time-varying
-        effect is drawn along the curve (the population curve keeps the mean covariates).
+        effect is drawn along the curve. The population curve (``d`` None) has the mean covariates,
+        and with such a formula the training subjects' columns rebuilt at each time and averaged
+        (:meth:`LongitudinalDesign.population_fixed`).
         """
         enc = self.design_.encoding
+        if d is None and fixed_rows.shape[1]:
+            population = self.design_.population_fixed(t)  # (T, P), None where the covariates do not use time
+            if population is not None:
+                return population[None]
         if getattr(enc, "time", None) is None or d is None or fixed_rows.shape[1] == 0:
             return np.broadcast_to(fixed_rows[:, None, :], (len(fixed_rows), len(t), fixed_rows.shape[1]))
         if not isinstance(df, pd.DataFrame):
             raise DataError(f"the covariates {list(enc.columns)} use the time column: predict from a data frame "
                             "(the covariate values are rebuilt at every prediction time)")
         cols = self.design_.columns
-        last = df.groupby(cols.subject, sort=False, observed=True).tail(1).set_index(cols.subject)
-        last = last.loc[d.subjects]  # the subjects in d's order
-        grid = last.loc[last.index.repeat(len(t))].reset_index()
-        grid[cols.time] = np.tile(t, len(last))
-        F = self.design_.F(enc.encode(grid))
-        return F.reshape(len(last), len(t), -1)
+        # each subject's latest visit, whatever the order of the rows
+        latest = df.sort_values(cols.time, kind="stable", na_position="first")
+        last = latest.groupby(cols.subject, sort=False, observed=True).tail(1).set_index(cols.subject)
+        return self.design_.fixed_at_times(last.loc[d.subjects].reset_index(), t)  # the subjects in d's order
 
     def sample_trajectories(
         self,

@@ -43,7 +43,9 @@ class Tables:
                             index=self.fixed_effects_.index)
 
     def _cluster_curves(self, n_grid: int = 100, interval: float = 0.95) -> pd.DataFrame:
-        """Each cluster's mean curve and bands on a grid, user scale: ``cluster_means_`` (set by ``fit``)."""
+        """Each cluster's mean curve and bands on a grid, user scale: ``cluster_means_`` (set by ``fit``); at the
+        mean covariates, and with a covariate formula that uses time, the training subjects' fixed part at each
+        time averaged."""
         mix = self._mixture()
         order = self._path_order
         t = self._grid(None)[:n_grid]
@@ -55,6 +57,11 @@ class Tables:
         plug = self.prior_.point_mixture(self.params_.prior)
         extra = mix.covs[order] - plug.covs[order]
         sd_mean = np.sqrt(np.maximum(np.einsum("td,cde,te->ct", Xn, extra, Xn), 0))
+        population = self.design_.population_fixed(t)  # a covariate formula that uses time: its average part
+        if population is not None:
+            m = m + (population @ self._w())[None, :]
+            fixed_var = self._fixed_var(population)[None, :]
+            sd, sd_mean = np.sqrt(sd**2 + fixed_var), np.sqrt(sd_mean**2 + fixed_var)
         user = self.design_.to_user_scale
         K = len(order)
         return pd.DataFrame(
