@@ -362,3 +362,26 @@ def test_library_messages_name_the_options(library, command_line):
     from dmlmm.cli import cli_words
 
     assert cli_words(library) == command_line
+
+
+def test_predict_matches_text_labels_of_a_model_fitted_in_python(tmp_path):
+    """A model fitted in Python on subjects '0'..'19' (text): `dmlmm predict` reads those labels from the CSV as
+    integers, and matched no fitted subject (each got the population curve, with a false 'not in the data the
+    model was fitted on' warning); it now reads them as the model's labels, so the numbers are the API's."""
+    import io
+    import warnings
+
+    df = dgp1(0, n_subjects=20).data.assign(subject=lambda d: d["subject"].astype(str))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = dmlmm.LinearMixedModel(basis=dmlmm.SplineBasis(6)).fit(df)
+    m.save(tmp_path / "m.dmlmm")
+    rows = df[df["subject"].isin(["0", "1"])].drop(columns="y").groupby("subject").head(1)
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    res = CliRunner().invoke(main, ["predict", str(tmp_path / "m.dmlmm"), str(tmp_path / "new.csv"),
+                                    "--times", "0.2,0.8"])
+    assert res.exit_code == 0, res.output
+    assert "not in the data" not in res.output
+    api = m.predict_trajectory(rows, times=[0.2, 0.8])
+    np.testing.assert_allclose(pd.read_csv(io.StringIO(res.stdout))["mean"].to_numpy(), api["mean"].to_numpy(),
+                               rtol=1e-9)

@@ -934,6 +934,8 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
         members = [] if lmm or model.design_.membership is None else list(model.design_.membership.encoding.columns)
         frame = _read_data(data, c.subject, c.time, c.response,
                            list(dict.fromkeys(list(encoding.columns) + members)), transform, response_optional=True)
+        fitted = model.random_effects_.index if lmm else model.subjects_
+        frame = _labels_as_fitted(frame, c.subject, fitted)
         predict_table = _predict_lmm_table if lmm else _predict_table
         table, n_subjects, n_times = predict_table(model, frame, times, interval, kind, dropna, level)
         table = user_columns(table, c.subject, c.time, frame.columns)
@@ -943,6 +945,19 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
         table.to_csv(files.temp(Path(out)), index=False)
         files.commit()
     click.echo(f"predictions for {n_subjects} subject(s) at {n_times} time(s) written to {out}", err=True)
+
+
+def _labels_as_fitted(frame, subject, fitted):
+    """``frame`` with its subject column as text where the model was fitted with text labels and the CSV's read
+    as integers (read_csv turns plainly written integers into numbers): patient '12' of the model is 12 in the
+    file, and would otherwise be a new patient."""
+    import pandas as pd
+
+    col = frame[subject]
+    if (len(fitted) and pd.api.types.is_integer_dtype(col)
+            and all(isinstance(v, str) for v in fitted) and not pd.api.types.is_integer_dtype(fitted)):
+        return frame.assign(**{subject: col.astype(str)})
+    return frame
 
 
 def _load_model(path):
