@@ -331,3 +331,22 @@ def test_one_observation_per_subject_is_said():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, message=r"^(?!every subject)")
             MixtureLMM(2, SplineBasis(6), random_state=0, max_iter=30).fit(once)
+
+
+def test_lmm_population_curve_with_covariates_asks_for_their_values():
+    """LinearMixedModel with covariates: predict_trajectory(times=...) alone said the covariate columns were
+    'not found in the data' (no data were given); it now says the population curve needs their values and how
+    to give them, and predicts with them."""
+    df = dgp1(0, n_subjects=30).data
+    df["age"] = 40.0 + df["subject"] % 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = LinearMixedModel(basis=SplineBasis(6)).fit(df, covariates=["age"])
+    with pytest.raises(DataError, match=r"^this model has covariates \['age'\]: the population curve is at given "
+                                        r"covariate values; pass them with the times, e\.g\. predict_trajectory\("
+                                        r"pd\.DataFrame\(\{'time': times, 'age': \.\.\.\}\)\)$"):
+        m.predict_trajectory(times=[0.2, 0.5])
+    at = m.predict_trajectory(pd.DataFrame({"time": [0.2, 0.5], "age": [45.0, 45.0]}))
+    beta = m.fixed_effects_
+    shift = m.predict_trajectory(pd.DataFrame({"time": [0.2, 0.5], "age": [46.0, 46.0]}))["mean"] - at["mean"]
+    np.testing.assert_allclose(shift, beta["age"], rtol=1e-9)
