@@ -318,3 +318,21 @@ def test_time_formulas_give_order_free_subject_curves_and_the_average_population
     assert res.exit_code == 0, res.output
     cli = pd.read_csv(io.StringIO(res.stdout))
     np.testing.assert_allclose(cli["mean"].to_numpy(), forward["mean"].to_numpy(), rtol=1e-9)
+
+
+def test_numbers_stored_as_text_are_read_as_numbers_with_a_warning(frame):
+    """A diet coded '1'..'3' as text is read as one number (a slope per unit of the code), as before, but now
+    with a warning that says how to ask for groups; C(diet) and a pandas Categorical are groups, quietly (a
+    Categorical whose categories were such text was read as numbers, without a word)."""
+    df = frame.assign(diet=(frame["subject"] % 3 + 1).astype(str))
+    kw = dict(basis=dmlmm.SplineBasis(6), random_state=0, max_iter=5)
+    with pytest.warns(UserWarning, match=r"covariate 'diet' holds numbers stored as text \('1', '2', '3', \.\.\.\): "
+                                         r"they are read as numbers, one slope per unit; if they are categories"):
+        m = dmlmm.MixtureLMM(2, **kw).fit(df, covariates="diet * time")
+    assert list(m.fixed_effects_.index) == ["diet", "diet:time"]
+    for data, cov in ((df, "C(diet) * time"), (df.assign(diet=pd.Categorical(df["diet"])), ["diet"])):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = dmlmm.MixtureLMM(2, **kw).fit(data, covariates=cov)
+        assert not [w for w in caught if "stored as text" in str(w.message)]
+        assert len(m.fixed_effects_) == (4 if isinstance(cov, str) else 2)  # two dummies (and their slopes)

@@ -141,8 +141,9 @@ def _learn_levels(s: pd.Series, c: str, categorical: bool | None = None) -> list
 
 
 def is_categorical(s: pd.Series) -> bool:
-    """Whether a covariate column is coded by levels (non-numeric, or boolean)."""
-    if pd.api.types.is_bool_dtype(s):
+    """Whether a covariate column is coded by levels (non-numeric, boolean, or a pandas Categorical whatever its
+    categories: a Categorical of '1'..'4' is four groups)."""
+    if pd.api.types.is_bool_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype):
         return True
     if pd.api.types.is_numeric_dtype(s):
         return False
@@ -152,6 +153,27 @@ def is_categorical(s: pd.Series) -> bool:
     if values.empty or pd.to_numeric(values.iloc[:64], errors="coerce").isna().any():  # text: no need to read it all
         return True
     return bool(pd.to_numeric(values, errors="coerce").isna().any())  # "1.5" as the response: numbers
+
+
+def _warn_numbers_as_text(df: pd.DataFrame, numeric: list[str], formula: str | None) -> None:
+    """A warning for each column of ``numeric`` (read as numbers) that holds its numbers as text, unless the
+    formula codes it as categories with ``C(...)``: a diet stored as '1'..'4' is then one slope per unit of the
+    code, not four groups (the formula LinearMixedModel, through formulaic, reads such text as categories)."""
+    for c in numeric:
+        col = df[c]
+        if not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)):
+            continue
+        if formula is not None and re.search(rf"\bC\(\s*`?{re.escape(c)}\b", formula):
+            continue
+        values = col.dropna()
+        if values.empty:
+            continue
+        shown = ", ".join(repr(v) for v in pd.unique(values)[:3])
+        warnings.warn(
+            f"covariate '{c}' holds numbers stored as text ({shown}, ...): they are read as numbers, one slope per "
+            f"unit; if they are categories (groups, codes), make the column a pandas Categorical or write C({c}) in "
+            f"a covariate formula; pd.to_numeric(df['{c}']) says they are numbers and silences this", UserWarning,
+            stacklevel=2)
 
 
 # --------------------------------------------------------------------------- the coding
@@ -208,6 +230,7 @@ class CovariateEncoding:
         if levels is None:
             categorical = categorical or {}
             levels = {c: (None if c == time else _learn_levels(df[c], c, categorical.get(c))) for c in columns}
+            _warn_numbers_as_text(df, [c for c in columns if c != time and levels[c] is None], formula)
         else:
             levels = {c: (None if c == time else levels.get(c)) for c in columns}
         enc = cls(tuple(columns), levels, formula, time)
