@@ -62,8 +62,20 @@ def path_sigma2(sigma2, n_paths: int) -> np.ndarray:
     return np.broadcast_to(s2, (n_paths,))
 
 
+#: A component covariance whose smallest eigenvalue is below this share of its largest is conditioned on in the
+#: covariance form (:func:`_pair_terms_singular`): its inverse, which the information form needs, is meaningless.
+SINGULAR_COV = 1e-10
+
+
 def _pair_terms(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2, ii, cc):
-    """Log N(y_i; F_i w + X_i m_c, X_i S_c X_i' + sigma2_c I) and the Cholesky of Q = S_c^{-1} + X'X / sigma2_c."""
+    """Log N(y_i; F_i w + X_i m_c, X_i S_c X_i' + sigma2_c I) per pair (A,), and a function that gives the posterior
+    means (k, D) and covariances (k, D, D) of b for a mask of the pairs.
+
+    The information form (``Q = S_c^{-1} + X'X / sigma2_c``), unless a component covariance is (near) singular
+    (a boundary ML / REML fit of the LinearMixedModel): then the covariance form, through a square root of S_c."""
+    eig = np.linalg.eigvalsh(mix.covs)
+    if np.any(eig[..., 0] <= SINGULAR_COV * np.maximum(eig[..., -1], 1e-300)):
+        return _pair_terms_singular(stats, mix, w, sigma2, ii, cc)
     sigma2 = path_sigma2(sigma2, len(mix.weights))[cc]
     S_inv, logdet_S = spd_inv_logdet(mix.covs, "component covariance")
     Sm = (S_inv @ mix.means[..., None])[..., 0]
@@ -79,7 +91,51 @@ def _pair_terms(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2
     quad = yty[ii] / sigma2 + np.einsum("ad,ad->a", m, Sm[cc]) - np.einsum("ad,ad->a", half, half)
     n = stats.n_obs[ii]
     logpdf = -0.5 * (n * LOG_2PI + n * np.log(sigma2) + logdet_S[cc] + logdet_Q + quad)
-    return logpdf, chol, half
+
+    def posterior(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ck = chol[keep]
+        li = np.linalg.inv(ck)
+        return solve_upper_t(ck, half[keep]), np.swapaxes(li, -1, -2) @ li
+
+    return logpdf, posterior
+
+
+def _pair_terms_singular(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2, ii, cc):
+    """:func:`_pair_terms` in the covariance form, for any positive semi-definite S_c: with S_c = L L' (L from its
+    eigendecomposition, negative rounding clipped), ``A = I + L'X'XL / s``, ``u = L'X'r / s`` and r = y - F w - X m,
+
+        log|V| = n log s + log|A|,   r'V^{-1}r = r'r / s - u'A^{-1}u,
+        b | y ~ N(m + L A^{-1} u, L A^{-1} L')
+
+    (Woodbury and the determinant lemma through L, no inverse of S_c)."""
+    s2 = path_sigma2(sigma2, len(mix.weights))[cc]
+    vals, vecs = np.linalg.eigh(mix.covs)
+    L = vecs * np.sqrt(np.clip(vals, 0.0, None))[:, None, :]  # (M, D, D), S = L L'
+    La = L[cc]
+    XtX = stats.XtX[ii]
+    m = mix.means[cc]
+    xty = (stats.Xty - stats.XtF @ w)[ii]  # X'(y - F w)
+    yty = (stats.yty - 2 * stats.Fty @ w + np.einsum("p,npq,q->n", w, stats.FtF, w))[ii]  # |y - F w|^2
+    Xtr = xty - np.einsum("ade,ae->ad", XtX, m)  # X'r
+    rtr = yty - 2 * np.einsum("ad,ad->a", m, xty) + np.einsum("ad,ade,ae->a", m, XtX, m)
+    D = L.shape[-1]
+    A = np.eye(D) + np.swapaxes(La, -1, -2) @ XtX @ La / s2[:, None, None]
+    chol = cholesky(A, "posterior precision")
+    u = np.einsum("adk,ad->ak", La, Xtr) / s2[:, None]
+    half = solve_lower(chol, u)
+    logdet_A = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+    n = stats.n_obs[ii]
+    quad = rtr / s2 - np.einsum("ak,ak->a", half, half)
+    logpdf = -0.5 * (n * LOG_2PI + n * np.log(s2) + logdet_A + quad)
+
+    def posterior(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ck, Lk = chol[keep], La[keep]
+        inner = solve_upper_t(ck, half[keep])  # A^{-1} u
+        li = np.linalg.inv(ck)
+        Lli = Lk @ np.swapaxes(li, -1, -2)  # L chol^{-T}: the covariance is its Gram matrix
+        return m[keep] + np.einsum("akd,ad->ak", Lk, inner), Lli @ np.swapaxes(Lli, -1, -2)
+
+    return logpdf, posterior
 
 
 def log_marginal(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2) -> np.ndarray:
@@ -106,7 +162,7 @@ def condition(
     ii, cc = np.divmod(np.arange(N * M), M)
     with np.errstate(divide="ignore"):
         logw = np.log(mix.weights)
-    lp, chol, half = _pair_terms(stats, mix, w, sigma2, ii, cc)
+    lp, posterior = _pair_terms(stats, mix, w, sigma2, ii, cc)
     joint = ((logw[cc] if log_weights is None else log_weights.reshape(-1)) + lp).reshape(N, M)
     lm = logsumexp(joint, axis=1)
     post = np.exp(joint - lm[:, None])
@@ -117,10 +173,7 @@ def condition(
     # renormalise over kept pairs so each subject's weights sum to one
     wk = post.reshape(-1)[keep]
     wk = wk / np.bincount(ii[keep], weights=wk, minlength=N)[ii[keep]]
-    ck = chol[keep]
-    mean = solve_upper_t(ck, half[keep])
-    li = np.linalg.inv(ck)
-    cov = np.swapaxes(li, -1, -2) @ li
+    mean, cov = posterior(keep)
     return ConditionalMixture(lm, post, ii[keep], cc[keep], wk, mean, cov)
 
 

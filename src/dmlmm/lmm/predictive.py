@@ -264,7 +264,8 @@ class PredictiveLMM:
 
     def _condition_new(self, rows: NewRows, y, codes, mask, b, cov_b, sens) -> None:
         """Posterior of new subjects' random effects from their observed rows (fills b, cov_b, sens in place),
-        by :func:`dmlmm.prediction.condition` with beta held at its estimate (a singular Sigma is fine)."""
+        by :func:`dmlmm.prediction.condition` with beta held at its estimate (a singular Sigma, a boundary fit, is
+        conditioned on in the covariance form: :data:`dmlmm.prediction.SINGULAR_COV`)."""
         est = self.estimate_
         resid = y[mask] - rows.F[mask] @ est.beta  # from the fixed part (as _log_density: no cancellation)
         st = sufficient_stats(resid, rows.Z[mask], rows.F[mask], codes[mask], len(b))
