@@ -697,7 +697,8 @@ def test_boundary_fits_score_and_forecast_as_their_own_closed_form(method):
     functions fitted) scores each subject by N(y_i; X_i beta, X_i Sigma X_i' + sigma2 I) of its own fitted
     parameters, alone or among the others, and forecasts a new subject by the closed-form BLUP. Through
     Sigma's inverse they did not: ChickWeight's summed score was -1912 against the fit's -1946, a REML chick
-    scored +506 alone and -25 among the others, and forecasts missed by up to 50 g."""
+    scored +506 alone against its closed form's -25 (another -90 among the others, -37 alone), and forecasts
+    missed by up to 50 g."""
     rng = np.random.default_rng(0)
     n, t = 40, np.linspace(0.0, 1.0, 6)
     df = pd.DataFrame({"subject": np.repeat(np.arange(n), len(t)), "time": np.tile(t, n)})
