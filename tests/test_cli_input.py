@@ -279,6 +279,30 @@ def test_subject_identifiers_are_read_as_written(tmp_path):
     assert read_csv(p)["id"].dtype == np.float64                     # other columns as pandas reads them
 
 
+def test_rows_that_do_not_match_the_header_are_refused_or_read_as_meant(tmp_path):
+    """Rows one field longer than the header: pandas took the first column for the index and shifted every column
+    (patients became their weeks, CD4 counts written 2,037 became 37); they are refused, naming a line, unless the
+    extra field is empty in every row (a separator ending each row), which is dropped. A column named twice is
+    refused (the second was read as 'y.1' and the first fitted); a space after the subject column's name no
+    longer reads its identifiers as numbers (007 and 7 were merged); messages' row numbers are the file's lines
+    when blank lines come before them."""
+    p = tmp_path / "d.csv"
+    p.write_text("patient,week,cd4\n1,0,2,037\n1,4,3,081\n2,0,1,950\n")
+    with pytest.raises(InputError, match=r"the rows of 'd.csv' hold 4 fields but the header names 3 columns \(patient, "
+                                         r"week, cd4; line 2: '1,0,2,037'\): numbers written with a thousands separator"):
+        read_csv(p, id_columns=["patient"])
+    p.write_text("subject,time,y\n1,0.5,1.5,\n1,1.0,2.5,\n2,0.5,3.5,\n")
+    df = read_csv(p, id_columns=["subject"])
+    assert df.columns.tolist() == ["subject", "time", "y"] and df["y"].tolist() == [1.5, 2.5, 3.5]
+    p.write_text("subject,time,y,y\n1,0,1,10\n")
+    with pytest.raises(InputError, match=r"column 'y' appears twice in the header of 'd.csv' \(columns 3 and 4\)"):
+        read_csv(p)
+    p.write_text("subject ,time,y\n007,0,1\n7,0,2\n010,1,3\n")
+    assert read_csv(p, id_columns=["subject"])["subject"].tolist() == ["007", "7", "010"]
+    p.write_text("subject,time,y\n1,0,1.5\n\n1,1,2.5\n2,0,abc\n")
+    assert read_csv(p).index.tolist() == [2, 4, 5]
+
+
 def test_blank_rows_of_a_spreadsheet_export_are_skipped_and_said(tmp_path, frame):
     """A spreadsheet's export ends in rows of separators only (';;;;'): they hold nothing, so they are skipped, with
     a warning that names their lines, where the fit stopped on 'missing values' in every column."""

@@ -68,10 +68,16 @@ def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     if "\x00" in text[:65536]:
         raise InputError(f"'{p}' is not a CSV file (it holds binary data)")
     sep, decimal = sniff(text)
+    header = _header_fields(text, sep)
+    _check_header(header, p)
+    ids = {raw: str for raw in header if raw.strip() in set(id_columns)}  # as pandas names them: "subject " too
+    index_col = None
+    if _extra_field(text, sep, len(header)):  # every row one field longer than the header
+        index_col = _extra_field_rows(text, sep, header, p)
     try:
         # "." is SAS's and Stata's missing value: read as missing, as "NA" and empty cells are
         df = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, skipinitialspace=True,
-                         dtype={c: str for c in id_columns} or None, na_values=["."])
+                         dtype=ids or None, na_values=["."], index_col=index_col)
     except pd.errors.EmptyDataError:
         raise InputError(f"'{p}' is empty") from None
     except (pd.errors.ParserError, ValueError) as e:
@@ -81,7 +87,7 @@ def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     stripped = [c.strip() if isinstance(c, str) else c for c in df.columns]
     if len(set(stripped)) == len(stripped):
         df.columns = stripped
-    df.index = pd.RangeIndex(2, len(df) + 2)
+    df.index = _line_numbers(text, sep, len(df))
     blank = df.isna().all(axis=1).to_numpy()
     if blank.any():  # a spreadsheet's trailing ";;;;" rows: nothing to keep, said with their line numbers
         lines = df.index[blank].tolist()
@@ -94,6 +100,75 @@ def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
         if c in df.columns:
             df[c] = _identifiers(df[c])
     return df
+
+
+def _header_fields(text: str, sep: str) -> list[str]:
+    """The header's fields as pandas names the columns (leading spaces skipped, trailing ones kept)."""
+    for row in csv.reader(io.StringIO(text[:1_000_000]), delimiter=sep, skipinitialspace=True):
+        if row:
+            return row
+    return []
+
+
+def _check_header(header: list[str], p: Path) -> None:
+    """An InputError for a column named twice (pandas would read the second as 'y.1' and the fit the first)."""
+    names = [h.strip() for h in header]
+    seen: dict[str, int] = {}
+    for j, name in enumerate(names):
+        if name and name in seen:
+            raise InputError(f"column '{name}' appears twice in the header of '{p.name}' (columns {seen[name] + 1} and "
+                             f"{j + 1}): rename one of them")
+        seen.setdefault(name, j)
+
+
+def _data_rows(text: str, sep: str, limit: int | None = None):
+    """(line number, fields) of the non-blank rows after the header (csv.reader's line numbers: the line a row
+    ends on), at most ``limit`` of them."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep, skipinitialspace=True)
+    header_seen = False
+    for row in reader:
+        if not row:
+            continue
+        if not header_seen:
+            header_seen = True
+            continue
+        yield reader.line_num, row
+        limit = None if limit is None else limit - 1
+        if limit == 0:
+            return
+
+
+def _extra_field(text: str, sep: str, n_header: int) -> bool:
+    """Whether the first rows all hold one field more than the header names (pandas would take the first column
+    for the index, and every column would shift one place)."""
+    counts = [len(row) for _, row in _data_rows(text, sep, _SAMPLE_LINES)]
+    return bool(counts) and n_header > 0 and all(c == n_header + 1 for c in counts)
+
+
+def _extra_field_rows(text: str, sep: str, header: list[str], p: Path):
+    """``index_col=False`` where the extra field is empty in every row (a separator ending each row: it is
+    dropped), else an InputError: the rows do not match the header (numbers with the separator as thousands
+    separator, 2,037, or an unnamed first column)."""
+    rows = list(_data_rows(text, sep))
+    if all(len(row) == len(header) + 1 and not row[-1].strip() for _, row in rows):
+        return False
+    line, row = next((ln, r) for ln, r in rows if len(r) != len(header) or r[-1].strip())
+    shown = sep.join(row)
+    raise InputError(
+        f"the rows of '{p.name}' hold {len(header) + 1} fields but the header names {len(header)} columns "
+        f"({', '.join(h.strip() for h in header)}; line {line}: {shown!r}): numbers written with a thousands "
+        f"separator that is also the {_SEP_NAMES[sep]} separator (2{sep}037), or a first column without a name? "
+        "Quote such numbers or write them without separators (2037), or name every column")
+
+
+def _line_numbers(text: str, sep: str, n_rows: int) -> pd.Index:
+    """Each data row's line number in the file (messages say 'row N' for line N): blank lines, which pandas
+    skips, counted; rows 2, 3, ... where the file has none (or its rows do not match one to one)."""
+    plain = pd.RangeIndex(2, n_rows + 2)
+    if not re.search(r"\n[ \t]*\r?\n", text.strip("\r\n")):  # no blank line inside: the common, fast case
+        return plain
+    lines = [ln for ln, _ in _data_rows(text, sep)]
+    return pd.Index(lines) if len(lines) == n_rows else plain
 
 
 def _identifiers(s: pd.Series) -> pd.Series:
