@@ -385,3 +385,15 @@ def test_predict_matches_text_labels_of_a_model_fitted_in_python(tmp_path):
     api = m.predict_trajectory(rows, times=[0.2, 0.8])
     np.testing.assert_allclose(pd.read_csv(io.StringIO(res.stdout))["mean"].to_numpy(), api["mean"].to_numpy(),
                                rtol=1e-9)
+
+
+def test_a_warning_is_printed_once_per_run(tmp_path):
+    """Rows entered twice were said twice (the fit read them, then the outputs): each warning is printed once."""
+    df = dgp1(0, n_subjects=20).data
+    df = pd.concat([df, df.iloc[:3]], ignore_index=True)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    res = CliRunner().invoke(main, ["fit", str(tmp_path / "d.csv"), "--model", "mixture", "--components", "2",
+                                    "--n-basis", "5", "--max-iter", "20", "--jobs", "1", "--transform", "none",
+                                    "--out", str(tmp_path / "o"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("row(s) repeat an earlier row's subject, time and response exactly") == 1

@@ -158,6 +158,8 @@ class _Main(click.Group):
 
         def show(message, category, filename, lineno, file=None, line=None):
             text = cli_words(_one_line(Exception(str(message))))
+            if text in _SHOWN_WARNINGS:  # the same rows read again (the fit, then the outputs): said once
+                return
             _SHOWN_WARNINGS.append(text)
             click.echo(f"warning: {text}", err=True)
 
