@@ -155,20 +155,29 @@ def is_categorical(s: pd.Series) -> bool:
     return bool(pd.to_numeric(values, errors="coerce").isna().any())  # "1.5" as the response: numbers
 
 
+def numbers_as_text(col: pd.Series) -> bool:
+    """Whether a column holds numbers written as text: object or string dtype (not a Categorical), at least one
+    value, every value a number."""
+    if not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)) \
+            or isinstance(col.dtype, pd.CategoricalDtype):
+        return False
+    values = col.dropna()
+    return len(values) > 0 and bool(pd.to_numeric(values.astype(str).str.strip(), errors="coerce").notna().all())
+
+
+def coded_as_categories(formula: str | None, column: str) -> bool:
+    """Whether a covariate formula codes ``column`` as categories with ``C(...)``."""
+    return formula is not None and re.search(rf"\bC\(\s*`?{re.escape(column)}\b", formula) is not None
+
+
 def _warn_numbers_as_text(df: pd.DataFrame, numeric: list[str], formula: str | None) -> None:
     """A warning for each column of ``numeric`` (read as numbers) that holds its numbers as text, unless the
     formula codes it as categories with ``C(...)``: a diet stored as '1'..'4' is then one slope per unit of the
     code, not four groups (the formula LinearMixedModel, through formulaic, reads such text as categories)."""
     for c in numeric:
-        col = df[c]
-        if not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)):
+        if not numbers_as_text(df[c]) or coded_as_categories(formula, c):
             continue
-        if formula is not None and re.search(rf"\bC\(\s*`?{re.escape(c)}\b", formula):
-            continue
-        values = col.dropna()
-        if values.empty:
-            continue
-        shown = ", ".join(repr(v) for v in pd.unique(values)[:3])
+        shown = ", ".join(repr(v) for v in pd.unique(df[c].dropna())[:3])
         warnings.warn(
             f"covariate '{c}' holds numbers stored as text ({shown}, ...): they are read as numbers, one slope per "
             f"unit; if they are categories (groups, codes), make the column a pandas Categorical or write C({c}) in "

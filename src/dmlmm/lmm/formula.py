@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..exceptions import DataError
 from ..columns import as_numeric
+from ..covariates import coded_as_categories, numbers_as_text
 from .design import Design, NewRows, check_finite_columns, factorize_groups
 from .structure import CovarianceStructure
 
@@ -258,14 +259,8 @@ def _warn_formula_columns(df: pd.DataFrame, variables: Sequence[str], group: str
     column among the terms (a fixed effect per subject takes the place of the random intercept, or a slope over
     the subjects' labels)."""
     for v in variables:
-        col = df[v]
-        if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype):
-            continue
-        values = col.dropna()
-        if len(values) == 0 or re.search(rf"\bC\(\s*{re.escape(v)}\b", formula):
-            continue
-        as_numbers = pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
-        if as_numbers.notna().all():
+        if numbers_as_text(df[v]) and not coded_as_categories(formula, v):
+            values = df[v].dropna()
             warnings.warn(
                 f"column '{v}' holds numbers stored as text (e.g. {values.iloc[0]!r}): the formula reads it as a "
                 f"categorical variable with {values.nunique()} levels; convert it with pd.to_numeric(df['{v}']) for "
