@@ -301,6 +301,10 @@ def test_rows_that_do_not_match_the_header_are_refused_or_read_as_meant(tmp_path
     assert read_csv(p, id_columns=["subject"])["subject"].tolist() == ["007", "7", "010"]
     p.write_text("subject,time,y\n1,0,1.5\n\n1,1,2.5\n2,0,abc\n")
     assert read_csv(p).index.tolist() == [2, 4, 5]
+    p.write_text("sep=;\nsubject;time;y\n1;0,5;1,5\n2;0,5;2,5\n")  # Excel's separator line: skipped, lines kept
+    df = read_csv(p)
+    assert df.columns.tolist() == ["subject", "time", "y"] and df["y"].tolist() == [1.5, 2.5]
+    assert df.index.tolist() == [3, 4]
 
 
 def test_blank_rows_of_a_spreadsheet_export_are_skipped_and_said(tmp_path, frame):

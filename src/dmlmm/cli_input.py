@@ -67,6 +67,10 @@ def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     text = _decode(raw, p)
     if "\x00" in text[:65536]:
         raise InputError(f"'{p}' is not a CSV file (it holds binary data)")
+    excel = re.match(r"[ \t]*sep=.[ \t]*\r?\n", text)  # Excel's "sep=;" first line names the separator
+    skipped = 0
+    if excel:
+        text, skipped = text[excel.end():], 1
     sep, decimal = sniff(text)
     header = _header_fields(text, sep)
     _check_header(header, p)
@@ -87,7 +91,7 @@ def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     stripped = [c.strip() if isinstance(c, str) else c for c in df.columns]
     if len(set(stripped)) == len(stripped):
         df.columns = stripped
-    df.index = _line_numbers(text, sep, len(df))
+    df.index = _line_numbers(text, sep, len(df)) + skipped
     blank = df.isna().all(axis=1).to_numpy()
     if blank.any():  # a spreadsheet's trailing ";;;;" rows: nothing to keep, said with their line numbers
         lines = df.index[blank].tolist()
