@@ -344,3 +344,16 @@ def test_a_dot_is_read_as_missing(tmp_path, frame):
     p.write_text("\n".join(text) + "\n")
     df = read_csv(p)
     assert np.isnan(df.iloc[2, -1]) and df.iloc[:, -1].dtype.kind == "f"
+
+
+def test_a_late_decimal_comma_is_explained_in_the_command_lines_terms(tmp_path):
+    """Decimal commas that start after the lines the reader looks at: the message said to read the file with
+    pandas' decimal=',' option, which the command line has not; it now says dmlmm's own rule."""
+    rows = [f"{i // 5};{i % 5};{10 + i % 7}" for i in range(300)] + ["61;0,5;11,5"]
+    p = tmp_path / "late.csv"
+    p.write_text("subject;time;y\n" + "\n".join(rows) + "\n")
+    res = CliRunner().invoke(main, ["fit", str(p), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert ("they are numbers written with a decimal comma: dmlmm reads decimal commas in a semicolon- or "
+            "tab-separated file whose first 200 lines write its numbers with them") in error_line(res)
+    assert "pandas" not in error_line(res)

@@ -282,3 +282,12 @@ def test_percentages_round_halves_up_as_tables_in_papers_do():
     frame = pd.DataFrame({"id": clusters.index, "t": 0.0, "status": ["a"] * 37 + ["b"] * 43 + ["a"] * 20})
     t = oc.outcome_table(clusters, frame, "status", subject="id", order_by="t")
     assert t.formatted().iloc[0].tolist()[:2] == ["37 (46.3 %)", "43 (53.8 %)"]
+
+
+def test_the_subject_column_is_no_characteristic():
+    """baseline_table skipped the subject column without a word (`dmlmm fit --baseline id` printed nothing for
+    it): it is an error naming it."""
+    with pytest.raises(DataError, match=r"column 'id' is the subject column: a characteristics table describes"):
+        oc.baseline_table(CLUSTERS, long_frame(), ["id", "age"], subject="id", order_by="t")
+    with pytest.raises(DataError, match=r"column 'id' is the subject column"):
+        oc.check_outcome_columns(long_frame(), "id", order_by="t", baseline=["age", "id"])

@@ -110,6 +110,11 @@ _OPTION_WORDS = (
     (re.compile(r"\bsmoothing=None\b"), "--smoothing none"),
     (re.compile(r"\bsmoothing=(\d)\b"), r"--smoothing \1"),
     (re.compile(r"\bdropna=True\b"), "--dropna"),
+    # the file is read by the command line itself: its rule, not pandas' option
+    (re.compile(r"read the file with decimal=',' \(pandas: pd\.read_csv\(path, sep=';', decimal=','\)\), or write it "
+                r"with decimal points"),
+     "dmlmm reads decimal commas in a semicolon- or tab-separated file whose first 200 lines write its numbers "
+     "with them (1,5, never 1.5); write every number with one decimal mark"),
     (re.compile(r"\bbasis=SplineBasis\((\d+)(?:, degree=(\d+))?\)"),
      lambda m: f"--n-basis {m[1]}" + (f" --degree {m[2]}" if m[2] else "")),
 )
@@ -690,7 +695,8 @@ def _check_outcome_data(frame, subject, time_col, asked) -> None:
         raise CliError(str(e)) from None
     try:
         check_outcome_columns(frame, subject, order_by=time_col, outcomes=asked["outcomes"],
-                              duration=asked["duration"], event=asked["event"], event_value=asked["event_value"])
+                              duration=asked["duration"], event=asked["event"], event_value=asked["event_value"],
+                              baseline=asked["baseline"])
     except ImportError as e:
         raise CliError(f"--event-time: {e}") from None
     except ValueError as e:

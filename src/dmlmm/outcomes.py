@@ -206,6 +206,13 @@ def _mean_sd_cell(mean: float, sd: float, n: int, places: int) -> str:
     return f"{mean:.{places}f}" if n else ""
 
 
+def _check_not_subject(column: str, subject: str) -> None:
+    """A DataError for the subject column asked for as a characteristic (it was skipped without a word)."""
+    if column == subject:
+        raise DataError(f"column {column!r} is the subject column: a characteristics table describes the subjects' "
+                        "other columns (age, sex, ...); leave it out")
+
+
 def _check_subjects(labels: pd.Series, frame: pd.DataFrame, subject: str) -> None:
     """A DataError when no subject of ``frame`` is one of the clusters' (``labels``, indexed by subject): every
     table would be empty or all missing. The usual cause is a subject column read with another type (``'3'`` is
@@ -520,8 +527,7 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
     rows, tidy, varying = {}, [], []
     for col in dict.fromkeys(columns):
         _check_column(frame, col)
-        if col == subject:
-            continue
+        _check_not_subject(col, subject)
         present = frame[[subject, col]].dropna()
         if (present.groupby(subject, observed=True)[col].nunique() > 1).any():
             varying.append(col)
@@ -618,6 +624,8 @@ def check_outcome_columns(frame: pd.DataFrame, subject: str, *, order_by: str | 
                         "(CLI: --event-time and --event)")
     for c in list(outcomes) + [c for c in (duration, event) if c] + list(baseline):
         _check_column(frame, c)
+    for c in baseline:
+        _check_not_subject(c, subject)
     for c in outcomes:
         subject_values(frame, subject, c, order_by=order_by, constant=True, role="an outcome")
     if duration is not None:
