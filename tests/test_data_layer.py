@@ -292,3 +292,6 @@ def test_written_dates_and_durations_as_time_say_how_to_make_numbers_of_them():
         as_numeric(pd.Series(["118 days", "484 days"]), "column 'age'")
     with pytest.raises(DataError, match=r"holds 'x' \(1 non-numeric value\(s\) in all\); convert or drop those rows$"):
         as_numeric(pd.Series(["1", "x"]), "column 'y'")
+    with pytest.raises(DataError, match=r"holds '15/01/2020' .*; they look like dates written day/month/year or "
+                                         r"month/day/year: give the time as a number"):  # not ISO: no hint before
+        as_numeric(pd.Series(["15/01/2020", "3.2.21"]), "column 'visit'")

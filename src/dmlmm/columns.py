@@ -70,6 +70,10 @@ def _text_hint(bad: pd.Series) -> str:
     if dates:
         return ("they are dates: give the time as a number in the unit you want the curves in, e.g. days or "
                 "years since the study's first date (pandas: (d - d.min()).dt.days with d = pd.to_datetime(column))")
+    if len(text) and text.str.fullmatch(r"\d{1,2}[/.-]\d{1,2}[/.-](\d{2}|\d{4})").all():  # 15/01/2020, 1.2.21
+        return ("they look like dates written day/month/year or month/day/year: give the time as a number in the "
+                "unit you want the curves in, e.g. days since the study's first date (pandas: (d - d.min()).dt.days "
+                "with d = pd.to_datetime(column, dayfirst=True) for day/month/year)")
     if spans:
         return ("they are durations with units: give them as plain numbers in one unit (e.g. 118 for '118 days'; "
                 "pandas: pd.to_timedelta(column).dt.days)")
