@@ -127,3 +127,14 @@ def test_report_names_the_scale_of_a_transformed_response(sim):
     plain = collect_results(dmlmm.MixtureLMM(2, basis=dmlmm.SplineBasis(6), random_state=0, max_iter=60)
                             .fit(sim.data), sim.data)
     assert "response modelled as" not in plain.facts  # negative values: fitted as given, nothing to say
+
+
+def test_report_tables_print_counts_as_whole_numbers():
+    """A row mixing counts and shares was read as floats (pandas' iterrows), so the cluster table printed
+    '20.000' subjects; each column keeps its own type."""
+    import pandas as pd
+
+    from dmlmm.report.page import _table
+
+    html = _table(pd.DataFrame({"subjects": [20, 7], "share": [0.741, 0.259]}, index=pd.Index([0, 1], name="cluster")))
+    assert "<td>20</td><td>0.741</td>" in html and "20.000" not in html

@@ -62,7 +62,7 @@ def _img(b64: str | None, alt: str) -> str:
 def _table(df: pd.DataFrame, highlight: pd.Series | None = None, index: bool = True) -> str:
     cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
     out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"]
-    for i, (idx, row) in enumerate(df.iterrows()):
+    for i, (idx, *row) in enumerate(df.itertuples(name=None)):  # each column's own type (iterrows made counts floats)
         cls = ' class="sel"' if highlight is not None and bool(highlight.iloc[i]) else ""
         cells = ([idx] if index else []) + list(row)
         out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in cells) + "</tr>")
