@@ -132,8 +132,6 @@ def test_report_names_the_scale_of_a_transformed_response(sim):
 def test_report_tables_print_counts_as_whole_numbers():
     """A row mixing counts and shares was read as floats (pandas' iterrows), so the cluster table printed
     '20.000' subjects; each column keeps its own type."""
-    import pandas as pd
-
     from dmlmm.report.page import _table
 
     html = _table(pd.DataFrame({"subjects": [20, 7], "share": [0.741, 0.259]}, index=pd.Index([0, 1], name="cluster")))
