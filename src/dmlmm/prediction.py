@@ -145,7 +145,7 @@ def log_marginal(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma
 
 def condition(
     stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2, keep_components: bool = True,
-    log_weights: np.ndarray | None = None,
+    log_weights: np.ndarray | None = None, every_path: bool = False,
 ) -> ConditionalMixture:
     """Condition the mixture prior of b on each subject's observations.
 
@@ -157,6 +157,9 @@ def condition(
     sigma2 : noise variance, a scalar or (M,) one per path (per-cluster noise).
     log_weights : (N, M), optional
         Each subject's own log prior path weights (a membership model), in place of ``mix.weights``.
+    every_path : bool
+        Keep every (subject, path) pair, in path order, with its posterior weight (zero or not); by default
+        pairs of negligible weight are dropped and the kept weights renormalised.
     """
     N, M = stats.n_subjects, len(mix.weights)
     ii, cc = np.divmod(np.arange(N * M), M)
@@ -169,7 +172,7 @@ def condition(
     if not keep_components:
         return ConditionalMixture(lm, post, ii[:0], cc[:0], np.zeros(0), np.zeros((0, stats.dim_random)),
                                   np.zeros((0, stats.dim_random, stats.dim_random)))
-    keep = post.reshape(-1) > _NEGLIGIBLE
+    keep = np.ones(N * M, dtype=bool) if every_path else post.reshape(-1) > _NEGLIGIBLE
     # renormalise over kept pairs so each subject's weights sum to one
     wk = post.reshape(-1)[keep]
     wk = wk / np.bincount(ii[keep], weights=wk, minlength=N)[ii[keep]]
