@@ -276,7 +276,7 @@ def test_command_line_dropna_leaves_out_subjects_without_membership_values(tmp_p
     data = tmp_path / "d.csv"
     df.to_csv(data, index=False)
     r = CliRunner().invoke(main, ["fit", str(data), "--model", "mixture", "--components", "2", "--n-basis", "6",
-                                  "--membership-covariates", "x", "--max-iter", "30", "--jobs", "1", "--dropna",
+                                  "--membership-covariates", "x", "--max-iter", "10", "--jobs", "1", "--dropna",
                                   "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     assert r.output.count("whose membership covariate(s) ['x'] are missing at every visit") == 1
