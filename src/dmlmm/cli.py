@@ -962,8 +962,7 @@ def _labels_as_fitted(frame, subject, fitted):
     import pandas as pd
 
     col = frame[subject]
-    if (len(fitted) and pd.api.types.is_integer_dtype(col)
-            and all(isinstance(v, str) for v in fitted) and not pd.api.types.is_integer_dtype(fitted)):
+    if len(fitted) and pd.api.types.is_integer_dtype(col) and all(isinstance(v, str) for v in fitted):
         return frame.assign(**{subject: col.astype(str)})
     return frame
 

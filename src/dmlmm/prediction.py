@@ -67,6 +67,14 @@ def path_sigma2(sigma2, n_paths: int) -> np.ndarray:
 SINGULAR_COV = 1e-10
 
 
+def _residual_stats(stats: SufficientStats, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per subject, ``X'(y - F w)`` (N, D) and ``|y - F w|^2`` (N,): the statistics of the responses less the
+    fixed part."""
+    xty = stats.Xty - stats.XtF @ w
+    yty = stats.yty - 2 * stats.Fty @ w + np.einsum("p,npq,q->n", w, stats.FtF, w)
+    return xty, yty
+
+
 def _pair_terms(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2, ii, cc):
     """Log N(y_i; F_i w + X_i m_c, X_i S_c X_i' + sigma2_c I) per pair (A,), and a function that gives the posterior
     means (k, D) and covariances (k, D, D) of b for a mask of the pairs.
@@ -79,8 +87,7 @@ def _pair_terms(stats: SufficientStats, mix: PointMixture, w: np.ndarray, sigma2
     sigma2 = path_sigma2(sigma2, len(mix.weights))[cc]
     S_inv, logdet_S = spd_inv_logdet(mix.covs, "component covariance")
     Sm = (S_inv @ mix.means[..., None])[..., 0]
-    xty = stats.Xty - stats.XtF @ w  # X'(y - F w)
-    yty = stats.yty - 2 * stats.Fty @ w + np.einsum("p,npq,q->n", w, stats.FtF, w)  # |y - F w|^2
+    xty, yty = _residual_stats(stats, w)
     Q = S_inv[cc] + stats.XtX[ii] / sigma2[:, None, None]
     chol = cholesky(Q, "posterior precision")
     g = Sm[cc] + xty[ii] / sigma2[:, None]
@@ -114,8 +121,7 @@ def _pair_terms_singular(stats: SufficientStats, mix: PointMixture, w: np.ndarra
     La = L[cc]
     XtX = stats.XtX[ii]
     m = mix.means[cc]
-    xty = (stats.Xty - stats.XtF @ w)[ii]  # X'(y - F w)
-    yty = (stats.yty - 2 * stats.Fty @ w + np.einsum("p,npq,q->n", w, stats.FtF, w))[ii]  # |y - F w|^2
+    xty, yty = (v[ii] for v in _residual_stats(stats, w))
     Xtr = xty - np.einsum("ade,ae->ad", XtX, m)  # X'r
     rtr = yty - 2 * np.einsum("ad,ad->a", m, xty) + np.einsum("ad,ade,ae->a", m, XtX, m)
     D = L.shape[-1]
