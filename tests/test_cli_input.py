@@ -307,6 +307,26 @@ def test_rows_that_do_not_match_the_header_are_refused_or_read_as_meant(tmp_path
     assert df.index.tolist() == [3, 4]
 
 
+def test_comment_lines_at_the_top_are_skipped_and_said(tmp_path):
+    """An export's notes ('# units: mg/dl') above the header: skipped with a warning, the rows keep their line
+    numbers (before, pandas' 'Expected 1 fields in line 3, saw 3'); a '#' line naming the subject column is the
+    header; a '#' inside the data is a value."""
+    p = tmp_path / "notes.csv"
+    p.write_text("# exported 2026-01-01\n  # units: mg/dl\nid,t,y\n1,0,1.5\n2,0,#3\n")
+    with pytest.warns(UserWarning, match=r"skipped 2 comment line\(s\) starting with '#' at the top of 'notes.csv'"):
+        df = read_csv(p, id_columns=["id"])
+    assert df.columns.tolist() == ["id", "t", "y"] and df["y"].tolist() == ["1.5", "#3"]
+    assert df.index.tolist() == [4, 5]
+    p.write_text("# note\n#id,t,y\n1,0,1.5\n2,0,2.5\n")
+    with pytest.warns(UserWarning, match=r"skipped 1 comment line\(s\)"):
+        df = read_csv(p, id_columns=["id"])
+    assert df.columns.tolist() == ["id", "t", "y"] and df["y"].tolist() == [1.5, 2.5] and df.index.tolist() == [3, 4]
+    p.write_text("#id,t,y\n1,0,1.5\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_csv(p, id_columns=["id"]).columns.tolist() == ["id", "t", "y"]
+
+
 def test_blank_rows_of_a_spreadsheet_export_are_skipped_and_said(tmp_path, frame):
     """A spreadsheet's export ends in rows of separators only (';;;;'): they hold nothing, so they are skipped, with
     a warning that names their lines, where the fit stopped on 'missing values' in every column."""

@@ -71,6 +71,7 @@ def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     skipped = 0
     if excel:
         text, skipped = text[excel.end():], 1
+    text, skipped = _skip_comment_lines(text, skipped, id_columns, p)
     sep, decimal = sniff(text)
     header = _header_fields(text, sep)
     _check_header(header, p)
@@ -104,6 +105,26 @@ def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
         if c in df.columns:
             df[c] = _identifiers(df[c])
     return df
+
+
+def _skip_comment_lines(text: str, skipped: int, id_columns: Sequence[str], p: Path) -> tuple[str, int]:
+    """Drop the lines starting with ``#`` at the top of the file (an export's notes: date, units), said in a
+    warning; ``skipped`` counts the lines dropped before. A last such line that names the ``id_columns``
+    (``#id,time,y``, as some tools write their header) is the header, its ``#`` removed. Returns the text
+    from the header on and the number of lines dropped."""
+    top = re.match(r"(?:[ \t]*#[^\n]*\n)+", text)
+    if top is None:
+        return text, skipped
+    lines = top.group(0).splitlines(keepends=True)
+    last = lines[-1].lstrip(" \t")[1:]
+    if id_columns and set(id_columns) <= {f.strip().strip('"') for f in re.split(r"[,;\t|]", last)}:
+        lines, rest = lines[:-1], last + text[top.end():]
+    else:
+        rest = text[top.end():]
+    if lines:
+        warnings.warn(f"skipped {len(lines)} comment line(s) starting with '#' at the top of '{p.name}'",
+                      UserWarning, stacklevel=3)
+    return rest, skipped + len(lines)
 
 
 def _header_fields(text: str, sep: str) -> list[str]:
