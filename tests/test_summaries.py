@@ -129,3 +129,26 @@ def test_one_layer_model_has_one_level(spline_data):
     assert list(m.class_summary().index) == ["cluster"]
     text = summaries.class_summary_text(m.class_summary(), {"cluster": m.posterior_table()})
     assert "summarytable" in text and "postprob" in text and "cluster_layer1" not in text
+
+
+def test_clusters_table_numbers_each_layer_as_the_outputs():
+    """clusters_'s layer columns number each layer's components by size, 0 largest, so layer1 is the group of
+    groups_, clusters.csv's cluster_layer1 and the membership tables (it held the requested components' own
+    numbers: on this fit the larger cluster, group 0, said 'layer1 1'); components_kept_ still maps them back."""
+    d = dgp1(3, n_subjects=80).data
+    d = d[d.groupby("subject").cumcount() % 3 == 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = dmlmm.DeepMixtureLMM((4, 2), (1, 1), basis=dmlmm.SplineBasis(6), random_state=1, max_iter=200).fit(d)
+    assert m.components_kept_[0].tolist() == [0, 1] and m.n_components_ == (2, 1)
+    tab = m.clusters_
+    for layer, kept in enumerate(m.components_kept_, start=1):
+        col = tab[f"layer{layer}"]
+        assert sorted(col.unique()) == list(range(len(kept)))
+        size = tab.groupby(col)["n_subjects"].sum()
+        assert (size.diff().dropna() <= 0).all()  # 0 largest
+    # each cluster's layer1 is the group that its subjects are in
+    held = pd.crosstab(m.labels_, m.groups_)
+    for c in held.index:
+        assert held.loc[c].idxmax() == tab.loc[c, "layer1"]
+    assert np.allclose(m.group_proba_.sum().to_numpy(), tab.groupby("layer1")["n_subjects"].sum().to_numpy())

@@ -64,9 +64,11 @@ class VariationalLongitudinalModel(Tables, Membership, Predicting, ClusterState,
     labels_ : Series, cluster (path) per subject; clusters are numbered by size, 0 largest.
     responsibilities_ : DataFrame (subjects x clusters).
     groups_, group_proba_ : first-layer grouping, likewise.
-    clusters_ : DataFrame, one row per cluster: its components per layer, weight, and ``n_subjects``, the
-        expected number of subjects (their probabilities summed; ``labels_`` counts each subject's most
-        probable cluster, as the class tables do).
+    clusters_ : DataFrame, one row per cluster: its component in each layer (``layer1``, ``layer2``, ...:
+        numbered by size within the layer, 0 largest, so ``layer1`` is the cluster's group in ``groups_``,
+        ``cluster_layer1`` and the membership tables; ``components_kept_`` maps them back to the requested
+        components), weight, and ``n_subjects``, the expected number of subjects (their probabilities summed;
+        ``labels_`` counts each subject's most probable cluster, as the class tables do).
     n_components_ : tuple, components left per layer after pruning.
     sigma2_ : float, residual variance (user scale); with ``noise="cluster"`` the pooled value,
         the per-cluster variances weighted by their expected numbers of observations.

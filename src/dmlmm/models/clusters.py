@@ -24,17 +24,15 @@ class ClusterState:
         paths = self.prior_.path_components()  # (M, L) in pruned numbering
         order = self._path_order
         mix = self.prior_.point_mixture(self.params_.prior)
-        cols = {f"layer{l + 1}": self.components_kept_[l][paths[order, l]] for l in range(paths.shape[1])}
+        # each layer's components numbered by their expected subjects, 0 largest: layer 1's as groups_
+        ranks = [_size_ranks(paths[:, l], sizes, len(self.components_kept_[l])) for l in range(paths.shape[1])]
+        cols = {f"layer{l + 1}": rank[paths[order, l]] for l, rank in enumerate(ranks)}
         self.clusters_ = pd.DataFrame(
             {**cols, "weight": mix.weights[order], "n_subjects": sizes[order]},
             index=pd.RangeIndex(len(order), name="cluster"),
         )
-        first = paths[:, 0]
-        k1 = len(self.components_kept_[0])
-        gsize = np.bincount(first, weights=sizes, minlength=k1)
-        self._group_order = np.argsort(-gsize, kind="stable")
-        self._group_of_path = np.empty(k1, dtype=int)
-        self._group_of_path[self._group_order] = np.arange(k1)
+        self._group_of_path = ranks[0]
+        self._group_order = np.argsort(ranks[0], kind="stable")
 
     def _proba_frame(self, resp: np.ndarray, subjects: pd.Index) -> pd.DataFrame:
         return pd.DataFrame(resp[:, self._path_order], index=subjects, columns=pd.RangeIndex(resp.shape[1], name="cluster"))
@@ -76,3 +74,12 @@ class ClusterState:
         if R is not None:
             covs = R @ covs @ R.T
         return covs * self.design_.y_scale**2
+
+
+def _size_ranks(component: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
+    """Each of a layer's ``k`` components' rank by its expected number of subjects, 0 largest (ties in
+    component order); ``component`` (M,): each path's component in the layer, ``sizes`` (M,): the paths'."""
+    order = np.argsort(-np.bincount(component, weights=sizes, minlength=k), kind="stable")
+    rank = np.empty(k, dtype=int)
+    rank[order] = np.arange(k)
+    return rank
