@@ -336,3 +336,18 @@ def test_numbers_stored_as_text_are_read_as_numbers_with_a_warning(frame):
             m = dmlmm.MixtureLMM(2, **kw).fit(data, covariates=cov)
         assert not [w for w in caught if "stored as text" in str(w.message)]
         assert len(m.fixed_effects_) == (4 if isinstance(cov, str) else 2)  # two dummies (and their slopes)
+
+
+def test_a_true_false_column_given_as_one_zero_takes_its_levels():
+    """A covariate fitted as True/False and given as 1/0 (or 1.0/0.0) later codes as True/False: pandas matched
+    the categories by type, so formulaic said the values were 'cast to nan' and the call was refused."""
+    from dmlmm.covariates import CovariateEncoding
+
+    enc = CovariateEncoding.learn(pd.DataFrame({"male": [False, True, True], "x": [0.5, 1.0, 2.0]}), ["male", "x"])
+    want = enc.encode(pd.DataFrame({"male": [True, False], "x": [1.0, 1.0]}))
+    assert want[:, enc.names.index("male[T.True]")].tolist() == [1.0, 0.0]
+    for given in ([1, 0], [1.0, 0.0], np.array([1, 0], dtype=np.uint8)):
+        np.testing.assert_array_equal(enc.encode(pd.DataFrame({"male": given, "x": [1.0, 1.0]})), want)
+    with pytest.raises(dmlmm.DataError, match=r"covariate 'male' has level\(s\) \['2'\] not seen when the model was "
+                                              r"fitted \(known levels: \[False, True\]\)"):
+        enc.encode(pd.DataFrame({"male": [1, 2], "x": [1.0, 1.0]}))

@@ -140,6 +140,19 @@ def _learn_levels(s: pd.Series, c: str, categorical: bool | None = None) -> list
     return [v.item() if isinstance(v, np.generic) else v for v in cats]
 
 
+def _as_levels(s: pd.Series, levels: list) -> np.ndarray:
+    """The values of ``s`` as the levels they equal: a True/False column given as 1/0 (or 1.0/0.0) takes the
+    levels True/False (pandas' categories match by type, so 1 was no level of [False, True] and became
+    missing); anything else as it is."""
+    values = s.to_numpy()
+    if levels and all(isinstance(v, (bool, np.bool_)) for v in levels) and values.dtype.kind in "iuf":
+        out = np.full(len(values), None, dtype=object)
+        out[values == 1] = True
+        out[values == 0] = False
+        return out
+    return values
+
+
 def is_categorical(s: pd.Series) -> bool:
     """Whether a covariate column is coded by levels (non-numeric, boolean, or a pandas Categorical whatever its
     categories: a Categorical of '1'..'4' is four groups)."""
@@ -324,7 +337,7 @@ class CovariateEncoding:
                 unknown = set(pd.unique(s.dropna())) - set(lv)
                 if unknown:
                     _raise_unknown(c, unknown, lv)
-                out[c] = pd.Categorical(s.to_numpy(), categories=lv)
+                out[c] = pd.Categorical(_as_levels(s, lv), categories=lv)
         return pd.DataFrame(out)
 
     def encode(self, df: pd.DataFrame) -> np.ndarray:
