@@ -199,6 +199,14 @@ def test_command_line_refits_over_its_own_outputs_and_predicts_with_the_membersh
     proba = model.predict_proba(df)
     first = pred.groupby("subject").first()
     np.testing.assert_allclose(first["probability"], proba.max(axis=1).loc[first.index], rtol=1e-9)
+    # --dropna leaves out a new patient without any membership value, as the fit's --dropna (it stopped instead)
+    new = tmp_path / "new.csv"
+    new.write_text("subject,time,x,sex\nq1,0,0.5,\nq2,0,0.5,f\n")
+    r = CliRunner().invoke(main, ["predict", str(tmp_path / "o" / "model.dmlmm"), str(new), "--times", "1", "--dropna"])
+    assert r.exit_code == 0, r.output
+    assert "dropped 1 subject(s) (1 row(s)) whose membership covariate(s) ['sex'] are missing at every visit: ['q1']" \
+        in r.output
+    assert "q2,1.0," in r.output and "q1," not in r.output
 
 
 def test_one_class_kept_is_said_not_printed_as_an_empty_table():

@@ -979,8 +979,12 @@ def _predict_table(model, frame, times, interval, kind, dropna, level="subject")
     """Trajectories with cluster columns for the subjects of ``frame``; also the numbers of subjects and times.
 
     ``level="population"``: nothing is conditioned on, so the cluster columns hold the prior weights."""
+    from .models.membership_design import without_unknown_baseline
     from .report.collect import add_cluster_columns, cluster_table, has_layers, subject_noise
 
+    if dropna and model.design_.membership is not None:  # as the fit's --dropna: subjects without any value
+        frame = without_unknown_baseline(frame, model.design_.columns.subject,
+                                         list(model.design_.membership.encoding.columns))
     # rows without y: times to predict at; the response as given (the model methods put it on their scale)
     d = model.design_.data_from(frame, require_response=False, dropna=dropna, model_scale=False)
     if level == "population":
