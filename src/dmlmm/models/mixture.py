@@ -104,8 +104,11 @@ class MixtureLMM(VariationalLongitudinalModel):
     membership_covariates : list of str, optional
         Baseline covariates (one value per subject; numeric or categorical) on which class
         membership depends, as lcmm's ``classmb``: the first-layer component probabilities
-        are a multinomial logit of them (coefficients N(0, 2.5^2) on the standardised
-        covariates, fitted inside the variational bound; :mod:`dmlmm.priors.membership`).
+        are a continuation-ratio (stick-breaking) logit of them, each group's log-odds against
+        the later groups among the subjects not in an earlier one (with two groups, logistic
+        regression; with more, not lcmm's multinomial coefficients), coefficients N(0, 2.5^2) on
+        the standardised covariates, fitted inside the variational bound
+        (:mod:`dmlmm.priors.membership`).
         Results in ``membership_coefficients_``; new subjects' class probabilities before any
         visit from :meth:`membership_probabilities`. Delete moves are off with it.
     max_iter, tol : stopping rule on the relative ELBO change.
