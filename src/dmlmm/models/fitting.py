@@ -35,7 +35,7 @@ from ..inference.stochastic import StochasticSettings
 from ..prediction import fixed_effects_cov
 from ..response_transform import (check_transform, data_scale_bound, forward, label_of, log_jacobian,
                                   model_scale_elbo, transform_candidates)
-from ..priors.membership import first_layer_resp, membership_laplace_cov
+from ..priors.membership import first_layer_resp, membership_laplace_cov, separated_sticks
 from ..basis import SplineBasis
 from .design import (LongitudinalDesign, check_own_design, fitted_basis, latest_covariates, noise_confounded,
                      repeated_times)
@@ -344,7 +344,23 @@ class Fitting:
             resp1 = first_layer_resp(best.local.resp, best.prior.path_components()[:, 0])
             self._membership_cov = membership_laplace_cov(best.params.membership, Z, resp1,
                                                           chosen.config.membership_scale)
+            self._warn_separation(Z, resp1, chosen.config.membership_scale)
         return self
+
+    def _warn_separation(self, Z: np.ndarray, resp1: np.ndarray, scale: float) -> None:
+        """An IdentifiabilityWarning naming the groups and covariates that the membership covariates separate
+        (almost) perfectly (:func:`~dmlmm.priors.membership.separated_sticks`)."""
+        separated = separated_sticks(Z, resp1)
+        if not separated:
+            return
+        names, groups = self.design_.membership.names, self._group_of_path
+        what = "; ".join(f"group {groups[j]} against {', '.join(map(str, groups[j + 1:]))}: "
+                         f"{', '.join(names[q] for q in cols)}" for j, cols in separated.items())
+        warnings.warn(
+            f"the membership covariates separate the groups (almost) perfectly ({what}): without the prior the "
+            f"log-odds would grow without bound, so these coefficients' size and interval are the prior's "
+            f"(N(0, {scale:g}^2) per SD of each covariate), not measured by the data; read them as a very strong "
+            "effect, and their probabilities near 0 or 1", IdentifiabilityWarning, stacklevel=3)
 
     def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z, quiet: bool = False,
                    to_beat: float | None = None, plan: FitPlan = FitPlan()) -> ScaleFit:

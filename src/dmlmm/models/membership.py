@@ -62,7 +62,9 @@ class Membership:
         ``membership_covariates``. Estimates are posterior means; SDs come from the curvature of
         the expected log-likelihood there (:func:`~dmlmm.priors.membership.membership_laplace_cov`):
         the variational factor's own are too narrow under the Jaakkola-Jordan bound (23 % below
-        the maximum-likelihood standard errors on a simulated two-group example).
+        the maximum-likelihood standard errors on a simulated two-group example). Where the
+        covariates separate the groups (almost) perfectly the likelihood has no finite maximum and
+        the size of those coefficients is the prior's: the fit says so (IdentifiabilityWarning).
         """
         self._check_fitted()
         q = self.params_.membership

@@ -33,6 +33,7 @@ from ..expfam import LOG_2PI, Gaussian, blend, gaussian_entropy
 __all__ = [
     "membership_init", "membership_log_weights", "membership_update", "membership_elbo",
     "membership_prune", "stick_log_probs", "jj_lambda", "membership_laplace_cov", "first_layer_resp",
+    "separated_sticks",
 ]
 
 
@@ -150,3 +151,65 @@ def membership_laplace_cov(q: Gaussian, Z: np.ndarray, resp: np.ndarray, scale: 
     w = reach * p * (1.0 - p)
     H = np.eye(Z.shape[1]) / scale**2 + np.einsum("ns,nq,nr->sqr", w, Z, Z)
     return np.linalg.inv(H)
+
+
+#: A subject's log-odds beyond which the unpenalised fit counts as separated (a probability of 3e-7 or
+#: 1 - 3e-7 for a subject that the likelihood fits exactly: it would take it to 0 or 1 without a prior).
+SEPARATION_LOGIT = 15.0
+
+
+def separated_sticks(Z: np.ndarray, resp: np.ndarray, max_iter: int = 100) -> dict[int, list[int]]:
+    """The sticks whose covariates separate the groups (almost) perfectly, each with the columns of ``Z`` along
+    which the fit runs away: the likelihood alone has no finite maximum, so those coefficients' size and
+    interval come from the prior.
+
+    Per stick j, the logistic regression of stopping there (``r_ij``) against passing it (``sum_{k>j} r_ik``),
+    weighted by the subjects' reach, fitted without a prior by Newton's method with step halving; separated
+    when some subject's log-odds pass :data:`SEPARATION_LOGIT` (without separation the likelihood cannot
+    fit one subject's class exactly, and only an extreme covariate value with a very strong effect comes
+    near). The columns named are those that carry the last steps of the fit (its
+    direction of escape), scaled by their largest value. ``Z`` (N, Q): the intercept and the standardised
+    covariates; ``resp`` (N, K): first-layer responsibilities.
+    """
+    stop, passing = _stop_and_pass(resp)
+    out = {}
+    for j in range(stop.shape[1]):
+        w = stop[:, j] + passing[:, j]
+        if w.sum() <= 1e-8 or Z.shape[1] < 2:
+            continue
+        y = np.clip(stop[:, j] / np.maximum(w, 1e-300), 0.0, 1.0)
+        cols = _escape_columns(Z, y, w, max_iter)
+        if cols:
+            out[j] = cols
+    return out
+
+
+def _escape_columns(Z: np.ndarray, y: np.ndarray, w: np.ndarray, max_iter: int) -> list[int]:
+    """The columns of ``Z`` (N, Q) but the first along which the weighted maximum-likelihood logistic fit of
+    ``y`` (N,) escapes to infinity (none when no subject's log-odds pass :data:`SEPARATION_LOGIT`)."""
+
+    def loglik(g):
+        eta = Z @ g
+        return float(w @ (y * log_expit(eta) + (1.0 - y) * log_expit(-eta)))
+
+    g = np.zeros(Z.shape[1])
+    ll, escape_from = loglik(g), None
+    for _ in range(max_iter):
+        p = np.exp(log_expit(Z @ g))
+        grad = Z.T @ (w * (y - p))
+        H = (Z * (w * p * (1.0 - p))[:, None]).T @ Z + 1e-9 * np.eye(Z.shape[1])
+        step = np.linalg.lstsq(H, grad, rcond=None)[0]
+        t = 1.0
+        while t > 1e-6 and loglik(g + t * step) < ll - 1e-12:
+            t /= 2.0
+        before, g = g, g + t * step
+        new = loglik(g)
+        if escape_from is None and np.max(np.abs(Z @ g)[w > 1e-6], initial=0.0) > 0.5 * SEPARATION_LOGIT:
+            escape_from = before
+        if abs(new - ll) < 1e-10 * (1.0 + abs(ll)):
+            break
+        ll = new
+    if escape_from is None or np.max(np.abs(Z @ g)[w > 1e-6], initial=0.0) <= SEPARATION_LOGIT:
+        return []
+    reach = np.abs(g - escape_from)[1:] * np.max(np.abs(Z[:, 1:]), axis=0)
+    return [int(q) + 1 for q in np.flatnonzero(reach >= 0.25 * reach.max())]
