@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -242,6 +243,8 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
             check_design(design)
             name = builder.parsed_.response if isinstance(builder, FormulaDesignBuilder) else (
                 builder.columns_.response if isinstance(builder, LongitudinalDesignBuilder) else "y")
+            if transform is not None and isinstance(builder, FormulaDesignBuilder):
+                _check_response_not_transformed(name, self.response_transform)
             self._check_noise_left(design, design.y, name)  # the data's scale (a transformed one in _fit_scale)
             warn_binary_response(design.y, name, stacklevel=3)
             scales = transform_candidates(transform, design.y)
@@ -435,3 +438,19 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
 
         return format_summary(self, interval=interval)
 
+
+def _check_response_not_transformed(response: str, transform: str) -> None:
+    """A DataError where the formula's response is a function of a column (``log(y)``) and a
+    ``response_transform`` is asked for too: the fit would transform the transformed response again
+    (``log(log(y))``, with predictions on the scale of ``log(y)``)."""
+    call = re.match(r"\s*([A-Za-z_][\w.]*)\s*\((.*)\)\s*$", response)
+    if call is None:
+        return
+    inner = call.group(2).strip()
+    raise DataError(
+        f"the formula's response {response!r} is already a function of the data, and response_transform="
+        f"{transform!r} would {'try' if transform == 'auto' else 'take'} {'log' if transform == 'auto' else transform}"
+        f"({response}) too: write "
+        f"the response as the column ('{inner} ~ ...') with response_transform={transform!r}, whose curves, bands "
+        f"and scores are then on the scale of {inner}, or leave response_transform=None to model {response} as "
+        "given")
