@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -231,3 +233,17 @@ def test_auto_raises_only_the_kept_scales_warnings(positive):
     kept, w_kept = caught(response_transform=auto.response_transform_)
     assert len(auto.elbo_by_transform_) == 2 and any(c == "ConvergenceWarning" for c, _ in w_auto)
     assert w_auto == w_kept
+
+
+def test_values_past_the_largest_float_on_the_data_scale_are_said():
+    """exp of a log-scale value above 709.8 is inf: said (bands and draws far past the data came back as inf
+    without a word, their overflow silenced), and not for an input that is infinite already."""
+    from dmlmm.response_transform import inverse
+
+    with pytest.warns(RuntimeWarning, match=r"passed the largest floating-point number \(about 1.8e308: log scale"):
+        y = inverse(np.array([1.0, 800.0]), "log")
+    assert y[0] == np.e and np.isposinf(y[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isposinf(inverse(np.array([0.0, np.inf]), "log1p")).tolist() == [False, True]
+        inverse(np.array([709.0]), "log")

@@ -18,6 +18,8 @@ stay on the model's scale: they describe z.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .exceptions import DataError
@@ -97,7 +99,12 @@ def inverse(z: np.ndarray, transform: str | None) -> np.ndarray:
     if transform is None:
         return z
     with np.errstate(over="ignore"):
-        return np.exp(z) if transform == "log" else np.expm1(z)
+        y = np.exp(z) if transform == "log" else np.expm1(z)
+    if np.isposinf(y).any() and np.isposinf(y[np.isfinite(z)]).any():
+        warnings.warn(f"values on the data's scale passed the largest floating-point number (about 1.8e308: {transform} "
+                      "scale values above 709.8) and are given as inf: bands or draws far beyond the data, where the "
+                      "log scale's spread grows without bound", RuntimeWarning, stacklevel=2)
+    return y
 
 
 def log_jacobian(z: np.ndarray, transform: str | None) -> np.ndarray:
