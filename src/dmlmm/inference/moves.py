@@ -5,8 +5,11 @@ components slowly and can stall with a true cluster shared by two or three
 components. A delete move removes one component, lets its subjects reassign
 themselves and re-runs coordinate ascent for a short budget; the move is kept
 only if the ELBO ends higher than before (cf. Hughes and Sudderth's memoized
-variational inference with merge and delete moves). Accepted moves can only
-raise the final ELBO.
+variational inference with merge and delete moves). An accepted move raises the
+ELBO where the two are compared, after ``trial_iter`` iterations at the loose
+exploring tolerance, not necessarily at convergence: the path without it can
+end higher (a helper's two-group simulation with 50 subjects, ``MixtureLMM(2)``:
+-99.19 with the move that left one component, -96.13 without delete moves).
 """
 
 from __future__ import annotations
