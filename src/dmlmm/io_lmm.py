@@ -47,6 +47,7 @@ def lmm_to_dict(model) -> tuple[dict, dict[str, np.ndarray]]:
     if getattr(model, "_fitted_rows", None) is not None:
         arrays["fitted.rows"] = np.asarray(model._fitted_rows, dtype=float)
     fitted["response_transform_"] = model.response_transform_
+    fitted["singular_"] = bool(model.singular_)  # judged in the coordinates fitted, which the file does not hold
     fitted["loglik_data_scale_"] = model.loglik_data_scale_
     fitted["criterion_by_transform_"] = {k: float(v) for k, v in model.criterion_by_transform_.items()}
     if model.method_ == "vb":
@@ -76,6 +77,8 @@ def lmm_from_dict(cls, hyper: dict, meta: dict, arrays: dict[str, np.ndarray]):
     model.scaling_ = None  # the standardisation of the fit is not needed after it
     last = _get(arrays, "fitted.last_times") if "fitted.last_times" in arrays else None
     model._set_estimate(est, _decode_index(f["subjects"]), last)
+    if "singular_" in f:  # files written before it was kept: judged again from cov_re_
+        model.singular_ = bool(f["singular_"])
     # files written before the fitted rows were kept: a fitted subject's own posterior whatever rows are given
     model._fitted_rows = _get(arrays, "fitted.rows") if "fitted.rows" in arrays else None
     # files written before response_transform existed: the response as given

@@ -18,7 +18,7 @@ from ..exceptions import NumericalError
 from ..sufficient import SufficientStats
 from .design import Design
 from .optimise import fit_profiled
-from .scaling import ResponseScaling, fixed_standardisation
+from .scaling import ResponseScaling, fixed_standardisation, random_centring
 
 __all__ = ["Estimate", "ESTIMATORS", "estimate_profiled", "CROSS_START_MAX_SUBJECTS"]
 
@@ -90,6 +90,9 @@ def estimate_profiled(design: Design, scaling: ResponseScaling, stats: Sufficien
         Passed to :func:`~dmlmm.lmm.profiled.fit_profiled` (``tol`` is its ``gtol``).
     """
     T = fixed_standardisation(design.F, scaling.direction)  # better conditioned: a calendar year's column
+    A = random_centring(design.Z, design.structure.block_sizes(), _free_blocks(design.structure))
+    if A is not None:  # a random slope on a time far from zero: fitted on the centred column, mapped back below
+        stats = replace(design, Z=design.Z @ A).stats(scaling.transform(design.y))
     try:
         fit = fit_from_both_starts(stats.with_fixed_columns(T), design, reml, max_iter=max_iter, gtol=tol,
                                    n_restarts=n_restarts)
@@ -109,23 +112,47 @@ def estimate_profiled(design: Design, scaling: ResponseScaling, stats: Sufficien
     p = design.n_fixed
     # back to F's own columns, beta = T beta_s; REML's log|F'V^-1 F| is log|F_s'V^-1 F_s| - 2 log|det T|
     logdet_T = float(np.linalg.slogdet(T)[1]) if p else 0.0
+    # back to Z's own columns: b = A b', Sigma = A Sigma' A' (A = I: the columns as given)
+    A = np.eye(design.structure.dim) if A is None else A
+    lam = _lower_factor(A @ st.lam)
     return Estimate(
         beta=scaling.beta_to_user(T @ st.beta),
         cov_beta=s2 * (T @ st.cov_beta @ T.T),
         sigma2=s2 * st.sigma2,
-        cov_re=s2 * st.cov_re,
-        b=scaling.scale * st.b,
-        cov_b=s2 * st.cov_b_conditional,
-        beta_sensitivity=st.beta_sensitivity @ np.linalg.inv(T),
+        cov_re=s2 * (A @ st.cov_re @ A.T),
+        b=scaling.scale * (st.b @ A.T),
+        cov_b=s2 * (A @ st.cov_b_conditional @ A.T),
+        beta_sensitivity=A @ st.beta_sensitivity @ np.linalg.inv(T),
         loglik=scaling.loglik_to_user(st.loglik + (logdet_T if reml else 0.0), st.n, p, reml),
         n_params=p + design.structure.n_theta + 1,
         n_iter=fit.n_iter,
         converged=fit.converged,
         message=fit.message,
-        theta=fit.theta,
+        theta=fit.theta if A is None or np.array_equal(A, np.eye(len(A))) else design.structure.theta_from_lam(lam),
         extra={"n_eval": fit.n_eval, "grad_norm": fit.grad_norm, "history": fit.history,
-               "lam": st.lam, "reml": reml},
+               "lam": lam, "reml": reml, "cov_re_fitted": s2 * st.cov_re},
     )
+
+
+def _free_blocks(structure) -> list[bool]:
+    """Whether each diagonal block of ``Lambda`` is unstructured (every lower-triangular entry its own
+    parameter), so that any linear map of its effects keeps the model (:func:`random_centring`)."""
+    out, start = [], 0
+    for size in structure.block_sizes():
+        inside = (structure.rows >= start) & (structure.rows < start + size)
+        out.append(int(inside.sum()) == size * (size + 1) // 2 and len(np.unique(structure.which[inside])) == inside.sum())
+        start += size
+    return out
+
+
+def _lower_factor(M: np.ndarray) -> np.ndarray:
+    """A lower-triangular ``L`` with ``L L' = M M'`` and a non-negative diagonal (from the QR of ``M'``;
+    singular ``M`` too), for lme4's ``theta`` of a covariance fitted in other coordinates."""
+    if np.allclose(M, np.tril(M)) and np.all(np.diag(M) >= 0):
+        return M
+    R = np.linalg.qr(M.T, mode="r")
+    sign = np.where(np.diag(R) < 0, -1.0, 1.0)
+    return (R.T * sign).copy()
 
 
 def fit_from_both_starts(stats: SufficientStats, design: Design, reml: bool, **opts):

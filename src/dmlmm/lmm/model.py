@@ -377,9 +377,12 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         self.n_iter_ = int(est.n_iter)
         self.converged_ = bool(est.converged)
         self.theta_ = np.asarray(est.theta)
-        sd = np.sqrt(np.clip(np.diag(est.cov_re), 0, None))
+        # judged in the coordinates fitted (a random slope's time centred where it lies far from zero:
+        # estimators.random_centring), where a nearly collinear intercept and slope are not a boundary
+        cov = est.extra.get("cov_re_fitted", est.cov_re)
+        sd = np.sqrt(np.clip(np.diag(cov), 0, None))
         self.singular_ = bool(np.any(sd <= 1e-4 * np.sqrt(self.sigma2_))) or bool(
-            np.linalg.eigvalsh(est.cov_re / np.outer(np.where(sd > 0, sd, 1), np.where(sd > 0, sd, 1)))[0] < 1e-8
+            np.linalg.eigvalsh(cov / np.outer(np.where(sd > 0, sd, 1), np.where(sd > 0, sd, 1)))[0] < 1e-8
         )
         self._subjects = subjects
         self._last_times = last_times

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..standardise import response_scale
 
-__all__ = ["ResponseScaling", "fixed_standardisation"]
+__all__ = ["ResponseScaling", "fixed_standardisation", "random_centring", "RANDOM_CENTRE_RATIO"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,42 @@ def fixed_standardisation(F: np.ndarray, direction: np.ndarray) -> np.ndarray:
     spread = np.sqrt(np.mean((F - mean) ** 2, axis=0))
     scale = np.where(own & (spread > 0), spread, 1.0)
     return (np.eye(p) - np.outer(a, mean)) / scale
+
+
+#: A random-effect column is centred inside an ML / REML fit when its mean is more than this many of its SDs
+#: from zero (:func:`random_centring`).
+RANDOM_CENTRE_RATIO = 10.0
+
+
+def random_centring(Z: np.ndarray, blocks: list[int], free: list[bool]) -> np.ndarray | None:
+    """``A`` (q, q) such that ``Z A`` has, in each free block holding a column of ones, the block's other
+    columns centred where their mean lies more than :data:`RANDOM_CENTRE_RATIO` SDs from zero; None when
+    no column is.
+
+    ``Z b = (Z A)(A^{-1} b)``: the same model with ``Sigma = A Sigma' A'``, where ``Sigma'`` is the
+    covariance of the centred columns' effects. An unstructured block stays unstructured under ``A``, so
+    only ``free`` blocks (``blocks``: their sizes, in order) are touched. A random slope on a time far from
+    zero (Excel's serial dates, about 45,000; days since 1970) makes the slope's and the intercept's effects
+    almost collinear: on lme4's sleepstudy with the days shifted by 70,000 the profiled ML / REML fits
+    stopped 4.4 / 4.8 below the maximum, reported as converged and singular, with the slope's standard
+    error 13 % too small. lme4 and statsmodels fail there too.
+    """
+    Z = np.asarray(Z, dtype=float)
+    A = np.eye(Z.shape[1])
+    start = 0
+    for size, ok in zip(blocks, free):
+        cols = np.arange(start, start + size)
+        start += size
+        if not ok or size < 2:
+            continue
+        ones = [c for c in cols if np.all(Z[:, c] == 1.0)]
+        if not ones:
+            continue
+        one = ones[0]
+        for c in cols:
+            if c == one:
+                continue
+            m, sd = float(Z[:, c].mean()), float(Z[:, c].std())
+            if abs(m) > RANDOM_CENTRE_RATIO * sd:
+                A[one, c] = -m  # column c of Z A: z_c - m
+    return None if np.array_equal(A, np.eye(Z.shape[1])) else A
