@@ -245,3 +245,19 @@ def test_linear_mixed_model_with_one_function_forecasts_beyond_its_visits():
     wide = at.pivot(index="subject", columns="time", values="mean")
     np.testing.assert_allclose(wide[14.0], wide[9.0], rtol=1e-12)  # flat: the same level at 14 as within
     assert np.isfinite(score).all()
+
+
+def test_sklearn_clone_keeps_a_fitted_basis_and_rebuilds_an_unfitted_one():
+    """A basis given fitted is used as it is (its window and knots); scikit-learn's clone rebuilt it from its
+    settings and dropped them, so clone(model).fit(df) laid other knots without a word. The repr says which."""
+    sklearn_base = pytest.importorskip("sklearn.base")
+    import dmlmm
+
+    fitted = SplineBasis(n_basis=8).fit(np.array([-0.1, 0.3, 1.1]))
+    copy_ = sklearn_base.clone(fitted)
+    assert copy_ is not fitted and copy_.is_fitted and np.array_equal(copy_.knots_, fitted.knots_)
+    assert copy_.window == (-0.1, 1.1) and repr(copy_).endswith("knots='quantile', fitted to [-0.1, 1.1])")
+    model = sklearn_base.clone(dmlmm.MixtureLMM(2, basis=fitted))
+    assert model.basis.is_fitted and model.basis is not fitted
+    fresh = sklearn_base.clone(SplineBasis(n_basis=8, lower=0.0))
+    assert not fresh.is_fitted and fresh.lower == 0.0 and repr(fresh).endswith("knots='quantile')")

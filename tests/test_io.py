@@ -230,3 +230,21 @@ def test_saving_to_a_folder_or_into_a_missing_one_names_the_path_given(models, t
     with pytest.raises(FileNotFoundError, match=r"the folder '.*no' does not exist \(create it first\)$"):
         save_model(model, missing)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_a_generator_random_state_says_it_is_not_kept(models, tmp_path):
+    """A numpy Generator as random_state is written as None (its state is no hyperparameter): said, where the
+    loaded model's random_state silently became None and a refit of it drew other starts."""
+    m = models["mixture"]
+    old = m.random_state
+    try:
+        m.random_state = np.random.default_rng(3)
+        with pytest.warns(UserWarning, match=r"random_state is a Generator, which a model file does not keep: the "
+                                             r"loaded model has random_state=None"):
+            m.save(tmp_path / "g.dmlmm")
+    finally:
+        m.random_state = old
+    assert dmlmm.load(tmp_path / "g.dmlmm").random_state is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.save(tmp_path / "int.dmlmm")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import warnings
 
 import numpy as np
@@ -351,10 +353,20 @@ class SplineBasis(HyperParameters):
         return b
 
     def __repr__(self) -> str:
+        fitted = f", fitted to [{self.window[0]:g}, {self.window[1]:g}]" if self.is_fitted else ""
         return (
             f"SplineBasis(n_basis={self.n_basis}, degree={self.degree}, lower={self.lower}, "
-            f"upper={self.upper}, knots={self.knots!r})"
+            f"upper={self.upper}, knots={self.knots!r}{fitted})"
         )
+
+    def __sklearn_clone__(self) -> "SplineBasis":
+        """scikit-learn's ``clone``: a fitted basis is a model's fixed design (used as it is, knots and
+        window included), so its copy stays fitted; an unfitted one is rebuilt from its settings. (A plain
+        rebuild dropped the knots: ``clone(model).fit(df)`` then laid new ones over the data's range, without
+        a word.)"""
+        if self.is_fitted:
+            return copy.deepcopy(self)
+        return type(self)(**self.get_params(deep=False))
 
 
 def _covered_range(times: np.ndarray, lo: float, hi: float, n_int: int) -> tuple[float, float]:

@@ -285,7 +285,10 @@ def _hyperparameters(model) -> dict:
         if isinstance(v, SplineBasis):
             out[k] = {"SplineBasis": v.to_dict()}
         elif k == "random_state" and not (v is None or isinstance(v, (int, np.integer))):
-            out[k] = None  # a Generator's state is not a hyperparameter worth keeping
+            out[k] = None  # a Generator's state is not a hyperparameter worth keeping, but the change is said
+            warnings.warn(f"random_state is a {type(v).__name__}, which a model file does not keep: the loaded model "
+                          "has random_state=None, so a refit of it draws other starts (its fitted results are kept "
+                          "as they are); give an int seed to keep it", UserWarning, stacklevel=5)
         else:
             out[k] = _jsonable(v)
     return out
