@@ -289,3 +289,20 @@ def test_scores_are_invariant_to_an_affine_map_of_the_response():
     np.testing.assert_allclose(
         b.score_samples(moved.loc[held.index], condition_on=moved.loc[rest.index]) + 2 * np.log(1e-3),
         a.score_samples(held, condition_on=rest), atol=1e-3)
+
+
+def test_subject_outputs_are_labelled_as_the_mixtures_are():
+    """Integer subject ids come back as integers (they came back as objects, so merging score_samples with the
+    user's frame failed), named by the subject column, in one sorted order for predict and score_samples."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"id": np.repeat([7, 3, 11, 5], 5), "t": np.tile(np.linspace(0, 1, 5), 4)})
+    df["y"] = rng.normal(size=len(df)) + df["t"]
+    m = LinearMixedModel(basis=SplineBasis(2, degree=1), method="ml").fit(df, subject="id", time="t", response="y")
+    shuffled = df.sample(frac=1.0, random_state=1)
+    ss, lab = m.score_samples(shuffled), m.predict(shuffled)
+    for out in (ss, lab, m.predict_proba(shuffled)):
+        assert out.index.tolist() == [3, 5, 7, 11] and out.index.dtype == np.int64 and out.index.name == "id"
+    merged = df.merge(ss.rename("ll").reset_index(), on="id")
+    assert len(merged) == len(df) and merged["ll"].notna().all()
+    traj = m.predict_trajectory(df, times=np.array([0.5]))
+    assert traj["id"].dtype == np.int64 and sorted(traj["id"]) == [3, 5, 7, 11]

@@ -497,8 +497,8 @@ class LongitudinalDesignBuilder:
             subj = long.subjects[long.codes][order].to_numpy(dtype=object) if has_subject else None
             t = long.time[order]
             frame = pd.DataFrame(index=data.index)
-            if has_subject:
-                frame[cols.subject] = subj
+            if has_subject:  # the labels' own type (integers as integers, as the mixtures give them)
+                frame[cols.subject] = pd.Series(subj, index=data.index).infer_objects()
             frame[cols.time] = t
             return NewRows(F=F, Z=Z, subjects=subj, frame=frame)
         # array of times

@@ -417,7 +417,11 @@ class PredictiveLMM:
         st = sufficient_stats(resid, rows.Z, rows.F, codes, len(labels))
         jac = np.bincount(codes, weights=log_jacobian(zv, self._transform), minlength=len(labels))
         return pd.Series(log_marginal(st, self._prior_mixture(), np.zeros_like(est.beta), est.sigma2) + jac,
-                         index=pd.Index(labels), name="log_score")
+                         index=self._label_index(labels), name="log_score")
+
+    def _label_index(self, labels) -> pd.Index:
+        """Subject labels as the mixtures give them: named as the training subjects, integers as integers."""
+        return pd.Index(labels, name=self._subjects.name).infer_objects()
 
     def score_samples(self, data=None, condition_on=None, *, X=None, Z=None, y=None, groups=None) -> pd.Series:
         """Log predictive density of each subject's observations (plug-in estimates, user scale).
@@ -464,9 +468,9 @@ class PredictiveLMM:
         if data is None and groups is None:
             return self._subjects
         if groups is not None:
-            return pd.Index(pd.unique(np.asarray(groups, dtype=object)))
+            return self._label_index(factorize_groups(np.asarray(groups, dtype=object).reshape(-1))[1])
         name = self.design_info_["group_name"]
         if not isinstance(data, pd.DataFrame) or name not in data.columns:
             raise DataError(f"predict needs a data frame with the subject column '{name}'")
-        return pd.Index(pd.unique(data[name].to_numpy(dtype=object)), name=name)
+        return self._label_index(factorize_groups(data[name].to_numpy(dtype=object))[1]).rename(name)
 
