@@ -384,6 +384,23 @@ def test_a_time_far_from_zero_gives_the_same_fit(sleepstudy, method, tmp_path):
     assert not dmlmm.load(tmp_path / "shifted.dmlmm").singular_
 
 
+@pytest.mark.parametrize("offset", [1e7, 1e9])
+def test_a_covariate_far_from_zero_gives_the_same_fit(sleepstudy, offset):
+    """Days + 1e7 as a fixed covariate (random intercept only): the ML fit stopped 0.9 above the true maximum,
+    unconverged, and at 1e9 broke down blaming the random effects; the intercept is now found as the column of
+    ones (least squares found no constant direction beside a nearly constant covariate) and the statistics
+    come from the centred columns."""
+    formula = "Reaction ~ Days + (1 | Subject)"
+    base = LinearMixedModel(formula, method="ml").fit(sleepstudy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = LinearMixedModel(formula, method="ml").fit(sleepstudy.assign(Days=sleepstudy["Days"] + offset))
+    assert m.converged_ and m.loglik_ == pytest.approx(base.loglik_, abs=1e-6)
+    assert m.sigma2_ == pytest.approx(base.sigma2_, rel=1e-8)
+    assert m.fixed_effects_["Days"] == pytest.approx(base.fixed_effects_["Days"], rel=1e-7)
+    assert m.fixed_effects_se_["Days"] == pytest.approx(base.fixed_effects_se_["Days"], rel=1e-7)
+
+
 @pytest.mark.parametrize("factor", [1e9, 1e-9])
 @pytest.mark.parametrize("method", ["ml", "reml"])
 def test_huge_and_tiny_scales(sleepstudy, factor, method):

@@ -91,11 +91,16 @@ def estimate_profiled(design: Design, scaling: ResponseScaling, stats: Sufficien
     """
     T = fixed_standardisation(design.F, scaling.direction)  # better conditioned: a calendar year's column
     A = random_centring(design.Z, design.structure.block_sizes(), _free_blocks(design.structure))
-    if A is not None:  # a random slope on a time far from zero: fitted on the centred column, mapped back below
-        stats = replace(design, Z=design.Z @ A).stats(scaling.transform(design.y))
+    if A is not None or _far_from_zero(design.F, T):
+        # a random slope on a time far from zero, or a covariate whose mean dwarfs its spread: statistics of the
+        # centred columns themselves (F'F of the raw columns, mapped by T afterwards, loses (mean / SD)^2 to
+        # cancellation), the estimates mapped back below
+        Z = design.Z if A is None else design.Z @ A
+        fitted_stats = replace(design, F=design.F @ T, Z=Z).stats(scaling.transform(design.y))
+    else:
+        fitted_stats = stats.with_fixed_columns(T)
     try:
-        fit = fit_from_both_starts(stats.with_fixed_columns(T), design, reml, max_iter=max_iter, gtol=tol,
-                                   n_restarts=n_restarts)
+        fit = fit_from_both_starts(fitted_stats, design, reml, max_iter=max_iter, gtol=tol, n_restarts=n_restarts)
     except np.linalg.LinAlgError as exc:
         q, n_groups = design.structure.dim, len(design.subjects)
         unit, fewer = (("subject", "a smaller basis: basis=SplineBasis(4), --n-basis 4 on the command line")
@@ -132,6 +137,24 @@ def estimate_profiled(design: Design, scaling: ResponseScaling, stats: Sufficien
         extra={"n_eval": fit.n_eval, "grad_norm": fit.grad_norm, "history": fit.history,
                "lam": lam, "reml": reml, "cov_re_fitted": s2 * st.cov_re},
     )
+
+
+#: A fixed-effect column whose mean lies more than this many of its SDs from zero gets its statistics computed
+#: from the standardised column (:func:`_far_from_zero`).
+FIXED_CANCELLATION_RATIO = 1e3
+
+
+def _far_from_zero(F: np.ndarray, T: np.ndarray) -> bool:
+    """Whether a column that ``T`` (:func:`~dmlmm.lmm.scaling.fixed_standardisation`) centres lies more than
+    :data:`FIXED_CANCELLATION_RATIO` SDs from zero (a covariate of 1e9 + days: the ML fit of sleepstudy stopped
+    0.9 above the true maximum at 1e7, and broke down at 1e9)."""
+    if F.shape[1] == 0:
+        return False
+    centred = np.abs(T - np.diag(np.diag(T))).sum(axis=0) > 0  # columns that T shifts
+    if not centred.any():
+        return False
+    m, sd = np.abs(F[:, centred].mean(axis=0)), F[:, centred].std(axis=0)
+    return bool(np.any(m > FIXED_CANCELLATION_RATIO * np.maximum(sd, 1e-300)))
 
 
 def _free_blocks(structure) -> list[bool]:

@@ -55,7 +55,12 @@ class ResponseScaling:
         sd = response_scale(y, name)
         a = np.zeros(p)
         shift = 0.0
-        if p:
+        const = [j for j in range(p) if n and F[0, j] != 0.0 and np.all(F[:, j] == F[0, j])]
+        if const:  # an intercept column: the constant's direction exactly (least squares found none beside a
+            # covariate of 1e7 + days, whose column is nearly constant too, and then nothing was centred)
+            a[const[0]] = 1.0 / F[0, const[0]]
+            shift = float(np.mean(y))
+        elif p:
             a, *_ = np.linalg.lstsq(F, np.ones(n), rcond=None)
             if np.linalg.norm(F @ a - 1.0) <= 1e-8 * np.sqrt(n):
                 shift = float(np.mean(y))
