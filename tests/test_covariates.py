@@ -351,3 +351,17 @@ def test_a_true_false_column_given_as_one_zero_takes_its_levels():
     with pytest.raises(dmlmm.DataError, match=r"covariate 'male' has level\(s\) \['2'\] not seen when the model was "
                                               r"fitted \(known levels: \[False, True\]\)"):
         enc.encode(pd.DataFrame({"male": [1, 2], "x": [1.0, 1.0]}))
+
+
+def test_a_level_given_as_another_type_is_named_so():
+    """'3' for a level fitted as the number 3: the error says the levels match in another type and how to
+    convert (it said only 'not seen when the model was fitted (known levels: [1, 2, 3, 4])')."""
+    enc = CovariateEncoding.learn(pd.DataFrame({"Diet": pd.Categorical([1, 2, 3, 4])}), ["Diet"])
+    with pytest.raises(dmlmm.DataError, match=r"level\(s\) \['3'\] not seen when the model was fitted \(known levels: "
+                                              r"\[1, 2, 3, 4\]\); they match fitted levels written as another type "
+                                              r"\(str here, int when fitted\): convert the column, e.g. "
+                                              r"df\['Diet'\].astype\('int'\)"):
+        enc.encode(pd.DataFrame({"Diet": ["3"]}))
+    with pytest.raises(dmlmm.DataError, match=r"level\(s\) \['7'\] not seen when the model was fitted \(known levels: "
+                                              r"\[1, 2, 3, 4\]\)$"):
+        enc.encode(pd.DataFrame({"Diet": ["7"]}))

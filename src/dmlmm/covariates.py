@@ -463,7 +463,13 @@ def _check_present(df: pd.DataFrame, columns: Sequence[str]) -> None:
 
 
 def _raise_unknown(c: str, unknown: set, known: list) -> None:
+    as_text = {str(k) for k in known}
+    hint = ""
+    if all(str(u) in as_text for u in unknown):  # '3' against 3, or 3 against '3': the same level in another type
+        given, fitted = type(next(iter(unknown))).__name__, type(known[0]).__name__
+        hint = (f"; they match fitted levels written as another type ({given} here, {fitted} when fitted): convert "
+                f"the column, e.g. df['{c}'].astype('{fitted}')")
     raise DataError(
         f"covariate '{c}' has level(s) {sorted(map(str, unknown))} not seen when the "
-        f"model was fitted (known levels: {list(known)})"
+        f"model was fitted (known levels: {list(known)}){hint}"
     )
