@@ -118,8 +118,9 @@ def estimate_profiled(design: Design, scaling: ResponseScaling, stats: Sufficien
     # back to F's own columns, beta = T beta_s; REML's log|F'V^-1 F| is log|F_s'V^-1 F_s| - 2 log|det T|
     logdet_T = float(np.linalg.slogdet(T)[1]) if p else 0.0
     # back to Z's own columns: b = A b', Sigma = A Sigma' A' (A = I: the columns as given)
-    A = np.eye(design.structure.dim) if A is None else A
-    lam = _lower_factor(A @ st.lam)
+    centred = A is not None
+    A = A if centred else np.eye(design.structure.dim)
+    lam = _lower_factor(A @ st.lam) if centred else st.lam
     return Estimate(
         beta=scaling.beta_to_user(T @ st.beta),
         cov_beta=s2 * (T @ st.cov_beta @ T.T),
@@ -133,7 +134,7 @@ def estimate_profiled(design: Design, scaling: ResponseScaling, stats: Sufficien
         n_iter=fit.n_iter,
         converged=fit.converged,
         message=fit.message,
-        theta=fit.theta if A is None or np.array_equal(A, np.eye(len(A))) else design.structure.theta_from_lam(lam),
+        theta=design.structure.theta_from_lam(lam) if centred else fit.theta,
         extra={"n_eval": fit.n_eval, "grad_norm": fit.grad_norm, "history": fit.history,
                "lam": lam, "reml": reml, "cov_re_fitted": s2 * st.cov_re},
     )
