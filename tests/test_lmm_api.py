@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as st
 
 from dmlmm import LinearMixedModel, SplineBasis
+from dmlmm.exceptions import DataError
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 
@@ -306,3 +307,21 @@ def test_subject_outputs_are_labelled_as_the_mixtures_are():
     assert len(merged) == len(df) and merged["ll"].notna().all()
     traj = m.predict_trajectory(df, times=np.array([0.5]))
     assert traj["id"].dtype == np.int64 and sorted(traj["id"]) == [3, 5, 7, 11]
+
+
+def test_messages_for_covariates_missing_or_given_as_another_type():
+    """times= with subject= for a model with covariates says how to give them (it said only that the column was
+    not found); a formula's categorical level given as text against integer levels says to convert."""
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"id": np.repeat(["a", "b", "c", "d"], 4), "t": np.tile(np.arange(4.0), 4),
+                       "g": np.repeat([1, 2, 1, 2], 4)})
+    df["y"] = rng.normal(size=len(df)) + df["t"] + df["g"]
+    m = LinearMixedModel(basis=SplineBasis(2, degree=1), method="ml").fit(df, subject="id", time="t", response="y",
+                                                                           covariates=["g"])
+    with pytest.raises(DataError, match=r"this model has covariates \['g'\]: the curve of subject 'a' needs their "
+                                        r"values; pass its rows \(or one row with its covariates\) as data"):
+        m.predict_trajectory(times=[1.0, 2.0], subject="a")
+    f = LinearMixedModel("y ~ t + C(g) + (1 | id)", method="ml").fit(df)
+    with pytest.raises(DataError, match=r"column 'g' has level\(s\) \['2'\] not seen when the model was fitted \(known "
+                                        r"levels: \[1, 2\]\); they match fitted levels written as another type"):
+        f.predict_trajectory(pd.DataFrame({"id": ["a"], "t": [1.0], "g": ["2"]}))

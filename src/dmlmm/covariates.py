@@ -463,13 +463,17 @@ def _check_present(df: pd.DataFrame, columns: Sequence[str]) -> None:
 
 
 def _raise_unknown(c: str, unknown: set, known: list) -> None:
+    raise DataError(f"covariate {unseen_levels_message(c, unknown, known)}")
+
+
+def unseen_levels_message(c: str, unknown: set, known: list) -> str:
+    """"'c' has level(s) [...] not seen when the model was fitted (known levels: [...])", with a hint where the
+    unseen levels are fitted ones written as another type ('3' against 3)."""
     as_text = {str(k) for k in known}
     hint = ""
-    if all(str(u) in as_text for u in unknown):  # '3' against 3, or 3 against '3': the same level in another type
+    if known and all(str(u) in as_text for u in unknown):  # '3' against 3, or 3 against '3'
         given, fitted = type(next(iter(unknown))).__name__, type(known[0]).__name__
         hint = (f"; they match fitted levels written as another type ({given} here, {fitted} when fitted): convert "
                 f"the column, e.g. df['{c}'].astype('{fitted}')")
-    raise DataError(
-        f"covariate '{c}' has level(s) {sorted(map(str, unknown))} not seen when the "
-        f"model was fitted (known levels: {list(known)}){hint}"
-    )
+    return (f"'{c}' has level(s) {sorted(map(str, unknown))} not seen when the model was fitted (known levels: "
+            f"{list(known)}){hint}")

@@ -220,6 +220,8 @@ def _unseen_levels(spec, df: pd.DataFrame) -> str | None:
     """Which column has category levels the fitted spec does not know (None if none is found)."""
     import re
 
+    from ..covariates import unseen_levels_message
+
     if isinstance(spec, str):
         return None
     for name, (kind, state) in spec.encoder_state.items():
@@ -228,10 +230,9 @@ def _unseen_levels(spec, df: pd.DataFrame) -> str | None:
         col = m.group(1) if m else None
         if known is None or col not in df.columns:
             continue
-        unseen = sorted(map(str, set(pd.unique(df[col].dropna())) - set(known)))
+        unseen = set(pd.unique(df[col].dropna())) - set(known)
         if unseen:
-            return (f"column '{col}' has level(s) {unseen} not seen when the model was fitted "
-                    f"(known levels: {list(known)})")
+            return f"column {unseen_levels_message(col, unseen, list(known))}"
     return None
 
 

@@ -138,12 +138,17 @@ class PredictiveLMM:
                 raise ValueError("times= is for the longitudinal form (a spline basis of time); "
                                  "give the rows to predict at as a data frame")
             covs = list(b.encoding_.columns)
-            if data is None and subject is None and covs:  # the population curve depends on them (said as missing)
+            if data is None and covs:  # the curve depends on them (said as missing)
                 c = b.columns_
+                if subject is None:
+                    raise DataError(
+                        f"this model has covariates {covs}: the population curve is at given covariate values; pass "
+                        f"them with the times, e.g. predict_trajectory(pd.DataFrame({{'{c.time}': times, "
+                        + ", ".join(f"'{v}': ..." for v in covs) + "}))")
                 raise DataError(
-                    f"this model has covariates {covs}: the population curve is at given covariate values; pass them "
-                    f"with the times, e.g. predict_trajectory(pd.DataFrame({{'{c.time}': times, "
-                    + ", ".join(f"'{v}': ..." for v in covs) + "}))")
+                    f"this model has covariates {covs}: the curve of subject {subject!r} needs their values; pass its rows "
+                    f"(or one row with its covariates) as data with the times, e.g. predict_trajectory(df[df['{c.subject}'] "
+                    f"== {subject!r}], times=times)")
             data = self._grid_frame(data, subject, times)
         if data is None:
             raise DataError("nothing to predict at: pass a data frame (or, for the longitudinal form, times)")
