@@ -105,10 +105,25 @@ def test_library_defaults_when_options_are_left_out(tmp_path):
     (["--interval", "1"], "--interval must be between 0 and 1"),
     (["--degree", "-1"], "--degree must be between 0 and 5"),
     (["--knots", "reference", "--degree", "2", "--n-basis", "6"], "spline basis:"),
+    # a list that names nothing ran the fit without it; a negative seed said 'random_state must be ...'
+    (["--covariates", ","], "--covariates ',' names no column: give column names separated by commas"),
+    (["--outcome", ",,"], "--outcome ',,' names no column"),
+    (["--membership-covariates", " , "], "--membership-covariates ' , ' names no column"),
 ])
 def test_option_errors(fitted, patients, tmp_path, args, fragment):
     assert fragment in error_line(run("fit", patients, "--subject", "patient", "--time", "years", "--response",
                                       "marker", *args, "--out", tmp_path / "o"))
+
+
+def test_seed_and_jobs_out_of_range_name_the_option(patients, tmp_path):
+    """A negative seed said 'random_state must be ...' (fit) or numpy's 'expected non-negative integer'
+    (simulate); demo --jobs 0 said 'n_jobs must be ...' after printing the data set."""
+    for args in (["fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--seed", "-1",
+                  "--out", tmp_path / "o"], ["simulate", "dgp1", "--seed", "-1", "--out", tmp_path / "s.csv"]):
+        r = run(*args)
+        assert r.exit_code == 2 and "Invalid value for '--seed': -1 is not in the range x>=0" in r.output
+    r = run("demo", "--jobs", "0", "--out", tmp_path / "d")
+    assert r.exit_code == 2 and "Invalid value for '--jobs': 0 processes: give a positive number, or -1" in r.output
 
 
 def test_predict_extrapolate_switch(fitted, patients):

@@ -33,6 +33,21 @@ def data():
         (lambda: MixtureLMM(2, prune="no"), r"^prune must be True or False, got 'no'$"),
         (lambda: DeepMixtureLMM(delete_moves="False"), r"^delete_moves must be True or False, got 'False'$"),
         (lambda: MixtureLMM(2, hard_assignment=1), r"^hard_assignment must be True or False, got 1$"),
+        # a per-layer tuple of the wrong length: an IndexError deep in the prior, or extra values ignored
+        (lambda: DeepMixtureLMM(concentration=(0.5,)), r"^concentration must have one value per layer, 2 layers "
+                                                        r"\(n_components=\(10, 5\)\); got \(0.5,\)$"),
+        (lambda: DeepMixtureLMM(delta_scale=(1.0, 2.0, 3.0)), r"^delta_scale must have one value per layer, 2 layers"),
+        (lambda: MixtureLMM(2, concentration=(0.5, 0.5)), r"^concentration must have one value per layer, 1 layer: "
+                                                           r"give one number; got \(0.5, 0.5\)$"),
+        (lambda: MixtureLMM(2, basis=5), r"^basis must be None or a dmlmm.SplineBasis, e.g. SplineBasis\(10\), got 5$"),
+        (lambda: LinearMixedModel(basis="x"), r"^basis must be None or a dmlmm.SplineBasis"),
+        (lambda: LinearMixedModel(blas_threads=0), r"^blas_threads must be None or a positive integer, got 0$"),
+        (lambda: MixtureLMM(2, basis=SplineBasis(4.5)), r"^n_basis must be a positive integer, got 4.5$"),
+        (lambda: MixtureLMM(2, basis=SplineBasis(degree="3")), r"^degree must be an integer >= 0 \(3: cubic\), got '3'$"),
+        (lambda: MixtureLMM(2, basis=SplineBasis(lower="a")), r"^lower must be None or a finite number"),
+        (lambda: MixtureLMM(2, basis=SplineBasis(extrapolate="no")), r"^extrapolate must be True or False, got 'no'$"),
+        (lambda: MixtureLMM(2, basis=SplineBasis(knots=None)), r"^knots must be one of .* or a one-dimensional array "
+                                                                r"of finite knots, got None$"),
     ],
 )
 def test_bad_hyperparameters_name_the_parameter(data, make, message):
@@ -105,3 +120,30 @@ def test_sample_trajectories_arguments(data):
         m.sample_trajectories(data, random_state="abc")
     s = m.sample_trajectories(data, times=np.linspace(0, 1, 3), n_samples=2, random_state=np.random.default_rng(1))
     assert len(s) == data["subject"].nunique() * 2 * 3
+
+
+def test_bad_call_arguments_name_the_argument(data):
+    """dropna='x' was taken as True; an LMM summary at interval=1.5 printed 'Wald 150 % intervals' of NaN;
+    check_bands took min_visits=2.5, and a string for the model failed on get_params."""
+    from dmlmm.calibration import check_bands
+
+    with pytest.raises(ValueError, match=r"^dropna must be True or False, got 'x'$"):
+        MixtureLMM(2, max_iter=5).fit(data, dropna="x")
+    with pytest.raises(ValueError, match=r"^dropna must be True or False, got 'x'$"):
+        LinearMixedModel().fit(data, dropna="x")
+    lmm = LinearMixedModel(method="ml", basis=SplineBasis(2, degree=1)).fit(data)
+    with pytest.raises(ValueError, match=r"^interval must be a number in \(0, 1\), e.g. 0.95, got 1.5$"):
+        lmm.summary(interval=1.5)
+    cols = dict(subject="subject", time="time", response="y")
+    with pytest.raises(ValueError, match=r"^min_visits must be an integer of at least 2 .*got 2.5$"):
+        check_bands(MixtureLMM(2), data, min_visits=2.5, **cols)
+    with pytest.raises(TypeError, match=r"^model must be an unfitted dmlmm model \(e.g. DeepMixtureLMM\(\)\), got 'x'$"):
+        check_bands("x", data, **cols)
+
+
+def test_a_deeper_layer_is_capped_at_the_subjects_too(data):
+    """DeepMixtureLMM((3, 1000)) on 30 subjects kept 1000 deeper components (20 times the time, no word); every
+    layer now has at most one component per subject, said as for the first."""
+    with pytest.warns(UserWarning, match=r"n_components\[1\]=1000 exceeds the number of subjects \(30\); using 30"):
+        m = DeepMixtureLMM((3, 1000), (1, 1), basis=SplineBasis(5), max_iter=20, random_state=0).fit(data)
+    assert m.n_components_[1] <= 30

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import numbers
 
 import warnings
 
@@ -138,11 +139,33 @@ class SplineBasis(HyperParameters):
         self.extrapolate = extrapolate
 
     # ------------------------------------------------------------------ fitting
+    def _check_settings(self) -> None:
+        """A ValueError naming the first setting of the wrong kind (a float n_basis was truncated, a string
+        extrapolate counted as true, NaN or text reached numpy's own errors)."""
+        if not _whole(self.n_basis) or self.n_basis < 1:
+            raise ValueError(f"n_basis must be a positive integer, got {self.n_basis!r}")
+        if not _whole(self.degree) or self.degree < 0:
+            raise ValueError(f"degree must be an integer >= 0 (3: cubic), got {self.degree!r}")
+        for name in ("lower", "upper"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)):
+                raise ValueError(f"{name} must be None or a finite number (the study window's {name} end), got {v!r}")
+        if not isinstance(self.extrapolate, (bool, np.bool_)):
+            raise ValueError(f"extrapolate must be True or False, got {self.extrapolate!r}")
+        if isinstance(self.knots, str):
+            return
+        try:
+            t = np.asarray(self.knots, dtype=float)
+        except (TypeError, ValueError):
+            t = None
+        if t is None or t.ndim != 1 or not np.isfinite(t).all():
+            raise ValueError(f"knots must be one of {_LAYOUTS} or a one-dimensional array of finite knots, "
+                             f"got {self.knots!r}")
+
     def fit(self, times: np.ndarray | None = None) -> "SplineBasis":
         """Fix the range (from ``times`` where ``lower``/``upper`` are not given) and the knots."""
+        self._check_settings()
         k, nb = int(self.degree), int(self.n_basis)
-        if k < 0:
-            raise ValueError(f"degree must be >= 0, got {self.degree}")
         if nb < k + 1:
             raise ValueError(f"n_basis={nb} is too small for degree {k}: need at least {k + 1}")
         if isinstance(self.knots, str) and self.knots not in _LAYOUTS:
@@ -152,7 +175,8 @@ class SplineBasis(HyperParameters):
         if not isinstance(self.knots, str):
             t = np.asarray(self.knots, dtype=float)
             if len(t) != nb + k + 1 or np.any(np.diff(t) < 0):
-                raise ValueError(f"an explicit knot vector must be non-decreasing with n_basis + degree + 1 = {nb + k + 1} knots")
+                raise ValueError(f"an explicit knot vector must be non-decreasing with n_basis + degree + 1 = {nb + k + 1} "
+                                 f"knots; got {len(t)} knots{' out of order' if np.any(np.diff(t) < 0) else ''}: {t.tolist()}")
             self.knots_ = t
             self.lower_ = float(self.lower if self.lower is not None else t[k])
             self.upper_ = float(self.upper if self.upper is not None else t[nb])
@@ -229,6 +253,8 @@ class SplineBasis(HyperParameters):
         if not np.isfinite(x).all():
             raise DataError("times must be finite to evaluate the spline basis")
         extrapolate = self.extrapolate if extrapolate is None else extrapolate
+        if not isinstance(extrapolate, (bool, np.bool_)):
+            raise ValueError(f"extrapolate must be True, False or None, got {extrapolate!r}")
         lo, hi = self.lower_, self.upper_
         eps = 1e-9 * (hi - lo)
         below, above = x < lo - eps, x > hi + eps
@@ -388,3 +414,10 @@ def _quantile_breaks(times: np.ndarray, lo: float, hi: float, n_int: int) -> np.
     q = np.quantile(u, np.linspace(0.0, 1.0, n_int + 1))
     q[0], q[-1] = lo, hi
     return np.maximum.accumulate(q)
+
+
+def _whole(v) -> bool:
+    """An integer, or a float that is one (10.0), but not a bool, a string or NaN."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        return False
+    return bool(np.isfinite(v)) and float(v).is_integer()

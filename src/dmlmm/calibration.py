@@ -25,6 +25,7 @@ from scipy import stats as st
 from ._recorded import recorded
 from .data import without_missing
 from .models.membership_design import without_unknown_baseline
+from .models.params import check_interval, positive_int
 from .exceptions import CalibrationWarning
 from .response_transform import forward, transform_candidates
 
@@ -235,10 +236,14 @@ def check_bands(
     -------
     BandCheck
     """
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    if int(min_visits) < 2:
-        raise ValueError(f"min_visits must be at least 2 (a forecast needs an earlier visit), got {min_visits!r}")
+    level = check_interval(level, "level")
+    if not positive_int(min_visits) or min_visits < 2:
+        raise ValueError(f"min_visits must be an integer of at least 2 (a forecast needs an earlier visit), got "
+                         f"{min_visits!r}")
+    if not hasattr(model, "get_params") or not hasattr(model, "fit"):
+        raise TypeError(f"model must be an unfitted dmlmm model (e.g. DeepMixtureLMM()), got {model!r}")
+    if not isinstance(dropna, (bool, np.bool_)):
+        raise ValueError(f"dropna must be True or False, got {dropna!r}")
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     for role, col in (("subject", subject), ("time", time), ("response", response)):

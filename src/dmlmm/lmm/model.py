@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .._estimator import HyperParameters
-from ..models.params import check_model_params
+from ..models.params import check_flag, check_interval, check_model_params
 from ..basis import SplineBasis
 from ..exceptions import ConvergenceWarning, DataError, NotFittedError
 from .._linalg import limit_blas_threads
@@ -236,6 +236,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         self
         """
         check_model_params(self)
+        check_flag(dropna, "dropna")
         method = str(self.method).lower()
         transform = check_transform(self.response_transform)
         with limit_blas_threads(self.blas_threads):
@@ -439,7 +440,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         self._check_fitted()
         from .summary import format_summary
 
-        return format_summary(self, interval=interval)
+        return format_summary(self, interval=check_interval(interval))
 
 
 def _check_response_not_transformed(response: str, transform: str) -> None:

@@ -43,6 +43,7 @@ from .frames import FrameLike
 from .membership_design import MembershipDesign, without_unknown_baseline
 from .candidates import CandidateData, CandidateFit, fit_candidates, fit_in_turn, resolve_n_jobs, workers_allowed
 from .starting import ridge_estimates, smooth_roughness
+from .params import check_flag
 
 if TYPE_CHECKING:
     from .base import VariationalLongitudinalModel
@@ -262,6 +263,7 @@ class Fitting:
         self
         """
         self._check_params()
+        check_flag(dropna, "dropna")
         transform = check_transform(getattr(self, "response_transform", None))
         if is_dask_collection(data):  # per-subject work on the Dask workers (dmlmm.distributed)
             if self._membership_columns():

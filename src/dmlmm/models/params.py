@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["check_model_params", "check_random_state", "positive_int"]
+__all__ = ["check_model_params", "check_random_state", "check_flag", "check_interval", "positive_int"]
 
 
 def _is_int(v: Any) -> bool:
@@ -24,6 +24,12 @@ def positive_int(v: Any) -> bool:
 
 def _positive_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+
+
+def check_flag(v: Any, name: str) -> None:
+    """A ValueError naming ``name`` unless ``v`` is True or False (a string such as "no" is truthy)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {v!r}")
 
 
 def check_interval(v: Any, name: str = "interval") -> float:
@@ -109,12 +115,41 @@ def check_random_state(v: Any) -> None:
         )
 
 
+#: Hyperparameters that take one value per layer of a deep mixture (one number for a one-layer model).
+PER_LAYER = ("concentration", "mean_scale", "loading_scale", "delta_scale")
+
+
 def check_model_params(model: Any) -> None:
     """Raise a ValueError naming the first hyperparameter of ``model`` that breaks its rule."""
+    from ..basis import SplineBasis
+
     comp = _COMPONENTS.get(type(model).__name__)
     if comp is not None and hasattr(model, "n_components") and not comp[0](model.n_components):
         raise ValueError(f"n_components must be {comp[1]}, got {model.n_components!r}")
     for name, (rule, what) in _RULES.items():
         if hasattr(model, name) and not rule(getattr(model, name)):
             raise ValueError(f"{name} must be {what}, got {getattr(model, name)!r}")
+    basis = getattr(model, "basis", None)
+    if basis is not None and not isinstance(basis, SplineBasis):
+        raise ValueError(f"basis must be None or a dmlmm.SplineBasis, e.g. SplineBasis(10), got {basis!r}")
+    if basis is not None:
+        basis._check_settings()
+    threads = getattr(model, "blas_threads", None)
+    if threads is not None and not positive_int(threads):
+        raise ValueError(f"blas_threads must be None or a positive integer, got {threads!r}")
+    _check_per_layer(model)
     check_random_state(getattr(model, "random_state", None))
+
+
+def _check_per_layer(model: Any) -> None:
+    """A per-layer tuple has one value per layer: a deep mixture's layers (``n_components``), one for a mixture.
+    (A short tuple raised an IndexError deep in the prior, a long one's extra values were ignored, and a
+    mixture's tuple failed in float().)"""
+    k = getattr(model, "n_components", None)
+    deep = isinstance(k, (tuple, list))
+    layers = len(k) if deep else 1
+    for name in PER_LAYER:
+        v = getattr(model, name, None)
+        if isinstance(v, (tuple, list)) and (len(v) != layers or not deep):
+            what = f"{layers} layers (n_components={k!r})" if layers > 1 else "1 layer: give one number"
+            raise ValueError(f"{name} must have one value per layer, {what}; got {v!r}")
