@@ -81,6 +81,18 @@ def test_tiny_units_are_not_called_constant(data):
         MixtureLMM(2).fit(data.assign(y=3.0))
 
 
+def test_a_large_level_is_not_called_constant(data):
+    """1e13 + y (SD about 1, far above rounding at 1e13, 0.002) was refused as 'constant (every value is 1e+13)';
+    it is fitted as y is, shifted. Variation at the level of rounding is said as such, with what to do."""
+    ref = MixtureLMM(1, max_iter=40, random_state=0, response_transform=None).fit(data)
+    m = MixtureLMM(1, max_iter=40, random_state=0, response_transform=None).fit(data.assign(y=data["y"] + 1e13))
+    np.testing.assert_allclose(m.sigma2_, ref.sigma2_, rtol=1e-3)
+    np.testing.assert_allclose(m.cluster_means_["mean"] - 1e13, ref.cluster_means_["mean"], atol=1e-2)
+    with pytest.raises(DataError, match=r"the response 'y' varies only in the last digits that double precision holds "
+                                        r"\(SD .* around values up to 1e\+16\): .*subtract the common level first"):
+        MixtureLMM(1).fit(data.assign(y=data["y"] + 1e16))
+
+
 @pytest.mark.parametrize("model", [MixtureLMM(2, response_transform=None), DeepMixtureLMM(response_transform=None)])
 def test_a_response_dominated_by_an_extreme_value_is_named(data, model):
     """One value 10^9 times the others: the bulk is constant in double precision. Before this check the

@@ -30,6 +30,11 @@ MAX_SD_OVER_SPREAD = 3e7
 MIN_SCALE = float(np.sqrt(np.finfo(float).tiny))
 
 
+#: A response whose SD is at most this fraction of its largest |value| (16 units in the last place) varies by
+#: rounding alone. (It was 1e-12, which called 1e13 + 10 z, 120 distinct values 8.4 apart on average, constant.)
+ROUNDING_SD = 16 * float(np.finfo(float).eps)
+
+
 def response_scale(y: np.ndarray, name: str = "y") -> float:
     """Standard deviation of the response ``y`` (n,) named ``name``.
 
@@ -72,9 +77,14 @@ def checked_scale(scale: float, *, n: int, biggest: float, centre: float, spread
             f"the response '{name}' has values too large to standardise (largest |value| {biggest:.3g}): "
             "rescale it, e.g. divide by a power of ten"
         )
-    if n < 2 or scale <= 1e-12 * biggest or biggest == 0.0:  # relative: tiny units are not constant
+    if n < 2 or scale == 0.0 or biggest == 0.0:
         first = f"{centre:g}" if n else "-"
         raise DataError(f"the response '{name}' is constant (every value is {first}): there is no variation to model")
+    if scale <= ROUNDING_SD * biggest:  # relative: tiny units are not constant, a large level is not either
+        raise DataError(
+            f"the response '{name}' varies only in the last digits that double precision holds (SD {scale:.3g} "
+            f"around values up to {biggest:.6g}): nothing beyond rounding to model. If the variation is real, "
+            f"subtract the common level first (e.g. y - {centre:.6g}) and keep more digits")
     if scale < MIN_SCALE:
         raise DataError(
             f"the response '{name}' is in units so small that its variance ({scale:.3g} squared) is below what double "
