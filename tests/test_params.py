@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from dmlmm import DeepMixtureLMM, LinearMixedModel, MixtureLMM, SplineBasis
@@ -159,3 +162,22 @@ def test_a_deeper_layer_is_capped_at_the_subjects_too(data):
     with pytest.warns(UserWarning, match=r"n_components\[1\]=1000 exceeds the number of subjects \(30\); using 30"):
         m = DeepMixtureLMM((3, 1000), (1, 1), basis=SplineBasis(5), max_iter=20, random_state=0).fit(data)
     assert m.n_components_[1] <= 30
+
+
+def test_noise_free_data_that_break_the_fit_are_named():
+    """Every subject on a_i + sin t (no noise): the residual variance falls towards 0 until the local step's
+    precision is not positive definite. That surfaced as numpy's LinAlgError blaming collinear covariates; the
+    breakdown is now a NumericalError that says the curves reproduce the response exactly."""
+    from dmlmm.exceptions import NumericalError
+
+    rng = np.random.default_rng(0)
+    t = np.tile(np.arange(7.0), 15)
+    df = pd.DataFrame({"subject": np.repeat(np.arange(15), 7), "time": t,
+                       "y": np.repeat(rng.normal(0, 1, 15), 7) + np.sin(t)})
+    with pytest.raises(NumericalError, match=r"variational inference broke down at iteration \d+: local posterior "
+                                             r"precision is not positive definite.* The residual variance had fallen "
+                                             r"to .* of the response's variance: the curves reproduce the response "
+                                             r"exactly. Is it noise-free"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            MixtureLMM(2, max_iter=500, random_state=0).fit(df)

@@ -368,9 +368,12 @@ def run_vi(
                 pp, cache = prior.path_prior(params.prior)
                 offsets, psi = membership_terms(params, prior, sub)
                 local, params = _local_step(sub, pp, params, paths, config, None if full else active, offsets)
-        except (np.linalg.LinAlgError, FloatingPointError):
+        except (np.linalg.LinAlgError, FloatingPointError) as exc:
             if fallback is None:
-                raise
+                if isinstance(exc, NumericalError):
+                    raise
+                raise NumericalError(breakdown_message(str(exc).rstrip("."), it, history) + _noise_free_hint(params)) \
+                    from exc
             accel.reject()  # an extrapolated point beyond what the arithmetic can hold: take the plain step
             params, fallback = fallback[0], None
             continue
@@ -608,6 +611,21 @@ def check_sizes_finite(counts: list[np.ndarray], it: int, history: list[float], 
     per layer) are not all finite: pruning would drop every component (see :func:`breakdown_message`)."""
     if not all(np.isfinite(c).all() for c in counts):
         raise NumericalError(breakdown_message("the components' sizes stopped being finite", it, history, last_at))
+
+
+#: Residual variance (a share of the standardised response's) below which a breakdown is put down to noise-free data.
+NOISE_FREE_SHARE = 1e-8
+
+
+def _noise_free_hint(params) -> str:
+    """What a breakdown's message adds where the residual variance had all but vanished: on noise-free data (every
+    subject on sin t) the local step's precision lost positive definiteness as sigma^2 fell to 1e-12 and below."""
+    noise = getattr(getattr(params, "noise", None), "mean", None)
+    if noise is None or not np.size(noise) or float(np.min(noise)) >= NOISE_FREE_SHARE:
+        return ""
+    return (f". The residual variance had fallen to {float(np.min(noise)):.1e} of the response's variance: the curves "
+            "reproduce the response exactly. Is it noise-free (a simulation, a model output, a variable derived from "
+            "time)? Such data leave no noise to estimate: add their measurement error, or fit fewer basis functions")
 
 
 def breakdown_message(what: str, it: int, history: list[float], last_at: int | None = None) -> str:
