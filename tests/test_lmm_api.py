@@ -325,3 +325,20 @@ def test_messages_for_covariates_missing_or_given_as_another_type():
     with pytest.raises(DataError, match=r"column 'g' has level\(s\) \['2'\] not seen when the model was fitted \(known "
                                         r"levels: \[1, 2\]\); they match fitted levels written as another type"):
         f.predict_trajectory(pd.DataFrame({"id": ["a"], "t": [1.0], "g": ["2"]}))
+
+
+def test_replicate_rows_do_not_enlarge_the_default_basis():
+    """The default basis counts visits (distinct times of a subject), not rows: 500 replicate rows of one subject
+    at one time kept 10 functions for 15 subjects of 2 visits, and the REML curves of the others reached -1304
+    within data in [-2.6, 5.9]."""
+    rng = np.random.default_rng(0)
+    few = pd.DataFrame({"id": np.repeat(np.arange(1, 15), 2), "t": rng.uniform(0, 4, 28)})
+    few["y"] = rng.normal(size=len(few))
+    reps = pd.DataFrame({"id": 0, "t": 2.0, "y": rng.normal(size=500)})
+    sizes = []
+    for df in (pd.concat([few, reps.iloc[:1]]), pd.concat([few, reps])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = LinearMixedModel(method="reml").fit(df, subject="id", time="t", response="y")
+        sizes.append(m.basis_.n_basis if hasattr(m, "basis_") else m.builder_.basis_.n_basis)
+    assert sizes[0] == sizes[1]

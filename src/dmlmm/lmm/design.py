@@ -345,7 +345,11 @@ def default_basis(time: np.ndarray, n_basis: int = 10, subjects: np.ndarray | No
     distinct = np.unique(t[finite])
     largest = min(n_basis, len(distinct) - 1)
     if subjects is not None:
-        n_obs, n_subjects = int(finite.sum()), len(pd.unique(np.asarray(subjects, dtype=object)[finite]))
+        subj = np.asarray(subjects, dtype=object)[finite]
+        # visits, not rows: replicates at one time add no information on the curve's shape (500 replicate rows of one
+        # subject kept 10 functions for 15 subjects, and the REML curves of the others went to -1304)
+        n_obs = len(pd.DataFrame({"s": subj, "t": t[finite]}).drop_duplicates())
+        n_subjects = len(pd.unique(subj))
         largest = min(largest, max(1, -(-n_obs // max(n_subjects, 1)) - 1), max(1, n_subjects - 1))  # N q < n, q < N
     for nb in range(largest, 0, -1):
         basis = SplineBasis(nb, degree=min(degree, nb - 1), knots=knots or "uniform",
