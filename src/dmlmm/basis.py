@@ -194,8 +194,10 @@ class SplineBasis(HyperParameters):
             raise ValueError(f"basis range must be finite, got [{lo}, {hi}]")
         if hi <= lo:
             raise DataError(
-                f"all observation times are equal ({lo:g}): a spline basis of time needs a time range; "
-                "give lower/upper or use a design without time"
+                f"all observation times are equal ({lo:g}): the data say nothing about change over time, and a spline "
+                "basis of time needs a time range. Model the subjects' levels without time (a random intercept: "
+                "LinearMixedModel('y ~ 1 + (1 | subject)')), or, to forecast over a study window, give it: "
+                "SplineBasis(lower=..., upper=...)"
             )
         self.window_ = (lo, hi)
         if self.knots in ("uniform", "quantile") and tt is not None and tt.size:
