@@ -206,3 +206,22 @@ def test_missing_values_are_dropped_once_with_dropna(data):
     assert len(said) == 1 and said[0].startswith(f"dropped 2 of {len(holed)} row(s) with missing or infinite values")
     clean = check_bands(_model(), holed.dropna(subset=["y"]), subject="id", time="t", response="y", warn=False)
     assert check.coverage == clean.coverage and check.n == clean.n
+
+
+def test_cli_check_bands_refuses_small_data_before_the_fit(tmp_path, monkeypatch):
+    """--check-bands on 3 subjects: refused before the fit (which it ran in full before refusing), with no
+    output folder left behind."""
+    from click.testing import CliRunner
+
+    import dmlmm.cli as cli
+
+    path = tmp_path / "d.csv"
+    path.write_text("subject,time,y\n1,0,0\n1,1,1\n2,0,1\n2,1,2\n3,0,0.5\n3,1,0.2\n")
+
+    def no_fit(*a, **k):
+        raise AssertionError("fitted before the check")
+
+    monkeypatch.setattr(cli, "_fit_model", no_fit)
+    r = CliRunner().invoke(cli.main, ["fit", str(path), "--model", "lmm", "--check-bands", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--check-bands: the data have 3 subjects: too few last visits" in r.output
+    assert not (tmp_path / "o").exists()

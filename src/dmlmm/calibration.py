@@ -139,15 +139,29 @@ def _split_last(data: pd.DataFrame, subject: str, time: str, min_visits: int) ->
     return data.loc[~held], data.loc[held]
 
 
+#: Fewest last visits that a band check counts.
+MIN_LAST_VISITS = 10
+
+
+def check_enough_last_visits(data: pd.DataFrame, subject: str, time: str, min_visits: int = 2,
+                             held: pd.DataFrame | None = None) -> None:
+    """A ValueError unless at least :data:`MIN_LAST_VISITS` subjects have ``min_visits`` distinct visit times
+    (so that a check has last visits to forecast); the command line asks before its fit, which it ran in full
+    before refusing. ``held``: the held-out rows, where already split."""
+    if held is None:
+        held = _split_last(data, subject, time, min_visits)[1]
+    if held[subject].nunique() < MIN_LAST_VISITS:
+        n_all = data[subject].nunique()
+        who = (f"the data have {n_all} subjects" if n_all < MIN_LAST_VISITS else f"only {held[subject].nunique()} "
+               f"of the {n_all} subjects have at least {min_visits} distinct visit times")
+        raise ValueError(f"{who}: too few last visits to check the bands (at least {MIN_LAST_VISITS} are needed)")
+
+
 def _check(model, data: pd.DataFrame, subject: str, time: str, response: str, fit_kwargs: dict, level: float,
            min_visits: int) -> BandCheck:
     """One last-visit check: split, refit a fresh copy of ``model``, forecast, count."""
     train, held = _split_last(data, subject, time, min_visits)
-    if held[subject].nunique() < 10:
-        n_all = data[subject].nunique()
-        who = (f"the data have {n_all} subjects" if n_all < 10 else f"only {held[subject].nunique()} of the "
-               f"{n_all} subjects have at least {min_visits} distinct visit times")
-        raise ValueError(f"{who}: too few last visits to check the bands (at least 10 are needed)")
+    check_enough_last_visits(data, subject, time, min_visits, held)
     table, caught = recorded(lambda: _forecast_last(model, train, held, subject, time, response, fit_kwargs, level))
     for message in dict.fromkeys((w.category, str(w.message)) for w in caught):  # each once, said where it came from
         warnings.warn(f"check_bands, refitting without each subject's last visit and forecasting it: {message[1]}",

@@ -472,6 +472,14 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         if exact and n_basis is None:
             basis = _lmm_default_basis(basis, frame, subject, time_col, knots_given=knots is not None)
         _check_outcome_data(frame, subject, time_col, asked)
+        if check_bands:  # before the fit, which it ran in full before refusing
+            from .calibration import check_enough_last_visits
+
+            try:
+                check_enough_last_visits(_clean(frame, [subject, time_col, response] + cov_cols) if dropna else frame,
+                                         subject, time_col)
+            except ValueError as e:
+                raise CliError(f"--check-bands: {e}") from None
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
                                       criterion, jobs, seed, max_iter, n_init, dropna, quiet, members,
                                       method if exact else None, prior_options)
