@@ -64,9 +64,9 @@ def test_wilson_interval_matches_the_closed_form():
 
 
 def test_bad_arguments_are_named(data):
-    with pytest.raises(ValueError, match=r"level must be in \(0, 1\), got 95"):
+    with pytest.raises(ValueError, match=r"level must be a number in \(0, 1\), e.g. 0.95, got 95"):
         check_bands(_model(), data, subject="id", time="t", level=95)
-    with pytest.raises(ValueError, match="min_visits must be at least 2"):
+    with pytest.raises(ValueError, match="min_visits must be an integer of at least 2"):
         check_bands(_model(), data, subject="id", time="t", min_visits=1)
     with pytest.raises(ValueError, match="response column 'value' is not in the data"):
         check_bands(_model(), data, subject="id", time="t", response="value")
