@@ -313,6 +313,7 @@ def test_separation_is_found_where_the_likelihood_has_no_finite_maximum():
     assert separated_sticks(Z, onehot(np.where(rare == 1, 1, drawn))) == {0: [3]}  # all of a category in one class
     three = np.eye(3)[np.where(x > 0.5, 0, np.where(drawn, 1, 2))]  # the first stick separated, the second not
     assert separated_sticks(Z, three) == {0: [1]}
+    assert separated_sticks(Z, np.c_[np.ones(n), np.zeros(n)]) == {}  # everyone in one class: no covariate at work
 
 
 def test_a_fit_whose_classes_the_covariate_separates_says_so():

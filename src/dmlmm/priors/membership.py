@@ -212,4 +212,6 @@ def _escape_columns(Z: np.ndarray, y: np.ndarray, w: np.ndarray, max_iter: int) 
     if escape_from is None or np.max(np.abs(Z @ g)[w > 1e-6], initial=0.0) <= SEPARATION_LOGIT:
         return []
     reach = np.abs(g - escape_from)[1:] * np.max(np.abs(Z[:, 1:]), axis=0)
+    if reach.max() <= 1e-6 * (1.0 + np.abs(g - escape_from)[0]):  # the intercept alone escapes: every subject that
+        return []  # reaches the stick stops there (a split the covariates play no part in)
     return [int(q) + 1 for q in np.flatnonzero(reach >= 0.25 * reach.max())]
