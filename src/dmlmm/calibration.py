@@ -25,7 +25,7 @@ from scipy import stats as st
 from ._recorded import recorded
 from .data import without_missing
 from .models.membership_design import without_unknown_baseline
-from .models.params import check_interval, positive_int
+from .models.params import check_flag, check_interval, positive_int
 from .exceptions import CalibrationWarning
 from .response_transform import forward, transform_candidates
 
@@ -256,8 +256,7 @@ def check_bands(
                          f"{min_visits!r}")
     if not hasattr(model, "get_params") or not hasattr(model, "fit"):
         raise TypeError(f"model must be an unfitted dmlmm model (e.g. DeepMixtureLMM()), got {model!r}")
-    if not isinstance(dropna, (bool, np.bool_)):
-        raise ValueError(f"dropna must be True or False, got {dropna!r}")
+    check_flag(dropna, "dropna")
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     for role, col in (("subject", subject), ("time", time), ("response", response)):

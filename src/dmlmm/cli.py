@@ -399,7 +399,8 @@ def main() -> None:
                    f"{AUTO_JOBS_MAX_SUBJECTS:,} subjects, else 1): for the candidates that one fit compares by the "
                    "ELBO (response scales, loading orders, covariances, noise models; the same fit, in less time, "
                    "with more memory), or for --select's grid.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed (a non-negative integer).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Random seed (a non-negative integer).")
 @click.option("--max-iter", default=None, type=int, help="Iteration cap of the fit.")
 @click.option("--dropna", is_flag=True, help="Drop rows with missing values (and say how many) instead of stopping.")
 @click.option("--outcome", default=None,
@@ -472,18 +473,17 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         if exact and n_basis is None:
             basis = _lmm_default_basis(basis, frame, subject, time_col, knots_given=knots is not None)
         _check_outcome_data(frame, subject, time_col, asked)
+        used = _clean(frame, [subject, time_col, response] + cov_cols) if dropna else frame
         if check_bands:  # before the fit, which it ran in full before refusing
             from .calibration import check_enough_last_visits
 
             try:
-                check_enough_last_visits(_clean(frame, [subject, time_col, response] + cov_cols) if dropna else frame,
-                                         subject, time_col)
+                check_enough_last_visits(used, subject, time_col)
             except ValueError as e:
                 raise CliError(f"--check-bands: {e}") from None
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
                                       criterion, jobs, seed, max_iter, n_init, dropna, quiet, members,
                                       method if exact else None, prior_options)
-        used = _clean(frame, [subject, time_col, response] + cov_cols) if dropna else frame
         outcomes = _outcome_report(model, frame, asked)
         # before the report, which shows its result and the warnings of its refit
         checked = _band_check(model, used, subject, time_col, response, covs, interval) if check_bands else None
@@ -1120,7 +1120,8 @@ def demo(out, overwrite, dataset, jobs, quiet):
 
 @main.command(short_help="Simulate a data set of the simulation study (data, truth, labels).")
 @click.argument("dgp", type=click.Choice(["dgp1", "dgp2", "dgp3"]))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed (a non-negative integer).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Random seed (a non-negative integer).")
 @click.option("--n-subjects", default=None, type=int, help="Number of subjects [the DGP's default].")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Output CSV [DGP.csv].")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")

@@ -166,8 +166,13 @@ def _durations(values: pd.Series, column: str) -> pd.Series:
 
 
 # ---------------------------------------------------------------------------- clusters
-def _clusters(model, level: str, subject: str | None, order_by: str | None) -> tuple[pd.Series, str, str | None]:
-    """Cluster per subject, the subject column and the ordering column."""
+def _clusters(model, frame: pd.DataFrame, level: str, subject: str | None,
+              order_by: str | None) -> tuple[pd.Series, str, str | None]:
+    """Cluster per subject, the subject column and the column ordering a subject's rows of ``frame``:
+    ``order_by`` (checked), else the model's time column where ``frame`` has it, else None (the frame's order;
+    a frame with one row per subject needs none)."""
+    if order_by is not None:
+        _check_column(frame, order_by)
     if isinstance(model, pd.Series):
         if subject is None:
             raise ValueError("give subject= (the subject column) when the clusters are a Series")
@@ -178,16 +183,9 @@ def _clusters(model, level: str, subject: str | None, order_by: str | None) -> t
         raise ValueError("outcomes by cluster need a fitted MixtureLMM or DeepMixtureLMM (or a Series of clusters)")
     cols = model.design_.columns
     labels = cluster_labels(model, level).rename("cluster")
-    return labels, subject or cols.subject, order_by or cols.time
-
-
-def _frame_order(frame: pd.DataFrame, order_by: str | None, given: str | None) -> str | None:
-    """The column ordering a subject's rows: ``given`` (checked), else the model's time column where ``frame``
-    has it, else None (the frame's order; a frame with one row per subject needs none)."""
-    if given is not None:
-        _check_column(frame, given)
-        return given
-    return order_by if order_by in frame.columns else None
+    if order_by is None and cols.time in frame.columns:
+        order_by = cols.time
+    return labels, subject or cols.subject, order_by
 
 
 def sd_decimals(sd: float) -> int:
@@ -323,8 +321,7 @@ def outcome_table(model, frame: pd.DataFrame, column: str, *, subject: str | Non
     """
     from scipy.stats import chi2_contingency
 
-    labels, subject, default_order = _clusters(model, level, subject, order_by)
-    order_by = _frame_order(frame, default_order, order_by)
+    labels, subject, order_by = _clusters(model, frame, level, subject, order_by)
     _check_subjects(labels, frame, subject)
     values = subject_values(frame, subject, column, order_by=order_by, constant=True, role="an outcome")
     common = labels.index.intersection(values.index)
@@ -417,8 +414,7 @@ def survival_by_cluster(model, frame: pd.DataFrame, duration: str, event: str, *
     from lifelines.statistics import multivariate_logrank_test
     from lifelines.utils import median_survival_times
 
-    labels, subject, default_order = _clusters(model, level, subject, order_by)
-    order_by = _frame_order(frame, default_order, order_by)
+    labels, subject, order_by = _clusters(model, frame, level, subject, order_by)
     _check_subjects(labels, frame, subject)
     t = _durations(subject_values(frame, subject, duration, order_by=order_by, constant=True,
                                   role="a follow-up time"), duration)
@@ -515,8 +511,7 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
         "last" non-missing value of each subject, for columns that vary within subjects (listed in
         the result's ``varying``).
     """
-    labels, subject, default_order = _clusters(model, level, subject, order_by)
-    order_by = _frame_order(frame, default_order, order_by)
+    labels, subject, order_by = _clusters(model, frame, level, subject, order_by)
     _check_subjects(labels, frame, subject)
     if isinstance(columns, str):  # one column, not its letters
         columns = [columns]

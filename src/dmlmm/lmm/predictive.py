@@ -37,6 +37,7 @@ from .._linalg import cholesky, sym
 from ..exceptions import DataError
 from ..heldout import warn_held_out_frames
 from ..data import REPEATED_ROWS, Longitudinal
+from ..models.design import latest_rows
 from ..models.params import check_interval, check_random_state, positive_int
 from ..prediction import condition, log_marginal
 from ..response_transform import forward, inverse, log_jacobian
@@ -199,8 +200,7 @@ class PredictiveLMM:
         if not isinstance(data, pd.DataFrame) or cols.subject not in data.columns:
             raise DataError(f"with times=, data must be a data frame with the subject column '{cols.subject}'")
         # each subject's covariates at its latest visit, whatever the rows' order (subjects in order of appearance)
-        latest = data.sort_values(cols.time, kind="stable").groupby(cols.subject, sort=False, observed=True).tail(1)
-        last = latest.set_index(cols.subject).loc[pd.unique(data[cols.subject])]
+        last = latest_rows(data, cols.subject, cols.time)
         covs = [c for c in last.columns if c not in (cols.time, cols.response)]
         grid = last[covs].loc[last.index.repeat(len(t))].reset_index()
         grid[cols.time] = np.tile(t, len(last))

@@ -26,8 +26,8 @@ from ..standardise import check_noise_left, response_scale
 from ..exceptions import DataError, ExtrapolationWarning, IdentifiabilityWarning
 from .membership_design import MembershipDesign
 
-__all__ = ["LongitudinalDesign", "POPULATION_COUNT", "fitted_basis", "latest_covariates", "noise_confounded",
-           "repeated_times"]
+__all__ = ["LongitudinalDesign", "POPULATION_COUNT", "fitted_basis", "latest_covariates", "latest_rows",
+           "noise_confounded", "repeated_times"]
 
 #: The column of :attr:`LongitudinalDesign.population` that counts the subjects of each covariate row.
 POPULATION_COUNT = "_n_subjects"
@@ -71,6 +71,13 @@ def noise_confounded(basis: SplineBasis, times: np.ndarray | None, repeats: bool
     if repeats or times is None or len(times) > basis.n_basis:
         return False
     return int(np.linalg.matrix_rank(basis.transform(np.asarray(times, dtype=float)))) == len(times)
+
+
+def latest_rows(frame: pd.DataFrame, subject: str, time: str) -> pd.DataFrame:
+    """Each subject's row at its latest visit, whatever the rows' order (a row without a time counts as the
+    earliest), indexed by subject in order of appearance."""
+    rows = frame.sort_values(time, kind="stable", na_position="first")
+    return rows.groupby(subject, sort=False, observed=True).tail(1).set_index(subject).loc[pd.unique(frame[subject])]
 
 
 def latest_covariates(frame: pd.DataFrame, subject: str, time: str, columns: list[str]) -> pd.DataFrame:

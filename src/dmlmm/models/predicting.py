@@ -28,6 +28,7 @@ from ..inference.local import local_step
 from ..prediction import ConditionalMixture, condition, mixture_quantiles
 from ..prediction_scales import condition_with_scales
 from ..response_transform import log_jacobian
+from .design import latest_rows
 from .frames import FrameLike
 from .params import check_interval, check_random_state, positive_int
 
@@ -313,9 +314,7 @@ class Predicting:
             raise DataError(f"the covariates {list(enc.columns)} use the time column: predict from a data frame "
                             "(the covariate values are rebuilt at every prediction time)")
         cols = self.design_.columns
-        # each subject's latest visit, whatever the order of the rows
-        latest = df.sort_values(cols.time, kind="stable", na_position="first")
-        last = latest.groupby(cols.subject, sort=False, observed=True).tail(1).set_index(cols.subject)
+        last = latest_rows(df, cols.subject, cols.time)  # each subject's latest visit, whatever the rows' order
         return self.design_.fixed_at_times(last.loc[d.subjects].reset_index(), t)  # the subjects in d's order
 
     def sample_trajectories(
