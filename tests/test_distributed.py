@@ -509,7 +509,7 @@ def test_subject_scales_same_answer(client, dgp1_frame, tmp_path):
     pos["y"] += 0.9 * noisy.loc[pos["subject"]].to_numpy() * rng.standard_normal(len(pos))
     pos["y"] += 0.6 * (truth.loc[pos["subject"]].to_numpy() == truth.iloc[0]) * rng.standard_normal(len(pos))  # one group noisier
     pos["y"] = np.exp(pos["y"] / 2)
-    kw = dict(n_components=2, basis=SplineBasis(6), noise_df="auto", noise="auto", random_state=0, max_iter=60)
+    kw = dict(n_components=2, basis=SplineBasis(6), noise_df="auto", noise="auto", random_state=0, max_iter=40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         m0 = MixtureLMM(**kw).fit(pos, covariates=["age"])
@@ -579,8 +579,10 @@ def test_shared_visit_times_smooth_start_same_answer_as_in_memory(client, monkey
         return inner(*args, extra_starts=extra_starts, **kw)
 
     monkeypatch.setattr(candidates, "run_vi_with_starts", counting)
-    kw = dict(n_components=3, basis=SplineBasis(12), max_iter=400, random_state=0)
-    m0 = MixtureLMM(**kw).fit(df)
-    m1 = MixtureLMM(**kw).fit(dd.from_pandas(df.set_index("subject"), npartitions=2))
+    kw = dict(n_components=3, basis=SplineBasis(12), max_iter=150, random_state=0)  # the same fit, converged or not
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m0 = MixtureLMM(**kw).fit(df)
+        m1 = MixtureLMM(**kw).fit(dd.from_pandas(df.set_index("subject"), npartitions=2))
     assert seen == [1, 1]  # one smooth start in each fit
     _same_fit(m0, m1)

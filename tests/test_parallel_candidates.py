@@ -158,3 +158,29 @@ def test_an_interrupted_caller_stops_its_workers():
     for p in procs:
         p.join(timeout=10)
         assert not p.is_alive()
+
+
+def test_every_candidate_fit_runs_blas_on_one_thread(monkeypatch, sim):
+    """The fit's own work is small matrices (and the local step its own threads): BLAS runs on one thread
+    through the starts, the moves, the final run and a minibatch fit's phases, and is restored afterwards
+    (a multi-threaded BLAS's spinning workers doubled a noise_df fit's CPU time)."""
+    from threadpoolctl import threadpool_info
+
+    import dmlmm.models.candidates as candidates
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    if all(n == 1 for n in before):
+        pytest.skip("BLAS runs on one thread here already (one CPU or OMP_NUM_THREADS=1)")
+    seen = []
+    for name in ("run_vi_with_starts", "run_vi_stochastic"):
+        real = getattr(candidates, name)
+        monkeypatch.setattr(candidates, name, lambda *a, _real=real, **kw: (seen.append(blas_threads()), _real(*a, **kw))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MixtureLMM(2, basis=SplineBasis(5), max_iter=20, random_state=0).fit(sim.data)
+        MixtureLMM(2, basis=SplineBasis(5), max_iter=20, batch_size=20, subsample=40, random_state=0).fit(sim.data)
+    assert len(seen) >= 2 and all(n == 1 for threads in seen for n in threads), seen
+    assert blas_threads() == before

@@ -350,3 +350,19 @@ def test_lmm_population_curve_with_covariates_asks_for_their_values():
     beta = m.fixed_effects_
     shift = m.predict_trajectory(pd.DataFrame({"time": [0.2, 0.5], "age": [46.0, 46.0]}))["mean"] - at["mean"]
     np.testing.assert_allclose(shift, beta["age"], rtol=1e-9)
+
+
+def test_subject_labels_true_and_1_are_refused_not_merged():
+    """True == 1 in Python and pandas: a subject column holding both would silently merge two subjects. The LMM
+    and the mixtures (one data layer) name the column and the labels; True/False alone are two subjects."""
+    df = dgp1(0, n_subjects=6).data
+    mixed = df.assign(subject=df["subject"].astype(object))
+    mixed.loc[mixed["subject"] == 2, "subject"] = True
+    msg = (r"^column 'subject' holds True beside the number\(s\) 1: Python and pandas take True == 1 and False == 0 "
+           r"as the same label, so these subjects would be merged; give the column one type \(e.g. "
+           r"df\['subject'\].astype\(str\)\)$")
+    for model in (MixtureLMM(2, SplineBasis(6)), LinearMixedModel(basis=SplineBasis(6))):
+        with pytest.raises(DataError, match=msg):
+            model.fit(mixed)
+    flags = df[df["subject"].isin([0, 1])].assign(subject=lambda d: d["subject"] == 1)
+    assert Longitudinal.from_frame(flags, "subject", "time", "y").n_subjects == 2

@@ -100,6 +100,29 @@ def warn_mixed_labels(labels: pd.Index, column: str, stacklevel: int = 3) -> Non
             "the same subjects", UserWarning, stacklevel=stacklevel)
 
 
+def check_bool_number_labels(values: pd.Series, column: str) -> None:
+    """A DataError when a subject column holds True/False beside the numbers 1/0: Python and pandas take
+    ``True == 1`` (and ``False == 0``) as one label, so two subjects would silently become one."""
+    if values.dtype != object:
+        return
+    flags = values.map(lambda v: isinstance(v, (bool, np.bool_)))
+    if not flags.any() or flags.all():
+        return
+    others = values[~flags]
+    clash = sorted({bool(v) for v in values[flags].unique()}
+                   & {bool(v) for v in others.unique() if _is_number(v) and v in (0, 1)})
+    if clash:
+        numbers = ", ".join(repr(v) for v in others.unique() if _is_number(v) and v in (0, 1) and bool(v) in clash)
+        raise DataError(
+            f"column '{column}' holds {' and '.join(map(repr, clash))} beside the number(s) {numbers}: Python and "
+            "pandas take True == 1 and False == 0 as the same label, so these subjects would be merged; give the "
+            "column one type (e.g. df['" + column + "'].astype(str))")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 def _plain_text(value) -> str:
     """A label as text, whole floats without their '.0' (1.0 and '1' read alike)."""
     v = _plain(value)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from .columns import ColumnNames, as_numeric, warn_mixed_labels
+from .columns import ColumnNames, as_numeric, check_bool_number_labels, warn_mixed_labels
 from .covariates import CovariateEncoding, is_categorical, missing_rows, parse_covariates
 from .exceptions import DataError
 from .sufficient import SufficientStats, sufficient_stats
@@ -222,6 +222,7 @@ class Longitudinal:
                     UserWarning,
                     stacklevel=2,
                 )
+        check_bool_number_labels(df[subject], subject)
         try:
             codes, labels = pd.factorize(df[subject], sort=True)
         except TypeError:  # unorderable mixed labels: keep order of appearance
