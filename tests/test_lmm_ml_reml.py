@@ -653,7 +653,7 @@ def test_profiled_fit_survives_a_near_singular_fixed_effect_information():
     d = raw[raw["subject"].isin(raw["subject"].unique()[:60])]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = LinearMixedModel(method="reml", basis=SplineBasis(8, knots="uniform"), max_iter=200).fit(
+        m = LinearMixedModel(method="reml", basis=SplineBasis(8, knots="uniform"), max_iter=100).fit(
             d, subject="subject", time="age", response="exercise")
     assert np.isfinite(m.loglik_) and m.singular_
     assert "boundary (singular) fit" in m.summary()
