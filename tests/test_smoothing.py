@@ -55,7 +55,8 @@ def _scale_pair_mc(f, S, rng, scale):
 @pytest.mark.parametrize("ks", [(2, 2), (2, 1)], ids=["free-deeper-mean", "pinned-deeper-mean"])
 def test_smooth_dmfa_prior_elbo_matches_monte_carlo(ks):
     stats = _smooth_stats()
-    prior = DeepMixturePrior(5, ks, (2, 1), roughness=ROUGH)
+    prior = DeepMixturePrior(5, ks, (2, 1), roughness=ROUGH, visit_times=4)  # the last rough row beyond 4 times
+    assert prior._alpha_d[ROUGH > 0][-1] > prior.idiosyncratic_shape
     params, _ = _start(stats, prior, iters=4)
     rng = np.random.default_rng(3)
     S = 40000
@@ -97,7 +98,8 @@ def test_smooth_dmfa_prior_elbo_matches_monte_carlo(ks):
         null = ~row_rough
         # idiosyncratic variances: half-Cauchy (auxiliary h) on the polynomial rows,
         # IG(alpha, alpha / (lam u)) on the rough rows
-        a_shape = prior.idiosyncratic_shape
+        # (the shape grows with the roughness: alpha lam_d ** idiosyncratic_power)
+        a_shape = prior._alpha_d if l == 0 else prior.idiosyncratic_shape
         d_shape = np.where(row_rough, a_shape, 0.5)
         d_rate = 1 / h if smooth is None else np.where(row_rough, a_shape / (lam * u[:, :, None]), 1 / h)
         total += (_ig_logpdf(delta, d_shape, d_rate) - _ig_logpdf(delta, lay.delta.shape, lay.delta.rate)).reshape(S, -1).sum(1)

@@ -123,6 +123,7 @@ def fit_dask(
     n_times = len(frame.pooled.few_times) if confounded else 0  # the distinct times, known where they are few
     plan = FitPlan.of(basis, confounded, n_times)
     model._check_noise_identified(plan.confounded, n_times, basis.n_basis, stacklevel=4)
+    model._few_times = plan.few_times  # as in memory (models/fitting.py)
     model._check_sizes(frame.n_subjects, stacklevel=4)
     # as the in-memory fit: each scale's best fit, the higher bound on the data's scale kept
 

@@ -63,11 +63,15 @@ class FitPlan:
     # confounded with fewer distinct times than functions: directions of the curves no visit sees, where the
     # starts' ridge fits interpolate, so a smooth start is explored too (models/starting.py)
     smooth_start: bool = False
+    # those few distinct times (None otherwise): the deep mixture's prior ties the idiosyncratic variances of the
+    # rough coordinates beyond what they resolve more closely to the spectrum (priors/dmfa.py)
+    few_times: int | None = None
 
     @classmethod
     def of(cls, basis: SplineBasis, confounded: bool, n_times: int) -> "FitPlan":
         """The plan of a fit whose ``n_times`` distinct times do (``confounded``) or do not confound the noise."""
-        return cls(basis, confounded, confounded and n_times < basis.n_basis)
+        few = confounded and n_times < basis.n_basis
+        return cls(basis, confounded, few, int(n_times) if few else None)
 
 
 @dataclass
@@ -302,6 +306,7 @@ class Fitting:
         times, basis = np.unique(d.time), fitted_basis(self.basis, d.time)  # the basis of every scale (times only)
         plan = FitPlan.of(basis, noise_confounded(basis, times, repeated_times(d.codes, d.time)), len(times))
         self._check_noise_identified(plan.confounded, len(times), basis.n_basis)
+        self._few_times = plan.few_times  # read by the priors of this fit's candidates (DeepMixtureLMM._make_prior)
         if d.counts.max() <= 1:
             warnings.warn(
                 f"every subject has one observation ({d.n_subjects} subjects): a subject's own deviation from its "

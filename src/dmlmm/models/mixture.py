@@ -349,7 +349,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         order = 2.0 if self.loading_order == "auto" else float(self.loading_order)
         return DeepMixturePrior(
             dim, ks, ds, self.concentration, self._mean_scales(len(ds), roughness is not None), self.loading_scale,
-            self.delta_scale, roughness, loading_order=order,
+            self.delta_scale, roughness, loading_order=order, visit_times=getattr(self, "_few_times", None),
         )
 
     def _mean_scales(self, n_layers: int, smooth: bool):
