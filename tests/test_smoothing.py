@@ -205,11 +205,25 @@ def _sparse_visits(seed=0, n_subjects=120):
     return pd.concat(rows, ignore_index=True)
 
 
+def test_idiosyncratic_shapes_grow_only_beyond_what_the_visit_times_resolve():
+    """T distinct visit times resolve T - 2 rough coordinates: those keep alpha, the ones beyond get
+    alpha lam_d ** (1/4); without visit_times (or with as many as functions) every rough row has alpha."""
+    from dmlmm.priors.dmfa import DeepMixturePrior
+
+    rough = np.array([0.0, 0.0, 1.0, 6.0, 25.0, 90.0])
+    alpha = lambda prior: prior._alpha_d[rough > 0]  # noqa: E731
+    np.testing.assert_array_equal(alpha(DeepMixturePrior(6, (2, 1), (2, 1), roughness=rough)), 16.0)
+    np.testing.assert_array_equal(alpha(DeepMixturePrior(6, (2, 1), (2, 1), roughness=rough, visit_times=6)), 16.0)
+    np.testing.assert_allclose(alpha(DeepMixturePrior(6, (2, 1), (2, 1), roughness=rough, visit_times=4)),
+                               16.0 * np.array([1.0, 1.0, 25.0**0.25, 90.0**0.25]))
+
+
 def test_sparse_visits_curves_stay_in_range_and_bands_widen_between_visits():
     df = _sparse_visits()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = DeepMixtureLMM(random_state=0).fit(df, "subject", "age", "y")
+    assert m.prior_.visit_times == 5  # five shared ages, fewer than the functions: the prior knows
     grid = np.linspace(8, 16, 81)
     traj = m.predict_trajectory(df, times=grid)
     lo, hi = df.y.min(), df.y.max()
@@ -228,6 +242,7 @@ def test_sparse_visits_curves_stay_in_range_and_bands_widen_between_visits():
 def test_bands_of_the_true_curve_cover_it_on_simulated_data():
     sim = dgp1(random_state=3, n_subjects=200)
     m = DeepMixtureLMM(random_state=0, basis=SplineBasis(lower=0, upper=1)).fit(sim.data)
+    assert m.prior_.visit_times is None  # times everywhere: every rough coordinate keeps alpha
     grid = np.unique(sim.truth["time"])
     cov = coverage(sim.truth, m.predict_trajectory(sim.data, times=grid))
     assert 0.85 <= cov <= 0.99, cov
