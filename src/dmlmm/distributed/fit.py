@@ -123,7 +123,6 @@ def fit_dask(
     n_times = len(frame.pooled.few_times) if confounded else 0  # the distinct times, known where they are few
     plan = FitPlan.of(basis, confounded, n_times)
     model._check_noise_identified(plan.confounded, n_times, basis.n_basis, stacklevel=4)
-    model._few_times = plan.few_times  # as in memory (models/fitting.py)
     model._check_sizes(frame.n_subjects, stacklevel=4)
     # as the in-memory fit: each scale's best fit, the higher bound on the data's scale kept
 
@@ -239,7 +238,7 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
     jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
     rival = None if to_beat is None else model_scale_elbo(to_beat, float(frame.pooled.n_obs), design.y_scale, jac)
-    data = DaskCandidateData(stats, b_hat, rough, N, sums, b_parts, ridge, smooth=smooth)
+    data = DaskCandidateData(stats, b_hat, rough, N, sums, b_parts, ridge, smooth=smooth, visit_times=plan.few_times)
     best = fit_in_turn(model._fit_variants(plan.confounded), data, to_beat=rival)  # as the in-memory fit (models/fitting.py)
     bound = data_scale_bound(best.result.elbo, float(frame.pooled.n_obs), design.y_scale, jac)
     return ScaleFit(None, design, stats, best.result, best.config, jac, bound, best.warnings)
@@ -262,6 +261,7 @@ class DaskCandidateData:
     Z : None (membership covariates are fitted in memory only).
     smooth : the smooth start's ``(b_hat, sums, (b_parts, ridge))`` (:meth:`DaskStats.ridge_init` with
         :func:`~dmlmm.models.starting.smooth_roughness`), or None.
+    visit_times : the few distinct visit times the deep mixture's prior reads (as in memory), or None.
     """
 
     stats: DaskStats
@@ -273,6 +273,7 @@ class DaskCandidateData:
     ridge: Any
     Z: None = None
     smooth: Any = None
+    visit_times: int | None = None
 
     def config_for(self, config: VIConfig) -> VIConfig:
         """Full-batch coordinate ascent: the Dask path has no minibatches."""

@@ -89,7 +89,8 @@ class VariationalLongitudinalModel(Tables, Membership, Predicting, ClusterState,
     _model_name = "model"
 
     # -------------------------------------------------------------- subclass hooks
-    def _make_prior(self, dim: int, n_subjects: int, roughness: np.ndarray | None = None) -> RandomEffectsPrior:  # pragma: no cover
+    def _make_prior(self, dim: int, n_subjects: int, roughness: np.ndarray | None = None,
+                    visit_times: int | None = None) -> RandomEffectsPrior:  # pragma: no cover
         raise NotImplementedError
 
     def _check_params(self) -> None:

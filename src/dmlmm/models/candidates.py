@@ -70,6 +70,7 @@ class CandidateInputs(Protocol):
     roughness: np.ndarray | None
     n_subjects: int
     Z: np.ndarray | None
+    visit_times: int | None
 
     def config_for(self, config: VIConfig) -> VIConfig: ...
 
@@ -97,6 +98,8 @@ class CandidateData:
     Z : (N, q) membership design, or None.
     smooth : (b_hat, penalties) of the smooth start's ridge fits, or None
         (:func:`~dmlmm.models.starting.smooth_roughness`: fewer shared visit times than basis functions).
+    visit_times : the number of distinct visit times where they are fewer than the basis functions and confound
+        the noise (:attr:`~dmlmm.models.fitting.FitPlan.few_times`), else None; the deep mixture's prior reads it.
     """
 
     stats: SufficientStats
@@ -106,6 +109,7 @@ class CandidateData:
     n_subjects: int
     Z: np.ndarray | None = None
     smooth: tuple[np.ndarray, np.ndarray] | None = None
+    visit_times: int | None = None
 
     def config_for(self, config: VIConfig) -> VIConfig:
         """The settings a run on these data uses: the model's, unchanged."""
@@ -160,11 +164,11 @@ def _fit_candidate(variant: "VariationalLongitudinalModel", kind: str, data: Can
     rng = np.random.default_rng(variant.random_state)
     best: CandidateFit | None = None
     for _ in range(int(variant.n_init)):
-        prior = variant._make_prior(stats.dim_random, data.n_subjects, data.roughness)
+        prior = variant._make_prior(stats.dim_random, data.n_subjects, data.roughness, data.visit_times)
         config = data.config_for(variant._config(data.n_subjects, int(prior.path_components()[:, 0].max()) + 1))
         make_init = data.start_factory(config, kind)
         resize = lambda sizes, v=variant: v._sized(sizes)._make_prior(stats.dim_random, data.n_subjects,  # noqa: E731
-                                                                      data.roughness)
+                                                                      data.roughness, data.visit_times)
         callback = variant._progress_callback() if progress else None
         # delete moves compare against an emptied component's cost, which the membership model changes
         moves = variant.delete_moves and not config.hard_assignment and Z is None

@@ -306,7 +306,6 @@ class Fitting:
         times, basis = np.unique(d.time), fitted_basis(self.basis, d.time)  # the basis of every scale (times only)
         plan = FitPlan.of(basis, noise_confounded(basis, times, repeated_times(d.codes, d.time)), len(times))
         self._check_noise_identified(plan.confounded, len(times), basis.n_basis)
-        self._few_times = plan.few_times  # read by the priors of this fit's candidates (DeepMixtureLMM._make_prior)
         if d.counts.max() <= 1:
             warnings.warn(
                 f"every subject has one observation ({d.n_subjects} subjects): a subject's own deviation from its "
@@ -383,7 +382,7 @@ class Fitting:
 
     def _fit_scale_loud(self, d: Longitudinal, transform: str | None, members, Z,
                         to_beat: float | None = None, plan: FitPlan = FitPlan()) -> ScaleFit:
-        prep = self._prepare_scale(d, transform, members, Z, plan.basis, plan.smooth_start)
+        prep = self._prepare_scale(d, transform, members, Z, plan)
         stats, design, jac = prep.candidates.stats, prep.design, prep.log_jacobian
         rival = None if to_beat is None else model_scale_elbo(to_beat, float(stats.n_obs.sum()), design.y_scale, jac)
         # each run's warnings are held back: only the kept run's are raised; a later candidate races
@@ -393,12 +392,14 @@ class Fitting:
         return prep.scale_fit(best)
 
     def _prepare_scale(self, d: Longitudinal, transform: str | None, members, Z,
-                       basis: SplineBasis | None = None, smooth_start: bool = False) -> "_ScalePrep":
+                       plan: FitPlan | None = None) -> "_ScalePrep":
         """The response on one scale (``transform(y)``) ready for its candidates: design, statistics and
-        the per-subject ridge fits that every start begins from. ``basis``: the fit's basis, fitted on the
-        data's times (:class:`FitPlan`; None: the model's, fitted here). ``smooth_start``: the smooth
-        start's ridge fits are made too (:attr:`FitPlan.smooth_start`,
-        :func:`~dmlmm.models.starting.smooth_roughness`)."""
+        the per-subject ridge fits that every start begins from. ``plan`` (:class:`FitPlan`): the fit's basis,
+        fitted on the data's times (None: the model's, fitted here); whether the smooth start's ridge fits are
+        made too (:attr:`FitPlan.smooth_start`, :func:`~dmlmm.models.starting.smooth_roughness`); the few
+        distinct visit times that the deep mixture's prior reads (:attr:`FitPlan.few_times`)."""
+        plan = FitPlan() if plan is None else plan
+        basis = plan.basis
         if transform is not None:
             d = replace(d, response=forward(d.response, transform, d.columns.response))
         jac = float(np.sum(log_jacobian(d.response[np.isfinite(d.response)], transform)))
@@ -408,8 +409,9 @@ class Fitting:
         rough = design.roughness
         b_hat, penalties = ridge_estimates(stats, 0.5, rough, return_penalty=True)
         smooth = (ridge_estimates(stats, 0.5, smooth_roughness(rough), return_penalty=True)
-                  if smooth_start and rough is not None else None)
-        return _ScalePrep(d, design, CandidateData(stats, b_hat, penalties, rough, d.n_subjects, Z, smooth), jac)
+                  if plan.smooth_start and rough is not None else None)
+        return _ScalePrep(d, design, CandidateData(stats, b_hat, penalties, rough, d.n_subjects, Z, smooth,
+                                                   plan.few_times), jac)
 
     def _fit_scales_parallel(self, d: Longitudinal, scales: list[str | None], members, Z,
                              n_jobs: int, plan: FitPlan = FitPlan()) -> tuple[ScaleFit, list[ScaleFit]]:
@@ -420,8 +422,7 @@ class Fitting:
         preps, refused = [], []
         for tr in fitting_order(scales):
             try:
-                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z, plan.basis,
-                                                                          plan.smooth_start))
+                prep, caught = recorded(lambda tr=tr: self._prepare_scale(d, tr, members, Z, plan))
             except DataError as exc:  # e.g. a response that only its log can standardise
                 refused.append((tr, exc))
                 continue

@@ -191,7 +191,7 @@ class MixtureLMM(VariationalLongitudinalModel):
         self.progress = progress
         self.n_jobs = n_jobs
 
-    def _make_prior(self, dim: int, n_subjects: int, roughness=None) -> GaussianMixturePrior:
+    def _make_prior(self, dim: int, n_subjects: int, roughness=None, visit_times=None) -> GaussianMixturePrior:
         k = int(self.n_components)
         if k < 1:
             raise ValueError(f"n_components must be a positive integer, got {self.n_components}")
@@ -342,14 +342,14 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         self.progress = progress
         self.n_jobs = n_jobs
 
-    def _make_prior(self, dim: int, n_subjects: int, roughness=None) -> DeepMixturePrior:
+    def _make_prior(self, dim: int, n_subjects: int, roughness=None, visit_times=None) -> DeepMixturePrior:
         ks = tuple(int(k) for k in _as_tuple(self.n_components, "n_components"))
         ds = tuple(int(d) for d in _as_tuple(self.latent_dims, "latent_dims"))
         ks = tuple(_reduce_components(k, n_subjects) for k in ks)  # every layer: at most one component per subject
         order = 2.0 if self.loading_order == "auto" else float(self.loading_order)
         return DeepMixturePrior(
             dim, ks, ds, self.concentration, self._mean_scales(len(ds), roughness is not None), self.loading_scale,
-            self.delta_scale, roughness, loading_order=order, visit_times=getattr(self, "_few_times", None),
+            self.delta_scale, roughness, loading_order=order, visit_times=visit_times,
         )
 
     def _mean_scales(self, n_layers: int, smooth: bool):

@@ -646,7 +646,8 @@ class DeepMixturePrior(RandomEffectsPrior):
         J, m = self._dims[layer], self._dims[layer + 1]
         key = (
             "dmfa", layer, J, m, self.concentration[layer], self.mean_scale[layer], self.loading_scale[layer],
-            self.delta_scale[layer], self.smooth_scale, self.idiosyncratic_shape, self.idiosyncratic_power, self.visit_times, self.loading_order,
+            self.delta_scale[layer], self.smooth_scale, self.idiosyncratic_shape, self.idiosyncratic_power,
+            self.visit_times, self.loading_order,
             None if not self._smooth_layer(layer) else self._lam.tobytes(), self._pinned_mean(layer),
         )
         if key in _EMPTY_COST:  # the same for every fit with these settings
