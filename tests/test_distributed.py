@@ -23,7 +23,7 @@ from dmlmm.distributed import is_dask_collection  # noqa: E402
 from dmlmm.distributed import shard as sh  # noqa: E402
 from dmlmm.distributed.outputs import collect  # noqa: E402
 from dmlmm.distributed.stats import DaskStats, DistributedLocal, init_noise_and_fixed_from_sums  # noqa: E402
-from dmlmm.exceptions import ConvergenceWarning, ExtrapolationWarning  # noqa: E402
+from dmlmm.exceptions import ConvergenceWarning, EmptyComponentWarning, ExtrapolationWarning  # noqa: E402
 from dmlmm.inference.engine import VIConfig, init_noise_and_fixed, noise_moments  # noqa: E402
 from dmlmm.inference.local import local_step  # noqa: E402
 from dmlmm.inference.noise import path_rss  # noqa: E402
@@ -559,16 +559,36 @@ def test_shared_times_confound_the_noise_as_in_memory(client):
             MixtureLMM(**{**kw, "covariance": "full", "max_iter": 5}).fit(ddf)
 
 
-def test_shared_visit_times_smooth_start_same_answer_as_in_memory(client, monkeypatch):
-    """Subjects seen at a few shared yearly times: the fit explores the smooth start too (models/starting.py),
-    built on the workers from their ridge fits, and the Dask fit is the in-memory one."""
+def _shared_yearly_times(n_subjects: int = 80) -> pd.DataFrame:
+    """Subjects seen at 3-5 of five shared yearly times, straight lines plus noise."""
     rng = np.random.default_rng(2)
     rows = []
-    for i in range(80):
+    for i in range(n_subjects):
         t = np.sort(rng.choice([-2.0, -1.0, 0.0, 1.0, 2.0], rng.integers(3, 6), replace=False))
         rows.append(pd.DataFrame({"subject": f"s{i:03d}", "time": t,
                                   "y": rng.normal() + (0.6 + 0.3 * rng.normal()) * t + rng.normal(0, 0.5, len(t))}))
-    df = pd.concat(rows, ignore_index=True)
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_few_visit_times_reach_the_deep_mixtures_prior_as_in_memory(client):
+    """Five shared times under twelve functions: the deep mixture's prior gets them on the workers' path too
+    (the idiosyncratic shapes beyond what they resolve, priors/dmfa.py), and the Dask fit is the in-memory one."""
+    df = _shared_yearly_times()
+    kw = dict(n_components=(2, 1), latent_dims=(2, 1), basis=SplineBasis(12), loading_order=2, max_iter=100,
+              random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", EmptyComponentWarning)
+        m0 = DeepMixtureLMM(**kw).fit(df)
+        m1 = DeepMixtureLMM(**kw).fit(dd.from_pandas(df.set_index("subject"), npartitions=2))
+    assert m0.prior_.visit_times == m1.prior_.visit_times == 5
+    _same_fit(m0, m1)
+
+
+def test_shared_visit_times_smooth_start_same_answer_as_in_memory(client, monkeypatch):
+    """Subjects seen at a few shared yearly times: the fit explores the smooth start too (models/starting.py),
+    built on the workers from their ridge fits, and the Dask fit is the in-memory one."""
+    df = _shared_yearly_times()
     import dmlmm.models.candidates as candidates
 
     seen: list[int] = []
