@@ -108,11 +108,10 @@ def check_bool_number_labels(values: pd.Series, column: str) -> None:
     flags = values.map(lambda v: isinstance(v, (bool, np.bool_)))
     if not flags.any() or flags.all():
         return
-    others = values[~flags]
-    clash = sorted({bool(v) for v in values[flags].unique()}
-                   & {bool(v) for v in others.unique() if _is_number(v) and v in (0, 1)})
+    zero_one = [v for v in values[~flags].unique() if _is_number(v) and v in (0, 1)]
+    clash = sorted({bool(v) for v in values[flags].unique()} & {bool(v) for v in zero_one})
     if clash:
-        numbers = ", ".join(repr(v) for v in others.unique() if _is_number(v) and v in (0, 1) and bool(v) in clash)
+        numbers = ", ".join(repr(v) for v in zero_one if bool(v) in clash)
         raise DataError(
             f"column '{column}' holds {' and '.join(map(repr, clash))} beside the number(s) {numbers}: Python and "
             "pandas take True == 1 and False == 0 as the same label, so these subjects would be merged; give the "

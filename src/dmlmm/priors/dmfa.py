@@ -38,24 +38,11 @@ Where the subjects are seen at T distinct times, fewer than the basis functions 
 ages 2, 3, 5 and 9, Orthodont, Sitka, Blackmore, ChickWeight), the rough coordinates beyond the first
 ``T - 2`` (those no visit pattern resolves) follow the spectrum more closely: shape
 ``alpha_j = alpha lam_j ** p`` (``idiosyncratic_power`` p = 1/4) in place of ``alpha``.
-Why: under mean field (q(mu_k) apart from the subjects' q(b_i)) a coordinate j that no visit informs keeps
-``Var[mu_kj]`` near ``delta_kj / N_k`` (the subjects' b_ij, themselves at their prior, "inform" it), and the
-update of ``delta_kj`` counts it once more through ``E[(b_ij - mu_kj - B_kj z_i)^2]``: one spurious
-pseudo-observation against the prior's ``alpha_j``, so each uninformed variance settles a factor
-``1 + 1 / (2 alpha_j)`` above ``1 / (lam_j u_k)`` (measured on autism: 1.027; 1 + 1/32 predicted). ``u_k``
-pools the coordinates, so the fitted spectrum level ends near ``s_informed / (n_informed - sum_uninformed
-1 / (2 alpha_j))``: with p = 0 and 20 basis functions (18 rough coordinates, one or two informed at autism's
-four visit ages) the sum is 17/32 and the spectrum doubled (``lam_j E[delta_j]`` 0.10 against the Gaussian
-LMM's 0.054 on the standardised scale, whose tied variances pool N subjects per coordinate and so leak
-1 / N), the residual variance went into it (sigma^2 0.062 against 0.109), and the forecasts four years past
-the data had bands a quarter wider than the LMM's (held-out log score per observation -4.249 against
--4.148). With p = 1/4 beyond the first T - 2 rough coordinates the sum is about 0.1 (autism -4.114).
-Measured (accuracy harness, seed-0 split, held-out log score per observation, DMLMM before -> after, LMM):
-autism -4.249 -> -4.114 (-4.148), Sitka 0.092 -> 0.097 (0.034), Orthodont -2.695 -> -2.703 (-2.818),
-Blackmore -2.0922 -> -2.0924 (-2.0958), ChickWeight -3.1636 -> -3.1635 (-3.134); the ELBO rose on all five
-(by 2.8-10 nats). The other sets and the simulations have as many distinct times as functions: unchanged.
-The same shapes on every coordinate (no T) raised the ELBO everywhere but lost on the simulations (DGP 3,
-20 functions, seeds 0-1: -1.610 -> -1.629 per subject), where the visits resolve most coordinates.
+Why: under mean field (q(mu_k) apart from the subjects' q(b_i)) a coordinate that no visit informs keeps
+``Var[mu_kj]`` near ``delta_kj / N_k``, and the update of ``delta_kj`` counts it once more (one spurious
+pseudo-observation against ``alpha_j``); ``u_k`` pools the coordinates, so with many uninformed ones the
+fitted spectrum grew (doubled on autism) and took the residual variance into it. docs/models.md ("Few
+distinct visit times") has the derivation and the harness's numbers.
 
 Why this middle way: with the research prior (a free half-Cauchy variance per coordinate, 
 ``alpha`` = 1/2 in effect) the high-frequency coordinates absorb the noise as the basis grows
@@ -285,6 +272,9 @@ class DeepMixturePrior(RandomEffectsPrior):
         resolved = np.inf if self.visit_times is None else self.visit_times - int((~self._rough).sum())
         beyond = self._rough & (np.cumsum(self._rough) > resolved)
         self._alpha_d = self.idiosyncratic_shape * np.where(beyond, self._lam_or_one**self.idiosyncratic_power, 1.0)
+        # the spectrum's level u_k: shape 2 * sum_j alpha_j, rate sum_j alpha_j E[1/delta_kj] / lam_j over the rough rows
+        self._alpha_rough = np.where(self._rough, self._alpha_d, 0.0)
+        self._alpha_over_lam = self._alpha_rough * np.where(self._rough, 1.0 / self._lam_or_one, 0.0)
         self._paths = np.array(list(product(*[range(k) for k in self.n_components])), dtype=int)
         self._dims = dims
         self._offsets = np.r_[0, np.cumsum(dims)]
@@ -367,11 +357,10 @@ class DeepMixturePrior(RandomEffectsPrior):
         smooth = None
         if self._smooth_layer(l):
             lam, n, r = self._lam, int(self._rough.sum()), self._rough
-            a = self._alpha_d[r]
             smooth = LayerSmooth(
                 init_scale(n, 0.5 * (mus**2) @ lam, self.smooth_scale),
                 init_scale(J, 0.5 * np.einsum("kjm,j->km", Bs**2, self._lam_loadings), self.smooth_scale),
-                init_scale(2 * a.sum(), (1.0 / deltas[:, r]) @ (a / lam[r]),
+                init_scale(2 * self._alpha_d[r].sum(), (1.0 / deltas[:, r]) @ (self._alpha_d[r] / lam[r]),
                            self.smooth_scale, cap=False),
             )
         return LayerParams(
@@ -592,12 +581,10 @@ class DeepMixturePrior(RandomEffectsPrior):
         smooth = lay.smooth
         if smooth is not None:  # the smoothing variances given the rough rows' moments
             lam, n, A = self._lam, int(self._rough.sum()), self.smooth_scale
-            a_r = np.where(self._rough, self._alpha_d, 0.0)
-            inv_lam = np.where(self._rough, 1.0 / np.where(self._rough, lam, 1.0), 0.0)
             smooth = LayerSmooth(
                 update_scale(smooth.mean, n, 0.5 * mu2 @ lam, A, rho),
                 update_scale(smooth.loadings, J, 0.5 * np.einsum("kjm,j->km", B2, self._lam_loadings), A, rho),
-                update_scale(smooth.delta, 2 * a_r.sum(), delta.mean_inv @ (a_r * inv_lam), A, rho),
+                update_scale(smooth.delta, 2 * self._alpha_rough.sum(), delta.mean_inv @ self._alpha_over_lam, A, rho),
             )
         return LayerParams(
             weights, loadings, delta, delta_aux, mean_scale, local_scale, local_aux, global_scale, global_aux, smooth
