@@ -260,3 +260,21 @@ def test_quadratic_forms_per_pair(counts):
     np.testing.assert_allclose(local._quad_forms(xtx, row, vec), expect, rtol=1e-12)
     np.testing.assert_allclose(local._quad_forms(xtx, row[row != 0], vec[row != 0]), np.array(expect)[row != 0],
                                rtol=1e-12)
+
+
+@pytest.mark.parametrize("counts, shuffled", [([3, 3, 3, 3], False),  # full and in order: a reshape
+                                              ([3, 3, 3, 3], True),  # full, out of order: padded blocks
+                                              ([1, 3, 2, 2], True),  # uneven: padded blocks
+                                              ([1, 1, 1, 9], False)])  # padding would double the work: gather
+def test_rows_times_a_combination_gram(counts, shuffled):
+    """The factored route's ``rows_a W_u'W_u`` by combination equals the product pair by pair."""
+    from dmlmm.inference.local_shared import _apply_gram
+
+    rng = np.random.default_rng(14)
+    W = rng.normal(size=(4, 3, 6))
+    combo = np.repeat(np.arange(4), counts)
+    if shuffled:
+        combo = rng.permutation(combo)
+    rows = rng.normal(size=(len(combo), 2, 6))
+    expect = np.stack([r @ W[u].T @ W[u] for u, r in zip(combo, rows)])
+    np.testing.assert_allclose(_apply_gram(W, combo, rows), expect, rtol=1e-12, atol=1e-12)

@@ -147,18 +147,18 @@ def _solve_cholesky(
     diag = np.arange(D)
     A[:, diag, diag] += shared.base[c_group]
     A_inv, A_logdet = stack_inv_logdet(A, "local posterior precision")  # (U, D, D), (U,)
-    U = shared.factor[path]  # (A, D, R)
+    Ut = np.swapaxes(shared.factor, 1, 2)[path]  # (A, R, D): U_c' per pair
     Ap = A_inv[pair_combo]
-    AU = Ap @ U  # A^{-1} U_c
+    AUt = Ut @ Ap  # (A^{-1} U_c)' (A^{-1} is symmetric)
     a = (Ap @ g[..., None])[..., 0]  # A^{-1} g
-    low_rank = _low_rank_update(U, AU, g, a, A_logdet[pair_combo])
+    low_rank = _low_rank_update(Ut, AUt, g, a, A_logdet[pair_combo])
     if low_rank is None:
         return None
-    V, mean, quad, logdet = low_rank
+    Vt, mean, quad, logdet = low_rank
 
     def cov_sums(idx: np.ndarray, r: np.ndarray) -> np.ndarray:
         out = _sum_per_path(r, path[idx], pair_combo[idx], A_inv, n_paths)
-        return out + gram_per_path(np.swapaxes(V[idx] * np.sqrt(r)[:, None, None], 1, 2), path[idx], n_paths)
+        return out + gram_per_path(Vt[idx] * np.sqrt(r)[:, None, None], path[idx], n_paths)
 
     return PairSolution(logdet, quad, mean.T, cov_sums)
 
@@ -178,14 +178,17 @@ def _solve_factored(
     W, A_logdet = diag_lowrank_factor(shared.base[c_group], s_group[c_group], R[c_subject, :r])  # (U, r, D)
     e_inv = 1.0 / shared.base  # (G, D)
     Ei = e_inv[shared.group[path]]  # (A, D)
-    U = shared.factor[path]  # (A, D, R)
-    Wp = W[pair_combo]  # (A, r, D)
-    AU = Ei[:, :, None] * U - np.swapaxes(Wp, 1, 2) @ (Wp @ U)
-    a = Ei * g - np.einsum("ard,ar->ad", Wp, np.einsum("ard,ad->ar", Wp, g))
-    low_rank = _low_rank_update(U, AU, g, a, A_logdet[pair_combo])
+    n_low = shared.factor.shape[2]
+    rows = np.empty((len(path), n_low + 1, D))  # per pair the rows U_c' (R x D), then g'
+    rows[:, :n_low] = np.swapaxes(shared.factor, 1, 2)[path]
+    rows[:, n_low] = g
+    ww = _apply_gram(W, pair_combo, rows)  # the same rows times W'W
+    AUt = Ei[:, None, :] * rows[:, :n_low] - ww[:, :n_low]  # (A, R, D): (A^{-1} U_c)'
+    a = Ei * g - ww[:, n_low]  # A^{-1} g
+    low_rank = _low_rank_update(rows[:, :n_low], AUt, g, a, A_logdet[pair_combo])
     if low_rank is None:
         return None
-    V, mean, quad, logdet = low_rank
+    Vt, mean, quad, logdet = low_rank
     diag = np.arange(D)
 
     def cov_sums(idx: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -194,13 +197,42 @@ def _solve_factored(
         out[:, diag, diag] = np.bincount(path[idx], weights=w, minlength=n_paths)[:, None] * e_inv[shared.group]
         used, where = np.unique(pair_combo[idx], return_inverse=True)
         if len(idx) >= PAIRS_PER_COMBO_GRAM * len(used):  # one W'W per combination, weighted per path
-            Wu = W[used]
+            Wu = W if len(used) == len(W) else W[used]  # (used is sorted: all combinations, in order)
             out -= _sum_per_path(w, path[idx], where, np.swapaxes(Wu, 1, 2) @ Wu, n_paths)
         else:  # one Gram matrix of the stacked sqrt(w) W per path
-            out -= gram_per_path(Wp[idx] * root, path[idx], n_paths)
-        return out + gram_per_path(np.swapaxes(V[idx] * root, 1, 2), path[idx], n_paths)
+            out -= gram_per_path(W[pair_combo[idx]] * root, path[idx], n_paths)
+        return out + gram_per_path(Vt[idx] * root, path[idx], n_paths)
 
     return PairSolution(logdet, quad, mean.T, cov_sums)
+
+
+def _apply_gram(W: np.ndarray, combo: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows_a W_u'W_u`` (A, k, D) for the pairs a of combination u = ``combo[a]``; ``W`` (n, r, D) (the
+    combinations' factors), ``rows`` (A, k, D).
+
+    The rows of a combination's pairs (a subject's paths through one group) are stacked (padded to
+    the most pairs a combination has) and multiplied by its W' and W, two matrix products per
+    combination, instead of gathering an r x D copy of W per pair (at D = 40 and 2,500 pairs, 19 MB
+    read four times). Pairs sorted by combination, each with the same number of pairs, need no
+    copies; with uneven combinations (padding would more than double the work) the pairs' copies
+    of W are gathered."""
+    n, r, D = W.shape
+    A, k, _ = rows.shape
+    counts = np.bincount(combo, minlength=n)
+    m = int(counts.max(initial=0))
+    if A == 0 or m * n > 2 * A:
+        Wp = W[combo]  # (A, r, D)
+        return (rows @ np.swapaxes(Wp, 1, 2)) @ Wp
+    if A == m * n and np.all(combo[1:] >= combo[:-1]):  # full and in order: a reshape
+        block = rows.reshape(n, m * k, D)
+        return ((block @ np.swapaxes(W, 1, 2)) @ W).reshape(A, k, D)
+    order = np.argsort(combo, kind="stable")
+    slot = np.empty(A, dtype=np.intp)
+    slot[order] = np.arange(A) - np.repeat(np.cumsum(counts) - counts, counts)
+    block = np.zeros((n, m, k, D))
+    block[combo, slot] = rows
+    out = ((block.reshape(n, m * k, D) @ np.swapaxes(W, 1, 2)) @ W).reshape(n, m, k, D)
+    return out[combo, slot]
 
 
 def _sum_per_path(w: np.ndarray, path: np.ndarray, combo: np.ndarray, mats: np.ndarray, n_paths: int) -> np.ndarray:
@@ -212,32 +244,34 @@ def _sum_per_path(w: np.ndarray, path: np.ndarray, combo: np.ndarray, mats: np.n
 
 
 def _low_rank_update(
-    U: np.ndarray, AU: np.ndarray, g: np.ndarray, a: np.ndarray, A_logdet: np.ndarray,
+    Ut: np.ndarray, AUt: np.ndarray, g: np.ndarray, a: np.ndarray, A_logdet: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """From ``A^{-1}`` applied to ``U_c`` and ``g``, the pairs' ``Q^{-1} = A^{-1} + V V'``, mean, quadratic
     form and log-determinant (Woodbury and the determinant lemma through ``C = I - U'A^{-1}U``);
-    None when a ``C`` is not numerically positive definite.
+    None when a ``C`` is not numerically positive definite. ``U_c`` and ``A^{-1}U_c`` are held as rows
+    (R x D per pair), so the covariance sums' Gram matrices take ``V'`` without a transposed copy.
 
     Parameters
     ----------
-    U, AU : (A, D, R); g, a : (A, D) the shifts and ``A^{-1} g``; A_logdet : (A,).
+    Ut, AUt : (A, R, D) ``U_c'`` and ``(A^{-1}U_c)'``; g, a : (A, D) the shifts and ``A^{-1} g``;
+    A_logdet : (A,).
 
     Returns
     -------
-    V : (A, D, R), mean : (A, D), quad : (A,), logdet : (A,)
+    Vt : (A, R, D) ``V'``, mean : (A, D), quad : (A,), logdet : (A,)
     """
-    C = np.eye(U.shape[2]) - np.swapaxes(U, 1, 2) @ AU
-    try:  # R x R factors, batch axis last (cholesky_soa): faster than LAPACK's per-matrix calls
+    C = np.eye(Ut.shape[1]) - Ut @ np.swapaxes(AUt, 1, 2)
+    try:  # R x R factors, batch axis last (cholesky_soa)
         LC = cholesky_soa(np.ascontiguousarray(C.transpose(1, 2, 0)))
     except np.linalg.LinAlgError:
         return None
     LC_inv = np.moveaxis(tri_inv_soa(LC), -1, 0)  # (A, R, R)
-    y = np.einsum("ars,as->ar", LC_inv, np.einsum("adr,ad->ar", AU, g))  # L_C^{-1} U'A^{-1} g
-    V = AU @ np.swapaxes(LC_inv, 1, 2)  # (A, D, R): Q^{-1} = A^{-1} + V V'
-    mean = a + np.einsum("adr,ar->ad", V, y)
+    y = np.einsum("ars,as->ar", LC_inv, np.einsum("ard,ad->ar", AUt, g))  # L_C^{-1} U'A^{-1} g
+    Vt = LC_inv @ AUt  # (A, R, D)
+    mean = a + np.einsum("ard,ar->ad", Vt, y)
     quad = np.einsum("ad,ad->a", g, a) + np.einsum("ar,ar->a", y, y)
     logdet = A_logdet + 2.0 * np.log(np.diagonal(LC, axis1=0, axis2=1)).sum(axis=1)
-    return V, mean, quad, logdet
+    return Vt, mean, quad, logdet
 
 
 def merge_solutions(parts: list[tuple[np.ndarray, PairSolution]], n_pairs: int) -> PairSolution:
