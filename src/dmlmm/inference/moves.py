@@ -99,7 +99,10 @@ def run_vi_with_moves(
     improved = True
     while improved and trials < max_trials and total - res.n_iter > 2 * trial_iter:
         improved = False
-        # the baseline gets the same extra iterations as each trial, so only the deletion is compared
+        # the baseline runs trial_iter more iterations, then each trial starts from the baseline's end and gets
+        # trial_iter of its own: a trial has run trial_iter iterations more than the model it is compared with,
+        # which favours deletions (docs/models.md, "Which stage loses the fifth cluster", measures the fair
+        # comparison: not kept so far)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             base = run_vi(stats, res.prior, res.params, replace(config, max_iter=trial_iter), rng)
