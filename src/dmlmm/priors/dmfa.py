@@ -274,7 +274,7 @@ class DeepMixturePrior(RandomEffectsPrior):
         self._alpha_d = self.idiosyncratic_shape * np.where(beyond, self._lam_or_one**self.idiosyncratic_power, 1.0)
         # the spectrum's level u_k: shape 2 * sum_j alpha_j, rate sum_j alpha_j E[1/delta_kj] / lam_j over the rough rows
         self._alpha_rough = np.where(self._rough, self._alpha_d, 0.0)
-        self._alpha_over_lam = self._alpha_rough * np.where(self._rough, 1.0 / self._lam_or_one, 0.0)
+        self._alpha_over_lam = self._alpha_rough * (1.0 / self._lam_or_one)  # 0 on the polynomial rows, as alpha_rough
         self._paths = np.array(list(product(*[range(k) for k in self.n_components])), dtype=int)
         self._dims = dims
         self._offsets = np.r_[0, np.cumsum(dims)]
