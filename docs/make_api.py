@@ -143,6 +143,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, list[str] | None, str]]]] = [
             ("dmlmm.IdentifiabilityWarning", [], ""),
             ("dmlmm.ExtrapolationWarning", [], ""),
             ("dmlmm.EmptyComponentWarning", [], ""),
+            ("dmlmm.DataWarning", [], ""),
         ],
     ),
 ]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dmlmm import DeepMixtureLMM, LinearMixedModel, MixtureLMM, SplineBasis
-from dmlmm.exceptions import DataError
+from dmlmm.exceptions import DataError, DataWarning
 from dmlmm.simulate import dgp1
 
 
@@ -110,10 +110,11 @@ def test_a_response_dominated_by_an_extreme_value_is_named(data, model):
 
 def test_an_extreme_value_the_fit_can_resolve_is_fitted(data):
     """3e8 among values of SD 1 (standard deviation 2e7 times the bulk's spread, under the limit): not refused,
-    and the fit is finite with a positive noise variance."""
+    and the fit is finite with a positive noise variance; the value is named (a DataWarning)."""
     y = data["y"].to_numpy().copy()
     y[7] = 3e8
-    m = MixtureLMM(2, max_iter=60, random_state=0, response_transform=None).fit(data.assign(y=y))
+    with pytest.warns(DataWarning, match=r"^the response 'y' has 1 value\(s\) more than 100 robust spreads .*: 3e\+08 "):
+        m = MixtureLMM(2, max_iter=60, random_state=0, response_transform=None).fit(data.assign(y=y))
     assert np.isfinite(m.elbo_) and m.sigma2_ > 0 and np.isfinite(m.cluster_means_["mean"]).all()
 
 

@@ -36,5 +36,10 @@ class EmptyComponentWarning(UserWarning):
     """Mixture components ended up (nearly) empty and were pruned from the report."""
 
 
+class DataWarning(UserWarning):
+    """Input data that can be fitted but look like an error: a response value far from all the others
+    (a data-entry slip, a missing-value code such as -999, a unit error)."""
+
+
 class CalibrationWarning(UserWarning):
     """Forecast bands held fewer held-out visits than they claim (:func:`dmlmm.calibration.check_bands`)."""

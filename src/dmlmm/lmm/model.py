@@ -35,7 +35,7 @@ from .estimators import ESTIMATORS, Estimate
 from .formula import FormulaDesignBuilder
 from .predictive import PredictiveLMM, fitted_rows
 from .scaling import ResponseScaling
-from ..standardise import check_noise_left, warn_binary_response
+from ..standardise import check_noise_left, warn_binary_response, warn_far_values
 from ..response_transform import check_transform, forward, label_of, log_jacobian, scale_text, transform_candidates
 
 __all__ = ["LinearMixedModel"]
@@ -248,6 +248,8 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
                 _check_response_not_transformed(name, self.response_transform)
             self._check_noise_left(design, design.y, name)  # the data's scale (a transformed one in _fit_scale)
             warn_binary_response(design.y, name, stacklevel=3)
+            warn_far_values(design.y, name, np.asarray(design.subjects)[design.codes], design.time,
+                            design.subjects.name or "subject", stacklevel=3)
             scales = transform_candidates(transform, design.y)
             # REML likelihoods of different responses do not compare: the scale is chosen by ML fits
             choose = "ml" if method == "reml" and len(scales) > 1 else method

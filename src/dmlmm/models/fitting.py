@@ -24,7 +24,7 @@ import pandas as pd
 
 from .._recorded import recorded, reraise
 from ..data import Longitudinal, check_longitudinal_call
-from ..standardise import check_noise_left, warn_binary_response
+from ..standardise import check_noise_left, warn_binary_response, warn_far_values
 from ..sufficient import SufficientStats
 from ..distributed import is_dask_collection
 from ..exceptions import DataError, EmptyComponentWarning, IdentifiabilityWarning
@@ -294,6 +294,8 @@ class Fitting:
         if d.response is not None:  # on the data's scale (each transformed scale's design checks its own)
             check_noise_left(d.response, d.codes, d.time, d.columns.response)
             warn_binary_response(d.response, d.columns.response, stacklevel=3)
+            warn_far_values(d.response, d.columns.response, d.subjects[d.codes], d.time, d.columns.subject,
+                            stacklevel=3)
         members = Z = None
         if self._membership_columns():
             roles = {d.columns.subject: "subject", d.columns.time: "time", d.columns.response: "response"}
