@@ -177,7 +177,7 @@ def test_known_smoothing_variance_of_the_mean_curve_is_recovered():
     V, lam = basis.smoothing_basis(2)
     v_true = 400.0
     mu = np.r_[1.0, -0.5, rng.normal(size=28) * np.sqrt(v_true / lam[2:])]
-    n_sub, n_obs = 400, 25
+    n_sub, n_obs = 200, 25  # 400 took twice as long; q(v) covers v at both sizes
     t = rng.uniform(0, 1, (n_sub, n_obs))
     dev = rng.normal(size=(n_sub, 2)) * 0.3  # subject level and trend
     f = (basis.transform(t.ravel()) @ V @ mu).reshape(n_sub, n_obs) + dev[:, :1] + dev[:, 1:] * (t - 0.5)
