@@ -55,8 +55,9 @@ def test_every_model_names_the_far_values_and_fits_on():
     for model in (MixtureLMM(2, SplineBasis(6), max_iter=5, random_state=0), LinearMixedModel(basis=SplineBasis(6))):
         with pytest.warns(DataWarning) as record:
             model.fit(df)
-        text = [str(w.message) for w in record if w.category is DataWarning]
-        assert len(text) == 1 and record[0].filename == __file__  # said once, at the user's call
+        said = [w for w in record if w.category is DataWarning]
+        assert len(said) == 1 and said[0].filename == __file__  # said once, at the user's call
+        text = [str(w.message) for w in said]
         assert text[0].startswith(f"the response 'y' has 2 value(s) more than {FAR_SPREADS:g} robust spreads")
         assert f"1e+06 (subject {s5}, time {t5:g}), -999 (subject {s17}, time {t17:g})" in text[0]
         assert "a missing-value code such as -999" in text[0]

@@ -224,7 +224,7 @@ def robust_centre_spread(bulk: np.ndarray) -> tuple[float, float]:
     """The median of ``bulk`` (n,) and its robust spread: 1.4826 times the median absolute deviation or, where
     more than half the values equal the median (which makes it 0: a response mostly 0), 1.4826 times the
     median of the deviations that are not 0 (robust still: the mean absolute deviation was not, one value of
-    1e5 among sixty 0s and 1 to 40 raised it twelve-fold); a spread of 0 when every value is the same (the
+    1e5 among sixty 0s and 1 to 40 raised it 122-fold, from 8.2 to 998); a spread of 0 when every value is the same (the
     constant response has its own error)."""
     centre = float(np.median(bulk))
     dev = np.abs(bulk - centre)
