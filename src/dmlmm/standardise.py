@@ -246,21 +246,29 @@ def far_values(y: np.ndarray) -> np.ndarray:
     """Which response values (n,) bool lie more than :data:`FAR_SPREADS` robust spreads from the median and,
     when every finite value is positive, also more than :data:`FAR_LOG_SPREADS` on the log scale. Missing and
     infinite values are never far (other checks name them); fewer than 5 finite values: none."""
-    y = np.asarray(y, dtype=float)
+    return _far(np.asarray(y, dtype=float))[0]
+
+
+def _far(y: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """:func:`far_values` of ``y`` (n,) with the raw scale's median and robust spread (for the message)."""
     finite = np.isfinite(y)
     bulk = y[finite]
     if bulk.size < 5:
-        return np.zeros(y.shape, dtype=bool)
+        return np.zeros(y.shape, dtype=bool), 0.0, 0.0
+    centre, spread = robust_centre_spread(bulk)
+    if not spread > 0.0:
+        return np.zeros(y.shape, dtype=bool), centre, spread
     with np.errstate(over="ignore", invalid="ignore"):
-        far = finite & (_robust_distance(np.where(finite, y, 0.0), bulk) > FAR_SPREADS)
+        far = finite & (np.abs(np.where(finite, y, centre) - centre) > FAR_SPREADS * spread)
         if far.any() and np.all(bulk > 0):
             logs = np.log(np.where(finite & (y > 0), y, 1.0))
             far &= _robust_distance(logs, np.log(bulk)) > FAR_LOG_SPREADS
-    return far
+    return far, centre, spread
 
 
 def warn_far_values(y: np.ndarray, name: str = "y", subjects: np.ndarray | None = None,
-                    time: np.ndarray | None = None, group: str = "subject", stacklevel: int = 3) -> None:
+                    codes: np.ndarray | None = None, time: np.ndarray | None = None, group: str = "subject",
+                    stacklevel: int = 3) -> None:
     """A :class:`~dmlmm.exceptions.DataWarning` naming the response values that :func:`far_values` calls out:
     a data-entry slip, a missing-value code (-999) or a unit error looks like this, and the fit goes on with
     it (a Gaussian model pulls the subject's curve towards such a value and inflates the noise variance).
@@ -270,21 +278,21 @@ def warn_far_values(y: np.ndarray, name: str = "y", subjects: np.ndarray | None 
     Parameters
     ----------
     y : (n,) the response on the data's scale;  name : its column, for the message.
-    subjects, time : (n,) each value's subject label and time, optional, to name where the values are.
+    subjects : (N,) the subject labels and codes : (n,) each value's subject code, optional (both or neither);
+    time : (n,) each value's time, optional: to name where the values are.
     group : what a subject is called in the message.
     """
-    far = far_values(y)
+    y = np.asarray(y, dtype=float)
+    far, centre, spread = _far(y)
     if not far.any():
         return
-    y = np.asarray(y, dtype=float)
     rows = np.flatnonzero(far)
-    centre, spread = robust_centre_spread(y[np.isfinite(y)])
     with np.errstate(over="ignore", invalid="ignore"):
         if not np.std(y[np.isfinite(y)]) <= MAX_SD_OVER_SPREAD * spread:  # the fit's DataError names them instead
             return
     shown = []
     for r in rows[:5]:
-        where = [] if subjects is None else [f"{group} {subjects[r]}"]
+        where = [] if subjects is None or codes is None else [f"{group} {subjects[codes[r]]}"]
         where += [] if time is None else [f"time {time[r]:g}"]
         shown.append(f"{y[r]:.6g}" + (f" ({', '.join(where)})" if where else f" (row {r})"))
     more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""

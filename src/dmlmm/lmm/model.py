@@ -248,7 +248,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
                 _check_response_not_transformed(name, self.response_transform)
             self._check_noise_left(design, design.y, name)  # the data's scale (a transformed one in _fit_scale)
             warn_binary_response(design.y, name, stacklevel=3)
-            warn_far_values(design.y, name, np.asarray(design.subjects)[design.codes], design.time,
+            warn_far_values(design.y, name, design.subjects, design.codes, design.time,
                             design.subjects.name or "subject", stacklevel=3)
             scales = transform_candidates(transform, design.y)
             # REML likelihoods of different responses do not compare: the scale is chosen by ML fits

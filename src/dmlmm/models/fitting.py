@@ -294,7 +294,7 @@ class Fitting:
         if d.response is not None:  # on the data's scale (each transformed scale's design checks its own)
             check_noise_left(d.response, d.codes, d.time, d.columns.response)
             warn_binary_response(d.response, d.columns.response, stacklevel=3)
-            warn_far_values(d.response, d.columns.response, d.subjects[d.codes], d.time, d.columns.subject,
+            warn_far_values(d.response, d.columns.response, d.subjects, d.codes, d.time, d.columns.subject,
                             stacklevel=3)
         members = Z = None
         if self._membership_columns():
