@@ -34,8 +34,33 @@ def test_start_sizes():
     assert starts.start_sizes((10, 5), ladder=()) == [(10, 5)]
 
 
-def test_large_start_not_below_small_start(sim, monkeypatch):
-    big = _deep(sim, (10, 5))
+@pytest.fixture(scope="module")
+def raced_default(sim):
+    """The default fit of K = (10, 5) (both loading orders, the second racing the first), with the runs of
+    ``run_vi_with_starts`` it made as (to_beat, elbo, n_iter, gave_up): shared by two tests."""
+    runs = []
+    with pytest.MonkeyPatch.context() as mp:
+        _record_runs(mp, runs)
+        model = _deep(sim, (10, 5))
+    return model, runs
+
+
+def _record_runs(mp, runs: list) -> None:
+    """Make ``run_vi_with_starts`` append (to_beat, elbo, n_iter, gave_up) of each run to ``runs``."""
+    import dmlmm.models.candidates as candidates
+
+    original = candidates.run_vi_with_starts
+
+    def spy(*args, **kw):
+        res = original(*args, **kw)
+        runs.append((kw.get("to_beat"), res.elbo, res.n_iter, res.gave_up))
+        return res
+
+    mp.setattr(candidates, "run_vi_with_starts", spy)
+
+
+def test_large_start_not_below_small_start(sim, raced_default, monkeypatch):
+    big = raced_default[0]
     small = _deep(sim, (2, 1))
     assert big.elbo_ >= small.elbo_ - 2e-4 * abs(small.elbo_)
     # the requested start alone (the behaviour before several starts) ends well below
@@ -64,15 +89,15 @@ def test_a_start_is_the_same_in_every_fit(sim, monkeypatch):
 
 
 def test_deterministic_for_a_fixed_random_state(sim):
-    a = _deep(sim, (10, 5), max_iter=100, n_init=2)
-    b = _deep(sim, (10, 5), max_iter=100, n_init=2)
+    a = _deep(sim, (10, 5), max_iter=50, n_init=2)
+    b = _deep(sim, (10, 5), max_iter=50, n_init=2)
     np.testing.assert_array_equal(a.elbo_history_, b.elbo_history_)
     assert a.elbo_ == b.elbo_ and a.n_iter_ == b.n_iter_
     assert (a.labels_ == b.labels_).all()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        m1 = MixtureLMM(10, basis=SplineBasis(8), random_state=3, max_iter=100).fit(sim.data)
-        m2 = MixtureLMM(10, basis=SplineBasis(8), random_state=3, max_iter=100).fit(sim.data)
+        m1 = MixtureLMM(10, basis=SplineBasis(8), random_state=3, max_iter=50).fit(sim.data)
+        m2 = MixtureLMM(10, basis=SplineBasis(8), random_state=3, max_iter=50).fit(sim.data)
     assert m1.elbo_ == m2.elbo_ and (m1.labels_ == m2.labels_).all()
 
 
@@ -114,11 +139,10 @@ def test_warnings_are_the_kept_fits_own(sim, max_iter):
 
 
 @pytest.mark.parametrize("variant", ["loading_order", "covariance"])
-def test_a_later_variant_races_the_kept_one(sim, monkeypatch, variant):
+def test_a_later_variant_races_the_kept_one(sim, monkeypatch, request, variant):
     """``loading_order="auto"`` (``covariance="auto"``) fits two priors and keeps the higher ELBO; the second
     one's finishing runs race the first's ELBO (``to_beat``). The fit is the better of the two fitted alone,
     and the second is its fit alone up to where it gave up, if it did."""
-    import dmlmm.models.candidates as candidates
 
     def fit(**kw):
         if variant == "loading_order":
@@ -129,16 +153,12 @@ def test_a_later_variant_races_the_kept_one(sim, monkeypatch, variant):
 
     values = (2.0, 1.0) if variant == "loading_order" else ("pspline", "full")  # the order the fit tries them
     alone = [fit(**{variant: v}) for v in values]
-    runs = []
-    original = candidates.run_vi_with_starts
-
-    def spy(*args, **kw):
-        res = original(*args, **kw)
-        runs.append((kw.get("to_beat"), res.elbo, res.n_iter, res.gave_up))
-        return res
-
-    monkeypatch.setattr(candidates, "run_vi_with_starts", spy)
-    both = fit()
+    if variant == "loading_order":  # the default fit, recorded once for this test and the one above
+        both, runs = request.getfixturevalue("raced_default")
+    else:
+        runs = []
+        _record_runs(monkeypatch, runs)
+        both = fit()
     assert [r[0] for r in runs] == [None, runs[0][1]]  # the second races the first
     assert runs[0][1:3] == (alone[0].elbo_, alone[0].n_iter_)  # the first is the fit alone
     assert both.elbo_ == max(m.elbo_ for m in alone)

@@ -315,7 +315,7 @@ def test_scales_with_one_residual_variance_per_cluster():
     """noise="cluster" with noise_df: subject i in cluster k has residual variance sigma2_k v_i. Two groups of
     subjects whose residual variances differ fourfold, a fifth of each group's subjects four times noisier
     again: the fit finds the groups, the two variances and heavy tails; a noisy subject's residual variance
-    is its cluster's times its own scale; noise="auto" keeps the model with the higher ELBO."""
+    is its cluster's times its own scale; noise="auto" keeps the per-cluster variances."""
     rng = np.random.default_rng(11)
     rows, truth, noisy = [], [], []
     for i in range(160):
@@ -329,7 +329,11 @@ def test_scales_with_one_residual_variance_per_cluster():
     data = pd.concat(rows, ignore_index=True)
     truth, noisy = np.array(truth), np.array(noisy)
     kw = dict(noise_df="auto", response_transform=None, random_state=0)
-    m = MixtureLMM(2, noise="cluster", **kw).fit(data)
+    # noise="auto" fits one residual variance and one per cluster (each with the scales) and keeps the
+    # higher ELBO: it must keep the per-cluster one, checked against the truth. (That "auto" keeps the better
+    # of the two as fitted alone is tested in test_cluster_noise.py; fitting them alone here too doubled this
+    # test's time.)
+    m = MixtureLMM(2, noise="auto", **kw).fit(data)
     assert m.noise_ == "cluster" and m.noise_df_ < 30.0
     assert adjusted_rand_index(truth, m.groups_.loc[range(160)].to_numpy()) == 1.0
     by_group = m.sigma2_by_cluster_.to_numpy()
@@ -337,9 +341,6 @@ def test_scales_with_one_residual_variance_per_cluster():
     assert by_group[1 - quiet_group] / by_group[quiet_group] == pytest.approx(4.0, rel=0.35)  # truth 4
     ratio = m.subject_noise_.to_numpy() / by_group[m.groups_.loc[m.subject_noise_.index].to_numpy()]  # ~ E[v_i]
     assert np.median(ratio[noisy]) > 2.0 * np.median(ratio[~noisy])
-    shared = MixtureLMM(2, noise="shared", **kw).fit(data)
-    both = MixtureLMM(2, noise="auto", **kw).fit(data)
-    assert m.elbo_ > shared.elbo_ and both.noise_ == "cluster" and both.elbo_ == pytest.approx(m.elbo_, rel=1e-9)
     new = pd.DataFrame({"subject": ["new"], "time": [3.0], "y": [np.nan]})  # no data: the prior's mix of the two
     got = m.predict_noise(new).iloc[0] / (m.noise_df_ / (m.noise_df_ - 2.0))
     assert by_group.min() < got < by_group.max()
