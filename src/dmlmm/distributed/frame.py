@@ -28,7 +28,7 @@ from ..columns import ColumnNames
 from ..covariates import CovariateEncoding, parse_covariates
 from ..exceptions import DataError
 from ..models.design import LongitudinalDesign, fitted_basis, noise_confounded
-from ..standardise import NoiseSums, check_noise_sums, checked_scale
+from ..standardise import MAD_TO_SD, NoiseSums, check_noise_sums, checked_scale
 from . import shard as sh
 
 __all__ = ["DaskFrame", "learn_encoding", "combine_summaries", "PooledSummary"]
@@ -126,7 +126,7 @@ def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> Poo
     values = np.concatenate([p.y_sketch for p in full])
     weights = np.concatenate([np.full(len(p.y_sketch), p.n_obs / len(p.y_sketch)) for p in full])
     y_median = weighted_median(values, weights)
-    y_spread = 1.4826 * weighted_median(np.abs(values - y_median), weights)
+    y_spread = MAD_TO_SD * weighted_median(np.abs(values - y_median), weights)
     return PooledSummary(
         n_rows=int(sum(p.n_rows for p in parts)),
         n_dropped=int(sum(p.n_dropped for p in parts)),
