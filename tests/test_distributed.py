@@ -23,7 +23,7 @@ from dmlmm.distributed import is_dask_collection  # noqa: E402
 from dmlmm.distributed import shard as sh  # noqa: E402
 from dmlmm.distributed.outputs import collect  # noqa: E402
 from dmlmm.distributed.stats import DaskStats, DistributedLocal, init_noise_and_fixed_from_sums  # noqa: E402
-from dmlmm.exceptions import ConvergenceWarning, EmptyComponentWarning, ExtrapolationWarning  # noqa: E402
+from dmlmm.exceptions import ConvergenceWarning, DataWarning, EmptyComponentWarning, ExtrapolationWarning  # noqa: E402
 from dmlmm.inference.engine import VIConfig, init_noise_and_fixed, noise_moments  # noqa: E402
 from dmlmm.inference.local import local_step  # noqa: E402
 from dmlmm.inference.noise import path_rss  # noqa: E402
@@ -271,6 +271,55 @@ def test_response_checks_are_the_in_memory_ones(client, dgp1_frame):
         m1 = MixtureLMM(**kw, response_transform=None).fit(dd.from_pandas(df.assign(y=df["y"] * 1e-13), npartitions=2, sort=False))
     np.testing.assert_allclose(m1.cluster_means_["mean"].to_numpy() / 1e-13, m0.cluster_means_["mean"].to_numpy(),
                                rtol=1e-6)
+
+
+def _data_warnings(fit) -> list[warnings.WarningMessage]:
+    """The DataWarnings and the binary-response UserWarning that ``fit()`` raises, in order."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit()
+    return [w for w in caught if issubclass(w.category, DataWarning) or "takes two values only" in str(w.message)]
+
+
+def test_far_values_and_a_binary_response_are_warned_as_in_memory(client, dgp1_frame):
+    """The input warnings of the in-memory fit, word for word and pointing at the caller, on a Dask frame (before,
+    it warned of neither): a missing-value code and a unit slip far from the rest (named with subject and time,
+    found by one more pass over the partitions, the last partition's after the first's; three partitions of 400
+    rows, so that the pooled sketches give the exact median), and a response with two values. A response mostly at its median with one extreme value is refused as in memory (the pooled spread
+    now falls back to the deviations that are not 0, as robust_centre_spread does; before, its spread was 0 and
+    the Dask fit went on)."""
+    df, _ = dgp1_frame
+    df = df.sort_values(["subject", "time"], kind="stable").reset_index(drop=True)
+    y = df["y"].to_numpy().copy()
+    last = len(y) - 3  # in the last partition
+    y[[4, 50, last]] = [-999.0, 2000.0, -999.0]
+    kw = dict(n_components=2, basis=SplineBasis(6), random_state=0, max_iter=5, response_transform=None)
+    got = []
+    for frame in (df.assign(y=y), dd.from_pandas(df.assign(y=y), npartitions=3, sort=False)):
+        got.append(_data_warnings(lambda: MixtureLMM(**kw).fit(frame)))
+    (w0,), (w1,) = got
+    assert str(w1.message) == str(w0.message) and w1.filename == w0.filename == __file__
+    s = df["subject"]
+    for r in (4, 50, last):
+        assert f"{y[r]:.6g} (subject {s[r]}, time {df['time'][r]:g})" in str(w1.message)
+    assert "has 3 value(s) more than 100 robust spreads" in str(w1.message)
+    # a positive response's long right tail is not far on the log scale: no warning on either
+    pos = df.assign(y=np.exp(3 * df["y"]))
+    assert _data_warnings(lambda: MixtureLMM(**kw).fit(dd.from_pandas(pos, npartitions=2, sort=False))) == []
+    assert _data_warnings(lambda: MixtureLMM(**kw).fit(pos)) == []
+    binary = df.assign(y=(df["y"] > 0).astype(float))
+    got = [_data_warnings(lambda f=f: MixtureLMM(**kw).fit(f))
+           for f in (binary, dd.from_pandas(binary, npartitions=3, sort=False))]
+    assert [str(w.message) for w in got[1]] == [str(w.message) for w in got[0]] and len(got[0]) == 1
+    assert "takes two values only (0 and 1)" in str(got[1][0].message) and got[1][0].filename == __file__
+    mostly = df.assign(y=np.where(np.arange(len(df)) % 3 == 0, df["y"], 0.0))
+    mostly.loc[10, "y"] = 1e12
+    messages = []
+    for frame in (mostly, dd.from_pandas(mostly, npartitions=3, sort=False)):
+        with pytest.raises(DataError, match=r"dominated by a few extreme values") as err:
+            MixtureLMM(**kw).fit(frame)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
 
 
 def test_report_before_collect_says_to_collect(client, dgp1_frame):

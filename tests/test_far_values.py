@@ -10,7 +10,7 @@ import pytest
 
 from dmlmm import DataError, DataWarning, LinearMixedModel, MixtureLMM, SplineBasis
 from dmlmm.simulate import dgp1
-from dmlmm.standardise import FAR_LOG_SPREADS, FAR_SPREADS, far_values, robust_centre_spread
+from dmlmm.standardise import FAR_LOG_SPREADS, FAR_SPREADS, far_values, response_scale, robust_centre_spread
 
 
 def test_far_values_against_the_robust_spread():
@@ -31,6 +31,13 @@ def test_mostly_equal_values_fall_back_to_the_deviations_that_are_not_zero():
     assert centre == 0.0 and spread == pytest.approx(1.4826 * 20.5)  # median of 1..40
     assert not far_values(y).any()
     assert far_values(np.r_[y, 1e5])[-1]
+    # the standardisation measures a dominated response by the same spread: one value of 1e12 among them is
+    # refused, sd 9.9e10 over 1.4826 x 21 (the median of the 41 deviations that are not 0: 1..40 and 1e12) = 31.1
+    # (before, its spread was the median absolute deviation, 0, and such a response was fitted with neither this
+    # error nor the far-value warning, which leaves such a response to this error)
+    with pytest.raises(DataError, match=r"\(9.9e\+10\) is 3.2e\+09 times the spread of the rest .*deviations that "
+                                        r"are not 0 where most values equal the median: 31.1; most extreme value 1e\+12"):
+        response_scale(np.r_[y, 1e12])
 
 
 def test_a_positive_skewed_measurement_is_not_far_but_a_slip_among_its_values_is():

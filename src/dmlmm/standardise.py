@@ -17,7 +17,7 @@ from .exceptions import DataError, DataWarning
 
 __all__ = ["response_scale", "checked_scale", "check_noise_left", "NoiseSums", "noise_sums", "check_noise_sums",
            "MAX_SD_OVER_SPREAD", "MIN_SCALE", "MAD_TO_SD", "dominated", "warn_far_values", "far_values", "FAR_SPREADS",
-           "FAR_LOG_SPREADS"]
+           "FAR_LOG_SPREADS", "far_given", "far_message", "shown_value"]
 
 #: Largest ratio of the response's standard deviation to the robust spread of its bulk (1.4826 times
 #: the median absolute deviation) that the fits resolve. One value 10^9 times the others' (200
@@ -67,8 +67,7 @@ def response_scale(y: np.ndarray, name: str = "y") -> float:
     biggest = float(np.max(np.abs(y))) if y.size else 0.0
     if scale == 0.0 and 0.0 < biggest < np.inf:  # squares of values below 1e-154 underflow: scale first
         scale = biggest * float(np.std(y / biggest))
-    centre = float(np.median(y)) if y.size else 0.0
-    spread = MAD_TO_SD * float(np.median(np.abs(y - centre))) if y.size else 0.0
+    centre, spread = robust_centre_spread(y) if y.size else (0.0, 0.0)  # a response mostly at its median included
     far = float(y[np.argmax(np.abs(y - centre))]) if y.size else 0.0
     return checked_scale(scale, n=y.size, biggest=biggest, centre=centre, spread=spread, far=far, name=name)
 
@@ -84,7 +83,7 @@ def checked_scale(scale: float, *, n: int, biggest: float, centre: float, spread
     ----------
     scale : float, the standard deviation (inf when it overflowed).
     n : int, number of values;  biggest : float, the largest |value|.
-    centre, spread : float, the median and 1.4826 times the median absolute deviation about it.
+    centre, spread : float, the median and the robust spread about it (:func:`robust_centre_spread`).
     far : float, the value farthest from the median.
     name : str, the response column, for the messages.
     """
@@ -110,7 +109,8 @@ def checked_scale(scale: float, *, n: int, biggest: float, centre: float, spread
     if dominated(scale, spread):
         raise DataError(
             f"the response '{name}' is dominated by a few extreme values: its standard deviation ({scale:.3g}) is "
-            f"{scale / spread:.2g} times the spread of the rest (1.4826 x median absolute deviation: {spread:.3g}; "
+            f"{scale / spread:.2g} times the spread of the rest (1.4826 x median absolute deviation, of the deviations "
+            f"that are not 0 where most values equal the median: {spread:.3g}; "
             f"most extreme value {far:.6g}, median {centre:.6g}). At that ratio the other values are constant in "
             "double precision and no fit can resolve them: check the extreme values for data-entry or unit "
             "errors, or fit a transform of the response (response_transform='log', CLI: --transform log, for a "
@@ -246,12 +246,26 @@ def robust_centre_spread(bulk: np.ndarray) -> tuple[float, float]:
     return centre, MAD_TO_SD * float(np.median(dev[dev > 0]))
 
 
-def _robust_distance(x: np.ndarray, bulk: np.ndarray) -> np.ndarray:
-    """|x - centre| / spread (:func:`robust_centre_spread` of ``bulk``), shape of ``x``; zeros for a spread of 0."""
-    centre, spread = robust_centre_spread(bulk)
+def far_given(y: np.ndarray, centre: float, spread: float,
+              log_centre_spread: tuple[float, float] | None = None) -> np.ndarray:
+    """Which values of ``y`` (n,) bool lie more than :data:`FAR_SPREADS` ``spread`` from ``centre`` (the robust
+    centre and spread of the whole response, :func:`robust_centre_spread`) and, given ``log_centre_spread`` (those
+    of its log: every finite value positive), more than :data:`FAR_LOG_SPREADS` on the log scale too. Missing and
+    infinite values are never far; nothing is far for a spread of 0. The rule of :func:`far_values`, applied to a
+    part of the response with the whole one's centre and spread (a Dask partition, :mod:`dmlmm.distributed`)."""
+    y = np.asarray(y, dtype=float)
+    finite = np.isfinite(y)
     if not spread > 0.0:
-        return np.zeros(np.shape(x))
-    return np.abs(x - centre) / spread
+        return np.zeros(y.shape, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):
+        far = finite & (np.abs(np.where(finite, y, centre) - centre) > FAR_SPREADS * spread)
+        if far.any() and log_centre_spread is not None:
+            log_centre, log_spread = log_centre_spread
+            if not log_spread > 0.0:
+                return np.zeros(y.shape, dtype=bool)
+            logs = np.log(np.where(finite & (y > 0), y, 1.0))
+            far &= np.abs(logs - log_centre) > FAR_LOG_SPREADS * log_spread
+    return far
 
 
 def far_values(y: np.ndarray) -> np.ndarray:
@@ -263,19 +277,30 @@ def far_values(y: np.ndarray) -> np.ndarray:
 
 def _far(y: np.ndarray) -> tuple[np.ndarray, float, float]:
     """:func:`far_values` of ``y`` (n,) with the raw scale's median and robust spread (for the message)."""
-    finite = np.isfinite(y)
-    bulk = y[finite]
+    bulk = y[np.isfinite(y)]
     if bulk.size < 5:
         return np.zeros(y.shape, dtype=bool), 0.0, 0.0
     centre, spread = robust_centre_spread(bulk)
-    if not spread > 0.0:
-        return np.zeros(y.shape, dtype=bool), centre, spread
-    with np.errstate(over="ignore", invalid="ignore"):
-        far = finite & (np.abs(np.where(finite, y, centre) - centre) > FAR_SPREADS * spread)
-        if far.any() and np.all(bulk > 0):
-            logs = np.log(np.where(finite & (y > 0), y, 1.0))
-            far &= _robust_distance(logs, np.log(bulk)) > FAR_LOG_SPREADS
+    far = far_given(y, centre, spread)
+    if far.any() and np.all(bulk > 0):  # a positive response: far on the log scale too
+        far = far_given(y, centre, spread, robust_centre_spread(np.log(bulk)))
     return far, centre, spread
+
+
+def far_message(name: str, n_far: int, shown: list[str], centre: float, spread: float) -> str:
+    """The warning for ``n_far`` far values of the response ``name``, the first ones ``shown`` (each a value
+    and where it is), from the median ``centre`` and robust ``spread`` (:func:`warn_far_values`)."""
+    more = f" and {n_far - len(shown)} more" if n_far > len(shown) else ""
+    return (
+        f"the response '{name}' has {n_far} value(s) more than {FAR_SPREADS:g} robust spreads (spread "
+        f"{spread:.3g}, from the median absolute deviation) from its median {centre:.6g}: {', '.join(shown)}{more}. "
+        "A data-entry slip, a missing-value code such as -999 or a unit error looks like this: correct those rows, "
+        "or drop them (the fit goes on with them; they pull their subjects' curves and raise the noise variance)")
+
+
+def shown_value(value: float, where: list[str], row: int) -> str:
+    """One far value as the warning shows it: ``value (where)``, or ``value (row r)`` when where it is is unknown."""
+    return f"{value:.6g}" + (f" ({', '.join(where)})" if where else f" (row {row})")
 
 
 def warn_far_values(y: np.ndarray, name: str = "y", subjects: np.ndarray | None = None,
@@ -306,11 +331,5 @@ def warn_far_values(y: np.ndarray, name: str = "y", subjects: np.ndarray | None 
     for r in rows[:5]:
         where = [] if subjects is None or codes is None else [f"{group} {subjects[codes[r]]}"]
         where += [] if time is None else [f"time {time[r]:g}"]
-        shown.append(f"{y[r]:.6g}" + (f" ({', '.join(where)})" if where else f" (row {r})"))
-    more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
-    warnings.warn(
-        f"the response '{name}' has {len(rows)} value(s) more than {FAR_SPREADS:g} robust spreads (spread "
-        f"{spread:.3g}, from the median absolute deviation) from its median {centre:.6g}: {', '.join(shown)}{more}. "
-        "A data-entry slip, a missing-value code such as -999 or a unit error looks like this: correct those rows, "
-        "or drop them (the fit goes on with them; they pull their subjects' curves and raise the noise variance)",
-        DataWarning, stacklevel=stacklevel)
+        shown.append(shown_value(y[r], where, r))
+    warnings.warn(far_message(name, len(rows), shown, centre, spread), DataWarning, stacklevel=stacklevel)

@@ -115,6 +115,7 @@ def fit_dask(
             "to learn how subjects vary"
         )
     check_noise_sums(frame.pooled.noise, response)  # on the data's scale, as the in-memory fit
+    frame.warn_response(stacklevel=3)  # the caller of fit
     transform = check_transform(getattr(model, "response_transform", None))
     scales = candidates_given_min(transform, frame.pooled.y_min)
     t0 = perf_counter()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any, Sequence
 
@@ -26,9 +26,10 @@ import pandas as pd
 from ..basis import SplineBasis
 from ..columns import ColumnNames
 from ..covariates import CovariateEncoding, parse_covariates
-from ..exceptions import DataError
+from ..exceptions import DataError, DataWarning
 from ..models.design import LongitudinalDesign, fitted_basis, noise_confounded
-from ..standardise import MAD_TO_SD, NoiseSums, check_noise_sums, checked_scale
+from ..standardise import (FAR_SPREADS, MAD_TO_SD, NoiseSums, check_noise_sums, checked_scale, dominated, far_message,
+                           shown_value, warn_binary_response)
 from . import shard as sh
 
 __all__ = ["DaskFrame", "learn_encoding", "combine_summaries", "PooledSummary"]
@@ -57,11 +58,14 @@ def learn_encoding(client: Any, ddf: Any, covariates: Any, time: str | None = No
 class PooledSummary:
     """The partitions' summaries combined (see :class:`~dmlmm.distributed.shard.PartitionSummary`).
 
-    ``y_median`` and ``y_spread`` (1.4826 times the median absolute deviation) come from the pooled
+    ``y_median`` and ``y_spread`` (:func:`~dmlmm.standardise.robust_centre_spread`: 1.4826 times the
+    median absolute deviation, or of the deviations that are not 0 where that is 0) come from the pooled
     quantile sketches: exact when every partition holds at most ``SKETCH_SIZE`` observations, and
     otherwise within the sketches' resolution (enough for the dominated-response check, whose
-    threshold is a ratio of 3e7). ``y_far`` is the observed value farthest from the median, ``y_min``
-    the smallest (both exact: a sketch holds its partition's extremes).
+    threshold is a ratio of 3e7, and the far-value warning, whose is 100 spreads). ``y_log_centre_spread``:
+    the same of log y when every value is positive, else None. ``y_far`` is the observed value farthest
+    from the median, ``y_min`` the smallest (both exact: a sketch holds its partition's extremes).
+    ``y_distinct``: the distinct values, when there are at most two (else three or more of them).
     """
 
     n_rows: int
@@ -82,6 +86,20 @@ class PooledSummary:
     few_times: np.ndarray | None = None  # all distinct times when at most shard.FEW_TIMES, else None
     repeats: bool = False  # a subject observed twice at one time
     noise: NoiseSums = NoiseSums()  # the residuals left within subjects, pooled (standardise.check_noise_sums)
+    y_log_centre_spread: tuple[float, float] | None = None
+    y_distinct: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def weighted_centre_spread(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """:func:`~dmlmm.standardise.robust_centre_spread` of ``values`` (m,) with positive ``weights`` (m,):
+    the weighted median, and 1.4826 times the weighted median absolute deviation, or of the deviations
+    that are not 0 where that is 0 (a response mostly at its median)."""
+    centre = weighted_median(values, weights)
+    dev = np.abs(values - centre)
+    spread = MAD_TO_SD * weighted_median(dev, weights)
+    if spread > 0.0 or not np.any(dev > 0):
+        return centre, spread
+    return centre, MAD_TO_SD * weighted_median(dev[dev > 0], weights[dev > 0])
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -125,8 +143,8 @@ def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> Poo
         y_sd = y_absmax * float(np.sqrt(m2_rel / N))
     values = np.concatenate([p.y_sketch for p in full])
     weights = np.concatenate([np.full(len(p.y_sketch), p.n_obs / len(p.y_sketch)) for p in full])
-    y_median = weighted_median(values, weights)
-    y_spread = MAD_TO_SD * weighted_median(np.abs(values - y_median), weights)
+    y_median, y_spread = weighted_centre_spread(values, weights)
+    log_cs = weighted_centre_spread(np.log(values), weights) if values.min() > 0 else None
     return PooledSummary(
         n_rows=int(sum(p.n_rows for p in parts)),
         n_dropped=int(sum(p.n_dropped for p in parts)),
@@ -146,6 +164,8 @@ def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> Poo
         few_times=few,
         repeats=any(p.repeats for p in parts),
         noise=_pooled_noise([p.noise for p in full], y_absmax, y_m2),
+        y_log_centre_spread=log_cs,
+        y_distinct=np.unique(np.concatenate([p.y_distinct for p in full]))[:3],
     )
 
 
@@ -244,6 +264,29 @@ class DaskFrame:
     @property
     def n_subjects(self) -> int:
         return len(self.subjects)
+
+    def warn_response(self, stacklevel: int = 2) -> None:
+        """The in-memory fit's warnings about the response on the data's scale
+        (:func:`~dmlmm.standardise.warn_binary_response`, :func:`~dmlmm.standardise.warn_far_values`), from the
+        pooled summaries and, where a value may be far, one more pass over the partitions that returns only
+        the far values' count and the first five (in partition order). ``stacklevel``: the warnings' as seen
+        from the caller (2: the caller's caller)."""
+        pooled, name = self.pooled, self.columns.response
+        if len(pooled.y_distinct) == 2:
+            warn_binary_response(pooled.y_distinct, name, stacklevel=stacklevel + 2)
+        centre, spread = pooled.y_median, pooled.y_spread
+        if (pooled.n_obs < 5 or not abs(pooled.y_far - centre) > FAR_SPREADS * spread
+                or dominated(pooled.y_sd, spread)):  # none far, or the standardisation's DataError names them
+            return
+        parts = self.client.gather(self.client.map(sh.far_rows, self.reads, centre=centre, spread=spread,
+                                                   log_centre_spread=pooled.y_log_centre_spread, pure=False))
+        count = sum(p.count for p in parts)
+        if not count:
+            return
+        group = self.columns.subject
+        shown = [shown_value(v, [f"{group} {s}", f"time {t:g}"], 0)
+                 for p in parts for v, s, t in zip(p.values, p.subjects, p.times)][:5]
+        warnings.warn(far_message(name, count, shown, centre, spread), DataWarning, stacklevel=stacklevel + 1)
 
     def learn_design(self, basis: SplineBasis | None, smoothing: int | None,
                      transform: str | None = None) -> LongitudinalDesign:

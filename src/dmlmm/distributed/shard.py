@@ -27,7 +27,7 @@ from ..inference.local import NoiseMoments, local_step
 from ..inference.subject_scales import GroupMoments, SubjectScales, weighted_stats, with_scales
 from ..models.starting import ridge_estimates, ridge_penalties
 from ..models.design import LongitudinalDesign, repeated_times
-from ..standardise import NoiseSums, noise_sums
+from ..standardise import NoiseSums, far_given, noise_sums
 from ..prediction import fixed_effects_information
 from ..priors.base import PathPrior, PointMixture
 from ..response_transform import forward
@@ -35,7 +35,7 @@ from ..response_transform import forward
 __all__ = [
     "PartitionSummary", "Shard", "StepGlobals", "StepSums", "ShardLocal", "InitSums",
     "read_partition", "summarize", "build_shard", "totals", "shard_ridge", "init_sums",
-    "shard_step", "step_sums", "StepFailure", "raise_failures", "time_histogram", "add_all",
+    "shard_step", "step_sums", "StepFailure", "raise_failures", "time_histogram", "add_all", "FarRows", "far_rows",
 ]
 
 
@@ -67,6 +67,8 @@ class PartitionSummary:
     repeats : whether a subject is observed twice at one time (both for
         :func:`~dmlmm.models.design.noise_confounded`).
     noise : the residuals left within subjects (:func:`~dmlmm.standardise.noise_sums`).
+    y_distinct : (k,) its distinct response values, at most three (the pooled ones tell a response with two
+        values, :func:`~dmlmm.standardise.warn_binary_response`).
     """
 
     n_rows: int
@@ -86,6 +88,7 @@ class PartitionSummary:
     few_times: np.ndarray | None = None
     repeats: bool = False
     noise: NoiseSums = NoiseSums()
+    y_distinct: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 #: Most distinct times a partition reports for the check whether the residual variance is identified
@@ -165,7 +168,31 @@ def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> Pa
         few_times=distinct if len(distinct) <= FEW_TIMES else None,
         repeats=repeated_times(data.codes, t),
         noise=noise_sums(y, data.codes, t),
+        y_distinct=np.unique(y)[:3],
     )
+
+
+@dataclass(frozen=True)
+class FarRows:
+    """A partition's response values that :func:`~dmlmm.standardise.far_given` calls out: how many, and the
+    first ``len(values)`` of them in row order with their subjects and times (as the in-memory warning names them)."""
+
+    count: int
+    values: np.ndarray
+    subjects: list
+    times: np.ndarray
+
+
+def far_rows(read: tuple[Longitudinal | None, int], centre: float, spread: float,
+             log_centre_spread: tuple[float, float] | None, first: int = 5) -> FarRows:
+    """The partition's far response values given the whole response's robust centre and spread (and its log's,
+    or None), its first ``first`` in row order (:func:`dmlmm.standardise.warn_far_values`)."""
+    data = read[0]
+    if data is None:
+        return FarRows(0, np.zeros(0), [], np.zeros(0))
+    rows = np.flatnonzero(far_given(data.response, centre, spread, log_centre_spread))
+    shown = rows[:first]
+    return FarRows(len(rows), data.response[shown], [data.subjects[c] for c in data.codes[shown]], data.time[shown])
 
 
 def time_histogram(read: tuple[Longitudinal | None, int], breaks: np.ndarray) -> np.ndarray:
