@@ -35,8 +35,9 @@ def test_mostly_equal_values_fall_back_to_the_deviations_that_are_not_zero():
     # refused, sd 9.9e10 over 1.4826 x 21 (the median of the 41 deviations that are not 0: 1..40 and 1e12) = 31.1
     # (before, its spread was the median absolute deviation, 0, and such a response was fitted with neither this
     # error nor the far-value warning, which leaves such a response to this error)
-    with pytest.raises(DataError, match=r"\(9.9e\+10\) is 3.2e\+09 times the spread of the rest .*deviations that "
-                                        r"are not 0 where most values equal the median: 31.1; most extreme value 1e\+12"):
+    with pytest.raises(DataError, match=r"\(9.9e\+10\) is 3.2e\+09 times the spread of the rest \(1.4826 x median "
+                                        r"absolute deviation, over the values off the median where most equal it: 31.1; "
+                                        r"most extreme value 1e\+12"):
         response_scale(np.r_[y, 1e12])
 
 

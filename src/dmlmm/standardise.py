@@ -109,8 +109,8 @@ def checked_scale(scale: float, *, n: int, biggest: float, centre: float, spread
     if dominated(scale, spread):
         raise DataError(
             f"the response '{name}' is dominated by a few extreme values: its standard deviation ({scale:.3g}) is "
-            f"{scale / spread:.2g} times the spread of the rest (1.4826 x median absolute deviation, of the deviations "
-            f"that are not 0 where most values equal the median: {spread:.3g}; "
+            f"{scale / spread:.2g} times the spread of the rest (1.4826 x median absolute deviation, over the values off "
+            f"the median where most equal it: {spread:.3g}; "
             f"most extreme value {far:.6g}, median {centre:.6g}). At that ratio the other values are constant in "
             "double precision and no fit can resolve them: check the extreme values for data-entry or unit "
             "errors, or fit a transform of the response (response_transform='log', CLI: --transform log, for a "
