@@ -203,9 +203,15 @@ def test_subject_split_over_partitions_is_named(client, dgp1_frame):
 
 
 def test_missing_values_and_options(client, dgp1_frame):
+    """Missing values: the error without ``dropna``; with it one warning in the in-memory fit's words, the
+    partitions' dropped rows added up (before, only the count), rows named by their labels, and the subject left
+    with no row named (a frame indexed by subject: its rows have no labels of their own, so the subject only)."""
     df, _ = dgp1_frame
     bad = df.copy()
     bad.loc[bad.index[[3, 50]], "y"] = np.nan
+    gone = bad["subject"].iloc[-1]
+    bad.loc[bad["subject"] == gone, "time"] = np.inf  # every row of the last subject
+    n_gone = int((bad["subject"] == gone).sum())
     ddf = dd.from_pandas(bad.set_index("subject"), npartitions=2)
     with pytest.raises(DataError, match="missing"):
         MixtureLMM(2, basis=SplineBasis(6)).fit(ddf)
@@ -214,13 +220,22 @@ def test_missing_values_and_options(client, dgp1_frame):
     with pytest.raises(DataError, match="not found"):
         MixtureLMM(2).fit(ddf, covariates=["weight"])
     kw = dict(n_components=2, basis=SplineBasis(6), random_state=0, max_iter=60)
+    said = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        with pytest.warns(UserWarning, match="dropped 2 of"):
-            m1 = MixtureLMM(**kw).fit(ddf, dropna=True)
-        with pytest.warns(UserWarning, match="dropped 2 of"):
-            m0 = MixtureLMM(**kw).fit(bad, dropna=True)
+        for frame in (bad, dd.from_pandas(bad, npartitions=3, sort=False), ddf):
+            with pytest.warns(UserWarning, match=f"dropped {2 + n_gone} of {len(bad)} row") as got:
+                m = MixtureLMM(**kw).fit(frame, dropna=True)
+            said.append([str(w.message) for w in got if "dropped" in str(w.message)])
+    m0, m1 = MixtureLMM(**kw).fit(bad, dropna=True), m
     assert abs(m1.elbo_ - m0.elbo_) <= 1e-6 * abs(m0.elbo_)
+    assert said[1] == said[0] and len(said[0]) == 1
+    rows = list(bad.index[bad["subject"] == gone][:5])
+    assert said[0][0] == (f"dropped {2 + n_gone} of {len(bad)} row(s) with missing or infinite values (column "
+                          f"'time': {n_gone} (rows {rows} and {n_gone - 5} more); column 'y': 2 (rows "
+                          f"{list(bad.index[[3, 50]])})); 1 subject(s) had no other rows and are left out: [{gone}]")
+    assert said[2] == [f"dropped {2 + n_gone} of {len(bad)} row(s) with missing or infinite values (column 'time': "
+                       f"{n_gone}; column 'y': 2); 1 subject(s) had no other rows and are left out: [{gone}]"]
 
 
 def test_response_transforms_same_answer(client, dgp1_frame):
@@ -480,15 +495,17 @@ def _pooled(y: np.ndarray, n_parts: int):
 
     df = pd.DataFrame({"subject": np.arange(len(y)) // 4, "time": np.arange(len(y)) % 4, "y": y})
     cuts = np.array_split(np.unique(df["subject"]), n_parts)
-    reads = [(Longitudinal.from_frame(df[df["subject"].isin(c)]), int(df["subject"].isin(c).sum())) for c in cuts]
+    reads = [(Longitudinal.from_frame(df[df["subject"].isin(c)]), int(df["subject"].isin(c).sum()), None) for c in cuts]
     return combine_summaries([sh.summarize(r, distinct_times=False) for r in reads], 0)
 
 
 def test_pooled_response_summaries_match_the_exact_ones():
     """The partitions' sketches give the median and MAD of the whole response: exactly while each
-    partition's values fit in its sketch, within 1 % beyond; the standard deviation of values whose
-    squares underflow (units of 1e-200) is the in-memory one, which the refusal of such units quotes."""
-    from dmlmm.standardise import response_scale
+    partition's values fit in its sketch, within 1 % beyond; with robust_centre_spread's fallback for a response
+    mostly 0, and the same of log y for a positive response (the far-value warning's); the standard deviation
+    of values whose squares underflow (units of 1e-200) is the in-memory one, which the refusal of such units
+    quotes."""
+    from dmlmm.standardise import response_scale, robust_centre_spread
 
     rng = np.random.default_rng(1)
     for n, parts, rtol in ((1000, 4, 1e-12), (1001, 3, 1e-12), (60000, 3, 1e-2)):
@@ -498,6 +515,14 @@ def test_pooled_response_summaries_match_the_exact_ones():
         np.testing.assert_allclose(pooled.y_median, med, rtol=rtol)
         np.testing.assert_allclose(pooled.y_spread, 1.4826 * np.median(np.abs(y - med)), rtol=rtol)
         assert pooled.y_far == y[np.argmax(np.abs(y - med))]
+    # the far-value warning's: the in-memory robust_centre_spread, of y and of log y
+    for y in (np.exp(rng.normal(size=999)), np.r_[np.zeros(700), np.arange(1.0, 300.0)]):  # positive; mostly 0
+        pooled = _pooled(y, 3)
+        np.testing.assert_allclose([pooled.y_median, pooled.y_spread], robust_centre_spread(y), rtol=1e-12)
+        if (y > 0).all():
+            np.testing.assert_allclose(pooled.y_log_centre_spread, robust_centre_spread(np.log(y)), rtol=1e-12)
+        else:
+            assert pooled.y_log_centre_spread is None and pooled.y_spread == 1.4826 * 150.0  # median of 1..299
     y = rng.normal(size=400) * 1e-200
     pooled = _pooled(y, 3)
     assert np.std(y) == 0.0 and pooled.y_sd > 0

@@ -23,7 +23,8 @@ from .covariates import CovariateEncoding, is_categorical, missing_rows, parse_c
 from .exceptions import DataError
 from .sufficient import SufficientStats, sufficient_stats
 
-__all__ = ["Longitudinal", "REPEATED_ROWS", "check_longitudinal_call", "without_missing"]
+__all__ = ["DroppedRows", "RowsDroppedWarning", "Longitudinal", "REPEATED_ROWS", "check_longitudinal_call",
+           "without_missing"]
 
 #: The start of the warning for rows that repeat an earlier row's subject, time and response (a regular
 #: expression for ``warnings.filterwarnings``: a held-out score's concatenated frames say it once, not twice).
@@ -31,9 +32,74 @@ REPEATED_ROWS = r".*repeat an earlier row's subject, time and response"
 
 
 def _fmt_rows(index: pd.Index, mask: np.ndarray, limit: int = 5) -> str:
-    rows = list(index[mask][:limit])
-    more = int(mask.sum()) - len(rows)
+    return _fmt_labels(list(index[mask][:limit]), int(mask.sum()))
+
+
+def _fmt_labels(rows: list, count: int) -> str:
+    """``rows`` (the first row labels of ``count``) as the messages show them: ``[..] and k more``."""
+    more = count - len(rows)
     return f"{rows}" + (f" and {more} more" if more > 0 else "")
+
+
+#: Row labels named per column, and subjects named, in the message of rows dropped for missing values.
+ROWS_NAMED, SUBJECTS_NAMED = 5, 10
+
+
+@dataclass(frozen=True)
+class DroppedRows:
+    """Rows dropped for missing or infinite values (``dropna``), as the warning names them.
+
+    Attributes
+    ----------
+    n_read : rows read;  n_dropped : rows dropped.
+    by_column : column -> (rows with a bad value in it, the first :data:`ROWS_NAMED` row labels; none where
+        the rows have no labels of their own, e.g. a Dask partition indexed by subject).
+    gone : the first :data:`SUBJECTS_NAMED` subjects left with no row;  n_gone : how many in all.
+    checked : every column checked, in the order the message names them.
+    """
+
+    n_read: int
+    n_dropped: int
+    by_column: dict
+    gone: list
+    n_gone: int
+    checked: tuple = ()
+
+    def message(self) -> str:
+        detail = "; ".join(f"column '{c}': {n}" + (f" (rows {_fmt_labels(rows, n)})" if rows else "")
+                           for c, (n, rows) in self.by_column.items())
+        lost = (f"; {self.n_gone} subject(s) had no other rows and are left out: {self.gone}"
+                + (" ..." if self.n_gone > len(self.gone) else "") if self.n_gone else "")
+        return f"dropped {self.n_dropped} of {self.n_read} row(s) with missing or infinite values ({detail}){lost}"
+
+    @staticmethod
+    def combine(parts: "Sequence[DroppedRows]", n_read: int) -> "DroppedRows":
+        """The record of the whole frame from its parts' (each subject's rows in one part), in their order;
+        ``n_read``: rows read in all (the parts without dropped rows included)."""
+        by_column: dict = {}
+        for p in parts:
+            for c, (n, rows) in p.by_column.items():
+                m, seen = by_column.get(c, (0, []))
+                by_column[c] = (m + n, (seen + rows)[:ROWS_NAMED])
+        checked = parts[0].checked if parts else ()  # every part checks the same columns
+        order = sorted(by_column, key=lambda c: checked.index(c) if c in checked else len(checked))
+        by_column = {c: by_column[c] for c in order}
+        gone = [g for p in parts for g in p.gone][:SUBJECTS_NAMED]
+        return DroppedRows(n_read, sum(p.n_dropped for p in parts), by_column, gone, sum(p.n_gone for p in parts),
+                           checked)
+
+
+class RowsDroppedWarning(UserWarning):
+    """The warning of :meth:`Longitudinal.from_frame` with ``dropna``; ``dropped``: its :class:`DroppedRows`
+    (the Dask fit gathers the partitions' and warns once, :mod:`dmlmm.distributed`), None for a copy made
+    from the message's text."""
+
+    def __init__(self, dropped: DroppedRows | str) -> None:  # a str: the message alone (a warning re-raised by text)
+        super().__init__(dropped if isinstance(dropped, str) else dropped.message())
+        self.dropped = None if isinstance(dropped, str) else dropped
+
+    def __reduce__(self):  # pickled with its record (warnings recorded in worker processes travel back)
+        return type(self), (self.dropped,)
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,13 +254,10 @@ class Longitudinal:
                 raise DataError(f"{int(bad_any.sum())} row(s) have missing or infinite values: {detail}. {fix}")
             keep = ~bad_any
             gone = pd.Index(df[subject][~keep].dropna().unique()).difference(df[subject][keep].unique())
-            lost = (f"; {len(gone)} subject(s) had no other rows and are left out: {list(gone[:10])}"
-                    + (" ..." if len(gone) > 10 else "") if len(gone) else "")
-            warnings.warn(
-                f"dropped {int(bad_any.sum())} of {len(df)} row(s) with missing or infinite values ({detail}){lost}",
-                UserWarning,
-                stacklevel=2,
-            )
+            by_column = {c: (int(m.sum()), list(df.index[m][:ROWS_NAMED])) for c, m in bad_by_col.items() if m.any()}
+            dropped = DroppedRows(len(df), int(bad_any.sum()), by_column, list(gone[:SUBJECTS_NAMED]), len(gone),
+                                  tuple(bad_by_col))
+            warnings.warn(RowsDroppedWarning(dropped), stacklevel=2)
             df = df.loc[keep]
             numeric = {c: v[keep] for c, v in numeric.items()}
             if len(df) == 0:

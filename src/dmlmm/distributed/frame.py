@@ -26,6 +26,7 @@ import pandas as pd
 from ..basis import SplineBasis
 from ..columns import ColumnNames
 from ..covariates import CovariateEncoding, parse_covariates
+from ..data import DroppedRows, RowsDroppedWarning
 from ..exceptions import DataError, DataWarning
 from ..models.design import LongitudinalDesign, fitted_basis, noise_confounded
 from ..standardise import (FAR_SPREADS, MAD_TO_SD, NoiseSums, check_noise_sums, checked_scale, dominated, far_message,
@@ -216,7 +217,7 @@ class DaskFrame:
     ----------
     client : distributed.Client
     columns : ColumnNames;  encoding : CovariateEncoding
-    reads : list of futures of ``(Longitudinal or None, rows)``, one per partition.
+    reads : list of futures of ``(Longitudinal or None, rows, DroppedRows or None)``, one per partition.
     summaries : list of PartitionSummary (on the driver: small, but with the subject labels).
     subjects : Index (N,), every subject, partition by partition.
     """
@@ -238,12 +239,9 @@ class DaskFrame:
         if total_rows == 0:
             raise DataError("the data frame is empty (0 rows): there is nothing to fit")
         self.pooled = combine_summaries(self.summaries, len(self.encoding.names))
-        if self.pooled.n_dropped:
-            warnings.warn(
-                f"dropped {self.pooled.n_dropped} of {self.pooled.n_rows} row(s) with missing or infinite values",
-                UserWarning,
-                stacklevel=4,
-            )
+        dropped = [s.dropped for s in self.summaries if s.dropped is not None]
+        if dropped:  # one warning for all partitions, in the in-memory fit's words
+            warnings.warn(RowsDroppedWarning(DroppedRows.combine(dropped, total_rows)), stacklevel=4)
         if self.pooled.n_obs == 0:
             raise DataError("no rows are left after dropping rows with missing values")
         self.subjects = check_one_partition_per_subject([p.subjects for p in self.summaries], columns.subject)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..columns import ColumnNames
 from ..covariates import CovariateEncoding
-from ..data import Longitudinal
+from ..data import DroppedRows, Longitudinal, RowsDroppedWarning
 from ..sufficient import SufficientStats
 from ..exceptions import DataError
 from ..inference.local import NoiseMoments, local_step
@@ -69,6 +69,7 @@ class PartitionSummary:
     noise : the residuals left within subjects (:func:`~dmlmm.standardise.noise_sums`).
     y_distinct : (k,) its distinct response values, at most three (the pooled ones tell a response with two
         values, :func:`~dmlmm.standardise.warn_binary_response`).
+    dropped : the rows ``dropna`` dropped (:class:`~dmlmm.data.DroppedRows`), or None.
     """
 
     n_rows: int
@@ -89,6 +90,7 @@ class PartitionSummary:
     repeats: bool = False
     noise: NoiseSums = NoiseSums()
     y_distinct: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    dropped: DroppedRows | None = None
 
 
 #: Most distinct times a partition reports for the check whether the residual variance is identified
@@ -99,45 +101,55 @@ FEW_TIMES = 1000
 
 def read_partition(
     frame: pd.DataFrame, columns: ColumnNames, encoding: CovariateEncoding, dropna: bool
-) -> tuple[Longitudinal | None, int]:
-    """One partition as a :class:`~dmlmm.data.Longitudinal` (None if it holds no row) and its row count.
+) -> tuple[Longitudinal | None, int, DroppedRows | None]:
+    """One partition as a :class:`~dmlmm.data.Longitudinal` (None if it holds no row), its row count and the
+    record of the rows ``dropna`` dropped (None if none), which the driver gathers into one warning.
 
-    A subject column held as the index (``ddf.set_index(subject)``) is taken from there.
+    A subject column held as the index (``ddf.set_index(subject)``) is taken from there; its rows have no
+    labels of their own then, so the record names the subjects left with no row but not the rows.
     """
-    if columns.subject not in frame.columns and frame.index.name == columns.subject:
+    by_index = columns.subject not in frame.columns and frame.index.name == columns.subject
+    if by_index:
         frame = frame.reset_index()
     if len(frame) == 0:
-        return None, 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # dropped rows are counted and reported by the driver
+        return None, 0, None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RowsDroppedWarning)  # the driver warns once, for all partitions
         try:
             data = Longitudinal.from_frame(
                 frame, columns.subject, columns.time, columns.response, encoding=encoding, dropna=dropna
             )
         except DataError as err:
-            if dropna and "no rows are left" in str(err):
-                return None, len(frame)
-            raise
-    return data, len(frame)
+            if not (dropna and "no rows are left" in str(err)):
+                raise
+            data = None
+    dropped = next((w.message.dropped for w in caught if issubclass(w.category, RowsDroppedWarning)), None)
+    for w in caught:  # any other warning (none is expected here) as it was
+        if not issubclass(w.category, RowsDroppedWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if dropped is not None and by_index:
+        dropped = replace(dropped, by_column={c: (n, []) for c, (n, _) in dropped.by_column.items()})
+    return data, len(frame), dropped
 
 
-def transform_read(read: tuple[Longitudinal | None, int], transform: str | None, column: str
-                   ) -> tuple[Longitudinal | None, int]:
+def transform_read(read: tuple[Longitudinal | None, int, DroppedRows | None], transform: str | None, column: str
+                   ) -> tuple[Longitudinal | None, int, DroppedRows | None]:
     """A read partition with its response on the scale ``transform`` (:func:`dmlmm.response_transform.forward`,
     whose DataError names the column and the values outside the transform's domain)."""
-    data, n_rows = read
+    data, n_rows, dropped = read
     if data is None or transform is None:
         return read
-    return replace(data, response=forward(data.response, transform, column)), n_rows
+    return replace(data, response=forward(data.response, transform, column)), n_rows, dropped
 
 
-def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> PartitionSummary:
+def summarize(read: tuple[Longitudinal | None, int, DroppedRows | None], distinct_times: bool) -> PartitionSummary:
     """The partition's :class:`PartitionSummary` (moments by two passes over its rows)."""
-    data, n_rows = read
+    data, n_rows, dropped = read
     if data is None:
         P = 0
         return PartitionSummary(n_rows, n_rows, pd.Index([]), 0, 0.0, 0.0, 0.0, 0.0, np.zeros(0), np.inf, -np.inf,
-                                np.zeros(0) if distinct_times else None, np.zeros(P), np.zeros(P), np.zeros(0), False)
+                                np.zeros(0) if distinct_times else None, np.zeros(P), np.zeros(P), np.zeros(0), False,
+                                dropped=dropped)
     y, t, cov = data.response, data.time, data.covariates
     y_absmax = float(np.max(np.abs(y)))
     with np.errstate(over="ignore", invalid="ignore"):
@@ -169,6 +181,7 @@ def summarize(read: tuple[Longitudinal | None, int], distinct_times: bool) -> Pa
         repeats=repeated_times(data.codes, t),
         noise=noise_sums(y, data.codes, t),
         y_distinct=np.unique(y)[:3],
+        dropped=dropped,
     )
 
 
