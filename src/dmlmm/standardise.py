@@ -17,7 +17,7 @@ from .exceptions import DataError, DataWarning
 
 __all__ = ["response_scale", "checked_scale", "check_noise_left", "NoiseSums", "noise_sums", "check_noise_sums",
            "MAX_SD_OVER_SPREAD", "MIN_SCALE", "MAD_TO_SD", "dominated", "warn_far_values", "far_values", "FAR_SPREADS",
-           "FAR_LOG_SPREADS", "far_given", "far_message", "shown_value"]
+           "FAR_LOG_SPREADS", "FAR_SHOWN", "far_given", "far_message", "shown_value"]
 
 #: Largest ratio of the response's standard deviation to the robust spread of its bulk (1.4826 times
 #: the median absolute deviation) that the fits resolve. One value 10^9 times the others' (200
@@ -40,6 +40,9 @@ FAR_SPREADS = 100.0
 #: a skewed positive measurement (a viral load, a concentration) is not called out for its long right tail: on
 #: the sets above the farthest log was 5.8 spreads out (Ovary's follicle counts); 1e6 among 1 to 10 is 16 out.
 FAR_LOG_SPREADS = 8.0
+
+#: Far values a warning names (the rest are counted).
+FAR_SHOWN = 5
 
 #: Smallest standard deviation whose square is a normal double (about 1.5e-154): below it the
 #: variances reported on the response's scale underflow (a Gaussian LMM's bands had zero width).
@@ -328,7 +331,7 @@ def warn_far_values(y: np.ndarray, name: str = "y", subjects: np.ndarray | None 
         if dominated(float(np.std(y[np.isfinite(y)])), spread):  # the fit's DataError names them instead
             return
     shown = []
-    for r in rows[:5]:
+    for r in rows[:FAR_SHOWN]:
         where = [] if subjects is None or codes is None else [f"{group} {subjects[codes[r]]}"]
         where += [] if time is None else [f"time {time[r]:g}"]
         shown.append(shown_value(y[r], where, r))

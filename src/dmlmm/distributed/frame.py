@@ -29,7 +29,7 @@ from ..covariates import CovariateEncoding, parse_covariates
 from ..data import DroppedRows, RowsDroppedWarning
 from ..exceptions import DataError, DataWarning
 from ..models.design import LongitudinalDesign, fitted_basis, noise_confounded
-from ..standardise import (FAR_SPREADS, MAD_TO_SD, NoiseSums, check_noise_sums, checked_scale, dominated, far_message,
+from ..standardise import (FAR_SHOWN, FAR_SPREADS, MAD_TO_SD, NoiseSums, check_noise_sums, checked_scale, dominated, far_message,
                            shown_value, warn_binary_response)
 from . import shard as sh
 
@@ -267,7 +267,7 @@ class DaskFrame:
         """The in-memory fit's warnings about the response on the data's scale
         (:func:`~dmlmm.standardise.warn_binary_response`, :func:`~dmlmm.standardise.warn_far_values`), from the
         pooled summaries and, where a value may be far, one more pass over the partitions that returns only
-        the far values' count and the first five (in partition order). ``stacklevel``: the warnings' as seen
+        the far values' count and the first :data:`~dmlmm.standardise.FAR_SHOWN` (in partition order). ``stacklevel``: the warnings' as seen
         from the caller (2: the caller's caller)."""
         pooled, name = self.pooled, self.columns.response
         if len(pooled.y_distinct) == 2:
@@ -283,7 +283,7 @@ class DaskFrame:
             return
         group = self.columns.subject
         shown = [shown_value(v, [f"{group} {s}", f"time {t:g}"], 0)
-                 for p in parts for v, s, t in zip(p.values, p.subjects, p.times)][:5]
+                 for p in parts for v, s, t in zip(p.values, p.subjects, p.times)][:FAR_SHOWN]
         warnings.warn(far_message(name, count, shown, centre, spread), DataWarning, stacklevel=stacklevel + 1)
 
     def learn_design(self, basis: SplineBasis | None, smoothing: int | None,

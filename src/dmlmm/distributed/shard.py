@@ -27,7 +27,7 @@ from ..inference.local import NoiseMoments, local_step
 from ..inference.subject_scales import GroupMoments, SubjectScales, weighted_stats, with_scales
 from ..models.starting import ridge_estimates, ridge_penalties
 from ..models.design import LongitudinalDesign, repeated_times
-from ..standardise import NoiseSums, far_given, noise_sums
+from ..standardise import FAR_SHOWN, NoiseSums, far_given, noise_sums
 from ..prediction import fixed_effects_information
 from ..priors.base import PathPrior, PointMixture
 from ..response_transform import forward
@@ -41,6 +41,10 @@ __all__ = [
 
 # --------------------------------------------------------------------------- reading
 
+
+#: One read partition: its rows as Longitudinal (None when none is left), the rows read, and the record of the
+#: rows ``dropna`` dropped (None when none was): :func:`read_partition`.
+Read = tuple[Longitudinal | None, int, DroppedRows | None]
 
 #: Quantiles of the response each partition reports, for the pooled median and median absolute
 #: deviation of the dominated-response check (:func:`dmlmm.standardise.checked_scale`).
@@ -101,7 +105,7 @@ FEW_TIMES = 1000
 
 def read_partition(
     frame: pd.DataFrame, columns: ColumnNames, encoding: CovariateEncoding, dropna: bool
-) -> tuple[Longitudinal | None, int, DroppedRows | None]:
+) -> Read:
     """One partition as a :class:`~dmlmm.data.Longitudinal` (None if it holds no row), its row count and the
     record of the rows ``dropna`` dropped (None if none), which the driver gathers into one warning.
 
@@ -114,6 +118,7 @@ def read_partition(
     if len(frame) == 0:
         return None, 0, None
     with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore", UserWarning)  # said on the workers, none of these would reach the user
         warnings.simplefilter("always", RowsDroppedWarning)  # the driver warns once, for all partitions
         try:
             data = Longitudinal.from_frame(
@@ -124,7 +129,7 @@ def read_partition(
                 raise
             data = None
     dropped = next((w.message.dropped for w in caught if issubclass(w.category, RowsDroppedWarning)), None)
-    for w in caught:  # any other warning (none is expected here) as it was
+    for w in caught:  # any other warning (not a UserWarning: none is expected here) as before
         if not issubclass(w.category, RowsDroppedWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if dropped is not None and by_index:
@@ -132,8 +137,7 @@ def read_partition(
     return data, len(frame), dropped
 
 
-def transform_read(read: tuple[Longitudinal | None, int, DroppedRows | None], transform: str | None, column: str
-                   ) -> tuple[Longitudinal | None, int, DroppedRows | None]:
+def transform_read(read: Read, transform: str | None, column: str) -> Read:
     """A read partition with its response on the scale ``transform`` (:func:`dmlmm.response_transform.forward`,
     whose DataError names the column and the values outside the transform's domain)."""
     data, n_rows, dropped = read
@@ -142,7 +146,7 @@ def transform_read(read: tuple[Longitudinal | None, int, DroppedRows | None], tr
     return replace(data, response=forward(data.response, transform, column)), n_rows, dropped
 
 
-def summarize(read: tuple[Longitudinal | None, int, DroppedRows | None], distinct_times: bool) -> PartitionSummary:
+def summarize(read: Read, distinct_times: bool) -> PartitionSummary:
     """The partition's :class:`PartitionSummary` (moments by two passes over its rows)."""
     data, n_rows, dropped = read
     if data is None:
@@ -196,8 +200,8 @@ class FarRows:
     times: np.ndarray
 
 
-def far_rows(read: tuple[Longitudinal | None, int], centre: float, spread: float,
-             log_centre_spread: tuple[float, float] | None, first: int = 5) -> FarRows:
+def far_rows(read: Read, centre: float, spread: float, log_centre_spread: tuple[float, float] | None,
+             first: int = FAR_SHOWN) -> FarRows:
     """The partition's far response values given the whole response's robust centre and spread (and its log's,
     or None), its first ``first`` in row order (:func:`dmlmm.standardise.warn_far_values`)."""
     data = read[0]
@@ -208,7 +212,7 @@ def far_rows(read: tuple[Longitudinal | None, int], centre: float, spread: float
     return FarRows(len(rows), data.response[shown], [data.subjects[c] for c in data.codes[shown]], data.time[shown])
 
 
-def time_histogram(read: tuple[Longitudinal | None, int], breaks: np.ndarray) -> np.ndarray:
+def time_histogram(read: Read, breaks: np.ndarray) -> np.ndarray:
     """Observations of the partition in each interval of ``breaks`` (as ``np.histogram``)."""
     data = read[0]
     if data is None:
@@ -233,7 +237,7 @@ class Shard:
     stats: SufficientStats
 
 
-def build_shard(read: tuple[Longitudinal | None, int], design: LongitudinalDesign) -> Shard | None:
+def build_shard(read: Read, design: LongitudinalDesign) -> Shard | None:
     """The partition's :class:`Shard` (None for a partition without subjects)."""
     data = read[0]
     if data is None:
