@@ -300,9 +300,9 @@ def test_far_values_and_a_binary_response_are_warned_as_in_memory(client, dgp1_f
     """The input warnings of the in-memory fit, word for word and pointing at the caller, on a Dask frame (before,
     it warned of neither): a missing-value code and a unit slip far from the rest (named with subject and time,
     found by one more pass over the partitions, the last partition's after the first's; three partitions of 400
-    rows, so that the pooled sketches give the exact median), and a response with two values. A response mostly at its median with one extreme value is refused as in memory (the pooled spread
-    now falls back to the deviations that are not 0, as robust_centre_spread does; before, its spread was 0 and
-    the Dask fit went on)."""
+    rows, so that the pooled sketches give the exact median), and a response with two values. A response mostly
+    at its median with one extreme value is refused as in memory (the pooled spread now falls back to the
+    deviations that are not 0, as robust_centre_spread does; before, its spread was 0 and the Dask fit went on)."""
     df, _ = dgp1_frame
     df = df.sort_values(["subject", "time"], kind="stable").reset_index(drop=True)
     y = df["y"].to_numpy().copy()

@@ -60,10 +60,10 @@ class DroppedRows:
 
     n_read: int
     n_dropped: int
-    by_column: dict
+    by_column: dict[str, tuple[int, list]]
     gone: list
     n_gone: int
-    checked: tuple = ()
+    checked: tuple[str, ...] = ()
 
     def message(self) -> str:
         detail = "; ".join(f"column '{c}': {n}" + (f" (rows {_fmt_labels(rows, n)})" if rows else "")
@@ -76,7 +76,7 @@ class DroppedRows:
     def combine(parts: "Sequence[DroppedRows]", n_read: int) -> "DroppedRows":
         """The record of the whole frame from its parts' (each subject's rows in one part), in their order;
         ``n_read``: rows read in all (the parts without dropped rows included)."""
-        by_column: dict = {}
+        by_column: dict[str, tuple[int, list]] = {}
         for p in parts:
             for c, (n, rows) in p.by_column.items():
                 m, seen = by_column.get(c, (0, []))

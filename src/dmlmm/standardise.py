@@ -301,7 +301,7 @@ def far_message(name: str, n_far: int, shown: list[str], centre: float, spread: 
         "or drop them (the fit goes on with them; they pull their subjects' curves and raise the noise variance)")
 
 
-def shown_value(value: float, where: list[str], row: int) -> str:
+def shown_value(value: float, where: list[str], row: int | None = None) -> str:
     """One far value as the warning shows it: ``value (where)``, or ``value (row r)`` when where it is is unknown."""
     return f"{value:.6g}" + (f" ({', '.join(where)})" if where else f" (row {row})")
 

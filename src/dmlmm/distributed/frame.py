@@ -282,7 +282,7 @@ class DaskFrame:
         if not count:
             return
         group = self.columns.subject
-        shown = [shown_value(v, [f"{group} {s}", f"time {t:g}"], 0)
+        shown = [shown_value(v, [f"{group} {s}", f"time {t:g}"])
                  for p in parts for v, s, t in zip(p.values, p.subjects, p.times)][:FAR_SHOWN]
         warnings.warn(far_message(name, count, shown, centre, spread), DataWarning, stacklevel=stacklevel + 1)
 
