@@ -31,8 +31,8 @@ __all__ = ["DroppedRows", "RowsDroppedWarning", "Longitudinal", "REPEATED_ROWS",
 REPEATED_ROWS = r".*repeat an earlier row's subject, time and response"
 
 
-def _fmt_rows(index: pd.Index, mask: np.ndarray, limit: int = 5) -> str:
-    return _fmt_labels(list(index[mask][:limit]), int(mask.sum()))
+def _fmt_rows(index: pd.Index, mask: np.ndarray, limit: int | None = None) -> str:
+    return _fmt_labels(list(index[mask][:ROWS_NAMED if limit is None else limit]), int(mask.sum()))
 
 
 def _fmt_labels(rows: list, count: int) -> str:
@@ -65,9 +65,13 @@ class DroppedRows:
     n_gone: int
     checked: tuple[str, ...] = ()
 
+    def detail(self) -> str:
+        """Each column's bad rows: ``column 'c': n (rows [..] and k more)``, joined by ``; ``."""
+        return "; ".join(f"column '{c}': {n}" + (f" (rows {_fmt_labels(rows, n)})" if rows else "")
+                         for c, (n, rows) in self.by_column.items())
+
     def message(self) -> str:
-        detail = "; ".join(f"column '{c}': {n}" + (f" (rows {_fmt_labels(rows, n)})" if rows else "")
-                           for c, (n, rows) in self.by_column.items())
+        detail = self.detail()
         lost = (f"; {self.n_gone} subject(s) had no other rows and are left out: {self.gone}"
                 + (" ..." if self.n_gone > len(self.gone) else "") if self.n_gone else "")
         return f"dropped {self.n_dropped} of {self.n_read} row(s) with missing or infinite values ({detail}){lost}"
@@ -243,20 +247,15 @@ class Longitudinal:
         for m in bad_by_col.values():
             bad_any |= m
         if bad_any.any():
-            detail = "; ".join(
-                f"column '{c}': {int(m.sum())} (rows {_fmt_rows(df.index, m)})"
-                for c, m in bad_by_col.items()
-                if m.any()
-            )
-            if not dropna:
-                fix = ("Pass dropna=True (CLI: --dropna) to drop them, or impute them first" if action == "fit"
-                       else "Drop or impute those rows first (dmlmm predict: --dropna drops them)")
-                raise DataError(f"{int(bad_any.sum())} row(s) have missing or infinite values: {detail}. {fix}")
             keep = ~bad_any
             gone = pd.Index(df[subject][~keep].dropna().unique()).difference(df[subject][keep].unique())
             by_column = {c: (int(m.sum()), list(df.index[m][:ROWS_NAMED])) for c, m in bad_by_col.items() if m.any()}
             dropped = DroppedRows(len(df), int(bad_any.sum()), by_column, list(gone[:SUBJECTS_NAMED]), len(gone),
                                   tuple(bad_by_col))
+            if not dropna:
+                fix = ("Pass dropna=True (CLI: --dropna) to drop them, or impute them first" if action == "fit"
+                       else "Drop or impute those rows first (dmlmm predict: --dropna drops them)")
+                raise DataError(f"{dropped.n_dropped} row(s) have missing or infinite values: {dropped.detail()}. {fix}")
             warnings.warn(RowsDroppedWarning(dropped), stacklevel=2)
             df = df.loc[keep]
             numeric = {c: v[keep] for c, v in numeric.items()}

@@ -17,7 +17,8 @@ from .exceptions import DataError, DataWarning
 
 __all__ = ["response_scale", "checked_scale", "check_noise_left", "NoiseSums", "noise_sums", "check_noise_sums",
            "MAX_SD_OVER_SPREAD", "MIN_SCALE", "MAD_TO_SD", "dominated", "warn_far_values", "far_values", "FAR_SPREADS",
-           "FAR_LOG_SPREADS", "FAR_SHOWN", "far_given", "far_message", "shown_value"]
+           "FAR_LOG_SPREADS", "FAR_SHOWN", "far_given", "far_message", "shown_value", "robust_centre_spread",
+           "weighted_median"]
 
 #: Largest ratio of the response's standard deviation to the robust spread of its bulk (1.4826 times
 #: the median absolute deviation) that the fits resolve. One value 10^9 times the others' (200
@@ -235,18 +236,53 @@ def dominated(scale: float, spread: float) -> bool:
     return spread > 0 and not scale <= MAX_SD_OVER_SPREAD * spread
 
 
-def robust_centre_spread(bulk: np.ndarray) -> tuple[float, float]:
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The median of ``values`` (m,) with positive ``weights`` (m,): the value at half the total
+    weight, the midpoint of the two neighbours where half falls exactly between them (as ``np.median``
+    does with unit weights and an even count)."""
+    order = np.argsort(values, kind="stable")
+    v, cum = values[order], np.cumsum(weights[order])
+    half = 0.5 * cum[-1]
+    k = int(np.searchsorted(cum, half * (1 - 1e-12)))
+    if k + 1 < len(v) and abs(cum[k] - half) <= 1e-12 * cum[-1]:
+        return float(0.5 * (v[k] + v[k + 1]))
+    return float(v[k])
+
+
+def robust_centre_spread(bulk: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
     """The median of ``bulk`` (n,) and its robust spread: 1.4826 times the median absolute deviation or, where
     more than half the values equal the median (which makes it 0: a response mostly 0), 1.4826 times the
     median of the deviations that are not 0 (robust still: the mean absolute deviation was not, one value of
     1e5 among sixty 0s and 1 to 40 raised it 122-fold, from 8.2 to 998); a spread of 0 when every value is the same (the
-    constant response has its own error)."""
-    centre = float(np.median(bulk))
+    constant response has its own error). With ``weights`` (n,), positive: the weighted medians
+    (:func:`weighted_median`; the Dask fit's pooled quantile sketches, :mod:`dmlmm.distributed.frame`)."""
+    def median(v: np.ndarray, keep: np.ndarray | None = None) -> float:
+        if weights is None:
+            return float(np.median(v))
+        return weighted_median(v, weights if keep is None else weights[keep])
+
+    centre = median(bulk)
     dev = np.abs(bulk - centre)
-    spread = MAD_TO_SD * float(np.median(dev))
+    spread = MAD_TO_SD * median(dev)
     if spread > 0.0 or not np.any(dev > 0):
         return centre, spread
-    return centre, MAD_TO_SD * float(np.median(dev[dev > 0]))
+    return centre, MAD_TO_SD * median(dev[dev > 0], dev > 0)
+
+
+def _beyond(x: np.ndarray, centre: float, spread: float, limit: float) -> np.ndarray:
+    """Which finite values of ``x`` (n,) bool lie more than ``limit`` times ``spread`` from ``centre``; none for
+    a spread of 0."""
+    finite = np.isfinite(x)
+    if not spread > 0.0:
+        return np.zeros(x.shape, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return finite & (np.abs(np.where(finite, x, centre) - centre) > limit * spread)
+
+
+def _far_on_log_scale_too(y: np.ndarray, far: np.ndarray, log_centre_spread: tuple[float, float]) -> np.ndarray:
+    """The values of ``far`` (n,) bool, positive values of ``y`` (n,), that also lie more than
+    :data:`FAR_LOG_SPREADS` ``log_centre_spread`` spreads out on the log scale."""
+    return far & _beyond(np.log(np.where(far, y, 1.0)), *log_centre_spread, FAR_LOG_SPREADS)
 
 
 def far_given(y: np.ndarray, centre: float, spread: float,
@@ -257,17 +293,9 @@ def far_given(y: np.ndarray, centre: float, spread: float,
     infinite values are never far; nothing is far for a spread of 0. The rule of :func:`far_values`, applied to a
     part of the response with the whole one's centre and spread (a Dask partition, :mod:`dmlmm.distributed`)."""
     y = np.asarray(y, dtype=float)
-    finite = np.isfinite(y)
-    if not spread > 0.0:
-        return np.zeros(y.shape, dtype=bool)
-    with np.errstate(over="ignore", invalid="ignore"):
-        far = finite & (np.abs(np.where(finite, y, centre) - centre) > FAR_SPREADS * spread)
-        if far.any() and log_centre_spread is not None:
-            log_centre, log_spread = log_centre_spread
-            if not log_spread > 0.0:
-                return np.zeros(y.shape, dtype=bool)
-            logs = np.log(np.where(finite & (y > 0), y, 1.0))
-            far &= np.abs(logs - log_centre) > FAR_LOG_SPREADS * log_spread
+    far = _beyond(y, centre, spread, FAR_SPREADS)
+    if far.any() and log_centre_spread is not None:
+        far = _far_on_log_scale_too(y, far, log_centre_spread)
     return far
 
 
@@ -285,8 +313,8 @@ def _far(y: np.ndarray) -> tuple[np.ndarray, float, float]:
         return np.zeros(y.shape, dtype=bool), 0.0, 0.0
     centre, spread = robust_centre_spread(bulk)
     far = far_given(y, centre, spread)
-    if far.any() and np.all(bulk > 0):  # a positive response: far on the log scale too
-        far = far_given(y, centre, spread, robust_centre_spread(np.log(bulk)))
+    if far.any() and np.all(bulk > 0):  # a positive response: far on the log scale too (its spreads only then)
+        far = _far_on_log_scale_too(y, far, robust_centre_spread(np.log(bulk)))
     return far, centre, spread
 
 

@@ -29,8 +29,8 @@ from ..covariates import CovariateEncoding, parse_covariates
 from ..data import DroppedRows, RowsDroppedWarning
 from ..exceptions import DataError, DataWarning
 from ..models.design import LongitudinalDesign, fitted_basis, noise_confounded
-from ..standardise import (FAR_SHOWN, FAR_SPREADS, MAD_TO_SD, NoiseSums, check_noise_sums, checked_scale, dominated, far_message,
-                           shown_value, warn_binary_response)
+from ..standardise import (FAR_SHOWN, FAR_SPREADS, NoiseSums, check_noise_sums, checked_scale, dominated, far_message,
+                           robust_centre_spread, shown_value, warn_binary_response)
 from . import shard as sh
 
 __all__ = ["DaskFrame", "learn_encoding", "combine_summaries", "PooledSummary"]
@@ -70,7 +70,6 @@ class PooledSummary:
     """
 
     n_rows: int
-    n_dropped: int
     n_obs: int
     y_mean: float
     y_sd: float
@@ -89,31 +88,6 @@ class PooledSummary:
     noise: NoiseSums = NoiseSums()  # the residuals left within subjects, pooled (standardise.check_noise_sums)
     y_log_centre_spread: tuple[float, float] | None = None
     y_distinct: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-
-def weighted_centre_spread(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
-    """:func:`~dmlmm.standardise.robust_centre_spread` of ``values`` (m,) with positive ``weights`` (m,):
-    the weighted median, and 1.4826 times the weighted median absolute deviation, or of the deviations
-    that are not 0 where that is 0 (a response mostly at its median)."""
-    centre = weighted_median(values, weights)
-    dev = np.abs(values - centre)
-    spread = MAD_TO_SD * weighted_median(dev, weights)
-    if spread > 0.0 or not np.any(dev > 0):
-        return centre, spread
-    return centre, MAD_TO_SD * weighted_median(dev[dev > 0], weights[dev > 0])
-
-
-def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """The median of ``values`` (m,) with positive ``weights`` (m,): the value at half the total
-    weight, the midpoint of the two neighbours where half falls exactly between them (as ``np.median``
-    does with unit weights and an even count)."""
-    order = np.argsort(values, kind="stable")
-    v, cum = values[order], np.cumsum(weights[order])
-    half = 0.5 * cum[-1]
-    k = int(np.searchsorted(cum, half * (1 - 1e-12)))
-    if k + 1 < len(v) and abs(cum[k] - half) <= 1e-12 * cum[-1]:
-        return float(0.5 * (v[k] + v[k + 1]))
-    return float(v[k])
 
 
 def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> PooledSummary:
@@ -144,11 +118,10 @@ def combine_summaries(parts: Sequence[sh.PartitionSummary], n_fixed: int) -> Poo
         y_sd = y_absmax * float(np.sqrt(m2_rel / N))
     values = np.concatenate([p.y_sketch for p in full])
     weights = np.concatenate([np.full(len(p.y_sketch), p.n_obs / len(p.y_sketch)) for p in full])
-    y_median, y_spread = weighted_centre_spread(values, weights)
-    log_cs = weighted_centre_spread(np.log(values), weights) if values.min() > 0 else None
+    y_median, y_spread = robust_centre_spread(values, weights)
+    log_cs = robust_centre_spread(np.log(values), weights) if values.min() > 0 else None
     return PooledSummary(
         n_rows=int(sum(p.n_rows for p in parts)),
-        n_dropped=int(sum(p.n_dropped for p in parts)),
         n_obs=int(N),
         y_mean=y_mean,
         y_sd=y_sd,

@@ -57,7 +57,7 @@ class PartitionSummary:
 
     Attributes
     ----------
-    n_rows, n_dropped : int, rows read and rows dropped for missing values (``dropna``).
+    n_rows : int, rows read (``dropped`` says which were dropped for missing values, ``dropna``).
     subjects : Index (n,), the partition's subject labels.
     n_obs : int, observations kept.
     y_mean, y_m2, y_absmax : float, mean, sum of squared deviations and largest |y|.
@@ -77,7 +77,6 @@ class PartitionSummary:
     """
 
     n_rows: int
-    n_dropped: int
     subjects: pd.Index
     n_obs: int
     y_mean: float
@@ -151,7 +150,7 @@ def summarize(read: Read, distinct_times: bool) -> PartitionSummary:
     data, n_rows, dropped = read
     if data is None:
         P = 0
-        return PartitionSummary(n_rows, n_rows, pd.Index([]), 0, 0.0, 0.0, 0.0, 0.0, np.zeros(0), np.inf, -np.inf,
+        return PartitionSummary(n_rows, pd.Index([]), 0, 0.0, 0.0, 0.0, 0.0, np.zeros(0), np.inf, -np.inf,
                                 np.zeros(0) if distinct_times else None, np.zeros(P), np.zeros(P), np.zeros(0), False,
                                 dropped=dropped)
     y, t, cov = data.response, data.time, data.covariates
@@ -168,7 +167,6 @@ def summarize(read: Read, distinct_times: bool) -> PartitionSummary:
     distinct = np.unique(t)
     return PartitionSummary(
         n_rows=n_rows,
-        n_dropped=n_rows - data.n_obs,
         subjects=data.subjects,
         n_obs=data.n_obs,
         y_mean=y_mean,
