@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as st
 
 from dmlmm import LinearMixedModel, SplineBasis
-from dmlmm.exceptions import DataError
+from dmlmm.exceptions import ConvergenceWarning, DataError
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 
@@ -178,6 +178,37 @@ def test_longitudinal_forecast_marks_what_lies_beyond_the_visits(spline_data):
     assert f["beyond_last_visit"].tolist() == [False, True] and width[1] > width[0]
     draws = m.sample_trajectories(new, times=[0.1, 0.9], n_samples=3, random_state=0)
     assert list(draws.columns) == ["id", "t", "sample", "value"] and len(draws) == 6
+
+
+def test_samples_come_subject_by_subject_as_the_mixtures_do(spline_data):
+    """sample_trajectories' rows in the mixtures' order (before, draw by draw): subject by subject as their labels
+    sort, then draw, then time; each value still with its own row (the means per subject and time are the
+    bands' means, and the two subjects' curves differ)."""
+    from dmlmm import MixtureLMM
+
+    kw = dict(subject="id", time="t", response="y")
+    two = spline_data[spline_data["id"].isin(["s007", "s002"])].sort_values("id", ascending=False)  # s007 first here
+    grid = [0.2, 0.5, 0.8]
+    lmm = LinearMixedModel(basis=SplineBasis(5)).fit(spline_data, **kw)
+    mix = MixtureLMM(1, basis=SplineBasis(5), random_state=0, max_iter=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mix.fit(spline_data, **kw)
+    a = lmm.sample_trajectories(two, times=grid, n_samples=2000, random_state=0)
+    b = mix.sample_trajectories(two, times=grid, n_samples=2000, random_state=0)
+    assert list(a.columns) == ["id", "t", "sample", "value"]
+    np.testing.assert_array_equal(a["id"], b["subject"])
+    np.testing.assert_array_equal(a["sample"], b["sample"])
+    np.testing.assert_array_equal(a["t"], b["time"])
+    assert a["id"].iloc[0] == "s002" and a["sample"].iloc[:7].tolist() == [0, 0, 0, 1, 1, 1, 2]
+    band = lmm.predict_trajectory(two, times=grid)
+    for sid in ("s007", "s002"):
+        v = a.loc[a["id"] == sid, "value"].to_numpy().reshape(2000, 3)
+        want = band.loc[band["id"] == sid, "mean"].to_numpy()
+        sd = (band.loc[band["id"] == sid, "upper"] - band.loc[band["id"] == sid, "lower"]).to_numpy() / (2 * 1.96)
+        np.testing.assert_allclose(v.mean(0), want, atol=4 * sd.max() / np.sqrt(2000))
+    means = band.groupby("id")["mean"].apply(np.asarray)
+    assert np.abs(means["s007"] - means["s002"]).max() > 10 * sd.max() / np.sqrt(2000)  # a swap would show
 
 
 def test_bad_method_names_the_parameter(sleepstudy):

@@ -350,7 +350,8 @@ class PredictiveLMM:
 
         A draw takes ``beta`` from its posterior, then each subject's random effects given that
         ``beta`` (they move by ``-H_i (beta - beta_hat)``), so draws are coherent across a subject's
-        rows. Returns the rows' identifying columns repeated per draw, ``sample`` and ``value``.
+        rows. Returns the rows' identifying columns, ``sample`` and ``value``, in the mixtures' order: subject
+        by subject (sorted by label), each subject's rows for draw 0, then draw 1, ...
         """
         self._check_fitted()
         if not positive_int(n_samples):
@@ -379,10 +380,13 @@ class PredictiveLMM:
         if kind == "observation":
             value = value + np.sqrt(self.sigma2_) * rng.standard_normal(value.shape)
         frame = rows.frame.reset_index(drop=True)
-        frame, value = frame[keep].reset_index(drop=True), value[:, keep]
-        out = frame.loc[np.tile(np.arange(len(frame)), S)].reset_index(drop=True)
-        out.insert(len(frame.columns), "sample", np.repeat(np.arange(S), len(frame)))
-        out["value"] = inverse(value.reshape(-1), self._transform)
+        frame, value, j = frame[keep].reset_index(drop=True), value[:, keep], j[keep]
+        # the mixtures' order: subject by subject (their labels' order), draw by draw, the subject's rows
+        row, draw = np.tile(np.arange(len(frame)), S), np.repeat(np.arange(S), len(frame))
+        order = np.lexsort((row, draw, j[row]))
+        out = frame.loc[row[order]].reset_index(drop=True)
+        out.insert(len(frame.columns), "sample", draw[order])
+        out["value"] = inverse(value.reshape(-1)[order], self._transform)
         return out
 
     def _log_density(self, data, X, Z, y, groups) -> pd.Series:
