@@ -31,18 +31,18 @@ __all__ = ["DroppedRows", "RowsDroppedWarning", "Longitudinal", "REPEATED_ROWS",
 REPEATED_ROWS = r".*repeat an earlier row's subject, time and response"
 
 
-def _fmt_rows(index: pd.Index, mask: np.ndarray, limit: int | None = None) -> str:
-    return _fmt_labels(list(index[mask][:ROWS_NAMED if limit is None else limit]), int(mask.sum()))
+#: Row labels named per column, and subjects named, in the message of rows dropped for missing values.
+ROWS_NAMED, SUBJECTS_NAMED = 5, 10
+
+
+def _fmt_rows(index: pd.Index, mask: np.ndarray) -> str:
+    return _fmt_labels(list(index[mask][:ROWS_NAMED]), int(mask.sum()))
 
 
 def _fmt_labels(rows: list, count: int) -> str:
     """``rows`` (the first row labels of ``count``) as the messages show them: ``[..] and k more``."""
     more = count - len(rows)
     return f"{rows}" + (f" and {more} more" if more > 0 else "")
-
-
-#: Row labels named per column, and subjects named, in the message of rows dropped for missing values.
-ROWS_NAMED, SUBJECTS_NAMED = 5, 10
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,17 @@ class DroppedRows:
     gone: list
     n_gone: int
     checked: tuple[str, ...] = ()
+
+    @staticmethod
+    def from_masks(index: pd.Index, bad_by_col: dict[str, np.ndarray], bad_any: np.ndarray,
+                   gone: pd.Index | None = None) -> "DroppedRows":
+        """The record of a frame with row labels ``index`` (n,) whose rows ``bad_by_col`` (column -> (n,) bool,
+        every column checked) and ``bad_any`` (n,) have missing or infinite values; ``gone``: the subjects left
+        with no row (None: not asked, e.g. for the error without ``dropna``)."""
+        gone = pd.Index([]) if gone is None else gone
+        by_column = {c: (int(m.sum()), list(index[m][:ROWS_NAMED])) for c, m in bad_by_col.items() if m.any()}
+        return DroppedRows(len(index), int(bad_any.sum()), by_column, list(gone[:SUBJECTS_NAMED]), len(gone),
+                           tuple(bad_by_col))
 
     def detail(self) -> str:
         """Each column's bad rows: ``column 'c': n (rows [..] and k more)``, joined by ``; ``."""
@@ -103,7 +114,7 @@ class RowsDroppedWarning(UserWarning):
         self.dropped = None if isinstance(dropped, str) else dropped
 
     def __reduce__(self):  # pickled with its record (warnings recorded in worker processes travel back)
-        return type(self), (self.dropped,)
+        return type(self), (str(self) if self.dropped is None else self.dropped,)
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,15 +259,13 @@ class Longitudinal:
             bad_any |= m
         if bad_any.any():
             keep = ~bad_any
-            gone = pd.Index(df[subject][~keep].dropna().unique()).difference(df[subject][keep].unique())
-            by_column = {c: (int(m.sum()), list(df.index[m][:ROWS_NAMED])) for c, m in bad_by_col.items() if m.any()}
-            dropped = DroppedRows(len(df), int(bad_any.sum()), by_column, list(gone[:SUBJECTS_NAMED]), len(gone),
-                                  tuple(bad_by_col))
             if not dropna:
                 fix = ("Pass dropna=True (CLI: --dropna) to drop them, or impute them first" if action == "fit"
                        else "Drop or impute those rows first (dmlmm predict: --dropna drops them)")
-                raise DataError(f"{dropped.n_dropped} row(s) have missing or infinite values: {dropped.detail()}. {fix}")
-            warnings.warn(RowsDroppedWarning(dropped), stacklevel=2)
+                detail = DroppedRows.from_masks(df.index, bad_by_col, bad_any).detail()
+                raise DataError(f"{int(bad_any.sum())} row(s) have missing or infinite values: {detail}. {fix}")
+            gone = pd.Index(df[subject][~keep].dropna().unique()).difference(df[subject][keep].unique())
+            warnings.warn(RowsDroppedWarning(DroppedRows.from_masks(df.index, bad_by_col, bad_any, gone)), stacklevel=2)
             df = df.loc[keep]
             numeric = {c: v[keep] for c, v in numeric.items()}
             if len(df) == 0:

@@ -29,7 +29,7 @@ import pandas as pd
 from ..basis import SplineBasis
 from ..columns import ColumnNames, as_numeric
 from ..covariates import CovariateEncoding
-from ..data import Longitudinal, check_longitudinal_call
+from ..data import DroppedRows, Longitudinal, RowsDroppedWarning, check_longitudinal_call
 from ..sufficient import SufficientStats, sufficient_stats
 from ..exceptions import DataError, IdentifiabilityWarning
 from .structure import CovarianceStructure
@@ -124,12 +124,6 @@ class NewRows:
 # --------------------------------------------------------------------------- validation helpers
 
 
-def _fmt_rows(index: pd.Index, mask: np.ndarray, limit: int = 5) -> str:
-    rows = list(index[mask][:limit])
-    more = int(mask.sum()) - len(rows)
-    return f"{rows}" + (f" and {more} more" if more > 0 else "")
-
-
 def check_finite_columns(df: pd.DataFrame, columns: Sequence[str], dropna: bool, stacklevel: int = 3,
                          action: str = "fit") -> pd.DataFrame:
     """Raise (or, with ``dropna``, drop with a warning) rows with missing / infinite values.
@@ -157,15 +151,14 @@ def check_finite_columns(df: pd.DataFrame, columns: Sequence[str], dropna: bool,
     bad_any = np.zeros(len(df), dtype=bool)
     for m in bad_by_col.values():
         bad_any |= m
-    detail = "; ".join(f"column '{c}': {int(m.sum())} (rows {_fmt_rows(df.index, m)})" for c, m in bad_by_col.items())
+    dropped = DroppedRows.from_masks(df.index, bad_by_col, bad_any)  # no subject is named here
     if not dropna:
         raise DataError(
-            f"{int(bad_any.sum())} row(s) have missing or infinite values: {detail}. "
+            f"{dropped.n_dropped} row(s) have missing or infinite values: {dropped.detail()}. "
             + ("Pass dropna=True to drop them, or impute them first" if action == "fit"
                else "Drop or impute those rows first")
         )
-    warnings.warn(f"dropped {int(bad_any.sum())} of {len(df)} row(s) with missing or infinite values ({detail})",
-                  UserWarning, stacklevel=stacklevel)
+    warnings.warn(RowsDroppedWarning(dropped), stacklevel=stacklevel)
     out = df.loc[~bad_any]
     if len(out) == 0:
         raise DataError("no rows are left after dropping rows with missing values")
