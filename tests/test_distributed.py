@@ -162,6 +162,52 @@ def test_deep_mixture_same_answer_as_in_memory(client, parquet_frame, dgp1_frame
     assert got["beyond_last_visit"].any()
 
 
+def test_per_task_embeds_small_globals_and_broadcasts_large_ones(client):
+    from dmlmm.distributed.stats import per_task
+
+    small = np.arange(10.0)
+    got = per_task(client, small, 3)
+    assert len(got) == 3 and all(g is small for g in got)  # the object itself, in every task
+    big = np.zeros(50_000)  # 400 kB: three copies are over the 1 MB limit
+    got = per_task(client, big, 3)
+    assert len(got) == 3 and all(isinstance(g, distributed.Future) for g in got) and len({g.key for g in got}) == 1
+    np.testing.assert_array_equal(got[0].result(), big)
+    assert all(g is small for g in per_task(client, small, 3, limit=10**6))
+    assert isinstance(per_task(client, small, 3, limit=10)[0], distributed.Future)
+
+
+def test_the_local_steps_routes_give_the_same_numbers(client, dgp1_frame, monkeypatch):
+    """Globals inside the tasks or broadcast first, the shards' whole outputs gathered or only their sums
+    (dmlmm.distributed.stats: EMBED_BYTES, GATHER_BYTES): the same arithmetic, so the same trace to the last
+    digit."""
+    from dmlmm.distributed import stats as st
+
+    df, _ = dgp1_frame
+    ddf = dd.from_pandas(df[df["subject"] < df["subject"].unique()[60]], npartitions=3, sort=False)
+    kw = dict(n_components=2, basis=SplineBasis(6), covariance="pspline", random_state=0, max_iter=30)
+    fits = {}
+    for embed, whole in [(True, True), (False, False)]:
+        monkeypatch.setattr(st, "EMBED_BYTES", 1 << 20 if embed else 0)
+        monkeypatch.setattr(st, "GATHER_BYTES", 1 << 18 if whole else 0)
+        calls = []
+        real_map = client.map
+
+        def counting_map(fn, *args, **kw_):
+            calls.append(getattr(fn, "__name__", ""))
+            return real_map(fn, *args, **kw_)
+
+        monkeypatch.setattr(client, "map", counting_map)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits[embed, whole] = MixtureLMM(**kw).fit(ddf)
+        monkeypatch.setattr(client, "map", real_map)
+        steps = calls.count("shard_step")
+        assert steps > 20 and calls.count("step_sums") == (0 if whole else steps)
+    a, b = fits[True, True], fits[False, False]
+    np.testing.assert_array_equal(a.elbo_history_, b.elbo_history_)
+    assert a.n_iter_ == b.n_iter_
+
+
 def test_mixture_cluster_noise_same_answer(client, dgp1_frame):
     """Per-cluster noise, a column frame (subject not the index), partitions from pandas."""
     df, _ = dgp1_frame

@@ -192,12 +192,19 @@ def _set_aside(fit: ScaleFit, client: Any) -> ScaleFit:
 def _release(fit: ScaleFit, client: Any, everything: bool = False) -> None:
     """Cancel ``fit``'s statistics and local results on the workers (the fit's futures are unusable after); with
     ``everything``, also its subjects' residual scales."""
-    futures = [] if fit.stats is None else list(fit.stats.shards) + list(fit.result.local.parts)
+    if fit.stats is None:
+        return
+    # the newest results first, then the statistics they came from: a local step's task that the client has
+    # released stays known to the scheduler while a later step's task that read it lives, and cancelling a
+    # shard cancels its dependents, which trips over such a task (distributed 2026.8: AssertionError in
+    # stimulus_cancel; the client's connection is lost: tests/test_distributed.py's test_subject_scales_same_answer
+    # once the globals travelled inside the tasks); cancelled first, the later tasks take the earlier along
+    results = list(fit.result.local.parts)
     scales = fit.result.params.scales
-    if everything and scales is not None and fit.stats is not None:  # a set-aside fit holds its scales here
-        futures += list(scales.parts)
-    if futures:
-        client.cancel(futures)
+    if everything and scales is not None:  # a set-aside fit holds its scales here
+        results += list(scales.parts)
+    client.cancel(results)
+    client.cancel(list(fit.stats.shards))
 
 
 def _restored(fit: ScaleFit, frame: DaskFrame, client: Any) -> ScaleFit:

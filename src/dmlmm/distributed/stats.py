@@ -3,17 +3,22 @@
 :class:`DaskStats` implements :class:`~dmlmm.inference.backend.StatsBackend`.
 Each local step
 
-1. broadcasts the globals the step needs (the paths' prior quadratic forms and
-   the noise / fixed-effect moments: O(M D^2), independent of N) to every
-   worker once (``Client.scatter(..., broadcast=True)``);
+1. sends the globals the step needs (the paths' prior quadratic forms and
+   the noise / fixed-effect moments: O(M D^2), independent of N) inside each
+   shard's task while their copies together stay under :data:`EMBED_BYTES`,
+   else broadcasts them to every worker once (``Client.scatter(...,
+   broadcast=True)``, a scheduler round trip of its own: on small data the
+   larger part of an iteration's cost, :func:`per_task`);
 2. runs :func:`~dmlmm.inference.local.local_step` on every shard, on the worker
    that holds it; the per-subject outputs (responsibilities, posterior means)
    stay there, as futures;
 3. gathers only each shard's :class:`~dmlmm.distributed.shard.StepSums` and adds
-   them in partition order.
+   them in partition order (where all subjects' outputs together take at most
+   :data:`GATHER_BYTES`, the shards' whole outputs, which saves a dependent task
+   per shard and its wait for the scheduler).
 
-So the driver's memory per iteration is O(partitions * M D^2) and a worker's
-is bounded by its shards plus two steps' per-subject outputs (the current one
+So the driver's memory per iteration is O(partitions * M D^2) plus at most
+:data:`GATHER_BYTES` of whole outputs, and a worker's is bounded by its shards plus two steps' per-subject outputs (the current one
 and the one whose responsibilities restrict the next step).
 
 With subject-level residual scales (``noise_df``) each shard also holds its subjects' q(v_i)
@@ -23,6 +28,7 @@ With subject-level residual scales (``noise_df``) each shard also holds its subj
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +42,29 @@ from ..models.starting import pooled_ridge, ridge_prior
 from ..priors.base import PathMoments, PathPrior
 from . import shard as sh
 
-__all__ = ["DaskStats", "DistributedLocal", "ActivePaths", "init_noise_and_fixed_from_sums", "start_point"]
+__all__ = ["EMBED_BYTES", "GATHER_BYTES", "per_task", "DaskStats", "DistributedLocal", "ActivePaths", "init_noise_and_fixed_from_sums", "start_point"]
+
+
+#: The most bytes that the copies of a local step's globals may take when they travel inside the shards'
+#: tasks (one copy per task) instead of being broadcast first.
+EMBED_BYTES = 1 << 20
+#: The most bytes of per-subject outputs (responsibilities and posterior means, all shards together) that a
+#: local step gathers whole to the driver, saving the second task per shard that picks out their sums: a
+#: dependent task waits for the scheduler (7-14 ms a step on a 2-process ``LocalCluster``), moving 256 kB
+#: over a 1 Gbit/s link takes 2 ms.
+GATHER_BYTES = 1 << 18
+
+
+def per_task(client: Any, obj: Any, n_tasks: int, limit: int = EMBED_BYTES) -> list:
+    """``obj`` as the argument of each of ``n_tasks`` tasks: the object itself in every task while its
+    ``n_tasks`` pickled copies take at most ``limit`` bytes, else a future of it broadcast to every worker.
+
+    A broadcast is a scheduler round trip before the tasks can start (11 ms on a 2-process ``LocalCluster``
+    of the 2-core machine); a copy inside the task costs its bytes, once per task, through the scheduler.
+    """
+    if len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)) * n_tasks <= limit:
+        return [obj] * n_tasks
+    return [client.scatter(obj, broadcast=True, hash=False)] * n_tasks
 
 
 @dataclass(frozen=True)
@@ -127,21 +155,26 @@ class DaskStats:
     ) -> DistributedLocal:
         """The local step on every shard (see the module docstring); ``active`` from :meth:`active_paths`."""
         c = self.client
-        glob = c.scatter(sh.StepGlobals(prior, noise, np.geterr(), self.groups), broadcast=True, hash=False)
+        glob = per_task(c, sh.StepGlobals(prior, noise, np.geterr(), self.groups), len(self.shards))
         previous = [None] * len(self.shards) if active is None else active.local.parts
         scales = sc.per_shard(self.scales, len(self.shards))
         threshold = 0.0 if active is None else float(active.threshold)
         parts = c.map(
-            sh.shard_step, self.shards, previous, scales, globals_=glob, hard_assignment=bool(hard_assignment),
+            sh.shard_step, self.shards, previous, scales, glob, hard_assignment=bool(hard_assignment),
             threshold=threshold, moment_threshold=float(moment_threshold), pure=False,
         )
-        sums = c.map(sh.step_sums, parts, pure=False)
+        # the shards' whole outputs travel when they are small (one task per shard; the outputs stay on the
+        # workers too), else a second task per shard picks their sums out there
+        whole = self.scales is None and self._n * (prior.n_paths + self._d) * 8 <= GATHER_BYTES
+        sums = parts if whole else c.map(sh.step_sums, parts, pure=False)
         pending = self.scales is not None and not self.scales.elbo_known
         if pending:  # the scales' ELBO term comes back with the sums (dmlmm.distributed.scales)
             got = c.gather(sums + list(self.scales.elbo_parts))
             sums = got[:len(parts)]
         else:
             sums = c.gather(sums)
+        if whole:
+            sums = [sh.step_sums(p) for p in sums]
         sh.raise_failures(sums)
         if pending:
             self.scales.know_elbo(got[len(parts):])
