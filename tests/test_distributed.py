@@ -211,7 +211,7 @@ def test_the_local_steps_routes_give_the_same_numbers(client, dgp1_frame, monkey
 def test_mixture_cluster_noise_same_answer(client, dgp1_frame):
     """Per-cluster noise, a column frame (subject not the index), partitions from pandas."""
     df, _ = dgp1_frame
-    kw = dict(n_components=3, basis=SplineBasis(7), noise="cluster", random_state=2, max_iter=120)
+    kw = dict(n_components=3, basis=SplineBasis(7), noise="cluster", covariance="pspline", random_state=2, max_iter=120)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         m0 = MixtureLMM(**kw).fit(df, covariates=["age"])
@@ -629,7 +629,10 @@ def test_subject_scales_same_answer(client, dgp1_frame, tmp_path):
     pos["y"] += 0.9 * noisy.loc[pos["subject"]].to_numpy() * rng.standard_normal(len(pos))
     pos["y"] += 0.6 * (truth.loc[pos["subject"]].to_numpy() == truth.iloc[0]) * rng.standard_normal(len(pos))  # one group noisier
     pos["y"] = np.exp(pos["y"] / 2)
-    kw = dict(n_components=2, basis=SplineBasis(6), noise_df="auto", noise="auto", random_state=0, max_iter=40)
+    # one covariance: the Dask fit's choice between two is compared with the in-memory one's above
+    # (test_formula_covariates_same_answer)
+    kw = dict(n_components=2, basis=SplineBasis(6), noise_df="auto", noise="auto", covariance="pspline", random_state=0,
+              max_iter=40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         m0 = MixtureLMM(**kw).fit(pos, covariates=["age"])

@@ -358,7 +358,8 @@ def test_a_minibatch_fit_learns_the_scales_of_the_full_batch_fit():
     each subject's residual variance of the full-batch fit."""
     data, v = _noisy_frame(n_subjects=600, seed=5)
     data = data.assign(y=data["y"] + 1.5 * (data["subject"] % 2) * np.sin(data["time"] / 3))  # two groups
-    kw = dict(noise_df="auto", response_transform=None, random_state=0)
+    # one covariance (the choice between two is tested in test_pspline_covariance.py; it doubled this test's time)
+    kw = dict(noise_df="auto", response_transform=None, covariance="pspline", random_state=0)
     full = MixtureLMM(3, batch_size="full", **kw).fit(data)
     mini = MixtureLMM(3, batch_size=60, subsample=300, **kw).fit(data)
     assert 2.0 < full.noise_df_ < 5.0  # truth 3
