@@ -177,13 +177,14 @@ def test_longitudinal_forecast_marks_what_lies_beyond_the_visits(spline_data):
     width = (f["upper"] - f["lower"]).to_numpy()
     assert f["beyond_last_visit"].tolist() == [False, True] and width[1] > width[0]
     draws = m.sample_trajectories(new, times=[0.1, 0.9], n_samples=3, random_state=0)
-    assert list(draws.columns) == ["id", "t", "sample", "value"] and len(draws) == 6
+    assert list(draws.columns) == ["id", "sample", "t", "value"] and len(draws) == 6
 
 
 def test_samples_come_subject_by_subject_as_the_mixtures_do(spline_data):
     """sample_trajectories' rows in the mixtures' order (before, draw by draw): subject by subject as their labels
     sort, then draw, then time; each value still with its own row (the means per subject and time are the
-    bands' means, and the two subjects' curves differ)."""
+    bands' means, and the two subjects' curves differ). Its columns in the mixtures' layout (subject, sample,
+    time, value; before, sample came after the time), at the population level too."""
     from dmlmm import MixtureLMM
 
     kw = dict(subject="id", time="t", response="y")
@@ -196,7 +197,7 @@ def test_samples_come_subject_by_subject_as_the_mixtures_do(spline_data):
         mix.fit(spline_data, **kw)
     a = lmm.sample_trajectories(two, times=grid, n_samples=2000, random_state=0)
     b = mix.sample_trajectories(two, times=grid, n_samples=2000, random_state=0)
-    assert list(a.columns) == ["id", "t", "sample", "value"]
+    assert list(a.columns) == ["id", "sample", "t", "value"] and list(b.columns) == ["subject", "sample", "time", "value"]
     np.testing.assert_array_equal(a["id"], b["subject"])
     np.testing.assert_array_equal(a["sample"], b["sample"])
     np.testing.assert_array_equal(a["t"], b["time"])
@@ -209,6 +210,13 @@ def test_samples_come_subject_by_subject_as_the_mixtures_do(spline_data):
         np.testing.assert_allclose(v.mean(0), want, atol=4 * sd.max() / np.sqrt(2000))
     means = band.groupby("id")["mean"].apply(np.asarray)
     assert np.abs(means["s007"] - means["s002"]).max() > 10 * sd.max() / np.sqrt(2000)  # a swap would show
+    pa = lmm.sample_trajectories(two, times=grid, n_samples=3, random_state=0, level="population")
+    pb = mix.sample_trajectories(two, times=grid, n_samples=3, random_state=0, level="population")
+    assert list(pa.columns) == ["id", "sample", "t", "value"]
+    np.testing.assert_array_equal(pa[["id", "sample", "t"]].to_numpy(), pb[["subject", "sample", "time"]].to_numpy())
+    # the population curve: each draw the same for both subjects
+    np.testing.assert_array_equal(pa.loc[pa["id"] == "s002", "value"], pa.loc[pa["id"] == "s007", "value"])
+    assert list(lmm.sample_trajectories(None, times=grid, n_samples=2).columns) == ["sample", "t", "value"]
 
 
 def test_bad_method_names_the_parameter(sleepstudy):

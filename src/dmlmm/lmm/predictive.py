@@ -350,8 +350,9 @@ class PredictiveLMM:
 
         A draw takes ``beta`` from its posterior, then each subject's random effects given that
         ``beta`` (they move by ``-H_i (beta - beta_hat)``), so draws are coherent across a subject's
-        rows. Returns the rows' identifying columns, ``sample`` and ``value``, in the mixtures' order: subject
-        by subject (sorted by label), each subject's rows for draw 0, then draw 1, ...
+        rows. Returns the mixtures' layout: the subject column (where the rows have one), ``sample``, the rows'
+        other identifying columns (the time) and ``value``, subject by subject (sorted by label), each subject's
+        rows for draw 0, then draw 1, ...
         """
         self._check_fitted()
         if not positive_int(n_samples):
@@ -381,11 +382,14 @@ class PredictiveLMM:
             value = value + np.sqrt(self.sigma2_) * rng.standard_normal(value.shape)
         frame = rows.frame.reset_index(drop=True)
         frame, value, j = frame[keep].reset_index(drop=True), value[:, keep], j[keep]
-        # the mixtures' order: subject by subject (their labels' order), draw by draw, the subject's rows
+        # the mixtures' order: subject by subject (their labels' order), draw by draw, the subject's rows; at the
+        # population level every row has the one population posterior, so the rows' own subjects set the order
+        subjects = None if rows.subjects is None else np.asarray(rows.subjects, dtype=object)[keep]
+        who = j if level == "subject" or subjects is None else _label_codes(subjects)
         row, draw = np.tile(np.arange(len(frame)), S), np.repeat(np.arange(S), len(frame))
-        order = np.lexsort((row, draw, j[row]))
+        order = np.lexsort((row, draw, who[row]))
         out = frame.loc[row[order]].reset_index(drop=True)
-        out.insert(len(frame.columns), "sample", draw[order])
+        out.insert(0 if subjects is None else _subject_columns(frame, subjects), "sample", draw[order])
         out["value"] = inverse(value.reshape(-1)[order], self._transform)
         return out
 
@@ -483,3 +487,21 @@ class PredictiveLMM:
             raise DataError(f"predict needs a data frame with the subject column '{name}'")
         return self._label_index(factorize_groups(data[name].to_numpy(dtype=object))[1]).rename(name)
 
+
+def _subject_columns(frame: pd.DataFrame, subjects: np.ndarray) -> int:
+    """1 where ``frame``'s first column holds the rows' subjects ``subjects`` (the design builders put it
+    first when the rows have one), else 0: where a draw's ``sample`` column goes, after the subject as in the
+    mixtures' draws."""
+    if frame.shape[1] == 0:
+        return 0
+    first = frame.iloc[:, 0].to_numpy(dtype=object)
+    return int(len(first) == len(subjects) and bool(np.all(first == np.asarray(subjects, dtype=object))))
+
+
+def _label_codes(subjects: np.ndarray) -> np.ndarray:
+    """Each row's subject as its rank among the labels (sorted; in order of appearance where labels of
+    different types do not sort)."""
+    try:
+        return pd.factorize(subjects, sort=True)[0]
+    except TypeError:
+        return pd.factorize(subjects)[0]
