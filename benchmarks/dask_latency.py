@@ -30,12 +30,10 @@ def frame() -> pd.DataFrame:
     from dmlmm import simulate
 
     sim = simulate.dgp1(random_state=3, n_subjects=120)
-    df = sim.data.copy()
-    rng = np.random.default_rng(0)
-    age = pd.Series(rng.normal(50, 10, sim.n_subjects), index=sim.labels.index)
-    sex = pd.Series(rng.choice(["f", "m"], sim.n_subjects), index=sim.labels.index)
-    df["age"] = age.loc[df["subject"]].to_numpy()
-    df["sex"] = sex.loc[df["subject"]].to_numpy()
+    rng = np.random.default_rng(0)  # the same draws as tests/test_distributed.py's frame: the same data
+    n = sim.n_subjects
+    baseline = pd.DataFrame({"age": rng.normal(50, 10, n), "sex": rng.choice(["f", "m"], n)}, index=sim.labels.index)
+    df = sim.data.join(baseline, on="subject")
     df["y"] += 0.02 * (df["age"] - 50) + 0.3 * (df["sex"] == "m")
     return df
 
