@@ -327,6 +327,17 @@ def test_first_layer_collapse_message_names_what_is_left():
     assert "every subject is in one cluster" not in said
     assert said.endswith("the 2 clusters (labels_) differ in the deeper layers only ((1, 2) components per layer); "
                          "groups_ has one group")
+    # a minibatch fit decided its structure on its warm start's subjects: the message says so and what to do
+    hint = ("; a minibatch fit creates no cluster after its warm start: a larger subsample= (up to all subjects) or "
+            "batch_size='full' looks at more of them")
+    said = collapse_message(10, (1,), 1, (200, 400))
+    assert said == ("all first-layer components but one ended empty and were pruned: the 200 of the 400 subjects that "
+                    "this minibatch fit's warm start saw show no cluster structure this model can support (every "
+                    "subject is in one cluster)" + hint)
+    assert collapse_message(10, (1, 2), 2, (200, 400)).endswith(
+        "groups_ has one group, as the 200 of the 400 subjects that this minibatch fit's warm start saw showed" + hint)
+    assert collapse_message(10, (1,), 1, (400, 400)) == collapse_message(10, (1,), 1)  # it saw every subject
+    assert collapse_message(10, (2, 1), 2, (200, 400)) is None
 
 
 def test_a_fit_that_reproduces_its_response_exactly_says_so():

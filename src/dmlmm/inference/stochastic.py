@@ -360,4 +360,5 @@ def run_vi_stochastic(
     final.moves = warm.moves
     final.converged = converged
     final.elbo_history = phase.history + list(final.elbo_history)
+    final.warm_start = (n_sub, N)
     return final

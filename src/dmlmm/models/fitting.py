@@ -164,20 +164,32 @@ def keep_best_scale(fits: list[ScaleFit], refused: list[tuple[str | None, DataEr
     return chosen
 
 
-def collapse_message(requested_first: int, kept: tuple[int, ...], n_paths: int) -> str | None:
+def collapse_message(requested_first: int, kept: tuple[int, ...], n_paths: int,
+                     warm_start: tuple[int, int] | None = None) -> str | None:
     """The warning for a first layer pruned to one component from ``requested_first`` > 1, else None.
 
     ``kept``: the components left per layer; ``n_paths``: the clusters (paths) left. With one path
     every subject is in one cluster; with more, the clusters differ in the deeper layers only
     (``labels_``), while ``groups_`` and the per-group residual variances have one group.
+    ``warm_start``: a minibatch fit's (warm-start subjects, all subjects) (:attr:`VIResult.warm_start`):
+    where the warm start saw fewer than all subjects, the message says that the structure was decided on
+    those (a stochastic fit creates no cluster after its warm start) and how to look at more of them.
     """
     if requested_first <= 1 or kept[0] != 1:
         return None
+    partial = warm_start is not None and warm_start[0] < warm_start[1]
+    saw = f"the {warm_start[0]} of the {warm_start[1]} subjects that this minibatch fit's warm start saw" if partial else ""
     head = "all first-layer components but one ended empty and were pruned: "
     if n_paths <= 1:
-        return head + "the data show no cluster structure this model can support (every subject is in one cluster)"
-    return (head + f"the {n_paths} clusters (labels_) differ in the deeper layers only ({kept} components "
-            "per layer); groups_ has one group")
+        said = head + (f"{saw} show" if partial else "the data show") + \
+            " no cluster structure this model can support (every subject is in one cluster)"
+    else:
+        said = (head + f"the {n_paths} clusters (labels_) differ in the deeper layers only ({kept} components "
+                "per layer); groups_ has one group" + (f", as {saw} showed" if partial else ""))
+    if partial:
+        said += ("; a minibatch fit creates no cluster after its warm start: a larger subsample= (up to all "
+                 "subjects) or batch_size='full' looks at more of them")
+    return said
 
 
 def subject_noise(resp: np.ndarray, sigma2: float | np.ndarray, q) -> np.ndarray:
@@ -573,7 +585,8 @@ class Fitting:
         w = self._w()
         self.fixed_effects_ = pd.Series(w * s / design.covariate_sd, index=list(design.fixed_names), dtype=float, name="estimate")
         self.cluster_means_ = self._cluster_curves()
-        message = collapse_message(self._requested_first_layer(), self.n_components_, self.prior_.n_paths)
+        message = collapse_message(self._requested_first_layer(), self.n_components_, self.prior_.n_paths,
+                                   res.warm_start)
         if message is not None:
             warnings.warn(message, EmptyComponentWarning, stacklevel=stacklevel)
 
