@@ -178,7 +178,9 @@ def collapse_message(requested_first: int, kept: tuple[int, ...], n_paths: int,
     if requested_first <= 1 or kept[0] != 1:
         return None
     partial = warm_start is not None and warm_start[0] < warm_start[1]
-    saw = f"the {warm_start[0]} of the {warm_start[1]} subjects that this minibatch fit's warm start saw" if partial else ""
+    saw = ""
+    if partial:
+        saw = f"the {warm_start[0]} of the {warm_start[1]} subjects that this minibatch fit's warm start saw"
     head = "all first-layer components but one ended empty and were pruned: "
     if n_paths <= 1:
         said = head + (f"{saw} show" if partial else "the data show") + \
