@@ -177,18 +177,16 @@ def collapse_message(requested_first: int, kept: tuple[int, ...], n_paths: int,
     """
     if requested_first <= 1 or kept[0] != 1:
         return None
-    partial = warm_start is not None and warm_start[0] < warm_start[1]
-    saw = ""
-    if partial:
+    saw = None  # who decided the structure, where a minibatch fit's warm start saw only some subjects
+    if warm_start is not None and warm_start[0] < warm_start[1]:
         saw = f"the {warm_start[0]} of the {warm_start[1]} subjects that this minibatch fit's warm start saw"
-    head = "all first-layer components but one ended empty and were pruned: "
+    said = "all first-layer components but one ended empty and were pruned: "
     if n_paths <= 1:
-        said = head + (f"{saw} show" if partial else "the data show") + \
-            " no cluster structure this model can support (every subject is in one cluster)"
+        said += f"{saw or 'the data'} show no cluster structure this model can support (every subject is in one cluster)"
     else:
-        said = (head + f"the {n_paths} clusters (labels_) differ in the deeper layers only ({kept} components "
-                "per layer); groups_ has one group" + (f", as {saw} showed" if partial else ""))
-    if partial:
+        said += (f"the {n_paths} clusters (labels_) differ in the deeper layers only ({kept} components per layer); "
+                 "groups_ has one group" + (f", as {saw} showed" if saw else ""))
+    if saw:
         said += ("; a minibatch fit creates no cluster after its warm start: a larger subsample= (up to all "
                  "subjects) or batch_size='full' looks at more of them")
     return said
