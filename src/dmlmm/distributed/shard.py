@@ -324,6 +324,7 @@ class StepSums:
     log_evidence : float, sum_i of the subjects' local ELBO terms.
     n_obs, yty : (M,) sum_i r_ic n_i and sum_i r_ic y_i'y_i.
     Fty : (M, P) sum_i r_ic F_i'y_i;  FtF : (M, P, P) sum_i r_ic F_i'F_i.
+    path_gram : (M, D, D);  path_xtf : (M, D, P)  (as in LocalResult: the translation move's).
     """
 
     weight: np.ndarray
@@ -337,6 +338,8 @@ class StepSums:
     yty: np.ndarray
     Fty: np.ndarray
     FtF: np.ndarray
+    path_gram: np.ndarray
+    path_xtf: np.ndarray
 
     def __add__(self, other: "StepSums") -> "StepSums":
         return StepSums(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -417,6 +420,8 @@ def shard_step(
         yty=r.T @ st.yty,
         Fty=r.T @ st.Fty,
         FtF=np.einsum("nc,npq->cpq", r, st.FtF),
+        path_gram=loc.path_gram,
+        path_xtf=loc.path_xtf,
     )
     return ShardLocal(r, loc.mean_b, sums, moments)
 

@@ -104,6 +104,14 @@ class DistributedLocal:
     def path_xtf_b(self) -> np.ndarray:
         return self.sums.path_xtf_b
 
+    @property
+    def path_gram(self) -> np.ndarray:
+        return self.sums.path_gram
+
+    @property
+    def path_xtf(self) -> np.ndarray:
+        return self.sums.path_xtf
+
 
 @dataclass(frozen=True)
 class ActivePaths:

@@ -35,6 +35,7 @@ from ..sufficient import SufficientStats
 from ..exceptions import ConvergenceWarning, NumericalError
 from ..priors.base import RandomEffectsPrior
 from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
+from .translate import translate_means
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
 from ..priors.membership import first_layer_resp, membership_elbo, membership_log_weights, membership_prune, membership_update
 from .backend import (active_paths, fixed_sums, resp_change, residual_sums, run_local_step, scales_term,
@@ -94,6 +95,7 @@ class VIConfig:
     prune_after: int = 10  # ... from this iteration on (0 or a negative threshold: never)
     membership_scale: float = 2.5  # prior SD of the membership model's coefficients
     accelerate: bool = True  # full batch: SQUAREM extrapolation of the globals, with an ELBO safeguard
+    translate_means: bool = True  # full batch: the translation move of the component means (inference.translate)
     resp_tol: float = 1e-3  # full batch: converged only once no responsibility moves more than this
     joint_fixed: bool = False  # one-path priors: q(w, b) jointly Gaussian (:mod:`dmlmm.inference.joint`)
     # a run racing a known ELBO: stop once it cannot reach this at its recent rate (_cannot_reach)
@@ -410,6 +412,9 @@ def run_vi(
             break
         prev_local = local
         new = update_globals(params, prior, sub, local, cache, psi, config, scale, rho)
+        if config.translate_means and new.scales is None:
+            new = translate_means(new, params, prior, local, pp, noise_moments(params, P, paths),
+                                  noise_moments(new, P, paths))
         if new.scales is not None:
             new = update_subject_scales(new, stats, local, config)
         if accel is not None and anchor is not None:

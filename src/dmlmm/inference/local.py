@@ -88,6 +88,9 @@ class LocalResult:
     (the per-path pieces of the residual sums of squares, for per-cluster noise)
     scale_moments : GroupMoments or None, each subject's posterior moments per noise group for the update
         of its residual scale, with subject-level residual scales only (:mod:`dmlmm.inference.subject_scales`).
+    path_gram : (M, D, D) sum_i r_ic X_i'X_i;  path_xtf : (M, D, P) sum_i r_ic X_i'F_i.
+    (what the translation move of the component means needs, :mod:`dmlmm.inference.translate`; None
+    where a step does not give them)
     """
 
     resp: np.ndarray
@@ -99,6 +102,8 @@ class LocalResult:
     path_xty_b: np.ndarray | None = None
     path_xtf_b: np.ndarray | None = None
     scale_moments: Any = None
+    path_gram: np.ndarray | None = None
+    path_xtf: np.ndarray | None = None
 
 
 def residual_stats(stats: SufficientStats, noise: NoiseMoments) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +228,10 @@ def local_step(
         p_xty = np.bincount(cc, weights=np.einsum("ad,ad->a", rm, stats.Xty[gi]), minlength=M)
         if P:
             _add_rows(xtf_b, cc, np.einsum("ad,adp->ap", rm, stats.XtF[gi]))
-        return w_sum, first, second, p_quad, p_xty, xtf_b
+        # sum_i r_ic X_i'X_i and X_i'F_i: one product over the chunk's rows of resp
+        gram = np.tensordot(resp[start:stop], stats.XtX[start:stop], axes=(0, 0))
+        xtf = np.tensordot(resp[start:stop], stats.XtF[start:stop], axes=(0, 0))
+        return w_sum, first, second, p_quad, p_xty, xtf_b, gram, xtf
 
     # memory-bounded chunks of subjects, each fully batched; chunks run on several threads
     # (numpy releases the GIL inside its loops), each writing its own rows
@@ -237,8 +245,9 @@ def local_step(
                 parts = list(pool.map(lambda se: run_chunk(*se), bounds))
         else:
             parts = [run_chunk(a, b) for a, b in bounds]
-    w_sum, first, second, p_quad, p_xty, p_xtf = (np.sum([p[j] for p in parts], axis=0) for j in range(6))
-    return LocalResult(resp, log_ev, mean_b, None, PathMoments(w_sum, first, second), p_quad, p_xty, p_xtf)
+    w_sum, first, second, p_quad, p_xty, p_xtf, gram, xtf = (np.sum([p[j] for p in parts], axis=0) for j in range(8))
+    return LocalResult(resp, log_ev, mean_b, None, PathMoments(w_sum, first, second), p_quad, p_xty, p_xtf,
+                       path_gram=gram, path_xtf=xtf)
 
 
 def observation_factor(stats: SufficientStats) -> tuple[np.ndarray, np.ndarray] | None:

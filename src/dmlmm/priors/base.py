@@ -142,6 +142,16 @@ class RandomEffectsPrior(ABC):
         (:mod:`dmlmm.continuation`). Zero where the prior has no smoothness prior."""
         return np.zeros(self.n_paths)
 
+    def first_means(self, params: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """The first layer's component means as the translation move moves them
+        (:mod:`dmlmm.inference.translate`): E[mu_k] (K_1, D) and the diagonal of their expected prior
+        precision (K_1, D), the curvature of E[log p(mu_k)] in the mean. None: no free means to move."""
+        return None
+
+    def translate_first_means(self, params: Any, delta: np.ndarray) -> Any:
+        """``params`` with E[mu_k] moved by ``delta`` (K_1, D), every other moment of q kept."""
+        raise NotImplementedError(f"{type(self).__name__} has no means to translate")
+
     @abstractmethod
     def first_layer_dirichlet(self, params: Any) -> tuple[Any, float]:
         """q(pi) of the first layer's weights (a Dirichlet) and its prior concentration rho.

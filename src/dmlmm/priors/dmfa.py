@@ -429,6 +429,19 @@ class DeepMixturePrior(RandomEffectsPrior):
             log_rate = np.where(self._rough, np.log(a) - np.log(lam) - u.mean_log[:, None], log_rate)
         return shape, rate, log_rate
 
+    # ------------------------------------------------------------------ translation move
+    def first_means(self, params: DMFAParams) -> tuple[np.ndarray, np.ndarray]:
+        """E[mu_k] of the first layer, the first entry of each row's q(theta_kj), and its prior precision."""
+        lay = params.layers[0]
+        return lay.loadings.moments()[0][..., 0], self._row_priors(0, lay)[0][..., 0]
+
+    def translate_first_means(self, params: DMFAParams, delta: np.ndarray) -> DMFAParams:
+        """E[mu_kj] + delta_kj; the covariance of theta_kj = (mu_kj, B_kj.) and E[B_kj.] are kept."""
+        lay = params.layers[0]
+        q = lay.loadings  # precision (K, J, m+1, m+1), shift = precision @ mean (K, J, m+1)
+        moved = Gaussian(q.precision, q.shift + q.precision[..., :, 0] * delta[..., None])
+        return DMFAParams((replace(lay, loadings=moved),) + tuple(params.layers[1:]))
+
     # ------------------------------------------------------------------ expected log prior per path
     def path_prior(self, params: DMFAParams) -> tuple[PathPrior, _PathCache]:
         M, L = self.n_paths, self.n_layers

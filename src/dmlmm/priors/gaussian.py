@@ -313,6 +313,15 @@ class GaussianMixturePrior(RandomEffectsPrior):
         return params.mean.moments()
 
     # ------------------------------------------------------------------ engine interface
+    def first_means(self, params: GaussianMixtureParams) -> tuple[np.ndarray, np.ndarray] | None:
+        if params.mean is None:  # zero_mean: the fixed effects carry the population curve
+            return None
+        return params.mean.moments()[0], self._mean_prior_prec(params.mean_smooth)
+
+    def translate_first_means(self, params: GaussianMixtureParams, delta: np.ndarray) -> GaussianMixtureParams:
+        q = params.mean
+        return replace(params, mean=Gaussian(q.precision, q.shift + (q.precision @ delta[..., None])[..., 0]))
+
     def path_prior(self, params: GaussianMixtureParams) -> tuple[PathPrior, None]:
         e_prec, e_logdet_prec = self._cov_expectations(params)
         m, v, _ = self._mean_moments(params)
