@@ -143,13 +143,15 @@ def test_a_saved_model_keeps_its_transform(positive, fits, tmp_path):
 
 def test_auto_keeps_the_scale_with_the_higher_bound_on_the_data(positive, fits):
     """response_transform="auto" (the default): a positive response is fitted on the log scale and as
-    given; each bound is the explicit fit's (the scale as given converges before the race with the
-    log scale's bound could cut it short), and the log wins on data simulated on the log scale
-    (recovery of the truth)."""
+    given; the log scale's bound is the explicit fit's, the bound as given at most the explicit fit's (its
+    run races the log scale's bound and stops once it cannot reach it: here 0.0024 nats short of
+    convergence), and the log wins on data simulated on the log scale (recovery of the truth)."""
     auto = _model().fit(positive, subject="id", time="t")
     plain = _model(response_transform=None).fit(positive, subject="id", time="t")
-    assert auto.elbo_by_transform_ == pytest.approx({"none": plain.elbo_data_scale_, "log": fits[0].elbo_data_scale_},
-                                                    rel=1e-12)
+    assert set(auto.elbo_by_transform_) == {"none", "log"}
+    assert auto.elbo_by_transform_["log"] == pytest.approx(fits[0].elbo_data_scale_, rel=1e-12)
+    assert auto.elbo_by_transform_["none"] <= plain.elbo_data_scale_ + 1e-9
+    assert auto.elbo_by_transform_["none"] == pytest.approx(plain.elbo_data_scale_, rel=1e-4)
     assert auto.response_transform_ == "log" and auto.elbo_data_scale_ == max(auto.elbo_by_transform_.values())
     assert auto.elbo_by_transform_["log"] > auto.elbo_by_transform_["none"] + 10
     assert auto.elbo_ == pytest.approx(fits[0].elbo_, rel=1e-12)

@@ -115,14 +115,16 @@ def _fit_recording(model, data):
     return model, [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
 
 
-def test_requested_start_kept_unconverged_is_warned(sim):
+def test_requested_start_kept_unconverged_is_warned():
     """Finishing the requested start after a smaller one converged can end higher but unconverged: that fit
-    is kept and must say so (its run's own warning is silenced with the rest of the second run)."""
+    is kept and must say so (its run's own warning is silenced with the rest of the second run). (Data, seed
+    and budget found by a search: with the translation move of the means, sim's fit converged in 90
+    iterations and no longer met this case.)"""
     m, said = _fit_recording(MixtureLMM(10, basis=SplineBasis(10, lower=0, upper=1), covariance="full",
-                                        noise="shared", random_state=1, max_iter=140), sim.data)
-    assert not m.converged_ and m.n_iter_ == 140
+                                        noise="shared", random_state=0, max_iter=130), dgp1(6, n_subjects=200).data)
+    assert not m.converged_ and m.n_iter_ == 130
     assert len(said) == 1
-    assert said[0].startswith("variational inference used its budget of max_iter=140 iterations before the ELBO "
+    assert said[0].startswith("variational inference used its budget of max_iter=130 iterations before the ELBO "
                               "converged: the first ")
     assert "the rest went to the requested sizes' start, which ended higher but unconverged" in said[0]
 
@@ -209,14 +211,17 @@ def _yearly_visits(n_subjects: int, seed: int):
 def test_shared_visit_times_explore_a_smooth_start_too(monkeypatch):
     """Every subject seen at a few shared times (five yearly visits, 20 basis functions): between the visits
     the curves are seen by no data, and the default start (ridge fits with a light roughness penalty)
-    oscillates there, and coordinate ascent kept the oscillation (here the population curve strays 1.34 from
-    the truth between the visits, ELBO -1058.9; on mlmRev's egsingle the fit absorbed the noise into the curves,
-    sigma^2 0.018 against the LMM's 0.285). One more start from
-    ridge fits penalised 1000 times harder in the rough directions is explored there, and the ELBO
-    chooses: the population curve follows the truth between the visits (within 0.16), at an ELBO 75 nats
-    higher than the fit without that start. Where the visit times are not shared, or the basis has no more
-    functions than there are times, no such start is made."""
+    oscillates there. Plain coordinate ascent kept the oscillation (here, loading order 1, the population curve
+    strayed 1.29 from the truth between the visits, ELBO -1054.6; on mlmRev's egsingle the fit absorbed the
+    noise into the curves, sigma^2 0.018 against the LMM's 0.285). One more start from ridge fits penalised
+    1000 times harder in the rough directions is explored there, and the ELBO chooses: the population curve
+    follows the truth between the visits (within 0.16), 80 nats higher. The translation move of the means
+    (dmlmm.inference.translate) now climbs out of the oscillation from the default start as well (the same fit,
+    ELBO -974.8, with or without the smooth start); the trap and the start's mend are checked with the move
+    switched off. Where the visit times are not shared, or the basis has no more functions than there are
+    times, no such start is made."""
     df, times, truth = _yearly_visits(250, 0)
+    grid = np.linspace(-2.0, 2.0, 17)
     seen: list[int] = []
     inner = starts.run_vi_with_starts
 
@@ -224,20 +229,26 @@ def test_shared_visit_times_explore_a_smooth_start_too(monkeypatch):
         seen.append(len(extra_starts))
         return inner(*args, extra_starts=extra_starts, **kw)
 
+    def stray(model):  # the population curve's largest distance from the truth between and at the visits
+        return np.max(np.abs(model.predict_trajectory(None, times=grid)["mean"].to_numpy() - truth(grid)))
+
     monkeypatch.setattr("dmlmm.models.candidates.run_vi_with_starts", counting)
-    with_smooth = DeepMixtureLMM(random_state=0).fit(df)
-    assert seen == [1, 1]  # both loading orders
+    default = DeepMixtureLMM(loading_order=1, random_state=0).fit(df)
+    assert seen == [1]
+    assert stray(default) < 0.25
+    monkeypatch.setattr("dmlmm.inference.engine.translate_means", lambda new, *a: new)
+    with_smooth = DeepMixtureLMM(loading_order=1, random_state=0).fit(df)
     monkeypatch.setattr("dmlmm.models.candidates.run_vi_with_starts",
                         lambda *a, extra_starts=(), **kw: inner(*a, **kw))
-    without = DeepMixtureLMM(random_state=0).fit(df)
-    assert with_smooth.elbo_ > without.elbo_ + 10.0
-    grid = np.linspace(-2.0, 2.0, 17)
-    curve = with_smooth.predict_trajectory(None, times=grid)["mean"].to_numpy()
-    assert np.max(np.abs(curve - truth(grid))) < 0.25, curve.round(2)
-    old = without.predict_trajectory(None, times=grid)["mean"].to_numpy()
-    assert np.max(np.abs(old - truth(grid))) > 0.5  # what the smooth start mends (if this fails, the default start no longer oscillates)
+    without = DeepMixtureLMM(loading_order=1, random_state=0).fit(df)
+    assert stray(without) > 0.5  # the trap (if this fails, the default start no longer oscillates)
+    assert with_smooth.elbo_ > without.elbo_ + 10.0 and stray(with_smooth) < 0.25
+    monkeypatch.undo()
     seen.clear()
     monkeypatch.setattr("dmlmm.models.candidates.run_vi_with_starts", counting)
+    DeepMixtureLMM(max_iter=200, random_state=0).fit(_yearly_visits(60, 1)[0])
+    assert seen == [1, 1]  # "auto": both loading orders explore it
+    seen.clear()
     spread = df.assign(time=df["time"] + np.random.default_rng(1).uniform(-0.4, 0.4, len(df)))
     DeepMixtureLMM(loading_order=2, max_iter=200, random_state=0).fit(spread)
     assert seen == [0]
