@@ -219,7 +219,7 @@ def test_idiosyncratic_shapes_grow_only_beyond_what_the_visit_times_resolve():
 
 
 def test_sparse_visits_curves_stay_in_range_and_bands_widen_between_visits():
-    df = _sparse_visits()
+    df = _sparse_visits(n_subjects=80)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = DeepMixtureLMM(random_state=0).fit(df, "subject", "age", "y")
@@ -249,7 +249,7 @@ def test_bands_of_the_true_curve_cover_it_on_simulated_data():
 
 
 def test_clustering_does_not_depend_on_the_sign_of_y_or_the_direction_of_time():
-    sim = dgp1(random_state=1, n_subjects=150)
+    sim = dgp1(random_state=1, n_subjects=100)
     d = sim.data
     kw = dict(random_state=0, basis=SplineBasis(lower=0, upper=1), loading_order=2)  # one order: "auto" fits two
     with warnings.catch_warnings():
