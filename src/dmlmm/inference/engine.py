@@ -35,7 +35,6 @@ from ..sufficient import SufficientStats
 from ..exceptions import ConvergenceWarning, NumericalError
 from ..priors.base import RandomEffectsPrior
 from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
-from .translate import translate_means
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
 from ..priors.membership import first_layer_resp, membership_elbo, membership_log_weights, membership_prune, membership_update
 from .backend import (active_paths, fixed_sums, resp_change, residual_sums, run_local_step, scales_term,
@@ -44,6 +43,7 @@ from .joint import joint_local_step
 from .local import LocalResult, NoiseMoments
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, take_groups
 from .subject_scales import SubjectScales, initial_scales, with_scales
+from .translate import translate_means
 
 _NO_RAISE = contextlib.nullcontext()
 
