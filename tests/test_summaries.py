@@ -140,7 +140,7 @@ def test_clusters_table_numbers_each_layer_as_the_outputs():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = dmlmm.DeepMixtureLMM((4, 2), (1, 1), basis=dmlmm.SplineBasis(6), random_state=1, max_iter=200).fit(d)
-    assert m.components_kept_[0].tolist() == [0, 1] and m.n_components_ == (2, 1)
+    assert len(m.components_kept_[0]) == 2 and m.n_components_ == (2, 1)
     tab = m.clusters_
     for layer, kept in enumerate(m.components_kept_, start=1):
         col = tab[f"layer{layer}"]

@@ -33,7 +33,9 @@ effects w', so s'_c (X_i'(y_i - F_i w') - X_i'X_i E[b_i|c]) = Lambda_c E[b_i|c] 
 The ELBO at the moved globals with the moved q(b) is the ELBO before the move plus
 delta' (A delta) / 2 >= 0, and the next local step can only raise it: the ELBO stays monotone.
 Not with subject-level residual scales (their update, after the globals', reads the unmoved
-q(b)), nor in minibatch steps.
+q(b)), nor in minibatch steps; and, like SQUAREM, in the final runs only (``VIConfig.translate_means``,
+off in :func:`~dmlmm.inference.moves.explore_config`): in the exploring runs it moved fits to other
+optima without raising their held-out scores.
 """
 
 from __future__ import annotations
