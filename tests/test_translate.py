@@ -45,7 +45,7 @@ def _state(stats, prior, iters=3):
         params = run_vi(stats, prior, params, config, rng).params
     P = stats.dim_fixed
     pp, cache = prior.path_prior(params.prior)
-    local = local_step(stats, pp, noise_moments(params, P))
+    local = local_step(stats, pp, noise_moments(params, P), move_sums=True)
     new = update_globals(params, prior, stats, local, cache, None, config)
     return params, pp, local, new, config
 

@@ -311,6 +311,7 @@ class StepGlobals:
     noise: NoiseMoments
     errstate: dict = field(default_factory=dict)
     groups: np.ndarray | None = None  # each path's noise group, for the residual scales' moments
+    move_sums: bool = False  # the translation move's sums too (LocalResult.path_gram, path_xtf)
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,8 @@ class StepSums:
     log_evidence : float, sum_i of the subjects' local ELBO terms.
     n_obs, yty : (M,) sum_i r_ic n_i and sum_i r_ic y_i'y_i.
     Fty : (M, P) sum_i r_ic F_i'y_i;  FtF : (M, P, P) sum_i r_ic F_i'F_i.
-    path_gram : (M, D, D);  path_xtf : (M, D, P)  (as in LocalResult: the translation move's).
+    path_gram : (M, D, D);  path_xtf : (M, D, P)  (as in LocalResult: the translation move's; None unless
+    the step was asked for them).
     """
 
     weight: np.ndarray
@@ -338,11 +340,14 @@ class StepSums:
     yty: np.ndarray
     Fty: np.ndarray
     FtF: np.ndarray
-    path_gram: np.ndarray
-    path_xtf: np.ndarray
+    path_gram: np.ndarray | None
+    path_xtf: np.ndarray | None
 
     def __add__(self, other: "StepSums") -> "StepSums":
-        return StepSums(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        def add(a, b):
+            return None if a is None or b is None else a + b
+
+        return StepSums(*(add(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -399,7 +404,7 @@ def shard_step(
                 raise FloatingPointError("the subjects' residual scales are not finite")
             st = shard.stats if scales is None else weighted_stats(shard.stats, scales.weight)
             loc = local_step(st, globals_.prior, globals_.noise, hard_assignment, active=active,
-                             moment_threshold=moment_threshold)
+                             moment_threshold=moment_threshold, move_sums=globals_.move_sums)
             if scales is not None:
                 pp, noise = globals_.prior, globals_.noise
                 log_evidence, moments = with_scales(loc.log_evidence, loc.resp, loc.mean_b, st, pp.precision, pp.shift,

@@ -163,10 +163,11 @@ class DaskStats:
         hard_assignment: bool = False,
         active: ActivePaths | None = None,
         moment_threshold: float = 1e-12,
+        move_sums: bool = False,
     ) -> DistributedLocal:
         """The local step on every shard (see the module docstring); ``active`` from :meth:`active_paths`."""
         c = self.client
-        glob = per_task(c, sh.StepGlobals(prior, noise, np.geterr(), self.groups), len(self.shards))
+        glob = per_task(c, sh.StepGlobals(prior, noise, np.geterr(), self.groups, move_sums), len(self.shards))
         previous = [None] * len(self.shards) if active is None else active.local.parts
         scales = sc.per_shard(self.scales, len(self.shards))
         threshold = 0.0 if active is None else float(active.threshold)

@@ -53,7 +53,7 @@ class StatsBackend(Protocol):
 
     def local_step(
         self, prior: PathPrior, noise: NoiseMoments, hard_assignment: bool = False,
-        active: Any = None, moment_threshold: float = 1e-12,
+        active: Any = None, moment_threshold: float = 1e-12, move_sums: bool = False,
     ) -> Any: ...
 
     def active_paths(self, local: Any, threshold: float) -> Any: ...
@@ -137,6 +137,7 @@ def run_local_step(
     active: Any = None,
     moment_threshold: float = 1e-12,
     log_weight: np.ndarray | None = None,
+    move_sums: bool = False,
 ):
     """:func:`~dmlmm.inference.local.local_step` where the statistics live (same arguments).
 
@@ -144,10 +145,11 @@ def run_local_step(
     """
     if isinstance(stats, SufficientStats):
         return local_step(stats, prior, noise, hard_assignment, active=active, moment_threshold=moment_threshold,
-                          log_weight=log_weight)
+                          log_weight=log_weight, move_sums=move_sums)
     if log_weight is not None:
         raise NotImplementedError("membership covariates are not supported by this statistics backend")
-    return stats.local_step(prior, noise, hard_assignment, active=active, moment_threshold=moment_threshold)
+    return stats.local_step(prior, noise, hard_assignment, active=active, moment_threshold=moment_threshold,
+                            move_sums=move_sums)
 
 
 def active_paths(stats: SufficientStats | StatsBackend, local, threshold: float):

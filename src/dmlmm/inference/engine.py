@@ -522,8 +522,9 @@ def _local_step(
         local = joint_local_step(stats, pp, noise_moments(params, P, paths), config.fixed_var)
         return local, replace(params, fixed=local.fixed)
     noise = noise_moments(params, P, paths)
-    local = run_local_step(stats, pp, noise, config.hard_assignment,
-                           active=active, moment_threshold=config.moment_threshold, log_weight=log_weight)
+    local = run_local_step(stats, pp, noise, config.hard_assignment, active=active,
+                           moment_threshold=config.moment_threshold, log_weight=log_weight,
+                           move_sums=config.translate_means and params.scales is None)
     if params.scales is not None and isinstance(stats, SufficientStats):  # weighted by E[1/v_i] (weighted_by_scales);
         # a backend's step does this where its subjects are (dmlmm.distributed.scales)
         log_evidence, moments = with_scales(local.log_evidence, local.resp, local.mean_b, stats, pp.precision, pp.shift,

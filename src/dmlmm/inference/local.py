@@ -127,6 +127,7 @@ def local_step(
     active: np.ndarray | None = None,
     moment_threshold: float = 1e-12,
     log_weight: np.ndarray | None = None,
+    move_sums: bool = False,
 ) -> LocalResult:
     """Optimal q(c_i) and q(b_i | c_i) for every subject, batched over (subject, path) pairs.
 
@@ -144,6 +145,9 @@ def local_step(
     log_weight : (N, M), optional
         Per-subject additions to the paths' log weights (the membership model's bound,
         :mod:`dmlmm.priors.membership`).
+    move_sums : bool
+        Also sum ``path_gram`` and ``path_xtf`` (the translation move's, :mod:`dmlmm.inference.translate`;
+        with 40 functions they add a sixth to a step's cost, so only the runs that move ask for them).
     """
     N, D, M = stats.n_subjects, stats.dim_random, prior.n_paths
     P = stats.dim_fixed
@@ -228,9 +232,10 @@ def local_step(
         p_xty = np.bincount(cc, weights=np.einsum("ad,ad->a", rm, stats.Xty[gi]), minlength=M)
         if P:
             _add_rows(xtf_b, cc, np.einsum("ad,adp->ap", rm, stats.XtF[gi]))
-        # sum_i r_ic X_i'X_i and X_i'F_i: one product over the chunk's rows of resp
-        gram = np.tensordot(resp[start:stop], stats.XtX[start:stop], axes=(0, 0))
-        xtf = np.tensordot(resp[start:stop], stats.XtF[start:stop], axes=(0, 0))
+        gram = xtf = None
+        if move_sums:  # sum_i r_ic X_i'X_i and X_i'F_i: one product over the chunk's rows of resp
+            gram = np.tensordot(resp[start:stop], stats.XtX[start:stop], axes=(0, 0))
+            xtf = np.tensordot(resp[start:stop], stats.XtF[start:stop], axes=(0, 0))
         return w_sum, first, second, p_quad, p_xty, xtf_b, gram, xtf
 
     # memory-bounded chunks of subjects, each fully batched; chunks run on several threads
@@ -245,7 +250,8 @@ def local_step(
                 parts = list(pool.map(lambda se: run_chunk(*se), bounds))
         else:
             parts = [run_chunk(a, b) for a, b in bounds]
-    w_sum, first, second, p_quad, p_xty, p_xtf, gram, xtf = (np.sum([p[j] for p in parts], axis=0) for j in range(8))
+    w_sum, first, second, p_quad, p_xty, p_xtf = (np.sum([p[j] for p in parts], axis=0) for j in range(6))
+    gram, xtf = (np.sum([p[j] for p in parts], axis=0) if move_sums else None for j in (6, 7))
     return LocalResult(resp, log_ev, mean_b, None, PathMoments(w_sum, first, second), p_quad, p_xty, p_xtf,
                        path_gram=gram, path_xtf=xtf)
 
