@@ -105,11 +105,11 @@ class DistributedLocal:
         return self.sums.path_xtf_b
 
     @property
-    def path_gram(self) -> np.ndarray:
+    def path_gram(self) -> np.ndarray | None:
         return self.sums.path_gram
 
     @property
-    def path_xtf(self) -> np.ndarray:
+    def path_xtf(self) -> np.ndarray | None:
         return self.sums.path_xtf
 
 

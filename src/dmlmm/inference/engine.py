@@ -346,6 +346,8 @@ def run_vi(
         raise ValueError("joint_fixed needs a one-path prior and in-memory statistics")
     if params.scales is not None and (config.joint_fixed or not supports_scales(stats)):
         raise ValueError("subject-level residual scales need statistics that can hold them and no joint_fixed")
+    if config.translate_means and prior.first_means(params.prior) is None:
+        config = replace(config, translate_means=False)  # no free means (a zero-mean prior): no sums for a move
     history: list[float] = []
     converged = gave_up = False
     restrict = not config.hard_assignment and prior.n_paths > 1
