@@ -83,7 +83,7 @@ def test_the_move_is_the_exact_maximiser_along_the_translation(prior):
     stats = _stats()
     params, pp, local, new, config = _state(stats, prior, iters=1)
     P = stats.dim_fixed
-    moved = translate_means(new, params, prior, local, pp, noise_moments(params, P), noise_moments(new, P))
+    moved = translate_means(new, prior, local, pp, noise_moments(params, P), noise_moments(new, P))
     delta = prior.first_means(moved.prior)[0] - prior.first_means(new.prior)[0]
     assert np.abs(delta).max() > 1e-4  # a move that matters here
     f = {t: _moved_elbo(stats, prior, params, pp, local, new, config, delta, t) for t in (0.0, 0.5, 1.0, 1.5)}
@@ -100,7 +100,7 @@ def test_the_move_raises_the_deep_mixtures_elbo():
     stats = _stats(seed=2)
     params, pp, local, new, config = _state(stats, prior)
     P = stats.dim_fixed
-    moved = translate_means(new, params, prior, local, pp, noise_moments(params, P), noise_moments(new, P))
+    moved = translate_means(new, prior, local, pp, noise_moments(params, P), noise_moments(new, P))
     delta = prior.first_means(moved.prior)[0] - prior.first_means(new.prior)[0]
     assert np.abs(delta).max() > 1e-3
     f0 = _moved_elbo(stats, prior, params, pp, local, new, config, delta, 0.0)

@@ -346,8 +346,10 @@ def run_vi(
         raise ValueError("joint_fixed needs a one-path prior and in-memory statistics")
     if params.scales is not None and (config.joint_fixed or not supports_scales(stats)):
         raise ValueError("subject-level residual scales need statistics that can hold them and no joint_fixed")
-    if config.translate_means and prior.first_means(params.prior) is None:
-        config = replace(config, translate_means=False)  # no free means (a zero-mean prior): no sums for a move
+    if config.translate_means and (params.scales is not None or prior.first_means(params.prior) is None):
+        # no move with subject-level residual scales (inference.translate) or without free means (a zero-mean
+        # prior): nor the local step's sums for it
+        config = replace(config, translate_means=False)
     history: list[float] = []
     converged = gave_up = False
     restrict = not config.hard_assignment and prior.n_paths > 1
@@ -414,9 +416,8 @@ def run_vi(
             break
         prev_local = local
         new = update_globals(params, prior, sub, local, cache, psi, config, scale, rho)
-        if config.translate_means and new.scales is None:
-            new = translate_means(new, params, prior, local, pp, noise_moments(params, P, paths),
-                                  noise_moments(new, P, paths))
+        if config.translate_means:
+            new = translate_means(new, prior, local, pp, noise_moments(params, P, paths), noise_moments(new, P, paths))
         if new.scales is not None:
             new = update_subject_scales(new, stats, local, config)
         if accel is not None and anchor is not None:
@@ -526,7 +527,7 @@ def _local_step(
     noise = noise_moments(params, P, paths)
     local = run_local_step(stats, pp, noise, config.hard_assignment, active=active,
                            moment_threshold=config.moment_threshold, log_weight=log_weight,
-                           move_sums=config.translate_means and params.scales is None)
+                           move_sums=config.translate_means)
     if params.scales is not None and isinstance(stats, SufficientStats):  # weighted by E[1/v_i] (weighted_by_scales);
         # a backend's step does this where its subjects are (dmlmm.distributed.scales)
         log_evidence, moments = with_scales(local.log_evidence, local.resp, local.mean_b, stats, pp.precision, pp.shift,

@@ -51,17 +51,17 @@ __all__ = ["translate_means"]
 
 
 def translate_means(
-    new: Any, old: Any, prior: RandomEffectsPrior, local: Any, path_prior: PathPrior, noise_old: Any, noise_new: Any,
+    new: Any, prior: RandomEffectsPrior, local: Any, path_prior: PathPrior, noise_old: Any, noise_new: Any,
 ) -> Any:
     """``new`` (VariationalParams after the global updates) with the first-layer means moved (module docstring).
 
     Parameters
     ----------
-    new, old : VariationalParams after and before the global updates.
+    new : VariationalParams after the global updates.
     prior : the RandomEffectsPrior (its paths and first-layer means).
-    local : the local step's result at ``old``: ``moments``, ``path_gram`` (M, D, D), ``path_xtf`` (M, D, P).
+    local : the local step's result before them: ``moments``, ``path_gram`` (M, D, D), ``path_xtf`` (M, D, P).
     path_prior : the path prior of that local step (precision (M, D, D), shift (M, D)).
-    noise_old, noise_new : NoiseMoments at ``old`` and ``new`` (``prec`` scalar or (M,), ``w_mean`` (P,)).
+    noise_old, noise_new : NoiseMoments before and after the global updates (``prec`` scalar or (M,), ``w_mean`` (P,)).
     """
     first = prior.first_means(new.prior)
     if first is None or local.path_gram is None:
