@@ -123,12 +123,12 @@ def test_parse_times():
 
 
 def test_other_models(csv, tmp_path):
-    r = run("fit", csv, "--model", "mixture", "--components", "3", "--n-basis", "6", "--max-iter", "30",
+    r = run("fit", "--no-report", csv, "--model", "mixture", "--components", "3", "--n-basis", "6", "--max-iter", "30",
             "--out", tmp_path / "mix")
     assert r.exit_code == 0, r.output
     assert isinstance(dmlmm.load(tmp_path / "mix" / "model.dmlmm"), dmlmm.MixtureLMM)
     # the linear mixed model: the shared engine with one component, a model file for predict
-    r = run("fit", csv, "--model", "lmm", "--n-basis", "6", "--out", tmp_path / "lmm")
+    r = run("fit", "--no-report", csv, "--model", "lmm", "--n-basis", "6", "--out", tmp_path / "lmm")
     assert r.exit_code == 0, r.output
     model = dmlmm.load(tmp_path / "lmm" / "model.dmlmm")
     assert isinstance(model, dmlmm.MixtureLMM) and model.n_components == 1
@@ -147,13 +147,6 @@ def test_other_models(csv, tmp_path):
     assert (pred["cluster"] == 0).all() and len(pred) == 2 * exact.n_groups_
     assert_bad_input(run("fit", csv, "--model", "lmm", "--components", "3", "--out", tmp_path / "x"), "--components")
     assert_bad_input(run("fit", csv, "--model", "mixture", "--method", "ml", "--out", tmp_path / "x"), "--method")
-
-
-def test_select_puts_the_table_in_the_report(csv, tmp_path):
-    r = run("fit", csv, "--select", "--components", "3,2", "--n-basis", "5", "--max-iter", "15", "--out", tmp_path / "s")
-    assert r.exit_code == 0, r.output
-    html = (tmp_path / "s" / "report.html").read_text()
-    assert 'id="selection"' in html and 'class="sel"' in html
 
 
 def test_simulate_writes_data_truth_and_labels(tmp_path):
@@ -232,8 +225,8 @@ def test_missing_values_are_counted_and_dropna_drops_them(csv, tmp_path):
     df.loc[[3, 7, 8], "y"] = np.nan
     p = tmp_path / "na.csv"
     df.to_csv(p, index=False)
-    assert_bad_input(run("fit", p, *SMALL, "--out", tmp_path / "o"), "3 row(s)", "missing", "--dropna")
-    r = run("fit", p, *SMALL, "--dropna", "--out", tmp_path / "o")
+    assert_bad_input(run("fit", "--no-report", p, *SMALL, "--out", tmp_path / "o"), "3 row(s)", "missing", "--dropna")
+    r = run("fit", "--no-report", p, *SMALL, "--dropna", "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
     assert "warning: dropped 3 of" in r.stderr
     traj = pd.read_csv(tmp_path / "o" / "trajectories.csv")
@@ -319,7 +312,7 @@ def test_exact_fit_default_basis_follows_the_data(tmp_path):
     df["y"] = 20 + b[df.id, 0] + (0.6 + b[df.id, 1]) * (df.age - 11) + rng.normal(size=len(df))
     p = tmp_path / "orth.csv"
     df.to_csv(p, index=False)
-    r = run("fit", p, "--subject", "id", "--time", "age", "--response", "y", "--model", "lmm", "--method", "ml",
+    r = run("fit", "--no-report", p, "--subject", "id", "--time", "age", "--response", "y", "--model", "lmm", "--method", "ml",
             "--transform", "none", "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
     m = dmlmm.load(tmp_path / "o" / "model.dmlmm")
@@ -338,8 +331,11 @@ def test_predict_names_the_files_own_columns(fitted, tmp_path):
 def test_exact_fit_trajectories_are_what_predict_writes(csv, tmp_path):
     """--method reml: trajectories.csv has the columns and the subject order of dmlmm predict on the same data
     (its rows came ordered by each subject's last visit, without the cluster columns)."""
-    r = run("fit", csv, "--model", "lmm", "--method", "reml", "--n-basis", "6", "--out", tmp_path / "reml")
+    r = run("fit", "--no-report", csv, "--model", "lmm", "--method", "reml", "--n-basis", "6", "--out", tmp_path / "reml")
     assert r.exit_code == 0, r.output
+    # --no-report: the other outputs, and the summary names only what was written
+    assert sorted(p.name for p in (tmp_path / "reml").iterdir()) == ["model.dmlmm", "trajectories.csv"]
+    assert r.stdout.splitlines()[-1] == f"outputs in {tmp_path / 'reml'}/: trajectories.csv, model.dmlmm"
     r = run("predict", tmp_path / "reml" / "model.dmlmm", csv, "--out", tmp_path / "pred.csv")
     assert r.exit_code == 0, r.output
     traj, pred = pd.read_csv(tmp_path / "reml" / "trajectories.csv"), pd.read_csv(tmp_path / "pred.csv")

@@ -81,7 +81,7 @@ def test_damaged_compressed_file_gets_a_clear_error(tmp_path, text):
 def test_fit_reads_a_gzipped_csv(tmp_path, text):
     p = tmp_path / "d.csv.gz"
     p.write_bytes(gzip.compress(text.encode()))
-    r = run("fit", p, *FAST, "--out", tmp_path / "o")
+    r = run("fit", "--no-report", p, *FAST, "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
 
 
@@ -113,7 +113,7 @@ def test_spaces_after_separators_are_ignored(tmp_path):
 def test_undetected_separator_gets_a_hint(tmp_path):
     p = tmp_path / "odd.csv"
     p.write_text("subject;time;y\n1;0.1\n2;0.2;3;4\n3\n")  # rows disagree with the header: no separator fits
-    line = error_line(run("fit", p, "--out", tmp_path / "o"))
+    line = error_line(run("fit", "--no-report", p, "--out", tmp_path / "o"))
     assert "not found" in line and "its header holds a semicolon" in line and "separator" in line
 
 
@@ -131,7 +131,7 @@ def test_latin1_file_is_read_with_a_warning(tmp_path, frame):
     with pytest.warns(UserWarning, match=r"not UTF-8 text \(byte 0xe9 on line 2\); read it as Windows-1252"):
         got = read_csv(p)
     assert got["subject"].iloc[0] == "patient é0"
-    r = run("fit", p, *FAST, "--out", tmp_path / "o")
+    r = run("fit", "--no-report", p, *FAST, "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
     assert "warning: 'latin.csv' is not UTF-8" in r.stderr.replace(str(tmp_path) + "/", "")
     clusters = pd.read_csv(tmp_path / "o" / "clusters.csv")

@@ -74,7 +74,7 @@ def test_interval_sets_the_band_of_the_trajectories(fitted, patients):
 def test_knot_choices_are_read_from_the_library(monkeypatch):
     import dmlmm.basis
 
-    help_text = run("fit", "--help").output
+    help_text = run("fit", "--no-report", "--help").output
     assert all(layout in help_text for layout in dmlmm.basis._LAYOUTS)
     r = CliRunner().invoke(main, ["fit", "x.csv", "--knots", "wiggly"])
     assert r.exit_code == 2 and "'wiggly' is not one of" in r.output
@@ -83,7 +83,7 @@ def test_knot_choices_are_read_from_the_library(monkeypatch):
 def test_library_defaults_when_options_are_left_out(tmp_path):
     p = tmp_path / "d.csv"
     dgp1(2, n_subjects=25).data.to_csv(p, index=False)
-    r = run("fit", p, "--model", "mixture", "--components", "2", "--max-iter", "5", "--out", tmp_path / "o")
+    r = run("fit", "--no-report", p, "--model", "mixture", "--components", "2", "--max-iter", "5", "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
     b = dmlmm.load(tmp_path / "o" / "model.dmlmm").design_.basis
     default = dmlmm.SplineBasis()
@@ -226,25 +226,25 @@ def test_lazy_package_attributes_still_work():
 
 def test_prior_options_reach_the_model(patients, tmp_path):
     out = tmp_path / "res"
-    r = run("fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", *FAST,
+    r = run("fit", "--no-report", patients, "--subject", "patient", "--time", "years", "--response", "marker", *FAST,
             "--n-basis", "6", "--smoothing", "1", "--noise", "cluster", "--loading-order", "2", "--quiet", "--out", out)
     assert r.exit_code == 0, r.output
     m = dmlmm.load(out / "model.dmlmm")
     assert (m.smoothing, m.noise, m.loading_order) == (1, "cluster", 2.0)
     assert m.noise_ == "cluster" and m.prior_.loading_order == 2.0
     out2 = tmp_path / "res2"
-    r = run("fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--model", "mixture",
+    r = run("fit", "--no-report", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--model", "mixture",
             "--components", "2", "--max-iter", "15", "--n-basis", "6", "--smoothing", "none", "--quiet", "--out", out2)
     assert r.exit_code == 0, r.output
     assert dmlmm.load(out2 / "model.dmlmm").smoothing is None
     out3 = tmp_path / "res3"
-    r = run("fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--model", "mixture",
+    r = run("fit", "--no-report", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--model", "mixture",
             "--components", "2", "--max-iter", "15", "--n-basis", "6", "--covariance", "full", "--quiet", "--out", out3)
     assert r.exit_code == 0, r.output
     m3 = dmlmm.load(out3 / "model.dmlmm")
     assert m3.covariance == "full" and m3.prior_.covariance == "full"
     out4 = tmp_path / "res4"
-    r = run("fit", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--model", "lmm",
+    r = run("fit", "--no-report", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--model", "lmm",
             "--max-iter", "30", "--n-basis", "6", "--noise-df", "auto", "--quiet", "--out", out4)
     assert r.exit_code == 0, r.output
     m4 = dmlmm.load(out4 / "model.dmlmm")
@@ -298,11 +298,11 @@ def test_smoothing_none_checks_the_default_basis_against_the_visit_times(tmp_pat
     p = tmp_path / "v.csv"
     df.to_csv(p, index=False)
     cols = ("--subject", "id", "--time", "month", "--response", "bdi")
-    line = error_line(run("fit", p, *cols, "--smoothing", "none", "--out", tmp_path / "a"))
+    line = error_line(run("fit", "--no-report", p, *cols, "--smoothing", "none", "--out", tmp_path / "a"))
     assert ("--smoothing none with the default basis of 20 functions is more than these data can use: they have 5 "
             "distinct observation time(s)") in line and "give --n-basis 5 or fewer" in line
-    r = run("fit", p, *cols, "--smoothing", "none", "--n-basis", "5", "--model", "mixture", "--components", "2",
+    r = run("fit", "--no-report", p, *cols, "--smoothing", "none", "--n-basis", "5", "--model", "mixture", "--components", "2",
             "--max-iter", "30", "--quiet", "--out", tmp_path / "b")
     assert r.exit_code == 0, r.output
-    r = run("fit", p, *cols, "--model", "lmm", "--method", "ml", "--quiet", "--out", tmp_path / "c")
+    r = run("fit", "--no-report", p, *cols, "--model", "lmm", "--method", "ml", "--quiet", "--out", tmp_path / "c")
     assert r.exit_code == 0, r.output

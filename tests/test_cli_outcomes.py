@@ -108,6 +108,7 @@ def test_missing_lifelines_exit_2(csv, tmp_path, monkeypatch):
 
 
 def test_select_over_models_prints_each_candidate_and_the_choice(csv, tmp_path):
+    """--select prints each candidate and the choice, and puts its table in the report."""
     r = run("fit", csv, "--select", "--components", "3,2", "--n-basis", "5", "--max-iter", "15", "--out", tmp_path / "s")
     assert r.exit_code == 0, r.output
     err = r.stderr
@@ -122,8 +123,8 @@ def test_select_over_models_prints_each_candidate_and_the_choice(csv, tmp_path):
     assert f"which kept {n_clusters} cluster(s) (components kept " in chosen, chosen
     html = (tmp_path / "s" / "report.html").read_text()
     assert 'id="selection"' in html and 'class="sel"' in html and "mixture" in html
-    r = run("fit", csv, "--select", "--model", "mixture", "--components", "2", "--n-basis", "5", "--max-iter", "15",
-            "--out", tmp_path / "m")
+    r = run("fit", "--no-report", csv, "--select", "--model", "mixture", "--components", "2", "--n-basis", "5",
+            "--max-iter", "15", "--out", tmp_path / "m")
     assert r.exit_code == 0, r.output
     assert "among 2 candidates" in r.stderr and "selected: mixture of LMMs" in r.stderr
     bad(run("fit", csv, "--select", "--model", "lmm", "--out", tmp_path / "l"), "--select", "--model lmm")

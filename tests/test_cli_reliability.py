@@ -74,7 +74,7 @@ def holder(tmp_path):
 
 
 def test_a_second_writer_gets_an_error_naming_the_folder(csv, tmp_path, holder, no_fitting):
-    line = error_line(run("fit", csv, *FAST, "--out", tmp_path / "res"))
+    line = error_line(run("fit", "--no-report", csv, *FAST, "--out", tmp_path / "res"))
     assert f"output folder '{tmp_path / 'res'}' is being written by another dmlmm run" in line
     assert f"pid {holder.pid}" in line and "choose another --out" in line
     assert not (tmp_path / "res").exists()
@@ -84,7 +84,7 @@ def test_a_killed_writer_does_not_block_the_next_run(csv, tmp_path, holder):
     holder.send_signal(signal.SIGKILL)  # no clean-up at all: its lock file and staging folder stay
     holder.wait()
     assert any(name.startswith(".res.tmp-") for name in leftovers(tmp_path))
-    r = run("fit", csv, *FAST, "--out", tmp_path / "res")
+    r = run("fit", "--no-report", csv, *FAST, "--out", tmp_path / "res")
     assert r.exit_code == 0, r.output
     assert "warning: removed '.res.tmp-" in r.stderr and "interrupted run" in r.stderr
     assert leftovers(tmp_path) == []
@@ -179,11 +179,11 @@ def test_a_run_killed_between_the_renames_is_repaired(csv, tmp_path):
     """Killed after moving the old folder aside and before moving the new one in: the next run
     restores the old folder (and then applies the usual rules)."""
     out = tmp_path / "res"
-    assert run("fit", csv, *FAST, "--out", out).exit_code == 0
+    assert run("fit", "--no-report", csv, *FAST, "--out", out).exit_code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     out.rename(tmp_path / ".res.old-0badc0de")
     (tmp_path / ".res.tmp-0badc0de").mkdir()
-    line = error_line(run("fit", csv, *FAST, "--out", out))
+    line = error_line(run("fit", "--no-report", csv, *FAST, "--out", out))
     assert "already exists" in line
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert leftovers(tmp_path) == []
@@ -245,7 +245,7 @@ def test_overwrite_never_deletes_files_dmlmm_did_not_write(csv, tmp_path, no_fit
 
 def test_an_empty_folder_is_used_without_overwrite(csv, tmp_path):
     (tmp_path / "res").mkdir()
-    assert run("fit", csv, *FAST, "--out", tmp_path / "res").exit_code == 0
+    assert run("fit", "--no-report", csv, *FAST, "--out", tmp_path / "res").exit_code == 0
     assert (tmp_path / "res" / "model.dmlmm").exists()
 
 
@@ -285,11 +285,11 @@ def test_n_basis_above_the_distinct_times(tmp_path, no_fitting):
     p = tmp_path / "coarse.csv"
     df.to_csv(p, index=False)
     default = dmlmm.SplineBasis().n_basis
-    line = error_line(run("fit", p, "--n-basis", str(default + 5), "--out", tmp_path / "o"))
+    line = error_line(run("fit", "--no-report", p, "--n-basis", str(default + 5), "--out", tmp_path / "o"))
     assert "8 distinct observation time(s)" in line and f"use --n-basis {default} or fewer" in line
-    line = error_line(run("fit", p, "--model", "lmm", "--method", "reml", "--n-basis", "10", "--out", tmp_path / "o"))
+    line = error_line(run("fit", "--no-report", p, "--model", "lmm", "--method", "reml", "--n-basis", "10", "--out", tmp_path / "o"))
     assert "use --n-basis 8 or fewer" in line  # no smoothness prior: the distinct times are the limit
-    line = error_line(run("fit", p, "--n-basis", "200", "--out", tmp_path / "o"))
+    line = error_line(run("fit", "--no-report", p, "--n-basis", "200", "--out", tmp_path / "o"))
     assert "--n-basis 200" in line
 
 

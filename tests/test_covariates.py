@@ -245,7 +245,7 @@ def test_files_written_before_formulas_load_and_predict_the_same(frame, tmp_path
 def test_cli_fit_takes_a_formula(frame, tmp_path):
     data = tmp_path / "d.csv"
     frame.to_csv(data, index=False)
-    res = CliRunner().invoke(main, ["fit", str(data), "--model", "mixture", "--components", "2", "--n-basis", "6",
+    res = CliRunner().invoke(main, ["fit", "--no-report", str(data), "--model", "mixture", "--components", "2", "--n-basis", "6",
                                     "--max-iter", "10", "--covariates", "diet * age", "--out", str(tmp_path / "out"),
                                     "--quiet"])
     assert res.exit_code == 0, res.output

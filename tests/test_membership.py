@@ -182,7 +182,7 @@ def test_command_line_refits_over_its_own_outputs_and_predicts_with_the_membersh
     df, *_ = _simulate(n=80, seed=2)
     data = tmp_path / "d.csv"
     df.to_csv(data, index=False)
-    fit = ["fit", str(data), "--model", "mixture", "--components", "2", "--n-basis", "6", "--membership-covariates",
+    fit = ["fit", "--no-report", str(data), "--model", "mixture", "--components", "2", "--n-basis", "6", "--membership-covariates",
            "x,sex", "--max-iter", "150", "--jobs", "1", "--out", str(tmp_path / "o")]
     for extra in ([], ["--overwrite"]):
         r = CliRunner().invoke(main, fit + extra)
@@ -283,7 +283,7 @@ def test_command_line_dropna_leaves_out_subjects_without_membership_values(tmp_p
     df.loc[df["subject"] == gone, "x"] = np.nan
     data = tmp_path / "d.csv"
     df.to_csv(data, index=False)
-    r = CliRunner().invoke(main, ["fit", str(data), "--model", "mixture", "--components", "2", "--n-basis", "6",
+    r = CliRunner().invoke(main, ["fit", "--no-report", str(data), "--model", "mixture", "--components", "2", "--n-basis", "6",
                                   "--membership-covariates", "x", "--max-iter", "10", "--jobs", "1", "--dropna",
                                   "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output

@@ -420,14 +420,17 @@ def main() -> None:
 @click.option("--check-bands", is_flag=True,
               help="Also hold out each subject's last visit, refit, forecast it and count the --interval bands "
                    "that hold it (band_check.csv; a second fit).")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write report.html (its figures take a few seconds; --no-report for scripted runs that read the "
+                   "CSV files and the model file only).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
 def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis,
         smoothing, noise, noise_df, loading_order, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
-        max_iter, dropna, outcome, event_time, event, event_value, baseline, baseline_at, check_bands, overwrite,
-        quiet, out):
+        max_iter, dropna, outcome, event_time, event, event_value, baseline, baseline_at, check_bands, report,
+        overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
     the saved model and an HTML report to --out (all at once, when the fit is done)."""
     from .cli_output import OutputFolder, write_outputs
@@ -489,7 +492,8 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         checked = _band_check(model, used, subject, time_col, response, covs, interval) if check_bands else None
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
                                      source=str(data), interval=interval, input_columns=list(frame.columns),
-                                     outcomes=outcomes, notes=_band_check_note(checked) + _warnings_note())
+                                     outcomes=outcomes, notes=_band_check_note(checked) + _warnings_note(),
+                                     report=report)
         if checked is not None:
             checked.table.rename(columns={"subject": subject, "time": time_col}).to_csv(
                 folder.staging / "band_check.csv", index=False)

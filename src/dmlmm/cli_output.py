@@ -390,8 +390,8 @@ def user_columns(table, subject: str, time: str, input_columns: Iterable):
 
 def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "dmlmm report", source: str = "",
                   known_labels=None, label_name: str = "known label", notes: str = "", interval: float = 0.95,
-                  input_columns: Iterable | None = None, outcomes=None):
-    """Write clusters.csv, trajectories.csv, model.dmlmm and report.html to ``folder``.
+                  input_columns: Iterable | None = None, outcomes=None, report: bool = True):
+    """Write clusters.csv, trajectories.csv, model.dmlmm and (with ``report``) report.html to ``folder``.
 
     With ``outcomes`` (a :class:`dmlmm.outcomes.OutcomeReport`), also its tables (outcomes.csv,
     survival.csv, baseline.csv, outcome_tests.csv) and their sections in the report.
@@ -426,9 +426,10 @@ def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "d
     for name, table in (outcomes.files() if outcomes else {}).items():
         table.to_csv(folder / name, index=False)
         written.append(name)
-    write_report(folder / "report.html", res, title=title, source=source, selection=selection,
-                 known_labels=known_labels, label_name=label_name, notes=notes, outcomes=outcomes)
-    written.append("report.html")
+    if report:
+        write_report(folder / "report.html", res, title=title, source=source, selection=selection,
+                     known_labels=known_labels, label_name=label_name, notes=notes, outcomes=outcomes)
+        written.append("report.html")
     return written, res
 
 
