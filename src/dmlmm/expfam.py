@@ -19,6 +19,24 @@ from ._linalg import spd_inv_logdet
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
+
+def _cached(obj, name: str, compute):
+    """``compute()``, stored on the frozen factor ``obj`` under ``name`` and returned as is from then on.
+
+    A factor's parameters are never changed in place (every update builds a new factor), so its
+    derived quantities are computed once: a coordinate-ascent iteration reads the same moments in
+    the local step, the global updates and the ELBO. The arrays are made read-only, so that a
+    caller who would change them in place fails loudly instead of corrupting the next reader.
+    """
+    cache = obj.__dict__.setdefault("_cache", {})  # not a dataclass field: fields(), blend and io never see it
+    if name not in cache:
+        value = compute()
+        for a in value if isinstance(value, tuple) else (value,):
+            if isinstance(a, np.ndarray):
+                a.setflags(write=False)
+        cache[name] = value
+    return cache[name]
+
 __all__ = ["InvGamma", "Dirichlet", "Gaussian", "InvWishart", "blend", "ig_expected_logpdf", "LOG_2PI"]
 
 
@@ -53,7 +71,7 @@ class InvGamma:
     @property
     def mean_log(self) -> np.ndarray:
         """E[log x]."""
-        return np.log(self.rate) - digamma(self.shape)
+        return _cached(self, "mean_log", lambda: np.log(self.rate) - digamma(self.shape))
 
     @property
     def mean(self) -> np.ndarray:
@@ -112,7 +130,10 @@ class Gaussian:
     shift: np.ndarray
 
     def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mean (..., d), covariance (..., d, d) and log-determinant of the covariance (...)."""
+        """Mean (..., d), covariance (..., d, d) and log-determinant of the covariance (...), read-only."""
+        return _cached(self, "moments", self._moments)
+
+    def _moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cov, logdet_prec = spd_inv_logdet(self.precision, "variational precision")
         mean = (cov @ self.shift[..., None])[..., 0]
         return mean, cov, -logdet_prec
@@ -130,7 +151,10 @@ class InvWishart:
     scale: np.ndarray
 
     def expectations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """E[Sigma^{-1}] (..., d, d), E[log|Sigma^{-1}|] (...), log|scale| (...)."""
+        """E[Sigma^{-1}] (..., d, d), E[log|Sigma^{-1}|] (...), log|scale| (...), read-only."""
+        return _cached(self, "expectations", self._expectations)
+
+    def _expectations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d = self.scale.shape[-1]
         inv, logdet = spd_inv_logdet(self.scale, "inverse-Wishart scale")
         df = np.asarray(self.df, dtype=float)
