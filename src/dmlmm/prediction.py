@@ -19,6 +19,7 @@ from scipy.special import logsumexp, ndtr, ndtri
 
 from ._linalg import cholesky, solve_lower, solve_upper_t, spd_inv_logdet
 from .sufficient import SufficientStats
+from ._runs import run_starts
 from .expfam import LOG_2PI
 from .priors.base import PointMixture
 
@@ -213,7 +214,7 @@ def mixture_quantiles(
     -------
     ndarray, shape (G, Q, T)
     """
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    starts = run_starts(group)
     sd = np.maximum(sd, 1e-300)
     z = ndtri(np.asarray(probs, dtype=float))
     lo0 = np.minimum.reduceat(mean + z.min() * sd, starts, axis=0) - 1e-12

@@ -15,6 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from ._linalg import gram_factor, max_obs_rank
+from ._runs import run_starts
 
 __all__ = ["SufficientStats", "segment_sums", "sufficient_stats"]
 
@@ -64,7 +65,7 @@ def _segment_outer_sums(a: np.ndarray, b: np.ndarray, codes: np.ndarray, n_seg: 
         stop = min(start + rows, n)
         c = codes[start:stop]
         prod = a[start:stop, :, None] * b[start:stop, None, :]
-        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        starts = run_starts(c)
         out[c[starts]] += np.add.reduceat(prod, starts, axis=0)
     return out
 

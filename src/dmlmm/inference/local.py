@@ -41,6 +41,7 @@ from .._linalg import (
     spd_inv_logdet, tri_inv_soa,
 )
 from .local_shared import PairSolution, gram_per_path, merge_solutions, solve_shared
+from .._runs import run_lengths, run_starts
 from ..sufficient import SufficientStats
 from ..priors.base import PathMoments, PathPrior
 from ..expfam import LOG_2PI
@@ -195,7 +196,8 @@ def local_step(
         elbo_p = path_const[cc] + lik - 0.5 * sol.logdet + 0.5 * sol.quad
         if log_weight is not None:
             elbo_p = elbo_p + log_weight[gi, cc]
-        seg = np.flatnonzero(np.r_[True, ii[1:] != ii[:-1]])
+        seg = run_starts(ii)
+        seg_len = run_lengths(seg, len(ii))
         if hard_assignment:
             best = np.lexsort((-elbo_p, ii))[seg]  # ii is sorted, so segments keep their starts
             r = np.zeros(len(ii))
@@ -203,14 +205,14 @@ def local_step(
             lev = elbo_p[best]
         else:
             mx = np.maximum.reduceat(elbo_p, seg)
-            ex = np.exp(elbo_p - np.repeat(mx, np.diff(np.r_[seg, len(ii)])))
+            ex = np.exp(elbo_p - np.repeat(mx, seg_len))
             tot = np.add.reduceat(ex, seg)
             lev = mx + np.log(tot)
-            r = ex / np.repeat(tot, np.diff(np.r_[seg, len(ii)]))
+            r = ex / np.repeat(tot, seg_len)
             # drop negligible pairs from *all* moments alike (and renormalise), so that the
             # weights, first and second moments stay consistent (a PSD scatter for the updates)
             r = np.where(r > moment_threshold, r, 0.0)
-            r /= np.repeat(np.add.reduceat(r, seg), np.diff(np.r_[seg, len(ii)]))
+            r /= np.repeat(np.add.reduceat(r, seg), seg_len)
         resp[gi, cc] = r
         log_ev[start:stop] = lev
         rm = r[:, None] * m.T
@@ -417,8 +419,8 @@ def _quad_forms(xtx: np.ndarray, row: np.ndarray, vec: np.ndarray) -> np.ndarray
     A = len(row)
     if A == 0:
         return np.zeros(0)
-    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
-    counts = np.diff(np.r_[starts, A])
+    starts = run_starts(row)
+    counts = run_lengths(starts, A)
     rows = row[starts]
     if counts.max() * len(rows) > 2 * A:  # uneven: padding would waste more than the gather
         return np.einsum("ad,ade,ae->a", vec, xtx[row], vec)
@@ -434,7 +436,7 @@ def _chunk_bounds(pairs_per_subject: np.ndarray, per_chunk: int) -> list[tuple[i
     """Consecutive subject ranges holding about ``per_chunk`` (subject, path) pairs each."""
     cum = np.cumsum(pairs_per_subject)
     cuts = np.searchsorted(cum, np.arange(per_chunk, cum[-1], per_chunk), side="left") + 1
-    edges = np.unique(np.r_[0, cuts, len(cum)])
+    edges = np.unique(np.concatenate(([0], cuts, [len(cum)])))
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
@@ -444,5 +446,5 @@ def _add_rows(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
         return
     order = np.argsort(index, kind="stable")
     idx = index[order]
-    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    starts = run_starts(idx)
     out[idx[starts]] += np.add.reduceat(values[order], starts, axis=0)

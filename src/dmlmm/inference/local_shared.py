@@ -37,6 +37,7 @@ from scipy import sparse
 
 from .._linalg import OBS_MAX_RATIO, OBS_MIN_DIM, cholesky_soa, diag_lowrank_factor, stack_inv_logdet, tri_inv_soa
 from ..priors.base import SharedPrecision
+from .._runs import run_starts
 
 __all__ = ["PairSolution", "gram_per_path", "merge_solutions", "observation_pairs", "solve_shared"]
 
@@ -306,8 +307,8 @@ def gram_per_path(rows: np.ndarray, path: np.ndarray, n_paths: int) -> np.ndarra
     out = np.zeros((n_paths, D, D))
     order = np.argsort(path, kind="stable")
     p = path[order]
-    starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]]) if len(p) else np.zeros(0, dtype=int)
-    for a, b in zip(starts, np.r_[starts[1:], len(p)]):  # a loop over paths, each one matrix product
+    starts = run_starts(p)
+    for a, b in zip(starts, np.append(starts[1:], len(p))):  # a loop over paths, each one matrix product
         W = rows[order[a:b]].reshape(-1, D)
         out[p[a]] = W.T @ W
     return out
