@@ -19,6 +19,8 @@ from ._linalg import spd_inv_logdet
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
+__all__ = ["InvGamma", "Dirichlet", "Gaussian", "InvWishart", "blend", "ig_expected_logpdf", "LOG_2PI"]
+
 
 def _cached(obj, name: str, compute):
     """``compute()``, stored on the frozen factor ``obj`` under ``name`` and returned as is from then on.
@@ -36,8 +38,6 @@ def _cached(obj, name: str, compute):
                 a.setflags(write=False)
         cache[name] = value
     return cache[name]
-
-__all__ = ["InvGamma", "Dirichlet", "Gaussian", "InvWishart", "blend", "ig_expected_logpdf", "LOG_2PI"]
 
 
 def blend(old, new, rho: float):
