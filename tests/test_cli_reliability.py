@@ -160,7 +160,7 @@ def test_ctrl_c_while_writing_keeps_the_previous_outputs(csv, tmp_path, monkeypa
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert leftovers(tmp_path) == []
     monkeypatch.undo()
-    assert run("fit", csv, *FAST, "--seed", "5", "--overwrite", "--out", out).exit_code == 0  # not blocked
+    assert run("fit", "--no-report", csv, *FAST, "--seed", "5", "--overwrite", "--out", out).exit_code == 0  # not blocked
 
 
 def test_an_error_while_writing_leaves_nothing_behind(csv, tmp_path, monkeypatch):
