@@ -44,29 +44,9 @@ CASES = [f"dgp{i}_{s}" for i in (1, 2, 3) for s in ("research", "default")] + ["
 ] + [f"sparse{d}" for d in (30, 40)] + ["blackmore", "blackmore_mlmm", "lines30"]
 
 
-def _lines(seed: int):
-    """200 subjects, 25 visits each on [0, 1]: a mean curve with a rough P-spline part (30 uniform cubic
-    B-splines, smoothing variance 400) plus each subject's level and trend, noise SD 0.05. The subjects'
-    rough deviations are zero: the P-spline covariance's slow mode (dmlmm.inference.translate)."""
-    import pandas as pd
-
-    from dmlmm import SplineBasis
-
-    rng = np.random.default_rng(7 + seed)
-    basis = SplineBasis(30, lower=0.0, upper=1.0, knots="uniform").fit()
-    V, lam = basis.smoothing_basis(2)
-    mu = np.r_[1.0, -0.5, rng.normal(size=28) * np.sqrt(400.0 / lam[2:])]
-    n_sub, n_obs = 200, 25
-    t = rng.uniform(0, 1, (n_sub, n_obs))
-    dev = rng.normal(size=(n_sub, 2)) * 0.3
-    f = (basis.transform(t.ravel()) @ V @ mu).reshape(n_sub, n_obs) + dev[:, :1] + dev[:, 1:] * (t - 0.5)
-    y = f + 0.05 * rng.normal(size=f.shape)
-    return pd.DataFrame({"subject": np.repeat(np.arange(n_sub), n_obs), "time": t.ravel(), "y": y.ravel()})
-
-
 def _model_and_data(case: str, seed: int, max_iter: int | None = None):
     from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
-    from dmlmm.simulate import dgp1, dgp2, dgp3
+    from dmlmm.simulate import dgp1, dgp2, dgp3, pspline_lines
 
     if case == "pbc":
         from dmlmm.demo import load_demo
@@ -76,7 +56,7 @@ def _model_and_data(case: str, seed: int, max_iter: int | None = None):
         return model, demo.data, (demo.subject, demo.time, demo.response), None
     if case == "lines30":  # MixtureLMM(1) with the default covariance="auto" (P-spline and full)
         model = MixtureLMM(1, basis=SplineBasis(30, lower=0.0, upper=1.0, knots="uniform"), random_state=seed)
-        return model, _lines(seed), ("subject", "time", "y"), None
+        return model, pspline_lines(7 + seed), ("subject", "time", "y"), None
     if case.startswith("blackmore"):  # real data, 4-5 visits per subject, the default 20 functions
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import accuracy_data

@@ -6,7 +6,6 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from dmlmm import MixtureLMM, SplineBasis
@@ -18,6 +17,7 @@ from dmlmm.inference.translate import translate_means
 from dmlmm.models.base import ridge_estimates
 from dmlmm.priors.dmfa import DeepMixturePrior
 from dmlmm.priors.gaussian import GaussianMixturePrior
+from dmlmm.simulate import pspline_lines
 from dmlmm.sufficient import sufficient_stats
 
 
@@ -116,16 +116,7 @@ def test_the_slow_mode_of_a_centred_fit_is_mended(monkeypatch):
     """Curves that differ by a level and a trend, a P-spline covariance: the subjects' rough deviations shrink
     to nothing and pin each subject to the mean curve, which then moved a little per iteration (without the move
     still unconverged after the budget, far below); with the move the fit converges and ends higher."""
-    rng = np.random.default_rng(7)
-    basis = SplineBasis(20, lower=0.0, upper=1.0, knots="uniform").fit()
-    V, lam = basis.smoothing_basis(2)
-    mu = np.r_[1.0, -0.5, rng.normal(size=18) * np.sqrt(400.0 / lam[2:])]
-    n_sub, n_obs = 80, 15
-    t = rng.uniform(0, 1, (n_sub, n_obs))
-    dev = rng.normal(size=(n_sub, 2)) * 0.3
-    f = (basis.transform(t.ravel()) @ V @ mu).reshape(n_sub, n_obs) + dev[:, :1] + dev[:, 1:] * (t - 0.5)
-    df = pd.DataFrame({"subject": np.repeat(np.arange(n_sub), n_obs), "time": t.ravel(),
-                       "y": (f + 0.05 * rng.normal(size=f.shape)).ravel()})
+    df = pspline_lines(7, n_subjects=80, n_obs=15, n_basis=20)
     kw = dict(basis=SplineBasis(20, lower=0.0, upper=1.0, knots="uniform"), covariance="pspline", max_iter=300,
               response_transform=None, random_state=0)
     with warnings.catch_warnings():

@@ -32,6 +32,7 @@ __all__ = [
     "dgp3",
     "DGPS",
     "split_heldout",
+    "pspline_lines",
     "DGP1_TRUTH_GRID",
     "DGP1_OBS_GRID",
     "DGP2_TRUTH_GRID",
@@ -426,6 +427,34 @@ DGPS = {"dgp1": dgp1, "dgp2": dgp2, "dgp3": dgp3}
 
 
 # --------------------------------------------------------------------------- held-out split
+
+
+def pspline_lines(
+    random_state: RandomState = None, n_subjects: int = 200, n_obs: int = 25, n_basis: int = 30
+) -> pd.DataFrame:
+    """Curves that differ by a level and a trend around a rough mean curve: the P-spline covariance's slow mode.
+
+    The mean curve is ``n_basis`` uniform cubic B-splines on [0, 1] in the smoothing basis of a second-order
+    penalty: coefficients 1 and -0.5 on the line, N(0, 400 / lam_j) on the rough coordinates. Each subject
+    adds a level and a trend (SD 0.3 each) and is seen at ``n_obs`` uniform times with noise SD 0.05. The
+    subjects' rough deviations are zero, which pins each subject to the mean curve under mean-field
+    coordinate ascent (:mod:`dmlmm.inference.translate`).
+
+    Returns
+    -------
+    DataFrame, shape (n_subjects * n_obs, 3): subject, time, y.
+    """
+    from .basis import SplineBasis
+
+    rng = _rng(random_state)
+    basis = SplineBasis(n_basis, lower=0.0, upper=1.0, knots="uniform").fit()
+    V, lam = basis.smoothing_basis(2)
+    mu = np.concatenate(([1.0, -0.5], rng.normal(size=n_basis - 2) * np.sqrt(400.0 / lam[2:])))
+    t = rng.uniform(0, 1, (n_subjects, n_obs))
+    dev = rng.normal(size=(n_subjects, 2)) * 0.3
+    f = (basis.transform(t.ravel()) @ V @ mu).reshape(n_subjects, n_obs) + dev[:, :1] + dev[:, 1:] * (t - 0.5)
+    y = f + 0.05 * rng.normal(size=f.shape)
+    return pd.DataFrame({"subject": np.repeat(np.arange(n_subjects), n_obs), "time": t.ravel(), "y": y.ravel()})
 
 
 def heldout_mask(codes: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
