@@ -25,12 +25,13 @@ import numpy as np
 
 from ..sufficient import SufficientStats
 from ..priors.base import PathPrior
+from ..priors.membership import MembershipPathWeights, first_layer_resp, membership_sums
 from .local import NoiseMoments, local_step
 from .noise import path_rss
 from .subject_scales import SubjectScales, half_rss, scales_elbo, update_scales, weighted_stats
 
 __all__ = ["StatsBackend", "ScalesBackend", "RemoteScales", "run_local_step", "active_paths", "fixed_sums",
-           "residual_sums", "resp_change", "supports_scales", "weighted_by", "updated_scales", "scales_term"]
+           "residual_sums", "resp_change", "membership_sums_of", "supports_scales", "weighted_by", "updated_scales", "scales_term"]
 
 
 class StatsBackend(Protocol):
@@ -39,7 +40,10 @@ class StatsBackend(Protocol):
     ``local_step`` returns an object with the attributes of
     :class:`~dmlmm.inference.local.LocalResult` that are sums over subjects (``moments``,
     ``path_quad``, ``path_xty_b``, ``path_xtf_b``) and ``log_evidence``, an array whose sum
-    is the sum over subjects; the per-subject outputs stay with the backend.
+    is the sum over subjects; the per-subject outputs stay with the backend. With ``membership`` (the
+    membership model's :class:`~dmlmm.priors.membership.MembershipPathWeights`) the step evaluates it on each
+    subject's covariates, held with its statistics, and its result has ``membership_sums``
+    (:func:`~dmlmm.priors.membership.membership_sums` over all subjects).
     """
 
     @property
@@ -54,6 +58,7 @@ class StatsBackend(Protocol):
     def local_step(
         self, prior: PathPrior, noise: NoiseMoments, hard_assignment: bool = False,
         active: Any = None, moment_threshold: float = 1e-12, move_sums: bool = False,
+        membership: MembershipPathWeights | None = None,
     ) -> Any: ...
 
     def active_paths(self, local: Any, threshold: float) -> Any: ...
@@ -136,20 +141,37 @@ def run_local_step(
     hard_assignment: bool = False,
     active: Any = None,
     moment_threshold: float = 1e-12,
-    log_weight: np.ndarray | None = None,
+    log_weight: np.ndarray | MembershipPathWeights | None = None,
     move_sums: bool = False,
 ):
     """:func:`~dmlmm.inference.local.local_step` where the statistics live (same arguments).
 
-    ``log_weight`` (the membership model's per-subject path weights) exists in memory only.
+    ``log_weight``: the membership model's per-subject path weights (N, M) in memory; for a backend, the
+    :class:`~dmlmm.priors.membership.MembershipPathWeights` that it evaluates where the subjects are
+    (:func:`~dmlmm.inference.engine.membership_terms` gives the one or the other).
     """
     if isinstance(stats, SufficientStats):
         return local_step(stats, prior, noise, hard_assignment, active=active, moment_threshold=moment_threshold,
                           log_weight=log_weight, move_sums=move_sums)
-    if log_weight is not None:
-        raise NotImplementedError("membership covariates are not supported by this statistics backend")
+    if log_weight is None:
+        return stats.local_step(prior, noise, hard_assignment, active=active, moment_threshold=moment_threshold,
+                                move_sums=move_sums)
+    if not isinstance(log_weight, MembershipPathWeights):
+        raise TypeError("a statistics backend's local step takes the membership model's MembershipPathWeights, "
+                        "not per-subject weights")
     return stats.local_step(prior, noise, hard_assignment, active=active, moment_threshold=moment_threshold,
-                            move_sums=move_sums)
+                            move_sums=move_sums, membership=log_weight)
+
+
+def membership_sums_of(
+    stats: SufficientStats | StatsBackend, local, psi: np.ndarray | None, first: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~dmlmm.priors.membership.membership_sums` over all subjects after the local step ``local``: from the
+    covariates, first-layer responsibilities and expansion points ``psi`` (N, K_1 - 1) in memory (``first`` (M,):
+    each path's first-layer component); a backend's step computed them where the subjects are."""
+    if isinstance(stats, SufficientStats):
+        return membership_sums(stats.membership, first_layer_resp(local.resp, first), psi)
+    return local.membership_sums
 
 
 def active_paths(stats: SufficientStats | StatsBackend, local, threshold: float):

@@ -36,9 +36,9 @@ from ..exceptions import ConvergenceWarning, NumericalError
 from ..priors.base import RandomEffectsPrior
 from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
-from ..priors.membership import first_layer_resp, membership_elbo, membership_log_weights, membership_prune, membership_update
-from .backend import (active_paths, fixed_sums, resp_change, residual_sums, run_local_step, scales_term,
-                      supports_scales, updated_scales, weighted_by)
+from ..priors.membership import MembershipPathWeights, membership_elbo, membership_from_sums, membership_prune
+from .backend import (StatsBackend, active_paths, fixed_sums, membership_sums_of, resp_change, residual_sums,
+                      run_local_step, scales_term, supports_scales, updated_scales, weighted_by)
 from .joint import joint_local_step
 from .local import LocalResult, NoiseMoments
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, take_groups
@@ -195,27 +195,31 @@ def update_globals(
     new = replace(params, prior=prior.update(params.prior, local.moments.scaled(scale), cache, rho))
     new = _update_noise_and_fixed(new, sub, local, path_groups(new.noise, paths), config, scale, rho)
     if new.membership is not None:
-        new = replace(new, membership=membership_update(
-            new.membership, sub.membership, first_layer_resp(local.resp, paths[:, 0]), psi, config.membership_scale, scale, rho))
+        sums = membership_sums_of(sub, local, psi, paths[:, 0])
+        new = replace(new, membership=membership_from_sums(new.membership, sums, config.membership_scale, scale, rho))
     return new
 
 
 def membership_terms(
-    params: VariationalParams, prior: RandomEffectsPrior, stats: SufficientStats
-) -> tuple[np.ndarray | None, np.ndarray | None]:
+    params: VariationalParams, prior: RandomEffectsPrior, stats: SufficientStats | StatsBackend
+) -> tuple[np.ndarray | MembershipPathWeights | None, np.ndarray | None]:
     """Per (subject, path) log-weight additions (N, M) of the membership model, and its expansion points (N, K_1 - 1).
 
     The path weights of the prior hold E[log pi_k] of the first layer; these replace it by the
-    membership bound of each subject (None, None without a membership model).
+    membership bound of each subject (None, None without a membership model). A statistics backend
+    (a Dask fit) holds the subjects' covariates where their statistics are: for it, the
+    :class:`~dmlmm.priors.membership.MembershipPathWeights` that its local step evaluates there, and no points
+    (the step returns the membership sums the update needs, :func:`~dmlmm.inference.backend.membership_sums_of`).
     """
     if params.membership is None:
         return None, None
+    dirichlet, _ = prior.first_layer_dirichlet(params.prior)
+    weights = MembershipPathWeights(params.membership, prior.path_components()[:, 0], dirichlet.mean_log)
+    if not isinstance(stats, SufficientStats):
+        return weights, None
     if stats.membership is None:
         raise ValueError("the model has a membership model but the statistics carry no membership covariates")
-    lw, psi = membership_log_weights(params.membership, stats.membership)
-    dirichlet, _ = prior.first_layer_dirichlet(params.prior)
-    first = prior.path_components()[:, 0]
-    return lw[:, first] - dirichlet.mean_log[first], psi
+    return weights.of(stats.membership)
 
 
 def _update_noise_and_fixed(

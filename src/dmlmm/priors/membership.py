@@ -25,15 +25,18 @@ and xi^2 = E[eta^2] maximises the bound for fixed q, so coordinate ascent stays 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.special import log_expit
 
 from ..expfam import LOG_2PI, Gaussian, blend, gaussian_entropy
 
 __all__ = [
-    "membership_init", "membership_log_weights", "membership_update", "membership_elbo",
+    "membership_init", "membership_log_weights", "membership_update", "membership_sums", "membership_from_sums",
+    "membership_elbo",
     "membership_prune", "stick_log_probs", "jj_lambda", "membership_laplace_cov", "first_layer_resp",
-    "separated_sticks",
+    "separated_sticks", "MembershipPathWeights",
 ]
 
 
@@ -91,6 +94,55 @@ def membership_log_weights(q: Gaussian, Z: np.ndarray) -> tuple[np.ndarray, np.n
     return _stick_sum(base + 0.5 * m, base - 0.5 * m), xi
 
 
+def membership_sums(Z: np.ndarray, resp: np.ndarray, xi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The data's part of every stick's natural parameters, sums over the subjects of ``Z``:
+    ``sum_i 2 reach_ij lambda(xi_ij) z_i z_i'`` (K - 1, Q, Q) and ``sum_i (stop_ij - pass_ij) z_i / 2`` (K - 1, Q).
+
+    Sums over disjoint sets of subjects add up (a Dask fit's partitions, :mod:`dmlmm.distributed`).
+
+    Parameters
+    ----------
+    Z : (N, Q); resp : (N, K) q(c_i1 = k); xi : (N, K - 1) expansion points.
+    """
+    stop, passing = _stop_and_pass(resp)
+    reach = stop + passing
+    return (np.einsum("ns,nq,nr->sqr", 2.0 * reach * jj_lambda(xi), Z, Z),
+            np.einsum("ns,nq->sq", 0.5 * (stop - passing), Z))
+
+
+def membership_from_sums(
+    q: Gaussian, sums: tuple[np.ndarray, np.ndarray], scale: float, weight: float = 1.0, rho: float = 1.0,
+) -> Gaussian:
+    """Optimal q(gamma_j) of every stick from :func:`membership_sums` over the subjects (``weight`` = N / |batch|
+    for minibatches; a natural-gradient step ``rho`` < 1 from the current ``q``); ``scale`` is the prior SD of
+    every coefficient."""
+    prec_data, shift_data = sums
+    Q = prec_data.shape[-1]
+    return blend(q, Gaussian(np.eye(Q) / scale**2 + weight * prec_data, weight * shift_data), rho)
+
+
+@dataclass(frozen=True)
+class MembershipPathWeights:
+    """What the local step needs of the membership model, wherever the subjects' covariates are: q(gamma), each
+    path's first-layer component and the first layer's E[log pi_k], which the membership bound replaces in the
+    paths' log weights (:meth:`of`). Small (no per-subject array): a Dask fit sends it to its workers.
+
+    Attributes
+    ----------
+    q : Gaussian, one per stick; first : (M,) each path's first-layer component; mean_log : (K,) E[log pi_k].
+    """
+
+    q: Gaussian
+    first: np.ndarray
+    mean_log: np.ndarray
+
+    def of(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per (subject, path) additions to the log weights (N, M), and the expansion points (N, K - 1), of the
+        subjects with covariates ``Z`` (N, Q)."""
+        lw, psi = membership_log_weights(self.q, Z)
+        return lw[:, self.first] - self.mean_log[self.first], psi
+
+
 def membership_update(
     q: Gaussian, Z: np.ndarray, resp: np.ndarray, xi: np.ndarray, scale: float,
     weight: float = 1.0, rho: float = 1.0,
@@ -104,12 +156,7 @@ def membership_update(
     scale : prior SD of every coefficient.
     weight : N / |batch| for minibatches.
     """
-    Q = Z.shape[1]
-    stop, passing = _stop_and_pass(resp)
-    reach = stop + passing
-    prec = np.eye(Q) / scale**2 + weight * np.einsum("ns,nq,nr->sqr", 2.0 * reach * jj_lambda(xi), Z, Z)
-    shift = weight * np.einsum("ns,nq->sq", 0.5 * (stop - passing), Z)
-    return blend(q, Gaussian(prec, shift), rho)
+    return membership_from_sums(q, membership_sums(Z, resp, xi), scale, weight, rho)
 
 
 def membership_elbo(q: Gaussian, scale: float) -> float:
