@@ -162,14 +162,6 @@ def test_minibatch_fit_keeps_the_membership_model(sim, fitted):
     np.testing.assert_allclose(sign * a["estimate"].to_numpy(), b["estimate"].to_numpy(), atol=0.15)
 
 
-def test_dask_frames_refuse_membership_covariates_clearly(sim):
-    dd = pytest.importorskip("dask.dataframe")
-    df, *_ = sim
-    ddf = dd.from_pandas(df.head(80), npartitions=1)
-    with pytest.raises(NotImplementedError, match="membership_covariates are not supported for Dask DataFrames yet"):
-        MixtureLMM(2, membership_covariates=["x"]).fit(ddf)
-
-
 def test_command_line_refits_over_its_own_outputs_and_predicts_with_the_membership_model(tmp_path):
     """`dmlmm fit --membership-covariates` twice into one folder (the second with --overwrite: membership.csv is
     dmlmm's own file, as band_check.csv) and `dmlmm predict` with the saved model, which used to stop with

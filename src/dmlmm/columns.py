@@ -22,6 +22,10 @@ class ColumnNames:
     time: str = "time"
     response: str = "y"
 
+    def roles(self) -> dict[str, str]:
+        """Each column's role: ``{subject: "subject", time: "time", response: "response"}``."""
+        return {self.subject: "subject", self.time: "time", self.response: "response"}
+
 
 def as_numeric(values, name: str) -> np.ndarray:
     """Float array of ``values`` (NaN kept), or a DataError naming ``name`` and the first non-numeric row.

@@ -42,13 +42,15 @@ from ..inference.noise import per_cluster
 from ..models.candidates import StartFactory, fit_in_turn
 from ..models.fitting import FitPlan, ScaleFit, fit_scales, fitting_order
 from ..models.design import latest_covariates
+from ..models.membership_design import check_roles
 from ..models.starting import smooth_roughness
+from ..priors.membership import membership_init, membership_laplace_cov
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
 from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of, model_scale_elbo
 from . import scales as sc
 from . import shard as sh
-from .frame import DaskFrame
+from .frame import DaskFrame, membership_baseline
 from .outputs import subject_tables
 from .stats import DaskStats, init_noise_and_fixed_from_sums, start_point
 
@@ -108,12 +110,19 @@ def fit_dask(
     client = current_client(client)
     basis = model.basis
     distinct = basis is None or (not basis.is_fitted and isinstance(basis.knots, str) and basis.knots == "quantile")
-    frame = DaskFrame(client, data, ColumnNames(subject, time, response), covariates, dropna, distinct_times=distinct)
+    columns, members = ColumnNames(subject, time, response), model._membership_columns()
+    baseline = None
+    if members:  # the subjects' baseline covariates, one row each (those without any value dropped with dropna)
+        check_roles(members, columns.roles())
+        data, baseline = membership_baseline(client, data, subject, members, dropna, stacklevel=3)
+    frame = DaskFrame(client, data, columns, covariates, dropna, distinct_times=distinct)
     if frame.n_subjects < 2:
         raise DataError(
             f"only one subject ({frame.subjects[0]}) in the data: a mixed model needs at least two subjects "
             "to learn how subjects vary"
         )
+    if baseline is not None:
+        frame.learn_membership(baseline)
     check_noise_sums(frame.pooled.noise, response)  # on the data's scale, as the in-memory fit
     frame.warn_response(stacklevel=3)  # the caller of fit
     transform = check_transform(getattr(model, "response_transform", None))
@@ -149,6 +158,12 @@ def fit_dask(
                               log_jacobian=chosen.log_jacobian)
     model.elbo_by_transform_ = {label_of(f.design.transform): float(f.bound) for f in fits}
     model._fixed_cov = model._membership_cov = None
+    if frame.membership_Z is not None:  # the coefficients' covariance and the separation check, as in memory
+        first = best.prior.path_components()[:, 0]
+        resp1 = np.concatenate(client.gather(client.map(sh.first_layer_proba, local.parts, first=first, pure=False)))
+        model._membership_cov = membership_laplace_cov(best.params.membership, frame.membership_Z, resp1,
+                                                       chosen.config.membership_scale)
+        model._warn_separation(frame.membership_Z, resp1, chosen.config.membership_scale, stacklevel=4)
     if design.n_fixed:  # the fixed effects' covariance that the bands use, as in memory, summed over partitions
         info = sh.add_all(client.gather(client.map(sh.fixed_information, stats.shards, local.parts,
                                                    sc.per_shard(best.params.scales, len(local.parts)),
@@ -237,6 +252,7 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
         out.warnings = caught + out.warnings
         return out
     design = frame.learn_design(model.basis if plan.basis is None else plan.basis, model.smoothing, transform)
+    design.membership = frame.membership
     N = frame.n_subjects
     stats = DaskStats(client, frame.shards(design), N, design.basis.n_basis, design.n_fixed)
     rough = design.roughness
@@ -246,7 +262,8 @@ def _fit_scale(model: Any, frame: DaskFrame, transform: str | None, client: Any,
     # log |dz/dy| = -z for both transforms (dmlmm.response_transform.log_jacobian): -sum z from the moments
     jac = 0.0 if transform is None else -frame.pooled.y_mean * frame.pooled.n_obs
     rival = None if to_beat is None else model_scale_elbo(to_beat, float(frame.pooled.n_obs), design.y_scale, jac)
-    data = DaskCandidateData(stats, b_hat, rough, N, sums, b_parts, ridge, smooth=smooth, visit_times=plan.few_times)
+    data = DaskCandidateData(stats, b_hat, rough, N, sums, b_parts, ridge, Z=frame.membership_Z, smooth=smooth,
+                             visit_times=plan.few_times)
     best = fit_in_turn(model._fit_variants(plan.confounded), data, to_beat=rival)  # as the in-memory fit (models/fitting.py)
     bound = data_scale_bound(best.result.elbo, float(frame.pooled.n_obs), design.y_scale, jac)
     return ScaleFit(None, design, stats, best.result, best.config, jac, bound, best.warnings)
@@ -266,7 +283,8 @@ class DaskCandidateData:
     sums : the ridge fits' sums (:meth:`DaskStats.ridge_init`), which start the noise and fixed effects.
     b_parts, ridge : per shard, the ridge fits and their penalties, kept on the workers (the subjects'
         residual scales start from them).
-    Z : None (membership covariates are fitted in memory only).
+    Z : (N, Q) the membership covariates of the subjects, or None (the driver's copy: the shards hold theirs; here
+        it sizes the membership model's start, and turns the delete moves off as in memory).
     smooth : the smooth start's ``(b_hat, sums, (b_parts, ridge))`` (:meth:`DaskStats.ridge_init` with
         :func:`~dmlmm.models.starting.smooth_roughness`), or None.
     visit_times : the few distinct visit times the deep mixture's prior reads (as in memory), or None.
@@ -279,7 +297,7 @@ class DaskCandidateData:
     sums: Any
     b_parts: Any
     ridge: Any
-    Z: None = None
+    Z: np.ndarray | None = None
     smooth: Any = None
     visit_times: int | None = None
 
@@ -314,7 +332,9 @@ class DaskCandidateData:
                 nz, ax = noise, aux
                 if kind == "cluster":  # one residual variance per first-layer component of this start
                     nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
-                return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g), None, scales)
+                k1 = int(p.path_components()[:, 0].max()) + 1
+                gamma = None if self.Z is None else membership_init(k1, self.Z.shape[1], config.membership_scale)
+                return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g), gamma, scales)
 
             return init
 

@@ -29,11 +29,12 @@ from ..covariates import CovariateEncoding, parse_covariates
 from ..data import DroppedRows, RowsDroppedWarning
 from ..exceptions import DataError, DataWarning
 from ..models.design import LongitudinalDesign, fitted_basis, noise_confounded
+from ..models.membership_design import MembershipDesign, complete_rows, no_subject_left, unknown_baseline_message
 from ..standardise import (FAR_SHOWN, FAR_SPREADS, NoiseSums, check_noise_sums, checked_scale, dominated, far_message,
                            robust_centre_spread, shown_value, warn_binary_response)
 from . import shard as sh
 
-__all__ = ["DaskFrame", "learn_encoding", "combine_summaries", "PooledSummary"]
+__all__ = ["DaskFrame", "learn_encoding", "combine_summaries", "PooledSummary", "membership_baseline"]
 
 
 def learn_encoding(client: Any, ddf: Any, covariates: Any, time: str | None = None) -> CovariateEncoding:
@@ -165,6 +166,39 @@ def _check_columns(ddf: Any, columns: ColumnNames, covariates: Sequence[str]) ->
         raise DataError(f"column(s) {dup} used for more than one role (subject/time/response/covariate)")
 
 
+def membership_baseline(client: Any, ddf: Any, subject: str, columns: list[str], dropna: bool,
+                        stacklevel: int = 2) -> tuple[Any, pd.DataFrame]:
+    """The subjects' membership covariates, read from the raw partitions on the workers and gathered: one row per
+    subject (index: subject, partition order; O(N Q) on the driver, as the starting estimates' O(N D)), each
+    checked constant within its subject as in memory. With ``dropna`` the subjects whose covariates are missing
+    at every visit are dropped, with the in-memory fit's warning (``stacklevel`` as seen from the caller), and
+    the frame returned without their rows; else the frame as given (their missing values are an error once the
+    fitted subjects are known, :func:`~dmlmm.models.membership_design.complete_rows`)."""
+    import dask
+
+    present = list(ddf.columns) + ([ddf.index.name] if ddf.index.name is not None else [])
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise DataError(f"membership covariate column(s) {missing} not found in the data (columns: {list(ddf.columns)})")
+    part = dask.delayed(sh.partition_baseline, pure=True)
+    got = client.gather(client.compute([part(p, subject, columns) for p in ddf.to_delayed()]))
+    check_one_partition_per_subject([r.index for r, _ in got], subject)
+    rows = pd.concat([r for r, _ in got])
+    if not dropna:
+        return ddf, rows
+    known = rows.notna()
+    unknown = ~known.all(axis=1).to_numpy()
+    if not unknown.any():
+        return ddf, rows
+    gone = rows.index[unknown]
+    absent = [c for c in columns if not known.loc[unknown, c].all()]
+    if unknown.all():
+        raise no_subject_left(absent)
+    n_rows = int(pd.concat([n for _, n in got]).to_numpy()[unknown].sum())
+    warnings.warn(unknown_baseline_message(gone, n_rows, absent), UserWarning, stacklevel=stacklevel + 1)
+    return ddf.map_partitions(sh.without_subjects, subject, list(gone), meta=ddf._meta), rows.loc[~unknown]
+
+
 def check_one_partition_per_subject(parts: Sequence[pd.Index], subject: str) -> pd.Index:
     """All subject labels (partition order) from each partition's distinct labels ``parts``; an error naming
     the subjects found in several partitions."""
@@ -193,7 +227,12 @@ class DaskFrame:
     reads : list of futures of ``(Longitudinal or None, rows, DroppedRows or None)``, one per partition.
     summaries : list of PartitionSummary (on the driver: small, but with the subject labels).
     subjects : Index (N,), every subject, partition by partition.
+    membership : MembershipDesign or None, and membership_Z : (N, Q) or None, the membership covariates of
+        ``subjects`` (:meth:`learn_membership`), which every shard built gets for its subjects.
     """
+
+    membership: MembershipDesign | None = None
+    membership_Z: np.ndarray | None = None
 
     def __init__(self, client: Any, ddf: Any, columns: ColumnNames, covariates: Sequence[str] | None,
                  dropna: bool, distinct_times: bool) -> None:
@@ -218,6 +257,13 @@ class DaskFrame:
         if self.pooled.n_obs == 0:
             raise DataError("no rows are left after dropping rows with missing values")
         self.subjects = check_one_partition_per_subject([p.subjects for p in self.summaries], columns.subject)
+
+    def learn_membership(self, baseline: pd.DataFrame) -> None:
+        """The membership design and Z of the fitted subjects from their baseline rows (:func:`membership_baseline`),
+        as :meth:`MembershipDesign.learn` in memory (its errors: a subject without a value, a covariate
+        constant over the subjects)."""
+        cols = list(baseline.columns)
+        self.membership, self.membership_Z = MembershipDesign.learn_rows(complete_rows(baseline, self.subjects), cols)
 
     def on_scale(self, transform: str | None) -> "DaskFrame":
         """This frame with its response on the scale ``transform`` (:mod:`dmlmm.response_transform`): the
@@ -308,9 +354,14 @@ class DaskFrame:
     def shards(self, design: LongitudinalDesign) -> list:
         """Futures of the partitions' :class:`~dmlmm.distributed.shard.Shard` (partitions without rows
         left out); the rows themselves are released."""
-        keep = [r for r, s in zip(self.reads, self.summaries) if s.n_obs > 0]
+        kept = [k for k, s in enumerate(self.summaries) if s.n_obs > 0]
+        keep = [self.reads[k] for k in kept]
         design_f = self.client.scatter(design, broadcast=True, hash=False)
-        out = self.client.map(sh.build_shard, keep, design=design_f, pure=False)
+        members = [None] * len(keep)
+        if self.membership_Z is not None:  # each shard's rows of Z (the shards' subjects are self.subjects in order)
+            ends = np.cumsum([len(self.summaries[k].subjects) for k in kept])
+            members = self.client.scatter(np.split(self.membership_Z, ends[:-1]), hash=False)
+        out = self.client.map(sh.build_shard, keep, members, design=design_f, pure=False)
         self.client.gather(self.client.map(_n_subjects, out, pure=False))  # built (errors surface here)
         self.reads = []
         return out

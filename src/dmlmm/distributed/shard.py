@@ -25,7 +25,9 @@ from ..sufficient import SufficientStats
 from ..exceptions import DataError
 from ..inference.local import NoiseMoments, local_step
 from ..inference.subject_scales import GroupMoments, SubjectScales, weighted_stats, with_scales
+from ..models.membership_design import baseline_rows
 from ..models.starting import ridge_estimates, ridge_penalties
+from ..priors.membership import MembershipPathWeights, first_layer_resp, membership_sums
 from ..models.design import LongitudinalDesign, repeated_times
 from ..standardise import FAR_SHOWN, NoiseSums, far_given, noise_sums
 from ..prediction import fixed_effects_information
@@ -34,7 +36,7 @@ from ..response_transform import forward
 
 __all__ = [
     "PartitionSummary", "Shard", "StepGlobals", "StepSums", "ShardLocal", "InitSums",
-    "read_partition", "summarize", "build_shard", "totals", "shard_ridge", "init_sums",
+    "read_partition", "summarize", "build_shard", "partition_baseline", "without_subjects", "first_layer_proba", "totals", "shard_ridge", "init_sums",
     "shard_step", "step_sums", "StepFailure", "raise_failures", "time_histogram", "add_all", "FarRows", "far_rows",
 ]
 
@@ -235,12 +237,34 @@ class Shard:
     stats: SufficientStats
 
 
-def build_shard(read: Read, design: LongitudinalDesign) -> Shard | None:
-    """The partition's :class:`Shard` (None for a partition without subjects)."""
+def build_shard(read: Read, membership: np.ndarray | None = None, *, design: LongitudinalDesign) -> Shard | None:
+    """The partition's :class:`Shard` (None for a partition without subjects), with its subjects' membership
+    covariates ``membership`` (n, Q) attached to their statistics (in the shard's order), if any."""
     data = read[0]
     if data is None:
         return None
-    return Shard(data.subjects, design.stats(data))
+    return Shard(data.subjects, design.stats(data).with_membership(membership))
+
+
+def partition_baseline(frame: pd.DataFrame, subject: str, columns: list[str]) -> tuple[pd.DataFrame, pd.Series]:
+    """A raw partition's membership covariates, one row per subject (:func:`~dmlmm.models.membership_design.baseline_rows`:
+    NaN where a subject has no value), and each subject's number of rows (for the warning of subjects dropped
+    with ``dropna``)."""
+    if subject not in frame.columns and frame.index.name == subject:
+        frame = frame.reset_index()
+    rows = baseline_rows(frame, subject, columns)
+    return rows, frame.groupby(subject, sort=False, observed=True).size().reindex(rows.index)
+
+
+def without_subjects(frame: pd.DataFrame, subject: str, gone: list) -> pd.DataFrame:
+    """A raw partition less the rows of the subjects ``gone`` (the subject column or the index)."""
+    labels = frame[subject] if subject in frame.columns else frame.index
+    return frame.loc[~np.asarray(labels.isin(gone))]
+
+
+def first_layer_proba(local: "ShardLocal", first: np.ndarray) -> np.ndarray:
+    """The shard's first-layer responsibilities (n, K_1) (``first`` (M,): each path's first-layer component)."""
+    return first_layer_resp(local.resp, first)
 
 
 def totals(shard: Shard) -> SufficientStats:
@@ -312,6 +336,7 @@ class StepGlobals:
     errstate: dict = field(default_factory=dict)
     groups: np.ndarray | None = None  # each path's noise group, for the residual scales' moments
     move_sums: bool = False  # the translation move's sums too (LocalResult.path_gram, path_xtf)
+    membership: MembershipPathWeights | None = None  # the membership model, evaluated on the shard's covariates
 
 
 @dataclass(frozen=True)
@@ -327,6 +352,8 @@ class StepSums:
     Fty : (M, P) sum_i r_ic F_i'y_i;  FtF : (M, P, P) sum_i r_ic F_i'F_i.
     path_gram : (M, D, D);  path_xtf : (M, D, P)  (as in LocalResult: the translation move's; None unless
     the step was asked for them).
+    membership_prec : (K_1 - 1, Q, Q);  membership_shift : (K_1 - 1, Q)  (the membership model's
+    :func:`~dmlmm.priors.membership.membership_sums`; None without one).
     """
 
     weight: np.ndarray
@@ -342,6 +369,8 @@ class StepSums:
     FtF: np.ndarray
     path_gram: np.ndarray | None
     path_xtf: np.ndarray | None
+    membership_prec: np.ndarray | None = None
+    membership_shift: np.ndarray | None = None
 
     def __add__(self, other: "StepSums") -> "StepSums":
         def add(a, b):
@@ -403,8 +432,13 @@ def shard_step(
             if scales is not None and not np.all(np.isfinite(scales.weight)):  # an extrapolation beyond the arithmetic
                 raise FloatingPointError("the subjects' residual scales are not finite")
             st = shard.stats if scales is None else weighted_stats(shard.stats, scales.weight)
+            offsets = psi = None
+            if globals_.membership is not None:  # as the in-memory engine's membership_terms
+                if st.membership is None:
+                    raise ValueError("the model has a membership model but the shard carries no membership covariates")
+                offsets, psi = globals_.membership.of(st.membership)
             loc = local_step(st, globals_.prior, globals_.noise, hard_assignment, active=active,
-                             moment_threshold=moment_threshold, move_sums=globals_.move_sums)
+                             moment_threshold=moment_threshold, log_weight=offsets, move_sums=globals_.move_sums)
             if scales is not None:
                 pp, noise = globals_.prior, globals_.noise
                 log_evidence, moments = with_scales(loc.log_evidence, loc.resp, loc.mean_b, st, pp.precision, pp.shift,
@@ -428,6 +462,9 @@ def shard_step(
         path_gram=loc.path_gram,
         path_xtf=loc.path_xtf,
     )
+    if psi is not None:
+        prec, shift = membership_sums(st.membership, first_layer_resp(r, globals_.membership.first), psi)
+        sums = replace(sums, membership_prec=prec, membership_shift=shift)
     return ShardLocal(r, loc.mean_b, sums, moments)
 
 

@@ -41,6 +41,7 @@ from . import scales as sc
 from ..inference.local import NoiseMoments
 from ..models.starting import pooled_ridge, ridge_prior
 from ..priors.base import PathMoments, PathPrior
+from ..priors.membership import MembershipPathWeights
 from . import shard as sh
 
 __all__ = ["EMBED_BYTES", "GATHER_BYTES", "per_task", "DaskStats", "DistributedLocal", "ActivePaths",
@@ -109,6 +110,11 @@ class DistributedLocal:
         return self.sums.path_gram
 
     @property
+    def membership_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """The membership model's :func:`~dmlmm.priors.membership.membership_sums` over all subjects."""
+        return self.sums.membership_prec, self.sums.membership_shift
+
+    @property
     def path_xtf(self) -> np.ndarray | None:
         return self.sums.path_xtf
 
@@ -164,10 +170,13 @@ class DaskStats:
         active: ActivePaths | None = None,
         moment_threshold: float = 1e-12,
         move_sums: bool = False,
+        membership: MembershipPathWeights | None = None,
     ) -> DistributedLocal:
-        """The local step on every shard (see the module docstring); ``active`` from :meth:`active_paths`."""
+        """The local step on every shard (see the module docstring); ``active`` from :meth:`active_paths`;
+        ``membership``: the membership model, evaluated on each shard's covariates."""
         c = self.client
-        glob = per_task(c, sh.StepGlobals(prior, noise, np.geterr(), self.groups, move_sums), len(self.shards))
+        glob = per_task(c, sh.StepGlobals(prior, noise, np.geterr(), self.groups, move_sums, membership),
+                        len(self.shards))
         previous = [None] * len(self.shards) if active is None else active.local.parts
         scales = sc.per_shard(self.scales, len(self.shards))
         threshold = 0.0 if active is None else float(active.threshold)

@@ -40,7 +40,7 @@ from ..basis import SplineBasis
 from .design import (LongitudinalDesign, check_own_design, fitted_basis, latest_covariates, noise_confounded,
                      repeated_times)
 from .frames import FrameLike
-from .membership_design import MembershipDesign, without_unknown_baseline
+from .membership_design import MembershipDesign, check_roles, without_unknown_baseline
 from .candidates import CandidateData, CandidateFit, fit_candidates, fit_in_turn, resolve_n_jobs, workers_allowed
 from .starting import ridge_estimates, smooth_roughness
 from .params import check_flag
@@ -282,11 +282,6 @@ class Fitting:
         check_flag(dropna, "dropna")
         transform = check_transform(getattr(self, "response_transform", None))
         if is_dask_collection(data):  # per-subject work on the Dask workers (dmlmm.distributed)
-            if self._membership_columns():
-                raise NotImplementedError(
-                    "membership_covariates are not supported for Dask DataFrames yet: fit in memory "
-                    "(e.g. on df.compute() or a subsample), or leave membership_covariates out"
-                )
             from ..distributed.fit import fit_dask
 
             return fit_dask(self, data, subject, time, response, covariates, dropna=dropna)
@@ -310,11 +305,7 @@ class Fitting:
                             stacklevel=3)
         members = Z = None
         if self._membership_columns():
-            roles = {d.columns.subject: "subject", d.columns.time: "time", d.columns.response: "response"}
-            clash = [f"{c!r} (the {roles[c]} column)" for c in self._membership_columns() if c in roles]
-            if clash:
-                raise ValueError(f"membership_covariates cannot include {', '.join(clash)}: membership depends on "
-                                 "baseline characteristics, one value per subject (e.g. age at entry, sex)")
+            check_roles(self._membership_columns(), d.columns.roles())
             members, Z = MembershipDesign.learn(data, d.columns.subject, self._membership_columns(), d.subjects)
         t0 = perf_counter()
         times, basis = np.unique(d.time), fitted_basis(self.basis, d.time)  # the basis of every scale (times only)
@@ -367,9 +358,10 @@ class Fitting:
             self._warn_separation(Z, resp1, chosen.config.membership_scale)
         return self
 
-    def _warn_separation(self, Z: np.ndarray, resp1: np.ndarray, scale: float) -> None:
+    def _warn_separation(self, Z: np.ndarray, resp1: np.ndarray, scale: float, stacklevel: int = 3) -> None:
         """An IdentifiabilityWarning naming the groups and covariates that the membership covariates separate
-        (almost) perfectly (:func:`~dmlmm.priors.membership.separated_sticks`)."""
+        (almost) perfectly (:func:`~dmlmm.priors.membership.separated_sticks`); ``stacklevel``: the warning's
+        (3: the caller of ``fit``)."""
         separated = separated_sticks(Z, resp1)
         if not separated:
             return
@@ -380,7 +372,7 @@ class Fitting:
             f"the membership covariates separate the groups (almost) perfectly ({what}): without the prior the "
             f"log-odds would grow without bound, so these coefficients' size and interval are the prior's "
             f"(N(0, {scale:g}^2) per SD of each covariate), not measured by the data; read them as a very strong "
-            "effect, and their probabilities near 0 or 1", IdentifiabilityWarning, stacklevel=3)
+            "effect, and their probabilities near 0 or 1", IdentifiabilityWarning, stacklevel=stacklevel)
 
     def _fit_scale(self, d: Longitudinal, transform: str | None, members, Z, quiet: bool = False,
                    to_beat: float | None = None, plan: FitPlan = FitPlan()) -> ScaleFit:

@@ -17,7 +17,8 @@ import pandas as pd
 from ..covariates import CovariateEncoding
 from ..exceptions import DataError
 
-__all__ = ["MembershipDesign", "without_unknown_baseline"]
+__all__ = ["MembershipDesign", "without_unknown_baseline", "baseline_rows", "complete_rows", "unknown_baseline_message",
+           "no_subject_left", "check_roles"]
 
 
 @dataclass
@@ -44,7 +45,12 @@ class MembershipDesign:
         cls, frame: pd.DataFrame, subject: str, columns: Sequence[str], subjects: pd.Index
     ) -> tuple["MembershipDesign", np.ndarray]:
         """The design and Z (N, Q) of the fitted subjects (in the order of ``subjects``)."""
-        rows = _per_subject(frame, subject, list(columns), subjects)
+        return cls.learn_rows(_per_subject(frame, subject, list(columns), subjects), columns)
+
+    @classmethod
+    def learn_rows(cls, rows: pd.DataFrame, columns: Sequence[str]) -> tuple["MembershipDesign", np.ndarray]:
+        """The design and Z (N, Q) from the subjects' baseline values ``rows`` (one complete row per subject,
+        :func:`baseline_rows` of every subject put together; a Dask fit gathers them from its partitions)."""
         enc = CovariateEncoding.learn(rows, list(columns))
         coded = enc.encode(rows)
         mean, scale = coded.mean(axis=0), coded.std(axis=0)
@@ -100,17 +106,40 @@ def without_unknown_baseline(frame: pd.DataFrame, subject: str, columns: Sequenc
     absent = [c for c in cols if not known.loc[unknown, c].all()]
     drop = frame[subject].isin(gone).to_numpy()
     if drop.all():
-        raise DataError(f"every subject's membership covariate(s) {absent} are missing at every visit: no subject "
-                        "is left to fit; give the subjects' baseline values or leave membership_covariates out")
-    warnings.warn(
-        f"dropped {len(gone)} subject(s) ({int(drop.sum())} row(s)) whose membership covariate(s) {absent} are missing "
-        f"at every visit: {[_label(s) for s in gone[:10]]}{' ...' if len(gone) > 10 else ''}",
-        UserWarning, stacklevel=stacklevel + 1)
+        raise no_subject_left(absent)
+    warnings.warn(unknown_baseline_message(gone, int(drop.sum()), absent), UserWarning, stacklevel=stacklevel + 1)
     return frame.loc[~drop]
+
+
+def no_subject_left(absent: Sequence[str]) -> DataError:
+    """The error when every subject's membership covariates ``absent`` are missing at every visit."""
+    return DataError(f"every subject's membership covariate(s) {list(absent)} are missing at every visit: no subject "
+                     "is left to fit; give the subjects' baseline values or leave membership_covariates out")
+
+
+def unknown_baseline_message(gone: pd.Index, n_rows: int, absent: Sequence[str]) -> str:
+    """The warning that the subjects ``gone`` (and their ``n_rows`` rows) were dropped, their membership covariates
+    ``absent`` missing at every visit (``dropna=True``)."""
+    return (f"dropped {len(gone)} subject(s) ({n_rows} row(s)) whose membership covariate(s) {list(absent)} are "
+            f"missing at every visit: {[_label(s) for s in gone[:10]]}{' ...' if len(gone) > 10 else ''}")
+
+
+def check_roles(columns: Sequence[str], roles: dict[str, str]) -> None:
+    """A ValueError when a membership covariate is the subject, time or response column (``roles``: column -> role)."""
+    clash = [f"{c!r} (the {roles[c]} column)" for c in columns if c in roles]
+    if clash:
+        raise ValueError(f"membership_covariates cannot include {', '.join(clash)}: membership depends on "
+                         "baseline characteristics, one value per subject (e.g. age at entry, sex)")
 
 
 def _per_subject(frame: pd.DataFrame, subject: str, columns: list[str], subjects: pd.Index) -> pd.DataFrame:
     """One row per subject of ``columns`` (baseline values), checked constant within subject and complete."""
+    return complete_rows(baseline_rows(frame, subject, columns), subjects)
+
+
+def baseline_rows(frame: pd.DataFrame, subject: str, columns: list[str]) -> pd.DataFrame:
+    """The baseline values of ``columns`` of every subject in ``frame`` (index: subject, in order of appearance):
+    each column's non-missing value (NaN where a subject has none), checked constant within subject."""
     if not isinstance(frame, pd.DataFrame):
         raise DataError(
             "membership covariates are read from a DataFrame with one column per covariate; "
@@ -132,7 +161,13 @@ def _per_subject(frame: pd.DataFrame, subject: str, columns: list[str], subjects
             "class membership is modelled from baseline values, one per subject; use the baseline value "
             "(e.g. the first visit's) in every row"
         )
-    rows = sub.groupby(subject, sort=False, observed=True)[columns].first()  # each column's non-missing value
+    return sub.groupby(subject, sort=False, observed=True)[columns].first()  # each column's non-missing value
+
+
+def complete_rows(rows: pd.DataFrame, subjects: pd.Index) -> pd.DataFrame:
+    """``rows`` (:func:`baseline_rows`) of ``subjects``, in their order and indexed 0 .. N - 1; an error naming the
+    subjects with a missing value."""
+    columns = list(rows.columns)
     rows = rows.reindex(subjects)
     na = rows.isna().any(axis=1).to_numpy()
     if na.any():

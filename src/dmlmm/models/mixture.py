@@ -111,7 +111,8 @@ class MixtureLMM(VariationalLongitudinalModel):
         the standardised covariates, fitted inside the variational bound
         (:mod:`dmlmm.priors.membership`).
         Results in ``membership_coefficients_``; new subjects' class probabilities before any
-        visit from :meth:`membership_probabilities`. Delete moves are off with it.
+        visit from :meth:`membership_probabilities`. Delete moves are off with it. In memory or on a
+        Dask frame (docs/dask.md).
     max_iter, tol : stopping rule on the relative ELBO change.
     batch_size : "auto", "full" or int
         Full-batch coordinate ascent, or a stochastic fit with this minibatch size: a full-batch
