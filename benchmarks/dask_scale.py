@@ -26,6 +26,11 @@ second scale costs.
 ``--noise-df auto`` (or a number) fits subject-level residual scales, each subject's q(v_i) on its
 worker; ``--tails`` makes a fifth of the subjects four times noisier (so that the scales matter).
 
+``--membership`` gives every subject a baseline age (N(50, 10^2) plus 8 times its group, -1 or 1: the
+log-odds of group 1 rise by 0.16 per year) and a sex (f or m, no effect) and fits
+``membership_covariates=["age", "sex"]``; the coefficients are recorded beside the maximum-likelihood
+logistic regression of the true groups on the same columns (statsmodels), their target.
+
 Run:  python benchmarks/dask_scale.py --subjects 1000000    (add --quick for 20,000)
 Writes benchmarks/results/dask_scale_<subjects>[_nu<noise-df>][_tails].json and prints the same numbers.
 """
@@ -56,8 +61,9 @@ RESPONSES = {"given": lambda y: y, "exp": lambda y: np.exp(0.5 * y), "shifted": 
 
 
 def write_parquet(directory: Path, n_subjects: int, chunk: int, seed: int,
-                  response: str = "given", tails: bool = False) -> tuple[pd.Series, float]:
-    """DGP 1 in chunks, one Parquet file per chunk; returns the true groups and the seconds taken."""
+                  response: str = "given", tails: bool = False, membership: bool = False) -> tuple[pd.Series, float]:
+    """DGP 1 in chunks, one Parquet file per chunk; returns the true groups and the seconds taken (with
+    ``membership``, the subjects' ages and sexes too: see the module docstring)."""
     from dmlmm import simulate
 
     t0 = time.perf_counter()
@@ -72,6 +78,12 @@ def write_parquet(directory: Path, n_subjects: int, chunk: int, seed: int,
             noisy = (rng.random(n) < 0.2)[sim.data["subject"].to_numpy()]
             y = y + noisy * np.sqrt(15.0) * 0.3 * rng.standard_normal(len(y))
         df = sim.data.assign(subject=sim.data["subject"].to_numpy() + start, y=RESPONSES[response](y))
+        if membership:  # baseline covariates, one value per subject: age depends on the group, sex does not
+            rng = np.random.default_rng([seed, k, 2])
+            age = rng.normal(50.0, 10.0, n) + 8.0 * sim.labels.to_numpy()
+            sex = np.where(rng.random(n) < 0.5, "f", "m")
+            rows = sim.data["subject"].to_numpy()
+            df = df.assign(age=age[rows], sex=sex[rows])
         df.to_parquet(directory / f"part-{k:05d}.parquet", index=False)
         labels.append(pd.Series(sim.labels.to_numpy(), index=sim.labels.index.to_numpy() + start))
     return pd.concat(labels).rename_axis("subject"), time.perf_counter() - t0
@@ -133,6 +145,24 @@ def peak_rss() -> int:
     return int(line.split()[1]) * 1024
 
 
+def membership_against_truth(model, ddf, groups: pd.Series, truth: pd.Series) -> dict:
+    """The fitted membership coefficients (user scale) and the maximum-likelihood logistic regression of the true
+    groups (those matched to the fitted stick's group) on the subjects' age and sex (statsmodels)."""
+    import statsmodels.api as sm
+
+    coef = model.membership_coefficients_
+    base = ddf[["subject", "age", "sex"]].drop_duplicates().compute().set_index("subject").loc[truth.index]
+    group = int(coef["group"].iloc[0])
+    matched = truth.groupby(groups.reindex(truth.index)).agg(lambda v: v.mode().iloc[0])  # fitted group -> true label
+    y = (truth == matched.get(group, np.nan)).to_numpy().astype(float)
+    X = sm.add_constant(np.c_[base["age"], base["sex"] == "m"].astype(float))
+    mle = sm.Logit(y, X).fit(disp=0)
+    return {"names": [str(n) for n in coef.index.get_level_values("covariate")],
+            "estimate": coef["estimate"].round(6).tolist(), "sd": coef["sd"].round(6).tolist(),
+            "mle_true_groups": [round(float(v), 6) for v in mle.params],
+            "mle_sd": [round(float(v), 6) for v in mle.bse]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", type=int, default=1_000_000)
@@ -149,6 +179,8 @@ def main() -> None:
                     help="y as drawn, exp(y/2) or y + 12 (the last two: two response scales under response_transform='auto')")
     ap.add_argument("--noise-df", default=None, help="'auto' or a number: subject-level residual scales")
     ap.add_argument("--tails", action="store_true", help="a fifth of the subjects four times noisier")
+    ap.add_argument("--membership", action="store_true",
+                    help="baseline age (depends on the group) and sex, fitted as membership_covariates")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="seconds: stop the fit past this and record what was measured (completed: false)")
     args = ap.parse_args()
@@ -168,7 +200,8 @@ def main() -> None:
         tmp = tempfile.mkdtemp(prefix="dmlmm_dask_")
         data_dir = Path(tmp) / "dgp1"
     print(f"writing {args.subjects} subjects to {data_dir} ...", flush=True)
-    truth, write_s = write_parquet(data_dir, args.subjects, args.chunk, args.seed, args.response, args.tails)
+    truth, write_s = write_parquet(data_dir, args.subjects, args.chunk, args.seed, args.response, args.tails,
+                                   args.membership)
     print(f"  {write_s:.1f} s", flush=True)
 
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -181,7 +214,8 @@ def main() -> None:
     monitor.start()
     noise_df = None if args.noise_df is None else (args.noise_df if args.noise_df == "auto" else float(args.noise_df))
     model = DeepMixtureLMM(n_components=tuple(args.components), basis=SplineBasis(args.basis), random_state=args.seed,
-                           max_iter=args.max_iter, noise_df=noise_df)
+                           max_iter=args.max_iter, noise_df=noise_df,
+                           membership_covariates=["age", "sex"] if args.membership else None)
     ddf = dd.read_parquet(data_dir)
     print(f"fitting {model!r} on {ddf.npartitions} partitions, {args.workers} workers ...", flush=True)
     steps = count_steps(args.time_limit)
@@ -194,12 +228,14 @@ def main() -> None:
         except TimeLimit:
             completed = False
     fit_s = time.perf_counter() - t0
-    ari = collect_s = None
+    ari = collect_s = coefficients = None
     if completed:
         t1 = time.perf_counter()
         groups = model.groups_.compute()
         collect_s = round(time.perf_counter() - t1, 2)
         ari = float(adjusted_rand_index(truth, groups.reindex(truth.index)))
+        if args.membership:
+            coefficients = membership_against_truth(model, ddf, groups, truth)
     reported = monitor.stop()
     rss = client.run(peak_rss)
     client.close()
@@ -236,6 +272,7 @@ def main() -> None:
         "elbo": float(model.elbo_) if completed else None,
         "components_kept": list(model.n_components_) if completed else None,
         "ari_groups_vs_truth": ari,
+        "membership_coefficients": coefficients,
         "peak_worker_memory_reported_bytes": {k: int(v) for k, v in reported.items()},
         "peak_worker_rss_bytes": {k: int(v) for k, v in rss.items()},
         "peak_driver_rss_bytes": peak_rss(),
@@ -246,7 +283,8 @@ def main() -> None:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(exist_ok=True)
-    suffix = ("" if noise_df is None else f"_nu{args.noise_df}") + ("_tails" if args.tails else "")
+    suffix = (("" if noise_df is None else f"_nu{args.noise_df}") + ("_tails" if args.tails else "")
+              + ("_membership" if args.membership else ""))
     path = RESULTS / f"dask_scale_{args.subjects}{suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
