@@ -36,7 +36,8 @@ from ..response_transform import forward
 
 __all__ = [
     "PartitionSummary", "Shard", "StepGlobals", "StepSums", "ShardLocal", "InitSums",
-    "read_partition", "summarize", "build_shard", "partition_baseline", "without_subjects", "first_layer_proba", "totals", "shard_ridge", "init_sums",
+    "read_partition", "summarize", "build_shard", "partition_baseline", "without_subjects", "first_layer_proba",
+    "totals", "shard_ridge", "init_sums",
     "shard_step", "step_sums", "StepFailure", "raise_failures", "time_histogram", "add_all", "FarRows", "far_rows",
 ]
 
