@@ -795,6 +795,8 @@ def test_membership_covariates_missing_or_varying_as_in_memory(client, dgp1_fram
     varying = df.assign(age=df["age"] + (df["subject"] == gone) * np.arange(len(df)))
     with pytest.raises(DataError, match=rf"membership covariate 'age' changes within subject {gone}"):
         MixtureLMM(**kw).fit(dd.from_pandas(varying, npartitions=2, sort=False))
+    with pytest.raises(DataError, match=r"column\(s\) \['patient'\] not found in the data"):  # before reading covariates
+        MixtureLMM(**kw).fit(ddf, subject="patient")
     with pytest.raises(DataError, match=r"membership covariate column\(s\) \['weight'\] not found"):
         MixtureLMM(**{**kw, "membership_covariates": ["weight"]}).fit(ddf)
     with pytest.raises(ValueError, match="membership_covariates cannot include 'time'"):

@@ -114,7 +114,7 @@ def fit_dask(
     baseline = None
     if members:  # the subjects' baseline covariates, one row each (those without any value dropped with dropna)
         check_roles(members, columns.roles())
-        data, baseline = membership_baseline(client, data, subject, members, dropna, stacklevel=3)
+        data, baseline = membership_baseline(client, data, columns, members, dropna, stacklevel=3)
     frame = DaskFrame(client, data, columns, covariates, dropna, distinct_times=distinct)
     if frame.n_subjects < 2:
         raise DataError(

@@ -166,16 +166,19 @@ def _check_columns(ddf: Any, columns: ColumnNames, covariates: Sequence[str]) ->
         raise DataError(f"column(s) {dup} used for more than one role (subject/time/response/covariate)")
 
 
-def membership_baseline(client: Any, ddf: Any, subject: str, columns: list[str], dropna: bool,
+def membership_baseline(client: Any, ddf: Any, names: ColumnNames, columns: list[str], dropna: bool,
                         stacklevel: int = 2) -> tuple[Any, pd.DataFrame]:
     """The subjects' membership covariates, read from the raw partitions on the workers and gathered: one row per
     subject (index: subject, partition order; O(N Q) on the driver, as the starting estimates' O(N D)), each
     checked constant within its subject as in memory. With ``dropna`` the subjects whose covariates are missing
     at every visit are dropped, with the in-memory fit's warning (``stacklevel`` as seen from the caller), and
     the frame returned without their rows; else the frame as given (their missing values are an error once the
-    fitted subjects are known, :func:`~dmlmm.models.membership_design.complete_rows`)."""
+    fitted subjects are known, :func:`~dmlmm.models.membership_design.complete_rows`). ``names``: the subject, time
+    and response columns, whose absence is the error the fit would give without membership covariates."""
     import dask
 
+    _check_columns(ddf, names, [])
+    subject = names.subject
     present = list(ddf.columns) + ([ddf.index.name] if ddf.index.name is not None else [])
     missing = [c for c in columns if c not in present]
     if missing:
