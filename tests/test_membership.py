@@ -12,7 +12,7 @@ from dmlmm import DeepMixtureLMM, MixtureLMM
 from dmlmm.exceptions import DataError, IdentifiabilityWarning
 from dmlmm.expfam import Gaussian
 from dmlmm.metrics import adjusted_rand_index
-from dmlmm.priors.membership import membership_log_weights, stick_log_probs
+from dmlmm.priors.membership import membership_from_sums, membership_log_weights, membership_sums, stick_log_probs
 
 A, B, C = -0.3, 1.5, -1.0  # log-odds of group 1: A + B x + C [sex == m]
 
@@ -160,6 +160,40 @@ def test_minibatch_fit_keeps_the_membership_model(sim, fitted):
     a, b = m.membership_coefficients_, fitted.membership_coefficients_
     sign = 1.0 if a["group"].iloc[0] == b["group"].iloc[0] else -1.0
     np.testing.assert_allclose(sign * a["estimate"].to_numpy(), b["estimate"].to_numpy(), atol=0.15)
+
+
+def test_the_update_from_sums_is_the_bounds_optimum_and_sums_add_over_subjects():
+    """q(gamma)'s mean from :func:`membership_sums` zeroes the gradient of the Jaakkola-Jordan bound (written out
+    per subject and stick here, differentiated numerically) plus the log prior; sums over two sets of subjects
+    add up to the sums over all (what a Dask fit adds over its partitions)."""
+    rng = np.random.default_rng(5)
+    N, K, Q, scale = 40, 3, 3, 2.5
+    Z = np.c_[np.ones(N), rng.normal(size=(N, Q - 1))]
+    resp = rng.dirichlet(np.ones(K), size=N)
+    xi = rng.uniform(0.1, 3.0, size=(N, K - 1))
+    whole = membership_sums(Z, resp, xi)
+    halves = [membership_sums(Z[s], resp[s], xi[s]) for s in (slice(0, 17), slice(17, N))]
+    for part in range(2):
+        np.testing.assert_allclose(halves[0][part] + halves[1][part], whole[part], rtol=1e-12)
+    prior = Gaussian(np.broadcast_to(np.eye(Q) / scale**2, (K - 1, Q, Q)).copy(), np.zeros((K - 1, Q)))
+    mean = membership_from_sums(prior, whole, scale).moments()[0]  # (K - 1, Q)
+
+    def objective(gamma):  # the bound's terms in gamma (point mass), stick by stick, subject by subject
+        total = -0.5 * np.sum(gamma**2) / scale**2
+        for i in range(N):
+            for j in range(K - 1):
+                stop, passing = resp[i, j], resp[i, j + 1:].sum()
+                x, lam = Z[i] @ gamma[j], np.tanh(xi[i, j] / 2) / (4 * xi[i, j])
+                total += 0.5 * (stop - passing) * x - (stop + passing) * lam * x**2
+        return total
+
+    h = 1e-6
+    grad = np.zeros_like(mean)
+    for idx in np.ndindex(*mean.shape):
+        e = np.zeros_like(mean)
+        e[idx] = h
+        grad[idx] = (objective(mean + e) - objective(mean - e)) / (2 * h)
+    np.testing.assert_allclose(grad, 0.0, atol=1e-6)
 
 
 def test_command_line_refits_over_its_own_outputs_and_predicts_with_the_membership_model(tmp_path):

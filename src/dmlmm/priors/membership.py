@@ -33,8 +33,7 @@ from scipy.special import log_expit
 from ..expfam import LOG_2PI, Gaussian, blend, gaussian_entropy
 
 __all__ = [
-    "membership_init", "membership_log_weights", "membership_update", "membership_sums", "membership_from_sums",
-    "membership_elbo",
+    "membership_init", "membership_log_weights", "membership_sums", "membership_from_sums", "membership_elbo",
     "membership_prune", "stick_log_probs", "jj_lambda", "membership_laplace_cov", "first_layer_resp",
     "separated_sticks", "MembershipPathWeights",
 ]
@@ -141,22 +140,6 @@ class MembershipPathWeights:
         subjects with covariates ``Z`` (N, Q)."""
         lw, psi = membership_log_weights(self.q, Z)
         return lw[:, self.first] - self.mean_log[self.first], psi
-
-
-def membership_update(
-    q: Gaussian, Z: np.ndarray, resp: np.ndarray, xi: np.ndarray, scale: float,
-    weight: float = 1.0, rho: float = 1.0,
-) -> Gaussian:
-    """Optimal q(gamma_j) of every stick given the first-layer responsibilities and the points xi.
-
-    Parameters
-    ----------
-    q : the current factor (for the natural-gradient step ``rho`` < 1).
-    Z : (N, Q); resp : (N, K) q(c_i1 = k); xi : (N, K - 1) expansion points.
-    scale : prior SD of every coefficient.
-    weight : N / |batch| for minibatches.
-    """
-    return membership_from_sums(q, membership_sums(Z, resp, xi), scale, weight, rho)
 
 
 def membership_elbo(q: Gaussian, scale: float) -> float:
