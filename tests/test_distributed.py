@@ -801,3 +801,18 @@ def test_membership_covariates_missing_or_varying_as_in_memory(client, dgp1_fram
         MixtureLMM(**{**kw, "membership_covariates": ["weight"]}).fit(ddf)
     with pytest.raises(ValueError, match="membership_covariates cannot include 'time'"):
         MixtureLMM(**{**kw, "membership_covariates": ["time"]}).fit(ddf)
+
+
+def test_membership_covariates_on_two_response_scales_as_in_memory(client, dgp1_frame):
+    """A positive response under response_transform="auto": the log scale, fitted first, is set aside while the
+    scale as given is fitted, and its shards are built again (with their rows of Z) when it wins."""
+    df, _ = _membership_frame(dgp1_frame)
+    positive = df.assign(y=np.exp(0.5 * df["y"]))
+    kw = dict(n_components=2, basis=SplineBasis(6), random_state=0, max_iter=30, membership_covariates=["age"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m0 = MixtureLMM(**kw).fit(positive)
+        m1 = MixtureLMM(**kw).fit(dd.from_pandas(positive, npartitions=3, sort=False))
+    assert m0.response_transform_ == m1.response_transform_ == "log"
+    _same_fit(m0, m1)
+    pd.testing.assert_frame_equal(m1.membership_coefficients_, m0.membership_coefficients_, rtol=1e-6, atol=1e-9)
