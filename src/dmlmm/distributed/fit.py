@@ -44,7 +44,7 @@ from ..models.fitting import FitPlan, ScaleFit, fit_scales, fitting_order
 from ..models.design import latest_covariates
 from ..models.membership_design import check_roles
 from ..models.starting import smooth_roughness
-from ..priors.membership import membership_init, membership_laplace_cov
+from ..priors.membership import membership_init
 from ..prediction import fixed_cov_from_information
 from ..priors.base import RandomEffectsPrior
 from ..response_transform import candidates_given_min, check_transform, data_scale_bound, label_of, model_scale_elbo
@@ -161,9 +161,8 @@ def fit_dask(
     if frame.membership_Z is not None:  # the coefficients' covariance and the separation check, as in memory
         first = best.prior.path_components()[:, 0]
         resp1 = np.concatenate(client.gather(client.map(sh.first_layer_proba, local.parts, first=first, pure=False)))
-        model._membership_cov = membership_laplace_cov(best.params.membership, frame.membership_Z, resp1,
-                                                       chosen.config.membership_scale)
-        model._warn_separation(frame.membership_Z, resp1, chosen.config.membership_scale, stacklevel=4)
+        model._set_membership_cov(best.params.membership, frame.membership_Z, resp1, chosen.config.membership_scale,
+                                  stacklevel=5)
     if design.n_fixed:  # the fixed effects' covariance that the bands use, as in memory, summed over partitions
         info = sh.add_all(client.gather(client.map(sh.fixed_information, stats.shards, local.parts,
                                                    sc.per_shard(best.params.scales, len(local.parts)),

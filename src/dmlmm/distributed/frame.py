@@ -29,7 +29,8 @@ from ..covariates import CovariateEncoding, parse_covariates
 from ..data import DroppedRows, RowsDroppedWarning
 from ..exceptions import DataError, DataWarning
 from ..models.design import LongitudinalDesign, fitted_basis, noise_confounded
-from ..models.membership_design import MembershipDesign, complete_rows, no_subject_left, unknown_baseline_message
+from ..models.membership_design import (MembershipDesign, check_present, complete_rows, no_subject_left,
+                                        unknown_baseline_message)
 from ..standardise import (FAR_SHOWN, FAR_SPREADS, NoiseSums, check_noise_sums, checked_scale, dominated, far_message,
                            robust_centre_spread, shown_value, warn_binary_response)
 from . import shard as sh
@@ -180,9 +181,7 @@ def membership_baseline(client: Any, ddf: Any, names: ColumnNames, columns: list
     _check_columns(ddf, names, [])
     subject = names.subject
     present = list(ddf.columns) + ([ddf.index.name] if ddf.index.name is not None else [])
-    missing = [c for c in columns if c not in present]
-    if missing:
-        raise DataError(f"membership covariate column(s) {missing} not found in the data (columns: {list(ddf.columns)})")
+    check_present(columns, present, list(ddf.columns))
     part = dask.delayed(sh.partition_baseline, pure=True)
     got = client.gather(client.compute([part(p, subject, columns) for p in ddf.to_delayed()]))
     check_one_partition_per_subject([r.index for r, _ in got], subject)

@@ -435,8 +435,6 @@ def shard_step(
             st = shard.stats if scales is None else weighted_stats(shard.stats, scales.weight)
             offsets = psi = None
             if globals_.membership is not None:  # as the in-memory engine's membership_terms
-                if st.membership is None:
-                    raise ValueError("the model has a membership model but the shard carries no membership covariates")
                 offsets, psi = globals_.membership.of(st.membership)
             loc = local_step(st, globals_.prior, globals_.noise, hard_assignment, active=active,
                              moment_threshold=moment_threshold, log_weight=offsets, move_sums=globals_.move_sums)

@@ -31,7 +31,8 @@ from .noise import path_rss
 from .subject_scales import SubjectScales, half_rss, scales_elbo, update_scales, weighted_stats
 
 __all__ = ["StatsBackend", "ScalesBackend", "RemoteScales", "run_local_step", "active_paths", "fixed_sums",
-           "residual_sums", "resp_change", "membership_sums_of", "supports_scales", "weighted_by", "updated_scales", "scales_term"]
+           "residual_sums", "resp_change", "membership_sums_of", "supports_scales", "weighted_by", "updated_scales",
+           "scales_term"]
 
 
 class StatsBackend(Protocol):

@@ -217,8 +217,6 @@ def membership_terms(
     weights = MembershipPathWeights(params.membership, prior.path_components()[:, 0], dirichlet.mean_log)
     if not isinstance(stats, SufficientStats):
         return weights, None
-    if stats.membership is None:
-        raise ValueError("the model has a membership model but the statistics carry no membership covariates")
     return weights.of(stats.membership)
 
 

@@ -35,6 +35,7 @@ from ..inference.stochastic import StochasticSettings
 from ..prediction import fixed_effects_cov
 from ..response_transform import (check_transform, data_scale_bound, forward, label_of, log_jacobian,
                                   model_scale_elbo, transform_candidates)
+from ..expfam import Gaussian
 from ..priors.membership import first_layer_resp, membership_laplace_cov, separated_sticks
 from ..basis import SplineBasis
 from .design import (LongitudinalDesign, check_own_design, fitted_basis, latest_covariates, noise_confounded,
@@ -353,10 +354,17 @@ class Fitting:
         self._membership_cov = None
         if Z is not None:
             resp1 = first_layer_resp(best.local.resp, best.prior.path_components()[:, 0])
-            self._membership_cov = membership_laplace_cov(best.params.membership, Z, resp1,
-                                                          chosen.config.membership_scale)
-            self._warn_separation(Z, resp1, chosen.config.membership_scale)
+            self._set_membership_cov(best.params.membership, Z, resp1, chosen.config.membership_scale)
         return self
+
+    def _set_membership_cov(self, q: Gaussian, Z: np.ndarray, resp1: np.ndarray, scale: float,
+                            stacklevel: int = 4) -> None:
+        """The membership coefficients' covariance from the curvature at the posterior mean of ``q``
+        (:func:`~dmlmm.priors.membership.membership_laplace_cov`; Z (N, Q), first-layer responsibilities resp1
+        (N, K_1)), and the separation warning (:meth:`_warn_separation`; ``stacklevel`` 4: the caller of ``fit``
+        when ``fit`` calls this)."""
+        self._membership_cov = membership_laplace_cov(q, Z, resp1, scale)
+        self._warn_separation(Z, resp1, scale, stacklevel=stacklevel)
 
     def _warn_separation(self, Z: np.ndarray, resp1: np.ndarray, scale: float, stacklevel: int = 3) -> None:
         """An IdentifiabilityWarning naming the groups and covariates that the membership covariates separate

@@ -18,7 +18,7 @@ from ..covariates import CovariateEncoding
 from ..exceptions import DataError
 
 __all__ = ["MembershipDesign", "without_unknown_baseline", "baseline_rows", "complete_rows", "unknown_baseline_message",
-           "no_subject_left", "check_roles"]
+           "no_subject_left", "check_roles", "check_present"]
 
 
 @dataclass
@@ -124,6 +124,14 @@ def unknown_baseline_message(gone: pd.Index, n_rows: int, absent: Sequence[str])
             f"missing at every visit: {[_label(s) for s in gone[:10]]}{' ...' if len(gone) > 10 else ''}")
 
 
+def check_present(columns: Sequence[str], present: Sequence[str], shown: Sequence[str]) -> None:
+    """A DataError naming the membership covariates among ``columns`` that are not in ``present`` (the data's
+    columns, and a Dask frame's index name); ``shown``: the columns the message lists."""
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise DataError(f"membership covariate column(s) {missing} not found in the data (columns: {list(shown)})")
+
+
 def check_roles(columns: Sequence[str], roles: dict[str, str]) -> None:
     """A ValueError when a membership covariate is the subject, time or response column (``roles``: column -> role)."""
     clash = [f"{c!r} (the {roles[c]} column)" for c in columns if c in roles]
@@ -145,11 +153,7 @@ def baseline_rows(frame: pd.DataFrame, subject: str, columns: list[str]) -> pd.D
             "membership covariates are read from a DataFrame with one column per covariate; "
             f"got {type(frame).__name__}"
         )
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"membership covariate column(s) {missing} not found in the data (columns: {list(frame.columns)})"
-        )
+    check_present(columns, list(frame.columns), list(frame.columns))
     sub = frame[[subject] + columns]
     # a value missing at some visits is the subject's value at the others (one per subject); two values vary
     varying = sub.groupby(subject, sort=False, observed=True)[columns].nunique(dropna=True) > 1  # (subjects, columns)

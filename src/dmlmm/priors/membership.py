@@ -137,7 +137,9 @@ class MembershipPathWeights:
 
     def of(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per (subject, path) additions to the log weights (N, M), and the expansion points (N, K - 1), of the
-        subjects with covariates ``Z`` (N, Q)."""
+        subjects with covariates ``Z`` (N, Q); a ValueError when the statistics carry none (``Z`` None)."""
+        if Z is None:
+            raise ValueError("the model has a membership model but the statistics carry no membership covariates")
         lw, psi = membership_log_weights(self.q, Z)
         return lw[:, self.first] - self.mean_log[self.first], psi
 
