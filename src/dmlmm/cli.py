@@ -3,7 +3,8 @@
 Exit codes: 0 success; 2 bad input (one line ``error: ...`` on stderr, no
 traceback); 1 interrupted. Warnings are printed as one line ``warning: ...``.
 Rows of an input CSV are numbered by their line in the file (the header is
-line 1), so an error naming "row 7" points at line 7.
+line 1), so an error naming "row 7" points at line 7; rows of Parquet input
+(a file, or a folder of files) are numbered from 1 in the order read.
 
 Imports are lazy: numpy, pandas and the models are loaded inside the commands,
 so that ``dmlmm --help`` answers at once. Reading the input is in
@@ -26,7 +27,7 @@ import click
 
 from .exceptions import NumericalError
 
-__all__ = ["main", "parse_times", "parse_int_list", "read_csv"]
+__all__ = ["main", "parse_times", "parse_int_list", "read_table"]
 
 MODEL_FILE = "model.dmlmm"
 OUTPUTS = ("clusters.csv", "trajectories.csv", MODEL_FILE, "report.html")
@@ -245,9 +246,9 @@ def parse_times(text: str | None, lower: float, upper: float):
     return t
 
 
-def read_csv(path: str | Path, id_columns=()):
-    """Read a long CSV file (see :func:`dmlmm.cli_input.read_csv`); problems are CliErrors."""
-    from .cli_input import InputError, read_csv as _read
+def read_table(path: str | Path, id_columns=()):
+    """Read a long CSV file or Parquet data (see :func:`dmlmm.cli_input.read_table`); problems are CliErrors."""
+    from .cli_input import InputError, read_table as _read
 
     try:
         return _read(path, id_columns)
@@ -333,7 +334,7 @@ def main() -> None:
     """
 
 
-@main.command(short_help="Fit a model to a CSV file; write clusters, trajectories, model and report.")
+@main.command(short_help="Fit a model to a CSV or Parquet file; write clusters, trajectories, model and report.")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--subject", default="subject", show_default=True, help="Subject id column.")
 @click.option("--time", "time_col", default="time", show_default=True, help="Time column.")
@@ -431,8 +432,9 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         smoothing, noise, noise_df, loading_order, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
         max_iter, dropna, outcome, event_time, event, event_value, baseline, baseline_at, check_bands, report,
         overwrite, quiet, out):
-    """Fit a model to DATA (a long CSV file: one row per observation) and write clusters, trajectories,
-    the saved model and an HTML report to --out (all at once, when the fit is done)."""
+    """Fit a model to DATA (a long CSV file, or Parquet: a file or a folder of files; one row per observation)
+    and write clusters, trajectories, the saved model and an HTML report to --out (all at once, when the fit is
+    done)."""
     from .cli_output import OutputFolder, write_outputs
 
     kind = kind or ("auto" if select else "deep")
@@ -769,14 +771,14 @@ def _outcome_report(model, frame, asked):
 
 
 def _read_data(data, subject, time_col, response, covs, transform, response_optional=False, domain=None):
-    """The CSV file with its columns checked and the response transformed.
+    """The CSV file or Parquet data with its columns checked and the response transformed.
 
     With ``response_optional`` (prediction) a file without the response column is read as rows
     to predict at: the response is missing on every row. With ``domain`` (a transform the model
     applies itself) the response is only checked to lie in its domain."""
     from .cli_input import InputError, apply_transform, check_columns, check_transform_domain
 
-    frame = read_csv(data, id_columns=[subject])
+    frame = read_table(data, id_columns=[subject])
     added = response_optional and response not in frame.columns
     try:  # the file's own columns (before the empty response column of a prediction file is added)
         check_columns(frame, [subject, time_col] + ([] if added else [response]) + (covs or []))
@@ -946,7 +948,8 @@ def _echo_membership(model) -> None:
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Output CSV [standard output].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 def predict(model_file, data, times, interval, kind, level, extrapolate, dropna, out, overwrite):
-    """Predict the trajectories of the subjects in DATA (their observations) with a saved MODEL_FILE.
+    """Predict the trajectories of the subjects in DATA (their observations: a CSV file or Parquet data, as for
+    fit) with a saved MODEL_FILE.
 
     Rows with an empty response (or a file without the response column) are not conditioned on:
     a new patient given by its covariates alone gets the population curve at those covariates
@@ -986,9 +989,9 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
 
 
 def _labels_as_fitted(frame, subject, fitted):
-    """``frame`` with its subject column as text where the model was fitted with text labels and the CSV's read
-    as integers (read_csv turns plainly written integers into numbers): patient '12' of the model is 12 in the
-    file, and would otherwise be a new patient."""
+    """``frame`` with its subject column as text where the model was fitted with text labels and the data's are
+    integers (read_csv turns plainly written integers into numbers; Parquet stores them so): patient '12' of the
+    model is 12 in the file, and would otherwise be a new patient."""
     import pandas as pd
 
     col = frame[subject]

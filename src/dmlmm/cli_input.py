@@ -1,5 +1,8 @@
 """Input of the ``dmlmm`` command line: CSV files, column checks, response transforms, basis size.
 
+:func:`read_table` reads a CSV file or Parquet data (:mod:`dmlmm.cli_parquet`: a file, recognised by its
+content, or a folder of files).
+
 :func:`read_csv` reads what a spreadsheet or another program is likely to
 produce: compressed files (gzip, bz2, xz, zip, zstd; recognised by their
 content, whatever the name), comma-, semicolon-, tab- or bar-separated values
@@ -30,7 +33,7 @@ from .columns import as_numeric
 from .exceptions import DataError
 from .response_transform import forward
 
-__all__ = ["InputError", "read_csv", "check_columns", "apply_transform", "check_transform_domain", "check_n_basis",
+__all__ = ["InputError", "read_table", "read_csv", "check_columns", "apply_transform", "check_transform_domain", "check_n_basis",
            "TRANSFORMS", "MAX_N_BASIS"]
 
 TRANSFORMS = ("auto", "none", "log", "log1p")
@@ -47,6 +50,22 @@ class InputError(DataError):
 
 
 # ---------------------------------------------------------------------------- reading
+def read_table(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a long table: a folder of Parquet files, a Parquet file (by its content, whatever its name) or a CSV
+    file (:func:`read_csv`). Rows of a CSV file are numbered by their line, Parquet rows from 1.
+
+    Raises InputError for a missing, empty, unreadable or malformed input.
+    """
+    from .cli_parquet import is_parquet_file, read_parquet
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"file '{p}' not found")
+    if p.is_dir() or is_parquet_file(p):
+        return read_parquet(p, id_columns)
+    return read_csv(p, id_columns)
+
+
 def read_csv(path: str | Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Read a long CSV file into a frame whose index is each row's line number in the file.
 

@@ -254,8 +254,10 @@ class OutputFolder:
             raise OutputError(f"output folder '{out}' already exists; pass --overwrite to replace its contents")
         resolved = out.resolve()
         for inp in self.inputs:
-            if resolved in inp.resolve().parents:
-                raise OutputError(f"the input file '{inp}' is inside the output folder '{out}', which --overwrite "
+            if resolved == inp.resolve() or resolved in inp.resolve().parents:
+                what = "folder" if inp.is_dir() else "file"
+                where = "the output folder" if resolved == inp.resolve() else "inside the output folder"
+                raise OutputError(f"the input {what} '{inp}' is {where} '{out}', which --overwrite "
                                   "replaces; move it elsewhere or choose another --out")
         foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in entries
                          if p.name not in DMLMM_FILES or p.is_dir())
