@@ -816,3 +816,80 @@ def test_membership_covariates_on_two_response_scales_as_in_memory(client, dgp1_
     assert m0.response_transform_ == m1.response_transform_ == "log"
     _same_fit(m0, m1)
     pd.testing.assert_frame_equal(m1.membership_coefficients_, m0.membership_coefficients_, rtol=1e-6, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------- the command line: dmlmm fit --dask
+CLI_FAST = ["--model", "mixture", "--components", "2", "--n-basis", "6", "--transform", "none", "--no-report"]
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from dmlmm.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_fit_on_dask_writes_what_the_in_memory_fit_writes(client, dgp1_frame, tmp_path):
+    df, _ = dgp1_frame
+    df.to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "visits").mkdir()  # every subject's rows in both files: shuffled by subject on the cluster
+    df.iloc[::2].to_parquet(tmp_path / "visits" / "a.parquet")
+    df.iloc[1::2].to_parquet(tmp_path / "visits" / "b.parquet")
+    opts = [*CLI_FAST, "--covariates", "age,sex", "--max-iter", "40", "-q"]
+    r = _cli("fit", tmp_path / "visits", *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
+    assert r.exit_code == 0, r.output
+    assert "120 subject(s) have rows in more than one partition (e.g. 0): the rows are shuffled" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == ["clusters.csv", "model.dmlmm"]
+    r = _cli("fit", tmp_path / "d.csv", *opts, "--jobs", "1", "--out", tmp_path / "mem")
+    assert r.exit_code == 0, r.output
+    got, want = (pd.read_csv(tmp_path / f / "clusters.csv").sort_values("subject", ignore_index=True)
+                 for f in ("dask", "mem"))
+    pd.testing.assert_frame_equal(got, want, rtol=1e-8, atol=1e-10)
+    for f in ("dask", "mem"):  # the model files forecast alike
+        r = _cli("predict", tmp_path / f / "model.dmlmm", tmp_path / "d.csv", "--times", "0:1:0.5", "--out",
+                 tmp_path / f"pred_{f}.csv")
+        assert r.exit_code == 0, r.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "pred_dask.csv"), pd.read_csv(tmp_path / "pred_mem.csv"),
+                                  rtol=1e-7, atol=1e-9)
+
+
+def test_cli_dask_summary_says_where_the_curves_are(client, parquet_frame, tmp_path):
+    path = tmp_path / "byid"
+    parquet_frame.to_parquet(path)  # written with the subject as index: no shuffle
+    r = _cli("fit", path, *CLI_FAST, "--max-iter", "30", "--dask", client.scheduler.address, "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    assert "more than one partition" not in r.stderr
+    assert "MixtureLMM: 120 subjects" in r.stdout
+    assert r.stdout.rstrip().endswith(
+        f"a Dask fit writes no trajectories.csv or report.html (a curve per subject); draw the curves of the subjects "
+        f"you want with: dmlmm predict {tmp_path / 'o' / 'model.dmlmm'} SUBJECTS (a CSV or Parquet file of their "
+        "visits)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--select"], "--select does not work with --dask: it compares candidate models on held-out visits or their "
+                   "ELBOs, one fit each in this process; leave it out, or fit without --dask"),
+    (["--jobs", "2"], "--jobs does not work with --dask: the cluster's workers do the parallel work; leave it out, "
+                      "or fit without --dask"),
+    (["--outcome", "status"], "--outcome does not work with --dask: outcomes by cluster read each subject's row in "
+                              "this process; leave it out, or fit without --dask"),
+    (["--dask", "local:0"], "--dask 'local:0': local:N needs a positive whole number of worker processes, e.g. "
+                            "local:2"),
+])
+def test_cli_dask_refuses_what_needs_the_data_here(tmp_path, args, message):
+    pd.DataFrame({"subject": [1, 1, 2], "time": [0.0, 1, 0], "y": [1.0, 2, 3]}).to_parquet(tmp_path / "d.parquet")
+    dask = [] if "--dask" in args else ["--dask", "local:1"]
+    r = _cli("fit", tmp_path / "d.parquet", *args, *dask, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and r.stderr.strip() == f"error: {message}"
+
+
+def test_cli_dask_reads_parquet_only(tmp_path):
+    pd.DataFrame({"subject": [1, 1, 2], "time": [0.0, 1, 0], "y": [1.0, 2, 3]}).to_csv(tmp_path / "d.csv")
+    r = _cli("fit", tmp_path / "d.csv", "--dask", "local:1", "--out", tmp_path / "o")
+    assert r.exit_code == 2
+    assert r.stderr.strip() == (
+        f"error: --dask reads Parquet (a file, or a folder of files partitioned by subject): '{tmp_path / 'd.csv'}' "
+        "is not a Parquet file; write the data with e.g. pandas' df.to_parquet('visits.parquet') or dask's "
+        "ddf.set_index('subject').to_parquet('visits/')")
+    assert not (tmp_path / "o").exists()

@@ -424,6 +424,11 @@ def main() -> None:
 @click.option("--report/--no-report", default=True, show_default=True,
               help="Write report.html (its figures take a few seconds; --no-report for scripted runs that read the "
                    "CSV files and the model file only).")
+@click.option("--dask", "scheduler", default=None,
+              help="Fit on a Dask cluster: a scheduler address (tcp://host:8786), or local[:N] for N worker processes "
+                   "on this machine (local: one per CPU). DATA must then be Parquet partitioned by subject; writes "
+                   "clusters.csv and model.dmlmm (no trajectories.csv or report.html: dmlmm predict draws the curves "
+                   "of the subjects you ask for). Needs dmlmm[dask].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
@@ -431,7 +436,7 @@ def main() -> None:
 def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis,
         smoothing, noise, noise_df, loading_order, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
         max_iter, dropna, outcome, event_time, event, event_value, baseline, baseline_at, check_bands, report,
-        overwrite, quiet, out):
+        scheduler, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file, or Parquet: a file or a folder of files; one row per observation)
     and write clusters, trajectories, the saved model and an HTML report to --out (all at once, when the fit is
     done)."""
@@ -465,6 +470,15 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
                        "the linear mixed model has one class")
     basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=exact)
     t0 = time.perf_counter()
+    if scheduler is not None:
+        _check_dask_options(select=select, method=method, check_bands=check_bands, outcome=outcome,
+                            event_time=event_time, baseline=baseline, jobs=jobs != "auto")
+        extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
+                 if v is not None}
+        model = _make_model(kind, comps, dims, basis, seed, _show_progress(quiet), {**extra, **prior_options})
+        _fit_on_dask(model, data, scheduler, dict(subject=subject, time=time_col, response=response, covariates=covs),
+                     dropna, Path(out), overwrite, quiet, t0)
+        return
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), "none",
                            domain=None if transform in ("auto", "none") else transform)
@@ -505,6 +519,47 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         _print_summary(model, res, Path(out), written, time.perf_counter() - t0, outcomes)
         if checked is not None:
             click.echo("\n" + checked.summary())
+
+
+def _check_dask_options(**given) -> None:
+    """A CliError for the first option given that needs the data in this process (``--dask``)."""
+    from .cli_dask import NOT_WITH_DASK
+
+    for name, value in given.items():
+        option = "--" + name.replace("_", "-")
+        if value not in (None, False):
+            raise CliError(f"{option} does not work with --dask: {NOT_WITH_DASK[option]}; leave it out, or fit "
+                           "without --dask")
+
+
+def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quiet, t0) -> None:
+    """--dask: read DATA with Dask, fit ``model`` on the cluster, write clusters.csv and model.dmlmm, print the
+    summary."""
+    from types import SimpleNamespace
+
+    from .cli_dask import DASK_OUTPUTS_NOTE, by_subject, dask_client, parse_scheduler, read_dask_frame, write_dask_outputs
+    from .cli_input import check_columns
+    from .cli_output import OutputFolder
+    from .distributed.fit import fit_dask
+
+    spec = parse_scheduler(scheduler)
+    needed = [cols["subject"], cols["time"], cols["response"]] + _covariate_columns(cols["covariates"], cols["time"])
+    needed += list(model.membership_covariates or [])
+    ddf = read_dask_frame(Path(data), cols["subject"])
+    meta = ddf._meta.reset_index() if ddf._meta.index.name is not None else ddf._meta
+    check_columns(meta, needed)
+    with OutputFolder(out, overwrite, inputs=[Path(data)]) as folder:
+        with dask_client(spec) as client:
+            ddf = by_subject(ddf, cols["subject"], client)
+            fit_dask(model, ddf, dropna=dropna, client=client, **cols)
+            written, clusters = write_dask_outputs(model, folder.staging, list(meta.columns))
+        folder.commit()
+    if not quiet:
+        summary = model.class_summary()
+        res = SimpleNamespace(clusters=clusters.rename(columns={cols["subject"]: "subject"}), class_summary=summary,
+                              posterior={level: model.posterior_table(level) for level in summary.index})
+        _print_summary(model, res, out, written, time.perf_counter() - t0, outputs="predictions")
+        click.echo(DASK_OUTPUTS_NOTE.format(model=out / "model.dmlmm"))
 
 
 def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None, noise_df=None) -> dict:
@@ -807,27 +862,25 @@ def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basi
         kw = {} if max_iter is None else {"max_iter": max_iter}
         kw["response_transform"] = (prior_options or {}).get("response_transform")
         return LinearMixedModel(basis=basis, method=exact_method, **kw).fit(frame, dropna=dropna, **cols), None
-    if kind == "lmm":  # the shared variational engine with one component
-        from .models import MixtureLMM
-
-        m = MixtureLMM(1, basis, random_state=seed, progress=progress, **extra)
-        return m.fit(frame, dropna=dropna, **cols), None
     if select:
         return _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna, quiet, extra)
+    return _make_model(kind, comps, dims, basis, seed, progress, extra).fit(frame, dropna=dropna, **cols), None
+
+
+def _make_model(kind, comps, dims, basis, seed, progress, extra):
+    """The unfitted variational model of --model (lmm: the shared engine with one component)."""
+    from .models import DeepMixtureLMM, MixtureLMM
+
+    if kind == "lmm":
+        return MixtureLMM(1, basis, random_state=seed, progress=progress, **extra)
     if kind == "mixture":
-        from .models import MixtureLMM
-
-        m = MixtureLMM(comps[0] if comps else 5, basis, random_state=seed, progress=progress, **extra)
-        return m.fit(frame, dropna=dropna, **cols), None
-    from .models import DeepMixtureLMM
-
+        return MixtureLMM(comps[0] if comps else 5, basis, random_state=seed, progress=progress, **extra)
     comps = comps or (10, 5)
     dims = dims or (4, 1)
     if len(dims) != len(comps):
         raise CliError(f"--latent-dims {','.join(map(str, dims))} needs one entry per layer of "
                        f"--components {','.join(map(str, comps))}")
-    m = DeepMixtureLMM(comps, dims, basis, random_state=seed, progress=progress, **extra)
-    return m.fit(frame, dropna=dropna, **cols), None
+    return DeepMixtureLMM(comps, dims, basis, random_state=seed, progress=progress, **extra)
 
 
 MIXTURE_MAX_DEFAULT = 5  # MixtureLMM's default size: --select tries the mixture with 1 to 5 components
@@ -888,13 +941,14 @@ def _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna
     return model, table
 
 
-def _print_summary(model, res, out: Path, written: list[str], seconds: float, outcomes=None) -> None:
+def _print_summary(model, res, out: Path, written: list[str], seconds: float, outcomes=None,
+                   outputs: str = "trajectories and report") -> None:
     from .models.base import VariationalLongitudinalModel
     from .summaries import class_summary_text
 
     scale = model._scale_text()  # every model transforms its response itself
     if scale:
-        click.echo(f"response modelled as {scale}; trajectories and report are on the data's scale")
+        click.echo(f"response modelled as {scale}; {outputs} are on the data's scale")
     if isinstance(model, VariationalLongitudinalModel):
         sizes = res.clusters["cluster"].value_counts().sort_index()
         click.echo(f"{type(model).__name__}: {len(model.subjects_)} subjects, {model.n_components_} components per layer kept")

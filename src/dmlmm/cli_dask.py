@@ -1,0 +1,156 @@
+"""``dmlmm fit DATA --dask SCHEDULER``: the fit on a Dask cluster, from the command line.
+
+DATA is Parquet (a file or a folder of files) partitioned by subject, read by Dask, so the rows never
+come to this process; the fit runs where they live (:mod:`dmlmm.distributed`, docs/dask.md). SCHEDULER
+is a scheduler's address (``tcp://host:8786``), or ``local`` / ``local:N`` for a ``LocalCluster`` of
+N worker processes on this machine (one thread each; ``local``: one per CPU).
+
+After the fit, the per-subject tables (each subject's cluster probabilities and posterior mean
+coefficients) come to this process once, O(N (M + D)) memory, for ``clusters.csv`` and the model file;
+the curves are not drawn for every subject (``trajectories.csv`` would hold 100 rows per subject, and
+``report.html`` its figures): ``dmlmm predict model.dmlmm SUBJECTS`` draws those of the subjects
+asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["LocalSpec", "parse_scheduler", "dask_client", "read_dask_frame", "by_subject", "write_dask_outputs",
+           "NOT_WITH_DASK", "DASK_OUTPUTS_NOTE"]
+
+#: Options of ``dmlmm fit`` that need the data in this process, refused with ``--dask`` (option: why).
+NOT_WITH_DASK = {
+    "--select": "it compares candidate models on held-out visits or their ELBOs, one fit each in this process",
+    "--method": "the exact ML / REML fits run in memory",
+    "--check-bands": "it refits without each subject's last visit in memory",
+    "--outcome": "outcomes by cluster read each subject's row in this process",
+    "--event-time": "survival by cluster reads each subject's row in this process",
+    "--baseline": "baseline tables by cluster read each subject's row in this process",
+    "--jobs": "the cluster's workers do the parallel work",
+}
+
+DASK_OUTPUTS_NOTE = ("a Dask fit writes no trajectories.csv or report.html (a curve per subject); draw the curves "
+                     "of the subjects you want with: dmlmm predict {model} SUBJECTS (a CSV or Parquet file of their "
+                     "visits)")
+
+
+class LocalSpec(int):
+    """``local:N``: a LocalCluster of N worker processes (an int)."""
+
+
+def parse_scheduler(text: str) -> LocalSpec | str:
+    """``--dask``: a LocalSpec for ``local`` / ``local:N``, else the address as given.
+
+    Raises ValueError (one line) for ``local:`` without a positive integer or an empty address.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("--dask needs a scheduler address (e.g. tcp://scheduler-host:8786) or local[:N]")
+    if text == "local":
+        return LocalSpec(os.cpu_count() or 1)
+    if text.startswith("local:"):
+        n = text.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--dask {text!r}: local:N needs a positive whole number of worker processes, e.g. "
+                             "local:2")
+        return LocalSpec(int(n))
+    return text
+
+
+@contextmanager
+def dask_client(spec: LocalSpec | str) -> Iterator[Any]:
+    """A ``distributed.Client`` on a new LocalCluster (closed on exit) or connected to an address, made the
+    current client for the block."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ValueError("--dask needs dask and its distributed scheduler: pip install \"dmlmm[dask]\"") from None
+    if isinstance(spec, LocalSpec):
+        with LocalCluster(n_workers=int(spec), threads_per_worker=1, processes=True, dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(spec, timeout="30s")
+    except (OSError, TimeoutError) as e:
+        raise OSError(f"--dask: could not connect to the scheduler at {spec!r} ({e}); start one (dask scheduler) "
+                      "or give its address as tcp://host:port, or use --dask local") from None
+    with client:
+        yield client
+
+
+def read_dask_frame(path: Path, subject: str) -> Any:
+    """DATA as a dask DataFrame: Parquet only (a file or a folder of files), a ValueError for anything else.
+
+    A subject column written as the index stays the index (the fit reads it there).
+    """
+    import dask.dataframe as dd
+
+    from .cli_parquet import is_parquet_file, parquet_files
+
+    if not path.exists():
+        raise ValueError(f"file '{path}' not found")
+    files = parquet_files(path) if path.is_dir() else ([path] if is_parquet_file(path) else [])
+    if not files:
+        what = "a folder without Parquet files" if path.is_dir() else "not a Parquet file"
+        raise ValueError(f"--dask reads Parquet (a file, or a folder of files partitioned by subject): '{path}' is "
+                         f"{what}; write the data with e.g. pandas' df.to_parquet('visits.parquet') or dask's "
+                         f"ddf.set_index('{subject}').to_parquet('visits/')")
+    try:
+        return dd.read_parquet([str(f) for f in files])
+    except Exception as e:  # a damaged file: pyarrow.ArrowInvalid, OSError, ...
+        raise ValueError(f"could not read '{path}' as Parquet: {' '.join(str(e).split())}") from None
+
+
+def by_subject(ddf: Any, subject: str, client: Any) -> Any:
+    """``ddf`` with every subject's rows in one partition: as it is where they are (or the subject is the index,
+    whose partitions Dask keeps sorted), else shuffled by subject on the cluster, with a warning.
+
+    Costs one pass over the subject column; the labels seen more than once come here (O(N))."""
+    if ddf.index.name == subject:
+        return ddf
+    # on the whole frame, as the fit reads it: a projection onto one column may let Dask fuse small partitions
+    labels = ddf.map_partitions(_distinct_labels, subject, meta=ddf._meta[subject])
+    spans = client.compute(labels.value_counts()).result()
+    split = spans.index[spans.to_numpy() > 1].sort_values()
+    if not len(split):
+        return ddf
+    warnings.warn(f"{len(split)} subject(s) have rows in more than one partition (e.g. {split.tolist()[0]!r}): the rows are "
+                  f"shuffled by subject on the cluster before the fit (write the data partitioned by subject, e.g. "
+                  f"ddf.set_index('{subject}').to_parquet(...), to save this step)", UserWarning, stacklevel=2)
+    return client.persist(ddf.shuffle(on=subject, npartitions=ddf.npartitions))  # once, not at every pass of the fit
+
+
+def _distinct_labels(part: Any, subject: str) -> Any:
+    """The distinct subject labels of one partition (a Series)."""
+    return part[subject].drop_duplicates()
+
+
+def write_dask_outputs(model: Any, folder: Path, input_columns: list) -> tuple[list[str], Any]:
+    """Bring the fitted model's per-subject tables here and write clusters.csv, model.dmlmm (and membership.csv)
+    to ``folder``, the output columns named as after an in-memory fit (``input_columns``: the data's); returns
+    the names written and clusters.csv's table."""
+    from .cli_output import user_columns
+    from .distributed import collect
+    from .io import save_model
+    from .report.collect import cluster_table
+
+    collect(model)
+    noise = model.subject_noise_ if getattr(model, "noise_df_", None) is not None else None
+    clusters = cluster_table(model, model.responsibilities_, model.group_proba_, noise)
+    c = model.design_.columns
+    clusters = user_columns(clusters, c.subject, c.time, input_columns)
+    clusters.to_csv(folder / "clusters.csv", index=False)
+    save_model(model, folder / "model.dmlmm")
+    written = ["clusters.csv", "model.dmlmm"]
+    coef = getattr(model, "membership_coefficients_", None)
+    if coef is not None:
+        coef.reset_index().to_csv(folder / "membership.csv", index=False)
+        written.append("membership.csv")
+    return written, clusters
