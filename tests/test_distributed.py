@@ -18,6 +18,7 @@ distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
 
 import dmlmm  # noqa: E402
+from helpers import error_line  # noqa: E402
 from dmlmm import DataError, DeepMixtureLMM, MixtureLMM, SplineBasis, simulate  # noqa: E402
 from dmlmm.distributed import is_dask_collection  # noqa: E402
 from dmlmm.distributed import shard as sh  # noqa: E402
@@ -823,6 +824,7 @@ CLI_FAST = ["--model", "mixture", "--components", "2", "--n-basis", "6", "--tran
 
 
 def _cli(*args):
+    """``dmlmm`` with ``args``, in this process (click's runner)."""
     from click.testing import CliRunner
 
     from dmlmm.cli import main
@@ -881,15 +883,23 @@ def test_cli_dask_refuses_what_needs_the_data_here(tmp_path, args, message):
     pd.DataFrame({"subject": [1, 1, 2], "time": [0.0, 1, 0], "y": [1.0, 2, 3]}).to_parquet(tmp_path / "d.parquet")
     dask = [] if "--dask" in args else ["--dask", "local:1"]
     r = _cli("fit", tmp_path / "d.parquet", *args, *dask, "--out", tmp_path / "o")
-    assert r.exit_code == 2 and r.stderr.strip() == f"error: {message}"
+    assert error_line(r) == f"error: {message}"
 
 
 def test_cli_dask_reads_parquet_only(tmp_path):
     pd.DataFrame({"subject": [1, 1, 2], "time": [0.0, 1, 0], "y": [1.0, 2, 3]}).to_csv(tmp_path / "d.csv")
     r = _cli("fit", tmp_path / "d.csv", "--dask", "local:1", "--out", tmp_path / "o")
-    assert r.exit_code == 2
-    assert r.stderr.strip() == (
+    assert error_line(r) == (
         f"error: --dask reads Parquet (a file, or a folder of files partitioned by subject): '{tmp_path / 'd.csv'}' "
         "is not a Parquet file; write the data with e.g. pandas' df.to_parquet('visits.parquet') or dask's "
         "ddf.set_index('subject').to_parquet('visits/')")
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_dask_local_cluster_gives_the_fits_error_in_one_line(dgp1_frame, tmp_path):
+    df, _ = dgp1_frame
+    df.to_parquet(tmp_path / "d.parquet")  # y has negative values: no log scale
+    r = _cli("fit", tmp_path / "d.parquet", "--transform", "log", "--dask", "local:1", "--out", tmp_path / "o")
+    # one error line, no worker log or traceback (other tests' clusters may leave warnings in this process)
+    assert error_line(r).startswith("error: --transform log needs response values above 0, but column 'y' has ")
+    assert "distributed.worker" not in r.stderr and not (tmp_path / "o").exists()

@@ -473,6 +473,7 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     if scheduler is not None:
         _check_dask_options(select=select, method=method, check_bands=check_bands, outcome=outcome,
                             event_time=event_time, baseline=baseline, jobs=jobs != "auto")
+        _check_smoothing_order(basis, None if smoothing == "none" else int(smoothing or 2), smoothing)
         extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
                  if v is not None}
         model = _make_model(kind, comps, dims, basis, seed, _show_progress(quiet), {**extra, **prior_options})

@@ -71,9 +71,9 @@ def dask_client(spec: LocalSpec | str) -> Iterator[Any]:
         from distributed import Client, LocalCluster
     except ImportError:
         raise ValueError("--dask needs dask and its distributed scheduler: pip install \"dmlmm[dask]\"") from None
-    if isinstance(spec, LocalSpec):
+    if isinstance(spec, LocalSpec):  # a task's error reaches this process as the one-line error: no worker log
         with LocalCluster(n_workers=int(spec), threads_per_worker=1, processes=True, dashboard_address=None,
-                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                          silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
             yield client
         return
     try:
