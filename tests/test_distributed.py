@@ -835,9 +835,9 @@ def _cli(*args):
 def test_cli_fit_on_dask_writes_what_the_in_memory_fit_writes(client, dgp1_frame, tmp_path):
     df, _ = dgp1_frame
     df.to_csv(tmp_path / "d.csv", index=False)
-    (tmp_path / "visits").mkdir()  # every subject's rows in both files: shuffled by subject on the cluster
-    df.iloc[::2].to_parquet(tmp_path / "visits" / "a.parquet")
-    df.iloc[1::2].to_parquet(tmp_path / "visits" / "b.parquet")
+    (tmp_path / "visits").mkdir()  # every subject's rows in both files, as their index: shuffled on the cluster
+    df.iloc[::2].set_index("subject").to_parquet(tmp_path / "visits" / "a.parquet")
+    df.iloc[1::2].set_index("subject").to_parquet(tmp_path / "visits" / "b.parquet")
     opts = [*CLI_FAST, "--covariates", "age,sex", "--max-iter", "40", "-q"]
     r = _cli("fit", tmp_path / "visits", *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
     assert r.exit_code == 0, r.output
@@ -854,6 +854,27 @@ def test_cli_fit_on_dask_writes_what_the_in_memory_fit_writes(client, dgp1_frame
         assert r.exit_code == 0, r.output
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "pred_dask.csv"), pd.read_csv(tmp_path / "pred_mem.csv"),
                                   rtol=1e-7, atol=1e-9)
+
+
+def test_rows_of_a_subject_in_two_partitions_are_brought_together(client, dgp1_frame):
+    from dmlmm.cli_dask import by_subject
+
+    df, _ = dgp1_frame
+    ddf = dd.from_pandas(df, npartitions=7, sort=False)  # row blocks: subjects cut at the blocks' edges
+    spans = [set(p.compute()) for p in ddf["subject"].partitions]
+    assert any(a & b for a, b in zip(spans, spans[1:]))
+    with pytest.warns(UserWarning, match=r"^\d+ subject\(s\) have rows in more than one partition \(e\.g\. \d+\): "
+                                         r"the rows are shuffled by subject"):
+        moved = by_subject(ddf, "subject", client)
+    parts = [p.compute()["subject"].unique() for p in moved.partitions]
+    labels = np.concatenate(parts)
+    assert len(labels) == df["subject"].nunique() == len(set(labels))  # each subject in one partition
+    pd.testing.assert_frame_equal(moved.compute().sort_values(["subject", "time"], ignore_index=True),
+                                  df.sort_values(["subject", "time"], ignore_index=True),
+                                  check_dtype=False)  # dask holds text as pyarrow strings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert by_subject(moved, "subject", client) is moved  # already by subject: as it is, silently
 
 
 def test_cli_dask_summary_says_where_the_curves_are(client, parquet_frame, tmp_path):

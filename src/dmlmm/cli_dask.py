@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import pandas as pd
+
 __all__ = ["LocalSpec", "parse_scheduler", "dask_client", "read_dask_frame", "by_subject", "write_dask_outputs",
            "NOT_WITH_DASK", "DASK_OUTPUTS_NOTE"]
 
@@ -109,27 +111,30 @@ def read_dask_frame(path: Path, subject: str) -> Any:
 
 
 def by_subject(ddf: Any, subject: str, client: Any) -> Any:
-    """``ddf`` with every subject's rows in one partition: as it is where they are (or the subject is the index,
-    whose partitions Dask keeps sorted), else shuffled by subject on the cluster, with a warning.
+    """``ddf`` with every subject's rows in one partition: as it is where they are, else shuffled by subject on
+    the cluster (a subject index made a column first), with a warning.
 
-    Costs one pass over the subject column; the labels seen more than once come here (O(N))."""
-    if ddf.index.name == subject:
-        return ddf
+    Costs one pass over the subject labels, whose counts of partitions come here (O(N))."""
     # on the whole frame, as the fit reads it: a projection onto one column may let Dask fuse small partitions
-    labels = ddf.map_partitions(_distinct_labels, subject, meta=ddf._meta[subject])
+    labels = ddf.map_partitions(_distinct_labels, subject, meta=pd.Series([], dtype=ddf._meta.index.dtype
+                                                                          if ddf.index.name == subject
+                                                                          else ddf._meta[subject].dtype))
     spans = client.compute(labels.value_counts()).result()
     split = spans.index[spans.to_numpy() > 1].sort_values()
     if not len(split):
         return ddf
-    warnings.warn(f"{len(split)} subject(s) have rows in more than one partition (e.g. {split.tolist()[0]!r}): the rows are "
-                  f"shuffled by subject on the cluster before the fit (write the data partitioned by subject, e.g. "
-                  f"ddf.set_index('{subject}').to_parquet(...), to save this step)", UserWarning, stacklevel=2)
+    warnings.warn(f"{len(split)} subject(s) have rows in more than one partition (e.g. {split.tolist()[0]!r}): the "
+                  "rows are shuffled by subject on the cluster before the fit (write the data partitioned by subject, "
+                  f"e.g. ddf.set_index('{subject}').to_parquet(...), to save this step)", UserWarning, stacklevel=2)
+    if ddf.index.name == subject:
+        ddf = ddf.reset_index()
     return client.persist(ddf.shuffle(on=subject, npartitions=ddf.npartitions))  # once, not at every pass of the fit
 
 
 def _distinct_labels(part: Any, subject: str) -> Any:
-    """The distinct subject labels of one partition (a Series)."""
-    return part[subject].drop_duplicates()
+    """The distinct subject labels of one partition (a Series), from its column or its index."""
+    labels = part.index if part.index.name == subject else part[subject]
+    return pd.Series(pd.unique(labels.to_numpy()), dtype=labels.dtype)
 
 
 def write_dask_outputs(model: Any, folder: Path, input_columns: list) -> tuple[list[str], Any]:
