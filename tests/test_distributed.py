@@ -880,7 +880,9 @@ def test_rows_of_a_subject_in_two_partitions_are_brought_together(client, dgp1_f
 def test_cli_dask_summary_says_where_the_curves_are(client, parquet_frame, tmp_path):
     path = tmp_path / "byid"
     parquet_frame.to_parquet(path)  # written with the subject as index: no shuffle
-    r = _cli("fit", path, *CLI_FAST, "--max-iter", "30", "--dask", client.scheduler.address, "--out", tmp_path / "o")
+    # a URL (file://, as s3:// on a real cluster), read by the workers
+    r = _cli("fit", path.as_uri(), *CLI_FAST, "--max-iter", "30", "--dask", client.scheduler.address, "--out",
+             tmp_path / "o")
     assert r.exit_code == 0, r.output
     assert "more than one partition" not in r.stderr
     assert "MixtureLMM: 120 subjects" in r.stdout

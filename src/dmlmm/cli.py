@@ -335,7 +335,7 @@ def main() -> None:
 
 
 @main.command(short_help="Fit a model to a CSV or Parquet file; write clusters, trajectories, model and report.")
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path())  # text: with --dask, a URL (s3://...) as well as a path
 @click.option("--subject", default="subject", show_default=True, help="Subject id column.")
 @click.option("--time", "time_col", default="time", show_default=True, help="Time column.")
 @click.option("--response", default="y", show_default=True, help="Response column.")
@@ -538,7 +538,8 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
     summary."""
     from types import SimpleNamespace
 
-    from .cli_dask import DASK_OUTPUTS_NOTE, by_subject, dask_client, parse_scheduler, read_dask_frame, write_dask_outputs
+    from .cli_dask import (DASK_OUTPUTS_NOTE, by_subject, dask_client, is_url, parse_scheduler, read_dask_frame,
+                           write_dask_outputs)
     from .cli_input import check_columns
     from .cli_output import OutputFolder
     from .distributed.fit import fit_dask
@@ -546,10 +547,10 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
     spec = parse_scheduler(scheduler)
     needed = [cols["subject"], cols["time"], cols["response"]] + _covariate_columns(cols["covariates"], cols["time"])
     needed += list(model.membership_covariates or [])
-    ddf = read_dask_frame(Path(data), cols["subject"])
+    ddf = read_dask_frame(data, cols["subject"])
     meta = ddf._meta.reset_index() if ddf._meta.index.name is not None else ddf._meta
     check_columns(meta, needed)
-    with OutputFolder(out, overwrite, inputs=[Path(data)]) as folder:
+    with OutputFolder(out, overwrite, inputs=[] if is_url(data) else [Path(data)]) as folder:
         with dask_client(spec) as client:
             ddf = by_subject(ddf, cols["subject"], client)
             fit_dask(model, ddf, dropna=dropna, client=client, **cols)

@@ -1,7 +1,7 @@
 """``dmlmm fit DATA --dask SCHEDULER``: the fit on a Dask cluster, from the command line.
 
-DATA is Parquet (a file or a folder of files) partitioned by subject, read by Dask, so the rows never
-come to this process; the fit runs where they live (:mod:`dmlmm.distributed`, docs/dask.md). SCHEDULER
+DATA is Parquet (a file or a folder of files, or a URL such as ``s3://bucket/visits/`` that the workers
+can read) partitioned by subject, read by Dask, so the rows never come to this process; the fit runs where they live (:mod:`dmlmm.distributed`, docs/dask.md). SCHEDULER
 is a scheduler's address (``tcp://host:8786``), or ``local`` / ``local:N`` for a ``LocalCluster`` of
 N worker processes on this machine (one thread each; ``local``: one per CPU).
 
@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-__all__ = ["LocalSpec", "parse_scheduler", "dask_client", "read_dask_frame", "by_subject", "write_dask_outputs",
-           "NOT_WITH_DASK", "DASK_OUTPUTS_NOTE"]
+__all__ = ["LocalSpec", "parse_scheduler", "dask_client", "is_url", "read_dask_frame", "by_subject",
+           "write_dask_outputs", "NOT_WITH_DASK", "DASK_OUTPUTS_NOTE"]
 
 #: Options of ``dmlmm fit`` that need the data in this process, refused with ``--dask`` (option: why).
 NOT_WITH_DASK = {
@@ -87,27 +87,38 @@ def dask_client(spec: LocalSpec | str) -> Iterator[Any]:
         yield client
 
 
-def read_dask_frame(path: Path, subject: str) -> Any:
-    """DATA as a dask DataFrame: Parquet only (a file or a folder of files), a ValueError for anything else.
+def is_url(data: str | Path) -> bool:
+    """Whether DATA names remote storage (``s3://``, ``gs://``, ``abfs://``, ...: fsspec's URLs), not a path here."""
+    return "://" in str(data)
 
-    A subject column written as the index stays the index (the fit reads it there).
+
+def read_dask_frame(data: str | Path, subject: str) -> Any:
+    """DATA as a dask DataFrame: Parquet only (a file or a folder of files, or a URL that Dask's fsspec reads, such
+    as ``s3://bucket/visits/``, where every worker must reach it); a ValueError for anything else.
+
+    A subject column written as the index stays the index.
     """
     import dask.dataframe as dd
 
     from .cli_parquet import is_parquet_file, parquet_files
 
-    if not path.exists():
-        raise ValueError(f"file '{path}' not found")
-    files = parquet_files(path) if path.is_dir() else ([path] if is_parquet_file(path) else [])
-    if not files:
-        what = "a folder without Parquet files" if path.is_dir() else "not a Parquet file"
-        raise ValueError(f"--dask reads Parquet (a file, or a folder of files partitioned by subject): '{path}' is "
-                         f"{what}; write the data with e.g. pandas' df.to_parquet('visits.parquet') or dask's "
-                         f"ddf.set_index('{subject}').to_parquet('visits/')")
+    if is_url(data):
+        source: Any = str(data)
+    else:
+        path = Path(data)
+        if not path.exists():
+            raise ValueError(f"file '{path}' not found")
+        files = parquet_files(path) if path.is_dir() else ([path] if is_parquet_file(path) else [])
+        if not files:
+            what = "a folder without Parquet files" if path.is_dir() else "not a Parquet file"
+            raise ValueError(f"--dask reads Parquet (a file, or a folder of files partitioned by subject): '{path}' "
+                             f"is {what}; write the data with e.g. pandas' df.to_parquet('visits.parquet') or dask's "
+                             f"ddf.set_index('{subject}').to_parquet('visits/')")
+        source = [str(f) for f in files]
     try:
-        return dd.read_parquet([str(f) for f in files])
-    except Exception as e:  # a damaged file: pyarrow.ArrowInvalid, OSError, ...
-        raise ValueError(f"could not read '{path}' as Parquet: {' '.join(str(e).split())}") from None
+        return dd.read_parquet(source)
+    except Exception as e:  # a damaged file, an unknown protocol, missing credentials: pyarrow, fsspec, OSError, ...
+        raise ValueError(f"could not read '{data}' as Parquet: {' '.join(str(e).split())}") from None
 
 
 def by_subject(ddf: Any, subject: str, client: Any) -> Any:
