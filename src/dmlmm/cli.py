@@ -426,7 +426,8 @@ def main() -> None:
                    "CSV files and the model file only).")
 @click.option("--dask", "scheduler", default=None,
               help="Fit on a Dask cluster: a scheduler address (tcp://host:8786), or local[:N] for N worker processes "
-                   "on this machine (local: one per CPU). DATA must then be Parquet partitioned by subject; writes "
+                   "on this machine (local: one per CPU). DATA must then be Parquet, a path or a URL the workers read "
+                   "(s3://...), best partitioned by subject (else shuffled by subject first); writes "
                    "clusters.csv and model.dmlmm (no trajectories.csv or report.html: dmlmm predict draws the curves "
                    "of the subjects you ask for). Needs dmlmm[dask].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
