@@ -6,11 +6,11 @@ rows), so every subject spans two partitions and the command line shuffles by su
 
 Run: a ``LocalCluster`` of ``--workers`` processes (one thread each) is started here; the command
 ``dmlmm fit DIR --dask <its address> --components K --n-basis B --transform none --out OUT`` (by default
-K = 2,1 and B = 10, the settings of ``dask_scale.py``'s runs, to set the two side by side)
-runs as a child process (the driver). Measured: its wall time (and the fit's, from its summary), its peak RSS (the driver, which
-collects the per-subject tables and writes clusters.csv and model.dmlmm), every worker's peak memory
-(reported to the scheduler, sampled every 0.5 s, and each process's VmHWM at the end), the outputs'
-sizes, and the ARI of ``cluster_layer1`` in clusters.csv against the true groups.
+K = 2,1 and B = 10, the settings of ``dask_scale.py``'s runs, to set the two side by side) runs as a
+child process (the driver). Measured: its wall time (and the fit's, from its summary); its peak RSS
+(the driver collects the per-subject tables and writes clusters.csv and model.dmlmm); every worker's
+peak memory (reported to the scheduler, sampled every 0.5 s, and each process's VmHWM at the end);
+the outputs' sizes; and the ARI of ``cluster_layer1`` in clusters.csv against the true groups.
 
 Run:  python benchmarks/cli_dask_scale.py --subjects 100000 [--scattered]
 Writes benchmarks/results/cli_dask_scale_<subjects>[_scattered].json and prints the same numbers.

@@ -18,7 +18,8 @@ ROOM = {
     "summaries": "summaries", "outcomes": "summaries", "selection": "summaries", "calibration": "summaries",
     "io": "io", "io_lmm": "io", "_model_checks": "io",
     "distributed": "distributed",
-    "report": "report", "cli": "cli", "cli_input": "cli", "cli_output": "cli", "cli_parquet": "cli", "cli_dask": "cli", "compat": "cli", "__init__": "package",
+    "report": "report", "cli": "cli", "cli_input": "cli", "cli_output": "cli", "cli_parquet": "cli", "cli_dask": "cli",
+    "compat": "cli", "__init__": "package",
 }
 # room -> level; a room may import rooms of a lower level
 LEVELS = {

@@ -71,7 +71,8 @@ def test_fit_and_predict_on_parquet_write_what_the_csv_gives(frame, tmp_path):
 
 
 def test_stored_types_are_kept(frame, tmp_path):
-    df = frame.assign(subject="p" + frame["subject"].astype(str), site=pd.Categorical(frame["subject"].mod(2).map({0: "A", 1: "B"})),
+    site = pd.Categorical(frame["subject"].mod(2).map({0: "A", 1: "B"}))
+    df = frame.assign(subject="p" + frame["subject"].astype(str), site=site,
                       visits=frame["time"].gt(0.5).astype("Int64"), y=frame["y"].astype("Float64"))
     df["subject"] = df["subject"].astype("category")
     df.loc[3, "visits"] = pd.NA

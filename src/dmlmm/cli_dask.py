@@ -1,9 +1,11 @@
 """``dmlmm fit DATA --dask SCHEDULER``: the fit on a Dask cluster, from the command line.
 
 DATA is Parquet (a file or a folder of files, or a URL such as ``s3://bucket/visits/`` that the workers
-can read) partitioned by subject, read by Dask, so the rows never come to this process; the fit runs where they live (:mod:`dmlmm.distributed`, docs/dask.md). SCHEDULER
-is a scheduler's address (``tcp://host:8786``), or ``local`` / ``local:N`` for a ``LocalCluster`` of
-N worker processes on this machine (one thread each; ``local``: one per CPU).
+can read), read by Dask, so the rows never come to this process; rows of one subject in several
+partitions are shuffled by subject on the cluster first (:func:`by_subject`). The fit runs where the
+rows live (:mod:`dmlmm.distributed`, docs/dask.md). SCHEDULER is a scheduler's address
+(``tcp://host:8786``), or ``local`` / ``local:N`` for a ``LocalCluster`` of N worker processes on this
+machine (one thread each; ``local``: one per CPU).
 
 After the fit, the per-subject tables (each subject's cluster probabilities and posterior mean
 coefficients) come to this process once, O(N (M + D)) memory, for ``clusters.csv`` and the model file;

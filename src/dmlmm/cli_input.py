@@ -33,8 +33,8 @@ from .columns import as_numeric
 from .exceptions import DataError
 from .response_transform import forward
 
-__all__ = ["InputError", "read_table", "read_csv", "check_columns", "apply_transform", "check_transform_domain", "check_n_basis",
-           "TRANSFORMS", "MAX_N_BASIS"]
+__all__ = ["InputError", "read_table", "read_csv", "check_columns", "apply_transform", "check_transform_domain",
+           "check_n_basis", "TRANSFORMS", "MAX_N_BASIS"]
 
 TRANSFORMS = ("auto", "none", "log", "log1p")
 MAX_N_BASIS = 100  # far beyond what a smooth curve needs; the cost grows as n_basis**3

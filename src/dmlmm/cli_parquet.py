@@ -40,8 +40,9 @@ def read_parquet(path: Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Read a Parquet file or folder into a frame whose index numbers the rows from 1.
 
     ``id_columns`` (e.g. the subject column) keep their stored values; a categorical one becomes
-    its labels (other categorical columns stay categorical: factors of the fit). Nullable integer or float columns with missing values become float64 with NaN (the
-    fit's checks then name the rows), and a column that holds the index is restored as a column.
+    its labels (other categorical columns stay categorical: factors of the fit). Nullable integer or
+    float columns with missing values become float64 with NaN (the fit's checks then name the rows),
+    and a column that holds the index is restored as a column.
 
     Raises InputError for a missing pyarrow, a damaged file, a folder without Parquet files or a
     data set without rows.
@@ -70,9 +71,9 @@ def read_parquet(path: Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     columns = list(frames[0].columns)
     for f, df in zip(files[1:], frames[1:]):
         if list(df.columns) != columns:
-            raise InputError(f"the Parquet files of '{path}' differ in their columns: '{files[0].name}' has "
-                             f"{columns}, '{f.relative_to(path)}' has {list(df.columns)}; every file of a data set "
-                             "needs the same columns")
+            raise InputError(f"the Parquet files of '{path}' differ in their columns: "
+                             f"'{files[0].relative_to(path)}' has {columns}, '{f.relative_to(path)}' has "
+                             f"{list(df.columns)}; every file of a data set needs the same columns")
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if len(df) == 0:
         raise InputError(f"'{path}' has columns ({', '.join(map(str, df.columns))}) but no rows")
@@ -90,9 +91,9 @@ def _index_as_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _plain(s: pd.Series, keep_values: bool) -> pd.Series:
-    """A column in the types the fit reads: an identifier's categories as their labels, nullable numbers as float64 with NaN
-    (an identifier's integers as Int64, as a CSV's), pyarrow-backed or nullable text as Python strings (missing
-    as NaN)."""
+    """A column in the types the fit reads: an identifier's categories as their labels, nullable numbers as
+    float64 with NaN (an identifier's integers as Int64, as a CSV's), pyarrow-backed or nullable text as Python
+    strings (missing as NaN)."""
     if isinstance(s.dtype, pd.CategoricalDtype):  # a factor stays one (the fit codes it by its levels)
         return s.astype(object).where(s.notna()) if keep_values else s
     if pd.api.types.is_extension_array_dtype(s.dtype):
