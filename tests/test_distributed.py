@@ -835,9 +835,12 @@ def _cli(*args):
 def test_cli_fit_on_dask_writes_what_the_in_memory_fit_writes(client, dgp1_frame, tmp_path):
     df, _ = dgp1_frame
     df.to_csv(tmp_path / "d.csv", index=False)
-    (tmp_path / "visits").mkdir()  # every subject's rows in both files, as their index: shuffled on the cluster
-    df.iloc[::2].set_index("subject").to_parquet(tmp_path / "visits" / "a.parquet")
-    df.iloc[1::2].set_index("subject").to_parquet(tmp_path / "visits" / "b.parquet")
+    for sex, rows in df.groupby("sex"):  # a Hive folder per sex (the files do not hold the column); each
+        folder = tmp_path / "visits" / f"sex={sex}"  # subject's rows in two files, as their index: shuffled
+        folder.mkdir(parents=True)
+        rows = rows.drop(columns="sex").set_index("subject")
+        rows.iloc[::2].to_parquet(folder / "a.parquet")
+        rows.iloc[1::2].to_parquet(folder / "b.parquet")
     opts = [*CLI_FAST, "--covariates", "age,sex", "--max-iter", "40", "-q"]
     r = _cli("fit", tmp_path / "visits", *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
     assert r.exit_code == 0, r.output

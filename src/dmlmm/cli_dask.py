@@ -117,8 +117,11 @@ def read_dask_frame(data: str | Path, subject: str) -> Any:
                              f"is {what}; write the data with e.g. pandas' df.to_parquet('visits.parquet') or dask's "
                              f"ddf.set_index('{subject}').to_parquet('visits/')")
         source = [str(f) for f in files]
+    # a folder's Hive partitions (site=A/) as columns, as the in-memory reader gives them
+    options = {"dataset": {"partitioning": "hive", "partition_base_dir": str(data)}} if not is_url(data) \
+        and Path(data).is_dir() else {}
     try:
-        return dd.read_parquet(source)
+        return dd.read_parquet(source, **options)
     except Exception as e:  # a damaged file, an unknown protocol, missing credentials: pyarrow, fsspec, OSError, ...
         raise ValueError(f"could not read '{data}' as Parquet: {' '.join(str(e).split())}") from None
 

@@ -30,7 +30,8 @@ def is_parquet_file(p: Path) -> bool:
 
 def parquet_files(folder: Path) -> list[Path]:
     """The Parquet files of a data-set folder, in name order, searched in its subfolders too (Hive
-    partitions such as ``site=A/``); hidden files and Spark's ``_SUCCESS`` / ``_metadata`` are not data."""
+    partitions such as ``site=A/``, whose key and value become a column); hidden files and Spark's
+    ``_SUCCESS`` / ``_metadata`` are not data."""
     found = [f for f in folder.rglob("*") if f.is_file() and not any(part.startswith((".", "_"))
                                                                       for part in f.relative_to(folder).parts)]
     return sorted(f for f in found if is_parquet_file(f))
@@ -67,7 +68,13 @@ def read_parquet(path: Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
             frames.append(pd.read_parquet(f, engine="pyarrow"))
         except Exception as e:  # a truncated or damaged file: pyarrow.ArrowInvalid, OSError, ...
             raise InputError(f"could not read '{f}' as Parquet: {_one_line(e)}") from None
-    frames = [_index_as_columns(df) for df in frames]
+    frames = [_with_partition_columns(_index_as_columns(df), f.relative_to(path) if path.is_dir() else None)
+              for f, df in zip(files, frames)]
+    if len(frames) > 1:  # a Hive key's values as one factor over the files (as pandas reads such a folder)
+        for key in _partition_keys(frames[0]):
+            levels = sorted({str(df[key].iloc[0]) for df in frames if len(df)})
+            for df in frames:
+                df[key] = pd.Categorical(df[key].astype(str), categories=levels)
     columns = list(frames[0].columns)
     for f, df in zip(files[1:], frames[1:]):
         if list(df.columns) != columns:
@@ -81,6 +88,21 @@ def read_parquet(path: Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     for c in df.columns:
         df[c] = _plain(df[c], keep_values=c in set(id_columns))
     return df
+
+
+def _with_partition_columns(df: pd.DataFrame, relative: Path | None) -> pd.DataFrame:
+    """The file's rows with a column for each Hive partition of its folders (``site=A/`` -> column ``site``
+    holding ``A``), which the files themselves do not store."""
+    for part in (relative.parent.parts if relative is not None else ()):
+        key, sep, value = part.partition("=")
+        if sep and key and key not in df.columns:
+            df[key] = pd.Categorical([value] * len(df))
+            df.attrs.setdefault("partition_keys", []).append(key)
+    return df
+
+
+def _partition_keys(df: pd.DataFrame) -> list[str]:
+    return list(df.attrs.get("partition_keys", []))
 
 
 def _index_as_columns(df: pd.DataFrame) -> pd.DataFrame:
