@@ -929,3 +929,10 @@ def test_cli_dask_local_cluster_gives_the_fits_error_in_one_line(dgp1_frame, tmp
     # one error line, no worker log or traceback (other tests' clusters may leave warnings in this process)
     assert error_line(r).startswith("error: --transform log needs response values above 0, but column 'y' has ")
     assert "distributed.worker" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_cli_dask_without_dask_says_what_to_install(tmp_path, monkeypatch):
+    pd.DataFrame({"subject": [1, 1, 2], "time": [0.0, 1, 0], "y": [1.0, 2, 3]}).to_parquet(tmp_path / "d.parquet")
+    monkeypatch.setitem(sys.modules, "dask.dataframe", None)
+    r = _cli("fit", tmp_path / "d.parquet", "--dask", "local:1", "--out", tmp_path / "o")
+    assert error_line(r) == 'error: --dask needs dask and its distributed scheduler: pip install "dmlmm[dask]"'

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import pandas as pd
 
 __all__ = ["LocalSpec", "parse_scheduler", "dask_client", "is_url", "read_dask_frame", "by_subject",
-           "write_dask_outputs", "NOT_WITH_DASK", "DASK_OUTPUTS_NOTE"]
+           "write_dask_outputs", "NOT_WITH_DASK", "DASK_OUTPUTS_NOTE", "NEEDS_DASK"]
 
 #: Options of ``dmlmm fit`` that need the data in this process, refused with ``--dask`` (option: why).
 NOT_WITH_DASK = {
@@ -42,6 +42,9 @@ NOT_WITH_DASK = {
 DASK_OUTPUTS_NOTE = ("a Dask fit writes no trajectories.csv or report.html (a curve per subject); draw the curves "
                      "of the subjects you want with: dmlmm predict {model} SUBJECTS (a CSV or Parquet file of their "
                      "visits)")
+
+
+NEEDS_DASK = "--dask needs dask and its distributed scheduler: pip install \"dmlmm[dask]\""
 
 
 class LocalSpec(int):
@@ -74,7 +77,7 @@ def dask_client(spec: LocalSpec | str) -> Iterator[Any]:
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise ValueError("--dask needs dask and its distributed scheduler: pip install \"dmlmm[dask]\"") from None
+        raise ValueError(NEEDS_DASK) from None
     if isinstance(spec, LocalSpec):  # a task's error reaches this process as the one-line error: no worker log
         with LocalCluster(n_workers=int(spec), threads_per_worker=1, processes=True, dashboard_address=None,
                           silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
@@ -100,7 +103,10 @@ def read_dask_frame(data: str | Path, subject: str) -> Any:
 
     A subject column written as the index stays the index.
     """
-    import dask.dataframe as dd
+    try:
+        import dask.dataframe as dd
+    except ImportError:
+        raise ValueError(NEEDS_DASK) from None
 
     from .cli_parquet import is_parquet_file, parquet_files
 
