@@ -138,9 +138,7 @@ def by_subject(ddf: Any, subject: str, client: Any) -> Any:
 
     Costs one pass over the subject labels, whose counts of partitions come here (O(N))."""
     # on the whole frame, as the fit reads it: a projection onto one column may let Dask fuse small partitions
-    labels = ddf.map_partitions(_distinct_labels, subject, meta=pd.Series([], dtype=ddf._meta.index.dtype
-                                                                          if ddf.index.name == subject
-                                                                          else ddf._meta[subject].dtype))
+    labels = ddf.map_partitions(_distinct_labels, subject, meta=_distinct_labels(ddf._meta, subject))
     spans = client.compute(labels.value_counts()).result()
     split = spans.index[spans.to_numpy() > 1].sort_values()
     if not len(split):

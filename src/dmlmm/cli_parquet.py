@@ -68,13 +68,13 @@ def read_parquet(path: Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
             frames.append(pd.read_parquet(f, engine="pyarrow"))
         except Exception as e:  # a truncated or damaged file: pyarrow.ArrowInvalid, OSError, ...
             raise InputError(f"could not read '{f}' as Parquet: {_one_line(e)}") from None
-    frames = [_with_partition_columns(_index_as_columns(df), f.relative_to(path) if path.is_dir() else None)
-              for f, df in zip(files, frames)]
-    if len(frames) > 1:  # a Hive key's values as one factor over the files (as pandas reads such a folder)
-        for key in _partition_keys(frames[0]):
-            levels = sorted({str(df[key].iloc[0]) for df in frames if len(df)})
-            for df in frames:
-                df[key] = pd.Categorical(df[key].astype(str), categories=levels)
+    hive = [_hive_partitions(f.relative_to(path)) if path.is_dir() else {} for f in files]
+    frames = [_index_as_columns(df) for df in frames]
+    for key in hive[0]:  # each Hive key a factor over the files' values, as pandas reads such a folder
+        levels = sorted({parts.get(key) for parts in hive} - {None})
+        for df, parts in zip(frames, hive):
+            if key in parts and key not in df.columns:
+                df[key] = pd.Categorical([parts[key]] * len(df), categories=levels)
     columns = list(frames[0].columns)
     for f, df in zip(files[1:], frames[1:]):
         if list(df.columns) != columns:
@@ -90,19 +90,11 @@ def read_parquet(path: Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
     return df
 
 
-def _with_partition_columns(df: pd.DataFrame, relative: Path | None) -> pd.DataFrame:
-    """The file's rows with a column for each Hive partition of its folders (``site=A/`` -> column ``site``
-    holding ``A``), which the files themselves do not store."""
-    for part in (relative.parent.parts if relative is not None else ()):
-        key, sep, value = part.partition("=")
-        if sep and key and key not in df.columns:
-            df[key] = pd.Categorical([value] * len(df))
-            df.attrs.setdefault("partition_keys", []).append(key)
-    return df
-
-
-def _partition_keys(df: pd.DataFrame) -> list[str]:
-    return list(df.attrs.get("partition_keys", []))
+def _hive_partitions(relative: Path) -> dict[str, str]:
+    """The Hive partitions of a file's folders, ``{key: value}`` (``site=A/part-0.parquet`` -> ``{"site": "A"}``):
+    columns that the files themselves do not store."""
+    parts = (part.partition("=") for part in relative.parent.parts)
+    return {key: value for key, sep, value in parts if sep and key}
 
 
 def _index_as_columns(df: pd.DataFrame) -> pd.DataFrame:

@@ -329,9 +329,9 @@ class DaskCandidateData:
 
             def init(p: RandomEffectsPrior, g: np.random.Generator) -> VariationalParams:
                 nz, ax = noise, aux
-                if kind == "cluster":  # one residual variance per first-layer component of this start
-                    nz, ax = per_cluster(noise, aux, int(p.path_components()[:, 0].max()) + 1)
-                k1 = int(p.path_components()[:, 0].max()) + 1
+                k1 = int(p.path_components()[:, 0].max()) + 1  # this start's first-layer components
+                if kind == "cluster":  # one residual variance per first-layer component
+                    nz, ax = per_cluster(noise, aux, k1)
                 gamma = None if self.Z is None else membership_init(k1, self.Z.shape[1], config.membership_scale)
                 return VariationalParams(nz, ax, fixed, p.init_params(b_hat, g), gamma, scales)
 

@@ -30,7 +30,7 @@ from ..data import DroppedRows, RowsDroppedWarning
 from ..exceptions import DataError, DataWarning
 from ..models.design import LongitudinalDesign, fitted_basis, noise_confounded
 from ..models.membership_design import (MembershipDesign, check_present, complete_rows, no_subject_left,
-                                        unknown_baseline_message)
+                                        unknown_baseline, unknown_baseline_message)
 from ..standardise import (FAR_SHOWN, FAR_SPREADS, NoiseSums, check_noise_sums, checked_scale, dominated, far_message,
                            robust_centre_spread, shown_value, warn_binary_response)
 from . import shard as sh
@@ -188,12 +188,10 @@ def membership_baseline(client: Any, ddf: Any, names: ColumnNames, columns: list
     rows = pd.concat([r for r, _ in got])
     if not dropna:
         return ddf, rows
-    known = rows.notna()
-    unknown = ~known.all(axis=1).to_numpy()
+    unknown, absent = unknown_baseline(rows.notna())
     if not unknown.any():
         return ddf, rows
     gone = rows.index[unknown]
-    absent = [c for c in columns if not known.loc[unknown, c].all()]
     if unknown.all():
         raise no_subject_left(absent)
     n_rows = int(pd.concat([n for _, n in got]).to_numpy()[unknown].sum())

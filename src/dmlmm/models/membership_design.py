@@ -17,8 +17,8 @@ import pandas as pd
 from ..covariates import CovariateEncoding
 from ..exceptions import DataError
 
-__all__ = ["MembershipDesign", "without_unknown_baseline", "baseline_rows", "complete_rows", "unknown_baseline_message",
-           "no_subject_left", "check_roles", "check_present"]
+__all__ = ["MembershipDesign", "without_unknown_baseline", "baseline_rows", "complete_rows", "unknown_baseline",
+           "unknown_baseline_message", "no_subject_left", "check_roles", "check_present"]
 
 
 @dataclass
@@ -99,16 +99,22 @@ def without_unknown_baseline(frame: pd.DataFrame, subject: str, columns: Sequenc
     if not cols or subject not in frame.columns:
         return frame
     known = frame[cols].notna().groupby(frame[subject], sort=False, observed=True).any()  # (subjects, columns)
-    unknown = ~known.all(axis=1).to_numpy()
+    unknown, absent = unknown_baseline(known)
     if not unknown.any():
         return frame
     gone = known.index[unknown]
-    absent = [c for c in cols if not known.loc[unknown, c].all()]
     drop = frame[subject].isin(gone).to_numpy()
     if drop.all():
         raise no_subject_left(absent)
     warnings.warn(unknown_baseline_message(gone, int(drop.sum()), absent), UserWarning, stacklevel=stacklevel + 1)
     return frame.loc[~drop]
+
+
+def unknown_baseline(known: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """From ``known`` (subjects x covariates: whether the subject has a value), the subjects without a value of
+    some covariate (a boolean mask) and the covariates they lack."""
+    unknown = ~known.all(axis=1).to_numpy()
+    return unknown, [c for c in known.columns if not known.loc[unknown, c].all()]
 
 
 def no_subject_left(absent: Sequence[str]) -> DataError:
