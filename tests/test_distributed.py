@@ -845,12 +845,13 @@ def test_cli_fit_on_dask_writes_what_the_in_memory_fit_writes(client, dgp1_frame
     r = _cli("fit", tmp_path / "visits", *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
     assert r.exit_code == 0, r.output
     assert "120 subject(s) have rows in more than one partition (e.g. 0): the rows are shuffled" in r.stderr
-    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == ["clusters.csv", "model.dmlmm"]
+    # 120 subjects, fewer than --sample's 1,000: every subject's curve, as in memory
+    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == ["clusters.csv", "model.dmlmm", "trajectories.csv"]
     r = _cli("fit", tmp_path / "d.csv", *opts, "--jobs", "1", "--out", tmp_path / "mem")
     assert r.exit_code == 0, r.output
-    got, want = (pd.read_csv(tmp_path / f / "clusters.csv").sort_values("subject", ignore_index=True)
-                 for f in ("dask", "mem"))
-    pd.testing.assert_frame_equal(got, want, rtol=1e-8, atol=1e-10)
+    for name, keys in (("clusters.csv", ["subject"]), ("trajectories.csv", ["subject", "time"])):
+        got, want = (pd.read_csv(tmp_path / f / name).sort_values(keys, ignore_index=True) for f in ("dask", "mem"))
+        pd.testing.assert_frame_equal(got, want, rtol=1e-8, atol=1e-10)
     for f in ("dask", "mem"):  # the model files forecast alike
         r = _cli("predict", tmp_path / f / "model.dmlmm", tmp_path / "d.csv", "--times", "0:1:0.5", "--out",
                  tmp_path / f"pred_{f}.csv")
@@ -884,15 +885,67 @@ def test_cli_dask_summary_says_where_the_curves_are(client, parquet_frame, tmp_p
     path = tmp_path / "byid"
     parquet_frame.to_parquet(path)  # written with the subject as index: no shuffle
     # a URL (file://, as s3:// on a real cluster), read by the workers
-    r = _cli("fit", path.as_uri(), *CLI_FAST, "--max-iter", "30", "--dask", client.scheduler.address, "--out",
-             tmp_path / "o")
+    r = _cli("fit", path.as_uri(), *CLI_FAST, "--max-iter", "30", "--sample", "0", "--dask", client.scheduler.address,
+             "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
     assert "more than one partition" not in r.stderr
     assert "MixtureLMM: 120 subjects" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["clusters.csv", "model.dmlmm"]
     assert r.stdout.rstrip().endswith(
-        f"a Dask fit writes no trajectories.csv or report.html (a curve per subject); draw the curves of the subjects "
-        f"you want with: dmlmm predict {tmp_path / 'o' / 'model.dmlmm'} SUBJECTS (a CSV or Parquet file of their "
+        f"--sample 0: no curves drawn; clusters.csv and the class summary cover all 120; draw the curves of other "
+        f"subjects with: dmlmm predict {tmp_path / 'o' / 'model.dmlmm'} SUBJECTS (a CSV or Parquet file of their "
         "visits)")
+
+
+def test_cli_dask_draws_the_curves_of_a_sample_within_each_cluster(client, parquet_frame, tmp_path):
+    from dmlmm import load
+
+    path = tmp_path / "byid"
+    parquet_frame.to_parquet(path)
+    opts = [a for a in CLI_FAST if a != "--no-report"]
+    r = _cli("fit", path, *opts, "--max-iter", "30", "--sample", "30", "--seed", "4", "--dask", client.scheduler.address,
+             "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["clusters.csv", "model.dmlmm", "report.html",
+                                                                  "trajectories.csv"]
+    clusters = pd.read_csv(tmp_path / "o" / "clusters.csv").set_index("subject")["cluster"]
+    traj = pd.read_csv(tmp_path / "o" / "trajectories.csv")
+    drawn = traj["subject"].unique()
+    sizes, got = clusters.value_counts(), clusters.loc[drawn].value_counts()
+    assert len(sizes) == 2 and len(drawn) == max(30, sum(min(20, n) for n in sizes))  # at least 20 of each cluster
+    assert all(got[k] >= min(20, sizes[k]) for k in sizes.index)
+    assert (traj.groupby("subject")["cluster"].first() == clusters.loc[traj.groupby("subject")["cluster"].first().index]).all()
+    # the curves are the saved model's, given the drawn subjects' visits
+    visits = parquet_frame.compute().reset_index()
+    want = load(tmp_path / "o" / "model.dmlmm").predict_trajectory(
+        visits[visits["subject"].isin(drawn)], times=np.sort(traj["time"].unique()))
+    pd.testing.assert_frame_equal(traj[["subject", "time", "mean", "lower", "upper"]].sort_values(["subject", "time"], ignore_index=True),
+                                  want[["subject", "time", "mean", "lower", "upper"]].sort_values(["subject", "time"], ignore_index=True),
+                                  check_dtype=False, rtol=1e-9, atol=1e-12)
+    assert (f"trajectories.csv and report.html draw the curves of {len(drawn)} subjects drawn at random within each "
+            "cluster (--sample 30, --seed 4); clusters.csv and the class summary cover all 120") in r.stdout
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert (f"the trajectories and the figures of the data show {len(drawn)} of the 120 subjects (trajectories.csv "
+            "holds their curves), drawn at random within each cluster (at least 20 of each, seed 4)") in page
+    assert f"observations (sample)</div><div class=\"v\">{visits['subject'].isin(drawn).sum()}<" in page
+
+
+def test_sample_subjects_is_stratified_reproducible_and_floored():
+    from dmlmm.cli_dask import sample_subjects
+
+    cluster_of = pd.Series(np.repeat([0, 1, 2], [900, 90, 10]), index=[f"s{i}" for i in range(1000)])
+    a = sample_subjects(cluster_of, 100, seed=1)
+    counts = cluster_of.loc[a].value_counts().sort_index()
+    # shares 90 / 9 / 1, raised to 20 for the second cluster and to all 10 of the third
+    assert counts.to_dict() == {0: 90, 1: 20, 2: 10} and len(set(a)) == len(a)
+    assert list(a) == [s for s in cluster_of.index if s in set(a)]  # in the subjects' order
+    np.testing.assert_array_equal(a, sample_subjects(cluster_of, 100, seed=1))
+    assert set(a) != set(sample_subjects(cluster_of, 100, seed=2))
+    # largest remainders: the shares (50.5, 30.3, 20.2) add up to n where no floor binds
+    even = pd.Series(np.repeat([0, 1, 2], [500, 300, 200]))
+    assert even.loc[sample_subjects(even, 101, seed=0)].value_counts().sort_index().tolist() == [51, 30, 20]
+    np.testing.assert_array_equal(sample_subjects(cluster_of, 1000, seed=0), cluster_of.index.to_numpy())
+    assert len(sample_subjects(cluster_of, 0, seed=0, floor=0)) == 0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -904,10 +957,14 @@ def test_cli_dask_summary_says_where_the_curves_are(client, parquet_frame, tmp_p
                               "this process; leave it out, or fit without --dask"),
     (["--dask", "local:0"], "--dask 'local:0': local:N needs a positive whole number of worker processes, e.g. "
                             "local:2"),
+    (["--sample", "5", "--no-dask"], "--sample applies to --dask fits (which draw the curves of a sample of subjects); "
+                                     "without --dask, trajectories.csv and the report draw every subject's curve"),
 ])
 def test_cli_dask_refuses_what_needs_the_data_here(tmp_path, args, message):
     pd.DataFrame({"subject": [1, 1, 2], "time": [0.0, 1, 0], "y": [1.0, 2, 3]}).to_parquet(tmp_path / "d.parquet")
     dask = [] if "--dask" in args else ["--dask", "local:1"]
+    if "--no-dask" in args:
+        args, dask = [a for a in args if a != "--no-dask"], []
     r = _cli("fit", tmp_path / "d.parquet", *args, *dask, "--out", tmp_path / "o")
     assert error_line(r) == f"error: {message}"
 

@@ -318,6 +318,10 @@ def _check_interval(interval: float) -> None:
 #: ``--jobs auto``: worker processes (every CPU) for data of at most this many subjects, the full-batch fits;
 #: above, one process, since each worker holds its candidate's statistics (docs/performance.md, n_jobs).
 AUTO_JOBS_MAX_SUBJECTS = 5000
+#: ``--sample``'s default: subjects whose curves a --dask fit draws (trajectories.csv, report.html; cli_dask).
+DEFAULT_SAMPLE = 1000
+#: Fewest subjects of each cluster in that sample (all of a smaller cluster), however small its share.
+SAMPLE_FLOOR = 20
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -428,8 +432,11 @@ def main() -> None:
               help="Fit on a Dask cluster: a scheduler address (tcp://host:8786), or local[:N] for N worker processes "
                    "on this machine (local: one per CPU). DATA must then be Parquet, a path or a URL the workers read "
                    "(s3://...), best partitioned by subject (else shuffled by subject first); writes "
-                   "clusters.csv and model.dmlmm (no trajectories.csv or report.html: dmlmm predict draws the curves "
-                   "of the subjects you ask for). Needs dmlmm[dask].")
+                   "clusters.csv and model.dmlmm for every subject, trajectories.csv and report.html for a sample "
+                   "of them (--sample). Needs dmlmm[dask].")
+@click.option("--sample", default=None, type=click.IntRange(min=0),
+              help=f"With --dask: trajectories.csv and report.html draw this many subjects, picked at random within "
+                   f"each cluster (at least {SAMPLE_FLOOR} of each; by --seed); 0: neither file. [{DEFAULT_SAMPLE}]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
@@ -437,7 +444,7 @@ def main() -> None:
 def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis,
         smoothing, noise, noise_df, loading_order, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
         max_iter, dropna, outcome, event_time, event, event_value, baseline, baseline_at, check_bands, report,
-        scheduler, overwrite, quiet, out):
+        scheduler, sample, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file, or Parquet: a file or a folder of files; one row per observation)
     and write clusters, trajectories, the saved model and an HTML report to --out (all at once, when the fit is
     done)."""
@@ -479,8 +486,12 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
                  if v is not None}
         model = _make_model(kind, comps, dims, basis, seed, _show_progress(quiet), {**extra, **prior_options})
         _fit_on_dask(model, data, scheduler, dict(subject=subject, time=time_col, response=response, covariates=covs),
-                     dropna, Path(out), overwrite, quiet, t0)
+                     dropna, Path(out), overwrite, quiet, t0, sample=DEFAULT_SAMPLE if sample is None else sample,
+                     seed=seed, interval=interval, report=report)
         return
+    if sample is not None:
+        raise CliError("--sample applies to --dask fits (which draw the curves of a sample of subjects); without "
+                       "--dask, trajectories.csv and the report draw every subject's curve")
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), "none",
                            domain=None if transform in ("auto", "none") else transform)
@@ -534,13 +545,15 @@ def _check_dask_options(**given) -> None:
                            "without --dask")
 
 
-def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quiet, t0) -> None:
-    """--dask: read DATA with Dask, fit ``model`` on the cluster, write clusters.csv and model.dmlmm, print the
+def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quiet, t0, *, sample: int, seed: int,
+                 interval: float, report: bool) -> None:
+    """--dask: read DATA with Dask, fit ``model`` on the cluster, write clusters.csv and model.dmlmm, then
+    trajectories.csv and report.html of ``sample`` subjects drawn within each cluster (none for 0), print the
     summary."""
     from types import SimpleNamespace
 
     from .cli_dask import (DASK_OUTPUTS_NOTE, by_subject, dask_client, is_url, parse_scheduler, read_dask_frame,
-                           write_dask_outputs)
+                           sample_rows, sample_subjects, write_dask_outputs, write_sample_outputs)
     from .cli_input import check_columns
     from .cli_output import OutputFolder
     from .distributed.fit import fit_dask
@@ -551,18 +564,40 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
     ddf = read_dask_frame(data, cols["subject"])
     meta = ddf._meta.reset_index() if ddf._meta.index.name is not None else ddf._meta
     check_columns(meta, needed)
+    res = None
     with OutputFolder(out, overwrite, inputs=[] if is_url(data) else [Path(data)]) as folder:
         with dask_client(spec) as client:
             ddf = by_subject(ddf, cols["subject"], client)
             fit_dask(model, ddf, dropna=dropna, client=client, **cols)
             written, clusters = write_dask_outputs(model, folder.staging, list(meta.columns))
+            if sample:
+                labels = sample_subjects(clusters.set_index(cols["subject"])["cluster"], sample, seed)
+                frame = sample_rows(ddf, cols["subject"], labels, client)
+            if sample and dropna:  # the rows the fit dropped (it said how many)
+                frame = frame.dropna(subset=needed, ignore_index=True)
+        if sample:
+            more, res = write_sample_outputs(model, frame, folder.staging, list(meta.columns), n_total=len(clusters),
+                                             seed=seed, interval=interval, report=report, title=f"dmlmm: {_name(data)}",
+                                             source=str(data), notes=_warnings_note())
+            written += more
         folder.commit()
     if not quiet:
-        summary = model.class_summary()
-        res = SimpleNamespace(clusters=clusters.rename(columns={cols["subject"]: "subject"}), class_summary=summary,
-                              posterior={level: model.posterior_table(level) for level in summary.index})
-        _print_summary(model, res, out, written, time.perf_counter() - t0, outputs="predictions")
-        click.echo(DASK_OUTPUTS_NOTE.format(model=out / "model.dmlmm"))
+        if res is None:
+            summary = model.class_summary()
+            res = SimpleNamespace(clusters=clusters.rename(columns={cols["subject"]: "subject"}), class_summary=summary,
+                                  posterior={level: model.posterior_table(level) for level in summary.index})
+        _print_summary(model, res, out, written, time.perf_counter() - t0,
+                       outputs="clusters and trajectories" if sample else "predictions")
+        drawn = ("--sample 0: no curves drawn" if not sample else
+                 f"trajectories.csv{' and report.html' if report else ''} draw the curves of "
+                 + ("every subject" if len(labels) == len(clusters) else
+                    f"{len(labels):,} subjects drawn at random within each cluster (--sample {sample}, --seed {seed})"))
+        click.echo(DASK_OUTPUTS_NOTE.format(drawn=drawn, total=len(clusters), model=out / "model.dmlmm"))
+
+
+def _name(data) -> str:
+    """DATA's last part (a file or folder name, or a URL's), for the report's title."""
+    return str(data).rstrip("/").rsplit("/", 1)[-1] or str(data)
 
 
 def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None, noise_df=None) -> dict:

@@ -8,10 +8,13 @@ rows live (:mod:`dmlmm.distributed`, docs/dask.md). SCHEDULER is a scheduler's a
 machine (one thread each; ``local``: one per CPU).
 
 After the fit, the per-subject tables (each subject's cluster probabilities and posterior mean
-coefficients) come to this process once, O(N (M + D)) memory, for ``clusters.csv`` and the model file;
-the curves are not drawn for every subject (``trajectories.csv`` would hold 100 rows per subject, and
-``report.html`` its figures): ``dmlmm predict model.dmlmm SUBJECTS`` draws those of the subjects
-asked for.
+coefficients) come to this process once, O(N (M + D)) memory, for ``clusters.csv`` and the model file.
+The curves are drawn for a sample of subjects, not for every one (``trajectories.csv`` holds 100 rows
+per subject): ``--sample N`` subjects (default :data:`DEFAULT_SAMPLE`) drawn at random within each
+cluster (:func:`sample_subjects`), whose rows alone come here (:func:`sample_rows`), give
+``trajectories.csv`` and ``report.html`` (:func:`write_sample_outputs`); the class summary and
+``clusters.csv`` cover every subject. ``dmlmm predict model.dmlmm SUBJECTS`` draws the curves of
+any other subjects.
 """
 
 from __future__ import annotations
@@ -23,10 +26,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 
+from .cli import DEFAULT_SAMPLE, SAMPLE_FLOOR  # the option's numbers, where the command line defines them
+
 __all__ = ["LocalSpec", "parse_scheduler", "dask_client", "is_url", "read_dask_frame", "by_subject",
-           "write_dask_outputs", "NOT_WITH_DASK", "DASK_OUTPUTS_NOTE", "NEEDS_DASK"]
+           "write_dask_outputs", "sample_subjects", "sample_rows", "write_sample_outputs", "NOT_WITH_DASK",
+           "DASK_OUTPUTS_NOTE", "NEEDS_DASK", "DEFAULT_SAMPLE", "SAMPLE_FLOOR"]
 
 #: Options of ``dmlmm fit`` that need the data in this process, refused with ``--dask`` (option: why).
 NOT_WITH_DASK = {
@@ -39,9 +46,8 @@ NOT_WITH_DASK = {
     "--jobs": "the cluster's workers do the parallel work",
 }
 
-DASK_OUTPUTS_NOTE = ("a Dask fit writes no trajectories.csv or report.html (a curve per subject); draw the curves "
-                     "of the subjects you want with: dmlmm predict {model} SUBJECTS (a CSV or Parquet file of their "
-                     "visits)")
+DASK_OUTPUTS_NOTE = ("{drawn}; clusters.csv and the class summary cover all {total:,}; draw the curves of other "
+                     "subjects with: dmlmm predict {model} SUBJECTS (a CSV or Parquet file of their visits)")
 
 
 NEEDS_DASK = "--dask needs dask and its distributed scheduler: pip install \"dmlmm[dask]\""
@@ -179,3 +185,83 @@ def write_dask_outputs(model: Any, folder: Path, input_columns: list) -> tuple[l
         coef.reset_index().to_csv(folder / "membership.csv", index=False)
         written.append("membership.csv")
     return written, clusters
+
+
+def sample_subjects(cluster_of: pd.Series, n: int, seed: int, floor: int = SAMPLE_FLOOR) -> np.ndarray:
+    """Labels of about ``n`` subjects drawn at random within each cluster, for the curves of a Dask fit.
+
+    Every subject when ``n`` is at least their number. Else each cluster gives its share of ``n`` (largest
+    remainders: the shares add up to ``n``), and at least ``floor`` subjects (all of a smaller cluster), so
+    that a small cluster is drawn too; the sample can therefore hold a few more than ``n``. The draw depends
+    on ``seed`` alone.
+
+    Parameters
+    ----------
+    cluster_of : (N,) Series, each subject's cluster (clusters.csv's column), indexed by subject label.
+    n : subjects wanted (0: none).
+    seed : of the generator.
+
+    Returns
+    -------
+    (n',) subject labels, in the order of ``cluster_of``.
+    """
+    N = len(cluster_of)
+    if n >= N:
+        return cluster_of.index.to_numpy()
+    rng = np.random.default_rng(seed)
+    sizes = cluster_of.value_counts().sort_index()
+    size = sizes.to_numpy()
+    share = n * size // N  # then the n - sum(share) left over to the largest remainders (ties: the first clusters)
+    share[np.argsort(-(n * size % N), kind="stable")[: n - share.sum()]] += 1
+    take = np.maximum(share, np.minimum(size, floor))
+    chosen = np.zeros(N, dtype=bool)
+    codes = cluster_of.to_numpy()
+    for cluster, k in zip(sizes.index, take):  # one draw per cluster (a handful), not per subject
+        members = np.flatnonzero(codes == cluster)
+        chosen[rng.choice(members, size=int(k), replace=False)] = True
+    return cluster_of.index.to_numpy()[chosen]
+
+
+def sample_rows(ddf: Any, subject: str, labels: np.ndarray, client: Any) -> pd.DataFrame:
+    """The rows of the subjects ``labels`` brought here (O(rows of the sample)), the subject a column."""
+    # a filter per partition: Dask's own isin on a subject index fails to build its metadata with many labels
+    wanted = ddf.map_partitions(_rows_of, subject, labels, meta=ddf._meta)
+    rows = client.compute(wanted).result()
+    return rows.reset_index() if rows.index.name == subject else rows.reset_index(drop=True)
+
+
+def _rows_of(part: pd.DataFrame, subject: str, labels: np.ndarray) -> pd.DataFrame:
+    """The rows of one partition whose subject (a column or the index) is among ``labels``."""
+    keys = part.index if part.index.name == subject else part[subject]
+    return part[np.asarray(keys.isin(labels))]
+
+
+def write_sample_outputs(model: Any, frame: pd.DataFrame, folder: Path, input_columns: list, *, n_total: int,
+                         seed: int, interval: float, report: bool, title: str, source: str, notes: str = "",
+                         ) -> tuple[list[str], Any]:
+    """trajectories.csv (and with ``report`` report.html) of the subjects in ``frame`` (a sample of the
+    ``n_total`` fitted, :func:`sample_subjects`), from a Dask fit whose tables :func:`write_dask_outputs`
+    brought here; returns the names written and the :class:`~dmlmm.report.FitResults`, whose cluster table
+    and class summary cover every subject. The report says which curves it draws."""
+    from .cli_output import user_columns
+    from .report import collect_results, write_report
+
+    c = model.design_.columns
+    res = collect_results(model, frame, interval=interval, response_label=c.response)
+    if getattr(model, "noise_df_", None) is not None:  # every subject's fitted scale, as clusters.csv holds it
+        res.clusters["residual_variance"] = model.subject_noise_.reindex(res.clusters["subject"]).to_numpy()
+    drawn = frame[c.subject].nunique()
+    res.sample_of = None if drawn == n_total else n_total
+    res.facts["curves drawn"] = (f"all {n_total:,} subjects" if drawn == n_total else
+                                 f"{drawn:,} of {n_total:,} subjects, drawn at random within each cluster (seed {seed})")
+    user_columns(res.trajectories, c.subject, c.time, input_columns).to_csv(folder / "trajectories.csv", index=False)
+    written = ["trajectories.csv"]
+    if report:
+        about = ("" if drawn == n_total else
+                 f"<p>Fitted on a Dask cluster: the trajectories and the figures of the data show {drawn:,} of the "
+                 f"{n_total:,} subjects (trajectories.csv holds their curves), drawn at random within each cluster "
+                 f"(at least {SAMPLE_FLOOR} of each, seed {seed}); the cluster sizes, the class summary and "
+                 "clusters.csv cover every subject.</p>")
+        write_report(folder / "report.html", res, title=title, source=source, notes=about + notes)
+        written.append("report.html")
+    return written, res

@@ -48,6 +48,9 @@ class FitResults:
     class_summary : DataFrame of ``model.class_summary()`` (None for models without clusters).
     posterior : dict level -> ``model.posterior_table(level)`` ("cluster", and "cluster_layer1"
         for deep models).
+    sample_of : int or None, the number of subjects fitted when ``data`` and ``trajectories`` hold a sample
+        of them (a Dask fit's outputs, :mod:`dmlmm.cli_dask`; ``clusters`` and ``class_summary`` still cover
+        every subject); None when they hold every subject.
     """
 
     model: Any
@@ -62,6 +65,7 @@ class FitResults:
     interval: float = 0.95
     class_summary: pd.DataFrame | None = None
     posterior: dict = field(default_factory=dict)
+    sample_of: int | None = None
 
 
 def collect_results(model, frame: pd.DataFrame, *, grid: np.ndarray | None = None, interval: float = 0.95,

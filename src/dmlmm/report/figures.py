@@ -79,7 +79,8 @@ def fig_overview(res: FitResults) -> str:
     counts = d.groupby("subject").size()
     fig, axes = _subplots(1, 3, (12, 3.4), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     _spaghetti(axes[0], d, color="#4c72b0", alpha=0.2)
-    _style(axes[0], res.names["time"], res.names["response"], "All subjects")
+    shown = "All subjects" if res.sample_of is None else f"A sample of {len(counts):,} of {res.sample_of:,} subjects"
+    _style(axes[0], res.names["time"], res.names["response"], shown)
     bins = np.arange(counts.min() - 0.5, counts.max() + 1.5) if counts.max() - counts.min() < 40 else 30
     axes[1].hist(counts, bins=bins, color="#4c72b0", edgecolor="white")
     if counts.max() - counts.min() < 12:
@@ -122,6 +123,8 @@ def fig_clusters(res: FitResults, max_panels: int = 12) -> str | None:
         ax.set_ylim(*_ylim(res, curves["mean"].to_numpy()))
         size = members["subject"].nunique()
         title = "Population curve" if lab is None else f"Cluster {k}: {size} subject{'s' if size != 1 else ''}"
+        if lab is not None and res.sample_of is not None:  # the data are a sample: the cluster's size, and those drawn
+            title = f"Cluster {k}: {int((lab == k).sum()):,} subjects ({size} drawn)"
         _style(ax, res.names["time"] if i // ncol == nrow - 1 else None,
                res.names["response"] if i % ncol == 0 else None, title)
     for j in range(n, nrow * ncol):

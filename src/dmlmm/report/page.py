@@ -208,19 +208,22 @@ def render_report(
 
     d = res.data
     counts = d.groupby("subject").size()
+    of = "" if res.sample_of is None else " (sample)"  # the data shown are a sample of the subjects fitted
     facts = {
         "response": res.names["response"],
-        "observations": f"{len(d)}",
-        "per subject": (f"{counts.min()}–{counts.max()} (median {counts.median():g})" if counts.max() > counts.min()
-                        else f"{counts.min()}"),
-        "time span": f"{d['time'].min():.3g} – {d['time'].max():.3g}",
+        f"observations{of}": f"{len(d)}",
+        f"per subject{of}": (f"{counts.min()}–{counts.max()} (median {counts.median():g})"
+                             if counts.max() > counts.min() else f"{counts.min()}"),
+        f"time span{of}": f"{d['time'].min():.3g} – {d['time'].max():.3g}",
         **res.facts,
     }
     cards = "".join(f'<div class="card"><div class="k">{html.escape(k)}</div><div class="v">{html.escape(v)}</div></div>'
                     for k, v in facts.items() if k not in ("cluster sizes", "model"))
     sections = [
         _section("data", "Data", "<p class=\"note\">Each subject's observations joined by a line (faint), the "
-                 "number of observations per subject and when they were taken.</p>" + _img(fig_overview(res), "data overview")),
+                 "number of observations per subject and when they were taken"
+                 + ("" if res.sample_of is None else f" ({d['subject'].nunique():,} of the {res.sample_of:,} subjects "
+                                                     "fitted)") + ".</p>" + _img(fig_overview(res), "data overview")),
     ]
     clusters_img = fig_clusters(res)
     if clusters_img is not None:
@@ -229,7 +232,8 @@ def render_report(
             "clusters", "Cluster curves" if res.clusters is not None else "Population curve",
             f'<p class="note">The {what} mean curve (line) with a band holding 95 % of the {what}\'s subject curves '
             "(light), the 95 % credible band of the mean curve itself from the posterior uncertainty of the "
-            f"{what}'s parameters (dark), over the raw data of the subjects assigned to it (grey).</p>" + _img(clusters_img, "cluster curves")
+            f"{what}'s parameters (dark), over the raw data of the subjects assigned to it (grey"
+            + (")" if res.sample_of is None else ", those of the sample") + ").</p>" + _img(clusters_img, "cluster curves")
             + (_cluster_table(res) if res.clusters is not None else "")))
     sections.append(_section(
         "examples", "Example subjects",
