@@ -1,4 +1,5 @@
-"""SQUAREM extrapolation of the global variational parameters (Varadhan and Roland 2008).
+"""SQUAREM extrapolation of the global variational parameters (Varadhan and Roland 2008), and
+Anderson-accelerated coordinate ascent of small global-only problems (:func:`ascend`).
 
 Coordinate ascent is a fixed-point map ``theta -> F(theta)`` on the global factors
 (local step, then every global update). In the long tail of a factor-analyser fit
@@ -175,45 +176,94 @@ class Squarem:
         self.max_step = self.initial_step
 
 
-def ascend(update, objective, start: Any, tol: float = 1e-10, max_iter: int = 500) -> tuple[Any, float]:
-    """Coordinate ascent ``x <- update(x)`` with SQUAREM jumps kept only where ``objective`` does not drop.
+def ascend(update, objective, start: Any, tol: float = 1e-10, max_iter: int = 2000, memory: int = 6) -> tuple[Any, float]:
+    """Coordinate ascent ``x <- update(x)`` accelerated by Anderson mixing, never lowering ``objective``.
 
-    For small global-only problems (no local step), e.g. the data-free component behind
-    the delete moves' comparison.
+    For small global-only problems (no local step), e.g. the data-free component behind the delete
+    moves' comparison, whose plain sweeps crawl for thousands of iterations (the hierarchical
+    half-Cauchy scales and the smoothing scales move each other a little at a time).
+
+    Each iteration maps the current point ``x`` (objective ``f``) to ``g = update(x)`` and mixes the
+    last ``memory`` + 1 points and their images (type-II Anderson acceleration, in the unconstrained
+    coordinates of :func:`to_unconstrained`): the combination of the images whose residuals
+    ``g - x`` have the least squared norm. One more sweep from that mixed point gives the candidate,
+    kept when its objective is at least ``f``; otherwise the plain ``g`` is taken and the history
+    restarts from it. So the objective never drops, and where mixing never helps this is plain
+    coordinate ascent at one extra sweep per step.
 
     Parameters
     ----------
     update : callable, one full coordinate-ascent sweep (never lowers ``objective``).
     objective : callable, the ELBO of a parameter tree.
     start : the starting parameters (a tree :func:`to_unconstrained` understands).
-    tol : stop when the objective changes by less than ``tol * max(1, |objective|)``.
+    tol : stop when a step changes the objective by less than ``tol * max(1, |objective|)``.
     max_iter : most sweeps.
+    memory : past steps mixed.
 
     Returns
     -------
     The final parameters and their objective.
     """
-    state = Squarem()
-    x0, f0 = start, objective(start)
-    for _ in range(max(1, max_iter // 2)):
-        x1 = update(x0)
-        x2 = update(x1)
-        f2 = objective(x2)
-        nxt, fn = x2, f2
-        got = squarem_point(*(to_unconstrained(x) for x in (x0, x1, x2)), state.max_step)
-        if got is not None and all(np.all(np.isfinite(u)) for u in got[0]):
-            try:
-                cand = from_unconstrained(x2, got[0])
-                fc = objective(cand)
-            except (FloatingPointError, np.linalg.LinAlgError, ValueError):
-                fc = -np.inf
-            if np.isfinite(fc) and fc >= f2:
-                nxt, fn = cand, fc
-                state.accept(got[1])
-            else:
-                state.reject()
-        done = abs(fn - f0) < tol * max(1.0, abs(fn))
-        x0, f0 = nxt, fn
+    x = update(start)
+    f = objective(x)
+    template = x
+    u, shapes = _flat(x)
+    g = update(x)
+    points, images = [u], [_flat(g)[0]]
+    sweeps = 2
+    while sweeps < max_iter:
+        cand, fc = None, -np.inf
+        if len(points) >= 2:
+            mixed = _anderson_mix(np.array(points), np.array(images))
+            if mixed is not None:
+                try:  # a mixed point far out (a scale's log beyond exp's range) is refused, not warned about
+                    with np.errstate(all="ignore"):
+                        cand = update(_unflat(template, mixed, shapes))
+                        fc = objective(cand) if np.all(np.isfinite(_flat(cand)[0])) else -np.inf
+                except (FloatingPointError, np.linalg.LinAlgError, ValueError, OverflowError):
+                    cand, fc = None, -np.inf
+                sweeps += 1
+        if cand is not None and np.isfinite(fc) and fc >= f:
+            x, f_new = cand, fc
+        else:  # the plain sweep; the mixing restarts from it
+            x, f_new = g, objective(g)
+            points, images = points[-1:], images[-1:]
+        done = abs(f_new - f) < tol * max(1.0, abs(f_new))
+        f = f_new
         if done:
             break
-    return x0, f0
+        g = update(x)
+        sweeps += 1
+        points.append(_flat(x)[0])
+        images.append(_flat(g)[0])
+        if len(points) > memory + 1:
+            points.pop(0)
+            images.pop(0)
+    return x, f
+
+
+def _flat(params: Any) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """The unconstrained leaves of ``params`` as one vector, and the leaves' shapes."""
+    leaves = to_unconstrained(params)
+    return np.concatenate([np.ravel(a) for a in leaves]), [np.shape(a) for a in leaves]
+
+
+def _unflat(template: Any, vector: np.ndarray, shapes: list[tuple[int, ...]]) -> Any:
+    """The tree shaped like ``template`` from a vector of :func:`_flat`."""
+    leaves, at = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape, dtype=int))
+        leaves.append(vector[at:at + n].reshape(shape))
+        at += n
+    return from_unconstrained(template, leaves)
+
+
+def _anderson_mix(points: np.ndarray, images: np.ndarray) -> np.ndarray | None:
+    """Type-II Anderson mixing of iterates ``points`` (k, n) and their images ``images`` (k, n): the last
+    image minus the differences of the images weighted by the least-squares fit of the differences of the
+    residuals to the last residual; None when that fit is not finite."""
+    resid = images - points
+    d_resid, d_images = np.diff(resid, axis=0), np.diff(images, axis=0)
+    gamma = np.linalg.lstsq(d_resid.T, resid[-1], rcond=None)[0]
+    mixed = images[-1] - gamma @ d_images
+    return mixed if np.all(np.isfinite(mixed)) else None
