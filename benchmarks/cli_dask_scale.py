@@ -8,7 +8,8 @@ Run: a ``LocalCluster`` of ``--workers`` processes (one thread each) is started 
 ``dmlmm fit DIR --dask <its address> --components K --n-basis B --transform none --out OUT`` (by default
 K = 2,1 and B = 10, the settings of ``dask_scale.py``'s runs, to set the two side by side) runs as a
 child process (the driver). Measured: its wall time (and the fit's, from its summary); its peak RSS
-(the driver collects the per-subject tables and writes clusters.csv and model.dmlmm); every worker's
+(the driver collects the per-subject tables and writes clusters.csv and model.dmlmm, then brings the rows of
+``--sample`` subjects for trajectories.csv and report.html); every worker's
 peak memory (reported to the scheduler, sampled every 0.5 s, and each process's VmHWM at the end);
 the outputs' sizes; and the ARI of ``cluster_layer1`` in clusters.csv against the true groups.
 
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="6GB")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scattered", action="store_true")
+    ap.add_argument("--sample", type=int, default=None,
+                    help="--sample of dmlmm fit (curves of that many subjects; default: the command's, 1,000)")
     args = ap.parse_args()
 
     from distributed import Client, LocalCluster
@@ -83,7 +86,7 @@ def main() -> None:
             monitor.start()
             cmd = [str(dmlmm), "fit", str(work / "visits"), "--dask", cluster.scheduler_address, "--components",
                    args.components, "--n-basis", str(args.basis), "--transform", "none", "--seed", str(args.seed),
-                   "--out", str(work / "out")]
+                   *([] if args.sample is None else ["--sample", str(args.sample)]), "--out", str(work / "out")]
             t0 = time.perf_counter()
             run = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - t0
@@ -99,7 +102,10 @@ def main() -> None:
             "subjects": args.subjects, "observations": int(10 * args.subjects), "basis": args.basis,
             "workers": args.workers, "scattered": args.scattered, "parquet_write_s": round(write_s, 1),
             "command": " ".join(cmd[1:3] + ["--dask", "ADDRESS"] + cmd[5:-2]),
-            "wall_s": round(wall, 1), "fit_s": fit_seconds(run.stdout), "peak_driver_rss_bytes": int(driver_rss),
+            "wall_s": round(wall, 1), "fit_s": fit_seconds(run.stdout), "sample": args.sample,
+            "curves_drawn": (pd.read_csv(work / "out" / "trajectories.csv", usecols=["subject"])["subject"].nunique()
+                             if (work / "out" / "trajectories.csv").exists() else 0),
+            "peak_driver_rss_bytes": int(driver_rss),
             "peak_worker_memory_reported_bytes": {k: int(v) for k, v in reported.items()},
             "peak_worker_rss_bytes": {k: int(v) for k, v in rss.items()},
             "output_bytes": {p.name: p.stat().st_size for p in (work / "out").iterdir()},
@@ -110,7 +116,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
-    name = f"cli_dask_scale_{args.subjects}{'_scattered' if args.scattered else ''}.json"
+    name = (f"cli_dask_scale_{args.subjects}{'_scattered' if args.scattered else ''}"
+            f"{'' if args.sample is None else f'_sample{args.sample}'}.json")
     result["components"] = args.components
     (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

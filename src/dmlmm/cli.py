@@ -589,7 +589,7 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
         _print_summary(model, res, out, written, time.perf_counter() - t0,
                        outputs="clusters and trajectories" if sample else "predictions")
         drawn = ("--sample 0: no curves drawn" if not sample else
-                 f"trajectories.csv{' and report.html' if report else ''} draw the curves of "
+                 ("trajectories.csv and report.html draw" if report else "trajectories.csv draws") + " the curves of "
                  + ("every subject" if len(labels) == len(clusters) else
                     f"{len(labels):,} subjects drawn at random within each cluster (--sample {sample}, --seed {seed})"))
         click.echo(DASK_OUTPUTS_NOTE.format(drawn=drawn, total=len(clusters), model=out / "model.dmlmm"))
