@@ -573,8 +573,9 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
             if sample:
                 labels = sample_subjects(clusters.set_index(cols["subject"])["cluster"], sample, seed)
                 frame = sample_rows(ddf, cols["subject"], labels, client)
-            if sample and dropna:  # the rows the fit dropped (it said how many)
-                frame = frame.dropna(subset=needed, ignore_index=True)
+            if sample and dropna:  # the rows the fit dropped (it said how many), as the in-memory outputs drop them
+                frame = _clean(frame, [cols["subject"], cols["time"], cols["response"]]
+                               + _covariate_columns(cols["covariates"], cols["time"])).reset_index(drop=True)
         if sample:
             more, res = write_sample_outputs(model, frame, folder.staging, list(meta.columns), n_total=len(clusters),
                                              seed=seed, interval=interval, report=report, title=f"dmlmm: {_name(data)}",
