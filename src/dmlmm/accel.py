@@ -219,14 +219,15 @@ def ascend(update, objective, start: Any, tol: float = 1e-10, max_iter: int = 20
                 try:  # a mixed point far out (a scale's log beyond exp's range) is refused, not warned about
                     with np.errstate(all="ignore"):
                         cand = update(_unflat(template, mixed, shapes))
-                        fc = objective(cand) if np.all(np.isfinite(_flat(cand)[0])) else -np.inf
+                        u_cand = _flat(cand)[0]
+                        fc = objective(cand) if np.all(np.isfinite(u_cand)) else -np.inf
                 except (FloatingPointError, np.linalg.LinAlgError, ValueError, OverflowError):
                     cand, fc = None, -np.inf
                 sweeps += 1
         if cand is not None and np.isfinite(fc) and fc >= f:
-            x, f_new = cand, fc
-        else:  # the plain sweep; the mixing restarts from it
-            x, f_new = g, objective(g)
+            x, f_new, u = cand, fc, u_cand
+        else:  # the plain sweep (its vector is the last image); the mixing restarts from it
+            x, f_new, u = g, objective(g), images[-1]
             points, images = points[-1:], images[-1:]
         done = abs(f_new - f) < tol * max(1.0, abs(f_new))
         f = f_new
@@ -234,7 +235,7 @@ def ascend(update, objective, start: Any, tol: float = 1e-10, max_iter: int = 20
             break
         g = update(x)
         sweeps += 1
-        points.append(_flat(x)[0])
+        points.append(u)
         images.append(_flat(g)[0])
         if len(points) > memory + 1:
             points.pop(0)

@@ -559,8 +559,8 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
     from .distributed.fit import fit_dask
 
     spec = parse_scheduler(scheduler)
-    needed = [cols["subject"], cols["time"], cols["response"]] + _covariate_columns(cols["covariates"], cols["time"])
-    needed += list(model.membership_covariates or [])
+    fitted = [cols["subject"], cols["time"], cols["response"]] + _covariate_columns(cols["covariates"], cols["time"])
+    needed = fitted + list(model.membership_covariates or [])
     ddf = read_dask_frame(data, cols["subject"])
     meta = ddf._meta.reset_index() if ddf._meta.index.name is not None else ddf._meta
     check_columns(meta, needed)
@@ -574,8 +574,7 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
                 labels = sample_subjects(clusters.set_index(cols["subject"])["cluster"], sample, seed)
                 frame = sample_rows(ddf, cols["subject"], labels, client)
             if sample and dropna:  # the rows the fit dropped (it said how many), as the in-memory outputs drop them
-                frame = _clean(frame, [cols["subject"], cols["time"], cols["response"]]
-                               + _covariate_columns(cols["covariates"], cols["time"])).reset_index(drop=True)
+                frame = _clean(frame, fitted).reset_index(drop=True)
         if sample:
             more, res = write_sample_outputs(model, frame, folder.staging, list(meta.columns), n_total=len(clusters),
                                              seed=seed, interval=interval, report=report, title=f"dmlmm: {_name(data)}",

@@ -157,9 +157,14 @@ def by_subject(ddf: Any, subject: str, client: Any) -> Any:
     return client.persist(ddf.shuffle(on=subject, npartitions=ddf.npartitions))  # once, not at every pass of the fit
 
 
+def _subject_keys(part: Any, subject: str) -> Any:
+    """One partition's subject label per row: its index where the subject is the index, else its column."""
+    return part.index if part.index.name == subject else part[subject]
+
+
 def _distinct_labels(part: Any, subject: str) -> Any:
     """The distinct subject labels of one partition (a Series), from its column or its index."""
-    labels = part.index if part.index.name == subject else part[subject]
+    labels = _subject_keys(part, subject)
     return pd.Series(pd.unique(labels.to_numpy()), dtype=labels.dtype)
 
 
@@ -232,8 +237,7 @@ def sample_rows(ddf: Any, subject: str, labels: np.ndarray, client: Any) -> pd.D
 
 def _rows_of(part: pd.DataFrame, subject: str, labels: np.ndarray) -> pd.DataFrame:
     """The rows of one partition whose subject (a column or the index) is among ``labels``."""
-    keys = part.index if part.index.name == subject else part[subject]
-    return part[np.asarray(keys.isin(labels))]
+    return part[np.asarray(_subject_keys(part, subject).isin(labels))]
 
 
 def write_sample_outputs(model: Any, frame: pd.DataFrame, folder: Path, input_columns: list, *, n_total: int,
