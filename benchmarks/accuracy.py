@@ -136,6 +136,9 @@ def fitted_facts(model) -> dict:
     cov = getattr(getattr(model, "prior_", None), "covariance", None)
     if cov is not None:  # the mixtures' covariance kept ("auto" chooses it)
         out["covariance"] = cov
+    order = getattr(getattr(model, "prior_", None), "loading_order", None)
+    if order is not None:  # the deep mixture's loading order kept ("auto" chooses it)
+        out["loading_order"] = float(order)
     by = getattr(model, "sigma2_by_cluster_", None)
     if by is not None and getattr(model, "noise", "shared") != "shared":
         out["sigma2_by_cluster"] = [float(v) for v in by]
