@@ -862,6 +862,37 @@ def test_cli_fit_on_dask_writes_what_the_in_memory_fit_writes(client, dgp1_frame
                                   rtol=1e-7, atol=1e-9)
 
 
+def test_cli_dask_dropna_keeps_a_row_whose_membership_value_is_missing(client, dgp1_frame, tmp_path):
+    """A baseline membership covariate missing at one later visit: --dropna cleans the rows on the model's
+    columns, so that visit stays in the fit and in trajectories.csv on Dask as in memory (the subject's
+    baseline comes from its other visits)."""
+    df, _ = _membership_frame(dgp1_frame)
+    df = df.rename(columns={"age": "base"}).drop(columns="sex")
+    who = df["subject"].iloc[0]
+    last = df.index[df["subject"] == who][-1]
+    df.loc[last, "base"] = np.nan
+    df.loc[df.index[df["subject"] == df["subject"].iloc[-1]][1], "y"] = np.nan  # a missing response: dropped alike
+    df.to_csv(tmp_path / "d.csv", index=False)
+    folder = tmp_path / "visits"
+    folder.mkdir()
+    rows = df.set_index("subject")
+    rows.iloc[::2].to_parquet(folder / "a.parquet")
+    rows.iloc[1::2].to_parquet(folder / "b.parquet")
+    opts = [*CLI_FAST, "--membership-covariates", "base", "--max-iter", "40", "--dropna", "-q"]
+    r = _cli("fit", folder, *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
+    assert r.exit_code == 0, r.output
+    r = _cli("fit", tmp_path / "d.csv", *opts, "--jobs", "1", "--out", tmp_path / "mem")
+    assert r.exit_code == 0, r.output
+    for name, keys in (("clusters.csv", ["subject"]), ("trajectories.csv", ["subject", "time"])):
+        got, want = (pd.read_csv(tmp_path / f / name).sort_values(keys, ignore_index=True) for f in ("dask", "mem"))
+        pd.testing.assert_frame_equal(got, want, rtol=1e-7, atol=1e-9)
+    traj = pd.read_csv(tmp_path / "dask" / "trajectories.csv")
+    mine = traj[traj["subject"] == who]
+    t_last = df.loc[last, "time"]
+    assert t_last > df.loc[df["subject"] == who, "time"].drop(last).max()  # the visit kept is the subject's last:
+    assert (mine["beyond_last_visit"] == (mine["time"] > t_last)).all()  # its curve is marked beyond it only
+
+
 def test_rows_of_a_subject_in_two_partitions_are_brought_together(client, dgp1_frame):
     from dmlmm.cli_dask import by_subject
 
