@@ -18,7 +18,7 @@ demo: venv
 	$(VENV)/bin/dmlmm demo --out $(OUT) --overwrite
 
 test: venv
-	$(PY) -m pytest tests -n 2
+	$(PY) -m pytest tests -n 2 --dist loadscope
 
 bench: venv
 	$(PY) -m pip install --quiet -e ".[bench]"
