@@ -573,8 +573,8 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
             if sample:
                 labels = sample_subjects(clusters.set_index(cols["subject"])["cluster"], sample, seed)
                 frame = sample_rows(ddf, cols["subject"], labels, client)
-            if sample and dropna:  # the rows the fit dropped (it said how many), as the in-memory outputs drop them
-                frame = _clean(frame, fitted).reset_index(drop=True)
+                if dropna:  # the rows the fit dropped (it said how many), as the in-memory outputs drop them
+                    frame = _clean(frame, fitted).reset_index(drop=True)
         if sample:
             more, res = write_sample_outputs(model, frame, folder.staging, list(meta.columns), n_total=len(clusters),
                                              seed=seed, interval=interval, report=report, title=f"dmlmm: {_name(data)}",

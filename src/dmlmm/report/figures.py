@@ -122,8 +122,11 @@ def fig_clusters(res: FitResults, max_panels: int = 12) -> str | None:
         ax.plot(c["time"], c["mean"], color=col, linewidth=2.4)
         ax.set_ylim(*_ylim(res, curves["mean"].to_numpy()))
         size = members["subject"].nunique()
-        title = "Population curve" if lab is None else f"Cluster {k}: {size} subject{'s' if size != 1 else ''}"
-        if lab is not None and res.sample_of is not None:  # the data are a sample: the cluster's size, and those drawn
+        if lab is None:
+            title = "Population curve"
+        elif res.sample_of is None:
+            title = f"Cluster {k}: {size} subject{'s' if size != 1 else ''}"
+        else:  # the data are a sample: the cluster's size, and those drawn
             title = f"Cluster {k}: {int((lab == k).sum()):,} subjects ({size} drawn)"
         _style(ax, res.names["time"] if i // ncol == nrow - 1 else None,
                res.names["response"] if i % ncol == 0 else None, title)
