@@ -141,3 +141,60 @@ def test_a_non_finite_check_elbo_is_a_numerical_error(dgp1_1200, monkeypatch):
     with pytest.raises(NumericalError, match=r"broke down at iteration 15: the check ELBO became nan \(last finite "
                                              r"ELBO: -?[0-9.e+]+ at iteration 10\)"):
         _fit(_deep(batch_size=100), dgp1_1200.data.loc[dgp1_1200.data.subject < 600])
+
+
+def test_lost_clusters_counts_the_warm_start_shares_of_components_that_went():
+    from dmlmm.inference.stochastic import lost_clusters
+
+    counts = np.array([600.0, 20.0, 380.0, 4.0])
+    assert lost_clusters(counts, np.array([0, 2, 3]), 1000, 0.005).tolist() == [0.02]
+    assert lost_clusters(counts, np.array([0]), 1000, 0.005).tolist() == [0.38, 0.02]  # 0.004 is within tol
+    assert lost_clusters(counts, np.arange(4), 1000, 0.005).size == 0
+
+
+def test_a_cluster_emptied_after_the_warm_start_is_not_reported_as_converged(dgp1_1200, monkeypatch):
+    """The settle rule compares consecutive checks: a cluster whose subjects drain away a few at a time can pass
+    it. Here the stochastic phase is made to empty the warm start's smaller cluster outright (its assignments
+    then recomputed, so that the settle rule and the full passes see nothing move): the fit ends with one
+    cluster, says which share of the warm start's subjects it lost, and converged_ is False."""
+    import dmlmm.inference.stochastic as stochastic
+    from dmlmm.exceptions import ConvergenceWarning, EmptyComponentWarning
+    from dmlmm.inference.engine import prune_params
+    from dmlmm.models.base import VariationalLongitudinalModel
+
+    monkeypatch.setattr(VariationalLongitudinalModel, "_stochastic_settings",
+                        lambda self: StochasticSettings(subsample=300))
+    original, warm_shares = stochastic._natural_gradient_phase, []
+
+    def empties_the_smaller_cluster(stats, prior, params, config, settings, check_idx, rng, callback):
+        phase = original(stats, prior, params, config, settings, check_idx, rng, callback)
+        counts = phase.prior.layer_counts(phase.params.prior)
+        assert len(counts[0]) == 2  # the two true groups survive the phase untouched
+        warm_shares.extend(prior.layer_counts(params.prior)[0] / stats.n_subjects)  # rescaled to N: shares
+        keep = [np.ones(len(c), dtype=bool) for c in counts]
+        keep[0][np.argmin(counts[0])] = False
+        phase.prior, pp = phase.prior.prune(phase.params.prior, keep)
+        phase.params = prune_params(phase.params, pp, keep)
+        phase.kept = [k[m] for k, m in zip(phase.kept, keep)]
+        check = stats.subset(check_idx)
+        phase.labels = stochastic._check(check, check_idx, stats.n_subjects, phase.prior, phase.params, config)[0]
+        return phase
+
+    monkeypatch.setattr(stochastic, "_natural_gradient_phase", empties_the_smaller_cluster)
+    m = _deep(batch_size=200)
+    with pytest.warns(ConvergenceWarning, match="stochastic fit did not settle") as said:
+        m.fit(dgp1_1200.data.loc[dgp1_1200.data.subject < 1000])
+    text = [str(w.message) for w in said if "did not settle" in str(w.message)]
+    assert len(text) == 1
+    lost = min(warm_shares)
+    assert 0.2 < lost < 0.8  # DGP 1's smaller group
+    assert (f"the minibatch steps emptied 1 of the 2 clusters that its warm start on 300 subjects kept, holding "
+            f"{lost:.1%} of them" in text[0])
+    assert text[0].endswith("increase max_iter or batch_size, or fit full batch (batch_size='full')")
+    assert "used its budget" not in text[0] and "full passes moved" not in text[0]
+    assert m.n_components_[0] == 1 and not m.converged_
+    # the one-cluster warning says the minibatch steps emptied the others, not that the warm start saw one
+    empty = [str(w.message) for w in said if issubclass(w.category, EmptyComponentWarning)]
+    assert empty == ["all first-layer components but one ended empty and were pruned: this minibatch fit's warm "
+                     "start on 300 of the 1000 subjects kept 2, and the minibatch steps emptied the others; a full-batch "
+                     "fit (batch_size='full') or larger minibatches may keep them"]

@@ -122,8 +122,9 @@ class VIResult:
     kept: list[np.ndarray] | None = None
     moves: int = 0
     gave_up: bool = False  # stopped by ``config.give_up_below`` (and so not converged)
-    # a minibatch fit: (subjects of its full-batch warm start, all subjects); None for a full-batch fit
-    warm_start: tuple[int, int] | None = None
+    # a minibatch fit: (subjects of its full-batch warm start, all subjects, first-layer components the warm
+    # start kept); None for a full-batch fit
+    warm_start: tuple[int, ...] | None = None
 
 
 def noise_moments(params: VariationalParams, n_fixed: int, path_components: np.ndarray | None = None) -> NoiseMoments:

@@ -28,8 +28,11 @@ runs in four stages:
    subjects at the final globals.
 
 ``converged`` is reported only when stage 3 stopped by its rule (not by its
-iteration budget) and the full passes changed the most probable path of at
-most ``label_tol`` of the check subset.
+iteration budget), the full passes changed the most probable path of at
+most ``label_tol`` of the check subset, and no first-layer component that
+held more than ``label_tol`` of the warm start's subjects was emptied after
+it (:func:`lost_clusters`): the settle rule compares consecutive checks, so
+a cluster whose subjects drain away a few at a time would pass it.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ from .subject_scales import SubjectScales, optimal_scales
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["StochasticSettings", "settled", "label_change", "rescale", "run_vi_stochastic", "all_subject_scales"]
+__all__ = ["StochasticSettings", "settled", "label_change", "lost_clusters", "rescale", "run_vi_stochastic",
+           "all_subject_scales"]
 
 
 @dataclass(frozen=True)
@@ -278,6 +282,27 @@ def _natural_gradient_phase(
     return _Phase(prior, params, it, done, history, labels, kept, pruned_at)
 
 
+def lost_clusters(warm_counts: np.ndarray, survivors: np.ndarray, n_sub: int, tol: float) -> np.ndarray:
+    """Shares of the warm start's subjects in the first-layer components that did not survive the later stages.
+
+    Parameters
+    ----------
+    warm_counts : (K,) expected numbers of the warm start's ``n_sub`` subjects in its first-layer components.
+    survivors : (K',) the positions among those K of the components left at the end.
+    tol : shares up to this are not counted (a component the warm start barely used may go).
+
+    Returns
+    -------
+    (m,) the shares above ``tol`` of the components that went, largest first.
+
+    >>> lost_clusters(np.array([600.0, 380.0, 20.0]), np.array([0]), 1000, 0.005)
+    array([0.38, 0.02])
+    """
+    gone = np.setdiff1d(np.arange(len(warm_counts)), np.asarray(survivors, dtype=int))
+    share = np.sort(np.asarray(warm_counts, dtype=float)[gone] / n_sub)[::-1]
+    return share[share > tol]
+
+
 def run_vi_stochastic(
     stats: SufficientStats,
     prior: RandomEffectsPrior,
@@ -345,12 +370,21 @@ def run_vi_stochastic(
     comps = final.prior.path_components()[final.local.resp[check_idx].argmax(axis=1)]
     after = np.stack([k[comps[:, l]] for l, k in enumerate(final.kept)], axis=1)  # in the phase's numbering
     moved = float(np.mean((before != after).any(axis=1)))
-    converged = phase.settled and moved <= settings.label_tol
+    lost = lost_clusters(prior.layer_counts(warm.params.prior)[0], phase.kept[0][final.kept[0]], n_sub,
+                         settings.label_tol)
+    converged = phase.settled and moved <= settings.label_tol and len(lost) == 0
     if not converged:
-        why = "the stochastic phase used its budget" if not phase.settled else \
-            f"the full passes moved {moved:.1%} of the check subjects to another cluster"
+        why = []
+        if not phase.settled:
+            why.append("the stochastic phase used its budget")
+        elif moved > settings.label_tol:
+            why.append(f"the full passes moved {moved:.1%} of the check subjects to another cluster")
+        if len(lost):
+            why.append(f"the minibatch steps emptied {len(lost)} of the {len(warm.kept[0])} clusters that its warm "
+                       f"start on {n_sub} subjects kept, holding {', '.join(f'{x:.1%}' for x in lost)} of them")
         warnings.warn(
-            f"the stochastic fit did not settle ({why}); increase max_iter or batch_size",
+            f"the stochastic fit did not settle ({'; '.join(why)}); increase max_iter or batch_size"
+            + (", or fit full batch (batch_size='full')" if len(lost) else ""),
             ConvergenceWarning, stacklevel=3,
         )
     kept0 = [w[p] for w, p in zip(warm.kept, phase.kept)]
@@ -360,5 +394,5 @@ def run_vi_stochastic(
     final.moves = warm.moves
     final.converged = converged
     final.elbo_history = phase.history + list(final.elbo_history)
-    final.warm_start = (n_sub, N)
+    final.warm_start = (n_sub, N, len(warm.kept[0]))
     return final

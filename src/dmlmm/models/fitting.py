@@ -166,22 +166,28 @@ def keep_best_scale(fits: list[ScaleFit], refused: list[tuple[str | None, DataEr
 
 
 def collapse_message(requested_first: int, kept: tuple[int, ...], n_paths: int,
-                     warm_start: tuple[int, int] | None = None) -> str | None:
+                     warm_start: tuple[int, ...] | None = None) -> str | None:
     """The warning for a first layer pruned to one component from ``requested_first`` > 1, else None.
 
     ``kept``: the components left per layer; ``n_paths``: the clusters (paths) left. With one path
     every subject is in one cluster; with more, the clusters differ in the deeper layers only
     (``labels_``), while ``groups_`` and the per-group residual variances have one group.
-    ``warm_start``: a minibatch fit's (warm-start subjects, all subjects) (:attr:`VIResult.warm_start`):
-    where the warm start saw fewer than all subjects, the message says that the structure was decided on
-    those (a stochastic fit creates no cluster after its warm start) and how to look at more of them.
+    ``warm_start``: a minibatch fit's (warm-start subjects, all subjects[, first-layer components the warm
+    start kept]) (:attr:`VIResult.warm_start`): where the warm start saw fewer than all subjects, the message
+    says that the structure was decided on those (a stochastic fit creates no cluster after its warm start)
+    and how to look at more of them; where the warm start kept several components, that the minibatch steps
+    emptied the others.
     """
     if requested_first <= 1 or kept[0] != 1:
         return None
+    said = "all first-layer components but one ended empty and were pruned: "
+    if warm_start is not None and len(warm_start) > 2 and warm_start[2] > 1:
+        return said + (f"this minibatch fit's warm start on {warm_start[0]} of the {warm_start[1]} subjects kept "
+                       f"{warm_start[2]}, and the minibatch steps emptied the others; a full-batch fit "
+                       "(batch_size='full') or larger minibatches may keep them")
     saw = None  # who decided the structure, where a minibatch fit's warm start saw only some subjects
     if warm_start is not None and warm_start[0] < warm_start[1]:
         saw = f"the {warm_start[0]} of the {warm_start[1]} subjects that this minibatch fit's warm start saw"
-    said = "all first-layer components but one ended empty and were pruned: "
     if n_paths <= 1:
         said += f"{saw or 'the data'} show no cluster structure this model can support (every subject is in one cluster)"
     else:
