@@ -99,6 +99,10 @@ def test_settle_rule_waits_for_the_assignments():
     assert not settled([1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [-1000.0, -1000, -1000, -1000, -999.0, -998.0], s)
     # never before min_checks
     assert not settled([0.0, 0.0, 0.0], [-1000.0] * 3, s)
+    # a check ELBO near zero: its change is taken against the floor (elbo_floor), not against |ELBO| alone
+    near_zero = [-5.0, -2.0, -0.41, -0.40, -0.39, -0.38]  # smoothed change 0.02 against |ELBO| 0.385
+    assert not settled([0.0] * 6, near_zero, s)
+    assert settled([0.0] * 6, near_zero, s, floor=500.0)  # 0.02 <= 1e-4 * 500
 
 
 def test_label_change():

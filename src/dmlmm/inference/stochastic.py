@@ -55,6 +55,7 @@ from .engine import (
     VIResult,
     breakdown_message,
     check_sizes_finite,
+    elbo_floor,
     elbo_globals,
     local_step_with_scales,
     membership_terms,
@@ -121,7 +122,7 @@ def label_change(previous: np.ndarray | None, current: np.ndarray) -> float:
     return float(np.mean(previous != current))
 
 
-def settled(changes: list[float], elbos: list[float], settings: StochasticSettings) -> bool:
+def settled(changes: list[float], elbos: list[float], settings: StochasticSettings, floor: float = 0.0) -> bool:
     """The stopping rule of the stochastic phase, from the history of checks.
 
     Parameters
@@ -129,6 +130,8 @@ def settled(changes: list[float], elbos: list[float], settings: StochasticSettin
     changes : fraction of check subjects whose most probable path changed at each check (:func:`label_change`).
     elbos : check ELBO at each check (same length).
     settings : StochasticSettings (``min_checks``, ``patience``, ``label_tol``, ``window``, ``elbo_tol``).
+    floor : the smallest |ELBO| that the relative change is taken against (:func:`~dmlmm.inference.engine.elbo_floor`
+        of all subjects: the check ELBO speaks for all of them).
 
     Returns
     -------
@@ -142,7 +145,7 @@ def settled(changes: list[float], elbos: list[float], settings: StochasticSettin
         return False
     recent = float(np.mean(elbos[-w:]))
     before = float(np.mean(elbos[-2 * w:-w]))
-    return abs(recent - before) <= settings.elbo_tol * max(abs(recent), 1e-12)
+    return abs(recent - before) <= settings.elbo_tol * max(abs(recent), floor, 1e-12)
 
 
 def rescale(
@@ -236,6 +239,7 @@ def _natural_gradient_phase(
     batch = int(min(config.batch_size or N, N))
     observation_factor(stats)  # computed once here (if it pays) rather than for every minibatch's subset
     check = stats.subset(check_idx)
+    floor = elbo_floor(stats)
     kept = [np.arange(len(c)) for c in prior.layer_counts(params.prior)]
     labels, elbo = _check(check, check_idx, N, prior, params, config)
     changes: list[float] = []
@@ -276,7 +280,7 @@ def _natural_gradient_phase(
         labels = new_labels
         if callback is not None:
             callback(it, elbo)
-        if settled(changes, elbos, settings):
+        if settled(changes, elbos, settings, floor):
             done = True
             break
     return _Phase(prior, params, it, done, history, labels, kept, pruned_at)
