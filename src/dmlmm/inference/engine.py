@@ -610,7 +610,7 @@ def elbo_floor(stats) -> float:
     between about -2.5 and +1.5 nats; on the accuracy harness every fit outside DGP 2 lies at least 0.43 nats
     from zero, but DGP 2's deep mixtures lie within 0.2 of it, and one of them (the research settings, seed 3,
     ELBO -4.2 over 1,767 observations) used all of ``max_iter = 1000`` without converging. With this floor
-    it converges at the same optimum (measured: docs/models.md, "When the iterations stop")."""
+    it converges at the same optimum (docs/models.md, "Variational inference in plain words", the stopping rule)."""
     n_obs = stats.n_obs if isinstance(stats, SufficientStats) else stats.n_obs()
     return ELBO_FLOOR_PER_OBS * float(np.sum(n_obs))
 
