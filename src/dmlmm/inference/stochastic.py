@@ -374,8 +374,8 @@ def run_vi_stochastic(
     comps = final.prior.path_components()[final.local.resp[check_idx].argmax(axis=1)]
     after = np.stack([k[comps[:, l]] for l, k in enumerate(final.kept)], axis=1)  # in the phase's numbering
     moved = float(np.mean((before != after).any(axis=1)))
-    lost = lost_clusters(prior.layer_counts(warm.params.prior)[0], phase.kept[0][final.kept[0]], n_sub,
-                         settings.label_tol)
+    lost = lost_clusters(warm.prior.layer_counts(warm.params.prior)[0], phase.kept[0][final.kept[0]], n_sub,
+                         settings.label_tol)  # final.kept numbers the phase's components, phase.kept the warm start's
     converged = phase.settled and moved <= settings.label_tol and len(lost) == 0
     if not converged:
         why = []
