@@ -98,7 +98,8 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         Iteration cap of each optimiser run.
     tol : float
         ML/REML: tolerance on the projected gradient of ``-loglik / n`` (standardised scale).
-        VB: tolerance on the relative change of the ELBO (at most 1e-8 is used).
+        VB: tolerance on the relative change of the ELBO (at most 1e-8 is used), relative to |ELBO| but never
+        to less than 0.1 nats per observation.
     n_init : int
         ML/REML: optimiser runs, the first from lme4's default start, the others from the
         incumbent solution (the variational fit is one run: its ELBO has one optimum here). With

@@ -113,7 +113,8 @@ class MixtureLMM(VariationalLongitudinalModel):
         Results in ``membership_coefficients_``; new subjects' class probabilities before any
         visit from :meth:`membership_probabilities`. Delete moves are off with it. In memory or on a
         Dask frame (docs/dask.md).
-    max_iter, tol : stopping rule on the relative ELBO change.
+    max_iter, tol : stopping rule on the ELBO's gain per iteration relative to |ELBO|, never to less than 0.1 nats
+        per observation (the ELBO's origin is arbitrary: near zero a purely relative change never stops; docs/models.md).
     batch_size : "auto", "full" or int
         Full-batch coordinate ascent, or a stochastic fit with this minibatch size: a full-batch
         warm start on ``subsample`` subjects, natural-gradient steps until the clustering of a
