@@ -65,6 +65,11 @@ def shard_n_obs(shard) -> np.ndarray:
     return np.asarray(shard.stats.n_obs)
 
 
+def shard_total_obs(shard) -> int:
+    """The shard's observations, all subjects together."""
+    return int(np.sum(shard.stats.n_obs))
+
+
 def _unconstrained(scales: SubjectScales) -> list[np.ndarray]:
     return to_unconstrained(scales.q)
 

@@ -145,6 +145,7 @@ class DaskStats:
         self.scales = scales  # the subjects' residual scales that the local step weighs in (weighted())
         self.groups = groups  # and each path's noise group
         self._n_obs: np.ndarray | None = None
+        self._total_obs: int | None = None
 
     @property
     def n_subjects(self) -> int:
@@ -231,7 +232,7 @@ class DaskStats:
         ``scales``: each subject's weighted by E[1/v_i] on its worker (:func:`~.shard.shard_step`);
         ``groups`` (M,): each path's noise group."""
         view = DaskStats(self.client, self.shards, self._n, self._d, self._p, scales, groups)
-        view._n_obs = self._n_obs
+        view._n_obs, view._total_obs = self._n_obs, self._total_obs
         return view
 
     def update_scales(self, scales: sc.ShardedScales, local: DistributedLocal, w_mean: np.ndarray,
@@ -247,6 +248,14 @@ class DaskStats:
         :func:`~dmlmm.inference.engine.init_globals` in memory."""
         half = self.client.map(sc.start_half_rss, self.shards, b_parts, w=w, s2=float(s2), ridge=ridge, pure=False)
         return sc.settle(self.client, self.shards, half, df, learn_df, self.n_obs)
+
+    def total_obs(self) -> int:
+        """All subjects' observations, summed on the workers (the per-subject counts are not gathered for it)."""
+        if self._total_obs is None:
+            c = self.client
+            self._total_obs = (int(self._n_obs.sum()) if self._n_obs is not None else
+                               int(sum(c.gather(c.map(sc.shard_total_obs, self.shards, pure=False)))))
+        return self._total_obs
 
     def n_obs(self) -> np.ndarray:
         """Every subject's number of observations (N,), in the shards' order (gathered once)."""

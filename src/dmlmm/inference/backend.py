@@ -32,7 +32,7 @@ from .subject_scales import SubjectScales, half_rss, scales_elbo, update_scales,
 
 __all__ = ["StatsBackend", "ScalesBackend", "RemoteScales", "run_local_step", "active_paths", "fixed_sums",
            "residual_sums", "resp_change", "membership_sums_of", "supports_scales", "weighted_by", "updated_scales",
-           "scales_term"]
+           "scales_term", "total_obs"]
 
 
 class StatsBackend(Protocol):
@@ -65,6 +65,8 @@ class StatsBackend(Protocol):
     def active_paths(self, local: Any, threshold: float) -> Any: ...
 
     def resp_change(self, previous: Any, local: Any) -> float: ...
+
+    def total_obs(self) -> int: ...
 
     def fixed_sums(self, local: Any, s_path: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -173,6 +175,13 @@ def membership_sums_of(
     if isinstance(stats, SufficientStats):
         return membership_sums(stats.membership, first_layer_resp(local.resp, first), psi)
     return local.membership_sums
+
+
+def total_obs(stats: SufficientStats | StatsBackend) -> int:
+    """All subjects' observations: summed here, or by the backend where the per-subject counts are held."""
+    if isinstance(stats, SufficientStats):
+        return int(stats.n_obs.sum())
+    return stats.total_obs()
 
 
 def active_paths(stats: SufficientStats | StatsBackend, local, threshold: float):

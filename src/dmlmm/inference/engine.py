@@ -38,7 +38,7 @@ from ..accel import Squarem, from_unconstrained, squarem_point, to_unconstrained
 from ..expfam import LOG_2PI, Gaussian, InvGamma, blend, gaussian_entropy
 from ..priors.membership import MembershipPathWeights, membership_elbo, membership_from_sums, membership_prune
 from .backend import (StatsBackend, active_paths, fixed_sums, membership_sums_of, resp_change, residual_sums,
-                      run_local_step, scales_term, supports_scales, updated_scales, weighted_by)
+                      run_local_step, scales_term, supports_scales, total_obs, updated_scales, weighted_by)
 from .joint import joint_local_step
 from .local import LocalResult, NoiseMoments
 from .noise import empty_noise_cost, is_per_cluster, noise_elbo, noise_target, path_groups, take_groups
@@ -602,7 +602,7 @@ ELBO_FLOOR_PER_OBS = 0.1
 
 def elbo_floor(stats) -> float:
     """The smallest |ELBO| that the relative convergence test divides by: :data:`ELBO_FLOOR_PER_OBS` nats per
-    observation of ``stats`` (SufficientStats, or a StatsBackend with ``n_obs()``).
+    observation of ``stats`` (SufficientStats or a StatsBackend: :func:`~dmlmm.inference.backend.total_obs`).
 
     The ELBO's origin is arbitrary (a sum of log densities: a change of the response's units shifts it by
     n log(units)), so where a fit's ELBO crosses zero, a gain relative to |ELBO| grows without bound and no
@@ -611,8 +611,7 @@ def elbo_floor(stats) -> float:
     from zero, but DGP 2's deep mixtures lie within 0.2 of it, and one of them (the research settings, seed 3,
     ELBO -4.2 over 1,767 observations) used all of ``max_iter = 1000`` without converging. With this floor
     it converges at the same optimum (docs/models.md, "Variational inference in plain words", the stopping rule)."""
-    n_obs = stats.n_obs if isinstance(stats, SufficientStats) else stats.n_obs()
-    return ELBO_FLOOR_PER_OBS * float(np.sum(n_obs))
+    return ELBO_FLOOR_PER_OBS * total_obs(stats)
 
 
 def _rel_change(history: list[float], window: int = 1, floor: float = 0.0) -> float:
