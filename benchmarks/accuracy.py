@@ -34,7 +34,9 @@ or rendered later from the saved rows with ``--from-jsonl``):
     follow-up (50 points over [first visit, last visit]) leaves [min y - range/2, max y + range/2]
     (y: all training responses), fit seconds. Each model is also fitted to all of the data set, as a
     user would fit it (``--no-full-fit`` skips this): implausible subject curves and the range of the
-    cluster mean curves (issue 7's Blackmore report and target are about such a fit).
+    cluster mean curves (issue 7's Blackmore report and target are about such a fit). The held-out
+    visits other than the last are drawn with seed 0; ``--split-seeds 0 1 2 3 4`` repeats the part on
+    more splits (the all-data fits once) and the page adds a section comparing them split by split.
 
 ``--noise cluster`` fits every model with one residual variance per first-layer cluster
 (``noise="cluster"``) instead of the shared one; ``--noise auto`` fits both and keeps the one with
@@ -323,30 +325,36 @@ def real_predictions(model, train: pd.DataFrame, held: pd.DataFrame, n_grid: int
 
 
 def run_real(args, sink) -> None:
-    for name in args.datasets:
-        base = {"part": "real", "dataset": name}
-        try:
-            ds = accuracy_data.load(name)
-            train, held = accuracy_data.heldout_visits(ds.data, 0.2, random_state=0)
-        except Exception as exc:  # noqa: BLE001  (a missing data set is a row, not a crash)
-            for key in args.models:
-                emit({**base, "model": key, "error": f"loading: {type(exc).__name__}: {exc}"}, sink)
-            continue
-        lo, hi = ds.window
-        bounds = _plausible(train["y"].to_numpy())
-        last = held["subject"].map(ds.data.groupby("subject")["time"].max())
-        is_last = (held["time"] == last).to_numpy()
-        beyond = held["time"].to_numpy() > train["time"].max()
-        info = {
-            "kind": ds.kind, "source": ds.source, "columns": ds.columns, "transform": ds.transform,
-            "n_subjects": ds.n_subjects, "n_obs": ds.n_obs, "n_train": len(train), "n_held": len(held),
-            "n_held_last": int(is_last.sum()), "n_held_beyond_train": int(beyond.sum()),
-            "n_distinct_times": int(ds.data["time"].nunique()), "window": [lo, hi],
-            "visits_median": float(ds.data.groupby("subject").size().median()),
-            "plausible_bounds": list(bounds), "plausible_bounds_all": list(_plausible(ds.data["y"].to_numpy())),
-        }
-        for protocol in args.real_basis:
-            run_real_protocol(args, sink, protocol, {**base, **info}, ds, train, held, is_last)
+    for seed in args.split_seeds:
+        for name in args.datasets:
+            run_real_split(args, sink, name, seed)
+
+
+def run_real_split(args, sink, name: str, seed: int) -> None:
+    """One data set, one held-out split (``seed`` draws the held-out visits other than the last)."""
+    base = {"part": "real", "dataset": name, "split_seed": seed}
+    try:
+        ds = accuracy_data.load(name)
+        train, held = accuracy_data.heldout_visits(ds.data, 0.2, random_state=seed)
+    except Exception as exc:  # noqa: BLE001  (a missing data set is a row, not a crash)
+        for key in args.models:
+            emit({**base, "model": key, "error": f"loading: {type(exc).__name__}: {exc}"}, sink)
+        return
+    lo, hi = ds.window
+    bounds = _plausible(train["y"].to_numpy())
+    last = held["subject"].map(ds.data.groupby("subject")["time"].max())
+    is_last = (held["time"] == last).to_numpy()
+    beyond = held["time"].to_numpy() > train["time"].max()
+    info = {
+        "kind": ds.kind, "source": ds.source, "columns": ds.columns, "transform": ds.transform,
+        "n_subjects": ds.n_subjects, "n_obs": ds.n_obs, "n_train": len(train), "n_held": len(held),
+        "n_held_last": int(is_last.sum()), "n_held_beyond_train": int(beyond.sum()),
+        "n_distinct_times": int(ds.data["time"].nunique()), "window": [lo, hi],
+        "visits_median": float(ds.data.groupby("subject").size().median()),
+        "plausible_bounds": list(bounds), "plausible_bounds_all": list(_plausible(ds.data["y"].to_numpy())),
+    }
+    for protocol in args.real_basis:
+        run_real_protocol(args, sink, protocol, {**base, **info}, ds, train, held, is_last)
 
 
 def run_real_protocol(args, sink, protocol: str, base: dict, ds, train, held, is_last) -> None:
@@ -387,7 +395,8 @@ def run_real_protocol(args, sink, protocol: str, base: dict, ds, train, held, is
             row["n_curve_subjects"] = int(len(ext))
             row["curve_min"] = float(ext["curve_min"].min())
             row["curve_max"] = float(ext["curve_max"].max())
-        if args.full_fit and protocol == "window":  # all data: the window is the data's range
+        # all data (the window is the data's range): the same fit for every split, so once
+        if args.full_fit and protocol == "window" and base["split_seed"] == args.split_seeds[0]:
             with Guard(row, prefix="full_"):
                 full_fit(row, key, ds)
         emit(row, sink)
@@ -753,8 +762,50 @@ def render(rows: list[dict]) -> str:
     if "research" in set(df["part"]):
         lines += render_research(df[df.part == "research"].drop_duplicates("dgp", keep="last"))
     if "real" in set(df["part"]):
-        lines += render_real(df[df.part == "real"])
+        real = df[df.part == "real"]
+        seeds = real["split_seed"].fillna(0).astype(int) if "split_seed" in real else pd.Series(0, index=real.index)
+        lines += render_real(real[seeds == 0])
+        if seeds.nunique() > 1:
+            lines += render_splits(real.assign(split_seed=seeds))
     return "\n".join(lines)
+
+
+def render_splits(real: pd.DataFrame) -> list[str]:
+    """The real-data targets split by split (``--split-seeds``): one held-out split is one draw, and a
+    difference of a few hundredths per observation between two models can change sign with it."""
+    real = real[~real["dataset"].str.endswith(" / data range")]
+    last = real.drop_duplicates(["dataset", "split_seed", "model"], keep="last").set_index(["dataset", "split_seed", "model"])
+    seeds = sorted(real["split_seed"].unique())
+
+    def get(name, seed, model, col):
+        try:
+            v = last.loc[(name, seed, model), col]
+        except KeyError:
+            return None
+        return None if v is None or pd.isna(v) else float(v)
+
+    rows = []
+    for name in real["dataset"].drop_duplicates():
+        diffs = [None if get(name, s, "dmlmm", "heldout_per_obs") is None or get(name, s, "lmm", "heldout_per_obs") is None
+                 else get(name, s, "dmlmm", "heldout_per_obs") - get(name, s, "lmm", "heldout_per_obs") for s in seeds]
+        known = [d for d in diffs if d is not None]
+        covs = {m: [get(name, s, m, "coverage95") for s in seeds] for m in MODEL_KEYS}
+        inside = [f"{sum(c is not None and 0.90 <= c <= 0.98 for c in covs[m])}" if any(c is not None for c in covs[m])
+                  else "–" for m in MODEL_KEYS]
+        impl = [get(name, s, "dmlmm", "implausible_subjects") for s in seeds]
+        rows.append([str(name), " / ".join("–" if d is None else f"{d:+.3f}" for d in diffs),
+                     _fmt(np.mean(known)) if known else "–", f"{sum(d >= 0 for d in known)} of {len(known)}",
+                     " / ".join(_fmt(c) for c in covs["dmlmm"]), " / ".join(inside),
+                     " / ".join(_int(v) for v in impl)])
+    return ["### Across held-out splits", "",
+            f"The same protocol with the held-out visits other than the last drawn by seeds {', '.join(map(str, seeds))}",
+            "(`--split-seeds`; seed 0 is the split of the tables above; the last visits are held out in every split).",
+            "Per data set, split by split: the DMLMM's held-out log score per observation minus the Gaussian LMM's,",
+            "their mean and in how many splits the DMLMM's is at least the LMM's; the DMLMM's 95 % coverage; in how",
+            "many splits each model's coverage lies in [0.90, 0.98] (DMLMM / MLMM / Gaussian LMM); the DMLMM's",
+            "implausible curves (against the training responses' range).", ""] + _table(
+        ["data set", "DMLMM − LMM log score / obs, by split", "mean", "DMLMM >= LMM", "DMLMM coverage 95 %, by split",
+         "coverage in range (DMLMM / MLMM / LMM)", "DMLMM implausible, by split"], rows) + [""]
 
 
 # --------------------------------------------------------------------------- driver
@@ -804,6 +855,9 @@ def main(argv=None) -> None:
                     help="residual variances of every model: one shared (default), one per first-layer cluster, or the better by the ELBO")
     ap.add_argument("--noise-df", default=None, type=lambda v: None if v == "none" else (v if v == "auto" else float(v)),
                     help="subject-level residual scales of every model: none (default), auto or a number (noise_df)")
+    ap.add_argument("--split-seeds", type=int, nargs="+", default=[0],
+                    help="real data: seeds of the held-out visits other than the last, one split each (default 0, the "
+                         "split of the tables; more add a section comparing the splits)")
     ap.add_argument("--no-full-fit", dest="full_fit", action="store_false",
                     help="real data: skip the second fit of each model to all of the data")
     ap.add_argument("--out-dir", help="append rows to OUT_DIR/accuracy.jsonl (default: only print them)")
