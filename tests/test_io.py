@@ -132,6 +132,34 @@ def test_files_written_before_the_loading_order_load_with_order_1(models, tmp_pa
     pd.testing.assert_frame_equal(old.predict_trajectory(), models["deep"].predict_trajectory())
 
 
+def _drop_fields(node, names):
+    """The parameter tree of a model file without the dataclass fields ``names`` (as files written before them)."""
+    if isinstance(node, dict):
+        if "fields" in node:
+            node["fields"] = {k: _drop_fields(v, names) for k, v in node["fields"].items() if k not in names}
+        elif "tuple" in node:
+            node["tuple"] = [_drop_fields(v, names) for v in node["tuple"]]
+    return node
+
+
+def test_files_written_before_the_polynomial_block_load_with_independent_variances(frame, tmp_path):
+    """Deep mixtures saved before ``polynomial_covariance`` existed had independent level and trend variances."""
+    deep = _fit(dmlmm.DeepMixtureLMM((4, 2), (2, 1), basis=dmlmm.SplineBasis(6), random_state=0, max_iter=40,
+                                     polynomial_covariance="diagonal"), frame)
+    deep.save(tmp_path / "m.dmlmm")
+
+    def strip(meta):
+        del meta["prior"]["args"]["polynomial_covariance"]
+        del meta["hyperparameters"]["polynomial_covariance"]
+        _drop_fields(meta["params"], {"poly_cov", "poly_aux"})
+
+    _rewrite(tmp_path / "m.dmlmm", tmp_path / "old.dmlmm", strip)
+    old = dmlmm.load(tmp_path / "old.dmlmm")
+    assert old.prior_.polynomial_covariance == "diagonal" and old.polynomial_covariance == "diagonal"
+    assert old.params_.prior.layers[0].poly_cov is None
+    pd.testing.assert_frame_equal(old.predict_trajectory(), deep.predict_trajectory())
+
+
 def test_newer_format_version_is_refused(models, tmp_path):
     models["deep"].save(tmp_path / "m.dmlmm")
     _rewrite(tmp_path / "m.dmlmm", tmp_path / "new.dmlmm", lambda m: m.update(format_version=FORMAT_VERSION + 1))

@@ -64,15 +64,23 @@ def test_shared_local_step_equals_dense(noise, monkeypatch):
     assert len(routes) == (0 if noise == "varies_within_group" else 2)
 
 
-def test_deep_mixture_shared_form_is_its_path_precision():
+@pytest.mark.parametrize("poly", ["diagonal", "full"])
+def test_deep_mixture_shared_form_is_its_path_precision(poly):
+    """With the full polynomial block the shared diagonal is the block's top eigenvalue there, and U_c
+    gains the block's P = 2 columns (dmlmm.priors.dmfa, _shared_precision)."""
     rng = np.random.default_rng(0)
     stats = toy_stats(0, n_subjects=30, n_obs=6, dim=5)
-    prior = DeepMixturePrior(5, (3, 2), (2, 1), roughness=np.r_[0, 0, 1.0, 4.0, 11.0])
+    prior = DeepMixturePrior(5, (3, 2), (2, 1), roughness=np.r_[0, 0, 1.0, 4.0, 11.0], polynomial_covariance=poly)
     b_hat = ridge_estimates(stats)
     params = prior.init_params(b_hat, rng)
+    if poly == "full":  # a correlated block, as after updates (the start is uncorrelated)
+        lay = params.layers[0]
+        scale = lay.poly_cov.scale.copy()
+        scale[:, 0, 1] = scale[:, 1, 0] = 0.6 * np.sqrt(scale[:, 0, 0] * scale[:, 1, 1])
+        params = replace(params, layers=(replace(lay, poly_cov=replace(lay.poly_cov, scale=scale)),) + params.layers[1:])
     pp, _ = prior.path_prior(params)
     sp = pp.shared
-    assert sp is not None and sp.factor.shape == (6, 5, 2)
+    assert sp is not None and sp.factor.shape == (6, 5, 2 if poly == "diagonal" else 4)
     np.testing.assert_array_equal(sp.group, prior.path_components()[:, 0])
     dense = np.stack([np.diag(sp.base[k]) for k in sp.group]) - sp.factor @ np.swapaxes(sp.factor, 1, 2)
     np.testing.assert_allclose(dense, pp.precision, rtol=1e-10, atol=1e-10 * np.abs(pp.precision).max())

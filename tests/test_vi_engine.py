@@ -134,7 +134,8 @@ def _local_elbo_draws(stats, i, loc, pp, cache, draws, paths, s_local, w_mean, w
     ``c`` is drawn from ``loc.resp[i]``, b from the local step's q(b | c) with precision
     ``pp.precision[c] + s_local(c) X'X`` (``s_local(c)``: the noise precision the step used, (S,) or scalar),
     the deeper latents from their optimal q; ``var(c)`` (S,) the residual variance drawn for each draw,
-    ``w`` (S, P) fixed-effect draws, ``draws`` the DMFA factors' draws (:func:`_sample_dmfa_layers`).
+    ``w`` (S, P) fixed-effect draws, ``draws`` the DMFA factors' draws (:func:`_sample_dmfa_layers`; a layer's
+    idiosyncratic draws are variances (S, K, J) or full covariances (S, K, J, J)).
     """
     D = stats.dim_random
     c = np.array([rng.choice(len(paths), p=loc.resp[i]) for _ in range(S)])
@@ -160,7 +161,10 @@ def _local_elbo_draws(stats, i, loc, pp, cache, draws, paths, s_local, w_mean, w
         th = theta[np.arange(S), k]  # (S, J, m+1)
         mean_l = th[..., 0] + np.einsum("sjm,sm->sj", th[..., 1:], z[l + 1])
         dl = delta[np.arange(S), k]
-        lp += (-0.5 * np.log(2 * np.pi * dl) - 0.5 * (z[l] - mean_l) ** 2 / dl).sum(1)
+        if dl.ndim == 3:  # a full idiosyncratic covariance (the deep mixture's polynomial block), (S, J, J)
+            lp += _mvn_logpdf(z[l], mean_l, dl)
+        else:
+            lp += (-0.5 * np.log(2 * np.pi * dl) - 0.5 * (z[l] - mean_l) ** 2 / dl).sum(1)
         lp += np.log(pi[np.arange(S), k])
     lp += -0.5 * np.log(2 * np.pi) - 0.5 * (z[-1] ** 2).sum(1)
     # minus log q(c, b, z_r)

@@ -364,6 +364,8 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
 
         return lmm_from_dict(cls, hyper, meta, arrays)
     hyper.setdefault("response_transform", None)  # files written before it existed: the response as given
+    if meta["model_class"] == "DeepMixtureLMM":  # and before 2026-12-07 with independent level and trend variances
+        hyper.setdefault("polynomial_covariance", "diagonal")
     model = cls(**hyper)
     prior_cls = _prior_classes().get(meta["prior"]["class"])
     if prior_cls is None:
@@ -372,6 +374,7 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
     prior_args = {k: _tuples(v) for k, v in meta["prior"]["args"].items()}
     if meta["prior"]["class"] == "DeepMixturePrior":
         prior_args.setdefault("loading_order", 1.0)  # files written before it existed were fitted with 1
+        prior_args.setdefault("polynomial_covariance", "diagonal")  # and before 2026-12-07 with this
     model.prior_ = prior_cls(**prior_args)
     model.params_ = unflatten_tree(meta["params"], arrays, _param_classes())
     f = meta["fitted"]

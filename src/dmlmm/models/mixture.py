@@ -279,6 +279,15 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         rough as the deviations; "auto" fits both (from the same random state) and keeps the
         higher ELBO, at twice the cost. The order used is ``prior_.loading_order``. Ignored
         without a smoothness prior.
+    polynomial_covariance : {"diagonal", "full"}
+        The first layer's idiosyncratic covariance on the spline coefficients' polynomial
+        (level, trend) coordinates, with a smoothness prior: independent variances ("diagonal",
+        the default), so that a correlation of level and trend is carried by the factors; or one
+        full covariance per component ("full", the block of :class:`MixtureLMM`'s P-spline
+        covariance), so that it is there whether or not a factor is switched on. "full" predicted
+        better where one population's factors were switched off (autism) and worse where it
+        merged clusters (pbcseq); docs/models.md has the measurements. Ignored without a
+        smoothness prior.
     response_transform : {"auto", None, "log", "log1p"}
         As :class:`MixtureLMM`: the response as given, or log(y) / log(1 + y) with results on the
         user's scale; "auto" keeps the better of the two by the ELBO on the data's scale.
@@ -304,6 +313,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         noise: str = "shared",
         noise_df: float | str | None = None,
         loading_order: float | str = "auto",
+        polynomial_covariance: str = "diagonal",
         response_transform: str | None = "auto",
         membership_covariates: Sequence[str] | None = None,
         max_iter: int = 1000,
@@ -321,6 +331,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         self.n_components = n_components
         self.latent_dims = latent_dims
         self.loading_order = loading_order
+        self.polynomial_covariance = polynomial_covariance
         self.basis = basis
         self.smoothing = smoothing
         self.concentration = concentration
@@ -352,6 +363,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         return DeepMixturePrior(
             dim, ks, ds, self.concentration, self._mean_scales(len(ds), roughness is not None), self.loading_scale,
             self.delta_scale, roughness, loading_order=order, visit_times=visit_times,
+            polynomial_covariance=self.polynomial_covariance,
         )
 
     def _mean_scales(self, n_layers: int, smooth: bool):

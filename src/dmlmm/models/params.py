@@ -85,6 +85,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "noise_df": (lambda v: v is None or (isinstance(v, str) and v == "auto") or _positive_number(v),
                  "None, 'auto' or a positive number (the degrees of freedom of the subjects' residual scales)"),
     "covariance": (lambda v: isinstance(v, str) and v in ("auto", "pspline", "full"), "'auto', 'pspline' or 'full'"),
+    "polynomial_covariance": (lambda v: isinstance(v, str) and v in ("full", "diagonal"), "'full' or 'diagonal'"),
     "loading_order": (lambda v: (isinstance(v, str) and v == "auto") or (_positive_number(v) and v >= 1),
                       "'auto' or a number of at least 1"),
     "response_transform": (lambda v: v is None or (isinstance(v, str) and v in ("auto", "none", "log", "log1p")),

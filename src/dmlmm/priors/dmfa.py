@@ -34,6 +34,14 @@ have P-spline priors with learned smoothing variances (half-Cauchy on their root
   default 16) lets each coordinate depart from the spectrum by a factor of about
   ``1 ± 1/sqrt(alpha)``.
 
+With ``polynomial_covariance="full"`` the first layer's polynomial rows (the P null-space coordinates:
+level and trend for a second-order penalty) share one idiosyncratic covariance per component in place of
+their variances: ``u_poly ~ N(0, Phi_k)``, ``Phi_k | a_k ~ IW(nu + P - 1, 2 nu diag(1 / a_k))``,
+``a_kp ~ IG(1/2, 1 / delta_scale^2)``, nu = :data:`POLY_DF` (the block of the mixture of LMMs' P-spline
+covariance), so that level and trend can be correlated without a factor. Their rows of q(theta) are then
+coupled through E[Phi_k^-1] and updated one after the other (``_poly_rows``); docs/models.md ("The
+polynomial block") has the updates and the measurements.
+
 Where the subjects are seen at T distinct times, fewer than the basis functions (``visit_times``: autism's
 ages 2, 3, 5 and 9, Orthodont, Sitka, Blackmore, ChickWeight), the rough coordinates beyond the first
 ``T - 2`` (those no visit pattern resolves) follow the spectrum more closely: shape
@@ -96,7 +104,7 @@ import numpy as np
 
 from .._linalg import spd_inv_logdet, sym
 from ..accel import ascend
-from ..expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, blend, gaussian_entropy, ig_expected_logpdf
+from ..expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, InvWishart, blend, gaussian_entropy, ig_expected_logpdf
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior, SharedPrecision
 from .gaussian import _take_components, canonical_order, kmeans
 from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_scale
@@ -107,6 +115,10 @@ __all__ = ["DeepMixturePrior", "LayerParams", "LayerSmooth", "DMFAParams", "PINN
 #: Prior variance of a pinned deeper mean (a deeper layer with one component, smoothness prior on):
 #: N(0, PINNED_MEAN_VAR) in place of the Cauchy, so the mean stays at zero (the latents have unit scale).
 PINNED_MEAN_VAR = 1e-10
+
+#: Huang-Wand nu of the polynomial block's inverse-Wishart prior (``polynomial_covariance="full"``): 2 makes
+#: the prior of each correlation uniform, as in the mixture of LMMs' covariances (:mod:`dmlmm.priors.gaussian`).
+POLY_DF = 2.0
 
 #: empty_component_cost by prior settings and layer (a pure function of them; computed once per process)
 _EMPTY_COST: dict[tuple, float] = {}
@@ -146,6 +158,10 @@ class LayerParams:
     global_scale : InvGamma (K,), horseshoe tau.
     global_aux : InvGamma (K,).
     smooth : LayerSmooth or None, the smoothness prior's variances (first layer only).
+    poly_cov : InvWishart or None, df (K,), scale (K, P, P): with ``polynomial_covariance="full"`` (first
+        layer, smoothness prior on), the idiosyncratic covariance Phi_k of the P polynomial rows, in place of
+        their ``delta`` (then unused on those rows, as their ``delta_aux``).
+    poly_aux : InvGamma or None, (K, P): the Huang-Wand scales a_kp of ``poly_cov``'s prior.
 
     With a smoothness prior, ``delta_aux``, ``mean_scale``, ``local_scale`` and ``local_aux``
     are used on the polynomial rows only; the rough rows' priors come from ``smooth``.
@@ -161,6 +177,8 @@ class LayerParams:
     global_scale: InvGamma
     global_aux: InvGamma
     smooth: LayerSmooth | None = None
+    poly_cov: InvWishart | None = None
+    poly_aux: InvGamma | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +229,12 @@ class DeepMixturePrior(RandomEffectsPrior):
         T, the number of distinct visit times where they are fewer than the basis functions (and confound
         the noise): the first ``T - n_poly`` rough coordinates keep ``alpha``. None: ``alpha`` on every
         coordinate (the model before 2026-12-06).
+    polynomial_covariance : {"diagonal", "full"}
+        The first layer's idiosyncratic covariance on the P polynomial (level, trend, ...) rows, with a
+        smoothness prior: independent variances ``delta_kj`` (the model before 2026-12-07), or one full
+        P x P covariance Phi_k per component with Huang and Wand's prior (``IW(nu + P - 1, 2 nu diag(1 / a_k))``,
+        ``a_kp ~ IG(1/2, 1 / delta_scale^2)``, nu = :data:`POLY_DF`), so that level and trend can be
+        correlated without a factor (see the module docstring). Ignored without a smoothness prior.
     """
 
     def __init__(
@@ -228,7 +252,11 @@ class DeepMixturePrior(RandomEffectsPrior):
         loading_order: float = 2.0,
         idiosyncratic_power: float = 0.25,
         visit_times: int | None = None,
+        polynomial_covariance: str = "diagonal",
     ) -> None:
+        if polynomial_covariance not in ("diagonal", "full"):
+            raise ValueError(f"polynomial_covariance must be 'diagonal' or 'full', got {polynomial_covariance!r}")
+        self.polynomial_covariance = polynomial_covariance
         self.dim = int(dim)
         self.idiosyncratic_shape = float(idiosyncratic_shape)
         if not idiosyncratic_power >= 0:
@@ -276,6 +304,8 @@ class DeepMixturePrior(RandomEffectsPrior):
         self._alpha_rough = np.where(self._rough, self._alpha_d, 0.0)
         self._alpha_over_lam = self._alpha_rough * (1.0 / self._lam_or_one)  # 0 on the polynomial rows, as alpha_rough
         self._paths = np.array(list(product(*[range(k) for k in self.n_components])), dtype=int)
+        #: the polynomial rows of the first layer with a full idiosyncratic block (empty: none, diagonal)
+        self._poly_idx = np.flatnonzero(~self._rough) if (polynomial_covariance == "full" and self._rough.any()) else np.zeros(0, dtype=int)
         self._dims = dims
         self._offsets = np.r_[0, np.cumsum(dims)]
 
@@ -363,9 +393,12 @@ class DeepMixturePrior(RandomEffectsPrior):
                 init_scale(2 * self._alpha_d[r].sum(), (1.0 / deltas[:, r]) @ (self._alpha_d[r] / lam[r]),
                            self.smooth_scale, cap=False),
             )
+        poly_cov = poly_aux = None
+        if l == 0 and len(self._poly_idx):
+            poly_cov, poly_aux = self._poly_start(deltas[:, self._poly_idx], counts)
         return LayerParams(
             Dirichlet(self.concentration[l] + counts), loadings, delta, delta_aux, mean_scale,
-            local_scale, local_aux, global_scale, global_aux, smooth,
+            local_scale, local_aux, global_scale, global_aux, smooth, poly_cov, poly_aux,
         )
 
     def _smooth_layer(self, l: int) -> bool:
@@ -429,6 +462,100 @@ class DeepMixturePrior(RandomEffectsPrior):
             log_rate = np.where(self._rough, np.log(a) - np.log(lam) - u.mean_log[:, None], log_rate)
         return shape, rate, log_rate
 
+    # ------------------------------------------------------------------ the polynomial block
+    def _poly_block(self, l: int, lay: LayerParams) -> bool:
+        """Whether layer ``l`` has a full idiosyncratic covariance on its polynomial rows (``poly_cov``)."""
+        return l == 0 and lay.poly_cov is not None
+
+    def _idio_precision(self, lay: LayerParams) -> tuple[np.ndarray, np.ndarray]:
+        """With the polynomial block: E[Psi_k^{-1}] (K, J, J), diag(E[1/delta_kj]) with E[Phi_k^{-1}] on the
+        polynomial rows, and E[log |Psi_k|] (K,)."""
+        dinv, dlog = lay.delta.mean_inv, lay.delta.mean_log
+        K, J = dinv.shape
+        i, rows = self._poly_idx, np.arange(J)
+        W = np.zeros((K, J, J))
+        W[:, rows, rows] = dinv
+        e_prec, e_logdet_prec, _ = lay.poly_cov.expectations()
+        W[:, i[:, None], i[None, :]] = e_prec
+        rough = np.ones(J, dtype=bool)
+        rough[i] = False
+        return W, dlog[:, rough].sum(axis=1) - e_logdet_prec
+
+    def _idio_mean(self, lay: LayerParams) -> np.ndarray:
+        """E[Psi_k] (K, J, J): diag(E[delta_kj]), with E[Phi_k] on the polynomial rows when the block is on."""
+        K, J = lay.delta.shape.shape
+        out = lay.delta.mean[:, :, None] * np.eye(J)
+        if lay.poly_cov is not None:
+            i = self._poly_idx
+            out[:, i[:, None], i[None, :]] = lay.poly_cov.mean
+        return out
+
+    def _poly_start(self, deltas: np.ndarray, counts: np.ndarray) -> tuple[InvWishart, InvGamma]:
+        """q(Phi_k) and q(a_k) of the polynomial block at a start: uncorrelated, with variances ``deltas`` (K, P)."""
+        P, nu, A2 = len(self._poly_idx), POLY_DF, self.delta_scale[0] ** 2
+        df = nu + P - 1.0 + counts
+        poly_cov = InvWishart(df, (deltas[:, :, None] * np.eye(P)) * df[:, None, None])
+        diag = np.diagonal(poly_cov.expectations()[0], axis1=1, axis2=2)
+        return poly_cov, InvGamma(np.full(diag.shape, 0.5 * (nu + P)), nu * diag + 1.0 / A2)
+
+    def _poly_rows(self, lay: LayerParams, prec, shift, Sxx, Stx, prior_prec, rho: float):
+        """The polynomial rows' target factors q(theta_kj) under the full block, one row after the other.
+
+        The rows are coupled through E[Phi_k^{-1}] = Lambda_k: row j's target has precision
+        ``Lambda_jj Sxx + prior`` and shift ``Lambda_jj Stx_j + sum_{j' != j} Lambda_jj' (Stx_j' - Sxx E[theta_j'])``
+        given the other rows' current means, so updating them in turn (each step blended with ``rho``
+        as the others) is coordinate ascent. ``prec`` (K, J, m+1, m+1) and ``shift`` (K, J, m+1) are the
+        diagonal model's targets; their polynomial rows are replaced (copies returned).
+        """
+        i = self._poly_idx
+        lam = lay.poly_cov.expectations()[0]  # (K, P, P)
+        eye = np.eye(Sxx.shape[-1])
+        prec, shift = prec.copy(), shift.copy()
+        current = lay.loadings.moments()[0][:, i].copy()  # (K, P, m+1)
+        old_prec, old_shift = lay.loadings.precision[:, i], lay.loadings.shift[:, i]
+        for a, j in enumerate(i):
+            pj = lam[:, a, a, None, None] * Sxx + prior_prec[:, j, :, None] * eye
+            sj = lam[:, a, a, None] * Stx[:, j]
+            for b, jb in enumerate(i):
+                if b != a:
+                    sj = sj + lam[:, a, b, None] * (Stx[:, jb] - (Sxx @ current[:, b, :, None])[..., 0])
+            prec[:, j], shift[:, j] = pj, sj
+            blended = sym((1.0 - rho) * old_prec[:, a] + rho * pj)
+            current[:, a] = np.linalg.solve(blended, ((1.0 - rho) * old_shift[:, a] + rho * sj)[..., None])[..., 0]
+        return prec, shift
+
+    def _update_poly(self, lay: LayerParams, Nk, Sxx, Stx, ttP, mean, cov, rho: float) -> tuple[InvWishart, InvGamma]:
+        """q(Phi_k) given the loadings rows (their new moments ``mean``, ``cov``), then q(a_k) given q(Phi_k).
+
+        The scatter is E[sum_i (t_i - Theta x_i)(t_i - Theta x_i)'] over the polynomial rows: the rows of
+        q(Theta) are independent, so off the diagonal E[theta_j' Sxx theta_j'] = E[theta_j]' Sxx E[theta_j'].
+        ``ttP`` (K, P, P): the sums of E[t t'] there (None: zero, the data-free problem).
+        """
+        i = self._poly_idx
+        P, nu, A2 = len(i), POLY_DF, self.delta_scale[0] ** 2
+        mP, cP = mean[:, i], cov[:, i]
+        cross = np.einsum("kam,kbm->kab", mP, Stx[:, i])  # E[theta_a]' Stx_b
+        quad = np.einsum("kam,kmn,kbn->kab", mP, Sxx, mP) + np.eye(P) * np.einsum("kmn,kanm->ka", Sxx, cP)[:, :, None]
+        scatter = quad - cross - np.swapaxes(cross, 1, 2)
+        if ttP is not None:
+            scatter = scatter + ttP
+        scale0 = 2.0 * nu * np.eye(P) * lay.poly_aux.mean_inv[:, None, :]
+        poly_cov = blend(lay.poly_cov, InvWishart(nu + P - 1.0 + Nk, sym(scale0 + scatter)), rho)
+        diag = np.diagonal(poly_cov.expectations()[0], axis1=1, axis2=2)
+        poly_aux = blend(lay.poly_aux, InvGamma(np.full(diag.shape, 0.5 * (nu + P)), nu * diag + 1.0 / A2), rho)
+        return poly_cov, poly_aux
+
+    def _poly_elbo(self, lay: LayerParams) -> float:
+        """E[log p(Phi_k | a_k)] + H[q(Phi_k)] + E[log p(a_k)] + H[q(a_k)], summed over components."""
+        q, aux = lay.poly_cov, lay.poly_aux
+        P, nu, A2 = len(self._poly_idx), POLY_DF, self.delta_scale[0] ** 2
+        e_prec, e_logdet_prec, _ = q.expectations()
+        e_scale0 = 2.0 * nu * np.eye(P) * aux.mean_inv[:, None, :]
+        e_logdet_scale0 = P * np.log(2.0 * nu) - aux.mean_log.sum(-1)
+        total = np.sum(q.expected_logpdf(nu + P - 1.0, e_logdet_scale0, e_scale0, e_prec, e_logdet_prec)) + np.sum(q.entropy())
+        total += np.sum(ig_expected_logpdf(0.5, 1.0 / A2, -np.log(A2), aux) + aux.entropy())
+        return float(total)
+
     # ------------------------------------------------------------------ translation move
     def first_means(self, params: DMFAParams) -> tuple[np.ndarray, np.ndarray]:
         """E[mu_k] of the first layer, the first entry of each row's q(theta_kj), and its prior precision."""
@@ -458,16 +585,24 @@ class DeepMixturePrior(RandomEffectsPrior):
             second = cov + mean[..., :, None] * mean[..., None, :]
             theta_moments.append((mean, second))
             dinv, dlog = lay.delta.mean_inv, lay.delta.mean_log  # (K, J)
-            G = dinv[..., None] * mean  # (K, J, m+1) = E[D^-1 theta]
-            H = np.einsum("kj,kjab->kab", dinv, second)  # (K, m+1, m+1) = E[theta' D^-1 theta]
             Jd = dinv.shape[1]
-            P[:, t_blk, t_blk] += dinv[k][:, :, None] * np.eye(Jd)
+            if self._poly_block(l, lay):  # E[Psi^-1] with the polynomial block; q(theta) independent over rows
+                W, logdet_psi = self._idio_precision(lay)
+                G = W @ mean
+                H = (np.einsum("kja,kjl,klb->kab", mean, W, mean)
+                     + np.einsum("kj,kjab->kab", np.diagonal(W, axis1=1, axis2=2), cov))
+                P[:, t_blk, t_blk] += W[k]
+            else:
+                G = dinv[..., None] * mean  # (K, J, m+1) = E[D^-1 theta]
+                H = np.einsum("kj,kjab->kab", dinv, second)  # (K, m+1, m+1) = E[theta' D^-1 theta]
+                logdet_psi = dlog.sum(axis=1)
+                P[:, t_blk, t_blk] += dinv[k][:, :, None] * np.eye(Jd)
             P[:, t_blk, z_blk] -= G[k][:, :, 1:]
             P[:, z_blk, t_blk] -= np.swapaxes(G[k][:, :, 1:], 1, 2)
             P[:, z_blk, z_blk] += H[k][:, 1:, 1:]
             h[:, t_blk] += G[k][:, :, 0]
             h[:, z_blk] -= H[k][:, 1:, 0]
-            const += -0.5 * H[k][:, 0, 0] - 0.5 * dlog.sum(axis=1)[k] - 0.5 * Jd * LOG_2PI
+            const += -0.5 * H[k][:, 0, 0] - 0.5 * logdet_psi[k] - 0.5 * Jd * LOG_2PI
             log_w += lay.weights.mean_log[k]
         top = self._block(L)
         P[:, top, top] += np.eye(self._dims[-1])
@@ -502,7 +637,20 @@ class DeepMixturePrior(RandomEffectsPrior):
         except np.linalg.LinAlgError:  # semi-definite from round-off: a symmetric root
             val, vec = np.linalg.eigh(W)
             root = vec * np.sqrt(np.maximum(val, 0.0))[:, None, :]
-        return SharedPrecision(group, first.delta.mean_inv, Pbr[:, :, :d1] @ root)
+        base, factor = first.delta.mean_inv, Pbr[:, :, :d1] @ root
+        if first.poly_cov is not None:
+            # the polynomial block Lambda_k = diag(top_k) - V_k V_k' with top_k at least its largest
+            # eigenvalue: the paths keep one diagonal per component and gain P columns of U_c
+            i = self._poly_idx
+            lam = first.poly_cov.expectations()[0]  # (K, P, P)
+            top = np.linalg.eigvalsh(lam)[:, -1] * (1.0 + 1e-6) + 1e-12
+            val, vec = np.linalg.eigh(sym(top[:, None, None] * np.eye(len(i)) - lam))
+            V = np.zeros((len(top), base.shape[1], len(i)))
+            V[:, i, :] = vec * np.sqrt(np.maximum(val, 0.0))[:, None, :]
+            base = base.copy()
+            base[:, i] = top[:, None]
+            factor = np.concatenate([factor, V[group]], axis=2)
+        return SharedPrecision(group, base, factor)
 
     # ------------------------------------------------------------------ global updates
     def _stacked_moments(self, moments: PathMoments, cache: _PathCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -549,10 +697,14 @@ class DeepMixturePrior(RandomEffectsPrior):
             Sxx[:, 1:, 0] = z1
             Sxx[:, 1:, 1:] = zz
             Stx = np.concatenate([t1[..., None], tz], axis=2)  # (K, J, m+1)
-            new_layers.append(self._update_layer(l, lay, Nk, Sxx, Stx, tt, rho))
+            ttP = None
+            if self._poly_block(l, lay):  # the polynomial rows' E[t t'] sums, off the diagonal too
+                i = t_blk.start + self._poly_idx
+                ttP = np.einsum("mk,mab->kab", onehot, Z2[:, i[:, None], i[None, :]])
+            new_layers.append(self._update_layer(l, lay, Nk, Sxx, Stx, tt, rho, ttP))
         return DMFAParams(tuple(new_layers))
 
-    def _update_layer(self, l: int, lay: LayerParams, Nk, Sxx, Stx, tt, rho: float) -> LayerParams:
+    def _update_layer(self, l: int, lay: LayerParams, Nk, Sxx, Stx, tt, rho: float, ttP=None) -> LayerParams:
         K, J, m1 = Stx.shape
         m = m1 - 1
         G, nu2 = self.mean_scale[l], self.loading_scale[l] ** 2
@@ -562,7 +714,10 @@ class DeepMixturePrior(RandomEffectsPrior):
         prior_prec, _ = self._row_priors(l, lay)  # (K, J, m+1)
         dinv = lay.delta.mean_inv
         prec = dinv[..., None, None] * Sxx[:, None] + prior_prec[..., None] * np.eye(m1)
-        target = Gaussian(sym(prec), dinv[..., None] * Stx)
+        shift = dinv[..., None] * Stx
+        if self._poly_block(l, lay):
+            prec, shift = self._poly_rows(lay, prec, shift, Sxx, Stx, prior_prec, rho)
+        target = Gaussian(sym(prec), shift)
         if self._pinned_mean(l):
             target = _pin_mean(target)
         loadings = blend(lay.loadings, target, rho)
@@ -573,6 +728,9 @@ class DeepMixturePrior(RandomEffectsPrior):
         shape0, rate0, _ = self._delta_prior(l, lay)
         delta = blend(lay.delta, InvGamma(shape0 + 0.5 * Nk[:, None], rate0 + 0.5 * np.maximum(ssr, 0.0)), rho)
         delta_aux = blend(lay.delta_aux, InvGamma(np.ones((K, J)), delta.mean_inv + 1.0 / self.delta_scale[l] ** 2), rho)
+        poly_cov, poly_aux = lay.poly_cov, lay.poly_aux
+        if self._poly_block(l, lay):
+            poly_cov, poly_aux = self._update_poly(lay, Nk, Sxx, Stx, ttP, mean, cov, rho)
         mu2 = second[..., 0, 0]
         mean_scale = blend(lay.mean_scale, InvGamma(np.ones((K, J)), 0.5 + mu2 / (2 * G)), rho)
         B2 = np.diagonal(second, axis1=-2, axis2=-1)[..., 1:]  # (K, J, m) E[B^2]
@@ -600,7 +758,8 @@ class DeepMixturePrior(RandomEffectsPrior):
                 update_scale(smooth.delta, 2 * self._alpha_rough.sum(), delta.mean_inv @ self._alpha_over_lam, A, rho),
             )
         return LayerParams(
-            weights, loadings, delta, delta_aux, mean_scale, local_scale, local_aux, global_scale, global_aux, smooth
+            weights, loadings, delta, delta_aux, mean_scale, local_scale, local_aux, global_scale, global_aux, smooth,
+            poly_cov, poly_aux,
         )
 
     # ------------------------------------------------------------------ ELBO of the globals
@@ -620,8 +779,15 @@ class DeepMixturePrior(RandomEffectsPrior):
         total += float(np.sum(gaussian_entropy(logdet, m1)))
         d, da, A2 = lay.delta, lay.delta_aux, self.delta_scale[l] ** 2
         shape0, drate, dlog = self._delta_prior(l, lay)
-        total += float(np.sum(ig_expected_logpdf(shape0, drate, dlog, d) + d.entropy()))
-        total += float(np.sum((ig_expected_logpdf(0.5, 1 / A2, -np.log(A2), da) + da.entropy())[:, null]))
+        delta_terms = ig_expected_logpdf(shape0, drate, dlog, d) + d.entropy()
+        aux_rows = null
+        if self._poly_block(l, lay):  # the polynomial rows' variances are Phi_k's (their delta, delta_aux unused)
+            rough = np.ones(J, dtype=bool)
+            rough[self._poly_idx] = False
+            delta_terms, aux_rows = delta_terms[:, rough], null & rough
+            total += self._poly_elbo(lay)
+        total += float(np.sum(delta_terms))
+        total += float(np.sum((ig_expected_logpdf(0.5, 1 / A2, -np.log(A2), da) + da.entropy())[:, aux_rows]))
         g = lay.mean_scale
         if not self._pinned_mean(l):  # (a pinned mean has no Cauchy scale)
             total += float(np.sum((ig_expected_logpdf(0.5, 0.5, np.log(0.5), g) + g.entropy())[:, null]))
@@ -649,6 +815,7 @@ class DeepMixturePrior(RandomEffectsPrior):
             self.delta_scale[layer], self.smooth_scale, self.idiosyncratic_shape, self.idiosyncratic_power,
             self.visit_times, self.loading_order,
             None if not self._smooth_layer(layer) else self._lam.tobytes(), self._pinned_mean(layer),
+            layer == 0 and len(self._poly_idx) > 0,
         )
         if key in _EMPTY_COST:  # the same for every fit with these settings
             return _EMPTY_COST[key]
@@ -695,7 +862,10 @@ class DeepMixturePrior(RandomEffectsPrior):
             mean, cov, _ = lay.loadings.moments()
             k = self._paths[:, l]
             Bk = mean[k][..., 1:]
-            S_new = Bk @ S @ np.swapaxes(Bk, 1, 2) + lay.delta.mean[k][:, :, None] * np.eye(mean.shape[1])
+            if self._poly_block(l, lay):
+                S_new = Bk @ S @ np.swapaxes(Bk, 1, 2) + self._idio_mean(lay)[k]
+            else:
+                S_new = Bk @ S @ np.swapaxes(Bk, 1, 2) + lay.delta.mean[k][:, :, None] * np.eye(mean.shape[1])
             if integrate_globals:
                 W = np.empty((M, top + 1, top + 1))
                 W[:, 0, 0] = 1.0
@@ -746,7 +916,7 @@ class DeepMixturePrior(RandomEffectsPrior):
             self.dim, tuple(int(k.sum()) for k in keep), self.latent_dims,
             self.concentration, self.mean_scale, self.loading_scale, self.delta_scale,
             self.roughness, self.smooth_scale, self.idiosyncratic_shape, self.loading_order, self.idiosyncratic_power,
-            self.visit_times,
+            self.visit_times, self.polynomial_covariance,
         )
         return new, new.absorb_pinned_means(DMFAParams(tuple(_take_components(lay, k) for lay, k in zip(params.layers, keep))))
 
