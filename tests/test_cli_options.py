@@ -227,11 +227,12 @@ def test_lazy_package_attributes_still_work():
 def test_prior_options_reach_the_model(patients, tmp_path):
     out = tmp_path / "res"
     r = run("fit", "--no-report", patients, "--subject", "patient", "--time", "years", "--response", "marker", *FAST,
-            "--n-basis", "6", "--smoothing", "1", "--noise", "cluster", "--loading-order", "2", "--quiet", "--out", out)
+            "--n-basis", "6", "--smoothing", "1", "--noise", "cluster", "--loading-order", "2",
+            "--polynomial-covariance", "full", "--quiet", "--out", out)
     assert r.exit_code == 0, r.output
     m = dmlmm.load(out / "model.dmlmm")
-    assert (m.smoothing, m.noise, m.loading_order) == (1, "cluster", 2.0)
-    assert m.noise_ == "cluster" and m.prior_.loading_order == 2.0
+    assert (m.smoothing, m.noise, m.loading_order, m.polynomial_covariance) == (1, "cluster", 2.0, "full")
+    assert m.noise_ == "cluster" and m.prior_.loading_order == 2.0 and m.prior_.polynomial_covariance == "full"
     out2 = tmp_path / "res2"
     r = run("fit", "--no-report", patients, "--subject", "patient", "--time", "years", "--response", "marker", "--model", "mixture",
             "--components", "2", "--max-iter", "15", "--n-basis", "6", "--smoothing", "none", "--quiet", "--out", out2)
@@ -262,6 +263,9 @@ def test_prior_options_reach_the_model(patients, tmp_path):
     (["--loading-order", "0.5"], "--loading-order must be auto or a number of at least 1, got '0.5'"),
     (["--loading-order", "two"], "--loading-order must be auto or a number of at least 1, got 'two'"),
     (["--smoothing", "none", "--loading-order", "1"], "--loading-order needs the smoothness prior"),
+    (["--model", "mixture", "--polynomial-covariance", "full"],
+     "--polynomial-covariance applies to the deep mixture (--model deep) only"),
+    (["--smoothing", "none", "--polynomial-covariance", "full"], "--polynomial-covariance needs the smoothness prior"),
     (["--model", "lmm", "--method", "reml", "--noise", "cluster"], "--noise applies to the variational fits"),
     (["--covariance", "full"], "--covariance applies to --model mixture and --model lmm"),
     (["--noise-df", "0"], "--noise-df must be none, auto or a positive number, got '0'"),

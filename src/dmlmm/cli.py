@@ -379,6 +379,10 @@ def main() -> None:
               help="Deep mixture: smoothness of the loading curves, a number >= 1 (2 keeps the factors alive as "
                    "the basis grows, 1 lets them be as rough as the deviations), or auto: both, the higher ELBO "
                    "kept (twice the time). [auto]")
+@click.option("--polynomial-covariance", type=click.Choice(["diagonal", "full"]), default=None,
+              help="Deep mixture: the subjects' deviations in level and trend beyond the factors, independent "
+                   "(diagonal) or with any correlation (full, as the mixture of LMMs' pspline covariance). "
+                   "[diagonal]")
 @click.option("--covariance", type=click.Choice(["auto", "pspline", "full"]), default=None,
               help="Mixture of LMMs and variational LMM: each cluster's covariance of the subjects' deviations. "
                    "pspline: any covariance of level and trend plus one learned roughness variance (noise stays "
@@ -442,7 +446,7 @@ def main() -> None:
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
 def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis,
-        smoothing, noise, noise_df, loading_order, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
+        smoothing, noise, noise_df, loading_order, polynomial_covariance, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
         max_iter, dropna, outcome, event_time, event, event_value, baseline, baseline_at, check_bands, report,
         scheduler, sample, overwrite, quiet, out):
     """Fit a model to DATA (a long CSV file, or Parquet: a file or a folder of files; one row per observation)
@@ -468,7 +472,8 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     cov_cols = _covariate_columns(covs, time_col)
     asked = _outcome_options(kind, outcome, event_time, event, event_value, baseline, cov_cols)
     asked["at"] = baseline_at
-    prior_options = _prior_options(kind, exact, smoothing, noise, loading_order, covariance, noise_df)
+    prior_options = _prior_options(kind, exact, smoothing, noise, loading_order, covariance, noise_df,
+                                   polynomial_covariance)
     # every model transforms the response itself (outputs on the data's scale); only model files of earlier
     # versions carry a transform applied to the data before the fit (dmlmm predict applies it)
     prior_options["response_transform"] = None if transform == "none" else transform
@@ -600,12 +605,15 @@ def _name(data) -> str:
     return str(data).rstrip("/").rsplit("/", 1)[-1] or str(data)
 
 
-def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None, noise_df=None) -> dict:
-    """--smoothing, --noise, --noise-df, --loading-order and --covariance as model parameters (only those given),
-    checked against the model: the exact LMM fits have none of them, only the deep mixture has loading curves,
-    and only the mixture of LMMs (and the variational LMM, its one-component case) has --covariance."""
+def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None, noise_df=None,
+                   polynomial_covariance=None) -> dict:
+    """--smoothing, --noise, --noise-df, --loading-order, --polynomial-covariance and --covariance as model
+    parameters (only those given), checked against the model: the exact LMM fits have none of them, only the deep
+    mixture has loading curves and a polynomial block, and only the mixture of LMMs (and the variational LMM, its
+    one-component case) has --covariance."""
     given = [name for name, v in (("--smoothing", smoothing), ("--noise", noise), ("--noise-df", noise_df),
-                                  ("--loading-order", loading_order), ("--covariance", covariance)) if v is not None]
+                                  ("--loading-order", loading_order), ("--polynomial-covariance", polynomial_covariance),
+                                  ("--covariance", covariance)) if v is not None]
     if exact and given:
         raise CliError(f"{given[0]} applies to the variational fits; --method ml and reml fit a linear mixed model "
                        "without a smoothness prior and with one residual variance")
@@ -622,6 +630,13 @@ def _prior_options(kind, exact, smoothing, noise, loading_order, covariance=None
         if smoothing == "none":
             raise CliError("--loading-order needs the smoothness prior: leave out --smoothing none")
         out["loading_order"] = _parse_loading_order(loading_order)
+    if polynomial_covariance is not None:
+        if kind not in ("deep", "auto"):
+            raise CliError("--polynomial-covariance applies to the deep mixture (--model deep) only (the mixture of "
+                           "LMMs' pspline covariance has the full block; see --covariance)")
+        if smoothing == "none":
+            raise CliError("--polynomial-covariance needs the smoothness prior: leave out --smoothing none")
+        out["polynomial_covariance"] = polynomial_covariance
     if covariance is not None:
         if kind not in ("mixture", "lmm"):
             raise CliError("--covariance applies to --model mixture and --model lmm (the deep mixture's covariance "
