@@ -141,6 +141,9 @@ def fitted_facts(model) -> dict:
     order = getattr(getattr(model, "prior_", None), "loading_order", None)
     if order is not None:  # the deep mixture's loading order kept ("auto" chooses it)
         out["loading_order"] = float(order)
+    block = getattr(getattr(model, "prior_", None), "polynomial_covariance", None)
+    if block is not None:  # the deep mixture's polynomial block kept ("auto" chooses it)
+        out["polynomial_covariance"] = block
     by = getattr(model, "sigma2_by_cluster_", None)
     if by is not None and getattr(model, "noise", "shared") != "shared":
         out["sigma2_by_cluster"] = [float(v) for v in by]

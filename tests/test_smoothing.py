@@ -365,6 +365,24 @@ def test_auto_loading_order_keeps_the_fit_with_the_higher_elbo(tmp_path):
         assert back.prior_.loading_order == fits[o].prior_.loading_order and back.loading_order == o
 
 
+def test_auto_polynomial_covariance_keeps_the_fit_with_the_higher_elbo(tmp_path):
+    df = dgp1(random_state=2, n_subjects=80).data
+    basis = SplineBasis(12, lower=0, upper=1)
+    fits = {b: DeepMixtureLMM((3, 2), (2, 1), basis=basis, loading_order=2, polynomial_covariance=b, random_state=0,
+                              max_iter=150).fit(df)
+            for b in ("diagonal", "full", "auto")}
+    assert fits["diagonal"].elbo_ != fits["full"].elbo_
+    better = max(("diagonal", "full"), key=lambda b: fits[b].elbo_)
+    assert fits["auto"].elbo_ == fits[better].elbo_
+    assert fits["auto"].prior_.polynomial_covariance == better
+    assert (fits["full"].params_.prior.layers[0].poly_cov is not None) and fits["diagonal"].params_.prior.layers[0].poly_cov is None
+    fits["auto"].save(tmp_path / "auto.dmlmm")  # a saved model keeps the block it was fitted with
+    back = dmlmm.load(tmp_path / "auto.dmlmm")
+    assert back.prior_.polynomial_covariance == better and back.polynomial_covariance == "auto"
+    with pytest.raises(ValueError, match="polynomial_covariance"):
+        DeepMixtureLMM(polynomial_covariance="block").fit(df)
+
+
 def test_loading_order_is_checked():
     df = dgp1(random_state=0, n_subjects=10).data
     with pytest.raises(ValueError, match=r"loading_order must be 'auto' or a number of at least 1, got 0.5"):

@@ -379,10 +379,10 @@ def main() -> None:
               help="Deep mixture: smoothness of the loading curves, a number >= 1 (2 keeps the factors alive as "
                    "the basis grows, 1 lets them be as rough as the deviations), or auto: both, the higher ELBO "
                    "kept (twice the time). [auto]")
-@click.option("--polynomial-covariance", type=click.Choice(["diagonal", "full"]), default=None,
+@click.option("--polynomial-covariance", type=click.Choice(["diagonal", "full", "auto"]), default=None,
               help="Deep mixture: the subjects' deviations in level and trend beyond the factors, independent "
-                   "(diagonal) or with any correlation (full, as the mixture of LMMs' pspline covariance). "
-                   "[diagonal]")
+                   "(diagonal) or with any correlation (full, as the mixture of LMMs' pspline covariance), or "
+                   "auto: both, the higher ELBO kept (twice the time). [diagonal]")
 @click.option("--covariance", type=click.Choice(["auto", "pspline", "full"]), default=None,
               help="Mixture of LMMs and variational LMM: each cluster's covariance of the subjects' deviations. "
                    "pspline: any covariance of level and trend plus one learned roughness variance (noise stays "

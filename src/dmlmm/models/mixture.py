@@ -279,14 +279,16 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         rough as the deviations; "auto" fits both (from the same random state) and keeps the
         higher ELBO, at twice the cost. The order used is ``prior_.loading_order``. Ignored
         without a smoothness prior.
-    polynomial_covariance : {"diagonal", "full"}
+    polynomial_covariance : {"diagonal", "full", "auto"}
         The first layer's idiosyncratic covariance on the spline coefficients' polynomial
         (level, trend) coordinates, with a smoothness prior: independent variances ("diagonal",
         the default), so that a correlation of level and trend is carried by the factors; or one
         full covariance per component ("full", the block of :class:`MixtureLMM`'s P-spline
-        covariance), so that it is there whether or not a factor is switched on. "full" predicted
-        better where one population's factors were switched off (autism) and worse where it
-        merged clusters (pbcseq); docs/models.md has the measurements. Ignored without a
+        covariance), so that it is there whether or not a factor is switched on; or "auto": both,
+        the higher ELBO kept (twice the time; with ``loading_order="auto"`` four fits). "full"
+        predicted better where one population's factors were switched off (autism) and worse where
+        it merged clusters (pbcseq), where the ELBO preferred "diagonal"; docs/models.md has the
+        measurements. The block used is ``prior_.polynomial_covariance``. Ignored without a
         smoothness prior.
     response_transform : {"auto", None, "log", "log1p"}
         As :class:`MixtureLMM`: the response as given, or log(y) / log(1 + y) with results on the
@@ -363,7 +365,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
         return DeepMixturePrior(
             dim, ks, ds, self.concentration, self._mean_scales(len(ds), roughness is not None), self.loading_scale,
             self.delta_scale, roughness, loading_order=order, visit_times=visit_times,
-            polynomial_covariance=self.polynomial_covariance,
+            polynomial_covariance="diagonal" if self.polynomial_covariance == "auto" else self.polynomial_covariance,
         )
 
     def _mean_scales(self, n_layers: int, smooth: bool):
@@ -386,12 +388,15 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
                                    "identified", "the smoothness prior (smoothing=2, the default)", stacklevel + 1)
 
     def _prior_variants(self, noise_confounded: bool = False) -> list["DeepMixtureLMM"]:
-        """With ``loading_order="auto"`` and a smoothness prior: copies with orders 2 and 1 (the fit keeps
-        the higher ELBO); else this model. (Its covariances are never full: ``noise_confounded`` changes
-        nothing.)"""
-        if self.loading_order != "auto" or self.smoothing is None:
+        """With a smoothness prior, ``loading_order="auto"`` (orders 2 and 1) and ``polynomial_covariance="auto"``
+        ("diagonal" and "full"): copies with each combination, the diagonal block's first (the fit keeps the
+        higher ELBO, the earlier on a tie); else this model. (Its covariances are never full over all
+        coordinates: ``noise_confounded`` changes nothing.)"""
+        if self.smoothing is None or (self.loading_order != "auto" and self.polynomial_covariance != "auto"):
             return [self]
-        return [self._copy_with(loading_order=order) for order in (2.0, 1.0)]
+        orders = (2.0, 1.0) if self.loading_order == "auto" else (self.loading_order,)
+        blocks = ("diagonal", "full") if self.polynomial_covariance == "auto" else (self.polynomial_covariance,)
+        return [self._copy_with(loading_order=order, polynomial_covariance=block) for block in blocks for order in orders]
 
 
 #: G_l of the deeper layers' means under ``mean_scale="auto"`` with a smoothness prior (Cauchy scale 0.03
