@@ -305,7 +305,8 @@ class DeepMixturePrior(RandomEffectsPrior):
         self._alpha_over_lam = self._alpha_rough * (1.0 / self._lam_or_one)  # 0 on the polynomial rows, as alpha_rough
         self._paths = np.array(list(product(*[range(k) for k in self.n_components])), dtype=int)
         #: the polynomial rows of the first layer with a full idiosyncratic block (empty: none, diagonal)
-        self._poly_idx = np.flatnonzero(~self._rough) if (polynomial_covariance == "full" and self._rough.any()) else np.zeros(0, dtype=int)
+        block = polynomial_covariance == "full" and self._rough.any()
+        self._poly_idx = np.flatnonzero(~self._rough) if block else np.zeros(0, dtype=int)
         self._dims = dims
         self._offsets = np.r_[0, np.cumsum(dims)]
 
@@ -552,7 +553,8 @@ class DeepMixturePrior(RandomEffectsPrior):
         e_prec, e_logdet_prec, _ = q.expectations()
         e_scale0 = 2.0 * nu * np.eye(P) * aux.mean_inv[:, None, :]
         e_logdet_scale0 = P * np.log(2.0 * nu) - aux.mean_log.sum(-1)
-        total = np.sum(q.expected_logpdf(nu + P - 1.0, e_logdet_scale0, e_scale0, e_prec, e_logdet_prec)) + np.sum(q.entropy())
+        total = np.sum(q.expected_logpdf(nu + P - 1.0, e_logdet_scale0, e_scale0, e_prec, e_logdet_prec))
+        total += np.sum(q.entropy())
         total += np.sum(ig_expected_logpdf(0.5, 1.0 / A2, -np.log(A2), aux) + aux.entropy())
         return float(total)
 
