@@ -711,6 +711,21 @@ def test_few_visit_times_reach_the_deep_mixtures_prior_as_in_memory(client):
     _same_fit(m0, m1)
 
 
+def test_polynomial_block_same_answer_as_in_memory(client):
+    """``polynomial_covariance="full"``: the block's updates read the workers' summed moments (the polynomial
+    rows' E[t t'] off the diagonal too), and the Dask fit is the in-memory one."""
+    df = _shared_yearly_times()
+    kw = dict(n_components=(2, 1), latent_dims=(2, 1), basis=SplineBasis(8), loading_order=2, max_iter=100,
+              random_state=0, polynomial_covariance="full")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", EmptyComponentWarning)
+        m0 = DeepMixtureLMM(**kw).fit(df)
+        m1 = DeepMixtureLMM(**kw).fit(dd.from_pandas(df.set_index("subject"), npartitions=2))
+    assert m0.params_.prior.layers[0].poly_cov is not None and m1.prior_.polynomial_covariance == "full"
+    _same_fit(m0, m1)
+
+
 def test_shared_visit_times_smooth_start_same_answer_as_in_memory(client, monkeypatch):
     """Subjects seen at a few shared yearly times: the fit explores the smooth start too (models/starting.py),
     built on the workers from their ridge fits, and the Dask fit is the in-memory one."""
