@@ -107,6 +107,7 @@ from ..accel import ascend
 from ..expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, InvWishart, blend, gaussian_entropy, ig_expected_logpdf
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior, SharedPrecision
 from .gaussian import _take_components, canonical_order, kmeans
+from .huang_wand import hw_aux_target, hw_cov_target, hw_elbo_terms
 from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_scale
 
 
@@ -493,11 +494,10 @@ class DeepMixturePrior(RandomEffectsPrior):
 
     def _poly_start(self, deltas: np.ndarray, counts: np.ndarray) -> tuple[InvWishart, InvGamma]:
         """q(Phi_k) and q(a_k) of the polynomial block at a start: uncorrelated, with variances ``deltas`` (K, P)."""
-        P, nu, A2 = len(self._poly_idx), POLY_DF, self.delta_scale[0] ** 2
-        df = nu + P - 1.0 + counts
+        P = len(self._poly_idx)
+        df = POLY_DF + P - 1.0 + counts
         poly_cov = InvWishart(df, (deltas[:, :, None] * np.eye(P)) * df[:, None, None])
-        diag = np.diagonal(poly_cov.expectations()[0], axis1=1, axis2=2)
-        return poly_cov, InvGamma(np.full(diag.shape, 0.5 * (nu + P)), nu * diag + 1.0 / A2)
+        return poly_cov, hw_aux_target(poly_cov.expectations()[0], POLY_DF, 1.0 / self.delta_scale[0] ** 2)
 
     def _poly_rows(self, lay: LayerParams, prec, shift, Sxx, Stx, prior_prec, rho: float):
         """The polynomial rows' target factors q(theta_kj) under the full block, one row after the other.
@@ -533,30 +533,21 @@ class DeepMixturePrior(RandomEffectsPrior):
         ``ttP`` (K, P, P): the sums of E[t t'] there (None: zero, the data-free problem).
         """
         i = self._poly_idx
-        P, nu, A2 = len(i), POLY_DF, self.delta_scale[0] ** 2
         mP, cP = mean[:, i], cov[:, i]
         cross = np.einsum("kam,kbm->kab", mP, Stx[:, i])  # E[theta_a]' Stx_b
-        quad = np.einsum("kam,kmn,kbn->kab", mP, Sxx, mP) + np.eye(P) * np.einsum("kmn,kanm->ka", Sxx, cP)[:, :, None]
+        trace = np.einsum("kmn,kanm->ka", Sxx, cP)  # tr(Sxx Cov(theta_a)): the diagonal's extra term
+        quad = np.einsum("kam,kmn,kbn->kab", mP, Sxx, mP) + np.eye(len(i)) * trace[:, :, None]
         scatter = quad - cross - np.swapaxes(cross, 1, 2)
         if ttP is not None:
             scatter = scatter + ttP
-        scale0 = 2.0 * nu * np.eye(P) * lay.poly_aux.mean_inv[:, None, :]
-        poly_cov = blend(lay.poly_cov, InvWishart(nu + P - 1.0 + Nk, sym(scale0 + scatter)), rho)
-        diag = np.diagonal(poly_cov.expectations()[0], axis1=1, axis2=2)
-        poly_aux = blend(lay.poly_aux, InvGamma(np.full(diag.shape, 0.5 * (nu + P)), nu * diag + 1.0 / A2), rho)
-        return poly_cov, poly_aux
+        poly_cov = blend(lay.poly_cov, hw_cov_target(lay.poly_aux, POLY_DF, Nk, scatter), rho)
+        target = hw_aux_target(poly_cov.expectations()[0], POLY_DF, 1.0 / self.delta_scale[0] ** 2)
+        return poly_cov, blend(lay.poly_aux, target, rho)
 
     def _poly_elbo(self, lay: LayerParams) -> float:
         """E[log p(Phi_k | a_k)] + H[q(Phi_k)] + E[log p(a_k)] + H[q(a_k)], summed over components."""
-        q, aux = lay.poly_cov, lay.poly_aux
-        P, nu, A2 = len(self._poly_idx), POLY_DF, self.delta_scale[0] ** 2
-        e_prec, e_logdet_prec, _ = q.expectations()
-        e_scale0 = 2.0 * nu * np.eye(P) * aux.mean_inv[:, None, :]
-        e_logdet_scale0 = P * np.log(2.0 * nu) - aux.mean_log.sum(-1)
-        total = np.sum(q.expected_logpdf(nu + P - 1.0, e_logdet_scale0, e_scale0, e_prec, e_logdet_prec))
-        total += np.sum(q.entropy())
-        total += np.sum(ig_expected_logpdf(0.5, 1.0 / A2, -np.log(A2), aux) + aux.entropy())
-        return float(total)
+        A2 = self.delta_scale[0] ** 2
+        return sum(hw_elbo_terms(lay.poly_cov, lay.poly_aux, POLY_DF, 1.0 / A2, -np.log(A2)))
 
     # ------------------------------------------------------------------ translation move
     def first_means(self, params: DMFAParams) -> tuple[np.ndarray, np.ndarray]:

@@ -50,10 +50,10 @@ from ..expfam import (
     InvWishart,
     blend,
     gaussian_entropy,
-    ig_expected_logpdf,
 )
 from ..accel import ascend
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior
+from .huang_wand import hw_aux_target, hw_cov_target, hw_elbo_terms
 from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_scale
 
 __all__ = ["GaussianMixturePrior", "GaussianMixtureParams"]
@@ -286,9 +286,7 @@ class GaussianMixturePrior(RandomEffectsPrior):
         return rate, log_rate
 
     def _aux_update(self, e_prec: np.ndarray, cov_smooth: ScaleFactor | None) -> InvGamma:
-        diag = np.diagonal(e_prec, axis1=-2, axis2=-1)
-        shape = np.full(diag.shape, 0.5 * (self.cov_df + len(self._iw_idx)))
-        return InvGamma(shape, self.cov_df * diag + self._aux_rate0(cov_smooth)[0])
+        return hw_aux_target(e_prec, self.cov_df, self._aux_rate0(cov_smooth)[0])
 
     def _mean_prior_prec(self, mean_smooth: ScaleFactor | None) -> np.ndarray:
         """Prior precision of each mean coordinate, (K, D)."""
@@ -351,9 +349,7 @@ class GaussianMixturePrior(RandomEffectsPrior):
         # q(Sigma_k) given q(mu_k), q(a_k)
         mm = m[:, :, None] * m[:, None, :]
         scatter = S2 - S1[:, :, None] * m[:, None, :] - m[:, :, None] * S1[:, None, :] + R[:, None, None] * (mm + v)
-        P = len(self._iw_idx)
-        scale0 = 2.0 * self.cov_df * np.eye(P) * params.cov_aux.mean_inv[:, None, :]
-        cov = blend(params.cov, InvWishart(self._df0 + R, sym(scale0 + self._block(scatter))), rho)
+        cov = blend(params.cov, hw_cov_target(params.cov_aux, self.cov_df, R, self._block(scatter)), rho)
         # q(a_k) given q(Sigma_k), then q(w_k) given q(a_k) (given the rough scatter under "pspline")
         e_prec, _, _ = cov.expectations()
         cov_aux = blend(params.cov_aux, self._aux_update(e_prec, params.cov_smooth), rho)
@@ -365,7 +361,6 @@ class GaussianMixturePrior(RandomEffectsPrior):
         return GaussianMixtureParams(weights, mean, cov, cov_aux, mean_smooth, cov_smooth)
 
     def elbo(self, params: GaussianMixtureParams) -> float:
-        D, nu = len(self._iw_idx), self.cov_df
         total = -float(params.weights.kl_from_symmetric(self.concentration)) if self.n_components > 1 else 0.0
         if params.mean is not None:
             m, v, logdet_v = params.mean.moments()
@@ -375,14 +370,9 @@ class GaussianMixturePrior(RandomEffectsPrior):
         for f in (params.mean_smooth, params.cov_smooth):
             if f is not None:
                 total += scale_elbo(f, self.smooth_scale)
-        e_prec, e_logdet_prec, _ = params.cov.expectations()
-        aux = params.cov_aux
-        e_scale0 = 2.0 * nu * np.eye(D) * aux.mean_inv[:, None, :]
-        e_logdet_scale0 = D * np.log(2.0 * nu) - aux.mean_log.sum(-1)
-        total += float(np.sum(params.cov.expected_logpdf(self._df0, e_logdet_scale0, e_scale0, e_prec, e_logdet_prec)))
-        total += float(np.sum(params.cov.entropy()))
         rate0, log_rate0 = self._aux_rate0(params.cov_smooth)
-        total += float(np.sum(ig_expected_logpdf(0.5, rate0, log_rate0, aux) + aux.entropy()))
+        for term in hw_elbo_terms(params.cov, params.cov_aux, self.cov_df, rate0, log_rate0):
+            total += term
         return total
 
     def at_covariance(self, params: GaussianMixtureParams, cov: np.ndarray, count: float) -> GaussianMixtureParams:
