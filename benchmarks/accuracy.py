@@ -85,7 +85,7 @@ RESEARCH = {  # research code on its seed-0 replicates (issue 7): mean log RMSE,
 MODEL_KEYS = ("dmlmm", "mlmm", "lmm")
 LABELS = {"dmlmm": "DMLMM", "mlmm": "MLMM", "lmm": "Gaussian LMM"}
 PARTS = ("sim", "research", "real")
-NOISE = {"noise": "shared", "noise_df": None}  # residual variances of every model fitted (--noise, --noise-df)
+COMMON: dict = {"noise": "shared", "noise_df": None}  # settings of every model fitted (--noise, --noise-df, --tol, --max-iter)
 
 
 # --------------------------------------------------------------------------- models
@@ -93,18 +93,18 @@ NOISE = {"noise": "shared", "noise_df": None}  # residual variances of every mod
 
 def sim_model(key: str, basis: SplineBasis, seed: int):
     if key == "dmlmm":
-        return DeepMixtureLMM((10, 5), (4, 1), basis=basis, random_state=seed, **NOISE)
+        return DeepMixtureLMM((10, 5), (4, 1), basis=basis, random_state=seed, **COMMON)
     if key == "mlmm":
-        return MixtureLMM(10, basis=basis, random_state=seed, **NOISE)
-    return MixtureLMM(1, basis=basis, random_state=seed, **NOISE)
+        return MixtureLMM(10, basis=basis, random_state=seed, **COMMON)
+    return MixtureLMM(1, basis=basis, random_state=seed, **COMMON)
 
 
 def real_model(key: str, basis: SplineBasis):
     if key == "dmlmm":
-        return DeepMixtureLMM(basis=basis, random_state=0, **NOISE)
+        return DeepMixtureLMM(basis=basis, random_state=0, **COMMON)
     if key == "mlmm":
-        return MixtureLMM(10, basis=basis, random_state=0, **NOISE)
-    return MixtureLMM(1, basis=basis, random_state=0, **NOISE)
+        return MixtureLMM(10, basis=basis, random_state=0, **COMMON)
+    return MixtureLMM(1, basis=basis, random_state=0, **COMMON)
 
 
 def model_spec(model) -> str:
@@ -113,8 +113,9 @@ def model_spec(model) -> str:
     d = getattr(model, "latent_dims", None)
     noise = getattr(model, "noise", "shared")
     df = getattr(model, "noise_df", None)
+    tol = getattr(model, "tol", 1e-5)
     return (f"K={k}" + (f" D={d}" if d is not None else "") + (f" noise={noise}" if noise != "shared" else "")
-            + (f" noise_df={df}" if df is not None else ""))
+            + (f" noise_df={df}" if df is not None else "") + (f" tol={tol:g}" if tol != 1e-5 else ""))
 
 
 def fitted_facts(model) -> dict:
@@ -261,7 +262,7 @@ def run_research(args, sink) -> None:
         row = {"part": "research", "dgp": dgp, "replicate": 0, "model": "dmlmm",
                "research_log_rmse_mean": ref_rmse, "research_log_score": ref_score}
         with Guard(row):
-            model = DeepMixtureLMM((10, 5), (4, 1), basis=SplineBasis(lower=lo, upper=hi), random_state=0, **NOISE)
+            model = DeepMixtureLMM((10, 5), (4, 1), basis=SplineBasis(lower=lo, upper=hi), random_state=0, **COMMON)
             row["spec"] = model_spec(model)
             t0 = time.perf_counter()
             model.fit(sim.data, "subject", "time", "y")
@@ -858,6 +859,10 @@ def main(argv=None) -> None:
                     help="residual variances of every model: one shared (default), one per first-layer cluster, or the better by the ELBO")
     ap.add_argument("--noise-df", default=None, type=lambda v: None if v == "none" else (v if v == "auto" else float(v)),
                     help="subject-level residual scales of every model: none (default), auto or a number (noise_df)")
+    ap.add_argument("--tol", type=float, default=None,
+                    help="convergence tolerance of every model (default: the models' own, 1e-5); a smaller one shows "
+                         "how much the results depend on where the fits stop")
+    ap.add_argument("--max-iter", type=int, default=None, help="iteration budget of every model (default: the models' own)")
     ap.add_argument("--split-seeds", type=int, nargs="+", default=[0],
                     help="real data: seeds of the held-out visits other than the last, one split each (default 0, the "
                          "split of the tables; more add a section comparing the splits)")
@@ -868,8 +873,12 @@ def main(argv=None) -> None:
     ap.add_argument("--out-md", help="write the results page here (default: print it)")
     ap.add_argument("--from-jsonl", nargs="+", metavar="JSONL", help="only render the page from saved rows")
     args = ap.parse_args(argv)
-    NOISE["noise"] = args.noise
-    NOISE["noise_df"] = args.noise_df
+    COMMON["noise"] = args.noise
+    COMMON["noise_df"] = args.noise_df
+    if args.tol is not None:
+        COMMON["tol"] = args.tol
+    if args.max_iter is not None:
+        COMMON["max_iter"] = args.max_iter
     unknown = [d for d in args.datasets if d not in accuracy_data.DATASETS]
     if unknown:
         ap.error(f"unknown data set(s) {unknown}; choose from {sorted(accuracy_data.DATASETS)}")
