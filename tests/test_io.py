@@ -160,6 +160,31 @@ def test_files_written_before_the_polynomial_block_load_with_independent_varianc
     pd.testing.assert_frame_equal(old.predict_trajectory(), deep.predict_trajectory())
 
 
+def test_files_written_before_the_confounded_shape_load_with_one_shape(tmp_path):
+    """Deep mixtures saved before ``confounded_shape`` existed tied the rough variances to the spectrum with
+    ``idiosyncratic_shape`` also where a few shared visit times confound the noise; files written now keep 64."""
+    rng = np.random.default_rng(0)
+    times = np.array([0.0, 1.0, 2.0, 3.0])  # four shared times under six functions: visit_times = 4
+    df = pd.DataFrame({"subject": np.repeat(np.arange(30), 4), "time": np.tile(times, 30)})
+    df["y"] = rng.normal(size=30).repeat(4) + 0.5 * df["time"] + rng.normal(0, 0.3, len(df))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        deep = dmlmm.DeepMixtureLMM((2, 1), (1, 1), basis=dmlmm.SplineBasis(6), random_state=0, max_iter=40,
+                                    response_transform=None).fit(df, "subject", "time", "y")
+    assert deep.prior_.visit_times == 4 and deep.prior_.confounded_shape == 64.0
+    deep.save(tmp_path / "m.dmlmm")
+    assert dmlmm.load(tmp_path / "m.dmlmm").prior_.confounded_shape == 64.0
+
+    def strip(meta):
+        del meta["prior"]["args"]["confounded_shape"]
+
+    _rewrite(tmp_path / "m.dmlmm", tmp_path / "old.dmlmm", strip)
+    old = dmlmm.load(tmp_path / "old.dmlmm")
+    assert old.prior_.confounded_shape == old.prior_.idiosyncratic_shape == 16.0
+    rough = old.prior_._rough
+    np.testing.assert_allclose(old.prior_._alpha_d[rough] / deep.prior_._alpha_d[rough], 0.25)
+
+
 def test_newer_format_version_is_refused(models, tmp_path):
     models["deep"].save(tmp_path / "m.dmlmm")
     _rewrite(tmp_path / "m.dmlmm", tmp_path / "new.dmlmm", lambda m: m.update(format_version=FORMAT_VERSION + 1))

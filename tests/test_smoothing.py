@@ -293,8 +293,10 @@ def test_a_correlated_random_level_and_slope_is_recovered_with_the_polynomial_bl
 
 
 def test_idiosyncratic_shapes_grow_only_beyond_what_the_visit_times_resolve():
-    """T distinct visit times resolve T - 2 rough coordinates: those keep alpha, the ones beyond get
-    alpha lam_d ** (1/4); without visit_times (or with as many as functions) every rough row has alpha."""
+    """T distinct visit times resolve T - 2 rough coordinates: those keep the shape, the ones beyond get
+    the shape times lam_d ** (1/4). Where fewer times than functions confound the noise the shape is
+    confounded_shape (64), else alpha (16); without visit_times (or with as many as functions) every rough
+    row has alpha. confounded_shape=None is the model before: alpha there too."""
     from dmlmm.priors.dmfa import DeepMixturePrior
 
     rough = np.array([0.0, 0.0, 1.0, 6.0, 25.0, 90.0])
@@ -302,7 +304,12 @@ def test_idiosyncratic_shapes_grow_only_beyond_what_the_visit_times_resolve():
     np.testing.assert_array_equal(alpha(DeepMixturePrior(6, (2, 1), (2, 1), roughness=rough)), 16.0)
     np.testing.assert_array_equal(alpha(DeepMixturePrior(6, (2, 1), (2, 1), roughness=rough, visit_times=6)), 16.0)
     np.testing.assert_allclose(alpha(DeepMixturePrior(6, (2, 1), (2, 1), roughness=rough, visit_times=4)),
+                               64.0 * np.array([1.0, 1.0, 25.0**0.25, 90.0**0.25]))
+    np.testing.assert_allclose(alpha(DeepMixturePrior(6, (2, 1), (2, 1), roughness=rough, visit_times=4,
+                                                      confounded_shape=None)),
                                16.0 * np.array([1.0, 1.0, 25.0**0.25, 90.0**0.25]))
+    with pytest.raises(ValueError, match="confounded_shape must be positive"):
+        DeepMixturePrior(6, (2, 1), (2, 1), roughness=rough, visit_times=4, confounded_shape=0.0)
 
 
 def test_sparse_visits_curves_stay_in_range_and_bands_widen_between_visits():
