@@ -59,7 +59,7 @@ could together mimic the residual variance, and the bound hardly told them apart
 the autism fit moved sigma^2 from 0.106 to 0.049 over a thousand iterations, and its forecasts four years past
 the data widened (docs/accuracy.md, "Where the fits stop"). Measured on the harness's five held-out splits of
 the five such sets (held-out log score per observation, shape 16 -> 64): autism +0.048, Orthodont +0.010,
-Blackmore +0.005, ChickWeight +0.003, Sitka -0.003. Shapes 256 and 1024 gained more on autism (+0.088) but lost
+Blackmore +0.005, ChickWeight +0.003, Sitka +0.001. Shapes 256 and 1024 gained more on autism (+0.088) but lost
 on Orthodont (-0.028) and Sitka (-0.015, -0.039). On data with more distinct times nothing changes.
 
 Why this middle way: with the research prior (a free half-Cauchy variance per coordinate, 
