@@ -85,7 +85,8 @@ RESEARCH = {  # research code on its seed-0 replicates (issue 7): mean log RMSE,
 MODEL_KEYS = ("dmlmm", "mlmm", "lmm")
 LABELS = {"dmlmm": "DMLMM", "mlmm": "MLMM", "lmm": "Gaussian LMM"}
 PARTS = ("sim", "research", "real")
-COMMON: dict = {"noise": "shared", "noise_df": None}  # settings of every model fitted (--noise, --noise-df, --tol, --max-iter)
+# settings of every model fitted (--noise, --noise-df, --tol, --max-iter)
+COMMON: dict = {"noise": "shared", "noise_df": None}
 
 
 # --------------------------------------------------------------------------- models

@@ -66,7 +66,8 @@ def _model_and_data(case: str, seed: int, max_iter: int | None = None):
         ds = accuracy_data.load("autism")
         train, _ = accuracy_data.heldout_visits(ds.data, 0.2, random_state=0)
         lo, hi = ds.window
-        return DeepMixtureLMM(basis=SplineBasis(lower=lo, upper=hi), random_state=seed), train, ("subject", "time", "y"), None
+        model = DeepMixtureLMM(basis=SplineBasis(lower=lo, upper=hi), random_state=seed)
+        return model, train, ("subject", "time", "y"), None
     if case.startswith("blackmore"):  # real data, 4-5 visits per subject, the default 20 functions
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import accuracy_data

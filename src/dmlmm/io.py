@@ -375,7 +375,7 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
     if meta["prior"]["class"] == "DeepMixturePrior":
         prior_args.setdefault("loading_order", 1.0)  # files written before it existed were fitted with 1
         prior_args.setdefault("polynomial_covariance", "diagonal")  # and before 2026-12-07 with this
-        prior_args.setdefault("confounded_shape", None)  # and with the one idiosyncratic shape everywhere
+        prior_args.setdefault("confounded_shape", None)  # and with idiosyncratic_shape at few visit times too
     model.prior_ = prior_cls(**prior_args)
     model.params_ = unflatten_tree(meta["params"], arrays, _param_classes())
     f = meta["fitted"]

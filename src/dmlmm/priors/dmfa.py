@@ -128,7 +128,7 @@ __all__ = ["DeepMixturePrior", "LayerParams", "LayerSmooth", "DMFAParams", "PINN
 PINNED_MEAN_VAR = 1e-10
 
 #: The idiosyncratic shape alpha of the rough rows where a few shared visit times confound the noise
-#: (``visit_times`` given): four times ``idiosyncratic_shape``'s default, so that the rough variances at the visit
+#: (``visit_times`` given, below the dimension): four times ``idiosyncratic_shape``'s default, so that the rough variances at the visit
 #: times follow the spectrum closely enough not to take the residual variance (module docstring).
 CONFOUNDED_SHAPE = 64.0
 
@@ -252,7 +252,8 @@ class DeepMixturePrior(RandomEffectsPrior):
         ``a_kp ~ IG(1/2, 1 / delta_scale^2)``, nu = :data:`POLY_DF`), so that level and trend can be
         correlated without a factor (see the module docstring). Ignored without a smoothness prior.
     confounded_shape : float or None
-        The shape in place of ``alpha`` where ``visit_times`` is given (default :data:`CONFOUNDED_SHAPE`, 64;
+        The shape in place of ``alpha`` where ``visit_times`` is given and below ``dim`` (default
+        :data:`CONFOUNDED_SHAPE`, 64;
         None: ``alpha``, the model before 2026-12-07): the rough variances then lie within about
         ``1 ± 1/8`` of the spectrum, so that at a few shared visit times they cannot mimic the residual
         variance (see the module docstring).
