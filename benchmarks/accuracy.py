@@ -791,8 +791,8 @@ def render_splits(real: pd.DataFrame) -> list[str]:
 
     rows = []
     for name in real["dataset"].drop_duplicates():
-        diffs = [None if get(name, s, "dmlmm", "heldout_per_obs") is None or get(name, s, "lmm", "heldout_per_obs") is None
-                 else get(name, s, "dmlmm", "heldout_per_obs") - get(name, s, "lmm", "heldout_per_obs") for s in seeds]
+        pairs = [(get(name, s, "dmlmm", "heldout_per_obs"), get(name, s, "lmm", "heldout_per_obs")) for s in seeds]
+        diffs = [None if deep is None or lmm is None else deep - lmm for deep, lmm in pairs]
         known = [d for d in diffs if d is not None]
         covs = {m: [get(name, s, m, "coverage95") for s in seeds] for m in MODEL_KEYS}
         inside = [f"{sum(c is not None and 0.90 <= c <= 0.98 for c in covs[m])}" if any(c is not None for c in covs[m])

@@ -508,12 +508,11 @@ class DeepMixturePrior(RandomEffectsPrior):
         W[:, rows, rows] = dinv
         e_prec, e_logdet_prec, _ = lay.poly_cov.expectations()
         W[:, i[:, None], i[None, :]] = e_prec
-        rough = np.ones(J, dtype=bool)
-        rough[i] = False
-        return W, dlog[:, rough].sum(axis=1) - e_logdet_prec
+        return W, dlog[:, self._rough].sum(axis=1) - e_logdet_prec  # the block's rows are the non-rough ones
 
     def _idio_mean(self, lay: LayerParams) -> np.ndarray:
-        """E[Psi_k] (K, J, J): diag(E[delta_kj]), with E[Phi_k] on the polynomial rows when the block is on."""
+        """E[Psi_k] (K, J, J) of any layer: diag(E[delta_kj]), with E[Phi_k] on the polynomial rows when the
+        block is on."""
         K, J = lay.delta.shape.shape
         out = lay.delta.mean[:, :, None] * np.eye(J)
         if lay.poly_cov is not None:
@@ -793,7 +792,6 @@ class DeepMixturePrior(RandomEffectsPrior):
         total = -float(lay.weights.kl_from_symmetric(self.concentration[l])) if include_weights else 0.0
         mean, cov, logdet = lay.loadings.moments()
         m1 = mean.shape[-1]
-        J = mean.shape[1]
         null = self._null_rows(lay)
         var = np.diagonal(cov, axis1=-2, axis2=-1) + mean**2  # (K, J, m+1) E[theta^2]
         e_inv_v, e_log_v = self._row_priors(l, lay)
@@ -804,9 +802,7 @@ class DeepMixturePrior(RandomEffectsPrior):
         delta_terms = ig_expected_logpdf(shape0, drate, dlog, d) + d.entropy()
         aux_rows = null
         if self._poly_block(l, lay):  # the polynomial rows' variances are Phi_k's (their delta, delta_aux unused)
-            rough = np.ones(J, dtype=bool)
-            rough[self._poly_idx] = False
-            delta_terms, aux_rows = delta_terms[:, rough], null & rough
+            delta_terms, aux_rows = delta_terms[:, self._rough], null & self._rough
             total += self._poly_elbo(lay)
         total += float(np.sum(delta_terms))
         total += float(np.sum((ig_expected_logpdf(0.5, 1 / A2, -np.log(A2), da) + da.entropy())[:, aux_rows]))
@@ -884,10 +880,7 @@ class DeepMixturePrior(RandomEffectsPrior):
             mean, cov, _ = lay.loadings.moments()
             k = self._paths[:, l]
             Bk = mean[k][..., 1:]
-            if self._poly_block(l, lay):
-                S_new = Bk @ S @ np.swapaxes(Bk, 1, 2) + self._idio_mean(lay)[k]
-            else:
-                S_new = Bk @ S @ np.swapaxes(Bk, 1, 2) + lay.delta.mean[k][:, :, None] * np.eye(mean.shape[1])
+            S_new = Bk @ S @ np.swapaxes(Bk, 1, 2) + self._idio_mean(lay)[k]
             if integrate_globals:
                 W = np.empty((M, top + 1, top + 1))
                 W[:, 0, 0] = 1.0
