@@ -14,7 +14,7 @@ from scipy import optimize, stats
 import dmlmm
 from dmlmm.basis import SplineBasis
 from dmlmm.sufficient import sufficient_stats
-from dmlmm.exceptions import DataError, IdentifiabilityWarning, NotFittedError
+from dmlmm.exceptions import ConvergenceWarning, DataError, IdentifiabilityWarning, NotFittedError
 from dmlmm.lmm import CovarianceStructure, LinearMixedModel, profiled_loglik, profiled_loglik_grad
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
@@ -558,6 +558,34 @@ def test_identifiability_warning_when_random_effects_outnumber_observations(slee
     two = sleepstudy[sleepstudy["Days"] < 2]
     with pytest.warns(IdentifiabilityWarning, match=r"number of observations \(=36\) <= number of random effects \(=36\)"):
         LinearMixedModel(FORMULA, method="ml").fit(two)
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+def test_a_residual_variance_that_collapses_is_named_not_a_gradient(sleepstudy, method):
+    """Two visits per subject and a random level and slope: the random effects fit every observation, so the
+    likelihood has no maximum (ML ended at sigma2 6e-307 and loglik 11998, REML at 6e-10, against a response
+    variance near 1,000). The warning says so and what to do, instead of ML's 'projected gradient 7.40e+285'."""
+    two = sleepstudy[sleepstudy["Days"] < 2]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = LinearMixedModel(FORMULA, method=method).fit(two)
+    said = [str(w.message) for w in caught]
+    collapsed = [t for t in said if t.startswith("the residual variance went to")]
+    assert len(collapsed) == 1 and m.sigma2_ <= 1e-8 * two["Reaction"].var()
+    assert f"so the {method.upper()} likelihood has no maximum" in collapsed[0]
+    assert collapsed[0].endswith("use fewer random-effect terms (e.g. drop a random slope) or groups with more "
+                                 "observations each")
+    assert not any("projected gradient" in t for t in said)
+    assert not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+def test_a_small_but_real_residual_variance_is_not_called_collapsed(sleepstudy):
+    """The same model on all ten days: sigma2 about 655 (lme4's REML 654.9), no such warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = LinearMixedModel(FORMULA, method="reml").fit(sleepstudy)
+    assert m.sigma2_ == pytest.approx(654.94, rel=1e-3)
+    assert not any("residual variance went to" in str(w.message) for w in caught)
 
 
 def test_constant_response(sleepstudy):

@@ -24,7 +24,9 @@ class IdentifiabilityWarning(UserWarning):
 
     Raised for more components than subjects, knot intervals without observations (without a
     smoothness prior), and covariates that time (and the covariates before them) explain with
-    R^2 >= 0.999: time itself, 2t + 1, t^2, ... are confounded with the mean curves.
+    R^2 >= 0.999: time itself, 2t + 1, t^2, ... are confounded with the mean curves; and for a
+    :class:`~dmlmm.LinearMixedModel` fitted by ML or REML whose residual variance went to (next to)
+    zero, the random effects fitting every observation, where the likelihood has no maximum.
     """
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from .._estimator import HyperParameters
 from ..models.params import check_flag, check_interval, check_model_params
 from ..basis import SplineBasis
-from ..exceptions import ConvergenceWarning, DataError, NotFittedError
+from ..exceptions import ConvergenceWarning, DataError, IdentifiabilityWarning, NotFittedError
 from .._linalg import limit_blas_threads
 from .design import (
     Design,
@@ -37,6 +37,11 @@ from .predictive import PredictiveLMM, fitted_rows
 from .scaling import ResponseScaling
 from ..standardise import check_noise_left, warn_binary_response, warn_far_values
 from ..response_transform import check_transform, forward, label_of, log_jacobian, scale_text, transform_candidates
+
+#: An ML or REML fit's residual variance at or below this share of the response's variance has collapsed
+#: (:meth:`LinearMixedModel._warn_collapsed_noise`); the mixtures' engine calls such data noise-free at the
+#: same share (``dmlmm.inference.engine.NOISE_FREE_SHARE``).
+COLLAPSED_NOISE_SHARE = 1e-8
 
 __all__ = ["LinearMixedModel"]
 
@@ -352,7 +357,8 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         self._fitted_rows = fitted_rows(design.Z, design.y, design.codes, len(design.subjects))
         if method == "vb":
             self._set_posterior(est, fn, rn)
-        self._warn_not_converged(est)
+        if not self._warn_collapsed_noise(design.y):
+            self._warn_not_converged(est)
 
     def _set_estimate(self, est: Estimate, subjects: pd.Index, last_times: np.ndarray | None) -> None:
         """The fitted attributes that follow from an estimate (also what :func:`dmlmm.load` restores);
@@ -390,6 +396,21 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         )
         self._subjects = subjects
         self._last_times = last_times
+
+    def _warn_collapsed_noise(self, y: np.ndarray) -> bool:
+        """Warn (and return True) when an ML or REML fit's residual variance went to (next to) zero: the
+        random effects then fit every observation and the likelihood grows without bound, so the optimiser's
+        own message (a projected gradient of 1e285) would not say what happened. ``y`` on the fitted scale."""
+        spread = float(np.var(y))
+        if self.method_ == "vb" or not spread > 0 or self.sigma2_ > COLLAPSED_NOISE_SHARE * spread:
+            return False
+        warnings.warn(
+            f"the residual variance went to {self.sigma2_:.3g}, next to nothing against the response's variance "
+            f"({spread:.4g}): the random effects fit every observation, so the {self.method_.upper()} likelihood "
+            f"has no maximum and these estimates (loglik_ {self.loglik_:.6g} included) mean nothing; use fewer "
+            "random-effect terms (e.g. drop a random slope) or groups with more observations each",
+            IdentifiabilityWarning, stacklevel=4)
+        return True
 
     def _warn_not_converged(self, est: Estimate) -> None:
         if not self.converged_:
