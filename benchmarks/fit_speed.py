@@ -46,6 +46,14 @@ CASES = [f"dgp{i}_{s}" for i in (1, 2, 3) for s in ("research", "default")] + ["
 ] + [f"sparse{d}" for d in (30, 40)] + ["blackmore", "blackmore_mlmm", "lines30", "autism_split"]
 
 
+def _accuracy_data():
+    """The accuracy harness's data module (benchmarks/accuracy_data.py: the real data sets and their splits)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import accuracy_data
+
+    return accuracy_data
+
+
 def _model_and_data(case: str, seed: int, max_iter: int | None = None):
     from dmlmm import DeepMixtureLMM, MixtureLMM, SplineBasis
     from dmlmm.simulate import dgp1, dgp2, dgp3, pspline_lines
@@ -60,19 +68,14 @@ def _model_and_data(case: str, seed: int, max_iter: int | None = None):
         model = MixtureLMM(1, basis=SplineBasis(30, lower=0.0, upper=1.0, knots="uniform"), random_state=seed)
         return model, pspline_lines(7 + seed), ("subject", "time", "y"), None
     if case == "autism_split":  # the accuracy harness's training split 0 of autism: four shared ages (2, 3, 5, 9)
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import accuracy_data
-
+        accuracy_data = _accuracy_data()
         ds = accuracy_data.load("autism")
         train, _ = accuracy_data.heldout_visits(ds.data, 0.2, random_state=0)
         lo, hi = ds.window
         model = DeepMixtureLMM(basis=SplineBasis(lower=lo, upper=hi), random_state=seed)
         return model, train, ("subject", "time", "y"), None
     if case.startswith("blackmore"):  # real data, 4-5 visits per subject, the default 20 functions
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import accuracy_data
-
-        ds = accuracy_data.load("blackmore")
+        ds = _accuracy_data().load("blackmore")
         lo, hi = ds.window
         model = (MixtureLMM(10, basis=SplineBasis(lower=lo, upper=hi), random_state=seed) if case.endswith("mlmm")
                  else DeepMixtureLMM(basis=SplineBasis(lower=lo, upper=hi), random_state=seed))
