@@ -42,6 +42,32 @@ def test_the_cache_is_no_field_and_survives_pickling():
     np.testing.assert_array_equal(back.moments()[0], q.moments()[0])
 
 
+def test_a_layers_prior_expectations_are_computed_once_per_prior():
+    """The deep mixture's row priors and delta priors of a layer's factors: the same read-only arrays on a
+    second read by the same prior, computed afresh (and right) by another prior with other settings, and
+    equal to a fresh computation after a round trip through pickle (as candidates travel to workers)."""
+    from dmlmm.priors.dmfa import DeepMixturePrior
+
+    rng = np.random.default_rng(2)
+    rough = np.r_[0.0, 0.0, np.linspace(1.0, 50.0, 6)]
+    prior = DeepMixturePrior(8, (3, 2), (2, 1), roughness=rough)
+    other = DeepMixturePrior(8, (3, 2), (2, 1), roughness=rough, loading_order=1.0)
+    lay = prior.init_params(rng.normal(size=(40, 8)), rng).layers[0]
+    rows, deltas = prior._row_priors(0, lay), prior._delta_prior(0, lay)
+    assert all(a is b for a, b in zip(prior._row_priors(0, lay), rows))
+    assert all(a is b for a, b in zip(prior._delta_prior(0, lay), deltas))
+    with pytest.raises(ValueError, match="read-only"):
+        rows[0][0, 0, 0] = 1.0
+    for got, fresh in zip(rows + deltas, prior._row_priors_of(0, lay) + prior._delta_prior_of(0, lay)):
+        np.testing.assert_array_equal(got, fresh)
+    # the loading curves' prior precisions are lam ** loading_order: another order, other values
+    theirs = other._row_priors(0, lay)
+    np.testing.assert_array_equal(theirs[0], other._row_priors_of(0, lay)[0])
+    assert not np.array_equal(theirs[0][..., 1:], rows[0][..., 1:])
+    back = pickle.loads(pickle.dumps((prior, lay)))
+    np.testing.assert_array_equal(back[0]._row_priors(0, back[1])[0], rows[0])
+
+
 def test_inverse_gamma_and_inverse_wishart_expectations():
     rng = np.random.default_rng(2)
     shape, rate = rng.uniform(1, 5, 4), rng.uniform(0.5, 2, 4)

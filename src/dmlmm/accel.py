@@ -21,6 +21,7 @@ to the plain ``theta2``), so the recorded ELBO stays monotone.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, is_dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -68,23 +69,31 @@ def to_unconstrained(params: Any) -> list[np.ndarray]:
 def _flatten(obj: Any, out: list[np.ndarray]) -> None:
     if obj is None or type(obj) is float:  # a Python float is a constant (SubjectScales.df); numpy scalars are not
         return
-    if isinstance(obj, InvGamma):
+    kind = type(obj)
+    if kind is InvGamma:
         out += [np.log(np.asarray(obj.shape, dtype=float)), np.log(np.asarray(obj.rate, dtype=float))]
-    elif isinstance(obj, Dirichlet):
+    elif kind is Dirichlet:
         out.append(np.log(obj.alpha))
-    elif isinstance(obj, Gaussian):
+    elif kind is Gaussian:
         out += [_log_chol(obj.precision), np.asarray(obj.shift, dtype=float)]
-    elif isinstance(obj, InvWishart):
+    elif kind is InvWishart:
         d = obj.scale.shape[-1]
         out += [np.log(np.asarray(obj.df, dtype=float) - (d - 1)), _log_chol(obj.scale)]
     elif isinstance(obj, (tuple, list)):
         for x in obj:
             _flatten(x, out)
     elif is_dataclass(obj):
-        for f in fields(obj):
-            _flatten(getattr(obj, f.name), out)
+        for name in _field_names(kind):
+            _flatten(getattr(obj, name), out)
     else:
         raise TypeError(f"cannot extrapolate a parameter of type {type(obj).__name__}")
+
+
+@cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    """The fields of a dataclass type in declaration order (looked up once per type: a fit flattens its
+    parameter tree, some forty nodes, at every extrapolation)."""
+    return tuple(f.name for f in fields(kind))
 
 
 def from_unconstrained(template: Any, leaves: list[np.ndarray]) -> Any:
@@ -97,22 +106,23 @@ def from_unconstrained(template: Any, leaves: list[np.ndarray]) -> Any:
 def _rebuild(obj: Any, it) -> Any:
     if obj is None or type(obj) is float:
         return obj
-    if isinstance(obj, InvGamma):
+    kind = type(obj)
+    if kind is InvGamma:
         shape, rate = np.exp(next(it)), np.exp(next(it))
         return InvGamma(shape.reshape(np.shape(obj.shape)), rate.reshape(np.shape(obj.rate)))
-    if isinstance(obj, Dirichlet):
+    if kind is Dirichlet:
         return Dirichlet(np.exp(next(it)))
-    if isinstance(obj, Gaussian):
+    if kind is Gaussian:
         prec = _from_log_chol(next(it))
         return Gaussian(prec, next(it))
-    if isinstance(obj, InvWishart):
+    if kind is InvWishart:
         d = obj.scale.shape[-1]
         df = np.exp(next(it)) + (d - 1)
         return InvWishart(df.reshape(np.shape(obj.df)), _from_log_chol(next(it)))
     if isinstance(obj, (tuple, list)):
         return type(obj)(_rebuild(x, it) for x in obj)
     if is_dataclass(obj):
-        return type(obj)(**{f.name: _rebuild(getattr(obj, f.name), it) for f in fields(obj)})
+        return kind(**{name: _rebuild(getattr(obj, name), it) for name in _field_names(kind)})
     raise TypeError(f"cannot extrapolate a parameter of type {type(obj).__name__}")
 
 

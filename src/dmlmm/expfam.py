@@ -19,16 +19,18 @@ from ._linalg import spd_inv_logdet
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
-__all__ = ["InvGamma", "Dirichlet", "Gaussian", "InvWishart", "blend", "ig_expected_logpdf", "LOG_2PI"]
+__all__ = ["InvGamma", "Dirichlet", "Gaussian", "InvWishart", "blend", "ig_expected_logpdf", "memo", "LOG_2PI"]
 
 
-def _cached(obj, name: str, compute):
+def memo(obj, name, compute):
     """``compute()``, stored on the frozen factor ``obj`` under ``name`` and returned as is from then on.
 
     A factor's parameters are never changed in place (every update builds a new factor), so its
     derived quantities are computed once: a coordinate-ascent iteration reads the same moments in
     the local step, the global updates and the ELBO. The arrays are made read-only, so that a
     caller who would change them in place fails loudly instead of corrupting the next reader.
+    ``obj`` may be any frozen dataclass of factors (a prior's layer), ``name`` any hashable key: what
+    the value depends on besides ``obj`` belongs in it.
     """
     cache = obj.__dict__.setdefault("_cache", {})  # not a dataclass field: fields(), blend and io never see it
     if name not in cache:
@@ -71,7 +73,7 @@ class InvGamma:
     @property
     def mean_log(self) -> np.ndarray:
         """E[log x]."""
-        return _cached(self, "mean_log", lambda: np.log(self.rate) - digamma(self.shape))
+        return memo(self, "mean_log", lambda: np.log(self.rate) - digamma(self.shape))
 
     @property
     def mean(self) -> np.ndarray:
@@ -131,7 +133,7 @@ class Gaussian:
 
     def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mean (..., d), covariance (..., d, d) and log-determinant of the covariance (...), read-only."""
-        return _cached(self, "moments", self._moments)
+        return memo(self, "moments", self._moments)
 
     def _moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cov, logdet_prec = spd_inv_logdet(self.precision, "variational precision")
@@ -152,7 +154,7 @@ class InvWishart:
 
     def expectations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """E[Sigma^{-1}] (..., d, d), E[log|Sigma^{-1}|] (...), log|scale| (...), read-only."""
-        return _cached(self, "expectations", self._expectations)
+        return memo(self, "expectations", self._expectations)
 
     def _expectations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d = self.scale.shape[-1]

@@ -107,6 +107,7 @@ loss above 0.001).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, replace
 from itertools import product
 
@@ -115,6 +116,7 @@ import numpy as np
 from .._linalg import spd_inv_logdet, sym
 from ..accel import ascend
 from ..expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, InvWishart, blend, gaussian_entropy, ig_expected_logpdf
+from ..expfam import memo as _memo
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior, SharedPrecision
 from .gaussian import _take_components, canonical_order, kmeans
 from .huang_wand import hw_aux_target, hw_cov_target, hw_elbo_terms
@@ -339,6 +341,10 @@ class DeepMixturePrior(RandomEffectsPrior):
         self._poly_idx = np.flatnonzero(~self._rough) if block else np.zeros(0, dtype=int)
         self._dims = dims
         self._offsets = np.r_[0, np.cumsum(dims)]
+        #: names this prior's derived quantities kept on its factors (:func:`_memo`): its settings never change
+        #: after construction, and a factor read by another prior (a resized start's) is computed afresh there.
+        #: An identity, unique across processes (candidates travel to workers), not a random choice of the fit.
+        self._token = uuid.uuid4().int
 
     # ------------------------------------------------------------------ structure
     @property
@@ -445,7 +451,12 @@ class DeepMixturePrior(RandomEffectsPrior):
         return l >= 1 and self.n_components[l] == 1 and bool(self._rough.any())
 
     def _row_priors(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray]:
-        """E[1/v] and E[log v] of the prior variances of theta_kj = (mu_kj, B_kj.), each (K, J, m+1)."""
+        """E[1/v] and E[log v] of the prior variances of theta_kj = (mu_kj, B_kj.), each (K, J, m+1), read-only.
+
+        Computed once per layer's factors (an iteration's ELBO and update read the same ones, :func:`_memo`)."""
+        return _memo(lay, ("row_priors", l, self._token), lambda: self._row_priors_of(l, lay))
+
+    def _row_priors_of(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray]:
         G = self.mean_scale[l]
         e_inv_v = np.concatenate(
             [lay.mean_scale.mean_inv[..., None] / G,
@@ -480,7 +491,11 @@ class DeepMixturePrior(RandomEffectsPrior):
         return ~self._rough if lay.smooth is not None else np.ones(J, dtype=bool)
 
     def _delta_prior(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Shape, E[rate] and E[log rate] of the inverse-gamma prior of each delta_kj, each (K, J)."""
+        """Shape, E[rate] and E[log rate] of the inverse-gamma prior of each delta_kj, each (K, J), read-only
+        (computed once per layer's factors, as :meth:`_row_priors`)."""
+        return _memo(lay, ("delta_prior", l, self._token), lambda: self._delta_prior_of(l, lay))
+
+    def _delta_prior_of(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         da = lay.delta_aux
         shape = np.full(da.shape.shape, 0.5)
         rate, log_rate = da.mean_inv, -da.mean_log
