@@ -98,8 +98,10 @@ class VIConfig:
     translate_means: bool = True  # full batch: the translation move of the component means (inference.translate)
     resp_tol: float = 1e-3  # full batch: converged only once no responsibility moves more than this
     joint_fixed: bool = False  # one-path priors: q(w, b) jointly Gaussian (:mod:`dmlmm.inference.joint`)
-    # a run racing a known ELBO: stop once it cannot reach this at its recent rate (_cannot_reach)
+    # a run racing a known ELBO: stop once it cannot reach this at its recent rate (_cannot_reach), measured
+    # over give_up_window iterations (None: GIVE_UP_WINDOW)
     give_up_below: float | None = None
+    give_up_window: int | None = None
     # subject-level residual scales (dmlmm.inference.subject_scales): the starting degrees of freedom
     # (None: no scales), and whether they are learned
     subject_df: float | None = None
@@ -415,7 +417,10 @@ def run_vi(
             last_full = -config.full_every  # confirm with a step over all paths
         if it == config.max_iter and full:
             break  # out of budget: keep these globals, whose full local step is at hand
-        if config.give_up_below is not None and _cannot_reach(history, config.give_up_below, config.max_iter - it):
+        if config.give_up_below is not None and _cannot_reach(
+            history, config.give_up_below, config.max_iter - it,
+            GIVE_UP_WINDOW if config.give_up_window is None else config.give_up_window,
+        ):
             gave_up = True
             break
         prev_local = local

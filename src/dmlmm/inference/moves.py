@@ -28,6 +28,12 @@ __all__ = ["run_vi_with_moves", "explore_config", "EXPLORE_TOL"]
 
 #: Tolerance of the exploring runs before and between moves (the final run uses the fit's own).
 EXPLORE_TOL = 1e-3
+#: A trial gives up once it cannot reach the ELBO it must beat at its mean gain over this many iterations
+#: (:data:`~dmlmm.inference.engine.GIVE_UP_MARGIN` times it, :func:`~dmlmm.inference.engine._cannot_reach`).
+#: Measured on the delete trials of 24 benchmark fits (DGP 1-3 at both settings, the demo, Blackmore, sleepstudy,
+#: eight real sets' training splits: 312 trials, 153 accepted): an accepted trial would have been stopped only
+#: with a margin below 1.57 (autism), and the rule stops the rejected ones 575 of their 4,058 iterations early.
+TRIAL_GIVE_UP_WINDOW = 4
 
 
 def explore_config(config: VIConfig, explore_tol: float = EXPLORE_TOL) -> VIConfig:
@@ -126,14 +132,15 @@ def run_vi_with_moves(
             keep[l][k] = False
             new_prior, new_pp = res.prior.prune(res.params.prior, keep)
             start = prune_params(res.params, new_pp, keep)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                trial = run_vi(stats, new_prior, start, replace(config, max_iter=trial_iter), rng)
             # fair comparison: the larger model with component k emptied instead of deleted
             if l not in gaps:
                 gaps[l] = empty_component_cost(res.prior, res.params, l, config)
-            gap = gaps[l]
-            if trial.elbo - gap > res.elbo + 1e-9 * abs(res.elbo):
+            target = res.elbo + gaps[l] + 1e-9 * abs(res.elbo)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                trial = run_vi(stats, new_prior, start, replace(config, max_iter=trial_iter, give_up_below=target,
+                                                                  give_up_window=TRIAL_GIVE_UP_WINDOW), rng)
+            if trial.elbo > target:
                 base_kept = [k_[m] for k_, m in zip(res.kept, keep)]
                 trial.kept = [b_[t] for b_, t in zip(base_kept, trial.kept)]
                 trial.pruned_at = res.pruned_at + [len(history)] + [len(history) + p for p in trial.pruned_at]
