@@ -42,12 +42,6 @@ def test_racing_run_measures_its_rate_over_the_window_it_is_given():
 def _fit_counting(window: int):
     """A deep mixture on two-group curves with TRIAL_GIVE_UP_WINDOW = ``window``: the model, its local steps,
     and each delete trial's (gave up, ELBO, target)."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        return _fit_counting_in(monkeypatch, window)
-
-
-def _fit_counting_in(monkeypatch, window: int):
-    monkeypatch.setattr(moves, "TRIAL_GIVE_UP_WINDOW", window)
     steps, trials = [0], []
     inner_step, inner_run = backend.local_step, moves.run_vi
 
@@ -61,11 +55,12 @@ def _fit_counting_in(monkeypatch, window: int):
             trials.append((res.gave_up, res.elbo, config.give_up_below))
         return res
 
-    monkeypatch.setattr(backend, "local_step", counted)
-    monkeypatch.setattr(moves, "run_vi", recorded)
     sim = dgp1(random_state=1, n_subjects=160)
     model = DeepMixtureLMM((4, 2), (3, 1), basis=SplineBasis(8, lower=0, upper=1), loading_order=2.0, random_state=0)
-    with warnings.catch_warnings():
+    with pytest.MonkeyPatch.context() as monkeypatch, warnings.catch_warnings():  # undone before the next fit
+        monkeypatch.setattr(moves, "TRIAL_GIVE_UP_WINDOW", window)
+        monkeypatch.setattr(backend, "local_step", counted)
+        monkeypatch.setattr(moves, "run_vi", recorded)
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(sim.data, "subject", "time", "y")
     return model, steps[0], trials

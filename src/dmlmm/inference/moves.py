@@ -5,7 +5,8 @@ components slowly and can stall with a true cluster shared by two or three
 components. A delete move removes one component, lets its subjects reassign
 themselves and re-runs coordinate ascent for a short budget; the move is kept
 only if the ELBO ends higher than before (cf. Hughes and Sudderth's memoized
-variational inference with merge and delete moves). An accepted move raises the
+variational inference with merge and delete moves); a trial that cannot get there at
+its recent rate of ascent gives up early (:data:`TRIAL_GIVE_UP_WINDOW`). An accepted move raises the
 ELBO where the two are compared, after ``trial_iter`` iterations at the loose
 exploring tolerance, not necessarily at convergence: the path without it can
 end higher (a helper's two-group simulation with 50 subjects, ``MixtureLMM(2)``:
@@ -81,7 +82,8 @@ def run_vi_with_moves(
     max_trials : int
         Upper bound on attempted deletions (0: plain coordinate ascent).
     trial_iter : int
-        Iterations given to each attempt before its ELBO is compared.
+        Iterations given to each attempt before its ELBO is compared (fewer for one that gives up: it races
+        the ELBO it must beat, :data:`TRIAL_GIVE_UP_WINDOW`).
     explore_tol : float
         Looser tolerance for the runs between moves; the final run uses ``config.tol``.
     explored : VIResult, optional
