@@ -51,7 +51,7 @@ def _fit_counting(window: int):
 
     def recorded(stats, prior, params, config, rng, callback=None):
         res = inner_run(stats, prior, params, config, rng, callback)
-        if config.give_up_window is not None:  # a delete trial (a final run races with the default window)
+        if config.give_up_window == window:  # a delete trial (a final run races with GIVE_UP_WINDOW)
             trials.append((res.gave_up, res.elbo, config.give_up_below))
         return res
 

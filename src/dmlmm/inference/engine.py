@@ -77,6 +77,12 @@ class VariationalParams:
     scales: SubjectScales | None = None
 
 
+#: A racing run's recent rate of ascent is its mean gain over this many iterations (:func:`_cannot_reach`) ...
+GIVE_UP_WINDOW = 30
+#: ... and it gives up when even this many times that rate would leave it below its target.
+GIVE_UP_MARGIN = 4.0
+
+
 @dataclass(frozen=True)
 class VIConfig:
     """Settings of the inference loop (see :func:`run_vi`)."""
@@ -99,9 +105,9 @@ class VIConfig:
     resp_tol: float = 1e-3  # full batch: converged only once no responsibility moves more than this
     joint_fixed: bool = False  # one-path priors: q(w, b) jointly Gaussian (:mod:`dmlmm.inference.joint`)
     # a run racing a known ELBO: stop once it cannot reach this at its recent rate (_cannot_reach), measured
-    # over give_up_window iterations (None: GIVE_UP_WINDOW)
+    # over give_up_window iterations
     give_up_below: float | None = None
-    give_up_window: int | None = None
+    give_up_window: int = GIVE_UP_WINDOW
     # subject-level residual scales (dmlmm.inference.subject_scales): the starting degrees of freedom
     # (None: no scales), and whether they are learned
     subject_df: float | None = None
@@ -417,10 +423,8 @@ def run_vi(
             last_full = -config.full_every  # confirm with a step over all paths
         if it == config.max_iter and full:
             break  # out of budget: keep these globals, whose full local step is at hand
-        if config.give_up_below is not None and _cannot_reach(
-            history, config.give_up_below, config.max_iter - it,
-            GIVE_UP_WINDOW if config.give_up_window is None else config.give_up_window,
-        ):
+        if config.give_up_below is not None and _cannot_reach(history, config.give_up_below, config.max_iter - it,
+                                                              config.give_up_window):
             gave_up = True
             break
         prev_local = local
@@ -638,12 +642,6 @@ def _has_converged(history: list[float], config: VIConfig, floor: float = 0.0) -
     (three extrapolation cycles) instead.
     """
     return len(history) > config.min_iter and _rel_change(history, _window(config), floor) < config.tol
-
-
-#: A racing run's recent rate of ascent is its mean gain over this many iterations (:func:`_cannot_reach`) ...
-GIVE_UP_WINDOW = 30
-#: ... and it gives up when even this many times that rate would leave it below its target.
-GIVE_UP_MARGIN = 4.0
 
 
 def check_sizes_finite(counts: list[np.ndarray], it: int, history: list[float], last_at: int | None = None) -> None:

@@ -115,8 +115,8 @@ import numpy as np
 
 from .._linalg import spd_inv_logdet, sym
 from ..accel import ascend
-from ..expfam import LOG_2PI, Dirichlet, Gaussian, InvGamma, InvWishart, blend, gaussian_entropy, ig_expected_logpdf
-from ..expfam import memo as _memo
+from ..expfam import (LOG_2PI, Dirichlet, Gaussian, InvGamma, InvWishart, blend, gaussian_entropy, ig_expected_logpdf,
+                      memo)
 from .base import PathMoments, PathPrior, PointMixture, RandomEffectsPrior, SharedPrecision
 from .gaussian import _take_components, canonical_order, kmeans
 from .huang_wand import hw_aux_target, hw_cov_target, hw_elbo_terms
@@ -341,9 +341,10 @@ class DeepMixturePrior(RandomEffectsPrior):
         self._poly_idx = np.flatnonzero(~self._rough) if block else np.zeros(0, dtype=int)
         self._dims = dims
         self._offsets = np.r_[0, np.cumsum(dims)]
-        #: names this prior's derived quantities kept on its factors (:func:`_memo`): its settings never change
-        #: after construction, and a factor read by another prior (a resized start's) is computed afresh there.
-        #: An identity, unique across processes (candidates travel to workers), not a random choice of the fit.
+        #: names this prior's derived quantities kept on its factors (:func:`~dmlmm.expfam.memo`): its settings
+        #: never change after construction, and a factor read by another prior (a resized start's) is computed
+        #: afresh there. An identity, unique across processes (candidates travel to workers), not a random
+        #: choice of the fit.
         self._token = uuid.uuid4().int
 
     # ------------------------------------------------------------------ structure
@@ -453,8 +454,9 @@ class DeepMixturePrior(RandomEffectsPrior):
     def _row_priors(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray]:
         """E[1/v] and E[log v] of the prior variances of theta_kj = (mu_kj, B_kj.), each (K, J, m+1), read-only.
 
-        Computed once per layer's factors (an iteration's ELBO and update read the same ones, :func:`_memo`)."""
-        return _memo(lay, ("row_priors", l, self._token), lambda: self._row_priors_of(l, lay))
+        Computed once per layer's factors (an iteration's ELBO and update read the same ones,
+        :func:`~dmlmm.expfam.memo`)."""
+        return memo(lay, ("row_priors", l, self._token), lambda: self._row_priors_of(l, lay))
 
     def _row_priors_of(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray]:
         G = self.mean_scale[l]
@@ -493,7 +495,7 @@ class DeepMixturePrior(RandomEffectsPrior):
     def _delta_prior(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Shape, E[rate] and E[log rate] of the inverse-gamma prior of each delta_kj, each (K, J), read-only
         (computed once per layer's factors, as :meth:`_row_priors`)."""
-        return _memo(lay, ("delta_prior", l, self._token), lambda: self._delta_prior_of(l, lay))
+        return memo(lay, ("delta_prior", l, self._token), lambda: self._delta_prior_of(l, lay))
 
     def _delta_prior_of(self, l: int, lay: LayerParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         da = lay.delta_aux
