@@ -342,6 +342,11 @@ def main() -> None:
 @click.argument("data", type=click.Path())  # text: with --dask, a URL (s3://...) as well as a path
 @click.option("--subject", default="subject", show_default=True, help="Subject id column.")
 @click.option("--time", "time_col", default="time", show_default=True, help="Time column.")
+@click.option("--time-unit", type=click.Choice(["days", "weeks", "months", "years"]), default=None,
+              help="For a time column of dates (2019-03-14): fit on the time since --time-origin in this unit.")
+@click.option("--time-origin", default=None,
+              help="With --time-unit: first-visit (each subject's own, the default), study-start (the earliest "
+                   "date) or a column holding one date per subject (a birth date gives age).")
 @click.option("--response", default="y", show_default=True, help="Response column.")
 @click.option("--covariates", default=None,
               help="Fixed-effect covariates: comma-separated columns, e.g. age,sex, or the right-hand side of a "
@@ -445,7 +450,7 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--out", default="dmlmm_results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
-def fit(data, subject, time_col, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis,
+def fit(data, subject, time_col, time_unit, time_origin, response, covariates, membership_covariates, transform, kind, method, components, latent_dims, n_basis,
         smoothing, noise, noise_df, loading_order, polynomial_covariance, covariance, degree, knots, extrapolate, interval, n_init, select, criterion, jobs, seed,
         max_iter, dropna, outcome, event_time, event, event_value, baseline, baseline_at, check_bands, report,
         scheduler, sample, overwrite, quiet, out):
@@ -485,7 +490,8 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     t0 = time.perf_counter()
     if scheduler is not None:
         _check_dask_options(select=select, method=method, check_bands=check_bands, outcome=outcome,
-                            event_time=event_time, baseline=baseline, jobs=jobs != "auto")
+                            event_time=event_time, baseline=baseline, jobs=jobs != "auto", time_unit=time_unit,
+                            time_origin=time_origin)
         _check_smoothing_order(basis, None if smoothing == "none" else int(smoothing or 2), smoothing)
         extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
                  if v is not None}
@@ -500,6 +506,9 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), "none",
                            domain=None if transform in ("auto", "none") else transform)
+        frame, dated = _dates_to_times(frame, subject, time_col, time_unit, time_origin)
+        if dated is not None:  # the model's time is the new numeric column
+            time_col = dated.name
         if dropna and members:  # said once; the fit, the outputs and the band check then see the same subjects
             from .models.membership_design import without_unknown_baseline
 
@@ -527,13 +536,15 @@ def fit(data, subject, time_col, response, covariates, membership_covariates, tr
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
                                      source=str(data), interval=interval, input_columns=list(frame.columns),
                                      outcomes=outcomes, notes=_band_check_note(checked) + _warnings_note(),
-                                     report=report)
+                                     report=report, dated=dated)
         if checked is not None:
             checked.table.rename(columns={"subject": subject, "time": time_col}).to_csv(
                 folder.staging / "band_check.csv", index=False)
             written.append("band_check.csv")
         folder.commit()
     if not quiet:
+        if dated is not None:
+            click.echo(dated.describe())
         _print_summary(model, res, Path(out), written, time.perf_counter() - t0, outcomes)
         if checked is not None:
             click.echo("\n" + checked.summary())
@@ -899,6 +910,16 @@ def _read_data(data, subject, time_col, response, covs, transform, response_opti
         raise CliError(str(e)) from None
 
 
+def _dates_to_times(frame, subject, time_col, unit, origin):
+    """The data with a numeric time made from a date column (``--time-unit``), and the rule (None: numbers)."""
+    from .cli_dates import DateError, dates_to_numbers
+
+    try:
+        return dates_to_numbers(frame, subject, time_col, unit, origin)
+    except DateError as e:
+        raise CliError(str(e)) from None
+
+
 def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select, criterion, jobs,
                seed, max_iter, n_init, dropna, quiet, members=None, exact_method=None, prior_options=None):
     cols = dict(subject=subject, time=time_col, response=response, covariates=covs)
@@ -1064,12 +1085,12 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
 
     Writes subject, time, mean, lower, upper, beyond_last_visit, cluster, probability (and
     cluster_layer1 for a deep model; residual_variance for a model fitted with --noise-df)."""
-    from .cli_output import OutputFiles, user_columns
+    from .cli_output import OutputFiles, user_columns, with_dates
 
     _check_interval(interval)
     files = OutputFiles([Path(out)], overwrite) if out is not None else nullcontext()
     with files:
-        model, transform = _load_model(model_file)
+        model, transform, dated = _load_model(model_file)
         lmm = not hasattr(model, "design_")  # LinearMixedModel: its design builder holds basis and columns
         if lmm and getattr(model.builder_, "basis_", None) is None:
             raise CliError(f"'{model_file}' holds a linear mixed model fitted from a formula or design matrices: "
@@ -1080,13 +1101,17 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
         c = model.builder_.columns_ if lmm else model.design_.columns
         encoding = model.builder_.encoding_ if lmm else model.design_.encoding
         members = [] if lmm or model.design_.membership is None else list(model.design_.membership.encoding.columns)
-        frame = _read_data(data, c.subject, c.time, c.response,
+        frame = _read_data(data, c.subject, c.time if dated is None else dated.column, c.response,
                            list(dict.fromkeys(list(encoding.columns) + members)), transform, response_optional=True)
         fitted = model.random_effects_.index if lmm else model.subjects_
         frame = _labels_as_fitted(frame, c.subject, fitted)
+        if dated is not None:  # the fit's time was made from dates: the same turn here
+            frame = _dates_again(frame, dated, c.subject)
         predict_table = _predict_lmm_table if lmm else _predict_table
         table, n_subjects, n_times = predict_table(model, frame, times, interval, kind, dropna, level)
         table = user_columns(table, c.subject, c.time, frame.columns)
+        if dated is not None:
+            table = with_dates(table, dated, c.subject, frame)
         if out is None:
             table.to_csv(sys.stdout, index=False)
             return
@@ -1108,11 +1133,24 @@ def _labels_as_fitted(frame, subject, fitted):
 
 
 def _load_model(path):
-    """The model and the response transform it was fitted with."""
+    """The model, the response transform it was fitted with and how its time was made from dates (or None)."""
+    from .cli_dates import DateTime
     from .io import load, read_metadata
 
     model = load(path)
-    return model, read_metadata(path).get("response_transform", "none")
+    meta = read_metadata(path)
+    dates = meta.get("time_dates")
+    return model, meta.get("response_transform", "none"), None if dates is None else DateTime.from_meta(dates)
+
+
+def _dates_again(frame, dated, subject):
+    """``dmlmm predict``: the model's numeric time made from the data's date column as the fit made it."""
+    from .cli_dates import DateError
+
+    try:
+        return dated.apply(frame, subject)
+    except DateError as e:
+        raise CliError(str(e)) from None
 
 
 def _predict_table(model, frame, times, interval, kind, dropna, level="subject"):

@@ -44,6 +44,10 @@ NOT_WITH_DASK = {
     "--event-time": "survival by cluster reads each subject's row in this process",
     "--baseline": "baseline tables by cluster read each subject's row in this process",
     "--jobs": "the cluster's workers do the parallel work",
+    "--time-unit": "turning dates into times needs each subject's first date, read in this process; write the "
+                   "time as a number (e.g. years since the first visit) in the Parquet files",
+    "--time-origin": "turning dates into times needs each subject's first date, read in this process; write the "
+                     "time as a number (e.g. years since the first visit) in the Parquet files",
 }
 
 DASK_OUTPUTS_NOTE = ("{drawn}; clusters.csv and the class summary cover all {total:,}; draw the curves of other "

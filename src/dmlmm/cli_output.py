@@ -390,13 +390,25 @@ def user_columns(table, subject: str, time: str, input_columns: Iterable):
     return table.rename(columns=names)
 
 
+def with_dates(table, dated, subject: str, frame):
+    """``table`` with the calendar date of each row (origin + time) under the date column's name, right after
+    the numeric time column ``dated.name``."""
+    table = table.copy()
+    at = list(table.columns).index(dated.name) + 1 if dated.name in table.columns else len(table.columns)
+    table.insert(at, dated.column, dated.dates_at(table, subject, frame))
+    return table
+
+
 def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "dmlmm report", source: str = "",
                   known_labels=None, label_name: str = "known label", notes: str = "", interval: float = 0.95,
-                  input_columns: Iterable | None = None, outcomes=None, report: bool = True):
+                  input_columns: Iterable | None = None, outcomes=None, report: bool = True, dated=None):
     """Write clusters.csv, trajectories.csv, model.dmlmm and (with ``report``) report.html to ``folder``.
 
     With ``outcomes`` (a :class:`dmlmm.outcomes.OutcomeReport`), also its tables (outcomes.csv,
     survival.csv, baseline.csv, outcome_tests.csv) and their sections in the report.
+    With ``dated`` (a :class:`dmlmm.cli_dates.DateTime`: the time was made from a date column),
+    trajectories.csv also holds each row's calendar date under the date column's name, and the model
+    file records the rule for ``dmlmm predict``.
     Returns the names written and the :class:`~dmlmm.report.FitResults` they were made from.
     """
     from .io import save_model
@@ -414,12 +426,14 @@ def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "d
         named = {k: user_columns(v, subject, time, columns) for k, v in tables.items()}
     if caught:
         warnings.warn(str(caught[-1].message), UserWarning, stacklevel=2)
+    if dated is not None and "trajectories.csv" in named:
+        named["trajectories.csv"] = with_dates(named["trajectories.csv"], dated, subject, frame)
     written = []
     for name, table in named.items():
         table.to_csv(folder / name, index=False)
         written.append(name)
     if isinstance(model, VariationalLongitudinalModel) or type(model).__name__ == "LinearMixedModel":
-        save_model(model, folder / "model.dmlmm")
+        save_model(model, folder / "model.dmlmm", time_dates=None if dated is None else dated.to_meta())
         written.append("model.dmlmm")
     coef = getattr(model, "membership_coefficients_", None)
     if coef is not None:

@@ -415,7 +415,8 @@ def model_from_dict(meta: dict, arrays: dict[str, np.ndarray]):
 
 
 # ---------------------------------------------------------------------------- files
-def save_model(model, path: str | os.PathLike, *, response_transform: str | None = None) -> Path:
+def save_model(model, path: str | os.PathLike, *, response_transform: str | None = None,
+               time_dates: dict | None = None) -> Path:
     """Write a fitted model to ``path`` (format in the module docstring); returns the path.
 
     The file is written to a temporary name next to ``path`` and renamed, so an
@@ -425,10 +426,15 @@ def save_model(model, path: str | os.PathLike, *, response_transform: str | None
     ----------
     response_transform : {"log", "log1p"}, optional
         The transform the response was fitted on (recorded for ``dmlmm predict``).
+    time_dates : dict, optional
+        How the model's time was made from a date column (:meth:`dmlmm.cli_dates.DateTime.to_meta`,
+        recorded for ``dmlmm predict``).
     """
     meta, arrays = model_to_dict(model)
     if response_transform not in (None, "none"):
         meta["response_transform"] = str(response_transform)
+    if time_dates is not None:
+        meta["time_dates"] = time_dates
     try:
         text = json.dumps(meta, indent=1, allow_nan=True)
     except TypeError as e:  # pragma: no cover - _jsonable already checked

@@ -1,0 +1,241 @@
+"""Date-valued time columns on the command line: visit dates turned into a number of days, weeks, months or
+years since an origin (``dmlmm fit --time-unit``), and the same turn for ``dmlmm predict``.
+
+A clinical export gives visits as dates (``2019-03-14``); the models need a number. The origin decides
+what the curves mean:
+
+- ``first-visit`` (the default): time since each subject's own first visit, the time on study;
+- ``study-start``: time since the earliest date in the data (calendar time);
+- a column name: time since that column's date, one per subject (a birth date gives age, a diagnosis
+  date disease duration).
+
+The model file records the rule (:meth:`DateTime.to_meta`), with each fitted subject's origin, so that
+``dmlmm predict`` puts new visits of a fitted subject on the fit's own scale (its origin is its first
+visit in the fit's data, not in the new file) and a new subject's on its own.
+
+A month is 365.25 / 12 days and a year 365.25 days. Only ISO 8601 dates are read (``2019-03-14``,
+``2019-03-14 08:30``) and Parquet's date types: ``14/03/2019`` is ambiguous (day first or month first)
+and is refused with a message saying what to write instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["UNITS", "DateTime", "DateError", "parse_dates", "dates_to_numbers"]
+
+#: Days per unit of ``--time-unit``.
+UNITS: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
+FIRST_VISIT, STUDY_START = "first-visit", "study-start"
+_DAY = np.timedelta64(1, "D")
+
+
+class DateError(ValueError):
+    """A date column that cannot be turned into times as asked (the CLI shows the message)."""
+
+
+def parse_dates(values: pd.Series) -> pd.Series | None:
+    """``values`` as datetimes (NaT where empty) if they are dates, else None (numbers, or text that is not
+    all ISO 8601 dates). Time zones are dropped after conversion to UTC."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        out = values
+    elif pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values):
+        text = values.dropna()
+        if len(text) and all(isinstance(v, (datetime.date, pd.Timestamp)) for v in text):  # Parquet's date type
+            return parse_dates(pd.to_datetime(values, utc=any(getattr(v, "tzinfo", None) for v in text)))
+        if not len(text) or not all(isinstance(v, str) for v in text):
+            return None
+        text = text.str.strip()
+        if not text.str.match(r"^\d{4}-\d{2}-\d{2}").all():  # ISO 8601 only: 03/04/2019 is ambiguous
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = pd.to_datetime(values.where(values.isna(), values.astype(str).str.strip()), errors="coerce",
+                                    format="ISO8601", utc=text.str.contains(r"[+-]\d{2}:?\d{2}$|Z$").any())
+        if parsed[values.notna()].isna().any():
+            return None
+        out = parsed
+    else:
+        return None
+    if getattr(out.dt, "tz", None) is not None:
+        out = out.dt.tz_convert("UTC").dt.tz_localize(None)
+    return out.astype("datetime64[ns]")
+
+
+@dataclass(frozen=True)
+class DateTime:
+    """How a date column became the model's time: ``name`` = (``column`` - origin) / ``unit``.
+
+    Attributes
+    ----------
+    column : the data's date column (``--time``).
+    unit : "days", "weeks", "months" or "years".
+    origin : "first-visit", "study-start" or the name of a column holding one date per subject.
+    name : the numeric time column the model was fitted on, e.g. ``years_since_first_visit``.
+    study_start : ISO date-time of the earliest date (origin "study-start"), else None.
+    subject_origins : {subject label (as text): ISO date-time} of the fitted subjects (origin
+        "first-visit" or a column), else None.
+    whole_days : every date of the fit's data was at midnight: dates written back are days.
+    """
+
+    column: str
+    unit: str
+    origin: str
+    name: str
+    study_start: str | None = None
+    subject_origins: dict[str, str] | None = None
+    whole_days: bool = True
+
+    def describe(self) -> str:
+        """One line for the summary, e.g. ``'visit_date' as years since each subject's first visit``."""
+        since = {FIRST_VISIT: "each subject's first visit",
+                 STUDY_START: f"the study's first date ({_show(self.study_start)})"}.get(
+            self.origin, f"each subject's '{self.origin}'")
+        return f"time: '{self.column}' as {self.unit} since {since}, in column '{self.name}'"
+
+    def to_meta(self) -> dict:
+        return {"column": self.column, "unit": self.unit, "origin": self.origin, "name": self.name,
+                "study_start": self.study_start, "subject_origins": self.subject_origins,
+                "whole_days": self.whole_days}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "DateTime":
+        return cls(str(meta["column"]), str(meta["unit"]), str(meta["origin"]), str(meta["name"]),
+                   meta.get("study_start"), meta.get("subject_origins"), bool(meta.get("whole_days", True)))
+
+    def apply(self, frame: pd.DataFrame, subject: str) -> pd.DataFrame:
+        """``frame`` with the numeric time column ``name`` added from its date column (``dmlmm predict``).
+
+        A fitted subject's origin is the one of the fit; a new subject's is its first date in ``frame``
+        (origin "first-visit") or its date in the origin column."""
+        dates = _dates_of(frame, self.column)
+        if self.origin == STUDY_START:
+            origin = pd.Series(pd.Timestamp(self.study_start), index=frame.index)
+        else:
+            own = _own_origins(frame, subject, dates, self.origin)
+            fitted = pd.Series({k: pd.Timestamp(v) for k, v in (self.subject_origins or {}).items()},
+                               dtype="datetime64[ns]")
+            keys = frame[subject].astype(str)
+            origin = keys.map(fitted).fillna(own)
+        return _with_time(frame, self.name, dates, origin, self.unit)
+
+    def dates_at(self, table: pd.DataFrame, subject: str, frame: pd.DataFrame) -> pd.Series:
+        """The calendar date of each row of ``table`` (subject, time ``name``): origin + time, for the
+        outputs. ``frame``: the data the table was made from (the new subjects' origins)."""
+        if self.origin == STUDY_START:
+            origin = pd.Series(pd.Timestamp(self.study_start), index=table.index)
+        else:
+            dates = _dates_of(frame, self.column)
+            own = _own_origins(frame, subject, dates, self.origin)
+            per_subject = own.groupby(frame[subject].astype(str).to_numpy()).first()
+            fitted = pd.Series({k: pd.Timestamp(v) for k, v in (self.subject_origins or {}).items()},
+                               dtype="datetime64[ns]")
+            per_subject = fitted.combine_first(per_subject) if len(fitted) else per_subject
+            origin = table[subject].astype(str).map(per_subject)
+        out = origin + pd.to_timedelta(table[self.name].to_numpy() * UNITS[self.unit], unit="D")
+        return out.dt.round("D") if self.whole_days else out.dt.round("s")
+
+
+def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str | None,
+                     origin: str | None) -> tuple[pd.DataFrame, DateTime | None]:
+    """The fit's data with a numeric time column made from a date column; the rule, or None when the time
+    column holds numbers and no unit was asked for.
+
+    Raises DateError when the column holds dates and no unit was given, a unit was given for numbers, the
+    origin column is missing or not one date per subject, or the new column's name is taken."""
+    if time_col not in frame.columns:
+        return frame, None  # the column check names it
+    dates = parse_dates(frame[time_col])
+    if dates is None:
+        text = frame[time_col].dropna()
+        if len(text) and text.map(lambda v: isinstance(v, str)).all() and \
+                text.str.strip().str.fullmatch(r"\d{1,2}[/.-]\d{1,2}[/.-](\d{2}|\d{4})").all():
+            raise DateError(f"column '{time_col}' holds dates written day/month/year or month/day/year "
+                            f"({text.iloc[0]!r}), which cannot be told apart: write them as 2019-03-14 (ISO 8601; "
+                            "spreadsheet programs can format a date column so) and add --time-unit")
+        if unit is not None or origin is not None:
+            raise DateError(f"--time-unit and --time-origin turn a column of dates into times, but column "
+                            f"'{time_col}' does not hold dates written as 2019-03-14 (ISO 8601): leave them out for "
+                            "a time column of numbers, or write its dates in that form")
+        return frame, None
+    if unit is None:
+        raise DateError(f"column '{time_col}' holds dates: add --time-unit (days, weeks, months or years) to fit on "
+                        f"the time since each subject's first visit, or also --time-origin study-start (the "
+                        f"study's first date) or --time-origin COLUMN (a date per subject, e.g. a birth date for "
+                        f"age)")
+    if unit not in UNITS:
+        raise DateError(f"--time-unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    origin = origin or FIRST_VISIT
+    name = f"{unit}_since_" + {FIRST_VISIT: "first_visit", STUDY_START: "study_start"}.get(origin, origin)
+    if name in frame.columns:
+        raise DateError(f"--time-unit: the time would go to a new column '{name}', but the data already have one: "
+                        "rename that column")
+    known = dates.dropna()
+    whole = bool(len(known) == 0 or (known == known.dt.normalize()).all())
+    if origin == STUDY_START:
+        start = known.min() if len(known) else None
+        origin_of_row = pd.Series(start, index=frame.index)
+        spec = DateTime(time_col, unit, origin, name, study_start=None if start is None else start.isoformat(),
+                        whole_days=whole)
+    else:
+        origin_of_row = _own_origins(frame, subject, dates, origin)
+        if origin != FIRST_VISIT:
+            whole = whole and bool((origin_of_row.dropna() == origin_of_row.dropna().dt.normalize()).all())
+        firsts = origin_of_row.groupby(frame[subject].astype(str).to_numpy()).first().dropna()
+        spec = DateTime(time_col, unit, origin, name,
+                        subject_origins={str(k): v.isoformat() for k, v in firsts.items()}, whole_days=whole)
+    return _with_time(frame, name, dates, origin_of_row, unit), spec
+
+
+def _dates_of(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column not in frame.columns:
+        raise DateError(f"the model was fitted on the dates of column '{column}' (turned into times): the data "
+                        "have no such column")
+    dates = parse_dates(frame[column])
+    if dates is None:
+        raise DateError(f"the model was fitted on the dates of column '{column}' (turned into times), but here it "
+                        "does not hold dates written as 2019-03-14 (ISO 8601)")
+    return dates
+
+
+def _own_origins(frame: pd.DataFrame, subject: str, dates: pd.Series, origin: str) -> pd.Series:
+    """Each row's subject's origin from ``frame`` itself: its first date, or its date in column ``origin``."""
+    keys = frame[subject].astype(str).to_numpy()
+    if origin == FIRST_VISIT:
+        return dates.groupby(keys).transform("min")
+    if origin not in frame.columns:
+        raise DateError(f"--time-origin '{origin}': no such column (use first-visit, study-start or the name of a "
+                        "column holding one date per subject)")
+    own = parse_dates(frame[origin])
+    if own is None:
+        raise DateError(f"--time-origin column '{origin}' must hold dates written as 2019-03-14 (ISO 8601)")
+    spread = own.groupby(keys).nunique()
+    has_dates = dates.notna().groupby(keys).any()
+    lacking = has_dates.index[has_dates & (spread == 0)]
+    if len(lacking):
+        raise DateError(f"--time-origin column '{origin}' is empty for {len(lacking)} subject(s) with visits (e.g. "
+                        f"'{lacking[0]}'): give each subject its date, or leave those subjects out")
+    if (spread > 1).any():
+        bad = spread.index[spread > 1][0]
+        raise DateError(f"--time-origin column '{origin}' must hold one date per subject, but subject '{bad}' has "
+                        f"{int(spread[bad])} different dates")
+    return own.groupby(keys).transform("first")
+
+
+def _with_time(frame: pd.DataFrame, name: str, dates: pd.Series, origin: pd.Series, unit: str) -> pd.DataFrame:
+    """``frame`` with column ``name`` = (dates - origin) in ``unit``; rows without a date or origin get NaN
+    (the data checks then name them)."""
+    days = (dates - origin) / _DAY
+    return frame.assign(**{name: days.to_numpy(dtype=float) / UNITS[unit]})
+
+
+def _show(iso: str | None) -> str:
+    if iso is None:
+        return "none"
+    ts = pd.Timestamp(iso)
+    return ts.date().isoformat() if ts == ts.normalize() else ts.isoformat(sep=" ")
