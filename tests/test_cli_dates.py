@@ -160,3 +160,14 @@ def test_dates_written_back_are_days_when_the_data_had_no_times_of_day():
     table = pd.DataFrame({"id": ["a", "b"], "months_since_first_visit": [1.0, 12.0]})
     got = spec.dates_at(table, "id", frame)
     assert list(got) == [pd.Timestamp("2020-01-31"), pd.Timestamp("2022-06-30")]  # 30.4 and 365.25 days, to the day
+
+
+def test_a_row_without_a_response_is_a_date_to_predict_at_not_a_first_visit():
+    frame = pd.DataFrame({"id": ["n", "n", "n"], "when": ["2020-01-01", "2020-03-01", "2021-01-01"],
+                          "y": [np.nan, 2.0, 3.0]})
+    out, spec = dates_to_numbers(frame, "id", "when", "days", None, response="y")
+    np.testing.assert_allclose(out["days_since_first_visit"], [-60, 0, 306])
+    fitted = DateTime("when", "days", "first-visit", "days_since_first_visit", subject_origins={})
+    np.testing.assert_allclose(fitted.apply(frame, "id", "y")["days_since_first_visit"], [-60, 0, 306])
+    # a subject with no observation at all: its first date
+    np.testing.assert_allclose(fitted.apply(frame.assign(y=np.nan), "id", "y")["days_since_first_visit"], [0, 60, 366])

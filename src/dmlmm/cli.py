@@ -506,7 +506,7 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), "none",
                            domain=None if transform in ("auto", "none") else transform)
-        frame, dated = _dates_to_times(frame, subject, time_col, time_unit, time_origin)
+        frame, dated = _dates_to_times(frame, subject, time_col, time_unit, time_origin, response)
         if dated is not None:  # the model's time is the new numeric column
             time_col = dated.name
         if dropna and members:  # said once; the fit, the outputs and the band check then see the same subjects
@@ -910,12 +910,12 @@ def _read_data(data, subject, time_col, response, covs, transform, response_opti
         raise CliError(str(e)) from None
 
 
-def _dates_to_times(frame, subject, time_col, unit, origin):
+def _dates_to_times(frame, subject, time_col, unit, origin, response):
     """The data with a numeric time made from a date column (``--time-unit``), and the rule (None: numbers)."""
     from .cli_dates import DateError, dates_to_numbers
 
     try:
-        return dates_to_numbers(frame, subject, time_col, unit, origin)
+        return dates_to_numbers(frame, subject, time_col, unit, origin, response)
     except DateError as e:
         raise CliError(str(e)) from None
 
@@ -1106,12 +1106,12 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
         fitted = model.random_effects_.index if lmm else model.subjects_
         frame = _labels_as_fitted(frame, c.subject, fitted)
         if dated is not None:  # the fit's time was made from dates: the same turn here
-            frame = _dates_again(frame, dated, c.subject)
+            frame = _dates_again(frame, dated, c.subject, c.response)
         predict_table = _predict_lmm_table if lmm else _predict_table
         table, n_subjects, n_times = predict_table(model, frame, times, interval, kind, dropna, level)
         table = user_columns(table, c.subject, c.time, frame.columns)
         if dated is not None:
-            table = with_dates(table, dated, c.subject, frame)
+            table = with_dates(table, dated, c.subject, frame, c.response)
         if out is None:
             table.to_csv(sys.stdout, index=False)
             return
@@ -1143,12 +1143,12 @@ def _load_model(path):
     return model, meta.get("response_transform", "none"), None if dates is None else DateTime.from_meta(dates)
 
 
-def _dates_again(frame, dated, subject):
+def _dates_again(frame, dated, subject, response):
     """``dmlmm predict``: the model's numeric time made from the data's date column as the fit made it."""
     from .cli_dates import DateError
 
     try:
-        return dated.apply(frame, subject)
+        return dated.apply(frame, subject, response)
     except DateError as e:
         raise CliError(str(e)) from None
 

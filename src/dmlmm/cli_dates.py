@@ -108,30 +108,32 @@ class DateTime:
         return cls(str(meta["column"]), str(meta["unit"]), str(meta["origin"]), str(meta["name"]),
                    meta.get("study_start"), meta.get("subject_origins"), bool(meta.get("whole_days", True)))
 
-    def apply(self, frame: pd.DataFrame, subject: str) -> pd.DataFrame:
+    def apply(self, frame: pd.DataFrame, subject: str, response: str | None = None) -> pd.DataFrame:
         """``frame`` with the numeric time column ``name`` added from its date column (``dmlmm predict``).
 
-        A fitted subject's origin is the one of the fit; a new subject's is its first date in ``frame``
-        (origin "first-visit") or its date in the origin column."""
+        A fitted subject's origin is the one of the fit; a new subject's is its first visit in ``frame``
+        (origin "first-visit": its first date with a ``response`` value, or its first date where it has none)
+        or its date in the origin column."""
         dates = _dates_of(frame, self.column)
         if self.origin == STUDY_START:
             origin = pd.Series(pd.Timestamp(self.study_start), index=frame.index)
         else:
-            own = _own_origins(frame, subject, dates, self.origin)
+            own = _own_origins(frame, subject, dates, self.origin, response)
             fitted = pd.Series({k: pd.Timestamp(v) for k, v in (self.subject_origins or {}).items()},
                                dtype="datetime64[ns]")
             keys = frame[subject].astype(str)
             origin = keys.map(fitted).fillna(own)
         return _with_time(frame, self.name, dates, origin, self.unit)
 
-    def dates_at(self, table: pd.DataFrame, subject: str, frame: pd.DataFrame) -> pd.Series:
+    def dates_at(self, table: pd.DataFrame, subject: str, frame: pd.DataFrame,
+                 response: str | None = None) -> pd.Series:
         """The calendar date of each row of ``table`` (subject, time ``name``): origin + time, for the
         outputs. ``frame``: the data the table was made from (the new subjects' origins)."""
         if self.origin == STUDY_START:
             origin = pd.Series(pd.Timestamp(self.study_start), index=table.index)
         else:
             dates = _dates_of(frame, self.column)
-            own = _own_origins(frame, subject, dates, self.origin)
+            own = _own_origins(frame, subject, dates, self.origin, response)
             per_subject = own.groupby(frame[subject].astype(str).to_numpy()).first()
             fitted = pd.Series({k: pd.Timestamp(v) for k, v in (self.subject_origins or {}).items()},
                                dtype="datetime64[ns]")
@@ -142,9 +144,10 @@ class DateTime:
 
 
 def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str | None,
-                     origin: str | None) -> tuple[pd.DataFrame, DateTime | None]:
+                     origin: str | None, response: str | None = None) -> tuple[pd.DataFrame, DateTime | None]:
     """The fit's data with a numeric time column made from a date column; the rule, or None when the time
-    column holds numbers and no unit was asked for.
+    column holds numbers and no unit was asked for. A subject's first visit is its first date with a
+    ``response`` value (rows without one, which ``--dropna`` drops, do not move it).
 
     Raises DateError when the column holds dates and no unit was given, a unit was given for numbers, the
     origin column is missing or not one date per subject, or the new column's name is taken."""
@@ -183,7 +186,7 @@ def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str
         spec = DateTime(time_col, unit, origin, name, study_start=None if start is None else start.isoformat(),
                         whole_days=whole)
     else:
-        origin_of_row = _own_origins(frame, subject, dates, origin)
+        origin_of_row = _own_origins(frame, subject, dates, origin, response)
         if origin != FIRST_VISIT:
             whole = whole and bool((origin_of_row.dropna() == origin_of_row.dropna().dt.normalize()).all())
         firsts = origin_of_row.groupby(frame[subject].astype(str).to_numpy()).first().dropna()
@@ -203,11 +206,17 @@ def _dates_of(frame: pd.DataFrame, column: str) -> pd.Series:
     return dates
 
 
-def _own_origins(frame: pd.DataFrame, subject: str, dates: pd.Series, origin: str) -> pd.Series:
-    """Each row's subject's origin from ``frame`` itself: its first date, or its date in column ``origin``."""
+def _own_origins(frame: pd.DataFrame, subject: str, dates: pd.Series, origin: str,
+                 response: str | None = None) -> pd.Series:
+    """Each row's subject's origin from ``frame`` itself: its first visit (its first date with a ``response``
+    value; its first date where it has none), or its date in column ``origin``."""
     keys = frame[subject].astype(str).to_numpy()
     if origin == FIRST_VISIT:
-        return dates.groupby(keys).transform("min")
+        first_any = dates.groupby(keys).transform("min")
+        if response is None or response not in frame.columns:
+            return first_any
+        seen = dates.where(pd.to_numeric(frame[response], errors="coerce").notna())
+        return seen.groupby(keys).transform("min").fillna(first_any)
     if origin not in frame.columns:
         raise DateError(f"--time-origin '{origin}': no such column (use first-visit, study-start or the name of a "
                         "column holding one date per subject)")

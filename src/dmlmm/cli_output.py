@@ -390,12 +390,12 @@ def user_columns(table, subject: str, time: str, input_columns: Iterable):
     return table.rename(columns=names)
 
 
-def with_dates(table, dated, subject: str, frame):
+def with_dates(table, dated, subject: str, frame, response: str | None = None):
     """``table`` with the calendar date of each row (origin + time) under the date column's name, right after
     the numeric time column ``dated.name``."""
     table = table.copy()
     at = list(table.columns).index(dated.name) + 1 if dated.name in table.columns else len(table.columns)
-    table.insert(at, dated.column, dated.dates_at(table, subject, frame))
+    table.insert(at, dated.column, dated.dates_at(table, subject, frame, response))
     return table
 
 
@@ -427,7 +427,7 @@ def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "d
     if caught:
         warnings.warn(str(caught[-1].message), UserWarning, stacklevel=2)
     if dated is not None and "trajectories.csv" in named:
-        named["trajectories.csv"] = with_dates(named["trajectories.csv"], dated, subject, frame)
+        named["trajectories.csv"] = with_dates(named["trajectories.csv"], dated, subject, frame, _response_name(model))
     written = []
     for name, table in named.items():
         table.to_csv(folder / name, index=False)
