@@ -127,6 +127,8 @@ def test_cli_fit_on_dates_is_the_fit_on_hand_made_times(dated, tmp_path):
     first = pd.to_datetime(df.groupby("subject")["visit"].min())
     want = a["subject"].map(first) + pd.to_timedelta(a["years_since_first_visit"] * 365.25, unit="D")
     assert (pd.to_datetime(a["visit"]) - want).abs().max() <= pd.Timedelta(hours=12)
+    assert "time: &#x27;visit&#x27; as years since each subject&#x27;s first visit" in (
+        tmp_path / "a" / "report.html").read_text()
     with zipfile.ZipFile(tmp_path / "a" / "model.dmlmm") as zf:
         meta = json.loads(zf.read("metadata.json"))
     assert meta["time_dates"]["unit"] == "years" and meta["time_dates"]["column"] == "visit"

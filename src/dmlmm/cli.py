@@ -92,6 +92,13 @@ def _band_check_note(checked) -> str:
     return _report_section("Band check (--check-bands, band_check.csv)", lines)
 
 
+def _dates_note(dated) -> str:
+    """How the time was made from a date column (--time-unit) as an HTML section of the report ("" without)."""
+    import html
+
+    return "" if dated is None else _report_section("Time", f"<p>{html.escape(dated.describe())}.</p>")
+
+
 def _warnings_note() -> str:
     """The command's warnings so far as an HTML list for the report ("" if none)."""
     import html
@@ -535,7 +542,7 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
         checked = _band_check(model, used, subject, time_col, response, covs, interval) if check_bands else None
         written, res = write_outputs(model, used, folder.staging, selection=selection, title=f"dmlmm: {Path(data).name}",
                                      source=str(data), interval=interval, input_columns=list(frame.columns),
-                                     outcomes=outcomes, notes=_band_check_note(checked) + _warnings_note(),
+                                     outcomes=outcomes, notes=_dates_note(dated) + _band_check_note(checked) + _warnings_note(),
                                      report=report, dated=dated)
         if checked is not None:
             checked.table.rename(columns={"subject": subject, "time": time_col}).to_csv(

@@ -156,7 +156,7 @@ def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str
     dates = parse_dates(frame[time_col])
     if dates is None:
         text = frame[time_col].dropna()
-        if len(text) and text.map(lambda v: isinstance(v, str)).all() and \
+        if text.dtype == object and len(text) and text.map(lambda v: isinstance(v, str)).all() and \
                 text.str.strip().str.fullmatch(r"\d{1,2}[/.-]\d{1,2}[/.-](\d{2}|\d{4})").all():
             raise DateError(f"column '{time_col}' holds dates written day/month/year or month/day/year "
                             f"({text.iloc[0]!r}), which cannot be told apart: write them as 2019-03-14 (ISO 8601; "
