@@ -35,6 +35,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, list[str] | None, str]]]] = [
         [
             ("dmlmm.Longitudinal", None, ""),
             ("dmlmm.SplineBasis", None, ""),
+            ("dmlmm.times_from_dates", None, ""),
+            ("dmlmm.dates.DateTime", ["apply", "dates_at", "describe"], ""),
             ("dmlmm.covariates.CovariateEncoding", ["learn", "encode", "to_dict", "from_dict"],
              "What `covariates=` becomes: a list of columns or the right-hand side of a formula "
              "(`\"diet * age\"`), coded against the model's mean curve (`dmlmm.covariates`)."),

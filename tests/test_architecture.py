@@ -19,7 +19,7 @@ ROOM = {
     "io": "io", "io_lmm": "io", "_model_checks": "io",
     "distributed": "distributed",
     "report": "report", "cli": "cli", "cli_input": "cli", "cli_output": "cli", "cli_parquet": "cli", "cli_dask": "cli",
-    "cli_dates": "cli",
+    "dates": "data",
     "compat": "cli", "__init__": "package",
 }
 # room -> level; a room may import rooms of a lower level

@@ -153,7 +153,8 @@ def test_select_and_take_rows(frame):
         (lambda df: df.assign(y=["a"] * 6), {}, "column 'y' must be numeric"),
         # dates and durations are not turned into nanoseconds since 1970 (curves over t = 1.6e18)
         (lambda df: df.assign(t=pd.Timestamp("2020-01-01") + pd.to_timedelta(df["t"], unit="D")), {},
-         r"column 't' holds dates \(datetime64\[ns\]\): give it as a number .* \(d - d\.min\(\)\)\.dt\.days / 365\.25"),
+         r"column 't' holds dates \(datetime64\[ns\]\): give it as a number .* dmlmm\.times_from_dates\(data, subject, "
+         r"column, unit='years'\) .* \(d - d\.min\(\)\)\.dt\.days / 365\.25"),
         (lambda df: df.assign(t=pd.to_timedelta(df["t"], unit="D")), {},
          r"column 't' holds durations \(timedelta64\[ns\]\): give it as a number .* d\.dt\.days for days"),
         (lambda df: df.assign(arm="x"), {"covariates": ["arm"]}, "single level"),

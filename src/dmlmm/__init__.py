@@ -23,6 +23,7 @@ _EXPORTS = {
     "load": ".io",
     "select_model": ".selection",
     "check_bands": ".calibration",
+    "times_from_dates": ".dates",
     "simulate": None,
     "metrics": None,
     "compat": None,

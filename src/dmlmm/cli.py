@@ -919,7 +919,7 @@ def _read_data(data, subject, time_col, response, covs, transform, response_opti
 
 def _dates_to_times(frame, subject, time_col, unit, origin, response):
     """The data with a numeric time made from a date column (``--time-unit``), and the rule (None: numbers)."""
-    from .cli_dates import DateError, dates_to_numbers
+    from .dates import DateError, dates_to_numbers
 
     try:
         return dates_to_numbers(frame, subject, time_col, unit, origin, response)
@@ -1141,7 +1141,7 @@ def _labels_as_fitted(frame, subject, fitted):
 
 def _load_model(path):
     """The model, the response transform it was fitted with and how its time was made from dates (or None)."""
-    from .cli_dates import DateTime
+    from .dates import DateTime
     from .io import load, read_metadata
 
     model = load(path)
@@ -1152,7 +1152,7 @@ def _load_model(path):
 
 def _dates_again(frame, dated, subject, response):
     """``dmlmm predict``: the model's numeric time made from the data's date column as the fit made it."""
-    from .cli_dates import DateError
+    from .dates import DateError
 
     try:
         return dated.apply(frame, subject, response)

@@ -406,7 +406,7 @@ def write_outputs(model, frame, folder: Path, *, selection=None, title: str = "d
 
     With ``outcomes`` (a :class:`dmlmm.outcomes.OutcomeReport`), also its tables (outcomes.csv,
     survival.csv, baseline.csv, outcome_tests.csv) and their sections in the report.
-    With ``dated`` (a :class:`dmlmm.cli_dates.DateTime`: the time was made from a date column),
+    With ``dated`` (a :class:`dmlmm.dates.DateTime`: the time was made from a date column),
     trajectories.csv also holds each row's calendar date under the date column's name, and the model
     file records the rule for ``dmlmm predict``.
     Returns the names written and the :class:`~dmlmm.report.FitResults` they were made from.

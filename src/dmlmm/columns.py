@@ -40,7 +40,9 @@ def as_numeric(values, name: str) -> np.ndarray:
     s = values if isinstance(values, pd.Series) else pd.Series(values)
     if pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_timedelta64_dtype(s):
         # pd.to_numeric would give nanoseconds since 1970 (or of the durations): curves over 1.6e18
-        kind, example = (("dates", "with d the column, (d - d.min()).dt.days / 365.25 for years since the first date")
+        kind, example = (("dates", "dmlmm.times_from_dates(data, subject, column, unit='years') for years since each "
+                                   "subject's first visit, or with d the column, (d - d.min()).dt.days / 365.25 for "
+                                   "years since the first date")
                          if pd.api.types.is_datetime64_any_dtype(s) else
                          ("durations", "with d the column, d.dt.days for days or d.dt.days / 365.25 for years"))
         raise DataError(

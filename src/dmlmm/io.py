@@ -427,7 +427,7 @@ def save_model(model, path: str | os.PathLike, *, response_transform: str | None
     response_transform : {"log", "log1p"}, optional
         The transform the response was fitted on (recorded for ``dmlmm predict``).
     time_dates : dict, optional
-        How the model's time was made from a date column (:meth:`dmlmm.cli_dates.DateTime.to_meta`,
+        How the model's time was made from a date column (:meth:`dmlmm.dates.DateTime.to_meta`,
         recorded for ``dmlmm predict``).
     """
     meta, arrays = model_to_dict(model)

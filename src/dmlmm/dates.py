@@ -1,5 +1,18 @@
-"""Date-valued time columns on the command line: visit dates turned into a number of days, weeks, months or
-years since an origin (``dmlmm fit --time-unit``), and the same turn for ``dmlmm predict``.
+"""Date-valued time columns: visit dates turned into a number of days, weeks, months or years since an
+origin (:func:`times_from_dates`; on the command line ``dmlmm fit --time-unit``), and the same turn for new
+data (:meth:`DateTime.apply`; ``dmlmm predict``).
+
+    >>> import pandas as pd
+    >>> visits = pd.DataFrame({"id": ["a", "a", "b"], "visit": ["2020-01-01", "2020-07-01", "2021-03-15"],
+    ...                        "y": [1.0, 2.0, 3.0]})
+    >>> data, rule = times_from_dates(visits, "id", "visit", unit="months")
+    >>> data["months_since_first_visit"].round(2).tolist()
+    [0.0, 5.98, 0.0]
+    >>> rule.name
+    'months_since_first_visit'
+
+Fit on ``rule.name`` as the time column; ``rule.apply(new_visits, "id")`` times new data the same way (a
+fitted subject from its first visit in ``visits``).
 
 A clinical export gives visits as dates (``2019-03-14``); the models need a number. The origin decides
 what the curves mean:
@@ -9,8 +22,8 @@ what the curves mean:
 - a column name: time since that column's date, one per subject (a birth date gives age, a diagnosis
   date disease duration).
 
-The model file records the rule (:meth:`DateTime.to_meta`), with each fitted subject's origin, so that
-``dmlmm predict`` puts new visits of a fitted subject on the fit's own scale (its origin is its first
+A model file written by ``dmlmm fit`` records the rule (:meth:`DateTime.to_meta`), with each fitted
+subject's origin, so that ``dmlmm predict`` puts new visits of a fitted subject on the fit's own scale (its origin is its first
 visit in the fit's data, not in the new file) and a new subject's on its own.
 
 A month is 365.25 / 12 days and a year 365.25 days. Only ISO 8601 dates are read (``2019-03-14``,
@@ -27,7 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["UNITS", "DateTime", "DateError", "parse_dates", "dates_to_numbers"]
+from .exceptions import DataError
+
+__all__ = ["UNITS", "DateTime", "DateError", "parse_dates", "dates_to_numbers", "times_from_dates"]
 
 #: Days per unit of ``--time-unit``.
 UNITS: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
@@ -35,8 +50,8 @@ FIRST_VISIT, STUDY_START = "first-visit", "study-start"
 _DAY = np.timedelta64(1, "D")
 
 
-class DateError(ValueError):
-    """A date column that cannot be turned into times as asked (the CLI shows the message)."""
+class DateError(DataError):
+    """A date column that cannot be turned into times as asked."""
 
 
 def parse_dates(values: pd.Series) -> pd.Series | None:
@@ -143,14 +158,17 @@ class DateTime:
         return out.dt.round("D") if self.whole_days else out.dt.round("s")
 
 
-def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str | None,
-                     origin: str | None, response: str | None = None) -> tuple[pd.DataFrame, DateTime | None]:
+def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str | None, origin: str | None,
+                     response: str | None = None, options: tuple[str, str] = ("--time-unit", "--time-origin"),
+                     ) -> tuple[pd.DataFrame, DateTime | None]:
     """The fit's data with a numeric time column made from a date column; the rule, or None when the time
     column holds numbers and no unit was asked for. A subject's first visit is its first date with a
     ``response`` value (rows without one, which ``--dropna`` drops, do not move it).
 
     Raises DateError when the column holds dates and no unit was given, a unit was given for numbers, the
-    origin column is missing or not one date per subject, or the new column's name is taken."""
+    origin column is missing or not one date per subject, or the new column's name is taken; the messages
+    name the unit and the origin by ``options`` (the command line's by default)."""
+    opt_unit, opt_origin = options
     if time_col not in frame.columns:
         return frame, None  # the column check names it
     dates = parse_dates(frame[time_col])
@@ -160,9 +178,9 @@ def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str
                 text.str.strip().str.fullmatch(r"\d{1,2}[/.-]\d{1,2}[/.-](\d{2}|\d{4})").all():
             raise DateError(f"column '{time_col}' holds dates written day/month/year or month/day/year "
                             f"({text.iloc[0]!r}), which cannot be told apart: write them as 2019-03-14 (ISO 8601; "
-                            "spreadsheet programs can format a date column so) and add --time-unit")
+                            f"spreadsheet programs can format a date column so) and give {opt_unit}")
         if unit is not None or origin is not None:
-            raise DateError(f"--time-unit and --time-origin turn a column of dates into times, but column "
+            raise DateError(f"{opt_unit} and {opt_origin} turn a column of dates into times, but column "
                             f"'{time_col}' does not hold dates written as 2019-03-14 (ISO 8601): leave them out for "
                             "a time column of numbers, or write its dates in that form")
         return frame, None
@@ -172,11 +190,11 @@ def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str
                         f"study's first date) or --time-origin COLUMN (a date per subject, e.g. a birth date for "
                         f"age)")
     if unit not in UNITS:
-        raise DateError(f"--time-unit must be one of {', '.join(UNITS)}, got {unit!r}")
+        raise DateError(f"{opt_unit} must be one of {', '.join(UNITS)}, got {unit!r}")
     origin = origin or FIRST_VISIT
     name = f"{unit}_since_" + {FIRST_VISIT: "first_visit", STUDY_START: "study_start"}.get(origin, origin)
     if name in frame.columns:
-        raise DateError(f"--time-unit: the time would go to a new column '{name}', but the data already have one: "
+        raise DateError(f"{opt_unit}: the time would go to a new column '{name}', but the data already have one: "
                         "rename that column")
     known = dates.dropna()
     whole = bool(len(known) == 0 or (known == known.dt.normalize()).all())
@@ -186,13 +204,45 @@ def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str
         spec = DateTime(time_col, unit, origin, name, study_start=None if start is None else start.isoformat(),
                         whole_days=whole)
     else:
-        origin_of_row = _own_origins(frame, subject, dates, origin, response)
+        origin_of_row = _own_origins(frame, subject, dates, origin, response, opt_origin)
         if origin != FIRST_VISIT:
             whole = whole and bool((origin_of_row.dropna() == origin_of_row.dropna().dt.normalize()).all())
         firsts = origin_of_row.groupby(frame[subject].astype(str).to_numpy()).first().dropna()
         spec = DateTime(time_col, unit, origin, name,
                         subject_origins={str(k): v.isoformat() for k, v in firsts.items()}, whole_days=whole)
     return _with_time(frame, name, dates, origin_of_row, unit), spec
+
+
+def times_from_dates(data: pd.DataFrame, subject: str, time: str, unit: str = "years", origin: str = FIRST_VISIT,
+                     response: str | None = None) -> tuple[pd.DataFrame, DateTime]:
+    """``data`` with a numeric time column made from the date column ``time``, and the rule that made it.
+
+    Parameters
+    ----------
+    data : DataFrame, one row per observation.
+    subject, time : the subject column and the date column (ISO 8601 text such as ``2019-03-14``,
+        datetimes or dates).
+    unit : {"days", "weeks", "months", "years"}
+        A month is 365.25 / 12 days, a year 365.25 days.
+    origin : "first-visit" (each subject's first visit), "study-start" (the earliest date) or the name of a
+        column holding one date per subject (a birth date gives age).
+    response : the response column, optional: a subject's first visit is then its first date with a value.
+
+    Returns
+    -------
+    (DataFrame, DateTime)
+        ``data`` with the new column ``rule.name`` (e.g. ``years_since_first_visit``) beside the dates;
+        the rule, whose :meth:`~DateTime.apply` times new data the same way.
+    """
+    if unit not in UNITS:
+        raise DateError(f"unit must be one of {', '.join(map(repr, UNITS))}, got {unit!r}")
+    for role, name in (("subject", subject), ("time", time)):
+        if name not in data.columns:
+            raise DateError(f"{role} column {name!r} not found in the data; the columns are: {list(data.columns)}")
+    out, rule = dates_to_numbers(data, subject, time, unit, origin, response, options=("unit", "origin"))
+    if rule is None:  # pragma: no cover - dates_to_numbers refuses numbers when a unit is given
+        raise DateError(f"column {time!r} does not hold dates")
+    return out, rule
 
 
 def _dates_of(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -207,7 +257,7 @@ def _dates_of(frame: pd.DataFrame, column: str) -> pd.Series:
 
 
 def _own_origins(frame: pd.DataFrame, subject: str, dates: pd.Series, origin: str,
-                 response: str | None = None) -> pd.Series:
+                 response: str | None = None, opt_origin: str = "--time-origin") -> pd.Series:
     """Each row's subject's origin from ``frame`` itself: its first visit (its first date with a ``response``
     value; its first date where it has none), or its date in column ``origin``."""
     keys = frame[subject].astype(str).to_numpy()
@@ -218,20 +268,20 @@ def _own_origins(frame: pd.DataFrame, subject: str, dates: pd.Series, origin: st
         seen = dates.where(pd.to_numeric(frame[response], errors="coerce").notna())
         return seen.groupby(keys).transform("min").fillna(first_any)
     if origin not in frame.columns:
-        raise DateError(f"--time-origin '{origin}': no such column (use first-visit, study-start or the name of a "
+        raise DateError(f"{opt_origin} '{origin}': no such column (use first-visit, study-start or the name of a "
                         "column holding one date per subject)")
     own = parse_dates(frame[origin])
     if own is None:
-        raise DateError(f"--time-origin column '{origin}' must hold dates written as 2019-03-14 (ISO 8601)")
+        raise DateError(f"{opt_origin} column '{origin}' must hold dates written as 2019-03-14 (ISO 8601)")
     spread = own.groupby(keys).nunique()
     has_dates = dates.notna().groupby(keys).any()
     lacking = has_dates.index[has_dates & (spread == 0)]
     if len(lacking):
-        raise DateError(f"--time-origin column '{origin}' is empty for {len(lacking)} subject(s) with visits (e.g. "
+        raise DateError(f"{opt_origin} column '{origin}' is empty for {len(lacking)} subject(s) with visits (e.g. "
                         f"'{lacking[0]}'): give each subject its date, or leave those subjects out")
     if (spread > 1).any():
         bad = spread.index[spread > 1][0]
-        raise DateError(f"--time-origin column '{origin}' must hold one date per subject, but subject '{bad}' has "
+        raise DateError(f"{opt_origin} column '{origin}' must hold one date per subject, but subject '{bad}' has "
                         f"{int(spread[bad])} different dates")
     return own.groupby(keys).transform("first")
 

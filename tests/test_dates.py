@@ -1,4 +1,4 @@
-"""Date-valued time columns on the command line (``--time-unit``, ``--time-origin``; dmlmm.cli_dates)."""
+"""Date-valued time columns: dmlmm.times_from_dates and the command line's --time-unit, --time-origin (dmlmm.dates)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from dmlmm.cli import main
-from dmlmm.cli_dates import DateError, DateTime, dates_to_numbers, parse_dates
+from dmlmm.dates import DateError, DateTime, dates_to_numbers, parse_dates
 from dmlmm.simulate import dgp1
 
 SMALL = ["--model", "lmm", "--n-basis", "6", "--max-iter", "60", "--seed", "1", "--quiet"]
@@ -173,3 +173,20 @@ def test_a_row_without_a_response_is_a_date_to_predict_at_not_a_first_visit():
     np.testing.assert_allclose(fitted.apply(frame, "id", "y")["days_since_first_visit"], [-60, 0, 306])
     # a subject with no observation at all: its first date
     np.testing.assert_allclose(fitted.apply(frame.assign(y=np.nan), "id", "y")["days_since_first_visit"], [0, 60, 366])
+
+
+def test_times_from_dates_is_the_python_route_and_names_its_parameters(dated):
+    import dmlmm
+
+    _, df = dated
+    frame = df[["subject", "visit", "enrolled", "y"]]
+    out, rule = dmlmm.times_from_dates(frame, "subject", "visit", unit="days", origin="enrolled")
+    np.testing.assert_allclose(out[rule.name], df["time"] * 365.25, atol=1e-4)
+    with pytest.raises(dmlmm.DataError, match=r"unit must be one of 'days', 'weeks', 'months', 'years', got 'hours'"):
+        dmlmm.times_from_dates(frame, "subject", "visit", unit="hours")
+    with pytest.raises(dmlmm.DataError, match="^unit and origin turn a column of dates into times, but column 'y'"):
+        dmlmm.times_from_dates(frame, "subject", "y")
+    with pytest.raises(dmlmm.DataError, match="^origin 'birth': no such column"):
+        dmlmm.times_from_dates(frame, "subject", "visit", origin="birth")
+    with pytest.raises(dmlmm.DataError, match="time column 'when' not found"):
+        dmlmm.times_from_dates(frame, "subject", "when")
