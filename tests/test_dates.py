@@ -190,3 +190,18 @@ def test_times_from_dates_is_the_python_route_and_names_its_parameters(dated):
         dmlmm.times_from_dates(frame, "subject", "visit", origin="birth")
     with pytest.raises(dmlmm.DataError, match="time column 'when' not found"):
         dmlmm.times_from_dates(frame, "subject", "when")
+
+
+def test_cli_names_the_date_column_of_a_row_without_a_date(dated, tmp_path):
+    folder, _ = dated
+    df = pd.read_csv(folder / "dates.csv")
+    df.loc[4, "visit"] = None  # the file's line 6 (the header is line 1)
+    df.to_csv(tmp_path / "gap.csv", index=False)
+    args = ["fit", tmp_path / "gap.csv", "--subject", "subject", "--time", "visit", "--response", "y", "--time-unit",
+            "years", *SMALL]
+    line = error_line(run(*args, "--out", tmp_path / "a"))
+    assert "column 'visit' has 1 row(s) without a date (rows [6]): pass --dropna" in line
+    r = run(*args, "--dropna", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(tmp_path / "b" / "clusters.csv")) == 40
+

@@ -515,6 +515,7 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
                            domain=None if transform in ("auto", "none") else transform)
         frame, dated = _dates_to_times(frame, subject, time_col, time_unit, time_origin, response)
         if dated is not None:  # the model's time is the new numeric column
+            _check_dates_present(frame, dated.column, dropna)
             time_col = dated.name
         if dropna and members:  # said once; the fit, the outputs and the band check then see the same subjects
             from .models.membership_design import without_unknown_baseline
@@ -925,6 +926,16 @@ def _dates_to_times(frame, subject, time_col, unit, origin, response):
         return dates_to_numbers(frame, subject, time_col, unit, origin, response)
     except DateError as e:
         raise CliError(str(e)) from None
+
+
+def _check_dates_present(frame, column, dropna):
+    """A CliError naming the date column and its rows without a date (the missing-value check would name the
+    time made from it); with --dropna those rows are dropped later, as any row with a missing value."""
+    empty = frame[column].isna()
+    if empty.any() and not dropna:
+        rows = [r.item() if hasattr(r, "item") else r for r in frame.index[empty][:5]]
+        raise CliError(f"column '{column}' has {int(empty.sum())} row(s) without a date (rows {rows}): pass "
+                       "--dropna to drop them, or fill them in")
 
 
 def _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select, criterion, jobs,
