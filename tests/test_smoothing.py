@@ -491,17 +491,3 @@ def test_pruning_to_one_deeper_component_moves_its_mean_into_the_first_layer_exa
     rp, _ = _start(stats, research, iters=5)
     _, kept = research.prune(rp.prior, [np.ones(2, dtype=bool), np.array([True, False])])
     np.testing.assert_array_equal(kept.layers[1].loadings.shift, rp.prior.layers[1].loadings.shift[:1])
-
-
-def test_the_default_idiosyncratic_shape_grows_with_a_generous_basis():
-    """16 up to 20 functions, 16 (D / 20)^2 above; a given shape is kept; a saved prior keeps its number."""
-    import pickle
-
-    from dmlmm.priors.dmfa import DeepMixturePrior, default_idiosyncratic_shape
-
-    assert [default_idiosyncratic_shape(d) for d in (6, 10, 20, 30, 40)] == [16.0, 16.0, 16.0, 36.0, 64.0]
-    assert DeepMixturePrior(40, (2, 1), (2, 1)).idiosyncratic_shape == 64.0
-    assert DeepMixturePrior(40, (2, 1), (2, 1), idiosyncratic_shape=16).idiosyncratic_shape == 16.0
-    assert pickle.loads(pickle.dumps(DeepMixturePrior(30, (2, 1), (2, 1)))).idiosyncratic_shape == 36.0
-    with pytest.raises(ValueError, match="idiosyncratic_shape must be a positive number or 'auto', got 'big'"):
-        DeepMixturePrior(30, (2, 1), (2, 1), idiosyncratic_shape="big")

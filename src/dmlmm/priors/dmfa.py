@@ -31,8 +31,8 @@ have P-spline priors with learned smoothing variances (half-Cauchy on their root
   lies near ``1 / (lam_j u_k)``, a random-walk (P-spline) spectrum with one learned
   precision scale ``u_k`` per component (half-Cauchy on ``sqrt(u_k)``), so subject
   deviations beyond the factors are smooth; the shape ``alpha`` (``idiosyncratic_shape``,
-  by default 16 up to 20 basis functions and ``16 (D0 / 20)^2`` beyond, :func:`default_idiosyncratic_shape`)
-  lets each coordinate depart from the spectrum by a factor of about ``1 ± 1/sqrt(alpha)``.
+  default 16) lets each coordinate depart from the spectrum by a factor of about
+  ``1 ± 1/sqrt(alpha)``.
 
 With ``polynomial_covariance="full"`` the first layer's polynomial rows (the P null-space coordinates:
 level and trend for a second-order penalty) share one idiosyncratic covariance per component in place of
@@ -124,28 +124,6 @@ from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_s
 
 
 __all__ = ["DeepMixturePrior", "LayerParams", "LayerSmooth", "DMFAParams", "PINNED_MEAN_VAR", "CONFOUNDED_SHAPE"]
-
-#: The idiosyncratic shape alpha up to :data:`SHAPE_GROWS_FROM` basis functions (``idiosyncratic_shape="auto"``).
-IDIOSYNCRATIC_SHAPE = 16.0
-#: Above this many basis functions the default shape grows with the square of their number.
-SHAPE_GROWS_FROM = 20
-
-
-def default_idiosyncratic_shape(dim: int) -> float:
-    """alpha for ``dim`` basis functions: 16 up to 20, ``16 (dim / 20)^2`` above (36 at 30, 64 at 40).
-
-    Why it grows: a generous basis adds high-frequency coordinates that the visits hardly inform, and each
-    idiosyncratic variance left free there takes a little of the residual variance (the issue this prior
-    exists for: the fit got worse as the basis grew). Tying them closer to the spectrum as their number grows
-    keeps them out of the noise. Measured with the accuracy harness (2026-12-07, docs/models.md, "The
-    idiosyncratic shape grows with the basis"): held-out log score per subject at 30 / 40 functions, DGP 3
-    -1.764 / -1.795 -> -1.761 / -1.763, DGP 1 -0.770 / -0.772 -> -0.773 / -0.775; the nine real sets at 40
-    functions +0.034 per observation in sum (pbcseq -0.808 -> -0.760, two clusters again; phenobarb -0.012).
-    Up to 20 functions (the library's default basis) nothing changes: at 10 functions a smaller shape (4)
-    helped DGP 1 but was not measured on real data, where the demo's 6- and 8-function fits live.
-    """
-    return IDIOSYNCRATIC_SHAPE * max(1.0, dim / SHAPE_GROWS_FROM) ** 2
-
 
 #: Prior variance of a pinned deeper mean (a deeper layer with one component, smoothness prior on):
 #: N(0, PINNED_MEAN_VAR) in place of the Cauchy, so the mean stays at zero (the latents have unit scale).
@@ -256,11 +234,9 @@ class DeepMixturePrior(RandomEffectsPrior):
         switches the first layer's smoothness prior on. None: the research model.
     smooth_scale : float
         Half-Cauchy scale of the square roots of the smoothing variances.
-    idiosyncratic_shape : float or "auto"
+    idiosyncratic_shape : float
         alpha, the inverse-gamma shape tying the rough coordinates' idiosyncratic variances to
-        the smoothness spectrum (see the module docstring); "auto" (the default):
-        :func:`default_idiosyncratic_shape` of ``dim`` (16 up to 20 functions; before 2026-12-07, 16 always).
-        The value used is the attribute ``idiosyncratic_shape``.
+        the smoothness spectrum (see the module docstring).
     loading_order : float
         o >= 1: the loading curves' prior precisions are ``lam_j ** o / t_km`` (2: smoother than
         the idiosyncratic deviations, whose spectrum is ``1 / lam_j``; see the module docstring).
@@ -296,7 +272,7 @@ class DeepMixturePrior(RandomEffectsPrior):
         delta_scale: float | tuple[float, ...] = 2.5,
         roughness: np.ndarray | None = None,
         smooth_scale: float = 1.0,
-        idiosyncratic_shape: float | str = "auto",
+        idiosyncratic_shape: float = 16.0,
         loading_order: float = 2.0,
         idiosyncratic_power: float = 0.25,
         visit_times: int | None = None,
@@ -307,10 +283,7 @@ class DeepMixturePrior(RandomEffectsPrior):
             raise ValueError(f"polynomial_covariance must be 'diagonal' or 'full', got {polynomial_covariance!r}")
         self.polynomial_covariance = polynomial_covariance
         self.dim = int(dim)
-        if isinstance(idiosyncratic_shape, str) and idiosyncratic_shape != "auto":
-            raise ValueError(f"idiosyncratic_shape must be a positive number or 'auto', got {idiosyncratic_shape!r}")
-        self.idiosyncratic_shape = (default_idiosyncratic_shape(int(dim)) if idiosyncratic_shape == "auto"
-                                    else float(idiosyncratic_shape))
+        self.idiosyncratic_shape = float(idiosyncratic_shape)
         self.confounded_shape = self.idiosyncratic_shape if confounded_shape is None else float(confounded_shape)
         if not (self.idiosyncratic_shape > 0 and self.confounded_shape > 0):
             raise ValueError(f"idiosyncratic_shape and confounded_shape must be positive, got {idiosyncratic_shape} "
