@@ -465,6 +465,7 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
     and write clusters, trajectories, the saved model and an HTML report to --out (all at once, when the fit is
     done)."""
     from .cli_output import OutputFolder, write_outputs
+    from .dates import dates_to_numbers
 
     kind = kind or ("auto" if select else "deep")
     if method is not None and kind != "lmm":
@@ -513,7 +514,7 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
     with OutputFolder(Path(out), overwrite, inputs=[Path(data)]) as folder:
         frame = _read_data(data, subject, time_col, response, cov_cols + (members or []), "none",
                            domain=None if transform in ("auto", "none") else transform)
-        frame, dated = _dates_to_times(frame, subject, time_col, time_unit, time_origin, response)
+        frame, dated = dates_to_numbers(frame, subject, time_col, time_unit, time_origin, response)
         if dated is not None:  # the model's time is the new numeric column
             _check_dates_present(frame, dated.column, dropna)
             time_col = dated.name
@@ -918,16 +919,6 @@ def _read_data(data, subject, time_col, response, covs, transform, response_opti
         raise CliError(str(e)) from None
 
 
-def _dates_to_times(frame, subject, time_col, unit, origin, response):
-    """The data with a numeric time made from a date column (``--time-unit``), and the rule (None: numbers)."""
-    from .dates import DateError, dates_to_numbers
-
-    try:
-        return dates_to_numbers(frame, subject, time_col, unit, origin, response)
-    except DateError as e:
-        raise CliError(str(e)) from None
-
-
 def _check_dates_present(frame, column, dropna):
     """A CliError naming the date column and its rows without a date (the missing-value check would name the
     time made from it); with --dropna those rows are dropped later, as any row with a missing value."""
@@ -1124,7 +1115,7 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
         fitted = model.random_effects_.index if lmm else model.subjects_
         frame = _labels_as_fitted(frame, c.subject, fitted)
         if dated is not None:  # the fit's time was made from dates: the same turn here
-            frame = _dates_again(frame, dated, c.subject, c.response)
+            frame = dated.apply(frame, c.subject, c.response)
         predict_table = _predict_lmm_table if lmm else _predict_table
         table, n_subjects, n_times = predict_table(model, frame, times, interval, kind, dropna, level)
         table = user_columns(table, c.subject, c.time, frame.columns)
@@ -1159,16 +1150,6 @@ def _load_model(path):
     meta = read_metadata(path)
     dates = meta.get("time_dates")
     return model, meta.get("response_transform", "none"), None if dates is None else DateTime.from_meta(dates)
-
-
-def _dates_again(frame, dated, subject, response):
-    """``dmlmm predict``: the model's numeric time made from the data's date column as the fit made it."""
-    from .dates import DateError
-
-    try:
-        return dated.apply(frame, subject, response)
-    except DateError as e:
-        raise CliError(str(e)) from None
 
 
 def _predict_table(model, frame, times, interval, kind, dropna, level="subject"):

@@ -70,11 +70,11 @@ def parse_dates(values: pd.Series) -> pd.Series | None:
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            parsed = pd.to_datetime(values.where(values.isna(), values.astype(str).str.strip()), errors="coerce",
-                                    format="ISO8601", utc=text.str.contains(r"[+-]\d{2}:?\d{2}$|Z$").any())
-        if parsed[values.notna()].isna().any():
+            parsed = pd.to_datetime(text, errors="coerce", format="ISO8601",
+                                    utc=text.str.contains(r"[+-]\d{2}:?\d{2}$|Z$").any())
+        if parsed.isna().any():
             return None
-        out = parsed
+        out = parsed.reindex(values.index)  # NaT where the column is empty
     else:
         return None
     if getattr(out.dt, "tz", None) is not None:
@@ -130,32 +130,32 @@ class DateTime:
         (origin "first-visit": its first date with a ``response`` value, or its first date where it has none)
         or its date in the origin column."""
         dates = _dates_of(frame, self.column)
-        if self.origin == STUDY_START:
-            origin = pd.Series(pd.Timestamp(self.study_start), index=frame.index)
-        else:
-            own = _own_origins(frame, subject, dates, self.origin, response)
-            fitted = pd.Series({k: pd.Timestamp(v) for k, v in (self.subject_origins or {}).items()},
-                               dtype="datetime64[ns]")
-            keys = frame[subject].astype(str)
-            origin = keys.map(fitted).fillna(own)
-        return _with_time(frame, self.name, dates, origin, self.unit)
+        return _with_time(frame, self.name, dates, self._origin_of(frame[subject], frame, subject, response, dates),
+                          self.unit)
 
     def dates_at(self, table: pd.DataFrame, subject: str, frame: pd.DataFrame,
                  response: str | None = None) -> pd.Series:
         """The calendar date of each row of ``table`` (subject, time ``name``): origin + time, for the
         outputs. ``frame``: the data the table was made from (the new subjects' origins)."""
-        if self.origin == STUDY_START:
-            origin = pd.Series(pd.Timestamp(self.study_start), index=table.index)
-        else:
-            dates = _dates_of(frame, self.column)
-            own = _own_origins(frame, subject, dates, self.origin, response)
-            per_subject = own.groupby(frame[subject].astype(str).to_numpy()).first()
-            fitted = pd.Series({k: pd.Timestamp(v) for k, v in (self.subject_origins or {}).items()},
-                               dtype="datetime64[ns]")
-            per_subject = fitted.combine_first(per_subject) if len(fitted) else per_subject
-            origin = table[subject].astype(str).map(per_subject)
+        origin = self._origin_of(table[subject], frame, subject, response)
         out = origin + pd.to_timedelta(table[self.name].to_numpy() * UNITS[self.unit], unit="D")
         return out.dt.round("D") if self.whole_days else out.dt.round("s")
+
+    def _origin_of(self, labels: pd.Series, frame: pd.DataFrame, subject: str, response: str | None,
+                   dates: pd.Series | None = None) -> pd.Series:
+        """The origin of each of ``labels`` (subjects): the fit's where it has one, else its own from
+        ``frame`` (its dates read, or ``dates``, only where a subject has none from the fit)."""
+        if self.origin == STUDY_START:
+            return pd.Series(pd.Timestamp(self.study_start), index=labels.index)
+        fitted = pd.Series({k: pd.Timestamp(v) for k, v in (self.subject_origins or {}).items()},
+                           dtype="datetime64[ns]")
+        origin = labels.astype(str).map(fitted)
+        if origin.notna().all():
+            return origin
+        dates = _dates_of(frame, self.column) if dates is None else dates
+        own = _own_origins(frame, subject, dates, self.origin, response)
+        per_subject = own.groupby(frame[subject].astype(str).to_numpy()).first()
+        return origin.fillna(labels.astype(str).map(per_subject))
 
 
 def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str | None, origin: str | None,
@@ -239,10 +239,8 @@ def times_from_dates(data: pd.DataFrame, subject: str, time: str, unit: str = "y
     for role, name in (("subject", subject), ("time", time)):
         if name not in data.columns:
             raise DateError(f"{role} column {name!r} not found in the data; the columns are: {list(data.columns)}")
-    out, rule = dates_to_numbers(data, subject, time, unit, origin, response, options=("unit", "origin"))
-    if rule is None:  # pragma: no cover - dates_to_numbers refuses numbers when a unit is given
-        raise DateError(f"column {time!r} does not hold dates")
-    return out, rule
+    # with a unit given, a column that does not hold dates is refused there: the rule is never None
+    return dates_to_numbers(data, subject, time, unit, origin, response, options=("unit", "origin"))
 
 
 def _dates_of(frame: pd.DataFrame, column: str) -> pd.Series:
