@@ -1,4 +1,4 @@
-"""Shared fixtures: the sleepstudy data and a small simulated spline linear mixed model."""
+"""Shared fixtures: the sleepstudy data, a small simulated spline linear mixed model, a Dask client."""
 
 from __future__ import annotations
 
@@ -51,3 +51,16 @@ def simulate_spline_lmm(
 def spline_data() -> pd.DataFrame:
     """40 subjects with 1-14 irregular observations each from a 5-function spline LMM."""
     return simulate_spline_lmm()[0]
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A distributed.Client on a LocalCluster of 2 worker processes, one per test module that asks for it
+    (the Dask tests; skipped without dask)."""
+    distributed = pytest.importorskip("distributed")
+    import logging
+
+    with distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR
+    ) as cluster, distributed.Client(cluster) as c:
+        yield c

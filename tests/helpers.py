@@ -23,3 +23,13 @@ def error_line(result) -> str:
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def split_parquet(frame, folder):
+    """Write ``frame`` (long format, a ``subject`` column) to ``folder`` as two Parquet files of alternate rows,
+    the subject as their index: every subject's rows in both files, so that a Dask fit shuffles them first."""
+    folder.mkdir(parents=True)
+    rows = frame.set_index("subject")
+    rows.iloc[::2].to_parquet(folder / "a.parquet")
+    rows.iloc[1::2].to_parquet(folder / "b.parquet")
+    return folder

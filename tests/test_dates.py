@@ -144,14 +144,11 @@ def test_cli_fit_on_dates_is_the_fit_on_hand_made_times(dated, tmp_path):
     assert list(pd.to_datetime(p["visit"])) == [first[3], first[3] + pd.Timedelta(days=182.625)]
 
 
-def test_cli_refuses_dates_without_a_unit_and_units_with_dask(dated, tmp_path):
+def test_cli_refuses_dates_without_a_unit(dated, tmp_path):
     folder, _ = dated
     line = error_line(run("fit", folder / "dates.csv", "--subject", "subject", "--time", "visit", "--response", "y",
                           *SMALL, "--out", tmp_path / "a"))
     assert "column 'visit' holds dates: add --time-unit" in line
-    line = error_line(run("fit", folder / "dates.csv", "--subject", "subject", "--time", "visit", "--response", "y",
-                          "--time-unit", "years", "--dask", "local:1", "--out", tmp_path / "b"))
-    assert "--time-unit does not work with --dask" in line
 
 
 def test_dates_written_back_are_days_when_the_data_had_no_times_of_day():

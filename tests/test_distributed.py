@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
 
 import dmlmm  # noqa: E402
-from helpers import error_line  # noqa: E402
+from helpers import error_line, split_parquet  # noqa: E402
 from dmlmm import DataError, DeepMixtureLMM, MixtureLMM, SplineBasis, simulate  # noqa: E402
 from dmlmm.distributed import is_dask_collection  # noqa: E402
 from dmlmm.distributed import shard as sh  # noqa: E402
@@ -34,14 +33,6 @@ from dmlmm.models.starting import pooled_ridge, ridge_prior  # noqa: E402
 from dmlmm.sufficient import SufficientStats  # noqa: E402
 
 SRC = Path(dmlmm.__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR
-    ) as cluster, distributed.Client(cluster) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -853,11 +844,7 @@ def test_cli_fit_on_dask_writes_what_the_in_memory_fit_writes(client, dgp1_frame
     df.loc[[3, 40, 41], "y"] = np.nan  # --dropna: the fit and the curves leave out the same rows
     df.to_csv(tmp_path / "d.csv", index=False)
     for sex, rows in df.groupby("sex"):  # a Hive folder per sex (the files do not hold the column); each
-        folder = tmp_path / "visits" / f"sex={sex}"  # subject's rows in two files, as their index: shuffled
-        folder.mkdir(parents=True)
-        rows = rows.drop(columns="sex").set_index("subject")
-        rows.iloc[::2].to_parquet(folder / "a.parquet")
-        rows.iloc[1::2].to_parquet(folder / "b.parquet")
+        split_parquet(rows.drop(columns="sex"), tmp_path / "visits" / f"sex={sex}")  # subject's rows in two files
     opts = [*CLI_FAST, "--covariates", "age,sex", "--max-iter", "40", "--dropna", "-q"]
     r = _cli("fit", tmp_path / "visits", *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
     assert r.exit_code == 0, r.output
@@ -888,11 +875,7 @@ def test_cli_dask_dropna_keeps_a_row_whose_membership_value_is_missing(client, d
     df.loc[last, "base"] = np.nan
     df.loc[df.index[df["subject"] == df["subject"].iloc[-1]][1], "y"] = np.nan  # a missing response: dropped alike
     df.to_csv(tmp_path / "d.csv", index=False)
-    folder = tmp_path / "visits"
-    folder.mkdir()
-    rows = df.set_index("subject")
-    rows.iloc[::2].to_parquet(folder / "a.parquet")
-    rows.iloc[1::2].to_parquet(folder / "b.parquet")
+    folder = split_parquet(df, tmp_path / "visits")
     opts = [*CLI_FAST, "--membership-covariates", "base", "--max-iter", "40", "--dropna", "-q"]
     r = _cli("fit", folder, *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
     assert r.exit_code == 0, r.output

@@ -498,15 +498,14 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
     t0 = time.perf_counter()
     if scheduler is not None:
         _check_dask_options(select=select, method=method, check_bands=check_bands, outcome=outcome,
-                            event_time=event_time, baseline=baseline, jobs=jobs != "auto", time_unit=time_unit,
-                            time_origin=time_origin)
+                            event_time=event_time, baseline=baseline, jobs=jobs != "auto")
         _check_smoothing_order(basis, None if smoothing == "none" else int(smoothing or 2), smoothing)
         extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
                  if v is not None}
         model = _make_model(kind, comps, dims, basis, seed, _show_progress(quiet), {**extra, **prior_options})
         _fit_on_dask(model, data, scheduler, dict(subject=subject, time=time_col, response=response, covariates=covs),
                      dropna, Path(out), overwrite, quiet, t0, sample=DEFAULT_SAMPLE if sample is None else sample,
-                     seed=seed, interval=interval, report=report)
+                     seed=seed, interval=interval, report=report, time_unit=time_unit, time_origin=time_origin)
         return
     if sample is not None:
         raise CliError("--sample applies to --dask fits (which draw the curves of a sample of subjects); without "
@@ -571,16 +570,17 @@ def _check_dask_options(**given) -> None:
 
 
 def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quiet, t0, *, sample: int, seed: int,
-                 interval: float, report: bool) -> None:
+                 interval: float, report: bool, time_unit: str | None = None, time_origin: str | None = None) -> None:
     """--dask: read DATA with Dask, fit ``model`` on the cluster, write clusters.csv and model.dmlmm, then
     trajectories.csv and report.html of ``sample`` subjects drawn within each cluster (none for 0), print the
-    summary."""
+    summary. A time column of dates is turned into times on the cluster (--time-unit, --time-origin)."""
     from types import SimpleNamespace
 
     from .cli_dask import (DASK_OUTPUTS_NOTE, by_subject, dask_client, is_url, parse_scheduler, read_dask_frame,
                            sample_rows, sample_subjects, write_dask_outputs, write_sample_outputs)
     from .cli_input import check_columns
     from .cli_output import OutputFolder
+    from .distributed.dates import turn_dates
     from .distributed.fit import fit_dask
 
     spec = parse_scheduler(scheduler)
@@ -589,24 +589,37 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
     ddf = read_dask_frame(data, cols["subject"])
     meta = ddf._meta.reset_index() if ddf._meta.index.name is not None else ddf._meta
     check_columns(meta, needed)
-    res = None
+    columns = list(meta.columns)
+    res = dated = None
     with OutputFolder(out, overwrite, inputs=[] if is_url(data) else [Path(data)]) as folder:
         with dask_client(spec) as client:
             ddf = by_subject(ddf, cols["subject"], client)
+            turned = turn_dates(ddf, cols["subject"], cols["time"], time_unit, time_origin, cols["response"], client,
+                                options=("--time-unit", "--time-origin"))
+            if turned.rule is not None:  # the model's time is the new numeric column, made on the cluster
+                dated = turned.rule
+                if turned.rows_without_date and not dropna:
+                    raise CliError(f"column '{dated.column}' has {turned.rows_without_date} row(s) without a date: "
+                                   "pass --dropna to drop them, or fill them in")
+                ddf, cols = turned.frame, {**cols, "time": dated.name}
+                fitted[1] = dated.name
+                columns.append(dated.name)
             fit_dask(model, ddf, dropna=dropna, client=client, **cols)
-            written, clusters = write_dask_outputs(model, folder.staging, list(meta.columns))
+            written, clusters = write_dask_outputs(model, folder.staging, columns, dated=dated)
             if sample:
                 labels = sample_subjects(clusters.set_index(cols["subject"])["cluster"], sample, seed)
                 frame = sample_rows(ddf, cols["subject"], labels, client)
                 if dropna:  # the rows the fit dropped (it said how many), as the in-memory outputs drop them
                     frame = _clean(frame, fitted).reset_index(drop=True)
         if sample:
-            more, res = write_sample_outputs(model, frame, folder.staging, list(meta.columns), n_total=len(clusters),
+            more, res = write_sample_outputs(model, frame, folder.staging, columns, n_total=len(clusters),
                                              seed=seed, interval=interval, report=report, title=f"dmlmm: {_name(data)}",
-                                             source=str(data), notes=_warnings_note())
+                                             source=str(data), notes=_dates_note(dated) + _warnings_note(), dated=dated)
             written += more
         folder.commit()
     if not quiet:
+        if dated is not None:
+            click.echo(dated.describe())
         if res is None:
             summary = model.class_summary()
             res = SimpleNamespace(clusters=clusters.rename(columns={cols["subject"]: "subject"}), class_summary=summary,

@@ -44,10 +44,6 @@ NOT_WITH_DASK = {
     "--event-time": "survival by cluster reads each subject's row in this process",
     "--baseline": "baseline tables by cluster read each subject's row in this process",
     "--jobs": "the cluster's workers do the parallel work",
-    "--time-unit": "turning dates into times needs each subject's first date, read in this process; write the "
-                   "time as a number (e.g. years since the first visit) in the Parquet files",
-    "--time-origin": "turning dates into times needs each subject's first date, read in this process; write the "
-                     "time as a number (e.g. years since the first visit) in the Parquet files",
 }
 
 DASK_OUTPUTS_NOTE = ("{drawn}; clusters.csv and the class summary cover all {total:,}; draw the curves of other "
@@ -172,10 +168,11 @@ def _distinct_labels(part: Any, subject: str) -> Any:
     return pd.Series(pd.unique(labels.to_numpy()), dtype=labels.dtype)
 
 
-def write_dask_outputs(model: Any, folder: Path, input_columns: list) -> tuple[list[str], Any]:
+def write_dask_outputs(model: Any, folder: Path, input_columns: list, dated: Any = None) -> tuple[list[str], Any]:
     """Bring the fitted model's per-subject tables here and write clusters.csv, model.dmlmm (and membership.csv)
     to ``folder``, the output columns named as after an in-memory fit (``input_columns``: the data's); returns
-    the names written and clusters.csv's table."""
+    the names written and clusters.csv's table. ``dated``: the :class:`~dmlmm.dates.DateTime` that made the
+    time from dates, recorded in the model file for ``dmlmm predict``."""
     from .cli_output import user_columns
     from .distributed import collect
     from .io import save_model
@@ -187,7 +184,7 @@ def write_dask_outputs(model: Any, folder: Path, input_columns: list) -> tuple[l
     c = model.design_.columns
     clusters = user_columns(clusters, c.subject, c.time, input_columns)
     clusters.to_csv(folder / "clusters.csv", index=False)
-    save_model(model, folder / "model.dmlmm")
+    save_model(model, folder / "model.dmlmm", time_dates=None if dated is None else dated.to_meta())
     written = ["clusters.csv", "model.dmlmm"]
     coef = getattr(model, "membership_coefficients_", None)
     if coef is not None:
@@ -246,12 +243,13 @@ def _rows_of(part: pd.DataFrame, subject: str, labels: np.ndarray) -> pd.DataFra
 
 def write_sample_outputs(model: Any, frame: pd.DataFrame, folder: Path, input_columns: list, *, n_total: int,
                          seed: int, interval: float, report: bool, title: str, source: str, notes: str = "",
-                         ) -> tuple[list[str], Any]:
+                         dated: Any = None) -> tuple[list[str], Any]:
     """trajectories.csv (and with ``report`` report.html) of the subjects in ``frame`` (a sample of the
     ``n_total`` fitted, :func:`sample_subjects`), from a Dask fit whose tables :func:`write_dask_outputs`
     brought here; returns the names written and the :class:`~dmlmm.report.FitResults`, whose cluster table
-    and class summary cover every subject. The report says which curves it draws."""
-    from .cli_output import user_columns
+    and class summary cover every subject. The report says which curves it draws. ``dated``: as for
+    :func:`write_dask_outputs`; trajectories.csv then gives each row's calendar date too."""
+    from .cli_output import user_columns, with_dates
     from .report import collect_results, write_report
 
     c = model.design_.columns
@@ -262,7 +260,10 @@ def write_sample_outputs(model: Any, frame: pd.DataFrame, folder: Path, input_co
     res.sample_of = None if drawn == n_total else n_total
     res.facts["curves drawn"] = (f"all {n_total:,} subjects" if drawn == n_total else
                                  f"{drawn:,} of {n_total:,} subjects, drawn at random within each cluster (seed {seed})")
-    user_columns(res.trajectories, c.subject, c.time, input_columns).to_csv(folder / "trajectories.csv", index=False)
+    table = user_columns(res.trajectories, c.subject, c.time, input_columns)
+    if dated is not None:  # the fit's time was made from dates: each row's date beside it, as in memory
+        table = with_dates(table, dated, c.subject, frame, c.response)
+    table.to_csv(folder / "trajectories.csv", index=False)
     written = ["trajectories.csv"]
     if report:
         about = ("" if drawn == n_total else

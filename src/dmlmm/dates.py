@@ -219,14 +219,19 @@ def times_from_dates(data: pd.DataFrame, subject: str, time: str, unit: str = "y
 
     Parameters
     ----------
-    data : DataFrame, one row per observation.
-    subject, time : the subject column and the date column (ISO 8601 text such as ``2019-03-14``,
-        datetimes or dates).
+    data : DataFrame or dask.dataframe.DataFrame
+        One row per observation. A Dask frame must hold every subject's rows in one partition (as its fit
+        does); a distributed.Client must be current: one pass brings each subject's origin here, and the new
+        column is added lazily, partition by partition.
+    subject, time : str
+        The subject column and the date column (ISO 8601 text such as ``2019-03-14``, datetimes or dates).
     unit : {"days", "weeks", "months", "years"}
         A month is 365.25 / 12 days, a year 365.25 days.
-    origin : "first-visit" (each subject's first visit), "study-start" (the earliest date) or the name of a
+    origin : str
+        "first-visit" (each subject's first visit), "study-start" (the earliest date) or the name of a
         column holding one date per subject (a birth date gives age).
-    response : the response column, optional: a subject's first visit is then its first date with a value.
+    response : str, optional
+        The response column: a subject's first visit is then its first date with a value.
 
     Returns
     -------
@@ -236,6 +241,16 @@ def times_from_dates(data: pd.DataFrame, subject: str, time: str, unit: str = "y
     """
     if unit not in UNITS:
         raise DateError(f"unit must be one of {', '.join(map(repr, UNITS))}, got {unit!r}")
+    from .distributed import is_dask_collection
+
+    if is_dask_collection(data):  # on the partitions, where the rows live (each subject's in one partition)
+        from .distributed.dates import times_from_dates_dask
+
+        present = list(data.columns) + ([data.index.name] if data.index.name is not None else [])
+        if subject not in present or time not in present:
+            role, name = ("subject", subject) if subject not in present else ("time", time)
+            raise DateError(f"{role} column {name!r} not found in the data; the columns are: {present}")
+        return times_from_dates_dask(data, subject, time, unit, origin, response)
     for role, name in (("subject", subject), ("time", time)):
         if name not in data.columns:
             raise DateError(f"{role} column {name!r} not found in the data; the columns are: {list(data.columns)}")
