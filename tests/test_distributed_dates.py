@@ -12,6 +12,7 @@ dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 
 import dmlmm  # noqa: E402
+from dmlmm.distributed import times_from_dates  # noqa: E402
 from dmlmm.dates import DateError  # noqa: E402
 from dmlmm.simulate import dgp1  # noqa: E402
 from helpers import split_parquet  # noqa: E402
@@ -35,7 +36,7 @@ def test_times_from_dates_on_dask_are_the_in_memory_ones(client, visits):
     ddf = dd.from_pandas(frame.set_index("subject"), npartitions=3)  # sorted: each subject in one partition
     for origin in ("first-visit", "study-start", "enrolled"):
         want, want_rule = dmlmm.times_from_dates(frame, "subject", "visit", unit="weeks", origin=origin, response="y")
-        got, rule = dmlmm.times_from_dates(ddf, "subject", "visit", unit="weeks", origin=origin, response="y")
+        got, rule = times_from_dates(ddf, "subject", "visit", unit="weeks", origin=origin, response="y")
         got = got.compute().reset_index().set_index("row").sort_index()
         assert rule == want_rule  # the same name, origins (all 60 subjects') and study start
         np.testing.assert_array_equal(got[rule.name].to_numpy(), want[rule.name].to_numpy())
@@ -43,9 +44,11 @@ def test_times_from_dates_on_dask_are_the_in_memory_ones(client, visits):
     # a subject in two partitions is named (its first visit would be read twice)
     split = dd.from_pandas(pd.concat([frame.iloc[::2], frame.iloc[1::2]]), npartitions=2, sort=False)
     with pytest.raises(DateError, match="subject '0' has rows in more than one partition"):
-        dmlmm.times_from_dates(split, "subject", "visit")
+        times_from_dates(split, "subject", "visit")
     with pytest.raises(DateError, match="column 'y' does not hold dates"):
-        dmlmm.times_from_dates(ddf, "subject", "y")
+        times_from_dates(ddf, "subject", "y")
+    with pytest.raises(DateError, match=r"a Dask DataFrame: dmlmm.distributed.times_from_dates\(ddf, ...\)"):
+        dmlmm.times_from_dates(ddf, "subject", "visit")
 
 
 def _cli(*args):

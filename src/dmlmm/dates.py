@@ -219,10 +219,8 @@ def times_from_dates(data: pd.DataFrame, subject: str, time: str, unit: str = "y
 
     Parameters
     ----------
-    data : DataFrame or dask.dataframe.DataFrame
-        One row per observation. A Dask frame must hold every subject's rows in one partition (as its fit
-        does); a distributed.Client must be current: one pass brings each subject's origin here, and the new
-        column is added lazily, partition by partition.
+    data : DataFrame
+        One row per observation (for a Dask DataFrame, :func:`dmlmm.distributed.times_from_dates`).
     subject, time : str
         The subject column and the date column (ISO 8601 text such as ``2019-03-14``, datetimes or dates).
     unit : {"days", "weeks", "months", "years"}
@@ -241,16 +239,9 @@ def times_from_dates(data: pd.DataFrame, subject: str, time: str, unit: str = "y
     """
     if unit not in UNITS:
         raise DateError(f"unit must be one of {', '.join(map(repr, UNITS))}, got {unit!r}")
-    from .distributed import is_dask_collection
-
-    if is_dask_collection(data):  # on the partitions, where the rows live (each subject's in one partition)
-        from .distributed.dates import times_from_dates_dask
-
-        present = list(data.columns) + ([data.index.name] if data.index.name is not None else [])
-        if subject not in present or time not in present:
-            role, name = ("subject", subject) if subject not in present else ("time", time)
-            raise DateError(f"{role} column {name!r} not found in the data; the columns are: {present}")
-        return times_from_dates_dask(data, subject, time, unit, origin, response)
+    if (type(data).__module__ or "").startswith(("dask.", "dask_expr")):  # the data room does not import Dask's
+        raise DateError("data is a Dask DataFrame: dmlmm.distributed.times_from_dates(ddf, ...) turns its dates into "
+                        "times on its partitions, with the same arguments")
     for role, name in (("subject", subject), ("time", time)):
         if name not in data.columns:
             raise DateError(f"{role} column {name!r} not found in the data; the columns are: {list(data.columns)}")

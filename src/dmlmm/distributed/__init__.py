@@ -19,7 +19,9 @@ the per-subject work on the workers of the current ``distributed.Client``:
 - :mod:`.fit` drives the fit and leaves the per-subject outputs on the cluster
   as dask collections (:mod:`.outputs`; :func:`collect` brings them into pandas);
 - :mod:`.predict`: ``predict_proba`` / ``predict`` (and the group versions) of a
-  dask frame, one partition at a time, lazily.
+  dask frame, one partition at a time, lazily;
+- :mod:`.dates`: :func:`times_from_dates`, a column of visit dates turned into times on the
+  partitions (``dmlmm.times_from_dates`` for a dask frame).
 
 Dask is an optional dependency (``pip install dmlmm[dask]``): nothing in the
 in-memory path imports it; :func:`is_dask_collection` tells a Dask frame apart
@@ -28,7 +30,7 @@ without importing dask.
 
 from __future__ import annotations
 
-__all__ = ["is_dask_collection", "fit_dask", "collect"]
+__all__ = ["is_dask_collection", "fit_dask", "collect", "times_from_dates"]
 
 
 def is_dask_collection(obj: object) -> bool:
@@ -46,4 +48,8 @@ def __getattr__(name: str):
         from .outputs import collect
 
         return collect
+    if name == "times_from_dates":
+        from .dates import times_from_dates
+
+        return times_from_dates
     raise AttributeError(f"module 'dmlmm.distributed' has no attribute {name!r}")

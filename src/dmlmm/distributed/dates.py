@@ -1,4 +1,5 @@
-"""Visit dates turned into times on a Dask frame: :func:`dmlmm.times_from_dates` for a ``dask.dataframe``.
+"""Visit dates turned into times on a Dask frame: :func:`dmlmm.times_from_dates` for a ``dask.dataframe``
+(:func:`times_from_dates`; on the command line ``dmlmm fit --dask --time-unit``).
 
 The same rule as in memory (:mod:`dmlmm.dates`), computed where the rows live. Every subject's rows must lie
 in one partition (as the fit needs them; ``dmlmm fit --dask`` shuffles them so first): a subject's first visit
@@ -16,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..dates import FIRST_VISIT, STUDY_START, DateError, DateTime, _with_time, dates_to_numbers, parse_dates
+from ..dates import FIRST_VISIT, STUDY_START, UNITS, DateError, DateTime, _with_time, dates_to_numbers, parse_dates
 from .fit import current_client
 
-__all__ = ["DaskDates", "turn_dates", "times_from_dates_dask"]
+__all__ = ["DaskDates", "turn_dates", "times_from_dates"]
 
 _SUMMARY = {"subject": "object", "origin": "datetime64[ns]", "first": "datetime64[ns]", "whole": "bool",
             "missing": "int64", "name": "object"}
@@ -35,10 +36,32 @@ class DaskDates:
     rows_without_date: int = 0
 
 
-def times_from_dates_dask(ddf: Any, subject: str, time: str, unit: str, origin: str = FIRST_VISIT,
-                          response: str | None = None, client: Any = None) -> tuple[Any, DateTime]:
-    """:func:`dmlmm.times_from_dates` for a Dask DataFrame: ``ddf`` with the numeric time column (lazy) and the
-    rule. Every subject's rows must lie in one partition (the subject a column or the index)."""
+def times_from_dates(ddf: Any, subject: str, time: str, unit: str = "years", origin: str = FIRST_VISIT,
+                     response: str | None = None, client: Any = None) -> tuple[Any, DateTime]:
+    """:func:`dmlmm.times_from_dates` for a Dask DataFrame: ``ddf`` with the numeric time column, and the rule.
+
+    Parameters
+    ----------
+    ddf : dask.dataframe.DataFrame
+        One row per observation, every subject's rows in one partition (the subject a column or the index),
+        as its fit needs them.
+    subject, time, unit, origin, response
+        As :func:`dmlmm.times_from_dates`.
+    client : distributed.Client, optional
+        Default: the current one.
+
+    Returns
+    -------
+    (dask.dataframe.DataFrame, DateTime)
+        ``ddf`` with the new column ``rule.name``, added lazily partition by partition (the same numbers as
+        in memory), after one pass that brings each subject's origin here (O(N)); the rule, for new data.
+    """
+    if unit not in UNITS:
+        raise DateError(f"unit must be one of {', '.join(map(repr, UNITS))}, got {unit!r}")
+    present = list(ddf.columns) + ([ddf.index.name] if ddf.index.name is not None else [])
+    for role, name in (("subject", subject), ("time", time)):
+        if name not in present:
+            raise DateError(f"{role} column {name!r} not found in the data; the columns are: {present}")
     turned = turn_dates(ddf, subject, time, unit, origin, response, client)
     return turned.frame, turned.rule
 
