@@ -42,7 +42,8 @@ import pandas as pd
 
 from .exceptions import DataError
 
-__all__ = ["UNITS", "DateTime", "DateError", "parse_dates", "dates_to_numbers", "times_from_dates"]
+__all__ = ["UNITS", "DateTime", "DateError", "parse_dates", "dates_to_numbers", "read_date_column", "origins_text",
+           "time_column_name", "times_from_dates"]
 
 #: Days per unit of ``--time-unit``.
 UNITS: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
@@ -168,9 +169,35 @@ def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str
     Raises DateError when the column holds dates and no unit was given, a unit was given for numbers, the
     origin column is missing or not one date per subject, or the new column's name is taken; the messages
     name the unit and the origin by ``options`` (the command line's by default)."""
-    opt_unit, opt_origin = options
     if time_col not in frame.columns:
         return frame, None  # the column check names it
+    read = read_date_column(frame, time_col, unit, origin, options)
+    if read is None:
+        return frame, None
+    dates, name = read
+    origin = origin or FIRST_VISIT
+    known = dates.dropna()
+    whole = bool(len(known) == 0 or (known == known.dt.normalize()).all())
+    if origin == STUDY_START:
+        start = known.min() if len(known) else None
+        origin_of_row = pd.Series(start, index=frame.index)
+        spec = DateTime(time_col, unit, origin, name, study_start=None if start is None else start.isoformat(),
+                        whole_days=whole)
+    else:
+        origin_of_row = _own_origins(frame, subject, dates, origin, response, options[1])
+        if origin != FIRST_VISIT:
+            whole = whole and bool((origin_of_row.dropna() == origin_of_row.dropna().dt.normalize()).all())
+        firsts = origin_of_row.groupby(frame[subject].astype(str).to_numpy()).first().dropna()
+        spec = DateTime(time_col, unit, origin, name, subject_origins=origins_text(firsts.index, firsts),
+                        whole_days=whole)
+    return _with_time(frame, name, dates, origin_of_row, unit), spec
+
+
+def read_date_column(frame: pd.DataFrame, time_col: str, unit: str | None, origin: str | None,
+                     options: tuple[str, str] = ("--time-unit", "--time-origin")) -> tuple[pd.Series, str] | None:
+    """The dates of column ``time_col`` and the name of the time column to make from them; None where the column
+    holds numbers and no unit was asked for. Raises DateError as :func:`dates_to_numbers` does."""
+    opt_unit, opt_origin = options
     dates = parse_dates(frame[time_col])
     if dates is None:
         text = frame[time_col].dropna()
@@ -183,7 +210,7 @@ def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str
             raise DateError(f"{opt_unit} and {opt_origin} turn a column of dates into times, but column "
                             f"'{time_col}' does not hold dates written as 2019-03-14 (ISO 8601): leave them out for "
                             "a time column of numbers, or write its dates in that form")
-        return frame, None
+        return None
     if unit is None:
         raise DateError(f"column '{time_col}' holds dates: add --time-unit (days, weeks, months or years) to fit on "
                         f"the time since each subject's first visit, or also --time-origin study-start (the "
@@ -191,26 +218,26 @@ def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str
                         f"age)")
     if unit not in UNITS:
         raise DateError(f"{opt_unit} must be one of {', '.join(UNITS)}, got {unit!r}")
-    origin = origin or FIRST_VISIT
-    name = f"{unit}_since_" + {FIRST_VISIT: "first_visit", STUDY_START: "study_start"}.get(origin, origin)
+    name = time_column_name(unit, origin)
     if name in frame.columns:
         raise DateError(f"{opt_unit}: the time would go to a new column '{name}', but the data already have one: "
                         "rename that column")
-    known = dates.dropna()
-    whole = bool(len(known) == 0 or (known == known.dt.normalize()).all())
-    if origin == STUDY_START:
-        start = known.min() if len(known) else None
-        origin_of_row = pd.Series(start, index=frame.index)
-        spec = DateTime(time_col, unit, origin, name, study_start=None if start is None else start.isoformat(),
-                        whole_days=whole)
-    else:
-        origin_of_row = _own_origins(frame, subject, dates, origin, response, opt_origin)
-        if origin != FIRST_VISIT:
-            whole = whole and bool((origin_of_row.dropna() == origin_of_row.dropna().dt.normalize()).all())
-        firsts = origin_of_row.groupby(frame[subject].astype(str).to_numpy()).first().dropna()
-        spec = DateTime(time_col, unit, origin, name,
-                        subject_origins={str(k): v.isoformat() for k, v in firsts.items()}, whole_days=whole)
-    return _with_time(frame, name, dates, origin_of_row, unit), spec
+    return dates, name
+
+
+def time_column_name(unit: str, origin: str | None) -> str:
+    """The numeric time column made from dates, e.g. ``years_since_first_visit`` (origin None: the first visit)."""
+    origin = origin or FIRST_VISIT
+    return f"{unit}_since_" + {FIRST_VISIT: "first_visit", STUDY_START: "study_start"}.get(origin, origin)
+
+
+def origins_text(labels, origins: pd.Series) -> dict[str, str]:
+    """``{label as text: ISO date-time}`` of the subjects ``labels`` and their ``origins`` (no missing ones):
+    the model file's record, to the second (to the nanosecond where a date has a fraction of a second)."""
+    values = np.asarray(origins, dtype="datetime64[ns]")
+    fraction = bool((values.astype("int64") % 1_000_000_000).any())
+    text = np.datetime_as_string(values, unit="ns" if fraction else "s")
+    return dict(zip(pd.Index(labels).astype(str), text.tolist()))
 
 
 def times_from_dates(data: pd.DataFrame, subject: str, time: str, unit: str = "years", origin: str = FIRST_VISIT,

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..dates import FIRST_VISIT, STUDY_START, UNITS, DateError, DateTime, _with_time, dates_to_numbers, parse_dates
+from ..dates import (FIRST_VISIT, STUDY_START, UNITS, DateError, DateTime, _own_origins, _with_time,
+                     origins_text, parse_dates, read_date_column, time_column_name)
 from .fit import current_client
 
 __all__ = ["DaskDates", "turn_dates", "times_from_dates"]
 
-_SUMMARY = {"subject": "object", "origin": "datetime64[ns]", "first": "datetime64[ns]", "whole": "bool",
-            "missing": "int64", "name": "object"}
+#: Columns of the pass that reads each subject's origin (and their types but the subject's, the frame's own).
+_SUMMARY = {"origin": "datetime64[ns]", "first": "datetime64[ns]", "whole": "bool", "missing": "int64"}
 
 
 @dataclass(frozen=True)
@@ -80,29 +81,28 @@ def turn_dates(ddf: Any, subject: str, time: str, unit: str | None, origin: str 
     if pd.api.types.is_numeric_dtype(meta[time].dtype) and unit is None and origin is None:
         return DaskDates(ddf, None)  # numbers: nothing to read
     client = current_client(client)
-    parts = ddf.map_partitions(_partition_summary, subject, time, unit, origin, response, options,
-                               meta=pd.DataFrame({k: pd.Series(dtype=v) for k, v in _SUMMARY.items()}))
+    summary_meta = _summary(meta[subject].iloc[:0], pd.DataFrame({k: pd.Series(dtype=v) for k, v in _SUMMARY.items()}))
+    parts = ddf.map_partitions(_partition_summary, subject, time, unit, origin, response, options, meta=summary_meta)
     summary = client.compute(parts).result()
-    if summary.empty or summary["name"].isna().all():  # numbers (and no unit asked): the in-memory answer
+    if summary.empty:  # numbers, and no unit asked for: the in-memory answer
         return DaskDates(ddf, None)
     twice = summary["subject"][summary["subject"].duplicated()]
     if len(twice):
-        raise DateError(f"subject {twice.iloc[0]!r} has rows in more than one partition: each subject's rows must lie "
-                        f"in one partition to time its visits from its own dates (ddf.shuffle(on='{subject}') or "
+        raise DateError(f"subject {str(twice.iloc[0])!r} has rows in more than one partition: each subject's rows must "
+                        f"lie in one partition to time its visits from its own dates (ddf.shuffle(on='{subject}') or "
                         f"ddf.set_index('{subject}') puts them together)")
     missing = int(summary["missing"].sum())
-    name = str(summary["name"].dropna().iloc[0])
     origin = origin or FIRST_VISIT
+    name = time_column_name(unit, origin)
     whole = bool(summary["whole"].all())
     if origin == STUDY_START:
         start = summary["first"].min()
-        start = None if pd.isna(start) else pd.Timestamp(start)
-        spec = DateTime(time, unit, origin, name, study_start=None if start is None else start.isoformat(),
+        spec = DateTime(time, unit, origin, name, study_start=None if pd.isna(start) else pd.Timestamp(start).isoformat(),
                         whole_days=whole)
     else:
         known = summary.dropna(subset=["origin"])
-        spec = DateTime(time, unit, origin, name, whole_days=whole, subject_origins={
-            str(k): pd.Timestamp(v).isoformat() for k, v in zip(known["subject"], known["origin"])})
+        spec = DateTime(time, unit, origin, name, subject_origins=origins_text(known["subject"], known["origin"]),
+                        whole_days=whole)
     out_meta = ddf._meta.assign(**{name: pd.Series(dtype=float, index=ddf._meta.index)})
     timed = ddf.map_partitions(_partition_times, subject, time, unit, origin, response, spec.study_start, meta=out_meta)
     return DaskDates(timed, spec, missing)
@@ -121,47 +121,56 @@ def _dates_or_nat(values: pd.Series) -> pd.Series:
 
 def _partition_summary(part: pd.DataFrame, subject: str, time: str, unit: str | None, origin: str | None,
                        response: str | None, options: tuple[str, str]) -> pd.DataFrame:
-    """One row per subject of one partition: its origin (first-visit or column), its first date, whether its
-    dates are whole days, its rows without a date, and the new column's name (None: no dates to turn)."""
+    """One row per subject of one partition: its origin (first-visit or a column's date), its first date, whether
+    its dates (and origin) are whole days, its rows without a date; no rows where the column holds numbers and no
+    unit was asked for. Raises DateError as the in-memory turn (the same checks, on this partition's rows)."""
     flat = _flat(part, subject)
-    empty = pd.DataFrame({k: pd.Series(dtype=v) for k, v in _SUMMARY.items()})
+    none = pd.DataFrame({k: pd.Series(dtype=v) for k, v in _SUMMARY.items()})
     if flat.empty:
-        return empty
-    # the in-memory turn on this partition: its checks and messages, and (but for study-start) each subject's origin
-    timed, spec = dates_to_numbers(flat, subject, time, unit, origin, response, options=options)
-    if spec is None:
-        return empty.assign(name=pd.Series(dtype=object))
-    dates = _dates_or_nat(flat[time])
-    keys = flat[subject].astype(str).to_numpy()
-    first = dates.groupby(keys).min()
-    whole = ((dates == dates.dt.normalize()) | dates.isna()).groupby(keys).all()
-    missing = dates.isna().groupby(keys).sum()
-    labels = first.index
-    origins = pd.Series({k: pd.Timestamp(v) for k, v in (spec.subject_origins or {}).items()}, dtype="datetime64[ns]")
-    out = pd.DataFrame({
-        "subject": pd.Series(labels, dtype=object),
-        "origin": origins.reindex(labels).to_numpy(dtype="datetime64[ns]"),
-        "first": first.to_numpy(dtype="datetime64[ns]"),
-        "whole": whole.reindex(labels).to_numpy(dtype=bool) & bool(spec.whole_days),
-        "missing": missing.reindex(labels).to_numpy(dtype=np.int64),
-        "name": spec.name,
-    })
-    return out
+        return _summary(flat[subject], none)
+    if flat[time].notna().any():
+        read = read_date_column(flat, time, unit, origin, options)
+        if read is None:
+            return _summary(flat[subject].iloc[:0], none)
+        dates = read[0]
+    else:  # no date here (dates elsewhere): its rows are counted as without one
+        dates = pd.Series(pd.NaT, index=flat.index, dtype="datetime64[ns]")
+    origin = origin or FIRST_VISIT
+    whole = (dates == dates.dt.normalize()) | dates.isna()
+    if origin == STUDY_START:
+        origin_of_row = pd.Series(pd.NaT, index=flat.index, dtype="datetime64[ns]")
+    else:
+        origin_of_row = _own_origins(flat, subject, dates, origin, response, options[1])
+        if origin != FIRST_VISIT:
+            whole &= (origin_of_row == origin_of_row.dt.normalize()) | origin_of_row.isna()
+    rows = pd.DataFrame({"origin": origin_of_row, "first": dates, "whole": whole, "missing": dates.isna()})
+    per = rows.groupby(flat[subject].to_numpy(), sort=False).agg(
+        origin=("origin", "first"), first=("first", "min"), whole=("whole", "all"), missing=("missing", "sum"))
+    return _summary(per.index.to_series(), per.astype(_SUMMARY))
+
+
+def _summary(labels: pd.Series, per_subject: pd.DataFrame) -> pd.DataFrame:
+    """The pass's table: the subject labels (their own type), then the per-subject columns."""
+    out = per_subject.reset_index(drop=True)
+    out.insert(0, "subject", labels.to_numpy())
+    return out.astype({"subject": labels.dtype})
 
 
 def _partition_times(part: pd.DataFrame, subject: str, time: str, unit: str, origin: str, response: str | None,
                      study_start: str | None) -> pd.DataFrame:
-    """One partition with the numeric time column: the in-memory turn of its rows (its subjects' own origins), or
-    the study's first date over every partition (``study-start``)."""
+    """One partition with the numeric time column: the in-memory turn of its rows (its subjects' own origins, read
+    within it), or from the study's first date over every partition (``study-start``)."""
     indexed = part.index.name == subject
     flat = _flat(part, subject)
-    if origin == STUDY_START:
-        start = pd.Timestamp(study_start) if study_start is not None else pd.NaT
-        name = f"{unit}_since_study_start"
-        timed = _with_time(flat, name, _dates_or_nat(flat[time]), pd.Series(start, index=flat.index), unit)
-    elif len(flat):
-        timed, _ = dates_to_numbers(flat, subject, time, unit, origin, response)
-    else:
-        name = f"{unit}_since_" + ("first_visit" if origin == FIRST_VISIT else origin)
+    name = time_column_name(unit, origin)
+    if flat.empty:
         timed = flat.assign(**{name: pd.Series(dtype=float, index=flat.index)})
+    else:
+        dates = _dates_or_nat(flat[time])
+        if origin == STUDY_START:
+            start = pd.Timestamp(study_start) if study_start is not None else pd.NaT
+            origin_of_row = pd.Series(start, index=flat.index, dtype="datetime64[ns]")
+        else:
+            origin_of_row = _own_origins(flat, subject, dates, origin, response)
+        timed = _with_time(flat, name, dates, origin_of_row, unit)
     return timed.set_index(subject) if indexed else timed
