@@ -202,3 +202,34 @@ def test_cli_names_the_date_column_of_a_row_without_a_date(dated, tmp_path):
     assert r.exit_code == 0, r.output
     assert len(pd.read_csv(tmp_path / "b" / "clusters.csv")) == 40
 
+
+def test_cli_event_dates_go_on_the_visits_time_scale(dated, tmp_path):
+    """--event-time as a column of dates (a death or last-contact date) gives the survival curves of the same
+    column written by hand as years since each subject's first visit."""
+    pytest.importorskip("lifelines")
+    folder, df = dated
+    frame = pd.read_csv(folder / "dates.csv")
+    first = pd.to_datetime(frame.groupby("subject")["visit"].transform("min"))
+    years = 1.0 + (frame["subject"] % 7) / 4  # a follow-up of 1-2.5 years after the first visit, per subject
+    frame["end"] = (first + pd.to_timedelta(years * 365.25, unit="D")).dt.strftime("%Y-%m-%d %H:%M:%S")
+    frame["died"] = (frame["subject"] % 3 == 0).astype(int)
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    frame.assign(end=years).to_csv(tmp_path / "b.csv", index=False)
+    opts = ["--subject", "subject", "--time", "visit", "--response", "y", "--time-unit", "years", "--model", "mixture",
+            "--components", "2", "--n-basis", "6", "--max-iter", "40", "--seed", "1", "--no-report",
+            "--event-time", "end", "--event", "died"]
+    said = {}
+    for name in ("a", "b"):
+        r = run("fit", tmp_path / f"{name}.csv", *opts, "--out", tmp_path / name)
+        assert r.exit_code == 0, r.output
+        said[name] = r.stderr
+    assert "--event-time: 'end' as years since the origin of 'visit'" in said["a"]
+    assert "--event-time:" not in said["b"]  # numbers: taken as given
+    a, b = (pd.read_csv(tmp_path / name / "survival.csv") for name in ("a", "b"))
+    pd.testing.assert_frame_equal(a, b, atol=1e-6)
+    assert a["end"].max() == pytest.approx(2.5, abs=1e-6)
+    # event dates against numeric visit times: said, with what to do
+    frame.assign(visit=df["time"]).to_csv(tmp_path / "c.csv", index=False)
+    line = error_line(run("fit", tmp_path / "c.csv", *[o for o in opts if o not in ("--time-unit", "years")],
+                          "--out", tmp_path / "c"))
+    assert "--event-time column 'end' holds dates, but --time holds numbers" in line

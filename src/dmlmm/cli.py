@@ -517,6 +517,7 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
         if dated is not None:  # the model's time is the new numeric column
             _check_dates_present(frame, dated.column, dropna)
             time_col = dated.name
+        frame = _event_dates_as_times(frame, dated, subject, asked["duration"], response, quiet)
         if dropna and members:  # said once; the fit, the outputs and the band check then see the same subjects
             from .models.membership_design import without_unknown_baseline
 
@@ -930,6 +931,28 @@ def _read_data(data, subject, time_col, response, covs, transform, response_opti
         return apply_transform(frame, response, transform)
     except InputError as e:
         raise CliError(str(e)) from None
+
+
+def _event_dates_as_times(frame, dated, subject, duration, response, quiet):
+    """``frame`` with --event-time's column of dates (a death or censoring date) put on the fit's time scale, as
+    the visits' dates were (``dated``: the same unit, each subject's same origin); as it was where it holds
+    numbers. A CliError for dates there when the visits' times are numbers (``dated`` None)."""
+    from .dates import parse_dates
+
+    if not duration or duration not in frame.columns:
+        return frame
+    if dated is None:
+        if parse_dates(frame[duration]) is not None:
+            raise CliError(f"--event-time column '{duration}' holds dates, but --time holds numbers: give the follow-up "
+                           "time as a number in the unit of --time from its origin, or fit on a --time column of dates "
+                           "with --time-unit, which puts both on one scale")
+        return frame
+    times = dated.times_of(frame, duration, subject, response)
+    if times is None:
+        return frame
+    if not quiet:
+        click.echo(f"--event-time: '{duration}' as {dated.unit} since the origin of '{dated.column}'", err=True)
+    return frame.assign(**{duration: times})
 
 
 def _check_dates_present(frame, column, dropna):

@@ -142,6 +142,15 @@ class DateTime:
         out = origin + pd.to_timedelta(table[self.name].to_numpy() * UNITS[self.unit], unit="D")
         return out.dt.round("D") if self.whole_days else out.dt.round("s")
 
+    def times_of(self, frame: pd.DataFrame, column: str, subject: str, response: str | None = None) -> pd.Series | None:
+        """Another date column of ``frame`` (an event or censoring date) on the fit's time scale: (date - its
+        subject's origin) / unit; None where ``column`` does not hold dates."""
+        dates = parse_dates(frame[column])
+        if dates is None:
+            return None
+        origin = self._origin_of(frame[subject], frame, subject, response)
+        return pd.Series((dates - origin) / _DAY / UNITS[self.unit], index=frame.index, name=column)
+
     def _origin_of(self, labels: pd.Series, frame: pd.DataFrame, subject: str, response: str | None,
                    dates: pd.Series | None = None) -> pd.Series:
         """The origin of each of ``labels`` (subjects): the fit's where it has one, else its own from
