@@ -64,9 +64,14 @@ FAST = ["--model", "mixture", "--components", "2", "--n-basis", "6", "--transfor
 
 
 def test_cli_fit_on_dask_with_dates_writes_what_the_in_memory_fit_writes(client, visits, tmp_path):
+    visits = visits.copy()
+    visits.loc[7, "visit"] = pd.NaT  # a visit without a date: --dropna drops it on both paths
     visits.assign(visit=visits["visit"].dt.strftime("%Y-%m-%d %H:%M:%S")).to_csv(tmp_path / "d.csv", index=False)
     folder = split_parquet(visits, tmp_path / "visits")  # Parquet's own datetime type; each subject in two files
     opts = [*FAST, "--time", "visit", "--time-unit", "years", "--time-origin", "enrolled"]
+    r = _cli("fit", folder, *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
+    assert r.exit_code == 2 and "error: column 'visit' has 1 row(s) without a date: pass --dropna" in r.stderr, r.output
+    opts.append("--dropna")
     r = _cli("fit", folder, *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
     assert r.exit_code == 0, r.output
     assert "time: 'visit' as years since each subject's 'enrolled', in column 'years_since_enrolled'" in r.stdout

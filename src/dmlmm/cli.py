@@ -603,7 +603,7 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
                     raise CliError(f"column '{dated.column}' has {turned.rows_without_date} row(s) without a date: "
                                    "pass --dropna to drop them, or fill them in")
                 ddf, cols = turned.frame, {**cols, "time": dated.name}
-                fitted[1] = dated.name
+                fitted = [dated.name if c == dated.column else c for c in fitted]  # --dropna's columns
                 columns.append(dated.name)
             fit_dask(model, ddf, dropna=dropna, client=client, **cols)
             written, clusters = write_dask_outputs(model, folder.staging, columns, dated=dated)

@@ -43,7 +43,7 @@ import pandas as pd
 from .exceptions import DataError
 
 __all__ = ["UNITS", "DateTime", "DateError", "parse_dates", "dates_to_numbers", "read_date_column", "origins_text",
-           "time_column_name", "times_from_dates"]
+           "origins_by_row", "with_time_column", "time_column_name", "times_from_dates"]
 
 #: Days per unit of ``--time-unit``.
 UNITS: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
@@ -131,8 +131,8 @@ class DateTime:
         (origin "first-visit": its first date with a ``response`` value, or its first date where it has none)
         or its date in the origin column."""
         dates = _dates_of(frame, self.column)
-        return _with_time(frame, self.name, dates, self._origin_of(frame[subject], frame, subject, response, dates),
-                          self.unit)
+        origin = self._origin_of(frame[subject], frame, subject, response, dates)
+        return with_time_column(frame, self.name, dates, origin, self.unit)
 
     def dates_at(self, table: pd.DataFrame, subject: str, frame: pd.DataFrame,
                  response: str | None = None) -> pd.Series:
@@ -163,7 +163,7 @@ class DateTime:
         if origin.notna().all():
             return origin
         dates = _dates_of(frame, self.column) if dates is None else dates
-        own = _own_origins(frame, subject, dates, self.origin, response)
+        own = origins_by_row(frame, subject, dates, self.origin, response)
         per_subject = own.groupby(frame[subject].astype(str).to_numpy()).first()
         return origin.fillna(labels.astype(str).map(per_subject))
 
@@ -193,13 +193,13 @@ def dates_to_numbers(frame: pd.DataFrame, subject: str, time_col: str, unit: str
         spec = DateTime(time_col, unit, origin, name, study_start=None if start is None else start.isoformat(),
                         whole_days=whole)
     else:
-        origin_of_row = _own_origins(frame, subject, dates, origin, response, options[1])
+        origin_of_row = origins_by_row(frame, subject, dates, origin, response, options[1])
         if origin != FIRST_VISIT:
             whole = whole and bool((origin_of_row.dropna() == origin_of_row.dropna().dt.normalize()).all())
         firsts = origin_of_row.groupby(frame[subject].astype(str).to_numpy()).first().dropna()
         spec = DateTime(time_col, unit, origin, name, subject_origins=origins_text(firsts.index, firsts),
                         whole_days=whole)
-    return _with_time(frame, name, dates, origin_of_row, unit), spec
+    return with_time_column(frame, name, dates, origin_of_row, unit), spec
 
 
 def read_date_column(frame: pd.DataFrame, time_col: str, unit: str | None, origin: str | None,
@@ -296,7 +296,7 @@ def _dates_of(frame: pd.DataFrame, column: str) -> pd.Series:
     return dates
 
 
-def _own_origins(frame: pd.DataFrame, subject: str, dates: pd.Series, origin: str,
+def origins_by_row(frame: pd.DataFrame, subject: str, dates: pd.Series, origin: str,
                  response: str | None = None, opt_origin: str = "--time-origin") -> pd.Series:
     """Each row's subject's origin from ``frame`` itself: its first visit (its first date with a ``response``
     value; its first date where it has none), or its date in column ``origin``."""
@@ -326,7 +326,7 @@ def _own_origins(frame: pd.DataFrame, subject: str, dates: pd.Series, origin: st
     return own.groupby(keys).transform("first")
 
 
-def _with_time(frame: pd.DataFrame, name: str, dates: pd.Series, origin: pd.Series, unit: str) -> pd.DataFrame:
+def with_time_column(frame: pd.DataFrame, name: str, dates: pd.Series, origin: pd.Series, unit: str) -> pd.DataFrame:
     """``frame`` with column ``name`` = (dates - origin) in ``unit``; rows without a date or origin get NaN
     (the data checks then name them)."""
     days = (dates - origin) / _DAY

@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from ..dates import (FIRST_VISIT, STUDY_START, UNITS, DateError, DateTime, _own_origins, _with_time,
+from ..dates import (FIRST_VISIT, STUDY_START, UNITS, DateError, DateTime, origins_by_row, with_time_column,
                      origins_text, parse_dates, read_date_column, time_column_name)
 from .fit import current_client
 
@@ -97,8 +96,8 @@ def turn_dates(ddf: Any, subject: str, time: str, unit: str | None, origin: str 
     whole = bool(summary["whole"].all())
     if origin == STUDY_START:
         start = summary["first"].min()
-        spec = DateTime(time, unit, origin, name, study_start=None if pd.isna(start) else pd.Timestamp(start).isoformat(),
-                        whole_days=whole)
+        iso = None if pd.isna(start) else pd.Timestamp(start).isoformat()
+        spec = DateTime(time, unit, origin, name, study_start=iso, whole_days=whole)
     else:
         known = summary.dropna(subset=["origin"])
         spec = DateTime(time, unit, origin, name, subject_origins=origins_text(known["subject"], known["origin"]),
@@ -140,7 +139,7 @@ def _partition_summary(part: pd.DataFrame, subject: str, time: str, unit: str | 
     if origin == STUDY_START:
         origin_of_row = pd.Series(pd.NaT, index=flat.index, dtype="datetime64[ns]")
     else:
-        origin_of_row = _own_origins(flat, subject, dates, origin, response, options[1])
+        origin_of_row = origins_by_row(flat, subject, dates, origin, response, options[1])
         if origin != FIRST_VISIT:
             whole &= (origin_of_row == origin_of_row.dt.normalize()) | origin_of_row.isna()
     rows = pd.DataFrame({"origin": origin_of_row, "first": dates, "whole": whole, "missing": dates.isna()})
@@ -171,6 +170,6 @@ def _partition_times(part: pd.DataFrame, subject: str, time: str, unit: str, ori
             start = pd.Timestamp(study_start) if study_start is not None else pd.NaT
             origin_of_row = pd.Series(start, index=flat.index, dtype="datetime64[ns]")
         else:
-            origin_of_row = _own_origins(flat, subject, dates, origin, response)
-        timed = _with_time(flat, name, dates, origin_of_row, unit)
+            origin_of_row = origins_by_row(flat, subject, dates, origin, response)
+        timed = with_time_column(flat, name, dates, origin_of_row, unit)
     return timed.set_index(subject) if indexed else timed
