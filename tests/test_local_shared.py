@@ -286,3 +286,28 @@ def test_rows_times_a_combination_gram(counts, shuffled):
     rows = rng.normal(size=(len(combo), 2, 6))
     expect = np.stack([r @ W[u].T @ W[u] for u, r in zip(combo, rows)])
     np.testing.assert_allclose(_apply_gram(W, combo, rows), expect, rtol=1e-12, atol=1e-12)
+
+
+def test_threads_give_the_one_thread_step_with_a_wide_basis(monkeypatch):
+    """From 30 functions the step runs on threads from 1,000 pairs (local._threads_for): the same per-subject
+    outputs, and the path sums up to the order of summation."""
+    if local._THREADS == 1:
+        pytest.skip("one CPU: the step has no threads to use")
+    rng = np.random.default_rng(5)
+    stats = toy_stats(5, n_subjects=600, n_obs=10, dim=32, n_fixed=2)
+    group = np.array([0, 1])  # 1,200 (subject, path) pairs
+    pp = _shared_prior(rng, group, 32, 2)
+    nm = _noise(rng, 2.0, np.log(0.5))
+    assert local._threads_for(1200, 32) > 1 and local._threads_for(1200, 20) == 1
+    chunks = []
+    real = local._chunk_bounds
+    monkeypatch.setattr(local, "_chunk_bounds", lambda *a: chunks.append(len(real(*a))) or real(*a))
+    threaded = local_step(stats, pp, nm, moment_threshold=0.0)
+    monkeypatch.setattr(local, "_threads_for", lambda n_pairs, dim: 1)
+    alone = local_step(stats, pp, nm, moment_threshold=0.0)
+    assert chunks == [local._THREADS, 1]  # the threaded step did split the subjects
+    np.testing.assert_array_equal(threaded.resp, alone.resp)
+    np.testing.assert_array_equal(threaded.mean_b, alone.mean_b)
+    np.testing.assert_array_equal(threaded.log_evidence, alone.log_evidence)
+    for a, b in ((threaded.moments.first, alone.moments.first), (threaded.moments.second, alone.moments.second)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

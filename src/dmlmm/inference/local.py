@@ -50,7 +50,9 @@ __all__ = ["NoiseMoments", "LocalResult", "local_step", "observation_factor", "r
 
 _MAX_CHUNK_ELEMENTS = 4_000_000  # subjects x paths x D x D doubles per chunk (32 MB)
 _THREADS = max(1, min(4, os.cpu_count() or 1))
-_MIN_PAIRS_FOR_THREADS = 4000  # below this, thread start-up costs more than it saves
+_MIN_PAIRS_FOR_THREADS = 4000  # below this, thread start-up costs more than it saves ...
+_MIN_PAIRS_FOR_THREADS_WIDE = 1000  # ... but from _WIDE_BASIS functions on, where each pair's work is larger
+_WIDE_BASIS = 30
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,7 @@ def local_step(
     # memory-bounded chunks of subjects, each fully batched; chunks run on several threads
     # (numpy releases the GIL inside its loops), each writing its own rows
     n_pairs = int(active.sum())
-    threads = _THREADS if n_pairs >= _MIN_PAIRS_FOR_THREADS else 1
+    threads = _threads_for(n_pairs, D)
     per_chunk = max(1, min(_MAX_CHUNK_ELEMENTS // (D * D), -(-n_pairs // threads)))
     bounds = _chunk_bounds(active.sum(axis=1), per_chunk)
     with blas_single_thread():  # our own threads (or none): BLAS threads would only oversubscribe
@@ -256,6 +258,18 @@ def local_step(
     gram, xtf = (np.sum([p[j] for p in parts], axis=0) if move_sums else None for j in (6, 7))
     return LocalResult(resp, log_ev, mean_b, None, PathMoments(w_sum, first, second), p_quad, p_xty, p_xtf,
                        path_gram=gram, path_xtf=xtf)
+
+
+def _threads_for(n_pairs: int, dim: int) -> int:
+    """Threads for a local step of ``n_pairs`` (subject, path) pairs in ``dim`` dimensions.
+
+    From 4,000 pairs; with 30 functions or more from 1,000, where a pair's factorisation is large enough for
+    numpy's released GIL to pay. Measured on the 2-core machine (one BLAS thread, `benchmarks/fit_speed.py`'s
+    cases, two runs each): basis40 (600 subjects, 40 functions, mostly 1,200-pair steps) 24.8 / 24.1 s on one
+    thread against 21.0 / 20.0 s on two, the same 812 local steps; at 20 functions two threads from 1,000 pairs
+    did not pay (DGP 3 4.7 / 4.8 s against 4.7 / 5.7 s, DGP 1 9.1 / 10.4 against 10.1 / 11.0 s)."""
+    least = _MIN_PAIRS_FOR_THREADS_WIDE if dim >= _WIDE_BASIS else _MIN_PAIRS_FOR_THREADS
+    return _THREADS if n_pairs >= least else 1
 
 
 def observation_factor(stats: SufficientStats) -> tuple[np.ndarray, np.ndarray] | None:
