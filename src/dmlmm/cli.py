@@ -428,8 +428,9 @@ def main() -> None:
               help="Comma-separated categorical outcome column(s), one value per subject: counts by cluster with "
                    "row percentages and a chi-square test (outcomes.csv and the report).")
 @click.option("--event-time", default=None,
-              help="Follow-up time column (one value per subject): Kaplan-Meier curves by cluster and a log-rank "
-                   "test with --event (survival.csv and the report; needs the lifelines package).")
+              help="Follow-up time column (one value per subject; with --time-unit it may hold dates, put on the "
+                   "visits' time scale): Kaplan-Meier curves by cluster and a log-rank test with --event "
+                   "(survival.csv and the report; needs the lifelines package).")
 @click.option("--event", default=None, help="Event column for --event-time: 1/0, true/false or yes/no per subject.")
 @click.option("--event-value", default=None, help="The value of --event that is the event (the others are censored).")
 @click.option("--baseline", default=None,
