@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -151,15 +152,21 @@ class DateTime:
         origin = self._origin_of(frame[subject], frame, subject, response)
         return pd.Series((dates - origin) / _DAY / UNITS[self.unit], index=frame.index, name=column)
 
+    @cached_property
+    def _fitted_origins(self) -> pd.Series:
+        """``subject_origins`` as datetimes indexed by label, parsed once per rule (in one vectorised step: a
+        fit of a million subjects has a million)."""
+        got = self.subject_origins or {}
+        return pd.Series(pd.to_datetime(list(got.values()), format="ISO8601"), index=list(got.keys()),
+                         dtype="datetime64[ns]")
+
     def _origin_of(self, labels: pd.Series, frame: pd.DataFrame, subject: str, response: str | None,
                    dates: pd.Series | None = None) -> pd.Series:
         """The origin of each of ``labels`` (subjects): the fit's where it has one, else its own from
         ``frame`` (its dates read, or ``dates``, only where a subject has none from the fit)."""
         if self.origin == STUDY_START:
             return pd.Series(pd.Timestamp(self.study_start), index=labels.index)
-        fitted = pd.Series({k: pd.Timestamp(v) for k, v in (self.subject_origins or {}).items()},
-                           dtype="datetime64[ns]")
-        origin = labels.astype(str).map(fitted)
+        origin = labels.astype(str).map(self._fitted_origins)
         if origin.notna().all():
             return origin
         dates = _dates_of(frame, self.column) if dates is None else dates
