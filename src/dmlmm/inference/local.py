@@ -264,10 +264,9 @@ def _threads_for(n_pairs: int, dim: int) -> int:
     """Threads for a local step of ``n_pairs`` (subject, path) pairs in ``dim`` dimensions.
 
     From 4,000 pairs; with 30 functions or more from 1,000, where a pair's factorisation is large enough for
-    numpy's released GIL to pay. Measured on the 2-core machine (one BLAS thread, `benchmarks/fit_speed.py`'s
-    cases, two runs each): basis40 (600 subjects, 40 functions, mostly 1,200-pair steps) 24.8 / 24.1 s on one
-    thread against 21.0 / 20.0 s on two, the same 812 local steps; at 20 functions two threads from 1,000 pairs
-    did not pay (DGP 3 4.7 / 4.8 s against 4.7 / 5.7 s, DGP 1 9.1 / 10.4 against 10.1 / 11.0 s)."""
+    numpy's released GIL to pay. On the 2-core machine basis40 (600 subjects, 40 functions, mostly 1,200-pair
+    steps) took 0.90 of the time in one set of alternating runs and 0.99 in another (this machine's noise is
+    about 10 %); at 20 functions two threads from 1,000 pairs did not pay (docs/performance.md, "Threads")."""
     least = _MIN_PAIRS_FOR_THREADS_WIDE if dim >= _WIDE_BASIS else _MIN_PAIRS_FOR_THREADS
     return _THREADS if n_pairs >= least else 1
 
