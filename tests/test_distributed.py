@@ -849,13 +849,16 @@ def test_cli_fit_on_dask_writes_what_the_in_memory_fit_writes(client, dgp1_frame
     r = _cli("fit", tmp_path / "visits", *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
     assert r.exit_code == 0, r.output
     assert "120 subject(s) have rows in more than one partition (e.g. 0): the rows are shuffled" in r.stderr
-    # 120 subjects, fewer than --sample's 1,000: every subject's curve, as in memory
-    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == ["clusters.csv", "model.dmlmm", "trajectories.csv"]
+    # 120 subjects, fewer than --sample's 1,000: every subject's curve, as in memory; the covariates by cluster
+    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == ["baseline.csv", "clusters.csv", "model.dmlmm",
+                                                                     "trajectories.csv"]
     r = _cli("fit", tmp_path / "d.csv", *opts, "--jobs", "1", "--out", tmp_path / "mem")
     assert r.exit_code == 0, r.output
     for name, keys in (("clusters.csv", ["subject"]), ("trajectories.csv", ["subject", "time"])):
         got, want = (pd.read_csv(tmp_path / f / name).sort_values(keys, ignore_index=True) for f in ("dask", "mem"))
         pd.testing.assert_frame_equal(got, want, rtol=1e-8, atol=1e-10)
+    # sex read from the folders' names (a categorical) and from the CSV file (text): the same table
+    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / f / "baseline.csv") for f in ("dask", "mem")))
     for f in ("dask", "mem"):  # the model files forecast alike
         r = _cli("predict", tmp_path / f / "model.dmlmm", tmp_path / "d.csv", "--times", "0:1:0.5", "--out",
                  tmp_path / f"pred_{f}.csv")
@@ -984,8 +987,6 @@ def test_sample_subjects_is_stratified_reproducible_and_floored():
                    "ELBOs, one fit each in this process; leave it out, or fit without --dask"),
     (["--jobs", "2"], "--jobs does not work with --dask: the cluster's workers do the parallel work; leave it out, "
                       "or fit without --dask"),
-    (["--outcome", "status"], "--outcome does not work with --dask: outcomes by cluster read each subject's row in "
-                              "this process; leave it out, or fit without --dask"),
     (["--dask", "local:0"], "--dask 'local:0': local:N needs a positive whole number of worker processes, e.g. "
                             "local:2"),
     (["--sample", "5", "--no-dask"], "--sample applies to --dask fits (which draw the curves of a sample of subjects); "

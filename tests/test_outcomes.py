@@ -73,6 +73,49 @@ def test_last_non_missing_value_and_constant_columns():
         oc.outcome_table(CLUSTERS, frame, "nope", subject="id")
 
 
+def random_long_frame(rng) -> pd.DataFrame:
+    """Up to 8 subjects with 1-60 rows in all: missing times, values missing at random, a float, a text, a nullable
+    integer and a categorical column that may or may not vary within subjects, in a shuffled order."""
+    n = int(rng.integers(1, 60))
+    frame = pd.DataFrame({
+        "id": rng.integers(0, 8, n), "t": rng.choice([0.0, 1, 2, 3, np.nan], n), "a": rng.choice([1.0, 2, np.nan], n),
+        "b": pd.Series(rng.choice(["x", "y", None], n), dtype=object),
+        "c": pd.Series(rng.choice([1, 2], n)).astype("Int64").mask(rng.random(n) < 0.3),
+        "e": pd.Categorical(rng.choice(["lo", "hi"], n), categories=["lo", "hi"])})
+    if rng.random() < 0.5:
+        frame["a"] = frame.groupby("id")["a"].transform("first")  # often one value per subject, as an outcome
+    return frame.sample(frac=1.0, random_state=int(rng.integers(1000)))
+
+
+def test_the_rows_kept_for_the_tables_give_the_same_values_and_checks_as_all_rows():
+    """subject_value_rows (what a Dask fit brings here) against the whole frame, on random frames and on parts of
+    them (partitions, a subject's rows split or not): each subject's first and last values, whether a column varies
+    within a subject (and the error naming it), the subjects and their latest time."""
+    rng = np.random.default_rng(0)
+    cols = ["a", "b", "c", "e"]
+    for _ in range(80):
+        frame = random_long_frame(rng)
+        parts = np.array_split(np.arange(len(frame)), int(rng.integers(1, 4)))
+        kept = oc.subject_value_rows(frame, "id", cols, "t")
+        assert len(kept) <= len(frame) and kept.index.isin(frame.index).all()
+        pieces = pd.concat([oc.subject_value_rows(frame.iloc[p].set_index("id"), "id", cols, "t") for p in parts])
+        for rows in (kept, pieces):
+            assert set(rows["id"]) == set(frame["id"])
+            pd.testing.assert_series_equal(rows.groupby("id")["t"].max(), frame.groupby("id")["t"].max())
+            for c in cols:
+                for at in ("first", "last"):
+                    pd.testing.assert_series_equal(oc.subject_values(rows, "id", c, order_by="t", at=at),
+                                                   oc.subject_values(frame, "id", c, order_by="t", at=at))
+                errors = []
+                for f in (frame, rows):
+                    try:
+                        oc.subject_values(f, "id", c, order_by="t", constant=True)
+                        errors.append(None)
+                    except DataError as e:  # names the same number of subjects and the same first one
+                        errors.append(str(e).split("(e.g.")[0] + str(e).split("(e.g.")[1].split(":")[0])
+                assert errors[0] == errors[1]
+
+
 def km_by_hand(t, e):
     """Kaplan-Meier: product over event times of (1 - d / n)."""
     t, e = np.asarray(t, float), np.asarray(e, bool)

@@ -498,15 +498,15 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
     basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=exact)
     t0 = time.perf_counter()
     if scheduler is not None:
-        _check_dask_options(select=select, method=method, check_bands=check_bands, outcome=outcome,
-                            event_time=event_time, baseline=baseline, jobs=jobs != "auto")
+        _check_dask_options(select=select, method=method, check_bands=check_bands, jobs=jobs != "auto")
         _check_smoothing_order(basis, None if smoothing == "none" else int(smoothing or 2), smoothing)
         extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
                  if v is not None}
         model = _make_model(kind, comps, dims, basis, seed, _show_progress(quiet), {**extra, **prior_options})
         _fit_on_dask(model, data, scheduler, dict(subject=subject, time=time_col, response=response, covariates=covs),
                      dropna, Path(out), overwrite, quiet, t0, sample=DEFAULT_SAMPLE if sample is None else sample,
-                     seed=seed, interval=interval, report=report, time_unit=time_unit, time_origin=time_origin)
+                     seed=seed, interval=interval, report=report, time_unit=time_unit, time_origin=time_origin,
+                     asked=asked)
         return
     if sample is not None:
         raise CliError("--sample applies to --dask fits (which draw the curves of a sample of subjects); without "
@@ -572,14 +572,17 @@ def _check_dask_options(**given) -> None:
 
 
 def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quiet, t0, *, sample: int, seed: int,
-                 interval: float, report: bool, time_unit: str | None = None, time_origin: str | None = None) -> None:
+                 interval: float, report: bool, time_unit: str | None = None, time_origin: str | None = None,
+                 asked: dict) -> None:
     """--dask: read DATA with Dask, fit ``model`` on the cluster, write clusters.csv and model.dmlmm, then
     trajectories.csv and report.html of ``sample`` subjects drawn within each cluster (none for 0), print the
-    summary. A time column of dates is turned into times on the cluster (--time-unit, --time-origin)."""
+    summary. A time column of dates is turned into times on the cluster (--time-unit, --time-origin). The
+    outcome tables of ``asked`` (:func:`_outcome_options`) cover every subject: one pass over the partitions
+    brings here the few rows of each subject they read (checked before the fit, as in memory)."""
     from types import SimpleNamespace
 
     from .cli_dask import (DASK_OUTPUTS_NOTE, by_subject, dask_client, is_url, parse_scheduler, read_dask_frame,
-                           sample_rows, sample_subjects, write_dask_outputs, write_sample_outputs)
+                           sample_rows, sample_subjects, subject_rows, write_dask_outputs, write_sample_outputs)
     from .cli_input import check_columns
     from .cli_output import OutputFolder
     from .distributed.dates import turn_dates
@@ -587,12 +590,13 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
 
     spec = parse_scheduler(scheduler)
     fitted = [cols["subject"], cols["time"], cols["response"]] + _covariate_columns(cols["covariates"], cols["time"])
-    needed = fitted + list(model.membership_covariates or [])
+    per_subject_columns = _outcome_columns(asked)
+    needed = fitted + list(model.membership_covariates or []) + per_subject_columns
     ddf = read_dask_frame(data, cols["subject"])
     meta = ddf._meta.reset_index() if ddf._meta.index.name is not None else ddf._meta
     check_columns(meta, needed)
     columns = list(meta.columns)
-    res = dated = None
+    res = dated = outcomes = None
     with OutputFolder(out, overwrite, inputs=[] if is_url(data) else [Path(data)]) as folder:
         with dask_client(spec) as client:
             ddf = by_subject(ddf, cols["subject"], client)
@@ -606,8 +610,18 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
                 ddf, cols = turned.frame, {**cols, "time": dated.name}
                 fitted = [dated.name if c == dated.column else c for c in fitted]  # --dropna's columns
                 columns.append(dated.name)
+            if per_subject_columns:  # their rows here, checked before the fit as in memory
+                per_subject = subject_rows(ddf, cols["subject"], cols["time"], per_subject_columns, client)
+                per_subject = _event_dates_as_times(per_subject, dated, cols["subject"], asked["duration"],
+                                                    cols["response"], quiet)
+                _check_outcome_data(per_subject, cols["subject"], cols["time"], asked)
             fit_dask(model, ddf, dropna=dropna, client=client, **cols)
             written, clusters = write_dask_outputs(model, folder.staging, columns, dated=dated)
+            if per_subject_columns:
+                outcomes = _outcome_report(model, per_subject, asked)
+                for name, table in (outcomes.files() if outcomes else {}).items():
+                    table.to_csv(folder.staging / name, index=False)
+                    written.append(name)
             if sample:
                 labels = sample_subjects(clusters.set_index(cols["subject"])["cluster"], sample, seed)
                 frame = sample_rows(ddf, cols["subject"], labels, client)
@@ -616,7 +630,8 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
         if sample:
             more, res = write_sample_outputs(model, frame, folder.staging, columns, n_total=len(clusters),
                                              seed=seed, interval=interval, report=report, title=f"dmlmm: {_name(data)}",
-                                             source=str(data), notes=_dates_note(dated) + _warnings_note(), dated=dated)
+                                             source=str(data), notes=_dates_note(dated) + _warnings_note(), dated=dated,
+                                             outcomes=outcomes)
             written += more
         folder.commit()
     if not quiet:
@@ -626,7 +641,7 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
             summary = model.class_summary()
             res = SimpleNamespace(clusters=clusters.rename(columns={cols["subject"]: "subject"}), class_summary=summary,
                                   posterior={level: model.posterior_table(level) for level in summary.index})
-        _print_summary(model, res, out, written, time.perf_counter() - t0,
+        _print_summary(model, res, out, written, time.perf_counter() - t0, outcomes,
                        outputs="clusters and trajectories" if sample else "predictions")
         drawn = ("--sample 0: no curves drawn" if not sample else
                  ("trajectories.csv and report.html draw" if report else "trajectories.csv draws") + " the curves of "
@@ -856,12 +871,18 @@ def _outcome_options(kind, outcome, event_time, event, event_value, baseline, co
     return asked
 
 
+def _outcome_columns(asked) -> list[str]:
+    """The per-subject columns that the outcome options ask for (outcomes, follow-up, event, characteristics)."""
+    return list(dict.fromkeys(asked["outcomes"] + [c for c in (asked["duration"], asked["event"]) if c]
+                              + asked["baseline"]))
+
+
 def _check_outcome_data(frame, subject, time_col, asked) -> None:
     """The outcome columns against the data, before the fit (missing columns, values varying within subjects)."""
     from .cli_input import InputError, check_columns
     from .outcomes import check_outcome_columns
 
-    needed = asked["outcomes"] + [c for c in (asked["duration"], asked["event"]) if c] + asked["baseline"]
+    needed = _outcome_columns(asked)
     if not needed:
         return
     try:

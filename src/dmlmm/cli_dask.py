@@ -32,7 +32,7 @@ import pandas as pd
 from .cli import DEFAULT_SAMPLE, SAMPLE_FLOOR  # the option's numbers, where the command line defines them
 
 __all__ = ["LocalSpec", "parse_scheduler", "dask_client", "is_url", "read_dask_frame", "by_subject",
-           "write_dask_outputs", "sample_subjects", "sample_rows", "write_sample_outputs", "NOT_WITH_DASK",
+           "write_dask_outputs", "sample_subjects", "sample_rows", "subject_rows", "write_sample_outputs", "NOT_WITH_DASK",
            "DASK_OUTPUTS_NOTE", "NEEDS_DASK", "DEFAULT_SAMPLE", "SAMPLE_FLOOR"]
 
 #: Options of ``dmlmm fit`` that need the data in this process, refused with ``--dask`` (option: why).
@@ -40,9 +40,6 @@ NOT_WITH_DASK = {
     "--select": "it compares candidate models on held-out visits or their ELBOs, one fit each in this process",
     "--method": "the exact ML / REML fits run in memory",
     "--check-bands": "it refits without each subject's last visit in memory",
-    "--outcome": "outcomes by cluster read each subject's row in this process",
-    "--event-time": "survival by cluster reads each subject's row in this process",
-    "--baseline": "baseline tables by cluster read each subject's row in this process",
     "--jobs": "the cluster's workers do the parallel work",
 }
 
@@ -236,6 +233,16 @@ def sample_rows(ddf: Any, subject: str, labels: np.ndarray, client: Any) -> pd.D
     return rows.reset_index() if rows.index.name == subject else rows.reset_index(drop=True)
 
 
+def subject_rows(ddf: Any, subject: str, time: str, columns: list, client: Any) -> pd.DataFrame:
+    """The rows of each subject that the outcome tables read of ``columns`` (its first and last values, one
+    that differs from the first, its latest visit: :func:`dmlmm.outcomes.subject_value_rows`), kept on every
+    partition and brought here (O(subjects x columns)), the subject a column."""
+    from .outcomes import subject_value_rows
+
+    meta = subject_value_rows(ddf._meta, subject, columns, time)
+    return client.compute(ddf.map_partitions(subject_value_rows, subject, columns, time, meta=meta)).result()
+
+
 def _rows_of(part: pd.DataFrame, subject: str, labels: np.ndarray) -> pd.DataFrame:
     """The rows of one partition whose subject (a column or the index) is among ``labels``."""
     return part[np.asarray(_subject_keys(part, subject).isin(labels))]
@@ -243,12 +250,13 @@ def _rows_of(part: pd.DataFrame, subject: str, labels: np.ndarray) -> pd.DataFra
 
 def write_sample_outputs(model: Any, frame: pd.DataFrame, folder: Path, input_columns: list, *, n_total: int,
                          seed: int, interval: float, report: bool, title: str, source: str, notes: str = "",
-                         dated: Any = None) -> tuple[list[str], Any]:
+                         dated: Any = None, outcomes: Any = None) -> tuple[list[str], Any]:
     """trajectories.csv (and with ``report`` report.html) of the subjects in ``frame`` (a sample of the
     ``n_total`` fitted, :func:`sample_subjects`), from a Dask fit whose tables :func:`write_dask_outputs`
     brought here; returns the names written and the :class:`~dmlmm.report.FitResults`, whose cluster table
     and class summary cover every subject. The report says which curves it draws. ``dated``: as for
-    :func:`write_dask_outputs`; trajectories.csv then gives each row's calendar date too."""
+    :func:`write_dask_outputs`; trajectories.csv then gives each row's calendar date too. ``outcomes``: the
+    :class:`~dmlmm.outcomes.OutcomeReport` of every subject, shown in the report."""
     from .cli_output import user_columns, with_dates
     from .report import collect_results, write_report
 
@@ -271,6 +279,6 @@ def write_sample_outputs(model: Any, frame: pd.DataFrame, folder: Path, input_co
                  f"{n_total:,} subjects (trajectories.csv holds their curves), drawn at random within each cluster "
                  f"(at least {SAMPLE_FLOOR} of each, seed {seed}); the cluster sizes, the class summary and "
                  "clusters.csv cover every subject.</p>")
-        write_report(folder / "report.html", res, title=title, source=source, notes=about + notes)
+        write_report(folder / "report.html", res, title=title, source=source, notes=about + notes, outcomes=outcomes)
         written.append("report.html")
     return written, res

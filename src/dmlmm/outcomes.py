@@ -19,6 +19,10 @@ value are left out of that table and counted.
 
 The clusters are a fitted model's (numbered as in ``clusters.csv``; ``level="cluster_layer1"``
 for a deep model's first-layer groups) or a Series mapping subjects to clusters.
+
+The frame may also be a ``dask.dataframe.DataFrame`` (a fit on a Dask cluster): one pass over its
+partitions keeps, with :func:`subject_value_rows`, the few rows of each subject that these tables
+read, and brings only those here (O(subjects x columns asked for), not O(rows)).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from .exceptions import DataError
 
 __all__ = ["OutcomeTable", "SurvivalByCluster", "BaselineTable", "OutcomeReport", "subject_values",
            "event_indicator", "outcome_table", "survival_by_cluster", "baseline_table", "outcome_report",
-           "check_outcome_columns", "require_lifelines", "format_p"]
+           "check_outcome_columns", "require_lifelines", "format_p", "subject_value_rows"]
 
 _TRUE = {"1", "1.0", "true", "yes"}
 _FALSE = {"0", "0.0", "false", "no"}
@@ -163,6 +167,68 @@ def _durations(values: pd.Series, column: str) -> pd.Series:
         raise DataError(f"column {column!r} (follow-up time) must be finite and >= 0, but subject "
                         f"{_py(bad.index[0])!r} has {_py(bad.iloc[0])!r}")
     return t
+
+
+def subject_value_rows(frame: pd.DataFrame, subject: str, columns: Sequence[str],
+                       order_by: str | None = None) -> pd.DataFrame:
+    """The rows of ``frame`` that the tables of this module read of ``columns``, and no others.
+
+    A row is kept where, for some column, it holds the subject's first non-missing value, its last one, or
+    its first value that differs from the first (rows in ``order_by`` order, missing first, as
+    :func:`subject_values` orders them), and where it is the subject's last row (its latest time). The kept
+    rows are the frame's own, sorted by ``order_by`` (stably), so that :func:`subject_values` (first or last
+    value), the check of values varying within a subject and the subjects present are the same on them as on
+    ``frame``. It also holds on parts of a frame (one Dask partition at a time, a subject's rows split or
+    not): the rows kept of each part, put together, include those kept of the whole.
+
+    Parameters
+    ----------
+    frame : (n, p) DataFrame, long data; the subject may be its index.
+    subject : the subject column.
+    columns : the per-subject columns (outcomes, follow-up, event, characteristics).
+    order_by : the time column ordering a subject's rows (None: the frame's order).
+
+    Returns
+    -------
+    (m, q) DataFrame with columns subject, ``order_by`` and ``columns``; m is at most n and about
+    (2 to 3 x len(columns) + 1) x subjects.
+    """
+    if subject not in frame.columns and frame.index.name == subject:
+        frame = frame.reset_index()
+    wanted = [c for c in dict.fromkeys(columns) if c not in (subject, order_by)]
+    for c in [subject] + ([order_by] if order_by else []) + wanted:
+        _check_column(frame, c)
+    d = frame[[subject] + ([order_by] if order_by else []) + wanted]
+    if order_by:
+        d = d.sort_values(order_by, kind="stable", na_position="first")
+    who = d[subject].to_numpy()
+    keep = ~pd.Series(who).duplicated(keep="last").to_numpy()  # each subject's last row: its latest time
+    for c in wanted:
+        v = d[c]
+        present = v.notna().to_numpy()
+        by = pd.Series(present).groupby(who, sort=False)
+        rank = by.cumsum().to_numpy()  # this row's place among the subject's values (1: the first)
+        keep |= present & ((rank == 1) | (rank == by.transform("sum").to_numpy()))
+        first = v.where(present & (rank == 1)).groupby(who, sort=False).transform("first")
+        other = present & v.ne(first).fillna(False).to_numpy(dtype=bool)
+        keep |= other & (pd.Series(other).groupby(who, sort=False).cumsum().to_numpy() == 1)
+    return d[keep]
+
+
+def _gathered(frame, model, subject: str | None, order_by: str | None, columns: Sequence[str]):
+    """``frame`` as it is, or for a Dask frame its :func:`subject_value_rows` brought here (with the subject and
+    order columns the tables will use: the model's by default)."""
+    if not (type(frame).__module__ or "").startswith(("dask.", "dask_expr")):
+        return frame
+    if not isinstance(model, pd.Series) and hasattr(model, "design_"):
+        cols = model.design_.columns
+        subject = subject or cols.subject
+        if order_by is None and cols.time in frame.columns:
+            order_by = cols.time
+    if subject is None:
+        raise ValueError("give subject= (the subject column) when the clusters are a Series")
+    meta = subject_value_rows(frame._meta, subject, columns, order_by)
+    return frame.map_partitions(subject_value_rows, subject, list(columns), order_by, meta=meta).compute()
 
 
 # ---------------------------------------------------------------------------- clusters
@@ -314,13 +380,14 @@ def outcome_table(model, frame: pd.DataFrame, column: str, *, subject: str | Non
     Parameters
     ----------
     model : fitted MixtureLMM / DeepMixtureLMM, or a Series (index: subject) of clusters.
-    frame : DataFrame, the long data holding ``column`` (and the subject and time columns).
+    frame : DataFrame (or Dask DataFrame), the long data holding ``column`` (and the subject and time columns).
     column : the outcome; one value per subject (the last non-missing one is used).
     subject, order_by : subject and time columns (default: the model's).
     level : "cluster" or, for a deep model, "cluster_layer1".
     """
     from scipy.stats import chi2_contingency
 
+    frame = _gathered(frame, model, subject, order_by, [column])
     labels, subject, order_by = _clusters(model, frame, level, subject, order_by)
     _check_subjects(labels, frame, subject)
     values = subject_values(frame, subject, column, order_by=order_by, constant=True, role="an outcome")
@@ -401,7 +468,7 @@ def survival_by_cluster(model, frame: pd.DataFrame, duration: str, event: str, *
     Parameters
     ----------
     model : fitted MixtureLMM / DeepMixtureLMM, or a Series (index: subject) of clusters.
-    frame : DataFrame, the long data holding the ``duration`` and ``event`` columns.
+    frame : DataFrame (or Dask DataFrame), the long data holding the ``duration`` and ``event`` columns.
     duration : follow-up time (time to the event or to censoring), >= 0; one value per subject.
     event : event indicator, one value per subject: 1/0, true/false, yes/no, or any values with
         ``event_value`` saying which one is the event (the others are censored).
@@ -414,6 +481,7 @@ def survival_by_cluster(model, frame: pd.DataFrame, duration: str, event: str, *
     from lifelines.statistics import multivariate_logrank_test
     from lifelines.utils import median_survival_times
 
+    frame = _gathered(frame, model, subject, order_by, [duration, event])
     labels, subject, order_by = _clusters(model, frame, level, subject, order_by)
     _check_subjects(labels, frame, subject)
     t = _durations(subject_values(frame, subject, duration, order_by=order_by, constant=True,
@@ -503,7 +571,7 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
     Parameters
     ----------
     model : fitted MixtureLMM / DeepMixtureLMM, or a Series (index: subject) of clusters.
-    frame : DataFrame, the long data holding ``columns``.
+    frame : DataFrame (or Dask DataFrame), the long data holding ``columns``.
     columns : the characteristics; each subject contributes one value per column.
     subject, order_by : subject and time columns (default: the model's).
     level : "cluster" or, for a deep model, "cluster_layer1".
@@ -511,10 +579,11 @@ def baseline_table(model, frame: pd.DataFrame, columns: Sequence[str], *, subjec
         "last" non-missing value of each subject, for columns that vary within subjects (listed in
         the result's ``varying``).
     """
-    labels, subject, order_by = _clusters(model, frame, level, subject, order_by)
-    _check_subjects(labels, frame, subject)
     if isinstance(columns, str):  # one column, not its letters
         columns = [columns]
+    frame = _gathered(frame, model, subject, order_by, columns)
+    labels, subject, order_by = _clusters(model, frame, level, subject, order_by)
+    _check_subjects(labels, frame, subject)
     declared = _declared_categorical(model)
     clusters = _order(labels)
     groups = [(k, labels.index[labels == k]) for k in clusters] + [("all", labels.index)]
@@ -617,6 +686,8 @@ def check_outcome_columns(frame: pd.DataFrame, subject: str, *, order_by: str | 
     if (duration is None) != (event is None):
         raise DataError("survival by cluster needs both a follow-up time and an event column "
                         "(CLI: --event-time and --event)")
+    frame = _gathered(frame, None, subject, order_by, list(outcomes) + [c for c in (duration, event) if c]
+                      + list(baseline))
     for c in list(outcomes) + [c for c in (duration, event) if c] + list(baseline):
         _check_column(frame, c)
     for c in baseline:
@@ -641,6 +712,8 @@ def outcome_report(model, frame: pd.DataFrame, *, outcomes: Sequence[str] = (), 
     kw = dict(subject=subject, order_by=order_by, level=level)
     if (duration is None) != (event is None):
         raise DataError("survival by cluster needs both a follow-up time and an event column")
+    frame = _gathered(frame, model, subject, order_by, list(outcomes) + [c for c in (duration, event) if c]
+                      + list(baseline))  # a Dask frame brought here once, for all the tables
     tables = [outcome_table(model, frame, c, **kw) for c in dict.fromkeys(outcomes)]
     surv = (survival_by_cluster(model, frame, duration, event, event_value=event_value, **kw)
             if duration is not None else None)
