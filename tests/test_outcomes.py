@@ -66,6 +66,9 @@ def test_last_non_missing_value_and_constant_columns():
     assert t.counts.loc[0, "A"] == 2 and t.n_subjects == 6 and t.n_missing == 1
     v = oc.subject_values(frame, "id", "age", order_by="t")  # varying: the last visit's value
     assert v["s0"] == 41.0 and oc.subject_values(frame, "id", "age", order_by="t", at="first")["s0"] == 40.0
+    # the time itself (an age at entry when the time is age): the earliest and the latest, though rows are shuffled
+    assert (oc.subject_values(frame, "id", "t", order_by="t", at="first") == 0.0).all()
+    assert (oc.subject_values(frame, "id", "t", order_by="t") == 1.0).all()
     frame.loc[(frame["id"] == "s3") & (frame["t"] == 1.0), "outcome"] = "C"
     with pytest.raises(DataError, match=r"column 'outcome' must hold one value per subject .*1 of 6 subject.*'s3'"):
         oc.outcome_table(CLUSTERS, frame, "outcome", subject="id")
@@ -92,7 +95,7 @@ def test_the_rows_kept_for_the_tables_give_the_same_values_and_checks_as_all_row
     them (partitions, a subject's rows split or not): each subject's first and last values, whether a column varies
     within a subject (and the error naming it), the subjects and their latest time."""
     rng = np.random.default_rng(0)
-    cols = ["a", "b", "c", "e"]
+    cols = ["a", "b", "c", "e", "t"]  # the time too: an age at entry, when the time is age
     for _ in range(80):
         frame = random_long_frame(rng)
         parts = np.array_split(np.arange(len(frame)), int(rng.integers(1, 4)))

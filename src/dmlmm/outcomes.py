@@ -97,7 +97,7 @@ def subject_values(frame: pd.DataFrame, subject: str, column: str, *, order_by: 
     cols = list(dict.fromkeys([subject, column] + ([order_by] if order_by else [])))
     d = frame[cols]
     d = d[d[column].notna()]
-    if order_by and order_by != column:
+    if order_by:  # the time itself too: its first value is the earliest, whatever the rows' order
         d = d.sort_values(order_by, kind="stable", na_position="first")
     g = d.groupby(subject, sort=True, observed=True)[column]  # a categorical's unused levels are no subjects
     if constant:
@@ -195,10 +195,11 @@ def subject_value_rows(frame: pd.DataFrame, subject: str, columns: Sequence[str]
     """
     if subject not in frame.columns and frame.index.name == subject:
         frame = frame.reset_index()
-    wanted = [c for c in dict.fromkeys(columns) if c not in (subject, order_by)]
-    for c in [subject] + ([order_by] if order_by else []) + wanted:
+    wanted = [c for c in dict.fromkeys(columns) if c != subject]  # the time too (an age at entry)
+    kept = list(dict.fromkeys([subject] + ([order_by] if order_by else []) + wanted))
+    for c in kept:
         _check_column(frame, c)
-    d = frame[[subject] + ([order_by] if order_by else []) + wanted]
+    d = frame[kept]
     if order_by:
         d = d.sort_values(order_by, kind="stable", na_position="first")
     who = d[subject].to_numpy()
