@@ -13,7 +13,11 @@ child process (the driver). Measured: its wall time (and the fit's, from its sum
 peak memory (reported to the scheduler, sampled every 0.5 s, and each process's VmHWM at the end);
 the outputs' sizes; and the ARI of ``cluster_layer1`` in clusters.csv against the true groups.
 
-Run:  python benchmarks/cli_dask_scale.py --subjects 100000 [--scattered]
+With ``--outcomes`` the data also hold each subject's age, sex, follow-up time and death, and the command
+writes outcomes, survival and characteristics by cluster for every subject (its extra cost: one pass before
+the fit).
+
+Run:  python benchmarks/cli_dask_scale.py --subjects 100000 [--scattered] [--outcomes]
 Writes benchmarks/results/cli_dask_scale_<subjects>[_scattered].json and prints the same numbers.
 """
 
@@ -65,6 +69,9 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="6GB")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scattered", action="store_true")
+    ap.add_argument("--outcomes", action="store_true",
+                    help="per-subject age, sex, follow-up and death in the data, and --outcome sex --event-time "
+                         "futime --event died --baseline age,sex: the outcome tables of every subject")
     ap.add_argument("--sample", type=int, default=None,
                     help="--sample of dmlmm fit (curves of that many subjects; default: the command's, 1,000)")
     args = ap.parse_args()
@@ -75,7 +82,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cli_dask_"))
     try:
-        truth, write_s = write_parquet(work / "visits", args.subjects, args.chunk, args.seed)
+        truth, write_s = write_parquet(work / "visits", args.subjects, args.chunk, args.seed,
+                                       membership=args.outcomes, outcomes=args.outcomes)
         if args.scattered:
             scatter(work / "visits")
         dmlmm = Path(sys.executable).with_name("dmlmm")
@@ -86,7 +94,9 @@ def main() -> None:
             monitor.start()
             cmd = [str(dmlmm), "fit", str(work / "visits"), "--dask", cluster.scheduler_address, "--components",
                    args.components, "--n-basis", str(args.basis), "--transform", "none", "--seed", str(args.seed),
-                   *([] if args.sample is None else ["--sample", str(args.sample)]), "--out", str(work / "out")]
+                   *([] if args.sample is None else ["--sample", str(args.sample)]),
+                   *(["--outcome", "sex", "--event-time", "futime", "--event", "died", "--baseline", "age,sex"]
+                     if args.outcomes else []), "--out", str(work / "out")]
             t0 = time.perf_counter()
             run = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - t0
@@ -109,6 +119,8 @@ def main() -> None:
             "peak_worker_memory_reported_bytes": {k: int(v) for k, v in reported.items()},
             "peak_worker_rss_bytes": {k: int(v) for k, v in rss.items()},
             "output_bytes": {p.name: p.stat().st_size for p in (work / "out").iterdir()},
+            "outcome_tests": (pd.read_csv(work / "out" / "outcome_tests.csv").to_dict("records")
+                              if args.outcomes else None),
             "ari_layer1": round(float(ari), 4), "warnings": [ln for ln in run.stderr.splitlines()
                                                               if ln.startswith("warning")],
             "machine": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -117,7 +129,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     name = (f"cli_dask_scale_{args.subjects}{'_scattered' if args.scattered else ''}"
-            f"{'' if args.sample is None else f'_sample{args.sample}'}.json")
+            f"{'' if args.sample is None else f'_sample{args.sample}'}{'_outcomes' if args.outcomes else ''}.json")
     result["components"] = args.components
     (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

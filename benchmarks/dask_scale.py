@@ -61,9 +61,12 @@ RESPONSES = {"given": lambda y: y, "exp": lambda y: np.exp(0.5 * y), "shifted": 
 
 
 def write_parquet(directory: Path, n_subjects: int, chunk: int, seed: int,
-                  response: str = "given", tails: bool = False, membership: bool = False) -> tuple[pd.Series, float]:
+                  response: str = "given", tails: bool = False, membership: bool = False,
+                  outcomes: bool = False) -> tuple[pd.Series, float]:
     """DGP 1 in chunks, one Parquet file per chunk; returns the true groups and the seconds taken (with
-    ``membership``, the subjects' ages and sexes too: see the module docstring)."""
+    ``membership``, the subjects' ages and sexes too: see the module docstring; with ``outcomes`` also a
+    follow-up time ``futime``, exponential with mean 6 years in group -1 and 12 in group 1, censored at 8,
+    and ``died``, 1 where it ended by the event)."""
     from dmlmm import simulate
 
     t0 = time.perf_counter()
@@ -84,6 +87,11 @@ def write_parquet(directory: Path, n_subjects: int, chunk: int, seed: int,
             sex = np.where(rng.random(n) < 0.5, "f", "m")
             rows = sim.data["subject"].to_numpy()
             df = df.assign(age=age[rows], sex=sex[rows])
+        if outcomes:
+            rng = np.random.default_rng([seed, k, 3])
+            event = rng.exponential(9.0 + 3.0 * sim.labels.to_numpy())
+            rows = sim.data["subject"].to_numpy()
+            df = df.assign(futime=np.minimum(event, 8.0)[rows], died=(event < 8.0).astype(int)[rows])
         df.to_parquet(directory / f"part-{k:05d}.parquet", index=False)
         labels.append(pd.Series(sim.labels.to_numpy(), index=sim.labels.index.to_numpy() + start))
     return pd.concat(labels).rename_axis("subject"), time.perf_counter() - t0
