@@ -96,7 +96,7 @@ def test_the_rows_kept_for_the_tables_give_the_same_values_and_checks_as_all_row
     within a subject (and the error naming it), the subjects and their latest time."""
     rng = np.random.default_rng(0)
     cols = ["a", "b", "c", "e", "t"]  # the time too: an age at entry, when the time is age
-    for _ in range(80):
+    for _ in range(40):
         frame = random_long_frame(rng)
         parts = np.array_split(np.arange(len(frame)), int(rng.integers(1, 4)))
         kept = oc.subject_value_rows(frame, "id", cols, "t")
