@@ -845,16 +845,18 @@ def test_cli_fit_on_dask_writes_what_the_in_memory_fit_writes(client, dgp1_frame
     df.to_csv(tmp_path / "d.csv", index=False)
     for sex, rows in df.groupby("sex"):  # a Hive folder per sex (the files do not hold the column); each
         split_parquet(rows.drop(columns="sex"), tmp_path / "visits" / f"sex={sex}")  # subject's rows in two files
-    opts = [*CLI_FAST, "--covariates", "age,sex", "--max-iter", "40", "--dropna", "-q"]
+    opts = [*CLI_FAST, "--covariates", "age,sex", "--max-iter", "40", "--dropna", "--check-bands", "-q"]
     r = _cli("fit", tmp_path / "visits", *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
     assert r.exit_code == 0, r.output
     assert "120 subject(s) have rows in more than one partition (e.g. 0): the rows are shuffled" in r.stderr
-    # 120 subjects, fewer than --sample's 1,000: every subject's curve, as in memory; the covariates by cluster
-    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == ["baseline.csv", "clusters.csv", "model.dmlmm",
-                                                                     "trajectories.csv"]
+    # 120 subjects, fewer than --sample's 1,000: every subject's curve, as in memory; the covariates by cluster;
+    # fewer than the band check's 2,000: it refits on all of them, as in memory
+    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == ["band_check.csv", "baseline.csv", "clusters.csv",
+                                                                     "model.dmlmm", "trajectories.csv"]
     r = _cli("fit", tmp_path / "d.csv", *opts, "--jobs", "1", "--out", tmp_path / "mem")
     assert r.exit_code == 0, r.output
-    for name, keys in (("clusters.csv", ["subject"]), ("trajectories.csv", ["subject", "time"])):
+    for name, keys in (("clusters.csv", ["subject"]), ("trajectories.csv", ["subject", "time"]),
+                       ("band_check.csv", ["subject", "time"])):
         got, want = (pd.read_csv(tmp_path / f / name).sort_values(keys, ignore_index=True) for f in ("dask", "mem"))
         pd.testing.assert_frame_equal(got, want, rtol=1e-8, atol=1e-10)
     # sex read from the folders' names (a categorical) and from the CSV file (text): the same table
@@ -962,6 +964,22 @@ def test_cli_dask_draws_the_curves_of_a_sample_within_each_cluster(client, parqu
     assert (f"the trajectories and the figures of the data show {len(drawn)} of the 120 subjects (trajectories.csv "
             "holds their curves), drawn at random within each cluster (at least 20 of each, seed 4)") in page
     assert f"observations (sample)</div><div class=\"v\">{visits['subject'].isin(drawn).sum()}<" in page
+
+
+def test_band_check_rows_are_every_row_of_subjects_drawn_at_random(client, parquet_frame):
+    from dmlmm.cli_dask import band_check_rows
+
+    visits = parquet_frame.compute().reset_index()
+    rows, total = band_check_rows(parquet_frame, "subject", client, seed=3, n=25)
+    drawn = rows["subject"].unique()
+    assert total == visits["subject"].nunique() == 120 and len(drawn) == 25
+    pd.testing.assert_frame_equal(rows.sort_values(["subject", "time"], ignore_index=True),
+                                  visits[visits["subject"].isin(drawn)].sort_values(["subject", "time"], ignore_index=True))
+    again, _ = band_check_rows(parquet_frame, "subject", client, seed=3, n=25)
+    other, _ = band_check_rows(parquet_frame, "subject", client, seed=4, n=25)
+    assert set(again["subject"]) == set(drawn) != set(other["subject"])
+    every, _ = band_check_rows(parquet_frame, "subject", client, seed=3, n=500)
+    assert set(every["subject"]) == set(visits["subject"])
 
 
 def test_sample_subjects_is_stratified_reproducible_and_floored():

@@ -82,13 +82,15 @@ def _report_section(title: str, body: str) -> str:
     return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
 
 
-def _band_check_note(checked) -> str:
-    """The --check-bands result as an HTML section of the report ("" without it)."""
+def _band_check_note(checked, about: str = "") -> str:
+    """The --check-bands result as an HTML section of the report ("" without it); ``about``: a first line (the
+    subjects it was run on)."""
     import html
 
     if checked is None:
         return ""
-    lines = "".join(f"<p>{html.escape(line.strip())}</p>" for line in checked.summary().splitlines())
+    lines = "".join(f"<p>{html.escape(line.strip())}</p>" for line in ([about + "."] if about else [])
+                    + checked.summary().splitlines())
     return _report_section("Band check (--check-bands, band_check.csv)", lines)
 
 
@@ -441,7 +443,8 @@ def main() -> None:
                    "non-missing value.")
 @click.option("--check-bands", is_flag=True,
               help="Also hold out each subject's last visit, refit, forecast it and count the --interval bands "
-                   "that hold it (band_check.csv; a second fit).")
+                   "that hold it (band_check.csv; a second fit). With --dask: on 2,000 subjects drawn at random "
+                   "(--seed), refitted in this process.")
 @click.option("--report/--no-report", default=True, show_default=True,
               help="Write report.html (its figures take a few seconds; --no-report for scripted runs that read the "
                    "CSV files and the model file only).")
@@ -498,7 +501,7 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
     basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=exact)
     t0 = time.perf_counter()
     if scheduler is not None:
-        _check_dask_options(select=select, method=method, check_bands=check_bands, jobs=jobs != "auto")
+        _check_dask_options(select=select, method=method, jobs=jobs != "auto")
         _check_smoothing_order(basis, None if smoothing == "none" else int(smoothing or 2), smoothing)
         extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
                  if v is not None}
@@ -506,7 +509,7 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
         _fit_on_dask(model, data, scheduler, dict(subject=subject, time=time_col, response=response, covariates=covs),
                      dropna, Path(out), overwrite, quiet, t0, sample=DEFAULT_SAMPLE if sample is None else sample,
                      seed=seed, interval=interval, report=report, time_unit=time_unit, time_origin=time_origin,
-                     asked=asked)
+                     asked=asked, check_bands=check_bands)
         return
     if sample is not None:
         raise CliError("--sample applies to --dask fits (which draw the curves of a sample of subjects); without "
@@ -531,12 +534,7 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
         _check_outcome_data(frame, subject, time_col, asked)
         used = _clean(frame, [subject, time_col, response] + cov_cols) if dropna else frame
         if check_bands:  # before the fit, which it ran in full before refusing
-            from .calibration import check_enough_last_visits
-
-            try:
-                check_enough_last_visits(used, subject, time_col)
-            except ValueError as e:
-                raise CliError(f"--check-bands: {e}") from None
+            _check_band_rows(used, subject, time_col)
         model, selection = _fit_model(frame, kind, subject, time_col, response, covs, comps, dims, basis, select,
                                       criterion, jobs, seed, max_iter, n_init, dropna, quiet, members,
                                       method if exact else None, prior_options)
@@ -573,16 +571,19 @@ def _check_dask_options(**given) -> None:
 
 def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quiet, t0, *, sample: int, seed: int,
                  interval: float, report: bool, time_unit: str | None = None, time_origin: str | None = None,
-                 asked: dict) -> None:
+                 asked: dict, check_bands: bool = False) -> None:
     """--dask: read DATA with Dask, fit ``model`` on the cluster, write clusters.csv and model.dmlmm, then
     trajectories.csv and report.html of ``sample`` subjects drawn within each cluster (none for 0), print the
     summary. A time column of dates is turned into times on the cluster (--time-unit, --time-origin). The
     outcome tables of ``asked`` (:func:`_outcome_options`) cover every subject: one pass over the partitions
-    brings here the few rows of each subject they read (checked before the fit, as in memory)."""
+    brings here the few rows of each subject they read (checked before the fit, as in memory). ``check_bands``:
+    the rows of a random sample of subjects come here before the fit, and the band check refits the model on
+    them in this process after it."""
     from types import SimpleNamespace
 
-    from .cli_dask import (DASK_OUTPUTS_NOTE, by_subject, dask_client, is_url, parse_scheduler, read_dask_frame,
-                           sample_rows, sample_subjects, subject_rows, write_dask_outputs, write_sample_outputs)
+    from .cli_dask import (DASK_OUTPUTS_NOTE, band_check_rows, by_subject, dask_client, is_url, parse_scheduler,
+                           read_dask_frame, sample_rows, sample_subjects, subject_rows, write_dask_outputs,
+                           write_sample_outputs)
     from .cli_input import check_columns
     from .cli_output import OutputFolder
     from .distributed.dates import turn_dates
@@ -596,7 +597,8 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
     meta = ddf._meta.reset_index() if ddf._meta.index.name is not None else ddf._meta
     check_columns(meta, needed)
     columns = list(meta.columns)
-    res = dated = outcomes = None
+    res = dated = outcomes = checked = None
+    about = ""  # what the band check ran on
     with OutputFolder(out, overwrite, inputs=[] if is_url(data) else [Path(data)]) as folder:
         with dask_client(spec) as client:
             ddf = by_subject(ddf, cols["subject"], client)
@@ -615,6 +617,11 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
                 per_subject = _event_dates_as_times(per_subject, dated, cols["subject"], asked["duration"],
                                                     cols["response"], quiet)
                 _check_outcome_data(per_subject, cols["subject"], cols["time"], asked)
+            if check_bands:  # the sample's rows before the fit, whose length they must not wait for to be refused
+                band_rows, n_subjects = band_check_rows(ddf, cols["subject"], client, seed)
+                if dropna:
+                    band_rows = _clean(band_rows, fitted).reset_index(drop=True)
+                _check_band_rows(band_rows, cols["subject"], cols["time"])
             fit_dask(model, ddf, dropna=dropna, client=client, **cols)
             written, clusters = write_dask_outputs(model, folder.staging, columns, dated=dated)
             if per_subject_columns:
@@ -627,11 +634,18 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
                 frame = sample_rows(ddf, cols["subject"], labels, client)
                 if dropna:  # the rows the fit dropped (it said how many), as the in-memory outputs drop them
                     frame = _clean(frame, fitted).reset_index(drop=True)
+        if check_bands:  # in this process, on the sample: a refit without each subject's last visit
+            checked = _band_check(model, band_rows, cols["subject"], cols["time"], cols["response"],
+                                  cols["covariates"], interval)
+            about = _band_check_sample(band_rows[cols["subject"]].nunique(), n_subjects, seed)
+            checked.table.rename(columns={"subject": cols["subject"], "time": cols["time"]}).to_csv(
+                folder.staging / "band_check.csv", index=False)
+            written.append("band_check.csv")
         if sample:
             more, res = write_sample_outputs(model, frame, folder.staging, columns, n_total=len(clusters),
                                              seed=seed, interval=interval, report=report, title=f"dmlmm: {_name(data)}",
-                                             source=str(data), notes=_dates_note(dated) + _warnings_note(), dated=dated,
-                                             outcomes=outcomes)
+                                             source=str(data), dated=dated, outcomes=outcomes,
+                                             notes=_dates_note(dated) + _band_check_note(checked, about) + _warnings_note())
             written += more
         folder.commit()
     if not quiet:
@@ -648,6 +662,8 @@ def _fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, qui
                  + ("every subject" if len(labels) == len(clusters) else
                     f"{len(labels):,} subjects drawn at random within each cluster (--sample {sample}, --seed {seed})"))
         click.echo(DASK_OUTPUTS_NOTE.format(drawn=drawn, total=len(clusters), model=out / "model.dmlmm"))
+        if checked is not None:
+            click.echo(f"\n{about}:\n{checked.summary()}")
 
 
 def _name(data) -> str:
@@ -722,6 +738,24 @@ def _parse_loading_order(text: str) -> str | float:
     if not math.isfinite(order) or order < 1:
         raise CliError(f"--loading-order must be auto or a number of at least 1, got {text!r}")
     return order
+
+
+def _check_band_rows(frame, subject, time_col) -> None:
+    """A CliError unless ``frame`` has enough subjects with two or more visit times for --check-bands."""
+    from .calibration import check_enough_last_visits
+
+    try:
+        check_enough_last_visits(frame, subject, time_col)
+    except ValueError as e:
+        raise CliError(f"--check-bands: {e}") from None
+
+
+def _band_check_sample(drawn: int, total: int, seed: int) -> str:
+    """What a Dask fit's band check ran on: the sample's size and how it was drawn."""
+    if drawn == total:
+        return f"band check (--check-bands) on all {total:,} subjects, refitted in this process"
+    return (f"band check (--check-bands) on {drawn:,} of the {total:,} subjects, drawn at random (--seed {seed}) and "
+            "refitted in this process")
 
 
 def _band_check(model, frame, subject, time_col, response, covs, interval):
