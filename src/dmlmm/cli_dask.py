@@ -14,13 +14,17 @@ per subject): ``--sample N`` subjects (default :data:`DEFAULT_SAMPLE`) drawn at 
 cluster (:func:`sample_subjects`), whose rows alone come here (:func:`sample_rows`), give
 ``trajectories.csv`` and ``report.html`` (:func:`write_sample_outputs`); the class summary and
 ``clusters.csv`` cover every subject. ``dmlmm predict model.dmlmm SUBJECTS`` draws the curves of
-any other subjects.
+any other subjects. The outcome tables (``--outcome``, ``--event-time``, ``--baseline``) cover every
+subject from the few rows of each that they read (:func:`subject_rows`); ``--check-bands`` refits the
+model here on :data:`BAND_CHECK_SUBJECTS` subjects drawn at random (:func:`band_check_rows`).
+:func:`fit_on_dask` runs the whole command.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,9 +35,10 @@ import pandas as pd
 
 from .cli import DEFAULT_SAMPLE, SAMPLE_FLOOR  # the option's numbers, where the command line defines them
 
-__all__ = ["LocalSpec", "parse_scheduler", "dask_client", "is_url", "read_dask_frame", "by_subject",
-           "write_dask_outputs", "sample_subjects", "sample_rows", "subject_rows", "band_check_rows", "write_sample_outputs", "NOT_WITH_DASK",
-           "DASK_OUTPUTS_NOTE", "NEEDS_DASK", "DEFAULT_SAMPLE", "SAMPLE_FLOOR", "BAND_CHECK_SUBJECTS"]
+__all__ = ["fit_on_dask", "LocalSpec", "parse_scheduler", "dask_client", "is_url", "read_dask_frame", "by_subject",
+           "write_dask_outputs", "sample_subjects", "sample_rows", "subject_rows", "band_check_rows",
+           "band_check_sample", "write_sample_outputs", "data_name", "NOT_WITH_DASK", "DASK_OUTPUTS_NOTE",
+           "NEEDS_DASK", "DEFAULT_SAMPLE", "SAMPLE_FLOOR", "BAND_CHECK_SUBJECTS"]
 
 #: Options of ``dmlmm fit`` that need the data in this process, refused with ``--dask`` (option: why).
 NOT_WITH_DASK = {
@@ -297,3 +302,117 @@ def write_sample_outputs(model: Any, frame: pd.DataFrame, folder: Path, input_co
         write_report(folder / "report.html", res, title=title, source=source, notes=about + notes, outcomes=outcomes)
         written.append("report.html")
     return written, res
+
+
+def fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quiet, t0, *, sample: int, seed: int,
+                 interval: float, report: bool, time_unit: str | None = None, time_origin: str | None = None,
+                 asked: dict, check_bands: bool = False) -> None:
+    """--dask: read DATA with Dask, fit ``model`` on the cluster, write clusters.csv and model.dmlmm, then
+    trajectories.csv and report.html of ``sample`` subjects drawn within each cluster (none for 0), print the
+    summary. A time column of dates is turned into times on the cluster (--time-unit, --time-origin). The
+    outcome tables of ``asked`` (:func:`_outcome_options`) cover every subject: one pass over the partitions
+    brings here the few rows of each subject they read (checked before the fit, as in memory). ``check_bands``:
+    the rows of a random sample of subjects come here before the fit, and the band check refits the model on
+    them in this process after it."""
+    from types import SimpleNamespace
+
+    import click
+
+    from .cli import (CliError, _band_check, _band_check_note, _check_band_rows, _check_outcome_data, _clean,
+                      _covariate_columns, _dates_note, _event_dates_as_times, _outcome_columns, _outcome_report,
+                      _print_summary, _warnings_note)
+    from .cli_input import check_columns
+    from .cli_output import OutputFolder
+    from .distributed.dates import turn_dates
+    from .distributed.fit import fit_dask
+
+    spec = parse_scheduler(scheduler)
+    fitted = [cols["subject"], cols["time"], cols["response"]] + _covariate_columns(cols["covariates"], cols["time"])
+    per_subject_columns = _outcome_columns(asked)
+    needed = fitted + list(model.membership_covariates or []) + per_subject_columns
+    ddf = read_dask_frame(data, cols["subject"])
+    meta = ddf._meta.reset_index() if ddf._meta.index.name is not None else ddf._meta
+    check_columns(meta, needed)
+    columns = list(meta.columns)
+    res = dated = outcomes = checked = None
+    about = ""  # what the band check ran on
+    with OutputFolder(out, overwrite, inputs=[] if is_url(data) else [Path(data)]) as folder:
+        with dask_client(spec) as client:
+            ddf = by_subject(ddf, cols["subject"], client)
+            turned = turn_dates(ddf, cols["subject"], cols["time"], time_unit, time_origin, cols["response"], client,
+                                options=("--time-unit", "--time-origin"))
+            if turned.rule is not None:  # the model's time is the new numeric column, made on the cluster
+                dated = turned.rule
+                if turned.rows_without_date and not dropna:
+                    raise CliError(f"column '{dated.column}' has {turned.rows_without_date} row(s) without a date: "
+                                   "pass --dropna to drop them, or fill them in")
+                ddf, cols = turned.frame, {**cols, "time": dated.name}
+                fitted = [dated.name if c == dated.column else c for c in fitted]  # --dropna's columns
+                columns.append(dated.name)
+            if per_subject_columns:  # their rows here, checked before the fit as in memory
+                per_subject = subject_rows(ddf, cols["subject"], cols["time"], per_subject_columns, client)
+                per_subject = _event_dates_as_times(per_subject, dated, cols["subject"], asked["duration"],
+                                                    cols["response"], quiet)
+                _check_outcome_data(per_subject, cols["subject"], cols["time"], asked)
+            if check_bands:  # the sample's rows before the fit, whose length they must not wait for to be refused
+                band_rows, n_subjects = band_check_rows(ddf, cols["subject"], client, seed)
+                if dropna:
+                    band_rows = _clean(band_rows, fitted).reset_index(drop=True)
+                _check_band_rows(band_rows, cols["subject"], cols["time"])
+            fit_dask(model, ddf, dropna=dropna, client=client, **cols)
+            written, clusters = write_dask_outputs(model, folder.staging, columns, dated=dated)
+            if per_subject_columns:
+                outcomes = _outcome_report(model, per_subject, asked)
+                for name, table in (outcomes.files() if outcomes else {}).items():
+                    table.to_csv(folder.staging / name, index=False)
+                    written.append(name)
+            if sample:
+                labels = sample_subjects(clusters.set_index(cols["subject"])["cluster"], sample, seed)
+                frame = sample_rows(ddf, cols["subject"], labels, client)
+                if dropna:  # the rows the fit dropped (it said how many), as the in-memory outputs drop them
+                    frame = _clean(frame, fitted).reset_index(drop=True)
+        if check_bands:  # in this process, on the sample: a refit without each subject's last visit
+            checked = _band_check(model, band_rows, cols["subject"], cols["time"], cols["response"],
+                                  cols["covariates"], interval)
+            about = band_check_sample(band_rows[cols["subject"]].nunique(), n_subjects, seed)
+            checked.table.rename(columns={"subject": cols["subject"], "time": cols["time"]}).to_csv(
+                folder.staging / "band_check.csv", index=False)
+            written.append("band_check.csv")
+        if sample:
+            more, res = write_sample_outputs(model, frame, folder.staging, columns, n_total=len(clusters),
+                                             seed=seed, interval=interval, report=report,
+                                             title=f"dmlmm: {data_name(data)}",
+                                             source=str(data), dated=dated, outcomes=outcomes,
+                                             notes=(_dates_note(dated) + _band_check_note(checked, about)
+                                                    + _warnings_note()))
+            written += more
+        folder.commit()
+    if not quiet:
+        if dated is not None:
+            click.echo(dated.describe())
+        if res is None:
+            summary = model.class_summary()
+            res = SimpleNamespace(clusters=clusters.rename(columns={cols["subject"]: "subject"}), class_summary=summary,
+                                  posterior={level: model.posterior_table(level) for level in summary.index})
+        _print_summary(model, res, out, written, time.perf_counter() - t0, outcomes,
+                       outputs="clusters and trajectories" if sample else "predictions")
+        drawn = ("--sample 0: no curves drawn" if not sample else
+                 ("trajectories.csv and report.html draw" if report else "trajectories.csv draws") + " the curves of "
+                 + ("every subject" if len(labels) == len(clusters) else
+                    f"{len(labels):,} subjects drawn at random within each cluster (--sample {sample}, --seed {seed})"))
+        click.echo(DASK_OUTPUTS_NOTE.format(drawn=drawn, total=len(clusters), model=out / "model.dmlmm"))
+        if checked is not None:
+            click.echo(f"\n{about}:\n{checked.summary()}")
+
+
+def data_name(data) -> str:
+    """DATA's last part (a file or folder name, or a URL's), for the report's title."""
+    return str(data).rstrip("/").rsplit("/", 1)[-1] or str(data)
+
+
+def band_check_sample(drawn: int, total: int, seed: int) -> str:
+    """What a Dask fit's band check ran on: the sample's size and how it was drawn."""
+    if drawn == total:
+        return f"band check (--check-bands) on all {total:,} subjects, refitted in this process"
+    return (f"band check (--check-bands) on {drawn:,} of the {total:,} subjects, drawn at random (--seed {seed}) and "
+            "refitted in this process")
