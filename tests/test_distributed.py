@@ -867,6 +867,19 @@ def test_cli_fit_on_dask_writes_what_the_in_memory_fit_writes(client, dgp1_frame
         assert r.exit_code == 0, r.output
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "pred_dask.csv"), pd.read_csv(tmp_path / "pred_mem.csv"),
                                   rtol=1e-7, atol=1e-9)
+    # the predictions on the cluster: the Parquet folder (sex from the folders' names, every subject's rows in two
+    # files) predicted partition by partition, the in-memory table
+    r = _cli("predict", tmp_path / "mem" / "model.dmlmm", tmp_path / "visits", "--times", "0:1:0.5", "--dropna",
+             "--dask", client.scheduler.address, "--out", tmp_path / "pred_on_dask")
+    assert r.exit_code == 0, r.output
+    assert "120 subject(s) have rows in more than one partition (e.g. 0): the rows are shuffled by subject on the " \
+           "cluster before the predictions" in r.stderr
+    assert "predictions for 120 subject(s) at 3 time(s) written to" in r.stderr
+    got = pd.read_parquet(tmp_path / "pred_on_dask").sort_values(["subject", "time"], ignore_index=True)
+    want = pd.read_csv(tmp_path / "pred_mem.csv").sort_values(["subject", "time"], ignore_index=True)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False, rtol=1e-9, atol=1e-12)
+    r = _cli("predict", tmp_path / "mem" / "model.dmlmm", tmp_path / "visits", "--dask", "local:1")
+    assert error_line(r) == "error: --dask writes the predictions to a folder of Parquet files: give it with --out FOLDER"
 
 
 def test_cli_dask_dropna_keeps_a_row_whose_membership_value_is_missing(client, dgp1_frame, tmp_path):

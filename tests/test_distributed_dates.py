@@ -135,6 +135,15 @@ def test_cli_fit_on_dask_with_dates_and_outcomes_writes_what_the_in_memory_fit_w
         assert r.exit_code == 0, r.output
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "pred_dask.csv"), pd.read_csv(tmp_path / "pred_mem.csv"),
                                   rtol=1e-7, atol=1e-9)
+    # predicted on the cluster from the Parquet folder of dates: the same rows, dates included
+    r = _cli("predict", tmp_path / "mem" / "model.dmlmm", folder, "--times", "0,0.5", "--dropna", "--dask",
+             client.scheduler.address, "--out", tmp_path / "pred_on_dask")
+    assert r.exit_code == 0, r.output
+    got = pd.read_parquet(tmp_path / "pred_on_dask")
+    got = got[got["subject"].isin([3, 4])].sort_values(["subject", "years_since_enrolled"], ignore_index=True)
+    want = pd.read_csv(tmp_path / "pred_mem.csv", parse_dates=["visit"])
+    pd.testing.assert_frame_equal(got, want.sort_values(["subject", "years_since_enrolled"], ignore_index=True),
+                                  check_dtype=False, rtol=1e-7, atol=1e-9)
     # dates without a unit: the in-memory message
     r = _cli("fit", folder, *FAST, "--time", "visit", "--dask", client.scheduler.address, "--out", tmp_path / "x")
     assert r.exit_code == 2 and "error: column 'visit' holds dates: add --time-unit" in r.stderr, r.output

@@ -1066,9 +1066,15 @@ def _echo_membership(model) -> None:
 @click.option("--extrapolate/--no-extrapolate", default=None,
               help="Allow times outside the fitted range (linear continuation of the splines). [as fitted]")
 @click.option("--dropna", is_flag=True, help="Drop rows with missing values instead of stopping.")
-@click.option("--out", default=None, type=click.Path(path_type=Path), help="Output CSV [standard output].")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def predict(model_file, data, times, interval, kind, level, extrapolate, dropna, out, overwrite):
+@click.option("--out", default=None, type=click.Path(path_type=Path),
+              help="Output CSV [standard output]; with --dask, a folder of Parquet files (needed).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (folder).")
+@click.option("--dask", "scheduler", default=None,
+              help="Predict on a Dask cluster (an address, or local[:N]): DATA is then Parquet, each partition is "
+                   "predicted on a worker and --out is a folder of Parquet files, one per partition. Needs "
+                   "dmlmm[dask].")
+@click.option("--quiet", "-q", is_flag=True, help="No summary line.")
+def predict(model_file, data, times, interval, kind, level, extrapolate, dropna, out, overwrite, scheduler, quiet):
     """Predict the trajectories of the subjects in DATA (their observations: a CSV file or Parquet data, as for
     fit) with a saved MODEL_FILE.
 
@@ -1081,7 +1087,8 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
     from .cli_output import OutputFiles, user_columns, with_dates
 
     _check_interval(interval)
-    files = OutputFiles([Path(out)], overwrite) if out is not None else nullcontext()
+    # with --dask the output folder is written all or nothing by predict_on_dask
+    files = OutputFiles([Path(out)], overwrite) if out is not None and scheduler is None else nullcontext()
     with files:
         model, transform, dated = _load_model(model_file)
         lmm = not hasattr(model, "design_")  # LinearMixedModel: its design builder holds basis and columns
@@ -1091,6 +1098,16 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
         basis = model.builder_.basis_ if lmm else model.design_.basis
         if extrapolate is not None:
             basis.extrapolate = extrapolate
+        if scheduler is not None:
+            if out is None:
+                raise CliError("--dask writes the predictions to a folder of Parquet files: give it with --out FOLDER")
+            if transform not in (None, "none"):
+                raise CliError(f"'{model_file}' was saved by an earlier dmlmm version with the response transformed "
+                               f"before the fit ({transform}): predict it without --dask, or refit it")
+            from .cli_dask import predict_on_dask
+
+            return predict_on_dask(model, data, scheduler, Path(out), overwrite, dated=dated, times=times,
+                                   interval=interval, kind=kind, dropna=dropna, level=level, quiet=quiet)
         c = model.builder_.columns_ if lmm else model.design_.columns
         encoding = model.builder_.encoding_ if lmm else model.design_.encoding
         members = [] if lmm or model.design_.membership is None else list(model.design_.membership.encoding.columns)
@@ -1110,7 +1127,8 @@ def predict(model_file, data, times, interval, kind, level, extrapolate, dropna,
             return
         table.to_csv(files.temp(Path(out)), index=False)
         files.commit()
-    click.echo(f"predictions for {n_subjects} subject(s) at {n_times} time(s) written to {out}", err=True)
+    if not quiet:
+        click.echo(f"predictions for {n_subjects} subject(s) at {n_times} time(s) written to {out}", err=True)
 
 
 def _labels_as_fitted(frame, subject, fitted):

@@ -143,7 +143,7 @@ def read_dask_frame(data: str | Path, subject: str) -> Any:
         raise ValueError(f"could not read '{data}' as Parquet: {' '.join(str(e).split())}") from None
 
 
-def by_subject(ddf: Any, subject: str, client: Any) -> Any:
+def by_subject(ddf: Any, subject: str, client: Any, before: str = "the fit") -> Any:
     """``ddf`` with every subject's rows in one partition: as it is where they are, else shuffled by subject on
     the cluster (a subject index made a column first), with a warning.
 
@@ -155,7 +155,7 @@ def by_subject(ddf: Any, subject: str, client: Any) -> Any:
     if not len(split):
         return ddf
     warnings.warn(f"{len(split)} subject(s) have rows in more than one partition (e.g. {split.tolist()[0]!r}): the "
-                  "rows are shuffled by subject on the cluster before the fit (write the data partitioned by subject, "
+                  f"rows are shuffled by subject on the cluster before {before} (write the data partitioned by subject, "
                   f"e.g. ddf.set_index('{subject}').to_parquet(...), to save this step)", UserWarning, stacklevel=2)
     if ddf.index.name == subject:
         ddf = ddf.reset_index()
@@ -416,3 +416,113 @@ def band_check_sample(drawn: int, total: int, seed: int) -> str:
         return f"band check (--check-bands) on all {total:,} subjects, refitted in this process"
     return (f"band check (--check-bands) on {drawn:,} of the {total:,} subjects, drawn at random (--seed {seed}) and "
             "refitted in this process")
+
+
+#: The files of ``dmlmm predict --dask``'s output folder: one per partition of the data, numbered in order.
+PREDICTION_FILE = "predictions-{:05d}.parquet"
+
+#: Distinct warnings of the partitions' predictions shown here, at most.
+_WARNINGS_SHOWN = 10
+
+
+def predict_on_dask(model: Any, data: Any, scheduler: str, out: Path, overwrite: bool, *, dated: Any, times: str | None,
+                    interval: float, kind: str, dropna: bool, level: str, quiet: bool) -> None:
+    """``dmlmm predict MODEL DATA --dask SCHEDULER --out FOLDER``: the prediction table of every subject of DATA
+    (Parquet read by Dask), each partition predicted on a worker by the saved model (sent once, without its
+    per-subject tables), as the in-memory command predicts it; the partitions' tables come here one at a time
+    and are written to FOLDER as Parquet files (:data:`PREDICTION_FILE`), all or nothing. Each subject's rows
+    must lie in one partition (else they are shuffled by subject first, with a warning). The partitions'
+    warnings are shown here, each once."""
+    import click
+    import dask
+
+    from .cli import CliError, parse_times
+    from .cli_input import check_columns
+    from .cli_output import OutputFolder
+    from .distributed.predict import light_model
+
+    lmm = not hasattr(model, "design_")
+    c = model.builder_.columns_ if lmm else model.design_.columns
+    encoding = model.builder_.encoding_ if lmm else model.design_.encoding
+    members = [] if lmm or model.design_.membership is None else list(model.design_.membership.encoding.columns)
+    basis = model.builder_.basis_ if lmm else model.design_.basis
+    time_col = c.time if dated is None else dated.column
+    ddf = read_dask_frame(data, c.subject)
+    meta = ddf._meta.reset_index() if ddf._meta.index.name is not None else ddf._meta
+    check_columns(meta, list(dict.fromkeys([c.subject, time_col, *encoding.columns, *members])))
+    t = parse_times(times, *basis.window)
+    basis.transform(t)  # times outside the basis range: said (or refused) here, once, not on every worker
+    fitted = model.random_effects_.index if lmm else model.subjects_
+    text_labels = bool(len(fitted)) and all(isinstance(v, str) for v in fitted)
+    light = model if lmm else _numbered_light_model(model, light_model(model))
+    spec = parse_scheduler(scheduler)
+    caught: dict = {}
+    n_subjects = n_files = 0
+    with OutputFolder(out, overwrite, inputs=[] if is_url(data) else [Path(data)]) as folder:
+        with dask_client(spec) as client:
+            ddf = by_subject(ddf, c.subject, client, before="the predictions")
+            sent = client.scatter([light, dated], broadcast=True)  # once, not with every partition's task
+            tasks = [dask.delayed(_predict_partition)(p, sent[0], sent[1], c.subject, c.response, text_labels, times,
+                                                      interval, kind, dropna, level, lmm)
+                     for p in ddf.to_delayed()]
+            for i, future in enumerate(client.compute(tasks)):  # in partition order, one table here at a time
+                table, subjects, said = future.result()
+                future.release()
+                for w in said:
+                    caught.setdefault(w, 0)
+                    caught[w] += 1
+                if table is not None and len(table):
+                    table.to_parquet(folder.staging / PREDICTION_FILE.format(n_files), index=False)
+                    n_files += 1
+                    n_subjects += subjects
+        if not n_files:
+            raise CliError(f"no rows to predict in '{data}'")
+        for (category, message), k in list(caught.items())[:_WARNINGS_SHOWN]:
+            warnings.warn(message + ("" if k == 1 else f" (and so in {k} partitions)"), category, stacklevel=2)
+        if len(caught) > _WARNINGS_SHOWN:
+            warnings.warn(f"{len(caught) - _WARNINGS_SHOWN} more distinct warnings from the partitions' predictions",
+                          UserWarning, stacklevel=2)
+        folder.commit()
+    if not quiet:
+        click.echo(f"predictions for {n_subjects:,} subject(s) at {len(t)} time(s) written to {out}/ "
+                   f"({n_files} Parquet file(s))", err=True)
+
+
+def _numbered_light_model(model: Any, light: Any) -> Any:
+    """``light`` (``model`` without its per-subject tables) with the few rows of them that the outputs' cluster
+    numbers read (:func:`dmlmm.report.collect.cluster_numbering`: which clusters and first-layer components hold
+    fitted subjects): each cluster label once, the probability tables without rows."""
+    for labels, proba in (("labels_", "responsibilities_"), ("groups_", "group_proba_")):
+        if getattr(model, labels, None) is not None:
+            setattr(light, labels, pd.Series(np.unique(getattr(model, labels).to_numpy())))
+            setattr(light, proba, getattr(model, proba).iloc[:0])
+    return light
+
+
+def _predict_partition(part: pd.DataFrame, model: Any, dated: Any, subject: str, response: str, text_labels: bool,
+                       times: str | None, interval: float, kind: str, dropna: bool, level: str,
+                       lmm: bool) -> tuple[pd.DataFrame | None, int, list]:
+    """One partition's prediction table as ``dmlmm predict`` writes it in memory (None for an empty partition), its
+    number of subjects and the distinct (category, message) of the warnings it gave."""
+    from .cli import _predict_lmm_table, _predict_table
+    from .cli_output import user_columns, with_dates
+
+    if part.index.name == subject and subject not in part.columns:
+        part = part.reset_index()
+    if not len(part):
+        return None, 0, []
+    if response not in part.columns:  # rows to predict at, conditioned on nothing
+        part = part.assign(**{response: np.nan})
+    if text_labels and pd.api.types.is_integer_dtype(part[subject]):  # patient '12' of the model is 12 here
+        part = part.assign(**{subject: part[subject].astype(str)})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message=r".*time\(s\) lie outside the basis range")  # said once, before
+        if dated is not None:
+            part = dated.apply(part, subject, response)
+        c = model.builder_.columns_ if lmm else model.design_.columns
+        table, n, _ = (_predict_lmm_table if lmm else _predict_table)(model, part, times, interval, kind, dropna, level)
+        table = user_columns(table, c.subject, c.time, part.columns)
+        if dated is not None:
+            table = with_dates(table, dated, c.subject, part, response)
+    return table, n, list(dict.fromkeys((w.category, str(w.message)) for w in said))

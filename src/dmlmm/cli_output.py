@@ -28,6 +28,7 @@ copy.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -43,6 +44,13 @@ __all__ = ["OutputError", "OutputFolder", "OutputFiles", "DMLMM_FILES", "MODEL_C
 DMLMM_FILES = frozenset({"clusters.csv", "trajectories.csv", "model.dmlmm", "report.html", "data.csv", "outcomes.csv",
                          "survival.csv", "baseline.csv", "outcome_tests.csv", "membership.csv", "band_check.csv"})
 _CLUTTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+# the files of dmlmm predict --dask (one per partition: predictions-00000.parquet, ...)
+_PREDICTION_FILES = re.compile(r"predictions-\d{5,}\.parquet")
+
+
+def _written_by_dmlmm(name: str) -> bool:
+    """Whether a file of an output folder is one dmlmm writes (--overwrite replaces a folder of only these)."""
+    return name in DMLMM_FILES or _PREDICTION_FILES.fullmatch(name) is not None
 # the columns dmlmm adds to its CSV outputs (besides the user's subject and time columns)
 MODEL_COLUMNS = ("mean", "lower", "upper", "beyond_last_visit", "cluster", "probability", "cluster_layer1")
 
@@ -260,7 +268,7 @@ class OutputFolder:
                 raise OutputError(f"the input {what} '{inp}' is {where} '{out}', which --overwrite "
                                   "replaces; move it elsewhere or choose another --out")
         foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in entries
-                         if p.name not in DMLMM_FILES or p.is_dir())
+                         if not _written_by_dmlmm(p.name) or p.is_dir())
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise OutputError(f"output folder '{out}' holds files dmlmm did not write ({shown}); --overwrite "
