@@ -52,7 +52,8 @@ NOT_WITH_DASK = {
 BAND_CHECK_SUBJECTS = 2_000
 
 DASK_OUTPUTS_NOTE = ("{drawn}; clusters.csv and the class summary cover all {total:,}; draw the curves of other "
-                     "subjects with: dmlmm predict {model} SUBJECTS (a CSV or Parquet file of their visits)")
+                     "subjects with: dmlmm predict {model} SUBJECTS (a CSV or Parquet file of their visits;"
+                     " with --dask, a Parquet folder of any size)")
 
 
 NEEDS_DASK = "--dask needs dask and its distributed scheduler: pip install \"dmlmm[dask]\""
