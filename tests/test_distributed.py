@@ -892,16 +892,20 @@ def test_cli_dask_dropna_keeps_a_row_whose_membership_value_is_missing(client, d
     last = df.index[df["subject"] == who][-1]
     df.loc[last, "base"] = np.nan
     df.loc[df.index[df["subject"] == df["subject"].iloc[-1]][1], "y"] = np.nan  # a missing response: dropped alike
+    gone = df["subject"].iloc[len(df) // 2]
+    df.loc[df["subject"] == gone, "base"] = np.nan  # no baseline at all: left out of the fit and of the band check
     df.to_csv(tmp_path / "d.csv", index=False)
     folder = split_parquet(df, tmp_path / "visits")
-    opts = [*CLI_FAST, "--membership-covariates", "base", "--max-iter", "40", "--dropna", "-q"]
+    opts = [*CLI_FAST, "--membership-covariates", "base", "--max-iter", "40", "--dropna", "--check-bands", "-q"]
     r = _cli("fit", folder, *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
     assert r.exit_code == 0, r.output
     r = _cli("fit", tmp_path / "d.csv", *opts, "--jobs", "1", "--out", tmp_path / "mem")
     assert r.exit_code == 0, r.output
-    for name, keys in (("clusters.csv", ["subject"]), ("trajectories.csv", ["subject", "time"])):
+    for name, keys in (("clusters.csv", ["subject"]), ("trajectories.csv", ["subject", "time"]),
+                       ("band_check.csv", ["subject", "time"])):
         got, want = (pd.read_csv(tmp_path / f / name).sort_values(keys, ignore_index=True) for f in ("dask", "mem"))
         pd.testing.assert_frame_equal(got, want, rtol=1e-7, atol=1e-9)
+    assert gone not in set(pd.read_csv(tmp_path / "dask" / "band_check.csv")["subject"])
     traj = pd.read_csv(tmp_path / "dask" / "trajectories.csv")
     mine = traj[traj["subject"] == who]
     t_last = df.loc[last, "time"]

@@ -373,6 +373,9 @@ def fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quie
                 if dropna:  # the rows the fit dropped (it said how many), as the in-memory outputs drop them
                     frame = _clean(frame, fitted).reset_index(drop=True)
         if check_bands:  # in this process, on the sample: a refit without each subject's last visit
+            # the fitted subjects' (with --dropna and --membership-covariates the fit leaves out those without any
+            # baseline value, and said so): as in memory, where the check reads the rows the fit used
+            band_rows = band_rows[band_rows[cols["subject"]].isin(model.subjects_)]
             checked = _band_check(model, band_rows, cols["subject"], cols["time"], cols["response"],
                                   cols["covariates"], interval)
             about = band_check_sample(band_rows[cols["subject"]].nunique(), n_subjects, seed)
