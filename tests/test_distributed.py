@@ -983,6 +983,12 @@ def test_cli_dask_draws_the_curves_of_a_sample_within_each_cluster(client, parqu
     assert f"observations (sample)</div><div class=\"v\">{visits['subject'].isin(drawn).sum()}<" in page
 
 
+def test_the_exact_linear_mixed_model_says_how_to_fit_on_dask(parquet_frame):
+    with pytest.raises(DataError, match=r"^LinearMixedModel fits in memory: compute\(\) the Dask frame first, or "
+                                        r"fit the Gaussian LMM on the cluster as MixtureLMM\(1\)"):
+        dmlmm.LinearMixedModel().fit(parquet_frame, subject="subject", time="time", response="y")
+
+
 def test_band_check_rows_are_every_row_of_subjects_drawn_at_random(client, parquet_frame):
     from dmlmm.cli_dask import band_check_rows
 
@@ -1022,6 +1028,9 @@ def test_sample_subjects_is_stratified_reproducible_and_floored():
                    "ELBOs, one fit each in this process; leave it out, or fit without --dask"),
     (["--jobs", "2"], "--jobs does not work with --dask: the cluster's workers do the parallel work; leave it out, "
                       "or fit without --dask"),
+    (["--model", "lmm", "--method", "ml"], "--method does not work with --dask: the exact ML / REML fits run in "
+                                           "memory (--model lmm without --method fits the variational LMM on the "
+                                           "cluster); leave it out, or fit without --dask"),
     (["--dask", "local:0"], "--dask 'local:0': local:N needs a positive whole number of worker processes, e.g. "
                             "local:2"),
     (["--sample", "5", "--no-dask"], "--sample applies to --dask fits (which draw the curves of a sample of subjects); "

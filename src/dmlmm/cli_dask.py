@@ -43,7 +43,8 @@ __all__ = ["fit_on_dask", "LocalSpec", "parse_scheduler", "dask_client", "is_url
 #: Options of ``dmlmm fit`` that need the data in this process, refused with ``--dask`` (option: why).
 NOT_WITH_DASK = {
     "--select": "it compares candidate models on held-out visits or their ELBOs, one fit each in this process",
-    "--method": "the exact ML / REML fits run in memory",
+    "--method": "the exact ML / REML fits run in memory (--model lmm without --method fits the variational LMM "
+                "on the cluster)",
     "--jobs": "the cluster's workers do the parallel work",
 }
 

@@ -241,6 +241,10 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         -------
         self
         """
+        if (type(data).__module__ or "").startswith(("dask.", "dask_expr")):  # this room does not import Dask's
+            raise DataError("LinearMixedModel fits in memory: compute() the Dask frame first, or fit the Gaussian "
+                            "LMM on the cluster as MixtureLMM(1) (the variational LMM, with the same smoothness "
+                            "prior; on the command line: dmlmm fit --model lmm --dask, without --method)")
         check_model_params(self)
         check_flag(dropna, "dropna")
         method = str(self.method).lower()
