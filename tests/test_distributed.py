@@ -947,7 +947,7 @@ def test_cli_dask_summary_says_where_the_curves_are(client, parquet_frame, tmp_p
     assert r.stdout.rstrip().endswith(
         f"--sample 0: no curves drawn; clusters.csv and the class summary cover all 120; draw the curves of other "
         f"subjects with: dmlmm predict {tmp_path / 'o' / 'model.dmlmm'} SUBJECTS (a CSV or Parquet file of their "
-        "visits)")
+        "visits; with --dask, a Parquet folder of any size)")
 
 
 def test_cli_dask_draws_the_curves_of_a_sample_within_each_cluster(client, parquet_frame, tmp_path):
