@@ -983,6 +983,34 @@ def test_cli_dask_draws_the_curves_of_a_sample_within_each_cluster(client, parqu
     assert f"observations (sample)</div><div class=\"v\">{visits['subject'].isin(drawn).sum()}<" in page
 
 
+def test_cli_select_on_dask_fits_the_candidates_on_the_cluster_as_in_memory(client, dgp1_frame, tmp_path):
+    df, _ = dgp1_frame
+    df.to_csv(tmp_path / "d.csv", index=False)
+    df.set_index("subject").to_parquet(tmp_path / "d.parquet")
+    opts = [*CLI_FAST, "--select", "--max-iter", "30"]  # the mixture with 1 and 2 components
+    r = _cli("fit", tmp_path / "d.parquet", *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
+    assert r.exit_code == 0, r.output
+    on_dask = [line.rsplit(",", 1)[0] for line in r.stderr.splitlines() if line.startswith(("  [", "selected"))]
+    r = _cli("fit", tmp_path / "d.csv", *opts, "--jobs", "1", "--out", tmp_path / "mem")
+    assert r.exit_code == 0, r.output
+    in_memory = [line.rsplit(",", 1)[0] for line in r.stderr.splitlines() if line.startswith(("  [", "selected"))]
+    # the same candidates, ELBOs (to the hundredth printed), components and choice; the seconds differ
+    assert on_dask == in_memory and len(on_dask) == 3 and on_dask[-1].startswith("selected: mixture of LMMs")
+    got, want = (pd.read_csv(tmp_path / f / "clusters.csv").sort_values("subject", ignore_index=True)
+                 for f in ("dask", "mem"))
+    pd.testing.assert_frame_equal(got, want, rtol=1e-7, atol=1e-9)
+
+
+def test_select_model_on_dask_chooses_by_the_elbo_one_candidate_at_a_time(parquet_frame):
+    from dmlmm.selection import select_model
+
+    with pytest.raises(ValueError, match=r"^criterion='heldout' holds out visits and scores them in this process: on "
+                                         r"a Dask frame choose by criterion='elbo'"):
+        select_model(parquet_frame, criterion="heldout")
+    with pytest.raises(ValueError, match=r"^n_jobs=2: on a Dask frame the candidates are fitted one after the other"):
+        select_model(parquet_frame, n_jobs=2)
+
+
 def test_the_exact_linear_mixed_model_says_how_to_fit_on_dask(parquet_frame):
     with pytest.raises(DataError, match=r"^LinearMixedModel fits in memory: compute\(\) the Dask frame first, or "
                                         r"fit the Gaussian LMM on the cluster as MixtureLMM\(1\)"):
@@ -1024,8 +1052,8 @@ def test_sample_subjects_is_stratified_reproducible_and_floored():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--select"], "--select does not work with --dask: it compares candidate models on held-out visits or their "
-                   "ELBOs, one fit each in this process; leave it out, or fit without --dask"),
+    (["--select", "--criterion", "heldout"], "--select --criterion heldout holds out visits and scores them in this "
+                                             "process: with --dask choose by --criterion elbo (the default)"),
     (["--jobs", "2"], "--jobs does not work with --dask: the cluster's workers do the parallel work; leave it out, "
                       "or fit without --dask"),
     (["--model", "lmm", "--method", "ml"], "--method does not work with --dask: the exact ML / REML fits run in "

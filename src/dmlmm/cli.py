@@ -501,17 +501,22 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
     basis = _make_basis(n_basis, degree, knots, extrapolate, lmm=exact)
     t0 = time.perf_counter()
     if scheduler is not None:
-        _check_dask_options(select=select, method=method, jobs=jobs != "auto")
+        _check_dask_options(method=method, jobs=jobs != "auto")
+        if select and criterion != "elbo":
+            raise CliError("--select --criterion heldout holds out visits and scores them in this process: with "
+                           "--dask choose by --criterion elbo (the default)")
         _check_smoothing_order(basis, None if smoothing == "none" else int(smoothing or 2), smoothing)
         extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
                  if v is not None}
         model = _make_model(kind, comps, dims, basis, seed, _show_progress(quiet), {**extra, **prior_options})
+        grid = (dict(kind=kind, comps=comps, dims=dims, basis=basis, criterion=criterion, seed=seed,
+                     extra={**extra, **prior_options}) if select else None)
         from .cli_dask import fit_on_dask
 
         fit_on_dask(model, data, scheduler, dict(subject=subject, time=time_col, response=response, covariates=covs),
                      dropna, Path(out), overwrite, quiet, t0, sample=DEFAULT_SAMPLE if sample is None else sample,
                      seed=seed, interval=interval, report=report, time_unit=time_unit, time_origin=time_origin,
-                     asked=asked, check_bands=check_bands)
+                     asked=asked, check_bands=check_bands, select=grid)
         return
     if sample is not None:
         raise CliError("--sample applies to --dask fits (which draw the curves of a sample of subjects); without "
@@ -954,7 +959,10 @@ MIXTURE_MAX_DEFAULT = 5  # MixtureLMM's default size: --select tries the mixture
 
 
 def _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna, quiet, extra):
-    """--select: the grid of candidates by --model, one line per candidate as it finishes, then the choice."""
+    """--select: the grid of candidates by --model, one line per candidate as it finishes, then the choice.
+    ``frame`` may be a Dask frame (--dask): the candidates are then fitted on the cluster."""
+    import pandas as pd
+
     from .selection import describe_candidate, latent_grid, select_model
 
     models = ["deep", "mixture"] if kind == "auto" else [kind]
@@ -969,8 +977,9 @@ def _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna
     if dims is not None and dims not in grid:
         grid.append(dims)
     columns = [cols["subject"], cols["time"], cols["response"]] + _covariate_columns(cols["covariates"], cols["time"])
-    data = _clean(frame, columns) if dropna else frame
-    if dropna and len(data) < len(frame):
+    on_dask = not isinstance(frame, pd.DataFrame)  # a Dask frame: each candidate's fit drops rows as it reads them
+    data = _clean(frame, columns) if dropna and not on_dask else frame
+    if dropna and len(data) < len(frame) and not on_dask:
         warnings.warn(f"dropped {len(frame) - len(data)} of {len(frame)} row(s) with missing or infinite values")
     n = (len(grid) if "deep" in models else 0) + (k_max if "mixture" in models else 0)
     if not quiet:
@@ -997,7 +1006,7 @@ def _select(frame, kind, cols, comps, dims, basis, criterion, jobs, seed, dropna
 
     model, table = select_model(data, [deep_comps], grid, criterion, basis=basis, n_jobs=jobs, random_state=seed,
                                 models=models, mixture_components=range(1, k_max + 1), on_result=report,
-                                **cols, **extra)
+                                **({"dropna": dropna} if on_dask else {}), **cols, **extra)
     if not quiet:
         chosen = table[table["selected"]].iloc[0]
         score = (f"ELBO {chosen['elbo']:.2f}" if criterion == "elbo"

@@ -42,7 +42,6 @@ __all__ = ["fit_on_dask", "LocalSpec", "parse_scheduler", "dask_client", "is_url
 
 #: Options of ``dmlmm fit`` that need the data in this process, refused with ``--dask`` (option: why).
 NOT_WITH_DASK = {
-    "--select": "it compares candidate models on held-out visits or their ELBOs, one fit each in this process",
     "--method": "the exact ML / REML fits run in memory (--model lmm without --method fits the variational LMM "
                 "on the cluster)",
     "--jobs": "the cluster's workers do the parallel work",
@@ -272,7 +271,7 @@ def _rows_of(part: pd.DataFrame, subject: str, labels: np.ndarray) -> pd.DataFra
 
 def write_sample_outputs(model: Any, frame: pd.DataFrame, folder: Path, input_columns: list, *, n_total: int,
                          seed: int, interval: float, report: bool, title: str, source: str, notes: str = "",
-                         dated: Any = None, outcomes: Any = None) -> tuple[list[str], Any]:
+                         dated: Any = None, outcomes: Any = None, selection: Any = None) -> tuple[list[str], Any]:
     """trajectories.csv (and with ``report`` report.html) of the subjects in ``frame`` (a sample of the
     ``n_total`` fitted, :func:`sample_subjects`), from a Dask fit whose tables :func:`write_dask_outputs`
     brought here; returns the names written and the :class:`~dmlmm.report.FitResults`, whose cluster table
@@ -301,28 +300,30 @@ def write_sample_outputs(model: Any, frame: pd.DataFrame, folder: Path, input_co
                  f"{n_total:,} subjects (trajectories.csv holds their curves), drawn at random within each cluster "
                  f"(at least {SAMPLE_FLOOR} of each, seed {seed}); the cluster sizes, the class summary and "
                  "clusters.csv cover every subject.</p>")
-        write_report(folder / "report.html", res, title=title, source=source, notes=about + notes, outcomes=outcomes)
+        write_report(folder / "report.html", res, title=title, source=source, notes=about + notes, outcomes=outcomes,
+                     selection=selection)
         written.append("report.html")
     return written, res
 
 
 def fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quiet, t0, *, sample: int, seed: int,
                  interval: float, report: bool, time_unit: str | None = None, time_origin: str | None = None,
-                 asked: dict, check_bands: bool = False) -> None:
+                 asked: dict, check_bands: bool = False, select: dict | None = None) -> None:
     """--dask: read DATA with Dask, fit ``model`` on the cluster, write clusters.csv and model.dmlmm, then
     trajectories.csv and report.html of ``sample`` subjects drawn within each cluster (none for 0), print the
     summary. A time column of dates is turned into times on the cluster (--time-unit, --time-origin). The
     outcome tables of ``asked`` (:func:`_outcome_options`) cover every subject: one pass over the partitions
     brings here the few rows of each subject they read (checked before the fit, as in memory). ``check_bands``:
     the rows of a random sample of subjects come here before the fit, and the band check refits the model on
-    them in this process after it."""
+    them in this process after it. ``select``: the grid of ``--select`` (:func:`dmlmm.cli._select`'s arguments),
+    whose candidates are fitted on the cluster one after the other (by the ELBO); the best is kept."""
     from types import SimpleNamespace
 
     import click
 
     from .cli import (CliError, _band_check, _band_check_note, _check_band_rows, _check_outcome_data, _clean,
                       _covariate_columns, _dates_note, _event_dates_as_times, _outcome_columns, _outcome_report,
-                      _print_summary, _warnings_note)
+                      _print_summary, _select, _warnings_note)
     from .cli_input import check_columns
     from .cli_output import OutputFolder
     from .distributed.dates import turn_dates
@@ -336,7 +337,7 @@ def fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quie
     meta = ddf._meta.reset_index() if ddf._meta.index.name is not None else ddf._meta
     check_columns(meta, needed)
     columns = list(meta.columns)
-    res = dated = outcomes = checked = None
+    res = dated = outcomes = checked = selection = None
     about = ""  # what the band check ran on
     with OutputFolder(out, overwrite, inputs=[] if is_url(data) else [Path(data)]) as folder:
         with dask_client(spec) as client:
@@ -361,7 +362,11 @@ def fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quie
                 if dropna:
                     band_rows = _clean(band_rows, fitted).reset_index(drop=True)
                 _check_band_rows(band_rows, cols["subject"], cols["time"])
-            fit_dask(model, ddf, dropna=dropna, client=client, **cols)
+            if select is None:
+                fit_dask(model, ddf, dropna=dropna, client=client, **cols)
+            else:  # every candidate on the cluster, one after the other
+                model, selection = _select(ddf, select["kind"], cols, select["comps"], select["dims"], select["basis"],
+                                           select["criterion"], 1, select["seed"], dropna, quiet, select["extra"])
             written, clusters = write_dask_outputs(model, folder.staging, columns, dated=dated)
             if per_subject_columns:
                 outcomes = _outcome_report(model, per_subject, asked)
@@ -387,7 +392,7 @@ def fit_on_dask(model, data, scheduler, cols, dropna, out: Path, overwrite, quie
             more, res = write_sample_outputs(model, frame, folder.staging, columns, n_total=len(clusters),
                                              seed=seed, interval=interval, report=report,
                                              title=f"dmlmm: {data_name(data)}",
-                                             source=str(data), dated=dated, outcomes=outcomes,
+                                             source=str(data), dated=dated, outcomes=outcomes, selection=selection,
                                              notes=(_dates_note(dated) + _band_check_note(checked, about)
                                                     + _warnings_note()))
             written += more

@@ -18,6 +18,11 @@ user would fit for G = 1, 2, ..., so that the model is chosen too. Two criteria:
 
 Candidates can run in parallel processes (``n_jobs``); ``on_result`` hears of
 each one as it finishes (the command line prints a line per candidate).
+
+``data`` may be a ``dask.dataframe.DataFrame`` (criterion ``"elbo"``): every candidate is then fitted on
+the current Dask cluster, one after the other (the workers do the parallel work), each learning the
+design from the partitions as a Dask fit does; only the best fit so far is kept, so that the workers
+hold the per-subject results of two candidates at most.
 """
 
 from __future__ import annotations
@@ -103,10 +108,15 @@ def _fit_candidate(task: _Task) -> tuple[int, dict, DeepMixtureLMM | MixtureLMM 
         "elbo": getattr(model, "elbo_data_scale_", model.elbo_),  # comparable across response scales
         "heldout_score": float(score),
         "effective_components": tuple(int(k) for k in model.n_components_),
-        "n_clusters": int(model.labels_.nunique()),
+        "n_clusters": int(_computed(model.labels_.nunique())),
         "seconds": _time.perf_counter() - t0,
     }
     return task.index, row, model
+
+
+def _computed(value):
+    """``value``, computed where it is a lazy Dask result (a Dask fit's per-subject tables are)."""
+    return value.compute() if hasattr(value, "compute") else value
 
 
 def _candidate_error(ks: tuple, ds: tuple | None, n_basis: int, kind: str = "deep") -> str | None:
@@ -162,8 +172,9 @@ def select_model(
 
     Parameters
     ----------
-    data : DataFrame
-        Long data, one row per observation.
+    data : DataFrame or dask.dataframe.DataFrame
+        Long data, one row per observation. A Dask frame: the candidates are fitted on the current
+        cluster one after the other (criterion ``"elbo"``, ``n_jobs=1``).
     components : list of tuples
         Candidate (K_1, ..., K_L) (one tuple of integers: a single candidate).
     latent_dims : list of tuples
@@ -217,13 +228,23 @@ def select_model(
     if isinstance(data, Longitudinal):
         data = data.to_frame()
     columns = {"subject": subject, "time": time, "response": response, "covariates": covariates}
-    if dropna:  # once, up front (the warning names the rows dropped), so that every candidate fits the same rows
+    on_dask = (type(data).__module__ or "").startswith(("dask.", "dask_expr"))  # this room does not import Dask's
+    if on_dask:
+        if criterion != "elbo":
+            raise ValueError("criterion='heldout' holds out visits and scores them in this process: on a Dask frame "
+                             "choose by criterion='elbo' (CLI: --criterion elbo)")
+        if n_jobs != 1:
+            raise ValueError(f"n_jobs={n_jobs!r}: on a Dask frame the candidates are fitted one after the other on "
+                             "the cluster, whose workers do the parallel work; leave n_jobs at 1")
+        columns["dropna"] = dropna  # each candidate's Dask fit drops (and counts) the rows as it reads them
+    elif dropna:  # once, up front (the warning names the rows dropped), so that every candidate fits the same rows
         data = without_missing(data, subject, time, response, covariates, stacklevel=3)
         data = without_unknown_baseline(data, subject, model_kwargs.get("membership_covariates"), stacklevel=3)
-    checked = Longitudinal.from_frame(data, subject, time, response, covariates)  # clear errors up front
     basis = SplineBasis() if basis is None else SplineBasis.from_dict(basis.to_dict())
-    if not basis.is_fitted:
-        basis.fit(checked.time)
+    if not on_dask:
+        checked = Longitudinal.from_frame(data, subject, time, response, covariates)  # clear errors up front
+        if not basis.is_fitted:
+            basis.fit(checked.time)
     params = dict(model_kwargs, basis=basis, random_state=random_state)
 
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
@@ -263,6 +284,9 @@ def select_model(
         rows[i].update(row)
         if model is not None:
             fitted[i] = model
+            if on_dask:  # the best so far only: the others' per-subject results leave the workers
+                keep = max(fitted, key=lambda j: rows[j]["elbo"])
+                fitted = {keep: fitted[keep]}
         if on_result is not None:
             on_result(dict(rows[i]), done, len(tasks))
     if not fitted:
