@@ -475,7 +475,7 @@ def predict_on_dask(model: Any, data: Any, scheduler: str, out: Path, overwrite:
             tasks = [dask.delayed(_predict_partition)(p, sent[0], sent[1], c.subject, c.response, text_labels, times,
                                                       interval, kind, dropna, level, lmm)
                      for p in ddf.to_delayed()]
-            for i, future in enumerate(client.compute(tasks)):  # in partition order, one table here at a time
+            for future in _in_order(client, tasks):  # one table here at a time, a few waiting on the workers
                 table, subjects, said = future.result()
                 future.release()
                 for w in said:
@@ -496,6 +496,19 @@ def predict_on_dask(model: Any, data: Any, scheduler: str, out: Path, overwrite:
     if not quiet:
         click.echo(f"predictions for {n_subjects:,} subject(s) at {len(t)} time(s) written to {out}/ "
                    f"({n_files} Parquet file(s))", err=True)
+
+
+def _in_order(client: Any, tasks: list, ahead_per_worker: int = 2) -> Iterator[Any]:
+    """The futures of ``tasks`` in order, with at most ``ahead_per_worker`` tasks per worker thread submitted
+    beyond the one being read: the finished tables wait on the workers for this process, so that their memory
+    stays bounded however many partitions there are."""
+    ahead = max(1, ahead_per_worker * sum(client.nthreads().values()))
+    pending = [client.compute(t) for t in tasks[:ahead]]
+    for i in range(len(tasks)):
+        if i + ahead < len(tasks):
+            pending.append(client.compute(tasks[i + ahead]))
+        yield pending[i]
+        pending[i] = None  # read: let it go
 
 
 def _numbered_light_model(model: Any, light: Any) -> Any:
