@@ -213,9 +213,10 @@ def test_convergence_test_does_not_hang_where_the_elbo_crosses_zero():
 
 def test_a_fit_whose_elbo_ends_near_zero_converges():
     """DGP 2 at the research settings, seed 3, loading order 1: the fit ends at an ELBO of about -4.8 over 1,767
-    observations (the standardised response's log densities sum to about zero). With the gain taken relative to
-    |ELBO| alone it used all of max_iter = 1000 (ELBO -4.20, still gaining about 0.002 nats per iteration) and
-    warned; it now converges at the same clusters."""
+    observations (the standardised response's log densities sum to about zero; +28 since the idiosyncratic shape
+    at 10 functions is 4, not 16: still 0.016 nats per observation). With the gain taken relative to |ELBO| alone it
+    used all of max_iter = 1000 (ELBO -4.20, still gaining about 0.002 nats per iteration) and warned; it now
+    converges at the same clusters."""
     from dmlmm import DeepMixtureLMM, SplineBasis
     from dmlmm.exceptions import ConvergenceWarning
     from dmlmm.simulate import dgp2
@@ -228,7 +229,7 @@ def test_a_fit_whose_elbo_ends_near_zero_converges():
         m.fit(sim.data, "subject", "time", "y")
     assert m.converged_ and m.n_iter_ < m.max_iter
     assert m.n_components_ == (4, 1)
-    assert abs(m.elbo_) < 0.01 * len(sim.data)  # the regime this is about
+    assert abs(m.elbo_) < 0.02 * len(sim.data)  # the regime this is about
 
 
 @pytest.mark.parametrize("prior", [DeepMixturePrior(4, (3, 2), (2, 1)), GaussianMixturePrior(4, 3)], ids=["dmfa", "gmm"])

@@ -349,6 +349,24 @@ def test_idiosyncratic_shapes_grow_only_beyond_what_the_visit_times_resolve():
         DeepMixturePrior(6, (2, 1), (2, 1), roughness=rough, visit_times=4, confounded_shape=0.0)
 
 
+def test_the_idiosyncratic_shape_grows_with_the_basis_up_to_the_default():
+    """alpha = 16 (D / 20)^2 between 4 and 16: 4 up to 10 functions, 9 at 15, 16 from the default 20 on; a deep
+    mixture is fitted with its basis's shape, and its model file keeps it."""
+    from dmlmm.priors.dmfa import idiosyncratic_shape_for
+
+    assert [idiosyncratic_shape_for(d) for d in (4, 6, 10, 15, 20, 30, 40)] == [4.0, 4.0, 4.0, 9.0, 16.0, 16.0, 16.0]
+    rng = np.random.default_rng(0)
+    times = rng.uniform(0, 1, (40, 6))
+    df = pd.DataFrame({"subject": np.repeat(np.arange(40), 6), "time": times.ravel()})
+    df["y"] = np.sin(3 * df["time"]) + rng.normal(0, 0.2, len(df))
+    for n_basis, shape in ((8, 4.0), (15, 9.0)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = DeepMixtureLMM((2, 1), (1, 1), basis=SplineBasis(n_basis), random_state=0, max_iter=20,
+                               response_transform=None).fit(df)
+        assert m.prior_.idiosyncratic_shape == shape
+
+
 def test_sparse_visits_curves_stay_in_range_and_bands_widen_between_visits():
     df = _sparse_visits(n_subjects=80)
     with warnings.catch_warnings():

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from ..basis import SplineBasis
 from ..exceptions import IdentifiabilityWarning
-from ..priors.dmfa import DeepMixturePrior
+from ..priors.dmfa import DeepMixturePrior, idiosyncratic_shape_for
 from ..priors.gaussian import GaussianMixturePrior
 from ..priors.smoothing import rough_mask
 from .base import VariationalLongitudinalModel
@@ -366,6 +366,7 @@ class DeepMixtureLMM(VariationalLongitudinalModel):
             dim, ks, ds, self.concentration, self._mean_scales(len(ds), roughness is not None), self.loading_scale,
             self.delta_scale, roughness, loading_order=order, visit_times=visit_times,
             polynomial_covariance="diagonal" if self.polynomial_covariance == "auto" else self.polynomial_covariance,
+            idiosyncratic_shape=idiosyncratic_shape_for(dim),
         )
 
     def _mean_scales(self, n_layers: int, smooth: bool):

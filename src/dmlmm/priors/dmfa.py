@@ -123,7 +123,8 @@ from .huang_wand import hw_aux_target, hw_cov_target, hw_elbo_terms
 from .smoothing import ScaleFactor, init_scale, rough_mask, scale_elbo, update_scale
 
 
-__all__ = ["DeepMixturePrior", "LayerParams", "LayerSmooth", "DMFAParams", "PINNED_MEAN_VAR", "CONFOUNDED_SHAPE"]
+__all__ = ["DeepMixturePrior", "LayerParams", "LayerSmooth", "DMFAParams", "PINNED_MEAN_VAR", "CONFOUNDED_SHAPE",
+           "IDIOSYNCRATIC_SHAPE", "idiosyncratic_shape_for"]
 
 #: Prior variance of a pinned deeper mean (a deeper layer with one component, smoothness prior on):
 #: N(0, PINNED_MEAN_VAR) in place of the Cauchy, so the mean stays at zero (the latents have unit scale).
@@ -133,6 +134,35 @@ PINNED_MEAN_VAR = 1e-10
 #: (``visit_times`` given, below the dimension): four times ``idiosyncratic_shape``'s default, so that the rough variances at the visit
 #: times follow the spectrum closely enough not to take the residual variance (module docstring).
 CONFOUNDED_SHAPE = 64.0
+
+#: The idiosyncratic shape alpha at the library's default basis (20 functions) and above.
+IDIOSYNCRATIC_SHAPE = 16.0
+
+#: The smallest idiosyncratic shape of the schedule :func:`idiosyncratic_shape_for` (up to 10 functions).
+MIN_IDIOSYNCRATIC_SHAPE = 4.0
+
+
+def idiosyncratic_shape_for(dim: int) -> float:
+    """The idiosyncratic shape alpha that a deep mixture of ``dim`` basis functions is fitted with:
+    ``16 (dim / 20)^2`` between 4 (10 functions or fewer) and 16 (20 or more).
+
+    A coarse basis has few rough coordinates, each informed by much of every subject's data: its
+    idiosyncratic variances need less pooling towards the smoothness spectrum than the many weakly
+    informed coordinates of a generous basis. Measured on 2026-12-07 (late; docs/models.md): at 6, 8
+    and 10 functions alpha = 4 beats 16 on pbcseq, ChickWeight and phenobarb, is within 0.002 on the
+    other real sets, and on DGP 1-3 at 10 functions; at 20 functions 16 beats 4 on DGP 3. Above 20
+    functions a growing alpha lost DGP 2, so it stays 16.
+
+    Parameters
+    ----------
+    dim : int, the number of basis functions D.
+
+    Returns
+    -------
+    float, alpha.
+    """
+    return float(min(IDIOSYNCRATIC_SHAPE, max(MIN_IDIOSYNCRATIC_SHAPE, IDIOSYNCRATIC_SHAPE * (dim / 20.0) ** 2)))
+
 
 #: Huang-Wand nu of the polynomial block's inverse-Wishart prior (``polynomial_covariance="full"``): 2 makes
 #: the prior of each correlation uniform, as in the mixture of LMMs' covariances (:mod:`dmlmm.priors.gaussian`).
