@@ -31,7 +31,8 @@ have P-spline priors with learned smoothing variances (half-Cauchy on their root
   lies near ``1 / (lam_j u_k)``, a random-walk (P-spline) spectrum with one learned
   precision scale ``u_k`` per component (half-Cauchy on ``sqrt(u_k)``), so subject
   deviations beyond the factors are smooth; the shape ``alpha`` (``idiosyncratic_shape``,
-  default 16) lets each coordinate depart from the spectrum by a factor of about
+  default 16; a ``DeepMixtureLMM`` of D basis functions passes :func:`idiosyncratic_shape_for`,
+  ``16 (D/20)^2`` between 4 and 16) lets each coordinate depart from the spectrum by a factor of about
   ``1 ± 1/sqrt(alpha)``.
 
 With ``polynomial_covariance="full"`` the first layer's polynomial rows (the P null-space coordinates:
@@ -130,13 +131,14 @@ __all__ = ["DeepMixturePrior", "LayerParams", "LayerSmooth", "DMFAParams", "PINN
 #: N(0, PINNED_MEAN_VAR) in place of the Cauchy, so the mean stays at zero (the latents have unit scale).
 PINNED_MEAN_VAR = 1e-10
 
+#: The idiosyncratic shape alpha at the library's default basis (20 functions) and above: ``idiosyncratic_shape``'s
+#: default.
+IDIOSYNCRATIC_SHAPE = 16.0
+
 #: The idiosyncratic shape alpha of the rough rows where a few shared visit times confound the noise
 #: (``visit_times`` given, below the dimension): four times ``idiosyncratic_shape``'s default, so that the rough variances at the visit
 #: times follow the spectrum closely enough not to take the residual variance (module docstring).
-CONFOUNDED_SHAPE = 64.0
-
-#: The idiosyncratic shape alpha at the library's default basis (20 functions) and above.
-IDIOSYNCRATIC_SHAPE = 16.0
+CONFOUNDED_SHAPE = 4 * IDIOSYNCRATIC_SHAPE
 
 #: The smallest idiosyncratic shape of the schedule :func:`idiosyncratic_shape_for` (up to 10 functions).
 MIN_IDIOSYNCRATIC_SHAPE = 4.0
@@ -302,7 +304,7 @@ class DeepMixturePrior(RandomEffectsPrior):
         delta_scale: float | tuple[float, ...] = 2.5,
         roughness: np.ndarray | None = None,
         smooth_scale: float = 1.0,
-        idiosyncratic_shape: float = 16.0,
+        idiosyncratic_shape: float = IDIOSYNCRATIC_SHAPE,
         loading_order: float = 2.0,
         idiosyncratic_power: float = 0.25,
         visit_times: int | None = None,
