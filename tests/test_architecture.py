@@ -9,7 +9,7 @@ PACKAGE = Path(dmlmm.__file__).parent
 
 # module (top-level file or subpackage) -> room; rooms share one job (docs/architecture.md)
 ROOM = {
-    "exceptions": "helpers", "_linalg": "helpers", "_runs": "helpers", "_estimator": "helpers", "_recorded": "helpers", "expfam": "factors", "accel": "factors",
+    "exceptions": "helpers", "_linalg": "helpers", "_runs": "helpers", "_estimator": "helpers", "_recorded": "helpers", "_dask_frames": "helpers", "expfam": "factors", "accel": "factors",
     "data": "data", "columns": "data", "covariates": "data", "sufficient": "data", "basis": "data",
     "formula_state": "data", "standardise": "data", "response_transform": "data", "metrics": "data", "demo": "data", "simulate": "simulate",
     "priors": "priors", "inference": "inference", "prediction": "prediction", "continuation": "prediction", "prediction_scales": "prediction",

@@ -41,10 +41,11 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from ._dask_frames import is_dask_collection
 from .exceptions import DataError
 
 __all__ = ["UNITS", "DateTime", "DateError", "parse_dates", "dates_to_numbers", "read_date_column", "origins_text",
-           "origins_by_row", "with_time_column", "time_column_name", "times_from_dates"]
+           "origins_by_row", "with_time_column", "time_column_name", "check_time_arguments", "times_from_dates"]
 
 #: Days per unit of ``--time-unit``.
 UNITS: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
@@ -280,16 +281,23 @@ def times_from_dates(data: pd.DataFrame, subject: str, time: str, unit: str = "y
         ``data`` with the new column ``rule.name`` (e.g. ``years_since_first_visit``) beside the dates;
         the rule, whose :meth:`~DateTime.apply` times new data the same way.
     """
-    if unit not in UNITS:
-        raise DateError(f"unit must be one of {', '.join(map(repr, UNITS))}, got {unit!r}")
-    if (type(data).__module__ or "").startswith(("dask.", "dask_expr")):  # the data room does not import Dask's
+    if is_dask_collection(data):
+        check_time_arguments([], subject, time, unit, check_columns=False)
         raise DateError("data is a Dask DataFrame: dmlmm.distributed.times_from_dates(ddf, ...) turns its dates into "
                         "times on its partitions, with the same arguments")
-    for role, name in (("subject", subject), ("time", time)):
-        if name not in data.columns:
-            raise DateError(f"{role} column {name!r} not found in the data; the columns are: {list(data.columns)}")
+    check_time_arguments(list(data.columns), subject, time, unit)
     # with a unit given, a column that does not hold dates is refused there: the rule is never None
     return dates_to_numbers(data, subject, time, unit, origin, response, options=("unit", "origin"))
+
+
+def check_time_arguments(columns: list, subject: str, time: str, unit: str, check_columns: bool = True) -> None:
+    """The DateError of :func:`times_from_dates` (in memory or on Dask) for a unit it does not know or a subject
+    or time column not among ``columns``."""
+    if unit not in UNITS:
+        raise DateError(f"unit must be one of {', '.join(map(repr, UNITS))}, got {unit!r}")
+    for role, name in ((("subject", subject), ("time", time)) if check_columns else ()):
+        if name not in columns:
+            raise DateError(f"{role} column {name!r} not found in the data; the columns are: {columns}")
 
 
 def _dates_of(frame: pd.DataFrame, column: str) -> pd.Series:

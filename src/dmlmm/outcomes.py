@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ._dask_frames import is_dask_collection
 from .columns import as_numeric, one_decimal
 from .exceptions import DataError
 
@@ -219,7 +220,7 @@ def subject_value_rows(frame: pd.DataFrame, subject: str, columns: Sequence[str]
 def _gathered(frame, model, subject: str | None, order_by: str | None, columns: Sequence[str]):
     """``frame`` as it is, or for a Dask frame its :func:`subject_value_rows` brought here (with the subject and
     order columns the tables will use: the model's by default)."""
-    if not (type(frame).__module__ or "").startswith(("dask.", "dask_expr")):
+    if not is_dask_collection(frame):
         return frame
     if not isinstance(model, pd.Series) and hasattr(model, "design_"):
         cols = model.design_.columns

@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ._dask_frames import is_dask_collection
 from .basis import SplineBasis
 from .data import Longitudinal, without_missing
 from .models.membership_design import without_unknown_baseline
@@ -228,7 +229,7 @@ def select_model(
     if isinstance(data, Longitudinal):
         data = data.to_frame()
     columns = {"subject": subject, "time": time, "response": response, "covariates": covariates}
-    on_dask = (type(data).__module__ or "").startswith(("dask.", "dask_expr"))  # this room does not import Dask's
+    on_dask = is_dask_collection(data)
     if on_dask:
         if criterion != "elbo":
             raise ValueError("criterion='heldout' holds out visits and scores them in this process: on a Dask frame "

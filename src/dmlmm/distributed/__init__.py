@@ -30,13 +30,9 @@ without importing dask.
 
 from __future__ import annotations
 
+from .._dask_frames import is_dask_collection
+
 __all__ = ["is_dask_collection", "fit_dask", "collect", "times_from_dates"]
-
-
-def is_dask_collection(obj: object) -> bool:
-    """Whether ``obj`` is a Dask collection (DataFrame, Series, ...), without importing dask."""
-    module = type(obj).__module__ or ""
-    return module == "dask" or module.startswith(("dask.", "dask_expr"))
 
 
 def __getattr__(name: str):

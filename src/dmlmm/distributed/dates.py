@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..dates import (FIRST_VISIT, STUDY_START, UNITS, DateError, DateTime, origins_by_row, with_time_column,
-                     origins_text, parse_dates, read_date_column, time_column_name)
+from ..dates import (FIRST_VISIT, STUDY_START, DateError, DateTime, check_time_arguments, origins_by_row, origins_text,
+                     parse_dates, read_date_column, time_column_name, with_time_column)
 from .fit import current_client
 
 __all__ = ["DaskDates", "turn_dates", "times_from_dates"]
@@ -56,12 +56,8 @@ def times_from_dates(ddf: Any, subject: str, time: str, unit: str = "years", ori
         ``ddf`` with the new column ``rule.name``, added lazily partition by partition (the same numbers as
         in memory), after one pass that brings each subject's origin here (O(N)); the rule, for new data.
     """
-    if unit not in UNITS:
-        raise DateError(f"unit must be one of {', '.join(map(repr, UNITS))}, got {unit!r}")
-    present = list(ddf.columns) + ([ddf.index.name] if ddf.index.name is not None else [])
-    for role, name in (("subject", subject), ("time", time)):
-        if name not in present:
-            raise DateError(f"{role} column {name!r} not found in the data; the columns are: {present}")
+    check_time_arguments(list(ddf.columns) + ([ddf.index.name] if ddf.index.name is not None else []), subject, time,
+                         unit)
     turned = turn_dates(ddf, subject, time, unit, origin, response, client)
     return turned.frame, turned.rule
 

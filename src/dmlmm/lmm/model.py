@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from .._dask_frames import is_dask_collection
 from .._estimator import HyperParameters
 from ..models.params import check_flag, check_interval, check_model_params
 from ..basis import SplineBasis
@@ -241,7 +242,7 @@ class LinearMixedModel(PredictiveLMM, HyperParameters):
         -------
         self
         """
-        if (type(data).__module__ or "").startswith(("dask.", "dask_expr")):  # this room does not import Dask's
+        if is_dask_collection(data):
             raise DataError("LinearMixedModel fits in memory: compute() the Dask frame first, or fit the Gaussian "
                             "LMM on the cluster as MixtureLMM(1) (the variational LMM, with the same smoothness "
                             "prior; on the command line: dmlmm fit --model lmm --dask, without --method)")
