@@ -402,14 +402,15 @@ def test_prediction_refuses_a_subject_split_over_partitions(client, dgp1_frame):
         m = MixtureLMM(2, basis=SplineBasis(6), random_state=0, max_iter=20).fit(df)
     split = dd.from_pandas(df.sort_values("time"), npartitions=3, sort=False)
     for call in (lambda: m.predict_proba(split), lambda: m.predict(split),
-                 lambda: m.predict_trajectory(split, times=[0.5])):
+                 lambda: m.predict_trajectory(split, times=[0.5]), lambda: m.score(split)):
         with pytest.raises(DataError, match=r"subject\(s\) have rows in more than one partition"):
             call()
     whole = dd.from_pandas(df, npartitions=3, sort=False)
     pd.testing.assert_frame_equal(m.predict_proba(whole).compute(), m.predict_proba(df), check_names=False)
+    assert m.score(whole) == pytest.approx(m.score(df), abs=1e-12)
     with pytest.raises(DataError, match=r"expected a pandas DataFrame, got dask\..*DataFrame: this method works on "
                                         r"pandas frames; compute\(\) it"):
-        m.score(whole)
+        m.sample_trajectories(whole)
 
 
 def test_a_response_without_noise_is_refused_as_in_memory(client, dgp1_frame):
@@ -983,32 +984,58 @@ def test_cli_dask_draws_the_curves_of_a_sample_within_each_cluster(client, parqu
     assert f"observations (sample)</div><div class=\"v\">{visits['subject'].isin(drawn).sum()}<" in page
 
 
-def test_cli_select_on_dask_fits_the_candidates_on_the_cluster_as_in_memory(client, dgp1_frame, tmp_path):
+@pytest.mark.parametrize("criterion", ["elbo", "heldout"])
+def test_cli_select_on_dask_fits_the_candidates_on_the_cluster_as_in_memory(client, dgp1_frame, tmp_path, criterion):
+    """With "heldout" the split of the partitions holds out the in-memory split's visits."""
     df, _ = dgp1_frame
     df.to_csv(tmp_path / "d.csv", index=False)
     df.set_index("subject").to_parquet(tmp_path / "d.parquet")
-    opts = [*CLI_FAST, "--select", "--max-iter", "30"]  # the mixture with 1 and 2 components
+    opts = [*CLI_FAST, "--select", "--criterion", criterion, "--max-iter", "30"]  # the mixture with 1 and 2 components
     r = _cli("fit", tmp_path / "d.parquet", *opts, "--dask", client.scheduler.address, "--out", tmp_path / "dask")
     assert r.exit_code == 0, r.output
     on_dask = [line.rsplit(",", 1)[0] for line in r.stderr.splitlines() if line.startswith(("  [", "selected"))]
     r = _cli("fit", tmp_path / "d.csv", *opts, "--jobs", "1", "--out", tmp_path / "mem")
     assert r.exit_code == 0, r.output
     in_memory = [line.rsplit(",", 1)[0] for line in r.stderr.splitlines() if line.startswith(("  [", "selected"))]
-    # the same candidates, ELBOs (to the hundredth printed), components and choice; the seconds differ
+    # the same candidates, ELBOs (to the hundredth printed) or held-out scores, components and choice; the seconds
+    # differ
     assert on_dask == in_memory and len(on_dask) == 3 and on_dask[-1].startswith("selected: mixture of LMMs")
+    assert ("held-out log score" in on_dask[-1]) == (criterion == "heldout")
     got, want = (pd.read_csv(tmp_path / f / "clusters.csv").sort_values("subject", ignore_index=True)
                  for f in ("dask", "mem"))
     pd.testing.assert_frame_equal(got, want, rtol=1e-7, atol=1e-9)
 
 
-def test_select_model_on_dask_chooses_by_the_elbo_one_candidate_at_a_time(parquet_frame):
+def test_select_model_on_dask_fits_one_candidate_at_a_time(parquet_frame):
     from dmlmm.selection import select_model
 
-    with pytest.raises(ValueError, match=r"^criterion='heldout' holds out visits and scores them in this process: on "
-                                         r"a Dask frame choose by criterion='elbo'"):
-        select_model(parquet_frame, criterion="heldout")
     with pytest.raises(ValueError, match=r"^n_jobs=2: on a Dask frame the candidates are fitted one after the other"):
         select_model(parquet_frame, n_jobs=2)
+
+
+def test_heldout_split_and_scores_on_dask_are_the_in_memory_ones(client, dgp1_frame):
+    df, _ = dgp1_frame
+    ddf = dd.from_pandas(df.set_index("subject"), npartitions=3, sort=True)
+    rng_mem, rng_dask = np.random.default_rng(5), np.random.default_rng(5)
+    train, held = simulate.split_heldout(ddf.compute().reset_index(), 0.3, rng_mem)
+    d_train, d_held = simulate.split_heldout(ddf, 0.3, rng_dask)
+    for mine, theirs in ((train, d_train), (held, d_held)):
+        pd.testing.assert_frame_equal(mine.reset_index(drop=True), theirs.compute().reset_index().reset_index(drop=True))
+    assert rng_mem.random() == rng_dask.random()  # both generators advanced past every row's draw
+    model = MixtureLMM(2, basis=SplineBasis(6), max_iter=30, random_state=0).fit(train)
+    want = model.score_samples(held, condition_on=train)
+    got = model.score_samples(d_held, condition_on=d_train)
+    assert is_dask_collection(got)
+    pd.testing.assert_series_equal(got.compute().sort_index(), want.sort_index(), rtol=1e-10, check_index_type=False)
+    assert model.score(d_held, condition_on=d_train) == pytest.approx(model.score(held, condition_on=train), abs=1e-12)
+    assert model.score(d_held) == pytest.approx(model.score(held), abs=1e-12)
+    with pytest.raises(DataError, match=r"^score_samples on a Dask frame conditions on a Dask frame of the same "):
+        model.score_samples(d_held, condition_on=train)
+    with pytest.raises(DataError, match=r"^condition_on has 2 partition\(s\) and the frame scored 3: partition i "):
+        model.score_samples(d_held, condition_on=dd.from_pandas(train, npartitions=2))
+    shuffled = dd.from_pandas(train.sort_values("subject", ascending=False), npartitions=3, sort=False)
+    with pytest.raises(DataError, match=r"^subject \S+ is in partition 0 of the frame scored but in another partition "):
+        model.score_samples(d_held, condition_on=shuffled)
 
 
 def test_the_exact_linear_mixed_model_says_how_to_fit_on_dask(parquet_frame):
@@ -1052,8 +1079,6 @@ def test_sample_subjects_is_stratified_reproducible_and_floored():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--select", "--criterion", "heldout"], "--select --criterion heldout holds out visits and scores them in this "
-                                             "process: with --dask choose by --criterion elbo (the default)"),
     (["--jobs", "2"], "--jobs does not work with --dask: the cluster's workers do the parallel work; leave it out, "
                       "or fit without --dask"),
     (["--model", "lmm", "--method", "ml"], "--method does not work with --dask: the exact ML / REML fits run in "

@@ -502,9 +502,6 @@ def fit(data, subject, time_col, time_unit, time_origin, response, covariates, m
     t0 = time.perf_counter()
     if scheduler is not None:
         _check_dask_options(method=method, jobs=jobs != "auto")
-        if select and criterion != "elbo":
-            raise CliError("--select --criterion heldout holds out visits and scores them in this process: with "
-                           "--dask choose by --criterion elbo (the default)")
         _check_smoothing_order(basis, None if smoothing == "none" else int(smoothing or 2), smoothing)
         extra = {k: v for k, v in (("max_iter", max_iter), ("n_init", n_init), ("membership_covariates", members))
                  if v is not None}

@@ -19,10 +19,12 @@ user would fit for G = 1, 2, ..., so that the model is chosen too. Two criteria:
 Candidates can run in parallel processes (``n_jobs``); ``on_result`` hears of
 each one as it finishes (the command line prints a line per candidate).
 
-``data`` may be a ``dask.dataframe.DataFrame`` (criterion ``"elbo"``): every candidate is then fitted on
-the current Dask cluster, one after the other (the workers do the parallel work), each learning the
-design from the partitions as a Dask fit does; only the best fit so far is kept, so that the workers
-hold the per-subject results of two candidates at most.
+``data`` may be a ``dask.dataframe.DataFrame`` (each subject's rows in one partition): every candidate is
+then fitted on the current Dask cluster, one after the other (the workers do the parallel work), each
+learning the design from the partitions as a Dask fit does; only the best fit so far is kept, so that the
+workers hold the per-subject results of two candidates at most. With ``"heldout"`` the split is made
+partition by partition (the rows the in-memory split of the computed frame holds out) and each
+candidate's held-out visits are scored on the workers, partition by partition.
 """
 
 from __future__ import annotations
@@ -174,8 +176,8 @@ def select_model(
     Parameters
     ----------
     data : DataFrame or dask.dataframe.DataFrame
-        Long data, one row per observation. A Dask frame: the candidates are fitted on the current
-        cluster one after the other (criterion ``"elbo"``, ``n_jobs=1``).
+        Long data, one row per observation. A Dask frame (each subject's rows in one partition): the
+        candidates are fitted on the current cluster one after the other (``n_jobs=1``).
     components : list of tuples
         Candidate (K_1, ..., K_L) (one tuple of integers: a single candidate).
     latent_dims : list of tuples
@@ -231,13 +233,14 @@ def select_model(
     columns = {"subject": subject, "time": time, "response": response, "covariates": covariates}
     on_dask = is_dask_collection(data)
     if on_dask:
-        if criterion != "elbo":
-            raise ValueError("criterion='heldout' holds out visits and scores them in this process: on a Dask frame "
-                             "choose by criterion='elbo' (CLI: --criterion elbo)")
         if n_jobs != 1:
             raise ValueError(f"n_jobs={n_jobs!r}: on a Dask frame the candidates are fitted one after the other on "
                              "the cluster, whose workers do the parallel work; leave n_jobs at 1")
         columns["dropna"] = dropna  # each candidate's Dask fit drops (and counts) the rows as it reads them
+        if dropna and criterion == "heldout":  # and the held-out rows scored are complete ones too
+            covs = [covariates] if isinstance(covariates, str) else list(covariates or [])
+            used = [c for c in (subject, time, response, *covs) if c in data.columns]
+            data = data.dropna(subset=used)
     elif dropna:  # once, up front (the warning names the rows dropped), so that every candidate fits the same rows
         data = without_missing(data, subject, time, response, covariates, stacklevel=3)
         data = without_unknown_baseline(data, subject, model_kwargs.get("membership_covariates"), stacklevel=3)
@@ -268,8 +271,8 @@ def select_model(
 
     if criterion == "heldout":
         train, heldout = split_heldout(data, heldout_fraction, random_state, subject=subject)
-        if len(heldout) == 0:
-            most = int(checked.counts.max())
+        if len(heldout) == 0:  # on Dask, one pass over the partitions
+            most = _most_visits(data, subject) if on_dask else int(checked.counts.max())
             why = ("every subject has one visit, so none can be held out: use criterion='elbo' (CLI: --criterion elbo)"
                    if most < 2 else
                    f"with at most {most} visits per subject, a fraction of {heldout_fraction:g} rounds to none: use a "
@@ -280,20 +283,20 @@ def select_model(
         train, heldout = data, None
     tasks = [_Task(i, r["components"], r["latent_dims"], train, heldout, columns, params, r["model"])
              for i, r in enumerate(rows) if not r["error"]]
+    key = "elbo" if criterion == "elbo" else "heldout_score"
     fitted: dict[int, DeepMixtureLMM | MixtureLMM] = {}
     for done, (i, row, model) in enumerate(_run(tasks, n_jobs), start=1):
         rows[i].update(row)
         if model is not None:
             fitted[i] = model
             if on_dask:  # the best so far only: the others' per-subject results leave the workers
-                keep = max(fitted, key=lambda j: rows[j]["elbo"])
+                keep = max(fitted, key=lambda j: rows[j][key])
                 fitted = {keep: fitted[keep]}
         if on_result is not None:
             on_result(dict(rows[i]), done, len(tasks))
     if not fitted:
         raise ValueError("every candidate failed: " + "; ".join(f"{describe_candidate(r)}: {r['error']}" for r in rows))
 
-    key = "elbo" if criterion == "elbo" else "heldout_score"
     best = max(fitted, key=lambda i: rows[i][key])
     rows[best]["selected"] = True
     if criterion == "heldout":
@@ -304,6 +307,12 @@ def select_model(
         model = fitted[best]
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return model, table
+
+
+def _most_visits(data, subject: str) -> int:
+    """The most rows of one subject in a Dask frame (``subject`` a column or the index)."""
+    labels = data[subject] if subject in data.columns else data.index.to_series()
+    return int(labels.value_counts().max().compute())
 
 
 def describe_candidate(row: dict) -> str:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ._dask_frames import is_dask_collection
+
 __all__ = [
     "SimulatedData",
     "dgp1",
@@ -474,10 +476,16 @@ def heldout_mask(codes: np.ndarray, fraction: float, rng: np.random.Generator) -
     -------
     ndarray of bool, shape (n,)
     """
+    return _mask_from_draws(codes, fraction, rng.random(codes.shape[0]))
+
+
+def _mask_from_draws(codes: np.ndarray, fraction: float, draws: np.ndarray) -> np.ndarray:
+    """:func:`heldout_mask` given the rows' uniform draws (n,): within each group, the rows of the
+    smallest draws are held out, so a group's rows depend only on its own draws."""
     n = codes.shape[0]
     counts = np.bincount(codes)
     n_hold = np.minimum(np.rint(fraction * counts).astype(np.int64), counts - 1)
-    order = np.lexsort((rng.random(n), codes))  # by group, random within group
+    order = np.lexsort((draws, codes))  # by group, random within group
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n) - starts[codes[order]]
@@ -498,8 +506,10 @@ def split_heldout(
 
     Parameters
     ----------
-    data : DataFrame, shape (n, ...)
-        Long data with a ``subject`` column.
+    data : DataFrame, shape (n, ...), or dask DataFrame
+        Long data with a ``subject`` column. A Dask frame (``subject`` a column or its index, each
+        subject's rows in one partition) is split lazily, partition by partition, into the rows that
+        the split of ``data.compute()`` gives (one pass reads the partitions' lengths).
     fraction : float
         Target held-out fraction, in [0, 1).
     random_state : None, int or numpy Generator
@@ -508,16 +518,61 @@ def split_heldout(
 
     Returns
     -------
-    train, heldout : DataFrame
+    train, heldout : DataFrame (dask DataFrames for a Dask frame)
         Complementary subsets of the rows of ``data``, in their original order
         and with their original index.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
+    if is_dask_collection(data):
+        return _split_heldout_dask(data, fraction, _rng(random_state), subject)
     if subject not in data.columns:
         raise ValueError(f"no column {subject!r} in data (columns: {list(data.columns)})")
-    codes, _ = pd.factorize(data[subject], use_na_sentinel=True)
+    held = heldout_mask(_subject_codes(data[subject], subject), fraction, _rng(random_state))
+    return data.loc[~held], data.loc[held]
+
+
+def _subject_codes(labels: pd.Series | pd.Index, subject: str) -> np.ndarray:
+    """Group index 0..N-1 of each row; ValueError naming the column where a label is missing."""
+    codes, _ = pd.factorize(labels, use_na_sentinel=True)
     if (codes < 0).any():
         raise ValueError(f"column {subject!r} has missing values")
-    held = heldout_mask(codes.astype(np.int64), fraction, _rng(random_state))
-    return data.loc[~held], data.loc[held]
+    return codes.astype(np.int64)
+
+
+def _split_heldout_dask(data, fraction: float, rng: np.random.Generator, subject: str):
+    """:func:`split_heldout` of a Dask frame, lazily, partition by partition: the rows that the in-memory
+    split of ``data.compute()`` (partitions in order, ``subject`` a column or the index) holds out, provided
+    each subject's rows lie in one partition.
+
+    Each partition draws its rows' uniforms from ``rng``'s stream advanced to the partition's first row, so
+    the draws are those of one ``rng.random(n)`` over all rows; ``rng`` itself is advanced past them as
+    the in-memory split advances it. Reads the partitions' lengths once.
+    """
+    if subject not in data.columns and data.index.name != subject:
+        raise ValueError(f"no column {subject!r} in data (columns: {list(data.columns)})")
+    bits = rng.bit_generator
+    if not hasattr(bits, "advance"):
+        raise ValueError(f"random_state: a Dask frame's split draws each partition's rows from a stream advanced "
+                         f"to its first row, which {type(bits).__name__} cannot do; pass an int or a Generator "
+                         f"of PCG64 (numpy.random.default_rng)")
+    lengths = np.asarray(data.map_partitions(len).compute(), dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    state = bits.state
+    bits.advance(int(lengths.sum()))  # as the in-memory split's draw of every row
+    halves = [data.map_partitions(_partition_split, fraction, type(bits), state, offsets, subject, held,
+                                  meta=data._meta) for held in (False, True)]
+    return halves[0], halves[1]
+
+
+def _partition_split(part: pd.DataFrame, fraction: float, kind: type, state: dict, offsets: np.ndarray,
+                     subject: str, held: bool, partition_info: dict | None = None) -> pd.DataFrame:
+    """The training (``held`` False) or held-out rows of one partition of :func:`_split_heldout_dask`."""
+    if partition_info is None:  # dask's empty metadata call
+        return part.iloc[:0]
+    bits = kind()
+    bits.state = state
+    bits.advance(int(offsets[partition_info["number"]]))
+    labels = part[subject] if subject in part.columns else part.index
+    mask = _mask_from_draws(_subject_codes(labels, subject), fraction, np.random.Generator(bits).random(len(part)))
+    return part.loc[mask] if held else part.loc[~mask]

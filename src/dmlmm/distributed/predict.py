@@ -2,8 +2,9 @@
 
 ``model.predict_proba(ddf)`` (and ``predict``, ``predict_group_proba``,
 ``predict_group``) with a dask DataFrame returns a dask collection indexed by
-subject, and ``model.predict_trajectory(ddf)`` a dask collection of its long
-table: each partition is predicted on its worker by the fitted model, which
+subject, ``model.predict_trajectory(ddf)`` a dask collection of its long
+table and ``model.score_samples(ddf, condition_on=...)`` a dask Series of log scores:
+each partition is predicted on its worker by the fitted model, which
 travels without its per-subject tables. Nothing is computed until asked
 (``.compute()``, ``.to_parquet()``, ...), except one read of the subject column that
 checks, as ``fit`` does, that each subject's rows lie in one partition.
@@ -23,7 +24,7 @@ from ..exceptions import ExtrapolationWarning
 from .outputs import SUBJECT_TABLES
 from .scales import ShardedScales, light as light_scales
 
-__all__ = ["predict_partitions", "trajectory_partitions", "light_model"]
+__all__ = ["predict_partitions", "trajectory_partitions", "score_partitions", "light_model"]
 
 _METHODS = {"predict_proba": "cluster", "predict_group_proba": "group"}
 
@@ -48,6 +49,16 @@ def _predict(frame: pd.DataFrame, model: Any, method: str, subject: str, kwargs:
         warnings.filterwarnings("ignore", message=r".*time\(s\) lie outside the basis range",
                                 category=ExtrapolationWarning)
         return getattr(model, method)(frame, **(kwargs or {}))
+
+
+def _score(frame: pd.DataFrame, model: Any, subject: str, condition_on: pd.DataFrame | None = None) -> pd.Series:
+    frame = frame.reset_index() if subject not in frame.columns and frame.index.name == subject else frame
+    if condition_on is not None and subject not in condition_on.columns and condition_on.index.name == subject:
+        condition_on = condition_on.reset_index()
+    with warnings.catch_warnings():  # as _predict: said once, by the caller
+        warnings.filterwarnings("ignore", message=r".*time\(s\) lie outside the basis range",
+                                category=ExtrapolationWarning)
+        return model.score_samples(frame, condition_on=condition_on)
 
 
 def _partition_subjects(part: pd.DataFrame, subject: str) -> pd.Index:
@@ -102,3 +113,50 @@ def predict_partitions(model: Any, ddf: Any, method: str) -> Any:
         index = ddf._meta.index[:0]
     meta = pd.DataFrame(np.zeros((0, n)), index=index, columns=pd.RangeIndex(n, name=_METHODS[method]))
     return ddf.map_partitions(_predict, light_model(model), method, subject, meta=meta, enforce_metadata=False)
+
+
+def score_partitions(model: Any, ddf: Any, condition_on: Any = None) -> Any:
+    """``model.score_samples(partition, condition_on=its partition of condition_on)`` on every partition of
+    ``ddf``: a lazy dask Series of log scores indexed by subject.
+
+    With ``condition_on`` (a Dask frame of other observations of the same subjects, e.g. the training part of
+    :func:`dmlmm.simulate.split_heldout` of a Dask frame) partition ``i`` of ``ddf`` is scored given partition
+    ``i`` of ``condition_on``: both need the same number of partitions, and a subject's rows in each lie in
+    one partition, the same number in both (checked by one read of their subject columns). As in memory,
+    a subject without rows in ``condition_on`` is scored by its prior predictive density.
+    """
+    from ..exceptions import DataError
+    from .._dask_frames import is_dask_collection
+
+    model._check_fitted()
+    subject = model.design_.columns.subject
+    labels = ddf._meta[subject] if subject in ddf.columns else ddf._meta.index.to_series()
+    meta = pd.Series(dtype=float, name="log_score", index=pd.Index(labels, name=subject)[:0])
+    light = light_model(model)
+    if condition_on is None:
+        check_partitions(ddf, subject)
+        return ddf.map_partitions(_score, light, subject, meta=meta, enforce_metadata=False)
+    if not (is_dask_collection(ddf) and is_dask_collection(condition_on)):
+        raise DataError("score_samples on a Dask frame conditions on a Dask frame of the same subjects, partitioned "
+                        "alike (or both frames in pandas: call .compute() on both)")
+    if ddf.npartitions != condition_on.npartitions:
+        raise DataError(f"condition_on has {condition_on.npartitions} partition(s) and the frame scored "
+                        f"{ddf.npartitions}: partition i of one must hold the subjects of partition i of the other "
+                        "(split one frame, e.g. with dmlmm.simulate.split_heldout)")
+    import dask
+
+    scored, given = dask.compute(
+        [dask.delayed(_partition_subjects)(p, subject) for p in ddf.to_delayed()],
+        [dask.delayed(_partition_subjects)(p, subject) for p in condition_on.to_delayed()])
+    from .frame import check_one_partition_per_subject
+
+    check_one_partition_per_subject(list(scored), subject)
+    everywhere = check_one_partition_per_subject(list(given), subject)
+    for i, (mine, theirs) in enumerate(zip(scored, given)):
+        elsewhere = mine[mine.isin(everywhere) & ~mine.isin(theirs)]
+        if len(elsewhere):
+            raise DataError(f"subject {elsewhere[0]!r} is in partition {i} of the frame scored but in another "
+                            "partition of condition_on: partition i of one must hold the subjects of partition i "
+                            "of the other (split one frame, e.g. with dmlmm.simulate.split_heldout)")
+    return ddf.map_partitions(_score, light, subject, condition_on, meta=meta, enforce_metadata=False,
+                              align_dataframes=False)

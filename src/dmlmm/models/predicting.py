@@ -377,8 +377,14 @@ class Predicting:
         """Log predictive density of each subject's observations in ``df`` (user scale).
 
         With ``condition_on`` (other observations of the same subjects), the density of
-        ``df``'s observations given those: the held-out log score.
+        ``df``'s observations given those: the held-out log score. A dask DataFrame (and ``condition_on``
+        partitioned alike) gives a lazy dask Series, partition by partition
+        (:func:`dmlmm.distributed.predict.score_partitions`).
         """
+        if is_dask_collection(df) or is_dask_collection(condition_on):
+            from ..distributed.predict import score_partitions
+
+            return score_partitions(self, df, condition_on)
         d = self._data(df)
         if condition_on is not None:
             if isinstance(df, Longitudinal) or isinstance(condition_on, Longitudinal):
@@ -416,5 +422,6 @@ class Predicting:
         return np.bincount(d.codes[observed], weights=log_jacobian(d.response[observed], tr), minlength=d.n_subjects)
 
     def score(self, df: FrameLike, condition_on: pd.DataFrame | None = None) -> float:
-        """Mean over subjects of :meth:`score_samples`."""
-        return float(self.score_samples(df, condition_on).mean())
+        """Mean over subjects of :meth:`score_samples` (computed, for Dask frames too)."""
+        mean = self.score_samples(df, condition_on).mean()
+        return float(mean.compute() if is_dask_collection(mean) else mean)
