@@ -7,7 +7,8 @@ rows), so every subject spans two partitions and the command line shuffles by su
 Run: a ``LocalCluster`` of ``--workers`` processes (one thread each) is started here; the command
 ``dmlmm fit DIR --dask <its address> --components K --n-basis B --transform none --out OUT`` (by default
 K = 2,1 and B = 10, the settings of ``dask_scale.py``'s runs, to set the two side by side) runs as a
-child process (the driver). Measured: its wall time (and the fit's, from its summary); its peak RSS
+child process (the driver). Measured: its wall time (and the fit's, from its summary); its peak RSS (VmHWM,
+sampled every 0.1 s: before 2026-12-08 ``ru_maxrss``, which counted this script's own peak at the fork)
 (the driver collects the per-subject tables and writes clusters.csv and model.dmlmm, then brings the rows of
 ``--sample`` subjects for trajectories.csv and report.html); every worker's
 peak memory (reported to the scheduler, sampled every 0.5 s, and each process's VmHWM at the end);
@@ -28,9 +29,7 @@ import json
 import logging
 import platform
 import re
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dask_scale import MemoryMonitor, peak_rss, write_parquet  # noqa: E402
+from dask_scale import MemoryMonitor, peak_rss, run_sampling_peaks, write_parquet  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -97,11 +96,9 @@ def main() -> None:
                    *([] if args.sample is None else ["--sample", str(args.sample)]),
                    *(["--outcome", "sex", "--event-time", "futime", "--event", "died", "--baseline", "age,sex"]
                      if args.outcomes else []), "--out", str(work / "out")]
-            t0 = time.perf_counter()
-            run = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            # the command is the only child reaped so far (the workers are alive): its peak RSS
-            driver_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+            # the command's own peak RSS, sampled (its ru_maxrss would include this process's peak at the fork)
+            run, wall, peaks = run_sampling_peaks(cmd)
+            driver_rss = peaks.get(next(iter(peaks)), 0) if peaks else 0
             reported = monitor.stop()
             rss = client.run(peak_rss)
         if run.returncode != 0:

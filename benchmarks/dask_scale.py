@@ -153,6 +153,48 @@ def peak_rss() -> int:
     return int(line.split()[1]) * 1024
 
 
+def _hwm(pid: int) -> int:
+    """Process ``pid``'s peak resident memory in bytes (VmHWM), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(next(l for l in f if l.startswith("VmHWM")).split()[1]) * 1024
+    except (OSError, StopIteration):
+        return 0
+
+
+def run_sampling_peaks(cmd: list[str], every: float = 0.1):
+    """Run ``cmd``, sampling the VmHWM of it and of every process it starts every ``every`` s.
+
+    Returns (CompletedProcess with text stdout and stderr, wall seconds, {pid: peak bytes}). ``ru_maxrss`` of
+    waited-for children is no measure of a command's own memory: Linux carries a process's peak over ``exec``,
+    so every child reports at least its parent's peak at the fork. VmHWM is the new program's own; it is read
+    while the process lives, so growth in its last ``every`` seconds can be missed.
+    """
+    import subprocess
+
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out: dict = {}
+    reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), proc.communicate())))
+    reader.start()
+    peaks: dict[int, int] = {}
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            pids = [proc.pid] + [c.pid for c in root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pids = []
+        for pid in pids:
+            peaks[pid] = max(peaks.get(pid, 0), _hwm(pid))
+        time.sleep(every)
+    reader.join()
+    wall = time.perf_counter() - t0
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out.get("stdout", ""), out.get("stderr", ""))
+    return done, wall, peaks
+
+
 def membership_against_truth(model, ddf, groups: pd.Series, truth: pd.Series) -> dict:
     """The fitted membership coefficients (user scale) and the maximum-likelihood logistic regression of the true
     groups (those matched to the fitted stick's group) on the subjects' age and sex (statsmodels)."""

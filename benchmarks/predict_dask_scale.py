@@ -2,9 +2,9 @@
 
 Data: DGP 1 as in ``dask_scale.py`` (10 visits per subject), one Parquet file per 10,000 subjects. Model:
 ``DeepMixtureLMM((2, 1))`` with 10 basis functions, fitted in memory on 2,000 other DGP 1 subjects and saved.
-Then, one after the other, each as a child process (its wall time, and the peak RSS of the largest process
-it and its children ran, from ``resource``'s accounting of waited-for children: the Dask run first, so that its
-figure is its own; the in-memory figure is the larger of the two):
+Then, one after the other, each as a child process (its wall time, and the peak RSS, VmHWM sampled every
+0.1 s, of the command and of each process it started: the driver and, with Dask, its cluster's workers;
+``ru_maxrss`` is no measure here, a child inheriting its parent's peak across ``exec``):
 
 - ``dmlmm predict model.dmlmm visits/ --times 0.25,0.5,0.75 --dask local:2 --out pred/`` (a LocalCluster of
   two worker processes, started by the command);
@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,17 +30,18 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dask_scale import write_parquet  # noqa: E402
+from dask_scale import run_sampling_peaks, write_parquet  # noqa: E402
 
 
 def run(cmd: list[str]) -> dict:
-    """Wall seconds and the peak RSS (bytes) of the largest process the command waited for."""
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    """Wall seconds, the command's own peak RSS and the largest of the processes it started (bytes, VmHWM)."""
+    done, wall, peaks = run_sampling_peaks(cmd)
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
-    return {"wall_s": round(wall, 1), "stderr_tail": done.stderr.strip().splitlines()[-1:]}
+    own = peaks.pop(next(iter(peaks)), 0) if peaks else 0  # the command itself is sampled first
+    return {"wall_s": round(wall, 1), "peak_rss_bytes_command": own,
+            "peak_rss_bytes_largest_other_process": max(peaks.values(), default=0), "processes_started": len(peaks),
+            "stderr_tail": done.stderr.strip().splitlines()[-1:]}
 
 
 def main() -> None:
@@ -61,13 +60,10 @@ def main() -> None:
             DeepMixtureLMM((2, 1), basis=SplineBasis(10), random_state=0).fit(
                 dgp1(0, n_subjects=2000).data).save(work / "model.dmlmm")
         times = "0.25,0.5,0.75"
-        # Dask first: the children's peak RSS is then the largest of its driver and workers alone
         on_dask = run([exe, "predict", str(work / "model.dmlmm"), str(work / "visits"), "--times", times,
                        "--dask", "local:2", "--out", str(work / "pred")])
-        on_dask["peak_rss_bytes_largest_process"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
         memory = run([exe, "predict", str(work / "model.dmlmm"), str(work / "visits"), "--times", times,
                       "--out", str(work / "pred.csv")])
-        memory["peak_rss_bytes_largest_so_far"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
         a = pd.read_csv(work / "pred.csv").sort_values(["subject", "time"], ignore_index=True)
         b = pd.read_parquet(work / "pred").sort_values(["subject", "time"], ignore_index=True)
         pd.testing.assert_frame_equal(a, b, check_dtype=False, rtol=1e-9, atol=1e-12)

@@ -1033,6 +1033,13 @@ def test_heldout_split_and_scores_on_dask_are_the_in_memory_ones(client, dgp1_fr
         model.score_samples(d_held, condition_on=train)
     with pytest.raises(DataError, match=r"^condition_on has 2 partition\(s\) and the frame scored 3: partition i "):
         model.score_samples(d_held, condition_on=dd.from_pandas(train, npartitions=2))
+    # a partition whose subjects have one visit each holds none out: it scores nobody
+    ones = df.groupby("subject").head(1).assign(subject=lambda f: f["subject"] + 10_000).set_index("subject")
+    lone = dd.concat([d_held.partitions[0], dd.from_pandas(ones.iloc[:0], npartitions=1)])
+    lone_given = dd.concat([d_train.partitions[0], dd.from_pandas(ones.iloc[:5], npartitions=1)])
+    got = model.score_samples(lone, condition_on=lone_given).compute()
+    pd.testing.assert_series_equal(got.sort_index(), want.loc[got.index].sort_index(), rtol=1e-10,
+                                   check_index_type=False)
     shuffled = dd.from_pandas(train.sort_values("subject", ascending=False), npartitions=3, sort=False)
     with pytest.raises(DataError, match=r"^subject \S+ is in partition 0 of the frame scored but in another partition "):
         model.score_samples(d_held, condition_on=shuffled)

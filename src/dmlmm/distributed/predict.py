@@ -51,7 +51,10 @@ def _predict(frame: pd.DataFrame, model: Any, method: str, subject: str, kwargs:
         return getattr(model, method)(frame, **(kwargs or {}))
 
 
-def _score(frame: pd.DataFrame, model: Any, subject: str, condition_on: pd.DataFrame | None = None) -> pd.Series:
+def _score(frame: pd.DataFrame, model: Any, subject: str, meta: pd.Series,
+           condition_on: pd.DataFrame | None = None) -> pd.Series:
+    if len(frame) == 0:  # e.g. a partition of held-out visits whose subjects have one visit each: nothing to score
+        return meta
     frame = frame.reset_index() if subject not in frame.columns and frame.index.name == subject else frame
     if condition_on is not None and subject not in condition_on.columns and condition_on.index.name == subject:
         condition_on = condition_on.reset_index()
@@ -135,7 +138,7 @@ def score_partitions(model: Any, ddf: Any, condition_on: Any = None) -> Any:
     light = light_model(model)
     if condition_on is None:
         check_partitions(ddf, subject)
-        return ddf.map_partitions(_score, light, subject, meta=meta, enforce_metadata=False)
+        return ddf.map_partitions(_score, light, subject, meta, meta=meta, enforce_metadata=False)
     if not (is_dask_collection(ddf) and is_dask_collection(condition_on)):
         raise DataError("score_samples on a Dask frame conditions on a Dask frame of the same subjects, partitioned "
                         "alike (or both frames in pandas: call .compute() on both)")
@@ -158,5 +161,5 @@ def score_partitions(model: Any, ddf: Any, condition_on: Any = None) -> Any:
             raise DataError(f"subject {elsewhere[0]!r} is in partition {i} of the frame scored but in another "
                             "partition of condition_on: partition i of one must hold the subjects of partition i "
                             "of the other (split one frame, e.g. with dmlmm.simulate.split_heldout)")
-    return ddf.map_partitions(_score, light, subject, condition_on, meta=meta, enforce_metadata=False,
+    return ddf.map_partitions(_score, light, subject, meta, condition_on, meta=meta, enforce_metadata=False,
                               align_dataframes=False)
