@@ -80,6 +80,17 @@ def test_report_without_optional_parts(results):
     assert len(images(html)) == 5
 
 
+def test_report_with_text_subject_labels_of_pandas_string_dtype(sim):
+    """Subject labels of pandas' "string" dtype (a Dask fit's, or pandas' own Parquet and CSV readers with
+    that dtype): their comparisons hold NA where the object dtype's are False."""
+    data = sim.data.assign(subject=lambda d: ("s" + d["subject"].astype(str)).astype("string"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = dmlmm.MixtureLMM(2, basis=dmlmm.SplineBasis(6), random_state=0, max_iter=30).fit(data)
+    html = render_report(collect_results(m, data))
+    assert len(images(html)) == 5 and "s17" in html
+
+
 def test_examples_cover_every_cluster(results):
     picked = pick_examples(results, 9)
     assert len(picked) == 9 and len(set(picked)) == 9

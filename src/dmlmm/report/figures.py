@@ -56,7 +56,8 @@ def _spaghetti(ax, data: pd.DataFrame, color=_RAW, alpha=0.25, max_subjects: int
         data = data[data["subject"].isin(subjects)]
     d = data.sort_values(["subject", "time"])
     # one polyline with NaN breaks between subjects: fast even for thousands of rows
-    breaks = d["subject"].ne(d["subject"].shift(-1)).to_numpy()
+    # (the last row's comparison is NA with pandas' "string" labels, a Dask fit's: a break there too)
+    breaks = d["subject"].ne(d["subject"].shift(-1)).fillna(True).to_numpy(dtype=bool)
     t = np.insert(d["time"].to_numpy(float), np.flatnonzero(breaks) + 1, np.nan)
     y = np.insert(d["response"].to_numpy(float), np.flatnonzero(breaks) + 1, np.nan)
     ax.plot(t, y, color=color, alpha=alpha, linewidth=0.7)

@@ -127,7 +127,7 @@ def _multi_table(df: pd.DataFrame) -> str:
     """A table whose index has two levels (variable, statistic): the variable named once."""
     flat = df.reset_index()
     first = flat.columns[0]
-    flat[first] = flat[first].where(flat[first].ne(flat[first].shift()), "")
+    flat[first] = flat[first].where(flat[first].ne(flat[first].shift()).fillna(True).to_numpy(dtype=bool), "")
     return _table(flat, index=False).replace("<table>", '<table class="l2">', 1)
 
 
