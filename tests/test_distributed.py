@@ -1006,6 +1006,23 @@ def test_cli_select_on_dask_fits_the_candidates_on_the_cluster_as_in_memory(clie
     pd.testing.assert_frame_equal(got, want, rtol=1e-7, atol=1e-9)
 
 
+def test_select_model_by_heldout_visits_on_dask_as_in_memory(client, spline_data):
+    """Irregular times: the held-out visits take distinct times with them, and the basis is still the one
+    fitted on all the data's times, as in memory (not each candidate's training half's)."""
+    from dmlmm.selection import select_model
+
+    ddf = dd.from_pandas(spline_data.set_index("id"), npartitions=3, sort=True)
+    kw = dict(models=("mixture",), mixture_components=(1, 2), criterion="heldout", basis=SplineBasis(6),
+              max_iter=30, random_state=0, subject="id", time="t", response="y", response_transform=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, table = select_model(ddf, **kw)
+        want_model, want = select_model(ddf.compute().reset_index(), **kw)
+    cols = ["elbo", "heldout_score", "selected"]
+    pd.testing.assert_frame_equal(table[cols], want[cols], rtol=1e-8)
+    np.testing.assert_array_equal(model.design_.basis.knots_, want_model.design_.basis.knots_)
+
+
 def test_select_model_on_dask_fits_one_candidate_at_a_time(parquet_frame):
     from dmlmm.selection import select_model
 

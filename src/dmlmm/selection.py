@@ -249,6 +249,10 @@ def select_model(
         checked = Longitudinal.from_frame(data, subject, time, response, covariates)  # clear errors up front
         if not basis.is_fitted:
             basis.fit(checked.time)
+    elif criterion == "heldout" and not basis.is_fitted:
+        # on all the data's times, as in memory (each candidate's Dask fit would learn it from its training half;
+        # the knots read the distinct times only): one pass over the time column
+        basis.fit(np.unique(np.asarray(data[time].dropna().unique().compute(), dtype=float)))
     params = dict(model_kwargs, basis=basis, random_state=random_state)
 
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
