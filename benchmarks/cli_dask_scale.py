@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--outcomes", action="store_true",
                     help="per-subject age, sex, follow-up and death in the data, and --outcome sex --event-time "
                          "futime --event died --baseline age,sex: the outcome tables of every subject")
+    ap.add_argument("--check-bands", action="store_true",
+                    help="--check-bands of dmlmm fit (2,000 subjects drawn at random, refitted in the driver)")
     ap.add_argument("--sample", type=int, default=None,
                     help="--sample of dmlmm fit (curves of that many subjects; default: the command's, 1,000)")
     args = ap.parse_args()
@@ -95,7 +97,8 @@ def main() -> None:
                    args.components, "--n-basis", str(args.basis), "--transform", "none", "--seed", str(args.seed),
                    *([] if args.sample is None else ["--sample", str(args.sample)]),
                    *(["--outcome", "sex", "--event-time", "futime", "--event", "died", "--baseline", "age,sex"]
-                     if args.outcomes else []), "--out", str(work / "out")]
+                     if args.outcomes else []), *(["--check-bands"] if args.check_bands else []),
+                   "--out", str(work / "out")]
             # the command's own peak RSS, sampled (its ru_maxrss would include this process's peak at the fork)
             run, wall, peaks = run_sampling_peaks(cmd)
             driver_rss = peaks.get(next(iter(peaks)), 0) if peaks else 0
@@ -118,6 +121,8 @@ def main() -> None:
             "output_bytes": {p.name: p.stat().st_size for p in (work / "out").iterdir()},
             "outcome_tests": (pd.read_csv(work / "out" / "outcome_tests.csv").to_dict("records")
                               if args.outcomes else None),
+            "band_check": ([ln for ln in (run.stdout + run.stderr).splitlines() if "inside (95 % interval" in ln]
+                           if args.check_bands else None),
             "ari_layer1": round(float(ari), 4), "warnings": [ln for ln in run.stderr.splitlines()
                                                               if ln.startswith("warning")],
             "machine": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -126,7 +131,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     name = (f"cli_dask_scale_{args.subjects}{'_scattered' if args.scattered else ''}"
-            f"{'' if args.sample is None else f'_sample{args.sample}'}{'_outcomes' if args.outcomes else ''}.json")
+            f"{'' if args.sample is None else f'_sample{args.sample}'}{'_outcomes' if args.outcomes else ''}"
+            f"{'_bands' if args.check_bands else ''}.json")
     result["components"] = args.components
     (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
