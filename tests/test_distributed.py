@@ -1039,6 +1039,9 @@ def test_heldout_split_and_scores_on_dask_are_the_in_memory_ones(client, dgp1_fr
     for mine, theirs in ((train, d_train), (held, d_held)):
         pd.testing.assert_frame_equal(mine.reset_index(drop=True), theirs.compute().reset_index().reset_index(drop=True))
     assert rng_mem.random() == rng_dask.random()  # both generators advanced past every row's draw
+    with pytest.raises(ValueError, match=r"^random_state: a Dask frame's split draws each partition's rows from a "
+                                         r"stream advanced to its first row, which a Philox generator cannot do"):
+        simulate.split_heldout(ddf, 0.3, np.random.Generator(np.random.Philox(5)))
     model = MixtureLMM(2, basis=SplineBasis(6), max_iter=30, random_state=0).fit(train)
     want = model.score_samples(held, condition_on=train)
     got = model.score_samples(d_held, condition_on=d_train)

@@ -552,10 +552,10 @@ def _split_heldout_dask(data, fraction: float, rng: np.random.Generator, subject
     if subject not in data.columns and data.index.name != subject:
         raise ValueError(f"no column {subject!r} in data (columns: {list(data.columns)})")
     bits = rng.bit_generator
-    if not hasattr(bits, "advance"):
+    if not isinstance(bits, (np.random.PCG64, np.random.PCG64DXSM)):  # advance(k) skips k doubles exactly
         raise ValueError(f"random_state: a Dask frame's split draws each partition's rows from a stream advanced "
-                         f"to its first row, which {type(bits).__name__} cannot do; pass an int or a Generator "
-                         f"of PCG64 (numpy.random.default_rng)")
+                         f"to its first row, which a {type(bits).__name__} generator cannot do draw for draw; pass "
+                         f"an int or a PCG64 Generator (numpy.random.default_rng)")
     lengths = np.asarray(data.map_partitions(len).compute(), dtype=np.int64)
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     state = bits.state
@@ -568,8 +568,11 @@ def _split_heldout_dask(data, fraction: float, rng: np.random.Generator, subject
 def _partition_split(part: pd.DataFrame, fraction: float, kind: type, state: dict, offsets: np.ndarray,
                      subject: str, held: bool, partition_info: dict | None = None) -> pd.DataFrame:
     """The training (``held`` False) or held-out rows of one partition of :func:`_split_heldout_dask`."""
-    if partition_info is None:  # dask's empty metadata call
-        return part.iloc[:0]
+    if partition_info is None:  # dask's metadata call on an empty frame; rows without their position: never
+        if len(part):
+            raise RuntimeError("dask did not say which partition this is (partition_info): the held-out split "
+                               "cannot place its rows in the random stream")
+        return part
     bits = kind()
     bits.state = state
     bits.advance(int(offsets[partition_info["number"]]))
