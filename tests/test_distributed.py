@@ -1049,8 +1049,9 @@ def test_heldout_split_and_scores_on_dask_are_the_in_memory_ones(client, dgp1_fr
     pd.testing.assert_series_equal(got.compute().sort_index(), want.sort_index(), rtol=1e-10, check_index_type=False)
     assert model.score(d_held, condition_on=d_train) == pytest.approx(model.score(held, condition_on=train), abs=1e-12)
     assert model.score(d_held) == pytest.approx(model.score(held), abs=1e-12)
-    with pytest.raises(DataError, match=r"^score_samples on a Dask frame conditions on a Dask frame of the same "):
-        model.score_samples(d_held, condition_on=train)
+    for frame, given in ((d_held, train), (held, d_train)):
+        with pytest.raises(DataError, match=r"^score_samples on a Dask frame conditions on a Dask frame of the same "):
+            model.score_samples(frame, condition_on=given)
     with pytest.raises(DataError, match=r"^condition_on has 2 partition\(s\) and the frame scored 3: partition i "):
         model.score_samples(d_held, condition_on=dd.from_pandas(train, npartitions=2))
     # a partition whose subjects have one visit each holds none out: it scores nobody

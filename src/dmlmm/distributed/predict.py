@@ -132,6 +132,9 @@ def score_partitions(model: Any, ddf: Any, condition_on: Any = None) -> Any:
     from .._dask_frames import is_dask_collection
 
     model._check_fitted()
+    if condition_on is not None and not (is_dask_collection(ddf) and is_dask_collection(condition_on)):
+        raise DataError("score_samples on a Dask frame conditions on a Dask frame of the same subjects, partitioned "
+                        "alike (or both frames in pandas: call .compute() on both)")
     subject = model.design_.columns.subject
     labels = ddf._meta[subject] if subject in ddf.columns else ddf._meta.index.to_series()
     meta = pd.Series(dtype=float, name="log_score", index=pd.Index(labels, name=subject)[:0])
@@ -139,9 +142,6 @@ def score_partitions(model: Any, ddf: Any, condition_on: Any = None) -> Any:
     if condition_on is None:
         check_partitions(ddf, subject)
         return ddf.map_partitions(_score, light, subject, meta, meta=meta, enforce_metadata=False)
-    if not (is_dask_collection(ddf) and is_dask_collection(condition_on)):
-        raise DataError("score_samples on a Dask frame conditions on a Dask frame of the same subjects, partitioned "
-                        "alike (or both frames in pandas: call .compute() on both)")
     if ddf.npartitions != condition_on.npartitions:
         raise DataError(f"condition_on has {condition_on.npartitions} partition(s) and the frame scored "
                         f"{ddf.npartitions}: partition i of one must hold the subjects of partition i of the other "
