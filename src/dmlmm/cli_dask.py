@@ -246,10 +246,9 @@ def subject_rows(ddf: Any, subject: str, time: str, columns: list, client: Any) 
     """The rows of each subject that the outcome tables read of ``columns`` (its first and last values, one
     that differs from the first, its latest visit: :func:`dmlmm.outcomes.subject_value_rows`), kept on every
     partition and brought here (O(subjects x columns)), the subject a column."""
-    from .outcomes import subject_value_rows
+    from .outcomes import subject_value_partitions
 
-    meta = subject_value_rows(ddf._meta, subject, columns, time)
-    return client.compute(ddf.map_partitions(subject_value_rows, subject, columns, time, meta=meta)).result()
+    return client.compute(subject_value_partitions(ddf, subject, columns, time)).result()
 
 
 def band_check_rows(ddf: Any, subject: str, client: Any, seed: int,

@@ -51,6 +51,8 @@ _PREDICTION_FILES = re.compile(r"predictions-\d{5,}\.parquet")
 def _written_by_dmlmm(name: str) -> bool:
     """Whether a file of an output folder is one dmlmm writes (--overwrite replaces a folder of only these)."""
     return name in DMLMM_FILES or _PREDICTION_FILES.fullmatch(name) is not None
+
+
 # the columns dmlmm adds to its CSV outputs (besides the user's subject and time columns)
 MODEL_COLUMNS = ("mean", "lower", "upper", "beyond_last_visit", "cluster", "probability", "cluster_layer1")
 

@@ -40,7 +40,7 @@ from .exceptions import DataError
 
 __all__ = ["OutcomeTable", "SurvivalByCluster", "BaselineTable", "OutcomeReport", "subject_values",
            "event_indicator", "outcome_table", "survival_by_cluster", "baseline_table", "outcome_report",
-           "check_outcome_columns", "require_lifelines", "format_p", "subject_value_rows"]
+           "check_outcome_columns", "require_lifelines", "format_p", "subject_value_rows", "subject_value_partitions"]
 
 _TRUE = {"1", "1.0", "true", "yes"}
 _FALSE = {"0", "0.0", "false", "no"}
@@ -229,8 +229,13 @@ def _gathered(frame, model, subject: str | None, order_by: str | None, columns: 
             order_by = cols.time
     if subject is None:
         raise ValueError("give subject= (the subject column) when the clusters are a Series")
+    return subject_value_partitions(frame, subject, columns, order_by).compute()
+
+
+def subject_value_partitions(frame, subject: str, columns: Sequence[str], order_by: str | None = None):
+    """:func:`subject_value_rows` of every partition of the Dask frame ``frame``, lazily (a Dask frame)."""
     meta = subject_value_rows(frame._meta, subject, columns, order_by)
-    return frame.map_partitions(subject_value_rows, subject, list(columns), order_by, meta=meta).compute()
+    return frame.map_partitions(subject_value_rows, subject, list(columns), order_by, meta=meta)
 
 
 # ---------------------------------------------------------------------------- clusters

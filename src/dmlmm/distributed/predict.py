@@ -70,16 +70,21 @@ def _partition_subjects(part: pd.DataFrame, subject: str) -> pd.Index:
     return pd.Index(pd.unique(labels.dropna()))
 
 
+def _subjects_by_partition(subject: str, *frames: Any) -> list[list[pd.Index]]:
+    """Each frame's distinct subject labels, partition by partition, in one pass over them all."""
+    import dask
+
+    return [list(p) for p in dask.compute(*[[dask.delayed(_partition_subjects)(p, subject) for p in f.to_delayed()]
+                                            for f in frames])]
+
+
 def check_partitions(ddf: Any, subject: str) -> None:
     """DataError (as the fit's) when a subject's rows lie in more than one partition of ``ddf``: its
     predictions would come from part of its visits each, one row per partition. Reads the subject column
     (or index) once, before the lazy predictions."""
-    import dask
-
     from .frame import check_one_partition_per_subject
 
-    parts = dask.compute(*[dask.delayed(_partition_subjects)(p, subject) for p in ddf.to_delayed()])
-    check_one_partition_per_subject(list(parts), subject)
+    check_one_partition_per_subject(_subjects_by_partition(subject, ddf)[0], subject)
 
 
 def trajectory_partitions(model: Any, ddf: Any, **kwargs: Any) -> Any:
@@ -146,15 +151,11 @@ def score_partitions(model: Any, ddf: Any, condition_on: Any = None) -> Any:
         raise DataError(f"condition_on has {condition_on.npartitions} partition(s) and the frame scored "
                         f"{ddf.npartitions}: partition i of one must hold the subjects of partition i of the other "
                         "(split one frame, e.g. with dmlmm.simulate.split_heldout)")
-    import dask
-
-    scored, given = dask.compute(
-        [dask.delayed(_partition_subjects)(p, subject) for p in ddf.to_delayed()],
-        [dask.delayed(_partition_subjects)(p, subject) for p in condition_on.to_delayed()])
     from .frame import check_one_partition_per_subject
 
-    check_one_partition_per_subject(list(scored), subject)
-    everywhere = check_one_partition_per_subject(list(given), subject)
+    scored, given = _subjects_by_partition(subject, ddf, condition_on)
+    check_one_partition_per_subject(scored, subject)
+    everywhere = check_one_partition_per_subject(given, subject)
     for i, (mine, theirs) in enumerate(zip(scored, given)):
         elsewhere = mine[mine.isin(everywhere) & ~mine.isin(theirs)]
         if len(elsewhere):
